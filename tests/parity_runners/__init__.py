@@ -1,0 +1,1 @@
+"""One module per fixture kind: ``<kind>.py`` defines ``run(case: ParityCase) -> None``."""

@@ -1,0 +1,1 @@
+"""Standalone EchoMimic trainer (uses echomimic_lib, never ComfyUI)."""
