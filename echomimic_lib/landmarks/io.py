@@ -1,0 +1,117 @@
+"""Landmark files: V1 ``.pkl`` frame folders (read through the allow-list unpickler) and our own
+plain formats (``.npz`` without pickles, or ``.json``) to save and reload a ``LandmarkSequence``.
+
+V1 format: a folder of ``0.pkl, 1.pkl, ...``, each a pickled float64 (478, 3) array of pixel
+coordinates in a 512x512 image (x, y, z*512); motion-sync outputs are (478, 2). A dict with an
+``"lmks"`` array (an unreleased V1 variant) is accepted too. Frames are ordered by the number in the
+file name (numeric, not lexicographic). A pickle that would construct anything outside numpy
+arrays and plain containers is refused with :class:`UnsafeFileError` before it can run code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EchoMimicError
+from ..safe_pickle import load_pickle
+from .sequence import LandmarkSequence
+
+log = logging.getLogger(__name__)
+
+FORMAT = "echomimic-landmarks"
+FORMAT_VERSION = 1
+_ARRAYS = ("lmks", "lmks3d", "trans_mat", "blendshapes", "valid", "face_counts")
+
+
+def _frame_number(path: Path) -> int:
+    m = re.search(r"(\d+)$", path.stem)
+    if not m:
+        raise EchoMimicError(f"{path}: landmark frame files must be named by frame number (0.pkl, 1.pkl, ...).")
+    return int(m.group(1))
+
+
+def load_pkl_frame(path: str | Path) -> np.ndarray:
+    """One V1 landmark frame: float64 (N, 2|3) pixel coordinates."""
+    obj = load_pickle(path)
+    if isinstance(obj, dict):
+        if "lmks" not in obj:
+            raise EchoMimicError(f"{path}: a dict landmark frame needs an 'lmks' entry; found {sorted(obj)}.")
+        obj = obj["lmks"]
+    arr = np.asarray(obj)
+    if arr.dtype == object or arr.ndim != 2 or arr.shape[1] not in (2, 3) or arr.shape[0] < 468:
+        raise EchoMimicError(f"{path}: expected a (478, 2|3) landmark array, got {type(obj).__name__} "
+                             f"with shape {getattr(arr, 'shape', None)}.")
+    return arr.astype(np.float64)
+
+
+def load_pkl_folder(folder: str | Path, image_size: tuple[int, int] = (512, 512), fps: float | None = None) -> LandmarkSequence:
+    """Load a V1 landmark folder (``{i}.pkl`` in ``image_size`` pixel coordinates) as a sequence."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EchoMimicError(f"landmark folder not found: {folder}")
+    files = sorted(folder.glob("*.pkl"), key=_frame_number)
+    if not files:
+        raise EchoMimicError(f"{folder}: no .pkl landmark frames found (expected 0.pkl, 1.pkl, ...).")
+    numbers = [_frame_number(f) for f in files]
+    if len(set(numbers)) != len(numbers):
+        raise EchoMimicError(f"{folder}: several files share a frame number; keep one file per frame.")
+    if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+        log.warning("%s: frame numbers are not contiguous (%d..%d, %d files); using file order",
+                    folder, numbers[0], numbers[-1], len(numbers))
+    frames = [load_pkl_frame(f) for f in files]
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise EchoMimicError(f"{folder}: landmark frames have different shapes {sorted(shapes)}.")
+    return LandmarkSequence.from_pixels(np.stack(frames), image_size=image_size, fps=fps)
+
+
+def _meta(seq: LandmarkSequence) -> dict:
+    return {"format": FORMAT, "version": FORMAT_VERSION, "image_size": list(seq.image_size),
+            "policy": seq.policy, "fps": seq.fps, "blendshape_names": list(seq.blendshape_names)}
+
+
+def save_sequence(path: str | Path, seq: LandmarkSequence) -> Path:
+    """Save to ``.npz`` (plain arrays + a JSON header, no pickles) or ``.json``."""
+    path = Path(path)
+    meta = _meta(seq)
+    arrays = {k: getattr(seq, k) for k in _ARRAYS if getattr(seq, k) is not None}
+    if path.suffix.lower() == ".json":
+        doc = dict(meta, **{k: np.asarray(v).tolist() for k, v in arrays.items()})
+        path.write_text(json.dumps(doc))
+    elif path.suffix.lower() == ".npz":
+        np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+    else:
+        raise EchoMimicError(f"{path}: save landmarks as .npz or .json.")
+    return path
+
+
+def load_sequence(path: str | Path) -> LandmarkSequence:
+    """Load a sequence saved by :func:`save_sequence` (never unpickles anything)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EchoMimicError(f"landmark file not found: {path}")
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(path.read_text())
+            meta = doc
+            arrays = {k: np.asarray(doc[k]) for k in _ARRAYS if k in doc}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = {k: z[k] for k in _ARRAYS if k in z.files}
+    except (ValueError, KeyError, OSError) as exc:
+        raise EchoMimicError(f"{path}: not a landmark file written by this package ({exc}).") from exc
+    if meta.get("format") != FORMAT:
+        raise EchoMimicError(f"{path}: not an '{FORMAT}' file (format={meta.get('format')!r}).")
+    if "lmks" not in arrays:
+        raise EchoMimicError(f"{path}: the file has no 'lmks' array.")
+    if "valid" in arrays:
+        arrays["valid"] = arrays["valid"].astype(bool)
+    if "blendshapes" in arrays:
+        arrays["blendshapes"] = arrays["blendshapes"].astype(np.float32)
+    return LandmarkSequence(image_size=tuple(meta.get("image_size", (512, 512))), policy=meta.get("policy", "fail"),
+                            fps=meta.get("fps"), blendshape_names=list(meta.get("blendshape_names", [])), **arrays)

@@ -1,0 +1,245 @@
+"""Find and load a complete EchoMimic model set: reference UNet, denoiser (+ motion modules),
+condition encoder, VAE and the whisper-tiny audio encoder.
+
+Folder layout (``root`` is e.g. ComfyUI's ``models/echomimic`` or the CLI cache)::
+
+    root/v1/  reference_unet.pth denoising_unet.pth motion_module.pth face_locator.pth
+              *_acc.pth  *_pose.pth  *_pose_acc.pth             (BadToBest/EchoMimic)
+    root/v2/  reference_unet.pth denoising_unet.pth motion_module.pth pose_encoder.pth
+              denoising_unet_acc.pth motion_module_acc.pth      (BadToBest/EchoMimicV2)
+    root/sd-vae-ft-mse/                                         (stabilityai/sd-vae-ft-mse)
+    root/audio_processor/whisper_tiny.pt                        (whisper tiny)
+    root/unet/config.json, root/inference_config.json           (optional; SD1.5 defaults built in)
+
+Each weight may be ``.safetensors`` or ``.pth``. Files are also found directly in ``root`` (a flat
+folder), and the shared parts (VAE, whisper, configs) in ``root``'s parent.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import SD15_UNET_CONFIG, EchoConfig
+from .errors import MissingWeightsError, WeightsError
+from .models import ConditionEncoder, EchoUNet
+from .modes import WEIGHT_SETS, WeightSet
+from .weights import load_strict, read_state_dict
+
+log = logging.getLogger(__name__)
+
+VAE_DIRS = ("sd-vae-ft-mse", "vae")
+WHISPER_FILES = ("audio_processor/whisper_tiny.pt", "audio_processor/tiny.pt", "whisper_tiny.pt", "tiny.pt",
+                 "whisper_tiny_encoder.pt", "whisper-tiny", "audio_processor/whisper-tiny")
+UNET_CONFIGS = ("unet/config.json", "sd-image-variations-diffusers/unet/config.json")
+HF_SOURCES = {
+    "vae": ("stabilityai/sd-vae-ft-mse", ["config.json", "diffusion_pytorch_model.safetensors"]),
+    "whisper": ("BadToBest/EchoMimic", ["audio_processor/whisper_tiny.pt"]),
+}
+
+
+@dataclass
+class EchoMimicModels:
+    config: EchoConfig
+    weight_set: WeightSet
+    variant: str
+    reference: EchoUNet
+    denoiser: EchoUNet
+    cond_encoder: ConditionEncoder
+    vae: object | None = None
+    audio_encoder: object | None = None
+    files: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    def modules(self) -> dict:
+        mods = {"reference": self.reference, "denoiser": self.denoiser, "cond_encoder": self.cond_encoder, "vae": self.vae}
+        enc = getattr(self.audio_encoder, "model", self.audio_encoder)
+        if isinstance(enc, torch.nn.Module):
+            mods["audio_encoder"] = enc
+        return {k: v for k, v in mods.items() if v is not None}
+
+    def to(self, device=None, dtype=None) -> "EchoMimicModels":
+        for name, mod in self.modules().items():
+            # pos_encoder tables stay fp32 inside motion modules; casting is handled per forward.
+            mod.to(device=device, dtype=dtype if name != "audio_encoder" else None)
+        return self
+
+    def set_attention_backend(self, name: str | None) -> str:
+        self.reference.set_attention_backend(name)
+        return self.denoiser.set_attention_backend(name)
+
+
+def _find(dirs: list[Path], names) -> Path | None:
+    for d in dirs:
+        for n in names:
+            p = d / n
+            if p.exists():
+                return p
+    return None
+
+
+def search_dirs(root: Path, ws: WeightSet) -> list[Path]:
+    root = Path(root)
+    return [root / ws.folder, root, root.parent]
+
+
+def resolve_files(root: str | Path, weights: str, variant: str = "normal", need=("reference", "denoiser", "motion", "cond", "vae", "whisper")) -> dict:
+    """Map each needed component to its file; raise :class:`MissingWeightsError` listing every missing
+    file, the folders searched and where to download it."""
+    root = Path(root)
+    ws = WEIGHT_SETS[weights]
+    dirs = search_dirs(root, ws)[:2]
+    shared = search_dirs(root, ws)
+    found, missing = {}, []
+    for comp, stem in ws.files(variant).items():
+        if comp not in need:
+            continue
+        p = _find(dirs, [stem + s for s in (".safetensors", ".pth", ".pt", ".bin")])
+        if p is None:
+            missing.append((comp, f"{stem}.pth", ws.hf_repo, f"{stem}.pth"))
+        else:
+            found[comp] = p
+    if "vae" in need:
+        p = _find(shared, VAE_DIRS)
+        if p is None:
+            missing.append(("vae", "sd-vae-ft-mse/", HF_SOURCES["vae"][0], "config.json + diffusion_pytorch_model.safetensors"))
+        else:
+            found["vae"] = p
+    if "whisper" in need:
+        p = _find(shared, WHISPER_FILES)
+        if p is None:
+            missing.append(("whisper", "audio_processor/whisper_tiny.pt", HF_SOURCES["whisper"][0], "audio_processor/whisper_tiny.pt"))
+        else:
+            found["whisper"] = p
+    found["unet_config"] = _find(shared, UNET_CONFIGS)
+    found["inference_config"] = _find(shared, ("inference_config.json",))
+    if missing:
+        where = ", ".join(str(d) for d in dirs)
+        lines = [f"EchoMimic weights missing for '{weights}' ({variant}):"]
+        for comp, name, repo, remote in missing:
+            lines.append(f"  - {comp}: {name} (looked in {where if comp not in ('vae', 'whisper') else ', '.join(map(str, shared))}); "
+                         f"get it from https://huggingface.co/{repo} ({remote})")
+        lines.append(f"Expected layout: {root}/{ws.folder}/<weights>, {root}/sd-vae-ft-mse/, {root}/audio_processor/whisper_tiny.pt.")
+        lines.append(f"Fetch them with: echomimic download --weights {weights} --variant {variant} --models {root}")
+        raise MissingWeightsError("\n".join(lines), missing=[m[1] for m in missing])
+    return found
+
+
+def read_config(files: dict) -> EchoConfig:
+    unet_cfg = json.loads(Path(files["unet_config"]).read_text()) if files.get("unet_config") else SD15_UNET_CONFIG
+    add = None
+    if files.get("inference_config"):
+        add = json.loads(Path(files["inference_config"]).read_text()).get("unet_additional_kwargs")
+    return EchoConfig.from_diffusers(unet_cfg, add)
+
+
+def build_denoiser(cfg: EchoConfig, motion: bool = True, device="meta") -> EchoUNet:
+    with torch.device(device):
+        return EchoUNet(cfg, "denoiser", motion=motion)
+
+
+def load_reference(path, cfg: EchoConfig, device="cpu", dtype=torch.float32) -> EchoUNet:
+    with torch.device("meta"):
+        model = EchoUNet(cfg, "reference")
+    return load_strict(model, read_state_dict(path), f"{Path(path).name} (reference UNet)", device, dtype).eval()
+
+
+def load_denoiser(path, motion_path, cfg: EchoConfig, device="cpu", dtype=torch.float32) -> EchoUNet:
+    state = read_state_dict(path)
+    label = Path(path).name
+    if motion_path is not None:
+        motion_state = read_state_dict(motion_path)
+        overlap = set(state) & set(motion_state)
+        if overlap:
+            raise WeightsError(f"{label} and {Path(motion_path).name} both define {len(overlap)} keys, e.g. {sorted(overlap)[0]}.")
+        state = {**state, **motion_state}
+        label = f"{label} + {Path(motion_path).name}"
+    model = build_denoiser(cfg, motion=motion_path is not None)
+    return load_strict(model, state, f"{label} (denoising UNet)", device, dtype).eval()
+
+
+def load_cond_encoder(path, cfg: EchoConfig, channels: int, device="cpu", dtype=torch.float32) -> ConditionEncoder:
+    state = read_state_dict(path)
+    w = state.get("conv_in.weight")
+    if w is not None and w.dim() == 4 and w.shape[1] != channels:
+        kind = {1: "a 1-channel face locator (V1 audio-driven: face_locator.pth)",
+                3: "a 3-channel encoder (V1 landmark face_locator_pose.pth or V2 pose_encoder.pth)"}.get(int(w.shape[1]), f"{w.shape[1]} input channels")
+        need = {1: "the 1-channel V1 audio face locator", 3: "a 3-channel encoder (face_locator_pose.pth for V1 landmarks, pose_encoder.pth for V2)"}[channels]
+        raise WeightsError(f"{Path(path).name} is {kind}, but this mode needs {need}. Check the version/mode and the file.")
+    with torch.device("meta"):
+        model = ConditionEncoder(channels, cfg.cond_out_channels, cfg.cond_block_channels)
+    return load_strict(model, state, f"{Path(path).name} (condition encoder)", device, dtype).eval()
+
+
+def load_vae(path, device="cpu", dtype=torch.float32):
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    try:
+        vae = AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype) if path.is_dir() else _vae_from_file(path, dtype)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot load the VAE ({exc}). Expected a diffusers folder (config.json + weights) such as stabilityai/sd-vae-ft-mse.") from exc
+    return vae.to(device).eval()
+
+
+def _vae_from_file(path: Path, dtype):
+    """A single-file SD VAE (diffusers or original LDM key names, e.g. ComfyUI's models/vae)."""
+    from diffusers import AutoencoderKL
+
+    state = read_state_dict(path)
+    config = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+                  up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2, sample_size=512)
+    if any(k.startswith("encoder.down.") for k in state):
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+        state = convert_ldm_vae_checkpoint(state, config)
+    with torch.device("meta"):
+        vae = AutoencoderKL(**config)
+    return load_strict(vae, state, f"{path.name} (VAE)", "cpu", dtype)
+
+
+def load_audio_encoder(path, device="cpu", dtype=torch.float32):
+    from .audio.whisper import load_whisper_encoder as _load
+
+    return _load(path, device=device, dtype=dtype)
+
+
+def load_models(
+    root: str | Path,
+    weights: str = "v1_audio",
+    variant: str = "normal",
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+    attention: str | None = "sdpa",
+    with_vae: bool = True,
+    with_audio: bool = True,
+) -> EchoMimicModels:
+    """Load one complete model set from ``root`` (see the module docstring for the layout)."""
+    ws = WEIGHT_SETS[weights]
+    need = ["reference", "denoiser", "motion", "cond"] + (["vae"] if with_vae else []) + (["whisper"] if with_audio else [])
+    files = resolve_files(root, weights, variant, need)
+    cfg = read_config(files)
+    models = EchoMimicModels(
+        config=cfg,
+        weight_set=ws,
+        variant=variant,
+        reference=load_reference(files["reference"], cfg, device, dtype),
+        denoiser=load_denoiser(files["denoiser"], files["motion"], cfg, device, dtype),
+        cond_encoder=load_cond_encoder(files["cond"], cfg, ws.cond_channels, device, dtype),
+        vae=load_vae(files["vae"], device, dtype) if with_vae else None,
+        audio_encoder=load_audio_encoder(files["whisper"], device) if with_audio else None,
+        files=files,
+    )
+    models.set_attention_backend(attention)
+    log.info("loaded EchoMimic %s/%s from %s", weights, variant, root)
+    return models

@@ -1,0 +1,197 @@
+"""EchoUNet: one class for both UNets of EchoMimic.
+
+- Reference UNet (``role="reference"``): SD1.5 2D layout, blocks without audio attention, no output
+  head; run once at t=0, it records each transformer block's ``norm1`` output (the reference bank).
+- Denoising UNet (``role="denoiser"``): the same layout with audio cross-attention and, unless
+  built for stage 1, AnimateDiff motion modules; convolutions and norms act per frame.
+
+Tensors inside are flattened to (batch x frames, C, H, W) rows, batch-major.
+"""
+from __future__ import annotations
+
+import torch
+import torch.utils.checkpoint
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from torch import nn
+
+from ..config import EchoConfig
+from .attention import Attention, resolve_backend
+from .blocks import DownBlock, MidBlock, UpBlock
+from .transformer import BlockContext, TransformerBlock
+
+
+class ReferenceKV(dict):
+    """Module path -> (k, v) reference keys/values of the denoiser's attn1, computed once per generation."""
+
+
+class EchoUNet(nn.Module):
+    def __init__(self, cfg: EchoConfig, role: str = "denoiser", motion: bool = True):
+        super().__init__()
+        if role not in ("reference", "denoiser"):
+            raise ValueError(f"role must be 'reference' or 'denoiser', not {role!r}")
+        self.cfg, self.role = cfg, role
+        audio = role == "denoiser"
+        motion = motion and role == "denoiser"
+        self.has_motion = motion
+        self.gradient_checkpointing = False
+        boc = cfg.block_out_channels
+        n = len(boc)
+        self.conv_in = nn.Conv2d(cfg.in_channels, boc[0], 3, padding=1)
+        self.time_proj = Timesteps(boc[0], flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(boc[0], cfg.time_embed_dim)
+
+        self.down_blocks = nn.ModuleList()
+        skip_channels = [boc[0]]
+        cin = boc[0]
+        for i, cout in enumerate(boc):
+            mm = motion and (2**i) in cfg.motion_resolutions
+            last = i == n - 1
+            self.down_blocks.append(DownBlock(cfg, cin, cout, cfg.down_attention[i], mm, audio, downsample=not last))
+            skip_channels += [cout] * cfg.layers_per_block + ([] if last else [cout])
+            cin = cout
+        self.mid_block = MidBlock(cfg, boc[-1], motion and cfg.motion_mid_block, audio)
+
+        self.up_blocks = nn.ModuleList()
+        rev, rev_attn = list(reversed(boc)), list(reversed(cfg.down_attention))
+        prev = rev[0]
+        for i, cout in enumerate(rev):
+            mm = motion and (2 ** (n - 1 - i)) in cfg.motion_resolutions
+            skips = [skip_channels.pop() for _ in range(cfg.layers_per_block + 1)]
+            self.up_blocks.append(UpBlock(cfg, prev, cout, skips, rev_attn[i], mm, audio, upsample=i < n - 1))
+            prev = cout
+
+        if role == "denoiser":
+            self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, boc[0], eps=cfg.norm_eps)
+            self.conv_act = nn.SiLU()
+            self.conv_out = nn.Conv2d(boc[0], cfg.out_channels, 3, padding=1)
+        for name, mod in self.named_modules():
+            if isinstance(mod, TransformerBlock):
+                mod.path = name.rsplit(".transformer_blocks.", 1)[0] + ".transformer_blocks." + name.rsplit(".", 1)[1]
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    def set_attention_backend(self, name: str | None) -> str:
+        backend = resolve_backend(name)
+        for mod in self.modules():
+            if isinstance(mod, Attention):
+                mod.backend = backend
+        return backend
+
+    def transformer_blocks(self) -> dict[str, TransformerBlock]:
+        return {m.path: m for m in self.modules() if isinstance(m, TransformerBlock)}
+
+    # ------------------------------------------------------------------ forward
+    def _time(self, timestep, rows: int, frames: int, device, dtype) -> torch.Tensor:
+        t = torch.as_tensor(timestep, device=device)
+        if t.dim() == 0:
+            t = t[None]
+        t = t.expand(rows // frames) if t.numel() == 1 else t
+        emb = self.time_embedding(self.time_proj(t).to(dtype))
+        return emb.repeat_interleave(frames, dim=0)
+
+    def _run(self, x: torch.Tensor, temb: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        skips = [x]
+        h = x
+        for block in self.down_blocks:
+            h, s = self._maybe_ckpt(block, h, temb, ctx)
+            skips += s
+        h = self._maybe_ckpt(self.mid_block, h, temb, ctx)
+        for i, block in enumerate(self.up_blocks):
+            n_skip = len(block.resnets)
+            block_skips = skips[-n_skip:]
+            del skips[-n_skip:]
+            next_size = skips[-1].shape[-2:] if skips else None
+            h = self._maybe_ckpt(block, h, temb, ctx, block_skips, next_size)
+        return h
+
+    def _maybe_ckpt(self, block, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def forward_reference(self, ref_latent: torch.Tensor, timestep=0) -> tuple[dict, torch.Tensor]:
+        """Reference pass: (B, 4, h, w) latents -> (bank {path: (B, h*w, C)}, last up-block output)."""
+        if self.role != "reference":
+            raise RuntimeError("forward_reference is for the reference UNet")
+        x = ref_latent.to(self.dtype)
+        bank: dict = {}
+        ctx = BlockContext(frames=1, bank_out=bank)
+        temb = self._time(timestep, x.shape[0], 1, x.device, x.dtype)
+        out = self._run(self.conv_in(x), temb, ctx)
+        return bank, out
+
+    def prepare_reference(self, bank: dict) -> ReferenceKV:
+        """Project the reference bank through this denoiser's attn1 once (k, v per block).
+
+        The reference rounds the bank to float16 before use (``cfg.bank_round_dtype``); so do we."""
+        if self.role != "denoiser":
+            raise RuntimeError("prepare_reference is for the denoising UNet")
+        blocks = self.transformer_blocks()
+        missing = sorted(set(blocks) - set(bank))
+        if missing:
+            raise ValueError(f"reference bank lacks blocks {missing[:3]}... ({len(missing)} missing)")
+        rnd = getattr(torch, self.cfg.bank_round_dtype) if self.cfg.bank_round_dtype else None
+        kv = ReferenceKV()
+        for path, block in blocks.items():
+            tokens = bank[path]
+            if rnd is not None:
+                tokens = tokens.to(rnd)
+            kv[path] = block.attn1.project_kv(tokens.to(self.dtype))
+        return kv
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep,
+        audio: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+        reference: ReferenceKV | None = None,
+        uncond_rows: int = 0,
+        reference_mask: torch.Tensor | None = None,
+        audio_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Denoiser forward -> prediction (B, C, F, h, w).
+
+        - sample: (B, 4, F, h, w) noisy latents.
+        - The first ``uncond_rows`` batch items are unconditional (classifier-free guidance): no
+          reference tokens, zero audio, zero condition. ``audio``/``cond``/``reference_mask`` describe
+          the remaining (conditional) items only.
+        - audio: (Bc, F, L, audio_dim) whisper tokens or None (= zero audio).
+        - cond: (Bc, C0, F or 1, h, w) condition-encoder features or None (= zero).
+        - reference: from :meth:`prepare_reference`, or None (no reference attention).
+        - reference_mask: (Bc,) bool, which conditional items use the reference (training dropout).
+        - audio_mask: optional multiplier of the audio-attention output per frame row, (B*F,) or
+          (B*F, tokens, 1) (training: muted audio / partial-attention masks).
+        """
+        if self.role != "denoiser":
+            raise RuntimeError("use forward_reference for the reference UNet")
+        b, c, f, hh, ww = sample.shape
+        dtype, device = self.dtype, sample.device
+        x = sample.to(dtype).transpose(1, 2).reshape(b * f, c, hh, ww)
+        temb = self._time(timestep, b * f, f, device, dtype)
+        h = self.conv_in(x)
+        u = uncond_rows
+        if cond is not None:
+            cf = cond.to(dtype)
+            if cf.shape[2] == 1 and f > 1:
+                cf = cf.expand(-1, -1, f, -1, -1)
+            cf = cf.transpose(1, 2).reshape((b - u) * f, *cf.shape[1:2], hh, ww)
+            h = torch.cat([h[: u * f], h[u * f :] + cf]) if u else h + cf
+
+        ref_rows = None
+        if reference is not None:
+            rows = torch.ones(b, dtype=torch.bool, device=device)
+            rows[:u] = False
+            if reference_mask is not None:
+                rows[u:] = reference_mask.to(device=device, dtype=torch.bool)
+            ref_rows = rows.repeat_interleave(f)
+        tokens = None
+        if audio is not None:
+            tokens = audio.to(dtype).reshape((b - u) * f, audio.shape[-2], audio.shape[-1])
+        ctx = BlockContext(frames=f, ref_kv=reference, ref_rows=ref_rows, audio=tokens, audio_start=u * f, audio_mask=audio_mask)
+        h = self._run(h, temb, ctx)
+        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
+        return h.view(b, f, *h.shape[1:]).transpose(1, 2)

@@ -1,0 +1,1 @@
+"""EchoMimicV2 hand-pose sequences (no ComfyUI here)."""

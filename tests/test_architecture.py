@@ -1,0 +1,134 @@
+"""Architecture facts: dependency direction, import hygiene, official parameter counts (meta device)."""
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from echomimic_lib.config import SD15, TINY, EchoConfig, unet_config_dict, inference_config_dict
+from echomimic_lib.models import ConditionEncoder, EchoUNet
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "server", "nodes", "trainer", "execution"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", ["echomimic_lib", "trainer"])
+def test_library_and_trainer_never_import_comfyui_or_nodes(package):
+    offenders = {}
+    for py in (ROOT / package).rglob("*.py"):
+        bad = _imports(py) & (FORBIDDEN - ({"trainer"} if package == "trainer" else set()))
+        if bad:
+            offenders[str(py.relative_to(ROOT))] = sorted(bad)
+    assert not offenders, f"forbidden imports: {offenders}"
+
+
+def test_importing_the_library_has_no_side_effects(tmp_path):
+    """Import every module of echomimic_lib in a fresh interpreter: no files, no env changes, no output."""
+    code = (
+        "import os, sys, pkgutil, importlib, json\n"
+        "before = dict(os.environ)\n"
+        "import echomimic_lib\n"
+        "mods = [m.name for m in pkgutil.walk_packages(echomimic_lib.__path__, 'echomimic_lib.')]\n"
+        "for m in mods: importlib.import_module(m)\n"
+        "changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}\n"
+        "print(json.dumps({'n': len(mods), 'env': sorted(changed)}))\n"
+    )
+    env = dict(os.environ, HOME=str(tmp_path), HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["n"] >= 10
+    assert report["env"] == []
+    created = [p for p in tmp_path.rglob("*")]
+    assert created == [], f"importing created files: {created[:5]}"
+
+
+def _count(module, pred=lambda k: True):
+    return sum(p.numel() for k, p in module.named_parameters() if pred(k))
+
+
+def test_official_parameter_counts_on_meta_device():
+    with torch.device("meta"):
+        ref = EchoUNet(SD15, "reference")
+        den = EchoUNet(SD15, "denoiser")
+        loc1 = ConditionEncoder(1)
+        enc3 = ConditionEncoder(3)
+    assert next(ref.parameters()).device.type == "meta"
+    assert _count(ref) == 815_521_280
+    assert _count(den) == 1_303_145_604
+    assert _count(den, lambda k: "motion_modules" in k) == 453_209_280
+    assert _count(den, lambda k: ".attn2." in k) == 34_377_920
+    # The 1-channel face locator is 1,086,192 (4.35 MB fp32, the HF file size); the 3-channel encoder
+    # (landmark locator / V2 pose encoder) has 2 x 16 x 9 more weights in conv_in.
+    assert _count(loc1) == 1_086_192
+    assert _count(enc3) == 1_086_192 + 2 * 16 * 9
+    # key counts of the released files
+    assert len(ref.state_dict()) == 570
+    assert len([k for k in den.state_dict() if "motion_modules" not in k]) == 686
+    assert len([k for k in den.state_dict() if "motion_modules" in k]) == 588
+
+
+def test_reference_unet_has_no_audio_attention_or_output_head():
+    ref = EchoUNet(TINY, "reference")
+    keys = list(ref.state_dict())
+    assert not any(".attn2." in k or ".norm2." in k and "transformer_blocks" in k for k in keys)
+    assert not any(k.startswith(("conv_out", "conv_norm_out")) for k in keys)
+    assert len(ref.transformer_blocks()) == 16
+
+
+def test_stage1_denoiser_without_motion_modules_runs():
+    torch.manual_seed(0)
+    den = EchoUNet(TINY, "denoiser", motion=False).eval()
+    assert not any("motion_modules" in k for k in den.state_dict())
+    x = torch.randn(1, 4, 1, 8, 8)
+    with torch.no_grad():
+        out = den(x, 10)  # no reference, audio or condition: the CFG-unconditional branch
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_config_round_trips_through_diffusers_json():
+    cfg = TINY.with_(motion_max_len=24)
+    back = EchoConfig.from_diffusers(unet_config_dict(cfg), inference_config_dict(cfg)["unet_additional_kwargs"])
+    assert back == cfg
+
+
+def test_uncond_rows_equal_explicit_zero_inputs():
+    """The CFG shortcuts (zero-audio constant, no reference for uncond rows) change no output."""
+    torch.manual_seed(0)
+    from echomimic_lib.tiny import randomize_
+
+    ref = randomize_(EchoUNet(TINY, "reference"), 1).eval()
+    den = randomize_(EchoUNet(TINY, "denoiser"), 2).eval()
+    x = torch.randn(1, 4, 3, 8, 8)
+    audio = torch.randn(1, 3, 10, 384)
+    cond = torch.randn(1, 32, 3, 8, 8)
+    with torch.no_grad():
+        bank, _ = ref.forward_reference(torch.randn(1, 4, 8, 8))
+        kv = den.prepare_reference(bank)
+        fast = den(x.repeat(2, 1, 1, 1, 1), 500, audio=audio, cond=cond, reference=kv, uncond_rows=1)
+        uncond = den(x, 500, audio=torch.zeros_like(audio), cond=torch.zeros_like(cond), reference=None)
+        condi = den(x, 500, audio=audio, cond=cond, reference=kv)
+        masked = den(x.repeat(2, 1, 1, 1, 1), 500, audio=torch.cat([audio, audio]), cond=torch.cat([cond, cond]),
+                     reference=kv, reference_mask=torch.tensor([False, True]))
+    torch.testing.assert_close(fast[:1], uncond, atol=2e-5, rtol=0)
+    torch.testing.assert_close(fast[1:], condi, atol=2e-5, rtol=0)
+    # a per-sample reference mask drops only the reference for that sample
+    no_ref = den(x, 500, audio=audio, cond=cond, reference=None)
+    torch.testing.assert_close(masked[:1], no_ref, atol=2e-5, rtol=0)
+    assert (fast[1:] - fast[:1]).abs().max() > 1e-3
