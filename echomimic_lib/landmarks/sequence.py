@@ -56,8 +56,9 @@ class LandmarkSequence:
             return f"{len(self)} frames, a face in every frame"
         none = [i for i in bad if self.face_counts[i] == 0]
         many = [i for i in bad if self.face_counts[i] > 1]
-        return (f"{len(self)} frames; no face in {len(none)} {_fmt(none)}; more than one face in "
-                f"{len(many)} {_fmt(many)}; filled with policy '{self.policy}'")
+        found = [f"no face in {len(none)} {_fmt(none)}"] if none else []
+        found += [f"more than one face in {len(many)} {_fmt(many)}"] if many else []
+        return f"{len(self)} frames; {'; '.join(found)}; filled with policy '{self.policy}'"
 
     def pixels(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """(F, N, 2) pixel coordinates in a frame of ``size`` = (W, H) (default: ``image_size``)."""

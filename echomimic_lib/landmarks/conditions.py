@@ -1,0 +1,110 @@
+"""Per-frame V1 landmark condition images (uint8 (F, H, W, 3) RGB) for the sampler.
+
+Two sources:
+
+- a driving video (+ the reference image): landmarks are extracted from every driving frame
+  (V1: centre-cropped to a square, resized to 512), optionally retargeted onto the reference face
+  with part-aware motion sync (the reference is resized to 512x512 as in V1), then drawn;
+- a folder of V1 ``.pkl`` frames (512-px coordinates), drawn directly.
+
+Length policy: the driving sequence's length and fps are independent of the audio. The sequence is
+mapped onto the requested ``num_frames`` with :func:`echomimic_lib.retime.retime_indices`: first
+resampled in time when ``src_fps`` and ``out_fps`` differ, then extended by ``retime_policy``
+(``ping-pong`` by default; ``loop``, ``hold-last``, ``stretch``, or ``fail`` when too short).
+Motion sync runs on the whole driving sequence before retiming, so its smoothing sees real time.
+
+Parts: ``"pose"`` = V1 "audio + selected landmarks" (eyes, brows, pupils, nose; mouth left to the
+audio); ``"landmarks"`` = pure landmark driving (adds the mouth); or any subset, see
+:func:`.parts.normalize_parts`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import EchoMimicError
+from ..retime import retime_indices
+from ._image import as_rgb_uint8
+from .drawing import draw_landmark_sequence
+from .io import load_pkl_folder
+from .motion_sync import motion_sync as _motion_sync
+from .sequence import LandmarkSequence
+
+SYNC_SIZE = 512
+
+
+def center_square(image: np.ndarray, size: int = SYNC_SIZE) -> np.ndarray:
+    """Centre-crop to a square (side = short side) and resize to ``size`` (V1 driver framing)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    return cv2.resize(image[y0:y0 + s, x0:x0 + s], (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def sync_driving_landmarks(driver: LandmarkSequence, reference: LandmarkSequence, mode: str = "reference",
+                           **kwargs) -> np.ndarray:
+    """Motion-synced (F, 478, 2) pixel landmarks in a 512x512 frame (see :mod:`.motion_sync`)."""
+    if driver.lmks3d is None or driver.trans_mat is None or reference.lmks3d is None or reference.trans_mat is None:
+        raise EchoMimicError("motion sync needs landmarks extracted by FaceLandmarkExtractor (with mesh and pose); "
+                             "pixel-only landmarks (.pkl frames) cannot be retargeted.")
+    return _motion_sync(driver.lmks, driver.lmks3d, driver.trans_mat, reference.lmks[0], reference.lmks3d[0],
+                        reference.trans_mat[0], mode=mode, image_size=SYNC_SIZE, **kwargs)
+
+
+def draw_conditions(px: np.ndarray, num_frames: int, size: tuple[int, int], parts="pose",
+                    coord_size: tuple[int, int] = (SYNC_SIZE, SYNC_SIZE), retime_policy: str = "ping-pong",
+                    src_fps: float | None = None, out_fps: float | None = None) -> np.ndarray:
+    """Retime (F, N, 2|3) pixel landmarks to ``num_frames`` and draw them at ``size`` = (W, H)."""
+    idx = retime_indices(len(px), int(num_frames), retime_policy, src_fps, out_fps)
+    return draw_landmark_sequence(np.asarray(px)[idx], size, parts, normed=False, coord_size=coord_size)
+
+
+def conditions_from_pkl_folder(folder, num_frames: int, size: tuple[int, int] = (512, 512), parts="pose",
+                               retime_policy: str = "ping-pong", src_fps: float | None = None,
+                               out_fps: float | None = None, coord_size: tuple[int, int] = (512, 512)) -> np.ndarray:
+    """Condition images from a V1 ``.pkl`` landmark folder (``coord_size`` px coordinates)."""
+    seq = load_pkl_folder(folder, image_size=coord_size)
+    return draw_conditions(seq.pixels(coord_size), num_frames, size, parts, coord_size, retime_policy, src_fps, out_fps)
+
+
+def conditions_from_driving_video(driving, reference_image, num_frames: int, size: tuple[int, int] = (512, 512),
+                                  parts="pose", sync: str | None = "reference", retime_policy: str = "ping-pong",
+                                  src_fps: float | None = None, out_fps: float | None = None,
+                                  bad_frame_policy: str = "interpolate", extractor=None, **extractor_kwargs):
+    """Condition images from a driving video and the reference image.
+
+    driving: (F, H, W, 3) frames, a list of frames, or a VideoClip (its fps is used as ``src_fps``).
+    sync: ``"reference"`` / ``"paper"`` motion-sync mode, or None to draw the driver's own landmarks.
+    Returns (images uint8 (num_frames, H, W, 3), driver LandmarkSequence with its bad-frame report).
+    """
+    from .extractor import FaceLandmarkExtractor
+
+    if hasattr(driving, "frames") and hasattr(driving, "fps"):
+        src_fps = src_fps if src_fps is not None else driving.fps
+        driving = driving.frames
+    frames = list(driving) if not isinstance(driving, np.ndarray) else driving
+    if len(frames) == 0:
+        raise EchoMimicError("the driving video has no frames.")
+    own = extractor is None
+    ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
+    try:
+        driver = ex.extract([center_square(as_rgb_uint8(f, f"driving frame {i}")) for i, f in enumerate(frames)],
+                            policy=bad_frame_policy, fps=src_fps)
+        if sync is None:
+            px = driver.pixels((SYNC_SIZE, SYNC_SIZE))
+        else:
+            import cv2
+
+            ref = cv2.resize(as_rgb_uint8(reference_image, "reference image"), (SYNC_SIZE, SYNC_SIZE),
+                             interpolation=cv2.INTER_LINEAR)
+            try:
+                reference = ex.extract(ref, policy="fail")
+            except EchoMimicError as exc:
+                raise EchoMimicError(f"reference image: {exc}") from exc
+            px = sync_driving_landmarks(driver, reference, mode=sync)
+    finally:
+        if own:
+            ex.close()
+    images = draw_conditions(px, num_frames, size, parts, (SYNC_SIZE, SYNC_SIZE), retime_policy, src_fps, out_fps)
+    return images, driver

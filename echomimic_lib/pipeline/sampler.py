@@ -1,0 +1,248 @@
+"""The EchoMimic sampler: one loop for V1 audio, V1 landmarks, V1 audio + selected landmarks, V2
+half-body and the few-step ``acc`` weights. The modes differ only in data: condition, weights,
+steps/cfg, window shift and noise clamp (see :mod:`echomimic_lib.modes`).
+
+Exact savings over the reference loop (identical outputs):
+- unconditional rows use plain self-attention (no reference tokens computed and thrown away);
+- reference keys/values are projected once per generation;
+- zero-audio attention is replaced by its constant (the output bias);
+- several context windows can share one UNet call (``windows_per_batch``);
+- the VAE decodes frames in batches; the condition encoder runs per window, so memory does not
+  grow with video length.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import EchoMimicError
+from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, SAMPLER_DEFAULTS, get_mode
+from .conditions import FrameCondition, MaskCondition
+from .context import base_windows, shift_windows
+from .scheduler import make_scheduler
+
+log = logging.getLogger(__name__)
+VAE_SCALE = 0.18215
+
+
+@dataclass
+class SampleSettings:
+    width: int = 512
+    height: int = 512
+    steps: int = 30
+    cfg: float = 2.5
+    seed: int = 420
+    fps: float = DEFAULT_FPS
+    num_frames: int | None = None  # None: follow the audio
+    context_frames: int = CONTEXT_DEFAULTS["context_frames"]
+    context_overlap: int = CONTEXT_DEFAULTS["context_overlap"]
+    window_shift: int = 2
+    clamp_noise: bool = True
+    windows_per_batch: int = 1
+    decode_batch: int = 8
+    scheduler: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:
+            raise EchoMimicError(f"width and height must be positive multiples of 8 (got {self.width}x{self.height}); try "
+                                 f"{max(8, self.width // 8 * 8)}x{max(8, self.height // 8 * 8)}.")
+        if self.steps < 1:
+            raise EchoMimicError("steps must be at least 1.")
+        if not 1 <= self.context_frames <= 32:
+            raise EchoMimicError("context frames must be between 1 and 32 (the motion modules' position table).")
+        if not 0 <= self.context_overlap < self.context_frames:
+            raise EchoMimicError("context overlap must be >= 0 and smaller than the context frames.")
+
+
+def settings_for(mode: str, variant: str = "normal", **overrides) -> SampleSettings:
+    """Defaults of a mode (size, seed, window shift, clamp) and variant (steps/cfg), then overrides."""
+    m = get_mode(mode)
+    base = SampleSettings(width=m.size, height=m.size, seed=m.seed, window_shift=m.window_shift, clamp_noise=m.clamp_noise,
+                          **SAMPLER_DEFAULTS[variant])
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class SampleResult:
+    frames: torch.Tensor | None  # (F, H, W, 3) float32 in [0, 1] on CPU (None when a frame sink was given)
+    latents: torch.Tensor  # (1, 4, F, h, w) final latents
+    fps: float
+    num_frames: int
+    unet_calls: int
+
+
+def initial_noise(seed: int, num_frames: int, height: int, width: int, clamp: bool) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((1, 4, num_frames, height // 8, width // 8), generator=gen, dtype=torch.float32)
+    return noise.clamp(-1.5, 1.5) if clamp else noise
+
+
+def _image_tensor(image, height: int, width: int) -> torch.Tensor:
+    """Reference image (H, W, 3) uint8 / float [0,1] (numpy or torch) -> (1, 3, H, W) in [-1, 1] at W x H."""
+    t = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image.detach().cpu()
+    if t.dim() == 4:
+        t = t[0]
+    if t.dim() != 3 or t.shape[-1] not in (3, 4):
+        raise EchoMimicError(f"the reference image must be (H, W, 3), got {tuple(t.shape)}.")
+    t = (t.float() / 255.0 if t.dtype == torch.uint8 else t.float())[..., :3]
+    t = t.permute(2, 0, 1).unsqueeze(0)
+    if t.shape[-2:] != (height, width):
+        t = torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return (t.clamp(0, 1) * 2.0 - 1.0)
+
+
+class Sampler:
+    """Runs one generation. Construct with loaded models (:class:`~echomimic_lib.model_set.EchoMimicModels`)."""
+
+    def __init__(self, models):
+        self.models = models
+
+    @property
+    def device(self):
+        return self.models.device
+
+    @property
+    def dtype(self):
+        return self.models.dtype
+
+    # -------------------------------------------------------------- stages
+    @torch.no_grad()
+    def encode_reference(self, image, height: int, width: int) -> torch.Tensor:
+        vae = self.models.vae
+        x = _image_tensor(image, height, width).to(self.device, vae.dtype)
+        return vae.encode(x).latent_dist.mean * VAE_SCALE
+
+    @torch.no_grad()
+    def reference_kv(self, ref_latents: torch.Tensor):
+        bank, _ = self.models.reference.forward_reference(ref_latents.to(self.device), 0)
+        return self.models.denoiser.prepare_reference(bank)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch: int = 8, sink: Callable | None = None) -> torch.Tensor | None:
+        """Latents (1, 4, F, h, w) -> frames (F, H, W, 3) in [0, 1] on CPU, ``batch`` frames per VAE call.
+        With ``sink(start, frames)`` the frames are handed over batch by batch instead of collected."""
+        vae = self.models.vae
+        f = latents.shape[2]
+        out = None
+        for s in range(0, f, max(1, batch)):
+            z = latents[0, :, s : s + batch].transpose(0, 1).to(self.device, vae.dtype) / VAE_SCALE
+            img = (vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+            if sink is not None:
+                sink(s, img)
+                continue
+            if out is None:
+                out = torch.empty((f, *img.shape[1:]), dtype=torch.float32)
+            out[s : s + img.shape[0]] = img
+        return out
+
+    def _cond_features(self, condition, indices, height, width):
+        enc = self.models.cond_encoder
+        if condition is None:
+            return None
+        if isinstance(condition, MaskCondition):
+            x = condition.tensor(height, width)
+        else:
+            x = condition.tensor(indices, height, width)
+        if x.shape[1] != enc.in_channels:
+            raise EchoMimicError(
+                f"this model's condition encoder takes {enc.in_channels}-channel input but the condition has {x.shape[1]} "
+                "channel(s): V1 audio models take a face mask, V1 landmark models take landmark drawings, V2 takes hand poses."
+            )
+        return enc(x.to(self.device, enc.conv_in.weight.dtype))
+
+    # -------------------------------------------------------------- main loop
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference_image,
+        audio,  # echomimic_lib.audio.AudioFeatures
+        condition: MaskCondition | FrameCondition | None,
+        settings: SampleSettings,
+        progress: Callable[[int, int], None] | None = None,
+        initial_latents: torch.Tensor | None = None,
+        decode: bool = True,
+        frame_sink: Callable | None = None,
+        trace: Callable[[str, object], None] | None = None,
+    ) -> SampleResult:
+        s = settings
+        s.validate()
+        h, w = s.height, s.width
+        audio_frames = audio.frame_count(s.fps)
+        f = audio_frames if s.num_frames is None else min(int(s.num_frames), audio_frames)
+        if f < 1:
+            raise EchoMimicError("the audio is too short to make a single video frame.")
+        if isinstance(condition, FrameCondition) and condition.num_frames < f:
+            raise EchoMimicError(
+                f"the condition sequence has {condition.num_frames} frames but the video needs {f}; retime it "
+                "(loop / ping-pong / stretch) or shorten the audio."
+            )
+        den = self.models.denoiser
+        device, dtype = self.device, self.dtype
+        sched = make_scheduler(**s.scheduler)
+        sched.set_timesteps(s.steps, device="cpu")
+        timesteps = [int(t) for t in sched.timesteps]
+
+        if initial_latents is not None:
+            latents = initial_latents.to(torch.float32).clone()
+            if tuple(latents.shape) != (1, 4, f, h // 8, w // 8):
+                raise EchoMimicError(f"initial latents must be (1, 4, {f}, {h // 8}, {w // 8}), got {tuple(latents.shape)}.")
+        else:
+            latents = initial_noise(s.seed, f, h, w, s.clamp_noise)
+        latents = (latents * sched.init_noise_sigma).to(device)
+
+        ref_latents = self.encode_reference(reference_image, h, w)
+        if trace:
+            trace("ref_latents", ref_latents)
+        kv = self.reference_kv(ref_latents)
+        cfg = s.cfg > 1.0
+        mask_feat = self._cond_features(condition, None, h, w) if isinstance(condition, MaskCondition) else None
+
+        windows0 = base_windows(f, s.context_frames, s.context_overlap)
+        k = max(1, int(s.windows_per_batch))
+        total = len(timesteps) * math.ceil(len(windows0) / k)
+        done, calls = 0, 0
+        for i, t in enumerate(timesteps):
+            windows = shift_windows(windows0, i, s.window_shift, f)
+            acc = torch.zeros((2 if cfg else 1, *latents.shape[1:]), device=device, dtype=torch.float32)
+            count = torch.zeros(f, device=device, dtype=torch.float32)
+            for g in range(0, len(windows), k):
+                group = windows[g : g + k]
+                if len({len(wi) for wi in group}) != 1:  # windows of unequal length go one by one
+                    group = group[:1]
+                x = torch.cat([latents[:, :, wi] for wi in group])  # (n, 4, c, h, w)
+                x_in = sched.scale_model_input(x, t)
+                a = torch.cat([audio.chunks_at(wi, s.fps, device=device, dtype=dtype).unsqueeze(0) for wi in group])
+                if mask_feat is not None:
+                    cond = mask_feat.expand(len(group), -1, -1, -1, -1)
+                elif condition is not None:
+                    cond = torch.cat([self._cond_features(condition, wi, h, w) for wi in group])
+                else:
+                    cond = None
+                if cfg:
+                    pred = den(torch.cat([x_in, x_in]), t, audio=a, cond=cond, reference=kv, uncond_rows=len(group)).float()
+                    preds = [torch.stack([pred[j], pred[len(group) + j]]) for j in range(len(group))]
+                else:
+                    pred = den(x_in, t, audio=a, cond=cond, reference=kv).float()
+                    preds = [pred[j : j + 1] for j in range(len(group))]
+                calls += 1
+                if trace and i == 0:
+                    trace("unet_call", torch.cat(preds) if cfg else pred)
+                for wi, p in zip(group, preds):
+                    idx = torch.as_tensor(wi, device=device)
+                    acc.index_add_(2, idx, p)
+                    count.index_add_(0, idx, torch.ones(len(wi), device=device))
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            v = acc / count.view(1, 1, -1, 1, 1)
+            v = v[0:1] + s.cfg * (v[1:2] - v[0:1]) if cfg else v
+            latents = sched.step(v, t, latents, eta=0.0, return_dict=False)[0]
+            if trace:
+                trace(f"step{i}", (v, latents))
+        frames = self.decode(latents, s.decode_batch, frame_sink) if decode else None
+        return SampleResult(frames, latents, s.fps, f, calls)
