@@ -126,9 +126,28 @@ def test_uncond_rows_equal_explicit_zero_inputs():
         condi = den(x, 500, audio=audio, cond=cond, reference=kv)
         masked = den(x.repeat(2, 1, 1, 1, 1), 500, audio=torch.cat([audio, audio]), cond=torch.cat([cond, cond]),
                      reference=kv, reference_mask=torch.tensor([False, True]))
-    torch.testing.assert_close(fast[:1], uncond, atol=2e-5, rtol=0)
-    torch.testing.assert_close(fast[1:], condi, atol=2e-5, rtol=0)
+    torch.testing.assert_close(fast[:1], uncond, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast[1:], condi, atol=1e-4, rtol=0)
     # a per-sample reference mask drops only the reference for that sample
     no_ref = den(x, 500, audio=audio, cond=cond, reference=None)
-    torch.testing.assert_close(masked[:1], no_ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(masked[:1], no_ref, atol=1e-4, rtol=0)
     assert (fast[1:] - fast[:1]).abs().max() > 1e-3
+
+
+def test_batched_references_match_separate_calls():
+    """Training batches carry one reference per sample; each sample must see only its own."""
+    from echomimic_lib.tiny import randomize_
+
+    ref = randomize_(EchoUNet(TINY, "reference"), 3).eval()
+    den = randomize_(EchoUNet(TINY, "denoiser"), 4).eval()
+    torch.manual_seed(1)
+    r = torch.randn(2, 4, 8, 8)
+    x = torch.randn(2, 4, 2, 8, 8)
+    a = torch.randn(2, 2, 10, 384)
+    with torch.no_grad():
+        kv = den.prepare_reference(ref.forward_reference(r)[0])
+        both = den(x, 300, audio=a, reference=kv, reference_mask=torch.tensor([True, False]))
+        one = den(x[:1], 300, audio=a[:1], reference=den.prepare_reference(ref.forward_reference(r[:1])[0]))
+        two = den(x[1:], 300, audio=a[1:], reference=None)
+    torch.testing.assert_close(both[:1], one, atol=1e-4, rtol=0)
+    torch.testing.assert_close(both[1:], two, atol=1e-4, rtol=0)

@@ -19,6 +19,8 @@ audio); ``"landmarks"`` = pure landmark driving (adds the mouth); or any subset,
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..errors import EchoMimicError
@@ -74,12 +76,16 @@ def conditions_from_driving_video(driving, reference_image, num_frames: int, siz
                                   bad_frame_policy: str = "interpolate", extractor=None, **extractor_kwargs):
     """Condition images from a driving video and the reference image.
 
-    driving: (F, H, W, 3) frames, a list of frames, or a VideoClip (its fps is used as ``src_fps``).
+    driving: (F, H, W, 3) frames, a list of frames, a VideoClip or a video path (its fps is used as ``src_fps``).
     sync: ``"reference"`` / ``"paper"`` motion-sync mode, or None to draw the driver's own landmarks.
     Returns (images uint8 (num_frames, H, W, 3), driver LandmarkSequence with its bad-frame report).
     """
     from .extractor import FaceLandmarkExtractor
 
+    if isinstance(driving, (str, os.PathLike)):
+        from ..video_io import read_video
+
+        driving = read_video(driving, with_audio=False)
     if hasattr(driving, "frames") and hasattr(driving, "fps"):
         src_fps = src_fps if src_fps is not None else driving.fps
         driving = driving.frames

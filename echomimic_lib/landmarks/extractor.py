@@ -19,6 +19,7 @@ A video with no usable face at all always fails. (V1 aborts at the first bad fra
 from __future__ import annotations
 
 import logging
+import os
 from typing import Sequence
 
 import numpy as np
@@ -107,8 +108,12 @@ class FaceLandmarkExtractor:
     # ---- image / video ----
     def extract(self, frames, policy: str = "fail", fps: float | None = None) -> LandmarkSequence:
         """Landmarks of a single image (H, W, C) or of a video: (F, H, W, C) array, list of frames,
-        or a :class:`echomimic_lib.video_io.VideoClip`."""
+        a :class:`echomimic_lib.video_io.VideoClip`, or a video file path."""
         policy = normalize_policy(policy)
+        if isinstance(frames, (str, os.PathLike)):
+            from ..video_io import read_video
+
+            frames = read_video(frames, with_audio=False)
         if hasattr(frames, "frames") and hasattr(frames, "fps"):
             fps = fps if fps is not None else frames.fps
             frames = frames.frames
@@ -163,9 +168,10 @@ def assemble_sequence(results: Sequence[dict | None], counts: Sequence[int], pol
     good = [i for i, r in enumerate(results) if r is not None]
     counts = np.asarray(counts, dtype=np.int64)
     if not good:
+        none, many = int((counts == 0).sum()), int((counts > 1).sum())
         raise EchoMimicError(
-            f"no single face was found in any of the {n} frame(s) (faces per frame: {sorted(set(counts.tolist()))}); "
-            "use a video/image with one clearly visible face.")
+            f"no single face was found in any of the {n} frame(s) (no face in {none}, several faces in {many}); "
+            "use a video/image with exactly one clearly visible face.")
     bad = [i for i in range(n) if results[i] is None]
     if bad and policy == "fail":
         none = [i for i in bad if counts[i] == 0]

@@ -72,7 +72,7 @@ class Attention(nn.Module):
         if extra_kv is not None:
             ek, ev = extra_kv
             b = x.shape[0]
-            k = torch.cat([k, ek.to(k.dtype).expand(b, -1, -1)], dim=1)
+            k = torch.cat([k, ek.to(k.dtype).expand(b, -1, -1)], dim=1)  # (1 or b, L2, dim) -> (b, L2, dim)
             v = torch.cat([v, ev.to(v.dtype).expand(b, -1, -1)], dim=1)
         return self.to_out[0](attend(q, k, v, self.heads, self.backend))
 

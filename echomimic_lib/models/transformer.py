@@ -67,13 +67,13 @@ class TransformerBlock(nn.Module):
             return self.attn1(n)
         rows = ctx.ref_rows
         if rows is None or bool(rows.all()):
-            return self.attn1(n, extra_kv=kv)
+            return self.attn1(n, extra_kv=_kv_rows(kv, ctx.frames, n.shape[0], None))
         out = torch.empty_like(n)
         with_ref = rows.nonzero().squeeze(1)
         plain = (~rows).nonzero().squeeze(1)
         out[plain] = self.attn1(n[plain])  # unconditional rows: plain self-attention only
         if with_ref.numel():
-            out[with_ref] = self.attn1(n[with_ref], extra_kv=kv)
+            out[with_ref] = self.attn1(n[with_ref], extra_kv=_kv_rows(kv, ctx.frames, n.shape[0], with_ref))
         return out
 
     def _audio_attention(self, n: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
@@ -88,6 +88,18 @@ class TransformerBlock(nn.Module):
         if ctx.audio_mask is not None:
             out = out * ctx.audio_mask.to(out.dtype).view(-1, *([1] * (out.dim() - 1))) if ctx.audio_mask.dim() == 1 else out * ctx.audio_mask.to(out.dtype)
         return out
+
+
+def _kv_rows(kv, frames: int, rows: int, index):
+    """Reference k/v for the given rows: one reference (batch 1) is shared by every row; a batch of
+    references (training) holds one per sample and is repeated over that sample's frames."""
+    k, v = kv
+    if k.shape[0] == 1:
+        return k, v
+    if k.shape[0] * frames != rows:
+        raise ValueError(f"reference batch {k.shape[0]} does not match the video batch ({rows} rows of {frames} frames)")
+    k, v = k.repeat_interleave(frames, 0), v.repeat_interleave(frames, 0)
+    return (k, v) if index is None else (k[index], v[index])
 
 
 class SpatialTransformer(nn.Module):
