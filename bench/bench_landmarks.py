@@ -25,8 +25,8 @@ from echomimic_lib.video_io import read_video  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 
 
-def _rate(n: int, seconds: float) -> str:
-    return f"{n / seconds:8.1f} frames/s  ({n} frames in {seconds:.2f} s)"
+def _line(label: str, n: int, seconds: float) -> None:
+    print(f"{label:<52} {n / seconds:8.1f} frames/s  ({n} frames in {seconds:.2f} s)")
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
         seq = ex.extract(clip.frames, policy="interpolate")
         t_ext = time.perf_counter() - t
         reference = ex.extract(ref)
-    print(f"extraction  ({w}x{h}, MediaPipe FaceLandmarker + mesh): {_rate(len(seq), t_ext)}")
+    _line(f"extraction ({w}x{h}, FaceLandmarker + mesh)", len(seq), t_ext)
 
     reps = int(np.ceil(args.sync_frames / len(seq)))
     idx = np.tile(np.arange(len(seq)), reps)[: args.sync_frames]
@@ -59,10 +59,10 @@ def main() -> None:
         t = time.perf_counter()
         px = motion_sync(drv.lmks, drv.lmks3d, drv.trans_mat, reference.lmks[0], reference.lmks3d[0],
                          reference.trans_mat[0], mode=mode)
-        print(f"aligner     (motion sync, {mode} mode):                  {_rate(len(px), time.perf_counter() - t)}")
+        _line(f"aligner (motion sync, {mode} mode)", len(px), time.perf_counter() - t)
     t = time.perf_counter()
     draw_landmark_sequence(px, (512, 512), parts="pose", coord_size=(512, 512))
-    print(f"drawing     (pose parts, 512x512):                        {_rate(len(px), time.perf_counter() - t)}")
+    _line("drawing (pose parts, 512x512)", len(px), time.perf_counter() - t)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {rss_mb:.0f} MB")
 

@@ -131,7 +131,9 @@ def resolve_files(root: str | Path, weights: str, variant: str = "normal", need=
                          f"get it from https://huggingface.co/{repo} ({remote})")
         lines.append(f"Expected layout: {root}/{ws.folder}/<weights>, {root}/sd-vae-ft-mse/, {root}/audio_processor/whisper_tiny.pt.")
         lines.append(f"Fetch them with: echomimic download --weights {weights} --variant {variant} --models {root}")
-        raise MissingWeightsError("\n".join(lines), missing=[m[1] for m in missing])
+        err = MissingWeightsError("\n".join(lines), missing=[m[1] for m in missing])
+        err.details = [{"component": c, "name": n, "repo": r, "remote": rem} for c, n, r, rem in missing]
+        raise err
     return found
 
 

@@ -75,6 +75,8 @@ def test_every_rate_and_layout_gives_the_same_16k_mono(sr):
     # stereo with different channels is the equal-weight downmix: (x + 0.5x) / 2 = 0.75x
     stereo = {"waveform": torch.stack([t, 0.5 * t])[None], "sample_rate": sr}
     assert torch.allclose(load_waveform_16k(stereo), 0.75 * mono, atol=1e-6)
+    surround = {"waveform": t[None, None].repeat(1, 6, 1), "sample_rate": sr}  # any channel count
+    assert torch.allclose(load_waveform_16k(surround), mono, atol=1e-6)
 
 
 def test_resampled_length_is_exact():

@@ -3,7 +3,6 @@ face geometry, model resolution/download (network monkeypatched)."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import shutil
@@ -356,4 +355,3 @@ def test_download_is_atomic_and_offline(tmp_path, shared_data, monkeypatch):
     with pytest.raises(EchoMimicError, match="not a valid"):
         mp_models.download_model("face_detector", dest)
     assert [p.name for p in dest.iterdir()] == ["face_landmarker.task"]  # no partial files left
-    json.dumps(mp_models.MODELS)  # plain data

@@ -2,7 +2,7 @@
 
 Typical use (ComfyUI AUDIO dict, tensor/array + sample rate, or a file path)::
 
-    encoder = load_whisper_encoder("models/whisper_tiny.pt", device="cuda", dtype=torch.float16)
+    encoder = load_whisper_encoder("models/whisper_tiny.pt", device=device, dtype=dtype)
     feats = encode_audio({"waveform": wav, "sample_rate": 44100}, encoder)   # once per clip
     n = feats.frame_count(fps=24)                                              # video frames the clip yields
     window = feats.chunks_at([10, 11, 12, 13], fps=24)                         # (4, 50, 384) per window
@@ -28,6 +28,7 @@ from .whisper import (
     WhisperFeatureEncoder,
     build_whisper_encoder,
     load_whisper_encoder,
+    random_whisper_encoder,
     random_whisper_state_dict,
     read_whisper_encoder_state,
     save_random_whisper,
@@ -48,6 +49,7 @@ __all__ = [
     "log_mel_spectrogram",
     "mel_filters",
     "num_feature_rows",
+    "random_whisper_encoder",
     "random_whisper_state_dict",
     "read_raw_audio",
     "read_whisper_encoder_state",

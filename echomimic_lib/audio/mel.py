@@ -45,7 +45,7 @@ def _filters_cpu(n_mels: int) -> torch.Tensor:
 
 def mel_filters(device: torch.device | str = "cpu", n_mels: int = N_MELS) -> torch.Tensor:
     """Whisper's (n_mels, 201) float32 mel filterbank (computed once, then cached)."""
-    return _filters_cpu(n_mels).to(device)
+    return _filters_cpu(n_mels).to(device, copy=True)
 
 
 def num_mel_frames(num_samples: int) -> int:

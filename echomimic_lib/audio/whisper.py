@@ -94,8 +94,8 @@ def _hf_config_dims(config_file: Path) -> dict:
     if cfg.get("model_type", "whisper") != "whisper":
         raise WeightsError(f"{config_file}: model_type is '{cfg.get('model_type')}', not 'whisper'. {_FIX}")
     return {
-        "n_mels": cfg.get("num_mel_bins"),
-        "n_audio_ctx": cfg.get("max_source_positions"),
+        "n_mels": cfg.get("num_mel_bins", 80),  # transformers' defaults when a config omits them
+        "n_audio_ctx": cfg.get("max_source_positions", 1500),
         "n_audio_state": cfg.get("d_model"),
         "n_audio_head": cfg.get("encoder_attention_heads"),
         "n_audio_layer": cfg.get("encoder_layers"),
@@ -360,6 +360,14 @@ def random_whisper_state_dict(seed: int = 0, dims: dict | None = None, include_d
             block(f"decoder.blocks.{i}", t, cross=True)
         sd["decoder.ln.weight"], sd["decoder.ln.bias"] = vec(t, 1.0, 0.1), vec(t)
     return sd
+
+
+def random_whisper_encoder(seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WhisperFeatureEncoder:
+    """A random-weight whisper-tiny :class:`WhisperFeatureEncoder` built in memory (values rounded to float16
+    like :func:`save_random_whisper` files, so both give the same network for the same seed)."""
+    sd = {k: v.to(torch.float16) for k, v in random_whisper_state_dict(seed).items()}
+    state = _to_hf_encoder_keys(sd, "<random>")
+    return build_whisper_encoder(state, device, dtype, f"<random whisper-tiny seed={seed}>")
 
 
 def save_random_whisper(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.float16, dims: dict | None = None, include_decoder: bool = False) -> Path:

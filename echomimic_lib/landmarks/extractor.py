@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -69,10 +70,14 @@ class FaceLandmarkExtractor:
             output_facial_transformation_matrixes=True,
         )
         self._landmarker = fl.FaceLandmarker.create_from_options(options)
+        # close the native graph as soon as this wrapper is garbage-collected (call close() or use
+        # ``with`` to release it deterministically)
+        self._finalizer = weakref.finalize(self, self._landmarker.close)
+        self._finalizer.atexit = False  # MediaPipe's executor is already gone at interpreter exit
 
     def close(self) -> None:
         if getattr(self, "_landmarker", None) is not None:
-            self._landmarker.close()
+            self._finalizer()
             self._landmarker = None
 
     def __enter__(self):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 

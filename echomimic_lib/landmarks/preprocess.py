@@ -20,6 +20,7 @@ as the fixture's box) and :class:`FaceBoxDetector` (MediaPipe BlazeFace short-ra
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -123,6 +124,8 @@ class FaceBoxDetector:
         self._mp = mp
         self._det = fd.FaceDetector.create_from_options(fd.FaceDetectorOptions(
             base_options=base_options(model_asset_path=str(path)), min_detection_confidence=min_confidence))
+        self._finalizer = weakref.finalize(self, self._det.close)
+        self._finalizer.atexit = False  # MediaPipe's executor is already gone at interpreter exit
 
     def detect(self, image) -> tuple[np.ndarray, np.ndarray]:
         rgb = as_rgb_uint8(image, "image")
@@ -136,7 +139,7 @@ class FaceBoxDetector:
 
     def close(self) -> None:
         if getattr(self, "_det", None) is not None:
-            self._det.close()
+            self._finalizer()
             self._det = None
 
     def __enter__(self):

@@ -4,13 +4,20 @@ No ComfyUI and no heavy import here: onnxruntime is only imported when a DWPose 
 
 Typical use::
 
-    seq = load_pose("pose/01")                       # released folder, our .npz, or one .npy frame
-    seq = seq.retime(n_frames, "ping-pong", out_fps=24)
-    cond = draw_hands_batch(seq, range(a, b), (W, H))  # uint8 (F, H, W, 3) RGB for one context window
+    seq = load_pose("pose/01")                          # released folder, our .npz, or one .npy frame
+    seq = seq.retime(n_frames, "ping-pong", out_fps=24)  # cover the audio
+    # optional, with DWPose weights: put the reference picture in the same framing and move the hands
+    ref_pose = detect_image_pose(DWPoseDetector.from_models_dir(models_dir), ref_rgb)
+    ref_rgb, ref_pose, _ = align_reference_image(ref_rgb, ref_pose, 768)
+    seq, _ = fit_sequence_to_reference(seq, ref_pose)
+    cond = draw_hands_batch(seq, range(a, b), (W, H))     # uint8 (F, H, W, 3) RGB for one context window
+
+(``DWPoseDetector`` / ``detect_image_pose`` / ``extract_pose_sequence`` live in :mod:`.dwpose`.)
 """
 from .align import (
     HalfBodyCrop,
     align_reference_and_poses,
+    align_reference_image,
     crop_image,
     crop_sequence,
     fit_image,
@@ -36,6 +43,7 @@ __all__ = [
     "PoseLoadReport",
     "PoseSequence",
     "align_reference_and_poses",
+    "align_reference_image",
     "convert_released_folder",
     "crop_image",
     "crop_sequence",

@@ -17,7 +17,8 @@ image (W x H), over all frames of the sequence (one frame for an image):
   frame's ``draw_pose_params`` ([S, S, 0, S, 0, S] for a square crop). Keypoints are re-normalised to the crop.
 
 :func:`halfbody_crop` computes the crop, :func:`crop_image` / :func:`crop_sequence` apply it,
-:func:`align_reference_and_poses` does both for a reference image and a driving-video sequence.
+:func:`align_reference_image` does it for a reference picture, :func:`align_reference_and_poses` for a
+reference picture and a driving-video sequence together.
 
 **2. Moving a loaded sequence onto the reference** (:func:`fit_sequence_to_reference`): released pose
 folders were cropped from somebody else's video, so their shoulders need not be where the reference's are.
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
+from .._lazy import cv2
 import numpy as np
 
 from ..errors import EchoMimicError
@@ -83,7 +84,9 @@ def _visible(points: np.ndarray, scores: np.ndarray, threshold: float = SCORE_TH
     return finite & ~sentinel & (np.nan_to_num(scores) > threshold)
 
 
-def halfbody_crop(seq: PoseSequence, image_size: tuple[int, int], size: int = 768, margin: float = 0.25, top: float = 0.65, bottom: float = 0.05) -> HalfBodyCrop:
+def halfbody_crop(
+    seq: PoseSequence, image_size: tuple[int, int], size: int = 768, margin: float = 0.25, top: float = 0.65, bottom: float = 0.05
+) -> HalfBodyCrop:
     """The reference's half-body crop for keypoints normalised to a ``image_size`` (W, H) source image
     (a sequence extracted from a video, or one frame for an image). See the module docstring."""
     w_img, h_img = int(image_size[0]), int(image_size[1])
@@ -91,7 +94,10 @@ def halfbody_crop(seq: PoseSequence, image_size: tuple[int, int], size: int = 76
     body_ok = _visible(seq.body[:, UPPER_BODY], seq.body_score[:, UPPER_BODY])
     neck_ok = _visible(seq.body[:, NECK], seq.body_score[:, NECK])
     if not face_ok.any():
-        raise EchoMimicError("half-body crop: no face landmarks were detected, so the top of the crop is unknown; use a picture/video where the face is visible.")
+        raise EchoMimicError(
+            "half-body crop: no face landmarks were detected, so the top of the crop is unknown; "
+            "use a picture/video where the face is visible."
+        )
     if not neck_ok.any() or not body_ok.any():
         raise EchoMimicError("half-body crop: the neck/shoulders were not detected; use a half-body picture/video (head and shoulders visible).")
     h_min = float(seq.faces[..., 1][face_ok].min())
@@ -119,7 +125,10 @@ def crop_image(image: np.ndarray, crop: HalfBodyCrop) -> np.ndarray:
     """Apply a half-body crop to an (H, W, 3) image: S x S, crop resized into its draw area, black padding."""
     image = np.asarray(image)
     if image.shape[:2] != (crop.image_size[1], crop.image_size[0]):
-        raise EchoMimicError(f"crop_image: the crop was computed for a {crop.image_size[0]}x{crop.image_size[1]} image, got {image.shape[1]}x{image.shape[0]}.")
+        raise EchoMimicError(
+            f"crop_image: the crop was computed for a {crop.image_size[0]}x{crop.image_size[1]} image, "
+            f"got {image.shape[1]}x{image.shape[0]}."
+        )
     imh, imw, rb, re, cb, ce = crop.draw_pose_params
     region = image[crop.y0 : crop.y1, crop.x0 : crop.x1]
     interp = cv2.INTER_AREA if imw < region.shape[1] else cv2.INTER_CUBIC
@@ -150,7 +159,19 @@ def crop_sequence(seq: PoseSequence, crop: HalfBodyCrop) -> PoseSequence:
     return out
 
 
-def align_reference_and_poses(reference_image: np.ndarray, reference_pose: PoseSequence, driving_pose: PoseSequence, driving_size: tuple[int, int], size: int = 768):
+def align_reference_image(image: np.ndarray, reference_pose: PoseSequence, size: int = 768) -> tuple[np.ndarray, PoseSequence, HalfBodyCrop]:
+    """Half-body crop of a reference picture from its own keypoints (normalised to the picture, e.g. from
+    :func:`echomimic_lib.pose.dwpose.detect_image_pose`): ``(S x S image, its pose in the crop, the crop)``.
+    This puts the picture in the framing of the released pose folders; follow with
+    :func:`fit_sequence_to_reference` to move a loaded sequence onto the picture's shoulders."""
+    h, w = np.asarray(image).shape[:2]
+    crop = halfbody_crop(reference_pose, (w, h), size)
+    return crop_image(image, crop), crop_sequence(reference_pose, crop), crop
+
+
+def align_reference_and_poses(
+    reference_image: np.ndarray, reference_pose: PoseSequence, driving_pose: PoseSequence, driving_size: tuple[int, int], size: int = 768
+):
     """Half-body crop of the reference image (from its own keypoints) and of a driving sequence (from its
     keypoints over all frames), both normalised to their source images. Returns
     ``(reference_image_SxS, reference_pose_cropped, driving_pose_cropped, (reference_crop, driving_crop))``."""
@@ -212,7 +233,9 @@ def similarity_from_points(src: np.ndarray, dst: np.ndarray, rotation: bool = Fa
     return np.hstack([a, (md - a @ ms)[:, None]])
 
 
-def fit_sequence_to_reference(seq: PoseSequence, reference: PoseSequence, rotation: bool = False, keypoints=(NECK, R_SHOULDER, L_SHOULDER)) -> tuple[PoseSequence, np.ndarray]:
+def fit_sequence_to_reference(
+    seq: PoseSequence, reference: PoseSequence, rotation: bool = False, keypoints=(NECK, R_SHOULDER, L_SHOULDER)
+) -> tuple[PoseSequence, np.ndarray]:
     """Move/scale ``seq`` so its (median) neck and shoulders land on the reference's, in canvas pixels.
 
     ``reference``: the reference image's pose (frame 0 is used) in the canvas the output is drawn on, e.g. from

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import cv2
+from .._lazy import cv2
 import numpy as np
 
 from ..errors import EchoMimicError
-from .sequence import PoseSequence
+from .sequence import PoseSequence, check_draw_pose_params
 
-HAND_EDGES = tuple((a, b) for finger in range(5) for a, b in zip([0] + list(range(4 * finger + 1, 4 * finger + 4)), range(4 * finger + 1, 4 * finger + 5)))
+# 5 fingers x 4 edges: 0-1-2-3-4, 0-5-6-7-8, 0-9-10-11-12, 0-13-14-15-16, 0-17-18-19-20
+HAND_EDGES = tuple((j - 1 if j % 4 != 1 else 0, j) for j in range(1, 21))
 CANVAS_SHORT_SIDE = 800
 FITS = ("stretch", "contain", "cover")
 _EPS = 0.01
@@ -106,18 +107,18 @@ def render_hand_area(hands: np.ndarray, hands_score: np.ndarray, imh: int, imw: 
 def map_draw_params(params, canvas_size: tuple[int, int], size: tuple[int, int], fit: str = "stretch") -> tuple[int, int, int, int, int, int]:
     """draw_pose_params [imh, imw, rb, re, cb, ce] of a ``canvas_size`` (W, H) canvas mapped to an output ``size``
     (W, H). Identity when the sizes agree (the reference case); the box may extend outside the output (``cover``)."""
+    if fit not in FITS:
+        raise EchoMimicError(f"unknown fit '{fit}'; choose one of {', '.join(FITS)}.")
     imh, imw, rb, re, cb, ce = (int(v) for v in params)
     (cw, chh), (w, h) = canvas_size, size
     if (cw, chh) == (w, h):
         return imh, imw, rb, re, cb, ce
     if fit == "stretch":
         sx, sy, ox, oy = w / cw, h / chh, 0.0, 0.0
-    elif fit in ("contain", "cover"):
+    else:
         s = min(w / cw, h / chh) if fit == "contain" else max(w / cw, h / chh)
         sx = sy = s
         ox, oy = (w - cw * s) / 2.0, (h - chh * s) / 2.0
-    else:
-        raise EchoMimicError(f"unknown fit '{fit}'; choose one of {', '.join(FITS)}.")
     rb2, re2 = int(round(oy + rb * sy)), int(round(oy + re * sy))
     cb2, ce2 = int(round(ox + cb * sx)), int(round(ox + ce * sx))
     return max(1, re2 - rb2), max(1, ce2 - cb2), rb2, rb2 + max(1, re2 - rb2), cb2, cb2 + max(1, ce2 - cb2)
@@ -145,6 +146,7 @@ def draw_hand_frame(
     w, h = int(size[0]), int(size[1])
     if w <= 0 or h <= 0:
         raise EchoMimicError(f"output size must be positive, got {size}.")
+    check_draw_pose_params(draw_pose_params, canvas_size or (w, h), what="hand drawing")
     imh, imw, rb, _re, cb, _ce = map_draw_params(draw_pose_params, canvas_size or (w, h), (w, h), fit)
     if out is None:
         out = np.zeros((h, w, 3), dtype=np.uint8)
@@ -176,7 +178,10 @@ def draw_hands_batch(seq: PoseSequence, indices: Iterable[int] | None = None, si
 
 # ---------------------------------------------------------------------------------------------- previews
 # OpenPose-18 limbs (0-based) and the usual 18 limb colours (RGB). Preview only.
-BODY_LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17))
+BODY_LIMBS = (
+    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
+    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+)
 _BODY_COLOURS = (
     (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0), (0, 255, 85), (0, 255, 170),
     (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
@@ -220,5 +225,6 @@ def draw_preview(
                 cv2.circle(img, px(pt), thick, (255, 255, 255), -1)
     if label:
         scale = max(0.4, min(w, h) / 900)
-        cv2.putText(img, "PREVIEW - not model input", (8, int(24 * scale) + 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), max(1, thick // 2), cv2.LINE_AA)
+        origin = (8, int(24 * scale) + 8)
+        cv2.putText(img, "PREVIEW - not model input", origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), max(1, thick // 2), cv2.LINE_AA)
     return img

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import cv2
+from .._lazy import cv2
 import numpy as np
 
 from ..errors import EchoMimicError, MissingWeightsError
@@ -75,7 +75,8 @@ def resolve_dwpose_models(models_dir: str | Path, download: bool = False, repo_i
         try:
             from huggingface_hub import hf_hub_download
         except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
-            raise MissingWeightsError("huggingface_hub is not installed, so DWPose cannot be downloaded; install it or place the files by hand.", missing) from exc
+            msg = "huggingface_hub is not installed, so DWPose cannot be downloaded; install it or place the files by hand."
+            raise MissingWeightsError(msg, missing) from exc
         target = root / "dwpose"
         target.mkdir(parents=True, exist_ok=True)
         for name in list(missing):
@@ -83,7 +84,8 @@ def resolve_dwpose_models(models_dir: str | Path, download: bool = False, repo_i
             try:
                 found[name] = Path(hf_hub_download(repo_id=repo_id, filename=name, local_dir=str(target)))
             except Exception as exc:
-                raise MissingWeightsError(f"could not download {name} from Hugging Face '{repo_id}' ({exc}); download it by hand into {target}.", [name]) from exc
+                msg = f"could not download {name} from Hugging Face '{repo_id}' ({exc}); download it by hand into {target}."
+                raise MissingWeightsError(msg, [name]) from exc
             missing.remove(name)
     if missing:
         where = ", ".join(str(root / d) for d in subdirs)
@@ -102,7 +104,8 @@ def _session(path: Path, providers: Sequence[str] | None):
     available = set(ort.get_available_providers())
     usable = [p for p in wanted if p in available]
     if len(usable) < len(wanted):
-        log.warning("ONNX Runtime providers %s are not available here; using %s", [p for p in wanted if p not in available], usable or ["CPUExecutionProvider"])
+        absent = [p for p in wanted if p not in available]
+        log.warning("ONNX Runtime providers %s are not available here; using %s", absent, usable or ["CPUExecutionProvider"])
     try:
         return ort.InferenceSession(str(path), providers=usable or ["CPUExecutionProvider"])
     except Exception as exc:
@@ -137,7 +140,9 @@ def decode_yolox(raw: np.ndarray, size: tuple[int, int] = DET_INPUT) -> tuple[np
     pred = np.asarray(raw, dtype=np.float32).reshape(-1, raw.shape[-1])
     cells, steps = yolox_grid(size)
     if len(pred) != len(cells):
-        raise EchoMimicError(f"person detector output has {len(pred)} anchors; a {size[0]}x{size[1]} YOLOX model has {len(cells)}. Wrong detector file?")
+        raise EchoMimicError(
+            f"person detector output has {len(pred)} anchors; a {size[0]}x{size[1]} YOLOX model has {len(cells)}. Wrong detector file?"
+        )
     xy = (pred[:, :2] + cells) * steps
     wh = np.exp(pred[:, 2:4]) * steps
     boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)

@@ -167,7 +167,9 @@ def parse_released_frame(d, where: str, on_nan: str = "hide", canvas_size=(DEFAU
     bad = [k for k in ("body", "body_score", "hands", "hands_score", "faces", "faces_score") if not np.isfinite(frame[k]).all()]
     if bad:
         if on_nan == "error":
-            raise EchoMimicError(f"{where}: NaN/Inf values in {', '.join(bad)}. Fix the file, or load with on_nan='hide' to treat those points as not detected.")
+            raise EchoMimicError(
+                f"{where}: NaN/Inf values in {', '.join(bad)}. Fix the file, or load with on_nan='hide' to treat those points as not detected."
+            )
         notes["nan"] = True
         frame = hide_nonfinite(frame)
     return frame, notes
@@ -297,7 +299,8 @@ def load_pose_npz(path: str | Path) -> PoseSequence:
     missing = [n for n in ARRAY_FIELDS if n not in data]
     if missing:
         raise EchoMimicError(f"{path}: missing arrays {', '.join(missing)}.")
-    return PoseSequence(**{n: data[n] for n in ARRAY_FIELDS}, fps=meta["fps"], canvas_size=tuple(meta["canvas_size"]), source=meta.get("source", str(path)))
+    arrays = {n: data[n] for n in ARRAY_FIELDS}
+    return PoseSequence(**arrays, fps=meta["fps"], canvas_size=tuple(meta["canvas_size"]), source=meta.get("source", str(path)))
 
 
 def load_pose(path: str | Path, **kwargs) -> PoseSequence:

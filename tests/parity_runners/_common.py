@@ -51,6 +51,8 @@ class ParityCase:
         tol = self.manifest.get("tolerance_suggestion", {})
         if isinstance(tol, (int, float)):
             return float(tol)
+        if not isinstance(tol, dict):  # e.g. "exact match (uint8)"
+            return default
         if key in tol and isinstance(tol[key], (int, float)):
             return float(tol[key])
         for pattern, value in tol.items():

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 from tests.parity_runners._common import assert_close, assert_equal
 from tests.parity_runners.landmark_drawing import read_png_rgb, visualiser_options
 
