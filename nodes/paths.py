@@ -1,0 +1,120 @@
+"""Model and data folders of the pack, and safe resolution of names that come from a workflow.
+
+A name from a workflow (a VAE file, a weights folder, a pose folder) is only ever looked up inside the
+folders registered for it: absolute paths, ``..`` parts and names that resolve (through a symlink)
+outside their folder are refused with a message saying what to do instead.
+
+Folders (``models`` is ComfyUI's models directory; extra_model_paths.yaml may add ``echomimic:`` roots)::
+
+    models/echomimic/v1, v2, sd-vae-ft-mse/, audio_processor/   weights (see docs/comfyui.md)
+    models/echomimic/poses/<name>/0.npy ...                     V2 hand-pose folders (also input/echomimic_poses/)
+    models/echomimic/mediapipe/, models/echomimic/dwpose/       face-landmark and DWPose detector models
+    models/vae/                                                 a single-file SD VAE may be chosen from here
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..echomimic_lib.errors import EchoMimicError
+from . import comfy_bridge as C
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".sft")
+POSE_SUBFOLDER = "poses"
+INPUT_POSE_FOLDER = "echomimic_poses"
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def echomimic_roots() -> list[Path]:
+    return C.folder_roots(C.FOLDER)
+
+
+def vae_roots() -> list[Path]:
+    return C.folder_roots("vae")
+
+
+def pose_roots() -> list[Path]:
+    return [r / POSE_SUBFOLDER for r in echomimic_roots()] + [C.input_dir() / INPUT_POSE_FOLDER]
+
+
+def safe_child(root: Path, name: str, what: str) -> Path:
+    """``root / name`` if ``name`` is a plain relative name that stays inside ``root``; else a clear error."""
+    text = str(name).replace("\\", "/")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or "\x00" in text or text.startswith("/") or _DRIVE.match(text) or ".." in parts:
+        raise EchoMimicError(
+            f"{what} '{name}' is not a name inside {root}: absolute paths and '..' are refused. "
+            f"Put the file or folder into {root} and pick it from the list.")
+    candidate = root.joinpath(*parts)
+    real_root, real = root.resolve(), candidate.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise EchoMimicError(
+            f"{what} '{name}' resolves to {real}, outside {root} (a symlink pointing elsewhere?). Copy it into "
+            f"{root}, or add its folder to ComfyUI's extra_model_paths.yaml.")
+    return candidate
+
+
+def find_named(roots: list[Path], name: str, what: str, want_dir: bool = False) -> Path | None:
+    """The first ``root / name`` that exists (a folder if ``want_dir``, else a file), checked for escapes."""
+    for root in roots:
+        p = safe_child(root, name, what)
+        if (p.is_dir() if want_dir else p.is_file()):
+            return p
+    return None
+
+
+def _subdirs(root: Path) -> list[Path]:
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def weight_folders() -> list[str]:
+    """Sub-folders of the echomimic roots holding denoiser weights (e.g. 'v1', 'v2', 'my_finetune/v2')."""
+    names = set()
+    for root in echomimic_roots():
+        for d in _subdirs(root) + [s for d in _subdirs(root) for s in _subdirs(d)]:
+            if any(f.name.startswith("denoising_unet") and f.suffix in WEIGHT_SUFFIXES for f in d.iterdir()):
+                names.add(d.relative_to(root).as_posix())
+    return sorted(names)
+
+
+def vae_files() -> list[str]:
+    """Single-file VAEs in models/vae (relative names, as ComfyUI lists them)."""
+    names = set()
+    for root in vae_roots():
+        if root.is_dir():
+            names.update(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    return sorted(names)
+
+
+def default_vae_file() -> Path | None:
+    """An SD 'ft-mse' VAE in models/vae (used when the echomimic folder has no sd-vae-ft-mse/)."""
+    for name in vae_files():
+        if "ft-mse" in name.lower() or "echomimic" in name.lower():
+            return find_named(vae_roots(), name, "VAE")
+    return None
+
+
+def pose_folders() -> list[str]:
+    """Hand-pose folders (folders of N.npy frames) and .npz sequences found in the pose roots."""
+    names = set()
+    for root in pose_roots():
+        for d in _subdirs(root):
+            if any(f.suffix == ".npy" for f in d.iterdir()):
+                names.add(d.name)
+        if root.is_dir():
+            names.update(p.name for p in root.glob("*.npz"))
+    return sorted(names)
+
+
+def resolve_pose_folder(name: str) -> Path:
+    for root in pose_roots():
+        p = safe_child(root, name, "pose folder")
+        if p.exists():
+            return p
+    where = ", ".join(str(r) for r in pose_roots())
+    raise EchoMimicError(
+        f"pose folder '{name}' not found (looked in {where}). Put a folder of 0.npy, 1.npy, ... frames there (for "
+        "example EchoMimicV2's assets/halfbody_demo/pose/01), or connect driving video frames to extract poses.")

@@ -1,0 +1,124 @@
+"""What travels on the pack's custom sockets (typed dataclasses, never string-keyed dicts), and the
+IMAGE / MASK / AUDIO conversions between ComfyUI tensors and the library's arrays.
+
+Landmark and pose payloads keep the whole driving sequence; the sampler retimes it to the number of video
+frames the audio needs and draws one context window at a time (memory stays flat in video length).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.landmarks import draw_landmark_sequence
+from ..echomimic_lib.pipeline import FrameCondition
+from ..echomimic_lib.pose import draw_hands_batch
+from ..echomimic_lib.retime import retime_indices
+
+MODEL = "ECHOMIMIC_MODEL"
+AUDIO_FEATURES = "ECHOMIMIC_AUDIO_FEATURES"
+LANDMARKS = "ECHOMIMIC_LANDMARKS"
+POSES = "ECHOMIMIC_POSES"
+RETIME_POLICIES = ["ping-pong", "loop", "hold-last", "stretch", "fail"]
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """A loaded model set plus how the loader wants it placed (ECHOMIMIC_MODEL)."""
+
+    models: Any  # echomimic_lib.model_set.EchoMimicModels
+    weights: str  # 'v1_audio' | 'v1_pose' | 'v2'
+    variant: str  # 'normal' | 'acc'
+    keep_loaded: bool
+    key: tuple = ()
+
+
+@dataclass(eq=False)
+class AudioTrack:
+    """Whisper features of one clip at a frame rate, and the clip itself for muxing (ECHOMIMIC_AUDIO_FEATURES)."""
+
+    features: Any  # echomimic_lib.audio.AudioFeatures (rows on CPU)
+    fps: float
+    audio: dict  # ComfyUI AUDIO
+
+    @property
+    def frame_count(self) -> int:
+        return self.features.frame_count(self.fps)
+
+
+@dataclass(eq=False)
+class LandmarkTrack:
+    """A face-landmark sequence in pixel coordinates of a ``coord_size`` frame (ECHOMIMIC_LANDMARKS)."""
+
+    pixels: np.ndarray  # (F, N, 2)
+    coord_size: tuple[int, int]  # (W, H) the pixels refer to
+    fps: float | None
+    parts: frozenset | None = None  # None: the model's default parts
+    retime: str = "ping-pong"
+    sequence: Any = None  # LandmarkSequence with mesh and pose (extractor output; None once aligned)
+    report: str = ""
+
+    def condition(self, num_frames: int, width: int, height: int, fps: float, default_parts) -> FrameCondition:
+        idx = retime_indices(len(self.pixels), num_frames, self.retime, self.fps, fps)
+        px, parts, coord = self.pixels[idx], self.parts or frozenset(default_parts), self.coord_size
+        return FrameCondition(num_frames, lambda sel: draw_landmark_sequence(px[list(sel)], (width, height), parts, coord_size=coord))
+
+
+@dataclass(eq=False)
+class PoseTrack:
+    """A V2 hand-pose sequence and how to fit it to the video length (ECHOMIMIC_POSES)."""
+
+    sequence: Any  # echomimic_lib.pose.PoseSequence
+    retime: str = "ping-pong"
+    notes: list = field(default_factory=list)
+
+    def condition(self, num_frames: int, width: int, height: int, fps: float) -> FrameCondition:
+        seq = self.sequence.retime(num_frames, self.retime, out_fps=fps)
+        return FrameCondition(num_frames, lambda sel: draw_hands_batch(seq, sel, (width, height)))
+
+
+# ------------------------------------------------------------------------------------------ tensors
+def image_batch(image, what: str = "image") -> np.ndarray:
+    """ComfyUI IMAGE [B, H, W, C] float 0..1 -> uint8 (B, H, W, 3) RGB."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in (3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise EchoMimicError(f"{what}: expected a ComfyUI IMAGE [batch, height, width, 3], got {shape}.")
+    if image.shape[0] == 0:
+        raise EchoMimicError(f"{what}: the IMAGE batch is empty.")
+    return (image[..., :3].detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy())
+
+
+def first_image(image, what: str = "image") -> np.ndarray:
+    return image_batch(image[:1] if isinstance(image, torch.Tensor) else image, what)[0]
+
+
+def to_image(frames) -> torch.Tensor:
+    """uint8 / float (B, H, W, 3) or one (H, W, 3) -> ComfyUI IMAGE float32 [B, H, W, 3] in 0..1."""
+    t = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+    if t.dim() == 3:
+        t = t.unsqueeze(0)
+    return (t.float() / 255.0 if t.dtype == torch.uint8 else t.float()).contiguous()
+
+
+def to_mask(mask) -> torch.Tensor:
+    """uint8 0..255 or float (H, W) -> ComfyUI MASK [1, H, W] float 0..1."""
+    t = torch.as_tensor(np.asarray(mask))
+    return (t.float() / 255.0 if t.dtype == torch.uint8 else t.float()).unsqueeze(0)
+
+
+def mask_plane(mask) -> torch.Tensor:
+    """ComfyUI MASK [B, H, W] (or [H, W]) -> the first (H, W) plane."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
+        raise EchoMimicError("mask: expected a ComfyUI MASK [batch, height, width].")
+    return mask[0] if mask.dim() == 3 else mask
+
+
+def trim_audio(audio: dict, num_frames: int, fps: float) -> dict:
+    """The AUDIO cut to the video's duration (num_frames / fps), for CreateVideo."""
+    wave, sr = audio["waveform"], int(audio["sample_rate"])
+    keep = min(wave.shape[-1], math.ceil(num_frames / fps * sr))
+    return {"waveform": wave[..., :keep], "sample_rate": sr}

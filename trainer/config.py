@@ -1,0 +1,393 @@
+"""Typed training configuration: dataclasses, strict YAML loading, presets, ``--set`` overrides.
+
+A run is described by one :class:`TrainConfig`. YAML files give a subset of its fields, optionally on top
+of a preset (``preset: v1_stage1``); every unknown key is an error that names its path (``optim.lrr``), and
+every value is checked against the field's type. The resolved config is written next to the checkpoints.
+
+Training is a list of *phases* (:class:`PhaseConfig`): V1 stage 1 and stage 2 are one phase each, V2's
+APDH schedule is seven phases (see :mod:`trainer.phases` and :mod:`trainer.presets`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+@dataclass
+class ModelConfig:
+    weights: str = "v1_pose"  # official file set trained and exported: v1_audio | v1_pose | v2
+    init: str = "sd"  # sd (SD1.5 image-variations UNet) | echomimic (released weights or an export) | random
+    sd_path: str | None = None  # sd-image-variations-diffusers folder (with unet/)
+    echomimic_path: str | None = None  # released EchoMimic folder, or an `echomimic-train export` folder
+    variant: str = "normal"  # normal | acc (which released denoiser/motion files to start from)
+    motion_init: str = "random"  # random (proj_out zero) | released | animatediff | none (stage-1-only model)
+    motion_path: str | None = None  # AnimateDiff mm_sd_v15_v2 file (motion_init: animatediff)
+    vae_path: str | None = None  # sd-vae-ft-mse folder; default: found beside echomimic_path / sd_path
+    whisper_path: str | None = None  # whisper tiny checkpoint; default: found beside echomimic_path / sd_path
+    arch: str | None = None  # "tiny" | "sd15" for init: random; otherwise read from the init folder
+    gradient_checkpointing: bool = False  # reference + denoising UNet
+    attention: str = "sdpa"
+
+
+@dataclass
+class RLSConfig:
+    """Random Landmark Selection: each sample drops every part independently with ``drop_prob``."""
+
+    enabled: bool = True
+    parts: list[str] = field(default_factory=lambda: ["eyes", "brows", "pupils", "nose", "mouth"])
+    drop_prob: float = 0.5
+
+
+@dataclass
+class AudioAugConfig:
+    """Waveform augmentation before whisper feature extraction (each with its own probability)."""
+
+    noise_prob: float = 0.0
+    noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 40.0])
+    gain_prob: float = 0.0
+    gain_db: list[float] = field(default_factory=lambda: [-6.0, 6.0])
+    shift_prob: float = 0.0
+    max_shift_ms: float = 40.0
+
+
+@dataclass
+class DataConfig:
+    roots: list[str] = field(default_factory=list)  # prepared datasets (V1: headshots; V2: half-body)
+    headshot_roots: list[str] = field(default_factory=list)  # V2: headshot datasets, padded into the half-body layout
+    width: int = 512
+    height: int = 512
+    condition: str = "landmarks"  # landmarks (V1 pose set) | face_mask (V1 audio set) | pose (V2)
+    landmark_parts: list[str] = field(default_factory=lambda: ["eyes", "brows", "pupils", "nose", "mouth"])
+    ref_min_gap: int = 0  # frames between reference and target frames (at least)
+    drop_reference: float = 0.05
+    drop_audio: float = 0.05
+    drop_condition: float = 0.05
+    rls: RLSConfig = field(default_factory=RLSConfig)
+    audio_aug: AudioAugConfig = field(default_factory=AudioAugConfig)
+    num_workers: int = 2
+    # V2 headshot padding: where half-body heads are (face box centre x, y and height, canvas fractions)
+    head_box: list[float] = field(default_factory=lambda: [0.5, 0.27, 0.2])
+
+
+@dataclass
+class LPIPSConfig:
+    net: str = "alex"
+    random_backbone: bool = False  # pnet_rand: tests only (no ImageNet weights needed)
+
+
+@dataclass
+class SpatialLossConfig:
+    """V1 timestep-aware spatial loss: weight * w(t) * [l2 * L2 + lpips * LPIPS] on the one-step x0 decode."""
+
+    weight: float = 0.0  # lambda; 0 = off
+    l2: float = 1.0
+    lpips: float = 1.0
+    face_crop: bool = False  # decode only a face-centred crop of the latent
+    crop_size: int = 256  # pixels (multiple of 8), clamped to the image
+    decoder_checkpointing: bool = False
+
+
+@dataclass
+class EdgeConfig:
+    blur_sigma: float = 1.0
+    low: float = 0.1
+    high: float = 0.2
+    softness: float = 0.02
+    thinning: float = 20.0
+
+
+@dataclass
+class PhDConfig:
+    """V2 phase-specific denoising loss (see :mod:`trainer.losses`)."""
+
+    enabled: bool = False
+    bounds: list[float] = field(default_factory=lambda: [0.1, 0.6])  # fractions of denoising in S1, S2; S3 = rest
+    pose_weight: float = 0.1
+    detail_weight: float = 0.1
+    low_weight: float = 0.1
+    pose_sigma: float = 0.015  # keypoint heat-map sigma, fraction of the image size
+    pose_estimator: str | None = None  # "module:callable" differentiable keypoint estimator (hook)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+
+
+@dataclass
+class LossConfig:
+    spatial: SpatialLossConfig = field(default_factory=SpatialLossConfig)
+    phd: PhDConfig = field(default_factory=PhDConfig)
+    lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes)
+    lr: float = 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_schedule: str = "constant"  # any diffusers.optimization scheduler name (constant, linear, cosine, ...)
+    warmup_steps: int = 0
+    batch_size: int = 4  # per process
+    grad_accum: int = 1
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = False
+    decay: float = 0.9999
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase. ``kind`` spatial = single frames, no motion modules; temporal = clips, motion only."""
+
+    name: str = "stage1"
+    steps: int = 30000
+    kind: str = "spatial"  # spatial | temporal
+    frames: int = 1
+    train: list[str] = field(default_factory=lambda: ["reference", "denoiser", "cond_encoder"])  # or ["motion"]
+    data: str = "all"  # all | halfbody | headshot
+    pose_parts: list[str] = field(default_factory=lambda: ["hands"])  # V2 keypoint groups drawn: body, head, lips, hands
+    pose_dropout: list[float] = field(default_factory=lambda: [0.0, 0.0])  # whole-pose dropout, ramped start -> end
+    audio: str = "global"  # global | muted | lips | head   (audio cross-attention mask)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000
+    keep_last: int = 3
+
+
+@dataclass
+class LogConfig:
+    every: int = 10
+    tensorboard: bool = True
+    plot: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 0  # steps; 0 = off
+    steps: int = 10  # denoising steps
+    frames: int = 12
+    cfg: float = 2.5
+    clip: str | None = None  # clip id (default: the first clip of the first dataset)
+    seed: int = 420
+
+
+@dataclass
+class TrainConfig:
+    preset: str | None = None
+    output_dir: str = "runs/echomimic"
+    seed: int = 42
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    frozen_dtype: str = "auto"  # dtype of the frozen VAE / whisper: auto (= mixed precision) | float32
+    cpu_threads: int | None = None
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
+    ddp_find_unused: bool = False
+    noise_scheduler: dict = field(default_factory=dict)  # overrides of the sampler's DDIM schedule
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    @property
+    def max_steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        from .phases import validate_phases
+
+        choices = {
+            "model.weights": (self.model.weights, ("v1_audio", "v1_pose", "v2")),
+            "model.init": (self.model.init, ("sd", "echomimic", "random")),
+            "model.motion_init": (self.model.motion_init, ("random", "released", "animatediff", "none")),
+            "model.variant": (self.model.variant, ("normal", "acc")),
+            "data.condition": (self.data.condition, ("landmarks", "face_mask", "pose")),
+            "mixed_precision": (self.mixed_precision, ("no", "bf16", "fp16")),
+            "frozen_dtype": (self.frozen_dtype, ("auto", "float32")),
+            "optim.optimizer": (self.optim.optimizer, ("adamw", "adamw8bit")),
+        }
+        for path, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{path}: '{value}' is not one of {', '.join(allowed)}")
+        need = {"sd": "sd_path", "echomimic": "echomimic_path"}.get(self.model.init)
+        if need and not getattr(self.model, need):
+            raise ConfigError(f"model.init: {self.model.init} needs model.{need}")
+        if self.model.motion_init == "animatediff" and not self.model.motion_path:
+            raise ConfigError("model.motion_init: animatediff needs model.motion_path (mm_sd_v15_v2 file)")
+        cond_of = {"v1_audio": "face_mask", "v1_pose": "landmarks", "v2": "pose"}
+        if cond_of[self.model.weights] != self.data.condition:
+            raise ConfigError(f"data.condition: the {self.model.weights} weight set is trained with '{cond_of[self.model.weights]}' "
+                              f"conditions, not '{self.data.condition}'")
+        if self.data.width % 8 or self.data.height % 8:
+            raise ConfigError("data.width/height must be multiples of 8")
+        for name in ("drop_reference", "drop_audio", "drop_condition"):
+            if not 0.0 <= getattr(self.data, name) <= 1.0:
+                raise ConfigError(f"data.{name} must be a probability in [0, 1]")
+        if self.optim.batch_size < 1 or self.optim.grad_accum < 1:
+            raise ConfigError("optim.batch_size and optim.grad_accum must be >= 1")
+        b = self.loss.phd.bounds
+        if len(b) != 2 or b[0] < 0 or b[1] < 0 or b[0] + b[1] > 1:
+            raise ConfigError("loss.phd.bounds must be two fractions [S1, S2] with S1 + S2 <= 1")
+        validate_phases(self.phases, self.data.condition)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, path: str):
+    """Check ``value`` against the annotation ``tp`` (after dataclass resolution) and return it converted."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, path)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}")
+
+
+def from_dict(cls, data: dict, path: str = ""):
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        k = unknown[0]
+        near = difflib.get_close_matches(str(k), names, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(names)}"
+        raise ConfigError(f"{path + '.' if path else ''}{k}: unknown key{hint}")
+    kwargs = {k: _coerce(v, hints[k], f"{path + '.' if path else ''}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Mappings merge recursively; lists and scalars in ``over`` replace those in ``base``."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _parse_scalar(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def apply_override(data: dict, assignment: str) -> dict:
+    """``a.b.c=value`` (YAML value). ``phases.<name>.field=value`` addresses a phase by name (or index)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    value = _parse_scalar(text)
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            idx = next((j for j, ph in enumerate(node) if isinstance(ph, dict) and str(ph.get("name")) == p), None)
+            if idx is None:
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError(f"--set {key}: no phase named '{p}'")
+                idx = int(p)
+            node = node[idx]
+        else:
+            if p not in node or not isinstance(node[p], (dict, list)):
+                node[p] = {} if p not in node or node[p] is None else node[p]
+            node = node[p]
+    node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None) -> TrainConfig:
+    """Load a YAML file (optional), on top of its ``preset:`` (or ``preset``), then apply ``--set`` overrides."""
+    import yaml
+
+    from .presets import preset_dict
+
+    user: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        user = yaml.safe_load(text) or {}
+        if not isinstance(user, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    name = user.get("preset", preset)
+    data = deep_merge(preset_dict(name), user) if name else dict(user)
+    if name:
+        data["preset"] = name
+    data = json.loads(json.dumps(data))  # plain containers, so overrides can edit in place
+    for ov in overrides or []:
+        data = apply_override(data, ov)
+    return from_dict(TrainConfig, data).validate()
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> Path:
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+    return path
