@@ -8,11 +8,16 @@ import sys
 from .errors import EchoMimicError
 
 
+def _say(text: str) -> None:
+    """Command-line output (the library itself logs)."""
+    sys.stdout.write(f"{text}\n")
+
+
 def _cmd_make_tiny(args) -> int:
     from .tiny import make_tiny
 
     out = make_tiny(args.directory, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format)
-    print(f"tiny random-weight EchoMimic models written to {out}")
+    _say(f"tiny random-weight EchoMimic models written to {out}")
     return 0
 
 
@@ -20,7 +25,7 @@ def _cmd_convert(args) -> int:
     from .weights import convert
 
     for p in convert(args.src, args.dst):
-        print(f"wrote {p}")
+        _say(f"wrote {p}")
     return 0
 
 
@@ -57,10 +62,10 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except EchoMimicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        sys.stderr.write("interrupted\n")
         return 130
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .animate import AnimateRequest, default_models_dir
+from .cli import _say
 
 VERSION_DEFAULT_MODE = {"v1": "audio", "v2": "halfbody"}
 MODE_VERSION = {"audio": "v1", "landmarks": "v1", "audio+landmarks": "v1", "halfbody": "v2"}
@@ -45,7 +46,7 @@ def _cmd_animate(args) -> int:
     line = f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video) in {s['seconds']} s, peak RSS {s['peak_rss_gb']} GB"
     if "peak_vram_gb" in s:
         line += f", peak VRAM {s['peak_vram_gb']} GB"
-    print(line)
+    _say(line)
     return 0
 
 
@@ -56,7 +57,7 @@ def _cmd_download(args) -> int:
     files = ensure_weights(root, args.weights, args.variant, download=True)
     for k, v in files.items():
         if v is not None:
-            print(f"{k}: {v}")
+            _say(f"{k}: {v}")
     return 0
 
 

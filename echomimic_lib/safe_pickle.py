@@ -60,7 +60,7 @@ def load_pickle(path: str | Path) -> Any:
 
 def load_npy(path: str | Path) -> Any:
     """Read a ``.npy`` file. Plain arrays load directly; object arrays (pickled dicts) go through the
-    allow-list unpickler, never ``allow_pickle=True``. A 0-d object array returns the object it holds."""
+    allow-list unpickler, never numpy's free unpickling. A 0-d object array returns the object it holds."""
     path = Path(path)
     raw = path.read_bytes()
     if raw[:2] == b"PK":

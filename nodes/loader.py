@@ -77,19 +77,25 @@ def _nbytes(models) -> int:
     return sum(p.numel() * p.element_size() for m in models.modules().values() for p in m.parameters())
 
 
+def move(models, device: torch.device) -> None:
+    """Move every network of a set to ``device`` (dtypes untouched)."""
+    for module in models.modules().values():
+        module.to(device)
+
+
 def activate(handle: ModelHandle) -> torch.device:
     """Move the model set to ComfyUI's compute device (making room among ComfyUI's own models)."""
     device = C.torch_device()
     if handle.models.device != device:
         C.free_memory(_nbytes(handle.models), device)
-        handle.models.to(device=device)
+        move(handle.models, device)
     return device
 
 
 def release(handle: ModelHandle) -> None:
     """Back to the offload device unless keep-loaded (never kept under --lowvram), then free the cache."""
     if not handle.keep_loaded or C.low_vram():
-        handle.models.to(device=C.offload_device())
+        move(handle.models, C.offload_device())
     C.soft_empty_cache()
 
 
@@ -117,7 +123,7 @@ def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa
         _CACHE[key] = handle
         while len(_CACHE) > CACHE_SIZE:
             _, old = _CACHE.popitem(last=False)
-            old.models.to(device=C.offload_device())
+            move(old.models, C.offload_device())
     return handle
 
 

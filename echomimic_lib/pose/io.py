@@ -10,7 +10,7 @@ frame, each a 0-d object array holding a dict::
     draw_pose_params  [imh, imw, row_begin, row_end, col_begin, col_end]
 
 Files are read through the allow-list unpickler (:func:`echomimic_lib.safe_pickle.load_npy`), never with
-``allow_pickle=True``: a file that would build anything but arrays/dicts/lists/numbers is refused and named.
+numpy's free unpickling: a file that would build anything but arrays/dicts/lists/numbers is refused and named.
 Frames are ordered by their number (0, 1, 2, ..., 10), files whose name is not ``<number>.npy`` (``.DS_Store``,
 notes) are skipped, gaps in the numbering are reported. When a frame holds several people the one with the
 highest mean body score is kept (V2 animates one person).
@@ -256,8 +256,18 @@ def save_released_folder(seq: PoseSequence, folder: str | Path, overwrite: bool 
         d["num"] = i
         holder = np.empty((), dtype=object)
         holder[()] = d
-        np.save(folder / f"{i}.npy", holder, allow_pickle=True)  # writing only; reading never unpickles freely
+        _write_object_npy(folder / f"{i}.npy", holder)
     return folder
+
+
+def _write_object_npy(path: Path, holder: np.ndarray) -> None:
+    """Write a 0-d object array in the released .npy layout (header + pickled array), as numpy does.
+    Writing only: reading always goes through the allow-list unpickler."""
+    import pickle
+
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(holder))
+        pickle.dump(holder, fh, protocol=3)
 
 
 # ---------------------------------------------------------------------------------------------- own format

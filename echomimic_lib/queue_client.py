@@ -1,0 +1,210 @@
+"""Batch-queue EchoMimic jobs on a running ComfyUI through its HTTP API (standard library only).
+
+For every (portrait, audio) pair of two folders: upload both files (``POST /upload/image``, which ComfyUI
+also uses for audio and video), put their names into an API-format workflow (``workflows/api/*.json``),
+give ``SaveVideo`` a per-job filename prefix, and ``POST /prompt``. With ``--wait`` it polls
+``GET /history/<prompt_id>`` and lists the saved files.
+
+    python -m echomimic_lib.queue_client workflows/api/v1_audio.json --portraits faces/ --audios speech/ \\
+        [--server http://127.0.0.1:8188] [--driving clip.mp4] [--seed 42] [--wait] [--dry-run]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import mimetypes
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EchoMimicError
+
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus"}
+DEFAULT_SERVER = "http://127.0.0.1:8188"
+
+
+class QueueError(EchoMimicError):
+    """The server refused a request, or the inputs cannot be queued."""
+
+
+@dataclass
+class Job:
+    portrait: Path
+    audio: Path
+    prefix: str
+
+
+def _files(folder, exts: set, what: str) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QueueError(f"{what} folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    if not files:
+        raise QueueError(f"no {what} files ({', '.join(sorted(exts))}) in {folder}")
+    return files
+
+
+def plan_jobs(portraits, audios, prefix: str = "echomimic") -> list[Job]:
+    """Every portrait x every audio, in name order, each with its own output prefix."""
+    pairs = itertools.product(_files(portraits, IMAGE_EXT, "portrait"), _files(audios, AUDIO_EXT, "audio"))
+    return [Job(p, a, f"{prefix}/{p.stem}__{a.stem}") for p, a in pairs]
+
+
+def find_node(prompt: dict, class_type: str, explicit: str | None = None) -> str | None:
+    """Id of the single node of ``class_type`` (or ``explicit``); None if there is none."""
+    if explicit is not None:
+        if explicit not in prompt:
+            raise QueueError(f"node '{explicit}' is not in the workflow (ids: {', '.join(prompt)}).")
+        return explicit
+    ids = [k for k, v in prompt.items() if v.get("class_type") == class_type]
+    if len(ids) > 1:
+        raise QueueError(f"the workflow has several {class_type} nodes ({', '.join(ids)}); say which one to fill.")
+    return ids[0] if ids else None
+
+
+def build_prompt(template: dict, image: str, audio: str, prefix: str, seed: int | None = None,
+                 driving: str | None = None) -> dict:
+    """A copy of the API-format ``template`` with the uploaded file names, the output prefix and the seed."""
+    prompt = copy.deepcopy(template)
+    for class_type, key, value in (("LoadImage", "image", image), ("LoadAudio", "audio", audio), ("LoadVideo", "file", driving)):
+        node = find_node(prompt, class_type)
+        if node is None and value is not None and class_type != "LoadVideo":
+            raise QueueError(f"the workflow has no {class_type} node to put '{value}' into; is it an API-format EchoMimic workflow?")
+        if node is not None and value is not None:
+            prompt[node]["inputs"][key] = value
+    for node in prompt.values():
+        if node.get("class_type") == "SaveVideo":
+            node["inputs"]["filename_prefix"] = prefix
+        if seed is not None and "seed" in node.get("inputs", {}):
+            node["inputs"]["seed"] = int(seed)
+    return prompt
+
+
+# ------------------------------------------------------------------------------------------ HTTP
+def _request(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 60.0) -> dict:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read().decode("utf-8") or "{}")
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        raise QueueError(f"{url}: HTTP {exc.code}: {_explain(body)}") from None
+    except urllib.error.URLError as exc:
+        raise QueueError(f"cannot reach ComfyUI at {url} ({exc.reason}); is it running (python main.py --listen)?") from None
+
+
+def _explain(body: str) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:500]
+    lines = [str(data.get("error", {}).get("message", data.get("error", "")))]
+    for node, info in (data.get("node_errors") or {}).items():
+        for err in info.get("errors", []):
+            lines.append(f"node {node} ({info.get('class_type')}): {err.get('message')}: {err.get('details')}")
+    return "; ".join(x for x in lines if x)
+
+
+def upload(server: str, path: Path, timeout: float = 120.0) -> str:
+    """Upload a file into ComfyUI's input folder; returns the name LoadImage/LoadAudio/LoadVideo expect."""
+    boundary = uuid.uuid4().hex
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\nContent-Type: {mime}\r\n\r\n'.encode(),
+        path.read_bytes(),
+        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n--{boundary}--\r\n'.encode(),
+    ]
+    reply = _request(f"{server}/upload/image", b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout)
+    return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
+
+
+def post_prompt(server: str, prompt: dict, client_id: str) -> str:
+    reply = _request(f"{server}/prompt", json.dumps({"prompt": prompt, "client_id": client_id}).encode(),
+                     {"Content-Type": "application/json"})
+    return reply["prompt_id"]
+
+
+def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0) -> dict:
+    """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        entry = _request(f"{server}/history/{prompt_id}").get(prompt_id)
+        if entry is not None:
+            status = entry.get("status", {})
+            if status.get("status_str") == "error":
+                msgs = [m[1].get("exception_message", "") for m in status.get("messages", []) if m[0] == "execution_error"]
+                raise QueueError(f"prompt {prompt_id} failed: {'; '.join(msgs) or 'see the ComfyUI log'}")
+            return entry
+        time.sleep(poll)
+    raise QueueError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.")
+
+
+def saved_files(entry: dict) -> list[str]:
+    out = []
+    for node_out in entry.get("outputs", {}).values():
+        for item in node_out.get("images", []) + node_out.get("gifs", []):
+            out.append("/".join(x for x in (item.get("subfolder"), item.get("filename")) if x))
+    return out
+
+
+def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
+                 driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic") -> list[dict]:
+    """Queue every portrait x audio job; returns one dict per job (prompt_id, prefix, files when waited)."""
+    server = server.rstrip("/")
+    template = json.loads(Path(workflow).read_text())
+    if not isinstance(template, dict) or "nodes" in template or not all("class_type" in v for v in template.values()):
+        raise QueueError(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
+    jobs, names, results = plan_jobs(portraits, audios, prefix), {}, []
+    client_id = uuid.uuid4().hex
+
+    def name_of(path: Path) -> str:
+        if path not in names:
+            names[path] = path.name if dry_run else upload(server, path)
+        return names[path]
+
+    drive = name_of(Path(driving)) if driving else None
+    for job in jobs:
+        prompt = build_prompt(template, name_of(job.portrait), name_of(job.audio), job.prefix, seed, drive)
+        result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
+        if not dry_run:
+            result["prompt_id"] = post_prompt(server, prompt, client_id)
+        results.append(result)
+    if wait and not dry_run:
+        for result in results:
+            result["files"] = saved_files(wait_for(server, result["prompt_id"]))
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m echomimic_lib.queue_client", description=__doc__.split("\n\n")[0])
+    p.add_argument("workflow", help="API-format workflow JSON (workflows/api/*.json)")
+    p.add_argument("--portraits", required=True, help="folder of reference images")
+    p.add_argument("--audios", required=True, help="folder of audio clips")
+    p.add_argument("--server", default=DEFAULT_SERVER)
+    p.add_argument("--driving", help="driving video for the landmark / pose-extraction workflows")
+    p.add_argument("--seed", type=int, help="one seed for every job (default: the workflow's)")
+    p.add_argument("--prefix", default="echomimic", help="output sub-folder / file prefix")
+    p.add_argument("--wait", action="store_true", help="wait for every job and list the saved videos")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs, upload and queue nothing")
+    args = p.parse_args(argv)
+    try:
+        results = queue_folder(args.workflow, args.portraits, args.audios, args.server, args.seed, args.driving,
+                               args.wait, args.dry_run, args.prefix)
+    except EchoMimicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in results:
+        status = r.get("prompt_id", "dry run")
+        print(f"{Path(r['portrait']).name} x {Path(r['audio']).name} -> {r['prefix']} [{status}]", *r.get("files", []))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""ComfyUI nodes of the pack: thin V1-style classes over :mod:`echomimic_lib` (category "EchoMimic").
+
+Only :mod:`.comfy_bridge` imports ComfyUI; the rest runs (and is tested) without it.
+"""
+from .audio import EchoMimicAudioEncoder
+from .landmarks import EchoMimicLandmarkExtractor, EchoMimicPartAwareAligner
+from .loader import EchoMimicModelLoader
+from .pose import EchoMimicPoseSequenceLoader
+from .reference import EchoMimicReferencePrep
+from .sampler import EchoMimicSampler
+
+NODE_CLASS_MAPPINGS = {
+    "EchoMimicModelLoader": EchoMimicModelLoader,
+    "EchoMimicAudioEncoder": EchoMimicAudioEncoder,
+    "EchoMimicReferencePrep": EchoMimicReferencePrep,
+    "EchoMimicLandmarkExtractor": EchoMimicLandmarkExtractor,
+    "EchoMimicPartAwareAligner": EchoMimicPartAwareAligner,
+    "EchoMimicPoseSequenceLoader": EchoMimicPoseSequenceLoader,
+    "EchoMimicSampler": EchoMimicSampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EchoMimicModelLoader": "EchoMimic Model Loader (reference net)",
+    "EchoMimicAudioEncoder": "EchoMimic Audio Encoder",
+    "EchoMimicReferencePrep": "EchoMimic Reference Preparation",
+    "EchoMimicLandmarkExtractor": "EchoMimic Landmark Extractor",
+    "EchoMimicPartAwareAligner": "EchoMimic Part-Aware Aligner",
+    "EchoMimicPoseSequenceLoader": "EchoMimic Hand-Pose Sequence Loader",
+    "EchoMimicSampler": "EchoMimic Sampler",
+}
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,63 @@
+"""EchoMimic Audio Encoder: ComfyUI AUDIO -> whisper-tiny features per video frame (+ the audio for muxing)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..echomimic_lib.audio import encode_audio
+from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.modes import DEFAULT_FPS
+from . import comfy_bridge as C
+from .payloads import AUDIO_FEATURES, MODEL, AudioTrack
+
+SILENCE_PEAK = 1e-4  # -80 dBFS
+
+
+def check_audible(audio) -> None:
+    """Refuse a clip with no audible sound: EchoMimic would animate a still, closed mouth."""
+    wave = audio.get("waveform") if isinstance(audio, dict) else None
+    if not isinstance(wave, torch.Tensor):
+        raise EchoMimicError("audio: expected a ComfyUI AUDIO (connect Load Audio, or the audio of Get Video Components).")
+    peak = float(wave.detach().abs().max()) if wave.numel() else 0.0
+    if peak < SILENCE_PEAK:
+        level = f"{20 * math.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
+        raise EchoMimicError(f"the audio is silent (peak level {level}); EchoMimic is driven by speech. Connect a clip with "
+                             "audible speech, or check that Load Audio picked the right file.")
+
+
+def encode(handle, audio: dict, fps: float) -> AudioTrack:
+    """Run whisper on ComfyUI's device; features are kept on the CPU (the sampler moves one window at a time)."""
+    check_audible(audio)
+    encoder = handle.models.audio_encoder
+    try:
+        encoder.to(C.torch_device())
+        features = encode_audio(audio, encoder, device="cpu", dtype=torch.float32)
+    finally:
+        if not handle.keep_loaded or C.low_vram():
+            encoder.to(C.offload_device())
+    return AudioTrack(features, float(fps), audio)
+
+
+class EchoMimicAudioEncoder:
+    CATEGORY = "EchoMimic"
+    FUNCTION = "execute"
+    RETURN_TYPES = (AUDIO_FEATURES, "AUDIO", "INT")
+    RETURN_NAMES = ("audio_features", "audio", "frame_count")
+    OUTPUT_TOOLTIPS = ("Whisper features for every video frame; they know their frame count at this fps.",
+                       "The same audio, for Create Video (the sampler also outputs it cut to the video length).",
+                       "How many video frames the audio yields at this fps.")
+    DESCRIPTION = "Encodes speech with the model's whisper-tiny into per-frame audio features (computed once, sliced per window)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "From EchoMimic Model Loader (its whisper-tiny encoder is used)."}),
+            "audio": ("AUDIO", {"tooltip": "Speech that drives the animation (Load Audio accepts audio and video files)."}),
+            "fps": ("FLOAT", {"default": float(DEFAULT_FPS), "min": 1.0, "max": 120.0, "step": 1.0,
+                              "tooltip": "Frame rate of the output video; the number of frames follows the audio length."}),
+        }}
+
+    def execute(self, model, audio, fps):
+        track = encode(model, audio, fps)
+        return (track, audio, track.frame_count)

@@ -1,0 +1,88 @@
+"""EchoMimic Hand-Pose Sequence Loader (V2): a released pose folder, or DWPose extraction from driving-video
+frames; optionally moved onto the reference's shoulders. Retiming to the audio happens in the sampler."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.pose import draw_preview, fit_sequence_to_reference, load_pose
+from ..echomimic_lib.pose.dwpose import detect_image_pose, extract_pose_sequence
+from . import comfy_bridge as C
+from . import detectors, paths
+from .payloads import POSES, RETIME_POLICIES, PoseTrack, first_image, image_batch, to_image
+
+log = logging.getLogger(__name__)
+
+NO_FOLDER = "none (extract from driving_frames)"
+ALIGN = ["none", "fit to reference shoulders"]
+PREVIEW, PREVIEW_FRAMES = 256, 64
+
+
+def _preview(seq) -> np.ndarray:
+    idx = np.unique(np.linspace(0, len(seq) - 1, min(len(seq), PREVIEW_FRAMES)).round().astype(int))
+    return np.stack([draw_preview(seq, int(i), (PREVIEW, PREVIEW)) for i in idx])
+
+
+def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str, download: bool,
+         driving_frames=None, reference=None) -> tuple[PoseTrack, object]:
+    if retime not in RETIME_POLICIES:
+        raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(RETIME_POLICIES)}.")
+    detector = None
+    if driving_frames is not None:
+        if pose_folder != NO_FOLDER:
+            log.info("driving_frames are connected: poses are extracted from them, pose folder '%s' is ignored", pose_folder)
+        detector = detectors.dwpose(download)
+        frames = image_batch(driving_frames, "driving_frames")
+        seq = extract_pose_sequence(list(frames), detector, on_missing=on_missing, fps=float(fps))
+    elif pose_folder == NO_FOLDER:
+        raise EchoMimicError("no poses: choose a pose folder, or connect the frames of a driving video to 'driving_frames'.")
+    else:
+        seq = load_pose(paths.resolve_pose_folder(pose_folder), fps=float(fps))
+    C.check_interrupt()
+    if align == ALIGN[1]:
+        if reference is None:
+            raise EchoMimicError("'fit to reference shoulders' needs the reference image: connect it to 'reference' "
+                                 "(or set align to 'none').")
+        detector = detector or detectors.dwpose(download)
+        seq, _ = fit_sequence_to_reference(seq, detect_image_pose(detector, first_image(reference, "reference")))
+    elif align != ALIGN[0]:
+        raise EchoMimicError(f"unknown align option '{align}'; choose one of {', '.join(ALIGN)}.")
+    report = getattr(seq.report, "summary", lambda: "")()
+    return PoseTrack(seq, retime, [report] if report else []), to_image(_preview(seq))
+
+
+class EchoMimicPoseSequenceLoader:
+    CATEGORY = "EchoMimic"
+    FUNCTION = "execute"
+    RETURN_TYPES = (POSES, "IMAGE")
+    RETURN_NAMES = ("poses", "preview")
+    OUTPUT_TOOLTIPS = ("Hand-pose sequence for the V2 sampler (retimed to the audio there).",
+                       "Preview: hands, body and face points (only the hands are the model input).")
+    DESCRIPTION = "Loads a V2 hand-pose sequence from models/echomimic/poses/ or extracts one from a driving video (DWPose)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pose_folder": ([NO_FOLDER] + paths.pose_folders(), {"default": NO_FOLDER, "tooltip": "A folder of 0.npy, 1.npy, ... "
+                            "frames (EchoMimicV2 format) in models/echomimic/poses/ or input/echomimic_poses/. Ignored when "
+                            "driving_frames are connected."}),
+            "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip": "Frame rate of the poses: 24 "
+                              "for the released folders; for driving_frames link Get Video Components' fps."}),
+            "retime": (RETIME_POLICIES, {"default": "ping-pong", "tooltip": "How the sequence is fitted to the audio length: "
+                       "ping-pong, loop, hold-last, stretch, or fail when it is too short."}),
+            "align": (ALIGN, {"default": "none", "tooltip": "fit to reference shoulders: move and scale the poses so their "
+                      "neck and shoulders land on the reference's (needs 'reference' and the DWPose models)."}),
+            "on_missing": (["interpolate", "hold", "fail"], {"default": "interpolate", "tooltip": "Driving frames where "
+                           "nobody is found: blend between neighbours, repeat the previous pose, or stop."}),
+            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download the DWPose models (yzd-v/DWPose) into "
+                              "models/echomimic/dwpose if missing."}),
+        }, "optional": {
+            "driving_frames": ("IMAGE", {"tooltip": "Frames of a driving video: poses are extracted with DWPose and "
+                               "half-body cropped like the reference."}),
+            "reference": ("IMAGE", {"tooltip": "The prepared reference image, for 'fit to reference shoulders'."}),
+        }}
+
+    def execute(self, pose_folder, fps, retime, align, on_missing, auto_download, driving_frames=None, reference=None):
+        return load(pose_folder, fps, retime, align, on_missing, auto_download, driving_frames, reference)

@@ -1,0 +1,67 @@
+"""EchoMimic Reference Preparation: the reference IMAGE at the output size, plus the V1 face MASK."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.landmarks import prepare_v1_reference
+from ..echomimic_lib.pose import crop_image, fit_image, halfbody_crop
+from ..echomimic_lib.pose.dwpose import detect_image_pose
+from . import detectors, paths
+from .payloads import first_image, to_image, to_mask
+
+TARGETS = ["V1 face crop + mask", "V2 half-body crop", "resize only"]
+NO_FACE = {"error": "error", "whole image": "whole_image"}
+
+
+def _check_size(width: int, height: int) -> None:
+    if width % 8 or height % 8 or width < 64 or height < 64:
+        raise EchoMimicError(f"width and height must be multiples of 8 and at least 64 (got {width}x{height}); try "
+                             f"{max(64, width // 8 * 8)}x{max(64, height // 8 * 8)}.")
+
+
+def prepare(image, target: str, width: int, height: int, no_face: str, download: bool):
+    _check_size(width, height)
+    img = first_image(image, "image")
+    ones = np.full((height, width), 255, np.uint8)
+    if target == TARGETS[0]:
+        if no_face not in NO_FACE:
+            raise EchoMimicError(f"unknown no_face option '{no_face}'; choose one of {', '.join(NO_FACE)}.")
+        crop = prepare_v1_reference(img, width, height, box_provider="landmarks", models_dir=paths.echomimic_roots(),
+                                    download=download, no_face=NO_FACE[no_face])
+        return to_image(crop.image), to_mask(crop.mask)
+    if target == TARGETS[1]:
+        pose = detect_image_pose(detectors.dwpose(download), img)
+        square = crop_image(img, halfbody_crop(pose, (img.shape[1], img.shape[0]), size=max(width, height)))
+        return to_image(fit_image(square, (width, height))), to_mask(ones)
+    if target == TARGETS[2]:
+        return to_image(fit_image(img, (width, height))), to_mask(ones)
+    raise EchoMimicError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}.")
+
+
+class EchoMimicReferencePrep:
+    CATEGORY = "EchoMimic"
+    FUNCTION = "execute"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+    OUTPUT_TOOLTIPS = ("The reference at width x height.", "V1 face mask at width x height (all ones for the other targets).")
+    DESCRIPTION = "Prepares the reference picture: V1 square face crop + face mask, V2 half-body crop, or a plain resize."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The reference picture (the first image of a batch is used)."}),
+            "target": (TARGETS, {"default": TARGETS[0], "tooltip": "V1 face crop + mask: for V1 audio driving (MediaPipe finds "
+                       "the face). V2 half-body crop: head to elbows, like the V2 demos (DWPose). resize only: use the picture as is."}),
+            "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Output width (multiple of 8); "
+                      "use the same value in the sampler."}),
+            "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Output height (multiple of 8); "
+                       "use the same value in the sampler."}),
+            "no_face": (list(NO_FACE), {"default": "error", "tooltip": "V1 face crop when no face is found: stop with an "
+                        "error, or use the whole picture with an all-ones mask."}),
+            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download the face-landmark (MediaPipe) or DWPose "
+                              "models into models/echomimic if missing."}),
+        }}
+
+    def execute(self, image, target, width, height, no_face, auto_download):
+        return prepare(image, target, width, height, no_face, auto_download)

@@ -1,0 +1,117 @@
+"""EchoMimic Sampler: reference + audio features (+ mask / landmarks / poses) -> video frames, fps and the
+audio cut to the video. Progress per denoising step x context window; Cancel stops mid-sampling."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.modes import get_mode
+from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
+from . import comfy_bridge as C
+from .loader import activate, release
+from .payloads import AUDIO_FEATURES, LANDMARKS, MODEL, POSES, first_image, mask_plane, trim_audio
+
+log = logging.getLogger(__name__)
+
+MODES = {"v1_audio": "v1-audio", "v1_pose": "v1-landmarks", "v2": "v2-halfbody"}
+WANTS = {"v1_audio": "a face mask (EchoMimic Reference Preparation's mask) or nothing",
+         "v1_pose": "face landmarks (EchoMimic Landmark Extractor or Part-Aware Aligner) on 'landmarks'",
+         "v2": "hand poses (EchoMimic Hand-Pose Sequence Loader) on 'poses'"}
+NAMES = {"v1_audio": "V1 audio-driven", "v1_pose": "V1 landmark", "v2": "V2 half-body"}
+
+
+def build_condition(weights: str, mask, landmarks, poses, num_frames: int, width: int, height: int, fps: float):
+    """The sampler condition for the model's weight set; a mismatched input gets a message naming the fix."""
+    given = {"mask": mask, "landmarks": landmarks, "poses": poses}
+    allowed = {"v1_audio": "mask", "v1_pose": "landmarks", "v2": "poses"}[weights]
+    for name, value in given.items():
+        if value is not None and name != allowed:
+            kind = {"mask": "a face mask", "landmarks": "V1 face landmarks", "poses": "V2 hand poses"}[name]
+            raise EchoMimicError(f"a {NAMES[weights]} model was given {kind} on '{name}'; it takes {WANTS[weights]}. "
+                                 f"Disconnect '{name}', or load the matching version in EchoMimic Model Loader.")
+    if weights == "v1_audio":
+        plane = mask_plane(mask) if mask is not None else torch.ones((height, width))
+        return MaskCondition(plane)
+    if weights == "v1_pose":
+        if landmarks is None:
+            raise EchoMimicError(f"a V1 landmark model needs {WANTS['v1_pose']}.")
+        return landmarks.condition(num_frames, width, height, fps, get_mode("v1-landmarks").landmark_parts)
+    if poses is None:
+        raise EchoMimicError(f"a V2 half-body model needs {WANTS['v2']}.")
+    return poses.condition(num_frames, width, height, fps)
+
+
+def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: int, height: int, length: int,
+           context_frames: int, context_overlap: int, mask=None, landmarks=None, poses=None):
+    settings = settings_for(MODES[handle.weights], handle.variant, width=width, height=height, seed=seed,
+                            steps=steps or None, cfg=cfg or None, fps=track.fps, num_frames=length or None,
+                            context_frames=context_frames, context_overlap=context_overlap)
+    settings.validate()
+    n = track.frame_count if not length else min(length, track.frame_count)
+    condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps)
+    C.check_interrupt()
+    pbar = C.progress_bar(1)
+    state = {"done": 0, "total": 1}
+
+    def progress(done, total):
+        state.update(done=done, total=total)
+        pbar.update_absolute(done, total)  # in ComfyUI this also raises InterruptProcessingException on Cancel
+        C.check_interrupt()
+
+    try:
+        device = activate(handle)
+        preview = C.latent_previewer(device)
+
+        def trace(name, value):
+            if preview is not None and name.startswith("step"):
+                pbar.update_absolute(state["done"], state["total"], preview(value[1]))
+
+        result = Sampler(handle.models)(first_image(reference, "reference"), track.features, condition, settings,
+                                        progress=progress, trace=trace if preview else None)
+    finally:
+        release(handle)
+    return result.frames, float(result.fps), trim_audio(track.audio, result.num_frames, result.fps)
+
+
+class EchoMimicSampler:
+    CATEGORY = "EchoMimic"
+    FUNCTION = "execute"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO")
+    RETURN_NAMES = ("images", "fps", "audio")
+    OUTPUT_TOOLTIPS = ("The video frames.", "Their frame rate (link to Create Video's fps).",
+                       "The audio cut to the video's length (link to Create Video's audio).")
+    DESCRIPTION = "Animates the reference with the audio (and landmarks or hand poses) over sliding context windows."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "From EchoMimic Model Loader; its version decides which condition is needed."}),
+            "reference": ("IMAGE", {"tooltip": "The reference picture (ideally from EchoMimic Reference Preparation)."}),
+            "audio_features": (AUDIO_FEATURES, {"tooltip": "From EchoMimic Audio Encoder (same model)."}),
+            "seed": ("INT", {"default": 420, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed; the same seed and inputs give the same video."}),
+            "steps": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Denoising steps; 0 = the variant's default "
+                              "(30 normal, 6 acc)."}),
+            "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Classifier-free guidance; "
+                              "0 = the variant's default (2.5 normal, 1.0 acc; 1.0 or less turns guidance off)."}),
+            "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Video width, a multiple of 8 "
+                              "(V1 was trained at 512, V2 at 768)."}),
+            "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Video height, a multiple of 8."}),
+            "length": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Number of frames; 0 = follow the audio "
+                               "(never longer than the audio)."}),
+            "context_frames": ("INT", {"default": 12, "min": 1, "max": 32, "tooltip": "Frames per context window."}),
+            "context_overlap": ("INT", {"default": 3, "min": 0, "max": 31, "tooltip": "Frames shared by neighbouring windows "
+                                        "(smaller than context_frames)."}),
+        }, "optional": {
+            "mask": ("MASK", {"tooltip": "V1 audio: the face mask at width x height (Reference Preparation). Without it "
+                              "the whole frame is used."}),
+            "landmarks": (LANDMARKS, {"tooltip": "V1 landmark models: driving landmarks (Landmark Extractor or Aligner)."}),
+            "poses": (POSES, {"tooltip": "V2 models: the hand-pose sequence (Hand-Pose Sequence Loader)."}),
+        }}
+
+    def execute(self, model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
+                context_overlap, mask=None, landmarks=None, poses=None):
+        return sample(model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
+                      context_overlap, mask, landmarks, poses)

@@ -1,0 +1,115 @@
+"""Cleaning rules and crop geometry for ``echomimic-train prepare``.
+
+Rules (the papers' filtering where it is measurable; thresholds are options of :class:`PrepareConfig`):
+
+- ``no_audio``        the video has no audio track and no sidecar audio file;
+- ``too_short``       shorter than ``min_seconds`` after trimming video and audio to each other;
+- ``no_face``         more than ``max_missing_face`` of the frames show no face (V2: no person);
+- ``multiple_faces``  more than ``max_multi_face`` of the frames show several faces (V2: several people);
+- ``face_too_small``  median face height below ``min_face_px`` source pixels;
+- ``scene_cut``       a frame-to-frame content change above ``scene_threshold`` (PySceneDetect's
+                      ContentDetector score: mean absolute HSV difference, default 27, as EMTD's
+                      ``scenedetect`` slicing);
+- ``unreadable``      the file cannot be decoded.
+
+Frames with a missing face inside the tolerance are filled by interpolation of the neighbours.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class PrepareConfig:
+    kind: str = "headshot"  # headshot (V1 talking heads) | halfbody (V2)
+    fps: float = 24.0
+    size: int = 512  # stored frame size (square); 768 for half-body
+    min_seconds: float = 1.0
+    max_seconds: float | None = None  # longer clips are truncated
+    max_missing_face: float = 0.1
+    max_multi_face: float = 0.02
+    min_face_px: float = 96.0
+    scene_threshold: float = 27.0
+    crop_dilation: float = 0.5  # V1 facecrop_dilation_ratio
+    analysis_side: int = 512  # frames are analysed at this max side
+    num_shards: int = 16
+    jpeg_quality: int = 95
+    face_landmarks: bool = True  # half-body: also run the face-mesh landmarker
+    whisper_dtype: str = "float16"
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    reason: str = ""
+    detail: str = ""
+
+
+def check_clip(cfg: PrepareConfig, n_frames: int, seconds: float, face_counts: np.ndarray, face_heights_px: np.ndarray,
+               cut_scores: np.ndarray, has_audio: bool) -> Verdict:
+    """Apply the cleaning rules in order; the first failing rule is the reason."""
+    if not has_audio:
+        return Verdict(False, "no_audio", "no audio stream and no sidecar audio file")
+    if seconds < cfg.min_seconds or n_frames < 1:
+        return Verdict(False, "too_short", f"{seconds:.2f} s < {cfg.min_seconds} s")
+    counts = np.asarray(face_counts)
+    none = float((counts == 0).mean()) if counts.size else 1.0
+    many = float((counts > 1).mean()) if counts.size else 0.0
+    if none >= 1.0 or none > cfg.max_missing_face:
+        return Verdict(False, "no_face", f"no face in {none:.0%} of frames (max {cfg.max_missing_face:.0%})")
+    if many > cfg.max_multi_face:
+        return Verdict(False, "multiple_faces", f"several faces in {many:.0%} of frames (max {cfg.max_multi_face:.0%})")
+    heights = np.asarray(face_heights_px, dtype=np.float64)
+    heights = heights[np.isfinite(heights)]
+    med = float(np.median(heights)) if heights.size else 0.0
+    if med < cfg.min_face_px:
+        return Verdict(False, "face_too_small", f"median face height {med:.0f} px < {cfg.min_face_px:.0f} px")
+    cuts = np.asarray(cut_scores, dtype=np.float64)
+    if cuts.size and float(cuts.max()) > cfg.scene_threshold:
+        at = int(cuts.argmax()) + 1
+        return Verdict(False, "scene_cut", f"content change {cuts.max():.1f} > {cfg.scene_threshold} at frame {at}")
+    return Verdict(True, "", f"{n_frames} frames, median face {med:.0f} px")
+
+
+def fill_missing_rows(values: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack per-frame arrays; missing frames (None) are linearly interpolated / held at the ends."""
+    valid = np.array([v is not None for v in values])
+    if not valid.any():
+        raise ValueError("no valid frame")
+    good = np.flatnonzero(valid)
+    ref = values[good[0]]
+    out = np.stack([v if v is not None else np.zeros_like(ref) for v in values]).astype(np.float64)
+    for i in np.flatnonzero(~valid):
+        after, before = good[good > i], good[good < i]
+        if len(before) and len(after):
+            a, b = before[-1], after[0]
+            t = (i - a) / (b - a)
+            out[i] = (1 - t) * out[a] + t * out[b]
+        else:
+            out[i] = out[before[-1] if len(before) else after[0]]
+    return out, valid
+
+
+def landmark_boxes(lmks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(F, 478, 3) normalised landmarks -> (F, 4) pixel boxes x0, y0, x1, y1."""
+    xy = lmks[:, :, :2] * np.array([width, height], dtype=np.float64)
+    return np.concatenate([xy.min(axis=1), xy.max(axis=1)], axis=1)
+
+
+def clip_square(boxes: np.ndarray, width: int, height: int, dilation: float = 0.5) -> tuple[int, int, int]:
+    """One square crop (x0, y0, side) for a whole clip: the union of the face boxes, dilated by ``dilation``
+    x the median face size on each side (V1's facecrop_dilation_ratio), squared around its centre, limited
+    to the frame (shifted inside rather than cut)."""
+    b = np.asarray(boxes, dtype=np.float64)
+    x0, y0 = b[:, 0].min(), b[:, 1].min()
+    x1, y1 = b[:, 2].max(), b[:, 3].max()
+    mw, mh = np.median(b[:, 2] - b[:, 0]), np.median(b[:, 3] - b[:, 1])
+    x0, x1 = x0 - dilation * mw, x1 + dilation * mw
+    y0, y1 = y0 - dilation * mh, y1 + dilation * mh
+    side = int(round(min(max(x1 - x0, y1 - y0), width, height)))
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    sx = int(round(min(max(cx - side / 2.0, 0), width - side)))
+    sy = int(round(min(max(cy - side / 2.0, 0), height - side)))
+    return sx, sy, side

@@ -1,0 +1,244 @@
+"""Training samples streamed from prepared clips, and the resumable sampler that feeds them.
+
+The sampler yields *keys* ``{"pos", "step", "clip"}``: ``pos`` counts this process's samples from the start
+of training, ``step`` is the optimizer step the sample belongs to, ``clip`` the chosen clip. Everything
+random about a sample (frames, reference, landmark parts, dropout, augmentation) comes from a generator
+seeded by ``(seed, rank, pos)``, so a sample never depends on worker scheduling, and resuming at step ``s``
+(position ``s * batch * accum``) reproduces the uninterrupted run exactly.
+
+Processes read disjoint clips: clip ``i`` of a pool belongs to rank ``i % world`` (a rank whose share of a
+pool is empty reads the whole pool). Inside its share a rank walks a fresh permutation each epoch.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..masks import (DEFAULT_HEAD_BOX, head_mask, headshot_layout, keypoints_from_landmarks, keypoints_from_pose, lips_mask,
+                     pad_headshot, MP_TO_68, draw_pose)
+from ..phases import phase_at, pose_dropout_at
+from .augment import augmented_chunks, draw_audio_aug, rls_parts, stored_chunks
+from .store import ClipEntry, ClipReader, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    import cv2
+
+    if img.shape[1] == w and img.shape[0] == h:
+        return img
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_CUBIC)
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
+    return t.movedim(-1, -3)
+
+
+@dataclass
+class Pools:
+    entries: list[ClipEntry]
+    by_kind: dict[str, list[int]]  # data kind -> this rank's clip indices
+
+
+def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
+    entries: list[ClipEntry] = []
+    for root in cfg.data.roots:
+        entries += read_manifest(root)
+    for root in cfg.data.headshot_roots:
+        entries += [e for e in read_manifest(root)]
+    if not entries:
+        raise FileNotFoundError("data.roots: no prepared clips found (run `echomimic-train prepare` first)")
+    kinds = {"all": list(range(len(entries))),
+             "halfbody": [i for i, e in enumerate(entries) if e.kind == "halfbody"],
+             "headshot": [i for i, e in enumerate(entries) if e.kind == "headshot"]}
+    by_kind = {}
+    for kind, idx in kinds.items():
+        mine = [i for j, i in enumerate(idx) if j % world == rank]
+        if idx and not mine:
+            log.warning("rank %d has no clips of kind '%s' of its own (%d clips, %d processes); it reads the whole pool", rank, kind, len(idx), world)
+            mine = list(idx)
+        by_kind[kind] = mine
+    return Pools(entries, by_kind)
+
+
+class ResumableSampler:
+    """Infinite stream of sample keys starting at position ``start_pos`` (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, pools: Pools, rank: int = 0, start_pos: int = 0):
+        self.cfg, self.pools, self.rank, self.start_pos = cfg, pools, rank, int(start_pos)
+        self.per_step = cfg.optim.batch_size * cfg.optim.grad_accum
+
+    def key(self, pos: int) -> dict:
+        step = pos // self.per_step
+        phase = phase_at(self.cfg.phases, step).phase
+        pool = self.pools.by_kind[phase.data]
+        if not pool:
+            raise RuntimeError(f"phase {phase.name} needs '{phase.data}' clips but the datasets have none")
+        epoch, k = divmod(pos, len(pool))
+        order = np.random.default_rng([self.cfg.seed, self.rank, 7919, epoch]).permutation(len(pool))
+        return {"pos": pos, "step": step, "clip": pool[int(order[k])]}
+
+    def __iter__(self):
+        pos = self.start_pos
+        while True:
+            yield self.key(pos)
+            pos += 1
+
+
+class EchoDataset(torch.utils.data.Dataset):
+    """Map-style dataset indexed by sampler keys. One sample = ``frames`` consecutive frames of a clip, a
+    reference frame, per-frame conditions and audio chunks, dropout flags and (V2) masks."""
+
+    def __init__(self, cfg: TrainConfig, pools: Pools, rank: int = 0, whisper_path: str | None = None):
+        self.cfg, self.pools, self.rank, self.whisper_path = cfg, pools, rank, whisper_path
+        self._readers: dict[int, ClipReader] = {}
+        self._whisper = None
+
+    def __len__(self) -> int:  # nominal; the sampler is infinite
+        return len(self.pools.entries)
+
+    def reader(self, i: int) -> ClipReader:
+        if i not in self._readers:
+            self._readers[i] = ClipReader(self.pools.entries[i].path)
+        return self._readers[i]
+
+    def whisper(self):
+        if self._whisper is None:
+            if not self.whisper_path:
+                raise RuntimeError("audio augmentation needs the whisper encoder path")
+            from echomimic_lib.audio import load_whisper_encoder
+
+            self._whisper = load_whisper_encoder(self.whisper_path)
+        return self._whisper
+
+    # ------------------------------------------------------------------ one sample
+    def __getitem__(self, key: dict) -> dict:
+        cfg, d = self.cfg, self.cfg.data
+        rng = np.random.default_rng([cfg.seed, self.rank, 104729, int(key["pos"])])
+        at = phase_at(cfg.phases, int(key["step"]))
+        phase = at.phase
+        clip = self.reader(int(key["clip"]))
+        n, nf = clip.num_frames, phase.frames
+        start = int(rng.integers(0, max(1, n - nf + 1)))
+        idx = np.minimum(np.arange(start, start + nf), n - 1)
+        ref_idx = self._reference_index(rng, n, idx)
+        w, h = d.width, d.height
+        padded = d.condition == "pose" and clip.kind == "headshot"
+        frames = clip.frames(list(idx) + [ref_idx])
+        valid = np.ones((h, w), np.float32)
+        if padded:
+            layout = headshot_layout(np.asarray(clip.array("landmarks"))[:, list(MP_TO_68), :2], w, d.head_box or DEFAULT_HEAD_BOX)
+            out = [pad_headshot(f, layout) for f in frames]
+            frames, valid = np.stack([o[0] for o in out]), out[0][1]
+            frames = np.stack([_resize(f, w, h) for f in frames])
+        else:
+            frames = np.stack([_resize(f, w, h) for f in frames])
+        sample = {"pixels": _to_tensor(frames[:nf]), "reference": _to_tensor(frames[nf])}
+        sample["audio"], applied = self._audio(clip, idx, rng)
+        sample["audio_augmented"] = torch.tensor(bool(applied))
+        drop = rng.random(3) < np.array([d.drop_reference, d.drop_audio, d.drop_condition])
+        p_pose = pose_dropout_at(at)
+        drop_pose = bool(rng.random() < p_pose)
+        sample["drop_reference"], sample["drop_audio"] = torch.tensor(bool(drop[0])), torch.tensor(bool(drop[1]))
+        sample["drop_condition"] = torch.tensor(bool(drop[2] or drop_pose))
+        sample["loss_mask"] = torch.from_numpy(valid)[None].expand(nf, h, w).clone()
+        if d.condition == "landmarks":
+            parts = rls_parts(rng, d.rls.parts, d.rls.drop_prob) if d.rls.enabled else list(d.landmark_parts)
+            sample["cond"] = self._landmark_images(clip, idx, parts, (w, h))
+            sample["parts_mask"] = torch.tensor([p in parts for p in d.rls.parts])
+        elif d.condition == "face_mask":
+            sample["cond"] = torch.from_numpy(self._face_mask(clip, (w, h)))[None, None]
+        else:
+            kps = [self._keypoints(clip, i, (w, h), layout if padded else None) for i in idx]
+            cond, amask = self._pose_images(clip, idx, kps, phase, (w, h), padded)
+            sample["cond"], sample["audio_mask"] = cond, amask
+            sample["keypoints"] = torch.from_numpy(np.stack([k.all_points() for k in kps]).astype(np.float32))
+        sample["face_box"] = torch.from_numpy(self._face_box(clip, idx, (w, h), layout if padded else None))
+        sample["headshot_padded"] = torch.tensor(padded)
+        return sample
+
+    def _reference_index(self, rng, n: int, idx: np.ndarray) -> int:
+        gap = self.cfg.data.ref_min_gap
+        cand = [i for i in range(n) if gap <= 0 or min(abs(i - int(idx[0])), abs(i - int(idx[-1]))) >= gap]
+        return int(rng.choice(cand)) if cand else int(rng.integers(0, n))
+
+    def _audio(self, clip: ClipReader, idx: np.ndarray, rng) -> tuple[torch.Tensor, dict]:
+        plan = draw_audio_aug(rng, self.cfg.data.audio_aug)
+        if plan:
+            wave = np.asarray(clip.array("audio16k"))
+            return augmented_chunks(wave, idx, clip.fps, self.whisper(), plan), plan
+        return stored_chunks(clip.array("whisper"), len(clip.array("audio16k")), idx, clip.fps), plan
+
+    def _landmark_images(self, clip: ClipReader, idx, parts, size) -> torch.Tensor:
+        from echomimic_lib.landmarks import draw_landmarks
+
+        lm = np.asarray(clip.array("landmarks"))
+        imgs = np.stack([draw_landmarks(lm[i], size, parts if parts else [], normed=True) if parts else
+                         np.zeros((size[1], size[0], 3), np.uint8) for i in idx])
+        return torch.from_numpy(imgs).float().div(255.0).permute(3, 0, 1, 2)  # (3, F, H, W)
+
+    def _face_mask(self, clip: ClipReader, size) -> np.ndarray:
+        """V1 face-locator input: the union of the clip's face boxes, dilated by 0.1 (V1's facemusk_dilation_ratio)."""
+        b = np.asarray(clip.array("face_boxes"))
+        x0, y0, x1, y1 = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+        dx, dy = 0.1 * (x1 - x0), 0.1 * (y1 - y0)
+        w, h = size
+        m = np.zeros((h, w), np.float32)
+        m[max(0, int((y0 - dy) * h)) : min(h, int(np.ceil((y1 + dy) * h))), max(0, int((x0 - dx) * w)) : min(w, int(np.ceil((x1 + dx) * w)))] = 1
+        return m
+
+    def _keypoints(self, clip: ClipReader, i: int, size, layout):
+        if clip.kind == "halfbody":
+            return keypoints_from_pose(clip.pose(), int(i), size)
+        lm = np.asarray(clip.array("landmarks")[int(i)], dtype=np.float64)[:, :2]
+        if layout is not None:  # headshot padded into the half-body canvas
+            lm = layout.to_canvas(lm) / layout.size
+        return keypoints_from_landmarks(lm, size)
+
+    def _pose_images(self, clip: ClipReader, idx, kps, phase, size, padded: bool):
+        from echomimic_lib.pose import draw_hands
+
+        mode = phase.audio
+        if padded and mode != "muted":
+            mode = "head"  # Head Partial Attention for headshot samples
+        imgs, masks = [], []
+        for j, i in enumerate(idx):
+            hands = draw_hands(clip.pose(), int(i), size) if clip.kind == "halfbody" and "hands" in phase.pose_parts else None
+            imgs.append(draw_pose(kps[j], size, phase.pose_parts, hands))
+            if mode == "lips":
+                masks.append(lips_mask(kps[j], size))
+            elif mode == "head":
+                masks.append(head_mask(kps[j], size))
+            else:
+                masks.append(np.full((size[1], size[0]), 0.0 if mode == "muted" else 1.0, np.float32))
+        cond = torch.from_numpy(np.stack(imgs)).float().div(255.0).permute(3, 0, 1, 2)
+        return cond, torch.from_numpy(np.stack(masks))
+
+    def _face_box(self, clip: ClipReader, idx, size, layout) -> np.ndarray:
+        """Union face box of the sample's frames, normalised (x0, y0, x1, y1); the whole image if unknown."""
+        if not clip.has("face_boxes"):
+            return np.array([0, 0, 1, 1], np.float32)
+        b = np.asarray(clip.array("face_boxes"))[np.asarray(idx)]
+        box = np.array([b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()], np.float64)
+        if layout is not None:
+            box = layout.to_canvas(box.reshape(2, 2)).reshape(4) / layout.size
+        return np.clip(box, 0, 1).astype(np.float32)
+
+
+def collate(samples: list[dict]) -> dict:
+    return torch.utils.data.default_collate(samples)
+
+
+def make_loader(cfg: TrainConfig, pools: Pools, rank: int, start_pos: int, whisper_path: str | None, num_workers: int | None = None):
+    ds = EchoDataset(cfg, pools, rank, whisper_path)
+    sampler = ResumableSampler(cfg, pools, rank, start_pos)
+    nw = cfg.data.num_workers if num_workers is None else num_workers
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.optim.batch_size, sampler=sampler, num_workers=nw, collate_fn=collate,
+                                       persistent_workers=False, prefetch_factor=2 if nw > 0 else None)

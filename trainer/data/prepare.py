@@ -1,0 +1,339 @@
+"""``echomimic-train prepare``: a folder of talking-head / half-body videos -> a training set on disk.
+
+Per clip: frames at a fixed fps, cropped (headshot: one square around the face over the whole clip, V1's
+crop rule; half-body: the reference's half-body crop rule via :mod:`echomimic_lib.pose.align`), 16 kHz
+audio and its whisper feature rows, per-frame face landmarks and face boxes, and for half-body clips the
+DWPose whole-body keypoints. Cleaning rules are in :mod:`.clean`; storage in :mod:`.store`.
+
+Resumable: a clip is written into ``<id>.partial`` and renamed when complete, and its status file is
+written last; a re-run skips every clip that has a status file (kept or dropped). ``num_workers`` /
+``worker_index`` split the input list so several processes prepare disjoint clips into the same folder.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .clean import PrepareConfig, Verdict, check_clip, clip_square, fill_missing_rows, landmark_boxes
+from .store import ClipWriter, shard_dir, shard_of, write_json_atomic
+from .video import VIDEO_SUFFIXES, find_audio, iter_frames, probe_video, scene_score, small_hsv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipStatus:
+    id: str
+    source: str
+    status: str  # ok | dropped
+    reason: str = ""
+    detail: str = ""
+    seconds: float = 0.0
+    num_frames: int = 0
+    shard: int = 0
+    path: str = ""
+    kind: str = "headshot"
+    fps: float = 24.0
+
+
+def clip_id(video: Path, input_root: Path) -> str:
+    rel = video.relative_to(input_root).with_suffix("")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "__".join(rel.parts))
+
+
+def list_videos(input_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(input_dir).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+class Tools:
+    """Lazily built models shared by all clips of one prepare run."""
+
+    def __init__(self, whisper_path, landmarker_model=None, pose_detector=None, device="cpu"):
+        self.whisper_path, self.landmarker_model, self._pose, self.device = whisper_path, landmarker_model, pose_detector, device
+        self._whisper = self._landmarker = None
+
+    @property
+    def whisper(self):
+        if self._whisper is None:
+            from echomimic_lib.audio import load_whisper_encoder
+
+            self._whisper = load_whisper_encoder(self.whisper_path, device=self.device)
+        return self._whisper
+
+    @property
+    def landmarker(self):
+        if self._landmarker is None:
+            from echomimic_lib.landmarks.extractor import FaceLandmarkExtractor
+
+            self._landmarker = FaceLandmarkExtractor(model_path=self.landmarker_model)
+        return self._landmarker
+
+    @property
+    def pose_detector(self):
+        if self._pose is None:
+            raise RuntimeError("half-body preparation needs DWPose: pass --dwpose-dir (yolox_l.onnx + dw-ll_ucoco_384.onnx)")
+        return self._pose
+
+    def close(self):
+        if self._landmarker is not None:
+            self._landmarker.close()
+
+
+def _largest(faces: list[dict]) -> dict:
+    def area(f):
+        e = f["lmks"][:, :2].max(0) - f["lmks"][:, :2].min(0)
+        return float(e[0] * e[1])
+
+    return max(faces, key=area)
+
+
+def _whisper_rows(wave: np.ndarray, tools: Tools, dtype: str) -> np.ndarray:
+    from echomimic_lib.audio import encode_audio
+
+    feats = encode_audio(wave, tools.whisper, sample_rate=16000)
+    return feats.rows.cpu().numpy().astype(dtype)
+
+
+def _audio(video: Path, info: dict) -> tuple[np.ndarray | None, str]:
+    from echomimic_lib.audio import load_waveform_16k
+
+    src = video if info["has_audio"] else find_audio(video)
+    if src is None:
+        return None, ""
+    return load_waveform_16k(str(src)).numpy().astype(np.float32), str(src)
+
+
+def _max_frames(cfg: PrepareConfig, wave) -> int | None:
+    """Frames worth analysing: no more than the audio covers (and ``max_seconds``)."""
+    limits = [int(cfg.max_seconds * cfg.fps)] if cfg.max_seconds else []
+    if wave is not None:
+        limits.append(int(len(wave) / 16000 * cfg.fps))
+    return max(1, min(limits)) if limits else None
+
+
+def _resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tools: Tools) -> ClipStatus:
+    info = probe_video(video)
+    wave, audio_src = _audio(video, info)
+    st = ClipStatus(cid, str(video), "dropped", kind="headshot", fps=cfg.fps)
+    max_frames = _max_frames(cfg, wave)
+    counts, lmks, heights, cuts, prev = [], [], [], [], None
+    for img in iter_frames(video, cfg.fps, cfg.analysis_side, max_frames):
+        faces = tools.landmarker.detect(img)
+        counts.append(len(faces))
+        f = _largest(faces) if faces else None
+        lmks.append(f["lmks"] if f is not None else None)
+        heights.append((f["lmks"][:, 1].max() - f["lmks"][:, 1].min()) * info["height"] if f is not None else np.nan)
+        hsv = small_hsv(img)
+        if prev is not None:
+            cuts.append(scene_score(prev, hsv))
+        prev = hsv
+    n = len(counts)
+    if wave is not None:
+        n = min(n, int(len(wave) / 16000 * cfg.fps))
+    seconds = n / cfg.fps
+    v = check_clip(cfg, n, seconds, np.array(counts[:n]), np.array(heights[:n]), np.array(cuts[: max(0, n - 1)]), wave is not None)
+    st.seconds, st.num_frames = round(seconds, 3), n
+    if not v.ok:
+        st.reason, st.detail = v.reason, v.detail
+        return st
+    lm, valid = fill_missing_rows(lmks[:n])
+    boxes = landmark_boxes(lm, info["width"], info["height"])
+    sx, sy, side = clip_square(boxes, info["width"], info["height"], cfg.crop_dilation)
+    shard = shard_of(cid, cfg.num_shards)
+    final = shard_dir(out_root, shard) / cid
+    writer = ClipWriter(final, cfg.jpeg_quality)
+    try:
+        for img in iter_frames(video, cfg.fps, None, n):
+            writer.add_frame(_resize_square(img[sy : sy + side, sx : sx + side], cfg.size))
+        n = writer.num_frames
+        lm_c = lm[:n].copy()
+        lm_c[..., 0] = (lm[:n, :, 0] * info["width"] - sx) / side
+        lm_c[..., 1] = (lm[:n, :, 1] * info["height"] - sy) / side
+        lm_c[..., 2] = lm[:n, :, 2] * info["width"] / side
+        boxes_c = (boxes[:n] - np.array([sx, sy, sx, sy])) / side
+        wave = wave[: int(round(n / cfg.fps * 16000))]
+        meta = {"id": cid, "source": str(video), "audio_source": audio_src, "kind": "headshot", "fps": cfg.fps, "size": cfg.size,
+                "source_size": [info["width"], info["height"]], "crop": [sx, sy, side], "seconds": n / cfg.fps,
+                "face_filled_frames": int((~valid[:n]).sum()), "check": v.detail}
+        writer.finish(meta, {"audio16k": wave, "whisper": _whisper_rows(wave, tools, cfg.whisper_dtype),
+                             "landmarks": lm_c.astype(np.float32), "landmarks_valid": valid[:n], "face_boxes": boxes_c.astype(np.float32)})
+    except BaseException:
+        writer.abort()
+        raise
+    st.status, st.detail, st.num_frames, st.seconds = "ok", v.detail, n, round(n / cfg.fps, 3)
+    st.shard, st.path = shard, str(final.relative_to(out_root))
+    return st
+
+
+def prepare_halfbody(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tools: Tools) -> ClipStatus:
+    """V2 clips: DWPose on every frame, the reference's half-body crop, face landmarks mapped into the canvas."""
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.pose import HalfBodyCrop, crop_image, resize_and_pad_params, save_pose_npz
+    from echomimic_lib.pose.dwpose import extract_pose_sequence
+
+    info = probe_video(video)
+    wave, audio_src = _audio(video, info)
+    st = ClipStatus(cid, str(video), "dropped", kind="halfbody", fps=cfg.fps)
+    max_frames = _max_frames(cfg, wave)
+    cuts, lmks, prev, an_size = [], [], [None], [None]
+
+    def frames():
+        for img in iter_frames(video, cfg.fps, cfg.analysis_side, max_frames):
+            an_size[0] = (img.shape[1], img.shape[0])
+            hsv = small_hsv(img)
+            if prev[0] is not None:
+                cuts.append(scene_score(prev[0], hsv))
+            prev[0] = hsv
+            if cfg.face_landmarks:
+                faces = tools.landmarker.detect(img)
+                lmks.append(_largest(faces)["lmks"] if faces else None)
+            yield img
+
+    try:
+        seq = extract_pose_sequence(frames(), tools.pose_detector, size=cfg.size, on_missing="interpolate", crop=True, fps=cfg.fps)
+    except EchoMimicError as exc:
+        st.reason, st.detail = ("no_face", str(exc)) if "no person" in str(exc) or "face" in str(exc) else ("unreadable", str(exc))
+        return st
+    rep = seq.report
+    counts = np.ones(rep.n_frames, dtype=np.int64)
+    counts[rep.missing_frames] = 0
+    counts[rep.multi_person_frames] = 2
+    n = rep.n_frames if wave is None else min(rep.n_frames, int(len(wave) / 16000 * cfg.fps))
+    crop = rep.crop
+    s = info["width"] / an_size[0][0]
+    ok = (seq.faces_score > 0.3) & np.isfinite(seq.faces).all(-1)
+    fy = np.where(ok, seq.faces[..., 1], np.nan)
+    heights = (np.nanmax(fy, axis=1) - np.nanmin(fy, axis=1)) * crop.height * s if ok.any() else np.full(len(seq), np.nan)
+    v = check_clip(cfg, n, n / cfg.fps, counts[:n], heights[:n], np.array(cuts[: max(0, n - 1)]), wave is not None)
+    st.seconds, st.num_frames = round(n / cfg.fps, 3), n
+    if not v.ok:
+        st.reason, st.detail = v.reason, v.detail
+        return st
+    x0, y0 = int(round(crop.x0 * s)), int(round(crop.y0 * s))
+    x1, y1 = min(info["width"], int(round(crop.x1 * s))), min(info["height"], int(round(crop.y1 * s)))
+    src_crop = HalfBodyCrop(x0, y0, x1, y1, (info["width"], info["height"]), cfg.size, resize_and_pad_params(y1 - y0, x1 - x0, cfg.size))
+    seq = seq.take(np.arange(n))
+    seq.draw_pose_params = np.tile(np.asarray(src_crop.draw_pose_params, dtype=np.int64), (len(seq), 1))
+    shard = shard_of(cid, cfg.num_shards)
+    final = shard_dir(out_root, shard) / cid
+    writer = ClipWriter(final, cfg.jpeg_quality)
+    try:
+        for img in iter_frames(video, cfg.fps, None, n):
+            writer.add_frame(crop_image(img, src_crop))
+        n = writer.num_frames
+        imh, imw, rb, _, cb, _ = src_crop.draw_pose_params
+        arrays = {}
+        if cfg.face_landmarks and any(x is not None for x in lmks[:n]):
+            lm, valid = fill_missing_rows(lmks[:n])
+            lm_c = lm.copy()
+            lm_c[..., 0] = ((lm[..., 0] * info["width"] - x0) / (x1 - x0) * imw + cb) / cfg.size
+            lm_c[..., 1] = ((lm[..., 1] * info["height"] - y0) / (y1 - y0) * imh + rb) / cfg.size
+            lm_c[..., 2] = lm[..., 2] * info["width"] / (x1 - x0) * imw / cfg.size
+            arrays.update(landmarks=lm_c.astype(np.float32), landmarks_valid=valid)
+            arrays["face_boxes"] = (landmark_boxes(lm_c, 1, 1)).astype(np.float32)
+        wave = wave[: int(round(n / cfg.fps * 16000))]
+        arrays.update(audio16k=wave, whisper=_whisper_rows(wave, tools, cfg.whisper_dtype))
+        tmp = Path(tempfile.mkdtemp(dir=out_root)) / "pose.npz"
+        save_pose_npz(seq.take(np.arange(n)), tmp)
+        meta = {"id": cid, "source": str(video), "audio_source": audio_src, "kind": "halfbody", "fps": cfg.fps, "size": cfg.size,
+                "source_size": [info["width"], info["height"]], "crop": [x0, y0, x1, y1], "draw_pose_params": list(map(int, src_crop.draw_pose_params)),
+                "seconds": n / cfg.fps, "check": v.detail}
+        writer.finish(meta, arrays, {"pose.npz": tmp})
+        tmp.parent.rmdir()
+    except BaseException:
+        writer.abort()
+        raise
+    st.status, st.detail, st.num_frames, st.seconds = "ok", v.detail, n, round(n / cfg.fps, 3)
+    st.shard, st.path = shard, str(final.relative_to(out_root))
+    return st
+
+
+def status_path(out_root: Path, cid: str) -> Path:
+    return out_root / "status" / f"{cid}.json"
+
+
+def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, landmarker_model=None, pose_detector=None,
+                    worker_index: int = 0, num_workers: int = 1, progress: bool = True, device: str = "cpu") -> dict:
+    """Prepare every video under ``input_dir`` (this worker's share) into ``output_dir``; returns the summary."""
+    from tqdm import tqdm
+
+    input_dir, out_root = Path(input_dir), Path(output_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_root / "prepare_config.json", asdict(cfg))
+    videos = [v for v in list_videos(input_dir) if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
+    tools = Tools(whisper_path, landmarker_model, pose_detector, device)
+    fn = prepare_halfbody if cfg.kind == "halfbody" else prepare_headshot
+    done = Counter()
+    bar = tqdm(videos, desc=f"prepare ({cfg.kind})", unit="clip", disable=not progress)
+    try:
+        for video in bar:
+            cid = clip_id(video, input_dir)
+            if status_path(out_root, cid).is_file():
+                done["skipped (done before)"] += 1
+                continue
+            t0 = time.time()
+            try:
+                st = fn(video, cid, out_root, cfg, tools)
+            except (OSError, ValueError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and "DWPose" in str(exc):
+                    raise
+                st = ClipStatus(cid, str(video), "dropped", "unreadable", f"{type(exc).__name__}: {exc}", kind=cfg.kind, fps=cfg.fps)
+            write_json_atomic(status_path(out_root, cid), {**asdict(st), "prepare_seconds": round(time.time() - t0, 2)})
+            done["kept" if st.status == "ok" else "dropped"] += 1
+            bar.set_postfix(done)
+    finally:
+        tools.close()
+    summary = finalize(out_root)
+    summary["this_run"] = dict(done)
+    return summary
+
+
+def finalize(out_root: Path) -> dict:
+    """Merge the status files into ``manifest.jsonl`` (kept clips) and ``report.jsonl`` (all), atomically."""
+    import json
+
+    out_root = Path(out_root)
+    rows = [json.loads(p.read_text()) for p in sorted((out_root / "status").glob("*.json"))]
+    kept = [r for r in rows if r["status"] == "ok"]
+    for name, items in (("manifest.jsonl", kept), ("report.jsonl", rows)):
+        tmp = out_root / f".{name}.partial"
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in items))
+        tmp.replace(out_root / name)
+    by_reason = Counter(r["reason"] for r in rows if r["status"] != "ok")
+    return {"clips": len(rows), "kept": len(kept), "kept_seconds": round(sum(r["seconds"] for r in kept), 2),
+            "dropped": dict(by_reason), "rows": rows}
+
+
+def summary_table(summary: dict) -> str:
+    """The end-of-run table: kept clips and every drop reason with counts and seconds."""
+    rows = summary["rows"]
+    lines = [f"{'status':<10} {'reason':<16} {'clips':>6} {'seconds':>10}", "-" * 45]
+    kept = [r for r in rows if r["status"] == "ok"]
+    lines.append(f"{'kept':<10} {'':<16} {len(kept):>6} {sum(r['seconds'] for r in kept):>10.1f}")
+    for reason in sorted({r["reason"] for r in rows if r["status"] != "ok"}):
+        rs = [r for r in rows if r["status"] != "ok" and r["reason"] == reason]
+        lines.append(f"{'dropped':<10} {reason:<16} {len(rs):>6} {sum(r['seconds'] for r in rs):>10.1f}")
+    lines.append("-" * 45)
+    lines.append(f"{'total':<27} {len(rows):>6}")
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"  dropped {r['id']}: {r['reason']} ({r['detail']})")
+    return "\n".join(lines)
+
+
+__all__ = ["PrepareConfig", "Verdict", "prepare_dataset", "finalize", "summary_table", "clip_id", "list_videos"]

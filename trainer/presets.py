@@ -1,0 +1,81 @@
+"""Presets: the papers' recipes as config dictionaries (a YAML file with ``preset: NAME`` starts from one).
+
+Paper facts used (EchoMimic arXiv 2407.08136, EchoMimicV2 arXiv 2411.10061; see docs/training.md):
+- V1: two stages of 30k steps, batch 4 per GPU on 8 GPUs, 512 x 512, lr 1e-5; stage 1 single frames with
+  reference / denoising UNet / landmark encoder / audio attention trained, stage 2 motion modules only;
+  Random Landmark Selection; L = L_latent + lambda * L_spatial with w(t) = cos(t*pi/2T).
+- V2: APDH phases (10k steps each in the preset), PhD loss with lambda = 0.1 per term, 24-frame temporal stage.
+Values the papers do not state (spatial-loss lambda, augmentation probabilities, V2 batch/lr) are marked
+"assumed" and are ordinary config values.
+"""
+from __future__ import annotations
+
+import copy
+
+from .config import ConfigError
+
+_V1_DATA = {
+    "width": 512, "height": 512, "condition": "landmarks",
+    "drop_reference": 0.05, "drop_audio": 0.05, "drop_condition": 0.05,
+    "rls": {"enabled": True, "parts": ["eyes", "brows", "pupils", "nose", "mouth"], "drop_prob": 0.5},
+    # assumed: the paper says "audio augmentation" without details
+    "audio_aug": {"noise_prob": 0.2, "noise_snr_db": [10.0, 40.0], "gain_prob": 0.2, "gain_db": [-6.0, 6.0],
+                  "shift_prob": 0.2, "max_shift_ms": 40.0},
+}
+_OPTIM = {"lr": 1e-5, "batch_size": 4, "grad_accum": 1, "warmup_steps": 0, "lr_schedule": "constant", "max_grad_norm": 1.0}
+
+PRESETS: dict[str, dict] = {
+    "v1_stage1": {
+        "model": {"weights": "v1_pose", "init": "sd", "motion_init": "none"},
+        "data": _V1_DATA,
+        "loss": {"spatial": {"weight": 0.1, "l2": 1.0, "lpips": 1.0}},  # lambda assumed (not in the paper)
+        "optim": _OPTIM,
+        "phases": [{"name": "stage1", "steps": 30000, "kind": "spatial", "frames": 1,
+                    "train": ["reference", "denoiser", "cond_encoder"], "audio": "global"}],
+        "checkpoint": {"every": 1000, "keep_last": 3},
+        "validation": {"every": 2000},
+    },
+    "v1_stage2": {
+        "model": {"weights": "v1_pose", "init": "echomimic", "motion_init": "animatediff"},
+        "data": {**_V1_DATA, "audio_aug": {**_V1_DATA["audio_aug"]}},
+        "loss": {"spatial": {"weight": 0.0}},
+        "optim": _OPTIM,
+        "phases": [{"name": "stage2", "steps": 30000, "kind": "temporal", "frames": 12, "train": ["motion"], "audio": "global"}],
+        "checkpoint": {"every": 1000, "keep_last": 3},
+        "validation": {"every": 2000},
+    },
+    "v2_apdh": {
+        "model": {"weights": "v2", "init": "sd", "motion_init": "animatediff"},
+        "data": {"width": 768, "height": 768, "condition": "pose", "drop_reference": 0.05, "drop_audio": 0.05,
+                 "drop_condition": 0.05, "rls": {"enabled": False},
+                 "audio_aug": {**_V1_DATA["audio_aug"]}},
+        "loss": {"phd": {"enabled": True, "bounds": [0.1, 0.6], "pose_weight": 0.1, "detail_weight": 0.1, "low_weight": 0.1}},
+        "optim": {**_OPTIM, "batch_size": 2},  # batch assumed
+        "phases": [
+            {"name": "1", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
+             "pose_parts": ["body", "head", "lips", "hands"], "pose_dropout": [0.0, 0.0], "audio": "muted", "data": "halfbody"},
+            {"name": "2", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
+             "pose_parts": ["body", "head", "lips", "hands"], "pose_dropout": [0.0, 0.2], "audio": "muted", "data": "halfbody"},
+            {"name": "3a", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
+             "pose_parts": ["body", "head", "hands"], "audio": "lips", "data": "halfbody"},
+            {"name": "3b", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
+             "pose_parts": ["body", "hands"], "audio": "head", "data": "headshot"},
+            {"name": "3c", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
+             "pose_parts": ["body", "hands"], "audio": "head", "data": "halfbody"},
+            {"name": "3d", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
+             "pose_parts": ["hands"], "audio": "global", "data": "halfbody"},
+            {"name": "4", "steps": 10000, "kind": "temporal", "frames": 24, "train": ["motion"],
+             "pose_parts": ["hands"], "audio": "global", "data": "halfbody"},
+        ],
+        "checkpoint": {"every": 1000, "keep_last": 3},
+        "validation": {"every": 2000, "frames": 24},
+    },
+}
+
+
+def preset_dict(name: str | None) -> dict:
+    if not name:
+        return {}
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown '{name}'; choose one of {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])

@@ -1,0 +1,129 @@
+"""One training micro-step: a batch from :mod:`trainer.data.dataset` -> loss terms.
+
+Randomness (VAE posterior sample, noise, timesteps) comes from the ``generator`` the loop seeds per step,
+on the CPU, so a step is reproducible on any device and after a resume.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .losses import (VAE_SCALE, decode_x0, masked_mse, phd_phase, pose_maps, soft_edges, spatial_weight, x0_from_v)
+
+PHD_NAMES = ("S1_pose", "S2_detail", "S3_low")
+
+
+@dataclass
+class LossFns:
+    lpips: object | None = None  # callable (a, b) -> (N,)
+    pose_estimator: object | None = None
+
+
+@dataclass
+class StepOutput:
+    total: torch.Tensor
+    terms: dict = field(default_factory=dict)  # name -> float tensor (logged)
+    info: dict = field(default_factory=dict)  # timesteps, PhD phase per sample, ...
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, generator: torch.Generator | None, sample: bool, chunk: int = 8) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> (N, 4, H/8, W/8) scaled latents (posterior sample or mean)."""
+    out = []
+    for i in range(0, pixels.shape[0], chunk):
+        dist = vae.encode(pixels[i : i + chunk].to(vae.dtype)).latent_dist
+        if sample:
+            eps = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean.device)
+            z = dist.mean.float() + dist.std.float() * eps
+        else:
+            z = dist.mean.float()
+        out.append(z * VAE_SCALE)
+    return torch.cat(out)
+
+
+def compute_losses(model, vae, scheduler, batch: dict, generator: torch.Generator, cfg: TrainConfig, fns: LossFns,
+                   audio_control=None) -> StepOutput:
+    device = batch["pixels"].device
+    pix = batch["pixels"]  # (B, F, 3, H, W)
+    b, f, _, h, w = pix.shape
+    T = scheduler.config.num_train_timesteps
+    lat = encode_latents(vae, pix.flatten(0, 1), generator, sample=True)
+    lat = lat.view(b, f, *lat.shape[1:]).transpose(1, 2)  # (B, 4, F, h, w)
+    ref = encode_latents(vae, batch["reference"], generator, sample=False)
+    noise = torch.randn(lat.shape, generator=generator, dtype=torch.float32).to(device)
+    t = torch.randint(0, T, (b,), generator=generator).to(device)
+    x_t = scheduler.add_noise(lat, noise, t)
+    target = scheduler.get_velocity(lat, noise, t)
+
+    keep_audio = (~batch["drop_audio"]).float().view(b, 1, 1, 1)
+    audio = batch["audio"] * keep_audio
+    if audio_control is not None:
+        mask = batch.get("audio_mask")
+        audio_control.set(mask.flatten(0, 1) if mask is not None else None, (lat.shape[-2], lat.shape[-1]))
+    pred = model(x_t, t, ref, audio, batch.get("cond"), ~batch["drop_reference"], (~batch["drop_condition"]).float())
+
+    loss_mask = batch["loss_mask"]  # (B, F, H, W), 0 = padding
+    lat_mask = F.adaptive_avg_pool2d(loss_mask.flatten(0, 1)[:, None].float(), lat.shape[-2:])
+    lat_mask = (lat_mask > 0.5).float().view(b, f, 1, *lat.shape[-2:]).transpose(1, 2)  # (B, 1, F, h, w)
+    padded = bool(batch["headshot_padded"].any())
+    latent = masked_mse(pred, target, lat_mask if padded else None)
+    terms = {"latent": latent.mean()}
+    total = latent.mean()
+    info = {"t": t.detach().cpu()}
+
+    sp, phd = cfg.loss.spatial, cfg.loss.phd
+    if sp.weight > 0 or phd.enabled:
+        x0 = x0_from_v(x_t, pred, scheduler.alphas_cumprod, t)  # (B, 4, F, h, w)
+        x0f = x0.transpose(1, 2).flatten(0, 1)
+        boxes = batch["face_box"].repeat_interleave(f, 0)
+        crop = sp.crop_size if sp.face_crop else None
+        dec, gt, offs = decode_x0(vae, x0f, pix.flatten(0, 1), boxes, crop)
+        pm = torch.stack([loss_mask.flatten(0, 1)[i, y : y + dec.shape[-2], x : x + dec.shape[-1]] for i, (y, x) in enumerate(offs)])[:, None]
+        per_frame_t = t.repeat_interleave(f)
+        if sp.weight > 0:
+            term = sp.l2 * masked_mse(dec, gt, pm if padded else None)
+            if sp.lpips > 0:
+                term = term + sp.lpips * _lpips(fns, dec, gt, pm if padded else None)
+            wt = spatial_weight(per_frame_t.cpu(), T).to(device, torch.float32)
+            spatial = (wt * term).view(b, f).mean(1)
+            terms["spatial"] = spatial.mean()
+            total = total + sp.weight * spatial.mean()
+        if phd.enabled:
+            phase = phd_phase(per_frame_t, T, phd.bounds)
+            info["phd_phase"] = phase.view(b, f)[:, 0].cpu()
+            zero = dec.sum() * 0.0
+            phd_terms = [zero, zero, zero]
+            sel = phase == 0
+            if bool(sel.any()):
+                kp = batch["keypoints"].flatten(0, 1)[sel] if "keypoints" in batch else torch.zeros(int(sel.sum()), 0, 2, device=device)
+                kp = kp - torch.tensor([[offs[i][1], offs[i][0]] for i in sel.nonzero().flatten().tolist()], device=device, dtype=kp.dtype).view(-1, 1, 2)
+                with torch.no_grad():
+                    tgt = pose_maps(gt[sel], kp, phd.pose_sigma, fns.pose_estimator)
+                phd_terms[0] = phd.pose_weight * masked_mse(pose_maps(dec[sel], kp, phd.pose_sigma, fns.pose_estimator), tgt).sum() / (b * f)
+            sel = phase == 1
+            if bool(sel.any()):
+                e = phd.edge
+                kw = dict(blur_sigma=e.blur_sigma, low=e.low, high=e.high, softness=e.softness, thinning=e.thinning)
+                with torch.no_grad():
+                    tgt = soft_edges(gt[sel], **kw)
+                m = pm[sel] if padded else None
+                phd_terms[1] = phd.detail_weight * masked_mse(soft_edges(dec[sel], **kw), tgt, m).sum() / (b * f)
+            sel = phase == 2
+            if bool(sel.any()) and phd.low_weight > 0:
+                phd_terms[2] = phd.low_weight * _lpips(fns, dec[sel], gt[sel], pm[sel] if padded else None).sum() / (b * f)
+            for name, v in zip(PHD_NAMES, phd_terms):
+                terms["phd_" + name] = v
+            total = total + sum(phd_terms)
+    terms["total"] = total
+    return StepOutput(total, {k: v.detach() for k, v in terms.items()}, info)
+
+
+def _lpips(fns: LossFns, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if fns.lpips is None:
+        raise RuntimeError("an LPIPS term is enabled but no LPIPS function was built")
+    if mask is not None:  # padding excluded: both images are black there
+        a, b = a * mask + (1 - mask) * -1.0, b * mask + (1 - mask) * -1.0
+    return fns.lpips(a, b)
