@@ -139,8 +139,11 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
         if entry is not None:
             status = entry.get("status", {})
             if status.get("status_str") == "error":
-                msgs = [m[1].get("exception_message", "") for m in status.get("messages", []) if m[0] == "execution_error"]
-                raise QueueError(f"prompt {prompt_id} failed: {'; '.join(msgs) or 'see the ComfyUI log'}")
+                events = {m[0]: m[1] for m in status.get("messages", [])}
+                if "execution_interrupted" in events:
+                    raise QueueError(f"prompt {prompt_id} was cancelled (interrupted) before it finished.")
+                msg = events.get("execution_error", {}).get("exception_message", "").strip()
+                raise QueueError(f"prompt {prompt_id} failed: {msg or 'see the ComfyUI log'}")
             return entry
         time.sleep(poll)
     raise QueueError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.")

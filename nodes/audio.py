@@ -19,7 +19,9 @@ def check_audible(audio) -> None:
     wave = audio.get("waveform") if isinstance(audio, dict) else None
     if not isinstance(wave, torch.Tensor):
         raise EchoMimicError("audio: expected a ComfyUI AUDIO (connect Load Audio, or the audio of Get Video Components).")
-    peak = float(wave.detach().abs().max()) if wave.numel() else 0.0
+    if wave.numel() == 0:
+        return  # the library says "the waveform is empty"
+    peak = float(wave.detach().abs().max())
     if peak < SILENCE_PEAK:
         level = f"{20 * math.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
         raise EchoMimicError(f"the audio is silent (peak level {level}); EchoMimic is driven by speech. Connect a clip with "

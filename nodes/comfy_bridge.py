@@ -81,6 +81,17 @@ def folder_roots(name: str) -> list[Path]:
         return [models_dir() / name]
 
 
+def filename_list(name: str) -> list[str]:
+    """Files of a model folder as ComfyUI lists them (relative names; cached by ComfyUI)."""
+    if folder_paths is not None:
+        return list(folder_paths.get_filename_list(name))
+    names = set()
+    for root in folder_roots(name):
+        if root.is_dir():
+            names.update(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(names)
+
+
 # ------------------------------------------------------------------------------------------ devices
 def torch_device() -> torch.device:
     """ComfyUI's compute device (honours --cpu, --directml, MPS, --cuda-device); stand-in: CPU."""

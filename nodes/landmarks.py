@@ -47,6 +47,8 @@ def extract(images, fps: float, framing: str, bad_frames: str, max_frames: int, 
 def align(track: LandmarkTrack, reference, mode: str, parts: str, retime: str, download: bool):
     if mode not in ALIGN_MODES:
         raise EchoMimicError(f"unknown alignment mode '{mode}'; choose one of {', '.join(ALIGN_MODES)}.")
+    if retime not in RETIME_POLICIES:
+        raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(RETIME_POLICIES)}.")
     try:
         selected = normalize_parts(parts)
     except ValueError as exc:

@@ -127,11 +127,6 @@ def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa
     return handle
 
 
-def clear_cache() -> None:
-    _CACHE.clear()
-    C.soft_empty_cache()
-
-
 class EchoMimicModelLoader:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"

@@ -63,11 +63,15 @@ def find_named(roots: list[Path], name: str, what: str, want_dir: bool = False) 
     return None
 
 
-def _subdirs(root: Path) -> list[Path]:
+def _entries(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError:  # missing or unreadable: nothing to list (INPUT_TYPES must never fail)
         return []
+
+
+def _subdirs(root: Path) -> list[Path]:
+    return [p for p in _entries(root) if p.is_dir()]
 
 
 def weight_folders() -> list[str]:
@@ -75,18 +79,14 @@ def weight_folders() -> list[str]:
     names = set()
     for root in echomimic_roots():
         for d in _subdirs(root) + [s for d in _subdirs(root) for s in _subdirs(d)]:
-            if any(f.name.startswith("denoising_unet") and f.suffix in WEIGHT_SUFFIXES for f in d.iterdir()):
+            if any(f.name.startswith("denoising_unet") and f.suffix in WEIGHT_SUFFIXES for f in _entries(d)):
                 names.add(d.relative_to(root).as_posix())
     return sorted(names)
 
 
 def vae_files() -> list[str]:
     """Single-file VAEs in models/vae (relative names, as ComfyUI lists them)."""
-    names = set()
-    for root in vae_roots():
-        if root.is_dir():
-            names.update(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
-    return sorted(names)
+    return sorted(f for f in C.filename_list("vae") if Path(f).suffix in WEIGHT_SUFFIXES)
 
 
 def default_vae_file() -> Path | None:
@@ -102,10 +102,9 @@ def pose_folders() -> list[str]:
     names = set()
     for root in pose_roots():
         for d in _subdirs(root):
-            if any(f.suffix == ".npy" for f in d.iterdir()):
+            if any(f.suffix == ".npy" for f in _entries(d)):
                 names.add(d.name)
-        if root.is_dir():
-            names.update(p.name for p in root.glob("*.npz"))
+        names.update(p.name for p in _entries(root) if p.suffix == ".npz")
     return sorted(names)
 
 

@@ -190,6 +190,7 @@ def _fake_comfyui(tmp_path, calls):
     fp.add_model_folder_path = lambda name, path, is_default=False: fp.folder_names_and_paths.setdefault(name, ([], set()))[0].append(path)
     fp.get_folder_paths = lambda name: list(fp.folder_names_and_paths[name][0])
     fp.get_input_directory = lambda: str(tmp_path / "input")
+    fp.get_filename_list = lambda name: ["sd-vae-ft-mse.safetensors"] if name == "vae" else []
     mm = types.ModuleType("comfy.model_management")
 
     class Interrupt(Exception):
@@ -234,6 +235,7 @@ def test_bridge_uses_comfyui_when_it_is_importable(tmp_path, monkeypatch):
         assert c.folder_roots("echomimic") == [tmp_path / "models" / "echomimic"]  # registered once
         assert c.folder_roots("vae") == [tmp_path / "models" / "vae"]
         assert c.input_dir() == tmp_path / "input" and c.low_vram()
+        assert c.filename_list("vae") == ["sd-vae-ft-mse.safetensors"]
         assert c.auto_dtype(torch.device("cpu")) == torch.float32
         assert c.auto_dtype(torch.device("cuda", 0)) == torch.float16 and ("bf16?", "cuda:0") in calls
         bar = c.progress_bar(4)
@@ -319,3 +321,21 @@ def test_sampler_condition_mismatches_say_what_to_connect():
         sampler.build_condition("v1_audio", None, lm, None, 10, 64, 64, 24.0)
     cond = sampler.build_condition("v1_audio", None, None, None, 10, 64, 48, 24.0)
     assert cond.tensor(48, 64).shape == (1, 1, 1, 48, 64)
+
+
+# ------------------------------------------------------------------------------------------ packaging
+def test_requirements_for_comfyui_manager_match_the_package_without_torch():
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    comfy = project["tool"]["comfy"]
+    assert {"PublisherId", "DisplayName", "Icon", "requires-comfyui"} <= set(comfy) and comfy["PublisherId"]
+
+    def names(lines):
+        return {re.split(r"[<>=!~\[ ;]", x.strip(), maxsplit=1)[0].lower().replace("_", "-") for x in lines
+                if x.strip() and not x.strip().startswith("#")}
+
+    reqs = names((ROOT / "requirements.txt").read_text().splitlines())
+    assert not reqs & {"torch", "torchvision", "torchaudio"}
+    assert reqs == names(project["project"]["dependencies"]) - {"torch"}

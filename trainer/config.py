@@ -99,9 +99,11 @@ class SpatialLossConfig:
 
 @dataclass
 class EdgeConfig:
+    """Differentiable Canny: thresholds on the Sobel/8 gradient magnitude of the [0, 1] grey image."""
+
     blur_sigma: float = 1.0
-    low: float = 0.1
-    high: float = 0.2
+    low: float = 0.05
+    high: float = 0.1
     softness: float = 0.02
     thinning: float = 20.0
 
@@ -298,6 +300,11 @@ def _coerce(value: Any, tp, path: str):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -323,11 +330,26 @@ def from_dict(cls, data: dict, path: str = ""):
 
 
 def deep_merge(base: dict, over: dict) -> dict:
-    """Mappings merge recursively; lists and scalars in ``over`` replace those in ``base``."""
+    """Mappings merge recursively; lists and scalars in ``over`` replace those in ``base`` -- except a
+    ``phases`` list whose every entry names an existing phase: those phases are updated in place (so a file
+    can shorten ``phases: [{name: stage1, steps: 50}]`` without restating the preset's schedule)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        elif k == "phases" and _updates_by_name(out.get(k), v):
+            by_name = {str(p["name"]): p for p in v}
+            out[k] = [deep_merge(p, by_name[str(p.get("name"))]) if str(p.get("name")) in by_name else p for p in out[k]]
+        else:
+            out[k] = v
     return out
+
+
+def _updates_by_name(base, over) -> bool:
+    if not (isinstance(base, list) and isinstance(over, list) and over):
+        return False
+    names = {str(p.get("name")) for p in base if isinstance(p, dict)}
+    return all(isinstance(p, dict) and "name" in p and str(p["name"]) in names for p in over)
 
 
 def _parse_scalar(text: str):

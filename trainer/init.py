@@ -32,7 +32,7 @@ from echomimic_lib.modes import WEIGHT_SETS
 from echomimic_lib.weights import load_strict, read_state_dict
 
 from .config import TrainConfig
-from .net import TrainingNet
+from .net import TrainingNet, enable_gradient_checkpointing
 from .phases import needs_motion
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def build(cfg: TrainConfig) -> Built:
                 raise FileNotFoundError("model.vae_path / model.whisper_path: give the sd-vae-ft-mse folder and the whisper tiny checkpoint")
     vae = load_vae(vae_path).requires_grad_(False)
     for mod in (ref, den):
-        mod.gradient_checkpointing = m.gradient_checkpointing
+        enable_gradient_checkpointing(mod, m.gradient_checkpointing)
         mod.set_attention_backend(m.attention)
     net = TrainingNet(ref.train(), den.train(), enc.train())
     log.info("built %s networks (%s init; motion modules: %s)", m.weights, m.init, report["motion_init"])

@@ -68,7 +68,7 @@ def _gaussian(sigma: float, device, dtype) -> torch.Tensor:
     return k / k.sum()
 
 
-def soft_edges(img: torch.Tensor, blur_sigma: float = 1.0, low: float = 0.1, high: float = 0.2, softness: float = 0.02,
+def soft_edges(img: torch.Tensor, blur_sigma: float = 1.0, low: float = 0.05, high: float = 0.1, softness: float = 0.02,
                thinning: float = 20.0) -> torch.Tensor:
     """Differentiable Canny-style edge map of images in [-1, 1]: (N, 3, H, W) -> (N, 1, H, W) in [0, 1].
 
@@ -98,7 +98,8 @@ def soft_edges(img: torch.Tensor, blur_sigma: float = 1.0, low: float = 0.1, hig
     neigh = torch.cat([torch.maximum(shifted(0, 1), shifted(0, -1)), torch.maximum(shifted(1, 0), shifted(-1, 0)),
                        torch.maximum(shifted(1, 1), shifted(-1, -1)), torch.maximum(shifted(1, -1), shifted(-1, 1))], 1)
     suppress = (wdir * neigh).sum(1, keepdim=True)
-    thin = mag * torch.sigmoid(thinning * (mag - suppress) / (mag.detach().amax((2, 3), keepdim=True) + 1e-6))
+    # ~0.88 on a ridge (ties included), 0.5 when a neighbour along the gradient is 10 % of the max stronger
+    thin = mag * torch.sigmoid(thinning * (mag - suppress) / (mag.detach().amax((2, 3), keepdim=True) + 1e-6) + 2.0)
     strong = torch.sigmoid((thin - high) / softness)
     weak = torch.sigmoid((thin - low) / softness)
     linked = F.max_pool2d(strong, 3, stride=1, padding=1)

@@ -154,11 +154,15 @@ class HeadshotLayout:
     def to_canvas(self, uv: np.ndarray) -> np.ndarray:
         return np.asarray(uv, dtype=np.float64) * self.scale + np.asarray(self.offset)
 
+    @property
+    def pixels(self) -> tuple[int, int, int]:
+        """Integer placement used for the pixels: (x offset, y offset, pasted side)."""
+        return int(round(self.offset[0])), int(round(self.offset[1])), max(1, int(round(self.scale)))
+
     def valid_rect(self) -> tuple[int, int, int, int]:
-        x0, y0 = self.offset
-        r = (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
-             min(self.size, int(np.ceil(x0 + self.scale))), min(self.size, int(np.ceil(y0 + self.scale))))
-        return r
+        """Canvas rectangle x0, y0, x1, y1 covered by the headshot (the rest is padding)."""
+        ox, oy, side = self.pixels
+        return max(0, ox), max(0, oy), min(self.size, ox + side), min(self.size, oy + side)
 
 
 def headshot_layout(face68: np.ndarray, size: int, head_box=DEFAULT_HEAD_BOX) -> HeadshotLayout:
@@ -177,12 +181,11 @@ def pad_headshot(image: np.ndarray, layout: HeadshotLayout) -> tuple[np.ndarray,
     import cv2
 
     n = layout.size
-    side = max(1, int(round(layout.scale)))
+    ox, oy, side = layout.pixels
     img = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if side < image.shape[0] else cv2.INTER_CUBIC)
-    ox, oy = int(round(layout.offset[0])), int(round(layout.offset[1]))
     out = np.zeros((n, n, 3), np.uint8)
     valid = np.zeros((n, n), np.float32)
-    x0, y0, x1, y1 = max(0, ox), max(0, oy), min(n, ox + side), min(n, oy + side)
+    x0, y0, x1, y1 = layout.valid_rect()
     if x1 > x0 and y1 > y0:
         out[y0:y1, x0:x1] = img[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
         valid[y0:y1, x0:x1] = 1.0

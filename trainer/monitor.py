@@ -23,13 +23,14 @@ def memory_stats(device: torch.device) -> dict:
 
 
 class Monitor:
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool = True, plot: bool = True):
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool = True, plot: bool = True, fresh: bool = True):
         self.out_dir, self.enabled, self.plot_enabled = Path(out_dir), enabled, plot
         self.writer = None
         self.jsonl = None
         if enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(self.out_dir / "train_log.jsonl", "a", buffering=1)
+            # a resumed run appends (the steps after its checkpoint are logged again; readers keep the latest)
+            self.jsonl = open(self.out_dir / "train_log.jsonl", "w" if fresh else "a", buffering=1)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter

@@ -45,7 +45,7 @@ def encode_latents(vae, pixels: torch.Tensor, generator: torch.Generator | None,
 
 
 def compute_losses(model, vae, scheduler, batch: dict, generator: torch.Generator, cfg: TrainConfig, fns: LossFns,
-                   audio_control=None) -> StepOutput:
+                   audio_control=None, timesteps: torch.Tensor | None = None) -> StepOutput:
     device = batch["pixels"].device
     pix = batch["pixels"]  # (B, F, 3, H, W)
     b, f, _, h, w = pix.shape
@@ -54,7 +54,8 @@ def compute_losses(model, vae, scheduler, batch: dict, generator: torch.Generato
     lat = lat.view(b, f, *lat.shape[1:]).transpose(1, 2)  # (B, 4, F, h, w)
     ref = encode_latents(vae, batch["reference"], generator, sample=False)
     noise = torch.randn(lat.shape, generator=generator, dtype=torch.float32).to(device)
-    t = torch.randint(0, T, (b,), generator=generator).to(device)
+    t = torch.randint(0, T, (b,), generator=generator)
+    t = (t if timesteps is None else torch.as_tensor(timesteps).expand(b)).to(device)
     x_t = scheduler.add_noise(lat, noise, t)
     target = scheduler.get_velocity(lat, noise, t)
 
@@ -72,7 +73,7 @@ def compute_losses(model, vae, scheduler, batch: dict, generator: torch.Generato
     latent = masked_mse(pred, target, lat_mask if padded else None)
     terms = {"latent": latent.mean()}
     total = latent.mean()
-    info = {"t": t.detach().cpu()}
+    info = {"t": t.detach().cpu(), "headshot": batch["headshot_padded"].detach().cpu()}
 
     sp, phd = cfg.loss.spatial, cfg.loss.phd
     if sp.weight > 0 or phd.enabled:

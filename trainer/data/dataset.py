@@ -92,6 +92,17 @@ class ResumableSampler:
             pos += 1
 
 
+def face_mask_image(clip: ClipReader, size) -> np.ndarray:
+    """V1 face-locator input: the union of the clip's face boxes, dilated by 0.1 (V1's facemusk_dilation_ratio)."""
+    b = np.asarray(clip.array("face_boxes"))
+    x0, y0, x1, y1 = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+    dx, dy = 0.1 * (x1 - x0), 0.1 * (y1 - y0)
+    w, h = size
+    m = np.zeros((h, w), np.float32)
+    m[max(0, int((y0 - dy) * h)) : min(h, int(np.ceil((y1 + dy) * h))), max(0, int((x0 - dx) * w)) : min(w, int(np.ceil((x1 + dx) * w)))] = 1
+    return m
+
+
 class EchoDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by sampler keys. One sample = ``frames`` consecutive frames of a clip, a
     reference frame, per-frame conditions and audio chunks, dropout flags and (V2) masks."""
@@ -154,7 +165,7 @@ class EchoDataset(torch.utils.data.Dataset):
             sample["cond"] = self._landmark_images(clip, idx, parts, (w, h))
             sample["parts_mask"] = torch.tensor([p in parts for p in d.rls.parts])
         elif d.condition == "face_mask":
-            sample["cond"] = torch.from_numpy(self._face_mask(clip, (w, h)))[None, None]
+            sample["cond"] = torch.from_numpy(face_mask_image(clip, (w, h)))[None, None]
         else:
             kps = [self._keypoints(clip, i, (w, h), layout if padded else None) for i in idx]
             cond, amask = self._pose_images(clip, idx, kps, phase, (w, h), padded)
@@ -183,16 +194,6 @@ class EchoDataset(torch.utils.data.Dataset):
         imgs = np.stack([draw_landmarks(lm[i], size, parts if parts else [], normed=True) if parts else
                          np.zeros((size[1], size[0], 3), np.uint8) for i in idx])
         return torch.from_numpy(imgs).float().div(255.0).permute(3, 0, 1, 2)  # (3, F, H, W)
-
-    def _face_mask(self, clip: ClipReader, size) -> np.ndarray:
-        """V1 face-locator input: the union of the clip's face boxes, dilated by 0.1 (V1's facemusk_dilation_ratio)."""
-        b = np.asarray(clip.array("face_boxes"))
-        x0, y0, x1, y1 = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
-        dx, dy = 0.1 * (x1 - x0), 0.1 * (y1 - y0)
-        w, h = size
-        m = np.zeros((h, w), np.float32)
-        m[max(0, int((y0 - dy) * h)) : min(h, int(np.ceil((y1 + dy) * h))), max(0, int((x0 - dx) * w)) : min(w, int(np.ceil((x1 + dx) * w)))] = 1
-        return m
 
     def _keypoints(self, clip: ClipReader, i: int, size, layout):
         if clip.kind == "halfbody":

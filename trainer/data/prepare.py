@@ -130,6 +130,9 @@ def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
     info = probe_video(video)
     wave, audio_src = _audio(video, info)
     st = ClipStatus(cid, str(video), "dropped", kind="headshot", fps=cfg.fps)
+    if wave is None:
+        st.reason, st.detail = "no_audio", "no audio stream and no sidecar audio file"
+        return st
     max_frames = _max_frames(cfg, wave)
     counts, lmks, heights, cuts, prev = [], [], [], [], None
     for img in iter_frames(video, cfg.fps, cfg.analysis_side, max_frames):
@@ -189,6 +192,9 @@ def prepare_halfbody(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
     info = probe_video(video)
     wave, audio_src = _audio(video, info)
     st = ClipStatus(cid, str(video), "dropped", kind="halfbody", fps=cfg.fps)
+    if wave is None:
+        st.reason, st.detail = "no_audio", "no audio stream and no sidecar audio file"
+        return st
     max_frames = _max_frames(cfg, wave)
     cuts, lmks, prev, an_size = [], [], [None], [None]
 

@@ -1,0 +1,71 @@
+"""Weight download into the models layout (huggingface_hub mocked: no network here) and the
+attention-backend fallback."""
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from echomimic_lib.cli import main as cli
+from echomimic_lib.download import ensure_weights
+from echomimic_lib.errors import MissingWeightsError
+from echomimic_lib.models.attention import resolve_backend
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A fake hub: repo -> folder of files, made from a tiny model set."""
+    src = tmp_path_factory.mktemp("hub_src")
+    assert cli(["make-tiny", str(src), "--version", "v1"]) == 0
+    return {"BadToBest/EchoMimic": src, "stabilityai/sd-vae-ft-mse": src / "sd-vae-ft-mse"}
+
+
+def test_missing_weights_are_downloaded_into_the_layout(hub, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, filename, local_dir, **kw):
+        calls.append((repo_id, filename))
+        dst = Path(local_dir) / filename
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(hub[repo_id] / filename, dst)
+        return str(dst)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    root = tmp_path / "models"
+    # configs describe the tiny architecture; a user's folder would use the built-in SD1.5 config
+    shutil.copytree(hub["BadToBest/EchoMimic"] / "sd-image-variations-diffusers", root / "sd-image-variations-diffusers")
+    shutil.copy(hub["BadToBest/EchoMimic"] / "inference_config.json", root / "inference_config.json")
+    files = ensure_weights(root, "v1_audio", "acc")
+    assert ("BadToBest/EchoMimic", "denoising_unet_acc.pth") in calls
+    assert ("BadToBest/EchoMimic", "audio_processor/whisper_tiny.pt") in calls
+    assert ("stabilityai/sd-vae-ft-mse", "config.json") in calls
+    assert files["denoiser"] == root / "v1" / "denoising_unet_acc.pth"
+    assert files["whisper"] == root / "audio_processor" / "whisper_tiny.pt"
+    n = len(calls)
+    ensure_weights(root, "v1_audio", "acc")  # everything present: nothing fetched again
+    assert len(calls) == n
+
+
+def test_offline_error_lists_every_missing_file(tmp_path):
+    with pytest.raises(MissingWeightsError) as err:
+        ensure_weights(tmp_path, "v2", "normal", download=False)
+    msg = str(err.value)
+    for name in ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "pose_encoder.pth", "sd-vae-ft-mse", "whisper_tiny.pt"):
+        assert name in msg
+    assert "BadToBest/EchoMimicV2" in msg and "echomimic download" in msg
+
+
+def test_xformers_request_falls_back_to_sdpa_with_a_reason(caplog):
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        with caplog.at_level(logging.WARNING):
+            assert resolve_backend("xformers") == "sdpa"
+        assert "xformers" in caplog.text and "SDPA" in caplog.text
+    else:  # pragma: no cover - only where xformers is installed
+        assert resolve_backend("xformers") == "xformers"
+    assert resolve_backend(None) == "sdpa"
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        resolve_backend("flash9")

@@ -1,0 +1,131 @@
+"""The batch-queue client against a tiny stand-in of ComfyUI's HTTP API on 127.0.0.1 (started and stopped here):
+uploads, substitution into the shipped API workflows, POST /prompt, error reporting and --wait."""
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from echomimic_lib import queue_client as qc
+from echomimic_lib.errors import EchoMimicError
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / "workflows" / "api" / "v1_audio.json"
+
+
+class FakeComfy(BaseHTTPRequestHandler):
+    uploads: list
+    prompts: list
+    reject = False
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _reply(self, code: int, body: dict):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/upload/image":
+            msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
+            fields = {p.get_param("name", header="content-disposition"): p for p in msg.iter_parts()}
+            part = fields["image"]
+            self.uploads.append((part.get_filename(), part.get_payload(decode=True), fields["overwrite"].get_content().strip()))
+            return self._reply(200, {"name": part.get_filename(), "subfolder": "", "type": "input"})
+        if self.path == "/prompt":
+            payload = json.loads(body)
+            if self.reject:
+                return self._reply(400, {"error": {"message": "Prompt outputs failed validation"}, "node_errors": {
+                    "3": {"class_type": "EchoMimicModelLoader", "errors": [{"message": "Value not in list", "details": "version: 'V9'"}]}}})
+            self.prompts.append(payload)
+            return self._reply(200, {"prompt_id": f"p{len(self.prompts)}", "number": len(self.prompts), "node_errors": {}})
+        self._reply(404, {})
+
+    def do_GET(self):
+        pid = self.path.rsplit("/", 1)[-1]
+        self._reply(200, {pid: {"status": {"status_str": "success", "completed": True}, "outputs": {
+            "21": {"images": [{"filename": f"{pid}.mp4", "subfolder": "echomimic", "type": "output"}], "animated": [True]}}}})
+
+
+@pytest.fixture
+def server():
+    handler = type("Handler", (FakeComfy,), {"uploads": [], "prompts": [], "reject": False})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def media(tmp_path):
+    faces, speech = tmp_path / "faces", tmp_path / "speech"
+    faces.mkdir()
+    speech.mkdir()
+    for name in ("anna.png", "bob.jpg"):
+        (faces / name).write_bytes(b"img-" + name.encode())
+    (faces / "notes.txt").write_text("not an image")
+    for name in ("hello.wav", "bye.mp3"):
+        (speech / name).write_bytes(b"aud-" + name.encode())
+    return faces, speech
+
+
+def test_every_portrait_times_every_audio_is_uploaded_once_and_queued(server, media):
+    url, handler = server
+    results = qc.queue_folder(WORKFLOW, *media, server=url, seed=5, wait=True)
+    assert len(results) == 4 and len(handler.prompts) == 4
+    assert sorted(u[0] for u in handler.uploads) == ["anna.png", "bob.jpg", "bye.mp3", "hello.wav"]
+    assert all(u[2] == "true" and u[1].startswith(b"img-" if u[0].endswith(("png", "jpg")) else b"aud-") for u in handler.uploads)
+    jobs = set()
+    for payload in handler.prompts:
+        prompt = payload["prompt"]
+        nodes = {v["class_type"]: v["inputs"] for v in prompt.values()}
+        jobs.add((nodes["LoadImage"]["image"], nodes["LoadAudio"]["audio"]))
+        assert nodes["SaveVideo"]["filename_prefix"] == f"echomimic/{Path(nodes['LoadImage']['image']).stem}__" \
+                                                       f"{Path(nodes['LoadAudio']['audio']).stem}"
+        assert nodes["EchoMimicSampler"]["seed"] == 5 and payload["client_id"]
+    assert jobs == {(i, a) for i in ("anna.png", "bob.jpg") for a in ("bye.mp3", "hello.wav")}
+    assert [r["files"] for r in results] == [[f"echomimic/p{i}.mp4"] for i in range(1, 5)]
+
+
+def test_the_template_is_not_modified_and_dry_run_sends_nothing(server, media):
+    url, handler = server
+    before = WORKFLOW.read_text()
+    results = qc.queue_folder(WORKFLOW, *media, server=url, dry_run=True)
+    assert len(results) == 4 and handler.uploads == [] and handler.prompts == []
+    assert WORKFLOW.read_text() == before and results[0]["prompt"]["6"]["inputs"]["seed"] == 420
+
+
+def test_validation_errors_from_the_server_are_explained(server, media):
+    url, handler = server
+    handler.reject = True
+    with pytest.raises(EchoMimicError, match="HTTP 400: Prompt outputs failed validation; node 3 \\(EchoMimicModelLoader\\): Value not in list"):
+        qc.queue_folder(WORKFLOW, *media, server=url)
+
+
+def test_bad_inputs(tmp_path, media):
+    with pytest.raises(EchoMimicError, match="not an API-format workflow"):
+        qc.queue_folder(ROOT / "workflows" / "v1_audio.json", *media, dry_run=True)
+    with pytest.raises(EchoMimicError, match="no audio files"):
+        qc.queue_folder(WORKFLOW, media[0], tmp_path, dry_run=True)
+    with pytest.raises(EchoMimicError, match="cannot reach ComfyUI"):
+        qc.queue_folder(WORKFLOW, *media, server="http://127.0.0.1:9")
+
+
+def test_cli_dry_run_lists_the_jobs(media, capsys):
+    assert qc.main([str(WORKFLOW), "--portraits", str(media[0]), "--audios", str(media[1]), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "anna.png x bye.mp3 -> echomimic/anna__bye [dry run]" and len(lines) == 4

@@ -1,0 +1,101 @@
+"""Atomic checkpoints on top of ``Accelerator.save_state``.
+
+``save_state`` writes model, optimizer, registered objects (LR scheduler, train state, EMA) and every RNG
+state into ``checkpoints/.tmp-step-00000100``; ``meta.json`` is added and the folder is renamed to
+``checkpoints/step-00000100`` only then. A checkpoint folder therefore exists completely or not at all:
+a run killed while saving leaves a ``.tmp-*`` folder, which the next run deletes. Only the newest
+``keep_last`` checkpoints are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+PATTERN = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := PATTERN.match(p.name)) and (p / "meta.json").is_file()]
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def read_meta(ckpt: Path) -> dict:
+    return json.loads((Path(ckpt) / "meta.json").read_text())
+
+
+def remove_partial(root: Path) -> list[Path]:
+    root = Path(root)
+    gone = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-step-"):
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p)
+    return gone
+
+
+def save_checkpoint(accelerator, out_dir: Path, step: int, meta: dict, keep_last: int) -> Path:
+    """Collective: every process calls it. Returns the final checkpoint folder."""
+    root = checkpoint_dir(out_dir)
+    tmp = root / f".tmp-step-{step:08d}"
+    final = root / f"step-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def resolve_resume(resume, out_dir: Path) -> Path | None:
+    """``resume`` = True/"latest" (newest checkpoint of the run, or None when there is none yet), or a path."""
+    if not resume:
+        return None
+    if resume is True or resume == "latest":
+        return latest_checkpoint(checkpoint_dir(out_dir))
+    p = Path(resume)
+    if (p / "meta.json").is_file():
+        return p
+    latest = latest_checkpoint(checkpoint_dir(p))
+    if latest is None:
+        raise FileNotFoundError(f"{resume}: not a checkpoint folder, and no checkpoints under it")
+    return latest

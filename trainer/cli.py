@@ -1,0 +1,132 @@
+"""``echomimic-train``: prepare | fit | export | presets.
+
+Single process: ``echomimic-train fit --config run.yaml``. Several GPUs / nodes: ``accelerate launch
+[--num_processes N ...] -m trainer fit --config run.yaml`` (DeepSpeed ZeRO through ``accelerate config``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _cmd_prepare(args) -> int:
+    from .data.clean import PrepareConfig
+    from .data.prepare import prepare_dataset, summary_table
+
+    cfg = PrepareConfig(kind=args.kind, fps=args.fps, size=args.size or (768 if args.kind == "halfbody" else 512),
+                        min_seconds=args.min_seconds, max_seconds=args.max_seconds, max_missing_face=args.max_missing_face,
+                        max_multi_face=args.max_multi_face, min_face_px=args.min_face_px, scene_threshold=args.scene_threshold,
+                        num_shards=args.shards, jpeg_quality=args.jpeg_quality)
+    detector = None
+    if args.kind == "halfbody":
+        if not args.dwpose_dir:
+            print("error: --kind halfbody needs --dwpose-dir (yolox_l.onnx + dw-ll_ucoco_384.onnx)", file=sys.stderr)
+            return 2
+        from echomimic_lib.pose.dwpose import DWPoseDetector
+
+        detector = DWPoseDetector.from_models_dir(args.dwpose_dir)
+    summary = prepare_dataset(args.input, args.output, cfg, args.whisper, args.mediapipe_model, detector, args.worker_index,
+                              args.workers, progress=not args.quiet)
+    print(summary_table(summary))
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from .config import load_config
+    from .loop import fit
+
+    cfg = load_config(args.config, args.set, preset=args.preset)
+    resume = args.resume if args.resume not in (None, "") else None
+    result = fit(cfg, resume=True if resume == "latest" else resume)
+    print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import export
+
+    formats = {"both": (".pth", ".safetensors"), "pth": (".pth",), "safetensors": (".safetensors",)}[args.format]
+    files = export(args.source, args.dest, ema=args.ema, formats=formats, dtype=args.dtype, link=args.link, verify=not args.no_verify)
+    print(f"exported {len(files)} files to {args.dest}")
+    return 0
+
+
+def _cmd_presets(args) -> int:
+    import yaml
+
+    from .presets import PRESETS, preset_dict
+
+    print(yaml.safe_dump(preset_dict(args.name), sort_keys=False) if args.name else "\n".join(PRESETS))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="echomimic-train", description="Train EchoMimic V1 / V2 (standalone; uses echomimic_lib).")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("prepare", help="videos -> training set (frames, audio features, landmarks, poses)")
+    a.add_argument("input", help="folder of videos (mp4/mov/webm/...; silent videos may have a same-name .wav beside them)")
+    a.add_argument("output", help="dataset folder (resumable: re-running skips finished clips)")
+    a.add_argument("--kind", choices=["headshot", "halfbody"], default="headshot")
+    a.add_argument("--whisper", required=True, help="whisper tiny checkpoint (audio_processor/whisper_tiny.pt)")
+    a.add_argument("--mediapipe-model", help="face_landmarker_v2_with_blendshapes.task")
+    a.add_argument("--dwpose-dir", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (half-body)")
+    a.add_argument("--fps", type=float, default=24.0)
+    a.add_argument("--size", type=int, help="stored frame size (default 512 headshot, 768 half-body)")
+    a.add_argument("--min-seconds", type=float, default=1.0)
+    a.add_argument("--max-seconds", type=float)
+    a.add_argument("--max-missing-face", type=float, default=0.1, help="fraction of frames without a face tolerated")
+    a.add_argument("--max-multi-face", type=float, default=0.02, help="fraction of frames with several faces tolerated")
+    a.add_argument("--min-face-px", type=float, default=96.0, help="minimum median face height in source pixels")
+    a.add_argument("--scene-threshold", type=float, default=27.0, help="content-change score of a scene cut")
+    a.add_argument("--shards", type=int, default=16)
+    a.add_argument("--jpeg-quality", type=int, default=95)
+    a.add_argument("--workers", type=int, default=1, help="number of prepare processes sharing the input")
+    a.add_argument("--worker-index", type=int, default=0)
+    a.add_argument("-q", "--quiet", action="store_true")
+    a.set_defaults(func=_cmd_prepare)
+
+    f = sub.add_parser("fit", help="train (use `accelerate launch -m trainer fit ...` for several processes)")
+    f.add_argument("--config", help="YAML config (may start with `preset: NAME`)")
+    f.add_argument("--preset", help="start from a preset when the YAML has none")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=2e-5 or phases.3b.steps=100")
+    f.add_argument("--resume", nargs="?", const="latest", help="continue the run (newest checkpoint) or from a checkpoint folder")
+    f.set_defaults(func=_cmd_fit)
+
+    e = sub.add_parser("export", help="checkpoint -> official EchoMimic files (.pth + .safetensors) + configs")
+    e.add_argument("source", help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    e.add_argument("dest")
+    e.add_argument("--ema", action="store_true", help="export the EMA weights")
+    e.add_argument("--format", choices=["both", "pth", "safetensors"], default="both")
+    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    e.add_argument("--link", action="store_true", help="symlink the VAE and whisper instead of copying")
+    e.add_argument("--no-verify", action="store_true", help="skip the strict reload of the written files")
+    e.set_defaults(func=_cmd_export)
+
+    r = sub.add_parser("presets", help="list presets, or print one")
+    r.add_argument("name", nargs="?")
+    r.set_defaults(func=_cmd_presets)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from echomimic_lib.errors import EchoMimicError
+
+    from .config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, EchoMimicError, FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

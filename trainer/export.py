@@ -1,0 +1,124 @@
+"""``echomimic-train export``: a checkpoint -> the official EchoMimic file set, loadable unchanged by the
+ComfyUI nodes and ``echomimic animate``.
+
+Written into ``DEST`` (flat, like a release's ``pretrained_weights/``), for the run's weight set
+(``v1_audio``: reference_unet, denoising_unet, motion_module, face_locator; ``v1_pose``: the same with
+``_pose``; ``v2``: ... pose_encoder), each as ``.pth`` and ``.safetensors``; plus
+``sd-image-variations-diffusers/unet/config.json`` and ``inference_config.json`` (the architecture),
+``sd-vae-ft-mse/`` and ``audio_processor/whisper_tiny.pt`` (copied, or symlinked with ``link``).
+A stage-1 model has no motion modules; its ``motion_module`` file comes from ``model.motion_init``
+(AnimateDiff, released, or zero-output modules, which leave every frame as the stage-1 model makes it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from echomimic_lib.config import EchoConfig, inference_config_dict, unet_config_dict
+from echomimic_lib.modes import WEIGHT_SETS
+from echomimic_lib.weights import save_state_dict
+
+from .checkpoint import read_meta, resolve_resume
+
+log = logging.getLogger(__name__)
+FORMATS = (".pth", ".safetensors")
+
+
+def load_checkpoint_weights(ckpt: Path, ema: bool = False) -> dict:
+    """The TrainingNet state dict of a checkpoint (``reference.*``, ``denoiser.*``, ``cond_encoder.*``)."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    files = sorted(ckpt.glob("model*.safetensors")) or sorted(ckpt.glob("pytorch_model*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{ckpt}: no model weights in this checkpoint")
+    state = load_file(str(files[0])) if files[0].suffix == ".safetensors" else torch.load(files[0], map_location="cpu", weights_only=True)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if ema:
+        meta = read_meta(ckpt)
+        if meta.get("ema_index") is None:
+            raise ValueError(f"{ckpt}: this run did not keep an EMA (ema.enabled: false)")
+        shadow = torch.load(ckpt / f"custom_checkpoint_{meta['ema_index']}.pkl", map_location="cpu", weights_only=True)["shadow_params"]
+        names = meta["param_names"]
+        if len(names) != len(shadow):
+            raise ValueError(f"{ckpt}: EMA has {len(shadow)} tensors for {len(names)} parameters")
+        state.update({n: s for n, s in zip(names, shadow)})
+    return state
+
+
+def split_state(state: dict) -> dict[str, dict]:
+    parts = {"reference": {}, "denoiser": {}, "motion": {}, "cond": {}}
+    for k, v in state.items():
+        head, _, rest = k.partition(".")
+        if head == "reference":
+            parts["reference"][rest] = v
+        elif head == "denoiser":
+            parts["motion" if "motion_modules." in rest else "denoiser"][rest] = v
+        elif head == "cond_encoder":
+            parts["cond"][rest] = v
+    return parts
+
+
+def _place(src: Path, dst: Path, link: bool) -> None:
+    if dst.exists() or dst.is_symlink():
+        shutil.rmtree(dst) if dst.is_dir() and not dst.is_symlink() else dst.unlink()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
+    elif src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORMATS, dtype: str = "float32", link: bool = False,
+           verify: bool = True) -> list[Path]:
+    """Export the checkpoint ``source`` (a checkpoint folder, or a run folder: its newest checkpoint) to ``dest``."""
+    from .config import load_config
+    from .init import motion_state
+
+    ckpt = resolve_resume(str(source), Path(source))
+    meta = read_meta(ckpt)
+    run_dir = ckpt.parent.parent
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    echo_cfg = EchoConfig.from_dict(meta["echo_config"])
+    parts = split_state(load_checkpoint_weights(ckpt, ema))
+    if not parts["motion"]:
+        cfg = load_config(run_dir / "config.yaml")
+        files = None
+        if cfg.model.motion_init == "released":
+            from echomimic_lib.model_set import resolve_files
+
+            files = resolve_files(cfg.model.echomimic_path, cfg.model.weights, cfg.model.variant, need=("motion",))
+        if cfg.model.motion_init == "none":
+            cfg.model.motion_init = "random"
+        parts["motion"] = motion_state(cfg, files, echo_cfg, cfg.seed)
+        log.info("stage-1 model: motion modules from motion_init '%s'", cfg.model.motion_init)
+    ws = WEIGHT_SETS[meta["weights"]]
+    names = ws.files("normal")
+    td = getattr(torch, dtype)
+    written = []
+    for comp, key in (("reference", "reference"), ("denoiser", "denoiser"), ("motion", "motion"), ("cond", "cond")):
+        state = {k: (v if k.endswith("pos_encoder.pe") else v.to(td)) for k, v in parts[comp].items()}
+        for fmt in formats:
+            written.append(save_state_dict(state, dest / f"{names[key]}{fmt}"))
+    cfg_path = dest / "sd-image-variations-diffusers" / "unet" / "config.json"
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(json.dumps(unet_config_dict(echo_cfg), indent=1))
+    (dest / "inference_config.json").write_text(json.dumps(inference_config_dict(echo_cfg), indent=1))
+    _place(Path(meta["vae_path"]), dest / "sd-vae-ft-mse", link)
+    _place(Path(meta["whisper_path"]), dest / "audio_processor" / "whisper_tiny.pt", link)
+    written += [cfg_path, dest / "inference_config.json", dest / "sd-vae-ft-mse", dest / "audio_processor" / "whisper_tiny.pt"]
+    (dest / "export.json").write_text(json.dumps({"checkpoint": str(ckpt), "step": meta["step"], "weights": meta["weights"],
+                                                  "ema": ema, "dtype": dtype}, indent=1))
+    if verify:
+        from echomimic_lib.model_set import load_models
+
+        load_models(dest, meta["weights"], "normal", with_vae=False, with_audio=False)
+    log.info("exported %s (step %d) to %s", meta["weights"], meta["step"], dest)
+    return written

@@ -1,0 +1,323 @@
+"""``echomimic-train fit``: the training loop on Hugging Face accelerate.
+
+One process per device (``accelerate launch``; DDP over NCCL / gloo, or DeepSpeed ZeRO from the accelerate
+config). Per optimizer step: ``grad_accum`` micro-batches inside ``accelerator.accumulate``, gradient
+clipping, a non-finite check, the optimizer / LR scheduler / EMA updates, logging, and at the configured
+intervals an atomic checkpoint (:mod:`trainer.checkpoint`) and a validation video.
+
+Exact resume: the checkpoint holds model, optimizer, LR scheduler, EMA, the train state (step, non-finite
+counter), the gradient scaler and every RNG state; the data position is a function of the step
+(:mod:`trainer.data.dataset`), and the per-step generator is seeded from (seed, rank, step, micro-batch).
+A resumed run therefore produces the same parameters as an uninterrupted one (bitwise on CPU).
+
+Phases (:mod:`trainer.phases`) switch trainable parameters, motion modules, audio-attention masks and data
+at their first step; with DDP the model is re-wrapped for the new trainable set.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import checkpoint_dir, list_checkpoints, read_meta, remove_partial, resolve_resume, save_checkpoint
+from .config import TrainConfig, dump_config
+from .monitor import Monitor, memory_stats
+from .net import AudioAttentionControl, bypass_motion, set_trainable, trainable_names
+from .phases import describe, phase_at, pose_dropout_at
+from .step import LossFns, compute_losses
+
+log = logging.getLogger("trainer")
+DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class TrainState:
+    """Loop counters saved in every checkpoint (accelerate ``register_for_checkpointing``)."""
+
+    def __init__(self):
+        self.step = 0
+        self.nonfinite = 0
+        self.nonfinite_total = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "nonfinite": self.nonfinite, "nonfinite_total": self.nonfinite_total}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.step, self.nonfinite, self.nonfinite_total = int(d["step"]), int(d["nonfinite"]), int(d.get("nonfinite_total", 0))
+
+
+def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1, np.uint64)[0] % (2**63))
+
+
+def make_optimizer(cfg: TrainConfig, params: list):
+    o = cfg.optim
+    if o.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise RuntimeError("optim.optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes)") from exc
+        cls = bnb.optim.AdamW8bit
+    else:
+        cls = torch.optim.AdamW
+    return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+
+
+def _wrap(acc, net):
+    """(Re)prepare the model for the current trainable set (a new DDP wrapper when distributed)."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.NO:
+        return acc.prepare_model(net)
+    # accelerate keeps prepared models in ``_models`` (what save_state writes): keep exactly one entry
+    acc._models[:] = [m for m in acc._models if acc.unwrap_model(m) is not net]
+    if "_original_forward" in net.__dict__:  # undo the previous wrapper's autocast forward
+        net.forward = net.__dict__.pop("_original_forward")
+    return acc.prepare_model(net)
+
+
+def _cpu_only() -> bool:
+    """No accelerator device: run on the CPU, and with several processes use gloo (``accelerate launch
+    --multi_gpu --num_processes N`` on a CPU-only machine then trains with N CPU processes)."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    return not (torch.cuda.is_available() or has_mps or has_xpu)
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = None, hooks: dict | None = None) -> dict:
+    """Train according to ``cfg``. ``resume``: True/"latest" or a checkpoint path. ``lpips_fn`` replaces the
+    LPIPS network (any callable (a, b) -> (N,)). ``stop_after``: stop after this many steps of this call
+    (tests). ``hooks``: optional {"after_step": fn(step, out)} callbacks (tests)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+
+    from echomimic_lib.pipeline import make_scheduler
+
+    from .data.dataset import build_pools, make_loader
+    from .init import build
+    from .losses import build_lpips, load_pose_estimator
+
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused)])
+    out = Path(cfg.output_dir)
+    main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+        for p in remove_partial(checkpoint_dir(out)):
+            log.warning("removed an incomplete checkpoint %s (interrupted while saving)", p)
+    acc.wait_for_everyone()
+    built = build(cfg)
+    net, vae = built.net.to(acc.device), built.vae
+    frozen = DTYPES[cfg.mixed_precision] if cfg.frozen_dtype == "auto" else torch.float32
+    vae.to(acc.device)
+    if frozen != torch.float32:
+        vae.to(dtype=frozen)
+    if cfg.loss.spatial.decoder_checkpointing:
+        vae.enable_gradient_checkpointing()
+    ctrl = AudioAttentionControl(net.denoiser)
+    scheduler = make_scheduler(**cfg.noise_scheduler)
+    need_lpips = (cfg.loss.spatial.weight > 0 and cfg.loss.spatial.lpips > 0) or (cfg.loss.phd.enabled and cfg.loss.phd.low_weight > 0)
+    fns = LossFns(lpips=lpips_fn or (build_lpips(cfg.loss.lpips.net, cfg.loss.lpips.random_backbone, acc.device) if need_lpips else None),
+                  pose_estimator=load_pose_estimator(cfg.loss.phd.pose_estimator))
+
+    union = set().union(*(trainable_names(net, p.train, p.audio) for p in cfg.phases))
+    named = [(n, p) for n, p in net.named_parameters() if n in union]
+    params = [p for _, p in named]
+    optimizer = make_optimizer(cfg, params)
+    lr_sched = get_scheduler(cfg.optim.lr_schedule, optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.max_steps)
+    ema = EMAModel(params, decay=cfg.ema.decay) if cfg.ema.enabled else None
+    state = TrainState()
+    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    acc.register_for_checkpointing(lr_sched, state, *([ema] if ema else []))
+
+    ckpt = resolve_resume(resume, out)
+    if ckpt is None and list_checkpoints(checkpoint_dir(out)):
+        raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
+    start = read_meta(ckpt)["step"] if ckpt else 0
+    at = phase_at(cfg.phases, start)
+    model, current = None, None
+
+    def enter(at_):
+        nonlocal model, optimizer
+        trainable = set_trainable(net, at_.phase.train, at_.phase.audio)
+        bypass_motion(net.denoiser, at_.phase.kind == "spatial" and net.denoiser.has_motion)
+        if deepspeed:
+            if model is not None:
+                raise RuntimeError("DeepSpeed cannot change the trainable parameters inside one run: train each phase in its own run")
+            model, optimizer = acc.prepare(net, optimizer)
+        else:
+            if model is None:
+                optimizer = acc.prepare_optimizer(optimizer)
+            model = _wrap(acc, net)
+        return trainable
+
+    trainable = enter(at)
+    current = at.index
+    if "setup" in (hooks or {}):
+        hooks["setup"](net, ctrl)
+    if ckpt:
+        acc.load_state(str(ckpt))
+        log.info("resumed from %s at step %d (phase %s)", ckpt, state.step, at.phase.name)
+    step = state.step
+    mon = Monitor(out, main, cfg.log.tensorboard, cfg.log.plot, fresh=ckpt is None)
+    if main:
+        log.info("phases:\n%s", describe(cfg.phases))
+        mon.event(step, "start", resumed_from=str(ckpt) if ckpt else None, phase=at.phase.name, processes=world,
+                  report={k: v for k, v in built.report.items() if k != "denoiser_fresh"})
+
+    pools = build_pools(cfg, rank, world)
+    per_step = cfg.optim.batch_size * cfg.optim.grad_accum
+    loader = make_loader(cfg, pools, rank, step * per_step, str(built.whisper_path))
+    it = iter(loader)
+    meta = {"weights": cfg.model.weights, "echo_config": built.config.to_dict(), "cond_channels": built.cond_channels,
+            "vae_path": str(built.vae_path), "whisper_path": str(built.whisper_path), "param_names": [n for n, _ in named],
+            "ema_index": 2 if ema is not None else None}
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="fit", disable=not (main and cfg.log.progress), dynamic_ncols=True)
+    hooks = hooks or {}
+    sums, count, t_log = {}, 0, time.perf_counter()
+    done_here = 0
+    try:
+        while step < cfg.max_steps and (stop_after is None or done_here < stop_after):
+            at = phase_at(cfg.phases, step)
+            if at.index != current:
+                trainable = enter(at)
+                current = at.index
+                if main:
+                    mon.event(step, "phase", name=at.phase.name, phase_kind=at.phase.kind, train=at.phase.train, audio=at.phase.audio,
+                              pose_parts=at.phase.pose_parts, data=at.phase.data)
+                    log.info("step %d: phase %s", step, at.phase.name)
+            t0 = time.perf_counter()
+            finite, gn, outs = True, torch.tensor(0.0), []
+            for micro in range(cfg.optim.grad_accum):
+                batch = _to_device(next(it), acc.device)
+                gen = torch.Generator().manual_seed(step_seed(cfg.seed, rank, step, micro))
+                with acc.accumulate(model):
+                    with acc.autocast():
+                        o = compute_losses(model, vae, scheduler, batch, gen, cfg, fns, ctrl)
+                    if "after_loss" in hooks:
+                        o = hooks["after_loss"](step, o) or o
+                    finite &= bool(torch.isfinite(o.total.detach()))
+                    acc.backward(o.total)
+                    if acc.sync_gradients:
+                        gn = acc.clip_grad_norm_(trainable, cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else math.inf)
+                        gn = torch.as_tensor(gn if gn is not None else 0.0).detach().float().cpu()
+                        finite &= bool(torch.isfinite(gn))
+                        if finite or cfg.mixed_precision == "fp16":
+                            optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                outs.append(o)
+            ctrl.set(None)
+            skipped = (not finite) or bool(getattr(optimizer, "step_was_skipped", False))
+            if not skipped:
+                lr_sched.step()
+                if ema is not None:
+                    ema.step(params)
+                state.nonfinite = 0
+            else:
+                state.nonfinite += 1
+                state.nonfinite_total += 1
+                _report_nonfinite(cfg, acc, mon, step, outs, gn, state)
+            step += 1
+            done_here += 1
+            state.step = step
+            bar.update(1)
+            for o in outs:
+                for k, v in o.terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+            if "after_step" in hooks:
+                hooks["after_step"](step, outs, net)
+            if step % cfg.log.every == 0 or step == cfg.max_steps:
+                _log_step(cfg, acc, mon, step - 1, at, sums, count, lr_sched, gn, time.perf_counter() - t0, t_log, outs, bar)
+                sums, count, t_log = {}, 0, time.perf_counter()
+            if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
+                phase_now = phase_at(cfg.phases, min(step, cfg.max_steps - 1))
+                sums_all = acc.gather(param_checksum(net).to(acc.device)[None]).cpu().tolist()
+                path = save_checkpoint(acc, out, step, {**meta, "phase": phase_now.phase.name}, cfg.checkpoint.keep_last)
+                if main:
+                    mon.event(step - 1, "checkpoint", path=str(path), completed_steps=step, rank_checksums=sums_all,
+                              ranks_consistent=len(set(sums_all)) == 1)
+                    mon.plot(checkpoint_dir(out) / "loss.png")
+                if len(set(sums_all)) != 1:
+                    raise RuntimeError(f"step {step}: the processes hold different parameters (checksums {sums_all})")
+            if cfg.validation.every and step % cfg.validation.every == 0 and main:
+                from .validation import render_validation
+
+                render_validation(cfg, net, vae, built, pools, step, out, mon, acc.device)
+    finally:
+        bar.close()
+        ctrl.remove()
+        mon.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return {"step": step, "output_dir": str(out), "nonfinite_total": state.nonfinite_total}
+
+
+@torch.no_grad()
+def param_checksum(net) -> torch.Tensor:
+    """Order-sensitive float64 checksum of all parameters (compared across processes at every checkpoint)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for i, p in enumerate(net.parameters()):
+        total += (i + 1) * p.detach().double().sum().cpu()
+    return total
+
+
+def _report_nonfinite(cfg, acc, mon, step, outs, gn, state) -> None:
+    terms = {k: float(v) for o in outs for k, v in o.terms.items()}
+    scale = float(acc.scaler.get_scale()) if getattr(acc, "scaler", None) is not None else None
+    advice = ("fp16 overflow: the loss scaler skipped the step; if this repeats, train in bf16 (mixed_precision: bf16) or fp32"
+              if cfg.mixed_precision == "fp16" else "non-finite loss or gradient: the step was skipped (lower the LR, check the data)")
+    if acc.is_main_process:
+        mon.event(step, "nonfinite", terms=terms, grad_norm=float(gn), loss_scale=scale, consecutive=state.nonfinite, advice=advice)
+    log.warning("step %d: non-finite values (%s, grad norm %s, loss scale %s) -- %s", step, terms, float(gn), scale, advice)
+    if state.nonfinite >= cfg.max_nonfinite:
+        raise NonFiniteError(f"{state.nonfinite} consecutive steps with non-finite loss/gradients (last at step {step}, "
+                             f"mixed precision '{cfg.mixed_precision}', loss scale {scale}): {advice}.")
+
+
+def _log_step(cfg, acc, mon, step, at, sums, count, lr_sched, gn, step_time, t_log, outs, bar) -> None:
+    keys = sorted(sums)
+    vals = torch.tensor([sums[k] / max(1, count) for k in keys], device=acc.device)
+    vals = acc.reduce(vals, "mean") if acc.num_processes > 1 else vals
+    if not acc.is_main_process:
+        return
+    scalars = {f"loss/{k}": float(v) for k, v in zip(keys, vals.tolist())}
+    scalars.update({"lr": lr_sched.get_last_lr()[0], "grad_norm": float(gn), "time/step_s": step_time,
+                    "time/steps_per_s": cfg.log.every / max(1e-9, time.perf_counter() - t_log), "apdh/phase_index": at.index,
+                    "apdh/pose_dropout_p": pose_dropout_at(at)})
+    scalars.update(memory_stats(acc.device))
+    text = {"phase": at.phase.name, "audio_mask": at.phase.audio}
+    if cfg.data.condition == "pose":
+        text["pose_parts"] = "+".join(at.phase.pose_parts)
+    info = {k: torch.cat([o.info[k] for o in outs]) for k in outs[-1].info}  # this step's samples, all micro-batches
+    text["t"] = [int(x) for x in info["t"].tolist()]
+    text["headshot"] = [bool(x) for x in info["headshot"].tolist()]  # padded headshot samples (V2)
+    if "phd_phase" in info:
+        names = ("S1", "S2", "S3")
+        text["phd_phase"] = [names[int(x)] for x in info["phd_phase"].tolist()]
+        for i, n in enumerate(names):
+            scalars[f"phd/count_{n}"] = float(sum(int((o.info["phd_phase"] == i).sum()) for o in outs))
+    mon.step(step, scalars, text)
+    bar.set_postfix(loss=f"{scalars.get('loss/total', float('nan')):.4f}", phase=at.phase.name)
