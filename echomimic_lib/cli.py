@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dst")
     c.set_defaults(func=_cmd_convert)
 
+    q = sub.add_parser("queue", help="queue portraits x audios on a running ComfyUI (POST /prompt)", add_help=False)
+    q.add_argument("args", nargs=argparse.REMAINDER, help="see `echomimic queue --help`")
+
     try:
         from . import cli_animate
 
@@ -57,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["queue"]:  # its own argument parser
+        from .queue_client import main as queue_main
+
+        return int(queue_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

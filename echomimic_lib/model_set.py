@@ -194,13 +194,37 @@ def load_vae(path, device="cpu", dtype=torch.float32):
     return vae.to(device).eval()
 
 
+def _vae_config(state: dict) -> dict:
+    """The AutoencoderKL config of a single-file VAE, read from its tensor shapes (diffusers or LDM names)."""
+    import re
+
+    ldm = any(k.startswith("encoder.down.") for k in state)
+    blocks, inner = (r"encoder\.down\.(\d+)\.block\.(\d+)\.conv2\.weight", "block") if ldm else (
+        r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.conv2\.weight", "resnets")
+    chans, layers = {}, {}
+    for k, v in state.items():
+        m = re.fullmatch(blocks, k)
+        if m:
+            i, j = int(m.group(1)), int(m.group(2))
+            chans[i] = int(v.shape[0])
+            layers[i] = max(layers.get(i, 0), j + 1)
+    if not chans or "encoder.conv_out.weight" not in state:
+        raise WeightsError("not a VAE: no encoder down blocks / conv_out found. Choose an SD1.5 VAE such as sd-vae-ft-mse.")
+    n = max(chans) + 1
+    return dict(block_out_channels=[chans[i] for i in range(n)], down_block_types=["DownEncoderBlock2D"] * n,
+                up_block_types=["UpDecoderBlock2D"] * n, latent_channels=int(state["encoder.conv_out.weight"].shape[0]) // 2,
+                layers_per_block=layers[0], norm_num_groups=min(32, chans[0]))
+
+
 def _vae_from_file(path: Path, dtype):
     """A single-file SD VAE (diffusers or original LDM key names, e.g. ComfyUI's models/vae)."""
     from diffusers import AutoencoderKL
 
     state = read_state_dict(path)
-    config = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-                  up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2, sample_size=512)
+    try:
+        config = _vae_config(state)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from exc
     if any(k.startswith("encoder.down.") for k in state):
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 

@@ -225,9 +225,6 @@ def test_keep_loaded_reuses_the_loaded_set(models):
     assert loader("V1 audio", keep_loaded=False) is not first
 
 
-@pytest.mark.xfail(strict=True, raises=sub("echomimic_lib.errors").WeightsError,
-                   reason="library gap: model_set.load_vae reads a single-file VAE with the full SD1.5 architecture, "
-                          "so the tiny models/vae/echomimic_tiny_vae.safetensors of make_tiny cannot be loaded")
 def test_a_vae_from_models_vae_can_be_chosen(models):
     handle = loader("V1 audio", vae="echomimic_tiny_vae.safetensors")
     assert handle.key[-1].endswith("vae/echomimic_tiny_vae.safetensors")

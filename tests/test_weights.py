@@ -153,3 +153,20 @@ def test_pth_and_safetensors_give_identical_models(tiny_v1, tmp_path):
     assert b.files["denoiser"].suffix == ".safetensors"
     sa, sb = a.denoiser.state_dict(), b.denoiser.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_single_file_vae_reads_its_architecture_from_the_file(tiny_v1, tmp_path):
+    """A VAE file from ComfyUI's models/vae: the architecture comes from the tensor shapes."""
+    from diffusers import AutoencoderKL
+
+    from echomimic_lib.model_set import load_vae
+    from echomimic_lib.weights import save_state_dict
+
+    state = AutoencoderKL.from_pretrained(str(tiny_v1 / "sd-vae-ft-mse")).state_dict()
+    save_state_dict(state, tmp_path / "tiny_vae.safetensors")
+    vae = load_vae(tmp_path / "tiny_vae.safetensors")
+    assert list(vae.config.block_out_channels) == [32, 32, 32, 32] and vae.config.layers_per_block == 1
+    assert all(torch.equal(vae.state_dict()[k], v) for k, v in state.items())
+    save_state_dict({"x": torch.zeros(1)}, tmp_path / "not_a_vae.safetensors")
+    with pytest.raises(WeightsError, match="not a VAE"):
+        load_vae(tmp_path / "not_a_vae.safetensors")
