@@ -73,7 +73,7 @@ def run_case(case: str, size: str, res: int, frames: int, steps: int, device: st
         cfg.loss.spatial.decoder_checkpointing = case == "spatial_decoder_gc"
         cfg.loss.spatial.face_crop, cfg.loss.spatial.crop_size = case == "spatial_face_crop", res // 2
     if v2:
-        cfg.loss.phd.enabled, cfg.loss.phd.low_weight = True, 0.0
+        cfg.loss.phd.enabled, cfg.loss.phd.low_weight, cfg.loss.decode_frames = True, 0.0, 4  # as the v2_apdh preset
     vae_size = vae_size or size
     vae_cfg = dict(block_out_channels=[128, 256, 512, 512] if vae_size == "sd15" else [32, 32, 32, 32],
                    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4,

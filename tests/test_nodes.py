@@ -15,27 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests._pack import PACK, load_pack, sub  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ECHOMIMIC_SHARED_DIR", ROOT.parent / "shared")).resolve() / "data"
-PACK = "echomimic_comfy_pack"
 FPS = 24.0
 SIZE = 64
 
 
-def load_pack():
-    """Import the repository root the way ComfyUI does (a package from its __init__.py)."""
-    if PACK not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACK]
 
 
-def sub(name: str):
-    load_pack()
-    return importlib.import_module(f"{PACK}.{name}")
 
 
 N = load_pack().NODE_CLASS_MAPPINGS

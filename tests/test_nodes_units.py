@@ -16,26 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests._pack import PACK, load_pack, sub  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK = "echomimic_comfy_pack"
 COMFY_MODULES = {"comfy", "comfy_extras", "comfy_api", "comfy_execution", "folder_paths", "latent_preview", "server",
                  "execution", "node_helpers", "nodes"}
 
 
-def load_pack():
-    """Import the repository root the way ComfyUI does (a package from its __init__.py)."""
-    if PACK not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACK]
 
 
-def sub(name: str):
-    load_pack()
-    return importlib.import_module(f"{PACK}.{name}")
 
 
 @pytest.fixture

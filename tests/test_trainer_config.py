@@ -73,3 +73,17 @@ def test_phase_at_and_pose_dropout_ramp():
     ramp = [pose_dropout_at(phase_at(cfg.phases, s)) for s in range(2, 7)]
     assert ramp == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
     assert pose_dropout_at(phase_at(cfg.phases, 0)) == 0.0
+
+
+def test_trainer_never_imports_comfyui_or_nodes():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "trainer"
+    bad = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("comfy", "comfy_api", "folder_paths", "server", "nodes")]
+    assert not bad and len(list(root.rglob("*.py"))) > 10

@@ -2,7 +2,6 @@
 sampler, Random Landmark Selection and audio augmentation."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -187,3 +186,24 @@ def test_audio_augmentation_plans_and_features(base):
     s = ResumableSampler(cfg, build_pools(cfg))
     flags = [bool(ds[s.key(i)]["audio_augmented"]) for i in range(12)]
     assert any(flags) and not all(flags)
+
+
+def test_v1_audio_face_mask_samples_and_step(base):
+    """The V1 audio weight set (1-channel face locator) trains on face-mask conditions."""
+    from echomimic_lib.pipeline import make_scheduler
+    from tests.test_trainer_helpers import tiny_weights
+    from trainer.data.dataset import collate
+    from trainer.init import build
+    from trainer.step import LossFns, compute_losses
+
+    cfg = _v1_cfg(base, "model.init=echomimic", f"model.echomimic_path={tiny_weights(base, 'v1')}", "model.weights=v1_audio",
+                  "data.condition=face_mask", "loss.spatial.lpips=0")
+    pools = build_pools(cfg)
+    ds, s = EchoDataset(cfg, pools), ResumableSampler(cfg, pools)
+    x = ds[s.key(0)]
+    assert x["cond"].shape == (1, 1, 64, 64) and 0.1 < float(x["cond"].mean()) < 0.9  # dilated face box, not the whole frame
+    built = build(cfg)
+    assert built.net.cond_encoder.in_channels == 1
+    out = compute_losses(built.net, built.vae, make_scheduler(), collate([x, ds[s.key(1)]]), torch.Generator().manual_seed(0), cfg, LossFns())
+    out.total.backward()
+    assert torch.isfinite(out.total) and built.net.cond_encoder.conv_in.weight.grad is not None

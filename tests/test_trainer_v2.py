@@ -140,7 +140,8 @@ def test_apdh_schedule_end_to_end_resume_in_3b_and_export(base, tmp_path):
             assert x["loss/phd_S1_pose"] == 0.0
         if "S2" in x["phd_phase"]:
             assert x["loss/phd_S2_detail"] > 0.0
-    # muted audio in phases 1-2: the audio attention is frozen (its output was zeroed by the hooks)
+    # muted audio in phases 1-2: output zero (logged peak of every audio attention), weights frozen
+    assert all((x["apdh/audio_attn_out_absmax"] == 0.0) == (x["phase"] in ("1", "2")) for x in r)
     init = read_state_dict(tiny_weights(base, "v2") / "denoising_unet.pth")
     after2 = load_ckpt(run / "checkpoints" / "step-00000005")
     audio = [k for k in init if ".attn2." in k or (".norm2." in k and "transformer_blocks" in k)]

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests._pack import PACK, load_pack, sub  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK = "echomimic_comfy_pack"
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks", "v2_pose_folder", "v2_pose_video"}
 
@@ -46,13 +46,6 @@ TEMPLATE_FOLDERS = ["example_workflows", "example", "examples", "workflow", "wor
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
-def load_pack():
-    if PACK not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACK]
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ class DataConfig:
     audio_aug: AudioAugConfig = field(default_factory=AudioAugConfig)
     num_workers: int = 2
     # V2 headshot padding: where half-body heads are (face box centre x, y and height, canvas fractions)
-    head_box: list[float] = field(default_factory=lambda: [0.5, 0.27, 0.2])
+    head_box: list[float] = field(default_factory=lambda: [0.5, 0.23, 0.18])
 
 
 @dataclass
@@ -124,6 +124,7 @@ class PhDConfig:
 
 @dataclass
 class LossConfig:
+    decode_frames: int = 0  # frames per sample decoded for the spatial / PhD terms (evenly spaced); 0 = all
     spatial: SpatialLossConfig = field(default_factory=SpatialLossConfig)
     phd: PhDConfig = field(default_factory=PhDConfig)
     lpips: LPIPSConfig = field(default_factory=LPIPSConfig)

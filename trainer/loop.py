@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +45,14 @@ class TrainState:
         self.step = 0
         self.nonfinite = 0
         self.nonfinite_total = 0
+        self.overflow = 0  # consecutive fp16 gradient overflows
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "nonfinite": self.nonfinite, "nonfinite_total": self.nonfinite_total}
+        return {"step": self.step, "nonfinite": self.nonfinite, "nonfinite_total": self.nonfinite_total, "overflow": self.overflow}
 
     def load_state_dict(self, d: dict) -> None:
         self.step, self.nonfinite, self.nonfinite_total = int(d["step"]), int(d["nonfinite"]), int(d.get("nonfinite_total", 0))
+        self.overflow = int(d.get("overflow", 0))
 
 
 def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
@@ -103,7 +104,8 @@ def _to_device(batch: dict, device) -> dict:
 def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = None, hooks: dict | None = None) -> dict:
     """Train according to ``cfg``. ``resume``: True/"latest" or a checkpoint path. ``lpips_fn`` replaces the
     LPIPS network (any callable (a, b) -> (N,)). ``stop_after``: stop after this many steps of this call
-    (tests). ``hooks``: optional {"after_step": fn(step, out)} callbacks (tests)."""
+    (tests). ``hooks``: optional callbacks (tests, debugging): ``setup(net, audio_control)``,
+    ``after_loss(step, StepOutput) -> StepOutput | None``, ``after_step(steps_done, outputs, net)``."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType
     from diffusers.optimization import get_scheduler
@@ -122,6 +124,9 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused)])
     out = Path(cfg.output_dir)
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
+    ckpt = resolve_resume(resume, out)
+    if ckpt is None and list_checkpoints(checkpoint_dir(out)):
+        raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
@@ -152,9 +157,6 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
     acc.register_for_checkpointing(lr_sched, state, *([ema] if ema else []))
 
-    ckpt = resolve_resume(resume, out)
-    if ckpt is None and list_checkpoints(checkpoint_dir(out)):
-        raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
     start = read_meta(ckpt)["step"] if ckpt else 0
     at = phase_at(cfg.phases, start)
     model, current = None, None
@@ -209,7 +211,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
                               pose_parts=at.phase.pose_parts, data=at.phase.data)
                     log.info("step %d: phase %s", step, at.phase.name)
             t0 = time.perf_counter()
-            finite, gn, outs = True, torch.tensor(0.0), []
+            loss_ok, grad_ok, gn, outs = True, True, torch.tensor(0.0), []
             for micro in range(cfg.optim.grad_accum):
                 batch = _to_device(next(it), acc.device)
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, rank, step, micro))
@@ -218,23 +220,27 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
                         o = compute_losses(model, vae, scheduler, batch, gen, cfg, fns, ctrl)
                     if "after_loss" in hooks:
                         o = hooks["after_loss"](step, o) or o
-                    finite &= bool(torch.isfinite(o.total.detach()))
+                    loss_ok &= bool(torch.isfinite(o.total.detach()))
                     acc.backward(o.total)
                     if acc.sync_gradients:
                         gn = acc.clip_grad_norm_(trainable, cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else math.inf)
                         gn = torch.as_tensor(gn if gn is not None else 0.0).detach().float().cpu()
-                        finite &= bool(torch.isfinite(gn))
-                        if finite or cfg.mixed_precision == "fp16":
-                            optimizer.step()
+                        grad_ok = bool(torch.isfinite(gn))
+                        if (loss_ok and grad_ok) or getattr(acc, "scaler", None) is not None:
+                            optimizer.step()  # with a gradient scaler (fp16 on GPU) it skips the update itself and lowers the scale
                     optimizer.zero_grad(set_to_none=True)
                 outs.append(o)
             ctrl.set(None)
-            skipped = (not finite) or bool(getattr(optimizer, "step_was_skipped", False))
+            skipped = not (loss_ok and grad_ok) or bool(getattr(optimizer, "step_was_skipped", False))
             if not skipped:
                 lr_sched.step()
                 if ema is not None:
                     ema.step(params)
-                state.nonfinite = 0
+                state.nonfinite = state.overflow = 0
+            elif getattr(acc, "scaler", None) is not None and loss_ok:
+                # gradient overflow with a finite loss: the loss scaler's normal calibration, fatal only if it never ends
+                state.overflow += 1
+                _report_nonfinite(cfg, acc, mon, step, outs, gn, state, overflow=True)
             else:
                 state.nonfinite += 1
                 state.nonfinite_total += 1
@@ -250,7 +256,8 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
             if "after_step" in hooks:
                 hooks["after_step"](step, outs, net)
             if step % cfg.log.every == 0 or step == cfg.max_steps:
-                _log_step(cfg, acc, mon, step - 1, at, sums, count, lr_sched, gn, time.perf_counter() - t0, t_log, outs, bar)
+                _log_step(cfg, acc, mon, step - 1, at, sums, count, lr_sched, gn, time.perf_counter() - t0, t_log, outs, bar,
+                          ctrl.reset_stats())
                 sums, count, t_log = {}, 0, time.perf_counter()
             if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
                 phase_now = phase_at(cfg.phases, min(step, cfg.max_steps - 1))
@@ -266,6 +273,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
                 from .validation import render_validation
 
                 render_validation(cfg, net, vae, built, pools, step, out, mon, acc.device)
+                ctrl.reset_stats()
     finally:
         bar.close()
         ctrl.remove()
@@ -284,20 +292,27 @@ def param_checksum(net) -> torch.Tensor:
     return total
 
 
-def _report_nonfinite(cfg, acc, mon, step, outs, gn, state) -> None:
+def _report_nonfinite(cfg, acc, mon, step, outs, gn, state, overflow: bool = False) -> None:
+    """Log a skipped step; stop after ``max_nonfinite`` consecutive non-finite losses (or 30 fp16 overflows in a row)."""
     terms = {k: float(v) for o in outs for k, v in o.terms.items()}
     scale = float(acc.scaler.get_scale()) if getattr(acc, "scaler", None) is not None else None
-    advice = ("fp16 overflow: the loss scaler skipped the step; if this repeats, train in bf16 (mixed_precision: bf16) or fp32"
-              if cfg.mixed_precision == "fp16" else "non-finite loss or gradient: the step was skipped (lower the LR, check the data)")
+    if overflow:
+        kind, count, limit = "fp16_overflow", state.overflow, 30
+        advice = "fp16 gradient overflow: the loss scaler skipped the step and lowered the scale"
+    else:
+        kind, count, limit = "nonfinite", state.nonfinite, cfg.max_nonfinite
+        advice = ("fp16 produced a non-finite loss (activations overflowed; the loss scaler cannot fix that): train in bf16 "
+                  "(mixed_precision: bf16) or fp32" if cfg.mixed_precision == "fp16" else
+                  "non-finite loss or gradient: the step was skipped (lower the LR, check the data)")
     if acc.is_main_process:
-        mon.event(step, "nonfinite", terms=terms, grad_norm=float(gn), loss_scale=scale, consecutive=state.nonfinite, advice=advice)
-    log.warning("step %d: non-finite values (%s, grad norm %s, loss scale %s) -- %s", step, terms, float(gn), scale, advice)
-    if state.nonfinite >= cfg.max_nonfinite:
-        raise NonFiniteError(f"{state.nonfinite} consecutive steps with non-finite loss/gradients (last at step {step}, "
-                             f"mixed precision '{cfg.mixed_precision}', loss scale {scale}): {advice}.")
+        mon.event(step, kind, terms=terms, grad_norm=float(gn), loss_scale=scale, consecutive=count, advice=advice)
+    log.warning("step %d: %s (%s, grad norm %s, loss scale %s) -- %s", step, kind, terms, float(gn), scale, advice)
+    if count >= limit:
+        raise NonFiniteError(f"{count} consecutive steps with non-finite {'gradients' if overflow else 'loss/gradients'} "
+                             f"(last at step {step}, mixed precision '{cfg.mixed_precision}', loss scale {scale}): {advice}.")
 
 
-def _log_step(cfg, acc, mon, step, at, sums, count, lr_sched, gn, step_time, t_log, outs, bar) -> None:
+def _log_step(cfg, acc, mon, step, at, sums, count, lr_sched, gn, step_time, t_log, outs, bar, audio_max) -> None:
     keys = sorted(sums)
     vals = torch.tensor([sums[k] / max(1, count) for k in keys], device=acc.device)
     vals = acc.reduce(vals, "mean") if acc.num_processes > 1 else vals
@@ -308,6 +323,8 @@ def _log_step(cfg, acc, mon, step, at, sums, count, lr_sched, gn, step_time, t_l
                     "time/steps_per_s": cfg.log.every / max(1e-9, time.perf_counter() - t_log), "apdh/phase_index": at.index,
                     "apdh/pose_dropout_p": pose_dropout_at(at)})
     scalars.update(memory_stats(acc.device))
+    if audio_max is not None:  # 0 while the audio attention is muted (APDH phases 1-2)
+        scalars["apdh/audio_attn_out_absmax"] = audio_max
     text = {"phase": at.phase.name, "audio_mask": at.phase.audio}
     if cfg.data.condition == "pose":
         text["pose_parts"] = "+".join(at.phase.pose_parts)

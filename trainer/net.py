@@ -141,6 +141,7 @@ class AudioAttentionControl:
         self.mask: torch.Tensor | None = None  # (rows, H, W) at image resolution
         self.latent_hw: tuple[int, int] | None = None
         self.record: dict | None = None  # debug: path -> output tensor after masking
+        self.max_abs: torch.Tensor | None = None  # largest |output| of any audio attention since reset_stats()
         self._cache: dict = {}
         self.handles = []
         for path, block in denoiser.transformer_blocks().items():
@@ -152,18 +153,25 @@ class AudioAttentionControl:
 
     def _hook(self, path):
         def hook(module, args, output):
-            if self.mask is None:
-                return None
-            grid = token_grid(output.shape[1], self.latent_hw)
-            m = self._cache.get(grid)
-            if m is None:
-                m = self._cache[grid] = resize_to_tokens(self.mask, grid).to(device=output.device, dtype=output.dtype)
-            out = output * m
+            out = output
+            if self.mask is not None:
+                grid = token_grid(output.shape[1], self.latent_hw)
+                m = self._cache.get(grid)
+                if m is None:
+                    m = self._cache[grid] = resize_to_tokens(self.mask, grid).to(device=output.device, dtype=output.dtype)
+                out = output * m
+            peak = out.detach().abs().amax().float()
+            self.max_abs = peak if self.max_abs is None else torch.maximum(self.max_abs, peak)
             if self.record is not None:
                 self.record[path] = out.detach()
-            return out
+            return out if self.mask is not None else None
 
         return hook
+
+    def reset_stats(self) -> float | None:
+        """Return the largest |audio-attention output| seen since the last call, and start over."""
+        v, self.max_abs = self.max_abs, None
+        return None if v is None else float(v)
 
     def remove(self) -> None:
         for h in self.handles:

@@ -49,7 +49,8 @@ PRESETS: dict[str, dict] = {
         "data": {"width": 768, "height": 768, "condition": "pose", "drop_reference": 0.05, "drop_audio": 0.05,
                  "drop_condition": 0.05, "rls": {"enabled": False},
                  "audio_aug": {**_V1_DATA["audio_aug"]}},
-        "loss": {"phd": {"enabled": True, "bounds": [0.1, 0.6], "pose_weight": 0.1, "detail_weight": 0.1, "low_weight": 0.1}},
+        # decode_frames: the 24-frame phase decodes 4 frames per clip for PhD (memory; assumed)
+        "loss": {"decode_frames": 4, "phd": {"enabled": True, "bounds": [0.1, 0.6], "pose_weight": 0.1, "detail_weight": 0.1, "low_weight": 0.1}},
         "optim": {**_OPTIM, "batch_size": 2},  # batch assumed
         "phases": [
             {"name": "1", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],

@@ -78,32 +78,35 @@ def compute_losses(model, vae, scheduler, batch: dict, generator: torch.Generato
     sp, phd = cfg.loss.spatial, cfg.loss.phd
     if sp.weight > 0 or phd.enabled:
         x0 = x0_from_v(x_t, pred, scheduler.alphas_cumprod, t)  # (B, 4, F, h, w)
-        x0f = x0.transpose(1, 2).flatten(0, 1)
-        boxes = batch["face_box"].repeat_interleave(f, 0)
+        n = f if cfg.loss.decode_frames <= 0 else min(f, cfg.loss.decode_frames)
+        keep = torch.linspace(0, f - 1, n).round().long().to(device)  # evenly spaced frames of each sample
+        x0f = x0[:, :, keep].transpose(1, 2).flatten(0, 1)
+        pix_d, mask_d = pix[:, keep].flatten(0, 1), loss_mask[:, keep].flatten(0, 1)
+        boxes = batch["face_box"].repeat_interleave(n, 0)
         crop = sp.crop_size if sp.face_crop else None
-        dec, gt, offs = decode_x0(vae, x0f, pix.flatten(0, 1), boxes, crop)
-        pm = torch.stack([loss_mask.flatten(0, 1)[i, y : y + dec.shape[-2], x : x + dec.shape[-1]] for i, (y, x) in enumerate(offs)])[:, None]
-        per_frame_t = t.repeat_interleave(f)
+        dec, gt, offs = decode_x0(vae, x0f, pix_d, boxes, crop)
+        pm = torch.stack([mask_d[i, y : y + dec.shape[-2], x : x + dec.shape[-1]] for i, (y, x) in enumerate(offs)])[:, None]
+        per_frame_t = t.repeat_interleave(n)
         if sp.weight > 0:
             term = sp.l2 * masked_mse(dec, gt, pm if padded else None)
             if sp.lpips > 0:
                 term = term + sp.lpips * _lpips(fns, dec, gt, pm if padded else None)
             wt = spatial_weight(per_frame_t.cpu(), T).to(device, torch.float32)
-            spatial = (wt * term).view(b, f).mean(1)
+            spatial = (wt * term).view(b, n).mean(1)
             terms["spatial"] = spatial.mean()
             total = total + sp.weight * spatial.mean()
         if phd.enabled:
             phase = phd_phase(per_frame_t, T, phd.bounds)
-            info["phd_phase"] = phase.view(b, f)[:, 0].cpu()
+            info["phd_phase"] = phase.view(b, n)[:, 0].cpu()
             zero = dec.sum() * 0.0
             phd_terms = [zero, zero, zero]
             sel = phase == 0
             if bool(sel.any()):
-                kp = batch["keypoints"].flatten(0, 1)[sel] if "keypoints" in batch else torch.zeros(int(sel.sum()), 0, 2, device=device)
+                kp = batch["keypoints"][:, keep].flatten(0, 1)[sel] if "keypoints" in batch else torch.zeros(int(sel.sum()), 0, 2, device=device)
                 kp = kp - torch.tensor([[offs[i][1], offs[i][0]] for i in sel.nonzero().flatten().tolist()], device=device, dtype=kp.dtype).view(-1, 1, 2)
                 with torch.no_grad():
                     tgt = pose_maps(gt[sel], kp, phd.pose_sigma, fns.pose_estimator)
-                phd_terms[0] = phd.pose_weight * masked_mse(pose_maps(dec[sel], kp, phd.pose_sigma, fns.pose_estimator), tgt).sum() / (b * f)
+                phd_terms[0] = phd.pose_weight * masked_mse(pose_maps(dec[sel], kp, phd.pose_sigma, fns.pose_estimator), tgt).sum() / (b * n)
             sel = phase == 1
             if bool(sel.any()):
                 e = phd.edge
@@ -111,10 +114,10 @@ def compute_losses(model, vae, scheduler, batch: dict, generator: torch.Generato
                 with torch.no_grad():
                     tgt = soft_edges(gt[sel], **kw)
                 m = pm[sel] if padded else None
-                phd_terms[1] = phd.detail_weight * masked_mse(soft_edges(dec[sel], **kw), tgt, m).sum() / (b * f)
+                phd_terms[1] = phd.detail_weight * masked_mse(soft_edges(dec[sel], **kw), tgt, m).sum() / (b * n)
             sel = phase == 2
             if bool(sel.any()) and phd.low_weight > 0:
-                phd_terms[2] = phd.low_weight * _lpips(fns, dec[sel], gt[sel], pm[sel] if padded else None).sum() / (b * f)
+                phd_terms[2] = phd.low_weight * _lpips(fns, dec[sel], gt[sel], pm[sel] if padded else None).sum() / (b * n)
             for name, v in zip(PHD_NAMES, phd_terms):
                 terms["phd_" + name] = v
             total = total + sum(phd_terms)

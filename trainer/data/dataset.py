@@ -12,6 +12,7 @@ pool is empty reads the whole pool). Inside its share a rank walks a fresh permu
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ from .augment import augmented_chunks, draw_audio_aug, rls_parts, stored_chunks
 from .store import ClipEntry, ClipReader, read_manifest
 
 log = logging.getLogger(__name__)
+READER_CACHE = 32  # open clips per data worker
 
 
 def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -109,15 +111,19 @@ class EchoDataset(torch.utils.data.Dataset):
 
     def __init__(self, cfg: TrainConfig, pools: Pools, rank: int = 0, whisper_path: str | None = None):
         self.cfg, self.pools, self.rank, self.whisper_path = cfg, pools, rank, whisper_path
-        self._readers: dict[int, ClipReader] = {}
+        self._readers: OrderedDict[int, ClipReader] = OrderedDict()  # LRU: memory maps hold file handles
         self._whisper = None
 
     def __len__(self) -> int:  # nominal; the sampler is infinite
         return len(self.pools.entries)
 
     def reader(self, i: int) -> ClipReader:
-        if i not in self._readers:
+        if i in self._readers:
+            self._readers.move_to_end(i)
+        else:
             self._readers[i] = ClipReader(self.pools.entries[i].path)
+            if len(self._readers) > READER_CACHE:
+                self._readers.popitem(last=False)
         return self._readers[i]
 
     def whisper(self):
@@ -144,13 +150,11 @@ class EchoDataset(torch.utils.data.Dataset):
         padded = d.condition == "pose" and clip.kind == "headshot"
         frames = clip.frames(list(idx) + [ref_idx])
         valid = np.ones((h, w), np.float32)
-        if padded:
+        if padded:  # a headshot placed where half-body heads are (HPA data); ``valid`` = 0 on the padding
             layout = headshot_layout(np.asarray(clip.array("landmarks"))[:, list(MP_TO_68), :2], w, d.head_box or DEFAULT_HEAD_BOX)
             out = [pad_headshot(f, layout) for f in frames]
             frames, valid = np.stack([o[0] for o in out]), out[0][1]
-            frames = np.stack([_resize(f, w, h) for f in frames])
-        else:
-            frames = np.stack([_resize(f, w, h) for f in frames])
+        frames = np.stack([_resize(f, w, h) for f in frames])
         sample = {"pixels": _to_tensor(frames[:nf]), "reference": _to_tensor(frames[nf])}
         sample["audio"], applied = self._audio(clip, idx, rng)
         sample["audio_augmented"] = torch.tensor(bool(applied))
@@ -190,8 +194,8 @@ class EchoDataset(torch.utils.data.Dataset):
     def _landmark_images(self, clip: ClipReader, idx, parts, size) -> torch.Tensor:
         from echomimic_lib.landmarks import draw_landmarks
 
-        lm = np.asarray(clip.array("landmarks"))
-        imgs = np.stack([draw_landmarks(lm[i], size, parts if parts else [], normed=True) if parts else
+        lm = clip.array("landmarks")
+        imgs = np.stack([draw_landmarks(np.asarray(lm[i]), size, parts, normed=True) if parts else
                          np.zeros((size[1], size[0], 3), np.uint8) for i in idx])
         return torch.from_numpy(imgs).float().div(255.0).permute(3, 0, 1, 2)  # (3, F, H, W)
 

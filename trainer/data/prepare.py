@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 import time
 import zlib
 from collections import Counter
@@ -254,13 +253,11 @@ def prepare_halfbody(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
             arrays["face_boxes"] = (landmark_boxes(lm_c, 1, 1)).astype(np.float32)
         wave = wave[: int(round(n / cfg.fps * 16000))]
         arrays.update(audio16k=wave, whisper=_whisper_rows(wave, tools, cfg.whisper_dtype))
-        tmp = Path(tempfile.mkdtemp(dir=out_root)) / "pose.npz"
-        save_pose_npz(seq.take(np.arange(n)), tmp)
+        save_pose_npz(seq.take(np.arange(n)), writer.tmp / "pose.npz")
         meta = {"id": cid, "source": str(video), "audio_source": audio_src, "kind": "halfbody", "fps": cfg.fps, "size": cfg.size,
                 "source_size": [info["width"], info["height"]], "crop": [x0, y0, x1, y1], "draw_pose_params": list(map(int, src_crop.draw_pose_params)),
                 "seconds": n / cfg.fps, "check": v.detail}
-        writer.finish(meta, arrays, {"pose.npz": tmp})
-        tmp.parent.rmdir()
+        writer.finish(meta, arrays)
     except BaseException:
         writer.abort()
         raise

@@ -88,13 +88,12 @@ class ClipWriter:
     def num_frames(self) -> int:
         return len(self._offsets) - 1
 
-    def finish(self, meta: dict, arrays: dict[str, np.ndarray], extra_files: dict[str, Path] | None = None) -> Path:
+    def finish(self, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
+        """Write the arrays and ``clip.json`` (other files may already be in ``self.tmp``), then rename into place."""
         self._frames.close()
         np.save(self.tmp / "frames.idx.npy", np.asarray(self._offsets, dtype=np.int64))
         for name, arr in arrays.items():
             np.save(self.tmp / f"{name}.npy", arr)
-        for name, src in (extra_files or {}).items():
-            shutil.move(str(src), self.tmp / name)
         meta = {**meta, "format_version": FORMAT_VERSION, "num_frames": self.num_frames}
         write_json_atomic(self.tmp / CLIP_META, meta)
         if self.final.exists():
