@@ -101,24 +101,7 @@ def set_trainable(net: TrainingNet, train: list[str], audio_mode: str) -> list[n
 
 
 def enable_gradient_checkpointing(unet: EchoUNet, on: bool = True) -> None:
-    """``unet.gradient_checkpointing`` plus a guard for the up blocks: their forward pops the skip list it is
-    given, so a checkpointed block recomputed during backward would find the list empty. Each up block gets
-    an instance-level forward that hands the library's forward a copy (the library file is untouched)."""
-    from echomimic_lib.models.blocks import UpBlock
-
     unet.gradient_checkpointing = on
-    for blk in unet.up_blocks:
-        if on and "forward" not in blk.__dict__:
-            blk.forward = _copying_forward(blk, UpBlock.forward)
-        elif not on and "forward" in blk.__dict__:
-            del blk.forward
-
-
-def _copying_forward(blk, fn):
-    def forward(h, temb, ctx, skips, next_size=None):
-        return fn(blk, h, temb, ctx, list(skips), next_size)
-
-    return forward
 
 
 def bypass_motion(denoiser: EchoUNet, bypass: bool) -> None:

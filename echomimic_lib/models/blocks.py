@@ -89,6 +89,7 @@ class UpBlock(_Layered):
             self.upsamplers = nn.ModuleList([Upsample2D(cout, use_conv=True, out_channels=cout)])
 
     def forward(self, h, temb, ctx, skips: list[torch.Tensor], next_size=None):
+        skips = list(skips)  # never consume the caller's list: checkpointing re-runs this forward
         for i in range(len(self.resnets)):
             h = torch.cat([h, skips.pop()], dim=1)
             h = self._layer(i, h, temb, ctx)
