@@ -55,14 +55,17 @@ def part1(args):
     from echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
 
     t0 = time.time()
-    cfg, ref, den, _ = build("sd15")
+    cfg, ref, den, _ = build(args.preset)
     from echomimic_lib.models import ConditionEncoder
 
     with torch.device("meta"):
         loc = ConditionEncoder(1, cfg.cond_out_channels, cfg.cond_block_channels)
-        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-                            up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2)
+        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512] if args.preset == "sd15" else [32] * 4,
+                            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                            latent_channels=4, layers_per_block=2 if args.preset == "sd15" else 1)
     models = EchoMimicModels(cfg, WEIGHT_SETS["v1_audio"], "normal", ref, den, random_(loc, 4).eval(), random_(vae, 5).eval())
+    dev = torch.device(args.device)
+    models.to(dev, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype])
     build_s = time.time() - t0
     f, size = args.frames, args.size
     rows = int(np.ceil(f * 50 / 24)) + 4
@@ -73,13 +76,20 @@ def part1(args):
     outs = {}
     for name, kw in [("reference_structure", dict(windows_per_batch=1, decode_batch=1)), ("batched", dict(windows_per_batch=3, decode_batch=8))]:
         s = settings_for("v1-audio", "normal", width=size, height=size, steps=args.steps, cfg=2.5, num_frames=f, **kw)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         t = time.time()
         r = Sampler(models)(img, audio, mask, s)
-        res[name] = {"wall_seconds": round(time.time() - t, 1), "denoiser_calls": r.unet_calls}
+        res[name] = {"wall_seconds": round(time.time() - t, 1), "denoiser_calls": r.unet_calls,
+                     "seconds_per_frame": round((time.time() - t) / r.num_frames, 3)}
+        if dev.type == "cuda":
+            res[name]["peak_vram_gb"] = round(torch.cuda.max_memory_allocated(dev) / 1024**3, 2)
         outs[name] = r.frames
     res["max_abs_diff_between_runs"] = float((outs["reference_structure"] - outs["batched"]).abs().max())
     # FLOPs of one denoiser call (12-frame window, CFG batch)
     _register_cpu_sdpa()
+    if dev.type != "cpu":  # FLOPs are counted on the CPU copy
+        models.to("cpu", torch.float32)
     h = size // 8
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 4, 12, h, h, generator=g)
@@ -98,7 +108,8 @@ def part1(args):
                              "note": "reference layout excludes its extra plain-attention recompute of the uncond half, so the real saving is larger"}
     res["reference_unet_TF_once_per_video"] = round(ref_pass / 1e12, 4)
     res["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    res["settings"] = {"size": size, "frames": f, "steps": args.steps, "cfg": 2.5, "threads": torch.get_num_threads()}
+    res["settings"] = {"size": size, "frames": f, "steps": args.steps, "cfg": 2.5, "threads": torch.get_num_threads(),
+                       "device": args.device, "dtype": args.dtype}
     return res
 
 
@@ -145,6 +156,9 @@ def main():
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    ap.add_argument("--preset", default="sd15", choices=["sd15", "tiny"], help="tiny: a quick check of the script")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="on CUDA compare fp16 and bf16 with two runs")
     args = ap.parse_args()
     print(json.dumps(part2(args) if args.memory else part1(args), indent=1))
 

@@ -201,11 +201,12 @@ def main(argv=None) -> int:
         results = queue_folder(args.workflow, args.portraits, args.audios, args.server, args.seed, args.driving,
                                args.wait, args.dry_run, args.prefix)
     except EchoMimicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 2
     for r in results:
         status = r.get("prompt_id", "dry run")
-        print(f"{Path(r['portrait']).name} x {Path(r['audio']).name} -> {r['prefix']} [{status}]", *r.get("files", []))
+        line = f"{Path(r['portrait']).name} x {Path(r['audio']).name} -> {r['prefix']} [{status}]"
+        sys.stdout.write(" ".join([line, *r.get("files", [])]) + "\n")
     return 0
 
 
