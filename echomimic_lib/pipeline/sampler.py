@@ -211,9 +211,7 @@ class Sampler:
             acc = torch.zeros((2 if cfg else 1, *latents.shape[1:]), device=device, dtype=torch.float32)
             count = torch.zeros(f, device=device, dtype=torch.float32)
             for g in range(0, len(windows), k):
-                group = windows[g : g + k]
-                if len({len(wi) for wi in group}) != 1:  # windows of unequal length go one by one
-                    group = group[:1]
+                group = windows[g : g + k]  # every window has the same length (base_windows)
                 x = torch.cat([latents[:, :, wi] for wi in group])  # (n, 4, c, h, w)
                 x_in = sched.scale_model_input(x, t)
                 a = torch.cat([audio.chunks_at(wi, s.fps, device=device, dtype=dtype).unsqueeze(0) for wi in group])
