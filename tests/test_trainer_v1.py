@@ -64,7 +64,8 @@ def test_v1_stage1_stage2_export_animate(base, tmp_path):
     mm = _animatediff_file(tmp_path / "mm_sd_v15_v2.ckpt")
     cfg2 = v1_config(base, run2, steps=3, preset="v1_stage2", loss={"spatial": {"weight": 0.0}}, optim={"batch_size": 1},
                      model={"init": "echomimic", "echomimic_path": str(exp1), "motion_init": "animatediff", "motion_path": str(mm)},
-                     phases=[{"name": "stage2", "steps": 3, "frames": 4}], validation={"every": 3, "steps": 2, "frames": 4})
+                     phases=[{"name": "stage2", "steps": 3, "frames": 4}], validation={"every": 3, "steps": 2, "frames": 4},
+                     ema={"enabled": True, "decay": 0.5})  # validation renders with the EMA weights, then restores
     train_cli("fit", "--config", write_yaml(tmp_path / "s2.yaml", cfg2))
     s1, s2 = load_ckpt(run1 / "checkpoints" / "step-00000030"), load_ckpt(run2 / "checkpoints" / "step-00000003")
     assert all(torch.equal(s1[k], s2[k]) for k in s1), "stage 2 changed a non-motion parameter"

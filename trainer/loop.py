@@ -272,7 +272,14 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
             if cfg.validation.every and step % cfg.validation.every == 0 and main:
                 from .validation import render_validation
 
-                render_validation(cfg, net, vae, built, pools, step, out, mon, acc.device)
+                if ema is not None:  # validate the EMA weights, then put the live ones back
+                    ema.store(params)
+                    ema.copy_to(params)
+                try:
+                    render_validation(cfg, net, vae, built, pools, step, out, mon, acc.device)
+                finally:
+                    if ema is not None:
+                        ema.restore(params)
                 ctrl.reset_stats()
     finally:
         bar.close()
