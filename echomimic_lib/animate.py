@@ -104,9 +104,7 @@ def build_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames
         from .landmarks import prepare_v1_reference
 
         if not req.face_crop:
-            import cv2
-
-            return cv2.resize(reference, (w, h), interpolation=cv2.INTER_AREA), MaskCondition(np.full((h, w), 255, np.uint8))
+            return _fit(reference, w, h), MaskCondition(np.full((h, w), 255, np.uint8))
         crop = prepare_v1_reference(reference, w, h, model_path=req.mediapipe_model, models_dir=_models_root(req))
         return crop.image, MaskCondition(crop.mask)
     if mode.condition == "landmarks":
@@ -119,18 +117,19 @@ def build_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames
         else:
             frames, _ = conditions_from_driving_video(src, reference, num_frames, (w, h), parts=parts, retime_policy=req.retime,
                                                       out_fps=settings.fps, model_path=req.mediapipe_model)
-        import cv2
-
-        return cv2.resize(reference, (w, h), interpolation=cv2.INTER_AREA), frames_condition(frames)
+        return _fit(reference, w, h), frames_condition(frames)
     # V2 half-body: the pose sequence drawn per context window (memory flat in video length)
     from .pipeline import FrameCondition
     from .pose import draw_hands_batch, load_pose
 
     seq = load_pose(req.pose).retime(num_frames, req.retime, out_fps=settings.fps)
-    import cv2
+    return _fit(reference, w, h), FrameCondition(len(seq), lambda idx: draw_hands_batch(seq, idx, (w, h)))
 
-    ref = cv2.resize(reference, (w, h), interpolation=cv2.INTER_AREA)
-    return ref, FrameCondition(len(seq), lambda idx: draw_hands_batch(seq, idx, (w, h)))
+
+def _fit(image: np.ndarray, w: int, h: int) -> np.ndarray:
+    from ._lazy import cv2
+
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def _models_root(req: AnimateRequest) -> Path:

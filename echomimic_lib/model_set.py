@@ -70,7 +70,7 @@ class EchoMimicModels:
 
     def to(self, device=None, dtype=None) -> "EchoMimicModels":
         for name, mod in self.modules().items():
-            # pos_encoder tables stay fp32 inside motion modules; casting is handled per forward.
+            # the audio encoder keeps its own dtype (its features are cast per window)
             mod.to(device=device, dtype=dtype if name != "audio_encoder" else None)
         return self
 

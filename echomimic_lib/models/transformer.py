@@ -85,8 +85,9 @@ class TransformerBlock(nn.Module):
         else:
             s = ctx.audio_start
             out = torch.cat([zero.expand_as(n[:s]), self.attn2(n[s:], ctx.audio)], dim=0)
-        if ctx.audio_mask is not None:
-            out = out * ctx.audio_mask.to(out.dtype).view(-1, *([1] * (out.dim() - 1))) if ctx.audio_mask.dim() == 1 else out * ctx.audio_mask.to(out.dtype)
+        if ctx.audio_mask is not None:  # (rows,) or (rows, tokens, 1)
+            mask = ctx.audio_mask.to(out.dtype)
+            out = out * mask.view(-1, *([1] * (out.dim() - 1)) if mask.dim() == 1 else mask.shape)
         return out
 
 

@@ -15,7 +15,7 @@ import torch
 from ..errors import EchoMimicError
 
 
-def _as_float_image(x, channels_last: bool = True) -> torch.Tensor:
+def _as_float_image(x) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
     if t.dtype == torch.uint8:
         return t.float() / 255.0

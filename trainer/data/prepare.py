@@ -125,12 +125,19 @@ def _resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
-def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tools: Tools) -> ClipStatus:
+def _open_clip(video: Path, cid: str, kind: str, cfg: PrepareConfig):
+    """(video info, 16 kHz wave or None, audio source, status); the status already says 'no_audio' when wave is None."""
     info = probe_video(video)
     wave, audio_src = _audio(video, info)
-    st = ClipStatus(cid, str(video), "dropped", kind="headshot", fps=cfg.fps)
+    st = ClipStatus(cid, str(video), "dropped", kind=kind, fps=cfg.fps)
     if wave is None:
         st.reason, st.detail = "no_audio", "no audio stream and no sidecar audio file"
+    return info, wave, audio_src, st
+
+
+def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tools: Tools) -> ClipStatus:
+    info, wave, audio_src, st = _open_clip(video, cid, "headshot", cfg)
+    if wave is None:
         return st
     max_frames = _max_frames(cfg, wave)
     counts, lmks, heights, cuts, prev = [], [], [], [], None
@@ -144,11 +151,9 @@ def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
         if prev is not None:
             cuts.append(scene_score(prev, hsv))
         prev = hsv
-    n = len(counts)
-    if wave is not None:
-        n = min(n, int(len(wave) / 16000 * cfg.fps))
+    n = min(len(counts), int(len(wave) / 16000 * cfg.fps))
     seconds = n / cfg.fps
-    v = check_clip(cfg, n, seconds, np.array(counts[:n]), np.array(heights[:n]), np.array(cuts[: max(0, n - 1)]), wave is not None)
+    v = check_clip(cfg, n, seconds, np.array(counts[:n]), np.array(heights[:n]), np.array(cuts[: max(0, n - 1)]), True)
     st.seconds, st.num_frames = round(seconds, 3), n
     if not v.ok:
         st.reason, st.detail = v.reason, v.detail
@@ -188,11 +193,8 @@ def prepare_halfbody(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
     from echomimic_lib.pose import HalfBodyCrop, crop_image, resize_and_pad_params, save_pose_npz
     from echomimic_lib.pose.dwpose import extract_pose_sequence
 
-    info = probe_video(video)
-    wave, audio_src = _audio(video, info)
-    st = ClipStatus(cid, str(video), "dropped", kind="halfbody", fps=cfg.fps)
+    info, wave, audio_src, st = _open_clip(video, cid, "halfbody", cfg)
     if wave is None:
-        st.reason, st.detail = "no_audio", "no audio stream and no sidecar audio file"
         return st
     max_frames = _max_frames(cfg, wave)
     cuts, lmks, prev, an_size = [], [], [None], [None]
