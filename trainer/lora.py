@@ -1,0 +1,240 @@
+"""LoRA fine-tuning with peft: adapters on a released (or exported) EchoMimic model, everything else frozen.
+
+- :func:`inject`: ``peft.inject_adapter_in_model`` with a ``peft.LoraConfig`` whose ``target_modules``
+  are the exact module names chosen here: the ``nn.Linear`` layers whose name ends in one of
+  ``lora.targets`` (default the attention projections ``to_q``, ``to_k``, ``to_v``, ``to_out.0``) inside
+  the networks of ``lora.networks`` (``denoiser`` = the denoising UNet without its motion modules,
+  ``reference``, ``motion``). Reference layers that cannot influence the bank are skipped (they would get
+  no gradient). The base weights are frozen and, in mixed precision, kept in the frozen dtype.
+- Which adapters train in a phase follows the phase's ``train`` groups (:mod:`trainer.net`): an adapter
+  belongs to the group of the layer it adapts (attn2 adapters are ``audio`` too, frozen while muted).
+- Checkpoints hold only the adapter tensors (accelerate save/load hooks): a few MB instead of the whole
+  model; resuming rebuilds the base from ``model.echomimic_path`` and checks its fingerprint.
+- Export: :func:`export_adapter` writes one ``.safetensors`` with its config in the metadata
+  (:mod:`echomimic_lib.lora`); :func:`merged_state` merges the adapters into the base with peft (for
+  ``export --merge``, the official file set).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import ConfigError
+
+if TYPE_CHECKING:  # the heavy imports are deferred: config validation imports this module
+    import torch
+
+    from .config import TrainConfig
+    from .net import TrainingNet
+
+log = logging.getLogger(__name__)
+ADAPTER = "default"  # peft adapter name (stripped from exported keys)
+NETWORKS = ("denoiser", "reference", "motion")
+
+
+def is_lora_param(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def _network(name: str) -> str:
+    return "motion" if "motion_modules." in name else name.split(".", 1)[0]
+
+
+def target_modules(net: TrainingNet, targets: list[str], networks: list[str]) -> list[str]:
+    """Full module names (in ``net``) of the linear layers to adapt."""
+    from torch import nn
+
+    from .net import unused_reference_parameters
+
+    unused = {n.rsplit(".", 1)[0] for n in unused_reference_parameters(net.reference)}
+    names = []
+    for name, mod in net.named_modules():
+        if not isinstance(mod, nn.Linear) or _network(name) not in networks:
+            continue
+        if not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        if name.startswith("reference.") and name[len("reference."):] in unused:
+            continue
+        names.append(name)
+    if not names:
+        raise ConfigError(f"lora.targets {targets} match no linear layer of the networks {networks} "
+                          "(attention projections are to_q, to_k, to_v, to_out.0; feed-forward layers e.g. ff.net.2)")
+    return names
+
+
+def _base_layers(net: TrainingNet, names: list[str]) -> dict:
+    mods = dict(net.named_modules())
+    return {n: getattr(mods[n], "base_layer", mods[n]) for n in names}
+
+
+def inject(net: TrainingNet, cfg: TrainConfig) -> dict:
+    """Add the adapters (seeded: fresh A, zero B, so the model starts equal to its base) and freeze the rest.
+    Returns the run's LoRA description (stored in every checkpoint's meta and in the exported file)."""
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from echomimic_lib.lora import fingerprint
+
+    lc = cfg.lora
+    names = target_modules(net, lc.targets, lc.networks)
+    base_fp = fingerprint(_base_layers(net, names))
+    pcfg = LoraConfig(r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=names, bias="none",
+                      use_rslora=lc.use_rslora, init_lora_weights=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed + 11)
+        inject_adapter_in_model(pcfg, net, adapter_name=ADAPTER)
+    for n, p in net.named_parameters():
+        p.requires_grad_(is_lora_param(n))
+    n_params = sum(p.numel() for n, p in net.named_parameters() if is_lora_param(n))
+    log.info("LoRA: %d layers, rank %d, alpha %g, %.2f M adapter parameters", len(names), lc.rank, lc.alpha, n_params / 1e6)
+    desc = {"rank": lc.rank, "alpha": lc.alpha, "use_rslora": lc.use_rslora, "targets": list(lc.targets), "networks": list(lc.networks),
+            "layers": len(names), "parameters": n_params,
+            "base": {"path": str(cfg.model.echomimic_path), "weights": cfg.model.weights, "variant": cfg.model.variant,
+                     "fingerprint": base_fp}}
+    net.lora = desc
+    return desc
+
+
+def cast_base_(net, dtype) -> None:
+    """Keep the frozen base weights in ``dtype`` (e.g. bf16: half the memory); adapters stay float32."""
+    import torch
+
+    if dtype == torch.float32:
+        return
+    for n, p in net.named_parameters():
+        if not is_lora_param(n) and p.is_floating_point():
+            p.data = p.data.to(dtype)
+
+
+def adapter_tensors(state: dict) -> dict:
+    """Adapter tensors of a (checkpoint) state dict, in the exported naming (no ``module.``, no adapter name)."""
+    out = {}
+    for k, v in state.items():
+        if is_lora_param(k):
+            k = k[len("module."):] if k.startswith("module.") else k
+            out[k.replace(f".lora_A.{ADAPTER}.", ".lora_A.").replace(f".lora_B.{ADAPTER}.", ".lora_B.")] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def register_checkpoint_hooks(acc, net: TrainingNet) -> None:
+    """Checkpoints store only the adapter tensors of ``net``; loading restores them strictly and refuses a
+    checkpoint trained on other base weights."""
+
+    def save_hook(models, weights, output_dir):
+        for i, m in enumerate(models):
+            if i < len(weights) and acc.unwrap_model(m) is net:
+                weights[i] = {k: v for k, v in weights[i].items() if is_lora_param(k)}
+
+    def load_hook(models, input_dir):
+        for m in list(models):
+            if acc.unwrap_model(m) is net:
+                load_adapter_checkpoint(net, Path(input_dir))
+                models.remove(m)
+
+    acc.register_save_state_pre_hook(save_hook)
+    acc.register_load_state_pre_hook(load_hook)
+
+
+def load_adapter_checkpoint(net: TrainingNet, ckpt: Path) -> None:
+    from safetensors.torch import load_file
+
+    from echomimic_lib.lora import fingerprints_match
+
+    meta_path = ckpt / "meta.json"
+    saved = json.loads(meta_path.read_text()).get("lora") if meta_path.is_file() else None
+    if saved and not fingerprints_match(saved["base"]["fingerprint"], net.lora["base"]["fingerprint"]):
+        raise ConfigError(f"{ckpt}: this checkpoint's adapters were trained on other base weights ({saved['base']['path']}) than "
+                          f"model.echomimic_path ({net.lora['base']['path']}): resume with the same base model")
+    state = load_file(str(ckpt / "model.safetensors"))
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = {k for k in net.state_dict() if is_lora_param(k)}
+    if set(state) != own:
+        missing, extra = sorted(own - set(state)), sorted(set(state) - own)
+        raise ConfigError(f"{ckpt}: the adapter tensors do not match this run's LoRA config (lora.rank/targets/networks changed?): "
+                          f"{len(missing)} missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]})")
+    result = net.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+
+
+# ------------------------------------------------------------------------------------------------ export
+def lora_info(meta: dict, ckpt: Path, ema: bool):
+    from echomimic_lib.lora import LoraInfo
+
+    d = meta["lora"]
+    return LoraInfo(weights=meta["weights"], variant=d["base"]["variant"], rank=int(d["rank"]), alpha=float(d["alpha"]),
+                    use_rslora=bool(d["use_rslora"]), targets=list(d["targets"]), networks=list(d["networks"]), base=d["base"],
+                    training={"checkpoint": str(ckpt), "step": meta["step"], "ema": ema})
+
+
+def export_adapter(ckpt: Path, dest: Path, meta: dict, state: dict, ema: bool, dtype=None) -> Path:
+    """One ``.safetensors``: ``dest`` itself when it ends in .safetensors, else ``dest/<run>-step<N>.safetensors``."""
+    import torch
+
+    from echomimic_lib.lora import write_lora
+
+    dtype = dtype or torch.float32
+    tensors = {k: v.to(dtype) for k, v in adapter_tensors(state).items()}
+    if not tensors:
+        raise ValueError(f"{ckpt}: no adapter tensors in this checkpoint")
+    if dest.suffix != ".safetensors":
+        dest = dest / f"{ckpt.parent.parent.name}-step{meta['step']}{'-ema' if ema else ''}.safetensors"
+    path = write_lora(dest, tensors, lora_info(meta, ckpt, ema))
+    log.info("LoRA adapter (%d layers) written to %s", len(tensors) // 2, path)
+    return path
+
+
+def merged_state(run_dir: Path, state: dict, meta: dict) -> dict:
+    """The run's base model with the adapters of ``state`` merged in by peft: a TrainingNet state dict with
+    the official parameter names (``reference.*``, ``denoiser.*``, ``cond_encoder.*``)."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from echomimic_lib.lora import fingerprints_match
+
+    from .config import load_config
+    from .init import build
+
+    cfg = load_config(run_dir / "config.yaml")
+    net = build(cfg).net
+    if not fingerprints_match(meta["lora"]["base"]["fingerprint"], net.lora["base"]["fingerprint"]):
+        raise ValueError(f"{run_dir}: the base model at {cfg.model.echomimic_path} is not the one the adapters were trained on")
+    own = {k for k in net.state_dict() if is_lora_param(k)}
+    adapters = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items() if is_lora_param(k)}
+    if set(adapters) != own:
+        raise ValueError(f"{run_dir}: the checkpoint's adapters do not match the run's LoRA config")
+    net.load_state_dict(adapters, strict=False)
+    with torch.no_grad():
+        for name, mod in list(net.named_modules()):
+            if isinstance(mod, BaseTunerLayer):
+                mod.merge(safe_merge=True)
+                parent, _, child = name.rpartition(".")
+                setattr(net.get_submodule(parent), child, mod.get_base_layer())
+    return net.state_dict()
+
+
+def validate_lora(cfg: TrainConfig) -> None:
+    """Config checks of a LoRA run (called from :meth:`TrainConfig.validate`)."""
+    lc = cfg.lora
+    if not lc.enabled:
+        return
+    if lc.rank < 1 or not lc.alpha > 0 or not 0.0 <= lc.dropout < 1.0:
+        raise ConfigError("lora: rank must be >= 1, alpha > 0 and dropout in [0, 1)")
+    bad = [n for n in lc.networks if n not in NETWORKS]
+    if bad or not lc.networks:
+        raise ConfigError(f"lora.networks: choose from {', '.join(NETWORKS)} (got {lc.networks})")
+    if not lc.targets:
+        raise ConfigError("lora.targets: name at least one layer (default to_q, to_k, to_v, to_out.0)")
+    if cfg.model.init != "echomimic":
+        raise ConfigError("lora: adapters are trained on top of a released or exported EchoMimic model: set model.init: echomimic "
+                          "and model.echomimic_path: FOLDER")
+    if cfg.model.motion_init != "released":
+        raise ConfigError("lora: the base model keeps its own motion modules: set model.motion_init: released")
+    groups = {"denoiser": {"denoiser", "audio"}, "reference": {"reference"}, "motion": {"motion"}}
+    for p in cfg.phases:
+        active = {n for n in lc.networks if n != "motion" or p.kind == "temporal"}
+        if not any(set(p.train) & groups[n] for n in active):
+            raise ConfigError(f"phases.{p.name}: no LoRA adapter trains in this phase (train {p.train}, lora.networks {lc.networks}"
+                              f"{'; motion modules only run in temporal phases' if 'motion' in lc.networks else ''})")
