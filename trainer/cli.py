@@ -47,7 +47,8 @@ def _cmd_export(args) -> int:
     from .export import export
 
     formats = {"both": (".pth", ".safetensors"), "pth": (".pth",), "safetensors": (".safetensors",)}[args.format]
-    files = export(args.source, args.dest, ema=args.ema, formats=formats, dtype=args.dtype, link=args.link, verify=not args.no_verify)
+    files = export(args.source, args.dest, ema=args.ema, formats=formats, dtype=args.dtype, link=args.link, verify=not args.no_verify,
+                   merge=args.merge)
     print(f"exported {len(files)} files to {args.dest}")
     return 0
 
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     e.add_argument("--link", action="store_true", help="symlink the VAE and whisper instead of copying")
     e.add_argument("--no-verify", action="store_true", help="skip the strict reload of the written files")
+    e.add_argument("--merge", action="store_true", help="LoRA run: write the base model with the adapters merged in (official "
+                   "file set) instead of the adapter file")
     e.set_defaults(func=_cmd_export)
 
     r = sub.add_parser("presets", help="list presets, or print one")

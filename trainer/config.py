@@ -166,6 +166,19 @@ class PhaseConfig:
 
 
 @dataclass
+class LoraTrainConfig:
+    """LoRA fine-tuning (:mod:`trainer.lora`): peft adapters on the base model of ``model.echomimic_path``."""
+
+    enabled: bool = False
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    use_rslora: bool = False
+    targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # linear-layer name suffixes
+    networks: list[str] = field(default_factory=lambda: ["denoiser"])  # denoiser | reference | motion
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 1000
     keep_last: int = 3
@@ -206,6 +219,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
+    lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -253,6 +267,9 @@ class TrainConfig:
         if len(b) != 2 or b[0] < 0 or b[1] < 0 or b[0] + b[1] > 1:
             raise ConfigError("loss.phd.bounds must be two fractions [S1, S2] with S1 + S2 <= 1")
         validate_phases(self.phases, self.data.condition)
+        from .lora import validate_lora
+
+        validate_lora(self)
         return self
 
 

@@ -25,7 +25,11 @@ def fixed_loss(cfg: TrainConfig, checkpoint: str | Path | None = None, samples: 
 
     built = build(cfg)
     net = built.net
-    if checkpoint is not None:
+    if checkpoint is not None and getattr(net, "lora", None):  # a LoRA checkpoint holds only the adapters
+        from .lora import load_adapter_checkpoint
+
+        load_adapter_checkpoint(net, Path(checkpoint))
+    elif checkpoint is not None:
         net.load_state_dict(load_checkpoint_weights(Path(checkpoint)), strict=True)
     net.eval()
     at = phase_at(cfg.phases, 0)

@@ -76,8 +76,10 @@ def _place(src: Path, dst: Path, link: bool) -> None:
 
 
 def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORMATS, dtype: str = "float32", link: bool = False,
-           verify: bool = True) -> list[Path]:
-    """Export the checkpoint ``source`` (a checkpoint folder, or a run folder: its newest checkpoint) to ``dest``."""
+           verify: bool = True, merge: bool = False) -> list[Path]:
+    """Export the checkpoint ``source`` (a checkpoint folder, or a run folder: its newest checkpoint) to ``dest``.
+    A LoRA run exports its adapter as one ``.safetensors`` (:mod:`trainer.lora`), or with ``merge`` the
+    official file set of the base model with the adapters merged in."""
     from .config import load_config
     from .init import motion_state
 
@@ -85,9 +87,20 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     meta = read_meta(ckpt)
     run_dir = ckpt.parent.parent
     dest = Path(dest)
+    if merge and not meta.get("lora"):
+        raise ValueError(f"{ckpt}: --merge is for LoRA runs; this checkpoint holds a full model (export it without --merge)")
+    if meta.get("lora"):
+        from .lora import export_adapter, merged_state
+
+        state = load_checkpoint_weights(ckpt, ema)
+        if not merge:
+            return [export_adapter(ckpt, dest, meta, state, ema, getattr(torch, dtype))]
+        state = merged_state(run_dir, state, meta)
+    else:
+        state = load_checkpoint_weights(ckpt, ema)
     dest.mkdir(parents=True, exist_ok=True)
     echo_cfg = EchoConfig.from_dict(meta["echo_config"])
-    parts = split_state(load_checkpoint_weights(ckpt, ema))
+    parts = split_state(state)
     if not parts["motion"]:
         cfg = load_config(run_dir / "config.yaml")
         files = None

@@ -174,5 +174,9 @@ def build(cfg: TrainConfig) -> Built:
         enable_gradient_checkpointing(mod, m.gradient_checkpointing)
         mod.set_attention_backend(m.attention)
     net = TrainingNet(ref.train(), den.train(), enc.train())
+    if cfg.lora.enabled:  # peft adapters on the frozen base (trainer.lora)
+        from .lora import inject
+
+        report["lora"] = inject(net, cfg)
     log.info("built %s networks (%s init; motion modules: %s)", m.weights, m.init, report["motion_init"])
     return Built(net, vae, echo_cfg, ws.cond_channels, vae_path, whisper_path, report)

@@ -141,6 +141,11 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
         vae.to(dtype=frozen)
     if cfg.loss.spatial.decoder_checkpointing:
         vae.enable_gradient_checkpointing()
+    if cfg.lora.enabled:  # frozen base in the frozen dtype; checkpoints hold only the adapters (trainer.lora)
+        from .lora import cast_base_, register_checkpoint_hooks
+
+        cast_base_(net, frozen)
+        register_checkpoint_hooks(acc, net)
     ctrl = AudioAttentionControl(net.denoiser)
     scheduler = make_scheduler(**cfg.noise_scheduler)
     need_lpips = (cfg.loss.spatial.weight > 0 and cfg.loss.spatial.lpips > 0) or (cfg.loss.phd.enabled and cfg.loss.phd.low_weight > 0)
@@ -195,7 +200,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     it = iter(loader)
     meta = {"weights": cfg.model.weights, "echo_config": built.config.to_dict(), "cond_channels": built.cond_channels,
             "vae_path": str(built.vae_path), "whisper_path": str(built.whisper_path), "param_names": [n for n, _ in named],
-            "ema_index": 2 if ema is not None else None}
+            "ema_index": 2 if ema is not None else None, "lora": getattr(net, "lora", None)}
     bar = tqdm(total=cfg.max_steps, initial=step, desc="fit", disable=not (main and cfg.log.progress), dynamic_ncols=True)
     hooks = hooks or {}
     sums, count, t_log = {}, 0, time.perf_counter()

@@ -87,6 +87,10 @@ def trainable_names(net: TrainingNet, train: list[str], audio_mode: str) -> set[
     names = {n for g in train for n, _ in groups[g]}
     if audio_mode == "muted":
         names -= {n for n, _ in groups["audio"]}
+    if getattr(net, "lora", None):  # a LoRA run trains only the adapters of those groups (trainer.lora)
+        from .lora import is_lora_param
+
+        names = {n for n in names if is_lora_param(n)}
     return names
 
 
