@@ -1,17 +1,14 @@
 """EchoMimic Audio Encoder: ComfyUI AUDIO -> whisper-tiny features per video frame (+ the audio for muxing)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..echomimic_lib.audio import encode_audio
+from ..echomimic_lib.audio import check_audible as check_samples_audible
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.modes import DEFAULT_FPS
 from . import comfy_bridge as C
 from .payloads import AUDIO_FEATURES, MODEL, AudioTrack
-
-SILENCE_PEAK = 1e-4  # -80 dBFS
 
 
 def check_audible(audio) -> None:
@@ -21,11 +18,7 @@ def check_audible(audio) -> None:
         raise EchoMimicError("audio: expected a ComfyUI AUDIO (connect Load Audio, or the audio of Get Video Components).")
     if wave.numel() == 0:
         return  # the library says "the waveform is empty"
-    peak = float(wave.detach().abs().max())
-    if peak < SILENCE_PEAK:
-        level = f"{20 * math.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
-        raise EchoMimicError(f"the audio is silent (peak level {level}); EchoMimic is driven by speech. Connect a clip with "
-                             "audible speech, or check that Load Audio picked the right file.")
+    check_samples_audible(wave, "Connect a clip with audible speech, or check that Load Audio picked the right file.")
 
 
 def encode(handle, audio: dict, fps: float) -> AudioTrack:

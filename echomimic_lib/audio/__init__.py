@@ -19,11 +19,13 @@ from .features import (
     encode_log_mel,
     frame_count_for_rows,
     num_feature_rows,
+    rows_for_frames,
     segment_bounds,
+    video_frame_count,
 )
 from .mel import log_mel_spectrogram, mel_filters
 from .resample import resample, resampled_length
-from .waveform import load_waveform_16k, read_raw_audio
+from .waveform import SILENCE_PEAK, check_audible, load_waveform_16k, read_raw_audio
 from .whisper import (
     WhisperFeatureEncoder,
     build_whisper_encoder,
@@ -36,10 +38,12 @@ from .whisper import (
 
 __all__ = [
     "AudioFeatures",
+    "SILENCE_PEAK",
     "WhisperFeatureEncoder",
     "audio_chunks",
     "audio_frame_count",
     "build_whisper_encoder",
+    "check_audible",
     "chunk_row_indices",
     "encode_audio",
     "encode_log_mel",
@@ -55,6 +59,8 @@ __all__ = [
     "read_whisper_encoder_state",
     "resample",
     "resampled_length",
+    "rows_for_frames",
     "save_random_whisper",
     "segment_bounds",
+    "video_frame_count",
 ]

@@ -7,7 +7,15 @@ and keeps ``(segment_end - segment_start) // 2`` rows of 5 x 384 states (50 rows
 Chunks: video frame ``i`` at ``fps`` has centre row ``int(i * 50 / fps)`` and takes rows
 ``centre - 4 ... centre + 5`` clamped to ``[0, N - 1]``, flattened to (50, 384). The reference produces
 frames ``i = 0, 1, ...`` up to and including the first ``i`` whose centre is beyond ``N`` (so a clip
-yields about ``N * fps / 50 + 2`` frames; the last ones repeat the final row).
+yields about ``N * fps / 50 + 2`` chunks, :meth:`AudioFeatures.frame_count`; the last ones repeat the
+final row). That count is kept for parity; the *video length* that follows the audio is
+:func:`video_frame_count`: ``max(1, floor(seconds * fps))`` frames, never more than the chunks, so the
+video never outlasts its sound (0.5 s at 24 fps: 12 frames, not the reference's 14).
+
+Encoding only what is needed (``encode_audio(..., frames=N, fps=...)``): the log-mel is still computed
+over the whole clip (its floor depends on the clip's maximum, and it is cheap), but only the 30 s
+segments that hold the rows of frames ``0 .. N-1`` go through the encoder. Each segment is encoded
+alone in any case, so those rows are bit-identical to a whole-clip encoding.
 
 Features are computed once (:func:`encode_audio`) and sliced per context window
 (:meth:`AudioFeatures.chunks` / :meth:`AudioFeatures.chunks_at`), never recomputed.
@@ -41,6 +49,23 @@ def segment_bounds(num_mel: int, segment_frames: int = SEGMENT_FRAMES) -> list[t
 
 def num_feature_rows(num_mel: int) -> int:
     return sum((end - start) // 2 for start, end in segment_bounds(num_mel))
+
+
+def video_frame_count(num_samples_16k: int, fps: float) -> int:
+    """Frames of a video that follows a clip of ``num_samples_16k`` samples: ``max(1, floor(seconds * fps))``.
+
+    The video never outlasts the audio (it ends at most one frame early); the reference instead makes
+    about two frames more than the audio covers. The chunk count (:func:`frame_count_for_rows`) caps it."""
+    fps = _check_fps(fps)
+    exact = int(num_samples_16k) * fps / SAMPLE_RATE
+    return max(1, int(np.floor(exact + 1e-6)))  # tolerance: 1.0 s x 30.0 fps must give 30, not 29
+
+
+def rows_for_frames(frames: int, fps: float) -> int:
+    """Feature rows (from the start) that the chunks of video frames ``0 .. frames-1`` read."""
+    if frames <= 0:
+        return 0
+    return int((int(frames) - 1) * ROWS_PER_SECOND / _check_fps(fps)) + CHUNK_OFFSETS[-1] + 1
 
 
 def _centres(frames: np.ndarray, fps: float) -> np.ndarray:
@@ -80,13 +105,23 @@ def chunk_row_indices(frames: Sequence[int] | np.ndarray, fps: float, num_rows: 
 
 @dataclass
 class AudioFeatures:
-    """Stacked whisper states of one clip, ``rows`` (N, 5, 384); slice per frame window with ``chunks``."""
+    """Stacked whisper states of one clip, ``rows`` (N, 5, 384); slice per frame window with ``chunks``.
+
+    ``total_rows``: the row count of the whole clip when only its beginning was encoded
+    (``encode_audio(..., frames=...)``); frame counts and row clamping follow the whole clip, and a
+    chunk that needs a row that was not encoded is refused."""
 
     rows: torch.Tensor
     num_samples_16k: int
+    total_rows: int | None = None
 
     @property
     def num_rows(self) -> int:
+        """Rows of the whole clip (the encoded ones plus any that were skipped)."""
+        return int(self.rows.shape[0]) if self.total_rows is None else int(self.total_rows)
+
+    @property
+    def encoded_rows(self) -> int:
         return int(self.rows.shape[0])
 
     @property
@@ -94,8 +129,12 @@ class AudioFeatures:
         return self.num_samples_16k / SAMPLE_RATE
 
     def frame_count(self, fps: float) -> int:
-        """Number of video frames (chunks) this clip yields at ``fps``."""
+        """Number of chunks this clip yields at ``fps`` (the reference's frame count, kept for parity)."""
         return frame_count_for_rows(self.num_rows, fps)
+
+    def video_frame_count(self, fps: float) -> int:
+        """Frames of a video that follows the audio: ``max(1, floor(seconds * fps))``, at most the chunks."""
+        return min(video_frame_count(self.num_samples_16k, fps), self.frame_count(fps))
 
     def chunk_rows(self, fps: float, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """(k, 10) int64 row indices of frames ``start`` .. ``stop - 1`` (default: all frames)."""
@@ -110,7 +149,13 @@ class AudioFeatures:
                 f"audio chunk frame index out of range: frames {int(frames.min())}..{int(frames.max())} requested, "
                 f"the {self.seconds:.2f} s clip yields {count} frames at {fps} fps (0..{count - 1})."
             )
-        return chunk_row_indices(frames, fps, self.num_rows)
+        rows = chunk_row_indices(frames, fps, self.num_rows)
+        if rows.size and int(rows.max()) >= self.encoded_rows:
+            raise EchoMimicError(
+                f"audio features were encoded for the first {self.encoded_rows} rows only (frames 0..{int(frames.max())} "
+                f"need {int(rows.max()) + 1}); encode the clip again with a larger frame limit (or none)."
+            )
+        return rows
 
     def chunks_at(self, frames: Sequence[int], fps: float, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """(k, 50, 384) chunks of arbitrary frame indices (e.g. a wrapped context window)."""
@@ -131,7 +176,8 @@ class AudioFeatures:
         return self.chunks(0, self.frame_count(fps), fps, device, dtype)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "AudioFeatures":
-        return AudioFeatures(self.rows.to(device=device or self.rows.device, dtype=dtype or self.rows.dtype), self.num_samples_16k)
+        rows = self.rows.to(device=device or self.rows.device, dtype=dtype or self.rows.dtype)
+        return AudioFeatures(rows, self.num_samples_16k, self.total_rows)
 
 
 def _too_short(n16: int) -> EchoMimicError:
@@ -141,13 +187,19 @@ def _too_short(n16: int) -> EchoMimicError:
     )
 
 
-def encode_log_mel(mel: torch.Tensor, encoder, device=None, dtype: torch.dtype = torch.float32, num_samples_16k: int | None = None) -> AudioFeatures:
-    """Run the encoder segment by segment over a whole-clip (80, T) log-mel -> :class:`AudioFeatures`."""
+def encode_log_mel(mel: torch.Tensor, encoder, device=None, dtype: torch.dtype = torch.float32, num_samples_16k: int | None = None,
+                   max_rows: int | None = None) -> AudioFeatures:
+    """Run the encoder segment by segment over a whole-clip (80, T) log-mel -> :class:`AudioFeatures`.
+
+    ``max_rows``: only the segments holding rows ``0 .. max_rows-1`` are encoded (the rest is skipped)."""
     num_mel = int(mel.shape[1])
     bounds = [(s, e) for s, e in segment_bounds(num_mel) if (e - s) // 2 > 0]
-    total = sum((e - s) // 2 for s, e in bounds)
-    if total == 0:
+    clip_rows = sum((e - s) // 2 for s, e in bounds)
+    if clip_rows == 0:
         raise _too_short(num_samples_16k if num_samples_16k is not None else num_mel * HOP_LENGTH)
+    if max_rows is not None:  # segment k holds rows [k * 1500, ...): keep those starting below max_rows
+        bounds = bounds[: max(1, -(-int(max_rows) // (SEGMENT_FRAMES // 2)))]
+    total = sum((e - s) // 2 for s, e in bounds)
     device = torch.device(device) if device is not None else encoder.device
     width = encoder.encoder.config.d_model
     rows = torch.empty((total, 5, width), dtype=dtype, device=device)
@@ -160,7 +212,9 @@ def encode_log_mel(mel: torch.Tensor, encoder, device=None, dtype: torch.dtype =
         rows[at : at + keep] = states[0, :keep].to(device=device, dtype=dtype)
         at += keep
         del states
-    return AudioFeatures(rows, num_samples_16k if num_samples_16k is not None else num_mel * HOP_LENGTH)
+    log.debug("audio: encoded %d of %d segments (%d of %d rows)", len(bounds), len(segment_bounds(num_mel)), total, clip_rows)
+    return AudioFeatures(rows, num_samples_16k if num_samples_16k is not None else num_mel * HOP_LENGTH,
+                         clip_rows if total != clip_rows else None)
 
 
 def _encoder(encoder):
@@ -171,12 +225,17 @@ def _encoder(encoder):
     return encoder
 
 
-def encode_audio(audio, encoder, sample_rate=None, *, device=None, dtype: torch.dtype = torch.float32) -> AudioFeatures:
+def encode_audio(audio, encoder, sample_rate=None, *, device=None, dtype: torch.dtype = torch.float32,
+                 frames: int | None = None, fps: float | None = None) -> AudioFeatures:
     """Audio (ComfyUI AUDIO dict, tensor/array + ``sample_rate``, or file path) -> :class:`AudioFeatures`.
 
     ``encoder``: a :class:`~echomimic_lib.audio.whisper.WhisperFeatureEncoder` (or a checkpoint path).
     Rows are stored on ``device`` (default: the encoder's) in ``dtype`` (default float32).
+    ``frames`` + ``fps``: only video frames ``0 .. frames-1`` will be used, so only the 30 s segments
+    they read are encoded (same values as a whole-clip encoding; see the module notes).
     """
+    if frames is not None and fps is None:
+        raise EchoMimicError("encode_audio: a frame limit needs the fps it is counted at (frames=N, fps=24).")
     raw = audio if isinstance(audio, RawAudio) else read_raw_audio(audio, sample_rate)
     if raw.num_samples_16k < MIN_SAMPLES_16K:
         raise _too_short(raw.num_samples_16k)
@@ -184,7 +243,8 @@ def encode_audio(audio, encoder, sample_rate=None, *, device=None, dtype: torch.
     del raw
     mel = log_mel_spectrogram(wave)
     log.debug("audio: %d samples at 16 kHz -> %d mel frames", wave.shape[0], mel.shape[1])
-    return encode_log_mel(mel, _encoder(encoder), device, dtype, int(wave.shape[0]))
+    max_rows = None if frames is None else rows_for_frames(max(1, int(frames)), fps)
+    return encode_log_mel(mel, _encoder(encoder), device, dtype, int(wave.shape[0]), max_rows=max_rows)
 
 
 def audio_frame_count(audio, fps: float, sample_rate=None) -> int:

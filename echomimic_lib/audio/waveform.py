@@ -21,6 +21,8 @@ import torch
 from ..errors import EchoMimicError
 from .resample import TARGET_RATE, resample, resampled_length
 
+SILENCE_PEAK = 1e-4  # -80 dBFS: below this a clip has no audible sound
+
 _INT_SCALE = {np.dtype(np.int16): (0.0, 32768.0), np.dtype(np.int32): (0.0, 2147483648.0), np.dtype(np.int8): (0.0, 128.0), np.dtype(np.uint8): (128.0, 128.0)}
 
 
@@ -117,9 +119,26 @@ def read_raw_audio(audio, sample_rate=None) -> RawAudio:
     return RawAudio(np.ascontiguousarray(samples), rate)
 
 
+def check_audible(samples, fix: str = "Use a clip with audible speech.") -> None:
+    """Refuse a clip whose peak is below -80 dBFS: EchoMimic would animate a still, closed mouth.
+
+    ``samples``: array or tensor of float samples in [-1, 1] (any shape); ``fix`` ends the message and
+    names the caller's way out (a node input, a command-line flag). Shared by the node and the CLI."""
+    if isinstance(samples, RawAudio):
+        samples = samples.samples
+    if isinstance(samples, torch.Tensor):
+        peak = float(samples.detach().abs().max()) if samples.numel() else 0.0
+    else:
+        arr = np.asarray(samples)
+        peak = float(np.abs(arr).max()) if arr.size else 0.0
+    if peak < SILENCE_PEAK:
+        level = f"{20 * np.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
+        raise EchoMimicError(f"the audio is silent (peak level {level}); EchoMimic is driven by speech. {fix}")
+
+
 def load_waveform_16k(audio, sample_rate=None) -> torch.Tensor:
     """Any accepted input -> 1-D float32 CPU tensor, mono, 16 kHz."""
     return torch.from_numpy(read_raw_audio(audio, sample_rate).mono_16k())
 
 
-__all__ = ["RawAudio", "read_raw_audio", "load_waveform_16k", "TARGET_RATE"]
+__all__ = ["RawAudio", "read_raw_audio", "load_waveform_16k", "check_audible", "SILENCE_PEAK", "TARGET_RATE"]
