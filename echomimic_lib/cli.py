@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         cli_animate.add_commands(sub)
     except ImportError:  # pragma: no cover - during development only
         pass
+    from . import cli_evaluate
+
+    cli_evaluate.add_commands(sub)
+    from . import cli_dub
+
+    cli_dub.add_commands(sub)
     return p
 
 

@@ -3,6 +3,7 @@
 Only :mod:`.comfy_bridge` imports ComfyUI; the rest runs (and is tested) without it.
 """
 from .audio import EchoMimicAudioEncoder
+from .evaluate import EchoMimicEvaluate
 from .landmarks import EchoMimicLandmarkExtractor, EchoMimicPartAwareAligner
 from .loader import EchoMimicModelLoader
 from .pose import EchoMimicPoseSequenceLoader
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
     "EchoMimicPartAwareAligner": EchoMimicPartAwareAligner,
     "EchoMimicPoseSequenceLoader": EchoMimicPoseSequenceLoader,
     "EchoMimicSampler": EchoMimicSampler,
+    "EchoMimicEvaluate": EchoMimicEvaluate,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicModelLoader": "EchoMimic Model Loader (reference net)",
@@ -26,5 +28,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicPartAwareAligner": "EchoMimic Part-Aware Aligner",
     "EchoMimicPoseSequenceLoader": "EchoMimic Hand-Pose Sequence Loader",
     "EchoMimicSampler": "EchoMimic Sampler",
+    "EchoMimicEvaluate": "EchoMimic Evaluate",
 }
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

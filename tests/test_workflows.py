@@ -16,7 +16,8 @@ from tests._pack import PACK, load_pack, sub  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks", "v2_pose_folder", "v2_pose_video"}
+MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks", "v2_pose_folder", "v2_pose_video",
+         "v1_audio_evaluate"}
 
 # Core nodes the workflows use, written down from Comfy-Org/ComfyUI a125cd84 (2025-10-11, comfyui_version 0.3.64):
 #   LoadImage           nodes.py l.1630-1642: "image" combo with image_upload; the frontend adds an "upload" widget (saved "image")
@@ -27,6 +28,8 @@ MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_la
 #   CreateVideo         comfy_extras/nodes_video.py l.119-133: images, fps (FLOAT widget, 1..120), audio (optional)
 #   GetVideoComponents  comfy_extras/nodes_video.py l.143-157: video -> images, audio, fps
 #   LoadVideo           comfy_extras/nodes_video.py l.167-181: "file" combo with video upload (frontend "upload" widget)
+#   PreviewAny          comfy_extras/nodes_preview_any.py: "source" of any type ("*"), an output node without outputs
+#   PreviewImage        nodes.py l.1616-1628: "images" IMAGE, an output node
 # kind: "socket" / "optional" (linked inputs), "widget" (a widget value, also in the API prompt), "ui" (frontend-only widget)
 CORE = {
     "LoadImage": ([("image", "COMBO", "widget"), ("upload", "IMAGEUPLOAD", "ui")], ["IMAGE", "MASK"]),
@@ -36,6 +39,8 @@ CORE = {
     "CreateVideo": ([("images", "IMAGE", "socket"), ("fps", "FLOAT", "widget"), ("audio", "AUDIO", "optional")], ["VIDEO"]),
     "SaveVideo": ([("video", "VIDEO", "socket"), ("filename_prefix", "STRING", "widget"), ("format", "COMBO", "widget"),
                    ("codec", "COMBO", "widget")], []),
+    "PreviewAny": ([("source", "*", "socket")], []),
+    "PreviewImage": ([("images", "IMAGE", "socket")], []),
 }
 CORE_OPTIONS = {("SaveVideo", "format"): ["auto", "mp4"], ("SaveVideo", "codec"): ["auto", "h264"]}
 CORE_RANGES = {("CreateVideo", "fps"): (1.0, 120.0)}
@@ -142,7 +147,7 @@ def ui_errors(wf: dict, schema: dict) -> list[str]:
         outs, ins = nodes[src]["outputs"], nodes[dst]["inputs"]
         if src_slot >= len(outs) or outs[src_slot]["type"] != typ or lid not in (outs[src_slot]["links"] or []):
             errs.append(f"{where}: output {src}:{src_slot} is not a {typ} output listing the link")
-        if dst_slot >= len(ins) or ins[dst_slot]["type"] != typ or ins[dst_slot]["link"] != lid:
+        if dst_slot >= len(ins) or ins[dst_slot]["type"] not in (typ, "*") or ins[dst_slot]["link"] != lid:
             errs.append(f"{where}: input {dst}:{dst_slot} is not a {typ} input holding the link")
     return errs
 
@@ -166,7 +171,7 @@ def api_errors(prompt: dict, schema: dict) -> list[str]:
             elif isinstance(value, list):
                 src = prompt.get(value[0])
                 out_types = schema.get(src["class_type"], ([], []))[1] if src else []
-                if value[1] >= len(out_types) or out_types[value[1]] != typ:
+                if value[1] >= len(out_types) or typ != "*" and out_types[value[1]] != typ:
                     errs.append(f"{where}: input '{name}' ({typ}) is linked to {value}, not a {typ} output")
             elif kind != "widget" or _value_error(t, name, typ, opts, value):
                 errs.append(f"{where}: input '{name}' = {value!r} is not valid")

@@ -1,0 +1,169 @@
+"""SyncNet LSE-C / LSE-D (Chung & Zisserman 2016; the ``syncnet_v2.model`` of joonson/syncnet_python), built here in
+PyTorch and fed the way that repository's evaluation computes the two scores:
+
+- video at 25 fps (other rates are resampled by picking the nearest frame, as ffmpeg ``-r 25`` does); per frame
+  a face crop: box half-size ``s = max(w, h) / 2`` and centre, each median-filtered over 13 frames (zero padded),
+  the frame padded by ``int(s * 1.8)`` pixels of value 110, rows ``cy - s .. cy + 1.8 s`` and columns
+  ``cx - 1.4 s .. cx + 1.4 s`` (crop scale 0.4), resized to 224 x 224, BGR, raw 0-255 values. Our boxes come from
+  the face-mesh landmarks instead of the S3FD detector;
+- audio: 16 kHz mono as 16-bit sample values, MFCC (:mod:`.mfcc`), 100 frames per second;
+- frame ``i`` pairs the 5 video frames ``i .. i+4`` with MFCC columns ``4 i .. 4 i + 20``, for
+  ``i < min(frames, samples // 640) - 5``; the audio feature of frame ``i + d`` for ``d`` in -15..15 (zero
+  features past the ends) gives a distance curve, averaged over frames: LSE-D is its minimum, LSE-C its median
+  minus its minimum, and SyncNet's "AV offset" is ``15 - argmin`` (in frames at 25 fps).
+
+Weights are read with ``torch.load(weights_only=True)`` (or safetensors), so a file that would run code is
+refused; the BatchNorm ``num_batches_tracked`` buffers absent from the 2017 file are not required.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._lazy import cv2
+from ..errors import EchoMimicError, MissingWeightsError, WeightsError
+from ..weights import describe_mismatch, read_state_dict
+from .mfcc import mfcc
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "syncnet_v2.model"
+SOURCE = "https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"
+FPS = 25.0
+CROP = 224
+CROP_SCALE = 0.4
+PAD_VALUE = 110
+SMOOTH = 13
+VSHIFT = 15
+BATCH = 20
+
+
+def _bn_relu(conv: nn.Module, ch: int, bn=nn.BatchNorm2d) -> list[nn.Module]:
+    return [conv, bn(ch), nn.ReLU(inplace=True)]
+
+
+class SyncNet(nn.Module):
+    """The two-stream SyncNet (audio MFCC 1x13x20 -> 1024, lips 3x5x224x224 -> 1024); module names and
+    indices match the released state dict."""
+
+    def __init__(self, embed: int = 1024):
+        super().__init__()
+        c2, c3 = nn.Conv2d, nn.Conv3d
+        self.netcnnaud = nn.Sequential(
+            *_bn_relu(c2(1, 64, 3, 1, 1), 64), nn.MaxPool2d(1, 1),
+            *_bn_relu(c2(64, 192, 3, 1, 1), 192), nn.MaxPool2d(3, (1, 2)),
+            *_bn_relu(c2(192, 384, 3, padding=1), 384),
+            *_bn_relu(c2(384, 256, 3, padding=1), 256),
+            *_bn_relu(c2(256, 256, 3, padding=1), 256), nn.MaxPool2d(3, 2),
+            *_bn_relu(c2(256, 512, (5, 4)), 512),
+        )
+        self.netfcaud = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed))
+        self.netfclip = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed))
+        b3 = nn.BatchNorm3d
+        self.netcnnlip = nn.Sequential(
+            *_bn_relu(c3(3, 96, (5, 7, 7), (1, 2, 2)), 96, b3), nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
+            *_bn_relu(c3(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), 256, b3), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+            *_bn_relu(c3(256, 256, (1, 3, 3), padding=(0, 1, 1)), 256, b3),
+            *_bn_relu(c3(256, 256, (1, 3, 3), padding=(0, 1, 1)), 256, b3),
+            *_bn_relu(c3(256, 256, (1, 3, 3), padding=(0, 1, 1)), 256, b3), nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
+            *_bn_relu(c3(256, 512, (1, 6, 6)), 512, b3),
+        )
+
+    def forward_aud(self, x: torch.Tensor) -> torch.Tensor:   # (B, 1, 13, 20)
+        return self.netfcaud(self.netcnnaud(x).flatten(1))
+
+    def forward_lip(self, x: torch.Tensor) -> torch.Tensor:   # (B, 3, 5, 224, 224)
+        return self.netfclip(self.netcnnlip(x).flatten(1))
+
+
+def missing_message(path, folder=None) -> str:
+    where = f"{path}" + (f" (or into {folder})" if folder else "")
+    return (f"SyncNet weights not found at {path}. Download '{FILE_NAME}' from {SOURCE} (joonson/syncnet_python, "
+            f"download_model.sh) and put it at {where}; LSE-C / LSE-D are left out, the weight-free metrics are "
+            "still reported.")
+
+
+def load_syncnet(path: str | Path, device: torch.device | str = "cpu") -> SyncNet:
+    """SyncNet with the weights of ``path`` (``syncnet_v2.model`` format: a state dict), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(missing_message(path), [str(path)])
+    sd = read_state_dict(path)
+    net = SyncNet()
+    want = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    have = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    problem = describe_mismatch(want, have, f"{path} (SyncNet)")
+    if problem:
+        raise WeightsError(f"{problem}\nUse the released {FILE_NAME} ({SOURCE}).")
+    net.load_state_dict(have, strict=False)
+    return net.to(device).eval()
+
+
+def frame_indices_25(num_frames: int, fps: float) -> np.ndarray:
+    """Source frame for each 25-fps output frame (nearest in time)."""
+    count = max(1, int(round(num_frames * FPS / float(fps))))
+    return np.clip(np.round(np.arange(count) * float(fps) / FPS).astype(np.int64), 0, num_frames - 1)
+
+
+def _medfilt(x: np.ndarray, k: int = SMOOTH) -> np.ndarray:
+    padded = np.concatenate([np.zeros(k // 2), x, np.zeros(k // 2)])
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, k), axis=1)
+
+
+def face_crops(frames_rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(F, 224, 224, 3) BGR uint8 SyncNet crops of RGB frames, from (F, 4) x0, y0, x1, y1 face boxes."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    s = _medfilt(np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2)
+    cy = _medfilt((boxes[:, 1] + boxes[:, 3]) / 2)
+    cx = _medfilt((boxes[:, 0] + boxes[:, 2]) / 2)
+    out = np.empty((len(frames_rgb), CROP, CROP, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames_rgb):
+        bs = s[i]
+        pad = int(bs * (1 + 2 * CROP_SCALE))
+        img = np.pad(np.ascontiguousarray(frame[..., ::-1]), ((pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
+        my, mx = cy[i] + pad, cx[i] + pad
+        face = img[int(my - bs):int(my + bs * (1 + 2 * CROP_SCALE)), int(mx - bs * (1 + CROP_SCALE)):int(mx + bs * (1 + CROP_SCALE))]
+        if face.size == 0:
+            face = img
+        out[i] = cv2.resize(face, (CROP, CROP))
+    return out
+
+
+@dataclass
+class SyncNetScores:
+    lse_c: float
+    lse_d: float
+    av_offset: int      # SyncNet's "AV offset" (frames at 25 fps, its own sign convention)
+    frames: int         # 25-fps frames scored
+
+
+@torch.no_grad()
+def lse_scores(net: SyncNet, crops_bgr: np.ndarray, wave16k: np.ndarray, device: torch.device | str = "cpu",
+               vshift: int = VSHIFT, batch: int = BATCH) -> SyncNetScores:
+    """LSE-C / LSE-D of 25-fps face crops (F, 224, 224, 3 BGR) against 16 kHz mono audio (-1..1 floats)."""
+    pcm = np.round(np.clip(np.asarray(wave16k, dtype=np.float64) * 32768.0, -32768, 32767))
+    last = min(len(crops_bgr), len(pcm) // 640) - 5
+    if last < 1:
+        raise EchoMimicError(f"SyncNet needs at least 6 frames at 25 fps and 0.24 s of audio; got {len(crops_bgr)} frames "
+                             f"and {len(pcm) / 16000:.2f} s.")
+    cc = torch.from_numpy(mfcc(pcm, 16000).T.astype(np.float32))[None, None]  # (1, 1, 13, T)
+    video = torch.from_numpy(crops_bgr).permute(3, 0, 1, 2).float()          # (3, F, 224, 224)
+    im_feat, cc_feat = [], []
+    for start in range(0, last, batch):
+        idx = range(start, min(last, start + batch))
+        lips = torch.stack([video[:, i:i + 5] for i in idx]).to(device)
+        im_feat.append(net.forward_lip(lips).float().cpu())
+        auds = torch.cat([cc[..., i * 4:i * 4 + 20] for i in idx]).to(device)
+        cc_feat.append(net.forward_aud(auds).float().cpu())
+    im, au = torch.cat(im_feat), torch.cat(cc_feat)
+    win = 2 * vshift + 1
+    aup = torch.nn.functional.pad(au, (0, 0, vshift, vshift))
+    dists = torch.stack([torch.nn.functional.pairwise_distance(im[[i]].repeat(win, 1), aup[i:i + win]) for i in range(len(im))], 1)
+    mdist = dists.mean(1)
+    minval, minidx = torch.min(mdist, 0)
+    return SyncNetScores(float(torch.median(mdist) - minval), float(minval), int(vshift - minidx), int(last))
