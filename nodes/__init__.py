@@ -3,7 +3,10 @@
 Only :mod:`.comfy_bridge` imports ComfyUI; the rest runs (and is tested) without it.
 """
 from .audio import EchoMimicAudioEncoder
+from .composite import EchoMimicPasteBack
 from .evaluate import EchoMimicEvaluate
+from .face_track import EchoMimicFaceTrack
+from .landmark_only import EchoMimicLandmarkOnlyAudio
 from .landmarks import EchoMimicLandmarkExtractor, EchoMimicPartAwareAligner
 from .loader import EchoMimicModelLoader
 from .pose import EchoMimicPoseSequenceLoader
@@ -19,6 +22,9 @@ NODE_CLASS_MAPPINGS = {
     "EchoMimicPoseSequenceLoader": EchoMimicPoseSequenceLoader,
     "EchoMimicSampler": EchoMimicSampler,
     "EchoMimicEvaluate": EchoMimicEvaluate,
+    "EchoMimicPasteBack": EchoMimicPasteBack,
+    "EchoMimicFaceTrack": EchoMimicFaceTrack,
+    "EchoMimicLandmarkOnlyAudio": EchoMimicLandmarkOnlyAudio,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicModelLoader": "EchoMimic Model Loader (reference net)",
@@ -29,5 +35,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicPoseSequenceLoader": "EchoMimic Hand-Pose Sequence Loader",
     "EchoMimicSampler": "EchoMimic Sampler",
     "EchoMimicEvaluate": "EchoMimic Evaluate",
+    "EchoMimicPasteBack": "EchoMimic Paste Back",
+    "EchoMimicFaceTrack": "EchoMimic Face Track (video dubbing)",
+    "EchoMimicLandmarkOnlyAudio": "EchoMimic Landmark-Only Driving (no audio)",
 }
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -64,7 +64,8 @@ class LandmarkTrack:
 
     def condition(self, num_frames: int, width: int, height: int, fps: float, default_parts) -> FrameCondition:
         idx = retime_indices(len(self.pixels), num_frames, self.retime, self.fps, fps)
-        px, parts, coord = self.pixels[idx], self.parts or frozenset(default_parts), self.coord_size
+        parts = frozenset(default_parts) if self.parts is None else self.parts  # empty = no parts, not the default
+        px, coord = self.pixels[idx], self.coord_size
         return FrameCondition(num_frames, lambda sel: draw_landmark_sequence(px[list(sel)], (width, height), parts, coord_size=coord))
 
 

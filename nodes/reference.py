@@ -1,16 +1,15 @@
-"""EchoMimic Reference Preparation: the reference IMAGE at the output size, plus the V1 face MASK."""
+"""EchoMimic Reference Preparation: the reference IMAGE at the output size, plus the V1 face MASK and the crop
+(where the picture came from, for EchoMimic Paste Back)."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..echomimic_lib.errors import EchoMimicError
-from ..echomimic_lib.landmarks import prepare_v1_reference
-from ..echomimic_lib.pose import crop_image, fit_image, halfbody_crop
-from ..echomimic_lib.pose.dwpose import detect_image_pose
+from ..echomimic_lib.reference import prepare_reference
 from . import detectors, paths
+from .composite import CROP
 from .payloads import first_image, to_image, to_mask
 
 TARGETS = ["V1 face crop + mask", "V2 half-body crop", "resize only"]
+LIB_TARGETS = dict(zip(TARGETS, ("v1_face", "v2_halfbody", "resize")))
 NO_FACE = {"error": "error", "whole image": "whole_image"}
 
 
@@ -23,28 +22,23 @@ def _check_size(width: int, height: int) -> None:
 def prepare(image, target: str, width: int, height: int, no_face: str, download: bool):
     _check_size(width, height)
     img = first_image(image, "image")
-    ones = np.full((height, width), 255, np.uint8)
-    if target == TARGETS[0]:
-        if no_face not in NO_FACE:
-            raise EchoMimicError(f"unknown no_face option '{no_face}'; choose one of {', '.join(NO_FACE)}.")
-        crop = prepare_v1_reference(img, width, height, box_provider="landmarks", models_dir=paths.echomimic_roots(),
-                                    download=download, no_face=NO_FACE[no_face])
-        return to_image(crop.image), to_mask(crop.mask)
-    if target == TARGETS[1]:
-        pose = detect_image_pose(detectors.dwpose(download), img)
-        square = crop_image(img, halfbody_crop(pose, (img.shape[1], img.shape[0]), size=max(width, height)))
-        return to_image(fit_image(square, (width, height))), to_mask(ones)
-    if target == TARGETS[2]:
-        return to_image(fit_image(img, (width, height))), to_mask(ones)
-    raise EchoMimicError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}.")
+    if target not in LIB_TARGETS:
+        raise EchoMimicError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}.")
+    if target == TARGETS[0] and no_face not in NO_FACE:
+        raise EchoMimicError(f"unknown no_face option '{no_face}'; choose one of {', '.join(NO_FACE)}.")
+    detector = detectors.dwpose(download) if target == TARGETS[1] else None
+    prep = prepare_reference(img, LIB_TARGETS[target], width, height, no_face=NO_FACE.get(no_face, "error"),
+                             models_dir=paths.echomimic_roots(), download=download, pose_detector=detector)
+    return to_image(prep.image), to_mask(prep.mask), prep.crop
 
 
 class EchoMimicReferencePrep:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("image", "mask")
-    OUTPUT_TOOLTIPS = ("The reference at width x height.", "V1 face mask at width x height (all ones for the other targets).")
+    RETURN_TYPES = ("IMAGE", "MASK", CROP)
+    RETURN_NAMES = ("image", "mask", "crop")
+    OUTPUT_TOOLTIPS = ("The reference at width x height.", "V1 face mask at width x height (all ones for the other targets).",
+                       "Where the reference came from in the picture, for EchoMimic Paste Back.")
     DESCRIPTION = "Prepares the reference picture: V1 square face crop + face mask, V2 half-body crop, or a plain resize."
 
     @classmethod

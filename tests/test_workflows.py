@@ -17,7 +17,8 @@ from tests._pack import PACK, load_pack, sub  # noqa: F401
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks", "v2_pose_folder", "v2_pose_video",
-         "v1_audio_evaluate"}
+         "v1_audio_evaluate", "v1_audio_paste_back", "v1_dub_video", "v2_paste_back"}
+PASTE_BACK = {"v1_audio_paste_back", "v1_dub_video", "v2_paste_back"}  # full-frame results: CreateVideo gets the composite
 
 # Core nodes the workflows use, written down from Comfy-Org/ComfyUI a125cd84 (2025-10-11, comfyui_version 0.3.64):
 #   LoadImage           nodes.py l.1630-1642: "image" combo with image_upload; the frontend adds an "upload" widget (saved "image")
@@ -129,8 +130,10 @@ def ui_errors(wf: dict, schema: dict) -> list[str]:
                     (None if kind == "ui" else _value_error(t, name, typ, opts, value))
                 if bad:
                     errs.append(f"{where}: widget '{name}': {bad}")
-        if [o["type"] for o in n["outputs"]] != outs:
-            errs.append(f"{where}: outputs {[o['type'] for o in n['outputs']]} != {outs}")
+        saved = [o["type"] for o in n["outputs"]]
+        if saved != outs[:len(saved)] or t == "EchoMimicPasteBack" and saved != outs:
+            # a node that gained outputs at the end (Reference Preparation's crop) keeps its saved slots and links
+            errs.append(f"{where}: outputs {saved} != {outs}")
         known = {name: typ for name, typ, _, _ in ins}
         for slot in n["inputs"]:
             if known.get(slot["name"]) != slot["type"]:
@@ -232,7 +235,16 @@ def test_each_workflow_ends_in_create_video_and_save_video_fed_by_the_sampler(pa
     create = prompt[saves[0]["inputs"]["video"][0]]
     assert create["class_type"] == "CreateVideo"
     sources = {k: (prompt[v[0]]["class_type"], v[1]) for k, v in create["inputs"].items() if isinstance(v, list)}
-    assert sources == {"images": ("EchoMimicSampler", 0), "fps": ("EchoMimicSampler", 1), "audio": ("EchoMimicSampler", 2)}
+    frames = "EchoMimicPasteBack" if path.stem in PASTE_BACK else "EchoMimicSampler"
+    assert sources == {"images": (frames, 0), "fps": (frames, 1), "audio": ("EchoMimicSampler", 2)}
+    if frames == "EchoMimicPasteBack":  # the paste-back takes the sampler's frames; crop and composite are previewed
+        paste = next(n for n in prompt.values() if n["class_type"] == "EchoMimicPasteBack")
+        assert prompt[paste["inputs"]["images"][0]]["class_type"] == "EchoMimicSampler"
+        previews = {tuple(n["inputs"]["images"]) for n in prompt.values() if n["class_type"] == "PreviewImage"}
+        crop_src = paste["inputs"]["crop"][0]
+        assert any(prompt[k]["class_type"] == "EchoMimicPasteBack" and slot == 2 for k, slot in previews)  # composite
+        assert any(k == crop_src and prompt[k]["class_type"] in ("EchoMimicReferencePrep", "EchoMimicFaceTrack")
+                   for k, _ in previews)  # the crop
 
 
 def test_comfyui_template_browser_finds_the_folder_without_duplicates():

@@ -1,0 +1,212 @@
+"""``echomimic dub``: give an existing video of a person new speech (EchoMimic V1, audio + selected landmarks).
+
+1. The face is tracked through the source video and one crop is chosen for the clip
+   (:mod:`echomimic_lib.landmarks.tracking`); the reference is one frame of the video cut to that crop
+   (default: the first clear frontal face).
+2. The video's own landmarks drive the eyes, brows, pupils and nose (``parts``; add ``mouth`` for the
+   landmarks-only mouth), the new audio drives the mouth; the V1 landmark ("pose") weights generate the crop
+   at the model's frame rate.
+3. Every generated frame is pasted back onto its own source frame (:mod:`echomimic_lib.composite`, a
+   feathered landmark hull by default); source frames without a face are copied unchanged.
+4. The output keeps the source's size and frame rate and lasts as long as the new audio (the source is
+   extended by the retime policy, ping-pong by default, or cut): :mod:`echomimic_lib.dub_plan`.
+
+Without ``audio`` the dub is landmark-only (the paper's "L" mode): unconditional audio, the mouth from the
+landmarks, the length of the video, and the source's own sound track.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import EchoMimicError
+from .modes import DEFAULT_FPS
+
+log = logging.getLogger(__name__)
+
+MODE = "v1-audio+landmarks"
+
+
+@dataclass
+class DubRequest:
+    video: str
+    audio: str | None
+    output: str
+    acc: bool = False
+    models: str | None = None
+    reference_frame: int | None = None
+    parts: str | None = None  # None: eyes,brows,pupils,nose (+ mouth without audio); "" = no parts
+    retime: str = "ping-pong"
+    steps: int | None = None
+    cfg: float | None = None
+    seed: int | None = None
+    fps: float = DEFAULT_FPS  # the model's frame rate (the output keeps the source's)
+    width: int = 512
+    height: int = 512
+    length: int | None = None  # at most this many generated frames
+    context_frames: int = 12
+    context_overlap: int = 3
+    dtype: str = "fp32"
+    device: str = "cpu"
+    download: bool = True
+    mediapipe_model: str | None = None
+    region: str = "hull"
+    feather: float = 16.0
+    dilation: float = 0.15
+    color: str = "off"
+
+
+@dataclass
+class DubResult:
+    frames: np.ndarray         # (n_out, H, W, 3) uint8 at the source size
+    fps: float                 # the source's frame rate
+    audio: np.ndarray | None   # (C, T) the sound track to mux
+    sample_rate: int | None
+    plan: object               # echomimic_lib.dub_plan.DubPlan
+    schedule: object           # the DubSchedule actually rendered
+    passthrough: np.ndarray    # output frames copied unchanged (no face in their source frame)
+
+
+def parts_for(parts: str | None, with_audio: bool) -> frozenset:
+    from .landmarks import normalize_parts
+
+    if parts is None:
+        return normalize_parts("pose" if with_audio else "landmarks")
+    try:
+        return normalize_parts(parts)  # "" -> no parts
+    except ValueError as exc:
+        raise EchoMimicError(f"--parts: {exc}") from None
+
+
+def _validate(req: DubRequest):
+    from .animate import DTYPES
+    from .composite import COLOR_METHODS, REGIONS
+    from .pipeline import settings_for
+    from .retime import POLICIES
+
+    variant = "acc" if req.acc else "normal"
+    settings = settings_for(MODE, variant, steps=req.steps, cfg=req.cfg, seed=req.seed, fps=req.fps, width=req.width,
+                            height=req.height, context_frames=req.context_frames, context_overlap=req.context_overlap)
+    settings.validate()
+    if not Path(req.video).is_file():
+        raise EchoMimicError(f"source video not found: {req.video}")
+    if req.audio is not None and not Path(req.audio).is_file():
+        raise EchoMimicError(f"audio file not found: {req.audio}")
+    checks = [(req.retime, POLICIES, "--retime"), (req.region, REGIONS, "--mask"), (req.color, COLOR_METHODS, "--color-match"),
+              (req.dtype, tuple(DTYPES), "--dtype")]
+    for value, allowed, flag in checks:
+        if value not in allowed:
+            raise EchoMimicError(f"{flag}: unknown value '{value}'; choose one of {', '.join(allowed)}.")
+    if req.feather < 0 or req.dilation < 0:
+        raise EchoMimicError("--feather and --dilation must be >= 0.")
+    if req.length is not None and req.length < 1:
+        raise EchoMimicError("--length must be at least 1 frame.")
+    from .video_writer import check_output_path
+
+    check_output_path(req.output, "-o/--output")
+    return variant, settings, parts_for(req.parts, req.audio is not None)
+
+
+def _features(req: DubRequest, models, device, clip, settings):
+    """(audio features, sound track, sample rate, seconds) for the new speech or, without it, the L mode."""
+    from .audio import encode_audio
+    from .audio.unconditional import UnconditionalAudio
+    from .video_io import read_audio
+
+    if req.audio is None:
+        frames = max(1, int(np.floor(len(clip.frames) * settings.fps / clip.fps + 1e-9)))
+        return UnconditionalAudio(frames, settings.fps), clip.audio, clip.sample_rate, len(clip.frames) / clip.fps
+    wav, sr = read_audio(req.audio)
+    feats = encode_audio(wav, models.audio_encoder, sample_rate=sr, device=device)
+    return feats, wav, sr, feats.seconds
+
+
+def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None, models=None) -> DubResult:
+    """Everything but the encoding: the composited frames at the source size (uint8)."""
+    import torch
+
+    from .animate import DTYPES, default_models_dir
+    from .composite import PasteBack
+    from .dub_plan import plan_dub, reference_crop
+    from .landmarks import draw_landmark_sequence
+    from .pipeline import FrameCondition, Sampler
+    from .video_io import read_video
+
+    variant, settings, parts = _validate(req)
+    root = Path(req.models) if req.models else default_models_dir()
+    clip = read_video(req.video, with_audio=req.audio is None)
+    device = torch.device(req.device)
+    if models is None:
+        from .download import ensure_weights
+        from .model_set import load_models
+
+        ensure_weights(root, "v1_pose", variant, download=req.download)
+        models = load_models(root, "v1_pose", variant, device=device, dtype=DTYPES[req.dtype])
+    feats, sound, sr, seconds = _features(req, models, device, clip, settings)
+    count = getattr(feats, "video_frame_count", feats.frame_count)
+    n_model = count(settings.fps) if req.length is None else min(req.length, count(settings.fps))
+    n_out = max(1, min(int(np.floor(seconds * clip.fps + 1e-6)), int(np.floor(n_model * clip.fps / settings.fps + 1e-6))))
+    w, h = settings.width, settings.height
+    plan = plan_dub(clip.frames, clip.fps, n_model, settings.fps, n_out, (w, h), req.retime, req.reference_frame,
+                    parts=parts, model_path=req.mediapipe_model, models_dir=root, download=req.download)
+    log.info("dub: crop %s of the %dx%d video, reference frame %d, %d frames at %g fps -> %d frames at %g fps",
+             plan.geometry.box, *plan.source_size, plan.reference_frame, n_model, settings.fps, n_out, clip.fps)
+    px = plan.driving_pixels()
+    condition = FrameCondition(n_model, lambda idx: draw_landmark_sequence(px[list(idx)], (w, h), parts, coord_size=(w, h)))
+    generated: list[np.ndarray] = []
+
+    def collect(start, frames):
+        generated.append((frames.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+
+    settings.num_frames = n_model
+    Sampler(models)(reference_crop(plan, clip.frames), feats, condition, settings, progress=progress, frame_sink=collect)
+    gen = np.concatenate(generated)
+    schedule = plan.schedule.for_generated(len(gen))
+    paster = PasteBack(plan.geometry, req.region, req.feather, req.dilation, req.color)
+    frames, passthrough = composite_dub(plan, schedule, gen, clip.frames, paster)
+    return DubResult(frames, clip.fps, sound, sr, plan, schedule, passthrough)
+
+
+def source_regions(plan, s: int) -> dict:
+    """The paste-back regions of source frame ``s``: its landmark hull and its V1 face box."""
+    from .reference import v1_face_region
+
+    box = tuple(int(round(v)) for v in plan.track.boxes[s])
+    return {"hull": plan.track.hull(s), "face_box": v1_face_region(box, plan.source_size)}
+
+
+def composite_dub(plan, schedule, generated, source_frames, paster, check: Callable[[], None] | None = None):
+    """Paste each generated frame onto its source frame; frames without a face are copied. Returns
+    (uint8 (n_out, H, W, 3), indices of the copied output frames). ``check`` runs every 16 frames (Cancel)."""
+    track = plan.track
+    out = np.empty((len(schedule.source),) + source_frames.shape[1:], np.uint8)
+    for j, (s, g) in enumerate(zip(schedule.source, schedule.generated)):
+        if check is not None and j % 16 == 15:
+            check()
+        if not track.valid[s]:
+            out[j] = source_frames[s]
+            continue
+        out[j] = paster.frame(generated[g], source_frames[s], **source_regions(plan, s))
+    passthrough = plan.passthrough(schedule)
+    if len(passthrough):
+        log.info("dub: %d of %d output frames show a source frame without a face; they are copied unchanged",
+                 len(passthrough), len(out))
+    return out, passthrough
+
+
+def run_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Render ``req.output``; returns a summary dict."""
+    from .video_io import write_video
+
+    t0 = time.time()
+    res = render_dub(req, progress)
+    path = write_video(req.output, res.frames, res.fps, res.audio, res.sample_rate)
+    h, w = res.frames.shape[1:3]
+    return {"output": str(path), "frames": len(res.frames), "fps": res.fps, "size": (w, h),
+            "video_seconds": round(len(res.frames) / res.fps, 3), "reference_frame": res.plan.reference_frame,
+            "crop": res.plan.geometry.box, "passthrough": len(res.passthrough), "seconds": round(time.time() - t0, 2)}

@@ -1,0 +1,49 @@
+"""EchoMimic Landmark-Only Driving: the paper's "L" mode in ComfyUI. Stands in for the Audio Encoder: the
+model's unconditional audio (zero whisper tokens) for as many frames as the landmark sequence lasts, and a
+silent AUDIO of that length for Create Video."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..echomimic_lib.audio.unconditional import UnconditionalAudio
+from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.modes import DEFAULT_FPS
+from .payloads import AUDIO_FEATURES, LANDMARKS, AudioTrack
+
+SILENT_RATE = 16000
+
+
+def unconditional(landmarks, fps: float) -> tuple[AudioTrack, dict, int]:
+    if landmarks is None or not hasattr(landmarks, "pixels"):
+        raise EchoMimicError("landmarks: connect EchoMimic Landmark Extractor, Part-Aware Aligner or Face Track.")
+    n_src = len(landmarks.pixels)
+    src_fps = landmarks.fps or fps
+    frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
+    silent = {"waveform": torch.zeros(1, 1, math.ceil(frames / fps * SILENT_RATE)), "sample_rate": SILENT_RATE}
+    return AudioTrack(UnconditionalAudio(frames, fps), float(fps), silent), silent, frames
+
+
+class EchoMimicLandmarkOnlyAudio:
+    CATEGORY = "EchoMimic"
+    FUNCTION = "execute"
+    RETURN_TYPES = (AUDIO_FEATURES, "AUDIO", "INT")
+    RETURN_NAMES = ("audio_features", "audio", "frame_count")
+    OUTPUT_TOOLTIPS = ("Unconditional audio features as long as the landmark sequence (for the sampler).",
+                       "Silence of the same length (for Create Video).", "The number of video frames.")
+    DESCRIPTION = ("Landmark-only driving (no audio, the paper's 'L' mode) with the V1 landmark model: the video follows "
+                   "the landmarks alone, including the mouth, and lasts as long as the driving sequence.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "landmarks": (LANDMARKS, {"tooltip": "The driving landmarks; their length sets the video's (include 'mouth' "
+                          "in the aligner's parts: no audio moves the lips here)."}),
+            "fps": ("FLOAT", {"default": float(DEFAULT_FPS), "min": 1.0, "max": 120.0, "step": 1.0,
+                              "tooltip": "Frame rate of the output video."}),
+        }}
+
+    def execute(self, landmarks, fps):
+        return unconditional(landmarks, float(fps))
