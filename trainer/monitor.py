@@ -56,6 +56,15 @@ class Monitor:
         if self.writer is not None:
             self.writer.add_text(f"events/{kind}", json.dumps(fields), step)
 
+    def metrics(self, step: int, kind: str, scalars: dict) -> None:
+        """Evaluation scalars (validation quality metrics): one JSON-log event row and TensorBoard ``kind/<key>`` scalars."""
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, "event": kind, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(f"{kind}/{k}", float(v), step)
+
     def image(self, step: int, tag: str, image) -> None:
         if self.enabled and self.writer is not None:
             self.writer.add_image(tag, torch.as_tensor(image).permute(2, 0, 1), step)

@@ -57,8 +57,30 @@ def render_validation(cfg, net, vae, built, pools, step: int, out_dir: Path, mon
     dest = Path(out_dir) / "validation" / f"step-{step:08d}.mp4"
     audio = np.asarray(clip.array("audio16k"))[None, : int(frames / clip.fps * 16000)]
     write_video(dest, res.frames.numpy(), clip.fps, audio, 16000)
+    log_quality_metrics(cfg, monitor, step, res.frames.numpy(), audio[0], clip, (w, h))
     strip = (res.frames[: min(4, frames)].numpy() * 255).astype(np.uint8)
     monitor.image(step, "validation/frames", np.concatenate(list(strip), axis=1))
     monitor.event(step, "validation", path=str(dest), clip=entry.id)
     log.info("validation video %s", dest)
     return dest
+
+def log_quality_metrics(cfg, monitor, step: int, frames: np.ndarray, audio16k: np.ndarray, clip, size) -> None:
+    """Weight-free quality metrics of a validation video (``echomimic_lib.evaluate``: lip sync, jitter, flicker, face
+    rate, shape drift) as TensorBoard scalars and a JSON-log event. Landmarks need MediaPipe's face_landmarker.task
+    beside ``model.echomimic_path`` or in $ECHOMIMIC_MODELS; without it only flicker is logged (outside the clip's
+    face mask for the V1 audio condition, else over the whole frame)."""
+    from echomimic_lib.animate import default_models_dir
+    from echomimic_lib.evaluate import score_frames
+
+    from .data.dataset import face_mask_image
+
+    dirs = [Path(p) for p in (cfg.model.echomimic_path, default_models_dir()) if p]
+    try:
+        mask = face_mask_image(clip, size) > 0.5 if cfg.data.condition == "face_mask" else None
+        rep = score_frames(frames, audio16k, clip.fps, face_mask=mask, models_dir=dirs, source="validation")
+    except Exception as exc:  # a metric never stops a training run
+        log.warning("validation metrics skipped: %s", exc)
+        return
+    if rep.notes:
+        log.info("validation metrics: %s", " ".join(rep.notes))
+    monitor.metrics(step, "validation_metrics", rep.scalars())

@@ -97,7 +97,7 @@ def save_png(path: str | Path, image_rgb: np.ndarray) -> Path:
         raise EchoMimicError(f"{path} exists and is not a regular file; choose another output path.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial.png")
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise EchoMimicError(f"{path}: the plot could not be encoded as PNG.")
     try:
