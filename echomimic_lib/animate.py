@@ -1,29 +1,32 @@
 """The headless main job: reference image + audio (+ landmarks / poses) -> mp4 with the audio.
 
-Used by ``echomimic animate``; every step is a library call, so scripts can do the same.
+Used by ``echomimic animate``; every step is a library call, so scripts can do the same. Order: every
+check that needs no weights (:func:`echomimic_lib.animate_checks.preflight`), the condition (face crop,
+landmarks, poses: a missing face stops here), then weights, audio features (only the 30 s segments the
+frames need), sampling, and the frames streamed into the mp4 as the VAE decodes them.
 """
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .errors import EchoMimicError
-from .modes import DEFAULT_FPS, get_mode
+from .animate_checks import default_models_dir, models_root, preflight
+from .devices import DTYPE_NAMES, DTYPES  # noqa: F401 (DTYPES: public, used by other commands)
+from .errors import NoFaceError
+from .modes import DEFAULT_FPS
 
 log = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODE_TITLES = {"v1-audio": "V1 audio-driven", "v1-landmarks": "V1 landmark-driven", "v1-audio+landmarks": "V1 audio + selected landmarks",
+               "v2-halfbody": "V2 half-body"}
 
-
-def default_models_dir() -> Path:
-    return Path(os.environ.get("ECHOMIMIC_MODELS", Path.home() / ".cache" / "echomimic"))
+__all__ = ["AnimateRequest", "run", "build_condition", "default_models_dir"]
 
 
 @dataclass
@@ -47,93 +50,131 @@ class AnimateRequest:
     length: int | None = None
     context_frames: int = 12
     context_overlap: int = 3
-    dtype: str = "fp32"
-    device: str = "cpu"
+    dtype: str = "auto"  # auto: bf16/fp16 on a GPU, fp32 on the CPU (see echomimic_lib.devices)
+    device: str = "auto"  # auto: CUDA, then MPS, then the CPU
     download: bool = True
     face_crop: bool = True  # V1: crop the reference to the face (reference preprocessing)
     mediapipe_model: str | None = None
+    lora: str | None = None  # LoRA adapter (.safetensors from `echomimic-train export`), see echomimic_lib.lora
+    lora_strength: float = 1.0
+    smoke: bool = False  # tiny random weights, 64 px, 2 steps, the first second (see animate_checks.SMOKE)
+    paste_back: bool = False  # write the full-size original with the result pasted in (echomimic_lib.composite)
+    halfbody_crop: bool = False  # V2: DWPose half-body crop of the reference (else a plain resize)
+    align_poses: bool = False  # V2: move the pose sequence onto the reference's shoulders (DWPose)
 
 
-def read_image(path: str) -> np.ndarray:
-    import cv2
+@dataclass
+class Conditioned:
+    """What a mode's inputs become before sampling: the prepared reference, the sampler condition, and the crop
+    (where the reference came from in the original picture, for ``--paste-back``)."""
 
-    p = Path(path)
-    if not p.is_file():
-        raise EchoMimicError(f"reference image not found: {p}")
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is None:
-        raise EchoMimicError(f"{p}: cannot be read as an image (unsupported or corrupt file).")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    reference: np.ndarray
+    condition: object
+    crop: object  # echomimic_lib.crop.CropGeometry
+
+
+def _reference_target(mode, req: AnimateRequest) -> str:
+    if mode.condition == "hand_pose":
+        return "v2_halfbody" if req.halfbody_crop else "resize"
+    return "v1_face" if req.face_crop else "resize"  # V1 audio and landmark modes alike (V1 --crop_face 1)
+
+
+def _dwpose(req: AnimateRequest):
+    from .pose.dwpose import DWPoseDetector
+
+    return DWPoseDetector.from_models_dir(_models_root(req), download=req.download)
+
+
+def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings) -> Conditioned:
+    """The prepared reference (V1: face crop, V2: half-body crop with ``halfbody_crop``, else a resize), the
+    sampler condition for the mode, and the crop geometry."""
+    from .pipeline import FrameCondition, MaskCondition, frames_condition
+    from .reference import prepare_reference
+
+    w, h = settings.width, settings.height
+    target = _reference_target(mode, req)
+    detector = _dwpose(req) if mode.condition == "hand_pose" and (req.halfbody_crop or req.align_poses) else None
+    prep = prepare_reference(reference, target, w, h, model_path=req.mediapipe_model, models_dir=_models_root(req),
+                             pose_detector=detector)
+    if mode.condition == "face_mask":
+        return Conditioned(prep.image, MaskCondition(prep.mask), prep.crop)
+    if mode.condition == "landmarks":
+        from .errors import EchoMimicError
+        from .landmarks import conditions_from_driving_video, conditions_from_pkl_folder, normalize_parts
+
+        try:  # an empty --parts means no parts, not the mode's default
+            parts = normalize_parts(req.parts) if req.parts is not None else frozenset(mode.landmark_parts)
+        except ValueError as exc:
+            raise EchoMimicError(f"--parts: {exc}") from None
+        src = Path(req.landmarks)
+        if src.is_dir():
+            frames = conditions_from_pkl_folder(src, num_frames, (w, h), parts=parts, retime_policy=req.retime)
+        else:
+            frames, _ = conditions_from_driving_video(src, prep.image, num_frames, (w, h), parts=parts, retime_policy=req.retime,
+                                                      out_fps=settings.fps, model_path=req.mediapipe_model)
+        return Conditioned(prep.image, frames_condition(frames), prep.crop)
+    # V2 half-body: the pose sequence drawn per context window (memory flat in video length)
+    from .pose import draw_hands_batch, fit_sequence_to_reference, load_pose
+    from .pose.dwpose import detect_image_pose
+
+    seq = load_pose(req.pose)
+    if req.align_poses:  # move the poses onto the prepared reference's shoulders (the node's "fit to reference shoulders")
+        seq, _ = fit_sequence_to_reference(seq, detect_image_pose(detector, prep.image))
+    seq = seq.retime(num_frames, req.retime, out_fps=settings.fps)
+    return Conditioned(prep.image, FrameCondition(len(seq), lambda idx: draw_hands_batch(seq, idx, (w, h))), prep.crop)
+
+
+def build_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings):
+    """(prepared reference image at W x H, sampler condition) for the mode (see :func:`prepare_condition`)."""
+    c = prepare_condition(mode, req, reference, num_frames, settings)
+    return c.reference, c.condition
+
+
+def paste_back_sink(crop, original: np.ndarray, sink):
+    """A sampler ``frame_sink`` that pastes each decoded batch into ``original`` before handing it to ``sink``
+    (V1: the feathered face region, V2 / resize: the crop with a soft border)."""
+    from .composite import PasteBack
+
+    region = "face" if crop.kind == "v1_face" else "crop"
+    paster = PasteBack(crop, region, feather=16.0, dilation=0.1 if region == "face" else 0.0)
+
+    def composite(start, frames):
+        gen = (frames.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy() if isinstance(frames, torch.Tensor) else frames
+        sink(start, np.stack([paster.frame(g, original) for g in gen]))
+
+    return composite
+
+
+def _models_root(req: AnimateRequest) -> Path:
+    return models_root(req)
 
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def plan(req: AnimateRequest):
-    """Validate everything that can be checked before loading weights; returns (mode, settings)."""
-    from .pipeline import settings_for
+def _condition(plan):
+    """Prepared reference + sampler condition, before any weight is loaded; the no-face message names the flag."""
+    from .landmarks.mp_models import quiet_native_logs
 
-    mode = get_mode(req.mode)
-    variant = "acc" if req.acc else "normal"
-    settings = settings_for(mode.name, variant, steps=req.steps, cfg=req.cfg, seed=req.seed, fps=req.fps, width=req.width,
-                            height=req.height, num_frames=req.length, context_frames=req.context_frames,
-                            context_overlap=req.context_overlap)
-    settings.validate()
-    if req.dtype not in DTYPES:
-        raise EchoMimicError(f"unknown dtype '{req.dtype}'; use fp32, fp16 or bf16.")
-    if mode.condition == "hand_pose" and not req.pose:
-        raise EchoMimicError("V2 half-body mode needs a hand-pose sequence: pass --pose DIR (a released pose folder or .npz).")
-    if mode.condition == "landmarks" and not req.landmarks:
-        raise EchoMimicError(f"mode {mode.name} needs driving landmarks: pass --landmarks VIDEO_OR_PKL_DIR.")
-    if req.pose and mode.condition != "hand_pose":
-        raise EchoMimicError(f"--pose is for V2 half-body mode, but the mode is {mode.name}; use --version v2 (--mode halfbody).")
-    if req.landmarks and mode.condition != "landmarks":
-        raise EchoMimicError(f"--landmarks drives the V1 landmark modes, but the mode is {mode.name}; use --mode landmarks or audio+landmarks.")
-    if not Path(req.audio).is_file():
-        raise EchoMimicError(f"audio file not found: {req.audio}")
-    return mode, variant, settings
+    req, mode, s = plan.request, plan.mode, plan.settings
+    try:
+        with quiet_native_logs():
+            return prepare_condition(mode, req, plan.reference, s.num_frames, s)
+    except NoFaceError:
+        if req.smoke:
+            log.warning("smoke run: no face found in %s; animating the whole image.", req.reference)
+            return prepare_condition(mode, replace(req, face_crop=False), plan.reference, s.num_frames, s)
+        raise NoFaceError(f"no face found in the reference image {req.reference}; use a portrait with one clearly visible "
+                          "face, or pass --no-face-crop to animate the whole image.") from None
 
 
-def build_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings):
-    """(prepared reference image at W x H, sampler condition) for the mode."""
-    from .pipeline import MaskCondition, frames_condition
-
-    w, h = settings.width, settings.height
-    if mode.condition == "face_mask":
-        from .landmarks import prepare_v1_reference
-
-        if not req.face_crop:
-            return _fit(reference, w, h), MaskCondition(np.full((h, w), 255, np.uint8))
-        crop = prepare_v1_reference(reference, w, h, model_path=req.mediapipe_model, models_dir=_models_root(req))
-        return crop.image, MaskCondition(crop.mask)
-    if mode.condition == "landmarks":
-        from .landmarks import conditions_from_driving_video, conditions_from_pkl_folder
-
-        parts = req.parts.split(",") if req.parts else list(mode.landmark_parts)
-        src = Path(req.landmarks)
-        if src.is_dir():
-            frames = conditions_from_pkl_folder(src, num_frames, (w, h), parts=parts, retime_policy=req.retime)
-        else:
-            frames, _ = conditions_from_driving_video(src, reference, num_frames, (w, h), parts=parts, retime_policy=req.retime,
-                                                      out_fps=settings.fps, model_path=req.mediapipe_model)
-        return _fit(reference, w, h), frames_condition(frames)
-    # V2 half-body: the pose sequence drawn per context window (memory flat in video length)
-    from .pipeline import FrameCondition
-    from .pose import draw_hands_batch, load_pose
-
-    seq = load_pose(req.pose).retime(num_frames, req.retime, out_fps=settings.fps)
-    return _fit(reference, w, h), FrameCondition(len(seq), lambda idx: draw_hands_batch(seq, idx, (w, h)))
-
-
-def _fit(image: np.ndarray, w: int, h: int) -> np.ndarray:
-    from ._lazy import cv2
-
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-
-
-def _models_root(req: AnimateRequest) -> Path:
-    return Path(req.models) if req.models else default_models_dir()
+def describe(plan) -> str:
+    s = plan.settings
+    title = MODE_TITLES.get(plan.mode.name, plan.mode.name)
+    return (f"{title} ({plan.variant} weights{', smoke run' if plan.request.smoke else ''}): {s.width}x{s.height}, "
+            f"{s.num_frames} frames = {s.num_frames / s.fps:.2f} s at {s.fps:g} fps (audio {plan.audio_seconds:.2f} s), "
+            f"{s.steps} steps, cfg {s.cfg:g}, seed {s.seed}, {plan.device} {DTYPE_NAMES[plan.dtype]}")
 
 
 def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None) -> dict:
@@ -142,22 +183,37 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
     from .download import ensure_weights
     from .model_set import load_models
     from .pipeline import Sampler
-    from .video_io import read_audio, write_video
+    from .video_writer import Mp4Writer
 
     t0 = time.time()
-    mode, variant, settings = plan(req)
-    reference = read_image(req.reference)
-    wav, sr = read_audio(req.audio)
-    root = _models_root(req)
+    plan = preflight(req)
+    req, mode, variant, settings, device = plan.request, plan.mode, plan.variant, plan.settings, plan.device
+    adapter = None
+    if req.lora:  # checked before any weights are loaded
+        from .lora import load_checked
+
+        adapter = load_checked(req.lora, mode.weights, variant, req.lora_strength)
+    log.info("%s", describe(plan))
+    prepared = _condition(plan)
+    root = plan.models_root
+    if req.smoke:
+        from .tiny import ensure_tiny
+
+        if ensure_tiny(root, mode.weights):
+            log.info("smoke run: tiny random weights written to %s", root)
     ensure_weights(root, mode.weights, variant, download=req.download)
-    device = torch.device(req.device)
-    models = load_models(root, mode.weights, variant, device=device, dtype=DTYPES[req.dtype])
-    feats = encode_audio(wav, models.audio_encoder, sample_rate=sr, device=device)
-    n = feats.frame_count(settings.fps) if settings.num_frames is None else min(settings.num_frames, feats.frame_count(settings.fps))
-    ref_img, condition = build_condition(mode, req, reference, n, settings)
-    settings.num_frames = n
-    result = Sampler(models)(ref_img, feats, condition, settings, progress=progress)
-    out = write_video(req.output, result.frames.numpy(), settings.fps, wav, sr)
+    log.info("loading the %s weights from %s", mode.weights, root)
+    models = load_models(root, mode.weights, variant, device=device, dtype=plan.dtype)
+    if adapter is not None and req.lora_strength != 0:
+        from .lora import apply_lora
+
+        apply_lora(models, adapter, req.lora_strength, keep_base=False)
+    feats = encode_audio(plan.audio, models.audio_encoder, sample_rate=plan.sample_rate, device=device,
+                         frames=settings.num_frames, fps=settings.fps)
+    with Mp4Writer(plan.output, settings.fps, plan.audio, plan.sample_rate) as writer:
+        sink = paste_back_sink(prepared.crop, plan.reference, writer.sink) if req.paste_back else writer.sink
+        result = Sampler(models)(prepared.reference, feats, prepared.condition, settings, progress=progress, frame_sink=sink)
+        out = writer.commit()
     summary = {"output": str(out), "frames": result.num_frames, "seconds": round(time.time() - t0, 2),
                "video_seconds": round(result.num_frames / settings.fps, 3), "peak_rss_gb": round(_peak_rss_gb(), 2)}
     if device.type == "cuda":

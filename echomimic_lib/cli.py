@@ -1,11 +1,20 @@
-"""The ``echomimic`` command: animate, download, make-tiny, convert, queue."""
+"""The ``echomimic`` command: animate, download, make-tiny, convert, queue (and the commands registered below).
+
+Exit codes: 0 success, 2 bad input or a missing file (the message says what and how to fix it), 130
+interrupted (Ctrl-C; nothing half-written is left), 1 anything else (out of memory, or a bug: then a
+traceback and a request to report it).
+"""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from .cli_common import HelpFormatter, SubParser, setup_logging
 from .errors import EchoMimicError
+
+ISSUES_URL = "https://github.com/echomimic-comfy/comfyui-echomimic/issues"
+# Sub-command modules: each has add_commands(subparsers). Register new commands here.
+COMMAND_MODULES = ("cli_animate", "cli_evaluate", "cli_dub")
 
 
 def _say(text: str) -> None:
@@ -14,10 +23,13 @@ def _say(text: str) -> None:
 
 
 def _cmd_make_tiny(args) -> int:
-    from .tiny import make_tiny
+    from .tiny import EXTRA_MODELS, make_tiny
 
     out = make_tiny(args.directory, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format)
-    _say(f"tiny random-weight EchoMimic models written to {out}")
+    root = out / "echomimic" if args.layout == "comfyui" else out
+    _say(f"tiny random-weight EchoMimic models written to {out} (they animate noise, not faces: for tests and smoke runs)")
+    for where, used_by, source in EXTRA_MODELS:
+        _say(f"  not included, needed for {used_by}: {root / where}  (from {source})")
     return 0
 
 
@@ -30,39 +42,62 @@ def _cmd_convert(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="echomimic", description="EchoMimic V1/V2 talking-head and half-body animation.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="echomimic", description="EchoMimic V1/V2 talking-head and half-body animation.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("-v", "--verbose", dest="verbose_all", action="store_true", help="debug logging for every command")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=SubParser)
 
-    t = sub.add_parser("make-tiny", help="write a tiny random-weight model folder (tests, smoke runs)")
-    t.add_argument("directory")
-    t.add_argument("--version", choices=["v1", "v2", "all"], default=None, help="one release, flat, like its pretrained_weights/ (default: both)")
-    t.add_argument("--layout", choices=["official", "comfyui"], default="official", help="comfyui: DIRECTORY is ComfyUI's models/ folder")
-    t.add_argument("--format", choices=["pth", "safetensors"], default="pth")
-    t.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("make-tiny", help="write a tiny random-weight model folder (tests, smoke runs)",
+                       description="Write a complete model folder with tiny random weights in the official file layout.")
+    t.add_argument("directory", help="folder to write (created; ComfyUI's models/ folder with --layout comfyui)")
+    t.add_argument("--version", choices=["v1", "v2", "all"], default="all",
+                   help="all: v1/ and v2/ side by side with the shared VAE and whisper; v1 or v2: that release's files "
+                        "flat in DIRECTORY, like its pretrained_weights/")
+    t.add_argument("--layout", choices=["official", "comfyui"], default="official",
+                   help="comfyui: DIRECTORY is ComfyUI's models/ folder (files go to models/echomimic/, the VAE also to models/vae/)")
+    t.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="weight file format")
+    t.add_argument("--seed", type=int, default=0, help="random seed of the weights (the same seed gives the same files)")
     t.set_defaults(func=_cmd_make_tiny)
 
     c = sub.add_parser("convert", help="convert .pth weights (a file or a folder) to .safetensors")
-    c.add_argument("src")
-    c.add_argument("dst")
+    c.add_argument("src", help="a .pth file or a folder of them")
+    c.add_argument("dst", help="the .safetensors file or output folder")
     c.set_defaults(func=_cmd_convert)
 
-    q = sub.add_parser("queue", help="queue portraits x audios on a running ComfyUI (POST /prompt)", add_help=False)
-    q.add_argument("args", nargs=argparse.REMAINDER, help="see `echomimic queue --help`")
+    sub.add_parser("queue", help="queue portraits x audios on a running ComfyUI (POST /prompt); see `echomimic queue --help`",
+                   add_help=False)
 
-    try:
-        from . import cli_animate
+    from importlib import import_module
 
-        cli_animate.add_commands(sub)
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    from . import cli_evaluate
-
-    cli_evaluate.add_commands(sub)
-    from . import cli_dub
-
-    cli_dub.add_commands(sub)
+    for name in COMMAND_MODULES:
+        import_module(f".{name}", __package__).add_commands(sub)
     return p
+
+
+def _run(args) -> int:
+    try:
+        return int(args.func(args) or 0)
+    except EchoMimicError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; nothing half-written was left behind.\n")
+        return 130
+    except MemoryError as exc:
+        sys.stderr.write(f"error: out of memory ({exc or 'host RAM'}); use a smaller --width/--height, fewer --context-frames, "
+                         "--acc, or --dtype fp16/bf16 on a GPU.\n")
+        return 1
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (GPU), without importing torch here
+            sys.stderr.write(f"error: the GPU ran out of memory ({str(exc).splitlines()[0]}); use a smaller --width/--height, "
+                             "fewer --context-frames, --acc, or --dtype fp16/bf16.\n")
+            return 1
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.write(f"\nThis is a bug in EchoMimic, not a problem with your input. Please report it at {ISSUES_URL} "
+                         "with the command line and the output above.\n")
+        return 1
 
 
 def main(argv=None) -> int:
@@ -70,17 +105,13 @@ def main(argv=None) -> int:
     if argv[:1] == ["queue"]:  # its own argument parser
         from .queue_client import main as queue_main
 
-        return int(queue_main(argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return int(queue_main(argv[1:], prog="echomimic queue") or 0)
     try:
-        return int(args.func(args) or 0)
-    except EchoMimicError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed why
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    setup_logging(verbose=args.verbose_all or getattr(args, "verbose", False), quiet=getattr(args, "quiet", False))
+    return _run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,9 @@
 """``echomimic animate`` and ``echomimic download``."""
 from __future__ import annotations
 
-import argparse
-
-from .animate import AnimateRequest, default_models_dir
+from .animate_checks import default_models_dir
 from .cli import _say
+from .cli_common import ProgressBar
 
 VERSION_DEFAULT_MODE = {"v1": "audio", "v2": "halfbody"}
 MODE_VERSION = {"audio": "v1", "landmarks": "v1", "audio+landmarks": "v1", "halfbody": "v2"}
@@ -21,26 +20,30 @@ def _mode_name(version: str | None, mode: str | None) -> str:
     return {"audio": "v1-audio", "landmarks": "v1-landmarks", "audio+landmarks": "v1-audio+landmarks", "halfbody": "v2-halfbody"}[mode]
 
 
-def _cmd_animate(args) -> int:
-    from tqdm import tqdm
+def request_from_args(args):
+    from .animate import AnimateRequest
 
-    from .animate import run
-
-    req = AnimateRequest(
+    return AnimateRequest(
         reference=args.reference, audio=args.audio, output=args.output, mode=_mode_name(args.version, args.mode), acc=args.acc,
         models=args.models, landmarks=args.landmarks, parts=args.parts, pose=args.pose, retime=args.retime, steps=args.steps,
         cfg=args.cfg, seed=args.seed, fps=args.fps, width=args.width, height=args.height, length=args.length,
         context_frames=args.context_frames, context_overlap=args.context_overlap, dtype=args.dtype, device=args.device,
         download=not args.offline, face_crop=not args.no_face_crop, mediapipe_model=args.mediapipe_model,
+        lora=args.lora, lora_strength=args.lora_strength, smoke=args.smoke,
     )
-    bar = tqdm(total=0, unit="window", desc="sampling", disable=args.quiet)
 
-    def progress(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
 
+def _cmd_animate(args) -> int:
+    from .animate import run
+
+    req = request_from_args(args)
+    if args.smoke:  # tiny tensors: extra intra-op threads only add synchronisation (10x slower on a busy CPU)
+        import torch
+
+        torch.set_num_threads(1)
+    bar = ProgressBar("sampling", "window", disable=args.quiet)
     try:
-        s = run(req, progress)
+        s = run(req, bar)
     finally:
         bar.close()
     line = f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video) in {s['seconds']} s, peak RSS {s['peak_rss_gb']} GB"
@@ -62,38 +65,52 @@ def _cmd_download(args) -> int:
 
 
 def add_commands(sub) -> None:
-    a = sub.add_parser("animate", help="render a talking-head (V1) or half-body (V2) video", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a.add_argument("--reference", required=True, help="reference image")
-    a.add_argument("--audio", required=True, help="driving speech (wav/mp3/flac/...; any sample rate)")
-    a.add_argument("-o", "--output", required=True, help="output .mp4 (H.264 + the input audio)")
-    a.add_argument("--version", choices=["v1", "v2"], default=None, help="EchoMimic release (default: from --mode, else v1)")
-    a.add_argument("--mode", choices=list(MODE_VERSION), default=None, help="driving mode")
+    a = sub.add_parser("animate", help="render a talking-head (V1) or half-body (V2) video",
+                       description="Render a video from a reference image and speech (V1: portrait, 512 px; V2: half-body, "
+                                   "768 px). Everything that can be checked without weights is checked first.")
+    a.add_argument("--reference", required=True, help="reference image: a portrait (V1) or a half-body picture (V2); png, jpg, webp")
+    a.add_argument("--audio", required=True, help="driving speech: wav, mp3, flac, m4a or a video with sound; any sample rate")
+    a.add_argument("-o", "--output", required=True, help="output video, .mp4 (H.264 + the input audio); written under a temporary "
+                                                         "name and renamed when complete, never replacing a folder or device")
+    a.add_argument("--smoke", action="store_true",
+                   help="quick install check: tiny random weights (written to <models>/tiny on first use), 64x64 px, 2 steps, "
+                        "the first second of audio, offline; without a MediaPipe model the whole image is used")
+    a.add_argument("--version", choices=["v1", "v2"], default=None, help="EchoMimic release (default: the one --mode belongs to, else v1)")
+    a.add_argument("--mode", choices=list(MODE_VERSION), default=None, help="driving mode (default: audio for v1, halfbody for v2)")
     a.add_argument("--acc", action="store_true", help="few-step accelerated weights (6 steps, cfg 1)")
     a.add_argument("--landmarks", help="V1 landmark modes: a driving video or a folder of V1 .pkl landmark frames")
-    a.add_argument("--parts", help="landmark parts to draw, e.g. eyes,brows,pupils,nose[,mouth,iris,oval]")
-    a.add_argument("--pose", help="V2: a released hand-pose folder (N.npy) or our .npz")
+    a.add_argument("--parts", help="landmark parts to draw, e.g. eyes,brows,pupils,nose[,mouth,iris,oval] (default: the mode's)")
+    a.add_argument("--pose", help="V2: a released hand-pose folder (0.npy, 1.npy, ...) or our .npz")
     a.add_argument("--retime", default="ping-pong", choices=["ping-pong", "loop", "hold-last", "stretch", "fail"],
                    help="how a landmark/pose sequence shorter than the audio is extended")
-    a.add_argument("--models", help=f"models folder (default: $ECHOMIMIC_MODELS or {default_models_dir()})")
+    a.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic; with --smoke its "
+                                    "tiny/ sub-folder)")
     a.add_argument("--offline", action="store_true", help="never download; fail listing the missing files")
-    a.add_argument("--steps", type=int)
-    a.add_argument("--cfg", type=float)
-    a.add_argument("--seed", type=int)
-    a.add_argument("--fps", type=float, default=24.0)
-    a.add_argument("--width", type=int)
-    a.add_argument("--height", type=int)
-    a.add_argument("--length", type=int, help="max frames (default: follow the audio)")
-    a.add_argument("--context-frames", type=int, default=12)
-    a.add_argument("--context-overlap", type=int, default=3)
-    a.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
-    a.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
-    a.add_argument("--no-face-crop", action="store_true", help="V1 audio mode: use the whole image when no face crop is wanted")
-    a.add_argument("--mediapipe-model", help="path of face_landmarker_v2_with_blendshapes.task (default: models folder / download)")
-    a.add_argument("-q", "--quiet", action="store_true")
+    a.add_argument("--steps", type=int, default=0, help="denoising steps, 1..200 (default: 0 = 30, or 6 with --acc; 2 with --smoke)")
+    a.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale, 0..20; 1 or less switches it off "
+                                                          "(default: 0 = 2.5, or 1.0 with --acc)")
+    a.add_argument("--seed", type=int, help="random seed, 0..2^64-1 (default: 420 for V1, 3407 for V2, as the reference)")
+    a.add_argument("--fps", type=float, default=24.0, help="frames per second of the video, 1..120")
+    a.add_argument("--width", type=int, help="video width in pixels, a multiple of 8, 64..2048 (default: 512 for V1, 768 for V2; "
+                                             "64 with --smoke)")
+    a.add_argument("--height", type=int, help="video height in pixels, a multiple of 8, 64..2048 (default: as --width)")
+    a.add_argument("--length", type=int, default=0, help="number of video frames, at most the audio's (default: 0 = follow the "
+                                                         "audio: floor(seconds x fps); 1 s worth with --smoke)")
+    a.add_argument("--context-frames", type=int, default=12, help="frames per context window, 1..32")
+    a.add_argument("--context-overlap", type=int, default=3, help="frames shared by neighbouring windows, 0..context-frames - 1")
+    a.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="weight precision; auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU and Apple MPS")
+    a.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
+    a.add_argument("--no-face-crop", action="store_true", help="V1 audio mode: animate the whole image instead of a crop "
+                                                               "around the face (no MediaPipe model needed)")
+    a.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for the V1 face crop and landmarks from a video "
+                                             "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
+    a.add_argument("--lora", help="LoRA adapter (.safetensors from `echomimic-train export`) for this version's weights")
+    a.add_argument("--lora-strength", type=float, default=1.0, help="LoRA strength (0 = the base model exactly)")
     a.set_defaults(func=_cmd_animate)
 
     d = sub.add_parser("download", help="download the weights of one model set into the models folder")
-    d.add_argument("--weights", choices=["v1_audio", "v1_pose", "v2"], default="v1_audio")
-    d.add_argument("--variant", choices=["normal", "acc"], default="normal")
-    d.add_argument("--models", help="models folder")
+    d.add_argument("--weights", choices=["v1_audio", "v1_pose", "v2"], default="v1_audio", help="model set")
+    d.add_argument("--variant", choices=["normal", "acc"], default="normal", help="normal (30 steps) or acc (6 steps)")
+    d.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic)")
     d.set_defaults(func=_cmd_download)

@@ -17,6 +17,10 @@ class MissingWeightsError(WeightsError):
         self.missing = list(missing or [])
 
 
+class NoFaceError(EchoMimicError):
+    """No usable face in an image; callers may re-word the fix for their own option (CLI flag, node widget)."""
+
+
 class UnsafeFileError(EchoMimicError):
     """A pickle-based file would construct objects outside the allow-list (it could run code)."""
 

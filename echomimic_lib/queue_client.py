@@ -5,7 +5,7 @@ also uses for audio and video), put their names into an API-format workflow (``w
 give ``SaveVideo`` a per-job filename prefix, and ``POST /prompt``. With ``--wait`` it polls
 ``GET /history/<prompt_id>`` and lists the saved files.
 
-    python -m echomimic_lib.queue_client workflows/api/v1_audio.json --portraits faces/ --audios speech/ \\
+    echomimic queue workflows/api/v1_audio.json --portraits faces/ --audios speech/ \\
         [--server http://127.0.0.1:8188] [--driving clip.mp4] [--seed 42] [--wait] [--dry-run]
 """
 from __future__ import annotations
@@ -185,18 +185,22 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
     return results
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m echomimic_lib.queue_client", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str = "echomimic queue") -> int:
+    """``echomimic queue ...`` (also ``python -m echomimic_lib.queue_client ...``)."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("workflow", help="API-format workflow JSON (workflows/api/*.json)")
-    p.add_argument("--portraits", required=True, help="folder of reference images")
-    p.add_argument("--audios", required=True, help="folder of audio clips")
-    p.add_argument("--server", default=DEFAULT_SERVER)
-    p.add_argument("--driving", help="driving video for the landmark / pose-extraction workflows")
+    p.add_argument("--portraits", required=True, help="folder of reference images (png, jpg, webp, bmp)")
+    p.add_argument("--audios", required=True, help="folder of audio clips (wav, mp3, flac, ogg, m4a, aac, opus)")
+    p.add_argument("--server", default=DEFAULT_SERVER, help=f"ComfyUI's address (default: {DEFAULT_SERVER})")
+    p.add_argument("--driving", help="driving video for the landmark / pose-extraction workflows (default: none)")
     p.add_argument("--seed", type=int, help="one seed for every job (default: the workflow's)")
-    p.add_argument("--prefix", default="echomimic", help="output sub-folder / file prefix")
+    p.add_argument("--prefix", default="echomimic", help="output sub-folder / file prefix (default: echomimic)")
     p.add_argument("--wait", action="store_true", help="wait for every job and list the saved videos")
     p.add_argument("--dry-run", action="store_true", help="print the jobs, upload and queue nothing")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error: argparse printed why
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         results = queue_folder(args.workflow, args.portraits, args.audios, args.server, args.seed, args.driving,
                                args.wait, args.dry_run, args.prefix)
@@ -211,4 +215,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(main(prog="python -m echomimic_lib.queue_client"))

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .config import TINY, EchoConfig, inference_config_dict, unet_config_dict
+from .errors import EchoMimicError
 from .models import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS
 from .weights import save_state_dict
@@ -25,6 +29,21 @@ TINY_VAE_CONFIG = dict(
 # Per weight set: which weight sets of a version go where, and the dtype the official files use.
 VERSION_SETS = {"v1": ("v1_audio", "v1_pose"), "v2": ("v2",)}
 VERSION_DTYPE = {"v1": torch.float32, "v2": torch.float16}
+SHARED_PARTS = ("sd-vae-ft-mse/config.json", "audio_processor/whisper_tiny.pt", "sd-image-variations-diffusers/unet/config.json",
+                "inference_config.json")
+MARKER = "echomimic-tiny.json"  # written into every tiny folder: random weights, never real ones
+# Extra models the modes need beyond the weights (not random-generatable), for the make-tiny report.
+EXTRA_MODELS = (
+    ("mediapipe/face_landmarker.task", "V1 audio (face crop) and V1 landmark modes from a driving video",
+     "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/latest/face_landmarker.task"),
+    ("dwpose/yolox_l.onnx, dwpose/dw-ll_ucoco_384.onnx", "V2 hand poses extracted from a driving video (ComfyUI)",
+     "https://huggingface.co/yzd-v/DWPose"),
+)
+
+
+def _seed_of(seed: int, version: str, weights: str) -> int:
+    """Seed of one weight set: the same whether one set or the whole tiny folder is written."""
+    return seed + 100 * (("v1", "v2").index(version) * 2 + VERSION_SETS[version].index(weights))
 
 
 @torch.no_grad()
@@ -111,15 +130,65 @@ def make_tiny(directory: str | Path, version: str | None = None, layout: str = "
     versions = ("v1", "v2") if version in (None, "all") or layout == "comfyui" else (version,)
     root = directory / "echomimic" if layout == "comfyui" else directory
     flat = layout == "official" and len(versions) == 1
-    for i, v in enumerate(versions):
+    for v in versions:
         folder = root if flat else root / v
-        for j, weights in enumerate(VERSION_SETS[v]):
-            write_weight_set(folder, weights, cfg, seed + 100 * (i * 2 + j), VERSION_DTYPE[v], fmt)
+        for weights in VERSION_SETS[v]:
+            write_weight_set(folder, weights, cfg, _seed_of(seed, v, weights), VERSION_DTYPE[v], fmt)
     write_shared(root, cfg, seed)
+    _write_marker(root, seed)
     if layout == "comfyui":
         from safetensors.torch import load_file
 
         vae_state = load_file(str(root / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors"))
         save_state_dict(vae_state, directory / "vae" / "echomimic_tiny_vae.safetensors")
-    log.info("tiny EchoMimic models written to %s", directory)
+    log.debug("tiny EchoMimic models written to %s", directory)
     return directory
+
+
+def _write_marker(root: Path, seed: int) -> None:
+    (root / MARKER).write_text(json.dumps({"random_weights": True, "seed": seed, "written_by": "echomimic make-tiny"}))
+
+
+def is_tiny_folder(root: str | Path) -> bool:
+    return (Path(root) / MARKER).is_file()
+
+
+def ensure_tiny(root: str | Path, weights: str, seed: int = 0, cfg: EchoConfig = TINY) -> bool:
+    """Make sure ``root`` holds a tiny model folder (nested layout) with the weight set ``weights``.
+
+    Writes only what is missing (the one weight set and the shared parts), with the seeds
+    :func:`make_tiny` uses, into a temporary folder first and then moves each file into place, so an
+    interrupted run leaves no half-written weights. Refuses a folder that has other content and no
+    tiny marker: random weights never go into a real models folder. Returns True if it wrote anything."""
+    from .model_set import resolve_files
+
+    root = Path(root)
+    ws = WEIGHT_SETS[weights]
+    version = ws.folder
+    try:
+        resolve_files(root, weights, "normal")
+        resolve_files(root, weights, "acc")
+        return False  # complete (tiny or not: a smoke run may use any complete folder)
+    except EchoMimicError:
+        pass
+    if root.is_dir() and any(root.iterdir()) and not is_tiny_folder(root):
+        raise EchoMimicError(f"{root} holds files but is not a tiny model folder ({MARKER} missing); smoke runs write "
+                             "random weights only into an empty folder or one made by `echomimic make-tiny`. Choose "
+                             "another --models folder, or leave it out to use the default tiny folder.")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
+    try:
+        write_weight_set(staging / version, weights, cfg, _seed_of(seed, version, weights), VERSION_DTYPE[version])
+        if not all((root / rel).exists() for rel in SHARED_PARTS):
+            write_shared(staging, cfg, seed)
+        _write_marker(staging, seed)
+        for src in sorted(staging.rglob("*")):
+            dst = root / src.relative_to(staging)
+            if src.is_dir():
+                dst.mkdir(exist_ok=True)
+            elif not dst.exists():
+                os.replace(src, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.debug("tiny %s weights written to %s", weights, root)
+    return True

@@ -1,15 +1,21 @@
 """MediaPipe model files: find them in a models folder, or download them once from Google.
 
-Two files are used: the FaceLandmarker bundle (``face_landmarker_v2_with_blendshapes.task``, also
-published as ``face_landmarker.task``) and the BlazeFace short-range detector
-(``blaze_face_short_range.tflite``). Downloads go to a temporary name inside the target folder and
-are renamed into place only when complete and valid, so an interrupted download never leaves a
-broken model behind. MediaPipe itself is imported lazily (:func:`import_mediapipe`).
+Two files are used: the FaceLandmarker bundle ``face_landmarker.task`` (Google's published name, the
+one the README, the help texts and the messages use; the copy the original EchoMimic release ships as
+``face_landmarker_v2_with_blendshapes.task`` is found too) and the BlazeFace short-range detector
+(``blaze_face_short_range.tflite``). Search order in each models folder: ``mediapipe/``, the folder
+itself, ``mp_models/``. Downloads go to a temporary name inside the target folder and are renamed
+into place only when complete and valid, so an interrupted download never leaves a broken model
+behind. MediaPipe itself is imported lazily (:func:`import_mediapipe`); :func:`quiet_native_logs`
+keeps its C++ (glog / TFLite) lines off the terminal unless debug logging is on.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
 import tempfile
 import urllib.request
 import zipfile
@@ -22,7 +28,7 @@ log = logging.getLogger(__name__)
 
 MODELS = {
     "face_landmarker": {
-        "names": ("face_landmarker_v2_with_blendshapes.task", "face_landmarker.task"),
+        "names": ("face_landmarker.task", "face_landmarker_v2_with_blendshapes.task"),
         "url": "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/latest/face_landmarker.task",
         "save_as": "face_landmarker.task",
     },
@@ -32,7 +38,8 @@ MODELS = {
         "save_as": "blaze_face_short_range.tflite",
     },
 }
-SUBFOLDERS = ("", "mediapipe", "mp_models")
+SUBFOLDERS = ("mediapipe", "", "mp_models")
+_NATIVE_LOG = re.compile(r"^(?:[IWEF]\d{4} |WARNING: (?:Logging before InitGoogle|All log messages before absl)|INFO: Created TensorFlow Lite)")
 
 
 def import_mediapipe():
@@ -97,10 +104,11 @@ def resolve_model(kind: str, model_path: str | os.PathLike | None = None,
     folders = _folders(models_dir)
     if download and folders:
         return download_model(kind, folders[0])
-    where = ", ".join(looked) if looked else "(no models folder given)"
+    where = ", ".join(str(f / sub if sub else f) for f in folders for sub in SUBFOLDERS) or "(no models folder given)"
+    into = f" into {folders[0] / SUBFOLDERS[0]}" if folders else ""
     raise MissingWeightsError(
-        f"MediaPipe {kind} model not found; looked at: {where}. Put '{spec['names'][0]}' in your models "
-        f"folder, or allow the one-time download from {spec['url']}.", looked)
+        f"MediaPipe {kind} model '{spec['save_as']}' not found; looked at: {where}. Download it from {spec['url']}{into}, "
+        "or allow the one-time download.", looked)
 
 
 def download_model(kind: str, dest_dir: str | os.PathLike, timeout: float = 60.0) -> Path:
@@ -131,3 +139,37 @@ def download_model(kind: str, dest_dir: str | os.PathLike, timeout: float = 60.0
         raise EchoMimicError(f"could not download the MediaPipe {kind} model from {spec['url']} ({exc}); download "
                              f"it by hand and put it in {dest_dir} as '{spec['save_as']}'.") from exc
     return final
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Keep MediaPipe's / TFLite's C++ log lines (``W0000 ... face_landmarker_graph.cc``, ``INFO: Created
+    TensorFlow Lite XNNPACK delegate``) off the terminal while MediaPipe runs inside the block.
+
+    They are written straight to file descriptor 2, so Python's logging cannot filter them: the block
+    sends fd 2 to a temporary file and afterwards replays every other line (Python warnings, messages)
+    to the real stderr. With debug logging on (``-v``) nothing is touched."""
+    if log.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters)
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except ValueError:
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().decode("utf-8", "replace").splitlines(keepends=True) if not _NATIVE_LOG.match(line)]
+            if kept:
+                os.write(2, "".join(kept).encode())

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import EchoMimicError
+from ..errors import EchoMimicError, NoFaceError
 from ._image import as_rgb_uint8
 from .mp_models import import_mediapipe, resolve_model
 
@@ -85,8 +85,8 @@ def v1_face_mask_and_crop(image, box, width: int = 512, height: int = 512, mask_
     h, w = img.shape[:2]
     if box is None:
         if no_face == "error":
-            raise EchoMimicError("no face found in the reference image; use a portrait with one visible face, or "
-                                 "choose no_face='whole_image' to use the whole image with an all-ones mask.")
+            raise NoFaceError("no face found in the reference image; use a portrait with one visible face, or "
+                              "choose no_face='whole_image' to use the whole image with an all-ones mask.")
         out = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
         return V1FaceCrop(out, np.full((height, width), 255, np.uint8), None, None, None)
     x0, y0, x1, y1 = (int(v) for v in np.round(np.asarray(box, dtype=np.float64)[:4]).astype(np.int64))

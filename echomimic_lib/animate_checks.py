@@ -1,0 +1,247 @@
+"""Everything about an ``echomimic animate`` job that can be checked without weights, checked first.
+
+:func:`preflight` validates the numbers (size, fps, steps, cfg, length, context windows, seed), the
+mode and its condition inputs, the device and precision, the output path, the reference image and the
+audio (readable, long enough, not silent: the same rule as the ComfyUI node), works out the frame
+count, and finds the MediaPipe face model the mode needs. Only then does :func:`echomimic_lib.animate.run`
+load weights. Messages name the command-line flag and the fix. The ranges are the ComfyUI nodes'.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EchoMimicError, MissingWeightsError
+from .modes import get_mode
+
+log = logging.getLogger(__name__)
+
+SIZE_RANGE = (64, 2048)  # px per side (the nodes' widget range)
+FPS_RANGE = (1.0, 120.0)
+MAX_STEPS = 200
+MAX_CFG = 20.0
+MAX_LENGTH = 100_000
+MAX_CONTEXT = 32  # the motion modules' position table
+SMOKE = {"width": 64, "height": 64, "steps": 2, "seconds": 1.0}
+OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
+
+
+@dataclass
+class Plan:
+    request: object  # the AnimateRequest, with resolved paths filled in (mediapipe_model, face_crop)
+    mode: object
+    variant: str
+    settings: object  # SampleSettings with num_frames set
+    device: object  # torch.device
+    dtype: object  # torch.dtype
+    output: Path
+    reference: np.ndarray
+    audio: np.ndarray  # (C, T) float32
+    sample_rate: int
+    audio_seconds: float
+    models_root: Path
+
+
+def estimate_memory_gb(width: int, height: int, context_frames: int, cfg: float, dtype) -> float:
+    """Rough peak accelerator memory with the official weights: weights + one context window's activations.
+
+    Anchors (docs: performance notes): weights ~2.25 B parameters; one denoiser call at 512 px, 12 frames
+    with CFG ~3.9 GB of activations in fp32, growing with pixels and frames."""
+    import torch
+
+    nbytes = torch.finfo(dtype).bits / 8
+    weights = 2.25e9 * nbytes / 1e9
+    act = 3.94 * (width * height) / 512**2 * context_frames / 12 * (1.0 if cfg > 1 else 0.5) * nbytes / 4
+    return weights + act + 1.0
+
+
+def _number(value, flag: str, kind=float):
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise EchoMimicError(f"{flag} must be a number, got {value!r}.") from None
+    if isinstance(out, float) and not math.isfinite(out):
+        raise EchoMimicError(f"{flag} must be a finite number, got {value!r}.")
+    return out
+
+
+def _check_size(width, height, context_frames, cfg, dtype) -> None:
+    for flag, v in (("--width", width), ("--height", height)):
+        if v % 8:
+            raise EchoMimicError(f"{flag} {v}: width and height must be positive multiples of 8 (the VAE works on 8-px "
+                                 f"blocks); try {flag} {max(SIZE_RANGE[0], v // 8 * 8)} or {v // 8 * 8 + 8}.")
+        if v < SIZE_RANGE[0]:
+            raise EchoMimicError(f"{flag} {v}: at least {SIZE_RANGE[0]} px (the networks need 8 latent pixels); use {flag} 64 or more.")
+    if max(width, height) > SIZE_RANGE[1]:
+        need = estimate_memory_gb(width, height, context_frames, cfg, dtype)
+        raise EchoMimicError(f"{width}x{height} is larger than {SIZE_RANGE[1]} px per side: it would need about {need:.0f} GB of "
+                             f"memory with the official weights ({str(dtype).replace('torch.', '')}), and the models were "
+                             "trained at 512 (V1) / 768 (V2) px. Use at most 2048, e.g. --width 512 --height 512.")
+
+
+def check_numbers(req, mode, variant: str, dtype):
+    """-> SampleSettings (num_frames left unset). 0 means 'the default' for steps, cfg and length, as in the node."""
+    from .pipeline import settings_for
+
+    fps = _number(req.fps, "--fps")
+    if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+        raise EchoMimicError(f"--fps {req.fps}: the frame rate must be between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}; 24 or 25 is typical.")
+    steps = _number(req.steps or 0, "--steps", int)
+    if not 0 <= steps <= MAX_STEPS:
+        raise EchoMimicError(f"--steps {req.steps}: use 1..{MAX_STEPS} denoising steps (0 = the default: 30, or 6 with --acc).")
+    cfg = _number(req.cfg or 0, "--cfg")
+    if cfg < 0 or cfg > MAX_CFG:
+        raise EchoMimicError(f"--cfg {req.cfg}: guidance must be between 0 and {MAX_CFG:g} (0 = the default: 2.5, or 1 with "
+                             "--acc; 1 or less switches guidance off).")
+    length = _number(req.length or 0, "--length", int)
+    if not 0 <= length <= MAX_LENGTH:
+        raise EchoMimicError(f"--length {req.length}: the number of frames must be 0 (follow the audio) .. {MAX_LENGTH}.")
+    ctx = _number(req.context_frames, "--context-frames", int)
+    if not 1 <= ctx <= MAX_CONTEXT:
+        raise EchoMimicError(f"--context-frames {req.context_frames}: use 1..{MAX_CONTEXT} frames per window (default 12; "
+                             "the motion modules know 32 positions).")
+    overlap = _number(req.context_overlap, "--context-overlap", int)
+    if not 0 <= overlap < ctx:
+        raise EchoMimicError(f"--context-overlap {req.context_overlap}: must be 0..{ctx - 1} (smaller than --context-frames "
+                             f"{ctx}); the default is 3.")
+    seed = None if req.seed is None else _number(req.seed, "--seed", int)
+    if seed is not None and not 0 <= seed < 2**64:
+        raise EchoMimicError(f"--seed {req.seed}: use a whole number from 0 to 2^64-1.")
+    width = mode.size if req.width is None else _number(req.width, "--width", int)
+    height = mode.size if req.height is None else _number(req.height, "--height", int)
+    settings = settings_for(mode.name, variant, steps=steps or None, cfg=cfg or None, seed=seed, fps=fps, width=width,
+                            height=height, context_frames=ctx, context_overlap=overlap)
+    _check_size(settings.width, settings.height, ctx, settings.cfg, dtype)
+    settings.validate()
+    return settings, (length or None)
+
+
+def check_condition_inputs(req, mode) -> None:
+    if mode.condition == "hand_pose" and not req.pose:
+        raise EchoMimicError("V2 half-body mode needs a hand-pose sequence: pass --pose DIR (a released pose folder or .npz).")
+    if mode.condition == "landmarks" and not req.landmarks:
+        raise EchoMimicError(f"mode {mode.name} needs driving landmarks: pass --landmarks VIDEO_OR_PKL_DIR.")
+    if req.pose and mode.condition != "hand_pose":
+        raise EchoMimicError(f"--pose is for V2 half-body mode, but the mode is {mode.name}; use --version v2 (--mode halfbody).")
+    if req.landmarks and mode.condition != "landmarks":
+        raise EchoMimicError(f"--landmarks drives the V1 landmark modes, but the mode is {mode.name}; use --mode landmarks or audio+landmarks.")
+    for flag, value in (("--pose", req.pose), ("--landmarks", req.landmarks)):
+        if value and not Path(value).exists():
+            raise EchoMimicError(f"{flag} {value}: not found; give an existing file or folder.")
+
+
+def check_output(path) -> Path:
+    from .video_writer import check_output_path
+
+    p = Path(str(path)) if path else None
+    if p is not None and p.suffix.lower() not in OUTPUT_SUFFIXES and not p.is_dir():
+        raise EchoMimicError(f"-o {path}: the output is an H.264 mp4 video; give it the .mp4 extension, e.g. -o "
+                             f"{p.with_suffix('.mp4') if p.name else 'out.mp4'}.")
+    return check_output_path(path, "-o")
+
+
+def read_reference(path) -> np.ndarray:
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise EchoMimicError(f"--reference {p}: {'is a folder, not an image' if p.is_dir() else 'file not found'}; give a "
+                             "portrait (V1) or half-body (V2) image file (png, jpg, webp, ...).")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is None:
+        raise EchoMimicError(f"--reference {p}: cannot be read as an image (unsupported or corrupt file); save it as png or jpg.")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_speech(path):
+    """(samples (C, T) float32, sample rate, RawAudio): decodable, finite, long enough, audible."""
+    from .audio import check_audible, read_raw_audio
+    from .audio.features import MIN_SAMPLES_16K
+    from .video_io import read_audio
+
+    p = Path(path)
+    if not p.is_file():
+        raise EchoMimicError(f"--audio {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
+                             "(wav, mp3, flac, m4a, or a video with sound).")
+    wav, sr = read_audio(p)
+    raw = read_raw_audio(wav, sr)
+    if raw.num_samples_16k < MIN_SAMPLES_16K:
+        raise EchoMimicError(f"--audio {p}: the audio is too short ({raw.samples.shape[1] / sr * 1000:.0f} ms); at least "
+                             f"{MIN_SAMPLES_16K // 16} ms are needed for one video frame.")
+    check_audible(raw, f"--audio {p} has no audible sound: pass a recording of speech.")
+    return wav, sr, raw
+
+
+def frame_count(raw, fps: float, length: int | None) -> int:
+    """The video length: the audio's (floor(seconds x fps), at least 1), cut to ``length`` frames if given."""
+    from .audio import frame_count_for_rows, num_feature_rows, video_frame_count
+    from .audio.mel import num_mel_frames
+
+    n16 = raw.num_samples_16k
+    n = min(video_frame_count(n16, fps), frame_count_for_rows(num_feature_rows(num_mel_frames(n16)), fps))
+    return n if length is None else min(n, length)
+
+
+def find_face_model(req, root: Path):
+    """(request with mediapipe_model / face_crop resolved). A smoke run without the model falls back to the whole image."""
+    needs = (get_mode(req.mode).condition in ("face_mask", "landmarks") and req.face_crop) or (  # V1 modes crop the face
+        get_mode(req.mode).condition == "landmarks" and req.landmarks and not Path(req.landmarks).is_dir())
+    if not needs:
+        return req
+    from .landmarks.mp_models import resolve_model
+
+    folders = [root] + ([default_models_dir()] if getattr(req, "smoke", False) else [])
+    try:
+        path = resolve_model("face_landmarker", req.mediapipe_model, folders, download=req.download)
+        from .landmarks.mp_models import import_mediapipe
+
+        import_mediapipe()
+    except EchoMimicError as exc:
+        if getattr(req, "smoke", False) and get_mode(req.mode).condition == "face_mask":
+            log.warning("smoke run: no MediaPipe face model (%s); animating the whole image instead of a face crop.",
+                        str(exc).split(";")[0])
+            return replace(req, face_crop=False)
+        alternatives = " Or pass --mediapipe-model FILE" + (", or --no-face-crop to animate the whole image."
+                                                            if req.face_crop and get_mode(req.mode).condition != "hand_pose" else ".")
+        if isinstance(exc, MissingWeightsError):
+            raise MissingWeightsError(f"{exc}{alternatives}", exc.missing) from exc
+        raise EchoMimicError(f"{exc}{alternatives}") from exc
+    return replace(req, mediapipe_model=str(path))
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get("ECHOMIMIC_MODELS", Path.home() / ".cache" / "echomimic"))
+
+
+def models_root(req) -> Path:
+    if req.models:
+        return Path(req.models).expanduser()
+    return default_models_dir() / "tiny" if getattr(req, "smoke", False) else default_models_dir()
+
+
+def preflight(req) -> Plan:
+    """Check the whole request without loading any weight; returns the :class:`Plan` to run."""
+    from .devices import resolve_device, resolve_dtype
+
+    mode = get_mode(req.mode)
+    variant = "acc" if req.acc else "normal"
+    device = resolve_device(req.device)
+    dtype = resolve_dtype(req.dtype, device)
+    if req.smoke:
+        req = replace(req, width=req.width or SMOKE["width"], height=req.height or SMOKE["height"],
+                      steps=req.steps or SMOKE["steps"], download=False,
+                      length=req.length or max(1, round(SMOKE["seconds"] * float(req.fps))))
+    settings, length = check_numbers(req, mode, variant, dtype)
+    check_condition_inputs(req, mode)
+    output = check_output(req.output)
+    reference = read_reference(req.reference)
+    wav, sr, raw = read_speech(req.audio)
+    settings.num_frames = frame_count(raw, settings.fps, length)
+    root = models_root(req)
+    req = find_face_model(req, root)
+    return Plan(req, mode, variant, settings, device, dtype, output, reference, wav, sr, raw.samples.shape[1] / sr, root)

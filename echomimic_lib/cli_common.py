@@ -1,0 +1,101 @@
+"""What every ``echomimic`` sub-command shares: help formatting, ``-v``/``-q``, logging, the progress bar.
+
+- Help: ``(default: X)`` is added to an option's help unless the help already states its default, the
+  option is required, or it has no meaningful default (None, a switch that is off).
+- Logging at the default level: our own INFO lines as plain text, warnings as ``warning: ...``;
+  third-party warnings (Python ``warnings``, huggingface_hub's per-file notes, diffusers / transformers
+  chatter) only with ``-v``. MediaPipe's C++ lines are held back where MediaPipe runs
+  (:func:`echomimic_lib.landmarks.mp_models.quiet_native_logs`).
+- The progress bar appears when the first step is reported (not while models load).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+OUR_LOGGERS = ("echomimic_lib", "trainer", "nodes")
+CHATTY = ("huggingface_hub", "diffusers", "transformers", "urllib3", "filelock", "httpx", "accelerate", "py.warnings", "PIL",
+          "matplotlib", "numba")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is None or action.default is False or action.default == argparse.SUPPRESS or action.required
+                or "default" in text.lower()
+                or (not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class SubParser(argparse.ArgumentParser):
+    """Sub-command parser: our help formatter, and ``-v`` / ``-q`` after the sub-command too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = HelpFormatter
+        kwargs.setdefault("conflict_handler", "resolve")  # a command may define its own -q
+        super().__init__(*args, **kwargs)
+        if kwargs.get("add_help", True):
+            self.add_argument("-v", "--verbose", action="store_true", help="debug logging, incl. third-party warnings")
+            self.add_argument("-q", "--quiet", action="store_true", help="errors only: no progress bar, no status lines")
+
+
+class _Format(logging.Formatter):
+    def __init__(self, verbose: bool):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s", "%H:%M:%S")
+        self.verbose = verbose
+
+    def format(self, record):
+        text = super().format(record)
+        if not self.verbose and record.levelno >= logging.WARNING:
+            text = f"{record.levelname.lower()}: {text}"
+        return text
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Console logging for one command (idempotent: replaces the handler a previous call added)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_echomimic", False)]:
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._echomimic = True
+    handler.setFormatter(_Format(verbose))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    ours = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(ours)
+    logging.captureWarnings(True)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if not verbose:
+        for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+            os.environ.setdefault(var, "error")
+        os.environ.setdefault("HF_HUB_DISABLE_SYMLINKS_WARNING", "1")
+
+
+class ProgressBar:
+    """``progress(done, total)`` callback that opens a tqdm bar on its first call and closes it when done."""
+
+    def __init__(self, desc: str = "sampling", unit: str = "window", disable: bool = False):
+        self.desc, self.unit, self.disable = desc, unit, disable
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.disable:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=self.unit, desc=self.desc, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,238 @@
+"""Streaming H.264 mp4 writer (PyAV) that never leaves a partial file and never replaces a non-file.
+
+- Frames are encoded as they arrive (:meth:`Mp4Writer.write`, or :meth:`Mp4Writer.sink` as the
+  sampler's ``frame_sink``), so a long video never sits in memory as one array.
+- The file is written under a unique temporary name in the destination's folder (two runs writing
+  the same path never share one) and renamed into place by :meth:`Mp4Writer.commit`; any failure,
+  including Ctrl-C, removes the temporary file (:meth:`Mp4Writer.abort`, also on leaving a ``with``
+  block without a commit).
+- :func:`check_output_path` refuses, before any work, a destination that is a directory, a device,
+  pipe or socket, whose parent is a file, or whose folder is not writable (a real probe: it also
+  catches read-only file systems, where permission bits say nothing).
+- A full disk (``ENOSPC``/``EDQUOT``) or any other write error becomes an :class:`OutputError`
+  that says what happened and what to do.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EchoMimicError
+
+log = logging.getLogger(__name__)
+
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class OutputError(EchoMimicError):
+    """The output file cannot be written (bad destination, full disk, permissions)."""
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_writable(folder: Path) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".echomimic-write-test.", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write into {folder} ({exc.strerror or exc}); choose an output in a writable folder.") from exc
+    os.close(fd)
+    os.unlink(name)
+
+
+def check_output_path(path, flag: str = "the output path") -> Path:
+    """Validate a destination file before any work; returns it with symlinks resolved (nothing is created).
+
+    ``flag`` names the setting in messages (e.g. ``-o/--output`` on the command line)."""
+    if path is None or str(path).strip() == "":
+        raise OutputError(f"{flag} is empty; give a file name such as out.mp4.")
+    p = Path(path).expanduser()
+    if p.is_symlink():
+        p = p.resolve()  # write through the link: the link itself is never replaced
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise OutputError(f"{flag} {p}: cannot be inspected ({exc.strerror or exc}); choose another file name.") from exc
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{flag} {p} is a directory; give a file name inside it, e.g. {p / 'out.mp4'}.")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"{flag} {p} is not a regular file (a device, pipe or socket) and is never replaced; "
+                              "give the name of a new or existing .mp4 file.")
+    parent = p.parent
+    base = _nearest_existing(parent)
+    if not base.is_dir():
+        raise OutputError(f"{flag} {p}: {base} is a file, not a folder; choose an output inside an existing or new folder.")
+    _probe_writable(base)
+    return p
+
+
+def _as_uint8(frames) -> np.ndarray:
+    if hasattr(frames, "detach"):  # torch tensor
+        frames = frames.detach().cpu().float().numpy() if frames.dtype.is_floating_point else frames.detach().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise EchoMimicError(f"video frames must be (F, H, W, 3), got {frames.shape}.")
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return frames
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sizes: repeat the last row / column when odd."""
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return frames
+
+
+class Mp4Writer:
+    """``with Mp4Writer(path, fps, audio, sr) as w: w.write(frames) ...; w.commit()``.
+
+    ``audio`` (C, T) float in [-1, 1] is trimmed to the duration of the frames written."""
+
+    def __init__(self, path, fps: float, audio: np.ndarray | None = None, sample_rate: int | None = None, crf: int = 18):
+        self.path = check_output_path(path)
+        if audio is not None and not sample_rate:
+            raise EchoMimicError("audio given without a sample rate.")
+        self.fps = float(fps)
+        self.audio = None if audio is None else np.atleast_2d(np.asarray(audio, dtype=np.float32))[:2]
+        self.sample_rate = int(sample_rate) if sample_rate else None
+        self.crf = crf
+        self.frames_written = 0
+        self.size: tuple[int, int] | None = None
+        self._container = self._stream = self._audio_stream = self._tmp = None
+
+    # ---------------------------------------------------------------- writing
+    def _open(self, width: int, height: int) -> None:
+        import av
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(name)
+        self._container = av.open(name, mode="w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(self.crf)}
+        if self.audio is not None:  # every stream must exist before the first packet is muxed
+            self._audio_stream = self._container.add_stream("aac", rate=self.sample_rate)
+            self._audio_stream.layout = "stereo" if self.audio.shape[0] == 2 else "mono"
+
+    def write(self, frames) -> None:
+        """Encode (k, H, W, 3) frames (uint8, or float in [0, 1]; numpy or torch)."""
+        import av
+
+        frames = _as_uint8(frames)
+        if self._container is None and (frames.shape[1] % 2 or frames.shape[2] % 2):
+            h, w = frames.shape[1:3]
+            log.info("the frames are %dx%d; H.264 (yuv420p) needs even sizes, so the video is padded to %dx%d by repeating "
+                     "the last %s", w, h, w + w % 2, h + h % 2, " and ".join(n for n, odd in (("column", w % 2), ("row", h % 2)) if odd))
+        frames = _even(frames)
+        try:
+            if self._container is None:
+                self.size = (frames.shape[2], frames.shape[1])
+                self._open(*self.size)
+            elif (frames.shape[2], frames.shape[1]) != self.size:
+                raise EchoMimicError(f"frame size changed from {self.size} to {(frames.shape[2], frames.shape[1])} mid-video.")
+            for frame in frames:
+                for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    self._container.mux(packet)
+                self.frames_written += 1
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise self._explain(exc) from exc
+            raise
+
+    def sink(self, start: int, frames) -> None:
+        """The sampler's ``frame_sink(start, frames)``: frames arrive in order."""
+        if start != self.frames_written:
+            self.abort()
+            raise EchoMimicError(f"frames arrived out of order (frame {start} after {self.frames_written} written).")
+        self.write(frames)
+
+    def commit(self) -> Path:
+        """Finish the file (audio trimmed to the video) and move it into place; returns the final path."""
+        if self._container is None:
+            raise EchoMimicError(f"no frames were written to {self.path}.")
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            if self.audio is not None:
+                self._mux_audio()
+            self._container.close()
+            self._container = None
+            check_output_path(self.path)  # still a file (or nothing) at the very end: never replace anything else
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise self._explain(exc) from exc
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file (idempotent)."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # closing a half-written file may fail again (disk still full): the file goes anyway
+                pass
+            self._container = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()  # no-op after a commit
+
+    # ---------------------------------------------------------------- helpers
+    def _mux_audio(self) -> None:
+        import av
+
+        sr, stream = self.sample_rate, self._audio_stream
+        audio = self.audio[:, : int(round(self.frames_written / self.fps * sr))]
+        pts = 0
+        for start in range(0, audio.shape[1], 1024):
+            block = np.ascontiguousarray(audio[:, start : start + 1024])
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=stream.layout.name)
+            frame.sample_rate, frame.pts = sr, pts
+            pts += block.shape[1]
+            for packet in stream.encode(frame):
+                self._container.mux(packet)
+        for packet in stream.encode():
+            self._container.mux(packet)
+
+    def _explain(self, exc: OSError) -> OutputError:
+        folder = self.path.parent
+        if exc.errno in DISK_FULL:
+            try:
+                free = f"{shutil.disk_usage(_nearest_existing(folder)).free / 1024**2:.0f} MB free"
+            except OSError:
+                free = "free space unknown"
+            return OutputError(f"no space left on the disk while writing {self.path} ({free} in {folder}); nothing was "
+                               "written. Free some space, or write the video to another disk.")
+        return OutputError(f"writing {self.path} failed: {exc.strerror or exc}; nothing was written. Check the folder "
+                           "(permissions, free space) or choose another output.")
