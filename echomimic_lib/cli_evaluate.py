@@ -49,7 +49,13 @@ def _cmd_evaluate(args) -> int:
     from .evaluate.arcface import missing_message as arcface_missing
     from .evaluate.syncnet import FILE_NAME, missing_message as syncnet_missing
 
+    from .errors import EchoMimicError
+
     models = _models_dir(args)
+    if args.reference and not Path(args.reference).is_file():
+        raise EchoMimicError(f"{args.reference}: reference image not found.")
+    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_file():
+        raise EchoMimicError(f"{args.plot} exists and is not a regular file; choose another --plot path.")
     clips = [load_clip(args.video, args.audio, args.landmarks, args.fps)]  # inputs checked before any model loads
     if args.compare:
         clips.append(load_clip(args.compare, args.audio, None, None))

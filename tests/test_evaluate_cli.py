@@ -91,6 +91,13 @@ def test_bad_input_fails_before_any_work(capsys, shared_data, tmp_path):
     assert rc == 2 and "pass the clip's audio" in err
     rc, _, err = _run(capsys, shared_data / "v1_pose_pkl", "--audio", tmp_path / "none.wav")
     assert rc == 2 and "audio file not found" in err
+    rc, _, err = _run(capsys, shared_data / "v1_pose_pkl", "--audio", shared_data / "audio" / "pose_demo_clip.wav",
+                      "--reference", tmp_path / "none.png")
+    assert rc == 2 and "reference image not found" in err
+    (tmp_path / "plot.png").mkdir()
+    rc, _, err = _run(capsys, shared_data / "v1_pose_pkl", "--audio", shared_data / "audio" / "pose_demo_clip.wav",
+                      "--plot", tmp_path / "plot.png")
+    assert rc == 2 and "not a regular file" in err
 
 
 # ------------------------------------------------------------------------------------------ trainer

@@ -6,6 +6,7 @@ trainer's rendered validation video).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 from ..errors import EchoMimicError
 from ..landmarks.sequence import LandmarkSequence
 
+log = logging.getLogger(__name__)
 PKL_FPS = 24.0  # V1 renders (and its landmark demos) run at 24 fps
 
 
@@ -94,8 +96,10 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
     wave = audio_16k(audio) if audio is not None else (
         audio_16k(video.audio, video.sample_rate) if video.audio is not None else None)
     rate = float(fps or video.fps)
+    frames = video.frames
     lm = load_pkl_folder(landmarks, fps=rate) if landmarks is not None else None
-    if lm is not None and len(lm) != len(video.frames):
-        n = min(len(lm), len(video.frames))
-        lm, video.frames = lm.take(range(n)), video.frames[:n]
-    return Clip(str(path), rate, wave, video.frames, lm)
+    if lm is not None and len(lm) != len(frames):  # score the frames both cover
+        n = min(len(lm), len(frames))
+        log.warning("%s has %d frames, %s %d landmark frames: scoring the first %d", path, len(frames), landmarks, len(lm), n)
+        lm, frames = lm.take(range(n)), frames[:n]
+    return Clip(str(path), rate, wave, frames, lm)
