@@ -71,6 +71,33 @@ PRESETS: dict[str, dict] = {
         "checkpoint": {"every": 1000, "keep_last": 3},
         "validation": {"every": 2000, "frames": 24},
     },
+    # LoRA fine-tune of a released (or exported) model for one person: a few minutes of their talking video
+    # (docs/training.md, "LoRA fine-tuning"). Not from the papers: rank 16, lr 1e-4, 2000 steps are common LoRA
+    # settings for SD1.5 UNets; memory computed by bench/bench_lora_memory.py (V1 512 px batch 4: 5.7 GiB).
+    "v1_lora_identity": {
+        "model": {"weights": "v1_audio", "init": "echomimic", "motion_init": "released", "gradient_checkpointing": True},
+        "data": {**_V1_DATA, "condition": "face_mask", "rls": {"enabled": False}},
+        "loss": {"spatial": {"weight": 0.0}},
+        "optim": {**_OPTIM, "lr": 1e-4, "batch_size": 4, "warmup_steps": 100},
+        "mixed_precision": "bf16",
+        "lora": {"enabled": True, "rank": 16, "alpha": 16.0, "networks": ["denoiser"]},
+        "phases": [{"name": "lora", "steps": 2000, "kind": "spatial", "frames": 1, "train": ["denoiser"], "audio": "global"}],
+        "checkpoint": {"every": 250, "keep_last": 3},
+        "validation": {"every": 500},
+    },
+    # the same for V2 half-body (768 px; batch 2 x 2 accumulation: 6.0 GiB computed)
+    "v2_lora_identity": {
+        "model": {"weights": "v2", "init": "echomimic", "motion_init": "released", "gradient_checkpointing": True},
+        "data": {**_V1_DATA, "width": 768, "height": 768, "condition": "pose", "rls": {"enabled": False}},
+        "loss": {"phd": {"enabled": False}},
+        "optim": {**_OPTIM, "lr": 1e-4, "batch_size": 2, "grad_accum": 2, "warmup_steps": 100},
+        "mixed_precision": "bf16",
+        "lora": {"enabled": True, "rank": 16, "alpha": 16.0, "networks": ["denoiser"]},
+        "phases": [{"name": "lora", "steps": 2000, "kind": "spatial", "frames": 1, "train": ["denoiser"], "pose_parts": ["hands"],
+                    "audio": "global", "data": "all"}],
+        "checkpoint": {"every": 250, "keep_last": 3},
+        "validation": {"every": 500, "frames": 24},
+    },
 }
 
 
