@@ -124,7 +124,7 @@ def _syncnet(rep: EvalReport, clip: Clip, px, learned: LearnedModels, notes: lis
     try:
         net = learned.syncnet if isinstance(learned.syncnet, SyncNet) else load_syncnet(learned.syncnet, learned.device)
         idx = frame_indices_25(len(clip.frames), clip.fps)
-        crops = face_crops(clip.frames[idx], face_boxes(px[idx]))
+        crops = face_crops(clip.frames, face_boxes(px[idx]), idx)
         s = lse_scores(net, crops, clip.wave16k, learned.device)
     except EchoMimicError as exc:
         notes.append(f"LSE-C / LSE-D left out: {exc}")

@@ -111,19 +111,24 @@ def frame_indices_25(num_frames: int, fps: float) -> np.ndarray:
 
 
 def _medfilt(x: np.ndarray, k: int = SMOOTH) -> np.ndarray:
+    """scipy.signal.medfilt (zero padding), as the crop pipeline smooths the boxes; the kernel shrinks (odd) for
+    tracks shorter than it, so the padding never outnumbers the values."""
+    k = max(1, min(k, len(x) - (len(x) + 1) % 2))
     padded = np.concatenate([np.zeros(k // 2), x, np.zeros(k // 2)])
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, k), axis=1)
 
 
-def face_crops(frames_rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(F, 224, 224, 3) BGR uint8 SyncNet crops of RGB frames, from (F, 4) x0, y0, x1, y1 face boxes."""
+def face_crops(frames_rgb: np.ndarray, boxes: np.ndarray, indices=None) -> np.ndarray:
+    """(F, 224, 224, 3) BGR uint8 SyncNet crops of RGB frames (of ``frames_rgb[indices]`` when given), from the
+    (F, 4) x0, y0, x1, y1 face boxes of those frames."""
     boxes = np.asarray(boxes, dtype=np.float64)
+    indices = np.arange(len(boxes)) if indices is None else np.asarray(indices)
     s = _medfilt(np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2)
     cy = _medfilt((boxes[:, 1] + boxes[:, 3]) / 2)
     cx = _medfilt((boxes[:, 0] + boxes[:, 2]) / 2)
-    out = np.empty((len(frames_rgb), CROP, CROP, 3), dtype=np.uint8)
-    for i, frame in enumerate(frames_rgb):
-        bs = s[i]
+    out = np.empty((len(indices), CROP, CROP, 3), dtype=np.uint8)
+    for i, k in enumerate(indices):
+        frame, bs = frames_rgb[k], s[i]
         pad = int(bs * (1 + 2 * CROP_SCALE))
         img = np.pad(np.ascontiguousarray(frame[..., ::-1]), ((pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
         my, mx = cy[i] + pad, cx[i] + pad
@@ -152,11 +157,11 @@ def lse_scores(net: SyncNet, crops_bgr: np.ndarray, wave16k: np.ndarray, device:
         raise EchoMimicError(f"SyncNet needs at least 6 frames at 25 fps and 0.24 s of audio; got {len(crops_bgr)} frames "
                              f"and {len(pcm) / 16000:.2f} s.")
     cc = torch.from_numpy(mfcc(pcm, 16000).T.astype(np.float32))[None, None]  # (1, 1, 13, T)
-    video = torch.from_numpy(crops_bgr).permute(3, 0, 1, 2).float()          # (3, F, 224, 224)
+    video = torch.from_numpy(np.ascontiguousarray(crops_bgr))                  # (F, 224, 224, 3) uint8, kept small
     im_feat, cc_feat = [], []
     for start in range(0, last, batch):
         idx = range(start, min(last, start + batch))
-        lips = torch.stack([video[:, i:i + 5] for i in idx]).to(device)
+        lips = torch.stack([video[i:i + 5].permute(3, 0, 1, 2) for i in idx]).to(device).float()  # (B, 3, 5, 224, 224)
         im_feat.append(net.forward_lip(lips).float().cpu())
         auds = torch.cat([cc[..., i * 4:i * 4 + 20] for i in idx]).to(device)
         cc_feat.append(net.forward_aud(auds).float().cpu())
