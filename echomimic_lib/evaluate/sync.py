@@ -88,7 +88,8 @@ def av_sync(mouth: np.ndarray, wave16k: np.ndarray, fps: float, max_offset_s: fl
         if ok.sum() >= min_overlap:
             curve[k] = _pearson(mouth[ok], np.interp(tt[ok], env_t, env))
     energy = np.interp(t, env_t, env, right=FLOOR_DB)
+    lags_ms = np.round(lags * 1000, 6)
     if np.all(np.isnan(curve)):
-        return SyncResult(None, None, lags * 1000, curve, mouth, energy, fps)
+        return SyncResult(None, None, lags_ms, curve, mouth, energy, fps)
     best = int(np.nanargmax(curve))
-    return SyncResult(float(lags[best] * 1000), float(curve[best]), lags * 1000, curve, mouth, energy, fps)
+    return SyncResult(float(lags_ms[best]), float(curve[best]), lags_ms, curve, mouth, energy, fps)
