@@ -32,19 +32,32 @@ def test_types_are_checked(tmp_path):
         load_config(None, [], preset="v1_stage1")
     with pytest.raises(ConfigError, match="data.condition"):
         load_config(None, BASE + ["data.condition=pose"], preset="v1_stage1")
+    with pytest.raises(ConfigError, match="motion_init: released needs model.motion_path"):
+        load_config(None, BASE, preset="v2_apdh")
+    with pytest.raises(ConfigError, match=r"phases\.1\.data must be one of"):
+        load_config(None, BASE + ["model.motion_path=/mm.pth", "phases.1.data=halfbody+humanvid"], preset="v2_apdh")
+    with pytest.raises(ConfigError, match="drop_all must be a probability"):
+        load_config(None, BASE + ["data.drop_all=1.5"], preset="v1_stage1")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_validate_and_reproduce_the_papers_numbers(name):
-    cfg = load_config(None, BASE + (["model.motion_init=random"] if name != "v1_stage1" else []), preset=name)
-    assert cfg.optim.lr == 1e-5
+    raw = PRESETS[name]
+    over = ["model.motion_init=random"] if name == "v1_stage2" else ["model.motion_path=/mm.pth"] if name == "v2_apdh" else []
+    cfg = load_config(None, BASE + over, preset=name)
+    assert cfg.optim.lr == 1e-5 and cfg.optim.batch_size == 4  # batch 4 per GPU in every stage of both papers
+    assert cfg.data.drop_reference == cfg.data.drop_audio == cfg.data.drop_condition == 0.05
+    assert cfg.data.drop_all == 0.05  # CFG's unconditional branch is trained jointly, not 0.05 ** 3 of the time
+    assert cfg.data.audio_aug.max_shift_ms <= 10.0  # no one-frame (40 ms) lip offset taught as "in sync"
     if name.startswith("v1"):
-        assert cfg.max_steps == 30000 and cfg.data.width == 512 and cfg.optim.batch_size == 4
-        assert cfg.data.drop_reference == cfg.data.drop_audio == cfg.data.drop_condition == 0.05
+        assert cfg.max_steps == 30000 and cfg.data.width == 512
         assert cfg.phases[0].frames == (1 if name == "v1_stage1" else 12)
     else:
         assert [p.name for p in cfg.phases] == ["1", "2", "3a", "3b", "3c", "3d", "4"]
-        assert all(p.steps == 10000 for p in cfg.phases)
+        assert [p.steps for p in cfg.phases] == [10000] * 6 + [30000]  # temporal stage: 30,000 steps
+        assert raw["model"]["motion_init"] == "released" and raw["model"]["init"] == "sd"  # temporal weights from EchoMimic
+        assert cfg.loss.phd.pose_form == "encoder"  # S1 on the pose encoder's features of x0 and the target
+        assert [p.data for p in cfg.phases][:3] == ["halfbody+pose", "halfbody+pose", "halfbody"]  # pose-driven clips in the pose phases
         assert [p.audio for p in cfg.phases] == ["muted", "muted", "lips", "head", "head", "global", "global"]
         assert cfg.phases[1].pose_dropout == [0.0, 0.2] and cfg.phases[-1].frames == 24
         # keypoint removal order: lips, then head, then body; hands kept
@@ -56,7 +69,7 @@ def test_presets_validate_and_reproduce_the_papers_numbers(name):
 def test_overrides_and_phase_merging(tmp_path):
     cfg = load_config(None, BASE + ["model.motion_init=random", "optim.lr=2e-4", "phases.3b.steps=7", "data.roots=[/a, /b]"], preset="v2_apdh")
     assert cfg.optim.lr == 2e-4 and cfg.data.roots == ["/a", "/b"]
-    assert [p.steps for p in cfg.phases] == [10000, 10000, 10000, 7, 10000, 10000, 10000]
+    assert [p.steps for p in cfg.phases] == [10000, 10000, 10000, 7, 10000, 10000, 30000]
     write_yaml(tmp_path / "s.yaml", {"preset": "v1_stage2", "phases": [{"name": "stage2", "steps": 5}]})
     cfg = load_config(tmp_path / "s.yaml", BASE + ["model.motion_init=random"])
     assert cfg.phases[0].kind == "temporal" and cfg.phases[0].frames == 12 and cfg.phases[0].steps == 5  # merged by name
@@ -87,3 +100,16 @@ def test_trainer_never_imports_comfyui_or_nodes():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("comfy", "comfy_api", "folder_paths", "server", "nodes")]
     assert not bad and len(list(root.rglob("*.py"))) > 10
+
+
+def test_phase_table_shows_only_the_conditions_the_run_uses():
+    from trainer.phases import describe
+
+    v1 = load_config(None, BASE + ["model.motion_init=random"], preset="v1_stage2")
+    text = describe(v1.phases, v1.data.condition)
+    assert "steps       1-30000" in text  # 1-based, as the log rows, checkpoints and the progress bar
+    assert not any(w in text for w in ("pose ", "dropout", "data ", "audio ")), text  # V1, global audio only
+    v2 = load_config(None, BASE + ["model.motion_path=/mm.pth"], preset="v2_apdh")
+    rows = describe(v2.phases, v2.data.condition).splitlines()
+    assert len(rows) == 7 and "steps       1-10000" in rows[0] and "steps   60001-90000" in rows[-1]
+    assert all(w in rows[0] for w in ("pose body+head+lips+hands", "dropout 0.00->0.00", "audio muted", "data halfbody+pose"))

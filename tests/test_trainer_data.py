@@ -28,6 +28,10 @@ def _v1_cfg(base, *over):
                               "data.audio_aug.shift_prob=0", *over], preset="v1_stage1")
 
 
+def _v1_cfg_offline(over):
+    return load_config(None, ["model.init=random", "model.arch=tiny", *over], preset="v1_stage1")
+
+
 def test_cleaning_rules_on_numbers():
     c = PrepareConfig()
     ok = dict(n_frames=48, seconds=2.0, face_counts=np.ones(48), face_heights_px=np.full(48, 200.0), cut_scores=np.full(47, 3.0), has_audio=True)
@@ -41,13 +45,31 @@ def test_cleaning_rules_on_numbers():
     assert check_clip(c, **{**ok, "face_counts": np.r_[np.zeros(2), np.ones(46)]}).ok  # a few missing faces are tolerated
 
 
-def test_clip_square_geometry():
-    boxes = np.array([[100, 100, 200, 220], [110, 90, 210, 210]], float)
-    x, y, side = clip_square(boxes, 640, 480, 0.5)
-    assert side == 250 and 0 <= x and x + side <= 640 and 0 <= y and y + side <= 480
-    assert x <= 100 and x + side >= 210 and y <= 90 and y + side >= 220  # every face box inside
-    x, y, side = clip_square(np.array([[0, 0, 400, 460]], float), 640, 480, 0.5)
-    assert side == 480 and y == 0  # clamped to the frame
+def test_training_crop_frames_the_face_like_inference():
+    from echomimic_lib.landmarks.preprocess import v1_face_mask_and_crop
+
+    box = np.array([300.0, 150.0, 400.0, 280.0])  # a 100 x 130 face (mesh extent) in a 1280 x 720 frame
+    inference = v1_face_mask_and_crop(np.zeros((720, 1280, 3), np.uint8), box).square
+    moving = np.stack([box, box + [6, -3, 6, -3], box - [6, -3, 6, -3]])  # the head moves a little over the clip
+    x, y, side = clip_square(moving, 1280, 720, 0.5)
+    assert (x, y, x + side, y + side) == inference  # one rule: the reference's crop at inference
+    assert (box[2] - box[0]) / side == 0.5  # the face fills half the crop's width in training as at inference
+    x, y, side = clip_square(np.array([[0.0, 0.0, 400.0, 460.0]]), 640, 480, 0.5)
+    assert 0 <= x and 0 <= y and x + side <= 640 and y + side <= 480  # clipped to the frame
+
+
+def test_joint_unconditional_dropout():
+    from trainer.data.augment import draw_dropout
+
+    d = _v1_cfg_offline(["data.drop_all=0.1"]).data
+    rng = np.random.default_rng(0)
+    draws = np.array([draw_dropout(rng, d) for _ in range(20000)])
+    joint = float(draws.all(1).mean())
+    assert 0.09 < joint < 0.11  # every condition dropped at once: the sampler's unconditional branch
+    single = draws[~draws.all(1)].mean(0)
+    assert np.allclose(single, 0.05, atol=0.01)  # the independent drops on the other samples
+    d.drop_all = 0.0
+    assert np.array([draw_dropout(rng, d) for _ in range(20000)]).all(1).mean() < 0.001
 
 
 def _write(path, frames, wav=None):
@@ -168,7 +190,7 @@ def test_audio_augmentation_plans_and_features(base):
     plans = [draw_audio_aug(rng, a) for _ in range(3000)]
     freq = {k: np.mean([k in p for p in plans]) for k in ("noise_snr_db", "gain_db", "shift_samples")}
     assert abs(freq["noise_snr_db"] - 0.3) < 0.03 and abs(freq["gain_db"] - 0.5) < 0.03 and abs(freq["shift_samples"] - 0.2) < 0.03
-    assert all(abs(p["shift_samples"]) <= 640 for p in plans if "shift_samples" in p)  # 40 ms at 16 kHz
+    assert all(abs(p["shift_samples"]) <= 160 for p in plans if "shift_samples" in p)  # the preset's 10 ms at 16 kHz
     clip = ClipReader(read_manifest(headshot_dataset(base))[0].path)
     wave = np.asarray(clip.array("audio16k"))
     frames = np.arange(30, 34)  # speech starts at 0.75 s

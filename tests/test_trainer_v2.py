@@ -108,6 +108,7 @@ def _v2_cfg(base, out, phases: dict, **extra) -> dict:
         "phases": [{"name": n, "steps": phases[n], **({"frames": 4} if n == "4" else {})} for n in PHASES],
         "checkpoint": {"every": 5, "keep_last": 10},
         "log": {"every": 1, "progress": False},
+        "ema": {"enabled": True, "decay": 0.5},
     }
     cfg.update(extra)
     return cfg
@@ -123,10 +124,11 @@ def test_apdh_schedule_end_to_end_resume_in_3b_and_export(base, tmp_path):
     run = tmp_path / "apdh"
     train_cli("fit", "--config", write_yaml(tmp_path / "v2.yaml", _v2_cfg(base, run, STEPS)))
     r = rows(run)
-    assert [x["step"] for x in r] == list(range(14))
+    assert [x["step"] for x in r] == list(range(1, 15))
     expect = [n for n in PHASES for _ in range(STEPS[n])]
     assert [x["phase"] for x in r] == expect  # every phase, in order
     assert [e["name"] for e in events(run, "phase")] == PHASES[1:]
+    assert [e["step"] for e in events(run, "phase")] == [3, 6, 8, 12, 13, 14]  # each phase's first step (1-based)
     assert [x["audio_mask"] for x in r] == [{"1": "muted", "2": "muted", "3a": "lips", "3b": "head", "3c": "head", "3d": "global",
                                             "4": "global"}[p] for p in expect]
     assert [x["apdh/pose_dropout_p"] for x in r if x["phase"] == "2"] == pytest.approx([0.0, 0.1, 0.2])  # the ramp
@@ -140,6 +142,8 @@ def test_apdh_schedule_end_to_end_resume_in_3b_and_export(base, tmp_path):
             assert x["loss/phd_S1_pose"] == 0.0
         if "S2" in x["phd_phase"]:
             assert x["loss/phd_S2_detail"] > 0.0
+        if "S1" in x["phd_phase"]:
+            assert x["loss/phd_S1_pose"] > 0.0  # the pose encoder's features of x0 and of the target differ
     # muted audio in phases 1-2: output zero (logged peak of every audio attention), weights frozen
     assert all((x["apdh/audio_attn_out_absmax"] == 0.0) == (x["phase"] in ("1", "2")) for x in r)
     init = read_state_dict(tiny_weights(base, "v2") / "denoising_unet.pth")
@@ -149,6 +153,12 @@ def test_apdh_schedule_end_to_end_resume_in_3b_and_export(base, tmp_path):
     assert not torch.equal(init["conv_in.weight"].float(), after2["denoiser.conv_in.weight"])
     final = load_ckpt(run / "checkpoints" / "step-00000014")
     assert any(not torch.equal(after2["denoiser." + k], final["denoiser." + k]) for k in audio)  # trained from 3a on
+    # the EMA built over phases 1-3d survives phase 4 (motion only): frozen parameters keep their average
+    from trainer.export import load_checkpoint_weights
+
+    ema = load_checkpoint_weights(run / "checkpoints" / "step-00000014", ema=True)
+    assert not torch.equal(ema["denoiser.conv_in.weight"], final["denoiser.conv_in.weight"])
+    assert not torch.equal(ema["reference.conv_in.weight"], final["reference.conv_in.weight"])
 
     # resume in the middle of 3b (checkpoint after 10 steps; 3b = steps 7..10) continues in 3b, exactly
     run2 = tmp_path / "resumed"
@@ -156,7 +166,7 @@ def test_apdh_schedule_end_to_end_resume_in_3b_and_export(base, tmp_path):
     start = events(run2, "start")[0]
     assert start["phase"] == "3b" and start["resumed_from"].endswith("step-00000010")
     r2 = rows(run2)
-    assert r2[0]["step"] == 10 and r2[0]["phase"] == "3b" and all(r2[0]["headshot"])
+    assert r2[0]["step"] == 11 and r2[0]["phase"] == "3b" and all(r2[0]["headshot"])
     assert (run2 / "checkpoints" / "step-00000014" / "model.safetensors").read_bytes() == (run / "checkpoints" / "step-00000014" / "model.safetensors").read_bytes()
 
     exp = tmp_path / "export"

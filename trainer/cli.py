@@ -14,14 +14,14 @@ def _cmd_prepare(args) -> int:
     from .data.clean import PrepareConfig
     from .data.prepare import prepare_dataset, summary_table
 
-    cfg = PrepareConfig(kind=args.kind, fps=args.fps, size=args.size or (768 if args.kind == "halfbody" else 512),
+    cfg = PrepareConfig(kind=args.kind, fps=args.fps, size=args.size or (512 if args.kind == "headshot" else 768),
                         min_seconds=args.min_seconds, max_seconds=args.max_seconds, max_missing_face=args.max_missing_face,
                         max_multi_face=args.max_multi_face, min_face_px=args.min_face_px, scene_threshold=args.scene_threshold,
                         num_shards=args.shards, jpeg_quality=args.jpeg_quality)
     detector = None
-    if args.kind == "halfbody":
+    if args.kind in ("halfbody", "pose"):
         if not args.dwpose_dir:
-            print("error: --kind halfbody needs --dwpose-dir (yolox_l.onnx + dw-ll_ucoco_384.onnx)", file=sys.stderr)
+            print(f"error: --kind {args.kind} needs --dwpose-dir (yolox_l.onnx + dw-ll_ucoco_384.onnx)", file=sys.stderr)
             return 2
         from echomimic_lib.pose.dwpose import DWPoseDetector
 
@@ -29,7 +29,31 @@ def _cmd_prepare(args) -> int:
     summary = prepare_dataset(args.input, args.output, cfg, args.whisper, args.mediapipe_model, detector, args.worker_index,
                               args.workers, progress=not args.quiet)
     print(summary_table(summary))
+    if summary["kept"] == 0:
+        print(f"error: {no_clips_message(summary, args.input)}", file=sys.stderr)
+        return 2
     return 0
+
+
+# what to do about each drop reason when a prepare run keeps nothing
+DROP_FIXES = {
+    "no_audio": "put a same-name audio file beside each silent video (clip.mp4 + clip.wav), or use videos with sound",
+    "too_short": "use longer clips or lower --min-seconds",
+    "no_face": "use videos where one face (half-body: one person) is visible in most frames, or raise --max-missing-face",
+    "multiple_faces": "use videos with one person, or raise --max-multi-face",
+    "face_too_small": "use closer shots or lower --min-face-px",
+    "scene_cut": "cut the videos at their scene changes first, or raise --scene-threshold",
+    "unreadable": "check that the files play (ffprobe) and are not truncated",
+}
+
+
+def no_clips_message(summary: dict, input_dir) -> str:
+    if summary["clips"] == 0:
+        from .data.video import VIDEO_SUFFIXES
+
+        return f"no videos found under {input_dir} (looked for {', '.join(VIDEO_SUFFIXES)}, recursively)"
+    parts = [f"{n} {reason}: {DROP_FIXES.get(reason, 'see report.jsonl')}" for reason, n in sorted(summary["dropped"].items())]
+    return f"no clip was kept (of {summary['clips']}); " + "; ".join(parts)
 
 
 def _cmd_fit(args) -> int:
@@ -70,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("prepare", help="videos -> training set (frames, audio features, landmarks, poses)")
     a.add_argument("input", help="folder of videos (mp4/mov/webm/...; silent videos may have a same-name .wav beside them)")
     a.add_argument("output", help="dataset folder (resumable: re-running skips finished clips)")
-    a.add_argument("--kind", choices=["headshot", "halfbody"], default="headshot")
+    a.add_argument("--kind", choices=["headshot", "halfbody", "pose"], default="headshot",
+                   help="headshot: V1 talking heads; halfbody: V2 talking half-body; pose: fully pose-driven clips without "
+                        "speech (HumanVid-like, for the V2 pose phases) (default: headshot)")
     a.add_argument("--whisper", required=True, help="whisper tiny checkpoint (audio_processor/whisper_tiny.pt)")
     a.add_argument("--mediapipe-model", help="face_landmarker_v2_with_blendshapes.task")
-    a.add_argument("--dwpose-dir", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (half-body)")
+    a.add_argument("--dwpose-dir", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (half-body / pose)")
     a.add_argument("--fps", type=float, default=24.0)
-    a.add_argument("--size", type=int, help="stored frame size (default 512 headshot, 768 half-body)")
+    a.add_argument("--size", type=int, help="stored frame size (default 512 headshot, 768 half-body / pose)")
     a.add_argument("--min-seconds", type=float, default=1.0)
     a.add_argument("--max-seconds", type=float)
     a.add_argument("--max-missing-face", type=float, default=0.1, help="fraction of frames without a face tolerated")
@@ -117,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # accelerate reports every checkpoint file at INFO: keep the progress bar readable
+        for name in ("accelerate", "torch.distributed", "diffusers"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     from echomimic_lib.errors import EchoMimicError
 
     from .config import ConfigError

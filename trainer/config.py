@@ -31,7 +31,9 @@ class ModelConfig:
     echomimic_path: str | None = None  # released EchoMimic folder, or an `echomimic-train export` folder
     variant: str = "normal"  # normal | acc (which released denoiser/motion files to start from)
     motion_init: str = "random"  # random (proj_out zero) | released | animatediff | none (stage-1-only model)
-    motion_path: str | None = None  # AnimateDiff mm_sd_v15_v2 file (motion_init: animatediff)
+    # motion_init animatediff: the mm_sd_v15_v2 file; released: a released EchoMimic motion_module file
+    # (default with init: echomimic: the one in echomimic_path)
+    motion_path: str | None = None
     vae_path: str | None = None  # sd-vae-ft-mse folder; default: found beside echomimic_path / sd_path
     whisper_path: str | None = None  # whisper tiny checkpoint; default: found beside echomimic_path / sd_path
     arch: str | None = None  # "tiny" | "sd15" for init: random; otherwise read from the init folder
@@ -57,7 +59,9 @@ class AudioAugConfig:
     gain_prob: float = 0.0
     gain_db: list[float] = field(default_factory=lambda: [-6.0, 6.0])
     shift_prob: float = 0.0
-    max_shift_ms: float = 40.0
+    # one video frame is 40-42 ms: a larger shift teaches the model that audio one frame early or late is
+    # still in sync (docs/training.md, "Audio augmentation"); 10 ms stays inside one whisper row (20 ms)
+    max_shift_ms: float = 10.0
 
 
 @dataclass
@@ -72,6 +76,9 @@ class DataConfig:
     drop_reference: float = 0.05
     drop_audio: float = 0.05
     drop_condition: float = 0.05
+    # all three dropped at once: the sampler's CFG unconditional branch (independent 5 % drops alone give
+    # it 0.0125 % of the samples); drawn first, the independent drops apply to the other samples
+    drop_all: float = 0.05
     rls: RLSConfig = field(default_factory=RLSConfig)
     audio_aug: AudioAugConfig = field(default_factory=AudioAugConfig)
     num_workers: int = 2
@@ -81,8 +88,11 @@ class DataConfig:
 
 @dataclass
 class LPIPSConfig:
-    net: str = "alex"
+    net: str = "alex"  # alex | vgg | squeeze
     random_backbone: bool = False  # pnet_rand: tests only (no ImageNet weights needed)
+    # torchvision ImageNet weights of the backbone (e.g. alexnet-owt-7be5be79.pth); default: torch hub's cache
+    # (~/.cache/torch/hub/checkpoints), downloaded there when missing
+    backbone_path: str | None = None
 
 
 @dataclass
@@ -117,8 +127,11 @@ class PhDConfig:
     pose_weight: float = 0.1
     detail_weight: float = 0.1
     low_weight: float = 0.1
-    pose_sigma: float = 0.015  # keypoint heat-map sigma, fraction of the image size
-    pose_estimator: str | None = None  # "module:callable" differentiable keypoint estimator (hook)
+    # S1's E_P: "encoder" = the paper's form, features of the model's own pose encoder for both images;
+    # "heatmap" = the images weighted by Gaussians at the target's keypoints (see trainer/phd.py)
+    pose_form: str = "encoder"
+    pose_sigma: float = 0.015  # heatmap form: keypoint heat-map sigma, fraction of the image size
+    pose_estimator: str | None = None  # "module:callable" differentiable keypoint estimator (replaces either form)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
 
 
@@ -159,7 +172,7 @@ class PhaseConfig:
     kind: str = "spatial"  # spatial | temporal
     frames: int = 1
     train: list[str] = field(default_factory=lambda: ["reference", "denoiser", "cond_encoder"])  # or ["motion"]
-    data: str = "all"  # all | halfbody | headshot
+    data: str = "all"  # all | halfbody | headshot | pose, or several joined by "+" (e.g. halfbody+pose)
     pose_parts: list[str] = field(default_factory=lambda: ["hands"])  # V2 keypoint groups drawn: body, head, lips, hands
     pose_dropout: list[float] = field(default_factory=lambda: [0.0, 0.0])  # whole-pose dropout, ramped start -> end
     audio: str = "global"  # global | muted | lips | head   (audio cross-attention mask)
@@ -243,6 +256,8 @@ class TrainConfig:
             "mixed_precision": (self.mixed_precision, ("no", "bf16", "fp16")),
             "frozen_dtype": (self.frozen_dtype, ("auto", "float32")),
             "optim.optimizer": (self.optim.optimizer, ("adamw", "adamw8bit")),
+            "loss.phd.pose_form": (self.loss.phd.pose_form, ("encoder", "heatmap")),
+            "loss.lpips.net": (self.loss.lpips.net, ("alex", "vgg", "squeeze")),
         }
         for path, (value, allowed) in choices.items():
             if value not in allowed:
@@ -252,13 +267,16 @@ class TrainConfig:
             raise ConfigError(f"model.init: {self.model.init} needs model.{need}")
         if self.model.motion_init == "animatediff" and not self.model.motion_path:
             raise ConfigError("model.motion_init: animatediff needs model.motion_path (mm_sd_v15_v2 file)")
+        if self.model.motion_init == "released" and self.model.init != "echomimic" and not self.model.motion_path:
+            raise ConfigError("model.motion_init: released needs model.motion_path (a released EchoMimic motion_module.pth) "
+                              "unless model.init is echomimic (then the folder's motion module is used)")
         cond_of = {"v1_audio": "face_mask", "v1_pose": "landmarks", "v2": "pose"}
         if cond_of[self.model.weights] != self.data.condition:
             raise ConfigError(f"data.condition: the {self.model.weights} weight set is trained with '{cond_of[self.model.weights]}' "
                               f"conditions, not '{self.data.condition}'")
         if self.data.width % 8 or self.data.height % 8:
             raise ConfigError("data.width/height must be multiples of 8")
-        for name in ("drop_reference", "drop_audio", "drop_condition"):
+        for name in ("drop_reference", "drop_audio", "drop_condition", "drop_all"):
             if not 0.0 <= getattr(self.data, name) <= 1.0:
                 raise ConfigError(f"data.{name} must be a probability in [0, 1]")
         if self.optim.batch_size < 1 or self.optim.grad_accum < 1:

@@ -11,7 +11,11 @@ counter), the gradient scaler and every RNG state; the data position is a functi
 A resumed run therefore produces the same parameters as an uninterrupted one (bitwise on CPU).
 
 Phases (:mod:`trainer.phases`) switch trainable parameters, motion modules, audio-attention masks and data
-at their first step; with DDP the model is re-wrapped for the new trainable set.
+at their first step; with DDP the model is re-wrapped for the new trainable set (:mod:`trainer.distributed`,
+accelerate's public API), and the EMA keeps the averages of the parameters a phase freezes (:mod:`trainer.ema`).
+
+Step numbers (log rows, events, checkpoint names, the progress bar) count completed optimizer steps: the row
+of step 1 is written after the first step, ``checkpoints/step-00000100`` holds the state after 100 steps.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 
 from .checkpoint import checkpoint_dir, list_checkpoints, read_meta, remove_partial, resolve_resume, save_checkpoint
 from .config import TrainConfig, dump_config
+from .distributed import PhaseModel
 from .monitor import Monitor, memory_stats
 from .net import AudioAttentionControl, bypass_motion, set_trainable, trainable_names
 from .phases import describe, phase_at, pose_dropout_at
@@ -72,19 +77,6 @@ def make_optimizer(cfg: TrainConfig, params: list):
     return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
 
 
-def _wrap(acc, net):
-    """(Re)prepare the model for the current trainable set (a new DDP wrapper when distributed)."""
-    from accelerate.utils import DistributedType
-
-    if acc.distributed_type == DistributedType.NO:
-        return acc.prepare_model(net)
-    # accelerate keeps prepared models in ``_models`` (what save_state writes): keep exactly one entry
-    acc._models[:] = [m for m in acc._models if acc.unwrap_model(m) is not net]
-    if "_original_forward" in net.__dict__:  # undo the previous wrapper's autocast forward
-        net.forward = net.__dict__.pop("_original_forward")
-    return acc.prepare_model(net)
-
-
 def _cpu_only() -> bool:
     """No accelerator device: run on the CPU, and with several processes use gloo (``accelerate launch
     --multi_gpu --num_processes N`` on a CPU-only machine then trains with N CPU processes)."""
@@ -105,21 +97,27 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     """Train according to ``cfg``. ``resume``: True/"latest" or a checkpoint path. ``lpips_fn`` replaces the
     LPIPS network (any callable (a, b) -> (N,)). ``stop_after``: stop after this many steps of this call
     (tests). ``hooks``: optional callbacks (tests, debugging): ``setup(net, audio_control)``,
-    ``after_loss(step, StepOutput) -> StepOutput | None``, ``after_step(steps_done, outputs, net)``."""
+    ``after_loss(step_index, StepOutput) -> StepOutput | None`` (0-based index of the step being computed),
+    ``after_step(steps_done, outputs, net)``."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+    from accelerate.utils import DistributedDataParallelKwargs
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from echomimic_lib.pipeline import make_scheduler
 
     from .data.dataset import build_pools, make_loader
+    from .ema import PhaseEMA
     from .init import build
-    from .losses import build_lpips, load_pose_estimator
+    from .losses import load_pose_estimator
+    from .lpips_net import build_lpips, lpips_needed, resolve_backbone
 
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
+    # checks that need no network come first: a missing LPIPS backbone is reported before anything is built
+    need_lpips = lpips_fn is None and lpips_needed(cfg)
+    backbone = resolve_backbone(cfg.loss.lpips) if need_lpips else None
     acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused)])
     out = Path(cfg.output_dir)
@@ -148,36 +146,26 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
         register_checkpoint_hooks(acc, net)
     ctrl = AudioAttentionControl(net.denoiser)
     scheduler = make_scheduler(**cfg.noise_scheduler)
-    need_lpips = (cfg.loss.spatial.weight > 0 and cfg.loss.spatial.lpips > 0) or (cfg.loss.phd.enabled and cfg.loss.phd.low_weight > 0)
-    fns = LossFns(lpips=lpips_fn or (build_lpips(cfg.loss.lpips.net, cfg.loss.lpips.random_backbone, acc.device) if need_lpips else None),
-                  pose_estimator=load_pose_estimator(cfg.loss.phd.pose_estimator))
+    lpips = build_lpips(cfg.loss.lpips.net, cfg.loss.lpips.random_backbone, acc.device, backbone) if need_lpips else None
+    fns = LossFns(lpips=lpips_fn or lpips, pose_estimator=load_pose_estimator(cfg.loss.phd.pose_estimator), pose_encoder=net.cond_encoder)
 
     union = set().union(*(trainable_names(net, p.train, p.audio) for p in cfg.phases))
     named = [(n, p) for n, p in net.named_parameters() if n in union]
     params = [p for _, p in named]
     optimizer = make_optimizer(cfg, params)
     lr_sched = get_scheduler(cfg.optim.lr_schedule, optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.max_steps)
-    ema = EMAModel(params, decay=cfg.ema.decay) if cfg.ema.enabled else None
+    ema = PhaseEMA(params, decay=cfg.ema.decay) if cfg.ema.enabled else None  # frozen parameters keep their average
     state = TrainState()
-    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
     acc.register_for_checkpointing(lr_sched, state, *([ema] if ema else []))
 
     start = read_meta(ckpt)["step"] if ckpt else 0
     at = phase_at(cfg.phases, start)
-    model, current = None, None
+    wrapped = PhaseModel(acc, net, optimizer)  # wrapper and accelerate optimizer for the phase's trainable set
 
     def enter(at_):
-        nonlocal model, optimizer
         trainable = set_trainable(net, at_.phase.train, at_.phase.audio)
         bypass_motion(net.denoiser, at_.phase.kind == "spatial" and net.denoiser.has_motion)
-        if deepspeed:
-            if model is not None:
-                raise RuntimeError("DeepSpeed cannot change the trainable parameters inside one run: train each phase in its own run")
-            model, optimizer = acc.prepare(net, optimizer)
-        else:
-            if model is None:
-                optimizer = acc.prepare_optimizer(optimizer)
-            model = _wrap(acc, net)
+        wrapped.enter()
         return trainable
 
     trainable = enter(at)
@@ -190,7 +178,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     step = state.step
     mon = Monitor(out, main, cfg.log.tensorboard, cfg.log.plot, fresh=ckpt is None)
     if main:
-        log.info("phases:\n%s", describe(cfg.phases))
+        log.info("phases:\n%s", describe(cfg.phases, cfg.data.condition))
         mon.event(step, "start", resumed_from=str(ckpt) if ckpt else None, phase=at.phase.name, processes=world,
                   report={k: v for k, v in built.report.items() if k != "denoiser_fresh"})
 
@@ -205,16 +193,19 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     hooks = hooks or {}
     sums, count, t_log = {}, 0, time.perf_counter()
     done_here = 0
+    redirect = logging_redirect_tqdm()  # log lines are printed above the progress bar, not through it
+    redirect.__enter__()
     try:
         while step < cfg.max_steps and (stop_after is None or done_here < stop_after):
             at = phase_at(cfg.phases, step)
             if at.index != current:
                 trainable = enter(at)
                 current = at.index
-                if main:
-                    mon.event(step, "phase", name=at.phase.name, phase_kind=at.phase.kind, train=at.phase.train, audio=at.phase.audio,
+                if main:  # numbered by the phase's first step (1-based, like every step number)
+                    mon.event(step + 1, "phase", name=at.phase.name, phase_kind=at.phase.kind, train=at.phase.train, audio=at.phase.audio,
                               pose_parts=at.phase.pose_parts, data=at.phase.data)
-                    log.info("step %d: phase %s", step, at.phase.name)
+                    log.info("step %d: phase %s", step + 1, at.phase.name)
+            model, optimizer = wrapped.model, wrapped.optimizer
             t0 = time.perf_counter()
             loss_ok, grad_ok, gn, outs = True, True, torch.tensor(0.0), []
             for micro in range(cfg.optim.grad_accum):
@@ -245,11 +236,11 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
             elif getattr(acc, "scaler", None) is not None and loss_ok:
                 # gradient overflow with a finite loss: the loss scaler's normal calibration, fatal only if it never ends
                 state.overflow += 1
-                _report_nonfinite(cfg, acc, mon, step, outs, gn, state, overflow=True)
+                _report_nonfinite(cfg, acc, mon, step + 1, outs, gn, state, overflow=True)
             else:
                 state.nonfinite += 1
                 state.nonfinite_total += 1
-                _report_nonfinite(cfg, acc, mon, step, outs, gn, state)
+                _report_nonfinite(cfg, acc, mon, step + 1, outs, gn, state)
             step += 1
             done_here += 1
             state.step = step
@@ -261,7 +252,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
             if "after_step" in hooks:
                 hooks["after_step"](step, outs, net)
             if step % cfg.log.every == 0 or step == cfg.max_steps:
-                _log_step(cfg, acc, mon, step - 1, at, sums, count, lr_sched, gn, time.perf_counter() - t0, t_log, outs, bar,
+                _log_step(cfg, acc, mon, step, at, sums, count, lr_sched, gn, time.perf_counter() - t0, t_log, outs, bar,
                           ctrl.reset_stats())
                 sums, count, t_log = {}, 0, time.perf_counter()
             if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
@@ -269,7 +260,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
                 sums_all = acc.gather(param_checksum(net).to(acc.device)[None]).cpu().tolist()
                 path = save_checkpoint(acc, out, step, {**meta, "phase": phase_now.phase.name}, cfg.checkpoint.keep_last)
                 if main:
-                    mon.event(step - 1, "checkpoint", path=str(path), completed_steps=step, rank_checksums=sums_all,
+                    mon.event(step, "checkpoint", path=str(path), completed_steps=step, rank_checksums=sums_all,
                               ranks_consistent=len(set(sums_all)) == 1)
                     mon.plot(checkpoint_dir(out) / "loss.png")
                 if len(set(sums_all)) != 1:
@@ -280,13 +271,15 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
                 if ema is not None:  # validate the EMA weights, then put the live ones back
                     ema.store(params)
                     ema.copy_to(params)
-                try:
-                    render_validation(cfg, net, vae, built, pools, step, out, mon, acc.device)
+                try:  # with the phase's conditions and audio-attention mask
+                    render_validation(cfg, net, vae, built, pools, step, out, mon, acc.device, phase=at.phase, audio_control=ctrl)
                 finally:
                     if ema is not None:
                         ema.restore(params)
+                ctrl.set(None)
                 ctrl.reset_stats()
     finally:
+        redirect.__exit__(None, None, None)
         bar.close()
         ctrl.remove()
         mon.close()

@@ -14,10 +14,11 @@ V2 PhD loss: denoising runs from ``t = T - 1`` down to 0. With ``bounds = [b1, b
 Each sample adds its phase's term to ``L_latent``: S1 ``pose_weight * MSE(E_P(I0), E_P(I))``, S2
 ``detail_weight * MSE(edges(I0), edges(I))``, S3 ``low_weight * LPIPS(I0, I)``.
 
-``E_P`` ("the Pose Encoder extracts the keypoint maps"): implemented as keypoint maps of the image: the image
-weighted by Gaussian heat maps around the target frame's keypoints (sigma = ``pose_sigma`` x image size),
-so S1 compares the two images where the pose keypoints are. A differentiable keypoint estimator can replace
-it (``loss.phd.pose_estimator: "module:callable"``, images in [-1, 1] -> heat maps); both images then go through it.
+``E_P`` ("the Pose Encoder extracts the keypoint maps"): two forms (``loss.phd.pose_form``, see
+:mod:`trainer.phd`): ``encoder`` (the paper's: the model's own pose encoder applied to both images) and
+``heatmap`` (the image weighted by Gaussian heat maps around the target frame's keypoints,
+:func:`pose_maps`). A differentiable keypoint estimator can replace either
+(``loss.phd.pose_estimator: "module:callable"``, images in [-1, 1] -> heat maps).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .lpips_net import build_lpips  # noqa: F401  (LPIPS lives in trainer.lpips_net; re-exported for callers)
 
 VAE_SCALE = 0.18215
 
@@ -136,27 +139,6 @@ def pose_maps(images: torch.Tensor, keypoints: torch.Tensor, sigma_frac: float, 
     h, w = images.shape[-2:]
     heat = keypoint_heatmaps(keypoints, (w, h), sigma_frac * max(h, w))
     return images.float() * heat
-
-
-# ---------------------------------------------------------------------------------------------- LPIPS
-def build_lpips(net: str = "alex", random_backbone: bool = False, device="cpu") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """LPIPS(a, b) per sample (N,), images in [-1, 1]; lpips is imported here (pip install lpips / the train extra).
-    ``random_backbone`` (tests) uses a random trunk (pnet_rand=True) with the linear layers shipped in the wheel."""
-    try:
-        import lpips
-    except ImportError as exc:
-        raise RuntimeError("the LPIPS loss term needs the 'lpips' package (pip install 'comfyui-echomimic[train]' or pip install lpips); "
-                           "set its weight to 0 to train without it") from exc
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=random_backbone, verbose=False)
-    model = model.eval().requires_grad_(False).to(device)
-
-    def fn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return model(a.float(), b.float()).flatten()
-
-    fn.module = model
-    return fn
 
 
 # ---------------------------------------------------------------------------------------------- decode

@@ -7,14 +7,21 @@ phases (preset ``v2_apdh``):
 name  what                                           pose parts drawn  audio attn  data
 ====  =============================================  ================  ==========  =========
 1     initial pose: complete keypoint maps           body head lips    muted       halfbody
-                                                     hands
+                                                     hands                         + pose
 2     iterative pose sampling, pose dropout 0->20%   (same)            muted       halfbody
+                                                                                   + pose
 3a    spatial pose sampling: keypoints without lips  body head hands   lips        halfbody
 3b    without head, on padded headshots first        body hands        head        headshot
 3c    the same on half-body data                     body hands        head        halfbody
 3d    hands only, global audio attention             hands             global      halfbody
 4     temporal: motion modules only, 24 frames       hands             global      halfbody
 ====  =============================================  ================  ==========  =========
+
+Data kinds: ``halfbody`` (talking half-body clips), ``headshot`` (V1 talking heads, padded into the half-body
+canvas), ``pose`` (fully pose-driven clips without usable speech, the paper's HumanVid: audio always dropped),
+``all``; a phase may join several with "+".
+
+Step numbers in logs, checkpoints and the progress bar count completed optimizer steps: step 1 is the first.
 
 Keypoint removal order: lips, then head, then body; hands are always kept. "muted" = the audio
 cross-attention output is multiplied by zero and its weights are frozen. Headshot samples always use the
@@ -29,7 +36,12 @@ from .config import ConfigError, PhaseConfig
 POSE_PARTS = ("body", "head", "lips", "hands")
 AUDIO_MODES = ("global", "muted", "lips", "head")
 TRAINABLE = ("reference", "denoiser", "cond_encoder", "motion", "audio")
-DATA_KINDS = ("all", "halfbody", "headshot")
+DATA_KINDS = ("all", "halfbody", "headshot", "pose")
+
+
+def data_kinds(spec: str) -> list[str]:
+    """``"halfbody+pose"`` -> ["halfbody", "pose"]."""
+    return [k.strip() for k in spec.split("+") if k.strip()]
 
 
 def validate_phases(phases: list[PhaseConfig], condition: str) -> None:
@@ -55,8 +67,9 @@ def validate_phases(phases: list[PhaseConfig], condition: str) -> None:
             raise ConfigError(f"{where}: spatial phases have no motion modules to train")
         if p.audio not in AUDIO_MODES:
             raise ConfigError(f"{where}.audio must be one of {', '.join(AUDIO_MODES)}")
-        if p.data not in DATA_KINDS:
-            raise ConfigError(f"{where}.data must be one of {', '.join(DATA_KINDS)}")
+        kinds = data_kinds(p.data)
+        if not kinds or any(k not in DATA_KINDS for k in kinds):
+            raise ConfigError(f"{where}.data must be one of {', '.join(DATA_KINDS)} (or several joined by '+'), got '{p.data}'")
         bad = [x for x in p.pose_parts if x not in POSE_PARTS]
         if bad:
             raise ConfigError(f"{where}.pose_parts: unknown {bad}; choose from {', '.join(POSE_PARTS)}")
@@ -99,11 +112,21 @@ def needs_motion(phases: list[PhaseConfig]) -> bool:
     return any(p.kind == "temporal" for p in phases)
 
 
-def describe(phases: list[PhaseConfig]) -> str:
+def describe(phases: list[PhaseConfig], condition: str = "pose") -> str:
+    """The phase table logged at the start: 1-based step ranges; pose parts, pose dropout and data kinds only
+    for V2 (``condition`` pose), the audio mask only when some phase does not use global attention."""
+    v2 = condition == "pose"
+    masks = any(p.audio != "global" for p in phases)
     rows, start = [], 0
     for p in phases:
-        rows.append(f"  {p.name:>6}  steps {start:>7}-{start + p.steps - 1:<7} {p.kind:<8} frames {p.frames:<2} "
-                    f"train {'+'.join(p.train):<30} pose {'+'.join(p.pose_parts):<22} dropout {p.pose_dropout[0]:.2f}->{p.pose_dropout[1]:.2f} "
-                    f"audio {p.audio:<6} data {p.data}")
+        cols = [f"  {p.name:>6}", f"steps {start + 1:>7}-{start + p.steps:<7}", f"{p.kind:<8}", f"frames {p.frames:<2}",
+                f"train {'+'.join(p.train):<30}"]
+        if v2:
+            cols += [f"pose {'+'.join(p.pose_parts):<22}", f"dropout {p.pose_dropout[0]:.2f}->{p.pose_dropout[1]:.2f}"]
+        if masks:
+            cols.append(f"audio {p.audio:<6}")
+        if v2:
+            cols.append(f"data {p.data}")
+        rows.append(" ".join(cols).rstrip())
         start += p.steps
     return "\n".join(rows)

@@ -4,9 +4,14 @@ Paper facts used (EchoMimic arXiv 2407.08136, EchoMimicV2 arXiv 2411.10061; see 
 - V1: two stages of 30k steps, batch 4 per GPU on 8 GPUs, 512 x 512, lr 1e-5; stage 1 single frames with
   reference / denoising UNet / landmark encoder / audio attention trained, stage 2 motion modules only;
   Random Landmark Selection; L = L_latent + lambda * L_spatial with w(t) = cos(t*pi/2T).
-- V2: APDH phases (10k steps each in the preset), PhD loss with lambda = 0.1 per term, 24-frame temporal stage.
-Values the papers do not state (spatial-loss lambda, augmentation probabilities, V2 batch/lr) are marked
-"assumed" and are ordinary config values.
+- V2: spatial stage = the APDH phases (10k steps each: the paper gives no per-phase lengths), batch 4 per GPU;
+  temporal stage: "we solely optimize the Temporal-Attention modules ... with a batch size of 4 for 30,000
+  steps", 24 frames, temporal weights initialised "using EchoMimic" (V1's released motion_module file);
+  PhD loss with lambda = 0.1 per term and the pose term on the pose encoder's features of x0 and the target.
+  Reading taken where the paper is ambiguous: the spatial networks start from SD1.5 image-variations (the
+  paper names EchoMimic only for the temporal weights; docs/training.md explains why).
+Values the papers do not state (spatial-loss lambda, augmentation probabilities, joint dropout, V2 lr) are
+marked "assumed" and are ordinary config values.
 """
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ from .config import ConfigError
 _V1_DATA = {
     "width": 512, "height": 512, "condition": "landmarks",
     "drop_reference": 0.05, "drop_audio": 0.05, "drop_condition": 0.05,
+    "drop_all": 0.05,  # assumed: all conditions at once (CFG's unconditional branch), as Hallo's joint 5 %
     "rls": {"enabled": True, "parts": ["eyes", "brows", "pupils", "nose", "mouth"], "drop_prob": 0.5},
-    # assumed: the paper says "audio augmentation" without details
+    # assumed: the paper says "audio augmentation" without details; the shift stays under a quarter frame so
+    # that lip sync is not taught to tolerate a one-frame offset (docs/training.md)
     "audio_aug": {"noise_prob": 0.2, "noise_snr_db": [10.0, 40.0], "gain_prob": 0.2, "gain_db": [-6.0, 6.0],
-                  "shift_prob": 0.2, "max_shift_ms": 40.0},
+                  "shift_prob": 0.2, "max_shift_ms": 10.0},
 }
 _OPTIM = {"lr": 1e-5, "batch_size": 4, "grad_accum": 1, "warmup_steps": 0, "lr_schedule": "constant", "max_grad_norm": 1.0}
 
@@ -45,18 +52,22 @@ PRESETS: dict[str, dict] = {
         "validation": {"every": 2000},
     },
     "v2_apdh": {
-        "model": {"weights": "v2", "init": "sd", "motion_init": "animatediff"},
+        # spatial init: SD1.5 image-variations (reading taken, see the module docstring); temporal init: EchoMimic's
+        # released motion module (model.motion_path: BadToBest/EchoMimic motion_module.pth)
+        "model": {"weights": "v2", "init": "sd", "motion_init": "released"},
         "data": {"width": 768, "height": 768, "condition": "pose", "drop_reference": 0.05, "drop_audio": 0.05,
-                 "drop_condition": 0.05, "rls": {"enabled": False},
+                 "drop_condition": 0.05, "drop_all": 0.05, "rls": {"enabled": False},
                  "audio_aug": {**_V1_DATA["audio_aug"]}},
         # decode_frames: the 24-frame phase decodes 4 frames per clip for PhD (memory; assumed)
-        "loss": {"decode_frames": 4, "phd": {"enabled": True, "bounds": [0.1, 0.6], "pose_weight": 0.1, "detail_weight": 0.1, "low_weight": 0.1}},
-        "optim": {**_OPTIM, "batch_size": 2},  # batch assumed
+        "loss": {"decode_frames": 4, "phd": {"enabled": True, "bounds": [0.1, 0.6], "pose_weight": 0.1, "detail_weight": 0.1,
+                                             "low_weight": 0.1, "pose_form": "encoder"}},
+        "optim": {**_OPTIM, "batch_size": 4},  # the paper: batch 4 in both stages (lr assumed = V1's)
         "phases": [
+            # the pose phases also take fully pose-driven clips (`prepare --kind pose`, the paper's HumanVid)
             {"name": "1", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
-             "pose_parts": ["body", "head", "lips", "hands"], "pose_dropout": [0.0, 0.0], "audio": "muted", "data": "halfbody"},
+             "pose_parts": ["body", "head", "lips", "hands"], "pose_dropout": [0.0, 0.0], "audio": "muted", "data": "halfbody+pose"},
             {"name": "2", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
-             "pose_parts": ["body", "head", "lips", "hands"], "pose_dropout": [0.0, 0.2], "audio": "muted", "data": "halfbody"},
+             "pose_parts": ["body", "head", "lips", "hands"], "pose_dropout": [0.0, 0.2], "audio": "muted", "data": "halfbody+pose"},
             {"name": "3a", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
              "pose_parts": ["body", "head", "hands"], "audio": "lips", "data": "halfbody"},
             {"name": "3b", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
@@ -65,7 +76,7 @@ PRESETS: dict[str, dict] = {
              "pose_parts": ["body", "hands"], "audio": "head", "data": "halfbody"},
             {"name": "3d", "steps": 10000, "kind": "spatial", "train": ["reference", "denoiser", "cond_encoder"],
              "pose_parts": ["hands"], "audio": "global", "data": "halfbody"},
-            {"name": "4", "steps": 10000, "kind": "temporal", "frames": 24, "train": ["motion"],
+            {"name": "4", "steps": 30000, "kind": "temporal", "frames": 24, "train": ["motion"],
              "pose_parts": ["hands"], "audio": "global", "data": "halfbody"},
         ],
         "checkpoint": {"every": 1000, "keep_last": 3},

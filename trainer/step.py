@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
-from .losses import (VAE_SCALE, decode_x0, masked_mse, phd_phase, pose_maps, soft_edges, spatial_weight, x0_from_v)
+from .losses import (VAE_SCALE, decode_x0, masked_mse, phd_phase, soft_edges, spatial_weight, x0_from_v)
+from .phd import pose_term
 
 PHD_NAMES = ("S1_pose", "S2_detail", "S3_low")
 
@@ -20,6 +21,7 @@ PHD_NAMES = ("S1_pose", "S2_detail", "S3_low")
 class LossFns:
     lpips: object | None = None  # callable (a, b) -> (N,)
     pose_estimator: object | None = None
+    pose_encoder: object | None = None  # PhD S1 encoder form (default: the model's own cond_encoder)
 
 
 @dataclass
@@ -104,9 +106,8 @@ def compute_losses(model, vae, scheduler, batch: dict, generator: torch.Generato
             if bool(sel.any()):
                 kp = batch["keypoints"][:, keep].flatten(0, 1)[sel] if "keypoints" in batch else torch.zeros(int(sel.sum()), 0, 2, device=device)
                 kp = kp - torch.tensor([[offs[i][1], offs[i][0]] for i in sel.nonzero().flatten().tolist()], device=device, dtype=kp.dtype).view(-1, 1, 2)
-                with torch.no_grad():
-                    tgt = pose_maps(gt[sel], kp, phd.pose_sigma, fns.pose_estimator)
-                phd_terms[0] = phd.pose_weight * masked_mse(pose_maps(dec[sel], kp, phd.pose_sigma, fns.pose_estimator), tgt).sum() / (b * n)
+                encoder = fns.pose_encoder or getattr(getattr(model, "module", model), "cond_encoder", None)
+                phd_terms[0] = phd.pose_weight * pose_term(dec[sel], gt[sel], kp, phd, encoder, fns.pose_estimator).sum() / (b * n)
             sel = phase == 1
             if bool(sel.any()):
                 e = phd.edge

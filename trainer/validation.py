@@ -1,5 +1,13 @@
-"""Validation video: the library's sampler on the networks being trained (a clip's first frame as the
-reference, its audio, and its landmarks / face mask / hand poses as the condition)."""
+"""Validation video: the library's sampler on the networks being trained (the loop passes the EMA weights when
+``ema.enabled``), with a clip's first frame as the reference, its audio, and its landmarks / face mask / poses
+as the condition -- rendered the way the current phase trains:
+
+- V2: the phase's keypoint groups (APDH phase 1 draws body, head, lips and hands; phase 3d hands only), and
+  the phase's audio-attention mask (muted in phases 1-2: the audio attention's output is zero; lips / head
+  partial attention: the union of the per-frame masks over the rendered frames, one mask for every window);
+- V1: eyes, brows, pupils and nose (audio + selected landmarks, what Random Landmark Selection trains; with
+  RLS off, ``data.landmark_parts``), or the face mask.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,18 +19,52 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def validation_condition(cfg, clip, frames: int, phase, size):
+    """(the sampler's condition, the audio-attention mask (1, H, W) or None for global attention)."""
+    from echomimic_lib.pipeline import MaskCondition, frames_condition
+
+    from .data.dataset import face_mask_image, frame_keypoints, pose_pictures
+
+    d = cfg.data
+    w, h = size
+    mask = None
+    if d.condition == "face_mask":
+        cond = MaskCondition(face_mask_image(clip, (w, h)))
+    elif d.condition == "landmarks":
+        from echomimic_lib.landmarks import draw_landmark_sequence
+
+        parts = ["eyes", "brows", "pupils", "nose"] if d.rls.enabled else list(d.landmark_parts)
+        lm = np.asarray(clip.array("landmarks"))[:frames]
+        cond = frames_condition(draw_landmark_sequence(lm, (w, h), parts, normed=True))
+    else:
+        idx = list(range(frames))
+        pics, masks = pose_pictures(clip, idx, [frame_keypoints(clip, i, (w, h)) for i in idx], phase, (w, h))
+        cond = frames_condition(pics)
+        if phase.audio != "global":
+            mask = torch.from_numpy(masks.max(0, keepdims=True))
+    if phase.audio == "muted" and mask is None:
+        mask = torch.zeros(1, h, w)
+    return cond, mask
+
+
 @torch.no_grad()
-def render_validation(cfg, net, vae, built, pools, step: int, out_dir: Path, monitor, device) -> Path | None:
+def render_validation(cfg, net, vae, built, pools, step: int, out_dir: Path, monitor, device, phase=None,
+                      audio_control=None) -> Path | None:
+    """Render ``validation/step-N.mp4``. ``phase``: the phase whose conditions and audio mask are used (default:
+    the phase of step ``step``); ``audio_control``: the run's :class:`trainer.net.AudioAttentionControl` (one is
+    made for this call when None)."""
     from echomimic_lib.audio import AudioFeatures
     from echomimic_lib.model_set import EchoMimicModels
     from echomimic_lib.modes import WEIGHT_SETS
-    from echomimic_lib.pipeline import MaskCondition, SampleSettings, Sampler, frames_condition
+    from echomimic_lib.pipeline import SampleSettings, Sampler
     from echomimic_lib.video_io import write_video
 
-    from .data.dataset import face_mask_image
     from .data.store import ClipReader
+    from .net import AudioAttentionControl
+    from .phases import phase_at
 
     v, d = cfg.validation, cfg.data
+    phase = phase or phase_at(cfg.phases, max(0, step - 1)).phase
     entries = pools.entries
     entry = next((e for e in entries if e.id == v.clip), None) if v.clip else None
     entry = entry or next((e for e in entries if cfg.data.condition != "pose" or e.kind == "halfbody"), entries[0])
@@ -34,35 +76,31 @@ def render_validation(cfg, net, vae, built, pools, step: int, out_dir: Path, mon
     import cv2
 
     ref = cv2.resize(clip.frame(0), (w, h), interpolation=cv2.INTER_AREA)
-    if d.condition == "face_mask":
-        cond = MaskCondition(face_mask_image(clip, (w, h)))
-    elif d.condition == "landmarks":
-        from echomimic_lib.landmarks import draw_landmark_sequence
-
-        lm = np.asarray(clip.array("landmarks"))[:frames]
-        cond = frames_condition(draw_landmark_sequence(lm, (w, h), ["eyes", "brows", "pupils", "nose"], normed=True))
-    else:
-        from echomimic_lib.pose import draw_hands_batch
-
-        cond = frames_condition(draw_hands_batch(clip.pose(), range(frames), (w, h)))
+    cond, audio_mask = validation_condition(cfg, clip, frames, phase, (w, h))
     models = EchoMimicModels(built.config, WEIGHT_SETS[cfg.model.weights], "normal", net.reference, net.denoiser, net.cond_encoder, vae)
     settings = SampleSettings(width=w, height=h, steps=v.steps, cfg=v.cfg, seed=v.seed, fps=clip.fps, num_frames=frames,
                               context_frames=min(12, frames), context_overlap=min(3, max(0, min(12, frames) - 1)))
+    ctrl = audio_control or AudioAttentionControl(net.denoiser)
+    ctrl.set(audio_mask, (h // 8, w // 8))
     was = net.training
     net.eval()
     try:
         res = Sampler(models)(ref, feats, cond, settings)
     finally:
         net.train(was)
+        ctrl.set(None)
+        if audio_control is None:
+            ctrl.remove()
     dest = Path(out_dir) / "validation" / f"step-{step:08d}.mp4"
     audio = np.asarray(clip.array("audio16k"))[None, : int(frames / clip.fps * 16000)]
     write_video(dest, res.frames.numpy(), clip.fps, audio, 16000)
     log_quality_metrics(cfg, monitor, step, res.frames.numpy(), audio[0], clip, (w, h))
     strip = (res.frames[: min(4, frames)].numpy() * 255).astype(np.uint8)
     monitor.image(step, "validation/frames", np.concatenate(list(strip), axis=1))
-    monitor.event(step, "validation", path=str(dest), clip=entry.id)
+    monitor.event(step, "validation", path=str(dest), clip=entry.id, phase=phase.name, audio_mask=phase.audio)
     log.info("validation video %s", dest)
     return dest
+
 
 def log_quality_metrics(cfg, monitor, step: int, frames: np.ndarray, audio16k: np.ndarray, clip, size) -> None:
     """Weight-free quality metrics of a validation video (``echomimic_lib.evaluate``: lip sync, jitter, flicker, face

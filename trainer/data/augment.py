@@ -1,11 +1,17 @@
-"""Random Landmark Selection and waveform augmentation (both driven by a per-sample numpy Generator).
+"""Condition dropout, Random Landmark Selection and waveform augmentation (driven by a per-sample numpy Generator).
+
+Condition dropout: with ``drop_all`` every condition is dropped at once (reference, audio and landmarks / pose:
+the sampler's CFG unconditional branch); otherwise each is dropped on its own with ``drop_reference``,
+``drop_audio``, ``drop_condition``. Without the joint drop the unconditional branch would be the product of the
+three (0.05^3 = 0.0125 % of the samples) and CFG would extrapolate from an untrained prediction.
 
 RLS: every part of ``cfg.parts`` is dropped independently with probability ``drop_prob``; the sample's
 landmark picture draws only the kept parts. With the default 0.5 a sample is landmarks-only (nothing
 dropped) 1/32 of the time, audio-only (everything dropped) 1/32, and "audio + selected landmarks" (mouth
 dropped) about half the time, so one model serves all three driving modes.
 
-Audio: a time shift (the waveform delayed / advanced, zero-filled, up to ``max_shift_ms``), a gain change
+Audio: a time shift (the waveform delayed / advanced, zero-filled, up to ``max_shift_ms``, default 10 ms: a
+shift of a frame (40 ms) would teach the model that a one-frame lip offset is in sync), a gain change
 (dB, clipped to [-1, 1]) and additive white noise at a random SNR, each with its own probability, applied
 to the 16 kHz waveform; the whisper features are then recomputed from the augmented waveform
 (:func:`augmented_chunks`).
@@ -18,6 +24,14 @@ import torch
 SR = 16000
 ROW_SAMPLES = 320  # one whisper feature row = 2 mel hops of 160 samples (50 rows per second)
 WINDOW_SECONDS = 30  # whisper sees 30 s windows
+
+
+def draw_dropout(rng: np.random.Generator, d) -> tuple[bool, bool, bool]:
+    """(reference, audio, condition) dropped for one sample (``d`` = the data config)."""
+    if d.drop_all > 0 and rng.random() < d.drop_all:
+        return True, True, True
+    r = rng.random(3) < np.array([d.drop_reference, d.drop_audio, d.drop_condition])
+    return bool(r[0]), bool(r[1]), bool(r[2])
 
 
 def rls_parts(rng: np.random.Generator, parts, drop_prob: float) -> list[str]:

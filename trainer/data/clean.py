@@ -1,6 +1,7 @@
 """Cleaning rules and crop geometry for ``echomimic-train prepare``.
 
-Rules (the papers' filtering where it is measurable; thresholds are options of :class:`PrepareConfig`):
+Rules (the papers' filtering where it is measurable; thresholds are options of :class:`PrepareConfig`;
+``pose`` clips -- fully pose-driven, no speech -- skip ``no_audio`` and ``face_too_small``):
 
 - ``no_audio``        the video has no audio track and no sidecar audio file;
 - ``too_short``       shorter than ``min_seconds`` after trimming video and audio to each other;
@@ -23,7 +24,7 @@ import numpy as np
 
 @dataclass
 class PrepareConfig:
-    kind: str = "headshot"  # headshot (V1 talking heads) | halfbody (V2)
+    kind: str = "headshot"  # headshot (V1 talking heads) | halfbody (V2) | pose (fully pose-driven, no speech)
     fps: float = 24.0
     size: int = 512  # stored frame size (square); 768 for half-body
     min_seconds: float = 1.0
@@ -32,7 +33,7 @@ class PrepareConfig:
     max_multi_face: float = 0.02
     min_face_px: float = 96.0
     scene_threshold: float = 27.0
-    crop_dilation: float = 0.5  # V1 facecrop_dilation_ratio
+    crop_dilation: float = 0.5  # V1 facecrop_dilation_ratio (the inference crop rule, see clip_square)
     analysis_side: int = 512  # frames are analysed at this max side
     num_shards: int = 16
     jpeg_quality: int = 95
@@ -50,7 +51,8 @@ class Verdict:
 def check_clip(cfg: PrepareConfig, n_frames: int, seconds: float, face_counts: np.ndarray, face_heights_px: np.ndarray,
                cut_scores: np.ndarray, has_audio: bool) -> Verdict:
     """Apply the cleaning rules in order; the first failing rule is the reason."""
-    if not has_audio:
+    pose_only = cfg.kind == "pose"  # fully pose-driven clips: no speech, faces may be small (full body)
+    if not has_audio and not pose_only:
         return Verdict(False, "no_audio", "no audio stream and no sidecar audio file")
     if seconds < cfg.min_seconds or n_frames < 1:
         return Verdict(False, "too_short", f"{seconds:.2f} s < {cfg.min_seconds} s")
@@ -64,13 +66,13 @@ def check_clip(cfg: PrepareConfig, n_frames: int, seconds: float, face_counts: n
     heights = np.asarray(face_heights_px, dtype=np.float64)
     heights = heights[np.isfinite(heights)]
     med = float(np.median(heights)) if heights.size else 0.0
-    if med < cfg.min_face_px:
+    if med < cfg.min_face_px and not pose_only:
         return Verdict(False, "face_too_small", f"median face height {med:.0f} px < {cfg.min_face_px:.0f} px")
     cuts = np.asarray(cut_scores, dtype=np.float64)
     if cuts.size and float(cuts.max()) > cfg.scene_threshold:
         at = int(cuts.argmax()) + 1
         return Verdict(False, "scene_cut", f"content change {cuts.max():.1f} > {cfg.scene_threshold} at frame {at}")
-    return Verdict(True, "", f"{n_frames} frames, median face {med:.0f} px")
+    return Verdict(True, "", f"{n_frames} frames" + ("" if pose_only else f", median face {med:.0f} px"))
 
 
 def fill_missing_rows(values: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -99,17 +101,15 @@ def landmark_boxes(lmks: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def clip_square(boxes: np.ndarray, width: int, height: int, dilation: float = 0.5) -> tuple[int, int, int]:
-    """One square crop (x0, y0, side) for a whole clip: the union of the face boxes, dilated by ``dilation``
-    x the median face size on each side (V1's facecrop_dilation_ratio), squared around its centre, limited
-    to the frame (shifted inside rather than cut)."""
-    b = np.asarray(boxes, dtype=np.float64)
-    x0, y0 = b[:, 0].min(), b[:, 1].min()
-    x1, y1 = b[:, 2].max(), b[:, 3].max()
-    mw, mh = np.median(b[:, 2] - b[:, 0]), np.median(b[:, 3] - b[:, 1])
-    x0, x1 = x0 - dilation * mw, x1 + dilation * mw
-    y0, y1 = y0 - dilation * mh, y1 + dilation * mh
-    side = int(round(min(max(x1 - x0, y1 - y0), width, height)))
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    sx = int(round(min(max(cx - side / 2.0, 0), width - side)))
-    sy = int(round(min(max(cy - side / 2.0, 0), height - side)))
-    return sx, sy, side
+    """One square crop (x0, y0, side) for a whole clip, framed exactly as inference frames a reference: the
+    library's V1 rule (:func:`echomimic_lib.landmarks.preprocess.v1_face_mask_and_crop`: the face box dilated
+    by ``dilation`` x its size, the square of the rectangle's shorter side, centred, clipped) applied to the
+    clip's median face box (face-mesh extent, the inference's default box). A face therefore fills the same
+    share of the crop in training as in the reference at inference; head motion happens inside that frame."""
+    from echomimic_lib.landmarks.preprocess import v1_face_mask_and_crop
+
+    box = np.median(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), axis=0)
+    # only the geometry is used: a blank image of the source size, an 8 x 8 output
+    sq = v1_face_mask_and_crop(np.zeros((int(height), int(width), 3), np.uint8), box, 8, 8, crop_dilation=dilation).square
+    x0, y0, x1, y1 = (int(v) for v in sq)
+    return x0, y0, min(x1 - x0, y1 - y0)

@@ -7,7 +7,12 @@ seeded by ``(seed, rank, pos)``, so a sample never depends on worker scheduling,
 (position ``s * batch * accum``) reproduces the uninterrupted run exactly.
 
 Processes read disjoint clips: clip ``i`` of a pool belongs to rank ``i % world`` (a rank whose share of a
-pool is empty reads the whole pool). Inside its share a rank walks a fresh permutation each epoch.
+pool is empty reads the whole pool). Inside its share a rank walks a fresh permutation each epoch. A phase's
+pool is one data kind or several (``halfbody+pose``).
+
+Clip kinds: ``headshot`` (V1 talking heads; in V2 padded into the half-body canvas), ``halfbody`` (V2) and
+``pose`` (fully pose-driven clips, e.g. HumanVid: drawn from their DWPose keypoints like half-body clips, with
+the audio always dropped -- they carry no speech that matches the motion).
 """
 from __future__ import annotations
 
@@ -21,8 +26,8 @@ import torch
 from ..config import TrainConfig
 from ..masks import (DEFAULT_HEAD_BOX, head_mask, headshot_layout, keypoints_from_landmarks, keypoints_from_pose, lips_mask,
                      pad_headshot, MP_TO_68, draw_pose)
-from ..phases import phase_at, pose_dropout_at
-from .augment import augmented_chunks, draw_audio_aug, rls_parts, stored_chunks
+from ..phases import data_kinds, phase_at, pose_dropout_at
+from .augment import augmented_chunks, draw_audio_aug, draw_dropout, rls_parts, stored_chunks
 from .store import ClipEntry, ClipReader, read_manifest
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,13 @@ class Pools:
     entries: list[ClipEntry]
     by_kind: dict[str, list[int]]  # data kind -> this rank's clip indices
 
+    def pool(self, spec: str) -> list[int]:
+        """This rank's clips for a phase's ``data`` (one kind, or several joined by '+')."""
+        kinds = data_kinds(spec)
+        if len(kinds) == 1:
+            return self.by_kind[kinds[0]]
+        return sorted(set().union(*(self.by_kind[k] for k in kinds)))
+
 
 def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
     entries: list[ClipEntry] = []
@@ -57,9 +69,8 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
         entries += [e for e in read_manifest(root)]
     if not entries:
         raise FileNotFoundError("data.roots: no prepared clips found (run `echomimic-train prepare` first)")
-    kinds = {"all": list(range(len(entries))),
-             "halfbody": [i for i, e in enumerate(entries) if e.kind == "halfbody"],
-             "headshot": [i for i, e in enumerate(entries) if e.kind == "headshot"]}
+    kinds = {"all": list(range(len(entries)))}
+    kinds.update({k: [i for i, e in enumerate(entries) if e.kind == k] for k in ("halfbody", "headshot", "pose")})
     by_kind = {}
     for kind, idx in kinds.items():
         mine = [i for j, i in enumerate(idx) if j % world == rank]
@@ -80,7 +91,7 @@ class ResumableSampler:
     def key(self, pos: int) -> dict:
         step = pos // self.per_step
         phase = phase_at(self.cfg.phases, step).phase
-        pool = self.pools.by_kind[phase.data]
+        pool = self.pools.pool(phase.data)
         if not pool:
             raise RuntimeError(f"phase {phase.name} needs '{phase.data}' clips but the datasets have none")
         epoch, k = divmod(pos, len(pool))
@@ -158,10 +169,11 @@ class EchoDataset(torch.utils.data.Dataset):
         sample = {"pixels": _to_tensor(frames[:nf]), "reference": _to_tensor(frames[nf])}
         sample["audio"], applied = self._audio(clip, idx, rng)
         sample["audio_augmented"] = torch.tensor(bool(applied))
-        drop = rng.random(3) < np.array([d.drop_reference, d.drop_audio, d.drop_condition])
+        drop = draw_dropout(rng, d)
         p_pose = pose_dropout_at(at)
         drop_pose = bool(rng.random() < p_pose)
-        sample["drop_reference"], sample["drop_audio"] = torch.tensor(bool(drop[0])), torch.tensor(bool(drop[1]))
+        no_speech = clip.kind == "pose"  # fully pose-driven clips: the audio is always the unconditional one
+        sample["drop_reference"], sample["drop_audio"] = torch.tensor(bool(drop[0])), torch.tensor(bool(drop[1] or no_speech))
         sample["drop_condition"] = torch.tensor(bool(drop[2] or drop_pose))
         sample["loss_mask"] = torch.from_numpy(valid)[None].expand(nf, h, w).clone()
         if d.condition == "landmarks":
@@ -171,9 +183,10 @@ class EchoDataset(torch.utils.data.Dataset):
         elif d.condition == "face_mask":
             sample["cond"] = torch.from_numpy(face_mask_image(clip, (w, h)))[None, None]
         else:
-            kps = [self._keypoints(clip, i, (w, h), layout if padded else None) for i in idx]
-            cond, amask = self._pose_images(clip, idx, kps, phase, (w, h), padded)
-            sample["cond"], sample["audio_mask"] = cond, amask
+            kps = [frame_keypoints(clip, i, (w, h), layout if padded else None) for i in idx]
+            pics, amask = pose_pictures(clip, idx, kps, phase, (w, h), padded)
+            sample["cond"] = torch.from_numpy(pics).float().div(255.0).permute(3, 0, 1, 2)  # (3, F, H, W)
+            sample["audio_mask"] = torch.from_numpy(amask * valid)  # a padded headshot's masks end at its border
             sample["keypoints"] = torch.from_numpy(np.stack([k.all_points() for k in kps]).astype(np.float32))
         sample["face_box"] = torch.from_numpy(self._face_box(clip, idx, (w, h), layout if padded else None))
         sample["headshot_padded"] = torch.tensor(padded)
@@ -185,7 +198,7 @@ class EchoDataset(torch.utils.data.Dataset):
         return int(rng.choice(cand)) if cand else int(rng.integers(0, n))
 
     def _audio(self, clip: ClipReader, idx: np.ndarray, rng) -> tuple[torch.Tensor, dict]:
-        plan = draw_audio_aug(rng, self.cfg.data.audio_aug)
+        plan = draw_audio_aug(rng, self.cfg.data.audio_aug) if clip.kind != "pose" else {}
         if plan:
             wave = np.asarray(clip.array("audio16k"))
             return augmented_chunks(wave, idx, clip.fps, self.whisper(), plan), plan
@@ -199,33 +212,6 @@ class EchoDataset(torch.utils.data.Dataset):
                          np.zeros((size[1], size[0], 3), np.uint8) for i in idx])
         return torch.from_numpy(imgs).float().div(255.0).permute(3, 0, 1, 2)  # (3, F, H, W)
 
-    def _keypoints(self, clip: ClipReader, i: int, size, layout):
-        if clip.kind == "halfbody":
-            return keypoints_from_pose(clip.pose(), int(i), size)
-        lm = np.asarray(clip.array("landmarks")[int(i)], dtype=np.float64)[:, :2]
-        if layout is not None:  # headshot padded into the half-body canvas
-            lm = layout.to_canvas(lm) / layout.size
-        return keypoints_from_landmarks(lm, size)
-
-    def _pose_images(self, clip: ClipReader, idx, kps, phase, size, padded: bool):
-        from echomimic_lib.pose import draw_hands
-
-        mode = phase.audio
-        if padded and mode != "muted":
-            mode = "head"  # Head Partial Attention for headshot samples
-        imgs, masks = [], []
-        for j, i in enumerate(idx):
-            hands = draw_hands(clip.pose(), int(i), size) if clip.kind == "halfbody" and "hands" in phase.pose_parts else None
-            imgs.append(draw_pose(kps[j], size, phase.pose_parts, hands))
-            if mode == "lips":
-                masks.append(lips_mask(kps[j], size))
-            elif mode == "head":
-                masks.append(head_mask(kps[j], size))
-            else:
-                masks.append(np.full((size[1], size[0]), 0.0 if mode == "muted" else 1.0, np.float32))
-        cond = torch.from_numpy(np.stack(imgs)).float().div(255.0).permute(3, 0, 1, 2)
-        return cond, torch.from_numpy(np.stack(masks))
-
     def _face_box(self, clip: ClipReader, idx, size, layout) -> np.ndarray:
         """Union face box of the sample's frames, normalised (x0, y0, x1, y1); the whole image if unknown."""
         if not clip.has("face_boxes"):
@@ -235,6 +221,39 @@ class EchoDataset(torch.utils.data.Dataset):
         if layout is not None:
             box = layout.to_canvas(box.reshape(2, 2)).reshape(4) / layout.size
         return np.clip(box, 0, 1).astype(np.float32)
+
+
+def frame_keypoints(clip: ClipReader, i: int, size, layout=None):
+    """Keypoints of frame ``i`` in output pixels: DWPose for half-body / pose clips, face mesh for headshots
+    (placed into the half-body canvas by ``layout`` when padded)."""
+    if clip.kind in ("halfbody", "pose"):
+        return keypoints_from_pose(clip.pose(), int(i), size)
+    lm = np.asarray(clip.array("landmarks")[int(i)], dtype=np.float64)[:, :2]
+    if layout is not None:  # headshot padded into the half-body canvas
+        lm = layout.to_canvas(lm) / layout.size
+    return keypoints_from_landmarks(lm, size)
+
+
+def pose_pictures(clip: ClipReader, idx, kps, phase, size, padded: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A phase's V2 condition pictures (F, H, W, 3) uint8 (its keypoint groups; hands as the inference drawing)
+    and audio-attention masks (F, H, W) float32 (zeros muted, lips / head partial attention, ones global)."""
+    from echomimic_lib.pose import draw_hands
+
+    mode = phase.audio
+    if padded and mode != "muted":
+        mode = "head"  # Head Partial Attention for headshot samples
+    imgs, masks = [], []
+    for j, i in enumerate(idx):
+        body = clip.kind in ("halfbody", "pose")
+        hands = draw_hands(clip.pose(), int(i), size) if body and "hands" in phase.pose_parts else None
+        imgs.append(draw_pose(kps[j], size, phase.pose_parts, hands))
+        if mode == "lips":
+            masks.append(lips_mask(kps[j], size))
+        elif mode == "head":
+            masks.append(head_mask(kps[j], size))
+        else:
+            masks.append(np.full((size[1], size[0]), 0.0 if mode == "muted" else 1.0, np.float32))
+    return np.stack(imgs), np.stack(masks)
 
 
 def collate(samples: list[dict]) -> dict:

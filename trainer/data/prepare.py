@@ -1,9 +1,10 @@
 """``echomimic-train prepare``: a folder of talking-head / half-body videos -> a training set on disk.
 
-Per clip: frames at a fixed fps, cropped (headshot: one square around the face over the whole clip, V1's
-crop rule; half-body: the reference's half-body crop rule via :mod:`echomimic_lib.pose.align`), 16 kHz
-audio and its whisper feature rows, per-frame face landmarks and face boxes, and for half-body clips the
-DWPose whole-body keypoints. Cleaning rules are in :mod:`.clean`; storage in :mod:`.store`.
+Per clip: frames at a fixed fps, cropped (headshot: one square around the face for the whole clip, framed by
+the inference's V1 rule; half-body: the reference's half-body crop rule via :mod:`echomimic_lib.pose.align`;
+pose: the whole frame), 16 kHz audio and its whisper feature rows, per-frame face landmarks and face boxes,
+and for half-body / pose clips the DWPose whole-body keypoints (:mod:`.prepare_body`). Cleaning rules are in
+:mod:`.clean`; storage in :mod:`.store`.
 
 Resumable: a clip is written into ``<id>.partial`` and renamed when complete, and its status file is
 written last; a re-run skips every clip that has a status file (kept or dropped). ``num_workers`` /
@@ -187,87 +188,6 @@ def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
     return st
 
 
-def prepare_halfbody(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tools: Tools) -> ClipStatus:
-    """V2 clips: DWPose on every frame, the reference's half-body crop, face landmarks mapped into the canvas."""
-    from echomimic_lib.errors import EchoMimicError
-    from echomimic_lib.pose import HalfBodyCrop, crop_image, resize_and_pad_params, save_pose_npz
-    from echomimic_lib.pose.dwpose import extract_pose_sequence
-
-    info, wave, audio_src, st = _open_clip(video, cid, "halfbody", cfg)
-    if wave is None:
-        return st
-    max_frames = _max_frames(cfg, wave)
-    cuts, lmks, prev, an_size = [], [], [None], [None]
-
-    def frames():
-        for img in iter_frames(video, cfg.fps, cfg.analysis_side, max_frames):
-            an_size[0] = (img.shape[1], img.shape[0])
-            hsv = small_hsv(img)
-            if prev[0] is not None:
-                cuts.append(scene_score(prev[0], hsv))
-            prev[0] = hsv
-            if cfg.face_landmarks:
-                faces = tools.landmarker.detect(img)
-                lmks.append(_largest(faces)["lmks"] if faces else None)
-            yield img
-
-    try:
-        seq = extract_pose_sequence(frames(), tools.pose_detector, size=cfg.size, on_missing="interpolate", crop=True, fps=cfg.fps)
-    except EchoMimicError as exc:
-        st.reason, st.detail = ("no_face", str(exc)) if "no person" in str(exc) or "face" in str(exc) else ("unreadable", str(exc))
-        return st
-    rep = seq.report
-    counts = np.ones(rep.n_frames, dtype=np.int64)
-    counts[rep.missing_frames] = 0
-    counts[rep.multi_person_frames] = 2
-    n = rep.n_frames if wave is None else min(rep.n_frames, int(len(wave) / 16000 * cfg.fps))
-    crop = rep.crop
-    s = info["width"] / an_size[0][0]
-    ok = (seq.faces_score > 0.3) & np.isfinite(seq.faces).all(-1)
-    fy = np.where(ok, seq.faces[..., 1], np.nan)
-    heights = (np.nanmax(fy, axis=1) - np.nanmin(fy, axis=1)) * crop.height * s if ok.any() else np.full(len(seq), np.nan)
-    v = check_clip(cfg, n, n / cfg.fps, counts[:n], heights[:n], np.array(cuts[: max(0, n - 1)]), wave is not None)
-    st.seconds, st.num_frames = round(n / cfg.fps, 3), n
-    if not v.ok:
-        st.reason, st.detail = v.reason, v.detail
-        return st
-    x0, y0 = int(round(crop.x0 * s)), int(round(crop.y0 * s))
-    x1, y1 = min(info["width"], int(round(crop.x1 * s))), min(info["height"], int(round(crop.y1 * s)))
-    src_crop = HalfBodyCrop(x0, y0, x1, y1, (info["width"], info["height"]), cfg.size, resize_and_pad_params(y1 - y0, x1 - x0, cfg.size))
-    seq = seq.take(np.arange(n))
-    seq.draw_pose_params = np.tile(np.asarray(src_crop.draw_pose_params, dtype=np.int64), (len(seq), 1))
-    shard = shard_of(cid, cfg.num_shards)
-    final = shard_dir(out_root, shard) / cid
-    writer = ClipWriter(final, cfg.jpeg_quality)
-    try:
-        for img in iter_frames(video, cfg.fps, None, n):
-            writer.add_frame(crop_image(img, src_crop))
-        n = writer.num_frames
-        imh, imw, rb, _, cb, _ = src_crop.draw_pose_params
-        arrays = {}
-        if cfg.face_landmarks and any(x is not None for x in lmks[:n]):
-            lm, valid = fill_missing_rows(lmks[:n])
-            lm_c = lm.copy()
-            lm_c[..., 0] = ((lm[..., 0] * info["width"] - x0) / (x1 - x0) * imw + cb) / cfg.size
-            lm_c[..., 1] = ((lm[..., 1] * info["height"] - y0) / (y1 - y0) * imh + rb) / cfg.size
-            lm_c[..., 2] = lm[..., 2] * info["width"] / (x1 - x0) * imw / cfg.size
-            arrays.update(landmarks=lm_c.astype(np.float32), landmarks_valid=valid)
-            arrays["face_boxes"] = (landmark_boxes(lm_c, 1, 1)).astype(np.float32)
-        wave = wave[: int(round(n / cfg.fps * 16000))]
-        arrays.update(audio16k=wave, whisper=_whisper_rows(wave, tools, cfg.whisper_dtype))
-        save_pose_npz(seq.take(np.arange(n)), writer.tmp / "pose.npz")
-        meta = {"id": cid, "source": str(video), "audio_source": audio_src, "kind": "halfbody", "fps": cfg.fps, "size": cfg.size,
-                "source_size": [info["width"], info["height"]], "crop": [x0, y0, x1, y1], "draw_pose_params": list(map(int, src_crop.draw_pose_params)),
-                "seconds": n / cfg.fps, "check": v.detail}
-        writer.finish(meta, arrays)
-    except BaseException:
-        writer.abort()
-        raise
-    st.status, st.detail, st.num_frames, st.seconds = "ok", v.detail, n, round(n / cfg.fps, 3)
-    st.shard, st.path = shard, str(final.relative_to(out_root))
-    return st
-
-
 def status_path(out_root: Path, cid: str) -> Path:
     return out_root / "status" / f"{cid}.json"
 
@@ -282,7 +202,9 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     write_json_atomic(out_root / "prepare_config.json", asdict(cfg))
     videos = [v for v in list_videos(input_dir) if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
     tools = Tools(whisper_path, landmarker_model, pose_detector, device)
-    fn = prepare_halfbody if cfg.kind == "halfbody" else prepare_headshot
+    from .prepare_body import prepare_body
+
+    fn = prepare_headshot if cfg.kind == "headshot" else prepare_body
     done = Counter()
     bar = tqdm(videos, desc=f"prepare ({cfg.kind})", unit="clip", disable=not progress)
     try:
