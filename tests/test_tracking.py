@@ -49,6 +49,8 @@ def test_smoothing_ignores_frames_without_a_face():
     assert np.abs(smooth_time(values, valid, 2.0)).max() == 0.0
     spread = smooth_time(values, np.ones(40, bool), 2.0)  # a valid spike is spread out, its mass kept
     assert np.allclose(spread.sum(axis=0), values.sum(axis=0)) and spread[20, 0] < 250
+    short = smooth_time(np.arange(3.0)[:, None], np.ones(3, bool), 3.0)  # a kernel longer than the clip
+    assert short.shape == (3, 1) and np.allclose(short, short.mean()) is False and 0 < short[0, 0] < short[2, 0] < 2
 
 
 @pytest.mark.parametrize("src_fps,n_src,n_out", [(24.0, 30, 30), (25.0, 12, 25), (30.0, 40, 150), (24.0, 100, 30)])

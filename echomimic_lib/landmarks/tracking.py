@@ -53,6 +53,8 @@ def smooth_time(values, valid, sigma: float) -> np.ndarray:
     for off in range(-r, r + 1):
         w = math.exp(-0.5 * (off / sigma) ** 2)
         lo, hi = max(0, -off), min(len(v), len(v) - off)  # frames i with i + off inside the clip
+        if hi <= lo:  # the kernel is longer than the clip
+            continue
         num[lo:hi] += w * v[lo + off:hi + off] * ok[lo + off:hi + off].reshape(shape)
         den[lo:hi] += w * ok[lo + off:hi + off]
     out = v.copy()
