@@ -177,6 +177,19 @@ def describe(plan) -> str:
             f"{s.steps} steps, cfg {s.cfg:g}, seed {s.seed}, {plan.device} {DTYPE_NAMES[plan.dtype]}")
 
 
+def _warn_if_slow(plan) -> None:
+    """A CPU render at full size takes hours with real weights: say so before it starts."""
+    from .pipeline import base_windows
+
+    s = plan.settings
+    if plan.device.type != "cpu" or plan.request.smoke or s.width * s.height < 256 * 256:
+        return
+    calls = s.steps * len(base_windows(s.num_frames, s.context_frames, s.context_overlap))
+    log.warning("running on the CPU: %d denoiser calls (%d steps x %d windows) at %dx%d; with the official weights that takes "
+                "hours. Check an install with --smoke (seconds); --acc needs 6 steps; a GPU is picked by --device auto.",
+                calls, s.steps, calls // s.steps, s.width, s.height)
+
+
 def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None) -> dict:
     """Render ``req.output``; returns a summary dict (frames, seconds, peak memory)."""
     from .audio import encode_audio
@@ -194,6 +207,7 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
 
         adapter = load_checked(req.lora, mode.weights, variant, req.lora_strength)
     log.info("%s", describe(plan))
+    _warn_if_slow(plan)
     prepared = _condition(plan)
     root = plan.models_root
     if req.smoke:

@@ -73,8 +73,9 @@ def _number(value, flag: str, kind=float):
 def _check_size(width, height, context_frames, cfg, dtype) -> None:
     for flag, v in (("--width", width), ("--height", height)):
         if v % 8:
+            near = [c for c in (v // 8 * 8, v // 8 * 8 + 8) if SIZE_RANGE[0] <= c <= SIZE_RANGE[1]] or [SIZE_RANGE[0]]
             raise EchoMimicError(f"{flag} {v}: width and height must be positive multiples of 8 (the VAE works on 8-px "
-                                 f"blocks); try {flag} {max(SIZE_RANGE[0], v // 8 * 8)} or {v // 8 * 8 + 8}.")
+                                 f"blocks); try {flag} {' or '.join(map(str, near))}.")
         if v < SIZE_RANGE[0]:
             raise EchoMimicError(f"{flag} {v}: at least {SIZE_RANGE[0]} px (the networks need 8 latent pixels); use {flag} 64 or more.")
     if max(width, height) > SIZE_RANGE[1]:
@@ -138,11 +139,11 @@ def check_condition_inputs(req, mode) -> None:
 def check_output(path) -> Path:
     from .video_writer import check_output_path
 
-    p = Path(str(path)) if path else None
-    if p is not None and p.suffix.lower() not in OUTPUT_SUFFIXES and not p.is_dir():
+    p = check_output_path(path, "-o")  # a folder, a device, an unwritable place: said first
+    if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise EchoMimicError(f"-o {path}: the output is an H.264 mp4 video; give it the .mp4 extension, e.g. -o "
-                             f"{p.with_suffix('.mp4') if p.name else 'out.mp4'}.")
-    return check_output_path(path, "-o")
+                             f"{Path(str(path)).with_suffix('.mp4')}.")
+    return p
 
 
 def read_reference(path) -> np.ndarray:
@@ -202,11 +203,14 @@ def find_face_model(req, root: Path):
 
         import_mediapipe()
     except EchoMimicError as exc:
-        if getattr(req, "smoke", False) and get_mode(req.mode).condition == "face_mask":
+        from_video = get_mode(req.mode).condition == "landmarks" and not Path(req.landmarks).is_dir()
+        if getattr(req, "smoke", False) and not from_video:  # only the face crop needs it: use the whole image
             log.warning("smoke run: no MediaPipe face model (%s); animating the whole image instead of a face crop.",
                         str(exc).split(";")[0])
             return replace(req, face_crop=False)
-        alternatives = " Or pass --mediapipe-model FILE" + (", or --no-face-crop to animate the whole image."
+        alternatives = (" (Without --offline it is downloaded once.)" if not req.download and isinstance(exc, MissingWeightsError)
+                        and not req.mediapipe_model else "")
+        alternatives += " Or pass --mediapipe-model FILE" + (", or --no-face-crop to animate the whole image."
                                                             if req.face_crop and get_mode(req.mode).condition != "hand_pose" else ".")
         if isinstance(exc, MissingWeightsError):
             raise MissingWeightsError(f"{exc}{alternatives}", exc.missing) from exc

@@ -34,18 +34,20 @@ def request_from_args(args):
 
 
 def _cmd_animate(args) -> int:
+    import torch
+
     from .animate import run
 
     req = request_from_args(args)
+    threads = torch.get_num_threads()
     if args.smoke:  # tiny tensors: extra intra-op threads only add synchronisation (10x slower on a busy CPU)
-        import torch
-
         torch.set_num_threads(1)
     bar = ProgressBar("sampling", "window", disable=args.quiet)
     try:
         s = run(req, bar)
     finally:
         bar.close()
+        torch.set_num_threads(threads)
     line = f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video) in {s['seconds']} s, peak RSS {s['peak_rss_gb']} GB"
     if "peak_vram_gb" in s:
         line += f", peak VRAM {s['peak_vram_gb']} GB"

@@ -63,7 +63,7 @@ def check_output_path(path, flag: str = "the output path") -> Path:
         p = p.resolve()  # write through the link: the link itself is never replaced
     try:
         st = p.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the parent check below says why
         st = None
     except OSError as exc:
         raise OutputError(f"{flag} {p}: cannot be inspected ({exc.strerror or exc}); choose another file name.") from exc

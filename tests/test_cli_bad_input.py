@@ -1,0 +1,218 @@
+"""Bad input through the real command-line entry point (``echomimic_lib.cli.main``, in-process).
+
+Every case: exit code 2, a message that names the problem and the fix, no Python traceback, no output
+or partial file, and -- because every check runs before the weights -- no weight loaded or even looked
+up (the loaders are replaced by recorders that fail the run if they are reached).
+"""
+import os
+import stat
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from echomimic_lib.cli import main as cli
+
+MP_MODEL = "face_landmarker_v2_with_blendshapes.task"
+
+
+def _wav(path: Path, samples: np.ndarray, sr: int = 16000) -> Path:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, shared_data):
+    import cv2
+
+    from echomimic_lib.video_io import read_audio
+
+    d = tmp_path_factory.mktemp("media")
+    wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
+    files = {
+        "speech": _wav(d / "speech.wav", wav[0, : int(1.2 * sr)], sr),
+        "silent": _wav(d / "silent.wav", np.zeros(16000)),
+        "short": _wav(d / "short.wav", 0.5 * np.sin(np.arange(160) / 3.0)),  # 10 ms
+        "noise_bytes": d / "noise.wav",
+        "broken_png": d / "broken.png",
+        "noface": d / "noface.png",
+        "empty_models": d / "models",
+    }
+    files["noise_bytes"].write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    files["broken_png"].write_bytes(b"\x89PNG not really")
+    grad = np.tile(np.linspace(0, 255, 256, dtype=np.uint8)[None, :, None], (256, 1, 3))
+    cv2.imwrite(str(files["noface"]), grad)
+    files["empty_models"].mkdir()
+    files["ref"] = shared_data / "images" / "portrait_a.png"
+    files["mp"] = shared_data / "mediapipe" / MP_MODEL
+    return files
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Weight loading and weight lookup, replaced by recorders that fail loudly."""
+    import echomimic_lib.download as download
+    import echomimic_lib.model_set as model_set
+    import echomimic_lib.weights as weights
+
+    calls = []
+
+    def recorder(name):
+        def f(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was called: a weight would be read before the input was checked")
+        return f
+
+    monkeypatch.setattr(model_set, "load_models", recorder("load_models"))
+    monkeypatch.setattr(model_set, "read_state_dict", recorder("model_set.read_state_dict"))
+    monkeypatch.setattr(weights, "read_state_dict", recorder("weights.read_state_dict"))
+    monkeypatch.setattr(download, "ensure_weights", recorder("ensure_weights"))
+    return calls
+
+
+def _no_cuda():
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _no_mps():
+    import torch
+
+    return not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+# (case id, changes to the base command, words the message must contain: the problem and the fix)
+CASES = [
+    ("width-not-multiple-of-8", ["--width", "100"], ["--width 100", "multiples of 8", "try --width 96 or 104"]),
+    ("height-too-small", ["--height", "32"], ["--height 32", "at least 64", "--height 64"]),
+    ("size-too-large", ["--width", "4096", "--height", "4096"], ["larger than 2048", "GB of memory", "at most 2048"]),
+    ("fps-zero", ["--fps", "0"], ["--fps 0", "between 1 and 120"]),
+    ("fps-huge", ["--fps", "500"], ["--fps 500", "between 1 and 120"]),
+    ("fps-nan", ["--fps", "nan"], ["--fps", "finite number"]),
+    ("steps-negative", ["--steps", "-1"], ["--steps -1", "1..200", "0 = the default"]),
+    ("steps-huge", ["--steps", "5000"], ["--steps 5000", "1..200"]),
+    ("cfg-negative", ["--cfg", "-1"], ["--cfg -1", "between 0 and 20"]),
+    ("cfg-huge", ["--cfg", "80"], ["--cfg 80", "between 0 and 20"]),
+    ("length-negative", ["--length", "-5"], ["--length -5", "0 (follow the audio)"]),
+    ("context-frames-zero", ["--context-frames", "0"], ["--context-frames 0", "1..32"]),
+    ("context-frames-huge", ["--context-frames", "40"], ["--context-frames 40", "1..32"]),
+    ("context-overlap-too-big", ["--context-overlap", "12"], ["--context-overlap 12", "smaller than --context-frames"]),
+    ("context-overlap-negative", ["--context-overlap", "-1"], ["--context-overlap -1", "0..11"]),
+    ("seed-negative", ["--seed", "-3"], ["--seed -3", "0 to 2^64-1"]),
+    ("device-unknown", ["--device", "gpu"], ["unknown device 'gpu'", "auto, cpu, cuda"]),
+    pytest.param("device-cuda-missing", ["--device", "cuda"], ["--device cuda", "no CUDA GPU", "--device cpu"],
+                 marks=pytest.mark.skipif(not _no_cuda(), reason="a CUDA GPU is present"), id="device-cuda-missing"),
+    pytest.param("device-mps-missing", ["--device", "mps"], ["--device mps", "not available", "--device cpu"],
+                 marks=pytest.mark.skipif(not _no_mps(), reason="MPS is present"), id="device-mps-missing"),
+    ("version-mode-mismatch", ["--version", "v2", "--mode", "audio"], ["belongs to EchoMimic V1", "--version v1"]),
+    ("v2-without-pose", ["--version", "v2"], ["needs a hand-pose sequence", "--pose DIR"]),
+    ("pose-with-v1", ["--pose", "{ref}"], ["--pose is for V2", "--version v2"]),
+    ("landmarks-missing", ["--mode", "landmarks", "--landmarks", "{tmp}/nowhere.mp4"], ["nowhere.mp4", "not found", "existing file"]),
+    ("output-wrong-extension", ["-o", "{tmp}/out.avi"], ["-o", "out.avi", ".mp4 extension", "out.mp4"]),
+    ("output-is-directory", ["-o", "{tmp}/outdir"], ["is a directory", "outdir/out.mp4"]),
+    ("output-parent-is-file", ["-o", "{tmp}/afile/out.mp4"], ["afile is a file, not a folder", "choose an output"]),
+    ("output-is-device", ["-o", "/dev/null"], ["/dev/null", "not a regular file", "never replaced"]),
+    ("output-is-fifo", ["-o", "{tmp}/pipe.mp4"], ["pipe.mp4", "not a regular file", "never replaced"]),
+    ("output-not-writable", ["-o", "{readonly}/out.mp4"], ["cannot write into", "writable folder"]),
+    ("reference-missing", ["--reference", "{tmp}/none.png"], ["--reference", "none.png", "file not found", "give a portrait"]),
+    ("reference-is-folder", ["--reference", "{tmp}"], ["--reference", "is a folder", "image file"]),
+    ("reference-corrupt", ["--reference", "{broken_png}"], ["cannot be read as an image", "save it as png or jpg"]),
+    ("audio-missing", ["--audio", "{tmp}/none.wav"], ["--audio", "none.wav", "file not found", "speech recording"]),
+    ("audio-corrupt", ["--audio", "{noise_bytes}"], ["noise.wav", "cannot be opened as a media file", "use a wav"]),
+    ("audio-no-sound-track", ["--audio", "{ref}"], ["has no audio stream", "recording with sound"]),
+    ("audio-silent", ["--audio", "{silent}"], ["the audio is silent", "digital silence", "recording of speech"]),
+    ("audio-too-short", ["--audio", "{short}"], ["too short", "10 ms", "at least 20 ms"]),
+    ("no-face", ["--reference", "{noface}"], ["no face found", "noface.png", "--no-face-crop"]),
+    ("mediapipe-model-missing", ["--mediapipe-model", None], ["face_landmarker.task", "not found", "--mediapipe-model FILE",
+                                                              "--no-face-crop"]),
+    ("mediapipe-model-invalid", ["--mediapipe-model", "{broken_png}"], ["not a valid MediaPipe", "download it again"]),
+    ("parts-unknown", ["--mode", "audio+landmarks", "--landmarks", "{pkl}", "--parts", "ears", "--no-face-crop"],
+     ["--parts", "ears"]),
+]
+
+
+def _expand(args, media, tmp, readonly):
+    subs = {k: str(v) for k, v in media.items()} | {"tmp": str(tmp), "readonly": str(readonly),
+                                                     "pkl": str(Path(media["ref"]).parents[1] / "v1_pose_pkl")}
+    return [a.format(**subs) if isinstance(a, str) else a for a in args]
+
+
+def _with(base: list, changes: list) -> list:
+    """Replace an option's value in ``base`` (None removes the option), or append it."""
+    out = list(base)
+    i = 0
+    while i < len(changes):
+        flag = changes[i]
+        takes_value = i + 1 < len(changes) and not (isinstance(changes[i + 1], str) and changes[i + 1].startswith("--"))
+        value = changes[i + 1] if takes_value else ""
+        if flag in out and takes_value:
+            j = out.index(flag)
+            if value is None:
+                del out[j : j + 2]
+            else:
+                out[j + 1] = value
+        elif value is not None:
+            out += [flag, value] if takes_value else [flag]
+        i += 2 if takes_value else 1
+    return out
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    d = tmp_path / "readonly"
+    d.mkdir()
+    d.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        (d / "probe").write_bytes(b"")
+    except OSError:
+        yield d  # permissions work (not root)
+    else:
+        (d / "probe").unlink()
+        if not Path("/sys").is_dir():
+            pytest.skip("running as root without /sys: no folder to test an unwritable destination")
+        yield Path("/sys")  # root ignores permission bits; sysfs refuses new files even for root
+    d.chmod(stat.S_IRWXU)
+
+
+@pytest.mark.parametrize("case,changes,words", [pytest.param(*c, id=c[0]) if type(c) is tuple else c for c in CASES])
+def test_bad_input_fails_fast_and_clearly(case, changes, words, media, tmp_path, readonly_dir, loads, capsys):
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
+    os.mkfifo(tmp_path / "pipe.mp4")
+    out = tmp_path / "out.mp4"
+    base = ["animate", "--reference", str(media["ref"]), "--audio", str(media["speech"]), "-o", str(out),
+            "--models", str(media["empty_models"]), "--offline", "--mediapipe-model", str(media["mp"])]
+    args = _with(base, _expand(changes, media, tmp_path, readonly_dir))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc = cli(args)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and "report it" not in err, err
+    for w in words:
+        assert w in err, f"{case}: {w!r} missing from: {err}"
+    assert loads == [], f"{case}: weights touched before the input was checked: {loads}"
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing new, nothing partial
+    assert (tmp_path / "outdir").is_dir() and not any((tmp_path / "outdir").iterdir())
+    assert stat.S_ISFIFO((tmp_path / "pipe.mp4").stat().st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["animate", "--audio", "a.wav", "-o", "o.mp4"], ["the following arguments are required: --reference"]),
+    (["animate", "--reference", "r.png", "--audio", "a.wav", "-o", "o.mp4", "--dtype", "fp8"], ["invalid choice: 'fp8'"]),
+    (["animate", "--reference", "r.png", "--audio", "a.wav", "-o", "o.mp4", "--width", "wide"], ["invalid int value: 'wide'"]),
+    (["animate", "--reference", "r.png", "--audio", "a.wav", "-o", "o.mp4", "--frobnicate"], ["unrecognized arguments: --frobnicate"]),
+])
+def test_usage_errors_exit_2_with_usage(args, words, loads, capsys):
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "usage: echomimic" in err and "Traceback" not in err
+    assert all(w in err for w in words), err
+    assert loads == []
