@@ -12,7 +12,7 @@ What it emulates of a CUDA run: bf16 autocast with the frozen base weights in bf
 (:func:`trainer.lora.cast_base_`) and the adapters in fp32; CUDA autocast runs LayerNorm / GroupNorm
 in fp32 (CPU autocast does not), so those are forced to fp32 here; SDPA is the memory-efficient kernel
 (no score matrix). The AdamW state of the adapters (2 fp32 tensors per parameter) is allocated before the
-step. Not included: the CUDA context (~0.3-0.5 GB outside PyTorch's allocator), allocator fragmentation
+step. Not included: the CUDA context (~0.3-0.5 GiB outside PyTorch's allocator), allocator fragmentation
 (typically 5-15 %), the whisper encoder (runs in the CPU data workers).
 
     .venv/bin/python bench/bench_lora_memory.py                       # the cases of docs/training.md
@@ -165,11 +165,9 @@ def run_case(case: str, batch: int, rank: int, networks: list[str], gc: bool, dt
         audio = torch.randn(b, f, AUDIO_TOKENS, 384)
         cond = torch.randn(b, cond_ch, f, res, res)
         t = torch.full((b,), 500, dtype=torch.long)
-        live = LiveBytes()
-        static = list(net.parameters()) + list(net.buffers()) + list(vae.parameters()) + list(vae.buffers())
-        with live:
-            live.track(static)
-            weights_b = live.current
+        from torch.utils.flop_counter import FlopCounterMode
+
+        def step(live=None):
             opt_state = [torch.zeros_like(p, dtype=torch.float32) for p in trainable for _ in range(2)]  # AdamW exp_avg, exp_avg_sq
             with torch.autocast("cpu", dtype=low):
                 lat = encode_latents(vae, pixels, None, sample=False).view(b, f, 4, h, h).transpose(1, 2)
@@ -182,14 +180,26 @@ def run_case(case: str, batch: int, rank: int, networks: list[str], gc: bool, dt
                 feats = net.cond_encoder(cond)
                 pred = net.denoiser(x_t, t, audio=audio, cond=feats, reference=kv, reference_mask=torch.ones(b, dtype=torch.bool))
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-            after_fw = live.current
+            after = live.current if live is not None else 0
             loss.backward()
             del opt_state
+            for p in trainable:
+                p.grad = None
+            return after
+
+        live = LiveBytes()
+        with live:
+            live.track(list(net.parameters()) + list(net.buffers()) + list(vae.parameters()) + list(vae.buffers()))
+            weights_b = live.current
+            after_fw = step(live)
+        flops = FlopCounterMode(display=False)  # a second pass: the counter's module tracking keeps tensors alive longer
+        with flops, LiveBytes():  # (LiveBytes also answers the step's data-dependent reads)
+            step()
     gb = lambda x: round(x / 1024**3, 2)  # noqa: E731
     return {"case": case, "weights": weights, "res": res, "frames": f, "batch": b, "rank": rank, "networks": networks,
             "grad_ckpt": gc, "base_dtype": dtype, "adapter_params_M": round(n_train / 1e6, 2), "total_params_M": round(n_total / 1e6, 1),
-            "lora_layers": desc["layers"], "peak_gb": gb(live.peak), "weights_gb": gb(weights_b), "adam_state_gb": gb(8 * n_train),
-            "after_forward_gb": gb(after_fw), "seconds": round(time.time() - t0, 1)}
+            "lora_layers": desc["layers"], "peak_gib": gb(live.peak), "weights_gib": gb(weights_b), "adam_state_gib": gb(8 * n_train),
+            "after_forward_gib": gb(after_fw), "step_tflop": round(flops.get_total_flops() / 1e12, 2), "seconds": round(time.time() - t0, 1)}
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -208,8 +218,8 @@ def main(argv=None) -> int:
             rows.append(r)
             print(json.dumps(r) if a.json else
                   f"{r['case']:<14} batch {r['batch']}  frames {r['frames']:>2}  rank {r['rank']}  grad-ckpt {r['grad_ckpt']}  "
-                  f"adapters {r['adapter_params_M']} M  peak {r['peak_gb']} GB (weights {r['weights_gb']}, after forward "
-                  f"{r['after_forward_gb']})  ({r['seconds']} s)", flush=True)
+                  f"adapters {r['adapter_params_M']} M  peak {r['peak_gib']} GiB (weights {r['weights_gib']}, after forward "
+                  f"{r['after_forward_gib']}), {r['step_tflop']} TFLOP per step  ({r['seconds']} s)", flush=True)
     return 0
 
 

@@ -88,26 +88,47 @@ def exported(run, tmp_path_factory):
     return {"adapter": adapter, "ema": ema, "merged": merged}
 
 
-def test_another_base_is_refused_on_resume_and_warned_about_at_inference(run, exported, tmp_path, caplog):
+def test_another_base_is_refused_on_resume_and_warned_about_at_inference(run, exported, caplog, tmp_path):
+    """The tiny folder's acc denoiser stands in for other base weights."""
     from echomimic_lib.lora import apply_lora
-    from echomimic_lib.tiny import make_tiny
+    from echomimic_lib.model_set import load_models
     from trainer.config import ConfigError, load_config
     from trainer.init import build
     from trainer.lora import load_adapter_checkpoint
 
-    other = make_tiny(tmp_path / "other", version="v1", seed=7)
     cfg = lora_config(run["base"], tmp_path / "b")
-    cfg["model"] = {**cfg["model"], "echomimic_path": str(other)}
+    cfg["model"] = {**cfg["model"], "variant": "acc"}
     net = build(load_config(write_yaml(tmp_path / "b.yaml", cfg))).net
     with pytest.raises(ConfigError, match="other base weights"):  # the load hook of a resumed run
         load_adapter_checkpoint(net, _ckpt(run["out"], STEPS // 2))
     with caplog.at_level("WARNING", logger="echomimic_lib.lora"):
-        apply_lora(_models(other), exported["adapter"])
-    assert "trained on other base weights" in caplog.text
+        apply_lora(load_models(run["weights"], "v1_audio", "acc", with_audio=False, with_vae=False), exported["adapter"])
+    assert "trained on other base weights" in caplog.text and "applied to the 'acc' ones" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="echomimic_lib.lora"):
         apply_lora(_models(run["weights"]), exported["adapter"])
     assert "other base weights" not in caplog.text
+
+
+def test_lora_under_ddp(run, tmp_path):
+    """2 CPU processes (gloo, accelerate launch as the trainer's DDP test): the adapters are the DDP-wrapped
+    trainable set, both ranks hold the same weights, checkpoints hold only the adapters."""
+    from safetensors.torch import load_file
+
+    from tests.test_trainer_helpers import events
+    from tests.test_trainer_v1 import _launch2
+
+    out = tmp_path / "ddp"
+    cfg = lora_config(run["base"], out, optim={"lr": 1e-2, "batch_size": 1}, ema={"enabled": False},
+                      phases=[{"name": "lora", "steps": 2}], checkpoint={"every": 2, "keep_last": 1})
+    r = _launch2(write_yaml(tmp_path / "ddp.yaml", cfg))
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert events(out, "start")[0]["processes"] == 2
+    ck = events(out, "checkpoint")[-1]
+    assert ck["ranks_consistent"] and len(ck["rank_checksums"]) == 2
+    state = load_file(str(_ckpt(out, 2) / "model.safetensors"))
+    assert state and all(".lora_A." in k or ".lora_B." in k for k in state)
+    assert any(float(v.abs().max()) > 0 for k, v in state.items() if ".lora_B." in k)  # the adapters trained
 
 
 def test_adapter_file_records_its_config_and_base(run, exported):

@@ -112,6 +112,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
+PAPER_PRESETS = ("v1_stage1", "v1_stage2", "v2_apdh")  # the papers' recipes; the *_lora_* presets are not from them
+
+
 def preset_dict(name: str | None) -> dict:
     if not name:
         return {}
