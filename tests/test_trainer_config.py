@@ -5,7 +5,7 @@ import pytest
 
 from trainer.config import ConfigError, TrainConfig, from_dict, load_config
 from trainer.phases import phase_at, pose_dropout_at
-from trainer.presets import PRESETS
+from trainer.presets import PAPER_PRESETS, PRESETS
 from tests.test_trainer_helpers import write_yaml
 
 BASE = ["model.init=random", "model.arch=tiny"]
@@ -40,7 +40,7 @@ def test_types_are_checked(tmp_path):
         load_config(None, BASE + ["data.drop_all=1.5"], preset="v1_stage1")
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(PAPER_PRESETS))  # the LoRA presets: tests/test_lora.py
 def test_presets_validate_and_reproduce_the_papers_numbers(name):
     raw = PRESETS[name]
     over = ["model.motion_init=random"] if name == "v1_stage2" else ["model.motion_path=/mm.pth"] if name == "v2_apdh" else []
