@@ -39,6 +39,7 @@ def _common(tiny, out, size=64):
     return ["--models", str(tiny), "-o", str(out), "--width", str(size), "--height", str(size), "--steps", "1", "--offline", "-q"]
 
 
+@pytest.mark.slow
 def test_animate_v1_audio_writes_a_playable_mp4_with_audio(tiny, speech, shared_data, tmp_path):
     out = tmp_path / "v1.mp4"
     rc = cli(["animate", "--reference", str(shared_data / "images" / "portrait_a.png"), "--audio", str(speech),
@@ -53,6 +54,7 @@ def test_animate_v1_audio_writes_a_playable_mp4_with_audio(tiny, speech, shared_
     assert info["audio_seconds"] is not None and abs(info["audio_seconds"] - video_s) < 0.05
 
 
+@pytest.mark.slow
 def test_animate_v2_halfbody_with_pose_folder(tiny, speech, shared_data, tmp_path):
     out = tmp_path / "v2.mp4"
     rc = cli(["animate", "--version", "v2", "--acc", "--reference", str(shared_data / "images" / "halfbody_0035.png"),
@@ -60,6 +62,7 @@ def test_animate_v2_halfbody_with_pose_folder(tiny, speech, shared_data, tmp_pat
     assert rc == 0 and probe(out)["frames"] > 20
 
 
+@pytest.mark.slow
 def test_animate_v1_selected_landmarks_from_pkl_frames(tiny, speech, shared_data, tmp_path):
     out = tmp_path / "lm.mp4"
     rc = cli(["animate", "--mode", "audio+landmarks", "--reference", str(shared_data / "images" / "pose_demo_d.jpg"),
@@ -74,6 +77,7 @@ def _fails(capsys, args, out, pattern):
     assert not out.exists() and not list(out.parent.glob("*.mp4")) and not list(out.parent.glob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_bad_input_gives_clear_errors_and_no_partial_file(tiny, speech, shared_data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out" / "x.mp4"
     ref = str(shared_data / "images" / "portrait_a.png")

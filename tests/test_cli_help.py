@@ -136,3 +136,18 @@ def test_device_and_dtype_auto(monkeypatch):
     assert resolve_dtype("fp32", torch.device("cuda", 0)) == torch.float32
     with pytest.raises(Exception, match="has 1 CUDA GPU"):
         resolve_device("cuda:3")
+
+
+def test_ci_runs_the_readme_quick_path_command_for_command():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Set up and test (a fresh machine)"):]
+    block = section[section.index("```bash") + len("```bash"):]
+    block = block[: block.index("```")]
+    commands = [c.strip() for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    ci = (root / ".ci" / "run").read_text()
+    ci = ci[ci.index("# --- the README's quick path ---"): ci.index("# --- end of the quick path ---")]
+    ci_commands = [" ".join(c.split()) for c in ci.replace("\\\n", " ").splitlines()[1:] if c.strip()]
+    assert [" ".join(c.split()) for c in commands] == ci_commands
+    assert any("make-tiny" in c for c in commands) and any("--smoke" in c for c in commands)
+    assert commands[-1].endswith("pytest -q") and 'pip install -e ".[dev,train]"' in commands[0]

@@ -48,6 +48,7 @@ def _leftovers(folder: Path) -> list:
     return [p.name for p in folder.iterdir() if "partial" in p.name or p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_smoke_run_streams_frames_and_works_offline_without_mediapipe(smoke, capsys, monkeypatch):
     batches = []
     real_write = Mp4Writer.write
@@ -90,6 +91,7 @@ def test_video_length_follows_the_audio(clips, shared_data, tmp_path, monkeypatc
     assert preflight(AnimateRequest(**{**req.__dict__, "smoke": True})).settings.num_frames == 12  # the 1 s cap is longer
 
 
+@pytest.mark.slow
 def test_length_limits_the_encoded_audio(smoke, monkeypatch):
     import echomimic_lib.audio as audio
 
@@ -108,6 +110,7 @@ def test_length_limits_the_encoded_audio(smoke, monkeypatch):
     assert frames == 4 and encoded == 1500 and total > 1800  # one 30-s segment of two went through whisper
 
 
+@pytest.mark.slow
 def test_disk_full_leaves_nothing_and_says_so(smoke, capsys, monkeypatch):
     import av
 
