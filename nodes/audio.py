@@ -7,7 +7,7 @@ from ..echomimic_lib.audio import encode_audio
 from ..echomimic_lib.audio import check_audible as check_samples_audible
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.modes import DEFAULT_FPS
-from . import comfy_bridge as C
+from .loader import finish, placement
 from .payloads import AUDIO_FEATURES, MODEL, AudioTrack
 
 
@@ -22,15 +22,15 @@ def check_audible(audio) -> None:
 
 
 def encode(handle, audio: dict, fps: float) -> AudioTrack:
-    """Run whisper on ComfyUI's device; features are kept on the CPU (the sampler moves one window at a time)."""
+    """Run whisper on ComfyUI's device (loaded by ComfyUI's model manager for this stage only, unless
+    keep_loaded); features are kept on the CPU (the sampler moves one window at a time)."""
     check_audible(audio)
-    encoder = handle.models.audio_encoder
+    place = placement(handle)
     try:
-        encoder.to(C.torch_device())
-        features = encode_audio(audio, encoder, device="cpu", dtype=torch.float32)
+        place.enter("audio")
+        features = encode_audio(audio, handle.models.audio_encoder, device="cpu", dtype=torch.float32)
     finally:
-        if not handle.keep_loaded or C.low_vram():
-            encoder.to(C.offload_device())
+        finish(place)
     return AudioTrack(features, float(fps), audio)
 
 
@@ -49,8 +49,9 @@ class EchoMimicAudioEncoder:
         return {"required": {
             "model": (MODEL, {"tooltip": "From EchoMimic Model Loader (its whisper-tiny encoder is used)."}),
             "audio": ("AUDIO", {"tooltip": "Speech that drives the animation (Load Audio accepts audio and video files)."}),
-            "fps": ("FLOAT", {"default": float(DEFAULT_FPS), "min": 1.0, "max": 120.0, "step": 1.0,
-                              "tooltip": "Frame rate of the output video; the number of frames follows the audio length."}),
+            "fps": ("FLOAT", {"default": float(DEFAULT_FPS), "min": 1.0, "max": 120.0, "step": 0.01,
+                              "tooltip": "Frame rate of the output video (fractional rates such as 29.97 work); the "
+                              "number of frames follows the audio length."}),
         }}
 
     def execute(self, model, audio, fps):

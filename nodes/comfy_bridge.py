@@ -3,8 +3,10 @@
 Every other module calls the small functions below. Outside ComfyUI (tests, scripts) stand-ins take over:
 models under :data:`MODELS_DIR` (default ``./models``), inputs under :data:`INPUT_DIR`, the CPU device, a
 progress bar that calls :data:`PROGRESS_HOOK` (ComfyUI's global hook does the same, and raises
-``InterruptProcessingException`` there when the user presses Cancel), and a local
-:class:`InterruptProcessingException`. Tests set or monkeypatch these module attributes.
+``InterruptProcessingException`` there when the user presses Cancel), a local
+:class:`InterruptProcessingException`, and a small model manager (:data:`MODEL_MANAGER`) that keeps the
+same books as ``comfy.model_management`` (see :mod:`._model_manager`). Tests set or monkeypatch these
+module attributes.
 
 Nothing happens at import: the ``echomimic`` model folder is registered (as path strings, no folder is
 created) the first time a node asks for it.
@@ -28,6 +30,12 @@ try:
     import comfy.utils as comfy_utils
 except ImportError:
     mm = comfy_utils = None
+try:
+    import comfy.model_patcher as comfy_model_patcher
+    import comfy.ops as comfy_ops
+    from comfy.patcher_extension import CallbacksMP
+except ImportError:
+    comfy_model_patcher = comfy_ops = CallbacksMP = None
 
 FOLDER = "echomimic"
 MODELS_DIR: str | os.PathLike | None = None  # stand-in for folder_paths.models_dir
@@ -114,9 +122,12 @@ def low_vram() -> bool:
 
 
 def free_memory(num_bytes: int, device: torch.device) -> None:
-    """Ask ComfyUI to unload its own models until ``num_bytes`` fit on ``device``."""
-    if mm is not None and device.type != "cpu":
-        mm.free_memory(num_bytes, device)
+    """Ask ComfyUI to unload models until ``num_bytes`` fit on ``device``."""
+    if mm is not None:
+        if device.type != "cpu":
+            mm.free_memory(num_bytes, device)
+    else:
+        MODEL_MANAGER.free_memory(num_bytes, device)
 
 
 def soft_empty_cache() -> None:
@@ -180,3 +191,77 @@ def latent_previewer(device: torch.device):
     if previewer is None:
         return None
     return lambda latents: previewer.decode_latent_to_preview_image("JPEG", latents[:, :, latents.shape[2] // 2].float())
+
+
+# ------------------------------------------------------------------------------------------ model manager
+# Each network of a model set is handed to ComfyUI as a model it manages: a ModelPatcher around a thin,
+# named container (ComfyUI logs "Requested to load EchoMimicDenoiser"; diffusers' read-only ``device``
+# property stays untouched), loaded with load_models_gpu and an estimate of the stage's activations, so
+# "Unload Models", /free, --lowvram, --novram, --reserve-vram and eviction treat it like a core model.
+from ._model_manager import (  # noqa: E402
+    KEEP_WHOLE,
+    MANAGED_NAMES,
+    ManagedNetwork,
+    StandInModelManager,
+    StandInPatcher,
+    make_castable,
+)
+
+MODEL_MANAGER = StandInModelManager()  # stand-in for comfy.model_management outside ComfyUI
+
+
+def managed_model(name: str, module: torch.nn.Module):
+    """A ModelPatcher (stand-in outside ComfyUI) for one network; ``name`` is its role in the set."""
+    container = MANAGED_NAMES[name](module)
+    if comfy_model_patcher is None or mm is None:
+        return StandInPatcher(container, torch_device(), offload_device())
+    make_castable(module, comfy_ops, KEEP_WHOLE)
+    patcher = comfy_model_patcher.ModelPatcher(container, load_device=torch_device(), offload_device=offload_device())
+    patcher.add_callback(CallbacksMP.ON_LOAD, _whole_to_device)
+    return patcher
+
+
+def _whole_to_device(patcher, device_to, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+    """After a partial load: tensors ComfyUI cannot cast per layer (buffers, layers read outside their
+    forward) must still be on the device."""
+    if device_to is None or full_load:
+        return
+    for module in patcher.model.modules():
+        castable = hasattr(module, "comfy_cast_weights")
+        for key, t in list(module._parameters.items()) + list(module._buffers.items()):
+            if t is not None and (not castable or key in module._buffers) and t.device != torch.device(device_to):
+                t.data = t.data.to(device_to)
+
+
+def load_models(patchers: list, memory_required: int = 0) -> None:
+    """comfy.model_management.load_models_gpu: load these networks, leaving ``memory_required`` free."""
+    if not patchers:
+        return
+    if mm is not None and comfy_model_patcher is not None:
+        mm.load_models_gpu(patchers, memory_required=int(memory_required))
+    else:
+        MODEL_MANAGER.load_models_gpu(patchers, memory_required=int(memory_required))
+
+
+def unload_models(patchers: list) -> None:
+    """Take these networks off the compute device (only them: ComfyUI has no call for one model)."""
+    if mm is not None and comfy_model_patcher is not None:
+        ids = {id(p) for p in patchers}
+        for loaded in [m for m in mm.current_loaded_models if id(m.model) in ids]:
+            loaded.model_unload()
+            mm.current_loaded_models.remove(loaded)
+    else:
+        MODEL_MANAGER.unload(patchers)
+
+
+def is_loaded(patcher) -> bool:
+    models = mm.current_loaded_models if (mm is not None and comfy_model_patcher is not None) else MODEL_MANAGER.current_loaded_models
+    return any(m.model is patcher for m in models)
+
+
+def unload_all_models() -> None:
+    """What ComfyUI's "Unload Models" (POST /free {"unload_models": true}) does."""
+    if mm is not None:
+        mm.unload_all_models()
+    else:
+        MODEL_MANAGER.unload_all_models()

@@ -1,17 +1,21 @@
-"""EchoMimic Model Loader (the reference-net loader): finds a model set in the ComfyUI model folders, loads
-it on ComfyUI's device, and keeps a small cache of loaded sets; plus the device placement every other
-node uses (:func:`activate` before work, :func:`release` after, also after a failure or Cancel).
+"""EchoMimic Model Loader: finds a model set in the ComfyUI model folders, reads it into RAM (the offload
+device) and hands each network to ComfyUI's model manager; plus the placement every other node uses
+(:func:`placement`: per stage, only the networks the stage needs are loaded on ComfyUI's device, through
+``load_models_gpu``, so "Unload Models", /free, --lowvram/--novram and eviction work on them).
+
+No private cache: a loaded set lives as long as ComfyUI caches the loader's output (like a core
+checkpoint loader), and keep_loaded only decides whether the networks are unloaded after their stage.
 """
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 from ..echomimic_lib.download import ensure_weights
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
+from ..echomimic_lib.memory import Placement, check_fp8, to_fp8
 from ..echomimic_lib.model_set import load_models, load_vae, resolve_files
 from . import comfy_bridge as C
 from . import paths
@@ -22,8 +26,6 @@ log = logging.getLogger(__name__)
 VERSIONS = {"V1 audio": "v1_audio", "V1 landmark": "v1_pose", "V2": "v2"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BASE_NEED = ("reference", "denoiser", "motion", "cond", "whisper")
-CACHE_SIZE = 2
-_CACHE: "OrderedDict[tuple, ModelHandle]" = OrderedDict()
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -72,59 +74,66 @@ def resolve(weights: str, variant: str, folder: str = "auto", vae: str = "auto",
         first.missing)
 
 
-# ------------------------------------------------------------------------------------------ devices
-def _nbytes(models) -> int:
-    return sum(p.numel() * p.element_size() for m in models.modules().values() for p in m.parameters())
+# ------------------------------------------------------------------------------------------ placement
+class ComfyBackend:
+    """:class:`~echomimic_lib.memory.Placement` backend over ComfyUI's model manager (the bridge's stand-in
+    outside ComfyUI): one managed model (ModelPatcher) per network."""
+
+    def __init__(self, handle: ModelHandle):
+        self.patchers = handle.patchers
+
+    def is_loaded(self, name: str) -> bool:
+        return C.is_loaded(self.patchers[name])
+
+    def load(self, names, extra_bytes: int = 0) -> None:
+        C.load_models([self.patchers[n] for n in names], extra_bytes)
+
+    def unload(self, names) -> None:
+        C.unload_models([self.patchers[n] for n in names])
+
+    def reserve(self, nbytes: int) -> None:
+        C.free_memory(int(nbytes), C.torch_device())
 
 
-def move(models, device: torch.device) -> None:
-    """Move every network of a set to ``device`` (dtypes untouched)."""
-    for module in models.modules().values():
-        module.to(device)
+def placement(handle: ModelHandle, settings=None) -> Placement:
+    """Stage placement for one node run; keep_loaded never holds VRAM under --lowvram / --novram."""
+    return Placement(handle.models, C.torch_device(), ComfyBackend(handle), keep_loaded=handle.keep_loaded and not C.low_vram(),
+                     stream_denoiser=handle.low_vram, settings=settings, offload_device=C.offload_device())
 
 
-def activate(handle: ModelHandle) -> torch.device:
-    """Move the model set to ComfyUI's compute device (making room among ComfyUI's own models)."""
-    device = C.torch_device()
-    if handle.models.device != device:
-        C.free_memory(_nbytes(handle.models), device)
-        move(handle.models, device)
-    return device
-
-
-def release(handle: ModelHandle) -> None:
-    """Back to the offload device unless keep-loaded (never kept under --lowvram), then free the cache."""
-    if not handle.keep_loaded or C.low_vram():
-        move(handle.models, C.offload_device())
-    C.soft_empty_cache()
+def finish(place: Placement) -> None:
+    """End of a node run, also after a failure or Cancel: unload per keep_loaded, then free the cache."""
+    try:
+        place.close()
+    finally:
+        C.soft_empty_cache()
 
 
 # ------------------------------------------------------------------------------------------ loading
 def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa", keep_loaded: bool = False,
-         weights_folder: str = "auto", vae: str = "auto", auto_download: bool = False) -> ModelHandle:
+         weights_folder: str = "auto", vae: str = "auto", auto_download: bool = False, low_vram: bool = False,
+         fp8: bool = False) -> ModelHandle:
     if version not in VERSIONS:
         raise EchoMimicError(f"unknown version '{version}'; choose one of {', '.join(VERSIONS)}.")
     if dtype != "auto" and dtype not in DTYPES:
         raise EchoMimicError(f"unknown dtype '{dtype}'; choose auto, fp32, fp16 or bf16.")
     weights = VERSIONS[version]
+    device, host = C.torch_device(), C.offload_device()
+    if fp8:
+        check_fp8(device)
     root, files, vae_path = resolve(weights, variant, weights_folder, vae, auto_download)
-    device = C.torch_device()
     torch_dtype = C.auto_dtype(device) if dtype == "auto" else DTYPES[dtype]
-    key = (str(root), weights, variant, str(torch_dtype), str(device), attention, str(vae_path))
-    handle = _CACHE.pop(key, None)
-    if handle is None:
-        C.free_memory(sum(Path(p).stat().st_size for p in files.values() if p and Path(p).is_file()), device)
-        models = load_models(root, weights, variant, device=device, dtype=torch_dtype, attention=attention, with_vae=False)
-        models.vae = load_vae(vae_path, device, torch_dtype)
-        handle = ModelHandle(models, weights, variant, keep_loaded, key)
-        log.info("EchoMimic %s/%s loaded from %s on %s (%s)", weights, variant, root, device, torch_dtype)
-    handle.keep_loaded = keep_loaded
-    if keep_loaded:
-        _CACHE[key] = handle
-        while len(_CACHE) > CACHE_SIZE:
-            _, old = _CACHE.popitem(last=False)
-            move(old.models, C.offload_device())
-    return handle
+    models = load_models(root, weights, variant, device=host, dtype=torch_dtype, attention=attention, with_vae=False)
+    models.vae = load_vae(vae_path, host, torch_dtype)
+    # Steps that change the weights go here, in this order: a LoRA merge (it is part of the set's identity:
+    # add it to `key`), then fp8 storage (merging into fp8 weights would lose the LoRA's precision).
+    if fp8:
+        to_fp8(models.reference), to_fp8(models.denoiser)
+    patchers = {name: C.managed_model(name, module) for name, module in models.modules().items()}
+    key = (str(root), weights, variant, str(torch_dtype), str(device), attention, str(vae_path), bool(low_vram), bool(fp8))
+    log.info("EchoMimic %s/%s read from %s (%s%s%s); ComfyUI loads it on %s stage by stage", weights, variant, root,
+             torch_dtype, ", fp8 UNets" if fp8 else "", ", low-VRAM streaming" if low_vram else "", device)
+    return ModelHandle(models, weights, variant, keep_loaded, key, patchers=patchers, low_vram=bool(low_vram), fp8=bool(fp8))
 
 
 class EchoMimicModelLoader:
@@ -132,8 +141,11 @@ class EchoMimicModelLoader:
     FUNCTION = "execute"
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("One EchoMimic model set: reference UNet, denoiser + motion module, condition encoder, VAE, whisper-tiny.",)
-    DESCRIPTION = "Loads an EchoMimic model set (the reference net loader) from models/echomimic/."
+    OUTPUT_TOOLTIPS = ("The whole EchoMimic model set: reference UNet, denoiser + motion module, condition encoder, VAE, "
+                       "whisper-tiny (each managed by ComfyUI; loaded on the GPU only for the stage that needs it).",)
+    DESCRIPTION = ("Loads the whole EchoMimic model set from models/echomimic/: reference UNet, denoiser + motion module, "
+                   "condition encoder (face locator / pose encoder), VAE and whisper-tiny. The networks are handed to "
+                   "ComfyUI's model manager, so 'Unload Models', --lowvram and --novram work on them.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -146,15 +158,25 @@ class EchoMimicModelLoader:
                       "GPU supports it, else fp16; fp32 on CPU and Apple MPS. Try fp32 if the video comes out black."}),
             "attention": (["sdpa", "xformers"], {"default": "sdpa", "tooltip": "Attention backend. xformers falls back to "
                           "PyTorch SDPA (with a log line) when it is not installed."}),
-            "keep_loaded": ("BOOLEAN", {"default": False, "tooltip": "Keep the models on the GPU between runs (faster "
-                            "re-runs, uses VRAM). Off: moved back to the offload device after sampling."}),
+            "keep_loaded": ("BOOLEAN", {"default": False, "tooltip": "Keep the networks on the GPU after their stage and "
+                            "between runs: re-runs skip the transfers, but the whole set stays in VRAM (about 4.5 GB in "
+                            "fp16/bf16, 9 GB in fp32, 2.4 GB less with fp8) and the peak of a run grows by the networks "
+                            "that would have left (V1 512 px fp16: 4.5 -> about 6.3 GB). ComfyUI still evicts them when "
+                            "another model needs the room, and 'Unload Models' frees them. Off: each network leaves the GPU "
+                            "as soon as its stage is done. Ignored under --lowvram / --novram."}),
             "weights_folder": (["auto"] + paths.weight_folders(), {"default": "auto", "tooltip": "auto: models/echomimic/v1 "
                                "or v2 by version. Or a sub-folder of models/echomimic holding the weights (e.g. a fine-tune)."}),
             "vae": (["auto"] + paths.vae_files(), {"default": "auto", "tooltip": "auto: models/echomimic/sd-vae-ft-mse/, else an "
                     "'ft-mse' file in models/vae. Or pick an SD1.5 VAE from models/vae."}),
             "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download missing weights from Hugging Face "
                               "(BadToBest/EchoMimic, BadToBest/EchoMimicV2, stabilityai/sd-vae-ft-mse) into models/echomimic."}),
+            "low_vram": ("BOOLEAN", {"default": False, "tooltip": "Low-VRAM mode for small cards: the denoiser stays in RAM "
+                         "and is streamed to the GPU block by block while it runs (V2 768 px fp16 peak about 4.3 GB instead "
+                         "of 6.9 GB; same output). Costs the transfer of the denoiser's weights (2.6 GB fp16) per denoiser "
+                         "call over PCIe."}),
+            "fp8": ("BOOLEAN", {"default": False, "tooltip": "Store the UNet weights in fp8 (e4m3fn; upcast layer by layer): "
+                    "2.0 GB less RAM/VRAM for the set, a small change of the output. Needs PyTorch >= 2.1; not on Apple MPS."}),
         }}
 
-    def execute(self, version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download):
-        return (load(version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download),)
+    def execute(self, version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download, low_vram=False, fp8=False):
+        return (load(version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download, low_vram, fp8),)

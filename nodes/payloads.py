@@ -28,13 +28,19 @@ RETIME_POLICIES = ["ping-pong", "loop", "hold-last", "stretch", "fail"]
 
 @dataclass(eq=False)
 class ModelHandle:
-    """A loaded model set plus how the loader wants it placed (ECHOMIMIC_MODEL)."""
+    """A loaded model set plus how the loader wants it placed (ECHOMIMIC_MODEL).
+
+    ``patchers``: network name -> the model ComfyUI manages for it (comfy ModelPatcher, or the bridge's
+    stand-in); ``key`` names the weights the set was built from (files, dtype, LoRA, fp8)."""
 
     models: Any  # echomimic_lib.model_set.EchoMimicModels
     weights: str  # 'v1_audio' | 'v1_pose' | 'v2'
     variant: str  # 'normal' | 'acc'
     keep_loaded: bool
     key: tuple = ()
+    patchers: dict = field(default_factory=dict)
+    low_vram: bool = False  # the denoiser is streamed block by block
+    fp8: bool = False
 
 
 @dataclass(eq=False)

@@ -3,6 +3,7 @@ audio cut to the video. Progress per denoising step x context window; Cancel sto
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 
@@ -10,7 +11,7 @@ from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.modes import get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
 from . import comfy_bridge as C
-from .loader import activate, release
+from .loader import finish, placement
 from .payloads import AUDIO_FEATURES, LANDMARKS, MODEL, POSES, first_image, mask_plane, trim_audio
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,16 @@ def build_condition(weights: str, mask, landmarks, poses, num_frames: int, width
     return poses.condition(num_frames, width, height, fps)
 
 
+def output_size(reference, width: int, height: int) -> tuple[int, int]:
+    """Width / height 0 = the reference's (Reference Preparation's output size)."""
+    if (not width or not height) and isinstance(reference, torch.Tensor) and reference.dim() == 4:
+        return int(width or reference.shape[2]), int(height or reference.shape[1])
+    return int(width), int(height)
+
+
 def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: int, height: int, length: int,
            context_frames: int, context_overlap: int, mask=None, landmarks=None, poses=None):
+    width, height = output_size(reference, width, height)
     settings = settings_for(MODES[handle.weights], handle.variant, width=width, height=height, seed=seed,
                             steps=steps or None, cfg=cfg or None, fps=track.fps, num_frames=length or None,
                             context_frames=context_frames, context_overlap=context_overlap)
@@ -60,18 +69,18 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
         pbar.update_absolute(done, total)  # in ComfyUI this also raises InterruptProcessingException on Cancel
         C.check_interrupt()
 
+    place = placement(handle, replace(settings, num_frames=n))
     try:
-        device = activate(handle)
-        preview = C.latent_previewer(device)
+        preview = C.latent_previewer(place.device)
 
         def trace(name, value):
             if preview is not None and name.startswith("step"):
                 pbar.update_absolute(state["done"], state["total"], preview(value[1]))
 
-        result = Sampler(handle.models)(first_image(reference, "reference"), track.features, condition, settings,
-                                        progress=progress, trace=trace if preview else None)
+        result = Sampler(handle.models, place)(first_image(reference, "reference"), track.features, condition, settings,
+                                               progress=progress, trace=trace if preview else None)
     finally:
-        release(handle)
+        finish(place)
     return result.frames, float(result.fps), trim_audio(track.audio, result.num_frames, result.fps)
 
 
@@ -96,9 +105,11 @@ class EchoMimicSampler:
                               "(30 normal, 6 acc)."}),
             "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Classifier-free guidance; "
                               "0 = the variant's default (2.5 normal, 1.0 acc; 1.0 or less turns guidance off)."}),
-            "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Video width, a multiple of 8 "
-                              "(V1 was trained at 512, V2 at 768)."}),
-            "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Video height, a multiple of 8."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Video width, a multiple of 8; "
+                              "0 = the reference's width (set the size once, in Reference Preparation). V1 was trained "
+                              "at 512, V2 at 768."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Video height, a multiple of 8; "
+                               "0 = the reference's height."}),
             "length": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Number of frames; 0 = follow the audio "
                                "(never longer than the audio)."}),
             "context_frames": ("INT", {"default": 12, "min": 1, "max": 32, "tooltip": "Frames per context window."}),

@@ -24,10 +24,10 @@ from ..errors import EchoMimicError
 from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, SAMPLER_DEFAULTS, get_mode
 from .conditions import FrameCondition, MaskCondition
 from .context import base_windows, shift_windows
+from .decode import VAE_SCALE, decode_latents
 from .scheduler import make_scheduler
 
 log = logging.getLogger(__name__)
-VAE_SCALE = 0.18215
 
 
 @dataclass
@@ -99,46 +99,51 @@ def _image_tensor(image, height: int, width: int) -> torch.Tensor:
 class Sampler:
     """Runs one generation. Construct with loaded models (:class:`~echomimic_lib.model_set.EchoMimicModels`)."""
 
-    def __init__(self, models):
+    def __init__(self, models, placement=None):
         self.models = models
+        self.placement = placement  # echomimic_lib.memory.Placement: which network is on the device per stage
 
     @property
     def device(self):
-        return self.models.device
+        return self.placement.device if self.placement is not None else self.models.device
 
     @property
     def dtype(self):
         return self.models.dtype
 
+    def _stage(self, name: str) -> None:
+        if self.placement is not None:
+            self.placement.enter(name)
+
     # -------------------------------------------------------------- stages
     @torch.no_grad()
     def encode_reference(self, image, height: int, width: int) -> torch.Tensor:
+        self._stage("vae_encode")
         vae = self.models.vae
         x = _image_tensor(image, height, width).to(self.device, vae.dtype)
         return vae.encode(x).latent_dist.mean * VAE_SCALE
 
     @torch.no_grad()
     def reference_kv(self, ref_latents: torch.Tensor):
+        """The reference bank (reference UNet, once) projected to the denoiser's keys/values; leaves the
+        placement in the denoising stage."""
+        self._stage("reference")
         bank, _ = self.models.reference.forward_reference(ref_latents.to(self.device), 0)
-        return self.models.denoiser.prepare_reference(bank)
+        del _
+        self._stage("reference_kv")
+        kv = self.models.denoiser.prepare_reference(bank)
+        del bank
+        self._stage("denoise")
+        return kv
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch: int = 8, sink: Callable | None = None) -> torch.Tensor | None:
-        """Latents (1, 4, F, h, w) -> frames (F, H, W, 3) in [0, 1] on CPU, ``batch`` frames per VAE call.
-        With ``sink(start, frames)`` the frames are handed over batch by batch instead of collected."""
-        vae = self.models.vae
-        f = latents.shape[2]
-        out = None
-        for s in range(0, f, max(1, batch)):
-            z = latents[0, :, s : s + batch].transpose(0, 1).to(self.device, vae.dtype) / VAE_SCALE
-            img = (vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
-            if sink is not None:
-                sink(s, img)
-                continue
-            if out is None:
-                out = torch.empty((f, *img.shape[1:]), dtype=torch.float32)
-            out[s : s + img.shape[0]] = img
-        return out
+        """Latents (1, 4, F, h, w) -> frames (F, H, W, 3) in [0, 1] on CPU, at most ``batch`` frames per VAE
+        call (fewer when memory is short; see :mod:`.decode`). With ``sink(start, frames)`` the frames are
+        handed over chunk by chunk instead of collected."""
+        self._stage("decode")
+        budget = self.placement.decode_budget() if self.placement is not None else None
+        return decode_latents(self.models.vae, latents, self.device, max_batch=batch, budget=budget, sink=sink)
 
     def _cond_features(self, condition, indices, height, width):
         enc = self.models.cond_encoder

@@ -1,0 +1,297 @@
+"""Benchmark (issue 14): peak GPU memory of a whole generation and of each stage.
+
+    .venv/bin/python bench/bench_vram.py v1-audio --size 512 --dtype fp16 --frames 24 --json
+    .venv/bin/python bench/bench_vram.py v2-halfbody --size 768 --dtype fp16 --frames 240 --lowvram --json
+    .venv/bin/python bench/bench_vram.py --goals            # every goal of the issue, one line each
+
+Full-size architecture (SD1.5 UNets with motion modules, SD VAE, whisper-tiny), 12-frame context windows,
+CFG where the variant uses it (normal: cfg 2.5). The run is the real code: the Sampler's stages, the
+placement the ComfyUI nodes use (only what a stage needs on the device; ``--lowvram``: the denoiser
+streamed block by block), the VAE decode chunking.
+
+On a GPU (``--device cuda``, the default when one is present) it measures ``torch.cuda.max_memory_allocated``
+per stage. Without one it runs the same code under ``FakeTensorMode`` with the networks on a fake CUDA
+device and counts live storages (``echomimic_lib.memory.tracker``: CUDA allocator rounding, the flash /
+memory-efficient attention kernels the GPU runs; cuDNN workspaces not modelled). No weights are needed and
+almost no memory is used. ``--steps`` defaults to 1: every step holds the same tensors, so the peak does not
+depend on it. ``--json`` prints one JSON object as the last line (``peak_gb``, ``stages``; GB = 1e9 bytes).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from echomimic_lib.audio import AudioFeatures  # noqa: E402
+from echomimic_lib.config import SD15, TINY  # noqa: E402
+from echomimic_lib.memory import BlockStreamer, Placement, estimate, to_fp8  # noqa: E402
+from echomimic_lib.memory.tracker import VramTracker, gpu_attention  # noqa: E402
+from echomimic_lib.model_set import EchoMimicModels  # noqa: E402
+from echomimic_lib.modes import WEIGHT_SETS, get_mode  # noqa: E402
+from echomimic_lib.pipeline import FrameCondition, MaskCondition, Sampler, settings_for  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SD_VAE = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+              up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+              sample_size=256)
+TINY_VAE = dict(SD_VAE, block_out_channels=[32] * 4, layers_per_block=1, sample_size=64)
+OFFICIAL = {"v1-audio": "about 7-8 GB (V1, 512 px; users: works on 8 GB cards with shared memory)",
+            "v2-halfbody": "about 13 GB for 5 s at 768 px (maintainers, echomimic_v2#3/#6); >= 18 GB at the defaults"}
+GOALS = [  # (label, args, bound GB)
+    ("V1 512 px fp16", ["v1-audio", "--size", "512", "--frames", "24"], 6.0),
+    ("V2 768 px fp16", ["v2-halfbody", "--size", "768", "--frames", "24"], 8.0),
+    ("V2 768 px fp16 low-VRAM", ["v2-halfbody", "--size", "768", "--frames", "24", "--lowvram"], 6.0),
+]
+GB = 1e9
+
+
+# ------------------------------------------------------------------------------------------ meters
+class FakeMeter:
+    """Fake CUDA device: live storages counted by the tracker, weights by the placement backend below."""
+
+    name = "fake cuda (FakeTensorMode on CPU, allocation tracker)"
+    device = torch.device("cuda")
+
+    def __init__(self):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.tracker = None
+
+    @contextlib.contextmanager
+    def building(self, dtype):
+        with self.mode, torch.device("cuda"):
+            old = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                yield
+            finally:
+                torch.set_default_dtype(old)
+
+    @contextlib.contextmanager
+    def running(self, modules):
+        weights = [t for m in modules.values() for t in list(m.parameters()) + list(m.buffers())]
+        self.tracker = VramTracker("cuda", ignore=weights)
+        with self.mode, self.tracker, gpu_attention():
+            yield
+
+    def stage(self, name):
+        self.tracker.set_stage(name)
+
+    def backend(self, modules):
+        return _CountingBackend(modules, self.tracker)
+
+    def streamer(self, denoiser):
+        def moved(unit, nbytes):
+            self.tracker.set_resident(self.tracker.resident + nbytes)
+
+        return BlockStreamer(denoiser, self.device, "cpu", copy=False, on_move=moved)
+
+    def result(self):
+        return self.tracker.peak, dict(self.tracker.stage_peaks)
+
+
+class _CountingBackend:
+    """Placement backend for fake tensors: the networks stay put; the bytes of the 'loaded' ones count."""
+
+    def __init__(self, modules, tracker):
+        self.modules, self.tracker, self.loaded = modules, tracker, set()
+
+    def is_loaded(self, name):
+        return name in self.loaded
+
+    def load(self, names, extra_bytes=0):
+        for n in names:
+            if n not in self.loaded:
+                self.loaded.add(n)
+                self.tracker.set_resident(self.tracker.resident + estimate.weight_bytes(self.modules[n]))
+
+    def unload(self, names):
+        for n in names:
+            if n in self.loaded:
+                self.loaded.discard(n)
+                self.tracker.set_resident(self.tracker.resident - estimate.weight_bytes(self.modules[n]))
+
+    def reserve(self, nbytes):
+        pass
+
+
+class CudaMeter:
+    name = "cuda"
+
+    def __init__(self):
+        self.device = torch.device("cuda")
+        self.name = torch.cuda.get_device_name(self.device)
+        self.stages, self.current = {}, None
+
+    @contextlib.contextmanager
+    def building(self, dtype):
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(old)
+
+    @contextlib.contextmanager
+    def running(self, modules):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        yield
+        self.stage(None)
+
+    def stage(self, name):
+        torch.cuda.synchronize()
+        if self.current is not None:
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.stages[self.current] = max(self.stages.get(self.current, 0), peak)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.current = name
+
+    def backend(self, modules):
+        return None  # the library's MoveBackend
+
+    def streamer(self, denoiser):
+        return None  # the placement builds a real one
+
+    def result(self):
+        return max(self.stages.values()), dict(self.stages)
+
+
+# ------------------------------------------------------------------------------------------ run
+def build(meter, mode, dtype, preset, fp8):
+    from diffusers import AutoencoderKL
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from echomimic_lib.audio.whisper import WhisperFeatureEncoder, _tiny_config
+    from echomimic_lib.models import ConditionEncoder, EchoUNet
+
+    cfg = {"sd15": SD15, "tiny": TINY}[preset]
+    ws = WEIGHT_SETS[mode.weights]
+    host = "cpu" if isinstance(meter, CudaMeter) else None
+    with meter.building(dtype), (torch.device(host) if host else contextlib.nullcontext()):
+        ref, den = EchoUNet(cfg, "reference").eval(), EchoUNet(cfg, "denoiser").eval()
+        enc = ConditionEncoder(ws.cond_channels, cfg.cond_out_channels, cfg.cond_block_channels).eval()
+        vae = AutoencoderKL(**(SD_VAE if preset == "sd15" else TINY_VAE)).eval()
+        with _default_dtype(torch.float32):  # the audio encoder runs in fp32 (model_set loads it so)
+            whisper = WhisperFeatureEncoder(WhisperEncoder(_tiny_config()))
+        if fp8:
+            to_fp8(ref), to_fp8(den)
+    return EchoMimicModels(cfg, ws, "normal", ref, den, enc, vae, whisper)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def run(args) -> dict:
+    mode = get_mode(args.mode)
+    dtype = DTYPES[args.dtype]
+    meter = CudaMeter() if args.device == "cuda" else FakeMeter()
+    t0 = time.time()
+    models = build(meter, mode, dtype, args.preset, args.fp8)
+    variant = "acc" if args.acc else "normal"
+    settings = settings_for(mode.name, variant, width=args.size, height=args.size, num_frames=args.frames, steps=args.steps)
+    fps = float(settings.fps)
+    seconds = args.frames / fps + 0.2
+    rows = int(seconds * 50) + 2
+    audio = AudioFeatures(torch.zeros(rows, 5, 384), int(seconds * 16000))
+    assert audio.frame_count(fps) >= args.frames
+    size = args.size
+    cond = MaskCondition(torch.ones(size, size)) if mode.weights == "v1_audio" else \
+        FrameCondition(args.frames, lambda idx: np.zeros((len(idx), size, size, 3), np.uint8))
+    image = np.zeros((size, size, 3), np.uint8)
+    modules = models.modules()
+    with meter.running(modules):
+        meter.stage("load")  # weights are read into host memory; nothing is on the device yet
+        placement = Placement(models, meter.device, meter.backend(modules), stream_denoiser=args.lowvram, settings=settings,
+                              streamer=meter.streamer(models.denoiser) if args.lowvram else None, on_stage=meter.stage)
+        placement.enter("audio")
+        segments = max(1, int(np.ceil(seconds / 30)))
+        mel = torch.zeros(1, 80, 3000, device=meter.device)
+        for _ in range(segments):
+            models.audio_encoder(mel)
+        result = Sampler(models, placement)(image, audio, cond, settings, frame_sink=lambda s, f: None)
+        placement.close()
+    peak, stages = meter.result()
+    out = {
+        "mode": mode.name, "size": size, "dtype": args.dtype, "frames": args.frames, "lowvram": args.lowvram, "fp8": args.fp8,
+        "variant": variant, "cfg": settings.cfg, "steps": settings.steps, "context_frames": settings.context_frames,
+        "denoiser_calls": result.unet_calls, "device": meter.name, "peak_gb": round(peak / GB, 3),
+        "stages": {k: round(v / GB, 3) for k, v in stages.items()},
+        "weights_gb": {k: round(estimate.weight_bytes(m) / GB, 3) for k, m in modules.items()},
+        "estimate_gb": {s: round(placement._stage_bytes(s) / GB, 3) for s in ("vae_encode", "reference", "denoise", "decode")},
+        "official": OFFICIAL.get(mode.name, ""), "seconds": round(time.time() - t0, 1),
+    }
+    return out
+
+
+def goals(args) -> list[dict]:
+    rows = []
+    for label, extra, bound in GOALS:
+        r = _child(extra + ["--dtype", "fp16", "--device", args.device])
+        rows.append({"goal": label, "peak_gb": r["peak_gb"], "bound_gb": bound, "ok": r["peak_gb"] <= bound})
+    for mode, size in (("v1-audio", 512), ("v2-halfbody", 768)):
+        short, long = (_child([mode, "--size", str(size), "--frames", str(f), "--dtype", "fp16", "--device", args.device])
+                       for f in (24, 240))
+        ratio = long["peak_gb"] / short["peak_gb"]
+        rows.append({"goal": f"{mode} {size} px: 240 vs 24 frames", "peak_gb": [short["peak_gb"], long["peak_gb"]],
+                     "ratio": round(ratio, 3), "ok": ratio <= 1.10})
+    return rows
+
+
+def _child(extra) -> dict:
+    out = subprocess.run([sys.executable, __file__, *extra, "--json"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", nargs="?", default="v1-audio", help="v1-audio, v1-landmarks, v1-audio+landmarks, v2-halfbody")
+    p.add_argument("--size", type=int, default=None, help="width = height (default: the mode's, 512 V1 / 768 V2)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp16")
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--acc", action="store_true", help="the acc variant's settings (cfg 1: no CFG batch)")
+    p.add_argument("--lowvram", action="store_true", help="stream the denoiser block by block")
+    p.add_argument("--fp8", action="store_true", help="fp8 e4m3fn weight storage for the UNets")
+    p.add_argument("--preset", choices=["sd15", "tiny"], default="sd15", help="tiny: the test architecture (quick checks)")
+    p.add_argument("--device", choices=["cuda", "fake"], default="cuda" if torch.cuda.is_available() else "fake")
+    p.add_argument("--goals", action="store_true", help="run every goal of issue 14 (separate processes)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.goals:
+        rows = goals(args)
+        for r in rows:
+            print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['goal']}: {r['peak_gb']} GB" + (f" (ratio {r['ratio']})" if "ratio" in r else f" (<= {r['bound_gb']})"))
+        print(json.dumps({"goals": rows}))
+        return 0 if all(r["ok"] for r in rows) else 1
+    args.size = args.size or get_mode(args.mode).size
+    res = run(args)
+    print(f"{res['mode']} {res['size']} px {res['dtype']} {res['frames']} frames{' low-VRAM' if res['lowvram'] else ''}"
+          f"{' fp8' if res['fp8'] else ''} on {res['device']}: peak {res['peak_gb']} GB")
+    for k, v in res["stages"].items():
+        print(f"  {k:12s} {v:7.3f} GB")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

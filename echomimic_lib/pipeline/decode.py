@@ -1,0 +1,71 @@
+"""VAE decode of a latent video, in chunks sized so that decoding never sets the generation's memory peak.
+
+The chunk (frames per VAE call) follows the frame size and a byte budget: the budget the caller gives (a
+:class:`~echomimic_lib.memory.Placement` gives what the denoising stage used), else the device's free
+memory, else (CPU) no limit. When even one frame does not fit, frames are decoded in overlapping tiles
+(diffusers' ``AutoencoderKL.tiled_decode``; seams are blended, so the output differs slightly from the
+untiled decode: it only happens when the frame would not fit otherwise).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from ..memory import estimate
+
+log = logging.getLogger(__name__)
+VAE_SCALE = 0.18215
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Free memory on a CUDA device (None elsewhere: no limit known)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return None
+
+
+def plan_chunk(vae, height: int, width: int, max_batch: int, budget: int | None) -> tuple[int, bool]:
+    """(frames per call, tiled?) for frames of ``width`` x ``height`` within ``budget`` bytes."""
+    max_batch = max(1, int(max_batch))
+    if budget is None:
+        return max_batch, False
+    per_frame = estimate.decode_frame_bytes(vae, height, width)
+    if per_frame > budget:
+        return 1, True
+    return max(1, min(max_batch, budget // per_frame)), False
+
+
+def _decode(vae, z: torch.Tensor, tiled: bool) -> torch.Tensor:
+    out = vae.tiled_decode(z) if tiled else vae.decode(z)
+    return out.sample
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor, device, *, max_batch: int = 8, budget: int | None = None,
+                   sink: Callable | None = None) -> torch.Tensor | None:
+    """Latents (1, 4, F, h, w) -> frames (F, H, W, 3) float32 in [0, 1] on the CPU.
+
+    With ``sink(start, frames)`` the frames are handed over chunk by chunk instead of collected."""
+    device = torch.device(device)
+    f, h8, w8 = latents.shape[2], latents.shape[3], latents.shape[4]
+    if budget is None:
+        budget = free_bytes(device)
+    chunk, tiled = plan_chunk(vae, h8 * 8, w8 * 8, max_batch, budget)
+    if tiled:
+        log.info("VAE decode: one %dx%d frame needs more than the %.2f GB available; decoding in tiles", w8 * 8, h8 * 8,
+                 budget / 1e9)
+    out = None
+    for s in range(0, f, chunk):
+        z = latents[0, :, s : s + chunk].transpose(0, 1).to(device, vae.dtype) / VAE_SCALE
+        img = (_decode(vae, z, tiled).float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+        del z
+        if sink is not None:
+            sink(s, img)
+            continue
+        if out is None:
+            out = torch.empty((f, *img.shape[1:]), dtype=torch.float32)
+        out[s : s + img.shape[0]] = img
+    return out
