@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .cli_common import HelpFormatter, SubParser, setup_logging
 from .errors import EchoMimicError
@@ -24,8 +25,16 @@ def _say(text: str) -> None:
 
 def _cmd_make_tiny(args) -> int:
     from .tiny import EXTRA_MODELS, make_tiny
+    from .video_writer import OutputError, _nearest_existing, _probe_writable
 
-    out = make_tiny(args.directory, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format)
+    target = Path(args.directory).expanduser()
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"make-tiny {target}: this is a file, not a folder; give a new or existing folder.")
+    base = _nearest_existing(target)
+    if not base.is_dir():
+        raise OutputError(f"make-tiny {target}: {base} is a file, not a folder; choose a folder inside a folder.")
+    _probe_writable(base)
+    out = make_tiny(target, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format)
     root = out / "echomimic" if args.layout == "comfyui" else out
     _say(f"tiny random-weight EchoMimic models written to {out} (they animate noise, not faces: for tests and smoke runs)")
     for where, used_by, source in EXTRA_MODELS:
@@ -83,6 +92,11 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; nothing half-written was left behind.\n")
         return 130
+    except OSError as exc:  # the file system said no (permissions, a file where a folder belongs, a full disk)
+        where = f" {exc.filename}:" if exc.filename else ""
+        sys.stderr.write(f"error:{where} {exc.strerror or exc}; check that the path exists, is a file or folder as "
+                         "expected, is writable, and that the disk has space.\n")
+        return 2
     except MemoryError as exc:
         sys.stderr.write(f"error: out of memory ({exc or 'host RAM'}); use a smaller --width/--height, fewer --context-frames, "
                          "--acc, or --dtype fp16/bf16 on a GPU.\n")

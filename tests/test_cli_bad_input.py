@@ -216,3 +216,25 @@ def test_usage_errors_exit_2_with_usage(args, words, loads, capsys):
     assert "usage: echomimic" in err and "Traceback" not in err
     assert all(w in err for w in words), err
     assert loads == []
+
+
+@pytest.mark.parametrize("args,words", [
+    (["make-tiny", "{file}"], ["is a file, not a folder", "give a new or existing folder"]),
+    (["make-tiny", "{file}/sub"], ["is a file, not a folder", "choose a folder"]),
+    (["convert", "{tmp}/none.pth", "{tmp}/out"], ["weight file not found", "none.pth"]),
+    (["download", "--models", "{file}", "--weights", "v2"], ["weights missing", "{file}"]),
+])
+def test_other_commands_refuse_bad_paths(args, words, tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    def offline(**kw):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    (tmp_path / "a.txt").write_text("x")
+    subs = {"file": str(tmp_path / "a.txt"), "tmp": str(tmp_path)}
+    before = sorted(tmp_path.iterdir())
+    assert cli([a.format(**subs) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(w.format(**subs) in err for w in words), err
+    assert sorted(tmp_path.iterdir()) == before
