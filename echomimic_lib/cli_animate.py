@@ -30,6 +30,7 @@ def request_from_args(args):
         context_frames=args.context_frames, context_overlap=args.context_overlap, dtype=args.dtype, device=args.device,
         download=not args.offline, face_crop=not args.no_face_crop, mediapipe_model=args.mediapipe_model,
         lora=args.lora, lora_strength=args.lora_strength, smoke=args.smoke,
+        paste_back=args.paste_back, halfbody_crop=args.halfbody_crop, align_poses=args.align_poses,
     )
 
 
@@ -103,12 +104,17 @@ def add_commands(sub) -> None:
     a.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="weight precision; auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU and Apple MPS")
     a.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
-    a.add_argument("--no-face-crop", action="store_true", help="V1 audio mode: animate the whole image instead of a crop "
+    a.add_argument("--no-face-crop", action="store_true", help="V1 modes: animate the whole image instead of a crop "
                                                                "around the face (no MediaPipe model needed)")
     a.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for the V1 face crop and landmarks from a video "
                                              "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
     a.add_argument("--lora", help="LoRA adapter (.safetensors from `echomimic-train export`) for this version's weights")
     a.add_argument("--lora-strength", type=float, default=1.0, help="LoRA strength (0 = the base model exactly)")
+    a.add_argument("--paste-back", action="store_true", help="write the full-size reference picture with the result pasted "
+                   "in (V1: the feathered face region; V2: the crop with a soft border)")
+    a.add_argument("--halfbody-crop", action="store_true", help="V2: crop the reference to the half body like the V2 demos "
+                   "(DWPose models in <models>/dwpose/)")
+    a.add_argument("--align-poses", action="store_true", help="V2: move the pose sequence onto the reference's shoulders (DWPose)")
     a.set_defaults(func=_cmd_animate)
 
     d = sub.add_parser("download", help="download the weights of one model set into the models folder")
