@@ -27,7 +27,7 @@ NODE_CLASS_MAPPINGS = {
     "EchoMimicLandmarkOnlyAudio": EchoMimicLandmarkOnlyAudio,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "EchoMimicModelLoader": "EchoMimic Model Loader (reference net)",
+    "EchoMimicModelLoader": "EchoMimic Model Loader (whole model set)",
     "EchoMimicAudioEncoder": "EchoMimic Audio Encoder",
     "EchoMimicReferencePrep": "EchoMimic Reference Preparation",
     "EchoMimicLandmarkExtractor": "EchoMimic Landmark Extractor",

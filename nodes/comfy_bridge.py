@@ -114,6 +114,11 @@ def offload_device() -> torch.device:
     return torch.device("cpu")
 
 
+def offload_frees_memory() -> bool:
+    """False when the compute device is the offload device (--cpu): unloading a network would free nothing."""
+    return torch_device() != offload_device()
+
+
 def low_vram() -> bool:
     """True under --lowvram / --novram: models are then never kept on the GPU between runs."""
     if mm is None:
@@ -226,11 +231,15 @@ def _whole_to_device(patcher, device_to, lowvram_model_memory=0, force_patch_wei
     forward) must still be on the device."""
     if device_to is None or full_load:
         return
+    device = torch.device(device_to)
     for module in patcher.model.modules():
-        castable = hasattr(module, "comfy_cast_weights")
-        for key, t in list(module._parameters.items()) + list(module._buffers.items()):
-            if t is not None and (not castable or key in module._buffers) and t.device != torch.device(device_to):
-                t.data = t.data.to(device_to)
+        for key, b in module._buffers.items():
+            if b is not None and b.device != device:
+                module._buffers[key] = b.to(device)
+        if not hasattr(module, "comfy_cast_weights"):
+            for p in module._parameters.values():
+                if p is not None and p.device != device:
+                    p.data = p.data.to(device)
 
 
 def load_models(patchers: list, memory_required: int = 0) -> None:

@@ -96,9 +96,11 @@ class ComfyBackend:
 
 
 def placement(handle: ModelHandle, settings=None) -> Placement:
-    """Stage placement for one node run; keep_loaded never holds VRAM under --lowvram / --novram."""
-    return Placement(handle.models, C.torch_device(), ComfyBackend(handle), keep_loaded=handle.keep_loaded and not C.low_vram(),
-                     stream_denoiser=handle.low_vram, settings=settings, offload_device=C.offload_device())
+    """Stage placement for one node run. keep_loaded never holds VRAM under --lowvram / --novram; with --cpu
+    the networks stay registered (their offload device is the compute device: unloading frees nothing)."""
+    keep = (handle.keep_loaded and not C.low_vram()) or not C.offload_frees_memory()
+    return Placement(handle.models, C.torch_device(), ComfyBackend(handle), keep_loaded=keep, stream_denoiser=handle.low_vram,
+                     settings=settings, offload_device=C.offload_device())
 
 
 def finish(place: Placement) -> None:
@@ -170,6 +172,7 @@ class EchoMimicModelLoader:
                     "'ft-mse' file in models/vae. Or pick an SD1.5 VAE from models/vae."}),
             "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download missing weights from Hugging Face "
                               "(BadToBest/EchoMimic, BadToBest/EchoMimicV2, stabilityai/sd-vae-ft-mse) into models/echomimic."}),
+        }, "optional": {  # widgets added after the first release: optional, so saved API prompts without them still run
             "low_vram": ("BOOLEAN", {"default": False, "tooltip": "Low-VRAM mode for small cards: the denoiser stays in RAM "
                          "and is streamed to the GPU block by block while it runs (V2 768 px fp16 peak about 4.3 GB instead "
                          "of 6.9 GB; same output). Costs the transfer of the denoiser's weights (2.6 GB fp16) per denoiser "

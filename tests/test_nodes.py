@@ -223,6 +223,7 @@ def manager(monkeypatch):
     mm.load_models_gpu = recording
     mm.snapshots = snapshots
     monkeypatch.setattr(C, "MODEL_MANAGER", mm)
+    monkeypatch.setattr(C, "offload_frees_memory", lambda: True)  # as with a GPU (the stand-in's devices are both the CPU)
     return mm
 
 
@@ -275,8 +276,12 @@ def test_keep_loaded_keeps_the_set_until_unload_models_and_the_next_run_loads_it
     assert manager.current_loaded_models == []
     again = quick(handle, v1_reference, feats)  # (decode chunks differ with keep_loaded: float rounding only)
     assert torch.allclose(again, v1_quick[1], atol=1e-5) and len(_loads(caplog)) == 4  # loaded again
+    placement = sub("nodes.loader").placement
     monkeypatch.setattr(C, "low_vram", lambda: True)  # --lowvram / --novram: never kept
-    assert sub("nodes.loader").placement(handle).keep_loaded is False
+    assert placement(handle).keep_loaded is False
+    monkeypatch.setattr(C, "offload_frees_memory", lambda: False)  # --cpu: unloading would free nothing
+    handle.keep_loaded = False
+    assert placement(handle).keep_loaded is True
 
 
 def test_low_vram_streams_the_denoiser_and_gives_the_same_video(models, v1_reference, v1_quick, manager):

@@ -253,20 +253,116 @@ def test_stand_ins_outside_comfyui(bridge):
     assert seen == [(5, 5)]
 
 
-def test_release_offloads_unless_keep_loaded_and_never_under_lowvram(monkeypatch):
-    loader, c, payloads = sub("nodes.loader"), sub("nodes.comfy_bridge"), sub("nodes.payloads")
-    moves = []
-    monkeypatch.setattr(loader, "move", lambda models, device: moves.append(str(device)))
-    monkeypatch.setattr(c, "offload_device", lambda: torch.device("meta"))
-    handle = payloads.ModelHandle(models=None, weights="v2", variant="normal", keep_loaded=True)
-    loader.release(handle)
-    assert moves == []
-    monkeypatch.setattr(c, "low_vram", lambda: True)
-    loader.release(handle)
-    handle.keep_loaded = False
-    monkeypatch.setattr(c, "low_vram", lambda: False)
-    loader.release(handle)
-    assert moves == ["meta", "meta"]
+def _fake_model_manager(calls, mm):
+    """comfy.model_management's books (added to ``mm``) + comfy.model_patcher / comfy.ops / comfy.patcher_extension."""
+    mm.current_loaded_models = []
+
+    class Loaded:
+        def __init__(self, patcher):
+            self.model = patcher
+
+        def model_unload(self):
+            calls.append(("unload", type(self.model.model).__name__))
+            self.model.model.to(self.model.offload_device)
+
+    def load_models_gpu(patchers, memory_required=0):
+        calls.append(("load", [type(p.model).__name__ for p in patchers], memory_required))
+        mm.current_loaded_models[:0] = [Loaded(p) for p in patchers if not any(m.model is p for m in mm.current_loaded_models)]
+
+    mm.load_models_gpu = load_models_gpu
+    mm.unload_all_models = lambda: calls.append("unload_all")
+    patcher_mod = types.ModuleType("comfy.model_patcher")
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device, size=0):
+            self.model, self.load_device, self.offload_device, self.callbacks = model, load_device, offload_device, []
+
+        def add_callback(self, kind, fn):
+            self.callbacks.append((kind, fn))
+
+    patcher_mod.ModelPatcher = ModelPatcher
+    ops = types.ModuleType("comfy.ops")
+
+    class disable_weight_init:  # noqa: N801 - ComfyUI's name
+        class Linear(torch.nn.Linear):
+            comfy_cast_weights = False
+
+        class Conv2d(torch.nn.Conv2d):
+            comfy_cast_weights = False
+
+        Conv1d, Conv3d, GroupNorm, LayerNorm = torch.nn.Conv1d, torch.nn.Conv3d, torch.nn.GroupNorm, torch.nn.LayerNorm
+
+    ops.disable_weight_init = disable_weight_init
+    ext = types.ModuleType("comfy.patcher_extension")
+    ext.CallbacksMP = type("CallbacksMP", (), {"ON_LOAD": "on_load_after"})
+    return {"comfy.model_patcher": patcher_mod, "comfy.ops": ops, "comfy.patcher_extension": ext}
+
+
+def test_networks_go_to_comfyui_as_model_patchers_loaded_and_unloaded_through_its_manager(tmp_path, monkeypatch):
+    c = sub("nodes.comfy_bridge")
+    calls = []
+    fakes = _fake_comfyui(tmp_path, calls)
+    fakes.update(_fake_model_manager(calls, fakes["comfy.model_management"]))
+    fakes["comfy"].model_patcher, fakes["comfy"].ops = fakes["comfy.model_patcher"], fakes["comfy.ops"]
+    for name, mod in fakes.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    try:
+        importlib.reload(c)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Conv2d(3, 3, 1))
+        net.attn2 = torch.nn.Module()
+        net.attn2.to_out = torch.nn.ModuleList([torch.nn.Linear(3, 3)])  # its bias is read outside forward
+        patcher = c.managed_model("denoiser", net)
+        assert type(patcher).__name__ == "ModelPatcher" and patcher.model.net is net
+        assert type(patcher.model).__name__ == "EchoMimicDenoiser"  # what ComfyUI logs: "Requested to load EchoMimicDenoiser"
+        assert patcher.load_device == patcher.offload_device == torch.device("cpu")
+        assert type(net[0]) is fakes["comfy.ops"].disable_weight_init.Linear  # castable: partial loading works
+        assert type(net[1]) is fakes["comfy.ops"].disable_weight_init.Conv2d
+        assert type(net.attn2.to_out[0]) is torch.nn.Linear  # kept whole, moved by the on-load callback
+        assert [k for k, _ in patcher.callbacks] == ["on_load_after"]
+        c.load_models([patcher], 123)
+        assert calls[-1] == ("load", ["EchoMimicDenoiser"], 123) and c.is_loaded(patcher)
+        c.unload_models([patcher])
+        assert calls[-1] == ("unload", "EchoMimicDenoiser") and not c.is_loaded(patcher)
+        c.unload_all_models()
+        assert calls[-1] == "unload_all"
+    finally:
+        for name in fakes:
+            monkeypatch.delitem(sys.modules, name)
+        importlib.reload(c)
+    assert not c.in_comfyui()
+
+
+def test_partial_load_callback_puts_uncastable_tensors_on_the_device():
+    c = sub("nodes.comfy_bridge")
+    net = torch.nn.Module()
+    net.pe = torch.nn.Module()
+    net.pe.register_buffer("table", torch.zeros(3))
+    patcher = types.SimpleNamespace(model=c.ManagedNetwork(net))
+    c._whole_to_device(patcher, torch.device("meta"), 1, False, False)
+    assert net.pe.table.device.type == "meta"
+    c._whole_to_device(patcher, torch.device("cpu"), 0, False, True)  # a full load moved everything already
+    assert net.pe.table.device.type == "meta"
+
+
+def test_loader_widgets_keep_their_order_new_ones_come_last_and_the_tooltips_say_the_cost():
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+    types_ = nodes["EchoMimicModelLoader"].INPUT_TYPES()
+    spec = {**types_["required"], **types_["optional"]}
+    assert list(types_["required"]) == ["version", "variant", "dtype", "attention", "keep_loaded", "weights_folder", "vae", "auto_download"]
+    # new widgets come last and are optional: a saved API prompt without them still validates
+    assert list(types_["optional"])[:2] == ["low_vram", "fp8"] and not spec["low_vram"][1]["default"] and not spec["fp8"][1]["default"]
+    assert "GB" in spec["keep_loaded"][1]["tooltip"] and "Unload Models" in spec["keep_loaded"][1]["tooltip"]
+    assert load_pack().NODE_DISPLAY_NAME_MAPPINGS["EchoMimicModelLoader"] == "EchoMimic Model Loader (whole model set)"
+    fps = nodes["EchoMimicAudioEncoder"].INPUT_TYPES()["required"]["fps"][1]
+    assert fps["step"] <= 0.01 and fps["min"] <= 29.97 <= fps["max"]  # fractional rates like the other fps widgets
+    sampler = nodes["EchoMimicSampler"].INPUT_TYPES()["required"]
+    assert sampler["width"][1]["default"] == sampler["height"][1]["default"] == 0 == sampler["width"][1]["min"]
+
+
+def test_sampler_size_follows_the_reference_when_zero():
+    size = sub("nodes.sampler").output_size
+    ref = torch.zeros(1, 48, 64, 3)
+    assert size(ref, 0, 0) == (64, 48) and size(ref, 128, 0) == (128, 48) and size(ref, 96, 96) == (96, 96)
 
 
 # ------------------------------------------------------------------------------------------ payloads

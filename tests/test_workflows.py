@@ -72,10 +72,11 @@ def build_schema(mappings) -> dict:
         ins = []
         for section in ("required", "optional"):
             for name, (typ, opts) in cls.INPUT_TYPES().get(section, {}).items():
+                late = {"late": True} if section == "optional" else {}  # a widget added later: may be missing
                 if isinstance(typ, list):
-                    ins.append((name, "COMBO", "widget", dict(opts, options=typ)))
+                    ins.append((name, "COMBO", "widget", dict(opts, options=typ, **late)))
                 elif typ in WIDGET_TYPES and not opts.get("forceInput"):
-                    ins.append((name, typ, "widget", opts))
+                    ins.append((name, typ, "widget", dict(opts, **late)))
                 else:
                     ins.append((name, typ, "socket" if section == "required" else "optional", opts))
         out[node_type] = (ins, list(cls.RETURN_TYPES))
@@ -122,6 +123,8 @@ def ui_errors(wf: dict, schema: dict) -> list[str]:
                 if opts.get("control_after_generate"):
                     expected.append((name + ":control_after_generate", "CONTROL", "ui", {}))
         values = n.get("widgets_values", [])
+        if len(values) < len(expected) and all(e[3].get("late") for e in expected[len(values):]):
+            expected = expected[:len(values)]  # saved before optional widgets were added: the frontend uses their defaults
         if len(values) != len(expected):
             errs.append(f"{where}: {len(values)} widget values, the node has {len(expected)} widgets ({[e[0] for e in expected]})")
         else:
@@ -169,7 +172,7 @@ def api_errors(prompt: dict, schema: dict) -> list[str]:
         for name, (typ, kind, opts) in spec.items():
             value = node["inputs"].get(name)
             if value is None:
-                if kind != "optional":
+                if kind != "optional" and not opts.get("late"):
                     errs.append(f"{where}: input '{name}' is missing")
             elif isinstance(value, list):
                 src = prompt.get(value[0])
@@ -191,7 +194,9 @@ def ui_to_api(wf: dict, schema: dict) -> dict:
         values, inputs = iter(n["widgets_values"]), {}
         for name, typ, kind, opts in schema[n["type"]][0]:
             if kind in ("widget", "ui"):
-                value = next(values)
+                value = next(values, None)
+                if value is None and opts.get("late"):
+                    continue
                 if opts.get("control_after_generate"):
                     next(values)
                 if kind == "widget":
@@ -306,3 +311,24 @@ def test_a_schema_change_that_breaks_saved_workflows_is_caught(mutate, schema, m
     changed = build_schema(mappings)
     broken = [p.stem for p in WORKFLOWS if ui_errors(_load(p), changed) or api_errors(_load(ROOT / "workflows" / "api" / p.name), changed)]
     assert broken, f"{mutate.__name__} went unnoticed"
+
+
+FIRST_SIX = sorted(p for p in WORKFLOWS if p.stem in {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks",
+                                                      "v2_pose_folder", "v2_pose_video"})
+
+
+@pytest.mark.parametrize("path", FIRST_SIX, ids=lambda p: p.stem)
+def test_previews_are_shown_the_size_is_set_once_and_v1_landmark_references_are_face_crops(path):
+    prompt = _load(ROOT / "workflows" / "api" / path.name)
+    previewed = {tuple(n["inputs"]["images"]) for n in prompt.values() if n["class_type"] == "PreviewImage"}
+    for nid, node in prompt.items():
+        if node["class_type"] in ("EchoMimicLandmarkExtractor", "EchoMimicPartAwareAligner", "EchoMimicPoseSequenceLoader"):
+            assert (nid, 1) in previewed, f"{node['class_type']}'s preview is not wired to a Preview Image"
+        if node["class_type"] == "EchoMimicSampler":
+            assert node["inputs"]["width"] == node["inputs"]["height"] == 0  # follows Reference Preparation
+    loader = next(n for n in prompt.values() if n["class_type"] == "EchoMimicModelLoader")
+    if loader["inputs"]["version"] == "V1 landmark":
+        preps = [n for n in prompt.values() if n["class_type"] == "EchoMimicReferencePrep"]
+        assert all(p["inputs"]["target"] == "V1 face crop + mask" for p in preps)  # like V1 audio (reference --crop_face 1)
+    note = next((n for n in _load(path)["nodes"] if n["type"] == "MarkdownNote"), None)
+    assert note is None or "docs/comfyui.md" in note["widgets_values"][0]
