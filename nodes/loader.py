@@ -15,6 +15,7 @@ import torch
 
 from ..echomimic_lib.download import ensure_weights
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
+from ..echomimic_lib.lora import apply_lora, load_checked
 from ..echomimic_lib.memory import Placement, check_fp8, to_fp8
 from ..echomimic_lib.model_set import load_models, load_vae, resolve_files
 from . import comfy_bridge as C
@@ -114,12 +115,15 @@ def finish(place: Placement) -> None:
 # ------------------------------------------------------------------------------------------ loading
 def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa", keep_loaded: bool = False,
          weights_folder: str = "auto", vae: str = "auto", auto_download: bool = False, low_vram: bool = False,
-         fp8: bool = False) -> ModelHandle:
+         fp8: bool = False, lora: str = "none", lora_strength: float = 1.0) -> ModelHandle:
     if version not in VERSIONS:
         raise EchoMimicError(f"unknown version '{version}'; choose one of {', '.join(VERSIONS)}.")
     if dtype != "auto" and dtype not in DTYPES:
         raise EchoMimicError(f"unknown dtype '{dtype}'; choose auto, fp32, fp16 or bf16.")
     weights = VERSIONS[version]
+    adapter = None
+    if lora not in (None, "", "none"):  # checked (file, version, strength) before any weight is read
+        adapter = load_checked(paths.resolve_lora(lora), weights, variant, lora_strength)
     device, host = C.torch_device(), C.offload_device()
     if fp8:
         check_fp8(device)
@@ -127,12 +131,15 @@ def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa
     torch_dtype = C.auto_dtype(device) if dtype == "auto" else DTYPES[dtype]
     models = load_models(root, weights, variant, device=host, dtype=torch_dtype, attention=attention, with_vae=False)
     models.vae = load_vae(vae_path, host, torch_dtype)
-    # Steps that change the weights go here, in this order: a LoRA merge (it is part of the set's identity:
-    # add it to `key`), then fp8 storage (merging into fp8 weights would lose the LoRA's precision).
+    # Steps that change the weights, in this order: the LoRA merge (part of the set's identity: in `key`; strength
+    # 0 applies nothing), then fp8 storage (merging into fp8 weights would lose the LoRA's precision).
+    if adapter is not None and lora_strength != 0:
+        apply_lora(models, adapter, lora_strength, keep_base=False)
     if fp8:
         to_fp8(models.reference), to_fp8(models.denoiser)
     patchers = {name: C.managed_model(name, module) for name, module in models.modules().items()}
-    key = (str(root), weights, variant, str(torch_dtype), str(device), attention, str(vae_path), bool(low_vram), bool(fp8))
+    applied = (str(adapter.path), float(lora_strength)) if adapter is not None and lora_strength != 0 else None
+    key = (str(root), weights, variant, str(torch_dtype), str(device), attention, str(vae_path), bool(low_vram), bool(fp8), applied)
     log.info("EchoMimic %s/%s read from %s (%s%s%s); ComfyUI loads it on %s stage by stage", weights, variant, root,
              torch_dtype, ", fp8 UNets" if fp8 else "", ", low-VRAM streaming" if low_vram else "", device)
     return ModelHandle(models, weights, variant, keep_loaded, key, patchers=patchers, low_vram=bool(low_vram), fp8=bool(fp8))
@@ -179,7 +186,14 @@ class EchoMimicModelLoader:
                          "call over PCIe."}),
             "fp8": ("BOOLEAN", {"default": False, "tooltip": "Store the UNet weights in fp8 (e4m3fn; upcast layer by layer): "
                     "2.0 GB less RAM/VRAM for the set, a small change of the output. Needs PyTorch >= 2.1; not on Apple MPS."}),
+            "lora": (["none"] + paths.lora_files(), {"default": "none", "tooltip": "A LoRA adapter from models/echomimic/loras/ "
+                     "(a .safetensors written by `echomimic-train export` of a LoRA run, e.g. fine-tuned on one person). It must "
+                     "have been trained for this version; it is merged into the weights when they are read."}),
+            "lora_strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05, "tooltip": "How much of the LoRA "
+                              "is applied: 1 = as trained, 0 = the base model exactly."}),
         }}
 
-    def execute(self, version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download, low_vram=False, fp8=False):
-        return (load(version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download, low_vram, fp8),)
+    def execute(self, version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download, low_vram=False, fp8=False,
+                lora="none", lora_strength=1.0):
+        return (load(version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download, low_vram, fp8, lora,
+                     lora_strength),)

@@ -8,6 +8,7 @@ Folders (``models`` is ComfyUI's models directory; extra_model_paths.yaml may ad
 
     models/echomimic/v1, v2, sd-vae-ft-mse/, audio_processor/   weights (see docs/comfyui.md)
     models/echomimic/poses/<name>/0.npy ...                     V2 hand-pose folders (also input/echomimic_poses/)
+    models/echomimic/loras/<name>.safetensors                   LoRA adapters (echomimic-train export of a LoRA run)
     models/echomimic/mediapipe/, models/echomimic/dwpose/       face-landmark and DWPose detector models
     models/vae/                                                 a single-file SD VAE may be chosen from here
 """
@@ -21,6 +22,7 @@ from . import comfy_bridge as C
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".sft")
 POSE_SUBFOLDER = "poses"
+LORA_SUBFOLDER = "loras"
 INPUT_POSE_FOLDER = "echomimic_poses"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -87,6 +89,30 @@ def weight_folders() -> list[str]:
 def vae_files() -> list[str]:
     """Single-file VAEs in models/vae (relative names, as ComfyUI lists them)."""
     return sorted(f for f in C.filename_list("vae") if Path(f).suffix in WEIGHT_SUFFIXES)
+
+
+def lora_roots() -> list[Path]:
+    return [r / LORA_SUBFOLDER for r in echomimic_roots()]
+
+
+def lora_files() -> list[str]:
+    """LoRA adapters (.safetensors from ``echomimic-train export``) in models/echomimic/loras/, sub-folders included."""
+    names = set()
+    for root in lora_roots():
+        try:
+            found = [f for f in root.rglob("*.safetensors") if f.is_file()]
+        except OSError:
+            continue
+        names.update(f.relative_to(root).as_posix() for f in found if not any(x.startswith(".") for x in f.relative_to(root).parts))
+    return sorted(names)
+
+
+def resolve_lora(name: str) -> Path:
+    found = find_named(lora_roots(), name, "LoRA")
+    if found is None:
+        raise EchoMimicError(f"LoRA '{name}' not found in {', '.join(map(str, lora_roots()))}. Put the .safetensors written by "
+                             "`echomimic-train export` there, or choose 'none'.")
+    return found
 
 
 def default_vae_file() -> Path | None:

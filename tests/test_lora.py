@@ -14,6 +14,7 @@ import torch
 from tests.test_trainer_helpers import DATA, headshot_dataset, shared_dir, tiny_weights, v1_config, write_yaml
 
 STEPS = 12
+RESUME_AT = 9  # checkpoints every 3 steps; the resume test continues from step 9
 
 
 def lora_config(base: Path, out: Path, **extra) -> dict:
@@ -21,14 +22,14 @@ def lora_config(base: Path, out: Path, **extra) -> dict:
                     model={"weights": "v1_audio", "motion_init": "released", "gradient_checkpointing": True},
                     data={"condition": "face_mask"}, optim={"lr": 1e-2, "batch_size": 2, "warmup_steps": 0},
                     lora={"rank": 4, "alpha": 4.0}, ema={"enabled": True, "decay": 0.9},
-                    phases=[{"name": "lora", "steps": STEPS}], checkpoint={"every": STEPS // 2, "keep_last": 3}, validation={"every": 0})
+                    phases=[{"name": "lora", "steps": STEPS}], checkpoint={"every": 3, "keep_last": 2}, validation={"every": 0})
     cfg.update(extra)
     return cfg
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One LoRA run of STEPS steps (checkpoints at STEPS/2 and STEPS), shared by the tests below."""
+    """One LoRA run of STEPS steps (checkpoints RESUME_AT and STEPS kept), shared by the tests below."""
     from trainer.config import load_config
     from trainer.loop import fit
 
@@ -61,13 +62,13 @@ def test_lora_run_trains_only_adapters_and_the_loss_drops(run):
 
 
 def test_lora_resume_is_exact(run, tmp_path):
-    """A new process state (fresh fit, rebuilt base, re-injected adapters) resumed from the half-way checkpoint
+    """A new process state (fresh fit, rebuilt base, re-injected adapters) resumed from an earlier checkpoint
     ends with the same adapter weights, AdamW state and EMA bytes as the uninterrupted run."""
     from trainer.config import load_config
     from trainer.loop import fit
 
     b = tmp_path / "b"
-    shutil.copytree(_ckpt(run["out"], STEPS // 2), _ckpt(b, STEPS // 2))
+    shutil.copytree(_ckpt(run["out"], RESUME_AT), _ckpt(b, RESUME_AT))
     fit(load_config(write_yaml(tmp_path / "b.yaml", lora_config(run["base"], b))), resume=True)
     ka, kb = _ckpt(run["out"], STEPS), _ckpt(b, STEPS)
     for name in ("model.safetensors", "optimizer.bin", "custom_checkpoint_2.pkl"):  # adapters, AdamW state, EMA
@@ -100,7 +101,7 @@ def test_another_base_is_refused_on_resume_and_warned_about_at_inference(run, ex
     cfg["model"] = {**cfg["model"], "variant": "acc"}
     net = build(load_config(write_yaml(tmp_path / "b.yaml", cfg))).net
     with pytest.raises(ConfigError, match="other base weights"):  # the load hook of a resumed run
-        load_adapter_checkpoint(net, _ckpt(run["out"], STEPS // 2))
+        load_adapter_checkpoint(net, _ckpt(run["out"], RESUME_AT))
     with caplog.at_level("WARNING", logger="echomimic_lib.lora"):
         apply_lora(load_models(run["weights"], "v1_audio", "acc", with_audio=False, with_vae=False), exported["adapter"])
     assert "trained on other base weights" in caplog.text and "applied to the 'acc' ones" in caplog.text
@@ -173,7 +174,7 @@ def _render(models, seed=5):
     g = torch.Generator().manual_seed(0)
     feats = AudioFeatures(torch.randn(16, 5, 384, generator=g), 16 * 320)
     ref = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    s = settings_for("v1-audio", "normal", width=64, height=64, steps=2, num_frames=6, seed=seed)
+    s = settings_for("v1-audio", "normal", width=64, height=64, steps=2, num_frames=4, seed=seed)
     return Sampler(models)(ref, feats, MaskCondition(np.pad(np.ones((32, 32)), 16)), s, decode=False).latents
 
 
@@ -285,3 +286,43 @@ def test_lora_config_is_checked(run):
         cfg("lora.networks=[unet]")
     with pytest.raises(ConfigError, match="rank must be"):
         cfg("lora.rank=0")
+
+
+def test_loader_node_lists_applies_and_refuses_loras(run, exported, tmp_path, monkeypatch):
+    """The ComfyUI loader (stand-ins outside ComfyUI): the LoRA picked from models/echomimic/loras/ gives the weights
+    of the merged export, strength 0 the base bit for bit; another version's LoRA and escaping names are refused."""
+    from tests._pack import load_pack, sub
+
+    C, L = sub("nodes.comfy_bridge"), sub("nodes.loader")
+    EchoMimicError = sub("echomimic_lib.errors").EchoMimicError
+    models = tmp_path / "models"
+    (models / "echomimic" / "loras" / "people").mkdir(parents=True)
+    (models / "echomimic" / "v1").symlink_to(run["weights"])  # the run's base, as ComfyUI's models/echomimic/v1
+    shutil.copy(exported["adapter"], models / "echomimic" / "loras" / "people" / "me.safetensors")
+    shutil.copytree(exported["merged"], models / "echomimic" / "merged")
+    monkeypatch.setattr(C, "MODELS_DIR", models)
+    monkeypatch.setattr(C, "INPUT_DIR", tmp_path / "input")
+    node = load_pack().NODE_CLASS_MAPPINGS["EchoMimicModelLoader"]
+    assert "people/me.safetensors" in node.INPUT_TYPES()["optional"]["lora"][0]
+
+    def load(version="V1 audio", **kw):
+        args = dict(dtype="fp32", attention="sdpa", keep_loaded=False, weights_folder="auto", vae="auto", auto_download=False)
+        return node().execute(version, "normal", **{**args, **kw})[0]
+
+    def state(handle):
+        return {f"{n}.{k}": v for n in ("reference", "denoiser") for k, v in getattr(handle.models, n).state_dict().items()}
+
+    base, zero = state(load()), load(lora="people/me.safetensors", lora_strength=0.0)
+    assert all(torch.equal(v, base[k]) for k, v in state(zero).items())
+    one, merged = load(lora="people/me.safetensors", lora_strength=1.0), state(load(weights_folder="merged"))
+    assert one.key != zero.key  # the LoRA is part of the loaded set's identity
+    for k, v in state(one).items():
+        torch.testing.assert_close(v, merged[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert any(not torch.equal(v, base[k]) for k, v in state(one).items())
+    monkeypatch.setattr(L, "load_models", lambda *a, **k: pytest.fail("weights read before the LoRA check"))
+    with pytest.raises(EchoMimicError, match=r"trained for EchoMimic V1 audio-driven \(v1_audio\).*V2 half-body"):
+        load("V2", lora="people/me.safetensors")
+    with pytest.raises(EchoMimicError, match="'..' are refused"):
+        load(lora="../../vae/x.safetensors")
+    with pytest.raises(EchoMimicError, match="not found"):
+        load(lora="nobody.safetensors")
