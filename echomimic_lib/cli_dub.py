@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .animate import default_models_dir
+from .animate_checks import default_models_dir
 from .cli import _say
 from .composite import COLOR_METHODS, REGIONS
 from .retime import POLICIES
@@ -69,8 +69,9 @@ def add_commands(sub) -> None:
     d.add_argument("--length", type=int, help="at most this many generated frames")
     d.add_argument("--context-frames", type=int, default=12)
     d.add_argument("--context-overlap", type=int, default=3)
-    d.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
-    d.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    d.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="weight precision; auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU and Apple MPS")
+    d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
     d.add_argument("--mediapipe-model", help="path of face_landmarker_v2_with_blendshapes.task (default: models folder / download)")
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=_cmd_dub)

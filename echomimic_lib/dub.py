@@ -51,8 +51,8 @@ class DubRequest:
     length: int | None = None  # at most this many generated frames
     context_frames: int = 12
     context_overlap: int = 3
-    dtype: str = "fp32"
-    device: str = "cpu"
+    dtype: str = "auto"  # auto: bf16/fp16 on a GPU, fp32 on the CPU (echomimic_lib.devices)
+    device: str = "auto"  # auto: CUDA, then MPS, then the CPU
     download: bool = True
     mediapipe_model: str | None = None
     region: str = "hull"
@@ -83,22 +83,35 @@ def parts_for(parts: str | None, with_audio: bool) -> frozenset:
         raise EchoMimicError(f"--parts: {exc}") from None
 
 
-def _validate(req: DubRequest):
-    from .animate import DTYPES
+@dataclass
+class _Checked:
+    variant: str
+    settings: object
+    parts: frozenset
+    device: object
+    dtype: object
+    root: Path
+    mediapipe_model: Path
+
+
+def _validate(req: DubRequest) -> _Checked:
+    """Every check that needs no weights (numbers, files, options, output path, the MediaPipe model)."""
+    from .animate_checks import check_output, default_models_dir
     from .composite import COLOR_METHODS, REGIONS
+    from .devices import resolve_device, resolve_dtype
+    from .landmarks.mp_models import import_mediapipe, resolve_model
     from .pipeline import settings_for
     from .retime import POLICIES
 
     variant = "acc" if req.acc else "normal"
+    device = resolve_device(req.device)
+    dtype = resolve_dtype(req.dtype, device)
     settings = settings_for(MODE, variant, steps=req.steps, cfg=req.cfg, seed=req.seed, fps=req.fps, width=req.width,
                             height=req.height, context_frames=req.context_frames, context_overlap=req.context_overlap)
     settings.validate()
     if not Path(req.video).is_file():
-        raise EchoMimicError(f"source video not found: {req.video}")
-    if req.audio is not None and not Path(req.audio).is_file():
-        raise EchoMimicError(f"audio file not found: {req.audio}")
-    checks = [(req.retime, POLICIES, "--retime"), (req.region, REGIONS, "--mask"), (req.color, COLOR_METHODS, "--color-match"),
-              (req.dtype, tuple(DTYPES), "--dtype")]
+        raise EchoMimicError(f"--video {req.video}: source video not found; give a video file of one person.")
+    checks = [(req.retime, POLICIES, "--retime"), (req.region, REGIONS, "--mask"), (req.color, COLOR_METHODS, "--color-match")]
     for value, allowed, flag in checks:
         if value not in allowed:
             raise EchoMimicError(f"{flag}: unknown value '{value}'; choose one of {', '.join(allowed)}.")
@@ -106,57 +119,63 @@ def _validate(req: DubRequest):
         raise EchoMimicError("--feather and --dilation must be >= 0.")
     if req.length is not None and req.length < 1:
         raise EchoMimicError("--length must be at least 1 frame.")
-    from .video_writer import check_output_path
+    parts = parts_for(req.parts, req.audio is not None)
+    check_output(req.output)
+    root = Path(req.models).expanduser() if req.models else default_models_dir()
+    face_model = resolve_model("face_landmarker", req.mediapipe_model, [root], download=req.download)
+    import_mediapipe()
+    return _Checked(variant, settings, parts, device, dtype, root, face_model)
 
-    check_output_path(req.output, "-o/--output")
-    return variant, settings, parts_for(req.parts, req.audio is not None)
 
-
-def _features(req: DubRequest, models, device, clip, settings):
-    """(audio features, sound track, sample rate, seconds) for the new speech or, without it, the L mode."""
-    from .audio import encode_audio
-    from .audio.unconditional import UnconditionalAudio
-    from .video_io import read_audio
-
+def _speech(req: DubRequest, clip, fps: float):
+    """(sound track, sample rate, seconds, generated frame count) of the new speech or, without it, the L mode."""
     if req.audio is None:
-        frames = max(1, int(np.floor(len(clip.frames) * settings.fps / clip.fps + 1e-9)))
-        return UnconditionalAudio(frames, settings.fps), clip.audio, clip.sample_rate, len(clip.frames) / clip.fps
-    wav, sr = read_audio(req.audio)
-    feats = encode_audio(wav, models.audio_encoder, sample_rate=sr, device=device)
-    return feats, wav, sr, feats.seconds
+        frames = max(1, int(np.floor(len(clip.frames) * fps / clip.fps + 1e-9)))
+        return clip.audio, clip.sample_rate, len(clip.frames) / clip.fps, frames
+    from .animate_checks import frame_count, read_speech
+
+    wav, sr, raw = read_speech(req.audio)
+    return wav, sr, raw.num_samples_16k / 16000.0, frame_count(raw, fps, req.length)
 
 
 def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None, models=None) -> DubResult:
-    """Everything but the encoding: the composited frames at the source size (uint8)."""
+    """Everything but the encoding: the composited frames at the source size (uint8). The face is tracked (and a
+    video without a face refused) before any weight is loaded."""
     import torch
 
-    from .animate import DTYPES, default_models_dir
+    from .audio import encode_audio
+    from .audio.unconditional import UnconditionalAudio
     from .composite import PasteBack
     from .dub_plan import plan_dub, reference_crop
     from .landmarks import draw_landmark_sequence
     from .pipeline import FrameCondition, Sampler
     from .video_io import read_video
 
-    variant, settings, parts = _validate(req)
-    root = Path(req.models) if req.models else default_models_dir()
+    ok = _validate(req)
+    settings, w, h = ok.settings, ok.settings.width, ok.settings.height
     clip = read_video(req.video, with_audio=req.audio is None)
-    device = torch.device(req.device)
+    sound, sr, seconds, n_model = _speech(req, clip, settings.fps)
+    if req.length is not None:
+        n_model = min(n_model, req.length)
+    n_out = max(1, min(int(np.floor(seconds * clip.fps + 1e-6)), int(np.floor(n_model * clip.fps / settings.fps + 1e-6))))
+    if req.audio is None and req.length is None:
+        n_out = len(clip.frames)  # landmark-only: exactly the driving video's frames
+    plan = plan_dub(clip.frames, clip.fps, n_model, settings.fps, n_out, (w, h), req.retime, req.reference_frame,
+                    parts=ok.parts, model_path=ok.mediapipe_model)
+    log.info("dub: crop %s of the %dx%d video, reference frame %d, %d frames at %g fps -> %d frames at %g fps",
+             plan.geometry.box, *plan.source_size, plan.reference_frame, n_model, settings.fps, n_out, clip.fps)
     if models is None:
         from .download import ensure_weights
         from .model_set import load_models
 
-        ensure_weights(root, "v1_pose", variant, download=req.download)
-        models = load_models(root, "v1_pose", variant, device=device, dtype=DTYPES[req.dtype])
-    feats, sound, sr, seconds = _features(req, models, device, clip, settings)
-    count = getattr(feats, "video_frame_count", feats.frame_count)
-    n_model = count(settings.fps) if req.length is None else min(req.length, count(settings.fps))
-    n_out = max(1, min(int(np.floor(seconds * clip.fps + 1e-6)), int(np.floor(n_model * clip.fps / settings.fps + 1e-6))))
-    w, h = settings.width, settings.height
-    plan = plan_dub(clip.frames, clip.fps, n_model, settings.fps, n_out, (w, h), req.retime, req.reference_frame,
-                    parts=parts, model_path=req.mediapipe_model, models_dir=root, download=req.download)
-    log.info("dub: crop %s of the %dx%d video, reference frame %d, %d frames at %g fps -> %d frames at %g fps",
-             plan.geometry.box, *plan.source_size, plan.reference_frame, n_model, settings.fps, n_out, clip.fps)
+        ensure_weights(ok.root, "v1_pose", ok.variant, download=req.download)
+        models = load_models(ok.root, "v1_pose", ok.variant, device=ok.device, dtype=ok.dtype)
+    if req.audio is None:
+        feats = UnconditionalAudio(n_model, settings.fps)
+    else:
+        feats = encode_audio(sound, models.audio_encoder, sample_rate=sr, device=ok.device, frames=n_model, fps=settings.fps)
     px = plan.driving_pixels()
+    parts = ok.parts
     condition = FrameCondition(n_model, lambda idx: draw_landmark_sequence(px[list(idx)], (w, h), parts, coord_size=(w, h)))
     generated: list[np.ndarray] = []
 

@@ -40,6 +40,7 @@ def _best_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 4096) -> floa
     return best
 
 
+@pytest.mark.slow
 def test_dub_the_shared_video_keeps_its_size_follows_the_audio_and_carries_the_new_speech(tiny_comfy_models, shared_data,
                                                                                          tmp_path):
     speech = _wav(tmp_path / "speech.wav", "echomimic_en.wav", 1.0, shared_data)
@@ -80,6 +81,7 @@ def _source_video(path: Path, shared: Path, black=(3, 4), size=(357, 331), fps=2
     return path
 
 
+@pytest.mark.slow
 def test_faceless_frames_pass_through_and_odd_sizes_and_frame_rates_are_kept(tiny_comfy_models, shared_data, tmp_path,
                                                                              caplog):
     from echomimic_lib.dub import DubRequest, render_dub

@@ -79,6 +79,7 @@ def test_v2_halfbody_crop_and_pose_alignment(shared_data, monkeypatch):
     assert moved.shape == still.shape == (2, 128, 128, 3) and not np.array_equal(moved, still)  # hands moved onto the body
 
 
+@pytest.mark.slow
 def test_animate_paste_back_writes_the_full_size_picture(tiny_comfy_models, shared_data, tmp_path, mp_model):
     from echomimic_lib.cli import main as cli
 

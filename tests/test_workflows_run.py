@@ -135,6 +135,7 @@ def _prompt(name: str) -> dict:
     return json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,picture", [("v1_audio_paste_back", (480, 360)), ("v2_paste_back", (440, 400))])
 def test_picture_workflows_write_the_full_size_picture_animated(comfy, name, picture):
     core = Core(comfy)
@@ -150,6 +151,7 @@ def test_picture_workflows_write_the_full_size_picture_animated(comfy, name, pic
     assert (info["height"], info["width"]) == picture and info["frames"] == n and info["audio_seconds"]
 
 
+@pytest.mark.slow
 def test_dub_workflow_keeps_the_videos_size_and_rate_and_follows_the_audio(comfy):
     core = Core(comfy)
     out = run_prompt(_prompt("v1_dub_video"), core, FAST)
