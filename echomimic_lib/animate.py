@@ -32,7 +32,7 @@ __all__ = ["AnimateRequest", "run", "build_condition", "default_models_dir"]
 @dataclass
 class AnimateRequest:
     reference: str
-    audio: str
+    audio: str | None  # None: landmark-only driving (--mode landmarks without --audio)
     output: str
     mode: str = "v1-audio"
     acc: bool = False
@@ -222,8 +222,13 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
         from .lora import apply_lora
 
         apply_lora(models, adapter, req.lora_strength, keep_base=False)
-    feats = encode_audio(plan.audio, models.audio_encoder, sample_rate=plan.sample_rate, device=device,
-                         frames=settings.num_frames, fps=settings.fps)
+    if plan.audio is None:  # landmark-only driving: the model's unconditional audio
+        from .audio.unconditional import UnconditionalAudio
+
+        feats = UnconditionalAudio(settings.num_frames, settings.fps)
+    else:
+        feats = encode_audio(plan.audio, models.audio_encoder, sample_rate=plan.sample_rate, device=device,
+                             frames=settings.num_frames, fps=settings.fps)
     with Mp4Writer(plan.output, settings.fps, plan.audio, plan.sample_rate) as writer:
         sink = paste_back_sink(prepared.crop, plan.reference, writer.sink) if req.paste_back else writer.sink
         result = Sampler(models)(prepared.reference, feats, prepared.condition, settings, progress=progress, frame_sink=sink)

@@ -244,8 +244,18 @@ def preflight(req) -> Plan:
     check_condition_inputs(req, mode)
     output = check_output(req.output)
     reference = read_reference(req.reference)
-    wav, sr, raw = read_speech(req.audio)
-    settings.num_frames = frame_count(raw, settings.fps, length)
+    if req.audio is None:  # landmark-only driving (the paper's "L" mode): the length of the driving sequence
+        if mode.name != "v1-landmarks":
+            raise EchoMimicError(f"--audio is needed for mode {mode.name}; only --mode landmarks runs without audio "
+                                 "(landmark-only driving, the mouth from the landmarks).")
+        from .audio.unconditional import UnconditionalAudio
+
+        wav, sr, settings.num_frames = None, None, UnconditionalAudio.for_driving(req.landmarks, settings.fps, length).num_frames
+        seconds = settings.num_frames / settings.fps
+    else:
+        wav, sr, raw = read_speech(req.audio)
+        settings.num_frames = frame_count(raw, settings.fps, length)
+        seconds = raw.samples.shape[1] / sr
     root = models_root(req)
     req = find_face_model(req, root)
-    return Plan(req, mode, variant, settings, device, dtype, output, reference, wav, sr, raw.samples.shape[1] / sr, root)
+    return Plan(req, mode, variant, settings, device, dtype, output, reference, wav, sr, seconds, root)

@@ -72,7 +72,8 @@ def add_commands(sub) -> None:
                        description="Render a video from a reference image and speech (V1: portrait, 512 px; V2: half-body, "
                                    "768 px). Everything that can be checked without weights is checked first.")
     a.add_argument("--reference", required=True, help="reference image: a portrait (V1) or a half-body picture (V2); png, jpg, webp")
-    a.add_argument("--audio", required=True, help="driving speech: wav, mp3, flac, m4a or a video with sound; any sample rate")
+    a.add_argument("--audio", help="driving speech: wav, mp3, flac, m4a or a video with sound; any sample rate (required, "
+                                   "except with --mode landmarks: without it the landmarks alone drive the video)")
     a.add_argument("-o", "--output", required=True, help="output video, .mp4 (H.264 + the input audio); written under a temporary "
                                                          "name and renamed when complete, never replacing a folder or device")
     a.add_argument("--smoke", action="store_true",

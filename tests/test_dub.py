@@ -149,3 +149,25 @@ def test_bad_dub_requests_fail_before_any_work(tmp_path, shared_data, capsys):
     assert cli(["dub", "--video", video, "-o", str(tmp_path), "--offline"] + FAST) == 2
     assert "is a directory" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_landmark_only_animate_follows_the_driving_sequence(shared_data, tmp_path):
+    """``echomimic animate --mode landmarks`` without ``--audio``: planned before any weight, as long as the driving
+    frames (240 .pkl frames; a driving video resampled to --fps), no sound track."""
+    from echomimic_lib.animate import AnimateRequest
+    from echomimic_lib.animate_checks import preflight
+    from echomimic_lib.errors import EchoMimicError
+
+    ref = str(shared_data / "images" / "portrait_a.png")
+    pkl = str(shared_data / "v1_pose_pkl")
+    plan = preflight(AnimateRequest(reference=ref, audio=None, output=str(tmp_path / "l.mp4"), mode="v1-landmarks",
+                                    landmarks=pkl, face_crop=False, device="cpu"))
+    assert plan.audio is None and plan.settings.num_frames == 240
+    video = preflight(AnimateRequest(reference=ref, audio=None, output=str(tmp_path / "l.mp4"), mode="v1-landmarks",
+                                     landmarks=str(shared_data / "video" / "driving_a.mp4"), fps=12.0, length=100,
+                                     face_crop=False, device="cpu",
+                                     mediapipe_model=str(shared_data / "mediapipe" / "face_landmarker_v2_with_blendshapes.task")))
+    assert video.settings.num_frames == 100  # 288 frames at 24 fps = 144 at 12 fps, cut to --length 100
+    with pytest.raises(EchoMimicError, match="--audio is needed for mode v1-audio\\+landmarks"):
+        preflight(AnimateRequest(reference=ref, audio=None, output=str(tmp_path / "l.mp4"), mode="v1-audio+landmarks",
+                                 landmarks=pkl, face_crop=False, device="cpu"))

@@ -3,7 +3,9 @@
 :class:`UnconditionalAudio` stands in for :class:`~.features.AudioFeatures` in the sampler: its chunks are
 all-zero whisper tokens. The denoiser's audio attention has bias-free key/value projections, so zero tokens
 give exactly its zero-audio output (the ``audio=None`` path the sampler uses for unconditional rows);
-``tests/test_dub.py`` checks the two agree. Its length is set by the driving sequence, not by a clip.
+``tests/test_dub.py`` checks the two agree. Its length is set by the driving sequence, not by a clip
+(:meth:`UnconditionalAudio.for_driving`): ``echomimic animate --mode landmarks`` without ``--audio``,
+``echomimic dub`` without ``--audio`` and the EchoMimic Landmark-Only Driving node use it.
 """
 from __future__ import annotations
 
@@ -59,3 +61,23 @@ class UnconditionalAudio:
 
     def to(self, device=None, dtype=None) -> "UnconditionalAudio":
         return self
+
+    @classmethod
+    def for_driving(cls, landmarks, fps: float, length: int | None = None) -> "UnconditionalAudio":
+        """As long as the driving sequence: a video (resampled to ``fps``) or a folder of V1 ``.pkl`` frames (one
+        frame each, as the landmark conditions read them), cut to ``length`` frames if given."""
+        from pathlib import Path
+
+        p = Path(landmarks)
+        if p.is_dir():
+            n = len(list(p.glob("*.pkl")))
+            if n == 0:
+                raise EchoMimicError(f"--landmarks {p}: no .pkl landmark frames in the folder.")
+        else:
+            from ..video_io import probe
+
+            info = probe(p)
+            if not info["frames"]:
+                raise EchoMimicError(f"--landmarks {p}: the video has no frames.")
+            n = max(1, int(np.floor(info["frames"] * float(fps) / float(info["fps"] or fps) + 1e-9)))
+        return cls(n if not length else min(n, int(length)), fps)
