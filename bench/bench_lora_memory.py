@@ -1,22 +1,24 @@
-"""Computed GPU memory of one LoRA training step at the official size (no GPU needed, no real weights).
+"""Computed GPU memory (and FLOPs) of one LoRA training step at the official size: no GPU, no real weights.
 
-The official-size networks (SD1.5 widths: reference UNet, denoiser + motion modules, condition encoder,
-SD VAE) are built under ``FakeTensorMode`` (tensors carry shape/dtype only; nothing is allocated) and one
-training step runs on them: VAE encode of frames and reference (no grad), noise / timestep, the
-reference pass, the denoiser with the peft adapters of :func:`trainer.lora.inject`, the latent v-loss,
-backward. A dispatch mode (:class:`LiveBytes`) follows every tensor storage alive during the step (weights,
-adapters, AdamW state, activations, gradients, temporaries) and reports the peak. (torch's
-``MemTracker`` cannot be used here: it registers gradient hooks on every parameter, frozen ones included.)
+The official-size networks (SD1.5 widths: reference UNet, denoiser -- with motion modules only for clip
+cases, as ``trainer.init.build`` does --, condition encoder, SD VAE) are built on the meta device, get the
+peft adapters of :func:`trainer.lora.inject`, and are then given fake CPU tensors (``FakeTensorMode``:
+shape and dtype, no storage). One training step runs on them: VAE encode of frames and reference (no grad),
+noise / timestep, the reference pass, the denoiser, the latent v-loss, backward, with the adapters' AdamW
+state allocated. A dispatch mode (:class:`LiveBytes`) follows every tensor storage alive during the step
+(weights, adapters, optimizer state, activations, gradients, temporaries) and reports the peak; a second
+pass under ``FlopCounterMode`` counts the floating-point operations (recomputed checkpointed blocks
+included). torch's ``MemTracker`` is not used: it hooks gradients of every parameter, frozen ones too.
 
-What it emulates of a CUDA run: bf16 autocast with the frozen base weights in bf16
-(:func:`trainer.lora.cast_base_`) and the adapters in fp32; CUDA autocast runs LayerNorm / GroupNorm
-in fp32 (CPU autocast does not), so those are forced to fp32 here; SDPA is the memory-efficient kernel
-(no score matrix). The AdamW state of the adapters (2 fp32 tensors per parameter) is allocated before the
-step. Not included: the CUDA context (~0.3-0.5 GiB outside PyTorch's allocator), allocator fragmentation
-(typically 5-15 %), the whisper encoder (runs in the CPU data workers).
+What it emulates of a CUDA run: bf16 autocast with the frozen base in bf16 (:func:`trainer.lora.cast_base_`)
+and the adapters in fp32; CUDA autocast runs LayerNorm / GroupNorm in fp32 (CPU autocast does not), so
+those are forced to fp32 here; attention is SDPA's fused kernel (no score matrix). Fake tensors hold no
+values: the step's only data-dependent read ("does every row keep its reference?") is answered True.
+Not included: the CUDA context (~0.3-0.5 GiB outside PyTorch's allocator), allocator fragmentation
+(typically 5-15 %), the whisper encoder (it runs in the CPU data workers).
 
-    .venv/bin/python bench/bench_lora_memory.py                       # the cases of docs/training.md
-    .venv/bin/python bench/bench_lora_memory.py --cases v1_512 --batch 1,2,4 --rank 16
+    .venv/bin/python bench/bench_lora_memory.py                       # V1 512 px and V2 768 px, batch 1, 2, 4
+    .venv/bin/python bench/bench_lora_memory.py --cases v1_512_clip12 --batch 1 --rank 32 --no-grad-ckpt
 """
 from __future__ import annotations
 
@@ -137,8 +139,8 @@ def run_case(case: str, batch: int, rank: int, networks: list[str], gc: bool, dt
     cfg = TrainConfig()
     cfg.model.weights, cfg.model.echomimic_path, cfg.model.init, cfg.model.motion_init = weights, "(official size)", "echomimic", "released"
     cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha, cfg.lora.networks = True, rank, float(rank), networks
-    phase = PhaseConfig(name="lora", kind="temporal" if temporal else "spatial", frames=frames, train=["reference", "denoiser", "motion"] if temporal
-                        else ["reference", "denoiser"])
+    phase = PhaseConfig(name="lora", kind="temporal" if temporal else "spatial", frames=frames,
+                        train=["reference", "denoiser", "motion"] if temporal else ["reference", "denoiser"])
     low = getattr(torch, dtype)
     sched = make_scheduler()
     b, f, h = batch, frames, res // 8
@@ -199,7 +201,8 @@ def run_case(case: str, batch: int, rank: int, networks: list[str], gc: bool, dt
     return {"case": case, "weights": weights, "res": res, "frames": f, "batch": b, "rank": rank, "networks": networks,
             "grad_ckpt": gc, "base_dtype": dtype, "adapter_params_M": round(n_train / 1e6, 2), "total_params_M": round(n_total / 1e6, 1),
             "lora_layers": desc["layers"], "peak_gib": gb(live.peak), "weights_gib": gb(weights_b), "adam_state_gib": gb(8 * n_train),
-            "after_forward_gib": gb(after_fw), "step_tflop": round(flops.get_total_flops() / 1e12, 2), "seconds": round(time.time() - t0, 1)}
+            "after_forward_gib": gb(after_fw), "step_tflop": round(flops.get_total_flops() / 1e12, 2),
+            "seconds": round(time.time() - t0, 1)}
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

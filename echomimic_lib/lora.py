@@ -145,7 +145,8 @@ def read_lora(path: str | Path) -> LoraAdapter:
     for layer in layers:
         a, b = tensors.get(f"{layer}.lora_A.weight"), tensors.get(f"{layer}.lora_B.weight")
         if a is None or b is None:
-            raise WeightsError(f"{path}: '{layer}' lacks its lora_{'A' if a is None else 'B'} weight; the file is incomplete. Export it again.")
+            raise WeightsError(f"{path}: '{layer}' lacks its lora_{'A' if a is None else 'B'} weight; the file is incomplete. "
+                               "Export it again.")
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != info.rank or b.shape[1] != info.rank:
             raise WeightsError(f"{path}: '{layer}' has shapes A {tuple(a.shape)}, B {tuple(b.shape)}, not rank {info.rank}.")
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):

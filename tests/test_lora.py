@@ -54,7 +54,8 @@ def test_lora_run_trains_only_adapters_and_the_loss_drops(run):
     state = load_file(str(final / "model.safetensors"))
     assert state and all(".lora_A.default." in k or ".lora_B.default." in k for k in state)  # adapters only: no base weights
     layers = {k.split(".lora_")[0] for k in state}
-    assert all(k.startswith("denoiser.") and "motion_modules." not in k and k.endswith(("to_q", "to_k", "to_v", "to_out.0")) for k in layers)
+    assert all(k.startswith("denoiser.") and "motion_modules." not in k and k.endswith(("to_q", "to_k", "to_v", "to_out.0"))
+               for k in layers)
     assert any(".attn1." in k for k in layers) and any(".attn2." in k for k in layers)  # self/reference and audio attention
     assert sum(p.stat().st_size for p in final.iterdir()) < 5e6
     before, after = fixed_loss(run["cfg"], None, samples=2), fixed_loss(run["cfg"], final, samples=2)
