@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._lazy import cv2
 from .crop import CropGeometry
 from .errors import EchoMimicError
+from .reference import v1_face_region
 from .retime import retime_indices
 
 
@@ -108,24 +110,14 @@ def plan_dub(frames, src_fps: float, n_model: int, model_fps: float, n_out: int,
         if not track.valid[ref]:
             raise EchoMimicError(f"reference frame {ref} has no detectable face; choose a frame that shows the face "
                                  "clearly (or leave the reference frame on automatic).")
-    face = track.boxes[ref]
-    from .reference import v1_face_region
-
-    hull = tracking_hull(track.pixels[ref])
-    geometry = geometry.with_face(v1_face_region(tuple(int(round(v)) for v in face), geometry.source_size), hull)
-    return DubPlan(geometry, track, sched, ref, parts)
-
-
-def tracking_hull(points) -> list:
-    from ._lazy import cv2
-
-    return cv2.convexHull(np.asarray(points, np.float32).reshape(-1, 2)).reshape(-1, 2).tolist()
+    # the reference frame's face region and landmark hull (Paste Back's "face box" / "landmark hull" previews)
+    face = v1_face_region(tuple(int(round(v)) for v in track.boxes[ref]), geometry.source_size)
+    hull = cv2.convexHull(track.pixels[ref].astype(np.float32)).reshape(-1, 2).tolist()
+    return DubPlan(geometry.with_face(face, hull), track, sched, ref, parts)
 
 
 def reference_crop(plan: DubPlan, frames) -> np.ndarray:
     """The reference frame cut to the clip crop at the output size (uint8), like V1's face crop."""
-    from ._lazy import cv2
-
     x0, y0, x1, y1 = plan.geometry.box
     img = np.asarray(frames[plan.reference_frame])[y0:y1, x0:x1]
     return cv2.resize(img, plan.geometry.output_size, interpolation=cv2.INTER_LINEAR)
