@@ -277,6 +277,8 @@ def test_lora_config_is_checked(run):
         return load_config(None, [f"model.echomimic_path={run['weights']}", *over], preset="v1_lora_identity")
 
     assert cfg().lora.enabled and cfg().optim.lr == 1e-4 and cfg().lora.rank == 16
+    v2 = load_config(None, [f"model.echomimic_path={run['weights']}"], preset="v2_lora_identity")
+    assert (v2.model.weights, v2.data.width, v2.optim.batch_size * v2.optim.grad_accum, v2.lora.enabled) == ("v2", 768, 4, True)
     with pytest.raises(ConfigError, match="model.init: echomimic"):
         cfg("model.init=random", "model.arch=tiny", "model.motion_path=/released/motion_module.pth")
     with pytest.raises(ConfigError, match="motion_init: released"):

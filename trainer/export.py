@@ -87,8 +87,10 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     meta = read_meta(ckpt)
     run_dir = ckpt.parent.parent
     dest = Path(dest)
+    from .config import ConfigError
+
     if merge and not meta.get("lora"):
-        raise ValueError(f"{ckpt}: --merge is for LoRA runs; this checkpoint holds a full model (export it without --merge)")
+        raise ConfigError(f"{ckpt}: --merge is for LoRA runs; this checkpoint holds a full model (export it without --merge)")
     if meta.get("lora"):
         from .lora import export_adapter, merged_state
 

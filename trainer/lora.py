@@ -178,7 +178,7 @@ def export_adapter(ckpt: Path, dest: Path, meta: dict, state: dict, ema: bool, d
     dtype = dtype or torch.float32
     tensors = {k: v.to(dtype) for k, v in adapter_tensors(state).items()}
     if not tensors:
-        raise ValueError(f"{ckpt}: no adapter tensors in this checkpoint")
+        raise ConfigError(f"{ckpt}: no adapter tensors in this checkpoint")
     if dest.suffix != ".safetensors":
         dest = dest / f"{ckpt.parent.parent.name}-step{meta['step']}{'-ema' if ema else ''}.safetensors"
     path = write_lora(dest, tensors, lora_info(meta, ckpt, ema))
@@ -200,11 +200,12 @@ def merged_state(run_dir: Path, state: dict, meta: dict) -> dict:
     cfg = load_config(run_dir / "config.yaml")
     net = build(cfg).net
     if not fingerprints_match(meta["lora"]["base"]["fingerprint"], net.lora["base"]["fingerprint"]):
-        raise ValueError(f"{run_dir}: the base model at {cfg.model.echomimic_path} is not the one the adapters were trained on")
+        raise ConfigError(f"{run_dir}: the base model at {cfg.model.echomimic_path} is not the one the adapters were trained on; "
+                          "restore it (or set model.echomimic_path in the run's config.yaml) to merge")
     own = {k for k in net.state_dict() if is_lora_param(k)}
     adapters = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items() if is_lora_param(k)}
     if set(adapters) != own:
-        raise ValueError(f"{run_dir}: the checkpoint's adapters do not match the run's LoRA config")
+        raise ConfigError(f"{run_dir}: the checkpoint's adapters do not match the run's LoRA config (config.yaml edited?)")
     net.load_state_dict(adapters, strict=False)
     with torch.no_grad():
         for name, mod in list(net.named_modules()):
