@@ -220,7 +220,8 @@ def run(args) -> dict:
     modules = models.modules()
     with meter.running(modules):
         meter.stage("load")  # weights are read into host memory; nothing is on the device yet
-        placement = Placement(models, meter.device, meter.backend(modules), stream_denoiser=args.lowvram, settings=settings,
+        placement = Placement(models, meter.device, meter.backend(modules), keep_loaded=args.keep_loaded,
+                              stream_denoiser=args.lowvram, settings=settings,
                               streamer=meter.streamer(models.denoiser) if args.lowvram else None, on_stage=meter.stage)
         placement.enter("audio")
         segments = max(1, int(np.ceil(seconds / 30)))
@@ -232,6 +233,7 @@ def run(args) -> dict:
     peak, stages = meter.result()
     out = {
         "mode": mode.name, "size": size, "dtype": args.dtype, "frames": args.frames, "lowvram": args.lowvram, "fp8": args.fp8,
+        "keep_loaded": args.keep_loaded,
         "variant": variant, "cfg": settings.cfg, "steps": settings.steps, "context_frames": settings.context_frames,
         "denoiser_calls": result.unet_calls, "device": meter.name, "peak_gb": round(peak / GB, 3),
         "stages": {k: round(v / GB, 3) for k, v in stages.items()},
@@ -271,6 +273,7 @@ def main(argv=None):
     p.add_argument("--acc", action="store_true", help="the acc variant's settings (cfg 1: no CFG batch)")
     p.add_argument("--lowvram", action="store_true", help="stream the denoiser block by block")
     p.add_argument("--fp8", action="store_true", help="fp8 e4m3fn weight storage for the UNets")
+    p.add_argument("--keep-loaded", action="store_true", help="the loader's keep_loaded: no network leaves the device")
     p.add_argument("--preset", choices=["sd15", "tiny"], default="sd15", help="tiny: the test architecture (quick checks)")
     p.add_argument("--device", choices=["cuda", "fake"], default="cuda" if torch.cuda.is_available() else "fake")
     p.add_argument("--goals", action="store_true", help="run every goal of issue 14 (separate processes)")
@@ -285,7 +288,7 @@ def main(argv=None):
     args.size = args.size or get_mode(args.mode).size
     res = run(args)
     print(f"{res['mode']} {res['size']} px {res['dtype']} {res['frames']} frames{' low-VRAM' if res['lowvram'] else ''}"
-          f"{' fp8' if res['fp8'] else ''} on {res['device']}: peak {res['peak_gb']} GB")
+          f"{' fp8' if res['fp8'] else ''}{' keep_loaded' if res['keep_loaded'] else ''} on {res['device']}: peak {res['peak_gb']} GB")
     for k, v in res["stages"].items():
         print(f"  {k:12s} {v:7.3f} GB")
     if args.json:

@@ -2,7 +2,7 @@
 (where the picture came from, for EchoMimic Paste Back)."""
 from __future__ import annotations
 
-from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.errors import EchoMimicError, NoFaceError
 from ..echomimic_lib.reference import prepare_reference
 from . import detectors, paths
 from .composite import CROP
@@ -27,8 +27,12 @@ def prepare(image, target: str, width: int, height: int, no_face: str, download:
     if target == TARGETS[0] and no_face not in NO_FACE:
         raise EchoMimicError(f"unknown no_face option '{no_face}'; choose one of {', '.join(NO_FACE)}.")
     detector = detectors.dwpose(download) if target == TARGETS[1] else None
-    prep = prepare_reference(img, LIB_TARGETS[target], width, height, no_face=NO_FACE.get(no_face, "error"),
-                             models_dir=paths.echomimic_roots(), download=download, pose_detector=detector)
+    try:
+        prep = prepare_reference(img, LIB_TARGETS[target], width, height, no_face=NO_FACE.get(no_face, "error"),
+                                 models_dir=paths.echomimic_roots(), download=download, pose_detector=detector)
+    except NoFaceError as exc:  # the library names its own option; name the widget value as the list shows it
+        raise NoFaceError("no face found in the reference image; use a portrait with one visible face, or set no_face "
+                          "to 'whole image' to animate the whole picture (with an all-ones mask).") from exc
     return to_image(prep.image), to_mask(prep.mask), prep.crop
 
 
@@ -47,10 +51,10 @@ class EchoMimicReferencePrep:
             "image": ("IMAGE", {"tooltip": "The reference picture (the first image of a batch is used)."}),
             "target": (TARGETS, {"default": TARGETS[0], "tooltip": "V1 face crop + mask: for V1 audio driving (MediaPipe finds "
                        "the face). V2 half-body crop: head to elbows, like the V2 demos (DWPose). resize only: use the picture as is."}),
-            "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Output width (multiple of 8); "
-                      "use the same value in the sampler."}),
-            "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Output height (multiple of 8); "
-                       "use the same value in the sampler."}),
+            "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Output width (multiple of 8), "
+                      "the video's width: the sampler's width 0 follows it."}),
+            "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Output height (multiple of 8), "
+                       "the video's height: the sampler's height 0 follows it."}),
             "no_face": (list(NO_FACE), {"default": "error", "tooltip": "V1 face crop when no face is found: stop with an "
                         "error, or use the whole picture with an all-ones mask."}),
             "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download the face-landmark (MediaPipe) or DWPose "
