@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_trainer_helpers import (DATA, ENV, ROOT, events, headshot_dataset, load_ckpt, rows, shared_dir, tiny_weights,
+from tests.test_trainer_helpers import (DATA, ENV, MEDIAPIPE, ROOT, events, headshot_dataset, load_ckpt, rows, shared_dir, tiny_weights,
                                         train_cli, v1_config, write_yaml)
 
 
@@ -79,7 +79,8 @@ def test_v1_stage1_stage2_export_animate(base, tmp_path):
     out = tmp_path / "anim.mp4"
     r = subprocess.run([sys.executable, "-m", "echomimic_lib.cli", "animate", "--models", str(exp2), "--version", "v1", "--mode",
                         "audio+landmarks", "--landmarks", str(DATA / "v1_pose_pkl"), "--reference", str(DATA / "images" / "portrait_a.png"),
-                        "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(out), "--offline", "--steps", "2", "--width", "64",
+                        "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(out), "--offline", "--mediapipe-model", str(MEDIAPIPE),
+                        "--steps", "2", "--width", "64",
                         "--height", "64", "--length", "6", "-q"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     from echomimic_lib.video_io import probe
@@ -204,7 +205,18 @@ def test_two_processes_cross_a_phase_change_and_resume_exactly(base, tmp_path):
     assert all(torch.isfinite(v).all() for v in s3.values())
 
 
-def test_nonfinite_losses_are_detected_reported_and_stop_the_run(base, tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose mixed precision cannot change: this test trains in fp16 in the
+    pytest process, after (and before) other in-process runs in fp32."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_nonfinite_losses_are_detected_reported_and_stop_the_run(base, tmp_path, fresh_accelerate_state):
     from trainer.config import load_config
     from trainer.loop import NonFiniteError, fit
 
