@@ -6,7 +6,9 @@ Cases (each measured in a fresh subprocess so peak memory is its own):
 - ``spatial``: stage 1 plus the V1 spatial loss (VAE decode with gradients): full decode, decoder
   gradient checkpointing, face crop;
 - V2 phase types: ``v2_muted`` (APDH 1-2: audio attention muted), ``v2_masked`` (3a-3c: lips/head partial
-  attention), ``v2_global`` (3d), ``v2_temporal`` (4), all with the PhD loss.
+  attention), ``v2_global`` (3d), ``v2_temporal`` (4), all with the PhD loss;
+- PhD S1 forms side by side: ``v2_s1_heatmap`` / ``v2_s1_encoder`` (phase 3d, every step at t = 950 = S1,
+  ``loss.phd.pose_form`` heatmap vs encoder).
 Networks are random at the chosen size (``--size sd15`` = the official SD1.5 widths; ``tiny`` for a quick
 run), the VAE is an SD-size random AutoencoderKL, inputs are random tensors of the training shapes.
 
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CASES = ("stage1", "stage1_ckpt", "stage2", "stage2_ckpt", "spatial_full", "spatial_decoder_gc", "spatial_face_crop",
-         "v2_muted", "v2_masked", "v2_global", "v2_temporal")
+         "v2_muted", "v2_masked", "v2_global", "v2_temporal", "v2_s1_heatmap", "v2_s1_encoder")
 
 
 def _rss_gb() -> float:
@@ -74,6 +76,8 @@ def run_case(case: str, size: str, res: int, frames: int, steps: int, device: st
         cfg.loss.spatial.face_crop, cfg.loss.spatial.crop_size = case == "spatial_face_crop", res // 2
     if v2:
         cfg.loss.phd.enabled, cfg.loss.phd.low_weight, cfg.loss.decode_frames = True, 0.0, 4  # as the v2_apdh preset
+        cfg.loss.phd.pose_form = "heatmap" if case == "v2_s1_heatmap" else "encoder"
+    s1_only = case.startswith("v2_s1_")
     vae_size = vae_size or size
     vae_cfg = dict(block_out_channels=[128, 256, 512, 512] if vae_size == "sd15" else [32, 32, 32, 32],
                    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4,
@@ -119,7 +123,8 @@ def run_case(case: str, size: str, res: int, frames: int, steps: int, device: st
     for i in range(steps):
         t1 = time.perf_counter()
         gen = torch.Generator().manual_seed(i)
-        out = compute_losses(net, vae, sched, batch, gen, cfg, LossFns(), ctrl, timesteps=torch.tensor([950 if i % 2 else 500]))
+        t = 950 if (i % 2 or s1_only) else 500
+        out = compute_losses(net, vae, sched, batch, gen, cfg, LossFns(), ctrl, timesteps=torch.tensor([t]))
         out.total.backward()
         if opt is not None:
             opt.step()
