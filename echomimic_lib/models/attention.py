@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .reference_kv import join_kv
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("sdpa", "xformers")
@@ -65,16 +67,55 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, extra_kv=None) -> torch.Tensor:
-        """Attend from ``x`` to ``context`` (default: ``x``); ``extra_kv`` = (k, v) of shape (1 or B, L2, dim)
-        already projected, appended to the keys/values (reference attention)."""
-        ctx = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
-        if extra_kv is not None:
-            ek, ev = extra_kv
-            b = x.shape[0]
-            k = torch.cat([k, ek.to(k.dtype).expand(b, -1, -1)], dim=1)  # (1 or b, L2, dim) -> (b, L2, dim)
-            v = torch.cat([v, ev.to(v.dtype).expand(b, -1, -1)], dim=1)
+        """Attend from ``x`` to ``context`` (default: ``x``). ``extra_kv`` (reference attention) is either
+        (k, v) of shape (1 or B, L2, dim), already projected and appended to the keys/values, or a joiner
+        ``(k, v) -> (K, V)`` that does the same into buffers kept between calls (:mod:`.reference_kv`)."""
+        qkv = self.fused_qkv_weight() if context is None and not torch.is_grad_enabled() else None
+        if qkv is not None:  # self-attention with fused projections: one GEMM for q, k and v
+            q, k, v = F.linear(x, qkv).split(self.to_q.out_features, dim=-1)
+        else:
+            ctx = x if context is None else context
+            q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
+        if callable(extra_kv):
+            k, v = extra_kv(k, v)
+        elif extra_kv is not None:
+            k, v = join_kv(k, v, *extra_kv)
         return self.to_out[0](attend(q, k, v, self.heads, self.backend))
+
+    def fuse_qkv(self) -> bool:
+        """Store the q, k and v weights as consecutive rows of one buffer (same Parameter objects, same
+        values, no extra memory), so that self-attention projects with one GEMM; see
+        :meth:`fused_qkv_weight`. Layers wrapped by adapters (LoRA) or stored in fp8 are left alone."""
+        if self.fused_qkv_weight() is not None:
+            return True
+        lins = (self.to_q, self.to_k, self.to_v)
+        if any(type(m) is not nn.Linear or m.bias is not None for m in lins):
+            return False
+        ws = [m.weight for m in lins]
+        if len({(w.shape, w.dtype, w.device) for w in ws}) != 1 or ws[0].device.type == "meta":
+            return False
+        with torch.no_grad():
+            buf = torch.cat([w.detach() for w in ws])
+            n = ws[0].shape[0]
+            for i, m in enumerate(lins):
+                m.weight.data = buf[i * n : (i + 1) * n]
+        return True
+
+    def fused_qkv_weight(self) -> torch.Tensor | None:
+        """The (3*dim, dim) q|k|v weight when the three plain Linear weights are consecutive rows of one
+        storage (after :meth:`fuse_qkv`, and until something re-assigns a weight), else None."""
+        lins = (self.to_q, self.to_k, self.to_v)
+        if torch.compiler.is_compiling() or any(type(m) is not nn.Linear for m in lins):
+            return None
+        wq, wk, wv = (m.weight for m in lins)
+        size = wq.numel()
+        st = wq.untyped_storage()
+        if not (wq.is_contiguous() and wk.is_contiguous() and wv.is_contiguous() and wq.shape == wk.shape == wv.shape
+                and wk.untyped_storage().data_ptr() == st.data_ptr() == wv.untyped_storage().data_ptr()
+                and wk.storage_offset() == wq.storage_offset() + size and wv.storage_offset() == wq.storage_offset() + 2 * size
+                and wq.dtype == wk.dtype == wv.dtype):
+            return None
+        return wq.new_empty(0).set_(st, wq.storage_offset(), (3 * wq.shape[0], wq.shape[1]), (wq.shape[1], 1))
 
     def project_kv(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.to_k(tokens), self.to_v(tokens)

@@ -70,15 +70,16 @@ class TemporalTransformer(nn.Module):
             )
         bf, c, hh, ww = x.shape
         b = bf // frames
-        h = self.norm(x).permute(0, 2, 3, 1).reshape(bf, hh * ww, c)
+        # (B*F, C, H, W) -> (B*H*W, F, C) in one copy: attention runs over frames, everything else per
+        # token (proj_in/out are per-token linears, so they run in this layout too).
+        h = self.norm(x).view(b, frames, c, hh * ww).permute(0, 3, 1, 2).reshape(b * hh * ww, frames, c)
         h = self.proj_in(h)
-        # (B*F, HW, C) -> (B*HW, F, C): attention over frames; norms and FF are per token.
-        h = h.view(b, frames, hh * ww, c).transpose(1, 2).reshape(b * hh * ww, frames, c)
         for block in self.transformer_blocks:
             h = block(h)
-        h = h.view(b, hh * ww, frames, c).transpose(1, 2).reshape(bf, hh * ww, c)
         h = self.proj_out(h)
-        return h.reshape(bf, hh, ww, c).permute(0, 3, 1, 2) + x
+        # back to (B, F, C, H, W) as a view; the residual add writes the contiguous result
+        h = h.view(b, hh, ww, frames, c).permute(0, 3, 4, 1, 2)
+        return (x.view(b, frames, c, hh, ww) + h).reshape(bf, c, hh, ww)
 
 
 class MotionModule(nn.Module):

@@ -21,8 +21,10 @@ class BlockContext:
     """Per-forward inputs shared by all transformer blocks of one UNet call.
 
     Rows are the (batch x frames) rows of the flattened video batch.
-    - ``ref_kv``: module path -> (k, v) projected reference tokens, or None.
-    - ``ref_rows``: bool (rows,) of rows that attend to the reference (None = all, when ref_kv given).
+    - ``ref_kv``: module path -> (k, v) projected reference tokens (:class:`ReferenceKV`), or None.
+    - ``ref_segments``: which rows attend to the reference, as runs ``(start, stop, uses_reference)`` of
+      rows, decided once per forward on the host (None = all rows, when ``ref_kv`` is given). Classifier-
+      free guidance puts the unconditional rows first, so there are one or two runs: plain slices.
     - ``audio``: (rows_with_audio, L, D) tokens for the rows ``audio_start:``; rows before it get the
       zero-audio output; None = zero audio everywhere.
     - ``bank_out``: dict to record norm1 outputs into (reference role).
@@ -30,11 +32,22 @@ class BlockContext:
 
     frames: int
     ref_kv: dict | None = None
-    ref_rows: torch.Tensor | None = None
+    ref_segments: tuple[tuple[int, int, bool], ...] | None = None
     audio: torch.Tensor | None = None
     audio_start: int = 0
     audio_mask: torch.Tensor | None = None  # (rows,) float: multiplies the audio-attention output (training masks)
     bank_out: dict | None = field(default=None)
+
+
+def row_segments(flags: list[bool], frames: int) -> tuple[tuple[int, int, bool], ...]:
+    """Per-sample reference flags -> runs of rows ``(start, stop, uses_reference)`` (``frames`` rows each)."""
+    runs: list[list] = []
+    for i, flag in enumerate(flags):
+        if runs and runs[-1][2] == flag:
+            runs[-1][1] = (i + 1) * frames
+        else:
+            runs.append([i * frames, (i + 1) * frames, bool(flag)])
+    return tuple(tuple(r) for r in runs)
 
 
 class TransformerBlock(nn.Module):
@@ -56,51 +69,69 @@ class TransformerBlock(nn.Module):
         n = self.norm1(h)
         if ctx.bank_out is not None:
             ctx.bank_out[self.path] = n
-        h = self._self_attention(n, ctx) + h
+        h = self._self_attention(n, h, ctx)
         if self.attn2 is not None:
-            h = self._audio_attention(self.norm2(h), ctx) * self.audio_scale + h
+            h = self._audio_attention(h, ctx)
         return self.ff(self.norm3(h)) + h
 
-    def _self_attention(self, n: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+    def _self_attention(self, n: torch.Tensor, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        """``h + attn1(n)``; rows that use the reference also attend to its tokens, the others (CFG
+        unconditional rows, dropped references) run plain self-attention. Rows are split by slicing."""
         kv = ctx.ref_kv.get(self.path) if ctx.ref_kv else None
         if kv is None:
-            return self.attn1(n)
-        rows = ctx.ref_rows
-        if rows is None or bool(rows.all()):
-            return self.attn1(n, extra_kv=_kv_rows(kv, ctx.frames, n.shape[0], None))
-        out = torch.empty_like(n)
-        with_ref = rows.nonzero().squeeze(1)
-        plain = (~rows).nonzero().squeeze(1)
-        out[plain] = self.attn1(n[plain])  # unconditional rows: plain self-attention only
-        if with_ref.numel():
-            out[with_ref] = self.attn1(n[with_ref], extra_kv=_kv_rows(kv, ctx.frames, n.shape[0], with_ref))
-        return out
+            return self.attn1(n) + h
+        segments = ctx.ref_segments or ((0, n.shape[0], True),)
+        if len(segments) == 1:
+            return self.attn1(n, extra_kv=_kv_rows(ctx.ref_kv, self.path, ctx.frames, 0, n.shape[0], n.shape[0])) + h
+        grad = torch.is_grad_enabled()
+        out = [] if grad else torch.empty_like(h)
+        for s, e, with_ref in segments:
+            extra = _kv_rows(ctx.ref_kv, self.path, ctx.frames, s, e, n.shape[0]) if with_ref else None
+            part = self.attn1(n[s:e], extra_kv=extra)
+            if grad:
+                out.append(part)
+            else:
+                torch.add(part, h[s:e], out=out[s:e])  # the residual, written in place: no gather/scatter
+        return torch.cat(out) + h if grad else out
 
-    def _audio_attention(self, n: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
-        zero = self.attn2.zero_context_output().to(n.dtype)
-        if ctx.audio is None:
-            out = zero.expand_as(n)
-        elif ctx.audio_start == 0:
-            out = self.attn2(n, ctx.audio)
-        else:
-            s = ctx.audio_start
-            out = torch.cat([zero.expand_as(n[:s]), self.attn2(n[s:], ctx.audio)], dim=0)
+    def _audio_attention(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        """``h + audio_scale * attn2(norm2(h), audio)``. Rows with zero audio (before ``audio_start``, or all
+        when there is no audio) get the layer's constant zero-context output instead of an attention."""
+        zero = self.attn2.zero_context_output().to(h.dtype)
+        s = ctx.audio_start if ctx.audio is not None else h.shape[0]
+        if ctx.audio_mask is None and (s == 0 or s == h.shape[0] or not torch.is_grad_enabled()):
+            if s == h.shape[0]:
+                return zero * self.audio_scale + h
+            if s == 0:
+                return self.attn2(self.norm2(h), ctx.audio) * self.audio_scale + h
+            out = torch.empty_like(h)
+            torch.add(h[:s], zero * self.audio_scale, out=out[:s])
+            torch.add(self.attn2(self.norm2(h[s:]), ctx.audio) * self.audio_scale, h[s:], out=out[s:])
+            return out
+        n = self.norm2(h)
+        parts = [zero.expand_as(n[:s])] if s else []
+        if s < h.shape[0]:
+            parts.append(self.attn2(n[s:], ctx.audio))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         if ctx.audio_mask is not None:  # (rows,) or (rows, tokens, 1)
             mask = ctx.audio_mask.to(out.dtype)
             out = out * mask.view(-1, *([1] * (out.dim() - 1)) if mask.dim() == 1 else mask.shape)
-        return out
+        return out * self.audio_scale + h
 
 
-def _kv_rows(kv, frames: int, rows: int, index):
-    """Reference k/v for the given rows: one reference (batch 1) is shared by every row; a batch of
-    references (training) holds one per sample and is repeated over that sample's frames."""
-    k, v = kv
+def _kv_rows(ref_kv, path: str, frames: int, start: int, stop: int, rows: int):
+    """Reference k/v for the rows ``start:stop``: one reference (batch 1) is shared by every row; a batch of
+    references (training) holds one per sample, repeated over that sample's frames. A :class:`ReferenceKV`
+    with join buffers hands back a joiner that fills per-row [own; reference] buffers instead."""
+    k, v = ref_kv[path]
     if k.shape[0] == 1:
-        return k, v
+        joiner = getattr(ref_kv, "joiner", None)
+        join = joiner(path) if joiner is not None else None
+        return join if join is not None else (k, v)
     if k.shape[0] * frames != rows:
         raise ValueError(f"reference batch {k.shape[0]} does not match the video batch ({rows} rows of {frames} frames)")
-    k, v = k.repeat_interleave(frames, 0), v.repeat_interleave(frames, 0)
-    return (k, v) if index is None else (k[index], v[index])
+    a, b = start // frames, stop // frames
+    return k[a:b].repeat_interleave(frames, 0), v[a:b].repeat_interleave(frames, 0)
 
 
 class SpatialTransformer(nn.Module):
@@ -115,9 +146,11 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         bf, c, hh, ww = x.shape
-        h = self.proj_in(self.norm(x))
-        h = h.permute(0, 2, 3, 1).reshape(bf, hh * ww, c)
+        # The normed map goes channels-last once; the 1x1 convs then run as plain GEMMs and the token view
+        # (bf, h*w, c) of their output is free, both ways. The residual add writes ``x``'s layout back.
+        h = self.norm(x).contiguous(memory_format=torch.channels_last)
+        h = self.proj_in(h).permute(0, 2, 3, 1).reshape(bf, hh * ww, c)
         for block in self.transformer_blocks:
             h = block(h, ctx)
-        h = h.reshape(bf, hh, ww, c).permute(0, 3, 1, 2).contiguous()
-        return self.proj_out(h) + x
+        h = h.view(bf, hh, ww, c).permute(0, 3, 1, 2)
+        return x + self.proj_out(h)

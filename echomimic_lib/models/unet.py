@@ -17,11 +17,8 @@ from torch import nn
 from ..config import EchoConfig
 from .attention import Attention, resolve_backend
 from .blocks import DownBlock, MidBlock, UpBlock
-from .transformer import BlockContext, TransformerBlock
-
-
-class ReferenceKV(dict):
-    """Module path -> (k, v) reference keys/values of the denoiser's attn1, computed once per generation."""
+from .reference_kv import CPU_JOIN_BUDGET, ReferenceKV
+from .transformer import BlockContext, TransformerBlock, row_segments
 
 
 class EchoUNet(nn.Module):
@@ -80,17 +77,25 @@ class EchoUNet(nn.Module):
                 mod.backend = backend
         return backend
 
+    def fuse_projections(self) -> int:
+        """Let every self-attention (spatial attn1, temporal attention) project q, k and v with one GEMM
+        (:meth:`Attention.fuse_qkv`: same parameters and values, no extra memory). Idempotent; moving or
+        re-assigning weights undoes it harmlessly. Returns the number of fused layers."""
+        return sum(m.fuse_qkv() for m in self.modules() if isinstance(m, Attention))
+
     def transformer_blocks(self) -> dict[str, TransformerBlock]:
         return {m.path: m for m in self.modules() if isinstance(m, TransformerBlock)}
 
     # ------------------------------------------------------------------ forward
     def _time(self, timestep, rows: int, frames: int, device, dtype) -> torch.Tensor:
-        t = torch.as_tensor(timestep, device=device)
-        if t.dim() == 0:
-            t = t[None]
-        t = t.expand(rows // frames) if t.numel() == 1 else t
+        """Time embedding: (1, D) when one timestep serves every row (broadcast by the ResNet blocks), else
+        (rows, D). A Python number is filled on the device (no host-to-device copy)."""
+        if isinstance(timestep, (int, float)):
+            t = torch.full((1,), timestep, device=device)
+        else:
+            t = torch.as_tensor(timestep, device=device).reshape(-1)
         emb = self.time_embedding(self.time_proj(t).to(dtype))
-        return emb.repeat_interleave(frames, dim=0)
+        return emb if t.numel() == 1 else emb.repeat_interleave(frames, dim=0)
 
     def _run(self, x: torch.Tensor, temb: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         skips = [x]
@@ -123,10 +128,12 @@ class EchoUNet(nn.Module):
         out = self._run(self.conv_in(x), temb, ctx)
         return bank, out
 
-    def prepare_reference(self, bank: dict) -> ReferenceKV:
+    def prepare_reference(self, bank: dict, join_budget: int | None = None) -> ReferenceKV:
         """Project the reference bank through this denoiser's attn1 once (k, v per block).
 
-        The reference rounds the bank to float16 before use (``cfg.bank_round_dtype``); so do we."""
+        The reference rounds the bank to float16 before use (``cfg.bank_round_dtype``); so do we.
+        ``join_budget``: bytes of per-block [own; reference] key/value buffers kept for the generation
+        (:mod:`.reference_kv`); default 512 MiB on the CPU, where memory traffic is dear, 0 elsewhere."""
         if self.role != "denoiser":
             raise RuntimeError("prepare_reference is for the denoising UNet")
         blocks = self.transformer_blocks()
@@ -134,7 +141,10 @@ class EchoUNet(nn.Module):
         if missing:
             raise ValueError(f"reference bank lacks blocks {missing[:3]}... ({len(missing)} missing)")
         rnd = getattr(torch, self.cfg.bank_round_dtype) if self.cfg.bank_round_dtype else None
-        kv = ReferenceKV()
+        if join_budget is None:
+            on_cpu = next(iter(bank.values())).device.type == "cpu"  # where the call computes (weights may be streamed)
+            join_budget = CPU_JOIN_BUDGET if on_cpu else 0
+        kv = ReferenceKV(join_budget=join_budget)
         for path, block in blocks.items():
             tokens = bank[path]
             if rnd is not None:
@@ -181,17 +191,23 @@ class EchoUNet(nn.Module):
             cf = cf.transpose(1, 2).reshape((b - u) * f, *cf.shape[1:2], hh, ww)
             h = torch.cat([h[: u * f], h[u * f :] + cf]) if u else h + cf
 
-        ref_rows = None
+        segments = None
         if reference is not None:
-            rows = torch.ones(b, dtype=torch.bool, device=device)
-            rows[:u] = False
-            if reference_mask is not None:
-                rows[u:] = reference_mask.to(device=device, dtype=torch.bool)
-            ref_rows = rows.repeat_interleave(f)
+            # which samples attend to the reference: decided here, on the host, once per call
+            flags = [False] * u + (_host_flags(reference_mask, b - u) if reference_mask is not None else [True] * (b - u))
+            segments = row_segments(flags, f)
         tokens = None
         if audio is not None:
             tokens = audio.to(dtype).reshape((b - u) * f, audio.shape[-2], audio.shape[-1])
-        ctx = BlockContext(frames=f, ref_kv=reference, ref_rows=ref_rows, audio=tokens, audio_start=u * f, audio_mask=audio_mask)
+        ctx = BlockContext(frames=f, ref_kv=reference, ref_segments=segments, audio=tokens, audio_start=u * f, audio_mask=audio_mask)
         h = self._run(h, temb, ctx)
         h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
         return h.view(b, f, *h.shape[1:]).transpose(1, 2)
+
+
+def _host_flags(mask, n: int) -> list[bool]:
+    """A per-sample bool mask as a Python list (training: the caller's dropout mask; one read per call)."""
+    flags = mask.tolist() if isinstance(mask, torch.Tensor) else list(mask)
+    if len(flags) != n:
+        raise ValueError(f"reference_mask has {len(flags)} entries for {n} conditional samples")
+    return [bool(x) for x in flags]

@@ -32,3 +32,16 @@ def frame_counts(windows: list[list[int]], num_frames: int) -> list[int]:
         for j in w:
             counts[j] += 1
     return counts
+
+
+def window_runs(window: list[int]) -> list[tuple[int, int]]:
+    """A window's frame indices as contiguous runs ``(start, stop)``: a closed-loop window that wraps
+    around the end of the video is two runs, any other one run. Lets the sampler gather and scatter
+    windows with slices (no index tensors, nothing copied to or read back from the device)."""
+    runs: list[list[int]] = []
+    for j in window:
+        if runs and j == runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([j, j + 1])
+    return [(a, b) for a, b in runs]

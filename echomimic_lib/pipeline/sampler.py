@@ -23,7 +23,7 @@ import torch
 from ..errors import EchoMimicError
 from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, SAMPLER_DEFAULTS, get_mode
 from .conditions import FrameCondition, MaskCondition
-from .context import base_windows, shift_windows
+from .context import base_windows, shift_windows, window_runs
 from .decode import VAE_SCALE, decode_latents
 from .scheduler import make_scheduler
 
@@ -188,6 +188,8 @@ class Sampler:
             )
         den = self.models.denoiser
         device, dtype = self.device, self.dtype
+        if self.placement is None:  # (a placement moves weights per stage, which would undo it)
+            den.fuse_projections()
         sched = make_scheduler(**s.scheduler)
         sched.set_timesteps(s.steps, device="cpu")
         timesteps = [int(t) for t in sched.timesteps]
@@ -210,6 +212,9 @@ class Sampler:
         windows0 = base_windows(f, s.context_frames, s.context_overlap)
         k = max(1, int(s.windows_per_batch))
         total = len(timesteps) * math.ceil(len(windows0) / k)
+        # every window is gathered and scattered by slices of runs of frames, audio chunks are moved to the
+        # device once: nothing in the loop below reads from the device (see tests/test_host_sync.py)
+        chunks = audio.chunks(0, f, s.fps, device=device, dtype=dtype)
         done, calls = 0, 0
         for i, t in enumerate(timesteps):
             windows = shift_windows(windows0, i, s.window_shift, f)
@@ -217,28 +222,32 @@ class Sampler:
             count = torch.zeros(f, device=device, dtype=torch.float32)
             for g in range(0, len(windows), k):
                 group = windows[g : g + k]  # every window has the same length (base_windows)
-                x = torch.cat([latents[:, :, wi] for wi in group])  # (n, 4, c, h, w)
+                runs = [window_runs(wi) for wi in group]
+                x = torch.cat([_take(latents, r, 2) for r in runs])  # (n, 4, c, h, w)
                 x_in = sched.scale_model_input(x, t)
-                a = torch.cat([audio.chunks_at(wi, s.fps, device=device, dtype=dtype).unsqueeze(0) for wi in group])
+                a = torch.stack([_take(chunks, r, 0) for r in runs])
                 if mask_feat is not None:
                     cond = mask_feat.expand(len(group), -1, -1, -1, -1)
                 elif condition is not None:
                     cond = torch.cat([self._cond_features(condition, wi, h, w) for wi in group])
                 else:
                     cond = None
+                n = len(group)
                 if cfg:
-                    pred = den(torch.cat([x_in, x_in]), t, audio=a, cond=cond, reference=kv, uncond_rows=len(group)).float()
-                    preds = [torch.stack([pred[j], pred[len(group) + j]]) for j in range(len(group))]
+                    pred = den(torch.cat([x_in, x_in]), t, audio=a, cond=cond, reference=kv, uncond_rows=n)
+                    preds = [pred[j::n] for j in range(n)]  # (2, 4, c, h, w) views: uncond, cond of window j
                 else:
-                    pred = den(x_in, t, audio=a, cond=cond, reference=kv).float()
-                    preds = [pred[j : j + 1] for j in range(len(group))]
+                    pred = den(x_in, t, audio=a, cond=cond, reference=kv)
+                    preds = [pred[j : j + 1] for j in range(n)]
                 calls += 1
                 if trace and i == 0:
-                    trace("unet_call", torch.cat(preds) if cfg else pred)
-                for wi, p in zip(group, preds):
-                    idx = torch.as_tensor(wi, device=device)
-                    acc.index_add_(2, idx, p)
-                    count.index_add_(0, idx, torch.ones(len(wi), device=device))
+                    trace("unet_call", torch.cat(preds).float() if cfg else pred.float())
+                for r, p in zip(runs, preds):
+                    off = 0
+                    for a0, b0 in r:
+                        acc[:, :, a0:b0].add_(p[:, :, off : off + b0 - a0])
+                        count[a0:b0].add_(1.0)
+                        off += b0 - a0
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -247,5 +256,14 @@ class Sampler:
             latents = sched.step(v, t, latents, eta=0.0, return_dict=False)[0]
             if trace:
                 trace(f"step{i}", (v, latents))
+        if hasattr(kv, "release"):
+            kv.release()  # join buffers (CPU) are not needed by the decode
+        del kv, chunks
         frames = self.decode(latents, s.decode_batch, frame_sink) if decode else None
         return SampleResult(frames, latents, s.fps, f, calls)
+
+
+def _take(t: torch.Tensor, runs: list[tuple[int, int]], dim: int) -> torch.Tensor:
+    """The runs of indices ``runs`` of ``t`` along ``dim``, concatenated (a view for a single run)."""
+    parts = [t.narrow(dim, a, b - a) for a, b in runs]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
