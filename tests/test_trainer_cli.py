@@ -77,16 +77,18 @@ def test_prepare_that_keeps_nothing_exits_non_zero_and_says_why(base, tmp_path, 
 
 def test_step_numbers_agree_and_log_lines_do_not_break_the_progress_bar(base, tmp_path):
     run = tmp_path / "run"
-    cfg = write_yaml(tmp_path / "c.yaml", v1_config(base, run, steps=4, optim={"batch_size": 1}, checkpoint={"every": 2},
-                                                   log={"every": 1, "progress": True}))
+    phases = [{"name": "stage1", "steps": 1}, {"name": "stage2", "steps": 2, "kind": "temporal", "frames": 2, "train": ["motion"]}]
+    cfg = write_yaml(tmp_path / "c.yaml", v1_config(base, run, optim={"batch_size": 1}, model={"motion_init": "random"}, phases=phases,
+                                                   checkpoint={"every": 2}, log={"every": 1, "progress": True}))
     r = train_cli("fit", "--config", cfg)
-    assert [x["step"] for x in rows(run)] == [1, 2, 3, 4]
-    assert [e["step"] for e in events(run, "checkpoint")] == [2, 4]
-    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000002", "step-00000004"]
+    assert [x["step"] for x in rows(run)] == [1, 2, 3]
+    assert [e["step"] for e in events(run, "checkpoint")] == [2, 3] and events(run, "phase")[0]["step"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000002", "step-00000003"]
     bars = re.findall(r"fit:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)", r.stderr)
-    assert bars and bars[-1] == ("4", "4")  # the bar counts completed steps, like the checkpoints
+    assert bars and bars[-1] == ("3", "3")  # the bar counts completed steps, like the checkpoints
     pieces = re.split(r"[\r\n]", r.stderr)
+    assert "INFO trainer: step 2: phase stage2" in pieces  # logged inside the loop, on a line of its own
     assert not [p for p in pieces if "INFO" in p and "fit:" in p]  # no log line glued to the bar
-    assert "INFO accelerate" not in r.stderr and "INFO trainer" in r.stderr  # accelerate's per-file INFO lines are quiet
-    table = r.stderr.split("phases:", 1)[1]
-    assert "steps       1-4" in table and "pose " not in table.split("INFO", 1)[0]  # V1: no pose columns
+    assert "INFO accelerate" not in r.stderr  # accelerate's per-file INFO lines are quiet
+    table = r.stderr.split("phases:", 1)[1].split("INFO", 1)[0]
+    assert "steps       1-1" in table and "steps       2-3" in table and "pose " not in table  # V1: no pose columns
