@@ -168,9 +168,9 @@ class EchoMimicModelLoader:
             "attention": (["sdpa", "xformers"], {"default": "sdpa", "tooltip": "Attention backend. xformers falls back to "
                           "PyTorch SDPA (with a log line) when it is not installed."}),
             "keep_loaded": ("BOOLEAN", {"default": False, "tooltip": "Keep the networks on the GPU after their stage and "
-                            "between runs: re-runs skip the transfers, but the whole set stays in VRAM (about 4.5 GB in "
-                            "fp16/bf16, 9 GB in fp32, 2.4 GB less with fp8) and the peak of a run grows by the networks "
-                            "that would have left (V1 512 px fp16: 4.5 -> about 6.3 GB). ComfyUI still evicts them when "
+                            "between runs: re-runs skip the transfers, but the whole set stays in VRAM (about 4.4 GB in "
+                            "fp16/bf16, 8.9 GB in fp32, 2.3 GB with fp8) and the peak of a run grows by the networks "
+                            "that would have left (V1 512 px fp16: 4.5 -> 6.3 GB). ComfyUI still evicts them when "
                             "another model needs the room, and 'Unload Models' frees them. Off: each network leaves the GPU "
                             "as soon as its stage is done. Ignored under --lowvram / --novram."}),
             "weights_folder": (["auto"] + paths.weight_folders(), {"default": "auto", "tooltip": "auto: models/echomimic/v1 "
@@ -181,11 +181,11 @@ class EchoMimicModelLoader:
                               "(BadToBest/EchoMimic, BadToBest/EchoMimicV2, stabilityai/sd-vae-ft-mse) into models/echomimic."}),
         }, "optional": {  # widgets added after the first release: optional, so saved API prompts without them still run
             "low_vram": ("BOOLEAN", {"default": False, "tooltip": "Low-VRAM mode for small cards: the denoiser stays in RAM "
-                         "and is streamed to the GPU block by block while it runs (V2 768 px fp16 peak about 4.3 GB instead "
+                         "and is streamed to the GPU block by block while it runs (V2 768 px fp16 peak about 4.5 GB instead "
                          "of 6.9 GB; same output). Costs the transfer of the denoiser's weights (2.6 GB fp16) per denoiser "
                          "call over PCIe."}),
             "fp8": ("BOOLEAN", {"default": False, "tooltip": "Store the UNet weights in fp8 (e4m3fn; upcast layer by layer): "
-                    "2.0 GB less RAM/VRAM for the set, a small change of the output. Needs PyTorch >= 2.1; not on Apple MPS."}),
+                    "about 2.1 GB less RAM/VRAM for the set (fp16), a small change of the output. Needs PyTorch >= 2.1; not on Apple MPS."}),
             "lora": (["none"] + paths.lora_files(), {"default": "none", "tooltip": "A LoRA adapter from models/echomimic/loras/ "
                      "(a .safetensors written by `echomimic-train export` of a LoRA run, e.g. fine-tuned on one person). It must "
                      "have been trained for this version; it is merged into the weights when they are read."}),

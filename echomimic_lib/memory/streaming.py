@@ -1,22 +1,26 @@
 """Low-VRAM mode: the denoiser streamed block by block.
 
 The weights stay on the offload device (pinned host memory on CUDA). Each *unit* (a ResNet block, a
-spatial transformer, a motion module, an up/down sampler, and the small input/output layers) is copied
-to the compute device just before its ``forward`` and the copy is dropped right after, so at most two
-units (the running one and, on CUDA, the next one prefetched on a side stream) occupy the device:
-about 0.2 GB in fp16 instead of the denoiser's 2.6 GB. The arithmetic is unchanged (the same weights,
-the same kernels), so the output equals the default path's.
+spatial transformer, a motion module, an up/down sampler, and the small input/output layers) is copied to
+the compute device just before its ``forward`` and dropped right after. The copies go into two fixed
+device buffers ("slots", each the size of the largest unit, about 0.1 GB in fp16): one holds the running
+unit, the other the next one, prefetched on a side stream on CUDA while the current one computes. So the
+streamed weights take two slots instead of the denoiser's 2.6 GB, the allocator sees no churn, and the
+arithmetic is unchanged (same weights, same kernels): the output equals the default path's.
 
 Why not ``diffusers.hooks.apply_group_offloading`` or accelerate's offload hooks: the pack supports
 diffusers >= 0.30 (group offloading came in 0.33 and its arguments changed since), accelerate is not a
-runtime dependency, and the bench needs the streamed bytes reported to its memory tracker (``on_move``).
+runtime dependency, and the VRAM bench needs the streamed bytes reported to its tracker (``on_move``).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
 from torch import nn
+
+ALIGN = 256  # bytes; every tensor in a slot starts at a multiple (CUDA kernels want aligned pointers)
 
 
 def stream_units(denoiser: nn.Module) -> list[nn.Module]:
@@ -33,27 +37,42 @@ def stream_units(denoiser: nn.Module) -> list[nn.Module]:
     return [u for u in units if any(True for _ in u.parameters())]
 
 
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    return list(module.parameters()) + list(module.buffers())
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
 def _nbytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+    return sum(_aligned(t.numel() * t.element_size()) for t in _tensors(module))
 
 
 class BlockStreamer:
     """Forward hooks that copy each unit to ``device`` for its forward (see the module docstring).
 
-    ``on_move(unit, nbytes)`` is called with +bytes when a unit's copy is made and -bytes when it is dropped
-    (the bench's tracker counts them); ``copy=False`` only reports (fake tensors already on the device)."""
+    ``on_move(unit_or_None, nbytes)`` reports device bytes taken (+) and given back (-): the two slots on
+    :meth:`attach` / :meth:`detach`, held units on :meth:`hold` / :meth:`release`. ``copy=False`` only
+    reports (the bench's fake tensors already live on the fake device)."""
 
     def __init__(self, denoiser: nn.Module, device, offload_device="cpu", *, prefetch: bool = True,
-                 on_move: Callable[[nn.Module, int], None] | None = None, copy: bool = True):
+                 on_move: Callable[[nn.Module | None, int], None] | None = None, copy: bool = True):
         self.device, self.offload_device = torch.device(device), torch.device(offload_device)
         self.units = stream_units(denoiser)
         self.index = {id(u): i for i, u in enumerate(self.units)}
+        self.slot_bytes = max(_nbytes(u) for u in self.units)
         self.on_move, self.copy = on_move, copy
         self.cuda = self.device.type == "cuda" and copy
-        self.stream = torch.cuda.Stream(self.device) if (self.cuda and prefetch) else None
+        self.prefetch = prefetch and self.cuda  # on the CPU a prefetch would only be a second copy in the way
+        self.stream = torch.cuda.Stream(self.device) if self.prefetch else None
         self._host: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._loaded: dict[int, torch.cuda.Event | None] = {}
-        self._held: set[int] = set()
+        self._slots: list[torch.Tensor] = []
+        self._free: list[int] = []
+        self._where: dict[int, int] = {}  # unit -> slot it occupies
+        self._ready: dict[int, object] = {}  # unit -> CUDA event of its copy (prefetched) or None
+        self._slot_done: dict[int, object] = {}  # slot -> CUDA event: the last unit using it has finished
+        self._held: dict[int, nn.Module] = {}
         self._handles = []
         self._order: list[int] = []  # units in call order (recorded on the first pass): what to prefetch
 
@@ -62,66 +81,87 @@ class BlockStreamer:
         if id(unit) in self._host:
             return
         pairs = []
-        for t in list(unit.parameters()) + list(unit.buffers()):
+        for t in _tensors(unit):
             host = t.data.to(self.offload_device)
-            if self.cuda and self.offload_device.type == "cpu":
+            if self.cuda and self.offload_device.type == "cpu" and not host.is_pinned():
                 host = host.pin_memory()
             t.data = host
             pairs.append((t, host))
         self._host[id(unit)] = pairs
 
     def window_bytes(self) -> int:
-        """Device bytes the streamed weights can take at once (two largest units)."""
-        sizes = sorted((_nbytes(u) for u in self.units), reverse=True)
-        return sum(sizes[:2])
+        """Device bytes the streamed weights take while attached (the two slots)."""
+        return 2 * self.slot_bytes
+
+    def bytes_of(self, modules) -> int:
+        """Device bytes of the units holding ``modules`` (see :meth:`hold`)."""
+        units = {id(u): u for u in (self._unit_of(m) for m in modules)}
+        return sum(_nbytes(u) for u in units.values())
 
     # ----------------------------------------------------------------- moves
-    def _onload(self, unit: nn.Module, stream=None) -> None:
-        key = id(unit)
-        if key in self._loaded:
-            return
-        if self.copy:
-            self._prepare_host(unit)
-            ctx = torch.cuda.stream(stream) if stream is not None else _null()
-            with ctx:
-                for t, host in self._host[key]:
+    def _fill(self, unit: nn.Module, dest, stream=None) -> None:
+        """Copy a unit's weights into ``dest`` (a slot) or into fresh device tensors (dest None)."""
+        ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+        with ctx:
+            off = 0
+            for t, host in self._host[id(unit)]:
+                n = host.numel() * host.element_size()
+                if dest is None:
                     t.data = host.to(self.device, non_blocking=self.cuda, copy=True)
-        self._loaded[key] = stream.record_event() if stream is not None else None
-        if self.on_move:
-            self.on_move(unit, _nbytes(unit))
+                else:
+                    view = dest[off : off + n].view(host.dtype).view(host.shape)
+                    view.copy_(host, non_blocking=self.cuda)
+                    t.data = view
+                off += _aligned(n)
+
+    def _onload(self, unit: nn.Module, stream=None) -> bool:
+        key = id(unit)
+        if key in self._where or key in self._held:
+            return True
+        if not self._free:
+            return False
+        slot = self._free.pop(0)
+        self._where[key] = slot
+        if self.copy:
+            if stream is not None and slot in self._slot_done:
+                stream.wait_event(self._slot_done[slot])  # the slot's previous unit has finished computing
+            self._fill(unit, self._slots[slot], stream)
+        self._ready[key] = stream.record_event() if stream is not None else None
+        return True
 
     def _wait(self, unit: nn.Module) -> None:
-        event = self._loaded.get(id(unit))
+        event = self._ready.pop(id(unit), None)
         if event is not None:
-            current = torch.cuda.current_stream(self.device)
-            current.wait_event(event)
-            for t, _ in self._host[id(unit)]:
-                t.data.record_stream(current)  # allocated on the side stream, used on this one
-            self._loaded[id(unit)] = None
+            torch.cuda.current_stream(self.device).wait_event(event)
 
     def _offload(self, unit: nn.Module) -> None:
         key = id(unit)
-        if key not in self._loaded or key in self._held:
+        slot = self._where.pop(key, None)
+        if slot is None:
             return
-        del self._loaded[key]
+        self._ready.pop(key, None)
         if self.copy:
             for t, host in self._host[key]:
                 t.data = host
-        if self.on_move:
-            self.on_move(unit, -_nbytes(unit))
+            if self.cuda:
+                self._slot_done[slot] = torch.cuda.current_stream(self.device).record_event()
+        self._free.append(slot)
 
     def _pre(self, unit, args):
-        self._onload(unit)
+        if not self._onload(unit):  # both slots busy (the prefetch guessed wrong): drop the prefetched unit
+            self._offload(self.units[self.index[next(iter(self._where))]])
+            self._onload(unit)
         self._wait(unit)
         i = self.index[id(unit)]
         if len(self._order) < len(self.units) and i not in self._order:
             self._order.append(i)
-        if self.stream is not None and len(self._order) == len(self.units):
+        if self.prefetch and len(self._order) == len(self.units):
             nxt = self.units[self._order[(self._order.index(i) + 1) % len(self._order)]]
             self._onload(nxt, self.stream)
 
     def _post(self, unit, args, output):
-        self._offload(unit)
+        if id(unit) not in self._held:
+            self._offload(unit)
 
     # ----------------------------------------------------------------- public
     def attach(self) -> None:
@@ -132,21 +172,36 @@ class BlockStreamer:
                 self._prepare_host(unit)
             self._handles.append(unit.register_forward_pre_hook(self._pre))
             self._handles.append(unit.register_forward_hook(self._post))
+        if self.copy:
+            self._slots = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
+        self._free = [0, 1]
+        if self.on_move:
+            self.on_move(None, self.window_bytes())
 
     def hold(self, modules) -> None:
-        """Keep these modules (parts of units) on the device until :meth:`release` (direct calls such as
-        the reference K/V projections, which do not go through a unit's forward)."""
+        """Keep the units holding these modules on the device until :meth:`release` (direct calls such as the
+        reference K/V projections, which do not go through a unit's forward). Held units get their own
+        device tensors, outside the slots."""
         for m in modules:
             unit = self._unit_of(m)
-            self._onload(unit)
-            self._wait(unit)
-            self._held.add(id(unit))
+            if id(unit) in self._held:
+                continue
+            self._offload(unit)
+            if self.copy:
+                self._prepare_host(unit)
+                self._fill(unit, None)
+            self._held[id(unit)] = unit
+            if self.on_move:
+                self.on_move(unit, _nbytes(unit))
 
     def release(self) -> None:
-        held, self._held = self._held, set()
-        for u in self.units:
-            if id(u) in held:
-                self._offload(u)
+        held, self._held = self._held, {}
+        for unit in held.values():
+            if self.copy:
+                for t, host in self._host[id(unit)]:
+                    t.data = host
+            if self.on_move:
+                self.on_move(unit, -_nbytes(unit))
 
     def detach(self) -> None:
         self.release()
@@ -154,23 +209,14 @@ class BlockStreamer:
             self._offload(unit)
         for h in self._handles:
             h.remove()
-        self._handles = []
-
-    def bytes_of(self, modules) -> int:
-        """Device bytes of the units holding ``modules`` (see :meth:`hold`)."""
-        units = {id(u): u for u in (self._unit_of(m) for m in modules)}
-        return sum(_nbytes(u) for u in units.values())
+        if self.stream is not None:
+            self.stream.synchronize()  # a prefetch may still be copying into a slot
+        if self._handles and self.on_move:
+            self.on_move(None, -self.window_bytes())
+        self._handles, self._slots, self._free, self._slot_done = [], [], [], {}
 
     def _unit_of(self, module: nn.Module) -> nn.Module:
         for u in self.units:
             if any(m is module for m in u.modules()):
                 return u
         raise ValueError("module is not part of a streamed unit")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
