@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ._model_manager import KEEP_WHOLE, MANAGED_NAMES, ManagedNetwork, StandInModelManager, StandInPatcher, make_castable  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 try:  # ComfyUI puts its root on sys.path; outside it these imports fail and the stand-ins are used
@@ -203,15 +205,6 @@ def latent_previewer(device: torch.device):
 # named container (ComfyUI logs "Requested to load EchoMimicDenoiser"; diffusers' read-only ``device``
 # property stays untouched), loaded with load_models_gpu and an estimate of the stage's activations, so
 # "Unload Models", /free, --lowvram, --novram, --reserve-vram and eviction treat it like a core model.
-from ._model_manager import (  # noqa: E402
-    KEEP_WHOLE,
-    MANAGED_NAMES,
-    ManagedNetwork,
-    StandInModelManager,
-    StandInPatcher,
-    make_castable,
-)
-
 MODEL_MANAGER = StandInModelManager()  # stand-in for comfy.model_management outside ComfyUI
 
 

@@ -250,7 +250,7 @@ def test_each_network_is_a_managed_model_loaded_only_for_its_stage(models, v1_re
     caplog.set_level("INFO")
     feats, _, _ = encode(handle, 0.5)
     frames = quick(handle, v1_reference, feats)
-    assert torch.equal(frames, v1_quick[1])
+    assert torch.allclose(frames, v1_quick[1], atol=1e-5)  # (decode chunks follow the stage budget: rounding only)
     stages = [loaded for loaded, _ in manager.snapshots]
     assert stages == [{"EchoMimicWhisper"}, {"EchoMimicVAE"}, {"EchoMimicReferenceUNet"},
                       {"EchoMimicDenoiser", "EchoMimicConditionEncoder"}, {"EchoMimicDenoiser", "EchoMimicConditionEncoder"},
@@ -288,8 +288,11 @@ def test_low_vram_streams_the_denoiser_and_gives_the_same_video(models, v1_refer
     streamed = loader("V1 audio", low_vram=True)
     frames = quick(streamed, v1_reference, v1_quick[0])
     assert not any("EchoMimicDenoiser" in loaded for loaded, _ in manager.snapshots)  # never loaded whole
-    assert manager.freed and all(n > 0 for n, _ in manager.freed)  # room asked for the streamed blocks
-    assert torch.equal(frames, v1_quick[1])  # same weights, same kernels: identical output
+    slots = 2 * max(sum(t.numel() * t.element_size() for t in u.parameters()) for u in
+                    sub("echomimic_lib.memory").stream_units(streamed.models.denoiser))
+    with_encoder = [req for loaded, req in manager.snapshots if loaded == {"EchoMimicConditionEncoder"}]
+    assert len(with_encoder) == 2 and all(r > slots for r in with_encoder)  # room asked for the streamed blocks too
+    assert torch.allclose(frames, v1_quick[1], atol=1e-5)  # same weights, same kernels (decode chunks: rounding only)
 
 
 def test_fp8_weights_change_the_video_within_the_stated_tolerance(models, v1_reference, v1_quick):
