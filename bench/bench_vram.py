@@ -282,7 +282,8 @@ def main(argv=None):
     if args.goals:
         rows = goals(args)
         for r in rows:
-            print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['goal']}: {r['peak_gb']} GB" + (f" (ratio {r['ratio']})" if "ratio" in r else f" (<= {r['bound_gb']})"))
+            detail = f" (ratio {r['ratio']})" if "ratio" in r else f" (<= {r['bound_gb']})"
+            print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['goal']}: {r['peak_gb']} GB{detail}")
         print(json.dumps({"goals": rows}))
         return 0 if all(r["ok"] for r in rows) else 1
     args.size = args.size or get_mode(args.mode).size

@@ -185,7 +185,8 @@ class EchoMimicModelLoader:
                          "of 6.9 GB; same output). Costs the transfer of the denoiser's weights (2.6 GB fp16) per denoiser "
                          "call over PCIe."}),
             "fp8": ("BOOLEAN", {"default": False, "tooltip": "Store the UNet weights in fp8 (e4m3fn; upcast layer by layer): "
-                    "about 2.1 GB less RAM/VRAM for the set (fp16), a small change of the output. Needs PyTorch >= 2.1; not on Apple MPS."}),
+                    "about 2.1 GB less RAM/VRAM for the set (fp16), a small change of the output. Needs PyTorch >= 2.1; "
+                    "not on Apple MPS."}),
             "lora": (["none"] + paths.lora_files(), {"default": "none", "tooltip": "A LoRA adapter from models/echomimic/loras/ "
                      "(a .safetensors written by `echomimic-train export` of a LoRA run, e.g. fine-tuned on one person). It must "
                      "have been trained for this version; it is merged into the weights when they are read."}),
