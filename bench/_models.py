@@ -16,10 +16,10 @@ from echomimic_lib.models.motion import sinusoid_table  # noqa: E402
 
 
 @torch.no_grad()
-def random_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Materialise a meta-built module with scaled random weights (fast: one randn per tensor)."""
-    module.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(seed)
+def random_(module: torch.nn.Module, seed: int = 0, device="cpu") -> torch.nn.Module:
+    """Materialise a meta-built module with scaled random weights (fast: one randn per tensor), on ``device``."""
+    module.to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
     for name, p in module.named_parameters():
         if p.dim() == 1:
             p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
@@ -31,11 +31,11 @@ def random_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
-def build(preset: str = "sd15", cond_channels: int = 3):
+def build(preset: str = "sd15", cond_channels: int = 3, device="cpu"):
     cfg = {"sd15": SD15, "tiny": TINY}[preset]
     with torch.device("meta"):
         ref, den, enc = EchoUNet(cfg, "reference"), EchoUNet(cfg, "denoiser"), ConditionEncoder(cond_channels, cfg.cond_out_channels, cfg.cond_block_channels)
-    return cfg, random_(ref, 1).eval(), random_(den, 2).eval(), random_(enc, 3).eval()
+    return cfg, random_(ref, 1, device).eval(), random_(den, 2, device).eval(), random_(enc, 3, device).eval()
 
 
 def peak_rss_gb() -> float:

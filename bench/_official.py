@@ -164,3 +164,54 @@ def denoiser_call(off, ref, den, ref_latent, x, audio, face_feat, t):
                    face_musk_fea=torch.cat([torch.zeros_like(face_feat), face_feat]), return_dict=False)[0]
 
     return call, (reader, writer)
+
+
+SD_VAE_CONFIG = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+                     up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2, in_channels=3,
+                     out_channels=3, norm_num_groups=32, sample_size=256)
+
+
+def make_model_folder(root: Path, seed: int = 0) -> Path:
+    """Official-size random V1 audio weights in the official layout (fp32 .pth like the release), the SD1.5
+    base UNet folder the official loader reads first (``sd-image-variations-diffusers/unet``: config +
+    random safetensors) and an SD VAE folder. ~12 GB; written once, reused (``.complete`` marker)."""
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from _models import random_
+    from echomimic_lib.config import SD15, SD15_UNET_CONFIG, inference_config_dict
+    from echomimic_lib.models import ConditionEncoder, EchoUNet
+
+    root = Path(root)
+    if (root / ".complete").exists():
+        return root
+    (root / "v1").mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        ref = EchoUNet(SD15, "reference")
+    torch.save(random_(ref, seed + 1).state_dict(), root / "v1" / "reference_unet.pth")
+    del ref
+    with torch.device("meta"):
+        den = EchoUNet(SD15, "denoiser")
+    sd = random_(den, seed + 2).state_dict()
+    torch.save({k: v for k, v in sd.items() if "motion_modules." not in k}, root / "v1" / "denoising_unet.pth")
+    torch.save({k: v for k, v in sd.items() if "motion_modules." in k}, root / "v1" / "motion_module.pth")
+    del den, sd
+    with torch.device("meta"):
+        loc = ConditionEncoder(1, 320, SD15.cond_block_channels)
+    torch.save(random_(loc, seed + 3).state_dict(), root / "v1" / "face_locator.pth")
+    base = root / "sd-image-variations-diffusers" / "unet"
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "config.json").write_text(json.dumps(SD15_UNET_CONFIG, indent=1))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**{k: v for k, v in SD15_UNET_CONFIG.items() if not k.startswith("_")})
+    save_file({k: v.contiguous() for k, v in random_(unet, seed + 4).state_dict().items()},
+              str(base / "diffusion_pytorch_model.safetensors"))
+    del unet
+    with torch.device("meta"):
+        vae = AutoencoderKL(**SD_VAE_CONFIG)
+    random_(vae, seed + 5).save_pretrained(str(root / "sd-vae-ft-mse"))
+    (root / "inference_config.json").write_text(json.dumps(inference_config_dict(SD15), indent=1))
+    (root / ".complete").write_text("random weights for bench_official.py\n")
+    return root

@@ -153,25 +153,24 @@ def build_denoiser(cfg: EchoConfig, motion: bool = True, device="meta") -> EchoU
 def load_reference(path, cfg: EchoConfig, device="cpu", dtype=torch.float32) -> EchoUNet:
     with torch.device("meta"):
         model = EchoUNet(cfg, "reference")
-    return load_strict(model, read_state_dict(path), f"{Path(path).name} (reference UNet)", device, dtype).eval()
+    return load_strict(model, read_state_dict(path, check_finite=False), f"{Path(path).name} (reference UNet)", device, dtype).eval()
 
 
 def load_denoiser(path, motion_path, cfg: EchoConfig, device="cpu", dtype=torch.float32) -> EchoUNet:
-    state = read_state_dict(path)
+    parts = [read_state_dict(path, check_finite=False)]
     label = Path(path).name
     if motion_path is not None:
-        motion_state = read_state_dict(motion_path)
-        overlap = set(state) & set(motion_state)
+        parts.append(read_state_dict(motion_path, check_finite=False))
+        overlap = set(parts[0]) & set(parts[1])
         if overlap:
             raise WeightsError(f"{label} and {Path(motion_path).name} both define {len(overlap)} keys, e.g. {sorted(overlap)[0]}.")
-        state = {**state, **motion_state}
         label = f"{label} + {Path(motion_path).name}"
     model = build_denoiser(cfg, motion=motion_path is not None)
-    return load_strict(model, state, f"{label} (denoising UNet)", device, dtype).eval()
+    return load_strict(model, parts, f"{label} (denoising UNet)", device, dtype).eval()  # one file mapped at a time
 
 
 def load_cond_encoder(path, cfg: EchoConfig, channels: int, device="cpu", dtype=torch.float32) -> ConditionEncoder:
-    state = read_state_dict(path)
+    state = read_state_dict(path, check_finite=False)
     w = state.get("conv_in.weight")
     if w is not None and w.dim() == 4 and w.shape[1] != channels:
         kind = {1: "a 1-channel face locator (V1 audio-driven: face_locator.pth)",
@@ -188,7 +187,7 @@ def load_vae(path, device="cpu", dtype=torch.float32):
 
     path = Path(path)
     try:
-        vae = AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype) if path.is_dir() else _vae_from_file(path, dtype)
+        vae = AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype) if path.is_dir() else _vae_from_file(path, dtype, device)
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{path}: cannot load the VAE ({exc}). Expected a diffusers folder (config.json + weights) such as stabilityai/sd-vae-ft-mse.") from exc
     return vae.to(device).eval()
@@ -216,11 +215,11 @@ def _vae_config(state: dict) -> dict:
                 layers_per_block=layers[0], norm_num_groups=min(32, chans[0]))
 
 
-def _vae_from_file(path: Path, dtype):
+def _vae_from_file(path: Path, dtype, device="cpu"):
     """A single-file SD VAE (diffusers or original LDM key names, e.g. ComfyUI's models/vae)."""
     from diffusers import AutoencoderKL
 
-    state = read_state_dict(path)
+    state = read_state_dict(path, check_finite=False)
     try:
         config = _vae_config(state)
     except WeightsError as exc:
@@ -231,7 +230,7 @@ def _vae_from_file(path: Path, dtype):
         state = convert_ldm_vae_checkpoint(state, config)
     with torch.device("meta"):
         vae = AutoencoderKL(**config)
-    return load_strict(vae, state, f"{path.name} (VAE)", "cpu", dtype)
+    return load_strict(vae, state, f"{path.name} (VAE)", device, dtype)
 
 
 def load_audio_encoder(path, device="cpu", dtype=torch.float32):

@@ -5,6 +5,14 @@
 - ``.safetensors``: safetensors.
 - Every floating tensor is checked for NaN/Inf; key sets are compared strictly and mismatches are
   reported with the file name, the first few missing / unexpected / wrong-shape keys and counts.
+
+Loading reads each file once: ``.pth`` files are memory-mapped (``torch.load(mmap=True)``), the networks
+are built on the meta device, and :func:`load_strict` gives every tensor its own memory on the target
+device in one copy from the mapping (cast on the way; NaN/Inf checked right after each copy, with one
+device read for the whole model), then assigns it (``load_state_dict(assign=True)``). So CPU weights live
+in ordinary memory (computing from a file-backed mapping thrashes the page cache under memory pressure)
+and GPU weights are copied from the mapping straight to the device. Tensors a safetensors read already
+put in private memory with the right dtype are adopted without a copy.
 """
 from __future__ import annotations
 
@@ -23,30 +31,60 @@ log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
-def read_state_dict(path: str | Path, check_finite: bool = True) -> dict[str, torch.Tensor]:
-    """Read a flat ``{name: tensor}`` state dict (CPU) from a .safetensors or torch pickle file."""
+class StateDict(dict):
+    """A state dict read by :func:`read_state_dict`. ``owned``: its tensors are private memory (a safetensors
+    read) that a network may adopt as they are; otherwise (a memory-mapped ``.pth``) they are copied once."""
+
+    owned: bool = False
+
+
+def read_state_dict(path: str | Path, check_finite: bool = True) -> StateDict:
+    """Read a flat ``{name: tensor}`` state dict (CPU) from a .safetensors or torch pickle file. The
+    tensors of a ``.pth`` stay memory-mapped until used; ``check_finite=False`` leaves the NaN/Inf check to
+    :func:`load_strict` (which does it on the copy, so the file is read once)."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weight file not found: {path}", missing=[str(path)])
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: the file is empty (an interrupted download?). Delete it and download it again.")
     if path.suffix == ".safetensors":
-        sd = _read_safetensors(path)
+        sd, owned = _read_safetensors(path), True
     else:
-        sd = _read_torch(path)
+        sd, owned = _read_torch(path), False
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
         else:
             raise WeightsError(f"{path}: expected a flat mapping of parameter names to tensors, found {type(sd).__name__}.")
+    out = StateDict(sd)
+    out.owned = owned
     if check_finite:
-        bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise WeightsError(
-                f"{path}: {len(bad)} tensor(s) contain NaN or Inf values, e.g. {', '.join(bad[:5])}. "
-                "The file is damaged (or was saved from a diverged training run); download or export it again."
-            )
-    return sd
+        _raise_nonfinite(out, str(path))
+    return out
+
+
+def _checksum(v: torch.Tensor) -> torch.Tensor:
+    """A 0-d sum that is finite exactly when every element is (NaN / Inf propagate; fp32 accumulation
+    cannot overflow for weights)."""
+    return v.sum(dtype=torch.float32) if v.dtype in (torch.float16, torch.bfloat16, torch.float32) else v.float().sum()
+
+
+def _raise_nonfinite(tensors: dict, label: str, sums: dict | None = None) -> None:
+    """Raise naming every non-finite floating tensor; ``sums`` (name -> :func:`_checksum`) if already
+    computed. One read of one stacked flag tensor, whatever the device."""
+    if sums is None:
+        sums = {k: _checksum(v) for k, v in tensors.items() if v.is_floating_point()}
+    if not sums:
+        return
+    names = list(sums)
+    flags = torch.isfinite(torch.stack([sums[n] for n in names]))
+    if bool(flags.all()):
+        return
+    bad = [n for n, ok in zip(names, flags.tolist()) if not ok]
+    raise WeightsError(
+        f"{label}: {len(bad)} tensor(s) contain NaN or Inf values, e.g. {', '.join(bad[:5])}. "
+        "The file is damaged (or was saved from a diverged training run); download or export it again."
+    )
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -98,29 +136,48 @@ def describe_mismatch(model_sd: dict, file_sd: dict, label: str, limit: int = 5)
     return "\n".join(lines)
 
 
-def load_strict(model: nn.Module, state: dict, label: str, device=None, dtype: torch.dtype | None = None, hint: str = "") -> nn.Module:
-    """Check keys/shapes strictly, then assign the tensors (cast to ``dtype``, moved to ``device``).
+def load_strict(model: nn.Module, state, label: str, device=None, dtype: torch.dtype | None = None, hint: str = "",
+                check_finite: bool = True) -> nn.Module:
+    """Check keys/shapes strictly, then give every tensor its own memory (cast to ``dtype``, on ``device``)
+    in one copy and assign it (see the module docstring). ``state`` is a dict, or a list of dicts (one per
+    file: each is placed and released in turn, so only one file is mapped at a time).
 
-    Works for a model built on the meta device: tensors are assigned, never allocated twice. Tensors
-    that are views into a larger storage (V2's pose_encoder.pth) are cloned so the big buffer is freed.
+    Works for a model built on the meta device: tensors are assigned, never allocated twice. Tensors that
+    are views into a larger storage (V2's pose_encoder.pth) get storage of their own, so the big buffer is
+    freed. Floating tensors are checked for NaN/Inf after their copy (``check_finite``).
     """
+    parts = state if isinstance(state, list) else [state]
     expected = model.state_dict()
-    report = describe_mismatch(expected, state, label)
+    keys = {}
+    for part in parts:
+        keys.update({k: v for k, v in part.items()})
+    report = describe_mismatch(expected, keys, label)
     if report:
         raise WeightsError(report + (f"\n  {hint}" if hint else ""))
-    new = {}
-    for k, ref in expected.items():
-        t = state[k]
-        if not ref.is_floating_point():
-            target_dtype = ref.dtype
-        elif k.endswith("pos_encoder.pe"):
-            target_dtype = torch.float32  # positional tables stay exact
-        else:
-            target_dtype = dtype or (torch.float32 if ref.device.type == "meta" else ref.dtype)
-        t = t.to(device=device or "cpu", dtype=target_dtype)
-        if t.untyped_storage().nbytes() > t.numel() * t.element_size() or not t.is_contiguous():
-            t = t.clone(memory_format=torch.contiguous_format)
-        new[k] = t
+    del keys
+    dev = torch.device(device or "cpu")
+    new, sums = {}, {}
+    while parts:
+        part = parts.pop(0)
+        owned = getattr(part, "owned", False)
+        for k, t in part.items():
+            ref = expected[k]
+            if not ref.is_floating_point():
+                target = ref.dtype
+            elif k.endswith("pos_encoder.pe"):
+                target = torch.float32  # positional tables stay exact
+            else:
+                target = dtype or (torch.float32 if ref.device.type == "meta" else ref.dtype)
+            adopt = (owned and t.device == dev and t.dtype == target and t.is_contiguous()
+                     and t.untyped_storage().nbytes() == t.numel() * t.element_size())
+            if not adopt:
+                t = torch.empty(t.shape, dtype=target, device=dev).copy_(t)
+            if check_finite and t.is_floating_point():
+                sums[k] = _checksum(t)  # right after the copy, while the tensor is in cache
+            new[k] = t
+        del part
+    if check_finite:
+        _raise_nonfinite(new, label, sums)
     model.load_state_dict(new, strict=True, assign=True)
     return model
 

@@ -151,3 +151,59 @@ def test_batched_references_match_separate_calls():
         two = den(x[1:], 300, audio=a[1:], reference=None)
     torch.testing.assert_close(both[:1], one, atol=1e-4, rtol=0)
     torch.testing.assert_close(both[1:], two, atol=1e-4, rtol=0)
+
+
+def test_fast_paths_give_the_plain_outputs():
+    """Fused q/k/v projections and per-generation K/V join buffers (CPU) are exact rewrites: same outputs
+    as separate projections and a per-call join, call after call (the buffers are reused)."""
+    from echomimic_lib.tiny import randomize_
+
+    ref = randomize_(EchoUNet(TINY, "reference"), 5).eval()
+    den = randomize_(EchoUNet(TINY, "denoiser"), 6).eval()
+    g = torch.Generator().manual_seed(2)
+    x, audio = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(1, 3, 10, 384, generator=g)
+    with torch.no_grad():
+        bank, _ = ref.forward_reference(torch.randn(1, 4, 8, 8, generator=g))
+        plain_kv = den.prepare_reference(bank, join_budget=0)
+        plain = [den(x, t, audio=audio, reference=plain_kv, uncond_rows=1) for t in (700, 300)]
+        assert den.fuse_projections() == 16 + 2 * 21  # every attn1 and temporal attention; attn2 reads the audio
+        assert den.fuse_projections() == 16 + 2 * 21  # idempotent
+        kv = den.prepare_reference(bank)
+        fast = [den(x, t, audio=audio, reference=kv, uncond_rows=1) for t in (700, 300)]
+    assert kv.buffer_bytes > 0
+    for a, b in zip(plain, fast):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    # the fused weights are the same parameters, with the official keys and values
+    assert set(den.state_dict()) == set(EchoUNet(TINY, "denoiser").state_dict())
+    kv.release()
+    assert kv.buffer_bytes == 0
+
+
+def test_compiled_regions_capture_whole_and_match_eager():
+    """Regional torch.compile: each ResNet block / spatial transformer / motion module captures as one graph
+    (fullgraph: no graph break) and computes what eager does (aot_eager: traced, no code generated)."""
+    import torch._dynamo
+
+    from echomimic_lib.models.compile import compile_regions, is_compiled, uncompile_regions
+    from echomimic_lib.tiny import randomize_
+
+    ref = randomize_(EchoUNet(TINY, "reference"), 7).eval()
+    den = randomize_(EchoUNet(TINY, "denoiser"), 8).eval()
+    g = torch.Generator().manual_seed(3)
+    x, audio = torch.randn(2, 4, 2, 8, 8, generator=g), torch.randn(1, 2, 10, 384, generator=g)
+    r = torch.randn(1, 4, 8, 8, generator=g)
+    with torch.no_grad():
+        kv = den.prepare_reference(ref.forward_reference(r)[0])
+        eager = den(x, 500, audio=audio, reference=kv, uncond_rows=1)
+        torch._dynamo.reset()
+        try:
+            n = compile_regions(den.down_blocks[0], backend="aot_eager", fullgraph=True)
+            n += compile_regions(den.mid_block, backend="aot_eager", fullgraph=True)
+            assert n == 2 * 3 + 4 and is_compiled(den)  # 2 resnets, attentions, motion modules + mid 2 / 1 / 1
+            kv = den.prepare_reference(ref.forward_reference(r)[0])
+            assert kv.join_budget == 0  # a compiled graph must not depend on the block
+            compiled = den(x, 500, audio=audio, reference=kv, uncond_rows=1)
+        finally:
+            uncompile_regions(den)
+    assert not is_compiled(den)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)

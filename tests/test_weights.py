@@ -170,3 +170,60 @@ def test_single_file_vae_reads_its_architecture_from_the_file(tiny_v1, tmp_path)
     save_state_dict({"x": torch.zeros(1)}, tmp_path / "not_a_vae.safetensors")
     with pytest.raises(WeightsError, match="not a VAE"):
         load_vae(tmp_path / "not_a_vae.safetensors")
+
+
+def _mapped_ranges(files: list[Path]) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of ``files`` (Linux /proc/self/maps)."""
+    names = {str(Path(f).resolve()) for f in files}
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] in names:
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def _file_backed(tensor: torch.Tensor, ranges) -> bool:
+    ptr = tensor.untyped_storage().data_ptr()
+    return any(lo <= ptr < hi for lo, hi in ranges)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_cpu_weights_live_in_private_memory_not_in_the_file_mapping(tiny_v1):
+    """The .pth files are memory-mapped to be read once; what the CPU computes on must be ordinary memory."""
+    from echomimic_lib.weights import load_strict
+
+    files = [tiny_v1 / n for n in ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "face_locator.pth")]
+    state = read_state_dict(files[1])
+    assert not state.owned and _file_backed(next(iter(state.values())), _mapped_ranges(files))  # the check sees a mapping
+    del state
+    m = load_models(tiny_v1, "v1_audio", "normal", with_audio=False, with_vae=False)
+    ranges = _mapped_ranges(files)
+    mapped = [n for mod in (m.reference, m.denoiser, m.cond_encoder) for n, p in mod.named_parameters() if _file_backed(p, ranges)]
+    assert mapped == []
+    # a safetensors read already is private memory of the right dtype: adopted without another copy
+    out = Path(tiny_v1.parent / "st_adopt")
+    cli_main(["convert", str(tiny_v1 / "face_locator.pth"), str(out / "face_locator.safetensors")])
+    st = read_state_dict(out / "face_locator.safetensors")
+    assert st.owned
+    cfg = read_config(resolve_files(tiny_v1, "v1_audio", need=()))
+    from echomimic_lib.models import ConditionEncoder
+
+    with torch.device("meta"):
+        enc = ConditionEncoder(1, cfg.cond_out_channels, cfg.cond_block_channels)
+    ptrs = {k: v.data_ptr() for k, v in st.items()}
+    load_strict(enc, st, "face_locator.safetensors", "cpu", torch.float32)
+    assert all(p.data_ptr() == ptrs[k] for k, p in enc.state_dict().items())
+
+
+def test_nan_in_a_file_is_named_when_loading_the_model_set(tiny_v1, tmp_path):
+    """The NaN/Inf check runs on the copy (the file is read once) and still names the tensor."""
+    d = tmp_path / "models"
+    shutil.copytree(tiny_v1, d)
+    sd = torch.load(d / "motion_module.pth", weights_only=True)
+    key = next(k for k in sd if k.endswith("proj_in.weight"))
+    sd[key][0, 0] = float("inf")
+    torch.save(sd, d / "motion_module.pth")
+    with pytest.raises(WeightsError, match=rf"NaN or Inf.*{key}"):
+        load_models(d, "v1_audio", "normal", with_audio=False, with_vae=False)

@@ -40,7 +40,7 @@ class _Layered(nn.Module):
     def _layer(self, i: int, h: torch.Tensor, temb: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         h = self.resnets[i](h, temb)
         if hasattr(self, "attentions"):
-            h = self.attentions[i](h, ctx)
+            h = self.attentions[i](h, ctx, ctx.refs_for(self.attentions[i]))
         if hasattr(self, "motion_modules"):
             h = self.motion_modules[i](h, ctx.frames)
         return h
@@ -74,7 +74,7 @@ class MidBlock(nn.Module):
 
     def forward(self, h, temb, ctx):
         h = self.resnets[0](h, temb)
-        h = self.attentions[0](h, ctx)
+        h = self.attentions[0](h, ctx, ctx.refs_for(self.attentions[0]))
         if hasattr(self, "motion_modules"):
             h = self.motion_modules[0](h, ctx.frames)
         return self.resnets[1](h, temb)

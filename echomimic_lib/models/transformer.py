@@ -21,13 +21,15 @@ class BlockContext:
     """Per-forward inputs shared by all transformer blocks of one UNet call.
 
     Rows are the (batch x frames) rows of the flattened video batch.
-    - ``ref_kv``: module path -> (k, v) projected reference tokens (:class:`ReferenceKV`), or None.
+    - ``ref_kv``: module path -> (k, v) projected reference tokens (:class:`ReferenceKV`), or None. The
+      callers of a spatial transformer resolve its blocks' entries (:meth:`refs_for`), so that nothing
+      inside a transformer looks anything up by path (a compiled region then serves every block).
     - ``ref_segments``: which rows attend to the reference, as runs ``(start, stop, uses_reference)`` of
       rows, decided once per forward on the host (None = all rows, when ``ref_kv`` is given). Classifier-
       free guidance puts the unconditional rows first, so there are one or two runs: plain slices.
     - ``audio``: (rows_with_audio, L, D) tokens for the rows ``audio_start:``; rows before it get the
       zero-audio output; None = zero audio everywhere.
-    - ``bank_out``: dict to record norm1 outputs into (reference role).
+    - ``bank_out``: list the blocks append their norm1 outputs to, in execution order (reference role).
     """
 
     frames: int
@@ -36,7 +38,20 @@ class BlockContext:
     audio: torch.Tensor | None = None
     audio_start: int = 0
     audio_mask: torch.Tensor | None = None  # (rows,) float: multiplies the audio-attention output (training masks)
-    bank_out: dict | None = field(default=None)
+    bank_out: list | None = field(default=None)
+
+    def refs_for(self, spatial: nn.Module) -> tuple | None:
+        """Per transformer block of ``spatial``: its reference (k, v), a join-buffer joiner (see
+        :mod:`.reference_kv`), or None (no reference)."""
+        if self.ref_kv is None:
+            return None
+        out = []
+        joiner = getattr(self.ref_kv, "joiner", None)
+        for block in spatial.transformer_blocks:
+            kv = self.ref_kv.get(block.path)
+            join = joiner(block.path) if kv is not None and joiner is not None else None
+            out.append(join if join is not None else kv)
+        return tuple(out)
 
 
 def row_segments(flags: list[bool], frames: int) -> tuple[tuple[int, int, bool], ...]:
@@ -65,28 +80,28 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=eps)
         self.ff = FeedForward(dim, activation_fn="geglu")
 
-    def forward(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ctx: BlockContext, ref=None) -> torch.Tensor:
+        """``ref``: this block's reference (k, v) or joiner (:meth:`BlockContext.refs_for`), or None."""
         n = self.norm1(h)
         if ctx.bank_out is not None:
-            ctx.bank_out[self.path] = n
-        h = self._self_attention(n, h, ctx)
+            ctx.bank_out.append(n)
+        h = self._self_attention(n, h, ctx, ref)
         if self.attn2 is not None:
             h = self._audio_attention(h, ctx)
         return self.ff(self.norm3(h)) + h
 
-    def _self_attention(self, n: torch.Tensor, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+    def _self_attention(self, n: torch.Tensor, h: torch.Tensor, ctx: BlockContext, ref) -> torch.Tensor:
         """``h + attn1(n)``; rows that use the reference also attend to its tokens, the others (CFG
         unconditional rows, dropped references) run plain self-attention. Rows are split by slicing."""
-        kv = ctx.ref_kv.get(self.path) if ctx.ref_kv else None
-        if kv is None:
+        if ref is None:
             return self.attn1(n) + h
         segments = ctx.ref_segments or ((0, n.shape[0], True),)
         if len(segments) == 1:
-            return self.attn1(n, extra_kv=_kv_rows(ctx.ref_kv, self.path, ctx.frames, 0, n.shape[0], n.shape[0])) + h
+            return self.attn1(n, extra_kv=_kv_rows(ref, ctx.frames, 0, n.shape[0], n.shape[0])) + h
         grad = torch.is_grad_enabled()
         out = [] if grad else torch.empty_like(h)
         for s, e, with_ref in segments:
-            extra = _kv_rows(ctx.ref_kv, self.path, ctx.frames, s, e, n.shape[0]) if with_ref else None
+            extra = _kv_rows(ref, ctx.frames, s, e, n.shape[0]) if with_ref else None
             part = self.attn1(n[s:e], extra_kv=extra)
             if grad:
                 out.append(part)
@@ -119,15 +134,15 @@ class TransformerBlock(nn.Module):
         return out * self.audio_scale + h
 
 
-def _kv_rows(ref_kv, path: str, frames: int, start: int, stop: int, rows: int):
-    """Reference k/v for the rows ``start:stop``: one reference (batch 1) is shared by every row; a batch of
-    references (training) holds one per sample, repeated over that sample's frames. A :class:`ReferenceKV`
-    with join buffers hands back a joiner that fills per-row [own; reference] buffers instead."""
-    k, v = ref_kv[path]
+def _kv_rows(ref, frames: int, start: int, stop: int, rows: int):
+    """Reference k/v for the rows ``start:stop``: one reference (batch 1) is shared by every row (or its
+    joiner fills join buffers); a batch of references (training) holds one per sample, repeated over that
+    sample's frames."""
+    if callable(ref):
+        return ref
+    k, v = ref
     if k.shape[0] == 1:
-        joiner = getattr(ref_kv, "joiner", None)
-        join = joiner(path) if joiner is not None else None
-        return join if join is not None else (k, v)
+        return k, v
     if k.shape[0] * frames != rows:
         raise ValueError(f"reference batch {k.shape[0]} does not match the video batch ({rows} rows of {frames} frames)")
     a, b = start // frames, stop // frames
@@ -144,13 +159,17 @@ class SpatialTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, audio_dim, audio_scale)])
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: BlockContext, refs: tuple | None = None) -> torch.Tensor:
+        """``refs``: :meth:`BlockContext.refs_for` of this module (resolved by the caller, outside a compiled
+        region); resolved here when not given."""
+        if refs is None:
+            refs = ctx.refs_for(self)
         bf, c, hh, ww = x.shape
         # The normed map goes channels-last once; the 1x1 convs then run as plain GEMMs and the token view
         # (bf, h*w, c) of their output is free, both ways. The residual add writes ``x``'s layout back.
         h = self.norm(x).contiguous(memory_format=torch.channels_last)
         h = self.proj_in(h).permute(0, 2, 3, 1).reshape(bf, hh * ww, c)
-        for block in self.transformer_blocks:
-            h = block(h, ctx)
+        for i, block in enumerate(self.transformer_blocks):
+            h = block(h, ctx, refs[i] if refs else None)
         h = h.view(bf, hh, ww, c).permute(0, 3, 1, 2)
         return x + self.proj_out(h)

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import EchoConfig
 from .attention import Attention, resolve_backend
 from .blocks import DownBlock, MidBlock, UpBlock
+from .compile import is_compiled
 from .reference_kv import CPU_JOIN_BUDGET, ReferenceKV
 from .transformer import BlockContext, TransformerBlock, row_segments
 
@@ -122,18 +123,22 @@ class EchoUNet(nn.Module):
         if self.role != "reference":
             raise RuntimeError("forward_reference is for the reference UNet")
         x = ref_latent.to(self.dtype)
-        bank: dict = {}
-        ctx = BlockContext(frames=1, bank_out=bank)
+        recorded: list = []
+        ctx = BlockContext(frames=1, bank_out=recorded)
         temb = self._time(timestep, x.shape[0], 1, x.device, x.dtype)
         out = self._run(self.conv_in(x), temb, ctx)
-        return bank, out
+        paths = list(self.transformer_blocks())  # registration order = execution order
+        if len(recorded) != len(paths):
+            raise RuntimeError(f"reference pass recorded {len(recorded)} blocks, expected {len(paths)}")
+        return dict(zip(paths, recorded)), out
 
     def prepare_reference(self, bank: dict, join_budget: int | None = None) -> ReferenceKV:
         """Project the reference bank through this denoiser's attn1 once (k, v per block).
 
         The reference rounds the bank to float16 before use (``cfg.bank_round_dtype``); so do we.
         ``join_budget``: bytes of per-block [own; reference] key/value buffers kept for the generation
-        (:mod:`.reference_kv`); default 512 MiB on the CPU, where memory traffic is dear, 0 elsewhere."""
+        (:mod:`.reference_kv`); default 512 MiB on the CPU, where memory traffic is dear, 0 elsewhere and
+        for compiled blocks (one compiled graph per block kind and size must not depend on the block)."""
         if self.role != "denoiser":
             raise RuntimeError("prepare_reference is for the denoising UNet")
         blocks = self.transformer_blocks()
@@ -143,7 +148,7 @@ class EchoUNet(nn.Module):
         rnd = getattr(torch, self.cfg.bank_round_dtype) if self.cfg.bank_round_dtype else None
         if join_budget is None:
             on_cpu = next(iter(bank.values())).device.type == "cpu"  # where the call computes (weights may be streamed)
-            join_budget = CPU_JOIN_BUDGET if on_cpu else 0
+            join_budget = CPU_JOIN_BUDGET if on_cpu and not is_compiled(self) else 0
         kv = ReferenceKV(join_budget=join_budget)
         for path, block in blocks.items():
             tokens = bank[path]
