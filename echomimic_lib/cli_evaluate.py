@@ -114,7 +114,8 @@ def add_commands(sub) -> None:
     e.add_argument("--syncnet", help=f"SyncNet weights for LSE-C / LSE-D (default: <models>/{METRICS_FOLDER}/syncnet_v2.model if present)")
     e.add_argument("--arcface", help=f"ArcFace ONNX model for CSIM (default: <models>/{METRICS_FOLDER}/{ARCFACE_NAMES[0]} if present)")
     e.add_argument("--models", help="models folder (MediaPipe face_landmarker.task, metrics/; default: $ECHOMIMIC_MODELS or ~/.cache/echomimic)")
-    e.add_argument("--mediapipe-model", help="path of face_landmarker_v2_with_blendshapes.task (default: models folder / download)")
+    e.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for the landmarks "
+                                             "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
     e.add_argument("--offline", action="store_true", help="never download the MediaPipe model")
     e.add_argument("--device", default="cpu", help="torch device for SyncNet: cpu, cuda, cuda:1, mps")
     e.set_defaults(func=_cmd_evaluate)

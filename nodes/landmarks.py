@@ -53,8 +53,8 @@ def align(track: LandmarkTrack, reference, mode: str, parts: str, retime: str, d
         selected = normalize_parts(parts)
     except ValueError as exc:
         raise EchoMimicError(f"parts: {exc}") from None
-    if not selected:
-        raise EchoMimicError("parts: select at least one part, e.g. 'eyes, brows, pupils, nose' (the mouth then follows the audio).")
+    if not selected:  # no parts: the condition images stay black and the audio alone drives the face
+        log.info("Part-Aware Aligner: no parts selected; the landmark model is driven by the audio alone")
     if ALIGN_MODES[mode] is None:
         pixels, coord = track.pixels, track.coord_size
     else:
@@ -120,7 +120,7 @@ class EchoMimicPartAwareAligner:
                      "motion sync. paper: a global fit first, as in the paper. none: draw the driver's own landmarks."}),
             "parts": ("STRING", {"default": "eyes, brows, pupils, nose, mouth", "tooltip": "Comma-separated parts to drive: "
                       "face_oval, eyes, brows, iris, pupils, nose, mouth (or a preset: landmarks, pose, all). Leave out "
-                      "'mouth' so the audio moves the lips."}),
+                      "'mouth' so the audio moves the lips; empty = no parts (the audio alone drives the face)."}),
             "retime": (RETIME_POLICIES, {"default": "ping-pong", "tooltip": "How the driving sequence is fitted to the audio "
                        "length: ping-pong, loop, hold-last, stretch, or fail when it is too short."}),
             "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download MediaPipe's face landmarker if missing."}),

@@ -53,7 +53,8 @@ class AudioTrack:
 
     @property
     def frame_count(self) -> int:
-        return self.features.frame_count(self.fps)
+        """Frames of a video that follows the audio: floor(seconds x fps), as in ``echomimic animate``."""
+        return self.features.video_frame_count(self.fps)
 
 
 @dataclass(eq=False)

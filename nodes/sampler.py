@@ -54,11 +54,11 @@ def output_size(reference, width: int, height: int) -> tuple[int, int]:
 def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: int, height: int, length: int,
            context_frames: int, context_overlap: int, mask=None, landmarks=None, poses=None):
     width, height = output_size(reference, width, height)
+    n = track.frame_count if not length else min(length, track.frame_count)  # the video follows the audio
     settings = settings_for(MODES[handle.weights], handle.variant, width=width, height=height, seed=seed,
-                            steps=steps or None, cfg=cfg or None, fps=track.fps, num_frames=length or None,
+                            steps=steps or None, cfg=cfg or None, fps=track.fps, num_frames=n,
                             context_frames=context_frames, context_overlap=context_overlap)
     settings.validate()
-    n = track.frame_count if not length else min(length, track.frame_count)
     condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps)
     C.check_interrupt()
     pbar = C.progress_bar(1)

@@ -110,7 +110,7 @@ def test_v1_audio_end_to_end_frame_count_follows_the_audio(v1, v1_reference):
     counts = []
     for seconds in (0.5, 1.0):
         feats, passthrough, n = encode(v1, seconds)
-        assert n == feats.features.frame_count(FPS) and passthrough["waveform"].shape[-1] == int(seconds * passthrough["sample_rate"])
+        assert n == int(seconds * FPS) == feats.features.video_frame_count(FPS) and passthrough["waveform"].shape[-1] == int(seconds * passthrough["sample_rate"])
         frames, fps, cut = sample(v1, ref, feats, mask=mask)
         assert frames.shape == (n, SIZE, SIZE, 3) and frames.dtype == torch.float32
         assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0 and fps == FPS

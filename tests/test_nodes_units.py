@@ -379,6 +379,18 @@ def test_conditions_retime_to_the_video_length_and_draw_per_window():
         payloads.LandmarkTrack(px, (512, 512), None, retime="fail").condition(9, 64, 64, 25.0, ("nose",))
 
 
+def test_an_empty_part_selection_in_the_aligner_means_no_parts_not_the_default():
+    landmarks, payloads = sub("nodes.landmarks"), sub("nodes.payloads")
+    px = np.random.default_rng(1).uniform(100, 400, (3, 478, 2))
+    track = payloads.LandmarkTrack(px, (512, 512), 24.0)
+    ref = torch.zeros(1, 64, 64, 3)
+    empty, _ = landmarks.align(track, ref, "none (driver's own landmarks)", " ", "ping-pong", False)
+    assert empty.parts == frozenset()
+    assert not empty.condition(3, 64, 64, 24.0, ("eyes", "mouth")).render([0, 1, 2]).any()  # nothing drawn
+    some, _ = landmarks.align(track, ref, "none (driver's own landmarks)", "eyes", "ping-pong", False)
+    assert some.condition(3, 64, 64, 24.0, ("mouth",)).render([0]).any()
+
+
 def test_image_mask_and_audio_conversions():
     payloads = sub("nodes.payloads")
     err = sub("echomimic_lib.errors").EchoMimicError

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="headshot: V1 talking heads; halfbody: V2 talking half-body; pose: fully pose-driven clips without "
                         "speech (HumanVid-like, for the V2 pose phases) (default: headshot)")
     a.add_argument("--whisper", required=True, help="whisper tiny checkpoint (audio_processor/whisper_tiny.pt)")
-    a.add_argument("--mediapipe-model", help="face_landmarker_v2_with_blendshapes.task")
+    a.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task (face crops and landmarks)")
     a.add_argument("--dwpose-dir", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (half-body / pose)")
     a.add_argument("--fps", type=float, default=24.0)
     a.add_argument("--size", type=int, help="stored frame size (default 512 headshot, 768 half-body / pose)")

@@ -48,6 +48,10 @@ class UnconditionalAudio:
             return self.num_frames
         return max(1, int(np.floor(self.num_frames * fps / self.fps + 1e-9)))
 
+    def video_frame_count(self, fps: float) -> int:
+        """Frames of a video that follows this (silent) clip: its driving length, as :meth:`frame_count`."""
+        return self.frame_count(fps)
+
     def chunks_at(self, frames: Sequence[int], fps: float, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
         idx = np.asarray(frames, dtype=np.int64).reshape(-1)
         count = self.frame_count(fps)

@@ -39,7 +39,7 @@ def _rounded(nbytes: int) -> int:
 class VramTracker(TorchDispatchMode):
     """Live bytes on ``device``: storages created by operators, plus resident weights set from outside."""
 
-    def __init__(self, device="cuda", ignore=()):
+    def __init__(self, device, ignore=()):
         super().__init__()
         self.device = torch.device(device)
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}
