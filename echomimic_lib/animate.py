@@ -59,6 +59,8 @@ class AnimateRequest:
     lora_strength: float = 1.0
     smoke: bool = False  # tiny random weights, 64 px, 2 steps, the first second (see animate_checks.SMOKE)
     paste_back: bool = False  # write the full-size original with the result pasted in (echomimic_lib.composite)
+    low_vram: bool = False  # networks on the device only for their stage; the denoiser streamed block by block
+    fp8: bool = False  # UNet weights stored as float8_e4m3fn, upcast per layer (echomimic_lib.memory.fp8)
     halfbody_crop: bool = False  # V2: DWPose half-body crop of the reference (else a plain resize)
     align_poses: bool = False  # V2: move the pose sequence onto the reference's shoulders (DWPose)
 
@@ -190,6 +192,21 @@ def _warn_if_slow(plan) -> None:
                 calls, s.steps, calls // s.steps, s.width, s.height)
 
 
+def _memory_options(req: AnimateRequest, models, device: torch.device, settings):
+    """--fp8 (UNet weights in fp8, after any LoRA is merged) and --low-vram (a stage-by-stage placement that
+    streams the denoiser); returns the placement, or None for the default (everything on ``device``)."""
+    if req.fp8:
+        from .memory import to_fp8
+
+        saved = to_fp8(models.reference) + to_fp8(models.denoiser)
+        log.info("fp8 weight storage: %.2f GB saved", saved / 1024**3)
+    if not req.low_vram:
+        return None
+    from .memory import Placement
+
+    return Placement(models, device, stream_denoiser=True, settings=settings)
+
+
 def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None) -> dict:
     """Render ``req.output``; returns a summary dict (frames, seconds, peak memory)."""
     from .audio import encode_audio
@@ -206,6 +223,10 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
         from .lora import load_checked
 
         adapter = load_checked(req.lora, mode.weights, variant, req.lora_strength)
+    if req.fp8:
+        from .memory import check_fp8
+
+        check_fp8(device)
     log.info("%s", describe(plan))
     _warn_if_slow(plan)
     prepared = _condition(plan)
@@ -217,21 +238,24 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
             log.info("smoke run: tiny random weights written to %s", root)
     ensure_weights(root, mode.weights, variant, download=req.download)
     log.info("loading the %s weights from %s", mode.weights, root)
-    models = load_models(root, mode.weights, variant, device=device, dtype=plan.dtype)
+    models = load_models(root, mode.weights, variant, device="cpu" if req.low_vram else device, dtype=plan.dtype)
     if adapter is not None and req.lora_strength != 0:
         from .lora import apply_lora
 
         apply_lora(models, adapter, req.lora_strength, keep_base=False)
+    place = _memory_options(req, models, device, settings)
     if plan.audio is None:  # landmark-only driving: the model's unconditional audio
         from .audio.unconditional import UnconditionalAudio
 
         feats = UnconditionalAudio(settings.num_frames, settings.fps)
     else:
+        if place is not None:
+            place.enter("audio")
         feats = encode_audio(plan.audio, models.audio_encoder, sample_rate=plan.sample_rate, device=device,
                              frames=settings.num_frames, fps=settings.fps)
     with Mp4Writer(plan.output, settings.fps, plan.audio, plan.sample_rate) as writer:
         sink = paste_back_sink(prepared.crop, plan.reference, writer.sink) if req.paste_back else writer.sink
-        result = Sampler(models)(prepared.reference, feats, prepared.condition, settings, progress=progress, frame_sink=sink)
+        result = Sampler(models, place)(prepared.reference, feats, prepared.condition, settings, progress=progress, frame_sink=sink)
         out = writer.commit()
     summary = {"output": str(out), "frames": result.num_frames, "seconds": round(time.time() - t0, 2),
                "video_seconds": round(result.num_frames / settings.fps, 3), "peak_rss_gb": round(_peak_rss_gb(), 2)}

@@ -30,7 +30,7 @@ def request_from_args(args):
         context_frames=args.context_frames, context_overlap=args.context_overlap, dtype=args.dtype, device=args.device,
         download=not args.offline, face_crop=not args.no_face_crop, mediapipe_model=args.mediapipe_model,
         lora=args.lora, lora_strength=args.lora_strength, smoke=args.smoke,
-        paste_back=args.paste_back, halfbody_crop=args.halfbody_crop, align_poses=args.align_poses,
+        paste_back=args.paste_back, low_vram=args.low_vram, fp8=args.fp8, halfbody_crop=args.halfbody_crop, align_poses=args.align_poses,
     )
 
 
@@ -111,6 +111,10 @@ def add_commands(sub) -> None:
                                              "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
     a.add_argument("--lora", help="LoRA adapter (.safetensors from `echomimic-train export`) for this version's weights")
     a.add_argument("--lora-strength", type=float, default=1.0, help="LoRA strength (0 = the base model exactly)")
+    a.add_argument("--low-vram", action="store_true", help="small GPUs: each network on the GPU only for its stage, the "
+                   "denoiser streamed block by block (about 1.3x slower; same output)")
+    a.add_argument("--fp8", action="store_true", help="store the UNet weights in fp8 (e4m3fn; half the memory of fp16, "
+                   "slightly different output)")
     a.add_argument("--paste-back", action="store_true", help="write the full-size reference picture with the result pasted "
                    "in (V1: the feathered face region; V2: the crop with a soft border)")
     a.add_argument("--halfbody-crop", action="store_true", help="V2: crop the reference to the half body like the V2 demos "
