@@ -1,12 +1,13 @@
 """Batch-queue EchoMimic jobs on a running ComfyUI through its HTTP API (standard library only).
 
-For every (portrait, audio) pair of two folders: upload both files (``POST /upload/image``, which ComfyUI
+For every (portrait, audio) pair of two folders — or every (video, audio) pair, for the dubbing workflow: upload both files (``POST /upload/image``, which ComfyUI
 also uses for audio and video), put their names into an API-format workflow (``workflows/api/*.json``),
 give ``SaveVideo`` a per-job filename prefix, and ``POST /prompt``. With ``--wait`` it polls
 ``GET /history/<prompt_id>`` and lists the saved files.
 
     echomimic queue workflows/api/v1_audio.json --portraits faces/ --audios speech/ \\
         [--server http://127.0.0.1:8188] [--driving clip.mp4] [--seed 42] [--wait] [--dry-run]
+    echomimic queue workflows/api/v1_dub_video.json --videos people/ --audios speech/ --wait
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .errors import EchoMimicError
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus"}
+VIDEO_EXT = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 
 
@@ -36,9 +38,10 @@ class QueueError(EchoMimicError):
 
 @dataclass
 class Job:
-    portrait: Path
+    portrait: Path  # the job's picture, or its video (the dubbing workflow's Load Video)
     audio: Path
     prefix: str
+    is_video: bool = False
 
 
 def _files(folder, exts: set, what: str) -> list[Path]:
@@ -51,10 +54,11 @@ def _files(folder, exts: set, what: str) -> list[Path]:
     return files
 
 
-def plan_jobs(portraits, audios, prefix: str = "echomimic") -> list[Job]:
-    """Every portrait x every audio, in name order, each with its own output prefix."""
-    pairs = itertools.product(_files(portraits, IMAGE_EXT, "portrait"), _files(audios, AUDIO_EXT, "audio"))
-    return [Job(p, a, f"{prefix}/{p.stem}__{a.stem}") for p, a in pairs]
+def plan_jobs(portraits, audios, prefix: str = "echomimic", videos=None) -> list[Job]:
+    """Every portrait (or every video) x every audio, in name order, each with its own output prefix."""
+    sources = _files(videos, VIDEO_EXT, "video") if videos is not None else _files(portraits, IMAGE_EXT, "portrait")
+    pairs = itertools.product(sources, _files(audios, AUDIO_EXT, "audio"))
+    return [Job(p, a, f"{prefix}/{p.stem}__{a.stem}", videos is not None) for p, a in pairs]
 
 
 def find_node(prompt: dict, class_type: str, explicit: str | None = None) -> str | None:
@@ -69,14 +73,17 @@ def find_node(prompt: dict, class_type: str, explicit: str | None = None) -> str
     return ids[0] if ids else None
 
 
-def build_prompt(template: dict, image: str, audio: str, prefix: str, seed: int | None = None,
-                 driving: str | None = None) -> dict:
-    """A copy of the API-format ``template`` with the uploaded file names, the output prefix and the seed."""
+def build_prompt(template: dict, image: str | None, audio: str, prefix: str, seed: int | None = None,
+                 driving: str | None = None, video_required: bool = False) -> dict:
+    """A copy of the API-format ``template`` with the uploaded file names, the output prefix and the seed.
+    ``driving`` goes into Load Video (a driving clip, or with ``video_required`` the job's own video)."""
     prompt = copy.deepcopy(template)
     for class_type, key, value in (("LoadImage", "image", image), ("LoadAudio", "audio", audio), ("LoadVideo", "file", driving)):
         node = find_node(prompt, class_type)
-        if node is None and value is not None and class_type != "LoadVideo":
-            raise QueueError(f"the workflow has no {class_type} node to put '{value}' into; is it an API-format EchoMimic workflow?")
+        if node is None and value is not None and (class_type != "LoadVideo" or video_required):
+            hint = " (--videos is for the dubbing workflow, workflows/api/v1_dub_video.json)" if video_required else ""
+            raise QueueError(f"the workflow has no {class_type} node to put '{value}' into; is it an API-format EchoMimic "
+                             f"workflow?{hint}")
         if node is not None and value is not None:
             prompt[node]["inputs"][key] = value
     for node in prompt.values():
@@ -158,13 +165,19 @@ def saved_files(entry: dict) -> list[str]:
 
 
 def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
-                 driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic") -> list[dict]:
-    """Queue every portrait x audio job; returns one dict per job (prompt_id, prefix, files when waited)."""
+                 driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic",
+                 videos=None) -> list[dict]:
+    """Queue every portrait (or, with ``videos``, every video) x audio job; returns one dict per job
+    (prompt_id, prefix, files when waited)."""
+    if (portraits is None) == (videos is None):
+        raise QueueError("give either a portraits folder or a videos folder (--portraits or --videos), not both.")
+    if videos is not None and driving:
+        raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
     server = server.rstrip("/")
     template = json.loads(Path(workflow).read_text())
     if not isinstance(template, dict) or "nodes" in template or not all("class_type" in v for v in template.values()):
         raise QueueError(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
-    jobs, names, results = plan_jobs(portraits, audios, prefix), {}, []
+    jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
     client_id = uuid.uuid4().hex
 
     def name_of(path: Path) -> str:
@@ -174,7 +187,10 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
 
     drive = name_of(Path(driving)) if driving else None
     for job in jobs:
-        prompt = build_prompt(template, name_of(job.portrait), name_of(job.audio), job.prefix, seed, drive)
+        if job.is_video:
+            prompt = build_prompt(template, None, name_of(job.audio), job.prefix, seed, name_of(job.portrait), True)
+        else:
+            prompt = build_prompt(template, name_of(job.portrait), name_of(job.audio), job.prefix, seed, drive)
         result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
         if not dry_run:
             result["prompt_id"] = post_prompt(server, prompt, client_id)
@@ -189,7 +205,10 @@ def main(argv=None, prog: str = "echomimic queue") -> int:
     """``echomimic queue ...`` (also ``python -m echomimic_lib.queue_client ...``)."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("workflow", help="API-format workflow JSON (workflows/api/*.json)")
-    p.add_argument("--portraits", required=True, help="folder of reference images (png, jpg, webp, bmp)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--portraits", help="folder of reference images (png, jpg, webp, bmp)")
+    source.add_argument("--videos", help="folder of videos of people to dub (mp4, mov, webm, mkv, avi, m4v): every video x "
+                                         "every audio into Load Video (workflows/api/v1_dub_video.json)")
     p.add_argument("--audios", required=True, help="folder of audio clips (wav, mp3, flac, ogg, m4a, aac, opus)")
     p.add_argument("--server", default=DEFAULT_SERVER, help=f"ComfyUI's address (default: {DEFAULT_SERVER})")
     p.add_argument("--driving", help="driving video for the landmark / pose-extraction workflows (default: none)")
@@ -203,7 +222,7 @@ def main(argv=None, prog: str = "echomimic queue") -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         results = queue_folder(args.workflow, args.portraits, args.audios, args.server, args.seed, args.driving,
-                               args.wait, args.dry_run, args.prefix)
+                               args.wait, args.dry_run, args.prefix, args.videos)
     except EchoMimicError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

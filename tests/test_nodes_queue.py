@@ -129,3 +129,26 @@ def test_cli_dry_run_lists_the_jobs(media, capsys):
     assert qc.main([str(WORKFLOW), "--portraits", str(media[0]), "--audios", str(media[1]), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "anna.png x bye.mp3 -> echomimic/anna__bye [dry run]" and len(lines) == 4
+
+
+def test_videos_times_audios_fill_load_video_for_the_dubbing_workflow(server, media, tmp_path):
+    url, handler = server
+    people = tmp_path / "people"
+    people.mkdir()
+    for name in ("carl.mp4", "dana.mov"):
+        (people / name).write_bytes(b"vid-" + name.encode())
+    dub = ROOT / "workflows" / "api" / "v1_dub_video.json"
+    results = qc.queue_folder(dub, None, media[1], server=url, videos=people)
+    assert len(results) == len(handler.prompts) == 4
+    jobs = set()
+    for payload in handler.prompts:
+        nodes = {v["class_type"]: v["inputs"] for v in payload["prompt"].values()}
+        jobs.add((nodes["LoadVideo"]["file"], nodes["LoadAudio"]["audio"]))
+        assert nodes["SaveVideo"]["filename_prefix"] == f"echomimic/{Path(nodes['LoadVideo']['file']).stem}__" \
+                                                       f"{Path(nodes['LoadAudio']['audio']).stem}"
+    assert jobs == {(v, a) for v in ("carl.mp4", "dana.mov") for a in ("bye.mp3", "hello.wav")}
+    with pytest.raises(EchoMimicError, match="no LoadVideo node.*--videos is for the dubbing workflow"):
+        qc.queue_folder(WORKFLOW, None, media[1], dry_run=True, videos=people)
+    with pytest.raises(EchoMimicError, match="either a portraits folder or a videos folder"):
+        qc.queue_folder(dub, media[0], media[1], dry_run=True, videos=people)
+    assert qc.main([str(dub), "--videos", str(people), "--audios", str(media[1]), "--dry-run"]) == 0
