@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .animate_checks import default_models_dir
 from .cli import _say
-from .cli_common import ProgressBar
+from .cli_common import ProgressBar, add_run_options
 
 VERSION_DEFAULT_MODE = {"v1": "audio", "v2": "halfbody"}
 MODE_VERSION = {"audio": "v1", "landmarks": "v1", "audio+landmarks": "v1", "halfbody": "v2"}
@@ -100,11 +100,7 @@ def add_commands(sub) -> None:
     a.add_argument("--height", type=int, help="video height in pixels, a multiple of 8, 64..2048 (default: as --width)")
     a.add_argument("--length", type=int, default=0, help="number of video frames, at most the audio's (default: 0 = follow the "
                                                          "audio: floor(seconds x fps); 1 s worth with --smoke)")
-    a.add_argument("--context-frames", type=int, default=12, help="frames per context window, 1..32")
-    a.add_argument("--context-overlap", type=int, default=3, help="frames shared by neighbouring windows, 0..context-frames - 1")
-    a.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="weight precision; auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU and Apple MPS")
-    a.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
+    add_run_options(a)
     a.add_argument("--no-face-crop", action="store_true", help="V1 modes: animate the whole image instead of a crop "
                                                                "around the face (no MediaPipe model needed)")
     a.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for the V1 face crop and landmarks from a video "

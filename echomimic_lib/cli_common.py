@@ -42,6 +42,15 @@ class SubParser(argparse.ArgumentParser):
             self.add_argument("-q", "--quiet", action="store_true", help="errors only: no progress bar, no status lines")
 
 
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options ``animate`` and ``dub`` share with the same meaning: context windows, precision, device."""
+    p.add_argument("--context-frames", type=int, default=12, help="frames per context window, 1..32")
+    p.add_argument("--context-overlap", type=int, default=3, help="frames shared by neighbouring windows, 0..context-frames - 1")
+    p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="weight precision; auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU and Apple MPS")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
+
+
 class _Format(logging.Formatter):
     def __init__(self, verbose: bool):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s", "%H:%M:%S")

@@ -1,10 +1,10 @@
 """``echomimic dub``: new speech for an existing video of a person (see :mod:`echomimic_lib.dub`)."""
 from __future__ import annotations
 
-import argparse
 
 from .animate_checks import default_models_dir
 from .cli import _say
+from .cli_common import add_run_options
 from .composite import COLOR_METHODS, REGIONS
 from .retime import POLICIES
 
@@ -39,8 +39,7 @@ def _cmd_dub(args) -> int:
 
 
 def add_commands(sub) -> None:
-    d = sub.add_parser("dub", help="give a video of a person new speech (V1 audio + the video's own landmarks)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = sub.add_parser("dub", help="give a video of a person new speech (V1 audio + the video's own landmarks)")
     d.add_argument("--video", required=True, help="source video of one person (any size and frame rate)")
     d.add_argument("--audio", help="new speech (wav/mp3/...); without it the dub follows the video's landmarks alone "
                                    "(landmark-only 'L' mode, mouth included, the video's own sound)")
@@ -69,11 +68,7 @@ def add_commands(sub) -> None:
     d.add_argument("--height", type=int, default=512, help="height of the generated face crop in pixels, a multiple of 8")
     d.add_argument("--length", type=int, help="at most this many generated frames, at the model's fps (default: follow "
                                               "the audio)")
-    d.add_argument("--context-frames", type=int, default=12, help="frames per context window, 1..32")
-    d.add_argument("--context-overlap", type=int, default=3, help="frames shared by neighbouring windows, 0..context-frames - 1")
-    d.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="weight precision; auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU and Apple MPS")
-    d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
+    add_run_options(d)
     d.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for tracking the face "
                                              "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
     d.set_defaults(func=_cmd_dub)

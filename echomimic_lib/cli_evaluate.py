@@ -1,7 +1,6 @@
 """``echomimic evaluate``: score a talking-head video (lip sync, stability, identity) as a table or JSON."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -101,8 +100,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def add_commands(sub) -> None:
-    e = sub.add_parser("evaluate", help="score a talking-head video: lip sync, stability, identity (table or JSON)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e = sub.add_parser("evaluate", help="score a talking-head video: lip sync, stability, identity (table or JSON)")
     e.add_argument("video", help="the video to score (its audio track is used), or a folder of V1 .pkl landmark frames")
     e.add_argument("--audio", help="audio to score against instead of the video's own track (required for a .pkl folder)")
     e.add_argument("--reference", help="reference portrait: shape drift and CSIM compare with it (default: the first frame)")

@@ -1,6 +1,4 @@
 """End to end: `echomimic make-tiny` then `echomimic animate` on the shared media, and bad input."""
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,18 +6,9 @@ import pytest
 from echomimic_lib.audio import audio_frame_count
 from echomimic_lib.cli import main as cli
 from echomimic_lib.video_io import probe, read_audio
+from tests._media import write_wav
 
 SECONDS = 1.2
-
-
-def _write_wav(path: Path, samples: np.ndarray, sr: int) -> Path:
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +21,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory, shared_data):
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
-    return _write_wav(tmp_path_factory.mktemp("audio") / "clip.wav", wav[0, : int(SECONDS * sr)], sr)
+    return write_wav(tmp_path_factory.mktemp("audio") / "clip.wav", wav[0, : int(SECONDS * sr)], sr)
 
 
 def _common(tiny, out, size=64):

@@ -6,25 +6,15 @@ up (the loaders are replaced by recorders that fail the run if they are reached)
 """
 import os
 import stat
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from echomimic_lib.cli import main as cli
+from tests._media import write_wav
 
 MP_MODEL = "face_landmarker_v2_with_blendshapes.task"
-
-
-def _wav(path: Path, samples: np.ndarray, sr: int = 16000) -> Path:
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +26,9 @@ def media(tmp_path_factory, shared_data):
     d = tmp_path_factory.mktemp("media")
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
     files = {
-        "speech": _wav(d / "speech.wav", wav[0, : int(1.2 * sr)], sr),
-        "silent": _wav(d / "silent.wav", np.zeros(16000)),
-        "short": _wav(d / "short.wav", 0.5 * np.sin(np.arange(160) / 3.0)),  # 10 ms
+        "speech": write_wav(d / "speech.wav", wav[0, : int(1.2 * sr)], sr),
+        "silent": write_wav(d / "silent.wav", np.zeros(16000)),
+        "short": write_wav(d / "short.wav", 0.5 * np.sin(np.arange(160) / 3.0)),  # 10 ms
         "noise_bytes": d / "noise.wav",
         "broken_png": d / "broken.png",
         "noface": d / "noface.png",

@@ -1,7 +1,6 @@
 """`echomimic animate --smoke` end to end, the video length rule, `--length` limiting the encoded audio,
 and the output file under failure: disk full, Ctrl-C, two writers on one path, a genuine bug."""
 import errno
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,7 @@ import pytest
 from echomimic_lib.cli import main as cli
 from echomimic_lib.video_io import probe, read_audio
 from echomimic_lib.video_writer import Mp4Writer, OutputError
-
-
-def _wav(path: Path, samples: np.ndarray, sr: int) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
+from tests._media import write_wav
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +17,8 @@ def clips(tmp_path_factory, shared_data):
     d = tmp_path_factory.mktemp("clips")
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
     return {"speech": shared_data / "audio" / "echomimic_en.wav",
-            "half": _wav(d / "half.wav", wav[0, : sr // 2], sr),  # exactly 0.5 s
-            "long": _wav(d / "long.wav", np.tile(wav[0], 7), sr),  # 36.7 s: two 30-s whisper segments
+            "half": write_wav(d / "half.wav", wav[0, : sr // 2], sr),  # exactly 0.5 s
+            "long": write_wav(d / "long.wav", np.tile(wav[0], 7), sr),  # 36.7 s: two 30-s whisper segments
             "tiny": tmp_path_factory.mktemp("smoke_models") / "tiny"}
 
 

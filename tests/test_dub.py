@@ -3,7 +3,6 @@ and speech, a source with face-less frames at an odd size and another frame rate
 from __future__ import annotations
 
 import logging
-import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 
 from echomimic_lib.cli import main as cli
 from echomimic_lib.video_io import probe, read_audio, read_video
+from tests._media import write_wav
 
 # one denoiser call per run: 64 px, 1 step, no CFG, one 24-frame context window
 FAST = ["--width", "64", "--height", "64", "--steps", "1", "--cfg", "1", "--context-frames", "24", "--context-overlap", "0",
@@ -21,13 +21,7 @@ FAST = ["--width", "64", "--height", "64", "--steps", "1", "--cfg", "1", "--cont
 
 def _wav(path: Path, name: str, seconds: float, shared: Path) -> Path:
     wav, sr = read_audio(shared / "audio" / name)
-    pcm = (np.clip(wav[0, : int(seconds * sr)], -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return path
+    return write_wav(path, wav[0, : int(seconds * sr)], sr)
 
 
 def _best_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 4096) -> float:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from tests._pack import load_pack, sub
+from tests._media import write_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"EchoMimicSampler": {"width": 64, "height": 64, "steps": 1, "cfg": 1.0, "context_frames": 16, "context_overlap": 0},
@@ -108,7 +109,7 @@ def comfy(tiny_comfy_models, shared_data, tmp_path_factory):
     io.write_video(folder / "tmp.mp4", np.zeros((1, 16, 16, 3), np.uint8), 24.0)  # (warm the encoder)
     clip = io.read_video(shared_data / "video" / "driving_a.mp4", max_frames=8, with_audio=False)
     io.write_video(inp / "echomimic_person.mp4", np.stack([cv2.resize(f, (256, 256)) for f in clip.frames]), 24.0)
-    _write_wav(inp / "echomimic_speech.wav", wav[0, : sr // 2], sr)
+    write_wav(inp / "echomimic_speech.wav", wav[0, : sr // 2], sr)
     poses = tiny_comfy_models / "echomimic" / "poses" / "01"
     poses.mkdir(parents=True, exist_ok=True)
     for i in range(24):
@@ -119,16 +120,6 @@ def comfy(tiny_comfy_models, shared_data, tmp_path_factory):
         mp.setattr(bridge, "INPUT_DIR", inp)
         mp.setattr(detectors, "dwpose", lambda download=False: _fake_person)
         yield folder
-
-
-def _write_wav(path, samples, sr):
-    import wave
-
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 def _prompt(name: str) -> dict:
