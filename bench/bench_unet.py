@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_unet.py [--size 128] [--frames 12] [--repeat 3] [--device cpu]
 
 CFG batch (uncond + cond) at 128 px, 12 frames: time per call (median of --repeat after one
-warm-up) and peak RSS; on CUDA also peak VRAM (fp16).
+warm-up) and peak RSS; on CUDA also peak VRAM (fp16). The comparison with the official code is
+``bench_official.py``; every GPU figure at once is ``gpu_suite.py``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main() -> None:
     t0 = time.time()
     cfg, ref, den, enc = build(args.preset)
     ref, den, enc = ref.to(dev, dtype), den.to(dev, dtype), enc.to(dev, dtype)
+    den.fuse_projections()  # as the sampler does
     build_s = time.time() - t0
     h = args.size // 8
     g = torch.Generator().manual_seed(0)

@@ -106,6 +106,10 @@ def make_models(version: str, preset: str, device, dtype):
     return models
 
 
+def apply_layout(models, channels_last: bool) -> None:
+    models.denoiser.set_channels_last(channels_last)
+
+
 def short_generation(models, version: str, size: int, device, frames: int = 24, steps: int = 2) -> dict:
     from echomimic_lib.audio import AudioFeatures
     from echomimic_lib.pipeline import FrameCondition, MaskCondition, Sampler, settings_for
@@ -137,6 +141,7 @@ def setup_version(version: str, args, device, dtype) -> dict:
 
     size = VERSIONS[version]["size"] if not args.tiny else {"v1": 64, "v2": 96}[version]
     models = make_models(version, "tiny" if args.tiny else "sd15", device, dtype)
+    apply_layout(models, args.channels_last)
     den, h = models.denoiser, size // 8
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(1, 4, 12, h, h, device=device, dtype=dtype, generator=g)
@@ -200,7 +205,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=120, help="video length the per-frame figures are for")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--cuda-graphs", action="store_true", help="also compile with CUDA graphs per region")
+    ap.add_argument("--cuda-graphs", action="store_true", help="also compile with CUDA graphs per region (experimental)")
+    ap.add_argument("--channels-last", action="store_true", help="run the denoiser's convolutions channels-last")
     ap.add_argument("--compile-backend", default="inductor", help="aot_eager: trace only (a quick CPU check)")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--budget-s", type=float, default=450.0, help="skip remaining variants past this many seconds")
@@ -211,6 +217,7 @@ def main() -> None:
     _register_cpu_sdpa()
     peak = peak_tflops(device, args.peak_tflops)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
+              "channels_last": args.channels_last,
               "peak_tflops": peak, "torch": torch.__version__, "tiny": args.tiny, "threads": torch.get_num_threads()}
     versions = args.versions.split(",")
     states = {v: setup_version(v, args, device, dtype) for v in versions}
@@ -223,7 +230,10 @@ def main() -> None:
                 result[v][f"compile_{variant}"] = "skipped (time budget)"
                 continue
             log(f"{v} compile {variant} ...")
-            result[v][f"compile_{variant}"] = res = measure(states[v], variant, args, peak)
+            try:
+                result[v][f"compile_{variant}"] = res = measure(states[v], variant, args, peak)
+            except Exception as exc:  # one variant failing (e.g. CUDA graphs) must not lose the others
+                result[v][f"compile_{variant}"] = res = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             log(f"  {json.dumps(res)}")
     result["total_s"] = round(time.perf_counter() - args.t0, 1)
     print(json.dumps(result))

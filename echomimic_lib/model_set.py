@@ -150,17 +150,23 @@ def build_denoiser(cfg: EchoConfig, motion: bool = True, device="meta") -> EchoU
         return EchoUNet(cfg, "denoiser", motion=motion)
 
 
+def _mmap(device) -> bool:
+    """Memory-map .pth files only for a non-CPU target (see :mod:`.weights`)."""
+    return torch.device(device).type != "cpu"
+
+
 def load_reference(path, cfg: EchoConfig, device="cpu", dtype=torch.float32) -> EchoUNet:
     with torch.device("meta"):
         model = EchoUNet(cfg, "reference")
-    return load_strict(model, read_state_dict(path, check_finite=False), f"{Path(path).name} (reference UNet)", device, dtype).eval()
+    return load_strict(model, read_state_dict(path, check_finite=False, mmap=_mmap(device)), f"{Path(path).name} (reference UNet)",
+                       device, dtype).eval()
 
 
 def load_denoiser(path, motion_path, cfg: EchoConfig, device="cpu", dtype=torch.float32) -> EchoUNet:
-    parts = [read_state_dict(path, check_finite=False)]
+    parts = [read_state_dict(path, check_finite=False, mmap=_mmap(device))]
     label = Path(path).name
     if motion_path is not None:
-        parts.append(read_state_dict(motion_path, check_finite=False))
+        parts.append(read_state_dict(motion_path, check_finite=False, mmap=_mmap(device)))
         overlap = set(parts[0]) & set(parts[1])
         if overlap:
             raise WeightsError(f"{label} and {Path(motion_path).name} both define {len(overlap)} keys, e.g. {sorted(overlap)[0]}.")

@@ -6,13 +6,14 @@
 - Every floating tensor is checked for NaN/Inf; key sets are compared strictly and mismatches are
   reported with the file name, the first few missing / unexpected / wrong-shape keys and counts.
 
-Loading reads each file once: ``.pth`` files are memory-mapped (``torch.load(mmap=True)``), the networks
-are built on the meta device, and :func:`load_strict` gives every tensor its own memory on the target
-device in one copy from the mapping (cast on the way; NaN/Inf checked right after each copy, with one
-device read for the whole model), then assigns it (``load_state_dict(assign=True)``). So CPU weights live
-in ordinary memory (computing from a file-backed mapping thrashes the page cache under memory pressure)
-and GPU weights are copied from the mapping straight to the device. Tensors a safetensors read already
-put in private memory with the right dtype are adopted without a copy.
+Loading reads each file once. The networks are built on the meta device and :func:`load_strict` assigns
+their tensors (``load_state_dict(assign=True)``): for a GPU the ``.pth`` files are memory-mapped
+(``torch.load(mmap=True)``) and copied from the mapping straight to the device; for the CPU they are read
+into private memory, which the network adopts as it is when the dtype matches (else one cast copy). CPU
+weights therefore never live in a file-backed mapping (computing from one thrashed the page cache under
+memory pressure) and no file pages are held beside them. safetensors reads are private memory too.
+NaN/Inf are checked per tensor (right after its copy, or on the adopted tensor), with one device read for
+the whole network.
 """
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ class StateDict(dict):
     owned: bool = False
 
 
-def read_state_dict(path: str | Path, check_finite: bool = True) -> StateDict:
-    """Read a flat ``{name: tensor}`` state dict (CPU) from a .safetensors or torch pickle file. The
-    tensors of a ``.pth`` stay memory-mapped until used; ``check_finite=False`` leaves the NaN/Inf check to
-    :func:`load_strict` (which does it on the copy, so the file is read once)."""
+def read_state_dict(path: str | Path, check_finite: bool = True, mmap: bool = True) -> StateDict:
+    """Read a flat ``{name: tensor}`` state dict (CPU) from a .safetensors or torch pickle file.
+
+    ``mmap``: a ``.pth`` stays memory-mapped until its tensors are copied (to a GPU: no host copy);
+    ``mmap=False`` reads it into private memory that a CPU network adopts as it is (no file pages held
+    while loading). ``check_finite=False`` leaves the NaN/Inf check to :func:`load_strict`."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weight file not found: {path}", missing=[str(path)])
@@ -50,7 +53,8 @@ def read_state_dict(path: str | Path, check_finite: bool = True) -> StateDict:
     if path.suffix == ".safetensors":
         sd, owned = _read_safetensors(path), True
     else:
-        sd, owned = _read_torch(path), False
+        sd, mapped = _read_torch(path, mmap)
+        owned = not mapped
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
@@ -96,14 +100,16 @@ def _read_safetensors(path: Path) -> dict:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc}); it may be truncated. Download it again.") from exc
 
 
-def _read_torch(path: Path):
+def _read_torch(path: Path, mmap: bool):
+    """(state, memory-mapped?) of a torch pickle (legacy-format files cannot be mapped: read)."""
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+        return torch.load(path, map_location="cpu", weights_only=True), False
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
             raise UnsafeFileError(

@@ -177,6 +177,11 @@ def test_fast_paths_give_the_plain_outputs():
     assert set(den.state_dict()) == set(EchoUNet(TINY, "denoiser").state_dict())
     kv.release()
     assert kv.buffer_bytes == 0
+    with torch.no_grad():  # channels-last convolutions (a GPU layout option): same outputs
+        den.set_channels_last(True)
+        nhwc = den(x, 700, audio=audio, reference=kv, uncond_rows=1)
+        den.set_channels_last(False)
+    torch.testing.assert_close(nhwc, plain[0], atol=1e-4, rtol=0)  # another convolution algorithm: rounding
 
 
 def test_compiled_regions_capture_whole_and_match_eager():

@@ -32,6 +32,7 @@ class EchoUNet(nn.Module):
         motion = motion and role == "denoiser"
         self.has_motion = motion
         self.gradient_checkpointing = False
+        self.channels_last = False  # see set_channels_last
         boc = cfg.block_out_channels
         n = len(boc)
         self.conv_in = nn.Conv2d(cfg.in_channels, boc[0], 3, padding=1)
@@ -78,6 +79,15 @@ class EchoUNet(nn.Module):
                 mod.backend = backend
         return backend
 
+    def set_channels_last(self, on: bool = True) -> None:
+        """Run the convolutions channels-last (NHWC; a GPU option: faster convolutions on tensor cores, and
+        the token views of the transformers are free). Same parameters, same outputs."""
+        fmt = torch.channels_last if on else torch.contiguous_format
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+        self.channels_last = on
+
     def fuse_projections(self) -> int:
         """Let every self-attention (spatial attn1, temporal attention) project q, k and v with one GEMM
         (:meth:`Attention.fuse_qkv`: same parameters and values, no extra memory). Idempotent; moving or
@@ -123,6 +133,8 @@ class EchoUNet(nn.Module):
         if self.role != "reference":
             raise RuntimeError("forward_reference is for the reference UNet")
         x = ref_latent.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         recorded: list = []
         ctx = BlockContext(frames=1, bank_out=recorded)
         temb = self._time(timestep, x.shape[0], 1, x.device, x.dtype)
@@ -186,6 +198,8 @@ class EchoUNet(nn.Module):
         b, c, f, hh, ww = sample.shape
         dtype, device = self.dtype, sample.device
         x = sample.to(dtype).transpose(1, 2).reshape(b * f, c, hh, ww)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         temb = self._time(timestep, b * f, f, device, dtype)
         h = self.conv_in(x)
         u = uncond_rows

@@ -8,7 +8,9 @@ Exact savings over the reference loop (identical outputs):
 - zero-audio attention is replaced by its constant (the output bias);
 - several context windows can share one UNet call (``windows_per_batch``);
 - the VAE decodes frames in batches; the condition encoder runs per window, so memory does not
-  grow with video length.
+  grow with video length;
+- the denoising loop never reads from the device (windows are gathered and scattered by slices, the
+  audio chunks are moved once), and self-attention projects q, k, v with one GEMM (``fuse_projections``).
 """
 from __future__ import annotations
 
