@@ -313,11 +313,7 @@ def test_a_schema_change_that_breaks_saved_workflows_is_caught(mutate, schema, m
     assert broken, f"{mutate.__name__} went unnoticed"
 
 
-FIRST_SIX = sorted(p for p in WORKFLOWS if p.stem in {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks",
-                                                      "v2_pose_folder", "v2_pose_video"})
-
-
-@pytest.mark.parametrize("path", FIRST_SIX, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_previews_are_shown_the_size_is_set_once_and_v1_landmark_references_are_face_crops(path):
     prompt = _load(ROOT / "workflows" / "api" / path.name)
     previewed = {tuple(n["inputs"]["images"]) for n in prompt.values() if n["class_type"] == "PreviewImage"}

@@ -137,7 +137,9 @@ def test_picture_workflows_write_the_full_size_picture_animated(comfy, name, pic
     assert tuple(frames.shape[1:3]) == picture and frames.shape[0] == out["6"][0].shape[0] == n and fps == 24.0
     same = (frames == original).all(dim=-1)
     assert 0.2 < float(same.float().mean()) < 1.0  # the original outside the mask, the generation inside
-    assert [tuple(p.shape) for p in core.previews] == [(1, 64, 64, 3), (1, *picture, 3)]  # crop, composite
+    shapes = [tuple(p.shape) for p in core.previews]
+    assert shapes[-2:] == [(1, 64, 64, 3), (1, *picture, 3)]  # crop, composite
+    assert len(shapes) == (3 if name.startswith("v2") else 2)  # V2 also shows the hand poses that drive it
     info = sub("echomimic_lib.video_io").probe(core.saved[0])
     assert (info["height"], info["width"]) == picture and info["frames"] == n and info["audio_seconds"]
 
