@@ -73,6 +73,10 @@ def test_v1_stage1_stage2_export_animate(base, tmp_path):
     moved = [k for k in init_mm if not torch.equal(init_mm[k], s2["denoiser." + k])]
     assert moved and all("motion_modules." in k for k in moved)
     assert (run2 / "validation" / "step-00000003.mp4").stat().st_size > 0
+    from trainer.monitor import read_log
+
+    scored = [r for r in read_log(run2 / "train_log.jsonl") if r.get("event") == "validation_metrics"]
+    assert [r["step"] for r in scored] == [3] and scored[0]["flicker"] >= 0  # the validation video is scored
 
     exp2 = tmp_path / "export2"
     train_cli("export", run2, exp2, "--format", "safetensors")
