@@ -70,13 +70,8 @@ class FakeMeter:
 
     @contextlib.contextmanager
     def building(self, dtype):
-        with self.mode, torch.device("cuda"):
-            old = torch.get_default_dtype()
-            torch.set_default_dtype(dtype)
-            try:
-                yield
-            finally:
-                torch.set_default_dtype(old)
+        with self.mode, torch.device("cuda"), _default_dtype(dtype):
+            yield
 
     @contextlib.contextmanager
     def running(self, modules):
@@ -136,12 +131,8 @@ class CudaMeter:
 
     @contextlib.contextmanager
     def building(self, dtype):
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
+        with _default_dtype(dtype):
             yield
-        finally:
-            torch.set_default_dtype(old)
 
     @contextlib.contextmanager
     def running(self, modules):
