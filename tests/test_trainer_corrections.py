@@ -76,7 +76,7 @@ def test_phd_pose_term_on_encoder_features_sees_a_displaced_hand():
         cfg = PhDConfig(pose_form=form)
         assert float(pose_term(target, target, kp, cfg, enc)) == 0.0
         loss = pose_term(pred, target, kp, cfg, enc)
-        assert float(loss) > 0
+        assert float(loss.detach()) > 0
         (g,) = torch.autograd.grad(loss.sum(), pred)
         grads[form] = float(g.abs().sum(1)[0][moved].sum())
     assert grads["heatmap"] < 1e-6 * grads["encoder"] and grads["encoder"] > 0  # only the encoder form pulls the hand back
