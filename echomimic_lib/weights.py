@@ -8,10 +8,11 @@
 
 Loading reads each file once. The networks are built on the meta device and :func:`load_strict` assigns
 their tensors (``load_state_dict(assign=True)``): for a GPU the ``.pth`` files are memory-mapped
-(``torch.load(mmap=True)``) and copied from the mapping straight to the device; for the CPU they are read
-into private memory, which the network adopts as it is when the dtype matches (else one cast copy). CPU
-weights therefore never live in a file-backed mapping (computing from one thrashed the page cache under
-memory pressure) and no file pages are held beside them. safetensors reads are private memory too.
+(``torch.load(mmap=True, weights_only=True)``) and copied from the mapping straight to the device; for
+the CPU they are read into private memory, which the network adopts as it is when the dtype matches
+(else one cast copy). CPU weights therefore never live in a file-backed mapping (computing from one
+thrashed the page cache under memory pressure) and no file pages are held beside them. safetensors
+reads are private memory too.
 NaN/Inf are checked per tensor (right after its copy, or on the adopted tensor), with one device read for
 the whole network.
 """
