@@ -212,3 +212,32 @@ def test_compiled_regions_capture_whole_and_match_eager():
             uncompile_regions(den)
     assert not is_compiled(den)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+
+
+def test_fused_projections_also_for_comfyuis_castable_layers_while_they_do_not_cast():
+    """In ComfyUI every Linear becomes a castable ``comfy.ops`` layer (stand-in below, ComfyUI's attributes):
+    q/k/v still fuse while the layer computes with its stored weight, and not while it casts (partial load)."""
+    from torch import nn
+
+    from echomimic_lib.models.attention import Attention
+    from echomimic_lib.tiny import randomize_
+
+    class CastableLinear(nn.Linear):  # comfy.ops.disable_weight_init.Linear's switches
+        comfy_cast_weights = False
+        weight_function: list = []
+        bias_function: list = []
+
+    den = randomize_(EchoUNet(TINY, "denoiser"), 6).eval()
+    g = torch.Generator().manual_seed(3)
+    x, audio = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(1, 3, 10, 384, generator=g)
+    with torch.no_grad():
+        plain = den(x, 500, audio=audio, uncond_rows=1)
+        for m in den.modules():
+            if type(m) is nn.Linear:
+                m.__class__ = CastableLinear
+        attns = [m for m in den.modules() if isinstance(m, Attention)]
+        attns[0].to_k.comfy_cast_weights = True  # one layer casting: that attention stays unfused
+        assert den.fuse_projections() == 16 + 2 * 21 - 1
+        assert attns[0].fused_qkv_weight() is None
+        assert sum(a.fused_qkv_weight() is not None for a in attns) == 16 + 2 * 21 - 1
+        torch.testing.assert_close(den(x, 500, audio=audio, uncond_rows=1), plain, atol=1e-5, rtol=0)

@@ -12,10 +12,21 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from .reference_kv import join_kv
 
 log = logging.getLogger(__name__)
+
+
+def _plain_linear(m: nn.Module) -> bool:
+    """A Linear that computes with its weight as stored: torch's own, or one of ComfyUI's castable layers
+    (``comfy.ops``, which the ComfyUI bridge swaps in) while it is not casting. fp8 layers (which cast) and
+    adapter wrappers (LoRA) are not."""
+    if type(m) is nn.Linear:
+        return True
+    return (isinstance(m, nn.Linear) and getattr(m, "comfy_cast_weights", True) is False
+            and not getattr(m, "weight_function", None) and not getattr(m, "bias_function", None))
 
 BACKENDS = ("sdpa", "xformers")
 
@@ -89,7 +100,7 @@ class Attention(nn.Module):
         if self.fused_qkv_weight() is not None:
             return True
         lins = (self.to_q, self.to_k, self.to_v)
-        if any(type(m) is not nn.Linear or m.bias is not None for m in lins):
+        if any(not _plain_linear(m) or m.bias is not None for m in lins):
             return False
         ws = [m.weight for m in lins]
         if len({(w.shape, w.dtype, w.device) for w in ws}) != 1 or ws[0].device.type == "meta":
@@ -105,7 +116,7 @@ class Attention(nn.Module):
         """The (3*dim, dim) q|k|v weight when the three plain Linear weights are consecutive rows of one
         storage (after :meth:`fuse_qkv`, and until something re-assigns a weight), else None."""
         lins = (self.to_q, self.to_k, self.to_v)
-        if torch.compiler.is_compiling() or any(type(m) is not nn.Linear for m in lins):
+        if torch.compiler.is_compiling() or any(not _plain_linear(m) for m in lins) or is_fake(self.to_q.weight):
             return None
         wq, wk, wv = (m.weight for m in lins)
         size = wq.numel()
