@@ -99,6 +99,7 @@ def test_bad_input_gives_clear_errors_and_no_partial_file(tiny, speech, shared_d
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_low_vram_and_fp8_options_render_the_same_video_within_their_tolerance(tiny, speech, shared_data, tmp_path):
     from echomimic_lib.video_io import read_video
 

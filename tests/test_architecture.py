@@ -108,6 +108,7 @@ def test_config_round_trips_through_diffusers_json():
     assert back == cfg
 
 
+@pytest.mark.slow
 def test_uncond_rows_equal_explicit_zero_inputs():
     """The CFG shortcuts (zero-audio constant, no reference for uncond rows) change no output."""
     torch.manual_seed(0)
@@ -184,6 +185,7 @@ def test_fast_paths_give_the_plain_outputs():
     torch.testing.assert_close(nhwc, plain[0], atol=1e-4, rtol=0)  # another convolution algorithm: rounding
 
 
+@pytest.mark.slow
 def test_compiled_regions_capture_whole_and_match_eager():
     """Regional torch.compile: each ResNet block / spatial transformer / motion module captures as one graph
     (fullgraph: no graph break) and computes what eager does (aot_eager: traced, no code generated)."""

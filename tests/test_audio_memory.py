@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import weakref
 
+import pytest
 import torch
 
 from echomimic_lib.audio import encode_audio, load_whisper_encoder, save_random_whisper
@@ -23,6 +24,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+@pytest.mark.slow
 def test_ten_minute_clip_holds_one_segment_at_a_time(tmp_path):
     enc = load_whisper_encoder(save_random_whisper(tmp_path / "tiny.pt", seed=0))
     seconds = 600

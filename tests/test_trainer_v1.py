@@ -32,6 +32,7 @@ def _animatediff_file(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_v1_stage1_stage2_export_animate(base, tmp_path):
     from trainer.config import load_config
     from trainer.evaluate import fixed_loss
@@ -128,6 +129,7 @@ def _fit_process(cfg_path: Path, *extra) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(base, tmp_path):
     common = dict(seed=5, data={"num_workers": 2, "audio_aug": {"noise_prob": 0.3, "gain_prob": 0.3, "shift_prob": 0.3}},
                   optim={"lr": 1e-3, "batch_size": 2, "grad_accum": 2, "warmup_steps": 3}, ema={"enabled": True, "decay": 0.9},

@@ -117,6 +117,7 @@ def _v2_cfg(base, out, phases: dict, **extra) -> dict:
 STEPS = {"1": 2, "2": 3, "3a": 2, "3b": 4, "3c": 1, "3d": 1, "4": 1}  # 14 steps; step-10 lies inside 3b
 
 
+@pytest.mark.slow
 def test_apdh_schedule_end_to_end_resume_in_3b_and_export(base, tmp_path):
     from echomimic_lib.weights import read_state_dict
     from trainer.losses import phd_phase
