@@ -163,10 +163,11 @@ def load_reference(path, cfg: EchoConfig, device="cpu", dtype=torch.float32) -> 
 
 
 def load_denoiser(path, motion_path, cfg: EchoConfig, device="cpu", dtype=torch.float32) -> EchoUNet:
-    parts = [read_state_dict(path, check_finite=False, mmap=_mmap(device))]
+    mmap = _mmap(device)
+    parts = [read_state_dict(path, check_finite=False, mmap=mmap)]
     label = Path(path).name
     if motion_path is not None:
-        parts.append(read_state_dict(motion_path, check_finite=False, mmap=_mmap(device)))
+        parts.append(read_state_dict(motion_path, check_finite=False, mmap=mmap))
         overlap = set(parts[0]) & set(parts[1])
         if overlap:
             raise WeightsError(f"{label} and {Path(motion_path).name} both define {len(overlap)} keys, e.g. {sorted(overlap)[0]}.")

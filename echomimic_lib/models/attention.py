@@ -28,6 +28,7 @@ def _plain_linear(m: nn.Module) -> bool:
     return (isinstance(m, nn.Linear) and getattr(m, "comfy_cast_weights", True) is False
             and not getattr(m, "weight_function", None) and not getattr(m, "bias_function", None))
 
+
 BACKENDS = ("sdpa", "xformers")
 
 
