@@ -206,6 +206,24 @@ def test_decode_chunks_follow_the_budget_and_tile_when_one_frame_does_not_fit(va
     assert 0 < float((tiled - plain).abs().mean()) < TILE_MEAN_TOL, float((tiled - plain).abs().mean())
 
 
+def test_cpu_decode_frames_per_call_follow_the_frame_size(vae, monkeypatch):
+    from types import SimpleNamespace
+
+    from echomimic_lib.pipeline import decode
+
+    sd_vae = SimpleNamespace(config=SimpleNamespace(block_out_channels=[128, 256, 512, 512]), dtype=torch.float32)
+    assert decode.cpu_chunk(sd_vae, 64, 64, 8) == 8
+    assert decode.cpu_chunk(sd_vae, 128, 128, 8) == 2
+    assert decode.cpu_chunk(sd_vae, 512, 512, 8) == 1  # never tiled on the CPU, however big
+    latents = torch.randn(1, 4, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    whole = decode_latents(vae, latents, "cpu", max_batch=8)
+    monkeypatch.setattr(decode, "CPU_WORKING_SET", 2 * estimate.decode_frame_bytes(vae, 64, 64))
+    chunks = []
+    assert decode_latents(vae, latents, "cpu", max_batch=8, sink=lambda s, f: chunks.append((s, f))) is None
+    assert [s for s, _ in chunks] == [0, 2, 4]
+    assert torch.allclose(torch.cat([f for _, f in chunks]), whole, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ tracker / bench
 def test_tracker_counts_live_storages_rounded_like_the_cuda_allocator_and_models_flash_attention():
     from torch._subclasses.fake_tensor import FakeTensorMode

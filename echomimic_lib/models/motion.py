@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import EchoMimicError
 from .attention import Attention
+from .token_chunks import residual_ff
 
 
 def sinusoid_table(max_len: int, dim: int) -> torch.Tensor:
@@ -50,7 +51,7 @@ class TemporalBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for attn, norm in zip(self.attention_blocks, self.norms):
             x = attn(norm(x)) + x
-        return self.ff(self.ff_norm(x)) + x
+        return residual_ff(self.ff, self.ff_norm, x)
 
 
 class TemporalTransformer(nn.Module):

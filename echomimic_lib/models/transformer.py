@@ -14,6 +14,7 @@ from diffusers.models.attention import FeedForward
 from torch import nn
 
 from .attention import Attention
+from .token_chunks import residual_ff
 
 
 @dataclass
@@ -88,7 +89,7 @@ class TransformerBlock(nn.Module):
         h = self._self_attention(n, h, ctx, ref)
         if self.attn2 is not None:
             h = self._audio_attention(h, ctx)
-        return self.ff(self.norm3(h)) + h
+        return residual_ff(self.ff, self.norm3, h)
 
     def _self_attention(self, n: torch.Tensor, h: torch.Tensor, ctx: BlockContext, ref) -> torch.Tensor:
         """``h + attn1(n)``; rows that use the reference also attend to its tokens, the others (CFG

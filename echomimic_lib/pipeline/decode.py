@@ -5,6 +5,11 @@ The chunk (frames per VAE call) follows the frame size and a byte budget: the bu
 memory, else (CPU) no limit. When even one frame does not fit, frames are decoded in overlapping tiles
 (diffusers' ``AutoencoderKL.tiled_decode``; seams are blended, so the output differs slightly from the
 untiled decode: it only happens when the frame would not fit otherwise).
+
+On the CPU, where no memory limit is known, the chunk follows the frame size instead
+(:data:`CPU_WORKING_SET`): big batches gain nothing there (the convolutions already run at the cores'
+matrix-product rate) and cost page faults on fresh allocations and memory above the weights
+(``bench/bench_chunks.py`` measures it).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from ..memory import estimate
 
 log = logging.getLogger(__name__)
 VAE_SCALE = 0.18215
+CPU_WORKING_SET = 128 * 2**20  # estimated decode bytes per call on the CPU: 2 frames at 128 px, 1 from 256 px
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -38,6 +44,13 @@ def plan_chunk(vae, height: int, width: int, max_batch: int, budget: int | None)
     return max(1, min(max_batch, budget // per_frame)), False
 
 
+def cpu_chunk(vae, height: int, width: int, max_batch: int) -> int:
+    """Frames per VAE call on the CPU: as many as fit in :data:`CPU_WORKING_SET`, at least one (never tiled:
+    host memory is not the limit here)."""
+    per_frame = estimate.decode_frame_bytes(vae, height, width)
+    return max(1, min(int(max_batch), CPU_WORKING_SET // max(per_frame, 1)))
+
+
 def _decode(vae, z: torch.Tensor, tiled: bool) -> torch.Tensor:
     out = vae.tiled_decode(z) if tiled else vae.decode(z)
     return out.sample
@@ -53,7 +66,10 @@ def decode_latents(vae, latents: torch.Tensor, device, *, max_batch: int = 8, bu
     f, h8, w8 = latents.shape[2], latents.shape[3], latents.shape[4]
     if budget is None:
         budget = free_bytes(device)
-    chunk, tiled = plan_chunk(vae, h8 * 8, w8 * 8, max_batch, budget)
+    if budget is None and device.type == "cpu":
+        chunk, tiled = cpu_chunk(vae, h8 * 8, w8 * 8, max_batch), False
+    else:
+        chunk, tiled = plan_chunk(vae, h8 * 8, w8 * 8, max_batch, budget)
     if tiled:
         log.info("VAE decode: one %dx%d frame needs more than the %.2f GB available; decoding in tiles", w8 * 8, h8 * 8,
                  budget / 1e9)
