@@ -11,6 +11,10 @@
   weights (``VmHWM`` reset before each run), and the chunk :func:`~echomimic_lib.pipeline.decode.cpu_chunk`
   picks.
 
+- ``rate``: the machine's matrix-product rate at the denoiser's shapes (a 6144 x 320 x 5120 ``addmm``, a
+  3x3 convolution of 320 channels on 24 rows of 16 x 16) and the SD VAE decoder's FLOPs per frame at 128 px
+  (``FlopCounterMode``): the numbers behind the README's FLOP floor.
+
 Prints one JSON object. No timed assertions: the figures go to the README.
 """
 from __future__ import annotations
@@ -113,12 +117,40 @@ def part_decode(args) -> dict:
     return out
 
 
+def _gflops(fn, flops: float, n: int = 10) -> float:
+    fn()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return round(flops * n / (time.perf_counter() - t) / 1e9, 1)
+
+
+def part_rate(args) -> dict:
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = torch.Generator().manual_seed(3)
+    a, w, b = torch.randn(6144, 320, generator=g), torch.randn(5120, 320, generator=g), torch.randn(5120, generator=g)
+    conv = torch.nn.Conv2d(320, 320, 3, padding=1)
+    x = torch.randn(24, 320, 16, 16, generator=g)
+    with torch.device("meta"):
+        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2)
+    vae = _random(vae.to_empty(device="cpu"))
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            vae.decode(torch.randn(1, 4, 16, 16, generator=g))
+        return {"addmm_6144x320x5120_gflops": _gflops(lambda: torch.addmm(b, a, w.t()), 2 * 6144 * 320 * 5120),
+                "conv3x3_320ch_24x16x16_gflops": _gflops(lambda: conv(x), 2 * 24 * 256 * 320 * 320 * 9),
+                "vae_decode_gflop_per_frame_128px": round(fc.get_total_flops() / 1e9, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=128, help="video size of the feed-forward token counts")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--what", default="all", choices=["ff", "decode", "all"])
+    ap.add_argument("--what", default="all", choices=["ff", "decode", "rate", "all"])
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat: checks that the script runs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,6 +160,8 @@ def main() -> None:
     res = {"threads": args.threads, "torch": torch.__version__}
     if args.what in ("ff", "all"):
         res["ff"] = part_ff(args)
+    if args.what in ("rate", "all"):
+        res["rate"] = part_rate(args)
     if args.what in ("decode", "all"):
         res["decode"] = part_decode(args)
     print(json.dumps(res, indent=1))

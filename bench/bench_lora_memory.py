@@ -43,7 +43,6 @@ def _fp32_norms_(module) -> None:
     """Run every GroupNorm / LayerNorm of ``module`` in fp32 (inputs and affine parameters cast up, output fp32),
     as CUDA autocast does (its fp32 op list); CPU autocast would keep them in bf16. Set on the instances, so
     checkpointed blocks recomputed in backward behave the same."""
-    import torch
     import torch.nn.functional as F
     from torch import nn
 
@@ -127,7 +126,6 @@ def run_case(case: str, batch: int, rank: int, networks: list[str], gc: bool, dt
     from echomimic_lib.pipeline import make_scheduler
     from trainer.config import PhaseConfig, TrainConfig
     from trainer.lora import cast_base_, inject
-    from trainer.losses import VAE_SCALE
     from trainer.net import TrainingNet, bypass_motion, set_trainable
     from trainer.step import encode_latents
 

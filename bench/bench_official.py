@@ -3,6 +3,7 @@
     git clone https://github.com/BadToBest/EchoMimic /tmp/echomimic        # never committed
     .venv/bin/python bench/bench_official.py --official /tmp/echomimic --what unet      # one denoiser call
     .venv/bin/python bench/bench_official.py --official /tmp/echomimic --what pipeline  # whole generation
+    .venv/bin/python bench/bench_official.py --official /tmp/echomimic --what stages    # ours, per stage
     .venv/bin/python bench/bench_official.py --official /tmp/echomimic --what load      # model-set load, cold/warm
     .venv/bin/python bench/bench_official.py --official /tmp/echomimic --what memory    # peak RSS of a generation
 
@@ -19,6 +20,8 @@ published on the installed diffusers; ``_official.py`` lists the few import shim
 - ``load``: a child process per side and run loads its model set the way it ships (ours: ``load_models``;
   official: the model initialisation of ``infer_audio2vid.py``, which also reads the SD1.5 base UNet
   twice), cold (the files are evicted from the page cache first, ``posix_fadvise(DONTNEED)``) and warm.
+- ``stages``: one generation of ours (the ``pipeline`` settings) with CPU time, wall time, system time and
+  page faults around each stage: reference encode, reference pass + K/V, every denoiser call, decode.
 - ``memory``: a child per side loads and runs one generation: peak RSS of the generation (``VmHWM`` reset
   after loading) and of the whole process. Run with nothing else heavy on the machine (~10-15 GB).
 
@@ -180,6 +183,40 @@ def part_pipeline(args, off) -> dict:
     return res
 
 
+def part_stages(args) -> dict:
+    import resource
+
+    from echomimic_lib.pipeline import sampler as sm
+
+    models = _ours_models(args.models)
+    audio, image, mask = _inputs(args.size, args.frames)
+    log = []
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            r0, c0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+            out = fn(*a, **k)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            log.append({"stage": name, "cpu": round(time.process_time() - c0, 2), "wall": round(time.perf_counter() - w0, 2),
+                        "sys": round(r1.ru_stime - r0.ru_stime, 2), "faults": r1.ru_minflt - r0.ru_minflt})
+            return out
+        return wrapper
+
+    den = models.denoiser
+    den.forward = timed("denoiser call", den.forward)  # an instance attribute: nn.Module.__call__ finds it
+    saved = {name: getattr(sm.Sampler, name) for name in ("encode_reference", "reference_kv", "decode")}
+    try:
+        for name, fn in saved.items():
+            setattr(sm.Sampler, name, timed(name, fn))
+        _, c, w = _timed(lambda: _run_ours(models, audio, image, mask, args.size, args.frames, args.steps, args.cfg))
+    finally:
+        for name, fn in saved.items():
+            setattr(sm.Sampler, name, fn)
+        del den.forward
+    return {"generation_cpu_s": round(c, 2), "generation_wall_s": round(w, 2),
+            "stages_cpu_s": round(sum(x["cpu"] for x in log), 2), "stages": log}
+
+
 CHILD = {"load", "generate"}
 
 
@@ -259,7 +296,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--official", type=Path, required=True, help="a checkout of BadToBest/EchoMimic")
     ap.add_argument("--models", type=Path, default=Path("/tmp/echomimic_bench_models"), help="random full-size weights (written once)")
-    ap.add_argument("--what", default="unet", choices=["unet", "pipeline", "load", "memory", "all"])
+    ap.add_argument("--what", default="unet", choices=["unet", "pipeline", "stages", "load", "memory", "all"])
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--frames", type=int, default=24, help="video frames of the pipeline / memory runs")
     ap.add_argument("--unet-frames", type=int, default=12)
@@ -281,7 +318,8 @@ def main() -> None:
     for what in (["unet", "pipeline", "load", "memory"] if args.what == "all" else [args.what]):
         print(f"{what} ...", file=sys.stderr, flush=True)
         out[what] = {"unet": lambda: part_unet(args, off), "pipeline": lambda: part_pipeline(args, off),
-                     "load": lambda: part_load(args), "memory": lambda: part_memory(args)}[what]()
+                     "stages": lambda: part_stages(args), "load": lambda: part_load(args),
+                     "memory": lambda: part_memory(args)}[what]()
     print(json.dumps(out, indent=1))
 
 

@@ -4,12 +4,9 @@ landmark extractor, aligner, pose loader) -> sampler, for each mode; frame count
 mid-sampling; and the bad inputs users meet, each with its message."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -2,7 +2,6 @@
 term on the pose encoder's features, fully pose-driven clips, validation in the phase's conditions."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ import copy
 import importlib
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest

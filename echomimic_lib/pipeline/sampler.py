@@ -141,8 +141,9 @@ class Sampler:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch: int = 8, sink: Callable | None = None) -> torch.Tensor | None:
         """Latents (1, 4, F, h, w) -> frames (F, H, W, 3) in [0, 1] on CPU, at most ``batch`` frames per VAE
-        call (fewer when memory is short; see :mod:`.decode`). With ``sink(start, frames)`` the frames are
-        handed over chunk by chunk instead of collected."""
+        call (fewer when memory is short, and on the CPU as many as fit in its working set; see
+        :mod:`.decode`). With ``sink(start, frames)`` the frames are handed over chunk by chunk instead of
+        collected."""
         self._stage("decode")
         budget = self.placement.decode_budget() if self.placement is not None else None
         return decode_latents(self.models.vae, latents, self.device, max_batch=batch, budget=budget, sink=sink)

@@ -5,7 +5,6 @@ features) from the case; every setting from the manifest. Intermediates are chec
 latents, context windows, first-step UNet calls, per-step guided predictions and latents."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from echomimic_lib.audio import AudioFeatures
