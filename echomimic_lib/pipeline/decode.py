@@ -2,12 +2,12 @@
 
 The chunk (frames per VAE call) follows the frame size and a byte budget: the budget the caller gives (a
 :class:`~echomimic_lib.memory.Placement` gives what the denoising stage used), else the device's free
-memory, else (CPU) no limit. When even one frame does not fit, frames are decoded in overlapping tiles
-(diffusers' ``AutoencoderKL.tiled_decode``; seams are blended, so the output differs slightly from the
-untiled decode: it only happens when the frame would not fit otherwise).
+memory. When even one frame does not fit, frames are decoded in overlapping tiles (diffusers'
+``AutoencoderKL.tiled_decode``; seams are blended, so the output differs slightly from the untiled
+decode: it only happens when the frame would not fit otherwise).
 
-On the CPU, where no memory limit is known, the chunk follows the frame size instead
-(:data:`CPU_WORKING_SET`): big batches gain nothing there (the convolutions already run at the cores'
+On the CPU without a budget, where no memory limit is known, the chunk follows the frame size alone
+(:data:`CPU_WORKING_SET`) and is never tiled: big batches gain nothing there (the convolutions already run at the cores'
 matrix-product rate) and cost page faults on fresh allocations and memory above the weights
 (``bench/bench_chunks.py`` measures it).
 """
