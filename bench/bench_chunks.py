@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import random_  # noqa: E402  (puts the project on the path)
 from echomimic_lib.models import token_chunks  # noqa: E402
 from echomimic_lib.pipeline.decode import cpu_chunk  # noqa: E402
 
@@ -71,24 +72,13 @@ def _pairs(fns: dict, repeat: int) -> dict:
     return res
 
 
-def _random(module: torch.nn.Module) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.dim() == 1:
-                p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
-            else:
-                p.normal_(0.0, min(max(1.0 / p[0].numel() ** 0.5, 0.02), 0.25), generator=g)
-    return module.eval()
-
-
 def part_ff(args) -> dict:
     from diffusers.models.attention import FeedForward
 
     out = {}
     for level, dim in enumerate((320, 640, 1280)):
         tokens = 24 * (args.size // 8 // 2**level) ** 2  # CFG window of 12 frames: 24 rows
-        ff, norm = _random(FeedForward(dim, activation_fn="geglu")), torch.nn.LayerNorm(dim)
+        ff, norm = random_(FeedForward(dim, activation_fn="geglu")).eval(), torch.nn.LayerNorm(dim)
         h = torch.randn(tokens, dim, generator=torch.Generator().manual_seed(1))
         fns = {"whole": lambda: ff(norm(h)) + h, "chunked": lambda: token_chunks.residual_ff(ff, norm, h)}
         with torch.no_grad():
@@ -103,7 +93,7 @@ def part_decode(args) -> dict:
     with torch.device("meta"):
         vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
                             up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2)
-    vae = _random(vae.to_empty(device="cpu"))
+    vae = random_(vae).eval()
     out = {}
     for size, frames in args.decode:
         z = torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(2))
@@ -136,7 +126,7 @@ def part_rate(args) -> dict:
     with torch.device("meta"):
         vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
                             up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2)
-    vae = _random(vae.to_empty(device="cpu"))
+    vae = random_(vae).eval()
     with torch.no_grad():
         with FlopCounterMode(display=False) as fc:
             vae.decode(torch.randn(1, 4, 16, 16, generator=g))
