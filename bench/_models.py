@@ -38,5 +38,21 @@ def build(preset: str = "sd15", cond_channels: int = 3, device="cpu"):
     return cfg, random_(ref, 1, device).eval(), random_(den, 2, device).eval(), random_(enc, 3, device).eval()
 
 
+def proc_status(key: str) -> int:
+    """A byte figure of /proc/self/status (``VmRSS``, ``VmHWM``), 0 where it is missing."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux), so a later read is the peak of what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

@@ -10,7 +10,6 @@
   1 / 2 / 4 / 8 frames per call, interleaved; CPU time, system time, page faults, peak RSS above the
   weights (``VmHWM`` reset before each run), and the chunk :func:`~echomimic_lib.pipeline.decode.cpu_chunk`
   picks.
-
 - ``rate``: the machine's matrix-product rate at the denoiser's shapes (a 6144 x 320 x 5120 ``addmm``, a
   3x3 convolution of 320 channels on 24 rows of 16 x 16) and the SD VAE decoder's FLOPs per frame at 128 px
   (``FlopCounterMode``): the numbers behind the README's FLOP floor.
@@ -30,29 +29,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import random_  # noqa: E402  (puts the project on the path)
+from _models import proc_status, random_, reset_peak_rss  # noqa: E402  (puts the project on the path)
+from _official import SD_VAE_CONFIG  # noqa: E402
 from echomimic_lib.models import token_chunks  # noqa: E402
 from echomimic_lib.pipeline.decode import cpu_chunk  # noqa: E402
 
 
-def _rss(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _measure(fn) -> dict:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM
-    except OSError:
-        pass
-    base = _rss("VmRSS")
+    reset_peak_rss()
+    base = proc_status("VmRSS")
     r0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
     out = fn()
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {"cpu": time.process_time() - c0, "sys": r1.ru_stime - r0.ru_stime, "faults": r1.ru_minflt - r0.ru_minflt,
-            "above_gb": (_rss("VmHWM") - base) / 1e9, "out": out}
+            "above_gb": (proc_status("VmHWM") - base) / 1e9, "out": out}
 
 
 def _pairs(fns: dict, repeat: int) -> dict:
@@ -72,6 +62,15 @@ def _pairs(fns: dict, repeat: int) -> dict:
     return res
 
 
+def _sd_vae():
+    """The SD VAE (the official size) with random weights."""
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(**SD_VAE_CONFIG)
+    return random_(vae).eval()
+
+
 def part_ff(args) -> dict:
     from diffusers.models.attention import FeedForward
 
@@ -88,12 +87,7 @@ def part_ff(args) -> dict:
 
 
 def part_decode(args) -> dict:
-    from diffusers import AutoencoderKL
-
-    with torch.device("meta"):
-        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-                            up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2)
-    vae = random_(vae).eval()
+    vae = _sd_vae()
     out = {}
     for size, frames in args.decode:
         z = torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(2))
@@ -116,17 +110,13 @@ def _gflops(fn, flops: float, n: int = 10) -> float:
 
 
 def part_rate(args) -> dict:
-    from diffusers import AutoencoderKL
     from torch.utils.flop_counter import FlopCounterMode
 
     g = torch.Generator().manual_seed(3)
     a, w, b = torch.randn(6144, 320, generator=g), torch.randn(5120, 320, generator=g), torch.randn(5120, generator=g)
     conv = torch.nn.Conv2d(320, 320, 3, padding=1)
     x = torch.randn(24, 320, 16, 16, generator=g)
-    with torch.device("meta"):
-        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-                            up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2)
-    vae = random_(vae).eval()
+    vae = _sd_vae()
     with torch.no_grad():
         with FlopCounterMode(display=False) as fc:
             vae.decode(torch.randn(1, 4, 16, 16, generator=g))

@@ -44,23 +44,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _official  # noqa: E402
-from _models import ROOT  # noqa: E402
+from _models import ROOT, proc_status, reset_peak_rss  # noqa: E402
 
 SEED = 420
-
-
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _evict(root: Path) -> None:
@@ -237,20 +223,20 @@ def child(args) -> dict:
                                                               args.models / "sd-image-variations-diffusers", add)
     out["load_wall_s"] = round(time.perf_counter() - t0, 2)
     out["load_cpu_s"] = round(time.process_time() - t0c, 2)
-    out["rss_after_load_gb"] = round(_status("VmRSS") / 1e9, 3)
-    out["peak_rss_load_gb"] = round(_status("VmHWM") / 1e9, 3)
+    out["rss_after_load_gb"] = round(proc_status("VmRSS") / 1e9, 3)
+    out["peak_rss_load_gb"] = round(proc_status("VmHWM") / 1e9, 3)
     if args.child == "generate":
         audio, image, mask = _inputs(args.size, args.frames)
         run = dict(size=args.size, frames=args.frames, steps=args.steps, cfg=args.cfg)
-        _reset_peak()
-        base = _status("VmRSS")
+        reset_peak_rss()
+        base = proc_status("VmRSS")
         if args.side == "ours":
             _, c, w = _timed(lambda: _run_ours(models, audio, image, mask, **run))
         else:
             _, c, w = _timed(lambda: _run_official(off, vae, ref, den, loc, audio, image, mask, **run))
         out.update(generate_cpu_s=round(c, 2), generate_wall_s=round(w, 2),
-                   peak_rss_generation_gb=round(_status("VmHWM") / 1e9, 3),
-                   peak_above_loaded_gb=round((_status("VmHWM") - base) / 1e9, 3))
+                   peak_rss_generation_gb=round(proc_status("VmHWM") / 1e9, 3),
+                   peak_above_loaded_gb=round((proc_status("VmHWM") - base) / 1e9, 3))
     return out
 
 
