@@ -207,8 +207,22 @@ def _memory_options(req: AnimateRequest, models, device: torch.device, settings)
     return Placement(models, device, stream_denoiser=True, settings=settings)
 
 
+class _Stages:
+    """Wall seconds per stage of a run (the device synchronised at each mark, so GPU work lands in its stage)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds, self._t = device, {}, time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._t, 3)
+        self._t = now
+
+
 def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Render ``req.output``; returns a summary dict (frames, seconds, peak memory)."""
+    """Render ``req.output``; returns a summary dict (frames, seconds, peak memory, ``stages_s``: seconds per stage)."""
     from .audio import encode_audio
     from .download import ensure_weights
     from .model_set import load_models
@@ -218,6 +232,7 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
     t0 = time.time()
     plan = preflight(req)
     req, mode, variant, settings, device = plan.request, plan.mode, plan.variant, plan.settings, plan.device
+    stages = _Stages(device)
     adapter = None
     if req.lora:  # checked before any weights are loaded
         from .lora import load_checked
@@ -230,6 +245,7 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
     log.info("%s", describe(plan))
     _warn_if_slow(plan)
     prepared = _condition(plan)
+    stages.mark("checks_and_condition")
     root = plan.models_root
     if req.smoke:
         from .tiny import ensure_tiny
@@ -244,6 +260,7 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
 
         apply_lora(models, adapter, req.lora_strength, keep_base=False)
     place = _memory_options(req, models, device, settings)
+    stages.mark("load_weights")
     if plan.audio is None:  # landmark-only driving: the model's unconditional audio
         from .audio.unconditional import UnconditionalAudio
 
@@ -253,11 +270,14 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
             place.enter("audio")
         feats = encode_audio(plan.audio, models.audio_encoder, sample_rate=plan.sample_rate, device=device,
                              frames=settings.num_frames, fps=settings.fps)
+    stages.mark("audio_features")
     with Mp4Writer(plan.output, settings.fps, plan.audio, plan.sample_rate) as writer:
         sink = paste_back_sink(prepared.crop, plan.reference, writer.sink) if req.paste_back else writer.sink
         result = Sampler(models, place)(prepared.reference, feats, prepared.condition, settings, progress=progress, frame_sink=sink)
         out = writer.commit()
-    summary = {"output": str(out), "frames": result.num_frames, "seconds": round(time.time() - t0, 2),
+    stages.mark("sample_decode_write")
+    log.info("stage seconds: %s", ", ".join(f"{k} {v:g}" for k, v in stages.seconds.items()))
+    summary = {"output": str(out), "frames": result.num_frames, "seconds": round(time.time() - t0, 2), "stages_s": stages.seconds,
                "video_seconds": round(result.num_frames / settings.fps, 3), "peak_rss_gb": round(_peak_rss_gb(), 2)}
     if device.type == "cuda":
         summary["peak_vram_gb"] = round(torch.cuda.max_memory_allocated(device) / 1024**3, 2)

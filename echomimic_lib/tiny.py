@@ -26,6 +26,8 @@ TINY_VAE_CONFIG = dict(
     block_out_channels=[32, 32, 32, 32], down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
     latent_channels=4, layers_per_block=1, norm_num_groups=32, sample_size=64, in_channels=3, out_channels=3,
 )
+# The SD1.5 VAE (sd-vae-ft-mse) architecture: official-size random-weight sets (GPU checks, benchmarks).
+SD_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=[128, 256, 512, 512], layers_per_block=2, sample_size=256)
 # Per weight set: which weight sets of a version go where, and the dtype the official files use.
 VERSION_SETS = {"v1": ("v1_audio", "v1_pose"), "v2": ("v2",)}
 VERSION_DTYPE = {"v1": torch.float32, "v2": torch.float16}
@@ -48,8 +50,10 @@ def _seed_of(seed: int, version: str, weights: str) -> int:
 
 @torch.no_grad()
 def randomize_(module: nn.Module, seed: int, gain: float = 1.0) -> nn.Module:
-    """Fill every parameter with a well-scaled random value (norm weights near 1, small biases)."""
-    gen = torch.Generator().manual_seed(seed)
+    """Fill every parameter with a well-scaled random value (norm weights near 1, small biases), drawn on the
+    module's device (the CPU draws are those of every tiny folder; a GPU fills official sizes in a moment)."""
+    device = next(module.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     norm_params = set()
     for m in module.modules():
         if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
@@ -58,13 +62,13 @@ def randomize_(module: nn.Module, seed: int, gain: float = 1.0) -> nn.Module:
         if id(p) in norm_params:
             base = 1.0 if name.endswith("weight") else 0.0
             scale = 0.1 if name.endswith("weight") else 0.05
-            p.copy_(base + scale * torch.randn(p.shape, generator=gen))
+            p.copy_(base + scale * torch.randn(p.shape, generator=gen, device=device))
         elif name.endswith("bias"):
-            p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+            p.copy_(0.02 * torch.randn(p.shape, generator=gen, device=device))
         else:
             fan_in = max(1, p[0].numel()) if p.dim() > 1 else p.numel()
             std = min(max(gain / fan_in**0.5, 0.02), 0.25)
-            p.copy_(std * torch.randn(p.shape, generator=gen))
+            p.copy_(std * torch.randn(p.shape, generator=gen, device=device))
         p.copy_(p.half().float())  # exactly representable in fp16, like the fixtures
     return module
 
@@ -78,29 +82,38 @@ def _state(module: nn.Module, dtype: torch.dtype, only=None, exclude=None) -> di
     return out
 
 
-def write_weight_set(folder: Path, weights: str, cfg: EchoConfig, seed: int, dtype: torch.dtype, fmt: str = ".pth") -> list[Path]:
+def write_weight_set(folder: Path, weights: str, cfg: EchoConfig, seed: int, dtype: torch.dtype, fmt: str = ".pth",
+                     variants=("normal", "acc"), device="cpu") -> list[Path]:
+    """One weight set's random files; ``device``: where the networks are built and filled (a GPU writes official
+    sizes in seconds), ``variants``: which denoisers (both by default, as every tiny folder)."""
     ws = WEIGHT_SETS[weights]
     written = []
-    ref = randomize_(EchoUNet(cfg, "reference"), seed)
+    with torch.device(device):
+        ref = randomize_(EchoUNet(cfg, "reference"), seed)
     written.append(save_state_dict(_state(ref, dtype), folder / f"{ws.reference}{fmt}"))
+    del ref
     for i, variant in enumerate(("normal", "acc")):
+        if variant not in variants:
+            continue
         files = ws.files(variant)
-        den = randomize_(EchoUNet(cfg, "denoiser"), seed + 10 + i)
+        with torch.device(device):
+            den = randomize_(EchoUNet(cfg, "denoiser"), seed + 10 + i)
         written.append(save_state_dict(_state(den, dtype, exclude="motion_modules."), folder / f"{files['denoiser']}{fmt}"))
         written.append(save_state_dict(_state(den, dtype, only="motion_modules."), folder / f"{files['motion']}{fmt}"))
+        del den
     enc = randomize_(ConditionEncoder(ws.cond_channels, cfg.cond_out_channels, cfg.cond_block_channels), seed + 20, gain=2.0)
     written.append(save_state_dict(_state(enc, dtype), folder / f"{ws.cond}{fmt}"))
     return written
 
 
-def write_shared(root: Path, cfg: EchoConfig, seed: int) -> list[Path]:
-    """VAE, whisper and the two config files that describe the tiny architecture."""
+def write_shared(root: Path, cfg: EchoConfig, seed: int, vae_config: dict = TINY_VAE_CONFIG) -> list[Path]:
+    """VAE, whisper and the two config files that describe the architecture (``SD_VAE_CONFIG``: the official VAE)."""
     from diffusers import AutoencoderKL
 
     from .audio.whisper import save_random_whisper
 
     root.mkdir(parents=True, exist_ok=True)
-    vae = randomize_(AutoencoderKL(**TINY_VAE_CONFIG), seed + 30)
+    vae = randomize_(AutoencoderKL(**vae_config), seed + 30)
     vae.save_pretrained(str(root / "sd-vae-ft-mse"), safe_serialization=True)
     whisper = root / "audio_processor" / "whisper_tiny.pt"
     whisper.parent.mkdir(parents=True, exist_ok=True)

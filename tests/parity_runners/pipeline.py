@@ -20,8 +20,11 @@ def _tol(case, key, default):
     return case.tolerance(key, default)
 
 
-def run(case: ParityCase) -> None:
+def run(case: ParityCase, device: str = "cpu", formats=(".pth",)) -> None:
+    """``device``: where the networks run (``cuda`` for the GPU check, TF32 off); ``formats``: the weight files
+    (the first of them is used)."""
     st = case.settings
+    ext = formats[0]
     md = case.models_dir
     cfg = fixture_config(md)
     inp = case.torch_tensors("inputs.safetensors")
@@ -31,10 +34,10 @@ def run(case: ParityCase) -> None:
     stem = st["cond_encoder"]
     models = EchoMimicModels(
         config=cfg, weight_set=WEIGHT_SETS["v1_audio"], variant="acc" if st.get("acc_pipeline") else "normal",
-        reference=load_reference(md / "reference_unet.pth", cfg),
-        denoiser=load_denoiser(md / "denoising_unet.pth", md / "motion_module.pth", cfg),
-        cond_encoder=load_cond_encoder(md / f"{stem}.pth", cfg, channels=int(cond_u8.shape[1])),
-        vae=load_vae(md / "vae"),
+        reference=load_reference(md / f"reference_unet{ext}", cfg, device),
+        denoiser=load_denoiser(md / f"denoising_unet{ext}", md / f"motion_module{ext}", cfg, device),
+        cond_encoder=load_cond_encoder(md / f"{stem}{ext}", cfg, channels=int(cond_u8.shape[1]), device=device),
+        vae=load_vae(md / "vae", device),
     )
     # audio: the reference's per-frame chunks are whisper_features[audio_chunk_rows]
     fps = st["fps"]

@@ -28,17 +28,18 @@ def _weights(models_dir, stem: str, suffix: str):
     return p
 
 
-def run(case: ParityCase) -> None:
+def run(case: ParityCase, device: str = "cpu", formats=(".pth", ".safetensors")) -> None:
+    """``device``: where the networks run (``cuda`` for the GPU check, TF32 off); ``formats``: which weight files."""
     md = case.models_dir
     cfg = fixture_config(md)
-    inp = case.torch_tensors("inputs.safetensors")
+    inp = {k: v.to(device) for k, v in case.torch_tensors("inputs.safetensors").items()}
     bank_exp = case.torch_tensors("reference_bank.safetensors")
     exp = case.torch_tensors("expected.safetensors")
     t = inp["timestep"]
     t_ref = case.settings.get("reference_timestep", 0)
-    for suffix in (".pth", ".safetensors"):
-        ref = load_reference(_weights(md, "reference_unet", suffix), cfg)
-        den = load_denoiser(_weights(md, "denoising_unet", suffix), _weights(md, "motion_module", suffix), cfg)
+    for suffix in formats:
+        ref = load_reference(_weights(md, "reference_unet", suffix), cfg, device)
+        den = load_denoiser(_weights(md, "denoising_unet", suffix), _weights(md, "motion_module", suffix), cfg, device)
         with torch.no_grad():
             bank, _ = ref.forward_reference(inp["ref_latent"], t_ref)
             for key, value in bank_exp.items():
@@ -50,7 +51,7 @@ def run(case: ParityCase) -> None:
             for vname, var in case.manifest["variants"].items():
                 stem = var["cond_encoder"]
                 cond_in = inp[var["cond_input"]]
-                enc = load_cond_encoder(_weights(md, stem, suffix), cfg, channels=int(cond_in.shape[1]))
+                enc = load_cond_encoder(_weights(md, stem, suffix), cfg, channels=int(cond_in.shape[1]), device=device)
                 feats = enc(cond_in.float() / 255.0)
                 assert_close(f"{suffix} {var['cond_features']}", feats, exp[var["cond_features"]],
                              case.tolerance(var["cond_features"], case.tolerance("cond_features_*", 1e-5)))

@@ -1,0 +1,55 @@
+"""The GPU check (``bench/gpu_check.sh``, issue 23) is never what fails on the GPU: its ``--dry-run`` runs every
+step here on the CPU with tiny weights (the CUDA tests collect and skip, the suite, the VRAM goals on the fake
+device, two ``echomimic animate`` runs through the weight writer), and each step's record comes back."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is the CPU stand-in of the GPU run")
+def test_gpu_check_dry_run_runs_every_step(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable)
+    env.pop("ECHOMIMIC_GPU_REPORT", None)
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", str(out)], env=env,
+                          capture_output=True, text=True, timeout=1500)
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    logs = {p.name: p.read_text()[-3000:] for p in out.glob("*.log")}
+    assert [s["step"] for s in steps] == ["tests", "suite", "vram", "animate"], proc.stdout
+    assert all(s["rc"] == 0 for s in steps), (steps, logs)
+    assert proc.returncode == 0
+    assert "skipped" in logs["tests.log"] and "failed" not in logs["tests.log"]  # CUDA tests skip cleanly here
+    suite = json.loads(logs["suite.log"].strip().splitlines()[-1])
+    assert suite["v1"]["compile_off"]["acc_e2e"]["frames_per_s"] > 0
+    vram = json.loads(logs["vram.log"].strip().splitlines()[-1])
+    assert len(vram["goals"]) == 5 and all(isinstance(r["peak_gb"], (float, list)) for r in vram["goals"])
+    anim = logs["animate.log"]
+    assert anim.count("stage seconds: checks_and_condition") == 2 and "v1.mp4" in anim and "v2.mp4" in anim
+    assert "Traceback" not in anim
+
+
+def test_gpu_weights_writes_a_folder_the_command_line_loads(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_weights
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from echomimic_lib.model_set import load_models
+    from echomimic_lib.tiny import is_tiny_folder
+
+    gpu_weights.write(tmp_path, tiny=True, device="cpu", dtype=torch.float32)
+    assert not is_tiny_folder(tmp_path)  # treated like downloaded weights
+    for weights in ("v1_audio", "v2"):
+        models = load_models(tmp_path, weights, "normal")
+        assert models.vae is not None and models.audio_encoder is not None
+    assert not any(tmp_path.rglob("*_acc*"))  # the normal variant only
