@@ -20,7 +20,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 OUTDIR=$(mkdir -p "${1:-${OUT:-bench/results/gpu}}" && cd "${1:-${OUT:-bench/results/gpu}}" && pwd)
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
-LIMITS=$([[ $DRY == 1 ]] && echo "300 300 300 300" || echo "150 200 75 105")  # the dry run: a slow shared CPU
+LIMITS=$([[ $DRY == 1 ]] && echo "300 300 300 300" || echo "150 180 90 150")  # the dry run: a slow shared CPU
 read -r LIM_TESTS LIM_SUITE LIM_VRAM LIM_ANIMATE <<<"${GPU_LIMITS:-$LIMITS}"
 : >"$OUTDIR/steps.jsonl"
 
@@ -62,8 +62,8 @@ if [[ $DRY == 1 ]]; then
     VRAM=(--goals --preset tiny --device fake); WEIGHTS_ARGS="--tiny --device cpu"
     ANIM_ARGS="--device cpu --dtype fp32 --width 64 --height 64 --steps 1 --length 4"
 else
-    SUITE=(--cuda-graphs --budget-s $((LIM_SUITE - 60)) --plan "v1:off,v2:off,v1:on+cuda-graphs,v1:on,v2:on")
-    VRAM=(--goals --device cuda --json); WEIGHTS_ARGS=""
+    SUITE=(--budget-s $((LIM_SUITE - 50)) --plan "v1:off,v2:off,v1:on,v2:on")
+    VRAM=(--goals --device cuda --json --computed bench/vram_computed.json); WEIGHTS_ARGS=""
     ANIM_ARGS="--device cuda --dtype fp16 --length 48"
 fi
 

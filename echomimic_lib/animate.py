@@ -200,11 +200,18 @@ def _memory_options(req: AnimateRequest, models, device: torch.device, settings)
 
         saved = to_fp8(models.reference) + to_fp8(models.denoiser)
         log.info("fp8 weight storage: %.2f GB saved", saved / 1024**3)
-    if not req.low_vram:
+    if not req.low_vram and not _staged(req, device):
         return None
     from .memory import Placement
 
-    return Placement(models, device, stream_denoiser=True, settings=settings)
+    return Placement(models, device, stream_denoiser=req.low_vram, settings=settings)
+
+
+def _staged(req: AnimateRequest, device: torch.device) -> bool:
+    """On a GPU each network is on the device only for its stage, as in ComfyUI (the reference UNet and whisper
+    leave before denoising, VAE decode chunks follow the free memory): measured on an H200, V1 512 px fp16 with
+    everything resident peaked at 8.8 GB against the 6 GB goal. The CPU keeps everything where it is."""
+    return device.type == "cuda" and not req.low_vram
 
 
 class _Stages:
@@ -254,7 +261,8 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
             log.info("smoke run: tiny random weights written to %s", root)
     ensure_weights(root, mode.weights, variant, download=req.download)
     log.info("loading the %s weights from %s", mode.weights, root)
-    models = load_models(root, mode.weights, variant, device="cpu" if req.low_vram else device, dtype=plan.dtype)
+    host = req.low_vram or _staged(req, device)  # the placement moves each network in for its stage
+    models = load_models(root, mode.weights, variant, device="cpu" if host else device, dtype=plan.dtype)
     if adapter is not None and req.lora_strength != 0:
         from .lora import apply_lora
 
