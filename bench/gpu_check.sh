@@ -4,6 +4,7 @@
 #   bash bench/gpu_check.sh [OUTDIR]              # CUDA: CUDA tests, gpu_suite, bench_vram --goals, two animate runs
 #   bash bench/gpu_check.sh --dry-run [OUTDIR]    # the same steps on the CPU with tiny weights (tests/test_gpu_check.py)
 #
+# `bash bench/gpu_carry.sh` prepares what it takes along (.whl/ and .gpu_carry/, ~61 MiB, the device carry limit is 64).
 # Before the steps it installs the wheels carried in .whl/ (pip --no-index into /tmp/site: diffusers, av, soxr
 # are not on the GPU image) and unpacks the parity subset carried as .gpu_carry/parity.txz (else
 # ECHOMIMIC_PARITY_DIR or ../shared/fixtures/parity is used). Inputs of the animate step: GPU_REFERENCE,
