@@ -75,3 +75,27 @@ def test_the_command_line_places_each_network_for_its_stage_on_a_gpu_only(tmp_pa
     place = _memory_options(req, models, gpu, settings)
     assert isinstance(place, Placement) and place.streamer is None and not place.keep_loaded and place.device == gpu
     assert _memory_options(req, models, cpu, settings) is None  # everything stays where it is
+
+
+def test_vram_goals_set_each_measured_run_beside_its_computed_figure(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_vram", ROOT / "bench" / "bench_vram.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec.loader.exec_module(bench)
+    computed = json.loads((ROOT / "bench" / "vram_computed.json").read_text())["runs"]
+
+    def measured(extra):  # a GPU that reads 10 % above the computation, except V2 low-VRAM at 30 %
+        low = "--lowvram" in extra
+        key = "V2 768 px fp16 low-VRAM" if low else f"{extra[0]} {extra[extra.index('--size') + 1]}: {extra[extra.index('--frames') + 1]}"
+        base = computed[key]["peak_gb"]
+        return {"peak_gb": round(base * (1.3 if low else 1.1), 3), "stages": {"denoise": base}, "device": "gpu"}
+
+    monkeypatch.setattr(bench, "_child", measured)
+    assert bench.main(["--goals", "--device", "cuda", "--computed", str(ROOT / "bench" / "vram_computed.json"), "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["goals"]
+    beside = {r["goal"]: r for r in rows if r["goal"].startswith("measured vs computed")}
+    assert len(beside) == 7 and all(r["peak_gb"][1] == computed[r["goal"].split(": ", 1)[1]]["peak_gb"] for r in beside.values())
+    assert [r["ok"] for r in beside.values()].count(False) == 1  # only the 30 % row is outside 15 %
+    assert not beside["measured vs computed: V2 768 px fp16 low-VRAM"]["ok"]
