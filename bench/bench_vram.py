@@ -165,7 +165,7 @@ def build(meter, mode, dtype, preset, fp8):
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from echomimic_lib.audio.whisper import WhisperFeatureEncoder, _tiny_config
-    from echomimic_lib.models import ConditionEncoder, EchoUNet
+    from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
 
     cfg = {"sd15": SD15, "tiny": TINY}[preset]
     ws = WEIGHT_SETS[mode.weights]

@@ -25,9 +25,9 @@ import torch
 
 from .config import SD15_UNET_CONFIG, EchoConfig
 from .errors import MissingWeightsError, WeightsError
-from .models import ConditionEncoder, EchoUNet
+from .models.unet import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS, WeightSet
-from .weights import load_strict, read_state_dict
+from .io.weights import load_strict, read_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """EchoMimic Paste Back: generated frames back into the original picture (or onto their source video frames)
 with a feathered mask, optional colour matching. The crop socket (ECHOMIMIC_CROP) carries either a
-:class:`~echomimic_lib.crop.CropGeometry` (Reference Preparation: one picture) or a
-:class:`~echomimic_lib.dub_plan.DubPlan` (Face Track: a video, one source frame per output frame)."""
+:class:`~echomimic_lib.frames.crop.CropGeometry` (Reference Preparation: one picture) or a
+:class:`~echomimic_lib.jobs.dub_plan.DubPlan` (Face Track: a video, one source frame per output frame)."""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
-from ..echomimic_lib.composite import PasteBack, outline
-from ..echomimic_lib.crop import CropGeometry
-from ..echomimic_lib.dub_plan import DubPlan
+from ..echomimic_lib.frames.composite import PasteBack, outline
+from ..echomimic_lib.frames.crop import CropGeometry
+from ..echomimic_lib.jobs.dub_plan import DubPlan
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.retime import retime_indices
 from . import comfy_bridge as C
@@ -32,7 +32,7 @@ def _region(choice: str, geometry: CropGeometry) -> str:
 
 def _paste_video(plan: DubPlan, gen: np.ndarray, originals: np.ndarray, fps: float, paster: PasteBack):
     """A dub: each generated frame onto its own source frame (the Face Track's schedule)."""
-    from ..echomimic_lib.dub import composite_dub, source_regions
+    from ..echomimic_lib.jobs.dub import composite_dub, source_regions
 
     if abs(plan.schedule.model_fps - fps) > 1e-3:
         raise EchoMimicError(f"the face track was planned for {plan.schedule.model_fps:g} fps but the frames come at "

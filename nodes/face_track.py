@@ -1,13 +1,13 @@
 """EchoMimic Face Track (video dubbing): the face tracked through the source video frames, one crop for the clip,
-the reference frame cut to it, and the video's own landmarks timed to the new audio (see echomimic_lib.dub_plan)."""
+the reference frame cut to it, and the video's own landmarks timed to the new audio (see echomimic_lib.jobs.dub_plan)."""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
-from ..echomimic_lib.composite import outline
-from ..echomimic_lib.dub_plan import plan_dub, reference_crop
+from ..echomimic_lib.frames.composite import outline
+from ..echomimic_lib.jobs.dub_plan import plan_dub, reference_crop
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.landmarks import normalize_parts
 from . import detectors

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..echomimic_lib.errors import EchoMimicError, NoFaceError
-from ..echomimic_lib.reference import prepare_reference
+from ..echomimic_lib.frames.reference import prepare_reference
 from . import detectors, paths
 from .composite import CROP
 from .payloads import first_image, to_image, to_mask

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from echomimic_lib.config import SD15, TINY, EchoConfig, unet_config_dict, inference_config_dict
-from echomimic_lib.models import ConditionEncoder, EchoUNet
+from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "server", "nodes", "trainer", "execution"}
@@ -191,7 +191,7 @@ def test_compiled_regions_capture_whole_and_match_eager():
     (fullgraph: no graph break) and computes what eager does (aot_eager: traced, no code generated)."""
     import torch._dynamo
 
-    from echomimic_lib.models.compile import compile_regions, is_compiled, uncompile_regions
+    from echomimic_lib.models.unet.compile import compile_regions, is_compiled, uncompile_regions
     from echomimic_lib.tiny import randomize_
 
     ref = randomize_(EchoUNet(TINY, "reference"), 7).eval()
@@ -221,7 +221,7 @@ def test_fused_projections_also_for_comfyuis_castable_layers_while_they_do_not_c
     q/k/v still fuse while the layer computes with its stored weight, and not while it casts (partial load)."""
     from torch import nn
 
-    from echomimic_lib.models.attention import Attention
+    from echomimic_lib.models.unet.attention import Attention
     from echomimic_lib.tiny import randomize_
 
     class CastableLinear(nn.Linear):  # comfy.ops.disable_weight_init.Linear's switches

@@ -201,7 +201,7 @@ def test_strength_zero_is_the_base_bit_for_bit_and_strengths_never_compound(run,
 
 def test_animate_cli_with_lora(run, exported, tmp_path):
     from echomimic_lib.cli import main
-    from echomimic_lib.video_io import probe
+    from echomimic_lib.io.video_io import probe
 
     out = tmp_path / "anim.mp4"
     assert main(["animate", "--models", str(run["weights"]), "--version", "v1", "--mode", "audio", "--no-face-crop",

@@ -50,7 +50,7 @@ def _hand_picture(seq, i, size, shift=0):
 
 
 def test_phd_pose_term_on_encoder_features_sees_a_displaced_hand():
-    from echomimic_lib.models import ConditionEncoder
+    from echomimic_lib.models.unet import ConditionEncoder
     from echomimic_lib.pose import load_pose
     from trainer.config import PhDConfig
     from trainer.masks import keypoints_from_pose

@@ -24,7 +24,7 @@ def base(tmp_path_factory):
 
 def _animatediff_file(path: Path) -> Path:
     from echomimic_lib.config import TINY
-    from echomimic_lib.models import EchoUNet
+    from echomimic_lib.models.unet import EchoUNet
     from echomimic_lib.tiny import randomize_
 
     den = randomize_(EchoUNet(TINY, "denoiser", motion=True), 77)
@@ -88,7 +88,7 @@ def test_v1_stage1_stage2_export_animate(base, tmp_path):
                         "--steps", "2", "--width", "64",
                         "--height", "64", "--length", "6", "-q"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    from echomimic_lib.video_io import probe
+    from echomimic_lib.io.video_io import probe
 
     assert probe(out)["frames"] == 6
 

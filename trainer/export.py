@@ -20,7 +20,7 @@ import torch
 
 from echomimic_lib.config import EchoConfig, inference_config_dict, unet_config_dict
 from echomimic_lib.modes import WEIGHT_SETS
-from echomimic_lib.weights import save_state_dict
+from echomimic_lib.io.weights import save_state_dict
 
 from .checkpoint import read_meta, resolve_resume
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from echomimic_lib.models import EchoUNet
-from echomimic_lib.models.motion import MotionModule
-from echomimic_lib.models.transformer import SpatialTransformer, TransformerBlock
+from echomimic_lib.models.unet import EchoUNet
+from echomimic_lib.models.unet.motion import MotionModule
+from echomimic_lib.models.unet.transformer import SpatialTransformer, TransformerBlock
 
 from .masks import resize_to_tokens, token_grid
 

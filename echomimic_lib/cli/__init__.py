@@ -10,12 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_common import HelpFormatter, SubParser, setup_logging
-from .errors import EchoMimicError
+from .common import HelpFormatter, SubParser, setup_logging
+from ..errors import EchoMimicError
 
 ISSUES_URL = "https://github.com/echomimic-comfy/comfyui-echomimic/issues"
 # Sub-command modules: each has add_commands(subparsers). Register new commands here.
-COMMAND_MODULES = ("cli_animate", "cli_evaluate", "cli_dub")
+COMMAND_MODULES = ("animate", "evaluate", "dub")
 
 
 def _say(text: str) -> None:
@@ -24,8 +24,8 @@ def _say(text: str) -> None:
 
 
 def _cmd_make_tiny(args) -> int:
-    from .tiny import EXTRA_MODELS, make_tiny
-    from .video_writer import OutputError, _nearest_existing, _probe_writable
+    from ..tiny import EXTRA_MODELS, make_tiny
+    from ..io.video_writer import OutputError, _nearest_existing, _probe_writable
 
     target = Path(args.directory).expanduser()
     if target.exists() and not target.is_dir():
@@ -43,7 +43,7 @@ def _cmd_make_tiny(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from .weights import convert
+    from ..io.weights import convert
 
     for p in convert(args.src, args.dst):
         _say(f"wrote {p}")
@@ -117,7 +117,7 @@ def _run(args) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["queue"]:  # its own argument parser
-        from .queue_client import main as queue_main
+        from ..jobs.queue_client import main as queue_main
 
         return int(queue_main(argv[1:], prog="echomimic queue") or 0)
     try:

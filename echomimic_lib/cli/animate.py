@@ -1,16 +1,16 @@
 """``echomimic animate`` and ``echomimic download``."""
 from __future__ import annotations
 
-from .animate_checks import default_models_dir
-from .cli import _say
-from .cli_common import ProgressBar, add_run_options
+from ..jobs.animate_checks import default_models_dir
+from . import _say
+from .common import ProgressBar, add_run_options
 
 VERSION_DEFAULT_MODE = {"v1": "audio", "v2": "halfbody"}
 MODE_VERSION = {"audio": "v1", "landmarks": "v1", "audio+landmarks": "v1", "halfbody": "v2"}
 
 
 def _mode_name(version: str | None, mode: str | None) -> str:
-    from .errors import EchoMimicError
+    from ..errors import EchoMimicError
 
     if mode is None:
         mode = VERSION_DEFAULT_MODE[version or "v1"]
@@ -21,7 +21,7 @@ def _mode_name(version: str | None, mode: str | None) -> str:
 
 
 def request_from_args(args):
-    from .animate import AnimateRequest
+    from ..jobs.animate import AnimateRequest
 
     return AnimateRequest(
         reference=args.reference, audio=args.audio, output=args.output, mode=_mode_name(args.version, args.mode), acc=args.acc,
@@ -37,7 +37,7 @@ def request_from_args(args):
 def _cmd_animate(args) -> int:
     import torch
 
-    from .animate import run
+    from ..jobs.animate import run
 
     req = request_from_args(args)
     threads = torch.get_num_threads()
@@ -57,7 +57,7 @@ def _cmd_animate(args) -> int:
 
 
 def _cmd_download(args) -> int:
-    from .download import ensure_weights
+    from ..io.download import ensure_weights
 
     root = args.models or default_models_dir()
     files = ensure_weights(root, args.weights, args.variant, download=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .errors import MissingWeightsError
-from .model_set import HF_SOURCES, resolve_files
-from .modes import WEIGHT_SETS
+from ..errors import MissingWeightsError
+from ..model_set import HF_SOURCES, resolve_files
+from ..modes import WEIGHT_SETS
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,18 @@
-"""``echomimic dub``: new speech for an existing video of a person (see :mod:`echomimic_lib.dub`)."""
+"""``echomimic dub``: new speech for an existing video of a person (see :mod:`echomimic_lib.jobs.dub`)."""
 from __future__ import annotations
 
 
-from .animate_checks import default_models_dir
-from .cli import _say
-from .cli_common import add_run_options
-from .composite import COLOR_METHODS, REGIONS
-from .retime import POLICIES
+from ..jobs.animate_checks import default_models_dir
+from . import _say
+from .common import add_run_options
+from ..frames.composite import COLOR_METHODS, REGIONS
+from ..retime import POLICIES
 
 
 def _cmd_dub(args) -> int:
     from tqdm import tqdm
 
-    from .dub import DubRequest, run_dub
+    from ..jobs.dub import DubRequest, run_dub
 
     req = DubRequest(
         video=args.video, audio=args.audio, output=args.output, acc=args.acc, models=args.models,
