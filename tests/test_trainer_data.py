@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import load_config
+from trainer.config_file import load_config
 from trainer.data.augment import apply_audio_aug, augmented_chunks, draw_audio_aug, rls_parts, stored_chunks
 from trainer.data.clean import PrepareConfig, check_clip, clip_square
 from trainer.data.dataset import EchoDataset, ResumableSampler, build_pools

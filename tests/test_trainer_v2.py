@@ -66,7 +66,7 @@ def test_headshot_padding_geometry():
 
 
 def test_halfbody_prepare_and_v2_samples(base):
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.data.dataset import EchoDataset, ResumableSampler, build_pools
     from trainer.data.store import ClipReader, read_manifest
 
