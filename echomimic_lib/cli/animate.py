@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from ..jobs.animate_checks import default_models_dir
-from . import _say
-from .common import ProgressBar, add_run_options
+from .common import add_run_options, ProgressBar, say
 
 VERSION_DEFAULT_MODE = {"v1": "audio", "v2": "halfbody"}
 MODE_VERSION = {"audio": "v1", "landmarks": "v1", "audio+landmarks": "v1", "halfbody": "v2"}
@@ -52,7 +51,7 @@ def _cmd_animate(args) -> int:
     line = f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video) in {s['seconds']} s, peak RSS {s['peak_rss_gb']} GB"
     if "peak_vram_gb" in s:
         line += f", peak VRAM {s['peak_vram_gb']} GB"
-    _say(line)
+    say(line)
     return 0
 
 
@@ -63,7 +62,7 @@ def _cmd_download(args) -> int:
     files = ensure_weights(root, args.weights, args.variant, download=True)
     for k, v in files.items():
         if v is not None:
-            _say(f"{k}: {v}")
+            say(f"{k}: {v}")
     return 0
 
 

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import _say
+from .common import say
 
 METRICS_FOLDER = "metrics"
 ARCFACE_NAMES = ("arcface.onnx", "w600k_r50.onnx", "glintr100.onnx")
@@ -84,18 +84,18 @@ def _cmd_evaluate(args) -> int:
 
         plots = [sync_plot(r.sync, f"lip sync: {Path(r.source).name}") for r in reports if r.sync is not None]
         if plots:
-            _say(f"wrote {save_png(args.plot, np.concatenate(plots, axis=0))}")
+            say(f"wrote {save_png(args.plot, np.concatenate(plots, axis=0))}")
         else:
             _warn("no plot: lip sync could not be measured (see the notes above).")
     if args.json:
         doc = reports[0].to_dict()
         if len(reports) > 1:
             doc["compare"] = reports[1].to_dict()
-        _say(json.dumps(doc))
+        say(json.dumps(doc))
     else:
-        _say(table(reports))
+        say(table(reports))
         for h in hints:
-            _say(h)
+            say(h)
     return 0
 
 
