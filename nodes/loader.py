@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..echomimic_lib.io.download import ensure_weights
+from ..echomimic_lib.model_set import ensure_weights
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
 from ..echomimic_lib.lora import apply_lora, load_checked
 from ..echomimic_lib.memory import Placement, check_fp8, to_fp8

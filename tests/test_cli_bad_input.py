@@ -47,7 +47,6 @@ def media(tmp_path_factory, shared_data):
 @pytest.fixture
 def loads(monkeypatch):
     """Weight loading and weight lookup, replaced by recorders that fail loudly."""
-    import echomimic_lib.io.download as download
     import echomimic_lib.model_set as model_set
     import echomimic_lib.io.weights as weights
 
@@ -62,7 +61,7 @@ def loads(monkeypatch):
     monkeypatch.setattr(model_set, "load_models", recorder("load_models"))
     monkeypatch.setattr(model_set, "read_state_dict", recorder("model_set.read_state_dict"))
     monkeypatch.setattr(weights, "read_state_dict", recorder("weights.read_state_dict"))
-    monkeypatch.setattr(download, "ensure_weights", recorder("ensure_weights"))
+    monkeypatch.setattr(model_set, "ensure_weights", recorder("ensure_weights"))
     return calls
 
 

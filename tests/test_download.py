@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from echomimic_lib.cli import main as cli
-from echomimic_lib.io.download import ensure_weights
+from echomimic_lib.model_set import ensure_weights
 from echomimic_lib.errors import MissingWeightsError
 from echomimic_lib.models.unet.attention import resolve_backend
 

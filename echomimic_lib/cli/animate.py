@@ -56,7 +56,7 @@ def _cmd_animate(args) -> int:
 
 
 def _cmd_download(args) -> int:
-    from ..io.download import ensure_weights
+    from ..model_set import ensure_weights
 
     root = args.models or default_models_dir()
     files = ensure_weights(root, args.weights, args.variant, download=True)

@@ -210,7 +210,7 @@ def _memory_options(req: AnimateRequest, models, device: torch.device, settings)
 def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None) -> dict:
     """Render ``req.output``; returns a summary dict (frames, seconds, peak memory)."""
     from ..audio import encode_audio
-    from ..io.download import ensure_weights
+    from ..model_set import ensure_weights
     from ..model_set import load_models
     from ..pipeline import Sampler
     from ..io.video_writer import Mp4Writer

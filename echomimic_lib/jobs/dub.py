@@ -165,7 +165,7 @@ def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = No
     log.info("dub: crop %s of the %dx%d video, reference frame %d, %d frames at %g fps -> %d frames at %g fps",
              plan.geometry.box, *plan.source_size, plan.reference_frame, n_model, settings.fps, n_out, clip.fps)
     if models is None:
-        from ..io.download import ensure_weights
+        from ..model_set import ensure_weights
         from ..model_set import load_models
 
         ensure_weights(ok.root, "v1_pose", ok.variant, download=req.download)
