@@ -152,7 +152,7 @@ def build_denoiser(cfg: EchoConfig, motion: bool = True, device="meta") -> EchoU
 
 
 def _mmap(device) -> bool:
-    """Memory-map .pth files only for a non-CPU target (see :mod:`.weights`)."""
+    """Memory-map .pth files only for a non-CPU target (see :mod:`.io.weights`)."""
     return torch.device(device).type != "cpu"
 
 

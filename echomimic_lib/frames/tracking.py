@@ -1,6 +1,6 @@
 """Face landmarks tracked through a video, smoothed over time, and one crop for the whole clip (dubbing).
 
-1. Every frame goes through the existing :class:`~.extractor.FaceLandmarkExtractor` (full frames, the largest
+1. Every frame goes through the existing :class:`~echomimic_lib.landmarks.extractor.FaceLandmarkExtractor` (full frames, the largest
    face). Frames without a face are marked invalid (``valid``) and filled by interpolation between their
    neighbours, so the driving sequence stays continuous; dubbing passes those frames through unchanged.
 2. Smoothing: a normalised Gaussian over time that only averages valid frames - the landmarks with
