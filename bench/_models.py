@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from echomimic_lib.config import SD15, TINY  # noqa: E402
-from echomimic_lib.models import ConditionEncoder, EchoUNet  # noqa: E402
-from echomimic_lib.models.motion import sinusoid_table  # noqa: E402
+from echomimic_lib.models.unet import ConditionEncoder, EchoUNet  # noqa: E402
+from echomimic_lib.models.unet.motion import sinusoid_table  # noqa: E402
 
 
 @torch.no_grad()

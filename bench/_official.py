@@ -182,7 +182,7 @@ def make_model_folder(root: Path, seed: int = 0) -> Path:
 
     from _models import random_
     from echomimic_lib.config import SD15, SD15_UNET_CONFIG, inference_config_dict
-    from echomimic_lib.models import ConditionEncoder, EchoUNet
+    from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
 
     root = Path(root)
     if (root / ".complete").exists():

@@ -5,7 +5,7 @@
 
 - ``ff``: ``ff(norm(h)) + h`` of one transformer block (official-size GEGLU feed-forward, random weights) for
   the token counts of a 12-frame CFG window at 128 px (UNet levels 0-2), whole vs token chunks
-  (:mod:`echomimic_lib.models.token_chunks`), interleaved; CPU time, system time, minor page faults, max diff.
+  (:mod:`echomimic_lib.models.unet.token_chunks`), interleaved; CPU time, system time, minor page faults, max diff.
 - ``decode``: the SD VAE decoder (official size, random weights) on 24 frames at 128 px and 4 at 256 px,
   1 / 2 / 4 / 8 frames per call, interleaved; CPU time, system time, page faults, peak RSS above the
   weights (``VmHWM`` reset before each run), and the chunk :func:`~echomimic_lib.pipeline.decode.cpu_chunk`
@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import proc_status, random_, reset_peak_rss  # noqa: E402  (puts the project on the path)
 from _official import SD_VAE_CONFIG  # noqa: E402
-from echomimic_lib.models import token_chunks  # noqa: E402
+from echomimic_lib.models.unet import token_chunks  # noqa: E402
 from echomimic_lib.pipeline.decode import cpu_chunk  # noqa: E402
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from echomimic_lib.landmarks.drawing import draw_landmark_sequence  # noqa: E402
 from echomimic_lib.landmarks.extractor import FaceLandmarkExtractor  # noqa: E402
 from echomimic_lib.landmarks.motion_sync import motion_sync  # noqa: E402
-from echomimic_lib.video_io import read_video  # noqa: E402
+from echomimic_lib.io.video_io import read_video  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

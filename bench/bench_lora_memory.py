@@ -122,7 +122,7 @@ def run_case(case: str, batch: int, rank: int, networks: list[str], gc: bool, dt
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from echomimic_lib.config import SD15
-    from echomimic_lib.models import ConditionEncoder, EchoUNet
+    from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
     from echomimic_lib.pipeline import make_scheduler
     from trainer.config import PhaseConfig, TrainConfig
     from trainer.lora import cast_base_, inject

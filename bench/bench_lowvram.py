@@ -27,7 +27,7 @@ import torch
 from _models import ROOT, peak_rss_gb  # noqa: F401  (puts the repo on sys.path)
 from echomimic_lib.config import SD15, TINY
 from echomimic_lib.memory import BlockStreamer, Placement, to_fp8
-from echomimic_lib.models import EchoUNet
+from echomimic_lib.models.unet import EchoUNet
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -44,7 +44,7 @@ def _random_denoiser(cfg, dtype, seed=0) -> EchoUNet:
             p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
         else:
             p.copy_(torch.randn(p.shape, generator=g).mul_(min(max(p[0].numel() ** -0.5, 0.02), 0.25)))
-    from echomimic_lib.models.motion import sinusoid_table
+    from echomimic_lib.models.unet.motion import sinusoid_table
 
     for name, b in den.named_buffers():
         if name.endswith("pos_encoder.pe"):
@@ -103,7 +103,7 @@ def output_difference() -> dict:
     from echomimic_lib.audio import AudioFeatures
     from echomimic_lib.audio.whisper import random_whisper_encoder
     from echomimic_lib.model_set import EchoMimicModels
-    from echomimic_lib.models import ConditionEncoder
+    from echomimic_lib.models.unet import ConditionEncoder
     from echomimic_lib.modes import WEIGHT_SETS
     from echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
     from echomimic_lib.tiny import TINY_VAE_CONFIG, randomize_

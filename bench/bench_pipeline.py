@@ -56,7 +56,7 @@ def part1(args):
 
     t0 = time.time()
     cfg, ref, den, _ = build(args.preset)
-    from echomimic_lib.models import ConditionEncoder
+    from echomimic_lib.models.unet import ConditionEncoder
 
     with torch.device("meta"):
         loc = ConditionEncoder(1, cfg.cond_out_channels, cfg.cond_block_channels)

@@ -52,7 +52,7 @@ def run_case(case: str, size: str, res: int, frames: int, steps: int, device: st
     from diffusers import AutoencoderKL
 
     from echomimic_lib.config import PRESETS as ARCH
-    from echomimic_lib.models import ConditionEncoder, EchoUNet
+    from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
     from echomimic_lib.pipeline import make_scheduler
     from trainer.config import TrainConfig, PhaseConfig
     from trainer.net import AudioAttentionControl, TrainingNet, bypass_motion, enable_gradient_checkpointing, set_trainable

@@ -165,7 +165,7 @@ def build(meter, mode, dtype, preset, fp8):
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from echomimic_lib.audio.whisper import WhisperFeatureEncoder, _tiny_config
-    from echomimic_lib.models import ConditionEncoder, EchoUNet
+    from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
 
     cfg = {"sd15": SD15, "tiny": TINY}[preset]
     ws = WEIGHT_SETS[mode.weights]
@@ -189,7 +189,7 @@ def build(meter, mode, dtype, preset, fp8):
 def _zeros_on_host(module) -> None:
     """A meta-built network on the CPU with zero weights (the motion modules' position table computed): the memory
     a loaded one takes, in a fraction of the time random init needs at full size."""
-    from echomimic_lib.models.motion import sinusoid_table
+    from echomimic_lib.models.unet.motion import sinusoid_table
 
     module.to_empty(device="cpu")
     for name, t in [*module.named_parameters(), *module.named_buffers()]:

@@ -174,7 +174,7 @@ def setup_version(version: str, args, device, dtype) -> dict:
 
 @torch.no_grad()
 def measure(st: dict, variant: str, args, peak) -> dict:
-    from echomimic_lib.models.compile import compile_regions, uncompile_regions
+    from echomimic_lib.models.unet.compile import compile_regions, uncompile_regions
 
     models, device, den = st["models"], st["device"], st["models"].denoiser
     uncompile_regions(den)

@@ -1,2 +1,3 @@
-"""EchoMimic library: networks, weights, audio, landmarks, poses and the sampler. No ComfyUI here."""
+"""EchoMimic library: front ends (cli/), headless jobs (jobs/) and the engine they use (models/, pipeline/,
+audio/, landmarks/, pose/, frames/, io/, memory/, evaluate/ and a few shared modules). No ComfyUI here."""
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
-"""Find and load a complete EchoMimic model set: reference UNet, denoiser (+ motion modules),
-condition encoder, VAE and the whisper-tiny audio encoder.
+"""Find, fetch and load a complete EchoMimic model set: reference UNet, denoiser (+ motion modules),
+condition encoder, VAE and the whisper-tiny audio encoder. Missing files are fetched from Hugging Face
+(:func:`ensure_weights`, huggingface_hub, on demand only).
 
 Folder layout (``root`` is e.g. ComfyUI's ``models/echomimic`` or the CLI cache)::
 
@@ -25,9 +26,9 @@ import torch
 
 from .config import SD15_UNET_CONFIG, EchoConfig
 from .errors import MissingWeightsError, WeightsError
-from .models import ConditionEncoder, EchoUNet
+from .models.unet import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS, WeightSet
-from .weights import load_strict, read_state_dict
+from .io.weights import load_strict, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def build_denoiser(cfg: EchoConfig, motion: bool = True, device="meta") -> EchoU
 
 
 def _mmap(device) -> bool:
-    """Memory-map .pth files only for a non-CPU target (see :mod:`.weights`)."""
+    """Memory-map .pth files only for a non-CPU target (see :mod:`.io.weights`)."""
     return torch.device(device).type != "cpu"
 
 
@@ -275,3 +276,48 @@ def load_models(
     models.set_attention_backend(attention)
     log.info("loaded EchoMimic %s/%s from %s", weights, variant, root)
     return models
+
+
+# ---------------------------------------------------------------------------------------------- fetching
+def _downloads(root: Path, weights: str, detail: dict) -> list[tuple[str, str, Path]]:
+    """(repo, remote filename, local_dir) for one missing component."""
+    comp = detail["component"]
+    if comp == "vae":
+        repo, files = HF_SOURCES["vae"]
+        return [(repo, f, root / "sd-vae-ft-mse") for f in files]
+    if comp == "whisper":
+        repo, files = HF_SOURCES["whisper"]
+        return [(repo, f, root) for f in files]
+    ws = WEIGHT_SETS[weights]
+    return [(ws.hf_repo, detail["name"], root / ws.folder)]
+
+
+def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need=None, download: bool = True) -> dict:
+    """Resolve the files of a model set; download the missing ones when ``download`` is true.
+
+    On failure the error lists every missing file, where it was looked for, and where to get it."""
+    root = Path(root)
+    kw = {} if need is None else {"need": need}
+    try:
+        return resolve_files(root, weights, variant, **kw)
+    except MissingWeightsError as err:
+        if not download:
+            raise
+        first = err
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
+        raise MissingWeightsError(f"{first}\n(huggingface_hub is not installed: pip install huggingface_hub)", first.missing) from exc
+    for detail in getattr(first, "details", []):
+        for repo, filename, local_dir in _downloads(root, weights, detail):
+            log.info("downloading %s/%s -> %s", repo, filename, local_dir)
+            try:
+                local_dir.mkdir(parents=True, exist_ok=True)
+                hf_hub_download(repo_id=repo, filename=filename, local_dir=str(local_dir))
+            except Exception as exc:
+                raise MissingWeightsError(
+                    f"{first}\nDownloading {repo}/{filename} failed: {type(exc).__name__}: {exc}\n"
+                    "If this machine is offline, copy the files into the layout above and point --models at it.",
+                    first.missing,
+                ) from exc
+    return resolve_files(root, weights, variant, **kw)

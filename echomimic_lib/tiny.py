@@ -16,9 +16,9 @@ from torch import nn
 
 from .config import TINY, EchoConfig, inference_config_dict, unet_config_dict
 from .errors import EchoMimicError
-from .models import ConditionEncoder, EchoUNet
+from .models.unet import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS
-from .weights import save_state_dict
+from .io.weights import save_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from ..echomimic_lib.audio import encode_audio
 from ..echomimic_lib.audio import check_audible as check_samples_audible
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.modes import DEFAULT_FPS
+from .base import Node, frame_rate, link
 from .loader import finish, placement
 from .payloads import AUDIO_FEATURES, MODEL, AudioTrack
 
@@ -34,25 +35,23 @@ def encode(handle, audio: dict, fps: float) -> AudioTrack:
     return AudioTrack(features, float(fps), audio)
 
 
-class EchoMimicAudioEncoder:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = (AUDIO_FEATURES, "AUDIO", "INT")
-    RETURN_NAMES = ("audio_features", "audio", "frame_count")
-    OUTPUT_TOOLTIPS = ("Whisper features for every video frame; they know their frame count at this fps.",
-                       "The same audio, for Create Video (the sampler also outputs it cut to the video length).",
-                       "How many video frames the audio yields at this fps.")
+class EchoMimicAudioEncoder(Node):
+    OUTPUTS = (
+        (AUDIO_FEATURES, "audio_features", "Whisper features for every video frame; they know their frame count at this "
+                                           "fps."),
+        ("AUDIO", "audio", "The same audio, for Create Video (the sampler also outputs it cut to the video length)."),
+        ("INT", "frame_count", "How many video frames the audio yields at this fps."),
+    )
     DESCRIPTION = "Encodes speech with the model's whisper-tiny into per-frame audio features (computed once, sliced per window)."
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (MODEL, {"tooltip": "From EchoMimic Model Loader (its whisper-tiny encoder is used)."}),
-            "audio": ("AUDIO", {"tooltip": "Speech that drives the animation (Load Audio accepts audio and video files)."}),
-            "fps": ("FLOAT", {"default": float(DEFAULT_FPS), "min": 1.0, "max": 120.0, "step": 0.01,
-                              "tooltip": "Frame rate of the output video (fractional rates such as 29.97 work); the "
-                              "number of frames follows the audio length."}),
-        }}
+    def inputs(cls):
+        return {
+            "model": link(MODEL, "From EchoMimic Model Loader (its whisper-tiny encoder is used)."),
+            "audio": link("AUDIO", "Speech that drives the animation (Load Audio accepts audio and video files)."),
+            "fps": frame_rate("Frame rate of the output video (fractional rates such as 29.97 work); the number of frames follows "
+                              "the audio length.", default=float(DEFAULT_FPS)),
+        }
 
     def execute(self, model, audio, fps):
         track = encode(model, audio, fps)

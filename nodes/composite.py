@@ -1,19 +1,20 @@
 """EchoMimic Paste Back: generated frames back into the original picture (or onto their source video frames)
 with a feathered mask, optional colour matching. The crop socket (ECHOMIMIC_CROP) carries either a
-:class:`~echomimic_lib.crop.CropGeometry` (Reference Preparation: one picture) or a
-:class:`~echomimic_lib.dub_plan.DubPlan` (Face Track: a video, one source frame per output frame)."""
+:class:`~echomimic_lib.frames.crop.CropGeometry` (Reference Preparation: one picture) or a
+:class:`~echomimic_lib.jobs.dub_plan.DubPlan` (Face Track: a video, one source frame per output frame)."""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
-from ..echomimic_lib.composite import PasteBack, outline
-from ..echomimic_lib.crop import CropGeometry
-from ..echomimic_lib.dub_plan import DubPlan
+from ..echomimic_lib.frames.composite import PasteBack, outline
+from ..echomimic_lib.frames.crop import CropGeometry
+from ..echomimic_lib.jobs.dub_plan import DubPlan
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.retime import retime_indices
 from . import comfy_bridge as C
+from .base import Node, frame_rate, link
 from .payloads import image_batch, to_image
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def _region(choice: str, geometry: CropGeometry) -> str:
 
 def _paste_video(plan: DubPlan, gen: np.ndarray, originals: np.ndarray, fps: float, paster: PasteBack):
     """A dub: each generated frame onto its own source frame (the Face Track's schedule)."""
-    from ..echomimic_lib.dub import composite_dub, source_regions
+    from ..echomimic_lib.jobs.dub import composite_dub, source_regions
 
     if abs(plan.schedule.model_fps - fps) > 1e-3:
         raise EchoMimicError(f"the face track was planned for {plan.schedule.model_fps:g} fps but the frames come at "
@@ -78,26 +79,24 @@ def paste(images, crop, original, fps: float, region: str, feather: int, dilatio
     return to_image(frames), out_fps, to_image(preview)
 
 
-class EchoMimicPasteBack:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = ("IMAGE", "FLOAT", "IMAGE")
-    RETURN_NAMES = ("images", "fps", "preview")
-    OUTPUT_TOOLTIPS = ("Full-size frames: the generation pasted into the original (outside the mask: the original, "
-                       "pixel for pixel).", "Their frame rate (the source video's for a dub; else the input fps).",
-                       "One composite frame with the mask's edge drawn in red.")
+class EchoMimicPasteBack(Node):
+    OUTPUTS = (
+        ("IMAGE", "images", "Full-size frames: the generation pasted into the original (outside the mask: the original, "
+                            "pixel for pixel)."),
+        ("FLOAT", "fps", "Their frame rate (the source video's for a dub; else the input fps)."),
+        ("IMAGE", "preview", "One composite frame with the mask's edge drawn in red."),
+    )
     DESCRIPTION = ("Pastes the generated crop back into the original picture or onto its source video frames, with a "
                    "feathered mask and optional colour matching.")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "The generated frames (EchoMimic Sampler)."}),
-            "crop": (CROP, {"tooltip": "Where the reference came from: EchoMimic Reference Preparation's crop (a picture) "
-                            "or EchoMimic Face Track's crop (a video)."}),
-            "original": ("IMAGE", {"tooltip": "The original picture, or the source video frames, the crop was cut from."}),
-            "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                              "tooltip": "Frame rate of the generated frames (link the sampler's fps)."}),
+    def inputs(cls):
+        return {
+            "images": link("IMAGE", "The generated frames (EchoMimic Sampler)."),
+            "crop": link(CROP, "Where the reference came from: EchoMimic Reference Preparation's crop (a picture) or "
+                               "EchoMimic Face Track's crop (a video)."),
+            "original": link("IMAGE", "The original picture, or the source video frames, the crop was cut from."),
+            "fps": frame_rate("Frame rate of the generated frames (link the sampler's fps)."),
             "region": (list(REGIONS), {"default": "auto", "tooltip": "What is pasted: auto (V1 face box for a V1 crop, "
                        "the landmark hull for a video, the crop square for V2 / resize), the V1 face box, the face "
                        "landmarks' hull, or the whole crop square."}),
@@ -107,7 +106,7 @@ class EchoMimicPasteBack:
                          "hull by this fraction of the face size (the crop square never grows)."}),
             "color_match": (list(COLOR), {"default": "off", "tooltip": "Match the generated region's colours to the "
                             "original: mean/std in Lab, or histogram matching (only the region changes)."}),
-        }}
+        }
 
     def execute(self, images, crop, original, fps, region, feather, dilation, color_match):
         return paste(images, crop, original, fps, region, feather, dilation, color_match)

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
 from . import comfy_bridge as C
 from . import detectors, paths
+from .base import Node, frame_rate, link, switch
 from .payloads import first_image, image_batch, to_image
 
 log = logging.getLogger(__name__)
@@ -85,33 +86,34 @@ def evaluate(frames, audio, fps: float, syncnet: str, arcface: str, download: bo
     return f"{report.table()}\n\n{report.to_json()}", to_image(plot)
 
 
-class EchoMimicEvaluate:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("report", "plot")
-    OUTPUT_TOOLTIPS = ("The scores as a table, then the same as one JSON line (connect Preview Any to read it).",
-                       "Mouth opening against audio energy over time, and the correlation per offset.")
+class EchoMimicEvaluate(Node):
+    OUTPUTS = (
+        ("STRING", "report", "The scores as a table, then the same as one JSON line (connect Preview Any to read it)."),
+        ("IMAGE", "plot", "Mouth opening against audio energy over time, and the correlation per offset."),
+    )
     DESCRIPTION = ("Scores a result: lip sync (A/V offset, sync strength), landmark jitter, background flicker, face-detection "
                    "rate and shape drift; SyncNet LSE-C/LSE-D and ArcFace CSIM with weights in models/echomimic/metrics.")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "frames": ("IMAGE", {"tooltip": "The rendered frames (the sampler's images)."}),
-            "audio": ("AUDIO", {"tooltip": "The audio of these frames (the sampler's audio output)."}),
-            "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                              "tooltip": "Frame rate of the frames (link the sampler's fps)."}),
+    def inputs(cls):
+        return {
+            "frames": link("IMAGE", "The rendered frames (the sampler's images)."),
+            "audio": link("AUDIO", "The audio of these frames (the sampler's audio output)."),
+            "fps": frame_rate("Frame rate of the frames (link the sampler's fps)."),
             "syncnet": (metric_files(SYNCNET_SUFFIXES), {"default": NONE, "tooltip": "SyncNet weights (syncnet_v2.model) in "
                         "models/echomimic/metrics for LSE-C / LSE-D; none: skip them."}),
             "arcface": (metric_files(ARCFACE_SUFFIXES), {"default": NONE, "tooltip": "ArcFace ONNX model in "
                         "models/echomimic/metrics for CSIM (identity similarity to the reference); none: skip it."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download MediaPipe's face_landmarker.task into "
-                              "models/echomimic if it is missing (the landmark metrics need it)."}),
-        }, "optional": {
-            "reference": ("IMAGE", {"tooltip": "The reference portrait: shape drift and CSIM compare with it (default: "
-                          "the first frame)."}),
-        }}
+            "auto_download": switch("Download MediaPipe's face_landmarker.task into models/echomimic if it is missing (the "
+                                    "landmark metrics need it)."),
+        }
+
+    @classmethod
+    def optional_inputs(cls):
+        return {
+            "reference": link("IMAGE", "The reference portrait: shape drift and CSIM compare with it (default: "
+                          "the first frame)."),
+        }
 
     def execute(self, frames, audio, fps, syncnet, arcface, auto_download, reference=None):
         return evaluate(frames, audio, fps, syncnet, arcface, auto_download, reference)

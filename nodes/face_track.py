@@ -1,16 +1,17 @@
 """EchoMimic Face Track (video dubbing): the face tracked through the source video frames, one crop for the clip,
-the reference frame cut to it, and the video's own landmarks timed to the new audio (see echomimic_lib.dub_plan)."""
+the reference frame cut to it, and the video's own landmarks timed to the new audio (see echomimic_lib.jobs.dub_plan)."""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
-from ..echomimic_lib.composite import outline
-from ..echomimic_lib.dub_plan import plan_dub, reference_crop
+from ..echomimic_lib.frames.composite import outline
+from ..echomimic_lib.jobs.dub_plan import plan_dub, reference_crop
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.landmarks import normalize_parts
 from . import detectors
+from .base import Node, frame_rate, link, switch
 from .composite import CROP
 from .payloads import AUDIO_FEATURES, LANDMARKS, RETIME_POLICIES, LandmarkTrack, image_batch, to_image
 
@@ -55,26 +56,23 @@ def track(images, fps: float, audio_features, width: int, height: int, reference
     return to_image(reference), landmarks, plan, to_image(_preview(frames[plan.reference_frame], plan))
 
 
-class EchoMimicFaceTrack:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = ("IMAGE", LANDMARKS, CROP, "IMAGE")
-    RETURN_NAMES = ("reference", "landmarks", "crop", "preview")
-    OUTPUT_TOOLTIPS = ("The reference frame cut to the clip's crop at width x height (for the sampler).",
-                       "The video's own landmarks (selected parts), timed to the audio, for the sampler.",
-                       "The crop and the per-frame plan, for EchoMimic Paste Back.",
-                       "The reference frame with the crop square (green) and the face hull (red).")
+class EchoMimicFaceTrack(Node):
+    OUTPUTS = (
+        ("IMAGE", "reference", "The reference frame cut to the clip's crop at width x height (for the sampler)."),
+        (LANDMARKS, "landmarks", "The video's own landmarks (selected parts), timed to the audio, for the sampler."),
+        (CROP, "crop", "The crop and the per-frame plan, for EchoMimic Paste Back."),
+        ("IMAGE", "preview", "The reference frame with the crop square (green) and the face hull (red)."),
+    )
     DESCRIPTION = ("Video dubbing: tracks the face through the video (MediaPipe), smooths it, picks one crop for the clip "
                    "and a reference frame, and times the video's landmarks to the new audio.")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "The source video's frames (Get Video Components)."}),
-            "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                              "tooltip": "The source video's frame rate (link Get Video Components' fps); the result keeps it."}),
-            "audio_features": (AUDIO_FEATURES, {"tooltip": "The new speech (EchoMimic Audio Encoder): the dub lasts as long "
-                               "as it; its fps is the model's frame rate."}),
+    def inputs(cls):
+        return {
+            "images": link("IMAGE", "The source video's frames (Get Video Components)."),
+            "fps": frame_rate("The source video's frame rate (link Get Video Components' fps); the result keeps it."),
+            "audio_features": link(AUDIO_FEATURES, "The new speech (EchoMimic Audio Encoder): the dub lasts as long as it; "
+                                                   "its fps is the model's frame rate."),
             "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Crop width for the model "
                       "(the sampler's width)."}),
             "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Crop height (the sampler's height)."}),
@@ -84,8 +82,8 @@ class EchoMimicFaceTrack:
                       "(the mouth follows the audio); add 'mouth' for the lips from the video too; empty = none."}),
             "retime": (RETIME_POLICIES, {"default": "ping-pong", "tooltip": "How the video is extended when the audio is "
                        "longer (a shorter audio cuts it)."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download MediaPipe's face landmarker if missing."}),
-        }}
+            "auto_download": switch("Download MediaPipe's face landmarker if missing."),
+        }
 
     def execute(self, images, fps, audio_features, width, height, reference_frame, parts, retime, auto_download):
         return track(images, fps, audio_features, width, height, reference_frame, parts, retime, auto_download)

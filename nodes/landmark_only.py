@@ -11,6 +11,7 @@ import torch
 from ..echomimic_lib.audio.unconditional import UnconditionalAudio
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.modes import DEFAULT_FPS
+from .base import Node, frame_rate, link
 from .payloads import AUDIO_FEATURES, LANDMARKS, AudioTrack
 
 SILENT_RATE = 16000
@@ -26,24 +27,23 @@ def unconditional(landmarks, fps: float) -> tuple[AudioTrack, dict, int]:
     return AudioTrack(UnconditionalAudio(frames, fps), float(fps), silent), silent, frames
 
 
-class EchoMimicLandmarkOnlyAudio:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = (AUDIO_FEATURES, "AUDIO", "INT")
-    RETURN_NAMES = ("audio_features", "audio", "frame_count")
-    OUTPUT_TOOLTIPS = ("Unconditional audio features as long as the landmark sequence (for the sampler).",
-                       "Silence of the same length (for Create Video).", "The number of video frames.")
+class EchoMimicLandmarkOnlyAudio(Node):
+    OUTPUTS = (
+        (AUDIO_FEATURES, "audio_features", "Unconditional audio features as long as the landmark sequence (for the "
+                                           "sampler)."),
+        ("AUDIO", "audio", "Silence of the same length (for Create Video)."),
+        ("INT", "frame_count", "The number of video frames."),
+    )
     DESCRIPTION = ("Landmark-only driving (no audio, the paper's 'L' mode) with the V1 landmark model: the video follows "
                    "the landmarks alone, including the mouth, and lasts as long as the driving sequence.")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "landmarks": (LANDMARKS, {"tooltip": "The driving landmarks; their length sets the video's (include 'mouth' "
-                          "in the aligner's parts: no audio moves the lips here)."}),
-            "fps": ("FLOAT", {"default": float(DEFAULT_FPS), "min": 1.0, "max": 120.0, "step": 1.0,
-                              "tooltip": "Frame rate of the output video."}),
-        }}
+    def inputs(cls):
+        return {
+            "landmarks": link(LANDMARKS, "The driving landmarks; their length sets the video's (include 'mouth' in the "
+                                         "aligner's parts: no audio moves the lips here)."),
+            "fps": frame_rate("Frame rate of the output video.", default=float(DEFAULT_FPS), step=1.0),
+        }
 
     def execute(self, landmarks, fps):
         return unconditional(landmarks, float(fps))

@@ -10,6 +10,7 @@ from ..echomimic_lib.landmarks import draw_landmark_sequence, normalize_parts, s
 from ..echomimic_lib.landmarks.conditions import SYNC_SIZE, center_square
 from . import comfy_bridge as C
 from . import detectors
+from .base import Node, frame_rate, link, switch
 from .payloads import LANDMARKS, RETIME_POLICIES, LandmarkTrack, first_image, image_batch, to_image
 
 log = logging.getLogger(__name__)
@@ -74,48 +75,43 @@ def align(track: LandmarkTrack, reference, mode: str, parts: str, retime: str, d
     return out, to_image(_preview(pixels, coord, selected))
 
 
-class EchoMimicLandmarkExtractor:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = (LANDMARKS, "IMAGE")
-    RETURN_NAMES = ("landmarks", "preview")
-    OUTPUT_TOOLTIPS = ("478-point face landmarks per frame (with head pose, for the aligner).",
-                       "Preview: landmarks over the analysed frames (not the model input).")
+class EchoMimicLandmarkExtractor(Node):
+    OUTPUTS = (
+        (LANDMARKS, "landmarks", "478-point face landmarks per frame (with head pose, for the aligner)."),
+        ("IMAGE", "preview", "Preview: landmarks over the analysed frames (not the model input)."),
+    )
     DESCRIPTION = "MediaPipe face landmarks of one image or of driving-video frames (models/echomimic/mediapipe/)."
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "One image or the frames of a driving video (e.g. from Get Video Components)."}),
-            "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                              "tooltip": "Frame rate of these frames (link Get Video Components' fps), so motion keeps its speed."}),
+    def inputs(cls):
+        return {
+            "images": link("IMAGE", "One image or the frames of a driving video (e.g. from Get Video Components)."),
+            "fps": frame_rate("Frame rate of these frames (link Get Video Components' fps), so motion keeps its speed."),
             "framing": (list(FRAMINGS), {"default": "center square (V1)", "tooltip": "center square: crop each frame to its "
                         "central square like V1 does with driving videos. full frame: use the frames as they are."}),
             "bad_frames": (["interpolate", "hold", "fail"], {"default": "interpolate", "tooltip": "Frames with no face or "
                            "several faces: blend between good neighbours, repeat the last good one, or stop with a list."}),
             "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Use only the first N frames (0 = all)."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download MediaPipe's face_landmarker.task from "
-                              "Google into models/echomimic if it is missing."}),
-        }}
+            "auto_download": switch("Download MediaPipe's face_landmarker.task from Google into models/echomimic if it is "
+                                    "missing."),
+        }
 
     def execute(self, images, fps, framing, bad_frames, max_frames, auto_download):
         return extract(images, fps, framing, bad_frames, max_frames, auto_download)
 
 
-class EchoMimicPartAwareAligner:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = (LANDMARKS, "IMAGE")
-    RETURN_NAMES = ("landmarks", "preview")
-    OUTPUT_TOOLTIPS = ("Driving landmarks moved onto the reference face, with the selected parts.",
-                       "Preview: the condition drawings (what the model sees, at preview size).")
+class EchoMimicPartAwareAligner(Node):
+    OUTPUTS = (
+        (LANDMARKS, "landmarks", "Driving landmarks moved onto the reference face, with the selected parts."),
+        ("IMAGE", "preview", "Preview: the condition drawings (what the model sees, at preview size)."),
+    )
     DESCRIPTION = "Part-aware motion sync: retargets driving landmarks onto the reference face, part by part."
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "landmarks": (LANDMARKS, {"tooltip": "Driving landmarks from EchoMimic Landmark Extractor."}),
-            "reference": ("IMAGE", {"tooltip": "The reference portrait (the face the landmarks are moved onto)."}),
+    def inputs(cls):
+        return {
+            "landmarks": link(LANDMARKS, "Driving landmarks from EchoMimic Landmark Extractor."),
+            "reference": link("IMAGE", "The reference portrait (the face the landmarks are moved onto)."),
             "mode": (list(ALIGN_MODES), {"default": "reference-compatible", "tooltip": "reference-compatible: V1's released "
                      "motion sync. paper: a global fit first, as in the paper. none: draw the driver's own landmarks."}),
             "parts": ("STRING", {"default": "eyes, brows, pupils, nose, mouth", "tooltip": "Comma-separated parts to drive: "
@@ -123,8 +119,8 @@ class EchoMimicPartAwareAligner:
                       "'mouth' so the audio moves the lips; empty = no parts (the audio alone drives the face)."}),
             "retime": (RETIME_POLICIES, {"default": "ping-pong", "tooltip": "How the driving sequence is fitted to the audio "
                        "length: ping-pong, loop, hold-last, stretch, or fail when it is too short."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download MediaPipe's face landmarker if missing."}),
-        }}
+            "auto_download": switch("Download MediaPipe's face landmarker if missing."),
+        }
 
     def execute(self, landmarks, reference, mode, parts, retime, auto_download):
         return align(landmarks, reference, mode, parts, retime, auto_download)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..echomimic_lib.download import ensure_weights
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
 from ..echomimic_lib.lora import apply_lora, load_checked
 from ..echomimic_lib.memory import Placement, check_fp8, to_fp8
-from ..echomimic_lib.model_set import load_models, load_vae, resolve_files
+from ..echomimic_lib.model_set import ensure_weights, load_models, load_vae, resolve_files
 from . import comfy_bridge as C
 from . import paths
+from .base import Node, switch
 from .payloads import MODEL, ModelHandle
 
 log = logging.getLogger(__name__)
@@ -145,20 +145,18 @@ def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa
     return ModelHandle(models, weights, variant, keep_loaded, key, patchers=patchers, low_vram=bool(low_vram), fp8=bool(fp8))
 
 
-class EchoMimicModelLoader:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The whole EchoMimic model set: reference UNet, denoiser + motion module, condition encoder, VAE, "
-                       "whisper-tiny (each managed by ComfyUI; loaded on the GPU only for the stage that needs it).",)
+class EchoMimicModelLoader(Node):
+    OUTPUTS = (
+        (MODEL, "model", "The whole EchoMimic model set: reference UNet, denoiser + motion module, condition encoder, VAE, "
+                         "whisper-tiny (each managed by ComfyUI; loaded on the GPU only for the stage that needs it)."),
+    )
     DESCRIPTION = ("Loads the whole EchoMimic model set from models/echomimic/: reference UNet, denoiser + motion module, "
                    "condition encoder (face locator / pose encoder), VAE and whisper-tiny. The networks are handed to "
                    "ComfyUI's model manager, so 'Unload Models', --lowvram and --novram work on them.")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
+    def inputs(cls):
+        return {
             "version": (list(VERSIONS), {"default": "V1 audio", "tooltip": "V1 audio: talking head driven by audio. V1 landmark: "
                         "face landmarks (+ audio). V2: half-body driven by audio + hand poses."}),
             "variant": (["normal", "acc"], {"default": "normal", "tooltip": "normal: 30 steps, cfg 2.5. acc: the distilled "
@@ -167,32 +165,35 @@ class EchoMimicModelLoader:
                       "GPU supports it, else fp16; fp32 on CPU and Apple MPS. Try fp32 if the video comes out black."}),
             "attention": (["sdpa", "xformers"], {"default": "sdpa", "tooltip": "Attention backend. xformers falls back to "
                           "PyTorch SDPA (with a log line) when it is not installed."}),
-            "keep_loaded": ("BOOLEAN", {"default": False, "tooltip": "Keep the networks on the GPU after their stage and "
-                            "between runs: re-runs skip the transfers, but the whole set stays in VRAM (about 4.4 GB in "
-                            "fp16/bf16, 8.9 GB in fp32, 2.3 GB with fp8) and the peak of a run grows by the networks "
-                            "that would have left (V1 512 px fp16: 4.5 -> 6.3 GB). ComfyUI still evicts them when "
-                            "another model needs the room, and 'Unload Models' frees them. Off: each network leaves the GPU "
-                            "as soon as its stage is done. Ignored under --lowvram / --novram."}),
+            "keep_loaded": switch("Keep the networks on the GPU after their stage and between runs: re-runs skip the "
+                                  "transfers, but the whole set stays in VRAM (about 4.4 GB in fp16/bf16, 8.9 GB in "
+                                  "fp32, 2.3 GB with fp8) and the peak of a run grows by the networks that would have "
+                                  "left (V1 512 px fp16: 4.5 -> 6.3 GB). ComfyUI still evicts them when another model "
+                                  "needs the room, and 'Unload Models' frees them. Off: each network leaves the GPU as "
+                                  "soon as its stage is done. Ignored under --lowvram / --novram."),
             "weights_folder": (["auto"] + paths.weight_folders(), {"default": "auto", "tooltip": "auto: models/echomimic/v1 "
                                "or v2 by version. Or a sub-folder of models/echomimic holding the weights (e.g. a fine-tune)."}),
             "vae": (["auto"] + paths.vae_files(), {"default": "auto", "tooltip": "auto: models/echomimic/sd-vae-ft-mse/, else an "
                     "'ft-mse' file in models/vae. Or pick an SD1.5 VAE from models/vae."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download missing weights from Hugging Face "
-                              "(BadToBest/EchoMimic, BadToBest/EchoMimicV2, stabilityai/sd-vae-ft-mse) into models/echomimic."}),
-        }, "optional": {  # widgets added after the first release: optional, so saved API prompts without them still run
-            "low_vram": ("BOOLEAN", {"default": False, "tooltip": "Low-VRAM mode for small cards: the denoiser stays in RAM "
-                         "and is streamed to the GPU block by block while it runs (V2 768 px fp16 peak about 4.5 GB instead "
-                         "of 6.9 GB; same output). Costs the transfer of the denoiser's weights (2.6 GB fp16) per denoiser "
-                         "call over PCIe."}),
-            "fp8": ("BOOLEAN", {"default": False, "tooltip": "Store the UNet weights in fp8 (e4m3fn; upcast layer by layer): "
-                    "about 2.1 GB less RAM/VRAM for the set (fp16), a small change of the output. Needs PyTorch >= 2.1; "
-                    "not on Apple MPS."}),
+            "auto_download": switch("Download missing weights from Hugging Face (BadToBest/EchoMimic, "
+                                    "BadToBest/EchoMimicV2, stabilityai/sd-vae-ft-mse) into models/echomimic."),
+        }
+
+    @classmethod
+    def optional_inputs(cls):  # widgets added after the first release: optional, so saved API prompts without them still run
+        return {
+            "low_vram": switch("Low-VRAM mode for small cards: the denoiser stays in RAM and is streamed to the GPU block "
+                               "by block while it runs (V2 768 px fp16 peak about 4.5 GB instead of 6.9 GB; same "
+                               "output). Costs the transfer of the denoiser's weights (2.6 GB fp16) per denoiser call "
+                               "over PCIe."),
+            "fp8": switch("Store the UNet weights in fp8 (e4m3fn; upcast layer by layer): about 2.1 GB less RAM/VRAM for "
+                          "the set (fp16), a small change of the output. Needs PyTorch >= 2.1; not on Apple MPS."),
             "lora": (["none"] + paths.lora_files(), {"default": "none", "tooltip": "A LoRA adapter from models/echomimic/loras/ "
                      "(a .safetensors written by `echomimic-train export` of a LoRA run, e.g. fine-tuned on one person). It must "
                      "have been trained for this version; it is merged into the weights when they are read."}),
             "lora_strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05, "tooltip": "How much of the LoRA "
                               "is applied: 1 = as trained, 0 = the base model exactly."}),
-        }}
+        }
 
     def execute(self, version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download, low_vram=False, fp8=False,
                 lora="none", lora_strength=1.0):

@@ -11,6 +11,7 @@ from ..echomimic_lib.pose import draw_preview, fit_sequence_to_reference, load_p
 from ..echomimic_lib.pose.dwpose import detect_image_pose, extract_pose_sequence
 from . import comfy_bridge as C
 from . import detectors, paths
+from .base import Node, frame_rate, link, switch
 from .payloads import POSES, RETIME_POLICIES, PoseTrack, first_image, image_batch, to_image
 
 log = logging.getLogger(__name__)
@@ -53,36 +54,37 @@ def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str,
     return PoseTrack(seq, retime, [report] if report else []), to_image(_preview(seq))
 
 
-class EchoMimicPoseSequenceLoader:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = (POSES, "IMAGE")
-    RETURN_NAMES = ("poses", "preview")
-    OUTPUT_TOOLTIPS = ("Hand-pose sequence for the V2 sampler (retimed to the audio there).",
-                       "Preview: hands, body and face points (only the hands are the model input).")
+class EchoMimicPoseSequenceLoader(Node):
+    OUTPUTS = (
+        (POSES, "poses", "Hand-pose sequence for the V2 sampler (retimed to the audio there)."),
+        ("IMAGE", "preview", "Preview: hands, body and face points (only the hands are the model input)."),
+    )
     DESCRIPTION = "Loads a V2 hand-pose sequence from models/echomimic/poses/ or extracts one from a driving video (DWPose)."
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
+    def inputs(cls):
+        return {
             "pose_folder": ([NO_FOLDER] + paths.pose_folders(), {"default": NO_FOLDER, "tooltip": "A folder of 0.npy, 1.npy, ... "
                             "frames (EchoMimicV2 format) in models/echomimic/poses/ or input/echomimic_poses/. Ignored when "
                             "driving_frames are connected."}),
-            "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip": "Frame rate of the poses: 24 "
-                              "for the released folders; for driving_frames link Get Video Components' fps."}),
+            "fps": frame_rate("Frame rate of the poses: 24 for the released folders; for driving_frames link Get Video "
+                              "Components' fps."),
             "retime": (RETIME_POLICIES, {"default": "ping-pong", "tooltip": "How the sequence is fitted to the audio length: "
                        "ping-pong, loop, hold-last, stretch, or fail when it is too short."}),
             "align": (ALIGN, {"default": "none", "tooltip": "fit to reference shoulders: move and scale the poses so their "
                       "neck and shoulders land on the reference's (needs 'reference' and the DWPose models)."}),
             "on_missing": (["interpolate", "hold", "fail"], {"default": "interpolate", "tooltip": "Driving frames where "
                            "nobody is found: blend between neighbours, repeat the previous pose, or stop."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download the DWPose models (yzd-v/DWPose) into "
-                              "models/echomimic/dwpose if missing."}),
-        }, "optional": {
-            "driving_frames": ("IMAGE", {"tooltip": "Frames of a driving video: poses are extracted with DWPose and "
-                               "half-body cropped like the reference."}),
-            "reference": ("IMAGE", {"tooltip": "The prepared reference image, for 'fit to reference shoulders'."}),
-        }}
+            "auto_download": switch("Download the DWPose models (yzd-v/DWPose) into models/echomimic/dwpose if missing."),
+        }
+
+    @classmethod
+    def optional_inputs(cls):
+        return {
+            "driving_frames": link("IMAGE", "Frames of a driving video: poses are extracted with DWPose and "
+                               "half-body cropped like the reference."),
+            "reference": link("IMAGE", "The prepared reference image, for 'fit to reference shoulders'."),
+        }
 
     def execute(self, pose_folder, fps, retime, align, on_missing, auto_download, driving_frames=None, reference=None):
         return load(pose_folder, fps, retime, align, on_missing, auto_download, driving_frames, reference)

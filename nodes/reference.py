@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..echomimic_lib.errors import EchoMimicError, NoFaceError
-from ..echomimic_lib.reference import prepare_reference
+from ..echomimic_lib.frames.reference import prepare_reference
 from . import detectors, paths
+from .base import Node, link, switch
 from .composite import CROP
 from .payloads import first_image, to_image, to_mask
 
@@ -36,19 +37,18 @@ def prepare(image, target: str, width: int, height: int, no_face: str, download:
     return to_image(prep.image), to_mask(prep.mask), prep.crop
 
 
-class EchoMimicReferencePrep:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = ("IMAGE", "MASK", CROP)
-    RETURN_NAMES = ("image", "mask", "crop")
-    OUTPUT_TOOLTIPS = ("The reference at width x height.", "V1 face mask at width x height (all ones for the other targets).",
-                       "Where the reference came from in the picture, for EchoMimic Paste Back.")
+class EchoMimicReferencePrep(Node):
+    OUTPUTS = (
+        ("IMAGE", "image", "The reference at width x height."),
+        ("MASK", "mask", "V1 face mask at width x height (all ones for the other targets)."),
+        (CROP, "crop", "Where the reference came from in the picture, for EchoMimic Paste Back."),
+    )
     DESCRIPTION = "Prepares the reference picture: V1 square face crop + face mask, V2 half-body crop, or a plain resize."
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The reference picture (the first image of a batch is used)."}),
+    def inputs(cls):
+        return {
+            "image": link("IMAGE", "The reference picture (the first image of a batch is used)."),
             "target": (TARGETS, {"default": TARGETS[0], "tooltip": "V1 face crop + mask: for V1 audio driving (MediaPipe finds "
                        "the face). V2 half-body crop: head to elbows, like the V2 demos (DWPose). resize only: use the picture as is."}),
             "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Output width (multiple of 8), "
@@ -57,9 +57,9 @@ class EchoMimicReferencePrep:
                        "the video's height: the sampler's height 0 follows it."}),
             "no_face": (list(NO_FACE), {"default": "error", "tooltip": "V1 face crop when no face is found: stop with an "
                         "error, or use the whole picture with an all-ones mask."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download the face-landmark (MediaPipe) or DWPose "
-                              "models into models/echomimic if missing."}),
-        }}
+            "auto_download": switch("Download the face-landmark (MediaPipe) or DWPose models into models/echomimic if "
+                                    "missing."),
+        }
 
     def execute(self, image, target, width, height, no_face, auto_download):
         return prepare(image, target, width, height, no_face, auto_download)

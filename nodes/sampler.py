@@ -11,6 +11,7 @@ from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.modes import get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
 from . import comfy_bridge as C
+from .base import Node, link
 from .loader import finish, placement
 from .payloads import AUDIO_FEATURES, LANDMARKS, MODEL, POSES, first_image, mask_plane, trim_audio
 
@@ -84,21 +85,20 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
     return result.frames, float(result.fps), trim_audio(track.audio, result.num_frames, result.fps)
 
 
-class EchoMimicSampler:
-    CATEGORY = "EchoMimic"
-    FUNCTION = "execute"
-    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO")
-    RETURN_NAMES = ("images", "fps", "audio")
-    OUTPUT_TOOLTIPS = ("The video frames.", "Their frame rate (link to Create Video's fps).",
-                       "The audio cut to the video's length (link to Create Video's audio).")
+class EchoMimicSampler(Node):
+    OUTPUTS = (
+        ("IMAGE", "images", "The video frames."),
+        ("FLOAT", "fps", "Their frame rate (link to Create Video's fps)."),
+        ("AUDIO", "audio", "The audio cut to the video's length (link to Create Video's audio)."),
+    )
     DESCRIPTION = "Animates the reference with the audio (and landmarks or hand poses) over sliding context windows."
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (MODEL, {"tooltip": "From EchoMimic Model Loader; its version decides which condition is needed."}),
-            "reference": ("IMAGE", {"tooltip": "The reference picture (ideally from EchoMimic Reference Preparation)."}),
-            "audio_features": (AUDIO_FEATURES, {"tooltip": "From EchoMimic Audio Encoder (same model)."}),
+    def inputs(cls):
+        return {
+            "model": link(MODEL, "From EchoMimic Model Loader; its version decides which condition is needed."),
+            "reference": link("IMAGE", "The reference picture (ideally from EchoMimic Reference Preparation)."),
+            "audio_features": link(AUDIO_FEATURES, "From EchoMimic Audio Encoder (same model)."),
             "seed": ("INT", {"default": 420, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise seed; the same seed and inputs give the same video."}),
             "steps": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Denoising steps; 0 = the variant's default "
@@ -115,12 +115,16 @@ class EchoMimicSampler:
             "context_frames": ("INT", {"default": 12, "min": 1, "max": 32, "tooltip": "Frames per context window."}),
             "context_overlap": ("INT", {"default": 3, "min": 0, "max": 31, "tooltip": "Frames shared by neighbouring windows "
                                         "(smaller than context_frames)."}),
-        }, "optional": {
-            "mask": ("MASK", {"tooltip": "V1 audio: the face mask at width x height (Reference Preparation). Without it "
-                              "the whole frame is used."}),
-            "landmarks": (LANDMARKS, {"tooltip": "V1 landmark models: driving landmarks (Landmark Extractor or Aligner)."}),
-            "poses": (POSES, {"tooltip": "V2 models: the hand-pose sequence (Hand-Pose Sequence Loader)."}),
-        }}
+        }
+
+    @classmethod
+    def optional_inputs(cls):
+        return {
+            "mask": link("MASK", "V1 audio: the face mask at width x height (Reference Preparation). Without it "
+                              "the whole frame is used."),
+            "landmarks": link(LANDMARKS, "V1 landmark models: driving landmarks (Landmark Extractor or Aligner)."),
+            "poses": link(POSES, "V2 models: the hand-pose sequence (Hand-Pose Sequence Loader)."),
+        }
 
     def execute(self, model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
                 context_overlap, mask=None, landmarks=None, poses=None):

@@ -5,7 +5,7 @@ import pytest
 
 from echomimic_lib.audio import audio_frame_count
 from echomimic_lib.cli import main as cli
-from echomimic_lib.video_io import probe, read_audio
+from echomimic_lib.io.video_io import probe, read_audio
 from tests._media import write_wav
 
 SECONDS = 1.2
@@ -101,7 +101,7 @@ def test_bad_input_gives_clear_errors_and_no_partial_file(tiny, speech, shared_d
 
 @pytest.mark.slow
 def test_low_vram_and_fp8_options_render_the_same_video_within_their_tolerance(tiny, speech, shared_data, tmp_path):
-    from echomimic_lib.video_io import read_video
+    from echomimic_lib.io.video_io import read_video
 
     def render(name, *flags):
         out = tmp_path / f"{name}.mp4"

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from echomimic_lib.config import SD15, TINY, EchoConfig, unet_config_dict, inference_config_dict
-from echomimic_lib.models import ConditionEncoder, EchoUNet
+from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
+from tests._import_graph import circles, folder_graph, import_graph, wrong_direction
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("echomimic_lib", "nodes", "trainer", "bench")
 FORBIDDEN = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "server", "nodes", "trainer", "execution"}
 
 
@@ -57,6 +59,71 @@ def test_importing_the_library_has_no_side_effects(tmp_path):
     assert report["env"] == []
     created = [p for p in tmp_path.rglob("*")]
     assert created == [], f"importing created files: {created[:5]}"
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_the_circle_and_direction_checks_catch_what_they_are_for(tmp_path):
+    """The checks below on a made-up tree: a circle through a function-level, a relative and a TYPE_CHECKING
+    import, a package face that is no circle, an engine module importing a job, the library importing nodes."""
+    root = _tree(tmp_path, {
+        "echomimic_lib/__init__.py": "",
+        "echomimic_lib/a.py": "def f():\n    from .jobs import b\n",
+        "echomimic_lib/jobs/__init__.py": "from .b import g\n",
+        "echomimic_lib/jobs/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from echomimic_lib.c import h\n",
+        "echomimic_lib/c.py": "import echomimic_lib.a\nfrom nodes import paths\n",
+        "echomimic_lib/cli/__init__.py": "from ..jobs import b\nfrom . import run\n",
+        "echomimic_lib/cli/run.py": "from ..a import f\n",
+        "nodes/__init__.py": "from . import x\n",
+        "nodes/x.py": "from ..echomimic_lib.cli import run\n",
+        "nodes/paths.py": "",
+    })
+    graph = import_graph(root, ("echomimic_lib", "nodes"))
+    assert graph["echomimic_lib.cli"] == {"echomimic_lib.jobs.b", "echomimic_lib.cli.run"}
+    assert circles(graph) == [["echomimic_lib.a", "echomimic_lib.c", "echomimic_lib.jobs.b"]]
+    assert circles(folder_graph(graph)) == [["echomimic_lib.a", "echomimic_lib.c", "echomimic_lib.jobs"]]
+    assert wrong_direction(graph) == [
+        "echomimic_lib.a -> echomimic_lib.jobs.b: the engine must not import a job",
+        "echomimic_lib.c -> nodes.paths: echomimic_lib must not import nodes",
+    ]
+
+
+@pytest.fixture(scope="module")
+def graph():
+    g = import_graph(ROOT, PACKAGES)
+    assert len(g) > 120 and all(any(m.startswith(p) for m in g) for p in PACKAGES)
+    return g
+
+
+def test_no_import_circle_anywhere(graph):
+    """Library, nodes, trainer, bench: no modules that import each other in a loop, however indirectly."""
+    assert circles(graph) == []
+
+
+def test_the_librarys_folders_form_layers(graph):
+    """No circle between echomimic_lib's subpackages and top-level modules either: each folder is a layer."""
+    assert circles(folder_graph(graph)) == []
+
+
+def test_imports_point_one_way(graph):
+    """nodes -> echomimic_lib <- trainer (bench uses both); inside the library front ends (cli) -> jobs -> engine."""
+    assert wrong_direction(graph) == []
+    assert any(b.startswith("echomimic_lib.jobs") for b in graph["echomimic_lib.cli.animate"])  # the rule has work to do
+
+
+def test_the_layout_stays_small_enough_to_read():
+    """At most 10 modules at the library's top level (subpackages aside); no Python file over 450 lines."""
+    top = sorted(p.name for p in (ROOT / "echomimic_lib").glob("*.py"))
+    assert len(top) <= 10, top
+    skip = {".venv", ".git", "node_modules"}
+    long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts)
+            and (n := len(p.read_text().splitlines())) > 450}
+    assert long == {}
 
 
 def _count(module, pred=lambda k: True):
@@ -191,7 +258,7 @@ def test_compiled_regions_capture_whole_and_match_eager():
     (fullgraph: no graph break) and computes what eager does (aot_eager: traced, no code generated)."""
     import torch._dynamo
 
-    from echomimic_lib.models.compile import compile_regions, is_compiled, uncompile_regions
+    from echomimic_lib.models.unet.compile import compile_regions, is_compiled, uncompile_regions
     from echomimic_lib.tiny import randomize_
 
     ref = randomize_(EchoUNet(TINY, "reference"), 7).eval()
@@ -221,7 +288,7 @@ def test_fused_projections_also_for_comfyuis_castable_layers_while_they_do_not_c
     q/k/v still fuse while the layer computes with its stored weight, and not while it casts (partial load)."""
     from torch import nn
 
-    from echomimic_lib.models.attention import Attention
+    from echomimic_lib.models.unet.attention import Attention
     from echomimic_lib.tiny import randomize_
 
     class CastableLinear(nn.Linear):  # comfy.ops.disable_weight_init.Linear's switches

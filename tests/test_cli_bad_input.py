@@ -21,7 +21,7 @@ MP_MODEL = "face_landmarker_v2_with_blendshapes.task"
 def media(tmp_path_factory, shared_data):
     import cv2
 
-    from echomimic_lib.video_io import read_audio
+    from echomimic_lib.io.video_io import read_audio
 
     d = tmp_path_factory.mktemp("media")
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
@@ -47,9 +47,8 @@ def media(tmp_path_factory, shared_data):
 @pytest.fixture
 def loads(monkeypatch):
     """Weight loading and weight lookup, replaced by recorders that fail loudly."""
-    import echomimic_lib.download as download
     import echomimic_lib.model_set as model_set
-    import echomimic_lib.weights as weights
+    import echomimic_lib.io.weights as weights
 
     calls = []
 
@@ -62,7 +61,7 @@ def loads(monkeypatch):
     monkeypatch.setattr(model_set, "load_models", recorder("load_models"))
     monkeypatch.setattr(model_set, "read_state_dict", recorder("model_set.read_state_dict"))
     monkeypatch.setattr(weights, "read_state_dict", recorder("weights.read_state_dict"))
-    monkeypatch.setattr(download, "ensure_weights", recorder("ensure_weights"))
+    monkeypatch.setattr(model_set, "ensure_weights", recorder("ensure_weights"))
     return calls
 
 

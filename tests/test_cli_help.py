@@ -73,14 +73,14 @@ def test_make_tiny_reports_once_and_names_the_extra_models(tmp_path, capsys, mon
 
 
 def test_default_log_level_keeps_third_party_chatter_back(capsys):
-    from echomimic_lib.cli_common import setup_logging
+    from echomimic_lib.cli.common import setup_logging
 
     setup_logging()
     for _ in range(2):  # per-file download notes, and Python warnings (logging.captureWarnings routes them here)
         logging.getLogger("huggingface_hub.file_download").warning("Xet Storage is enabled for this repo, but ...")
         logging.getLogger("py.warnings").warning("FutureWarning: `resume_download` is deprecated")
-    logging.getLogger("echomimic_lib.animate").info("our status line")
-    logging.getLogger("echomimic_lib.animate").warning("our warning")
+    logging.getLogger("echomimic_lib.jobs.animate").info("our status line")
+    logging.getLogger("echomimic_lib.jobs.animate").warning("our warning")
     err = capsys.readouterr().err
     assert "Xet" not in err and "deprecated" not in err
     assert "our status line\n" in err and "warning: our warning" in err
@@ -91,7 +91,7 @@ def test_default_log_level_keeps_third_party_chatter_back(capsys):
 
 
 def test_mediapipe_native_lines_are_held_back_and_others_kept(capfd):
-    from echomimic_lib.cli_common import setup_logging
+    from echomimic_lib.cli.common import setup_logging
     from echomimic_lib.landmarks.mp_models import quiet_native_logs
 
     setup_logging()
@@ -109,7 +109,7 @@ def test_mediapipe_native_lines_are_held_back_and_others_kept(capfd):
 
 
 def test_progress_bar_opens_with_the_first_step(capsys):
-    from echomimic_lib.cli_common import ProgressBar
+    from echomimic_lib.cli.common import ProgressBar
 
     bar = ProgressBar("sampling")
     assert capsys.readouterr().err == ""  # nothing while models load

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from echomimic_lib.cli import main as cli
-from echomimic_lib.video_io import probe, read_audio
-from echomimic_lib.video_writer import Mp4Writer, OutputError
+from echomimic_lib.io.video_io import probe, read_audio
+from echomimic_lib.io.video_writer import Mp4Writer, OutputError
 from tests._media import write_wav
 
 
@@ -66,8 +66,8 @@ def test_smoke_run_streams_frames_and_works_offline_without_mediapipe(smoke, cap
 
 
 def test_video_length_follows_the_audio(clips, shared_data, tmp_path, monkeypatch):
-    from echomimic_lib.animate import AnimateRequest
-    from echomimic_lib.animate_checks import preflight
+    from echomimic_lib.jobs.animate import AnimateRequest
+    from echomimic_lib.jobs.animate_checks import preflight
     from echomimic_lib.audio import audio_frame_count
 
     monkeypatch.setenv("ECHOMIMIC_MODELS", str(tmp_path))
@@ -135,7 +135,7 @@ def test_disk_full_leaves_nothing_and_says_so(smoke, capsys, monkeypatch):
 
 
 def test_interrupt_exits_130(smoke, capsys, monkeypatch):
-    import echomimic_lib.animate as animate
+    import echomimic_lib.jobs.animate as animate
 
     def interrupted(plan):
         raise KeyboardInterrupt
@@ -157,7 +157,7 @@ def test_interrupt_while_writing_removes_the_temporary_file(tmp_path):
 
 
 def test_a_genuine_bug_shows_the_traceback_and_asks_for_a_report(smoke, capsys, monkeypatch):
-    import echomimic_lib.animate as animate
+    import echomimic_lib.jobs.animate as animate
 
     def broken(plan):
         raise RuntimeError("boom")

@@ -1,4 +1,4 @@
-"""Paste-back (echomimic_lib.composite), crop geometry (echomimic_lib.crop) and colour matching on the shared
+"""Paste-back (echomimic_lib.frames.composite), crop geometry (echomimic_lib.frames.crop) and colour matching on the shared
 portrait: an identity "generation" (the crop itself) comes back at > 40 dB, pixels outside the mask are the
 original's bit for bit, non-square and odd originals, colour matching only inside the mask."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from echomimic_lib.color_match import match_colors
-from echomimic_lib.composite import PasteBack, feather_box, paste_back, region_mask
-from echomimic_lib.crop import CropGeometry
+from echomimic_lib.frames.color_match import match_colors
+from echomimic_lib.frames.composite import PasteBack, feather_box, paste_back, region_mask
+from echomimic_lib.frames.crop import CropGeometry
 from echomimic_lib.errors import EchoMimicError
 from echomimic_lib.pose import HalfBodyCrop, crop_image, fit_image, resize_and_pad_params
 

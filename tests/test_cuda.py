@@ -74,7 +74,7 @@ def full_size_models(version: str, seed: int = 0):
 
     from echomimic_lib.config import SD15
     from echomimic_lib.model_set import EchoMimicModels
-    from echomimic_lib.models import ConditionEncoder, EchoUNet
+    from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
     from echomimic_lib.modes import WEIGHT_SETS
     from echomimic_lib.tiny import SD_VAE_CONFIG, randomize_
 
@@ -284,7 +284,7 @@ def test_lora_at_strength_zero_is_the_base_and_at_one_changes_the_video(bridge):
 
 def test_regional_compile_matches_eager_on_cuda(comfy_models):
     from echomimic_lib.model_set import load_models
-    from echomimic_lib.models.compile import compile_regions, is_compiled, uncompile_regions
+    from echomimic_lib.models.unet.compile import compile_regions, is_compiled, uncompile_regions
 
     models = load_models(comfy_models / "echomimic", "v1_audio", "normal", device="cuda", dtype=torch.float32)
     den = models.denoiser

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from echomimic_lib.cli import main as cli
-from echomimic_lib.download import ensure_weights
+from echomimic_lib.model_set import ensure_weights
 from echomimic_lib.errors import MissingWeightsError
-from echomimic_lib.models.attention import resolve_backend
+from echomimic_lib.models.unet.attention import resolve_backend
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from echomimic_lib.cli import main as cli
-from echomimic_lib.video_io import probe, read_audio, read_video
+from echomimic_lib.io.video_io import probe, read_audio, read_video
 from tests._media import write_wav
 
 # one denoiser call per run: 64 px, 1 step, no CFG, one 24-frame context window
@@ -78,9 +78,9 @@ def _source_video(path: Path, shared: Path, black=(3, 4), size=(357, 331), fps=2
 @pytest.mark.slow
 def test_faceless_frames_pass_through_and_odd_sizes_and_frame_rates_are_kept(tiny_comfy_models, shared_data, tmp_path,
                                                                              caplog):
-    from echomimic_lib.dub import DubRequest, render_dub
+    from echomimic_lib.jobs.dub import DubRequest, render_dub
     from echomimic_lib.retime import retime_indices
-    from echomimic_lib.video_io import write_video
+    from echomimic_lib.io.video_io import write_video
 
     video = _source_video(tmp_path / "person.mp4", shared_data)
     src = read_video(video, with_audio=False).frames
@@ -115,7 +115,7 @@ def test_faceless_frames_pass_through_and_odd_sizes_and_frame_rates_are_kept(tin
 def test_unconditional_audio_is_the_denoisers_zero_audio_path():
     from echomimic_lib.audio.unconditional import UnconditionalAudio
     from echomimic_lib.config import TINY
-    from echomimic_lib.models import EchoUNet
+    from echomimic_lib.models.unet import EchoUNet
     from echomimic_lib.tiny import randomize_
 
     den = randomize_(EchoUNet(TINY, "denoiser"), 3).eval()
@@ -148,8 +148,8 @@ def test_bad_dub_requests_fail_before_any_work(tmp_path, shared_data, capsys):
 def test_landmark_only_animate_follows_the_driving_sequence(shared_data, tmp_path):
     """``echomimic animate --mode landmarks`` without ``--audio``: planned before any weight, as long as the driving
     frames (240 .pkl frames; a driving video resampled to --fps), no sound track."""
-    from echomimic_lib.animate import AnimateRequest
-    from echomimic_lib.animate_checks import preflight
+    from echomimic_lib.jobs.animate import AnimateRequest
+    from echomimic_lib.jobs.animate_checks import preflight
     from echomimic_lib.errors import EchoMimicError
 
     ref = str(shared_data / "images" / "portrait_a.png")

@@ -35,7 +35,7 @@ def rendered():
     """What a sampler hands on: 16 frames of a face (IMAGE), their audio (AUDIO) and the reference (IMAGE)."""
     import cv2
 
-    video_io = sub("echomimic_lib.video_io")
+    video_io = sub("echomimic_lib.io.video_io")
     clip = video_io.read_video(DATA / "video" / "driving_a.mp4", max_frames=16, with_audio=False)
     wav, sr = video_io.read_audio(DATA / "audio" / "pose_demo_clip.wav")
     audio = {"waveform": torch.from_numpy(np.ascontiguousarray(wav[:, : int(16 / 24 * sr)])).unsqueeze(0), "sample_rate": sr}
@@ -82,7 +82,7 @@ def test_the_node_explains_missing_files_and_refuses_names_outside_its_folder(mo
 
 
 def test_the_render_and_score_workflow_queues_with_the_evaluation_fed_by_the_sampler(tmp_path):
-    qc = sub("echomimic_lib.queue_client")
+    qc = sub("echomimic_lib.jobs.queue_client")
     faces, speech = tmp_path / "faces", tmp_path / "speech"
     faces.mkdir()
     speech.mkdir()

@@ -60,7 +60,7 @@ def test_the_command_line_places_each_network_for_its_stage_on_a_gpu_only(tmp_pa
     command line now uses the nodes' stage-by-stage placement; the CPU path is unchanged."""
     from dataclasses import replace
 
-    from echomimic_lib.animate import AnimateRequest, _memory_options, _staged
+    from echomimic_lib.jobs.animate import AnimateRequest, _memory_options, _staged
     from echomimic_lib.memory import Placement
     from echomimic_lib.model_set import load_models
     from echomimic_lib.pipeline import settings_for

@@ -13,7 +13,7 @@ pytest.importorskip("mediapipe")
 cv2 = pytest.importorskip("cv2")
 
 from echomimic_lib.landmarks.extractor import FaceLandmarkExtractor  # noqa: E402
-from echomimic_lib.video_io import read_video  # noqa: E402
+from echomimic_lib.io.video_io import read_video  # noqa: E402
 
 PARITY = Path(os.environ.get("ECHOMIMIC_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"))
 IMAGES = ["portrait_a.png", "portrait_b.png", "halfbody_0035.png", "pose_demo_d.jpg"]

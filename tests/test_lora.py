@@ -30,7 +30,7 @@ def lora_config(base: Path, out: Path, **extra) -> dict:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One LoRA run of STEPS steps (checkpoints RESUME_AT and STEPS kept), shared by the tests below."""
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.loop import fit
 
     base = shared_dir(tmp_path_factory)
@@ -65,7 +65,7 @@ def test_lora_run_trains_only_adapters_and_the_loss_drops(run):
 def test_lora_resume_is_exact(run, tmp_path):
     """A new process state (fresh fit, rebuilt base, re-injected adapters) resumed from an earlier checkpoint
     ends with the same adapter weights, AdamW state and EMA bytes as the uninterrupted run."""
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.loop import fit
 
     b = tmp_path / "b"
@@ -94,7 +94,8 @@ def test_another_base_is_refused_on_resume_and_warned_about_at_inference(run, ex
     """The tiny folder's acc denoiser stands in for other base weights."""
     from echomimic_lib.lora import apply_lora
     from echomimic_lib.model_set import load_models
-    from trainer.config import ConfigError, load_config
+    from trainer.config import ConfigError
+    from trainer.config_file import load_config
     from trainer.init import build
     from trainer.lora import load_adapter_checkpoint
 
@@ -201,7 +202,7 @@ def test_strength_zero_is_the_base_bit_for_bit_and_strengths_never_compound(run,
 
 def test_animate_cli_with_lora(run, exported, tmp_path):
     from echomimic_lib.cli import main
-    from echomimic_lib.video_io import probe
+    from echomimic_lib.io.video_io import probe
 
     out = tmp_path / "anim.mp4"
     assert main(["animate", "--models", str(run["weights"]), "--version", "v1", "--mode", "audio", "--no-face-crop",
@@ -271,7 +272,8 @@ def test_bad_adapter_files_are_refused_with_a_fix(exported, tmp_path):
 
 
 def test_lora_config_is_checked(run):
-    from trainer.config import ConfigError, load_config
+    from trainer.config import ConfigError
+    from trainer.config_file import load_config
 
     def cfg(*over):
         return load_config(None, [f"model.echomimic_path={run['weights']}", *over], preset="v1_lora_identity")

@@ -15,7 +15,7 @@ from torch import nn
 from echomimic_lib.config import TINY
 from echomimic_lib.memory import BlockStreamer, Placement, estimate, stream_units, to_fp8
 from echomimic_lib.memory.tracker import VramTracker, gpu_attention
-from echomimic_lib.models import EchoUNet
+from echomimic_lib.models.unet import EchoUNet
 from echomimic_lib.pipeline.decode import decode_latents, plan_chunk
 from echomimic_lib.tiny import TINY_VAE_CONFIG, randomize_
 

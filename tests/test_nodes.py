@@ -69,7 +69,7 @@ def v2(models):
 
 
 def audio(seconds: float, name: str = "echomimic_en.wav") -> dict:
-    wav, sr = sub("echomimic_lib.video_io").read_audio(DATA / "audio" / name)
+    wav, sr = sub("echomimic_lib.io.video_io").read_audio(DATA / "audio" / name)
     return {"waveform": torch.from_numpy(np.ascontiguousarray(wav[:, : int(seconds * sr)])).unsqueeze(0), "sample_rate": sr}
 
 
@@ -95,7 +95,7 @@ def v1_reference(models):
 
 @pytest.fixture(scope="module")
 def driving(models):
-    clip = sub("echomimic_lib.video_io").read_video(DATA / "video" / "driving_a.mp4", max_frames=5, with_audio=False)
+    clip = sub("echomimic_lib.io.video_io").read_video(DATA / "video" / "driving_a.mp4", max_frames=5, with_audio=False)
     return torch.from_numpy(clip.frames).float().div(255), clip.fps
 
 

@@ -13,7 +13,7 @@ from echomimic_lib.errors import EchoMimicError, UnsafeFileError
 from echomimic_lib.pose import PoseSequence, load_pose, load_pose_npz, load_released_folder, save_pose_npz, save_released_folder
 from echomimic_lib.pose.io import convert_released_folder
 from echomimic_lib.retime import POLICIES
-from echomimic_lib.safe_pickle import load_npy
+from echomimic_lib.io.safe_pickle import load_npy
 
 
 def _pose_folders(shared_data):

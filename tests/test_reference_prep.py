@@ -1,4 +1,4 @@
-"""Reference preparation shared by the CLI and the node (echomimic_lib.reference) and the CLI's parity with the nodes:
+"""Reference preparation shared by the CLI and the node (echomimic_lib.frames.reference) and the CLI's parity with the nodes:
 the V1 landmark modes crop the face like the V1 audio mode, V2 offers the half-body crop and the pose alignment,
 every crop reports its geometry, ``--parts ""`` means no parts, and ``echomimic animate --paste-back`` writes the
 full-size picture."""
@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from echomimic_lib.animate import AnimateRequest, prepare_condition
+from echomimic_lib.jobs.animate import AnimateRequest, prepare_condition
 from echomimic_lib.modes import get_mode
 from echomimic_lib.pipeline import settings_for
-from echomimic_lib.reference import prepare_reference
-from echomimic_lib.video_io import probe
+from echomimic_lib.frames.reference import prepare_reference
+from echomimic_lib.io.video_io import probe
 from tests.test_workflows_run import _fake_person
 
 
@@ -63,7 +63,7 @@ def test_node_payload_empty_parts_mean_no_parts():
 
 
 def test_v2_halfbody_crop_and_pose_alignment(shared_data, monkeypatch):
-    import echomimic_lib.animate as animate
+    import echomimic_lib.jobs.animate as animate
 
     half = cv2.cvtColor(cv2.imread(str(shared_data / "images" / "halfbody_0035.png")), cv2.COLOR_BGR2RGB)
     monkeypatch.setattr(animate, "_dwpose", lambda req: _fake_person)

@@ -5,7 +5,7 @@ import torch
 from diffusers.models.attention import FeedForward
 
 from echomimic_lib.config import TINY
-from echomimic_lib.models import EchoUNet, token_chunks
+from echomimic_lib.models.unet import EchoUNet, token_chunks
 from echomimic_lib.tiny import randomize_
 
 

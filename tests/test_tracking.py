@@ -1,15 +1,15 @@
-"""Face tracking through a video (echomimic_lib.landmarks.tracking) on the shared driving video with MediaPipe, and
-the dubbing schedule (echomimic_lib.dub_plan): smoothing bound, one crop holding the face, reference frame choice,
+"""Face tracking through a video (echomimic_lib.frames.tracking) on the shared driving video with MediaPipe, and
+the dubbing schedule (echomimic_lib.jobs.dub_plan): smoothing bound, one crop holding the face, reference frame choice,
 driving and background frames that never drift apart."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from echomimic_lib.dub_plan import make_schedule
-from echomimic_lib.landmarks.tracking import head_angles, jitter, smooth_time, track_faces
+from echomimic_lib.jobs.dub_plan import make_schedule
+from echomimic_lib.frames.tracking import head_angles, jitter, smooth_time, track_faces
 from echomimic_lib.retime import retime_indices
-from echomimic_lib.video_io import read_video
+from echomimic_lib.io.video_io import read_video
 
 JITTER_BOUND = 0.3  # px / frame^2, the smoothed crop centre on driving_a.mp4 (measured 0.20; raw 2.04)
 

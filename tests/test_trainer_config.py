@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.config import ConfigError, TrainConfig, from_dict, load_config
+from trainer.config import ConfigError, TrainConfig
+from trainer.config_file import from_dict, load_config
 from trainer.phases import phase_at, pose_dropout_at
 from trainer.presets import PAPER_PRESETS, PRESETS
 from tests.test_trainer_helpers import write_yaml

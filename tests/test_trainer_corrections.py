@@ -50,7 +50,7 @@ def _hand_picture(seq, i, size, shift=0):
 
 
 def test_phd_pose_term_on_encoder_features_sees_a_displaced_hand():
-    from echomimic_lib.models import ConditionEncoder
+    from echomimic_lib.models.unet import ConditionEncoder
     from echomimic_lib.pose import load_pose
     from trainer.config import PhDConfig
     from trainer.masks import keypoints_from_pose
@@ -86,7 +86,7 @@ def test_phd_pose_term_on_encoder_features_sees_a_displaced_hand():
 def test_pose_driven_clips_prepare_without_speech_and_train_audio_dropped(base, tmp_path):
     import shutil
 
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.data.clean import PrepareConfig
     from trainer.data.dataset import EchoDataset, ResumableSampler, build_pools
     from trainer.data.prepare import prepare_dataset
@@ -121,7 +121,7 @@ def test_pose_driven_clips_prepare_without_speech_and_train_audio_dropped(base, 
 
 
 def test_validation_renders_with_the_phases_conditions_and_audio_mask(base, tmp_path):
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.data.dataset import build_pools
     from trainer.init import build
     from trainer.monitor import Monitor

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import load_config
+from trainer.config_file import load_config
 from trainer.data.augment import apply_audio_aug, augmented_chunks, draw_audio_aug, rls_parts, stored_chunks
 from trainer.data.clean import PrepareConfig, check_clip, clip_square
 from trainer.data.dataset import EchoDataset, ResumableSampler, build_pools
@@ -73,7 +73,7 @@ def test_joint_unconditional_dropout():
 
 
 def _write(path, frames, wav=None):
-    from echomimic_lib.video_io import write_video
+    from echomimic_lib.io.video_io import write_video
 
     write_video(path, frames, 24.0)
     if wav:
@@ -81,7 +81,7 @@ def _write(path, frames, wav=None):
 
 
 def test_prepare_drops_with_reasons_reports_and_resumes(base, tmp_path):
-    from echomimic_lib.video_io import read_video
+    from echomimic_lib.io.video_io import read_video
 
     src = read_video(DATA / "video" / "driving_a.mp4", max_frames=48, with_audio=False).frames
     inp = tmp_path / "in"

@@ -83,7 +83,7 @@ class FakeDWPose:
 def halfbody_video(folder: Path, frames: int = 48) -> Path:
     import cv2
 
-    from echomimic_lib.video_io import write_video
+    from echomimic_lib.io.video_io import write_video
 
     folder.mkdir(parents=True, exist_ok=True)
     img = cv2.cvtColor(cv2.imread(str(DATA / "images" / "halfbody_0035.png")), cv2.COLOR_BGR2RGB)

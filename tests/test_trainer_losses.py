@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from echomimic_lib.config import TINY
-from echomimic_lib.models import EchoUNet
+from echomimic_lib.models.unet import EchoUNet
 from echomimic_lib.pipeline import make_scheduler
 from echomimic_lib.tiny import randomize_
 from trainer.losses import keypoint_heatmaps, masked_mse, phd_phase, pose_maps, soft_edges, spatial_weight, x0_from_v

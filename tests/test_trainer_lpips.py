@@ -33,7 +33,7 @@ def test_lpips_random_backbone_is_a_distance_with_gradients():
 
 
 def test_spatial_and_phd_lpips_terms(base, tmp_path):
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.data.dataset import EchoDataset, ResumableSampler, build_pools, collate
     from trainer.init import build
     from trainer.step import LossFns, compute_losses

@@ -24,7 +24,7 @@ def base(tmp_path_factory):
 
 def _animatediff_file(path: Path) -> Path:
     from echomimic_lib.config import TINY
-    from echomimic_lib.models import EchoUNet
+    from echomimic_lib.models.unet import EchoUNet
     from echomimic_lib.tiny import randomize_
 
     den = randomize_(EchoUNet(TINY, "denoiser", motion=True), 77)
@@ -34,7 +34,7 @@ def _animatediff_file(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_v1_stage1_stage2_export_animate(base, tmp_path):
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.evaluate import fixed_loss
 
     run1 = tmp_path / "stage1"
@@ -88,7 +88,7 @@ def test_v1_stage1_stage2_export_animate(base, tmp_path):
                         "--steps", "2", "--width", "64",
                         "--height", "64", "--length", "6", "-q"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    from echomimic_lib.video_io import probe
+    from echomimic_lib.io.video_io import probe
 
     assert probe(out)["frames"] == 6
 
@@ -99,7 +99,7 @@ def test_init_from_sd_image_variations(base, tmp_path):
 
     from echomimic_lib.config import TINY, unet_config_dict
     from echomimic_lib.tiny import randomize_
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.init import build
 
     cfg = unet_config_dict(TINY)
@@ -223,7 +223,7 @@ def fresh_accelerate_state():
 
 
 def test_nonfinite_losses_are_detected_reported_and_stop_the_run(base, tmp_path, fresh_accelerate_state):
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.loop import NonFiniteError, fit
 
     run = tmp_path / "nan"

@@ -66,7 +66,7 @@ def test_headshot_padding_geometry():
 
 
 def test_halfbody_prepare_and_v2_samples(base):
-    from trainer.config import load_config
+    from trainer.config_file import load_config
     from trainer.data.dataset import EchoDataset, ResumableSampler, build_pools
     from trainer.data.store import ClipReader, read_manifest
 
@@ -119,7 +119,7 @@ STEPS = {"1": 2, "2": 3, "3a": 2, "3b": 4, "3c": 1, "3d": 1, "4": 1}  # 14 steps
 
 @pytest.mark.slow
 def test_apdh_schedule_end_to_end_resume_in_3b_and_export(base, tmp_path):
-    from echomimic_lib.weights import read_state_dict
+    from echomimic_lib.io.weights import read_state_dict
     from trainer.losses import phd_phase
 
     run = tmp_path / "apdh"
@@ -179,6 +179,6 @@ def test_apdh_schedule_end_to_end_resume_in_3b_and_export(base, tmp_path):
                           str(DATA / "audio" / "echomimicv2_woman.wav"), "-o", str(out), "--offline", "--steps", "2", "--width", "64",
                           "--height", "64", "--length", "4", "-q"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    from echomimic_lib.video_io import probe
+    from echomimic_lib.io.video_io import probe
 
     assert probe(out)["frames"] == 4

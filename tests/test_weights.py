@@ -10,7 +10,7 @@ import torch
 from echomimic_lib.cli import main as cli_main
 from echomimic_lib.errors import MissingWeightsError, UnsafeFileError, WeightsError
 from echomimic_lib.model_set import load_cond_encoder, load_denoiser, load_models, read_config, resolve_files
-from echomimic_lib.weights import read_state_dict
+from echomimic_lib.io.weights import read_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_single_file_vae_reads_its_architecture_from_the_file(tiny_v1, tmp_path)
     from diffusers import AutoencoderKL
 
     from echomimic_lib.model_set import load_vae
-    from echomimic_lib.weights import save_state_dict
+    from echomimic_lib.io.weights import save_state_dict
 
     state = AutoencoderKL.from_pretrained(str(tiny_v1 / "sd-vae-ft-mse")).state_dict()
     save_state_dict(state, tmp_path / "tiny_vae.safetensors")
@@ -192,7 +192,7 @@ def _file_backed(tensor: torch.Tensor, ranges) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
 def test_cpu_weights_live_in_private_memory_not_in_the_file_mapping(tiny_v1):
     """The .pth files are memory-mapped to be read once; what the CPU computes on must be ordinary memory."""
-    from echomimic_lib.weights import load_strict
+    from echomimic_lib.io.weights import load_strict
 
     files = [tiny_v1 / n for n in ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "face_locator.pth")]
     state = read_state_dict(files[1])
@@ -208,7 +208,7 @@ def test_cpu_weights_live_in_private_memory_not_in_the_file_mapping(tiny_v1):
     st = read_state_dict(out / "face_locator.safetensors")
     assert st.owned
     cfg = read_config(resolve_files(tiny_v1, "v1_audio", need=()))
-    from echomimic_lib.models import ConditionEncoder
+    from echomimic_lib.models.unet import ConditionEncoder
 
     with torch.device("meta"):
         enc = ConditionEncoder(1, cfg.cond_out_channels, cfg.cond_block_channels)

@@ -31,14 +31,14 @@ class Core:
         return torch.from_numpy(rgb).float().div(255).unsqueeze(0), torch.zeros(1, *rgb.shape[:2])
 
     def LoadAudio(self, audio):
-        wav, sr = sub("echomimic_lib.video_io").read_audio(self.folder / "input" / audio)
+        wav, sr = sub("echomimic_lib.io.video_io").read_audio(self.folder / "input" / audio)
         return ({"waveform": torch.from_numpy(wav).unsqueeze(0), "sample_rate": sr},)
 
     def LoadVideo(self, file):
         return (self.folder / "input" / file,)
 
     def GetVideoComponents(self, video):
-        clip = sub("echomimic_lib.video_io").read_video(video, with_audio=False)
+        clip = sub("echomimic_lib.io.video_io").read_video(video, with_audio=False)
         return torch.from_numpy(clip.frames).float().div(255), None, clip.fps
 
     def CreateVideo(self, images, fps, audio=None):
@@ -48,7 +48,7 @@ class Core:
         audio = video["audio"]
         wav, sr = (audio["waveform"][0].numpy(), audio["sample_rate"]) if audio else (None, None)
         path = self.folder / "output" / f"{filename_prefix}_00001_.mp4"
-        sub("echomimic_lib.video_io").write_video(path, video["images"].numpy(), video["fps"], wav, sr)
+        sub("echomimic_lib.io.video_io").write_video(path, video["images"].numpy(), video["fps"], wav, sr)
         self.saved.append(path)
         return ()
 
@@ -104,7 +104,7 @@ def comfy(tiny_comfy_models, shared_data, tmp_path_factory):
     cv2.imwrite(str(inp / "echomimic_portrait.png"), cv2.resize(portrait, (360, 480), interpolation=cv2.INTER_AREA))
     half = cv2.imread(str(shared_data / "images" / "halfbody_0035.png"))
     cv2.imwrite(str(inp / "echomimic_halfbody.png"), cv2.resize(half, (400, 440), interpolation=cv2.INTER_AREA))
-    io = sub("echomimic_lib.video_io")
+    io = sub("echomimic_lib.io.video_io")
     wav, sr = io.read_audio(shared_data / "audio" / "echomimic_en.wav")
     io.write_video(folder / "tmp.mp4", np.zeros((1, 16, 16, 3), np.uint8), 24.0)  # (warm the encoder)
     clip = io.read_video(shared_data / "video" / "driving_a.mp4", max_frames=8, with_audio=False)
@@ -140,7 +140,7 @@ def test_picture_workflows_write_the_full_size_picture_animated(comfy, name, pic
     shapes = [tuple(p.shape) for p in core.previews]
     assert shapes[-2:] == [(1, 64, 64, 3), (1, *picture, 3)]  # crop, composite
     assert len(shapes) == (3 if name.startswith("v2") else 2)  # V2 also shows the hand poses that drive it
-    info = sub("echomimic_lib.video_io").probe(core.saved[0])
+    info = sub("echomimic_lib.io.video_io").probe(core.saved[0])
     assert (info["height"], info["width"]) == picture and info["frames"] == n and info["audio_seconds"]
 
 
@@ -158,4 +158,4 @@ def test_dub_workflow_keeps_the_videos_size_and_rate_and_follows_the_audio(comfy
         outside[y0:y1, x0:x1] = False
         assert torch.equal(frames[j][outside], src[s][outside])  # each frame pasted onto its own source frame
     assert [tuple(p.shape) for p in core.previews] == [(1, 256, 256, 3), (1, 256, 256, 3)]
-    assert sub("echomimic_lib.video_io").probe(core.saved[0])["frames"] == 12
+    assert sub("echomimic_lib.io.video_io").probe(core.saved[0])["frames"] == 12

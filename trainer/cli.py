@@ -57,7 +57,7 @@ def no_clips_message(summary: dict, input_dir) -> str:
 
 
 def _cmd_fit(args) -> int:
-    from .config import load_config
+    from .config_file import load_config
     from .loop import fit
 
     cfg = load_config(args.config, args.set, preset=args.preset)

@@ -1,8 +1,9 @@
-"""Typed training configuration: dataclasses, strict YAML loading, presets, ``--set`` overrides.
+"""Typed training configuration: the dataclasses of a run and the checks of their fields.
 
 A run is described by one :class:`TrainConfig`. YAML files give a subset of its fields, optionally on top
 of a preset (``preset: v1_stage1``); every unknown key is an error that names its path (``optim.lrr``), and
-every value is checked against the field's type. The resolved config is written next to the checkpoints.
+every value is checked against the field's type (reading and writing: :mod:`trainer.config_file`). The
+resolved config is written next to the checkpoints.
 
 Training is a list of *phases* (:class:`PhaseConfig`): V1 stage 1 and stage 2 are one phase each, V2's
 APDH schedule is seven phases (see :mod:`trainer.phases` and :mod:`trainer.presets`).
@@ -10,13 +11,7 @@ APDH schedule is seven phases (see :mod:`trainer.phases` and :mod:`trainer.prese
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 
 class ConfigError(ValueError):
@@ -178,6 +173,9 @@ class PhaseConfig:
     audio: str = "global"  # global | muted | lips | head   (audio cross-attention mask)
 
 
+LORA_NETWORKS = ("denoiser", "reference", "motion")  # what lora.networks may name
+
+
 @dataclass
 class LoraTrainConfig:
     """LoRA fine-tuning (:mod:`trainer.lora`): peft adapters on the base model of ``model.echomimic_path``."""
@@ -245,8 +243,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
-        from .phases import validate_phases
-
+        """The checks of single fields, of fields against each other and of a LoRA run;
+        :func:`trainer.config_file.validate` adds the phase schedule's."""
         choices = {
             "model.weights": (self.model.weights, ("v1_audio", "v1_pose", "v2")),
             "model.init": (self.model.init, ("sd", "echomimic", "random")),
@@ -284,168 +282,30 @@ class TrainConfig:
         b = self.loss.phd.bounds
         if len(b) != 2 or b[0] < 0 or b[1] < 0 or b[0] + b[1] > 1:
             raise ConfigError("loss.phd.bounds must be two fractions [S1, S2] with S1 + S2 <= 1")
-        validate_phases(self.phases, self.data.condition)
-        from .lora import validate_lora
-
-        validate_lora(self)
+        _validate_lora(self)
         return self
 
 
-# ---------------------------------------------------------------------------------------------- loading
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp, path: str):
-    """Check ``value`` against the annotation ``tp`` (after dataclass resolution) and return it converted."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
-        return from_dict(tp, value, path)
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}")
-
-
-def from_dict(cls, data: dict, path: str = ""):
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        k = unknown[0]
-        near = difflib.get_close_matches(str(k), names, n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(names)}"
-        raise ConfigError(f"{path + '.' if path else ''}{k}: unknown key{hint}")
-    kwargs = {k: _coerce(v, hints[k], f"{path + '.' if path else ''}{k}") for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """Mappings merge recursively; lists and scalars in ``over`` replace those in ``base`` -- except a
-    ``phases`` list whose every entry names an existing phase: those phases are updated in place (so a file
-    can shorten ``phases: [{name: stage1, steps: 50}]`` without restating the preset's schedule)."""
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        elif k == "phases" and _updates_by_name(out.get(k), v):
-            by_name = {str(p["name"]): p for p in v}
-            out[k] = [deep_merge(p, by_name[str(p.get("name"))]) if str(p.get("name")) in by_name else p for p in out[k]]
-        else:
-            out[k] = v
-    return out
-
-
-def _updates_by_name(base, over) -> bool:
-    if not (isinstance(base, list) and isinstance(over, list) and over):
-        return False
-    names = {str(p.get("name")) for p in base if isinstance(p, dict)}
-    return all(isinstance(p, dict) and "name" in p and str(p["name"]) in names for p in over)
-
-
-def _parse_scalar(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
-
-def apply_override(data: dict, assignment: str) -> dict:
-    """``a.b.c=value`` (YAML value). ``phases.<name>.field=value`` addresses a phase by name (or index)."""
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value")
-    key, text = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    value = _parse_scalar(text)
-    node = data
-    for i, p in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            idx = next((j for j, ph in enumerate(node) if isinstance(ph, dict) and str(ph.get("name")) == p), None)
-            if idx is None:
-                if not p.isdigit() or int(p) >= len(node):
-                    raise ConfigError(f"--set {key}: no phase named '{p}'")
-                idx = int(p)
-            node = node[idx]
-        else:
-            if p not in node or not isinstance(node[p], (dict, list)):
-                node[p] = {} if p not in node or node[p] is None else node[p]
-            node = node[p]
-    node[parts[-1]] = value
-    return data
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None) -> TrainConfig:
-    """Load a YAML file (optional), on top of its ``preset:`` (or ``preset``), then apply ``--set`` overrides."""
-    import yaml
-
-    from .presets import preset_dict
-
-    user: dict = {}
-    if path is not None:
-        text = Path(path).read_text()
-        user = yaml.safe_load(text) or {}
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
-    name = user.get("preset", preset)
-    data = deep_merge(preset_dict(name), user) if name else dict(user)
-    if name:
-        data["preset"] = name
-    data = json.loads(json.dumps(data))  # plain containers, so overrides can edit in place
-    for ov in overrides or []:
-        data = apply_override(data, ov)
-    return from_dict(TrainConfig, data).validate()
-
-
-def dump_config(cfg: TrainConfig, path: str | Path) -> Path:
-    import yaml
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
-    return path
+def _validate_lora(cfg: TrainConfig) -> None:
+    """The checks of a LoRA run (:mod:`trainer.lora`), part of :meth:`TrainConfig.validate`."""
+    lc = cfg.lora
+    if not lc.enabled:
+        return
+    if lc.rank < 1 or not lc.alpha > 0 or not 0.0 <= lc.dropout < 1.0:
+        raise ConfigError("lora: rank must be >= 1, alpha > 0 and dropout in [0, 1)")
+    bad = [n for n in lc.networks if n not in LORA_NETWORKS]
+    if bad or not lc.networks:
+        raise ConfigError(f"lora.networks: choose from {', '.join(LORA_NETWORKS)} (got {lc.networks})")
+    if not lc.targets:
+        raise ConfigError("lora.targets: name at least one layer (default to_q, to_k, to_v, to_out.0)")
+    if cfg.model.init != "echomimic":
+        raise ConfigError("lora: adapters are trained on top of a released or exported EchoMimic model: set model.init: echomimic "
+                          "and model.echomimic_path: FOLDER")
+    if cfg.model.motion_init != "released":
+        raise ConfigError("lora: the base model keeps its own motion modules: set model.motion_init: released")
+    groups = {"denoiser": {"denoiser", "audio"}, "reference": {"reference"}, "motion": {"motion"}}
+    for p in cfg.phases:
+        active = {n for n in lc.networks if n != "motion" or p.kind == "temporal"}
+        if not any(set(p.train) & groups[n] for n in active):
+            raise ConfigError(f"phases.{p.name}: no LoRA adapter trains in this phase (train {p.train}, lora.networks {lc.networks}"
+                              f"{'; motion modules only run in temporal phases' if 'motion' in lc.networks else ''})")

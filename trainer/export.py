@@ -20,9 +20,10 @@ import torch
 
 from echomimic_lib.config import EchoConfig, inference_config_dict, unet_config_dict
 from echomimic_lib.modes import WEIGHT_SETS
-from echomimic_lib.weights import save_state_dict
+from echomimic_lib.io.weights import save_state_dict
 
 from .checkpoint import read_meta, resolve_resume
+from .config import ConfigError
 
 log = logging.getLogger(__name__)
 FORMATS = (".pth", ".safetensors")
@@ -80,19 +81,17 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     """Export the checkpoint ``source`` (a checkpoint folder, or a run folder: its newest checkpoint) to ``dest``.
     A LoRA run exports its adapter as one ``.safetensors`` (:mod:`trainer.lora`), or with ``merge`` the
     official file set of the base model with the adapters merged in."""
-    from .config import load_config
+    from .config_file import load_config
     from .init import motion_state
 
     ckpt = resolve_resume(str(source), Path(source))
     meta = read_meta(ckpt)
     run_dir = ckpt.parent.parent
     dest = Path(dest)
-    from .config import ConfigError
-
     if merge and not meta.get("lora"):
         raise ConfigError(f"{ckpt}: --merge is for LoRA runs; this checkpoint holds a full model (export it without --merge)")
     if meta.get("lora"):
-        from .lora import export_adapter, merged_state
+        from .lora import export_adapter
 
         state = load_checkpoint_weights(ckpt, ema)
         if not merge:
@@ -137,3 +136,34 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
         load_models(dest, meta["weights"], "normal", with_vae=False, with_audio=False)
     log.info("exported %s (step %d) to %s", meta["weights"], meta["step"], dest)
     return written
+
+
+def merged_state(run_dir: Path, state: dict, meta: dict) -> dict:
+    """The run's base model with the adapters of ``state`` merged in by peft: a TrainingNet state dict with
+    the official parameter names (``reference.*``, ``denoiser.*``, ``cond_encoder.*``)."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from echomimic_lib.lora import fingerprints_match
+
+    from .config_file import load_config
+    from .init import build
+    from .net import is_lora_param
+
+    cfg = load_config(run_dir / "config.yaml")
+    net = build(cfg).net
+    if not fingerprints_match(meta["lora"]["base"]["fingerprint"], net.lora["base"]["fingerprint"]):
+        raise ConfigError(f"{run_dir}: the base model at {cfg.model.echomimic_path} is not the one the adapters were trained on; "
+                          "restore it (or set model.echomimic_path in the run's config.yaml) to merge")
+    own = {k for k in net.state_dict() if is_lora_param(k)}
+    adapters = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items() if is_lora_param(k)}
+    if set(adapters) != own:
+        raise ConfigError(f"{run_dir}: the checkpoint's adapters do not match the run's LoRA config (config.yaml edited?)")
+    net.load_state_dict(adapters, strict=False)
+    with torch.no_grad():
+        for name, mod in list(net.named_modules()):
+            if isinstance(mod, BaseTunerLayer):
+                mod.merge(safe_merge=True)
+                parent, _, child = name.rpartition(".")
+                setattr(net.get_submodule(parent), child, mod.get_base_layer())
+    return net.state_dict()

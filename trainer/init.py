@@ -27,9 +27,9 @@ from torch import nn
 from echomimic_lib.config import PRESETS as ARCH_PRESETS
 from echomimic_lib.config import EchoConfig
 from echomimic_lib.model_set import VAE_DIRS, WHISPER_FILES, load_vae, read_config, resolve_files
-from echomimic_lib.models import ConditionEncoder, EchoUNet
+from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
 from echomimic_lib.modes import WEIGHT_SETS
-from echomimic_lib.weights import load_strict, read_state_dict
+from echomimic_lib.io.weights import load_strict, read_state_dict
 
 from .config import TrainConfig
 from .net import TrainingNet, enable_gradient_checkpointing

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .checkpoint import checkpoint_dir, list_checkpoints, read_meta, remove_partial, resolve_resume, save_checkpoint
-from .config import TrainConfig, dump_config
+from .config import TrainConfig
+from .config_file import dump_config
 from .distributed import PhaseModel
 from .monitor import Monitor, memory_stats
 from .net import AudioAttentionControl, bypass_motion, set_trainable, trainable_names

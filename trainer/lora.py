@@ -11,8 +11,8 @@
 - Checkpoints hold only the adapter tensors (accelerate save/load hooks): a few MB instead of the whole
   model; resuming rebuilds the base from ``model.echomimic_path`` and checks its fingerprint.
 - Export: :func:`export_adapter` writes one ``.safetensors`` with its config in the metadata
-  (:mod:`echomimic_lib.lora`); :func:`merged_state` merges the adapters into the base with peft (for
-  ``export --merge``, the official file set).
+  (:mod:`echomimic_lib.lora`); :func:`trainer.export.merged_state` merges the adapters into the base with peft
+  (for ``export --merge``, the official file set). The config checks of a LoRA run are in :mod:`trainer.config`.
 """
 from __future__ import annotations
 
@@ -22,20 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ConfigError
+from .net import TrainingNet, is_lora_param, unused_reference_parameters
 
-if TYPE_CHECKING:  # the heavy imports are deferred: config validation imports this module
+if TYPE_CHECKING:
     import torch
 
     from .config import TrainConfig
-    from .net import TrainingNet
 
 log = logging.getLogger(__name__)
 ADAPTER = "default"  # peft adapter name (stripped from exported keys)
-NETWORKS = ("denoiser", "reference", "motion")
-
-
-def is_lora_param(name: str) -> bool:
-    return ".lora_A." in name or ".lora_B." in name
 
 
 def _network(name: str) -> str:
@@ -45,8 +40,6 @@ def _network(name: str) -> str:
 def target_modules(net: TrainingNet, targets: list[str], networks: list[str]) -> list[str]:
     """Full module names (in ``net``) of the linear layers to adapt."""
     from torch import nn
-
-    from .net import unused_reference_parameters
 
     unused = {n.rsplit(".", 1)[0] for n in unused_reference_parameters(net.reference)}
     names = []
@@ -184,58 +177,3 @@ def export_adapter(ckpt: Path, dest: Path, meta: dict, state: dict, ema: bool, d
     path = write_lora(dest, tensors, lora_info(meta, ckpt, ema))
     log.info("LoRA adapter (%d layers) written to %s", len(tensors) // 2, path)
     return path
-
-
-def merged_state(run_dir: Path, state: dict, meta: dict) -> dict:
-    """The run's base model with the adapters of ``state`` merged in by peft: a TrainingNet state dict with
-    the official parameter names (``reference.*``, ``denoiser.*``, ``cond_encoder.*``)."""
-    import torch
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from echomimic_lib.lora import fingerprints_match
-
-    from .config import load_config
-    from .init import build
-
-    cfg = load_config(run_dir / "config.yaml")
-    net = build(cfg).net
-    if not fingerprints_match(meta["lora"]["base"]["fingerprint"], net.lora["base"]["fingerprint"]):
-        raise ConfigError(f"{run_dir}: the base model at {cfg.model.echomimic_path} is not the one the adapters were trained on; "
-                          "restore it (or set model.echomimic_path in the run's config.yaml) to merge")
-    own = {k for k in net.state_dict() if is_lora_param(k)}
-    adapters = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items() if is_lora_param(k)}
-    if set(adapters) != own:
-        raise ConfigError(f"{run_dir}: the checkpoint's adapters do not match the run's LoRA config (config.yaml edited?)")
-    net.load_state_dict(adapters, strict=False)
-    with torch.no_grad():
-        for name, mod in list(net.named_modules()):
-            if isinstance(mod, BaseTunerLayer):
-                mod.merge(safe_merge=True)
-                parent, _, child = name.rpartition(".")
-                setattr(net.get_submodule(parent), child, mod.get_base_layer())
-    return net.state_dict()
-
-
-def validate_lora(cfg: TrainConfig) -> None:
-    """Config checks of a LoRA run (called from :meth:`TrainConfig.validate`)."""
-    lc = cfg.lora
-    if not lc.enabled:
-        return
-    if lc.rank < 1 or not lc.alpha > 0 or not 0.0 <= lc.dropout < 1.0:
-        raise ConfigError("lora: rank must be >= 1, alpha > 0 and dropout in [0, 1)")
-    bad = [n for n in lc.networks if n not in NETWORKS]
-    if bad or not lc.networks:
-        raise ConfigError(f"lora.networks: choose from {', '.join(NETWORKS)} (got {lc.networks})")
-    if not lc.targets:
-        raise ConfigError("lora.targets: name at least one layer (default to_q, to_k, to_v, to_out.0)")
-    if cfg.model.init != "echomimic":
-        raise ConfigError("lora: adapters are trained on top of a released or exported EchoMimic model: set model.init: echomimic "
-                          "and model.echomimic_path: FOLDER")
-    if cfg.model.motion_init != "released":
-        raise ConfigError("lora: the base model keeps its own motion modules: set model.motion_init: released")
-    groups = {"denoiser": {"denoiser", "audio"}, "reference": {"reference"}, "motion": {"motion"}}
-    for p in cfg.phases:
-        active = {n for n in lc.networks if n != "motion" or p.kind == "temporal"}
-        if not any(set(p.train) & groups[n] for n in active):
-            raise ConfigError(f"phases.{p.name}: no LoRA adapter trains in this phase (train {p.train}, lora.networks {lc.networks}"
-                              f"{'; motion modules only run in temporal phases' if 'motion' in lc.networks else ''})")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from echomimic_lib.models import EchoUNet
-from echomimic_lib.models.motion import MotionModule
-from echomimic_lib.models.transformer import SpatialTransformer, TransformerBlock
+from echomimic_lib.models.unet import EchoUNet
+from echomimic_lib.models.unet.motion import MotionModule
+from echomimic_lib.models.unet.transformer import SpatialTransformer, TransformerBlock
 
 from .masks import resize_to_tokens, token_grid
 
@@ -82,14 +82,17 @@ def parameter_groups(net: TrainingNet) -> dict[str, list[tuple[str, nn.Parameter
     return groups
 
 
+def is_lora_param(name: str) -> bool:
+    """A LoRA adapter's parameter (peft's names), injected by :func:`trainer.lora.inject`."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
 def trainable_names(net: TrainingNet, train: list[str], audio_mode: str) -> set[str]:
     groups = parameter_groups(net)
     names = {n for g in train for n, _ in groups[g]}
     if audio_mode == "muted":
         names -= {n for n, _ in groups["audio"]}
     if getattr(net, "lora", None):  # a LoRA run trains only the adapters of those groups (trainer.lora)
-        from .lora import is_lora_param
-
         names = {n for n in names if is_lora_param(n)}
     return names
 

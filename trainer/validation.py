@@ -57,7 +57,7 @@ def render_validation(cfg, net, vae, built, pools, step: int, out_dir: Path, mon
     from echomimic_lib.model_set import EchoMimicModels
     from echomimic_lib.modes import WEIGHT_SETS
     from echomimic_lib.pipeline import SampleSettings, Sampler
-    from echomimic_lib.video_io import write_video
+    from echomimic_lib.io.video_io import write_video
 
     from .data.store import ClipReader
     from .net import AudioAttentionControl
@@ -107,7 +107,7 @@ def log_quality_metrics(cfg, monitor, step: int, frames: np.ndarray, audio16k: n
     rate, shape drift) as TensorBoard scalars and a JSON-log event. Landmarks need MediaPipe's face_landmarker.task
     beside ``model.echomimic_path`` or in $ECHOMIMIC_MODELS; without it only flicker is logged (outside the clip's
     face mask for the V1 audio condition, else over the whole frame)."""
-    from echomimic_lib.animate import default_models_dir
+    from echomimic_lib.jobs.animate import default_models_dir
     from echomimic_lib.evaluate import score_frames
 
     from .data.dataset import face_mask_image

@@ -78,7 +78,7 @@ class UnconditionalAudio:
             if n == 0:
                 raise EchoMimicError(f"--landmarks {p}: no .pkl landmark frames in the folder.")
         else:
-            from ..video_io import probe
+            from ..io.video_io import probe
 
             info = probe(p)
             if not info["frames"]:

@@ -90,7 +90,7 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
             raise EchoMimicError(f"{path}: a landmark folder has no sound; pass the clip's audio (--audio speech.wav).")
         rate = float(fps or PKL_FPS)
         return Clip(str(path), rate, audio_16k(audio), None, load_pkl_folder(path, fps=rate))
-    from ..video_io import read_video
+    from ..io.video_io import read_video
 
     video = read_video(path, with_audio=audio is None)
     wave = audio_16k(audio) if audio is not None else (

@@ -27,7 +27,7 @@ from torch import nn
 
 from .._lazy import cv2
 from ..errors import EchoMimicError, MissingWeightsError, WeightsError
-from ..weights import describe_mismatch, read_state_dict
+from ..io.weights import describe_mismatch, read_state_dict
 from .mfcc import mfcc
 
 log = logging.getLogger(__name__)

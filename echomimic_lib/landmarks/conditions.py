@@ -83,7 +83,7 @@ def conditions_from_driving_video(driving, reference_image, num_frames: int, siz
     from .extractor import FaceLandmarkExtractor
 
     if isinstance(driving, (str, os.PathLike)):
-        from ..video_io import read_video
+        from ..io.video_io import read_video
 
         driving = read_video(driving, with_audio=False)
     if hasattr(driving, "frames") and hasattr(driving, "fps"):

@@ -52,6 +52,52 @@ def _check_size(size, what: str) -> tuple[int, int]:
     return w, h
 
 
+class _Painter:
+    """One drawing setup (output size, parts, coordinates, canvas), checked once, for any number of frames."""
+
+    def __init__(self, size, parts, normed: bool, coord_size, canvas: int, forehead_oval: bool):
+        self.out_w, self.out_h = _check_size(size, "output size")
+        self.coord_size = _check_size(coord_size, "coord_size") if coord_size is not None else (self.out_w, self.out_h)
+        sel = normalize_parts(parts)
+        self.groups = edge_groups(sel, forehead_oval)
+        self.squares = point_squares(sel)
+        self.needed = max([i for edges, _ in self.groups for e in edges for i in e] + [i for i, _ in self.squares] + [-1])
+        self.normed, self.canvas = normed, canvas
+
+    def __call__(self, kpts) -> np.ndarray:
+        import cv2
+
+        canvas = self.canvas
+        img = np.zeros((canvas, canvas, 3), dtype=np.uint8)
+        if kpts is not None:
+            k = np.asarray(kpts)
+            if k.ndim != 2 or k.shape[1] < 2:
+                raise EchoMimicError(f"landmarks must be an (N, 2) or (N, 3) array, got shape {k.shape}.")
+            if self.needed >= k.shape[0]:
+                raise EchoMimicError(
+                    f"the selected parts need landmark {self.needed} but only {k.shape[0]} are given; use 478-point "
+                    "face-mesh landmarks (with iris) or drop 'pupils'/'iris' from the parts.")
+            x, y = _normalised_xy(k, self.normed, self.coord_size)
+            ok = _usable(x) & _usable(y)
+            with np.errstate(invalid="ignore"):
+                px = np.where(ok, np.minimum(np.floor(np.where(ok, x, 0) * canvas), canvas - 1), 0).astype(np.int64)
+                py = np.where(ok, np.minimum(np.floor(np.where(ok, y, 0) * canvas), canvas - 1), 0).astype(np.int64)
+            for edges, color in self.groups:
+                for a, b in edges:
+                    if ok[a] and ok[b]:
+                        cv2.line(img, (int(px[a]), int(py[a])), (int(px[b]), int(py[b])), color, 2)
+            hw = SQUARE_HALF_WIDTH
+            for idx, color in self.squares:
+                xv, yv = x[idx], y[idx]
+                if not (0.0 <= xv < 1.0 and 0.0 <= yv < 1.0):
+                    continue
+                cx, cy = int(canvas * xv), int(canvas * yv)
+                img[cy - hw: cy + hw, cx - hw: cx + hw, :] = color
+        if (self.out_w, self.out_h) != (canvas, canvas):
+            img = cv2.resize(img, (self.out_w, self.out_h), interpolation=cv2.INTER_LINEAR)
+        return img
+
+
 def draw_landmarks(
     kpts,
     size: tuple[int, int] = (512, 512),
@@ -69,42 +115,7 @@ def draw_landmarks(
     coord_size: (W, H) of the pixel coordinate frame when ``normed=False``; defaults to ``size``
     (V1 behaviour). For V1 ``.pkl`` frames (512-px coordinates) pass ``coord_size=(512, 512)``.
     """
-    import cv2
-
-    out_w, out_h = _check_size(size, "output size")
-    coord_size = _check_size(coord_size, "coord_size") if coord_size is not None else (out_w, out_h)
-    sel = normalize_parts(parts)
-    img = np.zeros((canvas, canvas, 3), dtype=np.uint8)
-    if kpts is not None:
-        k = np.asarray(kpts)
-        if k.ndim != 2 or k.shape[1] < 2:
-            raise EchoMimicError(f"landmarks must be an (N, 2) or (N, 3) array, got shape {k.shape}.")
-        groups = edge_groups(sel, forehead_oval)
-        squares = point_squares(sel)
-        needed = max([i for edges, _ in groups for e in edges for i in e] + [i for i, _ in squares] + [-1])
-        if needed >= k.shape[0]:
-            raise EchoMimicError(
-                f"the selected parts need landmark {needed} but only {k.shape[0]} are given; use 478-point "
-                "face-mesh landmarks (with iris) or drop 'pupils'/'iris' from the parts.")
-        x, y = _normalised_xy(k, normed, coord_size)
-        ok = _usable(x) & _usable(y)
-        with np.errstate(invalid="ignore"):
-            px = np.where(ok, np.minimum(np.floor(np.where(ok, x, 0) * canvas), canvas - 1), 0).astype(np.int64)
-            py = np.where(ok, np.minimum(np.floor(np.where(ok, y, 0) * canvas), canvas - 1), 0).astype(np.int64)
-        for edges, color in groups:
-            for a, b in edges:
-                if ok[a] and ok[b]:
-                    cv2.line(img, (int(px[a]), int(py[a])), (int(px[b]), int(py[b])), color, 2)
-        hw = SQUARE_HALF_WIDTH
-        for idx, color in squares:
-            xv, yv = x[idx], y[idx]
-            if not (0.0 <= xv < 1.0 and 0.0 <= yv < 1.0):
-                continue
-            cx, cy = int(canvas * xv), int(canvas * yv)
-            img[cy - hw: cy + hw, cx - hw: cx + hw, :] = color
-    if (out_w, out_h) != (canvas, canvas):
-        img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    return img
+    return _Painter(size, parts, normed, coord_size, canvas, forehead_oval)(kpts)
 
 
 def draw_landmark_sequence(
@@ -116,13 +127,13 @@ def draw_landmark_sequence(
     canvas: int = 512,
     forehead_oval: bool = False,
 ) -> np.ndarray:
-    """Draw every frame of an (F, N, 2|3) landmark sequence; returns uint8 (F, H, W, 3) RGB."""
+    """Draw every frame of an (F, N, 2|3) landmark sequence (as :func:`draw_landmarks` draws one, with the
+    setup checked once); returns uint8 (F, H, W, 3) RGB."""
     seq = np.asarray(seq)
     if seq.ndim != 3:
         raise EchoMimicError(f"a landmark sequence must be (F, N, 2|3), got shape {seq.shape}.")
-    w, h = _check_size(size, "output size")
-    out = np.empty((seq.shape[0], h, w, 3), dtype=np.uint8)
+    paint = _Painter(size, parts, normed, coord_size, canvas, forehead_oval)
+    out = np.empty((seq.shape[0], paint.out_h, paint.out_w, 3), dtype=np.uint8)
     for i in range(seq.shape[0]):
-        out[i] = draw_landmarks(seq[i], size, parts, normed, coord_size, canvas, forehead_oval)
+        out[i] = paint(seq[i])
     return out
-

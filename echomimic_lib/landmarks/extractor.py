@@ -113,10 +113,10 @@ class FaceLandmarkExtractor:
     # ---- image / video ----
     def extract(self, frames, policy: str = "fail", fps: float | None = None) -> LandmarkSequence:
         """Landmarks of a single image (H, W, C) or of a video: (F, H, W, C) array, list of frames,
-        a :class:`echomimic_lib.video_io.VideoClip`, or a video file path."""
+        a :class:`echomimic_lib.io.video_io.VideoClip`, or a video file path."""
         policy = normalize_policy(policy)
         if isinstance(frames, (str, os.PathLike)):
-            from ..video_io import read_video
+            from ..io.video_io import read_video
 
             frames = read_video(frames, with_audio=False)
         if hasattr(frames, "frames") and hasattr(frames, "fps"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
-from ..safe_pickle import load_pickle
+from ..io.safe_pickle import load_pickle
 from .sequence import LandmarkSequence
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,8 @@
-"""EchoMimic networks (diffusers parameter names, so the official files load strictly)."""
-from .condition import ConditionEncoder
-from .unet import EchoUNet, ReferenceKV
+"""EchoMimic networks, one subpackage per model family:
 
-__all__ = ["EchoUNet", "ConditionEncoder", "ReferenceKV"]
+- :mod:`.unet`: the SD1.5-based UNets of EchoMimic V1 and V2 (reference, denoiser + motion modules,
+  condition encoder);
+- ``wan``: the Wan2.1 DiT of EchoMimicV3 (network and loader).
+
+Nothing is imported here, so one family loads without the other.
+"""

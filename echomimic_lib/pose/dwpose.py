@@ -385,7 +385,7 @@ def extract_pose_sequence(
         raise EchoMimicError(f"on_missing must be one of {', '.join(MISSING_POLICIES)}, got '{on_missing}'.")
     source = "frames"
     if isinstance(video, (str, Path)):
-        from ..video_io import read_video
+        from ..io.video_io import read_video
 
         clip = read_video(video, max_frames=max_frames, with_audio=False)
         frames_in, fps, source = clip.frames, fps or clip.fps, str(video)

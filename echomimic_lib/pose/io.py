@@ -9,7 +9,7 @@ frame, each a 0-d object array holding a dict::
     num               frame number (optional here)
     draw_pose_params  [imh, imw, row_begin, row_end, col_begin, col_end]
 
-Files are read through the allow-list unpickler (:func:`echomimic_lib.safe_pickle.load_npy`), never with
+Files are read through the allow-list unpickler (:func:`echomimic_lib.io.safe_pickle.load_npy`), never with
 numpy's free unpickling: a file that would build anything but arrays/dicts/lists/numbers is refused and named.
 Frames are ordered by their number (0, 1, 2, ..., 10), files whose name is not ``<number>.npy`` (``.DS_Store``,
 notes) are skipped, gaps in the numbering are reported. When a frame holds several people the one with the
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError, UnsafeFileError
-from ..safe_pickle import load_npy
+from ..io.safe_pickle import load_npy
 from .sequence import ARRAY_FIELDS, DEFAULT_CANVAS, DEFAULT_FPS, PoseSequence, check_draw_pose_params
 
 log = logging.getLogger(__name__)

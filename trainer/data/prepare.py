@@ -17,31 +17,18 @@ import re
 import time
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from .clean import PrepareConfig, Verdict, check_clip, clip_square, fill_missing_rows, landmark_boxes
-from .store import ClipWriter, shard_dir, shard_of, write_json_atomic
-from .video import VIDEO_SUFFIXES, find_audio, iter_frames, probe_video, scene_score, small_hsv
+from .clip import ClipStatus, Tools, frames_to_analyse, largest_face, open_clip, write_clip
+from .prepare_body import prepare_body
+from .store import write_json_atomic
+from .video import VIDEO_SUFFIXES, iter_frames, scene_score, small_hsv
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClipStatus:
-    id: str
-    source: str
-    status: str  # ok | dropped
-    reason: str = ""
-    detail: str = ""
-    seconds: float = 0.0
-    num_frames: int = 0
-    shard: int = 0
-    path: str = ""
-    kind: str = "headshot"
-    fps: float = 24.0
 
 
 def clip_id(video: Path, input_root: Path) -> str:
@@ -53,72 +40,6 @@ def list_videos(input_dir: Path) -> list[Path]:
     return sorted(p for p in Path(input_dir).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
 
 
-class Tools:
-    """Lazily built models shared by all clips of one prepare run."""
-
-    def __init__(self, whisper_path, landmarker_model=None, pose_detector=None, device="cpu"):
-        self.whisper_path, self.landmarker_model, self._pose, self.device = whisper_path, landmarker_model, pose_detector, device
-        self._whisper = self._landmarker = None
-
-    @property
-    def whisper(self):
-        if self._whisper is None:
-            from echomimic_lib.audio import load_whisper_encoder
-
-            self._whisper = load_whisper_encoder(self.whisper_path, device=self.device)
-        return self._whisper
-
-    @property
-    def landmarker(self):
-        if self._landmarker is None:
-            from echomimic_lib.landmarks.extractor import FaceLandmarkExtractor
-
-            self._landmarker = FaceLandmarkExtractor(model_path=self.landmarker_model)
-        return self._landmarker
-
-    @property
-    def pose_detector(self):
-        if self._pose is None:
-            raise RuntimeError("half-body preparation needs DWPose: pass --dwpose-dir (yolox_l.onnx + dw-ll_ucoco_384.onnx)")
-        return self._pose
-
-    def close(self):
-        if self._landmarker is not None:
-            self._landmarker.close()
-
-
-def _largest(faces: list[dict]) -> dict:
-    def area(f):
-        e = f["lmks"][:, :2].max(0) - f["lmks"][:, :2].min(0)
-        return float(e[0] * e[1])
-
-    return max(faces, key=area)
-
-
-def _whisper_rows(wave: np.ndarray, tools: Tools, dtype: str) -> np.ndarray:
-    from echomimic_lib.audio import encode_audio
-
-    feats = encode_audio(wave, tools.whisper, sample_rate=16000)
-    return feats.rows.cpu().numpy().astype(dtype)
-
-
-def _audio(video: Path, info: dict) -> tuple[np.ndarray | None, str]:
-    from echomimic_lib.audio import load_waveform_16k
-
-    src = video if info["has_audio"] else find_audio(video)
-    if src is None:
-        return None, ""
-    return load_waveform_16k(str(src)).numpy().astype(np.float32), str(src)
-
-
-def _max_frames(cfg: PrepareConfig, wave) -> int | None:
-    """Frames worth analysing: no more than the audio covers (and ``max_seconds``)."""
-    limits = [int(cfg.max_seconds * cfg.fps)] if cfg.max_seconds else []
-    if wave is not None:
-        limits.append(int(len(wave) / 16000 * cfg.fps))
-    return max(1, min(limits)) if limits else None
-
-
 def _resize_square(img: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
@@ -126,26 +47,15 @@ def _resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
-def _open_clip(video: Path, cid: str, kind: str, cfg: PrepareConfig):
-    """(video info, 16 kHz wave or None, audio source, status); the status already says 'no_audio' when wave is None."""
-    info = probe_video(video)
-    wave, audio_src = _audio(video, info)
-    st = ClipStatus(cid, str(video), "dropped", kind=kind, fps=cfg.fps)
-    if wave is None:
-        st.reason, st.detail = "no_audio", "no audio stream and no sidecar audio file"
-    return info, wave, audio_src, st
-
-
 def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tools: Tools) -> ClipStatus:
-    info, wave, audio_src, st = _open_clip(video, cid, "headshot", cfg)
+    info, wave, audio_src, st = open_clip(video, cid, "headshot", cfg)
     if wave is None:
         return st
-    max_frames = _max_frames(cfg, wave)
     counts, lmks, heights, cuts, prev = [], [], [], [], None
-    for img in iter_frames(video, cfg.fps, cfg.analysis_side, max_frames):
+    for img in iter_frames(video, cfg.fps, cfg.analysis_side, frames_to_analyse(cfg, wave)):
         faces = tools.landmarker.detect(img)
         counts.append(len(faces))
-        f = _largest(faces) if faces else None
+        f = largest_face(faces) if faces else None
         lmks.append(f["lmks"] if f is not None else None)
         heights.append((f["lmks"][:, 1].max() - f["lmks"][:, 1].min()) * info["height"] if f is not None else np.nan)
         hsv = small_hsv(img)
@@ -153,39 +63,27 @@ def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
             cuts.append(scene_score(prev, hsv))
         prev = hsv
     n = min(len(counts), int(len(wave) / 16000 * cfg.fps))
-    seconds = n / cfg.fps
-    v = check_clip(cfg, n, seconds, np.array(counts[:n]), np.array(heights[:n]), np.array(cuts[: max(0, n - 1)]), True)
-    st.seconds, st.num_frames = round(seconds, 3), n
-    if not v.ok:
-        st.reason, st.detail = v.reason, v.detail
+    v = check_clip(cfg, n, n / cfg.fps, np.array(counts[:n]), np.array(heights[:n]), np.array(cuts[: max(0, n - 1)]), True)
+    if not st.checked(v, n):
         return st
     lm, valid = fill_missing_rows(lmks[:n])
     boxes = landmark_boxes(lm, info["width"], info["height"])
     sx, sy, side = clip_square(boxes, info["width"], info["height"], cfg.crop_dilation)
-    shard = shard_of(cid, cfg.num_shards)
-    final = shard_dir(out_root, shard) / cid
-    writer = ClipWriter(final, cfg.jpeg_quality)
-    try:
-        for img in iter_frames(video, cfg.fps, None, n):
-            writer.add_frame(_resize_square(img[sy : sy + side, sx : sx + side], cfg.size))
-        n = writer.num_frames
+
+    def describe(writer, n):
         lm_c = lm[:n].copy()
         lm_c[..., 0] = (lm[:n, :, 0] * info["width"] - sx) / side
         lm_c[..., 1] = (lm[:n, :, 1] * info["height"] - sy) / side
         lm_c[..., 2] = lm[:n, :, 2] * info["width"] / side
         boxes_c = (boxes[:n] - np.array([sx, sy, sx, sy])) / side
-        wave = wave[: int(round(n / cfg.fps * 16000))]
-        meta = {"id": cid, "source": str(video), "audio_source": audio_src, "kind": "headshot", "fps": cfg.fps, "size": cfg.size,
-                "source_size": [info["width"], info["height"]], "crop": [sx, sy, side], "seconds": n / cfg.fps,
-                "face_filled_frames": int((~valid[:n]).sum()), "check": v.detail}
-        writer.finish(meta, {"audio16k": wave, "whisper": _whisper_rows(wave, tools, cfg.whisper_dtype),
-                             "landmarks": lm_c.astype(np.float32), "landmarks_valid": valid[:n], "face_boxes": boxes_c.astype(np.float32)})
-    except BaseException:
-        writer.abort()
-        raise
-    st.status, st.detail, st.num_frames, st.seconds = "ok", v.detail, n, round(n / cfg.fps, 3)
-    st.shard, st.path = shard, str(final.relative_to(out_root))
-    return st
+        meta = {"audio_source": audio_src, "source_size": [info["width"], info["height"]], "crop": [sx, sy, side],
+                "face_filled_frames": int((~valid[:n]).sum())}
+        return meta, {"landmarks": lm_c.astype(np.float32), "landmarks_valid": valid[:n], "face_boxes": boxes_c.astype(np.float32)}
+
+    def crop(img):
+        return _resize_square(img[sy : sy + side, sx : sx + side], cfg.size)
+
+    return write_clip(video, st, out_root, cfg, tools, n, crop, wave, describe, v)
 
 
 def status_path(out_root: Path, cid: str) -> Path:
@@ -202,8 +100,6 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     write_json_atomic(out_root / "prepare_config.json", asdict(cfg))
     videos = [v for v in list_videos(input_dir) if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
     tools = Tools(whisper_path, landmarker_model, pose_detector, device)
-    from .prepare_body import prepare_body
-
     fn = prepare_headshot if cfg.kind == "headshot" else prepare_body
     done = Counter()
     bar = tqdm(videos, desc=f"prepare ({cfg.kind})", unit="clip", disable=not progress)

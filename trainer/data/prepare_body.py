@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .clean import PrepareConfig, check_clip, fill_missing_rows, landmark_boxes
-from .prepare import ClipStatus, Tools, _largest, _max_frames, _open_clip, _whisper_rows
-from .store import ClipWriter, shard_dir, shard_of
+from .clip import ClipStatus, Tools, frames_to_analyse, largest_face, open_clip, write_clip
 from .video import iter_frames, scene_score, small_hsv
 
 
@@ -40,18 +39,17 @@ def prepare_body(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tool
     from echomimic_lib.pose.dwpose import extract_pose_sequence
 
     kind = BODY_KINDS[cfg.kind]
-    info, wave, audio_src, st = _open_clip(video, cid, cfg.kind, cfg)
+    info, wave, audio_src, st = open_clip(video, cid, cfg.kind, cfg)
     if wave is None and kind.needs_speech:
         return st
     if not kind.needs_speech:
         wave, audio_src = None, ""  # whatever sound a pose clip has is not speech that drives it
         st.reason = st.detail = ""
-    max_frames = _max_frames(cfg, wave)
     cuts, lmks, prev, an_size = [], [], [None], [None]
     face_mesh = cfg.face_landmarks and kind.face_mesh
 
     def frames():
-        for img in iter_frames(video, cfg.fps, cfg.analysis_side, max_frames):
+        for img in iter_frames(video, cfg.fps, cfg.analysis_side, frames_to_analyse(cfg, wave)):
             an_size[0] = (img.shape[1], img.shape[0])
             hsv = small_hsv(img)
             if prev[0] is not None:
@@ -59,7 +57,7 @@ def prepare_body(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tool
             prev[0] = hsv
             if face_mesh:
                 faces = tools.landmarker.detect(img)
-                lmks.append(_largest(faces)["lmks"] if faces else None)
+                lmks.append(largest_face(faces)["lmks"] if faces else None)
             yield img
 
     try:
@@ -79,23 +77,16 @@ def prepare_body(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tool
     fy = np.where(ok, seq.faces[..., 1], np.nan)
     heights = (np.nanmax(fy, axis=1) - np.nanmin(fy, axis=1)) * crop.height * s if ok.any() else np.full(len(seq), np.nan)
     v = check_clip(cfg, n, n / cfg.fps, counts[:n], heights[:n], np.array(cuts[: max(0, n - 1)]), wave is not None)
-    st.seconds, st.num_frames = round(n / cfg.fps, 3), n
-    if not v.ok:
-        st.reason, st.detail = v.reason, v.detail
+    if not st.checked(v, n):
         return st
     x0, y0 = int(round(crop.x0 * s)), int(round(crop.y0 * s))
     x1, y1 = min(info["width"], int(round(crop.x1 * s))), min(info["height"], int(round(crop.y1 * s)))
     src_crop = HalfBodyCrop(x0, y0, x1, y1, (info["width"], info["height"]), cfg.size, resize_and_pad_params(y1 - y0, x1 - x0, cfg.size))
     seq = seq.take(np.arange(n))
     seq.draw_pose_params = np.tile(np.asarray(src_crop.draw_pose_params, dtype=np.int64), (len(seq), 1))
-    shard = shard_of(cid, cfg.num_shards)
-    final = shard_dir(out_root, shard) / cid
-    writer = ClipWriter(final, cfg.jpeg_quality)
-    try:
-        for img in iter_frames(video, cfg.fps, None, n):
-            writer.add_frame(crop_image(img, src_crop))
-        n = writer.num_frames
-        imh, imw, rb, _, cb, _ = src_crop.draw_pose_params
+    imh, imw, rb, _, cb, _ = src_crop.draw_pose_params
+
+    def describe(writer, n):
         arrays = {}
         if face_mesh and any(x is not None for x in lmks[:n]):
             lm, valid = fill_missing_rows(lmks[:n])
@@ -105,16 +96,9 @@ def prepare_body(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tool
             lm_c[..., 2] = lm[..., 2] * info["width"] / (x1 - x0) * imw / cfg.size
             arrays.update(landmarks=lm_c.astype(np.float32), landmarks_valid=valid)
             arrays["face_boxes"] = (landmark_boxes(lm_c, 1, 1)).astype(np.float32)
-        wave = wave[: int(round(n / cfg.fps * 16000))] if wave is not None else np.zeros(int(round(n / cfg.fps * 16000)), np.float32)
-        arrays.update(audio16k=wave, whisper=_whisper_rows(wave, tools, cfg.whisper_dtype))
         save_pose_npz(seq.take(np.arange(n)), writer.tmp / "pose.npz")
-        meta = {"id": cid, "source": str(video), "audio_source": audio_src, "kind": cfg.kind, "fps": cfg.fps, "size": cfg.size,
-                "source_size": [info["width"], info["height"]], "crop": [x0, y0, x1, y1], "draw_pose_params": list(map(int, src_crop.draw_pose_params)),
-                "seconds": n / cfg.fps, "check": v.detail}
-        writer.finish(meta, arrays)
-    except BaseException:
-        writer.abort()
-        raise
-    st.status, st.detail, st.num_frames, st.seconds = "ok", v.detail, n, round(n / cfg.fps, 3)
-    st.shard, st.path = shard, str(final.relative_to(out_root))
-    return st
+        meta = {"audio_source": audio_src, "source_size": [info["width"], info["height"]], "crop": [x0, y0, x1, y1],
+                "draw_pose_params": list(map(int, src_crop.draw_pose_params))}
+        return meta, arrays
+
+    return write_clip(video, st, out_root, cfg, tools, n, lambda img: crop_image(img, src_crop), wave, describe, v)

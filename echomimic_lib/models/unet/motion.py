@@ -8,7 +8,7 @@ import torch
 from diffusers.models.attention import FeedForward
 from torch import nn
 
-from ..errors import EchoMimicError
+from ...errors import EchoMimicError
 from .attention import Attention
 from .token_chunks import residual_ff
 

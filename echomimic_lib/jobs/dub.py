@@ -1,15 +1,15 @@
 """``echomimic dub``: give an existing video of a person new speech (EchoMimic V1, audio + selected landmarks).
 
 1. The face is tracked through the source video and one crop is chosen for the clip
-   (:mod:`echomimic_lib.landmarks.tracking`); the reference is one frame of the video cut to that crop
+   (:mod:`echomimic_lib.frames.tracking`); the reference is one frame of the video cut to that crop
    (default: the first clear frontal face).
 2. The video's own landmarks drive the eyes, brows, pupils and nose (``parts``; add ``mouth`` for the
    landmarks-only mouth), the new audio drives the mouth; the V1 landmark ("pose") weights generate the crop
    at the model's frame rate.
-3. Every generated frame is pasted back onto its own source frame (:mod:`echomimic_lib.composite`, a
+3. Every generated frame is pasted back onto its own source frame (:mod:`echomimic_lib.frames.composite`, a
    feathered landmark hull by default); source frames without a face are copied unchanged.
 4. The output keeps the source's size and frame rate and lasts as long as the new audio (the source is
-   extended by the retime policy, ping-pong by default, or cut): :mod:`echomimic_lib.dub_plan`.
+   extended by the retime policy, ping-pong by default, or cut): :mod:`echomimic_lib.jobs.dub_plan`.
 
 Without ``audio`` the dub is landmark-only (the paper's "L" mode): unconditional audio, the mouth from the
 landmarks, the length of the video, and the source's own sound track.
@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import EchoMimicError
-from .modes import DEFAULT_FPS
+from ..errors import EchoMimicError
+from ..modes import DEFAULT_FPS
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ class DubResult:
     fps: float                 # the source's frame rate
     audio: np.ndarray | None   # (C, T) the sound track to mux
     sample_rate: int | None
-    plan: object               # echomimic_lib.dub_plan.DubPlan
+    plan: object               # echomimic_lib.jobs.dub_plan.DubPlan
     schedule: object           # the DubSchedule actually rendered
     passthrough: np.ndarray    # output frames copied unchanged (no face in their source frame)
 
 
 def parts_for(parts: str | None, with_audio: bool) -> frozenset:
-    from .landmarks import normalize_parts
+    from ..landmarks import normalize_parts
 
     if parts is None:
         return normalize_parts("pose" if with_audio else "landmarks")
@@ -97,11 +97,11 @@ class _Checked:
 def _validate(req: DubRequest) -> _Checked:
     """Every check that needs no weights (numbers, files, options, output path, the MediaPipe model)."""
     from .animate_checks import check_output, default_models_dir
-    from .composite import COLOR_METHODS, REGIONS
-    from .devices import resolve_device, resolve_dtype
-    from .landmarks.mp_models import import_mediapipe, resolve_model
-    from .pipeline import settings_for
-    from .retime import POLICIES
+    from ..frames.composite import COLOR_METHODS, REGIONS
+    from ..devices import resolve_device, resolve_dtype
+    from ..landmarks.mp_models import import_mediapipe, resolve_model
+    from ..pipeline import settings_for
+    from ..retime import POLICIES
 
     variant = "acc" if req.acc else "normal"
     device = resolve_device(req.device)
@@ -143,13 +143,13 @@ def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = No
     video without a face refused) before any weight is loaded."""
     import torch
 
-    from .audio import encode_audio
-    from .audio.unconditional import UnconditionalAudio
-    from .composite import PasteBack
+    from ..audio import encode_audio
+    from ..audio.unconditional import UnconditionalAudio
+    from ..frames.composite import PasteBack
     from .dub_plan import plan_dub, reference_crop
-    from .landmarks import draw_landmark_sequence
-    from .pipeline import FrameCondition, Sampler
-    from .video_io import read_video
+    from ..landmarks import draw_landmark_sequence
+    from ..pipeline import FrameCondition, Sampler
+    from ..io.video_io import read_video
 
     ok = _validate(req)
     settings, w, h = ok.settings, ok.settings.width, ok.settings.height
@@ -165,8 +165,8 @@ def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = No
     log.info("dub: crop %s of the %dx%d video, reference frame %d, %d frames at %g fps -> %d frames at %g fps",
              plan.geometry.box, *plan.source_size, plan.reference_frame, n_model, settings.fps, n_out, clip.fps)
     if models is None:
-        from .download import ensure_weights
-        from .model_set import load_models
+        from ..model_set import ensure_weights
+        from ..model_set import load_models
 
         ensure_weights(ok.root, "v1_pose", ok.variant, download=req.download)
         models = load_models(ok.root, "v1_pose", ok.variant, device=ok.device, dtype=ok.dtype)
@@ -193,7 +193,7 @@ def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = No
 
 def source_regions(plan, s: int) -> dict:
     """The paste-back regions of source frame ``s``: its landmark hull and its V1 face box."""
-    from .reference import v1_face_region
+    from ..frames.reference import v1_face_region
 
     box = tuple(int(round(v)) for v in plan.track.boxes[s])
     return {"hull": plan.track.hull(s), "face_box": v1_face_region(box, plan.source_size)}
@@ -220,7 +220,7 @@ def composite_dub(plan, schedule, generated, source_frames, paster, check: Calla
 
 def run_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None) -> dict:
     """Render ``req.output``; returns a summary dict."""
-    from .video_io import write_video
+    from ..io.video_io import write_video
 
     t0 = time.time()
     res = render_dub(req, progress)

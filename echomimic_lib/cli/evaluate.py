@@ -5,14 +5,14 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import _say
+from .common import say
 
 METRICS_FOLDER = "metrics"
 ARCFACE_NAMES = ("arcface.onnx", "w600k_r50.onnx", "glintr100.onnx")
 
 
 def _models_dir(args) -> Path:
-    from .animate import default_models_dir
+    from ..jobs.animate import default_models_dir
 
     return Path(args.models) if args.models else default_models_dir()
 
@@ -29,8 +29,8 @@ def _learned_file(given, models: Path, names) -> tuple[Path | None, bool]:
 
 
 def _landmarker(args, models: Path, notes: list):
-    from .errors import EchoMimicError
-    from .landmarks.extractor import FaceLandmarkExtractor
+    from ..errors import EchoMimicError
+    from ..landmarks.extractor import FaceLandmarkExtractor
 
     try:
         return FaceLandmarkExtractor(model_path=args.mediapipe_model, models_dir=[models], download=not args.offline)
@@ -44,11 +44,11 @@ def _warn(text: str) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluate import LearnedModels, evaluate, load_clip, save_png, sync_plot, table
-    from .evaluate.arcface import missing_message as arcface_missing
-    from .evaluate.syncnet import FILE_NAME, missing_message as syncnet_missing
+    from ..evaluate import LearnedModels, evaluate, load_clip, save_png, sync_plot, table
+    from ..evaluate.arcface import missing_message as arcface_missing
+    from ..evaluate.syncnet import FILE_NAME, missing_message as syncnet_missing
 
-    from .errors import EchoMimicError
+    from ..errors import EchoMimicError
 
     models = _models_dir(args)
     if args.reference and not Path(args.reference).is_file():
@@ -84,18 +84,18 @@ def _cmd_evaluate(args) -> int:
 
         plots = [sync_plot(r.sync, f"lip sync: {Path(r.source).name}") for r in reports if r.sync is not None]
         if plots:
-            _say(f"wrote {save_png(args.plot, np.concatenate(plots, axis=0))}")
+            say(f"wrote {save_png(args.plot, np.concatenate(plots, axis=0))}")
         else:
             _warn("no plot: lip sync could not be measured (see the notes above).")
     if args.json:
         doc = reports[0].to_dict()
         if len(reports) > 1:
             doc["compare"] = reports[1].to_dict()
-        _say(json.dumps(doc))
+        say(json.dumps(doc))
     else:
-        _say(table(reports))
+        say(table(reports))
         for h in hints:
-            _say(h)
+            say(h)
     return 0
 
 

@@ -1,4 +1,6 @@
-"""The ``echomimic`` command: animate, download, make-tiny, convert, queue (and the commands registered below).
+"""The ``echomimic`` command: one module per command (``animate`` and ``download``, ``dub``, ``evaluate``,
+``weights``: make-tiny and convert; ``queue`` is :mod:`echomimic_lib.jobs.queue_client`), shared helpers in
+:mod:`.common`.
 
 Exit codes: 0 success, 2 bad input or a missing file (the message says what and how to fix it), 130
 interrupted (Ctrl-C; nothing half-written is left), 1 anything else (out of memory, or a bug: then a
@@ -8,46 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from .cli_common import HelpFormatter, SubParser, setup_logging
-from .errors import EchoMimicError
+from ..errors import EchoMimicError
+from .common import HelpFormatter, SubParser, setup_logging
 
 ISSUES_URL = "https://github.com/echomimic-comfy/comfyui-echomimic/issues"
-# Sub-command modules: each has add_commands(subparsers). Register new commands here.
-COMMAND_MODULES = ("cli_animate", "cli_evaluate", "cli_dub")
-
-
-def _say(text: str) -> None:
-    """Command-line output (the library itself logs)."""
-    sys.stdout.write(f"{text}\n")
-
-
-def _cmd_make_tiny(args) -> int:
-    from .tiny import EXTRA_MODELS, make_tiny
-    from .video_writer import OutputError, _nearest_existing, _probe_writable
-
-    target = Path(args.directory).expanduser()
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"make-tiny {target}: this is a file, not a folder; give a new or existing folder.")
-    base = _nearest_existing(target)
-    if not base.is_dir():
-        raise OutputError(f"make-tiny {target}: {base} is a file, not a folder; choose a folder inside a folder.")
-    _probe_writable(base)
-    out = make_tiny(target, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format)
-    root = out / "echomimic" if args.layout == "comfyui" else out
-    _say(f"tiny random-weight EchoMimic models written to {out} (they animate noise, not faces: for tests and smoke runs)")
-    for where, used_by, source in EXTRA_MODELS:
-        _say(f"  not included, needed for {used_by}: {root / where}  (from {source})")
-    return 0
-
-
-def _cmd_convert(args) -> int:
-    from .weights import convert
-
-    for p in convert(args.src, args.dst):
-        _say(f"wrote {p}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,30 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", dest="verbose_all", action="store_true", help="debug logging for every command")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=SubParser)
 
-    t = sub.add_parser("make-tiny", help="write a tiny random-weight model folder (tests, smoke runs)",
-                       description="Write a complete model folder with tiny random weights in the official file layout.")
-    t.add_argument("directory", help="folder to write (created; ComfyUI's models/ folder with --layout comfyui)")
-    t.add_argument("--version", choices=["v1", "v2", "all"], default="all",
-                   help="all: v1/ and v2/ side by side with the shared VAE and whisper; v1 or v2: that release's files "
-                        "flat in DIRECTORY, like its pretrained_weights/")
-    t.add_argument("--layout", choices=["official", "comfyui"], default="official",
-                   help="comfyui: DIRECTORY is ComfyUI's models/ folder (files go to models/echomimic/, the VAE also to models/vae/)")
-    t.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="weight file format")
-    t.add_argument("--seed", type=int, default=0, help="random seed of the weights (the same seed gives the same files)")
-    t.set_defaults(func=_cmd_make_tiny)
+    from . import animate, dub, evaluate, weights
 
-    c = sub.add_parser("convert", help="convert .pth weights (a file or a folder) to .safetensors")
-    c.add_argument("src", help="a .pth file or a folder of them")
-    c.add_argument("dst", help="the .safetensors file or output folder")
-    c.set_defaults(func=_cmd_convert)
-
+    weights.add_commands(sub)
     sub.add_parser("queue", help="queue portraits x audios on a running ComfyUI (POST /prompt); see `echomimic queue --help`",
                    add_help=False)
 
-    from importlib import import_module
-
-    for name in COMMAND_MODULES:
-        import_module(f".{name}", __package__).add_commands(sub)
+    for module in (animate, evaluate, dub):  # a new command: its module here, with add_commands(sub)
+        module.add_commands(sub)
     return p
 
 
@@ -117,7 +68,7 @@ def _run(args) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["queue"]:  # its own argument parser
-        from .queue_client import main as queue_main
+        from ..jobs.queue_client import main as queue_main
 
         return int(queue_main(argv[1:], prog="echomimic queue") or 0)
     try:

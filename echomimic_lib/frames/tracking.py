@@ -1,6 +1,6 @@
 """Face landmarks tracked through a video, smoothed over time, and one crop for the whole clip (dubbing).
 
-1. Every frame goes through the existing :class:`~.extractor.FaceLandmarkExtractor` (full frames, the largest
+1. Every frame goes through the existing :class:`~echomimic_lib.landmarks.extractor.FaceLandmarkExtractor` (full frames, the largest
    face). Frames without a face are marked invalid (``valid``) and filled by interpolation between their
    neighbours, so the driving sequence stays continuous; dubbing passes those frames through unchanged.
 2. Smoothing: a normalised Gaussian over time that only averages valid frames - the landmarks with
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..crop import CropGeometry
+from .crop import CropGeometry
 from ..errors import EchoMimicError
-from .sequence import LandmarkSequence
+from ..landmarks.sequence import LandmarkSequence
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class FaceTrack:
         x0 = int(np.clip(round(mid[0] - s / 2), 0, w - s))
         y0 = int(np.clip(round(mid[1] - s / 2), 0, h - s))
         med = np.median(self.boxes[ok], axis=0)
-        from ..reference import v1_face_region
+        from .reference import v1_face_region
 
         face = v1_face_region(tuple(int(round(v)) for v in med), (w, h))
         return CropGeometry((w, h), (x0, y0, x0 + s, y0 + s), tuple(output_size), kind="video_face", face_box=face)
@@ -163,7 +163,7 @@ class FaceTrack:
 def track_faces(frames, fps: float, extractor=None, landmark_sigma: float = LANDMARK_SIGMA, box_sigma: float = BOX_SIGMA,
                 **extractor_kwargs) -> FaceTrack:
     """Track the face through (F, H, W, 3) RGB frames (full frames, no centre crop)."""
-    from .extractor import FaceLandmarkExtractor
+    from ..landmarks.extractor import FaceLandmarkExtractor
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:

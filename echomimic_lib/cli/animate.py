@@ -1,16 +1,15 @@
 """``echomimic animate`` and ``echomimic download``."""
 from __future__ import annotations
 
-from .animate_checks import default_models_dir
-from .cli import _say
-from .cli_common import ProgressBar, add_run_options
+from ..jobs.animate_checks import default_models_dir
+from .common import add_run_options, ProgressBar, say
 
 VERSION_DEFAULT_MODE = {"v1": "audio", "v2": "halfbody"}
 MODE_VERSION = {"audio": "v1", "landmarks": "v1", "audio+landmarks": "v1", "halfbody": "v2"}
 
 
 def _mode_name(version: str | None, mode: str | None) -> str:
-    from .errors import EchoMimicError
+    from ..errors import EchoMimicError
 
     if mode is None:
         mode = VERSION_DEFAULT_MODE[version or "v1"]
@@ -21,7 +20,7 @@ def _mode_name(version: str | None, mode: str | None) -> str:
 
 
 def request_from_args(args):
-    from .animate import AnimateRequest
+    from ..jobs.animate import AnimateRequest
 
     return AnimateRequest(
         reference=args.reference, audio=args.audio, output=args.output, mode=_mode_name(args.version, args.mode), acc=args.acc,
@@ -37,7 +36,7 @@ def request_from_args(args):
 def _cmd_animate(args) -> int:
     import torch
 
-    from .animate import run
+    from ..jobs.animate import run
 
     req = request_from_args(args)
     threads = torch.get_num_threads()
@@ -52,18 +51,18 @@ def _cmd_animate(args) -> int:
     line = f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video) in {s['seconds']} s, peak RSS {s['peak_rss_gb']} GB"
     if "peak_vram_gb" in s:
         line += f", peak VRAM {s['peak_vram_gb']} GB"
-    _say(line)
+    say(line)
     return 0
 
 
 def _cmd_download(args) -> int:
-    from .download import ensure_weights
+    from ..model_set import ensure_weights
 
     root = args.models or default_models_dir()
     files = ensure_weights(root, args.weights, args.variant, download=True)
     for k, v in files.items():
         if v is not None:
-            _say(f"{k}: {v}")
+            say(f"{k}: {v}")
     return 0
 
 

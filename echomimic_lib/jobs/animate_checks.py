@@ -3,7 +3,7 @@
 :func:`preflight` validates the numbers (size, fps, steps, cfg, length, context windows, seed), the
 mode and its condition inputs, the device and precision, the output path, the reference image and the
 audio (readable, long enough, not silent: the same rule as the ComfyUI node), works out the frame
-count, and finds the MediaPipe face model the mode needs. Only then does :func:`echomimic_lib.animate.run`
+count, and finds the MediaPipe face model the mode needs. Only then does :func:`echomimic_lib.jobs.animate.run`
 load weights. Messages name the command-line flag and the fix. The ranges are the ComfyUI nodes'.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EchoMimicError, MissingWeightsError
-from .modes import get_mode
+from ..errors import EchoMimicError, MissingWeightsError
+from ..modes import get_mode
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _check_size(width, height, context_frames, cfg, dtype) -> None:
 
 def check_numbers(req, mode, variant: str, dtype):
     """-> SampleSettings (num_frames left unset). 0 means 'the default' for steps, cfg and length, as in the node."""
-    from .pipeline import settings_for
+    from ..pipeline import settings_for
 
     fps = _number(req.fps, "--fps")
     if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
@@ -137,7 +137,7 @@ def check_condition_inputs(req, mode) -> None:
 
 
 def check_output(path) -> Path:
-    from .video_writer import check_output_path
+    from ..io.video_writer import check_output_path
 
     p = check_output_path(path, "-o")  # a folder, a device, an unwritable place: said first
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -161,9 +161,9 @@ def read_reference(path) -> np.ndarray:
 
 def read_speech(path):
     """(samples (C, T) float32, sample rate, RawAudio): decodable, finite, long enough, audible."""
-    from .audio import check_audible, read_raw_audio
-    from .audio.features import MIN_SAMPLES_16K
-    from .video_io import read_audio
+    from ..audio import check_audible, read_raw_audio
+    from ..audio.features import MIN_SAMPLES_16K
+    from ..io.video_io import read_audio
 
     p = Path(path)
     if not p.is_file():
@@ -180,8 +180,8 @@ def read_speech(path):
 
 def frame_count(raw, fps: float, length: int | None) -> int:
     """The video length: the audio's (floor(seconds x fps), at least 1), cut to ``length`` frames if given."""
-    from .audio import frame_count_for_rows, num_feature_rows, video_frame_count
-    from .audio.mel import num_mel_frames
+    from ..audio import frame_count_for_rows, num_feature_rows, video_frame_count
+    from ..audio.mel import num_mel_frames
 
     n16 = raw.num_samples_16k
     n = min(video_frame_count(n16, fps), frame_count_for_rows(num_feature_rows(num_mel_frames(n16)), fps))
@@ -194,12 +194,12 @@ def find_face_model(req, root: Path):
         get_mode(req.mode).condition == "landmarks" and req.landmarks and not Path(req.landmarks).is_dir())
     if not needs:
         return req
-    from .landmarks.mp_models import resolve_model
+    from ..landmarks.mp_models import resolve_model
 
     folders = [root] + ([default_models_dir()] if getattr(req, "smoke", False) else [])
     try:
         path = resolve_model("face_landmarker", req.mediapipe_model, folders, download=req.download)
-        from .landmarks.mp_models import import_mediapipe
+        from ..landmarks.mp_models import import_mediapipe
 
         import_mediapipe()
     except EchoMimicError as exc:
@@ -230,7 +230,7 @@ def models_root(req) -> Path:
 
 def preflight(req) -> Plan:
     """Check the whole request without loading any weight; returns the :class:`Plan` to run."""
-    from .devices import resolve_device, resolve_dtype
+    from ..devices import resolve_device, resolve_dtype
 
     mode = get_mode(req.mode)
     variant = "acc" if req.acc else "normal"
@@ -248,7 +248,7 @@ def preflight(req) -> Plan:
         if mode.name != "v1-landmarks":
             raise EchoMimicError(f"--audio is needed for mode {mode.name}; only --mode landmarks runs without audio "
                                  "(landmark-only driving, the mouth from the landmarks).")
-        from .audio.unconditional import UnconditionalAudio
+        from ..audio.unconditional import UnconditionalAudio
 
         wav, sr, settings.num_frames = None, None, UnconditionalAudio.for_driving(req.landmarks, settings.fps, length).num_frames
         seconds = settings.num_frames / settings.fps

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EchoMimicError
+from ..errors import EchoMimicError
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus"}
@@ -202,7 +202,7 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
 
 
 def main(argv=None, prog: str = "echomimic queue") -> int:
-    """``echomimic queue ...`` (also ``python -m echomimic_lib.queue_client ...``)."""
+    """``echomimic queue ...`` (also ``python -m echomimic_lib.jobs.queue_client ...``)."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("workflow", help="API-format workflow JSON (workflows/api/*.json)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -234,4 +234,4 @@ def main(argv=None, prog: str = "echomimic queue") -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(prog="python -m echomimic_lib.queue_client"))
+    sys.exit(main(prog="python -m echomimic_lib.jobs.queue_client"))

@@ -8,7 +8,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from ..config import EchoConfig
+from ...config import EchoConfig
 from .motion import MotionModule
 from .transformer import BlockContext, SpatialTransformer
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import EchoMimicError
+from ..errors import EchoMimicError
 
 Rect = tuple[int, int, int, int]
 KINDS = ("v1_face", "v2_halfbody", "resize", "video_face")

@@ -1,7 +1,7 @@
 """The headless main job: reference image + audio (+ landmarks / poses) -> mp4 with the audio.
 
 Used by ``echomimic animate``; every step is a library call, so scripts can do the same. Order: every
-check that needs no weights (:func:`echomimic_lib.animate_checks.preflight`), the condition (face crop,
+check that needs no weights (:func:`echomimic_lib.jobs.animate_checks.preflight`), the condition (face crop,
 landmarks, poses: a missing face stops here), then weights, audio features (only the 30 s segments the
 frames need), sampling, and the frames streamed into the mp4 as the VAE decodes them.
 """
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .animate_checks import default_models_dir, models_root, preflight
-from .devices import DTYPE_NAMES, DTYPES  # noqa: F401 (DTYPES: public, used by other commands)
-from .errors import NoFaceError
-from .modes import DEFAULT_FPS
+from ..devices import DTYPE_NAMES, DTYPES  # noqa: F401 (DTYPES: public, used by other commands)
+from ..errors import NoFaceError
+from ..modes import DEFAULT_FPS
 
 log = logging.getLogger(__name__)
 MODE_TITLES = {"v1-audio": "V1 audio-driven", "v1-landmarks": "V1 landmark-driven", "v1-audio+landmarks": "V1 audio + selected landmarks",
@@ -58,7 +58,7 @@ class AnimateRequest:
     lora: str | None = None  # LoRA adapter (.safetensors from `echomimic-train export`), see echomimic_lib.lora
     lora_strength: float = 1.0
     smoke: bool = False  # tiny random weights, 64 px, 2 steps, the first second (see animate_checks.SMOKE)
-    paste_back: bool = False  # write the full-size original with the result pasted in (echomimic_lib.composite)
+    paste_back: bool = False  # write the full-size original with the result pasted in (echomimic_lib.frames.composite)
     low_vram: bool = False  # networks on the device only for their stage; the denoiser streamed block by block
     fp8: bool = False  # UNet weights stored as float8_e4m3fn, upcast per layer (echomimic_lib.memory.fp8)
     halfbody_crop: bool = False  # V2: DWPose half-body crop of the reference (else a plain resize)
@@ -72,7 +72,7 @@ class Conditioned:
 
     reference: np.ndarray
     condition: object
-    crop: object  # echomimic_lib.crop.CropGeometry
+    crop: object  # echomimic_lib.frames.crop.CropGeometry
 
 
 def _reference_target(mode, req: AnimateRequest) -> str:
@@ -82,7 +82,7 @@ def _reference_target(mode, req: AnimateRequest) -> str:
 
 
 def _dwpose(req: AnimateRequest):
-    from .pose.dwpose import DWPoseDetector
+    from ..pose.dwpose import DWPoseDetector
 
     return DWPoseDetector.from_models_dir(_models_root(req), download=req.download)
 
@@ -90,8 +90,8 @@ def _dwpose(req: AnimateRequest):
 def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings) -> Conditioned:
     """The prepared reference (V1: face crop, V2: half-body crop with ``halfbody_crop``, else a resize), the
     sampler condition for the mode, and the crop geometry."""
-    from .pipeline import FrameCondition, MaskCondition, frames_condition
-    from .reference import prepare_reference
+    from ..pipeline import FrameCondition, MaskCondition, frames_condition
+    from ..frames.reference import prepare_reference
 
     w, h = settings.width, settings.height
     target = _reference_target(mode, req)
@@ -101,8 +101,8 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
     if mode.condition == "face_mask":
         return Conditioned(prep.image, MaskCondition(prep.mask), prep.crop)
     if mode.condition == "landmarks":
-        from .errors import EchoMimicError
-        from .landmarks import conditions_from_driving_video, conditions_from_pkl_folder, normalize_parts
+        from ..errors import EchoMimicError
+        from ..landmarks import conditions_from_driving_video, conditions_from_pkl_folder, normalize_parts
 
         try:  # an empty --parts means no parts, not the mode's default
             parts = normalize_parts(req.parts) if req.parts is not None else frozenset(mode.landmark_parts)
@@ -116,8 +116,8 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
                                                       out_fps=settings.fps, model_path=req.mediapipe_model)
         return Conditioned(prep.image, frames_condition(frames), prep.crop)
     # V2 half-body: the pose sequence drawn per context window (memory flat in video length)
-    from .pose import draw_hands_batch, fit_sequence_to_reference, load_pose
-    from .pose.dwpose import detect_image_pose
+    from ..pose import draw_hands_batch, fit_sequence_to_reference, load_pose
+    from ..pose.dwpose import detect_image_pose
 
     seq = load_pose(req.pose)
     if req.align_poses:  # move the poses onto the prepared reference's shoulders (the node's "fit to reference shoulders")
@@ -135,7 +135,7 @@ def build_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames
 def paste_back_sink(crop, original: np.ndarray, sink):
     """A sampler ``frame_sink`` that pastes each decoded batch into ``original`` before handing it to ``sink``
     (V1: the feathered face region, V2 / resize: the crop with a soft border)."""
-    from .composite import PasteBack
+    from ..frames.composite import PasteBack
 
     region = "face" if crop.kind == "v1_face" else "crop"
     paster = PasteBack(crop, region, feather=16.0, dilation=0.1 if region == "face" else 0.0)
@@ -157,7 +157,7 @@ def _peak_rss_gb() -> float:
 
 def _condition(plan):
     """Prepared reference + sampler condition, before any weight is loaded; the no-face message names the flag."""
-    from .landmarks.mp_models import quiet_native_logs
+    from ..landmarks.mp_models import quiet_native_logs
 
     req, mode, s = plan.request, plan.mode, plan.settings
     try:
@@ -181,7 +181,7 @@ def describe(plan) -> str:
 
 def _warn_if_slow(plan) -> None:
     """A CPU render at full size takes hours with real weights: say so before it starts."""
-    from .pipeline import base_windows
+    from ..pipeline import base_windows
 
     s = plan.settings
     if plan.device.type != "cpu" or plan.request.smoke or s.width * s.height < 256 * 256:
@@ -196,13 +196,13 @@ def _memory_options(req: AnimateRequest, models, device: torch.device, settings)
     """--fp8 (UNet weights in fp8, after any LoRA is merged) and --low-vram (a stage-by-stage placement that
     streams the denoiser); returns the placement, or None for the default (everything on ``device``)."""
     if req.fp8:
-        from .memory import to_fp8
+        from ..memory import to_fp8
 
         saved = to_fp8(models.reference) + to_fp8(models.denoiser)
         log.info("fp8 weight storage: %.2f GB saved", saved / 1024**3)
     if not req.low_vram and not _staged(req, device):
         return None
-    from .memory import Placement
+    from ..memory import Placement
 
     return Placement(models, device, stream_denoiser=req.low_vram, settings=settings)
 
@@ -230,11 +230,11 @@ class _Stages:
 
 def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None) -> dict:
     """Render ``req.output``; returns a summary dict (frames, seconds, peak memory, ``stages_s``: seconds per stage)."""
-    from .audio import encode_audio
-    from .download import ensure_weights
-    from .model_set import load_models
-    from .pipeline import Sampler
-    from .video_writer import Mp4Writer
+    from ..audio import encode_audio
+    from ..model_set import ensure_weights
+    from ..model_set import load_models
+    from ..pipeline import Sampler
+    from ..io.video_writer import Mp4Writer
 
     t0 = time.time()
     plan = preflight(req)
@@ -242,11 +242,11 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
     stages = _Stages(device)
     adapter = None
     if req.lora:  # checked before any weights are loaded
-        from .lora import load_checked
+        from ..lora import load_checked
 
         adapter = load_checked(req.lora, mode.weights, variant, req.lora_strength)
     if req.fp8:
-        from .memory import check_fp8
+        from ..memory import check_fp8
 
         check_fp8(device)
     log.info("%s", describe(plan))
@@ -255,7 +255,7 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
     stages.mark("checks_and_condition")
     root = plan.models_root
     if req.smoke:
-        from .tiny import ensure_tiny
+        from ..tiny import ensure_tiny
 
         if ensure_tiny(root, mode.weights):
             log.info("smoke run: tiny random weights written to %s", root)
@@ -264,13 +264,13 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
     host = req.low_vram or _staged(req, device)  # the placement moves each network in for its stage
     models = load_models(root, mode.weights, variant, device="cpu" if host else device, dtype=plan.dtype)
     if adapter is not None and req.lora_strength != 0:
-        from .lora import apply_lora
+        from ..lora import apply_lora
 
         apply_lora(models, adapter, req.lora_strength, keep_base=False)
     place = _memory_options(req, models, device, settings)
     stages.mark("load_weights")
     if plan.audio is None:  # landmark-only driving: the model's unconditional audio
-        from .audio.unconditional import UnconditionalAudio
+        from ..audio.unconditional import UnconditionalAudio
 
         feats = UnconditionalAudio(settings.num_frames, settings.fps)
     else:

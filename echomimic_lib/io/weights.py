@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import MissingWeightsError, UnsafeFileError, WeightsError
+from ..errors import MissingWeightsError, UnsafeFileError, WeightsError
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")

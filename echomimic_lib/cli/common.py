@@ -20,6 +20,11 @@ CHATTY = ("huggingface_hub", "diffusers", "transformers", "urllib3", "filelock",
           "matplotlib", "numba")
 
 
+def say(text: str) -> None:
+    """Command-line output (the library itself logs)."""
+    sys.stdout.write(f"{text}\n")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""

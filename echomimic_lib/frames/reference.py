@@ -1,5 +1,5 @@
 """Reference preparation, shared by the CLI and the ComfyUI node: the reference picture at the output size,
-the V1 face mask, and the :class:`~echomimic_lib.crop.CropGeometry` that says where the picture came from
+the V1 face mask, and the :class:`~echomimic_lib.frames.crop.CropGeometry` that says where the picture came from
 (for pasting the results back into the original).
 
 Targets:
@@ -18,8 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .crop import CropGeometry
-from .errors import EchoMimicError
-from .landmarks._image import as_rgb_uint8
+from ..errors import EchoMimicError
+from ..landmarks._image import as_rgb_uint8
 
 TARGETS = ("v1_face", "v2_halfbody", "resize")
 V1_MASK_DILATION = 0.1
@@ -43,8 +43,8 @@ def v1_face_region(box, image_size: tuple[int, int], dilation: float = V1_MASK_D
 
 def _v1_face(img: np.ndarray, width: int, height: int, no_face: str, models_dir, model_path, download: bool,
              extractor=None) -> PreparedReference:
-    from ._lazy import cv2
-    from .landmarks.preprocess import face_box_from_landmarks, prepare_v1_reference
+    from .._lazy import cv2
+    from ..landmarks.preprocess import face_box_from_landmarks, prepare_v1_reference
 
     h, w = img.shape[:2]
     faces: list = []
@@ -53,7 +53,7 @@ def _v1_face(img: np.ndarray, width: int, height: int, no_face: str, models_dir,
         if extractor is not None:
             faces.extend(extractor.detect(rgb))
         else:
-            from .landmarks.extractor import FaceLandmarkExtractor
+            from ..landmarks.extractor import FaceLandmarkExtractor
 
             with FaceLandmarkExtractor(model_path, models_dir, download, multiple_faces="largest") as ex:
                 faces.extend(ex.detect(rgb))
@@ -74,8 +74,8 @@ def _v1_face(img: np.ndarray, width: int, height: int, no_face: str, models_dir,
 
 
 def _v2_halfbody(img: np.ndarray, width: int, height: int, pose_detector: Callable | None) -> PreparedReference:
-    from .pose import crop_image, fit_image, halfbody_crop
-    from .pose.dwpose import detect_image_pose
+    from ..pose import crop_image, fit_image, halfbody_crop
+    from ..pose.dwpose import detect_image_pose
 
     if pose_detector is None:
         raise EchoMimicError("the V2 half-body crop needs the DWPose detector (yolox_l.onnx, dw-ll_ucoco_384.onnx in "
@@ -103,7 +103,7 @@ def prepare_reference(image, target: str, width: int, height: int, *, no_face: s
         return _v1_face(img, width, height, no_face, models_dir, model_path, download, extractor)
     if target == "v2_halfbody":
         return _v2_halfbody(img, width, height, pose_detector)
-    from .pose import fit_image
+    from ..pose import fit_image
 
     h, w = img.shape[:2]
     return PreparedReference(fit_image(img, (width, height)), np.full((height, width), 255, np.uint8),

@@ -1,18 +1,16 @@
-"""``echomimic dub``: new speech for an existing video of a person (see :mod:`echomimic_lib.dub`)."""
+"""``echomimic dub``: new speech for an existing video of a person (see :mod:`echomimic_lib.jobs.dub`)."""
 from __future__ import annotations
 
-
-from .animate_checks import default_models_dir
-from .cli import _say
-from .cli_common import add_run_options
-from .composite import COLOR_METHODS, REGIONS
-from .retime import POLICIES
+from ..frames.composite import COLOR_METHODS, REGIONS
+from ..jobs.animate_checks import default_models_dir
+from ..retime import POLICIES
+from .common import add_run_options, say
 
 
 def _cmd_dub(args) -> int:
     from tqdm import tqdm
 
-    from .dub import DubRequest, run_dub
+    from ..jobs.dub import DubRequest, run_dub
 
     req = DubRequest(
         video=args.video, audio=args.audio, output=args.output, acc=args.acc, models=args.models,
@@ -33,7 +31,7 @@ def _cmd_dub(args) -> int:
     finally:
         bar.close()
     w, h = s["size"]
-    _say(f"wrote {s['output']}: {s['frames']} frames at {s['fps']:g} fps ({s['video_seconds']} s, {w}x{h}), reference frame "
+    say(f"wrote {s['output']}: {s['frames']} frames at {s['fps']:g} fps ({s['video_seconds']} s, {w}x{h}), reference frame "
          f"{s['reference_frame']}, crop {s['crop']}, {s['passthrough']} frame(s) without a face copied, in {s['seconds']} s")
     return 0
 

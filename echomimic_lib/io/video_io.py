@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EchoMimicError
+from ..errors import EchoMimicError
 
 
 @dataclass
@@ -100,7 +100,7 @@ def write_video(
 
     The file is written under a unique temporary name next to its destination and renamed at the end,
     so a failure never leaves a partial file behind; audio (C, T) float is trimmed to the video's
-    duration. To stream frames as they are made, use :class:`echomimic_lib.video_writer.Mp4Writer`.
+    duration. To stream frames as they are made, use :class:`echomimic_lib.io.video_writer.Mp4Writer`.
     """
     from .video_writer import Mp4Writer
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._lazy import cv2
-from .crop import CropGeometry
-from .errors import EchoMimicError
-from .reference import v1_face_region
-from .retime import retime_indices
+from .._lazy import cv2
+from ..frames.crop import CropGeometry
+from ..errors import EchoMimicError
+from ..frames.reference import v1_face_region
+from ..retime import retime_indices
 
 
 @dataclass
@@ -67,7 +67,7 @@ class DubPlan:
     """Everything between tracking and paste-back (in ComfyUI it travels on the ECHOMIMIC_CROP socket)."""
 
     geometry: CropGeometry                 # the one crop of the clip (kind ``video_face``)
-    track: object                          # echomimic_lib.landmarks.tracking.FaceTrack of frames 0..frames_needed-1
+    track: object                          # echomimic_lib.frames.tracking.FaceTrack of frames 0..frames_needed-1
     schedule: DubSchedule
     reference_frame: int
     parts: frozenset | None = None
@@ -90,7 +90,7 @@ def plan_dub(frames, src_fps: float, n_model: int, model_fps: float, n_out: int,
              policy: str = "ping-pong", reference_frame: int | None = None, extractor=None, parts=None,
              landmark_sigma: float | None = None, box_sigma: float | None = None, **extractor_kwargs) -> DubPlan:
     """Schedule, track the frames it uses, choose the crop and the reference frame."""
-    from .landmarks import tracking
+    from ..frames import tracking
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:

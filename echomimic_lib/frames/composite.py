@@ -1,6 +1,6 @@
 """Paste generated frames back into the original picture (or video frames) with a feathered mask.
 
-A generated frame is the model's view of a :class:`~echomimic_lib.crop.CropGeometry`: its ``placement``
+A generated frame is the model's view of a :class:`~echomimic_lib.frames.crop.CropGeometry`: its ``placement``
 rectangle is resized back onto the ``box`` it came from, then blended with weights ``w`` in [0, 1]:
 ``out = original + w * (generated - original)``. Where ``w == 0`` the original pixel is copied, bit for
 bit; where ``w == 1`` the generated pixel is taken as it is.
@@ -16,7 +16,7 @@ Regions:
   (per frame in video dubbing);
 - ``"crop"``: the whole crop rectangle (V2: the half-body crop with a soft border).
 
-Optional colour matching of the generated region to the original: :mod:`echomimic_lib.color_match`.
+Optional colour matching of the generated region to the original: :mod:`echomimic_lib.frames.color_match`.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ import logging
 
 import numpy as np
 
-from ._lazy import cv2
+from .._lazy import cv2
 from .color_match import METHODS as COLOR_METHODS
 from .color_match import match_colors
 from .crop import CropGeometry
-from .errors import EchoMimicError
+from ..errors import EchoMimicError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._lazy import cv2
-from .errors import EchoMimicError
+from .._lazy import cv2
+from ..errors import EchoMimicError
 
 METHODS = ("off", "lab", "histogram")
 MIN_PIXELS = 16

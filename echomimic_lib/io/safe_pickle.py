@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EchoMimicError, UnsafeFileError
+from ..errors import EchoMimicError, UnsafeFileError
 
 _ALLOWED: dict[str, set[str]] = {
     "builtins": {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes", "bytearray", "slice", "range"},

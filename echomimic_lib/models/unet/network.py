@@ -14,7 +14,7 @@ import torch.utils.checkpoint
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-from ..config import EchoConfig
+from ...config import EchoConfig
 from .attention import Attention, resolve_backend
 from .blocks import DownBlock, MidBlock, UpBlock
 from .compile import is_compiled

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EchoMimicError
+from ..errors import EchoMimicError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,52 @@
+"""``echomimic make-tiny`` (a random-weight model folder) and ``echomimic convert`` (.pth -> .safetensors)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import say
+
+
+def _cmd_make_tiny(args) -> int:
+    from ..io.video_writer import OutputError, _nearest_existing, _probe_writable
+    from ..tiny import EXTRA_MODELS, make_tiny
+
+    target = Path(args.directory).expanduser()
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"make-tiny {target}: this is a file, not a folder; give a new or existing folder.")
+    base = _nearest_existing(target)
+    if not base.is_dir():
+        raise OutputError(f"make-tiny {target}: {base} is a file, not a folder; choose a folder inside a folder.")
+    _probe_writable(base)
+    out = make_tiny(target, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format)
+    root = out / "echomimic" if args.layout == "comfyui" else out
+    say(f"tiny random-weight EchoMimic models written to {out} (they animate noise, not faces: for tests and smoke runs)")
+    for where, used_by, source in EXTRA_MODELS:
+        say(f"  not included, needed for {used_by}: {root / where}  (from {source})")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from ..io.weights import convert
+
+    for p in convert(args.src, args.dst):
+        say(f"wrote {p}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    t = sub.add_parser("make-tiny", help="write a tiny random-weight model folder (tests, smoke runs)",
+                       description="Write a complete model folder with tiny random weights in the official file layout.")
+    t.add_argument("directory", help="folder to write (created; ComfyUI's models/ folder with --layout comfyui)")
+    t.add_argument("--version", choices=["v1", "v2", "all"], default="all",
+                   help="all: v1/ and v2/ side by side with the shared VAE and whisper; v1 or v2: that release's files "
+                        "flat in DIRECTORY, like its pretrained_weights/")
+    t.add_argument("--layout", choices=["official", "comfyui"], default="official",
+                   help="comfyui: DIRECTORY is ComfyUI's models/ folder (files go to models/echomimic/, the VAE also to models/vae/)")
+    t.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="weight file format")
+    t.add_argument("--seed", type=int, default=0, help="random seed of the weights (the same seed gives the same files)")
+    t.set_defaults(func=_cmd_make_tiny)
+
+    c = sub.add_parser("convert", help="convert .pth weights (a file or a folder) to .safetensors")
+    c.add_argument("src", help="a .pth file or a folder of them")
+    c.add_argument("dst", help="the .safetensors file or output folder")
+    c.set_defaults(func=_cmd_convert)
