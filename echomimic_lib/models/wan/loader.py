@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -109,6 +109,9 @@ def config_from_files(base_cfg: dict | None, v3_sd: dict, base_sd: dict) -> WanV
         cfg = WanV3Config(dim=dim, ffn_dim=int(sd["blocks.0.ffn.0.weight"].shape[0]), num_layers=layers,
                           num_heads=dim // 128, in_dim=int(sd["patch_embedding.weight"].shape[1]),
                           text_dim=int(sd["text_embedding.0.weight"].shape[1]), audio=audio)
+    clip = base_sd.get("img_emb.proj.0.weight", v3_sd.get("img_emb.proj.0.weight"))
+    if clip is not None:  # 1280 in the release (hard-coded officially); smaller in test models
+        cfg = replace(cfg, clip_dim=int(clip.shape[0]))
     return cfg
 
 
