@@ -1,0 +1,40 @@
+"""Wan 2.1 VAE for V3: diffusers AutoencoderKLWan from the official .pth layout, official latent normalisation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from echomimic_lib.errors import WeightsError
+from echomimic_lib.models.wan import vae as wan_vae
+from tests.parity_runners._common import PROJECT_ROOT
+
+MODELS = PROJECT_ROOT.parent / "shared" / "fixtures" / "parity_v3" / "v3" / "models"
+
+
+def test_latent_stats_are_the_official_ones():
+    cfg = json.loads((MODELS / "manifest.json").read_text())["vae_config"]
+    np.testing.assert_array_equal(np.float32(wan_vae.LATENT_MEAN), np.float32(cfg["latent_mean"]))
+    np.testing.assert_array_equal(np.float32(wan_vae.LATENT_STD), np.float32(cfg["latent_std"]))
+
+
+def test_official_file_loads_and_normalisation_round_trips():
+    vae = wan_vae.load_wan_vae(MODELS / "Wan2.1-Fun-V1.1-1.3B-InP" / "Wan2.1_VAE.pth")
+    assert vae.config.base_dim == 4 and vae.config.z_dim == 16
+    mu = torch.randn(1, 16, 2, 3, 4)
+    z = wan_vae.normalise(vae, mu)
+    mean = torch.tensor(wan_vae.LATENT_MEAN).view(1, -1, 1, 1, 1)
+    std = torch.tensor(wan_vae.LATENT_STD).view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(z, (mu - mean) / std)
+    torch.testing.assert_close(wan_vae.denormalise(vae, z), mu)
+    video = wan_vae.decode(vae, z)
+    assert video.shape == (1, 3, 5, 24, 32) and video.abs().max() <= 1
+
+
+def test_wrong_file_is_refused(tmp_path):
+    bad = tmp_path / "vae.pth"
+    torch.save({"decoder.conv1.weight": torch.zeros(1)}, bad)
+    with pytest.raises(WeightsError, match="encoder.conv1.weight"):
+        wan_vae.load_wan_vae(bad)
