@@ -41,4 +41,5 @@ def flow_unipc(steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT, device=
         raise RuntimeError("EchoMimicV3 needs a diffusers release whose UniPCMultistepScheduler.set_timesteps accepts "
                            "sigmas= (with use_flow_sigmas); upgrade diffusers.")
     sched.set_timesteps(sigmas=official_sigmas(steps), device=device)  # a numpy array: diffusers shifts it in place
+    sched.set_begin_index(0)  # steps are taken in order: no timestep lookup (works on fake tensors too)
     return sched
