@@ -23,11 +23,16 @@ LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 
 
 def load_wan_vae(path: str | Path, dtype=torch.float32, device="cpu"):
-    """diffusers ``AutoencoderKLWan`` from an official-layout ``Wan2.1_VAE.pth`` (or .safetensors), strict.
-    The base width is read from the file (96 for the release)."""
+    """diffusers ``AutoencoderKLWan`` from an official-layout ``Wan2.1_VAE.pth`` (or .safetensors), strict, or from a
+    diffusers folder. The base width is read from the file (96 for the release)."""
     from diffusers import AutoencoderKLWan
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
+    if Path(path).is_dir():  # a diffusers folder (e.g. the tiny test set)
+        if not (Path(path) / "config.json").is_file():
+            raise WeightsError(f"{path}: a folder without config.json; give Wan2.1_VAE.pth or a diffusers AutoencoderKLWan folder")
+        vae = AutoencoderKLWan.from_pretrained(str(path))
+        return (vae.to(device=device) if dtype == torch.float32 else vae.to(device=device, dtype=dtype)).eval()
     sd = read_state_dict(path, mmap=False)
     if "encoder.conv1.weight" not in sd:
         raise WeightsError(f"{path}: no 'encoder.conv1.weight'; not a Wan 2.1 VAE in the official layout")
