@@ -38,3 +38,13 @@ def test_wrong_file_is_refused(tmp_path):
     torch.save({"decoder.conv1.weight": torch.zeros(1)}, bad)
     with pytest.raises(WeightsError, match="encoder.conv1.weight"):
         wan_vae.load_wan_vae(bad)
+
+
+def test_comfy_interface_vae_gives_the_same_latents_and_video():
+    """A VAE with ComfyUI's interface (pixels in [0, 1], raw latents) through PixelVAE = the official path."""
+    vae = wan_vae.load_wan_vae(MODELS / "Wan2.1-Fun-V1.1-1.3B-InP" / "Wan2.1_VAE.pth")
+    comfy_like = wan_vae.PixelVAE(wan_vae.DiffusersPixelVAE(vae))
+    video = torch.rand(1, 3, 5, 16, 24) * 2 - 1
+    a, b = wan_vae.encode_mode(vae, video), wan_vae.encode_mode(comfy_like, video)
+    torch.testing.assert_close(b, a, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(wan_vae.decode(comfy_like, a), wan_vae.decode(vae, a), atol=5e-5, rtol=0)

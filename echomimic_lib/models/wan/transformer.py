@@ -44,8 +44,8 @@ class RMSNorm(nn.Module):
 
 def _layer_norm(x, norm: nn.LayerNorm):
     """Official WanLayerNorm: computed in float32 (affine weights too), cast back to x's dtype."""
-    w = None if norm.weight is None else norm.weight.float()
-    b = None if norm.bias is None else norm.bias.float()
+    w = None if norm.weight is None else norm.weight.to(x.device, torch.float32)  # may sit in RAM (ComfyUI lowvram)
+    b = None if norm.bias is None else norm.bias.to(x.device, torch.float32)
     return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps).type_as(x)
 
 

@@ -63,9 +63,50 @@ def denormalise(vae, z: torch.Tensor) -> torch.Tensor:
     return z / inv_std + mean
 
 
+class PixelVAE:
+    """A VAE with ComfyUI's interface (``encode``: (F, H, W, 3) in [0, 1] -> raw latents (1, 16, T, h, w);
+    ``decode``: raw latents -> (1, F, H, W, 3) in [0, 1]; ComfyUI's own Wan VAE, or a stand-in) seen through the
+    official normalisation ``(raw - mean) / std`` (= ComfyUI's ``latent_formats.Wan21.process_in``)."""
+
+    def __init__(self, vae, mean=LATENT_MEAN, std=LATENT_STD):
+        self.vae = vae
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+
+    def encode_normalised(self, video: torch.Tensor) -> torch.Tensor:
+        raw = self.vae.encode(((video[0].permute(1, 2, 3, 0) + 1) / 2).float()).float()
+        return (raw - self.mean.to(raw.device)) / self.std.to(raw.device)
+
+    def decode_normalised(self, latents: torch.Tensor) -> torch.Tensor:
+        lat = latents.float()
+        pixels = self.vae.decode(lat * self.std.to(lat.device) + self.mean.to(lat.device))
+        return pixels.reshape(1, -1, *pixels.shape[-3:]).permute(0, 4, 1, 2, 3).float() * 2 - 1
+
+
+class DiffusersPixelVAE:
+    """diffusers ``AutoencoderKLWan`` with ComfyUI's VAE interface (raw latents, pixels in [0, 1])."""
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        p = next(self.vae.parameters())
+        video = pixels[..., :3].permute(3, 0, 1, 2)[None].to(p.device, p.dtype) * 2 - 1
+        return self.vae.encode(video).latent_dist.mode()
+
+    @torch.no_grad()
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        p = next(self.vae.parameters())
+        video = self.vae.decode(raw.to(p.device, p.dtype)).sample.clamp(-1, 1)
+        return ((video + 1) / 2).permute(0, 2, 3, 4, 1)
+
+
 @torch.no_grad()
 def encode_mode(vae, video: torch.Tensor) -> torch.Tensor:
     """(B, 3, F, H, W) in [-1, 1] -> normalised posterior mode (B, 16, T, H/8, W/8)."""
+    if hasattr(vae, "encode_normalised"):
+        return vae.encode_normalised(video)
     p = next(vae.parameters())
     return normalise(vae, vae.encode(video.to(p.device, p.dtype)).latent_dist.mode())
 
@@ -73,5 +114,7 @@ def encode_mode(vae, video: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Normalised latents -> pixels in [-1, 1] (B, 3, F, H, W)."""
+    if hasattr(vae, "decode_normalised"):
+        return vae.decode_normalised(latents).clamp(-1, 1)
     p = next(vae.parameters())
     return vae.decode(denormalise(vae, latents.to(p.device, p.dtype))).sample.clamp(-1, 1)
