@@ -65,3 +65,13 @@ def test_group_windows_layout():
     assert first.flatten().tolist() == [0, 1, 2, 3, 4]
     # latent frame 1 = video frames 1..4: frame 1 slots 0-2, frames 2 and 3 slot 2, frame 4 slots 2-4
     assert later[0, 0].flatten().tolist() == [5, 6, 7, 12, 17, 22, 23, 24]
+
+
+def test_bf16_weights_and_inputs_run_close_to_fp32():
+    model = tiny_model()
+    inp = inputs(model.cfg)
+    with torch.no_grad():
+        ref = model(**inp)
+        out = model.to(torch.bfloat16)(**{k: v.bfloat16() if v.is_floating_point() else v for k, v in inp.items()})
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()

@@ -201,10 +201,12 @@ class WanV3Transformer(nn.Module):
         self._angles = rope_angles(cfg.head_dim)  # float64 tables, not parameters (as the official ``freqs``)
 
     # -- pieces the sampler / TeaCache use -------------------------------------------------------
-    def time_embeddings(self, t: torch.Tensor, batch: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(e, e0): time embedding (B, dim) and its 6-way projection (B, 6, dim), both in ``dtype``."""
+    def time_embeddings(self, t: torch.Tensor, batch: int, dtype, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e, e0): time embedding (B, dim) and its 6-way projection (B, 6, dim), both in ``dtype``.
+        The float64 sinusoid enters the MLP in the compute dtype (float32 for parity)."""
         t = t.reshape(-1).expand(batch) if t.numel() == 1 else t.reshape(-1)
-        e = self.time_embedding(sinusoidal_embedding(self.cfg.freq_dim, t).to(self.time_embedding[0].weight.device).float())
+        sin = sinusoidal_embedding(self.cfg.freq_dim, t).to(device if device is not None else t.device, dtype)
+        e = self.time_embedding(sin)
         e0 = self.time_projection(e).unflatten(1, (6, self.cfg.dim))
         return e.to(dtype), e0.to(dtype)
 
@@ -229,7 +231,7 @@ class WanV3Transformer(nn.Module):
         h = self.patch_embedding(torch.cat([x, y.to(dtype)], dim=1))
         grid = tuple(h.shape[2:])
         h = h.flatten(2).transpose(1, 2)
-        e, e0 = self.time_embeddings(torch.as_tensor(t, device=x.device), b, dtype)
+        e, e0 = self.time_embeddings(torch.as_tensor(t, device=x.device), b, dtype, x.device)
         if audio_tokens is None:
             audio_tokens = self.audio_tokens(audio_windows.to(dtype))
         if audio_tokens.shape[1] != grid[0]:
