@@ -152,8 +152,11 @@ class EchoMimicV3Sampler:
                                  "(clip_vision_h, crop none) on 'clip_vision_output'.")
         settings = V3Settings(steps=steps, audio_cfg=audio_cfg, seed=seed, teacache=teacache,
                               teacache_skip_start=min(5, steps), color_transfer=color_transfer)
-        C.load_models([model.patcher], memory_required=0)
+        from ..echomimic_lib.pipeline.wan.memory import denoise_bytes
+
         net = model.patcher.model.net
+        dtype = next(net.parameters()).dtype
+        C.load_models([model.patcher], memory_required=denoise_bytes(net.cfg, min(v3_audio.frames, 81), h, w, dtype))
         codec = PixelVAE(vae)
         C.check_interrupt()
         with torch.no_grad():

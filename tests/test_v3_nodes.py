@@ -35,5 +35,7 @@ def test_v3_nodes_end_to_end(tmp_path, monkeypatch):
     assert 0 <= float(frames.min()) and float(frames.max()) <= 1
     assert cut["waveform"].shape[-1] == 7938  # the audio cut to 9 frames at 25 fps
     assert bridge.is_loaded(handle.patcher)  # handed to (the stand-in of) ComfyUI's model manager
+    names, required = bridge.MODEL_MANAGER.requests[-1]
+    assert names == ["EchoMimicV3Transformer"] and required > 0  # with the activations of one call
     bridge.unload_all_models()
     assert not bridge.is_loaded(handle.patcher)
