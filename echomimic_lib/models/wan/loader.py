@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+# The only imports from the rest of echomimic_lib in models/wan (modules being moved: update them here).
 from ...errors import WeightsError
 from ...weights import read_state_dict  # the project's safe reader (safetensors / weights_only pickles)
 from .config import AudioProjConfig, WanV3Config

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import WeightsError
-from ...weights import read_state_dict
+from .loader import WeightsError, read_state_dict  # the project's safe reader, imported in loader.py only
 
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
