@@ -75,7 +75,9 @@ def run(args) -> dict:
             tracker.set_resident(sum(weight_bytes(nets[n]) for n in resident))
             fn()
             stages[name] = tracker.stage_peaks[name]
-        else:
+        else:  # only the stage's network on the GPU, as the placement / ComfyUI's manager does
+            for n, m in nets.items():
+                m.to("cuda" if n in resident else "cpu")
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             fn()
@@ -83,7 +85,6 @@ def run(args) -> dict:
             stages[name] = torch.cuda.max_memory_allocated()
         peak = max(peak, stages[name])
 
-    ref = torch.zeros(h, w, 3, dtype=torch.uint8).numpy() if not fake else None
     state = {}
     with mode, (tracker or contextlib.nullcontext()), gpu_attention(), torch.no_grad():
         def encode():
@@ -101,7 +102,6 @@ def run(args) -> dict:
         def decode():
             vae.decode(state["lat"].to(dtype)).sample.clamp(-1, 1)
 
-        del ref
         stage("vae_encode", ["vae"], encode)
         stage("denoise", ["transformer"], denoise)
         stage("decode", ["vae"], decode)
