@@ -22,6 +22,10 @@ def cmd_animate_v3(args) -> int:
     from .errors import EchoMimicError
     from .pipeline.wan.run import V3Request, run_v3
 
+    for flag, value in (("--mode", args.mode), ("--acc", args.acc), ("--landmarks", args.landmarks), ("--pose", args.pose),
+                        ("--lora", args.lora), ("--fp8", args.fp8), ("--paste-back", args.paste_back)):
+        if value:
+            raise EchoMimicError(f"{flag} is a V1/V2 option; EchoMimicV3 flash-pro does not take it (drop it, or use --version v1/v2)")
     if args.cfg:
         raise EchoMimicError("--cfg is the V1/V2 guidance; EchoMimicV3 flash-pro uses audio guidance only: use --audio-cfg")
     if not args.audio:

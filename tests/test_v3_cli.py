@@ -35,3 +35,6 @@ def test_v3_errors_before_work(tmp_path, capsys):
     rc = main(["animate", "--version", "v3-flash", "--smoke", "--reference", str(DATA / "images" / "portrait_a.png"),
                "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(tmp_path / "x.mp4"), "--cfg", "2"])
     assert rc == 2 and "--audio-cfg" in capsys.readouterr().err
+    rc = main(["animate", "--version", "v3-flash", "--mode", "halfbody", "--reference", "x.png", "--audio", "y.wav", "-o",
+               str(tmp_path / "x.mp4")])
+    assert rc == 2 and "--mode is a V1/V2 option" in capsys.readouterr().err
