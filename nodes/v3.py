@@ -159,11 +159,17 @@ class EchoMimicV3Sampler:
         C.load_models([model.patcher], memory_required=denoise_bytes(net.cfg, min(v3_audio.frames, 81), h, w, dtype))
         codec = PixelVAE(vae)
         C.check_interrupt()
+        pbar = C.progress_bar(steps)
+
+        def on_step(done, total):
+            pbar.update_absolute(done, total)  # in ComfyUI this also raises on Cancel
+            C.check_interrupt()
+
         with torch.no_grad():
             if v3_audio.frames <= 81:
                 windows = model.wav2vec.windows(v3_audio.samples, v3_audio.frames)
-                frames = generate(net, codec, ref_u8, prompt, clip, windows, settings).frames
+                frames = generate(net, codec, ref_u8, prompt, clip, windows, settings, on_step=on_step).frames
             else:
                 frames = np.concatenate(list(iter_long(net, codec, model.wav2vec, ref_u8, prompt, clip, v3_audio.samples,
-                                                       v3_audio.frames, settings)))
+                                                       v3_audio.frames, settings, on_step=on_step)))
         return (to_image(frames), 25.0, trim_audio(v3_audio.audio, frames.shape[0], 25.0))

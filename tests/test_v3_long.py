@@ -65,3 +65,11 @@ def test_long_clip_in_chunks(parts):
     # every call is at most one chunk (the last one is shorter): memory is flat in the clip length
     assert calls[0][2] == 3 and all(c[2] <= calls[0][2] and c[3:] == calls[0][3:] for c in calls) and calls[-1][2] == 2
     assert all(b.dtype == np.uint8 and b.shape[1:] == (32, 32, 3) for b in blocks)
+
+
+def test_progress_counts_every_step_of_every_chunk(parts):
+    s = V3Settings(steps=2, teacache="off", audio_cfg=1.0)
+    seen = []
+    generate_long(parts["model"], parts["vae"], parts["enc"], parts["ref"], parts["prompt"], parts["clip"],
+                  prepare_samples(parts["speech"], 16), 16, s, chunk=9, overlap=2, margin=4, on_step=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # two chunks (0, 7) x two steps

@@ -51,8 +51,9 @@ def chunk_windows(encoder: Wav2VecV3, samples_16k: np.ndarray, total: int, start
 
 
 def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds, clip_features, samples_16k: np.ndarray,
-              total: int, settings: V3Settings, chunk: int = 81, overlap: int = 8, margin: int = 50):
-    """Yield (F_k, H, W, 3) uint8 frame blocks that concatenate to ``total`` frames."""
+              total: int, settings: V3Settings, chunk: int = 81, overlap: int = 8, margin: int = 50, on_step=None):
+    """Yield (F_k, H, W, 3) uint8 frame blocks that concatenate to ``total`` frames. ``on_step(done, total)``
+    counts the sampling steps of all chunks."""
     if margin < WINDOW // 2 + 1:
         raise ValueError(f"margin must be at least {WINDOW // 2 + 1} frames")
     starts = chunk_starts(total, chunk, overlap)
@@ -63,7 +64,9 @@ def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds,
         n = min(chunk, total - s)
         length = n if n == 1 or (n - 1) % 4 == 0 else (n - 1) // 4 * 4 + 5
         windows = chunk_windows(encoder, samples_16k, total, s, length, margin)
-        res = generate(model, vae, ref_u8, prompt_embeds, clip_features, windows, replace(plain, seed=settings.seed + k))
+        step = None if on_step is None else (lambda i, n, k=k: on_step(k * n + i, len(starts) * n))
+        res = generate(model, vae, ref_u8, prompt_embeds, clip_features, windows, replace(plain, seed=settings.seed + k),
+                       on_step=step)
         frames = res.frames[:n].astype(np.float32)
         if tail is not None and overlap:
             w = np.linspace(0, 1, overlap + 2, dtype=np.float32)[1:-1, None, None, None]

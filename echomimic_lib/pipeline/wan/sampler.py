@@ -109,8 +109,9 @@ def _noise(settings: V3Settings, shape) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_latents(model, y, prompt_embeds, clip_features, audio_windows, settings: V3Settings,
-                   noise: torch.Tensor | None = None, trace=None) -> tuple[torch.Tensor, list]:
-    """The denoising loop. ``trace(name, tensor)`` sees per-step cond/uncond/guided predictions and latents."""
+                   noise: torch.Tensor | None = None, trace=None, on_step=None) -> tuple[torch.Tensor, list]:
+    """The denoising loop. ``trace(name, tensor)`` sees per-step cond/uncond/guided predictions and latents;
+    ``on_step(done, total)`` is called after each step (progress; it may raise to cancel)."""
     p = next(model.parameters())
     dev, dtype = p.device, p.dtype
     lat = (noise if noise is not None else _noise(settings, (1, model.cfg.out_dim, *y.shape[2:]))).to(dev, torch.float32)
@@ -135,6 +136,8 @@ def sample_latents(model, y, prompt_embeds, clip_features, audio_windows, settin
                 trace(f"step{i}_uncond_pred", uncond)
             trace(f"step{i}_guided_pred", guided)
             trace(f"step{i}_latents", lat)
+        if on_step is not None:
+            on_step(i + 1, settings.steps)
     return lat, (cache.trace if cache is not None else [])
 
 
@@ -145,7 +148,7 @@ def to_frames(video: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(model, vae, ref_u8: np.ndarray, prompt_embeds, clip_features, audio_windows, settings: V3Settings,
-             noise: torch.Tensor | None = None, trace=None) -> V3Result:
+             noise: torch.Tensor | None = None, trace=None, on_step=None) -> V3Result:
     """One flash-pro shot. ``ref_u8``: the reference already at the sample size (see :func:`sample_size`);
     ``audio_windows`` (1, F, 5, layers, C) decide the frame count F (4k+1)."""
     frames = int(audio_windows.shape[1])
@@ -156,7 +159,7 @@ def generate(model, vae, ref_u8: np.ndarray, prompt_embeds, clip_features, audio
     y = condition_latents(vae, ref_u8, frames)
     if trace is not None:
         trace("y", y)
-    lat, tc = sample_latents(model, y, prompt_embeds, clip_features, audio_windows, settings, noise, trace)
+    lat, tc = sample_latents(model, y, prompt_embeds, clip_features, audio_windows, settings, noise, trace, on_step)
     video = (wan_vae.decode(vae, lat) / 2 + 0.5).clamp(0, 1).float()
     frames_u8 = to_frames(video)
     if settings.color_transfer:
