@@ -44,8 +44,8 @@ class V3Audio:
 def v3_folders() -> list[str]:
     names = set()
     for root in paths.echomimic_roots():
-        if root.is_dir():
-            names.update(p.parent.parent.relative_to(root).as_posix() for p in root.rglob(FLASH_FILE))
+        if root.is_dir():  # the sub-folders of models/echomimic holding the V3 layout (no deep walk)
+            names.update(p.name for p in root.iterdir() if (p / FLASH_FILE).is_file())
     return sorted(names) or ["v3-flash"]
 
 
