@@ -12,6 +12,7 @@ from .loader import EchoMimicModelLoader
 from .pose import EchoMimicPoseSequenceLoader
 from .reference import EchoMimicReferencePrep
 from .sampler import EchoMimicSampler
+from .v3 import EchoMimicV3AudioEncoder, EchoMimicV3Loader, EchoMimicV3Sampler
 
 NODE_CLASS_MAPPINGS = {
     "EchoMimicModelLoader": EchoMimicModelLoader,
@@ -25,6 +26,9 @@ NODE_CLASS_MAPPINGS = {
     "EchoMimicPasteBack": EchoMimicPasteBack,
     "EchoMimicFaceTrack": EchoMimicFaceTrack,
     "EchoMimicLandmarkOnlyAudio": EchoMimicLandmarkOnlyAudio,
+    "EchoMimicV3Loader": EchoMimicV3Loader,
+    "EchoMimicV3AudioEncoder": EchoMimicV3AudioEncoder,
+    "EchoMimicV3Sampler": EchoMimicV3Sampler,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicModelLoader": "EchoMimic Model Loader (whole model set)",
@@ -38,5 +42,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicPasteBack": "EchoMimic Paste Back",
     "EchoMimicFaceTrack": "EchoMimic Face Track (video dubbing)",
     "EchoMimicLandmarkOnlyAudio": "EchoMimic Landmark-Only Driving (no audio)",
+    "EchoMimicV3Loader": "EchoMimic V3 Loader (flash-pro)",
+    "EchoMimicV3AudioEncoder": "EchoMimic V3 Audio Encoder (flash-pro)",
+    "EchoMimicV3Sampler": "EchoMimic V3 Sampler (flash-pro)",
 }
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -52,8 +52,12 @@ class EchoMimicWhisper(ManagedNetwork):
     pass
 
 
+class EchoMimicV3Transformer(ManagedNetwork):
+    pass
+
+
 MANAGED_NAMES = {"reference": EchoMimicReferenceUNet, "denoiser": EchoMimicDenoiser, "cond_encoder": EchoMimicConditionEncoder,
-                 "vae": EchoMimicVAE, "audio_encoder": EchoMimicWhisper}
+                 "vae": EchoMimicVAE, "audio_encoder": EchoMimicWhisper, "v3_transformer": EchoMimicV3Transformer}
 
 
 def make_castable(module: nn.Module, ops, keep_whole=KEEP_WHOLE) -> int:

@@ -16,7 +16,7 @@ from tests._pack import PACK, load_pack, sub  # noqa: F401
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks", "v2_pose_folder", "v2_pose_video",
-         "v1_audio_evaluate", "v1_audio_paste_back", "v1_dub_video", "v2_paste_back"}
+         "v1_audio_evaluate", "v1_audio_paste_back", "v1_dub_video", "v2_paste_back", "v3_flash"}
 PASTE_BACK = {"v1_audio_paste_back", "v1_dub_video", "v2_paste_back"}  # full-frame results: CreateVideo gets the composite
 
 # Core nodes the workflows use, written down from Comfy-Org/ComfyUI a125cd84 (2025-10-11, comfyui_version 0.3.64):
@@ -30,6 +30,9 @@ PASTE_BACK = {"v1_audio_paste_back", "v1_dub_video", "v2_paste_back"}  # full-fr
 #   LoadVideo           comfy_extras/nodes_video.py l.167-181: "file" combo with video upload (frontend "upload" widget)
 #   PreviewAny          comfy_extras/nodes_preview_any.py: "source" of any type ("*"), an output node without outputs
 #   PreviewImage        nodes.py l.1616-1628: "images" IMAGE, an output node
+#   CLIPLoader          nodes.py l.928-936: clip_name, type (combos), device (optional, advanced: a widget too)
+#   CLIPTextEncode      nodes.py l.54-62: text (STRING widget), clip; CLIPVisionLoader l.985: clip_name
+#   CLIPVisionEncode    nodes.py l.1002-1007: clip_vision, image, crop ["center", "none"]; VAELoader l.701: vae_name
 # kind: "socket" / "optional" (linked inputs), "widget" (a widget value, also in the API prompt), "ui" (frontend-only widget)
 CORE = {
     "LoadImage": ([("image", "COMBO", "widget"), ("upload", "IMAGEUPLOAD", "ui")], ["IMAGE", "MASK"]),
@@ -41,8 +44,15 @@ CORE = {
                    ("codec", "COMBO", "widget")], []),
     "PreviewAny": ([("source", "*", "socket")], []),
     "PreviewImage": ([("images", "IMAGE", "socket")], []),
+    "CLIPLoader": ([("clip_name", "COMBO", "widget"), ("type", "COMBO", "widget"), ("device", "COMBO", "widget")], ["CLIP"]),
+    "CLIPTextEncode": ([("text", "STRING", "widget"), ("clip", "CLIP", "socket")], ["CONDITIONING"]),
+    "CLIPVisionLoader": ([("clip_name", "COMBO", "widget")], ["CLIP_VISION"]),
+    "CLIPVisionEncode": ([("clip_vision", "CLIP_VISION", "socket"), ("image", "IMAGE", "socket"), ("crop", "COMBO", "widget")],
+                         ["CLIP_VISION_OUTPUT"]),
+    "VAELoader": ([("vae_name", "COMBO", "widget")], ["VAE"]),
 }
-CORE_OPTIONS = {("SaveVideo", "format"): ["auto", "mp4"], ("SaveVideo", "codec"): ["auto", "h264"]}
+CORE_OPTIONS = {("SaveVideo", "format"): ["auto", "mp4"], ("SaveVideo", "codec"): ["auto", "h264"],
+                ("CLIPLoader", "device"): ["default", "cpu"], ("CLIPVisionEncode", "crop"): ["center", "none"]}
 CORE_RANGES = {("CreateVideo", "fps"): (1.0, 120.0)}
 UI_ONLY = {"MarkdownNote": 1, "Note": 1}  # frontend-only nodes: number of widget values, never sent to the server
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -239,8 +249,9 @@ def test_each_workflow_ends_in_create_video_and_save_video_fed_by_the_sampler(pa
     create = prompt[saves[0]["inputs"]["video"][0]]
     assert create["class_type"] == "CreateVideo"
     sources = {k: (prompt[v[0]]["class_type"], v[1]) for k, v in create["inputs"].items() if isinstance(v, list)}
-    frames = "EchoMimicPasteBack" if path.stem in PASTE_BACK else "EchoMimicSampler"
-    assert sources == {"images": (frames, 0), "fps": (frames, 1), "audio": ("EchoMimicSampler", 2)}
+    sampler = "EchoMimicV3Sampler" if path.stem.startswith("v3") else "EchoMimicSampler"
+    frames = "EchoMimicPasteBack" if path.stem in PASTE_BACK else sampler
+    assert sources == {"images": (frames, 0), "fps": (frames, 1), "audio": (sampler, 2)}
     if frames == "EchoMimicPasteBack":  # the paste-back takes the sampler's frames; crop and composite are previewed
         paste = next(n for n in prompt.values() if n["class_type"] == "EchoMimicPasteBack")
         assert prompt[paste["inputs"]["images"][0]]["class_type"] == "EchoMimicSampler"
@@ -321,8 +332,8 @@ def test_previews_are_shown_the_size_is_set_once_and_v1_landmark_references_are_
             assert (nid, 1) in previewed, f"{node['class_type']}'s preview is not wired to a Preview Image"
         if node["class_type"] == "EchoMimicSampler":
             assert node["inputs"]["width"] == node["inputs"]["height"] == 0  # follows Reference Preparation
-    loader = next(n for n in prompt.values() if n["class_type"] == "EchoMimicModelLoader")
-    if loader["inputs"]["version"] == "V1 landmark":
+    loader = next((n for n in prompt.values() if n["class_type"] == "EchoMimicModelLoader"), None)
+    if loader is not None and loader["inputs"]["version"] == "V1 landmark":
         preps = [n for n in prompt.values() if n["class_type"] == "EchoMimicReferencePrep"]
         assert all(p["inputs"]["target"] == "V1 face crop + mask" for p in preps)  # like V1 audio (reference --crop_face 1)
     note = next((n for n in _load(path)["nodes"] if n["type"] == "MarkdownNote"), None)

@@ -36,6 +36,11 @@ def request_from_args(args):
 def _cmd_animate(args) -> int:
     import torch
 
+    if args.version == "v3-flash":
+        from .v3 import cmd_animate_v3
+
+        return cmd_animate_v3(args)
+
     from ..jobs.animate import run
 
     req = request_from_args(args)
@@ -78,7 +83,8 @@ def add_commands(sub) -> None:
     a.add_argument("--smoke", action="store_true",
                    help="quick install check: tiny random weights (written to <models>/tiny on first use), 64x64 px, 2 steps, "
                         "the first second of audio, offline; without a MediaPipe model the whole image is used")
-    a.add_argument("--version", choices=["v1", "v2"], default=None, help="EchoMimic release (default: the one --mode belongs to, else v1)")
+    a.add_argument("--version", choices=["v1", "v2", "v3-flash"], default=None,
+                   help="EchoMimic release (default: the one --mode belongs to, else v1); v3-flash: EchoMimicV3 flash-pro")
     a.add_argument("--mode", choices=list(MODE_VERSION), default=None, help="driving mode (default: audio for v1, halfbody for v2)")
     a.add_argument("--acc", action="store_true", help="few-step accelerated weights (6 steps, cfg 1)")
     a.add_argument("--landmarks", help="V1 landmark modes: a driving video or a folder of V1 .pkl landmark frames")
@@ -115,6 +121,9 @@ def add_commands(sub) -> None:
     a.add_argument("--halfbody-crop", action="store_true", help="V2: crop the reference to the half body like the V2 demos "
                    "(DWPose models in <models>/dwpose/)")
     a.add_argument("--align-poses", action="store_true", help="V2: move the pose sequence onto the reference's shoulders (DWPose)")
+    from .v3 import add_v3_arguments
+
+    add_v3_arguments(a)
     a.set_defaults(func=_cmd_animate)
 
     d = sub.add_parser("download", help="download the weights of one model set into the models folder")

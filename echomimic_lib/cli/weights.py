@@ -17,6 +17,12 @@ def _cmd_make_tiny(args) -> int:
     if not base.is_dir():
         raise OutputError(f"make-tiny {target}: {base} is a file, not a folder; choose a folder inside a folder.")
     _probe_writable(base)
+    if args.version == "v3-flash":
+        from ..models.wan.tiny import write_tiny_v3
+
+        say(f"tiny random-weight EchoMimicV3 flash-pro set written to {write_tiny_v3(target, args.seed)} "
+            "(use it as <models>/v3-flash; it animates noise)")
+        return 0
     out = make_tiny(target, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format)
     root = out / "echomimic" if args.layout == "comfyui" else out
     say(f"tiny random-weight EchoMimic models written to {out} (they animate noise, not faces: for tests and smoke runs)")
@@ -37,9 +43,9 @@ def add_commands(sub) -> None:
     t = sub.add_parser("make-tiny", help="write a tiny random-weight model folder (tests, smoke runs)",
                        description="Write a complete model folder with tiny random weights in the official file layout.")
     t.add_argument("directory", help="folder to write (created; ComfyUI's models/ folder with --layout comfyui)")
-    t.add_argument("--version", choices=["v1", "v2", "all"], default="all",
+    t.add_argument("--version", choices=["v1", "v2", "all", "v3-flash"], default="all",
                    help="all: v1/ and v2/ side by side with the shared VAE and whisper; v1 or v2: that release's files "
-                        "flat in DIRECTORY, like its pretrained_weights/")
+                        "flat in DIRECTORY, like its pretrained_weights/; v3-flash: the EchoMimicV3 flash-pro layout")
     t.add_argument("--layout", choices=["official", "comfyui"], default="official",
                    help="comfyui: DIRECTORY is ComfyUI's models/ folder (files go to models/echomimic/, the VAE also to models/vae/)")
     t.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="weight file format")

@@ -11,8 +11,21 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+DEFAULT_DIRS = ("parity", "parity_v3")  # under ../shared/fixtures: the V1/V2 set and the V3 set
+
+
+def parity_dirs() -> list[Path]:
+    """Every fixture folder the suite runs: ``ECHOMIMIC_PARITY_DIR`` (one folder, or several joined with
+    ``os.pathsep``), else both default sets. Each folder has its own ``index.json``."""
+    env = os.environ.get("ECHOMIMIC_PARITY_DIR")
+    if env:
+        return [Path(p).resolve() for p in env.split(os.pathsep) if p]
+    return [(PROJECT_ROOT.parent / "shared" / "fixtures" / name).resolve() for name in DEFAULT_DIRS]
+
+
 def parity_dir() -> Path:
-    return Path(os.environ.get("ECHOMIMIC_PARITY_DIR", PROJECT_ROOT.parent / "shared" / "fixtures" / "parity")).resolve()
+    """The first fixture folder (the V1/V2 set by default), for tests that read its models directly."""
+    return parity_dirs()[0]
 
 
 @dataclass

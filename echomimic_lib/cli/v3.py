@@ -1,0 +1,51 @@
+"""``echomimic animate --version v3-flash``: EchoMimicV3 flash-pro from the command line (see jobs.animate_v3)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+SMOKE_SIZE = (64, 64)
+
+
+def add_v3_arguments(a) -> None:
+    g = a.add_argument_group("EchoMimicV3 flash-pro (--version v3-flash)")
+    g.add_argument("--prompt", default="A person is speaking.", help="what the video shows (umT5; cached per prompt)")
+    g.add_argument("--audio-cfg", type=float, default=3.0, help="audio guidance scale (official 3.0; <= 1: one pass per step)")
+    g.add_argument("--teacache", choices=["official", "off"], default="official",
+                   help="official: the official CLI's always-on TeaCache (audio CFG has no effect in some steps); off: exact")
+    g.add_argument("--no-color-transfer", action="store_true", help="skip the official colour transfer to the first frame")
+
+
+def cmd_animate_v3(args) -> int:
+    from ..jobs.animate_checks import default_models_dir
+    from .common import say as _say
+    from ..devices import resolve_device, resolve_dtype
+    from ..errors import EchoMimicError
+    from ..jobs.animate_v3 import V3Request, run_v3
+
+    for flag, value in (("--mode", args.mode), ("--acc", args.acc), ("--landmarks", args.landmarks), ("--pose", args.pose),
+                        ("--lora", args.lora), ("--fp8", args.fp8), ("--paste-back", args.paste_back)):
+        if value:
+            raise EchoMimicError(f"{flag} is a V1/V2 option; EchoMimicV3 flash-pro does not take it (drop it, or use --version v1/v2)")
+    if args.cfg:
+        raise EchoMimicError("--cfg is the V1/V2 guidance; EchoMimicV3 flash-pro uses audio guidance only: use --audio-cfg")
+    if not args.audio:
+        raise EchoMimicError("--audio is required for EchoMimicV3 (speech drives the video)")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    root = Path(args.models) if args.models else default_models_dir()
+    if args.smoke:
+        from ..models.wan.tiny import ensure_tiny_v3
+
+        folder = ensure_tiny_v3(root / "tiny-v3")
+    else:
+        folder = root / "v3-flash"
+    w = args.width or (SMOKE_SIZE[0] if args.smoke else 768)
+    h = args.height or (SMOKE_SIZE[1] if args.smoke and not args.width else w)
+    req = V3Request(reference=args.reference, audio=args.audio, output=args.output, models=str(folder), prompt=args.prompt,
+                    steps=args.steps or (2 if args.smoke else 8), audio_cfg=args.audio_cfg,
+                    seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
+                    teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype)
+    s = run_v3(req)
+    _say(f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video, {s['size'][0]}x{s['size'][1]}) "
+         f"in {s['seconds']} s")
+    return 0

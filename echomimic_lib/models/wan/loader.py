@@ -1,0 +1,133 @@
+"""Load the official EchoMimicV3 flash-pro release into :class:`WanV3Transformer`, strictly.
+
+Release layout (official ``infer_flash.py``): the base ``Wan2.1-Fun-V1.1-1.3B-InP/`` folder
+(``config.json`` + ``diffusion_pytorch_model.safetensors``, original Wan key names, no audio keys) and the
+flash-pro file ``echomimicv3-flash-pro/diffusion_pytorch_model.safetensors`` (optionally wrapped in a
+``state_dict`` entry; it may hold every key or only some, e.g. just the audio keys), laid over the base.
+
+The official loader uses ``load_state_dict(strict=False)``, so a V3 file without its audio keys silently
+gives a model with random/unloaded audio layers. Here the merge is strict: every network key must come
+from one of the two files, every audio key from the V3 file, shapes must match, and unknown keys are an
+error; each error names the key and the file. :class:`LoadReport` says what came from where.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+# The only imports from the rest of echomimic_lib in models/wan (modules being moved: update them here).
+from ...errors import WeightsError
+from ...io.weights import read_state_dict  # the project's safe reader (safetensors / weights_only pickles)
+from .config import AudioProjConfig, WanV3Config
+from .transformer import WanV3Transformer
+
+BASE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+_AUDIO_KEY = re.compile(r"^(audio_injection\.|blocks\.\d+\.cross_attn\.(q_audio|k_audio|v_audio|norm_k_audio)\.)")
+
+
+def is_audio_key(key: str) -> bool:
+    return bool(_AUDIO_KEY.match(key))
+
+
+@dataclass
+class LoadReport:
+    from_base: list = field(default_factory=list)
+    from_v3: list = field(default_factory=list)
+    v3_overrode_base: list = field(default_factory=list)  # keys in both files (the V3 value is used)
+    dtypes: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        audio = sum(is_audio_key(k) for k in self.from_v3)
+        return (f"{len(self.from_base)} tensors from the base file, {len(self.from_v3)} from the V3 file "
+                f"({audio} audio, {len(self.v3_overrode_base)} replacing base values); file dtypes {self.dtypes}")
+
+
+def _base_paths(base: str | Path) -> tuple[Path, dict | None]:
+    base = Path(base)
+    if base.is_dir():
+        cfg = base / "config.json"
+        weights = base / BASE_WEIGHTS
+        if not weights.is_file():
+            raise WeightsError(f"{base}: no {BASE_WEIGHTS} (the Wan2.1-Fun-V1.1-1.3B-InP transformer). Download the base model folder.")
+        return weights, json.loads(cfg.read_text()) if cfg.is_file() else None
+    cfg = base.with_name("config.json")
+    return base, json.loads(cfg.read_text()) if cfg.is_file() else None
+
+
+def merge_state_dicts(base_sd: dict, v3_sd: dict, expected: dict, base_label: str, v3_label: str) -> tuple[dict, LoadReport]:
+    """Overlay ``v3_sd`` on ``base_sd`` and check the result against ``expected`` (name -> shape)."""
+    report = LoadReport()
+    merged = {}
+    for key, shape in expected.items():
+        if key in v3_sd:
+            merged[key] = v3_sd[key]
+            report.from_v3.append(key)
+            if key in base_sd:
+                report.v3_overrode_base.append(key)
+        elif is_audio_key(key):
+            where = "" if key not in base_sd else f" (the base file {base_label} has it, but audio weights must come from the V3 file)"
+            raise WeightsError(f"{v3_label}: audio key '{key}' is missing{where}. This is not an EchoMimicV3 flash-pro "
+                               "transformer file, or it is incomplete; download it again.")
+        elif key in base_sd:
+            merged[key] = base_sd[key]
+            report.from_base.append(key)
+        else:
+            raise WeightsError(f"key '{key}' is in neither {base_label} nor {v3_label}: the base model is incomplete "
+                               "or of another kind (it must be Wan2.1-Fun-V1.1-1.3B-InP).")
+        if tuple(merged[key].shape) != tuple(shape):
+            src = v3_label if key in v3_sd else base_label
+            raise WeightsError(f"{src}: '{key}' has shape {tuple(merged[key].shape)}, the network expects {tuple(shape)} "
+                               "(a file for another model size or variant).")
+    unknown = sorted((set(base_sd) | set(v3_sd)) - set(expected))
+    if unknown:
+        raise WeightsError(f"{len(unknown)} unexpected key(s) in {base_label} / {v3_label}, e.g. {', '.join(unknown[:5])}: "
+                           "not a Wan 2.1 Fun-InP / EchoMimicV3 flash-pro file.")
+    report.dtypes = sorted({str(v.dtype).replace("torch.", "") for v in merged.values()})
+    return merged, report
+
+
+def read_v3_files(base: str | Path, v3_file: str | Path) -> tuple[dict, dict, dict | None]:
+    base_weights, base_cfg = _base_paths(base)
+    base_sd = read_state_dict(base_weights, mmap=False)
+    v3_sd = read_state_dict(v3_file, mmap=False)  # unwraps a {"state_dict": ...} file
+    return base_sd, v3_sd, base_cfg
+
+
+def config_from_files(base_cfg: dict | None, v3_sd: dict, base_sd: dict) -> WanV3Config:
+    if "audio_injection.proj1.weight" not in v3_sd:
+        raise WeightsError("the V3 file has no 'audio_injection.proj1.weight': not an EchoMimicV3 flash-pro transformer "
+                           "(the preview release has 'audio2token.*' instead and is not supported yet).")
+    audio = AudioProjConfig.from_state_dict(v3_sd)
+    cfg = WanV3Config.from_official(base_cfg or {}, audio=audio)
+    if base_cfg is None:  # infer from the weights
+        sd = {**base_sd, **v3_sd}
+        dim = int(sd["patch_embedding.weight"].shape[0])
+        layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        cfg = WanV3Config(dim=dim, ffn_dim=int(sd["blocks.0.ffn.0.weight"].shape[0]), num_layers=layers,
+                          num_heads=dim // 128, in_dim=int(sd["patch_embedding.weight"].shape[1]),
+                          text_dim=int(sd["text_embedding.0.weight"].shape[1]), audio=audio)
+    clip = base_sd.get("img_emb.proj.0.weight", v3_sd.get("img_emb.proj.0.weight"))
+    if clip is not None:  # 1280 in the release (hard-coded officially); smaller in test models
+        cfg = replace(cfg, clip_dim=int(clip.shape[0]))
+    return cfg
+
+
+def load_v3_transformer(base: str | Path, v3_file: str | Path, config: WanV3Config | None = None,
+                        dtype: torch.dtype | None = None, device="cpu") -> tuple[WanV3Transformer, LoadReport]:
+    """Build the flash-pro transformer from the base folder (or its weight file) and the V3 file.
+
+    ``dtype``: the weights' dtype on ``device`` (default: float32). Returns the model (eval mode) and the
+    report of which tensors came from which file."""
+    base_sd, v3_sd, base_cfg = read_v3_files(base, v3_file)
+    cfg = config or config_from_files(base_cfg, v3_sd, base_sd)
+    with torch.device("meta"):
+        model = WanV3Transformer(cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    merged, report = merge_state_dicts(base_sd, v3_sd, expected, str(base), str(v3_file))
+    dtype = dtype or torch.float32
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in merged.items()}, strict=True, assign=True)
+    return model.eval(), report

@@ -1,0 +1,73 @@
+"""Prompt and image encoders for the headless V3 path (inside ComfyUI, core's umT5 / CLIP-vision nodes do this).
+
+* Text: transformers ``UMT5EncoderModel`` + its tokenizer from a Hugging Face folder (umT5-xxl, as diffusers'
+  Wan pipelines use it). Official procedure: pad/truncate to 512 tokens with the attention mask, keep only
+  the real tokens' states (the transformer zero-pads them back to 512). Embeddings are cached on disk per
+  (encoder folder, prompt), so the 5.7 B-parameter encoder runs once per prompt.
+* Image: transformers ``CLIPVisionModel`` (ViT-H/14): the reference at the sample size, bicubic resize to
+  the model's input size (no antialias, as the official ``CLIPModel.visual``), CLIP mean/std, and the
+  states after the penultimate block (``hidden_states[-2]``; Wan's ``use_31_block``) -> (1, 257, 1280).
+  Whether the HF checkpoints equal Wan's own ``.pth`` encoders bit for bit is not verified.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TEXT_LEN = 512
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _cache_file(cache_dir: Path, encoder_dir: Path, prompt: str) -> Path:
+    key = hashlib.sha256(f"{Path(encoder_dir).resolve()}\0{prompt}".encode()).hexdigest()[:32]
+    return Path(cache_dir) / f"{key}.safetensors"
+
+
+@torch.no_grad()
+def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | None = None, device="cpu",
+                  dtype=torch.float32) -> torch.Tensor:
+    """(1, n_tokens, 4096) umT5 states of the prompt's real tokens (cached in ``cache_dir`` if given)."""
+    from safetensors.torch import load_file, save_file
+
+    encoder_dir = Path(encoder_dir)
+    cached = _cache_file(cache_dir, encoder_dir, prompt) if cache_dir else None
+    if cached is not None and cached.is_file():
+        return load_file(str(cached))["prompt_embeds"]
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    if not (encoder_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{encoder_dir}: no config.json; expected a Hugging Face umT5 encoder folder (with its tokenizer)")
+    tok = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+    model = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=dtype).to(device).eval()
+    ids = tok([prompt], padding="max_length", max_length=TEXT_LEN, truncation=True, add_special_tokens=True, return_tensors="pt")
+    mask = ids.attention_mask.to(device)
+    states = model(ids.input_ids.to(device), attention_mask=mask).last_hidden_state
+    out = states[:, : int(mask.sum())].float().cpu().contiguous()
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".partial")
+        save_file({"prompt_embeds": out}, str(tmp))
+        tmp.replace(cached)
+    return out
+
+
+@torch.no_grad()
+def clip_features(vision_dir: str | Path, ref_u8: np.ndarray, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """(1, 257, width) CLIP-vision states after the penultimate block for an (H, W, 3) uint8 reference."""
+    from transformers import CLIPVisionModel
+
+    vision_dir = Path(vision_dir)
+    if not (vision_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{vision_dir}: no config.json; expected a Hugging Face CLIPVisionModel folder (ViT-H/14)")
+    model = CLIPVisionModel.from_pretrained(str(vision_dir), local_files_only=True, torch_dtype=dtype).to(device).eval()
+    size = int(model.config.image_size)
+    x = torch.from_numpy(np.array(ref_u8, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(255)
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+    x = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    out = model(pixel_values=x.to(device, dtype), output_hidden_states=True).hidden_states[-2]
+    return out.float().cpu()

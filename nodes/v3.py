@@ -1,0 +1,175 @@
+"""EchoMimicV3 flash-pro nodes: model loader, audio encoder, sampler (thin classes over echomimic_lib).
+
+The transformer is handed to ComfyUI's model manager (ModelPatcher, castable layers: --lowvram, "Unload
+Models" work on it). Text and image come from core nodes: CONDITIONING from Load CLIP (type wan, umT5) +
+CLIP Text Encode (the padded 512 tokens are equivalent to the official trimmed prompt: both end in zeros,
+which the model attends), CLIP_VISION_OUTPUT from CLIP Vision Encode (clip_vision_h, crop none; the
+official encodes the resized reference with a bicubic resize, core with an antialiased one: a small
+difference), and core's VAE (Wan 2.1; latents normalised with the official 16 means/stds, which are
+ComfyUI's Wan21 latent format values). wav2vec2 runs on the CPU in float32, as the official.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..echomimic_lib.errors import EchoMimicError
+from . import comfy_bridge as C
+from . import paths
+from .payloads import first_image, to_image, trim_audio
+
+V3_MODEL = "ECHOMIMIC_V3_MODEL"
+V3_AUDIO = "ECHOMIMIC_V3_AUDIO"
+FLASH_FILE = "echomimicv3-flash-pro/diffusion_pytorch_model.safetensors"
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(eq=False)
+class V3Handle:
+    patcher: Any  # ModelPatcher around the WanV3Transformer
+    wav2vec: Any  # echomimic_lib.audio.wav2vec.Wav2VecV3 (CPU, fp32)
+    report: str
+
+
+@dataclass(eq=False)
+class V3Audio:
+    samples: np.ndarray  # 16 kHz, loudness-normalised, cut to the frames
+    frames: int
+    audio: dict  # the ComfyUI AUDIO, for muxing
+
+
+def v3_folders() -> list[str]:
+    names = set()
+    for root in paths.echomimic_roots():
+        if root.is_dir():  # the sub-folders of models/echomimic holding the V3 layout (no deep walk)
+            names.update(p.name for p in root.iterdir() if (p / FLASH_FILE).is_file())
+    return sorted(names) or ["v3-flash"]
+
+
+class EchoMimicV3Loader:
+    CATEGORY = "EchoMimic"
+    FUNCTION = "execute"
+    RETURN_TYPES = (V3_MODEL,)
+    RETURN_NAMES = ("v3_model",)
+    OUTPUT_TOOLTIPS = ("The flash-pro transformer (managed by ComfyUI) and its wav2vec2 audio encoder.",)
+    DESCRIPTION = ("Loads EchoMimicV3 flash-pro from models/echomimic/<folder>/ (Wan2.1-Fun-V1.1-1.3B-InP/ + "
+                   "echomimicv3-flash-pro/ + chinese-wav2vec2-base/), strictly: a missing audio key is an error.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"folder": (v3_folders(), {"tooltip": "A folder in models/echomimic holding the V3 layout."}),
+                             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: ComfyUI's choice for the device."})}}
+
+    def execute(self, folder, dtype):
+        from ..echomimic_lib.audio.wav2vec import load_wav2vec
+        from ..echomimic_lib.models.wan import load_v3_transformer
+
+        root = paths.find_named(paths.echomimic_roots(), folder, "EchoMimicV3 folder", want_dir=True)
+        if root is None or not (root / FLASH_FILE).is_file():
+            raise EchoMimicError(f"EchoMimicV3 folder '{folder}' not found (or without {FLASH_FILE}) in "
+                                 f"{', '.join(map(str, paths.echomimic_roots()))}.")
+        dt = DTYPES[dtype] or C.auto_dtype(C.torch_device())
+        model, report = load_v3_transformer(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE, dtype=dt,
+                                            device=C.offload_device())
+        return (V3Handle(C.managed_model("v3_transformer", model), load_wav2vec(root / "chinese-wav2vec2-base"), report.summary()),)
+
+
+class EchoMimicV3AudioEncoder:
+    CATEGORY = "EchoMimic"
+    FUNCTION = "execute"
+    RETURN_TYPES = (V3_AUDIO, "INT")
+    RETURN_NAMES = ("v3_audio", "frame_count")
+    OUTPUT_TOOLTIPS = ("The normalised 16 kHz speech and its frame count (encoded by wav2vec2 in the sampler).",
+                       "Video frames at 25 fps (4k+1).")
+    DESCRIPTION = ("Speech for V3: 16 kHz, loudness to -23 LUFS, at most max_frames at 25 fps (4k+1). More than 81 "
+                   "frames are rendered in chunks re-anchored on the reference (not official: the official stops at 81).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": (V3_MODEL, {"tooltip": "From EchoMimic V3 Loader."}),
+                             "audio": ("AUDIO", {"tooltip": "Speech that drives the video (Load Audio)."}),
+                             "max_frames": ("INT", {"default": 81, "min": 1, "max": 100000,
+                                                    "tooltip": "81 = one official shot; more: chunked long video."})}}
+
+    def execute(self, model, audio, max_frames):
+        from ..echomimic_lib.audio.wav2vec import frame_count, prepare_samples, resample_16k
+
+        wave = audio.get("waveform") if isinstance(audio, dict) else None
+        if not isinstance(wave, torch.Tensor) or wave.numel() == 0:
+            raise EchoMimicError("audio: expected a non-empty ComfyUI AUDIO (connect Load Audio).")
+        mono = wave[0].float().mean(0).numpy()
+        rate = int(audio["sample_rate"])
+        frames = frame_count(mono.shape[0] / rate, int(max_frames))
+        return (V3Audio(prepare_samples(resample_16k(mono, rate), frames), frames, audio), frames)
+
+
+class EchoMimicV3Sampler:
+    CATEGORY = "EchoMimic"
+    FUNCTION = "execute"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO")
+    RETURN_NAMES = ("frames", "fps", "audio")
+    OUTPUT_TOOLTIPS = ("The video frames (colour-transferred to the first frame if asked).", "25 fps.",
+                       "The audio cut to the video, for Create Video.")
+    DESCRIPTION = "EchoMimicV3 flash-pro: Flow-UniPC, audio-only CFG, official TeaCache or off, 25 fps."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (V3_MODEL, {"tooltip": "From EchoMimic V3 Loader."}),
+            "v3_audio": (V3_AUDIO, {"tooltip": "From EchoMimic V3 Audio Encoder."}),
+            "positive": ("CONDITIONING", {"tooltip": "CLIP Text Encode with Load CLIP (umT5-xxl, type wan)."}),
+            "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "CLIP Vision Encode (clip_vision_h, crop none) of the image."}),
+            "vae": ("VAE", {"tooltip": "The Wan 2.1 VAE (Load VAE: wan_2.1_vae)."}),
+            "image": ("IMAGE", {"tooltip": "The reference picture (the first image is used)."}),
+            "size": ("INT", {"default": 768, "min": 64, "max": 2048, "step": 16,
+                             "tooltip": "Target area size x size; the picture keeps its aspect, sides multiples of 16."}),
+            "steps": ("INT", {"default": 8, "min": 1, "max": 100, "tooltip": "Flow-UniPC steps (official 8)."}),
+            "audio_cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 20.0, "step": 0.1,
+                                    "tooltip": "Audio guidance (official 3.0); 1 or less: one pass per step."}),
+            "seed": ("INT", {"default": 43, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+                             "tooltip": "Noise seed (CPU float32 draw)."}),
+            "teacache": (["official", "off"], {"default": "official", "tooltip": "official: as the official CLI "
+                         "(always on; audio CFG has no effect in some steps); off: every call computed."}),
+            "color_transfer": ("BOOLEAN", {"default": True, "tooltip": "The official colour transfer to the first frame."}),
+        }}
+
+    def execute(self, model, v3_audio, positive, clip_vision_output, vae, image, size, steps, audio_cfg, seed, teacache,
+                color_transfer):
+        from ..echomimic_lib.models.wan.vae import PixelVAE
+        from ..echomimic_lib.pipeline.wan.long import iter_long
+        from ..echomimic_lib.pipeline.wan.sampler import V3Settings, generate, resize_reference, sample_size
+
+        ref = first_image(image, "image")
+        h, w = sample_size(ref.shape[1], ref.shape[0], (size, size))
+        ref_u8 = resize_reference(ref, h, w)
+        prompt = positive[0][0] if positive else None
+        clip = getattr(clip_vision_output, "penultimate_hidden_states", None)
+        if prompt is None or clip is None:
+            raise EchoMimicError("connect CLIP Text Encode (Load CLIP type wan) on 'positive' and CLIP Vision Encode "
+                                 "(clip_vision_h, crop none) on 'clip_vision_output'.")
+        settings = V3Settings(steps=steps, audio_cfg=audio_cfg, seed=seed, teacache=teacache,
+                              teacache_skip_start=min(5, steps), color_transfer=color_transfer)
+        from ..echomimic_lib.pipeline.wan.memory import denoise_bytes
+
+        net = model.patcher.model.net
+        dtype = next(net.parameters()).dtype
+        C.load_models([model.patcher], memory_required=denoise_bytes(net.cfg, min(v3_audio.frames, 81), h, w, dtype))
+        codec = PixelVAE(vae)
+        C.check_interrupt()
+        pbar = C.progress_bar(steps)
+
+        def on_step(done, total):
+            pbar.update_absolute(done, total)  # in ComfyUI this also raises on Cancel
+            C.check_interrupt()
+
+        with torch.no_grad():
+            if v3_audio.frames <= 81:
+                windows = model.wav2vec.windows(v3_audio.samples, v3_audio.frames)
+                frames = generate(net, codec, ref_u8, prompt, clip, windows, settings, on_step=on_step).frames
+            else:
+                frames = np.concatenate(list(iter_long(net, codec, model.wav2vec, ref_u8, prompt, clip, v3_audio.samples,
+                                                       v3_audio.frames, settings, on_step=on_step)))
+        return (to_image(frames), 25.0, trim_audio(v3_audio.audio, frames.shape[0], 25.0))

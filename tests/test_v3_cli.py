@@ -1,0 +1,40 @@
+"""`echomimic animate --version v3-flash` and `echomimic make-tiny --version v3-flash` end to end (tiny weights)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+
+from echomimic_lib.cli import main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_make_tiny_v3_then_animate(tmp_path, capsys):
+    models = tmp_path / "models"
+    assert main(["make-tiny", str(models / "v3-flash"), "--version", "v3-flash"]) == 0
+    out = tmp_path / "v3.mp4"
+    rc = main(["animate", "--version", "v3-flash", "--reference", str(DATA / "images" / "portrait_a.png"),
+               "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(out), "--models", str(models),
+               "--width", "64", "--height", "64", "--steps", "2", "--length", "9", "--prompt", "a man is speaking .",
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert c.streams.audio and v.codec_context.width % 16 == 0
+        assert sum(1 for _ in c.decode(video=0)) == 9
+    assert list((models / "v3-flash" / "prompt_cache").glob("*.safetensors"))  # the umT5 states are cached
+
+
+def test_v3_errors_before_work(tmp_path, capsys):
+    rc = main(["animate", "--version", "v3-flash", "--reference", str(DATA / "images" / "portrait_a.png"),
+               "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(tmp_path / "x.mp4"), "--models", str(tmp_path)])
+    assert rc == 2 and "flash-pro files missing" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+    rc = main(["animate", "--version", "v3-flash", "--smoke", "--reference", str(DATA / "images" / "portrait_a.png"),
+               "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(tmp_path / "x.mp4"), "--cfg", "2"])
+    assert rc == 2 and "--audio-cfg" in capsys.readouterr().err
+    rc = main(["animate", "--version", "v3-flash", "--mode", "halfbody", "--reference", "x.png", "--audio", "y.wav", "-o",
+               str(tmp_path / "x.mp4")])
+    assert rc == 2 and "--mode is a V1/V2 option" in capsys.readouterr().err

@@ -1,0 +1,41 @@
+"""EchoMimicV3 nodes outside ComfyUI (the bridge's stand-ins): loader -> audio encoder -> sampler on tiny weights,
+with core's CONDITIONING / CLIP_VISION_OUTPUT / VAE given as what core's nodes output."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from tests._pack import load_pack, sub
+
+
+def test_v3_nodes_end_to_end(tmp_path, monkeypatch):
+    from echomimic_lib.models.wan.tiny import CLIP_DIM, TEXT_DIM, write_tiny_v3
+    from echomimic_lib.models.wan.vae import DiffusersPixelVAE, load_wan_vae
+
+    pack = load_pack()
+    bridge = sub("nodes.comfy_bridge")
+    monkeypatch.setattr(bridge, "MODELS_DIR", tmp_path / "models")
+    folder = write_tiny_v3(tmp_path / "models" / "echomimic" / "v3-flash")
+    v3 = sub("nodes.v3")
+    assert "EchoMimicV3Sampler" in pack.NODE_CLASS_MAPPINGS
+    assert v3.v3_folders() == ["v3-flash"]
+    (handle,) = v3.EchoMimicV3Loader().execute("v3-flash", "fp32")
+    assert type(handle.patcher.model).__name__ == "EchoMimicV3Transformer" and "from the V3 file" in handle.report
+    g = torch.Generator().manual_seed(0)
+    audio = {"waveform": torch.randn(1, 1, 22050, generator=g) * 0.1, "sample_rate": 22050}
+    v3_audio, n = v3.EchoMimicV3AudioEncoder().execute(handle, audio, 9)
+    assert n == 9
+    positive = [[torch.cat([torch.randn(1, 6, TEXT_DIM, generator=g), torch.zeros(1, 506, TEXT_DIM)], 1), {}]]
+    clip = SimpleNamespace(penultimate_hidden_states=torch.randn(1, 257, CLIP_DIM, generator=g))
+    vae = DiffusersPixelVAE(load_wan_vae(folder / "vae"))
+    image = torch.rand(1, 40, 56, 3, generator=g)
+    frames, fps, cut = v3.EchoMimicV3Sampler().execute(handle, v3_audio, positive, clip, vae, image, 64, 2, 3.0, 1,
+                                                       "official", True)
+    assert frames.shape[0] == 9 and frames.shape[-1] == 3 and frames.shape[1] % 16 == 0 and fps == 25.0
+    assert 0 <= float(frames.min()) and float(frames.max()) <= 1
+    assert cut["waveform"].shape[-1] == 7938  # the audio cut to 9 frames at 25 fps
+    assert bridge.is_loaded(handle.patcher)  # handed to (the stand-in of) ComfyUI's model manager
+    names, required = bridge.MODEL_MANAGER.requests[-1]
+    assert names == ["EchoMimicV3Transformer"] and required > 0  # with the activations of one call
+    bridge.unload_all_models()
+    assert not bridge.is_loaded(handle.patcher)
