@@ -60,7 +60,7 @@ step() {  # step NAME LIMIT_S COMMAND...: output to OUTDIR/NAME.log, a line to s
 
 if [[ $DRY == 1 ]]; then
     SUITE=(--device cpu --tiny --no-compile --repeat 1 --frames 12 --e2e-frames 12 --versions v1)
-    VRAM=(--goals --preset tiny --device fake); WEIGHTS_ARGS="--tiny --device cpu"
+    VRAM=(--goals --preset tiny --device fake --report-only); WEIGHTS_ARGS="--tiny --device cpu"
     ANIM_ARGS="--device cpu --dtype fp32 --width 64 --height 64 --steps 1 --length 4"
 else
     SUITE=(--budget-s $((LIM_SUITE - 50)) --plan "v1:off,v2:off,v1:on,v2:on")

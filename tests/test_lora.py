@@ -223,7 +223,7 @@ def _retag(adapter, dest: Path, **changes) -> Path:
 
 
 def test_a_lora_for_another_version_is_refused_before_loading(run, exported, tmp_path, monkeypatch):
-    from echomimic_lib import animate
+    from echomimic_lib.jobs import animate
     from echomimic_lib.errors import WeightsError
     from echomimic_lib.lora import apply_lora
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from echomimic_lib import queue_client as qc
+from echomimic_lib.jobs import queue_client as qc
 from echomimic_lib.errors import EchoMimicError
 
 ROOT = Path(__file__).resolve().parents[1]
