@@ -34,7 +34,10 @@ def _cmd_make_tiny(args) -> int:
     if not base.is_dir():
         raise OutputError(f"make-tiny {target}: {base} is a file, not a folder; choose a folder inside a folder.")
     _probe_writable(base)
-    out = make_tiny(target, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format)
+    try:
+        out = make_tiny(target, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format, force=args.force)
+    except OSError as exc:
+        raise _write_failed(exc, f"the tiny models into {target}") from exc
     root = out / "echomimic" if args.layout == "comfyui" else out
     _say(f"tiny random-weight EchoMimic models written to {out} (they animate noise, not faces: for tests and smoke runs)")
     for where, used_by, source in EXTRA_MODELS:
@@ -42,10 +45,27 @@ def _cmd_make_tiny(args) -> int:
     return 0
 
 
+def _write_failed(exc: OSError, what: str):
+    from .file_safety import disk_full
+    from .video_writer import OutputError
+
+    if disk_full(exc):
+        return OutputError(f"no space left on the disk while writing {what}; nothing was written. Free some space or "
+                           "choose a folder on another disk.")
+    return OutputError(f"writing {what} failed ({exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}); "
+                       "nothing was written. Check that the folder is writable.")
+
+
 def _cmd_convert(args) -> int:
     from .weights import convert
 
-    for p in convert(args.src, args.dst):
+    try:
+        written = convert(args.src, args.dst, force=args.force)
+    except OSError as exc:
+        if exc.errno is not None and exc.filename and Path(exc.filename).resolve() == Path(args.src).resolve():
+            raise  # the source itself: the generic message names it
+        raise _write_failed(exc, f"the converted weights to {args.dst}") from exc
+    for p in written:
         _say(f"wrote {p}")
     return 0
 
@@ -66,11 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comfyui: DIRECTORY is ComfyUI's models/ folder (files go to models/echomimic/, the VAE also to models/vae/)")
     t.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="weight file format")
     t.add_argument("--seed", type=int, default=0, help="random seed of the weights (the same seed gives the same files)")
+    t.add_argument("--force", action="store_true", help="replace existing files that differ (never done without it; "
+                   "identical files are left as they are)")
     t.set_defaults(func=_cmd_make_tiny)
 
     c = sub.add_parser("convert", help="convert .pth weights (a file or a folder) to .safetensors")
     c.add_argument("src", help="a .pth file or a folder of them")
     c.add_argument("dst", help="the .safetensors file or output folder")
+    c.add_argument("--force", action="store_true", help="replace existing .safetensors files (never done without it)")
     c.set_defaults(func=_cmd_convert)
 
     sub.add_parser("queue", help="queue portraits x audios on a running ComfyUI (POST /prompt); see `echomimic queue --help`",

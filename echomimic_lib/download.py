@@ -24,10 +24,13 @@ def _downloads(root: Path, weights: str, detail: dict) -> list[tuple[str, str, P
     return [(ws.hf_repo, detail["name"], root / ws.folder)]
 
 
-def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need=None, download: bool = True) -> dict:
+def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need=None, download: bool = True,
+                   force: bool = False) -> dict:
     """Resolve the files of a model set; download the missing ones when ``download`` is true.
 
-    On failure the error lists every missing file, where it was looked for, and where to get it."""
+    A file that is already there is never replaced (a component found incomplete only gets its missing
+    files), unless ``force``. On failure the error lists every missing file, where it was looked for, and
+    where to get it."""
     root = Path(root)
     kw = {} if need is None else {"need": need}
     try:
@@ -42,6 +45,9 @@ def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need
         raise MissingWeightsError(f"{first}\n(huggingface_hub is not installed: pip install huggingface_hub)", first.missing) from exc
     for detail in getattr(first, "details", []):
         for repo, filename, local_dir in _downloads(root, weights, detail):
+            if (local_dir / filename).exists() and not force:
+                log.info("keeping %s (already there; --force replaces it)", local_dir / filename)
+                continue
             log.info("downloading %s/%s -> %s", repo, filename, local_dir)
             try:
                 local_dir.mkdir(parents=True, exist_ok=True)
