@@ -154,19 +154,26 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, EchoMimicError, FileNotFoundError, FileExistsError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # from the file system, not our own message
+            return _os_error(exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted (resume with --resume)", file=sys.stderr)
         return 130
-    except OSError as exc:  # the file system said no: a full disk, permissions, a file where a folder belongs
-        from echomimic_lib.file_safety import disk_full
+    except OSError as exc:
+        return _os_error(exc)
 
-        where = f" {exc.filename}:" if exc.filename else ""
-        why = ("no space left on the disk; free some space or write to another disk (nothing partial was kept)" if disk_full(exc)
-               else f"{exc.strerror or exc}; check that the path exists, is writable, and is a file or folder as expected")
-        print(f"error:{where} {why}", file=sys.stderr)
-        return 2
+
+def _os_error(exc: OSError) -> int:
+    """The file system said no: a full disk, permissions, a missing folder, a file where a folder belongs."""
+    from echomimic_lib.file_safety import disk_full
+
+    where = f" {exc.filename}:" if exc.filename else ""
+    why = ("no space left on the disk; free some space or write to another disk (nothing partial was kept)" if disk_full(exc)
+           else f"{exc.strerror or exc}; check that the path exists, is writable, and is a file or folder as expected")
+    print(f"error:{where} {why}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
