@@ -245,7 +245,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
+        from .config_checks import check_numbers
         from .phases import validate_phases
+
+        check_numbers(self)
 
         choices = {
             "model.weights": (self.model.weights, ("v1_audio", "v1_pose", "v2")),
@@ -420,16 +423,10 @@ def apply_override(data: dict, assignment: str) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None) -> TrainConfig:
     """Load a YAML file (optional), on top of its ``preset:`` (or ``preset``), then apply ``--set`` overrides."""
-    import yaml
-
+    from .config_checks import read_yaml_mapping
     from .presets import preset_dict
 
-    user: dict = {}
-    if path is not None:
-        text = Path(path).read_text()
-        user = yaml.safe_load(text) or {}
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    user: dict = read_yaml_mapping(path) if path is not None else {}
     name = user.get("preset", preset)
     data = deep_merge(preset_dict(name), user) if name else dict(user)
     if name:
