@@ -35,6 +35,10 @@ def request_from_args(args):
 
 
 def _cmd_animate(args) -> int:
+    from .animate_checks import probe_speech
+
+    if args.audio:
+        probe_speech(args.audio)  # a wrong file is refused before torch and the models load
     import torch
 
     from .animate import run

@@ -93,6 +93,9 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
     from ..video_io import read_video
 
     video = read_video(path, with_audio=audio is None)
+    if len(video.frames) < 2:
+        raise EchoMimicError(f"{path}: a still image ({len(video.frames)} frame), not a video; evaluate scores a video "
+                             "(mp4, mov, webm ...) with its speech, or a folder of V1 .pkl landmark frames.")
     wave = audio_16k(audio) if audio is not None else (
         audio_16k(video.audio, video.sample_rate) if video.audio is not None else None)
     rate = float(fps or video.fps)
