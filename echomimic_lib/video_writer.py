@@ -30,6 +30,7 @@ from .file_safety import publish
 
 log = logging.getLogger(__name__)
 
+ENCODER_THREADS = 4
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
@@ -156,7 +157,9 @@ class Mp4Writer:
         self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(self.crf)}
+        # a fixed thread count (not 'auto', which follows the machine's cores and changes x264's decisions): the same
+        # frames give the same bytes on every run and machine, so outputs can be compared and cached by content
+        self._stream.options = {"crf": str(self.crf), "threads": str(ENCODER_THREADS)}
         if self.audio is not None:  # every stream must exist before the first packet is muxed
             self._audio_stream = self._container.add_stream("aac", rate=self.sample_rate)
             self._audio_stream.layout = "stereo" if self.audio.shape[0] == 2 else "mono"

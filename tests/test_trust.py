@@ -345,3 +345,35 @@ def test_lora_export_to_an_unwritable_path_is_explained(tmp_path, capsys):
     assert main(["export", str(ckpt), str(target)]) == 2
     err = capsys.readouterr().err
     assert "/proc/echomimic-nowhere" in err and "Traceback" not in err, err
+
+
+def test_the_same_frames_give_the_same_mp4_bytes_in_two_processes(tmp_path):
+    """Encoding is deterministic (a fixed x264 thread count, not one that follows the machine's cores)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from echomimic_lib.video_io import write_video; "
+            "rng = np.random.default_rng(7); f = rng.integers(0, 255, (16, 96, 96, 3), dtype=np.uint8); "
+            "a = (0.1 * rng.standard_normal((2, 24000))).astype(np.float32); write_video(sys.argv[1], f, 24, a, 24000)")
+    root = Path(__file__).resolve().parents[1]
+    for name in ("a.mp4", "b.mp4"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True, cwd=root, timeout=120)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
+def test_mediapipe_native_log_lines_stay_off_the_terminal(shared_data):
+    """MediaPipe's C++ lines (graph creation, the XNNPACK delegate, the first detection) are held back in every command
+    that tracks faces (dub, evaluate, prepare all use the extractor); a Python warning in between still shows."""
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings, cv2; from echomimic_lib.landmarks.extractor import FaceLandmarkExtractor; "
+            "img = cv2.imread(sys.argv[1])[..., ::-1]; ex = FaceLandmarkExtractor(model_path=sys.argv[2]); "
+            "n = [len(ex.detect(img)) for _ in range(3)]; ex.close(); print(n); warnings.warn('still shown')")
+    r = subprocess.run([sys.executable, "-c", code, str(shared_data / "images" / "portrait_a.png"),
+                        str(shared_data / "mediapipe" / "face_landmarker_v2_with_blendshapes.task")],
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stdout.strip() == "[1, 1, 1]", r.stdout + r.stderr
+    assert "still shown" in r.stderr
+    for native in ("W0000", "XNNPACK", "InitGoogle", "inference_feedback_manager"):
+        assert native not in r.stderr, r.stderr
