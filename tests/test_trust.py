@@ -377,3 +377,11 @@ def test_mediapipe_native_log_lines_stay_off_the_terminal(shared_data):
     assert "still shown" in r.stderr
     for native in ("W0000", "XNNPACK", "InitGoogle", "inference_feedback_manager"):
         assert native not in r.stderr, r.stderr
+
+
+def test_the_docs_quote_no_path_of_one_machine():
+    root = Path(__file__).resolve().parents[1]
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for private in ("/work/", "/home/", "/root/", "/Users/", "C:\\Users"):
+            assert private not in text, f"{doc.name} quotes a development machine's path ({private})"
