@@ -263,6 +263,8 @@ def json_line(text: str):
     ("--feather", "-1", ["--feather -1", "from 0 to 512"]),
     ("--dilation", "inf", ["--dilation inf", "from 0 to 2"]),
     ("--dilation", "5", ["--dilation 5", "from 0 to 2"]),
+    ("--fps", "nan", ["fps nan", "between 1 and 120"]),
+    ("--cfg", "inf", ["cfg inf", "between 0 and 20"]),
 ])
 def test_dub_float_options_are_finite_and_in_range(flag, value, words, media, tmp_path, loads, capsys, shared_data):
     out = tmp_path / "out.mp4"
@@ -496,8 +498,11 @@ def test_a_checkpoint_save_that_fails_leaves_no_partial_folder(tmp_path):
 def test_evaluate_refuses_what_is_not_a_video(media, tmp_path, capsys):
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
-    for path, words in ((media["ref"], ["a still image", "not a video"]), (text, ["cannot be opened as a media file"])):
-        assert cli(["evaluate", str(path), "--offline", "--mediapipe-model", str(media["mp"])]) == 2
+    video = Path(media["ref"]).parents[1] / "video" / "driving_a.mp4"
+    for path, words, extra in ((media["ref"], ["a still image", "not a video"], []),
+                               (text, ["cannot be opened as a media file"], []),
+                               (video, ["--fps nan", "between 1 and 240"], ["--fps", "nan"])):
+        assert cli(["evaluate", str(path), "--offline", "--mediapipe-model", str(media["mp"]), *extra]) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and all(w in err for w in words), err
 

@@ -77,6 +77,8 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
     from ..landmarks.io import load_pkl_folder
 
     path = Path(path)
+    if fps is not None and not (np.isfinite(fps) and 1 <= fps <= 240):
+        raise EchoMimicError(f"--fps {fps}: the frame rate must be a number between 1 and 240 (or leave it out: the video's).")
     if not path.exists():
         raise EchoMimicError(f"{path}: not found; give a video file or a folder of V1 .pkl landmark frames.")
     if audio is not None and not Path(audio).is_file():
