@@ -42,7 +42,10 @@ def new_file_mode() -> int:
 
 def publish(tmp: str | Path, final: str | Path) -> Path:
     """Give ``tmp`` the umask's permissions, then rename it to ``final`` (atomic on one file system)."""
-    os.chmod(tmp, new_file_mode())
+    try:
+        os.chmod(tmp, new_file_mode())
+    except OSError:  # a file system without permission bits (some network or FAT mounts): keep what it gives
+        pass
     os.replace(tmp, final)
     return Path(final)
 
