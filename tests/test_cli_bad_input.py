@@ -473,6 +473,15 @@ def test_prepare_never_records_a_failure_that_is_not_the_clips(clips, whisper_fi
     assert [p.name for p in (out / "status").glob("*.json")] == ["a.json"]
 
 
+def test_prepare_without_a_face_model_stops_and_records_nothing(clips, whisper_file, tmp_path, capsys):
+    """No --mediapipe-model and none in the default places: the first clip that needs landmarks stops the run with the
+    model's message; the clip is not recorded as unreadable, so a rerun with the model prepares it."""
+    out = tmp_path / "ds"
+    rc, err = _train(["prepare", clips, out, "--whisper", whisper_file, "-q"], capsys)
+    assert rc == 2 and "face_landmarker" in err and "unreadable" not in err, err
+    assert not list(out.glob("status/*.json"))
+
+
 def test_a_checkpoint_save_that_fails_leaves_no_partial_folder(tmp_path):
     import errno
 

@@ -207,8 +207,8 @@ def preflight(cfg: PrepareConfig, whisper_path, landmarker_model, pose_detector,
     tools = Tools(whisper_path, landmarker_model, pose_detector, device)
     try:
         tools.whisper  # noqa: B018 - load now: a broken file is reported as such, not as a bad clip
-        if cfg.kind == "headshot" or cfg.face_landmarks and cfg.kind == "halfbody":
-            tools.landmarker  # noqa: B018
+        if landmarker_model is not None and (cfg.kind == "headshot" or cfg.face_landmarks and cfg.kind == "halfbody"):
+            tools.landmarker  # noqa: B018 - a given model is checked now; a missing one stops the run at the first clip
     except BaseException:
         tools.close()
         raise
@@ -218,9 +218,10 @@ def preflight(cfg: PrepareConfig, whisper_path, landmarker_model, pose_detector,
 def _the_clips_fault(exc: BaseException, out_root: Path) -> bool:
     """A clip is recorded as dropped only for its own faults: a full disk, or anything that went wrong writing
     the output folder, is the run's (the clip is prepared again once it is fixed)."""
+    from echomimic_lib.errors import WeightsError
     from echomimic_lib.file_safety import disk_full
 
-    if disk_full(exc):
+    if disk_full(exc) or isinstance(exc, WeightsError):  # a full disk, a missing or broken model: the run's problem
         return False
     name = getattr(exc, "filename", None)
     if isinstance(exc, OSError) and name:
