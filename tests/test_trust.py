@@ -470,3 +470,19 @@ def test_reading_the_vae_without_accelerate_prints_no_warning(tmp_path, monkeypa
         dlog.disable_propagation()
     assert vae.config.latent_channels == 4
     assert not [r for r in caplog.records if "accelerate" in r.getMessage()], [r.getMessage() for r in caplog.records]
+
+
+def test_export_ema_refuses_a_tampered_checkpoint_file(tmp_path, capsys):
+    import json
+
+    from trainer.cli import main
+
+    ckpt = _fake_checkpoint(tmp_path)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    (ckpt / "meta.json").write_text(json.dumps({**meta, "ema_index": 0, "param_names": ["reference.a"]}))
+    marker = tmp_path / "payload-ran"
+    torch.save({"shadow_params": [_Payload(marker)]}, ckpt / "custom_checkpoint_0.pkl")
+    assert main(["export", str(ckpt), str(tmp_path / "out"), "--ema", "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt / "custom_checkpoint_0.pkl") in err and "refused to load" in err and "Traceback" not in err, err
+    assert not marker.exists() and not (tmp_path / "out").exists()

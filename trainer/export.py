@@ -38,6 +38,10 @@ def load_checkpoint_weights(ckpt: Path, ema: bool = False) -> dict:
     files = sorted(ckpt.glob("model*.safetensors")) or sorted(ckpt.glob("pytorch_model*.bin"))
     if not files:
         raise FileNotFoundError(f"{ckpt}: no model weights in this checkpoint")
+    if files[0].suffix != ".safetensors" or ema:
+        from .safe_resume import check_checkpoint
+
+        check_checkpoint(ckpt)  # a pickle-based file that would build anything but tensors is refused, naming it
     state = load_file(str(files[0])) if files[0].suffix == ".safetensors" else torch.load(files[0], map_location="cpu", weights_only=True)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     if ema:

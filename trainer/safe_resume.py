@@ -60,19 +60,28 @@ def weights_only_loading():
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
+def _load_mapped(path: Path):
+    """Unpickle weights-only with the tensors memory-mapped (a multi-GB optimizer state is not read into RAM just to
+    be checked); files in the legacy format cannot be mapped and are read."""
+    import zipfile
+
+    import torch
+
+    mmap = zipfile.is_zipfile(path)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def check_checkpoint(ckpt: str | Path) -> list[Path]:
     """Read every pickle-based file under ``ckpt`` weights-only; returns the files checked.
 
     Raises :class:`UnsafeCheckpointError` naming the first file that would build anything else, or a
     :class:`~trainer.config.ConfigError` naming a file that is not readable at all."""
-    import torch
-
     ckpt = Path(ckpt)
     checked = []
     for path in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.suffix not in SAFE_SUFFIXES):
         try:
             with weights_only_loading():
-                torch.load(path, map_location="cpu", weights_only=True)
+                _load_mapped(path)
         except pickle.UnpicklingError as exc:
             raise UnsafeCheckpointError(
                 f"{path}: refused to load. This checkpoint file holds pickled objects other than tensors, numbers and "
