@@ -25,7 +25,8 @@ def size_problem(width, height, allow_zero: bool = False) -> str | None:
             continue
         if v % 8 or not 64 <= v <= 2048:
             zero = " (or 0 = the reference's)" if allow_zero else ""
-            return (f"{name} {v}: use a multiple of 8 from 64 to 2048{zero}; try {min(2048, max(64, round(v / 8) * 8))}.")
+            return (f"{name} {v}: width and height must be multiples of 8 from 64 to 2048{zero}; try "
+                    f"{min(2048, max(64, round(v / 8) * 8))}.")
     return None
 
 

@@ -421,7 +421,7 @@ def test_size_and_window_problems_are_reported_when_the_prompt_is_queued():
     assert "context_overlap 12" in sampler.VALIDATE_INPUTS(width=0, height=0, context_frames=12, context_overlap=12)
     assert sampler.VALIDATE_INPUTS(width=None, height=None) is True  # linked values: checked when the node runs
     assert prep.VALIDATE_INPUTS(width=512, height=512) is True
-    assert "multiple of 8" in prep.VALIDATE_INPUTS(width=500, height=512)
+    assert "multiples of 8" in prep.VALIDATE_INPUTS(width=500, height=512)
     assert "height 32" in prep.VALIDATE_INPUTS(width=512, height=32)
 
 
