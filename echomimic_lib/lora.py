@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from .errors import EchoMimicError, WeightsError
+from .io.file_safety import publish
 from .modes import WEIGHT_SETS
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def write_lora(path: str | Path, tensors: dict[str, torch.Tensor], info: LoraInf
     tmp = path.with_name(f".{path.name}.partial")
     try:
         save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp), metadata=info.to_metadata())
-        os.replace(tmp, path)
+        publish(tmp, path)  # safetensors creates 0600 files: the final one gets the umask's mode
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

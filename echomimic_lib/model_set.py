@@ -36,6 +36,7 @@ VAE_DIRS = ("sd-vae-ft-mse", "vae")
 WHISPER_FILES = ("audio_processor/whisper_tiny.pt", "audio_processor/tiny.pt", "whisper_tiny.pt", "tiny.pt",
                  "whisper_tiny_encoder.pt", "whisper-tiny", "audio_processor/whisper-tiny")
 UNET_CONFIGS = ("unet/config.json", "sd-image-variations-diffusers/unet/config.json")
+CLI_FETCH_HINT = "Fetch them with: echomimic download"  # the command-line way; ComfyUI's message drops this line
 HF_SOURCES = {
     "vae": ("stabilityai/sd-vae-ft-mse", ["config.json", "diffusion_pytorch_model.safetensors"]),
     "whisper": ("BadToBest/EchoMimic", ["audio_processor/whisper_tiny.pt"]),
@@ -131,7 +132,7 @@ def resolve_files(root: str | Path, weights: str, variant: str = "normal", need=
             lines.append(f"  - {comp}: {name} (looked in {where if comp not in ('vae', 'whisper') else ', '.join(map(str, shared))}); "
                          f"get it from https://huggingface.co/{repo} ({remote})")
         lines.append(f"Expected layout: {root}/{ws.folder}/<weights>, {root}/sd-vae-ft-mse/, {root}/audio_processor/whisper_tiny.pt.")
-        lines.append(f"Fetch them with: echomimic download --weights {weights} --variant {variant} --models {root}")
+        lines.append(f"{CLI_FETCH_HINT} --weights {weights} --variant {variant} --models {root}")
         err = MissingWeightsError("\n".join(lines), missing=[m[1] for m in missing])
         err.details = [{"component": c, "name": n, "repo": r, "remote": rem} for c, n, r, rem in missing]
         raise err
@@ -193,9 +194,14 @@ def load_cond_encoder(path, cfg: EchoConfig, channels: int, device="cpu", dtype=
 def load_vae(path, device="cpu", dtype=torch.float32):
     from diffusers import AutoencoderKL
 
+    from importlib.util import find_spec
+
     path = Path(path)
+    # without accelerate (a stock ComfyUI has none) diffusers would warn on every read that it falls back to this
+    low_mem = {} if find_spec("accelerate") is not None else {"low_cpu_mem_usage": False}
     try:
-        vae = AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype) if path.is_dir() else _vae_from_file(path, dtype, device)
+        vae = (AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, **low_mem) if path.is_dir()
+               else _vae_from_file(path, dtype, device))
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{path}: cannot load the VAE ({exc}). Expected a diffusers folder (config.json + weights) such as stabilityai/sd-vae-ft-mse.") from exc
     return vae.to(device).eval()
@@ -292,10 +298,13 @@ def _downloads(root: Path, weights: str, detail: dict) -> list[tuple[str, str, P
     return [(ws.hf_repo, detail["name"], root / ws.folder)]
 
 
-def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need=None, download: bool = True) -> dict:
+def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need=None, download: bool = True,
+                   force: bool = False) -> dict:
     """Resolve the files of a model set; download the missing ones when ``download`` is true.
 
-    On failure the error lists every missing file, where it was looked for, and where to get it."""
+    A file that is already there is never replaced (a component found incomplete only gets its missing
+    files), unless ``force``. On failure the error lists every missing file, where it was looked for, and
+    where to get it."""
     root = Path(root)
     kw = {} if need is None else {"need": need}
     try:
@@ -310,6 +319,9 @@ def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need
         raise MissingWeightsError(f"{first}\n(huggingface_hub is not installed: pip install huggingface_hub)", first.missing) from exc
     for detail in getattr(first, "details", []):
         for repo, filename, local_dir in _downloads(root, weights, detail):
+            if (local_dir / filename).exists() and not force:
+                log.info("keeping %s (already there; --force replaces it)", local_dir / filename)
+                continue
             log.info("downloading %s/%s -> %s", repo, filename, local_dir)
             try:
                 local_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import TINY, EchoConfig, inference_config_dict, unet_config_dict
 from .errors import EchoMimicError
+from .io.file_safety import publish, refuse_existing
 from .models.unet import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS
 from .io.weights import save_state_dict
@@ -126,7 +127,7 @@ def write_shared(root: Path, cfg: EchoConfig, seed: int, vae_config: dict = TINY
 
 
 def make_tiny(directory: str | Path, version: str | None = None, layout: str = "official", seed: int = 0,
-              cfg: EchoConfig = TINY, fmt: str = ".pth") -> Path:
+              cfg: EchoConfig = TINY, fmt: str = ".pth", force: bool = False) -> Path:
     """Write a tiny model folder.
 
     - ``version='v1'`` or ``'v2'`` with the official layout: that release's files flat in ``directory``
@@ -134,12 +135,57 @@ def make_tiny(directory: str | Path, version: str | None = None, layout: str = "
     - ``version=None``: both, in ``directory/v1`` and ``directory/v2`` with the shared parts beside them.
     - ``layout='comfyui'``: ``directory`` is ComfyUI's ``models/``; everything goes under
       ``models/echomimic/`` (both versions), and the VAE is also placed in ``models/vae/``.
+
+    Everything is written into a temporary folder inside ``directory`` first and moved into place only when
+    complete, so a failure (a full disk, Ctrl-C) leaves nothing behind. A file that already exists with other
+    content is never replaced unless ``force`` (:class:`~echomimic_lib.io.file_safety.ExistingFileError`, before
+    anything is moved); one with the same content is left as it is.
     """
     directory = Path(directory)
     if layout not in ("official", "comfyui"):
         raise ValueError("layout must be 'official' or 'comfyui'")
     if version not in (None, "v1", "v2", "all"):
         raise ValueError("version must be v1, v2 or all")
+    created = [p for p in (directory, *directory.parents) if not os.path.lexists(p)]
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory))
+    try:
+        _write_tiny(staging, version, layout, seed, cfg, fmt)
+        plan = [(src, directory / src.relative_to(staging)) for src in sorted(staging.rglob("*")) if src.is_file()]
+        differ = [dst for src, dst in plan if os.path.lexists(dst) and not _same_bytes(src, dst)]
+        if not force:
+            refuse_existing(differ, what="weight or model file")
+        for src, dst in plan:
+            if os.path.lexists(dst) and dst not in differ:
+                continue  # already there, byte for byte
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            publish(src, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for p in created:  # innermost first; only folders this call made, and only when empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    log.debug("tiny EchoMimic models written to %s", directory)
+    return directory
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if not b.is_file() or a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _write_tiny(directory: Path, version, layout: str, seed: int, cfg: EchoConfig, fmt: str) -> None:
     versions = ("v1", "v2") if version in (None, "all") or layout == "comfyui" else (version,)
     root = directory / "echomimic" if layout == "comfyui" else directory
     flat = layout == "official" and len(versions) == 1
@@ -154,8 +200,6 @@ def make_tiny(directory: str | Path, version: str | None = None, layout: str = "
 
         vae_state = load_file(str(root / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors"))
         save_state_dict(vae_state, directory / "vae" / "echomimic_tiny_vae.safetensors")
-    log.debug("tiny EchoMimic models written to %s", directory)
-    return directory
 
 
 def _write_marker(root: Path, seed: int) -> None:
@@ -200,7 +244,7 @@ def ensure_tiny(root: str | Path, weights: str, seed: int = 0, cfg: EchoConfig =
             if src.is_dir():
                 dst.mkdir(exist_ok=True)
             elif not dst.exists():
-                os.replace(src, dst)
+                publish(src, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.debug("tiny %s weights written to %s", weights, root)

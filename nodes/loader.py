@@ -16,7 +16,7 @@ import torch
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
 from ..echomimic_lib.lora import apply_lora, load_checked
 from ..echomimic_lib.memory import Placement, check_fp8, to_fp8
-from ..echomimic_lib.model_set import ensure_weights, load_models, load_vae, resolve_files
+from ..echomimic_lib.model_set import CLI_FETCH_HINT, ensure_weights, load_models, load_vae, resolve_files
 from . import comfy_bridge as C
 from . import paths
 from .base import Node, switch
@@ -68,8 +68,9 @@ def resolve(weights: str, variant: str, folder: str = "auto", vae: str = "auto",
         except MissingWeightsError as exc:
             first = exc
     others = f"\nAlso looked in: {', '.join(map(str, roots[1:]))}." if len(roots) > 1 else ""
+    listing = "\n".join(line for line in str(first).splitlines() if not line.startswith(CLI_FETCH_HINT))  # no CLI steps here
     raise MissingWeightsError(
-        f"{first}{others}\nA single-file SD VAE in {', '.join(map(str, paths.vae_roots()))} (name containing 'ft-mse') "
+        f"{listing}{others}\nA single-file SD VAE in {', '.join(map(str, paths.vae_roots()))} (name containing 'ft-mse') "
         "also works, or pick one in the loader's 'vae' input.\nIn ComfyUI: switch on 'auto_download' in the EchoMimic "
         "Model Loader to fetch the files from Hugging Face, or copy them into the layout above (see docs/comfyui.md).",
         first.missing)

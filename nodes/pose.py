@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 NO_FOLDER = "none (extract from driving_frames)"
 ALIGN = ["none", "fit to reference shoulders"]
-PREVIEW, PREVIEW_FRAMES = 256, 64
+PREVIEW, PREVIEW_FRAMES = 256, 8  # a few evenly spaced frames: Preview Image saves one PNG per frame, every run
 
 
 def _preview(seq) -> np.ndarray:

@@ -2,6 +2,8 @@
 (where the picture came from, for EchoMimic Paste Back)."""
 from __future__ import annotations
 
+import logging
+
 from ..echomimic_lib.errors import EchoMimicError, NoFaceError
 from ..echomimic_lib.frames.reference import prepare_reference
 from . import detectors, paths
@@ -12,12 +14,35 @@ from .payloads import first_image, to_image, to_mask
 TARGETS = ["V1 face crop + mask", "V2 half-body crop", "resize only"]
 LIB_TARGETS = dict(zip(TARGETS, ("v1_face", "v2_halfbody", "resize")))
 NO_FACE = {"error": "error", "whole image": "whole_image"}
+log = logging.getLogger(__name__)
+
+
+def size_problem(width, height, allow_zero: bool = False) -> str | None:
+    """Why width x height cannot be a video size (multiples of 8, 64..2048; 0 = follow the reference where allowed)."""
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            return f"{name} must be a whole number of pixels, got {v!r}."
+        if allow_zero and v == 0:
+            continue
+        if v % 8 or not 64 <= v <= 2048:
+            zero = " (or 0 = the reference's)" if allow_zero else ""
+            return (f"{name} {v}: width and height must be multiples of 8 from 64 to 2048{zero}; try "
+                    f"{min(2048, max(64, round(v / 8) * 8))}.")
+    return None
 
 
 def _check_size(width: int, height: int) -> None:
-    if width % 8 or height % 8 or width < 64 or height < 64:
-        raise EchoMimicError(f"width and height must be multiples of 8 and at least 64 (got {width}x{height}); try "
-                             f"{max(64, width // 8 * 8)}x{max(64, height // 8 * 8)}.")
+    problem = size_problem(width, height)
+    if problem:
+        raise EchoMimicError(problem)
+
+
+def _warn_if_stretched(img, target: str, width: int, height: int) -> None:
+    h, w = int(img.shape[-3]), int(img.shape[-2])
+    if target == "resize only" and abs(w / h - width / height) > 0.01 * (width / height):
+        log.warning("Reference Preparation: 'resize only' stretches the %dx%d picture to %dx%d (aspect %.2f -> %.2f), so "
+                    "the face comes out squashed; choose a width and height of the picture's shape, or crop it first "
+                    "(or use a crop target).", w, h, width, height, w / h, width / height)
 
 
 def prepare(image, target: str, width: int, height: int, no_face: str, download: bool):
@@ -25,6 +50,7 @@ def prepare(image, target: str, width: int, height: int, no_face: str, download:
     img = first_image(image, "image")
     if target not in LIB_TARGETS:
         raise EchoMimicError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}.")
+    _warn_if_stretched(img, target, width, height)
     if target == TARGETS[0] and no_face not in NO_FACE:
         raise EchoMimicError(f"unknown no_face option '{no_face}'; choose one of {', '.join(NO_FACE)}.")
     detector = detectors.dwpose(download) if target == TARGETS[1] else None
@@ -60,6 +86,12 @@ class EchoMimicReferencePrep(Node):
             "auto_download": switch("Download the face-landmark (MediaPipe) or DWPose models into models/echomimic if "
                                     "missing."),
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None):
+        """Checked when the prompt is queued (ComfyUI then skips its own range check of these two; a linked value is
+        not known yet: None, checked when the node runs)."""
+        return size_problem(512 if width is None else width, 512 if height is None else height) or True
 
     def execute(self, image, target, width, height, no_face, auto_download):
         return prepare(image, target, width, height, no_face, auto_download)

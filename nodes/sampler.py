@@ -126,6 +126,22 @@ class EchoMimicSampler(Node):
             "poses": link(POSES, "V2 models: the hand-pose sequence (Hand-Pose Sequence Loader)."),
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, context_frames=None, context_overlap=None):
+        """Checked when the prompt is queued, before any model is read (ComfyUI then skips its own range check of these;
+        a value that comes through a link is not known yet, arrives as None and is checked when the node runs)."""
+        from .reference import size_problem
+
+        problem = size_problem(0 if width is None else width, 0 if height is None else height, allow_zero=True)
+        if problem:
+            return problem
+        if context_frames is not None and not (isinstance(context_frames, int) and 1 <= context_frames <= 32):
+            return f"context_frames {context_frames}: use 1..32 frames per window (default 12)."
+        if context_frames is not None and context_overlap is not None and not (
+                isinstance(context_overlap, int) and 0 <= context_overlap < context_frames):
+            return f"context_overlap {context_overlap}: use 0..{context_frames - 1} (smaller than context_frames {context_frames})."
+        return True
+
     def execute(self, model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
                 context_overlap, mask=None, landmarks=None, poses=None):
         return sample(model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,

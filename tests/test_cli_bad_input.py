@@ -122,6 +122,8 @@ CASES = [
     ("mediapipe-model-missing", ["--mediapipe-model", None], ["face_landmarker.task", "not found", "--mediapipe-model FILE",
                                                               "--no-face-crop"]),
     ("mediapipe-model-invalid", ["--mediapipe-model", "{broken_png}"], ["not a valid MediaPipe", "download it again"]),
+    ("lora-strength-huge", ["--lora-strength", "1e9"], ["--lora-strength 1e+09", "-2..2", "1 = as trained"]),
+    ("lora-strength-nan", ["--lora-strength", "nan"], ["--lora-strength", "finite number"]),
     ("parts-unknown", ["--mode", "audio+landmarks", "--landmarks", "{pkl}", "--parts", "ears", "--no-face-crop"],
      ["--parts", "ears"]),
 ]
@@ -227,3 +229,182 @@ def test_other_commands_refuse_bad_paths(args, words, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert "Traceback" not in err and all(w.format(**subs) in err for w in words), err
     assert sorted(tmp_path.iterdir()) == before
+
+
+
+# ---------------------------------------------------------------------------------------------- issue 28
+def test_a_wrong_audio_file_is_refused_before_torch_loads(tmp_path, media):
+    """A text file given as audio: refused by the PyAV probe, in a process that never imports torch or transformers."""
+    import subprocess
+    import sys
+
+    text = tmp_path / "speech.wav"
+    text.write_text("this is not a recording\n" * 50)
+    code = ("import sys, json; from echomimic_lib.cli import main; "
+            f"rc = main(['animate', '--reference', {str(media['ref'])!r}, '--audio', {str(text)!r}, '-o', "
+            f"{str(tmp_path / 'o.mp4')!r}, '--offline']); "
+            "print(json.dumps([rc] + [m in sys.modules for m in ('torch', 'transformers', 'diffusers', 'mediapipe')]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert json_line(r.stdout) == [2, False, False, False, False], r.stdout + r.stderr
+    assert "speech.wav" in r.stderr and "cannot be opened as a media file" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def json_line(text: str):
+    import json
+
+    return json.loads(text.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("flag,value,words", [
+    ("--feather", "nan", ["--feather nan", "from 0 to 512"]),
+    ("--feather", "-1", ["--feather -1", "from 0 to 512"]),
+    ("--dilation", "inf", ["--dilation inf", "from 0 to 2"]),
+    ("--dilation", "5", ["--dilation 5", "from 0 to 2"]),
+    ("--fps", "nan", ["fps nan", "between 1 and 120"]),
+    ("--cfg", "inf", ["cfg inf", "between 0 and 20"]),
+])
+def test_dub_float_options_are_finite_and_in_range(flag, value, words, media, tmp_path, loads, capsys, shared_data):
+    out = tmp_path / "out.mp4"
+    rc = cli(["dub", "--video", str(shared_data / "video" / "driving_a.mp4"), "--audio", str(media["speech"]), "-o", str(out),
+              "--models", str(media["empty_models"]), "--offline", "--mediapipe-model", str(media["mp"]), flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and all(w in err for w in words), err
+    assert loads == [] and not out.exists()
+
+
+def test_length_beyond_the_audio_warns(media, caplog):
+    from echomimic_lib.animate_checks import frame_count, read_speech
+
+    _, _, raw = read_speech(media["speech"])  # 1.2 s
+    with caplog.at_level("WARNING"):
+        n = frame_count(raw, 24.0, 10_000)
+    assert n == frame_count(raw, 24.0, None) < 40
+    assert any("--length 10000 is beyond the audio" in r.getMessage() and f"{n} frames" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    frame_count(raw, 24.0, 5)
+    assert not caplog.records
+
+
+# ---- echomimic queue
+@pytest.fixture
+def queue_media(tmp_path):
+    faces, speech = tmp_path / "faces", tmp_path / "speech"
+    faces.mkdir()
+    speech.mkdir()
+    (faces / "a.png").write_bytes(b"img")
+    (speech / "a.wav").write_bytes(b"aud")
+    return faces, speech
+
+
+def _serve(handler_body):
+    """A local server on 127.0.0.1 whose every request is answered by ``handler_body(handler)``."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            handler_body(self)
+
+        do_POST = do_GET
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def _html(h):
+    body = b"<!DOCTYPE html><html><body>Welcome to nginx!</body></html>"
+    h.send_response(200)
+    h.send_header("Content-Type", "text/html")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
+@pytest.mark.parametrize("case", ["workflow-missing", "workflow-not-json", "workflow-binary", "url-not-a-url", "url-ftp",
+                                  "server-answers-html", "server-never-answers", "timeout-nan"])
+def test_queue_refuses_bad_input_without_a_traceback(case, queue_media, tmp_path, capsys):
+    import socket
+
+    faces, speech = queue_media
+    workflow = Path(__file__).resolve().parents[1] / "workflows" / "api" / "v1_audio.json"
+    server, cleanup, extra = "http://127.0.0.1:9", [], []
+    words = {"workflow-missing": ["workflow not found", "nope.json", "workflows/api"],
+             "workflow-not-json": ["not a readable JSON workflow", "notes.json"],
+             "workflow-binary": ["not a readable JSON workflow", "blob.json"],
+             "url-not-a-url": ["--server 'localhost 8188'", "not a ComfyUI address", "http://127.0.0.1:8188"],
+             "url-ftp": ["--server 'ftp://127.0.0.1'", "not a ComfyUI address"],
+             "server-answers-html": ["not JSON", "<!DOCTYPE html>", "ComfyUI's address"],
+             "server-never-answers": ["no answer within 1 s", "--timeout"],
+             "timeout-nan": ["--timeout nan", "above 0"]}[case]
+    if case == "workflow-missing":
+        workflow = tmp_path / "nope.json"
+    elif case == "workflow-not-json":
+        workflow = tmp_path / "notes.json"
+        workflow.write_text("this is {not json")
+    elif case == "workflow-binary":
+        workflow = tmp_path / "blob.json"
+        workflow.write_bytes(bytes(range(256)))
+    elif case == "url-not-a-url":
+        server = "localhost 8188"
+    elif case == "url-ftp":
+        server = "ftp://127.0.0.1"
+    elif case == "server-answers-html":
+        httpd = _serve(_html)
+        cleanup.append(httpd.shutdown)
+        server = f"http://127.0.0.1:{httpd.server_address[1]}"
+    elif case == "server-never-answers":  # accepts the connection (the kernel's backlog) and never replies
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        cleanup.append(sock.close)
+        server = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        extra = ["--timeout", "1"]
+    elif case == "timeout-nan":
+        extra = ["--timeout", "nan"]
+    try:
+        rc = cli(["queue", str(workflow), "--portraits", str(faces), "--audios", str(speech), "--server", server, *extra])
+    finally:
+        for f in cleanup:
+            f()
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert all(w in err for w in words), f"{case}: {words} not all in: {err}"
+
+
+# ---- echomimic evaluate
+def test_evaluate_refuses_what_is_not_a_video(media, tmp_path, capsys):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    video = Path(media["ref"]).parents[1] / "video" / "driving_a.mp4"
+    for path, words, extra in ((media["ref"], ["a still image", "not a video"], []),
+                               (text, ["cannot be opened as a media file"], []),
+                               (video, ["--fps nan", "between 1 and 240"], ["--fps", "nan"])):
+        assert cli(["evaluate", str(path), "--offline", "--mediapipe-model", str(media["mp"]), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and all(w in err for w in words), err
+
+
+def test_evaluate_marks_every_number_unreliable_when_almost_no_face_is_found(media):
+    from echomimic_lib.evaluate import clip_from_arrays, evaluate
+    from echomimic_lib.landmarks.extractor import FaceLandmarkExtractor
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (12, 128, 128, 3), dtype=np.uint8)  # noise: no face anywhere
+    clip = clip_from_arrays(frames, np.zeros((1, 16000), np.float32) + 0.01, 16000, fps=24.0)
+    lm = FaceLandmarkExtractor(model_path=media["mp"])
+    try:
+        rep = evaluate(clip, landmarker=lm)
+    finally:
+        lm.close()
+    assert rep.face_rate is not None and rep.face_rate < 0.5 and not rep.reliable
+    assert rep.to_dict()["reliable"] is False
+    table = rep.table()
+    assert "UNRELIABLE" in table and "background flicker" in table
+    flicker_row = next(line for line in table.splitlines() if line.startswith("background flicker"))
+    assert "?" in flicker_row

@@ -144,10 +144,11 @@ def test_ci_runs_the_readme_quick_path_command_for_command():
     section = readme[readme.index("## Set up and test (a fresh machine)"):]
     block = section[section.index("```bash") + len("```bash"):]
     block = block[: block.index("```")]
-    commands = [c.strip() for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    commands = [" ".join(c.split()) for c in block.replace("\\\n", " ").splitlines() if c.strip() and not c.startswith("#")]
     ci = (root / ".ci" / "run").read_text()
     ci = ci[ci.index("# --- the README's quick path ---"): ci.index("# --- end of the quick path ---")]
     ci_commands = [" ".join(c.split()) for c in ci.replace("\\\n", " ").splitlines()[1:] if c.strip()]
-    assert [" ".join(c.split()) for c in commands] == ci_commands
-    assert any("make-tiny" in c for c in commands) and any("--smoke" in c for c in commands)
-    assert commands[-1].endswith("pytest -q") and 'pip install -e ".[dev,train]"' in commands[0]
+    assert len(commands) == 2, commands  # one to install and run the main job, one to install and run the tests
+    assert ci_commands == commands[1:]  # CI runs exactly the second
+    assert all(c.startswith('python3 -m venv .venv && .venv/bin/pip install -e ".[dev,train]" && ') for c in commands)
+    assert "echomimic animate --smoke" in commands[0] and commands[1].endswith("pytest -q")

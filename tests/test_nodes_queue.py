@@ -21,6 +21,7 @@ WORKFLOW = ROOT / "workflows" / "api" / "v1_audio.json"
 class FakeComfy(BaseHTTPRequestHandler):
     uploads: list
     prompts: list
+    stored: dict  # ComfyUI's input/ folder: name -> bytes
     reject = False
 
     def log_message(self, *args):  # keep pytest output clean
@@ -41,8 +42,16 @@ class FakeComfy(BaseHTTPRequestHandler):
                 f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
             fields = {p.get_param("name", header="content-disposition"): p for p in msg.iter_parts()}
             part = fields["image"]
-            self.uploads.append((part.get_filename(), part.get_payload(decode=True), fields["overwrite"].get_content().strip()))
-            return self._reply(200, {"name": part.get_filename(), "subfolder": "", "type": "input"})
+            overwrite = fields["overwrite"].get_content().strip() if "overwrite" in fields else None
+            name, data = part.get_filename(), part.get_payload(decode=True)
+            self.uploads.append((name, data, overwrite))
+            stem, dot, ext = name.rpartition(".")
+            i = 0
+            while overwrite != "true" and name in self.stored and self.stored[name] != data:  # ComfyUI's rule: same
+                i += 1  # content -> the same name; other content -> "name (i).ext"
+                name = f"{stem} ({i}){dot}{ext}"
+            self.stored[name] = data
+            return self._reply(200, {"name": name, "subfolder": "", "type": "input"})
         if self.path == "/prompt":
             payload = json.loads(body)
             if self.reject:
@@ -60,7 +69,7 @@ class FakeComfy(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    handler = type("Handler", (FakeComfy,), {"uploads": [], "prompts": [], "reject": False})
+    handler = type("Handler", (FakeComfy,), {"uploads": [], "prompts": [], "stored": {}, "reject": False})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -88,7 +97,7 @@ def test_every_portrait_times_every_audio_is_uploaded_once_and_queued(server, me
     results = qc.queue_folder(WORKFLOW, *media, server=url, seed=5, wait=True)
     assert len(results) == 4 and len(handler.prompts) == 4
     assert sorted(u[0] for u in handler.uploads) == ["anna.png", "bob.jpg", "bye.mp3", "hello.wav"]
-    assert all(u[2] == "true" and u[1].startswith(b"img-" if u[0].endswith(("png", "jpg")) else b"aud-") for u in handler.uploads)
+    assert all(u[2] is None and u[1].startswith(b"img-" if u[0].endswith(("png", "jpg")) else b"aud-") for u in handler.uploads)
     jobs = set()
     for payload in handler.prompts:
         prompt = payload["prompt"]
@@ -99,6 +108,23 @@ def test_every_portrait_times_every_audio_is_uploaded_once_and_queued(server, me
         assert nodes["EchoMimicSampler"]["seed"] == 5 and payload["client_id"]
     assert jobs == {(i, a) for i in ("anna.png", "bob.jpg") for a in ("bye.mp3", "hello.wav")}
     assert [r["files"] for r in results] == [[f"echomimic/p{i}.mp4"] for i in range(1, 5)]
+
+
+def test_uploads_never_replace_a_different_file_of_the_same_name(server, media):
+    """Like ComfyUI's own uploader: no overwrite; the server keeps its anna.png and stores ours as 'anna (1).png',
+    which the prompts then use; an identical hello.wav is reused under its name."""
+    url, handler = server
+    faces, speech = media
+    handler.stored.update({"anna.png": b"someone else's picture", "hello.wav": (speech / "hello.wav").read_bytes()})
+    qc.queue_folder(WORKFLOW, faces, speech, server=url)
+    assert all(u[2] is None for u in handler.uploads)  # overwrite never requested
+    assert handler.stored["anna.png"] == b"someone else's picture"
+    assert handler.stored["anna (1).png"] == (faces / "anna.png").read_bytes()
+    assert "hello (1).wav" not in handler.stored
+    used = {(v["class_type"], v["inputs"].get("image", v["inputs"].get("audio"))) for pl in handler.prompts for v in pl["prompt"].values()
+            if v["class_type"] in ("LoadImage", "LoadAudio")}
+    assert ("LoadImage", "anna (1).png") in used and ("LoadImage", "anna.png") not in used
+    assert ("LoadAudio", "hello.wav") in used
 
 
 def test_the_template_is_not_modified_and_dry_run_sends_nothing(server, media):

@@ -338,3 +338,28 @@ def test_previews_are_shown_the_size_is_set_once_and_v1_landmark_references_are_
         assert all(p["inputs"]["target"] == "V1 face crop + mask" for p in preps)  # like V1 audio (reference --crop_face 1)
     note = next((n for n in _load(path)["nodes"] if n["type"] == "MarkdownNote"), None)
     assert note is None or "docs/comfyui.md" in note["widgets_values"][0]
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its saved position
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_no_two_nodes_overlap_at_their_saved_sizes_and_every_node_is_titled_for_what_it_shows(path):
+    nodes = _load(path)["nodes"]
+
+    def box(n):
+        (x, y), (w, h) = n["pos"], n["size"]
+        return x, y - TITLE_HEIGHT, x + w, y + h
+
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            ax0, ay0, ax1, ay1 = box(a)
+            bx0, by0, bx1, by1 = box(b)
+            assert not (ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1), \
+                f"{path.name}: {a['type']} #{a['id']} and {b['type']} #{b['id']} overlap"
+    for n in nodes:
+        if n["type"] == "PreviewImage":
+            assert n.get("title", "").startswith(("Preview", "Lip-sync")), f"{path.name}: Preview Image #{n['id']} is untitled"
+        if n["type"] == "EchoMimicModelLoader":
+            assert n["title"] == "EchoMimic Model Loader (whole model set)"
+            assert len(n["widgets_values"]) == 12 and n["size"][1] >= 12 * 24 + 30  # every widget fits its saved size

@@ -58,11 +58,16 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, meta: dict, keep_last
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
+            _fsync_dir(tmp)
+    except BaseException:  # a full disk, Ctrl-C: no half-written checkpoint stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
-        _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -72,7 +72,7 @@ def _cmd_export(args) -> int:
 
     formats = {"both": (".pth", ".safetensors"), "pth": (".pth",), "safetensors": (".safetensors",)}[args.format]
     files = export(args.source, args.dest, ema=args.ema, formats=formats, dtype=args.dtype, link=args.link, verify=not args.no_verify,
-                   merge=args.merge)
+                   merge=args.merge, force=args.force)
     print(f"exported {len(files)} files to {args.dest}")
     return 0
 
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     e.add_argument("--link", action="store_true", help="symlink the VAE and whisper instead of copying")
     e.add_argument("--no-verify", action="store_true", help="skip the strict reload of the written files")
+    e.add_argument("--force", action="store_true", help="replace existing files at DEST (never done without it)")
     e.add_argument("--merge", action="store_true", help="LoRA run: write the base model with the adapters merged in (official "
                    "file set) instead of the adapter file")
     e.set_defaults(func=_cmd_export)
@@ -153,11 +154,26 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, EchoMimicError, FileNotFoundError, FileExistsError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # from the file system, not our own message
+            return _os_error(exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted (resume with --resume)", file=sys.stderr)
         return 130
+    except OSError as exc:
+        return _os_error(exc)
+
+
+def _os_error(exc: OSError) -> int:
+    """The file system said no: a full disk, permissions, a missing folder, a file where a folder belongs."""
+    from echomimic_lib.io.file_safety import disk_full
+
+    where = f" {exc.filename}:" if exc.filename else ""
+    why = ("no space left on the disk; free some space or write to another disk (nothing partial was kept)" if disk_full(exc)
+           else f"{exc.strerror or exc}; check that the path exists, is writable, and is a file or folder as expected")
+    print(f"error:{where} {why}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig
+from .config_checks import check_numbers, read_yaml_mapping
 from .phases import validate_phases
 from .presets import preset_dict
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Every check of a resolved config; raises :class:`ConfigError` naming the key."""
+    check_numbers(cfg)
     cfg.validate()
     validate_phases(cfg.phases, cfg.data.condition)
     return cfg
@@ -154,14 +156,7 @@ def apply_override(data: dict, assignment: str) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None) -> TrainConfig:
     """Load a YAML file (optional), on top of its ``preset:`` (or ``preset``), then apply ``--set`` overrides."""
-    import yaml
-
-    user: dict = {}
-    if path is not None:
-        text = Path(path).read_text()
-        user = yaml.safe_load(text) or {}
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    user: dict = read_yaml_mapping(path) if path is not None else {}
     name = user.get("preset", preset)
     data = deep_merge(preset_dict(name), user) if name else dict(user)
     if name:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from echomimic_lib.config import EchoConfig, inference_config_dict, unet_config_dict
+from echomimic_lib.io.file_safety import refuse_existing
 from echomimic_lib.modes import WEIGHT_SETS
 from echomimic_lib.io.weights import save_state_dict
 
@@ -37,6 +39,10 @@ def load_checkpoint_weights(ckpt: Path, ema: bool = False) -> dict:
     files = sorted(ckpt.glob("model*.safetensors")) or sorted(ckpt.glob("pytorch_model*.bin"))
     if not files:
         raise FileNotFoundError(f"{ckpt}: no model weights in this checkpoint")
+    if files[0].suffix != ".safetensors" or ema:
+        from .safe_resume import check_checkpoint
+
+        check_checkpoint(ckpt)  # a pickle-based file that would build anything but tensors is refused, naming it
     state = load_file(str(files[0])) if files[0].suffix == ".safetensors" else torch.load(files[0], map_location="cpu", weights_only=True)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     if ema:
@@ -77,28 +83,68 @@ def _place(src: Path, dst: Path, link: bool) -> None:
 
 
 def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORMATS, dtype: str = "float32", link: bool = False,
-           verify: bool = True, merge: bool = False) -> list[Path]:
+           verify: bool = True, merge: bool = False, force: bool = False) -> list[Path]:
     """Export the checkpoint ``source`` (a checkpoint folder, or a run folder: its newest checkpoint) to ``dest``.
     A LoRA run exports its adapter as one ``.safetensors`` (:mod:`trainer.lora`), or with ``merge`` the
-    official file set of the base model with the adapters merged in."""
-    from .config_file import load_config
-    from .init import motion_state
+    official file set of the base model with the adapters merged in.
 
+    No existing file is replaced unless ``force`` (checked before anything is read); when a write fails
+    (a full disk), what this call wrote is removed again."""
     ckpt = resolve_resume(str(source), Path(source))
     meta = read_meta(ckpt)
     run_dir = ckpt.parent.parent
     dest = Path(dest)
     if merge and not meta.get("lora"):
         raise ConfigError(f"{ckpt}: --merge is for LoRA runs; this checkpoint holds a full model (export it without --merge)")
-    if meta.get("lora"):
-        from .lora import export_adapter
+    if meta.get("lora") and not merge:
+        from .lora import adapter_path, export_adapter
 
-        state = load_checkpoint_weights(ckpt, ema)
-        if not merge:
-            return [export_adapter(ckpt, dest, meta, state, ema, getattr(torch, dtype))]
+        if not force:
+            refuse_existing([adapter_path(ckpt, dest, meta, ema)], what="LoRA file")
+        return [export_adapter(ckpt, dest, meta, load_checkpoint_weights(ckpt, ema), ema, getattr(torch, dtype))]
+    ws = WEIGHT_SETS[meta["weights"]]
+    names = ws.files("normal")
+    planned = [dest / f"{names[key]}{fmt}" for key in ("reference", "denoiser", "motion", "cond") for fmt in formats]
+    planned += [dest / rel for rel in (*SHARED_OUTPUTS, "export.json")]
+    if not force:
+        refuse_existing(planned, what="exported model file")
+    created = [p for p in (dest, *dest.parents) if not os.path.lexists(p)]
+    existed = {p for p in planned if os.path.lexists(p)}  # only with force; never removed below
+    try:
+        return _export_files(ckpt, meta, run_dir, dest, ema, formats, dtype, link, verify, merge)
+    except BaseException:
+        for p in planned:  # what this call wrote
+            if p in existed:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.lexists(p):
+                p.unlink()
+        for sub in ("sd-image-variations-diffusers/unet", "sd-image-variations-diffusers", "audio_processor"):
+            _rmdir_quiet(dest / sub)
+        for p in created:  # innermost first, only when empty
+            _rmdir_quiet(p)
+        raise
+
+
+SHARED_OUTPUTS = ("sd-image-variations-diffusers/unet/config.json", "inference_config.json", "sd-vae-ft-mse",
+                  "audio_processor/whisper_tiny.pt")
+
+
+def _rmdir_quiet(p: Path) -> None:
+    try:
+        p.rmdir()
+    except OSError:
+        pass
+
+
+def _export_files(ckpt, meta, run_dir, dest: Path, ema, formats, dtype, link, verify, merge) -> list[Path]:
+    from .config_file import load_config
+    from .init import motion_state
+
+    state = load_checkpoint_weights(ckpt, ema)
+    if merge:
         state = merged_state(run_dir, state, meta)
-    else:
-        state = load_checkpoint_weights(ckpt, ema)
     dest.mkdir(parents=True, exist_ok=True)
     echo_cfg = EchoConfig.from_dict(meta["echo_config"])
     parts = split_state(state)
@@ -113,8 +159,7 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
             cfg.model.motion_init = "random"
         parts["motion"] = motion_state(cfg, files, echo_cfg, cfg.seed)
         log.info("stage-1 model: motion modules from motion_init '%s'", cfg.model.motion_init)
-    ws = WEIGHT_SETS[meta["weights"]]
-    names = ws.files("normal")
+    names = WEIGHT_SETS[meta["weights"]].files("normal")
     td = getattr(torch, dtype)
     written = []
     for comp, key in (("reference", "reference"), ("denoiser", "denoiser"), ("motion", "motion"), ("cond", "cond")):

@@ -30,6 +30,7 @@ import torch
 from .checkpoint import checkpoint_dir, list_checkpoints, read_meta, remove_partial, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .config_file import dump_config
+from .safe_resume import check_checkpoint, weights_only_loading
 from .distributed import PhaseModel
 from .monitor import Monitor, memory_stats
 from .net import AudioAttentionControl, bypass_motion, set_trainable, trainable_names
@@ -124,6 +125,8 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     out = Path(cfg.output_dir)
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
     ckpt = resolve_resume(resume, out)
+    if ckpt is not None:
+        check_checkpoint(ckpt)  # no file of the run folder runs code: refused here, before anything is built
     if ckpt is None and list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
     if main:
@@ -174,7 +177,8 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     if "setup" in (hooks or {}):
         hooks["setup"](net, ctrl)
     if ckpt:
-        acc.load_state(str(ckpt))
+        with weights_only_loading():  # every torch.load of accelerate's, custom objects included
+            acc.load_state(str(ckpt))
         log.info("resumed from %s at step %d (phase %s)", ckpt, state.step, at.phase.name)
     step = state.step
     mon = Monitor(out, main, cfg.log.tensorboard, cfg.log.plot, fresh=ckpt is None)

@@ -162,6 +162,14 @@ def lora_info(meta: dict, ckpt: Path, ema: bool):
                     training={"checkpoint": str(ckpt), "step": meta["step"], "ema": ema})
 
 
+def adapter_path(ckpt: Path, dest: Path, meta: dict, ema: bool) -> Path:
+    """Where :func:`export_adapter` writes: ``dest`` itself when it ends in .safetensors, else a file named after the run."""
+    dest = Path(dest)
+    if dest.suffix == ".safetensors":
+        return dest
+    return dest / f"{ckpt.parent.parent.name}-step{meta['step']}{'-ema' if ema else ''}.safetensors"
+
+
 def export_adapter(ckpt: Path, dest: Path, meta: dict, state: dict, ema: bool, dtype=None) -> Path:
     """One ``.safetensors``: ``dest`` itself when it ends in .safetensors, else ``dest/<run>-step<N>.safetensors``."""
     import torch
@@ -172,8 +180,6 @@ def export_adapter(ckpt: Path, dest: Path, meta: dict, state: dict, ema: bool, d
     tensors = {k: v.to(dtype) for k, v in adapter_tensors(state).items()}
     if not tensors:
         raise ConfigError(f"{ckpt}: no adapter tensors in this checkpoint")
-    if dest.suffix != ".safetensors":
-        dest = dest / f"{ckpt.parent.parent.name}-step{meta['step']}{'-ema' if ema else ''}.safetensors"
-    path = write_lora(dest, tensors, lora_info(meta, ckpt, ema))
+    path = write_lora(adapter_path(ckpt, dest, meta, ema), tensors, lora_info(meta, ckpt, ema))
     log.info("LoRA adapter (%d layers) written to %s", len(tensors) // 2, path)
     return path

@@ -34,6 +34,10 @@ def request_from_args(args):
 
 
 def _cmd_animate(args) -> int:
+    from ..jobs.animate_checks import probe_speech
+
+    if args.audio:
+        probe_speech(args.audio)  # a wrong file is refused before torch and the models load
     import torch
 
     if args.version == "v3-flash":
@@ -64,7 +68,7 @@ def _cmd_download(args) -> int:
     from ..model_set import ensure_weights
 
     root = args.models or default_models_dir()
-    files = ensure_weights(root, args.weights, args.variant, download=True)
+    files = ensure_weights(root, args.weights, args.variant, download=True, force=args.force)
     for k, v in files.items():
         if v is not None:
             say(f"{k}: {v}")
@@ -130,4 +134,6 @@ def add_commands(sub) -> None:
     d.add_argument("--weights", choices=["v1_audio", "v1_pose", "v2"], default="v1_audio", help="model set")
     d.add_argument("--variant", choices=["normal", "acc"], default="normal", help="normal (30 steps) or acc (6 steps)")
     d.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic)")
+    d.add_argument("--force", action="store_true", help="download the files of a missing component even where some are "
+                   "already there, replacing them (never done without it)")
     d.set_defaults(func=_cmd_download)

@@ -4,12 +4,14 @@ from __future__ import annotations
 from ..frames.composite import COLOR_METHODS, REGIONS
 from ..jobs.animate_checks import default_models_dir
 from ..retime import POLICIES
-from .common import add_run_options, say
+from .common import ProgressBar, add_run_options, say
 
 
 def _cmd_dub(args) -> int:
-    from tqdm import tqdm
+    from ..jobs.animate_checks import probe_speech
 
+    if args.audio:
+        probe_speech(args.audio)  # a wrong file is refused before torch and the models load
     from ..jobs.dub import DubRequest, run_dub
 
     req = DubRequest(
@@ -20,13 +22,8 @@ def _cmd_dub(args) -> int:
         download=not args.offline, mediapipe_model=args.mediapipe_model, region=args.mask, feather=args.feather,
         dilation=args.dilation, color=args.color_match,
     )
-    bar = tqdm(total=0, unit="window", desc="sampling", disable=args.quiet)
-
-    def progress(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
+    bar = progress = ProgressBar(desc="sampling", unit="window", disable=args.quiet)  # opens at the first window, after
+    try:  # the face tracking and the model load, so its rate and ETA are the sampler's
         s = run_dub(req, progress)
     finally:
         bar.close()

@@ -23,7 +23,10 @@ def _cmd_make_tiny(args) -> int:
         say(f"tiny random-weight EchoMimicV3 flash-pro set written to {write_tiny_v3(target, args.seed)} "
             "(use it as <models>/v3-flash; it animates noise)")
         return 0
-    out = make_tiny(target, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format)
+    try:
+        out = make_tiny(target, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format, force=args.force)
+    except OSError as exc:
+        raise _write_failed(exc, f"the tiny models into {target}") from exc
     root = out / "echomimic" if args.layout == "comfyui" else out
     say(f"tiny random-weight EchoMimic models written to {out} (they animate noise, not faces: for tests and smoke runs)")
     for where, used_by, source in EXTRA_MODELS:
@@ -31,10 +34,27 @@ def _cmd_make_tiny(args) -> int:
     return 0
 
 
+def _write_failed(exc: OSError, what: str):
+    from ..io.file_safety import disk_full
+    from ..io.video_writer import OutputError
+
+    if disk_full(exc):
+        return OutputError(f"no space left on the disk while writing {what}; nothing was written. Free some space or "
+                           "choose a folder on another disk.")
+    return OutputError(f"writing {what} failed ({exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}); "
+                       "nothing was written. Check that the folder is writable.")
+
+
 def _cmd_convert(args) -> int:
     from ..io.weights import convert
 
-    for p in convert(args.src, args.dst):
+    try:
+        written = convert(args.src, args.dst, force=args.force)
+    except OSError as exc:
+        if exc.errno is not None and exc.filename and Path(exc.filename).resolve() == Path(args.src).resolve():
+            raise  # the source itself: the generic message names it
+        raise _write_failed(exc, f"the converted weights to {args.dst}") from exc
+    for p in written:
         say(f"wrote {p}")
     return 0
 
@@ -50,9 +70,12 @@ def add_commands(sub) -> None:
                    help="comfyui: DIRECTORY is ComfyUI's models/ folder (files go to models/echomimic/, the VAE also to models/vae/)")
     t.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="weight file format")
     t.add_argument("--seed", type=int, default=0, help="random seed of the weights (the same seed gives the same files)")
+    t.add_argument("--force", action="store_true", help="replace existing files that differ (never done without it; "
+                   "identical files are left as they are)")
     t.set_defaults(func=_cmd_make_tiny)
 
     c = sub.add_parser("convert", help="convert .pth weights (a file or a folder) to .safetensors")
     c.add_argument("src", help="a .pth file or a folder of them")
     c.add_argument("dst", help="the .safetensors file or output folder")
+    c.add_argument("--force", action="store_true", help="replace existing .safetensors files (never done without it)")
     c.set_defaults(func=_cmd_convert)

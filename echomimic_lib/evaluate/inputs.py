@@ -77,6 +77,8 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
     from ..landmarks.io import load_pkl_folder
 
     path = Path(path)
+    if fps is not None and not (np.isfinite(fps) and 1 <= fps <= 240):
+        raise EchoMimicError(f"--fps {fps}: the frame rate must be a number between 1 and 240 (or leave it out: the video's).")
     if not path.exists():
         raise EchoMimicError(f"{path}: not found; give a video file or a folder of V1 .pkl landmark frames.")
     if audio is not None and not Path(audio).is_file():
@@ -93,6 +95,9 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
     from ..io.video_io import read_video
 
     video = read_video(path, with_audio=audio is None)
+    if len(video.frames) < 2:
+        raise EchoMimicError(f"{path}: a still image ({len(video.frames)} frame), not a video; evaluate scores a video "
+                             "(mp4, mov, webm ...) with its speech, or a folder of V1 .pkl landmark frames.")
     wave = audio_16k(audio) if audio is not None else (
         audio_16k(video.audio, video.sample_rate) if video.audio is not None else None)
     rate = float(fps or video.fps)

@@ -24,6 +24,9 @@ ROWS = [
     ("csim", "CSIM (ArcFace identity)", "higher"),
 ]
 LEARNED = ("lse_c", "lse_d", "syncnet_av_offset", "csim")
+# Below this share of frames with a face, the face metrics describe a handful of frames: every number of the
+# report is marked unreliable (table: '?' after each value; JSON: "reliable": false).
+MIN_FACE_RATE = 0.5
 
 
 def _num(v):
@@ -54,6 +57,10 @@ class EvalReport:
     notes: list = field(default_factory=list)        # metrics left out and why
     sync: SyncResult | None = field(default=None, repr=False)  # curves for the plot
 
+    @property
+    def reliable(self) -> bool:
+        return self.face_rate is None or self.face_rate >= MIN_FACE_RATE
+
     def value(self, key: str):
         if key == "jitter":
             return _num(self.jitter.get("all")) if self.jitter else None
@@ -71,7 +78,7 @@ class EvalReport:
                "av_offset_ms": _num(self.av_offset_ms), "av_sync_corr": _num(self.av_sync_corr),
                "jitter": {k: _num(v) for k, v in self.jitter.items()} or None, "flicker": _num(self.flicker),
                "face_rate": _num(self.face_rate), "shape_drift": _num(self.shape_drift),
-               "shape_drift_max": _num(self.shape_drift_max), "reference": self.reference}
+               "shape_drift_max": _num(self.shape_drift_max), "reference": self.reference, "reliable": self.reliable}
         for key in LEARNED:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -112,7 +119,8 @@ def table(reports: list[EvalReport], names: list[str] | None = None) -> str:
     names = names or [r.source for r in reports]
     rows = [(k, label, better) for k, label, better in ROWS if any(r.value(k) is not None for r in reports)]
     head = ["metric"] + [_short(n) for n in names] + ["better"]
-    body = [[label] + [_fmt(k, r.value(k)) for r in reports] + [better] for k, label, better in rows]
+    body = [[label] + [_fmt(k, r.value(k)) + ("" if r.reliable or r.value(k) is None else " ?") for r in reports] + [better]
+            for k, label, better in rows]
     body.append(["frames / fps"] + [f"{r.frames} @ {r.fps:g}" for r in reports] + [""])
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)).rstrip()

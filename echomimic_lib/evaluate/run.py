@@ -13,7 +13,7 @@ from ..errors import EchoMimicError
 from .face import face_boxes, face_masks, five_points, points3d
 from .identity import shape_drift
 from .inputs import Clip
-from .report import EvalReport
+from .report import MIN_FACE_RATE, EvalReport
 from .stability import background_flicker, face_rate, landmark_jitter
 from .sync import MIN_FRAMES, av_sync, mouth_opening
 
@@ -87,6 +87,10 @@ def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels
         rep.face_rate = face_rate(seq.valid)
     elif clip.frames is not None and landmarker is not None:
         rep.face_rate = 0.0
+    if not rep.reliable:
+        notes.insert(0, f"UNRELIABLE: a face was found in only {rep.face_rate * 100:.1f} % of the frames (at least "
+                        f"{MIN_FACE_RATE * 100:.0f} % are needed); every number ('?') describes those few frames. Score a "
+                        "video where the face is visible, or check the MediaPipe model.")
     if px is not None and clip.wave16k is None:
         notes.append("no audio: the lip-sync metrics need the clip's audio (the video has no audio track; pass --audio).")
     elif px is not None and len(px) >= MIN_FRAMES:

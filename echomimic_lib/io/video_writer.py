@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
+from .file_safety import publish
 
 log = logging.getLogger(__name__)
 
+ENCODER_THREADS = 4
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
@@ -81,6 +83,30 @@ def check_output_path(path, flag: str = "the output path") -> Path:
     return p
 
 
+# FFmpeg's default channel order for each count (WAV, FLAC, AAC decode to it) and the ITU-R BS.775 stereo
+# downmix: centre and surrounds at -3 dB into both sides, LFE left out. Rows: (left, right) weights per channel.
+_M3 = 0.7071
+_DOWNMIX = {
+    3: ((1, 0, _M3), (0, 1, _M3)),  # FL FR FC
+    4: ((1, 0, _M3, _M3), (0, 1, _M3, _M3)),  # FL FR FC BC
+    5: ((1, 0, _M3, _M3, 0), (0, 1, _M3, 0, _M3)),  # FL FR FC BL BR
+    6: ((1, 0, _M3, 0, _M3, 0), (0, 1, _M3, 0, 0, _M3)),  # FL FR FC LFE BL BR (5.1)
+    7: ((1, 0, _M3, 0, _M3, 0, _M3), (0, 1, _M3, 0, 0, _M3, _M3)),  # FL FR FC LFE BL BR BC (6.1)
+    8: ((1, 0, _M3, 0, _M3, 0, _M3, 0), (0, 1, _M3, 0, 0, _M3, 0, _M3)),  # FL FR FC LFE BL BR SL SR (7.1)
+}
+
+
+def to_stereo(audio: np.ndarray) -> np.ndarray:
+    """(C, T) audio as the output's sound track: mono and stereo as they are; more channels downmixed to stereo
+    (so speech in a centre channel is heard), scaled down only where the mix would clip."""
+    if audio.shape[0] <= 2:
+        return audio
+    matrix = np.asarray(_DOWNMIX.get(audio.shape[0], (np.full(audio.shape[0], 1.0 / audio.shape[0]),) * 2), dtype=np.float32)
+    mixed = matrix @ audio
+    peak = float(np.abs(mixed).max(initial=0.0))
+    return (mixed / peak if peak > 1.0 else mixed).astype(np.float32)
+
+
 def _as_uint8(frames) -> np.ndarray:
     if hasattr(frames, "detach"):  # torch tensor
         frames = frames.detach().cpu().float().numpy() if frames.dtype.is_floating_point else frames.detach().cpu().numpy()
@@ -112,7 +138,7 @@ class Mp4Writer:
         if audio is not None and not sample_rate:
             raise EchoMimicError("audio given without a sample rate.")
         self.fps = float(fps)
-        self.audio = None if audio is None else np.atleast_2d(np.asarray(audio, dtype=np.float32))[:2]
+        self.audio = None if audio is None else to_stereo(np.atleast_2d(np.asarray(audio, dtype=np.float32)))
         self.sample_rate = int(sample_rate) if sample_rate else None
         self.crf = crf
         self.frames_written = 0
@@ -131,7 +157,9 @@ class Mp4Writer:
         self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(self.crf)}
+        # a fixed thread count (not 'auto', which follows the machine's cores and changes x264's decisions): the same
+        # frames give the same bytes on every run and machine, so outputs can be compared and cached by content
+        self._stream.options = {"crf": str(self.crf), "threads": str(ENCODER_THREADS)}
         if self.audio is not None:  # every stream must exist before the first packet is muxed
             self._audio_stream = self._container.add_stream("aac", rate=self.sample_rate)
             self._audio_stream.layout = "stereo" if self.audio.shape[0] == 2 else "mono"
@@ -181,7 +209,7 @@ class Mp4Writer:
             self._container.close()
             self._container = None
             check_output_path(self.path)  # still a file (or nothing) at the very end: never replace anything else
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)  # the umask's permissions, not mkstemp's 0600
             self._tmp = None
         except BaseException as exc:
             self.abort()

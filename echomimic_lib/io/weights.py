@@ -19,7 +19,6 @@ the whole network.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingWeightsError, UnsafeFileError, WeightsError
+from .file_safety import publish, refuse_existing
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -103,6 +103,11 @@ def _read_safetensors(path: Path) -> dict:
 
 def _read_torch(path: Path, mmap: bool):
     """(state, memory-mapped?) of a torch pickle (legacy-format files cannot be mapped: read)."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither a zip (torch.save) nor a pickle (legacy torch.save)
+        raise WeightsError(f"{path}: not a PyTorch weight file (it is neither a torch zip archive nor a pickle; a text "
+                           "file, an HTML page saved by a browser, or another format?). Give a .pth/.pt/.bin/.safetensors file.")
     try:
         if mmap:
             try:
@@ -120,8 +125,9 @@ def _read_torch(path: Path, mmap: bool):
         raise WeightsError(f"{path}: corrupt pickle ({exc}). Download it again.") from exc
     except (EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: the file is truncated or corrupt ({type(exc).__name__}: {exc}). Download it again.") from exc
-    except RuntimeError as exc:
-        raise WeightsError(f"{path}: cannot be read as PyTorch weights ({exc}). It may be truncated; download it again.") from exc
+    except (RuntimeError, KeyError, IndexError, TypeError, AttributeError) as exc:  # the weights-only unpickler on garbage
+        raise WeightsError(f"{path}: cannot be read as PyTorch weights ({type(exc).__name__}: {exc}). It may be truncated or "
+                           "not a weight file; download it again.") from exc
 
 
 def describe_mismatch(model_sd: dict, file_sd: dict, label: str, limit: int = 5) -> str | None:
@@ -202,31 +208,44 @@ def save_state_dict(state: dict, path: str | Path) -> Path:
             save_file(clean, str(tmp))
         else:
             torch.save(clean, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
 
 
-def convert(src: str | Path, dst: str | Path) -> list[Path]:
-    """Convert one weight file, or every weight file of a folder, to ``.safetensors``."""
+def convert(src: str | Path, dst: str | Path, force: bool = False) -> list[Path]:
+    """Convert one weight file, or every weight file of a folder, to ``.safetensors``.
+
+    Every destination is checked before anything is written: an existing one is never replaced unless
+    ``force``. When a write fails (a full disk), the files this call wrote are removed again."""
     src, dst = Path(src), Path(dst)
     if src.is_dir():
         files = sorted(p for p in src.rglob("*") if p.suffix in (".pth", ".pt", ".bin", ".ckpt"))
         if not files:
             raise WeightsError(f"{src}: no .pth/.pt/.bin files to convert.")
-        out = []
-        for f in files:
+        jobs = [(f, dst / f.relative_to(src).with_suffix(".safetensors")) for f in files]
+    else:
+        if dst.suffix != ".safetensors":
+            dst = dst / src.with_suffix(".safetensors").name if dst.is_dir() or not dst.suffix else dst.with_suffix(".safetensors")
+        jobs = [(src, dst)]
+    if not force:
+        refuse_existing([d for _, d in jobs])
+    out: list[Path] = []
+    try:
+        for f, d in jobs:
             try:
-                out += convert(f, dst / f.relative_to(src).with_suffix(".safetensors"))
+                state = read_state_dict(f, check_finite=False)
             except WeightsError as exc:
-                if "flat mapping" not in str(exc):
+                if len(jobs) == 1 or "flat mapping" not in str(exc):
                     raise
                 log.warning("skipped %s: not a plain state dict (e.g. the whisper checkpoint)", f)
-        return out
-    if dst.suffix != ".safetensors":
-        dst = dst / src.with_suffix(".safetensors").name if dst.is_dir() or not dst.suffix else dst.with_suffix(".safetensors")
-    state = read_state_dict(src, check_finite=False)
-    log.info("converting %s (%d tensors) -> %s", src, len(state), dst)
-    return [save_state_dict(state, dst)]
+                continue
+            log.info("converting %s (%d tensors) -> %s", f, len(state), d)
+            out.append(save_state_dict(state, d))
+    except BaseException:
+        for p in out:
+            p.unlink(missing_ok=True)
+        raise
+    return out

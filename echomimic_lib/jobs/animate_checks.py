@@ -27,6 +27,7 @@ MAX_STEPS = 200
 MAX_CFG = 20.0
 MAX_LENGTH = 100_000
 MAX_CONTEXT = 32  # the motion modules' position table
+MAX_LORA_STRENGTH = 2.0  # the loader node's range
 SMOKE = {"width": 64, "height": 64, "steps": 2, "seconds": 1.0}
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
 
@@ -110,6 +111,10 @@ def check_numbers(req, mode, variant: str, dtype):
     if not 0 <= overlap < ctx:
         raise EchoMimicError(f"--context-overlap {req.context_overlap}: must be 0..{ctx - 1} (smaller than --context-frames "
                              f"{ctx}); the default is 3.")
+    strength = _number(getattr(req, "lora_strength", 1.0), "--lora-strength")
+    if not -MAX_LORA_STRENGTH <= strength <= MAX_LORA_STRENGTH:
+        raise EchoMimicError(f"--lora-strength {strength:g}: use -{MAX_LORA_STRENGTH:g}..{MAX_LORA_STRENGTH:g} (1 = as trained, 0 = the "
+                             "base model), the range of the loader node.")
     seed = None if req.seed is None else _number(req.seed, "--seed", int)
     if seed is not None and not 0 <= seed < 2**64:
         raise EchoMimicError(f"--seed {req.seed}: use a whole number from 0 to 2^64-1.")
@@ -159,6 +164,19 @@ def read_reference(path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def probe_speech(path, flag: str = "--audio") -> None:
+    """The cheap part of :func:`read_speech` (PyAV only: no torch, no model): the file exists and opens as media.
+    Commands call it first, so a file that is not audio at all is refused before the heavy libraries load (the
+    rest -- a sound track, its length, silence -- is checked with the other inputs, in their usual order)."""
+    from ..io.video_io import _open
+
+    p = Path(path)
+    if not p.is_file():
+        raise EchoMimicError(f"{flag} {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
+                             "(wav, mp3, flac, m4a, or a video with sound).")
+    _open(p).close()
+
+
 def read_speech(path):
     """(samples (C, T) float32, sample rate, RawAudio): decodable, finite, long enough, audible."""
     from ..audio import check_audible, read_raw_audio
@@ -185,6 +203,9 @@ def frame_count(raw, fps: float, length: int | None) -> int:
 
     n16 = raw.num_samples_16k
     n = min(video_frame_count(n16, fps), frame_count_for_rows(num_feature_rows(num_mel_frames(n16)), fps))
+    if length is not None and length > n:
+        log.warning("--length %d is beyond the audio: it lasts %.2f s, %d frames at %g fps; the video has %d frames "
+                    "(the length follows the audio).", length, n16 / 16000.0, n, fps, n)
     return n if length is None else min(n, length)
 
 

@@ -17,6 +17,7 @@ landmarks, the length of the video, and the source's own sound track.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from ..modes import DEFAULT_FPS
 log = logging.getLogger(__name__)
 
 MODE = "v1-audio+landmarks"
+MAX_FEATHER = 512.0  # pixels of soft edge
+MAX_DILATION = 2.0  # the paste-back region grown by at most twice the face size
 
 
 @dataclass
@@ -115,8 +118,11 @@ def _validate(req: DubRequest) -> _Checked:
     for value, allowed, flag in checks:
         if value not in allowed:
             raise EchoMimicError(f"{flag}: unknown value '{value}'; choose one of {', '.join(allowed)}.")
-    if req.feather < 0 or req.dilation < 0:
-        raise EchoMimicError("--feather and --dilation must be >= 0.")
+    for flag, value, top, unit in (("--feather", req.feather, MAX_FEATHER, "source pixels of soft edge"),
+                                   ("--dilation", req.dilation, MAX_DILATION, "times the face size")):
+        if not (math.isfinite(value) and 0 <= value <= top):
+            raise EchoMimicError(f"{flag} {value}: use a number from 0 to {top:g} ({unit}; the default is "
+                                 f"{DubRequest.__dataclass_fields__[flag[2:]].default:g}).")
     if req.length is not None and req.length < 1:
         raise EchoMimicError("--length must be at least 1 frame.")
     parts = parts_for(req.parts, req.audio is not None)

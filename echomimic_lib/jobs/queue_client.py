@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import http.client
 import itertools
 import json
 import mimetypes
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -95,16 +97,42 @@ def build_prompt(template: dict, image: str | None, audio: str, prefix: str, see
 
 
 # ------------------------------------------------------------------------------------------ HTTP
-def _request(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 60.0) -> dict:
+REQUEST_TIMEOUT = 60.0  # seconds one request may take before the client gives up (--timeout)
+
+
+def check_server(server: str) -> str:
+    """``server`` without a trailing slash, or a :class:`QueueError` when it is not an http(s) URL."""
+    parts = urllib.parse.urlsplit(str(server).strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise QueueError(f"--server {server!r} is not a ComfyUI address; give a URL like {DEFAULT_SERVER}.")
+    return str(server).strip().rstrip("/")
+
+
+def _request(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float | None = None) -> dict:
+    timeout = REQUEST_TIMEOUT if timeout is None else timeout
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read().decode("utf-8") or "{}")
+            body = resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         body = exc.read().decode("utf-8", "replace")
         raise QueueError(f"{url}: HTTP {exc.code}: {_explain(body)}") from None
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError) or "timed out" in str(exc.reason):
+            raise QueueError(f"{url}: no answer within {timeout:.0f} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
         raise QueueError(f"cannot reach ComfyUI at {url} ({exc.reason}); is it running (python main.py --listen)?") from None
+    except TimeoutError:
+        raise QueueError(f"{url}: no answer within {timeout:.0f} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # dropped connection, a malformed answer or URL
+        raise QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?") from None
+    try:
+        reply = json.loads(body or "{}")
+    except ValueError:
+        raise QueueError(f"{url}: the server answered with something that is not JSON ({body[:80].strip()!r}...); is this "
+                         "ComfyUI's address and port (not a web page or another service)?") from None
+    if not isinstance(reply, dict):
+        raise QueueError(f"{url}: unexpected answer {body[:80]!r}; is this ComfyUI's address?")
+    return reply
 
 
 def _explain(body: str) -> str:
@@ -119,30 +147,36 @@ def _explain(body: str) -> str:
     return "; ".join(x for x in lines if x)
 
 
-def upload(server: str, path: Path, timeout: float = 120.0) -> str:
-    """Upload a file into ComfyUI's input folder; returns the name LoadImage/LoadAudio/LoadVideo expect."""
+def upload(server: str, path: Path, timeout: float | None = None) -> str:
+    """Upload a file into ComfyUI's input folder like ComfyUI's own uploader (no overwrite: the server keeps a
+    different file of the same name and stores this one as ``name (1).ext``, or reuses an identical one);
+    returns the name LoadImage/LoadAudio/LoadVideo expect (the one the server chose)."""
     boundary = uuid.uuid4().hex
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\nContent-Type: {mime}\r\n\r\n'.encode(),
         path.read_bytes(),
-        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n--{boundary}--\r\n'.encode(),
+        f'\r\n--{boundary}--\r\n'.encode(),
     ]
     reply = _request(f"{server}/upload/image", b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout)
+    if not isinstance(reply.get("name"), str):
+        raise QueueError(f"{server}/upload/image: the answer names no uploaded file ({str(reply)[:120]}); is this ComfyUI?")
     return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
 
 
-def post_prompt(server: str, prompt: dict, client_id: str) -> str:
+def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None = None) -> str:
     reply = _request(f"{server}/prompt", json.dumps({"prompt": prompt, "client_id": client_id}).encode(),
-                     {"Content-Type": "application/json"})
+                     {"Content-Type": "application/json"}, timeout)
+    if "prompt_id" not in reply:
+        raise QueueError(f"{server}/prompt: the answer holds no prompt_id ({str(reply)[:120]}); is this ComfyUI?")
     return reply["prompt_id"]
 
 
-def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0) -> dict:
+def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None) -> dict:
     """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        entry = _request(f"{server}/history/{prompt_id}").get(prompt_id)
+        entry = _request(f"{server}/history/{prompt_id}", timeout=request_timeout).get(prompt_id)
         if entry is not None:
             status = entry.get("status", {})
             if status.get("status_str") == "error":
@@ -166,23 +200,30 @@ def saved_files(entry: dict) -> list[str]:
 
 def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
                  driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic",
-                 videos=None) -> list[dict]:
+                 videos=None, timeout: float = REQUEST_TIMEOUT) -> list[dict]:
     """Queue every portrait (or, with ``videos``, every video) x audio job; returns one dict per job
     (prompt_id, prefix, files when waited)."""
     if (portraits is None) == (videos is None):
         raise QueueError("give either a portraits folder or a videos folder (--portraits or --videos), not both.")
     if videos is not None and driving:
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
-    server = server.rstrip("/")
-    template = json.loads(Path(workflow).read_text())
-    if not isinstance(template, dict) or "nodes" in template or not all("class_type" in v for v in template.values()):
+    server = check_server(server)
+    try:
+        template = json.loads(Path(workflow).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QueueError(f"workflow not found: {workflow}; give an API-format workflow such as workflows/api/v1_audio.json.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise QueueError(f"{workflow}: not a readable JSON workflow ({type(exc).__name__}: {str(exc)[:120]}); use "
+                         "workflows/api/*.json (or ComfyUI's 'Export (API)').") from None
+    if (not isinstance(template, dict) or "nodes" in template
+            or not all(isinstance(v, dict) and "class_type" in v for v in template.values())):
         raise QueueError(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
     client_id = uuid.uuid4().hex
 
     def name_of(path: Path) -> str:
         if path not in names:
-            names[path] = path.name if dry_run else upload(server, path)
+            names[path] = path.name if dry_run else upload(server, path, timeout)
         return names[path]
 
     drive = name_of(Path(driving)) if driving else None
@@ -193,11 +234,11 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
             prompt = build_prompt(template, name_of(job.portrait), name_of(job.audio), job.prefix, seed, drive)
         result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
         if not dry_run:
-            result["prompt_id"] = post_prompt(server, prompt, client_id)
+            result["prompt_id"] = post_prompt(server, prompt, client_id, timeout)
         results.append(result)
     if wait and not dry_run:
         for result in results:
-            result["files"] = saved_files(wait_for(server, result["prompt_id"]))
+            result["files"] = saved_files(wait_for(server, result["prompt_id"], request_timeout=timeout))
     return results
 
 
@@ -216,13 +257,18 @@ def main(argv=None, prog: str = "echomimic queue") -> int:
     p.add_argument("--prefix", default="echomimic", help="output sub-folder / file prefix (default: echomimic)")
     p.add_argument("--wait", action="store_true", help="wait for every job and list the saved videos")
     p.add_argument("--dry-run", action="store_true", help="print the jobs, upload and queue nothing")
+    p.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT, help="seconds to wait for each answer of the server "
+                   f"before giving up (default: {REQUEST_TIMEOUT:.0f})")
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: argparse printed why
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if not (args.timeout > 0 and args.timeout < 1e6):  # NaN fails both
+        sys.stderr.write(f"error: --timeout {args.timeout} must be a number of seconds above 0.\n")
+        return 2
     try:
         results = queue_folder(args.workflow, args.portraits, args.audios, args.server, args.seed, args.driving,
-                               args.wait, args.dry_run, args.prefix, args.videos)
+                               args.wait, args.dry_run, args.prefix, args.videos, timeout=args.timeout)
     except EchoMimicError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import EchoMimicError
 from ._image import as_rgb_uint8
 from .geometry import face_geometry, load_metadata
-from .mp_models import import_mediapipe, resolve_model
+from .mp_models import import_mediapipe, quiet_native_logs, resolve_model
 from .sequence import LandmarkSequence
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ class FaceLandmarkExtractor:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        self._landmarker = fl.FaceLandmarker.create_from_options(options)
+        with quiet_native_logs():  # MediaPipe's C++ lines come at creation and the first detection
+            self._landmarker = fl.FaceLandmarker.create_from_options(options)
+        self._first = True
         # close the native graph as soon as this wrapper is garbage-collected (call close() or use
         # ``with`` to release it deterministically)
         self._finalizer = weakref.finalize(self, self._landmarker.close)
@@ -94,7 +96,13 @@ class FaceLandmarkExtractor:
             raise EchoMimicError("this FaceLandmarkExtractor was closed; create a new one.")
         rgb = as_rgb_uint8(image)
         h, w = rgb.shape[:2]
-        result = self._landmarker.detect(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb))
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb)
+        if self._first:
+            self._first = False
+            with quiet_native_logs():
+                result = self._landmarker.detect(image)
+        else:
+            result = self._landmarker.detect(image)
         faces = []
         for k, face in enumerate(result.face_landmarks):
             lmks = np.array([[p.x, p.y, p.z] for p in face], dtype=np.float64)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import EchoMimicError, MissingWeightsError
+from ..io.file_safety import publish
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def download_model(kind: str, dest_dir: str | os.PathLike, timeout: float = 60.0
         if not _valid(kind, tmp):
             raise EchoMimicError(f"the file downloaded from {spec['url']} is not a valid {kind} model; try again "
                                  f"or download it by hand into {dest_dir}.")
-        os.replace(tmp, final)
+        publish(tmp, final)  # the umask's mode, not mkstemp's 0600 (a shared models folder stays readable)
     except EchoMimicError:
         tmp.unlink(missing_ok=True)
         raise

@@ -55,6 +55,10 @@ class SampleSettings:
                                  f"{max(8, self.width // 8 * 8)}x{max(8, self.height // 8 * 8)}.")
         if self.steps < 1:
             raise EchoMimicError("steps must be at least 1.")
+        if not (math.isfinite(self.fps) and 1 <= self.fps <= 120):
+            raise EchoMimicError(f"fps {self.fps}: the frame rate must be a number between 1 and 120 (24 or 25 is typical).")
+        if not (math.isfinite(self.cfg) and 0 <= self.cfg <= 20):
+            raise EchoMimicError(f"cfg {self.cfg}: guidance must be a number between 0 and 20 (1 or less switches it off).")
         if not 1 <= self.context_frames <= 32:
             raise EchoMimicError("context frames must be between 1 and 32 (the motion modules' position table).")
         if not 0 <= self.context_overlap < self.context_frames:

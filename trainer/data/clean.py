@@ -41,6 +41,36 @@ class PrepareConfig:
     whisper_dtype: str = "float16"
 
 
+def check_options(cfg: PrepareConfig) -> None:
+    """Every option in range (finite numbers), before any clip is touched; raises ``ValueError`` naming the option."""
+    import math
+
+    def bad(option, value, rule):
+        raise ValueError(f"{option} {value}: {rule}")
+
+    if cfg.kind not in ("headshot", "halfbody", "pose"):
+        bad("--kind", cfg.kind, "must be headshot, halfbody or pose")
+    if not (math.isfinite(cfg.fps) and 1 <= cfg.fps <= 120):
+        bad("--fps", cfg.fps, "the frame rate must be a number between 1 and 120 (EchoMimic trains at 24 or 25)")
+    if not 64 <= cfg.size <= 4096 or cfg.size % 8:
+        bad("--size", cfg.size, "the stored frame size must be a multiple of 8 between 64 and 4096 (512 headshot, 768 half-body)")
+    if not (math.isfinite(cfg.min_seconds) and cfg.min_seconds >= 0):
+        bad("--min-seconds", cfg.min_seconds, "must be a number of seconds, 0 or more")
+    if cfg.max_seconds is not None and not (math.isfinite(cfg.max_seconds) and cfg.max_seconds > max(cfg.min_seconds, 0)):
+        bad("--max-seconds", cfg.max_seconds, f"must be a number of seconds above --min-seconds ({cfg.min_seconds})")
+    for option, value in (("--max-missing-face", cfg.max_missing_face), ("--max-multi-face", cfg.max_multi_face)):
+        if not (math.isfinite(value) and 0 <= value <= 1):
+            bad(option, value, "must be a fraction of the frames between 0 and 1")
+    if not (math.isfinite(cfg.min_face_px) and cfg.min_face_px >= 0):
+        bad("--min-face-px", cfg.min_face_px, "must be a number of pixels, 0 or more")
+    if not (math.isfinite(cfg.scene_threshold) and cfg.scene_threshold > 0):
+        bad("--scene-threshold", cfg.scene_threshold, "must be a positive score (default 27)")
+    if cfg.num_shards < 1:
+        bad("--shards", cfg.num_shards, "must be 1 or more")
+    if not 1 <= cfg.jpeg_quality <= 100:
+        bad("--jpeg-quality", cfg.jpeg_quality, "must be between 1 and 100")
+
+
 @dataclass
 class Verdict:
     ok: bool

@@ -86,6 +86,51 @@ def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
     return write_clip(video, st, out_root, cfg, tools, n, crop, wave, describe, v)
 
 
+def preflight(cfg: PrepareConfig, whisper_path, landmarker_model, pose_detector, device, worker_index: int, num_workers: int):
+    """Options and tools, checked before any clip: a bad option or a broken model stops the run with its own
+    message instead of marking every clip 'unreadable'. Returns the run's :class:`Tools` (models loaded)."""
+    from echomimic_lib.errors import EchoMimicError
+
+    from .clean import check_options
+
+    try:
+        check_options(cfg)
+    except ValueError as exc:
+        raise EchoMimicError(str(exc)) from None
+    if not (num_workers >= 1 and 0 <= worker_index < num_workers):
+        raise EchoMimicError(f"--worker-index {worker_index} --workers {num_workers}: the index must be 0..workers-1")
+    if whisper_path is None or not Path(whisper_path).is_file():
+        raise EchoMimicError(f"--whisper {whisper_path}: file not found; give whisper-tiny's checkpoint "
+                             "(audio_processor/whisper_tiny.pt of a model folder; `echomimic download` fetches it).")
+    tools = Tools(whisper_path, landmarker_model, pose_detector, device)
+    try:
+        tools.whisper  # noqa: B018 - load now: a broken file is reported as such, not as a bad clip
+        if landmarker_model is not None and (cfg.kind == "headshot" or cfg.face_landmarks and cfg.kind == "halfbody"):
+            tools.landmarker  # noqa: B018 - a given model is checked now; a missing one stops the run at the first clip
+    except BaseException:
+        tools.close()
+        raise
+    return tools
+
+
+def _the_clips_fault(exc: BaseException, out_root: Path) -> bool:
+    """A clip is recorded as dropped only for its own faults: a full disk, or anything that went wrong writing
+    the output folder, is the run's (the clip is prepared again once it is fixed)."""
+    from echomimic_lib.errors import WeightsError
+    from echomimic_lib.io.file_safety import disk_full
+
+    if disk_full(exc) or isinstance(exc, WeightsError):  # a full disk, a missing or broken model: the run's problem
+        return False
+    name = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and name:
+        try:
+            Path(name).resolve().relative_to(out_root.resolve())
+            return False
+        except ValueError:
+            pass
+    return True
+
+
 def status_path(out_root: Path, cid: str) -> Path:
     return out_root / "status" / f"{cid}.json"
 
@@ -96,10 +141,10 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     from tqdm import tqdm
 
     input_dir, out_root = Path(input_dir), Path(output_dir)
+    tools = preflight(cfg, whisper_path, landmarker_model, pose_detector, device, worker_index, num_workers)
     out_root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_root / "prepare_config.json", asdict(cfg))
     videos = [v for v in list_videos(input_dir) if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
-    tools = Tools(whisper_path, landmarker_model, pose_detector, device)
     fn = prepare_headshot if cfg.kind == "headshot" else prepare_body
     done = Counter()
     bar = tqdm(videos, desc=f"prepare ({cfg.kind})", unit="clip", disable=not progress)
@@ -113,8 +158,8 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
             try:
                 st = fn(video, cid, out_root, cfg, tools)
             except (OSError, ValueError, RuntimeError) as exc:
-                if isinstance(exc, RuntimeError) and "DWPose" in str(exc):
-                    raise
+                if isinstance(exc, RuntimeError) and "DWPose" in str(exc) or not _the_clips_fault(exc, out_root):
+                    raise  # not the clip's: nothing is recorded, so a rerun after the fix prepares it
                 st = ClipStatus(cid, str(video), "dropped", "unreadable", f"{type(exc).__name__}: {exc}", kind=cfg.kind, fps=cfg.fps)
             write_json_atomic(status_path(out_root, cid), {**asdict(st), "prepare_seconds": round(time.time() - t0, 2)})
             done["kept" if st.status == "ok" else "dropped"] += 1

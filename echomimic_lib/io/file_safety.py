@@ -1,0 +1,65 @@
+"""Rules every written file follows: nothing a user owns is replaced unless asked, and a finished file gets
+the permissions the user's umask gives a new file (not the 0600 of a temporary file).
+
+- :func:`refuse_existing` raises before any work when a destination already exists (the message names the
+  file and the flag that allows replacing it, ``--force`` on the command line).
+- :func:`publish` moves a finished temporary file into place with the umask's mode.
+- :func:`disk_full` tells a full disk (``ENOSPC``/``EDQUOT``) from other write errors.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from ..errors import EchoMimicError
+
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class ExistingFileError(EchoMimicError):
+    """A destination already exists and replacing it was not asked for."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # elsewhere: the classic read-and-restore
+    os.umask(old)
+    return old
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new regular file: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def publish(tmp: str | Path, final: str | Path) -> Path:
+    """Give ``tmp`` the umask's permissions, then rename it to ``final`` (atomic on one file system)."""
+    try:
+        os.chmod(tmp, new_file_mode())
+    except OSError:  # a file system without permission bits (some network or FAT mounts): keep what it gives
+        pass
+    os.replace(tmp, final)
+    return Path(final)
+
+
+def refuse_existing(paths, flag: str = "--force", what: str = "weight file") -> None:
+    """Raise :class:`ExistingFileError` when any of ``paths`` exists (a file, folder or link)."""
+    found = [Path(p) for p in paths if os.path.lexists(p)]
+    if not found:
+        return
+    shown = ", ".join(str(p) for p in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    raise ExistingFileError(f"{shown} already exist{'s' if len(found) == 1 else ''}; this would replace {'it' if len(found) == 1 else 'them'}"
+                            f" (an existing {what} is never overwritten silently). Choose another destination, move the "
+                            f"file{'s' if len(found) > 1 else ''} away, or add {flag} to replace {'it' if len(found) == 1 else 'them'}.")
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL

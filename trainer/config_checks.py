@@ -1,0 +1,65 @@
+"""Checks of a training config that come before anything is built: the YAML file itself (readable text, valid
+YAML, a mapping) and every number in the config (finite; the optimizer's within range)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from .config import ConfigError
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """The top-level mapping of a YAML config file, or a :class:`ConfigError` that says what is wrong with it."""
+    import yaml
+
+    path = Path(path)
+    raw = path.read_bytes()
+    if b"\x00" in raw[:4096]:
+        raise ConfigError(f"{path}: this is a binary file, not a YAML config; give the .yaml file (see `echomimic-train presets`).")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8 YAML.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at} ({problem}); fix the file (indentation, a missing ':' or quote).") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys (e.g. `preset: v1_stage1`), "
+                          f"not a {type(data).__name__}")
+    return data
+
+
+def _numbers(obj, path: str = ""):
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from _numbers(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(obj, float):
+        yield path, obj
+
+
+def check_numbers(cfg) -> None:
+    """Every float of the config is finite; the optimizer's settings are in their ranges."""
+    for path, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: {value} is not a finite number; give a plain number (e.g. optim.lr: 1e-5).")
+    o = cfg.optim
+    if not 0.0 < o.lr <= 1.0:
+        raise ConfigError(f"optim.lr: {o.lr} is out of range; a learning rate is above 0 and at most 1 (EchoMimic trains at 1e-5).")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas: {o.betas} must be two numbers in [0, 1), e.g. [0.9, 0.999].")
+    for name in ("weight_decay", "eps", "max_grad_norm"):
+        if getattr(o, name) < 0:
+            raise ConfigError(f"optim.{name}: {getattr(o, name)} must not be negative.")

@@ -1,0 +1,94 @@
+"""Resuming never runs code from a run folder.
+
+``Accelerator.load_state`` reads the optimizer, LR scheduler, RNG states and every registered object
+(``custom_checkpoint_N.pkl``) with ``torch.load``, some with ``weights_only=False``: a tampered file would run
+its payload. Before a resume:
+
+1. :func:`check_checkpoint` reads every pickle-based file of the checkpoint folder with weights-only loading
+   (tensors, numbers, strings, containers, and the numpy arrays of the RNG states) and refuses the first
+   file that holds anything else, naming it (nothing has been built yet: the check comes first);
+2. :func:`weights_only_loading` then wraps ``load_state`` so that every ``torch.load`` inside it is
+   weights-only whatever its caller asks (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), so a file swapped after the
+   check is refused as well.
+
+``.safetensors`` and ``.json`` files hold no code and are not unpickled.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+from pathlib import Path
+
+from .config import ConfigError
+
+SAFE_SUFFIXES = {".safetensors", ".json"}
+
+
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint file holds pickled objects that weights-only loading refuses (it could run code)."""
+
+
+def _numpy_globals() -> list:
+    """What the RNG states need beyond tensors: numpy arrays, dtypes, and ``_codecs.encode`` (numpy's pickles)."""
+    from codecs import encode
+
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    out = [core.multiarray._reconstruct, np.ndarray, np.dtype, encode]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        out += [getattr(dtypes, n) for n in ("UInt32DType", "Float64DType", "Int64DType") if hasattr(dtypes, n)]
+    return out
+
+
+@contextlib.contextmanager
+def weights_only_loading():
+    """Every ``torch.load`` in the block is weights-only (plus the numpy types of RNG states)."""
+    import torch
+
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+def _load_mapped(path: Path):
+    """Unpickle weights-only with the tensors memory-mapped (a multi-GB optimizer state is not read into RAM just to
+    be checked); files in the legacy format cannot be mapped and are read."""
+    import zipfile
+
+    import torch
+
+    mmap = zipfile.is_zipfile(path)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def check_checkpoint(ckpt: str | Path) -> list[Path]:
+    """Read every pickle-based file under ``ckpt`` weights-only; returns the files checked.
+
+    Raises :class:`UnsafeCheckpointError` naming the first file that would build anything else, or a
+    :class:`~trainer.config.ConfigError` naming a file that is not readable at all."""
+    ckpt = Path(ckpt)
+    checked = []
+    for path in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.suffix not in SAFE_SUFFIXES):
+        try:
+            with weights_only_loading():
+                _load_mapped(path)
+        except pickle.UnpicklingError as exc:
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load. This checkpoint file holds pickled objects other than tensors, numbers and "
+                f"arrays, which could run code when loaded ({str(exc).splitlines()[0][:160]}). The run folder may have "
+                "been tampered with: resume from a checkpoint you trust, or start a new run.") from exc
+        except Exception as exc:  # truncated, not a torch file at all
+            raise ConfigError(f"{path}: this checkpoint file cannot be read ({type(exc).__name__}: {exc}); the checkpoint is "
+                              "damaged. Resume from an older checkpoint (--resume CHECKPOINT_FOLDER) or start over.") from exc
+        checked.append(path)
+    return checked
