@@ -50,8 +50,9 @@ def weights_only_loading():
 
     old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; older ones rely on check_checkpoint
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        with allow(_numpy_globals()) if allow else contextlib.nullcontext():
             yield
     finally:
         if old is None:
