@@ -161,7 +161,7 @@ def test_download_never_replaces_a_file_that_is_there(tmp_path, monkeypatch):
 def test_a_5_1_track_with_speech_in_the_centre_is_heard_in_the_video(tmp_path, shared_data, umask_022):
     import wave
 
-    from echomimic_lib.video_io import read_audio, write_video
+    from echomimic_lib.io.video_io import read_audio, write_video
 
     speech, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
     speech = speech[0, : sr]  # 1 s
@@ -186,7 +186,7 @@ def test_a_5_1_track_with_speech_in_the_centre_is_heard_in_the_video(tmp_path, s
 
 def test_lora_and_weight_files_get_the_umask_mode(tmp_path, umask_022):
     from echomimic_lib.lora import LoraInfo, write_lora
-    from echomimic_lib.weights import save_state_dict
+    from echomimic_lib.io.weights import save_state_dict
 
     st = save_state_dict({"a": torch.zeros(2)}, tmp_path / "w.safetensors")
     assert stat.S_IMODE(st.stat().st_mode) == 0o644
@@ -352,7 +352,7 @@ def test_the_same_frames_give_the_same_mp4_bytes_in_two_processes(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np; from echomimic_lib.video_io import write_video; "
+    code = ("import sys, numpy as np; from echomimic_lib.io.video_io import write_video; "
             "rng = np.random.default_rng(7); f = rng.integers(0, 255, (16, 96, 96, 3), dtype=np.uint8); "
             "a = (0.1 * rng.standard_normal((2, 24000))).astype(np.float32); write_video(sys.argv[1], f, 24, a, 24000)")
     root = Path(__file__).resolve().parents[1]

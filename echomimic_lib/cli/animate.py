@@ -34,16 +34,15 @@ def request_from_args(args):
 
 
 def _cmd_animate(args) -> int:
+    if args.version == "v3-flash":  # its own option checks first (V1/V2 options are refused by name)
+        from .v3 import cmd_animate_v3
+
+        return cmd_animate_v3(args)
     from ..jobs.animate_checks import probe_speech
 
     if args.audio:
         probe_speech(args.audio)  # a wrong file is refused before torch and the models load
     import torch
-
-    if args.version == "v3-flash":
-        from .v3 import cmd_animate_v3
-
-        return cmd_animate_v3(args)
 
     from ..jobs.animate import run
 
