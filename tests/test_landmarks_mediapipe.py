@@ -161,7 +161,10 @@ def test_conditions_from_driving_video(extractor, clip, portrait):
     from echomimic_lib.landmarks.conditions import conditions_from_driving_video
 
     frames = clip.frames[:8]
-    imgs, drv = conditions_from_driving_video(frames, portrait, 13, size=(256, 320), sync="reference", extractor=extractor)
+    seen = []
+    imgs, drv = conditions_from_driving_video(frames, portrait, 13, size=(256, 320), sync="reference", extractor=extractor,
+                                              progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 8) for i in range(1, 9)]  # the command line's "driving landmarks" bar, frame by frame
     assert imgs.shape == (13, 320, 256, 3) and imgs.dtype == np.uint8 and len(drv) == 8
     assert all(img.any() for img in imgs) and np.array_equal(imgs[8], imgs[6])  # ping-pong past the end
     paper, _ = conditions_from_driving_video(frames, portrait, 4, size=(256, 320), sync="paper", parts="all",

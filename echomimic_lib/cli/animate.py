@@ -51,9 +51,11 @@ def _cmd_animate(args) -> int:
     if args.smoke:  # tiny tensors: extra intra-op threads only add synchronisation (10x slower on a busy CPU)
         torch.set_num_threads(1)
     bar = ProgressBar("sampling", "window", disable=args.quiet)
+    landmarks = ProgressBar("driving landmarks", "frame", disable=args.quiet)  # V1 landmark modes from a video
     try:
-        s = run(req, bar)
+        s = run(req, bar, landmark_progress=landmarks)
     finally:
+        landmarks.close()
         bar.close()
         torch.set_num_threads(threads)
     line = f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video) in {s['seconds']} s, peak RSS {s['peak_rss_gb']} GB"

@@ -87,7 +87,8 @@ def _dwpose(req: AnimateRequest):
     return DWPoseDetector.from_models_dir(_models_root(req), download=req.download)
 
 
-def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings) -> Conditioned:
+def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings,
+                      landmark_progress=None) -> Conditioned:
     """The prepared reference (V1: face crop, V2: half-body crop with ``halfbody_crop``, else a resize), the
     sampler condition for the mode, and the crop geometry."""
     from ..pipeline import FrameCondition, MaskCondition, frames_condition
@@ -113,7 +114,8 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
             frames = conditions_from_pkl_folder(src, num_frames, (w, h), parts=parts, retime_policy=req.retime)
         else:
             frames, _ = conditions_from_driving_video(src, prep.image, num_frames, (w, h), parts=parts, retime_policy=req.retime,
-                                                      out_fps=settings.fps, model_path=req.mediapipe_model)
+                                                      out_fps=settings.fps, model_path=req.mediapipe_model,
+                                                      progress=landmark_progress)
         return Conditioned(prep.image, frames_condition(frames), prep.crop)
     # V2 half-body: the pose sequence drawn per context window (memory flat in video length)
     from ..pose import draw_hands_batch, fit_sequence_to_reference, load_pose
@@ -155,14 +157,14 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def _condition(plan):
+def _condition(plan, landmark_progress=None):
     """Prepared reference + sampler condition, before any weight is loaded; the no-face message names the flag."""
     from ..landmarks.mp_models import quiet_native_logs
 
     req, mode, s = plan.request, plan.mode, plan.settings
     try:
         with quiet_native_logs():
-            return prepare_condition(mode, req, plan.reference, s.num_frames, s)
+            return prepare_condition(mode, req, plan.reference, s.num_frames, s, landmark_progress)
     except NoFaceError:
         if req.smoke:
             log.warning("smoke run: no face found in %s; animating the whole image.", req.reference)
@@ -228,8 +230,11 @@ class _Stages:
         self._t = now
 
 
-def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Render ``req.output``; returns a summary dict (frames, seconds, peak memory, ``stages_s``: seconds per stage)."""
+def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
+        landmark_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Render ``req.output``; returns a summary dict (frames, seconds, peak memory, ``stages_s``: seconds per stage).
+    ``progress(done, total)``: per denoiser window; ``landmark_progress``: per driving-video frame whose landmarks
+    are extracted (V1 landmark modes from a video)."""
     from ..audio import encode_audio
     from ..model_set import ensure_weights
     from ..model_set import load_models
@@ -251,7 +256,7 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None)
         check_fp8(device)
     log.info("%s", describe(plan))
     _warn_if_slow(plan)
-    prepared = _condition(plan)
+    prepared = _condition(plan, landmark_progress)
     stages.mark("checks_and_condition")
     root = plan.models_root
     if req.smoke:

@@ -73,11 +73,12 @@ def conditions_from_pkl_folder(folder, num_frames: int, size: tuple[int, int] = 
 def conditions_from_driving_video(driving, reference_image, num_frames: int, size: tuple[int, int] = (512, 512),
                                   parts="pose", sync: str | None = "reference", retime_policy: str = "ping-pong",
                                   src_fps: float | None = None, out_fps: float | None = None,
-                                  bad_frame_policy: str = "interpolate", extractor=None, **extractor_kwargs):
+                                  bad_frame_policy: str = "interpolate", extractor=None, progress=None, **extractor_kwargs):
     """Condition images from a driving video and the reference image.
 
     driving: (F, H, W, 3) frames, a list of frames, a VideoClip or a video path (its fps is used as ``src_fps``).
     sync: ``"reference"`` / ``"paper"`` motion-sync mode, or None to draw the driver's own landmarks.
+    progress: ``progress(done, total)`` per driving frame whose landmarks are extracted.
     Returns (images uint8 (num_frames, H, W, 3), driver LandmarkSequence with its bad-frame report).
     """
     from .extractor import FaceLandmarkExtractor
@@ -96,7 +97,7 @@ def conditions_from_driving_video(driving, reference_image, num_frames: int, siz
     ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
     try:
         driver = ex.extract([center_square(as_rgb_uint8(f, f"driving frame {i}")) for i, f in enumerate(frames)],
-                            policy=bad_frame_policy, fps=src_fps)
+                            policy=bad_frame_policy, fps=src_fps, progress=progress)
         if sync is None:
             px = driver.pixels((SYNC_SIZE, SYNC_SIZE))
         else:

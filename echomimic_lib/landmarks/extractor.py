@@ -119,9 +119,10 @@ class FaceLandmarkExtractor:
         return faces
 
     # ---- image / video ----
-    def extract(self, frames, policy: str = "fail", fps: float | None = None) -> LandmarkSequence:
+    def extract(self, frames, policy: str = "fail", fps: float | None = None, progress=None) -> LandmarkSequence:
         """Landmarks of a single image (H, W, C) or of a video: (F, H, W, C) array, list of frames,
-        a :class:`echomimic_lib.io.video_io.VideoClip`, or a video file path."""
+        a :class:`echomimic_lib.io.video_io.VideoClip`, or a video file path. ``progress(done, total)`` is called
+        after each frame."""
         policy = normalize_policy(policy)
         if isinstance(frames, (str, os.PathLike)):
             from ..io.video_io import read_video
@@ -151,6 +152,8 @@ class FaceLandmarkExtractor:
                 results.append(max(faces, key=_face_area))
             else:
                 results.append(None)
+            if progress is not None:
+                progress(i + 1, len(frames))
         return assemble_sequence(results, counts, policy, size, fps)
 
 
