@@ -1,0 +1,410 @@
+"""Gesture synthesis by motion matching: speech features + a gesture library -> a PoseSequence.
+
+The output is planned unit by unit at the video frame rate. At each step the next stress (a strong onset, see
+:mod:`.speech`) is the target: every unit is scored by
+
+- *synchrony*: can its stroke (speed peak) land on the stress? The unit's preparation is entered part-way
+  (frames skipped) or slowed down (down to 1 / ``max_stretch`` speed); the cost is the remaining miss;
+- *energy*: its amplitude rank in the library against the loudness (and pitch movement) ahead, scaled by
+  ``expressiveness``;
+- *transition*: the distance of its start posture from the current posture;
+- *variety*: a unit used within ``variety_s`` seconds is avoided while others remain; plus seeded noise
+  (``temperature``) so seeds give different, reproducible results.
+
+Through pauses of ``min_pause`` seconds or more (see :func:`analyze_speech`) the body goes to the library's rest
+posture (its calmest frame with the hands lowest) and stays there. Source frames only ever move forward
+(never backwards); body, face and hands of a frame always come from the same source frame, so the skeleton
+stays valid. Each switch is blended by inertialization: the gap in position and velocity between where the
+previous motion was heading and the new unit decays to zero with a quintic (continuous position, velocity and
+acceleration), over a time chosen so the blend's own acceleration stays within the library's 99th percentile.
+
+With a reference pose the sources are moved onto its shoulders first (:func:`fit_sequence_to_reference`);
+without one, every source is moved onto the first source's median shoulders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...errors import EchoMimicError
+from ..align import fit_sequence_to_reference
+from ..sequence import PoseSequence
+from .library import NECK, R_SHOULDER, L_SHOULDER, GestureLibrary, joint_acceleration, posture
+from .speech import SpeechFeatures
+
+N_POINTS = 18 + 42 + 68
+REST_ACC = 1.8  # x the blend budget (half the library's 99th percentile)
+
+
+@dataclass
+class GestureOptions:
+    expressiveness: float = 1.0  # 0: calmest units; 1: follow the speech; up to 2: the liveliest units
+    variety_s: float = 4.0  # a unit is not reused within this many seconds while others remain
+    temperature: float = 0.3  # weight of the seeded random part of the choice
+    max_stretch: float = 1.6  # a preparation phase may be slowed down to 1 / max_stretch of its speed
+    min_blend_s: float = 0.16
+    max_blend_s: float = 0.8
+    rest_lead_s: float = 0.3  # the move to the rest posture starts this long before a pause
+    hold_after_stroke: int = 3  # frames a unit plays after its stroke before the next may take over
+    random_units: bool = False  # baseline for the benchmark: units at random, speech ignored, no rest
+
+    def check(self) -> None:
+        if not (0.0 <= self.expressiveness <= 2.0):
+            raise EchoMimicError(f"expressiveness must be between 0 and 2, got {self.expressiveness}.")
+        if self.variety_s < 0 or self.temperature < 0 or self.max_stretch < 1.0:
+            raise EchoMimicError("gesture options: variety_s and temperature must be >= 0 and max_stretch >= 1.")
+
+
+@dataclass
+class GesturePlan:
+    """How the output was put together (``seq.report`` of a synthesized sequence)."""
+
+    source: np.ndarray  # (N,) source index per output frame
+    position: np.ndarray  # (N,) fractional source frame per output frame
+    seams: list = field(default_factory=list)  # output frames where a new segment starts
+    segments: list = field(default_factory=list)  # (start, end, kind 'unit'|'rest', unit index or -1)
+    strokes: list = field(default_factory=list)  # planned stroke frames
+
+    def summary(self) -> str:
+        n_units = sum(1 for s in self.segments if s[2] == "unit")
+        return f"{len(self.source)} frames, {n_units} gesture units, {len(self.segments) - n_units} rests"
+
+
+def _points(seq: PoseSequence) -> np.ndarray:
+    return np.concatenate([seq.body, seq.hands.reshape(len(seq), 42, 2), seq.faces], axis=1)
+
+
+def _median_reference(seq: PoseSequence) -> PoseSequence:
+    ref = seq.take([0])
+    ref.body = np.median(seq.body, axis=0, keepdims=True)
+    ref.body_score[:] = 1.0
+    ref.draw_pose_params = seq.draw_pose_params[:1].copy()
+    return ref
+
+
+def aligned_sources(lib: GestureLibrary, reference: PoseSequence | None) -> list[PoseSequence]:
+    """The library's sources moved onto the reference's shoulders (or onto the first source's)."""
+    target = reference if reference is not None else _median_reference(lib.sources[0])
+    out = []
+    for i, s in enumerate(lib.sources):
+        if reference is None and i == 0:
+            out.append(s)
+            continue
+        try:
+            out.append(fit_sequence_to_reference(s, target)[0])
+        except EchoMimicError as exc:
+            raise EchoMimicError(f"gesture library: {lib.names[i] if i < len(lib.names) else i}: {exc}") from exc
+    if len({s.canvas_size for s in out}) > 1:
+        raise EchoMimicError("gesture library: the pose sequences use different canvas sizes; re-extract them at one size.")
+    return out
+
+
+def rest_candidates(lib: GestureLibrary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source, frame, posture) of the library's calm frames: the slowest quarter of each source."""
+    rows = []
+    for i, m in enumerate(lib.motions):
+        v = np.flatnonzero(m.valid)
+        if v.size:
+            rows += [(i, int(f)) for f in v[m.speed[v] <= np.percentile(m.speed[v], 25)]]
+    src = np.array([r[0] for r in rows], np.int64)
+    frm = np.array([r[1] for r in rows], np.int64)
+    pos = np.stack([posture(lib.sources[s], lib.motions[s], f) for s, f in rows])
+    return src, frm, pos
+
+
+def rest_frame(lib: GestureLibrary, current: np.ndarray | None = None, low: float = 1.0) -> tuple[int, int]:
+    """(source, frame) of a rest posture: a calm frame near ``current`` (a posture), preferring low hands by ``low``
+    (0: the nearest calm frame; larger: lower hands, farther away)."""
+    src, frm, pos = lib.__dict__.get("_rest") or lib.__dict__.setdefault("_rest", rest_candidates(lib))
+    height = pos[:, [5, 11]].mean(axis=1)  # wrists below the neck, shoulder widths
+    cost = -low * height if current is None else np.linalg.norm(pos - current, axis=1) - low * height
+    j = int(np.argmin(cost))
+    return int(src[j]), int(frm[j])
+
+
+class _Planner:
+    def __init__(self, lib: GestureLibrary, speech: SpeechFeatures, n: int, opts: GestureOptions, rng):
+        self.lib, self.sp, self.n, self.o, self.rng = lib, speech, n, opts, rng
+        self.fps = speech.fps
+        u = lib.units
+        self.q = np.array([lib.sources[s].fps for s in u["source"]]) / self.fps  # source frames per output frame
+        self.stroke_out = u["stroke"] / self.q
+        self.len_out = (u["end"] - u["start"]) / self.q
+        moving = ~u["rest"]
+        self.usable = moving if moving.any() else np.ones(len(lib), bool)
+        amp = u["amplitude"]
+        rank = np.zeros(len(lib))
+        idx = np.flatnonzero(self.usable)
+        rank[idx] = np.argsort(np.argsort(amp[idx])) / max(len(idx) - 1, 1)
+        self.rank = rank
+        self.last_used = np.full(len(lib), -np.inf)
+        self.src = np.zeros(n, np.int64)
+        self.pos = np.zeros(n)
+        self.plan = GesturePlan(self.src, self.pos)
+
+    def _fill(self, t0, t1, source, positions, kind, unit):
+        self.src[t0:t1] = source
+        self.pos[t0:t1] = positions
+        if t0 > 0:
+            self.plan.seams.append(t0)
+        self.plan.segments.append((t0, t1, kind, unit))
+
+    def _rest(self, t0, t1, length_s: float = 0.0):
+        segs = self.plan.segments
+        if segs and segs[-1][2] == "rest" and segs[-1][1] == t0:  # a rest goes on: same frame, no new seam
+            a, _, _, _ = segs.pop()
+            self.src[t0:t1], self.pos[t0:t1] = self.src[a], self.pos[a]
+            segs.append((a, t1, "rest", -1))
+            return
+        s, f = rest_frame(self.lib, self._posture_at(t0), low=min(1.0, length_s / 3.0))
+        self._fill(t0, t1, s, np.full(t1 - t0, float(f)), "rest", -1)
+
+    def _posture_at(self, t):
+        if t <= 0:
+            return None
+        s, p = int(self.src[t - 1]), int(round(self.pos[t - 1]))
+        return posture(self.lib.sources[s], self.lib.motions[s], p)
+
+    def _target_energy(self, t, span):
+        sp = self.sp
+        end = min(self.n, t + max(int(span), 1))
+        loud = float(sp.loudness[t:end].mean()) if end > t else 0.0
+        pm = float(np.clip(sp.pitch_motion[t:end].mean() / 4.0, 0, 1)) if end > t else 0.0
+        return float(np.clip(self.o.expressiveness * (0.85 * loud + 0.15 * pm) ** 1.5, 0, 1))
+
+    def _choose(self, t, lead, cur_posture):
+        """(unit, entry frames skipped (output frames), prep rate) for a stroke ``lead`` frames ahead (None: no target)."""
+        u, o = self.lib.units, self.o
+        cand = np.flatnonzero(self.usable)
+        fresh = cand[t - self.last_used[cand] > o.variety_s * self.fps]
+        if fresh.size:
+            cand = fresh
+        s_out = self.stroke_out[cand]
+        if lead is None:
+            miss = np.zeros(len(cand))
+        else:
+            reach = s_out * o.max_stretch
+            miss = np.where(lead <= reach, 0.0, lead - reach)
+            miss = np.where(s_out < 1, np.abs(lead - s_out), miss)
+        energy = np.abs(self.rank[cand] - self._target_energy(t, np.median(self.len_out)))
+        trans = 0.0 if cur_posture is None else np.linalg.norm(u["start_posture"][cand] - cur_posture, axis=1)
+        cost = miss / (0.1 * self.fps) + 2.0 * energy + 0.5 * trans + o.temperature * self.rng.random(len(cand))
+        k = int(cand[np.argmin(cost)])
+        return k
+
+    def _play(self, k, t, lead, limit, settle: int = 0):
+        """Place unit k from output frame t; returns the frame after it. ``settle``: when the unit runs into
+        ``limit`` (a rest follows), end it instead at its slowest frame within the last ``settle`` frames."""
+        u = self.lib.units
+        q, s_out = self.q[k], self.stroke_out[k]
+        start, end, stroke = int(u["start"][k]), int(u["end"][k]), int(u["stroke"][k])
+        if lead is None or lead <= 0:
+            entry, rate_prep, land = 0.0, 1.0, s_out
+        elif lead <= s_out:
+            entry, rate_prep, land = s_out - lead, 1.0, lead
+        else:
+            rate_prep = max(s_out / lead, 1.0 / self.o.max_stretch)
+            entry, land = 0.0, s_out / rate_prep
+        # positions: preparation (entry..stroke) at rate_prep, then the rest of the unit at rate 1
+        n_prep = int(np.ceil(land - 1e-9))
+        prep = start + (entry + np.arange(n_prep) * rate_prep) * q
+        after = start + stroke + np.arange(int(np.floor((end - 1 - start - stroke) / q)) + 1) * q
+        positions = np.concatenate([np.minimum(prep, start + stroke), after])
+        t1 = min(t + len(positions), limit)
+        if t1 <= t:
+            return t
+        if settle and t1 == limit:
+            lo = min(max(n_prep + self.o.hold_after_stroke, t1 - t - settle), t1 - t - 1)
+            sp = self.lib.motions[int(u["source"][k])].speed[np.round(positions[lo : t1 - t]).astype(np.int64)]
+            t1 = t + lo + int(np.argmin(sp)) + 1
+        self._fill(t, t1, int(u["source"][k]), positions[: t1 - t], "unit", k)
+        if t + n_prep < t1:
+            self.plan.strokes.append(t + n_prep)
+        self.last_used[k] = t
+        return t1
+
+    def run(self) -> GesturePlan:
+        sp, o, n = self.sp, self.o, self.n
+        if o.random_units:
+            t = 0
+            while t < n:
+                k = int(self.rng.choice(np.flatnonzero(self.usable)))
+                t = max(self._play(k, t, None, n), t + 1)
+            return self.plan
+        lead_rest = int(round(o.rest_lead_s * self.fps))
+        pauses = [(max(0, a - lead_rest) if a > 0 else 0, b) for a, b in sp.pauses]
+        stresses = np.asarray(sp.stresses, dtype=np.int64)
+        t = 0
+        while t < n:
+            pause = next(((a, b) for a, b in pauses if a <= t < b), None)
+            if pause is not None:
+                self._rest(t, min(pause[1], n), (pause[1] - pause[0]) / self.fps)
+                t = min(pause[1], n)
+                continue
+            limit = min([a for a, _ in pauses if a > t] + [n])
+            if limit - t < 3:  # too short for a gesture: rest (and the pause follows)
+                self._rest(t, limit)
+                t = limit
+                continue
+            ahead = stresses[(stresses >= t + 1) & (stresses < limit)]
+            lead = int(ahead[0] - t) if ahead.size else None
+            k = self._choose(t, lead, self._posture_at(t))
+            stop = limit
+            if ahead.size > 1:  # leave room for the next unit to prepare the following stroke
+                land = t + (lead if lead is not None else 0)
+                stop = min(limit, max(land + o.hold_after_stroke, int(ahead[1]) - int(np.median(self.stroke_out))))
+            if limit - stop < 6:  # too little left for another gesture before the pause: this one settles into it
+                stop = limit
+            to_rest = stop == limit and limit < n
+            t_end = self._play(k, t, lead, stop, settle=int(round(0.4 * self.fps)) if to_rest else 0)
+            if to_rest and t_end < limit:  # settled early: the rest starts now
+                self._rest(t_end, limit)
+                t_end = limit
+            t = max(t_end, t + 1)
+        return self.plan
+
+
+def _quintic(x0: np.ndarray, v0: np.ndarray, T: float, length: int) -> np.ndarray:
+    """Offsets (length, ...) decaying from x0 with velocity v0 to 0 (zero velocity and acceleration) at T frames."""
+    t = np.minimum(np.arange(length, dtype=np.float64), T).reshape((-1,) + (1,) * x0.ndim)
+    a = -(6 * v0 * T + 12 * x0) / (2 * T**5)
+    b = (16 * v0 * T + 30 * x0) / (2 * T**4)
+    c = -(12 * v0 * T + 20 * x0) / (2 * T**3)
+    return a * t**5 + b * t**4 + c * t**3 + v0 * t + x0
+
+
+def inertialize(points: np.ndarray, seams, hidden: np.ndarray, acc_limit, fps: float, opts: GestureOptions) -> None:
+    """Blend each seam in place: position and velocity continuous, the blend's acceleration within ``acc_limit``
+    (one number, or one per seam)."""
+    n = len(points)
+    bounds = list(seams) + [n]
+    limits = np.broadcast_to(np.asarray(acc_limit, dtype=np.float64), (len(seams),))
+    for j, t in enumerate(seams):
+        if t < 2 or t + 1 >= n:
+            continue
+        seg_end = bounds[j + 1]
+        prev, prev2, new, new1 = points[t - 1], points[t - 2], points[t].copy(), points[min(t + 1, seg_end - 1)]
+        ok = ~(hidden[t - 1] | hidden[t - 2] | hidden[t] | hidden[min(t + 1, seg_end - 1)])
+        v_prev = prev - prev2
+        x0 = np.where(ok[:, None], prev + v_prev - new, 0.0)
+        v0 = np.where(ok[:, None], v_prev - (new1 - new) if seg_end - t > 1 else 0.0, 0.0)
+        T = max(2.0, opts.min_blend_s * fps)
+        while True:
+            off = _quintic(x0, v0, T, int(np.ceil(T)) + 3)
+            acc = np.linalg.norm(off[2:] - 2 * off[1:-1] + off[:-2], axis=-1).max() if len(off) > 2 else 0.0
+            if acc <= limits[j] or T >= opts.max_blend_s * fps:
+                break
+            T *= 1.25
+        length = min(int(np.ceil(T)) + 1, seg_end - t)
+        points[t : t + length] += _quintic(x0, v0, T, length)
+
+
+def _render(sources: list[PoseSequence], plan: GesturePlan, fps: float, acc_limit: float, opts: GestureOptions) -> PoseSequence:
+    n = len(plan.source)
+    pts = np.zeros((n, N_POINTS, 2))
+    hidden = np.zeros((n, N_POINTS), bool)
+    near = np.zeros(n, np.int64)
+    for s, seq in enumerate(sources):
+        m = plan.source == s
+        if not m.any():
+            continue
+        p = plan.position[m]
+        i0 = np.clip(np.floor(p).astype(np.int64), 0, len(seq) - 1)
+        i1 = np.minimum(i0 + 1, len(seq) - 1)
+        w = (p - i0)[:, None, None]
+        src = _points(seq)
+        h = (src == -1.0).all(-1)
+        a, b = src[i0], src[i1]
+        either = h[i0] | h[i1]
+        lerp = a * (1 - w) + b * w
+        nearest = np.where((w >= 0.5), b, a)
+        pts[m] = np.where(either[..., None], nearest, lerp)
+        near[m] = np.where(w[:, 0, 0] >= 0.5, i1, i0)
+        hidden[m] = (pts[m] == -1.0).all(-1)
+    # blends into a rest may use most of the library's acceleration range (they must end early in the pause)
+    kinds = {seg[0]: seg[2] for seg in plan.segments}
+    limits = [acc_limit * (REST_ACC if kinds.get(t) == "rest" else 1.0) for t in plan.seams]
+    inertialize(pts, plan.seams, hidden, limits, fps, opts)
+    vis = np.concatenate([(_points(s) != -1.0).any(-1) for s in sources])
+    allp = np.concatenate([_points(s) for s in sources])[vis]
+    lo, hi = allp.min(axis=0), allp.max(axis=0)
+    pts = np.where(hidden[..., None], -1.0, np.clip(pts, lo, hi))
+    fields = {}
+    for name in ("body_score", "body_subset", "hands_score", "faces_score", "draw_pose_params"):
+        arr = np.zeros((n,) + getattr(sources[0], name).shape[1:], dtype=getattr(sources[0], name).dtype)
+        for s, seq in enumerate(sources):
+            m = plan.source == s
+            arr[m] = getattr(seq, name)[near[m]]
+        fields[name] = arr
+    out = PoseSequence(body=pts[:, :18], hands=pts[:, 18:60].reshape(n, 2, 21, 2), faces=pts[:, 60:], frame_ids=np.arange(n),
+                       fps=fps, canvas_size=sources[0].canvas_size, source="gestures from speech", **fields)
+    out.report = plan
+    return out
+
+
+def synthesize(lib: GestureLibrary, speech: SpeechFeatures, num_frames: int | None = None, seed: int = 0,
+               reference: PoseSequence | None = None, options: GestureOptions | None = None, **kw) -> PoseSequence:
+    """A pose sequence of ``num_frames`` frames (default: the speech's) at the speech's fps, gesturing to it.
+
+    ``reference``: the reference picture's pose (e.g. from ``detect_image_pose``) to align the shoulders to.
+    ``options`` / keyword arguments: see :class:`GestureOptions` (``expressiveness``, ``variety_s``, ...).
+    The same inputs and seed give the same sequence."""
+    opts = options or GestureOptions(**kw)
+    if options is not None and kw:
+        opts = GestureOptions(**{**opts.__dict__, **kw})
+    opts.check()
+    n = speech.num_frames if num_frames is None else int(num_frames)
+    if n <= 0:
+        raise EchoMimicError(f"gesture synthesis: ask for at least one frame (got {n}).")
+    if n != speech.num_frames:
+        speech = _fit_length(speech, n)
+    rng = np.random.default_rng(int(seed) % 2**63)
+    plan = _Planner(lib, speech, n, opts, rng).run()
+    sources = aligned_sources(lib, reference)
+    acc = _acc_limit(lib, sources)
+    return _render(sources, plan, speech.fps, acc, opts)
+
+
+def _acc_limit(lib: GestureLibrary, sources) -> float:
+    """The blends' acceleration budget: half the library's 99th percentile (in the aligned frame), at the output rate."""
+    key = tuple(id(s) for s in sources)
+    cache = lib.__dict__.setdefault("_acc_cache", {})
+    if key not in cache:
+        cache.clear()
+        a = np.concatenate([joint_acceleration(s).reshape(-1) for s in sources])
+        a = a[np.isfinite(a)]
+        cache[key] = 0.5 * float(np.percentile(a, 99)) if a.size else 1e-3
+    return cache[key]
+
+
+def _fit_length(speech: SpeechFeatures, n: int) -> SpeechFeatures:
+    """Crop, or extend with silence (a pause: rest), to ``n`` frames."""
+    if n <= speech.num_frames:
+        return speech.crop(n)
+    extra = n - speech.num_frames
+    pad = lambda a, v: np.concatenate([a, np.full(extra, v, dtype=a.dtype)])  # noqa: E731
+    pauses = list(speech.pauses)
+    if pauses and pauses[-1][1] == speech.num_frames:
+        pauses[-1] = (pauses[-1][0], n)
+    else:
+        pauses.append((speech.num_frames, n))
+    pause = pad(speech.pause, True)
+    return SpeechFeatures(speech.fps, pad(speech.loudness, 0.0), pad(speech.active, False), pause, pauses,
+                          pad(speech.onset_strength, 0.0), speech.onsets, speech.stresses, pad(speech.pitch, np.nan),
+                          pad(speech.pitch_motion, 0.0))
+
+
+def synthesize_for_audio(library, audio, fps: float = 24.0, sample_rate=None, num_frames: int | None = None, seed: int = 0,
+                         reference: PoseSequence | None = None, cache_dir=None, min_pause: float = 0.5, **kw) -> PoseSequence:
+    """Load/index ``library`` (paths or a :class:`GestureLibrary`), analyse ``audio`` and synthesize."""
+    from .library import load_library
+    from .speech import analyze_speech
+
+    lib = library if isinstance(library, GestureLibrary) else load_library(library, cache_dir=cache_dir)
+    speech = analyze_speech(audio, fps, sample_rate=sample_rate, min_pause=min_pause)
+    return synthesize(lib, speech, num_frames, seed, reference, **kw)
+
+
+__all__ = ["GestureOptions", "GesturePlan", "aligned_sources", "inertialize", "rest_frame", "synthesize", "synthesize_for_audio",
+           "NECK", "R_SHOULDER", "L_SHOULDER"]
