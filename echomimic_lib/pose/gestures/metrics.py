@@ -5,7 +5,7 @@
 - :func:`synchrony`: the share of strokes within +-``tol`` frames of an event (onset or stress);
 - :func:`energy_correlation`: Pearson correlation of windowed hand speed with windowed loudness;
 - :func:`rest_ratio`: mean hand speed through pauses over the speaking-time mean;
-- :func:`seam_acceleration`: the largest joint acceleration around each seam, to compare with the library's
+- :func:`seam_acceleration`: the largest joint acceleration at each seam (the frames next to it), to compare with the library's
   99th percentile (:meth:`GestureLibrary.acceleration_percentile`).
 """
 from __future__ import annotations
@@ -81,16 +81,26 @@ def rest_ratio(seq: PoseSequence, speech: SpeechFeatures, min_pause: float = 0.5
     return float(speed[pause].mean() / speed[speaking].mean())
 
 
-def seam_acceleration(seq: PoseSequence, seams, after: int | None = None) -> np.ndarray:
-    """Per seam, the largest joint acceleration (normalised units / frame^2) from the frame before it to ``after``
-    frames past it (default: 0.8 s, the longest blend)."""
+def seam_acceleration(seq: PoseSequence, seams, after: int = 0) -> np.ndarray:
+    """Per seam, the largest joint acceleration (normalised units / frame^2) at the junction: the last frame before
+    the seam and the first after it (plus ``after`` more frames; later frames are the unit's own motion)."""
     acc = joint_acceleration(seq)  # row i is centred on frame i + 1
-    after = int(round(0.8 * seq.fps)) if after is None else after
     out = []
     for t in seams:
         rows = acc[max(0, t - 2) : max(0, min(len(acc), t + after))]
         out.append(float(np.nanmax(rows)) if rows.size and np.isfinite(rows).any() else 0.0)
     return np.array(out)
+
+
+def visible_range(seqs) -> tuple[np.ndarray, np.ndarray]:
+    """(min x, min y), (max x, max y) over the visible body/hand points of the sequences."""
+    pts = []
+    for seq in seqs:
+        p = np.concatenate([seq.body, seq.hands.reshape(len(seq), 42, 2)], axis=1)
+        sc = np.concatenate([seq.body_score, seq.hands_score.reshape(len(seq), 42)], axis=1)
+        pts.append(p[~(p == -1.0).all(-1) & (sc > 0.3)])
+    allp = np.concatenate(pts)
+    return allp.min(axis=0), allp.max(axis=0)
 
 
 def outside_picture(seq: PoseSequence) -> int:

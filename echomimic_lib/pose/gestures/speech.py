@@ -7,8 +7,8 @@ From the 16 kHz mono waveform the pack already reads (:func:`echomimic_lib.audio
 - ``pauses``: inactive runs of at least ``min_pause`` seconds, as (start, end) frames; ``pause`` (F,) the same as a mask;
 - ``onsets``: frames where the spectral flux (300 Hz - 4 kHz, 10 ms hops) peaks above its local level during speech;
   ``onset_strength`` (F,) the flux per frame;
-- ``stresses``: the onsets that carry a stroke: strong relative to the onsets around them, at least ``min_stroke_gap``
-  seconds apart (stronger ones win) -- the targets for gesture strokes;
+- ``stresses``: the onsets that carry a stroke: salient (flux x squared loudness just after) relative to the onsets
+  around them, at least ``min_stroke_gap`` seconds apart (stronger ones win) -- the targets for gesture strokes;
 - ``pitch`` (F,) F0 in Hz by autocorrelation on voiced frames (NaN elsewhere) and ``pitch_motion`` (F,) its
   smoothed absolute change in octaves per second.
 
@@ -120,12 +120,12 @@ def _peaks(x: np.ndarray, radius: int) -> np.ndarray:
 
 
 def analyze_speech(audio, fps: float = 24.0, sample_rate=None, min_pause: float = 0.5, min_stroke_gap: float = 0.4,
-                   stress_ratio: float = 1.0) -> SpeechFeatures:
+                   stress_ratio: float = 0.3) -> SpeechFeatures:
     """Speech features of a clip (path, ComfyUI AUDIO dict, tensor/array with ``sample_rate``) at ``fps``.
 
     ``min_pause``: shortest silence (s) that counts as a pause (rest posture). ``min_stroke_gap``: shortest time (s)
-    between two stresses. ``stress_ratio``: an onset is a stress when its flux is at least this times the median
-    of the onsets within +-1 s."""
+    between two stresses. ``stress_ratio``: an onset is a stress when its salience is at least this times the
+    strongest onset's within +-1 s."""
     from ...audio import read_raw_audio
 
     if not (fps > 0 and np.isfinite(fps)):
@@ -135,7 +135,7 @@ def analyze_speech(audio, fps: float = 24.0, sample_rate=None, min_pause: float 
 
 
 def analyze_waveform(wave: np.ndarray, fps: float, min_pause: float = 0.5, min_stroke_gap: float = 0.4,
-                     stress_ratio: float = 1.0) -> SpeechFeatures:
+                     stress_ratio: float = 0.3) -> SpeechFeatures:
     """:func:`analyze_speech` on 16 kHz mono float samples."""
     wave = np.ascontiguousarray(np.asarray(wave, dtype=np.float64).reshape(-1))
     n, bounds = _frame_bounds(len(wave), fps)
@@ -162,7 +162,12 @@ def analyze_waveform(wave: np.ndarray, fps: float, min_pause: float = 0.5, min_s
     local = _moving_mean(flux, 50) * 1.5 + 1e-3 * (flux.max() if flux.size else 0)
     cand = [h for h in _peaks(flux, 5) if flux[h] > local[h]]
     onsets = np.unique(np.array([frame_of_hop[h] for h in cand if active[frame_of_hop[h]]], dtype=np.int64))
-    stresses = select_stresses(onsets, strength, fps, min_stroke_gap, stress_ratio)
+    # salience: the flux times the squared loudness just after the onset (stressed syllables are louder)
+    ahead = max(1, int(round(0.12 * fps)))
+    peak = np.array([loudness[o : o + ahead + 1].max() for o in onsets]) if onsets.size else np.zeros(0)
+    salience = np.zeros(n)
+    salience[onsets] = strength[onsets] * peak**2
+    stresses = select_stresses(onsets, salience, fps, min_stroke_gap, stress_ratio)
     f0 = _pitch(wave, bounds, active)
     lf = np.log2(f0)
     d = np.zeros(n)
@@ -173,12 +178,12 @@ def analyze_waveform(wave: np.ndarray, fps: float, min_pause: float = 0.5, min_s
 
 
 def select_stresses(onsets: np.ndarray, strength: np.ndarray, fps: float, min_gap: float, ratio: float) -> np.ndarray:
-    """Onsets strong against their neighbours (+-1 s), thinned to ``min_gap`` seconds, strongest first."""
+    """Onsets at least ``ratio`` x the strongest within +-1 s, thinned to ``min_gap`` seconds, strongest first."""
     if onsets.size == 0:
         return onsets
     s = strength[onsets]
     win = max(1, int(round(fps)))
-    strong = np.array([s[i] >= ratio * np.median(s[np.abs(onsets - o) <= win]) for i, o in enumerate(onsets)])
+    strong = np.array([s[i] >= ratio * s[np.abs(onsets - o) <= win].max() for i, o in enumerate(onsets)])
     cand = onsets[strong]
     order = np.argsort(-strength[cand], kind="stable")
     gap = min_gap * fps

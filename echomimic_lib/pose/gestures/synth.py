@@ -34,6 +34,8 @@ from .library import NECK, R_SHOULDER, L_SHOULDER, GestureLibrary, joint_acceler
 from .speech import SpeechFeatures
 
 N_POINTS = 18 + 42 + 68
+ENERGY_WEIGHT = 4.0  # an amplitude-rank miss of 0.25 costs as much as a stroke 0.1 s off its stress
+LOUD_FULL = 0.7  # mean loudness (0..1, syllables and the gaps between them) that asks for the liveliest units
 REST_ACC = 1.8  # x the blend budget (half the library's 99th percentile)
 
 
@@ -41,11 +43,12 @@ REST_ACC = 1.8  # x the blend budget (half the library's 99th percentile)
 class GestureOptions:
     expressiveness: float = 1.0  # 0: calmest units; 1: follow the speech; up to 2: the liveliest units
     variety_s: float = 4.0  # a unit is not reused within this many seconds while others remain
-    temperature: float = 0.3  # weight of the seeded random part of the choice
+    temperature: float = 0.5  # weight of the seeded random part of the choice
     max_stretch: float = 1.6  # a preparation phase may be slowed down to 1 / max_stretch of its speed
     min_blend_s: float = 0.16
     max_blend_s: float = 0.8
     rest_lead_s: float = 0.3  # the move to the rest posture starts this long before a pause
+    hold_pause_s: float = 2.0  # through shorter pauses the hands hold where the last gesture settled
     hold_after_stroke: int = 3  # frames a unit plays after its stroke before the next may take over
     random_units: bool = False  # baseline for the benchmark: units at random, speech ignored, no rest
 
@@ -157,7 +160,10 @@ class _Planner:
             self.src[t0:t1], self.pos[t0:t1] = self.src[a], self.pos[a]
             segs.append((a, t1, "rest", -1))
             return
-        s, f = rest_frame(self.lib, self._posture_at(t0), low=min(1.0, length_s / 3.0))
+        if t0 > 0 and length_s < self.o.hold_pause_s:  # a short pause: the gesture settles where it ended
+            s, f = int(self.src[t0 - 1]), float(self.pos[t0 - 1])
+        else:  # a long one (or the start): a calm frame with the hands low, near the current posture
+            s, f = rest_frame(self.lib, self._posture_at(t0), low=min(1.0, length_s / 3.0))
         self._fill(t0, t1, s, np.full(t1 - t0, float(f)), "rest", -1)
 
     def _posture_at(self, t):
@@ -169,9 +175,11 @@ class _Planner:
     def _target_energy(self, t, span):
         sp = self.sp
         end = min(self.n, t + max(int(span), 1))
-        loud = float(sp.loudness[t:end].mean()) if end > t else 0.0
+        if self.o.random_units:
+            return 0.5
+        loud = min(1.0, float(self.sp.loudness[t:end].mean()) / LOUD_FULL) if end > t else 0.0
         pm = float(np.clip(sp.pitch_motion[t:end].mean() / 4.0, 0, 1)) if end > t else 0.0
-        return float(np.clip(self.o.expressiveness * (0.85 * loud + 0.15 * pm) ** 1.5, 0, 1))
+        return float(np.clip(self.o.expressiveness * (0.85 * loud + 0.15 * pm), 0, 1))
 
     def _choose(self, t, lead, cur_posture):
         """(unit, entry frames skipped (output frames), prep rate) for a stroke ``lead`` frames ahead (None: no target)."""
@@ -189,7 +197,7 @@ class _Planner:
             miss = np.where(s_out < 1, np.abs(lead - s_out), miss)
         energy = np.abs(self.rank[cand] - self._target_energy(t, np.median(self.len_out)))
         trans = 0.0 if cur_posture is None else np.linalg.norm(u["start_posture"][cand] - cur_posture, axis=1)
-        cost = miss / (0.1 * self.fps) + 2.0 * energy + 0.5 * trans + o.temperature * self.rng.random(len(cand))
+        cost = miss / (0.1 * self.fps) + ENERGY_WEIGHT * energy + 0.5 * trans + o.temperature * self.rng.random(len(cand))
         k = int(cand[np.argmin(cost)])
         return k
 
@@ -274,12 +282,21 @@ def _quintic(x0: np.ndarray, v0: np.ndarray, T: float, length: int) -> np.ndarra
     return a * t**5 + b * t**4 + c * t**3 + v0 * t + x0
 
 
-def inertialize(points: np.ndarray, seams, hidden: np.ndarray, acc_limit, fps: float, opts: GestureOptions) -> None:
+def _settle(x0: np.ndarray, v0: np.ndarray, T: float, length: int) -> np.ndarray:
+    """Offsets that start at x0 with velocity v0 and come to a stop (smoothstep deceleration) at T, then stay."""
+    u = (np.minimum(np.arange(length, dtype=np.float64), T) / T).reshape((-1,) + (1,) * x0.ndim)
+    return x0 + v0 * T * (u - u**3 + u**4 / 2)
+
+
+def inertialize(points: np.ndarray, seams, hidden: np.ndarray, acc_limit, fps: float, opts: GestureOptions,
+                settle=None) -> None:
     """Blend each seam in place: position and velocity continuous, the blend's acceleration within ``acc_limit``
-    (one number, or one per seam)."""
+    (one number, or one per seam). ``settle`` (one bool per seam): the new segment holds a frame, and the motion
+    coming in decelerates to a stop instead of returning to it (peak deceleration 1.5 |v0| / T)."""
     n = len(points)
     bounds = list(seams) + [n]
     limits = np.broadcast_to(np.asarray(acc_limit, dtype=np.float64), (len(seams),))
+    settle = np.zeros(len(seams), bool) if settle is None else np.asarray(settle, bool)
     for j, t in enumerate(seams):
         if t < 2 or t + 1 >= n:
             continue
@@ -290,6 +307,10 @@ def inertialize(points: np.ndarray, seams, hidden: np.ndarray, acc_limit, fps: f
         x0 = np.where(ok[:, None], prev + v_prev - new, 0.0)
         v0 = np.where(ok[:, None], v_prev - (new1 - new) if seg_end - t > 1 else 0.0, 0.0)
         T = max(2.0, opts.min_blend_s * fps)
+        if settle[j]:
+            T = max(T, 1.5 * float(np.linalg.norm(v0, axis=-1).max()) / max(limits[j], 1e-12))
+            points[t:seg_end] += _settle(x0, v0, T, seg_end - t)
+            continue
         while True:
             off = _quintic(x0, v0, T, int(np.ceil(T)) + 3)
             acc = np.linalg.norm(off[2:] - 2 * off[1:-1] + off[:-2], axis=-1).max() if len(off) > 2 else 0.0
@@ -300,7 +321,25 @@ def inertialize(points: np.ndarray, seams, hidden: np.ndarray, acc_limit, fps: f
         points[t : t + length] += _quintic(x0, v0, T, length)
 
 
-def _render(sources: list[PoseSequence], plan: GesturePlan, fps: float, acc_limit: float, opts: GestureOptions) -> PoseSequence:
+def clamp_box(original: list[PoseSequence], aligned: list[PoseSequence]) -> tuple[np.ndarray, np.ndarray]:
+    """Where output points may go: the aligned library's range of visible points, and never past an edge of the
+    picture the original library stayed inside."""
+    def rng(seqs):
+        p = np.concatenate([_points(s) for s in seqs])
+        sc = np.concatenate([np.concatenate([s.body_score, s.hands_score.reshape(len(s), 42), s.faces_score], axis=1) for s in seqs])
+        p = p[~(p == -1.0).all(-1) & (sc > 0.3)]
+        return p.min(axis=0), p.max(axis=0)
+
+    (olo, ohi), (alo, ahi) = rng(original), rng(aligned)
+    lo = np.where(olo >= 0, np.maximum(alo, 0.0), alo)
+    hi = np.where(ohi <= 1, np.minimum(ahi, 1.0), ahi)
+    if aligned[0] is original[0]:  # no reference: the library's own frame, its own range
+        lo, hi = np.maximum(lo, olo), np.minimum(hi, ohi)
+    return lo, hi
+
+
+def _render(sources: list[PoseSequence], plan: GesturePlan, fps: float, acc_limit: float, opts: GestureOptions,
+            box) -> PoseSequence:
     n = len(plan.source)
     pts = np.zeros((n, N_POINTS, 2))
     hidden = np.zeros((n, N_POINTS), bool)
@@ -325,10 +364,10 @@ def _render(sources: list[PoseSequence], plan: GesturePlan, fps: float, acc_limi
     # blends into a rest may use most of the library's acceleration range (they must end early in the pause)
     kinds = {seg[0]: seg[2] for seg in plan.segments}
     limits = [acc_limit * (REST_ACC if kinds.get(t) == "rest" else 1.0) for t in plan.seams]
-    inertialize(pts, plan.seams, hidden, limits, fps, opts)
-    vis = np.concatenate([(_points(s) != -1.0).any(-1) for s in sources])
-    allp = np.concatenate([_points(s) for s in sources])[vis]
-    lo, hi = allp.min(axis=0), allp.max(axis=0)
+    holds = [kinds.get(t) == "rest" and plan.source[t] == plan.source[t - 1] and plan.position[t] == plan.position[t - 1]
+             for t in plan.seams]
+    inertialize(pts, plan.seams, hidden, limits, fps, opts, holds)
+    lo, hi = box
     pts = np.where(hidden[..., None], -1.0, np.clip(pts, lo, hi))
     fields = {}
     for name in ("body_score", "body_subset", "hands_score", "faces_score", "draw_pose_params"):
@@ -363,7 +402,7 @@ def synthesize(lib: GestureLibrary, speech: SpeechFeatures, num_frames: int | No
     plan = _Planner(lib, speech, n, opts, rng).run()
     sources = aligned_sources(lib, reference)
     acc = _acc_limit(lib, sources)
-    return _render(sources, plan, speech.fps, acc, opts)
+    return _render(sources, plan, speech.fps, acc, opts, clamp_box(lib.sources, sources))
 
 
 def _acc_limit(lib: GestureLibrary, sources) -> float:
