@@ -167,19 +167,23 @@ class GestureLibrary:
 
     def acceleration_percentile(self, q: float = 99.0) -> float:
         """The q-th percentile of per-joint acceleration (normalised canvas units / frame^2) over all frames of
-        all sources, body and hands (visible points on three consecutive frames)."""
+        all sources: body joints and hand centres (see :func:`joint_acceleration`)."""
         acc = [joint_acceleration(s) for s in self.sources]
         acc = np.concatenate([a[np.isfinite(a)] for a in acc]) if acc else np.zeros(0)
         return float(np.percentile(acc, q)) if acc.size else 0.0
 
 
 def joint_acceleration(seq: PoseSequence) -> np.ndarray:
-    """(F-2, 60) second differences' norms of body (18) and hand (42) points per frame; NaN where a point is hidden."""
-    pts = np.concatenate([seq.body, seq.hands.reshape(len(seq), 42, 2)], axis=1)
-    sc = np.concatenate([seq.body_score, seq.hands_score.reshape(len(seq), 42)], axis=1)
-    ok = _visible(pts, sc)
+    """(F-2, 20) norms of the second differences of the 18 body joints and the two hand centres (the mean of each
+    hand's visible points: a hand moves as a whole, finger jitter of the detector aside), per frame; NaN where a
+    joint is hidden on one of the three frames."""
     if len(seq) < 3:
-        return np.zeros((0, 60))
+        return np.zeros((0, 20))
+    hand_ok = _visible(seq.hands, seq.hands_score)
+    cnt = hand_ok.sum(-1)
+    centre = (seq.hands * hand_ok[..., None]).sum(2) / np.maximum(cnt, 1)[..., None]
+    pts = np.concatenate([seq.body, centre], axis=1)
+    ok = np.concatenate([_visible(seq.body, seq.body_score), cnt >= 5], axis=1)
     acc = np.linalg.norm(pts[2:] - 2 * pts[1:-1] + pts[:-2], axis=-1)
     return np.where(ok[2:] & ok[1:-1] & ok[:-2], acc, np.nan)
 

@@ -24,7 +24,7 @@ def hand_speed(seq: PoseSequence) -> np.ndarray:
     return source_motion(seq).speed
 
 
-def strokes(seq_or_speed, fps: float | None = None) -> np.ndarray:
+def strokes(seq_or_speed, fps: float | None = None, prominence: float = 1.5, floor: float = STROKE_FLOOR) -> np.ndarray:
     if isinstance(seq_or_speed, PoseSequence):
         speed, fps = hand_speed(seq_or_speed), seq_or_speed.fps
     else:
@@ -33,10 +33,10 @@ def strokes(seq_or_speed, fps: float | None = None) -> np.ndarray:
     out = []
     for i in range(len(speed)):
         v = speed[i]
-        if v < STROKE_FLOOR or v < speed[max(0, i - r) : i + r + 1].max() or (i > 0 and speed[i - 1] == v):
+        if v < floor or v < speed[max(0, i - r) : i + r + 1].max() or (i > 0 and speed[i - 1] == v):
             continue
         left, right = speed[max(0, i - side) : i + 1].min(), speed[i : i + side + 1].min()
-        if v >= 1.3 * max(left, right, 1e-9):
+        if v >= prominence * max(left, right, 1e-9):
             out.append(i)
     return np.array(out, dtype=np.int64)
 
@@ -88,6 +88,20 @@ def seam_acceleration(seq: PoseSequence, seams, after: int = 0) -> np.ndarray:
     out = []
     for t in seams:
         rows = acc[max(0, t - 2) : max(0, min(len(acc), t + after))]
+        out.append(float(np.nanmax(rows)) if rows.size and np.isfinite(rows).any() else 0.0)
+    return np.array(out)
+
+
+def own_acceleration(sources, plan, seams) -> np.ndarray:
+    """Per seam, the largest acceleration the library's own motion has at the source frames shown right after it
+    (``sources``: the aligned sources the sequence was made from, ``plan``: its :class:`GesturePlan`): a unit entered
+    where its source accelerates hard (a hand turning round at a speed minimum) keeps that acceleration."""
+    out = []
+    for t in seams:
+        seq = sources[int(plan.source[t])]
+        acc = joint_acceleration(seq)
+        f = int(np.floor(plan.position[t]))
+        rows = acc[max(0, f - 1) : max(0, min(len(acc), f + 1))]
         out.append(float(np.nanmax(rows)) if rows.size and np.isfinite(rows).any() else 0.0)
     return np.array(out)
 

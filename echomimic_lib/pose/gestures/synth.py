@@ -11,12 +11,16 @@ The output is planned unit by unit at the video frame rate. At each step the nex
 - *variety*: a unit used within ``variety_s`` seconds is avoided while others remain; plus seeded noise
   (``temperature``) so seeds give different, reproducible results.
 
-Through pauses of ``min_pause`` seconds or more (see :func:`analyze_speech`) the body goes to the library's rest
-posture (its calmest frame with the hands lowest) and stays there. Source frames only ever move forward
-(never backwards); body, face and hands of a frame always come from the same source frame, so the skeleton
-stays valid. Each switch is blended by inertialization: the gap in position and velocity between where the
-previous motion was heading and the new unit decays to zero with a quintic (continuous position, velocity and
-acceleration), over a time chosen so the blend's own acceleration stays within the library's 99th percentile.
+A stress too far ahead even for a slowed preparation is waited for with a still hold (the gesture's
+post-stroke hold). Through pauses of ``min_pause`` seconds or more (see :func:`analyze_speech`) the gesture
+settles: the last unit ends at its slowest frame shortly before the pause and the pose holds there (pauses
+shorter than ``hold_pause_s``), or moves to a calm library frame with the hands low (longer pauses). Source
+frames only ever move forward (never backwards); body, face and hands of a frame always come from the same
+source frame, so the skeleton stays valid. Each switch is blended by inertialization: the gap in position and
+velocity between where the previous motion was heading and the new unit decays to zero with a quintic
+(continuous position, velocity and acceleration), over a time chosen so the blend's own acceleration stays within
+half the library's 99th percentile; into a hold, the incoming motion decelerates to a stop instead. Hands move
+with their wrists in the blends (the hand detector's finger jitter is not extrapolated).
 
 With a reference pose the sources are moved onto its shoulders first (:func:`fit_sequence_to_reference`);
 without one, every source is moved onto the first source's median shoulders.
@@ -36,6 +40,7 @@ from .speech import SpeechFeatures
 N_POINTS = 18 + 42 + 68
 ENERGY_WEIGHT = 4.0  # an amplitude-rank miss of 0.25 costs as much as a stroke 0.1 s off its stress
 LOUD_FULL = 0.7  # mean loudness (0..1, syllables and the gaps between them) that asks for the liveliest units
+PEAK_WEIGHT = 2.0  # units with one clear stroke are preferred (a second peak would be a stroke off the stress)
 REST_ACC = 1.8  # x the blend budget (half the library's 99th percentile)
 
 
@@ -66,12 +71,12 @@ class GesturePlan:
     source: np.ndarray  # (N,) source index per output frame
     position: np.ndarray  # (N,) fractional source frame per output frame
     seams: list = field(default_factory=list)  # output frames where a new segment starts
-    segments: list = field(default_factory=list)  # (start, end, kind 'unit'|'rest', unit index or -1)
+    segments: list = field(default_factory=list)  # (start, end, kind 'unit'|'rest'|'hold', unit index or -1)
     strokes: list = field(default_factory=list)  # planned stroke frames
 
     def summary(self) -> str:
-        n_units = sum(1 for s in self.segments if s[2] == "unit")
-        return f"{len(self.source)} frames, {n_units} gesture units, {len(self.segments) - n_units} rests"
+        count = {k: sum(1 for s in self.segments if s[2] == k) for k in ("unit", "rest", "hold")}
+        return f"{len(self.source)} frames, {count['unit']} gesture units, {count['rest']} rests, {count['hold']} holds"
 
 
 def _points(seq: PoseSequence) -> np.ndarray:
@@ -126,6 +131,15 @@ def rest_frame(lib: GestureLibrary, current: np.ndarray | None = None, low: floa
     return int(src[j]), int(frm[j])
 
 
+def _secondary_peak(speed: np.ndarray, stroke: int) -> float:
+    """How strong a unit's second speed peak is against its stroke (0: one clear stroke; 1: two equal ones)."""
+    if len(speed) < 3 or speed[stroke] <= 0:
+        return 0.0
+    inner = np.flatnonzero((speed[1:-1] >= speed[:-2]) & (speed[1:-1] >= speed[2:])) + 1
+    other = [speed[i] - min(speed[min(i, stroke) : max(i, stroke) + 1]) for i in inner if abs(i - stroke) > 1]
+    return float(max(other, default=0.0) / speed[stroke])
+
+
 class _Planner:
     def __init__(self, lib: GestureLibrary, speech: SpeechFeatures, n: int, opts: GestureOptions, rng):
         self.lib, self.sp, self.n, self.o, self.rng = lib, speech, n, opts, rng
@@ -142,6 +156,8 @@ class _Planner:
         rank[idx] = np.argsort(np.argsort(amp[idx])) / max(len(idx) - 1, 1)
         self.rank = rank
         self.last_used = np.full(len(lib), -np.inf)
+        self.secondary = np.array([_secondary_peak(lib.motions[s].speed[a:b], st) for s, a, b, st in
+                                   zip(u["source"], u["start"], u["end"], u["stroke"])])
         self.src = np.zeros(n, np.int64)
         self.pos = np.zeros(n)
         self.plan = GesturePlan(self.src, self.pos)
@@ -197,7 +213,7 @@ class _Planner:
             miss = np.where(s_out < 1, np.abs(lead - s_out), miss)
         energy = np.abs(self.rank[cand] - self._target_energy(t, np.median(self.len_out)))
         trans = 0.0 if cur_posture is None else np.linalg.norm(u["start_posture"][cand] - cur_posture, axis=1)
-        cost = miss / (0.1 * self.fps) + ENERGY_WEIGHT * energy + 0.5 * trans + o.temperature * self.rng.random(len(cand))
+        cost = miss / (0.1 * self.fps) + ENERGY_WEIGHT * energy + PEAK_WEIGHT * self.secondary[cand] + 0.5 * trans + o.temperature * self.rng.random(len(cand))
         k = int(cand[np.argmin(cost)])
         return k
 
@@ -255,13 +271,20 @@ class _Planner:
                 self._rest(t, limit)
                 t = limit
                 continue
-            ahead = stresses[(stresses >= t + 1) & (stresses < limit)]
+            min_lead = int(np.ceil(o.min_blend_s * self.fps))  # a stroke lands after the seam's blend
+            ahead = stresses[(stresses >= t + min_lead) & (stresses < limit)]
             lead = int(ahead[0] - t) if ahead.size else None
             k = self._choose(t, lead, self._posture_at(t))
+            reach = int(np.floor(self.stroke_out[k] * o.max_stretch))
+            if lead is not None and t > 0 and lead > reach + 1:  # too early even for a slow preparation: hold still
+                wait = lead - max(reach, min_lead)
+                self._fill(t, t + wait, int(self.src[t - 1]), np.full(wait, self.pos[t - 1]), "hold", -1)
+                t, lead = t + wait, lead - wait
             stop = limit
             if ahead.size > 1:  # leave room for the next unit to prepare the following stroke
                 land = t + (lead if lead is not None else 0)
-                stop = min(limit, max(land + o.hold_after_stroke, int(ahead[1]) - int(np.median(self.stroke_out))))
+                prep = max(int(np.median(self.stroke_out)), min_lead + 1)
+                stop = min(limit, max(land + o.hold_after_stroke, int(ahead[1]) - prep))
             if limit - stop < 6:  # too little left for another gesture before the pause: this one settles into it
                 stop = limit
             to_rest = stop == limit and limit < n
@@ -280,6 +303,18 @@ def _quintic(x0: np.ndarray, v0: np.ndarray, T: float, length: int) -> np.ndarra
     b = (16 * v0 * T + 30 * x0) / (2 * T**4)
     c = -(12 * v0 * T + 20 * x0) / (2 * T**3)
     return a * t**5 + b * t**4 + c * t**3 + v0 * t + x0
+
+
+def _rigid_velocity(v: np.ndarray) -> np.ndarray:
+    """Per-point velocities (128, 2) where each hand moves with its body wrist and the face with the nose: a blend
+    carries no finger jitter of the hand detector into the offsets, and hands stay on their wrists."""
+    if len(v) != N_POINTS:
+        return v
+    out = v.copy()
+    out[18:39] = v[7]  # hand row 0 is the person's left hand, on body joint 7 (the left wrist)
+    out[39:60] = v[4]
+    out[60:] = v[0]
+    return out
 
 
 def _settle(x0: np.ndarray, v0: np.ndarray, T: float, length: int) -> np.ndarray:
@@ -304,12 +339,17 @@ def inertialize(points: np.ndarray, seams, hidden: np.ndarray, acc_limit, fps: f
         prev, prev2, new, new1 = points[t - 1], points[t - 2], points[t].copy(), points[min(t + 1, seg_end - 1)]
         ok = ~(hidden[t - 1] | hidden[t - 2] | hidden[t] | hidden[min(t + 1, seg_end - 1)])
         v_prev = prev - prev2
-        x0 = np.where(ok[:, None], prev + v_prev - new, 0.0)
-        v0 = np.where(ok[:, None], v_prev - (new1 - new) if seg_end - t > 1 else 0.0, 0.0)
+        v_new = new1 - new if seg_end - t > 1 else np.zeros_like(new)
+        x0 = np.where(ok[:, None], prev + v_prev - new, 0.0)  # every point continues exactly where it was heading
+        # the velocity gap of the hands as wholes (each hand with its wrist, the face with the nose): the hand
+        # detector's finger jitter is not carried on into the blend, so hands stay on their wrists
+        v0 = np.where(ok[:, None], _rigid_velocity(v_prev) - _rigid_velocity(v_new), 0.0)
         T = max(2.0, opts.min_blend_s * fps)
         if settle[j]:
-            T = max(T, 1.5 * float(np.linalg.norm(v0, axis=-1).max()) / max(limits[j], 1e-12))
-            points[t:seg_end] += _settle(x0, v0, T, seg_end - t)
+            v_in = np.where(ok[:, None], _rigid_velocity(v_prev), 0.0)
+            x0 = np.where(ok[:, None], prev + v_in - new, 0.0)
+            T = max(T, 1.5 * float(np.linalg.norm(v_in[:18], axis=-1).max()) / max(limits[j], 1e-12))
+            points[t:seg_end] += _settle(x0, v_in, T, seg_end - t)
             continue
         while True:
             off = _quintic(x0, v0, T, int(np.ceil(T)) + 3)
@@ -364,7 +404,7 @@ def _render(sources: list[PoseSequence], plan: GesturePlan, fps: float, acc_limi
     # blends into a rest may use most of the library's acceleration range (they must end early in the pause)
     kinds = {seg[0]: seg[2] for seg in plan.segments}
     limits = [acc_limit * (REST_ACC if kinds.get(t) == "rest" else 1.0) for t in plan.seams]
-    holds = [kinds.get(t) == "rest" and plan.source[t] == plan.source[t - 1] and plan.position[t] == plan.position[t - 1]
+    holds = [kinds.get(t) in ("rest", "hold") and plan.source[t] == plan.source[t - 1] and plan.position[t] == plan.position[t - 1]
              for t in plan.seams]
     inertialize(pts, plan.seams, hidden, limits, fps, opts, holds)
     lo, hi = box
