@@ -14,7 +14,8 @@ from echomimic_lib.pose.gestures import library as L
 from echomimic_lib.pose.gestures import metrics as M
 from echomimic_lib.pose.gestures import load_library, synthesize
 from echomimic_lib.pose.gestures.speech import analyze_waveform
-from echomimic_lib.pose.gestures.synth import GestureOptions, _quintic, aligned_sources, inertialize
+from echomimic_lib.pose.gestures.blend import _quintic, inertialize
+from echomimic_lib.pose.gestures.synth import aligned_sources
 from tests.test_gestures_speech import SR, onset_train, voiced
 
 FPS = 25.0
@@ -162,7 +163,7 @@ def test_inertialization_keeps_position_and_velocity_continuous():
     x[:t, 0, 0] = np.arange(t) * 0.01  # moving right
     x[t:, 0, 0] = 0.5  # then a still pose far away
     y = x.copy()
-    inertialize(y, [t], np.zeros((n, 1), bool), 0.002, FPS, GestureOptions())
+    inertialize(y, [t], np.zeros((n, 1), bool), 0.002, FPS)
     assert y[t, 0, 0] == pytest.approx(y[t - 1, 0, 0] + 0.01)  # carries on where it was heading
     assert (y[t + 1, 0, 0] - y[t, 0, 0]) == pytest.approx(0.01, abs=2e-3)
     acc = np.abs(np.diff(y[:, 0, 0], 2)).max()
