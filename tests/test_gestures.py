@@ -221,3 +221,27 @@ def test_voiced_speech_of_another_rate_and_fps(lib):
     sp = analyze_waveform(voiced(3.0) * (np.sin(np.arange(3 * SR) / SR * 2 * np.pi * 2) > 0), 24.0)
     seq = synthesize(lib, sp, seed=0)
     assert len(seq) == 72 and seq.fps == 24.0
+
+
+def test_continue_plays_the_sequence_once_then_carries_on_forward(shared_data, train, lib):
+    from echomimic_lib.pose.gestures.continuation import continue_sequence, covered_frames
+
+    sp, _ = train
+    seq = load_pose(shared_data / "pose" / "fight")  # 132 frames at 24 fps: 137 frames at 25 fps, the speech has 300
+    n_time = covered_frames(seq, FPS)
+    out = continue_sequence(seq, sp.num_frames, FPS, sp, seed=0)
+    head = seq.retime(n_time, "ping-pong", out_fps=FPS)
+    assert len(out) == sp.num_frames and out[:n_time].identical(head)  # exactly what every policy plays while it lasts
+    plan = out.report
+    assert plan.segments[0][:3] == (0, n_time, "given") and len(plan.segments) > 3
+    for a, b, _, _ in plan.segments:
+        assert (np.diff(plan.position[a:b]) >= 0).all()  # never backwards (ping-pong would be)
+    speed = M.hand_speed(out)
+    assert speed[n_time:].mean() > 0.3 * speed[:n_time].mean()  # it goes on gesturing
+    short = continue_sequence(seq, 50, FPS, sp)
+    assert short.identical(seq.retime(50, "ping-pong", out_fps=FPS))
+    more = continue_sequence(seq, sp.num_frames, FPS, sp, library=lib, seed=0)  # with a library beside it
+    assert len(more) == sp.num_frames and more[:n_time].identical(head)
+    still = seq.take(np.zeros(40, np.int64))
+    with pytest.raises(EchoMimicError, match="no gesture to carry on with"):
+        continue_sequence(still, sp.num_frames, FPS, sp)

@@ -102,9 +102,10 @@ def clamp_box(original: list[PoseSequence], aligned: list[PoseSequence]) -> tupl
 
 
 def render(sources: list[PoseSequence], plan, fps: float, acc_limit: float, box, min_blend_s: float = 0.16,
-           max_blend_s: float = 0.8) -> PoseSequence:
+           max_blend_s: float = 0.8, keep: int = 0) -> PoseSequence:
     """The planned frames (``plan``: a :class:`GesturePlan`) drawn from the aligned sources, seams blended, points
-    kept inside ``box`` (see :func:`clamp_box`); the plan becomes the sequence's ``report``."""
+    kept inside ``box`` (see :func:`clamp_box`) except the first ``keep`` frames (given as they are); the plan
+    becomes the sequence's ``report``."""
     n = len(plan.source)
     pts = np.zeros((n, N_POINTS, 2))
     hidden = np.zeros((n, N_POINTS), bool)
@@ -133,7 +134,7 @@ def render(sources: list[PoseSequence], plan, fps: float, acc_limit: float, box,
              for t in plan.seams]
     inertialize(pts, plan.seams, hidden, limits, fps, min_blend_s, max_blend_s, holds)
     lo, hi = box
-    pts = np.where(hidden[..., None], -1.0, np.clip(pts, lo, hi))
+    pts[keep:] = np.where(hidden[keep:, :, None], -1.0, np.clip(pts[keep:], lo, hi))
     fields = {}
     for name in ("body_score", "body_subset", "hands_score", "faces_score", "draw_pose_params"):
         arr = np.zeros((n,) + getattr(sources[0], name).shape[1:], dtype=getattr(sources[0], name).dtype)

@@ -70,7 +70,7 @@ class GesturePlan:
     source: np.ndarray  # (N,) source index per output frame
     position: np.ndarray  # (N,) fractional source frame per output frame
     seams: list = field(default_factory=list)  # output frames where a new segment starts
-    segments: list = field(default_factory=list)  # (start, end, kind 'unit'|'rest'|'hold', unit index or -1)
+    segments: list = field(default_factory=list)  # (start, end, kind 'unit'|'rest'|'hold'|'given', unit or -1)
     strokes: list = field(default_factory=list)  # planned stroke frames
 
     def summary(self) -> str:
@@ -136,8 +136,8 @@ def _secondary_peak(speed: np.ndarray, stroke: int) -> float:
 
 
 class _Planner:
-    def __init__(self, lib: GestureLibrary, speech: SpeechFeatures, n: int, opts: GestureOptions, rng):
-        self.lib, self.sp, self.n, self.o, self.rng = lib, speech, n, opts, rng
+    def __init__(self, lib: GestureLibrary, speech: SpeechFeatures, n: int, opts: GestureOptions, rng, prefix=None):
+        self.lib, self.sp, self.n, self.o, self.rng, self.prefix = lib, speech, n, opts, rng, prefix
         self.fps = speech.fps
         u = lib.units
         self.q = np.array([lib.sources[s].fps for s in u["source"]]) / self.fps  # source frames per output frame
@@ -255,6 +255,9 @@ class _Planner:
         pauses = [(max(0, a - lead_rest) if a > 0 else 0, b) for a, b in sp.pauses]
         stresses = np.asarray(sp.stresses, dtype=np.int64)
         t = 0
+        if self.prefix is not None and len(self.prefix):  # frames given as they are (source 0), then carry on
+            t = min(len(self.prefix), n)
+            self._fill(0, t, 0, self.prefix[:t].astype(np.float64), "given", -1)
         while t < n:
             pause = next(((a, b) for a, b in pauses if a <= t < b), None)
             if pause is not None:
@@ -292,10 +295,13 @@ class _Planner:
 
 
 def synthesize(lib: GestureLibrary, speech: SpeechFeatures, num_frames: int | None = None, seed: int = 0,
-               reference: PoseSequence | None = None, options: GestureOptions | None = None, **kw) -> PoseSequence:
+               reference: PoseSequence | None = None, options: GestureOptions | None = None, prefix=None,
+               **kw) -> PoseSequence:
     """A pose sequence of ``num_frames`` frames (default: the speech's) at the speech's fps, gesturing to it.
 
     ``reference``: the reference picture's pose (e.g. from ``detect_image_pose``) to align the shoulders to.
+    ``prefix``: frame indices of the library's first source to play first, exactly as they are (the ``continue``
+    retiming: see :mod:`.continuation`); the gestures carry on from there.
     ``options`` / keyword arguments: see :class:`GestureOptions` (``expressiveness``, ``variety_s``, ...).
     The same inputs and seed give the same sequence."""
     opts = options or GestureOptions(**kw)
@@ -308,10 +314,11 @@ def synthesize(lib: GestureLibrary, speech: SpeechFeatures, num_frames: int | No
     if n != speech.num_frames:
         speech = _fit_length(speech, n)
     rng = np.random.default_rng(int(seed) % 2**63)
-    plan = _Planner(lib, speech, n, opts, rng).run()
+    plan = _Planner(lib, speech, n, opts, rng, None if prefix is None else np.asarray(prefix, np.int64)).run()
     sources = aligned_sources(lib, reference)
     acc = _acc_limit(lib, sources)
-    return render(sources, plan, speech.fps, acc, clamp_box(lib.sources, sources), opts.min_blend_s, opts.max_blend_s)
+    keep = 0 if prefix is None or reference is not None else min(len(prefix), n)
+    return render(sources, plan, speech.fps, acc, clamp_box(lib.sources, sources), opts.min_blend_s, opts.max_blend_s, keep)
 
 
 def _acc_limit(lib: GestureLibrary, sources) -> float:
