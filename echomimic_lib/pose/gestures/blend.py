@@ -56,7 +56,7 @@ def inertialize(points: np.ndarray, seams, hidden: np.ndarray, acc_limit, fps: f
     limits = np.broadcast_to(np.asarray(acc_limit, dtype=np.float64), (len(seams),))
     settle = np.zeros(len(seams), bool) if settle is None else np.asarray(settle, bool)
     for j, t in enumerate(seams):
-        if t < 2 or t + 1 >= n:
+        if t < 2 or t >= n:
             continue
         seg_end = bounds[j + 1]
         prev, prev2, new, new1 = points[t - 1], points[t - 2], points[t].copy(), points[min(t + 1, seg_end - 1)]

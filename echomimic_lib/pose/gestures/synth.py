@@ -12,7 +12,7 @@ The output is planned unit by unit at the video frame rate. At each step the nex
   (``temperature``) so seeds give different, reproducible results.
 
 A stress too far ahead even for a slowed preparation is waited for with a still hold (the gesture's
-post-stroke hold). Through pauses of ``min_pause`` seconds or more (see :func:`analyze_speech`) the gesture
+post-stroke hold), and so are silent gaps of ``gap_s`` between phrases (until the next preparation). Through pauses of ``min_pause`` seconds or more (see :func:`analyze_speech`) the gesture
 settles: the last unit ends at its slowest frame shortly before the pause and the pose holds there (pauses
 shorter than ``hold_pause_s``), or moves to a calm library frame with the hands low (longer pauses). Source
 frames only ever move forward (never backwards); body, face and hands of a frame always come from the same
@@ -40,6 +40,7 @@ from .speech import SpeechFeatures
 
 ENERGY_WEIGHT = 4.0  # an amplitude-rank miss of 0.25 costs as much as a stroke 0.1 s off its stress
 LOUD_FULL = 0.7  # mean loudness (0..1, syllables and the gaps between them) that asks for the liveliest units
+GAP_LEAD_S = 0.3  # a hold in a gap between phrases starts this long before the gap
 PEAK_WEIGHT = 2.0  # units with one clear stroke are preferred (a second peak would be a stroke off the stress)
 
 
@@ -52,6 +53,7 @@ class GestureOptions:
     min_blend_s: float = 0.16
     max_blend_s: float = 0.8
     rest_lead_s: float = 0.3  # the move to the rest posture starts this long before a pause
+    gap_s: float = 0.3  # silent gaps this long are held still too (shorter than a pause, not counted as one)
     hold_pause_s: float = 2.0  # through shorter pauses the hands hold where the last gesture settled
     hold_after_stroke: int = 3  # frames a unit plays after its stroke before the next may take over
     random_units: bool = False  # baseline for the benchmark: units at random, speech ignored, no rest
@@ -124,6 +126,21 @@ def rest_frame(lib: GestureLibrary, current: np.ndarray | None = None, low: floa
     cost = -low * height if current is None else np.linalg.norm(pos - current, axis=1) - low * height
     j = int(np.argmin(cost))
     return int(src[j]), int(frm[j])
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def _merge(spans: list) -> list:
+    out: list = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def _secondary_peak(speed: np.ndarray, stroke: int) -> float:
@@ -252,8 +269,17 @@ class _Planner:
                 t = max(self._play(k, t, None, n), t + 1)
             return self.plan
         lead_rest = int(round(o.rest_lead_s * self.fps))
-        pauses = [(max(0, a - lead_rest) if a > 0 else 0, b) for a, b in sp.pauses]
         stresses = np.asarray(sp.stresses, dtype=np.int64)
+        # pauses (rest), and silent gaps between phrases held still until the next gesture's preparation
+        prep = int(np.ceil(o.min_blend_s * self.fps)) + 1
+        lead_gap = int(round(GAP_LEAD_S * self.fps))
+        gaps = []
+        for a, b in _runs(~sp.active):
+            if b - a >= o.gap_s * self.fps and b - prep - a >= 2:
+                before = stresses[stresses < a]  # the hold starts early, but after the last stroke has landed
+                start = max(a - lead_gap, int(before[-1]) + o.hold_after_stroke if before.size else 0, 0)
+                gaps.append((min(start, a), b - prep))
+        pauses = _merge([(max(0, a - lead_rest) if a > 0 else 0, b) for a, b in sp.pauses] + gaps)
         t = 0
         if self.prefix is not None and len(self.prefix):  # frames given as they are (source 0), then carry on
             t = min(len(self.prefix), n)
