@@ -12,8 +12,8 @@ The output is planned unit by unit at the video frame rate. At each step the nex
   (``temperature``) so seeds give different, reproducible results.
 
 A stress too far ahead even for a slowed preparation is waited for with a still hold (the gesture's
-post-stroke hold), and so are silent gaps of ``gap_s`` between phrases (until the next preparation). Through pauses of ``min_pause`` seconds or more (see :func:`analyze_speech`) the gesture
-settles: the last unit ends at its slowest frame shortly before the pause and the pose holds there (pauses
+post-stroke hold), and so are silent gaps of ``gap_s`` between phrases (until the next preparation).
+Through pauses of ``min_pause`` seconds or more (see :func:`analyze_speech`) the gesture settles: the last unit ends at its slowest frame shortly before the pause and the pose holds there (pauses
 shorter than ``hold_pause_s``), or moves to a calm library frame with the hands low (longer pauses). Source
 frames only ever move forward (never backwards); body, face and hands of a frame always come from the same
 source frame, so the skeleton stays valid. Each switch is blended by inertialization: the gap in position and
@@ -225,7 +225,8 @@ class _Planner:
             miss = np.where(s_out < 1, np.abs(lead - s_out), miss)
         energy = np.abs(self.rank[cand] - self._target_energy(t, np.median(self.len_out)))
         trans = 0.0 if cur_posture is None else np.linalg.norm(u["start_posture"][cand] - cur_posture, axis=1)
-        cost = miss / (0.1 * self.fps) + ENERGY_WEIGHT * energy + PEAK_WEIGHT * self.secondary[cand] + 0.5 * trans + o.temperature * self.rng.random(len(cand))
+        cost = (miss / (0.1 * self.fps) + ENERGY_WEIGHT * energy + PEAK_WEIGHT * self.secondary[cand] + 0.5 * trans
+                + o.temperature * self.rng.random(len(cand)))
         k = int(cand[np.argmin(cost)])
         return k
 
