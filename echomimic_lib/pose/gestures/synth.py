@@ -343,21 +343,16 @@ def synthesize(lib: GestureLibrary, speech: SpeechFeatures, num_frames: int | No
     rng = np.random.default_rng(int(seed) % 2**63)
     plan = _Planner(lib, speech, n, opts, rng, None if prefix is None else np.asarray(prefix, np.int64)).run()
     sources = aligned_sources(lib, reference)
-    acc = _acc_limit(lib, sources)
+    acc = _acc_limit(sources)
     keep = 0 if prefix is None or reference is not None else min(len(prefix), n)
     return render(sources, plan, speech.fps, acc, clamp_box(lib.sources, sources), opts.min_blend_s, opts.max_blend_s, keep)
 
 
-def _acc_limit(lib: GestureLibrary, sources) -> float:
-    """The blends' acceleration budget: half the library's 99th percentile (in the aligned frame), at the output rate."""
-    key = tuple(id(s) for s in sources)
-    cache = lib.__dict__.setdefault("_acc_cache", {})
-    if key not in cache:
-        cache.clear()
-        a = np.concatenate([joint_acceleration(s).reshape(-1) for s in sources])
-        a = a[np.isfinite(a)]
-        cache[key] = 0.5 * float(np.percentile(a, 99)) if a.size else 1e-3
-    return cache[key]
+def _acc_limit(sources) -> float:
+    """The blends' acceleration budget: half the library's 99th percentile of joint acceleration per frame (aligned sources)."""
+    a = np.concatenate([joint_acceleration(s).reshape(-1) for s in sources])
+    a = a[np.isfinite(a)]
+    return 0.5 * float(np.percentile(a, 99)) if a.size else 1e-3
 
 
 def _fit_length(speech: SpeechFeatures, n: int) -> SpeechFeatures:
