@@ -6,6 +6,7 @@ from .audio import EchoMimicAudioEncoder
 from .composite import EchoMimicPasteBack
 from .evaluate import EchoMimicEvaluate
 from .face_track import EchoMimicFaceTrack
+from .gestures import EchoMimicGesturesFromAudio
 from .landmark_only import EchoMimicLandmarkOnlyAudio
 from .landmarks import EchoMimicLandmarkExtractor, EchoMimicPartAwareAligner
 from .loader import EchoMimicModelLoader
@@ -21,6 +22,7 @@ NODE_CLASS_MAPPINGS = {
     "EchoMimicLandmarkExtractor": EchoMimicLandmarkExtractor,
     "EchoMimicPartAwareAligner": EchoMimicPartAwareAligner,
     "EchoMimicPoseSequenceLoader": EchoMimicPoseSequenceLoader,
+    "EchoMimicGesturesFromAudio": EchoMimicGesturesFromAudio,
     "EchoMimicSampler": EchoMimicSampler,
     "EchoMimicEvaluate": EchoMimicEvaluate,
     "EchoMimicPasteBack": EchoMimicPasteBack,
@@ -37,6 +39,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicLandmarkExtractor": "EchoMimic Landmark Extractor",
     "EchoMimicPartAwareAligner": "EchoMimic Part-Aware Aligner",
     "EchoMimicPoseSequenceLoader": "EchoMimic Hand-Pose Sequence Loader",
+    "EchoMimicGesturesFromAudio": "EchoMimic Gestures from Audio",
     "EchoMimicSampler": "EchoMimic Sampler",
     "EchoMimicEvaluate": "EchoMimic Evaluate",
     "EchoMimicPasteBack": "EchoMimic Paste Back",

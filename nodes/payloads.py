@@ -24,6 +24,7 @@ AUDIO_FEATURES = "ECHOMIMIC_AUDIO_FEATURES"
 LANDMARKS = "ECHOMIMIC_LANDMARKS"
 POSES = "ECHOMIMIC_POSES"
 RETIME_POLICIES = ["ping-pong", "loop", "hold-last", "stretch", "fail"]
+POSE_RETIME_POLICIES = RETIME_POLICIES + ["continue"]  # continue: the poses once, then gestures matched to the speech
 
 
 @dataclass(eq=False)
@@ -84,8 +85,16 @@ class PoseTrack:
     retime: str = "ping-pong"
     notes: list = field(default_factory=list)
 
-    def condition(self, num_frames: int, width: int, height: int, fps: float) -> FrameCondition:
-        seq = self.sequence.retime(num_frames, self.retime, out_fps=fps)
+    def condition(self, num_frames: int, width: int, height: int, fps: float, audio=None) -> FrameCondition:
+        if self.retime == "continue":  # needs the speech: the sampler passes its AUDIO
+            from ..echomimic_lib.pose.gestures import analyze_speech
+            from ..echomimic_lib.pose.gestures.continuation import continue_sequence
+
+            if audio is None:
+                raise EchoMimicError("retime 'continue' needs the speech; the sampler passes it (audio_features).")
+            seq = continue_sequence(self.sequence, num_frames, fps, analyze_speech(audio, fps))
+        else:
+            seq = self.sequence.retime(num_frames, self.retime, out_fps=fps)
         return FrameCondition(num_frames, lambda sel: draw_hands_batch(seq, sel, (width, height)))
 
 

@@ -12,7 +12,7 @@ from ..echomimic_lib.pose.dwpose import detect_image_pose, extract_pose_sequence
 from . import comfy_bridge as C
 from . import detectors, paths
 from .base import Node, frame_rate, link, switch
-from .payloads import POSES, RETIME_POLICIES, PoseTrack, first_image, image_batch, to_image
+from .payloads import POSE_RETIME_POLICIES, POSES, PoseTrack, first_image, image_batch, to_image
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ def _preview(seq) -> np.ndarray:
 
 def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str, download: bool,
          driving_frames=None, reference=None) -> tuple[PoseTrack, object]:
-    if retime not in RETIME_POLICIES:
-        raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(RETIME_POLICIES)}.")
+    if retime not in POSE_RETIME_POLICIES:
+        raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(POSE_RETIME_POLICIES)}.")
     detector = None
     if driving_frames is not None:
         if pose_folder != NO_FOLDER:
@@ -69,8 +69,9 @@ class EchoMimicPoseSequenceLoader(Node):
                             "driving_frames are connected."}),
             "fps": frame_rate("Frame rate of the poses: 24 for the released folders; for driving_frames link Get Video "
                               "Components' fps."),
-            "retime": (RETIME_POLICIES, {"default": "ping-pong", "tooltip": "How the sequence is fitted to the audio length: "
-                       "ping-pong, loop, hold-last, stretch, or fail when it is too short."}),
+            "retime": (POSE_RETIME_POLICIES, {"default": "ping-pong", "tooltip": "How the sequence is fitted to the audio "
+                       "length: ping-pong, loop, hold-last, stretch, fail when it is too short, or continue (play it once, "
+                       "then carry on with gestures matched to the speech, never backwards)."}),
             "align": (ALIGN, {"default": "none", "tooltip": "fit to reference shoulders: move and scale the poses so their "
                       "neck and shoulders land on the reference's (needs 'reference' and the DWPose models)."}),
             "on_missing": (["interpolate", "hold", "fail"], {"default": "interpolate", "tooltip": "Driving frames where "

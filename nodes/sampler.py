@@ -24,7 +24,7 @@ WANTS = {"v1_audio": "a face mask (EchoMimic Reference Preparation's mask) or no
 NAMES = {"v1_audio": "V1 audio-driven", "v1_pose": "V1 landmark", "v2": "V2 half-body"}
 
 
-def build_condition(weights: str, mask, landmarks, poses, num_frames: int, width: int, height: int, fps: float):
+def build_condition(weights: str, mask, landmarks, poses, num_frames: int, width: int, height: int, fps: float, audio=None):
     """The sampler condition for the model's weight set; a mismatched input gets a message naming the fix."""
     given = {"mask": mask, "landmarks": landmarks, "poses": poses}
     allowed = {"v1_audio": "mask", "v1_pose": "landmarks", "v2": "poses"}[weights]
@@ -42,7 +42,7 @@ def build_condition(weights: str, mask, landmarks, poses, num_frames: int, width
         return landmarks.condition(num_frames, width, height, fps, get_mode("v1-landmarks").landmark_parts)
     if poses is None:
         raise EchoMimicError(f"a V2 half-body model needs {WANTS['v2']}.")
-    return poses.condition(num_frames, width, height, fps)
+    return poses.condition(num_frames, width, height, fps, audio)
 
 
 def output_size(reference, width: int, height: int) -> tuple[int, int]:
@@ -60,7 +60,7 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
                             steps=steps or None, cfg=cfg or None, fps=track.fps, num_frames=n,
                             context_frames=context_frames, context_overlap=context_overlap)
     settings.validate()
-    condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps)
+    condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps, track.audio)
     C.check_interrupt()
     pbar = C.progress_bar(1)
     state = {"done": 0, "total": 1}

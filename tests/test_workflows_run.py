@@ -159,3 +159,16 @@ def test_dub_workflow_keeps_the_videos_size_and_rate_and_follows_the_audio(comfy
         assert torch.equal(frames[j][outside], src[s][outside])  # each frame pasted onto its own source frame
     assert [tuple(p.shape) for p in core.previews] == [(1, 256, 256, 3), (1, 256, 256, 3)]
     assert sub("echomimic_lib.io.video_io").probe(core.saved[0])["frames"] == 12
+
+
+@pytest.mark.slow
+def test_audio_only_workflow_makes_the_hand_poses_from_the_speech(comfy):
+    core = Core(comfy)
+    out = run_prompt(_prompt("v2_audio_only"), core, FAST)
+    frames, fps, _ = out["6"]
+    n = out["5"][2]
+    poses, preview = out["11"]
+    assert frames.shape[0] == n == len(poses.sequence) and fps == 24.0  # one generated pose per video frame
+    assert poses.sequence.report.segments and "gestures from the speech" in poses.notes[0]
+    assert [tuple(p.shape[1:]) for p in core.previews] == [(256, 256, 3)] and core.previews[0] is preview
+    assert sub("echomimic_lib.io.video_io").probe(core.saved[0])["frames"] == n

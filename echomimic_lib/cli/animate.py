@@ -25,6 +25,7 @@ def request_from_args(args):
     return AnimateRequest(
         reference=args.reference, audio=args.audio, output=args.output, mode=_mode_name(args.version, args.mode), acc=args.acc,
         models=args.models, landmarks=args.landmarks, parts=args.parts, pose=args.pose, retime=args.retime, steps=args.steps,
+        gesture_library=args.gesture_library, expressiveness=args.expressiveness,
         cfg=args.cfg, seed=args.seed, fps=args.fps, width=args.width, height=args.height, length=args.length,
         context_frames=args.context_frames, context_overlap=args.context_overlap, dtype=args.dtype, device=args.device,
         download=not args.offline, face_crop=not args.no_face_crop, mediapipe_model=args.mediapipe_model,
@@ -94,9 +95,14 @@ def add_commands(sub) -> None:
     a.add_argument("--acc", action="store_true", help="few-step accelerated weights (6 steps, cfg 1)")
     a.add_argument("--landmarks", help="V1 landmark modes: a driving video or a folder of V1 .pkl landmark frames")
     a.add_argument("--parts", help="landmark parts to draw, e.g. eyes,brows,pupils,nose[,mouth,iris,oval] (default: the mode's)")
-    a.add_argument("--pose", help="V2: a released hand-pose folder (0.npy, 1.npy, ...) or our .npz")
-    a.add_argument("--retime", default="ping-pong", choices=["ping-pong", "loop", "hold-last", "stretch", "fail"],
-                   help="how a landmark/pose sequence shorter than the audio is extended")
+    a.add_argument("--pose", help="V2: a released hand-pose folder (0.npy, 1.npy, ...) or our .npz; or 'auto': gestures "
+                                  "generated from the speech out of --gesture-library")
+    a.add_argument("--retime", default="ping-pong", choices=["ping-pong", "loop", "hold-last", "stretch", "fail", "continue"],
+                   help="how a landmark/pose sequence shorter than the audio is extended; continue (V2 poses): play it once, "
+                        "then carry on with gestures matched to the speech")
+    a.add_argument("--gesture-library", help="V2 --pose auto / --retime continue: a folder of pose folders (or one pose "
+                                             "folder) to take gestures from (default: the models folder's poses/)")
+    a.add_argument("--expressiveness", type=float, default=1.0, help="gestures from the speech: 0 (calm) .. 2 (lively)")
     a.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic; with --smoke its "
                                     "tiny/ sub-folder)")
     a.add_argument("--offline", action="store_true", help="never download; fail listing the missing files")

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .animate_checks import default_models_dir, models_root, preflight
+from .animate_checks import AUTO_POSE, default_models_dir, gesture_library_dirs, models_root, preflight
 from ..devices import DTYPE_NAMES, DTYPES  # noqa: F401 (DTYPES: public, used by other commands)
 from ..errors import NoFaceError
 from ..modes import DEFAULT_FPS
@@ -39,8 +39,10 @@ class AnimateRequest:
     models: str | None = None
     landmarks: str | None = None  # driving video or folder of V1 .pkl frames
     parts: str | None = None  # comma-separated landmark parts
-    pose: str | None = None  # V2 pose folder / .npz
-    retime: str = "ping-pong"
+    pose: str | None = None  # V2 pose folder / .npz, or "auto": gestures from the speech (echomimic_lib.pose.gestures)
+    retime: str = "ping-pong"  # V2 poses also "continue": the folder once, then gestures matched to the speech
+    gesture_library: str | None = None  # --pose auto / --retime continue: pose folders to take gestures from
+    expressiveness: float = 1.0  # gestures from the speech: 0 calm .. 2 lively
     steps: int | None = None
     cfg: float | None = None
     seed: int | None = None
@@ -121,11 +123,34 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
     from ..pose import draw_hands_batch, fit_sequence_to_reference, load_pose
     from ..pose.dwpose import detect_image_pose
 
-    seq = load_pose(req.pose)
-    if req.align_poses:  # move the poses onto the prepared reference's shoulders (the node's "fit to reference shoulders")
-        seq, _ = fit_sequence_to_reference(seq, detect_image_pose(detector, prep.image))
-    seq = seq.retime(num_frames, req.retime, out_fps=settings.fps)
+    if req.pose == AUTO_POSE or req.retime == "continue":
+        seq = gesture_poses(req, detector, prep.image, num_frames, settings)
+    else:
+        seq = load_pose(req.pose)
+        if req.align_poses:  # move the poses onto the prepared reference's shoulders (the node's "fit to reference shoulders")
+            seq, _ = fit_sequence_to_reference(seq, detect_image_pose(detector, prep.image))
+        seq = seq.retime(num_frames, req.retime, out_fps=settings.fps)
     return Conditioned(prep.image, FrameCondition(len(seq), lambda idx: draw_hands_batch(seq, idx, (w, h))), prep.crop)
+
+
+def gesture_poses(req: AnimateRequest, detector, reference: np.ndarray, num_frames: int, settings):
+    """V2 poses from the speech: ``--pose auto`` (gestures from the library) or ``--retime continue`` (the pose folder
+    once, then matched gestures); with ``--align-poses`` on the reference's shoulders."""
+    from ..pose import fit_sequence_to_reference, load_pose
+    from ..pose.dwpose import detect_image_pose
+    from ..pose.gestures import analyze_speech, load_library, synthesize
+    from ..pose.gestures.continuation import continue_sequence
+
+    speech = analyze_speech(req.audio, settings.fps)
+    ref_pose = detect_image_pose(detector, reference) if req.align_poses else None
+    seed, expr = int(settings.seed), float(req.expressiveness)
+    if req.pose == AUTO_POSE:
+        lib = load_library(gesture_library_dirs(req))
+        return synthesize(lib, speech, num_frames, seed, reference=ref_pose, expressiveness=expr)
+    seq = load_pose(req.pose)
+    if ref_pose is not None:
+        seq, _ = fit_sequence_to_reference(seq, ref_pose)
+    return continue_sequence(seq, num_frames, settings.fps, speech, library=req.gesture_library, seed=seed, expressiveness=expr)
 
 
 def build_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings):

@@ -127,6 +127,9 @@ def check_numbers(req, mode, variant: str, dtype):
     return settings, (length or None)
 
 
+AUTO_POSE = "auto"  # --pose auto: hand poses generated from the speech
+
+
 def check_condition_inputs(req, mode) -> None:
     if mode.condition == "hand_pose" and not req.pose:
         raise EchoMimicError("V2 half-body mode needs a hand-pose sequence: pass --pose DIR (a released pose folder or .npz).")
@@ -136,9 +139,39 @@ def check_condition_inputs(req, mode) -> None:
         raise EchoMimicError(f"--pose is for V2 half-body mode, but the mode is {mode.name}; use --version v2 (--mode halfbody).")
     if req.landmarks and mode.condition != "landmarks":
         raise EchoMimicError(f"--landmarks drives the V1 landmark modes, but the mode is {mode.name}; use --mode landmarks or audio+landmarks.")
-    for flag, value in (("--pose", req.pose), ("--landmarks", req.landmarks)):
+    for flag, value in (("--pose", None if req.pose == AUTO_POSE else req.pose), ("--landmarks", req.landmarks)):
         if value and not Path(value).exists():
             raise EchoMimicError(f"{flag} {value}: not found; give an existing file or folder.")
+    check_gesture_inputs(req, mode)
+
+
+def gesture_library_dirs(req) -> list[Path]:
+    """``--gesture-library``, else the models folder's ``poses/`` (``--models``, else $ECHOMIMIC_MODELS or ~/.cache/echomimic)."""
+    if getattr(req, "gesture_library", None):
+        return [Path(req.gesture_library).expanduser()]
+    root = Path(req.models).expanduser() if req.models else default_models_dir()
+    return [root / "poses"]
+
+
+def check_gesture_inputs(req, mode) -> None:
+    """``--pose auto`` / ``--retime continue`` / ``--gesture-library``: V2 only, and a library that holds pose sequences."""
+    if getattr(req, "retime", None) == "continue" and mode.condition != "hand_pose":
+        raise EchoMimicError("--retime continue carries V2 hand poses on with gestures from the speech; for landmarks use "
+                             "ping-pong, loop, hold-last, stretch or fail.")
+    expr = getattr(req, "expressiveness", 1.0)
+    if not (isinstance(expr, (int, float)) and 0.0 <= expr <= 2.0):
+        raise EchoMimicError(f"--expressiveness {expr}: use a number from 0 (calm) to 2 (lively); the default is 1.")
+    if req.pose == AUTO_POSE or getattr(req, "gesture_library", None):
+        from ..pose.gestures import find_sources
+
+        if mode.condition != "hand_pose":
+            raise EchoMimicError("--pose auto and --gesture-library are for V2 half-body mode; use --version v2.")
+        for d in gesture_library_dirs(req):
+            try:
+                find_sources(d)
+            except EchoMimicError as exc:
+                raise EchoMimicError(f"{exc} (--pose auto takes gestures from --gesture-library DIR, default the models "
+                                     "folder's poses/.)") from None
 
 
 def check_output(path) -> Path:

@@ -1,0 +1,98 @@
+"""EchoMimic Gestures from Audio (V2): hand poses generated from the speech by motion matching over a library of
+pose folders (models/echomimic/poses/, input/echomimic_poses/), for a picture and speech with no pose video."""
+from __future__ import annotations
+
+import logging
+
+from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.pose.dwpose import detect_image_pose
+from ..echomimic_lib.pose.gestures import analyze_speech, find_sources, load_library, synthesize
+from . import comfy_bridge as C
+from . import detectors, paths
+from .payloads import AUDIO_FEATURES, POSES, PoseTrack, first_image, to_image
+from .pose import ALIGN, _preview
+
+log = logging.getLogger(__name__)
+
+ALL = "all pose folders"
+
+
+def library_paths(library: str) -> list:
+    """The pose folders a library choice stands for (every folder in the pose roots, or one by name)."""
+    if library != ALL:
+        return [paths.resolve_pose_folder(library)]
+    found = []
+    for root in paths.pose_roots():
+        try:
+            found += find_sources(root)
+        except EchoMimicError:
+            continue  # a missing or empty root
+    if not found:
+        where = ", ".join(str(r) for r in paths.pose_roots())
+        raise EchoMimicError(f"no pose folders to take gestures from (looked in {where}). Copy EchoMimicV2's "
+                             "assets/halfbody_demo/pose/01 (and others) there, or extract poses from any video with the "
+                             "Hand-Pose Sequence Loader and save them there.")
+    return found
+
+
+def generate(library: str, seed: int, expressiveness: float, fps: float, min_pause: float, align: str, auto_download: bool,
+             audio_features=None, audio=None, reference=None) -> tuple[PoseTrack, object]:
+    if audio_features is not None:
+        clip, fps, n = audio_features.audio, float(audio_features.fps), audio_features.frame_count
+    elif audio is not None:
+        clip, n = audio, None
+    else:
+        raise EchoMimicError("no speech: connect the Audio Encoder's audio_features (or an AUDIO) to 'audio_features' / 'audio'.")
+    if align not in ALIGN:
+        raise EchoMimicError(f"unknown align option '{align}'; choose one of {', '.join(ALIGN)}.")
+    if align == ALIGN[1] and reference is None:
+        raise EchoMimicError("'fit to reference shoulders' needs the reference image: connect it to 'reference' (or set align to 'none').")
+    lib = load_library(library_paths(library))
+    C.check_interrupt()
+    speech = analyze_speech(clip, float(fps), min_pause=float(min_pause))
+    ref_pose = None
+    if align == ALIGN[1]:
+        ref_pose = detect_image_pose(detectors.dwpose(auto_download), first_image(reference, "reference"))
+    seq = synthesize(lib, speech, n, int(seed), reference=ref_pose, expressiveness=float(expressiveness))
+    notes = [f"gestures from the speech: {seq.report.summary()} from {', '.join(lib.names)}"]
+    log.info("%s", notes[0])
+    return PoseTrack(seq, "hold-last", notes), to_image(_preview(seq))
+
+
+class EchoMimicGesturesFromAudio:
+    CATEGORY = "EchoMimic"
+    FUNCTION = "execute"
+    RETURN_TYPES = (POSES, "IMAGE")
+    RETURN_NAMES = ("poses", "preview")
+    OUTPUT_TOOLTIPS = ("Hand poses for the V2 sampler, one per video frame of the audio.",
+                       "Preview: hands, body and face points (only the hands are the model input).")
+    DESCRIPTION = ("V2 without a pose video: gestures that follow the speech (strokes on stressed syllables, calmer when "
+                   "quiet, rest through pauses), cut from the pose folders in models/echomimic/poses/.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "library": ([ALL] + paths.pose_folders(), {"default": ALL, "tooltip": "Pose folders to take gestures from "
+                        "(models/echomimic/poses/ and input/echomimic_poses/): all of them, or one. They are indexed once "
+                        "(a hidden .gestures.npz beside each), again when they change."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "Which gestures are picked; the "
+                     "same seed gives the same poses."}),
+            "expressiveness": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "0: calm "
+                               "gestures; 1: follow the speech's energy; 2: the liveliest gestures of the library."}),
+            "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip": "Frame rate when an "
+                    "AUDIO is connected; with audio_features the encoder's fps is used."}),
+            "min_pause": ("FLOAT", {"default": 0.5, "min": 0.1, "max": 5.0, "step": 0.05, "tooltip": "Silences at least "
+                          "this long (seconds) are pauses: the hands come to rest."}),
+            "align": (ALIGN, {"default": "none", "tooltip": "fit to reference shoulders: move and scale the gestures so "
+                      "the neck and shoulders land on the reference's (needs 'reference' and the DWPose models)."}),
+            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download the DWPose models (yzd-v/DWPose) into "
+                              "models/echomimic/dwpose if missing (only for 'fit to reference shoulders')."}),
+        }, "optional": {
+            "audio_features": (AUDIO_FEATURES, {"tooltip": "The Audio Encoder's output: the speech and its frame rate."}),
+            "audio": ("AUDIO", {"tooltip": "Or the speech itself (at 'fps')."}),
+            "reference": ("IMAGE", {"tooltip": "The prepared reference image, for 'fit to reference shoulders'."}),
+        }}
+
+    def execute(self, library, seed, expressiveness, fps, min_pause, align, auto_download, audio_features=None, audio=None,
+                reference=None):
+        return generate(library, seed, expressiveness, fps, min_pause, align, auto_download, audio_features, audio, reference)
