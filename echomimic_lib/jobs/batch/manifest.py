@@ -147,7 +147,8 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     for key, value in values.items():
         target, inverted = ALIASES.get(key, (key, False))
         if target not in annotations or target in ("output", "mode"):
-            known = sorted(set(annotations) - {"output", "mode", "device", "download"}) + ["kind", "name", "version"]
+            aliases = {k for k, (t, _) in ALIASES.items() if t in annotations}
+            known = sorted((set(annotations) | aliases) - {"output", "mode", "device", "download"}) + ["kind", "name", "version", "mode"]
             raise ValueError(f"unknown column '{key}' for {kind}; known: {', '.join(known)}")
         converted = _convert(value, annotations[target], key)
         kw[target] = (not converted) if inverted else converted
