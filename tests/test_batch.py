@@ -28,6 +28,7 @@ def media(tmp_path_factory, shared_data):
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
     write_wav(d / "speech.wav", wav[0, : int(0.5 * sr)], sr)
     write_wav(d / "other.wav", wav[0, sr: int(1.5 * sr)], sr)
+    write_wav(d / "long.wav", wav[0, : 4 * sr], sr)
     (d / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 8)  # not decodable
     import cv2
 
@@ -95,21 +96,20 @@ def _run_cli(args, **kw):
 @pytest.mark.slow
 def test_resume_after_sigkill_skips_finished_rows_and_redoes_the_killed_one(media, tmp_path):
     out = tmp_path / "out"
-    manifest = _manifest(media / "resume.csv", _good_rows(4))
+    rows = _good_rows(4)
+    rows[2].update(audio="long.wav", length=96)  # long enough to be killed while its frames are being written
+    manifest = _manifest(media / "resume.csv", rows)
     args = ["batch", str(manifest), "-o", str(out)] + _options(media, "--workers", "1")
     proc = _run_cli(args)
     deadline = time.time() + 600
     try:
-        while time.time() < deadline and proc.poll() is None:
-            lines = (out / "results.jsonl").read_text().splitlines() if (out / "results.jsonl").exists() else []
-            if len(lines) >= 2:
-                break
-            time.sleep(0.05)
+        while time.time() < deadline and proc.poll() is None and not list(out.glob(".r2.*.partial.mp4")):
+            time.sleep(0.01)
         assert proc.poll() is None, f"the batch ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        time.sleep(1.0)  # the third row is being rendered
-        os.killpg(proc.pid, signal.SIGKILL)  # the batch and its worker, no clean-up
+        os.killpg(proc.pid, signal.SIGKILL)  # the batch and its worker, mid-write, no clean-up
     finally:
         proc.wait(timeout=60)
+    assert list(out.glob(".r2.*.partial.mp4"))  # what the killed render left behind
     first = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     assert len(first) == 2 and all(r["status"] == "ok" for r in first.values())
     assert not (out / "r2.mp4").exists()
@@ -119,10 +119,9 @@ def test_resume_after_sigkill_skips_finished_rows_and_redoes_the_killed_one(medi
     assert all(r["status"] == "ok" for r in res.values()) and len(res) == 4
     for name in first:  # finished rows skipped: their record and file untouched
         assert res[name] == first[name] and os.stat(out / f"{name}.mp4").st_mtime_ns == mtimes[name]
-    assert probe(out / "r2.mp4")["frames"] == FRAMES
+    assert probe(out / "r2.mp4")["frames"] == 96
     _no_partials(out)
     # a changed setting changes the fingerprint: that row runs again, the others stay skipped
-    rows = _good_rows(4)
     rows[0]["seed"] = 99
     _manifest(manifest, rows)
     assert cli(args) == 0
@@ -142,12 +141,13 @@ def test_two_cpu_workers_give_the_same_outputs_as_one(media, tmp_path):
     for n in (1, 2):
         outs[n] = tmp_path / f"w{n}"
         assert cli(["batch", str(manifest), "-o", str(outs[n])] + _options(media, "--workers", str(n))) == 0
-    two = _results(outs[2])
+    one, two = _results(outs[1]), _results(outs[2])
     assert {r["worker"] for r in two.values()} == {0, 1}  # both workers rendered
-    for name in ("r0", "r1", "r2"):
+    for name in ("r0", "r1", "r2"):  # the rendered frames are identical (the H.264 encoder alone is not bit-stable)
+        assert one[name]["frames_sha256"] == two[name]["frames_sha256"], name
         a, b = _frames(outs[1] / f"{name}.mp4"), _frames(outs[2] / f"{name}.mp4")
-        assert a.shape == (FRAMES, 64, 64, 3) and np.array_equal(a, b), name
-    assert not np.array_equal(_frames(outs[1] / "r0.mp4"), _frames(outs[1] / "r1.mp4"))  # rows differ
+        assert a.shape == b.shape == (FRAMES, 64, 64, 3)
+    assert len({r["frames_sha256"] for r in one.values()}) == 3  # and the rows differ
 
 
 @pytest.mark.slow

@@ -8,11 +8,13 @@ storage applied once) and hands the same networks to every following job that us
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import resource
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def render_animate(job, cache: ModelCache, progress=None) -> dict:
     from ..animate import _condition, paste_back_sink
     from ..animate_checks import preflight
     from ...audio import encode_audio
-    from ...io.video_writer import Mp4Writer
+    from ...io.video_writer import Mp4Writer, _as_uint8
     from ...pipeline import Sampler
 
     plan = preflight(job.request)
@@ -96,12 +98,18 @@ def render_animate(job, cache: ModelCache, progress=None) -> dict:
             place.enter("audio")
         feats = encode_audio(plan.audio, models.audio_encoder, sample_rate=plan.sample_rate, device=plan.device,
                              frames=settings.num_frames, fps=settings.fps)
+    digest = hashlib.sha256()
     with Mp4Writer(plan.output, settings.fps, plan.audio, plan.sample_rate) as writer:
-        sink = paste_back_sink(prepared.crop, plan.reference, writer.sink) if req.paste_back else writer.sink
+        def hashed(start, frames):
+            digest.update(_as_uint8(frames).tobytes())
+            writer.sink(start, frames)
+
+        sink = paste_back_sink(prepared.crop, plan.reference, hashed) if req.paste_back else hashed
         result = Sampler(models, place)(prepared.reference, feats, prepared.condition, settings, progress=progress,
                                         frame_sink=sink)
         out = writer.commit()
-    return {"output": str(out), "frames": result.num_frames, "fps": settings.fps, "device": str(plan.device)}
+    return {"output": str(out), "frames": result.num_frames, "fps": settings.fps, "device": str(plan.device),
+            "frames_sha256": digest.hexdigest()}
 
 
 def render_dub(job, cache: ModelCache, progress=None) -> dict:
@@ -118,7 +126,8 @@ def render_dub(job, cache: ModelCache, progress=None) -> dict:
     models, _ = cache.get(job.weight_key, load)
     res = render(job.request, progress, models=models)
     path = write_video(job.request.output, res.frames, res.fps, res.audio, res.sample_rate)
-    return {"output": str(path), "frames": len(res.frames), "fps": res.fps, "device": str(ok.device)}
+    return {"output": str(path), "frames": len(res.frames), "fps": res.fps, "device": str(ok.device),
+            "frames_sha256": hashlib.sha256(np.ascontiguousarray(res.frames, dtype=np.uint8).tobytes()).hexdigest()}
 
 
 class Scorer:
