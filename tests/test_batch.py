@@ -242,3 +242,16 @@ def test_folders_crossed_and_default_names(media, tmp_path):
     jobs = read_manifest(m, tmp_path / "out")
     assert [j.name for j in jobs] == ["portrait_a__speech", "portrait_a__speech-3"]
     assert [j.line for j in jobs] == [2, 3] and jobs[1].request.seed == 3
+
+
+def test_ray_backend_without_ray_says_how_to_get_it(media, tmp_path, capsys):
+    try:
+        import ray  # noqa: F401
+        pytest.skip("Ray is installed here; the message is for machines without it")
+    except ImportError:
+        pass
+    m = _manifest(media / "ray.csv", _good_rows(1))
+    assert cli(["batch", str(m), "-o", str(tmp_path / "out"), "--backend", "ray", "--models", str(media / "models")]) == 2
+    err = capsys.readouterr().err
+    assert "Ray, which is not installed" in err and 'pip install "ray[default]"' in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()

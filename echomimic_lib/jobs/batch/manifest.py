@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from .results import INPUT_FIELDS, fingerprint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".aac")
@@ -37,7 +38,6 @@ NOT_PER_ROW = {"output": "rows are written to OUTDIR/<name>.mp4; use the 'name' 
                "download": "use `echomimic batch --offline`"}
 PATH_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora", "mediapipe_model", "models"),
                "dub": ("video", "audio", "mediapipe_model", "models")}
-INPUT_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora"), "dub": ("video", "audio")}
 
 
 class ManifestError(EchoMimicError):
@@ -263,8 +263,6 @@ def crossed(outdir, audios, images=None, videos=None, defaults: dict | None = No
 def check_jobs(jobs: list[Job]) -> list[Job]:
     """The job's own checks for every row (no weights): fills ``weight_key``, ``frames``, ``fingerprint``, or
     ``error`` for a row whose inputs are unusable."""
-    from .results import fingerprint
-
     out = []
     for job in jobs:
         try:

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 FILE_NAME = "results.jsonl"
+INPUT_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora"), "dub": ("video", "audio")}  # hashed by content
 
 
 def _digest_file(path: Path, h) -> None:
@@ -47,8 +48,6 @@ def content_digest(path) -> str:
 
 
 def fingerprint(job) -> str:
-    from .manifest import INPUT_FIELDS
-
     settings = asdict(job.request)
     inputs = {}
     for key in INPUT_FIELDS[job.kind]:

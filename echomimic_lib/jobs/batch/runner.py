@@ -119,6 +119,11 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
     opts = opts or BatchOptions()
     from pathlib import Path
 
+    if opts.backend == "ray":  # said before any check or load
+        from .ray_backend import import_ray
+
+        import_ray()
+
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     jobs = check_jobs(jobs)
