@@ -255,3 +255,25 @@ def test_ray_backend_without_ray_says_how_to_get_it(media, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Ray, which is not installed" in err and 'pip install "ray[default]"' in err
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_dub_rows_from_videos_crossed_with_audios(media, shared_data, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "person.mp4").write_bytes((shared_data / "video" / "driving_a.mp4").read_bytes())
+    audios = tmp_path / "audios"
+    audios.mkdir()
+    (audios / "speech.wav").write_bytes((media / "speech.wav").read_bytes())
+    out = tmp_path / "out"
+    face_model = shared_data / "mediapipe" / "face_landmarker_v2_with_blendshapes.task"
+    rc = cli(["batch", "--videos", str(videos), "--audios", str(audios), "-o", str(out), "--models", str(media / "models"),
+              "--offline", "-q", "--threads", "1", "--set", "steps=1", "--set", "cfg=1", "--set", "width=64", "--set",
+              "height=64", "--set", "context_frames=24", "--set", "context_overlap=0", "--set", f"mediapipe_model={face_model}"])
+    assert rc == 0
+    rec = _results(out)["person__speech"]
+    assert rec["kind"] == "dub" and rec["status"] == "ok"
+    info = probe(out / "person__speech.mp4")
+    assert (info["width"], info["height"]) == (512, 512) and info["frames"] == 12  # the source's size, the audio's length
+    assert "flicker" in rec["scores"] and "face_rate" in rec["scores"]  # weight-free scores, with MediaPipe landmarks
+    _no_partials(out)
