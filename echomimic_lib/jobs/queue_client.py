@@ -227,7 +227,7 @@ def main(argv=None, prog: str = "echomimic queue") -> int:
         from .batch.comfy_servers import queue_spread
 
         try:
-            recs = queue_spread(args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
+            recs = queue_spread(sys.modules[__name__], args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
                                 args.driving, args.prefix, args.videos)
         except EchoMimicError as exc:
             sys.stderr.write(f"error: {exc}\n")

@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..queue_client import QueueError, _request, build_prompt, plan_jobs, post_prompt, saved_files, upload
+from ...errors import EchoMimicError as QueueError  # the client's QueueError is one
 from .results import ResultsFile
 
 log = logging.getLogger(__name__)
@@ -32,17 +32,17 @@ def _safe(fn, *args, **kw):
 
 
 class _Server:
-    def __init__(self, url: str):
-        self.url, self.alive, self.names = url.rstrip("/"), True, {}
+    def __init__(self, url: str, client):
+        self.url, self.alive, self.names, self.client = url.rstrip("/"), True, {}, client
 
     def depth(self) -> int:
         """The server's own queue (every client's prompts, ours included once it has answered the POST)."""
-        q = _safe(_request, f"{self.url}/queue", timeout=10)
+        q = _safe(self.client._request, f"{self.url}/queue", timeout=10)
         return len(q.get("queue_running", [])) + len(q.get("queue_pending", []))
 
     def name_of(self, path: Path) -> str:
         if path not in self.names:
-            self.names[path] = _safe(upload, self.url, path)
+            self.names[path] = _safe(self.client.upload, self.url, path)
         return self.names[path]
 
 
@@ -59,6 +59,7 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tu
         if not depths:
             raise QueueError("no ComfyUI server answers any more: " + ", ".join(s.url for s in servers))
         server = min(depths)[2]
+        build_prompt, post_prompt = server.client.build_prompt, server.client.post_prompt
         try:
             driving = server.name_of(Path(drive)) if drive else None
             if job.is_video:
@@ -75,17 +76,19 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tu
         return server, pid
 
 
-def queue_spread(workflow, portraits, audios, servers: list[str], results_dir, seed: int | None = None, driving=None,
+def queue_spread(client, workflow, portraits, audios, servers: list[str], results_dir, seed: int | None = None, driving=None,
                  prefix: str = "echomimic", videos=None, poll: float = 2.0, timeout: float = 3600.0,
                  max_attempts: int = 3) -> list[dict]:
-    """Queue every job over ``servers``, wait for all, record them; returns the records."""
+    """Queue every job over ``servers``, wait for all, record them; returns the records. ``client``: the module
+    :mod:`echomimic_lib.jobs.queue_client` (its uploads, prompts and history calls; passed in, so that the
+    client, which starts this, is not imported back)."""
     template = json.loads(Path(workflow).read_text())
     if not isinstance(template, dict) or "nodes" in template or not all("class_type" in v for v in template.values()):
         raise QueueError(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
     if videos is not None and driving:
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
-    jobs = plan_jobs(portraits, audios, prefix, videos)
-    pool = [_Server(u) for u in dict.fromkeys(servers)]
+    jobs = client.plan_jobs(portraits, audios, prefix, videos)
+    pool = [_Server(u, client) for u in dict.fromkeys(servers)]
     client_id, results = uuid.uuid4().hex, ResultsFile(results_dir)
     records: dict[str, dict] = {}
     flight = {}  # job prefix -> [job, server, prompt_id, attempts, t0]
@@ -112,7 +115,7 @@ def queue_spread(workflow, portraits, audios, servers: list[str], results_dir, s
             time.sleep(poll)
             for key, (job, server, pid, attempts, t0) in list(flight.items()):
                 try:
-                    entry = _safe(_request, f"{server.url}/history/{pid}", timeout=10).get(pid) if server.alive else None
+                    entry = _safe(client._request, f"{server.url}/history/{pid}", timeout=10).get(pid) if server.alive else None
                 except QueueError as exc:
                     log.warning("%s stopped answering (%s); resubmitting its jobs", server.url, exc)
                     server.alive, entry = False, None
@@ -132,7 +135,7 @@ def queue_spread(workflow, portraits, audios, servers: list[str], results_dir, s
                     msg = events.get("execution_error", {}).get("exception_message", "").strip() or "see the ComfyUI log"
                     record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=msg)
                 else:
-                    files = saved_files(entry)
+                    files = client.saved_files(entry)
                     record(job, "ok", attempts, t0, server=server.url, prompt_id=pid, output=files[0] if files else None,
                            files=files)
         for job, server, pid, attempts, t0 in flight.values():

@@ -175,6 +175,9 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
             _dispatch(todo, opts, on_event)
     finally:
         display.close()
+        for job in todo:  # interrupted: the rows in flight leave nothing half-written (their workers are gone)
+            if records.get(job.name, {}).get("status") != "ok":
+                remove_partials(job)
         ordered = [records[j.name] for j in jobs if j.name in records]
         results.rewrite(ordered)
     summary.records = ordered
@@ -197,5 +200,7 @@ def _dispatch(todo: list, opts: BatchOptions, on_event) -> None:
     pool = LocalPool(devices, threads=threads, scores=opts.scores, max_attempts=opts.max_attempts)
     try:
         pool.run(todo, on_event)
-    finally:
-        pool.close()
+    except BaseException:
+        pool.close(now=True)
+        raise
+    pool.close()

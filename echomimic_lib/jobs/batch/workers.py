@@ -180,7 +180,10 @@ class LocalPool:
             self._spawn(w.device)
         return finished
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
+        """Stop the workers: after their current job, or ``now`` (interrupted: killed at once)."""
+        for w in self.workers if now else ():
+            w.proc.kill()
         for w in self.workers:
             try:
                 w.conn.send(None)
