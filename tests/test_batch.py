@@ -277,3 +277,15 @@ def test_dub_rows_from_videos_crossed_with_audios(media, shared_data, tmp_path):
     assert (info["width"], info["height"]) == (512, 512) and info["frames"] == 12  # the source's size, the audio's length
     assert "flicker" in rec["scores"] and "face_rate" in rec["scores"]  # weight-free scores, with MediaPipe landmarks
     _no_partials(out)
+
+
+@pytest.mark.slow
+def test_jobs_are_grouped_by_weight_set_so_each_set_loads_once(media, tmp_path):
+    rows = _good_rows(4)
+    for i, r in enumerate(rows):
+        r["acc"] = "true" if i % 2 else "false"  # normal, acc, normal, acc: two weight sets, interleaved
+    out = tmp_path / "out"
+    assert cli(["batch", str(_manifest(media / "groups.csv", rows)), "-o", str(out)] + _options(media, "--workers", "1")) == 0
+    res = _results(out)
+    assert sum(r["loaded_models"] for r in res.values()) == 2  # one load per weight set, not per switch
+    assert all(r["status"] == "ok" for r in res.values())
