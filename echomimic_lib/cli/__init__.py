@@ -1,4 +1,4 @@
-"""The ``echomimic`` command: one module per command (``animate`` and ``download``, ``dub``, ``evaluate``,
+"""The ``echomimic`` command: one module per command (``animate`` and ``download``, ``batch``, ``dub``, ``evaluate``,
 ``weights``: make-tiny and convert; ``queue`` is :mod:`echomimic_lib.jobs.queue_client`), shared helpers in
 :mod:`.common`.
 
