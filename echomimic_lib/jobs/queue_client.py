@@ -251,7 +251,9 @@ def main(argv=None, prog: str = "echomimic queue") -> int:
     source.add_argument("--videos", help="folder of videos of people to dub (mp4, mov, webm, mkv, avi, m4v): every video x "
                                          "every audio into Load Video (workflows/api/v1_dub_video.json)")
     p.add_argument("--audios", required=True, help="folder of audio clips (wav, mp3, flac, ogg, m4a, aac, opus)")
-    p.add_argument("--server", default=DEFAULT_SERVER, help=f"ComfyUI's address (default: {DEFAULT_SERVER})")
+    p.add_argument("--server", action="append", help=f"ComfyUI's address (default: {DEFAULT_SERVER}); give it several times "
+                                                     "to spread the jobs by queue depth (then --wait is implied)")
+    p.add_argument("--results", help="with several --server: folder for results.jsonl (default: .)")
     p.add_argument("--driving", help="driving video for the landmark / pose-extraction workflows (default: none)")
     p.add_argument("--seed", type=int, help="one seed for every job (default: the workflow's)")
     p.add_argument("--prefix", default="echomimic", help="output sub-folder / file prefix (default: echomimic)")
@@ -266,8 +268,21 @@ def main(argv=None, prog: str = "echomimic queue") -> int:
     if not (args.timeout > 0 and args.timeout < 1e6):  # NaN fails both
         sys.stderr.write(f"error: --timeout {args.timeout} must be a number of seconds above 0.\n")
         return 2
+    servers = args.server or [DEFAULT_SERVER]
+    if len(servers) > 1 and not args.dry_run:  # several servers: echomimic_lib.jobs.batch.comfy_servers
+        from .batch.comfy_servers import queue_spread
+
+        try:
+            recs = queue_spread(sys.modules[__name__], args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
+                                args.driving, args.prefix, args.videos)
+        except EchoMimicError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+        for r in recs:
+            sys.stdout.write(f"{r['name']}: {r['status']} on {r.get('server')} {r.get('output') or r.get('error', '')}\n")
+        return 1 if any(r["status"] != "ok" for r in recs) else 0
     try:
-        results = queue_folder(args.workflow, args.portraits, args.audios, args.server, args.seed, args.driving,
+        results = queue_folder(args.workflow, args.portraits, args.audios, servers[0], args.seed, args.driving,
                                args.wait, args.dry_run, args.prefix, args.videos, timeout=args.timeout)
     except EchoMimicError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -1,0 +1,82 @@
+"""``echomimic batch``: many animate / dub jobs from a manifest or two folders crossed (see :mod:`echomimic_lib.jobs.batch`)."""
+from __future__ import annotations
+
+from .common import say
+
+EPILOG = """\
+manifest (CSV with a header, or JSONL: one JSON object a line); columns are the single commands' options:
+  kind,name,reference,audio,seed,steps,width,height,version,pose,lora
+  animate,anna_en,faces/anna.png,speech/en.wav,420,30,512,512,v1,,
+  ,bob_v2,bob.png,speech/de.wav,,,,,v2,poses/fight,
+JSONL: {"kind": "dub", "video": "clips/talk.mp4", "audio": "speech/fr.wav", "mask": "hull"}
+Relative paths are read from the manifest's folder. Output: OUTDIR/<name>.mp4 and OUTDIR/results.jsonl.
+Exit codes: 0 every row done (or skipped: already done with the same inputs and settings), 1 some rows failed
+(their error is in results.jsonl), 2 the manifest has rows that cannot be run (all listed, nothing started).
+Across machines: --backend ray (see the README, "Batch jobs")."""
+
+
+def _defaults(args) -> dict:
+    from ..errors import EchoMimicError
+
+    out = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EchoMimicError(f"--set {item!r}: use KEY=VALUE, e.g. --set steps=6 (any manifest column).")
+        out[key.strip()] = value
+    if args.models:
+        out["models"] = args.models
+    if args.offline:
+        out["offline"] = "true"
+    if args.smoke:
+        out["smoke"] = "true"
+    return out
+
+
+def _cmd_batch(args) -> int:
+    from ..errors import EchoMimicError
+    from ..jobs.batch import BatchOptions, crossed, read_manifest, run_batch
+
+    defaults = _defaults(args)
+    if args.jobs and (args.images or args.videos or args.audios):
+        raise EchoMimicError("give a manifest file or --images/--videos with --audios, not both.")
+    if args.jobs:
+        jobs = read_manifest(args.jobs, args.output, defaults)
+    elif args.audios:
+        jobs = crossed(args.output, args.audios, images=args.images, videos=args.videos, defaults=defaults)
+    else:
+        raise EchoMimicError("nothing to do: give a manifest (JOBS) or --images DIR / --videos DIR with --audios DIR.")
+    opts = BatchOptions(workers=args.workers, device=args.device, threads=args.threads, scores=not args.no_scores,
+                        max_attempts=args.attempts, backend=args.backend, ray_address=args.ray_address, quiet=args.quiet)
+    s = run_batch(jobs, args.output, opts)
+    if not args.quiet:
+        say(f"batch: {s.ok} done, {s.skipped} skipped (already done), {s.failed} failed of {s.total}; results in "
+            f"{args.output}/results.jsonl")
+    return s.exit_code
+
+
+def add_commands(sub) -> None:
+    b = sub.add_parser("batch", help="many animate / dub jobs: a CSV/JSONL manifest or folders crossed, resumable, "
+                                     "on every local GPU or N CPU workers", epilog=EPILOG,
+                       description="Render every row of a manifest (or every image/video x audio pair). Every row is "
+                                   "checked before any weight loads; models load once per worker; a rerun skips "
+                                   "finished rows; a failing row is recorded and the others go on.")
+    b.add_argument("jobs", nargs="?", help="manifest: .csv (with a header) or .jsonl")
+    b.add_argument("-o", "--output", required=True, help="output folder: <name>.mp4 per row and results.jsonl")
+    b.add_argument("--images", help="folder of reference images, crossed with --audios (animate)")
+    b.add_argument("--videos", help="folder of videos, crossed with --audios (dub)")
+    b.add_argument("--audios", help="folder of speech files")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a value for every row (a row's own value wins), e.g. --set steps=6 --set version=v2")
+    b.add_argument("--models", help="models folder for every row (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic)")
+    b.add_argument("--offline", action="store_true", help="never download; a row with missing weights fails")
+    b.add_argument("--smoke", action="store_true", help="every row as `animate --smoke`: tiny random weights, 64 px, 2 steps")
+    b.add_argument("--workers", type=int, help="worker processes (default: one per local GPU, else 1 on the CPU)")
+    b.add_argument("--device", default="auto", help="auto (every local GPU, else the CPU), cpu, cuda, or cuda:0,cuda:1")
+    b.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores shared out; 1 with --smoke)")
+    b.add_argument("--attempts", type=int, default=3, help="attempts for a row whose worker dies (killed, crashed)")
+    b.add_argument("--no-scores", action="store_true", help="skip the weight-free evaluate scores in results.jsonl")
+    b.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local worker processes, or a Ray cluster (pip install ray; see the README)")
+    b.add_argument("--ray-address", help="Ray cluster address (default: start or join a local one)")
+    b.set_defaults(func=_cmd_batch)

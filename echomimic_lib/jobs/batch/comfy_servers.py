@@ -1,0 +1,146 @@
+"""``echomimic queue --server URL --server URL ...``: the folder jobs spread over several ComfyUI servers.
+
+Each job goes to the live server with the shortest queue (``GET /queue``: running + pending; a tie goes to the
+server named first); its files are uploaded to that server once. Then every server's jobs are polled
+(``GET /history/<id>``); a server that stops answering is dropped and its unfinished jobs are uploaded and
+queued again on the others. Every finished job (or one no server could run) becomes a line of
+``<results>/results.jsonl`` in the same format as ``echomimic batch`` (``status``, ``output``: the saved files,
+``seconds``, ``error``, ``attempts``, plus ``server`` and ``prompt_id``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from ...errors import EchoMimicError as QueueError  # the client's QueueError is one
+from .results import ResultsFile
+
+log = logging.getLogger(__name__)
+
+
+def _safe(fn, *args, **kw):
+    """A call to a server; a connection that breaks mid-answer (reset, timeout) is a server that stopped answering."""
+    try:
+        return fn(*args, **kw)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, QueueError):
+            raise
+        raise QueueError(f"the connection broke ({type(exc).__name__}: {exc})") from None
+
+
+class _Server:
+    def __init__(self, url: str, client):
+        self.url, self.alive, self.names, self.client = url.rstrip("/"), True, {}, client
+
+    def depth(self) -> int:
+        """The server's own queue (every client's prompts, ours included once it has answered the POST)."""
+        q = _safe(self.client._request, f"{self.url}/queue", timeout=10)
+        return len(q.get("queue_running", [])) + len(q.get("queue_pending", []))
+
+    def name_of(self, path: Path) -> str:
+        if path not in self.names:
+            self.names[path] = _safe(self.client.upload, self.url, path)
+        return self.names[path]
+
+
+def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tuple[_Server, str]:
+    """Post ``job`` to the live server with the shortest queue; a server that does not answer is dropped."""
+    while True:
+        depths = []
+        for s in (s for s in servers if s.alive):
+            try:
+                depths.append((s.depth(), servers.index(s), s))
+            except QueueError as exc:
+                log.warning("%s stopped answering (%s); its jobs go to the other servers", s.url, exc)
+                s.alive = False
+        if not depths:
+            raise QueueError("no ComfyUI server answers any more: " + ", ".join(s.url for s in servers))
+        server = min(depths)[2]
+        build_prompt, post_prompt = server.client.build_prompt, server.client.post_prompt
+        try:
+            driving = server.name_of(Path(drive)) if drive else None
+            if job.is_video:
+                prompt = build_prompt(template, None, server.name_of(job.audio), job.prefix, seed, server.name_of(job.portrait), True)
+            else:
+                prompt = build_prompt(template, server.name_of(job.portrait), server.name_of(job.audio), job.prefix, seed, driving)
+            pid = _safe(post_prompt, server.url, prompt, client_id)
+        except QueueError as exc:
+            if "HTTP" in str(exc):  # the server answered and refused the prompt: the job's own problem
+                raise
+            log.warning("%s stopped answering (%s); trying another server", server.url, exc)
+            server.alive = False
+            continue
+        return server, pid
+
+
+def queue_spread(client, workflow, portraits, audios, servers: list[str], results_dir, seed: int | None = None, driving=None,
+                 prefix: str = "echomimic", videos=None, poll: float = 2.0, timeout: float = 3600.0,
+                 max_attempts: int = 3) -> list[dict]:
+    """Queue every job over ``servers``, wait for all, record them; returns the records. ``client``: the module
+    :mod:`echomimic_lib.jobs.queue_client` (its uploads, prompts and history calls; passed in, so that the
+    client, which starts this, is not imported back)."""
+    template = json.loads(Path(workflow).read_text())
+    if not isinstance(template, dict) or "nodes" in template or not all("class_type" in v for v in template.values()):
+        raise QueueError(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
+    if videos is not None and driving:
+        raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
+    jobs = client.plan_jobs(portraits, audios, prefix, videos)
+    pool = [_Server(u, client) for u in dict.fromkeys(servers)]
+    client_id, results = uuid.uuid4().hex, ResultsFile(results_dir)
+    records: dict[str, dict] = {}
+    flight = {}  # job prefix -> [job, server, prompt_id, attempts, t0]
+
+    def record(job, status, attempts, t0, **extra):
+        rec = {"name": job.prefix.replace("/", "__"), "line": jobs.index(job) + 1, "kind": "comfyui", "status": status,
+               "reference": str(job.portrait), "audio": str(job.audio), "seconds": round(time.time() - t0, 3),
+               "attempts": attempts, **extra}
+        records[job.prefix] = rec
+        results.append(rec)
+
+    def send(job, attempts, t0):
+        try:
+            server, pid = _submit(job, pool, template, seed, driving, client_id)
+            flight[job.prefix] = [job, server, pid, attempts, t0]
+        except QueueError as exc:
+            record(job, "error", attempts, t0, error=str(exc))
+
+    try:
+        for job in jobs:
+            send(job, 1, time.time())
+        end = time.monotonic() + timeout
+        while flight and time.monotonic() < end:
+            time.sleep(poll)
+            for key, (job, server, pid, attempts, t0) in list(flight.items()):
+                try:
+                    entry = _safe(client._request, f"{server.url}/history/{pid}", timeout=10).get(pid) if server.alive else None
+                except QueueError as exc:
+                    log.warning("%s stopped answering (%s); resubmitting its jobs", server.url, exc)
+                    server.alive, entry = False, None
+                if not server.alive:
+                    del flight[key]
+                    if attempts >= max_attempts:
+                        record(job, "error", attempts, t0, server=server.url, error=f"{attempts} server(s) went away")
+                    else:
+                        send(job, attempts + 1, t0)
+                    continue
+                if entry is None:
+                    continue
+                del flight[key]
+                status = entry.get("status", {})
+                if status.get("status_str") == "error":
+                    events = {m[0]: m[1] for m in status.get("messages", [])}
+                    msg = events.get("execution_error", {}).get("exception_message", "").strip() or "see the ComfyUI log"
+                    record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=msg)
+                else:
+                    files = client.saved_files(entry)
+                    record(job, "ok", attempts, t0, server=server.url, prompt_id=pid, output=files[0] if files else None,
+                           files=files)
+        for job, server, pid, attempts, t0 in flight.values():
+            record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=f"not finished within {timeout:.0f} s")
+    finally:
+        ordered = [records[j.prefix] for j in jobs if j.prefix in records]
+        results.rewrite(ordered)
+    return ordered

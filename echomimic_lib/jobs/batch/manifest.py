@@ -1,0 +1,296 @@
+"""A batch manifest: CSV or JSONL, one row a job, or two folders crossed; every row checked before any weight loads.
+
+Columns are the single commands' long options (``reference``, ``audio``, ``pose``, ``landmarks``, ``lora``,
+``seed``, ``width``, ``steps``, ``version``, ``mode``, ``acc``, ``no-face-crop``, ...; ``-`` or ``_`` alike) plus:
+
+- ``kind``: ``animate`` (default) or ``dub`` (default when the row has a ``video``);
+- ``name``: the output's name, ``OUTDIR/<name>.mp4`` (default ``<reference or video stem>__<audio stem>``,
+  with ``-<line>`` added to a name that repeats). A stable name is how a rerun finds a finished row.
+
+Relative paths are read from the manifest's folder. Two kinds of problem are told apart:
+
+- the row cannot be understood (unknown column or kind, a number that is not one, a missing input file,
+  a repeated name): :class:`ManifestError` lists every such row with its line and nothing runs;
+- the inputs are there but unusable (corrupt or silent audio, an unreadable image, a size the networks
+  refuse): the job's own checks (:func:`echomimic_lib.jobs.animate_checks.preflight`) run for every row
+  up front, and the row becomes an error row while the others go on.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from ...errors import EchoMimicError
+from .results import INPUT_FIELDS, fingerprint
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".aac")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
+MODES = {"audio": "v1-audio", "landmarks": "v1-landmarks", "audio+landmarks": "v1-audio+landmarks", "halfbody": "v2-halfbody"}
+VERSION_MODE = {"v1": "audio", "v2": "halfbody"}
+ALIASES = {"no_face_crop": ("face_crop", True), "offline": ("download", True), "mask": ("region", False),
+           "color_match": ("color", False)}  # command-line name -> (request field, inverted switch)
+NOT_PER_ROW = {"output": "rows are written to OUTDIR/<name>.mp4; use the 'name' column",
+               "device": "the batch places each worker on its device; use `echomimic batch --device`",
+               "download": "use `echomimic batch --offline`"}
+PATH_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora", "mediapipe_model", "models"),
+               "dub": ("video", "audio", "mediapipe_model", "models")}
+
+
+class ManifestError(EchoMimicError):
+    """Rows that cannot be understood; ``problems`` is a list of (line, message)."""
+
+    def __init__(self, source: str, problems: list[tuple[int, str]]):
+        self.problems = problems
+        lines = "\n".join(f"  line {n}: {m}" for n, m in problems)
+        super().__init__(f"{source}: {len(problems)} row(s) cannot be run; nothing was started:\n{lines}\n"
+                         "Fix these rows (or remove them) and run the same command again.")
+
+
+@dataclass
+class Job:
+    line: int                 # line of the manifest (1-based; the header is line 1 of a CSV), or the pair's number
+    name: str                 # output stem: OUTDIR/<name>.mp4, the row's key in results.jsonl
+    kind: str                 # animate | dub
+    request: object           # AnimateRequest | DubRequest, output set
+    weight_key: tuple = ()    # jobs with the same key share loaded models
+    fingerprint: str = ""     # inputs + settings (results.fingerprint)
+    error: str | None = None  # found by the job's checks: the row becomes an error row without running
+    frames: int = 0           # expected frames (progress and frames/s)
+    attempts: int = 0
+
+    @property
+    def output(self) -> Path:
+        return Path(self.request.output)
+
+
+def _request_types():
+    from ..animate import AnimateRequest
+    from ..dub import DubRequest
+
+    return {"animate": AnimateRequest, "dub": DubRequest}
+
+
+def _key(name: str) -> str:
+    return str(name).strip().lstrip("-").replace("-", "_").lower()
+
+
+def _convert(value, annotation: str, column: str):
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "":
+            return None
+    base = annotation.split("|")[0].strip()
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("1", "true", "yes", "y", "on"):
+            return True
+        if text in ("0", "false", "no", "n", "off"):
+            return False
+        raise ValueError(f"{column}: '{value}' is not a switch; use true or false")
+    if base in ("int", "float"):
+        try:
+            number = float(value)
+            if base == "int":
+                if number != int(number):
+                    raise ValueError
+                return int(number)
+            return number
+        except (TypeError, ValueError):
+            raise ValueError(f"{column}: '{value}' is not a{'' if base == 'float' else ' whole'} number") from None
+    return str(value)
+
+
+def _mode_name(version, mode) -> str:
+    if mode in MODES.values():
+        return mode
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode: unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+    if version is not None and version not in VERSION_MODE:
+        raise ValueError(f"version: unknown version '{version}'; choose v1 or v2")
+    name = MODES[mode or VERSION_MODE[version or "v1"]]
+    if version is not None and not name.startswith(version):
+        raise ValueError(f"mode '{mode}' belongs to EchoMimic {name[:2].upper()}, not {version.upper()}")
+    return name
+
+
+def _safe_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")
+    return name[:120] or "job"
+
+
+def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
+    """One row -> a :class:`Job` (raises ValueError naming the column on a row that cannot be understood)."""
+    values = {_key(k): v for k, v in values.items() if k is not None and not (isinstance(v, str) and v.strip() == "")
+              and v is not None}
+    for key, why in NOT_PER_ROW.items():
+        if key in values:
+            raise ValueError(f"column '{key}' is not allowed: {why}")
+    kind = str(values.pop("kind", "dub" if "video" in values else "animate")).strip().lower()
+    types = _request_types()
+    if kind not in types:
+        raise ValueError(f"kind: unknown kind '{kind}'; use animate or dub")
+    cls = types[kind]
+    annotations = {f.name: str(f.type) for f in fields(cls)}
+    name = values.pop("name", None)
+    version, mode = values.pop("version", None), values.pop("mode", None)
+    kw = {}
+    if kind == "animate":
+        kw["mode"] = _mode_name(version, mode)
+    elif version not in (None, "v1") or mode is not None:
+        raise ValueError("dub always uses the V1 audio + landmark weights: leave out version and mode")
+    for key, value in values.items():
+        target, inverted = ALIASES.get(key, (key, False))
+        if target not in annotations or target in ("output", "mode"):
+            aliases = {k for k, (t, _) in ALIASES.items() if t in annotations}
+            known = sorted((set(annotations) | aliases) - {"output", "mode", "device", "download"}) + ["kind", "name", "version", "mode"]
+            raise ValueError(f"unknown column '{key}' for {kind}; known: {', '.join(known)}")
+        converted = _convert(value, annotations[target], key)
+        kw[target] = (not converted) if inverted else converted
+    main_input = "video" if kind == "dub" else "reference"
+    if not kw.get(main_input):
+        raise ValueError(f"{main_input}: missing; every {kind} row needs one")
+    for key in PATH_FIELDS[kind]:
+        if kw.get(key):
+            p = Path(str(kw[key])).expanduser()
+            kw[key] = str(p if p.is_absolute() else base / p)
+            if key in INPUT_FIELDS[kind] and not Path(kw[key]).exists():
+                raise ValueError(f"{key}: {kw[key]} not found")
+    stem = Path(kw[main_input]).stem + (f"__{Path(kw['audio']).stem}" if kw.get("audio") else "")
+    name = _safe_name(name if name is not None else stem)
+    kw.setdefault("audio", None)
+    req = cls(output=str(outdir / f"{name}.mp4"), **kw)
+    return Job(line, name, kind, req)
+
+
+def _rows_csv(path: Path):
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            cells = [v for v in row.values() if isinstance(v, str)]
+            if not any(c.strip() for c in cells) or (cells and cells[0].lstrip().startswith("#")):
+                continue
+            if None in row:
+                yield reader.line_num, ValueError(f"{len(row[None])} cell(s) more than the header's {len(reader.fieldnames)} columns")
+                continue
+            yield reader.line_num, row
+
+
+def _rows_jsonl(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        for n, text in enumerate(fh, 1):
+            if not text.strip() or text.lstrip().startswith("#"):
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield n, ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            yield n, row if isinstance(row, dict) else ValueError("each line must be one JSON object {...}")
+
+
+def _finish(jobs: list[Job], problems: list[tuple[int, str]], source: str) -> list[Job]:
+    seen: dict[str, int] = {}
+    for job in jobs:  # a repeated chosen name is an error (a repeated default name got its line already)
+        if job.name in seen:
+            problems.append((job.line, f"name '{job.name}' is also used on line {seen[job.name]}; give each row its own name"))
+        seen.setdefault(job.name, job.line)
+    if problems:
+        raise ManifestError(source, sorted(problems))
+    if not jobs:
+        raise EchoMimicError(f"{source}: no jobs (the manifest has no rows, or the folders no matching files).")
+    return jobs
+
+
+def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
+    """Jobs of a .csv or .jsonl manifest (``defaults``: values for every row, a row's own value wins)."""
+    path, outdir = Path(path), Path(outdir)
+    if not path.is_file():
+        raise EchoMimicError(f"{path}: manifest not found; give a .csv or .jsonl file (or --images/--videos with --audios).")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise EchoMimicError(f"{path}: the manifest must be .csv or .jsonl (one JSON object a line).")
+    rows = _rows_csv(path) if suffix == ".csv" else _rows_jsonl(path)
+    jobs, problems, names = [], [], {}
+    for line, row in rows:
+        if isinstance(row, Exception):
+            problems.append((line, str(row)))
+            continue
+        try:
+            job = build_job({**(defaults or {}), **row}, line, path.parent, outdir)
+        except ValueError as exc:
+            problems.append((line, str(exc)))
+            continue
+        if job.name in names and "name" not in {_key(k) for k in row}:  # a default name repeats: add the line
+            job = replace(job, name=f"{job.name}-{line}")
+            job.request = replace(job.request, output=str(outdir / f"{job.name}.mp4"))
+        names.setdefault(job.name, line)
+        jobs.append(job)
+    return _finish(jobs, problems, str(path))
+
+
+def _files(folder, suffixes, flag: str) -> list[Path]:
+    d = Path(folder)
+    if not d.is_dir():
+        raise EchoMimicError(f"{flag} {d}: not a folder.")
+    found = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if not found:
+        raise EchoMimicError(f"{flag} {d}: no {'/'.join(s[1:] for s in suffixes)} files in it.")
+    return found
+
+
+def crossed(outdir, audios, images=None, videos=None, defaults: dict | None = None) -> list[Job]:
+    """Every image (animate) or video (dub) with every audio; job n is pair n in sorted order."""
+    if (images is None) == (videos is None):
+        raise EchoMimicError("give either --images DIR or --videos DIR with --audios DIR (or a manifest file).")
+    key, folder, suffixes = ("reference", images, IMAGE_SUFFIXES) if images else ("video", videos, VIDEO_SUFFIXES)
+    sources = _files(folder, suffixes, "--images" if images else "--videos")
+    sounds = _files(audios, AUDIO_SUFFIXES, "--audios")
+    jobs, problems = [], []
+    for n, (src, snd) in enumerate(((s, a) for s in sources for a in sounds), 1):
+        try:
+            jobs.append(build_job({**(defaults or {}), key: str(src), "audio": str(snd)}, n, Path.cwd(), Path(outdir)))
+        except ValueError as exc:
+            problems.append((n, f"{src.name} x {snd.name}: {exc}"))
+    return _finish(jobs, problems, f"{folder} x {audios}")
+
+
+def check_jobs(jobs: list[Job]) -> list[Job]:
+    """The job's own checks for every row (no weights): fills ``weight_key``, ``frames``, ``fingerprint``, or
+    ``error`` for a row whose inputs are unusable."""
+    out = []
+    for job in jobs:
+        try:
+            job.weight_key, job.frames = _plan(job)
+        except EchoMimicError as exc:
+            job.error = str(exc)
+        job.fingerprint = fingerprint(job)
+        out.append(job)
+    return out
+
+
+def _plan(job: Job) -> tuple[tuple, int]:
+    req = job.request
+    if job.kind == "animate":
+        from ..animate_checks import preflight
+
+        plan = preflight(req)
+        job.request = replace(req, mediapipe_model=plan.request.mediapipe_model, face_crop=plan.request.face_crop)
+        key = (str(plan.models_root), plan.mode.weights, plan.variant, req.dtype, req.lora or "", req.lora_strength,
+               req.fp8, req.low_vram, req.smoke)
+        return key, int(plan.settings.num_frames)
+    from ..animate_checks import read_speech
+    from ..dub import _validate
+
+    ok = _validate(req)
+    if req.audio is not None:
+        read_speech(req.audio)
+    return (str(ok.root), "v1_pose", ok.variant, req.dtype, "", 1.0, False, False, False), int(req.length or 0)
+
+
+__all__ = ["Job", "ManifestError", "read_manifest", "crossed", "check_jobs", "build_job"]

@@ -1,0 +1,126 @@
+"""``OUTDIR/results.jsonl``: one JSON object per row, and the fingerprint that lets a rerun skip finished rows.
+
+A row's record: ``name``, ``line``, ``kind``, ``status`` (``ok`` | ``error``), ``output``, ``seconds``,
+``frames``, ``peak_rss_gb`` (the worker process's peak so far: it keeps its models between jobs),
+``peak_vram_gb`` (this job's, on a GPU), ``scores`` (the weight-free scores of ``echomimic evaluate``),
+``error`` (on failure), ``fingerprint``, ``worker``, ``attempts``, ``frames_sha256`` (of the rendered uint8 frames
+before H.264 encoding: the encoder itself is not bit-stable from run to run on every input, the frames are).
+
+During a run each finished row is appended and flushed to disk at once, so a killed batch loses at most the
+rows in flight; at the end the file is rewritten (atomically) with one line per row in manifest order. When
+a row appears more than once, its last line counts.
+
+The fingerprint is a SHA-256 over the job's kind, its settings (every request field except the output and
+the device) and the content of its input files and folders, plus the weight set it uses: a rerun skips a row
+only when its record says ``ok``, the fingerprint is the same and the output file exists.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+FILE_NAME = "results.jsonl"
+INPUT_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora"), "dub": ("video", "audio")}  # hashed by content
+
+
+def _digest_file(path: Path, h) -> None:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def content_digest(path) -> str:
+    """SHA-256 of a file's bytes, or of a folder's relative names and file contents."""
+    p, h = Path(path), hashlib.sha256()
+    if p.is_dir():
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(str(f.relative_to(p)).encode() + b"\0")
+            _digest_file(f, h)
+    elif p.is_file():
+        _digest_file(p, h)
+    else:
+        h.update(b"missing:" + str(p).encode())
+    return h.hexdigest()
+
+
+def fingerprint(job) -> str:
+    settings = asdict(job.request)
+    inputs = {}
+    for key in INPUT_FIELDS[job.kind]:
+        value = settings.pop(key, None)
+        if value:
+            inputs[key] = content_digest(value)
+    for key in ("output", "device"):
+        settings.pop(key, None)
+    doc = {"kind": job.kind, "settings": settings, "inputs": inputs, "weights": [str(k) for k in job.weight_key]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_results(outdir) -> dict[str, dict]:
+    """name -> the row's last record (a torn last line, from a killed run, is ignored)."""
+    path = Path(outdir) / FILE_NAME
+    out: dict[str, dict] = {}
+    if not path.is_file():
+        return out
+    with open(path, encoding="utf-8") as fh:
+        for text in fh:
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "name" in rec:
+                out[rec["name"]] = rec
+    return out
+
+
+def is_done(job, previous: dict[str, dict]) -> bool:
+    rec = previous.get(job.name)
+    return bool(rec and rec.get("status") == "ok" and rec.get("fingerprint") == job.fingerprint and job.output.is_file())
+
+
+class ResultsFile:
+    """Appends records as rows finish (flushed and synced); :meth:`rewrite` leaves one line per row."""
+
+    def __init__(self, outdir):
+        self.path = Path(outdir) / FILE_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_file():
+            from ...errors import EchoMimicError
+
+            raise EchoMimicError(f"{self.path} exists and is not a regular file; choose another -o folder.")
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        self._fh.write(json.dumps(record, default=str) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def rewrite(self, records: list[dict]) -> None:
+        self._fh.close()
+        fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".partial", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                for rec in records:
+                    fh.write(json.dumps(rec, default=str) + "\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def remove_partials(job) -> int:
+    """Delete the temporary files a killed render of ``job`` left (``.<name>.*.partial.mp4``)."""
+    n = 0
+    for p in job.output.parent.glob(f".{job.output.stem}.*.partial{job.output.suffix}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n

@@ -1,0 +1,206 @@
+"""``echomimic batch``: check every row, skip the finished ones, render the rest on the workers, record each row.
+
+Order: the manifest is read and every row checked (:mod:`.manifest`; rows that cannot be understood stop the
+batch before any weight loads), finished rows are skipped (:mod:`.results`), rows whose inputs are unusable
+become error rows, the rest go to the workers (:mod:`.workers`, or Ray: :mod:`.ray_backend`), grouped by weight
+set. Each finished row is appended to ``results.jsonl`` at once. One progress bar covers the batch (rows done of
+the total, frames per second, ETA) and names the rows being rendered with their sampling progress.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from .manifest import check_jobs
+from .results import ResultsFile, is_done, read_results, remove_partials
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchOptions:
+    workers: int | None = None     # None: one per local GPU, else 1 (CPU)
+    device: str = "auto"           # auto | cpu | cuda | cuda:N,cuda:M
+    threads: int | None = None     # CPU threads per worker (default: the cores shared out)
+    scores: bool = True            # weight-free `echomimic evaluate` scores per row
+    max_attempts: int = 3          # a row whose worker dies is retried until this many attempts
+    backend: str = "local"         # local | ray
+    ray_address: str | None = None
+    quiet: bool = False
+    on_event: object = None        # callable(kind, worker, job, payload): tests and embedding programs
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchSummary:
+    total: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    records: list = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def worker_devices(opts: BatchOptions) -> list[str]:
+    """One device name per worker."""
+    import torch
+
+    from ...errors import EchoMimicError
+
+    if opts.device in ("auto", "cuda") and torch.cuda.is_available():
+        gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    elif opts.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EchoMimicError(f"--device {opts.device}: no CUDA GPU is available; use --device cpu.")
+        gpus = opts.device.split(",")
+    elif opts.device in ("auto", "cpu"):
+        gpus = []
+    else:
+        raise EchoMimicError(f"--device {opts.device}: use auto, cpu, cuda or a list like cuda:0,cuda:1.")
+    if opts.workers is not None and opts.workers < 1:
+        raise EchoMimicError(f"--workers {opts.workers}: use 1 or more.")
+    if gpus:
+        n = opts.workers or len(gpus)
+        return [gpus[i % len(gpus)] for i in range(n)]
+    return ["cpu"] * (opts.workers or 1)
+
+
+class _Display:
+    """One tqdm bar for the batch: rows done / total, frames per second, ETA; the rows in flight as a postfix."""
+
+    def __init__(self, total: int, disable: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="job", desc="batch", disable=disable, dynamic_ncols=True)
+        self.t0, self.frames, self.current = time.perf_counter(), 0, {}
+
+    def event(self, kind, worker, job, payload) -> None:
+        wid = getattr(worker, "wid", "-")
+        if kind == "start":
+            self.current[wid] = f"{job.name} loading"
+        elif kind == "progress":
+            self.current[wid] = f"{job.name} {payload[0]}/{payload[1]}"
+        elif kind in ("done", "died"):
+            self.current.pop(wid, None)
+            if kind == "done":
+                self.frames += int(payload.get("frames") or 0)
+                self.bar.update(1)
+        rate = self.frames / max(time.perf_counter() - self.t0, 1e-6)
+        now = "; ".join(f"w{k}: {v}" for k, v in sorted(self.current.items(), key=str))
+        self.bar.set_postfix_str(f"{rate:.2f} frames/s" + (f" | {now}" if now else ""), refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _record(job, payload: dict, worker) -> dict:
+    rec = {"name": job.name, "line": job.line, "kind": job.kind, "status": payload.get("status", "error"),
+           "output": str(job.output) if payload.get("status") == "ok" else None}
+    rec.update({k: v for k, v in payload.items() if k not in rec or v is not None})
+    rec.update(fingerprint=job.fingerprint, worker=getattr(worker, "wid", None), attempts=job.attempts)
+    return rec
+
+
+def _prepare_weights(jobs) -> None:
+    """Smoke rows: write the tiny random weight sets once, before the workers start (never concurrently)."""
+    from ...tiny import ensure_tiny
+
+    for root, weights in sorted({(j.weight_key[0], j.weight_key[1]) for j in jobs if j.request.__dict__.get("smoke")}):
+        ensure_tiny(root, weights)
+
+
+def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSummary:
+    """Run checked-or-not ``jobs`` (from :func:`.manifest.read_manifest` or :func:`.manifest.crossed`) into ``outdir``."""
+    opts = opts or BatchOptions()
+    from pathlib import Path
+
+    if opts.backend == "ray":  # said before any check or load
+        from .ray_backend import import_ray
+
+        import_ray()
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    jobs = check_jobs(jobs)
+    previous = read_results(outdir)
+    summary = BatchSummary(total=len(jobs))
+    records: dict[str, dict] = {}
+    todo, bad = [], []
+    for job in jobs:
+        if is_done(job, previous):
+            records[job.name] = previous[job.name]
+            summary.skipped += 1
+        elif job.error:
+            bad.append(job)
+        else:
+            todo.append(job)
+    for job in bad:
+        log.warning("line %d (%s): %s", job.line, job.name, job.error)
+    results = ResultsFile(outdir)
+    display = _Display(len(jobs) - summary.skipped, opts.quiet)
+    if summary.skipped:
+        log.info("%d of %d row(s) already done with the same inputs and settings: skipped", summary.skipped, len(jobs))
+
+    def on_event(kind, worker, job, payload):
+        if kind == "died":
+            log.warning("%s: %s; %s", job.name, payload, "retrying" if job.attempts < opts.max_attempts else "giving up")
+            remove_partials(job)
+        if kind == "done":
+            if payload.get("status") != "ok":
+                remove_partials(job)
+            rec = _record(job, payload, worker)
+            records[job.name] = rec
+            results.append(rec)
+            if rec["status"] == "ok":
+                summary.ok += 1
+            else:
+                summary.failed += 1
+                log.warning("line %d (%s) failed: %s", job.line, job.name, rec.get("error"))
+        display.event(kind, worker, job, payload)
+        if opts.on_event is not None:
+            opts.on_event(kind, worker, job, payload)
+
+    try:
+        for job in bad:
+            on_event("done", None, job, {"status": "error", "error": job.error})
+        for job in todo:
+            remove_partials(job)  # left by a run that was killed half-way
+        if todo:
+            _prepare_weights(todo)
+            _dispatch(todo, opts, on_event)
+    finally:
+        display.close()
+        for job in todo:  # interrupted: the rows in flight leave nothing half-written (their workers are gone)
+            if records.get(job.name, {}).get("status") != "ok":
+                remove_partials(job)
+        ordered = [records[j.name] for j in jobs if j.name in records]
+        results.rewrite(ordered)
+    summary.records = ordered
+    return summary
+
+
+def _dispatch(todo: list, opts: BatchOptions, on_event) -> None:
+    if opts.backend == "ray":
+        from .ray_backend import run_on_ray
+
+        run_on_ray(todo, opts, on_event)
+        return
+    from .workers import LocalPool
+
+    devices = worker_devices(opts)
+    devices = devices[:max(1, len(todo))]
+    smoke = all(getattr(j.request, "smoke", False) for j in todo)
+    threads = opts.threads or (1 if smoke else max(1, (os.cpu_count() or 1) // len(devices)))
+    log.info("%d job(s) on %d worker(s): %s", len(todo), len(devices), ", ".join(devices))
+    pool = LocalPool(devices, threads=threads, scores=opts.scores, max_attempts=opts.max_attempts)
+    try:
+        pool.run(todo, on_event)
+    except BaseException:
+        pool.close(now=True)
+        raise
+    pool.close()

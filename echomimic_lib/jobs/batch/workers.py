@@ -1,0 +1,197 @@
+"""The embedded engine: one ``multiprocessing`` (spawn) worker process per local GPU, or ``--workers N`` on the CPU.
+
+Each worker has its own pipe to the batch process. A worker asks for work by saying it is idle; the batch
+hands it the next job (one at a time, so long clips and short ones balance as they finish), preferring a job
+with the weight set the worker has loaded. A worker that dies (killed, out of host memory, a crash in native
+code) is noticed through its process sentinel: its job goes back to the front of the queue for the next idle
+worker, and a fresh worker takes the dead one's place. A worker exits by itself when the batch process goes
+away (Linux: a parent-death signal; elsewhere it checks its parent between jobs).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import traceback
+from multiprocessing.connection import wait
+
+log = logging.getLogger(__name__)
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def error_message(exc: BaseException) -> str:
+    """What an error row says: our checks' own message, or the kind of failure and what to try."""
+    from ...errors import EchoMimicError
+
+    if isinstance(exc, EchoMimicError):
+        return str(exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        first = (str(exc).splitlines() or ["host RAM"])[0]
+        return (f"out of memory ({first}); use a smaller width/height, fewer context_frames, acc, or a fp16/bf16 "
+                "dtype on a GPU, or fewer --workers per GPU.")
+    return f"{type(exc).__name__}: {exc} (a bug in EchoMimic, not in the row; please report it with the traceback in the log)"
+
+
+def worker_main(wid: int, device: str, threads: int, conn, parent: int, scores: bool, log_level: int) -> None:
+    """A worker: loads models on first use, renders jobs it is handed, keeps the models for the next job."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the batch's to handle
+    logging.basicConfig(level=log_level, format=f"[worker {wid}] %(message)s")
+    import torch
+
+    from .render import ModelCache, Scorer, run_job
+
+    torch.set_num_threads(max(1, threads))
+    cache, scorer = ModelCache(), (Scorer() if scores else None)
+    conn.send(("idle", None, None))
+    while True:
+        if not conn.poll(1.0):
+            if os.getppid() != parent:
+                return
+            continue
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            break
+
+        def progress(done, total, name=job.name):
+            conn.send(("progress", name, (done, total)))
+
+        try:
+            out = run_job(job, device, cache, scorer, progress)
+            conn.send(("done", job.name, {"status": "ok", **out}))
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes the row's error
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            log.debug("%s", traceback.format_exc())
+            if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+                cache.clear()
+            conn.send(("done", job.name, {"status": "error", "error": error_message(exc)}))
+        conn.send(("idle", None, None))
+    if scorer is not None:
+        scorer.close()
+
+
+class _Worker:
+    def __init__(self, wid: int, device: str, proc, conn):
+        self.wid, self.device, self.proc, self.conn = wid, device, proc, conn
+        self.job = None        # the job it is rendering
+        self.idle = False
+        self.weight_key = None
+
+
+class LocalPool:
+    """``devices``: one entry per worker (``cpu``, ``cuda:0``, ...). Events: (kind, worker, job, payload) with kind
+    ``start`` | ``progress`` | ``done`` | ``died``."""
+
+    def __init__(self, devices: list[str], threads: int = 1, scores: bool = True, max_attempts: int = 3,
+                 respawns: int | None = None):
+        self.ctx = mp.get_context("spawn")
+        self.devices, self.threads, self.scores, self.max_attempts = devices, threads, scores, max_attempts
+        self.respawns_left = len(devices) * 2 if respawns is None else respawns
+        self.workers: list[_Worker] = []
+        self._next_id = 0
+        for device in devices:
+            self._spawn(device)
+
+    def _spawn(self, device: str) -> None:
+        parent_conn, child_conn = self.ctx.Pipe()
+        wid, self._next_id = self._next_id, self._next_id + 1
+        level = logging.getLogger("echomimic_lib").getEffectiveLevel()
+        proc = self.ctx.Process(target=worker_main, name=f"echomimic-batch-{wid}", daemon=True,
+                                args=(wid, device, self.threads, child_conn, os.getpid(), self.scores, max(level, logging.WARNING)))
+        proc.start()
+        child_conn.close()
+        self.workers.append(_Worker(wid, device, proc, parent_conn))
+
+    @staticmethod
+    def _pick(pending: list, worker: _Worker):
+        for i, job in enumerate(pending):  # the weight set it holds first (models stay loaded)
+            if job.weight_key == worker.weight_key:
+                return pending.pop(i)
+        return pending.pop(0)
+
+    def run(self, jobs: list, on_event) -> None:
+        """Hand out ``jobs`` (grouped by weight set) until each is done or has failed ``max_attempts`` times."""
+        pending = sorted(jobs, key=lambda j: (tuple(map(str, j.weight_key)), j.line))
+        remaining = len(pending)
+        while remaining:
+            if not self.workers:
+                for job in pending:
+                    on_event("done", None, job, {"status": "error", "error": "no worker left: every worker died (see the log)."})
+                return
+            for w in self.workers:
+                if w.idle and pending:
+                    job = self._pick(pending, w)
+                    job.attempts += 1
+                    w.job, w.idle, w.weight_key = job, False, job.weight_key
+                    w.conn.send(job)
+                    on_event("start", w, job, None)
+            ready = wait([w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers], timeout=1.0)
+            for w in list(self.workers):
+                if w.conn in ready:
+                    try:
+                        while w.conn.poll():
+                            kind, _name, payload = w.conn.recv()
+                            if kind == "idle":
+                                w.idle = True
+                            elif kind == "progress" and w.job is not None:
+                                on_event("progress", w, w.job, payload)
+                            elif kind == "done" and w.job is not None:
+                                job, w.job = w.job, None
+                                remaining -= 1
+                                on_event("done", w, job, payload)
+                    except (EOFError, OSError):
+                        pass
+                if not w.proc.is_alive():
+                    remaining -= self._buried(w, pending, on_event)
+
+    def _buried(self, w: _Worker, pending: list, on_event) -> int:
+        """A worker died: requeue its job (or fail it after ``max_attempts``), start a replacement. Returns the
+        number of jobs this finished (0 or 1)."""
+        w.proc.join(timeout=1)
+        self.workers.remove(w)
+        w.conn.close()
+        finished = 0
+        job = w.job
+        if job is not None:
+            why = f"worker {w.wid} ({w.device}) died (exit code {w.proc.exitcode}) while rendering it"
+            on_event("died", w, job, why)
+            if job.attempts >= self.max_attempts:
+                on_event("done", w, job, {"status": "error", "error": f"{why}, {job.attempts} time(s); giving up on this row."})
+                finished = 1
+            else:
+                pending.insert(0, job)
+        if self.respawns_left > 0:
+            self.respawns_left -= 1
+            self._spawn(w.device)
+        return finished
+
+    def close(self, now: bool = False) -> None:
+        """Stop the workers: after their current job, or ``now`` (interrupted: killed at once)."""
+        for w in self.workers if now else ():
+            w.proc.kill()
+        for w in self.workers:
+            try:
+                w.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for w in self.workers:
+            w.proc.join(timeout=10)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(timeout=5)
+        self.workers = []
