@@ -34,9 +34,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _call(args) -> int:
+    """The command; the long renders (``animate``, ``dub``) run in a worker thread, so that Ctrl-C answers at once
+    even when one tensor operation takes many seconds (a 2048 px frame on a CPU): the temporary files are removed
+    and the process ends with 130, instead of waiting for the operation to return to Python."""
+    if getattr(args, "command", None) not in ("animate", "dub"):
+        return int(args.func(args) or 0)
+    import threading
+
+    box: dict = {}
+
+    def work():
+        try:
+            box["rc"] = int(args.func(args) or 0)
+        except BaseException as exc:  # handed to the main thread, which reports it like any other
+            box["exc"] = exc
+
+    worker = threading.Thread(target=work, name=f"echomimic {args.command}", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        import os
+
+        from ..io.file_safety import remove_partials
+
+        remove_partials()
+        sys.stderr.write("\ninterrupted; nothing half-written was left behind.\n")
+        sys.stderr.flush()
+        os._exit(130)  # the worker may be inside one long native operation: do not wait for it
+    if "exc" in box:
+        raise box["exc"]
+    return box["rc"]
+
+
 def _run(args) -> int:
     try:
-        return int(args.func(args) or 0)
+        return _call(args)
     except EchoMimicError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

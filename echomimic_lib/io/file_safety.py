@@ -63,3 +63,33 @@ def refuse_existing(paths, flag: str = "--force", what: str = "weight file") -> 
 
 def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+# ------------------------------------------------------------------------------------------ partial files
+_PENDING: set[Path] = set()
+
+
+def track_partial(path: str | Path) -> None:
+    """Record a temporary file that is not yet in place (a video being encoded), so an interrupt that cannot wait
+    for the work in flight can still remove it (:func:`remove_partials`)."""
+    _PENDING.add(Path(path))
+
+
+def untrack_partial(path: str | Path | None) -> None:
+    if path is not None:
+        _PENDING.discard(Path(path))
+
+
+def remove_partials() -> list[Path]:
+    """Delete every recorded temporary file; returns those removed."""
+    removed = []
+    for p in list(_PENDING):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        _PENDING.discard(p)
+    return removed

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
-from .file_safety import publish
+from .file_safety import publish, track_partial, untrack_partial
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class Mp4Writer:
         fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(name)
+        track_partial(self._tmp)  # removed by a Ctrl-C that cannot wait for the frame in flight (echomimic_lib.cli)
         self._container = av.open(name, mode="w", format="mp4")
         self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         self._stream.width, self._stream.height = width, height
@@ -210,6 +211,7 @@ class Mp4Writer:
             self._container = None
             check_output_path(self.path)  # still a file (or nothing) at the very end: never replace anything else
             publish(self._tmp, self.path)  # the umask's permissions, not mkstemp's 0600
+            untrack_partial(self._tmp)
             self._tmp = None
         except BaseException as exc:
             self.abort()
@@ -228,6 +230,7 @@ class Mp4Writer:
             self._container = None
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
+            untrack_partial(self._tmp)
             self._tmp = None
 
     def __enter__(self) -> "Mp4Writer":
