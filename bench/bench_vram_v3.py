@@ -24,6 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vram import _default_dtype  # noqa: E402  (the V1/V2 meter's default-dtype context)
 from echomimic_lib.memory.estimate import weight_bytes  # noqa: E402
 from echomimic_lib.memory.tracker import VramTracker, gpu_attention  # noqa: E402
 from echomimic_lib.models.wan import AudioProjConfig, WanV3Config, WanV3Transformer  # noqa: E402
@@ -33,16 +35,6 @@ GB = 1e9
 GOAL = ("V3 flash-pro 768x768, 81 frames, bf16, text encoder off the GPU", 12.0)
 TINY = WanV3Config(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32,
                    audio=AudioProjConfig(blocks=3, channels=32, intermediate_dim=32, output_dim=64, context_tokens=4))
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def run(args) -> dict:
