@@ -37,6 +37,18 @@ TINY = WanV3Config(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32,
                    audio=AudioProjConfig(blocks=3, channels=32, intermediate_dim=32, output_dim=64, context_tokens=4))
 
 
+def _plain_steps(make_scheduler):
+    """The real scheduler (its timesteps), with ``step`` a plain update of the same size: for the fake device."""
+    from types import SimpleNamespace
+
+    def make(*args, **kwargs):
+        sched = make_scheduler(*args, **kwargs)
+        sched.step = lambda out, t, sample, **kw: SimpleNamespace(prev_sample=sample - out.to(sample.dtype))
+        return sched
+
+    return make
+
+
 def run(args) -> dict:
     from diffusers import AutoencoderKLWan
 
@@ -87,9 +99,15 @@ def run(args) -> dict:
         def denoise():
             s = v3.V3Settings(steps=1, teacache="off")
             windows = torch.zeros(1, args.frames, 5, cfg.audio.blocks, cfg.audio.channels, device="cuda", dtype=dtype)
-            state["lat"], _ = v3.sample_latents(model, state["y"], torch.zeros(1, 64, cfg.text_dim, device="cuda"),
-                                                torch.zeros(1, 257, cfg.clip_dim, device="cuda"), windows, s,
-                                                noise=torch.zeros(1, 16, t_lat, h // 8, w // 8, device="cuda"))
+            real = v3.flow_unipc
+            if fake:  # diffusers < 0.38's UniPC step makes a tensor of 0-d tensors, which FakeTensorMode refuses; its
+                v3.flow_unipc = _plain_steps(real)  # memory is one latent: a plain update stands in for it
+            try:
+                state["lat"], _ = v3.sample_latents(model, state["y"], torch.zeros(1, 64, cfg.text_dim, device="cuda"),
+                                                    torch.zeros(1, 257, cfg.clip_dim, device="cuda"), windows, s,
+                                                    noise=torch.zeros(1, 16, t_lat, h // 8, w // 8, device="cuda"))
+            finally:
+                v3.flow_unipc = real
 
         def decode():
             vae.decode(state["lat"].to(dtype)).sample.clamp(-1, 1)
