@@ -114,3 +114,17 @@ def test_phase_table_shows_only_the_conditions_the_run_uses():
     rows = describe(v2.phases, v2.data.condition).splitlines()
     assert len(rows) == 7 and "steps       1-10000" in rows[0] and "steps   60001-90000" in rows[-1]
     assert all(w in rows[0] for w in ("pose body+head+lips+hands", "dropout 0.00->0.00", "audio muted", "data halfbody+pose"))
+
+
+def test_lora_settings_without_the_switch_are_refused_with_the_fix(tmp_path):
+    """A lora: section without enabled: true used to run a full fine-tune silently (6.7 GB checkpoints)."""
+    path = write_yaml(tmp_path / "a.yaml", {"preset": "v1_stage1", "model": {"init": "random", "arch": "tiny"},
+                                            "lora": {"rank": 8, "alpha": 8.0}})
+    with pytest.raises(ConfigError, match=r"lora: settings given \(alpha, rank\) but not lora.enabled.*enabled: true"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="lora.enabled"):
+        load_config(None, BASE + ["lora.rank=4"], preset="v1_stage1")
+    path = write_yaml(tmp_path / "b.yaml", {"preset": "v1_stage1", "model": {"init": "random", "arch": "tiny"},
+                                            "lora": {"enabled": False, "rank": 8}})
+    assert load_config(path).lora.enabled is False  # a full fine-tune on purpose
+    assert load_config(None, BASE, preset="v1_stage1").lora.enabled is False  # no lora section: as before

@@ -164,7 +164,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = json.loads(json.dumps(data))  # plain containers, so overrides can edit in place
     for ov in overrides or []:
         data = apply_override(data, ov)
+    _check_lora_switch(data.get("lora"))
     return validate(from_dict(TrainConfig, data))
+
+
+def _check_lora_switch(lora) -> None:
+    """LoRA settings without ``enabled`` would silently train the whole UNets (several GB per checkpoint)."""
+    if isinstance(lora, dict) and lora and "enabled" not in lora:
+        keys = ", ".join(sorted(lora))
+        raise ConfigError(f"lora: settings given ({keys}) but not lora.enabled, so this would be a full fine-tune of the "
+                          "whole networks (checkpoints of several GB), not a LoRA run. Add 'enabled: true' to the lora "
+                          "section (or --set lora.enabled=true); write 'enabled: false' to train the full model on purpose.")
 
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> Path:
