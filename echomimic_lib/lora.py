@@ -26,6 +26,7 @@ from torch import nn
 
 from .errors import EchoMimicError, WeightsError
 from .io.file_safety import publish
+from .memory.rounding import stochastic_round
 from .modes import WEIGHT_SETS
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,14 @@ class LoraPatch:
         self.adapter, self.layers, self.keep_base = adapter, layers, keep_base
         self.strength = 0.0
         self._base: dict[str, torch.Tensor] = {}
+        self._generators: dict[str, torch.Generator] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """One seeded generator per device: the same adapter, strength and model give the same merged weights."""
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(0)
+        return self._generators[key]
 
     @torch.no_grad()
     def set_strength(self, strength: float) -> "LoraPatch":
@@ -255,7 +264,8 @@ class LoraPatch:
                 base = w.detach().float()
             else:
                 base = self._base[layer].to(w.device).float()
-            w.copy_((base + self.adapter.delta(layer, strength).to(w.device)).to(w.dtype))
+            merged = base + self.adapter.delta(layer, strength).to(w.device)  # in float32
+            w.copy_(stochastic_round(merged, w.dtype, self._generator(w.device)))  # unbiased: small adapters survive
         self.strength = strength
         return self
 
