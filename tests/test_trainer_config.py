@@ -128,3 +128,24 @@ def test_lora_settings_without_the_switch_are_refused_with_the_fix(tmp_path):
                                             "lora": {"enabled": False, "rank": 8}})
     assert load_config(path).lora.enabled is False  # a full fine-tune on purpose
     assert load_config(None, BASE, preset="v1_stage1").lora.enabled is False  # no lora section: as before
+
+
+def test_the_reference_frame_is_drawn_away_from_the_targets_by_default():
+    import types
+
+    import numpy as np
+
+    from trainer.data.dataset import EchoDataset
+
+    cfg = load_config(None, BASE, preset="v1_stage1")
+    assert cfg.data.ref_min_gap == 8
+    ds = types.SimpleNamespace(cfg=cfg)
+    rng = np.random.default_rng(0)
+    idx = np.arange(20, 32)  # a 12-frame window
+    picks = {EchoDataset._reference_index(ds, rng, 60, idx) for _ in range(300)}
+    assert picks and all(p <= 20 - 8 or p >= 31 + 8 for p in picks)  # never inside the window or next to it
+    assert min(picks) == 0 and max(picks) == 59  # anywhere else
+    short = {EchoDataset._reference_index(ds, rng, 16, np.arange(2, 14)) for _ in range(50)}
+    assert short == {0, 15}  # too short for the gap: the farthest frames (2 from the window), never a target
+    ds.cfg.data.ref_min_gap = 0
+    assert {EchoDataset._reference_index(ds, rng, 16, np.arange(2, 14)) for _ in range(300)} == set(range(16))

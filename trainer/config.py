@@ -67,7 +67,7 @@ class DataConfig:
     height: int = 512
     condition: str = "landmarks"  # landmarks (V1 pose set) | face_mask (V1 audio set) | pose (V2)
     landmark_parts: list[str] = field(default_factory=lambda: ["eyes", "brows", "pupils", "nose", "mouth"])
-    ref_min_gap: int = 0  # frames between reference and target frames (at least)
+    ref_min_gap: int = 8  # frames between the reference and every target frame (at least; 0: any frame, the target too)
     drop_reference: float = 0.05
     drop_audio: float = 0.05
     drop_condition: float = 0.05

@@ -193,9 +193,14 @@ class EchoDataset(torch.utils.data.Dataset):
         return sample
 
     def _reference_index(self, rng, n: int, idx: np.ndarray) -> int:
+        """A frame at least ``data.ref_min_gap`` frames from every target frame (inside the window counts as 0);
+        in a clip too short for that, one of the frames farthest from the targets."""
         gap = self.cfg.data.ref_min_gap
-        cand = [i for i in range(n) if gap <= 0 or min(abs(i - int(idx[0])), abs(i - int(idx[-1]))) >= gap]
-        return int(rng.choice(cand)) if cand else int(rng.integers(0, n))
+        dist = np.abs(np.arange(n)[:, None] - np.asarray(idx, dtype=np.int64)[None, :]).min(axis=1)
+        cand = np.flatnonzero(dist >= gap) if gap > 0 else np.arange(n)
+        if not len(cand):
+            cand = np.flatnonzero(dist == dist.max())
+        return int(rng.choice(cand))
 
     def _audio(self, clip: ClipReader, idx: np.ndarray, rng) -> tuple[torch.Tensor, dict]:
         plan = draw_audio_aug(rng, self.cfg.data.audio_aug) if clip.kind != "pose" else {}
