@@ -5,33 +5,22 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from echomimic_lib.jobs.queue_client import main as queue_main
+from tests._http_stub import JsonHandler, start
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "workflows" / "api" / "v1_audio.json"
 
 
-class StubComfy(BaseHTTPRequestHandler):
+class StubComfy(JsonHandler):
     """Uploads, /prompt, /queue (prompts not yet finished), /history (a prompt finishes ``delay`` s after it came);
     with ``die_after`` it shuts itself down that many seconds after its first prompt."""
 
     state: dict
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, code: int, body: dict):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -65,16 +54,8 @@ class StubComfy(BaseHTTPRequestHandler):
 
 def _start(tag: str, delay: float, die_after: float | None = None):
     state = {"tag": tag, "uploads": [], "prompts": [], "delay": delay, "die_after": die_after}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (StubComfy,), {"state": state}))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-
-    def kill():
-        httpd.shutdown()
-        httpd.server_close()
-
-    state["kill"] = kill
-    return f"http://127.0.0.1:{httpd.server_address[1]}", state
+    url, state["kill"] = start(type("H", (StubComfy,), {"state": state}))
+    return url, state
 
 
 @pytest.fixture

@@ -5,35 +5,23 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from echomimic_lib.jobs import queue_client as qc
 from echomimic_lib.errors import EchoMimicError
+from tests._http_stub import JsonHandler, start
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "workflows" / "api" / "v1_audio.json"
 
 
-class FakeComfy(BaseHTTPRequestHandler):
+class FakeComfy(JsonHandler):
     uploads: list
     prompts: list
     stored: dict  # ComfyUI's input/ folder: name -> bytes
     reject = False
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _reply(self, code: int, body: dict):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -70,13 +58,9 @@ class FakeComfy(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     handler = type("Handler", (FakeComfy,), {"uploads": [], "prompts": [], "stored": {}, "reject": False})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    url, stop = start(handler)
+    yield url, handler
+    stop()
 
 
 @pytest.fixture
