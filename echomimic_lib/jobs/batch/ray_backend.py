@@ -35,12 +35,11 @@ def run_on_ray(todo: list, opts, on_event) -> None:
 
     @ray.remote(max_restarts=opts.max_attempts - 1, max_task_retries=opts.max_attempts - 1)
     class Worker:
-        def __init__(self, scores: bool):
-            import torch
-
+        def __init__(self, scores: bool, device: str):
+            from ...devices import resolve_device
             from .render import ModelCache, Scorer
 
-            self.device = "cuda:0" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
+            self.device = str(resolve_device(device))  # "cuda": the GPU Ray gave this actor (CUDA_VISIBLE_DEVICES)
             self.cache, self.scorer = ModelCache(), (Scorer() if scores else None)
 
         def render(self, job):
@@ -52,9 +51,10 @@ def run_on_ray(todo: list, opts, on_event) -> None:
             except Exception as exc:  # noqa: BLE001 - the row's error
                 return job, {"status": "error", "error": error_message(exc)}
 
-    n = opts.workers or max(1, gpus)
-    options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-    pool = ActorPool([Worker.options(**options).remote(opts.scores) for _ in range(n)])
+    device = "cpu" if not gpus or opts.device == "cpu" else "cuda"  # the caller's --device, on the cluster's GPUs
+    n = opts.workers or (gpus if device == "cuda" else 1)
+    options = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}
+    pool = ActorPool([Worker.options(**options).remote(opts.scores, device) for _ in range(n)])
     ordered = sorted(todo, key=lambda j: (tuple(map(str, j.weight_key)), j.line))
     for job in ordered:
         job.attempts = 1
