@@ -10,6 +10,7 @@ from .gestures import EchoMimicGesturesFromAudio
 from .landmark_only import EchoMimicLandmarkOnlyAudio
 from .landmarks import EchoMimicLandmarkExtractor, EchoMimicPartAwareAligner
 from .loader import EchoMimicModelLoader
+from .lora import EchoMimicLora
 from .pose import EchoMimicPoseSequenceLoader
 from .reference import EchoMimicReferencePrep
 from .sampler import EchoMimicSampler
@@ -17,6 +18,7 @@ from .v3 import EchoMimicV3AudioEncoder, EchoMimicV3Loader, EchoMimicV3Sampler
 
 NODE_CLASS_MAPPINGS = {
     "EchoMimicModelLoader": EchoMimicModelLoader,
+    "EchoMimicLora": EchoMimicLora,
     "EchoMimicAudioEncoder": EchoMimicAudioEncoder,
     "EchoMimicReferencePrep": EchoMimicReferencePrep,
     "EchoMimicLandmarkExtractor": EchoMimicLandmarkExtractor,
@@ -34,6 +36,7 @@ NODE_CLASS_MAPPINGS = {
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicModelLoader": "EchoMimic Model Loader (whole model set)",
+    "EchoMimicLora": "EchoMimic LoRA",
     "EchoMimicAudioEncoder": "EchoMimic Audio Encoder",
     "EchoMimicReferencePrep": "EchoMimic Reference Preparation",
     "EchoMimicLandmarkExtractor": "EchoMimic Landmark Extractor",

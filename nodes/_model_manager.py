@@ -8,14 +8,23 @@
   runs the plain layer's forward unless ComfyUI switches casting on.
 - :class:`StandInModelManager` / :class:`StandInPatcher`: the same books as ``comfy.model_management``
   (``current_loaded_models``, ``load_models_gpu``, ``free_memory``, ``unload_all_models``, the "Requested to
-  load ..." log line) for tests and scripts outside ComfyUI.
+  load ..." log line) and the weight patching of ``comfy.model_patcher.ModelPatcher`` (clones, ``add_patches``,
+  patching on load, backups restored on unload, ComfyUI's plain rounding into bf16 / fp16) for tests and scripts
+  outside ComfyUI.
+- :class:`LoraWeightPatch`: one adapted layer as a ComfyUI weight adapter (the bridge makes it a subclass of
+  ``comfy.weight_adapter.WeightAdapterBase`` inside ComfyUI).
 """
 from __future__ import annotations
 
 import logging
+import uuid
+import zlib
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from ..echomimic_lib.memory.rounding import FORMATS, stochastic_round
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +88,126 @@ def _nbytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-class StandInPatcher:
-    """What the pack uses of ``comfy.model_patcher.ModelPatcher``."""
+class _Backup(NamedTuple):  # comfy.model_patcher's backup record
+    weight: torch.Tensor
+    inplace_update: bool
 
-    def __init__(self, model: nn.Module, load_device, offload_device):
+
+def _set_param(model: nn.Module, key: str, value: torch.Tensor) -> None:
+    """comfy.utils.set_attr_param: the parameter object is replaced (the old one stays valid as a backup)."""
+    owner, _, name = key.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, name, nn.Parameter(value, requires_grad=False))
+
+
+def final_cast(value: torch.Tensor, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """comfy.float.stochastic_rounding: plain rounding into fp32 / fp16 / bf16, stochastic (seeded) into fp8."""
+    if dtype in (torch.float32, torch.float16, torch.bfloat16) or dtype not in FORMATS:
+        return value.to(dtype)
+    return stochastic_round(value, dtype, torch.Generator(device=value.device).manual_seed(seed))
+
+
+def calculate_weight(patches: list, weight: torch.Tensor, key: str) -> torch.Tensor:
+    """comfy.lora.calculate_weight for the patches the pack makes: weight adapters (objects with
+    ``calculate_weight``) and ``("diff", (tensor,))`` / ``("set", (tensor,))`` tuples, in order."""
+    for strength, v, strength_model, offset, function in patches:
+        if offset is not None:
+            raise NotImplementedError("the stand-in patcher does not model patch offsets")
+        function = function or (lambda a: a)
+        if strength_model != 1.0:
+            weight *= strength_model
+        if hasattr(v, "calculate_weight"):
+            weight = v.calculate_weight(weight, key, strength, strength_model, offset, function, torch.float32, None)
+            continue
+        kind, data = ("diff", v) if len(v) == 1 else v
+        if kind == "diff":
+            if strength != 0.0:
+                weight += function(strength * data[0].to(weight.device, weight.dtype))
+        elif kind == "set":
+            weight.copy_(data[0])
+        else:
+            raise ValueError(f"patch type not recognized: {kind}")
+    return weight
+
+
+class StandInPatcher:
+    """What the pack uses of ``comfy.model_patcher.ModelPatcher``, with its semantics: :meth:`clone` shares the
+    model, the patch lists are copied and the weight backups shared; :meth:`add_patches` records
+    ``(strength_patch, patch, strength_model, offset, function)`` per state-dict key and renews ``patches_uuid``;
+    weights are patched when the model is loaded (float32 math, then :func:`final_cast`), the replaced tensors kept
+    in ``backup``; :meth:`unpatch_model` puts them back. The model remembers whose patches it holds
+    (``current_weight_patches_uuid``)."""
+
+    def __init__(self, model: nn.Module, load_device, offload_device, size: int = 0):
         self.model, self.load_device, self.offload_device = model, torch.device(load_device), torch.device(offload_device)
-        self.size = _nbytes(model)
+        self.size = size or _nbytes(model)
+        self.patches: dict[str, list] = {}
+        self.backup: dict[str, _Backup] = {}
+        self.patches_uuid = uuid.uuid4()
+        self.parent = None
+        if not hasattr(model, "current_weight_patches_uuid"):
+            model.current_weight_patches_uuid = None
 
     def model_size(self) -> int:
         return self.size
+
+    def clone(self) -> "StandInPatcher":
+        n = StandInPatcher(self.model, self.load_device, self.offload_device, self.size)
+        n.patches = {k: v[:] for k, v in self.patches.items()}
+        n.patches_uuid, n.backup, n.parent = self.patches_uuid, self.backup, self
+        return n
+
+    def is_clone(self, other) -> bool:
+        return getattr(other, "model", None) is self.model
+
+    def model_state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
+        model_sd = self.model.state_dict()
+        added = []
+        for key, patch in patches.items():
+            if key in model_sd:
+                added.append(key)
+                self.patches.setdefault(key, []).append((strength_patch, patch, strength_model, None, None))
+        self.patches_uuid = uuid.uuid4()
+        return added
+
+    @torch.no_grad()
+    def patch_weight_to_device(self, key: str, device_to=None) -> None:
+        if key not in self.patches:
+            return
+        weight = self.model.get_parameter(key)
+        if key not in self.backup:
+            self.backup[key] = _Backup(weight.to(device=self.offload_device, copy=False), False)
+        temp = weight.to(device_to if device_to is not None else weight.device, torch.float32, copy=True)
+        out = calculate_weight(self.patches[key], temp, key)
+        _set_param(self.model, key, final_cast(out, weight.dtype, zlib.crc32(key.encode())))
+
+    def load(self, device_to) -> None:
+        """What loading does to the weights (ModelPatcher.partially_load + load, whole model): another clone's
+        patches are taken out, this one's put in, then the model moves."""
+        if self.model.current_weight_patches_uuid not in (None, self.patches_uuid):
+            self.unpatch_model(self.offload_device)
+        if self.model.current_weight_patches_uuid is None:
+            for key in self.patches:
+                self.patch_weight_to_device(key, device_to)
+        self.model.to(device_to)
+        self.model.current_weight_patches_uuid = self.patches_uuid
+
+    @torch.no_grad()
+    def unpatch_model(self, device_to=None, unpatch_weights: bool = True) -> None:
+        if unpatch_weights:
+            for key, bk in list(self.backup.items()):
+                _set_param(self.model, key, bk.weight)
+            self.backup.clear()
+            self.model.current_weight_patches_uuid = None
+        if device_to is not None:
+            self.model.to(device_to)
+
+    def detach(self, unpatch_all: bool = True) -> nn.Module:
+        if unpatch_all:
+            self.unpatch_model(self.offload_device, unpatch_weights=True)
+        return self.model
 
 
 class _Loaded:
@@ -116,7 +236,9 @@ class StandInModelManager:
             i = self._index(p)
             if i is None:
                 log.info("Requested to load %s", type(p.model).__name__)
-                p.model.to(p.load_device)
+                for j in [j for j, m in enumerate(self.current_loaded_models) if m.model.is_clone(p)][::-1]:
+                    self.current_loaded_models.pop(j).model.detach(unpatch_all=False)  # like ComfyUI: the next load swaps patches
+                p.load(p.load_device)
                 self.current_loaded_models.insert(0, _Loaded(p))
             else:  # most recently used first, like ComfyUI
                 self.current_loaded_models.insert(0, self.current_loaded_models.pop(i))
@@ -126,7 +248,7 @@ class StandInModelManager:
             i = self._index(p)
             if i is not None:
                 self.current_loaded_models.pop(i)
-                p.model.to(p.offload_device)
+                p.detach(unpatch_all=True)
 
     def free_memory(self, num_bytes: int, device) -> None:
         self.freed.append((int(num_bytes), str(device)))
@@ -138,3 +260,27 @@ class StandInModelManager:
         self.unload_all_models()
         self.freed.clear()
         self.requests.clear()
+
+
+class LoraWeightPatch:
+    """One layer of an EchoMimic adapter as a ComfyUI weight adapter (``calculate_weight``'s signature).
+
+    ComfyUI computes a patched weight in float32 and casts it into the stored dtype with plain rounding, which
+    loses most of a small adapter in bf16; this patch returns ``weight + strength * delta`` already rounded
+    without bias onto the stored dtype's values (:func:`echomimic_lib.lora.patched_weight`), so ComfyUI's cast
+    is exact. Several adapters on one layer apply in turn, each onto the previous result."""
+
+    name = "echomimic_lora"
+
+    def __init__(self, adapter, layer: str, dtype: torch.dtype):
+        self.adapter, self.layer, self.dtype = adapter, layer, dtype
+        a, b = adapter.layers[layer]
+        self.weights = [b, a]  # up, down: the order of ComfyUI's LoRAAdapter
+        self.loaded_keys: set[str] = set()
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function, intermediate_dtype=torch.float32,
+                         original_weight=None):
+        from ..echomimic_lib.lora import patched_weight, rounding_seed
+
+        seed = rounding_seed(self.adapter.name, self.layer, float(strength))
+        return patched_weight(self.adapter, self.layer, weight, float(strength), self.dtype, seed, function)

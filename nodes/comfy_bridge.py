@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ._model_manager import KEEP_WHOLE, MANAGED_NAMES, ManagedNetwork, StandInModelManager, StandInPatcher, make_castable  # noqa: F401
+from ._model_manager import (KEEP_WHOLE, MANAGED_NAMES, LoraWeightPatch, ManagedNetwork, StandInModelManager, StandInPatcher,  # noqa: F401
+                             make_castable)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ try:
     from comfy.patcher_extension import CallbacksMP
 except ImportError:
     comfy_model_patcher = comfy_ops = CallbacksMP = None
+try:
+    from comfy.weight_adapter import WeightAdapterBase
+except ImportError:
+    WeightAdapterBase = None
 
 FOLDER = "echomimic"
 MODELS_DIR: str | os.PathLike | None = None  # stand-in for folder_paths.models_dir
@@ -267,3 +272,38 @@ def unload_all_models() -> None:
         mm.unload_all_models()
     else:
         MODEL_MANAGER.unload_all_models()
+
+
+# ------------------------------------------------------------------------------------------ LoRA patches
+# Adapters are ModelPatcher patches (add_patches on a clone): ComfyUI puts them into the weights when it loads
+# the network and restores the base weights when it unloads it. comfy.lora.calculate_weight only hands a patch
+# object the weight if it is a WeightAdapterBase, hence the subclass inside ComfyUI.
+_LoraPatchClass = LoraWeightPatch if WeightAdapterBase is None else type("EchoMimicLoraWeightPatch", (LoraWeightPatch, WeightAdapterBase), {})
+
+
+def lora_weight_patch(adapter, layer: str, dtype: torch.dtype):
+    """The patch value for ``ModelPatcher.add_patches`` of one adapted layer stored in ``dtype``."""
+    return _LoraPatchClass(adapter, layer, dtype)
+
+
+def _loaded_patchers() -> list:
+    models = mm.current_loaded_models if (mm is not None and comfy_model_patcher is not None) else MODEL_MANAGER.current_loaded_models
+    return [m.model for m in models]
+
+
+def patch_for_streaming(patcher) -> None:
+    """Low-VRAM mode streams the denoiser itself (ComfyUI never loads it): its patches go into the weights in RAM
+    (other clones of the same network that ComfyUI holds are unloaded first, their patches taken out)."""
+    unload_models([p for p in _loaded_patchers() if p is not patcher and patcher.is_clone(p)])
+    if patcher.model.current_weight_patches_uuid not in (None, patcher.patches_uuid):
+        patcher.unpatch_model(patcher.offload_device)
+    if patcher.patches and patcher.model.current_weight_patches_uuid is None:
+        for key in patcher.patches:
+            patcher.patch_weight_to_device(key)
+        patcher.model.current_weight_patches_uuid = patcher.patches_uuid
+
+
+def unpatch_streamed(patcher) -> None:
+    """After a streamed run: the base weights back (the next load, of any clone, starts from them)."""
+    if patcher.patches and not is_loaded(patcher):
+        patcher.unpatch_model(patcher.offload_device)

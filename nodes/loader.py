@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
-from ..echomimic_lib.lora import apply_lora, load_checked
+from ..echomimic_lib.lora import load_checked
 from ..echomimic_lib.memory import Placement, check_fp8, to_fp8
 from ..echomimic_lib.model_set import CLI_FETCH_HINT, ensure_weights, load_models, load_vae, resolve_files
 from . import comfy_bridge as C
 from . import paths
 from .base import Node, switch
+from .lora import add_lora
 from .payloads import MODEL, ModelHandle
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class ComfyBackend:
 
     def __init__(self, handle: ModelHandle):
         self.patchers = handle.patchers
+        self.streamed = handle.patchers["denoiser"] if handle.low_vram and "denoiser" in handle.patchers else None
 
     def is_loaded(self, name: str) -> bool:
         return C.is_loaded(self.patchers[name])
@@ -101,7 +103,10 @@ def placement(handle: ModelHandle, settings=None) -> Placement:
     """Stage placement for one node run. keep_loaded never holds VRAM under --lowvram / --novram; with --cpu
     the networks stay registered (their offload device is the compute device: unloading frees nothing)."""
     keep = (handle.keep_loaded and not C.low_vram()) or not C.offload_frees_memory()
-    return Placement(handle.models, C.torch_device(), ComfyBackend(handle), keep_loaded=keep, stream_denoiser=handle.low_vram,
+    backend = ComfyBackend(handle)
+    if backend.streamed is not None:  # ComfyUI never loads the streamed denoiser: its LoRA patches go in here
+        C.patch_for_streaming(backend.streamed)
+    return Placement(handle.models, C.torch_device(), backend, keep_loaded=keep, stream_denoiser=handle.low_vram,
                      settings=settings, offload_device=C.offload_device())
 
 
@@ -110,7 +115,12 @@ def finish(place: Placement) -> None:
     try:
         place.close()
     finally:
-        C.soft_empty_cache()
+        streamed = getattr(place.backend, "streamed", None)
+        try:
+            if streamed is not None:
+                C.unpatch_streamed(streamed)
+        finally:
+            C.soft_empty_cache()
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -132,18 +142,16 @@ def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa
     torch_dtype = C.auto_dtype(device) if dtype == "auto" else DTYPES[dtype]
     models = load_models(root, weights, variant, device=host, dtype=torch_dtype, attention=attention, with_vae=False)
     models.vae = load_vae(vae_path, host, torch_dtype)
-    # Steps that change the weights, in this order: the LoRA merge (part of the set's identity: in `key`; strength
-    # 0 applies nothing), then fp8 storage (merging into fp8 weights would lose the LoRA's precision).
-    if adapter is not None and lora_strength != 0:
-        apply_lora(models, adapter, lora_strength, keep_base=False)
     if fp8:
         to_fp8(models.reference), to_fp8(models.denoiser)
     patchers = {name: C.managed_model(name, module) for name, module in models.modules().items()}
-    applied = (str(adapter.path), float(lora_strength)) if adapter is not None and lora_strength != 0 else None
-    key = (str(root), weights, variant, str(torch_dtype), str(device), attention, str(vae_path), bool(low_vram), bool(fp8), applied)
+    key = (str(root), weights, variant, str(torch_dtype), str(device), attention, str(vae_path), bool(low_vram), bool(fp8))
     log.info("EchoMimic %s/%s read from %s (%s%s%s); ComfyUI loads it on %s stage by stage", weights, variant, root,
              torch_dtype, ", fp8 UNets" if fp8 else "", ", low-VRAM streaming" if low_vram else "", device)
-    return ModelHandle(models, weights, variant, keep_loaded, key, patchers=patchers, low_vram=bool(low_vram), fp8=bool(fp8))
+    handle = ModelHandle(models, weights, variant, keep_loaded, key, patchers=patchers, low_vram=bool(low_vram), fp8=bool(fp8))
+    # The LoRA widget goes the EchoMimic LoRA node's way: ComfyUI patches (strength 0: the plain set), so the
+    # weights read here stay the base ones and the adapter is in the handle's `key`.
+    return add_lora(handle, adapter, lora_strength) if adapter is not None else handle
 
 
 class EchoMimicModelLoader(Node):
@@ -191,7 +199,8 @@ class EchoMimicModelLoader(Node):
                           "the set (fp16), a small change of the output. Needs PyTorch >= 2.1; not on Apple MPS."),
             "lora": (["none"] + paths.lora_files(), {"default": "none", "tooltip": "A LoRA adapter from models/echomimic/loras/ "
                      "(a .safetensors written by `echomimic-train export` of a LoRA run, e.g. fine-tuned on one person). It must "
-                     "have been trained for this version; it is merged into the weights when they are read."}),
+                     "have been trained for this version; applied through ComfyUI's patches like the EchoMimic LoRA node (chain that node for "
+                     "more adapters)."}),
             "lora_strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05, "tooltip": "How much of the LoRA "
                               "is applied: 1 = as trained, 0 = the base model exactly."}),
         }

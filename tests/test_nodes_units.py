@@ -44,7 +44,7 @@ def _inputs(cls):
 def test_every_node_is_a_v1_class_with_unique_prefixed_id_category_and_tooltips(bridge):
     pack = load_pack()
     mappings, names = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
-    assert len(mappings) == 15 and set(names) == set(mappings)
+    assert len(mappings) == 16 and set(names) == set(mappings)
     for node_id, cls in mappings.items():
         assert node_id.startswith("EchoMimic") and cls.__name__ == node_id
         assert cls.CATEGORY == "EchoMimic" and cls.DESCRIPTION

@@ -1,0 +1,244 @@
+"""The adapter file: its configuration (:class:`LoraInfo`), its tensors, reading, checking and writing.
+
+Tensor names (format version 2), one group per adapted ``nn.Linear``::
+
+    <network>.<module path>.lora_A.weight   rank x in
+    <network>.<module path>.lora_B.weight   out x rank
+    <network>.<module path>.alpha           0-d float32: the layer's alpha
+
+``<network>`` is ``reference`` or ``denoiser`` (motion modules live in the denoiser) and the module path is
+that UNet's own (e.g. ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``). Why these names:
+
+- ``lora_A`` / ``lora_B`` are peft's names (the trainer's adapters, ``set_peft_model_state_dict``) and one of
+  the layouts ComfyUI's LoRA loader reads (``comfy/weight_adapter/lora.py``: ``<prefix>.lora_B.weight`` as the
+  up matrix, ``<prefix>.lora_A.weight`` as the down one); ``<prefix>.alpha`` is the kohya scalar that
+  ComfyUI's ``load_lora`` reads, with the delta ``alpha / rank * B @ A``.
+- The prefix is the module's state-dict name without ``.weight`` (ComfyUI's "generic" LoRA key), behind the
+  network's name; the pack's LoRA node maps ``<network>.<path>`` to the key ``net.<path>.weight`` of that
+  network's ModelPatcher. Kohya's ``lora_unet_<path with underscores>`` is not used: it is defined through
+  ComfyUI's key map of its own model types (these networks are not one of them) and cannot be inverted
+  (module names hold underscores: ``down_blocks``, ``to_q``).
+- With rsLoRA (scale ``alpha / sqrt(rank)``) the ``alpha`` tensor holds ``scale * rank``, so every reader's
+  ``alpha / rank`` is the trained scale; the metadata keeps the configured alpha and ``use_rslora``.
+
+The safetensors metadata holds the configuration: format, version, weight set (``v1_audio`` / ``v1_pose`` /
+``v2``), variant, rank, alpha, targets, networks and the base weights it was trained on. Files of format
+version 1 (no ``alpha`` tensors: the metadata's alpha applies) still load.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import EchoMimicError, WeightsError
+from ..io.file_safety import publish
+from ..modes import WEIGHT_SETS
+
+log = logging.getLogger(__name__)
+
+FORMAT = "echomimic-lora"
+FORMAT_VERSION = 2  # 2: per-layer alpha tensors; 1: alpha only in the metadata
+NETWORKS = ("reference", "denoiser")
+VERSION_NAMES = {"v1_audio": "EchoMimic V1 audio-driven (v1_audio)", "v1_pose": "EchoMimic V1 landmark (v1_pose)",
+                 "v2": "EchoMimicV2 half-body (v2)"}
+A_KEY, B_KEY, ALPHA_KEY = ".lora_A.weight", ".lora_B.weight", ".alpha"
+
+
+@dataclass
+class LoraInfo:
+    """The configuration stored in an adapter file's metadata."""
+
+    weights: str  # weight set the adapter was trained on: v1_audio | v1_pose | v2
+    variant: str = "normal"  # base denoiser variant: normal | acc
+    rank: int = 16
+    alpha: float = 16.0
+    use_rslora: bool = False
+    targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    networks: list[str] = field(default_factory=lambda: ["denoiser"])  # denoiser | reference | motion
+    base: dict = field(default_factory=dict)  # path, weights, variant, fingerprint (see :func:`fingerprint`)
+    training: dict = field(default_factory=dict)  # run, step, ema, ... (informational)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+    @property
+    def alpha_tensor_value(self) -> float:
+        """What each layer's ``alpha`` tensor holds: ``scale * rank`` (= alpha without rsLoRA)."""
+        return self.scale * self.rank
+
+    def to_metadata(self) -> dict[str, str]:
+        d = asdict(self)
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+        meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in d.items()})
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], where: str) -> "LoraInfo":
+        if meta.get("format") != FORMAT:
+            raise WeightsError(f"{where}: not an EchoMimic LoRA (no '{FORMAT}' metadata). Use a file written by "
+                               "`echomimic-train export` of a LoRA run (LoRAs for other models, e.g. SD1.5, do not fit).")
+        if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+            raise WeightsError(f"{where}: LoRA format version {meta['format_version']} is newer than this version "
+                               f"understands ({FORMAT_VERSION}); update comfyui-echomimic.")
+        try:
+            kwargs = {k: (meta[k] if k in ("weights", "variant") else json.loads(meta[k])) for k in cls.__dataclass_fields__ if k in meta}
+            info = cls(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise WeightsError(f"{where}: damaged LoRA metadata ({exc}). Export the adapter again.") from exc
+        if info.weights not in WEIGHT_SETS:
+            raise WeightsError(f"{where}: unknown weight set '{info.weights}' in the LoRA metadata. Export the adapter again.")
+        if info.rank < 1 or not info.alpha > 0:
+            raise WeightsError(f"{where}: invalid LoRA rank {info.rank} / alpha {info.alpha} in the metadata.")
+        return info
+
+
+@dataclass
+class LoraAdapter:
+    path: Path
+    info: LoraInfo
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "denoiser.<path>" -> (A, B)
+    alphas: dict[str, float] = field(default_factory=dict)  # per-layer alpha from the file (else the metadata's scale)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def scale(self, layer: str) -> float:
+        return self.alphas[layer] / self.info.rank if layer in self.alphas else self.info.scale
+
+    def delta(self, layer: str, strength: float = 1.0, device=None) -> torch.Tensor:
+        """``strength * scale * B @ A`` in float32 (out x in)."""
+        a, b = self.layers[layer]
+        return (b.to(device, torch.float32) @ a.to(device, torch.float32)) * (self.scale(layer) * float(strength))
+
+
+def with_alpha_tensors(tensors: dict[str, torch.Tensor], info: LoraInfo) -> dict[str, torch.Tensor]:
+    """``tensors`` plus a ``<layer>.alpha`` scalar for every layer with a ``lora_A`` weight and no alpha yet."""
+    out = dict(tensors)
+    for k in tensors:
+        if k.endswith(A_KEY):
+            out.setdefault(k[: -len(A_KEY)] + ALPHA_KEY, torch.tensor(info.alpha_tensor_value, dtype=torch.float32))
+    return out
+
+
+def write_lora(path: str | Path, tensors: dict[str, torch.Tensor], info: LoraInfo) -> Path:
+    """Write an adapter file atomically (``path.partial`` then rename); each layer gets its ``alpha`` tensor."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise EchoMimicError(f"{path}: a LoRA file must end in .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tensors = with_alpha_tensors(tensors, info)
+    try:
+        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp), metadata=info.to_metadata())
+        publish(tmp, path)  # safetensors creates 0600 files: the final one gets the umask's mode
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _split(path: Path, tensors: dict) -> tuple[dict, dict]:
+    layers: dict[str, None] = {}
+    alphas: dict[str, torch.Tensor] = {}
+    for k, t in tensors.items():
+        if k.endswith(ALPHA_KEY):
+            alphas[k[: -len(ALPHA_KEY)]] = t
+            continue
+        for part in (A_KEY, B_KEY):
+            if k.endswith(part):
+                layers.setdefault(k[: -len(part)], None)
+                break
+        else:
+            raise WeightsError(f"{path}: unexpected tensor '{k}' (an EchoMimic LoRA holds only lora_A / lora_B weights and alpha scalars).")
+    stray = sorted(set(alphas) - set(layers))
+    if stray:
+        raise WeightsError(f"{path}: alpha '{stray[0]}.alpha' belongs to no adapted layer; the file is damaged. Export it again.")
+    return layers, alphas
+
+
+def read_lora(path: str | Path) -> LoraAdapter:
+    """Read and check an adapter file (metadata, key pairs, ranks, alphas, finite values); no model needed."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"LoRA file not found: {path}. Put it into models/echomimic/loras/ (ComfyUI) or pass an existing file.")
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: LoRA adapters are read from .safetensors files only (export them with `echomimic-train export`).")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            info = LoraInfo.from_metadata(meta, str(path))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except WeightsError:
+        raise
+    except Exception as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc}); it may be truncated. Export or download it again.") from exc
+    names, alpha_tensors = _split(path, tensors)
+    layers: dict[str, tuple] = {}
+    alphas: dict[str, float] = {}
+    for layer in names:
+        a, b = tensors.get(f"{layer}{A_KEY}"), tensors.get(f"{layer}{B_KEY}")
+        if a is None or b is None:
+            raise WeightsError(f"{path}: '{layer}' lacks its lora_{'A' if a is None else 'B'} weight; the file is incomplete. "
+                               "Export it again.")
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != info.rank or b.shape[1] != info.rank:
+            raise WeightsError(f"{path}: '{layer}' has shapes A {tuple(a.shape)}, B {tuple(b.shape)}, not rank {info.rank}.")
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise WeightsError(f"{path}: '{layer}' contains NaN/Inf (saved from a diverged run?). Export a good checkpoint.")
+        if layer.split(".", 1)[0] not in NETWORKS:
+            raise WeightsError(f"{path}: '{layer}' does not belong to the reference or denoising UNet.")
+        if layer in alpha_tensors:
+            t = alpha_tensors[layer]
+            if t.numel() != 1 or not (math.isfinite(float(t.reshape(-1)[0])) and float(t.reshape(-1)[0]) > 0):
+                raise WeightsError(f"{path}: '{layer}.alpha' must be one positive number, got shape {tuple(t.shape)}. Export it again.")
+            alphas[layer] = float(t.reshape(-1)[0])
+        layers[layer] = (a, b)
+    if not layers:
+        raise WeightsError(f"{path}: the LoRA file holds no adapter weights.")
+    return LoraAdapter(path, info, layers, alphas)
+
+
+def adapter_tensors(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
+    """The file's tensors of an adapter (current format), e.g. to write it again."""
+    out = {}
+    for layer, (a, b) in adapter.layers.items():
+        out[layer + A_KEY], out[layer + B_KEY] = a, b
+        out[layer + ALPHA_KEY] = torch.tensor(adapter.scale(layer) * adapter.info.rank, dtype=torch.float32)
+    return out
+
+
+def check_version(adapter: LoraAdapter, weights: str, variant: str | None = None) -> None:
+    """Refuse an adapter trained for another EchoMimic version / weight set (before any UNet is loaded)."""
+    info = adapter.info
+    if info.weights != weights:
+        raise WeightsError(
+            f"LoRA '{adapter.name}' was trained for {VERSION_NAMES[info.weights]}, but the model is {VERSION_NAMES.get(weights, weights)}. "
+            f"Load the {VERSION_NAMES[info.weights]} weights to use it, or choose a LoRA trained for {weights}.")
+    if variant is not None and info.variant != variant:
+        log.warning("LoRA '%s' was trained on the '%s' weights and is applied to the '%s' ones; results may differ.",
+                    adapter.name, info.variant, variant)
+
+
+def check_strength(strength) -> float:
+    strength = float(strength)
+    if not math.isfinite(strength):
+        raise EchoMimicError(f"LoRA strength must be a finite number, got {strength}.")
+    return strength
+
+
+def load_checked(path: str | Path, weights: str, variant: str | None = None, strength: float = 1.0) -> LoraAdapter:
+    """Read an adapter and refuse it for another weight set or a bad strength -- before any UNet is loaded."""
+    check_strength(strength)
+    adapter = read_lora(path)
+    check_version(adapter, weights, variant)
+    return adapter
