@@ -70,7 +70,7 @@ def _cmd_fit(args) -> int:
 def _cmd_export(args) -> int:
     from .export import export
 
-    formats = {"both": (".pth", ".safetensors"), "pth": (".pth",), "safetensors": (".safetensors",)}[args.format]
+    formats = {"both": (".pth", ".safetensors"), "pth": (".pth",), "safetensors": (".safetensors",), "peft": ("peft",)}[args.format]
     files = export(args.source, args.dest, ema=args.ema, formats=formats, dtype=args.dtype, link=args.link, verify=not args.no_verify,
                    merge=args.merge, force=args.force)
     print(f"exported {len(files)} files to {args.dest}")
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("source", help="a checkpoint folder, or a run folder (its newest checkpoint)")
     e.add_argument("dest")
     e.add_argument("--ema", action="store_true", help="export the EMA weights")
-    e.add_argument("--format", choices=["both", "pth", "safetensors"], default="both")
+    e.add_argument("--format", choices=["both", "pth", "safetensors", "peft"], default="both",
+                   help="peft (LoRA runs): the adapter file plus peft's save_pretrained layout, <file stem>-peft/<network>/")
     e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     e.add_argument("--link", action="store_true", help="symlink the VAE and whisper instead of copying")
     e.add_argument("--no-verify", action="store_true", help="skip the strict reload of the written files")

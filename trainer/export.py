@@ -96,12 +96,23 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     dest = Path(dest)
     if merge and not meta.get("lora"):
         raise ConfigError(f"{ckpt}: --merge is for LoRA runs; this checkpoint holds a full model (export it without --merge)")
+    peft = "peft" in formats
+    if peft and (merge or not meta.get("lora")):
+        raise ConfigError(f"{ckpt}: --format peft writes a LoRA run's adapter (without --merge); choose both, pth or safetensors here")
     if meta.get("lora") and not merge:
-        from .lora import adapter_path, export_adapter
+        from .lora import adapter_path, export_adapter, export_peft, peft_dir
 
+        target = adapter_path(ckpt, dest, meta, ema)
         if not force:
-            refuse_existing([adapter_path(ckpt, dest, meta, ema)], what="LoRA file")
-        return [export_adapter(ckpt, dest, meta, load_checkpoint_weights(ckpt, ema), ema, getattr(torch, dtype))]
+            refuse_existing([target] + ([peft_dir(target)] if peft else []), what="LoRA file")
+        written = [export_adapter(ckpt, dest, meta, load_checkpoint_weights(ckpt, ema), ema, getattr(torch, dtype))]
+        if peft:
+            try:
+                written += export_peft(written[0], force)
+            except BaseException:
+                written[0].unlink(missing_ok=True)  # all or nothing
+                raise
+        return written
     ws = WEIGHT_SETS[meta["weights"]]
     names = ws.files("normal")
     planned = [dest / f"{names[key]}{fmt}" for key in ("reference", "denoiser", "motion", "cond") for fmt in formats]

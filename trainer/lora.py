@@ -10,8 +10,9 @@
   belongs to the group of the layer it adapts (attn2 adapters are ``audio`` too, frozen while muted).
 - Checkpoints hold only the adapter tensors (accelerate save/load hooks): a few MB instead of the whole
   model; resuming rebuilds the base from ``model.echomimic_path`` and checks its fingerprint.
-- Export: :func:`export_adapter` writes one ``.safetensors`` with its config in the metadata
-  (:mod:`echomimic_lib.lora`); :func:`trainer.export.merged_state` merges the adapters into the base with peft
+- Export: :func:`export_adapter` writes one ``.safetensors`` with per-layer ``alpha`` tensors and its config in
+  the metadata (:mod:`echomimic_lib.lora.files`), :func:`export_peft` also peft's ``save_pretrained`` layout
+  (``export --format peft``); :func:`trainer.export.merged_state` merges the adapters into the base with peft
   (for ``export --merge``, the official file set). The config checks of a LoRA run are in :mod:`trainer.config`.
 """
 from __future__ import annotations
@@ -181,5 +182,20 @@ def export_adapter(ckpt: Path, dest: Path, meta: dict, state: dict, ema: bool, d
     if not tensors:
         raise ConfigError(f"{ckpt}: no adapter tensors in this checkpoint")
     path = write_lora(adapter_path(ckpt, dest, meta, ema), tensors, lora_info(meta, ckpt, ema))
-    log.info("LoRA adapter (%d layers) written to %s", len(tensors) // 2, path)
+    log.info("LoRA adapter (%d layers) written to %s", len(tensors) // 2, path)  # lora_A + lora_B per layer (+ alpha)
     return path
+
+
+def peft_dir(adapter_file: Path) -> Path:
+    """Where ``--format peft`` writes peft's layout: ``<adapter file stem>-peft/<network>/``."""
+    adapter_file = Path(adapter_file)
+    return adapter_file.with_name(f"{adapter_file.stem}-peft")
+
+
+def export_peft(adapter_file: Path, force: bool = False) -> list[Path]:
+    """peft's ``save_pretrained`` layout of an exported adapter file, one folder per network."""
+    from echomimic_lib.lora import read_lora, write_peft
+
+    folders = write_peft(read_lora(adapter_file), peft_dir(adapter_file), force=force)
+    log.info("peft layout (%s) written to %s", ", ".join(f.name for f in folders), peft_dir(adapter_file))
+    return folders
