@@ -294,8 +294,8 @@ def test_lora_config_is_checked(run):
 
 
 def test_loader_node_lists_applies_and_refuses_loras(run, exported, tmp_path, monkeypatch):
-    """The ComfyUI loader (stand-ins outside ComfyUI): the LoRA picked from models/echomimic/loras/ gives the weights
-    of the merged export, strength 0 the base bit for bit; another version's LoRA and escaping names are refused."""
+    """The ComfyUI loader (stand-ins outside ComfyUI): the LoRA picked from models/echomimic/loras/ gives, once ComfyUI
+    loads the networks, the weights of the merged export, strength 0 the base bit for bit; another version's LoRA and escaping names are refused."""
     from tests._pack import load_pack, sub
 
     C, L = sub("nodes.comfy_bridge"), sub("nodes.loader")
@@ -314,8 +314,11 @@ def test_loader_node_lists_applies_and_refuses_loras(run, exported, tmp_path, mo
         args = dict(dtype="fp32", attention="sdpa", keep_loaded=False, weights_folder="auto", vae="auto", auto_download=False)
         return node().execute(version, "normal", **{**args, **kw})[0]
 
-    def state(handle):
-        return {f"{n}.{k}": v for n in ("reference", "denoiser") for k, v in getattr(handle.models, n).state_dict().items()}
+    def state(handle):  # the weights as ComfyUI loads them (LoRAs are patches, put in on load, taken out on unload)
+        C.load_models([handle.patchers[n] for n in ("reference", "denoiser")])
+        out = {f"{n}.{k}": v.clone() for n in ("reference", "denoiser") for k, v in getattr(handle.models, n).state_dict().items()}
+        C.unload_all_models()
+        return out
 
     base, zero = state(load()), load(lora="people/me.safetensors", lora_strength=0.0)
     assert all(torch.equal(v, base[k]) for k, v in state(zero).items())
@@ -331,3 +334,29 @@ def test_loader_node_lists_applies_and_refuses_loras(run, exported, tmp_path, mo
         load(lora="../../vae/x.safetensors")
     with pytest.raises(EchoMimicError, match="not found"):
         load(lora="nobody.safetensors")
+
+
+def test_export_format_peft_writes_the_adapter_file_and_peft_folders(run, tmp_path, capsys):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from echomimic_lib.lora import apply_lora, read_lora
+    from trainer.cli import main
+    out = tmp_path / "me.safetensors"
+    assert main(["export", str(run["out"]), str(out), "--format", "peft"]) == 0
+    adapter = read_lora(out)
+    assert adapter.alphas and set(adapter.alphas.values()) == {4.0}  # the alpha in the tensors, not only the metadata
+    folder = tmp_path / "me-peft" / "denoiser"
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    assert len(state) == 2 * len(adapter.layers) and all(k.startswith("base_model.model.") for k in state)
+    merged, base = _models(run["weights"]), _models(run["weights"])
+    apply_lora(merged, adapter, 1.0)
+    got = PeftModel.from_pretrained(base.denoiser, str(folder)).merge_and_unload().state_dict()
+    for k, v in merged.denoiser.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    capsys.readouterr()
+    assert main(["export", str(run["out"]), str(out), "--format", "peft"]) != 0
+    assert "me-peft already exist" in capsys.readouterr().err
+    assert main(["export", str(run["out"]), str(tmp_path / "m"), "--format", "peft", "--merge"]) != 0
+    assert "--format peft writes a LoRA run's adapter" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
