@@ -118,7 +118,7 @@ def test_importing_the_pack_has_no_side_effects(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout == ""
     report = json.loads(out.stderr.strip().splitlines()[-1])
-    assert report == {"light": True, "n": 15, "env": []}
+    assert report == {"light": True, "n": 16, "env": []}
     assert list(tmp_path.iterdir()) == []
 
 
