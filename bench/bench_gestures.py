@@ -14,6 +14,8 @@ played forward and blended the same way, the speech ignored), and prints JSON:
   is within the library's own 99th percentile, and ``seams_within_p99_or_own`` counting a seam as within when it
   does not exceed what its source already does at the frames shown; ``outside_picture_per_frame``: body/hand
   points off the picture per frame (beside the library's own rate: output points never go past the library's range);
+- ``excerpts``: the energy correlation (mean of 3 seeds) on ``--excerpts`` random 5-10 s excerpts of the clips
+  joined end to end, each at a random gain (0 to -20 dB): how many reach 0.5, the lowest and the median;
 - ``pose_fps``: frames synthesized per second on one CPU core, after indexing (speech analysis not included;
   ``speech_fps`` separately), on a 60 s clip made of the speech clips one after the other.
 """
@@ -73,6 +75,7 @@ def main() -> None:
     ap.add_argument("--audio", nargs="+", default=sorted(str(p) for p in (SHARED / "audio").glob("*.wav")))
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--excerpts", type=int, default=16, help="random excerpts of the joined clips for the energy measure")
     args = ap.parse_args()
     _one_core()
     with tempfile.TemporaryDirectory() as cache:
@@ -100,6 +103,15 @@ def main() -> None:
     mean = lambda side, k: round(float(np.nanmean([c[side][k] for c in clips if c[side][k] is not None])), 3)  # noqa: E731
     out["mean"] = {side: {k: mean(side, k) for k in clips[0][side]} for side in ("matched", "random")}
     long = np.concatenate(waves)
+    rng, corr = np.random.default_rng(123), []
+    for _ in range(args.excerpts):
+        seconds = rng.uniform(5, 10)
+        start = int(rng.uniform(0, len(long) / 16000 - seconds) * 16000)
+        sp = analyze_waveform(long[start : start + int(seconds * 16000)] * 10 ** rng.uniform(-1, 0), args.fps)
+        corr.append(float(np.nanmean([M.energy_correlation(synthesize(lib, sp, seed=s), sp) for s in range(3)])))
+    if corr:
+        out["excerpts"] = {"n": len(corr), "energy_corr_at_least_0.5": int(sum(c >= 0.5 for c in corr)),
+                           "lowest": round(min(corr), 3), "median": round(float(np.median(corr)), 3)}
     long = np.tile(long, int(np.ceil(60 * 16000 / len(long))))[: 60 * 16000]
     t = time.perf_counter()
     sp = analyze_waveform(long, args.fps)

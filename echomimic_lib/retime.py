@@ -4,7 +4,7 @@ Pure functions on frame indices: ``retime_indices`` says which source frame feed
 
 Policies:
 - ``loop``: 0 1 2 .. n-1 0 1 2 ..
-- ``ping-pong`` (default): 0 1 .. n-1 n-2 .. 1 0 1 ..; the turning frames are not repeated, so there is no
+- ``ping-pong`` (the default of ``retime_indices`` and of landmark sequences): 0 1 .. n-1 n-2 .. 1 0 1 ..; the turning frames are not repeated, so there is no
   frozen frame and no jump at the seam.
 - ``hold-last``: play once, then repeat the last frame.
 - ``stretch``: resample in time so the whole source spans the output (nearest frame).
@@ -12,6 +12,10 @@ Policies:
 
 When the source and output frame rates differ, the source is first resampled in time
 (nearest frame at ``t = i / out_fps``) and the policy then extends that timeline.
+
+V2 hand poses have one more policy, ``continue`` (their default, :func:`default_policy`): the sequence once, then
+gestures matched to the speech (:mod:`echomimic_lib.pose.gestures.continuation`; it needs the speech, so it is not
+an index mapping and ``retime_indices`` does not take it). V1 landmark sequences keep ``ping-pong`` by default.
 """
 from __future__ import annotations
 
@@ -20,6 +24,21 @@ import numpy as np
 from .errors import EchoMimicError
 
 POLICIES = ("ping-pong", "loop", "hold-last", "stretch", "fail")
+CONTINUE = "continue"
+POSE_POLICIES = POLICIES + (CONTINUE,)  # V2 hand poses
+LANDMARK_DEFAULT, POSE_DEFAULT = "ping-pong", CONTINUE
+
+
+def default_policy(policy: str | None, hand_pose: bool) -> str:
+    """``policy`` when one is chosen, else the default for the sequence: ``continue`` for V2 hand poses, ``ping-pong``
+    for V1 landmarks. A policy the sequence cannot take is refused with the ones it can."""
+    if policy is None:
+        return POSE_DEFAULT if hand_pose else LANDMARK_DEFAULT
+    allowed = POSE_POLICIES if hand_pose else POLICIES
+    if policy not in allowed:
+        what = "V2 hand poses" if hand_pose else "landmark sequences"
+        raise EchoMimicError(f"unknown retiming policy '{policy}' for {what}; choose one of {', '.join(allowed)}.")
+    return policy
 
 
 def retime_indices(n_src: int, n_out: int, policy: str = "ping-pong", src_fps: float | None = None, out_fps: float | None = None) -> np.ndarray:

@@ -82,19 +82,15 @@ class PoseTrack:
     """A V2 hand-pose sequence and how to fit it to the video length (ECHOMIMIC_POSES)."""
 
     sequence: Any  # echomimic_lib.pose.PoseSequence
-    retime: str = "ping-pong"
+    retime: str = "continue"  # the V2 default: the sequence once, then gestures matched to the speech
     notes: list = field(default_factory=list)
 
     def condition(self, num_frames: int, width: int, height: int, fps: float, audio=None) -> FrameCondition:
-        if self.retime == "continue":  # needs the speech: the sampler passes its AUDIO
-            from ..echomimic_lib.pose.gestures import analyze_speech
-            from ..echomimic_lib.pose.gestures.continuation import continue_sequence
+        from ..echomimic_lib.pose.gestures.continuation import retime_pose_sequence
 
-            if audio is None:
-                raise EchoMimicError("retime 'continue' needs the speech; the sampler passes it (audio_features).")
-            seq = continue_sequence(self.sequence, num_frames, fps, analyze_speech(audio, fps))
-        else:
-            seq = self.sequence.retime(num_frames, self.retime, out_fps=fps)
+        # continue needs the speech (the sampler passes its AUDIO); without it, or without a gesture in the
+        # sequence, it falls back to ping-pong and says so in the log
+        seq = retime_pose_sequence(self.sequence, num_frames, fps, self.retime, audio=audio)
         return FrameCondition(num_frames, lambda sel: draw_hands_batch(seq, sel, (width, height)))
 
 

@@ -69,9 +69,10 @@ class EchoMimicPoseSequenceLoader(Node):
                             "driving_frames are connected."}),
             "fps": frame_rate("Frame rate of the poses: 24 for the released folders; for driving_frames link Get Video "
                               "Components' fps."),
-            "retime": (POSE_RETIME_POLICIES, {"default": "ping-pong", "tooltip": "How the sequence is fitted to the audio "
-                       "length: ping-pong, loop, hold-last, stretch, fail when it is too short, or continue (play it once, "
-                       "then carry on with gestures matched to the speech, never backwards)."}),
+            "retime": (POSE_RETIME_POLICIES, {"default": "continue", "tooltip": "How the sequence is fitted to a longer "
+                       "audio: continue (default: play it once, then carry on with gestures matched to the speech, never "
+                       "backwards; ping-pong when the folder holds no gesture, said in the log), ping-pong, loop, "
+                       "hold-last, stretch, or fail. A sequence long enough plays the same under every policy but stretch."}),
             "align": (ALIGN, {"default": "none", "tooltip": "fit to reference shoulders: move and scale the poses so their "
                       "neck and shoulders land on the reference's (needs 'reference' and the DWPose models)."}),
             "on_missing": (["interpolate", "hold", "fail"], {"default": "interpolate", "tooltip": "Driving frames where "

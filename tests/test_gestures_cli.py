@@ -46,10 +46,11 @@ def test_retime_continue_carries_a_short_folder_on(tiny, speech, shared_data, tm
     from echomimic_lib.pose import load_pose, save_pose_npz
 
     short = save_pose_npz(load_pose(shared_data / "pose" / "01")[:30], tmp_path / "short.npz")  # 1.25 s of 2 s
-    out = tmp_path / "cont.mp4"
-    rc = cli(["animate", "--version", "v2", "--acc", "--reference", str(shared_data / "images" / "halfbody_0035.png"),
-              "--audio", str(speech), "--pose", str(short), "--retime", "continue"] + _common(tiny, out))
-    assert rc == 0 and probe(out)["frames"] == 48
+    for retime in ([], ["--retime", "continue"]):  # continue is the default for V2 poses (what it plays: test_gestures_retime)
+        out = tmp_path / f"cont{len(retime)}.mp4"
+        rc = cli(["animate", "--version", "v2", "--acc", "--reference", str(shared_data / "images" / "halfbody_0035.png"),
+                  "--audio", str(speech), "--pose", str(short)] + retime + _common(tiny, out))
+        assert rc == 0 and probe(out)["frames"] == 48
 
 
 def test_bad_gesture_input_is_refused_before_any_weight(speech, shared_data, tmp_path, capsys):

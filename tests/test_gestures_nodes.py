@@ -60,6 +60,10 @@ def test_pose_loader_continue_carries_a_short_folder_on_with_the_speech(models, 
 
     assert np.array_equal(first, draw_hands_batch(pingpong, range(48), (SIZE, SIZE)))  # the folder itself first
     assert not np.array_equal(cond.render([60]), draw_hands_batch(pingpong, [60], (SIZE, SIZE)))  # then not backwards
-    with pytest.raises(EchoMimicError, match="needs the speech"):
-        poses.condition(n, SIZE, SIZE, FPS)
-    assert "continue" in N["EchoMimicPoseSequenceLoader"].INPUT_TYPES()["required"]["retime"][0]
+    # without the speech: ping-pong (logged); an explicit ping-pong (e.g. a saved workflow's widget) stays ping-pong
+    assert np.array_equal(poses.condition(n, SIZE, SIZE, FPS).render([60]), draw_hands_batch(pingpong, [60], (SIZE, SIZE)))
+    stored, _ = N["EchoMimicPoseSequenceLoader"]().execute("01", 24.0, "ping-pong", "none", "interpolate", False)
+    cond = stored.condition(n, SIZE, SIZE, FPS, feats.audio)
+    assert np.array_equal(cond.render([60, 71]), draw_hands_batch(pingpong, [60, 71], (SIZE, SIZE)))
+    choices, opts = N["EchoMimicPoseSequenceLoader"].INPUT_TYPES()["required"]["retime"]
+    assert "continue" in choices and "ping-pong" in choices and opts["default"] == "continue"  # the default for new nodes

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from echomimic_lib.errors import EchoMimicError
-from echomimic_lib.pose.gestures.speech import analyze_speech, analyze_waveform
+from echomimic_lib.pose.gestures.speech import analyze_speech, analyze_waveform, relative_loudness
 
 SR = 16000
 
@@ -80,6 +80,26 @@ def test_loudness_follows_a_ramp():
     assert np.corrcoef(np.arange(sp.num_frames), sp.loudness)[0, 1] > 0.95
     assert sp.loudness[:third].mean() < sp.loudness[third : 2 * third].mean() < sp.loudness[2 * third :].mean()
     assert sp.loudness.min() >= 0 and sp.loudness.max() <= 1
+
+
+def test_relative_loudness_is_the_clip_s_own_louder_and_calmer_phrases():
+    steady, _ = onset_train(12.0, period=0.6, burst=0.3)
+    sp = analyze_waveform(steady, 25.0)
+    e = relative_loudness(sp)[25:-25]  # (the clip's edges fade in and out)
+    assert np.ptp(e) < 0.1  # one level all through: no contrast made up from the syllable rhythm
+    loud_quiet = []
+    for quiet in (0.1, 0.3):  # phrases of three syllables at 0 dB and at -20 / -10 dB
+        gains = np.where((np.arange(20) // 3) % 2 == 0, 1.0, quiet)
+        wave, times = onset_train(12.0, period=0.6, burst=0.3, gains=gains)
+        sp = analyze_waveform(wave, 25.0)
+        e = relative_loudness(sp)
+        at = (times * 25).astype(int)[1:-1] + 3
+        loud, calm = e[at[gains[1:-1] == 1.0]], e[at[gains[1:-1] < 1.0]]
+        assert loud.min() > calm.max() + 0.15
+        loud_quiet.append((loud.mean(), calm.mean()))
+    assert loud_quiet[1][0] > 0.7  # a clip whose quieter phrases are only 10 dB down still spans the range
+    silent = analyze_waveform(np.zeros(SR), 25.0)
+    assert (relative_loudness(silent) == 0).all()
 
 
 def test_pitch_of_a_voiced_tone_and_its_movement():

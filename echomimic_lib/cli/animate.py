@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..jobs.animate_checks import default_models_dir
+from ..retime import POSE_POLICIES
 from .common import add_run_options, ProgressBar, say
 
 VERSION_DEFAULT_MODE = {"v1": "audio", "v2": "halfbody"}
@@ -97,9 +98,10 @@ def add_commands(sub) -> None:
     a.add_argument("--parts", help="landmark parts to draw, e.g. eyes,brows,pupils,nose[,mouth,iris,oval] (default: the mode's)")
     a.add_argument("--pose", help="V2: a released hand-pose folder (0.npy, 1.npy, ...) or our .npz; or 'auto': gestures "
                                   "generated from the speech out of --gesture-library")
-    a.add_argument("--retime", default="ping-pong", choices=["ping-pong", "loop", "hold-last", "stretch", "fail", "continue"],
-                   help="how a landmark/pose sequence shorter than the audio is extended; continue (V2 poses): play it once, "
-                        "then carry on with gestures matched to the speech")
+    a.add_argument("--retime", default=None, choices=list(POSE_POLICIES),
+                   help="how a landmark/pose sequence shorter than the audio is extended; continue (V2 poses, their default): "
+                        "play it once, then carry on with gestures matched to the speech (ping-pong, logged, when the folder "
+                        "holds no gesture); V1 landmarks: ping-pong by default")
     a.add_argument("--gesture-library", help="V2 --pose auto / --retime continue: a folder of pose folders (or one pose "
                                              "folder) to take gestures from (default: the models folder's poses/)")
     a.add_argument("--expressiveness", type=float, default=1.0, help="gestures from the speech: 0 (calm) .. 2 (lively)")

@@ -21,6 +21,7 @@ from .animate_checks import AUTO_POSE, default_models_dir, gesture_library_dirs,
 from ..devices import DTYPE_NAMES, DTYPES  # noqa: F401 (DTYPES: public, used by other commands)
 from ..errors import NoFaceError
 from ..modes import DEFAULT_FPS
+from ..retime import default_policy
 
 log = logging.getLogger(__name__)
 MODE_TITLES = {"v1-audio": "V1 audio-driven", "v1-landmarks": "V1 landmark-driven", "v1-audio+landmarks": "V1 audio + selected landmarks",
@@ -40,7 +41,7 @@ class AnimateRequest:
     landmarks: str | None = None  # driving video or folder of V1 .pkl frames
     parts: str | None = None  # comma-separated landmark parts
     pose: str | None = None  # V2 pose folder / .npz, or "auto": gestures from the speech (echomimic_lib.pose.gestures)
-    retime: str = "ping-pong"  # V2 poses also "continue": the folder once, then gestures matched to the speech
+    retime: str | None = None  # None: "continue" for V2 poses (the folder once, then gestures matched to the speech), ping-pong for landmarks
     gesture_library: str | None = None  # --pose auto / --retime continue: pose folders to take gestures from
     expressiveness: float = 1.0  # gestures from the speech: 0 calm .. 2 lively
     steps: int | None = None
@@ -111,11 +112,11 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
             parts = normalize_parts(req.parts) if req.parts is not None else frozenset(mode.landmark_parts)
         except ValueError as exc:
             raise EchoMimicError(f"--parts: {exc}") from None
-        src = Path(req.landmarks)
+        src, policy = Path(req.landmarks), default_policy(req.retime, hand_pose=False)
         if src.is_dir():
-            frames = conditions_from_pkl_folder(src, num_frames, (w, h), parts=parts, retime_policy=req.retime)
+            frames = conditions_from_pkl_folder(src, num_frames, (w, h), parts=parts, retime_policy=policy)
         else:
-            frames, _ = conditions_from_driving_video(src, prep.image, num_frames, (w, h), parts=parts, retime_policy=req.retime,
+            frames, _ = conditions_from_driving_video(src, prep.image, num_frames, (w, h), parts=parts, retime_policy=policy,
                                                       out_fps=settings.fps, model_path=req.mediapipe_model,
                                                       progress=landmark_progress)
         return Conditioned(prep.image, frames_condition(frames), prep.crop)
@@ -123,34 +124,30 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
     from ..pose import draw_hands_batch, fit_sequence_to_reference, load_pose
     from ..pose.dwpose import detect_image_pose
 
-    if req.pose == AUTO_POSE or req.retime == "continue":
+    from ..pose.gestures.continuation import retime_pose_sequence
+
+    if req.pose == AUTO_POSE:
         seq = gesture_poses(req, detector, prep.image, num_frames, settings)
     else:
         seq = load_pose(req.pose)
         if req.align_poses:  # move the poses onto the prepared reference's shoulders (the node's "fit to reference shoulders")
             seq, _ = fit_sequence_to_reference(seq, detect_image_pose(detector, prep.image))
-        seq = seq.retime(num_frames, req.retime, out_fps=settings.fps)
+        # default "continue": a folder shorter than the speech carries on with matched gestures (ping-pong when it has none)
+        seq = retime_pose_sequence(seq, num_frames, settings.fps, req.retime, audio=req.audio, library=req.gesture_library,
+                                   seed=int(settings.seed), expressiveness=float(req.expressiveness))
     return Conditioned(prep.image, FrameCondition(len(seq), lambda idx: draw_hands_batch(seq, idx, (w, h))), prep.crop)
 
 
 def gesture_poses(req: AnimateRequest, detector, reference: np.ndarray, num_frames: int, settings):
-    """V2 poses from the speech: ``--pose auto`` (gestures from the library) or ``--retime continue`` (the pose folder
-    once, then matched gestures); with ``--align-poses`` on the reference's shoulders."""
-    from ..pose import fit_sequence_to_reference, load_pose
+    """V2 poses from the speech alone (``--pose auto``: gestures from the library); with ``--align-poses`` on the
+    reference's shoulders. (A pose folder shorter than the speech is carried on in :func:`prepare_condition`.)"""
     from ..pose.dwpose import detect_image_pose
     from ..pose.gestures import analyze_speech, load_library, synthesize
-    from ..pose.gestures.continuation import continue_sequence
 
     speech = analyze_speech(req.audio, settings.fps)
     ref_pose = detect_image_pose(detector, reference) if req.align_poses else None
-    seed, expr = int(settings.seed), float(req.expressiveness)
-    if req.pose == AUTO_POSE:
-        lib = load_library(gesture_library_dirs(req))
-        return synthesize(lib, speech, num_frames, seed, reference=ref_pose, expressiveness=expr)
-    seq = load_pose(req.pose)
-    if ref_pose is not None:
-        seq, _ = fit_sequence_to_reference(seq, ref_pose)
-    return continue_sequence(seq, num_frames, settings.fps, speech, library=req.gesture_library, seed=seed, expressiveness=expr)
+    lib = load_library(gesture_library_dirs(req))
+    return synthesize(lib, speech, num_frames, int(settings.seed), reference=ref_pose, expressiveness=float(req.expressiveness))
 
 
 def build_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings):

@@ -11,12 +11,17 @@ import numpy as np
 from ..sequence import PoseSequence
 
 N_POINTS = 18 + 42 + 68
+SURE = 0.3  # detection score above which a point is drawn
 REST_ACC = 1.8  # rest seams may use this x the blend budget (half the library's 99th percentile)
 
 
 def points_of(seq: PoseSequence) -> np.ndarray:
     return np.concatenate([seq.body, seq.hands.reshape(len(seq), 42, 2), seq.faces], axis=1)
 
+
+
+def _scores(seq: PoseSequence) -> np.ndarray:
+    return np.concatenate([seq.body_score, seq.hands_score.reshape(len(seq), 42), seq.faces_score], axis=1)
 
 
 def _quintic(x0: np.ndarray, v0: np.ndarray, T: float, length: int) -> np.ndarray:
@@ -47,10 +52,12 @@ def _settle(x0: np.ndarray, v0: np.ndarray, T: float, length: int) -> np.ndarray
 
 
 def inertialize(points: np.ndarray, seams, hidden: np.ndarray, acc_limit, fps: float, min_blend_s: float = 0.16,
-                max_blend_s: float = 0.8, settle=None) -> None:
+                max_blend_s: float = 0.8, settle=None, unsure=None) -> None:
     """Blend each seam in place: position and velocity continuous, the blend's acceleration within ``acc_limit``
     (one number, or one per seam). ``settle`` (one bool per seam): the new segment holds a frame, and the motion
-    coming in decelerates to a stop instead of returning to it (peak deceleration 1.5 |v0| / T)."""
+    coming in decelerates to a stop instead of returning to it (peak deceleration 1.5 |v0| / T, from the body joints
+    not ``unsure``: a joint the detector was unsure of (not drawn) can jump between frames; the stop takes at most
+    ``max_blend_s``)."""
     n = len(points)
     bounds = list(seams) + [n]
     limits = np.broadcast_to(np.asarray(acc_limit, dtype=np.float64), (len(seams),))
@@ -71,8 +78,10 @@ def inertialize(points: np.ndarray, seams, hidden: np.ndarray, acc_limit, fps: f
         if settle[j]:
             v_in = np.where(ok[:, None], _rigid_velocity(v_prev), 0.0)
             x0 = np.where(ok[:, None], prev + v_in - new, 0.0)
-            T = max(T, 1.5 * float(np.linalg.norm(v_in[:18], axis=-1).max()) / max(limits[j], 1e-12))
-            points[t:seg_end] += _settle(x0, v_in, T, seg_end - t)
+            sure = ok[:18] if unsure is None else ok[:18] & ~unsure[t - 1, :18] & ~unsure[t - 2, :18]
+            v_body = np.linalg.norm(v_in[:18][sure], axis=-1)
+            T = max(T, 1.5 * float(v_body.max(initial=0.0)) / max(limits[j], 1e-12))
+            points[t:seg_end] += _settle(x0, v_in, min(T, max_blend_s * fps), seg_end - t)
             continue
         while True:
             off = _quintic(x0, v0, T, int(np.ceil(T)) + 3)
@@ -101,15 +110,46 @@ def clamp_box(original: list[PoseSequence], aligned: list[PoseSequence]) -> tupl
     return lo, hi
 
 
+ARMS = ((3, None), (4, slice(39, 60)), (6, None), (7, slice(18, 39)))  # elbows; wrists with their hand's points
+ANCHOR_S = 1.0  # the posture gestures are scaled about: each joint's mean over this window
+
+
+def _moving_mean(x: np.ndarray, ok: np.ndarray, width: int) -> np.ndarray:
+    """Centred mean over ``width`` frames of the rows of ``x`` (F, 2) where ``ok``; rows with none keep their value."""
+    pad = (width // 2, width - 1 - width // 2)
+    w = np.pad(ok.astype(np.float64), pad)
+    v = np.pad(np.where(ok[:, None], x, 0.0), (pad, (0, 0)))
+    cw, cv = np.r_[0.0, np.cumsum(w)], np.concatenate([np.zeros((1, 2)), np.cumsum(v, axis=0)])
+    num, den = cv[width:] - cv[:-width], (cw[width:] - cw[:-width])[:, None]
+    return np.where(den > 0, num / np.maximum(den, 1e-12), x)
+
+
+def scale_gestures(points: np.ndarray, hidden: np.ndarray, gain: np.ndarray, fps: float) -> None:
+    """In place: each elbow and wrist moved ``gain`` (F,) times as far from its posture (its mean over ``ANCHOR_S``)
+    as it was, each hand carried with its wrist (no new shape: the fingers keep their places on the wrist)."""
+    width = max(3, int(round(ANCHOR_S * fps)))
+    g = gain[:, None]
+    for j, hand in ARMS:
+        ok = ~hidden[:, j]
+        anchor = _moving_mean(points[:, j], ok, width)
+        delta = (g - 1.0) * (points[:, j] - anchor)
+        delta = np.where(ok[:, None] & (np.abs(delta) > 1e-12), delta, 0.0)  # a still pose stays exactly still
+        points[:, j] += delta
+        if hand is not None:
+            points[:, hand] += np.where(hidden[:, hand, None], 0.0, delta[:, None, :])
+
+
 def render(sources: list[PoseSequence], plan, fps: float, acc_limit: float, box, min_blend_s: float = 0.16,
-           max_blend_s: float = 0.8, keep: int = 0) -> PoseSequence:
+           max_blend_s: float = 0.8, keep: int = 0, gain=None) -> PoseSequence:
     """The planned frames (``plan``: a :class:`GesturePlan`) drawn from the aligned sources, seams blended, points
-    kept inside ``box`` (see :func:`clamp_box`) except the first ``keep`` frames (given as they are); the plan
-    becomes the sequence's ``report``."""
+    kept inside ``box`` (see :func:`clamp_box`) except the first ``keep`` frames (given as they are); ``gain`` (F,):
+    how far arms and hands move from their posture per frame (:func:`scale_gestures`; None: as the sources did); the
+    plan becomes the sequence's ``report``."""
     n = len(plan.source)
     pts = np.zeros((n, N_POINTS, 2))
     hidden = np.zeros((n, N_POINTS), bool)
     near = np.zeros(n, np.int64)
+    unsure = np.zeros((n, N_POINTS), bool)  # points the detector was not sure of (not drawn): left out of the blends
     for s, seq in enumerate(sources):
         m = plan.source == s
         if not m.any():
@@ -127,12 +167,15 @@ def render(sources: list[PoseSequence], plan, fps: float, acc_limit: float, box,
         pts[m] = np.where(either[..., None], nearest, lerp)
         near[m] = np.where(w[:, 0, 0] >= 0.5, i1, i0)
         hidden[m] = (pts[m] == -1.0).all(-1)
+        unsure[m] = _scores(seq)[near[m]] <= SURE
     # blends into a rest may use most of the library's acceleration range (they must end early in the pause)
     kinds = {seg[0]: seg[2] for seg in plan.segments}
     limits = [acc_limit * (REST_ACC if kinds.get(t) == "rest" else 1.0) for t in plan.seams]
     holds = [kinds.get(t) in ("rest", "hold") and plan.source[t] == plan.source[t - 1] and plan.position[t] == plan.position[t - 1]
              for t in plan.seams]
-    inertialize(pts, plan.seams, hidden, limits, fps, min_blend_s, max_blend_s, holds)
+    inertialize(pts, plan.seams, hidden, limits, fps, min_blend_s, max_blend_s, holds, unsure)
+    if gain is not None and keep < n:
+        scale_gestures(pts[keep:], hidden[keep:] | unsure[keep:], np.asarray(gain, np.float64)[keep:n], fps)
     lo, hi = box
     pts[keep:] = np.where(hidden[keep:, :, None], -1.0, np.clip(pts[keep:], lo, hi))
     fields = {}

@@ -1,18 +1,27 @@
 """The ``continue`` retiming of a V2 pose sequence: when the speech outlasts the sequence, the sequence plays once
 (exactly as the other policies play it while it lasts) and gestures matched to the speech carry on from where it
 ends -- from the sequence's own gesture units and those of any library folders -- instead of playing it backwards
-(ping-pong) or from the start again (loop)."""
+(ping-pong) or from the start again (loop). It is the default policy for V2 hand poses
+(:func:`retime_pose_sequence`); a sequence with no gesture to carry on with (too short, nobody moving) and no
+gesture library beside it, or no speech to match, falls back to ping-pong, saying so in the log."""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from ...errors import EchoMimicError
-from ...retime import retime_indices
+from ...retime import CONTINUE, default_policy, retime_indices
 from ..sequence import PoseSequence
 from .library import GestureLibrary, _concat_units, index_source
 from .speech import SpeechFeatures
 
-CONTINUE = "continue"
+log = logging.getLogger(__name__)
+FALLBACK = "ping-pong"
+
+
+class NoGesturesError(EchoMimicError):
+    """The pose sequence (and library) holds no gesture unit to carry on with."""
 
 
 def library_from_sequences(seqs: list[PoseSequence], names: list[str] | None = None) -> GestureLibrary:
@@ -23,7 +32,7 @@ def library_from_sequences(seqs: list[PoseSequence], names: list[str] | None = N
         tables.append(dict(t, source=np.full(len(t["start"]), i, dtype=np.int64)))
     lib = GestureLibrary(list(seqs), _concat_units(tables), list(names or [s.source or f"sequence {i}" for i, s in enumerate(seqs)]))
     if len(lib) == 0 or not (~lib.units["rest"]).any():
-        raise EchoMimicError("retime 'continue': the pose sequence holds no gesture to carry on with (too short or nobody "
+        raise NoGesturesError("retime 'continue': the pose sequence holds no gesture to carry on with (too short or nobody "
                              "moving); give a gesture library folder too, or choose another retiming (ping-pong, loop, ...).")
     return lib
 
@@ -63,3 +72,32 @@ def continue_sequence(seq: PoseSequence, n_out: int, out_fps: float, speech: Spe
     out.frame_ids[:n_time] = seq.frame_ids[prefix]  # the source's frame numbers while it plays
     out.source = f"{seq.source or 'pose sequence'}, continued with gestures from the speech"
     return out
+
+
+def retime_pose_sequence(seq: PoseSequence, n_out: int, out_fps: float, policy: str | None = None, audio=None,
+                         library=None, seed: int = 0, speech: SpeechFeatures | None = None, **options) -> PoseSequence:
+    """``seq`` fitted to ``n_out`` frames at ``out_fps`` with ``policy`` (None: ``continue``, the V2 default).
+
+    ``continue`` needs the speech: ``speech`` (features at ``out_fps``) or ``audio`` (anything
+    :func:`~echomimic_lib.pose.gestures.analyze_speech` reads; analysed only when the sequence is too short). Without
+    speech, or when neither ``seq`` nor ``library`` holds a gesture unit, it falls back to ping-pong with a warning
+    in the log. Other policies: :meth:`PoseSequence.retime`."""
+    from .speech import analyze_speech
+
+    policy = default_policy(policy, hand_pose=True)
+    if policy != CONTINUE:
+        return seq.retime(n_out, policy, out_fps=out_fps)
+    if 0 < int(n_out) <= covered_frames(seq, out_fps):  # long enough: the same frames as every other policy
+        return seq.retime(n_out, "fail", out_fps=out_fps)
+    name = seq.source or "the pose sequence"
+    if speech is None and audio is None:
+        log.warning("retime 'continue': no speech to match gestures to for %s; ping-pong instead.", name)
+        return seq.retime(n_out, FALLBACK, out_fps=out_fps)
+    if speech is None:
+        speech = analyze_speech(audio, out_fps)
+    try:
+        return continue_sequence(seq, n_out, out_fps, speech, library=library, seed=seed, **options)
+    except NoGesturesError:
+        log.warning("retime 'continue': %s holds no gesture to carry on with (too short or nobody moving) and no "
+                    "gesture library is given; ping-pong instead (give --gesture-library, or choose a policy).", name)
+        return seq.retime(n_out, FALLBACK, out_fps=out_fps)

@@ -193,3 +193,24 @@ def select_stresses(onsets: np.ndarray, strength: np.ndarray, fps: float, min_ga
         if all(abs(o - k) >= gap for k in kept):
             kept.append(o)
     return np.array(sorted(kept), dtype=np.int64)
+
+
+def relative_loudness(speech: SpeechFeatures, smooth_s: float = 1.0, min_spread: float = 0.2, absolute: float = 0.3) -> np.ndarray:
+    """(F,) 0..1: how loud each phrase is *for this clip*. The loudness smoothed over about ``smooth_s`` seconds
+    (phrases, not syllables) is placed against the clip's speaking frames: 0.5 at their median, +-0.5 per 10th..90th
+    percentile spread -- or per ``min_spread`` (0.2 = 8 dB) when the clip varies less, so a steady voice stays
+    steady while a clip spoken at one loud level still has its louder and calmer phrases; mixed with ``absolute`` of
+    the plain level (loudness / 0.7: a whisper stays calmer than a shout). Silence comes out at 0."""
+    loud = np.asarray(speech.loudness, dtype=np.float64)
+    if loud.size == 0:
+        return loud.copy()
+    w = max(3, int(round(2 * smooth_s * speech.fps)))  # a Hann window twice as long: no ripple from syllable rhythm
+    k = np.hanning(w + 2)[1:-1]
+    smooth = np.convolve(np.pad(loud, (w // 2, w - 1 - w // 2), mode="edge"), k / k.sum(), mode="valid")
+    level = np.clip(smooth / 0.7, 0.0, 1.0)
+    speaking = smooth[speech.active]
+    if speaking.size < 3:  # (next to) no speech: nothing to be loud about
+        return np.zeros_like(level)
+    lo, mid, hi = np.percentile(speaking, [10, 50, 90])
+    rel = np.clip(0.5 + (smooth - mid) / max(hi - lo, min_spread), 0.0, 1.0)
+    return np.clip((1.0 - absolute) * rel + absolute * level, 0.0, 1.0) * np.minimum(1.0, level / 0.15)

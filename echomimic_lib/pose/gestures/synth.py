@@ -6,7 +6,8 @@ The output is planned unit by unit at the video frame rate. At each step the nex
 - *synchrony*: can its stroke (speed peak) land on the stress? The unit's preparation is entered part-way
   (frames skipped) or slowed down (down to 1 / ``max_stretch`` speed); the cost is the remaining miss;
 - *energy*: its amplitude rank in the library against the loudness (and pitch movement) ahead, scaled by
-  ``expressiveness``;
+  ``expressiveness``; loudness *for this clip* (:func:`~.speech.relative_loudness`: its percentile among the clip's
+  speaking frames, mixed with the plain level), so a clip spoken at one loud level still has calmer stretches;
 - *transition*: the distance of its start posture from the current posture;
 - *variety*: a unit used within ``variety_s`` seconds is avoided while others remain; plus seeded noise
   (``temperature``) so seeds give different, reproducible results.
@@ -14,7 +15,10 @@ The output is planned unit by unit at the video frame rate. At each step the nex
 A stress too far ahead even for a slowed preparation is waited for with a still hold (the gesture's
 post-stroke hold), and so are silent gaps of ``gap_s`` between phrases (until the next preparation).
 Through pauses of ``min_pause`` seconds or more (see :func:`analyze_speech`) the gesture settles: the last unit ends at its slowest frame shortly before the pause and the pose holds there (pauses
-shorter than ``hold_pause_s``), or moves to a calm library frame with the hands low (longer pauses). Source
+shorter than ``hold_pause_s``), or moves to a calm library frame with the hands low (longer pauses). The motion then follows the loudness within each unit too: after its stroke a unit plays at a rate of
+1 +- ``energy_rate`` (quietest .. loudest moment of the clip; forward only, resampled between source frames), and the
+elbows and wrists move 1 +- ``energy_gain`` times as far from their posture (their mean over a second, the hands
+carried with the wrists; the gain follows the loudness smoothed over ``GAIN_SMOOTH_S``). Source
 frames only ever move forward (never backwards); body, face and hands of a frame always come from the same
 source frame, so the skeleton stays valid. Each switch is blended by inertialization: the gap in position and
 velocity between where the previous motion was heading and the new unit decays to zero with a quintic
@@ -36,11 +40,12 @@ from ..align import fit_sequence_to_reference
 from ..sequence import PoseSequence
 from .blend import clamp_box, render
 from .library import GestureLibrary, joint_acceleration, posture
-from .speech import SpeechFeatures
+from .speech import SpeechFeatures, relative_loudness
 
-ENERGY_WEIGHT = 4.0  # an amplitude-rank miss of 0.25 costs as much as a stroke 0.1 s off its stress
-LOUD_FULL = 0.7  # mean loudness (0..1, syllables and the gaps between them) that asks for the liveliest units
+ENERGY_WEIGHT = 8.0  # an amplitude-rank miss of 0.125 costs as much as a stroke 0.1 s off its stress
 GAP_LEAD_S = 0.3  # a hold in a gap between phrases starts this long before the gap
+GAIN_SMOOTH_S = 0.8  # the arm-amplitude gain follows the loudness this slowly (not syllable by syllable)
+QUIET_TRANS = 4.0  # transition weight added at the calmest moments (0.5 at the loudest)
 PEAK_WEIGHT = 2.0  # units with one clear stroke are preferred (a second peak would be a stroke off the stress)
 
 
@@ -48,7 +53,7 @@ PEAK_WEIGHT = 2.0  # units with one clear stroke are preferred (a second peak wo
 class GestureOptions:
     expressiveness: float = 1.0  # 0: calmest units; 1: follow the speech; up to 2: the liveliest units
     variety_s: float = 4.0  # a unit is not reused within this many seconds while others remain
-    temperature: float = 0.5  # weight of the seeded random part of the choice
+    temperature: float = 0.8  # weight of the seeded random part of the choice
     max_stretch: float = 1.6  # a preparation phase may be slowed down to 1 / max_stretch of its speed
     min_blend_s: float = 0.16
     max_blend_s: float = 0.8
@@ -56,6 +61,8 @@ class GestureOptions:
     gap_s: float = 0.3  # silent gaps this long are held still too (shorter than a pause, not counted as one)
     hold_pause_s: float = 2.0  # through shorter pauses the hands hold where the last gesture settled
     hold_after_stroke: int = 3  # frames a unit plays after its stroke before the next may take over
+    energy_rate: float = 0.4  # after its stroke a unit plays at 1 +- this (quietest .. loudest moment of the clip)
+    energy_gain: float = 0.5  # arms move 1 +- this as far from their posture (quietest .. loudest moment)
     random_units: bool = False  # baseline for the benchmark: units at random, speech ignored, no rest
 
     def check(self) -> None:
@@ -63,6 +70,9 @@ class GestureOptions:
             raise EchoMimicError(f"expressiveness must be between 0 and 2, got {self.expressiveness}.")
         if self.variety_s < 0 or self.temperature < 0 or self.max_stretch < 1.0:
             raise EchoMimicError("gesture options: variety_s and temperature must be >= 0 and max_stretch >= 1.")
+        if not (0.0 <= self.energy_rate < 1.0 and 0.0 <= self.energy_gain < 1.0):
+            raise EchoMimicError(f"gesture options: energy_rate and energy_gain must be in [0, 1), got {self.energy_rate} "
+                                 f"and {self.energy_gain}.")
 
 
 @dataclass
@@ -74,6 +84,7 @@ class GesturePlan:
     seams: list = field(default_factory=list)  # output frames where a new segment starts
     segments: list = field(default_factory=list)  # (start, end, kind 'unit'|'rest'|'hold'|'given', unit or -1)
     strokes: list = field(default_factory=list)  # planned stroke frames
+    energy: np.ndarray | None = None  # (N,) the speech's loudness for this clip, 0..1 (relative_loudness)
 
     def summary(self) -> str:
         count = {k: sum(1 for s in self.segments if s[2] == k) for k in ("unit", "rest", "hold")}
@@ -172,7 +183,10 @@ class _Planner:
                                    zip(u["source"], u["start"], u["end"], u["stroke"])])
         self.src = np.zeros(n, np.int64)
         self.pos = np.zeros(n)
-        self.plan = GesturePlan(self.src, self.pos)
+        self.energy = relative_loudness(speech)  # 0..1 against the clip's own loudness
+        depth = 0.0 if opts.random_units else opts.energy_rate  # the baseline ignores the speech
+        self.rate = 1.0 + depth * (2.0 * self.energy - 1.0)  # playback rate after a stroke
+        self.plan = GesturePlan(self.src, self.pos, energy=self.energy)
 
     def _fill(self, t0, t1, source, positions, kind, unit):
         self.src[t0:t1] = source
@@ -205,7 +219,7 @@ class _Planner:
         end = min(self.n, t + max(int(span), 1))
         if self.o.random_units:
             return 0.5
-        loud = min(1.0, float(self.sp.loudness[t:end].mean()) / LOUD_FULL) if end > t else 0.0
+        loud = float(self.energy[t:end].mean()) if end > t else 0.0
         pm = float(np.clip(sp.pitch_motion[t:end].mean() / 4.0, 0, 1)) if end > t else 0.0
         return float(np.clip(self.o.expressiveness * (0.85 * loud + 0.15 * pm), 0, 1))
 
@@ -223,9 +237,12 @@ class _Planner:
             reach = s_out * o.max_stretch
             miss = np.where(lead <= reach, 0.0, lead - reach)
             miss = np.where(s_out < 1, np.abs(lead - s_out), miss)
-        energy = np.abs(self.rank[cand] - self._target_energy(t, np.median(self.len_out)))
+        target = self._target_energy(t, np.median(self.len_out))
+        energy = np.abs(self.rank[cand] - target)
         trans = 0.0 if cur_posture is None else np.linalg.norm(u["start_posture"][cand] - cur_posture, axis=1)
-        cost = (miss / (0.1 * self.fps) + ENERGY_WEIGHT * energy + PEAK_WEIGHT * self.secondary[cand] + 0.5 * trans
+        # the blend into a unit far away is motion too: the calmer the moment, the more it costs
+        w_trans = 0.5 + QUIET_TRANS * (1.0 - target)
+        cost = (miss / (0.1 * self.fps) + ENERGY_WEIGHT * energy + PEAK_WEIGHT * self.secondary[cand] + w_trans * trans
                 + o.temperature * self.rng.random(len(cand)))
         k = int(cand[np.argmin(cost)])
         return k
@@ -246,7 +263,11 @@ class _Planner:
         # positions: preparation (entry..stroke) at rate_prep, then the rest of the unit at rate 1
         n_prep = int(np.ceil(land - 1e-9))
         prep = start + (entry + np.arange(n_prep) * rate_prep) * q
-        after = start + stroke + np.arange(int(np.floor((end - 1 - start - stroke) / q)) + 1) * q
+        # after the stroke the unit plays faster when the speech is loud, slower when quiet (forward only)
+        span = (end - 1 - start - stroke) / q
+        r = self.rate[t + n_prep : t + n_prep + int(np.ceil(span / (1 - self.o.energy_rate))) + 2]
+        off = np.r_[0.0, np.cumsum(np.r_[r, np.ones(int(np.ceil(span)) + 2)])]
+        after = start + stroke + off[off <= span + 1e-9] * q
         positions = np.concatenate([np.minimum(prep, start + stroke), after])
         t1 = min(t + len(positions), limit)
         if t1 <= t:
@@ -345,7 +366,16 @@ def synthesize(lib: GestureLibrary, speech: SpeechFeatures, num_frames: int | No
     sources = aligned_sources(lib, reference)
     acc = _acc_limit(sources)
     keep = 0 if prefix is None or reference is not None else min(len(prefix), n)
-    return render(sources, plan, speech.fps, acc, clamp_box(lib.sources, sources), opts.min_blend_s, opts.max_blend_s, keep)
+    depth = 0.0 if opts.random_units else opts.energy_gain
+    gain = 1.0 + depth * (2.0 * _smooth(plan.energy, GAIN_SMOOTH_S * speech.fps) - 1.0)
+    return render(sources, plan, speech.fps, acc, clamp_box(lib.sources, sources), opts.min_blend_s, opts.max_blend_s, keep,
+                  gain if depth > 0 else None)
+
+
+def _smooth(x: np.ndarray, width: float) -> np.ndarray:
+    w = max(1, int(round(width)))
+    k = np.hanning(w + 2)[1:-1]
+    return np.convolve(np.pad(x, (w // 2, w - 1 - w // 2), mode="edge"), k / k.sum(), mode="valid")
 
 
 def _acc_limit(sources) -> float:
