@@ -15,7 +15,7 @@ from .identity import shape_drift
 from .inputs import Clip
 from .report import MIN_FACE_RATE, EvalReport
 from .stability import background_flicker, face_rate, landmark_jitter
-from .sync import MIN_FRAMES, av_sync, mouth_opening
+from .sync import MIN_FRAMES, MIN_SYNC_SECONDS, NULL_P95_LEVEL, av_sync, mouth_opening, sync_null
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels
         rep.av_offset_ms, rep.av_sync_corr = rep.sync.offset_ms, rep.sync.corr
         if rep.sync.offset_ms is None:
             notes.append("lip sync undefined: the audio is silent or the mouth never moves.")
+        else:
+            _sync_confidence(rep, clip, notes)
     elif px is not None:
         notes.append(f"lip sync needs at least {MIN_FRAMES} frames.")
     if px is not None and len(px) >= 3:
@@ -115,6 +117,18 @@ def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels
     _arcface(rep, clip, px, ref_image if ref_image is not None else (clip.frames[0] if clip.frames is not None else None),
              ref_pts, learned, notes)
     return rep
+
+
+def _sync_confidence(rep: EvalReport, clip: Clip, notes: list) -> None:
+    null = sync_null(rep.sync, clip.wave16k)
+    if null is None:
+        return
+    rep.av_sync_p, rep.av_sync_z, rep.av_sync_null_p95 = null.p_value, null.z, null.null_p95
+    rep.av_sync_meaningful = null.meaningful
+    if not null.meaningful:
+        notes.append(f"lip sync ('!'): the clip lasts {null.seconds:.1f} s; below {MIN_SYNC_SECONDS:g} s a mouth unrelated to "
+                     f"the speech scores above {NULL_P95_LEVEL} too often (here 5 % of unrelated audio scores above "
+                     f"{null.null_p95:.2f}), so the offset and sync strength say little. Score a longer clip.")
 
 
 def _syncnet(rep: EvalReport, clip: Clip, px, learned: LearnedModels, notes: list) -> None:
