@@ -26,8 +26,11 @@ class LearnedModels:
 
     syncnet: object = None      # path of syncnet_v2.model, or a loaded SyncNet
     arcface: object = None      # path of an ArcFace .onnx, or a loaded ArcFace
-    device: object = "cpu"     # torch device (or its name) for SyncNet
+    device: object = "cpu"     # torch device (or its name) for SyncNet, Inception and I3D
     onnx_providers: list | None = None
+    inception: object = None    # path of InceptionV3 weights (FID), or a loaded InceptionV3
+    i3d: object = None          # path of I3D weights (FVD), or a loaded I3D
+    inception_variant: str = "auto"
 
 
 def _landmarks(clip: Clip, landmarker, notes: list):
@@ -73,10 +76,11 @@ def _read_image(path) -> np.ndarray:
 
 
 def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels | None = None,
-             face_mask: np.ndarray | None = None) -> EvalReport:
+             face_mask: np.ndarray | None = None, real=None) -> EvalReport:
     """Score a clip. ``reference``: image (path or RGB array) for shape drift and CSIM; ``landmarker``: a
     :class:`~echomimic_lib.landmarks.extractor.FaceLandmarkExtractor` (needed unless the clip has landmarks);
-    ``face_mask``: (H, W) or (F, H, W) face region for flicker when no landmarks are available."""
+    ``face_mask``: (H, W) or (F, H, W) face region for flicker when no landmarks are available; ``real``: a list
+    of real (F, H, W, 3) RGB videos that FID and FVD compare the clip's frames with (when their weights are given)."""
     learned = learned or LearnedModels()
     notes: list[str] = []
     rep = EvalReport(clip.source, clip.num_frames, clip.fps, clip.num_frames / clip.fps, notes=notes)
@@ -116,7 +120,43 @@ def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels
     _syncnet(rep, clip, px, learned, notes)
     _arcface(rep, clip, px, ref_image if ref_image is not None else (clip.frames[0] if clip.frames is not None else None),
              ref_pts, learned, notes)
+    _distributions(rep, clip, real, learned, notes)
     return rep
+
+
+def _distributions(rep: EvalReport, clip: Clip, real, learned: LearnedModels, notes: list) -> None:
+    """FID and FVD of the clip's frames against the real videos, each when its weights are given."""
+    if learned.inception is None and learned.i3d is None:
+        return
+    if clip.frames is None or not real:
+        notes.append("FID / FVD need the video frames and real videos to compare with (--real VIDEO_OR_FOLDER).")
+        return
+    from .fid import FEW_SAMPLES, fid
+    from .fvd import CLIP, fvd, video_clips
+    from .i3d import I3D, load_i3d
+    from .inception import InceptionV3, load_inception
+
+    real_frames = [np.asarray(v) for v in real]
+    if learned.inception is not None:
+        try:
+            net = learned.inception if isinstance(learned.inception, InceptionV3) else \
+                load_inception(learned.inception, learned.inception_variant, learned.device)
+            both = np.concatenate(real_frames)
+            rep.fid = fid(net, clip.frames, both, learned.device)
+            if min(len(both), len(clip.frames)) < FEW_SAMPLES:
+                notes.append(f"FID from {len(clip.frames)} generated and {len(both)} real frames: below {FEW_SAMPLES} frames "
+                             "it is biased upwards; compare it only with FIDs of the same sizes, not with papers'.")
+        except EchoMimicError as exc:
+            notes.append(f"FID left out: {exc}")
+    if learned.i3d is not None:
+        try:
+            net = learned.i3d if isinstance(learned.i3d, I3D) else load_i3d(learned.i3d, learned.device)
+            rep.fvd = fvd(net, [clip.frames], real_frames, learned.device)
+            clips = len(video_clips(clip.frames)), sum(len(video_clips(v)) for v in real_frames)
+            notes.append(f"FVD from {clips[0]} generated and {clips[1]} real clips of {CLIP} frames: small sets bias it "
+                         "upwards; compare it only with FVDs of the same sizes.")
+        except EchoMimicError as exc:
+            notes.append(f"FVD left out: {exc}")
 
 
 def _sync_confidence(rep: EvalReport, clip: Clip, notes: list) -> None:
