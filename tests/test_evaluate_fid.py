@@ -195,3 +195,37 @@ def test_bad_i3d_files_are_refused_with_the_fix(tmp_path, i3d_file):
         load_i3d(script)
     with pytest.raises(MissingWeightsError, match="I3D weights for FVD not found.*i3d_pretrained_400.pt.*rgb_imagenet.pt"):
         load_i3d(tmp_path / "i3d_pretrained_400.pt")
+
+
+def test_the_cli_scores_fid_and_fvd_against_real_videos(capsys, tmp_path, inception_files, i3d_file, frames, shared_data):
+    import json
+
+    from echomimic_lib.cli import main
+    from echomimic_lib.io.video_io import read_audio, write_video
+
+    wav, sr = read_audio(shared_data / "audio" / "pose_demo_clip.wav")
+    gen = write_video(tmp_path / "gen.mp4", frames[:32], 24.0, wav[:, : int(32 / 24 * sr)], sr)
+    (tmp_path / "real").mkdir()
+    write_video(tmp_path / "real" / "a.mp4", _shift(frames[:32], 30), 24.0)
+    write_video(tmp_path / "real" / "b.mp4", _shift(frames[16:48], 30), 24.0)
+    (tmp_path / "metrics").mkdir()
+    os.link(inception_files[0], tmp_path / "metrics" / inception_files[0].name)  # found in <models>/metrics
+    common = [gen, "--models", tmp_path, "--offline", "--mediapipe-model", shared_data / "mediapipe" /
+              "face_landmarker_v2_with_blendshapes.task"]
+    rc = main(["evaluate", *map(str, common), "--real", str(tmp_path / "real"), "--i3d", str(i3d_file[0]), "--json"])
+    out = capsys.readouterr()
+    doc = json.loads(out.out.strip().splitlines()[-1])
+    assert rc == 0 and doc["fid"] > 0 and doc["fvd"] > 0
+    assert "FID from 32 generated and 64 real frames" in out.err and "FVD from 2 generated and 4 real clips" in out.err
+    rc = main(["evaluate", *map(str, common), "--real", str(gen)])  # the video against itself: 0, in the table
+    out = capsys.readouterr()
+    row = next(line for line in out.out.splitlines() if line.startswith("FID"))
+    assert rc == 0 and float(row.split()[-2]) == pytest.approx(0.0, abs=1e-3)
+    assert "FVD not computed: no weights" in out.out and "FVD left out" not in out.err
+    rc = main(["evaluate", *map(str, common), "--real", str(tmp_path / "nothing")])
+    assert rc == 2 and "--real" in capsys.readouterr().err
+    rc = main(["evaluate", *map(str, common), "--i3d", str(i3d_file[0])])
+    assert rc == 2 and "pass --real" in capsys.readouterr().err
+    rc = main(["evaluate", *map(str, common), "--protocol", "published"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--protocol published applies to LSE-C / LSE-D" in err and "syncnet_v2.model" in err

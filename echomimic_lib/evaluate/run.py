@@ -31,6 +31,7 @@ class LearnedModels:
     inception: object = None    # path of InceptionV3 weights (FID), or a loaded InceptionV3
     i3d: object = None          # path of I3D weights (FVD), or a loaded I3D
     inception_variant: str = "auto"
+    lse_protocol: str = "default"  # "published": also the face-track rules of syncnet_python's run_pipeline.py
 
 
 def _landmarks(clip: Clip, landmarker, notes: list):
@@ -117,7 +118,7 @@ def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels
     if pts is not None:
         drift = shape_drift(pts, ref_pts)
         rep.shape_drift, rep.shape_drift_max = float(drift.mean()), float(drift.max())
-    _syncnet(rep, clip, px, learned, notes)
+    _syncnet(rep, clip, px, seq.valid if seq is not None else None, learned, notes)
     _arcface(rep, clip, px, ref_image if ref_image is not None else (clip.frames[0] if clip.frames is not None else None),
              ref_pts, learned, notes)
     _distributions(rep, clip, real, learned, notes)
@@ -171,18 +172,29 @@ def _sync_confidence(rep: EvalReport, clip: Clip, notes: list) -> None:
                      f"{null.null_p95:.2f}), so the offset and sync strength say little. Score a longer clip.")
 
 
-def _syncnet(rep: EvalReport, clip: Clip, px, learned: LearnedModels, notes: list) -> None:
+def _syncnet(rep: EvalReport, clip: Clip, px, valid, learned: LearnedModels, notes: list) -> None:
     if learned.syncnet is None:
         return
     if clip.frames is None or px is None or clip.wave16k is None:
         notes.append("LSE-C / LSE-D need the video frames, face landmarks and audio.")
         return
-    from .syncnet import SyncNet, face_crops, frame_indices_25, load_syncnet, lse_scores
+    from .syncnet import PROTOCOLS, SyncNet, face_crops, frame_indices_25, load_syncnet, lse_scores, published_track_problem
 
+    if learned.lse_protocol not in PROTOCOLS:
+        raise EchoMimicError(f"LSE protocol must be one of {', '.join(PROTOCOLS)}; got {learned.lse_protocol!r}.")
+    idx = frame_indices_25(len(clip.frames), clip.fps)
+    boxes = face_boxes(px[idx])
+    if learned.lse_protocol == "published":
+        problem = published_track_problem(boxes, None if valid is None else np.asarray(valid)[idx])
+        if problem:
+            notes.append(f"LSE-C / LSE-D left out: {problem}")
+            return
+        notes.append("LSE-C / LSE-D with the published protocol's track rules (> 100 frames at 25 fps, faces > 100 px, "
+                     "gaps <= 25 frames); not matched: S3FD boxes (face-mesh boxes here), the JPEG / XVID re-encodes, "
+                     "scene-cut splitting (docs/evaluation.md).")
     try:
         net = learned.syncnet if isinstance(learned.syncnet, SyncNet) else load_syncnet(learned.syncnet, learned.device)
-        idx = frame_indices_25(len(clip.frames), clip.fps)
-        crops = face_crops(clip.frames, face_boxes(px[idx]), idx)
+        crops = face_crops(clip.frames, boxes, idx)
         s = lse_scores(net, crops, clip.wave16k, learned.device)
     except EchoMimicError as exc:
         notes.append(f"LSE-C / LSE-D left out: {exc}")
