@@ -14,7 +14,7 @@ from echomimic_lib.evaluate.face import face_masks, points3d, stabilise
 from echomimic_lib.evaluate.identity import procrustes_distance, shape_drift
 from echomimic_lib.evaluate.mfcc import mfcc
 from echomimic_lib.evaluate.stability import PARTS, background_flicker, landmark_jitter
-from echomimic_lib.evaluate.sync import av_sync, mouth_opening
+from echomimic_lib.evaluate.sync import MIN_SYNC_SECONDS, NULL_COUNT, av_sync, mouth_opening, sync_null
 
 FPS = 24.0
 FRAME_MS = 1000.0 / FPS
@@ -57,6 +57,57 @@ def test_sync_needs_frames_and_is_undefined_for_silence(px):
         av_sync(mouth_opening(px[:5]), np.zeros(16000, np.float32), FPS)
     silent = av_sync(mouth_opening(px[:48]), np.zeros(32000, np.float32), FPS)
     assert silent.offset_ms is None and silent.corr is None
+
+
+def _ar1(seed: int, n: int, phi: float = 0.81) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.zeros(n)
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + rng.normal()
+    return x + 5.0
+
+
+def test_the_sync_strength_comes_with_its_confidence_against_unrelated_audio(pose_clip, px):
+    wave = pose_clip.wave16k
+    res = av_sync(mouth_opening(px), wave, FPS)
+    null = sync_null(res, wave)
+    assert null.nulls == NULL_COUNT and null.seconds == pytest.approx(10.0) and null.meaningful
+    assert null.p_value <= 0.01 and null.z > 2.0 and null.null_p95 < res.corr  # the real clip beats every null
+    assert sync_null(res, wave) == null  # deterministic
+    # the same mouth against the clip played backwards scores like a null, and so do unrelated AR(1) mouths
+    back = av_sync(mouth_opening(px), wave[::-1].copy(), FPS)
+    assert sync_null(back, wave[::-1].copy()).p_value > 0.2
+    unrelated = [sync_null(av_sync(_ar1(seed, len(px)), wave, FPS), wave) for seed in range(6)]
+    assert np.mean([u.p_value for u in unrelated]) > 0.2 and sum(u.p_value < 0.05 for u in unrelated) <= 1
+
+
+def test_a_short_clip_scores_high_by_chance_and_is_flagged(pose_clip):
+    # 12 frames (0.5 s windows of speech): an unrelated mouth scores above real speech's 10-s score on average ...
+    waves = [pose_clip.wave16k[k * 16000:k * 16000 + 8000] for k in (1, 2, 3, 4)]
+    assert np.mean([av_sync(_ar1(seed, 12), w, FPS).corr for w in waves for seed in range(8)]) > 0.4
+    for w in waves:  # ... the nulls' 95th percentile says so, and the score is flagged
+        null = sync_null(av_sync(_ar1(0, 12), w, FPS), w)
+        assert not null.meaningful and null.null_p95 > 0.6
+    n = int(MIN_SYNC_SECONDS * FPS)
+    assert sync_null(av_sync(_ar1(0, n), pose_clip.wave16k, FPS), pose_clip.wave16k).meaningful
+    assert not sync_null(av_sync(_ar1(0, n - 1), pose_clip.wave16k, FPS), pose_clip.wave16k).meaningful
+
+
+def test_the_report_shows_the_confidence_and_flags_a_short_clip(pose_clip):
+    from echomimic_lib.evaluate import Clip
+
+    full = evaluate(pose_clip)
+    doc = full.to_dict()
+    assert doc["av_sync_meaningful"] is True and doc["av_sync_p"] <= 0.01 and doc["av_sync_min_seconds"] == MIN_SYNC_SECONDS
+    assert {"av_sync_p", "av_sync_z", "av_sync_null_p95"} <= set(full.scalars())
+    short = evaluate(Clip("short", FPS, pose_clip.wave16k[:32000], None, pose_clip.landmarks.take(range(48))))
+    doc = short.to_dict()
+    assert doc["av_sync_meaningful"] is False and doc["av_sync_corr"] is not None and doc["av_sync_p"] is not None
+    assert not any(k.startswith("av_") for k in short.scalars())  # never logged as if it meant something
+    text = table([full, short])
+    row = next(line for line in text.splitlines() if line.startswith("sync strength"))
+    assert row.count("!") == 1 and "p-value vs unrelated audio" in text
+    assert any("lasts 2.0 s" in n and "below 6 s" in n for n in doc["notes"])
 
 
 # ------------------------------------------------------------------------------------------ stability

@@ -40,6 +40,7 @@ def test_landmark_folder_json_has_every_key_and_near_zero_offset(capsys, shared_
     doc = json.loads(lines[-1])
     assert rc == 0 and all(k in doc for k in KEYS)
     assert abs(doc["av_offset_ms"]) <= 1000 / 24 and doc["av_sync_corr"] > 0.3 and doc["frames"] == 240
+    assert doc["av_sync_meaningful"] is True and doc["av_sync_p"] < 0.01 and doc["av_sync_z"] > 2
     assert "lse_c" not in doc and "csim" not in doc
 
 
@@ -129,18 +130,48 @@ def test_validation_logs_the_metrics_to_tensorboard_and_the_json_log(shared_data
     boxes = np.array([[0.3, 0.2, 0.7, 0.8]] * 16)
     face_clip = SimpleNamespace(fps=24.0, array=lambda name: boxes)
     cfg_audio = SimpleNamespace(model=SimpleNamespace(echomimic_path=None), data=SimpleNamespace(condition="face_mask"))
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="trainer.validation"):
         log_quality_metrics(cfg_audio, mon, 10, frames, audio, face_clip, (512, 512))
     mon.close()
     rows = [r for r in read_log(tmp_path / "run" / "train_log.jsonl") if r.get("event") == "validation_metrics"]
     assert [r["step"] for r in rows] == [5, 10]
     full, bare = rows
-    assert {"av_offset_ms", "av_sync_corr", "jitter/all", "jitter/mouth", "flicker", "face_rate", "shape_drift"} <= set(full)
+    assert {"jitter/all", "jitter/mouth", "flicker", "face_rate", "shape_drift"} <= set(full)
+    assert not any(k.startswith("av_") for k in full)  # 16 frames (0.7 s): too short for lip sync to mean anything
     assert set(bare) == {"step", "event", "flicker"}
     lines = [r.message for r in caplog.records if r.name == "trainer.validation"]
     assert len(lines) == 1 and "MediaPipe" in lines[0]
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"validation_metrics/av_sync_corr", "validation_metrics/flicker", "validation_metrics/jitter/all"} <= tags
+    assert {"validation_metrics/flicker", "validation_metrics/jitter/all"} <= tags
     assert [e.step for e in acc.Scalars("validation_metrics/flicker")] == [5, 10]
+
+
+def test_validation_logs_lip_sync_only_for_clips_long_enough(shared_data, tmp_path, monkeypatch, caplog):
+    import cv2
+
+    from echomimic_lib.evaluate.sync import MIN_SYNC_SECONDS
+    from trainer.monitor import Monitor, read_log
+    from trainer.validation import log_quality_metrics
+
+    models = tmp_path / "echomimic_release"
+    (models / "mediapipe").mkdir(parents=True)
+    shutil.copy(shared_data / MP_MODEL, models / "mediapipe")
+    monkeypatch.setenv("ECHOMIMIC_MODELS", str(tmp_path / "empty"))
+    n = int(MIN_SYNC_SECONDS * 24)
+    frames, audio = _driving(shared_data, n)
+    frames = np.stack([cv2.resize(f, (192, 192), interpolation=cv2.INTER_AREA) for f in frames])
+    cfg = SimpleNamespace(model=SimpleNamespace(echomimic_path=str(models)), data=SimpleNamespace(condition="landmarks"))
+    mon = Monitor(tmp_path / "run", enabled=True)
+    with caplog.at_level(logging.INFO, logger="trainer.validation"):
+        log_quality_metrics(cfg, mon, 1, frames, audio, SimpleNamespace(fps=24.0), (192, 192))        # 6 s: logged
+        log_quality_metrics(cfg, mon, 2, frames[:n - 24], audio[: (n - 24) * 16000 // 24], SimpleNamespace(fps=24.0),
+                            (192, 192))                                                                # 5 s: left out
+    mon.close()
+    long, short = [r for r in read_log(tmp_path / "run" / "train_log.jsonl") if r.get("event") == "validation_metrics"]
+    assert {"av_offset_ms", "av_sync_corr", "av_sync_p", "av_sync_z", "av_sync_null_p95"} <= set(long)
+    assert 0 < long["av_sync_p"] <= 1 and "jitter/all" in short and not any(k.startswith("av_") for k in short)
+    lines = [r.message for r in caplog.records if r.name == "trainer.validation" and "lip sync not logged" in r.message]
+    assert len(lines) == 1 and "validation.frames >= 144" in lines[0]

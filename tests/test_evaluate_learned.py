@@ -160,3 +160,25 @@ def test_evaluate_reports_learned_metrics_or_says_why_not(tmp_path, syncnet_file
     doc = bad.to_dict()
     assert "lse_c" not in doc and "csim" not in doc and doc["av_offset_ms"] is not None  # weight-free ones still there
     assert any("SyncNet weights not found" in n for n in doc["notes"]) and any("ArcFace model not found" in n for n in doc["notes"])
+
+
+def test_the_published_lse_protocol_applies_the_track_rules_it_can_match(syncnet_file, talking):
+    from echomimic_lib.evaluate.syncnet import published_track_problem
+
+    box = np.array([[100.0, 80.0, 260.0, 270.0]])
+    assert published_track_problem(np.repeat(box, 101, 0), None) is None
+    assert "longer than 100 frames" in published_track_problem(np.repeat(box, 100, 0), None)
+    assert "mean box is not above 100 px" in published_track_problem(np.repeat(box * 0.5, 150, 0), None)
+    valid = np.ones(150, bool)
+    valid[40:65] = False  # 25 missed frames: the track goes on
+    assert published_track_problem(np.repeat(box, 150, 0), valid) is None
+    valid[40:66] = False  # 26: it ends
+    assert "run of 26" in published_track_problem(np.repeat(box, 150, 0), valid)
+    clip, seq = talking  # 16 frames: scored by default, refused with the reason under the published protocol
+    clip = Clip(clip.source, clip.fps, clip.wave16k, clip.frames, seq)
+    default = evaluate(clip, None, None, LearnedModels(syncnet_file[0]))
+    published = evaluate(clip, None, None, LearnedModels(syncnet_file[0], lse_protocol="published"))
+    assert default.lse_c is not None and published.lse_c is None
+    assert any("published protocol scores only face tracks longer than 100 frames" in n and "has 17" in n for n in published.notes)
+    with pytest.raises(EchoMimicError, match="protocol must be one of"):
+        evaluate(clip, None, None, LearnedModels(syncnet_file[0], lse_protocol="s3fd"))

@@ -55,6 +55,10 @@ def test_the_node_scores_frames_and_draws_the_plot(models, rendered):
     assert {"av_offset_ms", "av_sync_corr", "jitter", "flicker", "face_rate", "shape_drift", "csim"} <= set(doc)
     assert doc["frames"] == 16 and doc["face_rate"] == 1.0 and doc["reference"] == "reference image"
     assert "A/V offset" in report and "CSIM" in report and "lse_c" not in doc
+    # 16 frames: the lip-sync score comes with its confidence and is flagged as too short to mean much
+    assert doc["av_sync_meaningful"] is False and 0 < doc["av_sync_p"] <= 1 and doc["av_sync_null_p95"] is not None
+    assert "p-value vs unrelated audio" in report and "!" in report.split("sync strength")[1].splitlines()[0]
+    assert any("below 6 s" in n for n in doc["notes"])
     assert plot.shape == (1, 520, 960, 3) and plot.dtype == torch.float32 and 0.0 <= float(plot.min()) < float(plot.max()) <= 1.0
 
 

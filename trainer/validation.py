@@ -106,7 +106,9 @@ def log_quality_metrics(cfg, monitor, step: int, frames: np.ndarray, audio16k: n
     """Weight-free quality metrics of a validation video (``echomimic_lib.evaluate``: lip sync, jitter, flicker, face
     rate, shape drift) as TensorBoard scalars and a JSON-log event. Landmarks need MediaPipe's face_landmarker.task
     beside ``model.echomimic_path`` or in $ECHOMIMIC_MODELS; without it only flicker is logged (outside the clip's
-    face mask for the V1 audio condition, else over the whole frame)."""
+    face mask for the V1 audio condition, else over the whole frame). Lip sync (offset, strength and its confidence)
+    is logged only for a video of at least ``MIN_SYNC_SECONDS`` (``validation.frames`` / fps): on shorter ones an
+    unrelated mouth scores as high as real speech (bench/bench_sync_null.py)."""
     from echomimic_lib.jobs.animate import default_models_dir
     from echomimic_lib.evaluate import score_frames
 
@@ -121,4 +123,9 @@ def log_quality_metrics(cfg, monitor, step: int, frames: np.ndarray, audio16k: n
         return
     if rep.notes:
         log.info("validation metrics: %s", " ".join(rep.notes))
+    if rep.av_sync_meaningful is False:
+        from echomimic_lib.evaluate.sync import MIN_SYNC_SECONDS
+
+        log.info("validation metrics: lip sync not logged: the video lasts %.1f s, it needs %g s (validation.frames >= %d "
+                 "at %g fps)", rep.seconds, MIN_SYNC_SECONDS, int(np.ceil(MIN_SYNC_SECONDS * clip.fps)), clip.fps)
     monitor.metrics(step, "validation_metrics", rep.scalars())

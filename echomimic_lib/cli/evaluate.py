@@ -1,4 +1,5 @@
-"""``echomimic evaluate``: score a talking-head video (lip sync, stability, identity) as a table or JSON."""
+"""``echomimic evaluate``: score a talking-head video (lip sync, stability, identity; FID / FVD against real videos)
+as a table or JSON."""
 from __future__ import annotations
 
 import json
@@ -39,6 +40,32 @@ def _landmarker(args, models: Path, notes: list):
         return None
 
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
+
+
+def _real_paths(given) -> list[Path]:
+    """The real videos of --real (a video file, or a folder of them), checked before any work."""
+    from ..errors import EchoMimicError
+
+    if not given:
+        return []
+    path = Path(given)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+        if found:
+            return found
+        raise EchoMimicError(f"--real {path}: the folder has no videos ({', '.join(VIDEO_SUFFIXES)}).")
+    raise EchoMimicError(f"--real {path}: not found; give a real video (or a folder of them) for FID / FVD.")
+
+
+def _read_real(paths: list[Path]):
+    from ..io.video_io import read_video
+
+    return [read_video(p, with_audio=False).frames for p in paths]
+
+
 def _warn(text: str) -> None:
     sys.stderr.write(f"warning: {text}\n")
 
@@ -46,6 +73,8 @@ def _warn(text: str) -> None:
 def _cmd_evaluate(args) -> int:
     from ..evaluate import LearnedModels, evaluate, load_clip, save_png, sync_plot, table
     from ..evaluate.arcface import missing_message as arcface_missing
+    from ..evaluate.i3d import FILE_NAMES as I3D_NAMES, missing_message as i3d_missing
+    from ..evaluate.inception import FILE_NAMES as INCEPTION_NAMES, missing_message as inception_missing
     from ..evaluate.syncnet import FILE_NAME, missing_message as syncnet_missing
 
     from ..errors import EchoMimicError
@@ -58,20 +87,35 @@ def _cmd_evaluate(args) -> int:
     clips = [load_clip(args.video, args.audio, args.landmarks, args.fps)]  # inputs checked before any model loads
     if args.compare:
         clips.append(load_clip(args.compare, args.audio, None, None))
+    real_paths = _real_paths(args.real)
     syncnet, asked_s = _learned_file(args.syncnet, models, (FILE_NAME,))
     arcface, asked_a = _learned_file(args.arcface, models, ARCFACE_NAMES)
+    inception, asked_i = _learned_file(args.inception, models, INCEPTION_NAMES)
+    i3d, asked_v = _learned_file(args.i3d, models, I3D_NAMES)
+    if args.protocol == "published" and (syncnet is None or not syncnet.is_file()):
+        raise EchoMimicError("--protocol published applies to LSE-C / LSE-D, which need SyncNet weights: "
+                             + syncnet_missing(syncnet or models / METRICS_FOLDER / FILE_NAME, models / METRICS_FOLDER))
+    if (asked_i or asked_v) and not real_paths:
+        raise EchoMimicError("--inception / --i3d score the video against real ones: pass --real VIDEO (or a folder of videos).")
     hints, notes = [], []
-    for path, asked, message, label in ((syncnet, asked_s, syncnet_missing, "LSE-C / LSE-D"), (arcface, asked_a, arcface_missing, "CSIM")):
+    learned_files = [(syncnet, asked_s, syncnet_missing, "LSE-C / LSE-D", "--syncnet"), (arcface, asked_a, arcface_missing, "CSIM", "--arcface")]
+    if real_paths:
+        learned_files += [(inception, asked_i, inception_missing, "FID", "--inception"), (i3d, asked_v, i3d_missing, "FVD", "--i3d")]
+    for path, asked, message, label, flag in learned_files:
         if asked and not path.is_file():
             notes.append(message(path, models / METRICS_FOLDER))
         elif path is None:
-            hints.append(f"{label} not computed: no weights in {models / METRICS_FOLDER} (see --syncnet / --arcface).")
+            hints.append(f"{label} not computed: no weights in {models / METRICS_FOLDER} (see {flag}).")
     needs_landmarks = args.reference or any(c.landmarks is None and c.frames is not None for c in clips)
     landmarker = _landmarker(args, models, notes) if needs_landmarks else None
-    learned = LearnedModels(syncnet if syncnet is not None and syncnet.is_file() else None,
-                            arcface if arcface is not None and arcface.is_file() else None, args.device)
+    usable = [p if p is not None and p.is_file() else None for p in (syncnet, arcface, inception, i3d)]
+    if not real_paths:
+        usable[2:] = [None, None]
+    learned = LearnedModels(usable[0], usable[1], args.device, inception=usable[2], i3d=usable[3],
+                            inception_variant=args.inception_variant, lse_protocol=args.protocol)
+    real = _read_real(real_paths) if usable[2] or usable[3] else None
     try:
-        reports = [evaluate(c, args.reference, landmarker, learned) for c in clips]
+        reports = [evaluate(c, args.reference, landmarker, learned, real=real) for c in clips]
     finally:
         if landmarker is not None:
             landmarker.close()
@@ -111,9 +155,19 @@ def add_commands(sub) -> None:
     e.add_argument("--plot", help="write mouth opening vs audio energy over time as a PNG")
     e.add_argument("--syncnet", help=f"SyncNet weights for LSE-C / LSE-D (default: <models>/{METRICS_FOLDER}/syncnet_v2.model if present)")
     e.add_argument("--arcface", help=f"ArcFace ONNX model for CSIM (default: <models>/{METRICS_FOLDER}/{ARCFACE_NAMES[0]} if present)")
+    e.add_argument("--protocol", choices=("default", "published"), default="default",
+                   help="LSE-C / LSE-D protocol: published adds syncnet_python's face-track rules (> 100 frames at 25 fps, "
+                        "faces > 100 px, gaps <= 25 frames) and refuses a clip that breaks one (docs/evaluation.md)")
+    e.add_argument("--real", help="real video (or folder of videos) that FID and FVD compare the video with")
+    e.add_argument("--inception", help="InceptionV3 state dict for FID (default: <models>/metrics/pt_inception-2015-12-05-"
+                                       "6726825d.pth or inception_v3_google-0cc3c7bd.pth if present; needs --real)")
+    e.add_argument("--inception-variant", choices=("auto", "fid", "torchvision"), default="auto",
+                   help="layout of the Inception weights (auto: by the classifier's size, 1008 = pytorch-fid, 1000 = torchvision)")
+    e.add_argument("--i3d", help="I3D state dict for FVD (default: <models>/metrics/i3d_pretrained_400.pt or rgb_imagenet.pt "
+                                 "if present; needs --real)")
     e.add_argument("--models", help="models folder (MediaPipe face_landmarker.task, metrics/; default: $ECHOMIMIC_MODELS or ~/.cache/echomimic)")
     e.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for the landmarks "
                                              "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
     e.add_argument("--offline", action="store_true", help="never download the MediaPipe model")
-    e.add_argument("--device", default="cpu", help="torch device for SyncNet: cpu, cuda, cuda:1, mps")
+    e.add_argument("--device", default="cpu", help="torch device for SyncNet, Inception and I3D: cpu, cuda, cuda:1, mps")
     e.set_defaults(func=_cmd_evaluate)

@@ -15,7 +15,7 @@ from .identity import shape_drift
 from .inputs import Clip
 from .report import MIN_FACE_RATE, EvalReport
 from .stability import background_flicker, face_rate, landmark_jitter
-from .sync import MIN_FRAMES, av_sync, mouth_opening
+from .sync import MIN_FRAMES, MIN_SYNC_SECONDS, NULL_P95_LEVEL, av_sync, mouth_opening, sync_null
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,12 @@ class LearnedModels:
 
     syncnet: object = None      # path of syncnet_v2.model, or a loaded SyncNet
     arcface: object = None      # path of an ArcFace .onnx, or a loaded ArcFace
-    device: object = "cpu"     # torch device (or its name) for SyncNet
+    device: object = "cpu"     # torch device (or its name) for SyncNet, Inception and I3D
     onnx_providers: list | None = None
+    inception: object = None    # path of InceptionV3 weights (FID), or a loaded InceptionV3
+    i3d: object = None          # path of I3D weights (FVD), or a loaded I3D
+    inception_variant: str = "auto"
+    lse_protocol: str = "default"  # "published": also the face-track rules of syncnet_python's run_pipeline.py
 
 
 def _landmarks(clip: Clip, landmarker, notes: list):
@@ -73,10 +77,11 @@ def _read_image(path) -> np.ndarray:
 
 
 def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels | None = None,
-             face_mask: np.ndarray | None = None) -> EvalReport:
+             face_mask: np.ndarray | None = None, real=None) -> EvalReport:
     """Score a clip. ``reference``: image (path or RGB array) for shape drift and CSIM; ``landmarker``: a
     :class:`~echomimic_lib.landmarks.extractor.FaceLandmarkExtractor` (needed unless the clip has landmarks);
-    ``face_mask``: (H, W) or (F, H, W) face region for flicker when no landmarks are available."""
+    ``face_mask``: (H, W) or (F, H, W) face region for flicker when no landmarks are available; ``real``: a list
+    of real (F, H, W, 3) RGB videos that FID and FVD compare the clip's frames with (when their weights are given)."""
     learned = learned or LearnedModels()
     notes: list[str] = []
     rep = EvalReport(clip.source, clip.num_frames, clip.fps, clip.num_frames / clip.fps, notes=notes)
@@ -98,6 +103,8 @@ def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels
         rep.av_offset_ms, rep.av_sync_corr = rep.sync.offset_ms, rep.sync.corr
         if rep.sync.offset_ms is None:
             notes.append("lip sync undefined: the audio is silent or the mouth never moves.")
+        else:
+            _sync_confidence(rep, clip, notes)
     elif px is not None:
         notes.append(f"lip sync needs at least {MIN_FRAMES} frames.")
     if px is not None and len(px) >= 3:
@@ -111,24 +118,83 @@ def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels
     if pts is not None:
         drift = shape_drift(pts, ref_pts)
         rep.shape_drift, rep.shape_drift_max = float(drift.mean()), float(drift.max())
-    _syncnet(rep, clip, px, learned, notes)
+    _syncnet(rep, clip, px, seq.valid if seq is not None else None, learned, notes)
     _arcface(rep, clip, px, ref_image if ref_image is not None else (clip.frames[0] if clip.frames is not None else None),
              ref_pts, learned, notes)
+    _distributions(rep, clip, real, learned, notes)
     return rep
 
 
-def _syncnet(rep: EvalReport, clip: Clip, px, learned: LearnedModels, notes: list) -> None:
+def _distributions(rep: EvalReport, clip: Clip, real, learned: LearnedModels, notes: list) -> None:
+    """FID and FVD of the clip's frames against the real videos, each when its weights are given."""
+    if learned.inception is None and learned.i3d is None:
+        return
+    if clip.frames is None or not real:
+        notes.append("FID / FVD need the video frames and real videos to compare with (--real VIDEO_OR_FOLDER).")
+        return
+    from .fid import FEW_SAMPLES, fid
+    from .fvd import CLIP, fvd, video_clips
+    from .i3d import I3D, load_i3d
+    from .inception import InceptionV3, load_inception
+
+    real_frames = [np.asarray(v) for v in real]
+    if learned.inception is not None:
+        try:
+            net = learned.inception if isinstance(learned.inception, InceptionV3) else \
+                load_inception(learned.inception, learned.inception_variant, learned.device)
+            both = np.concatenate(real_frames)
+            rep.fid = fid(net, clip.frames, both, learned.device)
+            if min(len(both), len(clip.frames)) < FEW_SAMPLES:
+                notes.append(f"FID from {len(clip.frames)} generated and {len(both)} real frames: below {FEW_SAMPLES} frames "
+                             "it is biased upwards; compare it only with FIDs of the same sizes, not with papers'.")
+        except EchoMimicError as exc:
+            notes.append(f"FID left out: {exc}")
+    if learned.i3d is not None:
+        try:
+            net = learned.i3d if isinstance(learned.i3d, I3D) else load_i3d(learned.i3d, learned.device)
+            rep.fvd = fvd(net, [clip.frames], real_frames, learned.device)
+            clips = len(video_clips(clip.frames)), sum(len(video_clips(v)) for v in real_frames)
+            notes.append(f"FVD from {clips[0]} generated and {clips[1]} real clips of {CLIP} frames: small sets bias it "
+                         "upwards; compare it only with FVDs of the same sizes.")
+        except EchoMimicError as exc:
+            notes.append(f"FVD left out: {exc}")
+
+
+def _sync_confidence(rep: EvalReport, clip: Clip, notes: list) -> None:
+    null = sync_null(rep.sync, clip.wave16k)
+    if null is None:
+        return
+    rep.av_sync_p, rep.av_sync_z, rep.av_sync_null_p95 = null.p_value, null.z, null.null_p95
+    rep.av_sync_meaningful = null.meaningful
+    if not null.meaningful:
+        notes.append(f"lip sync ('!'): the clip lasts {null.seconds:.1f} s; below {MIN_SYNC_SECONDS:g} s a mouth unrelated to "
+                     f"the speech scores above {NULL_P95_LEVEL} too often (here 5 % of unrelated audio scores above "
+                     f"{null.null_p95:.2f}), so the offset and sync strength say little. Score a longer clip.")
+
+
+def _syncnet(rep: EvalReport, clip: Clip, px, valid, learned: LearnedModels, notes: list) -> None:
     if learned.syncnet is None:
         return
     if clip.frames is None or px is None or clip.wave16k is None:
         notes.append("LSE-C / LSE-D need the video frames, face landmarks and audio.")
         return
-    from .syncnet import SyncNet, face_crops, frame_indices_25, load_syncnet, lse_scores
+    from .syncnet import PROTOCOLS, SyncNet, face_crops, frame_indices_25, load_syncnet, lse_scores, published_track_problem
 
+    if learned.lse_protocol not in PROTOCOLS:
+        raise EchoMimicError(f"LSE protocol must be one of {', '.join(PROTOCOLS)}; got {learned.lse_protocol!r}.")
+    idx = frame_indices_25(len(clip.frames), clip.fps)
+    boxes = face_boxes(px[idx])
+    if learned.lse_protocol == "published":
+        problem = published_track_problem(boxes, None if valid is None else np.asarray(valid)[idx])
+        if problem:
+            notes.append(f"LSE-C / LSE-D left out: {problem}")
+            return
+        notes.append("LSE-C / LSE-D with the published protocol's track rules (> 100 frames at 25 fps, faces > 100 px, "
+                     "gaps <= 25 frames); not matched: S3FD boxes (face-mesh boxes here), the JPEG / XVID re-encodes, "
+                     "scene-cut splitting (docs/evaluation.md).")
     try:
         net = learned.syncnet if isinstance(learned.syncnet, SyncNet) else load_syncnet(learned.syncnet, learned.device)
-        idx = frame_indices_25(len(clip.frames), clip.fps)
-        crops = face_crops(clip.frames, face_boxes(px[idx]), idx)
+        crops = face_crops(clip.frames, boxes, idx)
         s = lse_scores(net, crops, clip.wave16k, learned.device)
     except EchoMimicError as exc:
         notes.append(f"LSE-C / LSE-D left out: {exc}")

@@ -12,6 +12,13 @@ PyTorch and fed the way that repository's evaluation computes the two scores:
   features past the ends) gives a distance curve, averaged over frames: LSE-D is its minimum, LSE-C its median
   minus its minimum, and SyncNet's "AV offset" is ``15 - argmin`` (in frames at 25 fps).
 
+``protocol="published"`` adds the face-track rules of that repository's ``run_pipeline.py`` that can be checked on a
+single clip scored as one track: more than 100 frames at 25 fps (``--min_track``), a mean box width or height above
+100 px (``--min_face_size``), no run of more than 25 frames without a face (``--num_failed_det``). A clip that breaks
+one is refused with the reason (the published pipeline would not score it). What cannot be matched: the S3FD
+detector (boxes here come from the face mesh), the re-encodes (MPEG-4 at ``-qscale:v 2``, JPEG frames, XVID crops)
+and the scene-cut split (PySceneDetect) -- see docs/evaluation.md.
+
 Weights are read with ``torch.load(weights_only=True)`` (or safetensors), so a file that would run code is
 refused; the BatchNorm ``num_batches_tracked`` buffers absent from the 2017 file are not required.
 """
@@ -41,6 +48,10 @@ PAD_VALUE = 110
 SMOOTH = 13
 VSHIFT = 15
 BATCH = 20
+PROTOCOLS = ("default", "published")
+MIN_TRACK = 100        # run_pipeline.py --min_track: a track must have more frames than this
+MIN_FACE_SIZE = 100    # --min_face_size: mean box width or height (px) must be above this
+NUM_FAILED_DET = 25    # --num_failed_det: a track ends after more missed detections than this
 
 
 def _bn_relu(conv: nn.Module, ch: int, bn=nn.BatchNorm2d) -> list[nn.Module]:
@@ -137,6 +148,24 @@ def face_crops(frames_rgb: np.ndarray, boxes: np.ndarray, indices=None) -> np.nd
             face = img
         out[i] = cv2.resize(face, (CROP, CROP))
     return out
+
+
+def published_track_problem(boxes25: np.ndarray, valid25: np.ndarray | None) -> str | None:
+    """Why the published pipeline would not score this clip as one face track (None: it would). ``boxes25``:
+    (F, 4) face boxes of the 25-fps frames; ``valid25``: (F,) whether a face was found in each (None: all)."""
+    if len(boxes25) <= MIN_TRACK:
+        return (f"the published protocol scores only face tracks longer than {MIN_TRACK} frames at 25 fps (4 s); this "
+                f"clip has {len(boxes25)}.")
+    size = max(float(np.mean(boxes25[:, 2] - boxes25[:, 0])), float(np.mean(boxes25[:, 3] - boxes25[:, 1])))
+    if size <= MIN_FACE_SIZE:
+        return (f"the published protocol drops faces whose mean box is not above {MIN_FACE_SIZE} px; this face's is "
+                f"{size:.0f} px (score a larger rendering, or use the default protocol).")
+    if valid25 is not None and not valid25.all():
+        gaps = np.diff(np.flatnonzero(np.concatenate([[True], np.asarray(valid25, bool), [True]]))) - 1
+        if gaps.max() > NUM_FAILED_DET:
+            return (f"the published protocol ends a face track after {NUM_FAILED_DET} frames without a face; this clip "
+                    f"has a run of {int(gaps.max())}.")
+    return None
 
 
 @dataclass
