@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
-SCORE_KEYS = ("av_offset_ms", "av_sync_corr", "flicker", "face_rate", "shape_drift", "shape_drift_max", "jitter")
+SCORE_KEYS = ("av_offset_ms", "av_sync_corr", "av_sync_p", "av_sync_meaningful", "flicker", "face_rate", "shape_drift", "shape_drift_max", "jitter")
 
 
 class ModelCache:
