@@ -107,12 +107,10 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from echomimic_lib.pipeline import make_scheduler
-
     from .data.dataset import build_pools, make_loader
     from .ema import PhaseEMA
     from .init import build
-    from .losses import load_pose_estimator
+    from .losses import load_pose_estimator, training_scheduler
     from .lpips_net import build_lpips, lpips_needed, resolve_backbone
 
     if cfg.cpu_threads:
@@ -149,7 +147,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
         cast_base_(net, frozen)
         register_checkpoint_hooks(acc, net)
     ctrl = AudioAttentionControl(net.denoiser)
-    scheduler = make_scheduler(**cfg.noise_scheduler)
+    scheduler = training_scheduler(cfg)  # cfg.noise: the training schedule (docs/training.md, "Noise schedule")
     lpips = build_lpips(cfg.loss.lpips.net, cfg.loss.lpips.random_backbone, acc.device, backbone) if need_lpips else None
     fns = LossFns(lpips=lpips_fn or lpips, pose_estimator=load_pose_estimator(cfg.loss.phd.pose_estimator), pose_encoder=net.cond_encoder)
 

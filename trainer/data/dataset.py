@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,7 +51,16 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
 @dataclass
 class Pools:
     entries: list[ClipEntry]
-    by_kind: dict[str, list[int]]  # data kind -> this rank's clip indices
+    by_kind: dict[str, list[int]]  # data kind -> this rank's clip indices (held-out clips excluded)
+    val: list[int] = field(default_factory=list)  # held-out clips (:mod:`.split`), never in ``by_kind``
+    split_note: str = ""  # why validation renders a training clip ("" when it has a held-out one)
+
+    def validation_entry(self, clip_id: str | None, condition: str) -> ClipEntry:
+        """The clip validation renders: ``clip_id`` when given, else the first held-out clip (a training clip only
+        when nothing could be held out, see :mod:`.split`)."""
+        pool = [self.entries[i] for i in self.val] or self.entries
+        named = next((e for e in pool if e.id == clip_id), None) if clip_id else None
+        return named or next((e for e in pool if condition != "pose" or e.kind == "halfbody"), pool[0])
 
     def pool(self, spec: str) -> list[int]:
         """This rank's clips for a phase's ``data`` (one kind, or several joined by '+')."""
@@ -69,8 +78,13 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
         entries += [e for e in read_manifest(root)]
     if not entries:
         raise FileNotFoundError("data.roots: no prepared clips found (run `echomimic-train prepare` first)")
-    kinds = {"all": list(range(len(entries)))}
-    kinds.update({k: [i for i, e in enumerate(entries) if e.kind == k] for k in ("halfbody", "headshot", "pose")})
+    from .split import split_entries
+
+    sp = split_entries(entries, cfg.data.val_clips, cfg.validation.every > 0, cfg.data.condition, cfg.seed, cfg.validation.clip)
+    if sp.val and rank == 0:
+        log.info("validation holds out %d clip(s) of %s; training reads the other %d", len(sp.val), ", ".join(sp.groups), len(sp.train))
+    kinds = {"all": list(sp.train)}
+    kinds.update({k: [i for i in sp.train if entries[i].kind == k] for k in ("halfbody", "headshot", "pose")})
     by_kind = {}
     for kind, idx in kinds.items():
         mine = [i for j, i in enumerate(idx) if j % world == rank]
@@ -78,7 +92,7 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
             log.warning("rank %d has no clips of kind '%s' of its own (%d clips, %d processes); it reads the whole pool", rank, kind, len(idx), world)
             mine = list(idx)
         by_kind[kind] = mine
-    return Pools(entries, by_kind)
+    return Pools(entries, by_kind, list(sp.val), sp.fallback)
 
 
 class ResumableSampler:
