@@ -79,6 +79,9 @@ class DataConfig:
     rls: RLSConfig = field(default_factory=RLSConfig)
     audio_aug: AudioAugConfig = field(default_factory=AudioAugConfig)
     num_workers: int = 2
+    # VAE latents cached per clip at the run's resolution (trainer/data/latent_cache.py): written at the start of the
+    # run when missing (or by `prepare --cache-latents`), then the VAE encodes no training frame
+    cache_latents: bool = False
     # V2 headshot padding: where half-body heads are (face box centre x, y and height, canvas fractions)
     head_box: list[float] = field(default_factory=lambda: [0.5, 0.23, 0.18])
 

@@ -187,7 +187,13 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
 
     pools = build_pools(cfg, rank, world)
     per_step = cfg.optim.batch_size * cfg.optim.grad_accum
-    loader = make_loader(cfg, pools, rank, step * per_step, str(built.whisper_path))
+    latent_key = None
+    if cfg.data.cache_latents:  # stored VAE posteriors replace the encoder (trainer/data/latent_cache.py)
+        from .data.latent_cache import run_cache
+
+        latent_key = run_cache(cfg, vae, built.vae_path, pools, main)
+        acc.wait_for_everyone()
+    loader = make_loader(cfg, pools, rank, step * per_step, str(built.whisper_path), latent_key=latent_key)
     it = iter(loader)
     meta = {"weights": cfg.model.weights, "echo_config": built.config.to_dict(), "cond_channels": built.cond_channels,
             "vae_path": str(built.vae_path), "whisper_path": str(built.whisper_path), "param_names": [n for n, _ in named],
