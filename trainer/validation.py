@@ -96,7 +96,7 @@ def render_validation(cfg, net, vae, built, pools, step: int, out_dir: Path, mon
     strip = (res.frames[: min(4, frames)].numpy() * 255).astype(np.uint8)
     monitor.image(step, "validation/frames", np.concatenate(list(strip), axis=1))
     monitor.event(step, "validation", path=str(dest), clip=entry.id, phase=phase.name, audio_mask=phase.audio,
-                  held_out=not pools.split_note, split_note=pools.split_note)
+                  held_out=bool(pools.val), split_note=pools.split_note)
     log.info("validation video %s", dest)
     return dest
 

@@ -80,7 +80,8 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
         raise FileNotFoundError("data.roots: no prepared clips found (run `echomimic-train prepare` first)")
     from .split import split_entries
 
-    sp = split_entries(entries, cfg.data.val_clips, cfg.validation.every > 0, cfg.data.condition, cfg.seed, cfg.validation.clip)
+    on = cfg.validation.every > 0
+    sp = split_entries(entries, cfg.data.val_clips, on, cfg.data.condition, cfg.seed, cfg.validation.clip if on else None)
     if sp.val and rank == 0:
         log.info("validation holds out %d clip(s) of %s; training reads the other %d", len(sp.val), ", ".join(sp.groups), len(sp.train))
     kinds = {"all": list(sp.train)}

@@ -19,12 +19,13 @@ import logging
 import zlib
 from dataclasses import dataclass
 
+from ..config import ConfigError
 from .store import ClipEntry
 
 log = logging.getLogger(__name__)
 
 
-class SplitError(ValueError):
+class SplitError(ConfigError):
     """The datasets are too small for the held-out split that was asked for."""
 
 
