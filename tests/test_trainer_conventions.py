@@ -95,8 +95,8 @@ def test_the_split_holds_out_whole_identities_deterministically():
 def test_the_split_refuses_or_falls_back_when_too_small():
     one = _entries(["spk__a", "spk__b"])  # one identity: nothing can be held out
     sp = split_entries(one, None, True)
-    assert sp.val == [] and sp.train == [0, 1] and "leaves no clip to train on" in sp.fallback
-    with pytest.raises(SplitError, match="leaves no clip to train on.*data.val_clips: 0"):
+    assert sp.val == [] and sp.train == [0, 1] and "leaves no headshot clip to train on" in sp.fallback
+    with pytest.raises(SplitError, match="leaves no headshot clip to train on.*data.val_clips: 0"):
         split_entries(one, 1, True)
     with pytest.raises(SplitError, match="validation.clip: no clip 'nope'"):
         split_entries(_entries(["a", "b"]), None, True, named_clip="nope")
@@ -106,6 +106,9 @@ def test_the_split_refuses_or_falls_back_when_too_small():
     mixed = _entries(["h1", "h2"], "headshot") + _entries(["b1", "b2"], "halfbody")
     sp = split_entries(mixed, None, True, condition="pose")
     assert [mixed[i].kind for i in sp.val] == ["halfbody"]
+    # ... and never the last one: other kinds still training does not make up for no half-body clip
+    sp = split_entries(_entries(["h1", "h2"], "headshot") + _entries(["b1"], "halfbody"), None, True, condition="pose")
+    assert sp.val == [] and "leaves no halfbody clip" in sp.fallback
 
 
 def test_training_never_reads_the_held_out_clip_and_validation_draws_it(tmp_path):

@@ -39,11 +39,11 @@ class PrepareConfig:
     jpeg_quality: int = 95
     face_landmarks: bool = True  # half-body: also run the face-mesh landmarker
     whisper_dtype: str = "float16"
-    curate: object = field(default_factory=lambda: _curate_default())  # :class:`.curate.CurateConfig` (all filters off)
+    curate: object = field(default_factory=lambda: _curate_default())  # :class:`.curate_config.CurateConfig` (all filters off)
 
 
 def _curate_default():
-    from .curate import CurateConfig
+    from .curate_config import CurateConfig
 
     return CurateConfig()
 
@@ -76,7 +76,7 @@ def check_options(cfg: PrepareConfig) -> None:
         bad("--shards", cfg.num_shards, "must be 1 or more")
     if not 1 <= cfg.jpeg_quality <= 100:
         bad("--jpeg-quality", cfg.jpeg_quality, "must be between 1 and 100")
-    from .curate import check_curate
+    from .curate_config import check_curate
 
     check_curate(cfg.curate)
     if cfg.curate.syncnet and cfg.kind == "pose":

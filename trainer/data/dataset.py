@@ -27,25 +27,12 @@ from ..config import TrainConfig
 from ..masks import (DEFAULT_HEAD_BOX, head_mask, headshot_layout, keypoints_from_landmarks, keypoints_from_pose, lips_mask,
                      pad_headshot, MP_TO_68, draw_pose)
 from ..phases import data_kinds, phase_at, pose_dropout_at
+from .pixels import resize_frame, frames_to_tensor
 from .augment import augmented_chunks, draw_audio_aug, draw_dropout, rls_parts, stored_chunks
 from .store import ClipEntry, ClipReader, read_manifest
 
 log = logging.getLogger(__name__)
 READER_CACHE = 32  # open clips per data worker
-
-
-def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
-    import cv2
-
-    if img.shape[1] == w and img.shape[0] == h:
-        return img
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_CUBIC)
-
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
-    return t.movedim(-1, -3)
 
 
 @dataclass
@@ -212,8 +199,8 @@ class EchoDataset(torch.utils.data.Dataset):
                 layout = headshot_layout(np.asarray(clip.array("landmarks"))[:, list(MP_TO_68), :2], w, d.head_box or DEFAULT_HEAD_BOX)
                 out = [pad_headshot(f, layout) for f in frames]
                 frames, valid = np.stack([o[0] for o in out]), out[0][1]
-            frames = np.stack([_resize(f, w, h) for f in frames])
-            sample.update(pixels=_to_tensor(frames[:nf]), reference=_to_tensor(frames[nf]))
+            frames = np.stack([resize_frame(f, w, h) for f in frames])
+            sample.update(pixels=frames_to_tensor(frames[:nf]), reference=frames_to_tensor(frames[nf]))
         sample["audio"], applied = self._audio(clip, idx, rng)
         sample["audio_augmented"] = torch.tensor(bool(applied))
         drop = draw_dropout(rng, d)

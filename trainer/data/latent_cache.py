@@ -81,9 +81,9 @@ def read_cache(clip_dir: str | Path, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def frames_tensor(reader: ClipReader, indices, width: int, height: int) -> torch.Tensor:
     """Stored frames at the training resolution, (N, 3, H, W) in [-1, 1]: the dataset's own pixel pipeline."""
-    from .dataset import _resize, _to_tensor
+    from .pixels import resize_frame, frames_to_tensor
 
-    return _to_tensor(np.stack([_resize(f, width, height) for f in reader.frames(indices)]))
+    return frames_to_tensor(np.stack([resize_frame(f, width, height) for f in reader.frames(indices)]))
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ on every rank, and adding clips to a dataset moves no other group across the lin
 ``data.val_clips``: ``None`` (default) holds out one group when validation is on (``validation.every > 0``) and
 none otherwise; a number holds out at least that many clips (0: none, validation then renders a training clip).
 Only clips validation can render are held out (V2 pose condition: half-body clips). When holding out would leave
-no training clip: the default falls back to validating on a training clip with a warning; an explicit
+no training clip of a kind (e.g. no half-body clip): the default falls back to validating on a training clip with a warning; an explicit
 ``val_clips`` is refused with the fix. ``validation.clip`` names the clip to validate on: its group is held out.
 """
 from __future__ import annotations
@@ -81,9 +81,10 @@ def split_entries(entries: list[ClipEntry], val_clips: int | None, validation_on
         held.append(g)
         val += groups[g]
     train = sorted(set(everything) - set(val))
-    if not train:
-        msg = (f"holding out {len(val)} clip(s) ({', '.join(held)}) for validation leaves no clip to train on: the datasets have "
-               f"{len(groups)} identity group(s) that validation can use")
+    emptied = sorted({entries[i].kind for i in val} - {entries[i].kind for i in train})
+    if emptied:
+        msg = (f"holding out {len(val)} clip(s) ({', '.join(held)}) for validation leaves no {'/'.join(emptied)} clip to train on: "
+               f"the datasets have {len(groups)} identity group(s) that validation can use")
         if val_clips is None and not named_clip:
             log.warning("%s; validation renders a training clip instead (add clips of another speaker or folder to hold one out)", msg)
             return Split(everything, [], [], msg)
