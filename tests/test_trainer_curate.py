@@ -144,3 +144,13 @@ def test_prepare_reports_what_each_filter_removed(tmp_path, tmp_path_factory, ra
     rows = [json.loads(x) for x in (tmp_path / "out" / "report.jsonl").read_text().splitlines()]
     assert all(r["reason"] == "lip_sync" and "yaw_median_deg" in r["curation"] for r in rows)  # every measure is kept
     assert not list((tmp_path / "out").glob("shard-*/*"))  # the removed clips left nothing behind
+
+
+def test_prepare_refuses_a_bad_curate_file_before_any_clip(tmp_path, capsys):
+    from trainer.cli import main
+
+    bad = tmp_path / "curate.yaml"
+    bad.write_text("curate: {max_yaw: 200}\n")
+    assert main(["prepare", str(tmp_path), str(tmp_path / "out"), "--whisper", "nope.pt", "--curate", str(bad)]) == 2
+    assert "curate.max_yaw 200.0: an angle in degrees between 0 and 180" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -166,3 +166,25 @@ def _whisper(tmp_path: Path) -> Path:
             return tmp_path.parent
 
     return whisper_path(shared_dir(_F()))
+
+
+def test_prepare_cache_latents_from_the_command_line(tmp_path, tmp_path_factory, capsys):
+    from tests.test_trainer_helpers import MEDIAPIPE, _headshot_inputs, shared_dir, whisper_path
+    from trainer.cli import main
+
+    inputs = tmp_path / "in"
+    _headshot_inputs(inputs)
+    vae_dir = tmp_path / "vae"
+    tiny_vae(vae_dir)
+    w = str(whisper_path(shared_dir(tmp_path_factory)))
+    # a bad size is refused before any clip is prepared
+    assert main(["prepare", str(inputs), str(tmp_path / "bad"), "--whisper", w, "--cache-latents", str(vae_dir), "--latent-size", "60x64"]) == 2
+    assert "--latent-size 60x64" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    out = tmp_path / "out"
+    assert main(["prepare", str(inputs), str(out), "--whisper", w, "--mediapipe-model", str(MEDIAPIPE), "--size", "128",
+                 "--max-seconds", "1.5", "--min-face-px", "10", "-q", "--cache-latents", str(vae_dir), "--latent-size", "64x64"]) == 0
+    assert "latent cache 64x64-" in capsys.readouterr().out
+    key = cache_key(vae_dir, 64, 64)
+    for e in read_manifest(out):  # every clip cached at the training size with this VAE
+        mean, _ = read_cache(e.path, key)
+        assert mean.shape == (e.num_frames, 4, 8, 8)
