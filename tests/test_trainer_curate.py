@@ -154,3 +154,17 @@ def test_prepare_refuses_a_bad_curate_file_before_any_clip(tmp_path, capsys):
     assert main(["prepare", str(tmp_path), str(tmp_path / "out"), "--whisper", "nope.pt", "--curate", str(bad)]) == 2
     assert "curate.max_yaw 200.0: an angle in degrees between 0 and 180" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_halfbody_prepare_measures_camera_shake_outside_the_person(tmp_path, tmp_path_factory):
+    from tests.test_trainer_helpers import MEDIAPIPE, FakeDWPose, halfbody_video, shared_dir, whisper_path
+    from trainer.data.clean import PrepareConfig
+    from trainer.data.prepare import prepare_dataset
+
+    halfbody_video(tmp_path / "in", frames=24)  # the whole picture shifts 0, 1, 2 px, 0, 1, 2 px...: a shaking camera
+    cfg = PrepareConfig(kind="halfbody", size=128, min_face_px=10, num_shards=1, curate=CurateConfig(max_camera_motion=0.01, max_yaw=60))
+    s = prepare_dataset(tmp_path / "in", tmp_path / "ds", cfg, whisper_path(shared_dir(tmp_path_factory)), landmarker_model=MEDIAPIPE,
+                        pose_detector=FakeDWPose(), progress=False)
+    (row,) = s["rows"]
+    assert row["reason"] == "camera_motion" and row["curation"]["camera_motion"] > 0.01 and s["curation"]["removed"]["camera_motion"] == 1
+    assert row["curation"]["yaw_median_deg"] < 60  # the face mesh of the half-body clip is measured too
