@@ -139,7 +139,7 @@ def test_prepared_clip_streams_from_disk(base):
 
 
 def test_sampler_is_deterministic_resumable_and_rank_disjoint(base):
-    cfg = _v1_cfg(base)
+    cfg = _v1_cfg(base, "data.val_clips=0")  # both clips train (the held-out split: tests/test_trainer_conventions.py)
     p0, p1 = build_pools(cfg, 0, 2), build_pools(cfg, 1, 2)
     assert p0.by_kind["all"] == [0] and p1.by_kind["all"] == [1]
     s = ResumableSampler(cfg, build_pools(cfg))

@@ -78,6 +78,8 @@ def test_v1_stage1_stage2_export_animate(base, tmp_path):
 
     scored = [r for r in read_log(run2 / "train_log.jsonl") if r.get("event") == "validation_metrics"]
     assert [r["step"] for r in scored] == [3] and scored[0]["flicker"] >= 0  # the validation video is scored
+    (val,) = events(run2, "validation")
+    assert val["held_out"] and val["clip"] in {"driving_a", "driving_b"}  # a held-out clip (disjointness: test_trainer_conventions.py)
 
     exp2 = tmp_path / "export2"
     train_cli("export", run2, exp2, "--format", "safetensors")

@@ -18,6 +18,14 @@ def _cmd_prepare(args) -> int:
                         min_seconds=args.min_seconds, max_seconds=args.max_seconds, max_missing_face=args.max_missing_face,
                         max_multi_face=args.max_multi_face, min_face_px=args.min_face_px, scene_threshold=args.scene_threshold,
                         num_shards=args.shards, jpeg_quality=args.jpeg_quality)
+    if args.curate:  # curation thresholds (trainer/data/curate.py)
+        from .data.curate import load_curate
+
+        cfg.curate = load_curate(args.curate)
+    if args.cache_latents:  # checked before any clip is prepared
+        from .data.latent_cache import parse_size
+
+        latent_size = parse_size(args.latent_size, cfg.size)
     detector = None
     if args.kind in ("halfbody", "pose"):
         if not args.dwpose_dir:
@@ -32,6 +40,11 @@ def _cmd_prepare(args) -> int:
     if summary["kept"] == 0:
         print(f"error: {no_clips_message(summary, args.input)}", file=sys.stderr)
         return 2
+    if args.cache_latents:  # VAE latents of every clip at the training resolution (trainer/data/latent_cache.py)
+        from .data.latent_cache import cache_dataset
+
+        counts = cache_dataset(args.output, args.cache_latents, *latent_size, progress=not args.quiet)
+        print(f"latent cache {counts['key']}: {counts['written']} written, {counts['kept']} valid, {counts['removed']} stale removed")
     return 0
 
 
@@ -112,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--jpeg-quality", type=int, default=95)
     a.add_argument("--workers", type=int, default=1, help="number of prepare processes sharing the input")
     a.add_argument("--worker-index", type=int, default=0)
+    a.add_argument("--curate", metavar="YAML", help="curation thresholds (a `curate:` section: lip sync, profile views, camera "
+                   "motion; docs/training.md)")
+    a.add_argument("--cache-latents", metavar="VAE", help="also cache the VAE latents of every clip with this VAE (sd-vae-ft-mse folder)")
+    a.add_argument("--latent-size", metavar="WxH", help="training resolution of the cached latents (default: the stored size)")
     a.add_argument("-q", "--quiet", action="store_true")
     a.set_defaults(func=_cmd_prepare)
 

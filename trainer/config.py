@@ -67,6 +67,8 @@ class DataConfig:
     height: int = 512
     condition: str = "landmarks"  # landmarks (V1 pose set) | face_mask (V1 audio set) | pose (V2)
     landmark_parts: list[str] = field(default_factory=lambda: ["eyes", "brows", "pupils", "nose", "mouth"])
+    # clips held out for validation, by identity group (trainer/data/split.py); None: one group when validation is on
+    val_clips: int | None = None
     ref_min_gap: int = 8  # frames between the reference and every target frame (at least; 0: any frame, the target too)
     drop_reference: float = 0.05
     drop_audio: float = 0.05
@@ -77,8 +79,25 @@ class DataConfig:
     rls: RLSConfig = field(default_factory=RLSConfig)
     audio_aug: AudioAugConfig = field(default_factory=AudioAugConfig)
     num_workers: int = 2
+    # VAE latents cached per clip at the run's resolution (trainer/data/latent_cache.py): written at the start of the
+    # run when missing (or by `prepare --cache-latents`), then the VAE encodes no training frame
+    cache_latents: bool = False
     # V2 headshot padding: where half-body heads are (face box centre x, y and height, canvas fractions)
     head_box: list[float] = field(default_factory=lambda: [0.5, 0.23, 0.18])
+
+
+@dataclass
+class NoiseConfig:
+    """The training noise schedule (:func:`trainer.losses.training_scheduler`). The default is the one the code
+    lineage of the released weights trains with (scaled_linear betas, zero terminal SNR, v-prediction), while the
+    sampler uses linear betas: docs/training.md, "Noise schedule"."""
+
+    beta_schedule: str = "scaled_linear"  # scaled_linear (lineage's training) | linear (the sampler's)
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+    rescale_betas_zero_snr: bool = True
+    prediction_type: str = "v_prediction"  # the sampler and the released weights predict v; nothing else is trained
 
 
 @dataclass
@@ -223,7 +242,8 @@ class TrainConfig:
     cpu_threads: int | None = None
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     ddp_find_unused: bool = False
-    noise_scheduler: dict = field(default_factory=dict)  # overrides of the sampler's DDIM schedule
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # the training noise schedule
+    noise_scheduler: dict = field(default_factory=dict)  # further DDIM keyword arguments of the training schedule
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -283,7 +303,30 @@ class TrainConfig:
         if len(b) != 2 or b[0] < 0 or b[1] < 0 or b[0] + b[1] > 1:
             raise ConfigError("loss.phd.bounds must be two fractions [S1, S2] with S1 + S2 <= 1")
         _validate_lora(self)
+        _validate_noise(self)
         return self
+
+
+NOISE_SCHEDULES = ("scaled_linear", "linear")
+
+
+def _validate_noise(cfg: TrainConfig) -> None:
+    """The training noise schedule's checks, part of :meth:`TrainConfig.validate`."""
+    n = cfg.noise
+    if n.beta_schedule not in NOISE_SCHEDULES:
+        raise ConfigError(f"noise.beta_schedule: '{n.beta_schedule}' is not one of {', '.join(NOISE_SCHEDULES)}; use scaled_linear "
+                          "(what the released weights' lineage trains with, the default) or linear (the sampler's schedule)")
+    if not 0.0 < n.beta_start < n.beta_end < 1.0:
+        raise ConfigError(f"noise.beta_start/beta_end: {n.beta_start}, {n.beta_end} must satisfy 0 < beta_start < beta_end < 1 "
+                          "(EchoMimic: 0.00085 and 0.012)")
+    if n.num_train_timesteps < 2:
+        raise ConfigError(f"noise.num_train_timesteps: {n.num_train_timesteps} must be at least 2 (EchoMimic: 1000)")
+    if n.prediction_type != "v_prediction":
+        raise ConfigError(f"noise.prediction_type: '{n.prediction_type}' cannot be trained here: the released weights and the "
+                          "pack's sampler predict v (and epsilon is undefined at the zero-SNR last step); set v_prediction")
+    clash = sorted(set(cfg.noise_scheduler) & {f.name for f in dataclasses.fields(NoiseConfig)})
+    if clash:
+        raise ConfigError(f"noise_scheduler.{clash[0]}: set it as noise.{clash[0]} (the training schedule's own section)")
 
 
 def _validate_lora(cfg: TrainConfig) -> None:

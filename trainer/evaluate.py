@@ -14,13 +14,12 @@ from .config import TrainConfig
 
 @torch.no_grad()
 def fixed_loss(cfg: TrainConfig, checkpoint: str | Path | None = None, samples: int = 8, timesteps=(100, 300, 500, 700, 900)) -> float:
-    from echomimic_lib.pipeline import make_scheduler
-
     from .data.dataset import EchoDataset, ResumableSampler, build_pools, collate
     from .export import load_checkpoint_weights
     from .init import build
     from .net import AudioAttentionControl, bypass_motion
     from .phases import phase_at
+    from .losses import training_scheduler
     from .step import LossFns, compute_losses
 
     built = build(cfg)
@@ -37,7 +36,7 @@ def fixed_loss(cfg: TrainConfig, checkpoint: str | Path | None = None, samples: 
     ctrl = AudioAttentionControl(net.denoiser)
     pools = build_pools(cfg)
     ds, sampler = EchoDataset(cfg, pools, 0, str(built.whisper_path)), ResumableSampler(cfg, pools)
-    sched = make_scheduler(**cfg.noise_scheduler)
+    sched = training_scheduler(cfg)
     nocfg = copy.deepcopy(cfg)
     nocfg.loss.spatial.weight, nocfg.loss.phd.enabled = 0.0, False
     total = []

@@ -107,12 +107,10 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from echomimic_lib.pipeline import make_scheduler
-
     from .data.dataset import build_pools, make_loader
     from .ema import PhaseEMA
     from .init import build
-    from .losses import load_pose_estimator
+    from .losses import load_pose_estimator, training_scheduler
     from .lpips_net import build_lpips, lpips_needed, resolve_backbone
 
     if cfg.cpu_threads:
@@ -149,7 +147,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
         cast_base_(net, frozen)
         register_checkpoint_hooks(acc, net)
     ctrl = AudioAttentionControl(net.denoiser)
-    scheduler = make_scheduler(**cfg.noise_scheduler)
+    scheduler = training_scheduler(cfg)  # cfg.noise: the training schedule (docs/training.md, "Noise schedule")
     lpips = build_lpips(cfg.loss.lpips.net, cfg.loss.lpips.random_backbone, acc.device, backbone) if need_lpips else None
     fns = LossFns(lpips=lpips_fn or lpips, pose_estimator=load_pose_estimator(cfg.loss.phd.pose_estimator), pose_encoder=net.cond_encoder)
 
@@ -189,7 +187,13 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
 
     pools = build_pools(cfg, rank, world)
     per_step = cfg.optim.batch_size * cfg.optim.grad_accum
-    loader = make_loader(cfg, pools, rank, step * per_step, str(built.whisper_path))
+    latent_key = None
+    if cfg.data.cache_latents:  # stored VAE posteriors replace the encoder (trainer/data/latent_cache.py)
+        from .data.latent_cache import run_cache
+
+        latent_key = run_cache(cfg, vae, built.vae_path, pools, main)
+        acc.wait_for_everyone()
+    loader = make_loader(cfg, pools, rank, step * per_step, str(built.whisper_path), latent_key=latent_key)
     it = iter(loader)
     meta = {"weights": cfg.model.weights, "echo_config": built.config.to_dict(), "cond_channels": built.cond_channels,
             "vae_path": str(built.vae_path), "whisper_path": str(built.whisper_path), "param_names": [n for n, _ in named],

@@ -34,6 +34,18 @@ from .lpips_net import build_lpips  # noqa: F401  (LPIPS lives in trainer.lpips_
 VAE_SCALE = 0.18215
 
 
+def training_scheduler(cfg):
+    """The diffusers scheduler whose ``add_noise`` / ``get_velocity`` / ``alphas_cumprod`` a training step uses:
+    the sampler's DDIM settings (:data:`echomimic_lib.config.SCHEDULER_KWARGS`) with the run's ``noise`` section
+    (betas, zero terminal SNR, prediction type) and any further ``noise_scheduler`` keyword arguments on top."""
+    from echomimic_lib.pipeline import make_scheduler
+
+    n = cfg.noise
+    own = dict(beta_schedule=n.beta_schedule, beta_start=n.beta_start, beta_end=n.beta_end, num_train_timesteps=n.num_train_timesteps,
+               rescale_betas_zero_snr=n.rescale_betas_zero_snr, prediction_type=n.prediction_type)
+    return make_scheduler(**own, **cfg.noise_scheduler)
+
+
 def spatial_weight(t: torch.Tensor | float, num_timesteps: int = 1000) -> torch.Tensor:
     """w(t) = cos(t * pi / (2T))."""
     t = torch.as_tensor(t, dtype=torch.float64)

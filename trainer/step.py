@@ -31,30 +31,53 @@ class StepOutput:
     info: dict = field(default_factory=dict)  # timesteps, PhD phase per sample, ...
 
 
+def sample_latents(mean: torch.Tensor, std: torch.Tensor | None, generator: torch.Generator | None, chunk: int = 8) -> torch.Tensor:
+    """Scaled latents from a VAE posterior's (N, 4, h, w) mean and std: a sample (``std`` given; noise drawn from
+    ``generator`` in chunks of ``chunk`` frames) or the mean. The VAE path and the cached-latent path
+    (:mod:`trainer.data.latent_cache`) both come through here, so they draw the same noise."""
+    out = []
+    for i in range(0, mean.shape[0], chunk):
+        m = mean[i : i + chunk].float()
+        if std is not None:
+            eps = torch.randn(m.shape, generator=generator, dtype=torch.float32).to(m.device)
+            m = m + std[i : i + chunk].float() * eps
+        out.append(m * VAE_SCALE)
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor, generator: torch.Generator | None, sample: bool, chunk: int = 8) -> torch.Tensor:
     """(N, 3, H, W) in [-1, 1] -> (N, 4, H/8, W/8) scaled latents (posterior sample or mean)."""
     out = []
     for i in range(0, pixels.shape[0], chunk):
         dist = vae.encode(pixels[i : i + chunk].to(vae.dtype)).latent_dist
-        if sample:
-            eps = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean.device)
-            z = dist.mean.float() + dist.std.float() * eps
-        else:
-            z = dist.mean.float()
-        out.append(z * VAE_SCALE)
+        out.append(sample_latents(dist.mean, dist.std if sample else None, generator, chunk))
     return torch.cat(out)
+
+
+def batch_latents(vae, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target latents (B, 4, F, h, w), reference latents (B, 4, h, w)): from the batch's cached VAE posteriors
+    when it carries them (``latent_mean`` / ``latent_std`` / ``ref_latent``), else encoded by the VAE."""
+    if "latent_mean" in batch:
+        mean, std = batch["latent_mean"], batch["latent_std"]  # (B, F, 4, h, w)
+        b, f = mean.shape[:2]
+        lat = sample_latents(mean.flatten(0, 1), std.flatten(0, 1), generator)
+        ref = sample_latents(batch["ref_latent"], None, None)
+    else:
+        pix = batch["pixels"]
+        b, f = pix.shape[:2]
+        lat = encode_latents(vae, pix.flatten(0, 1), generator, sample=True)
+        ref = encode_latents(vae, batch["reference"], generator, sample=False)
+    return lat.view(b, f, *lat.shape[1:]).transpose(1, 2), ref
 
 
 def compute_losses(model, vae, scheduler, batch: dict, generator: torch.Generator, cfg: TrainConfig, fns: LossFns,
                    audio_control=None, timesteps: torch.Tensor | None = None) -> StepOutput:
-    device = batch["pixels"].device
-    pix = batch["pixels"]  # (B, F, 3, H, W)
-    b, f, _, h, w = pix.shape
+    device = batch["loss_mask"].device
+    pix = batch.get("pixels")  # (B, F, 3, H, W); absent when cached latents stand in and no loss decodes images
+    b, f = batch["loss_mask"].shape[:2]
     T = scheduler.config.num_train_timesteps
-    lat = encode_latents(vae, pix.flatten(0, 1), generator, sample=True)
-    lat = lat.view(b, f, *lat.shape[1:]).transpose(1, 2)  # (B, 4, F, h, w)
-    ref = encode_latents(vae, batch["reference"], generator, sample=False)
+    lat, ref = batch_latents(vae, batch, generator)  # (B, 4, F, h, w), (B, 4, h, w)
     noise = torch.randn(lat.shape, generator=generator, dtype=torch.float32).to(device)
     t = torch.randint(0, T, (b,), generator=generator)
     t = (t if timesteps is None else torch.as_tensor(timesteps).expand(b)).to(device)

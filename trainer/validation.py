@@ -65,9 +65,7 @@ def render_validation(cfg, net, vae, built, pools, step: int, out_dir: Path, mon
 
     v, d = cfg.validation, cfg.data
     phase = phase or phase_at(cfg.phases, max(0, step - 1)).phase
-    entries = pools.entries
-    entry = next((e for e in entries if e.id == v.clip), None) if v.clip else None
-    entry = entry or next((e for e in entries if cfg.data.condition != "pose" or e.kind == "halfbody"), entries[0])
+    entry = pools.validation_entry(v.clip, cfg.data.condition)  # a held-out clip (trainer/data/split.py)
     clip = ClipReader(entry.path)
     w, h = d.width, d.height
     frames = min(v.frames, clip.num_frames)
@@ -97,7 +95,8 @@ def render_validation(cfg, net, vae, built, pools, step: int, out_dir: Path, mon
     log_quality_metrics(cfg, monitor, step, res.frames.numpy(), audio[0], clip, (w, h))
     strip = (res.frames[: min(4, frames)].numpy() * 255).astype(np.uint8)
     monitor.image(step, "validation/frames", np.concatenate(list(strip), axis=1))
-    monitor.event(step, "validation", path=str(dest), clip=entry.id, phase=phase.name, audio_mask=phase.audio)
+    monitor.event(step, "validation", path=str(dest), clip=entry.id, phase=phase.name, audio_mask=phase.audio,
+                  held_out=bool(pools.val), split_note=pools.split_note)
     log.info("validation video %s", dest)
     return dest
 

@@ -17,7 +17,7 @@ Frames with a missing face inside the tolerance are filled by interpolation of t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +39,13 @@ class PrepareConfig:
     jpeg_quality: int = 95
     face_landmarks: bool = True  # half-body: also run the face-mesh landmarker
     whisper_dtype: str = "float16"
+    curate: object = field(default_factory=lambda: _curate_default())  # :class:`.curate_config.CurateConfig` (all filters off)
+
+
+def _curate_default():
+    from .curate_config import CurateConfig
+
+    return CurateConfig()
 
 
 def check_options(cfg: PrepareConfig) -> None:
@@ -69,6 +76,11 @@ def check_options(cfg: PrepareConfig) -> None:
         bad("--shards", cfg.num_shards, "must be 1 or more")
     if not 1 <= cfg.jpeg_quality <= 100:
         bad("--jpeg-quality", cfg.jpeg_quality, "must be between 1 and 100")
+    from .curate_config import check_curate
+
+    check_curate(cfg.curate)
+    if cfg.curate.syncnet and cfg.kind == "pose":
+        bad("curate.syncnet", cfg.curate.syncnet, "pose clips carry no speech to check lip sync against; leave it out for --kind pose")
 
 
 @dataclass

@@ -4,7 +4,7 @@ its status row, and :func:`write_clip`, the common tail that writes a kept clip 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ class ClipStatus:
     path: str = ""
     kind: str = "headshot"
     fps: float = 24.0
+    curation: dict = field(default_factory=dict)  # curation measurements (trainer/data/curate.py), kept clips too
 
     def checked(self, verdict: Verdict, n: int) -> bool:
         """Record the check of the clip's ``n`` usable frames; False (with the reason) when it is dropped."""
@@ -42,6 +43,7 @@ class Tools:
     def __init__(self, whisper_path, landmarker_model=None, pose_detector=None, device="cpu"):
         self.whisper_path, self.landmarker_model, self._pose, self.device = whisper_path, landmarker_model, pose_detector, device
         self._whisper = self._landmarker = None
+        self.sync_net = None  # SyncNet of the lip_sync curation filter (set by preflight when curate.syncnet is given)
 
     @property
     def whisper(self):

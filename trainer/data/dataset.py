@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ..config import TrainConfig
 from ..masks import (DEFAULT_HEAD_BOX, head_mask, headshot_layout, keypoints_from_landmarks, keypoints_from_pose, lips_mask,
                      pad_headshot, MP_TO_68, draw_pose)
 from ..phases import data_kinds, phase_at, pose_dropout_at
+from .pixels import resize_frame, frames_to_tensor
 from .augment import augmented_chunks, draw_audio_aug, draw_dropout, rls_parts, stored_chunks
 from .store import ClipEntry, ClipReader, read_manifest
 
@@ -34,24 +35,19 @@ log = logging.getLogger(__name__)
 READER_CACHE = 32  # open clips per data worker
 
 
-def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
-    import cv2
-
-    if img.shape[1] == w and img.shape[0] == h:
-        return img
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_CUBIC)
-
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
-    return t.movedim(-1, -3)
-
-
 @dataclass
 class Pools:
     entries: list[ClipEntry]
-    by_kind: dict[str, list[int]]  # data kind -> this rank's clip indices
+    by_kind: dict[str, list[int]]  # data kind -> this rank's clip indices (held-out clips excluded)
+    val: list[int] = field(default_factory=list)  # held-out clips (:mod:`.split`), never in ``by_kind``
+    split_note: str = ""  # why validation renders a training clip ("" when it has a held-out one)
+
+    def validation_entry(self, clip_id: str | None, condition: str) -> ClipEntry:
+        """The clip validation renders: ``clip_id`` when given, else the first held-out clip (a training clip only
+        when nothing could be held out, see :mod:`.split`)."""
+        pool = [self.entries[i] for i in self.val] or self.entries
+        named = next((e for e in pool if e.id == clip_id), None) if clip_id else None
+        return named or next((e for e in pool if condition != "pose" or e.kind == "halfbody"), pool[0])
 
     def pool(self, spec: str) -> list[int]:
         """This rank's clips for a phase's ``data`` (one kind, or several joined by '+')."""
@@ -69,8 +65,14 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
         entries += [e for e in read_manifest(root)]
     if not entries:
         raise FileNotFoundError("data.roots: no prepared clips found (run `echomimic-train prepare` first)")
-    kinds = {"all": list(range(len(entries)))}
-    kinds.update({k: [i for i, e in enumerate(entries) if e.kind == k] for k in ("halfbody", "headshot", "pose")})
+    from .split import split_entries
+
+    on = cfg.validation.every > 0
+    sp = split_entries(entries, cfg.data.val_clips, on, cfg.data.condition, cfg.seed, cfg.validation.clip if on else None)
+    if sp.val and rank == 0:
+        log.info("validation holds out %d clip(s) of %s; training reads the other %d", len(sp.val), ", ".join(sp.groups), len(sp.train))
+    kinds = {"all": list(sp.train)}
+    kinds.update({k: [i for i in sp.train if entries[i].kind == k] for k in ("halfbody", "headshot", "pose")})
     by_kind = {}
     for kind, idx in kinds.items():
         mine = [i for j, i in enumerate(idx) if j % world == rank]
@@ -78,7 +80,7 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
             log.warning("rank %d has no clips of kind '%s' of its own (%d clips, %d processes); it reads the whole pool", rank, kind, len(idx), world)
             mine = list(idx)
         by_kind[kind] = mine
-    return Pools(entries, by_kind)
+    return Pools(entries, by_kind, list(sp.val), sp.fallback)
 
 
 class ResumableSampler:
@@ -120,10 +122,35 @@ class EchoDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by sampler keys. One sample = ``frames`` consecutive frames of a clip, a
     reference frame, per-frame conditions and audio chunks, dropout flags and (V2) masks."""
 
-    def __init__(self, cfg: TrainConfig, pools: Pools, rank: int = 0, whisper_path: str | None = None):
+    def __init__(self, cfg: TrainConfig, pools: Pools, rank: int = 0, whisper_path: str | None = None, latent_key: str | None = None):
         self.cfg, self.pools, self.rank, self.whisper_path = cfg, pools, rank, whisper_path
         self._readers: OrderedDict[int, ClipReader] = OrderedDict()  # LRU: memory maps hold file handles
         self._whisper = None
+        self.latent_key = latent_key  # cached VAE latents (trainer/data/latent_cache.py) of this key, or None
+        self._need_pixels: bool | None = None
+
+    def _cached(self, i: int, padded: bool):
+        """(mean, std) memory maps of clip ``i``'s cached latents, or None."""
+        from .latent_cache import has_cache, read_cache
+
+        e = self.pools.entries[i]
+        if self.latent_key is None or padded or not has_cache(e.path, self.latent_key):
+            return None
+        return read_cache(e.path, self.latent_key)
+
+    @property
+    def need_pixels(self) -> bool:
+        """Frames are decoded for a cached clip too when a loss decodes images, or when another clip has no cache
+        (a batch mixing both encodes all of its frames with the VAE, :func:`collate`)."""
+        if self._need_pixels is None:
+            from .latent_cache import cacheable, has_cache
+
+            lc, d = self.cfg.loss, self.cfg.data
+            held = set(self.pools.val)
+            train = [e for i, e in enumerate(self.pools.entries) if i not in held]
+            self._need_pixels = (self.latent_key is None or lc.spatial.weight > 0 or lc.phd.enabled or
+                                 not all(cacheable(e, d.condition) and has_cache(e.path, self.latent_key) for e in train))
+        return self._need_pixels
 
     def __len__(self) -> int:  # nominal; the sampler is infinite
         return len(self.pools.entries)
@@ -159,14 +186,21 @@ class EchoDataset(torch.utils.data.Dataset):
         ref_idx = self._reference_index(rng, n, idx)
         w, h = d.width, d.height
         padded = d.condition == "pose" and clip.kind == "headshot"
-        frames = clip.frames(list(idx) + [ref_idx])
-        valid = np.ones((h, w), np.float32)
-        if padded:  # a headshot placed where half-body heads are (HPA data); ``valid`` = 0 on the padding
-            layout = headshot_layout(np.asarray(clip.array("landmarks"))[:, list(MP_TO_68), :2], w, d.head_box or DEFAULT_HEAD_BOX)
-            out = [pad_headshot(f, layout) for f in frames]
-            frames, valid = np.stack([o[0] for o in out]), out[0][1]
-        frames = np.stack([_resize(f, w, h) for f in frames])
-        sample = {"pixels": _to_tensor(frames[:nf]), "reference": _to_tensor(frames[nf])}
+        valid, sample = np.ones((h, w), np.float32), {}
+        cached = self._cached(int(key["clip"]), padded)
+        if cached is not None:  # the VAE posterior of the frames, stored (trainer/data/latent_cache.py)
+            mean, std = cached
+            sample["latent_mean"] = torch.from_numpy(np.asarray(mean[idx], np.float32))
+            sample["latent_std"] = torch.from_numpy(np.asarray(std[idx], np.float32))
+            sample["ref_latent"] = torch.from_numpy(np.asarray(mean[ref_idx], np.float32))
+        if cached is None or self.need_pixels:
+            frames = clip.frames(list(idx) + [ref_idx])
+            if padded:  # a headshot placed where half-body heads are (HPA data); ``valid`` = 0 on the padding
+                layout = headshot_layout(np.asarray(clip.array("landmarks"))[:, list(MP_TO_68), :2], w, d.head_box or DEFAULT_HEAD_BOX)
+                out = [pad_headshot(f, layout) for f in frames]
+                frames, valid = np.stack([o[0] for o in out]), out[0][1]
+            frames = np.stack([resize_frame(f, w, h) for f in frames])
+            sample.update(pixels=frames_to_tensor(frames[:nf]), reference=frames_to_tensor(frames[nf]))
         sample["audio"], applied = self._audio(clip, idx, rng)
         sample["audio_augmented"] = torch.tensor(bool(applied))
         drop = draw_dropout(rng, d)
@@ -261,12 +295,19 @@ def pose_pictures(clip: ClipReader, idx, kps, phase, size, padded: bool = False)
     return np.stack(imgs), np.stack(masks)
 
 
+LATENT_KEYS = ("latent_mean", "latent_std", "ref_latent")
+
+
 def collate(samples: list[dict]) -> dict:
+    """Stack samples; cached latents are kept only when every sample has them (else the VAE encodes the batch)."""
+    if any(LATENT_KEYS[0] in x for x in samples) and not all(LATENT_KEYS[0] in x for x in samples):
+        samples = [{k: v for k, v in x.items() if k not in LATENT_KEYS} for x in samples]
     return torch.utils.data.default_collate(samples)
 
 
-def make_loader(cfg: TrainConfig, pools: Pools, rank: int, start_pos: int, whisper_path: str | None, num_workers: int | None = None):
-    ds = EchoDataset(cfg, pools, rank, whisper_path)
+def make_loader(cfg: TrainConfig, pools: Pools, rank: int, start_pos: int, whisper_path: str | None, num_workers: int | None = None,
+                latent_key: str | None = None):
+    ds = EchoDataset(cfg, pools, rank, whisper_path, latent_key)
     sampler = ResumableSampler(cfg, pools, rank, start_pos)
     nw = cfg.data.num_workers if num_workers is None else num_workers
     return torch.utils.data.DataLoader(ds, batch_size=cfg.optim.batch_size, sampler=sampler, num_workers=nw, collate_fn=collate,

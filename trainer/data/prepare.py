@@ -24,6 +24,7 @@ import numpy as np
 
 from .clean import PrepareConfig, Verdict, check_clip, clip_square, fill_missing_rows, landmark_boxes
 from .clip import ClipStatus, Tools, frames_to_analyse, largest_face, open_clip, write_clip
+from .curate import BackgroundFlow, after_write, before_write, curation_counts, load_sync_model
 from .prepare_body import prepare_body
 from .store import write_json_atomic
 from .video import VIDEO_SUFFIXES, iter_frames, scene_score, small_hsv
@@ -52,7 +53,10 @@ def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
     if wave is None:
         return st
     counts, lmks, heights, cuts, prev = [], [], [], [], None
+    flow = BackgroundFlow() if cfg.curate.max_camera_motion is not None else None
     for img in iter_frames(video, cfg.fps, cfg.analysis_side, frames_to_analyse(cfg, wave)):
+        if flow is not None:
+            flow.add(img)
         faces = tools.landmarker.detect(img)
         counts.append(len(faces))
         f = largest_face(faces) if faces else None
@@ -68,6 +72,9 @@ def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
         return st
     lm, valid = fill_missing_rows(lmks[:n])
     boxes = landmark_boxes(lm, info["width"], info["height"])
+    if cfg.curate.enabled and not before_write(cfg.curate, st, lm[valid] if cfg.curate.max_yaw is not None else None, flow,
+                                               landmark_boxes(lm, 1, 1), cfg.fps):
+        return st
     sx, sy, side = clip_square(boxes, info["width"], info["height"], cfg.crop_dilation)
 
     def describe(writer, n):
@@ -83,7 +90,9 @@ def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
     def crop(img):
         return _resize_square(img[sy : sy + side, sx : sx + side], cfg.size)
 
-    return write_clip(video, st, out_root, cfg, tools, n, crop, wave, describe, v)
+    st = write_clip(video, st, out_root, cfg, tools, n, crop, wave, describe, v)
+    after_write(cfg.curate, tools.sync_net, st, out_root)
+    return st
 
 
 def preflight(cfg: PrepareConfig, whisper_path, landmarker_model, pose_detector, device, worker_index: int, num_workers: int):
@@ -105,6 +114,7 @@ def preflight(cfg: PrepareConfig, whisper_path, landmarker_model, pose_detector,
     tools = Tools(whisper_path, landmarker_model, pose_detector, device)
     try:
         tools.whisper  # noqa: B018 - load now: a broken file is reported as such, not as a bad clip
+        tools.sync_net = load_sync_model(cfg.curate)  # the lip_sync filter's SyncNet, checked before any clip
         if landmarker_model is not None and (cfg.kind == "headshot" or cfg.face_landmarks and cfg.kind == "halfbody"):
             tools.landmarker  # noqa: B018 - a given model is checked now; a missing one stops the run at the first clip
     except BaseException:
@@ -183,8 +193,20 @@ def finalize(out_root: Path) -> dict:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in items))
         tmp.replace(out_root / name)
     by_reason = Counter(r["reason"] for r in rows if r["status"] != "ok")
+    curation = _curation_record(out_root, rows)
     return {"clips": len(rows), "kept": len(kept), "kept_seconds": round(sum(r["seconds"] for r in kept), 2),
-            "dropped": dict(by_reason), "rows": rows}
+            "dropped": dict(by_reason), "rows": rows, "curation": curation}
+
+
+def _curation_record(out_root: Path, rows: list[dict]) -> dict:
+    """``curation.json``: the curation thresholds of the run (``prepare_config.json``) and the clips each filter removed."""
+    import json
+
+    conf = out_root / "prepare_config.json"
+    thresholds = json.loads(conf.read_text()).get("curate", {}) if conf.is_file() else {}
+    record = {"removed": curation_counts(rows), "thresholds": thresholds}
+    write_json_atomic(out_root / "curation.json", record)
+    return record
 
 
 def summary_table(summary: dict) -> str:
@@ -198,6 +220,10 @@ def summary_table(summary: dict) -> str:
         lines.append(f"{'dropped':<10} {reason:<16} {len(rs):>6} {sum(r['seconds'] for r in rs):>10.1f}")
     lines.append("-" * 45)
     lines.append(f"{'total':<27} {len(rows):>6}")
+    removed = summary.get("curation", {}).get("removed", {})
+    if any(removed.values()) or any(v is not None for k, v in summary.get("curation", {}).get("thresholds", {}).items()
+                                    if k in ("syncnet", "max_yaw", "max_camera_motion")):
+        lines.append("curation removed: " + ", ".join(f"{k} {v}" for k, v in removed.items()) + " (curation.json)")
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"  dropped {r['id']}: {r['reason']} ({r['detail']})")

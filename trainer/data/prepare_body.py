@@ -19,6 +19,7 @@ import numpy as np
 
 from .clean import PrepareConfig, check_clip, fill_missing_rows, landmark_boxes
 from .clip import ClipStatus, Tools, frames_to_analyse, largest_face, open_clip, write_clip
+from .curate import BackgroundFlow, after_write, before_write
 from .video import iter_frames, scene_score, small_hsv
 
 
@@ -47,6 +48,7 @@ def prepare_body(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tool
         st.reason = st.detail = ""
     cuts, lmks, prev, an_size = [], [], [None], [None]
     face_mesh = cfg.face_landmarks and kind.face_mesh
+    flow = BackgroundFlow() if cfg.curate.max_camera_motion is not None else None
 
     def frames():
         for img in iter_frames(video, cfg.fps, cfg.analysis_side, frames_to_analyse(cfg, wave)):
@@ -55,6 +57,8 @@ def prepare_body(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tool
             if prev[0] is not None:
                 cuts.append(scene_score(prev[0], hsv))
             prev[0] = hsv
+            if flow is not None:
+                flow.add(img)
             if face_mesh:
                 faces = tools.landmarker.detect(img)
                 lmks.append(largest_face(faces)["lmks"] if faces else None)
@@ -81,6 +85,11 @@ def prepare_body(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tool
         return st
     x0, y0 = int(round(crop.x0 * s)), int(round(crop.y0 * s))
     x1, y1 = min(info["width"], int(round(crop.x1 * s))), min(info["height"], int(round(crop.y1 * s)))
+    if cfg.curate.enabled:  # the person: the half-body crop (a pose clip's crop is the whole frame: no background)
+        real = [x for x in lmks[:n] if x is not None] if cfg.curate.max_yaw is not None else []
+        person = np.array([x0 / info["width"], y0 / info["height"], x1 / info["width"], y1 / info["height"]])
+        if not before_write(cfg.curate, st, np.stack(real) if real else None, flow, person, cfg.fps, margin=0.0):
+            return st
     src_crop = HalfBodyCrop(x0, y0, x1, y1, (info["width"], info["height"]), cfg.size, resize_and_pad_params(y1 - y0, x1 - x0, cfg.size))
     seq = seq.take(np.arange(n))
     seq.draw_pose_params = np.tile(np.asarray(src_crop.draw_pose_params, dtype=np.int64), (len(seq), 1))
@@ -101,4 +110,7 @@ def prepare_body(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tool
                 "draw_pose_params": list(map(int, src_crop.draw_pose_params))}
         return meta, arrays
 
-    return write_clip(video, st, out_root, cfg, tools, n, lambda img: crop_image(img, src_crop), wave, describe, v)
+    st = write_clip(video, st, out_root, cfg, tools, n, lambda img: crop_image(img, src_crop), wave, describe, v)
+    if face_mesh and any(x is not None for x in lmks[:n]):  # the lip-sync filter needs the face boxes
+        after_write(cfg.curate, tools.sync_net, st, out_root)
+    return st

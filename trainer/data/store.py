@@ -169,6 +169,7 @@ class ClipEntry:
     num_frames: int
     fps: float
     kind: str
+    group: str = ""  # identity group from the manifest row (e.g. a speaker id), "" when not given (see .split)
 
 
 def read_manifest(root: str | Path) -> list[ClipEntry]:
@@ -180,5 +181,6 @@ def read_manifest(root: str | Path) -> list[ClipEntry]:
     for line in path.read_text().splitlines():
         if line.strip():
             d = json.loads(line)
-            out.append(ClipEntry(d["id"], root / d["path"], int(d["shard"]), int(d["num_frames"]), float(d["fps"]), d.get("kind", "headshot")))
+            out.append(ClipEntry(d["id"], root / d["path"], int(d["shard"]), int(d["num_frames"]), float(d["fps"]), d.get("kind", "headshot"),
+                                 str(d.get("group") or "")))
     return out

@@ -1,0 +1,197 @@
+"""VAE latents cached per clip (opt-in: ``prepare --cache-latents VAE``, ``data.cache_latents: true``).
+
+The frozen VAE encodes every target frame of every training step; its output for a frame depends only on the
+frame, the VAE and the training resolution -- the pixel pipeline has no random crop or flip (the only random
+input changes are audio augmentation and condition dropout, which do not touch the frames). So the VAE
+posterior of each stored frame at the run's resolution is computed once and stored beside the clip:
+
+    <clip>/latents/<key>/mean.npy  float16 (F, 4, H/8, W/8) posterior mean (unscaled)
+    <clip>/latents/<key>/std.npy   float16 (F, 4, H/8, W/8) posterior standard deviation
+    <clip>/latents/<key>/meta.json the key's inputs (resolution, VAE digest, dtype)
+
+A training step then draws the posterior sample from the stored mean and standard deviation with the step's own
+generator (:func:`trainer.step.sample_latents`, the same draws as with the VAE), so the cache changes the VAE's
+float32 output only by its float16 rounding. ``key`` hashes the VAE's files (config and weights), the dtype it
+encodes in and the resolution: another VAE or another ``data.width``/``height`` finds no cache (it is built
+again, and :func:`cache_clips` removes the stale ones). Not cached: V2 headshots padded into the half-body
+canvas (their frames are composed per sample); batches holding one of those encode with the VAE as before.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .store import ClipEntry, ClipReader, write_json_atomic
+
+log = logging.getLogger(__name__)
+CACHE_DIR = "latents"
+CACHE_FORMAT = 1
+
+
+@lru_cache(maxsize=16)
+def _digest_files(paths: tuple[str, ...], stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def vae_digest(vae_path: str | Path) -> str:
+    """sha256 of a VAE's files: a folder's config.json and weights, or a single weights file."""
+    p = Path(vae_path)
+    files = sorted(q for q in p.iterdir() if q.is_file() and (q.name == "config.json" or q.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt"))) \
+        if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"{p}: no VAE files to cache latents for (config.json + weights)")
+    stamp = tuple((str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in files)
+    return _digest_files(tuple(str(q) for q in files), stamp)
+
+
+def cache_key(vae_path: str | Path, width: int, height: int, dtype: torch.dtype = torch.float32) -> str:
+    """The cache folder name of a VAE (its file digest), the dtype it encodes in and a resolution."""
+    text = json.dumps({"format": CACHE_FORMAT, "vae": vae_digest(vae_path), "dtype": str(dtype), "size": [int(width), int(height)]},
+                      sort_keys=True)
+    return f"{int(width)}x{int(height)}-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_dir(clip_dir: str | Path, key: str) -> Path:
+    return Path(clip_dir) / CACHE_DIR / key
+
+
+def has_cache(clip_dir: str | Path, key: str) -> bool:
+    return (cache_dir(clip_dir, key) / "meta.json").is_file()
+
+
+def read_cache(clip_dir: str | Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) memory maps of a clip's cache."""
+    d = cache_dir(clip_dir, key)
+    return np.load(d / "mean.npy", mmap_mode="r"), np.load(d / "std.npy", mmap_mode="r")
+
+
+def frames_tensor(reader: ClipReader, indices, width: int, height: int) -> torch.Tensor:
+    """Stored frames at the training resolution, (N, 3, H, W) in [-1, 1]: the dataset's own pixel pipeline."""
+    from .pixels import resize_frame, frames_to_tensor
+
+    return frames_to_tensor(np.stack([resize_frame(f, width, height) for f in reader.frames(indices)]))
+
+
+@torch.no_grad()
+def encode_posterior(vae, pixels: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) in [-1, 1] -> the VAE posterior's (mean, std), float32, unscaled."""
+    means, stds = [], []
+    dev = next(vae.parameters()).device
+    for i in range(0, pixels.shape[0], chunk):
+        dist = vae.encode(pixels[i : i + chunk].to(dev, vae.dtype)).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def write_clip_cache(entry: ClipEntry, vae, key: str, width: int, height: int, chunk: int = 8) -> Path:
+    """Encode every frame of one clip and write its cache (into ``<key>.partial``, renamed when complete)."""
+    reader = ClipReader(entry.path)
+    final = cache_dir(entry.path, key)
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        means, stds = [], []
+        for a in range(0, reader.num_frames, chunk):
+            m, s = encode_posterior(vae, frames_tensor(reader, range(a, min(a + chunk, reader.num_frames)), width, height), chunk)
+            means.append(m.half().numpy())
+            stds.append(s.half().numpy())
+        np.save(tmp / "mean.npy", np.concatenate(means))
+        np.save(tmp / "std.npy", np.concatenate(stds))
+        write_json_atomic(tmp / "meta.json", {"key": key, "width": width, "height": height, "frames": reader.num_frames,
+                                              "dtype": str(vae.dtype), "format": CACHE_FORMAT})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def cacheable(entry: ClipEntry, condition: str) -> bool:
+    """Every clip but the V2 headshots padded into the half-body canvas."""
+    return not (condition == "pose" and entry.kind == "headshot")
+
+
+def cache_clips(entries: list[ClipEntry], vae, vae_path, width: int, height: int, condition: str = "landmarks",
+                progress: bool = False) -> dict:
+    """Write the missing caches of ``entries`` for this VAE and resolution and remove the clips' stale ones
+    (another VAE or resolution). Returns counts: written, kept (already valid), removed (stale), skipped."""
+    from tqdm import tqdm
+
+    key = cache_key(vae_path, width, height, vae.dtype)
+    counts = {"key": key, "written": 0, "kept": 0, "removed": 0, "skipped": 0}
+    for e in tqdm(entries, desc="cache latents", unit="clip", disable=not progress):
+        if not cacheable(e, condition):
+            counts["skipped"] += 1
+            continue
+        root = Path(e.path) / CACHE_DIR
+        for old in (root.iterdir() if root.is_dir() else []):
+            if old.name != key:
+                shutil.rmtree(old, ignore_errors=True)
+                counts["removed"] += 1
+        if has_cache(e.path, key):
+            counts["kept"] += 1
+        else:
+            write_clip_cache(e, vae, key, width, height)
+            counts["written"] += 1
+    return counts
+
+
+def parse_size(text: str | None, default: int) -> tuple[int, int]:
+    """``--latent-size`` ``WxH`` (or one number) -> (width, height); the stored size when not given."""
+    if not text:
+        return default, default
+    try:
+        parts = [int(p) for p in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 8 or any(p % 8 for p in parts):
+        from ..config import ConfigError
+
+        raise ConfigError(f"--latent-size {text}: give WIDTHxHEIGHT, the run's data.width x data.height, multiples of 8 (e.g. 512x512)")
+    return (parts[0], parts[-1])
+
+
+def cache_dataset(roots, vae_path, width: int, height: int, device: str = "cpu", condition: str = "landmarks",
+                  progress: bool = True) -> dict:
+    """``prepare --cache-latents``: the caches of every clip of prepared datasets, with the VAE of ``vae_path``
+    in float32 (the dtype of a run with ``frozen_dtype: float32`` or ``mixed_precision: no``)."""
+    from echomimic_lib.model_set import load_vae
+
+    from .store import read_manifest
+
+    if width % 8 or height % 8:
+        raise ValueError(f"--latent-size {width}x{height}: width and height must be multiples of 8 (the training data.width/height)")
+    vae = load_vae(vae_path, device=device).requires_grad_(False)
+    entries = [e for r in ([roots] if isinstance(roots, (str, Path)) else roots) for e in read_manifest(r)]
+    return cache_clips(entries, vae, vae_path, width, height, condition, progress)
+
+
+def run_cache(cfg, vae, vae_path, pools, is_main: bool = True) -> str:
+    """``data.cache_latents: true`` at the start of a run: the main process writes the caches its training clips
+    lack (the run's VAE, dtype and resolution; stale ones removed) and every process gets the key to read."""
+    key = cache_key(vae_path, cfg.data.width, cfg.data.height, vae.dtype)
+    if is_main:
+        held = set(pools.val)
+        train = [e for i, e in enumerate(pools.entries) if i not in held]
+        counts = cache_clips(train, vae, vae_path, cfg.data.width, cfg.data.height, cfg.data.condition)
+        log.info("latent cache %s: %d clips written, %d valid, %d stale caches removed, %d not cacheable (padded headshots)",
+                 key, counts["written"], counts["kept"], counts["removed"], counts["skipped"])
+    return key
