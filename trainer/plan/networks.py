@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from echomimic_lib.config import PRESETS as ARCH_PRESETS
 from echomimic_lib.config import EchoConfig
@@ -124,7 +125,7 @@ def _step(nets: MetaNets, cfg: TrainConfig, phase: PhaseConfig, batch: int, dtyp
 
 def _prepare(nets: MetaNets, phase: PhaseConfig, dtype) -> None:
     nets.net.to(dtype)
-    nets.vae.to(dtype)
+    nn.Module.to(nets.vae, dtype)  # not diffusers' own .to (it warns about float32 modules)
     set_trainable(nets.net, phase.train, phase.audio)
     bypass_motion(nets.net.denoiser, phase.kind == "spatial" and nets.net.denoiser.has_motion)
 
