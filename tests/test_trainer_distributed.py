@@ -140,7 +140,6 @@ def test_two_nodes_without_a_shared_output_dir_are_refused_with_the_fix(base, tm
     assert not (tmp_path / "node0" / "run" / "checkpoints").exists()  # refused before anything was trained
 
 
-@pytest.mark.slow
 def test_two_nodes_keep_their_own_checkpoints_and_resume_from_them(base, tmp_path):
     """shared_fs: local: each node's first process writes complete checkpoints (model, optimizer, scheduler, train
     state, its RNG states, meta.json) into its own folder; both resume from them; validation renders on rank 0
@@ -162,7 +161,6 @@ def test_two_nodes_keep_their_own_checkpoints_and_resume_from_them(base, tmp_pat
     assert events(tmp_path / "node0" / "run", "start")[-1]["resumed_from"].endswith("step-00000002")
 
 
-@pytest.mark.slow
 def test_a_validation_longer_than_its_timeout_stops_the_waiting_rank_with_the_fix(base, tmp_path):
     over = {"distributed": {"shared_fs": "local", "validation_timeout_s": 0.05}, "validation": {"every": 1, "steps": 2, "frames": 2}}
     r = _two_nodes(tmp_path, _cfg(base, tmp_path, "slowval", 2, **over), timeout=600)

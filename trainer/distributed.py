@@ -155,6 +155,7 @@ def check_shared_output(accelerator, out_dir, mode: str) -> None:
     views = gather_object([(accelerator.process_index, socket.gethostname(), missing)])
     accelerator.wait_for_everyone()
     mine.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
             os.rmdir(root)
