@@ -11,7 +11,9 @@ Paper facts used (EchoMimic arXiv 2407.08136, EchoMimicV2 arXiv 2411.10061; see 
   Reading taken where the paper is ambiguous: the spatial networks start from SD1.5 image-variations (the
   paper names EchoMimic only for the temporal weights; docs/training.md explains why).
 Values the papers do not state (spatial-loss lambda, augmentation probabilities, joint dropout, V2 lr) are
-marked "assumed" and are ordinary config values.
+marked "assumed" and are ordinary config values. Memory settings (gradient checkpointing per layer, V2's bf16,
+decoder checkpointing and decoded frames) make every preset fit an 80 GB GPU by ``echomimic-train plan``
+(docs/training.md section 9; tests/test_trainer_plan.py fails when one does not).
 """
 from __future__ import annotations
 
@@ -67,8 +69,9 @@ PRESETS: dict[str, dict] = {
                  "drop_condition": 0.05, "drop_all": 0.05, "rls": {"enabled": False},
                  "audio_aug": {**_V1_DATA["audio_aug"]}},
         # decode_frames: the 24-frame phase decodes 2 frames per clip for PhD (memory, assumed: 4 would need 88 GiB)
-        "loss": {"decode_frames": 2, "spatial": {"decoder_checkpointing": True}, "phd": {"enabled": True, "bounds": [0.1, 0.6], "pose_weight": 0.1, "detail_weight": 0.1,
-                                             "low_weight": 0.1, "pose_form": "encoder"}},
+        "loss": {"decode_frames": 2, "spatial": {"decoder_checkpointing": True},
+                 "phd": {"enabled": True, "bounds": [0.1, 0.6], "pose_weight": 0.1, "detail_weight": 0.1, "low_weight": 0.1,
+                         "pose_form": "encoder"}},
         "optim": {**_OPTIM, "batch_size": 4},  # the paper: batch 4 in both stages (lr assumed = V1's)
         "phases": [
             # the pose phases also take fully pose-driven clips (`prepare --kind pose`, the paper's HumanVid)
