@@ -5,6 +5,14 @@ state into ``checkpoints/.tmp-step-00000100``; ``meta.json`` is added and the fo
 ``checkpoints/step-00000100`` only then. A checkpoint folder therefore exists completely or not at all:
 a run killed while saving leaves a ``.tmp-*`` folder, which the next run deletes. Only the newest
 ``keep_last`` checkpoints are kept.
+
+Several nodes (``distributed.shared_fs: local``, accelerate's ``save_on_each_node``): the first process of each
+node writes the whole checkpoint into its own ``output_dir`` (model, optimizer, registered objects, its node's
+RNG states) and ``meta.json``, renames and prunes there, so every node can resume on its own; resuming checks
+that every process found the same newest checkpoint. FSDP (``distributed.strategy: fsdp``): the model and
+optimizer are written as sharded ``torch.distributed.checkpoint`` folders (each rank its part), and the main
+process merges the model shards into ``model.safetensors`` (full weights: what ``export`` and the checksum
+tools read) before the rename.
 """
 from __future__ import annotations
 
@@ -49,25 +57,46 @@ def remove_partial(root: Path) -> list[Path]:
     return gone
 
 
+def is_writer(accelerator) -> bool:
+    """The process that writes, renames and prunes checkpoint folders: the main one, or with per-node checkpoints
+    (``save_on_each_node``) the first process of each node."""
+    if getattr(accelerator.project_configuration, "save_on_each_node", False):
+        return accelerator.is_local_main_process
+    return accelerator.is_main_process
+
+
+def _merge_fsdp_model(tmp: Path) -> None:
+    from accelerate.utils import merge_fsdp_weights
+
+    shards = sorted(p for p in tmp.iterdir() if p.is_dir() and p.name.startswith("pytorch_model_fsdp_"))
+    if shards:
+        merge_fsdp_weights(str(shards[0]), str(tmp), safe_serialization=True)
+
+
 def save_checkpoint(accelerator, out_dir: Path, step: int, meta: dict, keep_last: int) -> Path:
     """Collective: every process calls it. Returns the final checkpoint folder."""
+    from .distributed import is_fsdp
+
     root = checkpoint_dir(out_dir)
     tmp = root / f".tmp-step-{step:08d}"
     final = root / f"step-{step:08d}"
-    if accelerator.is_main_process:
+    writer = is_writer(accelerator)
+    if writer:
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and is_fsdp(accelerator):
+            _merge_fsdp_model(tmp)
+        if writer:
             (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
             _fsync_dir(tmp)
     except BaseException:  # a full disk, Ctrl-C: no half-written checkpoint stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if accelerator.is_main_process:
+    if writer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -89,6 +118,22 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def agree_on_resume(accelerator, ckpt: Path | None) -> None:
+    """Every process must resume from the same step (per-node checkpoints: a node that lost or never got the newest
+    one would silently diverge). Collective."""
+    from accelerate.utils import gather_object
+
+    if accelerator.num_processes < 2:
+        return
+    step = read_meta(ckpt)["step"] if ckpt is not None else None
+    steps = gather_object([(accelerator.process_index, step)])
+    if len({s for _, s in steps}) > 1:
+        found = ", ".join(f"rank {r}: {'none' if s is None else f'step {s}'}" for r, s in steps)
+        raise FileNotFoundError(f"the processes found different newest checkpoints to resume from ({found}); with per-node "
+                                "checkpoints (distributed.shared_fs: local) copy the newest checkpoint folder to every node's "
+                                "output_dir/checkpoints, or resume every node from the same one (--resume FOLDER)")
 
 
 def resolve_resume(resume, out_dir: Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""``echomimic-train``: prepare | fit | export | presets.
+"""``echomimic-train``: prepare | fit | export | presets | plan.
 
 Single process: ``echomimic-train fit --config run.yaml``. Several GPUs / nodes: ``accelerate launch
 [--num_processes N ...] -m trainer fit --config run.yaml`` (DeepSpeed ZeRO through ``accelerate config``).
@@ -99,6 +99,26 @@ def _cmd_presets(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from .plan import load_plan_config, plan_text
+    from .presets import PRESETS
+
+    names = list(PRESETS) if args.all_presets else [None]
+    over = False
+    for name in names:
+        cfg = load_plan_config(args.config if name is None else None, args.set, preset=name or args.preset)
+        title = name or cfg.preset or args.config or "config"
+        text, run = plan_text(cfg, title, gpus=args.gpus, peak_tflops=args.peak_tflops, mfu=args.mfu, arch=args.arch)
+        print(text + "\n")
+        over |= bool(run.over_budget())
+    if over:
+        print(f"error: some phase does not fit {cfg.memory.gpu_gib:g} GiB per GPU: turn on model.gradient_checkpointing "
+              "(memory.checkpointing: layer), mixed_precision: bf16, loss.spatial.decoder_checkpointing, lower "
+              "optim.batch_size (raise optim.grad_accum) or loss.decode_frames, or use distributed.strategy: fsdp", file=sys.stderr)
+        return 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="echomimic-train", description="Train EchoMimic V1 / V2 (standalone; uses echomimic_lib).")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -152,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--merge", action="store_true", help="LoRA run: write the base model with the adapters merged in (official "
                    "file set) instead of the adapter file")
     e.set_defaults(func=_cmd_export)
+
+    n = sub.add_parser("plan", help="memory per GPU and expected speed of every phase (no weights or GPU needed)")
+    n.add_argument("config", nargs="?", help="YAML config (may start with `preset: NAME`)")
+    n.add_argument("--preset", help="plan a preset (or start from it when the YAML has none)")
+    n.add_argument("--all-presets", action="store_true", help="plan every shipped preset")
+    n.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.batch_size=2")
+    n.add_argument("--gpus", type=int, default=8, help="GPUs the run uses (DDP buckets, FSDP shards; default 8, the papers')")
+    n.add_argument("--peak-tflops", type=float, default=312.0, help="dense bf16 peak of one GPU (default 312: A100 80 GB)")
+    n.add_argument("--mfu", type=float, default=0.30, help="model FLOP utilisation assumed (default 0.30, what EchoMimic's "
+                   "published timings imply)")
+    n.add_argument("--arch", choices=["sd15", "tiny"], help="network size (default: the run's files, else SD1.5)")
+    n.set_defaults(func=_cmd_plan)
 
     r = sub.add_parser("presets", help="list presets, or print one")
     r.add_argument("name", nargs="?")

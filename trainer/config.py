@@ -232,6 +232,40 @@ class ValidationConfig:
     seed: int = 420
 
 
+# --- #26 memory plan and multi-GPU / multi-node settings (trainer/plan, trainer/distributed.py) ---------------
+@dataclass
+class MemoryConfig:
+    checkpointing: str = "block"  # granularity of model.gradient_checkpointing: block | layer (trainer/plan/checkpointing.py)
+    offload_frozen_optimizer_state: bool = True  # AdamW state of parameters the current phase freezes waits in CPU memory
+    gpu_gib: float = 80.0  # memory per GPU that `echomimic-train plan` checks the run against
+
+    def __post_init__(self):
+        if self.checkpointing not in ("block", "layer"):
+            raise ConfigError(f"memory.checkpointing: '{self.checkpointing}' is not one of block, layer")
+
+
+@dataclass
+class DistributedConfig:
+    strategy: str = "ddp"  # ddp | fsdp (accelerate's FullyShardedDataParallelPlugin: whole-UNet phases, sharded checkpoints)
+    timeout_s: float = 1800.0  # collective timeout of the process group (accelerate InitProcessGroupKwargs)
+    # output_dir across nodes: check = every rank writes a token and the run stops unless all see each other's
+    # (not shared: set local); local = each node keeps its own checkpoints (rank 0's metadata copied to every node)
+    shared_fs: str = "check"
+    validation_timeout_s: float = 900.0  # rank 0 renders validation alone; the others wait at most this long
+
+    def __post_init__(self):
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"distributed.strategy: '{self.strategy}' is not one of ddp, fsdp")
+        if self.shared_fs not in ("check", "local"):
+            raise ConfigError(f"distributed.shared_fs: '{self.shared_fs}' is not one of check, local")
+        if self.strategy == "fsdp" and self.shared_fs == "local":
+            raise ConfigError("distributed: FSDP's sharded checkpoints need one output_dir that every node sees (each "
+                              "rank reads others' shards on resume): use shared_fs: check with a shared folder, or strategy: ddp")
+        if not self.validation_timeout_s < self.timeout_s:
+            raise ConfigError("distributed.validation_timeout_s must be below distributed.timeout_s (the ranks waiting for "
+                              "rank 0's validation would hit the collective timeout first): raise timeout_s")
+
+
 @dataclass
 class TrainConfig:
     preset: str | None = None
@@ -254,6 +288,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)  # #26
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # #26
 
     @property
     def max_steps(self) -> int:

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import checkpoint_dir, list_checkpoints, read_meta, remove_partial, resolve_resume, save_checkpoint
+from .checkpoint import (agree_on_resume, checkpoint_dir, is_writer, list_checkpoints, read_meta, remove_partial, resolve_resume,
+                         save_checkpoint)
 from .config import TrainConfig
 from .config_file import dump_config
 from .safe_resume import check_checkpoint, weights_only_loading
-from .distributed import PhaseModel
+from .distributed import PhaseModel, ValidationWait, accelerator_kwargs, check_shared_output, is_fsdp, place_optimizer_state
 from .monitor import Monitor, memory_stats
 from .net import AudioAttentionControl, bypass_motion, set_trainable, trainable_names
 from .phases import describe, phase_at, pose_dropout_at
@@ -102,7 +103,6 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     ``after_loss(step_index, StepOutput) -> StepOutput | None`` (0-based index of the step being computed),
     ``after_step(steps_done, outputs, net)``."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
     from diffusers.optimization import get_scheduler
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -119,15 +119,18 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     need_lpips = lpips_fn is None and lpips_needed(cfg)
     backbone = resolve_backbone(cfg.loss.lpips) if need_lpips else None
     acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused)])
+                      **accelerator_kwargs(cfg))  # timeout, per-node checkpoints, FSDP (trainer.distributed)
     out = Path(cfg.output_dir)
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
+    check_shared_output(acc, out, cfg.distributed.shared_fs)  # several nodes: refuses an output_dir they do not share
+    vwait = ValidationWait(acc, cfg.distributed.validation_timeout_s)
     ckpt = resolve_resume(resume, out)
+    agree_on_resume(acc, ckpt)
     if ckpt is not None:
         check_checkpoint(ckpt)  # no file of the run folder runs code: refused here, before anything is built
     if ckpt is None and list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
-    if main:
+    if is_writer(acc):  # the main process, or each node's first with per-node checkpoints
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
         for p in remove_partial(checkpoint_dir(out)):
@@ -146,6 +149,9 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
 
         cast_base_(net, frozen)
         register_checkpoint_hooks(acc, net)
+    from .plan.checkpointing import configure_checkpointing
+
+    configure_checkpointing(cfg, net, vae)  # memory.checkpointing: layer (trainer/plan/checkpointing.py)
     ctrl = AudioAttentionControl(net.denoiser)
     scheduler = training_scheduler(cfg)  # cfg.noise: the training schedule (docs/training.md, "Noise schedule")
     lpips = build_lpips(cfg.loss.lpips.net, cfg.loss.lpips.random_backbone, acc.device, backbone) if need_lpips else None
@@ -167,8 +173,14 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     def enter(at_):
         trainable = set_trainable(net, at_.phase.train, at_.phase.audio)
         bypass_motion(net.denoiser, at_.phase.kind == "spatial" and net.denoiser.has_motion)
+        configure_checkpointing(cfg, net, vae)  # re-wraps motion modules whose bypass was lifted
         wrapped.enter()
+        _place_state()
         return trainable
+
+    def _place_state():
+        if cfg.memory.offload_frozen_optimizer_state and not is_fsdp(acc):
+            place_optimizer_state(wrapped.raw_optimizer, acc.device)
 
     trainable = enter(at)
     current = at.index
@@ -177,6 +189,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     if ckpt:
         with weights_only_loading():  # every torch.load of accelerate's, custom objects included
             acc.load_state(str(ckpt))
+        _place_state()
         log.info("resumed from %s at step %d (phase %s)", ckpt, state.step, at.phase.name)
     step = state.step
     mon = Monitor(out, main, cfg.log.tensorboard, cfg.log.plot, fresh=ckpt is None)
@@ -272,8 +285,10 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
                     mon.event(step, "checkpoint", path=str(path), completed_steps=step, rank_checksums=sums_all,
                               ranks_consistent=len(set(sums_all)) == 1)
                     mon.plot(checkpoint_dir(out) / "loss.png")
-                if len(set(sums_all)) != 1:
+                if len(set(sums_all)) != 1 and not is_fsdp(acc):  # FSDP: each rank holds its own shard
                     raise RuntimeError(f"step {step}: the processes hold different parameters (checksums {sums_all})")
+            if cfg.validation.every and step % cfg.validation.every == 0 and not main:
+                vwait.wait()  # rank 0 renders alone; the others wait here, not in the next collective
             if cfg.validation.every and step % cfg.validation.every == 0 and main:
                 from .validation import render_validation
 
@@ -287,6 +302,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
                         ema.restore(params)
                 ctrl.set(None)
                 ctrl.reset_stats()
+                vwait.wait()
     finally:
         redirect.__exit__(None, None, None)
         bar.close()

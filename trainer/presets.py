@@ -11,7 +11,9 @@ Paper facts used (EchoMimic arXiv 2407.08136, EchoMimicV2 arXiv 2411.10061; see 
   Reading taken where the paper is ambiguous: the spatial networks start from SD1.5 image-variations (the
   paper names EchoMimic only for the temporal weights; docs/training.md explains why).
 Values the papers do not state (spatial-loss lambda, augmentation probabilities, joint dropout, V2 lr) are
-marked "assumed" and are ordinary config values.
+marked "assumed" and are ordinary config values. Memory settings (gradient checkpointing per layer, V2's bf16,
+decoder checkpointing and decoded frames) make every preset fit an 80 GB GPU by ``echomimic-train plan``
+(docs/training.md section 9; tests/test_trainer_plan.py fails when one does not).
 """
 from __future__ import annotations
 
@@ -43,10 +45,13 @@ PRESETS: dict[str, dict] = {
         "validation": {"every": 2000},
     },
     "v1_stage2": {
-        "model": {"weights": "v1_pose", "init": "echomimic", "motion_init": "animatediff"},
+        "model": {"weights": "v1_pose", "init": "echomimic", "motion_init": "animatediff", "gradient_checkpointing": True},
         "data": {**_V1_DATA, "audio_aug": {**_V1_DATA["audio_aug"]}},
         "loss": {"spatial": {"weight": 0.0}},
         "optim": _OPTIM,
+        # memory (not in the paper; gradients unchanged): 12 frames x batch 4 keep 141 GiB of activations without
+        # checkpointing, 17 GiB with it per layer (`echomimic-train plan`, docs/training.md "Plan")
+        "memory": {"checkpointing": "layer"},
         "phases": [{"name": "stage2", "steps": 30000, "kind": "temporal", "frames": 12, "train": ["motion"], "audio": "global"}],
         "checkpoint": {"every": 1000, "keep_last": 3},
         "validation": {"every": 2000},
@@ -54,13 +59,19 @@ PRESETS: dict[str, dict] = {
     "v2_apdh": {
         # spatial init: SD1.5 image-variations (reading taken, see the module docstring); temporal init: EchoMimic's
         # released motion module (model.motion_path: BadToBest/EchoMimic motion_module.pth)
-        "model": {"weights": "v2", "init": "sd", "motion_init": "released"},
+        "model": {"weights": "v2", "init": "sd", "motion_init": "released", "gradient_checkpointing": True},
+        # memory, so that phase 4 (batch 4 x 24 frames at 768 px) fits an 80 GB GPU (`echomimic-train plan`): bf16
+        # autocast, layer-wise checkpointing of the UNets and of the VAE decoder used by PhD (gradients unchanged), the
+        # spatial phases' AdamW state in CPU memory during phase 4 (memory.offload_frozen_optimizer_state, default)
+        "mixed_precision": "bf16",
+        "memory": {"checkpointing": "layer"},
         "data": {"width": 768, "height": 768, "condition": "pose", "drop_reference": 0.05, "drop_audio": 0.05,
                  "drop_condition": 0.05, "drop_all": 0.05, "rls": {"enabled": False},
                  "audio_aug": {**_V1_DATA["audio_aug"]}},
-        # decode_frames: the 24-frame phase decodes 4 frames per clip for PhD (memory; assumed)
-        "loss": {"decode_frames": 4, "phd": {"enabled": True, "bounds": [0.1, 0.6], "pose_weight": 0.1, "detail_weight": 0.1,
-                                             "low_weight": 0.1, "pose_form": "encoder"}},
+        # decode_frames: the 24-frame phase decodes 2 frames per clip for PhD (memory, assumed: 4 would need 88 GiB)
+        "loss": {"decode_frames": 2, "spatial": {"decoder_checkpointing": True},
+                 "phd": {"enabled": True, "bounds": [0.1, 0.6], "pose_weight": 0.1, "detail_weight": 0.1, "low_weight": 0.1,
+                         "pose_form": "encoder"}},
         "optim": {**_OPTIM, "batch_size": 4},  # the paper: batch 4 in both stages (lr assumed = V1's)
         "phases": [
             # the pose phases also take fully pose-driven clips (`prepare --kind pose`, the paper's HumanVid)

@@ -11,7 +11,11 @@ its payload. Before a resume:
    weights-only whatever its caller asks (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), so a file swapped after the
    check is refused as well.
 
-``.safetensors`` and ``.json`` files hold no code and are not unpickled.
+``.safetensors`` and ``.json`` files hold no code and are not unpickled. FSDP's sharded checkpoints
+(``torch.distributed.checkpoint`` folders): the ``.distcp`` shards are raw tensor bytes (their non-tensor items
+are read by ``torch.load`` inside ``load_state``, weights-only by (2)), and the ``.metadata`` index, which
+``torch.distributed.checkpoint`` unpickles with plain ``pickle``, is checked with an unpickler that builds only
+its own metadata classes, torch dtypes and sizes (:func:`_check_dcp_metadata`).
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ from pathlib import Path
 
 from .config import ConfigError
 
-SAFE_SUFFIXES = {".safetensors", ".json"}
+SAFE_SUFFIXES = {".safetensors", ".json", ".distcp"}
+DCP_ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+               ("collections", "OrderedDict")}
 
 
 class UnsafeCheckpointError(ConfigError):
@@ -72,6 +78,21 @@ def _load_mapped(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
+class _DCPUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        import torch
+
+        if (module, name) in DCP_ALLOWED or module.startswith("torch.distributed.checkpoint.") or (
+                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not part of a torch.distributed.checkpoint index")
+
+
+def _check_dcp_metadata(path: Path) -> None:
+    with open(path, "rb") as f:
+        _DCPUnpickler(f).load()
+
+
 def check_checkpoint(ckpt: str | Path) -> list[Path]:
     """Read every pickle-based file under ``ckpt`` weights-only; returns the files checked.
 
@@ -81,8 +102,11 @@ def check_checkpoint(ckpt: str | Path) -> list[Path]:
     checked = []
     for path in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.suffix not in SAFE_SUFFIXES):
         try:
-            with weights_only_loading():
-                _load_mapped(path)
+            if path.name == ".metadata":  # a torch.distributed.checkpoint index (FSDP sharded state)
+                _check_dcp_metadata(path)
+            else:
+                with weights_only_loading():
+                    _load_mapped(path)
         except pickle.UnpicklingError as exc:
             raise UnsafeCheckpointError(
                 f"{path}: refused to load. This checkpoint file holds pickled objects other than tensors, numbers and "

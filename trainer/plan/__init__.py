@@ -1,0 +1,47 @@
+"""``echomimic-train plan``: memory per GPU and expected speed of every phase of a run, from the real network
+definitions built on the meta device (no weights, no GPU needed).
+
+- :mod:`.trace`: shapes-only traces (saved activations, FLOPs);
+- :mod:`.networks`: the run's networks on the meta device, one training step of a phase traced;
+- :mod:`.memory`: the per-phase memory model (weights, gradients, optimizer state, EMA, activations);
+- :mod:`.report`: the Markdown table;
+- :mod:`.checkpointing`: layer-granularity gradient checkpointing (``memory.checkpointing: layer``).
+"""
+from __future__ import annotations
+
+
+def load_plan_config(path=None, overrides=None, preset=None):
+    """Like :func:`trainer.config_file.load_config`, but without the checks of paths (a plan needs no files)."""
+    import json
+
+    from ..config import TrainConfig
+    from ..config_file import apply_override, check_numbers, deep_merge, from_dict, read_yaml_mapping
+    from ..phases import validate_phases
+    from ..presets import preset_dict
+
+    user = read_yaml_mapping(path) if path is not None else {}
+    name = user.get("preset", preset)
+    data = deep_merge(preset_dict(name), user) if name else dict(user)
+    data = json.loads(json.dumps(data))
+    for ov in overrides or []:
+        data = apply_override(data, ov)
+    cfg = from_dict(TrainConfig, data)
+    check_numbers(cfg)
+    validate_phases(cfg.phases, cfg.data.condition)
+    return cfg
+
+
+def describe_data(cfg) -> str:
+    return (f"batch {cfg.optim.batch_size} per GPU x {cfg.optim.grad_accum} accumulation, {cfg.data.width}x{cfg.data.height}, "
+            f"mixed precision {cfg.mixed_precision}, gradient checkpointing "
+            f"{cfg.memory.checkpointing if cfg.model.gradient_checkpointing else 'off'}"
+            f"{' + VAE decoder' if cfg.loss.spatial.decoder_checkpointing else ''}, optimizer {cfg.optim.optimizer}"
+            f"{', EMA' if cfg.ema.enabled else ''}{', LoRA rank ' + str(cfg.lora.rank) if cfg.lora.enabled else ''}")
+
+
+def plan_text(cfg, title: str, gpus: int = 8, peak_tflops: float = 312.0, mfu: float = 0.30, arch: str | None = None) -> tuple[str, object]:
+    from .memory import plan_run
+    from .report import format_plan
+
+    run = plan_run(cfg, gpus=gpus, peak_tflops=peak_tflops, mfu=mfu, arch=arch)
+    return format_plan(run, title, describe_data(cfg)), run
