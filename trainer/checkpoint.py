@@ -60,7 +60,7 @@ def remove_partial(root: Path) -> list[Path]:
 def is_writer(accelerator) -> bool:
     """The process that writes, renames and prunes checkpoint folders: the main one, or with per-node checkpoints
     (``save_on_each_node``) the first process of each node."""
-    if getattr(accelerator.project_configuration, "save_on_each_node", False):
+    if getattr(getattr(accelerator, "project_configuration", None), "save_on_each_node", False):
         return accelerator.is_local_main_process
     return accelerator.is_main_process
 
