@@ -3,8 +3,9 @@ sharded checkpoints (merged into full weights; the resume check reads their inde
 processes (gloo) playing two nodes with separate output folders: refused by the preflight, or each node keeping
 its own complete checkpoints and resuming from them, with validation on rank 0 bounded by its own timeout.
 
-FSDP itself cannot run here: accelerate enables it only for accelerator devices (CUDA, XPU, NPU ...), not for
-CPU processes, so the FSDP tests cover its configuration, checkpoint format and merge, not a sharded training step.
+accelerate enables FSDP only for accelerator devices (CUDA, XPU, NPU ...), not for CPU processes: here the FSDP
+tests cover its configuration, checkpoint format and merge; tests/test_trainer_fsdp_cpu.py forces FSDP's path onto
+two CPU processes for a sharded training run, and tests/test_cuda_train.py runs it on a GPU.
 """
 from __future__ import annotations
 
