@@ -24,7 +24,7 @@ DRY=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 OUTDIR=$(mkdir -p "${1:-${OUT:-bench/results/gpu_train}}" && cd "${1:-${OUT:-bench/results/gpu_train}}" && pwd)
 PY=${PYTHON:-python3}
-LIMITS=$([[ $DRY == 1 ]] && echo "300 300" || echo "80 120")  # the dry run: a slow shared CPU
+LIMITS=$([[ $DRY == 1 ]] && echo "300 300" || echo "90 110")  # the dry run: a slow shared CPU
 read -r LIM_FSDP LIM_PLAN <<<"${GPU_TRAIN_LIMITS:-$LIMITS}"
 : >"$OUTDIR/steps.jsonl"
 : >"$OUTDIR/train_plan.jsonl"
