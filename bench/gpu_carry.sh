@@ -3,7 +3,8 @@
 #
 #   bash bench/gpu_carry.sh            # writes .whl/ and .gpu_carry/ (both ignored by git; about 61 MiB together)
 #
-# then, on the device tool: run `bash bench/gpu_check.sh "$OUT"` with carry [".whl", ".gpu_carry"].
+# then, on the device tool: run `bash bench/gpu_check.sh "$OUT"` with carry [".whl", ".gpu_carry"]; the trainer's
+# check `bash bench/gpu_train_check.sh "$OUT"` needs only [".whl"] (accelerate, peft, safetensors are on the image).
 # - .whl/: the wheels the GPU image lacks (diffusers, importlib_metadata, av, soxr) for CPython 3.12, x86-64;
 # - .gpu_carry/parity.txz: the parity cases that run networks and fit beside the wheels (unet_forward and the
 #   v1_audio_acc and v2 pipelines, .safetensors weights only, an index.json that lists just these), xz-packed;

@@ -14,6 +14,8 @@
 # Each step writes its log under OUTDIR (default: $OUT, else bench/results/gpu) as soon as it ends, and one
 # line {"step", "rc", "seconds"} to OUTDIR/steps.jsonl, so a run cut short returns what finished. Each step has
 # its own time limit (seconds, GPU_LIMITS="tests suite vram animate"). Exit status: 0 when every step passed.
+# The trainer's GPU check (issue 26: FSDP train/resume/export, plan vs measured memory) is a separate script:
+# bench/gpu_train_check.sh (carry [".whl"] only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0

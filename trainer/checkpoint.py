@@ -66,6 +66,9 @@ def is_writer(accelerator) -> bool:
 
 
 def _merge_fsdp_model(tmp: Path) -> None:
+    """Collective with several processes (accelerate's ``merge_fsdp_weights`` merges on the main process, then
+    waits for all): called on the main process alone, the others ran one barrier less and the run stopped at its
+    end (seen with two CPU processes forced into FSDP's path)."""
     from accelerate.utils import merge_fsdp_weights
 
     shards = sorted(p for p in tmp.iterdir() if p.is_dir() and p.name.startswith("pytorch_model_fsdp_"))
@@ -88,7 +91,7 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, meta: dict, keep_last
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process and is_fsdp(accelerator):
+        if is_fsdp(accelerator):  # every process: merge_fsdp_weights ends with a barrier (the main process writes)
             _merge_fsdp_model(tmp)
         if writer:
             (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))

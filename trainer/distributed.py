@@ -77,23 +77,62 @@ def accelerator_kwargs(cfg) -> dict:
     return kw
 
 
+# FSDP runs a unit's parameters only inside that unit's own forward, with gradients arriving through its
+# outputs. The UNet blocks break both: the reference blocks hand their attention inputs to the denoiser through the
+# reference bank (a side channel, not the block's output), the denoiser projects that bank through each block's
+# ``attn1`` before its blocks run, and PhD calls the condition encoder on decoded frames after the forward. With
+# a block as a unit the backward stops ("expected to be in states FORWARD_BACKWARD but current state is IDLE",
+# found with the CPU forced into FSDP's path). The units are therefore the ResNet layers and the motion modules
+# (plain input -> output layers, most of the parameters); attention layers, the condition encoder and the rest
+# form the root unit, gathered for the whole step. Every parameter, gradient and optimizer state stays sharded.
+
+
+def fsdp_units():
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from echomimic_lib.models.unet.motion import MotionModule
+
+    return (ResnetBlock2D, MotionModule)
+
+
 def fsdp_plugin():
-    """FSDP for phases that train whole UNets: every UNet block is its own shard unit, parameters keep their
-    names (``use_orig_params``: the phase's ``requires_grad`` choice and checkpoint key names hold), checkpoints are
-    sharded (``SHARDED_STATE_DICT``: each rank writes its shard; :func:`trainer.checkpoint.save_checkpoint` adds the
-    merged ``model.safetensors`` that export reads)."""
+    """FSDP for phases that train whole UNets: every ResNet layer and motion module is its own shard unit (why: the
+    comment above), parameters keep their names (``use_orig_params``: the phase's ``requires_grad`` choice and
+    checkpoint key names hold), checkpoints are sharded (``SHARDED_STATE_DICT``: each rank writes its shard;
+    :func:`trainer.checkpoint.save_checkpoint` adds the merged ``model.safetensors`` that export reads)."""
     import functools
 
     from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
-    from echomimic_lib.models.unet.blocks import DownBlock, MidBlock, UpBlock
-    from echomimic_lib.models.unet.condition import ConditionEncoder
-
-    units = (DownBlock, MidBlock, UpBlock, ConditionEncoder)
+    units = fsdp_units()
     policy = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: isinstance(m, units))
     return FullyShardedDataParallelPlugin(sharding_strategy="FULL_SHARD", auto_wrap_policy=policy, use_orig_params=True,
                                           state_dict_type="SHARDED_STATE_DICT", sync_module_states=False)
+
+
+@torch.no_grad()
+def materialize_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the optimizer state of every parameter that trains (a step at learning rate 0 on zero gradients:
+    nothing moves). accelerate's FSDP resume reads the sharded optimizer checkpoint into the keys of the current
+    ``FSDP.optim_state_dict``: with a fresh optimizer those hold no per-parameter state, so the AdamW moments would
+    be silently dropped (seen with the CPU forced into FSDP's path: the resumed step 3 matched the uninterrupted
+    run, step 4 did not). Call before ``load_state``; the loaded values replace these zeros."""
+    saved = [g["lr"] for g in optimizer.param_groups]
+    touched = []
+    for g in optimizer.param_groups:
+        g["lr"] = 0.0
+        for p in g["params"]:
+            if p.requires_grad and p.grad is None and not optimizer.state.get(p):
+                p.grad = torch.zeros_like(p)
+                touched.append(p)
+    try:
+        optimizer.step()
+    finally:
+        for g, lr in zip(optimizer.param_groups, saved):
+            g["lr"] = lr
+        for p in touched:
+            p.grad = None
 
 
 def is_fsdp(accelerator) -> bool:

@@ -32,7 +32,8 @@ from .checkpoint import (agree_on_resume, checkpoint_dir, is_writer, list_checkp
 from .config import TrainConfig
 from .config_file import dump_config
 from .safe_resume import check_checkpoint, weights_only_loading
-from .distributed import PhaseModel, ValidationWait, accelerator_kwargs, check_shared_output, is_fsdp, place_optimizer_state
+from .distributed import (PhaseModel, ValidationWait, accelerator_kwargs, check_shared_output, is_fsdp, materialize_optimizer_state,
+                          place_optimizer_state)
 from .monitor import Monitor, memory_stats
 from .net import AudioAttentionControl, bypass_motion, set_trainable, trainable_names
 from .phases import describe, phase_at, pose_dropout_at
@@ -187,6 +188,8 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     if "setup" in (hooks or {}):
         hooks["setup"](net, ctrl)
     if ckpt:
+        if is_fsdp(acc):  # the sharded optimizer checkpoint loads only into state that exists (trainer/distributed.py)
+            materialize_optimizer_state(wrapped.raw_optimizer)
         with weights_only_loading():  # every torch.load of accelerate's, custom objects included
             acc.load_state(str(ckpt))
         _place_state()
@@ -196,6 +199,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     if main:
         log.info("phases:\n%s", describe(cfg.phases, cfg.data.condition))
         mon.event(step, "start", resumed_from=str(ckpt) if ckpt else None, phase=at.phase.name, processes=world,
+                  distributed=str(getattr(acc.distributed_type, "value", acc.distributed_type)),
                   report={k: v for k, v in built.report.items() if k != "denoiser_fresh"})
 
     pools = build_pools(cfg, rank, world)

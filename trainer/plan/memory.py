@@ -4,8 +4,9 @@ Per phase, on one GPU (bytes):
 
 - weights: each parameter once, trainable ones in float32 (the master copy), frozen ones in float32 except
   a LoRA run's base (``frozen_dtype``), counted from the real networks built on the meta device; the VAE
-  in the frozen dtype. FSDP (``distributed.strategy: fsdp``) shards them over the GPUs and adds the largest
-  gathered layer group twice (its working copy and the prefetched next);
+  in the frozen dtype. FSDP (``distributed.strategy: fsdp``) shards them over the GPUs and adds the gathered
+  root unit (attention layers, condition encoder, ...) and the largest ResNet / motion-module unit twice (its
+  working copy and the prefetched next);
 - gradients: float32 for each trainable parameter (/ GPUs with FSDP), plus DDP's bucket copy with >1 GPU;
 - optimizer state: AdamW m + v in float32 (8 bytes per parameter; 2 with ``adamw8bit``) for the parameters
   this phase trains, plus -- unless ``memory.offload_frozen_optimizer_state`` -- those earlier phases of the
@@ -126,9 +127,10 @@ def plan_run(cfg: TrainConfig, gpus: int = 8, peak_tflops: float = 312.0, mfu: f
         else:
             p.optimizer += stale_bytes // shard
         p.ema = _numel(params[n] for n in union) * 4 // shard if cfg.ema.enabled else 0
-        if fsdp:
-            largest = max(_numel(m.parameters()) for m in _fsdp_units(net))
-            p.fsdp_gather = 2 * largest * DTYPE_BYTES[MIXED[cfg.mixed_precision]]
+        if fsdp:  # the root unit gathered for the whole step, plus the largest unit and the prefetched next
+            sizes = [_numel(m.parameters()) for m in _fsdp_units(net)]
+            root = _numel(params.values()) - sum(sizes)
+            p.fsdp_gather = (root + 2 * max(sizes)) * DTYPE_BYTES[MIXED[cfg.mixed_precision]]
         with_dec = cfg.loss.spatial.decoder_checkpointing  # the decoder follows the UNets' granularity when on
         p.activations = {g: tr.at(g, g if with_dec else "none") for g in ("none", "block", "layer")}
         p.checkpointing, p.configured = level, tr.at(level, decoder)
@@ -140,7 +142,8 @@ def plan_run(cfg: TrainConfig, gpus: int = 8, peak_tflops: float = 312.0, mfu: f
 
 
 def _fsdp_units(net):
-    """FSDP wraps each UNet block (trainer.distributed's auto-wrap policy); the rest is one unit."""
-    from .trace import unet_blocks
+    """FSDP wraps each ResNet layer and motion module (trainer.distributed's auto-wrap policy); the rest is the root unit."""
+    from ..distributed import fsdp_units
 
-    return [*unet_blocks("ref", net.reference).values(), *unet_blocks("den", net.denoiser).values(), net.cond_encoder]
+    kinds = fsdp_units()
+    return [m for m in net.modules() if isinstance(m, kinds)]

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The trainer's GPU check of issue 26, one command on a bare GPU machine (about 3 minutes on an H200):
+#
+#   bash bench/gpu_train_check.sh [OUTDIR]              # CUDA: FSDP train/resume/export, plan vs measured memory
+#   bash bench/gpu_train_check.sh --dry-run [OUTDIR]    # the same steps on the CPU, tiny (tests/test_gpu_train_check.py)
+#
+# On the device tool: `bash bench/gpu_train_check.sh "$OUT"` with carry [".whl"] (`bash bench/gpu_carry.sh` writes
+# .whl/: diffusers, av, soxr, importlib_metadata; accelerate, peft and safetensors are on the GPU image). The
+# wheels are installed as in bench/gpu_check.sh (pip --no-index into /tmp/site). Nothing else is carried: the
+# FSDP test writes tiny weights and a synthetic prepared dataset, the plan step builds official-size networks with
+# random weights on the GPU.
+#
+# Steps (each with its own time limit, seconds, GPU_TRAIN_LIMITS="fsdp plan"):
+#   1. fsdp: `pytest -m cuda tests/test_cuda_train.py -k fsdp` -- one process (world size 1) trains the tiny
+#      networks with distributed.strategy: fsdp, writes sharded checkpoints, resumes, exports (on the CPU the test
+#      is collected and skips: accelerate enables FSDP only on accelerator devices);
+#   2. plan: bench/gpu_train_plan.py -- `echomimic-train plan`'s figure beside the measured peak memory of three
+#      training steps (V1 stage 2 and V2 APDH phase 4 at batch 1), rows in OUTDIR/train_plan.jsonl.
+# Each step writes OUTDIR/NAME.log as soon as it ends and one line {"step", "rc", "seconds", "limit_s"} to
+# OUTDIR/steps.jsonl, so a run cut short returns what finished. Exit status: 0 when every step passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+OUTDIR=$(mkdir -p "${1:-${OUT:-bench/results/gpu_train}}" && cd "${1:-${OUT:-bench/results/gpu_train}}" && pwd)
+PY=${PYTHON:-python3}
+LIMITS=$([[ $DRY == 1 ]] && echo "300 300" || echo "90 110")  # the dry run: a slow shared CPU
+read -r LIM_FSDP LIM_PLAN <<<"${GPU_TRAIN_LIMITS:-$LIMITS}"
+: >"$OUTDIR/steps.jsonl"
+: >"$OUTDIR/train_plan.jsonl"
+
+if compgen -G ".whl/*.whl" >/dev/null && [[ $DRY == 0 ]]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        >"$OUTDIR/env.txt" 2>&1 || { echo "wheel install failed" >>"$OUTDIR/env.txt"; exit 2; }
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+{
+    date -u +"%Y-%m-%dT%H:%M:%SZ"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    "$PY" -c "import torch, diffusers, accelerate, peft, safetensors; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__, 'safetensors', safetensors.__version__)"
+    echo "dry-run: $DRY"
+} >>"$OUTDIR/env.txt" 2>&1
+
+FAILED=0
+step() {  # step NAME LIMIT_S COMMAND...: output to OUTDIR/NAME.log, a line to steps.jsonl
+    local name=$1 limit=$2 start rc ms
+    shift 2
+    start=$(date +%s%N)
+    timeout --kill-after=10 "$limit" "$@" >"$OUTDIR/$name.log" 2>&1
+    rc=$?
+    ms=$((($(date +%s%N) - start) / 1000000))
+    printf '{"step": "%s", "rc": %d, "seconds": %d.%03d, "limit_s": %s}\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) "$limit" \
+        >>"$OUTDIR/steps.jsonl"
+    [[ $rc == 0 ]] || FAILED=1
+}
+
+# 1. FSDP through accelerate: train, sharded checkpoint, resume, export (skips cleanly without CUDA)
+step fsdp "$LIM_FSDP" "$PY" -m pytest -m cuda -v -rfEs -p no:cacheprovider tests/test_cuda_train.py -k fsdp
+# 2. the plan's memory figure beside the measured peak (rows appended to train_plan.jsonl as each case ends)
+PLAN_ARGS=(--out "$OUTDIR" --timeout $((LIM_PLAN - 15)))
+[[ $DRY == 1 ]] && PLAN_ARGS+=(--dry-run)
+step plan "$LIM_PLAN" "$PY" bench/gpu_train_plan.py "${PLAN_ARGS[@]}"
+cat "$OUTDIR/steps.jsonl"
+exit $FAILED
