@@ -27,12 +27,7 @@ LIMITS=$([[ $DRY == 1 ]] && echo "300 300 300 300" || echo "150 180 90 150")  # 
 read -r LIM_TESTS LIM_SUITE LIM_VRAM LIM_ANIMATE <<<"${GPU_LIMITS:-$LIMITS}"
 : >"$OUTDIR/steps.jsonl"
 
-if compgen -G ".whl/*.whl" >/dev/null && [[ $DRY == 0 ]]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        >"$OUTDIR/env.txt" 2>&1 || { echo "wheel install failed" >>"$OUTDIR/env.txt"; exit 2; }
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source bench/_gpu_steps.sh  # the .whl install, PYTHONPATH, step()
 if [[ -f .gpu_carry/parity.txz ]]; then
     mkdir -p "$WORK/parity" && tar -xJf .gpu_carry/parity.txz -C "$WORK/parity" && export ECHOMIMIC_PARITY_DIR="$WORK/parity"
 fi
@@ -46,19 +41,6 @@ POSE=${GPU_POSE:-$(pick .gpu_carry/pose.npz ../shared/data/pose/01)}
 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'av', av.__version__)"
     echo "parity: ${ECHOMIMIC_PARITY_DIR:-default}  reference: $REFERENCE  audio: $AUDIO  pose: $POSE  dry-run: $DRY"
 } >>"$OUTDIR/env.txt" 2>&1
-
-FAILED=0
-step() {  # step NAME LIMIT_S COMMAND...: output to OUTDIR/NAME.log, a line to steps.jsonl
-    local name=$1 limit=$2 start rc ms
-    shift 2
-    start=$(date +%s%N)
-    timeout --kill-after=10 "$limit" "$@" >"$OUTDIR/$name.log" 2>&1
-    rc=$?
-    ms=$((($(date +%s%N) - start) / 1000000))
-    printf '{"step": "%s", "rc": %d, "seconds": %d.%03d, "limit_s": %s}\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) "$limit" \
-        >>"$OUTDIR/steps.jsonl"
-    [[ $rc == 0 ]] || FAILED=1
-}
 
 if [[ $DRY == 1 ]]; then
     SUITE=(--device cpu --tiny --no-compile --repeat 1 --frames 12 --e2e-frames 12 --versions v1)

@@ -29,31 +29,14 @@ read -r LIM_FSDP LIM_PLAN <<<"${GPU_TRAIN_LIMITS:-$LIMITS}"
 : >"$OUTDIR/steps.jsonl"
 : >"$OUTDIR/train_plan.jsonl"
 
-if compgen -G ".whl/*.whl" >/dev/null && [[ $DRY == 0 ]]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        >"$OUTDIR/env.txt" 2>&1 || { echo "wheel install failed" >>"$OUTDIR/env.txt"; exit 2; }
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source bench/_gpu_steps.sh  # the .whl install, PYTHONPATH, step()
+export PYTHONUNBUFFERED=1
 {
     date -u +"%Y-%m-%dT%H:%M:%SZ"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
     "$PY" -c "import torch, diffusers, accelerate, peft, safetensors; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__, 'safetensors', safetensors.__version__)"
     echo "dry-run: $DRY"
 } >>"$OUTDIR/env.txt" 2>&1
-
-FAILED=0
-step() {  # step NAME LIMIT_S COMMAND...: output to OUTDIR/NAME.log, a line to steps.jsonl
-    local name=$1 limit=$2 start rc ms
-    shift 2
-    start=$(date +%s%N)
-    timeout --kill-after=10 "$limit" "$@" >"$OUTDIR/$name.log" 2>&1
-    rc=$?
-    ms=$((($(date +%s%N) - start) / 1000000))
-    printf '{"step": "%s", "rc": %d, "seconds": %d.%03d, "limit_s": %s}\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) "$limit" \
-        >>"$OUTDIR/steps.jsonl"
-    [[ $rc == 0 ]] || FAILED=1
-}
 
 # 1. FSDP through accelerate: train, sharded checkpoint, resume, export (skips cleanly without CUDA)
 step fsdp "$LIM_FSDP" "$PY" -m pytest -m cuda -v -rfEs -p no:cacheprovider tests/test_cuda_train.py -k fsdp
