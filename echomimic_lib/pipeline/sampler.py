@@ -7,6 +7,8 @@ Exact savings over the reference loop (identical outputs):
 - reference keys/values are projected once per generation;
 - zero-audio attention is replaced by its constant (the output bias);
 - several context windows can share one UNet call (``windows_per_batch``);
+- ``cuda_graphs``: the denoiser call is recorded once per generation and replayed
+  (:mod:`echomimic_lib.models.unet.graphs`; a GPU option, same result up to float rounding);
 - the VAE decodes frames in batches; the condition encoder runs per window, so memory does not
   grow with video length;
 - the denoising loop never reads from the device (windows are gathered and scattered by slices, the
@@ -14,6 +16,7 @@ Exact savings over the reference loop (identical outputs):
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -24,6 +27,8 @@ import torch
 
 from ..errors import EchoMimicError
 from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, SAMPLER_DEFAULTS, get_mode
+from ..models.unet.compile import is_compiled
+from ..models.unet.graphs import CudaGraphRunner
 from .conditions import FrameCondition, MaskCondition
 from .context import base_windows, shift_windows, window_runs
 from .decode import VAE_SCALE, decode_latents
@@ -47,6 +52,7 @@ class SampleSettings:
     clamp_noise: bool = True
     windows_per_batch: int = 1
     decode_batch: int = 8
+    cuda_graphs: bool = False  # record the denoiser call once and replay it (CUDA only; not with a streamed denoiser)
     scheduler: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -167,6 +173,33 @@ class Sampler:
             )
         return enc(x.to(self.device, enc.conv_in.weight.dtype))
 
+    def _check_cuda_graphs(self, device) -> None:
+        """Before any work: recorded graphs need a CUDA device and weights that stay where they are."""
+        if torch.device(device).type != "cuda":
+            raise EchoMimicError(f"cuda_graphs needs a CUDA GPU, and this run is on '{device}'; switch cuda_graphs off.")
+        if self.placement is not None and getattr(self.placement, "streamer", None) is not None:
+            raise EchoMimicError("cuda_graphs cannot record a denoiser that is streamed block by block (low-VRAM mode): "
+                                 "switch off either cuda_graphs or low_vram.")
+
+    def _predict(self, call, group, n, latents, chunks, sched, t, kv, cfg, mask_feat, condition, h, w):
+        """One denoiser call for the windows ``group`` -> (their runs of frames, the predictions of the first
+        ``n`` windows: (2 or 1, 4, c, h, w) views, uncond first with CFG)."""
+        runs = [window_runs(wi) for wi in group]
+        x_in = sched.scale_model_input(torch.cat([_take(latents, r, 2) for r in runs]), t)  # (m, 4, c, h, w)
+        a = torch.stack([_take(chunks, r, 0) for r in runs])
+        m = len(group)
+        if mask_feat is not None:
+            cond = mask_feat.expand(m, -1, -1, -1, -1)
+        elif condition is not None:
+            cond = torch.cat([self._cond_features(condition, wi, h, w) for wi in group])
+        else:
+            cond = None
+        if cfg:
+            pred = call(torch.cat([x_in, x_in]), t, audio=a, cond=cond, reference=kv, uncond_rows=m)
+            return runs, [pred[j::m] for j in range(n)]
+        pred = call(x_in, t, audio=a, cond=cond, reference=kv)
+        return runs, [pred[j : j + 1] for j in range(n)]
+
     # -------------------------------------------------------------- main loop
     @torch.no_grad()
     def __call__(
@@ -195,6 +228,8 @@ class Sampler:
             )
         den = self.models.denoiser
         device, dtype = self.device, self.dtype
+        if s.cuda_graphs:
+            self._check_cuda_graphs(device)
         if self.placement is None:  # (a placement moves weights per stage, which would undo it)
             den.fuse_projections()
         sched = make_scheduler(**s.scheduler)
@@ -219,50 +254,40 @@ class Sampler:
         windows0 = base_windows(f, s.context_frames, s.context_overlap)
         k = max(1, int(s.windows_per_batch))
         total = len(timesteps) * math.ceil(len(windows0) / k)
+        # compiled blocks and recorded graphs are per input shape: the last group is padded to k windows (the
+        # padding rows repeat a window and are dropped) so that a generation makes one shape, not two
+        pad_groups = k > 1 and len(windows0) > k and (s.cuda_graphs or is_compiled(den))
         # every window is gathered and scattered by slices of runs of frames, audio chunks are moved to the
         # device once: nothing in the loop below reads from the device (see tests/test_host_sync.py)
         chunks = audio.chunks(0, f, s.fps, device=device, dtype=dtype)
         done, calls = 0, 0
-        for i, t in enumerate(timesteps):
-            windows = shift_windows(windows0, i, s.window_shift, f)
-            acc = torch.zeros((2 if cfg else 1, *latents.shape[1:]), device=device, dtype=torch.float32)
-            count = torch.zeros(f, device=device, dtype=torch.float32)
-            for g in range(0, len(windows), k):
-                group = windows[g : g + k]  # every window has the same length (base_windows)
-                runs = [window_runs(wi) for wi in group]
-                x = torch.cat([_take(latents, r, 2) for r in runs])  # (n, 4, c, h, w)
-                x_in = sched.scale_model_input(x, t)
-                a = torch.stack([_take(chunks, r, 0) for r in runs])
-                if mask_feat is not None:
-                    cond = mask_feat.expand(len(group), -1, -1, -1, -1)
-                elif condition is not None:
-                    cond = torch.cat([self._cond_features(condition, wi, h, w) for wi in group])
-                else:
-                    cond = None
-                n = len(group)
-                if cfg:
-                    pred = den(torch.cat([x_in, x_in]), t, audio=a, cond=cond, reference=kv, uncond_rows=n)
-                    preds = [pred[j::n] for j in range(n)]  # (2, 4, c, h, w) views: uncond, cond of window j
-                else:
-                    pred = den(x_in, t, audio=a, cond=cond, reference=kv)
-                    preds = [pred[j : j + 1] for j in range(n)]
-                calls += 1
-                if trace and i == 0:
-                    trace("unet_call", torch.cat(preds).float() if cfg else pred.float())
-                for r, p in zip(runs, preds):
-                    off = 0
-                    for a0, b0 in r:
-                        acc[:, :, a0:b0].add_(p[:, :, off : off + b0 - a0])
-                        count[a0:b0].add_(1.0)
-                        off += b0 - a0
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            v = acc / count.view(1, 1, -1, 1, 1)
-            v = v[0:1] + s.cfg * (v[1:2] - v[0:1]) if cfg else v
-            latents = sched.step(v, t, latents, eta=0.0, return_dict=False)[0]
-            if trace:
-                trace(f"step{i}", (v, latents))
+        with CudaGraphRunner(den) if s.cuda_graphs else contextlib.nullcontext(den) as call:  # graphs: released here
+            for i, t in enumerate(timesteps):
+                windows = shift_windows(windows0, i, s.window_shift, f)
+                acc = torch.zeros((2 if cfg else 1, *latents.shape[1:]), device=device, dtype=torch.float32)
+                count = torch.zeros(f, device=device, dtype=torch.float32)
+                for g in range(0, len(windows), k):
+                    group = windows[g : g + k]  # every window has the same length (base_windows)
+                    padded = group + [group[-1]] * (k - len(group)) if pad_groups else group
+                    runs, preds = self._predict(call, padded, len(group), latents, chunks, sched, t, kv, cfg, mask_feat,
+                                                condition, h, w)
+                    calls += 1
+                    if trace and i == 0:
+                        trace("unet_call", torch.cat(preds).float())
+                    for r, p in zip(runs, preds):  # the padding windows have no entry in preds
+                        off = 0
+                        for a0, b0 in r:
+                            acc[:, :, a0:b0].add_(p[:, :, off : off + b0 - a0])
+                            count[a0:b0].add_(1.0)
+                            off += b0 - a0
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                v = acc / count.view(1, 1, -1, 1, 1)
+                v = v[0:1] + s.cfg * (v[1:2] - v[0:1]) if cfg else v
+                latents = sched.step(v, t, latents, eta=0.0, return_dict=False)[0]
+                if trace:
+                    trace(f"step{i}", (v, latents))
         if hasattr(kv, "release"):
             kv.release()  # join buffers (CPU) are not needed by the decode
         del kv, chunks
