@@ -1,12 +1,17 @@
 """Multi-head attention with the diffusers parameter names (to_q/to_k/to_v/to_out.0) and a
 pluggable memory-efficient backend.
 
-Backends: ``sdpa`` (PyTorch scaled_dot_product_attention, the default) and ``xformers`` (when
-installed and asked for). A naive attention would materialise the score matrix (12 GiB for one
+Backends: ``sdpa`` (PyTorch scaled_dot_product_attention with PyTorch's pick of kernel, the default),
+``sdpa-flash`` / ``sdpa-cudnn`` / ``sdpa-efficient`` (the same call with that CUDA kernel first and the
+memory-efficient one as the fallback: SD1.5's 40-wide heads at the first level suit some kernels better
+than others, ``bench/gpu_attention.py`` times them; on the CPU they are plain ``sdpa``) and ``xformers``
+(when installed and asked for). A naive attention would materialise the score matrix (12 GiB for one
 512-px reference-attention call), so there is no "math" backend here.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 
 import torch
@@ -29,7 +34,8 @@ def _plain_linear(m: nn.Module) -> bool:
             and not getattr(m, "weight_function", None) and not getattr(m, "bias_function", None))
 
 
-BACKENDS = ("sdpa", "xformers")
+SDPA_KERNELS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION"}
+BACKENDS = ("sdpa", *SDPA_KERNELS, "xformers")
 
 
 def resolve_backend(name: str | None) -> str:
@@ -37,6 +43,9 @@ def resolve_backend(name: str | None) -> str:
     name = (name or "sdpa").lower()
     if name in ("auto", "sdpa", "default"):
         return "sdpa"
+    if name in SDPA_KERNELS:
+        _priority_supported()
+        return name
     if name == "xformers":
         try:
             import xformers.ops  # noqa: F401
@@ -61,8 +70,34 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, backen
     qh = q.view(b, lq, heads, d).transpose(1, 2)
     kh = k.view(b, -1, heads, d).transpose(1, 2)
     vh = v.view(b, -1, heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(qh, kh, vh)
+    with sdpa_choice(backend if q.is_cuda else "sdpa"):
+        out = F.scaled_dot_product_attention(qh, kh, vh)
     return out.transpose(1, 2).reshape(b, lq, inner)
+
+
+def sdpa_choice(backend: str):
+    """The SDPA kernels a ``sdpa-*`` backend allows, its own first and then the memory-efficient one (any head
+    width, any float dtype); a no-op context for ``sdpa``. Works inside ``torch.compile`` regions."""
+    kernel = SDPA_KERNELS.get(backend)
+    if kernel is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [getattr(SDPBackend, kernel), SDPBackend.EFFICIENT_ATTENTION]
+    if _priority_supported():  # torch >= 2.6: the list order is the priority
+        return sdpa_kernel(order, set_priority=True)
+    return sdpa_kernel(order[:1])  # older torch picks by its own order within the set: only the asked kernel
+
+
+_PRIORITY: list[bool] = []
+
+
+def _priority_supported() -> bool:
+    if not _PRIORITY:  # looked up once (resolve_backend does it before any compiled call)
+        from torch.nn.attention import sdpa_kernel
+
+        _PRIORITY.append("set_priority" in inspect.signature(sdpa_kernel).parameters)
+    return _PRIORITY[0]
 
 
 class Attention(nn.Module):
