@@ -42,6 +42,7 @@ class ModelHandle:
     patchers: dict = field(default_factory=dict)
     low_vram: bool = False  # the denoiser is streamed block by block
     fp8: bool = False
+    compiled: bool = False  # the denoiser's blocks are compiled (the loader's 'compile')
 
 
 @dataclass(eq=False)

@@ -11,8 +11,9 @@ from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.modes import get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
 from . import comfy_bridge as C
-from .base import Node, link
-from .loader import finish, placement
+from .base import Node, link, switch
+from ..echomimic_lib.speed import check_speed_options
+from .loader import NODE_NAMES, finish, placement
 from .payloads import AUDIO_FEATURES, LANDMARKS, MODEL, POSES, first_image, mask_plane, trim_audio
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,13 @@ def output_size(reference, width: int, height: int) -> tuple[int, int]:
 
 
 def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: int, height: int, length: int,
-           context_frames: int, context_overlap: int, mask=None, landmarks=None, poses=None):
+           context_frames: int, context_overlap: int, mask=None, landmarks=None, poses=None, cuda_graphs: bool = False):
+    check_speed_options(C.torch_device(), cuda_graphs=bool(cuda_graphs), low_vram=handle.low_vram, names=NODE_NAMES)
     width, height = output_size(reference, width, height)
     n = track.frame_count if not length else min(length, track.frame_count)  # the video follows the audio
     settings = settings_for(MODES[handle.weights], handle.variant, width=width, height=height, seed=seed,
                             steps=steps or None, cfg=cfg or None, fps=track.fps, num_frames=n,
-                            context_frames=context_frames, context_overlap=context_overlap)
+                            context_frames=context_frames, context_overlap=context_overlap, cuda_graphs=bool(cuda_graphs))
     settings.validate()
     condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps, track.audio)
     C.check_interrupt()
@@ -124,6 +126,9 @@ class EchoMimicSampler(Node):
                               "the whole frame is used."),
             "landmarks": link(LANDMARKS, "V1 landmark models: driving landmarks (Landmark Extractor or Aligner)."),
             "poses": link(POSES, "V2 models: the hand-pose sequence (Hand-Pose Sequence Loader)."),
+            "cuda_graphs": switch("Speed (GPU): record the denoiser call once per run as a CUDA graph and replay it for "
+                                  "every step and window (no kernel launch overhead). Needs a CUDA GPU; not with the "
+                                  "loader's low_vram. Goes with the loader's compile."),
         }
 
     @classmethod
@@ -143,6 +148,6 @@ class EchoMimicSampler(Node):
         return True
 
     def execute(self, model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
-                context_overlap, mask=None, landmarks=None, poses=None):
+                context_overlap, mask=None, landmarks=None, poses=None, cuda_graphs=False):
         return sample(model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
-                      context_overlap, mask, landmarks, poses)
+                      context_overlap, mask, landmarks, poses, cuda_graphs)

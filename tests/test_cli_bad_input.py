@@ -124,6 +124,10 @@ CASES = [
     ("mediapipe-model-invalid", ["--mediapipe-model", "{broken_png}"], ["not a valid MediaPipe", "download it again"]),
     ("lora-strength-huge", ["--lora-strength", "1e9"], ["--lora-strength 1e+09", "-2..2", "1 = as trained"]),
     ("lora-strength-nan", ["--lora-strength", "nan"], ["--lora-strength", "finite number"]),
+    ("cuda-graphs-on-the-cpu", ["--cuda-graphs", "--device", "cpu"],
+     ["--cuda-graphs records the denoiser call as a CUDA graph", "needs a CUDA GPU", "'cpu'", "drop --cuda-graphs",
+      "NVIDIA GPU (--device auto or cuda"]),
+    ("compile-with-low-vram", ["--compile", "--low-vram"], ["--compile cannot go with --low-vram", "Drop one of them"]),
     ("parts-unknown", ["--mode", "audio+landmarks", "--landmarks", "{pkl}", "--parts", "ears", "--no-face-crop"],
      ["--parts", "ears"]),
 ]
@@ -193,6 +197,28 @@ def test_bad_input_fails_fast_and_clearly(case, changes, words, media, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing new, nothing partial
     assert (tmp_path / "outdir").is_dir() and not any((tmp_path / "outdir").iterdir())
     assert stat.S_ISFIFO((tmp_path / "pipe.mp4").stat().st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_cuda_graphs_with_low_vram_is_refused_on_a_gpu_before_any_weight(media, tmp_path, loads, capsys, monkeypatch):
+    """On a CUDA device (resolved as the job does, here stood in) --cuda-graphs and --low-vram still exclude each other;
+    dub refuses --cuda-graphs off a GPU the same way."""
+    import torch
+
+    import echomimic_lib.devices as devices
+
+    out = tmp_path / "out.mp4"
+    base = ["--models", str(media["empty_models"]), "--offline", "--mediapipe-model", str(media["mp"]), "-o", str(out)]
+    rc = cli(["dub", "--video", str(media["ref"].parents[1] / "video" / "driving_a.mp4"), "--audio", str(media["speech"]),
+              "--cuda-graphs", "--device", "cpu"] + base)
+    err = capsys.readouterr().err
+    assert rc == 2 and "--cuda-graphs records" in err and "'cpu'" in err and "Traceback" not in err, err
+    monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device("cuda"))
+    rc = cli(["animate", "--reference", str(media["ref"]), "--audio", str(media["speech"]), "--dtype", "fp32",
+              "--cuda-graphs", "--low-vram"] + base)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert "--cuda-graphs cannot go with --low-vram" in err and "Drop one of them" in err, err
+    assert loads == [] and not out.exists()
 
 
 @pytest.mark.parametrize("args,words", [

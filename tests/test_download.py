@@ -69,3 +69,18 @@ def test_xformers_request_falls_back_to_sdpa_with_a_reason(caplog):
     assert resolve_backend(None) == "sdpa"
     with pytest.raises(ValueError, match="unknown attention backend"):
         resolve_backend("flash9")
+
+
+def test_sdpa_kernel_backends_allow_their_kernel_first_and_never_the_math_path():
+    import torch
+
+    from echomimic_lib.models.unet.attention import BACKENDS, attend, resolve_backend, sdpa_choice
+
+    b = torch.backends.cuda
+    for name, want in (("sdpa-cudnn", b.cudnn_sdp_enabled), ("sdpa-flash", b.flash_sdp_enabled)):
+        assert name in BACKENDS and resolve_backend(name) == name
+        with sdpa_choice(name):
+            assert want() and b.mem_efficient_sdp_enabled() and not b.math_sdp_enabled()
+        assert b.math_sdp_enabled()  # restored afterwards
+    q, k = torch.randn(2, 64, 320), torch.randn(2, 128, 320)  # on the CPU the choice is plain sdpa: same values
+    torch.testing.assert_close(attend(q, k, k, 8, "sdpa-cudnn"), attend(q, k, k, 8, "sdpa"), atol=0, rtol=0)

@@ -1,7 +1,7 @@
 """``echomimic batch``: many animate / dub jobs from a manifest or two folders crossed (see :mod:`echomimic_lib.jobs.batch`)."""
 from __future__ import annotations
 
-from .common import say
+from .common import add_speed_options, say
 
 EPILOG = """\
 manifest (CSV with a header, or JSONL: one JSON object a line); columns are the single commands' options:
@@ -30,6 +30,9 @@ def _defaults(args) -> dict:
         out["offline"] = "true"
     if args.smoke:
         out["smoke"] = "true"
+    for flag in ("compile", "cuda_graphs"):
+        if getattr(args, flag):
+            out[flag] = "true"
     return out
 
 
@@ -71,6 +74,7 @@ def add_commands(sub) -> None:
     b.add_argument("--models", help="models folder for every row (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic)")
     b.add_argument("--offline", action="store_true", help="never download; a row with missing weights fails")
     b.add_argument("--smoke", action="store_true", help="every row as `animate --smoke`: tiny random weights, 64 px, 2 steps")
+    add_speed_options(b)  # columns of the same names set them per row
     b.add_argument("--workers", type=int, help="worker processes (default: one per local GPU, else 1 on the CPU)")
     b.add_argument("--device", default="auto", help="auto (every local GPU, else the CPU), cpu, cuda, or cuda:0,cuda:1")
     b.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores shared out; 1 with --smoke)")

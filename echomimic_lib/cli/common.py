@@ -48,12 +48,24 @@ class SubParser(argparse.ArgumentParser):
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    """The options ``animate`` and ``dub`` share with the same meaning: context windows, precision, device."""
+    """The options ``animate`` and ``dub`` share with the same meaning: context windows, precision, device, speed."""
     p.add_argument("--context-frames", type=int, default=12, help="frames per context window, 1..32")
     p.add_argument("--context-overlap", type=int, default=3, help="frames shared by neighbouring windows, 0..context-frames - 1")
     p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="weight precision; auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU and Apple MPS")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
+    add_speed_options(p)
+
+
+def add_speed_options(p: argparse.ArgumentParser) -> None:
+    """The V1/V2 GPU speed options (see :mod:`echomimic_lib.speed`); ``batch`` takes them for every row."""
+    p.add_argument("--compile", action="store_true",
+                   help="regional torch.compile of the denoiser: its first call per batch shape compiles (about a minute "
+                        "on a GPU, several on the CPU), then each call is about 20-25%% faster (H200); the output differs "
+                        "only by float rounding. Not with --low-vram")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="record the denoiser call once per generation as a CUDA graph and replay it (no kernel launch "
+                        "overhead); needs a CUDA GPU; not with --low-vram")
 
 
 class _Format(logging.Formatter):

@@ -23,7 +23,8 @@ def cmd_animate_v3(args) -> int:
     from ..jobs.animate_v3 import V3Request, run_v3
 
     for flag, value in (("--mode", args.mode), ("--acc", args.acc), ("--landmarks", args.landmarks), ("--pose", args.pose),
-                        ("--lora", args.lora), ("--fp8", args.fp8), ("--paste-back", args.paste_back)):
+                        ("--lora", args.lora), ("--fp8", args.fp8), ("--paste-back", args.paste_back),
+                        ("--compile", args.compile), ("--cuda-graphs", args.cuda_graphs)):
         if value:
             raise EchoMimicError(f"{flag} is a V1/V2 option; EchoMimicV3 flash-pro does not take it (drop it, or use --version v1/v2)")
     if args.cfg:

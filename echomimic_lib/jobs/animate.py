@@ -22,6 +22,7 @@ from ..devices import DTYPE_NAMES, DTYPES  # noqa: F401 (DTYPES: public, used by
 from ..errors import NoFaceError
 from ..modes import DEFAULT_FPS
 from ..retime import default_policy
+from ..speed import compile_denoiser
 
 log = logging.getLogger(__name__)
 MODE_TITLES = {"v1-audio": "V1 audio-driven", "v1-landmarks": "V1 landmark-driven", "v1-audio+landmarks": "V1 audio + selected landmarks",
@@ -66,6 +67,8 @@ class AnimateRequest:
     fp8: bool = False  # UNet weights stored as float8_e4m3fn, upcast per layer (echomimic_lib.memory.fp8)
     halfbody_crop: bool = False  # V2: DWPose half-body crop of the reference (else a plain resize)
     align_poses: bool = False  # V2: move the pose sequence onto the reference's shoulders (DWPose)
+    compile: bool = False  # regional torch.compile of the denoiser (echomimic_lib.speed); not with low_vram
+    cuda_graphs: bool = False  # record the denoiser call once per generation and replay it (CUDA only; not with low_vram)
 
 
 @dataclass
@@ -295,6 +298,8 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
 
         apply_lora(models, adapter, req.lora_strength, keep_base=False)
     place = _memory_options(req, models, device, settings)
+    if req.compile:  # after the LoRA merge and fp8 storage: the blocks are traced as they will run
+        compile_denoiser(models)
     stages.mark("load_weights")
     if plan.audio is None:  # landmark-only driving: the model's unconditional audio
         from ..audio.unconditional import UnconditionalAudio

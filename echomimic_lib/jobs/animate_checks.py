@@ -1,9 +1,9 @@
 """Everything about an ``echomimic animate`` job that can be checked without weights, checked first.
 
 :func:`preflight` validates the numbers (size, fps, steps, cfg, length, context windows, seed), the
-mode and its condition inputs, the device and precision, the output path, the reference image and the
-audio (readable, long enough, not silent: the same rule as the ComfyUI node), works out the frame
-count, and finds the MediaPipe face model the mode needs. Only then does :func:`echomimic_lib.jobs.animate.run`
+mode and its condition inputs, the device, precision and speed options (:mod:`echomimic_lib.speed`),
+the output path, the reference image and the audio (readable, long enough, not silent: the same rule
+as the ComfyUI node), works out the frame count, and finds the MediaPipe face model the mode needs. Only then does :func:`echomimic_lib.jobs.animate.run`
 load weights. Messages name the command-line flag and the fix. The ranges are the ComfyUI nodes'.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import EchoMimicError, MissingWeightsError
 from ..modes import get_mode
+from ..speed import check_speed_options
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,8 @@ def check_numbers(req, mode, variant: str, dtype):
     width = mode.size if req.width is None else _number(req.width, "--width", int)
     height = mode.size if req.height is None else _number(req.height, "--height", int)
     settings = settings_for(mode.name, variant, steps=steps or None, cfg=cfg or None, seed=seed, fps=fps, width=width,
-                            height=height, context_frames=ctx, context_overlap=overlap)
+                            height=height, context_frames=ctx, context_overlap=overlap,
+                            cuda_graphs=bool(getattr(req, "cuda_graphs", False)))
     _check_size(settings.width, settings.height, ctx, settings.cfg, dtype)
     settings.validate()
     return settings, (length or None)
@@ -290,6 +292,7 @@ def preflight(req) -> Plan:
     variant = "acc" if req.acc else "normal"
     device = resolve_device(req.device)
     dtype = resolve_dtype(req.dtype, device)
+    check_speed_options(device, compile=req.compile, cuda_graphs=req.cuda_graphs, low_vram=req.low_vram)
     if req.smoke:
         req = replace(req, width=req.width or SMOKE["width"], height=req.height or SMOKE["height"],
                       steps=req.steps or SMOKE["steps"], download=False,

@@ -62,6 +62,8 @@ class DubRequest:
     feather: float = 16.0
     dilation: float = 0.15
     color: str = "off"
+    compile: bool = False  # regional torch.compile of the denoiser (echomimic_lib.speed)
+    cuda_graphs: bool = False  # record the denoiser call once per generation and replay it (CUDA only)
 
 
 @dataclass
@@ -105,12 +107,15 @@ def _validate(req: DubRequest) -> _Checked:
     from ..landmarks.mp_models import import_mediapipe, resolve_model
     from ..pipeline import settings_for
     from ..retime import POLICIES
+    from ..speed import check_speed_options
 
     variant = "acc" if req.acc else "normal"
     device = resolve_device(req.device)
     dtype = resolve_dtype(req.dtype, device)
+    check_speed_options(device, compile=req.compile, cuda_graphs=req.cuda_graphs)
     settings = settings_for(MODE, variant, steps=req.steps, cfg=req.cfg, seed=req.seed, fps=req.fps, width=req.width,
-                            height=req.height, context_frames=req.context_frames, context_overlap=req.context_overlap)
+                            height=req.height, context_frames=req.context_frames, context_overlap=req.context_overlap,
+                            cuda_graphs=req.cuda_graphs)
     settings.validate()
     if not Path(req.video).is_file():
         raise EchoMimicError(f"--video {req.video}: source video not found; give a video file of one person.")
@@ -176,6 +181,10 @@ def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = No
 
         ensure_weights(ok.root, "v1_pose", ok.variant, download=req.download)
         models = load_models(ok.root, "v1_pose", ok.variant, device=ok.device, dtype=ok.dtype)
+    if req.compile:  # (models handed in, e.g. a batch worker's, are compiled once: this is then a no-op)
+        from ..speed import compile_denoiser
+
+        compile_denoiser(models)
     if req.audio is None:
         feats = UnconditionalAudio(n_model, settings.fps)
     else:

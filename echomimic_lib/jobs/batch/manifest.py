@@ -282,7 +282,7 @@ def _plan(job: Job) -> tuple[tuple, int]:
         plan = preflight(req)
         job.request = replace(req, mediapipe_model=plan.request.mediapipe_model, face_crop=plan.request.face_crop)
         key = (str(plan.models_root), plan.mode.weights, plan.variant, req.dtype, req.lora or "", req.lora_strength,
-               req.fp8, req.low_vram, req.smoke)
+               req.fp8, req.low_vram, req.smoke) + _compiled(req)
         return key, int(plan.settings.num_frames)
     from ..animate_checks import read_speech
     from ..dub import _validate
@@ -290,7 +290,13 @@ def _plan(job: Job) -> tuple[tuple, int]:
     ok = _validate(req)
     if req.audio is not None:
         read_speech(req.audio)
-    return (str(ok.root), "v1_pose", ok.variant, req.dtype, "", 1.0, False, False, False), int(req.length or 0)
+    return (str(ok.root), "v1_pose", ok.variant, req.dtype, "", 1.0, False, False, False) + _compiled(req), int(req.length or 0)
+
+
+def _compiled(req) -> tuple:
+    """Compiled networks are other networks to keep loaded; the key stays as before without compile (a rerun of an
+    older batch finds its rows done: the key is part of the fingerprint)."""
+    return ("compiled",) if req.compile else ()
 
 
 __all__ = ["Job", "ManifestError", "read_manifest", "crossed", "check_jobs", "build_job"]

@@ -68,6 +68,10 @@ def _load_animate(plan, req):
 
         to_fp8(models.reference)
         to_fp8(models.denoiser)
+    if req.compile:  # once per loaded set: every following row of the same shape reuses the compiled blocks
+        from ...speed import compile_denoiser
+
+        compile_denoiser(models)
     place = None
     if host:
         from ...memory import Placement

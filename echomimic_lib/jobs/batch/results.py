@@ -11,8 +11,9 @@ rows in flight; at the end the file is rewritten (atomically) with one line per 
 a row appears more than once, its last line counts.
 
 The fingerprint is a SHA-256 over the job's kind, its settings (every request field except the output and
-the device) and the content of its input files and folders, plus the weight set it uses: a rerun skips a row
-only when its record says ``ok``, the fingerprint is the same and the output file exists.
+the device; a field added later only when it is set, :data:`LATER_FIELDS`) and the content of its input files
+and folders, plus the weight set it uses: a rerun skips a row only when its record says ``ok``, the
+fingerprint is the same and the output file exists.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 FILE_NAME = "results.jsonl"
+LATER_FIELDS = {"compile": False, "cuda_graphs": False}  # request fields added after the first batch release: their default
 INPUT_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora"), "dub": ("video", "audio")}  # hashed by content
 
 
@@ -56,6 +58,9 @@ def fingerprint(job) -> str:
             inputs[key] = content_digest(value)
     for key in ("output", "device"):
         settings.pop(key, None)
+    for key, default in LATER_FIELDS.items():  # hashed only when set, so rows recorded before they existed stay done
+        if settings.get(key, default) == default:
+            settings.pop(key, None)
     doc = {"kind": job.kind, "settings": settings, "inputs": inputs, "weights": [str(k) for k in job.weight_key]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 

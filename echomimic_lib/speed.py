@@ -1,0 +1,84 @@
+"""The two speed options of a V1/V2 generation: checked before any weight loads, applied after loading.
+
+- ``compile``: regional ``torch.compile`` of the denoiser (:mod:`echomimic_lib.models.unet.compile`): every
+  ResNet block, spatial transformer and motion module compiled on its own. The first denoiser call per
+  batch shape compiles (about a minute on a GPU, several minutes on a CPU); every later call of that shape
+  is faster (about 20-25 % per call on an H200). The output differs from the eager one by float rounding.
+- ``cuda_graphs``: the sampler records the denoiser call once per generation and replays it
+  (``SampleSettings.cuda_graphs``, :mod:`echomimic_lib.models.unet.graphs`): no per-kernel launch overhead.
+  Needs a CUDA GPU.
+
+What goes with what:
+
+- fp8 weights and compile: yes. The per-layer upcast of :mod:`echomimic_lib.memory.fp8` is part of each
+  layer's ``forward``, so it is traced into the block's graph (one graph per block kind, no graph break;
+  checked on the CPU with the ``aot_eager`` backend in ``tests/test_speed_options.py``).
+- low-VRAM streaming and compile: no. The streamer's forward hooks sit on the very blocks that are compiled
+  (:func:`echomimic_lib.memory.streaming.stream_units`); Dynamo traces into them, meets their slot
+  bookkeeping and recompiles for every block until its recompile limit (measured on the tiny UNet: 147
+  graphs instead of 19, and the run many times slower than eager).
+- low-VRAM streaming and CUDA graphs: no. A recorded graph replays fixed weight addresses, and streaming
+  copies each block's weights into one of two shared buffers while it runs.
+- compile and CUDA graphs together: yes (the compiled blocks are recorded like eager ones).
+
+The messages name the option as the front end shows it (:data:`CLI` for ``echomimic``, the nodes pass
+their own :class:`OptionNames`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .errors import EchoMimicError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """How a front end names the options in a message, and how its user picks a CUDA device."""
+
+    compile: str
+    cuda_graphs: str
+    low_vram: str
+    on_cuda: str  # the fix when cuda_graphs meets another device
+
+
+CLI = OptionNames("--compile", "--cuda-graphs", "--low-vram",
+                  "run on an NVIDIA GPU (--device auto or cuda, with a CUDA build of PyTorch)")
+
+
+def check_speed_options(device, *, compile: bool = False, cuda_graphs: bool = False, low_vram: bool = False,
+                        names: OptionNames = CLI) -> None:
+    """Refuse a combination that cannot work, naming the problem and the fix (no weights needed)."""
+    import torch  # (here, not at import: the command line refuses bad input before torch loads)
+
+    device = torch.device(device)
+    if cuda_graphs and device.type != "cuda":
+        raise EchoMimicError(f"{names.cuda_graphs} records the denoiser call as a CUDA graph and needs a CUDA GPU, but "
+                             f"this run is on '{device}'; drop {names.cuda_graphs}, or {names.on_cuda}.")
+    if cuda_graphs and low_vram:
+        raise EchoMimicError(f"{names.cuda_graphs} cannot go with {names.low_vram}: a recorded graph replays fixed weight "
+                             f"addresses, and {names.low_vram} streams the denoiser's weights block by block through "
+                             f"shared buffers. Drop one of them ({names.low_vram} for a small GPU, {names.cuda_graphs} for "
+                             "speed).")
+    if compile and low_vram:
+        raise EchoMimicError(f"{names.compile} cannot go with {names.low_vram}: the streaming hooks sit on the blocks that "
+                             "are compiled, and torch.compile would recompile for every block (slower than without "
+                             f"it). Drop one of them ({names.low_vram} for a small GPU, {names.compile} for speed).")
+    if compile and device.type != "cuda":
+        log.warning("%s on '%s': the first denoiser call per batch shape compiles the blocks first, which takes "
+                    "several minutes here (about a minute on a GPU); it pays off only on long renders. Drop %s for a "
+                    "quick run.", names.compile, device, names.compile)
+
+
+def compile_denoiser(models) -> int:
+    """Regional compile of ``models.denoiser`` (after LoRA merges and fp8 storage); returns the number of
+    blocks compiled (0 when it already was). Compiling is lazy: the time is spent in the first call."""
+    from .models.unet.compile import compile_regions
+
+    n = compile_regions(models.denoiser)
+    if n:
+        log.info("compile: %d denoiser blocks will be compiled by torch.compile on their first call (once per batch "
+                 "shape)", n)
+    return n
