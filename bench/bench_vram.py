@@ -255,16 +255,29 @@ def goals(args) -> list[dict]:
     ``--computed FILE`` (this command's ``--json`` output on the fake device, e.g. bench/vram_computed.json), each
     measured run is set beside its computed figure; ``ok`` when they agree within 15 %."""
     import os
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     jobs = [(label, extra + ["--dtype", "fp16"]) for label, extra, _ in GOALS]
     jobs += [(f"{mode} {size}: {f}", [mode, "--size", str(size), "--frames", str(f), "--dtype", "fp16"])
              for mode, size in (("v1-audio", 512), ("v2-halfbody", 768)) for f in (24, 240)]
     if args.preset != "sd15":
         jobs = [(label, extra + ["--preset", args.preset]) for label, extra in jobs]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), (os.cpu_count() or 2) // 2))) as pool:
-        runs = {label: pool.submit(_child, extra + ["--device", args.device]) for label, extra in jobs}
-        got = {label: f.result() for label, f in runs.items()}
+    by_args: dict[tuple, list[str]] = {}  # a goal row and a length row with the same arguments run once
+    for label, extra in jobs:
+        by_args.setdefault(tuple(extra), []).append(label)
+    workers = max(1, min(len(by_args), (os.cpu_count() or 2) // 2))
+    threads = str(max(1, (os.cpu_count() or 2) // workers))  # the children share the cores instead of each taking all
+    got = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        runs = {pool.submit(_child, [*extra, "--device", args.device, "--threads", threads]): labels for extra, labels in by_args.items()}
+        for f in as_completed(runs):  # each run as it ends: a step cut short by its time limit keeps what finished
+            try:
+                r = f.result()
+            except RuntimeError as exc:
+                r = {"peak_gb": float("nan"), "stages": {}, "device": args.device, "error": str(exc)[-600:]}
+            for label in runs[f]:
+                got[label] = r
+                print(json.dumps({"partial": {label: r}}), flush=True)
     rows = []
     for label, _, bound in GOALS:
         r = got[label]
@@ -306,8 +319,11 @@ def main(argv=None):
     p.add_argument("--goals", action="store_true", help="run every goal of issue 14 (separate processes)")
     p.add_argument("--report-only", action="store_true", help="with --goals: exit 0 even when a goal is missed (the dry run)")
     p.add_argument("--computed", help="with --goals: the fake-device --goals --json output to set each measured run beside")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of this run (--goals sets it per child)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.goals:
         rows = goals(args)
         for r in rows:

@@ -3,7 +3,9 @@
 #
 #   bash bench/gpu_carry.sh            # writes .whl/ and .gpu_carry/ (both ignored by git; about 61 MiB together)
 #
-# then, on the device tool: run `bash bench/gpu_check.sh "$OUT"` with carry [".whl", ".gpu_carry"]; the trainer's
+# then, on the device tool, two commands in a row with carry [".whl", ".gpu_carry"] (one command may last 10 minutes):
+# `GPU_STEPS=tests,attention,suite bash bench/gpu_check.sh "$OUT"`, then `GPU_STEPS=vram,animate bash bench/gpu_check.sh
+# "$OUT"` (timeout_s 590 and 300); the trainer's
 # check `bash bench/gpu_train_check.sh "$OUT"` needs only [".whl"] (accelerate, peft, safetensors are on the image).
 # - .whl/: the wheels the GPU image lacks (diffusers, importlib_metadata, av, soxr) for CPython 3.12, x86-64;
 # - .gpu_carry/parity.txz: the parity cases that run networks and fit beside the wheels (unet_forward and the

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check of issue 23, one command on a bare GPU machine:
+# The GPU check of issue 23 on a bare GPU machine, in two device commands (one command may run 10 minutes at most;
+# the machine stays warm between them if the second follows at once):
 #
-#   bash bench/gpu_check.sh [OUTDIR]              # CUDA: CUDA tests, gpu_suite, bench_vram --goals, two animate runs
-#   bash bench/gpu_check.sh --dry-run [OUTDIR]    # the same steps on the CPU with tiny weights (tests/test_gpu_check.py)
+#   GPU_STEPS=tests,attention,suite bash bench/gpu_check.sh "$OUT"   # ~7.5 min: CUDA tests, attention kernels, gpu_suite
+#   GPU_STEPS=vram,animate bash bench/gpu_check.sh "$OUT"            # ~4 min: bench_vram --goals, two animate runs
+#   bash bench/gpu_check.sh --dry-run [OUTDIR]    # every step on the CPU with tiny weights (tests/test_gpu_check.py)
 #
 # `bash bench/gpu_carry.sh` prepares what it takes along (.whl/ and .gpu_carry/, ~61 MiB, the device carry limit is 64).
 # Before the steps it installs the wheels carried in .whl/ (pip --no-index into /tmp/site: diffusers, av, soxr
@@ -13,7 +15,9 @@
 #
 # Each step writes its log under OUTDIR (default: $OUT, else bench/results/gpu) as soon as it ends, and one
 # line {"step", "rc", "seconds"} to OUTDIR/steps.jsonl, so a run cut short returns what finished. Each step has
-# its own time limit (seconds, GPU_LIMITS="tests suite vram animate"). Exit status: 0 when every step passed.
+# its own time limit (seconds, GPU_LIMITS="tests attention suite vram animate"); GPU_STEPS (comma-separated, default
+# all five) picks the steps. GPU_SUITE_PLAN replaces the suite's plan
+# (version:variant pairs, see bench/gpu_suite.py). Exit status: 0 when every step passed.
 # The trainer's GPU check (issue 26: FSDP train/resume/export, plan vs measured memory) is a separate script:
 # bench/gpu_train_check.sh (carry [".whl"] only).
 set -uo pipefail
@@ -23,8 +27,12 @@ if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 OUTDIR=$(mkdir -p "${1:-${OUT:-bench/results/gpu}}" && cd "${1:-${OUT:-bench/results/gpu}}" && pwd)
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
-LIMITS=$([[ $DRY == 1 ]] && echo "300 300 300 300" || echo "150 180 90 150")  # the dry run: a slow shared CPU
-read -r LIM_TESTS LIM_SUITE LIM_VRAM LIM_ANIMATE <<<"${GPU_LIMITS:-$LIMITS}"
+# GPU: ~11 min in all (the lease is 15 with the machine's start); expected tests ~180 s (one cold regional compile
+# of the official V1 for the graphs + compile test), attention ~20, vram ~80, animate ~140 (weights 15, V1 35, V2 65).
+LIMITS=$([[ $DRY == 1 ]] && echo "300 120 300 300 300" || echo "200 40 230 90 150")  # the dry run: a slow shared CPU
+read -r LIM_TESTS LIM_ATTENTION LIM_SUITE LIM_VRAM LIM_ANIMATE <<<"${GPU_LIMITS:-$LIMITS}"
+STEPS=",${GPU_STEPS:-tests,attention,suite,vram,animate},"
+want() { [[ $STEPS == *",$1,"* ]]; }
 : >"$OUTDIR/steps.jsonl"
 
 source bench/_gpu_steps.sh  # the .whl install, PYTHONPATH, step()
@@ -43,35 +51,50 @@ POSE=${GPU_POSE:-$(pick .gpu_carry/pose.npz ../shared/data/pose/01)}
 } >>"$OUTDIR/env.txt" 2>&1
 
 if [[ $DRY == 1 ]]; then
-    SUITE=(--device cpu --tiny --no-compile --repeat 1 --frames 12 --e2e-frames 12 --versions v1)
+    SUITE=(--device cpu --tiny --repeat 1 --frames 12 --e2e-frames 12 --plan "v1:off,v1:off+graphs,v1:off+cl+cudnn")
+    ATTENTION=(--device cpu --tiny --repeat 1); ANIM_V1_ARGS=""
     VRAM=(--goals --preset tiny --device fake --report-only); WEIGHTS_ARGS="--tiny --device cpu"
     ANIM_ARGS="--device cpu --dtype fp32 --width 64 --height 64 --steps 1 --length 4"
 else
-    SUITE=(--budget-s $((LIM_SUITE - 50)) --plan "v1:off,v2:off,v1:on,v2:on")
+    # The suite plan, most decision-relevant first (a cut-short step keeps every figure printed so far). Measured on
+    # the first H200 run: start-up ~15 s, setup ~8 s per version, a cold regional compile ~53 s per batch shape,
+    # one 250-frame acc clip ~14-16 s. Expected: v1:on+graphs (shapes single and single_x4 cold, cfg warm from the
+    # tests) with the acc clip at 1 and 4 windows per call by ~170 s; then v2:on+graphs (its single shape and acc
+    # figures, cut at the limit), v1:off+graphs+cl+cudnn (no compile: channels-last strides would compile anew) and
+    # v1:off+graphs need a second suite run (GPU_SUITE_PLAN) when the lease allows.
+    SUITE=(--budget-s $((LIM_SUITE - 20)) --plan "${GPU_SUITE_PLAN:-v1:on+graphs,v2:on+graphs,v1:off+graphs+cl+cudnn,v1:off+graphs}")
     VRAM=(--goals --device cuda --json --computed bench/vram_computed.json); WEIGHTS_ARGS=""
     ANIM_ARGS="--device cuda --dtype fp16 --length 48"
+    ATTENTION=(); ANIM_V1_ARGS="--cuda-graphs"
 fi
 
-# 1. CUDA-only tests (they skip on the CPU: the dry run checks that they collect and skip cleanly)
-ECHOMIMIC_GPU_REPORT="$OUTDIR/cuda_report.jsonl" step tests "$LIM_TESTS" \
-    "$PY" -m pytest -m cuda -v -rfEs -p no:cacheprovider tests/test_cuda.py
-# 2. every GPU figure of the suite
-step suite "$LIM_SUITE" "$PY" bench/gpu_suite.py "${SUITE[@]}"
-# 3. measured peak VRAM beside the computed figure, every goal row
-step vram "$LIM_VRAM" "$PY" bench/bench_vram.py "${VRAM[@]}"
-# 4. one V1 audio and one V2 half-body generation through the command line, timed per stage
+# One inductor cache for the tests and the suite: the tests' cold compile of the V1 CFG shape (its time is in
+# cuda_report.jsonl) is then warm in the suite, which leaves the suite the time for V2.
+export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
+# 1. CUDA-only tests, the speed options first (they skip on the CPU: the dry run checks that they
+# collect and skip cleanly)
+want tests && ECHOMIMIC_GPU_REPORT="$OUTDIR/cuda_report.jsonl" step tests "$LIM_TESTS" \
+    "$PY" -m pytest -m cuda -v -rfEs -p no:cacheprovider tests/test_cuda_speed.py tests/test_cuda.py
+# 2. the denoiser's attention shapes on each SDPA kernel (which backend the 40-wide heads want)
+want attention && step attention "$LIM_ATTENTION" "$PY" bench/gpu_attention.py "${ATTENTION[@]}"
+# 3. every GPU figure of the suite
+want suite && step suite "$LIM_SUITE" "$PY" bench/gpu_suite.py "${SUITE[@]}"
+# 4. measured peak VRAM beside the computed figure, every goal row
+want vram && step vram "$LIM_VRAM" "$PY" bench/bench_vram.py "${VRAM[@]}"
+# 5. one V1 audio (with CUDA graphs: the command line's recording path) and one V2 half-body generation through the
+# command line, timed per stage
 animate() {
     set -e
     "$PY" bench/gpu_weights.py "$WORK/models" $WEIGHTS_ARGS
     "$PY" -m echomimic_lib.cli animate --models "$WORK/models" --version v1 --reference "$REFERENCE" --audio "$AUDIO" \
-        --no-face-crop --offline -o "$WORK/v1.mp4" $ANIM_ARGS
+        --no-face-crop --offline -o "$WORK/v1.mp4" $ANIM_ARGS $ANIM_V1_ARGS
     "$PY" -m echomimic_lib.cli animate --models "$WORK/models" --version v2 --reference "$REFERENCE" --audio "$AUDIO" \
         --pose "$POSE" --offline -o "$WORK/v2.mp4" $ANIM_ARGS
     ls -l "$WORK"/v1.mp4 "$WORK"/v2.mp4
 }
 export -f animate
-export PY WORK REFERENCE AUDIO POSE WEIGHTS_ARGS ANIM_ARGS
-step animate "$LIM_ANIMATE" bash -c animate
+export PY WORK REFERENCE AUDIO POSE WEIGHTS_ARGS ANIM_ARGS ANIM_V1_ARGS
+want animate && step animate "$LIM_ANIMATE" bash -c animate
 rm -rf "$WORK"
 cat "$OUTDIR/steps.jsonl"
 exit $FAILED

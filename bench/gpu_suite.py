@@ -1,34 +1,52 @@
-"""Benchmark (issue 16): every GPU figure in one short run (target: under 8 minutes on one GPU).
+"""Benchmark (issues 16, 23): every GPU figure of the denoiser in one short run, variant by variant.
 
-    .venv/bin/python bench/gpu_suite.py                        # CUDA: V1 512 px and V2 768 px, fp16
-    .venv/bin/python bench/gpu_suite.py --dtype bf16 --cuda-graphs
+    .venv/bin/python bench/gpu_suite.py                        # CUDA: V1 512 px and V2 768 px, fp16, off and on
+    .venv/bin/python bench/gpu_suite.py --plan v1:off+graphs,v1:on+graphs,v1:on+graphs+cl+cudnn
     .venv/bin/python bench/gpu_suite.py --device cpu --tiny    # the same script at a tiny size (a check)
 
-For V1 (512 px, face locator) and V2 (768 px, pose encoder), official-size random weights, and each of
-compile off / on (regional ``torch.compile`` of the ResNet blocks, spatial transformers and motion
-modules; ``--cuda-graphs`` adds compile + CUDA graphs per region):
+A variant is a base and "+"-separated modifiers, run in the order ``--plan`` gives (``version:variant``, comma
+separated; default: every version ``off``, then ``on``, plus ``off+graphs`` / ``on+graphs`` with ``--cuda-graphs``):
 
-- denoiser call time for the CFG batch (normal: 30 steps, cfg 2.5) and the single batch (acc: 6 steps,
-  cfg 1), 12-frame windows; its FLOPs (``torch.utils.flop_counter.FlopCounterMode``) and MFU = FLOPs /
-  time / the GPU's dense fp16/bf16 peak (a table by device name, or ``--peak-tflops``);
-- VAE decode per frame (8 frames per call), reference pass + reference encode (once per video);
-- seconds per video frame for a ``--frames`` long video (default 120): steps x windows per step x call
-  time / frames + decode per frame + once-per-video work / frames; the windows are the sampler's own
-  (12 frames, overlap 3);
-- a short real generation through the sampler (24 frames, 2 steps): its peak VRAM and measured time;
-- compile time: first call minus a steady call (every block kind and size compiles on the first call).
+- ``off``: eager; ``on``: regional ``torch.compile`` of the denoiser's ResNet blocks, spatial transformers and
+  motion modules (``compile_regions``, mode None);
+- ``graphs``: the whole denoiser call replayed as one CUDA graph (``CudaGraphRunner``, one per variant: the first
+  call of a shape runs eagerly, the second captures, the timed calls replay), and ``cuda_graphs=True`` in the
+  sampler settings of the generations below. Needs CUDA: reported as skipped elsewhere;
+- ``cl``: the denoiser's convolutions channels-last; ``cudnn``: ``torch.backends.cudnn.benchmark`` on;
+  ``vae``: ``compile_regions`` on the VAE decoder too (the decode figure and the generations); ``vae-cl``: the VAE
+  channels-last; ``attn-flash`` / ``attn-cudnn`` / ``attn-efficient``: the denoiser's attention backend
+  ``sdpa-flash`` / ``sdpa-cudnn`` / ``sdpa-efficient`` (that SDPA kernel first; ``bench/gpu_attention.py`` times
+  the kernels alone);
+- ``region-graphs`` (alias ``cuda-graphs``, with ``on`` only): compile mode "reduce-overhead" per region. Known to
+  fail (H200, 2026-12-04): "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run":
+  blocks of one kind share one graph and the UNet's skip connections still hold an earlier replay's output.
+Every setting is put back after its variant.
 
-SDPA is restricted to the flash / memory-efficient / cuDNN kernels on CUDA (a math fallback fails instead
-of silently allocating the score matrix). Prints progress to stderr and one JSON line at the end.
+Per version (V1 512 px face locator, V2 768 px pose encoder, official-size random weights) and variant:
+- denoiser call time for the CFG batch (normal: 30 steps, cfg 2.5), the single batch (acc: 6 steps, cfg 1) and,
+  where the acc clip runs, 4 windows per call (``single_x4``); FLOPs (``FlopCounterMode``) and MFU against the
+  GPU's dense fp16/bf16 peak (a table by device name, or ``--peak-tflops``);
+- first-call overhead per batch shape (``compile_s_per_shape``: first call minus a steady one, plus the capture
+  call's excess with graphs), its maximum (``compile_s_max_per_shape``: one generation uses one shape) and total;
+- VAE decode per frame (8 frames per call), reference pass + encode (once per video); seconds per video frame for
+  a ``--frames`` long video from the call times and the sampler's own windows (12 frames, overlap 3);
+- V1 only: the acc clip end to end through the sampler (``--e2e-frames`` at 25 fps, 6 steps, no CFG) at 1 and 4
+  windows per call, each after a short warm-up generation of the same shapes; then a short normal generation
+  (24 frames, 2 steps): seconds, frames/s, peak VRAM.
+The most decision-relevant figures of a variant come first, and each is printed as a ``{"partial": ...}`` JSON
+line as soon as it is measured, so a run cut short keeps them; one JSON line with everything at the end.
+SDPA is restricted to the flash / memory-efficient / cuDNN kernels on CUDA (no silent math fallback).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,6 +58,57 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "GH200": 989.0, "B20
                "L40S": 362.0, "L40": 181.0, "L4": 121.0, "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
 VERSIONS = {"v1": dict(size=512, cond=1, mode="v1-audio"), "v2": dict(size=768, cond=3, mode="v2-halfbody")}
 MODES = {"normal": dict(steps=30, cfg=2.5), "acc": dict(steps=6, cfg=1.0)}
+ATTENTION_MODS = {"attn-flash": "sdpa-flash", "attn-cudnn": "sdpa-cudnn", "attn-efficient": "sdpa-efficient"}
+MODIFIERS = ("graphs", "region-graphs", "cl", "cudnn", "vae", "vae-cl", *ATTENTION_MODS)
+ALIASES = {"cuda-graphs": "region-graphs"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    compile: bool
+    graphs: bool = False
+    region_graphs: bool = False
+    channels_last: bool = False
+    cudnn: bool = False
+    vae: bool = False
+    vae_cl: bool = False
+    attention: str | None = None  # an attention backend of the denoiser (echomimic_lib.models.unet.attention)
+
+    @property
+    def needs_cuda(self) -> bool:
+        return self.graphs or self.region_graphs
+
+
+def parse_variant(text: str) -> Variant:
+    base, *mods = text.strip().split("+")
+    mods = [ALIASES.get(m, m) for m in mods]
+    if base not in ("off", "on"):
+        raise ValueError(f"variant {text!r}: starts with off or on (e.g. on+graphs+cl)")
+    bad = [m for m in mods if m not in MODIFIERS]
+    if bad or len(set(mods)) != len(mods):
+        raise ValueError(f"variant {text!r}: modifiers are {', '.join(MODIFIERS)}, each once (got {'+'.join(mods)})")
+    if "region-graphs" in mods and (base != "on" or "graphs" in mods):
+        raise ValueError(f"variant {text!r}: region-graphs needs on and excludes graphs (whole-denoiser graphs)")
+    attention = [ATTENTION_MODS[m] for m in mods if m in ATTENTION_MODS]
+    if len(attention) > 1:
+        raise ValueError(f"variant {text!r}: one attention kernel at a time ({', '.join(ATTENTION_MODS)})")
+    return Variant(text.strip(), base == "on", "graphs" in mods, "region-graphs" in mods, "cl" in mods, "cudnn" in mods,
+                   "vae" in mods, "vae-cl" in mods, attention[0] if attention else None)
+
+
+def parse_plan(text: str | None, versions: list[str], no_compile: bool, cuda_graphs: bool) -> list[tuple[str, Variant]]:
+    if text:
+        pairs = [p.split(":", 1) if ":" in p else (None, p) for p in text.split(",") if p.strip()]
+    else:  # every version without compile first: those figures always come back
+        names = ["off", "on"] + (["off+graphs", "on+graphs"] if cuda_graphs else [])
+        pairs = [(v, n) for n in names if not (no_compile and n.startswith("on")) for v in versions]
+    plan = []
+    for v, name in pairs:
+        if v not in VERSIONS:
+            raise ValueError(f"plan entry {v}:{name}: the version is v1 or v2 (e.g. v1:on+graphs)")
+        plan.append((v, parse_variant(name)))
+    return plan
 
 
 def log(msg: str) -> None:
@@ -68,16 +137,16 @@ def kernels(device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION])
 
 
-def timed(fn, device, repeat: int) -> tuple[float, list[float]]:
-    """(first call, steady calls) in seconds."""
+def timed(fn, device, calls: int) -> list[float]:
+    """Seconds of each of ``calls`` calls."""
     out = []
-    for _ in range(repeat + 1):
+    for _ in range(calls):
         sync(device)
         t = time.perf_counter()
         fn()
         sync(device)
         out.append(time.perf_counter() - t)
-    return out[0], out[1:]
+    return out
 
 
 def flops_of(fn) -> int:
@@ -106,12 +175,8 @@ def make_models(version: str, preset: str, device, dtype):
     return models
 
 
-def apply_layout(models, channels_last: bool) -> None:
-    models.denoiser.set_channels_last(channels_last)
-
-
 def short_generation(models, version: str, size: int, device, frames: int = 24, steps: int = 2, variant: str = "normal",
-                     fps: float = 24.0, windows_per_batch: int = 1) -> dict:
+                     fps: float = 24.0, windows_per_batch: int = 1, cuda_graphs: bool = False) -> dict:
     """A real generation through the sampler (``variant='acc'``: cfg 1, the acc end-to-end figure): seconds,
     video frames per second, peak VRAM."""
     from echomimic_lib.audio import AudioFeatures
@@ -124,17 +189,18 @@ def short_generation(models, version: str, size: int, device, frames: int = 24, 
         cond = MaskCondition(np.pad(np.ones((size // 2, size // 2), np.float32), size // 4))
     else:
         cond = FrameCondition(frames, lambda idx: np.random.default_rng(len(idx)).integers(0, 255, (len(idx), size, size, 3), dtype=np.uint8))
+    extra = {"cuda_graphs": True} if cuda_graphs else {}  # (a SampleSettings field since the graph runner)
     s = settings_for(VERSIONS[version]["mode"], variant, width=size, height=size, steps=steps, num_frames=frames, fps=fps,
-                     windows_per_batch=windows_per_batch)
+                     windows_per_batch=windows_per_batch, **extra)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     t = time.perf_counter()
-    Sampler(models)(image, audio, cond, s, frame_sink=lambda start, chunk: None)
+    res = Sampler(models)(image, audio, cond, s, frame_sink=lambda start, chunk: None)
     sync(device)
     seconds = time.perf_counter() - t
-    out = {"frames": frames, "steps": steps, "cfg": s.cfg, "windows_per_batch": windows_per_batch, "fps_video": fps, "seconds": round(seconds, 3),
-           "frames_per_s": round(frames / seconds, 2)}
+    out = {"frames": frames, "steps": steps, "cfg": s.cfg, "windows_per_batch": windows_per_batch, "fps_video": fps,
+           "unet_calls": res.unet_calls, "seconds": round(seconds, 3), "frames_per_s": round(frames / seconds, 2)}
     if device.type == "cuda":
         out["peak_vram_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
     return out
@@ -142,69 +208,154 @@ def short_generation(models, version: str, size: int, device, frames: int = 24, 
 
 @torch.no_grad()
 def setup_version(version: str, args, device, dtype) -> dict:
-    """Models, inputs and FLOP counts of one version (kept for every compile variant)."""
+    """Models, call inputs and FLOP counts of one version (kept for every variant)."""
     from echomimic_lib.pipeline.context import base_windows
 
+    t0 = time.perf_counter()
     size = VERSIONS[version]["size"] if not args.tiny else {"v1": 64, "v2": 96}[version]
     models = make_models(version, "tiny" if args.tiny else "sd15", device, dtype)
-    apply_layout(models, args.channels_last)
     den, h = models.denoiser, size // 8
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(1, 4, 12, h, h, device=device, dtype=dtype, generator=g)
     audio = torch.randn(1, 12, 50, 384, device=device, dtype=dtype, generator=g)
     cond_in = torch.rand(1, VERSIONS[version]["cond"], 1 if version == "v1" else 12, size, size, device=device, dtype=dtype, generator=g)
-    st = dict(version=version, size=size, models=models, device=device,
+    st = dict(version=version, size=size, models=models, device=device, e2e=version == "v1" and args.e2e_frames > 0,
               ref_lat=torch.randn(1, 4, h, h, device=device, dtype=dtype, generator=g),
               img=torch.rand(1, 3, size, size, device=device, dtype=dtype, generator=g) * 2 - 1,
               z=torch.randn(8, 4, h, h, device=device, dtype=dtype, generator=g))
     cond = models.cond_encoder(cond_in)
-    st["calls"] = {"cfg": lambda: den(torch.cat([x, x]), 801, audio=audio, cond=cond, reference=st["kv"], uncond_rows=1),
-                   "single": lambda: den(x, 801, audio=audio, cond=cond, reference=st["kv"])}
+    st["inputs"] = {"cfg": dict(sample=torch.cat([x, x]), timestep=801, audio=audio, cond=cond, uncond_rows=1),
+                    "single": dict(sample=x, timestep=801, audio=audio, cond=cond)}
+    if st["e2e"]:  # 4 windows per call, as the sampler batches them (windows_per_batch=4)
+        st["inputs"]["single_x4"] = dict(sample=torch.cat([x] * 4), timestep=801, audio=torch.cat([audio] * 4),
+                                         cond=cond.expand(4, *cond.shape[1:]))
     st["kv"] = den.prepare_reference(models.reference.forward_reference(st["ref_lat"])[0])
     with kernels(device):
-        st["flops"] = {k: flops_of(fn) for k, fn in st["calls"].items()}
+        st["flops"] = {k: flops_of(lambda: call(st, k, den)) for k in st["inputs"]}
     once = flops_of(lambda: models.reference.forward_reference(st["ref_lat"])) + flops_of(lambda: models.vae.encode(st["img"]))
-    windows = len(base_windows(args.frames, 12, 3))
+    st["windows"] = len(base_windows(args.frames, 12, 3))
     st["report"] = {"size": size, "flops_TF": {k: round(v / 1e12, 3) for k, v in st["flops"].items()},
                     "vae_decode_TF_per_frame": round(flops_of(lambda: models.vae.decode(st["z"][:1])) / 1e12, 3),
-                    "once_per_video_TF": round(once / 1e12, 3), "windows_per_step": windows, "video_frames": args.frames}
-    st["windows"] = windows
+                    "once_per_video_TF": round(once / 1e12, 3), "windows_per_step": st["windows"], "video_frames": args.frames,
+                    "setup_s": round(time.perf_counter() - t0, 1)}
     return st
 
 
-@torch.no_grad()
-def measure(st: dict, variant: str, args, peak) -> dict:
+def call(st: dict, key: str, fn):
+    """One denoiser call of batch shape ``key`` through ``fn`` (the denoiser or its graph runner)."""
+    return fn(reference=st["kv"], **st["inputs"][key])
+
+
+def configure(stack: contextlib.ExitStack, var: Variant, models, args) -> None:
+    """Apply a variant's settings; ``stack`` puts each back (in reverse order) when the variant ends."""
     from echomimic_lib.models.unet.compile import compile_regions, uncompile_regions
 
+    den = models.denoiser
+    if var.cudnn:
+        stack.callback(setattr, torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+        torch.backends.cudnn.benchmark = True
+    if var.channels_last:
+        stack.callback(den.set_channels_last, den.channels_last)
+        den.set_channels_last(True)
+    if var.vae_cl:
+        stack.callback(models.vae.to, memory_format=torch.contiguous_format)
+        models.vae.to(memory_format=torch.channels_last)
+    if var.attention:
+        from echomimic_lib.models.unet.attention import Attention
+
+        stack.callback(den.set_attention_backend, next(m.backend for m in den.modules() if isinstance(m, Attention)))
+        den.set_attention_backend(var.attention)
+    uncompile_regions(den)
+    stack.callback(uncompile_regions, den)
+    if var.compile:
+        compile_regions(den, backend=args.compile_backend, mode="reduce-overhead" if var.region_graphs else None)
+    if var.vae:
+        stack.callback(uncompile_regions, models.vae.decoder)
+        compile_regions(models.vae.decoder, backend=args.compile_backend)
+
+
+def time_call(st: dict, key: str, runner, args, peak, res: dict) -> None:
+    """Steady call time, first-call overhead and MFU of one batch shape (with graphs: through the runner, whose
+    second call captures; the replay is checked against the eager call)."""
+    den, device = st["models"].denoiser, st["device"]
+    fn = runner if runner is not None else den
+    warm = 2 if runner is not None else 1
+    times = timed(lambda: call(st, key, fn), device, warm + args.repeat)
+    t = statistics.median(times[warm:])
+    res[f"{key}_call_s"] = round(t, 4)
+    res[f"{key}_first_call_s"] = round(times[0], 3)
+    res[f"{key}_mfu"] = round(st["flops"][key] / t / (peak * 1e12), 3) if peak else None
+    overhead = sum(max(0.0, x - t) for x in times[:warm])
+    res.setdefault("compile_s_per_shape", {})[key] = round(overhead, 2)
+    if runner is not None:
+        res[f"{key}_capture_call_s"] = round(times[1], 3)
+        replay, eager = call(st, key, runner), call(st, key, den)
+        res[f"{key}_graph_max_abs_vs_eager"] = float((replay.float() - eager.float()).abs().max())
+        res["graphs"] = dict(captures=runner.captures, replays=runner.replays, failed=runner.failed)  # failed: eager times
+
+
+def e2e(st: dict, wpb: int, var: Variant, args) -> dict:
+    """The V1 acc clip end to end at ``wpb`` windows per call, after a warm-up generation with the same call
+    and decode shapes (a warm-up that compiles reports it in ``warm_s``): more than ``wpb`` full 12-frame windows
+    (the sampler pads the last group to ``wpb`` only then), the clip's last decode chunk (8 frames per call)."""
+    gen = dict(variant="acc", fps=25.0, windows_per_batch=wpb, cuda_graphs=var.graphs)
+    frames = max(24, 9 * wpb + 1)  # windows start every 9 frames (12, overlap 3)
+    frames += (args.e2e_frames - frames) % 8
+    warm = short_generation(st["models"], "v1", st["size"], st["device"], frames=frames, steps=1, **gen)
+    out = short_generation(st["models"], "v1", st["size"], st["device"], frames=args.e2e_frames, steps=6, **gen)
+    out["warm_s"] = warm["seconds"]
+    return out
+
+
+def summarize(st: dict, res: dict, args) -> None:
+    """Derived figures from what is measured so far: seconds per video frame, compile time per shape."""
+    per = res.get("vae_decode_s_per_frame", 0.0) + res.get("once_s", 0.0) / args.frames
+    for mode, m in MODES.items():
+        key = "cfg" if m["cfg"] > 1 else "single"
+        if f"{key}_call_s" in res:
+            res[f"{mode}_s_per_frame"] = round(m["steps"] * st["windows"] * res[f"{key}_call_s"] / args.frames + per, 4)
+    if "single_x4_call_s" in res:
+        calls = -(-st["windows"] // 4)
+        res["acc_wpb4_s_per_frame"] = round(MODES["acc"]["steps"] * calls * res["single_x4_call_s"] / args.frames + per, 4)
+    shapes = res.get("compile_s_per_shape", {})
+    if shapes:
+        res["compile_s_max_per_shape"] = max(shapes.values())
+        res["compile_s"] = round(sum(shapes.values()), 2)
+
+
+@torch.no_grad()
+def measure(st: dict, var: Variant, args, peak, res: dict, emit) -> None:
+    """Fill ``res`` with one variant's figures, most decision-relevant first; ``emit()`` after each."""
     models, device, den = st["models"], st["device"], st["models"].denoiser
-    uncompile_regions(den)
-    if variant != "off":
-        compile_regions(den, backend=args.compile_backend, mode="reduce-overhead" if "graphs" in variant else None)
-    st["kv"] = den.prepare_reference(models.reference.forward_reference(st["ref_lat"])[0])  # join buffers follow compile
-    res = {}
-    with kernels(device):
-        for k, fn in st["calls"].items():
-            first, steady = timed(fn, device, args.repeat)
-            t = statistics.median(steady)
-            res[f"{k}_call_s"] = round(t, 4)
-            res[f"{k}_first_call_s"] = round(first, 3)
-            res[f"{k}_mfu"] = round(st["flops"][k] / t / (peak * 1e12), 3) if peak else None
-        _, dec = timed(lambda: models.vae.decode(st["z"]), device, max(1, args.repeat // 2))
-        _, once = timed(lambda: (models.reference.forward_reference(st["ref_lat"]), models.vae.encode(st["img"])), device, 1)
-        res["compile_s"] = round(sum(res[f"{k}_first_call_s"] - res[f"{k}_call_s"] for k in st["calls"]), 2) if variant != "off" else 0.0
-        per_dec, per_once = statistics.median(dec) / 8, statistics.median(once) / args.frames
-        for mode, m in MODES.items():
-            call = res["cfg_call_s" if m["cfg"] > 1 else "single_call_s"]
-            res[f"{mode}_s_per_frame"] = round(m["steps"] * st["windows"] * call / args.frames + per_dec + per_once, 4)
-        res["vae_decode_s_per_frame"] = round(per_dec, 4)
-        res["short_generation"] = short_generation(models, st["version"], st["size"], device)
-        if st["version"] == "v1" and args.e2e_frames:  # the acc goal: a 10-second clip at 25 fps, end to end
-            short_generation(models, "v1", st["size"], device, frames=24, steps=1, variant="acc", fps=25.0)  # warm
-            for wpb in (1, 4):  # 4 context windows per denoiser call: bigger batches, fewer launches (same video)
-                res[f"acc_e2e_wpb{wpb}"] = short_generation(models, "v1", st["size"], device, frames=args.e2e_frames, steps=6,
-                                                           variant="acc", fps=25.0, windows_per_batch=wpb)
-    uncompile_regions(den)
-    return res
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(kernels(device))
+        configure(stack, var, models, args)
+        st["kv"] = den.prepare_reference(models.reference.forward_reference(st["ref_lat"])[0])  # join buffers follow compile
+        runner = None
+        if var.graphs:
+            from echomimic_lib.models.unet.graphs import CudaGraphRunner
+
+            runner = stack.enter_context(CudaGraphRunner(den))
+        dec = timed(lambda: models.vae.decode(st["z"]), device, 1 + max(1, args.repeat // 2))
+        res["vae_decode_s_per_frame"] = round(statistics.median(dec[1:]) / 8, 4)
+        if var.vae:
+            res["vae_compile_s"] = round(max(0.0, dec[0] - statistics.median(dec[1:])), 2)
+        res["once_s"] = round(timed(lambda: (models.reference.forward_reference(st["ref_lat"]), models.vae.encode(st["img"])), device, 2)[1], 4)
+        steps = [("single", lambda: time_call(st, "single", runner, args, peak, res))]
+        if st["e2e"]:  # the acc goal: a 10-second clip at 25 fps, 1 and 4 context windows per denoiser call
+            steps += [("acc_e2e_wpb1", lambda: res.__setitem__("acc_e2e_wpb1", e2e(st, 1, var, args))),
+                      ("single_x4", lambda: time_call(st, "single_x4", runner, args, peak, res)),
+                      ("acc_e2e_wpb4", lambda: res.__setitem__("acc_e2e_wpb4", e2e(st, 4, var, args)))]
+        steps += [("cfg", lambda: time_call(st, "cfg", runner, args, peak, res)),
+                  ("short_generation", lambda: res.__setitem__("short_generation", short_generation(
+                      models, st["version"], st["size"], device, cuda_graphs=var.graphs)))]
+        for name, run in steps:
+            log(f"  {st['version']} {var.name}: {name} ...")
+            run()
+            summarize(st, res, args)
+            emit()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -212,44 +363,53 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"], help="default fp16 on CUDA, fp32 on CPU")
     ap.add_argument("--tiny", action="store_true", help="tiny widths and sizes: checks the script (CPU)")
-    ap.add_argument("--versions", default="v1,v2")
+    ap.add_argument("--versions", default="v1,v2", help="versions of the default plan")
     ap.add_argument("--frames", type=int, default=120, help="video length the per-frame figures are for")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--cuda-graphs", action="store_true", help="also compile with CUDA graphs per region (experimental)")
-    ap.add_argument("--channels-last", action="store_true", help="run the denoiser's convolutions channels-last")
+    ap.add_argument("--no-compile", action="store_true", help="default plan without the on variants")
+    ap.add_argument("--cuda-graphs", action="store_true", help="default plan with off+graphs and on+graphs too")
     ap.add_argument("--compile-backend", default="inductor", help="aot_eager: trace only (a quick CPU check)")
     ap.add_argument("--peak-tflops", type=float, default=None)
-    ap.add_argument("--budget-s", type=float, default=450.0, help="skip remaining variants past this many seconds")
+    ap.add_argument("--budget-s", type=float, default=450.0, help="skip the variants that would start past this many seconds")
     ap.add_argument("--e2e-frames", type=int, default=250, help="V1 acc end-to-end clip (25 fps; 0: none)")
-    ap.add_argument("--plan", default=None, help="version:variant pairs in order, e.g. v1:off,v1:on+cuda-graphs "
-                    "(default: every version off, then on, then on+cuda-graphs with --cuda-graphs)")
+    ap.add_argument("--plan", default=None, help="version:variant pairs in order, e.g. v1:off+graphs,v1:on+graphs+cl+cudnn "
+                    f"(variant: off or on, then any of +{', +'.join(MODIFIERS)})")
     args = ap.parse_args()
     args.t0 = time.perf_counter()
+    try:
+        plan = parse_plan(args.plan, args.versions.split(","), args.no_compile, args.cuda_graphs)
+    except ValueError as exc:
+        ap.error(str(exc))
     device = torch.device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     _register_cpu_sdpa()
     peak = peak_tflops(device, args.peak_tflops)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
-              "channels_last": args.channels_last,
-              "peak_tflops": peak, "torch": torch.__version__, "tiny": args.tiny, "threads": torch.get_num_threads()}
-    versions = args.versions.split(",")
-    states = {v: setup_version(v, args, device, dtype) for v in versions}
-    for v in versions:
-        result[v] = states[v]["report"]
-    variants = ["off"] + ([] if args.no_compile else ["on"]) + (["on+cuda-graphs"] if args.cuda_graphs else [])
-    plan = [p.split(":") for p in args.plan.split(",")] if args.plan else [(v, var) for var in variants for v in versions]
-    for v, variant in plan:  # by default every version without compile first: those figures always come back
-        if time.perf_counter() - args.t0 > args.budget_s:
-            result[v][f"compile_{variant}"] = "skipped (time budget)"
+              "peak_tflops": peak, "torch": torch.__version__, "tiny": args.tiny, "threads": torch.get_num_threads(),
+              "plan": [f"{v}:{var.name}" for v, var in plan], "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
+    states = {}
+    for v, var in plan:
+        key = f"compile_{var.name}"
+        if var.needs_cuda and device.type != "cuda":
+            result.setdefault(v, {})[key] = "skipped (needs CUDA: CUDA graphs)"
             continue
-        log(f"{v} compile {variant} ...")
+        if time.perf_counter() - args.t0 > args.budget_s:
+            result.setdefault(v, {})[key] = "skipped (time budget)"
+            continue
+        if v not in states:  # a version is set up when the plan first needs it
+            log(f"{v} setup ...")
+            states[v] = setup_version(v, args, device, dtype)
+            result[v] = {**states[v]["report"], **result.get(v, {})}
+            print(json.dumps({"partial": {v: {"setup": states[v]["report"]}}}), flush=True)
+        log(f"{v} {var.name} ...")
+        res = result[v][key] = {}
+        emit = lambda: print(json.dumps({"partial": {v: {key: res}}}), flush=True)  # noqa: E731
         try:
-            result[v][f"compile_{variant}"] = res = measure(states[v], variant, args, peak)
-        except Exception as exc:  # one variant failing (e.g. CUDA graphs) must not lose the others
-            result[v][f"compile_{variant}"] = res = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            measure(states[v], var, args, peak, res, emit)
+        except Exception as exc:  # one variant failing must not lose the others (nor its own figures so far)
+            res["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            emit()
         log(f"  {json.dumps(res)}")
-        print(json.dumps({"partial": {v: {f"compile_{variant}": res}}}), flush=True)
     result["total_s"] = round(time.perf_counter() - args.t0, 1)
     print(json.dumps(result))
 

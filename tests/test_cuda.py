@@ -8,40 +8,23 @@ Run on a GPU by ``bench/gpu_check.sh`` (issue 23), which also carries a subset o
 - the nodes on ``cuda:0`` through the bridge's model manager (stand-ins): each network on the GPU for its stage,
   released afterwards; low-VRAM streaming; fp8 weights; a LoRA at strength 0 and 1; regional compile on and off.
 
-Measured figures go to the JSON-lines file ``ECHOMIMIC_GPU_REPORT`` names (if set), also when an assertion fails.
+The speed options (CUDA graphs, attention kernels) are checked in ``tests/test_cuda_speed.py``. Measured figures go
+to the JSON-lines file ``ECHOMIMIC_GPU_REPORT`` names (if set), also when an assertion fails.
 """
 from __future__ import annotations
 
-import json
-import os
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from tests._cuda import HALF_BOUNDS, full_size_models, generate, no_tf32, report  # noqa: F401 (no_tf32: autouse fixture)
+
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-# Half precision against fp32, decoded frames in [0, 1], 2 steps of 12 frames on random official-size weights.
-# fp16 keeps 11 significant bits, bf16 8: each bound is about 8 x the format's step, for the mean over pixels.
-HALF_BOUNDS = {"fp16": dict(mean=0.01, latent_rel=0.02), "bf16": dict(mean=0.04, latent_rel=0.08)}
 COMPILE_ATOL = 1e-4  # regional compile vs eager, fp32 with TF32 off (kernels fuse differently: rounding only)
 FP8_MEAN_TOL = 0.08  # as the CPU node test (tests/test_nodes.py)
-
-
-def report(name: str, **values) -> None:
-    path = os.environ.get("ECHOMIMIC_GPU_REPORT")
-    if path:
-        with open(path, "a") as fh:
-            fh.write(json.dumps({"test": name, **values}) + "\n")
-
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-    torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------ parity
@@ -68,43 +51,6 @@ def test_parity_on_cuda_in_fp32(case):
 
 
 # ------------------------------------------------------------------------------------------ half precision
-def full_size_models(version: str, seed: int = 0):
-    """Official-size V1 (face locator) or V2 (pose encoder) networks with random weights, fp32 on the GPU."""
-    from diffusers import AutoencoderKL
-
-    from echomimic_lib.config import SD15
-    from echomimic_lib.model_set import EchoMimicModels
-    from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
-    from echomimic_lib.modes import WEIGHT_SETS
-    from echomimic_lib.tiny import SD_VAE_CONFIG, randomize_
-
-    ws = WEIGHT_SETS["v1_audio" if version == "v1" else "v2"]
-    with torch.device("cuda"):
-        nets = (EchoUNet(SD15, "reference"), EchoUNet(SD15, "denoiser"),
-                ConditionEncoder(ws.cond_channels, SD15.cond_out_channels, SD15.cond_block_channels), AutoencoderKL(**SD_VAE_CONFIG))
-    ref, den, enc, vae = (randomize_(n, seed + i).eval() for i, n in enumerate(nets))
-    return EchoMimicModels(SD15, ws, "normal", ref, den, enc, vae)
-
-
-def generate(models, version: str, size: int, frames: int = 12, steps: int = 2):
-    from echomimic_lib.audio import AudioFeatures
-    from echomimic_lib.pipeline import FrameCondition, MaskCondition, Sampler, settings_for
-
-    rng = np.random.default_rng(0)
-    rows = int(np.ceil(frames * 50 / 24)) + 4
-    audio = AudioFeatures(torch.from_numpy(rng.standard_normal((rows, 5, 384)).astype(np.float32)), rows * 320)
-    image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-    if version == "v1":
-        cond = MaskCondition(np.pad(np.ones((size // 2, size // 2), np.float32), size // 4))
-    else:
-        poses = rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
-        cond = FrameCondition(frames, lambda idx: poses[list(idx)])
-    mode = "v1-audio" if version == "v1" else "v2-halfbody"
-    s = settings_for(mode, "normal", width=size, height=size, steps=steps, num_frames=frames, cfg=2.5)
-    with torch.no_grad():
-        return Sampler(models)(image, audio, cond, s)
-
-
 @pytest.fixture(scope="module", params=["v1", "v2"])
 def fp32_run(request):
     version = request.param
@@ -314,8 +260,6 @@ def test_regional_compile_matches_eager_on_cuda(comfy_models):
 def test_v3_transformer_on_cuda_matches_the_cpu_and_runs_in_bf16_at_full_size():
     """The flash-pro DiT (tiny random weights) on CUDA in fp32 gives the CPU's prediction; the official 1.3B size
     (random weights, 480 x 480, 21 frames) runs in bf16 with finite output."""
-    import time
-
     from echomimic_lib.models.wan import WanV3Config, WanV3Transformer
     from tests._v3_tiny import inputs, tiny_model
 

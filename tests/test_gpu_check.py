@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._bench import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,17 +27,95 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
                           capture_output=True, text=True, timeout=1500)
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     logs = {p.name: p.read_text()[-3000:] for p in out.glob("*.log")}
-    assert [s["step"] for s in steps] == ["tests", "suite", "vram", "animate"], proc.stdout
+    assert [s["step"] for s in steps] == ["tests", "attention", "suite", "vram", "animate"], proc.stdout
     assert all(s["rc"] == 0 for s in steps), (steps, logs)
     assert proc.returncode == 0
     assert "skipped" in logs["tests.log"] and "failed" not in logs["tests.log"]  # CUDA tests skip cleanly here
+    attention = json.loads((out / "attention.log").read_text().strip().splitlines()[-1])
+    assert all(c["attention_ms_per_call"]["sdpa"] > 0 for c in attention["cases"].values())
     suite = json.loads(logs["suite.log"].strip().splitlines()[-1])
-    assert all(suite["v1"]["compile_off"][f"acc_e2e_wpb{w}"]["frames_per_s"] > 0 for w in (1, 4))
+    assert suite["plan"] == ["v1:off", "v1:off+graphs", "v1:off+cl+cudnn"]
+    for variant in ("off", "off+cl+cudnn"):
+        res = suite["v1"][f"compile_{variant}"]
+        assert all(res[f"acc_e2e_wpb{w}"]["frames_per_s"] > 0 for w in (1, 4)) and "error" not in res, res
+        assert set(res["compile_s_per_shape"]) == {"single", "single_x4", "cfg"}
+        assert res["compile_s_max_per_shape"] == max(res["compile_s_per_shape"].values())
+    assert suite["v1"]["compile_off+graphs"] == "skipped (needs CUDA: CUDA graphs)"
+    lines = (out / "suite.log").read_text().splitlines()
+    partial = [json.loads(line)["partial"]["v1"] for line in lines if line.startswith('{"partial"')]
+    assert {k for p in partial for k in p} == {"setup", "compile_off", "compile_off+cl+cudnn"}  # figures as they come
     vram = json.loads(logs["vram.log"].strip().splitlines()[-1])
     assert len(vram["goals"]) == 5 and all(isinstance(r["peak_gb"], (float, list)) for r in vram["goals"])
     anim = logs["animate.log"]
     assert anim.count("stage seconds: checks_and_condition") == 2 and "v1.mp4" in anim and "v2.mp4" in anim
     assert "Traceback" not in anim
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_gpu_suite_variants_are_a_base_and_modifiers_checked_before_any_work():
+    suite = _bench_module("gpu_suite")
+    v = suite.parse_variant("on+graphs+cl+cudnn")
+    assert (v.compile, v.graphs, v.channels_last, v.cudnn, v.vae, v.region_graphs) == (True, True, True, True, False, False)
+    assert v.needs_cuda and not suite.parse_variant("off+cl+vae").needs_cuda
+    old = suite.parse_variant("on+cuda-graphs")  # the per-region graphs of the first H200 run, under their new name
+    assert old.region_graphs and not old.graphs and old.needs_cuda
+    for bad, why in [("of", "off or on"), ("on+graph", "modifiers are"), ("on+cl+cl", "each once"),
+                     ("off+region-graphs", "needs on"), ("on+graphs+region-graphs", "excludes graphs"),
+                     ("off+attn-flash+attn-cudnn", "one attention kernel")]:
+        with pytest.raises(ValueError, match=why):
+            suite.parse_variant(bad)
+    k = suite.parse_variant("off+attn-cudnn+vae-cl")
+    assert (k.attention, k.vae_cl, k.vae, k.compile) == ("sdpa-cudnn", True, False, False)
+    plan = suite.parse_plan("v1:off+graphs,v2:on", ["v1"], False, False)
+    assert [(ver, var.name) for ver, var in plan] == [("v1", "off+graphs"), ("v2", "on")]
+    assert [f"{ver}:{var.name}" for ver, var in suite.parse_plan(None, ["v1", "v2"], True, True)] == \
+        ["v1:off", "v2:off", "v1:off+graphs", "v2:off+graphs"]
+    with pytest.raises(ValueError, match="v1 or v2"):
+        suite.parse_plan("v3:on", ["v1"], False, False)
+
+
+def test_gpu_suite_graph_variant_runs_every_measurement_through_the_cpu_stand_in(monkeypatch):
+    """The suite's graphs path (its own runner for the call timings, ``cuda_graphs=True`` in the generations) on
+    tiny weights, with the strict recording stand-in of tests/test_cuda_graphs.py in place of the GPU's graphs."""
+    import argparse
+    import importlib
+
+    from echomimic_lib.models.unet import graphs
+    from echomimic_lib.pipeline import Sampler, sampler
+    from tests.test_cuda_graphs import StrictGraph
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    suite = importlib.import_module("gpu_suite")
+    runners = []
+
+    class StandIn(graphs.CudaGraphRunner):
+        def __init__(self, den):
+            super().__init__(den, graph_factory=StrictGraph)
+            runners.append(self)
+
+    for module in (graphs, sampler):
+        monkeypatch.setattr(module, "CudaGraphRunner", StandIn)
+    monkeypatch.setattr(Sampler, "_check_cuda_graphs", lambda self, device: None)
+    suite._register_cpu_sdpa()
+    args = argparse.Namespace(tiny=True, e2e_frames=12, frames=12, repeat=1, compile_backend="inductor")
+    st = suite.setup_version("v1", args, torch.device("cpu"), torch.float32)
+    res, emitted = {}, []
+    suite.measure(st, suite.parse_variant("off+graphs"), args, None, res, lambda: emitted.append(dict(res)))
+    assert "error" not in res and len(emitted) == 6  # one partial record per measurement
+    assert set(res["compile_s_per_shape"]) == {"single", "single_x4", "cfg"}
+    assert all(res[f"{k}_graph_max_abs_vs_eager"] < 1e-4 for k in ("single", "single_x4", "cfg")), res
+    assert res["graphs"] == {"captures": 3, "replays": 3 * (1 + 1 + 1), "failed": None}  # capture call + repeat + check
+    assert all(res[f"acc_e2e_wpb{w}"]["frames_per_s"] > 0 for w in (1, 4)) and res["short_generation"]["seconds"] > 0
+    # the suite's runner, then one per generation (two per acc clip: warm-up and timed; the short generation)
+    assert len(runners) == 1 + 4 + 1 and all(r.failed is None and r.captures == 1 for r in runners[1:])
+    assert runners[0]._recorded == {}  # released when the variant ended
 
 
 def test_gpu_weights_writes_a_folder_the_command_line_loads(tmp_path):
@@ -78,12 +158,7 @@ def test_the_command_line_places_each_network_for_its_stage_on_a_gpu_only(tmp_pa
 
 
 def test_vram_goals_set_each_measured_run_beside_its_computed_figure(monkeypatch, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_vram", ROOT / "bench" / "bench_vram.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_vram", monkeypatch)
     computed = json.loads((ROOT / "bench" / "vram_computed.json").read_text())["runs"]
 
     def measured(extra):  # a GPU that reads 10 % above the computation, except V2 low-VRAM at 30 %
@@ -99,3 +174,15 @@ def test_vram_goals_set_each_measured_run_beside_its_computed_figure(monkeypatch
     assert len(beside) == 7 and all(r["peak_gb"][1] == computed[r["goal"].split(": ", 1)[1]]["peak_gb"] for r in beside.values())
     assert [r["ok"] for r in beside.values()].count(False) == 1  # only the 30 % row is outside 15 %
     assert not beside["measured vs computed: V2 768 px fp16 low-VRAM"]["ok"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is the CPU stand-in of the GPU run")
+def test_gpu_check_runs_only_the_steps_asked_for(tmp_path):
+    """The GPU run is two device commands (one may last 10 minutes at most): GPU_STEPS picks each one's steps."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, GPU_STEPS="attention")
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == ["attention"] and steps[0]["rc"] == 0 and proc.returncode == 0, proc.stdout
+    assert sorted(p.name for p in out.glob("*.log")) == ["attention.log"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +17,6 @@ from echomimic_lib.models.unet import EchoUNet
 from echomimic_lib.pipeline.decode import decode_latents, plan_chunk
 from echomimic_lib.tiny import TINY_VAE_CONFIG, randomize_
 
-ROOT = Path(__file__).resolve().parents[1]
 TILE_MEAN_TOL = 0.1  # mean |tiled - whole| of a random tiny VAE's 128-px frame in [0, 1]
 FP8_REL_TOL = 0.25  # relative L2 error of one tiny-denoiser call with fp8 weights (measured 0.174; 3-bit mantissa)
 
@@ -252,12 +249,9 @@ def test_tracker_counts_live_storages_rounded_like_the_cuda_allocator_and_models
 
 
 def test_bench_vram_runs_on_cpu_and_prints_the_json_peaks(capsys, monkeypatch):
-    import importlib.util
+    from tests._bench import load_bench
 
-    spec = importlib.util.spec_from_file_location("bench_vram", ROOT / "bench" / "bench_vram.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_vram", monkeypatch)
     assert bench.main(["v2-halfbody", "--preset", "tiny", "--size", "64", "--frames", "12", "--lowvram", "--device", "fake",
                        "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
