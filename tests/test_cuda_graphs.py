@@ -180,6 +180,40 @@ def test_sampling_with_cuda_graphs_equals_the_default_path_in_one_shape(models, 
 
 
 
+
+def test_off_device_names_what_is_not_on_the_device():
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert sampler_mod.off_device(m, "cpu") == []
+    m[1].to("meta")  # a layer the model manager left elsewhere (its weight and its buffers)
+    assert sampler_mod.off_device(m, "cpu") == ["1.weight", "1.bias", "1.running_mean", "1.running_var",
+                                                "1.num_batches_tracked"]
+    assert sampler_mod.off_device(m, "cuda") == ["0.weight", "0.bias"] + sampler_mod.off_device(m, "cpu")
+
+
+def test_a_denoiser_loaded_in_part_runs_without_graphs_and_says_why(models, monkeypatch, caplog):
+    """A model manager short of VRAM loads part of the denoiser (ComfyUI casts the rest in per layer): recording
+    would replay copies from fixed host addresses, so the run goes on without graphs, with the same result."""
+    made = []
+    monkeypatch.setattr(sampler_mod, "CudaGraphRunner", lambda den: made.append(den))
+    monkeypatch.setattr(Sampler, "_check_cuda_graphs", lambda self, device: None)
+    seen = []
+
+    def partly(module, device):
+        seen.append(module)
+        return ["down_blocks.0.resnets.0.conv1.weight"]
+
+    monkeypatch.setattr(sampler_mod, "off_device", partly)
+    kw = dict(width=64, height=64, steps=2, num_frames=12)
+    base = Sampler(models)(REF, _audio(12), MASK, settings_for("v1-audio", "normal", **kw), decode=False)
+    assert seen == []  # not looked at without cuda_graphs
+    with caplog.at_level(logging.WARNING):
+        got = Sampler(models)(REF, _audio(12), MASK, settings_for("v1-audio", "normal", cuda_graphs=True, **kw),
+                              decode=False)
+    assert seen == [models.denoiser] and made == []
+    assert any("cuda_graphs is off for this generation" in r.message and "conv1.weight" in r.message
+               for r in caplog.records)
+    torch.testing.assert_close(got.latents, base.latents, atol=0, rtol=0)
+
 @torch.no_grad()
 def test_compiled_regions_record_and_replay_like_eager(models):
     """compile + CUDA graphs, the GPU speed setting: compiled blocks (aot_eager: traced, no code generated) under

@@ -181,6 +181,19 @@ class Sampler:
             raise EchoMimicError("cuda_graphs cannot record a denoiser that is streamed block by block (low-VRAM mode): "
                                  "switch off either cuda_graphs or low_vram.")
 
+    def _graphs_usable(self, den, device) -> bool:
+        """Whether the loaded denoiser can be recorded: every weight and buffer on ``device``. A model manager
+        may load it only in part when VRAM is short (ComfyUI casts the rest to the GPU layer by layer, from
+        host memory); a recording would replay those copies from fixed host addresses, so the generation runs
+        without graphs instead (same result), and says why."""
+        away = off_device(den, device)
+        if away:
+            log.warning("cuda_graphs is off for this generation: %d of the denoiser's weights and buffers are not on "
+                        "%s (e.g. %s): the GPU holds only part of the denoiser, the rest is copied in per layer. It runs "
+                        "without graphs (same result). To get them back, free VRAM: fp8, a smaller size, or unload "
+                        "other models.", len(away), device, away[0])
+        return not away
+
     def _predict(self, call, group, n, latents, chunks, sched, t, kv, cfg, mask_feat, condition, h, w):
         """One denoiser call for the windows ``group`` -> (their runs of frames, the predictions of the first
         ``n`` windows: (2 or 1, 4, c, h, w) views, uncond first with CFG)."""
@@ -247,7 +260,8 @@ class Sampler:
         ref_latents = self.encode_reference(reference_image, h, w)
         if trace:
             trace("ref_latents", ref_latents)
-        kv = self.reference_kv(ref_latents)
+        kv = self.reference_kv(ref_latents)  # (the denoiser is loaded from here on)
+        graphs = s.cuda_graphs and self._graphs_usable(den, device)
         cfg = s.cfg > 1.0
         mask_feat = self._cond_features(condition, None, h, w) if isinstance(condition, MaskCondition) else None
 
@@ -261,7 +275,7 @@ class Sampler:
         # device once: nothing in the loop below reads from the device (see tests/test_host_sync.py)
         chunks = audio.chunks(0, f, s.fps, device=device, dtype=dtype)
         done, calls = 0, 0
-        with CudaGraphRunner(den) if s.cuda_graphs else contextlib.nullcontext(den) as call:  # graphs: released here
+        with CudaGraphRunner(den) if graphs else contextlib.nullcontext(den) as call:  # graphs: released here
             for i, t in enumerate(timesteps):
                 windows = shift_windows(windows0, i, s.window_shift, f)
                 acc = torch.zeros((2 if cfg else 1, *latents.shape[1:]), device=device, dtype=torch.float32)
@@ -293,6 +307,18 @@ class Sampler:
         del kv, chunks
         frames = self.decode(latents, s.decode_batch, frame_sink) if decode else None
         return SampleResult(frames, latents, s.fps, f, calls)
+
+
+def off_device(module: torch.nn.Module, device) -> list[str]:
+    """Names of ``module``'s parameters and buffers that are not on ``device`` (an index-less device matches any
+    index of its type)."""
+    device = torch.device(device)
+
+    def away(t: torch.Tensor) -> bool:
+        return t.device.type != device.type or (device.index is not None and t.device.index != device.index)
+
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    return [name for name, t in named if away(t)]
 
 
 def _take(t: torch.Tensor, runs: list[tuple[int, int]], dim: int) -> torch.Tensor:
