@@ -28,7 +28,8 @@ Per version (V1 512 px face locator, V2 768 px pose encoder, official-size rando
   GPU's dense fp16/bf16 peak (a table by device name, or ``--peak-tflops``);
 - first-call overhead per batch shape (``compile_s_per_shape``: first call minus a steady one, plus the capture
   call's excess with graphs), its maximum (``compile_s_max_per_shape``: one generation uses one shape) and total;
-- VAE decode per frame (8 frames per call), reference pass + encode (once per video); seconds per video frame for
+- VAE decode per frame (8 frames per call; without ``vae`` / ``vae-cl`` also with the VAE channels-last beside it,
+  ``vae_decode_cl_s_per_frame``), reference pass + encode (once per video); seconds per video frame for
   a ``--frames`` long video from the call times and the sampler's own windows (12 frames, overlap 3);
 - V1 only: the acc clip end to end through the sampler (``--e2e-frames`` at 25 fps, 6 steps, no CFG) at 1 and 4
   windows per call, each after a short warm-up generation of the same shapes; then a short normal generation
@@ -307,6 +308,17 @@ def e2e(st: dict, wpb: int, var: Variant, args) -> dict:
     return out
 
 
+def decode_channels_last(st: dict, args) -> float:
+    """Seconds per frame of the VAE decode (8 frames per call) with the VAE channels-last, then put back."""
+    vae = st["models"].vae
+    vae.to(memory_format=torch.channels_last)
+    try:
+        dec = timed(lambda: vae.decode(st["z"]), st["device"], 1 + max(1, args.repeat // 2))
+    finally:
+        vae.to(memory_format=torch.contiguous_format)
+    return round(statistics.median(dec[1:]) / 8, 4)
+
+
 def summarize(st: dict, res: dict, args) -> None:
     """Derived figures from what is measured so far: seconds per video frame, compile time per shape."""
     per = res.get("vae_decode_s_per_frame", 0.0) + res.get("once_s", 0.0) / args.frames
@@ -340,6 +352,8 @@ def measure(st: dict, var: Variant, args, peak, res: dict, emit) -> None:
         res["vae_decode_s_per_frame"] = round(statistics.median(dec[1:]) / 8, 4)
         if var.vae:
             res["vae_compile_s"] = round(max(0.0, dec[0] - statistics.median(dec[1:])), 2)
+        elif not var.vae_cl:  # the decode side by side with the VAE channels-last (a few seconds of the budget)
+            res["vae_decode_cl_s_per_frame"] = decode_channels_last(st, args)
         res["once_s"] = round(timed(lambda: (models.reference.forward_reference(st["ref_lat"]), models.vae.encode(st["img"])), device, 2)[1], 4)
         steps = [("single", lambda: time_call(st, "single", runner, args, peak, res))]
         if st["e2e"]:  # the acc goal: a 10-second clip at 25 fps, 1 and 4 context windows per denoiser call

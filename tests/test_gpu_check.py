@@ -40,6 +40,7 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
         assert all(res[f"acc_e2e_wpb{w}"]["frames_per_s"] > 0 for w in (1, 4)) and "error" not in res, res
         assert set(res["compile_s_per_shape"]) == {"single", "single_x4", "cfg"}
         assert res["compile_s_max_per_shape"] == max(res["compile_s_per_shape"].values())
+        assert res["vae_decode_s_per_frame"] > 0 and res["vae_decode_cl_s_per_frame"] > 0  # NCHW and channels-last
     assert suite["v1"]["compile_off+graphs"] == "skipped (needs CUDA: CUDA graphs)"
     lines = (out / "suite.log").read_text().splitlines()
     partial = [json.loads(line)["partial"]["v1"] for line in lines if line.startswith('{"partial"')]
