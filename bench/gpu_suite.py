@@ -190,9 +190,8 @@ def short_generation(models, version: str, size: int, device, frames: int = 24, 
         cond = MaskCondition(np.pad(np.ones((size // 2, size // 2), np.float32), size // 4))
     else:
         cond = FrameCondition(frames, lambda idx: np.random.default_rng(len(idx)).integers(0, 255, (len(idx), size, size, 3), dtype=np.uint8))
-    extra = {"cuda_graphs": True} if cuda_graphs else {}  # (a SampleSettings field since the graph runner)
     s = settings_for(VERSIONS[version]["mode"], variant, width=size, height=size, steps=steps, num_frames=frames, fps=fps,
-                     windows_per_batch=windows_per_batch, **extra)
+                     windows_per_batch=windows_per_batch, cuda_graphs=cuda_graphs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
@@ -308,15 +307,20 @@ def e2e(st: dict, wpb: int, var: Variant, args) -> dict:
     return out
 
 
+def decode_times(st: dict, args) -> tuple[float, float]:
+    """The VAE decode of 8 frames: (first call, steady call) in seconds."""
+    dec = timed(lambda: st["models"].vae.decode(st["z"]), st["device"], 1 + max(1, args.repeat // 2))
+    return dec[0], statistics.median(dec[1:])
+
+
 def decode_channels_last(st: dict, args) -> float:
     """Seconds per frame of the VAE decode (8 frames per call) with the VAE channels-last, then put back."""
     vae = st["models"].vae
     vae.to(memory_format=torch.channels_last)
     try:
-        dec = timed(lambda: vae.decode(st["z"]), st["device"], 1 + max(1, args.repeat // 2))
+        return round(decode_times(st, args)[1] / 8, 4)
     finally:
         vae.to(memory_format=torch.contiguous_format)
-    return round(statistics.median(dec[1:]) / 8, 4)
 
 
 def summarize(st: dict, res: dict, args) -> None:
@@ -348,10 +352,10 @@ def measure(st: dict, var: Variant, args, peak, res: dict, emit) -> None:
             from echomimic_lib.models.unet.graphs import CudaGraphRunner
 
             runner = stack.enter_context(CudaGraphRunner(den))
-        dec = timed(lambda: models.vae.decode(st["z"]), device, 1 + max(1, args.repeat // 2))
-        res["vae_decode_s_per_frame"] = round(statistics.median(dec[1:]) / 8, 4)
+        first, steady = decode_times(st, args)
+        res["vae_decode_s_per_frame"] = round(steady / 8, 4)
         if var.vae:
-            res["vae_compile_s"] = round(max(0.0, dec[0] - statistics.median(dec[1:])), 2)
+            res["vae_compile_s"] = round(max(0.0, first - steady), 2)
         elif not var.vae_cl:  # the decode side by side with the VAE channels-last (a few seconds of the budget)
             res["vae_decode_cl_s_per_frame"] = decode_channels_last(st, args)
         res["once_s"] = round(timed(lambda: (models.reference.forward_reference(st["ref_lat"]), models.vae.encode(st["img"])), device, 2)[1], 4)

@@ -52,16 +52,8 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     assert "Traceback" not in anim
 
 
-def _bench_module(name: str):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-
-
-def test_gpu_suite_variants_are_a_base_and_modifiers_checked_before_any_work():
-    suite = _bench_module("gpu_suite")
+def test_gpu_suite_variants_are_a_base_and_modifiers_checked_before_any_work(monkeypatch):
+    suite = load_bench("gpu_suite", monkeypatch)
     v = suite.parse_variant("on+graphs+cl+cudnn")
     assert (v.compile, v.graphs, v.channels_last, v.cudnn, v.vae, v.region_graphs) == (True, True, True, True, False, False)
     assert v.needs_cuda and not suite.parse_variant("off+cl+vae").needs_cuda
@@ -86,14 +78,12 @@ def test_gpu_suite_graph_variant_runs_every_measurement_through_the_cpu_stand_in
     """The suite's graphs path (its own runner for the call timings, ``cuda_graphs=True`` in the generations) on
     tiny weights, with the strict recording stand-in of tests/test_cuda_graphs.py in place of the GPU's graphs."""
     import argparse
-    import importlib
 
     from echomimic_lib.models.unet import graphs
     from echomimic_lib.pipeline import Sampler, sampler
     from tests.test_cuda_graphs import StrictGraph
 
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    suite = importlib.import_module("gpu_suite")
+    suite = load_bench("gpu_suite", monkeypatch)
     runners = []
 
     class StandIn(graphs.CudaGraphRunner):
