@@ -51,7 +51,7 @@ POSE=${GPU_POSE:-$(pick .gpu_carry/pose.npz ../shared/data/pose/01)}
 } >>"$OUTDIR/env.txt" 2>&1
 
 if [[ $DRY == 1 ]]; then
-    SUITE=(--device cpu --tiny --repeat 1 --frames 12 --e2e-frames 12 --plan "v1:off,v1:off+graphs,v1:off+cl+cudnn")
+    SUITE=(--device cpu --tiny --repeat 1 --frames 12 --e2e-frames 12 --plan "v1:off+prof,v1:off+graphs,v1:off+cl+cudnn")
     ATTENTION=(--device cpu --tiny --repeat 1); ANIM_V1_ARGS=""
     VRAM=(--goals --preset tiny --device fake --report-only); WEIGHTS_ARGS="--tiny --device cpu"
     ANIM_ARGS="--device cpu --dtype fp32 --width 64 --height 64 --steps 1 --length 4"
@@ -61,8 +61,9 @@ else
     # one 250-frame acc clip ~14-16 s. Expected: v1:on+graphs (shapes single and single_x4 cold, cfg warm from the
     # tests) with the acc clip at 1 and 4 windows per call by ~170 s; then v2:on+graphs (its single shape and acc
     # figures, cut at the limit), v1:off+graphs+cl+cudnn (no compile: channels-last strides would compile anew) and
-    # v1:off+graphs need a second suite run (GPU_SUITE_PLAN) when the lease allows.
-    SUITE=(--budget-s $((LIM_SUITE - 20)) --plan "${GPU_SUITE_PLAN:-v1:on+graphs,v2:on+graphs,v1:off+graphs+cl+cudnn,v1:off+graphs}")
+    # v1:off+graphs need a second suite run (GPU_SUITE_PLAN) when the lease allows. "prof" adds the kernel share of
+    # each call shape, replayed and eager (a few seconds): how busy the GPU is and with what.
+    SUITE=(--budget-s $((LIM_SUITE - 20)) --plan "${GPU_SUITE_PLAN:-v1:on+graphs+prof,v2:on+graphs+prof,v1:off+graphs+cl+cudnn,v1:off+graphs}")
     VRAM=(--goals --device cuda --json --computed bench/vram_computed.json); WEIGHTS_ARGS=""
     ANIM_ARGS="--device cuda --dtype fp16 --length 48"
     ATTENTION=(); ANIM_V1_ARGS="--cuda-graphs"

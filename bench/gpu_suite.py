@@ -17,6 +17,10 @@ separated; default: every version ``off``, then ``on``, plus ``off+graphs`` / ``
   channels-last; ``attn-flash`` / ``attn-cudnn`` / ``attn-efficient``: the denoiser's attention backend
   ``sdpa-flash`` / ``sdpa-cudnn`` / ``sdpa-efficient`` (that SDPA kernel first; ``bench/gpu_attention.py`` times
   the kernels alone);
+- ``prof``: as the variant's last step, ``torch.profiler`` over two calls of each shape (``bench/_kernel_share.py``):
+  the GPU's kernel time per call beside the wall time, kernels per call, the share of GEMM / convolution / attention
+  / norm / fused / copies, the heaviest kernels (``<shape>_profile``; with ``graphs`` also the eager call,
+  ``<shape>_profile_eager``: its wall minus busy time is what the graphs remove);
 - ``region-graphs`` (alias ``cuda-graphs``, with ``on`` only): compile mode "reduce-overhead" per region. Known to
   fail (H200, 2026-12-04): "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run":
   blocks of one kind share one graph and the UNet's skip connections still hold an earlier replay's output.
@@ -52,6 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from _kernel_share import kernel_share
 from _models import build, random_
 from bench_pipeline import _register_cpu_sdpa
 
@@ -60,7 +65,7 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "GH200": 989.0, "B20
 VERSIONS = {"v1": dict(size=512, cond=1, mode="v1-audio"), "v2": dict(size=768, cond=3, mode="v2-halfbody")}
 MODES = {"normal": dict(steps=30, cfg=2.5), "acc": dict(steps=6, cfg=1.0)}
 ATTENTION_MODS = {"attn-flash": "sdpa-flash", "attn-cudnn": "sdpa-cudnn", "attn-efficient": "sdpa-efficient"}
-MODIFIERS = ("graphs", "region-graphs", "cl", "cudnn", "vae", "vae-cl", *ATTENTION_MODS)
+MODIFIERS = ("graphs", "region-graphs", "cl", "cudnn", "vae", "vae-cl", "prof", *ATTENTION_MODS)
 ALIASES = {"cuda-graphs": "region-graphs"}
 
 
@@ -75,6 +80,7 @@ class Variant:
     vae: bool = False
     vae_cl: bool = False
     attention: str | None = None  # an attention backend of the denoiser (echomimic_lib.models.unet.attention)
+    profile: bool = False
 
     @property
     def needs_cuda(self) -> bool:
@@ -95,7 +101,7 @@ def parse_variant(text: str) -> Variant:
     if len(attention) > 1:
         raise ValueError(f"variant {text!r}: one attention kernel at a time ({', '.join(ATTENTION_MODS)})")
     return Variant(text.strip(), base == "on", "graphs" in mods, "region-graphs" in mods, "cl" in mods, "cudnn" in mods,
-                   "vae" in mods, "vae-cl" in mods, attention[0] if attention else None)
+                   "vae" in mods, "vae-cl" in mods, attention[0] if attention else None, "prof" in mods)
 
 
 def parse_plan(text: str | None, versions: list[str], no_compile: bool, cuda_graphs: bool) -> list[tuple[str, Variant]]:
@@ -294,6 +300,18 @@ def time_call(st: dict, key: str, runner, args, peak, res: dict) -> None:
         res["graphs"] = dict(captures=runner.captures, replays=runner.replays, failed=runner.failed)  # failed: eager times
 
 
+def profile_calls(st: dict, runner, res: dict) -> None:
+    """The kernel share of every call shape timed so far (replayed, and eager beside it with graphs). The variant's
+    last step: no graph is captured after the profiler has run, and a profiler that fails loses nothing else."""
+    den = st["models"].denoiser
+    for key in [k for k in st["inputs"] if f"{k}_call_s" in res]:
+        for name, fn in [("profile", runner or den)] + ([("profile_eager", den)] if runner is not None else []):
+            try:
+                res[f"{key}_{name}"] = kernel_share(lambda fn=fn: call(st, key, fn), st["device"])
+            except Exception as exc:  # noqa: BLE001 - reported in the figures
+                res[f"{key}_{name}"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
 def e2e(st: dict, wpb: int, var: Variant, args) -> dict:
     """The V1 acc clip end to end at ``wpb`` windows per call, after a warm-up generation with the same call
     and decode shapes (a warm-up that compiles reports it in ``warm_s``): more than ``wpb`` full 12-frame windows
@@ -367,6 +385,8 @@ def measure(st: dict, var: Variant, args, peak, res: dict, emit) -> None:
         steps += [("cfg", lambda: time_call(st, "cfg", runner, args, peak, res)),
                   ("short_generation", lambda: res.__setitem__("short_generation", short_generation(
                       models, st["version"], st["size"], device, cuda_graphs=var.graphs)))]
+        if var.profile:
+            steps.append(("profile", lambda: profile_calls(st, runner, res)))
         for name, run in steps:
             log(f"  {st['version']} {var.name}: {name} ...")
             run()

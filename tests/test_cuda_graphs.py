@@ -99,26 +99,40 @@ def test_the_stand_in_fails_when_a_python_number_would_be_baked_in():
         g.replay()
 
 
+_STEPS = [999, 801, 801, 601, 401, 201]
+_PLANS = {  # (batch kind, step index) per call
+    "interleaved": [(kind, i) for i in range(6) for kind in ("cfg", "single")],
+    # one window recorded and replayed, then two windows per call (more rows join the reference keys/values), then
+    # one window again
+    "one-then-two-windows": [("single", i) for i in range(3)] + [("pair", i) for i in range(6)] +
+                            [("single", i) for i in range(3, 6)],
+}
+
+
 @torch.no_grad()
-def test_replays_equal_direct_calls_for_changing_inputs_and_timesteps(models):
+@pytest.mark.parametrize("plan", list(_PLANS))
+def test_replays_equal_direct_calls_for_changing_inputs_and_timesteps(models, plan):
+    """Recording a larger batch after a smaller one must not move memory an earlier graph reads (on the CPU the
+    reference's key/value join buffers grow with the rows that attend to the reference)."""
     den = models.denoiser
     den.fuse_projections()
     g = torch.Generator().manual_seed(0)
     kv = den.prepare_reference(models.reference.forward_reference(torch.randn(1, 4, 8, 8, generator=g))[0])
     runner = CudaGraphRunner(den, graph_factory=StrictGraph)
-    for i, t in enumerate([999, 801, 801, 601, 401, 201]):
+    for kind, i in _PLANS[plan]:
         x, audio, cond = _inputs(models, i)
-        for cfg in (True, False):
-            if cfg:
-                args = (torch.cat([x, x]), t)
-                kw = dict(audio=audio, cond=cond, reference=kv, uncond_rows=1)
-            else:
-                args, kw = (x, t), dict(audio=audio, cond=cond, reference=kv)
-            got = runner(*args, **kw)
-            want = den(*args, **kw)
-            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-            got.add_(1.0)  # the result is the caller's: the next replay does not see this
-    assert runner.captures == 2 and runner.replays == 2 * (6 - 1) and runner.failed is None
+        if kind == "cfg":
+            args, kw = (torch.cat([x, x]), _STEPS[i]), dict(audio=audio, cond=cond, reference=kv, uncond_rows=1)
+        elif kind == "pair":
+            args = (torch.cat([x, x.flip(2)]), _STEPS[i])
+            kw = dict(audio=torch.cat([audio, audio.flip(1)]), cond=cond.expand(2, -1, -1, -1, -1), reference=kv)
+        else:
+            args, kw = (x, _STEPS[i]), dict(audio=audio, cond=cond, reference=kv)
+        got = runner(*args, **kw)
+        want = den(*args, **kw)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        got.add_(1.0)  # the result is the caller's: the next replay does not see this
+    assert runner.captures == 2 and runner.replays == len(_PLANS[plan]) - 2 and runner.failed is None
     runner.release()
     assert runner._recorded == {} and runner._held == []
 

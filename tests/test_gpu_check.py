@@ -33,18 +33,22 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     assert "skipped" in logs["tests.log"] and "failed" not in logs["tests.log"]  # CUDA tests skip cleanly here
     attention = json.loads((out / "attention.log").read_text().strip().splitlines()[-1])
     assert all(c["attention_ms_per_call"]["sdpa"] > 0 for c in attention["cases"].values())
-    suite = json.loads(logs["suite.log"].strip().splitlines()[-1])
-    assert suite["plan"] == ["v1:off", "v1:off+graphs", "v1:off+cl+cudnn"]
-    for variant in ("off", "off+cl+cudnn"):
+    # the result line (the profiler's own log lines, on stderr, may come after it)
+    lines = (out / "suite.log").read_text().splitlines()
+    suite = json.loads(next(line for line in reversed(lines) if line.startswith('{"device"')))
+    assert suite["plan"] == ["v1:off+prof", "v1:off+graphs", "v1:off+cl+cudnn"]
+    for variant in ("off+prof", "off+cl+cudnn"):
         res = suite["v1"][f"compile_{variant}"]
         assert all(res[f"acc_e2e_wpb{w}"]["frames_per_s"] > 0 for w in (1, 4)) and "error" not in res, res
         assert set(res["compile_s_per_shape"]) == {"single", "single_x4", "cfg"}
         assert res["compile_s_max_per_shape"] == max(res["compile_s_per_shape"].values())
         assert res["vae_decode_s_per_frame"] > 0 and res["vae_decode_cl_s_per_frame"] > 0  # NCHW and channels-last
+    for shape in ("single", "single_x4", "cfg"):  # the kernel share of each call shape (CPU operators here)
+        prof = suite["v1"]["compile_off+prof"][f"{shape}_profile"]
+        assert 0 < prof["busy_s_per_call"] <= prof["wall_s_per_call"] and abs(sum(prof["share"].values()) - 1) < 0.01
     assert suite["v1"]["compile_off+graphs"] == "skipped (needs CUDA: CUDA graphs)"
-    lines = (out / "suite.log").read_text().splitlines()
     partial = [json.loads(line)["partial"]["v1"] for line in lines if line.startswith('{"partial"')]
-    assert {k for p in partial for k in p} == {"setup", "compile_off", "compile_off+cl+cudnn"}  # figures as they come
+    assert {k for p in partial for k in p} == {"setup", "compile_off+prof", "compile_off+cl+cudnn"}  # figures as they come
     vram = json.loads(logs["vram.log"].strip().splitlines()[-1])
     assert len(vram["goals"]) == 5 and all(isinstance(r["peak_gb"], (float, list)) for r in vram["goals"])
     anim = logs["animate.log"]
@@ -98,8 +102,10 @@ def test_gpu_suite_graph_variant_runs_every_measurement_through_the_cpu_stand_in
     args = argparse.Namespace(tiny=True, e2e_frames=12, frames=12, repeat=1, compile_backend="inductor")
     st = suite.setup_version("v1", args, torch.device("cpu"), torch.float32)
     res, emitted = {}, []
-    suite.measure(st, suite.parse_variant("off+graphs"), args, None, res, lambda: emitted.append(dict(res)))
-    assert "error" not in res and len(emitted) == 6  # one partial record per measurement
+    suite.measure(st, suite.parse_variant("off+graphs+prof"), args, None, res, lambda: emitted.append(dict(res)))
+    assert "error" not in res and len(emitted) == 7  # one partial record per measurement, the profile last
+    for shape in ("single", "single_x4", "cfg"):  # replayed (no CUDA timeline here: operators) and eager
+        assert [p for p in ("profile", "profile_eager") if "error" in res[f"{shape}_{p}"]] == [], res[f"{shape}_profile"]
     assert set(res["compile_s_per_shape"]) == {"single", "single_x4", "cfg"}
     assert all(res[f"{k}_graph_max_abs_vs_eager"] < 1e-4 for k in ("single", "single_x4", "cfg")), res
     assert res["graphs"] == {"captures": 3, "replays": 3 * (1 + 1 + 1), "failed": None}  # capture call + repeat + check
@@ -177,3 +183,24 @@ def test_gpu_check_runs_only_the_steps_asked_for(tmp_path):
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == ["attention"] and steps[0]["rc"] == 0 and proc.returncode == 0, proc.stdout
     assert sorted(p.name for p in out.glob("*.log")) == ["attention.log"]
+
+
+def test_kernel_share_sorts_real_kernel_names_into_kinds_and_counts_overlaps_once(monkeypatch):
+    ks = load_bench("_kernel_share", monkeypatch)
+    names = {  # kernel names as CUDA profiles of SD-style UNets on Hopper print them
+        "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "conv",
+        "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1": "gemm",
+        "nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NTN": "gemm",
+        "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4>>": "attention",
+        "fmha_cutlassF_f16_aligned_64x64_rf_sm80": "attention",
+        "cudnn_generated_fort_native_sdpa_sm90_knob_7_64x64x64_4x1x1_kernel0_0": "attention",
+        "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<c10::Half, float>": "norm",
+        "triton_per_fused_add_native_group_norm_silu_0": "norm",
+        "triton_poi_fused_add_mul_3": "fused (triton)",
+        "void at::native::elementwise_kernel<128, 2, at::native::direct_copy_kernel_cuda>": "copy",
+        "Memcpy DtoD (Device -> Device)": "copy",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel>": "pointwise / other",
+        "aten::addmm": "gemm", "aten::mkldnn_convolution": "conv", "aten::add": "pointwise / other",
+    }
+    assert {n: ks.kind_of(n) for n in names} == names
+    assert ks._union_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17  # two streams at once: counted once

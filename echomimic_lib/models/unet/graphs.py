@@ -13,7 +13,8 @@ For each input layout (shapes, dtypes, ``uncond_rows``, the reference keys/value
    graph's output buffer, so it stays valid whatever runs next.
 
 The timestep goes in through a device buffer (a Python number would be baked into the graph). The
-reference keys/values are read in place: the runner lives for one generation and holds them. All graphs of
+reference keys/values are read in place: the runner lives for one generation and holds them (their join
+buffers, which grow with the batch, are switched off: a recorded call joins per call). All graphs of
 a runner share one memory pool, freed by :meth:`CudaGraphRunner.release`. The forward itself never reads
 the device back on the host (``tests/test_host_sync.py``), which recording requires. When recording fails
 the runner logs why once and goes on eagerly: same result, no speed-up.
@@ -131,6 +132,11 @@ class CudaGraphRunner:
 
     def _record(self, key, sample, timestep, audio, cond, reference, uncond_rows) -> _Recorded | None:
         den = self.denoiser
+        if getattr(reference, "join_budget", 0) > 0:
+            # join buffers (ReferenceKV) are made anew when more rows come, which would free memory an earlier
+            # graph reads: a recorded call joins the keys/values itself, in the graphs' pool
+            reference.join_budget = 0
+            reference.release()
         rec = _Recorded(None, sample.clone(), _step_buffer(timestep, sample.device),
                         None if audio is None else audio.clone(), None if cond is None else cond.clone())
         try:
