@@ -30,7 +30,7 @@ from .config import SD15_UNET_CONFIG, EchoConfig
 from .errors import MissingWeightsError, WeightsError
 from .models.unet import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS, WeightSet
-from .io.hub import STAGING, HubFile, fetch
+from .io.hub import HubFile, fetch
 from .io.weights import load_strict, read_state_dict
 from .models.wan.sources import V3_FOLDER, missing_parts, resolved_files
 
@@ -321,7 +321,7 @@ def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need
             raise
         first = err
     files = [f for detail in getattr(first, "details", []) for f in _downloads(root, weights, detail)]
-    fetch(files, root / STAGING, str(first), force=force)
+    fetch(files, root, str(first), force=force)
     return resolve_files(root, weights, variant, **kw)
 
 
@@ -367,5 +367,5 @@ def ensure_v3(folder: str | Path, download: bool = True, force: bool = False) ->
                      for m in missing_parts(folder, every=force) for n in m.files if folder / m.source.folder / n not in done]
             if not files:
                 raise
-            done.update(fetch(files, folder / STAGING, str(err), force=force))
+            done.update(fetch(files, folder, str(err), force=force))
     return resolve_v3(folder)

@@ -4,7 +4,8 @@
 - Nothing half-written ever carries a final name: ``huggingface_hub`` downloads into ``<staging>/<repo>/.cache/
   ....incomplete`` and renames the finished file to ``<staging>/<repo>/<path>``; only then is it moved to its own
   name (:func:`~.file_safety.publish`: one rename on the same file system, the umask's permissions). The
-  staging folder goes away afterwards, also after a failure (with it any partial download).
+  staging folder is the call's own (batch workers may fetch at the same time) and goes away afterwards, also
+  after a failure (with it any partial download).
 - A failed download raises :class:`MissingWeightsError` naming the repository, the file and the ways out.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from .file_safety import publish
 
 log = logging.getLogger(__name__)
 
-STAGING = ".echomimic-download"  # ours alone, inside the models folder: the same file system as the final files
+STAGING = ".echomimic-download-"  # + a unique suffix per call, inside the models folder: the final files' file system
 FIX_HINT = ("If this machine cannot reach huggingface.co: set HF_ENDPOINT to a Hugging Face mirror and run again, or "
             "download the files elsewhere and copy them into the layout above (--offline lists what is missing).")
 
@@ -59,9 +61,10 @@ def _move(src: Path, dest: Path) -> None:
         src.unlink(missing_ok=True)
 
 
-def fetch(files: list[HubFile], staging: Path, context: str, force: bool = False) -> list[Path]:
-    """Download each of ``files`` whose destination is missing (every one with ``force``). ``context`` starts the
-    error message of a failure (the list of what is missing and where it was looked for)."""
+def fetch(files: list[HubFile], root: Path, context: str, force: bool = False) -> list[Path]:
+    """Download each of ``files`` whose destination is missing (every one with ``force``), staged in a folder of its
+    own under ``root``. ``context`` starts the error message of a failure (the list of what is missing and where it
+    was looked for)."""
     todo = [f for f in files if force or not f.dest.exists()]
     for f in files:
         if f not in todo:
@@ -73,7 +76,8 @@ def fetch(files: list[HubFile], staging: Path, context: str, force: bool = False
     except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
         raise MissingWeightsError(f"{context}\n(huggingface_hub is not installed: pip install huggingface_hub)",
                                   [str(f.dest) for f in todo]) from exc
-    done = []
+    root.mkdir(parents=True, exist_ok=True)
+    staging, done = Path(tempfile.mkdtemp(prefix=STAGING, dir=root)), []
     try:
         for i, f in enumerate(todo, 1):
             log.info("downloading %d/%d: %s/%s%s -> %s", i, len(todo), f.repo, f.remote, f" ({f.about})" if f.about else "", f.dest)
