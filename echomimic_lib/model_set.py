@@ -11,6 +11,8 @@ Folder layout (``root`` is e.g. ComfyUI's ``models/echomimic`` or the CLI cache)
     root/sd-vae-ft-mse/                                         (stabilityai/sd-vae-ft-mse)
     root/audio_processor/whisper_tiny.pt                        (whisper tiny)
     root/unet/config.json, root/inference_config.json           (optional; SD1.5 defaults built in)
+    root/v3-flash/                                              EchoMimicV3 flash-pro (:func:`ensure_v3`,
+                                                                sources in models/wan/sources.py)
 
 Each weight may be ``.safetensors`` or ``.pth``. Files are also found directly in ``root`` (a flat
 folder), and the shared parts (VAE, whisper, configs) in ``root``'s parent.
@@ -28,7 +30,9 @@ from .config import SD15_UNET_CONFIG, EchoConfig
 from .errors import MissingWeightsError, WeightsError
 from .models.unet import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS, WeightSet
+from .io.hub import HubFile, fetch
 from .io.weights import load_strict, read_state_dict
+from .models.wan.sources import V3_FOLDER, missing_parts, resolved_files
 
 log = logging.getLogger(__name__)
 
@@ -285,27 +289,30 @@ def load_models(
 
 
 # ---------------------------------------------------------------------------------------------- fetching
-def _downloads(root: Path, weights: str, detail: dict) -> list[tuple[str, str, Path]]:
-    """(repo, remote filename, local_dir) for one missing component."""
+def _downloads(root: Path, weights: str, detail: dict) -> list[HubFile]:
+    """The files of one missing component, each with its final place."""
     comp = detail["component"]
     if comp == "vae":
         repo, files = HF_SOURCES["vae"]
-        return [(repo, f, root / "sd-vae-ft-mse") for f in files]
+        return [HubFile(repo, f, root / "sd-vae-ft-mse" / f) for f in files]
     if comp == "whisper":
         repo, files = HF_SOURCES["whisper"]
-        return [(repo, f, root) for f in files]
+        return [HubFile(repo, f, root / f) for f in files]
     ws = WEIGHT_SETS[weights]
-    return [(ws.hf_repo, detail["name"], root / ws.folder)]
+    return [HubFile(ws.hf_repo, detail["name"], root / ws.folder / detail["name"])]
 
 
 def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need=None, download: bool = True,
                    force: bool = False) -> dict:
-    """Resolve the files of a model set; download the missing ones when ``download`` is true.
+    """Resolve the files of a model set (``v1_audio``, ``v1_pose``, ``v2``, or ``v3-flash``: the EchoMimicV3
+    flash-pro set in ``root/v3-flash``, see :func:`ensure_v3`); download the missing ones when ``download`` is true.
 
     A file that is already there is never replaced (a component found incomplete only gets its missing
     files), unless ``force``. On failure the error lists every missing file, where it was looked for, and
     where to get it."""
     root = Path(root)
+    if weights == V3_FOLDER:
+        return ensure_v3(root / V3_FOLDER, download=download, force=force)
     kw = {} if need is None else {"need": need}
     try:
         return resolve_files(root, weights, variant, **kw)
@@ -313,23 +320,52 @@ def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need
         if not download:
             raise
         first = err
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
-        raise MissingWeightsError(f"{first}\n(huggingface_hub is not installed: pip install huggingface_hub)", first.missing) from exc
-    for detail in getattr(first, "details", []):
-        for repo, filename, local_dir in _downloads(root, weights, detail):
-            if (local_dir / filename).exists() and not force:
-                log.info("keeping %s (already there; --force replaces it)", local_dir / filename)
-                continue
-            log.info("downloading %s/%s -> %s", repo, filename, local_dir)
-            try:
-                local_dir.mkdir(parents=True, exist_ok=True)
-                hf_hub_download(repo_id=repo, filename=filename, local_dir=str(local_dir))
-            except Exception as exc:
-                raise MissingWeightsError(
-                    f"{first}\nDownloading {repo}/{filename} failed: {type(exc).__name__}: {exc}\n"
-                    "If this machine is offline, copy the files into the layout above and point --models at it.",
-                    first.missing,
-                ) from exc
+    files = [f for detail in getattr(first, "details", []) for f in _downloads(root, weights, detail)]
+    fetch(files, root, str(first), force=force)
     return resolve_files(root, weights, variant, **kw)
+
+
+def resolve_v3(folder: str | Path) -> dict:
+    """The EchoMimicV3 flash-pro files in ``folder`` (``<models>/v3-flash``, layout in :mod:`.models.wan.sources`);
+    raise :class:`MissingWeightsError` listing every missing file, where it was looked for and where to get it."""
+    folder = Path(folder)
+    try:
+        missing = missing_parts(folder)
+    except ValueError as exc:  # an unreadable weight index
+        raise WeightsError(str(exc)) from exc
+    if not missing:
+        return resolved_files(folder)
+    lines = [f"EchoMimicV3 flash-pro files missing under {folder}:"]
+    for m in missing:
+        src = m.source
+        names = ", ".join(f"{src.folder}/{n}" for n in m.files)
+        more = " and the weight shards its index lists" if m.shards_unknown else ""
+        alt = f" (or a diffusers folder {folder / src.or_folder})" if src.or_folder else ""
+        lines.append(f"  - {src.what}: {names}{more}{alt} (looked in {folder / src.folder}); get "
+                     f"{'them' if len(m.files) > 1 or more else 'it'} from https://huggingface.co/{src.repo}"
+                     f"{f' folder {src.remote}/' if src.remote else ''} ({src.size})")
+    lines.append(f"{CLI_FETCH_HINT} --weights {V3_FOLDER} --models {folder.parent} (or animate without --offline).")
+    err = MissingWeightsError("\n".join(lines), missing=[f"{m.source.folder}/{n}" for m in missing for n in m.files])
+    err.details = [{"component": m.source.name, "files": m.files, "repo": m.source.repo, "remote": m.source.remote} for m in missing]
+    raise err
+
+
+def ensure_v3(folder: str | Path, download: bool = True, force: bool = False) -> dict:
+    """:func:`resolve_v3`, downloading what is missing first when ``download`` (sharded weights take a second round:
+    their index names the shards). With ``force`` every file of an incomplete part is fetched again, also those that
+    are there; a complete part is never touched."""
+    folder = Path(folder)
+    done: set[Path] = set()
+    for _ in range(3):
+        try:
+            return resolve_v3(folder)
+        except MissingWeightsError as err:
+            if not download:
+                raise
+            files = [HubFile(m.source.repo, m.source.remote_path(n), folder / m.source.folder / n,
+                             f"{m.source.what}, {m.source.size} in all" if n.endswith((".safetensors", ".pth", ".bin")) else m.source.what)
+                     for m in missing_parts(folder, every=force) for n in m.files if folder / m.source.folder / n not in done]
+            if not files:
+                raise
+            done.update(fetch(files, folder, str(err), force=force))
+    return resolve_v3(folder)

@@ -84,3 +84,26 @@ def test_sdpa_kernel_backends_allow_their_kernel_first_and_never_the_math_path()
         assert b.math_sdp_enabled()  # restored afterwards
     q, k = torch.randn(2, 64, 320), torch.randn(2, 128, 320)  # on the CPU the choice is plain sdpa: same values
     torch.testing.assert_close(attend(q, k, k, 8, "sdpa-cudnn"), attend(q, k, k, 8, "sdpa"), atol=0, rtol=0)
+
+
+def test_two_downloads_at_once_keep_to_their_own_staging_folders(tmp_path, monkeypatch):
+    """Batch workers may fetch into one models folder at the same time: one finishing (and cleaning up) must not take
+    away a file the other is still downloading."""
+    import huggingface_hub
+
+    from echomimic_lib.io.hub import HubFile, fetch
+
+    root = tmp_path / "models"
+
+    def fake_download(repo_id, filename, local_dir, **kw):
+        dst = Path(local_dir) / filename
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(filename.encode())
+        if filename == "a.bin":  # a.bin is still in its staging folder while the second worker fetches b.bin
+            fetch([HubFile("org/b", "b.bin", root / "b.bin")], root, "worker 2")
+        return str(dst)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert fetch([HubFile("org/a", "a.bin", root / "a.bin")], root, "worker 1") == [root / "a.bin"]
+    assert (root / "a.bin").read_bytes() == b"a.bin" and (root / "b.bin").read_bytes() == b"b.bin"
+    assert not list(root.glob(".echomimic-download*"))  # both staging folders are gone

@@ -29,7 +29,8 @@ def test_make_tiny_v3_then_animate(tmp_path, capsys):
 
 def test_v3_errors_before_work(tmp_path, capsys):
     rc = main(["animate", "--version", "v3-flash", "--reference", str(DATA / "images" / "portrait_a.png"),
-               "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(tmp_path / "x.mp4"), "--models", str(tmp_path)])
+               "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(tmp_path / "x.mp4"), "--models", str(tmp_path),
+               "--offline"])  # without it the missing files are fetched (tests/test_v3_download.py)
     assert rc == 2 and "flash-pro files missing" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
     rc = main(["animate", "--version", "v3-flash", "--smoke", "--reference", str(DATA / "images" / "portrait_a.png"),

@@ -69,10 +69,13 @@ def _cmd_animate(args) -> int:
 
 
 def _cmd_download(args) -> int:
+    from ..errors import EchoMimicError
     from ..model_set import ensure_weights
 
+    if args.weights == "v3-flash" and args.variant not in (None, "normal"):
+        raise EchoMimicError(f"--variant {args.variant}: EchoMimicV3 flash-pro has one set of weights (8 steps); drop --variant")
     root = args.models or default_models_dir()
-    files = ensure_weights(root, args.weights, args.variant, download=True, force=args.force)
+    files = ensure_weights(root, args.weights, args.variant or "normal", download=True, force=args.force)
     for k, v in files.items():
         if v is not None:
             say(f"{k}: {v}")
@@ -140,9 +143,15 @@ def add_commands(sub) -> None:
     add_v3_arguments(a)
     a.set_defaults(func=_cmd_animate)
 
-    d = sub.add_parser("download", help="download the weights of one model set into the models folder")
-    d.add_argument("--weights", choices=["v1_audio", "v1_pose", "v2"], default="v1_audio", help="model set")
-    d.add_argument("--variant", choices=["normal", "acc"], default="normal", help="normal (30 steps) or acc (6 steps)")
+    d = sub.add_parser("download", help="download the weights of one model set into the models folder",
+                       description="Download the missing files of one model set from Hugging Face into the models folder. "
+                                   "A file that is there is kept (unless --force); a broken-off download leaves no file "
+                                   "under its final name. v3-flash: the EchoMimicV3 flash-pro set in <models>/v3-flash "
+                                   "(about 20 GB, the umT5-xxl text encoder alone 11.4 GB).")
+    d.add_argument("--weights", choices=["v1_audio", "v1_pose", "v2", "v3-flash"], default="v1_audio",
+                   help="model set (v3-flash: EchoMimicV3 flash-pro with its audio, text and image encoders)")
+    d.add_argument("--variant", choices=["normal", "acc"], default=None,
+                   help="V1/V2: normal (30 steps, the default) or acc (6 steps)")
     d.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic)")
     d.add_argument("--force", action="store_true", help="download the files of a missing component even where some are "
                    "already there, replacing them (never done without it)")

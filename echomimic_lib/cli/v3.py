@@ -45,7 +45,8 @@ def cmd_animate_v3(args) -> int:
     req = V3Request(reference=args.reference, audio=args.audio, output=args.output, models=str(folder), prompt=args.prompt,
                     steps=args.steps or (2 if args.smoke else 8), audio_cfg=args.audio_cfg,
                     seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
-                    teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype)
+                    teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
+                    download=not (args.offline or args.smoke))
     s = run_v3(req)
     _say(f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video, {s['size'][0]}x{s['size'][1]}) "
          f"in {s['seconds']} s")

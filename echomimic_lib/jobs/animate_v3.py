@@ -9,6 +9,8 @@ Models folder layout (``<models>/v3-flash/``; every name as the releases ship it
     clip-vit-h-14/              Hugging Face CLIPVisionModel (ViT-H/14)
     vae/                        optional diffusers AutoencoderKLWan folder, used when Wan2.1_VAE.pth is absent
 
+Where each comes from: :mod:`..models.wan.sources`; ``echomimic download --weights v3-flash`` fetches them.
+
 Frames: as the official CLI, at most one 81-frame shot of the speech (``(F - 1) // 4 * 4 + 1``); asking for
 more (``length`` > 81) renders the whole request in chunks re-anchored on the reference (:mod:`.long`).
 """
@@ -22,9 +24,6 @@ import numpy as np
 import torch
 
 from ..errors import EchoMimicError
-
-BASE = "Wan2.1-Fun-V1.1-1.3B-InP"
-FLASH = "echomimicv3-flash-pro/diffusion_pytorch_model.safetensors"
 
 
 @dataclass
@@ -43,17 +42,15 @@ class V3Request:
     color_transfer: bool = True
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    download: bool = True  # fetch missing files from Hugging Face first (the command line: unless --offline or --smoke)
 
 
-def model_files(root: Path) -> dict:
-    files = {"base": root / BASE, "flash": root / FLASH, "wav2vec2": root / "chinese-wav2vec2-base",
-             "umt5": root / "umt5-xxl", "clip": root / "clip-vit-h-14"}
-    files["vae"] = root / BASE / "Wan2.1_VAE.pth" if (root / BASE / "Wan2.1_VAE.pth").is_file() else root / "vae"
-    missing = [str(p) for p in files.values() if not p.exists()]
-    if missing:
-        raise EchoMimicError(f"EchoMimicV3 flash-pro files missing under {root}: {', '.join(missing)}. Put the released "
-                             "files there in this layout (see `echomimic animate --help`), or use --smoke.")
-    return files
+def model_files(root: Path, download: bool = False) -> dict:
+    """The set's files in ``root``; missing ones are downloaded first when ``download`` (else the error lists each
+    missing file, where it was looked for and where to get it)."""
+    from ..model_set import ensure_v3
+
+    return ensure_v3(root, download=download)
 
 
 def run_v3(req: V3Request, progress=None) -> dict:
@@ -70,9 +67,9 @@ def run_v3(req: V3Request, progress=None) -> dict:
     out = check_output(req.output)
     ref = read_reference(req.reference)
     wav, sr, raw = read_speech(req.audio)
-    files = model_files(Path(req.models))
     if req.steps < 1 or req.steps > 200:
         raise EchoMimicError(f"--steps {req.steps}: give 1..200 (flash-pro default 8)")
+    files = model_files(Path(req.models), download=req.download)  # the inputs are checked before any download
     mono = raw.samples.mean(axis=0).astype(np.float32)
     seconds = mono.shape[0] / raw.sample_rate
     cap = max(81, int(req.length or 0))
