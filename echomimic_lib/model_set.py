@@ -325,12 +325,13 @@ def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need
     return resolve_files(root, weights, variant, **kw)
 
 
-def resolve_v3(folder: str | Path) -> dict:
-    """The EchoMimicV3 flash-pro files in ``folder`` (``<models>/v3-flash``, layout in :mod:`.models.wan.sources`);
-    raise :class:`MissingWeightsError` listing every missing file, where it was looked for and where to get it."""
+def resolve_v3(folder: str | Path, parts: tuple[str, ...] | None = None) -> dict:
+    """The EchoMimicV3 flash-pro files in ``folder`` (``<models>/v3-flash``, layout in :mod:`.models.wan.sources`;
+    ``parts``: only these need to be there, e.g. ``COMFY_PARTS``); raise :class:`MissingWeightsError` listing every
+    missing file, where it was looked for and where to get it."""
     folder = Path(folder)
     try:
-        missing = missing_parts(folder)
+        missing = missing_parts(folder, parts=parts)
     except ValueError as exc:  # an unreadable weight index
         raise WeightsError(str(exc)) from exc
     if not missing:
@@ -350,7 +351,7 @@ def resolve_v3(folder: str | Path) -> dict:
     raise err
 
 
-def ensure_v3(folder: str | Path, download: bool = True, force: bool = False) -> dict:
+def ensure_v3(folder: str | Path, download: bool = True, force: bool = False, parts: tuple[str, ...] | None = None) -> dict:
     """:func:`resolve_v3`, downloading what is missing first when ``download`` (sharded weights take a second round:
     their index names the shards). With ``force`` every file of an incomplete part is fetched again, also those that
     are there; a complete part is never touched."""
@@ -358,14 +359,14 @@ def ensure_v3(folder: str | Path, download: bool = True, force: bool = False) ->
     done: set[Path] = set()
     for _ in range(3):
         try:
-            return resolve_v3(folder)
+            return resolve_v3(folder, parts)
         except MissingWeightsError as err:
             if not download:
                 raise
             files = [HubFile(m.source.repo, m.source.remote_path(n), folder / m.source.folder / n,
                              f"{m.source.what}, {m.source.size} in all" if n.endswith((".safetensors", ".pth", ".bin")) else m.source.what)
-                     for m in missing_parts(folder, every=force) for n in m.files if folder / m.source.folder / n not in done]
+                     for m in missing_parts(folder, every=force, parts=parts) for n in m.files if folder / m.source.folder / n not in done]
             if not files:
                 raise
             done.update(fetch(files, folder, str(err), force=force))
-    return resolve_v3(folder)
+    return resolve_v3(folder, parts)

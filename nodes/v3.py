@@ -61,16 +61,26 @@ class EchoMimicV3Loader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"folder": (v3_folders(), {"tooltip": "A folder in models/echomimic holding the V3 layout."}),
-                             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: ComfyUI's choice for the device."})}}
+                             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: ComfyUI's choice for the device."})},
+                "optional": {"auto_download": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Download what the folder lacks from Hugging Face (base transformer, flash-pro file, wav2vec2: about "
+                    "7.2 GB; the text / image encoders and the VAE come from core's loaders). Files already there are kept.")})}}
 
-    def execute(self, folder, dtype):
+    def execute(self, folder, dtype, auto_download=False):
         from ..echomimic_lib.audio.wav2vec import load_wav2vec
         from ..echomimic_lib.models.wan import load_v3_transformer
 
         root = paths.find_named(paths.echomimic_roots(), folder, "EchoMimicV3 folder", want_dir=True)
+        if auto_download:  # into the folder found, else models/echomimic/<folder> (checked: stays inside it)
+            from ..echomimic_lib.model_set import ensure_v3
+            from ..echomimic_lib.models.wan.sources import COMFY_PARTS
+
+            root = root or paths.safe_child(paths.echomimic_roots()[0], folder, "EchoMimicV3 folder")
+            ensure_v3(root, download=True, parts=COMFY_PARTS)
         if root is None or not (root / FLASH_FILE).is_file():
             raise EchoMimicError(f"EchoMimicV3 folder '{folder}' not found (or without {FLASH_FILE}) in "
-                                 f"{', '.join(map(str, paths.echomimic_roots()))}.")
+                                 f"{', '.join(map(str, paths.echomimic_roots()))}. Switch on auto_download, or get the "
+                                 "files with: echomimic download --weights v3-flash (see docs/v3.md).")
         dt = DTYPES[dtype] or C.auto_dtype(C.torch_device())
         model, report = load_v3_transformer(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE, dtype=dt,
                                             device=C.offload_device())

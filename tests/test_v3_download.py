@@ -211,3 +211,28 @@ def test_wav2vec2_bin_is_read_through_transformers_weights_only_path(hub, tmp_pa
     enc = load_wav2vec(folder)
     assert calls and all(c is True for c in calls)
     assert enc.model.config.num_hidden_layers == 3
+
+
+def test_the_comfyui_loader_fetches_only_what_its_graph_reads(fake, hub, tmp_path, monkeypatch):
+    """auto_download on the V3 loader node: the base transformer, the flash-pro file and wav2vec2 (core's loaders give
+    the text / image encoders and the VAE), into models/echomimic/<folder>; a folder name leaving it is refused."""
+    from tests._pack import sub
+
+    bridge, v3 = sub("nodes.comfy_bridge"), sub("nodes.v3")
+    EchoMimicError = sub("echomimic_lib.errors").EchoMimicError  # the pack's own copy of the library
+    monkeypatch.setattr(bridge, "MODELS_DIR", tmp_path / "models")
+    f = fake()
+    with pytest.raises(EchoMimicError, match="auto_download"):  # off: the message says how to get the files
+        v3.EchoMimicV3Loader().execute("v3-flash", "fp32")
+    assert f.calls == []
+    (handle,) = v3.EchoMimicV3Loader().execute("v3-flash", "fp32", auto_download=True)
+    assert "from the V3 file" in handle.report
+    assert {repo for repo, _ in f.calls} == {BASE_REPO, FLASH_REPO, W2V_REPO}
+    assert (BASE_REPO, "Wan2.1_VAE.pth") not in f.calls
+    assert v3.v3_folders() == ["v3-flash"]  # now listed
+    f.calls.clear()
+    v3.EchoMimicV3Loader().execute("v3-flash", "fp32", auto_download=True)
+    assert f.calls == []  # complete: nothing fetched again
+    with pytest.raises(EchoMimicError, match="absolute paths and '..' are refused"):
+        v3.EchoMimicV3Loader().execute("../elsewhere", "fp32", auto_download=True)
+    assert f.calls == [] and not (tmp_path / "models" / "elsewhere").exists()

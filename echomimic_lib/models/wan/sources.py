@@ -105,8 +105,14 @@ def part_missing(src: Source, folder: Path, every: bool = False) -> Missing | No
     return Missing(src, tuple(files), any(n.endswith(".index.json") for n in files))
 
 
-def missing_parts(folder: Path, every: bool = False) -> list[Missing]:
-    return [m for m in (part_missing(s, Path(folder), every) for s in SOURCES) if m is not None]
+# the parts the ComfyUI nodes read: the text and image encoders and the VAE are core's (Load CLIP / CLIP Vision / VAE)
+COMFY_PARTS = ("base", "flash", "wav2vec2")
+
+
+def missing_parts(folder: Path, every: bool = False, parts: tuple[str, ...] | None = None) -> list[Missing]:
+    """What ``folder`` lacks of every part (of ``parts`` only, when given: names of :data:`SOURCES`)."""
+    srcs = [s for s in SOURCES if parts is None or s.name in parts]
+    return [m for m in (part_missing(s, Path(folder), every) for s in srcs) if m is not None]
 
 
 def resolved_files(folder: Path) -> dict:
