@@ -43,6 +43,22 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc} (a bug in EchoMimic, not in the row; please report it with the traceback in the log)"
 
 
+def render_payload(job, device: str, cache, scorer, progress=None) -> dict:
+    """A job's ``done`` payload, in a worker process or a Ray actor (:mod:`.ray_backend`): the record's measured
+    fields, or the row's error. A failing row never stops its worker; out of memory also drops the loaded models."""
+    from .render import run_job
+
+    try:
+        return {"status": "ok", **run_job(job, device, cache, scorer, progress)}
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes the row's error
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        log.debug("%s", traceback.format_exc())
+        if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+            cache.clear()
+        return {"status": "error", "error": error_message(exc)}
+
+
 def worker_main(wid: int, device: str, threads: int, conn, parent: int, scores: bool, log_level: int) -> None:
     """A worker: loads models on first use, renders jobs it is handed, keeps the models for the next job."""
     _die_with_parent()
@@ -50,7 +66,7 @@ def worker_main(wid: int, device: str, threads: int, conn, parent: int, scores: 
     logging.basicConfig(level=log_level, format=f"[worker {wid}] %(message)s")
     import torch
 
-    from .render import ModelCache, Scorer, run_job
+    from .render import ModelCache, Scorer
 
     torch.set_num_threads(max(1, threads))
     cache, scorer = ModelCache(), (Scorer() if scores else None)
@@ -70,16 +86,7 @@ def worker_main(wid: int, device: str, threads: int, conn, parent: int, scores: 
         def progress(done, total, name=job.name):
             conn.send(("progress", name, (done, total)))
 
-        try:
-            out = run_job(job, device, cache, scorer, progress)
-            conn.send(("done", job.name, {"status": "ok", **out}))
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes the row's error
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            log.debug("%s", traceback.format_exc())
-            if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
-                cache.clear()
-            conn.send(("done", job.name, {"status": "error", "error": error_message(exc)}))
+        conn.send(("done", job.name, render_payload(job, device, cache, scorer, progress)))
         conn.send(("idle", None, None))
     if scorer is not None:
         scorer.close()
