@@ -76,8 +76,13 @@ def fetch(files: list[HubFile], root: Path, context: str, force: bool = False) -
     except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
         raise MissingWeightsError(f"{context}\n(huggingface_hub is not installed: pip install huggingface_hub)",
                                   [str(f.dest) for f in todo]) from exc
-    root.mkdir(parents=True, exist_ok=True)
-    staging, done = Path(tempfile.mkdtemp(prefix=STAGING, dir=root)), []
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging, done = Path(tempfile.mkdtemp(prefix=STAGING, dir=root)), []
+    except OSError as exc:  # the models folder is a file, read-only, on a full disk...
+        why = "it is a file, not a folder" if root.is_file() else exc.strerror or str(exc)
+        raise MissingWeightsError(f"{context}\nNothing was downloaded: cannot write into {root} ({why}). Give a "
+                                  "writable folder as the models folder.", [str(f.dest) for f in todo]) from exc
     try:
         for i, f in enumerate(todo, 1):
             log.info("downloading %d/%d: %s/%s%s -> %s", i, len(todo), f.repo, f.remote, f" ({f.about})" if f.about else "", f.dest)
