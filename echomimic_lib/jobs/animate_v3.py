@@ -53,23 +53,63 @@ def model_files(root: Path, download: bool = False) -> dict:
     return ensure_v3(root, download=download)
 
 
-def run_v3(req: V3Request, progress=None) -> dict:
-    from .animate_checks import check_output, read_reference, read_speech
-    from ..audio.wav2vec import FPS, frame_count, load_wav2vec, prepare_samples, resample_16k
-    from ..models.wan import load_v3_transformer
-    from ..models.wan.vae import load_wan_vae
-    from ..io.video_writer import Mp4Writer
-    from ..pipeline.wan.encoders import clip_features, encode_prompt
-    from ..pipeline.wan.long import iter_long
-    from ..pipeline.wan.sampler import V3Settings, generate, resize_reference, sample_size
+@dataclass
+class V3Plan:
+    """A checked request (:func:`plan_v3`): everything the render needs except the networks."""
+    req: V3Request
+    output: Path
+    ref_u8: np.ndarray       # the reference at the sample size
+    wav: object              # the speech as the mp4 muxes it
+    sample_rate: int
+    mono: np.ndarray         # float32 mono samples at ``raw_rate``
+    raw_rate: int
+    frames: int
+    size: tuple[int, int]    # (width, height)
 
-    t0 = time.time()
+
+@dataclass
+class V3Models:
+    """The loaded networks of one set (:func:`load_v3`), reusable across requests with the same files, device, dtype.
+    The umT5 encoder loads on the first prompt missing from the on-disk cache and is kept in host memory (on the
+    device only while it encodes); CLIP-vision loads once."""
+    files: dict
+    device: torch.device
+    dtype: torch.dtype
+    transformer: object
+    report: object
+    vae: object
+    wav2vec: object
+    clip: object = None      # CLIPVisionModel (None: loaded per call by clip_features)
+    umt5: tuple | None = None
+
+    def prompt(self, text: str, cache_dir: Path) -> torch.Tensor:
+        from ..pipeline.wan.encoders import encode_prompt, load_umt5
+
+        def encoder():
+            if self.umt5 is None:
+                self.umt5 = load_umt5(self.files["umt5"], self.device, self.dtype)
+            self.umt5[1].to(self.device)
+            return self.umt5
+
+        try:
+            return encode_prompt(self.files["umt5"], text, cache_dir=cache_dir, device=self.device, dtype=self.dtype,
+                                 encoder=encoder)
+        finally:  # 11 GB in bf16: kept in host memory between prompts, not on the GPU
+            if self.umt5 is not None:
+                self.umt5[1].to("cpu")
+
+
+def plan_v3(req: V3Request) -> V3Plan:
+    """Every input check of :func:`run_v3`, no weights and no download (raises :class:`EchoMimicError`)."""
+    from .animate_checks import check_output, read_reference, read_speech
+    from ..audio.wav2vec import FPS, frame_count
+    from ..pipeline.wan.sampler import resize_reference, sample_size
+
     out = check_output(req.output)
     ref = read_reference(req.reference)
     wav, sr, raw = read_speech(req.audio)
     if req.steps < 1 or req.steps > 200:
         raise EchoMimicError(f"--steps {req.steps}: give 1..200 (flash-pro default 8)")
-    files = model_files(Path(req.models), download=req.download)  # the inputs are checked before any download
     mono = raw.samples.mean(axis=0).astype(np.float32)
     seconds = mono.shape[0] / raw.sample_rate
     cap = max(81, int(req.length or 0))
@@ -77,17 +117,44 @@ def run_v3(req: V3Request, progress=None) -> dict:
     if req.length and req.length < frames:
         frames = frame_count(req.length / FPS, req.length)
     h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
-    ref_u8 = resize_reference(ref, h, w)
-    dev = torch.device(req.device)
-    prompt = encode_prompt(files["umt5"], req.prompt, cache_dir=Path(req.models) / "prompt_cache", device=dev, dtype=req.dtype)
-    clip = clip_features(files["clip"], ref_u8, device=dev, dtype=req.dtype)
-    model, report = load_v3_transformer(files["base"], files["flash"], dtype=req.dtype, device=dev)
-    vae = load_wan_vae(files["vae"], dtype=req.dtype, device=dev)
+    return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h))
+
+
+def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True) -> V3Models:
+    """The set's networks (``files``: :func:`model_files`) on ``device`` in ``dtype`` (wav2vec2: fp32 on the CPU);
+    ``clip``: also CLIP-vision (kept for the following requests)."""
+    from ..audio.wav2vec import load_wav2vec
+    from ..models.wan import load_v3_transformer
+    from ..models.wan.vae import load_wan_vae
+    from ..pipeline.wan.encoders import load_clip_vision
+
+    dev = torch.device(device)
+    vision = load_clip_vision(files["clip"], device=dev, dtype=dtype) if clip else None
+    model, report = load_v3_transformer(files["base"], files["flash"], dtype=dtype, device=dev)
+    vae = load_wan_vae(files["vae"], dtype=dtype, device=dev)
     enc = load_wav2vec(files["wav2vec2"])  # fp32 on the CPU, as the official
-    samples = prepare_samples(resample_16k(mono, raw.sample_rate), frames)
+    return V3Models(files, dev, dtype, model, report, vae, enc, vision)
+
+
+def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=None) -> dict:
+    """Generate ``plan`` with loaded ``models`` and write its mp4 (atomically: nothing is left on failure);
+    ``prompt`` / ``clip``: the umT5 states / CLIP features when computed already."""
+    from ..audio.wav2vec import FPS, prepare_samples, resample_16k
+    from ..io.video_writer import Mp4Writer
+    from ..pipeline.wan.encoders import clip_features
+    from ..pipeline.wan.long import iter_long
+    from ..pipeline.wan.sampler import V3Settings, generate
+
+    req, frames, ref_u8 = plan.req, plan.frames, plan.ref_u8
+    if prompt is None:
+        prompt = models.prompt(req.prompt, Path(req.models) / "prompt_cache")
+    if clip is None:
+        clip = clip_features(models.files["clip"], ref_u8, device=models.device, dtype=models.dtype, model=models.clip)
+    model, vae, enc = models.transformer, models.vae, models.wav2vec
+    samples = prepare_samples(resample_16k(plan.mono, plan.raw_rate), frames)
     settings = V3Settings(steps=req.steps, audio_cfg=req.audio_cfg, seed=req.seed, teacache=req.teacache,
                           teacache_skip_start=min(5, req.steps), color_transfer=req.color_transfer)
-    writer = Mp4Writer(out, FPS, audio=wav, sample_rate=sr)
+    writer = Mp4Writer(plan.output, FPS, audio=plan.wav, sample_rate=plan.sample_rate)
     try:
         if frames <= 81:
             res = generate(model, vae, ref_u8, prompt, clip, enc.windows(samples, frames), settings)
@@ -101,5 +168,21 @@ def run_v3(req: V3Request, progress=None) -> dict:
     except BaseException:
         writer.abort()
         raise
+    w, h = plan.size
     return {"output": str(path), "frames": frames, "size": [w, h], "video_seconds": round(frames / FPS, 2),
-            "seconds": round(time.time() - t0, 1), "weights": report.summary()}
+            "weights": models.report.summary()}
+
+
+def run_v3(req: V3Request, progress=None) -> dict:
+    """One request: check, fetch what is missing, encode the prompt and the reference (each encoder loaded and
+    dropped before the rest loads, as the official), load the networks, render."""
+    from ..pipeline.wan.encoders import clip_features, encode_prompt
+
+    t0 = time.time()
+    plan = plan_v3(req)
+    files = model_files(Path(req.models), download=req.download)  # the inputs are checked before any download
+    dev = torch.device(req.device)
+    prompt = encode_prompt(files["umt5"], req.prompt, cache_dir=Path(req.models) / "prompt_cache", device=dev, dtype=req.dtype)
+    clip = clip_features(files["clip"], plan.ref_u8, device=dev, dtype=req.dtype)
+    out = render_v3(plan, load_v3(files, dev, req.dtype, clip=False), progress, prompt=prompt, clip=clip)
+    return {**out, "seconds": round(time.time() - t0, 1)}

@@ -1,7 +1,8 @@
 """A batch manifest: CSV or JSONL, one row a job, or two folders crossed; every row checked before any weight loads.
 
 Columns are the single commands' long options (``reference``, ``audio``, ``pose``, ``landmarks``, ``lora``,
-``seed``, ``width``, ``steps``, ``version``, ``mode``, ``acc``, ``no-face-crop``, ...; ``-`` or ``_`` alike) plus:
+``seed``, ``width``, ``steps``, ``version``, ``mode``, ``acc``, ``no-face-crop``, ...; ``-`` or ``_`` alike; a row
+with ``version`` = ``v3-flash`` takes the options of ``animate --version v3-flash`` instead: :mod:`.v3`) plus:
 
 - ``kind``: ``animate`` (default) or ``dub`` (default when the row has a ``video``);
 - ``name``: the output's name, ``OUTDIR/<name>.mp4`` (default ``<reference or video stem>__<audio stem>``,
@@ -31,6 +32,7 @@ AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".aac")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 MODES = {"audio": "v1-audio", "landmarks": "v1-landmarks", "audio+landmarks": "v1-audio+landmarks", "halfbody": "v2-halfbody"}
 VERSION_MODE = {"v1": "audio", "v2": "halfbody"}
+V3 = "v3-flash"  # EchoMimicV3 flash-pro rows: columns and checks in .v3
 ALIASES = {"no_face_crop": ("face_crop", True), "offline": ("download", True), "mask": ("region", False),
            "color_match": ("color", False)}  # command-line name -> (request field, inverted switch)
 NOT_PER_ROW = {"output": "rows are written to OUTDIR/<name>.mp4; use the 'name' column",
@@ -112,7 +114,7 @@ def _mode_name(version, mode) -> str:
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode: unknown mode '{mode}'; choose one of {', '.join(MODES)}")
     if version is not None and version not in VERSION_MODE:
-        raise ValueError(f"version: unknown version '{version}'; choose v1 or v2")
+        raise ValueError(f"version: unknown version '{version}'; choose v1, v2 or {V3}")
     name = MODES[mode or VERSION_MODE[version or "v1"]]
     if version is not None and not name.startswith(version):
         raise ValueError(f"mode '{mode}' belongs to EchoMimic {name[:2].upper()}, not {version.upper()}")
@@ -135,6 +137,8 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     types = _request_types()
     if kind not in types:
         raise ValueError(f"kind: unknown kind '{kind}'; use animate or dub")
+    if str(values.get("version", "")).strip().lower() == V3:
+        return _v3_job(values, kind, line, base, outdir)
     cls = types[kind]
     annotations = {f.name: str(f.type) for f in fields(cls)}
     name = values.pop("name", None)
@@ -166,6 +170,18 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     kw.setdefault("audio", None)
     req = cls(output=str(outdir / f"{name}.mp4"), **kw)
     return Job(line, name, kind, req)
+
+
+def _v3_job(values: dict, kind: str, line: int, base: Path, outdir: Path) -> Job:
+    from .v3 import V3Row, build_v3_kwargs
+
+    if kind != "animate":
+        raise ValueError(f"kind '{kind}': EchoMimicV3 flash-pro rows animate a reference (kind animate)")
+    values.pop("version")
+    name = values.pop("name", None)
+    kw = build_v3_kwargs(values, base, _convert)
+    name = _safe_name(name if name is not None else f"{Path(kw['reference']).stem}__{Path(kw['audio']).stem}")
+    return Job(line, name, "animate", V3Row(output=str(outdir / f"{name}.mp4"), **kw))
 
 
 def _rows_csv(path: Path):
@@ -276,6 +292,10 @@ def check_jobs(jobs: list[Job]) -> list[Job]:
 
 def _plan(job: Job) -> tuple[tuple, int]:
     req = job.request
+    if getattr(req, "version", None) == V3:
+        from .v3 import plan_v3_row
+
+        return plan_v3_row(job)
     if job.kind == "animate":
         from ..animate_checks import preflight
 

@@ -148,8 +148,9 @@ class Scorer:
             from ...landmarks.extractor import FaceLandmarkExtractor
 
             try:
-                root = [req.models] if req.models else None
-                self._landmarker = FaceLandmarkExtractor(model_path=req.mediapipe_model, models_dir=root, download=False)
+                root = [req.models] if req.models else None  # a V3 row has no mediapipe_model column: found in models
+                self._landmarker = FaceLandmarkExtractor(model_path=getattr(req, "mediapipe_model", None), models_dir=root,
+                                                         download=False)
             except (EchoMimicError, OSError) as exc:
                 log.info("scores without landmarks: %s", exc)
         return self._landmarker
@@ -174,7 +175,11 @@ def run_job(job, device: str, cache: ModelCache, scorer: Scorer | None, progress
         torch.cuda.reset_peak_memory_stats(torch.device(device))
     t0 = time.perf_counter()
     loads = cache.loads
-    out = (render_animate if job.kind == "animate" else render_dub)(job, cache, progress)
+    if getattr(job.request, "version", None) == "v3-flash":
+        from .v3 import render_v3_job as render
+    else:
+        render = render_animate if job.kind == "animate" else render_dub
+    out = render(job, cache, progress)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     out["loaded_models"] = cache.loads > loads
     out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)

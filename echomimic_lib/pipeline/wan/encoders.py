@@ -28,25 +28,36 @@ def _cache_file(cache_dir: Path, encoder_dir: Path, prompt: str) -> Path:
     return Path(cache_dir) / f"{key}.safetensors"
 
 
+def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32):
+    """(tokenizer, UMT5EncoderModel) from a Hugging Face folder, for :func:`encode_prompt` (``encoder=``)."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    encoder_dir = Path(encoder_dir)
+    if not (encoder_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{encoder_dir}: no config.json; expected a Hugging Face umT5 encoder folder (with its tokenizer)")
+    tok = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+    model = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=dtype).to(device).eval()
+    return tok, model
+
+
 @torch.no_grad()
 def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | None = None, device="cpu",
-                  dtype=torch.float32) -> torch.Tensor:
-    """(1, n_tokens, 4096) umT5 states of the prompt's real tokens (cached in ``cache_dir`` if given)."""
+                  dtype=torch.float32, encoder=None) -> torch.Tensor:
+    """(1, n_tokens, 4096) umT5 states of the prompt's real tokens (cached in ``cache_dir`` if given).
+    ``encoder``: a loaded (tokenizer, model) to use on a cache miss, or a callable returning one (else loaded here)."""
     from safetensors.torch import load_file, save_file
 
     encoder_dir = Path(encoder_dir)
     cached = _cache_file(cache_dir, encoder_dir, prompt) if cache_dir else None
     if cached is not None and cached.is_file():
         return load_file(str(cached))["prompt_embeds"]
-    from transformers import AutoTokenizer, UMT5EncoderModel
-
-    if not (encoder_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{encoder_dir}: no config.json; expected a Hugging Face umT5 encoder folder (with its tokenizer)")
-    tok = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
-    model = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=dtype).to(device).eval()
+    if callable(encoder):
+        encoder = encoder()
+    tok, model = encoder if encoder is not None else load_umt5(encoder_dir, device, dtype)
+    dev = next(model.parameters()).device
     ids = tok([prompt], padding="max_length", max_length=TEXT_LEN, truncation=True, add_special_tokens=True, return_tensors="pt")
-    mask = ids.attention_mask.to(device)
-    states = model(ids.input_ids.to(device), attention_mask=mask).last_hidden_state
+    mask = ids.attention_mask.to(dev)
+    states = model(ids.input_ids.to(dev), attention_mask=mask).last_hidden_state
     out = states[:, : int(mask.sum())].float().cpu().contiguous()
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -56,18 +67,26 @@ def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | 
     return out
 
 
-@torch.no_grad()
-def clip_features(vision_dir: str | Path, ref_u8: np.ndarray, device="cpu", dtype=torch.float32) -> torch.Tensor:
-    """(1, 257, width) CLIP-vision states after the penultimate block for an (H, W, 3) uint8 reference."""
+def load_clip_vision(vision_dir: str | Path, device="cpu", dtype=torch.float32):
+    """transformers ``CLIPVisionModel`` from a Hugging Face folder, for :func:`clip_features` (``model=``)."""
     from transformers import CLIPVisionModel
 
     vision_dir = Path(vision_dir)
     if not (vision_dir / "config.json").is_file():
         raise FileNotFoundError(f"{vision_dir}: no config.json; expected a Hugging Face CLIPVisionModel folder (ViT-H/14)")
-    model = CLIPVisionModel.from_pretrained(str(vision_dir), local_files_only=True, torch_dtype=dtype).to(device).eval()
+    return CLIPVisionModel.from_pretrained(str(vision_dir), local_files_only=True, torch_dtype=dtype).to(device).eval()
+
+
+@torch.no_grad()
+def clip_features(vision_dir: str | Path, ref_u8: np.ndarray, device="cpu", dtype=torch.float32, model=None) -> torch.Tensor:
+    """(1, 257, width) CLIP-vision states after the penultimate block for an (H, W, 3) uint8 reference
+    (``model``: a loaded CLIPVisionModel, else loaded from ``vision_dir``)."""
+    if model is None:
+        model = load_clip_vision(vision_dir, device, dtype)
+    p = next(model.parameters())
     size = int(model.config.image_size)
     x = torch.from_numpy(np.array(ref_u8, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(255)
     x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
     x = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    out = model(pixel_values=x.to(device, dtype), output_hidden_states=True).hidden_states[-2]
+    out = model(pixel_values=x.to(p.device, p.dtype), output_hidden_states=True).hidden_states[-2]
     return out.float().cpu()

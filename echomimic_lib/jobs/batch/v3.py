@@ -1,0 +1,125 @@
+"""EchoMimicV3 flash-pro rows of a batch manifest (``version`` = ``v3-flash``): the columns, the up-front checks and
+the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v3`` / ``render_v3``).
+
+Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
+``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``teacache``, ``no-color-transfer``, ``models`` (the
+models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, plus ``name`` and ``kind``
+(``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...) is a manifest error. Rows with the same
+models folder and dtype share one loaded set in a worker (transformer, VAE, wav2vec2, CLIP-vision, and the umT5
+encoder once a prompt is missing from the on-disk prompt cache).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+VERSION = "v3-flash"
+SMOKE = {"width": 64, "steps": 2, "length": 25}  # as `animate --version v3-flash --smoke`
+
+
+@dataclass
+class V3Row:
+    """A V3 row's request: the command line's values; device and dtype are resolved in the worker."""
+    reference: str
+    audio: str
+    output: str
+    models: str | None = None  # the models folder (as --models): the set is <models>/v3-flash (smoke: <models>/tiny-v3)
+    prompt: str = "A person is speaking."
+    steps: int | None = None
+    audio_cfg: float = 3.0
+    seed: int = 43
+    width: int | None = None
+    height: int | None = None
+    length: int | None = None
+    teacache: str = "official"
+    color_transfer: bool = True
+    smoke: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    download: bool = True
+    version: str = VERSION
+
+    @property
+    def folder(self) -> Path:
+        from ..animate_checks import default_models_dir
+
+        root = Path(self.models).expanduser() if self.models else default_models_dir()
+        return root / ("tiny-v3" if self.smoke else "v3-flash")
+
+    def request(self, device, dtype):
+        from ..animate_v3 import V3Request
+
+        w = self.width or (SMOKE["width"] if self.smoke else 768)
+        h = self.height or w
+        return V3Request(reference=self.reference, audio=self.audio, output=self.output, models=str(self.folder),
+                         prompt=self.prompt, steps=self.steps or (SMOKE["steps"] if self.smoke else 8),
+                         audio_cfg=self.audio_cfg, seed=self.seed, size=(w, h),
+                         length=self.length or (SMOKE["length"] if self.smoke else 0), teacache=self.teacache,
+                         color_transfer=self.color_transfer, device=str(device), dtype=dtype,
+                         download=self.download and not self.smoke)
+
+
+ALIASES = {"no_color_transfer": ("color_transfer", True), "offline": ("download", True)}
+PATHS = ("reference", "audio", "models")
+
+
+def build_v3_kwargs(values: dict, base: Path, convert) -> dict:
+    """Row values (keys normalised, ``kind``/``name``/``version`` removed) -> V3Row fields; ValueError names the column."""
+    annotations = {f.name: str(f.type) for f in fields(V3Row)}
+    own = set(annotations) - {"output", "device", "download", "version", "color_transfer"}
+    kw = {}
+    for key, value in values.items():
+        target, inverted = ALIASES.get(key, (key, False))
+        if target not in own and key not in ALIASES:
+            known = sorted((own | set(ALIASES)) - {"offline"}) + ["kind", "name", "version"]
+            raise ValueError(f"column '{key}' is not an EchoMimicV3 flash-pro option (a V1/V2 one, or unknown); "
+                             f"drop it for this row or use version v1/v2; V3 columns: {', '.join(known)}")
+        converted = convert(value, annotations[target], key)
+        kw[target] = (not converted) if inverted else converted
+    if kw.get("teacache") not in (None, "official", "off"):
+        raise ValueError(f"teacache: '{kw['teacache']}'; use official or off")
+    for key in ("reference", "audio"):
+        if not kw.get(key):
+            raise ValueError(f"{key}: missing; every {VERSION} row needs one")
+    for key in PATHS:
+        if kw.get(key):
+            p = Path(str(kw[key])).expanduser()
+            kw[key] = str(p if p.is_absolute() else base / p)
+            if key != "models" and not Path(kw[key]).exists():
+                raise ValueError(f"{key}: {kw[key]} not found")
+    return kw
+
+
+def plan_v3_row(job) -> tuple[tuple, int]:
+    """The row's checks (no weights; without download: the set's files must be there): (weight key, frames)."""
+    import torch
+
+    from ..animate_v3 import model_files, plan_v3
+
+    row = job.request
+    plan = plan_v3(row.request("cpu", torch.float32))
+    if not row.download and not row.smoke:
+        model_files(row.folder, download=False)  # offline: missing files are this row's error, before any load
+    return (VERSION, str(row.folder), row.dtype), int(plan.frames)
+
+
+def prepare_smoke(jobs) -> None:
+    from ...models.wan.tiny import ensure_tiny_v3
+
+    for folder in sorted({str(j.request.folder) for j in jobs if j.request.smoke}):
+        ensure_tiny_v3(folder)
+
+
+def render_v3_job(job, cache, progress=None) -> dict:
+    from ...audio.wav2vec import FPS
+    from ...devices import resolve_device, resolve_dtype
+    from ..animate_v3 import load_v3, model_files, plan_v3, render_v3
+
+    row = job.request
+    device = resolve_device(row.device)
+    dtype = resolve_dtype(row.dtype, device)
+    req = row.request(device, dtype)
+    plan = plan_v3(req)
+    models = cache.get(job.weight_key, lambda: load_v3(model_files(Path(req.models), download=req.download), device, dtype))
+    out = render_v3(plan, models, progress)
+    return {"output": out["output"], "frames": out["frames"], "fps": FPS, "device": str(device), "size": out["size"]}
