@@ -9,6 +9,8 @@ manifest (CSV with a header, or JSONL: one JSON object a line); columns are the 
   animate,anna_en,faces/anna.png,speech/en.wav,420,30,512,512,v1,,
   ,bob_v2,bob.png,speech/de.wav,,,,,v2,poses/fight,
 JSONL: {"kind": "dub", "video": "clips/talk.mp4", "audio": "speech/fr.wav", "mask": "hull"}
+EchoMimicV3 flash-pro rows: version v3-flash, with the options of `animate --version v3-flash` as columns, e.g.
+  {"version": "v3-flash", "reference": "anna.png", "audio": "en.wav", "prompt": "A woman is speaking.", "seed": 7}
 Relative paths are read from the manifest's folder. Output: OUTDIR/<name>.mp4 and OUTDIR/results.jsonl.
 Exit codes: 0 every row done (or skipped: already done with the same inputs and settings), 1 some rows failed
 (their error is in results.jsonl), 2 the manifest has rows that cannot be run (all listed, nothing started).
