@@ -26,13 +26,13 @@ from pathlib import Path
 
 from ...errors import EchoMimicError
 from .results import INPUT_FIELDS, fingerprint
+from .v3 import VERSION as V3, is_v3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".aac")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 MODES = {"audio": "v1-audio", "landmarks": "v1-landmarks", "audio+landmarks": "v1-audio+landmarks", "halfbody": "v2-halfbody"}
 VERSION_MODE = {"v1": "audio", "v2": "halfbody"}
-V3 = "v3-flash"  # EchoMimicV3 flash-pro rows: columns and checks in .v3
 ALIASES = {"no_face_crop": ("face_crop", True), "offline": ("download", True), "mask": ("region", False),
            "color_match": ("color", False)}  # command-line name -> (request field, inverted switch)
 NOT_PER_ROW = {"output": "rows are written to OUTDIR/<name>.mp4; use the 'name' column",
@@ -292,7 +292,7 @@ def check_jobs(jobs: list[Job]) -> list[Job]:
 
 def _plan(job: Job) -> tuple[tuple, int]:
     req = job.request
-    if getattr(req, "version", None) == V3:
+    if is_v3(job):
         from .v3 import plan_v3_row
 
         return plan_v3_row(job)

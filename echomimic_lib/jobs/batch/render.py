@@ -175,7 +175,9 @@ def run_job(job, device: str, cache: ModelCache, scorer: Scorer | None, progress
         torch.cuda.reset_peak_memory_stats(torch.device(device))
     t0 = time.perf_counter()
     loads = cache.loads
-    if getattr(job.request, "version", None) == "v3-flash":
+    from .v3 import is_v3
+
+    if is_v3(job):
         from .v3 import render_v3_job as render
     else:
         render = render_animate if job.kind == "animate" else render_dub

@@ -109,12 +109,11 @@ def _record(job, payload: dict, worker) -> dict:
 def _prepare_weights(jobs) -> None:
     """Smoke rows: write the tiny random weight sets once, before the workers start (never concurrently)."""
     from ...tiny import ensure_tiny
-    from .v3 import VERSION, prepare_smoke
+    from .v3 import is_v3, prepare_smoke
 
-    v3 = [j for j in jobs if getattr(j.request, "version", None) == VERSION]
-    prepare_smoke(v3)
+    prepare_smoke([j for j in jobs if is_v3(j)])
     for root, weights in sorted({(j.weight_key[0], j.weight_key[1]) for j in jobs if j.request.__dict__.get("smoke")
-                                 and getattr(j.request, "version", None) != VERSION}):
+                                 and not is_v3(j)}):
         ensure_tiny(root, weights)
 
 

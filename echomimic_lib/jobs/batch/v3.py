@@ -14,6 +14,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 VERSION = "v3-flash"
+
+
+def is_v3(job) -> bool:
+    """Whether a batch job is an EchoMimicV3 flash-pro row (its request a :class:`V3Row`)."""
+    return getattr(job.request, "version", None) == VERSION
 SMOKE = {"width": 64, "steps": 2, "length": 25}  # as `animate --version v3-flash --smoke`
 
 
