@@ -57,17 +57,22 @@ def test_ray_gives_the_records_of_the_local_workers(ray, media, shared_data, tmp
 
 
 @pytest.mark.slow
-def test_killed_actors_have_their_job_redone_then_given_up(ray, media, tmp_path):
-    from echomimic_lib.jobs.batch import BatchOptions, read_manifest, run_batch
+def test_killed_actors_have_their_job_redone_then_given_up(ray, media, tmp_path, monkeypatch, caplog):
+    from echomimic_lib.jobs.batch import BatchOptions, ray_backend, read_manifest, run_batch
 
     ray.init(address="local", num_cpus=2, num_gpus=1)  # an embedding program's own Ray (left running); a GPU in name only
     out, events, killed = tmp_path / "out", [], {"r0": [], "r1": []}
+    sinks = []
+    monkeypatch.setattr(ray_backend, "_start_sink", lambda r, start=ray_backend._start_sink: sinks.append(start(r)) or sinks[0])
 
     def on_event(kind, worker, job, payload):
         events.append((kind, job.name, getattr(worker, "wid", None)))
         if kind == "start" and (job.name == "r0" or (job.name == "r1" and not killed["r1"])):  # r0 every time, r1 once
             killed[job.name].append(worker.wid)
             ray.kill(worker.handle)
+        if kind == "progress" and len(sinks) == 1:  # the progress actor lost too: the rows go on without progress
+            ray.kill(sinks[0])
+            sinks.append("killed")
 
     defaults = {"models": str(media / "models"), "offline": "true", "steps": 1, "width": 64, "height": 64, "length": FRAMES}
     jobs = read_manifest(_manifest(media / "ray_kill.csv", _good_rows(3)), out, defaults)
@@ -87,6 +92,7 @@ def test_killed_actors_have_their_job_redone_then_given_up(ray, media, tmp_path)
     assert res["r2"]["status"] == "ok" and res["r2"]["attempts"] == 1
     assert probe(out / "r1.mp4")["frames"] == FRAMES and not (out / "r0.mp4").exists()
     _no_partials(out)
+    assert sinks[1:] == ["killed"] and "sampling progress is lost" in caplog.text
     # an actor that cannot start is the cluster's setup, not a row's fault: the batch stops and says why
     import torch
 
