@@ -11,7 +11,9 @@ after ``max_attempts`` deaths the row is an error row. Ray's own ``max_restarts`
 left off on purpose: a retry Ray does silently would not count in ``attempts``, send no ``died`` event and
 leave the dead attempt's ``.partial.mp4`` behind. An actor that cannot start at all (its ``__init__`` failed,
 e.g. no usable GPU on its node) stops the batch: that is the cluster's setup, not a row's fault. The actors
-send no sampling progress: the bar counts finished rows.
+report sampling progress as the local workers do, through a small Ray actor the driver drains while it waits
+(:mod:`.ray_progress`): the same ``progress`` events reach the bar and ``on_event``; a lagging driver or a lost
+progress actor drops events, never a row.
 
 Start a cluster: ``ray start --head`` on one machine, ``ray start --address=HEAD:6379`` on the others (each with
 this package and the weights at the same ``--models`` path), then run ``echomimic batch`` on the head with
@@ -28,6 +30,9 @@ import math
 import os
 
 from ...errors import EchoMimicError
+from .ray_progress import ProgressSender, ProgressSink, drain
+
+POLL_S = 0.5  # the driver drains the actors' progress this often while it waits for a job to finish
 
 
 def import_ray():
@@ -43,7 +48,7 @@ class RayWorker:
     """One actor's state: the loop of :func:`.workers.worker_main` without the pipe. Defined here, not inside
     :func:`run_on_ray`, so that Ray ships it by reference (every node imports it from the installed package)."""
 
-    def __init__(self, device: str, threads: int, scores: bool, log_level: int, cwd: str):
+    def __init__(self, device: str, threads: int, scores: bool, log_level: int, cwd: str, wid: int = 0, sink=None):
         import torch
 
         from ...devices import resolve_device
@@ -55,11 +60,15 @@ class RayWorker:
         torch.set_num_threads(threads)
         self.device = str(resolve_device(device))  # "cuda": the GPU Ray gave this actor (CUDA_VISIBLE_DEVICES)
         self.cache, self.scorer = ModelCache(), (Scorer() if scores else None)
+        self.progress = ProgressSender(import_ray(), sink, wid)
 
     def render(self, job) -> dict:
         from .workers import render_payload
 
-        return render_payload(job, self.device, self.cache, self.scorer)
+        try:
+            return render_payload(job, self.device, self.cache, self.scorer, self.progress.for_job(job))
+        finally:
+            self.progress.flush()  # its steps reach the sink before its result reaches the driver
 
 
 class _Actor:
@@ -122,9 +131,11 @@ def _run(ray, todo: list, opts, on_event) -> None:
     level = max(logging.getLogger("echomimic_lib").getEffectiveLevel(), logging.WARNING)
     remote = ray.remote(RayWorker).options(**need)
     live, wids = [], itertools.count()
+    sink = sink_actor = _start_sink(ray)  # sink: None once it is lost
 
     def start() -> _Actor:
-        live.append(_Actor(next(wids), device, remote.remote(device, threads, opts.scores, level, os.getcwd())))
+        wid = next(wids)
+        live.append(_Actor(wid, device, remote.remote(device, threads, opts.scores, level, os.getcwd(), wid, sink)))
         return live[-1]
 
     idle = [start() for _ in range(n)]
@@ -144,7 +155,11 @@ def _run(ray, todo: list, opts, on_event) -> None:
                 for job in pending:
                     on_event("done", None, job, {"status": "error", "error": "no worker left: every Ray actor died (see the log)."})
                 return
-            [ref], _ = ray.wait(list(busy), num_returns=1)
+            ready, _ = ray.wait(list(busy), num_returns=1, timeout=POLL_S)
+            sink = drain(ray, sink, busy, on_event)  # before a finished job's done: its last steps first
+            if not ready:
+                continue
+            ref = ready[0]
             w, job = busy.pop(ref)
             try:
                 payload = ray.get(ref)
@@ -168,3 +183,12 @@ def _run(ray, todo: list, opts, on_event) -> None:
     finally:
         for w in live:  # at once: interrupted, the rows in flight stop (the driver removes what they left)
             ray.kill(w.handle)
+        ray.kill(sink_actor)
+
+
+def _start_sink(ray):
+    """The progress actor, on this (the driver's) node when it can be, taking no CPU."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(ProgressSink).options(num_cpus=0, scheduling_strategy=here).remote()
