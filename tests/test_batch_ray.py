@@ -162,15 +162,14 @@ class _FakeRay:
     ``answers`` (a sink that answers late), else sleeps the timeout (a sink that never answers)."""
 
     def __init__(self, answers=True):
-        self.answers = answers
+        self.answers, self.waits = answers, []  # waits: the timeout of every wait (what a sender would block for)
 
     def wait(self, refs, num_returns=1, timeout=None):
+        self.waits.append(timeout)
         if timeout and self.answers:
             for r in refs:
                 if not r.ready:
                     r.run()
-        elif timeout:
-            time.sleep(timeout)
         return [r for r in refs if r.ready], [r for r in refs if not r.ready]
 
     def get(self, refs, timeout=None):
@@ -250,19 +249,18 @@ def test_progress_is_dropped_not_waited_for_when_nobody_answers():
     # the sink does not answer: at most `limit` sends in flight, the rest dropped at once; the end of the job
     # waits flush_s once, then the sender gives up (no more sends, no more waits)
     handle = _SinkHandle(ProgressSink(), eager=False)
-    sender = ProgressSender(_FakeRay(answers=False), handle, 0, limit=4, flush_s=0.2)
+    fake = _FakeRay(answers=False)
+    sender = ProgressSender(fake, handle, 0, limit=4, flush_s=0.2)
     progress = sender.for_job(_job("r"))
-    t0 = time.perf_counter()
     for i in range(100):
         progress(i, 100)
-    assert time.perf_counter() - t0 < 0.5 and handle.sent == 4 and sender.dropped == 96
-    t0 = time.perf_counter()
+    assert handle.sent == 4 and sender.dropped == 96 and not any(fake.waits)  # every look at the answers: timeout 0
     sender.flush()
-    assert 0.2 <= time.perf_counter() - t0 < 1.0 and sender.sink is None
-    t0 = time.perf_counter()
+    assert [w for w in fake.waits if w] == [0.2] and sender.sink is None  # one bounded wait, then given up
+    n = len(fake.waits)
     progress(1, 100)
     sender.flush()
-    assert time.perf_counter() - t0 < 0.1 and handle.sent == 4
+    assert handle.sent == 4 and len(fake.waits) == n  # given up: no more sends, no more waits
 
 
 def test_a_dead_progress_actor_fails_no_row(monkeypatch):
