@@ -167,7 +167,7 @@ def read_wan_lora(path: str | Path) -> WanLoraFile:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     keys: dict[str, str] = {}
     kohya: set[str] = set()
-    unknown = []
+    unknown, original = [], {}
     for key, t in tensors.items():
         name, part = _split(key)
         if not part:
@@ -187,11 +187,13 @@ def read_wan_lora(path: str | Path) -> WanLoraFile:
             raise WeightsError(f"{path}: '{key}' repeats '{keys[name]}' (the same layer written twice); the file is damaged.")
         groups[name][part] = t
         keys.setdefault(name, key)
+        original[name, part] = key
     if unknown:
         raise WeightsError(f"{path}: {len(unknown)} tensor(s) of a kind this reader does not know, e.g. '{unknown[0]}'. {_cause(unknown)}")
     for name, g in groups.items():
         where = f"{path}: '{keys[name]}'"
         if ("A" in g) != ("B" in g):
+            where = f"{path}: '{original[name, 'A' if 'A' in g else 'B']}'"
             raise WeightsError(f"{where} lacks its {'up (lora_B / lora_up)' if 'A' in g else 'down (lora_A / lora_down)'} matrix; "
                                "the file is incomplete. Download it again.")
         if "alpha" in g and "A" not in g:
