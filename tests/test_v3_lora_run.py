@@ -76,6 +76,9 @@ def test_cli_refuses_a_bad_lora_before_any_weight_loads(tiny_set, tmp_path, monk
     assert _smoke(tiny_set, out, "--lora", str(pt)) == 2 and "safetensors files only" in capsys.readouterr().err
     assert _smoke(tiny_set, out, "--lora", str(tiny_set["comfy"]), "--lora-strength", "3") == 2
     assert "--lora-strength 3" in capsys.readouterr().err and not out.exists()
+    rc = main(["animate", "--version", "v3-flash", "--reference", str(REF), "--audio", str(WAV), "-o", str(out), "--models",
+               str(tmp_path / "empty"), "--offline", "--lora", str(tiny_set["big"])])  # no set yet: the release's shapes
+    assert rc == 2 and "it was made for Wan 14B" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ the node
@@ -136,6 +139,29 @@ def test_the_node_refuses_a_wrong_size_lora_and_escaping_names(comfy):
     with pytest.raises(errors.EchoMimicError, match="not found"):
         node().execute(handle, "absent.safetensors", 1.0)
     assert not handle.patcher.patches
+
+
+def test_a_delta_on_a_blocks_own_parameter_is_patched_after_comfyuis_load(tiny_set):
+    """ComfyUI's ModelPatcher.load patches leaf modules' parameters only; the bridge's load callback patches the rest
+    (a block's modulation) once, and leaves leaf parameters to ComfyUI."""
+    from echomimic_lib.lora import load_wan_lora, shapes_of
+    from tests._v3_tiny import tiny_model
+
+    C = sub("nodes.comfy_bridge")
+    net = tiny_model(seed=1)
+    patcher = C.StandInPatcher(C.ManagedNetwork(net), "cpu", "cpu")
+    lora = load_wan_lora(write_layout(make_parts(net, seed=2), "comfyui", tiny_set["root"] / "mod.safetensors"), shapes_of(net))
+    clone = patcher.clone()
+    clone.add_patches({"net." + k: C.lora_weight_patch(lora, k, torch.float32) for k in lora.keys}, 1.0)
+    base = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for _ in range(2):  # a second load of the same patches changes nothing more
+        C._patch_inner_parameters(clone, torch.device("cpu"))
+    after = net.state_dict()
+    assert [k for k in base if not torch.equal(after[k], base[k])] == ["blocks.1.modulation"]
+    torch.testing.assert_close(after["blocks.1.modulation"], base["blocks.1.modulation"] + lora.delta("blocks.1.modulation"),
+                               rtol=0, atol=0)
+    clone.unpatch_model()
+    assert torch.equal(net.blocks[1].modulation, base["blocks.1.modulation"])
 
 
 # ------------------------------------------------------------------------------------------ batch rows

@@ -128,10 +128,10 @@ def plan_v3(req: V3Request) -> V3Plan:
     return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h), lora)
 
 
-def lora_shapes(folder: Path) -> tuple[dict, bool]:
+def lora_shapes(folder: Path) -> dict:
     """The transformer's parameter shapes without loading a weight: the base and V3 files' safetensors headers (the
-    V3 file over the base, as the loader merges them), else -- files not there yet -- the release's network (built on
-    the meta device), with ``False``: its shapes are not this set's, only its names are checked."""
+    V3 file over the base, as the loader merges them), else -- files not there yet, to be downloaded -- the release's
+    network's (built on the meta device)."""
     from safetensors import safe_open
 
     from ..models.wan import WanV3Config, WanV3Transformer
@@ -143,10 +143,10 @@ def lora_shapes(folder: Path) -> tuple[dict, bool]:
         for path in (files["base"] / "diffusion_pytorch_model.safetensors", files["flash"]):
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
-        return shapes, True
-    except Exception:  # missing (downloaded later), or not safetensors: the loaded network is checked again
+        return shapes
+    except Exception:  # missing (the release is downloaded), or unreadable (the loader says why); checked again once loaded
         with torch.device("meta"):
-            return {k: tuple(p.shape) for k, p in WanV3Transformer(WanV3Config()).named_parameters()}, False
+            return {k: tuple(p.shape) for k, p in WanV3Transformer(WanV3Config()).named_parameters()}
 
 
 def check_lora(req: V3Request):
@@ -158,9 +158,8 @@ def check_lora(req: V3Request):
     if not -MAX_LORA_STRENGTH <= strength <= MAX_LORA_STRENGTH:
         raise EchoMimicError(f"--lora-strength {strength:g}: use -{MAX_LORA_STRENGTH:g}..{MAX_LORA_STRENGTH:g} (1 = as trained, 0 = the "
                              "base model).")
-    shapes, exact = lora_shapes(Path(req.models))
     lora = read_wan_lora(req.lora)
-    resolve_wan_lora(lora, shapes, check_shapes=exact)
+    resolve_wan_lora(lora, lora_shapes(Path(req.models)))
     return lora
 
 

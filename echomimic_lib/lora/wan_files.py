@@ -232,7 +232,7 @@ def _size_error(lora: WanLoraFile, key: str, got: tuple, param: str, want: tuple
                         "flash-pro is Wan2.1-Fun 1.3B image-to-video (width 1536, 30 blocks, 36 input channels); use a LoRA trained on it.")
 
 
-def resolve_wan_lora(lora: WanLoraFile, shapes: dict[str, tuple], check_shapes: bool = True) -> WanLora:
+def resolve_wan_lora(lora: WanLoraFile, shapes: dict[str, tuple]) -> WanLora:
     """Map every group of ``lora`` onto a parameter of ``shapes`` (name -> shape); strict (see the module doc)."""
     shapes = {k: tuple(v) for k, v in shapes.items()}
     targets = _targets(shapes)
@@ -278,7 +278,7 @@ def resolve_wan_lora(lora: WanLoraFile, shapes: dict[str, tuple], check_shapes: 
             prev = diffs.get(p)
             d = t.float() * k_scale
             diffs[p] = d if prev is None else prev + d
-    if misfit and check_shapes:
+    if misfit:
         raise _size_error(lora, *misfit)
     if missing:
         raise WeightsError(f"LoRA '{lora.name}': {len(missing)} of {len(lora.groups)} layer(s) match no parameter of the EchoMimicV3 "
@@ -290,10 +290,10 @@ def shapes_of(model: nn.Module) -> dict[str, tuple]:
     return {k: tuple(p.shape) for k, p in model.named_parameters()}
 
 
-def load_wan_lora(path: str | Path, shapes: dict[str, tuple], strength: float = 1.0, check_shapes: bool = True) -> WanLora:
+def load_wan_lora(path: str | Path, shapes: dict[str, tuple], strength: float = 1.0) -> WanLora:
     """Read, map and check a Wan LoRA against ``shapes`` and refuse a bad strength -- no network touched."""
     check_strength(strength)
-    return resolve_wan_lora(read_wan_lora(path), shapes, check_shapes)
+    return resolve_wan_lora(read_wan_lora(path), shapes)
 
 
 def wan_parameters(lora: WanLora, model: nn.Module) -> dict[str, nn.Parameter]:
