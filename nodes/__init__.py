@@ -15,6 +15,7 @@ from .pose import EchoMimicPoseSequenceLoader
 from .reference import EchoMimicReferencePrep
 from .sampler import EchoMimicSampler
 from .v3 import EchoMimicV3AudioEncoder, EchoMimicV3Loader, EchoMimicV3Sampler
+from .v3_lora import EchoMimicV3Lora
 
 NODE_CLASS_MAPPINGS = {
     "EchoMimicModelLoader": EchoMimicModelLoader,
@@ -31,6 +32,7 @@ NODE_CLASS_MAPPINGS = {
     "EchoMimicFaceTrack": EchoMimicFaceTrack,
     "EchoMimicLandmarkOnlyAudio": EchoMimicLandmarkOnlyAudio,
     "EchoMimicV3Loader": EchoMimicV3Loader,
+    "EchoMimicV3Lora": EchoMimicV3Lora,
     "EchoMimicV3AudioEncoder": EchoMimicV3AudioEncoder,
     "EchoMimicV3Sampler": EchoMimicV3Sampler,
 }
@@ -49,6 +51,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicFaceTrack": "EchoMimic Face Track (video dubbing)",
     "EchoMimicLandmarkOnlyAudio": "EchoMimic Landmark-Only Driving (no audio)",
     "EchoMimicV3Loader": "EchoMimic V3 Loader (flash-pro)",
+    "EchoMimicV3Lora": "EchoMimic V3 LoRA (Wan2.1 1.3B)",
     "EchoMimicV3AudioEncoder": "EchoMimic V3 Audio Encoder (flash-pro)",
     "EchoMimicV3Sampler": "EchoMimic V3 Sampler (flash-pro)",
 }

@@ -263,7 +263,8 @@ class StandInModelManager:
 
 
 class LoraWeightPatch:
-    """One layer of an EchoMimic adapter as a ComfyUI weight adapter (``calculate_weight``'s signature).
+    """One layer of an EchoMimic adapter (or one parameter of a Wan LoRA for V3) as a ComfyUI weight adapter
+    (``calculate_weight``'s signature).
 
     ComfyUI computes a patched weight in float32 and casts it into the stored dtype with plain rounding, which
     loses most of a small adapter in bf16; this patch returns ``weight + strength * delta`` already rounded
@@ -274,8 +275,7 @@ class LoraWeightPatch:
 
     def __init__(self, adapter, layer: str, dtype: torch.dtype):
         self.adapter, self.layer, self.dtype = adapter, layer, dtype
-        a, b = adapter.layers[layer]
-        self.weights = [b, a]  # up, down: the order of ComfyUI's LoRAAdapter
+        self.weights = adapter.patch_tensors(layer)  # up, down (the order of ComfyUI's LoRAAdapter), or a full delta
         self.loaded_keys: set[str] = set()
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function, intermediate_dtype=torch.float32,

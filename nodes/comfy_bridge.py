@@ -224,9 +224,21 @@ def managed_model(name: str, module: torch.nn.Module):
     return patcher
 
 
+def _patch_inner_parameters(patcher, device_to) -> None:
+    """ModelPatcher.load patches the parameters of leaf modules only; a patched parameter that sits next to
+    sub-modules (a Wan block's ``modulation``, which a V3 LoRA's full delta may change) is patched here, once
+    (its backup marks it: unpatch_model restores it with the others)."""
+    for key in list(getattr(patcher, "patches", {})):
+        owner = patcher.model.get_submodule(key.rpartition(".")[0])
+        if key not in patcher.backup and any(p is not None for c in owner.children() for p in c.parameters()):
+            patcher.patch_weight_to_device(key, device_to=device_to)
+
+
 def _whole_to_device(patcher, device_to, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
-    """After a partial load: tensors ComfyUI cannot cast per layer (buffers, layers read outside their
-    forward) must still be on the device."""
+    """After a load: patches on parameters of non-leaf modules (:func:`_patch_inner_parameters`); after a partial
+    load: tensors ComfyUI cannot cast per layer (buffers, layers read outside their forward) must still be on the
+    device."""
+    _patch_inner_parameters(patcher, device_to)
     if device_to is None or full_load:
         return
     device = torch.device(device_to)

@@ -9,6 +9,7 @@ Folders (``models`` is ComfyUI's models directory; extra_model_paths.yaml may ad
     models/echomimic/v1, v2, sd-vae-ft-mse/, audio_processor/   weights (see docs/comfyui.md)
     models/echomimic/poses/<name>/0.npy ...                     V2 hand-pose folders (also input/echomimic_poses/)
     models/echomimic/loras/<name>.safetensors                   LoRA adapters (echomimic-train export of a LoRA run)
+    models/loras/<name>.safetensors                             Wan2.1 1.3B LoRAs for V3 (ComfyUI's own LoRA folder)
     models/echomimic/mediapipe/, models/echomimic/dwpose/       face-landmark and DWPose detector models
     models/vae/                                                 a single-file SD VAE may be chosen from here
 """
@@ -112,6 +113,24 @@ def resolve_lora(name: str) -> Path:
     if found is None:
         raise EchoMimicError(f"LoRA '{name}' not found in {', '.join(map(str, lora_roots()))}. Put the .safetensors written by "
                              "`echomimic-train export` there, or choose 'none'.")
+    return found
+
+
+def wan_lora_roots() -> list[Path]:
+    """ComfyUI's own LoRA folders (models/loras and extra_model_paths.yaml's): where Wan LoRAs for V3 live."""
+    return C.folder_roots("loras")
+
+
+def wan_lora_files() -> list[str]:
+    """The .safetensors files of ComfyUI's loras folders, as ComfyUI lists them (relative names)."""
+    return sorted(f for f in C.filename_list("loras") if Path(f).suffix == ".safetensors")
+
+
+def resolve_comfy_lora(name: str) -> Path:
+    found = find_named(wan_lora_roots(), name, "LoRA")
+    if found is None:
+        raise EchoMimicError(f"LoRA '{name}' not found in {', '.join(map(str, wan_lora_roots()))}. Put the Wan2.1 1.3B LoRA "
+                             "(.safetensors) there, or choose 'none'.")
     return found
 
 

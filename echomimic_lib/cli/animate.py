@@ -127,7 +127,8 @@ def add_commands(sub) -> None:
                                                                "around the face (no MediaPipe model needed)")
     a.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for the V1 face crop and landmarks from a video "
                                              "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
-    a.add_argument("--lora", help="LoRA adapter (.safetensors from `echomimic-train export`) for this version's weights")
+    a.add_argument("--lora", help="LoRA adapter (.safetensors from `echomimic-train export`) for this version's weights; with "
+                   "--version v3-flash a Wan2.1 1.3B LoRA (ComfyUI, lightx2v, kohya/musubi or diffusers layout; docs/v3.md)")
     a.add_argument("--lora-strength", type=float, default=1.0, help="LoRA strength (0 = the base model exactly)")
     a.add_argument("--low-vram", action="store_true", help="small GPUs: each network on the GPU only for its stage, the "
                    "denoiser streamed block by block (about 1.3x slower; same output)")

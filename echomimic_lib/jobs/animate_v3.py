@@ -11,6 +11,10 @@ Models folder layout (``<models>/v3-flash/``; every name as the releases ship it
 
 Where each comes from: :mod:`..models.wan.sources`; ``echomimic download --weights v3-flash`` fetches them.
 
+LoRA (``lora``, ``lora_strength``): a community Wan2.1 1.3B LoRA (:mod:`..lora.wan_files`), read and checked against the
+set's parameter names and shapes in :func:`plan_v3` (from the weight files' headers: no weight loads), merged into the
+transformer after it loads and before sampling (strength 0: not applied, the base model bit for bit).
+
 Frames: as the official CLI, at most one 81-frame shot of the speech (``(F - 1) // 4 * 4 + 1``); asking for
 more (``length`` > 81) renders the whole request in chunks re-anchored on the reference (:mod:`.long`).
 """
@@ -43,6 +47,8 @@ class V3Request:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     download: bool = True  # fetch missing files from Hugging Face first (the command line: unless --offline or --smoke)
+    lora: str | None = None  # a Wan2.1 1.3B LoRA .safetensors (see docs/v3.md)
+    lora_strength: float = 1.0
 
 
 def model_files(root: Path, download: bool = False) -> dict:
@@ -65,6 +71,7 @@ class V3Plan:
     raw_rate: int
     frames: int
     size: tuple[int, int]    # (width, height)
+    lora: object = None      # the request's LoRA file, read and checked (lora.wan_files.WanLoraFile)
 
 
 @dataclass
@@ -117,7 +124,54 @@ def plan_v3(req: V3Request) -> V3Plan:
     if req.length and req.length < frames:
         frames = frame_count(req.length / FPS, req.length)
     h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
-    return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h))
+    lora = check_lora(req) if req.lora else None
+    return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h), lora)
+
+
+def lora_shapes(folder: Path) -> dict:
+    """The transformer's parameter shapes without loading a weight: the base and V3 files' safetensors headers (the
+    V3 file over the base, as the loader merges them), else -- files not there yet, to be downloaded -- the release's
+    network's (built on the meta device)."""
+    from safetensors import safe_open
+
+    from ..models.wan import WanV3Config, WanV3Transformer
+    from ..models.wan.sources import resolved_files
+
+    files = resolved_files(folder)
+    shapes: dict = {}
+    try:
+        for path in (files["base"] / "diffusion_pytorch_model.safetensors", files["flash"]):
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+        return shapes
+    except Exception:  # missing (the release is downloaded), or unreadable (the loader says why); checked again once loaded
+        with torch.device("meta"):
+            return {k: tuple(p.shape) for k, p in WanV3Transformer(WanV3Config()).named_parameters()}
+
+
+def check_lora(req: V3Request):
+    """The request's LoRA file, read and checked (strength; every key maps onto the set's parameters and fits), no weights."""
+    from .animate_checks import MAX_LORA_STRENGTH, _number
+    from ..lora.wan_files import read_wan_lora, resolve_wan_lora
+
+    strength = _number(req.lora_strength, "--lora-strength")
+    if not -MAX_LORA_STRENGTH <= strength <= MAX_LORA_STRENGTH:
+        raise EchoMimicError(f"--lora-strength {strength:g}: use -{MAX_LORA_STRENGTH:g}..{MAX_LORA_STRENGTH:g} (1 = as trained, 0 = the "
+                             "base model).")
+    lora = read_wan_lora(req.lora)
+    resolve_wan_lora(lora, lora_shapes(Path(req.models)))
+    return lora
+
+
+def apply_lora(models: "V3Models", plan: V3Plan) -> "V3Models":
+    """Merge the plan's LoRA into the loaded transformer (strength 0: nothing changes); checked again on the network."""
+    strength = float(plan.req.lora_strength)
+    if plan.lora is not None and strength != 0:
+        from ..lora.wan_files import apply_wan_lora, resolve_wan_lora, shapes_of
+
+        lora = resolve_wan_lora(plan.lora, shapes_of(models.transformer))  # mapped onto the loaded network itself
+        apply_wan_lora(models.transformer, lora, strength, keep_base=False)
+    return models
 
 
 def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True) -> V3Models:
@@ -184,5 +238,5 @@ def run_v3(req: V3Request, progress=None) -> dict:
     dev = torch.device(req.device)
     prompt = encode_prompt(files["umt5"], req.prompt, cache_dir=Path(req.models) / "prompt_cache", device=dev, dtype=req.dtype)
     clip = clip_features(files["clip"], plan.ref_u8, device=dev, dtype=req.dtype)
-    out = render_v3(plan, load_v3(files, dev, req.dtype, clip=False), progress, prompt=prompt, clip=clip)
+    out = render_v3(plan, apply_lora(load_v3(files, dev, req.dtype, clip=False), plan), progress, prompt=prompt, clip=clip)
     return {**out, "seconds": round(time.time() - t0, 1)}

@@ -82,10 +82,18 @@ def fingerprints_match(a: dict, b: dict) -> bool:
     return True
 
 
-class LoraPatch:
-    """An adapter merged into a model set's layers at a strength, with the base tensors kept (CPU) to restore."""
+def _tensor(target) -> torch.Tensor:
+    """The tensor a patch changes: a layer's weight, or the parameter itself (a Wan LoRA's norms, biases, deltas)."""
+    return target if isinstance(target, torch.Tensor) else target.weight
 
-    def __init__(self, adapter: LoraAdapter, layers: dict[str, nn.Linear], keep_base: bool = True):
+
+class LoraPatch:
+    """An adapter merged into a model set's layers at a strength, with the base tensors kept (CPU) to restore.
+
+    ``layers`` maps each adapted name to an ``nn.Linear`` (its weight changes) or to a parameter (changed itself);
+    ``adapter.delta(name, strength)`` gives the float32 delta in that tensor's shape."""
+
+    def __init__(self, adapter, layers: dict[str, nn.Linear | torch.Tensor], keep_base: bool = True):
         self.adapter, self.layers, self.keep_base = adapter, layers, keep_base
         self.strength = 0.0
         self._base: dict[str, torch.Tensor] = {}
@@ -107,8 +115,8 @@ class LoraPatch:
             raise EchoMimicError("this LoRA patch kept no base weights (keep_base=False): load the model again to change the strength.")
         if strength == 0.0:
             return self.remove()
-        for layer, lin in self.layers.items():
-            w = lin.weight
+        for layer, target in self.layers.items():
+            w = _tensor(target)
             if layer not in self._base:
                 if self.keep_base:
                     self._base[layer] = w.detach().to("cpu", copy=True)
@@ -126,7 +134,7 @@ class LoraPatch:
         if self.strength != 0.0 and not self.keep_base:
             raise EchoMimicError("this LoRA patch kept no base weights (keep_base=False): load the model again.")
         for layer, base in self._base.items():
-            w = self.layers[layer].weight
+            w = _tensor(self.layers[layer])
             w.copy_(base.to(device=w.device, dtype=w.dtype))
         self._base, self.strength = {}, 0.0
         return self

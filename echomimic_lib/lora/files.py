@@ -117,6 +117,11 @@ class LoraAdapter:
         a, b = self.layers[layer]
         return (b.to(device, torch.float32) @ a.to(device, torch.float32)) * (self.scale(layer) * float(strength))
 
+    def patch_tensors(self, layer: str) -> list[torch.Tensor]:
+        """The file's tensors behind one layer's patch, up then down (ComfyUI's weight adapter ``weights``)."""
+        a, b = self.layers[layer]
+        return [b, a]
+
 
 def with_alpha_tensors(tensors: dict[str, torch.Tensor], info: LoraInfo) -> dict[str, torch.Tensor]:
     """``tensors`` plus a ``<layer>.alpha`` scalar for every layer with a ``lora_A`` weight and no alpha yet."""

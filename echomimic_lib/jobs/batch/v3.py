@@ -3,7 +3,8 @@ the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v
 
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
 ``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``teacache``, ``no-color-transfer``, ``models`` (the
-models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, plus ``name`` and ``kind``
+models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, ``lora``, ``lora-strength`` (a Wan2.1
+1.3B LoRA: rows with one get a model set of their own per file and strength), plus ``name`` and ``kind``
 (``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...) is a manifest error. Rows with the same
 models folder and dtype share one loaded set in a worker (transformer, VAE, wav2vec2, CLIP-vision, and the umT5
 encoder once a prompt is missing from the on-disk prompt cache).
@@ -43,6 +44,8 @@ class V3Row:
     device: str = "auto"
     download: bool = True
     version: str = VERSION
+    lora: str | None = None  # a Wan2.1 1.3B LoRA (as --lora); rows with a LoRA load their own set (weight key)
+    lora_strength: float = 1.0
 
     @property
     def folder(self) -> Path:
@@ -61,11 +64,11 @@ class V3Row:
                          audio_cfg=self.audio_cfg, seed=self.seed, size=(w, h),
                          length=self.length or (SMOKE["length"] if self.smoke else 0), teacache=self.teacache,
                          color_transfer=self.color_transfer, device=str(device), dtype=dtype,
-                         download=self.download and not self.smoke)
+                         download=self.download and not self.smoke, lora=self.lora, lora_strength=self.lora_strength)
 
 
 ALIASES = {"no_color_transfer": ("color_transfer", True), "offline": ("download", True)}
-PATHS = ("reference", "audio", "models")
+PATHS = ("reference", "audio", "models", "lora")
 
 
 def build_v3_kwargs(values: dict, base: Path, convert) -> dict:
@@ -105,7 +108,8 @@ def plan_v3_row(job) -> tuple[tuple, int]:
     plan = plan_v3(row.request("cpu", torch.float32))
     if not row.download and not row.smoke:
         model_files(row.folder, download=False)  # offline: missing files are this row's error, before any load
-    return (VERSION, str(row.folder), row.dtype), int(plan.frames)
+    lora = (("lora", row.lora, float(row.lora_strength)),) if row.lora else ()  # merged at load: a set of its own
+    return (VERSION, str(row.folder), row.dtype) + lora, int(plan.frames)
 
 
 def prepare_smoke(jobs) -> None:
@@ -118,13 +122,13 @@ def prepare_smoke(jobs) -> None:
 def render_v3_job(job, cache, progress=None) -> dict:
     from ...audio.wav2vec import FPS
     from ...devices import resolve_device, resolve_dtype
-    from ..animate_v3 import load_v3, model_files, plan_v3, render_v3
+    from ..animate_v3 import apply_lora, load_v3, model_files, plan_v3, render_v3
 
     row = job.request
     device = resolve_device(row.device)
     dtype = resolve_dtype(row.dtype, device)
     req = row.request(device, dtype)
     plan = plan_v3(req)
-    models = cache.get(job.weight_key, lambda: load_v3(model_files(Path(req.models), download=req.download), device, dtype))
+    models = cache.get(job.weight_key, lambda: apply_lora(load_v3(model_files(Path(req.models), download=req.download), device, dtype), plan))
     out = render_v3(plan, models, progress)
     return {"output": out["output"], "frames": out["frames"], "fps": FPS, "device": str(device), "size": out["size"]}
