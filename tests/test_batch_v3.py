@@ -82,3 +82,27 @@ def test_v3_row_with_a_v1_column_is_refused_before_anything_runs(v3media, tmp_pa
     assert "line 2: column 'pose' is not an EchoMimicV3 flash-pro option" in err
     assert "line 3: column 'mode'" in err and "nothing was started" in err
     assert not out.exists()
+
+
+def test_v3_fingerprint_of_a_row_without_lora_is_the_one_recorded_before_the_lora_columns(tmp_path):
+    """Rows recorded by the release without ``lora`` / ``lora-strength`` stay done: their fingerprint is unchanged."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from echomimic_lib.jobs.batch.results import fingerprint
+    from echomimic_lib.jobs.batch.v3 import V3Row
+
+    later = {"lora", "lora_strength"}
+    old_fields = [(f.name, f.type, f) for f in dataclasses.fields(V3Row) if f.name not in later]
+    OldRow = dataclasses.make_dataclass("V3Row", old_fields)  # the row as it was before the LoRA columns
+    ref, audio = tmp_path / "a.png", tmp_path / "a.wav"
+    ref.write_bytes(b"png")
+    audio.write_bytes(b"wav")
+    kw = dict(reference=str(ref), audio=str(audio), output=str(tmp_path / "a.mp4"), prompt="hi", seed=7)
+
+    def job(request):
+        return SimpleNamespace(kind="animate", request=request, weight_key=("v3-flash", "m", "auto"))
+
+    old = fingerprint(job(OldRow(**kw)))
+    assert fingerprint(job(V3Row(**kw))) == old
+    assert fingerprint(job(V3Row(**kw, lora_strength=0.5))) != old  # a strength set is hashed (it changes the result)

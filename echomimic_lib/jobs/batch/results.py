@@ -26,6 +26,7 @@ from pathlib import Path
 
 FILE_NAME = "results.jsonl"
 LATER_FIELDS = {"compile": False, "cuda_graphs": False}  # request fields added after the first batch release: their default
+LATER_V3_FIELDS = {"lora_strength": 1.0}  # the same for EchoMimicV3 rows (``lora`` itself is an input, hashed when set)
 INPUT_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora"), "dub": ("video", "audio")}  # hashed by content
 
 
@@ -58,7 +59,8 @@ def fingerprint(job) -> str:
             inputs[key] = content_digest(value)
     for key in ("output", "device"):
         settings.pop(key, None)
-    for key, default in LATER_FIELDS.items():  # hashed only when set, so rows recorded before they existed stay done
+    later = dict(LATER_FIELDS, **(LATER_V3_FIELDS if settings.get("version") == "v3-flash" else {}))
+    for key, default in later.items():  # hashed only when set, so rows recorded before they existed stay done
         if settings.get(key, default) == default:
             settings.pop(key, None)
     doc = {"kind": job.kind, "settings": settings, "inputs": inputs, "weights": [str(k) for k in job.weight_key]}
