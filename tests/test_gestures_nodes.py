@@ -2,7 +2,6 @@
 bridge's stand-ins) on tiny random weights, with pose folder 01 (48 frames) in models/echomimic/poses/."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest

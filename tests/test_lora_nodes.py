@@ -153,7 +153,7 @@ def test_low_vram_streaming_gets_the_patches_and_gives_the_base_back(env):
 def test_a_wrong_version_adapter_is_refused_before_any_weight_is_touched(env, monkeypatch):
     errors = sub("echomimic_lib.errors")
     base = env["base"]
-    v2 = _adapter_file(env["files"]["a"].parent / "v2.safetensors", base.models, 3, weights="v2")
+    _adapter_file(env["files"]["a"].parent / "v2.safetensors", base.models, 3, weights="v2")
     ref = _weights(base)
     monkeypatch.setattr(sub("nodes.lora"), "resolve_layers", lambda *a, **k: pytest.fail("layers resolved before the version check"))
     with pytest.raises(errors.WeightsError, match=r"trained for EchoMimicV2 half-body \(v2\).*V1 audio-driven"):

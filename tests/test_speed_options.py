@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lpips  # noqa: E402  (the train extra; CI installs it)
+import lpips  # noqa: E402, F401  (the train extra; CI installs it: fails here, not deep in a test, without it)
 
 from trainer.losses import build_lpips  # noqa: E402
 from tests.test_trainer_helpers import rows, shared_dir, train_cli, v1_config, write_yaml  # noqa: E402

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
-import pytest
 
 from echomimic_lib.cli import main
 

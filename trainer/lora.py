@@ -26,8 +26,6 @@ from .config import ConfigError
 from .net import TrainingNet, is_lora_param, unused_reference_parameters
 
 if TYPE_CHECKING:
-    import torch
-
     from .config import TrainConfig
 
 log = logging.getLogger(__name__)

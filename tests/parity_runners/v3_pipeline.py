@@ -3,7 +3,6 @@ TeaCache official/off, Flow-UniPC, VAE decode, uint8 frames, colour transfer) ag
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 from echomimic_lib.audio.wav2vec import audio_windows, load_wav2vec

@@ -29,7 +29,7 @@ import torch
 
 from ..config import TrainConfig
 from ..net import trainable_names
-from .networks import MetaNets, arch_for, build_meta, checkpointing_of, trace_phase
+from .networks import arch_for, build_meta, checkpointing_of, trace_phase
 
 GIB = 2**30
 CONTEXT_GIB = 2.0
