@@ -24,7 +24,7 @@ def cmd_animate_v3(args) -> int:
 
     for flag, value in (("--mode", args.mode), ("--acc", args.acc), ("--landmarks", args.landmarks), ("--pose", args.pose),
                         ("--lora", args.lora), ("--fp8", args.fp8), ("--paste-back", args.paste_back),
-                        ("--compile", args.compile), ("--cuda-graphs", args.cuda_graphs)):
+                        ("--cuda-graphs", args.cuda_graphs)):
         if value:
             raise EchoMimicError(f"{flag} is a V1/V2 option; EchoMimicV3 flash-pro does not take it (drop it, or use --version v1/v2)")
     if args.cfg:
@@ -46,7 +46,7 @@ def cmd_animate_v3(args) -> int:
                     steps=args.steps or (2 if args.smoke else 8), audio_cfg=args.audio_cfg,
                     seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
                     teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
-                    download=not (args.offline or args.smoke))
+                    download=not (args.offline or args.smoke), compile=args.compile)
     s = run_v3(req)
     _say(f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video, {s['size'][0]}x{s['size'][1]}) "
          f"in {s['seconds']} s")
