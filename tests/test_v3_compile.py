@@ -4,7 +4,8 @@ number of graphs over audio CFG on/off, TeaCache and the chunks of a long clip; 
 line (``--compile --smoke``), a batch row's ``compile`` column and the V3 Loader node's ``compile`` input.
 
 Most tests compile with ``aot_eager`` (Dynamo traces and partitions, no code is generated): what they check is the
-capture and the recompiles. One test runs inductor (marked slow: about 1.5 min of C++ compiling on 2 cores)."""
+capture and the recompiles. One test runs inductor (marked slow: about 2 min of C++ compiling on 2 cores with a cold
+inductor cache)."""
 from __future__ import annotations
 
 import dataclasses
@@ -230,9 +231,9 @@ def test_batch_compile_column_is_parsed_and_gets_its_own_loaded_set(tmp_path, ao
     real = sampler.generate
     monkeypatch.setattr(sampler, "generate", lambda model, *a, **k: (seen.append(is_compiled(model)), real(model, *a, **k))[1])
     cache = ModelCache()
-    for job in (plain, fast, off):
+    for job in (plain, fast):
         assert render_v3_job(job, cache)["frames"] == 5
-    assert seen == [False, True, False] and cache.loads == 3  # never a compiled set for a plain row, nor the reverse
+    assert seen == [False, True] and cache.loads == 2  # a plain row's set is not the compiled one
     assert len(aot_eager) == 1
 
 
