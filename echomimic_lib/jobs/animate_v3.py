@@ -107,7 +107,8 @@ def plan_v3(req: V3Request) -> V3Plan:
     from ..pipeline.wan.sampler import resize_reference, sample_size
     from ..speed import check_speed_options
 
-    check_speed_options(req.device, compile=req.compile)  # (on a CPU: a warning that compiling takes minutes)
+    if req.compile:  # V3's only speed option: on a CPU a warning that compiling takes minutes
+        check_speed_options(req.device, compile=True)
     out = check_output(req.output)
     ref = read_reference(req.reference)
     wav, sr, raw = read_speech(req.audio)
