@@ -1,9 +1,13 @@
-"""The two speed options of a V1/V2 generation: checked before any weight loads, applied after loading.
+"""The two speed options of a V1/V2 generation (and ``compile`` of a V3 one): checked before any weight loads,
+applied after loading.
 
 - ``compile``: regional ``torch.compile`` of the denoiser (:mod:`echomimic_lib.models.unet.compile`): every
   ResNet block, spatial transformer and motion module compiled on its own. The first denoiser call per
   batch shape compiles (about a minute on a GPU, several minutes on a CPU); every later call of that shape
   is faster (about 20-25 % per call on an H200). The output differs from the eager one by float rounding.
+  EchoMimicV3 flash-pro takes ``compile`` only (:func:`compile_transformer`: each DiT block compiled on its
+  own, :mod:`echomimic_lib.models.wan.compile`); the same checks apply (``cuda_graphs`` and ``low_vram`` are
+  no V3 options, so only the CPU warning can come up).
 - ``cuda_graphs``: the sampler records the denoiser call once per generation and replays it
   (``SampleSettings.cuda_graphs``, :mod:`echomimic_lib.models.unet.graphs`): no per-kernel launch overhead.
   Needs a CUDA GPU.
@@ -81,4 +85,17 @@ def compile_denoiser(models) -> int:
     if n:
         log.info("compile: %d denoiser blocks will be compiled by torch.compile on their first call (once per batch "
                  "shape)", n)
+    return n
+
+
+def compile_transformer(model) -> int:
+    """Regional compile of an EchoMimicV3 flash-pro transformer (each DiT block; after any weight merge such as a
+    LoRA, see :mod:`echomimic_lib.models.wan.compile`); returns the number of blocks compiled (0 when it already
+    was). Lazy as :func:`compile_denoiser`: the first call per input shape compiles."""
+    from .models.wan.compile import compile_blocks
+
+    n = compile_blocks(model)
+    if n:
+        log.info("compile: %d transformer blocks will be compiled by torch.compile on their first call (the first "
+                 "shape static, the first other length or size once more with symbolic sizes)", n)
     return n

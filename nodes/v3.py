@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.speed import OptionNames
 from . import comfy_bridge as C
 from . import paths
 from .payloads import first_image, to_image, trim_audio
@@ -25,6 +26,8 @@ V3_MODEL = "ECHOMIMIC_V3_MODEL"
 V3_AUDIO = "ECHOMIMIC_V3_AUDIO"
 FLASH_FILE = "echomimicv3-flash-pro/diffusion_pytorch_model.safetensors"
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NODE_NAMES = OptionNames("'compile' (EchoMimic V3 Loader)", "cuda_graphs (not an EchoMimicV3 option)",
+                         "low_vram (not an EchoMimicV3 option)", "start ComfyUI on an NVIDIA GPU (without --cpu)")
 
 
 @dataclass(eq=False)
@@ -64,11 +67,19 @@ class EchoMimicV3Loader:
                              "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: ComfyUI's choice for the device."})},
                 "optional": {"auto_download": ("BOOLEAN", {"default": False, "tooltip": (
                     "Download what the folder lacks from Hugging Face (base transformer, flash-pro file, wav2vec2: about "
-                    "7.2 GB; the text / image encoders and the VAE come from core's loaders). Files already there are kept.")})}}
+                    "7.2 GB; the text / image encoders and the VAE come from core's loaders). Files already there are kept.")}),
+                             "compile": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Speed (GPU): regional torch.compile of the transformer (each of its blocks). The first run "
+                    "compiles the blocks (minutes on a CPU), and the first run at another length or size compiles "
+                    "them once more; later runs reuse them. Not measured on a GPU yet. The output differs only by "
+                    "float rounding. Applied once, when the model is loaded.")})}}
 
-    def execute(self, folder, dtype, auto_download=False):
+    def execute(self, folder, dtype, auto_download=False, compile=False):
         from ..echomimic_lib.audio.wav2vec import load_wav2vec
         from ..echomimic_lib.models.wan import load_v3_transformer
+        from ..echomimic_lib.speed import check_speed_options, compile_transformer  # (see NODE_NAMES)
+
+        check_speed_options(C.torch_device(), compile=bool(compile), names=NODE_NAMES)  # (a warning on the CPU)
 
         root = paths.find_named(paths.echomimic_roots(), folder, "EchoMimicV3 folder", want_dir=True)
         if auto_download:  # into the folder found, else models/echomimic/<folder> (checked: stays inside it)
@@ -84,7 +95,10 @@ class EchoMimicV3Loader:
         dt = DTYPES[dtype] or C.auto_dtype(C.torch_device())
         model, report = load_v3_transformer(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE, dtype=dt,
                                             device=C.offload_device())
-        return (V3Handle(C.managed_model("v3_transformer", model), load_wav2vec(root / "chinese-wav2vec2-base"), report.summary()),)
+        patcher = C.managed_model("v3_transformer", model)
+        if compile:  # once, after every weight change of the load (ComfyUI's LoRA patches change weights, not code)
+            compile_transformer(model)
+        return (V3Handle(patcher, load_wav2vec(root / "chinese-wav2vec2-base"), report.summary()),)
 
 
 class EchoMimicV3AudioEncoder:

@@ -62,7 +62,7 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="regional torch.compile of the denoiser: its first call per batch shape compiles (about a minute "
                         "on a GPU, several on the CPU), then each call is about 20-25%% faster (H200); the output differs "
-                        "only by float rounding. Not with --low-vram")
+                        "only by float rounding. Not with --low-vram. --version v3-flash: each transformer block")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="record the denoiser call once per generation as a CUDA graph and replay it (no kernel launch "
                         "overhead); needs a CUDA GPU; not with --low-vram")

@@ -23,8 +23,7 @@ def cmd_animate_v3(args) -> int:
     from ..jobs.animate_v3 import V3Request, run_v3
 
     for flag, value in (("--mode", args.mode), ("--acc", args.acc), ("--landmarks", args.landmarks), ("--pose", args.pose),
-                        ("--fp8", args.fp8), ("--paste-back", args.paste_back),
-                        ("--compile", args.compile), ("--cuda-graphs", args.cuda_graphs)):
+                        ("--fp8", args.fp8), ("--paste-back", args.paste_back), ("--cuda-graphs", args.cuda_graphs)):
         if value:
             raise EchoMimicError(f"{flag} is a V1/V2 option; EchoMimicV3 flash-pro does not take it (drop it, or use --version v1/v2)")
     if args.cfg:
@@ -46,7 +45,8 @@ def cmd_animate_v3(args) -> int:
                     steps=args.steps or (2 if args.smoke else 8), audio_cfg=args.audio_cfg,
                     seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
                     teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
-                    download=not (args.offline or args.smoke), lora=args.lora, lora_strength=args.lora_strength)
+                    download=not (args.offline or args.smoke), lora=args.lora, lora_strength=args.lora_strength,
+                    compile=args.compile)
     s = run_v3(req)
     _say(f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video, {s['size'][0]}x{s['size'][1]}) "
          f"in {s['seconds']} s")

@@ -49,6 +49,7 @@ class V3Request:
     download: bool = True  # fetch missing files from Hugging Face first (the command line: unless --offline or --smoke)
     lora: str | None = None  # a Wan2.1 1.3B LoRA .safetensors (see docs/v3.md)
     lora_strength: float = 1.0
+    compile: bool = False  # regional torch.compile of the transformer's blocks (echomimic_lib.speed.compile_transformer)
 
 
 def model_files(root: Path, download: bool = False) -> dict:
@@ -111,7 +112,10 @@ def plan_v3(req: V3Request) -> V3Plan:
     from .animate_checks import check_output, read_reference, read_speech
     from ..audio.wav2vec import FPS, frame_count
     from ..pipeline.wan.sampler import resize_reference, sample_size
+    from ..speed import check_speed_options
 
+    if req.compile:  # V3's only speed option: on a CPU a warning that compiling takes minutes
+        check_speed_options(req.device, compile=True)
     out = check_output(req.output)
     ref = read_reference(req.reference)
     wav, sr, raw = read_speech(req.audio)
@@ -176,7 +180,8 @@ def apply_lora(models: "V3Models", plan: V3Plan) -> "V3Models":
 
 def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True) -> V3Models:
     """The set's networks (``files``: :func:`model_files`) on ``device`` in ``dtype`` (wav2vec2: fp32 on the CPU);
-    ``clip``: also CLIP-vision (kept for the following requests)."""
+    ``clip``: also CLIP-vision (kept for the following requests). Every change of the transformer's weights (a LoRA
+    merge) belongs here: :func:`render_v3` compiles the blocks (``compile``) after this returns."""
     from ..audio.wav2vec import load_wav2vec
     from ..models.wan import load_v3_transformer
     from ..models.wan.vae import load_wan_vae
@@ -204,6 +209,10 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
         prompt = models.prompt(req.prompt, Path(req.models) / "prompt_cache")
     if clip is None:
         clip = clip_features(models.files["clip"], ref_u8, device=models.device, dtype=models.dtype, model=models.clip)
+    if req.compile:  # after load_v3, so after any weight merge (LoRA) it does; once per loaded set (0 when done)
+        from ..speed import compile_transformer
+
+        compile_transformer(models.transformer)
     model, vae, enc = models.transformer, models.vae, models.wav2vec
     samples = prepare_samples(resample_16k(plan.mono, plan.raw_rate), frames)
     settings = V3Settings(steps=req.steps, audio_cfg=req.audio_cfg, seed=req.seed, teacache=req.teacache,

@@ -2,12 +2,12 @@
 the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v3`` / ``render_v3``).
 
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
-``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``teacache``, ``no-color-transfer``, ``models`` (the
-models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, ``lora``, ``lora-strength`` (a Wan2.1
-1.3B LoRA: rows with one get a model set of their own per file and strength), plus ``name`` and ``kind``
+``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``teacache``, ``no-color-transfer``, ``compile``, ``models``
+(the models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, ``lora``, ``lora-strength`` (a
+Wan2.1 1.3B LoRA: rows with one get a model set of their own per file and strength), plus ``name`` and ``kind``
 (``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...) is a manifest error. Rows with the same
-models folder and dtype share one loaded set in a worker (transformer, VAE, wav2vec2, CLIP-vision, and the umT5
-encoder once a prompt is missing from the on-disk prompt cache).
+models folder, dtype and ``compile`` share one loaded set in a worker (transformer, VAE, wav2vec2, CLIP-vision, and the
+umT5 encoder once a prompt is missing from the on-disk prompt cache).
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ class V3Row:
     dtype: str = "auto"
     device: str = "auto"
     download: bool = True
+    compile: bool = False  # regional torch.compile of the transformer blocks (its own loaded set: see plan_v3_row)
     version: str = VERSION
     lora: str | None = None  # a Wan2.1 1.3B LoRA (as --lora); rows with a LoRA load their own set (weight key)
     lora_strength: float = 1.0
@@ -64,7 +65,8 @@ class V3Row:
                          audio_cfg=self.audio_cfg, seed=self.seed, size=(w, h),
                          length=self.length or (SMOKE["length"] if self.smoke else 0), teacache=self.teacache,
                          color_transfer=self.color_transfer, device=str(device), dtype=dtype,
-                         download=self.download and not self.smoke, lora=self.lora, lora_strength=self.lora_strength)
+                         download=self.download and not self.smoke, lora=self.lora, lora_strength=self.lora_strength,
+                         compile=self.compile)
 
 
 ALIASES = {"no_color_transfer": ("color_transfer", True), "offline": ("download", True)}
@@ -105,11 +107,14 @@ def plan_v3_row(job) -> tuple[tuple, int]:
     from ..animate_v3 import model_files, plan_v3
 
     row = job.request
-    plan = plan_v3(row.request("cpu", torch.float32))
+    req = row.request("cpu", torch.float32)
+    req.compile = False  # its only check is a CPU warning: the worker's, on the row's own device
+    plan = plan_v3(req)
     if not row.download and not row.smoke:
         model_files(row.folder, download=False)  # offline: missing files are this row's error, before any load
     lora = (("lora", row.lora, float(row.lora_strength)),) if row.lora else ()  # merged at load: a set of its own
-    return (VERSION, str(row.folder), row.dtype) + lora, int(plan.frames)
+    compiled = ("compiled",) if row.compile else ()  # compiled blocks are another set to keep; the key stays without
+    return (VERSION, str(row.folder), row.dtype) + lora + compiled, int(plan.frames)
 
 
 def prepare_smoke(jobs) -> None:
