@@ -38,3 +38,26 @@ def test_v3_errors_before_work(tmp_path, capsys):
     rc = main(["animate", "--version", "v3-flash", "--mode", "halfbody", "--reference", "x.png", "--audio", "y.wav", "-o",
                str(tmp_path / "x.mp4")])
     assert rc == 2 and "--mode is a V1/V2 option" in capsys.readouterr().err
+
+
+def test_the_other_familys_options_are_refused_by_name_not_ignored(tmp_path, capsys):
+    """V1/V2-only options with --version v3-flash, and V3-only options without it, stop the run before any file is read
+    (the inputs here do not exist: a check that came later would name them instead)."""
+    base = ["animate", "--reference", str(tmp_path / "none.png"), "--audio", str(tmp_path / "none.wav"),
+            "-o", str(tmp_path / "x.mp4"), "--models", str(tmp_path), "--offline"]
+    for extra, said in ((["--low-vram"], "--low-vram is a V1/V2 option"),
+                        (["--halfbody-crop", "--align-poses"], "--halfbody-crop and --align-poses are V1/V2 options"),
+                        (["--parts", "eyes"], "--parts is a V1/V2 option"),
+                        (["--fps", "30"], "--fps is a V1/V2 option"),
+                        (["--context-frames", "16"], "--context-frames is a V1/V2 option")):
+        assert main(base + ["--version", "v3-flash"] + extra) == 2
+        assert said in capsys.readouterr().err, extra
+    for extra, said in ((["--prompt", "a man talks"], "--prompt is an EchoMimicV3 flash-pro option"),
+                        (["--version", "v2", "--audio-cfg", "4", "--teacache", "off"], "--audio-cfg and --teacache are EchoMimicV3")):
+        assert main(base + extra) == 2
+        assert said in capsys.readouterr().err, extra
+    # V3's own frame rate said explicitly is no V1/V2 option: the run goes on to the next check (the missing input)
+    assert main(base + ["--version", "v3-flash", "--fps", "25"]) == 2
+    err = capsys.readouterr().err
+    assert "V1/V2 option" not in err and "none.png" in err
+    assert not (tmp_path / "x.mp4").exists()

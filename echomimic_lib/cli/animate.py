@@ -37,9 +37,10 @@ def request_from_args(args):
 
 
 def _cmd_animate(args) -> int:
-    if args.version == "v3-flash":  # its own option checks first (V1/V2 options are refused by name)
-        from .v3 import cmd_animate_v3
+    from .v3 import check_family_options, cmd_animate_v3
 
+    check_family_options(args)  # the other family's options are refused by name, before any work
+    if args.version == "v3-flash":
         return cmd_animate_v3(args)
     from ..jobs.animate_checks import probe_speech
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 SMOKE_SIZE = (64, 64)
+V3_FPS = 25.0
+# options of one family only: given (not at their default) to the other family, they are refused by name, not ignored
+V1V2_ONLY = ("mode", "acc", "landmarks", "parts", "pose", "retime", "gesture_library", "expressiveness", "fps",
+             "context_frames", "context_overlap", "no_face_crop", "mediapipe_model", "low_vram", "fp8", "paste_back",
+             "halfbody_crop", "align_poses", "cuda_graphs")
+V3_ONLY = ("prompt", "audio_cfg", "teacache", "no_color_transfer")
 
 
 def add_v3_arguments(a) -> None:
@@ -13,6 +19,38 @@ def add_v3_arguments(a) -> None:
     g.add_argument("--teacache", choices=["official", "off"], default="official",
                    help="official: the official CLI's always-on TeaCache (audio CFG has no effect in some steps); off: exact")
     g.add_argument("--no-color-transfer", action="store_true", help="skip the official colour transfer to the first frame")
+    a.set_defaults(family_defaults={d: a.get_default(d) for d in V1V2_ONLY + V3_ONLY})
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def given(args, dests) -> list[str]:
+    """The options among ``dests`` set to something other than their default (as flags)."""
+    defaults = getattr(args, "family_defaults", {})
+    return [_flag(d) for d in dests if d in defaults and getattr(args, d, defaults[d]) != defaults[d]]
+
+
+def check_family_options(args) -> None:
+    """Refuse the other family's options before any work: V1/V2 options with ``--version v3-flash``, V3 ones without."""
+    from ..errors import EchoMimicError
+
+    if args.version == "v3-flash":
+        if args.cfg:
+            raise EchoMimicError("--cfg is the V1/V2 guidance; EchoMimicV3 flash-pro uses audio guidance only: use --audio-cfg")
+        if args.fps == V3_FPS:
+            args.fps = getattr(args, "family_defaults", {}).get("fps", args.fps)  # V3's own rate, said explicitly: fine
+        wrong = given(args, V1V2_ONLY)
+        if wrong:
+            raise EchoMimicError(f"{' and '.join(wrong)} {'is a V1/V2 option' if len(wrong) == 1 else 'are V1/V2 options'}; "
+                                 f"EchoMimicV3 flash-pro does not take it (it renders {V3_FPS:g} fps, without face crop, "
+                                 "landmarks, poses or context windows): drop it, or use --version v1/v2")
+    else:
+        wrong = given(args, V3_ONLY)
+        if wrong:
+            raise EchoMimicError(f"{' and '.join(wrong)} {'is an EchoMimicV3' if len(wrong) == 1 else 'are EchoMimicV3'} "
+                                 "flash-pro option; EchoMimic V1/V2 do not take it: drop it, or add --version v3-flash")
 
 
 def cmd_animate_v3(args) -> int:
@@ -22,12 +60,7 @@ def cmd_animate_v3(args) -> int:
     from ..errors import EchoMimicError
     from ..jobs.animate_v3 import V3Request, run_v3
 
-    for flag, value in (("--mode", args.mode), ("--acc", args.acc), ("--landmarks", args.landmarks), ("--pose", args.pose),
-                        ("--fp8", args.fp8), ("--paste-back", args.paste_back), ("--cuda-graphs", args.cuda_graphs)):
-        if value:
-            raise EchoMimicError(f"{flag} is a V1/V2 option; EchoMimicV3 flash-pro does not take it (drop it, or use --version v1/v2)")
-    if args.cfg:
-        raise EchoMimicError("--cfg is the V1/V2 guidance; EchoMimicV3 flash-pro uses audio guidance only: use --audio-cfg")
+    check_family_options(args)
     if not args.audio:
         raise EchoMimicError("--audio is required for EchoMimicV3 (speech drives the video)")
     device = resolve_device(args.device)
