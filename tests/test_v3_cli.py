@@ -61,3 +61,14 @@ def test_the_other_familys_options_are_refused_by_name_not_ignored(tmp_path, cap
     err = capsys.readouterr().err
     assert "V1/V2 option" not in err and "none.png" in err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_one_frame_v3_clip_renders(tmp_path, capsys):
+    """--length 1 (or 40 ms of speech): one latent frame, no later audio frames for the projector."""
+    out = tmp_path / "one.mp4"
+    rc = main(["animate", "--version", "v3-flash", "--smoke", "--reference", str(DATA / "images" / "portrait_a.png"),
+               "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(out), "--models", str(tmp_path / "m"),
+               "--length", "1", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 1

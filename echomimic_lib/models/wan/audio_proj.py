@@ -44,9 +44,9 @@ class AudioProjector(nn.Module):
 
     def forward(self, first: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
         """first (B, 1, 5, L, C), later (B, T-1, 8, L, C) -> tokens (B, T, context_tokens, output_dim)."""
-        b = first.shape[0]
-        x0 = torch.relu(self.proj1(first.reshape(b, first.shape[1], -1)))
-        x1 = torch.relu(self.proj1_vf(later.reshape(b, later.shape[1], -1)))
+        b = first.shape[0]  # explicit widths: a 1-frame clip has no later frames (a reshape with -1 of 0 elements fails)
+        x0 = torch.relu(self.proj1(first.reshape(b, first.shape[1], self.proj1.in_features)))
+        x1 = torch.relu(self.proj1_vf(later.reshape(b, later.shape[1], self.proj1_vf.in_features)))
         x = torch.relu(self.proj2(torch.cat([x0, x1], dim=1)))
         tokens = self.proj3(x).reshape(b, x.shape[1], self.cfg.context_tokens, self.cfg.output_dim)
         return self.norm(tokens)
