@@ -188,15 +188,17 @@ def progress_bar(total: int):
     return _StandInProgressBar(total)
 
 
-def latent_previewer(device: torch.device):
-    """Callable (1, 4, F, h, w) scaled latents -> preview tuple for ProgressBar, or None when previews are off."""
+def latent_previewer(device: torch.device, latent_format: str = "SD15"):
+    """Callable (1, C, F, h, w) latents -> preview tuple (its middle frame) for ProgressBar, or None when previews
+    are off. ``latent_format``: the class in ``comfy.latent_formats`` (``SD15`` for V1/V2's scaled latents, ``Wan21``
+    for V3's normalised ones)."""
     if mm is None:
         return None
     try:
         import comfy.latent_formats
         import latent_preview
 
-        previewer = latent_preview.get_previewer(device, comfy.latent_formats.SD15())
+        previewer = latent_preview.get_previewer(device, getattr(comfy.latent_formats, latent_format)())
     except Exception as exc:  # previews are a nicety; never fail a run for them
         log.debug("latent previews unavailable: %s", exc)
         return None

@@ -184,16 +184,24 @@ class EchoMimicV3Sampler:
         codec = PixelVAE(vae)
         C.check_interrupt()
         pbar = C.progress_bar(steps)
+        preview = C.latent_previewer(C.torch_device(), "Wan21")  # None when ComfyUI's previews are off
+        shown = {}
+
+        def trace(name, value):  # each step's latents -> a preview shown with that step's progress
+            if name.endswith("_latents"):
+                shown["preview"] = preview(value)
 
         def on_step(done, total):
-            pbar.update_absolute(done, total)  # in ComfyUI this also raises on Cancel
+            pbar.update_absolute(done, total, shown.pop("preview", None))  # in ComfyUI this also raises on Cancel
             C.check_interrupt()
 
         with torch.no_grad():
             if v3_audio.frames <= 81:
                 windows = model.wav2vec.windows(v3_audio.samples, v3_audio.frames)
-                frames = generate(net, codec, ref_u8, prompt, clip, windows, settings, on_step=on_step).frames
+                frames = generate(net, codec, ref_u8, prompt, clip, windows, settings, on_step=on_step,
+                                  trace=trace if preview else None).frames
             else:
                 frames = np.concatenate(list(iter_long(net, codec, model.wav2vec, ref_u8, prompt, clip, v3_audio.samples,
-                                                       v3_audio.frames, settings, on_step=on_step)))
+                                                       v3_audio.frames, settings, on_step=on_step,
+                                                       trace=trace if preview else None)))
         return (to_image(frames), 25.0, trim_audio(v3_audio.audio, frames.shape[0], 25.0))

@@ -39,3 +39,41 @@ def test_v3_nodes_end_to_end(tmp_path, monkeypatch):
     assert names == ["EchoMimicV3Transformer"] and required > 0  # with the activations of one call
     bridge.unload_all_models()
     assert not bridge.is_loaded(handle.patcher)
+
+
+def test_v3_sampler_shows_a_latent_preview_with_each_step_and_the_frames_do_not_change(tmp_path, monkeypatch):
+    """ComfyUI's previewer (Wan21 latent format) gets each step's latents; the bar shows its image with the step."""
+    from echomimic_lib.models.wan.tiny import CLIP_DIM, TEXT_DIM, write_tiny_v3
+    from echomimic_lib.models.wan.vae import DiffusersPixelVAE, load_wan_vae
+
+    load_pack()
+    bridge = sub("nodes.comfy_bridge")
+    monkeypatch.setattr(bridge, "MODELS_DIR", tmp_path / "models")
+    folder = write_tiny_v3(tmp_path / "models" / "echomimic" / "v3-flash")
+    v3 = sub("nodes.v3")
+    (handle,) = v3.EchoMimicV3Loader().execute("v3-flash", "fp32")
+    g = torch.Generator().manual_seed(0)
+    audio = {"waveform": torch.randn(1, 1, 16000, generator=g) * 0.1, "sample_rate": 16000}
+    v3_audio, _ = v3.EchoMimicV3AudioEncoder().execute(handle, audio, 9)
+    positive = [[torch.randn(1, 512, TEXT_DIM, generator=g), {}]]
+    clip = SimpleNamespace(penultimate_hidden_states=torch.randn(1, 257, CLIP_DIM, generator=g))
+    vae = DiffusersPixelVAE(load_wan_vae(folder / "vae"))
+    image = torch.rand(1, 64, 64, 3, generator=g)
+
+    def run():
+        return v3.EchoMimicV3Sampler().execute(handle, v3_audio, positive, clip, vae, image, 64, 3, 3.0, 1, "off", True)[0]
+
+    plain = run()  # outside ComfyUI: previews off
+    formats, shown = [], []
+
+    def previewer(device, latent_format="SD15"):
+        formats.append(latent_format)
+        return lambda latents: ("JPEG", tuple(latents.shape), 512)
+
+    monkeypatch.setattr(bridge, "latent_previewer", previewer)
+    monkeypatch.setattr(bridge, "PROGRESS_HOOK", lambda value, total, preview: shown.append((value, total, preview)))
+    frames = run()
+    assert formats == ["Wan21"]
+    assert [(v, t) for v, t, _ in shown] == [(1, 3), (2, 3), (3, 3)]
+    assert all(p is not None and p[1] == (1, 16, 3, 8, 8) for _, _, p in shown)  # 9 frames -> 3 latent frames, 64 px / 8
+    assert torch.equal(frames, plain)  # previews only look

@@ -51,9 +51,10 @@ def chunk_windows(encoder: Wav2VecV3, samples_16k: np.ndarray, total: int, start
 
 
 def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds, clip_features, samples_16k: np.ndarray,
-              total: int, settings: V3Settings, chunk: int = 81, overlap: int = 8, margin: int = 50, on_step=None):
+              total: int, settings: V3Settings, chunk: int = 81, overlap: int = 8, margin: int = 50, on_step=None,
+              trace=None):
     """Yield (F_k, H, W, 3) uint8 frame blocks that concatenate to ``total`` frames. ``on_step(done, total)``
-    counts the sampling steps of all chunks."""
+    counts the sampling steps of all chunks; ``trace`` sees each chunk's tensors as :func:`generate`'s."""
     if margin < WINDOW // 2 + 1:
         raise ValueError(f"margin must be at least {WINDOW // 2 + 1} frames")
     starts = chunk_starts(total, chunk, overlap)
@@ -66,7 +67,7 @@ def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds,
         windows = chunk_windows(encoder, samples_16k, total, s, length, margin)
         step = None if on_step is None else (lambda i, n, k=k: on_step(k * n + i, len(starts) * n))
         res = generate(model, vae, ref_u8, prompt_embeds, clip_features, windows, replace(plain, seed=settings.seed + k),
-                       on_step=step)
+                       on_step=step, trace=trace)
         frames = res.frames[:n].astype(np.float32)
         if tail is not None and overlap:
             w = np.linspace(0, 1, overlap + 2, dtype=np.float32)[1:-1, None, None, None]
