@@ -115,16 +115,40 @@ def prepare_smoke(jobs) -> None:
         ensure_tiny_v3(folder)
 
 
+def share_prompts(jobs) -> None:
+    """Give each V3 job (:attr:`Job.prompts`) every distinct prompt of ``jobs``' V3 rows on its models folder (the
+    prompt cache's folder), so the worker that meets the first missing one encodes them all in one umT5 load."""
+    by_folder: dict[str, dict] = {}
+    for job in jobs:
+        if is_v3(job):
+            by_folder.setdefault(str(job.request.folder), {})[job.request.prompt] = None
+    for job in jobs:
+        if is_v3(job):
+            job.prompts = tuple(by_folder[str(job.request.folder)])
+
+
 def render_v3_job(job, cache, progress=None) -> dict:
+    """The row's render in a worker: the prompts missing from the prompt cache (its own and :attr:`Job.prompts`)
+    encoded with one umT5 load that is freed at once; the set loaded once (``cache``); the frames hashed as they
+    stream to the writer (``frames_sha256``, as the V1/V2 rows)."""
+    import hashlib
+
     from ...audio.wav2vec import FPS
     from ...devices import resolve_device, resolve_dtype
-    from ..animate_v3 import load_v3, model_files, plan_v3, render_v3
+    from ...io.video_writer import _as_uint8
+    from ..animate_v3 import encode_prompts, load_v3, model_files, plan_v3, render_v3
 
     row = job.request
     device = resolve_device(row.device)
     dtype = resolve_dtype(row.dtype, device)
     req = row.request(device, dtype)
     plan = plan_v3(req)
-    models = cache.get(job.weight_key, lambda: load_v3(model_files(Path(req.models), download=req.download), device, dtype))
-    out = render_v3(plan, models, progress)
-    return {"output": out["output"], "frames": out["frames"], "fps": FPS, "device": str(device), "size": out["size"]}
+    files = model_files(Path(req.models), download=req.download)  # missing files fetched first (unless offline)
+    if cache.key != job.weight_key:  # as the single command: the old set goes, umT5 comes and goes, then the networks
+        cache.clear()
+    encoded = encode_prompts(files["umt5"], [row.prompt, *job.prompts], Path(req.models) / "prompt_cache", device, dtype)
+    models = cache.get(job.weight_key, lambda: load_v3(files, device, dtype))
+    digest = hashlib.sha256()
+    out = render_v3(plan, models, progress, on_frames=lambda block: digest.update(_as_uint8(block).tobytes()))
+    return {"output": out["output"], "frames": out["frames"], "fps": FPS, "device": str(device), "size": out["size"],
+            "frames_sha256": digest.hexdigest(), "prompts_encoded": len(encoded)}
