@@ -181,3 +181,34 @@ def test_a_v3_worker_loads_umt5_once_for_every_prompt_and_frees_it(v3media, tmp_
     second = worker(tmp_path / "b")  # a rerun with the cache warm
     assert len(loaded) == 1 and [r["prompts_encoded"] for r in second] == [0, 0, 0]
     assert [r["frames_sha256"] for r in second] == [r["frames_sha256"] for r in first]
+
+
+def test_render_v3_hands_each_streamed_chunk_to_on_frames(v3media, shared_data, tmp_path, monkeypatch):
+    """A long clip (chunks from iter_long, stubbed here) reaches ``on_frames`` block by block, in order, as the writer
+    gets it: the batch's digest of the blocks is that of the whole video's frames, with no copy of them kept."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    from echomimic_lib.jobs.animate_v3 import V3Request, load_v3, model_files, plan_v3, render_v3
+    from echomimic_lib.pipeline.wan import long
+
+    folder = v3media / "models" / "v3-flash"
+    plan = plan_v3(V3Request(reference=str(v3media / "portrait_a.png"), audio=str(shared_data / "audio" / "echomimic_en.wav"),
+                             output=str(tmp_path / "long.mp4"), models=str(folder), steps=2, size=(64, 64), length=89))
+    assert plan.frames > 81
+    rng = np.random.default_rng(0)
+    w, h = plan.size
+    blocks = [rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8) for n in (73, 8, plan.frames - 81)]
+    monkeypatch.setattr(long, "iter_long", lambda *a, **kw: iter(blocks))
+    seen, digest = [], hashlib.sha256()
+
+    def on_frames(block):
+        seen.append(block)
+        digest.update(block.tobytes())
+
+    out = render_v3(plan, load_v3(model_files(folder), torch.device("cpu"), torch.float32), on_frames=on_frames)
+    assert out["frames"] == plan.frames and (tmp_path / "long.mp4").is_file()
+    assert len(seen) == 3 and all(a is b for a, b in zip(seen, blocks))
+    assert digest.hexdigest() == hashlib.sha256(np.concatenate(blocks).tobytes()).hexdigest()

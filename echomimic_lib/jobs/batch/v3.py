@@ -4,9 +4,17 @@ the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
 ``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``teacache``, ``no-color-transfer``, ``models`` (the
 models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, plus ``name`` and ``kind``
-(``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...) is a manifest error. Rows with the same
-models folder and dtype share one loaded set in a worker (transformer, VAE, wav2vec2, CLIP-vision, and the umT5
-encoder once a prompt is missing from the on-disk prompt cache).
+(``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...) is a manifest error.
+
+* Weights: an ``offline`` row whose set lacks files is an error row up front (the missing files listed, no worker
+  touches it); otherwise the worker fetches what is missing (:mod:`echomimic_lib.io.hub`, each call staged in its own
+  folder, so workers fetching one folder at once do not collide) before loading.
+* Rows with the same models folder and dtype share one loaded set in a worker (transformer, VAE, wav2vec2,
+  CLIP-vision). umT5 is never kept: the runner gives each row the distinct prompts of the batch's V3 rows on its
+  folder (:func:`share_prompts`), and the first row a worker renders encodes those missing from the on-disk prompt
+  cache with one umT5 load, writes them there and frees it before the set loads; with a warm cache umT5 never loads.
+* Records as the V1/V2 rows', with ``frames_sha256`` (the frames hashed as they stream to the writer, long clips
+  chunk by chunk) and ``prompts_encoded`` (how many prompts the row encoded: 0 when all were cached).
 """
 from __future__ import annotations
 
