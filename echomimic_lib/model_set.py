@@ -366,7 +366,7 @@ def ensure_v3(folder: str | Path, download: bool = True, force: bool = False, pa
             files = [HubFile(m.source.repo, m.source.remote_path(n), folder / m.source.folder / n,
                              f"{m.source.what}, {m.source.size} in all" if n.endswith((".safetensors", ".pth", ".bin")) else m.source.what)
                      for m in missing_parts(folder, every=force, parts=parts) for n in m.files if folder / m.source.folder / n not in done]
-            if not files:
-                raise
+            if not files:  # what was missing is there now (another batch worker fetched it meanwhile): look again
+                return resolve_v3(folder, parts)
             done.update(fetch(files, folder, str(err), force=force))
     return resolve_v3(folder, parts)

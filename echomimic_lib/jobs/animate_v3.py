@@ -20,6 +20,7 @@ more (``length`` > 81) renders the whole request in chunks re-anchored on the re
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,8 @@ class V3Plan:
 @dataclass
 class V3Models:
     """The loaded networks of one set (:func:`load_v3`), reusable across requests with the same files, device, dtype.
-    The umT5 encoder loads on the first prompt missing from the on-disk cache and is kept in host memory (on the
-    device only while it encodes); CLIP-vision loads once."""
+    CLIP-vision loads once. The umT5 encoder is never kept (11 GB in bf16): a prompt missing from the on-disk cache
+    is encoded by :func:`encode_prompts`, which frees it before returning."""
     files: dict
     device: torch.device
     dtype: torch.dtype
@@ -88,23 +89,35 @@ class V3Models:
     vae: object
     wav2vec: object
     clip: object = None      # CLIPVisionModel (None: loaded per call by clip_features)
-    umt5: tuple | None = None
 
     def prompt(self, text: str, cache_dir: Path) -> torch.Tensor:
-        from ..pipeline.wan.encoders import encode_prompt, load_umt5
+        """The umT5 states of ``text``: from the cache, else encoded (:func:`encode_prompts`)."""
+        from ..pipeline.wan.encoders import encode_prompt
 
-        def encoder():
-            if self.umt5 is None:
-                self.umt5 = load_umt5(self.files["umt5"], self.device, self.dtype)
-            self.umt5[1].to(self.device)
-            return self.umt5
+        got = encode_prompts(self.files["umt5"], [text], cache_dir, self.device, self.dtype)
+        if text in got:
+            return got[text]
+        return encode_prompt(self.files["umt5"], text, cache_dir=cache_dir, device=self.device, dtype=self.dtype)
 
-        try:
-            return encode_prompt(self.files["umt5"], text, cache_dir=cache_dir, device=self.device, dtype=self.dtype,
-                                 encoder=encoder)
-        finally:  # 11 GB in bf16: kept in host memory between prompts, not on the GPU
-            if self.umt5 is not None:
-                self.umt5[1].to("cpu")
+
+def encode_prompts(umt5_dir, texts, cache_dir: Path, device, dtype: torch.dtype) -> dict:
+    """Each of ``texts`` missing from the prompt cache in ``cache_dir``, encoded with one load of the umT5 encoder in
+    ``umt5_dir`` and written there; umT5 is released before this returns (references dropped, ``gc``, the CUDA cache
+    emptied). Returns {text: states} of those it encoded (empty when every one was cached: umT5 not loaded)."""
+    from ..pipeline.wan.encoders import encode_prompt, load_umt5, missing_prompts
+
+    todo = missing_prompts(umt5_dir, texts, cache_dir)
+    if not todo:
+        return {}
+    dev = torch.device(device)
+    umt5 = load_umt5(umt5_dir, dev, dtype)
+    try:
+        return {t: encode_prompt(umt5_dir, t, cache_dir=cache_dir, device=dev, dtype=dtype, encoder=umt5) for t in todo}
+    finally:
+        del umt5
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def plan_v3(req: V3Request) -> V3Plan:
@@ -195,9 +208,10 @@ def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True) -> V3Mod
     return V3Models(files, dev, dtype, model, report, vae, enc, vision)
 
 
-def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=None) -> dict:
+def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=None, on_frames=None) -> dict:
     """Generate ``plan`` with loaded ``models`` and write its mp4 (atomically: nothing is left on failure);
-    ``prompt`` / ``clip``: the umT5 states / CLIP features when computed already."""
+    ``prompt`` / ``clip``: the umT5 states / CLIP features when computed already; ``on_frames``: called with each
+    (k, H, W, 3) uint8 block as it goes to the writer, in order (a long clip's chunks as they stream: no copy kept)."""
     from ..audio.wav2vec import FPS, prepare_samples, resample_16k
     from ..io.video_writer import Mp4Writer
     from ..pipeline.wan.encoders import clip_features
@@ -218,13 +232,19 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
     settings = V3Settings(steps=req.steps, audio_cfg=req.audio_cfg, seed=req.seed, teacache=req.teacache,
                           teacache_skip_start=min(5, req.steps), color_transfer=req.color_transfer)
     writer = Mp4Writer(plan.output, FPS, audio=plan.wav, sample_rate=plan.sample_rate)
+
+    def write(block):
+        if on_frames is not None:
+            on_frames(block)
+        writer.write(block)
+
     try:
         if frames <= 81:
             res = generate(model, vae, ref_u8, prompt, clip, enc.windows(samples, frames), settings)
-            writer.write(res.frames)
+            write(res.frames)
         else:
             for block in iter_long(model, vae, enc, ref_u8, prompt, clip, samples, frames, settings):
-                writer.write(block)
+                write(block)
                 if progress:
                     progress(writer.frames_written, frames)
         path = writer.commit()

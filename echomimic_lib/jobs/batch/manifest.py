@@ -63,6 +63,7 @@ class Job:
     error: str | None = None  # found by the job's checks: the row becomes an error row without running
     frames: int = 0           # expected frames (progress and frames/s)
     attempts: int = 0
+    prompts: tuple = ()       # V3 rows: the batch's distinct prompts on the same models folder (batch.v3.share_prompts)
 
     @property
     def output(self) -> Path:

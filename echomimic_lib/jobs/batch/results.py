@@ -4,7 +4,8 @@ A row's record: ``name``, ``line``, ``kind``, ``status`` (``ok`` | ``error``), `
 ``frames``, ``peak_rss_gb`` (the worker process's peak so far: it keeps its models between jobs),
 ``peak_vram_gb`` (this job's, on a GPU), ``scores`` (the weight-free scores of ``echomimic evaluate``),
 ``error`` (on failure), ``fingerprint``, ``worker``, ``attempts``, ``frames_sha256`` (of the rendered uint8 frames
-before H.264 encoding: the encoder itself is not bit-stable from run to run on every input, the frames are).
+before H.264 encoding: the encoder itself is not bit-stable from run to run on every input, the frames are; V3 rows
+too). V3 rows also carry ``size`` and ``prompts_encoded`` (prompts this row encoded with umT5; 0: all were cached).
 
 During a run each finished row is appended and flushed to disk at once, so a killed batch loses at most the
 rows in flight; at the end the file is rewritten (atomically) with one line per row in manifest order. When

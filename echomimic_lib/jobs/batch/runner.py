@@ -107,11 +107,13 @@ def _record(job, payload: dict, worker) -> dict:
 
 
 def _prepare_weights(jobs) -> None:
-    """Smoke rows: write the tiny random weight sets once, before the workers start (never concurrently)."""
+    """Smoke rows: write the tiny random weight sets once, before the workers start (never concurrently). V3 rows:
+    each learns the distinct prompts of the rows to render on its models folder (encoded in one umT5 load)."""
     from ...tiny import ensure_tiny
-    from .v3 import is_v3, prepare_smoke
+    from .v3 import is_v3, prepare_smoke, share_prompts
 
     prepare_smoke([j for j in jobs if is_v3(j)])
+    share_prompts(jobs)
     for root, weights in sorted({(j.weight_key[0], j.weight_key[1]) for j in jobs if j.request.__dict__.get("smoke")
                                  and not is_v3(j)}):
         ensure_tiny(root, weights)

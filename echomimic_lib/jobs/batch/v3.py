@@ -4,10 +4,19 @@ the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
 ``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``teacache``, ``no-color-transfer``, ``compile``, ``models``
 (the models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, ``lora``, ``lora-strength`` (a
-Wan2.1 1.3B LoRA: rows with one get a model set of their own per file and strength), plus ``name`` and ``kind``
-(``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...) is a manifest error. Rows with the same
-models folder, dtype and ``compile`` share one loaded set in a worker (transformer, VAE, wav2vec2, CLIP-vision, and the
-umT5 encoder once a prompt is missing from the on-disk prompt cache).
+Wan2.1 1.3B LoRA), plus ``name`` and ``kind`` (``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...)
+is a manifest error.
+
+* Weights: an ``offline`` row whose set lacks files is an error row up front (the missing files listed, no worker
+  touches it); otherwise the worker fetches what is missing (:mod:`echomimic_lib.io.hub`, each call staged in its own
+  folder, so workers fetching one folder at once do not collide) before loading.
+* Rows with the same models folder, dtype, LoRA (file and strength) and ``compile`` share one loaded set in a worker
+  (transformer, VAE, wav2vec2, CLIP-vision). umT5 is never kept: the runner gives each row the distinct prompts of the
+  batch's V3 rows on its folder (:func:`share_prompts`), and the first row a worker renders encodes those missing from
+  the on-disk prompt cache with one umT5 load, writes them there and frees it before the set loads; with a warm cache
+  umT5 never loads.
+* Records as the V1/V2 rows', with ``frames_sha256`` (the frames hashed as they stream to the writer, long clips
+  chunk by chunk) and ``prompts_encoded`` (how many prompts the row encoded: 0 when all were cached).
 """
 from __future__ import annotations
 
@@ -124,16 +133,40 @@ def prepare_smoke(jobs) -> None:
         ensure_tiny_v3(folder)
 
 
+def share_prompts(jobs) -> None:
+    """Give each V3 job (:attr:`Job.prompts`) every distinct prompt of ``jobs``' V3 rows on its models folder (the
+    prompt cache's folder), so the worker that meets the first missing one encodes them all in one umT5 load."""
+    by_folder: dict[str, dict] = {}
+    for job in jobs:
+        if is_v3(job):
+            by_folder.setdefault(str(job.request.folder), {})[job.request.prompt] = None
+    for job in jobs:
+        if is_v3(job):
+            job.prompts = tuple(by_folder[str(job.request.folder)])
+
+
 def render_v3_job(job, cache, progress=None) -> dict:
+    """The row's render in a worker: the prompts missing from the prompt cache (its own and :attr:`Job.prompts`)
+    encoded with one umT5 load that is freed at once; the set loaded once (``cache``); the frames hashed as they
+    stream to the writer (``frames_sha256``, as the V1/V2 rows)."""
+    import hashlib
+
     from ...audio.wav2vec import FPS
     from ...devices import resolve_device, resolve_dtype
-    from ..animate_v3 import apply_lora, load_v3, model_files, plan_v3, render_v3
+    from ...io.video_writer import _as_uint8
+    from ..animate_v3 import apply_lora, encode_prompts, load_v3, model_files, plan_v3, render_v3
 
     row = job.request
     device = resolve_device(row.device)
     dtype = resolve_dtype(row.dtype, device)
     req = row.request(device, dtype)
     plan = plan_v3(req)
-    models = cache.get(job.weight_key, lambda: apply_lora(load_v3(model_files(Path(req.models), download=req.download), device, dtype), plan))
-    out = render_v3(plan, models, progress)
-    return {"output": out["output"], "frames": out["frames"], "fps": FPS, "device": str(device), "size": out["size"]}
+    files = model_files(Path(req.models), download=req.download)  # missing files fetched first (unless offline)
+    if cache.key != job.weight_key:  # as the single command: the old set goes, umT5 comes and goes, then the networks
+        cache.clear()
+    encoded = encode_prompts(files["umt5"], [row.prompt, *job.prompts], Path(req.models) / "prompt_cache", device, dtype)
+    models = cache.get(job.weight_key, lambda: apply_lora(load_v3(files, device, dtype), plan))
+    digest = hashlib.sha256()
+    out = render_v3(plan, models, progress, on_frames=lambda block: digest.update(_as_uint8(block).tobytes()))
+    return {"output": out["output"], "frames": out["frames"], "fps": FPS, "device": str(device), "size": out["size"],
+            "frames_sha256": digest.hexdigest(), "prompts_encoded": len(encoded)}

@@ -17,6 +17,7 @@ known once the index is there, so a download fetches the index first and the sha
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,8 @@ def part_missing(src: Source, folder: Path, every: bool = False) -> Missing | No
         return None
     d = folder / src.folder
 
-    def have(name: str) -> bool:
+    @functools.lru_cache(maxsize=None)  # one look per name: files appearing meanwhile (another worker fetching the
+    def have(name: str) -> bool:         # same set) cannot leave an incomplete part with nothing listed to fetch
         return (d / name).is_file()
 
     needed = [n for e in src.need for n in _alts(e)]

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def _cache_file(cache_dir: Path, encoder_dir: Path, prompt: str) -> Path:
     key = hashlib.sha256(f"{Path(encoder_dir).resolve()}\0{prompt}".encode()).hexdigest()[:32]
     return Path(cache_dir) / f"{key}.safetensors"
+
+
+def missing_prompts(encoder_dir: str | Path, prompts, cache_dir: str | Path | None) -> list[str]:
+    """The distinct ``prompts`` (first-seen order) without cached states in ``cache_dir`` (all of them without one)."""
+    distinct = list(dict.fromkeys(str(p) for p in prompts))
+    if not cache_dir:
+        return distinct
+    return [p for p in distinct if not _cache_file(cache_dir, encoder_dir, p).is_file()]
 
 
 def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32):
@@ -61,9 +71,13 @@ def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | 
     out = states[:, : int(mask.sum())].float().cpu().contiguous()
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".partial")
-        save_file({"prompt_embeds": out}, str(tmp))
-        tmp.replace(cached)
+        fd, tmp = tempfile.mkstemp(prefix=f".{cached.stem}.", suffix=".partial", dir=cached.parent)  # the writer's own:
+        os.close(fd)  # batch workers may encode the same prompt at once; each renames a whole file into place
+        try:
+            save_file({"prompt_embeds": out}, tmp)
+            os.replace(tmp, cached)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return out
 
 
