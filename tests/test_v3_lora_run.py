@@ -201,12 +201,9 @@ def test_a_batch_row_with_a_lora_renders_through_the_merged_set(tiny_set, tmp_pa
     (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
     (job,) = check_jobs(read_manifest(tmp_path / "m.jsonl", tmp_path / "out"))
 
-    class Cache:
-        def get(self, key, load):
-            self.key, self.value = key, load()
-            return self.value
+    from echomimic_lib.jobs.batch.render import ModelCache
 
-    cache = Cache()
+    cache = ModelCache()  # a worker's
     monkeypatch.setattr(job.request, "device", "cpu")
     res = batch_v3.render_v3_job(job, cache)
     assert Path(res["output"]).is_file() and cache.key == job.weight_key
