@@ -204,3 +204,43 @@ def test_kernel_share_sorts_real_kernel_names_into_kinds_and_counts_overlaps_onc
     }
     assert {n: ks.kind_of(n) for n in names} == names
     assert ks._union_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17  # two streams at once: counted once
+
+
+def test_gpu_v3_flops_per_call_are_what_the_flop_counter_counts(monkeypatch):
+    """The V3 MFU is honest: the analytic FLOPs of one transformer call (as the sampler calls it, audio tokens
+    precomputed) equal FlopCounterMode's count, products and attention each, on a tiny network whose prompt (5
+    tokens) is padded to text_len 24 and whose latents are not square."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tests._v3_tiny import TINY, inputs, tiny_model
+
+    bench = load_bench("gpu_v3", monkeypatch)
+    bench._register_cpu_sdpa()
+    model = tiny_model()
+    inp = inputs(TINY, t_lat=3, h=4, w=6)
+    with torch.no_grad():
+        tokens = model.audio_tokens(inp.pop("audio_windows"))
+        with FlopCounterMode(display=False) as fc:
+            model(**inp, audio_tokens=tokens)
+    counts = fc.get_flop_counts()["Global"]
+    attention = sum(v for op, v in counts.items() if "attention" in str(op))
+    want = bench.call_flops(TINY, (3, 4, 6))
+    assert want["tokens"] == 3 * 2 * 3 and attention > 0
+    assert (fc.get_total_flops() - attention, attention) == (want["linear"], want["attention"])
+    assert bench.call_flops(TINY, (3, 4, 6), batch=2)["total"] == 2 * want["total"]
+
+
+def test_gpu_v3_counts_the_calls_teacache_runs_as_the_sampler_does(monkeypatch):
+    """The shot estimate's call count: TeaCache decisions from the time embeddings alone equal those of a real
+    8-step loop (audio CFG), within the bounds any weights give (5 of every 8 calls always run)."""
+    from echomimic_lib.pipeline.wan.sampler import V3Settings, sample_latents
+    from tests._v3_tiny import TINY, inputs, tiny_model
+
+    bench = load_bench("gpu_v3", monkeypatch)
+    model = tiny_model()
+    inp = inputs(TINY, t_lat=2, h=2, w=2)
+    _, trace = sample_latents(model, inp["y"], inp["context"], inp["clip_fea"], inp["audio_windows"],
+                              V3Settings(steps=8, teacache="official"), noise=torch.randn(1, 16, 2, 2, 2))
+    assert len(trace) == 16 and bench.teacache_calls(model, 8) == sum(e["computed"] for e in trace)
+    assert bench.teacache_calls_bounds(8) == [10, 12]
+    assert bench.teacache_calls_bounds(8, cfg_calls=1) == [5, 8]
