@@ -128,8 +128,8 @@ def setup(args, device, dtype) -> dict:
     t_lat = check_frames(args.frames, cfg.vae_scale)
     latent = (t_lat, height // 8, width // 8)
     with torch.device(device):
-        model = WanV3Transformer(cfg).eval().to(dtype)
-        vae = AutoencoderKLWan(base_dim=4 if args.tiny else 96, z_dim=cfg.out_dim).eval().to(dtype)
+        model = WanV3Transformer(cfg).eval().to(dtype).requires_grad_(False)
+        vae = AutoencoderKLWan(base_dim=4 if args.tiny else 96, z_dim=cfg.out_dim).eval().to(dtype).requires_grad_(False)
     g = torch.Generator(device).manual_seed(0)
 
     def randn(*shape):
@@ -211,6 +211,7 @@ def vae_seconds(st: dict, what: str) -> float:
     return round(time.perf_counter() - t0, 3)
 
 
+@torch.no_grad()  # inference: no autograd graph (its saved activations would not fit at this size)
 def run(args, emit) -> dict:
     """Every stage in order into one result dict; ``emit(res)`` after each."""
     device = torch.device(args.device)

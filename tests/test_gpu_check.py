@@ -285,3 +285,23 @@ def test_gpu_v3_counts_the_calls_teacache_runs_as_the_sampler_does(monkeypatch):
     assert len(trace) == 16 and bench.teacache_calls(model, 8) == sum(e["computed"] for e in trace)
     assert bench.teacache_calls_bounds(8) == [10, 12]
     assert bench.teacache_calls_bounds(8, cfg_calls=1) == [5, 8]
+
+
+def test_gpu_v3_times_inference_calls_without_an_autograd_graph(monkeypatch):
+    """At 48k tokens the saved activations of a call with autograd on would not fit on the GPU (eager and compiled)."""
+    bench = load_bench("gpu_v3", monkeypatch)
+    seen = []
+    monkeypatch.setattr(bench, "call", lambda st: seen.append(torch.is_grad_enabled()) or st["model"](
+        st["x"], st["t"], st["text"], st["clip"], st["y"], audio_tokens=st["tokens"]))
+    monkeypatch.setattr(bench, "sample_shot", lambda st: {"seconds": 1.0})
+    out = []
+    bench.run(bench_args(bench), out.append)
+    assert seen == [False] * 4 and out[-1]["eager"]["call_s"] > 0
+
+
+def bench_args(bench):
+    import argparse
+    import time
+
+    return argparse.Namespace(device="cpu", dtype=None, tiny=True, width=64, height=64, frames=5, repeat=1,
+                              compile_backend="aot_eager", peak_tflops=None, budget_s=100.0, t0=time.perf_counter())
