@@ -34,6 +34,7 @@ WORK=$(mktemp -d)
 # v3 (a third command) ~120: gpu_v3 up to LIM_V3 - 45 s, its stages planned to end by LIM_V3 - 55, then bench_vram_v3.
 LIMITS=$([[ $DRY == 1 ]] && echo "300 120 300 300 300 300" || echo "200 40 230 90 150 120")  # the dry run: a slow shared CPU
 read -r LIM_TESTS LIM_ATTENTION LIM_SUITE LIM_VRAM LIM_ANIMATE LIM_V3 <<<"${GPU_LIMITS:-$LIMITS}"
+LIM_V3=${LIM_V3:-${LIMITS##* }}  # a GPU_LIMITS of the five earlier steps only: v3 keeps its default
 STEPS=",${GPU_STEPS:-tests,attention,suite,vram,animate,v3},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 : >"$OUTDIR/steps.jsonl"
