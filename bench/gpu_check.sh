@@ -4,6 +4,8 @@
 #
 #   GPU_STEPS=tests,attention,suite bash bench/gpu_check.sh "$OUT"   # ~7.5 min: CUDA tests, attention kernels, gpu_suite
 #   GPU_STEPS=vram,animate bash bench/gpu_check.sh "$OUT"            # ~4 min: bench_vram --goals, two animate runs
+#   GPU_STEPS=v3 bash bench/gpu_check.sh "$OUT"    # when the lease has time left: ~2.5 min with the machine warm
+#       (limit 120 s): EchoMimicV3 flash-pro speed (bench/gpu_v3.py) and measured peak VRAM (bench/bench_vram_v3.py)
 #   bash bench/gpu_check.sh --dry-run [OUTDIR]    # every step on the CPU with tiny weights (tests/test_gpu_check.py)
 #
 # `bash bench/gpu_carry.sh` prepares what it takes along (.whl/ and .gpu_carry/, ~61 MiB, the device carry limit is 64).
@@ -15,8 +17,8 @@
 #
 # Each step writes its log under OUTDIR (default: $OUT, else bench/results/gpu) as soon as it ends, and one
 # line {"step", "rc", "seconds"} to OUTDIR/steps.jsonl, so a run cut short returns what finished. Each step has
-# its own time limit (seconds, GPU_LIMITS="tests attention suite vram animate"); GPU_STEPS (comma-separated, default
-# all five) picks the steps. GPU_SUITE_PLAN replaces the suite's plan
+# its own time limit (seconds, GPU_LIMITS="tests attention suite vram animate v3"); GPU_STEPS (comma-separated,
+# default all six) picks the steps. GPU_SUITE_PLAN replaces the suite's plan
 # (version:variant pairs, see bench/gpu_suite.py). Exit status: 0 when every step passed.
 # The trainer's GPU check (issue 26: FSDP train/resume/export, plan vs measured memory) is a separate script:
 # bench/gpu_train_check.sh (carry [".whl"] only).
@@ -28,10 +30,12 @@ OUTDIR=$(mkdir -p "${1:-${OUT:-bench/results/gpu}}" && cd "${1:-${OUT:-bench/res
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
 # GPU: ~11 min in all (the lease is 15 with the machine's start); expected tests ~180 s (one cold regional compile
-# of the official V1 for the graphs + compile test), attention ~20, vram ~80, animate ~140 (weights 15, V1 35, V2 65).
-LIMITS=$([[ $DRY == 1 ]] && echo "300 120 300 300 300" || echo "200 40 230 90 150")  # the dry run: a slow shared CPU
-read -r LIM_TESTS LIM_ATTENTION LIM_SUITE LIM_VRAM LIM_ANIMATE <<<"${GPU_LIMITS:-$LIMITS}"
-STEPS=",${GPU_STEPS:-tests,attention,suite,vram,animate},"
+# of the official V1 for the graphs + compile test), attention ~20, vram ~80, animate ~140 (weights 15, V1 35, V2 65);
+# v3 (a third command) ~120: gpu_v3 up to LIM_V3 - 45 s, its stages planned to end by LIM_V3 - 55, then bench_vram_v3.
+LIMITS=$([[ $DRY == 1 ]] && echo "300 120 300 300 300 300" || echo "200 40 230 90 150 120")  # the dry run: a slow shared CPU
+read -r LIM_TESTS LIM_ATTENTION LIM_SUITE LIM_VRAM LIM_ANIMATE LIM_V3 <<<"${GPU_LIMITS:-$LIMITS}"
+LIM_V3=${LIM_V3:-${LIMITS##* }}  # a GPU_LIMITS of the five earlier steps only: v3 keeps its default
+STEPS=",${GPU_STEPS:-tests,attention,suite,vram,animate,v3},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 : >"$OUTDIR/steps.jsonl"
 
@@ -55,6 +59,8 @@ if [[ $DRY == 1 ]]; then
     ATTENTION=(--device cpu --tiny --repeat 1); ANIM_V1_ARGS=""
     VRAM=(--goals --preset tiny --device fake --report-only); WEIGHTS_ARGS="--tiny --device cpu"
     ANIM_ARGS="--device cpu --dtype fp32 --width 64 --height 64 --steps 1 --length 4"
+    V3_ARGS="--tiny --device cpu --frames 9 --repeat 1 --compile-backend aot_eager --budget-s $((LIM_V3 - 60))"
+    V3_VRAM_ARGS="--preset tiny --device fake --size 64 --frames 9 --json"
 else
     # The suite plan, most decision-relevant first (a cut-short step keeps every figure printed so far). Measured on
     # the first H200 run: start-up ~15 s, setup ~8 s per version, a cold regional compile ~53 s per batch shape,
@@ -67,6 +73,9 @@ else
     VRAM=(--goals --device cuda --json --computed bench/vram_computed.json); WEIGHTS_ARGS=""
     ANIM_ARGS="--device cuda --dtype fp16 --length 48"
     ATTENTION=(); ANIM_V1_ARGS="--cuda-graphs"
+    # V3 flash-pro at the official shot (768x768, 81 frames, bf16): eager call, VAE decode, regional compile, the
+    # 8-step shot, VAE encode, as the budget allows; then the measured peak (the computed one: 6.53 GB, --device fake)
+    V3_ARGS="--budget-s $((LIM_V3 - 55))"; V3_VRAM_ARGS="--device cuda --json"
 fi
 
 # One inductor cache for the tests and the suite: the tests' cold compile of the V1 CFG shape (its time is in
@@ -96,6 +105,17 @@ animate() {
 export -f animate
 export PY WORK REFERENCE AUDIO POSE WEIGHTS_ARGS ANIM_ARGS ANIM_V1_ARGS
 want animate && step animate "$LIM_ANIMATE" bash -c animate
+# 6. EchoMimicV3 flash-pro: the speed of one transformer call, eager and compiled, with MFU, the 8-step shot and the
+# VAE (bench/gpu_v3.py, a JSON line as each figure comes), then its peak VRAM measured (bench/bench_vram_v3.py)
+v3() {
+    local rc=0
+    timeout --kill-after=5 $((LIM_V3 - 45)) "$PY" bench/gpu_v3.py $V3_ARGS || rc=$?
+    "$PY" bench/bench_vram_v3.py $V3_VRAM_ARGS || rc=$?
+    return $rc
+}
+export -f v3
+export LIM_V3 V3_ARGS V3_VRAM_ARGS
+want v3 && step v3 "$LIM_V3" bash -c v3
 rm -rf "$WORK"
 cat "$OUTDIR/steps.jsonl"
 exit $FAILED

@@ -27,7 +27,7 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
                           capture_output=True, text=True, timeout=1500)
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     logs = {p.name: p.read_text()[-3000:] for p in out.glob("*.log")}
-    assert [s["step"] for s in steps] == ["tests", "attention", "suite", "vram", "animate"], proc.stdout
+    assert [s["step"] for s in steps] == ["tests", "attention", "suite", "vram", "animate", "v3"], proc.stdout
     assert all(s["rc"] == 0 for s in steps), (steps, logs)
     assert proc.returncode == 0
     assert "skipped" in logs["tests.log"] and "failed" not in logs["tests.log"]  # CUDA tests skip cleanly here
@@ -54,6 +54,33 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     anim = logs["animate.log"]
     assert anim.count("stage seconds: checks_and_condition") == 2 and "v1.mp4" in anim and "v2.mp4" in anim
     assert "Traceback" not in anim
+    check_v3_log((out / "v3.log").read_text())
+
+
+def check_v3_log(text: str) -> None:
+    """The v3 step's log: gpu_v3's partial lines and result line, then bench_vram_v3's JSON line (tiny, CPU)."""
+    import math
+
+    lines = text.splitlines()
+    res = json.loads(next(line for line in lines if line.startswith('{"device"')))
+    assert "Traceback" not in text and res["tiny"] and res["peak_vram_gb"] == {}  # no CUDA memory figure on the CPU
+    assert res["shape"]["context_tokens"] == 512 + 257 and res["flops_TF_per_call"]["total"] > 0
+    for key in ("eager", "compiled"):
+        r = res[key]
+        assert all(math.isfinite(x) and x > 0 for x in [r["call_s"], r["first_call_s"], *r["calls_s"]]), r
+        assert r["mfu"] is None and r["tflops_per_s"] > 0  # no peak for a CPU
+        shot = res[f"shot_{key}"]
+        assert 0 < shot["teacache_official_s_per_frame"] <= shot["teacache_off_s_per_frame"]
+        assert shot["includes"] == ["calls", "vae_decode_s", "vae_encode_s"]
+    assert res["compiled"]["compile_s"] >= 0 and res["vae_decode_s"] > 0 and res["vae_encode_s"] > 0
+    lo, hi = res["teacache_calls_bounds"]
+    sample = res["sample_8_steps"]
+    assert sample["calls"] == 16 and lo <= sample["computed_calls"] <= hi and sample["finite"] and sample["seconds"] > 0
+    assert sample["computed_calls"] == res["teacache_calls"]
+    partial = [json.loads(line)["partial"] for line in lines if line.startswith('{"partial"')]
+    assert len(partial) == 6 and "eager" in partial[1] and "compiled" not in partial[1]  # setup, then one per stage
+    vram = json.loads(lines[-1])
+    assert vram["preset"] == "tiny" and vram["device"] == "fake" and vram["peak_gb"] > 0
 
 
 def test_gpu_suite_variants_are_a_base_and_modifiers_checked_before_any_work(monkeypatch):
@@ -204,3 +231,77 @@ def test_kernel_share_sorts_real_kernel_names_into_kinds_and_counts_overlaps_onc
     }
     assert {n: ks.kind_of(n) for n in names} == names
     assert ks._union_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17  # two streams at once: counted once
+
+
+def test_gpu_v3_flops_per_call_are_what_the_flop_counter_counts(monkeypatch):
+    """The V3 MFU is honest: the analytic FLOPs of one transformer call (as the sampler calls it, audio tokens
+    precomputed) equal FlopCounterMode's count, products and attention each, on a tiny network whose prompt (5
+    tokens) is padded to text_len 24 and whose latents are not square."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tests._v3_tiny import TINY, inputs, tiny_model
+
+    bench = load_bench("gpu_v3", monkeypatch)
+    bench.register_cpu_sdpa()
+    model = tiny_model()
+    inp = inputs(TINY, t_lat=3, h=4, w=6)
+    with torch.no_grad():
+        tokens = model.audio_tokens(inp.pop("audio_windows"))
+        with FlopCounterMode(display=False) as fc:
+            model(**inp, audio_tokens=tokens)
+    counts = fc.get_flop_counts()["Global"]
+    attention = sum(v for op, v in counts.items() if "attention" in str(op))
+    want = bench.call_flops(TINY, (3, 4, 6))
+    assert want["tokens"] == 3 * 2 * 3 and attention > 0
+    assert (fc.get_total_flops() - attention, attention) == (want["linear"], want["attention"])
+    assert bench.call_flops(TINY, (3, 4, 6), batch=2)["total"] == 2 * want["total"]
+
+
+def test_gpu_v3_skips_what_its_budget_leaves_no_time_for_and_refuses_a_bad_length(monkeypatch, capsys):
+    bench = load_bench("gpu_v3", monkeypatch)
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--device", "cpu", "--frames", "80"])
+    assert "4k+1" in capsys.readouterr().err
+    assert bench.main(["--tiny", "--device", "cpu", "--frames", "5", "--budget-s", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    res = json.loads(lines[-1])
+    stages = ("eager", "vae_decode", "compiled", "sample_8_steps", "vae_encode")
+    assert all(res[k].startswith("skipped (time budget") for k in stages), res
+    assert res["shape"]["latent"] == [2, 8, 8] and res["flops_TF_per_call"]["total"] > 0
+    assert len(lines) == 1 + len(stages) + 1 and json.loads(lines[0])["partial"]["setup_s"] > 0
+
+
+def test_gpu_v3_counts_the_calls_teacache_runs_as_the_sampler_does(monkeypatch):
+    """The shot estimate's call count: TeaCache decisions from the time embeddings alone equal those of a real
+    8-step loop (audio CFG), within the bounds any weights give (5 of every 8 calls always run)."""
+    from echomimic_lib.pipeline.wan.sampler import V3Settings, sample_latents
+    from tests._v3_tiny import TINY, inputs, tiny_model
+
+    bench = load_bench("gpu_v3", monkeypatch)
+    model = tiny_model()
+    inp = inputs(TINY, t_lat=2, h=2, w=2)
+    _, trace = sample_latents(model, inp["y"], inp["context"], inp["clip_fea"], inp["audio_windows"],
+                              V3Settings(steps=8, teacache="official"), noise=torch.randn(1, 16, 2, 2, 2))
+    assert len(trace) == 16 and bench.teacache_calls(model, 8) == sum(e["computed"] for e in trace)
+    assert bench.teacache_calls_bounds(8) == [10, 12]
+    assert bench.teacache_calls_bounds(8, cfg_calls=1) == [5, 8]
+
+
+def test_gpu_v3_times_inference_calls_without_an_autograd_graph(monkeypatch):
+    """At 48k tokens the saved activations of a call with autograd on would not fit on the GPU (eager and compiled)."""
+    bench = load_bench("gpu_v3", monkeypatch)
+    seen = []
+    monkeypatch.setattr(bench, "call", lambda st: seen.append(torch.is_grad_enabled()) or st["model"](
+        st["x"], st["t"], st["text"], st["clip"], st["y"], audio_tokens=st["tokens"]))
+    monkeypatch.setattr(bench, "sample_shot", lambda st: {"seconds": 1.0})
+    out = []
+    bench.run(bench_args(bench), out.append)
+    assert seen == [False] * 4 and out[-1]["eager"]["call_s"] > 0
+
+
+def bench_args(bench):
+    import argparse
+    import time
+
+    return argparse.Namespace(device="cpu", dtype=None, tiny=True, width=64, height=64, frames=5, repeat=1,
+                              compile_backend="aot_eager", peak_tflops=None, budget_s=100.0, t0=time.perf_counter())
