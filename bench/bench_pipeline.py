@@ -36,8 +36,8 @@ def _register_cpu_sdpa():
     from torch.utils import flop_counter as fcm
 
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is None or op.default in fcm.flop_registry:
-        return
+    if op is None or op in fcm.flop_registry or op.default in fcm.flop_registry:  # once per process: torch versions
+        return  # register the packet or its overload, and a second registration raises "duplicate registrations"
 
     def formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
         return fcm.sdpa_flop_count(query_shape, key_shape, value_shape)  # the counter passes shapes

@@ -48,15 +48,6 @@ TARGET, TINY_TARGET = (768, 768), (64, 64)
 STEPS = 8  # the flash-pro default
 
 
-def register_cpu_sdpa() -> None:
-    """bench_pipeline's FlopCounterMode formula for the CPU SDPA kernel, once per process (it checks the overload,
-    this torch registers the packet: a second call would raise "duplicate registrations")."""
-    from torch.utils.flop_counter import flop_registry
-
-    if getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None) not in flop_registry:
-        _register_cpu_sdpa()
-
-
 def call_flops(cfg, latent: tuple[int, int, int], batch: int = 1) -> dict:
     """FLOPs of one transformer call with precomputed audio tokens (as the sampler calls it) on latents
     (T, h, w): ``linear`` (the patch convolution, embeddings, every projection, FFN and head), ``attention``
@@ -216,7 +207,7 @@ def run(args, emit) -> dict:
     """Every stage in order into one result dict; ``emit(res)`` after each."""
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    register_cpu_sdpa()
+    _register_cpu_sdpa()
     peak = peak_tflops(device, args.peak_tflops)
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
            "peak_tflops": peak, "torch": torch.__version__, "tiny": args.tiny, "threads": torch.get_num_threads(),

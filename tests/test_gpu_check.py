@@ -242,7 +242,7 @@ def test_gpu_v3_flops_per_call_are_what_the_flop_counter_counts(monkeypatch):
     from tests._v3_tiny import TINY, inputs, tiny_model
 
     bench = load_bench("gpu_v3", monkeypatch)
-    bench.register_cpu_sdpa()
+    bench._register_cpu_sdpa()
     model = tiny_model()
     inp = inputs(TINY, t_lat=3, h=4, w=6)
     with torch.no_grad():
@@ -305,3 +305,14 @@ def bench_args(bench):
 
     return argparse.Namespace(device="cpu", dtype=None, tiny=True, width=64, height=64, frames=5, repeat=1,
                               compile_backend="aot_eager", peak_tflops=None, budget_s=100.0, t0=time.perf_counter())
+
+
+def test_the_cpu_sdpa_flop_formula_registers_once_per_process(monkeypatch):
+    """gpu_suite, gpu_v3 and bench_pipeline all register it: a second call must be a no-op, not "duplicate registrations"."""
+    from torch.utils.flop_counter import flop_registry
+
+    bench = load_bench("bench_pipeline", monkeypatch)
+    bench._register_cpu_sdpa()
+    bench._register_cpu_sdpa()
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    assert op is None or op in flop_registry or op.default in flop_registry
