@@ -72,3 +72,26 @@ def test_a_one_frame_v3_clip_renders(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 1
+
+
+def test_the_prompt_cache_keeps_each_precision_apart(tmp_path, monkeypatch):
+    """A bf16 run does not get the fp32 states cached by an earlier fp32 run (nor the other way): the cache is keyed by
+    the encoder's dtype too, and each precision loads umT5 once."""
+    import torch
+
+    from echomimic_lib.jobs.animate_v3 import encode_prompts
+    from echomimic_lib.models.wan.tiny import write_tiny_v3
+    from echomimic_lib.pipeline.wan import encoders
+
+    folder = write_tiny_v3(tmp_path / "tiny")
+    loads, real = [], encoders.load_umt5
+    monkeypatch.setattr(encoders, "load_umt5", lambda *a, **k: loads.append(k.get("dtype", a[2] if len(a) > 2 else None))
+                        or real(*a, **k))
+    cache = tmp_path / "prompt_cache"
+    args = (folder / "umt5-xxl", ["a woman speaks ."], cache, "cpu")
+    fp32 = encode_prompts(*args, torch.float32)
+    assert list(fp32) == ["a woman speaks ."] and encode_prompts(*args, torch.float32) == {}
+    bf16 = encode_prompts(*args, torch.bfloat16)
+    assert list(bf16) == ["a woman speaks ."] and encode_prompts(*args, torch.bfloat16) == {}
+    assert loads == [torch.float32, torch.bfloat16] and len(list(cache.glob("*.safetensors"))) == 2
+    assert not torch.equal(fp32["a woman speaks ."], bf16["a woman speaks ."])  # the precisions' states differ

@@ -106,7 +106,7 @@ def encode_prompts(umt5_dir, texts, cache_dir: Path, device, dtype: torch.dtype)
     emptied). Returns {text: states} of those it encoded (empty when every one was cached: umT5 not loaded)."""
     from ..pipeline.wan.encoders import encode_prompt, load_umt5, missing_prompts
 
-    todo = missing_prompts(umt5_dir, texts, cache_dir)
+    todo = missing_prompts(umt5_dir, texts, cache_dir, dtype)
     if not todo:
         return {}
     dev = torch.device(device)

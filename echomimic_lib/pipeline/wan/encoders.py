@@ -3,7 +3,7 @@
 * Text: transformers ``UMT5EncoderModel`` + its tokenizer from a Hugging Face folder (umT5-xxl, as diffusers'
   Wan pipelines use it). Official procedure: pad/truncate to 512 tokens with the attention mask, keep only
   the real tokens' states (the transformer zero-pads them back to 512). Embeddings are cached on disk per
-  (encoder folder, prompt), so the 5.7 B-parameter encoder runs once per prompt.
+  (encoder folder, prompt, dtype), so the 5.7 B-parameter encoder runs once per prompt and precision.
 * Image: transformers ``CLIPVisionModel`` (ViT-H/14): the reference at the sample size, bicubic resize to
   the model's input size (no antialias, as the official ``CLIPModel.visual``), CLIP mean/std, and the
   states after the penultimate block (``hidden_states[-2]``; Wan's ``use_31_block``) -> (1, 257, 1280).
@@ -25,17 +25,19 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _cache_file(cache_dir: Path, encoder_dir: Path, prompt: str) -> Path:
-    key = hashlib.sha256(f"{Path(encoder_dir).resolve()}\0{prompt}".encode()).hexdigest()[:32]
+def _cache_file(cache_dir: Path, encoder_dir: Path, prompt: str, dtype: torch.dtype) -> Path:
+    """Keyed by encoder folder, prompt and the encoder's dtype (states encoded in bf16 differ from fp32 ones: a run
+    must not get the other precision's states because that one ran first)."""
+    key = hashlib.sha256(f"{Path(encoder_dir).resolve()}\0{prompt}\0{dtype}".encode()).hexdigest()[:32]
     return Path(cache_dir) / f"{key}.safetensors"
 
 
-def missing_prompts(encoder_dir: str | Path, prompts, cache_dir: str | Path | None) -> list[str]:
+def missing_prompts(encoder_dir: str | Path, prompts, cache_dir: str | Path | None, dtype=torch.float32) -> list[str]:
     """The distinct ``prompts`` (first-seen order) without cached states in ``cache_dir`` (all of them without one)."""
     distinct = list(dict.fromkeys(str(p) for p in prompts))
     if not cache_dir:
         return distinct
-    return [p for p in distinct if not _cache_file(cache_dir, encoder_dir, p).is_file()]
+    return [p for p in distinct if not _cache_file(cache_dir, encoder_dir, p, dtype).is_file()]
 
 
 def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32):
@@ -58,7 +60,7 @@ def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | 
     from safetensors.torch import load_file, save_file
 
     encoder_dir = Path(encoder_dir)
-    cached = _cache_file(cache_dir, encoder_dir, prompt) if cache_dir else None
+    cached = _cache_file(cache_dir, encoder_dir, prompt, dtype) if cache_dir else None
     if cached is not None and cached.is_file():
         return load_file(str(cached))["prompt_embeds"]
     if callable(encoder):
