@@ -136,7 +136,7 @@ def test_a_lora_for_another_wan_size_is_refused(model, tmp_path):
                                            r"it was made for Wan 14B"):
         load_wan_lora(_save(tmp_path, big), shapes_of(model))
     t2v = {"diffusion_model.patch_embedding.diff": torch.zeros(32, 16, 1, 2, 2)}  # text-to-video: 16 input channels
-    with pytest.raises(WeightsError, match="another Wan size or variant"):
+    with pytest.raises(WeightsError, match="only a text-to-video input layer"):
         load_wan_lora(_save(tmp_path, t2v, "t2v.safetensors"), shapes_of(model))
     net = copy.deepcopy(model)
     with pytest.raises(WeightsError, match="Wan 14B"):
@@ -167,3 +167,21 @@ def test_damaged_or_foreign_files_are_refused(model, parts, tmp_path):
         read_wan_lora(ours)
     with pytest.raises(Exception, match="finite"):
         apply_wan_lora(copy.deepcopy(model), ours, float("inf"))
+
+
+def test_a_text_to_video_loras_input_layer_is_left_out_and_the_rest_applies(model, parts, tmp_path, caplog):
+    """As ComfyUI: the 16-channel patch_embedding delta of a text-to-video LoRA does not fit the 36-channel
+    image-to-video input; it is left out with a warning, every other layer applies exactly as without it."""
+    plain = layout_tensors(parts, "lightx2v")
+    cin = shapes_of(model)["patch_embedding.weight"][1]
+    assert cin > 16
+    t2v = {**plain, "diffusion_model.patch_embedding.diff": torch.ones(32, 16, 1, 2, 2),
+           "diffusion_model.patch_embedding.diff_b": torch.full((32,), 0.5)}
+    with caplog.at_level("WARNING"):
+        got = load_wan_lora(_save(tmp_path, t2v, "t2v_full.safetensors"), shapes_of(model))
+    want = load_wan_lora(_save(tmp_path, plain, "plain.safetensors"), shapes_of(model))
+    assert got.skipped == ["diffusion_model.patch_embedding.diff"] and "text-to-video input layer" in caplog.text
+    assert set(got.keys) == set(want.keys) | {"patch_embedding.bias"}  # the bias fits: it applies
+    for key in want.keys:
+        assert torch.equal(got.delta(key), want.delta(key))
+    torch.testing.assert_close(got.delta("patch_embedding.bias"), torch.full((32,), 0.5))

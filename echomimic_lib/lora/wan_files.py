@@ -104,6 +104,7 @@ class WanLora:
     low_rank: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # param -> (down r x ..., up out x r ..., alpha / rank)
     diffs: dict[str, torch.Tensor]  # param -> full delta (already scaled)
     shapes: dict[str, tuple]
+    skipped: list[str] = field(default_factory=list)  # keys left out: a text-to-video input layer (see resolve_wan_lora)
 
     @property
     def name(self) -> str:
@@ -232,8 +233,16 @@ def _size_error(lora: WanLoraFile, key: str, got: tuple, param: str, want: tuple
                         "flash-pro is Wan2.1-Fun 1.3B image-to-video (width 1536, 30 blocks, 36 input channels); use a LoRA trained on it.")
 
 
+def _t2v_input(param: str, got: tuple, want: tuple) -> bool:
+    """A text-to-video LoRA's input-layer delta: ``patch_embedding`` with fewer input channels (16 noise-latent ones)
+    than the image-to-video network (36: noise, mask, condition), the rest of its shape the same."""
+    return (param == "patch_embedding.weight" and len(got) == len(want) and got[0] == want[0] and got[2:] == want[2:]
+            and got[1] < want[1])
+
+
 def resolve_wan_lora(lora: WanLoraFile, shapes: dict[str, tuple]) -> WanLora:
-    """Map every group of ``lora`` onto a parameter of ``shapes`` (name -> shape); strict (see the module doc)."""
+    """Map every group of ``lora`` onto a parameter of ``shapes`` (name -> shape); strict (see the module doc), except
+    that a text-to-video LoRA's input-layer delta is left out with a warning, as ComfyUI does (its other layers fit)."""
     shapes = {k: tuple(v) for k, v in shapes.items()}
     targets = _targets(shapes)
     dmap = _diffusers_map(shapes)
@@ -242,7 +251,7 @@ def resolve_wan_lora(lora: WanLoraFile, shapes: dict[str, tuple]) -> WanLora:
     wan_only, diff_only = targets - set(dmap), set(dmap) - targets
     use_diffusers = sum(n in diff_only for n in plain) > sum(n in wan_only for n in plain)
     layout = "diffusers" if use_diffusers else ("kohya" if lora.kohya and not plain else "wan")
-    low_rank, diffs, missing, misfit = {}, {}, [], None
+    low_rank, diffs, missing, misfit, skipped = {}, {}, [], None, []
 
     def param(target: str, ends: tuple[str, ...]) -> str | None:
         return next((target + e for e in ends if target + e in shapes), None)
@@ -263,6 +272,9 @@ def resolve_wan_lora(lora: WanLoraFile, shapes: dict[str, tuple]) -> WanLora:
             want = shapes[p]
             flat_in = math.prod(a.shape[1:])
             if b.shape[0] != want[0] or flat_in != math.prod(want[1:]) or math.prod(b.shape[2:]) != 1:
+                if _t2v_input(p, (b.shape[0], *a.shape[1:]), want):
+                    skipped.append(lora.keys[name])
+                    continue
                 misfit = misfit or (lora.keys[name], (b.shape[0], *a.shape[1:]), p, want)
             low_rank[p] = (a, b, scale)
         for part, ends, k_scale in (("diff", (".weight", ""), 1.0), ("diff_b", (".bias",), 1.0), ("B_bias", (".bias",), scale)):
@@ -274,6 +286,9 @@ def resolve_wan_lora(lora: WanLoraFile, shapes: dict[str, tuple]) -> WanLora:
                 continue
             t = g[part]
             if tuple(t.shape) != shapes[p]:
+                if _t2v_input(p, tuple(t.shape), shapes[p]):
+                    skipped.append(lora.keys[name])
+                    continue
                 misfit = misfit or (lora.keys[name], tuple(t.shape), p, shapes[p])
             prev = diffs.get(p)
             d = t.float() * k_scale
@@ -283,7 +298,13 @@ def resolve_wan_lora(lora: WanLoraFile, shapes: dict[str, tuple]) -> WanLora:
     if missing:
         raise WeightsError(f"LoRA '{lora.name}': {len(missing)} of {len(lora.groups)} layer(s) match no parameter of the EchoMimicV3 "
                            f"network, e.g. '{missing[0]}'. {_cause(missing)}")
-    return WanLora(lora.path, layout, low_rank, diffs, {k: shapes[k] for k in set(low_rank) | set(diffs)})
+    if skipped and not (low_rank or diffs):
+        raise WeightsError(f"LoRA '{lora.name}' holds only a text-to-video input layer ('{skipped[0]}'), which does not fit "
+                           "the image-to-video network (36 input channels): nothing in it applies to EchoMimicV3 flash-pro.")
+    if skipped:
+        log.warning("LoRA '%s': %s left out: a text-to-video input layer (16 input channels; the network has 36), as ComfyUI "
+                    "does; its other %d layer(s) apply.", lora.name, ", ".join(skipped), len(set(low_rank) | set(diffs)))
+    return WanLora(lora.path, layout, low_rank, diffs, {k: shapes[k] for k in set(low_rank) | set(diffs)}, skipped)
 
 
 def shapes_of(model: nn.Module) -> dict[str, tuple]:
