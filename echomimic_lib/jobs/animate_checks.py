@@ -72,6 +72,15 @@ def _number(value, flag: str, kind=float):
     return out
 
 
+def check_lora_strength(value) -> float:
+    """``--lora-strength`` (V1/V2 and V3): a number in the loader nodes' range."""
+    strength = _number(value, "--lora-strength")
+    if not -MAX_LORA_STRENGTH <= strength <= MAX_LORA_STRENGTH:
+        raise EchoMimicError(f"--lora-strength {strength:g}: use -{MAX_LORA_STRENGTH:g}..{MAX_LORA_STRENGTH:g} (1 = as trained, 0 = the "
+                             "base model), the range of the loader node.")
+    return strength
+
+
 def _check_size(width, height, context_frames, cfg, dtype) -> None:
     for flag, v in (("--width", width), ("--height", height)):
         if v % 8:
@@ -112,10 +121,7 @@ def check_numbers(req, mode, variant: str, dtype):
     if not 0 <= overlap < ctx:
         raise EchoMimicError(f"--context-overlap {req.context_overlap}: must be 0..{ctx - 1} (smaller than --context-frames "
                              f"{ctx}); the default is 3.")
-    strength = _number(getattr(req, "lora_strength", 1.0), "--lora-strength")
-    if not -MAX_LORA_STRENGTH <= strength <= MAX_LORA_STRENGTH:
-        raise EchoMimicError(f"--lora-strength {strength:g}: use -{MAX_LORA_STRENGTH:g}..{MAX_LORA_STRENGTH:g} (1 = as trained, 0 = the "
-                             "base model), the range of the loader node.")
+    check_lora_strength(getattr(req, "lora_strength", 1.0))
     seed = None if req.seed is None else _number(req.seed, "--seed", int)
     if seed is not None and not 0 <= seed < 2**64:
         raise EchoMimicError(f"--seed {req.seed}: use a whole number from 0 to 2^64-1.")

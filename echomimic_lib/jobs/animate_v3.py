@@ -168,13 +168,10 @@ def lora_shapes(folder: Path) -> dict:
 
 def check_lora(req: V3Request):
     """The request's LoRA file, read and checked (strength; every key maps onto the set's parameters and fits), no weights."""
-    from .animate_checks import MAX_LORA_STRENGTH, _number
+    from .animate_checks import check_lora_strength
     from ..lora.wan_files import read_wan_lora, resolve_wan_lora
 
-    strength = _number(req.lora_strength, "--lora-strength")
-    if not -MAX_LORA_STRENGTH <= strength <= MAX_LORA_STRENGTH:
-        raise EchoMimicError(f"--lora-strength {strength:g}: use -{MAX_LORA_STRENGTH:g}..{MAX_LORA_STRENGTH:g} (1 = as trained, 0 = the "
-                             "base model).")
+    check_lora_strength(req.lora_strength)
     lora = read_wan_lora(req.lora)
     resolve_wan_lora(lora, lora_shapes(Path(req.models)))
     return lora
