@@ -78,6 +78,19 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def run_header(args, default_dtype: str) -> tuple[torch.device, torch.dtype, float | None, dict]:
+    """What every GPU bench starts with: the device, the dtype (``args.dtype``, else ``default_dtype`` on CUDA and
+    fp32 elsewhere), the card's peak and the result's common fields; the CPU SDPA FLOP formula registered."""
+    device = torch.device(args.device)
+    name = args.dtype or (default_dtype if device.type == "cuda" else "fp32")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+    _register_cpu_sdpa()
+    peak = peak_tflops(device, args.peak_tflops)
+    head = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
+            "peak_tflops": peak, "torch": torch.__version__, "tiny": args.tiny, "threads": torch.get_num_threads()}
+    return device, dtype, peak, head
+
+
 def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -365,13 +378,8 @@ def main() -> None:
         plan = parse_plan(args.plan, args.versions.split(","), args.no_compile, args.cuda_graphs)
     except ValueError as exc:
         ap.error(str(exc))
-    device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
-    _register_cpu_sdpa()
-    peak = peak_tflops(device, args.peak_tflops)
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
-              "peak_tflops": peak, "torch": torch.__version__, "tiny": args.tiny, "threads": torch.get_num_threads(),
-              "plan": [f"{v}:{var.name}" for v, var in plan], "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
+    device, dtype, peak, result = run_header(args, "fp16")
+    result.update(plan=[f"{v}:{var.name}" for v, var in plan], inductor_cache=os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     states = {}
     for v, var in plan:
         key = f"compile_{var.name}"

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_pipeline import _register_cpu_sdpa  # noqa: E402
-from gpu_suite import kernels, log, peak_tflops, sync, timed  # noqa: E402
+from bench_pipeline import _register_cpu_sdpa  # noqa: E402, F401 (the FLOP tests register it through this module)
+from gpu_suite import kernels, log, run_header, sync, timed  # noqa: E402
 
 TARGET, TINY_TARGET = (768, 768), (64, 64)
 STEPS = 8  # the flash-pro default
@@ -205,13 +205,8 @@ def vae_seconds(st: dict, what: str) -> float:
 @torch.no_grad()  # inference: no autograd graph (its saved activations would not fit at this size)
 def run(args, emit) -> dict:
     """Every stage in order into one result dict; ``emit(res)`` after each."""
-    device = torch.device(args.device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    _register_cpu_sdpa()
-    peak = peak_tflops(device, args.peak_tflops)
-    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
-           "peak_tflops": peak, "torch": torch.__version__, "tiny": args.tiny, "threads": torch.get_num_threads(),
-           "compile_backend": args.compile_backend, "peak_vram_gb": {}}
+    device, dtype, peak, res = run_header(args, "bf16")
+    res.update(compile_backend=args.compile_backend, peak_vram_gb={})
     t0 = time.perf_counter()
     st = setup(args, device, dtype)
     st["frames"] = args.frames
