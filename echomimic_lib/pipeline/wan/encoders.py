@@ -56,15 +56,13 @@ def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32):
 def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | None = None, device="cpu",
                   dtype=torch.float32, encoder=None) -> torch.Tensor:
     """(1, n_tokens, 4096) umT5 states of the prompt's real tokens (cached in ``cache_dir`` if given).
-    ``encoder``: a loaded (tokenizer, model) to use on a cache miss, or a callable returning one (else loaded here)."""
+    ``encoder``: a loaded (tokenizer, model) to use on a cache miss (else loaded here)."""
     from safetensors.torch import load_file, save_file
 
     encoder_dir = Path(encoder_dir)
     cached = _cache_file(cache_dir, encoder_dir, prompt, dtype) if cache_dir else None
     if cached is not None and cached.is_file():
         return load_file(str(cached))["prompt_embeds"]
-    if callable(encoder):
-        encoder = encoder()
     tok, model = encoder if encoder is not None else load_umt5(encoder_dir, device, dtype)
     dev = next(model.parameters()).device
     ids = tok([prompt], padding="max_length", max_length=TEXT_LEN, truncation=True, add_special_tokens=True, return_tensors="pt")
