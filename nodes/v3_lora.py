@@ -18,10 +18,10 @@ from ..echomimic_lib.lora import check_strength, read_wan_lora, resolve_wan_lora
 from . import comfy_bridge as C
 from . import paths
 from .base import Node, link
+from .lora import CONTAINER  # the network's prefix in its ModelPatcher's state dict (ManagedNetwork.net)
 from .v3 import V3_MODEL, V3Handle
 
 log = logging.getLogger(__name__)
-CONTAINER = "net."  # the transformer's prefix in its ModelPatcher's state dict (ManagedNetwork.net)
 
 
 def add_wan_lora(handle: V3Handle, lora: str | Path, strength: float = 1.0) -> V3Handle:
