@@ -39,9 +39,7 @@ def check_family_options(args) -> None:
     if args.version == "v3-flash":
         if args.cfg:
             raise EchoMimicError("--cfg is the V1/V2 guidance; EchoMimicV3 flash-pro uses audio guidance only: use --audio-cfg")
-        if args.fps == V3_FPS:
-            args.fps = getattr(args, "family_defaults", {}).get("fps", args.fps)  # V3's own rate, said explicitly: fine
-        wrong = given(args, V1V2_ONLY)
+        wrong = [f for f in given(args, V1V2_ONLY) if not (f == "--fps" and args.fps == V3_FPS)]  # V3's own rate: fine
         if wrong:
             raise EchoMimicError(f"{' and '.join(wrong)} {'is a V1/V2 option' if len(wrong) == 1 else 'are V1/V2 options'}; "
                                  f"EchoMimicV3 flash-pro does not take it (it renders {V3_FPS:g} fps, without face crop, "
