@@ -1,4 +1,4 @@
-"""``echomimic-train``: prepare | fit | export | presets | plan.
+"""``echomimic-train``: prepare | fit | export | presets | plan | v3-fit | v3-export.
 
 Single process: ``echomimic-train fit --config run.yaml``. Several GPUs / nodes: ``accelerate launch
 [--num_processes N ...] -m trainer fit --config run.yaml`` (DeepSpeed ZeRO through ``accelerate config``).
@@ -80,6 +80,28 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _cmd_v3_fit(args) -> int:
+    from .v3.config import load_v3_config
+    from .v3.loop import fit_v3
+
+    cfg = load_v3_config(args.config, args.set)
+    resume = args.resume if args.resume not in (None, "") else None
+    result = fit_v3(cfg, resume=True if resume == "latest" else resume)
+    print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints; "
+          f"export the LoRA with `echomimic-train v3-export {result['output_dir']} LORA.safetensors`")
+    return 0
+
+
+def _cmd_v3_export(args) -> int:
+    import torch
+
+    from .v3.lora import export_wan_lora
+
+    path = export_wan_lora(args.source, args.dest, force=args.force, dtype=getattr(torch, args.dtype), verify=not args.no_verify)
+    print(f"wrote {path}; use it with `echomimic animate --version v3-flash --lora {path}` or the EchoMimic V3 LoRA node")
+    return 0
+
+
 def _cmd_export(args) -> int:
     from .export import export
 
@@ -120,7 +142,7 @@ def _cmd_plan(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="echomimic-train", description="Train EchoMimic V1 / V2 (standalone; uses echomimic_lib).")
+    p = argparse.ArgumentParser(prog="echomimic-train", description="Train EchoMimic V1 / V2, and LoRAs on EchoMimicV3 flash-pro (standalone; uses echomimic_lib).")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -172,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--merge", action="store_true", help="LoRA run: write the base model with the adapters merged in (official "
                    "file set) instead of the adapter file")
     e.set_defaults(func=_cmd_export)
+
+    v = sub.add_parser("v3-fit", help="train a LoRA on EchoMimicV3 flash-pro (`accelerate launch -m trainer v3-fit ...` for "
+                       "several processes)")
+    v.add_argument("--config", help="YAML config (docs/training.md, 'EchoMimicV3 LoRA')")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=5e-5 or data.frames=33")
+    v.add_argument("--resume", nargs="?", const="latest", help="continue the run (newest checkpoint) or from a checkpoint folder")
+    v.set_defaults(func=_cmd_v3_fit)
+
+    x = sub.add_parser("v3-export", help="V3 LoRA checkpoint -> one Wan LoRA .safetensors (ComfyUI layout)")
+    x.add_argument("source", help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    x.add_argument("dest", help="a .safetensors file, or a folder (<run>-step<N>.safetensors inside)")
+    x.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="bfloat16")
+    x.add_argument("--force", action="store_true", help="replace an existing file at DEST (never done without it)")
+    x.add_argument("--no-verify", action="store_true", help="skip reading the file back against the base model")
+    x.set_defaults(func=_cmd_v3_export)
 
     n = sub.add_parser("plan", help="memory per GPU and expected speed of every phase (no weights or GPU needed)")
     n.add_argument("config", nargs="?", help="YAML config (may start with `preset: NAME`)")

@@ -138,8 +138,9 @@ def load_adapter_checkpoint(net: TrainingNet, ckpt: Path) -> None:
     meta_path = ckpt / "meta.json"
     saved = json.loads(meta_path.read_text()).get("lora") if meta_path.is_file() else None
     if saved and not fingerprints_match(saved["base"]["fingerprint"], net.lora["base"]["fingerprint"]):
+        key = net.lora["base"].get("config_key", "model.echomimic_path")
         raise ConfigError(f"{ckpt}: this checkpoint's adapters were trained on other base weights ({saved['base']['path']}) than "
-                          f"model.echomimic_path ({net.lora['base']['path']}): resume with the same base model")
+                          f"{key} ({net.lora['base']['path']}): resume with the same base model")
     state = load_file(str(ckpt / "model.safetensors"))
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     own = {k for k in net.state_dict() if is_lora_param(k)}

@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .audio_proj import AudioProjector
 from .config import WanV3Config
@@ -181,7 +182,12 @@ class MLPProj(nn.Module):
 
 
 class WanV3Transformer(nn.Module):
-    """The flash-pro DiT. ``forward`` returns the flow prediction (B, out_dim, T, H, W)."""
+    """The flash-pro DiT. ``forward`` returns the flow prediction (B, out_dim, T, H, W).
+
+    ``checkpoint_blocks`` (off; the trainer's ``gradient_checkpointing``): under autograd each block's activations
+    are recomputed in the backward pass instead of kept (same outputs, about a block's memory instead of 30)."""
+
+    checkpoint_blocks = False
 
     def __init__(self, cfg: WanV3Config):
         super().__init__()
@@ -247,7 +253,10 @@ class WanV3Transformer(nn.Module):
         if compute:
             start = h
             for i, block in enumerate(self.blocks):
-                h = block(h, e0, rope, ctx, audio_tokens)
+                if self.checkpoint_blocks and torch.is_grad_enabled():  # training (trainer.v3): recompute in backward
+                    h = checkpoint(block, h, e0, rope, ctx, audio_tokens, use_reentrant=False)
+                else:
+                    h = block(h, e0, rope, ctx, audio_tokens)
                 if trace is not None:
                     trace(f"blocks.{i}", h)
             if cache is not None:

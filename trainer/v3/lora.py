@@ -1,0 +1,152 @@
+"""LoRA adapters on the EchoMimicV3 flash-pro transformer (peft), and their export as a Wan LoRA file.
+
+- :func:`inject`: ``peft.inject_adapter_in_model`` on the ``nn.Linear`` layers of the 30 blocks whose names end in
+  ``lora.targets`` (``self_attn.q`` ... ``ffn.2``; ``cross_attn.k_audio`` / ``v_audio`` are V3's audio attention).
+  Fresh A, zero B: the network starts equal to the release. Everything else is frozen.
+- Checkpoints keep only the adapter tensors (the V1/V2 trainer's accelerate hooks, :mod:`trainer.lora`), with a
+  fingerprint of the base weights: a resume on another base model is refused.
+- :func:`export_wan_lora`: one ``.safetensors`` in the layout ComfyUI and diffusion-pipe write for Wan
+  (``diffusion_model.blocks.N.<layer>.lora_A.weight`` / ``lora_B.weight`` / ``.alpha``), read by
+  ``echomimic animate --version v3-flash --lora``, the **EchoMimic V3 LoRA** node and :mod:`echomimic_lib.lora.wan_files`.
+  Layers outside V3's audio attention also fit any Wan2.1 1.3B image-to-video network with these names.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from ..net import is_lora_param
+from .config import V3TrainConfig
+
+log = logging.getLogger(__name__)
+ADAPTER = "default"
+PREFIX = "diffusion_model."
+FORMAT = "echomimic-v3-lora"
+
+
+def target_modules(model: nn.Module, targets: list[str]) -> list[str]:
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and n.startswith("blocks.") and n.split(".", 2)[2] in targets]
+    if not names:
+        raise ConfigError(f"lora.targets {targets} match no linear layer of the transformer's blocks")
+    return names
+
+
+def inject(model: nn.Module, cfg: V3TrainConfig) -> dict:
+    """Add the adapters (seeded) and freeze the rest; returns the run's LoRA description (checkpoint meta, export)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from echomimic_lib.lora import fingerprint
+
+    lc = cfg.lora
+    names = target_modules(model, lc.targets)
+    mods = dict(model.named_modules())
+    base_fp = fingerprint({n: mods[n] for n in names})
+    pcfg = LoraConfig(r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=names, bias="none",
+                      init_lora_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 11)
+        inject_adapter_in_model(pcfg, model, adapter_name=ADAPTER)
+    for n, p in model.named_parameters():
+        p.requires_grad_(is_lora_param(n))
+    n_params = sum(p.numel() for n, p in model.named_parameters() if is_lora_param(n))
+    log.info("LoRA: %d layers, rank %d, alpha %g, %.2f M adapter parameters", len(names), lc.rank, lc.alpha, n_params / 1e6)
+    desc = {"rank": lc.rank, "alpha": lc.alpha, "targets": list(lc.targets), "layers": len(names), "parameters": n_params,
+            "base": {"path": str(cfg.model.path), "config_key": "model.path", "fingerprint": base_fp}}
+    model.lora = desc
+    return desc
+
+
+def cast_base_(model: nn.Module, dtype: torch.dtype) -> None:
+    """Adapters in float32 (the optimiser's precision); the frozen base stays in ``dtype``."""
+    for n, p in model.named_parameters():
+        if is_lora_param(n):
+            p.data = p.data.float()
+        elif p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
+def wan_lora_tensors(state: dict, alpha: float, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Adapter tensors of a state dict (peft names, ``module.`` allowed) -> the Wan LoRA file's tensors."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if not is_lora_param(k):
+            continue
+        k = k[len("module."):] if k.startswith("module.") else k
+        k = k.replace(f".lora_A.{ADAPTER}.", ".lora_A.").replace(f".lora_B.{ADAPTER}.", ".lora_B.")
+        out[PREFIX + k] = v.detach().to("cpu", dtype).contiguous()
+        layer = k.split(".lora_", 1)[0]
+        out[f"{PREFIX}{layer}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
+    return out
+
+
+def export_path(ckpt: Path, dest: Path, step: int) -> Path:
+    dest = Path(dest)
+    return dest if dest.suffix == ".safetensors" else dest / f"{ckpt.parent.parent.name}-step{step}.safetensors"
+
+
+def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.float32, verify: bool = True) -> Path:
+    """Checkpoint folder (or run folder: its newest checkpoint) -> one Wan LoRA ``.safetensors`` (written whole)."""
+    from safetensors.torch import load_file, save_file
+
+    from echomimic_lib.io.file_safety import publish, refuse_existing
+
+    from ..checkpoint import latest_checkpoint, read_meta
+
+    ckpt = Path(ckpt)
+    if not (ckpt / "meta.json").is_file():
+        found = latest_checkpoint(ckpt / "checkpoints") if ckpt.is_dir() else None
+        if found is None:
+            raise ConfigError(f"{ckpt}: neither a checkpoint folder (meta.json) nor a run folder with checkpoints/")
+        ckpt = found
+    meta = read_meta(ckpt)
+    if meta.get("family") != "v3" or "lora" not in meta:
+        raise ConfigError(f"{ckpt}: not an EchoMimicV3 LoRA checkpoint (`echomimic-train v3-fit`); V1/V2 runs export with "
+                          "`echomimic-train export`")
+    desc = meta["lora"]
+    path = export_path(ckpt, dest, int(meta["step"]))
+    if os.path.lexists(path):
+        if not force:
+            refuse_existing([path], what="LoRA file")
+        if path.is_symlink() or not path.is_file():
+            raise ConfigError(f"{path}: exists and is not a regular file; --force replaces only regular files")
+    tensors = wan_lora_tensors(load_file(str(ckpt / "model.safetensors")), float(desc["alpha"]), dtype)
+    if not tensors:
+        raise ConfigError(f"{ckpt}: no adapter tensors in this checkpoint")
+    info = {"format": FORMAT, "rank": str(desc["rank"]), "alpha": str(desc["alpha"]), "targets": json.dumps(desc["targets"]),
+            "base_model": str(desc["base"]["path"]), "step": str(meta["step"]), "checkpoint": str(ckpt)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.safetensors")  # the reader (check_export) wants the suffix
+    try:
+        save_file(tensors, str(tmp), metadata=info)
+        if verify:
+            check_export(tmp, desc)
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("Wan LoRA (%d layers, rank %s) written to %s", desc["layers"], desc["rank"], path)
+    return path
+
+
+def check_export(path: Path, desc: dict) -> None:
+    """Read the written file back as the inference does and map it onto the base set's parameters (their shapes from
+    the weight files' headers; when the base files are gone, only the file's structure is checked, with a warning)."""
+    from echomimic_lib.jobs.animate_v3 import lora_shapes
+    from echomimic_lib.lora.wan_files import read_wan_lora, resolve_wan_lora
+    from echomimic_lib.models.wan.sources import resolved_files
+
+    lora = read_wan_lora(path)
+    files = resolved_files(Path(desc["base"]["path"]))
+    if not ((files["base"] / "diffusion_pytorch_model.safetensors").is_file() and Path(files["flash"]).is_file()):
+        log.warning("export check: the base files under %s are not there; the file's structure was checked, not its fit",
+                    desc["base"]["path"])
+        return
+    got = resolve_wan_lora(lora, lora_shapes(Path(desc["base"]["path"])))
+    if len(got.keys) != int(desc["layers"]):
+        raise ConfigError(f"export check: {len(got.keys)} layers map onto the network, the run trained {desc['layers']}")
