@@ -236,3 +236,46 @@ def test_cache_is_reused_and_keyed_by_size(tiny_v3, tmp_path):
     other = EncodedWindows(tmp_path / "enc", windows, 48, SIZE, encoder_id(files, torch.float32))
     assert len(other.missing()) == 3
     assert not list((tmp_path / "enc").rglob("*.partial*"))
+
+
+def test_validation_clip_is_what_animate_renders_with_the_exported_lora(tiny_v3, data, tmp_path):
+    import cv2
+
+    from echomimic_lib.cli import main as animate_main
+    from echomimic_lib.io.video_io import read_video
+    from trainer.cli import main as train_main
+    from trainer.v3.loop import fit_v3
+
+    ref = cv2.resize(cv2.imread(str(DATA / "images" / "portrait_a.png")), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tmp_path / "ref.png"), ref)
+    wav = DATA / "audio" / "echomimic_en.wav"
+    fit_v3(config(tiny_v3, data, tmp_path / "run", "steps=2", f"validation.reference={tmp_path / 'ref.png'}",
+                  f"validation.audio={wav}", "validation.frames=5", "validation.steps=2"))
+    clip = tmp_path / "run" / "samples" / "step-00000002.mp4"
+    got = read_video(clip, with_audio=False).frames
+    assert got.shape == (5, SIZE, SIZE, 3)
+    lora = tmp_path / "me.safetensors"
+    assert train_main(["v3-export", str(tmp_path / "run"), str(lora), "--dtype", "float32"]) == 0
+    out = tmp_path / "animate.mp4"
+    assert animate_main(["animate", "--version", "v3-flash", "--models", str(tiny_v3.parent), "--offline", "--reference",
+                         str(tmp_path / "ref.png"), "--audio", str(wav), "-o", str(out), "--length", "5", "--steps", "2",
+                         "--lora", str(lora), "--device", "cpu"]) == 0
+    want = read_video(out, with_audio=False).frames
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1, (diff.mean(), diff.max())  # equal up to one level of rounding (identical when measured)
+    base = tmp_path / "base.mp4"
+    assert animate_main(["animate", "--version", "v3-flash", "--models", str(tiny_v3.parent), "--offline", "--reference",
+                         str(tmp_path / "ref.png"), "--audio", str(wav), "-o", str(base), "--length", "5", "--steps", "2",
+                         "--device", "cpu"]) == 0
+    assert np.abs(read_video(base, with_audio=False).frames.astype(int) - want.astype(int)).mean() > 2  # the LoRA shows
+
+
+def test_validation_inputs_are_checked_first(tiny_v3, data, tmp_path):
+    from trainer.v3.loop import fit_v3
+
+    with pytest.raises(ConfigError, match="both reference and audio"):
+        config(tiny_v3, data, tmp_path / "a", f"validation.reference={DATA / 'images' / 'portrait_a.png'}")
+    with pytest.raises(ConfigError, match="validation: reference .*not found"):
+        fit_v3(config(tiny_v3, data, tmp_path / "b", f"validation.reference={tmp_path / 'no.png'}",
+                      f"validation.audio={DATA / 'audio' / 'echomimic_en.wav'}"))
+    assert not (tmp_path / "b").exists()

@@ -71,6 +71,25 @@ class V3Checkpoint:
 
 
 @dataclass
+class V3Validation:
+    reference: str | None = None  # an image; none: no validation clips
+    audio: str | None = None      # speech (wav, mp3, ... or a video with sound)
+    prompt: str | None = None     # default data.prompt
+    frames: int = 0               # 4k+1; 0: data.frames
+    steps: int = 8
+    audio_cfg: float = 3.0
+    seed: int = 43
+
+    def check(self) -> None:
+        if bool(self.reference) != bool(self.audio):
+            raise ConfigError("validation: give both reference and audio (or neither: no validation clips)")
+        if self.frames and (self.frames < 5 or (self.frames - 1) % 4):
+            raise ConfigError(f"validation.frames {self.frames}: 4k+1, at least 5 (0: data.frames)")
+        if not 1 <= self.steps <= 200:
+            raise ConfigError(f"validation.steps {self.steps}: 1..200")
+
+
+@dataclass
 class V3TrainConfig:
     output_dir: str = ""
     model: V3Model = field(default_factory=V3Model)
@@ -79,6 +98,7 @@ class V3TrainConfig:
     noise: V3Noise = field(default_factory=V3Noise)
     optim: V3Optim = field(default_factory=V3Optim)
     checkpoint: V3Checkpoint = field(default_factory=V3Checkpoint)
+    validation: V3Validation = field(default_factory=V3Validation)  # a clip rendered at each checkpoint (.validation)
     steps: int = 1000
     seed: int = 0
     mixed_precision: str = "bf16"  # "no" (float32 everywhere: the CPU), "bf16", "fp16"
@@ -115,6 +135,7 @@ class V3TrainConfig:
             raise ConfigError("optim: lr > 0, batch_size >= 1, grad_accum >= 1, max_grad_norm >= 0 (0: no clipping), warmup_steps >= 0")
         if self.steps < 1 or self.checkpoint.every < 1 or self.checkpoint.keep_last < 0 or self.log_every < 1:
             raise ConfigError("steps, checkpoint.every and log_every must be >= 1, checkpoint.keep_last >= 0")
+        self.validation.check()
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision {self.mixed_precision!r}: one of {', '.join(PRECISIONS)}")
         return self

@@ -7,7 +7,7 @@ activations recomputed in the backward pass with ``gradient_checkpointing``), th
 its windows, audio dropout, sigmas and noise from a generator seeded by (seed, rank, step, micro-step): a resumed run
 continues with exactly the samples the uninterrupted one would have drawn. Checkpoints (adapters, optimiser, LR
 schedule, step) are written whole or not at all (:func:`trainer.checkpoint.save_checkpoint`) and resumed with
-``weights_only`` loading.
+``weights_only`` loading; with ``validation`` set, each checkpoint also renders a clip (:mod:`.validation`).
 """
 from __future__ import annotations
 
@@ -47,11 +47,13 @@ def _checks(cfg: V3TrainConfig, acc, resume):
     from ..checkpoint import checkpoint_dir, list_checkpoints, read_meta, resolve_resume
     from ..config import ConfigError
     from ..safe_resume import check_checkpoint
+    from .validation import prepare
     from .windows import list_windows
 
     out = Path(cfg.output_dir)
     files = ensure_v3(Path(cfg.model.path), download=False)  # the error lists each missing file and where to get it
     windows = list_windows(cfg.data)
+    validator = prepare(cfg.validation, cfg.data.width, cfg.data.height, cfg.data.frames, cfg.data.prompt)
     ckpt = resolve_resume(resume, out)
     if ckpt is not None:
         check_checkpoint(ckpt)  # no file of the run folder runs code
@@ -59,7 +61,7 @@ def _checks(cfg: V3TrainConfig, acc, resume):
             raise ConfigError(f"{ckpt}: a V1/V2 checkpoint; resume it with `echomimic-train fit --resume`")
     elif list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
-    return files, windows, ckpt
+    return files, windows, validator, ckpt
 
 
 def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> dict:
@@ -81,7 +83,7 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
 
     acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum)
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
-    files, windows, ckpt = _checks(cfg, acc, resume)
+    files, windows, validator, ckpt = _checks(cfg, acc, resume)
     agree_on_resume(acc, ckpt)
     out = Path(cfg.output_dir)
     if is_writer(acc):
@@ -93,7 +95,7 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     dtype = DTYPES[cfg.mixed_precision]
 
     # 1. encoders, once per window (cached), then freed
-    distinct = list(dict.fromkeys(w.prompt for w in windows))
+    distinct = list(dict.fromkeys([w.prompt for w in windows] + ([validator.prompt] if validator else [])))
     if main:
         prompt_states(files, distinct, Path(cfg.model.path) / "prompt_cache", acc.device, dtype)
     acc.wait_for_everyone()
@@ -105,6 +107,10 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     acc.wait_for_everyone()
     if cache.missing():
         raise RuntimeError(f"{len(cache.missing())} encoded window(s) missing after encoding (another process failed?)")
+    if main and validator is not None:  # its reference and speech, encoded once
+        enc = Encoders(files, acc.device, dtype)
+        validator.encode(enc, prompts[validator.prompt])
+        enc.free()
     if main:
         log.info("%d windows of %d frames (%d encoded now in %.0f s, the rest cached in %s)", len(windows), cfg.data.frames,
                  wrote, time.time() - t0, cache.folder)
@@ -166,6 +172,12 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
             if step % cfg.checkpoint.every == 0 or step == cfg.steps:
                 save_checkpoint(acc, out, step, meta, cfg.checkpoint.keep_last)
                 saved = step
+                if validator is not None:
+                    if main:
+                        clip = validator.render(acc.unwrap_model(model), files, step, out, acc.device, dtype)
+                        mon.event(step, "validation", video=str(clip))
+                        log.info("validation clip %s", clip)
+                    acc.wait_for_everyone()
     finally:
         mon.close()
     if saved != step and step > 0:  # stopped early (stop_after): keep what was trained
