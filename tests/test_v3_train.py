@@ -321,3 +321,19 @@ def test_two_processes_train_one_adapter_set_and_resume_exactly(tiny_v3, tmp_pat
     for name in ("model.safetensors", "optimizer.bin"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in a.iterdir()}
+
+
+def test_the_documented_config_is_valid():
+    """docs/training.md §11's YAML reads with the strict reader (a renamed key fails here, not for a user)."""
+    import re
+
+    import yaml
+
+    from trainer.config_file import from_dict
+    from trainer.v3.config import V3TrainConfig
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    section = text[text.index("## 11. EchoMimicV3"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    cfg = from_dict(V3TrainConfig, yaml.safe_load(block)).validate()
+    assert cfg.data.frames == 49 and cfg.validation.reference == "anna.png"
