@@ -25,7 +25,7 @@ def tiny_v3(tmp_path_factory):
     return ensure_tiny_v3(tmp_path_factory.mktemp("v3train") / "v3-flash")
 
 
-def dataset(root: Path, fps: float = 25.0, clips: int = 2, frames: int = 13, kind: str = "headshot") -> Path:
+def dataset(root: Path, fps: float = 25.0, clips: int = 2, frames: int = 13, kind: str = "headshot", sources=()) -> Path:
     """Prepared clips written directly: moving textured frames and the shared speech."""
     from echomimic_lib.audio.wav2vec import resample_16k
     from echomimic_lib.io.video_io import read_audio
@@ -41,7 +41,8 @@ def dataset(root: Path, fps: float = 25.0, clips: int = 2, frames: int = 13, kin
         for f in range(frames):
             w.add_frame(np.roll(base, f, axis=1))
         wave = mono[c * 8000: c * 8000 + int(frames / fps * 16000)]
-        w.finish({"id": cid, "fps": fps, "kind": kind, "size": SIZE}, {"audio16k": wave})
+        meta = {"id": cid, "fps": fps, "kind": kind, "size": SIZE, **({"source": str(sources[c])} if sources else {})}
+        w.finish(meta, {"audio16k": wave})
         rows.append({"id": cid, "path": f"shard-00000/{cid}", "shard": 0, "num_frames": frames, "fps": fps, "kind": kind})
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
@@ -281,7 +282,7 @@ def test_validation_inputs_are_checked_first(tiny_v3, data, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def _launch2(cfg: Path, *extra) -> "subprocess.CompletedProcess":
+def _launch2(cfg: Path, *extra):
     import os
     import subprocess
     import sys
@@ -337,3 +338,21 @@ def test_the_documented_config_is_valid():
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     cfg = from_dict(V3TrainConfig, yaml.safe_load(block)).validate()
     assert cfg.data.frames == 49 and cfg.validation.reference == "anna.png"
+
+
+def test_captions_by_id_file_name_or_sidecar_text(tmp_path, caplog):
+    from trainer.v3.config import V3Data
+    from trainer.v3.windows import list_windows
+
+    vids = [tmp_path / "videos" / f"{n}.mp4" for n in ("anna", "ben", "cleo")]
+    vids[0].parent.mkdir()
+    vids[1].with_suffix(".txt").write_text("  Ben is talking.\n")
+    vids[2].with_suffix(".txt").write_text("ignored: the captions file names this clip")
+    d = dataset(tmp_path / "data", clips=3, sources=vids)
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"cleo": "Cleo speaks.", "spk0__clip": "Anna speaks.", "nobody": "x"}))
+    got = {w.clip_id: w.prompt for w in list_windows(V3Data(roots=[str(d)], frames=9, captions=str(caps)))}
+    assert got == {"spk0__clip": "Anna speaks.", "spk1__clip": "Ben is talking.", "spk2__clip": "Cleo speaks."}
+    assert "match no clip" in caplog.text and "'nobody'" in caplog.text
+    plain = {w.prompt for w in list_windows(V3Data(roots=[str(dataset(tmp_path / "d2", clips=1))], frames=9))}
+    assert plain == {"A person is speaking."}

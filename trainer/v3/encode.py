@@ -103,12 +103,13 @@ class EncodedWindows:
     def missing(self) -> list[int]:
         return [i for i in range(len(self.windows)) if not self.path(i).is_file()]
 
-    def fill(self, make_encoders, rank: int = 0, world: int = 1, progress=None) -> int:
-        """Encode this process's share of the missing windows (``make_encoders()`` is called only when some are
-        missing; its encoders are freed before returning). Returns how many this process wrote."""
+    def fill(self, make_encoders, todo: list[int] | None = None, progress=None) -> int:
+        """Encode the windows ``todo`` (default: every missing one; several processes pass disjoint shares of one
+        :meth:`missing` list, taken by all before any writes). ``make_encoders()`` is called only when there is work;
+        its encoders are freed before returning. Returns how many windows were written."""
         from safetensors.torch import save_file
 
-        todo = self.missing()[rank::world]
+        todo = self.missing() if todo is None else todo
         if not todo:
             return 0
         enc = make_encoders()

@@ -103,7 +103,9 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     cache = EncodedWindows(Path(cfg.data.cache_dir or out / "encoded"), windows, cfg.data.width, cfg.data.height,
                            encoder_id(files, dtype))
     t0 = time.time()
-    wrote = cache.fill(lambda: Encoders(files, acc.device, dtype), rank, world)
+    missing = cache.missing()
+    acc.wait_for_everyone()  # every process splits the same list (none has written yet)
+    wrote = cache.fill(lambda: Encoders(files, acc.device, dtype), missing[rank::world])
     acc.wait_for_everyone()
     if cache.missing():
         raise RuntimeError(f"{len(cache.missing())} encoded window(s) missing after encoding (another process failed?)")

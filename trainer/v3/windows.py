@@ -48,22 +48,39 @@ def read_captions(path: str | None) -> dict[str, str]:
     return data
 
 
+def clip_caption(entry, captions: dict[str, str], default: str) -> tuple[str, str | None]:
+    """(caption, the ``data.captions`` key it came from): ``data.captions`` by clip id, source file name or stem; else a
+    ``.txt`` beside the source video (the convention of Wan LoRA trainers); else ``data.prompt``."""
+    meta_path = Path(entry.path) / "clip.json"
+    text = json.loads(meta_path.read_text()).get("source") if meta_path.is_file() else None
+    source = Path(text) if text else None
+    for key in (entry.id, *((source.name, source.stem) if source else ())):
+        if key in captions:
+            return captions[key], key
+    side = source.with_suffix(".txt") if source else None
+    if side is not None and side.is_file():
+        text = side.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            return text, None
+    return default, None
+
+
 def list_windows(data: V3Data) -> list[Window]:
     """Every training window of ``data.roots``, in a fixed order; clear errors when nothing can be trained."""
     captions = read_captions(data.captions)
     stride = data.stride or data.frames
     out: list[Window] = []
-    wrong_fps, short, seen = [], [], set()
+    wrong_fps, short, used = [], [], set()
     for root in data.roots:
         for e in read_manifest(root):
-            seen.add(e.id)
             if abs(e.fps - FPS) > 1e-3:
                 wrong_fps.append(e)
                 continue
             if e.num_frames < data.frames:
                 short.append(e)
                 continue
-            prompt = captions.get(e.id, data.prompt)
+            prompt, key = clip_caption(e, captions, data.prompt)
+            used.add(key)
             out.extend(Window(e.path, e.id, s, data.frames, prompt, e.kind == "pose")
                        for s in range(0, e.num_frames - data.frames + 1, stride))
     if wrong_fps:
@@ -74,9 +91,9 @@ def list_windows(data: V3Data) -> list[Window]:
         longest = max((e.num_frames for e in short), default=0)
         raise ConfigError(f"no clip has data.frames = {data.frames} frames (the longest has {longest}): lower data.frames "
                           "(4k+1, e.g. 33) or prepare longer clips")
-    unknown = sorted(set(captions) - seen)
+    unknown = sorted(set(captions) - used)
     if unknown:
-        log.warning("data.captions: %d caption(s) name no clip of data.roots (e.g. %r)", len(unknown), unknown[0])
+        log.warning("data.captions: %d caption(s) match no clip used for training (e.g. %r)", len(unknown), unknown[0])
     if short:
         log.warning("%d clip(s) shorter than data.frames = %d are not used (e.g. %s)", len(short), data.frames, short[0].id)
     return out
