@@ -9,8 +9,8 @@
 - :class:`StandInModelManager` / :class:`StandInPatcher`: the same books as ``comfy.model_management``
   (``current_loaded_models``, ``load_models_gpu``, ``free_memory``, ``unload_all_models``, the "Requested to
   load ..." log line) and the weight patching of ``comfy.model_patcher.ModelPatcher`` (clones, ``add_patches``,
-  patching on load, backups restored on unload, ComfyUI's plain rounding into bf16 / fp16) for tests and scripts
-  outside ComfyUI.
+  patching on load of the parameters ComfyUI's load patches, ``ON_LOAD`` callbacks, backups restored on unload,
+  ComfyUI's plain rounding into bf16 / fp16) for tests and scripts outside ComfyUI.
 - :class:`LoraWeightPatch`: one adapted layer as a ComfyUI weight adapter (the bridge makes it a subclass of
   ``comfy.weight_adapter.WeightAdapterBase`` inside ComfyUI).
 """
@@ -106,6 +106,24 @@ def final_cast(value: torch.Tensor, dtype: torch.dtype, seed: int) -> torch.Tens
     return stochastic_round(value, dtype, torch.Generator(device=value.device).manual_seed(seed))
 
 
+def loaded_parameter_keys(model: nn.Module) -> set[str]:
+    """The parameters ComfyUI's ``ModelPatcher.load`` patches (its ``_load_list``): those of modules with no
+    parameters in their sub-modules. A parameter that sits next to sub-modules with parameters (a Wan block's
+    ``modulation``) moves with the model but keeps its patch out; so do buffers. (ComfyUI names a module's keys
+    ``"{module}.{parameter}"``, the root's too: a parameter of the root itself is never patched either.)"""
+    keys = set()
+    for name, m in model.named_modules():
+        own = [n for n, _ in m.named_parameters(recurse=False)]
+        if all(n in own for n, _ in m.named_parameters()):
+            keys.update(f"{name}.{n}" for n in own)
+    return keys
+
+
+class StandInCallbacksMP:
+    """``comfy.patcher_extension.CallbacksMP``: the callback kind the pack uses."""
+    ON_LOAD = "on_load_after"
+
+
 def calculate_weight(patches: list, weight: torch.Tensor, key: str) -> torch.Tensor:
     """comfy.lora.calculate_weight for the patches the pack makes: weight adapters (objects with
     ``calculate_weight``) and ``("diff", (tensor,))`` / ``("set", (tensor,))`` tuples, in order."""
@@ -133,14 +151,16 @@ class StandInPatcher:
     """What the pack uses of ``comfy.model_patcher.ModelPatcher``, with its semantics: :meth:`clone` shares the
     model, the patch lists are copied and the weight backups shared; :meth:`add_patches` records
     ``(strength_patch, patch, strength_model, offset, function)`` per state-dict key and renews ``patches_uuid``;
-    weights are patched when the model is loaded (float32 math, then :func:`final_cast`), the replaced tensors kept
-    in ``backup``; :meth:`unpatch_model` puts them back. The model remembers whose patches it holds
-    (``current_weight_patches_uuid``)."""
+    the parameters :func:`loaded_parameter_keys` names are patched when the model is loaded (float32 math, then
+    :func:`final_cast`), the replaced tensors kept in ``backup``, then the ``ON_LOAD`` callbacks run (clones copy
+    them); :meth:`unpatch_model` puts back every backup, whoever patched it. The model remembers whose patches it
+    holds (``current_weight_patches_uuid``)."""
 
     def __init__(self, model: nn.Module, load_device, offload_device, size: int = 0):
         self.model, self.load_device, self.offload_device = model, torch.device(load_device), torch.device(offload_device)
         self.size = size or _nbytes(model)
         self.patches: dict[str, list] = {}
+        self.callbacks: dict[str, list] = {}
         self.backup: dict[str, _Backup] = {}
         self.patches_uuid = uuid.uuid4()
         self.parent = None
@@ -153,11 +173,15 @@ class StandInPatcher:
     def clone(self) -> "StandInPatcher":
         n = StandInPatcher(self.model, self.load_device, self.offload_device, self.size)
         n.patches = {k: v[:] for k, v in self.patches.items()}
+        n.callbacks = {k: v[:] for k, v in self.callbacks.items()}
         n.patches_uuid, n.backup, n.parent = self.patches_uuid, self.backup, self
         return n
 
     def is_clone(self, other) -> bool:
         return getattr(other, "model", None) is self.model
+
+    def add_callback(self, call_type: str, callback) -> None:
+        self.callbacks.setdefault(call_type, []).append(callback)
 
     def model_state_dict(self) -> dict:
         return self.model.state_dict()
@@ -184,15 +208,19 @@ class StandInPatcher:
         _set_param(self.model, key, final_cast(out, weight.dtype, zlib.crc32(key.encode())))
 
     def load(self, device_to) -> None:
-        """What loading does to the weights (ModelPatcher.partially_load + load, whole model): another clone's
-        patches are taken out, this one's put in, then the model moves."""
+        """What loading does to the weights (ModelPatcher.partially_load + load, a full load): another clone's
+        patches are taken out, this one's put into the parameters ComfyUI's load patches, the model moves, then the
+        ``ON_LOAD`` callbacks run (with ComfyUI's arguments: no low-VRAM budget, ``full_load=True``)."""
         if self.model.current_weight_patches_uuid not in (None, self.patches_uuid):
             self.unpatch_model(self.offload_device)
         if self.model.current_weight_patches_uuid is None:
-            for key in self.patches:
+            loaded = loaded_parameter_keys(self.model)
+            for key in [k for k in self.patches if k in loaded]:
                 self.patch_weight_to_device(key, device_to)
         self.model.to(device_to)
         self.model.current_weight_patches_uuid = self.patches_uuid
+        for callback in self.callbacks.get(StandInCallbacksMP.ON_LOAD, []):
+            callback(self, device_to, 0, False, True)
 
     @torch.no_grad()
     def unpatch_model(self, device_to=None, unpatch_weights: bool = True) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ._model_manager import (KEEP_WHOLE, MANAGED_NAMES, LoraWeightPatch, ManagedNetwork, StandInModelManager, StandInPatcher,  # noqa: F401
-                             make_castable)
+from ._model_manager import (KEEP_WHOLE, MANAGED_NAMES, LoraWeightPatch, ManagedNetwork, StandInCallbacksMP,  # noqa: F401
+                             StandInModelManager, StandInPatcher, make_castable)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ try:
     import comfy.ops as comfy_ops
     from comfy.patcher_extension import CallbacksMP
 except ImportError:
-    comfy_model_patcher = comfy_ops = CallbacksMP = None
+    comfy_model_patcher = comfy_ops = None
+    CallbacksMP = StandInCallbacksMP
 try:
     from comfy.weight_adapter import WeightAdapterBase
 except ImportError:
@@ -219,9 +220,10 @@ def managed_model(name: str, module: torch.nn.Module):
     """A ModelPatcher (stand-in outside ComfyUI) for one network; ``name`` is its role in the set."""
     container = MANAGED_NAMES[name](module)
     if comfy_model_patcher is None or mm is None:
-        return StandInPatcher(container, torch_device(), offload_device())
-    make_castable(module, comfy_ops, KEEP_WHOLE)
-    patcher = comfy_model_patcher.ModelPatcher(container, load_device=torch_device(), offload_device=offload_device())
+        patcher = StandInPatcher(container, torch_device(), offload_device())
+    else:
+        make_castable(module, comfy_ops, KEEP_WHOLE)
+        patcher = comfy_model_patcher.ModelPatcher(container, load_device=torch_device(), offload_device=offload_device())
     patcher.add_callback(CallbacksMP.ON_LOAD, _whole_to_device)
     return patcher
 
