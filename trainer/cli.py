@@ -23,6 +23,11 @@ def _cmd_prepare(args) -> int:
 
         cfg.curate = load_curate(args.curate)
     if args.cache_latents:  # checked before any clip is prepared
+        if args.kind == "full":
+            from .config import ConfigError
+
+            raise ConfigError("--cache-latents: the VAE latent cache is the V1/V2 trainer's; --kind full clips are for "
+                              "EchoMimicV3 LoRA training, which caches its own encodings (v3-fit data.cache_dir): leave it out")
         from .data.latent_cache import parse_size
 
         latent_size = parse_size(args.latent_size, cfg.size)
@@ -146,22 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    a = sub.add_parser("prepare", help="videos -> training set (frames, audio features, landmarks, poses)")
+    a = sub.add_parser("prepare", help="videos -> training set (frames, audio, whisper features, landmarks, poses)")
     a.add_argument("input", help="folder of videos (mp4/mov/webm/...; silent videos may have a same-name .wav beside them)")
     a.add_argument("output", help="dataset folder (resumable: re-running skips finished clips)")
-    a.add_argument("--kind", choices=["headshot", "halfbody", "pose"], default="headshot",
+    a.add_argument("--kind", choices=["headshot", "halfbody", "pose", "full"], default="headshot",
                    help="headshot: V1 talking heads; halfbody: V2 talking half-body; pose: fully pose-driven clips without "
-                        "speech (HumanVid-like, for the V2 pose phases) (default: headshot)")
-    a.add_argument("--whisper", required=True, help="whisper tiny checkpoint (audio_processor/whisper_tiny.pt)")
-    a.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task (face crops and landmarks)")
+                        "speech (HumanVid-like, for the V2 pose phases); full: the whole frame in its own aspect, no face or "
+                        "pose detector (EchoMimicV3 LoRA training: portraits, half-body, full shots) (default: headshot)")
+    a.add_argument("--whisper", help="whisper tiny checkpoint (audio_processor/whisper_tiny.pt): stores the V1/V2 audio "
+                   "features (whisper.npy); EchoMimicV3 needs none: without it the V1/V2 trainer refuses the dataset")
+    a.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task (headshot / half-body face crops and landmarks)")
     a.add_argument("--dwpose-dir", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (half-body / pose)")
-    a.add_argument("--fps", type=float, default=24.0)
-    a.add_argument("--size", type=int, help="stored frame size (default 512 headshot, 768 half-body / pose)")
+    a.add_argument("--fps", type=float, help="frame rate of the stored clips (default 24, V1/V2; 25 for --kind full: "
+                   "EchoMimicV3 trains at 25, so prepare other kinds with --fps 25 for it)")
+    a.add_argument("--size", type=int, help="stored frame size (default 512 headshot, 768 half-body / pose; full: the "
+                   "shorter side, default 768, never enlarged beyond the source)")
     a.add_argument("--min-seconds", type=float, default=1.0)
     a.add_argument("--max-seconds", type=float)
-    a.add_argument("--max-missing-face", type=float, default=0.1, help="fraction of frames without a face tolerated")
-    a.add_argument("--max-multi-face", type=float, default=0.02, help="fraction of frames with several faces tolerated")
-    a.add_argument("--min-face-px", type=float, default=96.0, help="minimum median face height in source pixels")
+    a.add_argument("--max-missing-face", type=float, default=0.1, help="fraction of frames without a face tolerated (not used by --kind full)")
+    a.add_argument("--max-multi-face", type=float, default=0.02, help="fraction of frames with several faces tolerated (not used by --kind full)")
+    a.add_argument("--min-face-px", type=float, default=96.0, help="minimum median face height in source pixels (not used by --kind full)")
     a.add_argument("--scene-threshold", type=float, default=27.0, help="content-change score of a scene cut")
     a.add_argument("--shards", type=int, default=16)
     a.add_argument("--jpeg-quality", type=int, default=95)

@@ -22,6 +22,7 @@ def fixed_loss(cfg: TrainConfig, checkpoint: str | Path | None = None, samples: 
     from .losses import training_scheduler
     from .step import LossFns, compute_losses
 
+    pools = build_pools(cfg)  # clips the V1/V2 trainer cannot read are refused before the network is built
     built = build(cfg)
     net = built.net
     if checkpoint is not None and getattr(net, "lora", None):  # a LoRA checkpoint holds only the adapters
@@ -34,7 +35,6 @@ def fixed_loss(cfg: TrainConfig, checkpoint: str | Path | None = None, samples: 
     at = phase_at(cfg.phases, 0)
     bypass_motion(net.denoiser, at.phase.kind == "spatial" and net.denoiser.has_motion)
     ctrl = AudioAttentionControl(net.denoiser)
-    pools = build_pools(cfg)
     ds, sampler = EchoDataset(cfg, pools, 0, str(built.whisper_path)), ResumableSampler(cfg, pools)
     sched = training_scheduler(cfg)
     nocfg = copy.deepcopy(cfg)

@@ -131,6 +131,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
         check_checkpoint(ckpt)  # no file of the run folder runs code: refused here, before anything is built
     if ckpt is None and list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
+    pools = build_pools(cfg, rank, world)  # clips V1/V2 cannot train on are refused before anything is written or built
     if is_writer(acc):  # the main process, or each node's first with per-node checkpoints
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
@@ -202,7 +203,6 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
                   distributed=str(getattr(acc.distributed_type, "value", acc.distributed_type)),
                   report={k: v for k, v in built.report.items() if k != "denoiser_fresh"})
 
-    pools = build_pools(cfg, rank, world)
     per_step = cfg.optim.batch_size * cfg.optim.grad_accum
     latent_key = None
     if cfg.data.cache_latents:  # stored VAE posteriors replace the encoder (trainer/data/latent_cache.py)

@@ -1,7 +1,8 @@
 """Cleaning rules and crop geometry for ``echomimic-train prepare``.
 
 Rules (the papers' filtering where it is measurable; thresholds are options of :class:`PrepareConfig`;
-``pose`` clips -- fully pose-driven, no speech -- skip ``no_audio`` and ``face_too_small``):
+``pose`` clips -- fully pose-driven, no speech -- skip ``no_audio`` and ``face_too_small``; ``full`` clips -- the
+whole frame, no detector -- skip the three face rules):
 
 - ``no_audio``        the video has no audio track and no sidecar audio file;
 - ``too_short``       shorter than ``min_seconds`` after trimming video and audio to each other;
@@ -24,9 +25,9 @@ import numpy as np
 
 @dataclass
 class PrepareConfig:
-    kind: str = "headshot"  # headshot (V1 talking heads) | halfbody (V2) | pose (fully pose-driven, no speech)
-    fps: float = 24.0
-    size: int = 512  # stored frame size (square); 768 for half-body
+    kind: str = "headshot"  # headshot (V1 talking heads) | halfbody (V2) | pose (fully pose-driven, no speech) | full (V3)
+    fps: float | None = None  # None: the kind's rate (DEFAULT_FPS: 25 for full, EchoMimicV3's; 24 otherwise)
+    size: int = 512  # stored frame size (square; full: the shorter side); 768 for half-body
     min_seconds: float = 1.0
     max_seconds: float | None = None  # longer clips are truncated
     max_missing_face: float = 0.1
@@ -40,6 +41,14 @@ class PrepareConfig:
     face_landmarks: bool = True  # half-body: also run the face-mesh landmarker
     whisper_dtype: str = "float16"
     curate: object = field(default_factory=lambda: _curate_default())  # :class:`.curate_config.CurateConfig` (all filters off)
+
+    def __post_init__(self):
+        if self.fps is None:
+            self.fps = DEFAULT_FPS.get(self.kind, 24.0)
+
+
+KINDS = ("headshot", "halfbody", "pose", "full")
+DEFAULT_FPS = {"full": 25.0}  # EchoMimicV3 animates at 25 fps; V1 / V2 train at 24
 
 
 def _curate_default():
@@ -55,12 +64,13 @@ def check_options(cfg: PrepareConfig) -> None:
     def bad(option, value, rule):
         raise ValueError(f"{option} {value}: {rule}")
 
-    if cfg.kind not in ("headshot", "halfbody", "pose"):
-        bad("--kind", cfg.kind, "must be headshot, halfbody or pose")
+    if cfg.kind not in KINDS:
+        bad("--kind", cfg.kind, "must be headshot, halfbody, pose or full")
     if not (math.isfinite(cfg.fps) and 1 <= cfg.fps <= 120):
         bad("--fps", cfg.fps, "the frame rate must be a number between 1 and 120 (EchoMimic trains at 24 or 25)")
     if not 64 <= cfg.size <= 4096 or cfg.size % 8:
-        bad("--size", cfg.size, "the stored frame size must be a multiple of 8 between 64 and 4096 (512 headshot, 768 half-body)")
+        bad("--size", cfg.size, "the stored frame size must be a multiple of 8 between 64 and 4096 (512 headshot, 768 half-body, "
+                                "768 full: the shorter side)")
     if not (math.isfinite(cfg.min_seconds) and cfg.min_seconds >= 0):
         bad("--min-seconds", cfg.min_seconds, "must be a number of seconds, 0 or more")
     if cfg.max_seconds is not None and not (math.isfinite(cfg.max_seconds) and cfg.max_seconds > max(cfg.min_seconds, 0)):
@@ -81,6 +91,9 @@ def check_options(cfg: PrepareConfig) -> None:
     check_curate(cfg.curate)
     if cfg.curate.syncnet and cfg.kind == "pose":
         bad("curate.syncnet", cfg.curate.syncnet, "pose clips carry no speech to check lip sync against; leave it out for --kind pose")
+    if cfg.curate.enabled and cfg.kind == "full":
+        bad("--curate", "(--kind full)", "curation measures the face or the person, and --kind full runs no detector; leave "
+                                         "--curate out, or prepare with --kind headshot or halfbody")
 
 
 @dataclass
@@ -90,14 +103,18 @@ class Verdict:
     detail: str = ""
 
 
-def check_clip(cfg: PrepareConfig, n_frames: int, seconds: float, face_counts: np.ndarray, face_heights_px: np.ndarray,
+def check_clip(cfg: PrepareConfig, n_frames: int, seconds: float, face_counts: np.ndarray | None, face_heights_px: np.ndarray | None,
                cut_scores: np.ndarray, has_audio: bool) -> Verdict:
-    """Apply the cleaning rules in order; the first failing rule is the reason."""
+    """Apply the cleaning rules in order; the first failing rule is the reason. ``face_counts`` None: no detector
+    ran (``full`` clips), the face rules are not applied."""
     pose_only = cfg.kind == "pose"  # fully pose-driven clips: no speech, faces may be small (full body)
     if not has_audio and not pose_only:
         return Verdict(False, "no_audio", "no audio stream and no sidecar audio file")
     if seconds < cfg.min_seconds or n_frames < 1:
         return Verdict(False, "too_short", f"{seconds:.2f} s < {cfg.min_seconds} s")
+    if face_counts is None:
+        cut = _scene_cut(cfg, cut_scores)
+        return cut or Verdict(True, "", f"{n_frames} frames")
     counts = np.asarray(face_counts)
     none = float((counts == 0).mean()) if counts.size else 1.0
     many = float((counts > 1).mean()) if counts.size else 0.0
@@ -110,11 +127,16 @@ def check_clip(cfg: PrepareConfig, n_frames: int, seconds: float, face_counts: n
     med = float(np.median(heights)) if heights.size else 0.0
     if med < cfg.min_face_px and not pose_only:
         return Verdict(False, "face_too_small", f"median face height {med:.0f} px < {cfg.min_face_px:.0f} px")
+    cut = _scene_cut(cfg, cut_scores)
+    return cut or Verdict(True, "", f"{n_frames} frames" + ("" if pose_only else f", median face {med:.0f} px"))
+
+
+def _scene_cut(cfg: PrepareConfig, cut_scores: np.ndarray) -> Verdict | None:
     cuts = np.asarray(cut_scores, dtype=np.float64)
     if cuts.size and float(cuts.max()) > cfg.scene_threshold:
         at = int(cuts.argmax()) + 1
         return Verdict(False, "scene_cut", f"content change {cuts.max():.1f} > {cfg.scene_threshold} at frame {at}")
-    return Verdict(True, "", f"{n_frames} frames" + ("" if pose_only else f", median face {med:.0f} px"))
+    return None
 
 
 def fill_missing_rows(values: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """One clip's preparation, shared by every kind (:mod:`.prepare` for headshots, :mod:`.prepare_body` for
-half-body and pose clips): the models of a run (:class:`Tools`), opening a clip (video info, 16 kHz audio),
-its status row, and :func:`write_clip`, the common tail that writes a kept clip into place.
+half-body and pose clips, :mod:`.prepare_full` for whole frames): the models of a run (:class:`Tools`), opening
+a clip (video info, 16 kHz audio), its status row, and :func:`write_clip`, the common tail that writes a kept
+clip into place.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class ClipStatus:
 
 
 class Tools:
-    """Lazily built models shared by all clips of one prepare run."""
+    """Lazily built models shared by all clips of one prepare run. ``whisper_path`` None: no whisper rows are stored
+    (EchoMimicV3 computes its own audio features)."""
 
     def __init__(self, whisper_path, landmarker_model=None, pose_detector=None, device="cpu"):
         self.whisper_path, self.landmarker_model, self._pose, self.device = whisper_path, landmarker_model, pose_detector, device
@@ -117,7 +119,7 @@ def open_clip(video: Path, cid: str, kind: str, cfg: PrepareConfig):
 def write_clip(video: Path, st: ClipStatus, out_root: Path, cfg: PrepareConfig, tools: Tools, n: int, crop_frame, wave,
                describe, verdict: Verdict) -> ClipStatus:
     """Write a kept clip: its first ``n`` frames through ``crop_frame`` into ``<id>.partial``, the 16 kHz audio cut
-    to them (silence when ``wave`` is None) with its whisper rows, and ``describe(writer, n)``'s metadata and
+    to them (silence when ``wave`` is None) with its whisper rows (none without a whisper model), and ``describe(writer, n)``'s metadata and
     arrays; renamed into place when complete, removed on any failure. Marks ``st`` ok and returns it."""
     shard = shard_of(st.id, cfg.num_shards)
     final = shard_dir(out_root, shard) / st.id
@@ -129,7 +131,9 @@ def write_clip(video: Path, st: ClipStatus, out_root: Path, cfg: PrepareConfig, 
         samples = int(round(n / cfg.fps * 16000))
         wave = wave[:samples] if wave is not None else np.zeros(samples, np.float32)
         meta, arrays = describe(writer, n)
-        arrays.update(audio16k=wave, whisper=whisper_rows(wave, tools, cfg.whisper_dtype))
+        arrays["audio16k"] = wave
+        if tools.whisper_path is not None:
+            arrays["whisper"] = whisper_rows(wave, tools, cfg.whisper_dtype)
         meta.update(id=st.id, source=st.source, kind=st.kind, fps=cfg.fps, size=cfg.size, seconds=n / cfg.fps, check=verdict.detail)
         writer.finish(meta, arrays)
     except BaseException:

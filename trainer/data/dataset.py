@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..masks import (DEFAULT_HEAD_BOX, head_mask, headshot_layout, keypoints_from_landmarks, keypoints_from_pose, lips_mask,
                      pad_headshot, MP_TO_68, draw_pose)
 from ..phases import data_kinds, phase_at, pose_dropout_at
@@ -57,7 +57,24 @@ class Pools:
         return sorted(set().union(*(self.by_kind[k] for k in kinds)))
 
 
+def check_v12_clips(entries: list[ClipEntry]) -> None:
+    """Clips the V1/V2 trainer can read, checked from the manifests and a file test per clip: no ``--kind full``
+    clip (EchoMimicV3 data), none prepared without ``--whisper`` (a written clip without ``whisper.npy``)."""
+    full = [e for e in entries if e.kind == "full"]
+    if full:
+        raise ConfigError(f"{full[0].path.parent.parent}: {len(full)} clip(s) prepared with --kind full (e.g. {full[0].id}; "
+                          "whole frames for EchoMimicV3 LoRA training, `echomimic-train v3-fit`): V1/V2 train on headshot, "
+                          "halfbody or pose clips; prepare the videos into a new folder with --kind headshot (or halfbody, "
+                          "pose) and --whisper")
+    bare = [e for e in entries if not (e.path / "whisper.npy").is_file() and (e.path / "clip.json").is_file()]
+    if bare:
+        raise ConfigError(f"{bare[0].path}: prepared without --whisper ({len(bare)} clip(s) have no whisper.npy; fine for "
+                          "EchoMimicV3 LoRA training): prepare the videos again into a new folder with --whisper "
+                          "MODELS/audio_processor/whisper_tiny.pt for V1/V2 training")
+
+
 def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
+    """The run's clips by kind for this rank; refuses clips V1/V2 cannot train on (:func:`check_v12_clips`)."""
     entries: list[ClipEntry] = []
     for root in cfg.data.roots:
         entries += read_manifest(root)
@@ -65,6 +82,7 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
         entries += [e for e in read_manifest(root)]
     if not entries:
         raise FileNotFoundError("data.roots: no prepared clips found (run `echomimic-train prepare` first)")
+    check_v12_clips(entries)
     from .split import split_entries
 
     on = cfg.validation.every > 0

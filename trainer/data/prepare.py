@@ -2,9 +2,10 @@
 
 Per clip: frames at a fixed fps, cropped (headshot: one square around the face for the whole clip, framed by
 the inference's V1 rule; half-body: the reference's half-body crop rule via :mod:`echomimic_lib.pose.align`;
-pose: the whole frame), 16 kHz audio and its whisper feature rows, per-frame face landmarks and face boxes,
-and for half-body / pose clips the DWPose whole-body keypoints (:mod:`.prepare_body`). Cleaning rules are in
-:mod:`.clean`; storage in :mod:`.store`.
+pose: the whole frame; full: the whole frame in its own aspect, no detector, :mod:`.prepare_full`), 16 kHz audio
+and its whisper feature rows (only with a whisper model: EchoMimicV3 needs none), per-frame face landmarks and
+face boxes, and for half-body / pose clips the DWPose whole-body keypoints (:mod:`.prepare_body`). Cleaning rules
+are in :mod:`.clean`; storage in :mod:`.store`.
 
 Resumable: a clip is written into ``<id>.partial`` and renamed when complete, and its status file is
 written last; a re-run skips every clip that has a status file (kept or dropped). ``num_workers`` /
@@ -26,6 +27,7 @@ from .clean import PrepareConfig, Verdict, check_clip, clip_square, fill_missing
 from .clip import ClipStatus, Tools, frames_to_analyse, largest_face, open_clip, write_clip
 from .curate import BackgroundFlow, after_write, before_write, curation_counts, load_sync_model
 from .prepare_body import prepare_body
+from .prepare_full import prepare_full
 from .store import write_json_atomic
 from .video import VIDEO_SUFFIXES, iter_frames, scene_score, small_hsv
 
@@ -108,12 +110,13 @@ def preflight(cfg: PrepareConfig, whisper_path, landmarker_model, pose_detector,
         raise EchoMimicError(str(exc)) from None
     if not (num_workers >= 1 and 0 <= worker_index < num_workers):
         raise EchoMimicError(f"--worker-index {worker_index} --workers {num_workers}: the index must be 0..workers-1")
-    if whisper_path is None or not Path(whisper_path).is_file():
+    if whisper_path is not None and not Path(whisper_path).is_file():
         raise EchoMimicError(f"--whisper {whisper_path}: file not found; give whisper-tiny's checkpoint "
                              "(audio_processor/whisper_tiny.pt of a model folder; `echomimic download` fetches it).")
     tools = Tools(whisper_path, landmarker_model, pose_detector, device)
     try:
-        tools.whisper  # noqa: B018 - load now: a broken file is reported as such, not as a bad clip
+        if whisper_path is not None:  # without one no whisper rows are stored (EchoMimicV3 data)
+            tools.whisper  # noqa: B018 - load now: a broken file is reported as such, not as a bad clip
         tools.sync_net = load_sync_model(cfg.curate)  # the lip_sync filter's SyncNet, checked before any clip
         if landmarker_model is not None and (cfg.kind == "headshot" or cfg.face_landmarks and cfg.kind == "halfbody"):
             tools.landmarker  # noqa: B018 - a given model is checked now; a missing one stops the run at the first clip
@@ -147,7 +150,8 @@ def status_path(out_root: Path, cid: str) -> Path:
 
 def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, landmarker_model=None, pose_detector=None,
                     worker_index: int = 0, num_workers: int = 1, progress: bool = True, device: str = "cpu") -> dict:
-    """Prepare every video under ``input_dir`` (this worker's share) into ``output_dir``; returns the summary."""
+    """Prepare every video under ``input_dir`` (this worker's share) into ``output_dir``; returns the summary.
+    ``whisper_path`` None: no whisper rows are stored (enough for EchoMimicV3; the V1/V2 trainer refuses such clips)."""
     from tqdm import tqdm
 
     input_dir, out_root = Path(input_dir), Path(output_dir)
@@ -155,7 +159,7 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     out_root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_root / "prepare_config.json", asdict(cfg))
     videos = [v for v in list_videos(input_dir) if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
-    fn = prepare_headshot if cfg.kind == "headshot" else prepare_body
+    fn = {"headshot": prepare_headshot, "full": prepare_full}.get(cfg.kind, prepare_body)
     done = Counter()
     bar = tqdm(videos, desc=f"prepare ({cfg.kind})", unit="clip", disable=not progress)
     try:
@@ -178,6 +182,8 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
         tools.close()
     summary = finalize(out_root)
     summary["this_run"] = dict(done)
+    if whisper_path is None:
+        summary["no_whisper"] = True
     return summary
 
 
@@ -227,7 +233,13 @@ def summary_table(summary: dict) -> str:
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"  dropped {r['id']}: {r['reason']} ({r['detail']})")
+    if summary.get("no_whisper"):
+        lines.append(NO_WHISPER_NOTE)
     return "\n".join(lines)
+
+
+NO_WHISPER_NOTE = ("prepared without --whisper: no whisper.npy was written (EchoMimicV3 LoRA training needs none; "
+                   "V1/V2 training needs a dataset prepared with --whisper)")
 
 
 __all__ = ["PrepareConfig", "Verdict", "prepare_dataset", "finalize", "summary_table", "clip_id", "list_videos"]

@@ -9,7 +9,7 @@ Layout of a prepared dataset ``ROOT``::
         clip.json                  metadata (fps, frames, size, crop, face boxes summary, kind, ...)
         frames.bin, frames.idx.npy JPEG frames back to back + (F + 1,) byte offsets (random access by seek)
         audio16k.npy               float32 mono 16 kHz waveform, trimmed to the video
-        whisper.npy                float16 (N, 5, 384) whisper-tiny feature rows (50 per second)
+        whisper.npy                float16 (N, 5, 384) whisper-tiny feature rows (50 per second; prepared with --whisper)
         landmarks.npy              float32 (F, 478, 3) face-mesh landmarks normalised to the stored frames
         face_boxes.npy             float32 (F, 4) face boxes x0, y0, x1, y1 normalised to the stored frames
         pose.npz                   (half-body clips) the DWPose sequence, normalised to the stored canvas
