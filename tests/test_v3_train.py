@@ -356,3 +356,36 @@ def test_captions_by_id_file_name_or_sidecar_text(tmp_path, caplog):
     assert "match no clip" in caplog.text and "'nobody'" in caplog.text
     plain = {w.prompt for w in list_windows(V3Data(roots=[str(dataset(tmp_path / "d2", clips=1))], frames=9))}
     assert plain == {"A person is speaking."}
+
+
+def test_the_command_lines_from_videos_to_an_animation(tiny_v3, tmp_path):
+    """docs/training.md §11 end to end through the commands: prepare --kind full (no detector, no whisper), v3-fit
+    from a YAML file, v3-export, animate --version v3-flash --lora."""
+    import shutil
+
+    import yaml
+
+    from echomimic_lib.cli import main as animate_main
+    from echomimic_lib.io.video_io import read_video
+    from trainer.cli import main as train_main
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(DATA / "video" / "driving_a.mp4", videos / "talk.mp4")
+    shutil.copy(DATA / "audio" / "echomimic_en.wav", videos / "talk.wav")
+    (videos / "talk.txt").write_text("A person is talking.")
+    assert train_main(["prepare", str(videos), str(tmp_path / "data"), "--kind", "full", "--size", "64", "--max-seconds", "1.2",
+                       "-q"]) == 0
+    cfg = {"output_dir": str(tmp_path / "run"), "model": {"path": str(tiny_v3)},
+           "data": {"roots": [str(tmp_path / "data")], "frames": 9, "width": SIZE, "height": SIZE},
+           "lora": {"rank": 4, "alpha": 4}, "optim": {"lr": 0.01}, "steps": 2, "mixed_precision": "no"}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert train_main(["v3-fit", "--config", str(tmp_path / "run.yaml")]) == 0
+    assert train_main(["v3-fit", "--config", str(tmp_path / "run.yaml")]) == 2  # has checkpoints: --resume or another folder
+    lora = tmp_path / "loras" / "talk.safetensors"
+    assert train_main(["v3-export", str(tmp_path / "run"), str(lora)]) == 0
+    out = tmp_path / "out.mp4"
+    assert animate_main(["animate", "--version", "v3-flash", "--models", str(tiny_v3.parent), "--offline", "--reference",
+                         str(DATA / "images" / "portrait_a.png"), "--audio", str(videos / "talk.wav"), "-o", str(out),
+                         "--length", "5", "--steps", "1", "--lora", str(lora), "--device", "cpu"]) == 0
+    assert read_video(out, with_audio=False).frames.shape[0] == 5
