@@ -1,6 +1,7 @@
 """The trainer's GPU check (``bench/gpu_train_check.sh``, issue 26) is never what fails on the GPU: its
-``--dry-run`` runs each step here on the CPU (the FSDP test collects and skips, the plan-vs-measured bench runs
-at tiny size) and each step's record comes back; the bench's synthetic batch is what the real dataset delivers."""
+``--dry-run`` runs each step here on the CPU (the FSDP test collects and skips, the plan-vs-measured bench and the V3
+LoRA step's computed-vs-measured memory run at tiny size) and each step's record comes back; the bench's synthetic
+batch is what the real dataset delivers."""
 from __future__ import annotations
 
 import importlib.util
@@ -33,7 +34,7 @@ def test_gpu_train_check_dry_run_runs_every_step(tmp_path):
                           capture_output=True, text=True, timeout=900)
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     logs = {p.name: p.read_text()[-3000:] for p in out.glob("*.log")}
-    assert [s["step"] for s in steps] == ["fsdp", "plan"], proc.stdout
+    assert [s["step"] for s in steps] == ["fsdp", "plan", "v3"], proc.stdout
     assert all(s["rc"] == 0 for s in steps), (steps, logs)
     assert proc.returncode == 0
     fsdp = logs["fsdp.log"]  # the FSDP test is collected, selected by -k fsdp, and skips without CUDA
@@ -47,6 +48,14 @@ def test_gpu_train_check_dry_run_runs_every_step(tmp_path):
         assert r["ratio"] == pytest.approx(r["plan_gib"] / r["measured_gib"], rel=1e-2)
         assert len(r["losses"]) == 3 and all(math.isfinite(x) for x in r["losses"]) and r["trainable_M"] > 0
     assert rows[1]["mixed_precision"] == "bf16" and rows[1]["checkpointing"] == "layer"  # V2's memory settings hold
+    v3 = [json.loads(x) for x in (out / "v3_train.jsonl").read_text().splitlines()]
+    assert [(r["frames"], r["size"], r["checkpointing"]) for r in v3] == [(9, 32, True)], logs.get("v3.log")
+    (r,) = v3
+    assert "error" not in r, r.get("error")
+    assert r["preset"] == "tiny" and r["device"] == "cpu" and r["gpu"] is None
+    # the tiny step computed on fake tensors and run for real on the CPU, both counted by the allocation tracker
+    assert r["measured_bytes"] > 0 and abs(r["measured_bytes"] - r["computed_bytes"]) <= 4 * 512
+    assert len(r["losses"]) == 3 and all(math.isfinite(x) for x in r["losses"]) and r["s_per_step"] > 0
 
 
 def test_the_benchmarks_synthetic_batch_is_what_the_dataset_delivers(tmp_path):
