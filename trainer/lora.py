@@ -61,26 +61,33 @@ def _base_layers(net: TrainingNet, names: list[str]) -> dict:
     return {n: getattr(mods[n], "base_layer", mods[n]) for n in names}
 
 
-def inject(net: TrainingNet, cfg: TrainConfig) -> dict:
-    """Add the adapters (seeded: fresh A, zero B, so the model starts equal to its base) and freeze the rest.
-    Returns the run's LoRA description (stored in every checkpoint's meta and in the exported file)."""
+def add_adapters(model, names: list[str], rank: int, alpha: float, dropout: float, seed: int, use_rslora: bool = False) -> int:
+    """peft LoRA adapters on the modules ``names`` (seeded: fresh A, zero B, so the model starts equal to its base),
+    every other parameter frozen (V1/V2 here, V3 in :mod:`trainer.v3.lora`). Returns the adapter parameter count."""
     import torch
     from peft import LoraConfig, inject_adapter_in_model
 
+    pcfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none", use_rslora=use_rslora,
+                      init_lora_weights=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 11)
+        inject_adapter_in_model(pcfg, model, adapter_name=ADAPTER)
+    for n, p in model.named_parameters():
+        p.requires_grad_(is_lora_param(n))
+    n_params = sum(p.numel() for n, p in model.named_parameters() if is_lora_param(n))
+    log.info("LoRA: %d layers, rank %d, alpha %g, %.2f M adapter parameters", len(names), rank, alpha, n_params / 1e6)
+    return n_params
+
+
+def inject(net: TrainingNet, cfg: TrainConfig) -> dict:
+    """Add the adapters (:func:`add_adapters`) and freeze the rest.
+    Returns the run's LoRA description (stored in every checkpoint's meta and in the exported file)."""
     from echomimic_lib.lora import fingerprint
 
     lc = cfg.lora
     names = target_modules(net, lc.targets, lc.networks)
     base_fp = fingerprint(_base_layers(net, names))
-    pcfg = LoraConfig(r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=names, bias="none",
-                      use_rslora=lc.use_rslora, init_lora_weights=True)
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed + 11)
-        inject_adapter_in_model(pcfg, net, adapter_name=ADAPTER)
-    for n, p in net.named_parameters():
-        p.requires_grad_(is_lora_param(n))
-    n_params = sum(p.numel() for n, p in net.named_parameters() if is_lora_param(n))
-    log.info("LoRA: %d layers, rank %d, alpha %g, %.2f M adapter parameters", len(names), lc.rank, lc.alpha, n_params / 1e6)
+    n_params = add_adapters(net, names, lc.rank, lc.alpha, lc.dropout, cfg.seed, lc.use_rslora)
     desc = {"rank": lc.rank, "alpha": lc.alpha, "use_rslora": lc.use_rslora, "targets": list(lc.targets), "networks": list(lc.networks),
             "layers": len(names), "parameters": n_params,
             "base": {"path": str(cfg.model.echomimic_path), "weights": cfg.model.weights, "variant": cfg.model.variant,

@@ -39,24 +39,17 @@ def target_modules(model: nn.Module, targets: list[str]) -> list[str]:
 
 
 def inject(model: nn.Module, cfg: V3TrainConfig) -> dict:
-    """Add the adapters (seeded) and freeze the rest; returns the run's LoRA description (checkpoint meta, export)."""
-    from peft import LoraConfig, inject_adapter_in_model
-
+    """Add the adapters (seeded, :func:`trainer.lora.add_adapters`) and freeze the rest; returns the run's LoRA
+    description (checkpoint meta, export)."""
     from echomimic_lib.lora import fingerprint
+
+    from ..lora import add_adapters
 
     lc = cfg.lora
     names = target_modules(model, lc.targets)
     mods = dict(model.named_modules())
     base_fp = fingerprint({n: mods[n] for n in names})
-    pcfg = LoraConfig(r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=names, bias="none",
-                      init_lora_weights=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 11)
-        inject_adapter_in_model(pcfg, model, adapter_name=ADAPTER)
-    for n, p in model.named_parameters():
-        p.requires_grad_(is_lora_param(n))
-    n_params = sum(p.numel() for n, p in model.named_parameters() if is_lora_param(n))
-    log.info("LoRA: %d layers, rank %d, alpha %g, %.2f M adapter parameters", len(names), lc.rank, lc.alpha, n_params / 1e6)
+    n_params = add_adapters(model, names, lc.rank, lc.alpha, lc.dropout, cfg.seed)
     desc = {"rank": lc.rank, "alpha": lc.alpha, "targets": list(lc.targets), "layers": len(names), "parameters": n_params,
             "base": {"path": str(cfg.model.path), "config_key": "model.path", "fingerprint": base_fp}}
     model.lora = desc
