@@ -40,7 +40,7 @@ def make_batch(cache, prompts: dict, windows: list, idxs: list[int], drop: torch
     return {**{k: v.to(device) for k, v in out.items()}, "dtype": dtype}
 
 
-def _checks(cfg: V3TrainConfig, acc, resume):
+def _checks(cfg: V3TrainConfig, resume):
     """Everything that needs no network: model files, windows, the output folder, the resume checkpoint."""
     from echomimic_lib.model_set import ensure_v3
 
@@ -83,7 +83,7 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
 
     acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum)
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
-    files, windows, validator, ckpt = _checks(cfg, acc, resume)
+    files, windows, validator, ckpt = _checks(cfg, resume)
     agree_on_resume(acc, ckpt)
     out = Path(cfg.output_dir)
     if is_writer(acc):
@@ -105,7 +105,11 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     t0 = time.time()
     missing = cache.missing()
     acc.wait_for_everyone()  # every process splits the same list (none has written yet)
-    wrote = cache.fill(lambda: Encoders(files, acc.device, dtype), missing[rank::world])
+    def progress(n, total):
+        if n == total or n % max(1, total // 10) == 0:
+            log.info("rank %d: encoded %d/%d windows", rank, n, total)
+
+    wrote = cache.fill(lambda: Encoders(files, acc.device, dtype), missing[rank::world], progress)
     acc.wait_for_everyone()
     if cache.missing():
         raise RuntimeError(f"{len(cache.missing())} encoded window(s) missing after encoding (another process failed?)")
