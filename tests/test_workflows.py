@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks", "v2_pose_folder", "v2_pose_video",
          "v1_audio_evaluate", "v1_audio_paste_back", "v1_dub_video", "v2_paste_back", "v3_flash",
-         "v2_audio_only"}
+         "v2_audio_only", "v3_flash_lora"}
 PASTE_BACK = {"v1_audio_paste_back", "v1_dub_video", "v2_paste_back"}  # full-frame results: CreateVideo gets the composite
 
 # Core nodes the workflows use, written down from Comfy-Org/ComfyUI a125cd84 (2025-10-11, comfyui_version 0.3.64):
@@ -66,13 +66,16 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 @pytest.fixture
 def schema(tmp_path, monkeypatch):
-    """Node type -> (inputs [(name, type, kind, options)], output types), with the pose folder '01' installed."""
+    """Node type -> (inputs [(name, type, kind, options)], output types), with the pose folder '01' and the LoRA the
+    v3_flash_lora template names (a placeholder the user replaces) installed."""
     pack = load_pack()
     bridge = importlib.import_module(f"{PACK}.nodes.comfy_bridge")
     monkeypatch.setattr(bridge, "MODELS_DIR", tmp_path / "models")
     monkeypatch.setattr(bridge, "INPUT_DIR", tmp_path / "input")
     (tmp_path / "models" / "echomimic" / "poses" / "01").mkdir(parents=True)
     (tmp_path / "models" / "echomimic" / "poses" / "01" / "0.npy").write_bytes(b"")
+    (tmp_path / "models" / "loras").mkdir()
+    (tmp_path / "models" / "loras" / "my_v3_lora.safetensors").write_bytes(b"")
     return build_schema(pack.NODE_CLASS_MAPPINGS)
 
 
@@ -364,3 +367,26 @@ def test_no_two_nodes_overlap_at_their_saved_sizes_and_every_node_is_titled_for_
         if n["type"] == "EchoMimicModelLoader":
             assert n["title"] == "EchoMimic Model Loader (whole model set)"
             assert len(n["widgets_values"]) == 12 and n["size"][1] >= 12 * 24 + 30  # every widget fits its saved size
+
+
+def test_the_v3_lora_workflow_is_v3_flash_with_one_lora_node_between_the_loader_and_the_sampler():
+    base, with_lora = _load(ROOT / "workflows" / "api" / "v3_flash.json"), _load(ROOT / "workflows" / "api" / "v3_flash_lora.json")
+    (lid,) = [k for k, n in with_lora.items() if n["class_type"] == "EchoMimicV3Lora"]
+    lora = with_lora.pop(lid)["inputs"]
+    loader = next(k for k, n in base.items() if n["class_type"] == "EchoMimicV3Loader")
+    sampler = next(k for k, n in base.items() if n["class_type"] == "EchoMimicV3Sampler")
+    assert lora == {"lora": "my_v3_lora.safetensors", "strength": 1.0, "v3_model": [loader, 0]}
+    assert with_lora[sampler]["inputs"]["model"] == [lid, 0]  # the sampler gets the model with the LoRA
+    with_lora[sampler]["inputs"]["model"] = [loader, 0]
+    assert {k: with_lora[loader]["inputs"].pop(k) for k in ("auto_download", "compile")} == {"auto_download": False, "compile": False}
+    save = next(k for k, n in base.items() if n["class_type"] == "SaveVideo")
+    assert with_lora[save]["inputs"].pop("filename_prefix") == "echomimic/v3_flash_lora"
+    base[save]["inputs"].pop("filename_prefix")
+
+    def strip(prompt):
+        return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+    assert strip(with_lora) == strip(base)  # every other node and value as in v3_flash: the two stay in sync
+    ui = _load(ROOT / "workflows" / "v3_flash_lora.json")
+    node = next(n for n in ui["nodes"] if n["type"] == "EchoMimicV3Lora")
+    notes = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] in UI_ONLY)
+    assert "Wan2.1 1.3B LoRA" in node["title"] and "models/loras" in notes and "echomimic-train v3-export" in notes
