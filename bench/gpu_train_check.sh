@@ -13,7 +13,8 @@
 # Steps (each with its own time limit, seconds, GPU_TRAIN_LIMITS="fsdp plan v3"):
 #   1. fsdp: `pytest -m cuda tests/test_cuda_train.py -k fsdp` -- one process (world size 1) trains the tiny
 #      networks with distributed.strategy: fsdp, writes sharded checkpoints, resumes, exports (on the CPU the test
-#      is collected and skips: accelerate enables FSDP only on accelerator devices);
+#      is collected and skips: accelerate enables FSDP only on accelerator devices); with it
+#      tests/test_cuda_v3_train.py, a tiny EchoMimicV3 LoRA run in bf16 on cuda (resume, validation clips, export);
 #   2. plan: bench/gpu_train_plan.py -- `echomimic-train plan`'s figure beside the measured peak memory of three
 #      training steps (V1 stage 2 and V2 APDH phase 4 at batch 1), rows in OUTDIR/train_plan.jsonl;
 #   3. v3: bench/bench_v3_train_memory.py --compare -- an EchoMimicV3 LoRA step (official size, rank 32, bf16, gradient
@@ -28,7 +29,7 @@ DRY=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 OUTDIR=$(mkdir -p "${1:-${OUT:-bench/results/gpu_train}}" && cd "${1:-${OUT:-bench/results/gpu_train}}" && pwd)
 PY=${PYTHON:-python3}
-LIMITS=$([[ $DRY == 1 ]] && echo "300 300 120" || echo "90 110 240")  # the dry run: a slow shared CPU
+LIMITS=$([[ $DRY == 1 ]] && echo "300 300 120" || echo "150 110 240")  # the dry run: a slow shared CPU
 read -r LIM_FSDP LIM_PLAN LIM_V3 <<<"${GPU_TRAIN_LIMITS:-$LIMITS}"
 : >"$OUTDIR/steps.jsonl"
 : >"$OUTDIR/train_plan.jsonl"
@@ -44,7 +45,7 @@ export PYTHONUNBUFFERED=1
 } >>"$OUTDIR/env.txt" 2>&1
 
 # 1. FSDP through accelerate: train, sharded checkpoint, resume, export (skips cleanly without CUDA)
-step fsdp "$LIM_FSDP" "$PY" -m pytest -m cuda -v -rfEs -p no:cacheprovider tests/test_cuda_train.py -k fsdp
+step fsdp "$LIM_FSDP" "$PY" -m pytest -m cuda -v -rfEs -p no:cacheprovider tests/test_cuda_train.py tests/test_cuda_v3_train.py -k "fsdp or v3"
 # 2. the plan's memory figure beside the measured peak (rows appended to train_plan.jsonl as each case ends)
 PLAN_ARGS=(--out "$OUTDIR" --timeout $((LIM_PLAN - 15)))
 [[ $DRY == 1 ]] && PLAN_ARGS+=(--dry-run)
