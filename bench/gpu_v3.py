@@ -18,8 +18,8 @@ printed as a ``{"partial": ...}`` JSON line when measured, so a run cut short ke
 4. the 8-step shot for real (``sample_latents``, audio CFG, TeaCache ``official``) when the budget allows;
 5. the VAE encode of the condition (81 frames) when the budget allows.
 
-FLOPs per call are analytic (:func:`call_flops`; ``tests/test_gpu_check.py`` checks them against
-``FlopCounterMode``): linear layers 2 x weights x rows, attention 4 x queries x keys x dim (self-attention over
+FLOPs per call are analytic (:func:`echomimic_lib.models.wan.flops.call_flops`; ``tests/test_gpu_check.py`` checks
+them against ``FlopCounterMode``): linear layers 2 x weights x rows, attention 4 x queries x keys x dim (self-attention over
 the video tokens, text over 512, CLIP over 257, audio per latent frame over its 32 tokens); MFU is against the
 card's dense bf16 peak (``gpu_suite.PEAK_TFLOPS`` by device name, or ``--peak-tflops``). The shot estimate is
 8 steps x 2 calls (audio CFG); TeaCache ``official`` skips some: its decisions depend only on the time embedding
@@ -44,30 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_pipeline import _register_cpu_sdpa  # noqa: E402, F401 (the FLOP tests register it through this module)
 from gpu_suite import kernels, log, run_header, sync, timed  # noqa: E402
 
+from echomimic_lib.models.wan.flops import call_flops  # noqa: E402
+
 TARGET, TINY_TARGET = (768, 768), (64, 64)
 STEPS = 8  # the flash-pro default
-
-
-def call_flops(cfg, latent: tuple[int, int, int], batch: int = 1) -> dict:
-    """FLOPs of one transformer call with precomputed audio tokens (as the sampler calls it) on latents
-    (T, h, w): ``linear`` (the patch convolution, embeddings, every projection, FFN and head), ``attention``
-    (the SDPA products) and ``total``, as counts of multiply-adds x 2."""
-    t, h, w = latent
-    p = cfg.patch_size
-    tokens = (t // p[0]) * (h // p[1]) * (w // p[2])
-    d, text, clip, audio = cfg.dim, cfg.text_len, cfg.clip_tokens, t * cfg.audio.context_tokens
-    weights_x_rows = (
-        tokens * cfg.in_dim * int(np.prod(p)) * d  # patch embedding (kernel = stride: one product per token)
-        + text * (cfg.text_dim * d + d * d)  # text embedding MLP on the padded prompt
-        + clip * (cfg.clip_dim * cfg.clip_dim + cfg.clip_dim * d)  # CLIP projection MLP
-        + (cfg.freq_dim * d + d * d) + d * 6 * d  # time embedding and its 6-way projection (one row)
-        + cfg.num_layers * (tokens * (4 * d * d + 2 * d * d + 2 * d * cfg.ffn_dim)  # self q k v o, cross q o, FFN
-                            + 2 * d * d * (text + clip + audio))  # cross k v of text, CLIP and audio tokens
-        + tokens * d * int(np.prod(p)) * cfg.out_dim)  # head
-    attention = cfg.num_layers * 4 * tokens * d * (tokens + text + clip + cfg.audio.context_tokens)
-    linear = 2 * weights_x_rows
-    return {"linear": batch * linear, "attention": batch * attention, "total": batch * (linear + attention),
-            "tokens": tokens}
 
 
 def teacache_calls(model, steps: int, cfg_calls: int = 2) -> int:

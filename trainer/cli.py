@@ -130,18 +130,58 @@ def _cmd_plan(args) -> int:
     from .plan import load_plan_config, plan_text
     from .presets import PRESETS
 
+    if args.config and not args.all_presets:
+        from .plan.v3 import read_plan_mapping
+
+        family, data, decided_by = read_plan_mapping(args.config, args.set)
+        if family == "v3":
+            return _plan_v3(args, data, decided_by)
+    overrides = list(args.set) + ([f"memory.gpu_gib={args.gpu_gib}"] if args.gpu_gib is not None else [])
     names = list(PRESETS) if args.all_presets else [None]
     over = False
     for name in names:
-        cfg = load_plan_config(args.config if name is None else None, args.set, preset=name or args.preset)
+        cfg = load_plan_config(args.config if name is None else None, overrides, preset=name or args.preset)
         title = name or cfg.preset or args.config or "config"
-        text, run = plan_text(cfg, title, gpus=args.gpus, peak_tflops=args.peak_tflops, mfu=args.mfu, arch=args.arch)
+        text, run = plan_text(cfg, title, gpus=8 if args.gpus is None else args.gpus, peak_tflops=args.peak_tflops,
+                              mfu=args.mfu, arch=args.arch)
         print(text + "\n")
         over |= bool(run.over_budget())
     if over:
         print(f"error: some phase does not fit {cfg.memory.gpu_gib:g} GiB per GPU: turn on model.gradient_checkpointing "
               "(memory.checkpointing: layer), mixed_precision: bf16, loss.spatial.decoder_checkpointing, lower "
               "optim.batch_size (raise optim.grad_accum) or loss.decode_frames, or use distributed.strategy: fsdp", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _plan_v3(args, data: dict, decided_by: list[str]) -> int:
+    """The plan of an EchoMimicV3 LoRA config (trainer/plan/v3.py)."""
+    from .config import ConfigError
+    from .plan.v3 import GPU_GIB, advice, format_v3_plan, load_v3_plan_config, plan_v3
+
+    if args.preset:
+        raise ConfigError(f"--preset {args.preset}: presets are V1/V2 runs, {args.config} is an EchoMimicV3 LoRA config; "
+                          "leave --preset out")
+    if args.arch == "sd15":
+        raise ConfigError("--arch sd15 is the V1/V2 UNet; an EchoMimicV3 config plans the release's transformer "
+                          "(or --arch tiny, the test network)")
+    cfg = load_v3_plan_config(args.config, data, decided_by)
+    net, network = None, "the release's transformer"
+    if args.arch == "tiny":
+        from echomimic_lib.models.wan.tiny import TINY_V3
+
+        net, network = TINY_V3, "the tiny test transformer (--arch tiny)"
+    quiet = logging.getLogger("trainer.v3.lora")  # inject's line about the adapters: the plan says it
+    level = quiet.level
+    quiet.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        plan = plan_v3(cfg, net, network, gpus=1 if args.gpus is None else args.gpus, peak_tflops=args.peak_tflops,
+                       mfu=args.mfu, gpu_gib=GPU_GIB if args.gpu_gib is None else args.gpu_gib)
+    finally:
+        quiet.setLevel(level)
+    print(format_v3_plan(plan, args.config) + "\n")
+    if not plan.fits:
+        print(f"error: {advice(plan)}", file=sys.stderr)
         return 3
     return 0
 
@@ -219,16 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-verify", action="store_true", help="skip reading the file back against the base model")
     x.set_defaults(func=_cmd_v3_export)
 
-    n = sub.add_parser("plan", help="memory per GPU and expected speed of every phase (no weights or GPU needed)")
-    n.add_argument("config", nargs="?", help="YAML config (may start with `preset: NAME`)")
+    n = sub.add_parser("plan", help="memory per GPU and expected speed of every phase, or of a V3 LoRA step (no weights or "
+                       "GPU needed)")
+    n.add_argument("config", nargs="?", help="YAML config: a V1/V2 run (may start with `preset: NAME`) or an EchoMimicV3 "
+                   "LoRA run (v3-fit's config, told by its keys: model.path, data.frames, ...)")
     n.add_argument("--preset", help="plan a preset (or start from it when the YAML has none)")
     n.add_argument("--all-presets", action="store_true", help="plan every shipped preset")
     n.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.batch_size=2")
-    n.add_argument("--gpus", type=int, default=8, help="GPUs the run uses (DDP buckets, FSDP shards; default 8, the papers')")
+    n.add_argument("--gpus", type=int, help="GPUs the run uses (DDP buckets, FSDP shards; default 8 for V1/V2, the papers', "
+                   "1 for a V3 LoRA)")
+    n.add_argument("--gpu-gib", type=float, help="memory per GPU to check against (default: V1/V2 memory.gpu_gib, 80; "
+                   "V3 LoRA 24, a consumer card)")
     n.add_argument("--peak-tflops", type=float, default=312.0, help="dense bf16 peak of one GPU (default 312: A100 80 GB)")
     n.add_argument("--mfu", type=float, default=0.30, help="model FLOP utilisation assumed (default 0.30, what EchoMimic's "
                    "published timings imply)")
-    n.add_argument("--arch", choices=["sd15", "tiny"], help="network size (default: the run's files, else SD1.5)")
+    n.add_argument("--arch", choices=["sd15", "tiny"], help="network size (default: the run's files, else SD1.5; V3: the "
+                   "release's transformer, tiny: the test one)")
     n.set_defaults(func=_cmd_plan)
 
     r = sub.add_parser("presets", help="list presets, or print one")

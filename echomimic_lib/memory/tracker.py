@@ -7,6 +7,9 @@ way: when its last tensor goes). Sizes are rounded up to 512 bytes like CUDA's c
 they are counted through :meth:`VramTracker.set_resident` by whoever places them (the bench's placement
 backend), so a network that a stage does not need costs nothing while it is off the device.
 
+:class:`StepTracker` is the same count for a training step (thousands of live storages: dead ones are dropped by
+a finalizer rather than found by a sweep).
+
 Run under ``FakeTensorMode`` with the networks built on a fake ``cuda`` device, the figure is what the GPU
 would allocate, without a GPU and without memory. Two GPU effects are modelled explicitly:
 
@@ -21,6 +24,7 @@ would allocate, without a GPU and without memory. Two GPU effects are modelled e
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +102,34 @@ class VramTracker(TorchDispatchMode):
         self._note()
         return out
 
+
+
+class StepTracker(VramTracker):
+    """:class:`VramTracker` (rounding, resident bytes, stages, ignored storages) for a training step: a dead storage is
+    dropped by a finalizer when it dies instead of by a sweep over every live storage after each operator. A training
+    step keeps thousands of storages alive (the activations saved for the backward), and the sweep made it quadratic
+    (minutes per step)."""
+
+    def _sweep(self) -> None:
+        pass
+
+    def _drop(self, key: int) -> None:
+        self.created -= self._live.pop(key)[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and self._on_device(t):
+                st = t.untyped_storage()
+                key = StorageWeakRef(st).cdata
+                if key in self._ignore or key in self._live:
+                    continue
+                n = _rounded(st.nbytes())
+                self._live[key] = (None, n)
+                self.created += n
+                weakref.finalize(st, self._drop, key)
+        self._note()
+        return out
 
 class _GpuAttention(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):

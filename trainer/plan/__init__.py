@@ -5,7 +5,9 @@ definitions built on the meta device (no weights, no GPU needed).
 - :mod:`.networks`: the run's networks on the meta device, one training step of a phase traced;
 - :mod:`.memory`: the per-phase memory model (weights, gradients, optimizer state, EMA, activations);
 - :mod:`.report`: the Markdown table;
-- :mod:`.checkpointing`: layer-granularity gradient checkpointing (``memory.checkpointing: layer``).
+- :mod:`.checkpointing`: layer-granularity gradient checkpointing (``memory.checkpointing: layer``);
+- :mod:`.v3_step` and :mod:`.v3`: an EchoMimicV3 LoRA config (``v3-fit``): the trainer's step on fake tensors, and its
+  plan (which trainer a file is for, memory against ``--gpu-gib``, speed).
 """
 from __future__ import annotations
 

@@ -144,13 +144,20 @@ class V3TrainConfig:
 def load_v3_config(path=None, overrides: list[str] | None = None) -> V3TrainConfig:
     """The YAML file (optional) with ``--set`` overrides, read strictly and checked."""
     from ..config_checks import read_yaml_mapping
-    from ..config_file import apply_override, from_dict
+    from ..config_file import apply_override
 
     data = read_yaml_mapping(path) if path else {}
     for assignment in overrides or []:
         data = apply_override(data, assignment)
+    return v3_config_from(data)
+
+
+def v3_config_from(data: dict) -> V3TrainConfig:
+    """A config mapping (the YAML's, overrides applied) read strictly and checked."""
+    from ..config_file import from_dict
+
     if data.get("mixed_precision") is False:  # YAML reads a bare `no` as false
-        data["mixed_precision"] = "no"
+        data = {**data, "mixed_precision": "no"}
     return from_dict(V3TrainConfig, data).validate()
 
 
