@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from echomimic_lib.audio import AudioFeatures  # noqa: E402
 from echomimic_lib.config import SD15, TINY  # noqa: E402
+from echomimic_lib.devices import default_dtype  # noqa: E402
 from echomimic_lib.memory import BlockStreamer, Placement, estimate, to_fp8  # noqa: E402
 from echomimic_lib.memory.tracker import VramTracker, gpu_attention  # noqa: E402
 from echomimic_lib.model_set import EchoMimicModels  # noqa: E402
@@ -196,14 +197,7 @@ def _zeros_on_host(module) -> None:
         t.copy_(sinusoid_table(t.shape[1], t.shape[2])) if name.endswith("pos_encoder.pe") else t.zero_()
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+_default_dtype = default_dtype  # (bench_vram_v3 imports this name)
 
 
 def run(args) -> dict:

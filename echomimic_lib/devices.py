@@ -5,6 +5,7 @@ supports it, else fp16; fp32 on the CPU and on MPS. Asking for a device that is 
 """
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -69,3 +70,14 @@ def resolve_dtype(name: str | None, device: torch.device, flag: str = "--dtype")
     if name not in DTYPES:
         raise EchoMimicError(f"unknown precision '{name}' for {flag}; use auto, fp32, fp16 or bf16.")
     return DTYPES[name]
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """``torch.set_default_dtype(dtype)`` for the block (networks built inside get parameters in ``dtype``)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)

@@ -44,6 +44,8 @@ from types import MethodType, SimpleNamespace
 
 import torch
 
+from echomimic_lib.devices import default_dtype
+
 DEVICES = ("fake", "cuda", "cpu")
 PROMPT_TOKENS = 16  # umT5 states of a short caption ("A person is speaking." and its end token, padded by the network)
 VAE_SPATIAL = 8  # the Wan VAE's pixels per latent (each side)
@@ -101,14 +103,6 @@ def _no_fingerprint():
         lib_lora.fingerprint = real
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def _fake_weights_(model, device) -> None:
@@ -211,7 +205,7 @@ def _build(net, cfg, dev, dtype, fake: bool, mode):
     if fake:  # module.to() cannot move fake parameters (torch swaps them, and fake tensors refuse the swap): the
         # network and its adapters are built on the meta device -- as load_v3_transformer builds it before it assigns
         # the weights --, then every tensor becomes a fake one of the same shape and dtype
-        with torch.device("meta"), _default_dtype(dtype), _no_fingerprint():
+        with torch.device("meta"), default_dtype(dtype), _no_fingerprint():
             model = WanV3Transformer(net).eval()
             model.checkpoint_blocks = cfg.gradient_checkpointing
             desc = inject(model, cfg)
@@ -219,7 +213,7 @@ def _build(net, cfg, dev, dtype, fake: bool, mode):
         with mode:
             _fake_weights_(model, dev)
         return model.train(), desc
-    with torch.device(dev), _default_dtype(dtype):  # random weights on the device
+    with torch.device(dev), default_dtype(dtype):  # random weights on the device
         model = WanV3Transformer(net).eval()
     model.checkpoint_blocks = cfg.gradient_checkpointing
     desc = inject(model, cfg)
