@@ -67,7 +67,7 @@ def adapters(ckpt: Path) -> dict:
     return load_file(str(ckpt / "model.safetensors"))
 
 
-def test_fit_checkpoints_only_adapters_and_resume_is_exact(tiny_v3, data, tmp_path):
+def test_fit_checkpoints_only_adapters_and_resume_is_exact(tiny_v3, data, tmp_path, caplog):
     from trainer.v3.loop import fit_v3
 
     whole = fit_v3(config(tiny_v3, data, tmp_path / "whole"))
@@ -85,6 +85,7 @@ def test_fit_checkpoints_only_adapters_and_resume_is_exact(tiny_v3, data, tmp_pa
     with pytest.raises(FileExistsError, match="--resume"):  # a second fresh run would mix two runs' checkpoints
         fit_v3(part)
     assert fit_v3(part, resume=True)["step"] == 4
+    assert "windows changed" not in caplog.text
     resumed = adapters(tmp_path / "part" / "checkpoints" / "step-00000004")
     assert tensors.keys() == resumed.keys()
     for k in tensors:
@@ -389,3 +390,13 @@ def test_the_command_lines_from_videos_to_an_animation(tiny_v3, tmp_path):
                          str(DATA / "images" / "portrait_a.png"), "--audio", str(videos / "talk.wav"), "-o", str(out),
                          "--length", "5", "--steps", "1", "--lora", str(lora), "--device", "cpu"]) == 0
     assert read_video(out, with_audio=False).frames.shape[0] == 5
+
+
+def test_a_resume_on_other_windows_is_reported(tiny_v3, tmp_path, caplog):
+    from trainer.v3.loop import fit_v3
+
+    d = dataset(tmp_path / "data")
+    fit_v3(config(tiny_v3, d, tmp_path / "run", "steps=2"))
+    more = dataset(tmp_path / "more", clips=3)
+    fit_v3(config(tiny_v3, more, tmp_path / "run", "steps=3"), resume=True)
+    assert "training windows changed" in caplog.text and "(2 then, 3 now" in caplog.text

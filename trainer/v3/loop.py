@@ -40,6 +40,15 @@ def make_batch(cache, prompts: dict, windows: list, idxs: list[int], drop: torch
     return {**{k: v.to(device) for k, v in out.items()}, "dtype": dtype}
 
 
+def windows_id(windows: list) -> dict:
+    """The run's sample set in a checkpoint's meta: a resume on another set is reported."""
+    import hashlib
+    import json
+
+    text = json.dumps([[w.clip_id, w.start, w.frames, w.prompt, w.silent] for w in windows])
+    return {"count": len(windows), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
 def _checks(cfg: V3TrainConfig, resume):
     """Everything that needs no network: model files, windows, the output folder, the resume checkpoint."""
     from echomimic_lib.model_set import ensure_v3
@@ -140,7 +149,11 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
         log.info("resumed from %s at step %d", ckpt, state.step)
     sigmas = training_sigmas(cfg.noise.shift)
     meta = {"family": "v3", "lora": desc, "config": dataclasses.asdict(cfg), "frames": cfg.data.frames,
-            "size": [cfg.data.width, cfg.data.height], "weights": report.summary()}
+            "size": [cfg.data.width, cfg.data.height], "weights": report.summary(), "windows": windows_id(windows)}
+    if ckpt is not None and read_meta(ckpt).get("windows") not in (None, meta["windows"]):
+        log.warning("the training windows changed since %s (%s then, %s now: other clips, captions, frames or stride): the "
+                    "resumed run draws from the new set, so it is not the run the checkpoint began",
+                    ckpt.name, read_meta(ckpt)["windows"]["count"], meta["windows"]["count"])
     mon = Monitor(out, main, tensorboard=True, plot=False, fresh=ckpt is None)
 
     # 3. the steps
