@@ -184,3 +184,18 @@ def test_release_size_at_16_gib(tmp_path, capsys):
     assert main(["plan", _yaml(tmp_path, big, "big.yaml"), "--gpu-gib", "16"]) == 3
     out, err = capsys.readouterr()
     assert _row(out)[5] == "17.19" and "**NO** (> 16)" in out and "fewer data.frames (e.g. 41 instead of 81)" in err
+
+
+def test_adapters_without_fp32_inputs_keep_less(tmp_path):
+    """lora.fp32_inputs: false (the adapters compute in the autocast dtype): the bf16 step's working set (one block
+    recomputed and its backward, with checkpointing) is smaller, and without checkpointing the kept activations too;
+    in float32 (no autocast) nothing changes."""
+    base = plan_v3(_v3(_yaml(tmp_path, V3_RUN)), TINY_V3).step
+    lean = plan_v3(_v3(_yaml(tmp_path, V3_RUN), ["lora.fp32_inputs=false"]), TINY_V3).step
+    assert lean.parts["working_set"] < base.parts["working_set"] and lean.peak < base.peak
+    keep = [plan_v3(_v3(_yaml(tmp_path, V3_RUN), ["gradient_checkpointing=false", *o]), TINY_V3).step.parts["kept_activations"]
+            for o in ([], ["lora.fp32_inputs=false"])]
+    assert keep[1] < keep[0]
+    f32 = [plan_v3(_v3(_yaml(tmp_path, V3_RUN), ["mixed_precision=no", *o]), TINY_V3).step.peak
+           for o in ([], ["lora.fp32_inputs=false"])]
+    assert f32[0] == f32[1]

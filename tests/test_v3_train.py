@@ -400,3 +400,21 @@ def test_a_resume_on_other_windows_is_reported(tiny_v3, tmp_path, caplog):
     more = dataset(tmp_path / "more", clips=3)
     fit_v3(config(tiny_v3, more, tmp_path / "run", "steps=3"), resume=True)
     assert "training windows changed" in caplog.text and "(2 then, 3 now" in caplog.text
+
+
+def test_bf16_run_with_adapters_in_the_autocast_dtype_learns(tiny_v3, data, tmp_path):
+    """lora.fp32_inputs: false under bf16 mixed precision: finite losses, the adapters move, they stay float32."""
+    from accelerate.state import AcceleratorState
+
+    from trainer.v3.loop import fit_v3
+
+    AcceleratorState._reset_state(True)  # accelerate keeps one mixed precision per process
+    try:
+        fit_v3(config(tiny_v3, data, tmp_path / "run", "mixed_precision=bf16", "lora.fp32_inputs=false", "steps=2"))
+    finally:
+        AcceleratorState._reset_state(True)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2] and all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+    got = adapters(tmp_path / "run" / "checkpoints" / "step-00000002")
+    assert all(v.dtype == torch.float32 for v in got.values())
+    assert any(float(v.abs().max()) > 0 for k, v in got.items() if ".lora_B." in k)

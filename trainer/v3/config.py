@@ -43,6 +43,8 @@ class V3Lora:
     alpha: float = 32.0
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    fp32_inputs: bool = True  # peft's default: each adapter casts its input to float32 (under bf16 autocast the backward
+    #                           then keeps one more bf16 copy of it); false: the adapters compute in the autocast dtype
 
 
 @dataclass

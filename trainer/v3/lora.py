@@ -50,7 +50,12 @@ def inject(model: nn.Module, cfg: V3TrainConfig) -> dict:
     mods = dict(model.named_modules())
     base_fp = fingerprint({n: mods[n] for n in names})
     n_params = add_adapters(model, names, lc.rank, lc.alpha, lc.dropout, cfg.seed)
+    if not lc.fp32_inputs:  # peft's switch (peft.helpers.disable_input_dtype_casting), kept for the run
+        for m in model.modules():
+            if hasattr(m, "cast_input_dtype_enabled"):
+                m.cast_input_dtype_enabled = False
     desc = {"rank": lc.rank, "alpha": lc.alpha, "targets": list(lc.targets), "layers": len(names), "parameters": n_params,
+            "fp32_inputs": lc.fp32_inputs,
             "base": {"path": str(cfg.model.path), "config_key": "model.path", "fingerprint": base_fp}}
     model.lora = desc
     return desc
