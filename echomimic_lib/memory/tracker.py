@@ -88,20 +88,24 @@ class VramTracker(TorchDispatchMode):
         for k in dead:
             self.created -= self._live.pop(k)[1]
 
+    def _track(self, storage, ref: StorageWeakRef) -> int:
+        """Count a new live storage (found dead later by :meth:`_sweep`); returns its rounded size."""
+        n = _rounded(storage.nbytes())
+        self._live[ref.cdata] = (ref, n)
+        return n
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self._sweep()
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and self._on_device(t):
-                ref = StorageWeakRef(t.untyped_storage())
+                st = t.untyped_storage()
+                ref = StorageWeakRef(st)
                 if ref.cdata in self._ignore or ref.cdata in self._live:
                     continue
-                n = _rounded(t.untyped_storage().nbytes())
-                self._live[ref.cdata] = (ref, n)
-                self.created += n
+                self.created += self._track(st, ref)
         self._note()
         return out
-
 
 
 class StepTracker(VramTracker):
@@ -116,20 +120,11 @@ class StepTracker(VramTracker):
     def _drop(self, key: int) -> None:
         self.created -= self._live.pop(key)[1]
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and self._on_device(t):
-                st = t.untyped_storage()
-                key = StorageWeakRef(st).cdata
-                if key in self._ignore or key in self._live:
-                    continue
-                n = _rounded(st.nbytes())
-                self._live[key] = (None, n)
-                self.created += n
-                weakref.finalize(st, self._drop, key)
-        self._note()
-        return out
+    def _track(self, storage, ref: StorageWeakRef) -> int:
+        n = super()._track(storage, ref)
+        weakref.finalize(storage, self._drop, ref.cdata)
+        return n
+
 
 class _GpuAttention(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
