@@ -171,7 +171,7 @@ def _plan_v3(args, data: dict, decided_by: list[str]) -> int:
         from echomimic_lib.models.wan.tiny import TINY_V3
 
         net, network = TINY_V3, "the tiny test transformer (--arch tiny)"
-    quiet = logging.getLogger("trainer.v3.lora")  # inject's line about the adapters: the plan says it
+    quiet = logging.getLogger("trainer.lora")  # add_adapters's line about the adapters: the plan says it
     level = quiet.level
     quiet.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
