@@ -178,11 +178,16 @@ def _check_lora_switch(lora) -> None:
 
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> Path:
+    return write_yaml(cfg.to_dict(), path)
+
+
+def write_yaml(data: dict, path: str | Path) -> Path:
+    """A resolved config as ``path`` (written whole or not at all; V1/V2 :func:`dump_config`, V3 ``v3-fit``)."""
     import yaml
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
     tmp.replace(path)
     return path

@@ -161,17 +161,3 @@ def v3_config_from(data: dict) -> V3TrainConfig:
     if data.get("mixed_precision") is False:  # YAML reads a bare `no` as false
         data = {**data, "mixed_precision": "no"}
     return from_dict(V3TrainConfig, data).validate()
-
-
-def dump_v3_config(cfg: V3TrainConfig, path) -> None:
-    """``OUTPUT/config.yaml``: the resolved settings (written whole or not at all)."""
-    import dataclasses
-    from pathlib import Path
-
-    import yaml
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    tmp.replace(path)

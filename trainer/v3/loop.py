@@ -85,7 +85,7 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     from ..loop import DTYPES, NonFiniteError, TrainState, _cpu_only, step_seed
     from ..monitor import Monitor
     from ..safe_resume import weights_only_loading
-    from .config import dump_v3_config
+    from ..config_file import write_yaml
     from .encode import EncodedWindows, Encoders, encoder_id, prompt_states
     from .flow import flow_loss, training_sigmas
     from .lora import cast_base_, inject
@@ -97,7 +97,7 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     out = Path(cfg.output_dir)
     if is_writer(acc):
         out.mkdir(parents=True, exist_ok=True)
-        dump_v3_config(cfg, out / "config.yaml")
+        write_yaml(dataclasses.asdict(cfg), out / "config.yaml")
         for p in remove_partial(checkpoint_dir(out)):
             log.warning("removed an incomplete checkpoint %s (interrupted while saving)", p)
     acc.wait_for_everyone()
@@ -150,15 +150,16 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     sigmas = training_sigmas(cfg.noise.shift)
     meta = {"family": "v3", "lora": desc, "config": dataclasses.asdict(cfg), "frames": cfg.data.frames,
             "size": [cfg.data.width, cfg.data.height], "weights": report.summary(), "windows": windows_id(windows)}
-    if ckpt is not None and read_meta(ckpt).get("windows") not in (None, meta["windows"]):
+    before = read_meta(ckpt).get("windows") if ckpt is not None else None
+    if before not in (None, meta["windows"]):
         log.warning("the training windows changed since %s (%s then, %s now: other clips, captions, frames or stride): the "
                     "resumed run draws from the new set, so it is not the run the checkpoint began",
-                    ckpt.name, read_meta(ckpt)["windows"]["count"], meta["windows"]["count"])
+                    ckpt.name, before["count"], meta["windows"]["count"])
     mon = Monitor(out, main, tensorboard=True, plot=False, fresh=ckpt is None)
 
     # 3. the steps
     step, done, sums, t_log = state.step, 0, 0.0, time.time()
-    saved = read_meta(ckpt)["step"] if ckpt is not None else -1
+    saved = step  # the checkpoint resumed from holds this step (a fresh run: nothing to keep at step 0)
     try:
         while step < cfg.steps and (stop_after is None or done < stop_after):
             for micro in range(cfg.optim.grad_accum):
