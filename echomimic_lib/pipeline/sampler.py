@@ -35,6 +35,7 @@ from .decode import VAE_SCALE, decode_latents
 from .scheduler import make_scheduler
 
 log = logging.getLogger(__name__)
+MAX_DEEP_CACHE = 10  # DeepCache interval limit: past it the cached features are from far noisier steps
 
 
 @dataclass
@@ -53,6 +54,10 @@ class SampleSettings:
     windows_per_batch: int = 1
     decode_batch: int = 8
     cuda_graphs: bool = False  # record the denoiser call once and replay it (CUDA only; not with a streamed denoiser)
+    # DeepCache (opt-in, changes the output): a full denoiser call every ``deep_cache`` steps; the steps between reuse
+    # its deep features and run only the shallow layers of branch ``deep_cache_branch`` (see .deep_cache). 0 or 1: off
+    deep_cache: int = 0
+    deep_cache_branch: int = 0
     scheduler: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -69,6 +74,12 @@ class SampleSettings:
             raise EchoMimicError("context frames must be between 1 and 32 (the motion modules' position table).")
         if not 0 <= self.context_overlap < self.context_frames:
             raise EchoMimicError("context overlap must be >= 0 and smaller than the context frames.")
+        if not 0 <= self.deep_cache <= MAX_DEEP_CACHE:
+            raise EchoMimicError(f"deep_cache {self.deep_cache}: the DeepCache interval must be between 0 (off) and "
+                                 f"{MAX_DEEP_CACHE}; 2 or 3 is typical (a full denoiser pass every 2 or 3 steps).")
+        if self.deep_cache_branch < 0:
+            raise EchoMimicError(f"deep_cache_branch {self.deep_cache_branch}: the branch must be 0 (the shallowest, "
+                                 "fastest) or more.")
 
 
 def settings_for(mode: str, variant: str = "normal", **overrides) -> SampleSettings:
