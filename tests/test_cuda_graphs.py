@@ -66,7 +66,8 @@ class StrictGraph:
             diff = next(i for i, (a, b) in enumerate(zip(log.ops, self.ops + [None] * len(log.ops))) if a != b)
             raise AssertionError(f"replay differs from the recording at op {diff}: {log.ops[diff]} vs "
                                  f"{self.ops[diff] if diff < len(self.ops) else None}")
-        self.out.copy_(out)
+        for held, new in zip(self.out, out) if isinstance(out, tuple) else [(self.out, out)]:
+            held.copy_(new)
 
     def shared_pool(self):
         return ("pool", id(self))

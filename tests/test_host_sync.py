@@ -94,15 +94,15 @@ class _GuardedLoop(Sampler):
         return super().decode(*args, **kwargs)
 
 
-@pytest.mark.parametrize("cfg,windows_per_batch", [(2.5, 1), (1.0, 2)])
-def test_denoising_loop_has_no_host_reads(models, cfg, windows_per_batch):
+@pytest.mark.parametrize("cfg,windows_per_batch,deep_cache", [(2.5, 1, 0), (1.0, 2, 0), (2.5, 2, 2)])
+def test_denoising_loop_has_no_host_reads(models, cfg, windows_per_batch, deep_cache):
     frames, size = 30, 64  # 4 windows per step, two of them wrap around the end of the clip
     rows = int(np.ceil(frames * 50 / 24))
     audio = AudioFeatures(torch.randn(rows, 5, 384, generator=torch.Generator().manual_seed(1)), rows * 320)
     image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     mask = MaskCondition(np.pad(np.ones((32, 32)), 16))
     s = settings_for("v1-audio", "normal", width=size, height=size, steps=2, cfg=cfg, num_frames=frames,
-                     windows_per_batch=windows_per_batch, decode_batch=frames)
+                     windows_per_batch=windows_per_batch, decode_batch=frames, deep_cache=deep_cache)
     sampler = _GuardedLoop(models)
     sampler.guard = HostSyncGuard(armed=False)
     calls = []

@@ -13,6 +13,9 @@ Exact savings over the reference loop (identical outputs):
   grow with video length;
 - the denoising loop never reads from the device (windows are gathered and scattered by slices, the
   audio chunks are moved once), and self-attention projects q, k, v with one GEMM (``fuse_projections``).
+
+Opt-in and *not* exact: ``deep_cache`` (DeepCache, :mod:`.deep_cache`) runs the whole denoiser only every few
+steps and its shallow layers in between.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from ..models.unet.graphs import CudaGraphRunner
 from .conditions import FrameCondition, MaskCondition
 from .context import base_windows, shift_windows, window_runs
 from .decode import VAE_SCALE, decode_latents
+from .deep_cache import DeepCache, check_branch
 from .scheduler import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -205,9 +209,10 @@ class Sampler:
                         "other models.", len(away), device, away[0])
         return not away
 
-    def _predict(self, call, group, n, latents, chunks, sched, t, kv, cfg, mask_feat, condition, h, w):
+    def _predict(self, call, group, n, latents, chunks, sched, t, kv, cfg, mask_feat, condition, h, w, deep=None):
         """One denoiser call for the windows ``group`` -> (their runs of frames, the predictions of the first
-        ``n`` windows: (2 or 1, 4, c, h, w) views, uncond first with CFG)."""
+        ``n`` windows: (2 or 1, 4, c, h, w) views, uncond first with CFG). ``deep``: the generation's
+        :class:`.deep_cache.DeepCache` (a full call keeps its features there, a partial call reads them)."""
         runs = [window_runs(wi) for wi in group]
         x_in = sched.scale_model_input(torch.cat([_take(latents, r, 2) for r in runs]), t)  # (m, 4, c, h, w)
         a = torch.stack([_take(chunks, r, 0) for r in runs])
@@ -218,11 +223,15 @@ class Sampler:
             cond = torch.cat([self._cond_features(condition, wi, h, w) for wi in group])
         else:
             cond = None
+        kw = deep.call_kwargs(runs) if deep is not None else {}
         if cfg:
-            pred = call(torch.cat([x_in, x_in]), t, audio=a, cond=cond, reference=kv, uncond_rows=m)
-            return runs, [pred[j::m] for j in range(n)]
-        pred = call(x_in, t, audio=a, cond=cond, reference=kv)
-        return runs, [pred[j : j + 1] for j in range(n)]
+            pred = call(torch.cat([x_in, x_in]), t, audio=a, cond=cond, reference=kv, uncond_rows=m, **kw)
+        else:
+            pred = call(x_in, t, audio=a, cond=cond, reference=kv, **kw)
+        if isinstance(pred, tuple):  # a DeepCache full call: (prediction, the branch's input)
+            pred, kept = pred
+            deep.keep(kept, runs, n)
+        return runs, ([pred[j::m] for j in range(n)] if cfg else [pred[j : j + 1] for j in range(n)])
 
     # -------------------------------------------------------------- main loop
     @torch.no_grad()
@@ -254,6 +263,8 @@ class Sampler:
         device, dtype = self.device, self.dtype
         if s.cuda_graphs:
             self._check_cuda_graphs(device)
+        if s.deep_cache > 1:
+            check_branch(s.deep_cache_branch, den.cfg)
         if self.placement is None:  # (a placement moves weights per stage, which would undo it)
             den.fuse_projections()
         sched = make_scheduler(**s.scheduler)
@@ -285,17 +296,20 @@ class Sampler:
         # every window is gathered and scattered by slices of runs of frames, audio chunks are moved to the
         # device once: nothing in the loop below reads from the device (see tests/test_host_sync.py)
         chunks = audio.chunks(0, f, s.fps, device=device, dtype=dtype)
+        deep = DeepCache(s.deep_cache, s.deep_cache_branch, f, cfg) if s.deep_cache > 1 else None
         done, calls = 0, 0
         with CudaGraphRunner(den) if graphs else contextlib.nullcontext(den) as call:  # graphs: released here
             for i, t in enumerate(timesteps):
                 windows = shift_windows(windows0, i, s.window_shift, f)
                 acc = torch.zeros((2 if cfg else 1, *latents.shape[1:]), device=device, dtype=torch.float32)
                 count = torch.zeros(f, device=device, dtype=torch.float32)
+                if deep is not None:
+                    deep.begin_step(i)
                 for g in range(0, len(windows), k):
                     group = windows[g : g + k]  # every window has the same length (base_windows)
                     padded = group + [group[-1]] * (k - len(group)) if pad_groups else group
                     runs, preds = self._predict(call, padded, len(group), latents, chunks, sched, t, kv, cfg, mask_feat,
-                                                condition, h, w)
+                                                condition, h, w, deep)
                     calls += 1
                     if trace and i == 0:
                         trace("unet_call", torch.cat(preds).float())
@@ -308,6 +322,8 @@ class Sampler:
                     done += 1
                     if progress is not None:
                         progress(done, total)
+                if deep is not None:
+                    deep.end_step()
                 v = acc / count.view(1, 1, -1, 1, 1)
                 v = v[0:1] + s.cfg * (v[1:2] - v[0:1]) if cfg else v
                 latents = sched.step(v, t, latents, eta=0.0, return_dict=False)[0]
@@ -315,7 +331,9 @@ class Sampler:
                     trace(f"step{i}", (v, latents))
         if hasattr(kv, "release"):
             kv.release()  # join buffers (CPU) are not needed by the decode
-        del kv, chunks
+        if deep is not None:
+            deep.release()
+        del kv, chunks, deep
         frames = self.decode(latents, s.decode_batch, frame_sink) if decode else None
         return SampleResult(frames, latents, s.fps, f, calls)
 

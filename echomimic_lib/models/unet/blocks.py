@@ -53,12 +53,15 @@ class DownBlock(_Layered):
         if downsample:
             self.downsamplers = nn.ModuleList([Downsample2D(cout, use_conv=True, out_channels=cout, padding=1, name="op")])
 
-    def forward(self, h, temb, ctx):
+    def forward(self, h, temb, ctx, limit: int | None = None):
+        """-> (h, this block's skips). ``limit``: stop once that many skips are made (DeepCache's partial pass)."""
         skips = []
         for i in range(len(self.resnets)):
+            if limit is not None and len(skips) >= limit:
+                return h, skips
             h = self._layer(i, h, temb, ctx)
             skips.append(h)
-        if hasattr(self, "downsamplers"):
+        if hasattr(self, "downsamplers") and (limit is None or len(skips) < limit):
             h = self.downsamplers[0](h)
             skips.append(h)
         return h, skips
@@ -88,10 +91,19 @@ class UpBlock(_Layered):
         if upsample:
             self.upsamplers = nn.ModuleList([Upsample2D(cout, use_conv=True, out_channels=cout)])
 
-    def forward(self, h, temb, ctx, skips: list[torch.Tensor], next_size=None):
+    def forward(self, h, temb, ctx, skips: list[torch.Tensor], next_size=None, start: int = 0, keep_at: int | None = None,
+                kept: list | None = None):
+        """The layers from ``start`` on (DeepCache's partial pass: ``h`` is then the cached input of layer ``start``;
+        the skips of the layers before it are not read). ``keep_at``: the input of that layer is appended to
+        ``kept`` (DeepCache's full pass)."""
         skips = list(skips)  # never consume the caller's list: checkpointing re-runs this forward
         for i in range(len(self.resnets)):
-            h = torch.cat([h, skips.pop()], dim=1)
+            skip = skips.pop()
+            if i < start:
+                continue
+            if i == keep_at:
+                kept.append(h)
+            h = torch.cat([h, skip], dim=1)
             h = self._layer(i, h, temb, ctx)
         if hasattr(self, "upsamplers"):
             h = self.upsamplers[0](h, output_size=next_size)

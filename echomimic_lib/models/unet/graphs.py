@@ -5,7 +5,8 @@ graph is recorded over the *whole* call, not per compiled block (``torch.compile
 per block shares one graph between blocks of a kind, and the UNet's skip connections still hold the output
 of an earlier replay when the next block of that kind runs over it).
 
-For each input layout (shapes, dtypes, ``uncond_rows``, the reference keys/values object) the runner:
+For each input layout (shapes, dtypes, ``uncond_rows``, the reference keys/values object, DeepCache's full or
+partial call) the runner:
 
 1. runs the first call eagerly: a warm-up (cuDNN / cuBLAS set-up, ``torch.compile``) whose result is used;
 2. on the second call copies the inputs into static buffers, records the call into a graph and replays it;
@@ -56,17 +57,25 @@ def _layout(t: torch.Tensor | None):
 class _Recorded:
     """Static inputs and output of one recorded layout."""
 
-    def __init__(self, graph, sample, step, audio, cond):
+    def __init__(self, graph, sample, step, audio, cond, cached=None):
         self.graph, self.sample, self.step, self.audio, self.cond = graph, sample, step, audio, cond
-        self.out: torch.Tensor | None = None
+        self.cached = cached
+        self.out: torch.Tensor | tuple | None = None
 
-    def load(self, sample, timestep, audio, cond) -> None:
+    def load(self, sample, timestep, audio, cond, cached=None) -> None:
         self.sample.copy_(sample)
         _set_step(self.step, timestep)
-        if self.audio is not None:
-            self.audio.copy_(audio)
-        if self.cond is not None:
-            self.cond.copy_(cond)
+        for buf, value in ((self.audio, audio), (self.cond, cond), (self.cached, cached)):
+            if buf is not None:
+                buf.copy_(value)
+
+    def result(self):
+        """A copy of the output (a DeepCache full call has two), valid whatever the graph replays next."""
+        return tuple(t.clone() for t in self.out) if isinstance(self.out, tuple) else self.out.clone()
+
+
+def _clone(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clone()
 
 
 def _step_buffer(timestep, device) -> torch.Tensor:
@@ -106,43 +115,52 @@ class CudaGraphRunner:
     def __exit__(self, *exc) -> None:
         self.release()
 
-    def _key(self, sample, timestep, audio, cond, reference, uncond_rows):
+    def _key(self, sample, timestep, audio, cond, reference, uncond_rows, cache_branch, cached):
         step = ("tensor", timestep.dtype, tuple(timestep.shape)) if isinstance(timestep, torch.Tensor) else type(timestep).__name__
         return (_layout(sample), step, _layout(audio), _layout(cond), id(reference) if reference is not None else None,
-                int(uncond_rows))
+                int(uncond_rows), cache_branch, _layout(cached))
 
-    def __call__(self, sample, timestep, audio=None, cond=None, reference=None, uncond_rows: int = 0) -> torch.Tensor:
+    def __call__(self, sample, timestep, audio=None, cond=None, reference=None, uncond_rows: int = 0,
+                 cache_branch: int | None = None, cached: torch.Tensor | None = None):
+        """As the denoiser's call; DeepCache's full and partial calls (``cache_branch``, ``cached``) are layouts of
+        their own."""
         den = self.denoiser
+        kw = dict(audio=audio, cond=cond, reference=reference, uncond_rows=uncond_rows)
+        if cache_branch is not None:
+            kw.update(cache_branch=cache_branch, cached=cached)
         if self.failed is not None:
-            return den(sample, timestep, audio=audio, cond=cond, reference=reference, uncond_rows=uncond_rows)
-        key = self._key(sample, timestep, audio, cond, reference, uncond_rows)
+            return den(sample, timestep, **kw)
+        key = self._key(sample, timestep, audio, cond, reference, uncond_rows, cache_branch, cached)
         rec = self._recorded.get(key)
         if rec is None:
             if key not in self._seen:  # warm-up: an ordinary call whose result is used
                 self._seen.add(key)
-                return den(sample, timestep, audio=audio, cond=cond, reference=reference, uncond_rows=uncond_rows)
-            rec = self._record(key, sample, timestep, audio, cond, reference, uncond_rows)
+                return den(sample, timestep, **kw)
+            rec = self._record(key, sample, timestep, kw)
             if rec is None:
-                return den(sample, timestep, audio=audio, cond=cond, reference=reference, uncond_rows=uncond_rows)
+                return den(sample, timestep, **kw)
         else:
-            rec.load(sample, timestep, audio, cond)
+            rec.load(sample, timestep, audio, cond, cached)
         rec.graph.replay()
         self.replays += 1
-        return rec.out.clone()
+        return rec.result()
 
-    def _record(self, key, sample, timestep, audio, cond, reference, uncond_rows) -> _Recorded | None:
+    def _record(self, key, sample, timestep, kw: dict) -> _Recorded | None:
         den = self.denoiser
+        reference = kw["reference"]
         if getattr(reference, "join_budget", 0) > 0:
             # join buffers (ReferenceKV) are made anew when more rows come, which would free memory an earlier
             # graph reads: a recorded call joins the keys/values itself, in the graphs' pool
             reference.join_budget = 0
             reference.release()
-        rec = _Recorded(None, sample.clone(), _step_buffer(timestep, sample.device),
-                        None if audio is None else audio.clone(), None if cond is None else cond.clone())
+        rec = _Recorded(None, sample.clone(), _step_buffer(timestep, sample.device), _clone(kw["audio"]), _clone(kw["cond"]),
+                        _clone(kw.get("cached")))
+        static = dict(kw, audio=rec.audio, cond=rec.cond)
+        if "cached" in kw:
+            static["cached"] = rec.cached
         try:
             graph = self.graph_factory(self._pool)
-            rec.out = graph.capture(lambda: den(rec.sample, rec.step, audio=rec.audio, cond=rec.cond, reference=reference,
-                                                uncond_rows=uncond_rows))
+            rec.out = graph.capture(lambda: den(rec.sample, rec.step, **static))
         except Exception as exc:  # noqa: BLE001 - an unrecordable call must not lose the generation
             self.failed = f"{type(exc).__name__}: {exc}"
             log.warning("CUDA graphs are off for this generation: recording the denoiser call failed (%s); it runs "

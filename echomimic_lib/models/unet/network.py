@@ -123,6 +123,49 @@ class EchoUNet(nn.Module):
             h = self._maybe_ckpt(block, h, temb, ctx, block_skips, next_size)
         return h
 
+    def _branch_at(self, branch: int) -> tuple[int, int]:
+        """(up block, layer in it) where DeepCache branch ``branch`` resumes the up path (0: the last layer)."""
+        lengths = [len(b.resnets) for b in self.up_blocks]
+        e = sum(lengths) - 1 - int(branch)  # execution index of the branch's layer
+        if not 0 <= e < sum(lengths):
+            raise ValueError(f"DeepCache branch {branch}: this network has branches 0 to {sum(lengths) - 1}")
+        for i, n in enumerate(lengths):
+            if e < n:
+                return i, e
+            e -= n
+        raise AssertionError("unreachable")
+
+    def _run_cached(self, x, temb, ctx, branch: int, cached: torch.Tensor | None):
+        """DeepCache (:mod:`echomimic_lib.pipeline.deep_cache`). ``cached`` None: the whole network, and also the
+        input of branch ``branch``'s layer -> (out, that input). Else the partial pass -> out: the down path only as
+        far as the branch's skips need (``branch + 1`` skips), then the up path from the branch's layer on, its
+        input being ``cached``."""
+        bi, j = self._branch_at(branch)
+        total = sum(len(b.resnets) for b in self.up_blocks)  # = the down path's skips, the input convolution's included
+        need = total if cached is None else branch + 1
+        skips, h = [x], x
+        for block in self.down_blocks:
+            if len(skips) >= need:
+                break
+            h, s = block(h, temb, ctx, limit=need - len(skips))
+            skips += s
+        kept: list = []
+        if cached is None:
+            h = self.mid_block(h, temb, ctx)
+        else:
+            skips += [None] * (total - need)  # the skips of the layers before the branch: not computed, not read
+            h = cached.to(x.dtype)
+        for i, block in enumerate(self.up_blocks):
+            n_skip = len(block.resnets)
+            block_skips = skips[-n_skip:]
+            del skips[-n_skip:]
+            if cached is not None and i < bi:
+                continue
+            next_size = skips[-1].shape[-2:] if skips else None
+            h = block(h, temb, ctx, block_skips, next_size, start=j if (cached is not None and i == bi) else 0,
+                      keep_at=j if (cached is None and i == bi) else None, kept=kept)
+        return h if cached is not None else (h, kept[0])
+
     def _maybe_ckpt(self, block, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
@@ -179,7 +222,9 @@ class EchoUNet(nn.Module):
         uncond_rows: int = 0,
         reference_mask: torch.Tensor | None = None,
         audio_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        cache_branch: int | None = None,
+        cached: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Denoiser forward -> prediction (B, C, F, h, w).
 
         - sample: (B, 4, F, h, w) noisy latents.
@@ -192,6 +237,9 @@ class EchoUNet(nn.Module):
         - reference_mask: (Bc,) bool, which conditional items use the reference (training dropout).
         - audio_mask: optional multiplier of the audio-attention output per frame row, (B*F,) or
           (B*F, tokens, 1) (training: muted audio / partial-attention masks).
+        - cache_branch / cached (DeepCache, :mod:`echomimic_lib.pipeline.deep_cache`): with a branch and no
+          ``cached``, the whole network runs and the call returns (prediction, the branch layer's input, rows
+          (B*F, C, h', w')); with ``cached`` (such an input, for these rows) only the shallow partial pass runs.
         """
         if self.role != "denoiser":
             raise RuntimeError("use forward_reference for the reference UNet")
@@ -219,9 +267,16 @@ class EchoUNet(nn.Module):
         if audio is not None:
             tokens = audio.to(dtype).reshape((b - u) * f, audio.shape[-2], audio.shape[-1])
         ctx = BlockContext(frames=f, ref_kv=reference, ref_segments=segments, audio=tokens, audio_start=u * f, audio_mask=audio_mask)
-        h = self._run(h, temb, ctx)
+        kept = None
+        if cache_branch is None:
+            h = self._run(h, temb, ctx)
+        elif cached is None:
+            h, kept = self._run_cached(h, temb, ctx, cache_branch, None)
+        else:
+            h = self._run_cached(h, temb, ctx, cache_branch, cached)
         h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
-        return h.view(b, f, *h.shape[1:]).transpose(1, 2)
+        out = h.view(b, f, *h.shape[1:]).transpose(1, 2)
+        return out if kept is None else (out, kept)
 
 
 def _host_flags(mask, n: int) -> list[bool]:
