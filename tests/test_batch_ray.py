@@ -61,12 +61,14 @@ def test_killed_actors_have_their_job_redone_then_given_up(ray, media, tmp_path,
     from echomimic_lib.jobs.batch import BatchOptions, ray_backend, read_manifest, run_batch
 
     ray.init(address="local", num_cpus=2, num_gpus=1)  # an embedding program's own Ray (left running); a GPU in name only
-    out, events, killed = tmp_path / "out", [], {"r0": [], "r1": []}
+    out, events, killed, where = tmp_path / "out", [], {"r0": [], "r1": []}, set()
     sinks = []
     monkeypatch.setattr(ray_backend, "_start_sink", lambda r, start=ray_backend._start_sink: sinks.append(start(r)) or sinks[0])
 
     def on_event(kind, worker, job, payload):
         events.append((kind, job.name, getattr(worker, "wid", None)))
+        if kind == "start":  # handed a job once it has said where it runs
+            where.add((worker.device, tuple(worker.gpu_ids), worker.node))
         if kind == "start" and (job.name == "r0" or (job.name == "r1" and not killed["r1"])):  # r0 every time, r1 once
             killed[job.name].append(worker.wid)
             ray.kill(worker.handle)
@@ -93,12 +95,15 @@ def test_killed_actors_have_their_job_redone_then_given_up(ray, media, tmp_path,
     assert probe(out / "r1.mp4")["frames"] == FRAMES and not (out / "r0.mp4").exists()
     _no_partials(out)
     assert sinks[1:] == ["killed"] and "sampling progress is lost" in caplog.text
+    assert where == {("cpu", (), ray.util.get_node_ip_address())}  # what the actors reported: CPU actors, no GPU id
+    assert "died while rendering it" in res["r0"]["error"] and "(cpu on " in res["r0"]["error"]
     # an actor that cannot start is the cluster's setup, not a row's fault: the batch stops and says why
     import torch
 
     if not torch.cuda.is_available():
         jobs = read_manifest(_manifest(media / "ray_gpu.csv", _good_rows(1)), tmp_path / "gpu", defaults)
-        with pytest.raises(EchoMimicError, match="a Ray actor could not start .cuda.: .*no CUDA GPU is available"):
+        with pytest.raises(EchoMimicError, match=r"a Ray actor \(gpu\) could not start: on node \S+: Ray gave this actor GPU id\(s\) "
+                                                 r"\['0'\] \(CUDA_VISIBLE_DEVICES '0'\) but PyTorch sees no CUDA device"):
             run_batch(jobs, tmp_path / "gpu", BatchOptions(scores=False, quiet=True, backend="ray"))
 
 
@@ -108,14 +113,20 @@ def test_what_the_cluster_cannot_hold_is_refused_before_any_actor_starts():
     def opts(**kw):
         return SimpleNamespace(**{"device": "auto", "workers": None, "threads": None, **kw})
 
+    # Ray resources only (GPU or CPU actors, how many, what each asks for): which GPU is Ray's to say
     assert placement({"CPU": 2}, opts(), 5) == ("cpu", 1, {"num_cpus": 1})
-    assert placement({"CPU": 16, "GPU": 2}, opts(), 5) == ("cuda", 2, {"num_cpus": 1, "num_gpus": 1})
+    assert placement({"CPU": 16, "GPU": 2}, opts(), 5) == ("gpu", 2, {"num_cpus": 1, "num_gpus": 1})
+    assert placement({"CPU": 16, "GPU": 2}, opts(device="cuda"), 5) == ("gpu", 2, {"num_cpus": 1, "num_gpus": 1})
     assert placement({"CPU": 16, "GPU": 2}, opts(workers=3), 5)[2]["num_gpus"] == 0.5  # three share two GPUs
     assert placement({"CPU": 16, "GPU": 2}, opts(device="cpu", workers=4, threads=2), 2) == ("cpu", 2, {"num_cpus": 2})
     for kw, text in (({"device": "cuda"}, "has no GPU"), ({"workers": 3}, "need 3 CPUs"),
                      ({"workers": 0}, "use 1 or more"), ({"device": "mps"}, "use auto, cpu or cuda")):
         with pytest.raises(EchoMimicError, match=text):
             placement({"CPU": 2}, opts(**kw), 5)
+    for device in ("cuda:1", "cuda:0,cuda:1"):  # this machine's GPU numbers mean nothing on a cluster
+        with pytest.raises(EchoMimicError, match=f"--device {device}: with --backend ray, Ray assigns the GPUs; use "
+                                                 "--device cuda .or auto.. .*ray start --num-gpus"):
+            placement({"CPU": 16, "GPU": 2}, opts(device=device), 5)
 
 
 def _events_by_row(events):

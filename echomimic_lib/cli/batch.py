@@ -78,7 +78,8 @@ def add_commands(sub) -> None:
     b.add_argument("--smoke", action="store_true", help="every row as `animate --smoke`: tiny random weights, 64 px, 2 steps")
     add_speed_options(b)  # columns of the same names set them per row
     b.add_argument("--workers", type=int, help="worker processes (default: one per local GPU, else 1 on the CPU)")
-    b.add_argument("--device", default="auto", help="auto (every local GPU, else the CPU), cpu, cuda, or cuda:0,cuda:1")
+    b.add_argument("--device", default="auto", help="auto (every local GPU, else the CPU), cpu, cuda, or cuda:0,cuda:1 "
+                                                     "(with --backend ray: auto, cpu or cuda; Ray assigns the GPUs)")
     b.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores shared out; 1 with --smoke)")
     b.add_argument("--attempts", type=int, default=3, help="attempts for a row whose worker dies (killed, crashed)")
     b.add_argument("--no-scores", action="store_true", help="skip the weight-free evaluate scores in results.jsonl")

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class BatchOptions:
     workers: int | None = None     # None: one per local GPU, else 1 (CPU)
-    device: str = "auto"           # auto | cpu | cuda | cuda:N,cuda:M
+    device: str = "auto"           # auto | cpu | cuda | cuda:N,cuda:M (local only: Ray assigns the GPUs)
     threads: int | None = None     # CPU threads per worker (default: the cores shared out)
     scores: bool = True            # weight-free `echomimic evaluate` scores per row
     max_attempts: int = 3          # a row whose worker dies is retried until this many attempts
@@ -125,8 +125,9 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
     from pathlib import Path
 
     if opts.backend == "ray":  # said before any check or load
-        from .ray_backend import import_ray
+        from .ray_backend import check_device, import_ray
 
+        check_device(opts.device)  # cuda:N: Ray, not --device, picks the GPUs
         import_ray()
 
     outdir = Path(outdir)
