@@ -207,7 +207,8 @@ def run(args) -> dict:
     t0 = time.time()
     models = build(meter, mode, dtype, args.preset, args.fp8)
     variant = "acc" if args.acc else "normal"
-    settings = settings_for(mode.name, variant, width=args.size, height=args.size, num_frames=args.frames, steps=args.steps)
+    settings = settings_for(mode.name, variant, width=args.size, height=args.size, num_frames=args.frames, steps=args.steps,
+                            deep_cache=args.deep_cache, deep_cache_branch=args.deep_cache_branch)
     fps = float(settings.fps)
     seconds = args.frames / fps + 0.2
     rows = int(seconds * 50) + 2
@@ -306,6 +307,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--acc", action="store_true", help="the acc variant's settings (cfg 1: no CFG batch)")
     p.add_argument("--lowvram", action="store_true", help="stream the denoiser block by block")
+    p.add_argument("--deep-cache", type=int, default=0, help="DeepCache interval (its per-frame store is held from the "
+                   "first step; the peak is reached in a full step)")
+    p.add_argument("--deep-cache-branch", type=int, default=0)
     p.add_argument("--fp8", action="store_true", help="fp8 e4m3fn weight storage for the UNets")
     p.add_argument("--keep-loaded", action="store_true", help="the loader's keep_loaded: no network leaves the device")
     p.add_argument("--preset", choices=["sd15", "tiny"], default="sd15", help="tiny: the test architecture (quick checks)")

@@ -45,6 +45,20 @@ class EchoConfig:
     def cond_out_channels(self) -> int:
         return self.block_out_channels[0]
 
+    @property
+    def up_layers(self) -> int:
+        """Layers of the denoiser's up path (DeepCache's branches, :mod:`echomimic_lib.pipeline.deep_cache`)."""
+        return len(self.block_out_channels) * (self.layers_per_block + 1)
+
+    def up_layer_input(self, k: int) -> tuple[int, int]:
+        """(channels, times halved from the latent size) of the input of the up path's ``k``-th layer counted from
+        the output (0: the last), before its skip is joined: what DeepCache's branch ``k`` keeps."""
+        n, per = len(self.block_out_channels), self.layers_per_block + 1
+        block, layer = divmod(self.up_layers - 1 - k, per)
+        rev = list(reversed(self.block_out_channels))
+        channels = rev[block] if layer else (rev[block - 1] if block else rev[0])
+        return channels, n - 1 - block
+
     def with_(self, **kw) -> "EchoConfig":
         return replace(self, **kw)
 

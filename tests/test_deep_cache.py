@@ -38,10 +38,11 @@ def test_a_full_call_keeps_the_branch_input_and_the_partial_pass_rebuilds_the_ou
     plain = den(x, 801, **kw)
     assert branch_count(den.cfg) == 12
     other = torch.randn_like(x)
-    for b in range(branch_count(den.cfg)):
+    for b in (0, 2, 3, 11):  # the last layer; a block's first layer (after an up-sampler); a lower size; the deepest
         out, kept = den(x, 801, cache_branch=b, **kw)
         assert torch.equal(out, plain), b  # the full call is the plain call
-        assert kept.shape[0] == 2 * 12  # one row per (sample, frame)
+        channels, halvings = den.cfg.up_layer_input(b)  # what the memory estimate counts
+        assert kept.shape == (2 * 12, channels, 8 >> halvings, 8 >> halvings)  # one row per (sample, frame)
         # fed its own input's kept features, the partial pass gives the full output (only the shallow layers ran)
         torch.testing.assert_close(den(x, 801, cache_branch=b, cached=kept, **kw), plain, atol=1e-5, rtol=0)
         # fed another input, it is not the full call on that input (the deep features are stale)
@@ -147,11 +148,26 @@ def test_sampling_with_deep_cache_runs_the_deep_layers_only_in_full_steps(models
     torch.testing.assert_close(trace["step0"][1], base_trace["step0"][1], atol=0, rtol=0)  # step 0 is a full step
     assert torch.isfinite(got.latents).all() and not torch.allclose(got.latents, base.latents, atol=1e-3)
     # a deeper branch recomputes more and stays closer to the uncached result
-    shallow, deep = ((_run(models, deep_cache=3, deep_cache_branch=b).latents - base.latents).abs().mean() for b in (0, 11))
-    assert deep < shallow
-    assert torch.equal(_run(models, deep_cache=3).latents, got.latents)  # deterministic
+    again, deepest = (_run(models, deep_cache=3, deep_cache_branch=b).latents for b in (0, 11))
+    assert torch.equal(again, got.latents)  # deterministic
+    assert (deepest - base.latents).abs().mean() < (got.latents - base.latents).abs().mean()
     with pytest.raises(EchoMimicError, match="branches 0 to 11"):
         _run(models, deep_cache=3, deep_cache_branch=12)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cfg,branch", [(2.5, 0), (1.0, 4)])
+def test_the_memory_estimate_counts_the_store(models, monkeypatch, cfg, branch):
+    from echomimic_lib.memory import estimate
+
+    held = []
+    release = DeepCache.release
+    monkeypatch.setattr(DeepCache, "release", lambda self: (held.append(self.store.nbytes), release(self)))
+    _run(models, cfg=cfg, steps=2, deep_cache=2, deep_cache_branch=branch)
+    s = settings_for("v1-audio", "normal", **{**KW, "cfg": cfg, "deep_cache": 2, "deep_cache_branch": branch})
+    assert held == [estimate.deep_cache_bytes(models.config, s, 30, 4)]
+    off = estimate.stage_bytes("denoise", models, settings_for("v1-audio", "normal", **{**KW, "cfg": cfg}))
+    assert estimate.stage_bytes("denoise", models, s) == off + held[0]
 
 
 @torch.no_grad()

@@ -66,10 +66,23 @@ def stage_bytes(stage: str, models, settings, frames: int | None = None) -> int:
         return 2 * kv
     if stage == "denoise":
         f = frames if frames is not None else (settings.num_frames or 0)
-        return int(ROW_DENOISE * denoise_rows(settings) * p * c0 * s) + kv + LATENT_STATE * p * int(f)
+        return (int(ROW_DENOISE * denoise_rows(settings) * p * c0 * s) + kv + LATENT_STATE * p * int(f)
+                + deep_cache_bytes(models.config, settings, int(f), s))
     if stage == "decode":
         return decode_frame_bytes(models.vae, h, w) * max(1, int(settings.decode_batch))
     raise ValueError(f"unknown stage '{stage}'")
+
+
+def deep_cache_bytes(cfg, settings, frames: int, dtype_size: int) -> int:
+    """DeepCache's per-frame store (``settings.deep_cache`` >= 2): (2 with CFG, else 1) x frames x the kept input of
+    the branch's layer (:meth:`~echomimic_lib.config.EchoConfig.up_layer_input`), in the denoiser's dtype."""
+    if int(getattr(settings, "deep_cache", 0)) < 2:
+        return 0
+    channels, halvings = cfg.up_layer_input(int(settings.deep_cache_branch))
+    h, w = int(settings.height) // 8, int(settings.width) // 8
+    for _ in range(halvings):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return (2 if settings.cfg > 1.0 else 1) * frames * channels * h * w * dtype_size
 
 
 def weight_bytes(module: torch.nn.Module) -> int:

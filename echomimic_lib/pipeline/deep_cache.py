@@ -21,7 +21,7 @@ from ..errors import EchoMimicError
 def branch_count(cfg) -> int:
     """How many branches a denoiser of config ``cfg`` (:class:`~echomimic_lib.config.EchoConfig`) has: one per
     up-path layer."""
-    return len(cfg.block_out_channels) * (cfg.layers_per_block + 1)
+    return cfg.up_layers
 
 
 def check_branch(branch: int, cfg) -> None:
