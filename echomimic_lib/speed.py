@@ -1,4 +1,4 @@
-"""The two speed options of a V1/V2 generation (and ``compile`` of a V3 one): checked before any weight loads,
+"""The speed options of a V1/V2 generation (and ``compile`` of a V3 one): checked before any weight loads,
 applied after loading.
 
 - ``compile``: regional ``torch.compile`` of the denoiser (:mod:`echomimic_lib.models.unet.compile`): every
@@ -11,6 +11,11 @@ applied after loading.
 - ``cuda_graphs``: the sampler records the denoiser call once per generation and replays it
   (``SampleSettings.cuda_graphs``, :mod:`echomimic_lib.models.unet.graphs`): no per-kernel launch overhead.
   Needs a CUDA GPU.
+- ``deep_cache`` / ``deep_cache_branch`` (opt-in; unlike the two above it changes the output): DeepCache
+  (:mod:`echomimic_lib.pipeline.deep_cache`): a full denoiser pass every ``deep_cache`` steps, the steps between
+  reuse its deep features and run only the shallow layers of one branch (0, the shallowest, is the fastest).
+  :func:`check_deep_cache` refuses an interval outside 0..10, a branch the denoiser does not have, and a branch
+  given without an interval of 2 or more (it would be ignored). V1/V2 only.
 
 What goes with what:
 
@@ -31,6 +36,7 @@ their own :class:`OptionNames`).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from .errors import EchoMimicError
@@ -46,6 +52,8 @@ class OptionNames:
     cuda_graphs: str
     low_vram: str
     on_cuda: str  # the fix when cuda_graphs meets another device
+    deep_cache: str = "--deep-cache"
+    deep_cache_branch: str = "--deep-cache-branch"
 
 
 CLI = OptionNames("--compile", "--cuda-graphs", "--low-vram",
@@ -74,6 +82,43 @@ def check_speed_options(device, *, compile: bool = False, cuda_graphs: bool = Fa
         log.warning("%s on '%s': the first denoiser call per batch shape compiles the blocks first, which takes "
                     "several minutes here (about a minute on a GPU); it pays off only on long renders. Drop %s for a "
                     "quick run.", names.compile, device, names.compile)
+
+
+def _whole_number(value, name: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number) or number != int(number):
+        raise EchoMimicError(f"{name} {value!r}: give a whole number.")
+    return int(number)
+
+
+def check_deep_cache(interval, branch, cfg=None, names: OptionNames = CLI) -> tuple[int, int]:
+    """Refuse DeepCache settings that cannot work or would be ignored (no weights needed); returns (interval,
+    branch) as whole numbers. ``cfg``: the denoiser's :class:`~echomimic_lib.config.EchoConfig` when it is known,
+    else SD1.5's (every released V1/V2 set)."""
+    from .config import SD15
+    from .pipeline.deep_cache import branch_count
+    from .pipeline.sampler import MAX_DEEP_CACHE
+
+    interval = _whole_number(interval, names.deep_cache)
+    branch = _whole_number(branch, names.deep_cache_branch)
+    if not 0 <= interval <= MAX_DEEP_CACHE:
+        raise EchoMimicError(f"{names.deep_cache} {interval}: the DeepCache interval is 0 (off) to {MAX_DEEP_CACHE}, a "
+                             "full denoiser pass every N steps with the steps between reusing its deep features; 2 or 3 "
+                             f"is typical. Use {names.deep_cache} 2 or 3, or 0 to switch it off.")
+    n = branch_count(cfg or SD15)
+    if not 0 <= branch < n:
+        raise EchoMimicError(f"{names.deep_cache_branch} {branch}: this denoiser has DeepCache branches 0 to {n - 1} (0, "
+                             "the shallowest, is the fastest; a larger branch recomputes more and stays closer to the "
+                             f"output without DeepCache). Use {names.deep_cache_branch} 0 to {n - 1}.")
+    if branch and interval <= 1:
+        raise EchoMimicError(f"{names.deep_cache_branch} has no effect without {names.deep_cache} N (N >= 2): add "
+                             f"{names.deep_cache} 2 or 3, or set {names.deep_cache_branch} back to 0.")
+    return interval, branch
 
 
 def compile_denoiser(models) -> int:

@@ -8,11 +8,14 @@ from dataclasses import replace
 import torch
 
 from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.config import SD15
 from ..echomimic_lib.modes import get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
+from ..echomimic_lib.pipeline.deep_cache import branch_count
+from ..echomimic_lib.pipeline.sampler import MAX_DEEP_CACHE
 from . import comfy_bridge as C
 from .base import Node, link, switch
-from ..echomimic_lib.speed import check_speed_options
+from ..echomimic_lib.speed import check_deep_cache, check_speed_options
 from .loader import NODE_NAMES, finish, placement
 from .payloads import AUDIO_FEATURES, LANDMARKS, MODEL, POSES, first_image, mask_plane, trim_audio
 
@@ -23,6 +26,8 @@ WANTS = {"v1_audio": "a face mask (EchoMimic Reference Preparation's mask) or no
          "v1_pose": "face landmarks (EchoMimic Landmark Extractor or Part-Aware Aligner) on 'landmarks'",
          "v2": "hand poses (EchoMimic Hand-Pose Sequence Loader) on 'poses'"}
 NAMES = {"v1_audio": "V1 audio-driven", "v1_pose": "V1 landmark", "v2": "V2 half-body"}
+SAMPLER_NAMES = replace(NODE_NAMES, deep_cache="'deep_cache'", deep_cache_branch="'deep_cache_branch'")  # (its own inputs)
+MAX_BRANCH = branch_count(SD15) - 1  # the widget's range (SD1.5: 11); the loaded denoiser's own count is checked at run time
 
 
 def build_condition(weights: str, mask, landmarks, poses, num_frames: int, width: int, height: int, fps: float, audio=None):
@@ -54,13 +59,17 @@ def output_size(reference, width: int, height: int) -> tuple[int, int]:
 
 
 def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: int, height: int, length: int,
-           context_frames: int, context_overlap: int, mask=None, landmarks=None, poses=None, cuda_graphs: bool = False):
+           context_frames: int, context_overlap: int, mask=None, landmarks=None, poses=None, cuda_graphs: bool = False,
+           deep_cache: int = 0, deep_cache_branch: int = 0):
     check_speed_options(C.torch_device(), cuda_graphs=bool(cuda_graphs), low_vram=handle.low_vram, names=NODE_NAMES)
+    deep_cache, deep_cache_branch = check_deep_cache(deep_cache, deep_cache_branch, getattr(handle.models, "config", None),
+                                                     names=SAMPLER_NAMES)
     width, height = output_size(reference, width, height)
     n = track.frame_count if not length else min(length, track.frame_count)  # the video follows the audio
     settings = settings_for(MODES[handle.weights], handle.variant, width=width, height=height, seed=seed,
                             steps=steps or None, cfg=cfg or None, fps=track.fps, num_frames=n,
-                            context_frames=context_frames, context_overlap=context_overlap, cuda_graphs=bool(cuda_graphs))
+                            context_frames=context_frames, context_overlap=context_overlap, cuda_graphs=bool(cuda_graphs),
+                            deep_cache=deep_cache, deep_cache_branch=deep_cache_branch)
     settings.validate()
     condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps, track.audio)
     C.check_interrupt()
@@ -129,10 +138,18 @@ class EchoMimicSampler(Node):
             "cuda_graphs": switch("Speed (GPU): record the denoiser call once per run as a CUDA graph and replay it for "
                                   "every step and window (no kernel launch overhead). Needs a CUDA GPU; not with the "
                                   "loader's low_vram. Goes with the loader's compile."),
+            "deep_cache": ("INT", {"default": 0, "min": 0, "max": MAX_DEEP_CACHE, "tooltip": "Speed (DeepCache; changes the output): "
+                                   "run the whole denoiser every N steps and reuse its deep features in the steps between "
+                                   "(only the shallow layers run there). 2-3 is typical; 0 = off."}),
+            "deep_cache_branch": ("INT", {"default": 0, "min": 0, "max": MAX_BRANCH, "tooltip": "With deep_cache: the "
+                                          "DeepCache branch, 0 (the shallowest, fastest) to 11; a larger branch recomputes "
+                                          "more in the cached steps and stays closer to the output without DeepCache. Keep "
+                                          "it 0 while deep_cache is 0 or 1."}),
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None, context_frames=None, context_overlap=None):
+    def VALIDATE_INPUTS(cls, width=None, height=None, context_frames=None, context_overlap=None, deep_cache=None,
+                        deep_cache_branch=None):
         """Checked when the prompt is queued, before any model is read (ComfyUI then skips its own range check of these;
         a value that comes through a link is not known yet, arrives as None and is checked when the node runs)."""
         from .reference import size_problem
@@ -145,9 +162,14 @@ class EchoMimicSampler(Node):
         if context_frames is not None and context_overlap is not None and not (
                 isinstance(context_overlap, int) and 0 <= context_overlap < context_frames):
             return f"context_overlap {context_overlap}: use 0..{context_frames - 1} (smaller than context_frames {context_frames})."
+        if deep_cache is not None and deep_cache_branch is not None:  # (ComfyUI skips its range check of these too)
+            try:
+                check_deep_cache(deep_cache, deep_cache_branch, names=SAMPLER_NAMES)
+            except EchoMimicError as exc:
+                return str(exc)
         return True
 
     def execute(self, model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
-                context_overlap, mask=None, landmarks=None, poses=None, cuda_graphs=False):
+                context_overlap, mask=None, landmarks=None, poses=None, cuda_graphs=False, deep_cache=0, deep_cache_branch=0):
         return sample(model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
-                      context_overlap, mask, landmarks, poses, cuda_graphs)
+                      context_overlap, mask, landmarks, poses, cuda_graphs, deep_cache, deep_cache_branch)

@@ -32,7 +32,8 @@ def request_from_args(args):
         download=not args.offline, face_crop=not args.no_face_crop, mediapipe_model=args.mediapipe_model,
         lora=args.lora, lora_strength=args.lora_strength, smoke=args.smoke,
         paste_back=args.paste_back, low_vram=args.low_vram, fp8=args.fp8, halfbody_crop=args.halfbody_crop, align_poses=args.align_poses,
-        compile=args.compile, cuda_graphs=args.cuda_graphs,
+        compile=args.compile, cuda_graphs=args.cuda_graphs, deep_cache=args.deep_cache,
+        deep_cache_branch=args.deep_cache_branch,
     )
 
 

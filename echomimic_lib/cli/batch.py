@@ -35,6 +35,9 @@ def _defaults(args) -> dict:
     for flag in ("compile", "cuda_graphs"):
         if getattr(args, flag):
             out[flag] = "true"
+    for option in ("deep_cache", "deep_cache_branch"):
+        if getattr(args, option):
+            out[option] = str(getattr(args, option))
     return out
 
 

@@ -58,7 +58,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_speed_options(p: argparse.ArgumentParser) -> None:
-    """The V1/V2 GPU speed options (see :mod:`echomimic_lib.speed`); ``batch`` takes them for every row."""
+    """The V1/V2 speed options (see :mod:`echomimic_lib.speed`); ``batch`` takes them for every row."""
     p.add_argument("--compile", action="store_true",
                    help="regional torch.compile of the denoiser: its first call per batch shape compiles (about a minute "
                         "on a GPU, several on the CPU), then each call is about 20-25%% faster (H200); the output differs "
@@ -66,6 +66,12 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="record the denoiser call once per generation as a CUDA graph and replay it (no kernel launch "
                         "overhead); needs a CUDA GPU; not with --low-vram")
+    p.add_argument("--deep-cache", type=int, default=0, metavar="N",
+                   help="DeepCache: a full denoiser pass every N steps, the others reuse its deep features (2-3 typical; "
+                        "faster, changes the output; 0 = off)")
+    p.add_argument("--deep-cache-branch", type=int, default=0, metavar="B",
+                   help="with --deep-cache: the DeepCache branch, 0 (the shallowest, fastest) to 11; a larger one "
+                        "recomputes more of the denoiser in the cached steps")
 
 
 class _Format(logging.Formatter):

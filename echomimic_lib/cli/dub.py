@@ -21,6 +21,7 @@ def _cmd_dub(args) -> int:
         context_frames=args.context_frames, context_overlap=args.context_overlap, dtype=args.dtype, device=args.device,
         download=not args.offline, mediapipe_model=args.mediapipe_model, region=args.mask, feather=args.feather,
         dilation=args.dilation, color=args.color_match, compile=args.compile, cuda_graphs=args.cuda_graphs,
+        deep_cache=args.deep_cache, deep_cache_branch=args.deep_cache_branch,
     )
     bar = progress = ProgressBar(desc="sampling", unit="window", disable=args.quiet)  # opens at the first window, after
     try:  # the face tracking and the model load, so its rate and ETA are the sampler's

@@ -69,6 +69,8 @@ class AnimateRequest:
     align_poses: bool = False  # V2: move the pose sequence onto the reference's shoulders (DWPose)
     compile: bool = False  # regional torch.compile of the denoiser (echomimic_lib.speed); not with low_vram
     cuda_graphs: bool = False  # record the denoiser call once per generation and replay it (CUDA only; not with low_vram)
+    deep_cache: int = 0  # DeepCache interval (opt-in, changes the output): a full denoiser pass every N steps; 0 = off
+    deep_cache_branch: int = 0  # DeepCache branch (0: the shallowest, fastest); only with deep_cache >= 2
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import EchoMimicError, MissingWeightsError
 from ..modes import get_mode
-from ..speed import check_speed_options
+from ..speed import check_deep_cache, check_speed_options
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,13 @@ def check_numbers(req, mode, variant: str, dtype):
     seed = None if req.seed is None else _number(req.seed, "--seed", int)
     if seed is not None and not 0 <= seed < 2**64:
         raise EchoMimicError(f"--seed {req.seed}: use a whole number from 0 to 2^64-1.")
+    deep_cache, branch = check_deep_cache(getattr(req, "deep_cache", 0), getattr(req, "deep_cache_branch", 0))
     width = mode.size if req.width is None else _number(req.width, "--width", int)
     height = mode.size if req.height is None else _number(req.height, "--height", int)
     settings = settings_for(mode.name, variant, steps=steps or None, cfg=cfg or None, seed=seed, fps=fps, width=width,
                             height=height, context_frames=ctx, context_overlap=overlap,
-                            cuda_graphs=bool(getattr(req, "cuda_graphs", False)))
+                            cuda_graphs=bool(getattr(req, "cuda_graphs", False)), deep_cache=deep_cache,
+                            deep_cache_branch=branch)
     _check_size(settings.width, settings.height, ctx, settings.cfg, dtype)
     settings.validate()
     return settings, (length or None)

@@ -64,6 +64,8 @@ class DubRequest:
     color: str = "off"
     compile: bool = False  # regional torch.compile of the denoiser (echomimic_lib.speed)
     cuda_graphs: bool = False  # record the denoiser call once per generation and replay it (CUDA only)
+    deep_cache: int = 0  # DeepCache interval (opt-in, changes the output): a full denoiser pass every N steps; 0 = off
+    deep_cache_branch: int = 0  # DeepCache branch (0: the shallowest, fastest); only with deep_cache >= 2
 
 
 @dataclass
@@ -107,15 +109,16 @@ def _validate(req: DubRequest) -> _Checked:
     from ..landmarks.mp_models import import_mediapipe, resolve_model
     from ..pipeline import settings_for
     from ..retime import POLICIES
-    from ..speed import check_speed_options
+    from ..speed import check_deep_cache, check_speed_options
 
     variant = "acc" if req.acc else "normal"
     device = resolve_device(req.device)
     dtype = resolve_dtype(req.dtype, device)
     check_speed_options(device, compile=req.compile, cuda_graphs=req.cuda_graphs)
+    deep_cache, branch = check_deep_cache(req.deep_cache, req.deep_cache_branch)
     settings = settings_for(MODE, variant, steps=req.steps, cfg=req.cfg, seed=req.seed, fps=req.fps, width=req.width,
                             height=req.height, context_frames=req.context_frames, context_overlap=req.context_overlap,
-                            cuda_graphs=req.cuda_graphs)
+                            cuda_graphs=req.cuda_graphs, deep_cache=deep_cache, deep_cache_branch=branch)
     settings.validate()
     if not Path(req.video).is_file():
         raise EchoMimicError(f"--video {req.video}: source video not found; give a video file of one person.")
