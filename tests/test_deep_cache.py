@@ -189,3 +189,27 @@ def test_deep_cache_with_cuda_graphs_records_the_full_and_the_partial_call(model
     (runner,) = runners
     assert runner.captures == 2 and runner.failed is None  # one layout for full calls, one for partial calls
     assert runner.replays == got.unet_calls - 2  # each layout: one warm-up call, then recorded once and replayed
+
+
+@torch.no_grad()
+def test_a_streamed_denoiser_low_vram_runs_the_partial_pass_unchanged(models):
+    """Low-VRAM streaming learns the unit order from the first (full) call and prefetches by it; a partial call
+    skips most units, so the guess is wrong there: the output must not change and no slot may leak."""
+    import copy
+
+    from echomimic_lib.memory import BlockStreamer
+
+    den = copy.deepcopy(models.denoiser)
+    x, kw = _call_inputs(models)
+    want_full, kept = models.denoiser(x, 801, cache_branch=1, **kw)
+    want_part = models.denoiser(x.flip(2), 601, cache_branch=1, cached=kept, **kw)
+    live = [0]
+    streamer = BlockStreamer(den, "cpu", "cpu", on_move=lambda u, n: live.__setitem__(0, live[0] + n))
+    streamer.attach()
+    for _ in range(2):
+        full, kept2 = den(x, 801, cache_branch=1, **kw)
+        assert torch.equal(full, want_full) and torch.equal(kept2, kept)
+        assert torch.equal(den(x.flip(2), 601, cache_branch=1, cached=kept, **kw), want_part)
+        assert live[0] == streamer.window_bytes()  # the two slots, nothing held after a call
+    streamer.detach()
+    assert live[0] == 0

@@ -353,3 +353,16 @@ def test_node_validate_inputs_refuses_bad_values_when_the_prompt_is_queued():
     assert "'deep_cache' 12" in validate(**base, deep_cache=12, deep_cache_branch=0)
     assert "'deep_cache_branch' -1" in validate(**base, deep_cache=3, deep_cache_branch=-1)
     assert "has no effect without 'deep_cache' N (N >= 2)" in validate(**base, deep_cache=1, deep_cache_branch=4)
+
+
+def test_animate_with_deep_cache_renders_another_video_and_with_interval_1_the_same(media, tmp_path):
+    """End to end through the real sampler (tiny weights, 3 steps): interval 2 changes the frames; interval 1 (every
+    step full) is the default path exactly."""
+    from echomimic_lib.io.video_io import read_video
+
+    frames = {}
+    for name, extra in (("off", ()), ("one", ("--deep-cache", "1")), ("two", ("--deep-cache", "2", "--deep-cache-branch", "1"))):
+        assert cli(_animate(media, tmp_path / f"{name}.mp4", *extra)) == 0
+        frames[name] = np.stack(read_video(tmp_path / f"{name}.mp4", with_audio=False).frames)
+    assert np.array_equal(frames["off"], frames["one"])
+    assert frames["two"].shape == frames["off"].shape and not np.array_equal(frames["off"], frames["two"])

@@ -27,7 +27,7 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
                           capture_output=True, text=True, timeout=1500)
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     logs = {p.name: p.read_text()[-3000:] for p in out.glob("*.log")}
-    assert [s["step"] for s in steps] == ["tests", "attention", "suite", "vram", "animate", "v3"], proc.stdout
+    assert [s["step"] for s in steps] == ["tests", "attention", "suite", "vram", "animate", "v3", "deepcache"], proc.stdout
     assert all(s["rc"] == 0 for s in steps), (steps, logs)
     assert proc.returncode == 0
     assert "skipped" in logs["tests.log"] and "failed" not in logs["tests.log"]  # CUDA tests skip cleanly here
