@@ -7,10 +7,11 @@
    and 768 px (V2), whole and partial per branch; the partial call's share of the whole call, the denoising
    loop's speed-up that follows for intervals 2, 3 and 4 (``N / (1 + (N - 1) * share)``), and the size of
    the per-frame store (fp16, CFG) per 120 frames.
-2. Time, side by side in one process on ``--device`` (default: CUDA if present, else the CPU): a whole call
-   and the partial calls of branches 0, 1 and 2 at ``--size`` (median of ``--repeat`` after a warm-up), then
-   whole generations' denoising loops (the Sampler, ``decode=False``) without DeepCache and with intervals 2
-   and 3 at branch 0, same inputs, ``--steps`` steps, ``--frames`` frames.
+2. Time, side by side in one process on ``--device`` (default: CUDA if present, else the CPU; the CPU's clock
+   is the process's CPU time, which other jobs barely move): a whole call and the partial calls of branches
+   0, 1 and 2 at ``--size`` (median of ``--repeat`` after a warm-up), then whole generations' denoising loops
+   (the Sampler, ``decode=False``) without DeepCache and with intervals 2 and 3 at branch 0, same inputs,
+   ``--steps`` steps, ``--frames`` frames (median of ``--gen-repeat``, the order alternating).
 
 Quality is not measured here: random weights say nothing about it. The store's effect on peak memory is
 ``bench_vram.py --deep-cache N`` (it adds exactly the store).
@@ -77,15 +78,20 @@ def work(sizes=(512, 768), frames: int = 12) -> dict:
     return out
 
 
+def _clock(dev):
+    """CPU: the process's CPU time (other jobs on a shared machine barely move it); CUDA: wall time."""
+    return time.perf_counter if dev.type == "cuda" else time.process_time
+
+
 def _median_s(fn, dev, repeat: int) -> float:
     fn()
-    times = []
+    times, clock = [], _clock(dev)
     for _ in range(repeat):
         _sync(dev)
-        t = time.perf_counter()
+        t = clock()
         fn()
         _sync(dev)
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
 
 
@@ -122,18 +128,22 @@ def timed(args) -> dict:
     feats = AudioFeatures(torch.randn(rows, 5, 384, generator=torch.Generator().manual_seed(1)), rows * 320)
     image = np.random.default_rng(0).integers(0, 255, (args.size, args.size, 3), dtype=np.uint8)
     mask = MaskCondition(np.pad(np.ones((args.size // 2, args.size // 2)), args.size // 4))
-    loops = {}
-    for interval in (-1, 0, 2, 3):  # -1: a one-step warm-up generation, not reported
+    loops, clock = {0: [], 2: [], 3: []}, _clock(dev)
+    order = [-1] + [n for r in range(args.gen_repeat) for n in ((0, 2, 3) if r % 2 == 0 else (3, 2, 0))]
+    for interval in order:  # -1: a one-step warm-up generation, not reported; the order alternates per repeat
         s = settings_for("v1-audio", "normal", width=args.size, height=args.size, steps=1 if interval < 0 else args.steps,
                          fps=25, num_frames=args.frames, deep_cache=max(0, interval))
         _sync(dev)
-        t = time.perf_counter()
+        t = clock()
         Sampler(models)(image, feats, mask, s, decode=False)
         _sync(dev)
-        loops[interval] = time.perf_counter() - t
+        if interval >= 0:
+            loops[interval].append(clock() - t)
+    loops = {n: statistics.median(v) for n, v in loops.items()}
     return {"device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+            "clock": "wall" if dev.type == "cuda" else "process CPU time",
             "dtype": str(dtype).removeprefix("torch."), "size": args.size, "calls_12_frames_cfg": calls,
-            "generation": {"frames": args.frames, "steps": args.steps, "seconds_off": round(loops[0], 2),
+            "generation": {"frames": args.frames, "steps": args.steps, "repeats": args.gen_repeat, "seconds_off": round(loops[0], 2),
                            **{f"speedup_interval_{n}_branch_0": round(loops[0] / loops[n], 2) for n in (2, 3)}}}
 
 
@@ -142,7 +152,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="timed part: width = height (the work part is 512 and 768)")
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3, help="timed calls per kind (median)")
+    ap.add_argument("--gen-repeat", type=int, default=1, help="generations per setting (median; the order alternates)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--preset", default="sd15", choices=["sd15", "tiny"], help="tiny: a quick check of the script")
     ap.add_argument("--no-work", action="store_true", help="skip the FLOP part")

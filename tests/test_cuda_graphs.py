@@ -170,9 +170,9 @@ def test_the_sampler_refuses_cuda_graphs_off_a_gpu_before_any_work(models):
         Sampler(models)(REF, _audio(12), MASK, s, decode=False)
 
 
-@pytest.mark.parametrize("cfg,windows_per_batch", [(2.5, 1), (1.0, 3)])
-def test_sampling_with_cuda_graphs_equals_the_default_path_in_one_shape(models, monkeypatch, cfg, windows_per_batch):
-    """30 frames make 4 windows: with 3 per call the last call is padded, so the whole run is one shape."""
+@pytest.fixture
+def graph_runners(monkeypatch):
+    """The sampler's CUDA graph runners, recording with :class:`StrictGraph` on the CPU (the GPU check is off)."""
     runners = []
 
     class Recording(CudaGraphRunner):
@@ -182,11 +182,17 @@ def test_sampling_with_cuda_graphs_equals_the_default_path_in_one_shape(models, 
 
     monkeypatch.setattr(sampler_mod, "CudaGraphRunner", Recording)
     monkeypatch.setattr(Sampler, "_check_cuda_graphs", lambda self, device: None)
+    return runners
+
+
+@pytest.mark.parametrize("cfg,windows_per_batch", [(2.5, 1), (1.0, 3)])
+def test_sampling_with_cuda_graphs_equals_the_default_path_in_one_shape(models, graph_runners, cfg, windows_per_batch):
+    """30 frames make 4 windows: with 3 per call the last call is padded, so the whole run is one shape."""
     kw = dict(width=64, height=64, steps=3, cfg=cfg, num_frames=30, windows_per_batch=windows_per_batch)
     base = Sampler(models)(REF, _audio(30), MASK, settings_for("v1-audio", "normal", **kw), decode=False)
     got = Sampler(models)(REF, _audio(30), MASK, settings_for("v1-audio", "normal", cuda_graphs=True, **kw), decode=False)
     torch.testing.assert_close(got.latents, base.latents, atol=1e-4, rtol=0)
-    (runner,) = runners
+    (runner,) = graph_runners
     assert runner.captures == 1 and runner.failed is None
     assert runner.replays == got.unet_calls - 1  # one warm-up call, then recorded once and replayed
     assert runner._recorded == {}  # released at the end of the denoising loop

@@ -8,11 +8,10 @@ from echomimic_lib.audio import AudioFeatures
 from echomimic_lib.config import EchoConfig
 from echomimic_lib.errors import EchoMimicError
 from echomimic_lib.model_set import load_models
-from echomimic_lib.models.unet.graphs import CudaGraphRunner
-from echomimic_lib.pipeline import MaskCondition, Sampler, sampler as sampler_mod, settings_for
+from echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
 from echomimic_lib.pipeline.deep_cache import DeepCache, branch_count, check_branch, is_full_step
 from echomimic_lib.tiny import make_tiny
-from tests.test_cuda_graphs import StrictGraph
+from tests.test_cuda_graphs import graph_runners  # noqa: F401 (fixture: the sampler's runners, recording on the CPU)
 
 
 @pytest.fixture(scope="module")
@@ -172,21 +171,12 @@ def test_the_memory_estimate_counts_the_store(models, monkeypatch, cfg, branch):
 
 @torch.no_grad()
 @pytest.mark.parametrize("cfg,windows_per_batch", [(2.5, 1), (1.0, 3)])
-def test_deep_cache_with_cuda_graphs_records_the_full_and_the_partial_call(models, monkeypatch, cfg, windows_per_batch):
-    runners = []
-
-    class Recording(CudaGraphRunner):
-        def __init__(self, den):
-            super().__init__(den, graph_factory=StrictGraph)
-            runners.append(self)
-
-    monkeypatch.setattr(sampler_mod, "CudaGraphRunner", Recording)
-    monkeypatch.setattr(Sampler, "_check_cuda_graphs", lambda self, device: None)
+def test_deep_cache_with_cuda_graphs_records_the_full_and_the_partial_call(models, graph_runners, cfg, windows_per_batch):
     kw = dict(cfg=cfg, windows_per_batch=windows_per_batch, deep_cache=2)
     want = _run(models, **kw)
     got = _run(models, cuda_graphs=True, **kw)
     torch.testing.assert_close(got.latents, want.latents, atol=1e-4, rtol=0)
-    (runner,) = runners
+    (runner,) = graph_runners
     assert runner.captures == 2 and runner.failed is None  # one layout for full calls, one for partial calls
     assert runner.replays == got.unet_calls - 2  # each layout: one warm-up call, then recorded once and replayed
 
