@@ -33,7 +33,7 @@ WORK=$(mktemp -d)
 # GPU: ~11 min in all (the lease is 15 with the machine's start); expected tests ~180 s (one cold regional compile
 # of the official V1 for the graphs + compile test), attention ~20, vram ~80, animate ~140 (weights 15, V1 35, V2 65);
 # v3 (a third command) ~120: gpu_v3 up to LIM_V3 - 45 s, its stages planned to end by LIM_V3 - 55, then bench_vram_v3.
-LIMITS=$([[ $DRY == 1 ]] && echo "300 120 300 300 300 300 120" || echo "200 40 230 90 150 120 90")  # the dry run: a slow shared CPU
+LIMITS=$([[ $DRY == 1 ]] && echo "300 120 300 300 300 300 300" || echo "200 40 230 90 150 120 90")  # the dry run: a slow shared CPU
 read -r LIM_TESTS LIM_ATTENTION LIM_SUITE LIM_VRAM LIM_ANIMATE LIM_V3 LIM_DEEP <<<"${GPU_LIMITS:-$LIMITS}"
 LIM_V3=${LIM_V3:-$(echo "$LIMITS" | cut -d' ' -f6)}  # a GPU_LIMITS of the earlier steps only: the later keep their default
 LIM_DEEP=${LIM_DEEP:-${LIMITS##* }}
