@@ -81,6 +81,19 @@ def _key(name: str) -> str:
     return str(name).strip().lstrip("-").replace("-", "_").lower()
 
 
+def _given(values: dict) -> dict:
+    """A row's (or the ``--set`` defaults') values that are given, under their normalised keys: an empty cell, a
+    blank string or a JSON null means "not given", whichever spelling (``-`` or ``_``) the column has."""
+    return {_key(k): v for k, v in values.items()
+            if k is not None and v is not None and not (isinstance(v, str) and v.strip() == "")}
+
+
+def _with_defaults(defaults: dict | None, row: dict) -> dict:
+    """``defaults`` for every row, a value the row gives itself winning (cleaned first, so an empty cell never
+    overrides a default, in either spelling of the column)."""
+    return {**_given(defaults or {}), **_given(row)}
+
+
 def _convert(value, annotation: str, column: str):
     if isinstance(value, str):
         value = value.strip()
@@ -129,8 +142,7 @@ def _safe_name(text: str) -> str:
 
 def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     """One row -> a :class:`Job` (raises ValueError naming the column on a row that cannot be understood)."""
-    values = {_key(k): v for k, v in values.items() if k is not None and not (isinstance(v, str) and v.strip() == "")
-              and v is not None}
+    values = _given(values)
     for key, why in NOT_PER_ROW.items():
         if key in values:
             raise ValueError(f"column '{key}' is not allowed: {why}")
@@ -239,11 +251,11 @@ def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
             problems.append((line, str(row)))
             continue
         try:
-            job = build_job({**(defaults or {}), **row}, line, path.parent, outdir)
+            job = build_job(_with_defaults(defaults, row), line, path.parent, outdir)
         except ValueError as exc:
             problems.append((line, str(exc)))
             continue
-        if job.name in names and "name" not in {_key(k) for k in row}:  # a default name repeats: add the line
+        if job.name in names and "name" not in _given(row):  # a default name repeats: add the line
             job = replace(job, name=f"{job.name}-{line}")
             job.request = replace(job.request, output=str(outdir / f"{job.name}.mp4"))
         names.setdefault(job.name, line)
@@ -271,7 +283,7 @@ def crossed(outdir, audios, images=None, videos=None, defaults: dict | None = No
     jobs, problems = [], []
     for n, (src, snd) in enumerate(((s, a) for s in sources for a in sounds), 1):
         try:
-            jobs.append(build_job({**(defaults or {}), key: str(src), "audio": str(snd)}, n, Path.cwd(), Path(outdir)))
+            jobs.append(build_job(_with_defaults(defaults, {key: str(src), "audio": str(snd)}), n, Path.cwd(), Path(outdir)))
         except ValueError as exc:
             problems.append((n, f"{src.name} x {snd.name}: {exc}"))
     return _finish(jobs, problems, f"{folder} x {audios}")
