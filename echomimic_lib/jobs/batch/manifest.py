@@ -2,7 +2,8 @@
 
 Columns are the single commands' long options (``reference``, ``audio``, ``pose``, ``landmarks``, ``lora``,
 ``seed``, ``width``, ``steps``, ``version``, ``mode``, ``acc``, ``no-face-crop``, ...; ``-`` or ``_`` alike; a row
-with ``version`` = ``v3-flash`` takes the options of ``animate --version v3-flash`` instead: :mod:`.v3`) plus:
+with ``version`` = ``v3-flash`` takes the options of ``animate --version v3-flash`` instead: :mod:`.v3`; ``lora``
+may stack several files separated by ``;``, ``lora-strength`` one value or one per file: :mod:`.lora_columns`) plus:
 
 - ``kind``: ``animate`` (default) or ``dub`` (default when the row has a ``video``);
 - ``name``: the output's name, ``OUTDIR/<name>.mp4`` (default ``<reference or video stem>__<audio stem>``,
@@ -25,6 +26,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from .lora_columns import lora_columns, lora_key
 from .results import INPUT_FIELDS, fingerprint
 from .v3 import VERSION as V3, is_v3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
 
@@ -38,7 +40,7 @@ ALIASES = {"no_face_crop": ("face_crop", True), "offline": ("download", True), "
 NOT_PER_ROW = {"output": "rows are written to OUTDIR/<name>.mp4; use the 'name' column",
                "device": "the batch places each worker on its device; use `echomimic batch --device`",
                "download": "use `echomimic batch --offline`"}
-PATH_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora", "mediapipe_model", "models"),
+PATH_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "mediapipe_model", "models"),  # lora: .lora_columns
                "dub": ("video", "audio", "mediapipe_model", "models")}
 
 
@@ -159,6 +161,7 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     kw = {}
     if kind == "animate":
         kw["mode"] = _mode_name(version, mode)
+        kw.update(lora_columns(values, base))  # one file or several (';'), strengths once or one each
     elif version not in (None, "v1") or mode is not None:
         raise ValueError("dub always uses the V1 audio + landmark weights: leave out version and mode")
     for key, value in values.items():
@@ -314,7 +317,7 @@ def _plan(job: Job) -> tuple[tuple, int]:
 
         plan = preflight(req)
         job.request = replace(req, mediapipe_model=plan.request.mediapipe_model, face_crop=plan.request.face_crop)
-        key = (str(plan.models_root), plan.mode.weights, plan.variant, req.dtype, req.lora or "", req.lora_strength,
+        key = (str(plan.models_root), plan.mode.weights, plan.variant, req.dtype, *lora_key(req),
                req.fp8, req.low_vram, req.smoke) + _compiled(req)
         return key, int(plan.settings.num_frames)
     from ..animate_checks import read_speech
