@@ -22,7 +22,9 @@ def _mode_name(version: str | None, mode: str | None) -> str:
 
 def request_from_args(args):
     from ..jobs.animate import AnimateRequest
+    from ..jobs.lora_args import request_fields
 
+    lora, lora_strength = request_fields(args.lora, args.lora_strength)  # counts and duplicates refused here
     return AnimateRequest(
         reference=args.reference, audio=args.audio, output=args.output, mode=_mode_name(args.version, args.mode), acc=args.acc,
         models=args.models, landmarks=args.landmarks, parts=args.parts, pose=args.pose, retime=args.retime, steps=args.steps,
@@ -30,7 +32,7 @@ def request_from_args(args):
         cfg=args.cfg, seed=args.seed, fps=args.fps, width=args.width, height=args.height, length=args.length,
         context_frames=args.context_frames, context_overlap=args.context_overlap, dtype=args.dtype, device=args.device,
         download=not args.offline, face_crop=not args.no_face_crop, mediapipe_model=args.mediapipe_model,
-        lora=args.lora, lora_strength=args.lora_strength, smoke=args.smoke,
+        lora=lora, lora_strength=lora_strength, smoke=args.smoke,
         paste_back=args.paste_back, low_vram=args.low_vram, fp8=args.fp8, halfbody_crop=args.halfbody_crop, align_poses=args.align_poses,
         compile=args.compile, cuda_graphs=args.cuda_graphs, deep_cache=args.deep_cache,
         deep_cache_branch=args.deep_cache_branch,
@@ -38,9 +40,11 @@ def request_from_args(args):
 
 
 def _cmd_animate(args) -> int:
+    from ..jobs.lora_args import request_fields
     from .v3 import check_family_options, cmd_animate_v3
 
     check_family_options(args)  # the other family's options are refused by name, before any work
+    request_fields(args.lora, args.lora_strength)  # --lora / --lora-strength counts, a file given twice: before any work
     if args.version == "v3-flash":
         return cmd_animate_v3(args)
     from ..jobs.animate_checks import probe_speech
@@ -129,9 +133,11 @@ def add_commands(sub) -> None:
                                                                "around the face (no MediaPipe model needed)")
     a.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for the V1 face crop and landmarks from a video "
                                              "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
-    a.add_argument("--lora", help="LoRA adapter (.safetensors from `echomimic-train export`) for this version's weights; with "
-                   "--version v3-flash a Wan2.1 1.3B LoRA (ComfyUI, lightx2v, kohya/musubi or diffusers layout; docs/v3.md)")
-    a.add_argument("--lora-strength", type=float, default=1.0, help="LoRA strength (0 = the base model exactly)")
+    a.add_argument("--lora", action="append", help="LoRA adapter (.safetensors from `echomimic-train export`) for this "
+                   "version's weights; with --version v3-flash a Wan2.1 1.3B LoRA (ComfyUI, lightx2v, kohya/musubi or "
+                   "diffusers layout; docs/v3.md). Give it several times to stack adapters (merged: W + sum of strength x delta)")
+    a.add_argument("--lora-strength", type=float, action="append", help="LoRA strength, -2..2 (default 1; 0 = the base "
+                   "model exactly): once for every --lora, or once per --lora in the same order")
     a.add_argument("--low-vram", action="store_true", help="small GPUs: each network on the GPU only for its stage, the "
                    "denoiser streamed block by block (about 1.3x slower; same output)")
     a.add_argument("--fp8", action="store_true", help="store the UNet weights in fp8 (e4m3fn; half the memory of fp16, "

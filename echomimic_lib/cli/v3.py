@@ -57,8 +57,10 @@ def cmd_animate_v3(args) -> int:
     from ..devices import resolve_device, resolve_dtype
     from ..errors import EchoMimicError
     from ..jobs.animate_v3 import V3Request, run_v3
+    from ..jobs.lora_args import request_fields
 
     check_family_options(args)
+    lora, lora_strength = request_fields(args.lora, args.lora_strength)
     if not args.audio:
         raise EchoMimicError("--audio is required for EchoMimicV3 (speech drives the video)")
     device = resolve_device(args.device)
@@ -76,7 +78,7 @@ def cmd_animate_v3(args) -> int:
                     steps=args.steps or (2 if args.smoke else 8), audio_cfg=args.audio_cfg,
                     seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
                     teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
-                    download=not (args.offline or args.smoke), lora=args.lora, lora_strength=args.lora_strength,
+                    download=not (args.offline or args.smoke), lora=lora, lora_strength=lora_strength,
                     compile=args.compile)
     s = run_v3(req)
     _say(f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video, {s['size'][0]}x{s['size'][1]}) "

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .animate_checks import AUTO_POSE, default_models_dir, gesture_library_dirs, models_root, preflight
+from .lora_args import lora_stack
 from ..devices import DTYPE_NAMES, DTYPES  # noqa: F401 (DTYPES: public, used by other commands)
 from ..errors import NoFaceError
 from ..modes import DEFAULT_FPS
@@ -59,8 +60,8 @@ class AnimateRequest:
     download: bool = True
     face_crop: bool = True  # V1: crop the reference to the face (reference preprocessing)
     mediapipe_model: str | None = None
-    lora: str | None = None  # LoRA adapter (.safetensors from `echomimic-train export`), see echomimic_lib.lora
-    lora_strength: float = 1.0
+    lora: str | tuple[str, ...] | None = None  # LoRA adapter (.safetensors from `echomimic-train export`), or a list / tuple to stack
+    lora_strength: float | tuple[float, ...] = 1.0  # one for every adapter, or one each in order (echomimic_lib.jobs.lora_args)
     smoke: bool = False  # tiny random weights, 64 px, 2 steps, the first second (see animate_checks.SMOKE)
     paste_back: bool = False  # write the full-size original with the result pasted in (echomimic_lib.frames.composite)
     low_vram: bool = False  # networks on the device only for their stage; the denoiser streamed block by block
@@ -272,11 +273,12 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
     plan = preflight(req)
     req, mode, variant, settings, device = plan.request, plan.mode, plan.variant, plan.settings, plan.device
     stages = _Stages(device)
-    adapter = None
-    if req.lora:  # checked before any weights are loaded
-        from ..lora import load_checked
+    adapters = []
+    stack = lora_stack(req.lora, req.lora_strength)
+    if stack:  # every adapter read and checked before any weights are loaded
+        from ..lora import load_stack
 
-        adapter = load_checked(req.lora, mode.weights, variant, req.lora_strength)
+        adapters = load_stack(stack, mode.weights, variant)
     if req.fp8:
         from ..memory import check_fp8
 
@@ -295,10 +297,10 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
     log.info("loading the %s weights from %s", mode.weights, root)
     host = req.low_vram or _staged(req, device)  # the placement moves each network in for its stage
     models = load_models(root, mode.weights, variant, device="cpu" if host else device, dtype=plan.dtype)
-    if adapter is not None and req.lora_strength != 0:
-        from ..lora import apply_lora
+    if adapters:  # merged in order (W + sum of strength x delta); strength 0 skipped
+        from ..lora import apply_stack
 
-        apply_lora(models, adapter, req.lora_strength, keep_base=False)
+        apply_stack(models, adapters, keep_base=False)
     place = _memory_options(req, models, device, settings)
     if req.compile:  # after the LoRA merge and fp8 storage: the blocks are traced as they will run
         compile_denoiser(models)

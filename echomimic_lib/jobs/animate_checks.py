@@ -81,6 +81,15 @@ def check_lora_strength(value) -> float:
     return strength
 
 
+def check_lora_stack(lora, strength) -> list:
+    """Every ``--lora-strength`` in range, one per ``--lora`` or one for all, no file twice (:mod:`.lora_args`; no file read)."""
+    from .lora_args import lora_stack, strengths_of
+
+    for value in strengths_of(strength):
+        check_lora_strength(value)
+    return lora_stack(lora, strength)
+
+
 def _check_size(width, height, context_frames, cfg, dtype) -> None:
     for flag, v in (("--width", width), ("--height", height)):
         if v % 8:
@@ -121,7 +130,7 @@ def check_numbers(req, mode, variant: str, dtype):
     if not 0 <= overlap < ctx:
         raise EchoMimicError(f"--context-overlap {req.context_overlap}: must be 0..{ctx - 1} (smaller than --context-frames "
                              f"{ctx}); the default is 3.")
-    check_lora_strength(getattr(req, "lora_strength", 1.0))
+    check_lora_stack(getattr(req, "lora", None), getattr(req, "lora_strength", 1.0))
     seed = None if req.seed is None else _number(req.seed, "--seed", int)
     if seed is not None and not 0 <= seed < 2**64:
         raise EchoMimicError(f"--seed {req.seed}: use a whole number from 0 to 2^64-1.")

@@ -11,9 +11,10 @@ Models folder layout (``<models>/v3-flash/``; every name as the releases ship it
 
 Where each comes from: :mod:`..models.wan.sources`; ``echomimic download --weights v3-flash`` fetches them.
 
-LoRA (``lora``, ``lora_strength``): a community Wan2.1 1.3B LoRA (:mod:`..lora.wan_files`), read and checked against the
-set's parameter names and shapes in :func:`plan_v3` (from the weight files' headers: no weight loads), merged into the
-transformer after it loads and before sampling (strength 0: not applied, the base model bit for bit).
+LoRA (``lora``, ``lora_strength``): a community Wan2.1 1.3B LoRA (:mod:`..lora.wan_files`), or several (a list / tuple:
+:mod:`.lora_args`), each read and checked against the set's parameter names and shapes in :func:`plan_v3` (from the
+weight files' headers: no weight loads), merged into the transformer after it loads and before sampling, in order
+(``W + sum of strength x delta``: :mod:`..lora.stack`; strength 0: not applied, the base model bit for bit).
 
 Frames: as the official CLI, at most one 81-frame shot of the speech (``(F - 1) // 4 * 4 + 1``); asking for
 more (``length`` > 81) renders the whole request in chunks re-anchored on the reference (:mod:`.long`).
@@ -48,8 +49,8 @@ class V3Request:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     download: bool = True  # fetch missing files from Hugging Face first (the command line: unless --offline or --smoke)
-    lora: str | None = None  # a Wan2.1 1.3B LoRA .safetensors (see docs/v3.md)
-    lora_strength: float = 1.0
+    lora: str | tuple[str, ...] | None = None  # a Wan2.1 1.3B LoRA .safetensors (see docs/v3.md), or a list / tuple to stack
+    lora_strength: float | tuple[float, ...] = 1.0  # one for every LoRA, or one each in order
     compile: bool = False  # regional torch.compile of the transformer's blocks (echomimic_lib.speed.compile_transformer)
 
 
@@ -73,7 +74,7 @@ class V3Plan:
     raw_rate: int
     frames: int
     size: tuple[int, int]    # (width, height)
-    lora: object = None      # the request's LoRA file, read and checked (lora.wan_files.WanLoraFile)
+    lora: tuple = ()         # the request's LoRA files, read and checked: (lora.wan_files.WanLoraFile, strength) each
 
 
 @dataclass
@@ -141,7 +142,7 @@ def plan_v3(req: V3Request) -> V3Plan:
     if req.length and req.length < frames:
         frames = frame_count(req.length / FPS, req.length)
     h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
-    lora = check_lora(req) if req.lora else None
+    lora = check_lora(req) if req.lora else ()
     return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h), lora)
 
 
@@ -166,25 +167,32 @@ def lora_shapes(folder: Path) -> dict:
             return {k: tuple(p.shape) for k, p in WanV3Transformer(WanV3Config()).named_parameters()}
 
 
-def check_lora(req: V3Request):
-    """The request's LoRA file, read and checked (strength; every key maps onto the set's parameters and fits), no weights."""
-    from .animate_checks import check_lora_strength
+def check_lora(req: V3Request) -> tuple:
+    """The request's LoRA files, each read and checked (strengths and their count, no file twice; every key maps onto
+    the set's parameters and fits), no weights: ((WanLoraFile, strength), ...)."""
+    from .animate_checks import check_lora_stack
     from ..lora.wan_files import read_wan_lora, resolve_wan_lora
 
-    check_lora_strength(req.lora_strength)
-    lora = read_wan_lora(req.lora)
-    resolve_wan_lora(lora, lora_shapes(Path(req.models)))
-    return lora
+    stack = check_lora_stack(req.lora, req.lora_strength)
+    shapes = lora_shapes(Path(req.models)) if stack else {}
+    out = []
+    for path, strength in stack:
+        lora = read_wan_lora(path)
+        resolve_wan_lora(lora, shapes)
+        out.append((lora, strength))
+    return tuple(out)
 
 
 def apply_lora(models: "V3Models", plan: V3Plan) -> "V3Models":
-    """Merge the plan's LoRA into the loaded transformer (strength 0: nothing changes); checked again on the network."""
-    strength = float(plan.req.lora_strength)
-    if plan.lora is not None and strength != 0:
-        from ..lora.wan_files import apply_wan_lora, resolve_wan_lora, shapes_of
+    """Merge the plan's LoRAs into the loaded transformer in order (strength 0: skipped; none: nothing changes); each
+    checked again on the network."""
+    active = [(lora, s) for lora, s in plan.lora if s != 0]
+    if active:
+        from ..lora.stack import apply_wan_stack
+        from ..lora.wan_files import resolve_wan_lora, shapes_of
 
-        lora = resolve_wan_lora(plan.lora, shapes_of(models.transformer))  # mapped onto the loaded network itself
-        apply_wan_lora(models.transformer, lora, strength, keep_base=False)
+        shapes = shapes_of(models.transformer)
+        apply_wan_stack(models.transformer, [(resolve_wan_lora(lora, shapes), s) for lora, s in active], keep_base=False)
     return models
 
 

@@ -141,11 +141,9 @@ class LoraPatch:
         return self
 
 
-def apply_lora(models, lora: str | Path | LoraAdapter, strength: float = 1.0, keep_base: bool = True) -> LoraPatch:
-    """Apply an adapter to a loaded :class:`~echomimic_lib.model_set.EchoMimicModels` (in place).
-
-    Refuses an adapter for another weight set or architecture; warns when it was trained on other base
-    weights (fingerprint) or another variant. Strength 0 leaves every weight untouched."""
+def prepare_lora(models, lora: str | Path | LoraAdapter) -> tuple[LoraAdapter, dict[str, nn.Linear]]:
+    """An adapter checked against a loaded model set, nothing changed: (adapter, its layers). Refuses another weight
+    set or architecture; warns when it was trained on other base weights (fingerprint) or another variant."""
     adapter = lora if isinstance(lora, LoraAdapter) else read_lora(lora)
     check_version(adapter, models.weight_set.name, models.variant)
     layers = resolve_layers(adapter, {"reference": models.reference, "denoiser": models.denoiser})
@@ -153,6 +151,16 @@ def apply_lora(models, lora: str | Path | LoraAdapter, strength: float = 1.0, ke
     if expected and not fingerprints_match(fingerprint(layers), expected):
         log.warning("LoRA '%s' was trained on other base weights (%s) than the loaded ones; the result may not be what it was trained for.",
                     adapter.name, adapter.info.base.get("path", "unknown"))
+    return adapter, layers
+
+
+def apply_lora(models, lora: str | Path | LoraAdapter, strength: float = 1.0, keep_base: bool = True) -> LoraPatch:
+    """Apply an adapter to a loaded :class:`~echomimic_lib.model_set.EchoMimicModels` (in place).
+
+    Refuses an adapter for another weight set or architecture; warns when it was trained on other base
+    weights (fingerprint) or another variant. Strength 0 leaves every weight untouched. (Several adapters at once:
+    :func:`~.stack.apply_stack`.)"""
+    adapter, layers = prepare_lora(models, lora)
     patch = LoraPatch(adapter, layers, keep_base=keep_base)
     patch.set_strength(strength)
     log.info("LoRA %s applied at strength %s (%d layers, rank %d)", adapter.name, strength, len(layers), adapter.info.rank)

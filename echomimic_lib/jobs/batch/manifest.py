@@ -2,7 +2,8 @@
 
 Columns are the single commands' long options (``reference``, ``audio``, ``pose``, ``landmarks``, ``lora``,
 ``seed``, ``width``, ``steps``, ``version``, ``mode``, ``acc``, ``no-face-crop``, ...; ``-`` or ``_`` alike; a row
-with ``version`` = ``v3-flash`` takes the options of ``animate --version v3-flash`` instead: :mod:`.v3`) plus:
+with ``version`` = ``v3-flash`` takes the options of ``animate --version v3-flash`` instead: :mod:`.v3`; ``lora``
+may stack several files separated by ``;``, ``lora-strength`` one value or one per file: :mod:`.lora_columns`) plus:
 
 - ``kind``: ``animate`` (default) or ``dub`` (default when the row has a ``video``);
 - ``name``: the output's name, ``OUTDIR/<name>.mp4`` (default ``<reference or video stem>__<audio stem>``,
@@ -25,6 +26,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from .lora_columns import lora_columns, lora_key
 from .results import INPUT_FIELDS, fingerprint
 from .v3 import VERSION as V3, is_v3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
 
@@ -38,7 +40,7 @@ ALIASES = {"no_face_crop": ("face_crop", True), "offline": ("download", True), "
 NOT_PER_ROW = {"output": "rows are written to OUTDIR/<name>.mp4; use the 'name' column",
                "device": "the batch places each worker on its device; use `echomimic batch --device`",
                "download": "use `echomimic batch --offline`"}
-PATH_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora", "mediapipe_model", "models"),
+PATH_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "mediapipe_model", "models"),  # lora: .lora_columns
                "dub": ("video", "audio", "mediapipe_model", "models")}
 
 
@@ -79,6 +81,19 @@ def _request_types():
 
 def _key(name: str) -> str:
     return str(name).strip().lstrip("-").replace("-", "_").lower()
+
+
+def _given(values: dict) -> dict:
+    """A row's (or the ``--set`` defaults') values that are given, under their normalised keys: an empty cell, a
+    blank string or a JSON null means "not given", whichever spelling (``-`` or ``_``) the column has."""
+    return {_key(k): v for k, v in values.items()
+            if k is not None and v is not None and not (isinstance(v, str) and v.strip() == "")}
+
+
+def _with_defaults(defaults: dict | None, row: dict) -> dict:
+    """``defaults`` for every row, a value the row gives itself winning (cleaned first, so an empty cell never
+    overrides a default, in either spelling of the column)."""
+    return {**_given(defaults or {}), **_given(row)}
 
 
 def _convert(value, annotation: str, column: str):
@@ -129,8 +144,7 @@ def _safe_name(text: str) -> str:
 
 def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     """One row -> a :class:`Job` (raises ValueError naming the column on a row that cannot be understood)."""
-    values = {_key(k): v for k, v in values.items() if k is not None and not (isinstance(v, str) and v.strip() == "")
-              and v is not None}
+    values = _given(values)
     for key, why in NOT_PER_ROW.items():
         if key in values:
             raise ValueError(f"column '{key}' is not allowed: {why}")
@@ -147,6 +161,7 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     kw = {}
     if kind == "animate":
         kw["mode"] = _mode_name(version, mode)
+        kw.update(lora_columns(values, base))  # one file or several (';'), strengths once or one each
     elif version not in (None, "v1") or mode is not None:
         raise ValueError("dub always uses the V1 audio + landmark weights: leave out version and mode")
     for key, value in values.items():
@@ -239,11 +254,11 @@ def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
             problems.append((line, str(row)))
             continue
         try:
-            job = build_job({**(defaults or {}), **row}, line, path.parent, outdir)
+            job = build_job(_with_defaults(defaults, row), line, path.parent, outdir)
         except ValueError as exc:
             problems.append((line, str(exc)))
             continue
-        if job.name in names and "name" not in {_key(k) for k in row}:  # a default name repeats: add the line
+        if job.name in names and "name" not in _given(row):  # a default name repeats: add the line
             job = replace(job, name=f"{job.name}-{line}")
             job.request = replace(job.request, output=str(outdir / f"{job.name}.mp4"))
         names.setdefault(job.name, line)
@@ -271,7 +286,7 @@ def crossed(outdir, audios, images=None, videos=None, defaults: dict | None = No
     jobs, problems = [], []
     for n, (src, snd) in enumerate(((s, a) for s in sources for a in sounds), 1):
         try:
-            jobs.append(build_job({**(defaults or {}), key: str(src), "audio": str(snd)}, n, Path.cwd(), Path(outdir)))
+            jobs.append(build_job(_with_defaults(defaults, {key: str(src), "audio": str(snd)}), n, Path.cwd(), Path(outdir)))
         except ValueError as exc:
             problems.append((n, f"{src.name} x {snd.name}: {exc}"))
     return _finish(jobs, problems, f"{folder} x {audios}")
@@ -302,7 +317,7 @@ def _plan(job: Job) -> tuple[tuple, int]:
 
         plan = preflight(req)
         job.request = replace(req, mediapipe_model=plan.request.mediapipe_model, face_crop=plan.request.face_crop)
-        key = (str(plan.models_root), plan.mode.weights, plan.variant, req.dtype, req.lora or "", req.lora_strength,
+        key = (str(plan.models_root), plan.mode.weights, plan.variant, req.dtype, *lora_key(req),
                req.fp8, req.low_vram, req.smoke) + _compiled(req)
         return key, int(plan.settings.num_frames)
     from ..animate_checks import read_speech

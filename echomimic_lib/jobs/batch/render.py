@@ -2,7 +2,7 @@
 
 The steps are those of :func:`echomimic_lib.jobs.animate.run` and :func:`echomimic_lib.jobs.dub.run_dub`
 (the same library calls in the same order, so a batch row renders the same video as the single command);
-only the loading differs: :class:`ModelCache` loads a weight set once (with its LoRA merged and its fp8
+only the loading differs: :class:`ModelCache` loads a weight set once (with its LoRAs merged and its fp8
 storage applied once) and hands the same networks to every following job that uses it.
 """
 from __future__ import annotations
@@ -43,14 +43,16 @@ class ModelCache:
 
 def _load_animate(plan, req):
     from ..animate import _staged
+    from ..lora_args import lora_stack
     from ...model_set import ensure_weights, load_models
 
     mode, variant, device, root = plan.mode, plan.variant, plan.device, plan.models_root
-    adapter = None
-    if req.lora:
-        from ...lora import load_checked
+    adapters = []
+    stack = lora_stack(req.lora, req.lora_strength)
+    if stack:  # every adapter read and checked before the weights load
+        from ...lora import load_stack
 
-        adapter = load_checked(req.lora, mode.weights, variant, req.lora_strength)
+        adapters = load_stack(stack, mode.weights, variant)
     if req.fp8:
         from ...memory import check_fp8
 
@@ -59,10 +61,10 @@ def _load_animate(plan, req):
     log.info("loading the %s weights from %s (kept for the following jobs)", mode.weights, root)
     host = req.low_vram or _staged(req, device)
     models = load_models(root, mode.weights, variant, device="cpu" if host else device, dtype=plan.dtype)
-    if adapter is not None and req.lora_strength != 0:
-        from ...lora import apply_lora
+    if adapters:  # merged in order; strength 0 skipped
+        from ...lora import apply_stack
 
-        apply_lora(models, adapter, req.lora_strength, keep_base=False)
+        apply_stack(models, adapters, keep_base=False)
     if req.fp8:
         from ...memory import to_fp8
 

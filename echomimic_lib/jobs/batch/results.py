@@ -13,7 +13,8 @@ a row appears more than once, its last line counts.
 
 The fingerprint is a SHA-256 over the job's kind, its settings (every request field except the output and
 the device; a field added later only when it is set, :data:`LATER_FIELDS`) and the content of its input files
-and folders, plus the weight set it uses: a rerun skips a row only when its record says ``ok``, the
+and folders (stacked LoRAs: one digest per file, in order; a row with one LoRA hashes as before stacks existed),
+plus the weight set it uses: a rerun skips a row only when its record says ``ok``, the
 fingerprint is the same and the output file exists.
 """
 from __future__ import annotations
@@ -57,7 +58,9 @@ def fingerprint(job) -> str:
     inputs = {}
     for key in INPUT_FIELDS[job.kind]:
         value = settings.pop(key, None)
-        if value:
+        if isinstance(value, (list, tuple)):  # stacked LoRAs: one digest per file, in order (one file: as before)
+            inputs[key] = [content_digest(v) for v in value]
+        elif value:
             inputs[key] = content_digest(value)
     for key in ("output", "device"):
         settings.pop(key, None)

@@ -4,13 +4,13 @@ the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
 ``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``teacache``, ``no-color-transfer``, ``compile``, ``models``
 (the models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, ``lora``, ``lora-strength`` (a
-Wan2.1 1.3B LoRA), plus ``name`` and ``kind`` (``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...)
-is a manifest error.
+Wan2.1 1.3B LoRA, or several separated by ``;`` with one strength or one each), plus ``name`` and ``kind``
+(``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...) is a manifest error.
 
 * Weights: an ``offline`` row whose set lacks files is an error row up front (the missing files listed, no worker
   touches it); otherwise the worker fetches what is missing (:mod:`echomimic_lib.io.hub`, each call staged in its own
   folder, so workers fetching one folder at once do not collide) before loading.
-* Rows with the same models folder, dtype, LoRA (file and strength) and ``compile`` share one loaded set in a worker
+* Rows with the same models folder, dtype, LoRAs (files and strengths, in order) and ``compile`` share one loaded set in a worker
   (transformer, VAE, wav2vec2, CLIP-vision). umT5 is never kept: the runner gives each row the distinct prompts of the
   batch's V3 rows on its folder (:func:`share_prompts`), and the first row a worker renders encodes those missing from
   the on-disk prompt cache with one umT5 load, writes them there and frees it before the set loads; with a warm cache
@@ -54,8 +54,8 @@ class V3Row:
     download: bool = True
     compile: bool = False  # regional torch.compile of the transformer blocks (its own loaded set: see plan_v3_row)
     version: str = VERSION
-    lora: str | None = None  # a Wan2.1 1.3B LoRA (as --lora); rows with a LoRA load their own set (weight key)
-    lora_strength: float = 1.0
+    lora: str | tuple[str, ...] | None = None  # a Wan2.1 1.3B LoRA (as --lora), or several; rows with LoRAs load their own set
+    lora_strength: float | tuple[float, ...] = 1.0
 
     @property
     def folder(self) -> Path:
@@ -79,14 +79,16 @@ class V3Row:
 
 
 ALIASES = {"no_color_transfer": ("color_transfer", True), "offline": ("download", True)}
-PATHS = ("reference", "audio", "models", "lora")
+PATHS = ("reference", "audio", "models")  # lora: .lora_columns (one file or several)
 
 
 def build_v3_kwargs(values: dict, base: Path, convert) -> dict:
     """Row values (keys normalised, ``kind``/``name``/``version`` removed) -> V3Row fields; ValueError names the column."""
+    from .lora_columns import lora_columns
+
     annotations = {f.name: str(f.type) for f in fields(V3Row)}
     own = set(annotations) - {"output", "device", "download", "version", "color_transfer"}
-    kw = {}
+    kw = lora_columns(values, base)  # one Wan LoRA or several (';'), strengths once or one each
     for key, value in values.items():
         target, inverted = ALIASES.get(key, (key, False))
         if target not in own and key not in ALIASES:
@@ -121,7 +123,9 @@ def plan_v3_row(job) -> tuple[tuple, int]:
     plan = plan_v3(req)
     if not row.download and not row.smoke:
         model_files(row.folder, download=False)  # offline: missing files are this row's error, before any load
-    lora = (("lora", row.lora, float(row.lora_strength)),) if row.lora else ()  # merged at load: a set of its own
+    from .lora_columns import v3_lora_key
+
+    lora = v3_lora_key(row)  # merged at load: a set of its own (every file and strength, in order)
     compiled = ("compiled",) if row.compile else ()  # compiled blocks are another set to keep; the key stays without
     return (VERSION, str(row.folder), row.dtype) + lora + compiled, int(plan.frames)
 
