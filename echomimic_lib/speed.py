@@ -100,9 +100,8 @@ def check_deep_cache(interval, branch, cfg=None, names: OptionNames = CLI) -> tu
     """Refuse DeepCache settings that cannot work or would be ignored (no weights needed); returns (interval,
     branch) as whole numbers. ``cfg``: the denoiser's :class:`~echomimic_lib.config.EchoConfig` when it is known,
     else SD1.5's (every released V1/V2 set)."""
-    from .config import SD15
-    from .pipeline.deep_cache import branch_count
-    from .pipeline.sampler import MAX_DEEP_CACHE
+    from .config import SD15  # (light imports: the command line checks this before torch loads)
+    from .modes import MAX_DEEP_CACHE
 
     interval = _whole_number(interval, names.deep_cache)
     branch = _whole_number(branch, names.deep_cache_branch)
@@ -110,7 +109,7 @@ def check_deep_cache(interval, branch, cfg=None, names: OptionNames = CLI) -> tu
         raise EchoMimicError(f"{names.deep_cache} {interval}: the DeepCache interval is 0 (off) to {MAX_DEEP_CACHE}, a "
                              "full denoiser pass every N steps with the steps between reusing its deep features; 2 or 3 "
                              f"is typical. Use {names.deep_cache} 2 or 3, or 0 to switch it off.")
-    n = branch_count(cfg or SD15)
+    n = (cfg or SD15).up_layers  # DeepCache's branches (pipeline.deep_cache.branch_count)
     if not 0 <= branch < n:
         raise EchoMimicError(f"{names.deep_cache_branch} {branch}: this denoiser has DeepCache branches 0 to {n - 1} (0, "
                              "the shallowest, is the fastest; a larger branch recomputes more and stays closer to the "

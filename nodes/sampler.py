@@ -9,10 +9,9 @@ import torch
 
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.config import SD15
-from ..echomimic_lib.modes import get_mode
+from ..echomimic_lib.modes import MAX_DEEP_CACHE, get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
 from ..echomimic_lib.pipeline.deep_cache import branch_count
-from ..echomimic_lib.pipeline.sampler import MAX_DEEP_CACHE
 from . import comfy_bridge as C
 from .base import Node, link, switch
 from ..echomimic_lib.speed import check_deep_cache, check_speed_options

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -322,3 +323,13 @@ def test_animate_with_deep_cache_renders_another_video_and_with_interval_1_the_s
     off, one, two = latents
     assert torch.equal(off, one)
     assert two.shape == off.shape and torch.isfinite(two).all() and not torch.allclose(off, two, atol=1e-3)
+
+
+def test_the_check_imports_nothing_heavy():
+    """The command line checks its options before torch loads (a bad value is refused in a moment)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom echomimic_lib.speed import check_deep_cache\ncheck_deep_cache(3, 2)\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'diffusers')))\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[1]))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import EchoMimicError
-from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, SAMPLER_DEFAULTS, get_mode
+from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, MAX_DEEP_CACHE, SAMPLER_DEFAULTS, get_mode
 from ..models.unet.compile import is_compiled
 from ..models.unet.graphs import CudaGraphRunner
 from .conditions import FrameCondition, MaskCondition
@@ -39,7 +39,6 @@ from .deep_cache import DeepCache, check_branch
 from .scheduler import make_scheduler
 
 log = logging.getLogger(__name__)
-MAX_DEEP_CACHE = 10  # DeepCache interval limit: past it the cached features are from far noisier steps
 
 
 @dataclass
