@@ -45,3 +45,12 @@ def window_runs(window: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append([j, j + 1])
     return [(a, b) for a, b in runs]
+
+
+def take_runs(t, runs: list[tuple[int, int]], dim: int):
+    """The runs of indices ``runs`` (from :func:`window_runs`) of tensor ``t`` along ``dim``, concatenated (a view for
+    a single run)."""
+    import torch
+
+    parts = [t.narrow(dim, a, b - a) for a, b in runs]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)

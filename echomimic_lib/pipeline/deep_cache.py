@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import EchoMimicError
+from .context import take_runs
 
 
 def branch_count(cfg) -> int:
@@ -75,7 +76,7 @@ class DeepCache:
         if self.store is None:
             raise RuntimeError("DeepCache: a partial step before any full step")
         self.partial_calls += 1
-        rows = [_take(self.store[u], r) for u in range(self.rows) for r in runs]
+        rows = [take_runs(self.store[u], r, 0) for u in range(self.rows) for r in runs]
         return {"cache_branch": self.branch, "cached": rows[0] if len(rows) == 1 else torch.cat(rows)}
 
     def keep(self, feature: torch.Tensor, runs: list, n: int) -> None:
@@ -96,8 +97,3 @@ class DeepCache:
 
     def release(self) -> None:
         self.store = self._count = None
-
-
-def _take(t: torch.Tensor, runs: list[tuple[int, int]]) -> torch.Tensor:
-    parts = [t.narrow(0, a, b - a) for a, b in runs]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -33,7 +33,7 @@ from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, MAX_DEEP_CACHE, SAMPLER_DEFAU
 from ..models.unet.compile import is_compiled
 from ..models.unet.graphs import CudaGraphRunner
 from .conditions import FrameCondition, MaskCondition
-from .context import base_windows, shift_windows, window_runs
+from .context import base_windows, shift_windows, take_runs, window_runs
 from .decode import VAE_SCALE, decode_latents
 from .deep_cache import DeepCache, check_branch
 from .scheduler import make_scheduler
@@ -213,8 +213,8 @@ class Sampler:
         ``n`` windows: (2 or 1, 4, c, h, w) views, uncond first with CFG). ``deep``: the generation's
         :class:`.deep_cache.DeepCache` (a full call keeps its features there, a partial call reads them)."""
         runs = [window_runs(wi) for wi in group]
-        x_in = sched.scale_model_input(torch.cat([_take(latents, r, 2) for r in runs]), t)  # (m, 4, c, h, w)
-        a = torch.stack([_take(chunks, r, 0) for r in runs])
+        x_in = sched.scale_model_input(torch.cat([take_runs(latents, r, 2) for r in runs]), t)  # (m, 4, c, h, w)
+        a = torch.stack([take_runs(chunks, r, 0) for r in runs])
         m = len(group)
         if mask_feat is not None:
             cond = mask_feat.expand(m, -1, -1, -1, -1)
@@ -347,9 +347,3 @@ def off_device(module: torch.nn.Module, device) -> list[str]:
 
     named = list(module.named_parameters()) + list(module.named_buffers())
     return [name for name, t in named if away(t)]
-
-
-def _take(t: torch.Tensor, runs: list[tuple[int, int]], dim: int) -> torch.Tensor:
-    """The runs of indices ``runs`` of ``t`` along ``dim``, concatenated (a view for a single run)."""
-    parts = [t.narrow(dim, a, b - a) for a, b in runs]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
