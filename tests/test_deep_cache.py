@@ -183,8 +183,10 @@ def test_deep_cache_with_cuda_graphs_records_the_full_and_the_partial_call(model
 
 @torch.no_grad()
 def test_a_streamed_denoiser_low_vram_runs_the_partial_pass_unchanged(models):
-    """Low-VRAM streaming learns the unit order from the first (full) call and prefetches by it; a partial call
-    skips most units, so the guess is wrong there: the output must not change and no slot may leak."""
+    """Low-VRAM streaming learns the unit order of each call layout (whole, partial) from its first call and
+    prefetches by it: once both are recorded, no guess is wrong when whole and partial calls alternate (one order
+    for both would guess wrong where the partial call leaves the down path); the output is unchanged and no slot
+    leaks."""
     import copy
 
     from echomimic_lib.memory import BlockStreamer
@@ -196,10 +198,15 @@ def test_a_streamed_denoiser_low_vram_runs_the_partial_pass_unchanged(models):
     live = [0]
     streamer = BlockStreamer(den, "cpu", "cpu", on_move=lambda u, n: live.__setitem__(0, live[0] + n))
     streamer.attach()
-    for _ in range(2):
+    for round_ in range(3):
         full, kept2 = den(x, 801, cache_branch=1, **kw)
         assert torch.equal(full, want_full) and torch.equal(kept2, kept)
         assert torch.equal(den(x.flip(2), 601, cache_branch=1, cached=kept, **kw), want_part)
         assert live[0] == streamer.window_bytes()  # the two slots, nothing held after a call
+        if round_ == 0:  # both layouts recorded, nothing guessed yet
+            assert streamer.guesses == 0
+    whole, partial = (len(streamer._orders[k]) for k in ("whole", ("partial", 1)))
+    assert partial < whole
+    assert streamer.misses == 0 and streamer.guesses == 2 * (whole + partial) - 1  # every unit of rounds 2-3 but the first
     streamer.detach()
     assert live[0] == 0

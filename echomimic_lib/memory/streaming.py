@@ -8,6 +8,11 @@ unit, the other the next one, prefetched on a side stream on CUDA while the curr
 streamed weights take two slots instead of the denoiser's 2.6 GB, the allocator sees no churn, and the
 arithmetic is unchanged (same weights, same kernels): the output equals the default path's.
 
+What to prefetch is learned per call *layout*: the first call of each layout records the order its units run in,
+later calls of that layout prefetch by it. A DeepCache partial call (``cached=`` given) runs only some units, in
+another order than a whole call, so it is a layout of its own (with its branch); one learned order would guess
+wrong where a partial call leaves the down path, in every partial call.
+
 Why not ``diffusers.hooks.apply_group_offloading`` or accelerate's offload hooks: the pack supports
 diffusers >= 0.30 (group offloading came in 0.33 and its arguments changed since), accelerate is not a
 runtime dependency, and the VRAM bench needs the streamed bytes reported to its tracker (``on_move``).
@@ -49,6 +54,11 @@ def _nbytes(module: nn.Module) -> int:
     return sum(_aligned(t.numel() * t.element_size()) for t in _tensors(module))
 
 
+def call_layout(kwargs: dict) -> object:
+    """Which units a denoiser call runs, as a key: a whole call, or a DeepCache partial call of a branch."""
+    return ("partial", kwargs.get("cache_branch")) if kwargs.get("cached") is not None else "whole"
+
+
 class BlockStreamer:
     """Forward hooks that copy each unit to ``device`` for its forward (see the module docstring).
 
@@ -74,7 +84,13 @@ class BlockStreamer:
         self._slot_done: dict[int, object] = {}  # slot -> CUDA event: the last unit using it has finished
         self._held: dict[int, nn.Module] = {}
         self._handles = []
-        self._order: list[int] = []  # units in call order (recorded on the first pass): what to prefetch
+        self.denoiser = denoiser
+        self._orders: dict[object, list[int]] = {}  # call layout -> its units in run order (recorded on its first call)
+        self._layout: object = None  # the running call's layout (None between calls)
+        self._seq: list[int] = []  # units run so far in this call
+        self._pos = -1  # where this call is in its layout's recorded order
+        self._guess: int | None = None  # the unit predicted to run next (prefetched when prefetching)
+        self.guesses = self.misses = 0  # predictions made, and wrong ones (a wrong prefetch means a synchronous copy)
 
     # ----------------------------------------------------------------- host copies
     def _prepare_host(self, unit: nn.Module) -> None:
@@ -153,11 +169,31 @@ class BlockStreamer:
             self._onload(unit)
         self._wait(unit)
         i = self.index[id(unit)]
-        if len(self._order) < len(self.units) and i not in self._order:
-            self._order.append(i)
-        if self.prefetch and len(self._order) == len(self.units):
-            nxt = self.units[self._order[(self._order.index(i) + 1) % len(self._order)]]
-            self._onload(nxt, self.stream)
+        if self._guess is not None:
+            self.guesses += 1
+            self.misses += self._guess != i
+            self._guess = None
+        if self._layout is None:  # a unit called outside a denoiser call: nothing to learn or predict
+            return
+        self._seq.append(i)
+        order = self._orders.get(self._layout)
+        if not order:  # this layout's first call: it is being recorded
+            return
+        pos = self._pos + 1
+        if pos >= len(order) or order[pos] != i:  # off the recorded order: pick it up again where this unit is
+            pos = order.index(i) if i in order else None
+        self._pos = -1 if pos is None else pos
+        if pos is not None:
+            self._guess = order[(pos + 1) % len(order)]  # after the last unit: the first of the next call
+            if self.prefetch:
+                self._onload(self.units[self._guess], self.stream)
+
+    def _call_start(self, module, args, kwargs):
+        self._layout, self._seq, self._pos = call_layout(kwargs), [], -1
+
+    def _call_end(self, module, args, output):
+        self._orders.setdefault(self._layout, self._seq)
+        self._layout = None
 
     def _post(self, unit, args, output):
         if id(unit) not in self._held:
@@ -167,6 +203,8 @@ class BlockStreamer:
     def attach(self) -> None:
         if self._handles:
             return
+        self._handles.append(self.denoiser.register_forward_pre_hook(self._call_start, with_kwargs=True))
+        self._handles.append(self.denoiser.register_forward_hook(self._call_end))
         for unit in self.units:
             if self.copy:
                 self._prepare_host(unit)
