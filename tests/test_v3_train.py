@@ -188,6 +188,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     (["lora.targets=[to_q]"], "choose from"),
     (["noise.weighting=sigma_sqrt"], "noise.weighting"),
     (["optim.lrr=1"], "did you mean 'lr'"),
+    (["distributed.validation_timeout_s=2000"], "validation_timeout_s must be below"),
+    (["distributed.timeout_s=0"], "must be > 0"),
 ])
 def test_bad_settings_are_named(tiny_v3, data, tmp_path, over, match):
     with pytest.raises(ConfigError, match=match):
@@ -323,6 +325,26 @@ def test_two_processes_train_one_adapter_set_and_resume_exactly(tiny_v3, tmp_pat
     for name in ("model.safetensors", "optimizer.bin"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in a.iterdir()}
+
+
+@pytest.mark.slow
+def test_a_validation_longer_than_its_timeout_stops_the_waiting_rank_with_the_fix(tiny_v3, tmp_path):
+    """2 CPU processes: rank 0 renders the validation clip alone while rank 1 waits on a barrier of its own, at most
+    distributed.validation_timeout_s (not accelerate's barrier, which would wait into the collective timeout)."""
+    import yaml
+
+    d = dataset(tmp_path / "data", clips=2)
+    c = {"output_dir": str(tmp_path / "run"), "model": {"path": str(tiny_v3)},
+         "data": {"roots": [str(d)], "frames": 9, "width": SIZE, "height": SIZE}, "lora": {"rank": 4, "alpha": 4},
+         "steps": 1, "checkpoint": {"every": 1}, "mixed_precision": "no",
+         "validation": {"reference": str(DATA / "images" / "portrait_a.png"), "audio": str(DATA / "audio" / "echomimic_en.wav"),
+                        "frames": 5, "steps": 2},
+         "distributed": {"validation_timeout_s": 0.05, "timeout_s": 120}}
+    path = tmp_path / "slowval.yaml"
+    path.write_text(yaml.safe_dump(c))
+    r = _launch2(path)
+    assert r.returncode != 0
+    assert "took longer than distributed.validation_timeout_s (0.05 s)" in r.stderr, r.stderr[-4000:]
 
 
 def test_the_documented_config_is_valid():

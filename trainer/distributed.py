@@ -210,26 +210,30 @@ def check_shared_output(accelerator, out_dir, mode: str) -> None:
 
 
 class ValidationWait:
-    """Rank 0 renders the validation video alone; the other ranks wait for it here -- on a gloo group whose timeout
-    is ``distributed.validation_timeout_s`` -- instead of inside the next training collective, so that a long
-    render never trips the collective timeout (``distributed.timeout_s``, which the config keeps larger)."""
+    """Rank 0 renders the validation video alone; the other ranks wait for it here -- a barrier on a gloo group of
+    its own, which gives up after ``distributed.validation_timeout_s`` -- instead of inside the next training
+    collective, so that a long render never trips the collective timeout (``distributed.timeout_s``, which the
+    config keeps larger). The group itself is made with the default timeout: making it is a rendezvous of all ranks,
+    which must not fail because one rank reached it a little later than the others."""
 
     def __init__(self, accelerator, timeout_s: float):
-        from datetime import timedelta
-
         import torch.distributed as dist
 
         self.acc, self.timeout_s, self.group = accelerator, timeout_s, None
         if accelerator.num_processes > 1 and dist.is_available() and dist.is_initialized():
-            self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))  # collective: all ranks
+            self.group = dist.new_group(backend="gloo")  # collective: all ranks
 
     def wait(self) -> None:
+        from datetime import timedelta
+
         import torch.distributed as dist
 
         if self.group is None:
             return
         try:
-            dist.barrier(group=self.group)
+            opts = dist.BarrierOptions()
+            opts.timeout = timedelta(seconds=self.timeout_s)  # this barrier's own timeout, not the group's
+            self.group.barrier(opts).wait()
         except RuntimeError as exc:
             raise RuntimeError(f"rank {self.acc.process_index}: the validation on rank 0 took longer than "
                                f"distributed.validation_timeout_s ({self.timeout_s:g} s): raise it (and distributed.timeout_s), or "

@@ -92,6 +92,20 @@ class V3Validation:
 
 
 @dataclass
+class V3Distributed:
+    """Several processes (``accelerate launch --multi_gpu``): how long they wait for each other (as §10's keys)."""
+    timeout_s: float = 1800.0  # collective timeout of the process group: covers rank 0 encoding the prompts with umT5
+    validation_timeout_s: float = 900.0  # rank 0 renders the validation clip alone; the others wait at most this long
+
+    def check(self) -> None:
+        if not (self.timeout_s > 0 and self.validation_timeout_s > 0):
+            raise ConfigError("distributed.timeout_s and distributed.validation_timeout_s must be > 0 (seconds)")
+        if not self.validation_timeout_s < self.timeout_s:
+            raise ConfigError("distributed.validation_timeout_s must be below distributed.timeout_s (the ranks waiting for "
+                              "rank 0's validation would hit the collective timeout first): raise timeout_s")
+
+
+@dataclass
 class V3TrainConfig:
     output_dir: str = ""
     model: V3Model = field(default_factory=V3Model)
@@ -101,6 +115,7 @@ class V3TrainConfig:
     optim: V3Optim = field(default_factory=V3Optim)
     checkpoint: V3Checkpoint = field(default_factory=V3Checkpoint)
     validation: V3Validation = field(default_factory=V3Validation)  # a clip rendered at each checkpoint (.validation)
+    distributed: V3Distributed = field(default_factory=V3Distributed)
     steps: int = 1000
     seed: int = 0
     mixed_precision: str = "bf16"  # "no" (float32 everywhere: the CPU), "bf16", "fp16"
@@ -138,6 +153,7 @@ class V3TrainConfig:
         if self.steps < 1 or self.checkpoint.every < 1 or self.checkpoint.keep_last < 0 or self.log_every < 1:
             raise ConfigError("steps, checkpoint.every and log_every must be >= 1, checkpoint.keep_last >= 0")
         self.validation.check()
+        self.distributed.check()
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision {self.mixed_precision!r}: one of {', '.join(PRECISIONS)}")
         return self

@@ -75,7 +75,10 @@ def _checks(cfg: V3TrainConfig, resume):
 
 def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> dict:
     """Train; ``resume``: True / "latest" or a checkpoint folder; ``stop_after``: stop after this many steps (tests)."""
+    from datetime import timedelta
+
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
     from diffusers.optimization import get_scheduler
 
     from echomimic_lib.models.wan import load_v3_transformer
@@ -86,13 +89,16 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     from ..monitor import Monitor
     from ..safe_resume import weights_only_loading
     from ..config_file import write_yaml
+    from ..distributed import ValidationWait
     from .encode import EncodedWindows, Encoders, encoder_id, prompt_states
     from .flow import flow_loss, training_sigmas
     from .lora import cast_base_, inject
 
-    acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum)
+    acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.distributed.timeout_s))])
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
     files, windows, validator, ckpt = _checks(cfg, resume)
+    vwait = ValidationWait(acc, cfg.distributed.validation_timeout_s) if validator is not None else None  # collective
     agree_on_resume(acc, ckpt)
     out = Path(cfg.output_dir)
     if is_writer(acc):
@@ -197,7 +203,7 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
                         clip = validator.render(acc.unwrap_model(model), files, step, out, acc.device, dtype)
                         mon.event(step, "validation", video=str(clip))
                         log.info("validation clip %s", clip)
-                    acc.wait_for_everyone()
+                    vwait.wait()  # the others wait here, within distributed.validation_timeout_s (a gloo group of its own)
     finally:
         mon.close()
     if saved != step and step > 0:  # stopped early (stop_after): keep what was trained
