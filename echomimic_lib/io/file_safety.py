@@ -61,6 +61,23 @@ def refuse_existing(paths, flag: str = "--force", what: str = "weight file") -> 
                             f"file{'s' if len(found) > 1 else ''} away, or add {flag} to replace {'it' if len(found) == 1 else 'them'}.")
 
 
+def refuse_input_as_output(output, inputs: dict, out_flag: str = "-o") -> None:
+    """Raise when ``output`` is the same file as one of ``inputs`` (``{flag: path or None}``), through links too:
+    the finished file would be renamed over that input and it would be lost."""
+    if output is None or not os.path.lexists(output):
+        return
+    for flag, src in inputs.items():
+        if not src:
+            continue
+        try:
+            same = os.path.samefile(output, src)
+        except OSError:  # an input that is not there (its own check says so), or a dangling link
+            continue
+        if same:
+            raise EchoMimicError(f"{out_flag} {output} is the same file as {flag} {src}: writing the result would replace "
+                                 f"that input and it would be lost. Choose another {out_flag} name.")
+
+
 def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_FULL
 

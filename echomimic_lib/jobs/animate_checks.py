@@ -193,10 +193,13 @@ def check_gesture_inputs(req, mode) -> None:
                                      "folder's poses/.)") from None
 
 
-def check_output(path) -> Path:
+def check_output(path, inputs: dict | None = None) -> Path:
+    """The -o video: a writable place for a new or existing .mp4 file that is none of ``inputs`` ({flag: path})."""
+    from ..io.file_safety import refuse_input_as_output
     from ..io.video_writer import check_output_path
 
     p = check_output_path(path, "-o")  # a folder, a device, an unwritable place: said first
+    refuse_input_as_output(p, inputs or {})  # -o the --audio video: the result would be renamed over it
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise EchoMimicError(f"-o {path}: the output is an H.264 mp4 video; give it the .mp4 extension, e.g. -o "
                              f"{Path(str(path)).with_suffix('.mp4')}.")
@@ -316,7 +319,7 @@ def preflight(req) -> Plan:
                       length=req.length or max(1, round(SMOKE["seconds"] * float(req.fps))))
     settings, length = check_numbers(req, mode, variant, dtype)
     check_condition_inputs(req, mode)
-    output = check_output(req.output)
+    output = check_output(req.output, {"--reference": req.reference, "--audio": req.audio, "--landmarks": req.landmarks})
     reference = read_reference(req.reference)
     if req.audio is None:  # landmark-only driving (the paper's "L" mode): the length of the driving sequence
         if mode.name != "v1-landmarks":

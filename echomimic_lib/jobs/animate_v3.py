@@ -130,7 +130,7 @@ def plan_v3(req: V3Request) -> V3Plan:
 
     if req.compile:  # V3's only speed option: on a CPU a warning that compiling takes minutes
         check_speed_options(req.device, compile=True)
-    out = check_output(req.output)
+    out = check_output(req.output, {"--reference": req.reference, "--audio": req.audio})
     ref = read_reference(req.reference)
     wav, sr, raw = read_speech(req.audio)
     if req.steps < 1 or req.steps > 200:
