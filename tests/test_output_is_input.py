@@ -83,3 +83,53 @@ def test_a_batch_row_that_would_write_over_an_input_stops_the_batch(talk, shared
     assert f"line 2: the output {other} is the audio of line 3" in err, err
     assert "2 row(s) cannot be run" in err and "Give this row another name" in err, err
     assert loads == [] and {p.name: _digest(p) for p in folder.iterdir() if p.name != "jobs.jsonl"} == digests
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["copy", "link"])
+def test_export_into_the_models_folder_the_run_read_keeps_its_vae_and_whisper(tmp_path, monkeypatch, capsys, link):
+    """``echomimic-train export RUN MODELS --force`` where MODELS holds the VAE and whisper the run trained with: they
+    are the export's own sources, kept as they are (they were deleted, then the copy failed)."""
+    import torch
+    from safetensors.torch import save_file
+
+    import trainer.export as ex
+    from echomimic_lib.config import EchoConfig
+    from trainer.cli import main
+
+    models = tmp_path / "models"
+    vae, whisper = models / "sd-vae-ft-mse", models / "audio_processor" / "whisper_tiny.pt"
+    vae.mkdir(parents=True)
+    (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"the user's VAE")
+    whisper.parent.mkdir()
+    whisper.write_bytes(b"the user's whisper")
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    ckpt.mkdir(parents=True)
+    save_file({"reference.a": torch.ones(2), "denoiser.b": torch.ones(2), "denoiser.x.motion_modules.c": torch.ones(2),
+               "cond_encoder.d": torch.ones(2)}, str(ckpt / "model.safetensors"))
+    (ckpt / "meta.json").write_text(json.dumps({"step": 2, "weights": "v1_audio", "echo_config": {}, "vae_path": str(vae),
+                                                "whisper_path": str(whisper), "lora": None}))
+    monkeypatch.setattr(ex.EchoConfig, "from_dict", staticmethod(lambda d: EchoConfig()))
+    rc = main(["export", str(ckpt), str(models), "--no-verify", "--force"] + (["--link"] if link else []))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert (vae / "diffusion_pytorch_model.safetensors").read_bytes() == b"the user's VAE" and not vae.is_symlink()
+    assert whisper.read_bytes() == b"the user's whisper" and not whisper.is_symlink()
+    assert (models / "denoising_unet.pth").is_file() and (models / "export.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["export", "v3-export"])
+def test_a_lora_export_over_the_checkpoints_own_weights_is_refused_even_with_force(command, tmp_path, capsys):
+    from tests.test_trust import _fake_checkpoint
+    from trainer.cli import main
+
+    ckpt = _fake_checkpoint(tmp_path, lora=True)
+    if command == "v3-export":
+        meta = json.loads((ckpt / "meta.json").read_text())
+        (ckpt / "meta.json").write_text(json.dumps({**meta, "family": "v3", "lora": {**meta["lora"], "layers": 1}}))
+    weights = ckpt / "model.safetensors"
+    before = _digest(weights)
+    rc = main([command, str(ckpt), str(weights), "--force", "--no-verify"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"DEST {weights} is the same file as the checkpoint's model.safetensors" in err and "Choose another DEST" in err, err
+    assert _digest(weights) == before and sorted(p.name for p in ckpt.iterdir()) == ["meta.json", "model.safetensors"]
