@@ -133,3 +133,25 @@ def test_a_lora_export_over_the_checkpoints_own_weights_is_refused_even_with_for
     assert rc == 2 and "Traceback" not in err, err
     assert f"DEST {weights} is the same file as the checkpoint's model.safetensors" in err and "Choose another DEST" in err, err
     assert _digest(weights) == before and sorted(p.name for p in ckpt.iterdir()) == ["meta.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("case,words", [
+    ("plot-is-the-video", ["--plot", "mine.mp4", "the plot is a PNG image", "--plot", "mine.png"]),
+    ("plot-is-the-reference", ["--plot", "face.png", "is the same file as --reference", "Choose another --plot name"]),
+    ("plot-inside-a-file", ["--plot", "afile is a file, not a folder"]),
+])
+def test_evaluate_checks_plot_before_scoring_and_never_writes_it_over_an_input(case, words, talk, shared_data, tmp_path,
+                                                                                monkeypatch, capsys):
+    import echomimic_lib.evaluate as ev
+
+    video = _copy(talk, tmp_path, "mine.mp4")
+    face = _copy(shared_data / "images" / "portrait_a.png", tmp_path, "face.png")
+    (tmp_path / "afile").write_text("x")
+    before = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    monkeypatch.setattr(ev, "load_clip", lambda *a, **k: pytest.fail("the clip was read before --plot was checked"))
+    plot = {"plot-is-the-video": video, "plot-is-the-reference": face, "plot-inside-a-file": tmp_path / "afile" / "p.png"}[case]
+    rc = cli(["evaluate", str(video), "--reference", str(face), "--plot", str(plot), "--offline"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert all(w in err for w in words), err
+    assert {p.name: _digest(p) for p in tmp_path.iterdir()} == before
