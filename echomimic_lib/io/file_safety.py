@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 from ..errors import EchoMimicError
@@ -40,13 +41,31 @@ def new_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def regular_target(path: str | Path) -> Path:
+    """Where a file written to ``path`` lands: a symlink is followed (the link stays, its target gets the new contents);
+    an existing folder, device, pipe or socket is refused with :class:`ExistingFileError` (never replaced)."""
+    p = Path(path)
+    if p.is_symlink():
+        p = Path(os.path.realpath(p))
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:  # not there yet (or its folder is not): the write itself says what is wrong
+        return p
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, pipe or socket)"
+        raise ExistingFileError(f"{p} is {kind} and is never replaced; choose the name of a new or existing file.")
+    return p
+
+
 def publish(tmp: str | Path, final: str | Path) -> Path:
-    """Give ``tmp`` the umask's permissions, then rename it to ``final`` (atomic on one file system)."""
+    """Give ``tmp`` the umask's permissions, then rename it to ``final`` (atomic on one file system); a symlink at
+    ``final`` is written through, a folder, device or pipe there is never replaced (:func:`regular_target`)."""
+    target = regular_target(final)
     try:
         os.chmod(tmp, new_file_mode())
     except OSError:  # a file system without permission bits (some network or FAT mounts): keep what it gives
         pass
-    os.replace(tmp, final)
+    os.replace(tmp, target)
     return Path(final)
 
 
