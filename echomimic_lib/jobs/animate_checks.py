@@ -105,13 +105,18 @@ def _check_size(width, height, context_frames, cfg, dtype) -> None:
                              "trained at 512 (V1) / 768 (V2) px. Use at most 2048, e.g. --width 512 --height 512.")
 
 
+def check_fps(value) -> float:
+    fps = _number(value, "--fps")
+    if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+        raise EchoMimicError(f"--fps {value}: the frame rate must be between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}; 24 or 25 is typical.")
+    return fps
+
+
 def check_numbers(req, mode, variant: str, dtype):
     """-> SampleSettings (num_frames left unset). 0 means 'the default' for steps, cfg and length, as in the node."""
     from ..pipeline import settings_for
 
-    fps = _number(req.fps, "--fps")
-    if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
-        raise EchoMimicError(f"--fps {req.fps}: the frame rate must be between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}; 24 or 25 is typical.")
+    fps = check_fps(req.fps)
     steps = _number(req.steps or 0, "--steps", int)
     if not 0 <= steps <= MAX_STEPS:
         raise EchoMimicError(f"--steps {req.steps}: use 1..{MAX_STEPS} denoising steps (0 = the default: 30, or 6 with --acc).")
@@ -316,7 +321,7 @@ def preflight(req) -> Plan:
     if req.smoke:
         req = replace(req, width=req.width or SMOKE["width"], height=req.height or SMOKE["height"],
                       steps=req.steps or SMOKE["steps"], download=False,
-                      length=req.length or max(1, round(SMOKE["seconds"] * float(req.fps))))
+                      length=req.length or max(1, round(SMOKE["seconds"] * check_fps(req.fps))))
     settings, length = check_numbers(req, mode, variant, dtype)
     check_condition_inputs(req, mode)
     output = check_output(req.output, {"--reference": req.reference, "--audio": req.audio, "--landmarks": req.landmarks})
