@@ -32,9 +32,11 @@ def _preview(frame: np.ndarray, plan) -> np.ndarray:
 
 def track(images, fps: float, audio_features, width: int, height: int, reference_frame: int, parts: str, retime: str,
           download: bool):
-    if width % 8 or height % 8 or width < 64 or height < 64:
-        raise EchoMimicError(f"width and height must be multiples of 8 and at least 64 (got {width}x{height}); use the "
-                             "sampler's size.")
+    from .reference import size_problem
+
+    problem = size_problem(width, height)  # a linked value is not range-checked by ComfyUI: 64..2048 here
+    if problem:
+        raise EchoMimicError(f"{problem} Use the sampler's size.")
     if retime not in RETIME_POLICIES:
         raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(RETIME_POLICIES)}.")
     try:

@@ -63,7 +63,16 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
     check_speed_options(C.torch_device(), cuda_graphs=bool(cuda_graphs), low_vram=handle.low_vram, names=NODE_NAMES)
     deep_cache, deep_cache_branch = check_deep_cache(deep_cache, deep_cache_branch, getattr(handle.models, "config", None),
                                                      names=SAMPLER_NAMES)
+    from .reference import size_problem
+
+    given = (width, height)
     width, height = output_size(reference, width, height)
+    problem = not (64 <= width <= 2048 and 64 <= height <= 2048) and size_problem(width, height)  # a linked value, or
+    if problem:  # 0 = a reference of any size, is not checked when queued (multiples of 8: settings.validate below)
+        hint = " (width/height 0 take the reference's size: give it one with EchoMimic Reference Preparation)" if 0 in given else ""
+        raise EchoMimicError(problem + hint)
+    if not (isinstance(length, int) and length >= 0):
+        raise EchoMimicError(f"length {length}: give a number of frames, 0 = follow the audio.")
     n = track.frame_count if not length else min(length, track.frame_count)  # the video follows the audio
     settings = settings_for(MODES[handle.weights], handle.variant, width=width, height=height, seed=seed,
                             steps=steps or None, cfg=cfg or None, fps=track.fps, num_frames=n,

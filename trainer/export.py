@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from echomimic_lib.config import EchoConfig, inference_config_dict, unet_config_dict
-from echomimic_lib.io.file_safety import refuse_existing
+from echomimic_lib.io.file_safety import refuse_existing, refuse_input_as_output
 from echomimic_lib.modes import WEIGHT_SETS
 from echomimic_lib.io.weights import save_state_dict
 
@@ -57,6 +57,11 @@ def load_checkpoint_weights(ckpt: Path, ema: bool = False) -> dict:
     return state
 
 
+def checkpoint_files(ckpt: Path) -> dict:
+    """{"the checkpoint's NAME": path} of every file of a checkpoint folder (what an export must never write over)."""
+    return {f"the checkpoint's {p.name}": p for p in sorted(Path(ckpt).iterdir()) if p.is_file()}
+
+
 def split_state(state: dict) -> dict[str, dict]:
     parts = {"reference": {}, "denoiser": {}, "motion": {}, "cond": {}}
     for k, v in state.items():
@@ -71,6 +76,9 @@ def split_state(state: dict) -> dict[str, dict]:
 
 
 def _place(src: Path, dst: Path, link: bool) -> None:
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):  # exported into the folder the run read it from:
+        log.info("%s is already in place (the run's own); kept as it is", dst)  # removing it would lose the source
+        return
     if dst.exists() or dst.is_symlink():
         shutil.rmtree(dst) if dst.is_dir() and not dst.is_symlink() else dst.unlink()
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +111,7 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
         from .lora import adapter_path, export_adapter, export_peft, peft_dir
 
         target = adapter_path(ckpt, dest, meta, ema)
+        refuse_input_as_output(target, checkpoint_files(ckpt), "DEST")  # not even with --force: the source itself
         if not force:
             refuse_existing([target] + ([peft_dir(target)] if peft else []), what="LoRA file")
         written = [export_adapter(ckpt, dest, meta, load_checkpoint_weights(ckpt, ema), ema, getattr(torch, dtype))]

@@ -66,6 +66,23 @@ def _read_real(paths: list[Path]):
     return [read_video(p, with_audio=False).frames for p in paths]
 
 
+def _check_plot(args) -> None:
+    """--plot before any scoring: a .png name (not the video's), a regular file or none, a writable folder, no input."""
+    from ..errors import EchoMimicError
+    from ..io.file_safety import refuse_input_as_output
+    from ..io.video_writer import check_output_path
+
+    plot = Path(args.plot)
+    if plot.exists() and not plot.is_file():
+        raise EchoMimicError(f"{args.plot} exists and is not a regular file; choose another --plot path.")
+    if plot.suffix.lower() != ".png":
+        raise EchoMimicError(f"--plot {args.plot}: the plot is a PNG image; give it the .png extension, e.g. --plot "
+                             f"{plot.with_suffix('.png')}.")
+    check_output_path(plot, "--plot")  # a file as its folder, an unwritable folder: said now, not after the scoring
+    refuse_input_as_output(plot, {"the video": args.video, "--compare": args.compare, "--audio": args.audio,
+                                  "--reference": args.reference}, "--plot")
+
+
 def _warn(text: str) -> None:
     sys.stderr.write(f"warning: {text}\n")
 
@@ -82,8 +99,8 @@ def _cmd_evaluate(args) -> int:
     models = _models_dir(args)
     if args.reference and not Path(args.reference).is_file():
         raise EchoMimicError(f"{args.reference}: reference image not found.")
-    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_file():
-        raise EchoMimicError(f"{args.plot} exists and is not a regular file; choose another --plot path.")
+    if args.plot:
+        _check_plot(args)
     clips = [load_clip(args.video, args.audio, args.landmarks, args.fps)]  # inputs checked before any model loads
     if args.compare:
         clips.append(load_clip(args.compare, args.audio, None, None))

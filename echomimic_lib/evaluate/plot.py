@@ -2,13 +2,13 @@
 zero mean, unit spread), and below it the correlation for every candidate offset with the best one marked."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .._lazy import cv2
 from ..errors import EchoMimicError
+from ..io.file_safety import publish, regular_target
 from .sync import SyncResult
 
 BG, GRID, AXIS, TEXT = (255, 255, 255), (225, 225, 225), (90, 90, 90), (30, 30, 30)
@@ -95,14 +95,15 @@ def save_png(path: str | Path, image_rgb: np.ndarray) -> Path:
     path = Path(path)
     if path.exists() and not path.is_file():
         raise EchoMimicError(f"{path} exists and is not a regular file; choose another output path.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.png")
+    target = regular_target(path)  # a link is written through, never replaced
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.partial.png")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise EchoMimicError(f"{path}: the plot could not be encoded as PNG.")
     try:
         tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

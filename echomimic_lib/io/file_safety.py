@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 from ..errors import EchoMimicError
@@ -40,13 +41,31 @@ def new_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def regular_target(path: str | Path) -> Path:
+    """Where a file written to ``path`` lands: a symlink is followed (the link stays, its target gets the new contents);
+    an existing folder, device, pipe or socket is refused with :class:`ExistingFileError` (never replaced)."""
+    p = Path(path)
+    if p.is_symlink():
+        p = Path(os.path.realpath(p))
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:  # not there yet (or its folder is not): the write itself says what is wrong
+        return p
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, pipe or socket)"
+        raise ExistingFileError(f"{p} is {kind} and is never replaced; choose the name of a new or existing file.")
+    return p
+
+
 def publish(tmp: str | Path, final: str | Path) -> Path:
-    """Give ``tmp`` the umask's permissions, then rename it to ``final`` (atomic on one file system)."""
+    """Give ``tmp`` the umask's permissions, then rename it to ``final`` (atomic on one file system); a symlink at
+    ``final`` is written through, a folder, device or pipe there is never replaced (:func:`regular_target`)."""
+    target = regular_target(final)
     try:
         os.chmod(tmp, new_file_mode())
     except OSError:  # a file system without permission bits (some network or FAT mounts): keep what it gives
         pass
-    os.replace(tmp, final)
+    os.replace(tmp, target)
     return Path(final)
 
 
@@ -59,6 +78,23 @@ def refuse_existing(paths, flag: str = "--force", what: str = "weight file") -> 
     raise ExistingFileError(f"{shown} already exist{'s' if len(found) == 1 else ''}; this would replace {'it' if len(found) == 1 else 'them'}"
                             f" (an existing {what} is never overwritten silently). Choose another destination, move the "
                             f"file{'s' if len(found) > 1 else ''} away, or add {flag} to replace {'it' if len(found) == 1 else 'them'}.")
+
+
+def refuse_input_as_output(output, inputs: dict, out_flag: str = "-o") -> None:
+    """Raise when ``output`` is the same file as one of ``inputs`` (``{flag: path or None}``), through links too:
+    the finished file would be renamed over that input and it would be lost."""
+    if output is None or not os.path.lexists(output):
+        return
+    for flag, src in inputs.items():
+        if not src:
+            continue
+        try:
+            same = os.path.samefile(output, src)
+        except OSError:  # an input that is not there (its own check says so), or a dangling link
+            continue
+        if same:
+            raise EchoMimicError(f"{out_flag} {output} is the same file as {flag} {src}: writing the result would replace "
+                                 f"that input and it would be lost. Choose another {out_flag} name.")
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -105,13 +105,18 @@ def _check_size(width, height, context_frames, cfg, dtype) -> None:
                              "trained at 512 (V1) / 768 (V2) px. Use at most 2048, e.g. --width 512 --height 512.")
 
 
+def check_fps(value) -> float:
+    fps = _number(value, "--fps")
+    if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+        raise EchoMimicError(f"--fps {value}: the frame rate must be between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}; 24 or 25 is typical.")
+    return fps
+
+
 def check_numbers(req, mode, variant: str, dtype):
     """-> SampleSettings (num_frames left unset). 0 means 'the default' for steps, cfg and length, as in the node."""
     from ..pipeline import settings_for
 
-    fps = _number(req.fps, "--fps")
-    if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
-        raise EchoMimicError(f"--fps {req.fps}: the frame rate must be between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}; 24 or 25 is typical.")
+    fps = check_fps(req.fps)
     steps = _number(req.steps or 0, "--steps", int)
     if not 0 <= steps <= MAX_STEPS:
         raise EchoMimicError(f"--steps {req.steps}: use 1..{MAX_STEPS} denoising steps (0 = the default: 30, or 6 with --acc).")
@@ -193,10 +198,13 @@ def check_gesture_inputs(req, mode) -> None:
                                      "folder's poses/.)") from None
 
 
-def check_output(path) -> Path:
+def check_output(path, inputs: dict | None = None) -> Path:
+    """The -o video: a writable place for a new or existing .mp4 file that is none of ``inputs`` ({flag: path})."""
+    from ..io.file_safety import refuse_input_as_output
     from ..io.video_writer import check_output_path
 
     p = check_output_path(path, "-o")  # a folder, a device, an unwritable place: said first
+    refuse_input_as_output(p, inputs or {})  # -o the --audio video: the result would be renamed over it
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise EchoMimicError(f"-o {path}: the output is an H.264 mp4 video; give it the .mp4 extension, e.g. -o "
                              f"{Path(str(path)).with_suffix('.mp4')}.")
@@ -313,10 +321,10 @@ def preflight(req) -> Plan:
     if req.smoke:
         req = replace(req, width=req.width or SMOKE["width"], height=req.height or SMOKE["height"],
                       steps=req.steps or SMOKE["steps"], download=False,
-                      length=req.length or max(1, round(SMOKE["seconds"] * float(req.fps))))
+                      length=req.length or max(1, round(SMOKE["seconds"] * check_fps(req.fps))))
     settings, length = check_numbers(req, mode, variant, dtype)
     check_condition_inputs(req, mode)
-    output = check_output(req.output)
+    output = check_output(req.output, {"--reference": req.reference, "--audio": req.audio, "--landmarks": req.landmarks})
     reference = read_reference(req.reference)
     if req.audio is None:  # landmark-only driving (the paper's "L" mode): the length of the driving sequence
         if mode.name != "v1-landmarks":

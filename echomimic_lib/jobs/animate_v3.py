@@ -22,6 +22,7 @@ more (``length`` > 81) renders the whole request in chunks re-anchored on the re
 from __future__ import annotations
 
 import gc
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,11 +131,10 @@ def plan_v3(req: V3Request) -> V3Plan:
 
     if req.compile:  # V3's only speed option: on a CPU a warning that compiling takes minutes
         check_speed_options(req.device, compile=True)
-    out = check_output(req.output)
+    check_v3_numbers(req)
+    out = check_output(req.output, {"--reference": req.reference, "--audio": req.audio})
     ref = read_reference(req.reference)
     wav, sr, raw = read_speech(req.audio)
-    if req.steps < 1 or req.steps > 200:
-        raise EchoMimicError(f"--steps {req.steps}: give 1..200 (flash-pro default 8)")
     mono = raw.samples.mean(axis=0).astype(np.float32)
     seconds = mono.shape[0] / raw.sample_rate
     cap = max(81, int(req.length or 0))
@@ -144,6 +144,30 @@ def plan_v3(req: V3Request) -> V3Plan:
     h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
     lora = check_lora(req) if req.lora else ()
     return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h), lora)
+
+
+def check_v3_numbers(req: V3Request) -> None:
+    """The request's numbers, before any file is read: finite and in range (a NaN guidance rendered noise, a negative
+    length or a size under 16 px stopped with a traceback, after the weights had loaded)."""
+    from .animate_checks import MAX_CFG, MAX_LENGTH, MAX_STEPS
+    from ..pipeline.wan.sampler import SIZE_MULTIPLE
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not (whole(req.steps) and 1 <= req.steps <= MAX_STEPS):
+        raise EchoMimicError(f"--steps {req.steps}: give 1..{MAX_STEPS} (flash-pro default 8)")
+    if not (isinstance(req.audio_cfg, (int, float)) and math.isfinite(req.audio_cfg) and 0 <= req.audio_cfg <= MAX_CFG):
+        raise EchoMimicError(f"--audio-cfg {req.audio_cfg}: give a number from 0 to {MAX_CFG:g} (official 3.0; 1 or less: "
+                             "one pass per step, no audio guidance)")
+    if not (whole(req.seed) and 0 <= req.seed < 2**63):
+        raise EchoMimicError(f"--seed {req.seed}: use a whole number from 0 to 2^63-1 (default 43)")
+    if not (whole(req.length) and 0 <= req.length <= MAX_LENGTH):
+        raise EchoMimicError(f"--length {req.length}: the number of frames must be 0 (follow the audio) .. {MAX_LENGTH}")
+    for name, v in zip(("--width", "--height"), req.size):
+        if not (whole(v) and v >= SIZE_MULTIPLE):
+            raise EchoMimicError(f"{name} {v}: the EchoMimicV3 target area needs at least {SIZE_MULTIPLE} px a side (default "
+                                 "768x768; the reference is scaled down to about that many pixels, never up)")
 
 
 def lora_shapes(folder: Path) -> dict:

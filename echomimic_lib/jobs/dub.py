@@ -134,7 +134,7 @@ def _validate(req: DubRequest) -> _Checked:
     if req.length is not None and req.length < 1:
         raise EchoMimicError("--length must be at least 1 frame.")
     parts = parts_for(req.parts, req.audio is not None)
-    check_output(req.output)
+    check_output(req.output, {"--video": req.video, "--audio": req.audio})
     root = Path(req.models).expanduser() if req.models else default_models_dir()
     face_model = resolve_model("face_landmarker", req.mediapipe_model, [root], download=req.download)
     import_mediapipe()

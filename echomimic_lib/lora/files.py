@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EchoMimicError, WeightsError
-from ..io.file_safety import publish
+from ..io.file_safety import publish, regular_target
 from ..modes import WEIGHT_SETS
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,9 @@ def write_lora(path: str | Path, tensors: dict[str, torch.Tensor], info: LoraInf
     path = Path(path)
     if path.suffix != ".safetensors":
         raise EchoMimicError(f"{path}: a LoRA file must end in .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
+    target = regular_target(path)  # a link is written through (the temporary file beside its target), a folder refused
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial")
     tensors = with_alpha_tensors(tensors, info)
     try:
         save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp), metadata=info.to_metadata())

@@ -93,9 +93,10 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     """Checkpoint folder (or run folder: its newest checkpoint) -> one Wan LoRA ``.safetensors`` (written whole)."""
     from safetensors.torch import load_file, save_file
 
-    from echomimic_lib.io.file_safety import publish, refuse_existing
+    from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output
 
     from ..checkpoint import latest_checkpoint, read_meta
+    from ..export import checkpoint_files
 
     ckpt = Path(ckpt)
     if not (ckpt / "meta.json").is_file():
@@ -109,6 +110,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
                           "`echomimic-train export`")
     desc = meta["lora"]
     path = export_path(ckpt, dest, int(meta["step"]))
+    refuse_input_as_output(path, checkpoint_files(ckpt), "DEST")  # not even with --force: the source itself
     if os.path.lexists(path):
         if not force:
             refuse_existing([path], what="LoRA file")

@@ -226,12 +226,24 @@ def _rows_jsonl(path: Path):
             yield n, row if isinstance(row, dict) else ValueError("each line must be one JSON object {...}")
 
 
+def _inputs(job: Job) -> list[tuple[str, Path]]:
+    req = job.request
+    return [(key, Path(getattr(req, key)).resolve()) for key in ("reference", "audio", "video", "landmarks", "pose")
+            if isinstance(getattr(req, key, None), str)]
+
+
 def _finish(jobs: list[Job], problems: list[tuple[int, str]], source: str) -> list[Job]:
     seen: dict[str, int] = {}
     for job in jobs:  # a repeated chosen name is an error (a repeated default name got its line already)
         if job.name in seen:
             problems.append((job.line, f"name '{job.name}' is also used on line {seen[job.name]}; give each row its own name"))
         seen.setdefault(job.name, job.line)
+    read = {path: (job.line, key) for job in reversed(jobs) for key, path in _inputs(job)}
+    for job in jobs:  # a video written over a row's input (-o the media folder, a name like an input's): the input is lost
+        hit = read.get(job.output.resolve())
+        if hit:
+            problems.append((job.line, f"the output {job.output} is the {hit[1]} of line {hit[0]}; writing it would replace "
+                                       "that input. Give this row another name, or choose another -o folder"))
     if problems:
         raise ManifestError(source, sorted(problems))
     if not jobs:

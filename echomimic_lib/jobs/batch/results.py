@@ -113,12 +113,14 @@ class ResultsFile:
 
     def rewrite(self, records: list[dict]) -> None:
         self._fh.close()
-        fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".partial", dir=self.path.parent)
+        from ...io.file_safety import publish, regular_target
+
+        fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".partial", dir=regular_target(self.path).parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 for rec in records:
                     fh.write(json.dumps(rec, default=str) + "\n")
-            os.replace(tmp, self.path)
+            publish(tmp, self.path)  # the umask's mode, not mkstemp's 0600; a link is written through
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
