@@ -158,10 +158,15 @@ class EchoMimicV3Sampler:
             "teacache": (["official", "off"], {"default": "official", "tooltip": "official: as the official CLI "
                          "(always on; audio CFG has no effect in some steps); off: every call computed."}),
             "color_transfer": ("BOOLEAN", {"default": True, "tooltip": "The official colour transfer to the first frame."}),
+        }, "optional": {
+            "long_mode": (["reanchor", "continue"], {"default": "reanchor", "tooltip": "Audio longer than 81 frames, in "
+                          "chunks: reanchor: each chunk starts from the picture (no identity drift; the pose returns to the "
+                          "picture's at each seam, crossfaded); continue: each chunk goes on from the previous one's last 8 "
+                          "frames (smooth seams; identity can drift over long clips)."}),
         }}
 
     def execute(self, model, v3_audio, positive, clip_vision_output, vae, image, size, steps, audio_cfg, seed, teacache,
-                color_transfer):
+                color_transfer, long_mode="reanchor"):
         from ..echomimic_lib.models.wan.vae import PixelVAE
         from ..echomimic_lib.pipeline.wan.long import iter_long
         from ..echomimic_lib.pipeline.wan.sampler import V3Settings, generate, resize_reference, sample_size
@@ -203,5 +208,5 @@ class EchoMimicV3Sampler:
             else:
                 frames = np.concatenate(list(iter_long(net, codec, model.wav2vec, ref_u8, prompt, clip, v3_audio.samples,
                                                        v3_audio.frames, settings, on_step=on_step,
-                                                       trace=trace if preview else None)))
+                                                       trace=trace if preview else None, mode=long_mode)))
         return (to_image(frames), 25.0, trim_audio(v3_audio.audio, frames.shape[0], 25.0))

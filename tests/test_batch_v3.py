@@ -236,3 +236,36 @@ def test_render_v3_hands_each_streamed_chunk_to_on_frames(v3media, shared_data, 
     assert out["frames"] == plan.frames and (tmp_path / "long.mp4").is_file()
     assert len(seen) == 3 and all(a is b for a, b in zip(seen, blocks))
     assert digest.hexdigest() == hashlib.sha256(np.concatenate(blocks).tobytes()).hexdigest()
+
+
+def test_v3_long_mode_column_reaches_the_request_and_only_a_set_value_is_hashed(tmp_path):
+    """``long-mode`` (as ``--long-mode``): a row without it keeps the fingerprint it had before the column existed; a
+    row with ``continue`` is another result; an unknown value is a manifest error naming the column."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import pytest
+    import torch
+
+    from echomimic_lib.jobs.batch.manifest import _convert
+    from echomimic_lib.jobs.batch.results import fingerprint
+    from echomimic_lib.jobs.batch.v3 import V3Row, build_v3_kwargs
+
+    ref, audio = tmp_path / "a.png", tmp_path / "a.wav"
+    ref.write_bytes(b"png")
+    audio.write_bytes(b"wav")
+    kw = build_v3_kwargs({"reference": str(ref), "audio": str(audio), "long_mode": "continue"}, tmp_path, _convert)
+    row = V3Row(output=str(tmp_path / "a.mp4"), **kw)
+    assert row.request("cpu", torch.float32).long_mode == "continue"
+    with pytest.raises(ValueError, match="long-mode: 'loop'; use reanchor or continue"):
+        build_v3_kwargs({"reference": str(ref), "audio": str(audio), "long_mode": "loop"}, tmp_path, _convert)
+
+    OldRow = dataclasses.make_dataclass("V3Row", [(f.name, f.type, f) for f in dataclasses.fields(V3Row) if f.name != "long_mode"])
+    base = dict(reference=str(ref), audio=str(audio), output=str(tmp_path / "a.mp4"))
+
+    def job(request):
+        return SimpleNamespace(kind="animate", request=request, weight_key=("v3-flash", "m", "auto"))
+
+    old = fingerprint(job(OldRow(**base)))
+    assert fingerprint(job(V3Row(**base))) == old
+    assert fingerprint(job(V3Row(**base, long_mode="continue"))) != old

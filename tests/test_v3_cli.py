@@ -95,3 +95,28 @@ def test_the_prompt_cache_keeps_each_precision_apart(tmp_path, monkeypatch):
     assert list(bf16) == ["a woman speaks ."] and encode_prompts(*args, torch.bfloat16) == {}
     assert loads == [torch.float32, torch.bfloat16] and len(list(cache.glob("*.safetensors"))) == 2
     assert not torch.equal(fp32["a woman speaks ."], bf16["a woman speaks ."])  # the precisions' states differ
+
+
+def test_long_mode_reaches_the_chunked_render_and_is_a_v3_option(tmp_path, capsys, monkeypatch):
+    """--long-mode continue reaches the chunking of a clip longer than 81 frames (the chunk loop is stubbed: its own
+    tests are in test_v3_long.py); V1/V2 refuse it by name."""
+    import numpy as np
+
+    from echomimic_lib.pipeline.wan import long
+
+    seen = {}
+
+    def fake_iter_long(model, vae, enc, ref_u8, prompt, clip, samples, total, settings, mode="reanchor", **kw):
+        seen["mode"] = mode
+        yield np.zeros((total,) + ref_u8.shape, np.uint8)
+
+    monkeypatch.setattr(long, "iter_long", fake_iter_long)
+    out = tmp_path / "long.mp4"
+    rc = main(["animate", "--version", "v3-flash", "--smoke", "--reference", str(DATA / "images" / "portrait_a.png"),
+               "--audio", str(DATA / "audio" / "echomimic_en.wav"), "-o", str(out), "--models", str(tmp_path / "m"),
+               "--length", "89", "--long-mode", "continue", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert seen == {"mode": "continue"} and out.is_file()
+    rc = main(["animate", "--reference", str(tmp_path / "none.png"), "--audio", str(tmp_path / "none.wav"),
+               "-o", str(tmp_path / "x.mp4"), "--long-mode", "continue"])
+    assert rc == 2 and "--long-mode is an EchoMimicV3 flash-pro option" in capsys.readouterr().err

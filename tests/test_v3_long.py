@@ -73,3 +73,59 @@ def test_progress_counts_every_step_of_every_chunk(parts):
     generate_long(parts["model"], parts["vae"], parts["enc"], parts["ref"], parts["prompt"], parts["clip"],
                   prepare_samples(parts["speech"], 16), 16, s, chunk=9, overlap=2, margin=4, on_step=lambda d, t: seen.append((d, t)))
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # two chunks (0, 7) x two steps
+
+
+def _spied_chunks(parts, monkeypatch, mode, total=16, overlap=2):
+    """Run iter_long (chunks of 9, starts 0 and 7) and record each chunk's given first frames and rendered frames."""
+    from echomimic_lib.pipeline.wan import long
+
+    calls, real = [], long.generate
+
+    def spy(*a, **kw):
+        res = real(*a, **kw)
+        calls.append((kw.get("known_frames"), res.frames))
+        return res
+
+    monkeypatch.setattr(long, "generate", spy)
+    s = V3Settings(steps=2, teacache="off", audio_cfg=1.0)
+    out = generate_long(parts["model"], parts["vae"], parts["enc"], parts["ref"], parts["prompt"], parts["clip"],
+                        prepare_samples(parts["speech"], total), total, s, chunk=9, overlap=overlap, margin=4, mode=mode)
+    return out, calls
+
+
+def test_continue_mode_starts_each_chunk_from_the_previous_chunks_last_frames(parts, monkeypatch):
+    """mode="continue" (the preview release's chunking): chunk 1 is given chunk 0's last `overlap` frames as its first
+    frames; chunk 0 is the same shot as in the default mode, which gives every chunk the reference."""
+    again, plain = _spied_chunks(parts, monkeypatch, "reanchor")
+    assert [known for known, _ in plain] == [None, None]
+    out, calls = _spied_chunks(parts, monkeypatch, "continue")
+    (k0, f0), (k1, f1) = calls
+    assert k0 is None and np.array_equal(f0, plain[0][1])
+    assert k1.dtype == np.uint8 and np.array_equal(k1, f0[9 - 2:9])  # chunk 0 ran 9 frames; its last 2 carried over
+    assert not np.array_equal(f1, plain[1][1])  # so chunk 1 is another shot
+    assert out.shape == again.shape and np.array_equal(out[:7], again[:7]) and not np.array_equal(out[7:], again[7:])
+
+
+def test_continue_mode_puts_the_carried_frames_in_the_condition(parts):
+    """The carried frames are known frames of the condition: the mask marks video frames 0..K-1 (latent frame 0 is frame
+    0 four times, latent frame 1 holds frames 1-4), and the latents encode them, not the reference."""
+    from echomimic_lib.pipeline.wan.sampler import condition_latents
+
+    rng = np.random.default_rng(5)
+    known = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    y = condition_latents(parts["vae"], parts["ref"], 9, known)
+    ref_y = condition_latents(parts["vae"], parts["ref"], 9)
+    mask = y[0, :4, :, 0, 0]
+    assert mask[:, 0].tolist() == [1, 1, 1, 1] and mask[:, 1].tolist() == [1, 0, 0, 0] and mask[:, 2].tolist() == [0, 0, 0, 0]
+    assert ref_y[0, :4, 1, 0, 0].tolist() == [0, 0, 0, 0]
+    assert not torch.equal(y[:, 4:, 0], ref_y[:, 4:, 0])  # frame 0 is the carried frame, not the reference
+
+
+def test_bad_long_modes_are_refused(parts):
+    s = V3Settings(steps=1, teacache="off")
+    args = (parts["model"], parts["vae"], parts["enc"], parts["ref"], parts["prompt"], parts["clip"],
+            prepare_samples(parts["speech"], 16), 16, s)
+    with pytest.raises(ValueError, match="one of reanchor, continue"):
+        generate_long(*args, chunk=9, overlap=2, margin=4, mode="loop")
+    with pytest.raises(ValueError, match="overlap must be at least 1"):
+        generate_long(*args, chunk=9, overlap=0, margin=4, mode="continue")

@@ -77,3 +77,38 @@ def test_v3_sampler_shows_a_latent_preview_with_each_step_and_the_frames_do_not_
     assert [(v, t) for v, t, _ in shown] == [(1, 3), (2, 3), (3, 3)]
     assert all(p is not None and p[1] == (1, 16, 3, 8, 8) for _, _, p in shown)  # 9 frames -> 3 latent frames, 64 px / 8
     assert torch.equal(frames, plain)  # previews only look
+
+
+def test_v3_sampler_long_mode_is_optional_and_reaches_the_chunking(tmp_path, monkeypatch):
+    """`long_mode` is an optional input after the saved widgets (old workflows keep their order and get "reanchor");
+    with audio over 81 frames it reaches the chunk loop."""
+    import numpy as np
+
+    from echomimic_lib.models.wan.tiny import CLIP_DIM, TEXT_DIM, write_tiny_v3
+    from echomimic_lib.models.wan.vae import DiffusersPixelVAE, load_wan_vae
+
+    load_pack()
+    bridge = sub("nodes.comfy_bridge")
+    monkeypatch.setattr(bridge, "MODELS_DIR", tmp_path / "models")
+    folder = write_tiny_v3(tmp_path / "models" / "echomimic" / "v3-flash")
+    v3, long = sub("nodes.v3"), sub("echomimic_lib.pipeline.wan.long")
+    spec = v3.EchoMimicV3Sampler.INPUT_TYPES()
+    assert "long_mode" not in spec["required"] and spec["optional"]["long_mode"][1]["default"] == "reanchor"
+    modes = []
+
+    def fake_iter_long(model, vae, enc, ref_u8, prompt, clip, samples, total, settings, mode="reanchor", **kw):
+        modes.append(mode)
+        yield np.zeros((total,) + ref_u8.shape, np.uint8)
+
+    monkeypatch.setattr(long, "iter_long", fake_iter_long)
+    (handle,) = v3.EchoMimicV3Loader().execute("v3-flash", "fp32")
+    g = torch.Generator().manual_seed(0)
+    audio = {"waveform": torch.randn(1, 1, 16000 * 4, generator=g) * 0.1, "sample_rate": 16000}
+    v3_audio, n = v3.EchoMimicV3AudioEncoder().execute(handle, audio, 89)
+    assert n == 89
+    args = (handle, v3_audio, [[torch.randn(1, 512, TEXT_DIM, generator=g), {}]],
+            SimpleNamespace(penultimate_hidden_states=torch.randn(1, 257, CLIP_DIM, generator=g)),
+            DiffusersPixelVAE(load_wan_vae(folder / "vae")), torch.rand(1, 64, 64, 3, generator=g), 64, 2, 3.0, 1, "off", True)
+    assert v3.EchoMimicV3Sampler().execute(*args)[0].shape[0] == 89
+    v3.EchoMimicV3Sampler().execute(*args, long_mode="continue")
+    assert modes == ["reanchor", "continue"]

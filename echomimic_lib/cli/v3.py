@@ -9,7 +9,7 @@ V3_FPS = 25.0
 V1V2_ONLY = ("mode", "acc", "landmarks", "parts", "pose", "retime", "gesture_library", "expressiveness", "fps",
              "context_frames", "context_overlap", "no_face_crop", "mediapipe_model", "low_vram", "fp8", "paste_back",
              "halfbody_crop", "align_poses", "cuda_graphs", "deep_cache", "deep_cache_branch")
-V3_ONLY = ("prompt", "audio_cfg", "teacache", "no_color_transfer")
+V3_ONLY = ("prompt", "audio_cfg", "teacache", "no_color_transfer", "long_mode")
 
 
 def add_v3_arguments(a) -> None:
@@ -19,6 +19,11 @@ def add_v3_arguments(a) -> None:
     g.add_argument("--teacache", choices=["official", "off"], default="official",
                    help="official: the official CLI's always-on TeaCache (audio CFG has no effect in some steps); off: exact")
     g.add_argument("--no-color-transfer", action="store_true", help="skip the official colour transfer to the first frame")
+    g.add_argument("--long-mode", choices=["reanchor", "continue"], default="reanchor",
+                   help="speech longer than 81 frames, in chunks: reanchor (default): each chunk starts from the reference "
+                        "(no identity drift; the pose returns to the reference's at each seam, crossfaded); continue: each "
+                        "chunk goes on from the previous one's last 8 frames (the preview release's way: smooth seams, "
+                        "identity can drift over long clips)")
     a.set_defaults(family_defaults={d: a.get_default(d) for d in V1V2_ONLY + V3_ONLY})
 
 
@@ -77,7 +82,7 @@ def cmd_animate_v3(args) -> int:
     req = V3Request(reference=args.reference, audio=args.audio, output=args.output, models=str(folder), prompt=args.prompt,
                     steps=args.steps or (2 if args.smoke else 8), audio_cfg=args.audio_cfg,
                     seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
-                    teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
+                    long_mode=args.long_mode, teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
                     download=not (args.offline or args.smoke), lora=lora, lora_strength=lora_strength,
                     compile=args.compile)
     s = run_v3(req)

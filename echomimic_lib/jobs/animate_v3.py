@@ -45,6 +45,7 @@ class V3Request:
     seed: int = 43
     size: tuple[int, int] = (768, 768)  # target area (width, height) of the size rule
     length: int = 0  # 0: one shot (<= 81 frames); more than 81: chunked
+    long_mode: str = "reanchor"  # chunks of a long clip: reanchor (each from the reference) or continue (pipeline.wan.long)
     teacache: str = "official"
     color_transfer: bool = True
     device: str = "cpu"
@@ -164,6 +165,11 @@ def check_v3_numbers(req: V3Request) -> None:
         raise EchoMimicError(f"--seed {req.seed}: use a whole number from 0 to 2^63-1 (default 43)")
     if not (whole(req.length) and 0 <= req.length <= MAX_LENGTH):
         raise EchoMimicError(f"--length {req.length}: the number of frames must be 0 (follow the audio) .. {MAX_LENGTH}")
+    from ..pipeline.wan.long import LONG_MODES
+
+    if req.long_mode not in LONG_MODES:
+        raise EchoMimicError(f"--long-mode {req.long_mode!r}: one of {', '.join(LONG_MODES)} (reanchor: every 81-frame chunk "
+                             "starts from the reference; continue: each chunk goes on from the previous one's last frames)")
     for name, v in zip(("--width", "--height"), req.size):
         if not (whole(v) and v >= SIZE_MULTIPLE):
             raise EchoMimicError(f"{name} {v}: the EchoMimicV3 target area needs at least {SIZE_MULTIPLE} px a side (default "
@@ -272,7 +278,7 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
             res = generate(model, vae, ref_u8, prompt, clip, enc.windows(samples, frames), settings)
             write(res.frames)
         else:
-            for block in iter_long(model, vae, enc, ref_u8, prompt, clip, samples, frames, settings):
+            for block in iter_long(model, vae, enc, ref_u8, prompt, clip, samples, frames, settings, mode=req.long_mode):
                 write(block)
                 if progress:
                     progress(writer.frames_written, frames)

@@ -2,7 +2,7 @@
 the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v3`` / ``render_v3``).
 
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
-``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``teacache``, ``no-color-transfer``, ``compile``, ``models``
+``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``long-mode``, ``teacache``, ``no-color-transfer``, ``compile``, ``models``
 (the models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, ``lora``, ``lora-strength`` (a
 Wan2.1 1.3B LoRA, or several separated by ``;`` with one strength or one each), plus ``name`` and ``kind``
 (``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...) is a manifest error.
@@ -47,6 +47,7 @@ class V3Row:
     height: int | None = None
     length: int | None = None
     teacache: str = "official"
+    long_mode: str = "reanchor"
     color_transfer: bool = True
     smoke: bool = False
     dtype: str = "auto"
@@ -73,6 +74,7 @@ class V3Row:
                          prompt=self.prompt, steps=self.steps or (SMOKE["steps"] if self.smoke else 8),
                          audio_cfg=self.audio_cfg, seed=self.seed, size=(w, h),
                          length=self.length or (SMOKE["length"] if self.smoke else 0), teacache=self.teacache,
+                         long_mode=self.long_mode,
                          color_transfer=self.color_transfer, device=str(device), dtype=dtype,
                          download=self.download and not self.smoke, lora=self.lora, lora_strength=self.lora_strength,
                          compile=self.compile)
@@ -99,6 +101,8 @@ def build_v3_kwargs(values: dict, base: Path, convert) -> dict:
         kw[target] = (not converted) if inverted else converted
     if kw.get("teacache") not in (None, "official", "off"):
         raise ValueError(f"teacache: '{kw['teacache']}'; use official or off")
+    if kw.get("long_mode") not in (None, "reanchor", "continue"):
+        raise ValueError(f"long-mode: '{kw['long_mode']}'; use reanchor or continue")
     for key in ("reference", "audio"):
         if not kw.get(key):
             raise ValueError(f"{key}: missing; every {VERSION} row needs one")

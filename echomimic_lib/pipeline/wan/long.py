@@ -1,12 +1,15 @@
-"""Speech longer than one flash-pro shot: chunks with overlap, each re-anchored on the reference.
+"""Speech longer than one flash-pro shot: chunks with overlap, each re-anchored on the reference (or continued).
 
 Not official behaviour (the official flash CLI stops at 81 frames); opt-in, and a clip of at most one
 chunk goes through :func:`.sampler.generate` unchanged (parity). Design:
 
-* every chunk is conditioned on the **original reference** (frame 0 of its mask + CLIP features), never on
-  generated frames, so identity cannot drift from chunk to chunk (re-anchoring on decoded frames, as the
-  preview release does, compounds errors and is the most reported V3 long-video problem); the price is
-  that each chunk starts from the reference pose, which the overlap crossfade hides;
+* ``mode="reanchor"`` (the default): every chunk is conditioned on the **original reference** (frame 0 of its
+  mask + CLIP features), never on generated frames, so identity cannot drift from chunk to chunk (re-anchoring
+  on decoded frames compounds errors and is the most reported V3 long-video problem); the price is that each
+  chunk starts from the reference pose, which the overlap crossfade hides;
+* ``mode="continue"``: the preview release's chunking (its ``app.py``): chunk k > 0 is given the previous
+  chunk's last ``overlap`` frames as its first frames (known in the mask, VAE-encoded), while the CLIP features
+  stay the reference's; the motion runs on across the seams, and identity can drift over a long clip;
 * chunks of ``chunk`` frames (4k+1) start every ``chunk - overlap`` frames; the ``overlap`` shared frames
   are crossfaded linearly in pixel space; the last chunk is padded (audio clamped) to 4k+1 and cut;
 * wav2vec2 runs per chunk on the chunk's samples plus ``margin`` frames of context on each side (the
@@ -25,6 +28,9 @@ import torch
 from ...audio.wav2vec import FPS, RATE, WINDOW, Wav2VecV3
 from .color import color_transfer
 from .sampler import V3Settings, check_frames, generate
+
+
+LONG_MODES = ("reanchor", "continue")
 
 
 def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
@@ -52,11 +58,16 @@ def chunk_windows(encoder: Wav2VecV3, samples_16k: np.ndarray, total: int, start
 
 def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds, clip_features, samples_16k: np.ndarray,
               total: int, settings: V3Settings, chunk: int = 81, overlap: int = 8, margin: int = 50, on_step=None,
-              trace=None):
+              trace=None, mode: str = "reanchor"):
     """Yield (F_k, H, W, 3) uint8 frame blocks that concatenate to ``total`` frames. ``on_step(done, total)``
-    counts the sampling steps of all chunks; ``trace`` sees each chunk's tensors as :func:`generate`'s."""
+    counts the sampling steps of all chunks; ``trace`` sees each chunk's tensors as :func:`generate`'s; ``mode``:
+    ``reanchor`` or ``continue`` (module docstring)."""
     if margin < WINDOW // 2 + 1:
         raise ValueError(f"margin must be at least {WINDOW // 2 + 1} frames")
+    if mode not in LONG_MODES:
+        raise ValueError(f"long mode '{mode}': one of {', '.join(LONG_MODES)}")
+    if mode == "continue" and not overlap:
+        raise ValueError("long mode 'continue' carries the overlap frames into the next chunk: overlap must be at least 1")
     starts = chunk_starts(total, chunk, overlap)
     plain = replace(settings, color_transfer=False)
     tail = None  # previous chunk's last ``overlap`` frames (float, for the crossfade)
@@ -66,8 +77,9 @@ def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds,
         length = n if n == 1 or (n - 1) % 4 == 0 else (n - 1) // 4 * 4 + 5
         windows = chunk_windows(encoder, samples_16k, total, s, length, margin)
         step = None if on_step is None else (lambda i, n, k=k: on_step(k * n + i, len(starts) * n))
+        known = np.clip(np.rint(tail), 0, 255).astype(np.uint8) if mode == "continue" and tail is not None else None
         res = generate(model, vae, ref_u8, prompt_embeds, clip_features, windows, replace(plain, seed=settings.seed + k),
-                       on_step=step, trace=trace)
+                       on_step=step, trace=trace, known_frames=known)
         frames = res.frames[:n].astype(np.float32)
         if tail is not None and overlap:
             w = np.linspace(0, 1, overlap + 2, dtype=np.float32)[1:-1, None, None, None]

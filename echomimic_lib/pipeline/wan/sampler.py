@@ -148,15 +148,16 @@ def to_frames(video: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(model, vae, ref_u8: np.ndarray, prompt_embeds, clip_features, audio_windows, settings: V3Settings,
-             noise: torch.Tensor | None = None, trace=None, on_step=None) -> V3Result:
+             noise: torch.Tensor | None = None, trace=None, on_step=None, known_frames: np.ndarray | None = None) -> V3Result:
     """One flash-pro shot. ``ref_u8``: the reference already at the sample size (see :func:`sample_size`);
-    ``audio_windows`` (1, F, 5, layers, C) decide the frame count F (4k+1)."""
+    ``audio_windows`` (1, F, 5, layers, C) decide the frame count F (4k+1). ``known_frames`` (K, H, W, 3) uint8: the
+    shot's first K frames are given instead of the reference (a long clip continued, :mod:`.long`)."""
     frames = int(audio_windows.shape[1])
     check_frames(frames)
     h, w = ref_u8.shape[:2]
     if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
         raise ValueError(f"reference {w}x{h}: both sides must be multiples of {SIZE_MULTIPLE}; resize with sample_size()")
-    y = condition_latents(vae, ref_u8, frames)
+    y = condition_latents(vae, ref_u8, frames, known_frames)
     if trace is not None:
         trace("y", y)
     lat, tc = sample_latents(model, y, prompt_embeds, clip_features, audio_windows, settings, noise, trace, on_step)
