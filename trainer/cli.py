@@ -127,9 +127,10 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from .plan import load_plan_config, plan_text
+    from .plan import check_plan_numbers, load_plan_config, plan_text
     from .presets import PRESETS
 
+    check_plan_numbers(args.gpus, args.gpu_gib, args.peak_tflops, args.mfu)
     if args.config and not args.all_presets:
         from .plan.v3 import read_plan_mapping
 
