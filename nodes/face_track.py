@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from ..echomimic_lib.frames.composite import outline
-from ..echomimic_lib.jobs.dub_plan import plan_dub, reference_crop
+from ..echomimic_lib.jobs.dub_plan import check_source_frames, plan_dub, reference_crop
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.landmarks import normalize_parts
 from . import detectors
@@ -44,6 +44,7 @@ def track(images, fps: float, audio_features, width: int, height: int, reference
     except ValueError as exc:
         raise EchoMimicError(f"parts: {exc}") from None
     frames = image_batch(images, "images")
+    check_source_frames(len(frames), "the images input")
     feats, model_fps = audio_features.features, float(audio_features.fps)
     n_model = audio_features.frame_count
     n_out = max(1, min(int(np.floor(feats.seconds * fps + 1e-6)), int(np.floor(n_model * fps / model_fps + 1e-6))))

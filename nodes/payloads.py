@@ -128,6 +128,9 @@ def mask_plane(mask) -> torch.Tensor:
     """ComfyUI MASK [B, H, W] (or [H, W]) -> the first (H, W) plane."""
     if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
         raise EchoMimicError("mask: expected a ComfyUI MASK [batch, height, width].")
+    if mask.dim() == 3 and mask.shape[0] == 0:
+        raise EchoMimicError("mask: the MASK batch is empty (no mask in it); connect EchoMimic Reference Preparation's "
+                             "mask, or disconnect 'mask' to animate the whole picture.")
     return mask[0] if mask.dim() == 3 else mask
 
 

@@ -39,3 +39,12 @@ def test_the_face_track_checks_its_size_first(width, height):
     err = sub("echomimic_lib.errors").EchoMimicError
     with pytest.raises(err, match="from 64 to 2048"):
         sub("nodes.face_track").track(None, 24.0, None, width, height, -1, "", "ping-pong", False)
+
+
+@pytest.mark.parametrize("shape", [(0, 64, 64), (0, 0, 0)])
+def test_an_empty_mask_batch_gets_a_message_not_an_index_error(shape):
+    """An empty MASK batch (a mask node fed an empty selection) raised IndexError: index 0 is out of bounds."""
+    err = sub("echomimic_lib.errors").EchoMimicError
+    sampler = sub("nodes.sampler")
+    with pytest.raises(err, match="the MASK batch is empty.*Reference Preparation's mask, or disconnect 'mask'"):
+        sampler.build_condition("v1_audio", torch.zeros(shape), None, None, 12, 64, 64, 24.0)

@@ -28,9 +28,10 @@ def _cmd_prepare(args) -> int:
 
             raise ConfigError("--cache-latents: the VAE latent cache is the V1/V2 trainer's; --kind full clips are for "
                               "EchoMimicV3 LoRA training, which caches its own encodings (v3-fit data.cache_dir): leave it out")
-        from .data.latent_cache import parse_size
+        from .data.latent_cache import parse_size, vae_files
 
         latent_size = parse_size(args.latent_size, cfg.size)
+        vae_files(args.cache_latents)  # a wrong VAE path is found now, not after every clip is prepared
     detector = None
     if args.kind in ("halfbody", "pose"):
         if not args.dwpose_dir:
@@ -127,9 +128,10 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from .plan import load_plan_config, plan_text
+    from .plan import check_plan_numbers, load_plan_config, plan_text
     from .presets import PRESETS
 
+    check_plan_numbers(args.gpus, args.gpu_gib, args.peak_tflops, args.mfu)
     if args.config and not args.all_presets:
         from .plan.v3 import read_plan_mapping
 

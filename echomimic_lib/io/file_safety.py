@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from ..errors import EchoMimicError
@@ -67,6 +68,17 @@ def publish(tmp: str | Path, final: str | Path) -> Path:
         pass
     os.replace(tmp, target)
     return Path(final)
+
+
+def temp_beside(final: str | Path, suffix: str = ".partial") -> Path:
+    """A new, empty temporary file of a unique name (``.<stem>.XXXXXXXX<suffix>``, hidden) in the folder where a file
+    written to ``final`` lands (beside a symlink's target, so :func:`publish` renames on one file system). Two writers
+    of one destination never share it; the caller writes it, then publishes it or unlinks it on any failure."""
+    target = regular_target(final)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def refuse_existing(paths, flag: str = "--force", what: str = "weight file") -> None:

@@ -52,6 +52,26 @@ def read_video(path: str | Path, max_frames: int | None = None, with_audio: bool
     return VideoClip(np.stack(frames), fps, audio, sr)
 
 
+def count_frames(path: str | Path, upto: int) -> int:
+    """How many video frames the file has, counting no further than ``upto`` (cheap: stops decoding there)."""
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise EchoMimicError(f"{path}: the file has no video stream.")
+        n = 0
+        for _ in container.decode(container.streams.video[0]):
+            n += 1
+            if n >= upto:
+                break
+        return n
+    except EchoMimicError:
+        raise
+    except Exception as exc:
+        raise EchoMimicError(f"{path}: the video cannot be decoded ({exc}); the file is damaged or not a video.") from exc
+    finally:
+        container.close()
+
+
 def _has_audio(path) -> bool:
     container = _open(path)
     try:

@@ -122,6 +122,10 @@ def _validate(req: DubRequest) -> _Checked:
     settings.validate()
     if not Path(req.video).is_file():
         raise EchoMimicError(f"--video {req.video}: source video not found; give a video file of one person.")
+    from .dub_plan import MIN_SOURCE_FRAMES, check_source_frames
+    from ..io.video_io import count_frames
+
+    check_source_frames(count_frames(req.video, MIN_SOURCE_FRAMES), f"--video {req.video}")
     checks = [(req.retime, POLICIES, "--retime"), (req.region, REGIONS, "--mask"), (req.color, COLOR_METHODS, "--color-match")]
     for value, allowed, flag in checks:
         if value not in allowed:

@@ -26,6 +26,20 @@ from ..frames.reference import v1_face_region
 from ..retime import retime_indices
 
 
+MIN_SOURCE_FRAMES = 8  # a third of a second at 24 fps: less is a picture (or a flash), not a video to dub
+
+
+def check_source_frames(n: int, what: str) -> None:
+    """Refuse a dub source of fewer than :data:`MIN_SOURCE_FRAMES` frames (a still picture is one frame): a picture
+    is animated from, not dubbed (``echomimic animate --reference``; in ComfyUI, EchoMimic Reference Prep)."""
+    if n >= MIN_SOURCE_FRAMES:
+        return
+    kind = "a still picture (1 frame)" if n == 1 else f"only {n} frame{'s' if n != 1 else ''} long"
+    raise EchoMimicError(f"{what} is {kind}: a dub needs a video of at least {MIN_SOURCE_FRAMES} frames, whose face it "
+                         "re-animates. To make a still picture speak, use `echomimic animate --reference PICTURE --audio "
+                         "SPEECH` (in ComfyUI: EchoMimic Reference Preparation, not Face Track).")
+
+
 @dataclass
 class DubSchedule:
     driving: np.ndarray    # (n_model,) source frame driving each generated frame

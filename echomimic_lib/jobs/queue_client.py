@@ -178,23 +178,56 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
     while time.monotonic() < end:
         entry = _request(f"{server}/history/{prompt_id}", timeout=request_timeout).get(prompt_id)
         if entry is not None:
-            status = entry.get("status", {})
-            if status.get("status_str") == "error":
-                events = {m[0]: m[1] for m in status.get("messages", [])}
-                if "execution_interrupted" in events:
-                    raise QueueError(f"prompt {prompt_id} was cancelled (interrupted) before it finished.")
-                msg = events.get("execution_error", {}).get("exception_message", "").strip()
-                raise QueueError(f"prompt {prompt_id} failed: {msg or 'see the ComfyUI log'}")
+            failure, _ = outcome(server, prompt_id, entry)
+            if failure == CANCELLED:
+                raise QueueError(f"prompt {prompt_id} was {CANCELLED}.")
+            if failure:
+                raise QueueError(f"prompt {prompt_id} failed: {failure}")
             return entry
         time.sleep(poll)
     raise QueueError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.")
 
 
-def saved_files(entry: dict) -> list[str]:
+def _malformed(server: str, prompt_id: str, what: str) -> QueueError:
+    return QueueError(f"{server}/history/{prompt_id}: the answer is not ComfyUI's history ({what}); is this ComfyUI's "
+                      "address, and is the server a current ComfyUI?")
+
+
+CANCELLED = "cancelled (interrupted) before it finished"
+
+
+def outcome(server: str, prompt_id: str, entry) -> tuple[str | None, list[str]]:
+    """(why it failed -- the node's exception message, or :data:`CANCELLED` -- or None; the saved files) of a /history
+    entry; a reply of another shape is a QueueError, not
+    a traceback (a proxy's or another service's JSON)."""
+    if not isinstance(entry, dict):
+        raise _malformed(server, prompt_id, f"an entry of type {type(entry).__name__}")
+    status = entry.get("status") or {}
+    if not isinstance(status, dict):
+        raise _malformed(server, prompt_id, "its status is not an object")
+    if status.get("status_str") == "error":
+        messages = status.get("messages") or []
+        events = {m[0]: m[1] for m in messages if isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str)}
+        if "execution_interrupted" in events:
+            return CANCELLED, []
+        err = events.get("execution_error")
+        msg = str(err.get("exception_message", "")).strip() if isinstance(err, dict) else ""
+        return msg or "see the ComfyUI log", []
+    return None, saved_files(entry, server, prompt_id)
+
+
+def saved_files(entry: dict, server: str = "", prompt_id: str = "") -> list[str]:
+    """The saved files (``subfolder/filename``, as the server names them) of a history entry's outputs."""
+    outputs = entry.get("outputs") or {}
+    if not isinstance(outputs, dict):
+        raise _malformed(server, prompt_id, "its outputs are not an object")
     out = []
-    for node_out in entry.get("outputs", {}).values():
-        for item in node_out.get("images", []) + node_out.get("gifs", []):
-            out.append("/".join(x for x in (item.get("subfolder"), item.get("filename")) if x))
+    for node_out in outputs.values():
+        if not isinstance(node_out, dict):
+            continue
+        for item in [*(node_out.get("images") or []), *(node_out.get("gifs") or [])]:
+            if isinstance(item, dict):
+                out.append("/".join(str(x) for x in (item.get("subfolder"), item.get("filename")) if x))
     return out
 
 

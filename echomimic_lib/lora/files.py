@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EchoMimicError, WeightsError
-from ..io.file_safety import publish, regular_target
+from ..io.file_safety import publish, temp_beside
 from ..modes import WEIGHT_SETS
 
 log = logging.getLogger(__name__)
@@ -133,15 +133,13 @@ def with_alpha_tensors(tensors: dict[str, torch.Tensor], info: LoraInfo) -> dict
 
 
 def write_lora(path: str | Path, tensors: dict[str, torch.Tensor], info: LoraInfo) -> Path:
-    """Write an adapter file atomically (``path.partial`` then rename); each layer gets its ``alpha`` tensor."""
+    """Write an adapter file atomically (a unique temporary name beside it, then rename); each layer gets its ``alpha`` tensor."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise EchoMimicError(f"{path}: a LoRA file must end in .safetensors")
-    target = regular_target(path)  # a link is written through (the temporary file beside its target), a folder refused
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial")
+    tmp = temp_beside(path)  # unique, beside the target of a link (written through); a folder there is refused
     tensors = with_alpha_tensors(tensors, info)
     try:
         save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp), metadata=info.to_metadata())

@@ -47,13 +47,23 @@ def _digest_files(paths: tuple[str, ...], stamp: tuple) -> str:
     return h.hexdigest()
 
 
-def vae_digest(vae_path: str | Path) -> str:
-    """sha256 of a VAE's files: a folder's config.json and weights, or a single weights file."""
+def vae_files(vae_path: str | Path) -> list[Path]:
+    """A VAE's files (a folder's config.json and weights, or a single weights file); a clear error when there are none,
+    so ``prepare --cache-latents`` fails before any clip is prepared, not after."""
     p = Path(vae_path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: VAE not found; give the sd-vae-ft-mse folder (config.json + weights) or a VAE "
+                                "weights file")
     files = sorted(q for q in p.iterdir() if q.is_file() and (q.name == "config.json" or q.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt"))) \
         if p.is_dir() else [p]
-    if not files:
-        raise FileNotFoundError(f"{p}: no VAE files to cache latents for (config.json + weights)")
+    if not any(q.name != "config.json" for q in files):
+        raise FileNotFoundError(f"{p}: no VAE weights to cache latents for (config.json + diffusion_pytorch_model.safetensors)")
+    return files
+
+
+def vae_digest(vae_path: str | Path) -> str:
+    """sha256 of a VAE's files: a folder's config.json and weights, or a single weights file."""
+    files = vae_files(vae_path)
     stamp = tuple((str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in files)
     return _digest_files(tuple(str(q) for q in files), stamp)
 

@@ -148,6 +148,32 @@ def status_path(out_root: Path, cid: str) -> Path:
     return out_root / "status" / f"{cid}.json"
 
 
+def check_folders(input_dir, output_dir) -> None:
+    """Before any model is loaded: the videos' folder exists, and the output is a new or empty folder or a prepared
+    dataset (resumed), never the videos' folder itself nor a folder of other files (its manifest.jsonl, report.jsonl,
+    config would be replaced and the clips mixed into it)."""
+    from ..config import ConfigError
+
+    src, out = Path(input_dir), Path(output_dir)
+    if not src.is_dir():
+        raise ConfigError(f"{src}: {'not a folder' if src.exists() else 'not found'}; give the folder of your videos "
+                          "(searched recursively).")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; give a folder for the prepared dataset (a new one, or one to resume).")
+    if out.exists() and out.resolve() == src.resolve():
+        raise ConfigError(f"the output {out} is the videos' folder {src}: the prepared clips, manifest.jsonl and "
+                          "report.jsonl would be written among your videos. Give a new folder, e.g. "
+                          f"{src.resolve().parent / (src.resolve().name + '_prepared')}.")
+    if not out.is_dir() or (out / "prepare_config.json").is_file() or (out / "status").is_dir():
+        return  # new, or a prepared dataset (a resume, or another worker's)
+    foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # hidden: another worker's partial config
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise ConfigError(f"the output {out} is a folder of other files ({shown}), not a prepared dataset: prepare writes "
+                          "manifest.jsonl, report.jsonl, prepare_config.json, status/ and shard-*/ into it, replacing any "
+                          "of these. Give a new or empty folder (or a dataset prepared before, to resume it).")
+
+
 def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, landmarker_model=None, pose_detector=None,
                     worker_index: int = 0, num_workers: int = 1, progress: bool = True, device: str = "cpu") -> dict:
     """Prepare every video under ``input_dir`` (this worker's share) into ``output_dir``; returns the summary.
@@ -155,6 +181,7 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     from tqdm import tqdm
 
     input_dir, out_root = Path(input_dir), Path(output_dir)
+    check_folders(input_dir, out_root)
     tools = preflight(cfg, whisper_path, landmarker_model, pose_detector, device, worker_index, num_workers)
     out_root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_root / "prepare_config.json", asdict(cfg))

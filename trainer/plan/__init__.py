@@ -11,12 +11,35 @@ definitions built on the meta device (no weights, no GPU needed).
 """
 from __future__ import annotations
 
+import math
+
+MAX_GPUS = 16384
+
+
+def check_plan_numbers(gpus: int | None, gpu_gib: float | None, peak_tflops: float, mfu: float) -> None:
+    """The command line's numbers, before any config is read: a GPU count of 0 or less, a zero, negative or non-finite
+    memory or peak, or a utilisation outside (0, 1] printed a plan of nonsense (negative or infinite step times)."""
+    from ..config import ConfigError
+
+    if gpus is not None and not 1 <= gpus <= MAX_GPUS:
+        raise ConfigError(f"--gpus {gpus}: give the number of GPUs the run uses, 1 to {MAX_GPUS} (default 8 for V1/V2, "
+                          "1 for a V3 LoRA).")
+    if gpu_gib is not None and not (math.isfinite(gpu_gib) and gpu_gib > 0):
+        raise ConfigError(f"--gpu-gib {gpu_gib}: give the memory of one GPU in GiB, a number above 0 (e.g. 80 for an "
+                          "A100 80 GB, 24 for a consumer card).")
+    if not (math.isfinite(peak_tflops) and peak_tflops > 0):
+        raise ConfigError(f"--peak-tflops {peak_tflops}: give one GPU's dense bf16 peak in TFLOP/s, a number above 0 "
+                          "(default 312, an A100; an H100 SXM is 989).")
+    if not (math.isfinite(mfu) and 0 < mfu <= 1):
+        raise ConfigError(f"--mfu {mfu}: the model FLOP utilisation is a fraction above 0 and at most 1 (default 0.30; "
+                          "0.3 means 30 %).")
+
 
 def load_plan_config(path=None, overrides=None, preset=None):
     """Like :func:`trainer.config_file.load_config`, but without the checks of paths (a plan needs no files)."""
     import json
 
-    from ..config import TrainConfig
+    from ..config import ConfigError, TrainConfig
     from ..config_file import apply_override, check_numbers, deep_merge, from_dict, read_yaml_mapping
     from ..phases import validate_phases
     from ..presets import preset_dict
@@ -29,6 +52,9 @@ def load_plan_config(path=None, overrides=None, preset=None):
         data = apply_override(data, ov)
     cfg = from_dict(TrainConfig, data)
     check_numbers(cfg)
+    if not cfg.memory.gpu_gib > 0:
+        raise ConfigError(f"memory.gpu_gib: {cfg.memory.gpu_gib:g} is the memory of one GPU in GiB; give a number above 0 "
+                          "(e.g. 80, or --gpu-gib 80).")
     validate_phases(cfg.phases, cfg.data.condition)
     return cfg
 

@@ -93,7 +93,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     """Checkpoint folder (or run folder: its newest checkpoint) -> one Wan LoRA ``.safetensors`` (written whole)."""
     from safetensors.torch import load_file, save_file
 
-    from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output
+    from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output, temp_beside
 
     from ..checkpoint import latest_checkpoint, read_meta
     from ..export import checkpoint_files
@@ -121,8 +121,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
         raise ConfigError(f"{ckpt}: no adapter tensors in this checkpoint")
     info = {"format": FORMAT, "rank": str(desc["rank"]), "alpha": str(desc["alpha"]), "targets": json.dumps(desc["targets"]),
             "base_model": str(desc["base"]["path"]), "step": str(meta["step"]), "checkpoint": str(ckpt)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.safetensors")  # the reader (check_export) wants the suffix
+    tmp = temp_beside(path, ".partial.safetensors")  # unique (two exports at once); check_export wants the suffix
     try:
         save_file(tensors, str(tmp), metadata=info)
         if verify:

@@ -129,13 +129,13 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 if entry is None:
                     continue
                 del flight[key]
-                status = entry.get("status", {})
-                if status.get("status_str") == "error":
-                    events = {m[0]: m[1] for m in status.get("messages", [])}
-                    msg = events.get("execution_error", {}).get("exception_message", "").strip() or "see the ComfyUI log"
-                    record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=msg)
+                try:
+                    failure, files = client.outcome(server.url, pid, entry)
+                except QueueError as exc:
+                    failure, files = str(exc), []
+                if failure:
+                    record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=failure)
                 else:
-                    files = client.saved_files(entry)
                     record(job, "ok", attempts, t0, server=server.url, prompt_id=pid, output=files[0] if files else None,
                            files=files)
         for job, server, pid, attempts, t0 in flight.values():
