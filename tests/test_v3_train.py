@@ -440,3 +440,23 @@ def test_bf16_run_with_adapters_in_the_autocast_dtype_learns(tiny_v3, data, tmp_
     got = adapters(tmp_path / "run" / "checkpoints" / "step-00000002")
     assert all(v.dtype == torch.float32 for v in got.values())
     assert any(float(v.abs().max()) > 0 for k, v in got.items() if ".lora_B." in k)
+
+
+def test_a_v3_checkpoint_given_to_the_v1_v2_fit_is_refused_with_the_command_to_use(tmp_path):
+    """`echomimic-train fit --resume` of an EchoMimicV3 LoRA checkpoint stops before any data or network is read (the
+    config's data and weights do not even exist here), naming v3-fit (v3-fit's own check is the mirror of this)."""
+    import yaml
+
+    from trainer.config_file import load_config
+    from trainer.loop import fit
+
+    ck = tmp_path / "v3run" / "checkpoints" / "step-00000002"
+    ck.mkdir(parents=True)
+    (ck / "meta.json").write_text(json.dumps({"family": "v3", "step": 2}))
+    cfg = {"preset": "v1_stage1", "output_dir": str(tmp_path / "run"),
+           "model": {"init": "echomimic", "echomimic_path": str(tmp_path / "nowhere"), "weights": "v1_pose"},
+           "data": {"roots": [str(tmp_path / "nodata")], "width": 64, "height": 64, "num_workers": 0}}
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="an EchoMimicV3 LoRA checkpoint; resume it with `echomimic-train v3-fit --resume`"):
+        fit(load_config(str(tmp_path / "v1.yaml"), []), resume=str(ck), lpips_fn=lambda a, b: a)
+    assert not (tmp_path / "run").exists()

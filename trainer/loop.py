@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint import (agree_on_resume, checkpoint_dir, is_writer, list_checkpoints, read_meta, remove_partial, resolve_resume,
                          save_checkpoint)
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .config_file import dump_config
 from .safe_resume import check_checkpoint, weights_only_loading
 from .distributed import (PhaseModel, ValidationWait, accelerator_kwargs, check_shared_output, is_fsdp, materialize_optimizer_state,
@@ -129,6 +129,9 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     agree_on_resume(acc, ckpt)
     if ckpt is not None:
         check_checkpoint(ckpt)  # no file of the run folder runs code: refused here, before anything is built
+        if read_meta(ckpt).get("family") == "v3":
+            raise ConfigError(f"{ckpt}: an EchoMimicV3 LoRA checkpoint; resume it with `echomimic-train v3-fit --resume` "
+                              "(fit trains V1/V2)")
     if ckpt is None and list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
     pools = build_pools(cfg, rank, world)  # clips V1/V2 cannot train on are refused before anything is written or built
