@@ -100,7 +100,7 @@ def test_halfbody_prepare_and_v2_samples(base):
 def _v2_cfg(base, out, phases: dict, **extra) -> dict:
     cfg = {
         "preset": "v2_apdh", "output_dir": str(out), "seed": 11, "cpu_threads": 1,
-        "mixed_precision": "no",  # the preset's bf16 (#26: for 80 GB GPUs) is not bitwise reproducible across a resume on CPU
+        "mixed_precision": "no",  # the preset's bf16 (#26) resumes exactly too (test_trainer_resume_bf16.py) but is ~20 % slower on CPU
         "model": {"init": "echomimic", "echomimic_path": str(tiny_weights(base, "v2")), "weights": "v2", "motion_init": "released"},
         "data": {"roots": [str(halfbody_dataset(base))], "headshot_roots": [str(headshot_dataset(base))], "width": 64, "height": 64,
                  "num_workers": 0, "audio_aug": {"noise_prob": 0.0, "gain_prob": 0.0, "shift_prob": 0.0}},

@@ -3,10 +3,17 @@
 DistributedDataParallel registers the parameters that require gradients when it is built, so a phase that
 trains another set (APDH's muted-audio phases, the motion-only temporal phase, a LoRA run's adapters) needs a
 new wrapper. This goes through accelerate's public API only: ``unwrap_model(..., keep_fp32_wrapper=False)``
-takes the mixed-precision forward off the network, ``free_memory()`` drops the previously prepared model and
-optimizer (so ``save_state`` writes exactly one of each), and ``prepare_model`` / ``prepare_optimizer`` wrap
-them again. The optimizer's state survives (the same ``torch.optim`` object is re-wrapped). Consecutive phases
-with the same trainable set keep their wrapper.
+takes the DDP wrapper and the mixed-precision forward off the network, ``free_memory()`` drops the previously
+prepared model and optimizer (so ``save_state`` writes exactly one of each), and ``prepare_model`` /
+``prepare_optimizer`` wrap them again. The optimizer's state survives (the same ``torch.optim`` object is
+re-wrapped). Consecutive phases with the same trainable set keep their wrapper.
+
+A single process has no wrapper to replace: ``prepare_model`` returned the network itself, marked as prepared,
+and preparing it again returns it unchanged. Its mixed-precision forward (autocast, outputs converted to
+float32) therefore stays on it: taken off, it would not come back, and with bf16 / fp16 every phase after the
+first change of the trainable set would return half-precision predictions, while a run started or resumed in
+that phase returns float32 ones -- the gradients then differ in their last bits and resuming is no longer
+bitwise exact (docs/training.md, "Training machinery").
 
 Anything that changes which parameters train -- :func:`trainer.net.set_trainable`, adapter injection -- must
 happen before :meth:`PhaseModel.enter`, which then wraps for exactly that set.
@@ -48,7 +55,8 @@ class PhaseModel:
         else:
             if self.model is not None:
                 old, self.model, self.optimizer = self.model, None, None
-                self.acc.unwrap_model(old, keep_fp32_wrapper=False)
+                if old is not self.net:  # one process: the network itself keeps its mixed-precision forward (above)
+                    self.acc.unwrap_model(old, keep_fp32_wrapper=False)
                 del old  # the old DDP wrapper (and its gradient hooks) must be gone before the next backward:
                 self.acc.free_memory()  # free_memory drops accelerate's references and runs the garbage collector
             self.model = self.acc.prepare_model(self.net)
