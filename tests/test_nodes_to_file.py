@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from tests._pack import load_pack, sub
+from tests.test_workflows_run import comfy  # noqa: F401  (the fixture: input/ with the workflows' files)
 
 ROOT = Path(__file__).resolve().parents[1]
 N = load_pack().NODE_CLASS_MAPPINGS
@@ -256,6 +257,22 @@ def test_in_comfyui_the_prefix_is_checked_before_comfyuis_helper_runs(output, mo
     assert calls == []
     path, entry = C.save_path("s/v", "mp4", 64, 48)
     assert calls == [("s/v", str(output), 64, 48)] and path == output / "s" / "v_00003_.mp4" and entry["subfolder"] == "s"
+
+
+@pytest.mark.slow
+def test_the_to_file_workflow_runs_and_writes_the_video(comfy, monkeypatch):
+    """workflows/api/v1_audio_to_file.json executed as ComfyUI's queue does (tests/test_workflows_run.py): no Create /
+    Save Video, the sampler's file in output/echomimic/, its path shown by Preview Any, its preview by Preview Image."""
+    from tests.test_workflows_run import FAST, Core, run_prompt
+
+    monkeypatch.setattr(C, "OUTPUT_DIR", comfy / "output")
+    core = Core(comfy)
+    out = run_prompt(json.loads((ROOT / "workflows" / "api" / "v1_audio_to_file.json").read_text()), core, FAST)
+    path, fps, preview = out["6"]
+    assert Path(path) == comfy / "output" / "echomimic" / "v1_audio_to_file_00001_.mp4" and fps == FPS
+    assert core.saved == [] and core.shown == [path] and core.previews == [preview]
+    info = IO.probe(path)
+    assert (info["width"], info["height"]) == (64, 64) and info["frames"] == out["5"][2] and info["audio_seconds"]
 
 
 # ------------------------------------------------------------------------------------------ V3
