@@ -14,6 +14,7 @@ from .lora import EchoMimicLora
 from .pose import EchoMimicPoseSequenceLoader
 from .reference import EchoMimicReferencePrep
 from .sampler import EchoMimicSampler
+from .to_file import EchoMimicSamplerToFile, EchoMimicV3SamplerToFile
 from .v3 import EchoMimicV3AudioEncoder, EchoMimicV3Loader, EchoMimicV3Sampler
 from .v3_lora import EchoMimicV3Lora
 
@@ -27,6 +28,7 @@ NODE_CLASS_MAPPINGS = {
     "EchoMimicPoseSequenceLoader": EchoMimicPoseSequenceLoader,
     "EchoMimicGesturesFromAudio": EchoMimicGesturesFromAudio,
     "EchoMimicSampler": EchoMimicSampler,
+    "EchoMimicSamplerToFile": EchoMimicSamplerToFile,
     "EchoMimicEvaluate": EchoMimicEvaluate,
     "EchoMimicPasteBack": EchoMimicPasteBack,
     "EchoMimicFaceTrack": EchoMimicFaceTrack,
@@ -35,6 +37,7 @@ NODE_CLASS_MAPPINGS = {
     "EchoMimicV3Lora": EchoMimicV3Lora,
     "EchoMimicV3AudioEncoder": EchoMimicV3AudioEncoder,
     "EchoMimicV3Sampler": EchoMimicV3Sampler,
+    "EchoMimicV3SamplerToFile": EchoMimicV3SamplerToFile,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicModelLoader": "EchoMimic Model Loader (whole model set)",
@@ -46,6 +49,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicPoseSequenceLoader": "EchoMimic Hand-Pose Sequence Loader",
     "EchoMimicGesturesFromAudio": "EchoMimic Gestures from Audio",
     "EchoMimicSampler": "EchoMimic Sampler",
+    "EchoMimicSamplerToFile": "EchoMimic Sampler (to file)",
     "EchoMimicEvaluate": "EchoMimic Evaluate",
     "EchoMimicPasteBack": "EchoMimic Paste Back",
     "EchoMimicFaceTrack": "EchoMimic Face Track (video dubbing)",
@@ -54,5 +58,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicV3Lora": "EchoMimic V3 LoRA (Wan2.1 1.3B)",
     "EchoMimicV3AudioEncoder": "EchoMimic V3 Audio Encoder (flash-pro)",
     "EchoMimicV3Sampler": "EchoMimic V3 Sampler (flash-pro)",
+    "EchoMimicV3SamplerToFile": "EchoMimic V3 Sampler (to file)",
 }
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

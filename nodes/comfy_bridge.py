@@ -1,7 +1,8 @@
 """The only module of the pack that imports ComfyUI (``folder_paths``, ``comfy.*``, ``latent_preview``).
 
 Every other module calls the small functions below. Outside ComfyUI (tests, scripts) stand-ins take over:
-models under :data:`MODELS_DIR` (default ``./models``), inputs under :data:`INPUT_DIR`, the CPU device, a
+models under :data:`MODELS_DIR` (default ``./models``), inputs under :data:`INPUT_DIR`, outputs under
+:data:`OUTPUT_DIR` (numbered like ComfyUI's ``get_save_image_path``), the CPU device, a
 progress bar that calls :data:`PROGRESS_HOOK` (ComfyUI's global hook does the same, and raises
 ``InterruptProcessingException`` there when the user presses Cancel), a local
 :class:`InterruptProcessingException`, and a small model manager (:data:`MODEL_MANAGER`) that keeps the
@@ -15,10 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from pathlib import Path
 
 import torch
 
+from ..echomimic_lib.errors import EchoMimicError
 from ._model_manager import (KEEP_WHOLE, MANAGED_NAMES, LoraWeightPatch, ManagedNetwork, StandInCallbacksMP,  # noqa: F401
                              StandInModelManager, StandInPatcher, make_castable)
 
@@ -48,6 +52,7 @@ except ImportError:
 FOLDER = "echomimic"
 MODELS_DIR: str | os.PathLike | None = None  # stand-in for folder_paths.models_dir
 INPUT_DIR: str | os.PathLike | None = None  # stand-in for folder_paths.get_input_directory()
+OUTPUT_DIR: str | os.PathLike | None = None  # stand-in for folder_paths.get_output_directory()
 PROGRESS_HOOK = None  # stand-in for ComfyUI's progress hook: callable(value, total, preview)
 DEVICE: str | None = None  # stand-in torch device (default cpu)
 
@@ -75,6 +80,62 @@ def input_dir() -> Path:
     if folder_paths is not None:
         return Path(folder_paths.get_input_directory())
     return Path(INPUT_DIR) if INPUT_DIR else Path.cwd() / "input"
+
+
+def output_dir() -> Path:
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return Path(OUTPUT_DIR) if OUTPUT_DIR else Path.cwd() / "output"
+
+
+def prefix_problem(prefix) -> str | None:
+    """Why a ``filename_prefix`` cannot be used, or None: empty, or a folder outside the output folder (ComfyUI's own
+    rule: the prefix's folder part, normalised and joined to the output folder, must stay inside it)."""
+    if not isinstance(prefix, str) or not prefix.strip():
+        return "filename_prefix is empty: give a name such as 'echomimic/video' (sub-folders of the output folder are fine)."
+    root = os.path.abspath(output_dir())
+    folder = os.path.abspath(os.path.join(root, os.path.dirname(os.path.normpath(prefix))))
+    try:
+        inside = os.path.commonpath((root, folder)) == root
+    except ValueError:  # another drive (Windows)
+        inside = False
+    if not inside:
+        return (f"filename_prefix '{prefix}' points outside ComfyUI's output folder ({root}): give a name inside it such "
+                "as 'echomimic/video' (sub-folders are fine; '..' and absolute paths elsewhere are not).")
+    return None
+
+
+def _stand_in_save_path(prefix: str, root: Path, width: int, height: int) -> tuple[str, str, int, str]:
+    """What ``folder_paths.get_save_image_path`` gives outside ComfyUI: %width% / %height% / %year% ... %second%
+    filled in, the folder made, and the counter one past the highest ``<name>_<digits>_`` already there."""
+    now = time.localtime()
+    tokens = {"width": width, "height": height, "year": now.tm_year, "month": f"{now.tm_mon:02}", "day": f"{now.tm_mday:02}",
+              "hour": f"{now.tm_hour:02}", "minute": f"{now.tm_min:02}", "second": f"{now.tm_sec:02}"}
+    for key, value in tokens.items():
+        prefix = prefix.replace(f"%{key}%", str(value))
+    subfolder, name = os.path.split(os.path.normpath(prefix))
+    folder = Path(root) / subfolder
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for f in os.listdir(folder) if (m := re.match(re.escape(name) + r"_(\d+)_", f))]
+    return str(folder), name, max(taken, default=0) + 1, subfolder
+
+
+def save_path(prefix: str, ext: str, width: int = 0, height: int = 0) -> tuple[Path, dict]:
+    """The next file for ``filename_prefix`` in the output folder, as core's Save nodes name theirs
+    (``<prefix>_00001_.<ext>``; ComfyUI's ``folder_paths.get_save_image_path``), and the entry the frontend shows it
+    by (``{"filename", "subfolder", "type": "output"}``; the sub-folder relative to the output folder, also for an
+    absolute prefix inside it). A prefix outside the output folder raises, with the fix."""
+    problem = prefix_problem(prefix)
+    if problem:
+        raise EchoMimicError(problem)
+    root = output_dir()
+    if folder_paths is not None:
+        folder, name, counter, _, _ = folder_paths.get_save_image_path(prefix, str(root), width, height)
+    else:
+        folder, name, counter, _ = _stand_in_save_path(prefix, root, width, height)
+    file = f"{name}_{counter:05}_.{ext}"
+    subfolder = os.path.relpath(os.path.abspath(folder), os.path.abspath(root))
+    return Path(folder) / file, {"filename": file, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}
 
 
 def _register() -> None:

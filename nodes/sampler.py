@@ -59,7 +59,9 @@ def output_size(reference, width: int, height: int) -> tuple[int, int]:
 
 def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: int, height: int, length: int,
            context_frames: int, context_overlap: int, mask=None, landmarks=None, poses=None, cuda_graphs: bool = False,
-           deep_cache: int = 0, deep_cache_branch: int = 0):
+           deep_cache: int = 0, deep_cache_branch: int = 0, frame_sink=None):
+    """The Sampler's run; with ``frame_sink(start, frames)`` the decoded frames go there window by window and the
+    returned frames are None (EchoMimic Sampler (to file), :mod:`.to_file`)."""
     check_speed_options(C.torch_device(), cuda_graphs=bool(cuda_graphs), low_vram=handle.low_vram, names=NODE_NAMES)
     deep_cache, deep_cache_branch = check_deep_cache(deep_cache, deep_cache_branch, getattr(handle.models, "config", None),
                                                      names=SAMPLER_NAMES)
@@ -98,7 +100,7 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
                 pbar.update_absolute(state["done"], state["total"], preview(value[1]))
 
         result = Sampler(handle.models, place)(first_image(reference, "reference"), track.features, condition, settings,
-                                               progress=progress, trace=trace if preview else None)
+                                               progress=progress, trace=trace if preview else None, frame_sink=frame_sink)
     finally:
         finish(place)
     return result.frames, float(result.fps), trim_audio(track.audio, result.num_frames, result.fps)

@@ -167,6 +167,14 @@ class EchoMimicV3Sampler:
 
     def execute(self, model, v3_audio, positive, clip_vision_output, vae, image, size, steps, audio_cfg, seed, teacache,
                 color_transfer, long_mode="reanchor"):
+        return self.sample(model, v3_audio, positive, clip_vision_output, vae, image, size, steps, audio_cfg, seed,
+                           teacache, color_transfer, long_mode)
+
+    def sample(self, model, v3_audio, positive, clip_vision_output, vae, image, size, steps, audio_cfg, seed, teacache,
+               color_transfer, long_mode="reanchor", sink=None):
+        """The run: (frames IMAGE, 25.0, the audio cut to the video). With ``sink(block)`` each (k, H, W, 3) uint8
+        block goes there as it is made (one block for at most 81 frames, else one per chunk), nothing is kept and
+        None is returned (EchoMimic V3 Sampler (to file), :mod:`.to_file`)."""
         from ..echomimic_lib.models.wan.vae import PixelVAE
         from ..echomimic_lib.pipeline.wan.long import iter_long
         from ..echomimic_lib.pipeline.wan.sampler import V3Settings, generate, resize_reference, sample_size
@@ -200,13 +208,18 @@ class EchoMimicV3Sampler:
             pbar.update_absolute(done, total, shown.pop("preview", None))  # in ComfyUI this also raises on Cancel
             C.check_interrupt()
 
+        blocks = []
+        emit = blocks.append if sink is None else sink
         with torch.no_grad():
             if v3_audio.frames <= 81:
                 windows = model.wav2vec.windows(v3_audio.samples, v3_audio.frames)
-                frames = generate(net, codec, ref_u8, prompt, clip, windows, settings, on_step=on_step,
-                                  trace=trace if preview else None).frames
+                emit(generate(net, codec, ref_u8, prompt, clip, windows, settings, on_step=on_step,
+                              trace=trace if preview else None).frames)
             else:
-                frames = np.concatenate(list(iter_long(net, codec, model.wav2vec, ref_u8, prompt, clip, v3_audio.samples,
-                                                       v3_audio.frames, settings, on_step=on_step,
-                                                       trace=trace if preview else None, mode=long_mode)))
+                for block in iter_long(net, codec, model.wav2vec, ref_u8, prompt, clip, v3_audio.samples, v3_audio.frames,
+                                       settings, on_step=on_step, trace=trace if preview else None, mode=long_mode):
+                    emit(block)
+        if sink is not None:
+            return None
+        frames = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         return (to_image(frames), 25.0, trim_audio(v3_audio.audio, frames.shape[0], 25.0))

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks", "v2_pose_folder", "v2_pose_video",
          "v1_audio_evaluate", "v1_audio_paste_back", "v1_dub_video", "v2_paste_back", "v3_flash",
-         "v2_audio_only", "v3_flash_lora"}
+         "v2_audio_only", "v3_flash_lora", "v1_audio_to_file"}
+TO_FILE = {"v1_audio_to_file": "EchoMimicSamplerToFile"}  # the sampler writes the mp4 itself (no Create / Save Video)
 PASTE_BACK = {"v1_audio_paste_back", "v1_dub_video", "v2_paste_back"}  # full-frame results: CreateVideo gets the composite
 
 # Core nodes the workflows use, written down from Comfy-Org/ComfyUI a125cd84 (2025-10-11, comfyui_version 0.3.64):
@@ -245,7 +246,18 @@ def test_api_workflow_matches_the_schemas_and_is_the_same_graph(path, schema):
     assert ui_to_api(_load(path), schema) == stripped
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem in TO_FILE], ids=lambda p: p.stem)
+def test_a_to_file_workflow_ends_in_the_to_file_sampler_with_its_path_and_preview_shown(path):
+    prompt = _load(ROOT / "workflows" / "api" / path.name)
+    assert not [n for n in prompt.values() if n["class_type"] in ("CreateVideo", "SaveVideo", "EchoMimicSampler")]
+    (sid,) = [k for k, n in prompt.items() if n["class_type"] == TO_FILE[path.stem]]
+    assert prompt[sid]["inputs"]["filename_prefix"] == f"echomimic/{path.stem}"
+    shown = {(n["class_type"], tuple(v)) for n in prompt.values() for v in n["inputs"].values() if isinstance(v, list)
+             and v[0] == sid}
+    assert shown == {("PreviewAny", (sid, 0)), ("PreviewImage", (sid, 2))}  # the saved file's path, the preview frames
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem not in TO_FILE], ids=lambda p: p.stem)
 def test_each_workflow_ends_in_create_video_and_save_video_fed_by_the_sampler(path):
     prompt = _load(ROOT / "workflows" / "api" / path.name)
     saves = [n for n in prompt.values() if n["class_type"] == "SaveVideo"]
@@ -334,7 +346,7 @@ def test_previews_are_shown_the_size_is_set_once_and_v1_landmark_references_are_
     for nid, node in prompt.items():
         if node["class_type"] in ("EchoMimicLandmarkExtractor", "EchoMimicPartAwareAligner", "EchoMimicPoseSequenceLoader"):
             assert (nid, 1) in previewed, f"{node['class_type']}'s preview is not wired to a Preview Image"
-        if node["class_type"] == "EchoMimicSampler":
+        if node["class_type"] in ("EchoMimicSampler", "EchoMimicSamplerToFile"):
             assert node["inputs"]["width"] == node["inputs"]["height"] == 0  # follows Reference Preparation
     loader = next((n for n in prompt.values() if n["class_type"] == "EchoMimicModelLoader"), None)
     if loader is not None and loader["inputs"]["version"] == "V1 landmark":

@@ -17,6 +17,7 @@ from tests._media import write_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"EchoMimicSampler": {"width": 64, "height": 64, "steps": 1, "cfg": 1.0, "context_frames": 16, "context_overlap": 0},
+        "EchoMimicSamplerToFile": {"width": 64, "height": 64, "steps": 1, "cfg": 1.0, "context_frames": 16, "context_overlap": 0},
         "EchoMimicReferencePrep": {"width": 64, "height": 64}, "EchoMimicFaceTrack": {"width": 64, "height": 64}}
 
 
@@ -24,7 +25,7 @@ class Core:
     """Stand-ins for ComfyUI's core nodes, reading ``input/`` and writing ``output/`` like ComfyUI does."""
 
     def __init__(self, folder: Path):
-        self.folder, self.previews, self.saved = folder, [], []
+        self.folder, self.previews, self.saved, self.shown = folder, [], [], []
 
     def LoadImage(self, image):
         rgb = cv2.cvtColor(cv2.imread(str(self.folder / "input" / image)), cv2.COLOR_BGR2RGB)
@@ -56,6 +57,10 @@ class Core:
         self.previews.append(images)
         return ()
 
+    def PreviewAny(self, source):
+        self.shown.append(source)
+        return ()
+
 
 def run_prompt(prompt: dict, core: Core, overrides: dict) -> dict:
     nodes = load_pack().NODE_CLASS_MAPPINGS
@@ -72,7 +77,8 @@ def run_prompt(prompt: dict, core: Core, overrides: dict) -> dict:
             kwargs.update(overrides.get(t, {}))
             if t in nodes:
                 cls = nodes[t]
-                done[nid] = tuple(getattr(cls(), cls.FUNCTION)(**kwargs))
+                result = getattr(cls(), cls.FUNCTION)(**kwargs)
+                done[nid] = tuple(result["result"] if isinstance(result, dict) else result)  # an output node: {"ui", "result"}
             else:
                 done[nid] = getattr(core, t)(**kwargs)
         return done[nid]
