@@ -348,7 +348,8 @@ def test_lora_export_to_an_unwritable_path_is_explained(tmp_path, capsys):
 
 
 def test_the_same_frames_give_the_same_mp4_bytes_in_two_processes(tmp_path):
-    """Encoding is deterministic (a fixed x264 thread count, not one that follows the machine's cores)."""
+    """A fixed x264 thread count, not one that follows the machine's cores: for this content (random noise, 96 px) the
+    bytes are the same in two processes. Not a promise for every content: see the note in video_writer._open."""
     import subprocess
     import sys
 

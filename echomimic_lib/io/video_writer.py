@@ -158,8 +158,12 @@ class Mp4Writer:
         self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
-        # a fixed thread count (not 'auto', which follows the machine's cores and changes x264's decisions): the same
-        # frames give the same bytes on every run and machine, so outputs can be compared and cached by content
+        # a fixed thread count (not 'auto', which follows the machine's cores and changes x264's decisions). Even so,
+        # the bytes are not always the same run to run: measured 2026-12-05 with PyAV 18.1's libx264, some content
+        # (the tiny test model's noise-like frames, 64-256 px) gave up to 9 different files in 12 encodes of identical
+        # frames, with 1 thread too, in one process or in several (x264's SIMD code: with asm=0 and 1 thread every
+        # encode was the same, but that is several times slower). Compare or hash decoded frames (the batch records
+        # frames_sha256 of the frames before encoding), not the file's bytes.
         self._stream.options = {"crf": str(self.crf), "threads": str(ENCODER_THREADS)}
         if self.audio is not None:  # every stream must exist before the first packet is muxed
             self._audio_stream = self._container.add_stream("aac", rate=self.sample_rate)
