@@ -162,3 +162,12 @@ def test_videos_times_audios_fill_load_video_for_the_dubbing_workflow(server, me
     with pytest.raises(EchoMimicError, match="either a portraits folder or a videos folder"):
         qc.queue_folder(dub, media[0], media[1], dry_run=True, videos=people)
     assert qc.main([str(dub), "--videos", str(people), "--audios", str(media[1]), "--dry-run"]) == 0
+
+
+def test_the_to_file_workflow_gets_the_per_job_prefix_on_its_sampler():
+    """The to-file samplers save the video themselves (no Save Video): each job's prefix goes there, so the files are
+    named per job rather than all numbered under the workflow's prefix."""
+    template = json.loads((ROOT / "workflows" / "api" / "v1_audio_to_file.json").read_text())
+    prompt = qc.build_prompt(template, "anna.png", "hello.wav", "echomimic/anna__hello", seed=3)
+    (node,) = [n for n in prompt.values() if n["class_type"] == "EchoMimicSamplerToFile"]
+    assert node["inputs"]["filename_prefix"] == "echomimic/anna__hello" and node["inputs"]["seed"] == 3

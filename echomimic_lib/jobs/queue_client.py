@@ -2,7 +2,7 @@
 
 For every (portrait, audio) pair of two folders — or every (video, audio) pair, for the dubbing workflow: upload both files (``POST /upload/image``, which ComfyUI
 also uses for audio and video), put their names into an API-format workflow (``workflows/api/*.json``),
-give ``SaveVideo`` a per-job filename prefix, and ``POST /prompt``. With ``--wait`` it polls
+give ``SaveVideo`` (or the EchoMimic samplers that write to a file) a per-job filename prefix, and ``POST /prompt``. With ``--wait`` it polls
 ``GET /history/<prompt_id>`` and lists the saved files.
 
     echomimic queue workflows/api/v1_audio.json --portraits faces/ --audios speech/ \\
@@ -75,6 +75,9 @@ def find_node(prompt: dict, class_type: str, explicit: str | None = None) -> str
     return ids[0] if ids else None
 
 
+SAVING_NODES = ("SaveVideo", "EchoMimicSamplerToFile", "EchoMimicV3SamplerToFile")  # nodes that take a filename_prefix
+
+
 def build_prompt(template: dict, image: str | None, audio: str, prefix: str, seed: int | None = None,
                  driving: str | None = None, video_required: bool = False) -> dict:
     """A copy of the API-format ``template`` with the uploaded file names, the output prefix and the seed.
@@ -89,7 +92,7 @@ def build_prompt(template: dict, image: str | None, audio: str, prefix: str, see
         if node is not None and value is not None:
             prompt[node]["inputs"][key] = value
     for node in prompt.values():
-        if node.get("class_type") == "SaveVideo":
+        if node.get("class_type") in SAVING_NODES:
             node["inputs"]["filename_prefix"] = prefix
         if seed is not None and "seed" in node.get("inputs", {}):
             node["inputs"]["seed"] = int(seed)
