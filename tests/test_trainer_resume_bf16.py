@@ -14,22 +14,12 @@ import pytest
 import torch
 
 from tests.test_trainer_helpers import load_ckpt, rows, shared_dir, v1_config, write_yaml
+from tests.test_trainer_v1 import fresh_accelerate_state  # noqa: F401  (a fixture: accelerate's state reset around the test)
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return shared_dir(tmp_path_factory)
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide state whose mixed precision cannot change: these tests use bf16 in the
-    pytest process, after (and before) other in-process runs in float32."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
 
 
 class _Two(torch.nn.Module):
