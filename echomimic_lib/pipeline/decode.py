@@ -71,8 +71,8 @@ def decode_latents(vae, latents: torch.Tensor, device, *, max_batch: int = 8, bu
     else:
         chunk, tiled = plan_chunk(vae, h8 * 8, w8 * 8, max_batch, budget)
     if tiled:
-        log.info("VAE decode: one %dx%d frame needs more than the %.2f GB available; decoding in tiles", w8 * 8, h8 * 8,
-                 budget / 1e9)
+        log.info("VAE decode: one %dx%d frame needs more than its %.2f GB budget (what denoising used beyond the VAE, "
+                 "else the free memory); decoding in tiles", w8 * 8, h8 * 8, budget / 1e9)
     out = None
     for s in range(0, f, chunk):
         z = latents[0, :, s : s + chunk].transpose(0, 1).to(device, vae.dtype) / VAE_SCALE
