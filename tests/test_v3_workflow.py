@@ -121,3 +121,20 @@ def test_v3_flash_lora_workflow_applies_the_lora_it_names(v3_comfy):
     assert torch.equal(off["10"][0], base["10"][0])  # strength 0: v3_flash's frames exactly
     change = (frames - base["10"][0]).abs().mean().item()
     assert change > 1e-2, f"the LoRA changed the frames by {change} on average"
+
+
+@pytest.mark.slow
+def test_v3_long_to_file_workflow_writes_the_video(v3_comfy, monkeypatch):
+    """workflows/api/v3_flash_long_to_file.json executed as ComfyUI's queue does: the V3 to-file sampler's mp4 in
+    output/echomimic/ (no Create / Save Video), its path shown by Preview Any, its preview by Preview Image."""
+    bridge, io = v3_comfy.bridge, sub("echomimic_lib.io.video_io")
+    monkeypatch.setattr(bridge, "OUTPUT_DIR", v3_comfy.folder / "output")
+    core = V3Core(v3_comfy.folder, v3_comfy.tiny)
+    prompt = _prompt("v3_flash_long_to_file")
+    assert prompt["9"]["inputs"]["max_frames"] == 750  # speech up to 30 s; half a second here: one 9-frame shot
+    out = run_prompt(prompt, core, {"EchoMimicV3SamplerToFile": {"size": 64, "steps": 2}})
+    path, fps, preview = out["10"]
+    assert Path(path) == v3_comfy.folder / "output" / "echomimic" / "v3_flash_long_to_file_00001_.mp4" and fps == 25.0
+    assert core.saved == [] and core.shown == [path] and core.previews == [preview]
+    info = io.probe(path)
+    assert info["frames"] == out["9"][1] == 9 and info["audio_seconds"]

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_landmarks", "v2_pose_folder", "v2_pose_video",
          "v1_audio_evaluate", "v1_audio_paste_back", "v1_dub_video", "v2_paste_back", "v3_flash",
-         "v2_audio_only", "v3_flash_lora", "v1_audio_to_file"}
-TO_FILE = {"v1_audio_to_file": "EchoMimicSamplerToFile"}  # the sampler writes the mp4 itself (no Create / Save Video)
+         "v2_audio_only", "v3_flash_lora", "v1_audio_to_file", "v3_flash_long_to_file"}
+TO_FILE = {"v1_audio_to_file": "EchoMimicSamplerToFile", "v3_flash_long_to_file": "EchoMimicV3SamplerToFile"}  # the sampler writes the mp4 itself (no Create / Save Video)
 PASTE_BACK = {"v1_audio_paste_back", "v1_dub_video", "v2_paste_back"}  # full-frame results: CreateVideo gets the composite
 
 # Core nodes the workflows use, written down from Comfy-Org/ComfyUI a125cd84 (2025-10-11, comfyui_version 0.3.64):
