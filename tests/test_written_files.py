@@ -80,3 +80,24 @@ def test_a_pipe_at_the_destination_is_never_replaced(kind, tmp_path, capsys):
         with pytest.raises(EchoMimicError, match="never replaced"):
             _write(kind, fifo)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.listdir(out) == [NAMES[kind]]
+
+
+def test_v3_export_force_writes_through_a_symlink_and_never_replaces_a_pipe(tmp_path, capsys):
+    """`echomimic-train v3-export --force` onto a symlink writes the link's target (it refused the link before); a pipe
+    there is refused, with a message, and stays."""
+    from tests.test_export_temp_names import _checkpoint
+    from trainer.cli import main as train
+
+    ckpt = _checkpoint(tmp_path, "v3-export")
+    real, out = tmp_path / "elsewhere" / "mine.safetensors", tmp_path / "out"
+    real.parent.mkdir()
+    out.mkdir()
+    real.write_bytes(b"old")
+    (out / "mine.safetensors").symlink_to(real)
+    assert train(["v3-export", str(ckpt), str(out / "mine.safetensors"), "--no-verify", "--force"]) == 0, capsys.readouterr().err
+    assert (out / "mine.safetensors").is_symlink() and real.read_bytes()[:3] != b"old" and real.stat().st_size > 3
+    assert sorted(p.name for p in real.parent.iterdir()) == ["mine.safetensors"]
+    os.mkfifo(out / "pipe.safetensors")
+    assert train(["v3-export", str(ckpt), str(out / "pipe.safetensors"), "--no-verify", "--force"]) == 2
+    assert "never replaced" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.lstat(out / "pipe.safetensors").st_mode)

@@ -93,7 +93,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     """Checkpoint folder (or run folder: its newest checkpoint) -> one Wan LoRA ``.safetensors`` (written whole)."""
     from safetensors.torch import load_file, save_file
 
-    from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output, temp_beside
+    from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output, regular_target, temp_beside
 
     from ..checkpoint import latest_checkpoint, read_meta
     from ..export import checkpoint_files
@@ -114,8 +114,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     if os.path.lexists(path):
         if not force:
             refuse_existing([path], what="LoRA file")
-        if path.is_symlink() or not path.is_file():
-            raise ConfigError(f"{path}: exists and is not a regular file; --force replaces only regular files")
+        regular_target(path)  # a folder, pipe or device is never replaced; a symlink is written through (the link stays)
     tensors = wan_lora_tensors(load_file(str(ckpt / "model.safetensors")), float(desc["alpha"]), dtype)
     if not tensors:
         raise ConfigError(f"{ckpt}: no adapter tensors in this checkpoint")
