@@ -185,9 +185,6 @@ def write_yaml(data: dict, path: str | Path) -> Path:
     """A resolved config as ``path`` (written whole or not at all; V1/V2 :func:`dump_config`, V3 ``v3-fit``)."""
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
-    return path
+    from echomimic_lib.io.file_safety import write_text_atomic
+
+    return write_text_atomic(Path(path), yaml.safe_dump(data, sort_keys=False))

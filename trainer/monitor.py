@@ -117,8 +117,13 @@ def plot_losses(log_path: Path, dest: Path) -> Path | None:
     ax.grid(alpha=0.3)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.partial.png")
-    fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(dest)
+    from echomimic_lib.io.file_safety import publish, temp_beside
+
+    tmp = temp_beside(dest, ".partial.png")
+    try:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight")
+        publish(tmp, dest)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return dest

@@ -70,6 +70,17 @@ def publish(tmp: str | Path, final: str | Path) -> Path:
     return Path(final)
 
 
+def write_text_atomic(final: str | Path, text: str) -> Path:
+    """``text`` as ``final``, whole or not at all: a unique temporary file beside it (:func:`temp_beside`), then
+    :func:`publish`; the temporary file is removed on any failure."""
+    tmp = temp_beside(final)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        return publish(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def temp_beside(final: str | Path, suffix: str = ".partial") -> Path:
     """A new, empty temporary file of a unique name (``.<stem>.XXXXXXXX<suffix>``, hidden) in the folder where a file
     written to ``final`` lands (beside a symlink's target, so :func:`publish` renames on one file system). Two writers

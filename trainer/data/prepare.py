@@ -221,10 +221,10 @@ def finalize(out_root: Path) -> dict:
     out_root = Path(out_root)
     rows = [json.loads(p.read_text()) for p in sorted((out_root / "status").glob("*.json"))]
     kept = [r for r in rows if r["status"] == "ok"]
+    from echomimic_lib.io.file_safety import write_text_atomic
+
     for name, items in (("manifest.jsonl", kept), ("report.jsonl", rows)):
-        tmp = out_root / f".{name}.partial"
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in items))
-        tmp.replace(out_root / name)
+        write_text_atomic(out_root / name, "".join(json.dumps(r, sort_keys=True) + "\n" for r in items))
     by_reason = Counter(r["reason"] for r in rows if r["status"] != "ok")
     curation = _curation_record(out_root, rows)
     return {"clips": len(rows), "kept": len(kept), "kept_seconds": round(sum(r["seconds"] for r in kept), 2),

@@ -42,12 +42,9 @@ def shard_dir(root: Path, shard: int) -> Path:
 
 
 def write_json_atomic(path: Path, obj) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    from echomimic_lib.io.file_safety import write_text_atomic
+
+    return write_text_atomic(Path(path), json.dumps(obj, indent=1, sort_keys=True))
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 95) -> bytes:
