@@ -149,3 +149,27 @@ def test_the_reference_frame_is_drawn_away_from_the_targets_by_default():
     assert short == {0, 15}  # too short for the gap: the farthest frames (2 from the window), never a target
     ds.cfg.data.ref_min_gap = 0
     assert {EchoDataset._reference_index(ds, rng, 16, np.arange(2, 14)) for _ in range(300)} == set(range(16))
+
+
+def test_the_run_config_keeps_a_users_own_config_yaml_in_the_run_folder(tmp_path, caplog):
+    """A config.yaml of the user's in output_dir (e.g. given as --config) is kept as config.user.yaml before the run writes
+    its resolved config there; the run's own file (its header), or one that reads as the same config, is just rewritten."""
+    import yaml
+
+    from trainer.config_file import RUN_CONFIG_HEADER, load_config, write_run_config
+
+    mine = "# my notes on this run\npreset: v1_stage1\nmodel: {init: random, arch: tiny}\n"
+    path = tmp_path / "config.yaml"
+    path.write_text(mine)
+    resolved = load_config(path).to_dict()
+    write_run_config(resolved, path)
+    assert (tmp_path / "config.user.yaml").read_text() == mine and "kept as config.user.yaml" in caplog.text
+    assert path.read_text().startswith(RUN_CONFIG_HEADER) and yaml.safe_load(path.read_text()) == resolved
+    assert load_config(path).to_dict() == resolved  # export and --resume read it back
+    write_run_config({**resolved, "seed": 7}, path)  # ours (the header): rewritten, nothing more kept
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False))  # an older run's file: no header, the same config
+    write_run_config(resolved, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.user.yaml", "config.yaml"]
+    path.write_text(mine)
+    write_run_config(resolved, path)
+    assert (tmp_path / "config.user-1.yaml").read_text() == mine

@@ -178,13 +178,36 @@ def _check_lora_switch(lora) -> None:
 
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> Path:
-    return write_yaml(cfg.to_dict(), path)
+    return write_run_config(cfg.to_dict(), path)
 
 
-def write_yaml(data: dict, path: str | Path) -> Path:
-    """A resolved config as ``path`` (written whole or not at all; V1/V2 :func:`dump_config`, V3 ``v3-fit``)."""
+RUN_CONFIG_HEADER = "# echomimic-train: this run's resolved config, written at every start (export and --resume read it)\n"
+
+
+def write_run_config(data: dict, path: str | Path) -> Path:
+    """The run folder's ``config.yaml``. A file there that this function did not write (no header) and that reads as
+    another config -- the user's own, e.g. given as ``--config`` -- is kept as ``config.user.yaml`` (or
+    ``config.user-N.yaml``) first, with a warning, so that its comments and layout are not lost."""
+    import logging
+    import os
+
     import yaml
 
+    path = Path(path)
+    if path.is_file():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            same = yaml.safe_load(text) == data
+        except yaml.YAMLError:
+            same = False
+        if not text.startswith(RUN_CONFIG_HEADER) and not same:
+            keep, n = path.with_name(f"{path.stem}.user.yaml"), 0
+            while os.path.lexists(keep):
+                n += 1
+                keep = path.with_name(f"{path.stem}.user-{n}.yaml")
+            os.replace(path, keep)
+            logging.getLogger(__name__).warning("%s was not written by echomimic-train; kept as %s (the run writes its "
+                                                "resolved config as %s)", path, keep.name, path.name)
     from echomimic_lib.io.file_safety import write_text_atomic
 
-    return write_text_atomic(Path(path), yaml.safe_dump(data, sort_keys=False))
+    return write_text_atomic(path, RUN_CONFIG_HEADER + yaml.safe_dump(data, sort_keys=False))

@@ -88,7 +88,7 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     from ..loop import DTYPES, NonFiniteError, TrainState, _cpu_only, step_seed
     from ..monitor import Monitor
     from ..safe_resume import weights_only_loading
-    from ..config_file import write_yaml
+    from ..config_file import write_run_config
     from ..distributed import ValidationWait
     from .encode import EncodedWindows, Encoders, encoder_id, prompt_states
     from .flow import flow_loss, training_sigmas
@@ -103,7 +103,7 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     out = Path(cfg.output_dir)
     if is_writer(acc):
         out.mkdir(parents=True, exist_ok=True)
-        write_yaml(dataclasses.asdict(cfg), out / "config.yaml")
+        write_run_config(dataclasses.asdict(cfg), out / "config.yaml")
         for p in remove_partial(checkpoint_dir(out)):
             log.warning("removed an incomplete checkpoint %s (interrupted while saving)", p)
     acc.wait_for_everyone()
