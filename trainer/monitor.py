@@ -116,7 +116,6 @@ def plot_losses(log_path: Path, dest: Path) -> Path | None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     from echomimic_lib.io.file_safety import publish, temp_beside
 
     tmp = temp_beside(dest, ".partial.png")

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._lazy import cv2
 from ..errors import EchoMimicError
-from ..io.file_safety import publish, regular_target
+from ..io.file_safety import publish, temp_beside
 from .sync import SyncResult
 
 BG, GRID, AXIS, TEXT = (255, 255, 255), (225, 225, 225), (90, 90, 90), (30, 30, 30)
@@ -95,12 +95,10 @@ def save_png(path: str | Path, image_rgb: np.ndarray) -> Path:
     path = Path(path)
     if path.exists() and not path.is_file():
         raise EchoMimicError(f"{path} exists and is not a regular file; choose another output path.")
-    target = regular_target(path)  # a link is written through, never replaced
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.partial.png")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise EchoMimicError(f"{path}: the plot could not be encoded as PNG.")
+    tmp = temp_beside(path, ".partial.png")  # unique, beside a link's target (the link is written through)
     try:
         tmp.write_bytes(buf.tobytes())
         publish(tmp, path)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingWeightsError, UnsafeFileError, WeightsError
-from .file_safety import publish, refuse_existing, regular_target
+from .file_safety import publish, refuse_existing, temp_beside
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -198,10 +198,8 @@ def load_strict(model: nn.Module, state, label: str, device=None, dtype: torch.d
 def save_state_dict(state: dict, path: str | Path) -> Path:
     """Write ``.safetensors`` or ``.pth`` atomically (write, then rename); shared storages are cloned."""
     path = Path(path)
-    target = regular_target(path)  # a link is written through (the temporary file beside its target), a folder refused
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial")
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    tmp = temp_beside(path)  # unique, beside a link's target (the link is written through); a folder there is refused
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
