@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..echomimic_lib.io.video_writer import Mp4Writer
+from ..echomimic_lib.io.video_writer import Mp4Writer, _as_uint8
 from . import comfy_bridge as C
 from .payloads import first_image, to_image
 from .sampler import EchoMimicSampler, output_size, sample
@@ -43,11 +43,8 @@ def prefix_input(default: str) -> tuple:
 
 
 def _as_u8(frame) -> np.ndarray:
-    """One (H, W, 3) frame as the encoder gets it (float [0, 1] rounded as Mp4Writer rounds it)."""
-    if isinstance(frame, torch.Tensor):
-        frame = frame.detach().cpu().float().numpy()
-    frame = np.asarray(frame)
-    return frame.copy() if frame.dtype == np.uint8 else (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    """One (H, W, 3) frame as the encoder gets it (Mp4Writer's rounding), as its own copy (not a view of the block)."""
+    return np.array(_as_uint8(frame)[0])
 
 
 class FramePreview:
