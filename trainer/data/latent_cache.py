@@ -12,8 +12,11 @@ posterior of each stored frame at the run's resolution is computed once and stor
 A training step then draws the posterior sample from the stored mean and standard deviation with the step's own
 generator (:func:`trainer.step.sample_latents`, the same draws as with the VAE), so the cache changes the VAE's
 float32 output only by its float16 rounding. ``key`` hashes the VAE's files (config and weights), the dtype it
-encodes in and the resolution: another VAE or another ``data.width``/``height`` finds no cache (it is built
-again, and :func:`cache_clips` removes the stale ones). Not cached: V2 headshots padded into the half-body
+encodes in and the resolution: another VAE or another ``data.width``/``height`` finds no cache and builds its own.
+A clip keeps one cache per resolution: :func:`cache_clips` removes the caches of another VAE or dtype at the run's
+resolution and keeps those at other resolutions (a dataset trained at two sizes does not rebuild each time).
+Writers stage into a unique ``<key>.partial-*`` folder; when two runs build the same cache at once, the first
+rename wins and the other's copy (the same values) is dropped. Not cached: V2 headshots padded into the half-body
 canvas (their frames are composed per sample); batches holding one of those encode with the VAE as before.
 """
 from __future__ import annotations
@@ -23,6 +26,8 @@ import json
 import logging
 import os
 import shutil
+import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,6 +39,8 @@ from .store import ClipEntry, ClipReader, write_json_atomic
 log = logging.getLogger(__name__)
 CACHE_DIR = "latents"
 CACHE_FORMAT = 1
+PARTIAL = ".partial-"
+LEFTOVER_AGE_S = 3600  # a staging folder untouched this long was left by a killed writer (one clip takes seconds)
 
 
 @lru_cache(maxsize=16)
@@ -109,12 +116,12 @@ def encode_posterior(vae, pixels: torch.Tensor, chunk: int = 8) -> tuple[torch.T
 
 
 def write_clip_cache(entry: ClipEntry, vae, key: str, width: int, height: int, chunk: int = 8) -> Path:
-    """Encode every frame of one clip and write its cache (into ``<key>.partial``, renamed when complete)."""
+    """Encode every frame of one clip and write its cache (into a unique ``<key>.partial-*`` folder, renamed when
+    complete; if another writer finished the same cache meanwhile, its copy is kept and this one dropped)."""
     reader = ClipReader(entry.path)
     final = cache_dir(entry.path, key)
-    tmp = final.with_name(final.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=key + PARTIAL, dir=final.parent))
     try:
         means, stds = [], []
         for a in range(0, reader.num_frames, chunk):
@@ -125,9 +132,17 @@ def write_clip_cache(entry: ClipEntry, vae, key: str, width: int, height: int, c
         np.save(tmp / "std.npy", np.concatenate(stds))
         write_json_atomic(tmp / "meta.json", {"key": key, "width": width, "height": height, "frames": reader.num_frames,
                                               "dtype": str(vae.dtype), "format": CACHE_FORMAT})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if has_cache(entry.path, key):  # another run wrote it meanwhile (the same values): keep that one
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final
+        if final.exists():  # an incomplete folder without meta.json
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not has_cache(entry.path, key):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # lost the race to an identical cache
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -139,10 +154,32 @@ def cacheable(entry: ClipEntry, condition: str) -> bool:
     return not (condition == "pose" and entry.kind == "headshot")
 
 
+def stale_caches(clip_dir: str | Path, key: str, now: float | None = None) -> list[Path]:
+    """A clip's cache folders that ``key`` makes stale: the same resolution with another VAE or dtype, and staging
+    folders older than :data:`LEFTOVER_AGE_S`. Caches at other resolutions and fresh staging folders (a writer
+    at work) are not stale."""
+    root = Path(clip_dir) / CACHE_DIR
+    size = key.split("-", 1)[0]
+    now = time.time() if now is None else now
+    out = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if PARTIAL in d.name:
+            try:
+                old = now - d.stat().st_mtime > LEFTOVER_AGE_S
+            except OSError:
+                old = False
+            if old:
+                out.append(d)
+        elif d.name != key and d.name.split("-", 1)[0] == size:
+            out.append(d)
+    return out
+
+
 def cache_clips(entries: list[ClipEntry], vae, vae_path, width: int, height: int, condition: str = "landmarks",
                 progress: bool = False) -> dict:
     """Write the missing caches of ``entries`` for this VAE and resolution and remove the clips' stale ones
-    (another VAE or resolution). Returns counts: written, kept (already valid), removed (stale), skipped."""
+    (another VAE or dtype at this resolution, and staging folders a killed writer left); caches at other
+    resolutions stay. Returns counts: written, kept (already valid), removed (stale), skipped."""
     from tqdm import tqdm
 
     key = cache_key(vae_path, width, height, vae.dtype)
@@ -151,11 +188,9 @@ def cache_clips(entries: list[ClipEntry], vae, vae_path, width: int, height: int
         if not cacheable(e, condition):
             counts["skipped"] += 1
             continue
-        root = Path(e.path) / CACHE_DIR
-        for old in (root.iterdir() if root.is_dir() else []):
-            if old.name != key:
-                shutil.rmtree(old, ignore_errors=True)
-                counts["removed"] += 1
+        for old in stale_caches(e.path, key):
+            shutil.rmtree(old, ignore_errors=True)
+            counts["removed"] += 1
         if has_cache(e.path, key):
             counts["kept"] += 1
         else:
