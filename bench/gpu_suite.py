@@ -60,7 +60,9 @@ from _models import build, random_
 from _suite_plan import MODIFIERS, VERSIONS, Variant, parse_plan, parse_variant  # noqa: F401 (parse_variant: tests)
 from bench_pipeline import _register_cpu_sdpa
 
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0, "A800": 312.0,
+# dense fp16/bf16 tensor-core peaks; the first name found in the device's name wins, so the PCIe / NVL variants
+# (lower clocks and power) come before their family's SXM figure, and "A100" before "A10"
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H800 PCIe": 756.0, "H200 NVL": 835.0, "H200": 989.0, "H100": 989.0, "H800": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0, "A800": 312.0,
                "L40S": 362.0, "L40": 181.0, "L4": 121.0, "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
 MODES = {"normal": dict(steps=30, cfg=2.5), "acc": dict(steps=6, cfg=1.0)}
 

@@ -316,3 +316,18 @@ def test_the_cpu_sdpa_flop_formula_registers_once_per_process(monkeypatch):
     bench._register_cpu_sdpa()
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     assert op is None or op in flop_registry or op.default in flop_registry
+
+
+def test_peak_tflops_tells_the_pcie_and_nvl_cards_from_the_sxm_ones(monkeypatch):
+    """The MFU figures divide by the card's peak: an H100 PCIe (756 TFLOP/s dense fp16) must not be read as an SXM (989)."""
+    import torch
+
+    suite = load_bench("gpu_suite", monkeypatch)
+    names = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100 PCIe": 756.0, "NVIDIA H100 NVL": 835.0, "NVIDIA H200": 989.0,
+             "NVIDIA H200 NVL": 835.0, "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA A10": 125.0, "NVIDIA L40S": 362.0,
+             "NVIDIA GeForce RTX 4090": 165.0, "Some Future GPU": None}
+    for name, peak in names.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda d, n=name: n)
+        assert suite.peak_tflops(torch.device("cuda"), None) == peak, name
+    assert suite.peak_tflops(torch.device("cuda"), 500.0) == 500.0  # --peak-tflops wins
+    assert suite.peak_tflops(torch.device("cpu"), None) is None
