@@ -90,3 +90,55 @@ def test_a_file_or_link_where_a_peft_folder_goes_is_refused_before_anything_is_w
     with pytest.raises(EchoMimicError, match="not a folder"):
         write_peft(_adapter(), dest, force=True)
     assert (elsewhere / "keep.txt").read_text() == "mine" and (dest / "denoiser").is_symlink()
+
+
+# ------------------------------------------------------------------------------------------ pose folders and indexes
+def test_overwriting_a_pose_folder_with_a_shorter_sequence_leaves_no_old_frames(shared_data, tmp_path):
+    from echomimic_lib.pose import load_pose, save_released_folder
+
+    seq = load_pose(shared_data / "pose" / "01")
+    folder = save_released_folder(seq[:12], tmp_path / "poses")
+    (folder / "notes.txt").write_text("mine")
+    save_released_folder(seq[20:25], folder, overwrite=True)
+    again = load_pose(folder)
+    assert len(again) == 5  # the old frames 5..11 would have played on after the new five
+    assert sorted(p.name for p in folder.iterdir()) == ["0.npy", "1.npy", "2.npy", "3.npy", "4.npy", "notes.txt"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(EchoMimicError, match="is a file, not a folder"):
+        save_released_folder(seq[:2], tmp_path / "afile", overwrite=True)
+
+
+def test_a_pose_npz_is_written_through_a_unique_temporary_file(shared_data, tmp_path):
+    from echomimic_lib.pose import load_pose, load_pose_npz, save_pose_npz
+
+    seq = load_pose(shared_data / "pose" / "01")[:6]
+    other = tmp_path / ".clip.partial.npz"  # the fixed temporary name an earlier version (or another writer) used
+    other.write_bytes(b"another writer's work in progress")
+    real = tmp_path / "kept" / "real.npz"
+    real.parent.mkdir()
+    (tmp_path / "clip.npz").symlink_to(real)  # a link: written through, the link stays
+    save_pose_npz(seq, tmp_path / "clip.npz")
+    assert other.read_bytes() == b"another writer's work in progress"
+    assert (tmp_path / "clip.npz").is_symlink() and len(load_pose_npz(real)) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".clip.partial.npz", "clip.npz", "kept"]
+
+
+def test_the_gesture_index_never_shares_a_temporary_file_nor_leaves_one(shared_data, tmp_path, caplog):
+    import shutil
+
+    from echomimic_lib.pose.gestures import load_library
+
+    lib = tmp_path / "poses"
+    shutil.copytree(shared_data / "pose" / "fight", lib / "fight")
+    other = lib / ".fight.gestures.partial.npz"  # another indexer's (the earlier fixed name)
+    other.write_bytes(b"another indexer's work in progress")
+    load_library(lib)
+    assert other.read_bytes() == b"another indexer's work in progress" and (lib / ".fight.gestures.npz").is_file()
+    # a folder where the index goes: used uncached, said in the log, nothing left behind
+    (lib / ".fight.gestures.npz").unlink()
+    (lib / ".fight.gestures.npz").mkdir()
+    other.unlink()
+    with caplog.at_level("WARNING"):
+        assert load_library(lib).names == ["fight"]
+    assert any("gesture index not cached" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in lib.iterdir()) == [".fight.gestures.npz", "fight"]
