@@ -88,11 +88,17 @@ def output_dir() -> Path:
     return Path(OUTPUT_DIR) if OUTPUT_DIR else Path.cwd() / "output"
 
 
+MAX_PREFIX_PART = 200  # bytes per name of a filename_prefix: 255 less the numbering (_00001_.mp4) and a temporary name's
+
+
 def prefix_problem(prefix) -> str | None:
     """Why a ``filename_prefix`` cannot be used, or None: empty, or a folder outside the output folder (ComfyUI's own
     rule: the prefix's folder part, normalised and joined to the output folder, must stay inside it)."""
     if not isinstance(prefix, str) or not prefix.strip():
         return "filename_prefix is empty: give a name such as 'echomimic/video' (sub-folders of the output folder are fine)."
+    if "\x00" in prefix:
+        return (f"filename_prefix {prefix!r} holds a NUL byte (\\x00), which no file name can hold: type the name again, "
+                "such as 'echomimic/video'.")
     root = os.path.abspath(output_dir())
     folder = os.path.abspath(os.path.join(root, os.path.dirname(os.path.normpath(prefix))))
     try:
@@ -102,6 +108,17 @@ def prefix_problem(prefix) -> str | None:
     if not inside:
         return (f"filename_prefix '{prefix}' points outside ComfyUI's output folder ({root}): give a name inside it such "
                 "as 'echomimic/video' (sub-folders are fine; '..' and absolute paths elsewhere are not).")
+    parts = os.path.relpath(folder, root).split(os.sep) + [os.path.basename(os.path.normpath(prefix))]
+    too_long = [p for p in parts if len(p.encode("utf-8", "surrogatepass")) > MAX_PREFIX_PART]
+    if too_long:
+        return (f"filename_prefix: the part '{too_long[0][:40]}...' is {len(too_long[0].encode('utf-8', 'surrogatepass'))} "
+                f"bytes long; file systems allow 255 per name (less the numbering): give a name of at most {MAX_PREFIX_PART}.")
+    step = root
+    for part in parts[:-1]:
+        step = os.path.join(step, part)
+        if part not in ("", ".") and os.path.lexists(step) and not os.path.isdir(step):
+            return (f"filename_prefix '{prefix}': {step} is a file, not a folder, so the video cannot go inside it; choose "
+                    "another sub-folder name (or move that file away).")
     return None
 
 
@@ -129,10 +146,14 @@ def save_path(prefix: str, ext: str, width: int = 0, height: int = 0) -> tuple[P
     if problem:
         raise EchoMimicError(problem)
     root = output_dir()
-    if folder_paths is not None:
-        folder, name, counter, _, _ = folder_paths.get_save_image_path(prefix, str(root), width, height)
-    else:
-        folder, name, counter, _ = _stand_in_save_path(prefix, root, width, height)
+    try:
+        if folder_paths is not None:
+            folder, name, counter, _, _ = folder_paths.get_save_image_path(prefix, str(root), width, height)
+        else:
+            folder, name, counter, _ = _stand_in_save_path(prefix, root, width, height)
+    except OSError as exc:  # a file where a folder goes (made since the check), no permission, a read-only disk
+        raise EchoMimicError(f"filename_prefix '{prefix}': cannot use {exc.filename or 'its folder'} in the output folder "
+                             f"({exc.strerror or exc}); choose another name, or check that folder's permissions.") from exc
     file = f"{name}_{counter:05}_.{ext}"
     subfolder = os.path.relpath(os.path.abspath(folder), os.path.abspath(root))
     return Path(folder) / file, {"filename": file, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}

@@ -15,6 +15,7 @@ Folders (``models`` is ComfyUI's models directory; extra_model_paths.yaml may ad
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -42,14 +43,27 @@ def pose_roots() -> list[Path]:
 
 def safe_child(root: Path, name: str, what: str) -> Path:
     """``root / name`` if ``name`` is a plain relative name that stays inside ``root``; else a clear error."""
-    text = str(name).replace("\\", "/")
+    if not isinstance(name, (str, os.PathLike)):
+        raise EchoMimicError(f"{what} {name!r} is not a name (a {type(name).__name__}): pick one from the list.")
+    text = os.fspath(name)
+    if not isinstance(text, str) or "\x00" in text:
+        raise EchoMimicError(f"{what} {text!r} holds a NUL byte (or is not text), which no file name can hold: pick a name "
+                             "from the list.")
+    text = text.replace("\\", "/")
     parts = [p for p in text.split("/") if p not in ("", ".")]
-    if not parts or "\x00" in text or text.startswith("/") or _DRIVE.match(text) or ".." in parts:
+    if not parts or text.startswith("/") or _DRIVE.match(text) or ".." in parts:
         raise EchoMimicError(
             f"{what} '{name}' is not a name inside {root}: absolute paths and '..' are refused. "
             f"Put the file or folder into {root} and pick it from the list.")
+    if any(len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts):
+        raise EchoMimicError(f"{what} '{text[:60]}...' has a part longer than 255 bytes, which no file system allows: pick a "
+                             "name from the list.")
     candidate = root.joinpath(*parts)
-    real_root, real = root.resolve(), candidate.resolve()
+    try:
+        real_root, real = root.resolve(), candidate.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13), a name too long
+        raise EchoMimicError(f"{what} '{name}' cannot be looked up in {root} ({exc}): a symlink that points to itself? "
+                             f"Remove or fix that link in {root}.") from exc
     if real != real_root and real_root not in real.parents:
         raise EchoMimicError(
             f"{what} '{name}' resolves to {real}, outside {root} (a symlink pointing elsewhere?). Copy it into "

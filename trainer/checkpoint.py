@@ -29,6 +29,22 @@ def checkpoint_dir(out_dir: Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
+def refuse_inside_checkpoint(path, what: str) -> None:
+    """Raise a ConfigError when ``path`` (through links) is a checkpoint folder or inside one
+    (``.../checkpoints/step-NNNNNNNN/...`` or a ``.tmp-step-*`` one): rotation (``keep_last``) deletes that folder
+    whole, a new save of its step replaces it, and resuming from it reads every file in it."""
+    from .config import ConfigError
+
+    real = Path(os.path.realpath(path))
+    for folder in (real, *real.parents):
+        if folder.parent.name == "checkpoints" and (PATTERN.match(folder.name) or folder.name.startswith(".tmp-step-")):
+            run = folder.parent.parent
+            raise ConfigError(f"{what} {path} is inside the checkpoint folder {folder}: the run deletes that folder whole "
+                              "when it rotates its checkpoints (checkpoint.keep_last), or replaces it when it saves that step "
+                              f"again, and what was written there would be lost. Choose a folder outside {folder.parent}, "
+                              f"e.g. {run / 'export'}.")
+
+
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     root = Path(root)
     if not root.is_dir():

@@ -24,7 +24,7 @@ from echomimic_lib.io.file_safety import refuse_existing, refuse_input_as_output
 from echomimic_lib.modes import WEIGHT_SETS
 from echomimic_lib.io.weights import save_state_dict
 
-from .checkpoint import read_meta, resolve_resume
+from .checkpoint import read_meta, refuse_inside_checkpoint, resolve_resume
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
 
         target = adapter_path(ckpt, dest, meta, ema)
         refuse_input_as_output(target, checkpoint_files(ckpt), "DEST")  # not even with --force: the source itself
+        refuse_inside_checkpoint(target, "DEST")  # before anything is read: rotation would delete the export
         if not force:
             refuse_existing([target] + ([peft_dir(target)] if peft else []), what="LoRA file")
         written = [export_adapter(ckpt, dest, meta, load_checkpoint_weights(ckpt, ema), ema, getattr(torch, dtype))]
@@ -126,6 +127,7 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     names = ws.files("normal")
     planned = [dest / f"{names[key]}{fmt}" for key in ("reference", "denoiser", "motion", "cond") for fmt in formats]
     planned += [dest / rel for rel in (*SHARED_OUTPUTS, "export.json")]
+    refuse_inside_checkpoint(dest, "DEST")  # before anything is read: rotation would delete the export
     if not force:
         refuse_existing(planned, what="exported model file")
     created = [p for p in (dest, *dest.parents) if not os.path.lexists(p)]

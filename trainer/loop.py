@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (agree_on_resume, checkpoint_dir, is_writer, list_checkpoints, read_meta, remove_partial, resolve_resume,
-                         save_checkpoint)
+from .checkpoint import (agree_on_resume, checkpoint_dir, is_writer, list_checkpoints, read_meta, refuse_inside_checkpoint,
+                         remove_partial, resolve_resume, save_checkpoint)
 from .config import ConfigError, TrainConfig
 from .config_file import dump_config
 from .safe_resume import check_checkpoint, weights_only_loading
@@ -114,6 +114,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     from .losses import load_pose_estimator, training_scheduler
     from .lpips_net import build_lpips, lpips_needed, resolve_backbone
 
+    refuse_inside_checkpoint(cfg.output_dir, "output_dir")  # another run's rotation would delete this one
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     # checks that need no network come first: a missing LPIPS backbone is reported before anything is built

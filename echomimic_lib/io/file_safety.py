@@ -92,6 +92,20 @@ def temp_beside(final: str | Path, suffix: str = ".partial") -> Path:
     return Path(name)
 
 
+def temp_folder_beside(final: str | Path, suffix: str = ".partial") -> Path:
+    """A new, empty folder of a unique name (``.<name>.XXXXXXXX<suffix>``, hidden) beside the folder ``final``, with the
+    permissions the umask gives a new folder (not the 0700 of a temporary one): two writers of one destination never
+    share it; the caller fills it, then renames it to ``final`` or removes it on any failure."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+    except OSError:  # a file system without permission bits: keep what it gives
+        pass
+    return tmp
+
+
 def refuse_existing(paths, flag: str = "--force", what: str = "weight file") -> None:
     """Raise :class:`ExistingFileError` when any of ``paths`` exists (a file, folder or link)."""
     found = [Path(p) for p in paths if os.path.lexists(p)]

@@ -101,6 +101,7 @@ def build_prompt(template: dict, image: str | None, audio: str, prefix: str, see
 
 # ------------------------------------------------------------------------------------------ HTTP
 REQUEST_TIMEOUT = 60.0  # seconds one request may take before the client gives up (--timeout)
+MAX_REPLY_BYTES = 64 * 1024 * 1024  # the largest answer read (ComfyUI's replies are kilobytes; /history of many jobs, a few MB)
 
 
 def check_server(server: str) -> str:
@@ -116,10 +117,15 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            body = resp.read().decode("utf-8", "replace")
+            body = _read_capped(resp, url).decode("utf-8", "replace")
+    except QueueError:
+        raise
     except urllib.error.HTTPError as exc:
-        body = exc.read().decode("utf-8", "replace")
-        raise QueueError(f"{url}: HTTP {exc.code}: {_explain(body)}") from None
+        try:
+            body = exc.read(MAX_REPLY_BYTES).decode("utf-8", "replace")  # only explained: a cut-off answer is shown cut
+        except (OSError, http.client.HTTPException, ValueError):
+            body = ""
+        raise QueueError(f"{url}: HTTP {exc.code}: {_explain(body) or exc.reason}") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError) or "timed out" in str(exc.reason):
             raise QueueError(f"{url}: no answer within {timeout:.0f} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
@@ -138,16 +144,43 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
     return reply
 
 
+def _read_capped(resp, url: str) -> bytes:
+    """The answer's body, or a :class:`QueueError` when it is larger than :data:`MAX_REPLY_BYTES` (never more than
+    that is held in memory: a wrong address can answer with an endless stream)."""
+    limit = f"{MAX_REPLY_BYTES // 2**20} MiB" if MAX_REPLY_BYTES % 2**20 == 0 else f"{MAX_REPLY_BYTES} bytes"
+    problem = (f"{url}: the server's answer is larger than {limit} (the most this client reads); ComfyUI's answers are "
+               "far smaller: is this ComfyUI's address and port?")
+    try:
+        declared = int(resp.headers.get("Content-Length") or 0)
+    except (TypeError, ValueError, AttributeError):
+        declared = 0
+    if declared > MAX_REPLY_BYTES:
+        raise QueueError(problem)
+    body = resp.read(MAX_REPLY_BYTES + 1)
+    if len(body) > MAX_REPLY_BYTES:
+        raise QueueError(problem)
+    return body
+
+
 def _explain(body: str) -> str:
+    """The error message of a refused request: ComfyUI's ``error`` and ``node_errors``, else the first 500 characters
+    of whatever the server answered (an answer of any other shape is shown, never a crash)."""
     try:
         data = json.loads(body)
     except ValueError:
         return body[:500]
-    lines = [str(data.get("error", {}).get("message", data.get("error", "")))]
-    for node, info in (data.get("node_errors") or {}).items():
-        for err in info.get("errors", []):
+    if not isinstance(data, dict):
+        return body[:500]
+    error = data.get("error", "")
+    lines = [str(error.get("message", error) if isinstance(error, dict) else error)]
+    node_errors = data.get("node_errors")
+    for node, info in (node_errors.items() if isinstance(node_errors, dict) else ()):
+        info = info if isinstance(info, dict) else {"errors": [{"message": str(info)}]}
+        errors = info.get("errors")
+        for err in (errors if isinstance(errors, list) else [errors]):
+            err = err if isinstance(err, dict) else {"message": str(err)}
             lines.append(f"node {node} ({info.get('class_type')}): {err.get('message')}: {err.get('details')}")
-    return "; ".join(x for x in lines if x)
+    return "; ".join(x for x in lines if x) or body[:500]
 
 
 def upload(server: str, path: Path, timeout: float | None = None) -> str:

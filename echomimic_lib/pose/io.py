@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError, UnsafeFileError
+from ..io.file_safety import publish, temp_beside
 from ..io.safe_pickle import load_npy
 from .sequence import ARRAY_FIELDS, DEFAULT_CANVAS, DEFAULT_FPS, PoseSequence, check_draw_pose_params
 
@@ -248,6 +250,8 @@ def load_released_folder(
 def save_released_folder(seq: PoseSequence, folder: str | Path, overwrite: bool = False) -> Path:
     """Write ``0.npy .. N-1.npy`` in the released format (readable by the reference scripts)."""
     folder = Path(folder)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise EchoMimicError(f"{folder}: is a file, not a folder; choose a folder name for the pose frames.")
     if folder.exists() and any(folder.glob("*.npy")) and not overwrite:
         raise EchoMimicError(f"{folder}: already holds .npy files; choose an empty folder or pass overwrite=True.")
     folder.mkdir(parents=True, exist_ok=True)
@@ -256,7 +260,16 @@ def save_released_folder(seq: PoseSequence, folder: str | Path, overwrite: bool 
         d["num"] = i
         holder = np.empty((), dtype=object)
         holder[()] = d
-        _write_object_npy(folder / f"{i}.npy", holder)
+        tmp = temp_beside(folder / f"{i}.npy", ".partial.npy")
+        try:
+            _write_object_npy(tmp, holder)
+            publish(tmp, folder / f"{i}.npy")
+        finally:
+            tmp.unlink(missing_ok=True)
+    for entry in list(folder.iterdir()):  # overwrite: the earlier sequence's frames past the new end go too (they
+        m = _FRAME_NAME.match(entry.name)  # would play on after it)
+        if m and int(m.group(1)) >= len(seq) and (entry.is_file() or entry.is_symlink()):
+            entry.unlink()
     return folder
 
 
@@ -277,10 +290,13 @@ def save_pose_npz(seq: PoseSequence, path: str | Path) -> Path:
     if path.suffix != ".npz":
         path = path.with_suffix(".npz")
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "fps": seq.fps, "canvas_size": list(seq.canvas_size), "source": seq.source}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.npz")
-    np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8), **{n: getattr(seq, n) for n in ARRAY_FIELDS})
-    tmp.replace(path)
+    tmp = temp_beside(path, ".partial.npz")  # unique, beside a link's target (publish writes through the link)
+    try:
+        np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
+                            **{n: getattr(seq, n) for n in ARRAY_FIELDS})
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -53,13 +53,14 @@ def _checks(cfg: V3TrainConfig, resume):
     """Everything that needs no network: model files, windows, the output folder, the resume checkpoint."""
     from echomimic_lib.model_set import ensure_v3
 
-    from ..checkpoint import checkpoint_dir, list_checkpoints, read_meta, resolve_resume
+    from ..checkpoint import checkpoint_dir, list_checkpoints, read_meta, refuse_inside_checkpoint, resolve_resume
     from ..config import ConfigError
     from ..safe_resume import check_checkpoint
     from .validation import prepare
     from .windows import list_windows
 
     out = Path(cfg.output_dir)
+    refuse_inside_checkpoint(out, "output_dir")  # another run's rotation would delete this one
     files = ensure_v3(Path(cfg.model.path), download=False)  # the error lists each missing file and where to get it
     windows = list_windows(cfg.data)
     validator = prepare(cfg.validation, cfg.data.width, cfg.data.height, cfg.data.frames, cfg.data.prompt)

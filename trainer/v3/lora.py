@@ -95,7 +95,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
 
     from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output, regular_target, temp_beside
 
-    from ..checkpoint import latest_checkpoint, read_meta
+    from ..checkpoint import latest_checkpoint, read_meta, refuse_inside_checkpoint
     from ..export import checkpoint_files
 
     ckpt = Path(ckpt)
@@ -111,6 +111,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     desc = meta["lora"]
     path = export_path(ckpt, dest, int(meta["step"]))
     refuse_input_as_output(path, checkpoint_files(ckpt), "DEST")  # not even with --force: the source itself
+    refuse_inside_checkpoint(path, "DEST")  # rotation would delete the exported file
     if os.path.lexists(path):
         if not force:
             refuse_existing([path], what="LoRA file")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import EchoMimicError
+from ...io.file_safety import ExistingFileError, publish, temp_beside
 from ..io import load_pose
 from ..sequence import ARRAY_FIELDS, PoseSequence
 
@@ -297,14 +298,17 @@ def _read_index(path: Path, fp: str):
 def _write_index(path: Path, fp: str, seq: PoseSequence, units: dict) -> None:
     meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "fingerprint": fp, "fps": seq.fps,
             "canvas_size": list(seq.canvas_size), "source": seq.source}
+    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name[:-4] + ".partial.npz")
+        tmp = temp_beside(path, ".partial.npz")  # unique: two indexers of one library (batch workers) never share it
         np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
                             **{n: getattr(seq, n) for n in ARRAY_FIELDS}, **{"unit_" + k: v for k, v in units.items()})
-        tmp.replace(path)
-    except OSError as exc:
+        publish(tmp, path)
+    except (OSError, ExistingFileError) as exc:  # read-only, full, or a folder where the index goes: used uncached
         log.warning("gesture index not cached (%s): %s", path, exc)
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def index_path(src: Path, fps: float = 24.0, cache_dir=None, rebuild: bool = False) -> tuple[PoseSequence, dict, bool]:
