@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from echomimic_lib.io.file_safety import current_umask as lc_umask
 from trainer.data import latent_cache as lc
 from trainer.data.latent_cache import cache_clips, cache_key, has_cache, read_cache, stale_caches, write_clip_cache
 from trainer.data.store import read_manifest
@@ -42,14 +43,15 @@ def test_a_killed_writers_staging_folder_is_cleared_when_old(data):
     entries, vae, vae_dir = data
     key = cache_key(vae_dir, 64, 64, vae.dtype)
     root = Path(entries[0].path) / lc.CACHE_DIR
-    fresh = root / f"{key}{lc.PARTIAL}abc"
-    old = root / f"{key}{lc.PARTIAL}def"
+    fresh = root / f".{key}.abc{lc.PARTIAL}"
+    old = root / f".{key}.def{lc.PARTIAL}"
     legacy = root / f"{key}.partial"  # the fixed name earlier versions staged into
     for d in (fresh, old, legacy):
         d.mkdir(parents=True)
         (d / "mean.npy").write_bytes(b"half")
     past = time.time() - lc.LEFTOVER_AGE_S - 60
-    os.utime(old, (past, past))
+    for d in (old, legacy):
+        os.utime(d, (past, past))
     assert set(stale_caches(entries[0].path, key)) == {old, legacy}  # a fresh one may be another writer at work
     cache_clips(entries, vae, vae_dir, 64, 64)
     assert fresh.is_dir() and not old.exists() and not legacy.exists() and has_cache(entries[0].path, key)
@@ -72,5 +74,6 @@ def test_two_writers_of_the_same_cache_both_succeed(data, monkeypatch):
     monkeypatch.undo()
     assert raced and has_cache(entries[0].path, key)
     assert [p.name for p in final.parent.iterdir()] == [key]  # no staging folder left behind
+    assert final.stat().st_mode & 0o777 == 0o777 & ~lc_umask()  # a shared dataset's cache: the umask's mode, not 0700
     mean, std = read_cache(entries[0].path, key)
     assert mean.shape[0] == 8 and np.isfinite(np.asarray(std)).all()

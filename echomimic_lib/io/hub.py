@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MissingWeightsError
-from .file_safety import publish
+from .file_safety import publish, temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,15 @@ def _size(path: Path) -> str:
 
 
 def _move(src: Path, dest: Path) -> None:
-    """``src`` to ``dest`` by one rename; across file systems (a linked folder) by a copy under a ``.partial`` name first."""
+    """``src`` to ``dest`` by one rename; across file systems (a linked folder) by a copy to a unique temporary name beside
+    ``dest`` first."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         publish(src, dest)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        tmp = dest.with_name(dest.name + ".partial")
+        tmp = temp_beside(dest)  # unique: two fetches of one file never share it
         try:
             shutil.copyfile(src, tmp)
             publish(tmp, dest)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
+from ..io.file_safety import publish, temp_beside, write_text_atomic
 from ..io.safe_pickle import load_pickle
 from .sequence import LandmarkSequence
 
@@ -75,15 +76,21 @@ def _meta(seq: LandmarkSequence) -> dict:
 
 
 def save_sequence(path: str | Path, seq: LandmarkSequence) -> Path:
-    """Save to ``.npz`` (plain arrays + a JSON header, no pickles) or ``.json``."""
+    """Save to ``.npz`` (plain arrays + a JSON header, no pickles) or ``.json``, whole or not at all: through a unique
+    temporary file beside ``path`` (a symlink there is written through; a folder, pipe or device is refused)."""
     path = Path(path)
     meta = _meta(seq)
     arrays = {k: getattr(seq, k) for k in _ARRAYS if getattr(seq, k) is not None}
     if path.suffix.lower() == ".json":
         doc = dict(meta, **{k: np.asarray(v).tolist() for k, v in arrays.items()})
-        path.write_text(json.dumps(doc))
+        write_text_atomic(path, json.dumps(doc))
     elif path.suffix.lower() == ".npz":
-        np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+        tmp = temp_beside(path, ".partial.npz")
+        try:
+            np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+            publish(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     else:
         raise EchoMimicError(f"{path}: save landmarks as .npz or .json.")
     return path

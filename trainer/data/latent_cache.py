@@ -15,7 +15,7 @@ float32 output only by its float16 rounding. ``key`` hashes the VAE's files (con
 encodes in and the resolution: another VAE or another ``data.width``/``height`` finds no cache and builds its own.
 A clip keeps one cache per resolution: :func:`cache_clips` removes the caches of another VAE or dtype at the run's
 resolution and keeps those at other resolutions (a dataset trained at two sizes does not rebuild each time).
-Writers stage into a unique ``<key>.partial-*`` folder; when two runs build the same cache at once, the first
+Writers stage into a unique hidden ``.<key>.*.partial`` folder; when two runs build the same cache at once, the first
 rename wins and the other's copy (the same values) is dropped. Not cached: V2 headshots padded into the half-body
 canvas (their frames are composed per sample); batches holding one of those encode with the VAE as before.
 """
@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -34,12 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from echomimic_lib.io.file_safety import temp_folder_beside
+
 from .store import ClipEntry, ClipReader, write_json_atomic
 
 log = logging.getLogger(__name__)
 CACHE_DIR = "latents"
 CACHE_FORMAT = 1
-PARTIAL = ".partial-"
+PARTIAL = ".partial"  # a staging folder's name ends so (file_safety.temp_folder_beside: ``.<key>.XXXXXXXX.partial``)
 LEFTOVER_AGE_S = 3600  # a staging folder untouched this long was left by a killed writer (one clip takes seconds)
 
 
@@ -116,12 +117,11 @@ def encode_posterior(vae, pixels: torch.Tensor, chunk: int = 8) -> tuple[torch.T
 
 
 def write_clip_cache(entry: ClipEntry, vae, key: str, width: int, height: int, chunk: int = 8) -> Path:
-    """Encode every frame of one clip and write its cache (into a unique ``<key>.partial-*`` folder, renamed when
+    """Encode every frame of one clip and write its cache (into a unique ``.<key>.*.partial`` folder, renamed when
     complete; if another writer finished the same cache meanwhile, its copy is kept and this one dropped)."""
     reader = ClipReader(entry.path)
     final = cache_dir(entry.path, key)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=key + PARTIAL, dir=final.parent))
+    tmp = temp_folder_beside(final, PARTIAL)
     try:
         means, stds = [], []
         for a in range(0, reader.num_frames, chunk):
@@ -163,7 +163,7 @@ def stale_caches(clip_dir: str | Path, key: str, now: float | None = None) -> li
     now = time.time() if now is None else now
     out = []
     for d in sorted(root.iterdir()) if root.is_dir() else []:
-        if PARTIAL in d.name:
+        if d.name.endswith(PARTIAL):
             try:
                 old = now - d.stat().st_mtime > LEFTOVER_AGE_S
             except OSError:
