@@ -297,14 +297,22 @@ def _read_index(path: Path, fp: str):
 def _write_index(path: Path, fp: str, seq: PoseSequence, units: dict) -> None:
     meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "fingerprint": fp, "fps": seq.fps,
             "canvas_size": list(seq.canvas_size), "source": seq.source}
+    from ...io.file_safety import track_partial, untrack_partial
+
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name[:-4] + ".partial.npz")
+        track_partial(tmp)  # an interrupt that cannot wait for the render thread removes it (echomimic_lib.cli)
         np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
                             **{n: getattr(seq, n) for n in ARRAY_FIELDS}, **{"unit_" + k: v for k, v in units.items()})
         tmp.replace(path)
     except OSError as exc:
         log.warning("gesture index not cached (%s): %s", path, exc)
+    finally:  # written and renamed, or never left half-written (a failure, Ctrl-C, SIGTERM)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+            untrack_partial(tmp)
 
 
 def index_path(src: Path, fps: float = 24.0, cache_dir=None, rebuild: bool = False) -> tuple[PoseSequence, dict, bool]:
