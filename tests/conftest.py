@@ -26,3 +26,31 @@ def tiny_comfy_models(tmp_path_factory, shared_data) -> Path:
     make_tiny(root, layout="comfyui")
     shutil.copytree(shared_data / "mediapipe", root / "echomimic" / "mediapipe")
     return root
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Root logger isolation (h-clirobust). The command lines configure logging for the process: echomimic's setup_logging
+# adds a stderr handler, trainer.cli.main calls logging.basicConfig (which does nothing once the root logger has a
+# handler). Called in a test, such a handler writes to that test's capture stream, closed when the test ends, and
+# every later log record then puts a "--- Logging error ---" traceback into whatever test runs next. After every
+# test the root logger gets back the handlers and level it had before it (pytest's own capture handlers are
+# pytest's to manage).
+@pytest.fixture(autouse=True)
+def _restore_root_logger():
+    import logging
+
+    from _pytest.logging import LogCaptureHandler
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        try:
+            handler.close()
+        except (OSError, ValueError):  # its stream may be closed already
+            pass
+    for handler in handlers:
+        if handler not in root.handlers and not isinstance(handler, LogCaptureHandler):
+            root.addHandler(handler)
+    root.setLevel(level)

@@ -37,15 +37,10 @@ def test_another_exports_temporary_file_is_left_alone(command, tmp_path, capsys)
 
 @pytest.mark.parametrize("command", ["export", "v3-export"])
 def test_a_failed_write_leaves_no_temporary_file_and_names_are_unique(command, tmp_path, capsys, monkeypatch):
-    import logging
-
     import safetensors.torch as st
 
     from trainer.cli import main
 
-    # main() calls logging.basicConfig, which does nothing once the root logger has a handler: an earlier test's handler
-    # may write to that test's closed capture, and its "--- Logging error ---" traceback would land in this one's err
-    monkeypatch.setattr(logging.root, "handlers", [])
     ckpt = _checkpoint(tmp_path, command)
     out = tmp_path / "out"
     out.mkdir()

@@ -2,6 +2,10 @@
 
 Single process: ``echomimic-train fit --config run.yaml``. Several GPUs / nodes: ``accelerate launch
 [--num_processes N ...] -m trainer fit --config run.yaml`` (DeepSpeed ZeRO through ``accelerate config``).
+
+Exit codes: 0 success, 2 bad input or a file-system error, 3 ``plan``: a phase does not fit, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM: the same clean-up; in every process of an accelerate launch), 141 stdout closed
+by its reader (``| head``; quietly). See :mod:`echomimic_lib.cli.process_exit`.
 """
 from __future__ import annotations
 
@@ -286,11 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from echomimic_lib.cli.process_exit import run_command
+
+    return run_command(lambda: _main(argv))
+
+
+def _resume_hint(args) -> str:
+    return {"fit": " (resume with --resume)", "v3-fit": " (resume with --resume)",
+            "prepare": " (run the same command again to go on: finished clips are skipped)"}.get(args.command, "")
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # accelerate reports every checkpoint file at INFO: keep the progress bar readable
         for name in ("accelerate", "torch.distributed", "diffusers"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    from echomimic_lib.cli.process_exit import interrupt_exit_code, interrupt_word, output_closed
     from echomimic_lib.errors import EchoMimicError
 
     from .config import ConfigError
@@ -302,10 +318,12 @@ def main(argv=None) -> int:
             return _os_error(exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted (resume with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (echomimic_lib.cli.process_exit.Terminated)
+        print(f"{interrupt_word(exc)}{_resume_hint(args)}", file=sys.stderr)
+        return interrupt_exit_code(exc)
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and output_closed():
+            raise  # stdout's reader went away (`| head`): not a file-system error; main() ends quietly
         return _os_error(exc)
 
 

@@ -3,8 +3,9 @@
 :mod:`.common`.
 
 Exit codes: 0 success, 2 bad input or a missing file (the message says what and how to fix it), 130
-interrupted (Ctrl-C; nothing half-written is left), 1 anything else (out of memory, or a bug: then a
-traceback and a request to report it).
+interrupted (Ctrl-C; nothing half-written is left), 143 terminated (SIGTERM, the same clean-up), 141 stdout
+closed by its reader (``| head``; quietly), 1 anything else (out of memory, or a bug: then a traceback and a
+request to report it). How the process ends: :mod:`.process_exit`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import sys
 
 from ..errors import EchoMimicError
+from . import process_exit
 from .common import HelpFormatter, SubParser, setup_logging
 
 ISSUES_URL = "https://github.com/echomimic-comfy/comfyui-echomimic/issues"
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _call(args) -> int:
     """The command; the long renders (``animate``, ``dub``) run in a worker thread, so that Ctrl-C answers at once
     even when one tensor operation takes many seconds (a 2048 px frame on a CPU): the temporary files are removed
-    and the process ends with 130, instead of waiting for the operation to return to Python."""
+    and the process ends with 130 (SIGTERM: 143), instead of waiting for the operation to return to Python."""
     if getattr(args, "command", None) not in ("animate", "dub"):
         return int(args.func(args) or 0)
     import threading
@@ -50,20 +52,35 @@ def _call(args) -> int:
         except BaseException as exc:  # handed to the main thread, which reports it like any other
             box["exc"] = exc
 
+    import os
+
+    try:  # the real stderr, for the interrupt's line: the worker may have sent fd 2 elsewhere for a while
+        terminal = os.dup(2)  # (MediaPipe's native log lines: echomimic_lib.landmarks.mp_models.quiet_native_logs)
+    except OSError:
+        terminal = None
     worker = threading.Thread(target=work, name=f"echomimic {args.command}", daemon=True)
     worker.start()
     try:
         while worker.is_alive():
             worker.join(0.2)
-    except KeyboardInterrupt:
-        import os
-
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (process_exit.Terminated)
         from ..io.file_safety import remove_partials
 
         remove_partials()
-        sys.stderr.write("\ninterrupted; nothing half-written was left behind.\n")
-        sys.stderr.flush()
-        os._exit(130)  # the worker may be inside one long native operation: do not wait for it
+        text = f"\n{process_exit.interrupt_word(exc)}; nothing half-written was left behind.\n"
+        try:
+            sys.stderr.flush()
+            if terminal is None:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            else:
+                os.write(terminal, text.encode())
+        except (OSError, ValueError):  # stderr gone too: the exit code still says it
+            pass
+        os._exit(process_exit.interrupt_exit_code(exc))  # the worker may be inside one long native operation: do not wait for it
+    finally:
+        if terminal is not None:
+            os.close(terminal)
     if "exc" in box:
         raise box["exc"]
     return box["rc"]
@@ -75,10 +92,12 @@ def _run(args) -> int:
     except EchoMimicError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted; nothing half-written was left behind.\n")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (process_exit.Terminated)
+        sys.stderr.write(f"{process_exit.interrupt_word(exc)}; nothing half-written was left behind.\n")
+        return process_exit.interrupt_exit_code(exc)
     except OSError as exc:  # the file system said no (permissions, a file where a folder belongs, a full disk)
+        if isinstance(exc, BrokenPipeError) and process_exit.output_closed():
+            raise  # stdout's reader went away (`| head`): main() ends quietly
         where = f" {exc.filename}:" if exc.filename else ""
         sys.stderr.write(f"error:{where} {exc.strerror or exc}; check that the path exists, is a file or folder as "
                          "expected, is writable, and that the disk has space.\n")
@@ -101,7 +120,12 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
+    """The ``echomimic`` command (exit codes: the module's notes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return process_exit.run_command(lambda: _main(argv), "; nothing half-written was left behind.")
+
+
+def _main(argv: list) -> int:
     if argv[:1] == ["queue"]:  # its own argument parser
         from ..jobs.queue_client import main as queue_main
 
