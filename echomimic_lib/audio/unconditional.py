@@ -68,12 +68,17 @@ class UnconditionalAudio:
 
     @classmethod
     def for_driving(cls, landmarks, fps: float, length: int | None = None) -> "UnconditionalAudio":
-        """As long as the driving sequence: a video (resampled to ``fps``) or a folder of V1 ``.pkl`` frames (one
+        """As long as the driving sequence: a video or a saved sequence (resampled to ``fps``) or a folder of V1 ``.pkl`` frames (one
         frame each, as the landmark conditions read them), cut to ``length`` frames if given."""
         from pathlib import Path
 
+        from ..landmarks.io import is_sequence_file, load_driver_sequence
+
         p = Path(landmarks)
-        if p.is_dir():
+        if is_sequence_file(p):  # saved by `echomimic landmarks`: its frames at its fps, as a video's
+            seq = load_driver_sequence(p)
+            n = max(1, int(np.floor(len(seq) * float(fps) / float(seq.fps or fps) + 1e-9)))
+        elif p.is_dir():
             n = len(list(p.glob("*.pkl")))
             if n == 0:
                 raise EchoMimicError(f"--landmarks {p}: no .pkl landmark frames in the folder.")

@@ -40,7 +40,7 @@ class AnimateRequest:
     mode: str = "v1-audio"
     acc: bool = False
     models: str | None = None
-    landmarks: str | None = None  # driving video or folder of V1 .pkl frames
+    landmarks: str | None = None  # driving video, a saved sequence (.npz/.json: `echomimic landmarks`) or V1 .pkl folder
     parts: str | None = None  # comma-separated landmark parts
     pose: str | None = None  # V2 pose folder / .npz, or "auto": gestures from the speech (echomimic_lib.pose.gestures)
     retime: str | None = None  # None: "continue" for V2 poses (the folder once, then gestures matched to the speech), ping-pong for landmarks
@@ -112,7 +112,8 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
         return Conditioned(prep.image, MaskCondition(prep.mask), prep.crop)
     if mode.condition == "landmarks":
         from ..errors import EchoMimicError
-        from ..landmarks import conditions_from_driving_video, conditions_from_pkl_folder, normalize_parts
+        from ..landmarks import conditions_from_driver, conditions_from_driving_video, conditions_from_pkl_folder, normalize_parts
+        from ..landmarks.io import is_sequence_file, load_driver_sequence
 
         try:  # an empty --parts means no parts, not the mode's default
             parts = normalize_parts(req.parts) if req.parts is not None else frozenset(mode.landmark_parts)
@@ -121,6 +122,9 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
         src, policy = Path(req.landmarks), default_policy(req.retime, hand_pose=False)
         if src.is_dir():
             frames = conditions_from_pkl_folder(src, num_frames, (w, h), parts=parts, retime_policy=policy)
+        elif is_sequence_file(src):  # saved by `echomimic landmarks VIDEO`: the conditions that video gives
+            frames = conditions_from_driver(load_driver_sequence(src), prep.image, num_frames, (w, h), parts=parts,
+                                            retime_policy=policy, out_fps=settings.fps, model_path=req.mediapipe_model)
         else:
             frames, _ = conditions_from_driving_video(src, prep.image, num_frames, (w, h), parts=parts, retime_policy=policy,
                                                       out_fps=settings.fps, model_path=req.mediapipe_model,

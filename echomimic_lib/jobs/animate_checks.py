@@ -158,7 +158,8 @@ def check_condition_inputs(req, mode) -> None:
     if mode.condition == "hand_pose" and not req.pose:
         raise EchoMimicError("V2 half-body mode needs a hand-pose sequence: pass --pose DIR (a released pose folder or .npz).")
     if mode.condition == "landmarks" and not req.landmarks:
-        raise EchoMimicError(f"mode {mode.name} needs driving landmarks: pass --landmarks VIDEO_OR_PKL_DIR.")
+        raise EchoMimicError(f"mode {mode.name} needs driving landmarks: pass --landmarks VIDEO, a saved FILE.npz/.json "
+                             "(`echomimic landmarks VIDEO -o FILE.npz`) or a folder of V1 .pkl frames.")
     if req.pose and mode.condition != "hand_pose":
         raise EchoMimicError(f"--pose is for V2 half-body mode, but the mode is {mode.name}; use --version v2 (--mode halfbody).")
     if req.landmarks and mode.condition != "landmarks":
@@ -166,6 +167,11 @@ def check_condition_inputs(req, mode) -> None:
     for flag, value in (("--pose", None if req.pose == AUTO_POSE else req.pose), ("--landmarks", req.landmarks)):
         if value and not Path(value).exists():
             raise EchoMimicError(f"{flag} {value}: not found; give an existing file or folder.")
+    if req.landmarks and mode.condition == "landmarks":
+        from ..landmarks.io import is_sequence_file, load_driver_sequence
+
+        if is_sequence_file(req.landmarks):  # a saved sequence: read and checked here, before MediaPipe and the weights
+            load_driver_sequence(req.landmarks)
     check_gesture_inputs(req, mode)
 
 

@@ -4,7 +4,9 @@ Two sources:
 
 - a driving video (+ the reference image): landmarks are extracted from every driving frame
   (V1: centre-cropped to a square, resized to 512), optionally retargeted onto the reference face
-  with part-aware motion sync (the reference is resized to 512x512 as in V1), then drawn;
+  with part-aware motion sync (the reference is resized to 512x512 as in V1), then drawn; the two steps apart:
+  :func:`extract_driving_landmarks` (what ``echomimic landmarks`` saves) and :func:`conditions_from_driver`
+  (what ``animate --landmarks FILE.npz`` draws from the saved sequence: the same images);
 - a folder of V1 ``.pkl`` frames (512-px coordinates), drawn directly.
 
 Length policy: the driving sequence's length and fps are independent of the audio. The sequence is
@@ -70,19 +72,8 @@ def conditions_from_pkl_folder(folder, num_frames: int, size: tuple[int, int] = 
     return draw_conditions(seq.pixels(coord_size), num_frames, size, parts, coord_size, retime_policy, src_fps, out_fps)
 
 
-def conditions_from_driving_video(driving, reference_image, num_frames: int, size: tuple[int, int] = (512, 512),
-                                  parts="pose", sync: str | None = "reference", retime_policy: str = "ping-pong",
-                                  src_fps: float | None = None, out_fps: float | None = None,
-                                  bad_frame_policy: str = "interpolate", extractor=None, progress=None, **extractor_kwargs):
-    """Condition images from a driving video and the reference image.
-
-    driving: (F, H, W, 3) frames, a list of frames, a VideoClip or a video path (its fps is used as ``src_fps``).
-    sync: ``"reference"`` / ``"paper"`` motion-sync mode, or None to draw the driver's own landmarks.
-    progress: ``progress(done, total)`` per driving frame whose landmarks are extracted.
-    Returns (images uint8 (num_frames, H, W, 3), driver LandmarkSequence with its bad-frame report).
-    """
-    from .extractor import FaceLandmarkExtractor
-
+def _driving_frames(driving, src_fps: float | None):
+    """(frames, fps) of a driving video path, VideoClip, array or list of frames; refused when empty."""
     if isinstance(driving, (str, os.PathLike)):
         from ..io.video_io import read_video
 
@@ -93,25 +84,82 @@ def conditions_from_driving_video(driving, reference_image, num_frames: int, siz
     frames = list(driving) if not isinstance(driving, np.ndarray) else driving
     if len(frames) == 0:
         raise EchoMimicError("the driving video has no frames.")
-    own = extractor is None
+    return frames, src_fps
+
+
+def extract_driving_landmarks(driving, src_fps: float | None = None, bad_frame_policy: str = "interpolate",
+                              extractor=None, progress=None, **extractor_kwargs) -> LandmarkSequence:
+    """The driver's landmarks as the V1 landmark modes read them: every frame centre-cropped to a square, resized to
+    512 px, analysed by MediaPipe, frames without a single face filled by ``bad_frame_policy``.
+
+    driving: (F, H, W, 3) frames, a list of frames, a VideoClip or a video path (its fps is the sequence's fps unless
+    ``src_fps`` is given). What ``echomimic landmarks`` saves and :func:`conditions_from_driver` draws."""
+    from .extractor import FaceLandmarkExtractor
+
+    frames, src_fps = _driving_frames(driving, src_fps)
     ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
     try:
-        driver = ex.extract([center_square(as_rgb_uint8(f, f"driving frame {i}")) for i, f in enumerate(frames)],
-                            policy=bad_frame_policy, fps=src_fps, progress=progress)
-        if sync is None:
-            px = driver.pixels((SYNC_SIZE, SYNC_SIZE))
-        else:
-            import cv2
-
-            ref = cv2.resize(as_rgb_uint8(reference_image, "reference image"), (SYNC_SIZE, SYNC_SIZE),
-                             interpolation=cv2.INTER_LINEAR)
-            try:
-                reference = ex.extract(ref, policy="fail")
-            except EchoMimicError as exc:
-                raise EchoMimicError(f"reference image: {exc}") from exc
-            px = sync_driving_landmarks(driver, reference, mode=sync)
+        return ex.extract([center_square(as_rgb_uint8(f, f"driving frame {i}")) for i, f in enumerate(frames)],
+                          policy=bad_frame_policy, fps=src_fps, progress=progress)
     finally:
-        if own:
+        if extractor is None:
             ex.close()
-    images = draw_conditions(px, num_frames, size, parts, (SYNC_SIZE, SYNC_SIZE), retime_policy, src_fps, out_fps)
+
+
+def driver_pixels(driver: LandmarkSequence, reference_image=None, sync: str | None = "reference", extractor=None,
+                  **extractor_kwargs) -> np.ndarray:
+    """(F, 478, 2) pixel landmarks in the 512x512 sync frame: the driver's own (``sync`` None) or retargeted onto the
+    reference face (``"reference"`` / ``"paper"`` motion sync; MediaPipe reads the reference, resized to 512 as in V1)."""
+    if sync is None:
+        return driver.pixels((SYNC_SIZE, SYNC_SIZE))
+    import cv2
+
+    from .extractor import FaceLandmarkExtractor
+
+    ref = cv2.resize(as_rgb_uint8(reference_image, "reference image"), (SYNC_SIZE, SYNC_SIZE), interpolation=cv2.INTER_LINEAR)
+    ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
+    try:
+        reference = ex.extract(ref, policy="fail")
+    except EchoMimicError as exc:
+        raise EchoMimicError(f"reference image: {exc}") from exc
+    finally:
+        if extractor is None:
+            ex.close()
+    return sync_driving_landmarks(driver, reference, mode=sync)
+
+
+def conditions_from_driver(driver: LandmarkSequence, reference_image, num_frames: int, size: tuple[int, int] = (512, 512),
+                           parts="pose", sync: str | None = "reference", retime_policy: str = "ping-pong",
+                           src_fps: float | None = None, out_fps: float | None = None, extractor=None,
+                           **extractor_kwargs) -> np.ndarray:
+    """Condition images (uint8 (num_frames, H, W, 3)) from a driver sequence of :func:`extract_driving_landmarks`
+    (extracted now, or saved with :func:`.io.save_sequence` and loaded back): :func:`driver_pixels`, retimed from
+    ``src_fps`` (default: the sequence's) to ``out_fps`` and ``num_frames``, and drawn at ``size`` = (W, H)."""
+    src_fps = src_fps if src_fps is not None else driver.fps
+    px = driver_pixels(driver, reference_image, sync, extractor, **extractor_kwargs)
+    return draw_conditions(px, num_frames, size, parts, (SYNC_SIZE, SYNC_SIZE), retime_policy, src_fps, out_fps)
+
+
+def conditions_from_driving_video(driving, reference_image, num_frames: int, size: tuple[int, int] = (512, 512),
+                                  parts="pose", sync: str | None = "reference", retime_policy: str = "ping-pong",
+                                  src_fps: float | None = None, out_fps: float | None = None,
+                                  bad_frame_policy: str = "interpolate", extractor=None, progress=None, **extractor_kwargs):
+    """Condition images from a driving video and the reference image: :func:`extract_driving_landmarks`, then
+    :func:`conditions_from_driver` (one MediaPipe landmarker for both).
+
+    sync: ``"reference"`` / ``"paper"`` motion-sync mode, or None to draw the driver's own landmarks.
+    progress: ``progress(done, total)`` per driving frame whose landmarks are extracted.
+    Returns (images uint8 (num_frames, H, W, 3), driver LandmarkSequence with its bad-frame report).
+    """
+    from .extractor import FaceLandmarkExtractor
+
+    driving, src_fps = _driving_frames(driving, src_fps)  # read (and refused when empty) before MediaPipe loads
+    ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
+    try:
+        driver = extract_driving_landmarks(driving, src_fps, bad_frame_policy, extractor=ex, progress=progress)
+        images = conditions_from_driver(driver, reference_image, num_frames, size, parts, sync, retime_policy,
+                                        src_fps=driver.fps, out_fps=out_fps, extractor=ex)
+    finally:
+        if extractor is None:
+            ex.close()
     return images, driver

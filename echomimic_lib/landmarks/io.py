@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "echomimic-landmarks"
 FORMAT_VERSION = 1
+SEQUENCE_SUFFIXES = (".npz", ".json")  # save_sequence's formats (``echomimic landmarks -o``; ``animate --landmarks``)
 _ARRAYS = ("lmks", "lmks3d", "trans_mat", "blendshapes", "valid", "face_counts")
 
 
@@ -122,3 +124,27 @@ def load_sequence(path: str | Path) -> LandmarkSequence:
         arrays["blendshapes"] = arrays["blendshapes"].astype(np.float32)
     return LandmarkSequence(image_size=tuple(meta.get("image_size", (512, 512))), policy=meta.get("policy", "fail"),
                             fps=meta.get("fps"), blendshape_names=list(meta.get("blendshape_names", [])), **arrays)
+
+
+def is_sequence_file(path) -> bool:
+    """A saved landmark sequence by its name (``.npz`` / ``.json``), as ``--landmarks`` tells it from a video."""
+    return Path(path).suffix.lower() in SEQUENCE_SUFFIXES and not Path(path).is_dir()
+
+
+def load_driver_sequence(path, flag: str = "--landmarks") -> LandmarkSequence:
+    """A sequence saved by ``echomimic landmarks`` that can drive the V1 landmark modes: it loads, has frames, and
+    keeps the mesh and pose that motion sync retargets (pixel-only sequences cannot be)."""
+    try:
+        seq = load_sequence(path)
+    except (EchoMimicError, TypeError, AttributeError, zipfile.BadZipFile) as exc:  # a JSON list, a damaged zip
+        what = exc if isinstance(exc, EchoMimicError) else f"{path}: not a landmark file written by this package ({exc})."
+        raise EchoMimicError(f"{flag}: {what} Write one with `echomimic landmarks VIDEO -o {Path(path).name}`.") from None
+    if len(seq) == 0:
+        raise EchoMimicError(f"{flag} {path}: the landmark file has no frames; extract it again from a driving video.")
+    if seq.lmks3d is None or seq.trans_mat is None:
+        raise EchoMimicError(f"{flag} {path}: these landmarks have no face mesh and pose (pixel-only, e.g. from .pkl frames), "
+                             "so they cannot be retargeted onto the reference; extract them from the driving video with "
+                             "`echomimic landmarks VIDEO -o FILE.npz`, or pass the .pkl folder itself.")
+    if seq.fps is not None and not (np.isfinite(seq.fps) and seq.fps > 0):
+        raise EchoMimicError(f"{flag} {path}: the file's frame rate {seq.fps!r} is not a positive number; extract it again.")
+    return seq

@@ -1,0 +1,197 @@
+"""``echomimic landmarks``: a driving video's face landmarks, extracted once and saved for many renders.
+
+The landmarks are extracted exactly as ``echomimic animate --landmarks VIDEO`` extracts them
+(:func:`echomimic_lib.landmarks.conditions.extract_driving_landmarks`: each frame centre-cropped to a square at
+512 px, the same MediaPipe model resolution, frames without a single face filled by the same policy, interpolate)
+and saved with :func:`echomimic_lib.landmarks.io.save_sequence` (``.npz`` without pickles, or ``.json``).
+``animate --landmarks FILE.npz`` then draws the same conditions as the video would, without MediaPipe reading
+every driving frame again. ``preview``: the landmark drawing animate conditions on (the driver's own landmarks, or
+with ``reference`` retargeted onto that portrait's face crop, as animate does), one frame per driving frame.
+
+Every check (input, outputs, options, the MediaPipe model) runs before MediaPipe loads; an existing output is
+kept unless ``force``; the outputs are written whole or not at all.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import EchoMimicError, MissingWeightsError
+from ..landmarks.extractor import POLICIES
+
+log = logging.getLogger(__name__)
+
+PREVIEW_SUFFIXES = (".mp4", ".m4v", ".mov")
+PREVIEW_CHUNK = 32  # frames drawn and encoded at a time (memory flat in video length)
+
+
+@dataclass
+class LandmarksRequest:
+    video: str
+    output: str  # .npz or .json
+    preview: str | None = None  # .mp4 of the landmark drawing
+    force: bool = False  # replace existing outputs
+    models: str | None = None
+    mediapipe_model: str | None = None
+    download: bool = True
+    missing_face: str = "interpolate"  # frames without a single face: interpolate (animate's), hold or fail
+    parts: str | None = None  # preview: landmark parts (default: the landmarks mode's)
+    width: int = 512  # preview size (animate's V1 default)
+    height: int | None = None
+    reference: str | None = None  # preview retargeted onto this portrait, as animate conditions on it
+    face_crop: bool = True  # with reference: its V1 face crop (animate's default), else the whole image
+
+
+@dataclass
+class _Checked:
+    request: LandmarksRequest
+    video: Path
+    output: Path
+    preview: Path | None
+    parts: frozenset
+    size: tuple[int, int]
+    reference: object  # RGB image or None
+    model: Path
+
+
+def _check_video(path) -> Path:
+    from ..io.video_io import probe
+
+    p = Path(path)
+    if not p.is_file():
+        raise EchoMimicError(f"VIDEO {p}: {'is a folder' if p.is_dir() else 'file not found'}; give the driving video "
+                             "(mp4, mov, webm, ...) whose face landmarks to extract.")
+    info = probe(p)  # not media at all: the reader says so
+    if not info["frames"]:
+        raise EchoMimicError(f"VIDEO {p}: no video frames (an audio file?); give the driving video of a face.")
+    return p
+
+
+def _check_destination(path, flag: str, suffixes: tuple, example: str, inputs: dict, force: bool) -> Path:
+    from ..io.file_safety import refuse_existing, refuse_input_as_output
+    from ..io.video_writer import check_output_path
+
+    p = check_output_path(path, flag)  # a folder, a device, an unwritable place
+    refuse_input_as_output(p, inputs, flag)
+    if p.suffix.lower() not in suffixes:
+        raise EchoMimicError(f"{flag} {path}: give it one of the extensions {', '.join(suffixes)}, e.g. {flag} "
+                             f"{Path(str(path)).with_suffix(example)}.")
+    if not force:
+        try:
+            refuse_existing([p], "--force", "output")
+        except EchoMimicError as exc:
+            raise type(exc)(f"{flag} {exc}") from None
+    return p
+
+
+def _check_size(value, flag: str) -> int:
+    from .animate_checks import SIZE_RANGE
+
+    if not isinstance(value, int) or value % 8 or not SIZE_RANGE[0] <= value <= SIZE_RANGE[1]:
+        raise EchoMimicError(f"{flag} {value}: use a multiple of 8 from {SIZE_RANGE[0]} to {SIZE_RANGE[1]} px, as "
+                             "`echomimic animate` (V1 default 512).")
+    return value
+
+
+def _find_model(req: LandmarksRequest) -> Path:
+    from ..landmarks.mp_models import import_mediapipe, resolve_model
+    from .animate_checks import default_models_dir
+
+    root = Path(req.models).expanduser() if req.models else default_models_dir()
+    try:
+        path = resolve_model("face_landmarker", req.mediapipe_model, [root], download=req.download)
+        import_mediapipe()
+    except MissingWeightsError as exc:
+        hint = " (Without --offline it is downloaded once.)" if not req.download and not req.mediapipe_model else ""
+        raise MissingWeightsError(f"{exc}{hint} Or pass --mediapipe-model FILE.", exc.missing) from exc
+    return Path(path)
+
+
+def check(req: LandmarksRequest) -> _Checked:
+    """Every check that needs no MediaPipe, then the model's path (found or downloaded, not loaded)."""
+    from ..landmarks import LANDMARK_MODE_PARTS, normalize_parts
+    from ..landmarks.extractor import normalize_policy
+    from ..landmarks.io import SEQUENCE_SUFFIXES
+
+    try:
+        normalize_policy(req.missing_face)
+    except EchoMimicError:
+        raise EchoMimicError(f"--missing-face {req.missing_face}: choose {', '.join(POLICIES)} (interpolate: as "
+                             "`echomimic animate --landmarks VIDEO`).") from None
+    video = _check_video(req.video)
+    inputs = {"VIDEO": req.video, "--reference": req.reference}
+    output = _check_destination(req.output, "-o", SEQUENCE_SUFFIXES, ".npz", inputs, req.force)
+    preview = None
+    if req.preview:
+        preview = _check_destination(req.preview, "--preview", PREVIEW_SUFFIXES, ".mp4", inputs, req.force)
+    try:  # an empty --parts means no parts, as in animate
+        parts = normalize_parts(req.parts) if req.parts is not None else frozenset(LANDMARK_MODE_PARTS)
+    except ValueError as exc:
+        raise EchoMimicError(f"--parts: {exc}") from None
+    width = _check_size(req.width, "--width")
+    height = _check_size(req.width if req.height is None else req.height, "--height")
+    reference = None
+    if req.reference:
+        if not req.preview:
+            raise EchoMimicError("--reference only shapes the --preview video (the saved landmarks are the driver's own); "
+                                 "add --preview PREVIEW.mp4 or drop --reference.")
+        from .animate_checks import read_reference
+
+        reference = read_reference(req.reference)
+    return _Checked(req, video, output, preview, parts, (width, height), reference, _find_model(req))
+
+
+def _write_preview(c: _Checked, driver, extractor) -> object:
+    """An uncommitted :class:`Mp4Writer` holding the drawing (committed by the caller after the landmarks are saved)."""
+    from ..frames.reference import prepare_reference
+    from ..io.video_writer import Mp4Writer
+    from ..landmarks import draw_landmark_sequence
+    from ..landmarks.conditions import SYNC_SIZE, driver_pixels
+
+    w, h = c.size
+    if c.reference is None:
+        px = driver_pixels(driver, sync=None)
+    else:  # animate's reference: the V1 face crop at W x H (or the whole image), then motion sync onto it
+        target = "v1_face" if c.request.face_crop else "resize"
+        prep = prepare_reference(c.reference, target, w, h, model_path=c.model, extractor=extractor)
+        px = driver_pixels(driver, prep.image, "reference", extractor)
+    writer = Mp4Writer(c.preview, driver.fps or 24.0)
+    try:
+        for start in range(0, len(px), PREVIEW_CHUNK):
+            chunk = px[start:start + PREVIEW_CHUNK]
+            writer.write(draw_landmark_sequence(chunk, (w, h), c.parts, normed=False, coord_size=(SYNC_SIZE, SYNC_SIZE)))
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
+
+
+def run_landmarks(req: LandmarksRequest, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Extract, save (and preview); returns a summary: output, preview, frames, fps, frames without a face."""
+    from ..landmarks.conditions import extract_driving_landmarks
+    from ..landmarks.extractor import FaceLandmarkExtractor
+    from ..landmarks.io import save_sequence
+    from ..landmarks.mp_models import quiet_native_logs
+
+    c = check(req)
+    from ..io.video_io import read_video
+
+    clip = read_video(c.video, with_audio=False)
+    writer = None
+    with quiet_native_logs(), FaceLandmarkExtractor(model_path=c.model) as ex:
+        driver = extract_driving_landmarks(clip, bad_frame_policy=req.missing_face, extractor=ex, progress=progress)
+        if c.preview is not None:
+            writer = _write_preview(c, driver, ex)
+    try:
+        save_sequence(c.output, driver)
+        preview = str(writer.commit()) if writer is not None else None
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    none = [i for i in driver.bad_frames if driver.face_counts[i] == 0]
+    many = [i for i in driver.bad_frames if driver.face_counts[i] > 1]
+    return {"output": str(c.output), "preview": preview, "frames": len(driver), "fps": driver.fps,
+            "no_face": len(none), "several_faces": len(many), "policy": driver.policy}
