@@ -104,7 +104,9 @@ def add_commands(sub) -> None:
                    help="EchoMimic release (default: the one --mode belongs to, else v1); v3-flash: EchoMimicV3 flash-pro")
     a.add_argument("--mode", choices=list(MODE_VERSION), default=None, help="driving mode (default: audio for v1, halfbody for v2)")
     a.add_argument("--acc", action="store_true", help="few-step accelerated weights (6 steps, cfg 1)")
-    a.add_argument("--landmarks", help="V1 landmark modes: a driving video or a folder of V1 .pkl landmark frames")
+    a.add_argument("--landmarks", help="V1 landmark modes: a driving video, its landmarks saved once by `echomimic "
+                                       "landmarks VIDEO -o FILE.npz` (.npz/.json: the same result, no MediaPipe pass over "
+                                       "the video), or a folder of V1 .pkl landmark frames")
     a.add_argument("--parts", help="landmark parts to draw, e.g. eyes,brows,pupils,nose[,mouth,iris,oval] (default: the mode's)")
     a.add_argument("--pose", help="V2: a released hand-pose folder (0.npy, 1.npy, ...) or our .npz; or 'auto': gestures "
                                   "generated from the speech out of --gesture-library")
