@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 
 from echomimic_lib.cli import main as cli  # noqa: E402
 from echomimic_lib.io.video_io import probe, read_audio, write_video  # noqa: E402
-from echomimic_lib.pose import load_pose  # noqa: E402
+from echomimic_lib.pose import load_pose, save_pose_npz  # noqa: E402
 from tests._media import write_wav  # noqa: E402
 from tests.test_pose_dwpose import build_peak_pose, build_red_detector, layout_positions  # noqa: E402
 
@@ -144,3 +144,66 @@ def test_force_replaces_a_pose_folder_and_a_file(models, driving, speech, librar
     assert cli(["poses", "--video", str(driving), "-o", str(npz), "--models", str(models), "--offline", "--force", "-q"]) == 0
     assert len(load_pose(npz)) == FRAMES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "p.npz"]
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_every_refusal_comes_before_any_model_and_leaves_nothing(models, driving, speech, library, tmp_path, capsys,
+                                                                  monkeypatch):
+    import echomimic_lib.jobs.poses as job
+
+    def loaded(*a, **k):
+        raise AssertionError("a model / the gesture library was loaded before the refusal")
+
+    monkeypatch.setattr(job, "dwpose_detector", loaded)
+    monkeypatch.setattr(job, "speech_gestures", loaded)
+    w = tmp_path / "work"
+    w.mkdir()
+    (w / "old.npz").write_bytes(b"old")
+    (w / "old_poses").mkdir()
+    (w / "old_poses" / "0.npy").write_bytes(b"old")
+    (w / "mixed").mkdir()
+    (w / "mixed" / "0.npy").write_bytes(b"old")
+    (w / "mixed" / "notes.txt").write_text("mine")
+    (w / "notes").write_text("a file")
+    (w / "old.mp4").write_bytes(b"old")
+    (w / "not_video.txt").write_text("hello")
+    lib_npz = w / "lib.npz"
+    save_pose_npz(_extracted(models, driving), lib_npz)  # a gesture library of one .npz
+    (w / "no_models").mkdir()
+    v = ["poses", "--video", str(driving), "--models", str(models), "--offline", "-q"]
+    a = ["poses", "--audio", str(speech), "--gesture-library", str(library), "-q"]
+    cases = [
+        (v + ["-o", str(w / "old.npz")], "already exists", "--force"),
+        (a + ["-o", str(w / "old_poses")], "already exists", "--force"),
+        (a + ["-o", str(w / "mixed"), "--force"], "never replaced, not even with --force", "notes.txt"),
+        (a + ["-o", str(w / "notes"), "--force"], "is a file, not a folder", ".npz"),
+        (["poses", "--audio", str(speech), "--gesture-library", str(lib_npz), "-o", str(lib_npz), "--force"],
+         "is the same file as --gesture-library", "another -o"),
+        (v + ["-o", str(w / "new.npz"), "--preview", str(driving), "--force"], "is the same file as --video", "--preview"),
+        (v + ["-o", str(w / "new.npz"), "--preview", str(w / "old.mp4")], "already exists", "--force"),
+        (a + ["-o", str(w / "new.npz"), "--fps", "0"], "--fps 0", "between 1 and 120"),
+        (a + ["-o", str(w / "new.npz"), "--expressiveness", "3"], "--expressiveness 3.0", "0 (calm) to 2"),
+        (["poses", "--audio", str(speech), "--gesture-library", str(w / "nope"), "-o", str(w / "new.npz")], "nope not found",
+         "--gesture-library"),
+        (["poses", "--audio", str(speech), "--models", str(w / "no_models"), "-o", str(w / "new.npz")],
+         "no_models/poses not found", "--gesture-library"),
+        (["poses", "--video", str(driving), "--models", str(w / "no_models"), "--offline", "-o", str(w / "new.npz")],
+         "yolox_l.onnx", "Without --offline"),
+        (v + ["-o", str(w / "new.npz"), "--seed", "3"], "--seed is for --audio", "drop it"),
+        (a + ["-o", str(w / "new.npz"), "--on-missing", "hold"], "--on-missing is for --video", "drop it"),
+        (v + ["-o", str(w / "new.mp4")], "a folder (0.npy, 1.npy, ...) or a .npz", "--preview"),
+        (v + ["-o", str(w / "new.npz"), "--preview", str(w / "p.mp4"), "--width", "60"], "--width 60", "multiple of 8"),
+        (["poses", "--video", str(w / "not_video.txt"), "-o", str(w / "new.npz")], "is read as a driving video",
+         "video of a person"),
+    ]
+    before = _tree(w)
+    for args, *words in cases:
+        assert cli(args) == 2, args
+        err = capsys.readouterr().err
+        assert all(word in err for word in words), (args, err)
+        assert _tree(w) == before, args  # nothing written, nothing replaced, no staging left
+    assert (w / "old.npz").read_bytes() == b"old" and (w / "mixed" / "notes.txt").read_text() == "mine"
+
