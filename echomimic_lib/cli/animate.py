@@ -108,8 +108,9 @@ def add_commands(sub) -> None:
                                        "landmarks VIDEO -o FILE.npz` (.npz/.json: the same result, no MediaPipe pass over "
                                        "the video), or a folder of V1 .pkl landmark frames")
     a.add_argument("--parts", help="landmark parts to draw, e.g. eyes,brows,pupils,nose[,mouth,iris,oval] (default: the mode's)")
-    a.add_argument("--pose", help="V2: a released hand-pose folder (0.npy, 1.npy, ...) or our .npz; or 'auto': gestures "
-                                  "generated from the speech out of --gesture-library")
+    a.add_argument("--pose", help="V2: a released hand-pose folder (0.npy, 1.npy, ...) or our .npz (`echomimic poses` "
+                                  "makes both); a driving video: its hand poses extracted with DWPose (<models>/dwpose/); "
+                                  "or 'auto': gestures generated from the speech out of --gesture-library")
     a.add_argument("--retime", default=None, choices=list(POSE_POLICIES),
                    help="how a landmark/pose sequence shorter than the audio is extended; continue (V2 poses, their default): "
                         "play it once, then carry on with gestures matched to the speech (ping-pong, logged, when the folder "

@@ -139,7 +139,13 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
     if req.pose == AUTO_POSE:
         seq = gesture_poses(req, detector, prep.image, num_frames, settings)
     else:
-        seq = load_pose(req.pose)
+        from .animate_checks import dwpose_roots
+        from .pose_sources import dwpose_detector, is_pose_video, video_poses
+
+        if is_pose_video(req.pose):  # a driving video: DWPose poses of its frames (`echomimic poses --video` keeps them)
+            seq = video_poses(req.pose, detector or dwpose_detector(dwpose_roots(req), req.download))
+        else:
+            seq = load_pose(req.pose)
         if req.align_poses:  # move the poses onto the prepared reference's shoulders (the node's "fit to reference shoulders")
             seq, _ = fit_sequence_to_reference(seq, detect_image_pose(detector, prep.image))
         # default "continue": a folder shorter than the speech carries on with matched gestures (ping-pong when it has none)
@@ -152,12 +158,11 @@ def gesture_poses(req: AnimateRequest, detector, reference: np.ndarray, num_fram
     """V2 poses from the speech alone (``--pose auto``: gestures from the library); with ``--align-poses`` on the
     reference's shoulders. (A pose folder shorter than the speech is carried on in :func:`prepare_condition`.)"""
     from ..pose.dwpose import detect_image_pose
-    from ..pose.gestures import analyze_speech, load_library, synthesize
+    from .pose_sources import speech_gestures
 
-    speech = analyze_speech(req.audio, settings.fps)
     ref_pose = detect_image_pose(detector, reference) if req.align_poses else None
-    lib = load_library(gesture_library_dirs(req))
-    return synthesize(lib, speech, num_frames, int(settings.seed), reference=ref_pose, expressiveness=float(req.expressiveness))
+    return speech_gestures(req.audio, settings.fps, num_frames, int(settings.seed), gesture_library_dirs(req),
+                           float(req.expressiveness), reference=ref_pose)
 
 
 def build_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings):

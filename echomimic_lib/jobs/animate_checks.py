@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import EchoMimicError, MissingWeightsError
 from ..modes import get_mode
 from ..speed import check_deep_cache, check_speed_options
+from .pose_sources import AUTO_POSE  # --pose auto: hand poses generated from the speech
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,11 @@ def check_numbers(req, mode, variant: str, dtype):
     return settings, (length or None)
 
 
-AUTO_POSE = "auto"  # --pose auto: hand poses generated from the speech
-
 
 def check_condition_inputs(req, mode) -> None:
     if mode.condition == "hand_pose" and not req.pose:
-        raise EchoMimicError("V2 half-body mode needs a hand-pose sequence: pass --pose DIR (a released pose folder or .npz).")
+        raise EchoMimicError("V2 half-body mode needs a hand-pose sequence: pass --pose DIR (a released pose folder or .npz), "
+                             "--pose VIDEO (poses extracted from a driving video) or --pose auto (gestures from the speech).")
     if mode.condition == "landmarks" and not req.landmarks:
         raise EchoMimicError(f"mode {mode.name} needs driving landmarks: pass --landmarks VIDEO, a saved FILE.npz/.json "
                              "(`echomimic landmarks VIDEO -o FILE.npz`) or a folder of V1 .pkl frames.")
@@ -172,7 +172,19 @@ def check_condition_inputs(req, mode) -> None:
 
         if is_sequence_file(req.landmarks):  # a saved sequence: read and checked here, before MediaPipe and the weights
             load_driver_sequence(req.landmarks)
+    if req.pose and req.pose != AUTO_POSE:
+        from .pose_sources import check_dwpose_models, check_pose_video, is_pose_video
+
+        if is_pose_video(req.pose):  # --pose VIDEO: DWPose extraction on the fly (echomimic_lib.jobs.pose_sources)
+            check_pose_video(req.pose)
+            check_dwpose_models(dwpose_roots(req), req.download)
     check_gesture_inputs(req, mode)
+
+
+def dwpose_roots(req) -> list[Path]:
+    """Where ``--pose VIDEO`` finds the DWPose models: the models folder (a smoke run: also the default one)."""
+    smoke = getattr(req, "smoke", False)
+    return [models_root(req)] + ([default_models_dir()] if smoke and not req.models else [])
 
 
 def gesture_library_dirs(req) -> list[Path]:

@@ -239,7 +239,7 @@ def find_sources(path: str | Path) -> list[Path]:
     if p.is_file():
         if p.suffix != ".npz":
             raise EchoMimicError(f"gesture library: {p} is not a pose sequence (expected a folder of 0.npy, 1.npy, ... "
-                                 "frames or an .npz written by `echomimic pose`).")
+                                 "frames or an .npz written by `echomimic poses`).")
         return [p]
     if _is_pose_folder(p):
         return [p]

@@ -1,0 +1,91 @@
+"""Where a V2 hand-pose sequence comes from besides a pose folder / .npz: a driving video (DWPose on every frame, the
+Hand-Pose Sequence Loader node's extraction) or the speech (gestures, the Gestures from Audio node). Shared by
+``echomimic animate --pose VIDEO | auto`` (:mod:`.animate`) and ``echomimic poses`` (:mod:`.poses`)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import EchoMimicError, MissingWeightsError
+
+log = logging.getLogger(__name__)
+
+AUTO_POSE = "auto"  # --pose auto: hand poses generated from the speech
+POSE_FILE_SUFFIXES = (".npz", ".npy")  # --pose: anything else that is a file is read as a driving video
+MISSING_DEFAULT = "interpolate"  # the loader node's default
+
+
+def is_pose_video(path) -> bool:
+    """``--pose PATH``: a file that is not a ``.npz`` / ``.npy`` pose file is a driving video."""
+    p = Path(str(path))
+    return str(path) != AUTO_POSE and p.is_file() and p.suffix.lower() not in POSE_FILE_SUFFIXES
+
+
+def check_pose_video(path, flag: str = "--pose") -> None:
+    """The video opens and has at least one video frame (PyAV only: no model)."""
+    from ..io.video_io import count_frames
+
+    try:
+        count_frames(path, 1)
+    except EchoMimicError as exc:
+        raise EchoMimicError(f"{flag} {path} is read as a driving video (it is no pose folder or .npz), but {exc} Give a "
+                             "video of a person, a pose folder (0.npy, 1.npy, ...) or a .npz from `echomimic poses`.") from None
+
+
+def check_dwpose_models(roots: list[Path], download: bool, flag: str = "--offline") -> None:
+    """Without downloads the two ONNX files must be there: said before any model loads."""
+    if download:
+        return
+    from ..pose.dwpose import resolve_dwpose_models
+
+    first = None
+    for root in roots:
+        try:
+            resolve_dwpose_models(root, download=False)
+            return
+        except MissingWeightsError as exc:
+            first = first or exc
+    raise MissingWeightsError(f"{first} (Without {flag} they are downloaded once.)", first.missing)
+
+
+def dwpose_detector(roots: list[Path], download: bool):
+    """The DWPose detector from the first root that has the models (downloaded into the first one unless ``download`` is off)."""
+    from ..pose.dwpose import DWPoseDetector, resolve_dwpose_models
+
+    first = None
+    for i, root in enumerate(roots):
+        try:
+            return DWPoseDetector(*resolve_dwpose_models(root, download=download and i == 0))
+        except MissingWeightsError as exc:
+            first = first or exc
+    raise first
+
+
+def video_poses(path, detector, on_missing: str = MISSING_DEFAULT, fps: float | None = None, max_frames: int | None = None,
+                progress=None):
+    """DWPose poses of every frame of the video at ``path`` (half-body cropped, 768 canvas: the loader node's
+    extraction), at the video's frame rate unless ``fps``; ``progress(done, total)`` per frame."""
+    from ..io.video_io import read_video
+    from ..pose.dwpose import extract_pose_sequence
+
+    clip = read_video(path, max_frames=max_frames, with_audio=False)
+    log.info("extracting hand poses from %s: %d frames at %g fps", path, len(clip.frames), clip.fps)
+
+    def frames():
+        for i, frame in enumerate(clip.frames):
+            yield frame
+            if progress is not None:
+                progress(i + 1, len(clip.frames))
+
+    seq = extract_pose_sequence(frames(), detector, on_missing=on_missing, fps=float(fps or clip.fps))
+    seq.source = str(path)
+    return seq
+
+
+def speech_gestures(audio, fps: float, num_frames: int, seed: int, library_dirs, expressiveness: float = 1.0, reference=None):
+    """Gestures from the speech (``animate --pose auto``): the speech analysed at ``fps``, units from the library."""
+    from ..pose.gestures import analyze_speech, load_library, synthesize
+
+    speech = analyze_speech(audio, fps)
+    lib = load_library(library_dirs)
+    return synthesize(lib, speech, num_frames, int(seed), reference=reference, expressiveness=float(expressiveness))

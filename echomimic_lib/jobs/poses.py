@@ -1,0 +1,277 @@
+"""V2 hand-pose sequences made once and kept: ``echomimic poses`` and ``echomimic animate --pose VIDEO``.
+
+- :func:`video_poses`: DWPose hand poses of every frame of a driving video (the Hand-Pose Sequence Loader node's
+  extraction: :func:`echomimic_lib.pose.dwpose.extract_pose_sequence`, half-body crop, a missing-frame policy).
+- :func:`speech_gestures`: gestures from the speech (``animate --pose auto`` and the Gestures from Audio node).
+- :func:`run_poses`: the command's job: every input, number and output checked (:func:`check`) before any
+  model is found or loaded, then the sequence written whole or not at all, as a released pose folder
+  (``0.npy, 1.npy, ...``) or our ``.npz``, with an optional ``--preview`` mp4 of the hands as animate draws them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EchoMimicError
+from ..io.file_safety import (
+    ExistingFileError,
+    publish,
+    refuse_existing,
+    refuse_input_as_output,
+    temp_beside,
+    temp_folder_beside,
+)
+from .animate_checks import (
+    OUTPUT_SUFFIXES,
+    SIZE_RANGE,
+    check_fps,
+    default_models_dir,
+    frame_count,
+    probe_speech,
+    read_speech,
+)
+from .pose_sources import MISSING_DEFAULT, check_dwpose_models, check_pose_video, dwpose_detector, speech_gestures, video_poses
+
+log = logging.getLogger(__name__)
+
+NOT_A_FOLDER = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".npy", ".json", ".pkl", ".wav", ".mp3")
+V2_SIZE, V2_SEED, DEFAULT_FPS = 768, 3407, 24.0  # animate --version v2's defaults (echomimic_lib.modes)
+_FRAME = re.compile(r"^\d+\.npy$")
+
+
+# ------------------------------------------------------------------------------------------------ the command
+@dataclass
+class PosesRequest:
+    output: str
+    video: str | None = None  # a driving video: DWPose poses of every frame
+    audio: str | None = None  # or speech: gestures from it
+    models: str | None = None
+    download: bool = True
+    on_missing: str | None = None  # video: interpolate (default), hold or fail
+    gesture_library: str | None = None  # audio: pose folders to take gestures from (default <models>/poses/)
+    expressiveness: float | None = None  # audio: 0..2 (default 1)
+    seed: int | None = None  # audio: default 3407, as animate --version v2
+    fps: float | None = None  # audio: default 24; video: the video's own rate
+    length: int = 0  # frames: 0 = all (video) / follow the audio
+    preview: str | None = None  # an mp4 of the hands as animate draws them
+    width: int | None = None  # preview canvas (default 768, as V2)
+    height: int | None = None
+    force: bool = False  # replace an existing output (a folder only when it is a pose folder)
+
+
+@dataclass
+class PosesPlan:
+    request: PosesRequest
+    output: Path
+    folder: bool  # a released pose folder (else .npz)
+    preview: Path | None
+    size: tuple[int, int]
+    fps: float | None
+    num_frames: int | None = None  # audio: the frame count animate would use
+    wav: object = None
+    sample_rate: int | None = None
+    library: list | None = None
+
+
+def _dwpose_roots(req) -> list[Path]:
+    return [Path(req.models).expanduser() if req.models else default_models_dir()]
+
+
+def _number(value, flag: str, kind, lo, hi, hint: str):
+    try:
+        v = kind(value)
+    except (TypeError, ValueError):
+        raise EchoMimicError(f"{flag} must be a number, got {value!r}.") from None
+    if not (lo <= v <= hi):
+        raise EchoMimicError(f"{flag} {value}: {hint}")
+    return v
+
+
+def _check_size(req) -> tuple[int, int]:
+    w = V2_SIZE if req.width is None else req.width
+    h = w if req.height is None else req.height
+    for flag, v in (("--width", w), ("--height", h)):
+        _number(v, flag, int, SIZE_RANGE[0], SIZE_RANGE[1], f"use {SIZE_RANGE[0]}..{SIZE_RANGE[1]} pixels (a multiple of 8).")
+        if int(v) % 8:
+            raise EchoMimicError(f"{flag} {v}: a multiple of 8, as animate's (the preview draws the hands as animate does); "
+                                 f"try {flag} {int(v) // 8 * 8 or 64}.")
+    return int(w), int(h)
+
+
+def _refuse_mixed(req) -> None:
+    if bool(req.video) == bool(req.audio):
+        raise EchoMimicError("give one source: --video DRIVING.mp4 (DWPose poses of its frames) or --audio SPEECH.wav "
+                             "(gestures from the speech).")
+    wrong = ([("--on-missing", req.on_missing)] if req.audio else
+             [("--gesture-library", req.gesture_library), ("--expressiveness", req.expressiveness), ("--seed", req.seed)])
+    for flag, value in wrong:
+        if value is not None:
+            raise EchoMimicError(f"{flag} is for {'--video' if req.audio else '--audio'}, not {'--audio' if req.audio else '--video'}; drop it.")
+
+
+def is_replaceable_pose_folder(path: Path) -> bool:
+    """A folder --force may replace: nothing in it but ``<N>.npy`` frame files (or nothing at all)."""
+    return all(_FRAME.match(e.name) and (e.is_file() or e.is_symlink()) for e in path.iterdir())
+
+
+def check_pose_output(output, force: bool) -> tuple[Path, bool]:
+    """(path, is a folder): ``-o`` a .npz file or a released pose folder; an existing one only with ``force``."""
+    from ..io.video_writer import check_output_path
+
+    if not output or not str(output).strip():
+        raise EchoMimicError("-o is empty; give a folder (released pose format) or a file name ending in .npz.")
+    out = Path(output).expanduser()
+    suffix = out.suffix.lower()
+    if suffix == ".npz":
+        check_output_path(out, "-o")  # a folder, a device, an unwritable place: never replaced
+        if os.path.lexists(out) and not force:
+            refuse_existing([out], "--force", "pose file")
+        return out, False
+    if suffix in NOT_A_FOLDER:
+        raise EchoMimicError(f"-o {output}: the poses are written as a folder (0.npy, 1.npy, ...) or a .npz file; "
+                             + ("for a video of the hands use --preview FILE.mp4." if suffix in OUTPUT_SUFFIXES
+                                else f"use -o {out.with_suffix('')} or -o {out.with_suffix('.npz')}."))
+    if os.path.lexists(out) and not out.is_dir():
+        raise ExistingFileError(f"-o {out} is a file, not a folder, and is never replaced by a pose folder; choose a new "
+                                "folder name, or end -o in .npz for one file.")
+    check_output_path(out / "0.npy", "-o")  # the place is writable
+    if out.is_dir():
+        if not is_replaceable_pose_folder(out):
+            shown = ", ".join(sorted(e.name for e in out.iterdir() if not _FRAME.match(e.name))[:5])
+            raise ExistingFileError(f"-o {out} is a folder that holds other files than pose frames ({shown}); it is never "
+                                    "replaced, not even with --force. Choose a new folder name.")
+        if not force:
+            refuse_existing([out], "--force", "pose folder")
+    return out, True
+
+
+def _check_preview(req, inputs: dict, output: Path) -> Path | None:
+    if not req.preview:
+        return None
+    from ..io.video_writer import check_output_path
+
+    p = check_output_path(req.preview, "--preview")
+    if p.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise EchoMimicError(f"--preview {req.preview}: the preview is an H.264 mp4 video; end it in .mp4, e.g. --preview "
+                             f"{Path(req.preview).with_suffix('.mp4')}.")
+    refuse_input_as_output(p, inputs, "--preview")
+    if os.path.lexists(p) and not req.force:
+        refuse_existing([p], "--force", "video")
+    if p.resolve() == output.resolve():
+        raise EchoMimicError("--preview and -o are the same path; give each its own name.")
+    return p
+
+
+def check(req: PosesRequest) -> PosesPlan:
+    """Everything that can be checked without a model, in the order the user reads the command line."""
+    _refuse_mixed(req)
+    fps = None if req.fps is None else check_fps(req.fps)
+    length = _number(req.length or 0, "--length", int, 0, 10**6, "the number of frames must be 0 (all) or more.")
+    size = _check_size(req)
+    inputs: dict = {"--video": req.video, "--audio": req.audio}
+    plan_extra: dict = {}
+    if req.video:
+        if not Path(req.video).is_file():
+            raise EchoMimicError(f"--video {req.video}: {'is a folder' if Path(req.video).is_dir() else 'file not found'}; "
+                                 "give a driving video of a person (mp4, mov, webm, ...).")
+        check_pose_video(req.video, "--video")
+        if (req.on_missing or MISSING_DEFAULT) not in ("interpolate", "hold", "fail"):
+            raise EchoMimicError(f"--on-missing {req.on_missing}: choose interpolate, hold or fail.")
+    else:
+        from .animate_checks import gesture_library_dirs
+        from ..pose.gestures import find_sources
+
+        if req.seed is not None:
+            _number(req.seed, "--seed", int, 0, 2**64 - 1, "use a whole number from 0 to 2^64-1.")
+        expr = 1.0 if req.expressiveness is None else req.expressiveness
+        if not (isinstance(expr, (int, float)) and 0.0 <= expr <= 2.0):
+            raise EchoMimicError(f"--expressiveness {expr}: use a number from 0 (calm) to 2 (lively); the default is 1.")
+        probe_speech(req.audio)
+        dirs = gesture_library_dirs(req)
+        sources = []
+        for d in dirs:
+            try:
+                sources += find_sources(d)
+            except EchoMimicError as exc:
+                raise EchoMimicError(f"{exc} (gestures are taken from --gesture-library DIR, default the models folder's "
+                                     "poses/.)") from None
+        inputs.update({f"--gesture-library ({s.name})": s for s in sources})
+        wav, sr, raw = read_speech(req.audio)
+        plan_extra = dict(num_frames=frame_count(raw, fps or DEFAULT_FPS, length or None), wav=wav, sample_rate=sr,
+                          library=dirs)
+    output, folder = check_pose_output(req.output, req.force)
+    refuse_input_as_output(output, inputs)  # -o the video, or a pose folder / .npz of the gesture library
+    preview = _check_preview(req, inputs, output)
+    if req.video:
+        check_dwpose_models(_dwpose_roots(req), req.download)
+    return PosesPlan(req, output, folder, preview, size, fps, **plan_extra)
+
+
+def _write_preview(seq, path: Path, size, wav=None, sample_rate=None, chunk: int = 16) -> None:
+    from ..io.video_writer import Mp4Writer
+    from ..pose import draw_hands_batch
+
+    with Mp4Writer(path, seq.fps, wav, sample_rate) as writer:
+        for a in range(0, len(seq), chunk):
+            writer.write(draw_hands_batch(seq, range(a, min(a + chunk, len(seq))), size))
+        writer.commit()
+
+
+def _replace_folder(staged: Path, final: Path) -> None:
+    """``staged`` renamed to ``final``; an existing (pose) folder there is moved aside first and removed after."""
+    if not os.path.lexists(final):
+        os.rename(staged, final)
+        return
+    aside = temp_folder_beside(final, ".replaced")  # empty: a folder renamed onto it takes its place
+    os.rename(final, aside)
+    try:
+        os.rename(staged, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_poses(seq, plan: PosesPlan) -> None:
+    """The sequence staged beside ``plan.output``, the preview written, then the sequence renamed into place."""
+    from ..pose import save_pose_npz, save_released_folder
+
+    staged = temp_folder_beside(plan.output) if plan.folder else temp_beside(plan.output, ".partial.npz")
+    try:
+        if plan.folder:
+            save_released_folder(seq, staged)
+        else:
+            save_pose_npz(seq, staged)
+        if plan.preview is not None:
+            _write_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate)
+        if plan.folder:
+            _replace_folder(staged, plan.output)
+        else:
+            publish(staged, plan.output)
+    finally:
+        if os.path.lexists(staged):
+            shutil.rmtree(staged, ignore_errors=True) if staged.is_dir() else staged.unlink(missing_ok=True)
+
+
+def run_poses(req: PosesRequest, progress=None) -> dict:
+    """Check, make the sequence (DWPose over the video's frames, or gestures from the speech), write it; a summary dict."""
+    plan = check(req)
+    if req.video:
+        detector = dwpose_detector(_dwpose_roots(req), req.download)
+        seq = video_poses(req.video, detector, req.on_missing or MISSING_DEFAULT, plan.fps, req.length or None, progress)
+        missing = list(seq.report.missing_frames)
+    else:
+        seq = speech_gestures(req.audio, plan.fps or DEFAULT_FPS, plan.num_frames, V2_SEED if req.seed is None else req.seed,
+                              plan.library, 1.0 if req.expressiveness is None else req.expressiveness)
+        missing = []
+    write_poses(seq, plan)
+    if plan.folder and abs(seq.fps - DEFAULT_FPS) > 1e-6:
+        log.warning("a pose folder stores no frame rate: readers take it as %g fps, the poses are %g fps; write a .npz "
+                    "(-o NAME.npz) to keep the rate.", DEFAULT_FPS, seq.fps)
+    return {"output": str(plan.output), "format": "pose folder" if plan.folder else "npz", "frames": len(seq),
+            "fps": seq.fps, "missing_frames": missing, "on_missing": req.on_missing or MISSING_DEFAULT,
+            "preview": None if plan.preview is None else str(plan.preview), "sequence": seq}
