@@ -31,20 +31,12 @@ from .errors import MissingWeightsError, WeightsError
 from .models.unet import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS, WeightSet
 from .io.hub import HubFile, fetch
+from .io.model_files import (CLI_FETCH_HINT, HF_SOURCES, UNET_CONFIGS, VAE_DIRS, WHISPER_FILES,  # noqa: F401 (their home was here)
+                             _downloads, _find, resolve_files, search_dirs)
 from .io.weights import load_strict, read_state_dict
 from .models.wan.sources import V3_FOLDER, missing_parts, resolved_files
 
 log = logging.getLogger(__name__)
-
-VAE_DIRS = ("sd-vae-ft-mse", "vae")
-WHISPER_FILES = ("audio_processor/whisper_tiny.pt", "audio_processor/tiny.pt", "whisper_tiny.pt", "tiny.pt",
-                 "whisper_tiny_encoder.pt", "whisper-tiny", "audio_processor/whisper-tiny")
-UNET_CONFIGS = ("unet/config.json", "sd-image-variations-diffusers/unet/config.json")
-CLI_FETCH_HINT = "Fetch them with: echomimic download"  # the command-line way; ComfyUI's message drops this line
-HF_SOURCES = {
-    "vae": ("stabilityai/sd-vae-ft-mse", ["config.json", "diffusion_pytorch_model.safetensors"]),
-    "whisper": ("BadToBest/EchoMimic", ["audio_processor/whisper_tiny.pt"]),
-}
 
 
 @dataclass
@@ -83,64 +75,6 @@ class EchoMimicModels:
     def set_attention_backend(self, name: str | None) -> str:
         self.reference.set_attention_backend(name)
         return self.denoiser.set_attention_backend(name)
-
-
-def _find(dirs: list[Path], names) -> Path | None:
-    for d in dirs:
-        for n in names:
-            p = d / n
-            if p.exists():
-                return p
-    return None
-
-
-def search_dirs(root: Path, ws: WeightSet) -> list[Path]:
-    root = Path(root)
-    return [root / ws.folder, root, root.parent]
-
-
-def resolve_files(root: str | Path, weights: str, variant: str = "normal", need=("reference", "denoiser", "motion", "cond", "vae", "whisper")) -> dict:
-    """Map each needed component to its file; raise :class:`MissingWeightsError` listing every missing
-    file, the folders searched and where to download it."""
-    root = Path(root)
-    ws = WEIGHT_SETS[weights]
-    dirs = search_dirs(root, ws)[:2]
-    shared = search_dirs(root, ws)
-    found, missing = {}, []
-    for comp, stem in ws.files(variant).items():
-        if comp not in need:
-            continue
-        p = _find(dirs, [stem + s for s in (".safetensors", ".pth", ".pt", ".bin")])
-        if p is None:
-            missing.append((comp, f"{stem}.pth", ws.hf_repo, f"{stem}.pth"))
-        else:
-            found[comp] = p
-    if "vae" in need:
-        p = _find(shared, VAE_DIRS)
-        if p is None:
-            missing.append(("vae", "sd-vae-ft-mse/", HF_SOURCES["vae"][0], "config.json + diffusion_pytorch_model.safetensors"))
-        else:
-            found["vae"] = p
-    if "whisper" in need:
-        p = _find(shared, WHISPER_FILES)
-        if p is None:
-            missing.append(("whisper", "audio_processor/whisper_tiny.pt", HF_SOURCES["whisper"][0], "audio_processor/whisper_tiny.pt"))
-        else:
-            found["whisper"] = p
-    found["unet_config"] = _find(shared, UNET_CONFIGS)
-    found["inference_config"] = _find(shared, ("inference_config.json",))
-    if missing:
-        where = ", ".join(str(d) for d in dirs)
-        lines = [f"EchoMimic weights missing for '{weights}' ({variant}):"]
-        for comp, name, repo, remote in missing:
-            lines.append(f"  - {comp}: {name} (looked in {where if comp not in ('vae', 'whisper') else ', '.join(map(str, shared))}); "
-                         f"get it from https://huggingface.co/{repo} ({remote})")
-        lines.append(f"Expected layout: {root}/{ws.folder}/<weights>, {root}/sd-vae-ft-mse/, {root}/audio_processor/whisper_tiny.pt.")
-        lines.append(f"{CLI_FETCH_HINT} --weights {weights} --variant {variant} --models {root}")
-        err = MissingWeightsError("\n".join(lines), missing=[m[1] for m in missing])
-        err.details = [{"component": c, "name": n, "repo": r, "remote": rem} for c, n, r, rem in missing]
-        raise err
-    return found
 
 
 def read_config(files: dict) -> EchoConfig:
@@ -289,19 +223,6 @@ def load_models(
 
 
 # ---------------------------------------------------------------------------------------------- fetching
-def _downloads(root: Path, weights: str, detail: dict) -> list[HubFile]:
-    """The files of one missing component, each with its final place."""
-    comp = detail["component"]
-    if comp == "vae":
-        repo, files = HF_SOURCES["vae"]
-        return [HubFile(repo, f, root / "sd-vae-ft-mse" / f) for f in files]
-    if comp == "whisper":
-        repo, files = HF_SOURCES["whisper"]
-        return [HubFile(repo, f, root / f) for f in files]
-    ws = WEIGHT_SETS[weights]
-    return [HubFile(ws.hf_repo, detail["name"], root / ws.folder / detail["name"])]
-
-
 def ensure_weights(root: str | Path, weights: str, variant: str = "normal", need=None, download: bool = True,
                    force: bool = False) -> dict:
     """Resolve the files of a model set (``v1_audio``, ``v1_pose``, ``v2``, or ``v3-flash``: the EchoMimicV3

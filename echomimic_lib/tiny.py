@@ -17,6 +17,7 @@ from torch import nn
 from .config import TINY, EchoConfig, inference_config_dict, unet_config_dict
 from .errors import EchoMimicError
 from .io.file_safety import publish, refuse_existing
+from .io.model_files import TINY_MARKER as MARKER, is_tiny_folder  # noqa: F401 (their home was here)
 from .models.unet import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS
 from .io.weights import save_state_dict
@@ -34,7 +35,6 @@ VERSION_SETS = {"v1": ("v1_audio", "v1_pose"), "v2": ("v2",)}
 VERSION_DTYPE = {"v1": torch.float32, "v2": torch.float16}
 SHARED_PARTS = ("sd-vae-ft-mse/config.json", "audio_processor/whisper_tiny.pt", "sd-image-variations-diffusers/unet/config.json",
                 "inference_config.json")
-MARKER = "echomimic-tiny.json"  # written into every tiny folder: random weights, never real ones
 # Extra models the modes need beyond the weights (not random-generatable), for the make-tiny report.
 EXTRA_MODELS = (
     ("mediapipe/face_landmarker.task", "V1 audio (face crop) and V1 landmark modes from a driving video",
@@ -204,10 +204,6 @@ def _write_tiny(directory: Path, version, layout: str, seed: int, cfg: EchoConfi
 
 def _write_marker(root: Path, seed: int) -> None:
     (root / MARKER).write_text(json.dumps({"random_weights": True, "seed": seed, "written_by": "echomimic make-tiny"}))
-
-
-def is_tiny_folder(root: str | Path) -> bool:
-    return (Path(root) / MARKER).is_file()
 
 
 def ensure_tiny(root: str | Path, weights: str, seed: int = 0, cfg: EchoConfig = TINY) -> bool:

@@ -1,5 +1,5 @@
 """The ``echomimic`` command: one module per command (``animate`` and ``download``, ``batch``, ``dub``, ``evaluate``,
-``landmarks``: V1 driving landmarks, ``poses``: V2 hand-pose sequences, ``weights``: make-tiny and convert; ``queue`` is
+``landmarks``: V1 driving landmarks, ``poses``: V2 hand-pose sequences, ``doctor``: a read-only install check, ``weights``: make-tiny and convert; ``queue`` is
 :mod:`echomimic_lib.jobs.queue_client`), shared helpers in :mod:`.common`.
 
 Exit codes: 0 success, 2 bad input or a missing file (the message says what and how to fix it), 130
@@ -25,13 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", dest="verbose_all", action="store_true", help="debug logging for every command")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=SubParser)
 
-    from . import animate, batch, dub, evaluate, landmarks, poses, weights
+    from . import animate, batch, doctor, dub, evaluate, landmarks, poses, weights
 
     weights.add_commands(sub)
     sub.add_parser("queue", help="queue portraits x audios on a running ComfyUI (POST /prompt); see `echomimic queue --help`",
                    add_help=False)
 
-    for module in (animate, evaluate, dub, batch, landmarks, poses):  # a new command: its module here, with add_commands(sub)
+    for module in (animate, evaluate, dub, batch, landmarks, poses, doctor):  # a new command: its module here, with add_commands(sub)
         module.add_commands(sub)
     return p
 

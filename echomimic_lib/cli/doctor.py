@@ -1,0 +1,40 @@
+"""``echomimic doctor``: what this machine and models folder can run, and the command that fixes each gap
+(read-only: :mod:`echomimic_lib.jobs.doctor`). Exit status 0 when everything checked is ready, 1 when not."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import say
+
+
+def _cmd_doctor(args) -> int:
+    from ..jobs.animate_checks import default_models_dir
+    from ..jobs.doctor import diagnose
+    from ..jobs.doctor.report import render
+
+    default = default_models_dir()
+    root = Path(args.models).expanduser() if args.models else default
+    report = diagnose(root, args.weights, args.variant, default_root=default)
+    if args.json:
+        say(json.dumps(report, indent=2))
+    else:
+        for line in render(report):
+            say(line)
+    return 0 if report["ok"] else 1
+
+
+def add_commands(sub) -> None:
+    d = sub.add_parser("doctor", help="check this install and models folder (read-only): what runs, the fix for each gap",
+                       description="Say what this machine and models folder can run: Python, PyTorch and its GPUs, the "
+                                   "packages against the pack's bounds, each weight set and variant (ready, missing files, "
+                                   "tiny random weights, a broken file), the shared parts, and the exact command that fixes "
+                                   "each gap. Read-only: nothing is downloaded, written or loaded. Exit status 0 when "
+                                   "everything checked is ready (tiny sets count), 1 when something is missing.")
+    d.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic, as animate)")
+    d.add_argument("--weights", choices=["v1_audio", "v1_pose", "v2", "v3-flash"], default=None,
+                   help="check only this set (and what its renders need; default: every set)")
+    d.add_argument("--variant", choices=["normal", "acc"], default=None,
+                   help="V1/V2: check only this variant (default: both)")
+    d.add_argument("--json", action="store_true", help="the report as JSON (for tools and scripts)")
+    d.set_defaults(func=_cmd_doctor)

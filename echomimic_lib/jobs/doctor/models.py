@@ -1,0 +1,210 @@
+"""``echomimic doctor``, the models folder: each weight set and variant (ready, missing files, tiny random weights,
+a broken file), the shared parts (VAE, whisper-tiny, MediaPipe, DWPose, the gesture library ``poses/``), and for each
+gap the exact command that fills it.
+
+Found with the code that loading and ``echomimic download`` use (:mod:`echomimic_lib.io.model_files`,
+:func:`echomimic_lib.models.wan.sources.missing_parts`, :func:`resolve_model`, :func:`resolve_dwpose_models`,
+:func:`find_sources`), so a file listed here as missing is exactly one ``echomimic download`` fetches. Only looks:
+file presence and sizes, and at most a weight file's first bytes (nothing is downloaded, written or loaded).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import struct
+from pathlib import Path
+
+from ...errors import EchoMimicError, MissingWeightsError
+from ...io.model_files import VAE_DIRS, WHISPER_FILES, _downloads, _find, is_tiny_folder, resolve_files, search_dirs
+from ...modes import WEIGHT_SETS
+from ...models.wan.sources import V3_FOLDER, missing_parts, resolved_files
+
+VARIANTS = ("normal", "acc")
+ALL_WEIGHTS = (*WEIGHT_SETS, V3_FOLDER)
+V3_TINY_MARKER = ".echomimic-tiny-v3"  # echomimic_lib.models.wan.tiny.MARKER (not imported: that module builds networks)
+HF = "https://huggingface.co"
+
+
+def download_command(weights: str, variant: str | None, root: Path, default_root: Path | None) -> str:
+    """The ``echomimic download`` line that fetches what ``root`` lacks of one set (``--models`` only off the default)."""
+    cmd = ["echomimic", "download", "--weights", weights] + (["--variant", variant] if variant else [])
+    if default_root is None or Path(root).expanduser().resolve() != Path(default_root).expanduser().resolve():
+        cmd += ["--models", str(root)]
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def file_problem(path: Path) -> str | None:
+    """What is wrong with a weight file, read from its first bytes (and a .safetensors header); None when it looks whole."""
+    if path.is_dir():
+        return None
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if size == 0:
+                return "empty file"
+            if head.startswith(b"version https://git-lfs"):
+                return "a Git LFS pointer, not the weights (the repository was cloned without git-lfs)"
+            if path.suffix == ".safetensors":
+                n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
+                if n < 2 or 8 + n > size:
+                    return f"not a whole .safetensors file ({size} bytes; a broken-off download?)"
+                fh.seek(8)
+                header = json.loads(fh.read(n))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+                if 8 + n + end > size:
+                    return f"truncated: {size} bytes of {8 + n + end} (a broken-off download?)"
+            elif path.suffix in (".pth", ".pt", ".bin") and not head.startswith((b"PK\x03\x04", b"\x80")):
+                return "not a PyTorch weight file (neither a zip archive nor a pickle)"
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        return f"unreadable ({exc})"
+    return None
+
+
+def _broken(files: dict, root: Path) -> list[dict]:
+    out = []
+    for comp, p in files.items():
+        if p is not None and Path(p).is_file() and (why := file_problem(Path(p))):
+            out.append({"component": comp, "path": str(p), "problem": why})
+    return out
+
+
+def _rel(root: Path, p: Path) -> str:
+    try:
+        return str(Path(p).relative_to(root))
+    except ValueError:
+        return str(p)
+
+
+def check_weight_set(root: Path, weights: str, variant: str, default_root: Path | None = None) -> dict:
+    """One V1/V2 set and variant, resolved exactly as :func:`echomimic_lib.model_set.load_models` does."""
+    root = Path(root)
+    row = {"weights": weights, "variant": variant, "status": "ready", "missing": [], "broken": [], "bytes": 0, "fix": None}
+    try:
+        found = resolve_files(root, weights, variant)
+    except MissingWeightsError as err:  # what `echomimic download` would fetch: ensure_weights' own list
+        fetch = [f for d in getattr(err, "details", []) for f in _downloads(root, weights, d)]
+        row.update(status="missing", missing=[_rel(root, f.dest) for f in fetch],
+                   fix=download_command(weights, variant, root, default_root))
+        return row
+    weights_only = {k: v for k, v in found.items() if k not in ("unet_config", "inference_config")}
+    row["bytes"] = sum(_size(Path(p)) for p in weights_only.values() if p is not None)
+    row["broken"] = _broken(weights_only, root)
+    if row["broken"]:
+        row["status"] = "broken"
+        gone = " ".join(shlex.quote(b["path"]) for b in row["broken"])
+        row["fix"] = f"rm -- {gone} && {download_command(weights, variant, root, default_root)}"
+    elif is_tiny_folder(root):
+        row["status"] = "tiny"
+    return row
+
+
+def check_v3(root: Path, default_root: Path | None = None) -> dict:
+    """EchoMimicV3 flash-pro in ``root/v3-flash``, as :func:`echomimic_lib.model_set.resolve_v3` finds it."""
+    folder = Path(root) / V3_FOLDER
+    row = {"weights": V3_FOLDER, "variant": None, "status": "ready", "missing": [], "broken": [], "bytes": 0, "fix": None}
+    fix = download_command(V3_FOLDER, None, Path(root), default_root)
+    try:
+        missing = missing_parts(folder)
+    except ValueError as exc:  # an unreadable weight index
+        row.update(status="broken", broken=[{"component": "index", "path": str(folder), "problem": str(exc)}], fix=fix)
+        return row
+    if missing:  # ensure_v3 fetches these (the index first; its shards in a second round)
+        files = [f"{V3_FOLDER}/{m.source.folder}/{n}" for m in missing for n in m.files]
+        files += [f"{V3_FOLDER}/{m.source.folder}/(the shards its index lists)" for m in missing if m.shards_unknown]
+        row.update(status="missing", missing=files, fix=fix)
+        return row
+    found = resolved_files(folder)
+    row["bytes"] = sum(_size(Path(p)) for p in found.values())
+    weights = {k: Path(p) / "diffusion_pytorch_model.safetensors" if k == "base" else Path(p) for k, p in found.items()}
+    row["broken"] = _broken(weights, Path(root))
+    if row["broken"]:
+        gone = " ".join(shlex.quote(b["path"]) for b in row["broken"])
+        row.update(status="broken", fix=f"rm -- {gone} && {fix}")
+    elif (folder / V3_TINY_MARKER).is_file():
+        row["status"] = "tiny"
+    return row
+
+
+def _shared_dirs(root: Path) -> list[Path]:
+    dirs: list[Path] = []
+    for ws in WEIGHT_SETS.values():
+        dirs += [d for d in search_dirs(root, ws) if d not in dirs]
+    return dirs
+
+
+def check_shared(root: Path, sets: list[dict], default_root: Path | None = None) -> list[dict]:
+    """The parts several modes share; the fix of a missing VAE / whisper is the download line of a set that lacks it."""
+    root = Path(root)
+    rows = []
+    for name, names, what in (("vae", VAE_DIRS, "SD VAE (sd-vae-ft-mse), V1/V2"),
+                              ("whisper", WHISPER_FILES, "whisper-tiny audio encoder, V1/V2")):
+        p = _find(_shared_dirs(root), names)
+        row = {"part": name, "what": what, "status": "ready" if p else "missing", "path": str(p) if p else None,
+               "bytes": _size(p) if p else 0, "missing": [], "fix": None}
+        if p is None:  # what ensure_weights fetches for it, and the line of a set that lacks it (any V1/V2 set does)
+            row["missing"] = [_rel(root, f.dest) for f in _downloads(root, "v1_audio", {"component": name})]
+            lacking = [s["fix"] for s in sets if s["status"] == "missing" and set(row["missing"]) <= set(s["missing"])]
+            row["fix"] = lacking[0] if lacking else download_command("v1_audio", "normal", root, default_root)
+        rows.append(row)
+    rows.append(_mediapipe(root))
+    rows.append(_dwpose(root))
+    rows.append(_gestures(root))
+    return rows
+
+
+def _mediapipe(root: Path) -> dict:
+    from ...landmarks.mp_models import MODELS, SUBFOLDERS, resolve_model
+
+    row = {"part": "mediapipe", "what": "MediaPipe face landmarker, V1 face crop and landmarks from a video",
+           "status": "ready", "path": None, "bytes": 0, "missing": [], "fix": None}
+    try:
+        p = resolve_model("face_landmarker", None, [root], download=False)
+        row.update(path=str(p), bytes=_size(p))
+    except EchoMimicError:
+        spec = MODELS["face_landmarker"]
+        dest = root / SUBFOLDERS[0] / spec["save_as"]
+        row.update(status="missing", missing=[_rel(root, dest)],
+                   fix=f"curl -L --create-dirs -o {shlex.quote(str(dest))} {spec['url']}  (or run animate once without --offline)")
+    return row
+
+
+def _dwpose(root: Path) -> dict:
+    from ...pose.dwpose import DET_FILENAME, HF_REPO, POSE_FILENAME, resolve_dwpose_models
+
+    row = {"part": "dwpose", "what": "DWPose models, V2 poses from a video, --halfbody-crop, --align-poses (optional)",
+           "status": "ready", "path": None, "bytes": 0, "missing": [], "fix": None}
+    try:
+        det, pose = resolve_dwpose_models(root, download=False)
+        row.update(path=str(det.parent), bytes=_size(det) + _size(pose))
+    except MissingWeightsError as err:
+        names = [n for n in (DET_FILENAME, POSE_FILENAME) if n in err.missing]
+        row.update(status="missing", missing=[f"dwpose/{n}" for n in names],
+                   fix=" && ".join(f"curl -L --create-dirs -o {shlex.quote(str(root / 'dwpose' / n))} "
+                                   f"{HF}/{HF_REPO}/resolve/main/{n}" for n in names))
+    return row
+
+
+def _gestures(root: Path) -> dict:
+    from ...pose.gestures.library import find_sources
+
+    lib = root / "poses"
+    row = {"part": "poses", "what": "gesture library, V2 --pose auto / --retime continue (optional)",
+           "status": "ready", "path": str(lib), "bytes": 0, "missing": [], "fix": None, "sequences": 0}
+    try:
+        row["sequences"] = len(find_sources(lib))
+        row["bytes"] = _size(lib)
+    except EchoMimicError:
+        row.update(status="missing", path=None, missing=["poses/<name>/0.npy, 1.npy, ..."],
+                   fix=f"echomimic poses --video DRIVING.mp4 -o {shlex.quote(str(lib / 'NAME'))}  "
+                       "(or copy EchoMimicV2's assets/halfbody_demo/pose/* there)")
+    return row

@@ -1,0 +1,79 @@
+"""``echomimic doctor``'s table: the report of :func:`echomimic_lib.jobs.doctor.diagnose` as plain text lines."""
+from __future__ import annotations
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} B"
+
+
+def _torch_lines(t: dict) -> list[str]:
+    if not t.get("installed"):
+        return [f"  torch         MISSING  {t['problem']}", f"                fix: {t['fix']}"]
+    cuda = f"CUDA {t['cuda']}" if t["cuda"] else "CPU build (no CUDA)"
+    cudnn = f", cuDNN {t['cudnn']}" if t["cudnn"] else ""
+    lines = [f"  torch         {t['version']}  {cuda}{cudnn}"]
+    for g in t["gpus"]:
+        lines.append(f"  GPU {g['index']:<9} {g['name']}, {g['memory_gib']} GiB (compute {g['capability']})")
+    if t["cuda"] and not t["gpus"]:
+        lines.append(f"  GPU           none visible{': ' + t['problem'] if t.get('problem') else ' (driver, CUDA_VISIBLE_DEVICES?)'}")
+    lines.append(f"  MPS           {'available' if t['mps'] else 'not available'}")
+    return lines
+
+
+def _package_line(p: dict) -> list[str]:
+    if p["status"] == "optional":
+        return [f"  {p['name']:<22} -          optional, not installed ({p['purpose']})"]
+    word = "ok" if p["status"] == "ok" else p["status"].upper()
+    dist = f" [{p['distribution']}]" if p["distribution"] and p["distribution"] != p["name"] else ""
+    lines = [f"  {p['name']:<22} {p['version'] or '-':<10} {word}{dist}  ({p['requirement']})"]
+    if p["problem"]:
+        lines += [f"      {p['problem']}", f"      fix: {p['fix']}"]
+    return lines
+
+
+def _set_lines(s: dict) -> list[str]:
+    label = f"{s['weights']} {s['variant'] or ''}".strip()
+    status = {"ready": f"ready ({_gib(s['bytes'])})", "tiny": "tiny random weights (smoke runs; they animate noise)",
+              "missing": f"MISSING {len(s['missing'])} file(s)", "broken": "BROKEN"}[s["status"]]
+    lines = [f"  {label:<18} {status}"]
+    lines += [f"      - {m}" for m in s["missing"]]
+    lines += [f"      - {b['path']}: {b['problem']}" for b in s["broken"]]
+    if s["fix"]:
+        lines.append(f"      fix: {s['fix']}")
+    return lines
+
+
+def _shared_lines(p: dict) -> list[str]:
+    if p["status"] == "ready":
+        extra = f", {p['sequences']} sequence(s)" if p.get("sequences") else ""
+        return [f"  {p['part']:<10} ready ({_gib(p['bytes'])}{extra})  {p['what']}"]
+    lines = [f"  {p['part']:<10} MISSING  {p['what']}"] + [f"      - {m}" for m in p["missing"]]
+    if p["fix"]:
+        lines.append(f"      fix: {p['fix']}")
+    return lines
+
+
+def render(report: dict) -> list[str]:
+    env = report["environment"]
+    lines = ["EchoMimic doctor (read-only: nothing was downloaded, written or loaded)", "", "Environment",
+             f"  python        {env['python']['version']}  {env['python']['executable']}"]
+    lines += _torch_lines(env["torch"])
+    for p in env["packages"]:
+        lines += _package_line(p)
+    lines += ["", f"Models folder {report['models']}"]
+    for s in report["weight_sets"]:
+        lines += _set_lines(s)
+    lines += ["", "Shared parts"]
+    for p in report["shared"]:
+        lines += _shared_lines(p)
+    lines += ["", "Runnable now (echomimic animate)"]
+    for m in report["modes"]:
+        label = f"{m['mode']} {m['variant'] or ''}".strip()
+        state = "ready" if m["ready"] else f"not ready ({m['status']} weights)"
+        lines.append(f"  {label + ':':<26} {state}{'; ' + m['note'] if m['note'] else ''}")
+    lines.append("")
+    if report["ok"]:
+        lines.append("All checked parts are ready.")
+    else:
+        lines.append(f"{len(report['problems'])} problem(s): " + "; ".join(report["problems"]))
+    return lines
