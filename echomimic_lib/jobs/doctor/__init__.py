@@ -56,11 +56,12 @@ def runnable(sets: list[dict], mediapipe: bool) -> list[dict]:
             s = by.get((mode.weights, v))
             if s is None:
                 continue
-            note = None
+            notes = []
             if s["status"] in USABLE and mode.condition in ("face_mask", "landmarks") and not mediapipe:
-                note = "with --no-face-crop (MediaPipe face landmarker missing)"
+                notes.append("with --no-face-crop (MediaPipe face landmarker missing)")
             if s["status"] == "tiny":
-                note = "tiny random weights: renders noise (smoke runs only)"
+                notes.append("tiny random weights: renders noise (smoke runs only)")
+            note = "; ".join(notes) or None
             out.append({"mode": mode.name, "variant": v, "weights": mode.weights, "ready": s["status"] in USABLE,
                         "status": s["status"], "note": note, "fix": s["fix"]})
     s = by.get((V3_FOLDER, None))
