@@ -21,10 +21,10 @@ FRAMES = 3
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory, shared_data):
-    from echomimic_lib.tiny import make_tiny
+    from tests._tiny_shared import tiny_v1_copy
 
     d = tmp_path_factory.mktemp("batch_media")
-    make_tiny(d / "models", version="v1")
+    tiny_v1_copy(tmp_path_factory, d / "models")
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
     write_wav(d / "speech.wav", wav[0, : int(0.5 * sr)], sr)
     write_wav(d / "other.wav", wav[0, sr: int(1.5 * sr)], sr)

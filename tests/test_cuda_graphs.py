@@ -17,7 +17,7 @@ from echomimic_lib.errors import EchoMimicError
 from echomimic_lib.model_set import load_models
 from echomimic_lib.models.unet.graphs import CudaGraphRunner
 from echomimic_lib.pipeline import MaskCondition, Sampler, sampler as sampler_mod, settings_for
-from echomimic_lib.tiny import make_tiny
+from tests._tiny_shared import tiny_v1_copy
 from tests.test_host_sync import HostSyncGuard
 
 
@@ -75,7 +75,7 @@ class StrictGraph:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    return load_models(make_tiny(tmp_path_factory.mktemp("tiny_graphs"), version="v1"), "v1_audio", "normal", with_audio=False)
+    return load_models(tiny_v1_copy(tmp_path_factory, tmp_path_factory.mktemp("tiny_graphs") / "v1"), "v1_audio", "normal", with_audio=False)
 
 
 def _inputs(models, seed):

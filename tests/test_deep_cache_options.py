@@ -35,10 +35,10 @@ MP_MODEL = "face_landmarker_v2_with_blendshapes.task"
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory, shared_data):
-    from echomimic_lib.tiny import make_tiny
+    from tests._tiny_shared import tiny_v1_copy
 
     d = tmp_path_factory.mktemp("deep_cache")
-    make_tiny(d / "models", version="v1")
+    tiny_v1_copy(tmp_path_factory, d / "models")
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
     write_wav(d / "speech.wav", wav[0, : int(0.5 * sr)], sr)
     (d / "ref.png").write_bytes((shared_data / "images" / "portrait_a.png").read_bytes())

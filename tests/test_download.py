@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from echomimic_lib.cli import main as cli
 from echomimic_lib.model_set import ensure_weights
 from echomimic_lib.errors import MissingWeightsError
 from echomimic_lib.models.unet.attention import resolve_backend
@@ -15,8 +14,9 @@ from echomimic_lib.models.unet.attention import resolve_backend
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """A fake hub: repo -> folder of files, made from a tiny model set."""
-    src = tmp_path_factory.mktemp("hub_src")
-    assert cli(["make-tiny", str(src), "--version", "v1"]) == 0
+    from tests._tiny_shared import tiny_v1_copy  # `make-tiny --version v1`'s folder (that command: test_weights.py)
+
+    src = tiny_v1_copy(tmp_path_factory, tmp_path_factory.mktemp("hub") / "src")
     return {"BadToBest/EchoMimic": src, "stabilityai/sd-vae-ft-mse": src / "sd-vae-ft-mse"}
 
 

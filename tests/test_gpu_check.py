@@ -159,7 +159,7 @@ def test_gpu_weights_writes_a_folder_the_command_line_loads(tmp_path):
     assert not any(tmp_path.rglob("*_acc*"))  # the normal variant only
 
 
-def test_the_command_line_places_each_network_for_its_stage_on_a_gpu_only(tmp_path):
+def test_the_command_line_places_each_network_for_its_stage_on_a_gpu_only(tmp_path, tmp_path_factory):
     """Measured on an H200: with every network resident, V1 512 px fp16 peaked at 8.8 GB (goal 6). On a GPU the
     command line now uses the nodes' stage-by-stage placement; the CPU path is unchanged."""
     from dataclasses import replace
@@ -168,10 +168,9 @@ def test_the_command_line_places_each_network_for_its_stage_on_a_gpu_only(tmp_pa
     from echomimic_lib.memory import Placement
     from echomimic_lib.model_set import load_models
     from echomimic_lib.pipeline import settings_for
-    from echomimic_lib.tiny import make_tiny
+    from tests._tiny_shared import tiny_v1_copy
 
-    make_tiny(tmp_path, version="v1")
-    models = load_models(tmp_path, "v1_audio", "normal")
+    models = load_models(tiny_v1_copy(tmp_path_factory, tmp_path / "v1"), "v1_audio", "normal")
     req = AnimateRequest(reference="r.png", audio="a.wav", output="o.mp4")
     settings = settings_for("v1-audio", "normal", width=64, height=64)
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")

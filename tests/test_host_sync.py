@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from echomimic_lib.audio import AudioFeatures
 from echomimic_lib.model_set import load_models
 from echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
-from echomimic_lib.tiny import make_tiny
+from tests._tiny_shared import tiny_v1_copy
 
 aten = torch.ops.aten
 SYNC_OPS = {aten._local_scalar_dense, aten.nonzero, aten.is_nonzero, aten.equal, aten.masked_select, aten._unique2,
@@ -49,7 +49,7 @@ class HostSyncGuard(TorchDispatchMode):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    return load_models(make_tiny(tmp_path_factory.mktemp("tiny_sync"), version="v1"), "v1_audio", "normal", with_audio=False)
+    return load_models(tiny_v1_copy(tmp_path_factory, tmp_path_factory.mktemp("tiny_sync") / "v1"), "v1_audio", "normal", with_audio=False)
 
 
 def test_the_guard_catches_host_reads():

@@ -19,10 +19,10 @@ PATHS = {"denoiser": ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from echomimic_lib.tiny import make_tiny
+    from tests._tiny_shared import tiny_v1_copy
 
     root = tmp_path_factory.mktemp("tiny_formats") / "v1"
-    make_tiny(root, version="v1")
+    tiny_v1_copy(tmp_path_factory, root)
     return root
 
 

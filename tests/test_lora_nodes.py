@@ -19,10 +19,10 @@ LAYERS = {"denoiser": ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to
 
 @pytest.fixture(scope="module")
 def tiny_v1(tmp_path_factory):
-    from echomimic_lib.tiny import make_tiny
+    from tests._tiny_shared import tiny_v1_copy
 
     root = tmp_path_factory.mktemp("tiny_v1") / "v1"
-    make_tiny(root, version="v1")
+    tiny_v1_copy(tmp_path_factory, root)
     return root
 
 

@@ -54,10 +54,10 @@ def v1(tmp_path_factory):
     """Tiny V1 weights and two adapters on them (a: rank 4, alpha 6; b: rank 2, alpha 2), each with the base weights'
     fingerprint, large enough that an adapter merged first would move the other's fingerprint."""
     from echomimic_lib.lora import LoraInfo, fingerprint, resolve_layers, write_lora
-    from echomimic_lib.tiny import make_tiny
+    from tests._tiny_shared import tiny_v1_copy
 
     d = tmp_path_factory.mktemp("stack")
-    make_tiny(d / "models", version="v1")
+    tiny_v1_copy(tmp_path_factory, d / "models")
     base = _models(d / "models")
     nets = {"reference": base.reference, "denoiser": base.denoiser}
     files = {}

@@ -32,11 +32,11 @@ MissingWeightsError = sub("echomimic_lib.errors").MissingWeightsError
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """ComfyUI's models/ with tiny weights for every version, the MediaPipe models and 48 frames of pose 01."""
+def models(tmp_path_factory, tiny_comfy_models):
+    """ComfyUI's models/ with tiny weights for every version, the MediaPipe models (a copy of the session's
+    ``tiny_comfy_models``: make_tiny(layout="comfyui") and the shared MediaPipe models) and 48 frames of pose 01."""
     root = tmp_path_factory.mktemp("comfy")
-    sub("echomimic_lib.tiny").make_tiny(root / "models", layout="comfyui")
-    shutil.copytree(DATA / "mediapipe", root / "models" / "echomimic" / "mediapipe")
+    shutil.copytree(tiny_comfy_models, root / "models")
     poses = root / "models" / "echomimic" / "poses" / "01"
     poses.mkdir(parents=True)
     for i in range(48):

@@ -8,14 +8,14 @@ from echomimic_lib.audio import AudioFeatures
 from echomimic_lib.errors import CancelledError, EchoMimicError
 from echomimic_lib.model_set import load_models
 from echomimic_lib.pipeline import FrameCondition, MaskCondition, Sampler, settings_for
-from echomimic_lib.tiny import make_tiny
+from tests._tiny_shared import tiny_v1_copy
 
 H = W = 64
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny"), version="v1")
+    return tiny_v1_copy(tmp_path_factory, tmp_path_factory.mktemp("tiny") / "v1")
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,10 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # (a device name: no GPU 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory, shared_data):
-    from echomimic_lib.tiny import make_tiny
+    from tests._tiny_shared import tiny_v1_copy
 
     d = tmp_path_factory.mktemp("speed")
-    make_tiny(d / "models", version="v1")
+    tiny_v1_copy(tmp_path_factory, d / "models")
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
     write_wav(d / "speech.wav", wav[0, : int(0.5 * sr)], sr)
     return d

@@ -36,18 +36,18 @@ def _two_ranks(cfg: Path, *extra) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU stand-in; on a GPU tests/test_cuda_train.py runs")
-def test_fsdp_on_two_cpu_processes_shards_resumes_and_exports(tmp_path):
+def test_fsdp_on_two_cpu_processes_shards_resumes_and_exports(tmp_path, tmp_path_factory):
     from safetensors.torch import load_file
 
     from echomimic_lib.modes import WEIGHT_SETS
-    from echomimic_lib.tiny import make_tiny
     from trainer.checkpoint import read_meta
     from trainer.export import split_state
 
     from .test_trainer_latent_cache import synthetic_dataset
 
-    tiny = tmp_path / "tiny"
-    make_tiny(tiny, version="v1")
+    from tests._tiny_shared import tiny_v1_copy
+
+    tiny = tiny_v1_copy(tmp_path_factory, tmp_path / "tiny")
     data = synthetic_dataset(tmp_path / "ds", clips=2, frames=20, size=64)
     run, straight = tmp_path / "run", tmp_path / "straight"
     _two_ranks(write_yaml(tmp_path / "a.yaml", _config(tiny, data, run, 2)))
