@@ -238,3 +238,26 @@ def test_the_folder_check_needs_no_diffusers(tiny):
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["tiny", "False"]
+
+
+def test_an_amd_rocm_build_is_shown_as_rocm_with_its_gpus(monkeypatch):
+    """A ROCm build of torch has no CUDA version but reaches its GPUs through torch.cuda: it is not a 'CPU build'."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from echomimic_lib.jobs.doctor.report import _torch_lines
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", "6.2.41134", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    props = SimpleNamespace(name="AMD Instinct MI300X", total_memory=192 * 2**30, major=9, minor=4, gcnArchName="gfx942:sramecc+:xnack-")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    info = env_mod.torch_info()
+    assert info["hip"] == "6.2.41134" and info["gpus"] == [
+        {"index": 0, "name": "AMD Instinct MI300X", "memory_gib": 192.0, "capability": "gfx942:sramecc+:xnack-"}]
+    text = "\n".join(_torch_lines(info))
+    assert "ROCm/HIP 6.2.41134" in text and "CPU build" not in text and "MI300X, 192.0 GiB (arch gfx942" in text
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a ROCm build that sees no GPU says so
+    assert "none visible" in "\n".join(_torch_lines(env_mod.torch_info()))

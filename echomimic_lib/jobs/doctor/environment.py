@@ -139,14 +139,15 @@ def check_package(dist: str, module: str, purpose: str, required: bool, bounds: 
 
 
 def torch_info() -> dict:
-    """PyTorch's version, CUDA / cuDNN, each visible GPU (name, memory) and Apple MPS."""
+    """PyTorch's version, CUDA / cuDNN (or AMD's ROCm/HIP: ``torch.version.hip``; such a build reaches its GPUs through
+    ``torch.cuda``), each visible GPU (name, memory) and Apple MPS."""
     try:
         import torch
     except Exception as exc:
         return {"installed": False, "problem": f"PyTorch does not import ({exc})",
                 "fix": "install PyTorch for your GPU from https://pytorch.org (in ComfyUI: use ComfyUI's own environment)"}
-    info = {"installed": True, "version": torch.__version__, "cuda": torch.version.cuda, "cudnn": None, "gpus": [],
-            "mps": False, "problem": None, "fix": None}
+    info = {"installed": True, "version": torch.__version__, "cuda": torch.version.cuda,
+            "hip": getattr(torch.version, "hip", None), "cudnn": None, "gpus": [], "mps": False, "problem": None, "fix": None}
     try:
         info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     except Exception:  # cuDNN missing from a CUDA build: reported as none
@@ -155,8 +156,9 @@ def torch_info() -> dict:
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(i)
+                arch = getattr(props, "gcnArchName", None) if info["hip"] else None  # AMD: e.g. gfx942
                 info["gpus"].append({"index": i, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                                     "capability": f"{props.major}.{props.minor}"})
+                                     "capability": arch or f"{props.major}.{props.minor}"})
     except Exception as exc:  # a driver that does not match the build
         info["problem"] = f"CUDA is present but unusable ({str(exc).splitlines()[0]})"
     mps = getattr(torch.backends, "mps", None)

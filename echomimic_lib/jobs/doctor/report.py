@@ -9,12 +9,13 @@ def _gib(n: int) -> str:
 def _torch_lines(t: dict) -> list[str]:
     if not t.get("installed"):
         return [f"  torch         MISSING  {t['problem']}", f"                fix: {t['fix']}"]
-    cuda = f"CUDA {t['cuda']}" if t["cuda"] else "CPU build (no CUDA)"
-    cudnn = f", cuDNN {t['cudnn']}" if t["cudnn"] else ""
+    hip = t.get("hip")
+    cuda = f"ROCm/HIP {hip} (AMD)" if hip else f"CUDA {t['cuda']}" if t["cuda"] else "CPU build (no CUDA, no ROCm)"
+    cudnn = f", {'MIOpen' if hip else 'cuDNN'} {t['cudnn']}" if t["cudnn"] else ""
     lines = [f"  torch         {t['version']}  {cuda}{cudnn}"]
     for g in t["gpus"]:
-        lines.append(f"  GPU {g['index']:<9} {g['name']}, {g['memory_gib']} GiB (compute {g['capability']})")
-    if t["cuda"] and not t["gpus"]:
+        lines.append(f"  GPU {g['index']:<9} {g['name']}, {g['memory_gib']} GiB ({'arch' if hip else 'compute'} {g['capability']})")
+    if (t["cuda"] or hip) and not t["gpus"]:
         lines.append(f"  GPU           none visible{': ' + t['problem'] if t.get('problem') else ' (driver, CUDA_VISIBLE_DEVICES?)'}")
     lines.append(f"  MPS           {'available' if t['mps'] else 'not available'}")
     return lines
