@@ -97,9 +97,9 @@ def _check_size(value, flag: str) -> int:
 
 def _find_model(req: LandmarksRequest) -> Path:
     from ..landmarks.mp_models import import_mediapipe, resolve_model
-    from .animate_checks import default_models_dir
+    from .animate_checks import models_root
 
-    root = Path(req.models).expanduser() if req.models else default_models_dir()
+    root = models_root(req)  # --models, else $ECHOMIMIC_MODELS or ~/.cache/echomimic (no smoke runs here)
     try:
         path = resolve_model("face_landmarker", req.mediapipe_model, [root], download=req.download)
         import_mediapipe()

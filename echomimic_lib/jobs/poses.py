@@ -28,8 +28,9 @@ from ..io.file_safety import (
 from .animate_checks import (
     OUTPUT_SUFFIXES,
     SIZE_RANGE,
+    _number as parse_number,
     check_fps,
-    default_models_dir,
+    dwpose_roots,
     frame_count,
     probe_speech,
     read_speech,
@@ -77,15 +78,8 @@ class PosesPlan:
     library: list | None = None
 
 
-def _dwpose_roots(req) -> list[Path]:
-    return [Path(req.models).expanduser() if req.models else default_models_dir()]
-
-
 def _number(value, flag: str, kind, lo, hi, hint: str):
-    try:
-        v = kind(value)
-    except (TypeError, ValueError):
-        raise EchoMimicError(f"{flag} must be a number, got {value!r}.") from None
+    v = parse_number(value, flag, kind)
     if not (lo <= v <= hi):
         raise EchoMimicError(f"{flag} {value}: {hint}")
     return v
@@ -207,7 +201,7 @@ def check(req: PosesRequest) -> PosesPlan:
     refuse_input_as_output(output, inputs)  # -o the video, or a pose folder / .npz of the gesture library
     preview = _check_preview(req, inputs, output)
     if req.video:
-        check_dwpose_models(_dwpose_roots(req), req.download)
+        check_dwpose_models(dwpose_roots(req), req.download)
     return PosesPlan(req, output, folder, preview, size, fps, **plan_extra)
 
 
@@ -261,7 +255,7 @@ def run_poses(req: PosesRequest, progress=None) -> dict:
     """Check, make the sequence (DWPose over the video's frames, or gestures from the speech), write it; a summary dict."""
     plan = check(req)
     if req.video:
-        detector = dwpose_detector(_dwpose_roots(req), req.download)
+        detector = dwpose_detector(dwpose_roots(req), req.download)
         seq = video_poses(req.video, detector, req.on_missing or MISSING_DEFAULT, plan.fps, req.length or None, progress)
         missing = list(seq.report.missing_frames)
     else:
