@@ -195,14 +195,19 @@ def gesture_library_dirs(req) -> list[Path]:
     return [root / "poses"]
 
 
+def check_expressiveness(expr) -> float:
+    """``--expressiveness`` of gestures from the speech: 0 (calm) .. 2 (lively)."""
+    if not (isinstance(expr, (int, float)) and 0.0 <= expr <= 2.0):
+        raise EchoMimicError(f"--expressiveness {expr}: use a number from 0 (calm) to 2 (lively); the default is 1.")
+    return expr
+
+
 def check_gesture_inputs(req, mode) -> None:
     """``--pose auto`` / ``--retime continue`` / ``--gesture-library``: V2 only, and a library that holds pose sequences."""
     if getattr(req, "retime", None) == "continue" and mode.condition != "hand_pose":
         raise EchoMimicError("--retime continue carries V2 hand poses on with gestures from the speech; for landmarks use "
                              "ping-pong, loop, hold-last, stretch or fail.")
-    expr = getattr(req, "expressiveness", 1.0)
-    if not (isinstance(expr, (int, float)) and 0.0 <= expr <= 2.0):
-        raise EchoMimicError(f"--expressiveness {expr}: use a number from 0 (calm) to 2 (lively); the default is 1.")
+    check_expressiveness(getattr(req, "expressiveness", 1.0))
     if req.pose == AUTO_POSE or getattr(req, "gesture_library", None):
         from ..pose.gestures import find_sources
 

@@ -29,6 +29,7 @@ from .animate_checks import (
     OUTPUT_SUFFIXES,
     SIZE_RANGE,
     _number as parse_number,
+    check_expressiveness,
     check_fps,
     dwpose_roots,
     frame_count,
@@ -181,9 +182,7 @@ def check(req: PosesRequest) -> PosesPlan:
 
         if req.seed is not None:
             _number(req.seed, "--seed", int, 0, 2**64 - 1, "use a whole number from 0 to 2^64-1.")
-        expr = 1.0 if req.expressiveness is None else req.expressiveness
-        if not (isinstance(expr, (int, float)) and 0.0 <= expr <= 2.0):
-            raise EchoMimicError(f"--expressiveness {expr}: use a number from 0 (calm) to 2 (lively); the default is 1.")
+        check_expressiveness(1.0 if req.expressiveness is None else req.expressiveness)
         probe_speech(req.audio)
         dirs = gesture_library_dirs(req)
         sources = []
