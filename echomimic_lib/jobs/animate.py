@@ -68,6 +68,7 @@ class AnimateRequest:
     fp8: bool = False  # UNet weights stored as float8_e4m3fn, upcast per layer (echomimic_lib.memory.fp8)
     halfbody_crop: bool = False  # V2: DWPose half-body crop of the reference (else a plain resize)
     align_poses: bool = False  # V2: move the pose sequence onto the reference's shoulders (DWPose)
+    stabilize: str = "off"  # steady the driving landmarks (V1) / hand poses (V2): off, light, medium, strong (echomimic_lib.temporal)
     compile: bool = False  # regional torch.compile of the denoiser (echomimic_lib.speed); not with low_vram
     cuda_graphs: bool = False  # record the denoiser call once per generation and replay it (CUDA only; not with low_vram)
     deep_cache: int = 0  # DeepCache interval (opt-in, changes the output): a full denoiser pass every N steps; 0 = off

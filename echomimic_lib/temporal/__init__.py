@@ -3,3 +3,8 @@
 :mod:`.keypoints`: the One-Euro keypoint filter run forwards and backwards (no lag) and the filling of short
 dropouts. It knows nothing of faces or hands; ``landmarks/`` and ``pose/`` pick its settings.
 """
+
+# ``--stabilize`` / the nodes' ``stabilize`` widget: how hard the driving keypoints are steadied. "off" (the default)
+# keeps the detector's output exactly (parity); landmarks/ and pose/ map each other level to their own settings.
+STABILIZE_LEVELS = ("off", "light", "medium", "strong")
+STABILIZE_DEFAULT = "off"
