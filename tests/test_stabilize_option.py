@@ -37,3 +37,14 @@ def test_audio_only_mode_refuses_it_and_unknown_levels_are_named():
     assert check_stabilize("off", get_mode("v1-audio")) == "off"
     with pytest.raises(EchoMimicError, match="use one of off, light"):
         check_stabilize("max", get_mode("v2-halfbody"))
+
+
+def test_v3_refuses_it_by_name_before_reading_any_file(tmp_path, capsys):
+    from echomimic_lib.cli import main
+
+    base = ["animate", "--reference", str(tmp_path / "none.png"), "--audio", str(tmp_path / "none.wav"),
+            "-o", str(tmp_path / "x.mp4"), "--models", str(tmp_path), "--offline", "--version", "v3-flash"]
+    assert main(base + ["--stabilize", "light"]) == 2
+    assert "--stabilize is a V1/V2 option" in capsys.readouterr().err
+    assert main(base + ["--stabilize", "off"]) == 2  # the default said aloud is no V1/V2 option: the next check speaks
+    assert "none.png" in capsys.readouterr().err
