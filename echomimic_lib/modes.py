@@ -76,6 +76,8 @@ MAX_DEEP_CACHE = 10  # DeepCache interval limit (SampleSettings.deep_cache): pas
 SAMPLER_DEFAULTS = {"normal": {"steps": 30, "cfg": 2.5}, "acc": {"steps": 6, "cfg": 1.0}}
 CONTEXT_DEFAULTS = {"context_frames": 12, "context_overlap": 3}
 DEFAULT_FPS = 24
+# EchoMimicV3 speech over one 81-frame shot, in chunks (pipeline.wan.long): each from the reference, or on from the last
+V3_LONG_MODES = ("reanchor", "continue")
 
 
 def get_mode(name: str) -> Mode:

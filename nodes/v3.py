@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames
 from . import comfy_bridge as C
 from . import paths
@@ -159,7 +160,7 @@ class EchoMimicV3Sampler:
                          "(always on; audio CFG has no effect in some steps); off: every call computed."}),
             "color_transfer": ("BOOLEAN", {"default": True, "tooltip": "The official colour transfer to the first frame."}),
         }, "optional": {
-            "long_mode": (["reanchor", "continue"], {"default": "reanchor", "tooltip": "Audio longer than 81 frames, in "
+            "long_mode": (list(V3_LONG_MODES), {"default": V3_LONG_MODES[0], "tooltip": "Audio longer than 81 frames, in "
                           "chunks: reanchor: each chunk starts from the picture (no identity drift; the pose returns to the "
                           "picture's at each seam, crossfaded); continue: each chunk goes on from the previous one's last 8 "
                           "frames (smooth seams; identity can drift over long clips)."}),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..modes import V3_LONG_MODES
+
 SMOKE_SIZE = (64, 64)
 V3_FPS = 25.0
 # options of one family only: given (not at their default) to the other family, they are refused by name, not ignored
@@ -19,7 +21,7 @@ def add_v3_arguments(a) -> None:
     g.add_argument("--teacache", choices=["official", "off"], default="official",
                    help="official: the official CLI's always-on TeaCache (audio CFG has no effect in some steps); off: exact")
     g.add_argument("--no-color-transfer", action="store_true", help="skip the official colour transfer to the first frame")
-    g.add_argument("--long-mode", choices=["reanchor", "continue"], default="reanchor",
+    g.add_argument("--long-mode", choices=list(V3_LONG_MODES), default=V3_LONG_MODES[0],
                    help="speech longer than 81 frames, in chunks: reanchor (default): each chunk starts from the reference "
                         "(no identity drift; the pose returns to the reference's at each seam, crossfaded); continue: each "
                         "chunk goes on from the previous one's last 8 frames (the preview release's way: smooth seams, "

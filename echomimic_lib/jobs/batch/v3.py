@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ...modes import V3_LONG_MODES
+
 VERSION = "v3-flash"
 
 
@@ -101,8 +103,8 @@ def build_v3_kwargs(values: dict, base: Path, convert) -> dict:
         kw[target] = (not converted) if inverted else converted
     if kw.get("teacache") not in (None, "official", "off"):
         raise ValueError(f"teacache: '{kw['teacache']}'; use official or off")
-    if kw.get("long_mode") not in (None, "reanchor", "continue"):
-        raise ValueError(f"long-mode: '{kw['long_mode']}'; use reanchor or continue")
+    if kw.get("long_mode") not in (None, *V3_LONG_MODES):
+        raise ValueError(f"long-mode: '{kw['long_mode']}'; use {' or '.join(V3_LONG_MODES)}")
     for key in ("reference", "audio"):
         if not kw.get(key):
             raise ValueError(f"{key}: missing; every {VERSION} row needs one")

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from ...audio.wav2vec import FPS, RATE, WINDOW, Wav2VecV3
+from ...modes import V3_LONG_MODES
 from .color import color_transfer
 from .sampler import V3Settings, check_frames, generate
 
 
-LONG_MODES = ("reanchor", "continue")
+LONG_MODES = V3_LONG_MODES  # (defined with the other modes: the command line and the nodes read it without torch)
 
 
 def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
