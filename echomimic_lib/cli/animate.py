@@ -35,7 +35,7 @@ def request_from_args(args):
         download=not args.offline, face_crop=not args.no_face_crop, mediapipe_model=args.mediapipe_model,
         lora=lora, lora_strength=lora_strength, smoke=args.smoke,
         paste_back=args.paste_back, low_vram=args.low_vram, fp8=args.fp8, halfbody_crop=args.halfbody_crop, align_poses=args.align_poses,
-        stabilize=args.stabilize,
+        stabilize=args.stabilize, resumable=args.resumable,
         compile=args.compile, cuda_graphs=args.cuda_graphs, deep_cache=args.deep_cache,
         deep_cache_branch=args.deep_cache_branch,
     )
@@ -152,6 +152,10 @@ def add_commands(sub) -> None:
     a.add_argument("--halfbody-crop", action="store_true", help="V2: crop the reference to the half body like the V2 demos "
                    "(DWPose models in <models>/dwpose/)")
     a.add_argument("--align-poses", action="store_true", help="V2: move the pose sequence onto the reference's shoulders (DWPose)")
+    a.add_argument("--resumable", action="store_true",
+                   help="long renders: keep the denoising state beside the output (OUTPUT.resume, every 2 minutes and when "
+                        "stopped by Ctrl-C, a kill or an error); the same command run again goes on from the last kept step "
+                        "with the same frames (also after adding --low-vram); removed when the video is written")
     a.add_argument("--stabilize", choices=list(STABILIZE_LEVELS), default=STABILIZE_DEFAULT,
                    help="steady the driving keypoints before they are drawn: V1 landmarks from a video or file, V2 hand poses "
                         "(a detector's frame-to-frame shake becomes the video's jitter); off (default) draws them as detected")

@@ -10,7 +10,7 @@ V3_FPS = 25.0
 # options of one family only: given (not at their default) to the other family, they are refused by name, not ignored
 V1V2_ONLY = ("mode", "acc", "landmarks", "parts", "pose", "retime", "gesture_library", "expressiveness", "fps",
              "context_frames", "context_overlap", "no_face_crop", "mediapipe_model", "low_vram", "fp8", "paste_back",
-             "halfbody_crop", "align_poses", "stabilize", "cuda_graphs", "deep_cache", "deep_cache_branch")
+             "halfbody_crop", "align_poses", "stabilize", "resumable", "cuda_graphs", "deep_cache", "deep_cache_branch")
 V3_ONLY = ("prompt", "audio_cfg", "teacache", "no_color_transfer", "long_mode")
 
 

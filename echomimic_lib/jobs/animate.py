@@ -19,6 +19,7 @@ import torch
 
 from .animate_checks import AUTO_POSE, default_models_dir, gesture_library_dirs, models_root, preflight
 from .lora_args import lora_stack
+from .resume_plan import checkpoint_for
 from ..devices import DTYPE_NAMES, DTYPES  # noqa: F401 (DTYPES: public, used by other commands)
 from ..errors import NoFaceError
 from ..modes import DEFAULT_FPS
@@ -68,6 +69,7 @@ class AnimateRequest:
     fp8: bool = False  # UNet weights stored as float8_e4m3fn, upcast per layer (echomimic_lib.memory.fp8)
     halfbody_crop: bool = False  # V2: DWPose half-body crop of the reference (else a plain resize)
     align_poses: bool = False  # V2: move the pose sequence onto the reference's shoulders (DWPose)
+    resumable: bool = False  # keep the denoising loop's state beside the output; a rerun goes on from it (pipeline.resume)
     stabilize: str = "off"  # steady the driving landmarks (V1) / hand poses (V2): off, light, medium, strong (echomimic_lib.temporal)
     compile: bool = False  # regional torch.compile of the denoiser (echomimic_lib.speed); not with low_vram
     cuda_graphs: bool = False  # record the denoiser call once per generation and replay it (CUDA only; not with low_vram)
@@ -303,7 +305,8 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
 
         if ensure_tiny(root, mode.weights):
             log.info("smoke run: tiny random weights written to %s", root)
-    ensure_weights(root, mode.weights, variant, download=req.download)
+    weight_files = ensure_weights(root, mode.weights, variant, download=req.download)
+    checkpoint = checkpoint_for(plan, weight_files)
     log.info("loading the %s weights from %s", mode.weights, root)
     host = req.low_vram or _staged(req, device)  # the placement moves each network in for its stage
     models = load_models(root, mode.weights, variant, device="cpu" if host else device, dtype=plan.dtype)
@@ -327,12 +330,17 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
     stages.mark("audio_features")
     with Mp4Writer(plan.output, settings.fps, plan.audio, plan.sample_rate) as writer:
         sink = paste_back_sink(prepared.crop, plan.reference, writer.sink) if req.paste_back else writer.sink
-        result = Sampler(models, place)(prepared.reference, feats, prepared.condition, settings, progress=progress, frame_sink=sink)
+        result = Sampler(models, place)(prepared.reference, feats, prepared.condition, settings, progress=progress,
+                                        frame_sink=sink, resume=checkpoint)
         out = writer.commit()
+    if checkpoint is not None:
+        checkpoint.discard()
     stages.mark("sample_decode_write")
     log.info("stage seconds: %s", ", ".join(f"{k} {v:g}" for k, v in stages.seconds.items()))
     summary = {"output": str(out), "frames": result.num_frames, "seconds": round(time.time() - t0, 2), "stages_s": stages.seconds,
                "video_seconds": round(result.num_frames / settings.fps, 3), "peak_rss_gb": round(_peak_rss_gb(), 2)}
+    if checkpoint is not None and checkpoint.resumed_from is not None:
+        summary["resumed_after_step"] = checkpoint.resumed_from + 1
     if device.type == "cuda":
         summary["peak_vram_gb"] = round(torch.cuda.max_memory_allocated(device) / 1024**3, 2)
     return summary

@@ -360,6 +360,9 @@ def preflight(req) -> Plan:
     settings, length = check_numbers(req, mode, variant, dtype)
     check_condition_inputs(req, mode)
     output = check_output(req.output, {"--reference": req.reference, "--audio": req.audio, "--landmarks": req.landmarks})
+    from .resume_plan import check_request
+
+    check_request(req)  # --resumable: no DeepCache, and a state file name that can be written
     reference = read_reference(req.reference)
     if req.audio is None:  # landmark-only driving (the paper's "L" mode): the length of the driving sequence
         if mode.name != "v1-landmarks":

@@ -36,6 +36,7 @@ from .conditions import FrameCondition, MaskCondition
 from .context import base_windows, shift_windows, take_runs, window_runs
 from .decode import VAE_SCALE, decode_latents
 from .deep_cache import DeepCache, check_branch
+from .resume import check_resumable
 from .scheduler import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ class Sampler:
         decode: bool = True,
         frame_sink: Callable | None = None,
         trace: Callable[[str, object], None] | None = None,
+        resume=None,  # echomimic_lib.pipeline.resume.StepCheckpoint: the loop's state kept on disk
     ) -> SampleResult:
         s = settings
         s.validate()
@@ -264,6 +266,8 @@ class Sampler:
             self._check_cuda_graphs(device)
         if s.deep_cache > 1:
             check_branch(s.deep_cache_branch, den.cfg)
+            if resume is not None:
+                check_resumable(s.deep_cache)
         if self.placement is None:  # (a placement moves weights per stage, which would undo it)
             den.fuse_projections()
         sched = make_scheduler(**s.scheduler)
@@ -277,6 +281,10 @@ class Sampler:
         else:
             latents = initial_noise(s.seed, f, h, w, s.clamp_noise)
         latents = (latents * sched.init_noise_sigma).to(device)
+        start = 0  # the first step to run: later than 0 when an earlier run of this request kept its state
+        kept = resume.load(tuple(latents.shape)) if resume is not None else None
+        if kept is not None:
+            start, latents = kept[0] + 1, kept[1].to(device)
 
         ref_latents = self.encode_reference(reference_image, h, w)
         if trace:
@@ -296,9 +304,12 @@ class Sampler:
         # device once: nothing in the loop below reads from the device (see tests/test_host_sync.py)
         chunks = audio.chunks(0, f, s.fps, device=device, dtype=dtype)
         deep = DeepCache(s.deep_cache, s.deep_cache_branch, f, cfg) if s.deep_cache > 1 else None
-        done, calls = 0, 0
-        with CudaGraphRunner(den) if graphs else contextlib.nullcontext(den) as call:  # graphs: released here
+        done, calls, finished = start * (total // len(timesteps)), 0, start - 1
+        with CudaGraphRunner(den) if graphs else contextlib.nullcontext(den) as call, \
+                _kept_on_interrupt(resume, lambda: (finished, latents)):  # graphs: released here
             for i, t in enumerate(timesteps):
+                if i < start:
+                    continue
                 windows = shift_windows(windows0, i, s.window_shift, f)
                 acc = torch.zeros((2 if cfg else 1, *latents.shape[1:]), device=device, dtype=torch.float32)
                 count = torch.zeros(f, device=device, dtype=torch.float32)
@@ -326,6 +337,9 @@ class Sampler:
                 v = acc / count.view(1, 1, -1, 1, 1)
                 v = v[0:1] + s.cfg * (v[1:2] - v[0:1]) if cfg else v
                 latents = sched.step(v, t, latents, eta=0.0, return_dict=False)[0]
+                finished = i
+                if resume is not None:
+                    resume.after_step(i, latents, last=i == len(timesteps) - 1)
                 if trace:
                     trace(f"step{i}", (v, latents))
         if hasattr(kv, "release"):
@@ -335,6 +349,17 @@ class Sampler:
         del kv, chunks, deep
         frames = self.decode(latents, s.decode_batch, frame_sink) if decode else None
         return SampleResult(frames, latents, s.fps, f, calls)
+
+
+@contextlib.contextmanager
+def _kept_on_interrupt(resume, state):
+    """On any exception in the loop (Ctrl-C, SIGTERM, an error) the last finished step is kept for a resume."""
+    try:
+        yield
+    except BaseException:
+        if resume is not None and state()[0] >= 0:
+            resume.interrupted(*state())
+        raise
 
 
 def off_device(module: torch.nn.Module, device) -> list[str]:
