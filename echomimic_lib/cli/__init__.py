@@ -64,8 +64,9 @@ def _call(args) -> int:
         while worker.is_alive():
             worker.join(0.2)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (process_exit.Terminated)
-        from ..io.file_safety import remove_partials
+        from ..io.file_safety import remove_partials, run_keepers
 
+        run_keepers()  # e.g. a resumable render's last finished step (before the partial files go)
         remove_partials()
         text = f"\n{process_exit.interrupt_word(exc)}; nothing half-written was left behind.\n"
         try:

@@ -166,3 +166,28 @@ def remove_partials() -> list[Path]:
             continue
         _PENDING.discard(p)
     return removed
+
+
+# ------------------------------------------------------------------------------------------ kept on an interrupt
+_KEEPERS: list = []
+
+
+def keep_on_interrupt(fn) -> None:
+    """Record ``fn()``: work worth writing before an interrupt ends the process without waiting for the work in
+    flight (a resumable render's last finished step, :mod:`echomimic_lib.pipeline.resume`); see :func:`run_keepers`."""
+    _KEEPERS.append(fn)
+
+
+def forget_keeper(fn) -> None:
+    if fn in _KEEPERS:
+        _KEEPERS.remove(fn)
+
+
+def run_keepers() -> None:
+    """Run every recorded keeper once (each catches its own errors: an interrupt must still end the process)."""
+    for fn in list(_KEEPERS):
+        forget_keeper(fn)
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - the interrupt is what matters now
+            pass

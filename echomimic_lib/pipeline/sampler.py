@@ -353,13 +353,26 @@ class Sampler:
 
 @contextlib.contextmanager
 def _kept_on_interrupt(resume, state):
-    """On any exception in the loop (Ctrl-C, SIGTERM, an error) the last finished step is kept for a resume."""
+    """On any exception in the loop (Ctrl-C, SIGTERM, an error) the last finished step is kept for a resume; so too
+    when the command line ends the process at an interrupt without waiting for this thread (io.file_safety)."""
+    if resume is None:
+        yield
+        return
+    from ..io.file_safety import forget_keeper, keep_on_interrupt
+
+    def keep():
+        if state()[0] >= 0:
+            resume.interrupted(*state())
+
+    keep_on_interrupt(keep)
     try:
         yield
     except BaseException:
-        if resume is not None and state()[0] >= 0:
-            resume.interrupted(*state())
+        forget_keeper(keep)
+        keep()
         raise
+    finally:
+        forget_keeper(keep)
 
 
 def off_device(module: torch.nn.Module, device) -> list[str]:
