@@ -13,9 +13,13 @@ def _cmd_doctor(args) -> int:
     from ..jobs.doctor import diagnose
     from ..jobs.doctor.report import render
 
+    from ..errors import EchoMimicError
+
+    if args.models and args.comfyui:
+        raise EchoMimicError("--models and --comfyui: give one (with --comfyui the models folder is its models/echomimic).")
     default = default_models_dir()
     root = Path(args.models).expanduser() if args.models else default
-    report = diagnose(root, args.weights, args.variant, default_root=default)
+    report = diagnose(root, args.weights, args.variant, default_root=default, strict=args.strict, comfyui=args.comfyui)
     if args.json:
         say(json.dumps(report, indent=2))
     else:
@@ -30,11 +34,16 @@ def add_commands(sub) -> None:
                                    "packages against the pack's bounds, each weight set and variant (ready, missing files, "
                                    "tiny random weights, a broken file), the shared parts, and the exact command that fixes "
                                    "each gap. Read-only: nothing is downloaded, written or loaded. Exit status 0 when "
-                                   "everything checked is ready (tiny sets count), 1 when something is missing.")
+                                   "everything checked is ready (tiny sets count, unless --strict), 1 when something is "
+                                   "missing or broken.")
     d.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic, as animate)")
     d.add_argument("--weights", choices=["v1_audio", "v1_pose", "v2", "v3-flash"], default=None,
                    help="check only this set (and what its renders need; default: every set)")
     d.add_argument("--variant", choices=["normal", "acc"], default=None,
                    help="V1/V2: check only this variant (default: both)")
+    d.add_argument("--comfyui", metavar="PATH", help="a ComfyUI install (its folder, or its models folder): check its "
+                   "models/echomimic and the core folders the V3 workflows read (text_encoders, clip_vision, vae)")
+    d.add_argument("--strict", action="store_true", help="tiny random-weight sets count as not ready (exit 1), for "
+                   "scripts that check a production machine")
     d.add_argument("--json", action="store_true", help="the report as JSON (for tools and scripts)")
     d.set_defaults(func=_cmd_doctor)

@@ -1,54 +1,78 @@
 """``echomimic doctor``: what this machine and a models folder can run, and the exact command that fixes each gap.
 
-Read-only by design: it never downloads, writes or loads a network. It looks at file presence and sizes (a weight
-file's first bytes at most), package versions and importability, and PyTorch's devices. :func:`diagnose` gathers
-everything (:mod:`.environment`, :mod:`.models`); :mod:`.report` renders it as a table.
+Read-only by design: it never downloads, writes or loads a network. It looks at file presence and sizes, a weight
+file's first bytes and header, a detector model's container (a ``.task`` zip, a ``.tflite`` identifier, an ``.onnx``
+file's top-level protobuf fields), package versions and importability, and PyTorch's devices. :func:`diagnose`
+gathers everything (:mod:`.environment`, :mod:`.models`, :mod:`.detectors`, :mod:`.comfyui`); :mod:`.report` renders
+it as a table.
 
 What counts for the exit status (``ok``): the required packages, the weight sets asked for (all by default; ``tiny``
-random-weight sets count as complete), and the MediaPipe face landmarker when a V1 set is asked for (animate's face
-crop). DWPose, the gesture library and the optional packages are shown but never make it fail.
+random-weight sets count as complete unless ``strict``), and what the asked-for sets need besides: for a V1 set the
+MediaPipe face landmarker (animate's face crop), for a V1/V2 set an SD VAE the loaders can read, and with a ComfyUI
+install (``comfyui``) for V3 flash-pro core's text encoder, vision tower and Wan VAE. A part is ``ready``,
+``missing`` or ``broken``; only ``ready`` counts. DWPose, the face detector, the gesture library and the optional
+packages are shown (with what needs them) but never make it fail.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from ...models.wan.sources import COMFY_PARTS
 from ...modes import MODES, WEIGHT_SETS
 from .environment import check_environment
+from .comfyui import check_comfyui, comfy_models_dir, v3_fix
 from .models import ALL_WEIGHTS, VARIANTS, V3_FOLDER, check_shared, check_v3, check_weight_set
 
 USABLE = ("ready", "tiny")
 
 
-def diagnose(root, weights: str | None = None, variant: str | None = None, default_root=None, imports: bool = True) -> dict:
-    """The whole report as plain data (the ``--json`` output). ``weights`` / ``variant`` limit it to one render's needs."""
+def diagnose(root, weights: str | None = None, variant: str | None = None, default_root=None, imports: bool = True,
+             strict: bool = False, comfyui=None) -> dict:
+    """The whole report as plain data (the ``--json`` output). ``weights`` / ``variant`` limit it to one render's needs;
+    ``strict``: tiny random-weight sets count as not ready; ``comfyui``: a ComfyUI folder (``root`` is then its
+    ``models/echomimic``, and its other model folders are checked too)."""
     if weights is not None and weights not in ALL_WEIGHTS:
         raise EchoMimicError(f"--weights {weights}: choose one of {', '.join(ALL_WEIGHTS)}.")
     if variant is not None and variant not in VARIANTS:
         raise EchoMimicError(f"--variant {variant}: use normal or acc.")
     if weights == V3_FOLDER and variant not in (None, "normal"):
         raise EchoMimicError(f"--variant {variant}: EchoMimicV3 flash-pro has one set of weights; drop --variant.")
-    root = Path(root).expanduser()
+    comfy_models = comfy_models_dir(comfyui) if comfyui is not None else None
+    root = comfy_models / "echomimic" if comfy_models is not None else Path(root).expanduser()
+    usable = ("ready",) if strict else USABLE
     env = check_environment(imports=imports)
     names = [weights] if weights else list(ALL_WEIGHTS)
     variants = [variant] if variant else list(VARIANTS)
-    sets = [check_v3(root, default_root) if w == V3_FOLDER else check_weight_set(root, w, v, default_root)
+    v3_only = (COMFY_PARTS, v3_fix(root)) if comfy_models is not None else ()  # ComfyUI: the V3 Loader's parts only
+    sets = [check_v3(root, default_root, *v3_only) if w == V3_FOLDER else check_weight_set(root, w, v, default_root)
             for w in names for v in ([None] if w == V3_FOLDER else variants)]
     shared = check_shared(root, sets, default_root)
-    mediapipe = next(s for s in shared if s["part"] == "mediapipe")
+    part = {p["part"]: p for p in shared}
     need_mp = any(s["weights"] in WEIGHT_SETS and s["weights"].startswith("v1") for s in sets)
+    need_vae = any(s["weights"] in WEIGHT_SETS for s in sets)
     problems = [f"package {p['name']}: {p['problem']}" for p in env["packages"] if p["problem"] and p["required"]]
     if not env["torch"].get("installed"):
         problems.append(env["torch"]["problem"])
-    problems += [f"{s['weights']}{' ' + s['variant'] if s['variant'] else ''}: {s['status']}" for s in sets if s["status"] not in USABLE]
-    if need_mp and mediapipe["status"] != "ready":
-        problems.append("mediapipe face landmarker: missing")
-    return {"models": str(root), "read_only": True, "environment": env, "weight_sets": sets, "shared": shared,
-            "modes": runnable(sets, mediapipe["status"] == "ready"), "problems": problems, "ok": not problems}
+    problems += [f"{s['weights']}{' ' + s['variant'] if s['variant'] else ''}: {s['status']}"
+                 + (" (random weights; --strict)" if s["status"] == "tiny" else "") for s in sets if s["status"] not in usable]
+    if need_mp and part["mediapipe"]["status"] != "ready":
+        problems.append(f"mediapipe face landmarker: {part['mediapipe']['status']}")
+    if need_vae and part["vae"]["status"] == "broken":
+        problems.append("vae: broken")
+    modes = runnable(sets, part["mediapipe"]["status"] == "ready", usable, vae_ok=part["vae"]["status"] != "broken")
+    report = {"models": str(root), "read_only": True, "strict": strict, "environment": env, "weight_sets": sets,
+              "shared": shared, "modes": modes}
+    if comfy_models is not None:
+        report["comfyui"] = check_comfyui(comfyui, comfy_models, sets, shared, usable)
+        problems += [f"comfyui {c['part']}: {c['status']}" for c in report["comfyui"]["core"] if c["status"] != "ready"]
+    report.update(problems=problems, ok=not problems)
+    return report
 
 
-def runnable(sets: list[dict], mediapipe: bool) -> list[dict]:
-    """Each animate mode and variant among the checked sets: runnable now, or why not."""
+def runnable(sets: list[dict], mediapipe: bool, usable=USABLE, vae_ok: bool = True) -> list[dict]:
+    """Each animate mode and variant among the checked sets: runnable now, or why not (``vae_ok``: the SD VAE the
+    V1/V2 loaders take is not a broken one)."""
     by = {(s["weights"], s["variant"]): s for s in sets}
     out = []
     for mode in MODES.values():
@@ -57,15 +81,18 @@ def runnable(sets: list[dict], mediapipe: bool) -> list[dict]:
             if s is None:
                 continue
             notes = []
-            if s["status"] in USABLE and mode.condition in ("face_mask", "landmarks") and not mediapipe:
-                notes.append("with --no-face-crop (MediaPipe face landmarker missing)")
+            if s["status"] in usable and mode.condition in ("face_mask", "landmarks") and not mediapipe:
+                notes.append("with --no-face-crop (MediaPipe face landmarker missing or broken)")
             if s["status"] == "tiny":
                 notes.append("tiny random weights: renders noise (smoke runs only)")
             note = "; ".join(notes) or None
-            out.append({"mode": mode.name, "variant": v, "weights": mode.weights, "ready": s["status"] in USABLE,
-                        "status": s["status"], "note": note, "fix": s["fix"]})
+            row = {"mode": mode.name, "variant": v, "weights": mode.weights, "ready": s["status"] in usable and vae_ok,
+                   "status": s["status"], "note": note, "fix": s["fix"]}
+            if s["status"] in usable and not vae_ok:
+                row["why"] = "the SD VAE is broken, see Shared parts"
+            out.append(row)
     s = by.get((V3_FOLDER, None))
     if s is not None:
-        out.append({"mode": V3_FOLDER, "variant": None, "weights": V3_FOLDER, "ready": s["status"] in USABLE,
+        out.append({"mode": V3_FOLDER, "variant": None, "weights": V3_FOLDER, "ready": s["status"] in usable,
                     "status": s["status"], "note": "tiny random weights" if s["status"] == "tiny" else None, "fix": s["fix"]})
     return out

@@ -1,6 +1,6 @@
 """``echomimic doctor``, the models folder: each weight set and variant (ready, missing files, tiny random weights,
-a broken file), the shared parts (VAE, whisper-tiny, MediaPipe, DWPose, the gesture library ``poses/``), and for each
-gap the exact command that fills it.
+a broken file), the shared parts (VAE, whisper-tiny, MediaPipe and DWPose (:mod:`.detectors`), the gesture library
+``poses/``), and for each gap the exact command that fills it.
 
 Found with the code that loading and ``echomimic download`` use (:mod:`echomimic_lib.io.model_files`,
 :func:`echomimic_lib.models.wan.sources.missing_parts`, :func:`resolve_model`, :func:`resolve_dwpose_models`,
@@ -15,14 +15,14 @@ import struct
 from pathlib import Path
 
 from ...errors import EchoMimicError, MissingWeightsError
-from ...io.model_files import VAE_DIRS, WHISPER_FILES, _downloads, _find, is_tiny_folder, resolve_files, search_dirs
+from ...io.model_files import (HF_SOURCES, VAE_DIRS, WHISPER_FILES, _downloads, _find, is_tiny_folder, resolve_files,
+                               search_dirs)
 from ...modes import WEIGHT_SETS
 from ...models.wan.sources import V3_FOLDER, missing_parts, resolved_files
 
 VARIANTS = ("normal", "acc")
 ALL_WEIGHTS = (*WEIGHT_SETS, V3_FOLDER)
 V3_TINY_MARKER = ".echomimic-tiny-v3"  # echomimic_lib.models.wan.tiny.MARKER (not imported: that module builds networks)
-HF = "https://huggingface.co"
 
 
 def download_command(weights: str, variant: str | None, root: Path, default_root: Path | None) -> str:
@@ -108,13 +108,14 @@ def check_weight_set(root: Path, weights: str, variant: str, default_root: Path 
     return row
 
 
-def check_v3(root: Path, default_root: Path | None = None) -> dict:
-    """EchoMimicV3 flash-pro in ``root/v3-flash``, as :func:`echomimic_lib.model_set.resolve_v3` finds it."""
+def check_v3(root: Path, default_root: Path | None = None, parts: tuple[str, ...] | None = None, fix: str | None = None) -> dict:
+    """EchoMimicV3 flash-pro in ``root/v3-flash``, as :func:`echomimic_lib.model_set.resolve_v3` finds it (``parts``:
+    only these parts, e.g. the three the ComfyUI loader reads; ``fix``: the line that fills a gap, if not the download)."""
     folder = Path(root) / V3_FOLDER
     row = {"weights": V3_FOLDER, "variant": None, "status": "ready", "missing": [], "broken": [], "bytes": 0, "fix": None}
-    fix = download_command(V3_FOLDER, None, Path(root), default_root)
+    fix = fix or download_command(V3_FOLDER, None, Path(root), default_root)
     try:
-        missing = missing_parts(folder)
+        missing = missing_parts(folder, parts=parts)
     except ValueError as exc:  # an unreadable weight index
         row.update(status="broken", broken=[{"component": "index", "path": str(folder), "problem": str(exc)}], fix=fix)
         return row
@@ -123,7 +124,7 @@ def check_v3(root: Path, default_root: Path | None = None) -> dict:
         files += [f"{V3_FOLDER}/{m.source.folder}/(the shards its index lists)" for m in missing if m.shards_unknown]
         row.update(status="missing", missing=files, fix=fix)
         return row
-    found = resolved_files(folder)
+    found = {k: p for k, p in resolved_files(folder).items() if parts is None or k in parts}
     row["bytes"] = sum(_size(Path(p)) for p in found.values())
     weights = {k: Path(p) / "diffusion_pytorch_model.safetensors" if k == "base" else Path(p) for k, p in found.items()}
     row["broken"] = _broken(weights, Path(root))
@@ -142,6 +143,11 @@ def _shared_dirs(root: Path) -> list[Path]:
     return dirs
 
 
+def _before(root: Path, p: Path) -> Path:
+    """Where an sd-vae-ft-mse/ folder is found before the folder ``p`` (same folder: that name is looked for first)."""
+    return root / VAE_DIRS[0] if p.parent in (root, root.parent) else p.parent / VAE_DIRS[0]
+
+
 def check_shared(root: Path, sets: list[dict], default_root: Path | None = None) -> list[dict]:
     """The parts several modes share; the fix of a missing VAE / whisper is the download line of a set that lacks it."""
     root = Path(root)
@@ -151,6 +157,12 @@ def check_shared(root: Path, sets: list[dict], default_root: Path | None = None)
         p = _find(_shared_dirs(root), names)
         row = {"part": name, "what": what, "status": "ready" if p else "missing", "path": str(p) if p else None,
                "bytes": _size(p) if p else 0, "missing": [], "fix": None}
+        if name == "vae" and p is not None and p.is_dir() and not (p / "config.json").is_file():
+            # the loaders take the first folder of this name (models/vae beside a ComfyUI models/echomimic too)
+            row.update(status="broken", broken=[{"path": str(p), "problem": "a folder without config.json, taken as the "
+                       "SD VAE (the first sd-vae-ft-mse/ or vae/ beside the weights): not a diffusers VAE folder"}],
+                       fix=f"hf download {HF_SOURCES['vae'][0]} {' '.join(HF_SOURCES['vae'][1])} --local-dir "
+                           f"{shlex.quote(str(_before(root, p)))}  (found before {p})")
         if p is None:  # what ensure_weights fetches for it, and the line of a set that lacks it (any V1/V2 set does)
             row["missing"] = [_rel(root, f.dest) for f in _downloads(root, "v1_audio", {"component": name})]
             lacking = [s["fix"] for s in sets if s["status"] == "missing" and set(row["missing"]) <= set(s["missing"])]
@@ -163,35 +175,15 @@ def check_shared(root: Path, sets: list[dict], default_root: Path | None = None)
 
 
 def _mediapipe(root: Path) -> dict:
-    from ...landmarks.mp_models import MODELS, SUBFOLDERS, resolve_model
+    from .detectors import mediapipe_row
 
-    row = {"part": "mediapipe", "what": "MediaPipe face landmarker, V1 face crop and landmarks from a video",
-           "status": "ready", "path": None, "bytes": 0, "missing": [], "fix": None}
-    try:
-        p = resolve_model("face_landmarker", None, [root], download=False)
-        row.update(path=str(p), bytes=_size(p))
-    except EchoMimicError:
-        spec = MODELS["face_landmarker"]
-        dest = root / SUBFOLDERS[0] / spec["save_as"]
-        row.update(status="missing", missing=[_rel(root, dest)],
-                   fix=f"curl -L --create-dirs -o {shlex.quote(str(dest))} {spec['url']}  (or run animate once without --offline)")
-    return row
+    return mediapipe_row(root)
 
 
 def _dwpose(root: Path) -> dict:
-    from ...pose.dwpose import DET_FILENAME, HF_REPO, POSE_FILENAME, resolve_dwpose_models
+    from .detectors import dwpose_row
 
-    row = {"part": "dwpose", "what": "DWPose models, V2 poses from a video, --halfbody-crop, --align-poses (optional)",
-           "status": "ready", "path": None, "bytes": 0, "missing": [], "fix": None}
-    try:
-        det, pose = resolve_dwpose_models(root, download=False)
-        row.update(path=str(det.parent), bytes=_size(det) + _size(pose))
-    except MissingWeightsError as err:
-        names = [n for n in (DET_FILENAME, POSE_FILENAME) if n in err.missing]
-        row.update(status="missing", missing=[f"dwpose/{n}" for n in names],
-                   fix=" && ".join(f"curl -L --create-dirs -o {shlex.quote(str(root / 'dwpose' / n))} "
-                                   f"{HF}/{HF_REPO}/resolve/main/{n}" for n in names))
-    return row
+    return dwpose_row(root)
 
 
 def _gestures(root: Path) -> dict:

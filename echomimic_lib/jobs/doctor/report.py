@@ -44,13 +44,52 @@ def _set_lines(s: dict) -> list[str]:
     return lines
 
 
+def _file_lines(f: dict) -> list[str]:
+    state = {"ready": f"ready ({_gib(f['bytes'])})  {f['path']}", "missing": "MISSING", "broken": "BROKEN"}[f["status"]]
+    lines = [f"      {f['name']:<30} {state}{'  (optional)' if not f['required'] and f['status'] != 'ready' else ''}"]
+    if f["status"] != "ready":
+        lines += [f"          {f['problem']}"] if f["problem"] else []
+        lines += [f"          fix: {f['fix']}", f"          needed for: {'; '.join(f['needed_for'])}"]
+    return lines
+
+
 def _shared_lines(p: dict) -> list[str]:
     if p["status"] == "ready":
         extra = f", {p['sequences']} sequence(s)" if p.get("sequences") else ""
-        return [f"  {p['part']:<10} ready ({_gib(p['bytes'])}{extra})  {p['what']}"]
-    lines = [f"  {p['part']:<10} MISSING  {p['what']}"] + [f"      - {m}" for m in p["missing"]]
-    if p["fix"]:
-        lines.append(f"      fix: {p['fix']}")
+        lines = [f"  {p['part']:<10} ready ({_gib(p['bytes'])}{extra})  {p['what']}"]
+    else:
+        lines = [f"  {p['part']:<10} {p['status'].upper()}  {p['what']}"]
+    if p.get("files"):  # MediaPipe, DWPose: each file with its own state and fix
+        for f in p["files"]:
+            lines += _file_lines(f)
+        return lines
+    if p["status"] != "ready":
+        lines += [f"      - {m}" for m in p["missing"]] + [f"      - {b['path']}: {b['problem']}" for b in p.get("broken", [])]
+        if p["fix"]:
+            lines.append(f"      fix: {p['fix']}")
+    return lines
+
+
+def _comfyui_lines(c: dict) -> list[str]:
+    lines = ["", f"ComfyUI {c['path']}"]
+    for f in c["folders"]:
+        there = ", ".join(f["present"]) or "not there"
+        count = f" ({f['files']} model file(s))" if f["files"] is not None and f["present"] else ""
+        lines.append(f"  models/{f['kind']:<17} {there}{count}  {f['used_for']}")
+    for p in c["core"]:
+        state = {"ready": f"ready ({_gib(p['bytes'])}) {p['path']}", "missing": f"MISSING in {p['folder']}",
+                 "broken": "BROKEN"}[p["status"]]
+        lines.append(f"  {p['part']:<24} {state}  V3: {p['what']}")
+        if p["problem"]:
+            lines.append(f"      {p['problem']}")
+        if p["fix"]:
+            lines.append(f"      fix: {p['fix']}")
+    lines.append("  Workflows (what the nodes find)")
+    for m in c["modes"]:
+        label = f"{m['mode']} {m['variant'] or ''}".strip()
+        state = "ready" if m["ready"] else "not ready: " + ", ".join(m["missing"])
+        lines.append(f"    {label + ':':<24} {state}{'; ' + '; '.join(m['notes']) if m['notes'] else ''}")
+    lines += [f"  note: {n}" for n in c["notes"]]
     return lines
 
 
@@ -67,14 +106,16 @@ def render(report: dict) -> list[str]:
     lines += ["", "Shared parts"]
     for p in report["shared"]:
         lines += _shared_lines(p)
+    if report.get("comfyui"):
+        lines += _comfyui_lines(report["comfyui"])
     lines += ["", "Runnable now (echomimic animate)"]
     for m in report["modes"]:
         label = f"{m['mode']} {m['variant'] or ''}".strip()
-        state = "ready" if m["ready"] else f"not ready ({m['status']} weights)"
+        state = "ready" if m["ready"] else f"not ready ({m.get('why') or m['status'] + ' weights'})"
         lines.append(f"  {label + ':':<26} {state}{'; ' + m['note'] if m['note'] else ''}")
     lines.append("")
     if report["ok"]:
-        lines.append("All checked parts are ready.")
+        lines.append("All checked parts are ready." + (" (--strict: no tiny random weights among them)" if report.get("strict") else ""))
     else:
         lines.append(f"{len(report['problems'])} problem(s): " + "; ".join(report["problems"]))
     return lines
