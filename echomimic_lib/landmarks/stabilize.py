@@ -68,9 +68,11 @@ def point_groups(n_points: int = 478) -> dict[str, np.ndarray]:
     return {name: np.flatnonzero(group == g) for g, name in enumerate(("rigid", "brows", "eyes", "mouth"))}
 
 
-def check_level(level: str) -> str:
+def check_level(level: str, flag: str = "stabilize") -> str:
+    """``level`` when it is one of :data:`echomimic_lib.temporal.STABILIZE_LEVELS`, else a clear error naming ``flag``."""
     if level not in STABILIZE_LEVELS:
-        raise EchoMimicError(f"stabilize level {level!r}: choose one of {', '.join(STABILIZE_LEVELS)}.")
+        raise EchoMimicError(f"{flag} {level!r}: choose one of {', '.join(STABILIZE_LEVELS)} (off keeps the detector's "
+                             "landmarks as they are).")
     return level
 
 
