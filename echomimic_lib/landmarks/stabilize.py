@@ -53,8 +53,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {  # tuned with bench/stabilize_landmarks.py on the shared driving video (README)
     "light": Preset(rigid=OneEuro(2.0, 0.05), brows=OneEuro(3.0, 0.1), eyes=OneEuro(4.0, 0.5), mouth=OneEuro(4.0, 0.5)),
-    "medium": Preset(rigid=OneEuro(0.8, 0.02), brows=OneEuro(1.5, 0.05), eyes=OneEuro(2.0, 0.2), mouth=OneEuro(2.0, 0.2)),
-    "strong": Preset(rigid=OneEuro(0.3, 0.01), brows=OneEuro(0.8, 0.03), eyes=OneEuro(1.0, 0.1), mouth=OneEuro(1.0, 0.1)),
+    "medium": Preset(rigid=OneEuro(0.8, 0.02), brows=OneEuro(1.5, 0.05), eyes=OneEuro(2.0, 0.3), mouth=OneEuro(2.0, 0.2)),
+    "strong": Preset(rigid=OneEuro(0.3, 0.01), brows=OneEuro(0.8, 0.03), eyes=OneEuro(1.0, 0.3), mouth=OneEuro(1.0, 0.1)),
 }
 
 
@@ -147,7 +147,8 @@ def _smooth_pose(trans_mat: np.ndarray, fps: float, preset: Preset, valid: np.nd
     sm = one_euro(filled, fps, preset.rigid, valid=seen)
     sm = np.where(valid[:, None, None], sm, pts)
     out = t.copy()
-    out[:, :3, :3] = (sm[:, :3] / radius).transpose(0, 2, 1)
+    u, sig, vt = np.linalg.svd((sm[:, :3] / radius).transpose(0, 2, 1))  # back to a scaled rotation (polar part)
+    out[:, :3, :3] = (u * sig.mean(axis=1, keepdims=True)[:, None]) @ vt
     out[:, :3, 3] = sm[:, 3] / scale
     return out
 
@@ -172,5 +173,9 @@ def stabilize_landmarks(seq: LandmarkSequence, level: str, fps: float | None = N
             mean = seq.lmks3d[valid].mean(axis=0)
             radius = float(np.sqrt(((mean - mean.mean(axis=0)) ** 2).sum(axis=1).mean())) * scale
             trans_mat = _smooth_pose(seq.trans_mat, rate, preset, valid, max(radius, 1.0), scale)
-    return replace(seq, lmks=lmks, lmks3d=lmks3d, trans_mat=trans_mat, valid=valid.copy(),
+    def keep(new, old):  # unseen frames exactly as given (no round trip through the pixel scale)
+        return None if old is None else np.where(valid.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+
+    return replace(seq, lmks=keep(lmks, seq.lmks), lmks3d=keep(lmks3d, seq.lmks3d),
+                   trans_mat=keep(trans_mat, seq.trans_mat), valid=valid.copy(),
                    face_counts=np.array(seq.face_counts, copy=True))
