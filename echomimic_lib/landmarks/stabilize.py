@@ -33,7 +33,8 @@ import numpy as np
 from ..errors import EchoMimicError
 from ..temporal import STABILIZE_LEVELS
 from ..temporal.keypoints import OneEuro, fill_gaps, one_euro
-from .parts import MOTION_PARTS
+from .geometry import similarity_fit
+from .parts import MOTION_PARTS, RIGID
 from .sequence import LandmarkSequence
 
 PX = 512.0  # the analysis square (conditions.SYNC_SIZE): the filter's units are its pixels
@@ -90,9 +91,7 @@ def _smooth_points(x: np.ndarray, fps: float, preset: Preset, valid: np.ndarray,
 def _split_head(px: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image landmarks (F, N, 3, pixels) split into the head's motion in the image, as three points (F, 3, 2) that
     a similarity moves with the face, and the face in the head's own frame (F, N, 3): each frame's similarity fit of
-    the rigid points (:data:`echomimic_lib.evaluate.face.RIGID`) onto the median face, undone."""
-    from ..evaluate.face import RIGID, similarity_fit
-
+    the rigid points (:data:`.parts.RIGID`) onto the median face, undone."""
     target = np.median(px[valid, :, :2], axis=0)[RIGID]
     centre = target.mean(axis=0)
     radius = max(float(np.sqrt(((target - centre) ** 2).sum(axis=1).mean())), 1.0)
@@ -107,8 +106,6 @@ def _split_head(px: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _join_head(basis: np.ndarray, head: np.ndarray, local: np.ndarray) -> np.ndarray:
-    from ..evaluate.face import similarity_fit
-
     out = np.empty_like(local)
     for i in range(len(local)):
         s, rot, t = similarity_fit(basis, head[i])
