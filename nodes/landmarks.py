@@ -8,6 +8,8 @@ import numpy as np
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.landmarks import draw_landmark_sequence, normalize_parts, sync_driving_landmarks
 from ..echomimic_lib.landmarks.conditions import SYNC_SIZE, center_square
+from ..echomimic_lib.landmarks.stabilize import check_level, stabilize_landmarks
+from ..echomimic_lib.temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from . import comfy_bridge as C
 from . import detectors
 from .base import Node, frame_rate, link, switch
@@ -31,7 +33,8 @@ def _preview(pixels, coord_size, parts, frames=None) -> np.ndarray:
     return out
 
 
-def extract(images, fps: float, framing: str, bad_frames: str, max_frames: int, download: bool):
+def extract(images, fps: float, framing: str, bad_frames: str, max_frames: int, download: bool, stabilize: str = "off"):
+    check_level(stabilize, "stabilize")  # before MediaPipe reads any frame
     frames = image_batch(images, "images")
     if max_frames > 0:
         frames = frames[:max_frames]
@@ -39,6 +42,7 @@ def extract(images, fps: float, framing: str, bad_frames: str, max_frames: int, 
         frames = np.stack([center_square(f, SYNC_SIZE) for f in frames])
     with detectors.face_landmarker(download) as ex:
         seq = ex.extract(list(frames), policy=bad_frames, fps=float(fps))
+    seq = stabilize_landmarks(seq, stabilize)
     log.info("landmarks: %s", seq.report())
     coord = (frames.shape[2], frames.shape[1])
     track = LandmarkTrack(seq.pixels(coord), coord, float(fps), sequence=seq, report=seq.report())
@@ -96,8 +100,17 @@ class EchoMimicLandmarkExtractor(Node):
                                     "missing."),
         }
 
-    def execute(self, images, fps, framing, bad_frames, max_frames, auto_download):
-        return extract(images, fps, framing, bad_frames, max_frames, auto_download)
+    @classmethod
+    def optional_inputs(cls):  # added after the first release: optional, so saved workflows and prompts still load
+        return {
+            "stabilize": (list(STABILIZE_LEVELS), {"default": STABILIZE_DEFAULT, "tooltip": "Steady the landmarks: "
+                          "MediaPipe shakes a still face by a pixel or two, which the portrait then shows as jitter. "
+                          "light / medium / strong steady the head hardest and keep lips and eyelids responsive, so "
+                          "speech and blinks survive. off: as detected."}),
+        }
+
+    def execute(self, images, fps, framing, bad_frames, max_frames, auto_download, stabilize=STABILIZE_DEFAULT):
+        return extract(images, fps, framing, bad_frames, max_frames, auto_download, stabilize)
 
 
 class EchoMimicPartAwareAligner(Node):

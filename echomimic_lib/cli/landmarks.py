@@ -3,6 +3,7 @@ and batch rows (see :mod:`echomimic_lib.jobs.landmarks_extract`)."""
 from __future__ import annotations
 
 from ..landmarks.extractor import POLICIES
+from ..temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from .common import ProgressBar, say
 
 
@@ -12,7 +13,7 @@ def _cmd_landmarks(args) -> int:
     req = LandmarksRequest(video=args.video, output=args.output, preview=args.preview, force=args.force, models=args.models,
                            mediapipe_model=args.mediapipe_model, download=not args.offline, missing_face=args.missing_face,
                            parts=args.parts, width=args.width, height=args.height, reference=args.reference,
-                           face_crop=not args.no_face_crop)
+                           face_crop=not args.no_face_crop, stabilize=args.stabilize)
     bar = ProgressBar("landmarks", "frame", disable=args.quiet)
     try:
         s = run_landmarks(req, bar)
@@ -41,6 +42,9 @@ def add_commands(sub) -> None:
     p.add_argument("--missing-face", choices=list(POLICIES), default="interpolate",
                    help="frames without a single face: interpolate between their neighbours (as animate), hold the last "
                         "face, or fail listing them")
+    p.add_argument("--stabilize", choices=list(STABILIZE_LEVELS), default=STABILIZE_DEFAULT,
+                   help="steady the saved landmarks (MediaPipe shakes a still face by a pixel or two): light, medium or "
+                        "strong, the head steadied hardest, lips and eyelids kept responsive (default off: as extracted)")
     p.add_argument("--parts", help="--preview: landmark parts to draw, as animate's --parts (default: the landmarks "
                                    "mode's, mouth included; audio+landmarks draws eyes,brows,pupils,nose)")
     p.add_argument("--width", type=int, default=512, help="--preview width in pixels, a multiple of 8, as animate's")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._lazy import cv2
-from ..landmarks.parts import FACE_OVAL
+from ..landmarks.geometry import similarity_fit
+from ..landmarks.parts import FACE_OVAL, RIGID
 
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263      # subject's right / left outer eye corner
 RIGHT_EYE_INNER, LEFT_EYE_INNER = 133, 362
@@ -16,10 +17,7 @@ NOSE_TIP = 4
 MOUTH_RIGHT, MOUTH_LEFT = 61, 291               # subject's right / left mouth corner
 MESH_POINTS = 468                               # face mesh without the iris points
 OVAL: list[int] = sorted({i for e in FACE_OVAL for i in e})
-# points that move little with speech or expression (forehead, nose bridge, eye corners, upper face oval):
-# the head pose is taken from these when landmarks are stabilised
-RIGID: list[int] = sorted({10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, RIGHT_EYE_OUTER, RIGHT_EYE_INNER, LEFT_EYE_INNER,
-                           LEFT_EYE_OUTER, 234, 454, 127, 356, 162, 389, 21, 251, 54, 284, 103, 332, 67, 297, 109, 338})
+
 
 
 def points3d(seq, size: tuple[int, int]) -> np.ndarray:
@@ -33,21 +31,6 @@ def face_scale(px: np.ndarray) -> np.ndarray:
     """Distance of the outer eye corners, per frame ((F,) for (F, N, 2), a float for (N, 2))."""
     px = np.asarray(px, dtype=np.float64)
     return np.linalg.norm(px[..., RIGHT_EYE_OUTER, :2] - px[..., LEFT_EYE_OUTER, :2], axis=-1)
-
-
-def similarity_fit(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity (scale s, rotation R, translation t) with ``s * src @ R.T + t ~ dst``
-    (Umeyama's method, no reflection). ``src``, ``dst``: (N, 2)."""
-    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
-    a, b = src - mu_s, dst - mu_d
-    u, sig, vt = np.linalg.svd(b.T @ a)
-    d = np.ones(len(sig))
-    if np.linalg.det(u @ vt) < 0:
-        d[-1] = -1.0
-    rot = u @ np.diag(d) @ vt
-    var = float((a ** 2).sum())
-    scale = float((sig * d).sum() / var) if var > 0 else 1.0
-    return scale, rot, mu_d - scale * mu_s @ rot.T
 
 
 def stabilise(px: np.ndarray, anchors: list[int] = RIGID, target: np.ndarray | None = None) -> np.ndarray:

@@ -117,6 +117,7 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
         from ..errors import EchoMimicError
         from ..landmarks import conditions_from_driver, conditions_from_driving_video, conditions_from_pkl_folder, normalize_parts
         from ..landmarks.io import is_sequence_file, load_driver_sequence
+        from ..landmarks.stabilize import stabilize_landmarks
 
         try:  # an empty --parts means no parts, not the mode's default
             parts = normalize_parts(req.parts) if req.parts is not None else frozenset(mode.landmark_parts)
@@ -124,14 +125,16 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
             raise EchoMimicError(f"--parts: {exc}") from None
         src, policy = Path(req.landmarks), default_policy(req.retime, hand_pose=False)
         if src.is_dir():
-            frames = conditions_from_pkl_folder(src, num_frames, (w, h), parts=parts, retime_policy=policy)
+            frames = conditions_from_pkl_folder(src, num_frames, (w, h), parts=parts, retime_policy=policy,
+                                                stabilize=req.stabilize)
         elif is_sequence_file(src):  # saved by `echomimic landmarks VIDEO`: the conditions that video gives
-            frames = conditions_from_driver(load_driver_sequence(src), prep.image, num_frames, (w, h), parts=parts,
+            driver = stabilize_landmarks(load_driver_sequence(src), req.stabilize)
+            frames = conditions_from_driver(driver, prep.image, num_frames, (w, h), parts=parts,
                                             retime_policy=policy, out_fps=settings.fps, model_path=req.mediapipe_model)
         else:
             frames, _ = conditions_from_driving_video(src, prep.image, num_frames, (w, h), parts=parts, retime_policy=policy,
                                                       out_fps=settings.fps, model_path=req.mediapipe_model,
-                                                      progress=landmark_progress)
+                                                      progress=landmark_progress, stabilize=req.stabilize)
         return Conditioned(prep.image, frames_condition(frames), prep.crop)
     # V2 half-body: the pose sequence drawn per context window (memory flat in video length)
     from ..pose import draw_hands_batch, fit_sequence_to_reference, load_pose

@@ -42,6 +42,7 @@ class LandmarksRequest:
     height: int | None = None
     reference: str | None = None  # preview retargeted onto this portrait, as animate conditions on it
     face_crop: bool = True  # with reference: its V1 face crop (animate's default), else the whole image
+    stabilize: str = "off"  # steady the saved landmarks (and the preview): off, light, medium, strong
 
 
 @dataclass
@@ -114,12 +115,14 @@ def check(req: LandmarksRequest) -> _Checked:
     from ..landmarks import LANDMARK_MODE_PARTS, normalize_parts
     from ..landmarks.extractor import normalize_policy
     from ..landmarks.io import SEQUENCE_SUFFIXES
+    from ..landmarks.stabilize import check_level as check_stabilize_level
 
     try:
         normalize_policy(req.missing_face)
     except EchoMimicError:
         raise EchoMimicError(f"--missing-face {req.missing_face}: choose {', '.join(POLICIES)} (interpolate: as "
                              "`echomimic animate --landmarks VIDEO`).") from None
+    check_stabilize_level(req.stabilize, "--stabilize")
     video = _check_video(req.video)
     inputs = {"VIDEO": req.video, "--reference": req.reference}
     output = _check_destination(req.output, "-o", SEQUENCE_SUFFIXES, ".npz", inputs, req.force)
@@ -174,6 +177,7 @@ def run_landmarks(req: LandmarksRequest, progress: Callable[[int, int], None] | 
     from ..landmarks.extractor import FaceLandmarkExtractor
     from ..landmarks.io import save_sequence
     from ..landmarks.mp_models import quiet_native_logs
+    from ..landmarks.stabilize import stabilize_landmarks
 
     c = check(req)
     from ..io.video_io import read_video
@@ -182,6 +186,7 @@ def run_landmarks(req: LandmarksRequest, progress: Callable[[int, int], None] | 
     writer = None
     with quiet_native_logs(), FaceLandmarkExtractor(model_path=c.model) as ex:
         driver = extract_driving_landmarks(clip, bad_frame_policy=req.missing_face, extractor=ex, progress=progress)
+        driver = stabilize_landmarks(driver, req.stabilize)  # off: the sequence itself
         if c.preview is not None:
             writer = _write_preview(c, driver, ex)
     try:

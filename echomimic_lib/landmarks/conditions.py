@@ -32,6 +32,7 @@ from .drawing import draw_landmark_sequence
 from .io import load_pkl_folder
 from .motion_sync import motion_sync as _motion_sync
 from .sequence import LandmarkSequence
+from .stabilize import stabilize_landmarks
 
 SYNC_SIZE = 512
 
@@ -66,9 +67,11 @@ def draw_conditions(px: np.ndarray, num_frames: int, size: tuple[int, int], part
 
 def conditions_from_pkl_folder(folder, num_frames: int, size: tuple[int, int] = (512, 512), parts="pose",
                                retime_policy: str = "ping-pong", src_fps: float | None = None,
-                               out_fps: float | None = None, coord_size: tuple[int, int] = (512, 512)) -> np.ndarray:
-    """Condition images from a V1 ``.pkl`` landmark folder (``coord_size`` px coordinates)."""
-    seq = load_pkl_folder(folder, image_size=coord_size)
+                               out_fps: float | None = None, coord_size: tuple[int, int] = (512, 512),
+                               stabilize: str = "off") -> np.ndarray:
+    """Condition images from a V1 ``.pkl`` landmark folder (``coord_size`` px coordinates), steadied by
+    ``stabilize`` (:func:`.stabilize.stabilize_landmarks`; the frame rate: ``src_fps``, else 24)."""
+    seq = stabilize_landmarks(load_pkl_folder(folder, image_size=coord_size), stabilize, fps=src_fps)
     return draw_conditions(seq.pixels(coord_size), num_frames, size, parts, coord_size, retime_policy, src_fps, out_fps)
 
 
@@ -143,13 +146,15 @@ def conditions_from_driver(driver: LandmarkSequence, reference_image, num_frames
 def conditions_from_driving_video(driving, reference_image, num_frames: int, size: tuple[int, int] = (512, 512),
                                   parts="pose", sync: str | None = "reference", retime_policy: str = "ping-pong",
                                   src_fps: float | None = None, out_fps: float | None = None,
-                                  bad_frame_policy: str = "interpolate", extractor=None, progress=None, **extractor_kwargs):
+                                  bad_frame_policy: str = "interpolate", extractor=None, progress=None,
+                                  stabilize: str = "off", **extractor_kwargs):
     """Condition images from a driving video and the reference image: :func:`extract_driving_landmarks`, then
     :func:`conditions_from_driver` (one MediaPipe landmarker for both).
 
     sync: ``"reference"`` / ``"paper"`` motion-sync mode, or None to draw the driver's own landmarks.
     progress: ``progress(done, total)`` per driving frame whose landmarks are extracted.
-    Returns (images uint8 (num_frames, H, W, 3), driver LandmarkSequence with its bad-frame report).
+    stabilize: the driver's landmarks steadied before they are drawn (:func:`.stabilize.stabilize_landmarks`).
+    Returns (images uint8 (num_frames, H, W, 3), the driver LandmarkSequence drawn, with its bad-frame report).
     """
     from .extractor import FaceLandmarkExtractor
 
@@ -157,6 +162,7 @@ def conditions_from_driving_video(driving, reference_image, num_frames: int, siz
     ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
     try:
         driver = extract_driving_landmarks(driving, src_fps, bad_frame_policy, extractor=ex, progress=progress)
+        driver = stabilize_landmarks(driver, stabilize)
         images = conditions_from_driver(driver, reference_image, num_frames, size, parts, sync, retime_policy,
                                         src_fps=driver.fps, out_fps=out_fps, extractor=ex)
     finally:

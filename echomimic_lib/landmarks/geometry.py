@@ -203,3 +203,18 @@ def face_geometry(lmks: np.ndarray, image_size: tuple[int, int], meta: GeometryM
     inv = np.linalg.inv(pose)
     mesh = metric @ inv[:3, :3].T + inv[:3, 3]
     return mesh, pose
+
+
+def similarity_fit(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (scale s, rotation R, translation t) with ``s * src @ R.T + t ~ dst``
+    (Umeyama's method, no reflection). ``src``, ``dst``: (N, 2)."""
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    a, b = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(b.T @ a)
+    d = np.ones(len(sig))
+    if np.linalg.det(u @ vt) < 0:
+        d[-1] = -1.0
+    rot = u @ np.diag(d) @ vt
+    var = float((a ** 2).sum())
+    scale = float((sig * d).sum() / var) if var > 0 else 1.0
+    return scale, rot, mu_d - scale * mu_s @ rot.T

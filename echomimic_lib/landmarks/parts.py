@@ -148,3 +148,7 @@ MOTION_PARTS: dict[str, list[int]] = {
 }
 # eye-contour vertices (< 468) used to lift the iris points into the canonical mesh
 EYE_CONTOUR: list[int] = sorted(set(_vertices(LEFT_EYE) + _vertices(RIGHT_EYE)))
+# points that move little with speech or expression (forehead, nose bridge, eye corners, upper face oval):
+# the head pose is taken from these when landmarks are stabilised (jitter metric, --stabilize)
+RIGID: list[int] = sorted({10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 33, 133, 362,
+                           263, 234, 454, 127, 356, 162, 389, 21, 251, 54, 284, 103, 332, 67, 297, 109, 338})
