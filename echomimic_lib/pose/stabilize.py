@@ -61,10 +61,11 @@ LEVELS: dict[str, PoseStabilizer] = {
 }
 
 
-def _settings(level: str) -> PoseStabilizer | None:
+def check_level(level, what: str = "stabilize") -> str:
+    """``level`` if it is one of STABILIZE_LEVELS, else an error naming ``what`` (the option) and the choices."""
     if level not in STABILIZE_LEVELS:
-        raise EchoMimicError(f"stabilize level {level!r}: use one of {', '.join(STABILIZE_LEVELS)} (default {STABILIZE_DEFAULT}).")
-    return LEVELS.get(level)
+        raise EchoMimicError(f"{what} {level!r}: use one of {', '.join(STABILIZE_LEVELS)} (default {STABILIZE_DEFAULT}).")
+    return level
 
 
 def _undetected(points: np.ndarray) -> np.ndarray:
@@ -107,9 +108,9 @@ def stabilize_hands(hands, hands_score, fps: float, s: PoseStabilizer) -> tuple[
 def stabilize_poses(seq: PoseSequence, level: str) -> PoseSequence:
     """``seq`` with steadier hands (and body points) at ``level`` (``off``, ``light``, ``medium``, ``strong``);
     ``off`` returns ``seq`` itself. See the module notes for what is changed and what is kept."""
-    s = _settings(level)
-    if s is None:
+    if check_level(level) == "off":
         return seq
+    s = LEVELS[level]
     hands, hands_score = stabilize_hands(seq.hands, seq.hands_score, seq.fps, s)
     body_seen = (seq.body_score > SEEN_SCORE) & (seq.body_subset >= 0) & ~_undetected(seq.body)
     body = _smooth_points(seq.body, body_seen, seq.fps, s.points)
