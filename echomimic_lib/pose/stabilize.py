@@ -87,8 +87,8 @@ def _keep_blips_dark(scores: np.ndarray, seen: np.ndarray, max_blip: int) -> np.
 
 
 def _smooth_points(points: np.ndarray, seen: np.ndarray, fps: float, f: OneEuro) -> np.ndarray:
-    """(F, N, 2) normalised points smoothed where seen, in REF_PX pixels."""
-    return one_euro(points * REF_PX, fps, f, seen) / REF_PX
+    """(F, N, 2) normalised points smoothed where seen, in REF_PX pixels; the others exactly as they were."""
+    return np.where(seen[..., None], one_euro(points * REF_PX, fps, f, seen) / REF_PX, points)
 
 
 def stabilize_hands(hands, hands_score, fps: float, s: PoseStabilizer) -> tuple[np.ndarray, np.ndarray]:
