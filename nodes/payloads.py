@@ -85,13 +85,16 @@ class PoseTrack:
     sequence: Any  # echomimic_lib.pose.PoseSequence
     retime: str = "continue"  # the V2 default: the sequence once, then gestures matched to the speech
     notes: list = field(default_factory=list)
+    stabilize: str = "off"  # steadier hands (echomimic_lib.pose.stabilize), applied to the retimed frames as animate does
 
     def condition(self, num_frames: int, width: int, height: int, fps: float, audio=None) -> FrameCondition:
         from ..echomimic_lib.pose.gestures.continuation import retime_pose_sequence
+        from ..echomimic_lib.pose.stabilize import stabilize_poses
 
         # continue needs the speech (the sampler passes its AUDIO); without it, or without a gesture in the
         # sequence, it falls back to ping-pong and says so in the log
         seq = retime_pose_sequence(self.sequence, num_frames, fps, self.retime, audio=audio)
+        seq = stabilize_poses(seq, self.stabilize)
         return FrameCondition(num_frames, lambda sel: draw_hands_batch(seq, sel, (width, height)))
 
 

@@ -9,6 +9,8 @@ import numpy as np
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.pose import draw_preview, fit_sequence_to_reference, load_pose
 from ..echomimic_lib.pose.dwpose import detect_image_pose, extract_pose_sequence
+from ..echomimic_lib.pose.stabilize import check_level
+from ..echomimic_lib.temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from . import comfy_bridge as C
 from . import detectors, paths
 from .base import Node, frame_rate, link, switch
@@ -27,7 +29,8 @@ def _preview(seq) -> np.ndarray:
 
 
 def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str, download: bool,
-         driving_frames=None, reference=None) -> tuple[PoseTrack, object]:
+         driving_frames=None, reference=None, stabilize: str = STABILIZE_DEFAULT) -> tuple[PoseTrack, object]:
+    check_level(stabilize)
     if retime not in POSE_RETIME_POLICIES:
         raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(POSE_RETIME_POLICIES)}.")
     detector = None
@@ -51,7 +54,7 @@ def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str,
     elif align != ALIGN[0]:
         raise EchoMimicError(f"unknown align option '{align}'; choose one of {', '.join(ALIGN)}.")
     report = getattr(seq.report, "summary", lambda: "")()
-    return PoseTrack(seq, retime, [report] if report else []), to_image(_preview(seq))
+    return PoseTrack(seq, retime, [report] if report else [], stabilize), to_image(_preview(seq))
 
 
 class EchoMimicPoseSequenceLoader(Node):
@@ -86,7 +89,13 @@ class EchoMimicPoseSequenceLoader(Node):
             "driving_frames": link("IMAGE", "Frames of a driving video: poses are extracted with DWPose and "
                                "half-body cropped like the reference."),
             "reference": link("IMAGE", "The prepared reference image, for 'fit to reference shoulders'."),
+            # a widget added later: optional, so saved workflows without it load and run as before
+            "stabilize": (list(STABILIZE_LEVELS), {"default": STABILIZE_DEFAULT, "tooltip": "Steadier hands: short "
+                          "detector dropouts filled (a finger no longer blinks out) and the shake of still hands smoothed, "
+                          "on the frames the sampler draws. light barely touches fast motion, strong is the steadiest; "
+                          "off (default) = the poses as detected."}),
         }
 
-    def execute(self, pose_folder, fps, retime, align, on_missing, auto_download, driving_frames=None, reference=None):
-        return load(pose_folder, fps, retime, align, on_missing, auto_download, driving_frames, reference)
+    def execute(self, pose_folder, fps, retime, align, on_missing, auto_download, driving_frames=None, reference=None,
+                stabilize=STABILIZE_DEFAULT):
+        return load(pose_folder, fps, retime, align, on_missing, auto_download, driving_frames, reference, stabilize)

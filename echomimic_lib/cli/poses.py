@@ -3,6 +3,7 @@ kept as a pose folder or .npz, looked at (``--preview``) and reused by ``animate
 (the work: :mod:`echomimic_lib.jobs.poses`)."""
 from __future__ import annotations
 
+from ..temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from .common import ProgressBar, say
 
 
@@ -12,7 +13,8 @@ def _cmd_poses(args) -> int:
     req = PosesRequest(output=args.output, video=args.video, audio=args.audio, models=args.models, download=not args.offline,
                        on_missing=args.on_missing, gesture_library=args.gesture_library,
                        expressiveness=args.expressiveness, seed=args.seed, fps=args.fps, length=args.length,
-                       preview=args.preview, width=args.width, height=args.height, force=args.force)
+                       preview=args.preview, width=args.width, height=args.height, force=args.force,
+                       stabilize=args.stabilize)
     bar = ProgressBar("hand poses", "frame", disable=args.quiet)
     try:
         s = run_poses(req, bar)
@@ -64,6 +66,9 @@ def add_commands(sub) -> None:
                                              "rate for --video)")
     p.add_argument("--length", type=int, default=0, help="number of frames (default: 0 = the whole video / follow the "
                                                          "audio: floor(seconds x fps), as animate)")
+    p.add_argument("--stabilize", choices=list(STABILIZE_LEVELS), default=STABILIZE_DEFAULT,
+                   help="steadier hands in the saved sequence: short detector dropouts filled, shake smoothed "
+                        "(light, medium, strong; default off = as made), as `animate --stabilize`")
     p.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic): dwpose/ for "
                                     "--video, poses/ the default gesture library")
     p.add_argument("--offline", action="store_true", help="never download the DWPose models; fail listing the missing files")

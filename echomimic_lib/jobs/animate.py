@@ -141,6 +141,7 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
     from ..pose.dwpose import detect_image_pose
 
     from ..pose.gestures.continuation import retime_pose_sequence
+    from ..pose.stabilize import stabilize_poses
 
     if req.pose == AUTO_POSE:
         seq = gesture_poses(req, detector, prep.image, num_frames, settings)
@@ -157,6 +158,9 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
         # default "continue": a folder shorter than the speech carries on with matched gestures (ping-pong when it has none)
         seq = retime_pose_sequence(seq, num_frames, settings.fps, req.retime, audio=req.audio, library=req.gesture_library,
                                    seed=int(settings.seed), expressiveness=float(req.expressiveness))
+    # --stabilize: on the frames that are drawn, after retiming (fps = the video's, the seams of a loop or a
+    # continuation smoothed too) and after the alignment (which takes one median transform); "off" keeps seq
+    seq = stabilize_poses(seq, req.stabilize)
     return Conditioned(prep.image, FrameCondition(len(seq), lambda idx: draw_hands_batch(seq, idx, (w, h))), prep.crop)
 
 

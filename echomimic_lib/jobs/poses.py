@@ -36,6 +36,7 @@ from .animate_checks import (
     probe_speech,
     read_speech,
 )
+from ..pose.stabilize import check_level as check_stabilize_level, stabilize_poses
 from .pose_sources import MISSING_DEFAULT, check_dwpose_models, check_pose_video, dwpose_detector, speech_gestures, video_poses
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class PosesRequest:
     width: int | None = None  # preview canvas (default 768, as V2)
     height: int | None = None
     force: bool = False  # replace an existing output (a folder only when it is a pose folder)
+    stabilize: str = "off"  # steadier hands: off, light, medium, strong (echomimic_lib.pose.stabilize)
 
 
 @dataclass
@@ -164,6 +166,7 @@ def _check_preview(req, inputs: dict, output: Path) -> Path | None:
 def check(req: PosesRequest) -> PosesPlan:
     """Everything that can be checked without a model, in the order the user reads the command line."""
     _refuse_mixed(req)
+    check_stabilize_level(req.stabilize, "--stabilize")
     fps = None if req.fps is None else check_fps(req.fps)
     length = _number(req.length or 0, "--length", int, 0, 10**6, "the number of frames must be 0 (all) or more.")
     size = _check_size(req)
@@ -261,6 +264,7 @@ def run_poses(req: PosesRequest, progress=None) -> dict:
         seq = speech_gestures(req.audio, plan.fps or DEFAULT_FPS, plan.num_frames, V2_SEED if req.seed is None else req.seed,
                               plan.library, 1.0 if req.expressiveness is None else req.expressiveness)
         missing = []
+    seq = stabilize_poses(seq, req.stabilize)  # the saved sequence is the steadied one ("off": as made)
     write_poses(seq, plan)
     if plan.folder and abs(seq.fps - DEFAULT_FPS) > 1e-6:
         log.warning("a pose folder stores no frame rate: readers take it as %g fps, the poses are %g fps; write a .npz "
