@@ -8,7 +8,8 @@ import numpy as np
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.landmarks import draw_landmark_sequence, normalize_parts, sync_driving_landmarks
 from ..echomimic_lib.landmarks.conditions import SYNC_SIZE, center_square
-from ..echomimic_lib.landmarks.stabilize import check_level, stabilize_landmarks
+from ..echomimic_lib.landmarks.stabilize import stabilize_landmarks
+from ..echomimic_lib.temporal import check_level
 from ..echomimic_lib.temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from . import comfy_bridge as C
 from . import detectors

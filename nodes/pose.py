@@ -9,7 +9,7 @@ import numpy as np
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.pose import draw_preview, fit_sequence_to_reference, load_pose
 from ..echomimic_lib.pose.dwpose import detect_image_pose, extract_pose_sequence
-from ..echomimic_lib.pose.stabilize import check_level
+from ..echomimic_lib.temporal import check_level
 from ..echomimic_lib.temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from . import comfy_bridge as C
 from . import detectors, paths
@@ -30,7 +30,7 @@ def _preview(seq) -> np.ndarray:
 
 def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str, download: bool,
          driving_frames=None, reference=None, stabilize: str = STABILIZE_DEFAULT) -> tuple[PoseTrack, object]:
-    check_level(stabilize)
+    check_level(stabilize, "stabilize")
     if retime not in POSE_RETIME_POLICIES:
         raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(POSE_RETIME_POLICIES)}.")
     detector = None

@@ -55,7 +55,7 @@ def _lag(a, b, max_lag=5):
 
 def test_off_is_the_input_itself_and_unknown_levels_are_named(raw):
     assert stabilize_landmarks(raw, "off") is raw
-    with pytest.raises(EchoMimicError, match="choose one of off, light, medium, strong"):
+    with pytest.raises(EchoMimicError, match="use one of off, light, medium, strong"):
         stabilize_landmarks(raw, "max")
 
 
@@ -191,7 +191,7 @@ def test_animate_draws_steadier_conditions_from_a_video_a_saved_file_and_a_pkl_f
 def test_landmarks_command_refuses_an_unknown_level_before_mediapipe(short, capsys):
     from echomimic_lib.jobs.landmarks_extract import LandmarksRequest, check
 
-    with pytest.raises(EchoMimicError, match="--stabilize 'max': choose one of off, light"):
+    with pytest.raises(EchoMimicError, match="--stabilize 'max': use one of off, light"):
         check(LandmarksRequest(video=str(short["video"]), output=str(short["dir"] / "x.npz"), stabilize="max",
                                mediapipe_model=str(short["mp"]), download=False))
     assert not (short["dir"] / "x.npz").exists()

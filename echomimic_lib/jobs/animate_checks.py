@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import EchoMimicError, MissingWeightsError
 from ..modes import get_mode
 from ..speed import check_deep_cache, check_speed_options
-from ..temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
+from ..temporal import STABILIZE_DEFAULT, check_level
 from .pose_sources import AUTO_POSE  # --pose auto: hand poses generated from the speech
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,7 @@ def check_condition_inputs(req, mode) -> None:
 
 def check_stabilize(level, mode) -> str:
     """``--stabilize``: a known level, and only where driving keypoints are drawn (V1 landmark modes, V2 poses)."""
-    if level not in STABILIZE_LEVELS:
-        raise EchoMimicError(f"--stabilize {level!r}: use one of {', '.join(STABILIZE_LEVELS)} (default {STABILIZE_DEFAULT}).")
+    check_level(level, "--stabilize")
     if level != STABILIZE_DEFAULT and mode.condition not in ("landmarks", "hand_pose"):
         raise EchoMimicError(f"--stabilize steadies driving landmarks (V1 --mode landmarks / audio+landmarks) or V2 hand "
                              f"poses; mode {mode.name} draws neither: leave it out.")

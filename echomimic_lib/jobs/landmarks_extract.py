@@ -115,7 +115,7 @@ def check(req: LandmarksRequest) -> _Checked:
     from ..landmarks import LANDMARK_MODE_PARTS, normalize_parts
     from ..landmarks.extractor import normalize_policy
     from ..landmarks.io import SEQUENCE_SUFFIXES
-    from ..landmarks.stabilize import check_level as check_stabilize_level
+    from ..temporal import check_level as check_stabilize_level
 
     try:
         normalize_policy(req.missing_face)

@@ -36,7 +36,8 @@ from .animate_checks import (
     probe_speech,
     read_speech,
 )
-from ..pose.stabilize import check_level as check_stabilize_level, stabilize_poses
+from ..pose.stabilize import stabilize_poses
+from ..temporal import check_level as check_stabilize_level
 from .pose_sources import MISSING_DEFAULT, check_dwpose_models, check_pose_video, dwpose_detector, speech_gestures, video_poses
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import EchoMimicError
-from ..temporal import STABILIZE_LEVELS
+from ..temporal import check_level
 from ..temporal.keypoints import OneEuro, fill_gaps, one_euro
 from .geometry import similarity_fit
 from .parts import MOTION_PARTS, RIGID
@@ -67,14 +66,6 @@ def point_groups(n_points: int = 478) -> dict[str, np.ndarray]:
         idx = np.asarray([i for i in idx if i < n_points], dtype=np.int64)
         group[idx] = g
     return {name: np.flatnonzero(group == g) for g, name in enumerate(("rigid", "brows", "eyes", "mouth"))}
-
-
-def check_level(level: str, flag: str = "stabilize") -> str:
-    """``level`` when it is one of :data:`echomimic_lib.temporal.STABILIZE_LEVELS`, else a clear error naming ``flag``."""
-    if level not in STABILIZE_LEVELS:
-        raise EchoMimicError(f"{flag} {level!r}: choose one of {', '.join(STABILIZE_LEVELS)} (off keeps the detector's "
-                             "landmarks as they are).")
-    return level
 
 
 def _smooth_points(x: np.ndarray, fps: float, preset: Preset, valid: np.ndarray, max_gap: int) -> np.ndarray:

@@ -32,8 +32,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import EchoMimicError
-from ..temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
+from ..temporal import check_level
 from ..temporal.keypoints import OneEuro, fill_gaps, one_euro
 from .dwpose import KEYPOINT_THRESHOLD
 from .sequence import PoseSequence
@@ -59,13 +58,6 @@ LEVELS: dict[str, PoseStabilizer] = {
     "medium": PoseStabilizer(OneEuro(min_cutoff=1.0, beta=0.1, d_cutoff=4.0), OneEuro(min_cutoff=1.0, beta=0.0), max_gap=4, max_blip=2),
     "strong": PoseStabilizer(OneEuro(min_cutoff=0.5, beta=0.03, d_cutoff=8.0), OneEuro(min_cutoff=0.5, beta=0.0), max_gap=6, max_blip=3),
 }
-
-
-def check_level(level, what: str = "stabilize") -> str:
-    """``level`` if it is one of STABILIZE_LEVELS, else an error naming ``what`` (the option) and the choices."""
-    if level not in STABILIZE_LEVELS:
-        raise EchoMimicError(f"{what} {level!r}: use one of {', '.join(STABILIZE_LEVELS)} (default {STABILIZE_DEFAULT}).")
-    return level
 
 
 def _undetected(points: np.ndarray) -> np.ndarray:
