@@ -31,6 +31,7 @@ from .checkpoint import (agree_on_resume, checkpoint_dir, is_writer, list_checkp
                          remove_partial, resolve_resume, save_checkpoint)
 from .config import ConfigError, TrainConfig
 from .config_file import dump_config
+from .earlier_run import keep_earlier_run
 from .safe_resume import check_checkpoint, weights_only_loading
 from .distributed import (PhaseModel, ValidationWait, accelerator_kwargs, check_shared_output, is_fsdp, materialize_optimizer_state,
                           place_optimizer_state)
@@ -138,6 +139,8 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     pools = build_pools(cfg, rank, world)  # clips V1/V2 cannot train on are refused before anything is written or built
     if is_writer(acc):  # the main process, or each node's first with per-node checkpoints
         out.mkdir(parents=True, exist_ok=True)
+        if main and ckpt is None:  # a fresh run: an earlier run's log, videos, config are renamed aside, never overwritten
+            keep_earlier_run(out)
         dump_config(cfg, out / "config.yaml")
         for p in remove_partial(checkpoint_dir(out)):
             log.warning("removed an incomplete checkpoint %s (interrupted while saving)", p)
