@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (agree_on_resume, checkpoint_dir, is_writer, list_checkpoints, read_meta, refuse_inside_checkpoint,
-                         remove_partial, resolve_resume, save_checkpoint)
+from .checkpoint import (agree_on_resume, checkpoint_dir, intern_state_keys, is_writer, list_checkpoints, read_meta,
+                         refuse_inside_checkpoint, remove_partial, resolve_resume, save_checkpoint)
 from .config import ConfigError, TrainConfig
 from .config_file import dump_config
 from .earlier_run import keep_earlier_run
@@ -200,6 +200,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
             materialize_optimizer_state(wrapped.raw_optimizer)
         with weights_only_loading():  # every torch.load of accelerate's, custom objects included
             acc.load_state(str(ckpt))
+        intern_state_keys(wrapped.raw_optimizer)  # optimizer.bin then has the uninterrupted run's bytes
         _place_state()
         log.info("resumed from %s at step %d (phase %s)", ckpt, state.step, at.phase.name)
     step = state.step
