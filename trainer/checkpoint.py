@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 PATTERN = re.compile(r"^step-(\d{8})$")
@@ -137,6 +138,19 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def intern_state_keys(optimizer) -> None:
+    """Make the loaded per-parameter state's key strings (``step``, ``exp_avg``, ...) the interned ones the optimizer
+    uses for a parameter it steps for the first time. ``torch.save`` pickles each distinct string object once and then
+    refers back to it: with unpickled keys for the loaded parameters and interned ones for parameters first trained
+    after the resume point (a later phase), a resumed run's ``optimizer.bin`` held the same tensors as the uninterrupted
+    run's but other bytes. Call after loading a checkpoint; the order of the keys is kept."""
+    for state in optimizer.state.values():
+        if isinstance(state, dict):
+            for key in list(state):
+                if isinstance(key, str):
+                    state[sys.intern(key)] = state.pop(key)
 
 
 def agree_on_resume(accelerator, ckpt: Path | None) -> None:

@@ -193,7 +193,9 @@ def _plan_v3(args, data: dict, decided_by: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="echomimic-train", description="Train EchoMimic V1 / V2, and LoRAs on EchoMimicV3 flash-pro (standalone; uses echomimic_lib).")
+    from echomimic_lib.cli.process_exit import PipeAwareParser
+
+    p = PipeAwareParser(prog="echomimic-train", description="Train EchoMimic V1 / V2, and LoRAs on EchoMimicV3 flash-pro (standalone; uses echomimic_lib).")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (agree_on_resume, checkpoint_dir, is_writer, list_checkpoints, read_meta, refuse_inside_checkpoint,
-                         remove_partial, resolve_resume, save_checkpoint)
+from .checkpoint import (agree_on_resume, checkpoint_dir, intern_state_keys, is_writer, list_checkpoints, read_meta,
+                         refuse_inside_checkpoint, remove_partial, resolve_resume, save_checkpoint)
 from .config import ConfigError, TrainConfig
 from .config_file import dump_config
+from .earlier_run import keep_earlier_run
 from .safe_resume import check_checkpoint, weights_only_loading
 from .distributed import (PhaseModel, ValidationWait, accelerator_kwargs, check_shared_output, is_fsdp, materialize_optimizer_state,
                           place_optimizer_state)
@@ -138,6 +139,8 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     pools = build_pools(cfg, rank, world)  # clips V1/V2 cannot train on are refused before anything is written or built
     if is_writer(acc):  # the main process, or each node's first with per-node checkpoints
         out.mkdir(parents=True, exist_ok=True)
+        if main and ckpt is None:  # a fresh run: an earlier run's log, videos, config are renamed aside, never overwritten
+            keep_earlier_run(out)
         dump_config(cfg, out / "config.yaml")
         for p in remove_partial(checkpoint_dir(out)):
             log.warning("removed an incomplete checkpoint %s (interrupted while saving)", p)
@@ -197,6 +200,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
             materialize_optimizer_state(wrapped.raw_optimizer)
         with weights_only_loading():  # every torch.load of accelerate's, custom objects included
             acc.load_state(str(ckpt))
+        intern_state_keys(wrapped.raw_optimizer)  # optimizer.bin then has the uninterrupted run's bytes
         _place_state()
         log.info("resumed from %s at step %d (phase %s)", ckpt, state.step, at.phase.name)
     step = state.step

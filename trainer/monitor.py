@@ -29,7 +29,12 @@ class Monitor:
         self.jsonl = None
         if enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            # a resumed run appends (the steps after its checkpoint are logged again; readers keep the latest)
+            # a resumed run appends (the steps after its checkpoint are logged again; readers keep the latest); a fresh
+            # one never truncates an earlier run's log: the loop keeps that run's record aside first (a no-op here then)
+            if fresh:
+                from .earlier_run import LOG, keep_earlier_run
+
+                keep_earlier_run(self.out_dir, names=(LOG,), with_config=False)
             self.jsonl = open(self.out_dir / "train_log.jsonl", "w" if fresh else "a", buffering=1)
             if tensorboard:
                 try:

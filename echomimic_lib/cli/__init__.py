@@ -20,7 +20,7 @@ ISSUES_URL = "https://github.com/echomimic-comfy/comfyui-echomimic/issues"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="echomimic", description="EchoMimic V1/V2 talking-head and half-body animation.",
+    p = process_exit.PipeAwareParser(prog="echomimic", description="EchoMimic V1/V2 talking-head and half-body animation.",
                                 formatter_class=HelpFormatter)
     p.add_argument("-v", "--verbose", dest="verbose_all", action="store_true", help="debug logging for every command")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=SubParser)

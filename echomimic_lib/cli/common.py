@@ -15,6 +15,8 @@ import logging
 import os
 import sys
 
+from .process_exit import PipeAwareParser
+
 OUR_LOGGERS = ("echomimic_lib", "trainer", "nodes")
 CHATTY = ("huggingface_hub", "diffusers", "transformers", "urllib3", "filelock", "httpx", "accelerate", "py.warnings", "PIL",
           "matplotlib", "numba")
@@ -35,8 +37,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-class SubParser(argparse.ArgumentParser):
-    """Sub-command parser: our help formatter, and ``-v`` / ``-q`` after the sub-command too."""
+class SubParser(PipeAwareParser):
+    """Sub-command parser: our help formatter, ``-v`` / ``-q`` after the sub-command too, and ``--help`` into a closed
+    pipe ends with 141 (:class:`~echomimic_lib.cli.process_exit.PipeAwareParser`)."""
 
     def __init__(self, *args, **kwargs):
         kwargs["formatter_class"] = HelpFormatter

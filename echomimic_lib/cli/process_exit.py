@@ -5,15 +5,20 @@
   ``timeout``) raises :class:`Terminated`, a ``KeyboardInterrupt``, so the same clean-up runs (temporary files
   removed, a batch's ``results.jsonl`` rewritten whole). One line on stderr, no traceback; exit code 130 for
   SIGINT, 143 for SIGTERM (128 + the signal number, what a shell shows for a process the signal ended).
+- A second SIGINT or SIGTERM while the clean-up of the first runs is ignored: the clean-up finishes, and the exit code
+  is the first signal's (``kill -9`` still ends the process at once).
 - stdout (or stderr) closed by its reader (``echomimic-train plan ... | head -1``): no error line, no traceback; exit code 141
   (128 + SIGPIPE, what the shell reports for ``cat`` in the same pipe, so ``set -o pipefail`` sees the usual code).
+  ``--help`` (or a usage error) written into such a pipe too: the parsers are :class:`PipeAwareParser`, whose failed
+  write is not swallowed as argparse's own is.
 
-The SIGTERM handler is installed only while :func:`run_command` runs (never at import), only in the main thread,
-and only where SIGTERM still has its default action (a program embedding the CLI keeps its own handler); the
-previous handler is restored afterwards.
+The handlers are installed only while :func:`run_command` runs (never at import), only in the main thread, and
+only for a signal that still has Python's default handling (SIGINT raising ``KeyboardInterrupt``, SIGTERM ending the
+process): a program embedding the CLI keeps its own handlers. The previous handlers are restored afterwards.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -37,26 +42,30 @@ def interrupt_word(exc: BaseException) -> str:
     return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
 
 
-def _on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
-    raise Terminated()
-
-
 @contextlib.contextmanager
-def sigterm_raises():
-    """While inside: SIGTERM raises :class:`Terminated` (see the module's notes for when it is left alone)."""
+def stop_signals_raise():
+    """While inside: SIGTERM raises :class:`Terminated`, SIGINT ``KeyboardInterrupt``; the first of them makes both
+    ignored, so that a second one does not cut the clean-up short (see the module's notes for when a signal is left
+    alone)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {sig: signal.getsignal(sig) for sig in defaults}
+    ours = [sig for sig in defaults if previous[sig] is defaults[sig]]
+
+    def stop(signum, frame):
+        for sig in ours:  # from here on the clean-up runs to its end
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    for sig in ours:
+        signal.signal(sig, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig in ours:
+            signal.signal(sig, previous[sig])
 
 
 def _closed(stream) -> bool:
@@ -98,6 +107,24 @@ def broken_pipe_exit() -> int:
     return EXIT_BROKEN_PIPE
 
 
+class PipeAwareParser(argparse.ArgumentParser):
+    """argparse drops a failed write of its help or usage text, so ``echomimic --help | head -1`` ended with 0 where the
+    output was unbuffered or longer than the buffer: here a broken pipe to a reader that went away is raised, and
+    :func:`run_command` ends with 141. Sub-command parsers are of the parent's class unless given another."""
+
+    def _print_message(self, message, file=None):
+        if not message:
+            return
+        file = file or sys.stderr
+        try:
+            file.write(message)
+            file.flush()  # a closed pipe shows here, whether the text fitted the buffer or not
+        except BrokenPipeError:
+            raise
+        except (AttributeError, OSError):  # as argparse: no stream (pythonw), or another failed write
+            pass
+
+
 def _say(text: str) -> None:
     try:
         sys.stderr.write(text)
@@ -107,10 +134,10 @@ def _say(text: str) -> None:
 
 
 def run_command(body, interrupted_note: str = "") -> int:
-    """``body()`` (the parsed command) with SIGTERM raising :class:`Terminated`; an interrupt that reaches this far
-    (while parsing, importing, ...) gives one line and its exit code; stdout is flushed here, so that a closed pipe is
-    noticed while it can still be answered quietly (:func:`broken_pipe_exit`)."""
-    with sigterm_raises():
+    """``body()`` (the parsed command) with SIGINT and SIGTERM raising (:func:`stop_signals_raise`); an interrupt that
+    reaches this far (while parsing, importing, ...) gives one line and its exit code; stdout is flushed here, so that a
+    closed pipe is noticed while it can still be answered quietly (:func:`broken_pipe_exit`)."""
+    with stop_signals_raise():
         try:
             rc = body()
             sys.stdout.flush()

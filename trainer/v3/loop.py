@@ -90,6 +90,7 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     from ..monitor import Monitor
     from ..safe_resume import weights_only_loading
     from ..config_file import write_run_config
+    from ..earlier_run import keep_earlier_run
     from ..distributed import ValidationWait
     from .encode import EncodedWindows, Encoders, encoder_id, prompt_states
     from .flow import flow_loss, training_sigmas
@@ -104,6 +105,8 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     out = Path(cfg.output_dir)
     if is_writer(acc):
         out.mkdir(parents=True, exist_ok=True)
+        if main and ckpt is None:  # a fresh run: an earlier run's log, samples, config are renamed aside, never overwritten
+            keep_earlier_run(out)
         write_run_config(dataclasses.asdict(cfg), out / "config.yaml")
         for p in remove_partial(checkpoint_dir(out)):
             log.warning("removed an incomplete checkpoint %s (interrupted while saving)", p)
