@@ -267,26 +267,28 @@ def test_comfyui_install_per_workflow(comfy, capsys):
     assert "does not read models/diffusion_models" in out and "extra_model_paths.yaml is there" in out
 
 
-def test_comfyui_vae_folder_the_loader_would_take(comfy, capsys, monkeypatch):
-    """Without models/echomimic/sd-vae-ft-mse the V1/V2 loaders' 'auto' VAE is ComfyUI's models/vae folder itself
-    (single files, no config.json), which cannot load: doctor says so, naming the folder the node loader takes."""
+def test_comfyui_vae_folder_without_config_is_passed_over(comfy, capsys, monkeypatch):
+    """Without models/echomimic/sd-vae-ft-mse, ComfyUI's models/vae (single files, no config.json, beside
+    models/echomimic) is not taken as the SD VAE folder: the loaders fall back to an ft-mse file there, and doctor
+    reports the VAE as missing with the download line (it used to be picked, and could not load)."""
     from tests._pack import sub
 
     models = comfy / "models"
     shutil.rmtree(models / "echomimic" / "sd-vae-ft-mse")
     report = diagnose(None, "v1_audio", "normal", imports=False, comfyui=comfy)
     vae = _part(report, "vae")
-    assert vae["status"] == "broken" and vae["broken"][0]["path"] == str(models / "vae")
-    assert vae["fix"].startswith("hf download stabilityai/sd-vae-ft-mse config.json diffusion_pytorch_model.safetensors "
-                                 f"--local-dir {models / 'echomimic' / 'sd-vae-ft-mse'}")
-    assert "vae: broken" in report["problems"] and not report["ok"]
-    assert report["modes"][0]["ready"] is False and "SD VAE is broken" in report["modes"][0]["why"]
+    assert vae["status"] == "missing" and vae["path"] is None
+    assert "echomimic download" in vae["fix"] and "v1_audio normal: missing" in report["problems"] and not report["ok"]
     mode = report["comfyui"]["modes"][0]
-    assert mode["missing"] == ["vae"] and any("'vae' input" in n for n in mode["notes"])
+    assert "vae" in mode["missing"] and any("'vae' input" in n for n in mode["notes"])
     bridge = sub("nodes.comfy_bridge")  # the node loader, outside ComfyUI, on the same folder
     monkeypatch.setattr(bridge, "MODELS_DIR", models)
-    assert sub("nodes.loader")._pick_vae(models / "echomimic", "v1_audio", "normal", "auto") == models / "vae"
-    assert _run(capsys, "--comfyui", str(comfy), "--weights", "v2", "--variant", "acc")[0] == 1
+    pick = sub("nodes.loader")._pick_vae
+    got = pick(models / "echomimic", "v1_audio", "normal", "auto")  # the ComfyUI fallback: a VAE file in models/vae
+    assert got is not None and got.is_file() and got.parent == models / "vae"
+    (models / "echomimic" / "sd-vae-ft-mse").mkdir()
+    (models / "echomimic" / "sd-vae-ft-mse" / "config.json").write_text("{}")
+    assert pick(models / "echomimic", "v1_audio", "normal", "auto") == models / "echomimic" / "sd-vae-ft-mse"
 
 
 def test_comfyui_bad_arguments(tmp_path, capsys):

@@ -32,6 +32,17 @@ def _find(dirs: list[Path], names) -> Path | None:
     return None
 
 
+def _find_vae(dirs: list[Path]) -> Path | None:
+    """The first diffusers VAE folder (one with its config.json) or VAE file under ``dirs``. A folder without a
+    config is passed over: in ComfyUI ``models/vae`` holds single VAE files (it sits beside ``models/echomimic``)."""
+    for d in dirs:
+        for n in VAE_DIRS:
+            p = d / n
+            if (p / "config.json").is_file() or p.is_file():
+                return p
+    return None
+
+
 def is_tiny_folder(root: str | Path) -> bool:
     return (Path(root) / TINY_MARKER).is_file()
 
@@ -58,7 +69,7 @@ def resolve_files(root: str | Path, weights: str, variant: str = "normal", need=
         else:
             found[comp] = p
     if "vae" in need:
-        p = _find(shared, VAE_DIRS)
+        p = _find_vae(shared)
         if p is None:
             missing.append(("vae", "sd-vae-ft-mse/", HF_SOURCES["vae"][0], "config.json + diffusion_pytorch_model.safetensors"))
         else:

@@ -135,8 +135,9 @@ def check_comfyui(path, models: Path, sets: list[dict], shared: list[dict], usab
         else:
             needs = [(f"{s['weights']} {s['variant']} weights", s["status"] in usable), ("vae", part["vae"]["status"] == "ready")]
             label, extra = labels[s["weights"]], []
-            if part["vae"]["status"] == "broken":
-                extra.append("or pick an SD VAE file in the loader's 'vae' input (its 'auto' takes the broken folder)")
+            if part["vae"]["status"] != "ready":
+                extra.append("or an SD ft-mse VAE file in models/vae (the loader's 'vae' input; 'auto' takes a name with "
+                             "'ft-mse' in it)")
             if s["weights"].startswith("v1"):
                 needs.append(("mediapipe face landmarker", part["mediapipe"]["status"] == "ready"))
             elif part["dwpose"]["status"] != "ready":

@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 
 from ...errors import EchoMimicError, MissingWeightsError
-from ...io.model_files import (HF_SOURCES, VAE_DIRS, WHISPER_FILES, _downloads, _find, is_tiny_folder, resolve_files,
+from ...io.model_files import (VAE_DIRS, WHISPER_FILES, _downloads, _find, _find_vae, is_tiny_folder, resolve_files,
                                search_dirs)
 from ...modes import WEIGHT_SETS
 from ...models.wan.sources import V3_FOLDER, missing_parts, resolved_files
@@ -143,26 +143,15 @@ def _shared_dirs(root: Path) -> list[Path]:
     return dirs
 
 
-def _before(root: Path, p: Path) -> Path:
-    """Where an sd-vae-ft-mse/ folder is found before the folder ``p`` (same folder: that name is looked for first)."""
-    return root / VAE_DIRS[0] if p.parent in (root, root.parent) else p.parent / VAE_DIRS[0]
-
-
 def check_shared(root: Path, sets: list[dict], default_root: Path | None = None) -> list[dict]:
     """The parts several modes share; the fix of a missing VAE / whisper is the download line of a set that lacks it."""
     root = Path(root)
     rows = []
     for name, names, what in (("vae", VAE_DIRS, "SD VAE (sd-vae-ft-mse), V1/V2"),
                               ("whisper", WHISPER_FILES, "whisper-tiny audio encoder, V1/V2")):
-        p = _find(_shared_dirs(root), names)
+        p = _find_vae(_shared_dirs(root)) if name == "vae" else _find(_shared_dirs(root), names)
         row = {"part": name, "what": what, "status": "ready" if p else "missing", "path": str(p) if p else None,
                "bytes": _size(p) if p else 0, "missing": [], "fix": None}
-        if name == "vae" and p is not None and p.is_dir() and not (p / "config.json").is_file():
-            # the loaders take the first folder of this name (models/vae beside a ComfyUI models/echomimic too)
-            row.update(status="broken", broken=[{"path": str(p), "problem": "a folder without config.json, taken as the "
-                       "SD VAE (the first sd-vae-ft-mse/ or vae/ beside the weights): not a diffusers VAE folder"}],
-                       fix=f"hf download {HF_SOURCES['vae'][0]} {' '.join(HF_SOURCES['vae'][1])} --local-dir "
-                           f"{shlex.quote(str(_before(root, p)))}  (found before {p})")
         if p is None:  # what ensure_weights fetches for it, and the line of a set that lacks it (any V1/V2 set does)
             row["missing"] = [_rel(root, f.dest) for f in _downloads(root, "v1_audio", {"component": name})]
             lacking = [s["fix"] for s in sets if s["status"] == "missing" and set(row["missing"]) <= set(s["missing"])]
