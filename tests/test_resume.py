@@ -124,3 +124,27 @@ def test_the_state_is_written_every_so_often_and_after_the_last_step(tmp_path, m
     ck.every_s = 0.0
     ck.after_step(0, torch.zeros(1), last=False)
     assert writes == [4, 0]
+
+
+def test_a_batch_row_with_the_resumable_column_goes_on_after_an_error(tmp_path, models, latents):
+    import json
+
+    from echomimic_lib.jobs.batch.manifest import check_jobs, read_manifest
+    from echomimic_lib.jobs.batch.render import ModelCache, render_animate
+
+    run(_req(tmp_path / "whole.mp4", models))  # the same render, never stopped (and the smoke run's tiny weights)
+    row = {"name": "r", "reference": str(DATA / "images" / "portrait_a.png"), "audio": str(DATA / "audio" / "echomimic_en.wav"),
+           "smoke": True, "models": str(models), "no-face-crop": True, "steps": STEPS, "resumable": True}
+    manifest = tmp_path / "rows.jsonl"
+    manifest.write_text(json.dumps(row) + "\n")
+    (job,) = check_jobs(read_manifest(manifest, tmp_path / "out"))
+    assert job.error is None and job.request.resumable
+    cache = ModelCache()
+    with pytest.raises(Stop):  # the worker turns any error into the row's error and retries it
+        render_animate(job, cache, _stop_in_step(3, []))
+    state = state_path(job.request.output)
+    assert state.is_file()
+    seen = []
+    render_animate(job, cache, _progress(seen))
+    assert seen[0][0] == 2 * (seen[0][1] // STEPS) + 1 and not state.exists()  # steps 3 and 4 only
+    assert torch.equal(latents[-1], latents[0])

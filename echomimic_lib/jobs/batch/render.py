@@ -104,6 +104,12 @@ def render_animate(job, cache: ModelCache, progress=None) -> dict:
             place.enter("audio")
         feats = encode_audio(plan.audio, models.audio_encoder, sample_rate=plan.sample_rate, device=plan.device,
                              frames=settings.num_frames, fps=settings.fps)
+    checkpoint = None
+    if getattr(req, "resumable", False):  # a row retried after an error goes on from its last finished step
+        from ...io.model_files import resolve_files
+        from ..resume_plan import checkpoint_for
+
+        checkpoint = checkpoint_for(plan, resolve_files(plan.models_root, plan.mode.weights, plan.variant))
     digest = hashlib.sha256()
     with Mp4Writer(plan.output, settings.fps, plan.audio, plan.sample_rate) as writer:
         def hashed(start, frames):
@@ -112,8 +118,10 @@ def render_animate(job, cache: ModelCache, progress=None) -> dict:
 
         sink = paste_back_sink(prepared.crop, plan.reference, hashed) if req.paste_back else hashed
         result = Sampler(models, place)(prepared.reference, feats, prepared.condition, settings, progress=progress,
-                                        frame_sink=sink)
+                                        frame_sink=sink, resume=checkpoint)
         out = writer.commit()
+    if checkpoint is not None:
+        checkpoint.discard()
     return {"output": str(out), "frames": result.num_frames, "fps": settings.fps, "device": str(plan.device),
             "frames_sha256": digest.hexdigest()}
 

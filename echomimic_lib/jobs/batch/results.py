@@ -28,7 +28,8 @@ from pathlib import Path
 
 FILE_NAME = "results.jsonl"
 # request fields added after the first batch release, with their default (hashed only when set to something else)
-LATER_FIELDS = {"compile": False, "cuda_graphs": False, "deep_cache": 0, "deep_cache_branch": 0}
+LATER_FIELDS = {"compile": False, "cuda_graphs": False, "deep_cache": 0, "deep_cache_branch": 0, "stabilize": "off"}
+NOT_HASHED = ("output", "device", "resumable")  # where and how a row is rendered, not what it renders
 LATER_V3_FIELDS = {"lora_strength": 1.0, "long_mode": "reanchor"}  # the same for EchoMimicV3 rows (``lora`` itself is an input, hashed when set)
 INPUT_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora"), "dub": ("video", "audio")}  # hashed by content
 
@@ -62,7 +63,7 @@ def fingerprint(job) -> str:
             inputs[key] = [content_digest(v) for v in value]
         elif value:
             inputs[key] = content_digest(value)
-    for key in ("output", "device"):
+    for key in NOT_HASHED:
         settings.pop(key, None)
     later = dict(LATER_FIELDS, **(LATER_V3_FIELDS if settings.get("version") == "v3-flash" else {}))
     for key, default in later.items():  # hashed only when set, so rows recorded before they existed stay done
