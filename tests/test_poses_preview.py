@@ -165,3 +165,17 @@ def test_preview_audio_refusals_come_before_any_model(models, driving, speech, l
     write_video(sound, np.zeros((12, 64, 64, 3), np.uint8), 24.0, wav, sr)
     assert cli(v + ["--preview", str(sound), "--preview-audio", str(sound), "--force"]) == 2
     assert "is the same file as --preview-audio" in capsys.readouterr().err and _names(w) == ["old.mp4", "sound.mp4"]
+
+
+def test_force_on_a_link_to_a_pose_folder_puts_the_link_aside(speech, library, tmp_path):
+    """-o a symlink to a pose folder: the new folder takes the link's place, the folder it pointed to is not touched
+    (it used to stop with IsADirectoryError: a link cannot be renamed onto the empty folder put aside for it)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "0.npy").write_bytes(b"old")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert cli(_gestures(speech, library, link, "--force")) == 0
+    assert not link.is_symlink() and len(load_pose(link)) == 36
+    assert _names(real) == ["0.npy"] and (real / "0.npy").read_bytes() == b"old"
+    assert _names(tmp_path) == ["link", "real"]

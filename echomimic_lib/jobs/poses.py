@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,9 +257,13 @@ def _swap_in(staged: Path, final: Path, folder: bool) -> tuple[Path, Path | None
     old one is removed once everything is written, or renamed back by :func:`_swap_back`."""
     target = final if folder else regular_target(final)
     aside = None
-    if os.path.lexists(target):  # an empty placeholder of the same kind, which the rename replaces
-        real_folder = folder and not target.is_symlink()  # -o a link to a pose folder: the link is put aside
-        aside = temp_folder_beside(target, ".replaced") if real_folder else temp_beside(target, ".replaced")
+    if os.path.lexists(target):  # onto an empty placeholder of the same kind, which the rename replaces
+        if folder and not target.is_symlink():
+            aside = temp_folder_beside(target, ".replaced")
+        else:  # a file, or -o a link to a pose folder: the link itself is put aside (a file placeholder)
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".replaced", dir=target.parent)
+            os.close(fd)
+            aside = Path(name)
         os.replace(target, aside)
     try:
         if folder:
