@@ -13,8 +13,8 @@ def _cmd_poses(args) -> int:
     req = PosesRequest(output=args.output, video=args.video, audio=args.audio, models=args.models, download=not args.offline,
                        on_missing=args.on_missing, gesture_library=args.gesture_library,
                        expressiveness=args.expressiveness, seed=args.seed, fps=args.fps, length=args.length,
-                       preview=args.preview, width=args.width, height=args.height, force=args.force,
-                       stabilize=args.stabilize)
+                       preview=args.preview, preview_audio=args.preview_audio, width=args.width, height=args.height,
+                       force=args.force, stabilize=args.stabilize)
     bar = ProgressBar("hand poses", "frame", disable=args.quiet)
     try:
         s = run_poses(req, bar)
@@ -43,15 +43,18 @@ def add_commands(sub) -> None:
                                    "-o a folder writes the released format (0.npy, 1.npy, ...), -o NAME.npz our file; both "
                                    "are read by `animate --version v2 --pose`, batch rows' pose column and --gesture-library. "
                                    "Everything is checked before any model loads; the output is written whole or not at all.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--video", help="driving video of a person: DWPose hand poses of every frame (models in <models>/dwpose/)")
-    src.add_argument("--audio", help="speech (wav, mp3, flac, m4a or a video with sound): gestures generated from it")
+    # one source, --video or --audio: checked by the job (a message that names --preview-audio when both are given)
+    p.add_argument("--video", help="driving video of a person: DWPose hand poses of every frame (models in <models>/dwpose/)")
+    p.add_argument("--audio", help="speech (wav, mp3, flac, m4a or a video with sound): gestures generated from it")
     p.add_argument("-o", "--output", required=True, help="a folder (released format: 0.npy, 1.npy, ...) or a file ending "
                                                          "in .npz (keeps the frame rate)")
     p.add_argument("--force", action="store_true", help="replace an existing output (a folder only when it holds nothing "
                                                         "but pose frames) and an existing --preview")
     p.add_argument("--preview", help="also write this .mp4: the hands drawn as animate draws them (the model input), with "
-                                     "the speech when --audio is given")
+                                     "the speech when --audio is given (else silent, or --preview-audio)")
+    p.add_argument("--preview-audio", help="--video: the --preview's sound track, e.g. the driving video itself or a wav "
+                                           "(any file with sound; cut to the preview's length). The poses still come "
+                                           "from the video; only the preview hears it")
     p.add_argument("--width", type=int, help="preview width in pixels, a multiple of 8, 64..2048 (default: 768, as V2)")
     p.add_argument("--height", type=int, help="preview height in pixels, a multiple of 8 (default: as --width)")
     p.add_argument("--on-missing", choices=["interpolate", "hold", "fail"], default=None,

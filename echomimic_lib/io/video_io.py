@@ -31,25 +31,60 @@ def _open(path: str | Path):
 
 
 def read_video(path: str | Path, max_frames: int | None = None, with_audio: bool = True) -> VideoClip:
-    """Decode all video frames (RGB uint8) and, if present, the audio track of a media file."""
-    container = _open(path)
-    try:
-        vstreams = container.streams.video
-        if not vstreams:
-            raise EchoMimicError(f"{path}: the file has no video stream.")
-        vs = vstreams[0]
-        fps = float(vs.average_rate or vs.guessed_rate or 25)
-        frames = []
-        for frame in container.decode(vs):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if max_frames is not None and len(frames) >= max_frames:
-                break
-    finally:
-        container.close()
-    if not frames:
-        raise EchoMimicError(f"{path}: the video has no frames.")
+    """Decode all video frames (RGB uint8) and, if present, the audio track of a media file (the whole video in
+    memory: to go through a long video frame by frame, iterate :class:`VideoFrames`)."""
+    source = VideoFrames(path, max_frames)
+    frames = list(source)
     audio, sr = (read_audio(path) if with_audio else (None, None)) if _has_audio(path) else (None, None)
-    return VideoClip(np.stack(frames), fps, audio, sr)
+    return VideoClip(np.stack(frames), source.fps, audio, sr)
+
+
+class VideoFrames:
+    """The video frames of a media file, decoded one at a time while they are iterated (RGB uint8 (H, W, 3)), so
+    memory holds about one frame whatever the video's length; at most ``max_frames`` (None: all).
+
+    Opening reads only the stream's header: :attr:`fps` (the rate :func:`read_video` reports), :attr:`size`
+    (width, height) and :attr:`estimated_frames`, the container's frame count (else duration x fps; 0 when it
+    says neither), capped at ``max_frames``: a figure for a progress bar, not a promise. Each iteration decodes
+    from the start; the file is closed when the iteration ends or its generator is closed. A file that is no
+    video, has no frames or cannot be decoded raises :class:`EchoMimicError` naming it."""
+
+    def __init__(self, path: str | Path, max_frames: int | None = None):
+        self.path, self.max_frames = path, max_frames
+        container = _open(path)
+        try:
+            if not container.streams.video:
+                raise EchoMimicError(f"{path}: the file has no video stream.")
+            vs = container.streams.video[0]
+            self.fps = float(vs.average_rate or vs.guessed_rate or 25)
+            self.size = (vs.codec_context.width, vs.codec_context.height)
+            estimate = int(vs.frames or 0)
+            if not estimate and vs.duration and vs.time_base:
+                estimate = int(round(float(vs.duration * vs.time_base) * self.fps))
+            elif not estimate and container.duration:
+                estimate = int(round(container.duration / 1_000_000 * self.fps))  # av.time_base: microseconds
+        finally:
+            container.close()
+        self.estimated_frames = estimate if max_frames is None else min(estimate, max_frames)
+
+    def __iter__(self):
+        import av
+
+        container = _open(self.path)
+        n = 0
+        try:
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24")
+                n += 1
+                if self.max_frames is not None and n >= self.max_frames:
+                    break
+        except av.error.FFmpegError as exc:
+            raise EchoMimicError(f"{self.path}: the video cannot be decoded after {n} frames ({exc}); the file is damaged "
+                                 "or truncated. Re-export it and try again.") from exc
+        finally:
+            container.close()
+        if not n:
+            raise EchoMimicError(f"{self.path}: the video has no frames.")
 
 
 def count_frames(path: str | Path, upto: int) -> int:

@@ -70,23 +70,6 @@ def _check_video(path) -> Path:
     return p
 
 
-def _check_destination(path, flag: str, suffixes: tuple, example: str, inputs: dict, force: bool) -> Path:
-    from ..io.file_safety import refuse_existing, refuse_input_as_output
-    from ..io.video_writer import check_output_path
-
-    p = check_output_path(path, flag)  # a folder, a device, an unwritable place
-    refuse_input_as_output(p, inputs, flag)
-    if p.suffix.lower() not in suffixes:
-        raise EchoMimicError(f"{flag} {path}: give it one of the extensions {', '.join(suffixes)}, e.g. {flag} "
-                             f"{Path(str(path)).with_suffix(example)}.")
-    if not force:
-        try:
-            refuse_existing([p], "--force", "output")
-        except EchoMimicError as exc:
-            raise type(exc)(f"{flag} {exc}") from None
-    return p
-
-
 def _check_size(value, flag: str) -> int:
     from .animate_checks import SIZE_RANGE
 
@@ -116,6 +99,7 @@ def check(req: LandmarksRequest) -> _Checked:
     from ..landmarks.extractor import normalize_policy
     from ..landmarks.io import SEQUENCE_SUFFIXES
     from ..temporal import check_level as check_stabilize_level
+    from .animate_checks import check_destination
 
     try:
         normalize_policy(req.missing_face)
@@ -125,10 +109,11 @@ def check(req: LandmarksRequest) -> _Checked:
     check_stabilize_level(req.stabilize, "--stabilize")
     video = _check_video(req.video)
     inputs = {"VIDEO": req.video, "--reference": req.reference}
-    output = _check_destination(req.output, "-o", SEQUENCE_SUFFIXES, ".npz", inputs, req.force)
+    output = check_destination(req.output, "-o", SEQUENCE_SUFFIXES, ".npz", inputs, req.force)
     preview = None
     if req.preview:
-        preview = _check_destination(req.preview, "--preview", PREVIEW_SUFFIXES, ".mp4", inputs, req.force)
+        preview = check_destination(req.preview, "--preview", PREVIEW_SUFFIXES, ".mp4", inputs, req.force,
+                                    others={"-o": output})
     try:  # an empty --parts means no parts, as in animate
         parts = normalize_parts(req.parts) if req.parts is not None else frozenset(LANDMARK_MODE_PARTS)
     except ValueError as exc:

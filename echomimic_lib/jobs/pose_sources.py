@@ -64,20 +64,29 @@ def dwpose_detector(roots: list[Path], download: bool):
 def video_poses(path, detector, on_missing: str = MISSING_DEFAULT, fps: float | None = None, max_frames: int | None = None,
                 progress=None):
     """DWPose poses of every frame of the video at ``path`` (half-body cropped, 768 canvas: the loader node's
-    extraction), at the video's frame rate unless ``fps``; ``progress(done, total)`` per frame."""
-    from ..io.video_io import read_video
+    extraction), at the video's frame rate unless ``fps``; ``progress(done, total)`` per frame (``total`` the
+    container's frame count, the real one at the last frame). The video is decoded one frame at a time as DWPose
+    takes it (:class:`echomimic_lib.io.video_io.VideoFrames`): memory holds one frame, not the whole video."""
+    from ..io.video_io import VideoFrames
     from ..pose.dwpose import extract_pose_sequence
 
-    clip = read_video(path, max_frames=max_frames, with_audio=False)
-    log.info("extracting hand poses from %s: %d frames at %g fps", path, len(clip.frames), clip.fps)
+    source = VideoFrames(path, max_frames=max_frames)
+    log.info("extracting hand poses from %s: about %d frames at %g fps", path, source.estimated_frames, source.fps)
+    decoded = iter(source)
 
     def frames():
-        for i, frame in enumerate(clip.frames):
+        done, frame = 0, next(decoded, None)
+        while frame is not None:
             yield frame
+            done += 1
+            frame = next(decoded, None)  # the next one decoded after DWPose has taken this one: the last is known
             if progress is not None:
-                progress(i + 1, len(clip.frames))
+                progress(done, done if frame is None else max(source.estimated_frames, done + 1))
 
-    seq = extract_pose_sequence(frames(), detector, on_missing=on_missing, fps=float(fps or clip.fps))
+    try:
+        seq = extract_pose_sequence(frames(), detector, on_missing=on_missing, fps=float(fps or source.fps))
+    finally:
+        decoded.close()  # the file is closed even when DWPose stops early (an error, Ctrl-C)
     seq.source = str(path)
     return seq
 

@@ -1,11 +1,13 @@
 """V2 hand-pose sequences made once and kept: ``echomimic poses`` and ``echomimic animate --pose VIDEO``.
 
 - :func:`video_poses`: DWPose hand poses of every frame of a driving video (the Hand-Pose Sequence Loader node's
-  extraction: :func:`echomimic_lib.pose.dwpose.extract_pose_sequence`, half-body crop, a missing-frame policy).
+  extraction: :func:`echomimic_lib.pose.dwpose.extract_pose_sequence`, half-body crop, a missing-frame policy),
+  the video decoded one frame at a time.
 - :func:`speech_gestures`: gestures from the speech (``animate --pose auto`` and the Gestures from Audio node).
 - :func:`run_poses`: the command's job: every input, number and output checked (:func:`check`) before any
   model is found or loaded, then the sequence written whole or not at all, as a released pose folder
-  (``0.npy, 1.npy, ...``) or our ``.npz``, with an optional ``--preview`` mp4 of the hands as animate draws them.
+  (``0.npy, 1.npy, ...``) or our ``.npz``, with an optional ``--preview`` mp4 of the hands as animate draws them
+  (with the speech for ``--audio``, with ``--preview-audio``'s sound for ``--video``), committed after the sequence.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from ..io.file_safety import (
     publish,
     refuse_existing,
     refuse_input_as_output,
+    regular_target,
     temp_beside,
     temp_folder_beside,
 )
@@ -29,6 +33,7 @@ from .animate_checks import (
     OUTPUT_SUFFIXES,
     SIZE_RANGE,
     _number as parse_number,
+    check_destination,
     check_expressiveness,
     check_fps,
     dwpose_roots,
@@ -62,6 +67,7 @@ class PosesRequest:
     fps: float | None = None  # audio: default 24; video: the video's own rate
     length: int = 0  # frames: 0 = all (video) / follow the audio
     preview: str | None = None  # an mp4 of the hands as animate draws them
+    preview_audio: str | None = None  # video: the preview's sound track (any file with sound; the poses stay the video's)
     width: int | None = None  # preview canvas (default 768, as V2)
     height: int | None = None
     force: bool = False  # replace an existing output (a folder only when it is a pose folder)
@@ -101,9 +107,19 @@ def _check_size(req) -> tuple[int, int]:
 
 
 def _refuse_mixed(req) -> None:
-    if bool(req.video) == bool(req.audio):
+    if req.video and req.audio:
+        raise EchoMimicError("give one source, --video or --audio, not both: the poses come from the video's frames or "
+                             "from the speech. For a preview of the video's poses with sound, use --video V --preview "
+                             "HANDS.mp4 --preview-audio A.")
+    if not (req.video or req.audio):
         raise EchoMimicError("give one source: --video DRIVING.mp4 (DWPose poses of its frames) or --audio SPEECH.wav "
                              "(gestures from the speech).")
+    if req.preview_audio and req.audio:
+        raise EchoMimicError("--preview-audio is for --video: with --audio the preview already has that speech as its "
+                             "sound; drop --preview-audio.")
+    if req.preview_audio and not req.preview:
+        raise EchoMimicError("--preview-audio is only the sound of the --preview video (the poses come from --video); add "
+                             "--preview HANDS.mp4 or drop --preview-audio.")
     wrong = ([("--on-missing", req.on_missing)] if req.audio else
              [("--gesture-library", req.gesture_library), ("--expressiveness", req.expressiveness), ("--seed", req.seed)])
     for flag, value in wrong:
@@ -150,18 +166,22 @@ def check_pose_output(output, force: bool) -> tuple[Path, bool]:
 def _check_preview(req, inputs: dict, output: Path) -> Path | None:
     if not req.preview:
         return None
-    from ..io.video_writer import check_output_path
+    return check_destination(req.preview, "--preview", OUTPUT_SUFFIXES, ".mp4", inputs, req.force, what="video",
+                             needs="the preview is an H.264 mp4 video; end it in .mp4", others={"-o": output})
 
-    p = check_output_path(req.preview, "--preview")
-    if p.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise EchoMimicError(f"--preview {req.preview}: the preview is an H.264 mp4 video; end it in .mp4, e.g. --preview "
-                             f"{Path(req.preview).with_suffix('.mp4')}.")
-    refuse_input_as_output(p, inputs, "--preview")
-    if os.path.lexists(p) and not req.force:
-        refuse_existing([p], "--force", "video")
-    if p.resolve() == output.resolve():
-        raise EchoMimicError("--preview and -o are the same path; give each its own name.")
-    return p
+
+def _read_preview_audio(path) -> tuple:
+    """``--preview-audio``: (samples (C, T), sample rate) of any file with a sound track (the driving video's own, too)."""
+    from ..io.video_io import read_audio
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise EchoMimicError(f"--preview-audio {path}: {'is a folder' if p.is_dir() else 'file not found'}; give the sound "
+                             "for the preview (wav, mp3, flac, m4a, or a video with sound such as the driving video).")
+    try:
+        return read_audio(p)
+    except EchoMimicError as exc:
+        raise EchoMimicError(f"--preview-audio {exc}") from None
 
 
 def check(req: PosesRequest) -> PosesPlan:
@@ -180,6 +200,10 @@ def check(req: PosesRequest) -> PosesPlan:
         check_pose_video(req.video, "--video")
         if (req.on_missing or MISSING_DEFAULT) not in ("interpolate", "hold", "fail"):
             raise EchoMimicError(f"--on-missing {req.on_missing}: choose interpolate, hold or fail.")
+        if req.preview_audio:
+            inputs["--preview-audio"] = req.preview_audio
+            wav, sr = _read_preview_audio(req.preview_audio)
+            plan_extra = dict(wav=wav, sample_rate=sr)
     else:
         from .animate_checks import gesture_library_dirs
         from ..pose.gestures import find_sources
@@ -208,50 +232,94 @@ def check(req: PosesRequest) -> PosesPlan:
     return PosesPlan(req, output, folder, preview, size, fps, **plan_extra)
 
 
-def _write_preview(seq, path: Path, size, wav=None, sample_rate=None, chunk: int = 16) -> None:
+def _encode_preview(seq, path: Path, size, wav=None, sample_rate=None, chunk: int = 16):
+    """The hands as animate draws them, encoded into a hidden file beside ``path``: an uncommitted ``Mp4Writer``
+    (the caller commits it once the sequence is in place, or aborts it)."""
     from ..io.video_writer import Mp4Writer
     from ..pose import draw_hands_batch
 
-    with Mp4Writer(path, seq.fps, wav, sample_rate) as writer:
+    writer = Mp4Writer(path, seq.fps, wav, sample_rate)
+    try:
         for a in range(0, len(seq), chunk):
             writer.write(draw_hands_batch(seq, range(a, min(a + chunk, len(seq))), size))
-        writer.commit()
-
-
-def _replace_folder(staged: Path, final: Path) -> None:
-    """``staged`` renamed to ``final``; an existing (pose) folder there is moved aside first and removed after."""
-    if not os.path.lexists(final):
-        os.rename(staged, final)
-        return
-    aside = temp_folder_beside(final, ".replaced")  # empty: a folder renamed onto it takes its place
-    os.rename(final, aside)
-    try:
-        os.rename(staged, final)
     except BaseException:
-        os.rename(aside, final)
+        writer.abort()
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    return writer
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap_in(staged: Path, final: Path, folder: bool) -> tuple[Path, Path | None]:
+    """``staged`` renamed to ``final`` (a file: through a symlink, as :func:`publish`); an existing output there is
+    first renamed aside, hidden beside it. -> (where the new output now is, the old one's hidden name or None): the
+    old one is removed once everything is written, or renamed back by :func:`_swap_back`."""
+    target = final if folder else regular_target(final)
+    aside = None
+    if os.path.lexists(target):  # onto an empty placeholder of the same kind, which the rename replaces
+        if folder and not target.is_symlink():
+            aside = temp_folder_beside(target, ".replaced")
+        else:  # a file, or -o a link to a pose folder: the link itself is put aside (a file placeholder)
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".replaced", dir=target.parent)
+            os.close(fd)
+            aside = Path(name)
+        os.replace(target, aside)
+    try:
+        if folder:
+            os.rename(staged, target)
+        else:
+            publish(staged, target)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, target)
+        raise
+    return target, aside
+
+
+def _swap_back(target: Path, aside: Path | None) -> None:
+    """Undo :func:`_swap_in`: the new output removed, the old one (if any) back under its name."""
+    _remove(target)
+    if aside is not None:
+        try:
+            os.replace(aside, target)
+        except OSError:
+            log.error("the earlier %s could not be put back; it is kept as %s", target, aside)
 
 
 def write_poses(seq, plan: PosesPlan) -> None:
-    """The sequence staged beside ``plan.output``, the preview written, then the sequence renamed into place."""
+    """Written whole or not at all: the sequence staged beside ``plan.output`` and the preview encoded beside its
+    own name, then the sequence moved into place and the preview after it; if any step fails, the earlier outputs
+    (``--force``) are put back and nothing new is left, neither a sequence without its preview nor the reverse."""
     from ..pose import save_pose_npz, save_released_folder
 
     staged = temp_folder_beside(plan.output) if plan.folder else temp_beside(plan.output, ".partial.npz")
+    writer = placed = None
     try:
         if plan.folder:
             save_released_folder(seq, staged)
         else:
             save_pose_npz(seq, staged)
         if plan.preview is not None:
-            _write_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate)
-        if plan.folder:
-            _replace_folder(staged, plan.output)
-        else:
-            publish(staged, plan.output)
+            writer = _encode_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate)
+        placed = _swap_in(staged, plan.output, plan.folder)
+        if writer is not None:
+            writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        if placed is not None:
+            _swap_back(*placed)
+        raise
     finally:
         if os.path.lexists(staged):
-            shutil.rmtree(staged, ignore_errors=True) if staged.is_dir() else staged.unlink(missing_ok=True)
+            _remove(staged)
+    if placed[1] is not None:
+        _remove(placed[1])
 
 
 def run_poses(req: PosesRequest, progress=None) -> dict:
