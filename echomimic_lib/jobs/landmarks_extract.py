@@ -165,12 +165,9 @@ def run_landmarks(req: LandmarksRequest, progress: Callable[[int, int], None] | 
     from ..landmarks.stabilize import stabilize_landmarks
 
     c = check(req)
-    from ..io.video_io import read_video
-
-    clip = read_video(c.video, with_audio=False)
     writer = None
-    with quiet_native_logs(), FaceLandmarkExtractor(model_path=c.model) as ex:
-        driver = extract_driving_landmarks(clip, bad_frame_policy=req.missing_face, extractor=ex, progress=progress)
+    with quiet_native_logs(), FaceLandmarkExtractor(model_path=c.model) as ex:  # the video decoded frame by frame
+        driver = extract_driving_landmarks(c.video, bad_frame_policy=req.missing_face, extractor=ex, progress=progress)
         driver = stabilize_landmarks(driver, req.stabilize)  # off: the sequence itself
         if c.preview is not None:
             writer = _write_preview(c, driver, ex)

@@ -75,19 +75,41 @@ def conditions_from_pkl_folder(folder, num_frames: int, size: tuple[int, int] = 
     return draw_conditions(seq.pixels(coord_size), num_frames, size, parts, coord_size, retime_policy, src_fps, out_fps)
 
 
-def _driving_frames(driving, src_fps: float | None):
-    """(frames, fps) of a driving video path, VideoClip, array or list of frames; refused when empty."""
-    if isinstance(driving, (str, os.PathLike)):
-        from ..io.video_io import read_video
+class _Driving:
+    """A driving video's frames, read one at a time while they are iterated (once), with ``fps`` and ``total`` (the
+    length, else the container's estimated frame count, else 0). The first frame is read on creation, so an empty video
+    is refused before MediaPipe loads. :meth:`close` closes a video file opened here."""
 
-        driving = read_video(driving, with_audio=False)
-    if hasattr(driving, "frames") and hasattr(driving, "fps"):
-        src_fps = src_fps if src_fps is not None else driving.fps
-        driving = driving.frames
-    frames = list(driving) if not isinstance(driving, np.ndarray) else driving
-    if len(frames) == 0:
-        raise EchoMimicError("the driving video has no frames.")
-    return frames, src_fps
+    def __init__(self, driving, src_fps: float | None):
+        from ..io.video_io import VideoFrames
+
+        total = None
+        if isinstance(driving, (str, os.PathLike)):
+            driving = VideoFrames(driving)
+        if isinstance(driving, VideoFrames):
+            src_fps, total = (src_fps if src_fps is not None else driving.fps), driving.estimated_frames
+        elif hasattr(driving, "frames") and hasattr(driving, "fps"):  # VideoClip
+            src_fps = src_fps if src_fps is not None else driving.fps
+            driving = driving.frames
+        if total is None:
+            total = len(driving) if hasattr(driving, "__len__") else 0
+        self.fps, self.total = src_fps, total
+        self._it = iter(driving)
+        self._own = self._it is not driving  # an iterator made here (a video file's decoder): closed here
+        try:
+            self._first = next(self._it)
+        except StopIteration:
+            self.close()
+            raise EchoMimicError("the driving video has no frames.") from None
+
+    def __iter__(self):
+        first, self._first = self._first, None
+        yield first
+        yield from self._it
+
+    def close(self) -> None:
+        if self._own and hasattr(self._it, "close"):
+            self._it.close()
 
 
 def extract_driving_landmarks(driving, src_fps: float | None = None, bad_frame_policy: str = "interpolate",
@@ -95,18 +117,23 @@ def extract_driving_landmarks(driving, src_fps: float | None = None, bad_frame_p
     """The driver's landmarks as the V1 landmark modes read them: every frame centre-cropped to a square, resized to
     512 px, analysed by MediaPipe, frames without a single face filled by ``bad_frame_policy``.
 
-    driving: (F, H, W, 3) frames, a list of frames, a VideoClip or a video path (its fps is the sequence's fps unless
-    ``src_fps`` is given). What ``echomimic landmarks`` saves and :func:`conditions_from_driver` draws."""
+    driving: (F, H, W, 3) frames, a list or any iterable of frames, a VideoClip or a video path (its fps is the
+    sequence's fps unless ``src_fps`` is given). The frames are taken one at a time (a video path is decoded frame by
+    frame as MediaPipe goes): memory holds one driving frame, not the video. What ``echomimic landmarks`` saves and
+    :func:`conditions_from_driver` draws."""
     from .extractor import FaceLandmarkExtractor
 
-    frames, src_fps = _driving_frames(driving, src_fps)
-    ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
+    frames = driving if isinstance(driving, _Driving) else _Driving(driving, src_fps)
     try:
-        return ex.extract([center_square(as_rgb_uint8(f, f"driving frame {i}")) for i, f in enumerate(frames)],
-                          policy=bad_frame_policy, fps=src_fps, progress=progress)
+        ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
+        try:
+            squares = (center_square(as_rgb_uint8(f, f"driving frame {i}")) for i, f in enumerate(frames))
+            return ex.extract(squares, policy=bad_frame_policy, fps=frames.fps, progress=progress, total=frames.total)
+        finally:
+            if extractor is None:
+                ex.close()
     finally:
-        if extractor is None:
-            ex.close()
+        frames.close()
 
 
 def driver_pixels(driver: LandmarkSequence, reference_image=None, sync: str | None = "reference", extractor=None,
@@ -158,10 +185,14 @@ def conditions_from_driving_video(driving, reference_image, num_frames: int, siz
     """
     from .extractor import FaceLandmarkExtractor
 
-    driving, src_fps = _driving_frames(driving, src_fps)  # read (and refused when empty) before MediaPipe loads
-    ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
+    driving = _Driving(driving, src_fps)  # its first frame read (an empty video refused) before MediaPipe loads
     try:
-        driver = extract_driving_landmarks(driving, src_fps, bad_frame_policy, extractor=ex, progress=progress)
+        ex = extractor or FaceLandmarkExtractor(**extractor_kwargs)
+    except BaseException:
+        driving.close()
+        raise
+    try:
+        driver = extract_driving_landmarks(driving, bad_frame_policy=bad_frame_policy, extractor=ex, progress=progress)
         driver = stabilize_landmarks(driver, stabilize)
         images = conditions_from_driver(driver, reference_image, num_frames, size, parts, sync, retime_policy,
                                         src_fps=driver.fps, out_fps=out_fps, extractor=ex)

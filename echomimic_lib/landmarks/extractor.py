@@ -119,27 +119,45 @@ class FaceLandmarkExtractor:
         return faces
 
     # ---- image / video ----
-    def extract(self, frames, policy: str = "fail", fps: float | None = None, progress=None) -> LandmarkSequence:
+    def extract(self, frames, policy: str = "fail", fps: float | None = None, progress=None,
+                total: int | None = None) -> LandmarkSequence:
         """Landmarks of a single image (H, W, C) or of a video: (F, H, W, C) array, list of frames,
-        a :class:`echomimic_lib.io.video_io.VideoClip`, or a video file path. ``progress(done, total)`` is called
-        after each frame."""
+        a :class:`echomimic_lib.io.video_io.VideoClip`, a video file path (decoded one frame at a time by
+        :class:`echomimic_lib.io.video_io.VideoFrames`, as is a ``VideoFrames`` given), or any iterable / iterator of
+        frames, taken one at a time: each frame is analysed before the next one is asked for, so a video never has to
+        be in memory whole. ``progress(done, total)`` is called after each frame; ``total`` is the input's length,
+        else ``total`` (a hint for iterators), else the video's estimated frame count, and the real count at the last
+        frame (never reached before it)."""
+        from ..io.video_io import VideoFrames
+
         policy = normalize_policy(policy)
         if isinstance(frames, (str, os.PathLike)):
-            from ..io.video_io import read_video
-
-            frames = read_video(frames, with_audio=False)
-        if hasattr(frames, "frames") and hasattr(frames, "fps"):
+            frames = VideoFrames(frames)
+        if isinstance(frames, VideoFrames):
+            fps = fps if fps is not None else frames.fps
+            total = frames.estimated_frames if total is None else total
+        elif hasattr(frames, "frames") and hasattr(frames, "fps"):
             fps = fps if fps is not None else frames.fps
             frames = frames.frames
         if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) and (frames.ndim == 2 or frames.shape[-1] in (1, 3, 4)):
             frames = [frames]
-        frames = list(frames) if not isinstance(frames, np.ndarray) else frames
-        if len(frames) == 0:
-            raise EchoMimicError("the video has no frames; check the file (it may be empty or unreadable).")
+        if hasattr(frames, "__len__") and not isinstance(frames, VideoFrames):
+            total = len(frames)
+        it = iter(frames)
+        try:
+            return self._extract_stream(it, policy, fps, progress, total or 0)
+        finally:
+            if it is not frames and hasattr(it, "close"):
+                it.close()  # a video decoded here is closed even when the extraction stops early
+
+    def _extract_stream(self, frames, policy: str, fps, progress, total: int) -> LandmarkSequence:
         size = None
         results, counts = [], []
-        for i in range(len(frames)):
-            img = frames[i]
+        img = next(frames, _END)
+        if img is _END:
+            raise EchoMimicError("the video has no frames; check the file (it may be empty or unreadable).")
+        i = 0
+        while img is not _END:
             shape = np.asarray(img).shape[:2]
             if size is None:
                 size = (int(shape[1]), int(shape[0]))
@@ -152,9 +170,14 @@ class FaceLandmarkExtractor:
                 results.append(max(faces, key=_face_area))
             else:
                 results.append(None)
+            i, img = i + 1, None  # the frame let go before the next one is read
+            img = next(frames, _END)  # asked for after this one is analysed: the last frame is known
             if progress is not None:
-                progress(i + 1, len(frames))
+                progress(i, i if img is _END else max(total, i + 1))
         return assemble_sequence(results, counts, policy, size, fps)
+
+
+_END = object()  # the end of the frames
 
 
 def _face_area(face: dict) -> float:

@@ -384,34 +384,38 @@ def extract_pose_sequence(
     if on_missing not in MISSING_POLICIES:
         raise EchoMimicError(f"on_missing must be one of {', '.join(MISSING_POLICIES)}, got '{on_missing}'.")
     source = "frames"
-    if isinstance(video, (str, Path)):
-        from ..io.video_io import read_video
+    if isinstance(video, (str, Path)):  # decoded one frame at a time as DWPose takes it
+        from ..io.video_io import VideoFrames
 
-        clip = read_video(video, max_frames=max_frames, with_audio=False)
-        frames_in, fps, source = clip.frames, fps or clip.fps, str(video)
+        decoded = VideoFrames(video, max_frames=max_frames)
+        frames_in, fps, source = iter(decoded), fps or decoded.fps, str(video)
     else:
         frames_in = video
     raw: list[dict | None] = []
     report = PoseExtractionReport(0, policy=on_missing)
-    for i, frame in enumerate(frames_in):
-        if max_frames is not None and i >= max_frames:
-            break
-        frame = np.asarray(frame)
-        if frame.ndim != 3 or frame.shape[2] < 3:
-            raise EchoMimicError(f"frame {i}: expected an (H, W, 3) RGB image, got shape {frame.shape}.")
-        size_i = (frame.shape[1], frame.shape[0])
-        if report.image_size == (0, 0):
-            report.image_size = size_i
-        elif size_i != report.image_size:
-            raise EchoMimicError(f"frame {i} is {size_i[0]}x{size_i[1]} but earlier frames are {report.image_size[0]}x{report.image_size[1]}.")
-        d = detector(frame)
-        if d is None:
-            report.missing_frames.append(i)
-            raw.append(None)
-            continue
-        if len(d["bodies"]["score"]) > 1:
-            report.multi_person_frames.append(i)
-        raw.append(_main_person(d))
+    try:
+        for i, frame in enumerate(frames_in):
+            if max_frames is not None and i >= max_frames:
+                break
+            frame = np.asarray(frame)
+            if frame.ndim != 3 or frame.shape[2] < 3:
+                raise EchoMimicError(f"frame {i}: expected an (H, W, 3) RGB image, got shape {frame.shape}.")
+            size_i = (frame.shape[1], frame.shape[0])
+            if report.image_size == (0, 0):
+                report.image_size = size_i
+            elif size_i != report.image_size:
+                raise EchoMimicError(f"frame {i} is {size_i[0]}x{size_i[1]} but earlier frames are {report.image_size[0]}x{report.image_size[1]}.")
+            d = detector(frame)
+            if d is None:
+                report.missing_frames.append(i)
+                raw.append(None)
+                continue
+            if len(d["bodies"]["score"]) > 1:
+                report.multi_person_frames.append(i)
+            raw.append(_main_person(d))
+    finally:  # a video opened here is closed even when DWPose stops early
+        if isinstance(video, (str, Path)):
+            frames_in.close()
     report.n_frames = len(raw)
     if not raw:
         raise EchoMimicError(f"{source}: the video has no frames.")
