@@ -211,3 +211,23 @@ def test_dwpose_pose_sequence_streams_a_video_path(short, counted):
     with pytest.raises(RuntimeError, match="DWPose failed"):
         extract_pose_sequence(short, failing)
     assert counted["decoded"] == 3 and counted["closed"] == 2  # the file closed at once
+
+
+def test_landmarks_command_checks_the_video_by_its_first_frame(tmp_path, monkeypatch):
+    """An audio file or a damaged file given as VIDEO is refused before MediaPipe, without decoding the whole file."""
+    from pathlib import Path
+
+    from echomimic_lib.jobs import landmarks_extract
+
+    with pytest.raises(EchoMimicError, match=r"no video frames \(an audio file\?\)"):
+        landmarks_extract._check_video(Path(__file__).resolve().parents[2] / "shared" / "data" / "audio" / "echomimic_en.wav")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(EchoMimicError):
+        landmarks_extract._check_video(bad)
+    asked = []
+    real = video_io.count_frames
+    monkeypatch.setattr(video_io, "count_frames", lambda p, upto: (asked.append(upto), real(p, upto))[1])
+    monkeypatch.setattr(video_io, "probe", lambda p: pytest.fail("the whole file was decoded to check it"))
+    landmarks_extract._check_video(Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "driving_a.mp4")
+    assert asked == [1]

@@ -58,14 +58,19 @@ class _Checked:
 
 
 def _check_video(path) -> Path:
-    from ..io.video_io import probe
+    from ..io.video_io import count_frames
 
     p = Path(path)
     if not p.is_file():
         raise EchoMimicError(f"VIDEO {p}: {'is a folder' if p.is_dir() else 'file not found'}; give the driving video "
                              "(mp4, mov, webm, ...) whose face landmarks to extract.")
-    info = probe(p)  # not media at all: the reader says so
-    if not info["frames"]:
+    try:  # the first frame only (a long video is read once, by the extraction); not media at all: the reader says so
+        frames = count_frames(p, 1)
+    except EchoMimicError as exc:
+        if "no video stream" not in str(exc):
+            raise
+        frames = 0
+    if not frames:
         raise EchoMimicError(f"VIDEO {p}: no video frames (an audio file?); give the driving video of a face.")
     return p
 
