@@ -198,7 +198,7 @@ def test_batch_fingerprint_without_deep_cache_is_the_one_recorded_before_the_opt
     from echomimic_lib.jobs.dub import DubRequest
 
     cls = AnimateRequest if kind == "animate" else DubRequest
-    new = {"deep_cache", "deep_cache_branch"}
+    new = {"deep_cache", "deep_cache_branch", "stabilize", "resumable"}  # (and the fields added after them)
     old_fields = [(f.name, f.type, f) for f in dataclasses.fields(cls) if f.name not in new]
     Old = dataclasses.make_dataclass(cls.__name__, old_fields)  # the request as it was before the options
     src, audio = tmp_path / ("a.png" if kind == "animate" else "a.mp4"), tmp_path / "a.wav"
