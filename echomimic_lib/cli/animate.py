@@ -154,7 +154,8 @@ def add_commands(sub) -> None:
     a.add_argument("--align-poses", action="store_true", help="V2: move the pose sequence onto the reference's shoulders (DWPose)")
     a.add_argument("--resumable", action="store_true",
                    help="long renders: keep the denoising state beside the output (OUTPUT.resume, every 2 minutes and when "
-                        "stopped by Ctrl-C, a kill or an error); the same command run again goes on from the last kept step "
+                        "stopped by Ctrl-C, a kill or an error; V3: each finished chunk of speech over 81 frames in "
+                        "OUTPUT.resume-v3/); the same command run again goes on from the last kept step or chunk "
                         "with the same frames (also after adding --low-vram); removed when the video is written")
     a.add_argument("--stabilize", choices=list(STABILIZE_LEVELS), default=STABILIZE_DEFAULT,
                    help="steady the driving keypoints before they are drawn: V1 landmarks from a video or file, V2 hand poses "

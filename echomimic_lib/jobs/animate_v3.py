@@ -18,10 +18,14 @@ weight files' headers: no weight loads), merged into the transformer after it lo
 
 Frames: as the official CLI, at most one 81-frame shot of the speech (``(F - 1) // 4 * 4 + 1``); asking for
 more (``length`` > 81) renders the whole request in chunks re-anchored on the reference (:mod:`.long`).
+
+``resumable``: a long clip keeps each finished chunk in ``<output>.resume-v3/`` (:mod:`..pipeline.wan.chunk_state`); the
+same request run again writes the kept chunks and goes on with the next one. A one-shot clip has nothing to keep.
 """
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -31,6 +35,8 @@ import numpy as np
 import torch
 
 from ..errors import EchoMimicError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,6 +60,7 @@ class V3Request:
     lora: str | tuple[str, ...] | None = None  # a Wan2.1 1.3B LoRA .safetensors (see docs/v3.md), or a list / tuple to stack
     lora_strength: float | tuple[float, ...] = 1.0  # one for every LoRA, or one each in order
     compile: bool = False  # regional torch.compile of the transformer's blocks (echomimic_lib.speed.compile_transformer)
+    resumable: bool = False  # a long clip keeps its finished chunks beside the output; a rerun goes on (pipeline.wan.chunk_state)
 
 
 def model_files(root: Path, download: bool = False) -> dict:
@@ -144,6 +151,10 @@ def plan_v3(req: V3Request) -> V3Plan:
         frames = frame_count(req.length / FPS, req.length)
     h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
     lora = check_lora(req) if req.lora else ()
+    if req.resumable:  # something that is no folder where the chunks are kept: refused before any work
+        from ..pipeline.wan.chunk_state import check_state_folder, chunk_state_path
+
+        check_state_folder(chunk_state_path(out))
     return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h), lora)
 
 
@@ -246,12 +257,14 @@ def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True) -> V3Mod
 def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=None, on_frames=None) -> dict:
     """Generate ``plan`` with loaded ``models`` and write its mp4 (atomically: nothing is left on failure);
     ``prompt`` / ``clip``: the umT5 states / CLIP features when computed already; ``on_frames``: called with each
-    (k, H, W, 3) uint8 block as it goes to the writer, in order (a long clip's chunks as they stream: no copy kept)."""
+    (k, H, W, 3) uint8 block as it goes to the writer, in order (a long clip's chunks as they stream: no copy kept).
+    ``req.resumable``: a long clip's chunks are kept as they finish, and a kept state of this request is gone on from."""
     from ..audio.wav2vec import FPS, prepare_samples, resample_16k
     from ..io.video_writer import Mp4Writer
+    from ..pipeline.wan import long
     from ..pipeline.wan.encoders import clip_features
-    from ..pipeline.wan.long import iter_long
     from ..pipeline.wan.sampler import V3Settings, generate
+    from .resume_plan import v3_checkpoint_for
 
     req, frames, ref_u8 = plan.req, plan.frames, plan.ref_u8
     if prompt is None:
@@ -266,29 +279,48 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
     samples = prepare_samples(resample_16k(plan.mono, plan.raw_rate), frames)
     settings = V3Settings(steps=req.steps, audio_cfg=req.audio_cfg, seed=req.seed, teacache=req.teacache,
                           teacache_skip_start=min(5, req.steps), color_transfer=req.color_transfer)
+    chunk, overlap = long.CHUNK, long.OVERLAP
+    keep = v3_checkpoint_for(plan, models, settings, chunk, overlap) if frames > chunk else None
+    if req.resumable and keep is None:
+        log.info("--resumable: %d frames are one shot, nothing to keep between chunks", frames)
     writer = Mp4Writer(plan.output, FPS, audio=plan.wav, sample_rate=plan.sample_rate)
 
     def write(block):
         if on_frames is not None:
             on_frames(block)
         writer.write(block)
+        if progress and frames > chunk:
+            progress(writer.frames_written, frames)
 
     try:
-        if frames <= 81:
+        if frames <= chunk:
             res = generate(model, vae, ref_u8, prompt, clip, enc.windows(samples, frames), settings)
             write(res.frames)
         else:
-            for block in iter_long(model, vae, enc, ref_u8, prompt, clip, samples, frames, settings, mode=req.long_mode):
+            got = keep.load() if keep is not None else None
+            for block in keep.stored() if got is not None else ():  # the kept chunks, one at a time
                 write(block)
-                if progress:
-                    progress(writer.frames_written, frames)
+            resume = {} if got is None else {"start_chunk": got.done, "carry": (got.tail, got.anchor)}
+            if keep is not None:
+                resume["on_chunk"] = keep.save
+            for block in long.iter_long(model, vae, enc, ref_u8, prompt, clip, samples, frames, settings, chunk=chunk,
+                                        overlap=overlap, mode=req.long_mode, **resume):
+                write(block)
         path = writer.commit()
     except BaseException:
         writer.abort()
+        if keep is not None and keep.done:
+            log.warning("render stopped with %d of %d chunks kept in %s; run the same command again to go on from there",
+                        keep.done, len(keep.sizes), keep.path)
         raise
+    if keep is not None:
+        keep.discard()
     w, h = plan.size
-    return {"output": str(path), "frames": frames, "size": [w, h], "video_seconds": round(frames / FPS, 2),
-            "weights": models.report.summary()}
+    out = {"output": str(path), "frames": frames, "size": [w, h], "video_seconds": round(frames / FPS, 2),
+           "weights": models.report.summary()}
+    if keep is not None and keep.resumed_from:
+        out["resumed_after_chunk"] = keep.resumed_from
+    return out
 
 
 def run_v3(req: V3Request, progress=None) -> dict:

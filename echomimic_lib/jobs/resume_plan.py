@@ -1,10 +1,12 @@
-"""``animate --resumable``: which request a kept render state belongs to (the state itself: pipeline.resume).
+"""``animate --resumable``: which request a kept render state belongs to (the state itself: pipeline.resume for V1/V2,
+pipeline.wan.chunk_state for a long EchoMimicV3 clip).
 
 The fingerprint is a digest of everything that shapes the frames: the request's options, the sampler settings,
 each input file and weight file (path, size, modification time: a changed file is another input), the device
 type, the dtype and the torch and pack versions. Left out on purpose: the output name, ``--offline`` and the
 options whose output is the same up to float rounding (``--low-vram``, ``--compile``, ``--cuda-graphs``), so a
-render that ran out of memory goes on with ``--low-vram``.
+render that ran out of memory goes on with ``--low-vram``. A V3 request (:func:`v3_checkpoint_for`) has the same
+digest over its own fields (its ``models`` folder: through its weight files) plus the chunking.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ def _stat_lines(path: Path) -> list[str]:
     return out
 
 
-def fingerprint(req, settings, device, dtype, weight_files: dict) -> str:
+def fingerprint(req, settings, device, dtype, weight_files: dict, extra: dict | None = None) -> str:
+    """``extra``: more that shapes the output, hashed when given (a V3 render's chunk layout)."""
     from .. import __version__
 
     fields = {k: v for k, v in asdict(req).items() if k not in NOT_SHAPING}
@@ -48,6 +51,8 @@ def fingerprint(req, settings, device, dtype, weight_files: dict) -> str:
     for comp in sorted(weight_files):
         if weight_files[comp] is not None:
             lines += [comp] + _stat_lines(Path(weight_files[comp]))
+    if extra:
+        lines.append(json.dumps(extra, sort_keys=True, default=str))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -64,3 +69,18 @@ def checkpoint_for(plan, weight_files: dict) -> StepCheckpoint | None:
         return None
     key = fingerprint(req, plan.settings, plan.device, plan.dtype, weight_files)
     return StepCheckpoint(state_path(plan.output), key)
+
+
+def v3_checkpoint_for(plan, models, settings, chunk: int, overlap: int):
+    """The kept chunks of a long resumable V3 render (``plan``: jobs.animate_v3.V3Plan), or None without --resumable."""
+    from ..pipeline.wan.chunk_state import ChunkCheckpoint, chunk_state_path
+    from ..pipeline.wan.long import chunk_sizes
+
+    req = plan.req
+    if not getattr(req, "resumable", False):
+        return None
+    sizes = chunk_sizes(plan.frames, chunk, overlap)
+    key = fingerprint(req, settings, models.device, models.dtype, models.files,
+                      extra={"frames": plan.frames, "chunk": chunk, "overlap": overlap})
+    w, h = plan.size
+    return ChunkCheckpoint(chunk_state_path(plan.output), key, sizes, (h, w), overlap, settings.color_transfer)

@@ -2,7 +2,8 @@
 the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v3`` / ``render_v3``).
 
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
-``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``long-mode``, ``teacache``, ``no-color-transfer``, ``compile``, ``models``
+``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``long-mode``, ``teacache``, ``no-color-transfer``, ``compile``,
+``resumable`` (a long clip keeps its finished chunks: a retried row goes on from them; never hashed), ``models``
 (the models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, ``lora``, ``lora-strength`` (a
 Wan2.1 1.3B LoRA, or several separated by ``;`` with one strength or one each), plus ``name`` and ``kind``
 (``animate``). A V1/V2 column (``pose``, ``mode``, ``acc``, ``cfg``, ...) is a manifest error.
@@ -59,6 +60,7 @@ class V3Row:
     version: str = VERSION
     lora: str | tuple[str, ...] | None = None  # a Wan2.1 1.3B LoRA (as --lora), or several; rows with LoRAs load their own set
     lora_strength: float | tuple[float, ...] = 1.0
+    resumable: bool = False  # as --resumable: how the row is rendered, not what (results.NOT_HASHED)
 
     @property
     def folder(self) -> Path:
@@ -79,7 +81,7 @@ class V3Row:
                          long_mode=self.long_mode,
                          color_transfer=self.color_transfer, device=str(device), dtype=dtype,
                          download=self.download and not self.smoke, lora=self.lora, lora_strength=self.lora_strength,
-                         compile=self.compile)
+                         compile=self.compile, resumable=self.resumable)
 
 
 ALIASES = {"no_color_transfer": ("color_transfer", True), "offline": ("download", True)}

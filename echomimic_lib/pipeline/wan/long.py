@@ -16,7 +16,11 @@ chunk goes through :func:`.sampler.generate` unchanged (parity). Design:
   encoder attends over the whole segment, so whole-clip encoding would grow quadratically), windows are
   taken with the clip's own edge clamping; loudness is measured once on the whole clip (official rule);
 * noise for chunk k comes from ``seed + k``; frames are yielded chunk by chunk (:func:`iter_long`), so
-  host and device memory stay flat in the clip length when the caller streams them to a writer.
+  host and device memory stay flat in the clip length when the caller streams them to a writer;
+* chunk k needs nothing of the earlier chunks but the previous one's last ``overlap`` frames (float, for the
+  crossfade and ``continue``) and the colour-transfer anchor (the video's frame 0): ``on_chunk`` reports them with
+  each chunk, and ``start_chunk`` / ``carry`` begin at chunk k with them (a resumable render:
+  :mod:`.chunk_state`), to the same frames as a run from chunk 0.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from .sampler import V3Settings, check_frames, generate
 
 
 LONG_MODES = V3_LONG_MODES  # (defined with the other modes: the command line and the nodes read it without torch)
+CHUNK, OVERLAP = 81, 8  # a long clip's chunk (one flash-pro shot) and the frames two neighbours share (crossfaded)
 
 
 def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
@@ -43,6 +48,12 @@ def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
         s += chunk - overlap
         starts.append(s)
     return starts
+
+
+def chunk_sizes(total: int, chunk: int, overlap: int) -> list[int]:
+    """How many frames :func:`iter_long` yields for each chunk (all but the last: ``chunk - overlap``)."""
+    starts = chunk_starts(total, chunk, overlap)
+    return [b - a for a, b in zip(starts, starts[1:])] + [total - starts[-1]]
 
 
 def chunk_windows(encoder: Wav2VecV3, samples_16k: np.ndarray, total: int, start: int, length: int,
@@ -59,10 +70,13 @@ def chunk_windows(encoder: Wav2VecV3, samples_16k: np.ndarray, total: int, start
 
 def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds, clip_features, samples_16k: np.ndarray,
               total: int, settings: V3Settings, chunk: int = 81, overlap: int = 8, margin: int = 50, on_step=None,
-              trace=None, mode: str = "reanchor"):
+              trace=None, mode: str = "reanchor", start_chunk: int = 0, carry=None, on_chunk=None):
     """Yield (F_k, H, W, 3) uint8 frame blocks that concatenate to ``total`` frames. ``on_step(done, total)``
     counts the sampling steps of all chunks; ``trace`` sees each chunk's tensors as :func:`generate`'s; ``mode``:
-    ``reanchor`` or ``continue`` (module docstring)."""
+    ``reanchor`` or ``continue`` (module docstring). ``on_chunk(k, out, tail, anchor)``: called with each chunk's
+    yielded frames and what chunk k + 1 needs (``tail``: the last ``overlap`` float frames or None, ``anchor``: the
+    colour-transfer anchor or None) before the block is yielded; ``start_chunk`` k > 0 with ``carry`` = that
+    (tail, anchor) of chunk k - 1 yields chunks k.. only (``start_chunk`` = the chunk count: nothing)."""
     if margin < WINDOW // 2 + 1:
         raise ValueError(f"margin must be at least {WINDOW // 2 + 1} frames")
     if mode not in LONG_MODES:
@@ -70,10 +84,13 @@ def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds,
     if mode == "continue" and not overlap:
         raise ValueError("long mode 'continue' carries the overlap frames into the next chunk: overlap must be at least 1")
     starts = chunk_starts(total, chunk, overlap)
+    if not 0 <= start_chunk <= len(starts) or (start_chunk and carry is None):
+        raise ValueError(f"start_chunk {start_chunk}: 0..{len(starts)}, after chunk 0 with the previous chunk's carry")
     plain = replace(settings, color_transfer=False)
-    tail = None  # previous chunk's last ``overlap`` frames (float, for the crossfade)
-    anchor = None
+    tail, anchor = carry if start_chunk else (None, None)  # previous chunk's last ``overlap`` frames (float); frame 0
     for k, s in enumerate(starts):
+        if k < start_chunk:
+            continue
         n = min(chunk, total - s)
         length = n if n == 1 or (n - 1) % 4 == 0 else (n - 1) // 4 * 4 + 5
         windows = chunk_windows(encoder, samples_16k, total, s, length, margin)
@@ -94,6 +111,8 @@ def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds,
                 anchor, out = out[0], color_transfer(out)
             else:
                 out = color_transfer(np.concatenate([anchor[None], out]))[1:]
+        if on_chunk is not None:
+            on_chunk(k, out, tail, anchor)
         yield out
 
 
