@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from ..modes import DEFAULT_FPS
+from .dub_stream import source_regions  # noqa: F401  (the ComfyUI Paste Back node's preview uses it from here)
 
 log = logging.getLogger(__name__)
 
@@ -270,14 +271,6 @@ def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = No
     out: list[np.ndarray] = []
     schedule, passthrough = dub_frames(job, lambda f: out.append(np.array(f, np.uint8)), progress, models)
     return DubResult(np.stack(out), job.fps, job.audio, job.sample_rate, job.plan, schedule, passthrough)
-
-
-def source_regions(plan, s: int) -> dict:
-    """The paste-back regions of source frame ``s``: its landmark hull and its V1 face box."""
-    from ..frames.reference import v1_face_region
-
-    box = tuple(int(round(v)) for v in plan.track.boxes[s])
-    return {"hull": plan.track.hull(s), "face_box": v1_face_region(box, plan.source_size)}
 
 
 def composite_dub(plan, schedule, generated, source_frames, paster, check: Callable[[], None] | None = None):

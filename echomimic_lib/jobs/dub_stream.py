@@ -119,10 +119,16 @@ class GeneratedCrops:
         self.close()
 
 
+def source_regions(plan, s: int) -> dict:
+    """The paste-back regions of source frame ``s``: its landmark hull and its V1 face box."""
+    from ..frames.reference import v1_face_region
+
+    box = tuple(int(round(v)) for v in plan.track.boxes[s])
+    return {"hull": plan.track.hull(s), "face_box": v1_face_region(box, plan.source_size)}
+
+
 def composite_frame(plan, paster, s: int, generated_frame, source_frame) -> np.ndarray:
     """Output frame over source frame ``s``: the generated crop pasted back, or the source frame where it has no face."""
-    from .dub import source_regions
-
     if not plan.track.valid[s]:
         return source_frame
     return paster.frame(np.asarray(generated_frame), source_frame, **source_regions(plan, s))
