@@ -170,3 +170,22 @@ def test_source_window_serves_any_order_and_holds_at_most_its_capacity(capacity)
     win.close()
     with pytest.raises(Exception, match="outside the frames read"):
         win.get(9)
+
+
+def test_generated_crops_live_in_a_tracked_temporary_file_beside_the_output_that_always_goes(tmp_path):
+    import torch
+
+    from echomimic_lib.io import file_safety
+    from echomimic_lib.jobs.dub_stream import GeneratedCrops
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        with GeneratedCrops(5, (8, 6), tmp_path / "out.mp4") as crops:
+            assert crops.path.parent == tmp_path and crops.path in file_safety._PENDING  # an interrupt removes it
+            crops(0, torch.full((2, 6, 8, 3), 0.5))
+            crops(2, np.ones((1, 6, 8, 3), np.uint8))
+            assert crops.frames.shape == (3, 6, 8, 3) and (crops.frames[:2] == 128).all() and (crops.frames[2] == 1).all()
+            with pytest.raises(Exception, match="6 frames where 5 were planned"):
+                crops(3, np.zeros((3, 6, 8, 3), np.uint8))
+            path = crops.path
+            raise RuntimeError("stopped")
+    assert not path.exists() and path not in file_safety._PENDING and list(tmp_path.iterdir()) == []

@@ -11,6 +11,11 @@
 4. The output keeps the source's size and frame rate and lasts as long as the new audio (the source is
    extended by the retime policy, ping-pong by default, or cut): :mod:`echomimic_lib.jobs.dub_plan`.
 
+Memory (:func:`run_dub`, the batch): the source video is never held whole. It is decoded frame by frame to count it,
+to track the face (only the frames the plan uses) and to fetch the reference, and again while compositing; each
+output frame goes straight to the MP4 writer, the generated crops wait in a temporary file beside the output
+(:mod:`echomimic_lib.jobs.dub_stream`). :func:`render_dub` is the in-memory form (one array of every output frame).
+
 Without ``audio`` the dub is landmark-only (the paper's "L" mode): unconditional audio, the mouth from the
 landmarks, the length of the video, and the source's own sound track.
 """
