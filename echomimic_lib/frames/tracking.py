@@ -160,22 +160,41 @@ class FaceTrack:
         return pick
 
 
+def _frames_and_size(frames):
+    """(frames for the extractor, (width, height)): an (F, H, W, 3) array as a list of its frames, or any other
+    iterable of (H, W, 3) frames (e.g. :class:`echomimic_lib.io.video_io.VideoFrames`) handed on as an iterator,
+    its first frame read to learn the size (the frames are never gathered here)."""
+    import itertools
+
+    if isinstance(frames, np.ndarray) or not hasattr(frames, "__iter__"):
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+            raise EchoMimicError(f"face tracking needs video frames (F, H, W, 3), got shape {frames.shape}.")
+        return list(frames), (frames.shape[2], frames.shape[1])
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise EchoMimicError("face tracking needs video frames (F, H, W, 3), got no frames.")
+    first = np.asarray(first)
+    if first.ndim != 3 or first.shape[-1] != 3:
+        raise EchoMimicError(f"face tracking needs video frames (H, W, 3) each, got a frame of shape {first.shape}.")
+    return itertools.chain([first], it), (first.shape[1], first.shape[0])
+
+
 def track_faces(frames, fps: float, extractor=None, landmark_sigma: float = LANDMARK_SIGMA, box_sigma: float = BOX_SIGMA,
                 **extractor_kwargs) -> FaceTrack:
-    """Track the face through (F, H, W, 3) RGB frames (full frames, no centre crop)."""
+    """Track the face through RGB frames (full frames, no centre crop): an (F, H, W, 3) array or an iterable of
+    (H, W, 3) frames, handed to the extractor as they come (a video streamed from its file is never held whole)."""
     from ..landmarks.extractor import FaceLandmarkExtractor
 
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise EchoMimicError(f"face tracking needs video frames (F, H, W, 3), got shape {frames.shape}.")
+    frames, (w, h) = _frames_and_size(frames)
     own = extractor is None
     ex = extractor or FaceLandmarkExtractor(multiple_faces="largest", **extractor_kwargs)
     try:
-        seq = ex.extract(list(frames), policy="interpolate", fps=fps)
+        seq = ex.extract(frames, policy="interpolate", fps=fps)
     finally:
         if own:
             ex.close()
-    h, w = frames.shape[1:3]
     raw = seq.pixels((w, h))
     valid = np.asarray(seq.valid, bool)
     if valid.sum() < len(valid):

@@ -11,6 +11,11 @@
 4. The output keeps the source's size and frame rate and lasts as long as the new audio (the source is
    extended by the retime policy, ping-pong by default, or cut): :mod:`echomimic_lib.jobs.dub_plan`.
 
+Memory (:func:`run_dub`, the batch): the source video is never held whole. It is decoded frame by frame to count it,
+to track the face (only the frames the plan uses) and to fetch the reference, and again while compositing; each
+output frame goes straight to the MP4 writer, the generated crops wait in a temporary file beside the output
+(:mod:`echomimic_lib.jobs.dub_stream`). :func:`render_dub` is the in-memory form (one array of every output frame).
+
 Without ``audio`` the dub is landmark-only (the paper's "L" mode): unconditional audio, the mouth from the
 landmarks, the length of the video, and the source's own sound track.
 """
@@ -27,6 +32,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from ..modes import DEFAULT_FPS
+from .dub_stream import source_regions  # noqa: F401  (the ComfyUI Paste Back node's preview uses it from here)
 
 log = logging.getLogger(__name__)
 
@@ -145,43 +151,82 @@ def _validate(req: DubRequest) -> _Checked:
     return _Checked(variant, settings, parts, device, dtype, root, face_model)
 
 
-def _speech(req: DubRequest, clip, fps: float):
-    """(sound track, sample rate, seconds, generated frame count) of the new speech or, without it, the L mode."""
+def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float):
+    """(sound track, sample rate, seconds, generated frame count) of the new speech or, without it, the L mode (the
+    source's own sound, when it has one)."""
     if req.audio is None:
-        frames = max(1, int(np.floor(len(clip.frames) * fps / clip.fps + 1e-9)))
-        return clip.audio, clip.sample_rate, len(clip.frames) / clip.fps, frames
+        from ..io.video_io import _has_audio, read_audio
+
+        audio, sr = read_audio(video) if _has_audio(video) else (None, None)
+        frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
+        return audio, sr, n_src / src_fps, frames
     from .animate_checks import frame_count, read_speech
 
     wav, sr, raw = read_speech(req.audio)
     return wav, sr, raw.num_samples_16k / 16000.0, frame_count(raw, fps, req.length)
 
 
-def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None, models=None) -> DubResult:
-    """Everything but the encoding: the composited frames at the source size (uint8). The face is tracked (and a
-    video without a face refused) before any weight is loaded."""
-    import torch
+@dataclass
+class DubJob:
+    """A dub planned before any weight loads: the face tracked, the reference cut, the sound track read."""
+    request: DubRequest
+    checked: _Checked
+    fps: float                 # the source's frame rate (the output's)
+    audio: np.ndarray | None   # (C, T) the sound track to mux
+    sample_rate: int | None
+    n_model: int
+    plan: object               # echomimic_lib.jobs.dub_plan.DubPlan
+    reference: np.ndarray      # the reference frame cut to the crop (uint8, the model's size)
 
-    from ..audio import encode_audio
-    from ..audio.unconditional import UnconditionalAudio
-    from ..frames.composite import PasteBack
-    from .dub_plan import plan_dub, reference_crop
-    from ..landmarks import draw_landmark_sequence
-    from ..pipeline import FrameCondition, Sampler
-    from ..io.video_io import read_video
+    def frames(self, upto: int | None = None):
+        """The source video's frames (the first ``upto``), decoded one at a time."""
+        from ..io.video_io import VideoFrames
+
+        return VideoFrames(self.request.video, upto)
+
+
+def prepare_dub(req: DubRequest) -> DubJob:
+    """Checks, the source's length, the speech, the face track and the reference frame; the video is read frame by
+    frame (never held whole), and a video without a face is refused before any weight loads."""
+    import sys
+
+    from .dub_plan import crop_reference, plan_dub_stream
+    from ..io.video_io import VideoFrames, count_frames
 
     ok = _validate(req)
     settings, w, h = ok.settings, ok.settings.width, ok.settings.height
-    clip = read_video(req.video, with_audio=req.audio is None)
-    sound, sr, seconds, n_model = _speech(req, clip, settings.fps)
+    src_fps = VideoFrames(req.video).fps
+    n_src = count_frames(req.video, sys.maxsize)
+    sound, sr, seconds, n_model = _speech(req, req.video, n_src, src_fps, settings.fps)
     if req.length is not None:
         n_model = min(n_model, req.length)
-    n_out = max(1, min(int(np.floor(seconds * clip.fps + 1e-6)), int(np.floor(n_model * clip.fps / settings.fps + 1e-6))))
+    n_out = max(1, min(int(np.floor(seconds * src_fps + 1e-6)), int(np.floor(n_model * src_fps / settings.fps + 1e-6))))
     if req.audio is None and req.length is None:
-        n_out = len(clip.frames)  # landmark-only: exactly the driving video's frames
-    plan = plan_dub(clip.frames, clip.fps, n_model, settings.fps, n_out, (w, h), req.retime, req.reference_frame,
-                    parts=ok.parts, model_path=ok.mediapipe_model)
+        n_out = n_src  # landmark-only: exactly the driving video's frames
+    plan = plan_dub_stream(lambda upto: VideoFrames(req.video, upto), n_src, src_fps, n_model, settings.fps, n_out,
+                           (w, h), req.retime, req.reference_frame, parts=ok.parts, model_path=ok.mediapipe_model)
     log.info("dub: crop %s of the %dx%d video, reference frame %d, %d frames at %g fps -> %d frames at %g fps",
-             plan.geometry.box, *plan.source_size, plan.reference_frame, n_model, settings.fps, n_out, clip.fps)
+             plan.geometry.box, *plan.source_size, plan.reference_frame, n_model, settings.fps, n_out, src_fps)
+    image = None
+    for image in VideoFrames(req.video, plan.reference_frame + 1):  # one frame held at a time
+        pass
+    return DubJob(req, ok, src_fps, sound, sr, n_model, plan, crop_reference(plan, image))
+
+
+def dub_frames(job: DubJob, sink: Callable[[np.ndarray], None], progress: Callable[[int, int], None] | None = None,
+               models=None, crops_beside=None):
+    """Generate the crops, then composite each output frame and hand it to ``sink`` (one (H, W, 3) uint8 frame per
+    call, in order) while the source is read again. The crops are kept in memory or, with ``crops_beside`` (the output
+    path), in a temporary file beside it that is removed in every case. Returns (schedule, passthrough)."""
+    from ..audio import encode_audio
+    from ..audio.unconditional import UnconditionalAudio
+    from ..frames.composite import PasteBack
+    from .dub_stream import GeneratedCrops, SourceWindow, composite_frames, window_capacity
+    from ..landmarks import draw_landmark_sequence
+    from ..pipeline import FrameCondition, Sampler
+
+    req, ok, plan = job.request, job.checked, job.plan
+    settings, w, h, n_model = ok.settings, ok.settings.width, ok.settings.height, job.n_model
     if models is None:
         from ..model_set import ensure_weights
         from ..model_set import load_models
@@ -195,59 +240,69 @@ def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = No
     if req.audio is None:
         feats = UnconditionalAudio(n_model, settings.fps)
     else:
-        feats = encode_audio(sound, models.audio_encoder, sample_rate=sr, device=ok.device, frames=n_model, fps=settings.fps)
+        feats = encode_audio(job.audio, models.audio_encoder, sample_rate=job.sample_rate, device=ok.device,
+                             frames=n_model, fps=settings.fps)
     px = plan.driving_pixels()
     parts = ok.parts
     condition = FrameCondition(n_model, lambda idx: draw_landmark_sequence(px[list(idx)], (w, h), parts, coord_size=(w, h)))
-    generated: list[np.ndarray] = []
-
-    def collect(start, frames):
-        generated.append((frames.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
-
     settings.num_frames = n_model
-    Sampler(models)(reference_crop(plan, clip.frames), feats, condition, settings, progress=progress, frame_sink=collect)
-    gen = np.concatenate(generated)
-    schedule = plan.schedule.for_generated(len(gen))
-    paster = PasteBack(plan.geometry, req.region, req.feather, req.dilation, req.color)
-    frames, passthrough = composite_dub(plan, schedule, gen, clip.frames, paster)
-    return DubResult(frames, clip.fps, sound, sr, plan, schedule, passthrough)
+    with GeneratedCrops(n_model, (w, h), crops_beside) as crops:
+        Sampler(models)(job.reference, feats, condition, settings, progress=progress, frame_sink=crops)
+        gen = crops.frames
+        schedule = plan.schedule.for_generated(len(gen))
+        paster = PasteBack(plan.geometry, req.region, req.feather, req.dilation, req.color)
+        source = SourceWindow(job.frames, schedule.frames_needed, window_capacity(plan.source_size))
+        try:
+            for frame in composite_frames(plan, schedule, gen, source, paster):
+                sink(frame)
+        finally:
+            source.close()
+    return schedule, _passthrough(plan, schedule)
 
 
-def source_regions(plan, s: int) -> dict:
-    """The paste-back regions of source frame ``s``: its landmark hull and its V1 face box."""
-    from ..frames.reference import v1_face_region
+def _passthrough(plan, schedule) -> np.ndarray:
+    passthrough = plan.passthrough(schedule)
+    if len(passthrough):
+        log.info("dub: %d of %d output frames show a source frame without a face; they are copied unchanged",
+                 len(passthrough), len(schedule.source))
+    return passthrough
 
-    box = tuple(int(round(v)) for v in plan.track.boxes[s])
-    return {"hull": plan.track.hull(s), "face_box": v1_face_region(box, plan.source_size)}
+
+def render_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None, models=None) -> DubResult:
+    """Everything but the encoding, in memory: the composited frames at the source size (uint8) as one array (for a
+    long video use :func:`run_dub`, which streams). The face is tracked (and a video without a face refused) before
+    any weight is loaded."""
+    job = prepare_dub(req)
+    out: list[np.ndarray] = []
+    schedule, passthrough = dub_frames(job, lambda f: out.append(np.array(f, np.uint8)), progress, models)
+    return DubResult(np.stack(out), job.fps, job.audio, job.sample_rate, job.plan, schedule, passthrough)
 
 
 def composite_dub(plan, schedule, generated, source_frames, paster, check: Callable[[], None] | None = None):
     """Paste each generated frame onto its source frame; frames without a face are copied. Returns
     (uint8 (n_out, H, W, 3), indices of the copied output frames). ``check`` runs every 16 frames (Cancel)."""
-    track = plan.track
+    from .dub_stream import composite_frame
+
     out = np.empty((len(schedule.source),) + source_frames.shape[1:], np.uint8)
     for j, (s, g) in enumerate(zip(schedule.source, schedule.generated)):
         if check is not None and j % 16 == 15:
             check()
-        if not track.valid[s]:
-            out[j] = source_frames[s]
-            continue
-        out[j] = paster.frame(generated[g], source_frames[s], **source_regions(plan, s))
-    passthrough = plan.passthrough(schedule)
-    if len(passthrough):
-        log.info("dub: %d of %d output frames show a source frame without a face; they are copied unchanged",
-                 len(passthrough), len(out))
-    return out, passthrough
+        out[j] = composite_frame(plan, paster, int(s), generated[g], source_frames[s])
+    return out, _passthrough(plan, schedule)
 
 
 def run_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Render ``req.output``; returns a summary dict."""
-    from ..io.video_io import write_video
+    """Render ``req.output``; returns a summary dict. Memory holds a few source frames and the generated crops' file
+    mapping, not the video: each output frame is encoded as it is composited."""
+    from ..io.video_writer import Mp4Writer
 
     t0 = time.time()
-    res = render_dub(req, progress)
-    path = write_video(req.output, res.frames, res.fps, res.audio, res.sample_rate)
-    h, w = res.frames.shape[1:3]
-    return {"output": str(path), "frames": len(res.frames), "fps": res.fps, "size": (w, h),
-            "video_seconds": round(len(res.frames) / res.fps, 3), "reference_frame": res.plan.reference_frame,
-            "crop": res.plan.geometry.box, "passthrough": len(res.passthrough), "seconds": round(time.time() - t0, 2)}
+    job = prepare_dub(req)
+    with Mp4Writer(req.output, job.fps, job.audio, job.sample_rate) as writer:
+        schedule, passthrough = dub_frames(job, lambda f: writer.write(f[None]), progress, crops_beside=req.output)
+        path = writer.commit()
+    w, h = job.plan.source_size
+    n = len(schedule.source)
+    return {"output": str(path), "frames": n, "fps": job.fps, "size": (w, h),
+            "video_seconds": round(n / job.fps, 3), "reference_frame": job.plan.reference_frame,
+            "crop": job.plan.geometry.box, "passthrough": len(passthrough), "seconds": round(time.time() - t0, 2)}

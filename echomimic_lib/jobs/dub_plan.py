@@ -103,19 +103,33 @@ class DubPlan:
 def plan_dub(frames, src_fps: float, n_model: int, model_fps: float, n_out: int, output_size: tuple[int, int],
              policy: str = "ping-pong", reference_frame: int | None = None, extractor=None, parts=None,
              landmark_sigma: float | None = None, box_sigma: float | None = None, **extractor_kwargs) -> DubPlan:
-    """Schedule, track the frames it uses, choose the crop and the reference frame."""
-    from ..frames import tracking
-
+    """Schedule, track the frames it uses, choose the crop and the reference frame ((F, H, W, 3) frames in memory;
+    :func:`plan_dub_stream` reads them from a file instead)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise EchoMimicError(f"the source video must be (F, H, W, 3) frames, got shape {frames.shape}.")
-    n_src = len(frames)
+    return plan_dub_stream(lambda upto: frames[:upto], len(frames), src_fps, n_model, model_fps, n_out, output_size,
+                           policy, reference_frame, extractor, parts, landmark_sigma, box_sigma, **extractor_kwargs)
+
+
+def plan_dub_stream(read, n_src: int, src_fps: float, n_model: int, model_fps: float, n_out: int,
+                    output_size: tuple[int, int], policy: str = "ping-pong", reference_frame: int | None = None,
+                    extractor=None, parts=None, landmark_sigma: float | None = None, box_sigma: float | None = None,
+                    **extractor_kwargs) -> DubPlan:
+    """:func:`plan_dub` for a source of ``n_src`` frames that is read, not held: ``read(upto)`` gives its first ``upto``
+    frames in order (e.g. ``lambda k: VideoFrames(path, k)``); they go to the face tracker as they come."""
+    from ..frames import tracking
+
+    n_src = int(n_src)
     if reference_frame is not None and not 0 <= int(reference_frame) < n_src:
         raise EchoMimicError(f"reference frame {reference_frame} does not exist: the video has frames 0..{n_src - 1}.")
     sched = make_schedule(n_src, src_fps, n_model, model_fps, n_out, policy)
     upto = max(sched.frames_needed, int(reference_frame) + 1 if reference_frame is not None else 0)
     kw = {k: v for k, v in (("landmark_sigma", landmark_sigma), ("box_sigma", box_sigma)) if v is not None}
-    track = tracking.track_faces(frames[:upto], src_fps, extractor=extractor, **kw, **extractor_kwargs)
+    track = tracking.track_faces(read(upto), src_fps, extractor=extractor, **kw, **extractor_kwargs)
+    if len(track) != upto:
+        raise EchoMimicError(f"the source video gave {len(track)} frames where {upto} were counted; the file changed or "
+                             "cannot be decoded the same way twice. Re-export it and try again.")
     geometry = track.clip_crop(output_size)
     if reference_frame is None:
         ref = track.reference_frame(geometry)
@@ -132,6 +146,11 @@ def plan_dub(frames, src_fps: float, n_model: int, model_fps: float, n_out: int,
 
 def reference_crop(plan: DubPlan, frames) -> np.ndarray:
     """The reference frame cut to the clip crop at the output size (uint8), like V1's face crop."""
+    return crop_reference(plan, np.asarray(frames[plan.reference_frame]))
+
+
+def crop_reference(plan: DubPlan, image) -> np.ndarray:
+    """:func:`reference_crop` of the reference frame's picture itself (H, W, 3)."""
     x0, y0, x1, y1 = plan.geometry.box
-    img = np.asarray(frames[plan.reference_frame])[y0:y1, x0:x1]
+    img = np.asarray(image)[y0:y1, x0:x1]
     return cv2.resize(img, plan.geometry.output_size, interpolation=cv2.INTER_LINEAR)

@@ -127,21 +127,28 @@ def render_animate(job, cache: ModelCache, progress=None) -> dict:
 
 
 def render_dub(job, cache: ModelCache, progress=None) -> dict:
-    from ..dub import _validate, render_dub as render
-    from ...io.video_io import write_video
+    from ..dub import dub_frames, prepare_dub
+    from ...io.video_writer import Mp4Writer
     from ...model_set import ensure_weights, load_models
 
-    ok = _validate(job.request)
+    plan = prepare_dub(job.request)  # checked and tracked before any weight loads
+    ok = plan.checked
 
     def load():
         ensure_weights(ok.root, "v1_pose", ok.variant, download=job.request.download)
         return load_models(ok.root, "v1_pose", ok.variant, device=ok.device, dtype=ok.dtype), None
 
     models, _ = cache.get(job.weight_key, load)
-    res = render(job.request, progress, models=models)
-    path = write_video(job.request.output, res.frames, res.fps, res.audio, res.sample_rate)
-    return {"output": str(path), "frames": len(res.frames), "fps": res.fps, "device": str(ok.device),
-            "frames_sha256": hashlib.sha256(np.ascontiguousarray(res.frames, dtype=np.uint8).tobytes()).hexdigest()}
+    digest = hashlib.sha256()
+    with Mp4Writer(job.request.output, plan.fps, plan.audio, plan.sample_rate) as writer:
+        def hashed(frame):
+            digest.update(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+            writer.write(frame[None])
+
+        schedule, _ = dub_frames(plan, hashed, progress, models=models, crops_beside=job.request.output)
+        path = writer.commit()
+    return {"output": str(path), "frames": len(schedule.source), "fps": plan.fps, "device": str(ok.device),
+            "frames_sha256": digest.hexdigest()}
 
 
 class Scorer:
