@@ -239,8 +239,8 @@ def test_batch_rows_and_flags_take_the_options_and_older_fingerprints_stay(media
     assert len(plain.weight_key) == 9 and compiled.weight_key == plain.weight_key + ("compiled",)  # its own loaded set
     # a row without the new options keeps the fingerprint it had before they existed (a rerun finds it done)
     settings = {k: v for k, v in dataclasses.asdict(plain.request).items()
-                if k not in ("compile", "cuda_graphs", "deep_cache", "deep_cache_branch", "output", "device", "reference", "audio",
-                             "landmarks", "pose", "lora")}
+                if k not in ("compile", "cuda_graphs", "deep_cache", "deep_cache_branch", "stabilize", "resumable", "output",
+                             "device", "reference", "audio", "landmarks", "pose", "lora")}
     inputs = {k: hashlib.sha256(open(getattr(plain.request, k), "rb").read()).hexdigest() for k in ("reference", "audio")}
     doc = {"kind": "animate", "settings": settings, "inputs": inputs, "weights": [str(k) for k in plain.weight_key]}
     assert fingerprint(plain) == hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
