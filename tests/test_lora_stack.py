@@ -410,7 +410,7 @@ def test_a_row_with_one_lora_keeps_the_fingerprint_and_weight_key_of_before(v1, 
     """Computed here the old way: the request's settings with ``lora_strength`` the float the old manifest gave, the
     inputs (the LoRA file by content), the old weight key."""
     from echomimic_lib.jobs.animate_checks import preflight
-    from echomimic_lib.jobs.batch.results import INPUT_FIELDS, LATER_FIELDS, LATER_V3_FIELDS
+    from echomimic_lib.jobs.batch.results import INPUT_FIELDS, LATER_FIELDS, LATER_V3_FIELDS, NOT_HASHED
 
     d, name = rows, ("a" if version == "v1" else "w1")
     lora = str(d / f"{name}.safetensors")
@@ -428,7 +428,7 @@ def test_a_row_with_one_lora_keeps_the_fingerprint_and_weight_key_of_before(v1, 
     assert job.weight_key == old_key
     settings = dataclasses.asdict(job.request)
     settings["lora_strength"] = 0.7  # the old manifest's float
-    for key in ("output", "device") + INPUT_FIELDS["animate"]:
+    for key in NOT_HASHED + INPUT_FIELDS["animate"]:
         settings.pop(key, None)
     later = dict(LATER_FIELDS, **(LATER_V3_FIELDS if version != "v1" else {}))
     settings = {k: v for k, v in settings.items() if not (k in later and v == later[k])}
