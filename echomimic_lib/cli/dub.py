@@ -21,7 +21,7 @@ def _cmd_dub(args) -> int:
         context_frames=args.context_frames, context_overlap=args.context_overlap, dtype=args.dtype, device=args.device,
         download=not args.offline, mediapipe_model=args.mediapipe_model, region=args.mask, feather=args.feather,
         dilation=args.dilation, color=args.color_match, compile=args.compile, cuda_graphs=args.cuda_graphs,
-        deep_cache=args.deep_cache, deep_cache_branch=args.deep_cache_branch,
+        deep_cache=args.deep_cache, deep_cache_branch=args.deep_cache_branch, resumable=args.resumable,
     )
     bar = progress = ProgressBar(desc="sampling", unit="window", disable=args.quiet)  # opens at the first window, after
     try:  # the face tracking and the model load, so its rate and ETA are the sampler's
@@ -65,6 +65,9 @@ def add_commands(sub) -> None:
     d.add_argument("--length", type=int, help="at most this many generated frames, at the model's fps (default: follow "
                                               "the audio)")
     add_run_options(d)
+    d.add_argument("--resumable", action="store_true",
+                   help="long dubs: keep the denoising state beside the output (OUTPUT.resume); the same command run again "
+                        "goes on from the last kept step (as `animate --resumable`)")
     d.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for tracking the face "
                                              "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
     d.set_defaults(func=_cmd_dub)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -72,6 +72,7 @@ class DubRequest:
     cuda_graphs: bool = False  # record the denoiser call once per generation and replay it (CUDA only)
     deep_cache: int = 0  # DeepCache interval (opt-in, changes the output): a full denoiser pass every N steps; 0 = off
     deep_cache_branch: int = 0  # DeepCache branch (0: the shallowest, fastest); only with deep_cache >= 2
+    resumable: bool = False  # keep the denoising state beside the output; a rerun goes on from it (pipeline.resume)
 
 
 @dataclass
@@ -122,6 +123,9 @@ def _validate(req: DubRequest) -> _Checked:
     dtype = resolve_dtype(req.dtype, device)
     check_speed_options(device, compile=req.compile, cuda_graphs=req.cuda_graphs)
     deep_cache, branch = check_deep_cache(req.deep_cache, req.deep_cache_branch)
+    from .resume_plan import check_request
+
+    check_request(req)  # --resumable: no DeepCache, and a state file name that can be written
     settings = settings_for(MODE, variant, steps=req.steps, cfg=req.cfg, seed=req.seed, fps=req.fps, width=req.width,
                             height=req.height, context_frames=req.context_frames, context_overlap=req.context_overlap,
                             cuda_graphs=req.cuda_graphs, deep_cache=deep_cache, deep_cache_branch=branch)
@@ -214,7 +218,7 @@ def prepare_dub(req: DubRequest) -> DubJob:
 
 
 def dub_frames(job: DubJob, sink: Callable[[np.ndarray], None], progress: Callable[[int, int], None] | None = None,
-               models=None, crops_beside=None):
+               models=None, crops_beside=None, resume=None):
     """Generate the crops, then composite each output frame and hand it to ``sink`` (one (H, W, 3) uint8 frame per
     call, in order) while the source is read again. The crops are kept in memory or, with ``crops_beside`` (the output
     path), in a temporary file beside it that is removed in every case. Returns (schedule, passthrough)."""
@@ -247,7 +251,7 @@ def dub_frames(job: DubJob, sink: Callable[[np.ndarray], None], progress: Callab
     condition = FrameCondition(n_model, lambda idx: draw_landmark_sequence(px[list(idx)], (w, h), parts, coord_size=(w, h)))
     settings.num_frames = n_model
     with GeneratedCrops(n_model, (w, h), crops_beside) as crops:
-        Sampler(models)(job.reference, feats, condition, settings, progress=progress, frame_sink=crops)
+        Sampler(models)(job.reference, feats, condition, settings, progress=progress, frame_sink=crops, resume=resume)
         gen = crops.frames
         schedule = plan.schedule.for_generated(len(gen))
         paster = PasteBack(plan.geometry, req.region, req.feather, req.dilation, req.color)
@@ -291,6 +295,19 @@ def composite_dub(plan, schedule, generated, source_frames, paster, check: Calla
     return out, _passthrough(plan, schedule)
 
 
+def dub_checkpoint(job: DubJob):
+    """``--resumable``: the sampler's kept state for this dub (its weights found, or fetched, first), else None."""
+    req, ok = job.request, job.checked
+    if not req.resumable:
+        return None
+    from ..model_set import ensure_weights
+    from .resume_plan import StepCheckpoint, fingerprint, state_path
+
+    files = ensure_weights(ok.root, "v1_pose", ok.variant, download=req.download)
+    settings = replace(ok.settings, num_frames=job.n_model)
+    return StepCheckpoint(state_path(req.output), fingerprint(req, settings, ok.device, ok.dtype, files))
+
+
 def run_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None) -> dict:
     """Render ``req.output``; returns a summary dict. Memory holds a few source frames and the generated crops' file
     mapping, not the video: each output frame is encoded as it is composited."""
@@ -298,9 +315,13 @@ def run_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None)
 
     t0 = time.time()
     job = prepare_dub(req)
+    checkpoint = dub_checkpoint(job)
     with Mp4Writer(req.output, job.fps, job.audio, job.sample_rate) as writer:
-        schedule, passthrough = dub_frames(job, lambda f: writer.write(f[None]), progress, crops_beside=req.output)
+        schedule, passthrough = dub_frames(job, lambda f: writer.write(f[None]), progress, crops_beside=req.output,
+                                           resume=checkpoint)
         path = writer.commit()
+    if checkpoint is not None:
+        checkpoint.discard()
     w, h = job.plan.source_size
     n = len(schedule.source)
     return {"output": str(path), "frames": n, "fps": job.fps, "size": (w, h),

@@ -21,7 +21,7 @@ import torch
 from ..pipeline.resume import StepCheckpoint, check_resumable, state_path
 
 NOT_SHAPING = ("output", "resumable", "download", "low_vram", "compile", "cuda_graphs", "models")
-INPUT_FIELDS = ("reference", "audio", "landmarks", "pose", "gesture_library", "mediapipe_model", "lora")
+INPUT_FIELDS = ("reference", "video", "audio", "landmarks", "pose", "gesture_library", "mediapipe_model", "lora")
 
 
 def _stat_lines(path: Path) -> list[str]:

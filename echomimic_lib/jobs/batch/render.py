@@ -127,7 +127,7 @@ def render_animate(job, cache: ModelCache, progress=None) -> dict:
 
 
 def render_dub(job, cache: ModelCache, progress=None) -> dict:
-    from ..dub import dub_frames, prepare_dub
+    from ..dub import dub_checkpoint, dub_frames, prepare_dub
     from ...io.video_writer import Mp4Writer
     from ...model_set import ensure_weights, load_models
 
@@ -139,14 +139,18 @@ def render_dub(job, cache: ModelCache, progress=None) -> dict:
         return load_models(ok.root, "v1_pose", ok.variant, device=ok.device, dtype=ok.dtype), None
 
     models, _ = cache.get(job.weight_key, load)
+    checkpoint = dub_checkpoint(plan)  # a resumable row retried after an error goes on from its kept state
     digest = hashlib.sha256()
     with Mp4Writer(job.request.output, plan.fps, plan.audio, plan.sample_rate) as writer:
         def hashed(frame):
             digest.update(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
             writer.write(frame[None])
 
-        schedule, _ = dub_frames(plan, hashed, progress, models=models, crops_beside=job.request.output)
+        schedule, _ = dub_frames(plan, hashed, progress, models=models, crops_beside=job.request.output,
+                                 resume=checkpoint)
         path = writer.commit()
+    if checkpoint is not None:
+        checkpoint.discard()
     return {"output": str(path), "frames": len(schedule.source), "fps": plan.fps, "device": str(ok.device),
             "frames_sha256": digest.hexdigest()}
 
