@@ -87,6 +87,23 @@ class VideoFrames:
             raise EchoMimicError(f"{self.path}: the video has no frames.")
 
 
+def counted(frames, total: int, progress=None):
+    """``frames`` passed on one at a time, with ``progress(done, total)`` after each: the next frame is asked for once
+    the consumer is done with this one, so the last call knows the real count (``total``, an estimate, is only shown
+    while it is above the frames done)."""
+    it = iter(frames)
+    done, frame = 0, next(it, _END)
+    while frame is not _END:
+        yield frame
+        done, frame = done + 1, None  # the frame let go before the next one is decoded
+        frame = next(it, _END)
+        if progress is not None:
+            progress(done, done if frame is _END else max(total, done + 1))
+
+
+_END = object()
+
+
 def count_frames(path: str | Path, upto: int) -> int:
     """How many video frames the file has, counting no further than ``upto`` (cheap: stops decoding there)."""
     container = _open(path)

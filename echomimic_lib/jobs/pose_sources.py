@@ -67,24 +67,15 @@ def video_poses(path, detector, on_missing: str = MISSING_DEFAULT, fps: float | 
     extraction), at the video's frame rate unless ``fps``; ``progress(done, total)`` per frame (``total`` the
     container's frame count, the real one at the last frame). The video is decoded one frame at a time as DWPose
     takes it (:class:`echomimic_lib.io.video_io.VideoFrames`): memory holds one frame, not the whole video."""
-    from ..io.video_io import VideoFrames
+    from ..io.video_io import VideoFrames, counted
     from ..pose.dwpose import extract_pose_sequence
 
     source = VideoFrames(path, max_frames=max_frames)
     log.info("extracting hand poses from %s: about %d frames at %g fps", path, source.estimated_frames, source.fps)
     decoded = iter(source)
-
-    def frames():
-        done, frame = 0, next(decoded, None)
-        while frame is not None:
-            yield frame
-            done += 1
-            frame = next(decoded, None)  # the next one decoded after DWPose has taken this one: the last is known
-            if progress is not None:
-                progress(done, done if frame is None else max(source.estimated_frames, done + 1))
-
-    try:
-        seq = extract_pose_sequence(frames(), detector, on_missing=on_missing, fps=float(fps or source.fps))
+    try:  # the next frame is decoded after DWPose has taken this one: the last is known
+        seq = extract_pose_sequence(counted(decoded, source.estimated_frames, progress), detector, on_missing=on_missing,
+                                    fps=float(fps or source.fps))
     finally:
         decoded.close()  # the file is closed even when DWPose stops early (an error, Ctrl-C)
     seq.source = str(path)

@@ -128,7 +128,7 @@ class FaceLandmarkExtractor:
         be in memory whole. ``progress(done, total)`` is called after each frame; ``total`` is the input's length,
         else ``total`` (a hint for iterators), else the video's estimated frame count, and the real count at the last
         frame (never reached before it)."""
-        from ..io.video_io import VideoFrames
+        from ..io.video_io import VideoFrames, counted
 
         policy = normalize_policy(policy)
         if isinstance(frames, (str, os.PathLike)):
@@ -145,12 +145,12 @@ class FaceLandmarkExtractor:
             total = len(frames)
         it = iter(frames)
         try:
-            return self._extract_stream(it, policy, fps, progress, total or 0)
+            return self._extract_stream(counted(it, total or 0, progress), policy, fps)
         finally:
             if it is not frames and hasattr(it, "close"):
                 it.close()  # a video decoded here is closed even when the extraction stops early
 
-    def _extract_stream(self, frames, policy: str, fps, progress, total: int) -> LandmarkSequence:
+    def _extract_stream(self, frames, policy: str, fps) -> LandmarkSequence:
         size = None
         results, counts = [], []
         img = next(frames, _END)
@@ -171,9 +171,7 @@ class FaceLandmarkExtractor:
             else:
                 results.append(None)
             i, img = i + 1, None  # the frame let go before the next one is read
-            img = next(frames, _END)  # asked for after this one is analysed: the last frame is known
-            if progress is not None:
-                progress(i, i if img is _END else max(total, i + 1))
+            img = next(frames, _END)  # asked for after this one is analysed: the last frame is known (counted)
         return assemble_sequence(results, counts, policy, size, fps)
 
 
