@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.file_safety import regular_target
 from ..pipeline.resume import StepCheckpoint, check_resumable, state_path
 
 NOT_SHAPING = ("output", "resumable", "download", "low_vram", "compile", "cuda_graphs", "models")
@@ -60,7 +61,7 @@ def check_request(req) -> None:
     """Before any work: a state name that cannot be written, or DeepCache, is refused."""
     if getattr(req, "resumable", False):
         check_resumable(req.deep_cache)
-        StepCheckpoint(state_path(req.output), "")  # refuses a folder, device or pipe where the state file goes
+        regular_target(state_path(req.output))  # refuses a folder, device or pipe where the state file goes
 
 
 def checkpoint_for(plan, weight_files: dict) -> StepCheckpoint | None:
