@@ -9,6 +9,10 @@ import numpy as np
 from ..errors import EchoMimicError
 
 
+class NoVideoStream(EchoMimicError):
+    """The file is media without a video stream (an audio file, say)."""
+
+
 @dataclass
 class VideoClip:
     frames: np.ndarray  # (F, H, W, 3) uint8 RGB
@@ -54,7 +58,7 @@ class VideoFrames:
         container = _open(path)
         try:
             if not container.streams.video:
-                raise EchoMimicError(f"{path}: the file has no video stream.")
+                raise NoVideoStream(f"{path}: the file has no video stream.")
             vs = container.streams.video[0]
             self.fps = float(vs.average_rate or vs.guessed_rate or 25)
             self.size = (vs.codec_context.width, vs.codec_context.height)
@@ -109,7 +113,7 @@ def count_frames(path: str | Path, upto: int) -> int:
     container = _open(path)
     try:
         if not container.streams.video:
-            raise EchoMimicError(f"{path}: the file has no video stream.")
+            raise NoVideoStream(f"{path}: the file has no video stream.")
         n = 0
         for _ in container.decode(container.streams.video[0]):
             n += 1

@@ -92,14 +92,29 @@ def check_lora_stack(lora, strength) -> list:
     return lora_stack(lora, strength)
 
 
+def check_side(value, flag: str, limit: bool = True) -> int:
+    """One side of a frame in pixels: a whole multiple of 8 from 64 to 2048 (the nodes' widget range). Every command
+    that takes --width / --height says the same; ``limit=False`` leaves the upper bound to the caller (animate names
+    the memory it would need)."""
+    v = _number(value, flag, float)
+    if v != int(v):
+        raise EchoMimicError(f"{flag} {value}: a whole number of pixels, a multiple of 8 (e.g. {flag} 512).")
+    v = int(v)
+    if v % 8:
+        near = [c for c in (v // 8 * 8, v // 8 * 8 + 8) if SIZE_RANGE[0] <= c <= SIZE_RANGE[1]] or [SIZE_RANGE[0]]
+        raise EchoMimicError(f"{flag} {v}: width and height must be positive multiples of 8 (the VAE works on 8-px "
+                             f"blocks: {v} is not a multiple of 8); try {flag} {' or '.join(map(str, near))}.")
+    if v < SIZE_RANGE[0]:
+        raise EchoMimicError(f"{flag} {v}: at least {SIZE_RANGE[0]} px (the networks need 8 latent pixels); use {flag} 64 or more.")
+    if limit and v > SIZE_RANGE[1]:
+        raise EchoMimicError(f"{flag} {v}: at most {SIZE_RANGE[1]} px per side, as `echomimic animate` (V1 renders 512, "
+                             f"V2 768); use e.g. {flag} 512.")
+    return v
+
+
 def _check_size(width, height, context_frames, cfg, dtype) -> None:
     for flag, v in (("--width", width), ("--height", height)):
-        if v % 8:
-            near = [c for c in (v // 8 * 8, v // 8 * 8 + 8) if SIZE_RANGE[0] <= c <= SIZE_RANGE[1]] or [SIZE_RANGE[0]]
-            raise EchoMimicError(f"{flag} {v}: width and height must be positive multiples of 8 (the VAE works on 8-px "
-                                 f"blocks); try {flag} {' or '.join(map(str, near))}.")
-        if v < SIZE_RANGE[0]:
-            raise EchoMimicError(f"{flag} {v}: at least {SIZE_RANGE[0]} px (the networks need 8 latent pixels); use {flag} 64 or more.")
+        check_side(v, flag, limit=False)
     if max(width, height) > SIZE_RANGE[1]:
         need = estimate_memory_gb(width, height, context_frames, cfg, dtype)
         raise EchoMimicError(f"{width}x{height} is larger than {SIZE_RANGE[1]} px per side: it would need about {need:.0f} GB of "

@@ -58,7 +58,7 @@ class _Checked:
 
 
 def _check_video(path) -> Path:
-    from ..io.video_io import count_frames
+    from ..io.video_io import NoVideoStream, count_frames
 
     p = Path(path)
     if not p.is_file():
@@ -66,22 +66,11 @@ def _check_video(path) -> Path:
                              "(mp4, mov, webm, ...) whose face landmarks to extract.")
     try:  # the first frame only (a long video is read once, by the extraction); not media at all: the reader says so
         frames = count_frames(p, 1)
-    except EchoMimicError as exc:
-        if "no video stream" not in str(exc):
-            raise
+    except NoVideoStream:
         frames = 0
     if not frames:
         raise EchoMimicError(f"VIDEO {p}: no video frames (an audio file?); give the driving video of a face.")
     return p
-
-
-def _check_size(value, flag: str) -> int:
-    from .animate_checks import SIZE_RANGE
-
-    if not isinstance(value, int) or value % 8 or not SIZE_RANGE[0] <= value <= SIZE_RANGE[1]:
-        raise EchoMimicError(f"{flag} {value}: use a multiple of 8 from {SIZE_RANGE[0]} to {SIZE_RANGE[1]} px, as "
-                             "`echomimic animate` (V1 default 512).")
-    return value
 
 
 def _find_model(req: LandmarksRequest) -> Path:
@@ -123,8 +112,10 @@ def check(req: LandmarksRequest) -> _Checked:
         parts = normalize_parts(req.parts) if req.parts is not None else frozenset(LANDMARK_MODE_PARTS)
     except ValueError as exc:
         raise EchoMimicError(f"--parts: {exc}") from None
-    width = _check_size(req.width, "--width")
-    height = _check_size(req.width if req.height is None else req.height, "--height")
+    from .animate_checks import check_side
+
+    width = check_side(req.width, "--width")
+    height = check_side(req.width if req.height is None else req.height, "--height")
     reference = None
     if req.reference:
         if not req.preview:

@@ -31,9 +31,9 @@ from ..io.file_safety import (
 )
 from .animate_checks import (
     OUTPUT_SUFFIXES,
-    SIZE_RANGE,
     _number as parse_number,
     check_destination,
+    check_side,
     check_expressiveness,
     check_fps,
     dwpose_roots,
@@ -98,12 +98,8 @@ def _number(value, flag: str, kind, lo, hi, hint: str):
 def _check_size(req) -> tuple[int, int]:
     w = V2_SIZE if req.width is None else req.width
     h = w if req.height is None else req.height
-    for flag, v in (("--width", w), ("--height", h)):
-        _number(v, flag, int, SIZE_RANGE[0], SIZE_RANGE[1], f"use {SIZE_RANGE[0]}..{SIZE_RANGE[1]} pixels (a multiple of 8).")
-        if int(v) % 8:
-            raise EchoMimicError(f"{flag} {v}: a multiple of 8, as animate's (the preview draws the hands as animate does); "
-                                 f"try {flag} {int(v) // 8 * 8 or 64}.")
-    return int(w), int(h)
+    w, h = check_side(w, "--width"), check_side(h, "--height")
+    return w, h
 
 
 def _refuse_mixed(req) -> None:
