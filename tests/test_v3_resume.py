@@ -253,8 +253,8 @@ def test_a_batch_row_takes_a_resumable_column_never_hashed(tmp_path):
 
 
 def test_the_state_is_written_whole_or_not_claimed(env, tmp_path, monkeypatch, small_chunks):
-    """A write that fails in the middle of chunk 2 (its frames on disk, its count not): the state claims chunk 1 only,
-    and a rerun goes on from chunk 2."""
+    """A write that fails in the middle of chunk 2 (its frames on disk, its count not), then the render is stopped: the
+    state claims chunk 1 only, and a rerun goes on from chunk 2."""
     from echomimic_lib.pipeline.wan import chunk_state
 
     out = tmp_path / "cut.mp4"
@@ -268,8 +268,8 @@ def test_the_state_is_written_whole_or_not_claimed(env, tmp_path, monkeypatch, s
         return real(path, text)
 
     monkeypatch.setattr(chunk_state, "write_text_atomic", failing)
-    with pytest.raises(OSError, match="disk full"):
-        _render(env, out, monkeypatch)
+    _, _, summary = _render(env, out, monkeypatch, stop_after=14)  # the failed write does not stop it; a stop does
+    assert summary is None
     monkeypatch.setattr(chunk_state, "write_text_atomic", real)
     assert json.loads((_state(out) / "state.json").read_text())["chunks_done"] == 1
     assert not list(_state(out).glob(".*partial"))

@@ -44,6 +44,7 @@ class StepCheckpoint:
         self.path, self.fingerprint, self.every_s = Path(path), str(fingerprint), float(every_s)
         regular_target(self.path)  # a folder, device or pipe there is refused before any work
         self.saved_step, self.resumed_from = -1, None
+        self.failed_writes = 0
         self._last_write = time.monotonic()
 
     def load(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor] | None:
@@ -72,9 +73,20 @@ class StepCheckpoint:
         return step, latents.to(torch.float32)
 
     def after_step(self, step: int, latents: torch.Tensor, last: bool) -> None:
-        """Called after every step; writes when it is the last one or ``every_s`` has passed since the last write."""
+        """Called after every step; writes when it is the last one or ``every_s`` has passed since the last write.
+
+        A write that fails (a full disk, a folder made read-only) never stops the render: the state is a spare, the
+        video is the work. It is said once, with the reason, and tried again after ``every_s``."""
         if last or time.monotonic() - self._last_write >= self.every_s:
-            self.save(step, latents)
+            try:
+                self.save(step, latents)
+            except Exception as exc:
+                self._last_write = time.monotonic()
+                self.failed_writes += 1
+                if self.failed_writes == 1:
+                    log.warning("could not keep the render's state in %s (%s); the render goes on, but if it stops "
+                                "now it starts again from the first kept step (%s)", self.path, exc,
+                                "none" if self.saved_step < 0 else f"step {self.saved_step + 1}")
 
     def interrupted(self, step: int, latents: torch.Tensor) -> None:
         """The loop stopped after finishing ``step``: keep it, unless it is on disk already."""

@@ -92,6 +92,7 @@ class ChunkCheckpoint:
         self.sizes, self.frame, self.overlap, self.has_anchor = list(sizes), tuple(frame), int(overlap), bool(anchor)
         check_state_folder(self.path)
         self.done, self.resumed_from = 0, None
+        self.failed: OSError | None = None  # the first write that failed: nothing is kept after it
         self._replace = self.path.exists()  # a state not loaded is another's (or damaged): cleared at the first save
 
     # ------------------------------------------------------------------ reading
@@ -154,7 +155,20 @@ class ChunkCheckpoint:
 
     # ------------------------------------------------------------------ writing
     def save(self, k: int, out: np.ndarray, tail: np.ndarray | None, anchor: np.ndarray | None) -> None:
-        """Chunk ``k`` is finished (``iter_long``'s ``on_chunk``): its frames and carry, then the count that claims them."""
+        """Chunk ``k`` is finished (``iter_long``'s ``on_chunk``): its frames and carry, then the count that claims them.
+
+        A write that fails (a full disk) never stops the render: the chunks kept before it stay a valid state (the
+        count is written last), nothing later is kept, and it is said once."""
+        if self.failed is not None:
+            return
+        try:
+            self._save(k, out, tail, anchor)
+        except OSError as exc:
+            self.failed = exc
+            log.warning("could not keep chunk %d of the render in %s (%s); the render goes on, but a rerun after a "
+                        "stop would go on from chunk %d", k + 1, self.path, exc, self.done + 1)
+
+    def _save(self, k: int, out: np.ndarray, tail: np.ndarray | None, anchor: np.ndarray | None) -> None:
         if k != self.done:
             raise ValueError(f"chunk {k} saved after {self.done} finished chunks")
         if self._replace:
