@@ -55,6 +55,7 @@ def test_a_closed_stdout_ends_quietly_with_141(args, shared_data):
 
 @pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
 @pytest.mark.parametrize("args", [["-m", "echomimic_lib.cli", "--help"], ["-m", "echomimic_lib.cli", "animate", "--help"],
+                                  ["-m", "echomimic_lib.cli", "queue", "--help"],
                                   ["-m", "trainer", "--help"], ["-m", "trainer", "plan", "--help"]])
 def test_help_into_a_closed_pipe_is_quiet_with_141(args, unbuffered, monkeypatch):
     """Unbuffered, or longer than the buffer (animate's help, 10 kB), the help's write failed inside argparse, which

@@ -130,7 +130,7 @@ def _main(argv: list) -> int:
     if argv[:1] == ["queue"]:  # its own argument parser
         from ..jobs.queue_client import main as queue_main
 
-        return int(queue_main(argv[1:], prog="echomimic queue") or 0)
+        return int(queue_main(argv[1:], prog="echomimic queue", parser_class=process_exit.PipeAwareParser) or 0)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed why

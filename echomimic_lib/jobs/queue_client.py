@@ -311,9 +311,10 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
     return results
 
 
-def main(argv=None, prog: str = "echomimic queue") -> int:
-    """``echomimic queue ...`` (also ``python -m echomimic_lib.jobs.queue_client ...``)."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str = "echomimic queue", parser_class=argparse.ArgumentParser) -> int:
+    """``echomimic queue ...`` (also ``python -m echomimic_lib.jobs.queue_client ...``); the command line passes its
+    ``parser_class``, whose ``--help`` into a closed pipe exits as the other commands do."""
+    p = parser_class(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("workflow", help="API-format workflow JSON (workflows/api/*.json)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--portraits", help="folder of reference images (png, jpg, webp, bmp)")
