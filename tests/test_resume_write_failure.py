@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from echomimic_lib.pipeline.resume import StepCheckpoint, state_path
+from tests.test_resume import _req, latents  # noqa: F401 (fixture)
 from tests.test_v3_resume import _render, _state, _uninterrupted, env, small_chunks  # noqa: F401 (fixtures)
 
 
@@ -47,21 +48,12 @@ def test_an_interrupt_is_still_raised_from_a_state_write(tmp_path, monkeypatch):
 
 
 def test_a_v1_render_finishes_to_the_same_video_when_no_state_can_be_written(tmp_path, tmp_path_factory, monkeypatch,
-                                                                              caplog):
+                                                                              caplog, latents):
     import safetensors.torch
 
     from echomimic_lib.jobs.animate import run
-    from echomimic_lib.pipeline import sampler as sampler_mod
-    from tests.test_resume import _req
 
-    got, original = [], sampler_mod.Sampler.__call__
-
-    def spy(self, *a, **kw):
-        result = original(self, *a, **kw)
-        got.append(result.latents.clone())
-        return result
-
-    monkeypatch.setattr(sampler_mod.Sampler, "__call__", spy)
+    got = latents
     models = tmp_path_factory.mktemp("models")
     run(_req(tmp_path / "plain.mp4", models))
     monkeypatch.setattr(safetensors.torch, "save_file", _disk_full)
