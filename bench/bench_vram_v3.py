@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_vram_v3.py --size 768 --frames 81 --dtype bf16 --json
     .venv/bin/python bench/bench_vram_v3.py --goals        # the issue's goal: <= 12 GB at 768x768, 81 frames
+    .venv/bin/python bench/bench_vram_v3.py --fp8 --json   # the blocks' weights in fp8 (--fp8, the Loader's fp8 switch)
 
 Full-size networks (Wan2.1-Fun 1.3B-InP DiT + flash-pro audio modules, diffusers' Wan 2.1 VAE,
 chinese-wav2vec2-base) built on a fake CUDA device under ``FakeTensorMode``; the real pipeline code runs
@@ -65,6 +66,10 @@ def run(args) -> dict:
     with mode, torch.device("cuda"), _default_dtype(dtype):
         model = WanV3Transformer(cfg).eval()
         vae = AutoencoderKLWan(base_dim=96 if args.preset == "full" else 4).eval()
+        if args.fp8:
+            from echomimic_lib.models.wan import transformer_to_fp8
+
+            transformer_to_fp8(model)
     nets = {"transformer": model, "vae": vae}
     h = w = args.size
     t_lat = v3.check_frames(args.frames)
@@ -115,7 +120,8 @@ def run(args) -> dict:
         stage("vae_encode", ["vae"], encode)
         stage("denoise", ["transformer"], denoise)
         stage("decode", ["vae"], decode)
-    return {"size": args.size, "frames": args.frames, "dtype": args.dtype, "preset": args.preset, "device": args.device,
+    return {"size": args.size, "frames": args.frames, "dtype": args.dtype, "fp8": bool(args.fp8), "preset": args.preset,
+            "device": args.device,
             "peak_gb": round(peak / GB, 3), "stages": {k: round(v / GB, 3) for k, v in stages.items()},
             "weights_gb": {k: round(weight_bytes(m) / GB, 3) for k, m in nets.items()},
             "off_gpu": ["umT5-xxl text encoder", "CLIP ViT-H/14 image encoder", "wav2vec2 (CPU, 0.38 GB fp32)"]}
@@ -128,11 +134,13 @@ def main(argv=None):
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--preset", choices=["full", "tiny"], default="full")
     p.add_argument("--device", choices=["cuda", "fake"], default="cuda" if torch.cuda.is_available() else "fake")
+    p.add_argument("--fp8", action="store_true", help="the transformer blocks' weights stored in fp8 (e4m3fn)")
     p.add_argument("--goals", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     res = run(args)
-    print(f"V3 flash-pro {res['size']} px {res['dtype']} {res['frames']} frames on {res['device']}: peak {res['peak_gb']} GB")
+    print(f"V3 flash-pro {res['size']} px {res['dtype']}{' fp8 weights' if res['fp8'] else ''} {res['frames']} frames on "
+          f"{res['device']}: peak {res['peak_gb']} GB (transformer weights {res['weights_gb']['transformer']} GB)")
     for k, v in res["stages"].items():
         print(f"  {k:12s} {v:7.3f} GB")
     if args.goals:

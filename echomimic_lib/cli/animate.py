@@ -145,8 +145,8 @@ def add_commands(sub) -> None:
                    "model exactly): once for every --lora, or once per --lora in the same order")
     a.add_argument("--low-vram", action="store_true", help="small GPUs: each network on the GPU only for its stage, the "
                    "denoiser streamed block by block (about 1.3x slower; same output)")
-    a.add_argument("--fp8", action="store_true", help="store the UNet weights in fp8 (e4m3fn; half the memory of fp16, "
-                   "slightly different output)")
+    a.add_argument("--fp8", action="store_true", help="store the UNet weights (V3: the transformer blocks' weights) in fp8 "
+                   "(e4m3fn; half the memory of fp16, slightly different output)")
     a.add_argument("--paste-back", action="store_true", help="write the full-size reference picture with the result pasted "
                    "in (V1: the feathered face region; V2: the crop with a soft border)")
     a.add_argument("--halfbody-crop", action="store_true", help="V2: crop the reference to the half body like the V2 demos "

@@ -9,7 +9,7 @@ SMOKE_SIZE = (64, 64)
 V3_FPS = 25.0
 # options of one family only: given (not at their default) to the other family, they are refused by name, not ignored
 V1V2_ONLY = ("mode", "acc", "landmarks", "parts", "pose", "retime", "gesture_library", "expressiveness", "fps",
-             "context_frames", "context_overlap", "no_face_crop", "mediapipe_model", "low_vram", "fp8", "paste_back",
+             "context_frames", "context_overlap", "no_face_crop", "mediapipe_model", "low_vram", "paste_back",
              "halfbody_crop", "align_poses", "stabilize", "cuda_graphs", "deep_cache", "deep_cache_branch")
 V3_ONLY = ("prompt", "audio_cfg", "teacache", "no_color_transfer", "long_mode")
 
@@ -86,7 +86,7 @@ def cmd_animate_v3(args) -> int:
                     seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
                     long_mode=args.long_mode, teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
                     download=not (args.offline or args.smoke), lora=lora, lora_strength=lora_strength,
-                    compile=args.compile, resumable=args.resumable)
+                    compile=args.compile, resumable=args.resumable, fp8=args.fp8)
     s = run_v3(req)
     resumed = f", chunks 1..{s['resumed_after_chunk']} from the kept state" if s.get("resumed_after_chunk") else ""
     _say(f"wrote {s['output']}: {s['frames']} frames ({s['video_seconds']} s of video, {s['size'][0]}x{s['size'][1]}) "

@@ -61,6 +61,7 @@ class V3Request:
     lora_strength: float | tuple[float, ...] = 1.0  # one for every LoRA, or one each in order
     compile: bool = False  # regional torch.compile of the transformer's blocks (echomimic_lib.speed.compile_transformer)
     resumable: bool = False  # a long clip keeps its finished chunks beside the output; a rerun goes on (pipeline.wan.chunk_state)
+    fp8: bool = False  # the transformer blocks' weights stored in float8_e4m3fn, upcast per layer (models.wan.transformer_to_fp8)
 
 
 def model_files(root: Path, download: bool = False) -> dict:
@@ -139,6 +140,10 @@ def plan_v3(req: V3Request) -> V3Plan:
 
     if req.compile:  # V3's only speed option: on a CPU a warning that compiling takes minutes
         check_speed_options(req.device, compile=True)
+    if req.fp8:  # a torch without float8, or Apple MPS: refused before any file is read
+        from ..memory import check_fp8
+
+        check_fp8(req.device)
     check_v3_numbers(req)
     out = check_output(req.output, {"--reference": req.reference, "--audio": req.audio})
     ref = read_reference(req.reference)
@@ -237,10 +242,23 @@ def apply_lora(models: "V3Models", plan: V3Plan) -> "V3Models":
     return models
 
 
+def ready_models(models: "V3Models", plan: V3Plan) -> "V3Models":
+    """The loaded set made ready for the plan: its LoRAs merged (:func:`apply_lora`), then, with ``fp8``, the blocks'
+    weights stored in fp8 (after the merge: a merge needs the full-precision weights)."""
+    apply_lora(models, plan)
+    if plan.req.fp8:
+        from ..models.wan import transformer_to_fp8
+
+        saved = transformer_to_fp8(models.transformer)
+        log.info("fp8 weight storage of the transformer blocks: %.2f GB saved", saved / 1e9)
+    return models
+
+
 def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True) -> V3Models:
     """The set's networks (``files``: :func:`model_files`) on ``device`` in ``dtype`` (wav2vec2: fp32 on the CPU);
     ``clip``: also CLIP-vision (kept for the following requests). Every change of the transformer's weights (a LoRA
-    merge) belongs here: :func:`render_v3` compiles the blocks (``compile``) after this returns."""
+    merge, fp8 storage) belongs after it, in :func:`ready_models`: :func:`render_v3` compiles the blocks (``compile``)
+    after that."""
     from ..audio.wav2vec import load_wav2vec
     from ..models.wan import load_v3_transformer
     from ..models.wan.vae import load_wan_vae
@@ -334,5 +352,5 @@ def run_v3(req: V3Request, progress=None) -> dict:
     dev = torch.device(req.device)
     prompt = encode_prompt(files["umt5"], req.prompt, cache_dir=Path(req.models) / "prompt_cache", device=dev, dtype=req.dtype)
     clip = clip_features(files["clip"], plan.ref_u8, device=dev, dtype=req.dtype)
-    out = render_v3(plan, apply_lora(load_v3(files, dev, req.dtype, clip=False), plan), progress, prompt=prompt, clip=clip)
+    out = render_v3(plan, ready_models(load_v3(files, dev, req.dtype, clip=False), plan), progress, prompt=prompt, clip=clip)
     return {**out, "seconds": round(time.time() - t0, 1)}

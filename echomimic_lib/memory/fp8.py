@@ -62,15 +62,15 @@ def check_fp8(device: torch.device | str) -> None:
 
 
 @torch.no_grad()
-def to_fp8(module: nn.Module, keep=KEEP) -> int:
-    """Convert every Linear / Conv2d weight of ``module`` (except the top-level ``keep`` layers) to fp8
-    storage in place; returns the bytes saved."""
+def to_fp8(module: nn.Module, keep=KEEP, include: tuple[str, ...] | None = None) -> int:
+    """Convert every Linear / Conv2d weight of ``module`` (except the top-level ``keep`` layers; with ``include``,
+    only the layers whose names start with one of its prefixes) to fp8 storage in place; returns the bytes saved."""
     if FP8 is None:
         check_fp8("cpu")
     saved = 0
     for name, m in module.named_modules():
         cls = _CLASSES.get(type(m))
-        if cls is None or name in keep:
+        if cls is None or name in keep or (include is not None and not name.startswith(include)):
             continue
         w = m.weight
         if _has_data(w) and w.abs().max().item() > FP8_MAX:
@@ -89,3 +89,8 @@ def _has_data(t: torch.Tensor) -> bool:
 
 def is_fp8(module: nn.Module) -> bool:
     return any(isinstance(m, (Fp8Linear, Fp8Conv2d)) for m in module.modules())
+
+
+def compute_param(module: nn.Module) -> torch.Tensor:
+    """The first parameter not stored in fp8: its device and dtype are the module's compute device and dtype."""
+    return next(p for p in module.parameters() if FP8 is None or p.dtype != FP8)

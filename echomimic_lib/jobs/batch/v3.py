@@ -2,7 +2,7 @@
 the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v3`` / ``render_v3``).
 
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
-``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``long-mode``, ``teacache``, ``no-color-transfer``, ``compile``,
+``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``long-mode``, ``teacache``, ``no-color-transfer``, ``compile``, ``fp8``,
 ``resumable`` (a long clip keeps its finished chunks: a retried row goes on from them; never hashed), ``models``
 (the models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, ``lora``, ``lora-strength`` (a
 Wan2.1 1.3B LoRA, or several separated by ``;`` with one strength or one each), plus ``name`` and ``kind``
@@ -11,7 +11,7 @@ Wan2.1 1.3B LoRA, or several separated by ``;`` with one strength or one each), 
 * Weights: an ``offline`` row whose set lacks files is an error row up front (the missing files listed, no worker
   touches it); otherwise the worker fetches what is missing (:mod:`echomimic_lib.io.hub`, each call staged in its own
   folder, so workers fetching one folder at once do not collide) before loading.
-* Rows with the same models folder, dtype, LoRAs (files and strengths, in order) and ``compile`` share one loaded set in a worker
+* Rows with the same models folder, dtype, LoRAs (files and strengths, in order), ``compile`` and ``fp8`` share one loaded set in a worker
   (transformer, VAE, wav2vec2, CLIP-vision). umT5 is never kept: the runner gives each row the distinct prompts of the
   batch's V3 rows on its folder (:func:`share_prompts`), and the first row a worker renders encodes those missing from
   the on-disk prompt cache with one umT5 load, writes them there and frees it before the set loads; with a warm cache
@@ -61,6 +61,7 @@ class V3Row:
     lora: str | tuple[str, ...] | None = None  # a Wan2.1 1.3B LoRA (as --lora), or several; rows with LoRAs load their own set
     lora_strength: float | tuple[float, ...] = 1.0
     resumable: bool = False  # as --resumable: how the row is rendered, not what (results.NOT_HASHED)
+    fp8: bool = False  # as --fp8: the blocks' weights in fp8 (a loaded set of its own)
 
     @property
     def folder(self) -> Path:
@@ -81,7 +82,7 @@ class V3Row:
                          long_mode=self.long_mode,
                          color_transfer=self.color_transfer, device=str(device), dtype=dtype,
                          download=self.download and not self.smoke, lora=self.lora, lora_strength=self.lora_strength,
-                         compile=self.compile, resumable=self.resumable)
+                         compile=self.compile, resumable=self.resumable, fp8=self.fp8)
 
 
 ALIASES = {"no_color_transfer": ("color_transfer", True), "offline": ("download", True)}
@@ -135,7 +136,8 @@ def plan_v3_row(job) -> tuple[tuple, int]:
 
     lora = v3_lora_key(row)  # merged at load: a set of its own (every file and strength, in order)
     compiled = ("compiled",) if row.compile else ()  # compiled blocks are another set to keep; the key stays without
-    return (VERSION, str(row.folder), row.dtype) + lora + compiled, int(plan.frames)
+    fp8 = ("fp8",) if row.fp8 else ()  # so are fp8 weights
+    return (VERSION, str(row.folder), row.dtype) + lora + compiled + fp8, int(plan.frames)
 
 
 def prepare_smoke(jobs) -> None:
@@ -166,7 +168,7 @@ def render_v3_job(job, cache, progress=None) -> dict:
     from ...audio.wav2vec import FPS
     from ...devices import resolve_device, resolve_dtype
     from ...io.video_writer import _as_uint8
-    from ..animate_v3 import apply_lora, encode_prompts, load_v3, model_files, plan_v3, render_v3
+    from ..animate_v3 import encode_prompts, load_v3, model_files, plan_v3, ready_models, render_v3
 
     row = job.request
     device = resolve_device(row.device)
@@ -177,7 +179,7 @@ def render_v3_job(job, cache, progress=None) -> dict:
     if cache.key != job.weight_key:  # as the single command: the old set goes, umT5 comes and goes, then the networks
         cache.clear()
     encoded = encode_prompts(files["umt5"], [row.prompt, *job.prompts], Path(req.models) / "prompt_cache", device, dtype)
-    models = cache.get(job.weight_key, lambda: apply_lora(load_v3(files, device, dtype), plan))
+    models = cache.get(job.weight_key, lambda: ready_models(load_v3(files, device, dtype), plan))
     digest = hashlib.sha256()
     out = render_v3(plan, models, progress, on_frames=lambda block: digest.update(_as_uint8(block).tobytes()))
     return {"output": out["output"], "frames": out["frames"], "fps": FPS, "device": str(device), "size": out["size"],

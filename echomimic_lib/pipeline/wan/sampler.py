@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...memory.fp8 import compute_param
 from ...models.wan import vae as wan_vae
 from .color import color_transfer
 from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, flow_unipc
@@ -112,7 +113,7 @@ def sample_latents(model, y, prompt_embeds, clip_features, audio_windows, settin
                    noise: torch.Tensor | None = None, trace=None, on_step=None) -> tuple[torch.Tensor, list]:
     """The denoising loop. ``trace(name, tensor)`` sees per-step cond/uncond/guided predictions and latents;
     ``on_step(done, total)`` is called after each step (progress; it may raise to cancel)."""
-    p = next(model.parameters())
+    p = compute_param(model)  # not an fp8-stored weight
     dev, dtype = p.device, p.dtype
     lat = (noise if noise is not None else _noise(settings, (1, model.cfg.out_dim, *y.shape[2:]))).to(dev, torch.float32)
     y, ctx, clip = y.to(dev, dtype), prompt_embeds.to(dev, dtype), clip_features.to(dev, dtype)
