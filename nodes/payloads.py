@@ -94,7 +94,7 @@ class PoseTrack:
         # continue needs the speech (the sampler passes its AUDIO); without it, or without a gesture in the
         # sequence, it falls back to ping-pong and says so in the log
         seq = retime_pose_sequence(self.sequence, num_frames, fps, self.retime, audio=audio)
-        seq = stabilize_poses(seq, self.stabilize)
+        seq = stabilize_poses(seq, self.stabilize, flag="stabilize")  # a folder saved stabilized: not twice (warns)
         return FrameCondition(num_frames, lambda sel: draw_hands_batch(seq, sel, (width, height)))
 
 

@@ -105,8 +105,8 @@ def test_short_dropouts_are_filled_so_fingers_do_not_blink(seqs):
     assert before > 300  # the simulation does drop points
     after = {lv: _blinks(stabilize_poses(raw, lv)) for lv in LEVELS}
     assert after["light"] < before / 2 and after["medium"] < before / 15 and after["strong"] < before / 15
-    # what is left: dropouts at the clip's first frames (no seen frame before them), overlapping ones longer than
-    # max_gap, and points crossing the frame's edge (6 in the clean detection)
+    # what is left: overlapping dropouts longer than max_gap (at the clip's ends too) and points crossing the
+    # frame's edge (6 in the clean detection)
     assert after["strong"] <= after["medium"] <= after["light"]
     out = stabilize_poses(raw, "medium")
     pts, sc = _flat(out)

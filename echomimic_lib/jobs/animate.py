@@ -128,7 +128,7 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
             frames = conditions_from_pkl_folder(src, num_frames, (w, h), parts=parts, retime_policy=policy,
                                                 stabilize=req.stabilize)
         elif is_sequence_file(src):  # saved by `echomimic landmarks VIDEO`: the conditions that video gives
-            driver = stabilize_landmarks(load_driver_sequence(src), req.stabilize)
+            driver = stabilize_landmarks(load_driver_sequence(src), req.stabilize, name=f"--landmarks {src}")
             frames = conditions_from_driver(driver, prep.image, num_frames, (w, h), parts=parts,
                                             retime_policy=policy, out_fps=settings.fps, model_path=req.mediapipe_model)
         else:
@@ -159,8 +159,9 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
         seq = retime_pose_sequence(seq, num_frames, settings.fps, req.retime, audio=req.audio, library=req.gesture_library,
                                    seed=int(settings.seed), expressiveness=float(req.expressiveness))
     # --stabilize: on the frames that are drawn, after retiming (fps = the video's, the seams of a loop or a
-    # continuation smoothed too) and after the alignment (which takes one median transform); "off" keeps seq
-    seq = stabilize_poses(seq, req.stabilize)
+    # continuation smoothed too) and after the alignment (which takes one median transform); "off" keeps seq, and
+    # a file saved stabilized by `echomimic poses --stabilize` is not smoothed twice
+    seq = stabilize_poses(seq, req.stabilize, name=f"--pose {req.pose}")
     return Conditioned(prep.image, FrameCondition(len(seq), lambda idx: draw_hands_batch(seq, idx, (w, h))), prep.crop)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import EchoMimicError
 from ..io.file_safety import publish, temp_beside, write_text_atomic
 from ..io.safe_pickle import load_pickle
+from ..temporal import saved_stabilized
 from .sequence import LandmarkSequence
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,11 @@ def load_pkl_folder(folder: str | Path, image_size: tuple[int, int] = (512, 512)
 
 
 def _meta(seq: LandmarkSequence) -> dict:
-    return {"format": FORMAT, "version": FORMAT_VERSION, "image_size": list(seq.image_size),
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "image_size": list(seq.image_size),
             "policy": seq.policy, "fps": seq.fps, "blendshape_names": list(seq.blendshape_names)}
+    if seq.stabilized != "off":  # `echomimic landmarks --stabilize`: animate does not steady them twice
+        meta["stabilized"] = seq.stabilized
+    return meta
 
 
 def save_sequence(path: str | Path, seq: LandmarkSequence) -> Path:
@@ -123,7 +127,8 @@ def load_sequence(path: str | Path) -> LandmarkSequence:
     if "blendshapes" in arrays:
         arrays["blendshapes"] = arrays["blendshapes"].astype(np.float32)
     return LandmarkSequence(image_size=tuple(meta.get("image_size", (512, 512))), policy=meta.get("policy", "fail"),
-                            fps=meta.get("fps"), blendshape_names=list(meta.get("blendshape_names", [])), **arrays)
+                            fps=meta.get("fps"), blendshape_names=list(meta.get("blendshape_names", [])),
+                            stabilized=saved_stabilized(meta.get("stabilized"), path), **arrays)
 
 
 def is_sequence_file(path) -> bool:

@@ -26,6 +26,7 @@ class LandmarkSequence:
     face_counts: np.ndarray | None = None             # (F,) int: faces found per frame
     policy: str = "fail"                              # how invalid frames were filled
     fps: float | None = None
+    stabilized: str = "off"                           # the --stabilize level the points were steadied at (saved too)
 
     def __post_init__(self):
         self.lmks = np.asarray(self.lmks, dtype=np.float64)

@@ -21,8 +21,11 @@ angle moves the face's edge by that many pixels) and the translation by the mesh
 
 Frames where the detector found no single face (``valid`` False) are not fed to the filter and come back as the
 bad-frame policy filled them; gaps of up to ``max_gap`` frames are bridged by :func:`fill_gaps` so that the filter
-does not restart after a one-frame dropout. Blendshape scores are not drawn and are kept as they are. ``"off"``
-returns the input object itself (parity).
+does not restart after a one-frame dropout. A run of at most ``max_gap`` such frames at the clip's start or end
+(the detector warming up) is given the nearest seen frame's steadied values (held, not extrapolated), so the face
+does not jump where it comes in. Blendshape scores are not drawn and are kept as they are. ``"off"`` returns the
+input object itself (parity). The result records its level (``stabilized``, saved with it): a sequence already
+steadied is not steadied again (one warning; see :func:`stabilize_landmarks`).
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..temporal import check_level
-from ..temporal.keypoints import OneEuro, fill_gaps, one_euro
+from ..temporal import check_level, skip_second_pass
+from ..temporal.keypoints import OneEuro, end_runs, fill_gaps, one_euro
 from .geometry import similarity_fit
 from .parts import MOTION_PARTS, RIGID
 from .sequence import LandmarkSequence
@@ -141,11 +144,20 @@ def _smooth_pose(trans_mat: np.ndarray, fps: float, preset: Preset, valid: np.nd
     return out
 
 
-def stabilize_landmarks(seq: LandmarkSequence, level: str, fps: float | None = None) -> LandmarkSequence:
+REDO = ("extract them again with `echomimic landmarks VIDEO -o FILE --stabilize LEVEL` (or --stabilize off, to steady "
+        "them here), or give the driving video itself")
+
+
+def stabilize_landmarks(seq: LandmarkSequence, level: str, fps: float | None = None, name: str | None = None,
+                        flag: str = "--stabilize") -> LandmarkSequence:
     """``seq`` with its landmarks, mesh and pose steadied at ``level`` (see the module). ``"off"``: ``seq`` itself.
-    ``fps``: the frame rate when the sequence has none (default 24, the driving videos' usual rate)."""
+    ``fps``: the frame rate when the sequence has none (default 24, the driving videos' usual rate). A sequence
+    already steadied (``seq.stabilized``, e.g. a file saved by ``echomimic landmarks --stabilize``) is returned as
+    it is, with one warning naming ``name`` (the file) and ``flag``."""
     check_level(level)
     if level == "off" or len(seq) < 3:
+        return seq
+    if skip_second_pass(seq.stabilized, level, name or "the landmark sequence", REDO, flag):
         return seq
     preset = PRESETS[level]
     rate = float(seq.fps or fps or 24.0)
@@ -161,9 +173,12 @@ def stabilize_landmarks(seq: LandmarkSequence, level: str, fps: float | None = N
             mean = seq.lmks3d[valid].mean(axis=0)
             radius = float(np.sqrt(((mean - mean.mean(axis=0)) ** 2).sum(axis=1).mean())) * scale
             trans_mat = _smooth_pose(seq.trans_mat, rate, preset, valid, max(radius, 1.0), scale)
-    def keep(new, old):  # unseen frames exactly as given (no round trip through the pixel scale)
-        return None if old is None else np.where(valid.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+    edge, seen, near = end_runs(valid, preset.max_gap), np.flatnonzero(valid), np.arange(len(seq))
+    near[edge] = np.where(near[edge] < seen[0], seen[0], seen[-1])  # a short run at an end: its nearest seen frame
+
+    def keep(new, old):  # unseen frames exactly as given (no round trip through the pixel scale), but the ends
+        return None if old is None else np.where((valid | edge).reshape((-1,) + (1,) * (old.ndim - 1)), new[near], old)
 
     return replace(seq, lmks=keep(lmks, seq.lmks), lmks3d=keep(lmks3d, seq.lmks3d),
                    trans_mat=keep(trans_mat, seq.trans_mat), valid=valid.copy(),
-                   face_counts=np.array(seq.face_counts, copy=True))
+                   face_counts=np.array(seq.face_counts, copy=True), stabilized=level)

@@ -8,6 +8,7 @@ frame, each a 0-d object array holding a dict::
     hands_score (2n, 21), faces (n, 68, 2), faces_score (n, 68)
     num               frame number (optional here)
     draw_pose_params  [imh, imw, row_begin, row_end, col_begin, col_end]
+    stabilized        the --stabilize level, in every frame (optional: written by ``echomimic poses --stabilize``)
 
 Files are read through the allow-list unpickler (:func:`echomimic_lib.io.safe_pickle.load_npy`), never with
 numpy's free unpickling: a file that would build anything but arrays/dicts/lists/numbers is refused and named.
@@ -32,6 +33,7 @@ import numpy as np
 from ..errors import EchoMimicError, UnsafeFileError
 from ..io.file_safety import publish, temp_beside
 from ..io.safe_pickle import load_npy
+from ..temporal import saved_stabilized
 from .sequence import ARRAY_FIELDS, DEFAULT_CANVAS, DEFAULT_FPS, PoseSequence, check_draw_pose_params
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def parse_released_frame(d, where: str, on_nan: str = "hide", canvas_size=(DEFAU
         raise EchoMimicError(f"{where}: draw_pose_params is not a list of 6 integers ({exc}).") from exc
     if params.shape != (6,) or not np.isfinite(params).all() or (params != np.round(params)).any():
         raise EchoMimicError(f"{where}: draw_pose_params must be 6 integers [imh, imw, rb, re, cb, ce], got {d['draw_pose_params']!r}.")
-    notes = {"multi": n > 1, "empty": n == 0, "nan": False}
+    notes = {"multi": n > 1, "empty": n == 0, "nan": False, "stabilized": d.get("stabilized")}
     if n == 0:  # nobody in this frame: keep a frame where nothing is drawn
         frame = _empty_frame()
     else:
@@ -232,17 +234,20 @@ def load_released_folder(
         if on_gap == "error":
             raise EchoMimicError(msg + "; fill in the missing frames or load with on_gap='warn' to play the frames in order.")
         log.warning("%s; the frames are used in order.", msg)
-    frames = []
+    frames, levels = [], set()
     for num, path in files:
         frame, notes = parse_released_frame(load_npy(path), str(path), on_nan, cs)
         frame["frame_ids"] = np.int64(num)
+        levels.add(saved_stabilized(notes["stabilized"], path))
         for key, lst in (("nan", report.nan_frames), ("multi", report.multi_person_frames), ("empty", report.empty_frames)):
             if notes[key]:
                 lst.append(num)
         frames.append(frame)
     if report.nan_frames or report.multi_person_frames or report.empty_frames:
         log.warning("%s", report.summary())
-    seq = PoseSequence.from_frames(frames, fps=fps, canvas_size=cs, source=str(folder))
+    # steadied by `echomimic poses --stabilize` when every frame says so at one level (a mixed folder: as unsteadied)
+    seq = PoseSequence.from_frames(frames, fps=fps, canvas_size=cs, source=str(folder),
+                                   stabilized=levels.pop() if len(levels) == 1 else "off")
     seq.report = report
     return seq
 
@@ -258,6 +263,8 @@ def save_released_folder(seq: PoseSequence, folder: str | Path, overwrite: bool 
     for i in range(len(seq)):
         d = seq.frame_dict(i)
         d["num"] = i
+        if seq.stabilized != "off":  # a key the reference's readers ignore; animate does not steady it twice
+            d["stabilized"] = seq.stabilized
         holder = np.empty((), dtype=object)
         holder[()] = d
         tmp = temp_beside(folder / f"{i}.npy", ".partial.npy")
@@ -290,6 +297,8 @@ def save_pose_npz(seq: PoseSequence, path: str | Path) -> Path:
     if path.suffix != ".npz":
         path = path.with_suffix(".npz")
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "fps": seq.fps, "canvas_size": list(seq.canvas_size), "source": seq.source}
+    if seq.stabilized != "off":  # `echomimic poses --stabilize`: animate does not steady it twice
+        meta["stabilized"] = seq.stabilized
     tmp = temp_beside(path, ".partial.npz")  # unique, beside a link's target (publish writes through the link)
     try:
         np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
@@ -326,7 +335,8 @@ def load_pose_npz(path: str | Path) -> PoseSequence:
     if missing:
         raise EchoMimicError(f"{path}: missing arrays {', '.join(missing)}.")
     arrays = {n: data[n] for n in ARRAY_FIELDS}
-    return PoseSequence(**arrays, fps=meta["fps"], canvas_size=tuple(meta["canvas_size"]), source=meta.get("source", str(path)))
+    return PoseSequence(**arrays, fps=meta["fps"], canvas_size=tuple(meta["canvas_size"]), source=meta.get("source", str(path)),
+                        stabilized=saved_stabilized(meta.get("stabilized"), path))
 
 
 def load_pose(path: str | Path, **kwargs) -> PoseSequence:

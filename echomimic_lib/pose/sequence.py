@@ -20,7 +20,8 @@ Fields (F = number of frames):
 =====================  =================  ===========================================================
 
 Metadata: ``fps`` (frame rate of the source; the released demo poses are 24 fps), ``canvas_size`` (W, H) of
-the canvas the draw_pose_params refer to (768 x 768 for the released demos), ``source`` (a description).
+the canvas the draw_pose_params refer to (768 x 768 for the released demos), ``source`` (a description),
+``stabilized`` (the ``--stabilize`` level the hands were steadied at: :mod:`.stabilize`; "off" when not).
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ class PoseSequence:
     fps: float = DEFAULT_FPS
     canvas_size: tuple[int, int] = (DEFAULT_CANVAS, DEFAULT_CANVAS)
     source: str = ""
+    stabilized: str = "off"  # the --stabilize level the hands were steadied at (saved with them)
     report: Any = field(default=None, repr=False)  # load / extraction report (not saved, not compared)
 
     def __post_init__(self):

@@ -13,7 +13,10 @@ flicker. :func:`stabilize_poses` works on the whole sequence with the shared key
 - **Dropouts.** A run of at most ``max_gap`` unseen frames between two seen ones is filled by linear
   interpolation, positions and scores, so a finger does not blink out. A run of at most ``max_blip`` seen frames
   between unseen ones (a hand flashing in for a frame) keeps its positions but gets the scores of its unseen
-  neighbours interpolated across it: it stays below the threshold, as the rest of the absence.
+  neighbours interpolated across it: it stays below the threshold, as the rest of the absence. The clip's ends
+  are treated alike, holding the nearest frame instead of interpolating: a hand missing for at most ``max_gap``
+  first (or last) frames and then seen is held at its first (last) seen pose, so it does not pop in; one seen for
+  at most ``max_blip`` first (or last) frames and then absent is kept dark. A longer absence stays absent.
 - **Smoothing.** Seen positions are filtered in pixels of a 768-px draw area (so ``beta`` means the same at every
   output size) and seen scores with a slower, speed-independent low-pass, so the drawn brightness does not
   flicker. Both are convex averages of seen samples, so a seen score stays above the threshold and nothing
@@ -24,7 +27,10 @@ flicker. :func:`stabilize_poses` works on the whole sequence with the shared key
   Faces are neither drawn nor used after the crop and are kept as they are.
 
 ``"off"`` returns the very same sequence object (parity). Everything else is kept: frame ids, draw_pose_params,
-fps, canvas size; ``source`` gains `` [stabilized: LEVEL]``.
+fps, canvas size; ``source`` gains `` [stabilized: LEVEL]`` and ``stabilized`` is LEVEL (saved with the poses). A
+sequence already steadied is not steadied again (one warning): a file from ``echomimic poses --stabilize`` keeps
+its level through loading, retiming and alignment; one carried on with gestures (retime ``continue`` past its end)
+is a new sequence and is steadied as a whole.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..temporal import check_level
+from ..temporal import check_level, skip_second_pass
 from ..temporal.keypoints import OneEuro, fill_gaps, one_euro
 from .dwpose import KEYPOINT_THRESHOLD
 from .sequence import PoseSequence
@@ -73,7 +79,7 @@ def seen_hand_points(hands: np.ndarray, hands_score: np.ndarray) -> np.ndarray:
 def _keep_blips_dark(scores: np.ndarray, seen: np.ndarray, max_blip: int) -> np.ndarray:
     """Scores of seen runs of at most ``max_blip`` frames between unseen ones, interpolated from those unseen
     neighbours and kept at or below the threshold: the run becomes unseen like the absence around it."""
-    filled, dark = fill_gaps(scores, ~seen, max_blip)
+    filled, dark = fill_gaps(scores, ~seen, max_blip, ends=True)
     blip = seen & dark  # seen, and now filled in from the unseen frames around it
     return np.where(blip, np.minimum(filled, SEEN_SCORE), scores)
 
@@ -90,17 +96,25 @@ def stabilize_hands(hands, hands_score, fps: float, s: PoseStabilizer) -> tuple[
     pts, sc = hands.reshape(f, 42, 2), scores.reshape(f, 42)
     sc = _keep_blips_dark(sc, seen_hand_points(pts, sc), s.max_blip)
     seen = seen_hand_points(pts, sc)
-    sc, _ = fill_gaps(sc, seen, s.max_gap)
-    pts, seen = fill_gaps(pts, seen, s.max_gap)  # seen from here on: the filled samples too
+    sc, _ = fill_gaps(sc, seen, s.max_gap, ends=True)
+    pts, seen = fill_gaps(pts, seen, s.max_gap, ends=True)  # seen from here on: the filled samples too
     pts = _smooth_points(pts, seen, fps, s.points)
     sc = one_euro(sc, fps, s.scores, seen)
     return pts.reshape(hands.shape), sc.reshape(scores.shape)
 
 
-def stabilize_poses(seq: PoseSequence, level: str) -> PoseSequence:
+REDO = ("write them again with `echomimic poses ... -o OUT --stabilize LEVEL` (or --stabilize off, to steady them "
+        "here)")
+
+
+def stabilize_poses(seq: PoseSequence, level: str, name: str | None = None, flag: str = "--stabilize") -> PoseSequence:
     """``seq`` with steadier hands (and body points) at ``level`` (``off``, ``light``, ``medium``, ``strong``);
-    ``off`` returns ``seq`` itself. See the module notes for what is changed and what is kept."""
+    ``off`` returns ``seq`` itself. See the module notes for what is changed and what is kept. A sequence already
+    steadied (``seq.stabilized``: saved by ``echomimic poses --stabilize``) is returned as it is, with one warning
+    naming ``name`` (default: ``seq.source``) and ``flag``."""
     if check_level(level) == "off":
+        return seq
+    if skip_second_pass(seq.stabilized, level, name or seq.source or "the pose sequence", REDO, flag):
         return seq
     s = LEVELS[level]
     hands, hands_score = stabilize_hands(seq.hands, seq.hands_score, seq.fps, s)
@@ -108,4 +122,4 @@ def stabilize_poses(seq: PoseSequence, level: str) -> PoseSequence:
     body = _smooth_points(seq.body, body_seen, seq.fps, s.points)
     tag = f"[stabilized: {level}]"
     return replace(seq, hands=hands, hands_score=hands_score, body=body, report=seq.report,
-                   source=f"{seq.source} {tag}".strip())
+                   source=f"{seq.source} {tag}".strip(), stabilized=level)

@@ -12,7 +12,8 @@ averaged, so a steady motion comes out with no lag (what a lip-synced condition 
 Arrays are (F, N, D): F frames, N points, D coordinates (or (F, N): one value per point, e.g. detector scores).
 ``valid`` (F, N) or (F,) marks the samples the detector actually saw; the filter is not fed the others. It holds
 the last filtered value through them and restarts where the point comes back, and their values are passed
-through unchanged. :func:`fill_gaps` interpolates a short gap first, so that only long dropouts stay unseen.
+through unchanged. :func:`fill_gaps` interpolates a short gap first, so that only long dropouts stay unseen (and,
+asked to, holds a short run at the clip's start or end at the nearest seen value).
 """
 from __future__ import annotations
 
@@ -103,15 +104,31 @@ def one_euro(x, fps: float, settings: OneEuro, valid=None) -> np.ndarray:
     return out[:, :, 0] if flat else out
 
 
-def fill_gaps(x, valid, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
+def end_runs(valid, max_gap: int) -> np.ndarray:
+    """(F,) or (F, N), as ``valid``: the unseen frames before a point's first seen frame and after its last, where
+    that run is at most ``max_gap`` frames long (a detector warming up, a face leaving in the clip's last frames).
+    A point never seen has none."""
+    ok = np.asarray(valid, dtype=bool)
+    ok2 = ok[:, None] if ok.ndim == 1 else ok
+    f = len(ok2)
+    first = np.argmax(ok2, axis=0)
+    last = f - 1 - np.argmax(ok2[::-1], axis=0)
+    t = np.arange(f)[:, None]
+    out = ok2.any(axis=0) & (((t < first) & (first <= max_gap)) | ((t > last) & (f - 1 - last <= max_gap)))
+    return out[:, 0] if ok.ndim == 1 else out
+
+
+def fill_gaps(x, valid, max_gap: int, ends: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Linear interpolation over each run of at most ``max_gap`` unseen frames that has a seen frame on both sides,
-    point by point. Returns the tracks and the new ``valid`` (F, N); longer gaps and the clip's ends stay as they
-    were."""
+    point by point. With ``ends``, a run of at most ``max_gap`` unseen frames at the clip's start or end
+    (:func:`end_runs`) holds the nearest seen value (no extrapolation). Returns the tracks and the new ``valid``
+    (F, N); longer gaps (and without ``ends`` the clip's ends) stay as they were."""
     flat = np.asarray(x).ndim == 2
     x3, ok = _shape(x, valid)
     x3, ok = x3.copy(), ok.copy()
     if max_gap < 1:
         return (x3[:, :, 0] if flat else x3), ok
+    edge = end_runs(ok, max_gap) if ends else None
     for j in np.flatnonzero(~ok.all(axis=0) & ok.any(axis=0)):
         seen = np.flatnonzero(ok[:, j])
         for a, b in zip(seen[:-1], seen[1:]):
@@ -119,6 +136,10 @@ def fill_gaps(x, valid, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
                 w = (np.arange(a + 1, b) - a)[:, None] / (b - a)
                 x3[a + 1 : b, j] = (1.0 - w) * x3[a, j] + w * x3[b, j]
                 ok[a + 1 : b, j] = True
+        if edge is not None and edge[:, j].any():  # held at the first seen value before it, the last after it
+            e = np.flatnonzero(edge[:, j])
+            x3[e, j] = x3[np.where(e < seen[0], seen[0], seen[-1]), j]
+            ok[e, j] = True
     return (x3[:, :, 0] if flat else x3), ok
 
 
