@@ -191,3 +191,43 @@ def test_frames_without_timestamps_in_order_are_never_sought():
     index = video_io.FrameIndex()
     index.add(0, Frame(None, True))
     assert not index.seekable
+
+
+def _face_video(path, shared, n=16, size=256):
+    """``n`` frames of the shared driving video at ``size`` px, H.264 with B-frames and a keyframe every 4 frames."""
+    import av
+    import cv2
+
+    clip = VideoFrames(shared / "video" / "driving_a.mp4", n)
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        stream.options = {"crf": "14", "g": "4", "keyint_min": "4"}
+        for frame in clip:
+            image = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.mark.slow
+def test_a_ping_pong_dub_that_seeks_matches_the_whole_clip_path(tiny_comfy_models, shared_data, tmp_path, monkeypatch):
+    """A whole dub through the real source reader with room for 3 frames: the jumps back land on keyframes after the
+    first, and every output frame is that of the whole-clip path (the video decoded once from the start)."""
+    from echomimic_lib.jobs import dub, dub_stream
+    from echomimic_lib.jobs.dub import DubRequest, run_dub
+    from tests.test_dub_stream import TINY, _record, _speech, _whole_clip_frames
+
+    video = _face_video(tmp_path / "person.mp4", shared_data)
+    req = DubRequest(video=str(video), audio=str(_speech(tmp_path, shared_data, 1.2)), output=str(tmp_path / "o.mp4"),
+                     models=str(tiny_comfy_models / "echomimic"), **dict(TINY, context_frames=16))
+    monkeypatch.setattr(dub_stream, "WINDOW_BYTES", 3 * 256 * 256 * 3)
+    frames = dub.DubJob.frames
+    seen = _record(monkeypatch, (256, 256))
+    monkeypatch.setattr(dub.DubJob, "frames", frames)  # the real VideoFrames, not _record's counting generator
+    landed, seek = [], video_io._seek_near
+    monkeypatch.setattr(video_io, "_seek_near", lambda c, index, start: landed.append(seek(c, index, start)) or landed[-1])
+    assert run_dub(req)["frames"] == 29  # 1.2 s at 25 fps, cut to the 28 frames generated at 24 fps
+    monkeypatch.undo()
+    assert sorted({r[1] for r in landed if r}) == [4, 8]  # 0..15, then back to 2: seeks to the keyframes 8 and 4
+    assert np.array_equal(np.concatenate(seen["writes"]), _whole_clip_frames(req, seen["job"], seen["gen"]))
