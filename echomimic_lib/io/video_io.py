@@ -1,12 +1,19 @@
 """Video and audio file I/O through PyAV (no ffmpeg binary, no temp files in the user's folders)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from array import array
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from ..errors import EchoMimicError
+
+log = logging.getLogger(__name__)
 
 
 class NoVideoStream(EchoMimicError):
@@ -51,7 +58,8 @@ class VideoFrames:
     (width, height) and :attr:`estimated_frames`, the container's frame count (else duration x fps; 0 when it
     says neither), capped at ``max_frames``: a figure for a progress bar, not a promise. Each iteration decodes
     from the start; the file is closed when the iteration ends or its generator is closed. A file that is no
-    video, has no frames or cannot be decoded raises :class:`EchoMimicError` naming it."""
+    video, has no frames or cannot be decoded raises :class:`EchoMimicError` naming it. :meth:`frames_from` reads
+    from a given frame on, seeking to a keyframe that an earlier read of this object recorded in :attr:`index`."""
 
     def __init__(self, path: str | Path, max_frames: int | None = None):
         self.path, self.max_frames = path, max_frames
@@ -70,6 +78,7 @@ class VideoFrames:
         finally:
             container.close()
         self.estimated_frames = estimate if max_frames is None else min(estimate, max_frames)
+        self.index = FrameIndex()
 
     def __iter__(self):
         import av
@@ -89,6 +98,128 @@ class VideoFrames:
             container.close()
         if not n:
             raise EchoMimicError(f"{self.path}: the video has no frames.")
+
+    def frames_from(self, start: int) -> Iterator[np.ndarray]:
+        """Frames ``start``, ``start + 1``, ... (numbered as an iteration from the start numbers them; up to
+        ``max_frames``), the same arrays, bit for bit. Where an earlier read of this object has passed ``start``, the
+        file is sought to the nearest recorded keyframe at or before it and decoded from there, each frame matched to
+        its number by its timestamp; where a seek fails or lands elsewhere (no timestamps, no index, a codec that
+        cannot seek), or a timestamp after it differs from the one recorded, it decodes from the start instead."""
+        import av
+
+        try:
+            for frame in self._decoded_from(int(start)):
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise EchoMimicError(f"{self.path}: the video cannot be decoded ({exc}); the file is damaged or "
+                                 "truncated. Re-export it and try again.") from exc
+
+    def _decoded_from(self, start: int):
+        """The decoded frames ``start``, ... (PyAV frames): after a seek while the timestamps match, else from the start."""
+        import av
+
+        index, n, end = self.index, 0, self.max_frames
+        container = _open(self.path)
+        try:
+            landed = _seek_near(container, index, start) if 0 < start and index.seekable else None
+            if landed is False:  # sought, but not near frame start: from the start of a file opened anew
+                container.close()
+                container = _open(self.path)
+            elif landed is not None:
+                frames, n, first = landed
+                try:
+                    for frame in chain([first], frames):
+                        if end is not None and n >= end:
+                            return
+                        if frame is not first:
+                            index.decoded += 1
+                        if n < len(index.pts) and frame.pts != index.pts[n]:
+                            log.debug("%s: frame %d has timestamp %s after a seek, %s from the start; decoding from "
+                                      "the start", self.path, n, frame.pts, index.pts[n])
+                            break
+                        index.add(n, frame)
+                        if n >= start:
+                            yield frame
+                        n += 1
+                    else:
+                        if n >= len(index.pts):
+                            return
+                        log.debug("%s: the video ended at frame %d after a seek; decoding from the start", self.path, n)
+                except av.error.FFmpegError as exc:
+                    log.debug("%s: decoding after a seek failed at frame %d (%s); decoding from the start", self.path,
+                              n, exc)
+                container.close()
+                start, container = max(start, n), _open(self.path)
+            n = 0
+            for frame in container.decode(container.streams.video[0]):
+                if end is not None and n >= end:
+                    return
+                index.decoded += 1
+                index.add(n, frame)
+                if n >= start:
+                    yield frame
+                n += 1
+        finally:
+            container.close()
+
+
+@dataclass
+class FrameIndex:
+    """What reading a video in order has shown (:attr:`VideoFrames.index`): frame n's timestamp (``pts[n]``, in the
+    stream's time base) and which frames are keyframes, so that a later read can seek near a frame and match the
+    frames it decodes by their timestamps. ``seekable`` is False for a stream whose timestamps are missing or not
+    increasing (frames cannot be matched); ``decoded`` counts every frame the decoder made, all reads together."""
+    pts: array = field(default_factory=lambda: array("q"))
+    keys: list = field(default_factory=list)
+    seekable: bool = True
+    decoded: int = 0
+
+    def add(self, n: int, frame) -> None:
+        if n != len(self.pts) or not self.seekable:
+            return
+        if frame.pts is None or (n and frame.pts <= self.pts[-1]):
+            self.seekable = False
+            return
+        self.pts.append(frame.pts)
+        if frame.key_frame:
+            self.keys.append(n)
+
+    def key_at(self, pts) -> int | None:
+        """The number of the recorded keyframe with timestamp ``pts``, else None."""
+        n = bisect_left(self.pts, pts) if pts is not None else len(self.pts)
+        if n < len(self.pts) and self.pts[n] == pts:
+            k = bisect_left(self.keys, n)
+            return n if k < len(self.keys) and self.keys[k] == n else None
+        return None
+
+
+def _seek_near(container, index: FrameIndex, start: int):
+    """Seek ``container`` to the recorded keyframe nearest before frame ``start`` (then one or three keyframes earlier
+    where it lands after it): (the decoder's frames, n, frame n) with n <= ``start`` a recorded keyframe, the first
+    one decoded; None where there is no keyframe but the first to seek to, False where no seek gets there."""
+    stream = container.streams.video[0]
+    last = min(start, len(index.pts) - 1)
+    pos = bisect_right(index.keys, last) - 1
+    if pos < 0 or index.keys[pos] == 0:
+        return None
+    for p in (pos, pos - 1, pos - 3):
+        if p < 0 or index.keys[p] == 0:
+            break
+        try:
+            container.seek(int(index.pts[index.keys[p]]), stream=stream, backward=True, any_frame=False)
+            frames = container.decode(stream)
+            for frame in frames:
+                index.decoded += 1
+                if frame.pts is None or frame.pts > index.pts[last]:
+                    break
+                n = index.key_at(frame.pts)
+                if n is not None:
+                    return frames, n, frame
+        except Exception as exc:  # a container or codec that cannot seek
+            log.debug("%s: seeking to frame %d failed (%s); decoding from the start", container.name, start, exc)
+            return False
+    log.debug("%s: no seek landed at a keyframe at or before frame %d; decoding from the start", container.name, start)
+    return False
 
 
 def counted(frames, total: int, progress=None):

@@ -2,8 +2,10 @@
 
 - :class:`SourceWindow`: source frames by index, decoded from the file in order with only the last few held
   (:data:`WINDOW_BYTES`). The output walks the source in order (a cut, ``hold-last``, ``stretch``) or jumps back
-  (``loop``, ``ping-pong`` once the audio outlasts the video): a jump back to a frame no longer held decodes again from
-  the start, keeping the window's worth of frames that end at it, so a backward run costs one new decode per window.
+  (``loop``, ``ping-pong`` once the audio outlasts the video): a jump back to a frame no longer held reads the
+  window's worth of frames that end at it again, from the nearest keyframe before them (a seek,
+  :meth:`echomimic_lib.io.video_io.VideoFrames.frames_from`), so a backward run decodes each frame about once plus
+  one keyframe interval per window, whatever the video's length.
 - :class:`GeneratedCrops`: the generated crops (uint8) as the sampler hands them over, in memory or in a temporary
   ``.npy`` file beside the output (tracked as a partial file, so an interrupt removes it; :meth:`close` always does).
 - :func:`composite_frames`: each output frame composited as it is needed (paste-back, or the source frame itself
@@ -23,14 +25,17 @@ WINDOW_BYTES = 1 << 30  # decoded source frames kept for frames used again (abou
 
 
 class SourceWindow:
-    """``get(i)``: source frame ``i``; ``open_frames(upto)`` iterates the first ``upto`` frames from the start."""
+    """``get(i)``: source frame ``i``; ``open_frames(upto)`` iterates the first ``upto`` frames from the start. Where
+    what it returns has ``frames_from(start)`` (a :class:`~echomimic_lib.io.video_io.VideoFrames`), it is opened once
+    and a jump back reads from the window's first frame on (the file sought near it); else from the start."""
 
     def __init__(self, open_frames: Callable[[int], Iterable[np.ndarray]], upto: int, capacity: int):
         self.open_frames, self.upto, self.capacity = open_frames, int(upto), max(2, int(capacity))
         self.frames: OrderedDict[int, np.ndarray] = OrderedDict()
-        self.decoded = 0  # frames decoded in all (a jump back decodes some again)
+        self.decoded = 0  # frames read in all (a jump back reads some again)
         self._it: Iterator | None = None
         self._pos = 0
+        self._source = None  # the opened frames_from source, kept for its keyframe index
 
     def get(self, i: int) -> np.ndarray:
         i = int(i)
@@ -38,9 +43,8 @@ class SourceWindow:
             return self.frames[i]
         if not 0 <= i < self.upto:
             raise EchoMimicError(f"source frame {i} is outside the frames read (0..{self.upto - 1}).")
-        if self._it is None or i < self._pos:  # back to the start: keep the window that ends at i
-            self.close()
-            self._it, self._pos = iter(self.open_frames(self.upto)), 0
+        if self._it is None or i < self._pos:  # read again: keep the window that ends at i
+            self._restart(i)
         while self._pos <= i:
             frame = next(self._it, None)
             if frame is None:
@@ -52,6 +56,15 @@ class SourceWindow:
             if len(self.frames) > self.capacity:
                 self.frames.popitem(last=False)
         return self.frames[i]
+
+    def _restart(self, i: int) -> None:
+        self.close()
+        source = self._source if self._source is not None else self.open_frames(self.upto)
+        if hasattr(source, "frames_from"):
+            self._source, self._pos = source, max(0, i - self.capacity + 1)
+            self._it = iter(source.frames_from(self._pos))
+        else:
+            self._it, self._pos = iter(source), 0
 
     def close(self) -> None:
         if self._it is not None and hasattr(self._it, "close"):
