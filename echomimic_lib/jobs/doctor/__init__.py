@@ -21,7 +21,7 @@ from ...errors import EchoMimicError
 from ...modes import MODES, WEIGHT_SETS
 from .comfy_paths import comfy_folders
 from .environment import check_environment
-from .comfyui import check_comfyui, comfy_models_dir, comfy_sets, comfy_vae
+from .comfyui import check_comfyui, comfy_models_dir, comfy_sets, comfy_vae, detectors_over_roots
 from .models import ALL_WEIGHTS, VARIANTS, V3_FOLDER, check_shared, check_v3, check_weight_set
 
 USABLE = ("ready", "tiny")
@@ -54,7 +54,7 @@ def diagnose(root, weights: str | None = None, variant: str | None = None, defau
                 for w in names for v in ([None] if w == V3_FOLDER else variants)]
     shared = check_shared(root, sets, default_root)
     if comfy_models is not None:
-        shared = [comfy_vae(p, folders) if p["part"] == "vae" else p for p in shared]
+        shared = detectors_over_roots([comfy_vae(p, folders) if p["part"] == "vae" else p for p in shared], folders, root)
     part = {p["part"]: p for p in shared}
     need_mp = any(s["weights"] in WEIGHT_SETS and s["weights"].startswith("v1") for s in sets)
     need_vae = any(s["weights"] in WEIGHT_SETS for s in sets)

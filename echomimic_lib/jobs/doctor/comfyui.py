@@ -194,6 +194,24 @@ def comfy_sets(folders: ComfyFolders, names, variants, default_root, usable) -> 
     return primary, sets
 
 
+def detectors_over_roots(shared: list[dict], folders: ComfyFolders, primary: Path) -> list[dict]:
+    """MediaPipe's and DWPose's rows as the nodes find them: in the first echomimic root holding them whole (the
+    nodes pass every root), else the models root's row (its fix lines point there)."""
+    from .detectors import dwpose_row, mediapipe_row
+
+    roots = [r for r in folders.roots(ECHOMIMIC) if r.is_dir()]
+    out = []
+    for p in shared:
+        fn = {"mediapipe": mediapipe_row, "dwpose": dwpose_row}.get(p["part"])
+        for r in roots if fn is not None else ():
+            row = p if r == primary else fn(r)
+            if row["status"] == "ready":
+                p = dict(row, found_in=str(r), source=folders.source(ECHOMIMIC, r))
+                break
+        out.append(p)
+    return out
+
+
 def v3_fix(root: Path) -> str:
     return ("switch on auto_download in the EchoMimic V3 Loader (fetches only these three parts, about 7.2 GB), or: "
             f"echomimic download --weights v3-flash --models {shlex.quote(str(root))} (also fetches the command line's "
