@@ -169,6 +169,8 @@ def test_a_missing_vae_is_listed_once(comfy, tmp_path, capsys):
     vae = _part(report, "vae")
     assert rc == 0 and vae["path"] == str(tmp_path / "vaes" / "vae-ft-mse-840000-ema-pruned.safetensors")
     assert vae["source"] == f"{comfy / 'extra_model_paths.yaml'} (s)"
+    assert report["comfyui"]["modes"][0]["ready"] and not report["modes"][0]["ready"]  # the node takes it, animate not
+    assert "a file in a ComfyUI vae folder only" in report["modes"][0]["why"]
 
 
 def test_detectors_in_another_echomimic_root(comfy, tmp_path, capsys):

@@ -68,8 +68,12 @@ def diagnose(root, weights: str | None = None, variant: str | None = None, defau
     # the CLI's sets carry a missing VAE; with --comfyui the sets leave it out (the loader may take a vae file): once here
     if need_vae and (part["vae"]["status"] == "broken" or comfy_models is not None and part["vae"]["status"] != "ready"):
         problems.append(f"vae: {part['vae']['status']}")
-    vae_ok = part["vae"]["status"] == "ready" if comfy_models is not None else part["vae"]["status"] != "broken"
-    modes = runnable(sets, part["mediapipe"]["status"] == "ready", usable, vae_ok=vae_ok, vae_state=part["vae"]["status"])
+    vae, vae_ok = part["vae"], part["vae"]["status"] != "broken"
+    vae_state = vae["status"]
+    if comfy_models is not None:  # animate takes an sd-vae-ft-mse/ folder, never a file of ComfyUI's vae folders
+        vae_ok = vae["status"] == "ready" and not vae.get("source")
+        vae_state = "a file in a ComfyUI vae folder only (animate needs an sd-vae-ft-mse/ folder)" if vae.get("source") else vae_state
+    modes = runnable(sets, part["mediapipe"]["status"] == "ready", usable, vae_ok=vae_ok, vae_state=vae_state)
     report = {"models": str(root), "read_only": True, "strict": strict, "environment": env, "weight_sets": sets,
               "shared": shared, "modes": modes}
     if comfy_models is not None:

@@ -133,7 +133,13 @@ def _stray_v3(folders: ComfyFolders) -> list[str]:
 def v3_folders(roots: list[Path]) -> list[tuple[str, Path]]:
     """The EchoMimic V3 Loader's ``folder`` choices and the folder each opens: every sub-folder of an echomimic root
     holding the flash-pro file (else 'v3-flash'), each taken from the first root where it is a folder (find_named)."""
-    names = sorted({p.name for r in roots if r.is_dir() for p in r.iterdir() if (p / FLASH_FILE).is_file()}) or ["v3-flash"]
+    names = set()
+    for r in roots:
+        try:
+            names.update(p.name for p in r.iterdir() if (p / FLASH_FILE).is_file())
+        except OSError:  # not there, or unreadable: nothing to list (as the node's list)
+            continue
+    names = sorted(names) or ["v3-flash"]
     return [(n, next((r / n for r in roots if (r / n).is_dir()), roots[0] / n)) for n in names]
 
 
