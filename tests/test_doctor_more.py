@@ -264,31 +264,32 @@ def test_comfyui_install_per_workflow(comfy, capsys):
     rc, out = _run(capsys, "--comfyui", str(comfy), "--weights", "v3-flash")
     assert rc == 1 and "v3-flash/echomimicv3-flash-pro/diffusion_pytorch_model.safetensors" in out
     assert "auto_download in the EchoMimic V3 Loader" in out and "umt5-xxl/" not in out  # only the loader's parts
-    assert "does not read models/diffusion_models" in out and "extra_model_paths.yaml is there" in out
+    assert "does not read models/diffusion_models" in out and f"note: read {comfy / 'extra_model_paths.yaml'}" in out
 
 
 def test_comfyui_vae_folder_without_config_is_passed_over(comfy, capsys, monkeypatch):
     """Without models/echomimic/sd-vae-ft-mse, ComfyUI's models/vae (single files, no config.json, beside
-    models/echomimic) is not taken as the SD VAE folder: the loaders fall back to an ft-mse file there, and doctor
-    reports the VAE as missing with the download line (it used to be picked, and could not load)."""
+    models/echomimic) is not taken as the SD VAE folder: the loaders fall back to an ft-mse (or echomimic) file there,
+    and doctor reports that file, as the loader picks it (it used to be picked as a folder, and could not load).
+    A missing one: tests/test_doctor_extra_paths.py."""
     from tests._pack import sub
 
     models = comfy / "models"
     shutil.rmtree(models / "echomimic" / "sd-vae-ft-mse")
     report = diagnose(None, "v1_audio", "normal", imports=False, comfyui=comfy)
     vae = _part(report, "vae")
-    assert vae["status"] == "missing" and vae["path"] is None
-    assert "echomimic download" in vae["fix"] and "v1_audio normal: missing" in report["problems"] and not report["ok"]
-    mode = report["comfyui"]["modes"][0]
-    assert "vae" in mode["missing"] and any("'vae' input" in n for n in mode["notes"])
+    assert vae["status"] == "ready" and vae["path"] == str(models / "vae" / "echomimic_tiny_vae.safetensors")
+    assert report["ok"] and report["comfyui"]["modes"][0]["ready"], report["problems"]
     bridge = sub("nodes.comfy_bridge")  # the node loader, outside ComfyUI, on the same folder
     monkeypatch.setattr(bridge, "MODELS_DIR", models)
     pick = sub("nodes.loader")._pick_vae
     got = pick(models / "echomimic", "v1_audio", "normal", "auto")  # the ComfyUI fallback: a VAE file in models/vae
-    assert got is not None and got.is_file() and got.parent == models / "vae"
+    assert got == Path(vae["path"])
     (models / "echomimic" / "sd-vae-ft-mse").mkdir()
     (models / "echomimic" / "sd-vae-ft-mse" / "config.json").write_text("{}")
     assert pick(models / "echomimic", "v1_audio", "normal", "auto") == models / "echomimic" / "sd-vae-ft-mse"
+    assert _part(diagnose(None, "v1_audio", "normal", imports=False, comfyui=comfy), "vae")["path"] == str(
+        models / "echomimic" / "sd-vae-ft-mse")
 
 
 def test_comfyui_bad_arguments(tmp_path, capsys):

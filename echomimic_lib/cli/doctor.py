@@ -17,9 +17,13 @@ def _cmd_doctor(args) -> int:
 
     if args.models and args.comfyui:
         raise EchoMimicError("--models and --comfyui: give one (with --comfyui the models folder is its models/echomimic).")
+    if args.extra_model_paths and not args.comfyui:
+        raise EchoMimicError("--extra-model-paths: goes with --comfyui (the yaml files ComfyUI was started with through "
+                             "--extra-model-paths-config).")
     default = default_models_dir()
     root = Path(args.models).expanduser() if args.models else default
-    report = diagnose(root, args.weights, args.variant, default_root=default, strict=args.strict, comfyui=args.comfyui)
+    report = diagnose(root, args.weights, args.variant, default_root=default, strict=args.strict, comfyui=args.comfyui,
+                      extra_paths=args.extra_model_paths or ())
     if args.json:
         say(json.dumps(report, indent=2))
     else:
@@ -42,7 +46,11 @@ def add_commands(sub) -> None:
     d.add_argument("--variant", choices=["normal", "acc"], default=None,
                    help="V1/V2: check only this variant (default: both)")
     d.add_argument("--comfyui", metavar="PATH", help="a ComfyUI install (its folder, or its models folder): check its "
-                   "models/echomimic and the core folders the V3 workflows read (text_encoders, clip_vision, vae)")
+                   "echomimic folders and the core folders the V3 workflows read (text_encoders, clip_vision, vae), "
+                   "extra_model_paths.yaml's folders included")
+    d.add_argument("--extra-model-paths", metavar="FILE", action="append", default=[],
+                   help="with --comfyui: a yaml file ComfyUI is started with (--extra-model-paths-config FILE); "
+                   "repeatable. ComfyUI's own extra_model_paths.yaml is always read")
     d.add_argument("--strict", action="store_true", help="tiny random-weight sets count as not ready (exit 1), for "
                    "scripts that check a production machine")
     d.add_argument("--json", action="store_true", help="the report as JSON (for tools and scripts)")

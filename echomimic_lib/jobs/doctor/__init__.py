@@ -18,20 +18,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import EchoMimicError
-from ...models.wan.sources import COMFY_PARTS
 from ...modes import MODES, WEIGHT_SETS
+from .comfy_paths import comfy_folders
 from .environment import check_environment
-from .comfyui import check_comfyui, comfy_models_dir, v3_fix
+from .comfyui import check_comfyui, comfy_models_dir, comfy_sets, comfy_vae, detectors_over_roots
 from .models import ALL_WEIGHTS, VARIANTS, V3_FOLDER, check_shared, check_v3, check_weight_set
 
 USABLE = ("ready", "tiny")
 
 
 def diagnose(root, weights: str | None = None, variant: str | None = None, default_root=None, imports: bool = True,
-             strict: bool = False, comfyui=None) -> dict:
+             strict: bool = False, comfyui=None, extra_paths=()) -> dict:
     """The whole report as plain data (the ``--json`` output). ``weights`` / ``variant`` limit it to one render's needs;
-    ``strict``: tiny random-weight sets count as not ready; ``comfyui``: a ComfyUI folder (``root`` is then its
-    ``models/echomimic``, and its other model folders are checked too)."""
+    ``strict``: tiny random-weight sets count as not ready; ``comfyui``: a ComfyUI folder (``root`` is then unused: the
+    sets are looked for in its echomimic roots, as the nodes look, and its other model folders are checked too);
+    ``extra_paths``: the yaml files given to ComfyUI's --extra-model-paths-config (its own extra_model_paths.yaml is
+    read anyway)."""
     if weights is not None and weights not in ALL_WEIGHTS:
         raise EchoMimicError(f"--weights {weights}: choose one of {', '.join(ALL_WEIGHTS)}.")
     if variant is not None and variant not in VARIANTS:
@@ -39,15 +41,20 @@ def diagnose(root, weights: str | None = None, variant: str | None = None, defau
     if weights == V3_FOLDER and variant not in (None, "normal"):
         raise EchoMimicError(f"--variant {variant}: EchoMimicV3 flash-pro has one set of weights; drop --variant.")
     comfy_models = comfy_models_dir(comfyui) if comfyui is not None else None
-    root = comfy_models / "echomimic" if comfy_models is not None else Path(root).expanduser()
     usable = ("ready",) if strict else USABLE
     env = check_environment(imports=imports)
     names = [weights] if weights else list(ALL_WEIGHTS)
     variants = [variant] if variant else list(VARIANTS)
-    v3_only = (COMFY_PARTS, v3_fix(root)) if comfy_models is not None else ()  # ComfyUI: the V3 Loader's parts only
-    sets = [check_v3(root, default_root, *v3_only) if w == V3_FOLDER else check_weight_set(root, w, v, default_root)
-            for w in names for v in ([None] if w == V3_FOLDER else variants)]
+    if comfy_models is not None:  # where the nodes look: every echomimic root, in ComfyUI's order
+        folders = comfy_folders(comfyui, comfy_models, extra_paths)
+        root, sets = comfy_sets(folders, names, variants, default_root, usable)
+    else:
+        root = Path(root).expanduser()
+        sets = [check_v3(root, default_root) if w == V3_FOLDER else check_weight_set(root, w, v, default_root)
+                for w in names for v in ([None] if w == V3_FOLDER else variants)]
     shared = check_shared(root, sets, default_root)
+    if comfy_models is not None:
+        shared = detectors_over_roots([comfy_vae(p, folders) if p["part"] == "vae" else p for p in shared], folders, root)
     part = {p["part"]: p for p in shared}
     need_mp = any(s["weights"] in WEIGHT_SETS and s["weights"].startswith("v1") for s in sets)
     need_vae = any(s["weights"] in WEIGHT_SETS for s in sets)
@@ -58,19 +65,26 @@ def diagnose(root, weights: str | None = None, variant: str | None = None, defau
                  + (" (random weights; --strict)" if s["status"] == "tiny" else "") for s in sets if s["status"] not in usable]
     if need_mp and part["mediapipe"]["status"] != "ready":
         problems.append(f"mediapipe face landmarker: {part['mediapipe']['status']}")
-    if need_vae and part["vae"]["status"] == "broken":
-        problems.append("vae: broken")
-    modes = runnable(sets, part["mediapipe"]["status"] == "ready", usable, vae_ok=part["vae"]["status"] != "broken")
+    # the CLI's sets carry a missing VAE; with --comfyui the sets leave it out (the loader may take a vae file): once here
+    if need_vae and (part["vae"]["status"] == "broken" or comfy_models is not None and part["vae"]["status"] != "ready"):
+        problems.append(f"vae: {part['vae']['status']}")
+    vae, vae_ok = part["vae"], part["vae"]["status"] != "broken"
+    vae_state = vae["status"]
+    if comfy_models is not None:  # animate takes an sd-vae-ft-mse/ folder, never a file of ComfyUI's vae folders
+        vae_ok = vae["status"] == "ready" and not vae.get("source")
+        vae_state = "a file in a ComfyUI vae folder only (animate needs an sd-vae-ft-mse/ folder)" if vae.get("source") else vae_state
+    modes = runnable(sets, part["mediapipe"]["status"] == "ready", usable, vae_ok=vae_ok, vae_state=vae_state)
     report = {"models": str(root), "read_only": True, "strict": strict, "environment": env, "weight_sets": sets,
               "shared": shared, "modes": modes}
     if comfy_models is not None:
-        report["comfyui"] = check_comfyui(comfyui, comfy_models, sets, shared, usable)
+        report["comfyui"] = check_comfyui(comfyui, folders, sets, shared, usable)
+        problems += [f"comfyui {p}" for p in folders.problems]
         problems += [f"comfyui {c['part']}: {c['status']}" for c in report["comfyui"]["core"] if c["status"] != "ready"]
     report.update(problems=problems, ok=not problems)
     return report
 
 
-def runnable(sets: list[dict], mediapipe: bool, usable=USABLE, vae_ok: bool = True) -> list[dict]:
+def runnable(sets: list[dict], mediapipe: bool, usable=USABLE, vae_ok: bool = True, vae_state: str = "broken") -> list[dict]:
     """Each animate mode and variant among the checked sets: runnable now, or why not (``vae_ok``: the SD VAE the
     V1/V2 loaders take is not a broken one)."""
     by = {(s["weights"], s["variant"]): s for s in sets}
@@ -89,7 +103,7 @@ def runnable(sets: list[dict], mediapipe: bool, usable=USABLE, vae_ok: bool = Tr
             row = {"mode": mode.name, "variant": v, "weights": mode.weights, "ready": s["status"] in usable and vae_ok,
                    "status": s["status"], "note": note, "fix": s["fix"]}
             if s["status"] in usable and not vae_ok:
-                row["why"] = "the SD VAE is broken, see Shared parts"
+                row["why"] = f"the SD VAE is {vae_state}, see Shared parts"
             out.append(row)
     s = by.get((V3_FOLDER, None))
     if s is not None:

@@ -1,13 +1,16 @@
 """``echomimic doctor --comfyui PATH``: the model folders of a ComfyUI install that the pack's nodes read, and what
 each workflow kind (V1 audio, V1 landmark, V2, V3 flash-pro) finds there.
 
-The pack's own files live in ``models/echomimic`` (checked as the models folder, with the rest of the report). V3
-flash-pro in ComfyUI also needs three of core's files, loaded by core's nodes: the umT5 text encoder
-(``models/text_encoders``, or the older ``models/clip``; Load CLIP, type wan), the ViT-H vision tower
-(``models/clip_vision``; Load CLIP Vision) and the Wan 2.1 VAE (``models/vae``; Load VAE). The EchoMimic V3 Loader
-itself reads only ``models/echomimic/<folder>/`` (base transformer, flash-pro file, wav2vec2), never
-``models/diffusion_models``. Only the default folders are looked at: roots that ``extra_model_paths.yaml`` adds are
-not read (said in the report when that file is there). Read-only: listings and a weight file's header.
+Every folder kind is looked up where ComfyUI looks: its default ``models/<folder>`` and every folder that
+``extra_model_paths.yaml`` (and the ``--extra-model-paths-config`` files) add, in ComfyUI's order
+(:mod:`.comfy_paths`); each file found is shown with the folder it came from. The pack's own files live in the
+``echomimic`` roots (the yaml's ``echomimic:`` folders, then ``models/echomimic``); the V1/V2 loader takes the first
+root holding a set, the EchoMimic V3 Loader any ``<root>/<folder>/`` holding the flash-pro file (its ``folder``
+list), never ``models/diffusion_models``. V3 flash-pro in ComfyUI also needs three of core's files, loaded by core's
+nodes: the umT5 text encoder (``text_encoders``, or the older ``clip``; Load CLIP, type wan), the ViT-H vision tower
+(``clip_vision``; Load CLIP Vision) and the Wan 2.1 VAE (``vae``; Load VAE). V1/V2's SD VAE is the set's
+``sd-vae-ft-mse/``, else (the loader's ``vae: auto``) a file in the ``vae`` folders named ``*ft-mse*`` or
+``*echomimic*``. Read-only: listings and a weight file's header.
 """
 from __future__ import annotations
 
@@ -17,18 +20,21 @@ import shlex
 from pathlib import Path
 
 from ...errors import EchoMimicError
-from .models import file_problem
+from ...models.wan.sources import COMFY_PARTS, V3_FOLDER
+from .comfy_paths import DEFAULT, ECHOMIMIC, ComfyFolders
+from .models import check_v3, check_weight_set, file_problem
 
 SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
-# the folders ComfyUI reads each kind from (folder_paths' defaults), and what the pack's workflows take from them
+FLASH_FILE = "echomimicv3-flash-pro/diffusion_pytorch_model.safetensors"  # nodes/v3.py: what makes a V3 Loader folder
+# the folder kinds shown, and what the pack's workflows take from them
 FOLDERS = (
-    ("echomimic", ("echomimic",), "V1/V2/V3: the pack's weights, MediaPipe, DWPose, poses/ (the models folder above)"),
-    ("vae", ("vae",), "V3: Wan 2.1 VAE (Load VAE); V1/V2: an SD VAE file may be picked in the loader"),
-    ("clip_vision", ("clip_vision",), "V3: clip_vision_h (Load CLIP Vision)"),
-    ("text_encoders", ("text_encoders", "clip"), "V3: umT5-xxl (Load CLIP, type wan)"),
-    ("diffusion_models", ("diffusion_models", "unet"), "not read by the pack (the V3 Loader reads models/echomimic/<folder>)"),
-    ("loras", ("loras",), "V3: Wan2.1 1.3B LoRAs (EchoMimic V3 LoRA node, optional)"),
+    ("echomimic", "V1/V2/V3: the pack's weights, MediaPipe, DWPose, poses/ (the models folder above)"),
+    ("vae", "V3: Wan 2.1 VAE (Load VAE); V1/V2: an SD VAE file may be picked in the loader"),
+    ("clip_vision", "V3: clip_vision_h (Load CLIP Vision)"),
+    ("text_encoders", "V3: umT5-xxl (Load CLIP, type wan)"),
+    ("diffusion_models", "not read by the pack (the V3 Loader reads <echomimic root>/<folder>)"),
+    ("loras", "V3: Wan2.1 1.3B LoRAs (EchoMimic V3 LoRA node, optional)"),
 )
 # (part, folder kind, name patterns (lower case, letters and digits only), the file the shipped workflows select, what)
 CORE = (
@@ -36,6 +42,7 @@ CORE = (
     ("clip_vision", "clip_vision", ("clipvisionh", "vith"), "clip_vision_h.safetensors", "CLIP ViT-H vision tower"),
     ("wan_vae", "vae", ("wan21vae",), "wan_2.1_vae.safetensors", "Wan 2.1 VAE"),
 )
+LOADER_NEED = ("reference", "denoiser", "motion", "cond", "whisper")  # nodes/loader.BASE_NEED: the VAE may come from elsewhere
 MAX_DIRS = 20000  # a listing guard (ComfyUI follows symlinks; so does this, up to here)
 
 
@@ -66,25 +73,33 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _folders(models: Path) -> list[dict]:
+def _root_of(roots: list[Path], f: Path) -> Path:
+    return next(r for r in roots if r == f or r in f.parents)
+
+
+def _folders(folders: ComfyFolders) -> list[dict]:
     rows = []
-    for kind, names, used in FOLDERS:
-        paths = [models / n for n in names]
-        there = [p for p in paths if p.is_dir()]
-        rows.append({"kind": kind, "paths": [str(p) for p in paths], "present": [str(p) for p in there],
-                     "files": sum(len(model_files(p)) for p in there) if kind != "echomimic" else None, "used_for": used})
+    for kind, used in FOLDERS:
+        roots = []
+        for p in folders.roots(kind):
+            there = p.is_dir()
+            roots.append({"path": str(p), "source": folders.source(kind, p), "present": there,
+                          "files": len(model_files(p)) if there and kind != ECHOMIMIC else None})
+        rows.append({"kind": kind, "paths": [r["path"] for r in roots], "present": [r["path"] for r in roots if r["present"]],
+                     "files": sum(r["files"] or 0 for r in roots) if kind != ECHOMIMIC else None, "roots": roots,
+                     "used_for": used})
     return rows
 
 
-def core_part(models: Path, part: str) -> dict:
-    """One of core's V3 files: the workflow's own name first, else any file whose name fits; a broken one is named."""
+def core_part(folders: ComfyFolders, part: str) -> dict:
+    """One of core's V3 files: the workflow's own name first (in the first folder holding it, as ComfyUI's
+    get_full_path), else any file whose name fits; a broken one is named; the folder it came from is said."""
     _, kind, patterns, wanted, what = next(c for c in CORE if c[0] == part)
-    names = next(f[1] for f in FOLDERS if f[0] == kind)
-    roots = [models / n for n in names]
+    roots = folders.roots(kind)
     dest = roots[0] / wanted
     fix = f"curl -L --create-dirs -o {shlex.quote(str(dest))} {REPACKAGED}/{kind}/{wanted}"
     row = {"part": part, "what": what, "folder": str(roots[0]), "status": "missing", "path": None, "bytes": 0,
-           "problem": None, "fix": fix, "workflow_file": wanted, "candidates": []}
+           "problem": None, "fix": fix, "workflow_file": wanted, "candidates": [], "found_in": None, "source": None}
     hits = [f for r in roots if r.is_dir() for f in model_files(r) if any(p in _norm(f.name) for p in patterns)]
     hits.sort(key=lambda f: f.name != wanted)  # the shipped workflows' file first
     row["candidates"] = [str(f) for f in hits]
@@ -92,7 +107,9 @@ def core_part(models: Path, part: str) -> dict:
     for f in hits:
         why = file_problem(f)
         if why is None:
-            row.update(status="ready", path=str(f), bytes=f.stat().st_size, fix=None)
+            root = _root_of(roots, f)
+            row.update(status="ready", path=str(f), bytes=f.stat().st_size, fix=None, found_in=str(root),
+                       source=folders.source(kind, root))
             if f.name != wanted:
                 row["problem"] = f"the shipped workflows select {wanted}: pick {f.name} in the loader instead"
             return row
@@ -103,12 +120,102 @@ def core_part(models: Path, part: str) -> dict:
     return row
 
 
-def _stray_v3(models: Path) -> list[str]:
-    """EchoMimicV3 files put into models/diffusion_models (or unet/), where the pack's V3 Loader never looks."""
-    found = [f for n in ("diffusion_models", "unet") if (models / n).is_dir() for f in model_files(models / n)
-             if "echomimic" in _norm(f.relative_to(models / n).as_posix())]
-    return [f"{f}: the EchoMimic V3 Loader does not read models/{f.relative_to(models).parts[0]}; its flash-pro file goes to "
-            f"models/echomimic/v3-flash/echomimicv3-flash-pro/diffusion_pytorch_model.safetensors" for f in found]
+def _stray_v3(folders: ComfyFolders) -> list[str]:
+    """EchoMimicV3 files put into the diffusion_models (or unet/) folders, where the pack's V3 Loader never looks."""
+    roots = [r for r in folders.roots("diffusion_models") if r.is_dir()]
+    found = [(r, f) for r in roots for f in model_files(r) if "echomimic" in _norm(f.relative_to(r).as_posix())]
+    where = {r: f"models/{r.name}" if folders.source("diffusion_models", r) == DEFAULT else f"{r} (a diffusion_models folder)"
+             for r in roots}
+    return [f"{f}: the EchoMimic V3 Loader does not read {where[r]}; its flash-pro file goes to "
+            f"{folders.roots(ECHOMIMIC)[0]}/v3-flash/{FLASH_FILE}" for r, f in found]
+
+
+def v3_folders(roots: list[Path]) -> list[tuple[str, Path]]:
+    """The EchoMimic V3 Loader's ``folder`` choices and the folder each opens: every sub-folder of an echomimic root
+    holding the flash-pro file (else 'v3-flash'), each taken from the first root where it is a folder (find_named)."""
+    names = set()
+    for r in roots:
+        try:
+            names.update(p.name for p in r.iterdir() if (p / FLASH_FILE).is_file())
+        except OSError:  # not there, or unreadable: nothing to list (as the node's list)
+            continue
+    names = sorted(names) or ["v3-flash"]
+    return [(n, next((r / n for r in roots if (r / n).is_dir()), roots[0] / n)) for n in names]
+
+
+def vae_file(folders: ComfyFolders) -> Path | None:
+    """The loader's ``vae: auto`` fallback (nodes/paths.default_vae_file): the first name, over the sorted names of
+    every vae folder, with 'ft-mse' or 'echomimic' in it, from the first folder holding it."""
+    roots = [r for r in folders.roots("vae") if r.is_dir()]
+    names = sorted({f.relative_to(r).as_posix() for r in roots for f in model_files(r)})
+    for name in names:
+        if "ft-mse" in name.lower() or "echomimic" in name.lower():
+            return next(r / name for r in roots if (r / name).is_file())
+    return None
+
+
+def comfy_vae(row: dict, folders: ComfyFolders) -> dict:
+    """The shared 'vae' row as the V1/V2 loader finds it in ComfyUI: the models root's sd-vae-ft-mse/ (``row``), else a
+    file in the vae folders."""
+    if row["status"] != "missing":  # root's own sd-vae-ft-mse/ (check_shared looked where the loader looks first)
+        return row
+    f = vae_file(folders)
+    if f is None:
+        where = folders.roots("vae")[0]
+        return dict(row, fix=f"{row['fix']}  (or put an SD ft-mse VAE file, e.g. vae-ft-mse-840000-ema-pruned.safetensors, "
+                              f"into {where})")
+    r = _root_of(folders.roots("vae"), f)
+    out = dict(row, what=row["what"] + " (here: the loader's vae 'auto' file)", path=str(f), bytes=f.stat().st_size,
+               missing=[], fix=None, found_in=str(r), source=folders.source("vae", r), status="ready")
+    if why := file_problem(f):
+        out.update(status="broken", broken=[{"path": str(f), "problem": why}], fix=f"rm -- {shlex.quote(str(f))}")
+    return out
+
+
+def comfy_sets(folders: ComfyFolders, names, variants, default_root, usable) -> tuple[Path, list[dict]]:
+    """Each asked-for set as the nodes find it over the echomimic roots (V1/V2: the first root holding the set's files;
+    V3: the V3 Loader's folder choices, the first usable one shown), and the root the shared parts are checked in
+    (the first set's, else the first root there)."""
+    roots = folders.roots(ECHOMIMIC)
+    sets, found = [], []
+    for w in names:
+        if w == V3_FOLDER:
+            choices = [(n, f, check_v3(f.parent, default_root, COMFY_PARTS, v3_fix(f.parent), folder=f))
+                       for n, f in v3_folders(roots)]
+            n, f, row = next((c for c in choices if c[2]["status"] in usable), choices[0])
+            r = _root_of(roots, f)
+            row.update(found_in=f"{f} (the V3 Loader's folder '{n}'; {folders.source(ECHOMIMIC, r)})",
+                       choices=[{"folder": c[0], "path": str(c[1]), "status": c[2]["status"]} for c in choices])
+            sets.append(row)
+            found += [r] if row["status"] != "missing" else []
+            continue
+        for v in variants:
+            rows = [(r, check_weight_set(r, w, v, default_root, need=LOADER_NEED)) for r in roots]
+            r, row = next((x for x in rows if x[1]["status"] != "missing"), rows[0])
+            if row["status"] != "missing":
+                row["found_in"] = f"{r} ({folders.source(ECHOMIMIC, r)})"
+                found.append(r)
+            sets.append(row)
+    primary = found[0] if found else next((r for r in roots if r.is_dir()), roots[0])
+    return primary, sets
+
+
+def detectors_over_roots(shared: list[dict], folders: ComfyFolders, primary: Path) -> list[dict]:
+    """MediaPipe's and DWPose's rows as the nodes find them: in the first echomimic root holding them whole (the
+    nodes pass every root), else the models root's row (its fix lines point there)."""
+    from .detectors import dwpose_row, mediapipe_row
+
+    roots = [r for r in folders.roots(ECHOMIMIC) if r.is_dir()]
+    out = []
+    for p in shared:
+        fn = {"mediapipe": mediapipe_row, "dwpose": dwpose_row}.get(p["part"])
+        for r in roots if fn is not None else ():
+            row = p if r == primary else fn(r)
+            if row["status"] == "ready":
+                p = dict(row, found_in=str(r), source=folders.source(ECHOMIMIC, r))
+                break
+        out.append(p)
+    return out
 
 
 def v3_fix(root: Path) -> str:
@@ -117,27 +224,24 @@ def v3_fix(root: Path) -> str:
             "own text and image encoders, about 13 GB more)")
 
 
-def check_comfyui(path, models: Path, sets: list[dict], shared: list[dict], usable=("ready", "tiny")) -> dict:
+def check_comfyui(path, folders: ComfyFolders, sets: list[dict], shared: list[dict], usable=("ready", "tiny")) -> dict:
     """The ComfyUI section: folders, core's V3 files, and per asked-for set what a workflow of that kind finds."""
     comfy = Path(path).expanduser()
-    core = [core_part(models, c[0]) for c in CORE] if any(s["weights"] == "v3-flash" for s in sets) else []
+    core = [core_part(folders, c[0]) for c in CORE] if any(s["weights"] == "v3-flash" for s in sets) else []
     part = {p["part"]: p for p in shared}
-    notes = _stray_v3(models)
-    if (comfy / "extra_model_paths.yaml").is_file():
-        notes.append(f"{comfy / 'extra_model_paths.yaml'} is there: the roots it adds are not checked (only ComfyUI's "
-                     "default folders are)")
+    notes = _stray_v3(folders) + [f"read {f}" for f in folders.files if not any(p.startswith(f"{f}:") for p in folders.problems)]
     labels = {"v1_audio": "V1 audio", "v1_pose": "V1 landmark", "v2": "V2"}
     modes = []
     for s in sets:
         if s["weights"] == "v3-flash":
             needs = [("v3-flash folder", s["status"] in usable)] + [(c["part"], c["status"] == "ready") for c in core]
             label, extra = "V3 flash-pro", []
-        else:
+        else:  # the set's own files and whisper; the VAE once, as the loader finds it
             needs = [(f"{s['weights']} {s['variant']} weights", s["status"] in usable), ("vae", part["vae"]["status"] == "ready")]
             label, extra = labels[s["weights"]], []
             if part["vae"]["status"] != "ready":
-                extra.append("or an SD ft-mse VAE file in models/vae (the loader's 'vae' input; 'auto' takes a name with "
-                             "'ft-mse' in it)")
+                extra.append("or an SD ft-mse VAE file in the vae folder (the loader's 'vae' input; 'auto' takes a name "
+                             "with 'ft-mse' in it)")
             if s["weights"].startswith("v1"):
                 needs.append(("mediapipe face landmarker", part["mediapipe"]["status"] == "ready"))
             elif part["dwpose"]["status"] != "ready":
@@ -146,5 +250,5 @@ def check_comfyui(path, models: Path, sets: list[dict], shared: list[dict], usab
             extra.append("tiny random weights: renders noise")
         modes.append({"mode": label, "variant": s["variant"], "ready": all(ok for _, ok in needs),
                       "missing": [n for n, ok in needs if not ok], "notes": extra})
-    return {"path": str(comfy), "models_dir": str(models), "folders": _folders(models), "core": core, "modes": modes,
-            "notes": notes}
+    return {"path": str(comfy), "models_dir": str(folders.models), "folders": _folders(folders), "core": core,
+            "modes": modes, "notes": notes, "extra_model_paths": {"files": folders.files, "problems": folders.problems}}

@@ -85,12 +85,13 @@ def _rel(root: Path, p: Path) -> str:
         return str(p)
 
 
-def check_weight_set(root: Path, weights: str, variant: str, default_root: Path | None = None) -> dict:
-    """One V1/V2 set and variant, resolved exactly as :func:`echomimic_lib.model_set.load_models` does."""
+def check_weight_set(root: Path, weights: str, variant: str, default_root: Path | None = None, need=None) -> dict:
+    """One V1/V2 set and variant, resolved exactly as :func:`echomimic_lib.model_set.load_models` does (``need``: only
+    these components, e.g. without the VAE, which the ComfyUI loader may take from elsewhere)."""
     root = Path(root)
     row = {"weights": weights, "variant": variant, "status": "ready", "missing": [], "broken": [], "bytes": 0, "fix": None}
     try:
-        found = resolve_files(root, weights, variant)
+        found = resolve_files(root, weights, variant, **({"need": need} if need else {}))
     except MissingWeightsError as err:  # what `echomimic download` would fetch: ensure_weights' own list
         fetch = [f for d in getattr(err, "details", []) for f in _downloads(root, weights, d)]
         row.update(status="missing", missing=[_rel(root, f.dest) for f in fetch],
@@ -108,10 +109,12 @@ def check_weight_set(root: Path, weights: str, variant: str, default_root: Path 
     return row
 
 
-def check_v3(root: Path, default_root: Path | None = None, parts: tuple[str, ...] | None = None, fix: str | None = None) -> dict:
-    """EchoMimicV3 flash-pro in ``root/v3-flash``, as :func:`echomimic_lib.model_set.resolve_v3` finds it (``parts``:
-    only these parts, e.g. the three the ComfyUI loader reads; ``fix``: the line that fills a gap, if not the download)."""
-    folder = Path(root) / V3_FOLDER
+def check_v3(root: Path, default_root: Path | None = None, parts: tuple[str, ...] | None = None, fix: str | None = None,
+             folder: Path | None = None) -> dict:
+    """EchoMimicV3 flash-pro in ``root/v3-flash`` (or ``folder``), as :func:`echomimic_lib.model_set.resolve_v3` finds it
+    (``parts``: only these parts, e.g. the three the ComfyUI loader reads; ``fix``: the line that fills a gap, if not
+    the download)."""
+    folder = Path(folder) if folder is not None else Path(root) / V3_FOLDER
     row = {"weights": V3_FOLDER, "variant": None, "status": "ready", "missing": [], "broken": [], "bytes": 0, "fix": None}
     fix = fix or download_command(V3_FOLDER, None, Path(root), default_root)
     try:
@@ -120,8 +123,9 @@ def check_v3(root: Path, default_root: Path | None = None, parts: tuple[str, ...
         row.update(status="broken", broken=[{"component": "index", "path": str(folder), "problem": str(exc)}], fix=fix)
         return row
     if missing:  # ensure_v3 fetches these (the index first; its shards in a second round)
-        files = [f"{V3_FOLDER}/{m.source.folder}/{n}" for m in missing for n in m.files]
-        files += [f"{V3_FOLDER}/{m.source.folder}/(the shards its index lists)" for m in missing if m.shards_unknown]
+        at = _rel(Path(root), folder)
+        files = [f"{at}/{m.source.folder}/{n}" for m in missing for n in m.files]
+        files += [f"{at}/{m.source.folder}/(the shards its index lists)" for m in missing if m.shards_unknown]
         row.update(status="missing", missing=files, fix=fix)
         return row
     found = {k: p for k, p in resolved_files(folder).items() if parts is None or k in parts}

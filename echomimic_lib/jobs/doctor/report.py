@@ -1,6 +1,8 @@
 """``echomimic doctor``'s table: the report of :func:`echomimic_lib.jobs.doctor.diagnose` as plain text lines."""
 from __future__ import annotations
 
+from .comfy_paths import DEFAULT
+
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} B"
@@ -37,6 +39,9 @@ def _set_lines(s: dict) -> list[str]:
     status = {"ready": f"ready ({_gib(s['bytes'])})", "tiny": "tiny random weights (smoke runs; they animate noise)",
               "missing": f"MISSING {len(s['missing'])} file(s)", "broken": "BROKEN"}[s["status"]]
     lines = [f"  {label:<18} {status}"]
+    lines += [f"      in {s['found_in']}"] if s.get("found_in") else []
+    if len(s.get("choices") or ()) > 1:
+        lines.append("      V3 Loader folders: " + ", ".join(f"{c['folder']} ({c['status']}, {c['path']})" for c in s["choices"]))
     lines += [f"      - {m}" for m in s["missing"]]
     lines += [f"      - {b['path']}: {b['problem']}" for b in s["broken"]]
     if s["fix"]:
@@ -57,6 +62,7 @@ def _shared_lines(p: dict) -> list[str]:
     if p["status"] == "ready":
         extra = f", {p['sequences']} sequence(s)" if p.get("sequences") else ""
         lines = [f"  {p['part']:<10} ready ({_gib(p['bytes'])}{extra})  {p['what']}"]
+        lines += [f"      {p['path']}  (from {p['source']})"] if p.get("source") else []
     else:
         lines = [f"  {p['part']:<10} {p['status'].upper()}  {p['what']}"]
     if p.get("files"):  # MediaPipe, DWPose: each file with its own state and fix
@@ -70,16 +76,32 @@ def _shared_lines(p: dict) -> list[str]:
     return lines
 
 
+def _folder_lines(f: dict) -> list[str]:
+    """A folder kind: its default folder(s) on the first line, then every folder extra_model_paths.yaml adds."""
+    def one(r: dict) -> str:
+        count = f" ({r['files']} model file(s))" if r["files"] is not None and r["present"] else ""
+        return f"{r['path']}{count}" if r["present"] else f"{r['path']} (not there)"
+    default = [r for r in f["roots"] if r["source"] == DEFAULT]
+    there = ", ".join(one(r) for r in default if r["present"]) or "not there"
+    lines = [f"  models/{f['kind']:<17} {there}  {f['used_for']}"]
+    order = [r["path"] for r in f["roots"]]
+    lines += [f"      + {one(r)}  from {r['source']} (searched {order.index(r['path']) + 1}.)" for r in f["roots"]
+              if r not in default]
+    return lines
+
+
 def _comfyui_lines(c: dict) -> list[str]:
     lines = ["", f"ComfyUI {c['path']}"]
+    for problem in c.get("extra_model_paths", {}).get("problems", []):
+        lines.append(f"  PROBLEM {problem}")
     for f in c["folders"]:
-        there = ", ".join(f["present"]) or "not there"
-        count = f" ({f['files']} model file(s))" if f["files"] is not None and f["present"] else ""
-        lines.append(f"  models/{f['kind']:<17} {there}{count}  {f['used_for']}")
+        lines += _folder_lines(f)
     for p in c["core"]:
         state = {"ready": f"ready ({_gib(p['bytes'])}) {p['path']}", "missing": f"MISSING in {p['folder']}",
                  "broken": "BROKEN"}[p["status"]]
         lines.append(f"  {p['part']:<24} {state}  V3: {p['what']}")
+        if p.get("source"):
+            lines.append(f"      from {p['found_in']} ({p['source']})")
         if p["problem"]:
             lines.append(f"      {p['problem']}")
         if p["fix"]:

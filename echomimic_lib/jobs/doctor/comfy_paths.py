@@ -1,0 +1,147 @@
+"""``echomimic doctor --comfyui``: ComfyUI's model folders as ComfyUI itself builds them, so that doctor looks where
+the nodes will look.
+
+ComfyUI starts from ``folder_paths``' defaults (``models/vae``, ``models/text_encoders`` then ``models/clip``,
+``models/unet`` then ``models/diffusion_models``, ...), then reads ``extra_model_paths.yaml`` in its own folder and
+each ``--extra-model-paths-config`` file, in that order (``utils/extra_config.py``): every top-level section may have a
+``base_path`` (``~`` and ``$VARS`` expanded; a relative one is relative to the yaml file's folder) and ``is_default``
+(its paths go first), and its other keys name model folders (``clip`` and ``unet`` are the old names of
+``text_encoders`` and ``diffusion_models``) with one path or several, one a line, each relative to ``base_path`` (else
+to the yaml file's folder). A path already listed is not added twice (``is_default`` moves it first). The pack's
+``models/echomimic`` is registered after all of that (``nodes/comfy_bridge``), so it comes after the yaml's
+``echomimic:`` roots. Every folder keeps where it came from, for the report.
+
+A yaml file that ComfyUI cannot apply (not YAML, not a mapping of sections, a folder key without a path) is a finding
+here (ComfyUI stops at start with it); pyyaml is imported only when a file is there to read.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+LEGACY = {"unet": "diffusion_models", "clip": "text_encoders"}  # folder_paths.map_legacy
+# folder_paths' defaults for the folders the report shows, in ComfyUI's order
+DEFAULTS = {"vae": ("vae",), "clip_vision": ("clip_vision",), "text_encoders": ("text_encoders", "clip"),
+            "diffusion_models": ("unet", "diffusion_models"), "loras": ("loras",)}
+ECHOMIMIC = "echomimic"
+DEFAULT = "ComfyUI's default"
+YAML_NAME = "extra_model_paths.yaml"
+
+
+class ComfyFolders:
+    """Each model folder kind's roots in ComfyUI's search order, each with where it came from."""
+
+    def __init__(self, models: Path):
+        self.models = Path(models)
+        self.kinds: dict[str, list[str]] = {k: [str(self.models / n) for n in names] for k, names in DEFAULTS.items()}
+        self.sources: dict[tuple[str, str], str] = {(k, p): DEFAULT for k, ps in self.kinds.items() for p in ps}
+        self.files: list[str] = []  # the yaml files read (applied or not)
+        self.problems: list[str] = []  # what is wrong with them (each makes ComfyUI stop at start, or doctor blind)
+
+    def add(self, kind: str, path: str, is_default: bool, source: str) -> None:
+        """folder_paths.add_model_folder_path, step by step."""
+        kind = LEGACY.get(kind, kind)
+        paths = self.kinds.setdefault(kind, [])
+        if path in paths:
+            if is_default and paths[0] != path:
+                paths.remove(path)
+                paths.insert(0, path)
+            return
+        paths.insert(0, path) if is_default and paths else paths.append(path)
+        self.sources[(kind, path)] = source
+
+    def roots(self, kind: str) -> list[Path]:
+        return [Path(p) for p in self.kinds.get(LEGACY.get(kind, kind), [])]
+
+    def source(self, kind: str, path) -> str:
+        return self.sources.get((LEGACY.get(kind, kind), str(path)), DEFAULT)
+
+    def extra(self) -> bool:
+        """Whether any yaml file added a folder."""
+        return any(s != DEFAULT for s in self.sources.values())
+
+
+def _load(path: Path):
+    """(the parsed yaml, None) or (None, the problem)."""
+    try:
+        import yaml
+    except ImportError:
+        return None, (f"{path}: not read, the pyyaml package is not installed here (python -m pip install pyyaml), so the "
+                      "model folders it adds are not checked")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh), None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return None, f"{path}: not valid YAML ({what}{at}); ComfyUI stops at start with it: fix or remove the file"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{path}: unreadable ({exc})"
+
+
+def _sections(path: Path, config) -> tuple[list[tuple[str, dict]], str | None]:
+    """The sections ComfyUI applies, or what makes ComfyUI fail on the file (then nothing of it is applied)."""
+    stop = "ComfyUI stops at start with it"
+    if not isinstance(config, dict):
+        what = "empty" if config is None else f"a {type(config).__name__}, not a mapping of sections such as 'comfyui:'"
+        return [], f"{path}: {what}; {stop}: fix or remove the file"
+    out = []
+    for name, conf in config.items():
+        if conf is None:
+            continue  # ComfyUI skips an empty section
+        if not isinstance(conf, dict):
+            return [], f"{path}: section '{name}' is a {type(conf).__name__}, not a mapping of folder: path; {stop}"
+        base = conf.get("base_path", "")
+        if "base_path" in conf and not isinstance(base, str):
+            return [], f"{path}: section '{name}': base_path has no path (or not text); {stop}"
+        for key, value in conf.items():
+            if key not in ("base_path", "is_default") and not isinstance(value, str):
+                return [], (f"{path}: section '{name}': '{key}' has no path (or not text: give one path, or several one a "
+                            f"line with '|'); {stop}")
+        out.append((str(name), conf))
+    return out, None
+
+
+def apply_file(folders: ComfyFolders, path: Path) -> None:
+    """One yaml file into ``folders``, as utils/extra_config.load_extra_path_config does."""
+    path = Path(path).expanduser()
+    folders.files.append(str(path))
+    if not path.is_file():
+        folders.problems.append(f"{path}: no such file (ComfyUI stops at start when --extra-model-paths-config names one)")
+        return
+    config, problem = _load(path)
+    if problem is None:
+        sections, problem = _sections(path, config)
+    if problem is not None:
+        folders.problems.append(problem)
+        return
+    here = os.path.dirname(os.path.abspath(path))
+    for name, conf in sections:
+        base = conf.get("base_path") or None
+        if base is not None:
+            base = os.path.expandvars(os.path.expanduser(base))
+            if not os.path.isabs(base):
+                base = os.path.abspath(os.path.join(here, base))
+        is_default = bool(conf.get("is_default", False))
+        for key, value in conf.items():
+            if key in ("base_path", "is_default"):
+                continue
+            for line in value.split("\n"):
+                if not line:
+                    continue
+                full = os.path.join(base, line) if base else line if os.path.isabs(line) else os.path.join(here, line)
+                folders.add(str(key), os.path.normpath(full), is_default, f"{path} ({name})")
+
+
+def comfy_folders(comfy: Path, models: Path, configs=()) -> ComfyFolders:
+    """The folders ComfyUI reads: its defaults, ``<comfy>/extra_model_paths.yaml`` when there, then ``configs`` (the
+    files given to ComfyUI's --extra-model-paths-config), then the pack's models/echomimic."""
+    folders = ComfyFolders(models)
+    own = Path(comfy).expanduser() / YAML_NAME
+    if own.is_file():
+        apply_file(folders, own)
+    for c in configs or ():
+        apply_file(folders, Path(c))
+    folders.add(ECHOMIMIC, str(Path(models) / ECHOMIMIC), False, DEFAULT)
+    return folders
