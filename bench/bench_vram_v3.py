@@ -66,6 +66,8 @@ def run(args) -> dict:
     with mode, torch.device("cuda"), _default_dtype(dtype):
         model = WanV3Transformer(cfg).eval()
         vae = AutoencoderKLWan(base_dim=96 if args.preset == "full" else 4).eval()
+        if args.vae_tiling:  # diffusers' spatial tiling of the Wan VAE (256-px tiles, 64-px overlap)
+            vae.enable_tiling()
         if args.fp8:
             from echomimic_lib.models.wan import transformer_to_fp8
 
@@ -120,7 +122,7 @@ def run(args) -> dict:
         stage("vae_encode", ["vae"], encode)
         stage("denoise", ["transformer"], denoise)
         stage("decode", ["vae"], decode)
-    return {"size": args.size, "frames": args.frames, "dtype": args.dtype, "fp8": bool(args.fp8), "preset": args.preset,
+    return {"size": args.size, "frames": args.frames, "dtype": args.dtype, "fp8": bool(args.fp8), "vae_tiling": bool(args.vae_tiling), "preset": args.preset,
             "device": args.device,
             "peak_gb": round(peak / GB, 3), "stages": {k: round(v / GB, 3) for k, v in stages.items()},
             "weights_gb": {k: round(weight_bytes(m) / GB, 3) for k, m in nets.items()},
@@ -135,6 +137,7 @@ def main(argv=None):
     p.add_argument("--preset", choices=["full", "tiny"], default="full")
     p.add_argument("--device", choices=["cuda", "fake"], default="cuda" if torch.cuda.is_available() else "fake")
     p.add_argument("--fp8", action="store_true", help="the transformer blocks' weights stored in fp8 (e4m3fn)")
+    p.add_argument("--vae-tiling", action="store_true", help="the VAE encodes and decodes in overlapping 256-px tiles")
     p.add_argument("--goals", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

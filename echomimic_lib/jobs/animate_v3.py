@@ -62,6 +62,7 @@ class V3Request:
     compile: bool = False  # regional torch.compile of the transformer's blocks (echomimic_lib.speed.compile_transformer)
     resumable: bool = False  # a long clip keeps its finished chunks beside the output; a rerun goes on (pipeline.wan.chunk_state)
     fp8: bool = False  # the transformer blocks' weights stored in float8_e4m3fn, upcast per layer (models.wan.transformer_to_fp8)
+    vae_tiling: bool = False  # the VAE encodes and decodes in overlapping tiles (models.wan.vae.set_tiling): a lower peak
 
 
 def model_files(root: Path, download: bool = False) -> dict:
@@ -281,6 +282,7 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
     from ..io.video_writer import Mp4Writer
     from ..pipeline.wan import long
     from ..pipeline.wan.encoders import clip_features
+    from ..models.wan.vae import set_tiling
     from ..pipeline.wan.sampler import V3Settings, generate
     from .resume_plan import v3_checkpoint_for
 
@@ -294,6 +296,7 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
 
         compile_transformer(models.transformer)
     model, vae, enc = models.transformer, models.vae, models.wav2vec
+    set_tiling(vae, req.vae_tiling)  # per request: a batch worker's loaded set serves rows with and without
     samples = prepare_samples(resample_16k(plan.mono, plan.raw_rate), frames)
     settings = V3Settings(steps=req.steps, audio_cfg=req.audio_cfg, seed=req.seed, teacache=req.teacache,
                           teacache_skip_start=min(5, req.steps), color_transfer=req.color_transfer)

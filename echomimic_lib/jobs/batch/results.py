@@ -30,7 +30,7 @@ FILE_NAME = "results.jsonl"
 # request fields added after the first batch release, with their default (hashed only when set to something else)
 LATER_FIELDS = {"compile": False, "cuda_graphs": False, "deep_cache": 0, "deep_cache_branch": 0, "stabilize": "off"}
 NOT_HASHED = ("output", "device", "resumable")  # where and how a row is rendered, not what it renders
-LATER_V3_FIELDS = {"lora_strength": 1.0, "long_mode": "reanchor", "fp8": False}  # the same for EchoMimicV3 rows (``lora`` itself is an input, hashed when set)
+LATER_V3_FIELDS = {"lora_strength": 1.0, "long_mode": "reanchor", "fp8": False, "vae_tiling": False}  # the same for EchoMimicV3 rows (``lora`` itself is an input, hashed when set)
 INPUT_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "lora"), "dub": ("video", "audio")}  # hashed by content
 
 

@@ -2,7 +2,7 @@
 the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v3`` / ``render_v3``).
 
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
-``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``long-mode``, ``teacache``, ``no-color-transfer``, ``compile``, ``fp8``,
+``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``long-mode``, ``teacache``, ``no-color-transfer``, ``compile``, ``fp8``, ``vae-tiling``,
 ``resumable`` (a long clip keeps its finished chunks: a retried row goes on from them; never hashed), ``models``
 (the models folder; the set is read from ``<models>/v3-flash``), ``dtype``, ``smoke``, ``lora``, ``lora-strength`` (a
 Wan2.1 1.3B LoRA, or several separated by ``;`` with one strength or one each), plus ``name`` and ``kind``
@@ -62,6 +62,7 @@ class V3Row:
     lora_strength: float | tuple[float, ...] = 1.0
     resumable: bool = False  # as --resumable: how the row is rendered, not what (results.NOT_HASHED)
     fp8: bool = False  # as --fp8: the blocks' weights in fp8 (a loaded set of its own)
+    vae_tiling: bool = False  # as --vae-tiling (set per row on the shared loaded VAE)
 
     @property
     def folder(self) -> Path:
@@ -82,7 +83,8 @@ class V3Row:
                          long_mode=self.long_mode,
                          color_transfer=self.color_transfer, device=str(device), dtype=dtype,
                          download=self.download and not self.smoke, lora=self.lora, lora_strength=self.lora_strength,
-                         compile=self.compile, resumable=self.resumable, fp8=self.fp8)
+                         compile=self.compile, resumable=self.resumable, fp8=self.fp8,
+                         vae_tiling=self.vae_tiling)
 
 
 ALIASES = {"no_color_transfer": ("color_transfer", True), "offline": ("download", True)}
