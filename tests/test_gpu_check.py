@@ -79,8 +79,10 @@ def check_v3_log(text: str) -> None:
     assert sample["computed_calls"] == res["teacache_calls"]
     partial = [json.loads(line)["partial"] for line in lines if line.startswith('{"partial"')]
     assert len(partial) == 6 and "eager" in partial[1] and "compiled" not in partial[1]  # setup, then one per stage
-    vram = json.loads(lines[-1])
-    assert vram["preset"] == "tiny" and vram["device"] == "fake" and vram["peak_gb"] > 0
+    plain, small = (json.loads(line) for line in lines if line.startswith('{"size"'))  # the default, then --fp8 --vae-tiling
+    for vram in (plain, small):
+        assert vram["preset"] == "tiny" and vram["device"] == "fake" and vram["peak_gb"] > 0
+    assert not plain["fp8"] and small["fp8"] and small["vae_tiling"]
 
 
 def test_gpu_suite_variants_are_a_base_and_modifiers_checked_before_any_work(monkeypatch):
