@@ -239,3 +239,26 @@ def test_landmark_frames_given_with_a_longer_video_score_the_frames_both_cover(t
     assert clip.num_frames == len(clip.landmarks) == count
     rep = evaluate(clip)
     assert rep.frames == count and rep.flicker == 0.0
+
+
+def test_the_batched_feeds_give_the_whole_array_figures_exactly(tmp_path):
+    from echomimic_lib.evaluate.arcface import ArcFace, CsimFeed, align
+    from echomimic_lib.evaluate.fid import InceptionFeed, _as_float
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (70, 112, 112, 3), dtype=np.uint8)
+    pts = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]]) + rng.normal(0, 2, (70, 5, 2))
+    for nhwc, batch in ((False, None), (True, 1)):  # batches of 32 (the last one 6), and one face at a time
+        model = ArcFace(_arcface_onnx(tmp_path / f"arcface_{batch}.onnx", nhwc, batch))
+        feed = CsimFeed(model, frames[0], pts[0])
+        for f, p in zip(frames, pts):
+            feed.add(f, p)
+        whole = model.embed(np.stack([align(f, p) for f, p in zip(frames, pts)])) @ feed.ref
+        assert feed.result() == float(whole.mean())
+    net = TinyInception().eval()
+    feed = InceptionFeed(net)
+    for f in frames:
+        feed.add(f)
+    with torch.no_grad():
+        whole = torch.cat([net(_as_float(frames[i:i + 16])).double() for i in range(0, len(frames), 16)]).numpy()
+    assert np.array_equal(feed.features(), whole)

@@ -77,13 +77,14 @@ class ArcFace:
 
 class CsimFeed:
     """:func:`csim` fed one frame at a time (``add(frame, points5)``): the aligned faces are embedded a batch at a time
-    (the model's own batch), so only one batch of 112 x 112 faces is held; ``result()`` after the last frame."""
+    (the model's own batch), so only one batch of 112 x 112 faces is held, and the embeddings (a few kB a frame);
+    ``result()`` after the last frame."""
 
     def __init__(self, model: ArcFace, reference_rgb: np.ndarray, reference_points5: np.ndarray):
         self.model, self.step = model, model.fixed_batch or 32
         self.ref = model.embed(align(reference_rgb, reference_points5)[None])[0]
         self.faces: list[np.ndarray] = []
-        self.sims: list[np.ndarray] = []
+        self.embeddings: list[np.ndarray] = []
 
     def add(self, frame_rgb: np.ndarray, points5: np.ndarray) -> None:
         self.faces.append(align(frame_rgb, points5))
@@ -92,12 +93,12 @@ class CsimFeed:
 
     def _embed(self) -> None:
         if self.faces:
-            self.sims.append(self.model.embed(np.stack(self.faces)) @ self.ref)
+            self.embeddings.append(self.model.embed(np.stack(self.faces)))
             self.faces = []
 
     def result(self) -> float:
         self._embed()
-        return float(np.concatenate(self.sims).mean())
+        return float((np.concatenate(self.embeddings) @ self.ref).mean())  # one product: the whole-array figure
 
 
 def csim(model: ArcFace, frames_rgb: np.ndarray, frame_points5: np.ndarray, reference_rgb: np.ndarray,
