@@ -61,9 +61,10 @@ def _real_paths(given) -> list[Path]:
 
 
 def _read_real(paths: list[Path]):
-    from ..io.video_io import read_video
+    """The real videos' frames, each streamed (decoded as FID / FVD go through it, never whole in memory)."""
+    from ..io.video_io import VideoFrames
 
-    return [read_video(p, with_audio=False).frames for p in paths]
+    return [VideoFrames(p) for p in paths]
 
 
 def _check_plot(args) -> None:

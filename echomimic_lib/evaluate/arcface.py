@@ -75,9 +75,36 @@ class ArcFace:
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
+class CsimFeed:
+    """:func:`csim` fed one frame at a time (``add(frame, points5)``): the aligned faces are embedded a batch at a time
+    (the model's own batch), so only one batch of 112 x 112 faces is held, and the embeddings (a few kB a frame);
+    ``result()`` after the last frame."""
+
+    def __init__(self, model: ArcFace, reference_rgb: np.ndarray, reference_points5: np.ndarray):
+        self.model, self.step = model, model.fixed_batch or 32
+        self.ref = model.embed(align(reference_rgb, reference_points5)[None])[0]
+        self.faces: list[np.ndarray] = []
+        self.embeddings: list[np.ndarray] = []
+
+    def add(self, frame_rgb: np.ndarray, points5: np.ndarray) -> None:
+        self.faces.append(align(frame_rgb, points5))
+        if len(self.faces) == self.step:
+            self._embed()
+
+    def _embed(self) -> None:
+        if self.faces:
+            self.embeddings.append(self.model.embed(np.stack(self.faces)))
+            self.faces = []
+
+    def result(self) -> float:
+        self._embed()
+        return float((np.concatenate(self.embeddings) @ self.ref).mean())  # one product: the whole-array figure
+
+
 def csim(model: ArcFace, frames_rgb: np.ndarray, frame_points5: np.ndarray, reference_rgb: np.ndarray,
          reference_points5: np.ndarray) -> float:
     """Mean cosine similarity of each frame's face embedding to the reference face's."""
-    ref = model.embed(align(reference_rgb, reference_points5)[None])[0]
-    faces = np.stack([align(f, p) for f, p in zip(frames_rgb, frame_points5)])
-    return float((model.embed(faces) @ ref).mean())
+    feed = CsimFeed(model, reference_rgb, reference_points5)
+    for f, p in zip(frames_rgb, frame_points5):
+        feed.add(f, p)
+    return feed.result()

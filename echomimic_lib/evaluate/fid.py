@@ -26,18 +26,57 @@ def _as_float(frames) -> torch.Tensor:
     return t.float() / 255.0 if x.dtype == np.uint8 else t.float().clamp(0, 1)
 
 
-@torch.no_grad()
+class InceptionFeed:
+    """:func:`inception_features` fed one frame at a time (``add``): each batch runs when it is full, so only
+    ``batch`` frames are held; ``features()`` after the last frame."""
+
+    def __init__(self, net: InceptionV3, device: torch.device | str = "cpu", batch: int = BATCH):
+        self.net, self.device, self.batch = net, device, batch
+        self.pending: list[np.ndarray] = []
+        self.out: list[torch.Tensor] = []
+        self.count = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        frame = np.asarray(frame)
+        if not self.count:
+            _as_float(frame[None])  # shape check before any work
+        self.pending.append(frame)
+        self.count += 1
+        if len(self.pending) == self.batch:
+            self._run()
+
+    @torch.no_grad()
+    def _run(self) -> None:
+        if self.pending:
+            self.out.append(self.net(_as_float(np.stack(self.pending)).to(self.device)).double().cpu())
+            self.pending = []
+
+    def features(self) -> np.ndarray:
+        """(N, 2048) float64 pool features of the frames added."""
+        self._run()
+        if not self.out:
+            raise EchoMimicError("FID: no frames to compute features of.")
+        return torch.cat(self.out).numpy()
+
+
 def inception_features(net: InceptionV3, frames, device: torch.device | str = "cpu", batch: int = BATCH) -> np.ndarray:
     """(N, 2048) float64 pool features of (N, H, W, 3) RGB frames (uint8, or floats in 0..1)."""
     frames = np.asarray(frames)
     _as_float(frames[:1])  # shape check before any work
-    out = [net(_as_float(frames[i:i + batch]).to(device)).double().cpu() for i in range(0, len(frames), batch)]
-    return torch.cat(out).numpy()
+    feed = InceptionFeed(net, device, batch)
+    for frame in frames:
+        feed.add(frame)
+    return feed.features()
+
+
+def check_sizes(generated: int, real: int) -> None:
+    """FID needs at least 2 frames on each side."""
+    for name, n in (("generated", generated), ("real", real)):
+        if n < 2:
+            raise EchoMimicError(f"FID needs at least 2 {name} frames; got {n}.")
 
 
 def fid(net: InceptionV3, frames_a, frames_b, device: torch.device | str = "cpu") -> float:
     """FID between two sets of RGB frames (N, H, W, 3); each set needs at least 2 frames."""
-    for name, f in (("generated", frames_a), ("real", frames_b)):
-        if len(f) < 2:
-            raise EchoMimicError(f"FID needs at least 2 {name} frames; got {len(f)}.")
+    check_sizes(len(frames_a), len(frames_b))
     return frechet_between(inception_features(net, frames_a, device), inception_features(net, frames_b, device))

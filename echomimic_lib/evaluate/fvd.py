@@ -54,14 +54,57 @@ def i3d_features(net: I3D, clips, device: torch.device | str = "cpu", size: int 
     return torch.cat(out).numpy()
 
 
+class I3DFeed:
+    """:func:`i3d_features` of a video's (or several videos') clips, fed one frame at a time (``add``; ``end_video()``
+    between videos): a clip is preprocessed when its ``length`` frames are in and the I3D runs every ``batch`` clips,
+    so a clip's frames and a batch of preprocessed clips are held; ``features()`` after the last frame."""
+
+    def __init__(self, net: I3D, device: torch.device | str = "cpu", length: int = CLIP, size: int = SIZE,
+                 batch: int = BATCH):
+        self.net, self.device, self.length, self.size, self.batch = net, device, length, size, batch
+        self.frames: list[np.ndarray] = []
+        self.clips: list[torch.Tensor] = []
+        self.out: list[torch.Tensor] = []
+        self.count = self.frame_count = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        self.frames.append(np.asarray(frame))
+        self.frame_count += 1
+        if len(self.frames) == self.length:
+            self.clips.append(preprocess(np.stack(self.frames), self.size))
+            self.frames, self.count = [], self.count + 1
+            if len(self.clips) == self.batch:
+                self._run()
+
+    def end_video(self) -> None:
+        """The frames since the last whole clip are dropped (clips never span two videos)."""
+        self.frames = []
+
+    @torch.no_grad()
+    def _run(self) -> None:
+        if self.clips:
+            self.out.append(self.net(torch.stack(self.clips).to(self.device)).double().cpu())
+            self.clips = []
+
+    def features(self) -> np.ndarray:
+        """(clips, classes) float64 features."""
+        self._run()
+        return torch.cat(self.out).numpy() if self.out else np.zeros((0, 0))
+
+
+def check_sizes(clips_a: int, frames_a: int, clips_b: int, frames_b: int, length: int = CLIP) -> None:
+    """FVD needs at least 2 clips on each side (``frames_*``: the frames they came from, for the message)."""
+    for name, clips, frames in (("generated", clips_a, frames_a), ("real", clips_b, frames_b)):
+        if clips < 2:
+            raise EchoMimicError(f"FVD needs at least 2 clips of {length} frames on each side; the {name} videos give "
+                                 f"{clips} ({frames} frames).")
+
+
 def fvd(net: I3D, videos_a, videos_b, device: torch.device | str = "cpu", length: int = CLIP, size: int = SIZE) -> float:
     """FVD between two lists of (F, H, W, 3) videos, over their 16-frame clips; each side needs at least 2 clips."""
     sets = []
-    for name, videos in (("generated", videos_a), ("real", videos_b)):
+    for videos in (videos_a, videos_b):
         clips = [c for v in videos for c in video_clips(v, length)]
-        if len(clips) < 2:
-            frames = sum(len(v) for v in videos)
-            raise EchoMimicError(f"FVD needs at least 2 clips of {length} frames on each side; the {name} videos give "
-                                 f"{len(clips)} ({frames} frames).")
-        sets.append(i3d_features(net, clips, device, size))
-    return frechet_between(*sets)
+        sets.append((clips, sum(len(v) for v in videos)))
+    check_sizes(len(sets[0][0]), sets[0][1], len(sets[1][0]), sets[1][1], length)
+    return frechet_between(*(i3d_features(net, clips, device, size) for clips, _ in sets))

@@ -2,17 +2,20 @@
 
 Sources: a video file (frames and, by default, its own audio track), a folder of V1 ``.pkl`` landmark frames
 (read through the allow-list unpickler; coordinates of a 512 x 512 frame), or arrays (ComfyUI frames, the
-trainer's rendered validation video).
+trainer's rendered validation video). A video file's frames are not read into memory: the clip holds a
+:class:`~echomimic_lib.io.video_io.VideoFrames`, decoded frame by frame each time the evaluation goes through them.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EchoMimicError
+from ..io.video_io import VideoFrames, count_frames
 from ..landmarks.sequence import LandmarkSequence
 
 log = logging.getLogger(__name__)
@@ -24,11 +27,16 @@ class Clip:
     source: str
     fps: float
     wave16k: np.ndarray | None = None            # (T,) float32 mono 16 kHz, -1..1
-    frames: np.ndarray | None = None             # (F, H, W, 3) uint8 RGB
+    frames: np.ndarray | VideoFrames | None = None  # (F, H, W, 3) uint8 RGB, or a video file's frames (streamed)
     landmarks: LandmarkSequence | None = None    # given landmarks (else extracted from the frames)
+    frame_count: int | None = field(default=None, repr=False)  # a streamed video's frame count, once known
 
     @property
     def num_frames(self) -> int:
+        if isinstance(self.frames, VideoFrames):
+            if self.frame_count is None:  # counted by a pass over the video (the evaluation's own pass sets it)
+                self.frame_count = count_frames(self.frames.path, self.frames.max_frames or sys.maxsize)
+            return self.frame_count
         if self.frames is not None:
             return len(self.frames)
         return len(self.landmarks) if self.landmarks is not None else 0
@@ -36,6 +44,8 @@ class Clip:
     @property
     def size(self) -> tuple[int, int]:
         """(W, H) of the frames (or of the landmarks' coordinate frame)."""
+        if isinstance(self.frames, VideoFrames):
+            return tuple(int(v) for v in self.frames.size)
         if self.frames is not None:
             return int(self.frames.shape[2]), int(self.frames.shape[1])
         return self.landmarks.image_size if self.landmarks is not None else (0, 0)
@@ -92,19 +102,27 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
             raise EchoMimicError(f"{path}: a landmark folder has no sound; pass the clip's audio (--audio speech.wav).")
         rate = float(fps or PKL_FPS)
         return Clip(str(path), rate, audio_16k(audio), None, load_pkl_folder(path, fps=rate))
-    from ..io.video_io import read_video
+    from ..io.video_io import _has_audio, read_audio
 
-    video = read_video(path, with_audio=audio is None)
-    if len(video.frames) < 2:
-        raise EchoMimicError(f"{path}: a still image ({len(video.frames)} frame), not a video; evaluate scores a video "
+    frames = VideoFrames(path)  # the header only: a file without a video stream is refused here
+    first = list(VideoFrames(path, max_frames=2))  # two frames decoded, not the whole video
+    if len(first) < 2:
+        raise EchoMimicError(f"{path}: a still image ({len(first)} frame), not a video; evaluate scores a video "
                              "(mp4, mov, webm ...) with its speech, or a folder of V1 .pkl landmark frames.")
-    wave = audio_16k(audio) if audio is not None else (
-        audio_16k(video.audio, video.sample_rate) if video.audio is not None else None)
-    rate = float(fps or video.fps)
-    frames = video.frames
+    del first
+    if audio is not None:
+        wave = audio_16k(audio)
+    elif _has_audio(path):
+        wave = audio_16k(*read_audio(path))
+    else:
+        wave = None
+    rate = float(fps or frames.fps)
     lm = load_pkl_folder(landmarks, fps=rate) if landmarks is not None else None
-    if lm is not None and len(lm) != len(frames):  # score the frames both cover
-        n = min(len(lm), len(frames))
-        log.warning("%s has %d frames, %s %d landmark frames: scoring the first %d", path, len(frames), landmarks, len(lm), n)
-        lm, frames = lm.take(range(n)), frames[:n]
-    return Clip(str(path), rate, wave, frames, lm)
+    count = None
+    if lm is not None:
+        count = count_frames(path, sys.maxsize)
+        if len(lm) != count:  # score the frames both cover
+            n = min(len(lm), count)
+            log.warning("%s has %d frames, %s %d landmark frames: scoring the first %d", path, count, landmarks, len(lm), n)
+            lm, frames, count = lm.take(range(n)), VideoFrames(path, max_frames=n), n
+    return Clip(str(path), rate, wave, frames, lm, count)

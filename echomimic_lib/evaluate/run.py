@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
-from .face import face_boxes, face_masks, five_points, points3d
+from .face import points3d
 from .identity import shape_drift
 from .inputs import Clip
+from .passes import FlickerMetric, arcface_metric, distribution_metrics, frame_pass, score_against_real, syncnet_metric
 from .report import MIN_FACE_RATE, EvalReport
-from .stability import background_flicker, face_rate, landmark_jitter
+from .stability import face_rate, landmark_jitter
 from .sync import MIN_FRAMES, MIN_SYNC_SECONDS, NULL_P95_LEVEL, av_sync, mouth_opening, sync_null
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,30 @@ def _landmarks(clip: Clip, landmarker, notes: list):
         notes.append("no face-landmark model: lip sync, jitter and shape drift need MediaPipe's face_landmarker.task "
                      "(pass --mediapipe-model, or put it in the models folder).")
         return None
+    if isinstance(clip.frames, np.ndarray):
+        try:
+            return landmarker.extract(list(clip.frames), policy="interpolate", fps=clip.fps)
+        except EchoMimicError as exc:
+            notes.append(f"landmarks: {exc}")
+            return None
+    source_errors = []
+
+    def frames():  # a streamed video, decoded as the landmarker goes; its own errors (a damaged file) are raised
+        try:
+            yield from clip.frames
+        except EchoMimicError as exc:
+            source_errors.append(exc)
+            raise
+
     try:
-        return landmarker.extract(list(clip.frames), policy="interpolate", fps=clip.fps)
+        seq = landmarker.extract(frames(), policy="interpolate", fps=clip.fps, total=clip.frames.estimated_frames)
     except EchoMimicError as exc:
+        if source_errors:
+            raise
         notes.append(f"landmarks: {exc}")
         return None
+    clip.frame_count = len(seq)
+    return seq
 
 
 def _reference(reference, landmarker, first_frame_px, notes: list):
@@ -81,10 +101,14 @@ def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels
     """Score a clip. ``reference``: image (path or RGB array) for shape drift and CSIM; ``landmarker``: a
     :class:`~echomimic_lib.landmarks.extractor.FaceLandmarkExtractor` (needed unless the clip has landmarks);
     ``face_mask``: (H, W) or (F, H, W) face region for flicker when no landmarks are available; ``real``: a list
-    of real (F, H, W, 3) RGB videos that FID and FVD compare the clip's frames with (when their weights are given)."""
+    of real (F, H, W, 3) RGB videos (arrays, or :class:`~echomimic_lib.io.video_io.VideoFrames` streamed) that FID
+    and FVD compare the clip's frames with (when their weights are given).
+
+    The frames are gone through at most twice (landmarks, then every per-frame metric in one pass,
+    :mod:`.passes`), a frame at a time: a streamed video is never whole in memory."""
     learned = learned or LearnedModels()
     notes: list[str] = []
-    rep = EvalReport(clip.source, clip.num_frames, clip.fps, clip.num_frames / clip.fps, notes=notes)
+    rep = EvalReport(clip.source, 0, clip.fps, 0.0, notes=notes)  # frames and seconds: after the frame pass
     seq = _landmarks(clip, landmarker, notes)
     pts = points3d(seq, clip.size) if seq is not None else None      # (F, N, 3): x, y in pixels, depth
     px = pts[..., :2] if pts is not None else None
@@ -109,55 +133,29 @@ def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels
         notes.append(f"lip sync needs at least {MIN_FRAMES} frames.")
     if px is not None and len(px) >= 3:
         rep.jitter = landmark_jitter(px)
-    if clip.frames is not None and len(clip.frames) >= 2:
-        masks = face_masks(px, clip.size) if px is not None else face_mask
-        if masks is None:
+    metrics = []
+    if clip.frames is not None and (not isinstance(clip.frames, np.ndarray) or len(clip.frames) >= 2):
+        if px is None and face_mask is None:
             notes.append("no face region known: flicker is measured over the whole frame.")
-        rep.flicker = background_flicker(clip.frames, masks)
+        metrics.append(FlickerMetric(rep, notes, px, clip.size, face_mask))
     ref_image, ref_pts, rep.reference = _reference(reference, landmarker, pts[0] if pts is not None else None, notes)
     if pts is not None:
         drift = shape_drift(pts, ref_pts)
         rep.shape_drift, rep.shape_drift_max = float(drift.mean()), float(drift.max())
-    _syncnet(rep, clip, px, seq.valid if seq is not None else None, learned, notes)
-    _arcface(rep, clip, px, ref_image if ref_image is not None else (clip.frames[0] if clip.frames is not None else None),
-             ref_pts, learned, notes)
-    _distributions(rep, clip, real, learned, notes)
+    learned_notes: list[list[str]] = [[], [], [], []]  # SyncNet, CSIM, FID, FVD: in this order in the report
+    metrics.append(syncnet_metric(rep, clip, px, seq.valid if seq is not None else None, learned, learned_notes[0]))
+    metrics.append(arcface_metric(rep, clip, px, ref_image, ref_pts, learned, learned_notes[1]))
+    distributions = distribution_metrics(rep, clip, real, learned, learned_notes[2], learned_notes[3])
+    metrics = [m for m in metrics + distributions if m is not None]
+    if clip.frames is not None:
+        n = frame_pass(clip.frames, metrics)
+        if not isinstance(clip.frames, np.ndarray):
+            clip.frame_count = n
+        score_against_real(distributions, real)
+    rep.frames = clip.num_frames
+    rep.seconds = rep.frames / clip.fps
+    notes.extend(n for group in learned_notes for n in group)
     return rep
-
-
-def _distributions(rep: EvalReport, clip: Clip, real, learned: LearnedModels, notes: list) -> None:
-    """FID and FVD of the clip's frames against the real videos, each when its weights are given."""
-    if learned.inception is None and learned.i3d is None:
-        return
-    if clip.frames is None or not real:
-        notes.append("FID / FVD need the video frames and real videos to compare with (--real VIDEO_OR_FOLDER).")
-        return
-    from .fid import FEW_SAMPLES, fid
-    from .fvd import CLIP, fvd, video_clips
-    from .i3d import I3D, load_i3d
-    from .inception import InceptionV3, load_inception
-
-    real_frames = [np.asarray(v) for v in real]
-    if learned.inception is not None:
-        try:
-            net = learned.inception if isinstance(learned.inception, InceptionV3) else \
-                load_inception(learned.inception, learned.inception_variant, learned.device)
-            both = np.concatenate(real_frames)
-            rep.fid = fid(net, clip.frames, both, learned.device)
-            if min(len(both), len(clip.frames)) < FEW_SAMPLES:
-                notes.append(f"FID from {len(clip.frames)} generated and {len(both)} real frames: below {FEW_SAMPLES} frames "
-                             "it is biased upwards; compare it only with FIDs of the same sizes, not with papers'.")
-        except EchoMimicError as exc:
-            notes.append(f"FID left out: {exc}")
-    if learned.i3d is not None:
-        try:
-            net = learned.i3d if isinstance(learned.i3d, I3D) else load_i3d(learned.i3d, learned.device)
-            rep.fvd = fvd(net, [clip.frames], real_frames, learned.device)
-            clips = len(video_clips(clip.frames)), sum(len(video_clips(v)) for v in real_frames)
-            notes.append(f"FVD from {clips[0]} generated and {clips[1]} real clips of {CLIP} frames: small sets bias it "
-                         "upwards; compare it only with FVDs of the same sizes.")
-        except EchoMimicError as exc:
-            notes.append(f"FVD left out: {exc}")
 
 
 def _sync_confidence(rep: EvalReport, clip: Clip, notes: list) -> None:
@@ -170,54 +168,6 @@ def _sync_confidence(rep: EvalReport, clip: Clip, notes: list) -> None:
         notes.append(f"lip sync ('!'): the clip lasts {null.seconds:.1f} s; below {MIN_SYNC_SECONDS:g} s a mouth unrelated to "
                      f"the speech scores above {NULL_P95_LEVEL} too often (here 5 % of unrelated audio scores above "
                      f"{null.null_p95:.2f}), so the offset and sync strength say little. Score a longer clip.")
-
-
-def _syncnet(rep: EvalReport, clip: Clip, px, valid, learned: LearnedModels, notes: list) -> None:
-    if learned.syncnet is None:
-        return
-    if clip.frames is None or px is None or clip.wave16k is None:
-        notes.append("LSE-C / LSE-D need the video frames, face landmarks and audio.")
-        return
-    from .syncnet import PROTOCOLS, SyncNet, face_crops, frame_indices_25, load_syncnet, lse_scores, published_track_problem
-
-    if learned.lse_protocol not in PROTOCOLS:
-        raise EchoMimicError(f"LSE protocol must be one of {', '.join(PROTOCOLS)}; got {learned.lse_protocol!r}.")
-    idx = frame_indices_25(len(clip.frames), clip.fps)
-    boxes = face_boxes(px[idx])
-    if learned.lse_protocol == "published":
-        problem = published_track_problem(boxes, None if valid is None else np.asarray(valid)[idx])
-        if problem:
-            notes.append(f"LSE-C / LSE-D left out: {problem}")
-            return
-        notes.append("LSE-C / LSE-D with the published protocol's track rules (> 100 frames at 25 fps, faces > 100 px, "
-                     "gaps <= 25 frames); not matched: S3FD boxes (face-mesh boxes here), the JPEG / XVID re-encodes, "
-                     "scene-cut splitting (docs/evaluation.md).")
-    try:
-        net = learned.syncnet if isinstance(learned.syncnet, SyncNet) else load_syncnet(learned.syncnet, learned.device)
-        crops = face_crops(clip.frames, boxes, idx)
-        s = lse_scores(net, crops, clip.wave16k, learned.device)
-    except EchoMimicError as exc:
-        notes.append(f"LSE-C / LSE-D left out: {exc}")
-        return
-    rep.lse_c, rep.lse_d, rep.syncnet_av_offset = s.lse_c, s.lse_d, s.av_offset
-
-
-def _arcface(rep: EvalReport, clip: Clip, px, ref_image, ref_px, learned: LearnedModels, notes: list) -> None:
-    if learned.arcface is None:
-        return
-    if clip.frames is None or px is None or ref_image is None:
-        notes.append("CSIM needs the video frames and face landmarks.")
-        return
-    from .arcface import ArcFace, csim
-
-    try:
-        model = learned.arcface if isinstance(learned.arcface, ArcFace) else ArcFace(learned.arcface, learned.onnx_providers)
-        rep.csim = csim(model, clip.frames, five_points(px), ref_image, five_points(ref_px))
-    except EchoMimicError as exc:
-        notes.append(f"CSIM left out: {exc}")
-        return
-    if rep.reference == "first frame":
-        notes.append("CSIM compares with the first frame (give a reference image to compare with the portrait).")
 
 
 def score_frames(frames, wave16k, fps: float, face_mask=None, mediapipe_model=None, models_dir=None,

@@ -33,6 +33,34 @@ def landmark_jitter(px: np.ndarray) -> dict[str, float]:
     return {"all": float(acc[:, every].mean()), **out}
 
 
+class Flicker:
+    """:func:`background_flicker` as running sums, fed one frame at a time (with its face mask, or None), so a long
+    video is scored holding only the previous frame and its mask."""
+
+    def __init__(self):
+        self.total, self.count, self.pairs = 0.0, 0, 0
+        self._prev = self._prev_mask = None
+
+    def add(self, frame: np.ndarray, mask: np.ndarray | None = None) -> None:
+        frame = np.asarray(frame)
+        mask = None if mask is None else np.asarray(mask, dtype=bool)
+        if self._prev is not None:
+            scale = 255.0 if frame.dtype.kind == "f" else 1.0
+            diff = np.abs(frame.astype(np.float32) - self._prev.astype(np.float32)).mean(axis=-1) * scale
+            if mask is None:
+                keep = np.ones(diff.shape, dtype=bool)
+            else:
+                keep = ~(self._prev_mask | mask)
+            self.total += float(diff[keep].sum())
+            self.count += int(keep.sum())
+            self.pairs += 1
+        self._prev, self._prev_mask = frame, mask
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
 def background_flicker(frames: np.ndarray, face_masks: np.ndarray | None = None) -> float:
     """Mean |frame[t+1] - frame[t]| (0-255 levels) outside the face region of both frames.
 
@@ -40,20 +68,11 @@ def background_flicker(frames: np.ndarray, face_masks: np.ndarray | None = None)
     frames = np.asarray(frames)
     if frames.ndim != 4 or len(frames) < 2:
         raise EchoMimicError(f"flicker needs at least 2 frames (F, H, W, 3), got shape {frames.shape}.")
-    scale = 255.0 if frames.dtype.kind == "f" else 1.0
-    total, count = 0.0, 0
     masks = None if face_masks is None else np.asarray(face_masks, dtype=bool)
-    for i in range(len(frames) - 1):
-        diff = np.abs(frames[i + 1].astype(np.float32) - frames[i].astype(np.float32)).mean(axis=-1) * scale
-        if masks is None:
-            keep = np.ones(diff.shape, dtype=bool)
-        elif masks.ndim == 2:
-            keep = ~masks
-        else:
-            keep = ~(masks[i] | masks[i + 1])
-        total += float(diff[keep].sum())
-        count += int(keep.sum())
-    return total / count if count else float("nan")
+    acc = Flicker()
+    for i, frame in enumerate(frames):
+        acc.add(frame, None if masks is None else masks if masks.ndim == 2 else masks[i])
+    return acc.value
 
 
 def face_rate(valid) -> float:

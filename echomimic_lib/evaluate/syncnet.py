@@ -129,24 +129,35 @@ def _medfilt(x: np.ndarray, k: int = SMOOTH) -> np.ndarray:
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, k), axis=1)
 
 
-def face_crops(frames_rgb: np.ndarray, boxes: np.ndarray, indices=None) -> np.ndarray:
-    """(F, 224, 224, 3) BGR uint8 SyncNet crops of RGB frames (of ``frames_rgb[indices]`` when given), from the
-    (F, 4) x0, y0, x1, y1 face boxes of those frames."""
-    boxes = np.asarray(boxes, dtype=np.float64)
-    indices = np.arange(len(boxes)) if indices is None else np.asarray(indices)
-    s = _medfilt(np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2)
-    cy = _medfilt((boxes[:, 1] + boxes[:, 3]) / 2)
-    cx = _medfilt((boxes[:, 0] + boxes[:, 2]) / 2)
-    out = np.empty((len(indices), CROP, CROP, 3), dtype=np.uint8)
-    for i, k in enumerate(indices):
-        frame, bs = frames_rgb[k], s[i]
+class FaceCropper:
+    """The SyncNet crop of each frame, from the (F, 4) x0, y0, x1, y1 face boxes of the frames to crop (median-filtered
+    over the whole track first): ``crop(i, frame)`` is the (224, 224, 3) BGR uint8 crop of the ``i``-th of them."""
+
+    def __init__(self, boxes: np.ndarray):
+        boxes = np.asarray(boxes, dtype=np.float64)
+        self.s = _medfilt(np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2)
+        self.cy = _medfilt((boxes[:, 1] + boxes[:, 3]) / 2)
+        self.cx = _medfilt((boxes[:, 0] + boxes[:, 2]) / 2)
+
+    def crop(self, i: int, frame_rgb: np.ndarray) -> np.ndarray:
+        bs = self.s[i]
         pad = int(bs * (1 + 2 * CROP_SCALE))
-        img = np.pad(np.ascontiguousarray(frame[..., ::-1]), ((pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
-        my, mx = cy[i] + pad, cx[i] + pad
+        img = np.pad(np.ascontiguousarray(frame_rgb[..., ::-1]), ((pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
+        my, mx = self.cy[i] + pad, self.cx[i] + pad
         face = img[int(my - bs):int(my + bs * (1 + 2 * CROP_SCALE)), int(mx - bs * (1 + CROP_SCALE)):int(mx + bs * (1 + CROP_SCALE))]
         if face.size == 0:
             face = img
-        out[i] = cv2.resize(face, (CROP, CROP))
+        return cv2.resize(face, (CROP, CROP))
+
+
+def face_crops(frames_rgb: np.ndarray, boxes: np.ndarray, indices=None) -> np.ndarray:
+    """(F, 224, 224, 3) BGR uint8 SyncNet crops of RGB frames (of ``frames_rgb[indices]`` when given), from the
+    (F, 4) x0, y0, x1, y1 face boxes of those frames."""
+    cropper = FaceCropper(boxes)
+    indices = np.arange(len(cropper.s)) if indices is None else np.asarray(indices)
+    out = np.empty((len(indices), CROP, CROP, 3), dtype=np.uint8)
+    for i, k in enumerate(indices):
+        out[i] = cropper.crop(i, frames_rgb[k])
     return out
 
 
@@ -176,28 +187,64 @@ class SyncNetScores:
     frames: int         # 25-fps frames scored
 
 
-@torch.no_grad()
+class LseFeed:
+    """:func:`lse_scores` fed one 25-fps crop at a time (``add``), for ``count`` crops in all: each batch of windows
+    runs as soon as its crops are in, so only a batch's crops (``batch`` + 4) are held; ``result()`` after the last.
+    Raises at once when the crops or the audio are too short."""
+
+    def __init__(self, net: SyncNet, count: int, wave16k: np.ndarray, device: torch.device | str = "cpu",
+                 vshift: int = VSHIFT, batch: int = BATCH):
+        pcm = np.round(np.clip(np.asarray(wave16k, dtype=np.float64) * 32768.0, -32768, 32767))
+        self.last = min(count, len(pcm) // 640) - 5
+        if self.last < 1:
+            raise EchoMimicError(f"SyncNet needs at least 6 frames at 25 fps and 0.24 s of audio; got {count} frames "
+                                 f"and {len(pcm) / 16000:.2f} s.")
+        self.cc = torch.from_numpy(mfcc(pcm, 16000).T.astype(np.float32))[None, None]  # (1, 1, 13, T)
+        self.net, self.device, self.vshift, self.batch = net, device, vshift, batch
+        self.needed = self.last + 4           # crops past this one are never used
+        self.pending: list[np.ndarray] = []   # crops first .. first + len - 1
+        self.first = self.start = self.seen = 0
+        self.im_feat, self.cc_feat = [], []
+
+    def add(self, crop_bgr: np.ndarray) -> None:
+        if self.seen < self.needed:
+            self.pending.append(np.asarray(crop_bgr))
+        self.seen += 1
+        self._run()
+
+    @torch.no_grad()
+    def _run(self) -> None:
+        while self.start < self.last:
+            end = min(self.last, self.start + self.batch)
+            if self.first + len(self.pending) < end + 4:
+                return
+            lips = torch.stack([torch.from_numpy(np.stack(self.pending[i - self.first:i - self.first + 5])).permute(3, 0, 1, 2)
+                                for i in range(self.start, end)]).to(self.device).float()  # (B, 3, 5, 224, 224)
+            self.im_feat.append(self.net.forward_lip(lips).float().cpu())
+            auds = torch.cat([self.cc[..., i * 4:i * 4 + 20] for i in range(self.start, end)]).to(self.device)
+            self.cc_feat.append(self.net.forward_aud(auds).float().cpu())
+            del self.pending[:end - self.first]
+            self.first = self.start = end
+
+    def result(self) -> SyncNetScores:
+        self._run()
+        if self.start < self.last:
+            raise EchoMimicError(f"SyncNet: {self.seen} face crops came, {self.last + 5} were announced.")
+        im, au = torch.cat(self.im_feat), torch.cat(self.cc_feat)
+        vshift = self.vshift
+        win = 2 * vshift + 1
+        aup = torch.nn.functional.pad(au, (0, 0, vshift, vshift))
+        dists = torch.stack([torch.nn.functional.pairwise_distance(im[[i]].repeat(win, 1), aup[i:i + win])
+                             for i in range(len(im))], 1)
+        mdist = dists.mean(1)
+        minval, minidx = torch.min(mdist, 0)
+        return SyncNetScores(float(torch.median(mdist) - minval), float(minval), int(vshift - minidx), int(self.last))
+
+
 def lse_scores(net: SyncNet, crops_bgr: np.ndarray, wave16k: np.ndarray, device: torch.device | str = "cpu",
                vshift: int = VSHIFT, batch: int = BATCH) -> SyncNetScores:
     """LSE-C / LSE-D of 25-fps face crops (F, 224, 224, 3 BGR) against 16 kHz mono audio (-1..1 floats)."""
-    pcm = np.round(np.clip(np.asarray(wave16k, dtype=np.float64) * 32768.0, -32768, 32767))
-    last = min(len(crops_bgr), len(pcm) // 640) - 5
-    if last < 1:
-        raise EchoMimicError(f"SyncNet needs at least 6 frames at 25 fps and 0.24 s of audio; got {len(crops_bgr)} frames "
-                             f"and {len(pcm) / 16000:.2f} s.")
-    cc = torch.from_numpy(mfcc(pcm, 16000).T.astype(np.float32))[None, None]  # (1, 1, 13, T)
-    video = torch.from_numpy(np.ascontiguousarray(crops_bgr))                  # (F, 224, 224, 3) uint8, kept small
-    im_feat, cc_feat = [], []
-    for start in range(0, last, batch):
-        idx = range(start, min(last, start + batch))
-        lips = torch.stack([video[i:i + 5].permute(3, 0, 1, 2) for i in idx]).to(device).float()  # (B, 3, 5, 224, 224)
-        im_feat.append(net.forward_lip(lips).float().cpu())
-        auds = torch.cat([cc[..., i * 4:i * 4 + 20] for i in idx]).to(device)
-        cc_feat.append(net.forward_aud(auds).float().cpu())
-    im, au = torch.cat(im_feat), torch.cat(cc_feat)
-    win = 2 * vshift + 1
-    aup = torch.nn.functional.pad(au, (0, 0, vshift, vshift))
-    dists = torch.stack([torch.nn.functional.pairwise_distance(im[[i]].repeat(win, 1), aup[i:i + win]) for i in range(len(im))], 1)
-    mdist = dists.mean(1)
-    minval, minidx = torch.min(mdist, 0)
-    return SyncNetScores(float(torch.median(mdist) - minval), float(minval), int(vshift - minidx), int(last))
+    feed = LseFeed(net, len(crops_bgr), wave16k, device, vshift, batch)
+    for crop in crops_bgr:
+        feed.add(crop)
+    return feed.result()
