@@ -4,34 +4,17 @@ tree and reported with where they came from; the V3 Loader's folder choices; a m
 yaml or a missing pyyaml as a finding."""
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from echomimic_lib.cli import main
 from echomimic_lib.jobs.doctor import diagnose
 from echomimic_lib.jobs.doctor.comfy_paths import DEFAULT, comfy_folders
-from tests.test_doctor_more import _safetensors
+from tests.test_doctor_more import _json, _part, _run, _safetensors
 
 V3_PARTS = ("Wan2.1-Fun-V1.1-1.3B-InP", "echomimicv3-flash-pro", "chinese-wav2vec2-base")
-
-
-def _run(capsys, *argv):
-    rc = main(["doctor", *argv])
-    out = capsys.readouterr()
-    return rc, out.out + out.err
-
-
-def _json(capsys, *argv):
-    rc = main(["doctor", *argv, "--json"])
-    return rc, json.loads(capsys.readouterr().out)
-
-
-def _part(report, name):
-    return next(p for p in report["shared"] if p["part"] == name)
 
 
 def _v3(folder: Path, flash: bool = True) -> Path:

@@ -178,16 +178,17 @@ def arcface_metric(rep, clip, px, ref_image, ref_px, learned, notes: list):
         return None
 
 
-class FidMetric(Metric):
-    """FID: Inception features of the clip's frames in the frame pass, of the real videos' in the real pass."""
-
-    label = "FID left out"
+class _RealComparison(Metric):
+    """A distribution metric: ``feed(net, device)`` features of the clip's frames in the frame pass (``gen``) and of
+    the real videos' in the real pass (``real``); :meth:`score` compares them."""
 
     def __init__(self, rep, notes, net, device):
-        from .fid import InceptionFeed
-
         super().__init__(rep, notes)
-        self.gen, self.real = InceptionFeed(net, device), InceptionFeed(net, device)
+        self.gen, self.real = self.feed(net, device), self.feed(net, device)
+
+    @staticmethod
+    def feed(net, device):
+        raise NotImplementedError
 
     def add(self, k, frame):
         self.gen.add(frame)
@@ -197,6 +198,18 @@ class FidMetric(Metric):
 
     def end_video(self):
         pass
+
+
+class FidMetric(_RealComparison):
+    """FID: Inception features of the frames (one per frame)."""
+
+    label = "FID left out"
+
+    @staticmethod
+    def feed(net, device):
+        from .fid import InceptionFeed
+
+        return InceptionFeed(net, device)
 
     def score(self):
         from .fid import FEW_SAMPLES, check_sizes
@@ -210,22 +223,16 @@ class FidMetric(Metric):
                               "upwards; compare it only with FIDs of the same sizes, not with papers'.")
 
 
-class FvdMetric(Metric):
-    """FVD: I3D features of the clip's 16-frame clips in the frame pass, of the real videos' in the real pass."""
+class FvdMetric(_RealComparison):
+    """FVD: I3D features of 16-frame clips (a real video's last partial clip ends with it)."""
 
     label = "FVD left out"
 
-    def __init__(self, rep, notes, net, device):
+    @staticmethod
+    def feed(net, device):
         from .fvd import I3DFeed
 
-        super().__init__(rep, notes)
-        self.gen, self.real = I3DFeed(net, device), I3DFeed(net, device)
-
-    def add(self, k, frame):
-        self.gen.add(frame)
-
-    def add_real(self, frame):
-        self.real.add(frame)
+        return I3DFeed(net, device)
 
     def end_video(self):
         self.real.end_video()
