@@ -100,7 +100,7 @@ def test_another_seed_or_input_does_not_use_the_state(comfy, shared_data, monkey
         render(handle, feats, seed=5, resumable=True)
     (kept,) = states(comfy)
     before = kept.read_bytes()
-    for kw in ({"seed": 6}, {"reference": REFERENCE.flip(1)}, {"steps": STEPS - 1}):  # another seed, input, setting
+    for kw in ({"seed": 6}, {"reference": REFERENCE.flip(1)}):  # another seed, another input (settings: the next test)
         seen = []
         monkeypatch.setattr(C, "PROGRESS_HOOK", hook(seen))
         render(handle, feats, **{"seed": 5, **kw}, resumable=True)
@@ -222,10 +222,10 @@ def test_states_older_than_a_week_are_pruned_when_a_resumable_render_starts(comf
         made[name] = p
     handle = loader()
     feats = features(handle, shared_data)
-    render(handle, feats)  # resumable off: prunes nothing
+    render(handle, feats, steps=1)  # resumable off: prunes nothing
     assert all(p.exists() or p.is_symlink() for p in made.values())
     with caplog.at_level(logging.INFO):
-        render(handle, feats, resumable=True)
+        render(handle, feats, steps=1, resumable=True)
     gone = {name for name, p in made.items() if not (p.exists() or p.is_symlink())}
     assert gone == {"old.resume", ".old.abcd1234.partial"}
     assert outside.read_bytes() == b"x" and "old.resume: a render state last written 8.0 days ago" in caplog.text
