@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 VERSIONS = {"V1 audio": "v1_audio", "V1 landmark": "v1_pose", "V2": "v2"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BASE_NEED = ("reference", "denoiser", "motion", "cond", "whisper")
+KEY_FIELDS = ("root", "weights", "variant", "dtype", "device", "attention", "vae", "low_vram", "fp8", "compile")  # a handle's key
 NODE_NAMES = OptionNames("'compile' (EchoMimic Model Loader)", "'cuda_graphs' (EchoMimic Sampler)",
                          "'low_vram' (EchoMimic Model Loader)", "start ComfyUI on an NVIDIA GPU (without --cpu)")
 
@@ -152,7 +153,7 @@ def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa
     if compile:  # once, on the networks ComfyUI will load (its LoRA patches change weights, not the traced code)
         compile_denoiser(models)
     key = (str(root), weights, variant, str(torch_dtype), str(device), attention, str(vae_path), bool(low_vram), bool(fp8),
-           bool(compile))
+           bool(compile))  # (KEY_FIELDS names them; an EchoMimic LoRA appends ("lora", path, strength))
     log.info("EchoMimic %s/%s read from %s (%s%s%s%s); ComfyUI loads it on %s stage by stage", weights, variant, root,
              torch_dtype, ", fp8 UNets" if fp8 else "", ", low-VRAM streaming" if low_vram else "",
              ", compiled denoiser" if compile else "", device)

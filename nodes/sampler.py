@@ -13,6 +13,7 @@ from ..echomimic_lib.modes import MAX_DEEP_CACHE, get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
 from ..echomimic_lib.pipeline.deep_cache import branch_count
 from . import comfy_bridge as C
+from . import resume
 from .base import Node, link, switch
 from ..echomimic_lib.speed import check_deep_cache, check_speed_options
 from .loader import NODE_NAMES, finish, placement
@@ -59,12 +60,16 @@ def output_size(reference, width: int, height: int) -> tuple[int, int]:
 
 def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: int, height: int, length: int,
            context_frames: int, context_overlap: int, mask=None, landmarks=None, poses=None, cuda_graphs: bool = False,
-           deep_cache: int = 0, deep_cache_branch: int = 0, frame_sink=None):
+           deep_cache: int = 0, deep_cache_branch: int = 0, frame_sink=None, resumable: bool = False, deferred=None):
     """The Sampler's run; with ``frame_sink(start, frames)`` the decoded frames go there window by window and the
-    returned frames are None (EchoMimic Sampler (to file), :mod:`.to_file`)."""
+    returned frames are None (EchoMimic Sampler (to file), :mod:`.to_file`). ``resumable``: the denoising state is
+    kept (:mod:`.resume`) and removed at the end, or put in the list ``deferred`` for the caller to remove once its
+    output is whole."""
     check_speed_options(C.torch_device(), cuda_graphs=bool(cuda_graphs), low_vram=handle.low_vram, names=NODE_NAMES)
     deep_cache, deep_cache_branch = check_deep_cache(deep_cache, deep_cache_branch, getattr(handle.models, "config", None),
                                                      names=SAMPLER_NAMES)
+    if resumable:
+        resume.check(deep_cache)
     from .reference import size_problem
 
     given = (width, height)
@@ -82,7 +87,11 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
                             deep_cache=deep_cache, deep_cache_branch=deep_cache_branch)
     settings.validate()
     condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps, track.audio)
+    image = first_image(reference, "reference")
     C.check_interrupt()
+    kept = resume.checkpoint(handle, settings, {
+        "reference": image, "audio": track, "mask": None if mask is None else mask_plane(mask), "landmarks": landmarks,
+        "poses": poses}) if resumable else None
     pbar = C.progress_bar(1)
     state = {"done": 0, "total": 1}
 
@@ -99,10 +108,11 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
             if preview is not None and name.startswith("step"):
                 pbar.update_absolute(state["done"], state["total"], preview(value[1]))
 
-        result = Sampler(handle.models, place)(first_image(reference, "reference"), track.features, condition, settings,
-                                               progress=progress, trace=trace if preview else None, frame_sink=frame_sink)
+        result = Sampler(handle.models, place)(image, track.features, condition, settings, progress=progress,
+                                               trace=trace if preview else None, frame_sink=frame_sink, resume=kept)
     finally:
         finish(place)
+    resume.finished(kept, deferred)
     return result.frames, float(result.fps), trim_audio(track.audio, result.num_frames, result.fps)
 
 
@@ -155,11 +165,16 @@ class EchoMimicSampler(Node):
                                           "DeepCache branch, 0 (the shallowest, fastest) to 11; a larger branch recomputes "
                                           "more in the cached steps and stays closer to the output without DeepCache. Keep "
                                           "it 0 while deep_cache is 0 or 1."}),
+            "resumable": switch("Long renders: keep the denoising state (the clip's latents after the last finished step) "
+                                "in output/echomimic/.resume/ every 2 minutes and when the render stops (Cancel, out of "
+                                "memory, an error). Queue the same prompt again (seed control 'fixed') and it goes on "
+                                "from the next step, to the same video; low_vram may be switched on for it. Removed when "
+                                "the video is done; states left for 7 days are removed. Not with deep_cache."),
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, width=None, height=None, context_frames=None, context_overlap=None, deep_cache=None,
-                        deep_cache_branch=None):
+                        deep_cache_branch=None, resumable=None):
         """Checked when the prompt is queued, before any model is read (ComfyUI then skips its own range check of these;
         a value that comes through a link is not known yet, arrives as None and is checked when the node runs)."""
         from .reference import size_problem
@@ -177,9 +192,16 @@ class EchoMimicSampler(Node):
                 check_deep_cache(deep_cache, deep_cache_branch, names=SAMPLER_NAMES)
             except EchoMimicError as exc:
                 return str(exc)
+        if resumable and deep_cache is not None:
+            try:
+                resume.check(deep_cache)
+            except EchoMimicError as exc:
+                return str(exc)
         return True
 
     def execute(self, model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
-                context_overlap, mask=None, landmarks=None, poses=None, cuda_graphs=False, deep_cache=0, deep_cache_branch=0):
+                context_overlap, mask=None, landmarks=None, poses=None, cuda_graphs=False, deep_cache=0, deep_cache_branch=0,
+                resumable=False):
         return sample(model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
-                      context_overlap, mask, landmarks, poses, cuda_graphs, deep_cache, deep_cache_branch)
+                      context_overlap, mask, landmarks, poses, cuda_graphs, deep_cache, deep_cache_branch,
+                      resumable=bool(resumable))

@@ -113,18 +113,23 @@ class EchoMimicSamplerToFile(EchoMimicSampler):
 
     @classmethod
     def VALIDATE_INPUTS(cls, width=None, height=None, context_frames=None, context_overlap=None, deep_cache=None,
-                        deep_cache_branch=None, filename_prefix=None):
+                        deep_cache_branch=None, filename_prefix=None, resumable=None):
         problem = filename_prefix is not None and C.prefix_problem(filename_prefix)
         return problem or super().VALIDATE_INPUTS(width, height, context_frames, context_overlap, deep_cache,
-                                                  deep_cache_branch)
+                                                  deep_cache_branch, resumable)
 
     def execute(self, model, reference, audio_features, seed, steps, cfg, width, height, length, context_frames,
                 context_overlap, filename_prefix, mask=None, landmarks=None, poses=None, cuda_graphs=False, deep_cache=0,
-                deep_cache_branch=0):
+                deep_cache_branch=0, resumable=False):
         video = VideoFile(filename_prefix, *output_size(reference, width, height), audio_features.fps, audio_features.audio)
-        return video.write(lambda: sample(model, reference, audio_features, seed, steps, cfg, width, height, length,
-                                          context_frames, context_overlap, mask, landmarks, poses, cuda_graphs, deep_cache,
-                                          deep_cache_branch, frame_sink=video.window))
+        kept = []  # resumable: the state goes once the mp4 is committed, not before
+        out = video.write(lambda: sample(model, reference, audio_features, seed, steps, cfg, width, height, length,
+                                         context_frames, context_overlap, mask, landmarks, poses, cuda_graphs, deep_cache,
+                                         deep_cache_branch, frame_sink=video.window, resumable=bool(resumable),
+                                         deferred=kept))
+        for state in kept:
+            state.discard()
+        return out
 
 
 class EchoMimicV3SamplerToFile(EchoMimicV3Sampler):

@@ -257,7 +257,8 @@ def _run(handle, feats, **kw):
 
 def test_node_inputs_are_two_optional_ints_after_the_existing_ones():
     spec = N["EchoMimicSampler"].INPUT_TYPES()
-    assert list(spec["optional"])[-3:] == ["cuda_graphs", "deep_cache", "deep_cache_branch"]  # saved widget order kept
+    assert list(spec["optional"])[-4:-1] == ["cuda_graphs", "deep_cache", "deep_cache_branch"]  # saved widget order kept
+    assert list(spec["optional"])[-1] == "resumable"  # (added after them: tests/test_nodes_resume.py)
     assert not {"deep_cache", "deep_cache_branch"} & set(spec["required"])
     (kind, dc), (kind_b, branch) = spec["optional"]["deep_cache"], spec["optional"]["deep_cache_branch"]
     assert (kind, dc["default"], dc["min"], dc["max"]) == ("INT", 0, 0, 10)

@@ -79,8 +79,9 @@ def run(handle, feats, **kw):
 
 def test_speed_inputs_are_optional_switches_that_are_off_and_come_last():
     loader_types, sampler_types = N["EchoMimicModelLoader"].INPUT_TYPES(), N["EchoMimicSampler"].INPUT_TYPES()
-    # (the sampler's DeepCache inputs came after cuda_graphs: tests/test_deep_cache_options.py)
-    for types_, name, after in ((loader_types, "compile", []), (sampler_types, "cuda_graphs", ["deep_cache", "deep_cache_branch"])):
+    # (the sampler's DeepCache inputs came after cuda_graphs: tests/test_deep_cache_options.py; then resumable:
+    # tests/test_nodes_resume.py)
+    for types_, name, after in ((loader_types, "compile", []), (sampler_types, "cuda_graphs", ["deep_cache", "deep_cache_branch", "resumable"])):
         assert name not in types_["required"] and list(types_["optional"])[-1 - len(after):] == [name] + after  # saved prompts without it still run
         kind, opts = types_["optional"][name]
         assert kind == "BOOLEAN" and opts["default"] is False

@@ -16,6 +16,7 @@ render. DeepCache keeps features between steps that the file does not hold, so i
 from __future__ import annotations
 
 import logging
+import stat
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "echomimic-resume-1"
 EVERY_S = 120.0  # write at most this often while the loop runs (a 5-minute 768 px clip's latents are about 1 GB)
+MAX_AGE_S = 7 * 24 * 3600.0  # prune_states: a state nobody went on with for this long is removed
 
 
 def state_path(output: str | Path) -> Path:
@@ -115,7 +117,35 @@ class StepCheckpoint:
         self.path.unlink(missing_ok=True)
 
 
-def check_resumable(deep_cache: int) -> None:
+def check_resumable(deep_cache: int, option: str = "--resumable",
+                    fix: str = "drop --deep-cache for a resumable render (or --resumable for DeepCache's speed)") -> None:
+    """DeepCache is refused (``option`` and ``fix`` name the switches as the caller's user sees them)."""
     if deep_cache and deep_cache > 1:
-        raise EchoMimicError("--resumable cannot keep DeepCache's features between steps: drop --deep-cache for a "
-                             "resumable render (or --resumable for DeepCache's speed).")
+        raise EchoMimicError(f"{option} cannot keep DeepCache's features between steps: {fix}.")
+
+
+def prune_states(folder: str | Path, max_age_s: float = MAX_AGE_S, now: float | None = None) -> list[Path]:
+    """Remove the render states (``*.resume``, and the temporary files of a write that was cut off) in ``folder`` that
+    were last written more than ``max_age_s`` ago: renders nobody went on with. Only regular files are removed (a
+    link, folder or anything else there stays); each removal is logged. Returns what was removed."""
+    folder, now = Path(folder), time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for p in sorted(entries):
+        if not p.name.endswith((".resume", ".partial")):
+            continue
+        try:
+            st = p.lstat()
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime <= max_age_s:
+                continue
+            p.unlink()
+        except OSError as exc:
+            log.warning("could not remove the old render state %s: %s", p, exc)
+            continue
+        removed.append(p)
+        log.info("removed %s: a render state last written %.1f days ago (states are kept %g days)", p,
+                 (now - st.st_mtime) / 86400, max_age_s / 86400)
+    return removed
