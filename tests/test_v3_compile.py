@@ -251,7 +251,8 @@ def test_v3_loader_node_compile_input(tmp_path, aot_eager, monkeypatch):
     folder = write_tiny_v3(tmp_path / "models" / "echomimic" / "v3-flash")
     types = v3.EchoMimicV3Loader.INPUT_TYPES()
     assert types["optional"]["compile"][0] == "BOOLEAN" and types["optional"]["compile"][1]["default"] is False
-    assert "compile" not in types["required"] and list(types["optional"])[-1] == "compile"  # added last
+    # optional inputs only ever go at the end, in the order they were added (saved workflows keep their values)
+    assert "compile" not in types["required"] and list(types["optional"]) == ["auto_download", "compile", "fp8"]
     (plain,) = v3.EchoMimicV3Loader().execute("v3-flash", "fp32")  # an old workflow: no compile value
     (fast,) = v3.EchoMimicV3Loader().execute("v3-flash", "fp32", compile=True)
     compiled = sub("echomimic_lib.models.wan.compile").is_compiled
