@@ -305,3 +305,27 @@ def test_a_workflow_that_drifted_from_the_nodes_is_refused_naming_the_nodes(comf
     msg = str(err.value)
     assert "HTTP 400" in msg and f"node {loader} (EchoMimicModelLoader)" in msg and "V1 audio (renamed)" in msg, msg
     assert f"node {sampler} (EchoMimicSampler)" in msg and "context_overlap" in msg, msg
+
+
+def test_the_samplers_resumable_and_the_v3_loaders_fp8_run_in_real_comfyui(comfy):
+    """Optional inputs added later, on the real server: v1_audio with the Sampler's resumable on gives the video of the
+    run without it (same seed) and leaves no state behind; v3_flash_lora with the V3 Loader's fp8 on runs through
+    ComfyUI's own ModelPatcher (castable layers, the LoRA patched into fp8 weights) and saves its video."""
+    from echomimic_lib.io.video_io import read_video
+
+    frames = {}
+    for on in (True, False):
+        prompt = _prompt(comfy, "v1_audio", {"EchoMimicSampler": {"resumable": on, "steps": 2}}, seed=91)
+        entry = _run(comfy, prompt)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        (video,) = [f for f in _files(entry, "output") if f.endswith(".mp4")]
+        frames[on] = read_video(comfy.base / "output" / video, with_audio=False).frames
+    assert np.array_equal(frames[True], frames[False])
+    state = comfy.base / "output" / "echomimic" / ".resume"
+    assert state.is_dir() and not list(state.iterdir())  # made by the resumable run, emptied when it was done
+    prompt = _prompt(comfy, "v3_flash_lora", {"EchoMimicV3Loader": {"fp8": True}})
+    (loader,) = [v for v in prompt.values() if v["class_type"] == "EchoMimicV3Loader"]
+    assert loader["inputs"]["fp8"] is True
+    entry = _run(comfy, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    _saved_video(comfy, entry, "v3_flash_lora")
