@@ -23,6 +23,9 @@ def _mps_available() -> bool:
 
 
 def _cuda_summary() -> str:
+    hip = getattr(torch.version, "hip", None)
+    if hip:  # AMD's ROCm build reaches its GPUs through torch.cuda
+        return f"PyTorch {torch.__version__} (ROCm/HIP {hip}) finds no usable AMD GPU (driver, HIP_VISIBLE_DEVICES?)"
     if torch.version.cuda is None:
         return f"this PyTorch ({torch.__version__}) is built without CUDA"
     return f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable CUDA GPU (driver, CUDA_VISIBLE_DEVICES?)"

@@ -12,6 +12,10 @@ The input helpers below write the specs that several nodes use alike.
 """
 from __future__ import annotations
 
+import math
+
+from ..echomimic_lib.errors import EchoMimicError
+
 
 class Node:
     CATEGORY = "EchoMimic"
@@ -47,6 +51,19 @@ def link(kind: str, tooltip: str) -> tuple:
 def switch(tooltip: str, default: bool = False) -> tuple:
     """An on/off widget."""
     return ("BOOLEAN", {"default": default, "tooltip": tooltip})
+
+
+def check_fps(fps, what: str = "fps") -> float:
+    """A frame rate that came through a link (ComfyUI range-checks widgets only): a positive number, else an error
+    naming the input, before any work."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(fps, bool) or not (math.isfinite(value) and value > 0):
+        raise EchoMimicError(f"{what} {fps!r}: the frame rate must be a positive number of frames per second (24 or 25 "
+                             "is typical); link the frame rate of the video (Get Video Components' fps) or type one.")
+    return value
 
 
 def frame_rate(tooltip: str, default: float = 24.0, step: float = 0.01) -> tuple:

@@ -14,7 +14,7 @@ from ..echomimic_lib.jobs.dub_plan import DubPlan
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.retime import retime_indices
 from . import comfy_bridge as C
-from .base import Node, frame_rate, link
+from .base import Node, check_fps, frame_rate, link
 from .payloads import image_batch, to_image
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def paste(images, crop, original, fps: float, region: str, feather: int, dilatio
         raise EchoMimicError(f"unknown color_match '{color_match}'; choose one of {', '.join(COLOR)}.")
     if not isinstance(crop, (CropGeometry, DubPlan)):
         raise EchoMimicError("crop: connect the crop output of EchoMimic Reference Preparation or EchoMimic Face Track.")
+    fps = check_fps(fps)
     geometry = crop.geometry if isinstance(crop, DubPlan) else crop
     gen = image_batch(images, "images")
     originals = image_batch(original, "original")

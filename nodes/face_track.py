@@ -11,7 +11,7 @@ from ..echomimic_lib.jobs.dub_plan import check_source_frames, plan_dub, referen
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.landmarks import normalize_parts
 from . import detectors
-from .base import Node, frame_rate, link, switch
+from .base import Node, check_fps, frame_rate, link, switch
 from .composite import CROP
 from .payloads import AUDIO_FEATURES, LANDMARKS, RETIME_POLICIES, LandmarkTrack, image_batch, to_image
 
@@ -43,6 +43,7 @@ def track(images, fps: float, audio_features, width: int, height: int, reference
         selected = normalize_parts(parts)  # "" = no landmark parts
     except ValueError as exc:
         raise EchoMimicError(f"parts: {exc}") from None
+    fps = check_fps(fps)
     frames = image_batch(images, "images")
     check_source_frames(len(frames), "the images input")
     feats, model_fps = audio_features.features, float(audio_features.fps)

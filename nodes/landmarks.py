@@ -13,7 +13,7 @@ from ..echomimic_lib.temporal import check_level
 from ..echomimic_lib.temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from . import comfy_bridge as C
 from . import detectors
-from .base import Node, frame_rate, link, switch
+from .base import Node, check_fps, frame_rate, link, switch
 from .payloads import LANDMARKS, RETIME_POLICIES, LandmarkTrack, first_image, image_batch, to_image
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def _preview(pixels, coord_size, parts, frames=None) -> np.ndarray:
 
 def extract(images, fps: float, framing: str, bad_frames: str, max_frames: int, download: bool, stabilize: str = "off"):
     check_level(stabilize, "stabilize")  # before MediaPipe reads any frame
+    fps = check_fps(fps)
     frames = image_batch(images, "images")
     if max_frames > 0:
         frames = frames[:max_frames]

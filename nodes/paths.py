@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.io.file_safety import resolved_outside
 from . import comfy_bridge as C
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".sft")
@@ -60,11 +61,11 @@ def safe_child(root: Path, name: str, what: str) -> Path:
                              "name from the list.")
     candidate = root.joinpath(*parts)
     try:
-        real_root, real = root.resolve(), candidate.resolve()
+        real = resolved_outside(root, candidate)
     except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13), a name too long
         raise EchoMimicError(f"{what} '{name}' cannot be looked up in {root} ({exc}): a symlink that points to itself? "
                              f"Remove or fix that link in {root}.") from exc
-    if real != real_root and real_root not in real.parents:
+    if real is not None:
         raise EchoMimicError(
             f"{what} '{name}' resolves to {real}, outside {root} (a symlink pointing elsewhere?). Copy it into "
             f"{root}, or add its folder to ComfyUI's extra_model_paths.yaml.")

@@ -106,6 +106,9 @@ def image_batch(image, what: str = "image") -> np.ndarray:
         raise EchoMimicError(f"{what}: expected a ComfyUI IMAGE [batch, height, width, 3], got {shape}.")
     if image.shape[0] == 0:
         raise EchoMimicError(f"{what}: the IMAGE batch is empty.")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise EchoMimicError(f"{what}: the IMAGE is {image.shape[2]}x{image.shape[1]} px (no pixels); connect a picture or "
+                             "frames that are not empty (check a crop or resize node before this one).")
     return (image[..., :3].detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy())
 
 
@@ -137,8 +140,14 @@ def mask_plane(mask) -> torch.Tensor:
     return mask[0] if mask.dim() == 3 else mask
 
 
+def comfy_waveform(wave: torch.Tensor) -> torch.Tensor:
+    """An AUDIO waveform as ComfyUI's [batch, channels, samples]. Load Audio gives that; some audio nodes give
+    [channels, samples] or [samples], which the encoders take and core's Create Video / Save Video do not."""
+    return wave if wave.dim() >= 3 else wave.reshape((1,) * (3 - wave.dim()) + tuple(wave.shape))
+
+
 def trim_audio(audio: dict, num_frames: int, fps: float) -> dict:
-    """The AUDIO cut to the video's duration (num_frames / fps), for CreateVideo."""
-    wave, sr = audio["waveform"], int(audio["sample_rate"])
+    """The AUDIO cut to the video's duration (num_frames / fps), for CreateVideo ([batch, channels, samples])."""
+    wave, sr = comfy_waveform(audio["waveform"]), int(audio["sample_rate"])
     keep = min(wave.shape[-1], math.ceil(num_frames / fps * sr))
     return {"waveform": wave[..., :keep], "sample_rate": sr}

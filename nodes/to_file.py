@@ -23,7 +23,7 @@ import torch
 
 from ..echomimic_lib.io.video_writer import Mp4Writer, _as_uint8
 from . import comfy_bridge as C
-from .payloads import first_image, to_image
+from .payloads import comfy_waveform, to_image
 from .sampler import EchoMimicSampler, output_size, sample
 from .v3 import EchoMimicV3Sampler
 
@@ -75,7 +75,7 @@ class VideoFile:
     def __init__(self, prefix: str, width: int, height: int, fps: float, audio: dict | None):
         self.path, self.entry = C.save_path(prefix, "mp4", width, height)
         wave = audio.get("waveform") if isinstance(audio, dict) else None
-        samples = None if wave is None or wave.numel() == 0 else wave[0].float().cpu().numpy()
+        samples = None if wave is None or wave.numel() == 0 else comfy_waveform(wave)[0].float().cpu().numpy()  # (C, T)
         rate = int(audio["sample_rate"]) if samples is not None else None
         self.fps = float(fps)
         self.writer = Mp4Writer(self.path, self.fps, samples, rate)  # checks the destination (nothing is created yet)
@@ -150,10 +150,9 @@ class EchoMimicV3SamplerToFile(EchoMimicV3Sampler):
 
     def execute(self, model, v3_audio, positive, clip_vision_output, vae, image, size, steps, audio_cfg, seed, teacache,
                 color_transfer, filename_prefix, long_mode="reanchor"):
-        from ..echomimic_lib.pipeline.wan.sampler import sample_size
+        from .v3 import checked_reference
 
-        ref = first_image(image, "image")
-        h, w = sample_size(ref.shape[1], ref.shape[0], (size, size))
+        _, h, w = checked_reference(image, size, steps, audio_cfg, teacache, long_mode)
         video = VideoFile(filename_prefix, w, h, 25.0, v3_audio.audio)
         return video.write(lambda: self.sample(model, v3_audio, positive, clip_vision_output, vae, image, size, steps,
                                                audio_cfg, seed, teacache, color_transfer, long_mode, sink=video.block))

@@ -10,6 +10,7 @@ ComfyUI's Wan21 latent format values). wav2vec2 runs on the CPU in float32, as t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ V3_MODEL = "ECHOMIMIC_V3_MODEL"
 V3_AUDIO = "ECHOMIMIC_V3_AUDIO"
 FLASH_FILE = "echomimicv3-flash-pro/diffusion_pytorch_model.safetensors"
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NODE_V3_NAMES = {"steps": "steps", "audio_cfg": "audio_cfg", "long_mode": "long_mode", "size": ("size", "size"),
+                 "teacache": "teacache"}
 NODE_NAMES = OptionNames("'compile' (EchoMimic V3 Loader)", "cuda_graphs (not an EchoMimicV3 option)",
                          "low_vram (not an EchoMimicV3 option)", "start ComfyUI on an NVIDIA GPU (without --cpu)")
 
@@ -52,6 +55,18 @@ def v3_folders() -> list[str]:
         if root.is_dir():  # the sub-folders of models/echomimic holding the V3 layout (no deep walk)
             names.update(p.name for p in root.iterdir() if (p / FLASH_FILE).is_file())
     return sorted(names) or ["v3-flash"]
+
+
+def checked_reference(image, size, steps, audio_cfg, teacache, long_mode):
+    """(the reference as uint8 (H, W, 3), sample height, width). Linked values are not range-checked by ComfyUI:
+    refused here, before the transformer is loaded (seeds over the widget's 2^63-1, which a shared seed primitive
+    can give, work as before)."""
+    from ..echomimic_lib.jobs.animate_v3 import check_v3_settings
+    from ..echomimic_lib.pipeline.wan.sampler import sample_size
+
+    check_v3_settings(steps, audio_cfg, None, long_mode, (size, size), teacache=teacache, names=NODE_V3_NAMES)
+    ref = first_image(image, "image")
+    return (ref, *sample_size(ref.shape[1], ref.shape[0], (size, size)))
 
 
 class EchoMimicV3Loader:
@@ -131,14 +146,22 @@ class EchoMimicV3AudioEncoder:
                                                     "tooltip": "81 = one official shot; more: chunked long video."})}}
 
     def execute(self, model, audio, max_frames):
+        from ..echomimic_lib.audio import check_audible, read_raw_audio
         from ..echomimic_lib.audio.wav2vec import frame_count, prepare_samples, resample_16k
 
+        whole = isinstance(max_frames, (int, float, np.integer, np.floating)) and not isinstance(max_frames, bool) and \
+            math.isfinite(max_frames) and float(max_frames).is_integer()  # a linked 81.0 from a math node is 81
+        if not (whole and max_frames >= 1):  # a linked value is not range-checked by ComfyUI
+            raise EchoMimicError(f"max_frames {max_frames!r}: give a whole number, 1 or more (81 = one official shot).")
+        max_frames = int(max_frames)
         wave = audio.get("waveform") if isinstance(audio, dict) else None
         if not isinstance(wave, torch.Tensor) or wave.numel() == 0:
             raise EchoMimicError("audio: expected a non-empty ComfyUI AUDIO (connect Load Audio).")
-        mono = wave[0].float().mean(0).numpy()
-        rate = int(audio["sample_rate"])
-        frames = frame_count(mono.shape[0] / rate, int(max_frames))
+        raw = read_raw_audio(audio)  # [B, C, T] with B = 1, [C, T] or [T]; finite; a positive sample rate
+        check_audible(raw, "Connect a clip with audible speech, or check that Load Audio picked the right file.")
+        mono = raw.samples.mean(axis=0).astype(np.float32)  # (as echomimic v3 does)
+        rate = raw.sample_rate
+        frames = frame_count(mono.shape[0] / rate, max_frames)
         return (V3Audio(prepare_samples(resample_16k(mono, rate), frames), frames, audio), frames)
 
 
@@ -189,10 +212,9 @@ class EchoMimicV3Sampler:
         None is returned (EchoMimic V3 Sampler (to file), :mod:`.to_file`)."""
         from ..echomimic_lib.models.wan.vae import PixelVAE
         from ..echomimic_lib.pipeline.wan.long import iter_long
-        from ..echomimic_lib.pipeline.wan.sampler import V3Settings, generate, resize_reference, sample_size
+        from ..echomimic_lib.pipeline.wan.sampler import V3Settings, generate, resize_reference
 
-        ref = first_image(image, "image")
-        h, w = sample_size(ref.shape[1], ref.shape[0], (size, size))
+        ref, h, w = checked_reference(image, size, steps, audio_cfg, teacache, long_mode)
         ref_u8 = resize_reference(ref, h, w)
         prompt = positive[0][0] if positive else None
         clip = getattr(clip_vision_output, "penultimate_hidden_states", None)

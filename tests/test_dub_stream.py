@@ -39,9 +39,9 @@ def _record(monkeypatch, size):
         seen["events"].append(("write", len(seen["writes"]) - 1))
         return write(self, batch)
 
-    def recording_init(self, path, fps, audio=None, sample_rate=None, crf=18):
+    def recording_init(self, path, fps, audio=None, sample_rate=None, crf=18, **kw):
         seen["audio"].append((audio, sample_rate, fps))
-        init(self, path, fps, audio, sample_rate, crf)
+        init(self, path, fps, audio, sample_rate, crf, **kw)
 
     prepare, composite = dub.prepare_dub, dub_stream.composite_frames
 

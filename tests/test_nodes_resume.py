@@ -46,9 +46,7 @@ def features(handle, shared_data, seconds=1.0):
 
 
 def render(handle, feats, seed=7, reference=REFERENCE, node="EchoMimicSampler", steps=STEPS, **kw):
-    """STEPS steps over the audio's 24 frames in windows of 12 (overlap 3): several windows per step. (Windows of fewer
-    frames give the tiny set's decode a budget under one frame's estimate: a tiled decode, another video than the
-    low_vram set's untiled one.)"""
+    """STEPS steps over the audio's 24 frames in windows of 12 (overlap 3): several windows per step."""
     extra = ("echomimic/resume_test",) if node == "EchoMimicSamplerToFile" else ()
     return N[node]().execute(handle, reference, feats, seed, steps, 0.0, SIZE, SIZE, 0, 12, 3, *extra, **kw)
 

@@ -84,15 +84,30 @@ def test_a_batch_row_that_would_write_over_an_input_stops_the_batch(talk, shared
     assert loads == [] and {p.name: _digest(p) for p in folder.iterdir() if p.name != "jobs.jsonl"} == digests
 
 
-@pytest.mark.parametrize("link", [False, True], ids=["copy", "link"])
-def test_export_into_the_models_folder_the_run_read_keeps_its_vae_and_whisper(tmp_path, monkeypatch, capsys, link):
-    """``echomimic-train export RUN MODELS --force`` where MODELS holds the VAE and whisper the run trained with: they
-    are the export's own sources, kept as they are (they were deleted, then the copy failed)."""
+def write_training_checkpoint(tmp_path, vae, whisper, monkeypatch):
+    """A tiny step-2 training checkpoint (one tensor a network) whose meta names ``vae`` and ``whisper``; the export's
+    config stays the default one."""
     import torch
     from safetensors.torch import save_file
 
     import trainer.export as ex
     from echomimic_lib.config import EchoConfig
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    ckpt.mkdir(parents=True)
+    save_file({"reference.a": torch.ones(2), "denoiser.b": torch.ones(2), "denoiser.x.motion_modules.c": torch.ones(2),
+               "cond_encoder.d": torch.ones(2)}, str(ckpt / "model.safetensors"))
+    (ckpt / "meta.json").write_text(json.dumps({"step": 2, "weights": "v1_audio", "echo_config": {}, "vae_path": str(vae),
+                                                "whisper_path": str(whisper), "lora": None}))
+    monkeypatch.setattr(ex.EchoConfig, "from_dict", staticmethod(lambda d: EchoConfig()))
+    return ckpt
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["copy", "link"])
+def test_export_into_the_models_folder_the_run_read_keeps_its_vae_and_whisper(tmp_path, monkeypatch, capsys, link):
+    """``echomimic-train export RUN MODELS --force`` where MODELS holds the VAE and whisper the run trained with: they
+    are the export's own sources, kept as they are (they were deleted, then the copy failed)."""
+
     from trainer.cli import main
 
     models = tmp_path / "models"
@@ -101,13 +116,7 @@ def test_export_into_the_models_folder_the_run_read_keeps_its_vae_and_whisper(tm
     (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"the user's VAE")
     whisper.parent.mkdir()
     whisper.write_bytes(b"the user's whisper")
-    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
-    ckpt.mkdir(parents=True)
-    save_file({"reference.a": torch.ones(2), "denoiser.b": torch.ones(2), "denoiser.x.motion_modules.c": torch.ones(2),
-               "cond_encoder.d": torch.ones(2)}, str(ckpt / "model.safetensors"))
-    (ckpt / "meta.json").write_text(json.dumps({"step": 2, "weights": "v1_audio", "echo_config": {}, "vae_path": str(vae),
-                                                "whisper_path": str(whisper), "lora": None}))
-    monkeypatch.setattr(ex.EchoConfig, "from_dict", staticmethod(lambda d: EchoConfig()))
+    ckpt = write_training_checkpoint(tmp_path, vae, whisper, monkeypatch)
     rc = main(["export", str(ckpt), str(models), "--no-verify", "--force"] + (["--link"] if link else []))
     err = capsys.readouterr().err
     assert rc == 0, err

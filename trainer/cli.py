@@ -303,7 +303,9 @@ def _resume_hint(args) -> str:
 
 
 def _main(argv) -> int:
-    args = build_parser().parse_args(argv)
+    from echomimic_lib.cli.common import expand_home
+
+    args = expand_home(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # accelerate reports every checkpoint file at INFO: keep the progress bar readable
         for name in ("accelerate", "torch.distributed", "diffusers"):

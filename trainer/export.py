@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from echomimic_lib.config import EchoConfig, inference_config_dict, unet_config_dict
-from echomimic_lib.io.file_safety import refuse_existing, refuse_input_as_output
+from echomimic_lib.io.file_safety import refuse_existing, refuse_input_as_output, write_text_atomic
 from echomimic_lib.modes import WEIGHT_SETS
 from echomimic_lib.io.weights import save_state_dict
 
@@ -190,13 +190,13 @@ def _export_files(ckpt, meta, run_dir, dest: Path, ema, formats, dtype, link, ve
             written.append(save_state_dict(state, dest / f"{names[key]}{fmt}"))
     cfg_path = dest / "sd-image-variations-diffusers" / "unet" / "config.json"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(json.dumps(unet_config_dict(echo_cfg), indent=1))
-    (dest / "inference_config.json").write_text(json.dumps(inference_config_dict(echo_cfg), indent=1))
+    write_text_atomic(cfg_path, json.dumps(unet_config_dict(echo_cfg), indent=1))  # a new file: a hard-linked old one
+    write_text_atomic(dest / "inference_config.json", json.dumps(inference_config_dict(echo_cfg), indent=1))  # stays
     _place(Path(meta["vae_path"]), dest / "sd-vae-ft-mse", link)
     _place(Path(meta["whisper_path"]), dest / "audio_processor" / "whisper_tiny.pt", link)
     written += [cfg_path, dest / "inference_config.json", dest / "sd-vae-ft-mse", dest / "audio_processor" / "whisper_tiny.pt"]
-    (dest / "export.json").write_text(json.dumps({"checkpoint": str(ckpt), "step": meta["step"], "weights": meta["weights"],
-                                                  "ema": ema, "dtype": dtype}, indent=1))
+    write_text_atomic(dest / "export.json", json.dumps({"checkpoint": str(ckpt), "step": meta["step"], "weights": meta["weights"],
+                                                        "ema": ema, "dtype": dtype}, indent=1))
     if verify:
         from echomimic_lib.model_set import load_models
 

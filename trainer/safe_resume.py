@@ -22,6 +22,9 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import types
+from dataclasses import is_dataclass
+from enum import Enum
 from pathlib import Path
 
 from .config import ConfigError
@@ -58,13 +61,34 @@ def weights_only_loading():
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; older ones rely on check_checkpoint
     try:
-        with allow(_numpy_globals()) if allow else contextlib.nullcontext():
+        with allow(_numpy_globals()) if allow else contextlib.nullcontext(), _dcp_index_checked():
             yield
     finally:
         if old is None:
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
         else:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+@contextlib.contextmanager
+def _dcp_index_checked():
+    """``torch.distributed.checkpoint`` reads a ``.metadata`` index with plain ``pickle.load``: in the block its module
+    sees a ``pickle`` whose ``load`` is :class:`_DCPUnpickler`'s, so an index swapped after :func:`check_checkpoint`
+    is refused too."""
+    try:
+        from torch.distributed.checkpoint import filesystem
+    except ImportError:  # a torch built without torch.distributed reads no sharded checkpoint
+        filesystem = None
+    if getattr(filesystem, "pickle", None) is not pickle:
+        yield
+        return
+    shim = types.SimpleNamespace(**{k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
+    shim.load = lambda file, **_: _DCPUnpickler(file).load()
+    filesystem.pickle = shim
+    try:
+        yield
+    finally:
+        filesystem.pickle = pickle
 
 
 def _load_mapped(path: Path):
@@ -82,9 +106,14 @@ class _DCPUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         import torch
 
-        if (module, name) in DCP_ALLOWED or module.startswith("torch.distributed.checkpoint.") or (
-                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+        if "." in name:  # protocol 4 looks up dotted names: 'torch.distributed.checkpoint.metadata' + 'os.system'
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not part of a torch.distributed.checkpoint index")
+        if (module, name) in DCP_ALLOWED or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
             return super().find_class(module, name)
+        if module.startswith("torch.distributed.checkpoint."):  # only its own record classes, never a function or an
+            found = super().find_class(module, name)  # import of the module (os, pickle) or a reader/writer class
+            if isinstance(found, type) and found.__module__ == module and (is_dataclass(found) or issubclass(found, Enum)):
+                return found
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not part of a torch.distributed.checkpoint index")
 
 

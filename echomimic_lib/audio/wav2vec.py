@@ -36,9 +36,14 @@ MAX_FRAMES = 81
 
 def frame_count(duration_s: float, cap: int = MAX_FRAMES, vae_scale: int = 4) -> int:
     """Video frames for a clip: 25 fps, at most ``cap``, rounded down to ``vae_scale * k + 1``."""
+    from ..errors import EchoMimicError
+
+    if not (isinstance(cap, (int, np.integer)) and cap >= 1):
+        raise EchoMimicError(f"a cap of {cap!r} frames: give 1 or more (81 = one flash-pro shot).")
     f = min(int(duration_s * FPS), cap)
     if f < 1:
-        raise ValueError(f"the audio is {duration_s:.3f} s long: at least {1 / FPS:.2f} s is needed for one frame")
+        raise EchoMimicError(f"the audio is {duration_s:.3f} s long: at least {1 / FPS:.2f} s is needed for one frame; "
+                             "give a longer speech clip.")
     return f if f == 1 else (f - 1) // vae_scale * vae_scale + 1
 
 

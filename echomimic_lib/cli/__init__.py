@@ -14,7 +14,7 @@ import sys
 
 from ..errors import EchoMimicError
 from . import process_exit
-from .common import HelpFormatter, SubParser, setup_logging
+from .common import HelpFormatter, SubParser, expand_home, setup_logging
 
 ISSUES_URL = "https://github.com/echomimic-comfy/comfyui-echomimic/issues"
 
@@ -136,7 +136,7 @@ def _main(argv: list) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed why
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     setup_logging(verbose=args.verbose_all or getattr(args, "verbose", False), quiet=getattr(args, "quiet", False))
-    return _run(args)
+    return _run(expand_home(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -134,3 +134,23 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+TEXT_OPTIONS = frozenset({"prompt", "negative_prompt"})  # words, not paths
+
+
+def _home(value):
+    if isinstance(value, str) and (value == "~" or value.startswith(("~/", "~" + os.sep))):
+        return os.path.expanduser(value)
+    if isinstance(value, list):
+        return [_home(v) for v in value]
+    return value
+
+
+def expand_home(args: argparse.Namespace) -> argparse.Namespace:
+    """``~`` at the start of a path the shell left alone (``--reference=~/me.png``: no shell expands a ``~`` after
+    ``=``) is the home folder, as it would be before a space; text options are left as written."""
+    for name, value in vars(args).items():
+        if name not in TEXT_OPTIONS:
+            setattr(args, name, _home(value))
+    return args

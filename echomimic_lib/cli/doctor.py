@@ -20,10 +20,15 @@ def _cmd_doctor(args) -> int:
     if args.extra_model_paths and not args.comfyui:
         raise EchoMimicError("--extra-model-paths: goes with --comfyui (the yaml files ComfyUI was started with through "
                              "--extra-model-paths-config).")
+    for opt in ("base_directory", "input_directory", "output_directory"):
+        if getattr(args, opt) is not None and not args.comfyui:
+            name = "--" + opt.replace("_", "-")
+            raise EchoMimicError(f"{name}: goes with --comfyui (ComfyUI's own {name}, as it was started with).")
     default = default_models_dir()
     root = Path(args.models).expanduser() if args.models else default
     report = diagnose(root, args.weights, args.variant, default_root=default, strict=args.strict, comfyui=args.comfyui,
-                      extra_paths=args.extra_model_paths or ())
+                      extra_paths=args.extra_model_paths or (), base_directory=args.base_directory,
+                      input_directory=args.input_directory, output_directory=args.output_directory)
     if args.json:
         say(json.dumps(report, indent=2))
     else:
@@ -47,10 +52,17 @@ def add_commands(sub) -> None:
                    help="V1/V2: check only this variant (default: both)")
     d.add_argument("--comfyui", metavar="PATH", help="a ComfyUI install (its folder, or its models folder): check its "
                    "echomimic folders and the core folders the V3 workflows read (text_encoders, clip_vision, vae), "
-                   "extra_model_paths.yaml's folders included")
+                   "extra_model_paths.yaml's folders included; 'auto': the ComfyUI this pack is in, else ComfyUI Desktop, "
+                   "from its config.json and extra_models_config.yaml)")
     d.add_argument("--extra-model-paths", metavar="FILE", action="append", default=[],
                    help="with --comfyui: a yaml file ComfyUI is started with (--extra-model-paths-config FILE); "
                    "repeatable. ComfyUI's own extra_model_paths.yaml is always read")
+    d.add_argument("--base-directory", metavar="DIR", help="with --comfyui: ComfyUI's --base-directory, as it is started "
+                   "(models, input, output and custom_nodes are then DIR/models etc.; the yaml files keep their base_path)")
+    d.add_argument("--input-directory", metavar="DIR", help="with --comfyui: ComfyUI's --input-directory (pose folders "
+                   "in DIR/echomimic_poses)")
+    d.add_argument("--output-directory", metavar="DIR", help="with --comfyui: ComfyUI's --output-directory (its vae, "
+                   "clip, loras, diffusion_models sub-folders are model folders too)")
     d.add_argument("--strict", action="store_true", help="tiny random-weight sets count as not ready (exit 1), for "
                    "scripts that check a production machine")
     d.add_argument("--json", action="store_true", help="the report as JSON (for tools and scripts)")

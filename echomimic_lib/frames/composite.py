@@ -78,14 +78,19 @@ def grow_polygon(points, amount: float) -> np.ndarray:
     return hull
 
 
+def check_dilation(dilation) -> None:
+    """A mask growth of 0 or more (NaN was "cannot convert float NaN to integer" mid-paste)."""
+    if not (np.isfinite(dilation) and dilation >= 0):
+        raise EchoMimicError(f"dilation must be >= 0 (a fraction of the face size), got {dilation}.")
+
+
 def region_mask(geometry: CropGeometry, region: str = "face", hull=None, dilation: float = 0.0,
                 face_box=None) -> np.ndarray:
     """Hard region uint8 (H, W) in {0, 1} of the original, cut to the crop box. ``hull`` / ``face_box``
     override the geometry's own (per-frame regions in a video)."""
     if region not in REGIONS:
         raise EchoMimicError(f"unknown paste-back region '{region}'; choose one of {', '.join(REGIONS)}.")
-    if dilation < 0:
-        raise EchoMimicError(f"dilation must be >= 0 (a fraction of the face size), got {dilation}.")
+    check_dilation(dilation)
     w, h = geometry.source_size
     bx0, by0, bx1, by1 = geometry.box
     mask = np.zeros((h, w), np.uint8)
@@ -153,8 +158,9 @@ class PasteBack:
             raise EchoMimicError(f"unknown paste-back region '{region}'; choose one of {', '.join(REGIONS)}.")
         if color not in COLOR_METHODS:
             raise EchoMimicError(f"unknown colour matching '{color}'; choose one of {', '.join(COLOR_METHODS)}.")
-        if feather < 0:
+        if not (np.isfinite(feather) and feather >= 0):
             raise EchoMimicError(f"feather must be >= 0 pixels, got {feather}.")
+        check_dilation(dilation)  # (region_mask checks it too, at the first frame)
         self.geometry, self.region, self.feather, self.dilation, self.color = geometry, region, float(feather), float(dilation), color
         self._static = None
 

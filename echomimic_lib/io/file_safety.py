@@ -58,6 +58,13 @@ def regular_target(path: str | Path) -> Path:
     return p
 
 
+def resolved_outside(root: str | Path, path: str | Path) -> Path | None:
+    """Where ``path`` really is when links take it out of ``root`` (its resolved path), else None (inside, or ``root``
+    itself). OSError / RuntimeError (a link loop before Python 3.13) are the caller's to report."""
+    real_root, real = Path(root).resolve(), Path(path).resolve()
+    return None if real == real_root or real_root in real.parents else real
+
+
 def publish(tmp: str | Path, final: str | Path) -> Path:
     """Give ``tmp`` the umask's permissions, then rename it to ``final`` (atomic on one file system); a symlink at
     ``final`` is written through, a folder, device or pipe there is never replaced (:func:`regular_target`)."""

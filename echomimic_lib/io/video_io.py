@@ -12,12 +12,10 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import EchoMimicError
+from .orientation import frame_turn, upright_rgb
+from .streams import NoVideoStream, video_stream  # noqa: F401  (the names callers import from here)
 
 log = logging.getLogger(__name__)
-
-
-class NoVideoStream(EchoMimicError):
-    """The file is media without a video stream (an audio file, say)."""
 
 
 @dataclass
@@ -42,21 +40,37 @@ def _open(path: str | Path):
 
 
 def read_video(path: str | Path, max_frames: int | None = None, with_audio: bool = True) -> VideoClip:
-    """Decode all video frames (RGB uint8) and, if present, the audio track of a media file (the whole video in
-    memory: to go through a long video frame by frame, iterate :class:`VideoFrames`)."""
+    """Decode all video frames (RGB uint8, upright as a player shows them) and, if present, the audio track of a
+    media file (the whole video in memory: to go through a long video frame by frame, iterate :class:`VideoFrames`)."""
     source = VideoFrames(path, max_frames)
     frames = list(source)
     audio, sr = (read_audio(path) if with_audio else (None, None)) if _has_audio(path) else (None, None)
     return VideoClip(np.stack(frames), source.fps, audio, sr)
 
 
+def displayed_size(container, stream, name: str = "") -> tuple[int, int]:
+    """(width, height) of ``stream``'s frames as displayed: its header's size, turned by the first frame's display
+    matrix (that frame is decoded; one that cannot be: the header's size, and decoding says later what is wrong)."""
+    stored = (stream.codec_context.width, stream.codec_context.height)
+    try:
+        first = next(iter(container.decode(stream)), None)
+    except Exception as exc:
+        log.debug("%s: the first frame cannot be decoded (%s)", name, exc)
+        first = None
+    turn = frame_turn(first, name) if first is not None else None
+    return turn.size(*stored) if turn is not None else stored
+
+
 class VideoFrames:
     """The video frames of a media file, decoded one at a time while they are iterated (RGB uint8 (H, W, 3)), so
-    memory holds about one frame whatever the video's length; at most ``max_frames`` (None: all).
+    memory holds about one frame whatever the video's length; at most ``max_frames`` (None: all). Frames are upright
+    as a player shows them: a phone's portrait clip, stored sideways with a display matrix, is turned
+    (:mod:`echomimic_lib.io.orientation`); cover art (an audio file's picture) is no video stream.
 
-    Opening reads only the stream's header: :attr:`fps` (the rate :func:`read_video` reports), :attr:`size`
-    (width, height) and :attr:`estimated_frames`, the container's frame count (else duration x fps; 0 when it
-    says neither), capped at ``max_frames``: a figure for a progress bar, not a promise. Each iteration decodes
+    Opening reads only the stream's header: :attr:`fps` (the rate :func:`read_video` reports) and
+    :attr:`estimated_frames`, the container's frame count (else duration x fps; 0 when it says neither), capped at
+    ``max_frames``: a figure for a progress bar, not a promise. :attr:`size` (width, height as displayed) decodes
+    the first frame once, to learn the display matrix. Each iteration decodes
     from the start; the file is closed when the iteration ends or its generator is closed. A file that is no
     video, has no frames or cannot be decoded raises :class:`EchoMimicError` naming it. :meth:`frames_from` reads
     from a given frame on, seeking to a keyframe that an earlier read of this object recorded in :attr:`index`."""
@@ -65,11 +79,9 @@ class VideoFrames:
         self.path, self.max_frames = path, max_frames
         container = _open(path)
         try:
-            if not container.streams.video:
-                raise NoVideoStream(f"{path}: the file has no video stream.")
-            vs = container.streams.video[0]
+            vs = video_stream(container, path)
             self.fps = float(vs.average_rate or vs.guessed_rate or 25)
-            self.size = (vs.codec_context.width, vs.codec_context.height)
+            self._stored, self._size = (vs.codec_context.width, vs.codec_context.height), None
             estimate = int(vs.frames or 0)
             if not estimate and vs.duration and vs.time_base:
                 estimate = int(round(float(vs.duration * vs.time_base) * self.fps))
@@ -80,14 +92,25 @@ class VideoFrames:
         self.estimated_frames = estimate if max_frames is None else min(estimate, max_frames)
         self.index = FrameIndex()
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames as displayed (a sideways-stored portrait clip: its portrait size)."""
+        if self._size is None:
+            container = _open(self.path)
+            try:
+                self._size = displayed_size(container, video_stream(container, self.path), str(self.path))
+            finally:
+                container.close()
+        return self._size
+
     def __iter__(self):
         import av
 
         container = _open(self.path)
         n = 0
         try:
-            for frame in container.decode(container.streams.video[0]):
-                yield frame.to_ndarray(format="rgb24")
+            for frame in container.decode(video_stream(container, self.path)):
+                yield upright_rgb(frame, str(self.path))
                 n += 1
                 if self.max_frames is not None and n >= self.max_frames:
                     break
@@ -109,7 +132,7 @@ class VideoFrames:
 
         try:
             for frame in self._decoded_from(int(start)):
-                yield frame.to_ndarray(format="rgb24")
+                yield upright_rgb(frame, str(self.path))
         except av.error.FFmpegError as exc:
             raise EchoMimicError(f"{self.path}: the video cannot be decoded ({exc}); the file is damaged or "
                                  "truncated. Re-export it and try again.") from exc
@@ -151,7 +174,7 @@ class VideoFrames:
                 container.close()
                 start, container = max(start, n), _open(self.path)
             n = 0
-            for frame in container.decode(container.streams.video[0]):
+            for frame in container.decode(video_stream(container, self.path)):
                 if end is not None and n >= end:
                     return
                 index.decoded += 1
@@ -197,7 +220,7 @@ def _seek_near(container, index: FrameIndex, start: int):
     """Seek ``container`` to the recorded keyframe nearest before frame ``start`` (then one or three keyframes earlier
     where it lands after it): (the decoder's frames, n, frame n) with n <= ``start`` a recorded keyframe, the first
     one decoded; None where there is no keyframe but the first to seek to, False where no seek gets there."""
-    stream = container.streams.video[0]
+    stream = video_stream(container)
     last = min(start, len(index.pts) - 1)
     pos = bisect_right(index.keys, last) - 1
     if pos < 0 or index.keys[pos] == 0:
@@ -243,10 +266,8 @@ def count_frames(path: str | Path, upto: int) -> int:
     """How many video frames the file has, counting no further than ``upto`` (cheap: stops decoding there)."""
     container = _open(path)
     try:
-        if not container.streams.video:
-            raise NoVideoStream(f"{path}: the file has no video stream.")
         n = 0
-        for _ in container.decode(container.streams.video[0]):
+        for _ in container.decode(video_stream(container, path)):
             n += 1
             if n >= upto:
                 break
@@ -292,7 +313,9 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         container.close()
     if not chunks:
         raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
-    return np.concatenate(chunks, axis=1).astype(np.float32), int(sr)
+    audio = np.concatenate(chunks, axis=1)  # fltp is float32 already: no third copy (peak about twice the audio)
+    del chunks
+    return audio.astype(np.float32, copy=False), int(sr)
 
 
 def write_video(
@@ -320,15 +343,20 @@ def write_video(
 
 
 def probe(path: str | Path) -> dict:
-    """Frame count, fps and audio duration of a media file (used by tests and the CLI summary)."""
+    """Frame count, fps, size (as displayed: see :class:`VideoFrames`) and audio duration of a media file (used by
+    tests and the CLI summary); cover art is no video (0 frames)."""
     container = _open(path)
     try:
         info = {"frames": 0, "fps": None, "audio_seconds": None, "width": None, "height": None}
-        if container.streams.video:
-            vs = container.streams.video[0]
+        vs = video_stream(container, path, required=False)
+        if vs is not None:
             info["fps"] = float(vs.average_rate) if vs.average_rate else None
-            info["width"], info["height"] = vs.codec_context.width, vs.codec_context.height
-            info["frames"] = sum(1 for _ in container.decode(vs))
+            size, turn = (vs.codec_context.width, vs.codec_context.height), None
+            for frame in container.decode(vs):
+                if not info["frames"]:
+                    turn = frame_turn(frame, str(path))
+                info["frames"] += 1
+            info["width"], info["height"] = turn.size(*size) if turn is not None else size
     finally:
         container.close()
     if _has_audio(path):

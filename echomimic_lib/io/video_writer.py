@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from .file_safety import publish, track_partial, untrack_partial
+from .video_color import GENERATED, ColorDescription, tag_codec, to_yuv420p
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,11 @@ def _even(frames: np.ndarray) -> np.ndarray:
 class Mp4Writer:
     """``with Mp4Writer(path, fps, audio, sr) as w: w.write(frames) ...; w.commit()``.
 
-    ``audio`` (C, T) float in [-1, 1] is trimmed to the duration of the frames written."""
+    ``audio`` (C, T) float in [-1, 1] is trimmed to the duration of the frames written. ``color``: the video's colour
+    description (:mod:`echomimic_lib.io.video_color`); by default BT.709, limited range, tagged (sRGB frames)."""
 
-    def __init__(self, path, fps: float, audio: np.ndarray | None = None, sample_rate: int | None = None, crf: int = 18):
+    def __init__(self, path, fps: float, audio: np.ndarray | None = None, sample_rate: int | None = None, crf: int = 18,
+                 color: ColorDescription | None = None):
         self.path = check_output_path(path)
         if audio is not None and not sample_rate:
             raise EchoMimicError("audio given without a sample rate.")
@@ -141,6 +144,7 @@ class Mp4Writer:
         self.audio = None if audio is None else to_stereo(np.atleast_2d(np.asarray(audio, dtype=np.float32)))
         self.sample_rate = int(sample_rate) if sample_rate else None
         self.crf = crf
+        self.color = GENERATED if color is None else color
         self.frames_written = 0
         self.size: tuple[int, int] | None = None
         self._container = self._stream = self._audio_stream = self._tmp = None
@@ -158,6 +162,8 @@ class Mp4Writer:
         self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
+        if self.color.tagged:  # the H.264 VUI and the mp4 colr box; an untagged description writes none (as before)
+            tag_codec(self._stream.codec_context, self.color)
         # a fixed thread count (not 'auto', which follows the machine's cores and changes x264's decisions). Even so,
         # the bytes are not always the same run to run: measured 2026-12-05 with PyAV 18.1's libx264, some content
         # (the tiny test model's noise-like frames, 64-256 px) gave up to 9 different files in 12 encodes of identical
@@ -186,7 +192,7 @@ class Mp4Writer:
             elif (frames.shape[2], frames.shape[1]) != self.size:
                 raise EchoMimicError(f"frame size changed from {self.size} to {(frames.shape[2], frames.shape[1])} mid-video.")
             for frame in frames:
-                for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                for packet in self._stream.encode(to_yuv420p(av.VideoFrame.from_ndarray(frame, format="rgb24"), self.color)):
                     self._container.mux(packet)
                 self.frames_written += 1
         except BaseException as exc:

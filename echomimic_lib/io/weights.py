@@ -225,6 +225,11 @@ def convert(src: str | Path, dst: str | Path, force: bool = False) -> list[Path]
         if not files:
             raise WeightsError(f"{src}: no .pth/.pt/.bin files to convert.")
         jobs = [(f, dst / f.relative_to(src).with_suffix(".safetensors")) for f in files]
+        firsts: dict[Path, Path] = {}
+        for f, d in jobs:  # model.pth and model.bin: the second conversion would replace the first
+            if firsts.setdefault(d, f) != f:
+                raise WeightsError(f"{firsts[d]} and {f} would both be converted to {d}, the second replacing the first; "
+                                   "convert them one at a time (echomimic convert FILE NAME.safetensors).")
     else:
         if dst.suffix != ".safetensors":
             dst = dst / src.with_suffix(".safetensors").name if dst.is_dir() or not dst.suffix else dst.with_suffix(".safetensors")

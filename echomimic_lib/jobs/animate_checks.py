@@ -281,16 +281,24 @@ def check_output(path, inputs: dict | None = None) -> Path:
 
 
 def read_reference(path) -> np.ndarray:
-    import cv2
+    """RGB uint8 of ``--reference`` (:mod:`echomimic_lib.io.image_file`: a HEIC photo, an empty file, a video... named)."""
+    from ..io.image_file import read_image_file
 
     p = Path(path)
     if not p.is_file():
         raise EchoMimicError(f"--reference {p}: {'is a folder, not an image' if p.is_dir() else 'file not found'}; give a "
                              "portrait (V1) or half-body (V2) image file (png, jpg, webp, ...).")
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is None:
-        raise EchoMimicError(f"--reference {p}: cannot be read as an image (unsupported or corrupt file); save it as png or jpg.")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return read_image_file(p, "--reference")
+
+
+def check_reference_size(image: np.ndarray, path) -> None:
+    """V1/V2 need a short side of 64 px or more (found here, not after the weights have loaded)."""
+    from ..landmarks._image import MIN_SIDE
+
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise EchoMimicError(f"--reference {path}: {w}x{h} px is too small; EchoMimic needs at least {MIN_SIDE} px on the "
+                             "short side (it renders at 512 px or more): give a larger image.")
 
 
 def probe_speech(path, flag: str = "--audio") -> None:
@@ -306,18 +314,25 @@ def probe_speech(path, flag: str = "--audio") -> None:
     _open(p).close()
 
 
-def read_speech(path):
-    """(samples (C, T) float32, sample rate, RawAudio): decodable, finite, long enough, audible."""
+def read_speech(path, fps: float | None = None, length=None):
+    """(samples (C, T) float32, sample rate, RawAudio): decodable, finite, long enough, audible; with ``fps`` and no
+    ``length``, short enough for a video of MAX_LENGTH frames (said from the file's header before decoding it)."""
     from ..audio import check_audible, read_raw_audio
     from ..audio.features import MIN_SAMPLES_16K
     from ..io.video_io import read_audio
+    from .speech_length import HEADER_MARGIN, check_video_length, header_seconds
 
     p = Path(path)
     if not p.is_file():
         raise EchoMimicError(f"--audio {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
                              "(wav, mp3, flac, m4a, or a video with sound).")
+    follows = bool(fps) and not length  # the video follows the audio: at most MAX_LENGTH frames, as --length
+    if follows:  # hours of audio: refused before they are decoded (about 80 MB a minute of 48 kHz stereo)
+        check_video_length(p, header_seconds(p), fps, MAX_LENGTH, HEADER_MARGIN)
     wav, sr = read_audio(p)
     raw = read_raw_audio(wav, sr)
+    if follows:
+        check_video_length(p, raw.num_samples_16k / 16000.0, fps, MAX_LENGTH)
     if raw.num_samples_16k < MIN_SAMPLES_16K:
         raise EchoMimicError(f"--audio {p}: the audio is too short ({raw.samples.shape[1] / sr * 1000:.0f} ms); at least "
                              f"{MIN_SAMPLES_16K // 16} ms are needed for one video frame.")
@@ -398,6 +413,7 @@ def preflight(req) -> Plan:
 
     check_request(req)  # --resumable: no DeepCache, and a state file name that can be written
     reference = read_reference(req.reference)
+    check_reference_size(reference, req.reference)
     if req.audio is None:  # landmark-only driving (the paper's "L" mode): the length of the driving sequence
         if mode.name != "v1-landmarks":
             raise EchoMimicError(f"--audio is needed for mode {mode.name}; only --mode landmarks runs without audio "
@@ -407,7 +423,7 @@ def preflight(req) -> Plan:
         wav, sr, settings.num_frames = None, None, UnconditionalAudio.for_driving(req.landmarks, settings.fps, length).num_frames
         seconds = settings.num_frames / settings.fps
     else:
-        wav, sr, raw = read_speech(req.audio)
+        wav, sr, raw = read_speech(req.audio, settings.fps, length)
         settings.num_frames = frame_count(raw, settings.fps, length)
         seconds = raw.samples.shape[1] / sr
     root = models_root(req)

@@ -155,7 +155,16 @@ def plan_v3(req: V3Request) -> V3Plan:
     frames = frame_count(seconds, cap)
     if req.length and req.length < frames:
         frames = frame_count(req.length / FPS, req.length)
-    h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
+    try:
+        h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
+    except ValueError:  # under 16 px: was a traceback reported as a bug
+        raise EchoMimicError(f"--reference {req.reference}: {ref.shape[1]}x{ref.shape[0]} px is too small; EchoMimicV3 needs at "
+                             "least 16 px on each side and renders at the reference's size (never enlarged, up to --width x "
+                             "--height): give a larger image.") from None
+    if ref.shape[1] * ref.shape[0] < req.size[0] * req.size[1] and (w, h) != tuple(req.size):
+        log.warning("--reference is %dx%d px, smaller than --width x --height %dx%d: EchoMimicV3 renders at the reference's "
+                    "size, %dx%d (never enlarged, as the official code); give a larger image for a larger video.",
+                    ref.shape[1], ref.shape[0], *req.size, w, h)
     lora = check_lora(req) if req.lora else ()
     if req.resumable:  # something that is no folder where the chunks are kept: refused before any work
         from ..pipeline.wan.chunk_state import check_state_folder, chunk_state_path
@@ -167,27 +176,50 @@ def plan_v3(req: V3Request) -> V3Plan:
 def check_v3_numbers(req: V3Request) -> None:
     """The request's numbers, before any file is read: finite and in range (a NaN guidance rendered noise, a negative
     length or a size under 16 px stopped with a traceback, after the weights had loaded)."""
-    from .animate_checks import MAX_CFG, MAX_LENGTH, MAX_STEPS
+    from .animate_checks import MAX_LENGTH
+
+    check_v3_settings(req.steps, req.audio_cfg, req.seed, req.long_mode, req.size, length_check=(req.length, MAX_LENGTH))
+
+
+CLI_NAMES = {"steps": "--steps", "audio_cfg": "--audio-cfg", "seed": "--seed", "long_mode": "--long-mode",
+             "size": ("--width", "--height"), "teacache": "--teacache"}
+
+
+def check_v3_settings(steps, audio_cfg, seed, long_mode, size, teacache=None, names=None, length_check=None) -> None:
+    """V3's numbers and choices (shared by the command line and the V3 nodes, whose linked values ComfyUI does not
+    range-check): raises :class:`EchoMimicError` naming the option (``names``: option -> its name for the user;
+    ``size`` names its width and height) before any weight is read. ``seed`` / ``teacache`` None: not checked."""
+    from .animate_checks import MAX_CFG, MAX_STEPS
     from ..pipeline.wan.sampler import SIZE_MULTIPLE
+
+    names = names or CLI_NAMES
 
     def whole(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    if not (whole(req.steps) and 1 <= req.steps <= MAX_STEPS):
-        raise EchoMimicError(f"--steps {req.steps}: give 1..{MAX_STEPS} (flash-pro default 8)")
-    if not (isinstance(req.audio_cfg, (int, float)) and math.isfinite(req.audio_cfg) and 0 <= req.audio_cfg <= MAX_CFG):
-        raise EchoMimicError(f"--audio-cfg {req.audio_cfg}: give a number from 0 to {MAX_CFG:g} (official 3.0; 1 or less: "
-                             "one pass per step, no audio guidance)")
-    if not (whole(req.seed) and 0 <= req.seed < 2**63):
-        raise EchoMimicError(f"--seed {req.seed}: use a whole number from 0 to 2^63-1 (default 43)")
-    if not (whole(req.length) and 0 <= req.length <= MAX_LENGTH):
-        raise EchoMimicError(f"--length {req.length}: the number of frames must be 0 (follow the audio) .. {MAX_LENGTH}")
+    if not (whole(steps) and 1 <= steps <= MAX_STEPS):
+        raise EchoMimicError(f"{names['steps']} {steps}: give 1..{MAX_STEPS} (flash-pro default 8)")
+    if not (isinstance(audio_cfg, (int, float)) and math.isfinite(audio_cfg) and 0 <= audio_cfg <= MAX_CFG):
+        raise EchoMimicError(f"{names['audio_cfg']} {audio_cfg}: give a number from 0 to {MAX_CFG:g} (official 3.0; 1 or "
+                             "less: one pass per step, no audio guidance)")
+    if seed is not None and not (whole(seed) and 0 <= seed < 2**63):
+        raise EchoMimicError(f"{names['seed']} {seed}: use a whole number from 0 to 2^63-1 (default 43)")
+    if length_check is not None:
+        length, most = length_check
+        if not (whole(length) and 0 <= length <= most):
+            raise EchoMimicError(f"--length {length}: the number of frames must be 0 (follow the audio) .. {most}")
     from ..pipeline.wan.long import LONG_MODES
 
-    if req.long_mode not in LONG_MODES:
-        raise EchoMimicError(f"--long-mode {req.long_mode!r}: one of {', '.join(LONG_MODES)} (reanchor: every 81-frame chunk "
-                             "starts from the reference; continue: each chunk goes on from the previous one's last frames)")
-    for name, v in zip(("--width", "--height"), req.size):
+    if long_mode not in LONG_MODES:
+        raise EchoMimicError(f"{names['long_mode']} {long_mode!r}: one of {', '.join(LONG_MODES)} (reanchor: every 81-frame "
+                             "chunk starts from the reference; continue: each chunk goes on from the previous one's last "
+                             "frames)")
+    if teacache is not None:
+        from ..pipeline.wan.teacache import MODES
+
+        if teacache not in MODES:
+            raise EchoMimicError(f"{names['teacache']} {teacache!r}: one of {', '.join(MODES)}")
+    for name, v in zip(names["size"], size):
         if not (whole(v) and v >= SIZE_MULTIPLE):
             raise EchoMimicError(f"{name} {v}: the EchoMimicV3 target area needs at least {SIZE_MULTIPLE} px a side (default "
                                  "768x768; the reference is scaled down to about that many pixels, never up)")

@@ -181,6 +181,7 @@ class DubJob:
     n_model: int
     plan: object               # echomimic_lib.jobs.dub_plan.DubPlan
     reference: np.ndarray      # the reference frame cut to the crop (uint8, the model's size)
+    source_color: object = None  # the source's colour description (echomimic_lib.io.video_color), kept by the output
 
     def frames(self, upto: int | None = None):
         """The source video's frames (the first ``upto``), decoded one at a time."""
@@ -195,6 +196,7 @@ def prepare_dub(req: DubRequest) -> DubJob:
     import sys
 
     from .dub_plan import crop_reference, plan_dub_stream
+    from ..io.video_color import describe_source, read_color
     from ..io.video_io import VideoFrames, count_frames
 
     ok = _validate(req)
@@ -214,7 +216,9 @@ def prepare_dub(req: DubRequest) -> DubJob:
     image = None
     for image in VideoFrames(req.video, plan.reference_frame + 1):  # one frame held at a time
         pass
-    return DubJob(req, ok, src_fps, sound, sr, n_model, plan, crop_reference(plan, image))
+    color = read_color(req.video)
+    describe_source(color, f"the source video {req.video}")
+    return DubJob(req, ok, src_fps, sound, sr, n_model, plan, crop_reference(plan, image), color)
 
 
 def dub_frames(job: DubJob, sink: Callable[[np.ndarray], None], progress: Callable[[int, int], None] | None = None,
@@ -316,7 +320,7 @@ def run_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None)
     t0 = time.time()
     job = prepare_dub(req)
     checkpoint = dub_checkpoint(job)
-    with Mp4Writer(req.output, job.fps, job.audio, job.sample_rate) as writer:
+    with Mp4Writer(req.output, job.fps, job.audio, job.sample_rate, color=job.source_color) as writer:
         schedule, passthrough = dub_frames(job, lambda f: writer.write(f[None]), progress, crops_beside=req.output,
                                            resume=checkpoint)
         path = writer.commit()

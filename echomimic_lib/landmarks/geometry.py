@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import EchoMimicError
 
 METADATA_NAME = "geometry_pipeline_metadata_landmarks.binarypb"
+MAX_METADATA_BYTES = 1 << 20  # read and parsed whole (the real one: 19 KB)
 FOV_DEGREES = 63.0
 NEAR = 1.0
 FAR = 10000.0
@@ -130,6 +131,11 @@ def load_metadata(task_path: str) -> GeometryMetadata:
     """Read the geometry metadata bundled in a ``face_landmarker*.task`` file."""
     try:
         with zipfile.ZipFile(task_path) as zf:
+            size = zf.getinfo(METADATA_NAME).file_size  # what reading unpacks (zipfile stops there): tens of KB when real
+            if size > MAX_METADATA_BYTES:
+                raise EchoMimicError(f"{task_path}: '{METADATA_NAME}' would unpack to {size} bytes (a real one is tens of "
+                                     "KB): not MediaPipe's face landmarker bundle (a zip bomb?). Download the official "
+                                     "face_landmarker .task file again.")
             data = zf.read(METADATA_NAME)
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         raise EchoMimicError(

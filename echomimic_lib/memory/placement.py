@@ -141,14 +141,19 @@ class Placement:
     def _stage_bytes(self, stage: str) -> int:
         if stage == "decode" and self.settings is not None:
             per_frame = estimate.decode_frame_bytes(self.models.vae, self.settings.height, self.settings.width)
-            return min(self.decode_budget(), per_frame * max(1, int(self.settings.decode_batch)))
+            return min(self._below_denoise_peak(), per_frame * max(1, int(self.settings.decode_batch)))
         return estimate.stage_bytes(stage, self.models, self.settings)
 
     def decode_budget(self) -> int | None:
         """Bytes the VAE decode may use: what the denoising stage used beyond the VAE's weights, so that
-        decoding never sets the peak (None when the settings are unknown)."""
-        if self.settings is None:
+        decoding never sets the peak (None when the settings are unknown, and on the CPU: host memory is not what
+        the budget guards, so the decode there is the one without a placement, never tiled -- a budget below one
+        frame, as with small windows on small weights, tiled the decode and changed the frames)."""
+        if self.settings is None or self.device.type == "cpu":
             return None
+        return self._below_denoise_peak()
+
+    def _below_denoise_peak(self) -> int:
         denoise = estimate.stage_bytes("denoise", self.models, self.settings)
         if self.streamer is not None:
             denoise += self.streamer.window_bytes()

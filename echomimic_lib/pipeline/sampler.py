@@ -70,6 +70,8 @@ class SampleSettings:
                                  f"{max(8, self.width // 8 * 8)}x{max(8, self.height // 8 * 8)}.")
         if self.steps < 1:
             raise EchoMimicError("steps must be at least 1.")
+        if not -2**63 <= int(self.seed) < 2**64:  # what torch.Generator takes (was an overflow after the models loaded)
+            raise EchoMimicError(f"seed {self.seed}: use a whole number from 0 to 2^64-1.")
         if not (math.isfinite(self.fps) and 1 <= self.fps <= 120):
             raise EchoMimicError(f"fps {self.fps}: the frame rate must be a number between 1 and 120 (24 or 25 is typical).")
         if not (math.isfinite(self.cfg) and 0 <= self.cfg <= 20):

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 def clip_id(video: Path, input_root: Path) -> str:
     rel = video.relative_to(input_root).with_suffix("")
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "__".join(rel.parts))
+    cid = re.sub(r"[^A-Za-z0-9_.-]+", "_", "__".join(rel.parts))
+    return cid.replace(".", "_") if not cid.strip(".") else cid  # '..mp4' / '...mp4': never '.' or '..' (a folder above)
 
 
 def list_videos(input_dir: Path) -> list[Path]:

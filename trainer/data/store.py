@@ -68,6 +68,8 @@ class ClipWriter:
 
     def __init__(self, final_dir: Path, jpeg_quality: int = 95):
         self.final = Path(final_dir)
+        if not self.final.name.strip("."):  # shard/'..' is the dataset folder: finish() would remove it
+            raise ValueError(f"{final_dir}: a clip folder needs a name of its own (not '.', '..' or empty)")
         self.tmp = self.final.with_name(self.final.name + ".partial")
         if self.tmp.exists():
             shutil.rmtree(self.tmp)

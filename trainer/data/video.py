@@ -1,7 +1,9 @@
 """Streaming video decode at a fixed frame rate, and the scene-cut score.
 
 Frames are decoded one at a time with PyAV (never the whole video in memory) and resampled to ``fps`` by
-nearest timestamp: output frame ``k`` (time ``k / fps``) is the source frame whose time is closest.
+nearest timestamp: output frame ``k`` (time ``k / fps``) is the source frame whose time is closest. Frames are upright
+as a player shows them (a phone's sideways-stored portrait clip is turned, :mod:`echomimic_lib.io.orientation`) and
+a cover picture (an audio file's attached_pic stream) is no video.
 """
 from __future__ import annotations
 
@@ -15,21 +17,25 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
 
 
 def probe_video(path: str | Path) -> dict:
-    """fps, frame size, duration (s) and whether an audio stream exists, without decoding."""
+    """fps, frame size (as displayed), duration (s) and whether an audio stream exists; decodes the first frame only
+    (for the display matrix)."""
     import av
 
+    from echomimic_lib.io.video_io import displayed_size, video_stream
+
     with av.open(str(path)) as c:
-        if not c.streams.video:
+        vs = video_stream(c, path, required=False)
+        if vs is None:
             raise ValueError(f"{path}: no video stream")
-        vs = c.streams.video[0]
         fps = float(vs.average_rate or vs.guessed_rate or 25)
         dur = None
         if vs.duration is not None and vs.time_base is not None:
             dur = float(vs.duration * vs.time_base)
         elif c.duration is not None:
             dur = c.duration / 1e6
-        return {"fps": fps, "width": vs.codec_context.width, "height": vs.codec_context.height, "seconds": dur,
-                "has_audio": bool(c.streams.audio)}
+        has_audio = bool(c.streams.audio)
+        width, height = displayed_size(c, vs, str(path))
+        return {"fps": fps, "width": width, "height": height, "seconds": dur, "has_audio": has_audio}
 
 
 def iter_frames(path: str | Path, fps: float, max_side: int | None = None, max_frames: int | None = None) -> Iterator[np.ndarray]:
@@ -37,18 +43,21 @@ def iter_frames(path: str | Path, fps: float, max_side: int | None = None, max_f
     import av
     import cv2
 
+    from echomimic_lib.io.orientation import upright_rgb
+    from echomimic_lib.io.video_io import video_stream
+
     step = 1.0 / float(fps)
     k = 0
     prev = None  # (time, frame)
     with av.open(str(path)) as c:
-        vs = c.streams.video[0]
+        vs = video_stream(c, path)
         src_fps = float(vs.average_rate or vs.guessed_rate or 25)
         t0 = None
         for i, frame in enumerate(c.decode(vs)):
             t = frame.time if frame.time is not None else i / src_fps
             t0 = t if t0 is None else t0
             t -= t0
-            img = frame.to_ndarray(format="rgb24")
+            img = upright_rgb(frame, str(path))
             if max_side and max(img.shape[:2]) > max_side:
                 s = max_side / max(img.shape[:2])
                 img = cv2.resize(img, (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))), interpolation=cv2.INTER_AREA)

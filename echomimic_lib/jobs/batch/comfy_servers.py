@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from ...errors import EchoMimicError as QueueError  # the client's QueueError is one
-from .results import ResultsFile
+from .results import ResultsFile, read_results
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
     jobs = client.plan_jobs(portraits, audios, prefix, videos)
     pool = [_Server(u, client) for u in dict.fromkeys(servers)]
+    earlier = read_results(results_dir)  # records of other runs in that results.jsonl (a batch's, an earlier queue's) stay
     client_id, results = uuid.uuid4().hex, ResultsFile(results_dir)
     records: dict[str, dict] = {}
     flight = {}  # job prefix -> [job, server, prompt_id, attempts, t0]
@@ -142,5 +143,6 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
             record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=f"not finished within {timeout:.0f} s")
     finally:
         ordered = [records[j.prefix] for j in jobs if j.prefix in records]
-        results.rewrite(ordered)
+        mine = {r["name"] for r in ordered}
+        results.rewrite([r for name, r in earlier.items() if name not in mine] + ordered)
     return ordered

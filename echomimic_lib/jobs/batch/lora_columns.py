@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ...errors import EchoMimicError
 from ..lora_args import COLUMNS, lora_stack, request_fields, split_cell
+from .manifest_text import row_path
 
 
 def lora_columns(values: dict, base: Path) -> dict:
@@ -22,8 +23,7 @@ def lora_columns(values: dict, base: Path) -> dict:
         return {}
     files = []
     for item in split_cell(values.pop("lora", None)):
-        p = Path(str(item)).expanduser()
-        path = str(p if p.is_absolute() else base / p)
+        path = row_path(item, base, "lora")
         if not Path(path).exists():
             raise ValueError(f"lora: {path} not found")
         files.append(path)

@@ -9,7 +9,9 @@ may stack several files separated by ``;``, ``lora-strength`` one value or one p
 - ``name``: the output's name, ``OUTDIR/<name>.mp4`` (default ``<reference or video stem>__<audio stem>``,
   with ``-<line>`` added to a name that repeats). A stable name is how a rerun finds a finished row.
 
-Relative paths are read from the manifest's folder. Two kinds of problem are told apart:
+Relative paths are read from the manifest's folder (``--models`` / ``--set`` paths: from the current one). Files as
+spreadsheets save them (a BOM, UTF-16, ``;`` or tab separators, Windows paths): :mod:`.manifest_text`. Two kinds of
+problem are told apart:
 
 - the row cannot be understood (unknown column or kind, a number that is not one, a missing input file,
   a repeated name): :class:`ManifestError` lists every such row with its line and nothing runs;
@@ -21,18 +23,26 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from ..lora_args import SEPARATOR, split_cell
+from ..pose_sources import AUTO_POSE
 from .lora_columns import lora_columns, lora_key
+from .manifest_text import duplicate_columns, read_text, row_path, separator
 from .results import INPUT_FIELDS, fingerprint
 from .v3 import VERSION as V3, is_v3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".aac")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
+OTHER_MEDIA = (".heic", ".heif", ".avif", ".tif", ".tiff", ".gif", ".jfif", ".opus", ".aif", ".aiff", ".wma", ".oga")  # told, not read
 MODES = {"audio": "v1-audio", "landmarks": "v1-landmarks", "audio+landmarks": "v1-audio+landmarks", "halfbody": "v2-halfbody"}
 VERSION_MODE = {"v1": "audio", "v2": "halfbody"}
 ALIASES = {"no_face_crop": ("face_crop", True), "offline": ("download", True), "mask": ("region", False),
@@ -42,6 +52,7 @@ NOT_PER_ROW = {"output": "rows are written to OUTDIR/<name>.mp4; use the 'name' 
                "download": "use `echomimic batch --offline`"}
 PATH_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "mediapipe_model", "models"),  # lora: .lora_columns
                "dub": ("video", "audio", "mediapipe_model", "models")}
+CWD_PATHS = {*PATH_FIELDS["animate"], *PATH_FIELDS["dub"], "lora"}  # --models / --set values: from the current folder
 
 
 class ManifestError(EchoMimicError):
@@ -83,6 +94,11 @@ def _key(name: str) -> str:
     return str(name).strip().lstrip("-").replace("-", "_").lower()
 
 
+def _column(name: str) -> str:
+    """The request field a column sets (``no-face-crop`` and ``face_crop`` are one)."""
+    return ALIASES.get(_key(name), (_key(name),))[0]
+
+
 def _given(values: dict) -> dict:
     """A row's (or the ``--set`` defaults') values that are given, under their normalised keys: an empty cell, a
     blank string or a JSON null means "not given", whichever spelling (``-`` or ``_``) the column has."""
@@ -112,6 +128,9 @@ def _convert(value, annotation: str, column: str):
             return False
         raise ValueError(f"{column}: '{value}' is not a switch; use true or false")
     if base in ("int", "float"):
+        if base == "int" and isinstance(value, str) and re.fullmatch(r"[+-]?[\d.]+[eE][+-]?\d+", value):
+            raise ValueError(f"{column}: '{value}' is a whole number in scientific notation, as a spreadsheet shows a long "
+                             "number, rounded; format the column as Text (or Number, 0 decimals) and export it again")
         try:
             number = float(value)
             if base == "int":
@@ -120,7 +139,9 @@ def _convert(value, annotation: str, column: str):
                 return int(number)
             return number
         except (TypeError, ValueError):
-            raise ValueError(f"{column}: '{value}' is not a{'' if base == 'float' else ' whole'} number") from None
+            hint = (f"; write decimals with a point: {value.replace(',', '.')}" if isinstance(value, str)
+                    and re.fullmatch(r"[+-]?\d*,\d+", value) else "")  # a decimal comma (European spreadsheets)
+            raise ValueError(f"{column}: '{value}' is not a{'' if base == 'float' else ' whole'} number{hint}") from None
     return str(value)
 
 
@@ -137,9 +158,12 @@ def _mode_name(version, mode) -> str:
     return name
 
 
+_WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))}
+
+
 def _safe_name(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")
-    return name[:120] or "job"
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")[:120] or "job"
+    return f"_{name}" if name.split(".")[0].lower() in _WINDOWS_DEVICES else name  # Windows: CON.mp4 is the console
 
 
 def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
@@ -157,7 +181,7 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     cls = types[kind]
     annotations = {f.name: str(f.type) for f in fields(cls)}
     name = values.pop("name", None)
-    version, mode = values.pop("version", None), values.pop("mode", None)
+    version, mode = (None if v is None else str(v).strip().lower() for v in (values.pop("version", None), values.pop("mode", None)))
     kw = {}
     if kind == "animate":
         kw["mode"] = _mode_name(version, mode)
@@ -176,9 +200,8 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     if not kw.get(main_input):
         raise ValueError(f"{main_input}: missing; every {kind} row needs one")
     for key in PATH_FIELDS[kind]:
-        if kw.get(key):
-            p = Path(str(kw[key])).expanduser()
-            kw[key] = str(p if p.is_absolute() else base / p)
+        if kw.get(key) and not (key == "pose" and kw[key] == AUTO_POSE):  # pose auto: gestures from the speech, no file
+            kw[key] = row_path(kw[key], base, key)
             if key in INPUT_FIELDS[kind] and not Path(kw[key]).exists():
                 raise ValueError(f"{key}: {kw[key]} not found")
     stem = Path(kw[main_input]).stem + (f"__{Path(kw['audio']).stem}" if kw.get("audio") else "")
@@ -201,29 +224,50 @@ def _v3_job(values: dict, kind: str, line: int, base: Path, outdir: Path) -> Job
 
 
 def _rows_csv(path: Path):
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        for row in reader:
-            cells = [v for v in row.values() if isinstance(v, str)]
-            if not any(c.strip() for c in cells) or (cells and cells[0].lstrip().startswith("#")):
-                continue
-            if None in row:
-                yield reader.line_num, ValueError(f"{len(row[None])} cell(s) more than the header's {len(reader.fieldnames)} columns")
-                continue
-            yield reader.line_num, row
+    fh = read_text(path)  # UTF-8 (a BOM or not) or UTF-16; anything else refused naming the line (.manifest_text)
+    sep = separator(fh.readline())  # "," or the header's ";" / tab
+    fh.seek(0)
+    reader = csv.reader(fh, delimiter=sep)
+    header = next(reader, [])
+    twice = duplicate_columns(header, _column)
+    if twice:
+        yield 1, ValueError(twice)
+        return
+    for cells in reader:
+        if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+            continue
+        extra = [c for c in cells[len(header):] if c.strip()]  # empty cells past the header's columns: nothing given
+        if extra:
+            yield reader.line_num, ValueError(f"{len(cells) - len(header)} cell(s) more than the header's {len(header)} columns")
+            continue
+        unnamed = [n for n, (k, c) in enumerate(zip(header, cells), 1) if not k.strip() and c.strip()]
+        if unnamed:
+            yield reader.line_num, ValueError(f"column {unnamed[0]} has a value but no name in the header; name the column "
+                                              "in the first line, or clear its cells")
+            continue
+        yield reader.line_num, {k: c for k, c in zip(header, cells) if k.strip()}
+
+
+def _object(pairs):
+    twice = duplicate_columns([k for k, _ in pairs], _column, "line")
+    if twice:
+        raise ValueError(twice)
+    return dict(pairs)
 
 
 def _rows_jsonl(path: Path):
-    with open(path, encoding="utf-8") as fh:
-        for n, text in enumerate(fh, 1):
-            if not text.strip() or text.lstrip().startswith("#"):
+    for n, text in enumerate(read_text(path), 1):
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        try:
+            row = json.loads(text, object_pairs_hook=_object)
+        except ValueError as exc:
+            if not isinstance(exc, json.JSONDecodeError):
+                yield n, exc
                 continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield n, ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            yield n, row if isinstance(row, dict) else ValueError("each line must be one JSON object {...}")
+            yield n, ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        yield n, row if isinstance(row, dict) else ValueError("each line must be one JSON object {...}")
 
 
 def _inputs(job: Job) -> list[tuple[str, Path]]:
@@ -235,9 +279,11 @@ def _inputs(job: Job) -> list[tuple[str, Path]]:
 def _finish(jobs: list[Job], problems: list[tuple[int, str]], source: str) -> list[Job]:
     seen: dict[str, int] = {}
     for job in jobs:  # a repeated chosen name is an error (a repeated default name got its line already)
-        if job.name in seen:
-            problems.append((job.line, f"name '{job.name}' is also used on line {seen[job.name]}; give each row its own name"))
-        seen.setdefault(job.name, job.line)
+        key = job.name.casefold()  # Windows and macOS: Talk.mp4 and talk.mp4 are one file
+        if key in seen:
+            problems.append((job.line, f"name '{job.name}' is also used on line {seen[key]} (names differing only in case "
+                                       "are one file on Windows and macOS); give each row its own name"))
+        seen.setdefault(key, job.line)
     read = {path: (job.line, key) for job in reversed(jobs) for key, path in _inputs(job)}
     for job in jobs:  # a video written over a row's input (-o the media folder, a name like an input's): the input is lost
         hit = read.get(job.output.resolve())
@@ -251,15 +297,37 @@ def _finish(jobs: list[Job], problems: list[tuple[int, str]], source: str) -> li
     return jobs
 
 
+def _from_cwd(defaults: dict | None, base: Path) -> dict:
+    """``--models`` and ``--set`` paths are typed where the command runs: read from the current folder, not the
+    manifest's (a value that means the same file from both is left as it was: same fingerprints as before)."""
+    out = dict(defaults or {})
+    for k, v in out.items():
+        key = _key(k)
+        if key not in CWD_PATHS or not isinstance(v, str) or v.strip() == AUTO_POSE:
+            continue
+        items = split_cell(v) if key == "lora" else [v.strip()] if v.strip() else []
+        moved = [not Path(i).expanduser().is_absolute() and os.path.abspath(base / i) != os.path.abspath(i) for i in items]
+        if any(moved):
+            try:
+                out[k] = SEPARATOR.join(row_path(i, Path.cwd(), key) for i in items)
+            except ValueError as exc:
+                raise EchoMimicError(f"--set {k}: {exc}") from None
+    return out
+
+
 def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
     """Jobs of a .csv or .jsonl manifest (``defaults``: values for every row, a row's own value wins)."""
     path, outdir = Path(path), Path(outdir)
+    defaults = _from_cwd(defaults, path.parent)
     if not path.is_file():
         raise EchoMimicError(f"{path}: manifest not found; give a .csv or .jsonl file (or --images/--videos with --audios).")
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl", ".ndjson"):
+    if suffix in (".xlsx", ".xlsm", ".xls", ".ods", ".numbers"):
+        raise EchoMimicError(f"{path}: a spreadsheet workbook, not a manifest; save the sheet as CSV (Excel: File > Save As > "
+                             f"'CSV UTF-8 (Comma delimited)') and pass the .csv file.")
+    if suffix not in (".csv", ".tsv", ".jsonl", ".ndjson"):
         raise EchoMimicError(f"{path}: the manifest must be .csv or .jsonl (one JSON object a line).")
-    rows = _rows_csv(path) if suffix == ".csv" else _rows_jsonl(path)
+    rows = _rows_csv(path) if suffix in (".csv", ".tsv") else _rows_jsonl(path)
     jobs, problems, names = [], [], {}
     for line, row in rows:
         if isinstance(row, Exception):
@@ -270,10 +338,10 @@ def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
         except ValueError as exc:
             problems.append((line, str(exc)))
             continue
-        if job.name in names and "name" not in _given(row):  # a default name repeats: add the line
+        if job.name.casefold() in names and "name" not in _given(row):  # a default name repeats: add the line
             job = replace(job, name=f"{job.name}-{line}")
             job.request = replace(job.request, output=str(outdir / f"{job.name}.mp4"))
-        names.setdefault(job.name, line)
+        names.setdefault(job.name.casefold(), line)
         jobs.append(job)
     return _finish(jobs, problems, str(path))
 
@@ -282,9 +350,17 @@ def _files(folder, suffixes, flag: str) -> list[Path]:
     d = Path(folder)
     if not d.is_dir():
         raise EchoMimicError(f"{flag} {d}: not a folder.")
-    found = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    files = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+    found = sorted(p for p in files if p.suffix.lower() in suffixes)
+    skipped = sorted({p.suffix.lower() for p in files if p.suffix.lower() in OTHER_MEDIA})
+    exts = "/".join(s[1:] for s in suffixes)
+    why = (f"its {', '.join(skipped)} files are not picked up from a folder (only {exts}): list them in a manifest "
+           "(.csv) instead" + ("; HEIC/HEIF/AVIF photos cannot be read at all: convert them to PNG or JPEG"
+                               if {".heic", ".heif", ".avif"} & set(skipped) else ""))
     if not found:
-        raise EchoMimicError(f"{flag} {d}: no {'/'.join(s[1:] for s in suffixes)} files in it.")
+        raise EchoMimicError(f"{flag} {d}: no {exts} files in it" + (f"; {why}." if skipped else "."))
+    if skipped:
+        log.warning("%s %s: %s.", flag, d, why)
     return found
 
 

@@ -141,7 +141,7 @@ def render_dub(job, cache: ModelCache, progress=None) -> dict:
     models, _ = cache.get(job.weight_key, load)
     checkpoint = dub_checkpoint(plan)  # a resumable row retried after an error goes on from its kept state
     digest = hashlib.sha256()
-    with Mp4Writer(job.request.output, plan.fps, plan.audio, plan.sample_rate) as writer:
+    with Mp4Writer(job.request.output, plan.fps, plan.audio, plan.sample_rate, color=plan.source_color) as writer:
         def hashed(frame):
             digest.update(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
             writer.write(frame[None])

@@ -133,8 +133,10 @@ class ResultsFile:
 
 def remove_partials(job) -> int:
     """Delete the temporary files a killed render of ``job`` left (``.<name>.*.partial.mp4``)."""
-    n = 0
-    for p in job.output.parent.glob(f".{job.output.stem}.*.partial{job.output.suffix}"):
+    n, head, tail = 0, f".{job.output.stem}.", f".partial{job.output.suffix}"
+    for p in job.output.parent.glob(f"{head}*{tail}"):
+        if "." in p.name[len(head):-len(tail)]:  # mkstemp's part has no dot: '.a.b.x1y2.partial.mp4' is row a.b's, not a's
+            continue
         if p.is_file():
             p.unlink(missing_ok=True)
             n += 1

@@ -13,8 +13,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from ...io.file_safety import ExistingFileError
 from .manifest import check_jobs
-from .results import ResultsFile, is_done, read_results, remove_partials
+from .results import FILE_NAME, ResultsFile, is_done, read_results, remove_partials
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,21 @@ def _prepare_weights(jobs) -> None:
         ensure_tiny(root, weights)
 
 
+def refuse_foreign_outputs(todo: list, outdir) -> None:
+    """A folder no batch wrote into yet (no ``results.jsonl``) may hold videos of other commands or the user's own:
+    a row whose ``<name>.mp4`` is already there is refused before anything runs, never replaced. (Once the batch has
+    begun, its ``results.jsonl`` exists and a rerun replaces the rows' own videos, as before.)"""
+    if os.path.lexists(outdir / FILE_NAME):
+        return
+    found = [job for job in todo if os.path.lexists(job.output)]
+    if found:
+        shown = ", ".join(f"{job.output.name} (line {job.line})" for job in found[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        raise ExistingFileError(f"{outdir} already holds {shown}{more}, which no batch wrote (the folder has no "
+                                f"{FILE_NAME}): rendering would replace them. Move them away, give these rows other names "
+                                "(the 'name' column), or choose another -o folder.")
+
+
 def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSummary:
     """Run checked-or-not ``jobs`` (from :func:`.manifest.read_manifest` or :func:`.manifest.crossed`) into ``outdir``."""
     opts = opts or BatchOptions()
@@ -145,6 +161,7 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
             bad.append(job)
         else:
             todo.append(job)
+    refuse_foreign_outputs(todo, outdir)
     for job in bad:
         log.warning("line %d (%s): %s", job.line, job.name, job.error)
     results = ResultsFile(outdir)

@@ -94,6 +94,7 @@ PATHS = ("reference", "audio", "models")  # lora: .lora_columns (one file or sev
 def build_v3_kwargs(values: dict, base: Path, convert) -> dict:
     """Row values (keys normalised, ``kind``/``name``/``version`` removed) -> V3Row fields; ValueError names the column."""
     from .lora_columns import lora_columns
+    from .manifest_text import row_path
 
     annotations = {f.name: str(f.type) for f in fields(V3Row)}
     own = set(annotations) - {"output", "device", "download", "version", "color_transfer"}
@@ -115,8 +116,7 @@ def build_v3_kwargs(values: dict, base: Path, convert) -> dict:
             raise ValueError(f"{key}: missing; every {VERSION} row needs one")
     for key in PATHS:
         if kw.get(key):
-            p = Path(str(kw[key])).expanduser()
-            kw[key] = str(p if p.is_absolute() else base / p)
+            kw[key] = row_path(kw[key], base, key)
             if key != "models" and not Path(kw[key]).exists():
                 raise ValueError(f"{key}: {kw[key]} not found")
     return kw

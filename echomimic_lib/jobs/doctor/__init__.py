@@ -19,34 +19,47 @@ from pathlib import Path
 
 from ...errors import EchoMimicError
 from ...modes import MODES, WEIGHT_SETS
-from .comfy_paths import comfy_folders
+from .comfy_paths import comfy_dirs, comfy_folders
 from .environment import check_environment
-from .comfyui import check_comfyui, comfy_models_dir, comfy_sets, comfy_vae, detectors_over_roots
+from .desktop import find_comfyui
+from .comfyui import check_comfyui, comfy_sets, comfy_vae, detectors_over_roots, gestures_over_roots
 from .models import ALL_WEIGHTS, VARIANTS, V3_FOLDER, check_shared, check_v3, check_weight_set
 
 USABLE = ("ready", "tiny")
+AUTO = "auto"  # --comfyui auto
 
 
 def diagnose(root, weights: str | None = None, variant: str | None = None, default_root=None, imports: bool = True,
-             strict: bool = False, comfyui=None, extra_paths=()) -> dict:
+             strict: bool = False, comfyui=None, extra_paths=(), base_directory=None, input_directory=None,
+             output_directory=None) -> dict:
     """The whole report as plain data (the ``--json`` output). ``weights`` / ``variant`` limit it to one render's needs;
     ``strict``: tiny random-weight sets count as not ready; ``comfyui``: a ComfyUI folder (``root`` is then unused: the
-    sets are looked for in its echomimic roots, as the nodes look, and its other model folders are checked too);
+    sets are looked for in its echomimic roots, as the nodes look, and its other model folders are checked too; "auto":
+    found by itself, see :mod:`.desktop`);
     ``extra_paths``: the yaml files given to ComfyUI's --extra-model-paths-config (its own extra_model_paths.yaml is
-    read anyway)."""
+    read anyway); ``base_directory``, ``input_directory``, ``output_directory``: ComfyUI's --base-directory,
+    --input-directory, --output-directory (the folders move as ComfyUI moves them; one given but missing is a
+    finding)."""
     if weights is not None and weights not in ALL_WEIGHTS:
         raise EchoMimicError(f"--weights {weights}: choose one of {', '.join(ALL_WEIGHTS)}.")
     if variant is not None and variant not in VARIANTS:
         raise EchoMimicError(f"--variant {variant}: use normal or acc.")
     if weights == V3_FOLDER and variant not in (None, "normal"):
         raise EchoMimicError(f"--variant {variant}: EchoMimicV3 flash-pro has one set of weights; drop --variant.")
-    comfy_models = comfy_models_dir(comfyui) if comfyui is not None else None
+    found = None
+    if comfyui is not None and str(comfyui) == AUTO:  # ComfyUI Desktop, or the ComfyUI holding this pack (.desktop)
+        found = find_comfyui()
+        comfyui, base_directory = found.comfyui, base_directory or found.base
+        extra_paths = [*found.extra_paths, *(extra_paths or ())]
+    dirs = comfy_dirs(comfyui, base_directory, input_directory, output_directory) if comfyui is not None else None
+    comfy_models = dirs.models if dirs is not None else None
     usable = ("ready",) if strict else USABLE
     env = check_environment(imports=imports)
     names = [weights] if weights else list(ALL_WEIGHTS)
     variants = [variant] if variant else list(VARIANTS)
     if comfy_models is not None:  # where the nodes look: every echomimic root, in ComfyUI's order
-        folders = comfy_folders(comfyui, comfy_models, extra_paths)
+        folders = comfy_folders(dirs.install, comfy_models, extra_paths, output=dirs.output, custom_nodes=dirs.custom_nodes)
+        folders.problems[:0] = dirs.problems
         root, sets = comfy_sets(folders, names, variants, default_root, usable)
     else:
         root = Path(root).expanduser()
@@ -55,6 +68,7 @@ def diagnose(root, weights: str | None = None, variant: str | None = None, defau
     shared = check_shared(root, sets, default_root)
     if comfy_models is not None:
         shared = detectors_over_roots([comfy_vae(p, folders) if p["part"] == "vae" else p for p in shared], folders, root)
+        shared = [gestures_over_roots(p, folders, dirs.input) if p["part"] == "poses" else p for p in shared]
     part = {p["part"]: p for p in shared}
     need_mp = any(s["weights"] in WEIGHT_SETS and s["weights"].startswith("v1") for s in sets)
     need_vae = any(s["weights"] in WEIGHT_SETS for s in sets)
@@ -77,7 +91,9 @@ def diagnose(root, weights: str | None = None, variant: str | None = None, defau
     report = {"models": str(root), "read_only": True, "strict": strict, "environment": env, "weight_sets": sets,
               "shared": shared, "modes": modes}
     if comfy_models is not None:
-        report["comfyui"] = check_comfyui(comfyui, folders, sets, shared, usable)
+        report["comfyui"] = check_comfyui(comfyui, folders, sets, shared, usable, dirs)
+        if found is not None:
+            report["comfyui"]["detected"] = found.as_dict()
         problems += [f"comfyui {p}" for p in folders.problems]
         problems += [f"comfyui {c['part']}: {c['status']}" for c in report["comfyui"]["core"] if c["status"] != "ready"]
     report.update(problems=problems, ok=not problems)

@@ -11,13 +11,24 @@ to the yaml file's folder). A path already listed is not added twice (``is_defau
 ``models/echomimic`` is registered after all of that (``nodes/comfy_bridge``), so it comes after the yaml's
 ``echomimic:`` roots. Every folder keeps where it came from, for the report.
 
+ComfyUI's ``--base-directory DIR`` (:func:`comfy_dirs`, as ``folder_paths``) moves models/, input/, output/ and
+custom_nodes/ to ``DIR/...`` (the yaml files are still read from ComfyUI's own folder, their ``base_path`` as
+before); ``--input-directory`` / ``--output-directory`` move those two again. ComfyUI's own folder is taken
+through its links (``realpath``, as ComfyUI finds itself): a yaml's relative base_path starts there. ``main.apply_custom_paths`` then adds
+``<output>/checkpoints, clip, vae, diffusion_models, loras`` as model folders after the yaml's (taken here where
+they exist: a missing one holds nothing).
+
 A yaml file that ComfyUI cannot apply (not YAML, not a mapping of sections, a folder key without a path) is a finding
 here (ComfyUI stops at start with it); pyyaml is imported only when a file is there to read.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ...errors import EchoMimicError
+from .shell import make_dirs, python_pip
 
 LEGACY = {"unet": "diffusion_models", "clip": "text_encoders"}  # folder_paths.map_legacy
 # folder_paths' defaults for the folders the report shows, in ComfyUI's order
@@ -26,6 +37,9 @@ DEFAULTS = {"vae": ("vae",), "clip_vision": ("clip_vision",), "text_encoders": (
 ECHOMIMIC = "echomimic"
 DEFAULT = "ComfyUI's default"
 YAML_NAME = "extra_model_paths.yaml"
+OUTPUT_FOLDERS = ("checkpoints", "clip", "vae", "diffusion_models", "loras")  # main.apply_custom_paths
+OUTPUT_SOURCE = "ComfyUI's output folder"
+PACK_FILES = ("nodes/comfy_bridge.py", "echomimic_lib/__init__.py")  # what makes a custom_nodes sub-folder this pack
 
 
 class ComfyFolders:
@@ -66,7 +80,7 @@ def _load(path: Path):
     try:
         import yaml
     except ImportError:
-        return None, (f"{path}: not read, the pyyaml package is not installed here (python -m pip install pyyaml), so the "
+        return None, (f"{path}: not read, the pyyaml package is not installed here ({python_pip('install', 'pyyaml')}), so the "
                       "model folders it adds are not checked")
     try:
         with open(path, encoding="utf-8") as fh:
@@ -134,14 +148,88 @@ def apply_file(folders: ComfyFolders, path: Path) -> None:
                 folders.add(str(key), os.path.normpath(full), is_default, f"{path} ({name})")
 
 
-def comfy_folders(comfy: Path, models: Path, configs=()) -> ComfyFolders:
+def comfy_folders(comfy: Path, models: Path, configs=(), output: Path | None = None,
+                  custom_nodes: Path | None = None) -> ComfyFolders:
     """The folders ComfyUI reads: its defaults, ``<comfy>/extra_model_paths.yaml`` when there, then ``configs`` (the
-    files given to ComfyUI's --extra-model-paths-config), then the pack's models/echomimic."""
+    files given to ComfyUI's --extra-model-paths-config), then ``output``'s model folders that exist, then the pack's
+    models/echomimic (``custom_nodes``: ComfyUI's own custom_nodes folder, first of that kind)."""
     folders = ComfyFolders(models)
+    if custom_nodes is not None:
+        folders.kinds["custom_nodes"] = [str(custom_nodes)]
     own = Path(comfy).expanduser() / YAML_NAME
     if own.is_file():
         apply_file(folders, own)
     for c in configs or ():
         apply_file(folders, Path(c))
+    for name in OUTPUT_FOLDERS if output is not None else ():
+        if (Path(output) / name).is_dir():
+            folders.add(name, str(Path(output) / name), False, OUTPUT_SOURCE)
     folders.add(ECHOMIMIC, str(Path(models) / ECHOMIMIC), False, DEFAULT)
     return folders
+
+
+@dataclass
+class ComfyDirs:
+    """Where a ComfyUI install keeps its files, as ``folder_paths`` and ``main.py`` set them."""
+    install: Path  # its own folder (main.py, extra_model_paths.yaml)
+    models: Path
+    input: Path
+    output: Path
+    custom_nodes: Path
+    base: Path | None = None  # --base-directory, when given
+    problems: list = field(default_factory=list)  # a folder given that is not there (ComfyUI fails with it)
+    notes: list = field(default_factory=list)
+
+
+def _install(path: Path, base) -> tuple[Path, Path]:
+    """(ComfyUI's own folder, its models folder) from ``--comfyui PATH``: ComfyUI's folder, its models/, or the
+    Windows portable build's folder (ComfyUI_windows_portable/ComfyUI/ inside)."""
+    if (path / "models").is_dir() or base is not None and (path / "main.py").is_file():
+        return path, path / "models"
+    if path.name == "models" and path.is_dir():
+        return (path.parent if (path.parent / "main.py").is_file() else path), path
+    inner = path / "ComfyUI"  # the portable build: run_nvidia_gpu.bat, python_embeded/, ComfyUI/
+    if (inner / "models").is_dir() or (inner / "main.py").is_file():
+        return inner, inner / "models"
+    if base is not None and path.is_dir():
+        return path, path / "models"
+    raise EchoMimicError(f"--comfyui {path}: no models/ folder there. Give ComfyUI's folder (the one holding main.py and "
+                         "models/; in the Windows portable build ComfyUI_windows_portable/ComfyUI), or its models folder.")
+
+
+def comfy_dirs(comfyui, base=None, input_dir=None, output_dir=None) -> ComfyDirs:
+    """The install's folders; ``base``, ``input_dir``, ``output_dir``: ComfyUI's --base-directory, --input-directory,
+    --output-directory (relative ones from the current folder, as ComfyUI takes them from the one it starts in)."""
+    full = (lambda p: Path(os.path.abspath(os.path.expanduser(str(p)))) if p is not None else None)
+    base, input_dir, output_dir = full(base), full(input_dir), full(output_dir)
+    install, models = _install(Path(comfyui).expanduser(), base)
+    real = Path(os.path.realpath(install))  # ComfyUI finds itself (and its yaml, and models/) through realpath(__file__)
+    install, models = real, real if models == install else real / models.name if models.parent == install else models
+    top = base if base is not None else install
+    dirs = ComfyDirs(install, top / "models" if base is not None else models, input_dir or top / "input",
+                     output_dir or top / "output", top / "custom_nodes", base)
+    if base is not None and not base.is_dir():
+        dirs.problems.append(f"--base-directory {base}: no such folder; ComfyUI started with it finds no models, custom "
+                             f"nodes or inputs there (it creates only {base / 'input'}). Give the folder ComfyUI is "
+                             f"started with, or make it: {make_dirs(base / 'models' / ECHOMIMIC, base / 'custom_nodes')} "
+                             "and move the models and this pack there")
+    if input_dir is not None and not input_dir.is_dir():
+        dirs.problems.append(f"--input-directory {input_dir}: no such folder; ComfyUI does not make it (its Load Image "
+                             f"node fails to list it, the gesture library's echomimic_poses/ is not there): "
+                             f"{make_dirs(input_dir)}")
+    if output_dir is not None and not output_dir.is_dir():
+        dirs.notes.append(f"--output-directory {output_dir}: no such folder yet; ComfyUI makes it at the first save "
+                          f"({make_dirs(output_dir)} now checks that it can be made)")
+    return dirs
+
+
+def pack_in(roots) -> Path | None:
+    """The sub-folder of a custom_nodes folder holding this pack (ComfyUI loads custom nodes only from those)."""
+    for root in roots:
+        try:
+            for d in sorted(Path(root).iterdir()):
+                if all((d / f).is_file() for f in PACK_FILES):
+                    return d
+        except OSError:
+            continue
+    return None

@@ -10,19 +10,22 @@ list), never ``models/diffusion_models``. V3 flash-pro in ComfyUI also needs thr
 nodes: the umT5 text encoder (``text_encoders``, or the older ``clip``; Load CLIP, type wan), the ViT-H vision tower
 (``clip_vision``; Load CLIP Vision) and the Wan 2.1 VAE (``vae``; Load VAE). V1/V2's SD VAE is the set's
 ``sd-vae-ft-mse/``, else (the loader's ``vae: auto``) a file in the ``vae`` folders named ``*ft-mse*`` or
-``*echomimic*``. Read-only: listings and a weight file's header.
+``*echomimic*``. The gesture library is every root's ``poses/`` and ``<input>/echomimic_poses`` (the Gestures node's
+'all pose folders'). A V3 fix names the Loader folder the files are in; a folder linked out of its root is refused
+by the loader (nodes/paths.safe_child), so it is broken here. Read-only: listings and a weight file's header.
 """
 from __future__ import annotations
 
 import os
 import re
-import shlex
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from ...io.file_safety import resolved_outside
 from ...models.wan.sources import COMFY_PARTS, V3_FOLDER
-from .comfy_paths import DEFAULT, ECHOMIMIC, ComfyFolders
-from .models import check_v3, check_weight_set, file_problem
+from .comfy_paths import DEFAULT, ECHOMIMIC, ComfyDirs, ComfyFolders, pack_in
+from .models import _size, check_v3, check_weight_set, file_problem
+from .shell import download, echomimic, quote, remove, then
 
 SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
@@ -43,18 +46,8 @@ CORE = (
     ("wan_vae", "vae", ("wan21vae",), "wan_2.1_vae.safetensors", "Wan 2.1 VAE"),
 )
 LOADER_NEED = ("reference", "denoiser", "motion", "cond", "whisper")  # nodes/loader.BASE_NEED: the VAE may come from elsewhere
+INPUT_POSES = "echomimic_poses"  # nodes/paths.INPUT_POSE_FOLDER: pose folders in ComfyUI's input folder
 MAX_DIRS = 20000  # a listing guard (ComfyUI follows symlinks; so does this, up to here)
-
-
-def comfy_models_dir(path) -> Path:
-    """ComfyUI's ``models/`` folder from ``--comfyui PATH`` (ComfyUI's own folder, or its models folder)."""
-    p = Path(path).expanduser()
-    if (p / "models").is_dir():
-        return p / "models"
-    if p.name == "models" and p.is_dir():
-        return p
-    raise EchoMimicError(f"--comfyui {path}: no models/ folder there. Give ComfyUI's folder (the one holding main.py and "
-                         "models/) or its models folder.")
 
 
 def model_files(folder: Path) -> list[Path]:
@@ -97,7 +90,7 @@ def core_part(folders: ComfyFolders, part: str) -> dict:
     _, kind, patterns, wanted, what = next(c for c in CORE if c[0] == part)
     roots = folders.roots(kind)
     dest = roots[0] / wanted
-    fix = f"curl -L --create-dirs -o {shlex.quote(str(dest))} {REPACKAGED}/{kind}/{wanted}"
+    fix = download(dest, f"{REPACKAGED}/{kind}/{wanted}")
     row = {"part": part, "what": what, "folder": str(roots[0]), "status": "missing", "path": None, "bytes": 0,
            "problem": None, "fix": fix, "workflow_file": wanted, "candidates": [], "found_in": None, "source": None}
     hits = [f for r in roots if r.is_dir() for f in model_files(r) if any(p in _norm(f.name) for p in patterns)]
@@ -116,7 +109,7 @@ def core_part(folders: ComfyFolders, part: str) -> dict:
         bad.append((f, why))
     if bad:
         row.update(status="broken", path=str(bad[0][0]), problem="; ".join(f"{f}: {w}" for f, w in bad),
-                   fix="rm -- " + " ".join(shlex.quote(str(f)) for f, _ in bad) + " && " + fix)
+                   fix=then(remove(f for f, _ in bad), fix))
     return row
 
 
@@ -168,7 +161,7 @@ def comfy_vae(row: dict, folders: ComfyFolders) -> dict:
     out = dict(row, what=row["what"] + " (here: the loader's vae 'auto' file)", path=str(f), bytes=f.stat().st_size,
                missing=[], fix=None, found_in=str(r), source=folders.source("vae", r), status="ready")
     if why := file_problem(f):
-        out.update(status="broken", broken=[{"path": str(f), "problem": why}], fix=f"rm -- {shlex.quote(str(f))}")
+        out.update(status="broken", broken=[{"path": str(f), "problem": why}], fix=remove([f]))
     return out
 
 
@@ -180,9 +173,8 @@ def comfy_sets(folders: ComfyFolders, names, variants, default_root, usable) -> 
     sets, found = [], []
     for w in names:
         if w == V3_FOLDER:
-            choices = [(n, f, check_v3(f.parent, default_root, COMFY_PARTS, v3_fix(f.parent), folder=f))
-                       for n, f in v3_folders(roots)]
-            n, f, row = next((c for c in choices if c[2]["status"] in usable), choices[0])
+            choices = [(n, f, _v3_choice(roots, n, f, default_root)) for n, f in v3_folders(roots)]
+            n, f, row = next((c for c in choices if c[2]["status"] in usable), None) or _closest(choices)
             r = _root_of(roots, f)
             row.update(found_in=f"{f} (the V3 Loader's folder '{n}'; {folders.source(ECHOMIMIC, r)})",
                        choices=[{"folder": c[0], "path": str(c[1]), "status": c[2]["status"]} for c in choices])
@@ -218,18 +210,88 @@ def detectors_over_roots(shared: list[dict], folders: ComfyFolders, primary: Pat
     return out
 
 
-def v3_fix(root: Path) -> str:
-    return ("switch on auto_download in the EchoMimic V3 Loader (fetches only these three parts, about 7.2 GB), or: "
-            f"echomimic download --weights v3-flash --models {shlex.quote(str(root))} (also fetches the command line's "
-            "own text and image encoders, about 13 GB more)")
+def gestures_over_roots(row: dict, folders: ComfyFolders, input_dir: Path) -> dict:
+    """The gesture library as the Gestures from Audio node reads it ('all pose folders', nodes/gestures): the pose
+    sequences of every ``<echomimic root>/poses`` and of ``<input>/echomimic_poses``, each root said with its count."""
+    from ...pose.gestures.library import find_sources
+
+    roots = [(r / "poses", folders.source(ECHOMIMIC, r)) for r in folders.roots(ECHOMIMIC)]
+    roots.append((input_dir / INPUT_POSES, "ComfyUI's input folder"))
+    found = []
+    for lib, source in roots:
+        try:
+            seqs = find_sources(lib)
+        except EchoMimicError:  # not there, or nothing in it (the node skips it too)
+            continue
+        linked = [q.name for q in seqs if q != lib and _escape(lib, q) is not None]  # picked by name: refused
+        found.append({"path": str(lib), "source": source, "sequences": len(seqs), "bytes": _size(lib), "linked_out": linked})
+    out = dict(row, roots=found, sequences=sum(f["sequences"] for f in found), bytes=sum(f["bytes"] for f in found))
+    if not found:
+        first = roots[0][0]
+        return dict(out, status="missing", path=None, missing=[f"{lib}/<name>/0.npy, 1.npy, ..." for lib, _ in roots],
+                    fix=f"echomimic poses --video DRIVING.mp4 -o {quote(first / 'NAME')}  (or copy EchoMimicV2's "
+                        f"assets/halfbody_demo/pose/* into {first} or {roots[-1][0]})")
+    where = "; ".join(f"{f['path']} ({f['source']}): {f['sequences']}" for f in found)
+    linked = [f"{f['path']}/{n}" for f in found for n in f["linked_out"]]
+    note = (f"linked from outside its folder: {', '.join(linked)}; 'all pose folders' takes it, but picked by name (the "
+            "Gestures node's library, the pose folder loader) the node refuses it: copy the folder in instead of the "
+            "link, or add its folder to extra_model_paths.yaml as an echomimic root's poses/") if linked else None
+    return dict(out, status="ready", path=found[0]["path"], missing=[], fix=None, source=found[0]["source"],
+                found_in=where, problem=note)
 
 
-def check_comfyui(path, folders: ComfyFolders, sets: list[dict], shared: list[dict], usable=("ready", "tiny")) -> dict:
+def v3_fix(root: Path, names=(V3_FOLDER,)) -> str:
+    """The line that fills a V3 Loader folder (``names``: its choice, or the choices nothing tells apart): the loader's
+    auto_download fills the folder picked; ``echomimic download`` fills ``<root>/v3-flash`` only."""
+    which = " or ".join(f"'{n}'" for n in names)
+    cli = echomimic("download", "--weights", "v3-flash", "--models", root)
+    if V3_FOLDER in names:
+        return (f"switch on auto_download in the EchoMimic V3 Loader with folder {which} (fetches only these three parts, "
+                f"about 7.2 GB), or: {cli} (fills {root / V3_FOLDER}; also fetches the command line's own text and image "
+                "encoders, about 13 GB more)")
+    return (f"switch on auto_download in the EchoMimic V3 Loader with folder {which} (fetches only these three parts into "
+            f"that folder, about 7.2 GB); the command line fills a folder named v3-flash, not {which}: {cli} (about 20 GB), "
+            "then pick folder 'v3-flash'")
+
+
+def _escape(root: Path, child: Path) -> Path | None:
+    """Where ``child`` really is when a link takes it out of ``root`` (nodes/paths.safe_child refuses it), else None."""
+    try:
+        return resolved_outside(root, child)
+    except (OSError, RuntimeError):
+        return None
+
+
+def _v3_choice(roots: list[Path], name: str, folder: Path, default_root) -> dict:
+    """One V3 Loader folder choice, checked as the loader opens it (a link out of its root is refused there)."""
+    row = check_v3(folder.parent, default_root, COMFY_PARTS, v3_fix(folder.parent, [name]), folder=folder)
+    real = _escape(folder.parent, folder) if folder.is_dir() else None
+    if real is not None:
+        row.update(status="broken", broken=row["broken"] + [{"component": "folder", "path": str(folder), "problem": (
+            f"a link to {real}, outside {folder.parent}: the V3 Loader refuses a folder that leaves its echomimic root")}],
+            fix=f"add {real.parent} as an echomimic root in extra_model_paths.yaml (a section with 'echomimic: "
+                f"{real.parent}'; the loader's folder is then '{real.name}'), or move {real} itself to {folder}")
+    return row
+
+
+def _closest(choices: list) -> tuple:
+    """None usable: the choice the files point to (the fewest files missing or broken); ties are named together."""
+    gap = [len(c[2]["missing"]) + len(c[2]["broken"]) for c in choices]
+    tied = [c for c, g in zip(choices, gap) if g == min(gap)]
+    n, f, row = tied[0]
+    if len(tied) > 1 and row["status"] == "missing":
+        row["fix"] = v3_fix(f.parent, [c[0] for c in tied])
+    return n, f, row
+
+
+def check_comfyui(path, folders: ComfyFolders, sets: list[dict], shared: list[dict], usable=("ready", "tiny"),
+                  dirs: ComfyDirs | None = None) -> dict:
     """The ComfyUI section: folders, core's V3 files, and per asked-for set what a workflow of that kind finds."""
     comfy = Path(path).expanduser()
     core = [core_part(folders, c[0]) for c in CORE] if any(s["weights"] == "v3-flash" for s in sets) else []
     part = {p["part"]: p for p in shared}
     notes = _stray_v3(folders) + [f"read {f}" for f in folders.files if not any(p.startswith(f"{f}:") for p in folders.problems)]
+    notes += _v3_name_notes(sets) + (dirs.notes if dirs is not None else [])
     labels = {"v1_audio": "V1 audio", "v1_pose": "V1 landmark", "v2": "V2"}
     modes = []
     for s in sets:
@@ -250,5 +312,27 @@ def check_comfyui(path, folders: ComfyFolders, sets: list[dict], shared: list[di
             extra.append("tiny random weights: renders noise")
         modes.append({"mode": label, "variant": s["variant"], "ready": all(ok for _, ok in needs),
                       "missing": [n for n, ok in needs if not ok], "notes": extra})
-    return {"path": str(comfy), "models_dir": str(folders.models), "folders": _folders(folders), "core": core,
-            "modes": modes, "notes": notes, "extra_model_paths": {"files": folders.files, "problems": folders.problems}}
+    out = {"path": str(comfy), "models_dir": str(folders.models), "folders": _folders(folders), "core": core,
+           "modes": modes, "notes": notes, "extra_model_paths": {"files": folders.files, "problems": folders.problems}}
+    if dirs is not None and dirs.base is not None:  # where --base-directory moved things, and whether the pack is there
+        roots = folders.roots("custom_nodes")
+        pack = pack_in(roots)
+        out["directories"] = {"base": str(dirs.base), "install": str(dirs.install), "input": str(dirs.input),
+                              "output": str(dirs.output), "custom_nodes": [str(r) for r in roots],
+                              "pack": str(pack) if pack else None}
+        if pack is None and dirs.base.is_dir():
+            folders.problems.append(
+                f"custom_nodes: the EchoMimic pack is in none of {', '.join(map(str, roots))}; ComfyUI started with "
+                f"--base-directory {dirs.base} loads custom nodes from there only (not from {dirs.install / 'custom_nodes'}): "
+                f"move or link the pack's folder into {roots[0]}")
+    return out
+
+
+def _v3_name_notes(sets: list[dict]) -> list[str]:
+    """A V3 Loader folder choice other than the shipped workflows' 'v3-flash' (their loader then fails validation)."""
+    v3 = next((s for s in sets if s["weights"] == V3_FOLDER and s.get("choices")), None)
+    names = [c["folder"] for c in v3["choices"]] if v3 else []
+    if not names or V3_FOLDER in names:
+        return []
+    return [f"the shipped V3 workflows select the V3 Loader folder 'v3-flash'; this install offers {', '.join(names)}: "
+            "pick it in the loader (or rename the folder to v3-flash)"]

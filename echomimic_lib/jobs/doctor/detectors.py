@@ -11,12 +11,12 @@ ONNX package and no runtime session is used).
 """
 from __future__ import annotations
 
-import shlex
 import zipfile
 import zlib
 from pathlib import Path
 
 from ...errors import EchoMimicError, MissingWeightsError
+from .shell import download, remove, then
 
 HF = "https://huggingface.co"
 LFS = b"version https://git-lfs"
@@ -28,6 +28,7 @@ DETECTOR_FOR = ("library only: prepare_v1_reference(box_provider='detector'); no
 DWPOSE_FOR = ("v2-halfbody with --pose VIDEO, --halfbody-crop or --align-poses", "echomimic poses --video",
               "ComfyUI: the pose-video loader, Reference Preparation (V2 half-body crop), the gesture nodes")
 REFUSED = "refused by the pack's own file check (mp_models)"
+TASK_MAX_UNPACKED = 64 << 20  # a .task bundle unpacks to 3.7 MB
 ONNX_MIN_BYTES = 1 << 20  # the released DWPose files are 130-220 MB; anything under 1 MiB is not one
 
 
@@ -55,6 +56,8 @@ def task_problem(path: Path) -> str | None:
         with zipfile.ZipFile(path) as zf:
             if "face_landmarks_detector.tflite" not in zf.namelist():
                 return "a zip without face_landmarks_detector.tflite: not a MediaPipe face landmarker bundle"
+            if (unpacked := sum(i.file_size for i in zf.infolist())) > TASK_MAX_UNPACKED:  # before testzip unpacks it all
+                return f"its members unpack to {unpacked} bytes (the real bundle: 3.7 MB): not the model (a zip bomb?)"
             bad = zf.testzip()
         if bad is not None:
             return f"damaged: member {bad} fails its CRC check (a broken-off or corrupted download?)"
@@ -134,14 +137,6 @@ def _file_row(name: str, required: bool, needed_for) -> dict:
             "fix": None, "needed_for": list(needed_for)}
 
 
-def _curl(dest: Path, url: str) -> str:
-    return f"curl -L --create-dirs -o {shlex.quote(str(dest))} {url}"
-
-
-def _rm(paths) -> str:
-    return "rm -- " + " ".join(shlex.quote(str(p)) for p in paths) + " && "
-
-
 def mediapipe_file(root: Path, kind: str) -> dict:
     """One MediaPipe model file, as :func:`resolve_model` finds it (``kind``: face_landmarker or face_detector)."""
     from ...landmarks.mp_models import MODELS, SUBFOLDERS, resolve_model
@@ -150,7 +145,7 @@ def mediapipe_file(root: Path, kind: str) -> dict:
     landmarker = kind == "face_landmarker"
     row = _file_row(spec["save_as"], landmarker, LANDMARKER_FOR if landmarker else DETECTOR_FOR)
     dest = root / SUBFOLDERS[0] / spec["save_as"]
-    fix = _curl(dest, spec["url"]) + ("  (or run animate / dub / landmarks once without --offline)" if landmarker else "")
+    fix = download(dest, spec["url"]) + ("  (or run animate / dub / landmarks once without --offline)" if landmarker else "")
     check = task_problem if landmarker else tflite_problem
     try:
         p = resolve_model(kind, None, [root], download=False)
@@ -167,7 +162,7 @@ def mediapipe_file(root: Path, kind: str) -> dict:
     if bad:
         row.update(status="broken", path=str(bad[0][0]), bytes=bad[0][0].stat().st_size,
                    problem="; ".join(f"{p}: {why or REFUSED}" for p, why in bad),
-                   fix=_rm(p for p, _ in bad) + fix)
+                   fix=then(remove(p for p, _ in bad), fix))
     return row
 
 
@@ -185,14 +180,14 @@ def dwpose_files(root: Path) -> list[dict]:
     rows = []
     for name in (DET_FILENAME, POSE_FILENAME):
         row = _file_row(name, False, DWPOSE_FOR)
-        fix = _curl(root / "dwpose" / name, f"{HF}/{HF_REPO}/resolve/main/{name}")
+        fix = download(root / "dwpose" / name, f"{HF}/{HF_REPO}/resolve/main/{name}")
         p = found.get(name)
         if p is None:
             row.update(status="missing", path=str(root / "dwpose" / name), fix=fix)
         else:
             row.update(path=str(p), bytes=p.stat().st_size)
             if why := onnx_problem(p):
-                row.update(status="broken", problem=why, fix=_rm([p]) + fix)
+                row.update(status="broken", problem=why, fix=then(remove([p]), fix))
         rows.append(row)
     return rows
 
@@ -230,4 +225,4 @@ def dwpose_row(root: Path) -> dict:
             "bytes": sum(f["bytes"] for f in files),
             "missing": [_rel(root, f["path"]) for f in files if f["status"] == "missing"],
             "broken": [{"path": f["path"], "problem": f["problem"]} for f in files if f["status"] == "broken"],
-            "fix": " && ".join(fixes) or None, "needed_for": list(DWPOSE_FOR), "files": files}
+            "fix": then(*fixes) or None, "needed_for": list(DWPOSE_FOR), "files": files}

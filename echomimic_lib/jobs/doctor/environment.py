@@ -7,10 +7,11 @@ imports (OpenCV, MediaPipe, onnxruntime: a broken wheel often installs fine and 
 from __future__ import annotations
 
 import importlib
-import shlex
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from .shell import python_pip, then
 
 # (distribution, import name, what it is for, required). The bounds come from the pack's declared dependencies.
 PACKAGES = (
@@ -89,7 +90,7 @@ def _in_bounds(req: str, version: str) -> bool | None:
 
 def pip(*args: str) -> str:
     """A pip command for this very Python (the one ComfyUI runs on, when doctor runs there)."""
-    return " ".join([shlex.quote(sys.executable), "-m", "pip", *[shlex.quote(a) for a in args]])
+    return python_pip(*args)
 
 
 def _import_error(module: str) -> str | None:
@@ -122,7 +123,7 @@ def check_package(dist: str, module: str, purpose: str, required: bool, bounds: 
         row["status"] = "conflict"
         row["problem"] = (f"{len(present)} OpenCV distributions installed ({', '.join(present)}); they overwrite each other's "
                           "cv2 files, so which one you get (and whether it works) depends on the install order")
-        row["fix"] = f"{pip('uninstall', '-y', *present)} && {pip('install', '--force-reinstall', req)}"
+        row["fix"] = then(pip("uninstall", "-y", *present), pip("install", "--force-reinstall", req))
         return row
     ok = _in_bounds(req, row["version"]) if req != dist else True
     if ok is False:

@@ -10,7 +10,6 @@ file presence and sizes, and at most a weight file's first bytes (nothing is dow
 from __future__ import annotations
 
 import json
-import shlex
 import struct
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ...io.model_files import (VAE_DIRS, WHISPER_FILES, _downloads, _find, _find
                                search_dirs)
 from ...modes import WEIGHT_SETS
 from ...models.wan.sources import V3_FOLDER, missing_parts, resolved_files
+from .shell import echomimic, quote, remove, then
 
 VARIANTS = ("normal", "acc")
 ALL_WEIGHTS = (*WEIGHT_SETS, V3_FOLDER)
@@ -27,10 +27,10 @@ V3_TINY_MARKER = ".echomimic-tiny-v3"  # echomimic_lib.models.wan.tiny.MARKER (n
 
 def download_command(weights: str, variant: str | None, root: Path, default_root: Path | None) -> str:
     """The ``echomimic download`` line that fetches what ``root`` lacks of one set (``--models`` only off the default)."""
-    cmd = ["echomimic", "download", "--weights", weights] + (["--variant", variant] if variant else [])
+    cmd = ["download", "--weights", weights] + (["--variant", variant] if variant else [])
     if default_root is None or Path(root).expanduser().resolve() != Path(default_root).expanduser().resolve():
         cmd += ["--models", str(root)]
-    return " ".join(shlex.quote(c) for c in cmd)
+    return echomimic(*cmd)
 
 
 def _size(path: Path) -> int:
@@ -102,8 +102,7 @@ def check_weight_set(root: Path, weights: str, variant: str, default_root: Path 
     row["broken"] = _broken(weights_only, root)
     if row["broken"]:
         row["status"] = "broken"
-        gone = " ".join(shlex.quote(b["path"]) for b in row["broken"])
-        row["fix"] = f"rm -- {gone} && {download_command(weights, variant, root, default_root)}"
+        row["fix"] = then(remove(b["path"] for b in row["broken"]), download_command(weights, variant, root, default_root))
     elif is_tiny_folder(root):
         row["status"] = "tiny"
     return row
@@ -133,8 +132,7 @@ def check_v3(root: Path, default_root: Path | None = None, parts: tuple[str, ...
     weights = {k: Path(p) / "diffusion_pytorch_model.safetensors" if k == "base" else Path(p) for k, p in found.items()}
     row["broken"] = _broken(weights, Path(root))
     if row["broken"]:
-        gone = " ".join(shlex.quote(b["path"]) for b in row["broken"])
-        row.update(status="broken", fix=f"rm -- {gone} && {fix}")
+        row.update(status="broken", fix=then(remove(b["path"] for b in row["broken"]), fix))
     elif (folder / V3_TINY_MARKER).is_file():
         row["status"] = "tiny"
     return row
@@ -190,6 +188,6 @@ def _gestures(root: Path) -> dict:
         row["bytes"] = _size(lib)
     except EchoMimicError:
         row.update(status="missing", path=None, missing=["poses/<name>/0.npy, 1.npy, ..."],
-                   fix=f"echomimic poses --video DRIVING.mp4 -o {shlex.quote(str(lib / 'NAME'))}  "
+                   fix=f"echomimic poses --video DRIVING.mp4 -o {quote(lib / 'NAME')}  "
                        "(or copy EchoMimicV2's assets/halfbody_demo/pose/* there)")
     return row

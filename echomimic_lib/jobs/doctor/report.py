@@ -62,7 +62,11 @@ def _shared_lines(p: dict) -> list[str]:
     if p["status"] == "ready":
         extra = f", {p['sequences']} sequence(s)" if p.get("sequences") else ""
         lines = [f"  {p['part']:<10} ready ({_gib(p['bytes'])}{extra})  {p['what']}"]
-        lines += [f"      {p['path']}  (from {p['source']})"] if p.get("source") else []
+        if p.get("roots"):  # the gesture library over ComfyUI's pose roots: each with its sequences
+            lines += [f"      {r['path']}: {r['sequences']} sequence(s)  (from {r['source']})" for r in p["roots"]]
+            lines += [f"      note: {p['problem']}"] if p.get("problem") else []
+        elif p.get("source"):
+            lines.append(f"      {p['path']}  (from {p['source']})")
     else:
         lines = [f"  {p['part']:<10} {p['status'].upper()}  {p['what']}"]
     if p.get("files"):  # MediaPipe, DWPose: each file with its own state and fix
@@ -92,8 +96,15 @@ def _folder_lines(f: dict) -> list[str]:
 
 def _comfyui_lines(c: dict) -> list[str]:
     lines = ["", f"ComfyUI {c['path']}"]
+    if f := c.get("detected"):  # --comfyui auto: what was found, and from which files
+        lines.append(f"  found {f['kind']}" + (f": base directory {f['base']} ({f['base_from']})" if f["base"] else "")
+                     + "".join(f"; model paths from {y}" for y in f["extra_model_paths"]))
+        lines += [f"  note: {n}" for n in f["notes"]]
     for problem in c.get("extra_model_paths", {}).get("problems", []):
         lines.append(f"  PROBLEM {problem}")
+    if d := c.get("directories"):
+        lines.append(f"  --base-directory {d['base']}: models {c['models_dir']}, input {d['input']}, output {d['output']}; custom nodes from "
+                     f"{', '.join(d['custom_nodes'])} (this pack: {d['pack'] or 'not there'})")
     for f in c["folders"]:
         lines += _folder_lines(f)
     for p in c["core"]:

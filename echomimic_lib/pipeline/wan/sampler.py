@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...errors import EchoMimicError
 from ...memory.fp8 import compute_param
 from ...models.wan import vae as wan_vae
 from .color import color_transfer
@@ -44,7 +45,8 @@ def sample_size(width: int, height: int, target: tuple[int, int] = (768, 768)) -
     else:
         w, h = w // SIZE_MULTIPLE * SIZE_MULTIPLE, h // SIZE_MULTIPLE * SIZE_MULTIPLE
     if w < SIZE_MULTIPLE or h < SIZE_MULTIPLE:
-        raise ValueError(f"reference image {width}x{height} is too small: both sides must be at least {SIZE_MULTIPLE} px")
+        raise EchoMimicError(f"reference image {width}x{height} is too small: both sides must be at least {SIZE_MULTIPLE} px "
+                             "(after the scaling to the target area); use a larger picture, or a larger target size.")
     return int(h), int(w)
 
 

@@ -1,0 +1,23 @@
+"""Which stream of a media file is its video: cover art (an audio file's picture) is none."""
+from __future__ import annotations
+
+from ..errors import EchoMimicError
+
+
+class NoVideoStream(EchoMimicError):
+    """The file is media without a video stream (an audio file, say, cover art included)."""
+
+
+def video_stream(container, path=None, required: bool = True):
+    """The first video stream of an open container that is not cover art (an mp3's, m4a's or flac's picture, a stream
+    with disposition attached_pic): an audio file with a cover is audio. None, or with ``required``
+    :class:`NoVideoStream`, where there is none."""
+    import av
+
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    if not required:
+        return None
+    cover = " (only a cover picture: an audio file)" if container.streams.video else ""
+    raise NoVideoStream(f"{path or container.name}: the file has no video stream{cover}.")

@@ -1,0 +1,39 @@
+"""How long a speech file is, from its header (before decoding: hours of audio are gigabytes of samples) and decoded.
+
+A video that follows its audio has at most ``MAX_LENGTH`` frames (:mod:`.animate_checks`), the bound ``--length`` has.
+The header's duration refuses a file before decoding only when it is 1.5 times too long (:data:`HEADER_MARGIN`: some
+headers estimate); the decoded length is exact.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import EchoMimicError
+
+HEADER_MARGIN = 1.5
+
+
+def header_seconds(path) -> float | None:
+    """The first audio stream's duration as the file's header states it (None when it does not)."""
+    from ..io.video_io import _open
+
+    c = _open(path)
+    try:
+        s = c.streams.audio[0] if c.streams.audio else None
+        if s is not None and s.duration and s.time_base:
+            return float(s.duration * s.time_base)
+        return c.duration / 1e6 if c.duration else None
+    finally:
+        c.close()
+
+
+def check_video_length(path: Path, seconds: float | None, fps: float, max_frames: int, margin: float = 1.0) -> None:
+    """Refuse audio whose video (floor(seconds x fps) frames) would be longer than ``max_frames``; ``margin``: only when
+    ``margin`` times longer (a header's duration can be an estimate: a VBR mp3 without a Xing header, from its bitrate)."""
+    if seconds and int(seconds * fps) > max_frames * margin:
+        raise EchoMimicError(f"--audio {path} lasts {seconds / 60:.0f} min: {int(seconds * fps)} frames at {fps:g} fps, more "
+                             f"than the {max_frames} a video can have; cut it into parts of at most "
+                             f"{int(max_frames / fps / 60)} min, or pass --length N to render its first N frames.")
+
+
+__all__ = ["HEADER_MARGIN", "header_seconds", "check_video_length"]
