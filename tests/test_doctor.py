@@ -75,7 +75,7 @@ def test_a_tiny_folder_is_complete_and_says_so(tiny, capsys, monkeypatch):
     # a V1 render crops the face: without the MediaPipe model the same folder is not enough
     rc, out = _run(capsys, "--models", str(tiny), "--weights", "v1_audio", "--variant", "acc")
     assert rc == 1
-    assert "mediapipe face landmarker: missing" in out and "curl -L --create-dirs -o" in out
+    assert "mediapipe face landmarker: missing" in out and "curl -fL --create-dirs -o" in out
     assert "with --no-face-crop" in out
 
 

@@ -88,8 +88,8 @@ def test_missing_mediapipe_models_come_with_the_command_that_fetches_them(tmp_pa
     lm, det = _file(report, "mediapipe", "face_landmarker.task"), _file(report, "mediapipe", TFLITE)
     assert lm["status"] == det["status"] == "missing"
     dest = root / "mediapipe" / "face_landmarker.task"
-    assert lm["fix"].startswith(f"curl -L --create-dirs -o {dest} {MODELS['face_landmarker']['url']}")
-    assert det["fix"] == f"curl -L --create-dirs -o {root / 'mediapipe' / TFLITE} {MODELS['face_detector']['url']}"
+    assert lm["fix"].startswith(f"curl -fL --create-dirs -o {dest} {MODELS['face_landmarker']['url']}")
+    assert det["fix"] == f"curl -fL --create-dirs -o {root / 'mediapipe' / TFLITE} {MODELS['face_detector']['url']}"
     assert _part(report, "mediapipe")["missing"] == ["mediapipe/face_landmarker.task"]
     assert "mediapipe face landmarker: missing" in report["problems"]
 
@@ -113,7 +113,7 @@ def test_a_broken_face_landmarker_is_named_and_fails_a_v1_check(kind, says, shar
     report = diagnose(root, "v1_audio", "acc", imports=False)
     lm = _file(report, "mediapipe", "face_landmarker.task")
     assert lm["status"] == "broken" and says in lm["problem"] and str(bad) in lm["problem"]
-    assert lm["fix"].startswith(f"rm -- {bad} && curl -L --create-dirs -o {root / 'mediapipe' / 'face_landmarker.task'} ")
+    assert lm["fix"].startswith(f"rm -- {bad} && curl -fL --create-dirs -o {root / 'mediapipe' / 'face_landmarker.task'} ")
     assert _part(report, "mediapipe")["status"] == "broken"
     assert report["problems"] == ["mediapipe face landmarker: broken"]
     assert "MediaPipe face landmarker missing or broken" in next(m for m in report["modes"] if m["mode"] == "v1-audio")["note"]
@@ -160,7 +160,7 @@ def test_dwpose_models_ready_missing_and_broken(tmp_path, capsys):
     assert row["status"] == "missing" and row["missing"] == ["dwpose/dw-ll_ucoco_384.onnx"]
     assert _file(report, "dwpose", "yolox_l.onnx")["status"] == "ready"
     pose = _file(report, "dwpose", "dw-ll_ucoco_384.onnx")
-    assert pose["fix"] == (f"curl -L --create-dirs -o {root / 'dwpose' / 'dw-ll_ucoco_384.onnx'} "
+    assert pose["fix"] == (f"curl -fL --create-dirs -o {root / 'dwpose' / 'dw-ll_ucoco_384.onnx'} "
                            "https://huggingface.co/yzd-v/DWPose/resolve/main/dw-ll_ucoco_384.onnx")
     assert any("--pose VIDEO" in n for n in pose["needed_for"])
     shutil.copy(det, root / "dw-ll_ucoco_384.onnx")  # the models folder itself is searched too
@@ -175,7 +175,7 @@ def test_dwpose_models_ready_missing_and_broken(tmp_path, capsys):
         report = diagnose(root, "v2", "normal", imports=False)
         f = _file(report, "dwpose", "yolox_l.onnx")
         assert f["status"] == "broken" and says in f["problem"], (says, f["problem"])
-        assert f["fix"].startswith(f"rm -- {det} && curl -L --create-dirs -o {root / 'dwpose' / 'yolox_l.onnx'} ")
+        assert f["fix"].startswith(f"rm -- {det} && curl -fL --create-dirs -o {root / 'dwpose' / 'yolox_l.onnx'} ")
         assert _part(report, "dwpose")["status"] == "broken"
         assert not any("dwpose" in p for p in report["problems"])  # optional: never fails the exit status
     small = _onnx(tmp_path / "small.onnx", floats=1000)
@@ -253,7 +253,7 @@ def test_comfyui_install_per_workflow(comfy, capsys):
     assert rc == 1 and report["problems"] == ["comfyui clip_vision: missing", "comfyui wan_vae: broken"]
     assert core["text_encoder"]["status"] == "ready" and core["text_encoder"]["path"] == str(models / "clip" / "umt5_xxl_fp16.safetensors")
     assert "select umt5_xxl_fp8_e4m3fn_scaled.safetensors" in core["text_encoder"]["problem"]
-    assert core["clip_vision"]["fix"] == (f"curl -L --create-dirs -o {models / 'clip_vision' / 'clip_vision_h.safetensors'} "
+    assert core["clip_vision"]["fix"] == (f"curl -fL --create-dirs -o {models / 'clip_vision' / 'clip_vision_h.safetensors'} "
                                           f"{REPACKAGED}/clip_vision/clip_vision_h.safetensors")
     assert "truncated" in core["wan_vae"]["problem"] and core["wan_vae"]["fix"].startswith(f"rm -- {wan} && curl")
     assert report["comfyui"]["modes"][0]["missing"] == ["clip_vision", "wan_vae"]

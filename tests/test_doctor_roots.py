@@ -129,7 +129,7 @@ def test_base_directory_moves_the_folders_as_comfyui_does(tmp_path, capsys):
     assert {p["part"]: p for p in report["comfyui"]["core"]}["wan_vae"]["found_in"] == str(tmp_path / "out" / "vae")
     report = _doctor(comfy, "v3-flash")
     assert report["comfyui"]["models_dir"] == str(comfy / "models") and report["weight_sets"][0]["status"] == "missing"
-    assert "directories" not in report["comfyui"]
+    assert report["comfyui"]["directories"]["base"] is None
 
     # the pack not in the base's custom_nodes: ComfyUI started so does not load it
     (base / "custom_nodes" / "ComfyUI-EchoMimic" / "nodes" / "comfy_bridge.py").unlink()

@@ -58,8 +58,8 @@ def diagnose(root, weights: str | None = None, variant: str | None = None, defau
     names = [weights] if weights else list(ALL_WEIGHTS)
     variants = [variant] if variant else list(VARIANTS)
     if comfy_models is not None:  # where the nodes look: every echomimic root, in ComfyUI's order
-        folders = comfy_folders(dirs.install, comfy_models, extra_paths, output=dirs.output, custom_nodes=dirs.custom_nodes)
-        folders.problems[:0] = dirs.problems
+        folders = comfy_folders(dirs.install, comfy_models, extra_paths, output=dirs.output, custom_nodes=dirs.custom_nodes,
+                                own_yaml=found is None or found.code is not None)  # Desktop's code folder not found
         root, sets = comfy_sets(folders, names, variants, default_root, usable)
     else:
         root = Path(root).expanduser()
@@ -94,7 +94,7 @@ def diagnose(root, weights: str | None = None, variant: str | None = None, defau
         report["comfyui"] = check_comfyui(comfyui, folders, sets, shared, usable, dirs)
         if found is not None:
             report["comfyui"]["detected"] = found.as_dict()
-        problems += [f"comfyui {p}" for p in folders.problems]
+        problems += [f"comfyui {p}" for p in dirs.problems + folders.problems]
         problems += [f"comfyui {c['part']}: {c['status']}" for c in report["comfyui"]["core"] if c["status"] != "ready"]
     report.update(problems=problems, ok=not problems)
     return report

@@ -149,15 +149,16 @@ def apply_file(folders: ComfyFolders, path: Path) -> None:
 
 
 def comfy_folders(comfy: Path, models: Path, configs=(), output: Path | None = None,
-                  custom_nodes: Path | None = None) -> ComfyFolders:
-    """The folders ComfyUI reads: its defaults, ``<comfy>/extra_model_paths.yaml`` when there, then ``configs`` (the
-    files given to ComfyUI's --extra-model-paths-config), then ``output``'s model folders that exist, then the pack's
+                  custom_nodes: Path | None = None, own_yaml: bool = True) -> ComfyFolders:
+    """The folders ComfyUI reads: its defaults, ``<comfy>/extra_model_paths.yaml`` when there (``own_yaml`` False:
+    ``comfy`` is not ComfyUI's code folder, so no yaml of its own is read), then ``configs`` (the files given to
+    ComfyUI's --extra-model-paths-config), then ``output``'s model folders that exist, then the pack's
     models/echomimic (``custom_nodes``: ComfyUI's own custom_nodes folder, first of that kind)."""
     folders = ComfyFolders(models)
     if custom_nodes is not None:
         folders.kinds["custom_nodes"] = [str(custom_nodes)]
     own = Path(comfy).expanduser() / YAML_NAME
-    if own.is_file():
+    if own_yaml and own.is_file():
         apply_file(folders, own)
     for c in configs or ():
         apply_file(folders, Path(c))

@@ -25,7 +25,7 @@ from ...io.file_safety import resolved_outside
 from ...models.wan.sources import COMFY_PARTS, V3_FOLDER
 from .comfy_paths import DEFAULT, ECHOMIMIC, ComfyDirs, ComfyFolders, pack_in
 from .models import _size, check_v3, check_weight_set, file_problem
-from .shell import download, echomimic, quote, remove, then
+from .shell import download, echomimic, remove, then
 
 SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
@@ -229,7 +229,7 @@ def gestures_over_roots(row: dict, folders: ComfyFolders, input_dir: Path) -> di
     if not found:
         first = roots[0][0]
         return dict(out, status="missing", path=None, missing=[f"{lib}/<name>/0.npy, 1.npy, ..." for lib, _ in roots],
-                    fix=f"echomimic poses --video DRIVING.mp4 -o {quote(first / 'NAME')}  (or copy EchoMimicV2's "
+                    fix=f"{echomimic('poses', '--video', 'DRIVING.mp4', '-o', first / 'NAME')}  (or copy EchoMimicV2's "
                         f"assets/halfbody_demo/pose/* into {first} or {roots[-1][0]})")
     where = "; ".join(f"{f['path']} ({f['source']}): {f['sequences']}" for f in found)
     linked = [f"{f['path']}/{n}" for f in found for n in f["linked_out"]]
@@ -314,14 +314,15 @@ def check_comfyui(path, folders: ComfyFolders, sets: list[dict], shared: list[di
                       "missing": [n for n, ok in needs if not ok], "notes": extra})
     out = {"path": str(comfy), "models_dir": str(folders.models), "folders": _folders(folders), "core": core,
            "modes": modes, "notes": notes, "extra_model_paths": {"files": folders.files, "problems": folders.problems}}
-    if dirs is not None and dirs.base is not None:  # where --base-directory moved things, and whether the pack is there
+    if dirs is not None:  # where ComfyUI's start options put things, whether the pack is there, and what is wrong
         roots = folders.roots("custom_nodes")
         pack = pack_in(roots)
-        out["directories"] = {"base": str(dirs.base), "install": str(dirs.install), "input": str(dirs.input),
-                              "output": str(dirs.output), "custom_nodes": [str(r) for r in roots],
-                              "pack": str(pack) if pack else None}
-        if pack is None and dirs.base.is_dir():
-            folders.problems.append(
+        out["directories"] = {"base": str(dirs.base) if dirs.base is not None else None, "install": str(dirs.install),
+                              "input": str(dirs.input), "output": str(dirs.output),
+                              "custom_nodes": [str(r) for r in roots], "pack": str(pack) if pack else None,
+                              "problems": dirs.problems}
+        if pack is None and dirs.base is not None and dirs.base.is_dir():
+            dirs.problems.append(
                 f"custom_nodes: the EchoMimic pack is in none of {', '.join(map(str, roots))}; ComfyUI started with "
                 f"--base-directory {dirs.base} loads custom nodes from there only (not from {dirs.install / 'custom_nodes'}): "
                 f"move or link the pack's folder into {roots[0]}")

@@ -10,8 +10,17 @@ folder the user picked for models, input, output, user and custom_nodes, and ``e
 ``comfyui_desktop:`` section (older installs: ``comfyui:``) with ``base_path`` (the same folder), ``is_default`` and
 ``custom_nodes``, maybe a ``comfyui_migration:`` section for the models of an install it migrated from. Desktop starts
 ComfyUI with ``--base-directory basePath``, ``--input-directory basePath/input``, ``--output-directory basePath/output``
-and ``--extra-model-paths-config`` that yaml; ComfyUI's own code is bundled in the app's ``resources/ComfyUI``
-(Windows: ``%LOCALAPPDATA%\\Programs\\ComfyUI``; macOS: ``/Applications/ComfyUI.app/Contents/Resources``).
+and ``--extra-model-paths-config`` that yaml. ComfyUI's own code (main.py, and the folder ComfyUI reads its own
+``extra_model_paths.yaml`` from) is the app's ``resources/ComfyUI`` (``todesktop.json``'s extraResources, read through
+``process.resourcesPath`` in ``src/install/resourcePaths.ts``): on Windows under ``%LOCALAPPDATA%\\Programs\\`` in
+``@comfyorgcomfyui-electron`` (the NSIS install folder seen in user reports and tracebacks), ``comfyui-electron`` (the
+README's "Bundled Resources") or ``ComfyUI``; on macOS ``/Applications/ComfyUI.app/Contents/Resources/ComfyUI``.
+On Linux there is no installed copy to find: Desktop's releases are Windows and macOS only (README downloads,
+``todesktop.json`` has no linux section); a development or AppImage build keeps it in its source tree
+(``assets/ComfyUI``) or in the AppImage's mount that exists only while it runs. The newer Comfy Desktop
+(Comfy-Org/Comfy-Desktop, the one with a Linux ``.deb`` / AppImage) keeps its settings in ``~/.config/Comfy Desktop``
+and each install under ``~/ComfyUI-Installs``; it is not read here. Without the code folder doctor works from the
+base directory and says how to name the code folder with ``--comfyui PATH``.
 """
 from __future__ import annotations
 
@@ -23,7 +32,7 @@ from pathlib import Path
 
 from ...errors import EchoMimicError
 from .comfy_paths import _load as load_yaml
-from .shell import run
+from .shell import echomimic, run
 
 APP = "ComfyUI"  # Desktop's productName: its user-data folder's name
 SETTINGS = "config.json"
@@ -37,6 +46,7 @@ class Found:
     """A ComfyUI install found by itself, and the start options it runs with."""
     kind: str  # "ComfyUI Desktop", or "the ComfyUI holding this pack"
     comfyui: Path  # what --comfyui would be
+    code: Path | None = None  # ComfyUI's own folder (main.py), when found; None: not found, comfyui is the base
     base: Path | None = None  # --base-directory
     extra_paths: list = field(default_factory=list)  # --extra-model-paths-config files
     settings: Path | None = None  # Desktop's config.json
@@ -44,7 +54,7 @@ class Found:
     notes: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "comfyui": str(self.comfyui), "base": str(self.base) if self.base else None,
+        return {"kind": self.kind, "comfyui": str(self.comfyui), "code": str(self.code) if self.code else None, "base": str(self.base) if self.base else None,
                 "base_from": self.base_from, "settings": str(self.settings) if self.settings else None,
                 "extra_model_paths": [str(p) for p in self.extra_paths], "notes": list(self.notes)}
 
@@ -69,19 +79,36 @@ def user_data_dir(platform: str | None = None, env=None) -> Path:
     return Path(env.get("XDG_CONFIG_HOME") or _home(env) / ".config") / APP
 
 
-def bundled_comfyui(platform: str | None = None, env=None) -> Path | None:
-    """The ComfyUI code Desktop ships (its main.py; the folder ComfyUI's own extra_model_paths.yaml would be in)."""
+WIN_APPS = ("@comfyorgcomfyui-electron", "comfyui-electron", APP)  # install folders under %LOCALAPPDATA%\Programs
+
+
+def bundled_places(platform: str | None = None, env=None) -> list[Path]:
+    """Where Desktop's bundled ComfyUI may be (its resources/ComfyUI); none on Linux (see the module's notes)."""
     platform, env = platform or system(), os.environ if env is None else env
     if platform.startswith("win"):
-        local = env.get("LOCALAPPDATA")
-        apps = [Path(local) / "Programs" / n for n in (APP, "@comfyorgcomfyui-electron")] if local else []
-        tails = ("resources", "ComfyUI")
-    elif platform == "darwin":
-        apps = [Path("/Applications/ComfyUI.app"), _home(env) / "Applications" / "ComfyUI.app"]
-        tails = ("Contents", "Resources", "ComfyUI")
-    else:  # an AppImage mounts itself only while it runs
-        return None
-    return next((a.joinpath(*tails) for a in apps if (a.joinpath(*tails) / "main.py").is_file()), None)
+        local = env.get("LOCALAPPDATA") or _home(env) / "AppData" / "Local"
+        return [Path(local) / "Programs" / n / "resources" / "ComfyUI" for n in WIN_APPS]
+    if platform == "darwin":
+        return [a / "Contents" / "Resources" / "ComfyUI"
+                for a in (Path("/Applications/ComfyUI.app"), _home(env) / "Applications" / "ComfyUI.app")]
+    return []
+
+
+def bundled_comfyui(platform: str | None = None, env=None) -> Path | None:
+    """The ComfyUI code Desktop ships (its main.py; the folder ComfyUI's own extra_model_paths.yaml would be in)."""
+    return next((p for p in bundled_places(platform, env) if (p / "main.py").is_file()), None)
+
+
+def _no_code_note(base: Path, yml: Path | None, platform: str, env) -> str:
+    """Desktop's code folder not found: what that leaves unchecked, and the command that checks it."""
+    places = bundled_places(platform, env)
+    where = (f"not in {', '.join(map(str, places))}" if places else
+             "ComfyUI Desktop installs no copy of it on Linux (its releases are for Windows and macOS; a development "
+             "or AppImage build keeps it in its source tree or in the AppImage's mount while it runs)")
+    cmd = echomimic("doctor", "--comfyui", "PATH", "--base-directory", base, *(["--extra-model-paths", yml] if yml else ()))
+    return (f"Desktop's bundled ComfyUI folder (resources/ComfyUI) was not found: {where}. "
+            f"Its folders are taken from the base directory {base}; ComfyUI's own extra_model_paths.yaml beside main.py "
+            f"is not read. To check it too, give ComfyUI's folder (the one holding main.py) as PATH: {cmd}")
 
 
 def _yaml_base(path: Path) -> str | None:
@@ -121,10 +148,9 @@ def find_desktop(platform: str | None = None, env=None) -> Found | None:
     notes += _venv_note(base, platform)
     code = bundled_comfyui(platform, env)
     if code is None:
-        notes.append("Desktop's bundled ComfyUI folder (resources/ComfyUI) was not found; its folders are taken from "
-                     f"{base}")
-    return Found("ComfyUI Desktop", code or base, base, [yml] if yml.is_file() else [], settings if settings.is_file() else None,
-                 base_from, notes)
+        notes.append(_no_code_note(base, yml if yml.is_file() else None, platform, env))
+    return Found("ComfyUI Desktop", code or base, code, base, [yml] if yml.is_file() else [],
+                 settings if settings.is_file() else None, base_from, notes)
 
 
 def _venv_note(base: Path, platform: str) -> list[str]:
@@ -144,11 +170,13 @@ def find_comfyui(platform: str | None = None, env=None, pack: Path | None = None
     pack = Path(pack) if pack is not None else PACK
     holder = pack.parent.parent
     if pack.parent.name == "custom_nodes" and (holder / "main.py").is_file():
-        return Found("the ComfyUI holding this pack", holder, base_from=None,
+        return Found("the ComfyUI holding this pack", holder, holder, base_from=None,
                      notes=[f"this pack is in {pack.parent}; ComfyUI Desktop is not looked for"])
     found = find_desktop(platform, env)
     if found is None:
+        newer = (" (the newer Comfy Desktop keeps each install under ~/ComfyUI-Installs: give that install's folder "
+                 "holding main.py)") if not (platform or system()).startswith(("win", "darwin")) else ""
         raise EchoMimicError(f"--comfyui auto: found no ComfyUI. This pack ({pack}) is not in a ComfyUI's custom_nodes/, "
                              f"and there is no ComfyUI Desktop setup in {user_data_dir(platform, env)} ({SETTINGS}, "
-                             f"{YAML}). Give ComfyUI's folder: --comfyui PATH.")
+                             f"{YAML}). Give ComfyUI's folder: --comfyui PATH{newer}.")
     return found

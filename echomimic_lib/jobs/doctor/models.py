@@ -18,7 +18,7 @@ from ...io.model_files import (VAE_DIRS, WHISPER_FILES, _downloads, _find, _find
                                search_dirs)
 from ...modes import WEIGHT_SETS
 from ...models.wan.sources import V3_FOLDER, missing_parts, resolved_files
-from .shell import echomimic, quote, remove, then
+from .shell import echomimic, remove, then
 
 VARIANTS = ("normal", "acc")
 ALL_WEIGHTS = (*WEIGHT_SETS, V3_FOLDER)
@@ -188,6 +188,6 @@ def _gestures(root: Path) -> dict:
         row["bytes"] = _size(lib)
     except EchoMimicError:
         row.update(status="missing", path=None, missing=["poses/<name>/0.npy, 1.npy, ..."],
-                   fix=f"echomimic poses --video DRIVING.mp4 -o {quote(lib / 'NAME')}  "
+                   fix=f"{echomimic('poses', '--video', 'DRIVING.mp4', '-o', lib / 'NAME')}  "
                        "(or copy EchoMimicV2's assets/halfbody_demo/pose/* there)")
     return row

@@ -100,9 +100,10 @@ def _comfyui_lines(c: dict) -> list[str]:
         lines.append(f"  found {f['kind']}" + (f": base directory {f['base']} ({f['base_from']})" if f["base"] else "")
                      + "".join(f"; model paths from {y}" for y in f["extra_model_paths"]))
         lines += [f"  note: {n}" for n in f["notes"]]
-    for problem in c.get("extra_model_paths", {}).get("problems", []):
+    d = c.get("directories") or {}
+    for problem in d.get("problems", []) + c.get("extra_model_paths", {}).get("problems", []):
         lines.append(f"  PROBLEM {problem}")
-    if d := c.get("directories"):
+    if d.get("base"):
         lines.append(f"  --base-directory {d['base']}: models {c['models_dir']}, input {d['input']}, output {d['output']}; custom nodes from "
                      f"{', '.join(d['custom_nodes'])} (this pack: {d['pack'] or 'not there'})")
     for f in c["folders"]:

@@ -1,9 +1,11 @@
 """The shell commands in ``echomimic doctor``'s fixes, rendered for the shell of the machine it runs on: a POSIX shell
 (``rm --``, ``curl -L``, ``mkdir -p``, ``shlex`` quoting), or on Windows PowerShell (``Remove-Item -LiteralPath``,
 ``curl.exe``, ``New-Item -ItemType Directory -Force``, double quotes with PowerShell's backtick escapes, ``& "python.exe"``
-to call a quoted program). Commands are chained with ``;`` there: Windows PowerShell 5.1, the one Windows ships, has no
-``&&``. Every doctor module builds its command lines here; :func:`is_windows` is looked up at each call, so tests
-switch it with monkeypatch.
+to call a quoted program). Commands are chained so that each runs only when the one before worked: ``&&`` in a POSIX
+shell; in PowerShell ``a; if ($?) { b }`` (Windows PowerShell 5.1, the one Windows 10 and 11 ship, has no ``&&``, and a
+plain ``;`` runs the next command after a failed one). A remark after a command (two spaces and a parenthesis) stays
+after the whole chain. Every doctor module builds its command lines here; :func:`is_windows` is looked up at each
+call, so tests switch it with monkeypatch.
 """
 from __future__ import annotations
 
@@ -65,10 +67,9 @@ def remove(paths) -> str:
 
 def download(dest, url: str) -> str:
     """Fetch ``url`` to ``dest``, its folders made (Windows 10 and 11 ship curl.exe; in Windows PowerShell a plain
-    ``curl`` is Invoke-WebRequest, which takes none of these options)."""
-    if is_windows():
-        return f"curl.exe -L --create-dirs -o {quote(dest)} {quote(url)}"
-    return f"curl -L --create-dirs -o {quote(dest)} {url}"
+    ``curl`` is Invoke-WebRequest, which takes none of these options). ``-f``: an HTTP error fails the command (exit
+    22) instead of saving the server's error page as the file."""
+    return f"{'curl.exe' if is_windows() else 'curl'} -fL --create-dirs -o {quote(dest)} {quote(url)}"
 
 
 def make_dirs(*paths) -> str:
@@ -78,6 +79,43 @@ def make_dirs(*paths) -> str:
     return "mkdir -p " + " ".join(quote(p) for p in paths)
 
 
+REMARK = "  ("  # a fix's prose after its command: "cmd  (or ...)"
+
+
+class Chain(str):
+    """A :func:`then` line that remembers its commands and remark, so a chain given to :func:`then` again is joined
+    as one flat chain."""
+    parts: tuple = ()
+    remark: str = ""
+
+
+def _split(line: str) -> tuple[list[str], str]:
+    if isinstance(line, Chain):
+        return list(line.parts), line.remark
+    at = line.find(REMARK)
+    while at != -1 and (line.count("'", 0, at) % 2 or line.count('"', 0, at) % 2):  # inside a quoted path
+        at = line.find(REMARK, at + 1)
+    return ([line[:at]], line[at:]) if at != -1 else ([line], "")
+
+
 def then(*lines: str) -> str:
-    """Commands one after the other (POSIX: each only when the one before worked)."""
-    return ("; " if is_windows() else " && ").join(lines)
+    """Commands one after the other, each only when the one before worked (POSIX ``a && b``; PowerShell 5.1 and 7
+    ``a; if ($?) { b }``, nested for more); the remarks of the lines go after the chain."""
+    parts, remarks = [], []
+    for line in lines:
+        if not line:
+            continue
+        cmds, remark = _split(line)
+        parts += cmds
+        remarks += [remark] if remark else []
+    if not parts:
+        return ""
+    if is_windows():
+        text = parts[-1]
+        for cmd in reversed(parts[:-1]):
+            text = f"{cmd}; if ($?) {{ {text} }}"
+    else:
+        text = " && ".join(parts)
+    out = Chain(text + "".join(remarks))
+    out.parts, out.remark = tuple(parts), "".join(remarks)
+    return out
