@@ -153,3 +153,33 @@ def test_pose_library_fix_runs_through_this_python_where_echomimic_is_on_no_path
     _pack(comfy / "custom_nodes")
     row = next(p for p in _doctor(comfy)["shared"] if p["part"] == "poses")
     assert row["status"] == "missing" and row["fix"].startswith(f'& "{PY}" -m echomimic_lib.cli poses --video ')
+
+
+# ------------------------------------------------------------------------------------------------ what the loader refuses
+def test_a_vae_auto_file_linked_from_outside_its_folder_is_broken_as_the_loader_refuses_it(tmp_path, posix):
+    comfy = _comfy(tmp_path / "c")
+    store = tmp_path / "store"
+    store.mkdir()
+    real = store / "vae-ft-mse-840000-ema-pruned.safetensors"
+    real.write_bytes(b"x")
+    (comfy / "models" / "vae").mkdir()
+    link = comfy / "models" / "vae" / real.name
+    link.symlink_to(real)
+    report = _doctor(comfy)
+    vae = next(p for p in report["shared"] if p["part"] == "vae")
+    assert vae["status"] == "broken" and f"a link to {real}, outside {comfy / 'models' / 'vae'}" in vae["broken"][0]["problem"]
+    assert vae["fix"].startswith(f"rm -- {link} && cp -- {real} {link}  (or add {store} as a 'vae:' folder")
+    assert "vae: broken" in report["problems"] and not report["comfyui"]["modes"][0]["ready"]
+    # the same file copied in (or a linked vae folder: ComfyUI's own root is resolved too) passes this check
+    link.unlink()
+    (comfy / "models" / "vae").rmdir()
+    (comfy / "models" / "vae").symlink_to(store, target_is_directory=True)
+    vae = next(p for p in _doctor(comfy)["shared"] if p["part"] == "vae")
+    assert not any("outside" in b["problem"] for b in vae.get("broken", [])), vae
+
+
+def test_copy_forms(monkeypatch):
+    monkeypatch.setattr(shell, "is_windows", lambda: False)
+    assert shell.copy("/a b/x", "/c/y") == "cp -- '/a b/x' /c/y"
+    monkeypatch.setattr(shell, "is_windows", lambda: True)
+    assert shell.copy("C:\\a b\\x", "C:\\y") == 'Copy-Item -LiteralPath "C:\\a b\\x" -Destination C:\\y'

@@ -25,7 +25,7 @@ from ...io.file_safety import resolved_outside
 from ...models.wan.sources import COMFY_PARTS, V3_FOLDER
 from .comfy_paths import DEFAULT, ECHOMIMIC, ComfyDirs, ComfyFolders, pack_in
 from .models import _size, check_v3, check_weight_set, file_problem
-from .shell import download, echomimic, remove, then
+from .shell import copy, download, echomimic, remove, then
 
 SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
@@ -160,7 +160,12 @@ def comfy_vae(row: dict, folders: ComfyFolders) -> dict:
     r = _root_of(folders.roots("vae"), f)
     out = dict(row, what=row["what"] + " (here: the loader's vae 'auto' file)", path=str(f), bytes=f.stat().st_size,
                missing=[], fix=None, found_in=str(r), source=folders.source("vae", r), status="ready")
-    if why := file_problem(f):
+    if real := _escape(r, f):  # nodes/paths.default_vae_file takes it through safe_child, which refuses it
+        out.update(status="broken", broken=[{"path": str(f), "problem": (
+            f"a link to {real}, outside {r}: the loader's vae 'auto' refuses a file that leaves its vae folder")}],
+            fix=f"{then(remove([f]), copy(real, f))}  (or add {real.parent} as a 'vae:' folder in extra_model_paths.yaml "
+                "and remove the link)")
+    elif why := file_problem(f):
         out.update(status="broken", broken=[{"path": str(f), "problem": why}], fix=remove([f]))
     return out
 

@@ -72,6 +72,13 @@ def download(dest, url: str) -> str:
     return f"{'curl.exe' if is_windows() else 'curl'} -fL --create-dirs -o {quote(dest)} {quote(url)}"
 
 
+def copy(src, dest) -> str:
+    """Copy the file ``src`` to ``dest`` (literal paths)."""
+    if is_windows():
+        return f"Copy-Item -LiteralPath {quote(src)} -Destination {quote(dest)}"
+    return f"cp -- {quote(src)} {quote(dest)}"
+
+
 def make_dirs(*paths) -> str:
     """Make these folders and their parents (no error when there)."""
     if is_windows():
