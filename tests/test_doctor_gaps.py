@@ -116,6 +116,10 @@ def test_desktop_on_linux_without_its_code_says_how_to_name_it(tmp_path, desktop
     report = diagnose(None, "v2", "normal", imports=False, comfyui="auto")
     roots = next(f for f in report["comfyui"]["folders"] if f["kind"] == "echomimic")["paths"]
     assert str(tmp_path / "stray") not in roots and report["comfyui"]["extra_model_paths"]["files"] == [str(y)]
+    assert f"ComfyUI {base} (its base directory; ComfyUI's own folder was not found)" in render(report)
+    (base / "custom_nodes" / "ComfyUI-EchoMimic" / "nodes" / "comfy_bridge.py").unlink()  # the pack not there
+    pack = [p for p in diagnose(None, "v2", "normal", imports=False, comfyui="auto")["problems"] if "custom_nodes" in p]
+    assert len(pack) == 1 and "loads custom nodes from there only: move or link" in pack[0], pack  # no "(not from" itself
     # the command the note gives, with the code folder found by hand, reads that folder's own yaml
     code = _comfy(tmp_path / "app")
     (code / "extra_model_paths.yaml").write_text(f"own:\n  echomimic: {tmp_path / 'own'}\n")

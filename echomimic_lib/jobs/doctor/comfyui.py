@@ -327,9 +327,11 @@ def check_comfyui(path, folders: ComfyFolders, sets: list[dict], shared: list[di
                               "custom_nodes": [str(r) for r in roots], "pack": str(pack) if pack else None,
                               "problems": dirs.problems}
         if pack is None and dirs.base is not None and dirs.base.is_dir():
+            own = dirs.install / "custom_nodes"
+            other = f" (not from {own})" if own not in roots else ""  # the same folder when ComfyUI's own is not known
             dirs.problems.append(
                 f"custom_nodes: the EchoMimic pack is in none of {', '.join(map(str, roots))}; ComfyUI started with "
-                f"--base-directory {dirs.base} loads custom nodes from there only (not from {dirs.install / 'custom_nodes'}): "
+                f"--base-directory {dirs.base} loads custom nodes from there only{other}: "
                 f"move or link the pack's folder into {roots[0]}")
     return out
 

@@ -95,8 +95,10 @@ def _folder_lines(f: dict) -> list[str]:
 
 
 def _comfyui_lines(c: dict) -> list[str]:
-    lines = ["", f"ComfyUI {c['path']}"]
-    if f := c.get("detected"):  # --comfyui auto: what was found, and from which files
+    f = c.get("detected")
+    unknown = f is not None and f.get("base") and not f.get("code")  # Desktop's own ComfyUI folder not found
+    lines = ["", f"ComfyUI {c['path']}" + (" (its base directory; ComfyUI's own folder was not found)" if unknown else "")]
+    if f:  # --comfyui auto: what was found, and from which files
         lines.append(f"  found {f['kind']}" + (f": base directory {f['base']} ({f['base_from']})" if f["base"] else "")
                      + "".join(f"; model paths from {y}" for y in f["extra_model_paths"]))
         lines += [f"  note: {n}" for n in f["notes"]]
