@@ -212,7 +212,7 @@ def test_two_opencv_distributions_are_flagged_with_the_fix(monkeypatch):
     cv = next(p for p in report["packages"] if p["module"] == "cv2")
     assert cv["status"] == "conflict" and "opencv-python" in cv["problem"] and "opencv-contrib-python" in cv["problem"]
     assert "uninstall -y opencv-python opencv-contrib-python" in cv["fix"]
-    assert cv["fix"].endswith("install --force-reinstall 'opencv-contrib-python<6'")
+    assert cv["fix"].endswith("-m pip install 'opencv-contrib-python<6'")
     assert report["problems"] >= 1
 
 

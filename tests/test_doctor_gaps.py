@@ -187,3 +187,17 @@ def test_copy_forms(monkeypatch):
     assert shell.copy("/a b/x", "/c/y") == "cp -- '/a b/x' /c/y"
     monkeypatch.setattr(shell, "is_windows", lambda: True)
     assert shell.copy("C:\\a b\\x", "C:\\y") == 'Copy-Item -LiteralPath "C:\\a b\\x" -Destination C:\\y'
+
+
+def test_pip_fixes_reinstall_only_the_package_not_its_dependencies(monkeypatch, posix):
+    from echomimic_lib.jobs.doctor import environment as env_mod
+    from tests.test_doctor import _fake_metadata
+
+    _fake_metadata(monkeypatch, {"scipy": "1.13.0", "opencv-python": "4.10.0.84"})  # two OpenCV wheels: a conflict
+    monkeypatch.setattr(env_mod, "_import_error", lambda module: "ImportError: DLL load failed" if module == "scipy" else None)
+    scipy = env_mod.check_package("scipy", "scipy", "V3 loudness", True, {"scipy": "scipy>=1.10"})
+    assert scipy["status"] == "broken"
+    assert scipy["fix"] == f"{shlex.quote(sys.executable)} -m pip install --force-reinstall --no-deps 'scipy>=1.10'"
+    cv = next(p for p in env_mod.check_environment(imports=False)["packages"] if p["module"] == "cv2")
+    assert cv["status"] == "conflict" and "--force-reinstall" not in cv["fix"]
+    assert cv["fix"].endswith(" && " + shell.python_pip("install", cv["requirement"]))

@@ -123,7 +123,7 @@ def check_package(dist: str, module: str, purpose: str, required: bool, bounds: 
         row["status"] = "conflict"
         row["problem"] = (f"{len(present)} OpenCV distributions installed ({', '.join(present)}); they overwrite each other's "
                           "cv2 files, so which one you get (and whether it works) depends on the install order")
-        row["fix"] = then(pip("uninstall", "-y", *present), pip("install", "--force-reinstall", req))
+        row["fix"] = then(pip("uninstall", "-y", *present), pip("install", req))  # gone: a plain install, deps kept
         return row
     ok = _in_bounds(req, row["version"]) if req != dist else True
     if ok is False:
@@ -135,7 +135,10 @@ def check_package(dist: str, module: str, purpose: str, required: bool, bounds: 
     if error:
         row["status"] = "broken"
         row["problem"] = f"installed but `import {module}` fails ({error})"
-        row["fix"] = pip("install", "--force-reinstall", req if module != "cv2" else bounds.get("opencv-contrib-python", req))
+        # --no-deps: the package's own files only (a bare --force-reinstall reinstalls every dependency too, at the
+        # newest versions allowed, which can change numpy and others under ComfyUI's other nodes)
+        row["fix"] = pip("install", "--force-reinstall", "--no-deps",
+                         req if module != "cv2" else bounds.get("opencv-contrib-python", req))
     return row
 
 
