@@ -201,3 +201,31 @@ def test_pip_fixes_reinstall_only_the_package_not_its_dependencies(monkeypatch, 
     cv = next(p for p in env_mod.check_environment(imports=False)["packages"] if p["module"] == "cv2")
     assert cv["status"] == "conflict" and "--force-reinstall" not in cv["fix"]
     assert cv["fix"].endswith(" && " + shell.python_pip("install", cv["requirement"]))
+
+
+def test_pose_library_fix_reads_dwpose_from_the_models_folder_checked(tmp_path, posix):
+    root, default = tmp_path / "my models", tmp_path / "default"
+    fix = next(p for p in check_shared(root, [], default) if p["part"] == "poses")["fix"]
+    assert fix.startswith(f"echomimic poses --video DRIVING.mp4 -o {shlex.quote(str(root / 'poses' / 'NAME'))} "
+                          f"--models {shlex.quote(str(root))}  (or copy")
+    fix = next(p for p in check_shared(default, [], default) if p["part"] == "poses")["fix"]
+    assert "--models" not in fix  # the command line's own default
+
+
+def test_pose_library_fix_in_comfyui_names_the_root_holding_dwpose(tmp_path, posix):
+    from tests.test_doctor_more import _onnx
+
+    comfy, store = _comfy(tmp_path / "c"), tmp_path / "store"
+    (comfy / "extra_model_paths.yaml").write_text(f"mine:\n  echomimic: {store / 'em'}\n")  # the first echomimic root
+    (store / "em").mkdir(parents=True)
+    report = _doctor(comfy)
+    poses = next(p for p in report["shared"] if p["part"] == "poses")
+    assert poses["fix"].startswith(f"echomimic poses --video DRIVING.mp4 -o {store / 'em' / 'poses' / 'NAME'} "
+                                   f"--models {store / 'em'}  (or copy")  # no DWPose anywhere: the first root
+    for name in ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"):
+        _onnx(comfy / "models" / "echomimic" / "dwpose" / name)
+    report = _doctor(comfy)
+    assert next(p for p in report["shared"] if p["part"] == "dwpose")["status"] == "ready"
+    poses = next(p for p in report["shared"] if p["part"] == "poses")
+    assert poses["fix"].startswith(f"echomimic poses --video DRIVING.mp4 -o {store / 'em' / 'poses' / 'NAME'} "
+                                   f"--models {comfy / 'models' / 'echomimic'}  (or copy"), poses["fix"]

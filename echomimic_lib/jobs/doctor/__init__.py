@@ -68,7 +68,9 @@ def diagnose(root, weights: str | None = None, variant: str | None = None, defau
     shared = check_shared(root, sets, default_root)
     if comfy_models is not None:
         shared = detectors_over_roots([comfy_vae(p, folders) if p["part"] == "vae" else p for p in shared], folders, root)
-        shared = [gestures_over_roots(p, folders, dirs.input) if p["part"] == "poses" else p for p in shared]
+        dw = next(p for p in shared if p["part"] == "dwpose").get("found_in")  # the root the nodes take DWPose from
+        shared = [gestures_over_roots(p, folders, dirs.input, dw and Path(dw)) if p["part"] == "poses" else p
+                  for p in shared]
     part = {p["part"]: p for p in shared}
     need_mp = any(s["weights"] in WEIGHT_SETS and s["weights"].startswith("v1") for s in sets)
     need_vae = any(s["weights"] in WEIGHT_SETS for s in sets)

@@ -24,7 +24,7 @@ from ...errors import EchoMimicError
 from ...io.file_safety import resolved_outside
 from ...models.wan.sources import COMFY_PARTS, V3_FOLDER
 from .comfy_paths import DEFAULT, ECHOMIMIC, ComfyDirs, ComfyFolders, pack_in
-from .models import _size, check_v3, check_weight_set, file_problem
+from .models import _size, check_v3, check_weight_set, file_problem, poses_command
 from .shell import copy, download, echomimic, remove, then
 
 SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
@@ -215,9 +215,10 @@ def detectors_over_roots(shared: list[dict], folders: ComfyFolders, primary: Pat
     return out
 
 
-def gestures_over_roots(row: dict, folders: ComfyFolders, input_dir: Path) -> dict:
+def gestures_over_roots(row: dict, folders: ComfyFolders, input_dir: Path, dwpose_root: Path | None = None) -> dict:
     """The gesture library as the Gestures from Audio node reads it ('all pose folders', nodes/gestures): the pose
-    sequences of every ``<echomimic root>/poses`` and of ``<input>/echomimic_poses``, each root said with its count."""
+    sequences of every ``<echomimic root>/poses`` and of ``<input>/echomimic_poses``, each root said with its count
+    (``dwpose_root``: the echomimic root holding DWPose, the ``--models`` of the fix's ``echomimic poses``)."""
     from ...pose.gestures.library import find_sources
 
     roots = [(r / "poses", folders.source(ECHOMIMIC, r)) for r in folders.roots(ECHOMIMIC)]
@@ -234,7 +235,7 @@ def gestures_over_roots(row: dict, folders: ComfyFolders, input_dir: Path) -> di
     if not found:
         first = roots[0][0]
         return dict(out, status="missing", path=None, missing=[f"{lib}/<name>/0.npy, 1.npy, ..." for lib, _ in roots],
-                    fix=f"{echomimic('poses', '--video', 'DRIVING.mp4', '-o', first / 'NAME')}  (or copy EchoMimicV2's "
+                    fix=f"{poses_command(first, ['--models', dwpose_root or first.parent])}  (or copy EchoMimicV2's "
                         f"assets/halfbody_demo/pose/* into {first} or {roots[-1][0]})")
     where = "; ".join(f"{f['path']} ({f['source']}): {f['sequences']}" for f in found)
     linked = [f"{f['path']}/{n}" for f in found for n in f["linked_out"]]

@@ -28,9 +28,7 @@ V3_TINY_MARKER = ".echomimic-tiny-v3"  # echomimic_lib.models.wan.tiny.MARKER (n
 def download_command(weights: str, variant: str | None, root: Path, default_root: Path | None) -> str:
     """The ``echomimic download`` line that fetches what ``root`` lacks of one set (``--models`` only off the default)."""
     cmd = ["download", "--weights", weights] + (["--variant", variant] if variant else [])
-    if default_root is None or Path(root).expanduser().resolve() != Path(default_root).expanduser().resolve():
-        cmd += ["--models", str(root)]
-    return echomimic(*cmd)
+    return echomimic(*cmd, *models_args(root, default_root))
 
 
 def _size(path: Path) -> int:
@@ -161,7 +159,7 @@ def check_shared(root: Path, sets: list[dict], default_root: Path | None = None)
         rows.append(row)
     rows.append(_mediapipe(root))
     rows.append(_dwpose(root))
-    rows.append(_gestures(root))
+    rows.append(_gestures(root, default_root))
     return rows
 
 
@@ -177,7 +175,19 @@ def _dwpose(root: Path) -> dict:
     return dwpose_row(root)
 
 
-def _gestures(root: Path) -> dict:
+def models_args(root: Path, default_root: Path | None) -> list:
+    """``--models ROOT`` for a command line, unless ROOT is the command line's own default."""
+    if default_root is None or Path(root).expanduser().resolve() != Path(default_root).expanduser().resolve():
+        return ["--models", str(root)]
+    return []
+
+
+def poses_command(lib: Path, models: list) -> str:
+    """The ``echomimic poses`` line that makes a pose folder in ``lib`` (DWPose read from the ``models`` root)."""
+    return echomimic("poses", "--video", "DRIVING.mp4", "-o", lib / "NAME", *models)
+
+
+def _gestures(root: Path, default_root: Path | None = None) -> dict:
     from ...pose.gestures.library import find_sources
 
     lib = root / "poses"
@@ -188,6 +198,6 @@ def _gestures(root: Path) -> dict:
         row["bytes"] = _size(lib)
     except EchoMimicError:
         row.update(status="missing", path=None, missing=["poses/<name>/0.npy, 1.npy, ..."],
-                   fix=f"{echomimic('poses', '--video', 'DRIVING.mp4', '-o', lib / 'NAME')}  "
+                   fix=f"{poses_command(lib, models_args(root, default_root))}  "
                        "(or copy EchoMimicV2's assets/halfbody_demo/pose/* there)")
     return row
