@@ -229,3 +229,13 @@ def test_pose_library_fix_in_comfyui_names_the_root_holding_dwpose(tmp_path, pos
     poses = next(p for p in report["shared"] if p["part"] == "poses")
     assert poses["fix"].startswith(f"echomimic poses --video DRIVING.mp4 -o {store / 'em' / 'poses' / 'NAME'} "
                                    f"--models {comfy / 'models' / 'echomimic'}  (or copy"), poses["fix"]
+
+
+def test_landmarker_fix_in_comfyui_names_the_nodes_auto_download_not_animate(tmp_path, posix):
+    comfy = _comfy(tmp_path / "c")
+    lm = next(p for p in _doctor(comfy, "v1_audio")["shared"] if p["part"] == "mediapipe")["files"][0]
+    assert lm["status"] == "missing" and "run animate" not in lm["fix"]
+    assert lm["fix"].endswith("  (or switch on auto_download in a landmark, face-track or evaluate node: it fetches the "
+                              "file into the first echomimic root)")
+    cli = next(p for p in check_shared(tmp_path / "m", []) if p["part"] == "mediapipe")["files"][0]
+    assert cli["fix"].endswith("(or run animate / dub / landmarks once without --offline)")

@@ -200,12 +200,14 @@ def comfy_sets(folders: ComfyFolders, names, variants, default_root, usable) -> 
 def detectors_over_roots(shared: list[dict], folders: ComfyFolders, primary: Path) -> list[dict]:
     """MediaPipe's and DWPose's rows as the nodes find them: in the first echomimic root holding them whole (the
     nodes pass every root), else the models root's row (its fix lines point there)."""
-    from .detectors import dwpose_row, mediapipe_row
+    from .detectors import COMFY_REMARK, dwpose_row, mediapipe_row
 
     roots = [r for r in folders.roots(ECHOMIMIC) if r.is_dir()]
     out = []
     for p in shared:
-        fn = {"mediapipe": mediapipe_row, "dwpose": dwpose_row}.get(p["part"])
+        if p["part"] == "mediapipe":  # the nodes' way to fetch the landmarker, not the command line's
+            p = mediapipe_row(primary, COMFY_REMARK)
+        fn = {"mediapipe": lambda r: mediapipe_row(r, COMFY_REMARK), "dwpose": dwpose_row}.get(p["part"])
         for r in roots if fn is not None else ():
             row = p if r == primary else fn(r)
             if row["status"] == "ready":

@@ -137,15 +137,21 @@ def _file_row(name: str, required: bool, needed_for) -> dict:
             "fix": None, "needed_for": list(needed_for)}
 
 
-def mediapipe_file(root: Path, kind: str) -> dict:
-    """One MediaPipe model file, as :func:`resolve_model` finds it (``kind``: face_landmarker or face_detector)."""
+CLI_REMARK = "  (or run animate / dub / landmarks once without --offline)"  # the face landmarker's other way in
+COMFY_REMARK = ("  (or switch on auto_download in a landmark, face-track or evaluate node: it fetches the file into the "
+                "first echomimic root)")
+
+
+def mediapipe_file(root: Path, kind: str, remark: str = CLI_REMARK) -> dict:
+    """One MediaPipe model file, as :func:`resolve_model` finds it (``kind``: face_landmarker or face_detector;
+    ``remark``: the other way to get the landmarker, the command line's or ComfyUI's)."""
     from ...landmarks.mp_models import MODELS, SUBFOLDERS, resolve_model
 
     spec = MODELS[kind]
     landmarker = kind == "face_landmarker"
     row = _file_row(spec["save_as"], landmarker, LANDMARKER_FOR if landmarker else DETECTOR_FOR)
     dest = root / SUBFOLDERS[0] / spec["save_as"]
-    fix = download(dest, spec["url"]) + ("  (or run animate / dub / landmarks once without --offline)" if landmarker else "")
+    fix = download(dest, spec["url"]) + (remark if landmarker else "")
     check = task_problem if landmarker else tflite_problem
     try:
         p = resolve_model(kind, None, [root], download=False)
@@ -204,9 +210,9 @@ def _rel(root: Path, p: str) -> str:
         return p
 
 
-def mediapipe_row(root: Path) -> dict:
+def mediapipe_row(root: Path, remark: str = CLI_REMARK) -> dict:
     """The shared-parts row: its status is the face landmarker's (the detector is optional, shown in ``files``)."""
-    files = [mediapipe_file(root, "face_landmarker"), mediapipe_file(root, "face_detector")]
+    files = [mediapipe_file(root, "face_landmarker", remark), mediapipe_file(root, "face_detector")]
     lm = files[0]
     return {"part": "mediapipe", "what": "MediaPipe face landmarker, V1 face crop and landmarks from a video",
             "status": lm["status"], "path": lm["path"] if lm["status"] != "missing" else None, "bytes": lm["bytes"],
