@@ -133,3 +133,39 @@ def test_gesture_index_bomb_is_rebuilt_not_unpacked(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "load", lambda *a, **k: called.append(a) or real(*a, **k))
     assert library._read_index(path, "fp") is None
     assert not called
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    import trainer.data.prepare as prep
+
+    def no(*a, **k):
+        raise AssertionError("models were loaded before the clip ids were checked")
+    monkeypatch.setattr(prep, "preflight", no)
+
+
+@pytest.mark.parametrize("first,second", [("talk.mp4", "talk.mov"), ("a b.mp4", "a_b.mp4"), ("x/y.mp4", "x__y.mp4"),
+                                          ("Talk.mp4", "talk.mp4")])
+def test_prepare_refuses_two_videos_with_one_clip_id_before_any_model(first, second, tmp_path, no_models, capsys):
+    """Two videos mapping to one clip id: the second was skipped as 'done before' (its status file was the first's),
+    or with several workers one overwrote the other; nothing said so."""
+    from trainer.cli import main
+
+    videos = tmp_path / "videos"
+    for name in (first, second):
+        (videos / name).parent.mkdir(parents=True, exist_ok=True)
+        (videos / name).write_bytes(b"a user's video " + name.encode())
+    rc = main(["prepare", str(videos), str(tmp_path / "ds"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert str(videos / first) in err and str(videos / second) in err and "Rename one of them" in err, err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_prepare_clip_ids_that_differ_pass(tmp_path):
+    from trainer.data.prepare import check_clip_ids, list_videos
+
+    for name in ("talk.mp4", "talk_2.mov", "x/y.mp4", "x_y.mp4", "a.b.mp4", "a_b.mp4"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    check_clip_ids(list_videos(tmp_path), tmp_path)
