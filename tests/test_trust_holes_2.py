@@ -169,3 +169,84 @@ def test_prepare_clip_ids_that_differ_pass(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     check_clip_ids(list_videos(tmp_path), tmp_path)
+
+
+_LOAD_LIMITED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a runaway load fails here, not on the test machine
+from echomimic_lib.io.safe_pickle import load_pickle
+try:
+    load_pickle(sys.argv[1])
+    print("LOADED")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def _load_limited(path) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", _LOAD_LIMITED, str(path)], capture_output=True, text=True, env=env,
+                          timeout=300).stdout
+
+
+def _call(module: str, name: str, *args: bytes) -> bytes:
+    """Protocol-2 opcodes: module.name(*args), each arg already pickled."""
+    return b"c" + f"{module}\n{name}\n".encode() + b"(" + b"".join(args) + b"tR"
+
+
+def _int(n: int) -> bytes:
+    return b"I" + str(n).encode() + b"\n"
+
+
+@pytest.mark.parametrize("case", ["set-of-range", "list-of-memo-again-and-again", "bytes-of-a-count", "reconstruct-huge",
+                                  "str-of-a-big-list"])
+def test_tiny_pickle_cannot_build_gigabytes(case, tmp_path):
+    """The allow-list unpickler ran no code, but a few bytes could still build gigabytes: ``set(range(2e9))`` (42 bytes),
+    ``list(b)`` on one memoised megabyte ten thousand times, ``bytes(10**10)``, numpy's ``_reconstruct`` of a huge
+    shape, ``str`` of a list repeating one big string. A V1 .pkl landmark folder or a released-format pose folder from
+    a workflow took the ComfyUI server's memory (here: a 3 GiB limit, so a MemoryError instead)."""
+    proto = b"\x80\x02"
+    if case == "set-of-range":
+        body = _call("builtins", "set", _call("builtins", "range", _int(2 * 10**9)))
+    elif case == "list-of-memo-again-and-again":
+        big = b"B" + (1 << 20).to_bytes(4, "little") + bytes(1 << 20) + b"q\x01"  # BINBYTES, memo 1
+        body = b"]" + big + b"0(" + _call("builtins", "list", b"h\x01") * 10_000 + b"e"
+    elif case == "bytes-of-a-count":
+        body = _call("builtins", "bytes", _int(10**10))
+    elif case == "reconstruct-huge":
+        body = _call("numpy.core.multiarray", "_reconstruct", b"cnumpy\nndarray\n", b"(" + _int(10**10) + b"t", b"U\x01b")
+    else:
+        s = b"X" + (1 << 20).to_bytes(4, "little") + b"a" * (1 << 20) + b"q\x01"
+        body = b"]" + s + b"0(" + b"h\x01" * 5000 + b"e" + b"q\x02" + b"0" + _call("builtins", "str", b"h\x02")
+    path = tmp_path / "0.pkl"
+    path.write_bytes(proto + body + b".")
+    assert path.stat().st_size < 2 << 20
+    out = _load_limited(path)
+    assert out.startswith("UnsafeFileError") and str(path) in out and "refused" in out, out
+
+
+def test_allow_list_unpickler_still_reads_real_data_pickles(tmp_path):
+    import collections
+    import pickle
+
+    from echomimic_lib.io.safe_pickle import load_pickle
+
+    data = {"bodies": {"candidate": np.random.rand(18, 2), "subset": np.arange(18.0)[None]}, "hands": np.zeros((2, 21, 2)),
+            "faces": np.ones((1, 68, 2), np.float32), "names": ["a", "b"], "set": {1, 2}, "frozen": frozenset({3}),
+            "ordered": collections.OrderedDict(a=1), "raw": bytearray(b"xy"), "blob": b"\x00\x01", "n": np.float64(2.5),
+            "i": np.int64(3), "flag": np.bool_(True), "obj": np.array([{"k": np.eye(3)}], dtype=object)}
+    for protocol in (3, 4, 5):
+        path = tmp_path / f"p{protocol}.pkl"
+        path.write_bytes(pickle.dumps(data, protocol=protocol))
+        back = load_pickle(path)
+        assert back.keys() == data.keys()
+        assert np.array_equal(back["bodies"]["candidate"], data["bodies"]["candidate"]) and back["faces"].dtype == np.float32
+        assert back["set"] == {1, 2} and back["frozen"] == frozenset({3}) and back["ordered"] == data["ordered"]
+        assert back["raw"] == bytearray(b"xy") and back["blob"] == b"\x00\x01" and back["n"] == 2.5 and back["flag"]
+        assert np.array_equal(back["obj"][0]["k"], np.eye(3))
+    (tmp_path / "p2.pkl").write_bytes(pickle.dumps({"lmks": np.random.rand(478, 3), "b": b"\x00" * 9}, protocol=2))
+    assert load_pickle(tmp_path / "p2.pkl")["lmks"].shape == (478, 3)
