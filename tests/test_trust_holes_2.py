@@ -250,3 +250,42 @@ def test_allow_list_unpickler_still_reads_real_data_pickles(tmp_path):
         assert np.array_equal(back["obj"][0]["k"], np.eye(3))
     (tmp_path / "p2.pkl").write_bytes(pickle.dumps({"lmks": np.random.rand(478, 3), "b": b"\x00" * 9}, protocol=2))
     assert load_pickle(tmp_path / "p2.pkl")["lmks"].shape == (478, 3)
+
+
+def _laughs(levels: int) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\npreset: v1_stage1\n"
+
+
+def test_training_config_billion_laughs_is_refused_before_it_is_spelled_out(tmp_path):
+    """``load_config`` copies the YAML through json.dumps, which spells every alias out: nine levels (443 bytes) took
+    over 3 GiB and 90 s before a MemoryError; seven levels (here, 4.8 million values) still went through whole."""
+    from trainer.config import ConfigError
+    from trainer.config_file import load_config
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(_laughs(7))
+    assert path.stat().st_size < 500
+    with pytest.raises(ConfigError, match=r"laughs.yaml: its YAML aliases .* expand to more than 1000000 values"):
+        load_config(path)
+
+
+def test_training_config_with_small_aliases_still_loads(tmp_path):
+    from trainer.config_checks import read_yaml_mapping
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &base {lr: 1.0e-5, steps: 10}\nphases:\n  - {name: a, <<: *base}\n  - {name: b, <<: *base}\n")
+    assert read_yaml_mapping(path)["phases"][1] == {"name": "b", "lr": 1e-5, "steps": 10}
+
+
+def test_training_config_of_gigabytes_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from trainer import config_checks
+    from trainer.config import ConfigError
+
+    path = tmp_path / "huge.yaml"
+    path.write_text("# a comment\n" * 200)
+    monkeypatch.setattr(config_checks, "MAX_CONFIG_BYTES", 1024)
+    monkeypatch.setattr(type(path), "read_bytes", lambda self: pytest.fail("read whole"))
+    with pytest.raises(ConfigError, match=r"huge.yaml: 2400 bytes is not a training config"):
+        config_checks.read_yaml_mapping(path)
