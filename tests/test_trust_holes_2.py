@@ -289,3 +289,31 @@ def test_training_config_of_gigabytes_is_refused_before_it_is_read(tmp_path, mon
     monkeypatch.setattr(type(path), "read_bytes", lambda self: pytest.fail("read whole"))
     with pytest.raises(ConfigError, match=r"huge.yaml: 2400 bytes is not a training config"):
         config_checks.read_yaml_mapping(path)
+
+
+def test_latent_cache_never_removes_through_a_linked_cache_folder(tmp_path, monkeypatch):
+    """A prepared dataset (shared, downloaded) whose clip's ``latents`` is a link to a folder of the user's: the clean-up
+    of stale caches removed the folders there named like another cache of this resolution, or ending in .partial."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from trainer.data import latent_cache
+    from trainer.data.store import ClipEntry
+
+    mine = tmp_path / "my_work"
+    for name in ("64x64-renders", "draft.partial"):
+        (mine / name).mkdir(parents=True)
+        (mine / name / "keep.txt").write_text("mine")
+    old = time.time() - 10 * 3600
+    os.utime(mine / "draft.partial", (old, old))
+    clip = tmp_path / "ds" / "shard-00000" / "c1"
+    clip.mkdir(parents=True)
+    (clip / "latents").symlink_to(mine, target_is_directory=True)
+    monkeypatch.setattr(latent_cache, "cache_key", lambda *a, **k: "64x64-0123456789abcdef")
+    monkeypatch.setattr(latent_cache, "write_clip_cache", lambda *a, **k: None)
+    entry = ClipEntry("c1", clip, 0, 4, 25.0, "headshot")
+    latent_cache.cache_clips([entry], SimpleNamespace(dtype=torch.float32), tmp_path / "vae", 64, 64)
+    assert (mine / "64x64-renders" / "keep.txt").is_file() and (mine / "draft.partial" / "keep.txt").is_file()
