@@ -317,3 +317,16 @@ def test_latent_cache_never_removes_through_a_linked_cache_folder(tmp_path, monk
     entry = ClipEntry("c1", clip, 0, 4, 25.0, "headshot")
     latent_cache.cache_clips([entry], SimpleNamespace(dtype=torch.float32), tmp_path / "vae", 64, 64)
     assert (mine / "64x64-renders" / "keep.txt").is_file() and (mine / "draft.partial" / "keep.txt").is_file()
+
+
+def test_released_pose_npy_declaring_more_than_it_holds_is_refused(tmp_path):
+    """``load_npy`` (released pose folders, through workflows too) handed numpy an in-memory buffer, for which numpy
+    allocates the header's shape before reading: 100 bytes declaring 8 TB raised a bare MemoryError."""
+    from echomimic_lib.io.safe_pickle import load_npy
+
+    path = tmp_path / "0.npy"
+    path.write_bytes(_npy((10**12,), "<f8", b"\x00" * 16))
+    with pytest.raises(EchoMimicError, match=r"0\.npy: its header declares 8000000000000 bytes of float64 .* holds 16"):
+        load_npy(path)
+    path.write_bytes(_saved(np.arange(6.0).reshape(2, 3)))
+    assert np.array_equal(load_npy(path), np.arange(6.0).reshape(2, 3))

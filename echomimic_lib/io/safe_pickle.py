@@ -130,6 +130,10 @@ def load_npy(path: str | Path) -> Any:
     except Exception as exc:
         raise EchoMimicError(f"{path}: not a valid .npy file ({exc}).") from exc
     if not dtype.hasobject:
+        declared, held = math.prod(_shape) * dtype.itemsize, len(raw) - buf.tell()
+        if declared > held:  # numpy allocates the declared shape before reading a buffer
+            raise EchoMimicError(f"{path}: its header declares {declared} bytes of {dtype} (shape {_shape}) but the file holds "
+                                 f"{held}: cut off or not a real array file; copy it again from its source.")
         buf.seek(0)
         return np.load(buf, allow_pickle=False)
     obj = safe_loads(buf.read(), str(path))
