@@ -9,11 +9,35 @@ from pathlib import Path
 from .config import ConfigError
 
 
+MAX_CONFIG_BYTES = 16 << 20  # a config is a few KB (a captions table inline, a few MB)
+MAX_CONFIG_VALUES = 1_000_000  # values the config holds once its aliases are expanded (the copies made of it expand them)
+
+
+def _expanded_size_over(data, limit: int) -> bool:
+    """Whether ``data`` holds more than ``limit`` values counted as a copy sees them (an alias of a list counts in full:
+    YAML's 'billion laughs', nine lists of nine aliases, is a few hundred bytes and 9**9 values). Stops at the limit."""
+    stack, seen = [data], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     """The top-level mapping of a YAML config file, or a :class:`ConfigError` that says what is wrong with it."""
     import yaml
 
     path = Path(path)
+    if path.is_file() and (size := path.stat().st_size) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size} bytes is not a training config (at most {MAX_CONFIG_BYTES >> 20} MiB; one is a few "
+                          "KB); give the .yaml config file (see `echomimic-train presets`).")
     raw = path.read_bytes()
     if b"\x00" in raw[:4096]:
         raise ConfigError(f"{path}: this is a binary file, not a YAML config; give the .yaml file (see `echomimic-train presets`).")
@@ -30,6 +54,10 @@ def read_yaml_mapping(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML{at} ({problem}); fix the file (indentation, a missing ':' or quote).") from None
     if data is None:
         return {}
+    if _expanded_size_over(data, MAX_CONFIG_VALUES):
+        raise ConfigError(f"{path}: its YAML aliases (*name) expand to more than {MAX_CONFIG_VALUES} values (aliases of lists "
+                          "of aliases: a 'billion laughs' file), which copying the config would spell out in memory; write "
+                          "the values out, or alias only small sections.")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys (e.g. `preset: v1_stage1`), "
                           f"not a {type(data).__name__}")

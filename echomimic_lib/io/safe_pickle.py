@@ -3,10 +3,17 @@
 Only numpy arrays, numpy scalars/dtypes and plain Python containers can be rebuilt. Anything else
 (`os.system`, `builtins.eval`, arbitrary classes) raises :class:`UnsafeFileError` naming the file and
 the refused global, so a malicious file never runs code.
+
+Nor can a few bytes exhaust memory: ``range`` (a lazy ``set(range(10**10))``) is not on the list, ``bytes(n)`` /
+``bytearray(n)`` of a count is refused, an array's declared size is checked before numpy allocates it, and every
+allowed call that builds from an iterable (``list(x)``, ``set(x)``, ``encode(s)`` on a memoised ``x`` again and again)
+spends a budget of elements proportional to the file's size (:data:`BUDGET_PER_BYTE` each byte, at least
+:data:`MIN_BUDGET`).
 """
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -16,7 +23,7 @@ import numpy as np
 from ..errors import EchoMimicError, UnsafeFileError
 
 _ALLOWED: dict[str, set[str]] = {
-    "builtins": {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes", "bytearray", "slice", "range"},
+    "builtins": {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes", "bytearray", "slice"},
     "collections": {"OrderedDict", "defaultdict"},
     "numpy": {"ndarray", "dtype", "float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "bool_"},
     "numpy.core.multiarray": {"_reconstruct", "scalar"},
@@ -27,14 +34,59 @@ _ALLOWED: dict[str, set[str]] = {
 }
 
 
+_ENCODINGS = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "utf-8", "utf8"}  # what numpy's pickles use (latin1)
+BUDGET_PER_BYTE = 2  # elements any allowed calls may build, per byte of the pickle
+MIN_BUDGET = 1 << 20
+
+
+class _Guard:
+    """An allowed callable as the pickle sees it: each call first spends the unpickler's budget on its inputs."""
+
+    def __init__(self, fn, unpickler: "_AllowListUnpickler", name: str):
+        self.fn, self.unpickler, self.name = fn, unpickler, name
+
+    def __call__(self, *args, **kwargs):
+        u = self.unpickler
+        args = tuple(a.fn if isinstance(a, _Guard) else a for a in args)  # _reconstruct(ndarray, ...): the real class
+        if self.name in ("bytes", "bytearray") and args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            u.refuse(f"{self.name}({args[0]}) (a count, not data)")
+        if self.name in ("ndarray", "_reconstruct"):  # numpy allocates the declared shape (ndarray.__new__)
+            rest = args[1:] if self.name == "_reconstruct" else args  # (subtype,) shape, dtype
+            shape, dtype = rest[0] if rest else (), rest[1] if len(rest) > 1 else float
+            shape = (shape,) if isinstance(shape, int) else tuple(shape)
+            u.spend(math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize, f"an array of shape {shape}")
+        elif self.name == "str" and args and not isinstance(args[0], (str, bytes, bytearray)):
+            u.refuse(f"str() of a {type(args[0]).__name__} (its text could be far larger than the file)")
+        elif self.name == "encode" and str(args[1] if len(args) > 1 else kwargs.get("encoding", "utf-8")).lower() not in _ENCODINGS:
+            u.refuse(f"_codecs.encode(..., {args[1]!r})")
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, np.ndarray):
+                u.spend(a.nbytes, f"{self.name}() of an array of {a.nbytes} bytes")
+            elif isinstance(a, (str, bytes, bytearray, list, tuple, dict, set, frozenset)):
+                u.spend(len(a), f"{self.name}() of {len(a)} items")
+        return self.fn(*args, **kwargs)
+
+
 class _AllowListUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str):
+    def __init__(self, file, source: str, size: int = 0):
         super().__init__(file, encoding="latin1")
         self._source = source
+        self.budget = max(MIN_BUDGET, BUDGET_PER_BYTE * size)
+
+    def spend(self, n: int, what: str) -> None:
+        self.budget -= n
+        if self.budget < 0:
+            self.refuse(f"{what}, past the building budget of {BUDGET_PER_BYTE} elements per byte of the file (at least "
+                        f"{MIN_BUDGET}; a pickle bomb?)")
+
+    def refuse(self, what: str) -> None:
+        raise UnsafeFileError(f"{self._source}: refused to build {what}; a data file never needs it and it could exhaust "
+                              "memory. Only use pose/landmark files from a trusted source, or convert them with a trusted tool.")
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle hook
         if name in _ALLOWED.get(module, ()):
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            return found if name in _PLAIN else _Guard(found, self, name)
         raise UnsafeFileError(
             f"{self._source}: refused to load '{module}.{name}'. The file contains a pickled object outside the "
             "allow-list (numpy arrays, dicts, lists, numbers, strings); it could run code. Only use pose/landmark "
@@ -42,10 +94,13 @@ class _AllowListUnpickler(pickle.Unpickler):
         )
 
 
+_PLAIN = {"int", "float", "complex", "bool", "slice"}  # a number from a number: nothing to amplify
+
+
 def safe_loads(data: bytes, source: str = "<bytes>") -> Any:
     """Unpickle ``data`` with the allow-list."""
     try:
-        return _AllowListUnpickler(io.BytesIO(data), source).load()
+        return _AllowListUnpickler(io.BytesIO(data), source, len(data)).load()
     except UnsafeFileError:
         raise
     except Exception as exc:  # truncated / corrupt pickle
@@ -75,6 +130,10 @@ def load_npy(path: str | Path) -> Any:
     except Exception as exc:
         raise EchoMimicError(f"{path}: not a valid .npy file ({exc}).") from exc
     if not dtype.hasobject:
+        declared, held = math.prod(_shape) * dtype.itemsize, len(raw) - buf.tell()
+        if declared > held:  # numpy allocates the declared shape before reading a buffer
+            raise EchoMimicError(f"{path}: its header declares {declared} bytes of {dtype} (shape {_shape}) but the file holds "
+                                 f"{held}: cut off or not a real array file; copy it again from its source.")
         buf.seek(0)
         return np.load(buf, allow_pickle=False)
     obj = safe_loads(buf.read(), str(path))

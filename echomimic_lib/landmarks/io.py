@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from ..io.file_safety import publish, temp_beside, write_text_atomic
+from ..io.npz_file import open_npz
 from ..io.safe_pickle import load_pickle
 from ..temporal import saved_stabilized
 from .sequence import LandmarkSequence
@@ -113,9 +114,11 @@ def load_sequence(path: str | Path) -> LandmarkSequence:
             meta = doc
             arrays = {k: np.asarray(doc[k]) for k in _ARRAYS if k in doc}
         else:
-            with np.load(path, allow_pickle=False) as z:
+            with open_npz(path, "Extract the landmarks again with `echomimic landmarks VIDEO -o FILE.npz`.") as z:
                 meta = json.loads(str(z["meta"]))
                 arrays = {k: z[k] for k in _ARRAYS if k in z.files}
+    except EchoMimicError:
+        raise
     except (ValueError, KeyError, OSError) as exc:
         raise EchoMimicError(f"{path}: not a landmark file written by this package ({exc}).") from exc
     if meta.get("format") != FORMAT:

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import EchoMimicError, UnsafeFileError
 from ..io.file_safety import publish, temp_beside
+from ..io.npz_file import open_npz
 from ..io.safe_pickle import load_npy
 from ..temporal import saved_stabilized
 from .sequence import ARRAY_FIELDS, DEFAULT_CANVAS, DEFAULT_FPS, PoseSequence, check_draw_pose_params
@@ -315,8 +316,10 @@ def load_pose_npz(path: str | Path) -> PoseSequence:
     if not path.is_file():
         raise EchoMimicError(f"{path}: pose file not found.")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path, "Write the pose sequence again with `echomimic poses VIDEO -o FILE.npz`.") as z:
             data = {k: z[k] for k in z.files}
+    except EchoMimicError:
+        raise
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
             raise EchoMimicError(f"{path}: not a readable .npz file ({exc}).") from exc

@@ -159,6 +159,9 @@ def stale_caches(clip_dir: str | Path, key: str, now: float | None = None) -> li
     folders older than :data:`LEFTOVER_AGE_S`. Caches at other resolutions and fresh staging folders (a writer
     at work) are not stale."""
     root = Path(clip_dir) / CACHE_DIR
+    if root.is_symlink():  # prepare makes a real folder: a link (a downloaded dataset's) may lead among the user's files
+        log.warning("%s is a link (to %s): stale latent caches there are not removed", root, os.path.realpath(root))
+        return []
     size = key.split("-", 1)[0]
     now = time.time() if now is None else now
     out = []

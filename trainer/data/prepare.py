@@ -44,6 +44,24 @@ def list_videos(input_dir: Path) -> list[Path]:
     return sorted(p for p in Path(input_dir).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
 
 
+def check_clip_ids(videos: list[Path], input_root: Path) -> None:
+    """Refuse, before any model is loaded, two videos that map to one clip id (``talk.mp4`` and ``talk.mov``,
+    ``a b.mp4`` and ``a_b.mp4``, ``x/y.mp4`` and ``x__y.mp4``; ids that differ only in case too, as the clips'
+    folders and status files would be one on macOS / Windows): the second would be skipped as done, or overwrite the
+    first. Ids are not made unique by a suffix, since which video got which would hang on the listing order."""
+    from ..config import ConfigError
+
+    seen: dict[str, Path] = {}
+    for video in videos:
+        cid = clip_id(video, input_root)
+        first = seen.setdefault(cid.casefold(), video)
+        if first is not video:
+            raise ConfigError(f"{first} and {video} both become clip '{clip_id(first, input_root)}' (a clip id is the path "
+                              "under the input folder, its suffix dropped and characters other than letters, digits, "
+                              "'_', '.', '-' replaced by '_', compared ignoring case): one would overwrite or hide the "
+                              f"other. Rename one of them (e.g. {video.stem}_2{video.suffix}) and run prepare again.")
+
+
 def _resize_square(img: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
@@ -183,10 +201,12 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
 
     input_dir, out_root = Path(input_dir), Path(output_dir)
     check_folders(input_dir, out_root)
+    videos = list_videos(input_dir)
+    check_clip_ids(videos, input_dir)
     tools = preflight(cfg, whisper_path, landmarker_model, pose_detector, device, worker_index, num_workers)
     out_root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_root / "prepare_config.json", asdict(cfg))
-    videos = [v for v in list_videos(input_dir) if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
+    videos = [v for v in videos if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
     fn = {"headshot": prepare_headshot, "full": prepare_full}.get(cfg.kind, prepare_body)
     done = Counter()
     bar = tqdm(videos, desc=f"prepare ({cfg.kind})", unit="clip", disable=not progress)
@@ -270,4 +290,4 @@ NO_WHISPER_NOTE = ("prepared without --whisper: no whisper.npy was written (Echo
                    "V1/V2 training needs a dataset prepared with --whisper)")
 
 
-__all__ = ["PrepareConfig", "Verdict", "prepare_dataset", "finalize", "summary_table", "clip_id", "list_videos"]
+__all__ = ["PrepareConfig", "Verdict", "prepare_dataset", "finalize", "summary_table", "clip_id", "check_clip_ids", "list_videos"]

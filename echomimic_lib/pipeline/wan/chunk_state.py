@@ -30,6 +30,7 @@ import numpy as np
 
 from ...errors import EchoMimicError
 from ...io.file_safety import publish, temp_beside, track_partial, untrack_partial, write_text_atomic
+from ...io.npz_file import open_npz
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class ChunkCheckpoint:
             raise ValueError(f"{path.name} is cut off")
 
     def _read_carry(self, k: int):
-        with np.load(self.path / _carry_name(k), allow_pickle=False) as z:
+        with open_npz(self.path / _carry_name(k), "The render starts over.") as z:
             tail = z["tail"] if "tail" in z.files else None
             anchor = z["anchor"] if "anchor" in z.files else None
         want_tail = (self.overlap, *self.frame, 3) if self.overlap else None

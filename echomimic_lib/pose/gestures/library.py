@@ -29,6 +29,7 @@ import numpy as np
 
 from ...errors import EchoMimicError
 from ...io.file_safety import ExistingFileError, publish, temp_beside, track_partial, untrack_partial
+from ...io.npz_file import open_npz
 from ..io import load_pose
 from ..sequence import ARRAY_FIELDS, PoseSequence
 
@@ -282,7 +283,7 @@ def cache_path(src: Path, cache_dir: str | Path | None = None) -> Path:
 
 def _read_index(path: Path, fp: str):
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path, "It is rebuilt.") as z:
             meta = json.loads(bytes(z["meta"]).decode("utf-8"))
             if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION or meta.get("fingerprint") != fp:
                 return None
