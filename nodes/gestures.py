@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..echomimic_lib.audio import check_audible, read_raw_audio
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.pose.dwpose import detect_image_pose
 from ..echomimic_lib.pose.gestures import analyze_speech, find_sources, load_library, synthesize
@@ -35,6 +36,13 @@ def library_paths(library: str) -> list:
     return found
 
 
+def check_speech(clip) -> None:
+    """The AUDIO readable ([B, C, T] with B = 1, [C, T] or [T]; finite; a positive sample rate) and audible: silence
+    gave a meaningless pose sequence (hands at rest throughout, picked by a percentile of silence)."""
+    raw = read_raw_audio(clip)
+    check_audible(raw, "Connect a clip with audible speech, or check that Load Audio picked the right file.")
+
+
 def generate(library: str, seed: int, expressiveness: float, fps: float, min_pause: float, align: str, auto_download: bool,
              audio_features=None, audio=None, reference=None) -> tuple[PoseTrack, object]:
     if audio_features is not None:
@@ -43,6 +51,7 @@ def generate(library: str, seed: int, expressiveness: float, fps: float, min_pau
         clip, n = audio, None
     else:
         raise EchoMimicError("no speech: connect the Audio Encoder's audio_features (or an AUDIO) to 'audio_features' / 'audio'.")
+    check_speech(clip)  # before the pose library is indexed
     if align not in ALIGN:
         raise EchoMimicError(f"unknown align option '{align}'; choose one of {', '.join(ALIGN)}.")
     if align == ALIGN[1] and reference is None:

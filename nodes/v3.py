@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.jobs.animate_checks import MAX_LENGTH
 from ..echomimic_lib.memory.fp8 import check_fp8, compute_param
 from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames
@@ -142,7 +143,7 @@ class EchoMimicV3AudioEncoder:
     def INPUT_TYPES(cls):
         return {"required": {"model": (V3_MODEL, {"tooltip": "From EchoMimic V3 Loader."}),
                              "audio": ("AUDIO", {"tooltip": "Speech that drives the video (Load Audio)."}),
-                             "max_frames": ("INT", {"default": 81, "min": 1, "max": 100000,
+                             "max_frames": ("INT", {"default": 81, "min": 1, "max": MAX_LENGTH,
                                                     "tooltip": "81 = one official shot; more: chunked long video."})}}
 
     def execute(self, model, audio, max_frames):
@@ -151,8 +152,10 @@ class EchoMimicV3AudioEncoder:
 
         whole = isinstance(max_frames, (int, float, np.integer, np.floating)) and not isinstance(max_frames, bool) and \
             math.isfinite(max_frames) and float(max_frames).is_integer()  # a linked 81.0 from a math node is 81
-        if not (whole and max_frames >= 1):  # a linked value is not range-checked by ComfyUI
-            raise EchoMimicError(f"max_frames {max_frames!r}: give a whole number, 1 or more (81 = one official shot).")
+        most = MAX_LENGTH  # the command line's --length bound (and the widget's max)
+        if not (whole and 1 <= max_frames <= most):  # a linked value is not range-checked by ComfyUI
+            raise EchoMimicError(f"max_frames {max_frames!r}: give a whole number, 1 .. {most} (81 = one official shot; "
+                                 "more: a chunked long video).")
         max_frames = int(max_frames)
         wave = audio.get("waveform") if isinstance(audio, dict) else None
         if not isinstance(wave, torch.Tensor) or wave.numel() == 0:

@@ -1,0 +1,99 @@
+"""More user mistakes at the nodes and the V3 job, each refused with an EchoMimicError naming the fix before any model
+or library work: a reference the V3 size rule scales under 16 px (the original, specific reason reaches the user, not
+"the image is too small" for a 100 px picture), V3 frame counts over the cap or beyond the audio, and silent speech at
+EchoMimic Gestures from Audio (it made a meaningless pose sequence)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from echomimic_lib.errors import EchoMimicError as LibError
+from tests._media import write_wav
+from tests._pack import sub
+from tests.test_nodes import FPS, N, EchoMimicError, audio, models  # noqa: F401
+from tests.test_nodes_inputs_hunt import v3  # noqa: F401
+
+
+# ------------------------------------------------------------------------------------------ V3 size rule (plan_v3)
+def _v3_request(tmp_path, shape, size, length=9):
+    import cv2
+
+    from echomimic_lib.jobs.animate_v3 import V3Request
+
+    wav = write_wav(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000))
+    cv2.imwrite(str(tmp_path / "ref.png"), np.full(shape, 128, np.uint8))
+    return V3Request(reference=str(tmp_path / "ref.png"), audio=str(wav), output=str(tmp_path / "o.mp4"),
+                     models=str(tmp_path), size=size, length=length)
+
+
+def test_v3_a_reference_scaled_under_16_px_says_so_and_names_the_target_size(tmp_path):
+    """A 100x30 picture at a 16x16 target area scales to 29x8: was "100x30 px is too small; EchoMimicV3 needs at least
+    16 px on each side ... give a larger image" (the picture is larger than that; the fix is a larger target)."""
+    from echomimic_lib.jobs.animate_v3 import plan_v3
+
+    with pytest.raises(LibError) as err:
+        plan_v3(_v3_request(tmp_path, (30, 100, 3), (16, 16)))
+    text = str(err.value)
+    assert "--reference" in text and "100x30" in text and "--width" in text and "--height" in text, text
+    assert "16x16" in text and "give a larger image" not in text, text
+
+
+def test_v3_size_rule_names_the_scaled_size():
+    from echomimic_lib.pipeline.wan.sampler import sample_size
+
+    with pytest.raises(LibError, match=r"100x30 .*too small.*29x8 px.*larger target size"):
+        sample_size(100, 30, (16, 16))
+    assert sample_size(120, 90, (64, 80)) == (48, 80)  # valid sizes: as before
+
+
+# ------------------------------------------------------------------------------------------ V3 frame counts
+def test_v3_audio_encoder_max_frames_over_the_cap_is_refused(v3):  # noqa: F811
+    from echomimic_lib.jobs.animate_checks import MAX_LENGTH
+
+    encoder = v3.nodes.EchoMimicV3AudioEncoder()
+    for bad in (MAX_LENGTH + 1, 10**12):  # a linked value: ComfyUI range-checks widgets only
+        with pytest.raises(EchoMimicError, match=rf"max_frames {bad}.*1 \.\. {MAX_LENGTH}"):
+            encoder.execute(v3.handle, {"waveform": v3.wave, "sample_rate": 22050}, bad)
+    _, n = encoder.execute(v3.handle, {"waveform": v3.wave, "sample_rate": 22050}, MAX_LENGTH)
+    assert n == 25  # 1 s of speech: the frames follow the audio (4k+1)
+
+
+def test_v3_length_beyond_the_audio_is_told(tmp_path, caplog):
+    """--length 201 with 1 s of speech gave 25 frames without a word (V1/V2 warn)."""
+    from echomimic_lib.jobs.animate_v3 import plan_v3
+
+    with caplog.at_level(logging.WARNING):
+        plan = plan_v3(_v3_request(tmp_path, (64, 64, 3), (64, 64), length=201))
+    assert plan.frames == 25 and "--length 201 is beyond the audio" in caplog.text and "25 frames" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert plan_v3(_v3_request(tmp_path, (64, 64, 3), (64, 64), length=21)).frames == 21
+    assert "beyond the audio" not in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ Gestures: silent speech
+def _gestures(**kw):
+    args = dict(library="all pose folders", seed=0, expressiveness=1.0, fps=FPS, min_pause=0.5, align="none",
+                auto_download=False)
+    args.update(kw)
+    return N["EchoMimicGesturesFromAudio"]().execute(**args)
+
+
+@pytest.mark.parametrize("level", [0.0, 1e-5])
+def test_gestures_refuse_silent_audio_before_reading_the_library(models, monkeypatch, level):  # noqa: F811
+    gestures = sub("nodes.gestures")
+
+    def no_library(*a, **k):
+        raise AssertionError("the pose library was read for silent audio")
+
+    monkeypatch.setattr(gestures, "load_library", no_library)
+    silent = {"waveform": torch.full((1, 1, 32000), level), "sample_rate": 16000}
+    with pytest.raises(EchoMimicError, match="the audio is silent.*audible speech"):
+        _gestures(audio=silent)
+
+
+def test_gestures_with_audible_audio_still_work(models):  # noqa: F811
+    poses, _ = _gestures(audio=audio(1.0), fps=25.0, library="01")
+    assert len(poses.sequence) == 25
