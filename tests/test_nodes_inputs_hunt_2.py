@@ -97,3 +97,102 @@ def test_gestures_refuse_silent_audio_before_reading_the_library(models, monkeyp
 def test_gestures_with_audible_audio_still_work(models):  # noqa: F811
     poses, _ = _gestures(audio=audio(1.0), fps=25.0, library="01")
     assert len(poses.sequence) == 25
+
+
+# ------------------------------------------------------------------------------------------ V3 Sampler: linked values
+def _v3_sample(v3, **kw):  # noqa: F811
+    audio_in, _ = v3.nodes.EchoMimicV3AudioEncoder().execute(v3.handle, {"waveform": v3.wave, "sample_rate": 22050}, 5)
+    args = dict(model=v3.handle, v3_audio=audio_in, positive=v3.positive, clip_vision_output=v3.clip, vae=v3.vae,
+                image=v3.image, size=64, steps=1, audio_cfg=1.0, seed=0, teacache="off", color_transfer=False)
+    args.update(kw)
+    return v3.nodes.EchoMimicV3Sampler().execute(**args)
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """The transformer must not be loaded for a refused input."""
+    C = sub("nodes.comfy_bridge")
+
+    def refuse(*a, **k):
+        raise AssertionError("the transformer was loaded for a bad input")
+
+    monkeypatch.setattr(C, "load_models", refuse)
+
+
+@pytest.mark.parametrize("seed", [2**64, -1, 1.5, float("nan"), True])
+def test_v3_sampler_a_seed_out_of_range_is_refused_before_loading(v3, no_load, seed):  # noqa: F811
+    """2^64 was "Overflow when unpacking long long" and 1.5 "manual_seed expected a long" after the model had loaded."""
+    with pytest.raises(EchoMimicError, match=r"seed .*whole number from 0 to 2\^64-1"):
+        _v3_sample(v3, seed=seed)
+
+
+def test_v3_sampler_takes_every_seed_of_the_range_and_a_whole_float(v3):  # noqa: F811
+    a = _v3_sample(v3, seed=3)[0]
+    assert torch.equal(_v3_sample(v3, seed=3.0)[0], a)
+    assert _v3_sample(v3, seed=2**64 - 1)[0].shape == a.shape
+
+
+def test_v3_sampler_wrong_text_or_image_encoder_is_named(v3, no_load):  # noqa: F811
+    """A CONDITIONING from another CLIP (e.g. SD1.5's 768 wide, not umT5's) and a CLIP vision output of another model
+    were torch shape errors deep in the transformer ("mat1 and mat2 shapes cannot be multiplied")."""
+    from types import SimpleNamespace
+
+    from echomimic_lib.models.wan.tiny import CLIP_DIM, TEXT_DIM
+
+    with pytest.raises(EchoMimicError, match=rf"positive: .*width 7.*{TEXT_DIM}.*type wan"):
+        _v3_sample(v3, positive=[[torch.randn(1, 77, 7), {}]])
+    with pytest.raises(EchoMimicError, match=rf"clip_vision_output: .*width 9.*{CLIP_DIM}.*clip_vision_h"):
+        _v3_sample(v3, clip_vision_output=SimpleNamespace(penultimate_hidden_states=torch.randn(1, 257, 9)))
+
+
+@pytest.mark.parametrize("channels, dim", [(4, 2), (16, 2), (48, 3)])
+def test_v3_sampler_a_vae_that_is_not_wan_2_1_is_named(v3, no_load, channels, dim):  # noqa: F811
+    """ComfyUI's VAE says its latent layout (an SD / Flux / Wan 2.2 VAE): refused before the transformer loads."""
+    class OtherVAE:
+        latent_channels, latent_dim = channels, dim
+
+    with pytest.raises(EchoMimicError, match=r"vae: .*not the Wan 2\.1 VAE.*wan_2\.1_vae"):
+        _v3_sample(v3, vae=OtherVAE())
+
+
+# ------------------------------------------------------------------------------------------ Gestures: linked numbers
+@pytest.mark.parametrize("kw, message", [
+    (dict(min_pause=float("nan")), r"min_pause nan: .*positive number of seconds"),
+    (dict(min_pause=0.0), r"min_pause 0.0: .*positive number of seconds"),
+    (dict(min_pause=-1.0), r"min_pause -1.0: .*positive number of seconds"),
+    (dict(fps=0.0), r"fps 0.0: the frame rate must be a positive number"),
+    (dict(fps=float("inf")), r"fps inf: the frame rate must be a positive number"),
+])
+def test_gestures_bad_linked_numbers_are_refused_before_reading_the_library(models, monkeypatch, kw, message):  # noqa: F811
+    """min_pause NaN, 0 or negative was taken (NaN: no pause ever, hands never rest); fps 0 was refused only after the
+    pose library had been read and indexed."""
+    gestures = sub("nodes.gestures")
+
+    def no_library(*a, **k):
+        raise AssertionError("the pose library was read for a bad input")
+
+    monkeypatch.setattr(gestures, "load_library", no_library)
+    with pytest.raises(EchoMimicError, match=message):
+        _gestures(audio=audio(1.0), **kw)
+
+
+# ------------------------------------------------------------------------------------------ V1/V2 Sampler: steps
+@pytest.fixture(scope="module")
+def v1_run(models):  # noqa: F811
+    from tests.test_nodes import encode, loader
+
+    handle = loader("V1 audio")
+    ref = N["EchoMimicReferencePrep"]().execute(torch.rand(1, 64, 64, 3), "resize only", 64, 64, "error", False)[0]
+    return handle, ref, encode(handle, 0.5)[0]
+
+
+def _v1_sample(v1_run, steps):
+    handle, ref, feats = v1_run
+    return N["EchoMimicSampler"]().execute(handle, ref, feats, 7, steps, 0.0, 64, 64, 2, 12, 3)
+
+
+def test_sampler_steps_not_whole_is_refused_and_a_whole_float_works(v1_run):
+    """A linked 2.5 steps was an IndexError deep in the DDIM scheduler."""
+    with pytest.raises(EchoMimicError, match=r"steps 2\.5: give a whole number of steps"):
+        _v1_sample(v1_run, 2.5)
+    assert torch.equal(_v1_sample(v1_run, 2.0)[0], _v1_sample(v1_run, 2)[0])
