@@ -179,8 +179,8 @@ class EchoMimicV3AudioEncoder:
             math.isfinite(max_frames) and float(max_frames).is_integer()  # a linked 81.0 from a math node is 81
         most = MAX_LENGTH  # the command line's --length bound (and the widget's max)
         if not (whole and 1 <= max_frames <= most):  # a linked value is not range-checked by ComfyUI
-            raise EchoMimicError(f"max_frames {max_frames!r}: give a whole number, 1 .. {most} (81 = one official shot; "
-                                 "more: a chunked long video).")
+            raise EchoMimicError(f"max_frames {max_frames!r}: give a whole number, 1 or more, at most {most} (81 = one "
+                                 "official shot; more: a chunked long video).")
         max_frames = int(max_frames)
         wave = audio.get("waveform") if isinstance(audio, dict) else None
         if not isinstance(wave, torch.Tensor) or wave.numel() == 0:

@@ -54,7 +54,7 @@ def test_v3_audio_encoder_max_frames_over_the_cap_is_refused(v3):  # noqa: F811
 
     encoder = v3.nodes.EchoMimicV3AudioEncoder()
     for bad in (MAX_LENGTH + 1, 10**12):  # a linked value: ComfyUI range-checks widgets only
-        with pytest.raises(EchoMimicError, match=rf"max_frames {bad}.*1 \.\. {MAX_LENGTH}"):
+        with pytest.raises(EchoMimicError, match=rf"max_frames {bad}: give a whole number, 1 or more, at most {MAX_LENGTH}"):
             encoder.execute(v3.handle, {"waveform": v3.wave, "sample_rate": 22050}, bad)
     _, n = encoder.execute(v3.handle, {"waveform": v3.wave, "sample_rate": 22050}, MAX_LENGTH)
     assert n == 25  # 1 s of speech: the frames follow the audio (4k+1)
@@ -196,3 +196,11 @@ def test_sampler_steps_not_whole_is_refused_and_a_whole_float_works(v1_run):
     with pytest.raises(EchoMimicError, match=r"steps 2\.5: give a whole number of steps"):
         _v1_sample(v1_run, 2.5)
     assert torch.equal(_v1_sample(v1_run, 2.0)[0], _v1_sample(v1_run, 2)[0])
+
+
+def test_sampler_length_beyond_the_audio_is_told(v1_run, caplog):
+    """length 100 with 12 frames of speech gave 12 frames without a word (the command line warns)."""
+    handle, ref, feats = v1_run
+    with caplog.at_level(logging.WARNING):
+        frames = N["EchoMimicSampler"]().execute(handle, ref, feats, 7, 1, 0.0, 64, 64, 100, 12, 3)[0]
+    assert len(frames) == feats.frame_count == 12 and "length 100 is beyond the audio" in caplog.text
