@@ -70,7 +70,10 @@ def test_v3_length_beyond_the_audio_is_told(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert plan_v3(_v3_request(tmp_path, (64, 64, 3), (64, 64), length=21)).frames == 21
-    assert "beyond the audio" not in caplog.text
+    assert "beyond the audio" not in caplog.text and "4k+1" not in caplog.text
+    with caplog.at_level(logging.WARNING):  # under the audio but not 4k+1: rounded down, and said (was silent)
+        assert plan_v3(_v3_request(tmp_path, (64, 64, 3), (64, 64), length=23)).frames == 21
+    assert "--length 23: EchoMimicV3 renders 4k+1 frames" in caplog.text and "the video has 21" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------ Gestures: silent speech
