@@ -3,12 +3,15 @@ pose folders (models/echomimic/poses/, input/echomimic_poses/), for a picture an
 from __future__ import annotations
 
 import logging
+import math
 
+from ..echomimic_lib.audio import check_audible, read_raw_audio
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.pose.dwpose import detect_image_pose
 from ..echomimic_lib.pose.gestures import analyze_speech, find_sources, load_library, synthesize
 from . import comfy_bridge as C
 from . import detectors, paths
+from .base import check_fps
 from .payloads import AUDIO_FEATURES, POSES, PoseTrack, first_image, to_image
 from .pose import ALIGN, _preview
 
@@ -35,6 +38,13 @@ def library_paths(library: str) -> list:
     return found
 
 
+def check_speech(clip) -> None:
+    """The AUDIO readable ([B, C, T] with B = 1, [C, T] or [T]; finite; a positive sample rate) and audible: silence
+    gave a meaningless pose sequence (hands at rest throughout, picked by a percentile of silence)."""
+    raw = read_raw_audio(clip)
+    check_audible(raw, "Connect a clip with audible speech, or check that Load Audio picked the right file.")
+
+
 def generate(library: str, seed: int, expressiveness: float, fps: float, min_pause: float, align: str, auto_download: bool,
              audio_features=None, audio=None, reference=None) -> tuple[PoseTrack, object]:
     if audio_features is not None:
@@ -43,13 +53,19 @@ def generate(library: str, seed: int, expressiveness: float, fps: float, min_pau
         clip, n = audio, None
     else:
         raise EchoMimicError("no speech: connect the Audio Encoder's audio_features (or an AUDIO) to 'audio_features' / 'audio'.")
+    fps = check_fps(fps)  # linked values are not range-checked by ComfyUI: refused before the library is indexed
+    pause = float(min_pause) if isinstance(min_pause, (int, float)) and not isinstance(min_pause, bool) else math.nan
+    if not (math.isfinite(pause) and pause > 0):
+        raise EchoMimicError(f"min_pause {min_pause!r}: give a positive number of seconds (0.5 is typical): silences at "
+                             "least this long are pauses, where the hands rest.")
+    check_speech(clip)
     if align not in ALIGN:
         raise EchoMimicError(f"unknown align option '{align}'; choose one of {', '.join(ALIGN)}.")
     if align == ALIGN[1] and reference is None:
         raise EchoMimicError("'fit to reference shoulders' needs the reference image: connect it to 'reference' (or set align to 'none').")
     lib = load_library(library_paths(library))
     C.check_interrupt()
-    speech = analyze_speech(clip, float(fps), min_pause=float(min_pause))
+    speech = analyze_speech(clip, fps, min_pause=pause)
     ref_pose = None
     if align == ALIGN[1]:
         ref_pose = detect_image_pose(detectors.dwpose(auto_download), first_image(reference, "reference"))

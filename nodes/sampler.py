@@ -81,6 +81,9 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
     if not (isinstance(length, int) and length >= 0):
         raise EchoMimicError(f"length {length}: give a number of frames, 0 = follow the audio.")
     n = track.frame_count if not length else min(length, track.frame_count)  # the video follows the audio
+    if length > n:  # as the command line: said, not silent
+        log.warning("length %d is beyond the audio: it gives %d frames at %g fps; the video has %d frames (never longer "
+                    "than the audio).", length, n, track.fps, n)
     settings = settings_for(MODES[handle.weights], handle.variant, width=width, height=height, seed=seed,
                             steps=steps or None, cfg=cfg or None, fps=track.fps, num_frames=n,
                             context_frames=context_frames, context_overlap=context_overlap, cuda_graphs=bool(cuda_graphs),

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.jobs.animate_checks import MAX_LENGTH
 from ..echomimic_lib.memory.fp8 import check_fp8, compute_param
 from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames
@@ -67,6 +68,31 @@ def checked_reference(image, size, steps, audio_cfg, teacache, long_mode):
     check_v3_settings(steps, audio_cfg, None, long_mode, (size, size), teacache=teacache, names=NODE_V3_NAMES)
     ref = first_image(image, "image")
     return (ref, *sample_size(ref.shape[1], ref.shape[0], (size, size)))
+
+
+def checked_conditioning(cfg, positive, clip_vision_output, vae, seed) -> tuple:
+    """(prompt, CLIP vision states, seed as an int), refused before the transformer loads: another text encoder, image
+    encoder or VAE than V3's was a torch shape error deep in the model, and a linked seed past 2^64-1 (or not whole)
+    an overflow in torch's generator."""
+    prompt = positive[0][0] if positive else None
+    clip = getattr(clip_vision_output, "penultimate_hidden_states", None)
+    if prompt is None or clip is None:
+        raise EchoMimicError("connect CLIP Text Encode (Load CLIP type wan) on 'positive' and CLIP Vision Encode "
+                             "(clip_vision_h, crop none) on 'clip_vision_output'.")
+    if prompt.shape[-1] != cfg.text_dim:
+        raise EchoMimicError(f"positive: a text embedding of width {prompt.shape[-1]}; EchoMimicV3 takes umT5-xxl's "
+                             f"{cfg.text_dim}: Load CLIP with umt5_xxl and type wan, into CLIP Text Encode.")
+    if clip.shape[-1] != cfg.clip_dim:
+        raise EchoMimicError(f"clip_vision_output: image features of width {clip.shape[-1]}; EchoMimicV3 takes "
+                             f"{cfg.clip_dim} (Load CLIP Vision: clip_vision_h, then CLIP Vision Encode, crop none).")
+    layout = (getattr(vae, "latent_channels", 16), getattr(vae, "latent_dim", 3))  # ComfyUI's VAE says its layout
+    if layout != (16, 3):
+        raise EchoMimicError(f"vae: not the Wan 2.1 VAE ({layout[0]} latent channels, {layout[1]}-D latents); "
+                             "Load VAE with wan_2.1_vae (the Wan 2.2 VAE and image VAEs do not fit EchoMimicV3).")
+    number = isinstance(seed, (int, float, np.integer, np.floating)) and not isinstance(seed, bool)
+    if not (number and math.isfinite(seed) and float(seed).is_integer() and 0 <= int(seed) < 2**64):
+        raise EchoMimicError(f"seed {seed!r}: use a whole number from 0 to 2^64-1 (a linked value is not range-checked).")
+    return prompt, clip, int(seed)
 
 
 class EchoMimicV3Loader:
@@ -142,7 +168,7 @@ class EchoMimicV3AudioEncoder:
     def INPUT_TYPES(cls):
         return {"required": {"model": (V3_MODEL, {"tooltip": "From EchoMimic V3 Loader."}),
                              "audio": ("AUDIO", {"tooltip": "Speech that drives the video (Load Audio)."}),
-                             "max_frames": ("INT", {"default": 81, "min": 1, "max": 100000,
+                             "max_frames": ("INT", {"default": 81, "min": 1, "max": MAX_LENGTH,
                                                     "tooltip": "81 = one official shot; more: chunked long video."})}}
 
     def execute(self, model, audio, max_frames):
@@ -151,8 +177,10 @@ class EchoMimicV3AudioEncoder:
 
         whole = isinstance(max_frames, (int, float, np.integer, np.floating)) and not isinstance(max_frames, bool) and \
             math.isfinite(max_frames) and float(max_frames).is_integer()  # a linked 81.0 from a math node is 81
-        if not (whole and max_frames >= 1):  # a linked value is not range-checked by ComfyUI
-            raise EchoMimicError(f"max_frames {max_frames!r}: give a whole number, 1 or more (81 = one official shot).")
+        most = MAX_LENGTH  # the command line's --length bound (and the widget's max)
+        if not (whole and 1 <= max_frames <= most):  # a linked value is not range-checked by ComfyUI
+            raise EchoMimicError(f"max_frames {max_frames!r}: give a whole number, 1 or more, at most {most} (81 = one "
+                                 "official shot; more: a chunked long video).")
         max_frames = int(max_frames)
         wave = audio.get("waveform") if isinstance(audio, dict) else None
         if not isinstance(wave, torch.Tensor) or wave.numel() == 0:
@@ -216,16 +244,12 @@ class EchoMimicV3Sampler:
 
         ref, h, w = checked_reference(image, size, steps, audio_cfg, teacache, long_mode)
         ref_u8 = resize_reference(ref, h, w)
-        prompt = positive[0][0] if positive else None
-        clip = getattr(clip_vision_output, "penultimate_hidden_states", None)
-        if prompt is None or clip is None:
-            raise EchoMimicError("connect CLIP Text Encode (Load CLIP type wan) on 'positive' and CLIP Vision Encode "
-                                 "(clip_vision_h, crop none) on 'clip_vision_output'.")
+        net = model.patcher.model.net
+        prompt, clip, seed = checked_conditioning(net.cfg, positive, clip_vision_output, vae, seed)
         settings = V3Settings(steps=steps, audio_cfg=audio_cfg, seed=seed, teacache=teacache,
                               teacache_skip_start=min(5, steps), color_transfer=color_transfer)
         from ..echomimic_lib.pipeline.wan.memory import denoise_bytes
 
-        net = model.patcher.model.net
         dtype = compute_param(net).dtype  # not an fp8-stored weight
         C.load_models([model.patcher], memory_required=denoise_bytes(net.cfg, min(v3_audio.frames, 81), h, w, dtype))
         codec = PixelVAE(vae)

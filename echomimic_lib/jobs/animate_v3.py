@@ -155,9 +155,17 @@ def plan_v3(req: V3Request) -> V3Plan:
     frames = frame_count(seconds, cap)
     if req.length and req.length < frames:
         frames = frame_count(req.length / FPS, req.length)
+        if frames != req.length:  # (was silent)
+            log.warning("--length %d: EchoMimicV3 renders 4k+1 frames (1, 5, ... 77, 81, 85, ...); the video has %d.",
+                        req.length, frames)
+    elif req.length and req.length > frames:  # as V1/V2: the video follows the audio, and says so
+        log.warning("--length %d is beyond the audio: it lasts %.2f s, %d frames at %g fps (4k+1); the video has %d frames "
+                    "(the length follows the audio).", req.length, seconds, frames, FPS, frames)
     try:
         h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
-    except ValueError:  # under 16 px: was a traceback reported as a bug
+    except EchoMimicError as exc:  # scaled under 16 px by a small --width x --height: the size rule's own reason
+        if min(ref.shape[:2]) >= 16:
+            raise EchoMimicError(f"--reference {req.reference}: {exc} (the target area is --width x --height)") from None
         raise EchoMimicError(f"--reference {req.reference}: {ref.shape[1]}x{ref.shape[0]} px is too small; EchoMimicV3 needs at "
                              "least 16 px on each side and renders at the reference's size (never enlarged, up to --width x "
                              "--height): give a larger image.") from None

@@ -68,6 +68,10 @@ class SampleSettings:
         if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:
             raise EchoMimicError(f"width and height must be positive multiples of 8 (got {self.width}x{self.height}); try "
                                  f"{max(8, self.width // 8 * 8)}x{max(8, self.height // 8 * 8)}.")
+        if isinstance(self.steps, float) and self.steps.is_integer():  # a linked 2.0 from a math node is 2
+            self.steps = int(self.steps)
+        if not isinstance(self.steps, int):  # (a linked 2.5 was an IndexError in the scheduler)
+            raise EchoMimicError(f"steps {self.steps}: give a whole number of steps, 1 or more.")
         if self.steps < 1:
             raise EchoMimicError("steps must be at least 1.")
         if not -2**63 <= int(self.seed) < 2**64:  # what torch.Generator takes (was an overflow after the models loaded)

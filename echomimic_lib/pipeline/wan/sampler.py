@@ -39,14 +39,18 @@ SIZE_MULTIPLE = 16
 def sample_size(width: int, height: int, target: tuple[int, int] = (768, 768)) -> tuple[int, int]:
     """Official size rule -> (height, width), both multiples of 16."""
     w, h = float(width), float(height)
-    if target[0] * target[1] < w * h:
+    scaled = target[0] * target[1] < w * h
+    if scaled:
         ratio = math.sqrt(w * h / target[0] / target[1])
-        w, h = w / ratio // SIZE_MULTIPLE * SIZE_MULTIPLE, h / ratio // SIZE_MULTIPLE * SIZE_MULTIPLE
-    else:
-        w, h = w // SIZE_MULTIPLE * SIZE_MULTIPLE, h // SIZE_MULTIPLE * SIZE_MULTIPLE
-    if w < SIZE_MULTIPLE or h < SIZE_MULTIPLE:
-        raise EchoMimicError(f"reference image {width}x{height} is too small: both sides must be at least {SIZE_MULTIPLE} px "
-                             "(after the scaling to the target area); use a larger picture, or a larger target size.")
+        w, h = w / ratio, h / ratio
+    if w < SIZE_MULTIPLE or h < SIZE_MULTIPLE:  # the specific reason: the picture itself, or the scaling to the target
+        how = (f"scaled down to the {target[0]}x{target[1]} target area it is {int(w)}x{int(h)} px" if scaled else
+               "it is never enlarged")
+        fix = ("use a larger target size, or a less elongated picture" if scaled and min(width, height) >= SIZE_MULTIPLE else
+               "use a larger picture")
+        raise EchoMimicError(f"reference image {width}x{height} is too small: {how}, and both sides must be at least "
+                             f"{SIZE_MULTIPLE} px; {fix}.")
+    w, h = w // SIZE_MULTIPLE * SIZE_MULTIPLE, h // SIZE_MULTIPLE * SIZE_MULTIPLE
     return int(h), int(w)
 
 
