@@ -161,7 +161,9 @@ def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float)
     if req.audio is None:
         from ..io.video_io import _has_audio, read_audio
 
-        audio, sr = read_audio(video) if _has_audio(video) else (None, None)
+        # with --length only its seconds are muxed (the writer trims the sound to the video): the rest is not decoded
+        seconds = None if req.length is None else req.length / fps + 1.0
+        audio, sr = read_audio(video, duration=seconds) if _has_audio(video) else (None, None)
         frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
         return audio, sr, n_src / src_fps, frames
     from .animate_checks import frame_count, read_speech
