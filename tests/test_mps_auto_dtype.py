@@ -135,3 +135,24 @@ def test_v3_loads_the_wan_vae_in_its_own_precision_and_renders(tmp_path, shared_
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 9 and all(f.std() > 0 for f in frames)
+
+
+def test_a_v3_resume_digest_counts_the_vae_precision_only_where_it_differs():
+    """A V3 request whose VAE runs in the networks' precision (every one but auto on MPS) keeps the digest it had
+    before the field existed, so a kept state is gone on from; another VAE precision is another render."""
+    import dataclasses
+
+    from echomimic_lib.jobs.animate_v3 import V3Request
+    from echomimic_lib.jobs.resume_plan import fingerprint
+    from echomimic_lib.pipeline.wan.sampler import V3Settings
+
+    base = dict(reference="a.png", audio="a.wav", output="a.mp4", models="m", dtype=torch.float16)
+    Old = dataclasses.make_dataclass("V3Request", [(f.name, f.type, f) for f in dataclasses.fields(V3Request)
+                                                   if f.name != "vae_dtype"])
+
+    def digest(req):
+        return fingerprint(req, V3Settings(), "cpu", torch.float16, {})
+
+    old = digest(Old(**base))
+    assert digest(V3Request(**base)) == digest(V3Request(**base, vae_dtype=torch.float16)) == old
+    assert digest(V3Request(**base, vae_dtype=torch.bfloat16)) != old
