@@ -94,7 +94,7 @@ def test_animate_loads_the_vae_in_its_own_precision_and_renders(tiny, shared_dat
     rc = cli(["animate", "--reference", str(shared_data / "images" / "portrait_a.png"), "--audio", str(speech),
               "--mediapipe-model", str(shared_data / "mediapipe" / "face_landmarker_v2_with_blendshapes.task"),
               "--models", str(tiny), "-o", str(out), "--width", "64", "--height", "64", "--steps", "1", "--offline",
-              "-q", "--device", "cpu", "--dtype", "fp16"])
+              "--device", "cpu", "--dtype", "fp16"])
     assert rc == 0
     assert asked == [("fp16", torch.device("cpu"), torch.float16)]
     models = loaded[0]
@@ -127,7 +127,7 @@ def test_v3_loads_the_wan_vae_in_its_own_precision_and_renders(tmp_path, shared_
     rc = cli(["animate", "--version", "v3-flash", "--reference", str(shared_data / "images" / "portrait_a.png"),
               "--audio", str(shared_data / "audio" / "echomimic_en.wav"), "-o", str(out), "--models", str(models),
               "--width", "64", "--height", "64", "--steps", "2", "--length", "9", "--device", "cpu", "--dtype", "fp16",
-              "--offline", "-q"])
+              "--offline"])  # (no -q: it would leave our loggers at WARNING for the tests after this one)
     assert rc == 0
     assert asked == [("fp16", torch.device("cpu"), torch.float16, "wan")]
     got = loaded[0]
