@@ -1,11 +1,12 @@
 """Device and dtype choice for the command line: ``auto`` picks CUDA, then Apple MPS, then the CPU, and
-the precision that suits it (the same rule as the ComfyUI loader's ``auto``): bf16 on a CUDA GPU that
-supports it, else fp16; fp32 on the CPU and on MPS. Asking for a device that is not there is an
-:class:`EchoMimicError` that says which devices exist.
+the precision that suits it: bf16 on a CUDA GPU that supports it, else fp16; fp16 on Apple MPS (ComfyUI's rule there,
+``should_use_fp16``: the UNets / the DiT in half precision), with the VAE as ComfyUI keeps it (:func:`resolve_vae_dtype`);
+fp32 on the CPU. Asking for a device that is not there is an :class:`EchoMimicError` that says which devices exist.
 """
 from __future__ import annotations
 
 import contextlib
+import platform
 import re
 
 import torch
@@ -60,10 +61,33 @@ def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the CUDA GPU supports it, else fp16; fp32 on the CPU and MPS."""
+    """bf16 where the CUDA GPU supports it, else fp16; fp16 on Apple MPS (as ComfyUI runs a diffusion model there:
+    comfy/model_management.py ``should_use_fp16`` is true for MPS, and ``unet_dtype`` tries fp16 first for SD1.5 and
+    Wan 2.1); fp32 on the CPU. The VAE's precision: :func:`resolve_vae_dtype`."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
     return torch.float32
+
+
+def _macos_version() -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in platform.mac_ver()[0].split("."))
+    except ValueError:  # not a Mac ('')
+        return ()
+
+
+def resolve_vae_dtype(name: str | None, device: torch.device, dtype: torch.dtype, vae: str = "sd") -> torch.dtype:
+    """The VAE's precision: the networks' ``dtype``, except for ``auto`` on Apple MPS, where it is ComfyUI's
+    (``vae_dtype``: the first of the VAE's working dtypes the device takes; bf16 on MPS from macOS 14): bf16 from
+    macOS 14, before it fp32 for the SD VAE of V1/V2 (``vae="sd"``: working dtypes bf16, fp32; never fp16) and fp16
+    for the Wan 2.1 VAE of V3 (``vae="wan"``: bf16, fp16, fp32). An explicit ``--dtype`` is every network's."""
+    if (name or "auto").strip().lower() != "auto" or device.type != "mps":
+        return dtype
+    if _macos_version() >= (14,):
+        return torch.bfloat16
+    return torch.float16 if vae == "wan" else torch.float32
 
 
 def resolve_dtype(name: str | None, device: torch.device, flag: str = "--dtype") -> torch.dtype:

@@ -200,8 +200,10 @@ def load_models(
     attention: str | None = "sdpa",
     with_vae: bool = True,
     with_audio: bool = True,
+    vae_dtype: torch.dtype | None = None,
 ) -> EchoMimicModels:
-    """Load one complete model set from ``root`` (see the module docstring for the layout)."""
+    """Load one complete model set from ``root`` (see the module docstring for the layout); the VAE in ``vae_dtype``
+    (default ``dtype``)."""
     ws = WEIGHT_SETS[weights]
     need = ["reference", "denoiser", "motion", "cond"] + (["vae"] if with_vae else []) + (["whisper"] if with_audio else [])
     files = resolve_files(root, weights, variant, need)
@@ -213,7 +215,7 @@ def load_models(
         reference=load_reference(files["reference"], cfg, device, dtype),
         denoiser=load_denoiser(files["denoiser"], files["motion"], cfg, device, dtype),
         cond_encoder=load_cond_encoder(files["cond"], cfg, ws.cond_channels, device, dtype),
-        vae=load_vae(files["vae"], device, dtype) if with_vae else None,
+        vae=load_vae(files["vae"], device, vae_dtype or dtype) if with_vae else None,
         audio_encoder=load_audio_encoder(files["whisper"], device) if with_audio else None,
         files=files,
     )

@@ -55,7 +55,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-frames", type=int, default=12, help="frames per context window, 1..32")
     p.add_argument("--context-overlap", type=int, default=3, help="frames shared by neighbouring windows, 0..context-frames - 1")
     p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="weight precision; auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU and Apple MPS")
+                   help="weight precision; auto: bf16 (or fp16) on a CUDA GPU, fp16 on Apple MPS (the VAE as ComfyUI "
+                        "keeps it there), fp32 on the CPU")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
     add_speed_options(p)
 

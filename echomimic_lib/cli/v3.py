@@ -64,7 +64,7 @@ def check_family_options(args) -> None:
 def cmd_animate_v3(args) -> int:
     from ..jobs.animate_checks import default_models_dir
     from .common import say as _say
-    from ..devices import resolve_device, resolve_dtype
+    from ..devices import resolve_device, resolve_dtype, resolve_vae_dtype
     from ..errors import EchoMimicError
     from ..jobs.animate_v3 import V3Request, run_v3
     from ..jobs.lora_args import request_fields
@@ -88,6 +88,7 @@ def cmd_animate_v3(args) -> int:
                     steps=args.steps or (2 if args.smoke else 8), audio_cfg=args.audio_cfg,
                     seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
                     long_mode=args.long_mode, teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
+                    vae_dtype=resolve_vae_dtype(args.dtype, device, dtype, "wan"),
                     download=not (args.offline or args.smoke), lora=lora, lora_strength=lora_strength,
                     compile=args.compile, resumable=args.resumable, fp8=args.fp8, vae_tiling=args.vae_tiling)
     s = run_v3(req)

@@ -75,6 +75,31 @@ def _unreadable(path: Path, flag: str) -> EchoMimicError:
     return EchoMimicError(f"{where}: cannot be read as an image (unsupported or corrupt file); save it as png or jpg.")
 
 
+def _png_has_exif(path: Path) -> bool:
+    """Whether a PNG holds an ``eXIf`` chunk (its orientation is applied by IMREAD_COLOR, not by IMREAD_UNCHANGED);
+    the chunk headers only are read (the pixel data is skipped)."""
+    with open(path, "rb") as fh:
+        fh.seek(8)
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return False
+            kind = head[4:8]
+            if kind == b"eXIf":
+                return True
+            if kind == b"IEND":
+                return False
+            fh.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # the data and its CRC
+
+
+def _warn_alpha(path: Path, flag: str, alpha: np.ndarray) -> None:
+    clear = float((alpha < np.iinfo(alpha.dtype).max).mean()) if alpha.dtype.kind == "u" else 0.0
+    if clear > 0:
+        log.warning("%s %s has a transparent background (%.0f%% of the pixels); it is animated over the colour stored "
+                    "under the transparency (usually black), as ComfyUI's Load Image does. For another background, "
+                    "flatten the image onto it first (e.g. white) and pass that file.", flag, path, 100 * clear)
+
+
 def _warn_transparency_or_frames(path: Path, flag: str, head: bytes) -> None:
     import cv2
 
@@ -87,29 +112,56 @@ def _warn_transparency_or_frames(path: Path, flag: str, head: bytes) -> None:
     full = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if full is None or full.ndim != 3 or full.shape[2] != 4:
         return
-    alpha = full[:, :, 3]
-    clear = float((alpha < np.iinfo(alpha.dtype).max).mean()) if alpha.dtype.kind == "u" else 0.0
-    if clear > 0:
-        log.warning("%s %s has a transparent background (%.0f%% of the pixels); it is animated over the colour stored "
-                    "under the transparency (usually black), as ComfyUI's Load Image does. For another background, "
-                    "flatten the image onto it first (e.g. white) and pass that file.", flag, path, 100 * clear)
+    _warn_alpha(path, flag, full[:, :, 3])
+
+
+def _bgr_of_unchanged(full: np.ndarray) -> np.ndarray:
+    """The IMREAD_COLOR image of a PNG from its IMREAD_UNCHANGED decode (no EXIF orientation to apply): 16 bits
+    scaled to 8 as libpng's strip (the high byte), grey made BGR, the alpha channel dropped."""
+    import cv2
+
+    if full.dtype == np.uint16:
+        full = (full >> 8).astype(np.uint8)
+    if full.ndim == 2 or full.shape[2] == 1:
+        return cv2.cvtColor(full, cv2.COLOR_GRAY2BGR)
+    if full.shape[2] == 2:  # grey + alpha
+        return cv2.cvtColor(np.ascontiguousarray(full[:, :, 0]), cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(full[:, :, :3])
+
+
+def _decode(p: Path, mode: int):
+    import cv2
+
+    try:
+        img = cv2.imread(str(p), mode)
+        if img is None and not str(p).isascii():  # OpenCV on Windows opens no path outside the ANSI code page (José)
+            img = cv2.imdecode(np.fromfile(p, np.uint8), mode)
+    except cv2.error:  # OpenCV 5 raises (rather than returning None) for an image above its pixel limit
+        img = None
+    return img
 
 
 def read_image_file(path, flag: str = "--reference") -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file that exists; :class:`EchoMimicError` naming what it is otherwise."""
+    """(H, W, 3) uint8 RGB of an image file that exists; :class:`EchoMimicError` naming what it is otherwise.
+
+    A PNG is decoded once (IMREAD_UNCHANGED: its alpha channel for the warning, its colour as IMREAD_COLOR gives it);
+    one with EXIF metadata (an orientation to apply) and other formats are read as before."""
     import cv2
 
     p = Path(path)
-    try:
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None and not str(p).isascii():  # OpenCV on Windows opens no path outside the ANSI code page (José)
-            img = cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:  # OpenCV 5 raises (rather than returning None) for an image above its pixel limit
-        img = None
+    with open(p, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and not _png_has_exif(p):
+        full = _decode(p, cv2.IMREAD_UNCHANGED)
+        if full is None or full.dtype not in (np.uint8, np.uint16) or full.ndim not in (2, 3):
+            raise _unreadable(p, flag)
+        if full.ndim == 3 and full.shape[2] == 4:
+            _warn_alpha(p, flag, full[:, :, 3])
+        return cv2.cvtColor(_bgr_of_unchanged(full), cv2.COLOR_BGR2RGB)
+    img = _decode(p, cv2.IMREAD_COLOR)
     if img is None:
         raise _unreadable(p, flag)
-    with open(p, "rb") as fh:
-        _warn_transparency_or_frames(p, flag, fh.read(16))
+    _warn_transparency_or_frames(p, flag, head)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

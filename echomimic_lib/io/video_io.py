@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
@@ -288,30 +289,56 @@ def _has_audio(path) -> bool:
         container.close()
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream to float32 (C, T) at its native sample rate."""
+def _keep(out, done: int, first: int, stop: int | None, chunks: list) -> int:
+    """Append the part of the resampled frame ``out`` (samples ``done ..``) inside ``first .. stop``; the new count."""
+    a, b = done, done + out.samples
+    lo, hi = max(a, first), b if stop is None else min(b, stop)
+    if hi > lo:
+        arr = out.to_ndarray()
+        chunks.append(arr if (lo, hi) == (a, b) else arr[:, lo - a : hi - a].copy())
+    return b
+
+
+def read_audio(path: str | Path, start: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream to float32 (C, T) at its native sample rate.
+
+    ``start`` / ``duration`` (seconds): only samples ``floor(start * sr) ..`` (``ceil(duration * sr)`` of them, fewer
+    where the file ends first) are kept, and decoding stops once they are there: a 10 s window of a 2-hour file costs
+    the decode of its prefix and the memory of the window only. They equal the same samples of a whole decode (the
+    file is decoded from its start, no seek; the resampler only changes the sample format, never the rate)."""
     import av
 
+    if start < 0 or (duration is not None and duration <= 0):
+        raise EchoMimicError(f"read_audio {path}: start {start} s and duration {duration} s: start must be 0 or more and "
+                             "the duration more than 0.")
     container = _open(path)
     try:
         if not container.streams.audio:
             raise EchoMimicError(f"{path}: the file has no audio stream; give a recording with sound (wav, mp3, flac, m4a, or a video with audio).")
         stream = container.streams.audio[0]
         sr = stream.rate or stream.codec_context.sample_rate
+        first = int(math.floor(start * sr + 1e-9))
+        stop = None if duration is None else first + int(math.ceil(duration * sr - 1e-9))
         resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None, rate=sr)
-        chunks = []
+        chunks: list = []
+        done = 0  # samples the resampler has given so far
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray())
+                    done = _keep(out, done, first, stop, chunks)
+                if stop is not None and done >= stop:
+                    break  # the window is complete: the rest of the file is not decoded
+            else:
+                for out in resampler.resample(None):
+                    done = _keep(out, done, first, stop, chunks)
         except av.error.FFmpegError as exc:
             raise EchoMimicError(f"{path}: the audio cannot be decoded ({exc}); the file is damaged or truncated. "
                                  "Re-export it (e.g. as wav) and try again.") from exc
     finally:
         container.close()
     if not chunks:
+        if first and done:
+            raise EchoMimicError(f"{path}: the audio is {done / sr:.2f} s long; nothing is left from {start:g} s on.")
         raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
     audio = np.concatenate(chunks, axis=1)  # fltp is float32 already: no third copy (peak about twice the audio)
     del chunks

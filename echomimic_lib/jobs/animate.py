@@ -56,7 +56,7 @@ class AnimateRequest:
     length: int | None = None
     context_frames: int = 12
     context_overlap: int = 3
-    dtype: str = "auto"  # auto: bf16/fp16 on a GPU, fp32 on the CPU (see echomimic_lib.devices)
+    dtype: str = "auto"  # auto: bf16/fp16 on a GPU (fp16 on MPS), fp32 on the CPU (see echomimic_lib.devices)
     device: str = "auto"  # auto: CUDA, then MPS, then the CPU
     download: bool = True
     face_crop: bool = True  # V1: crop the reference to the face (reference preprocessing)
@@ -286,6 +286,7 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
     from ..audio import encode_audio
     from ..model_set import ensure_weights
     from ..model_set import load_models
+    from ..devices import resolve_vae_dtype
     from ..pipeline import Sampler
     from ..io.video_writer import Mp4Writer
 
@@ -317,7 +318,8 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
     checkpoint = checkpoint_for(plan, weight_files)
     log.info("loading the %s weights from %s", mode.weights, root)
     host = req.low_vram or _staged(req, device)  # the placement moves each network in for its stage
-    models = load_models(root, mode.weights, variant, device="cpu" if host else device, dtype=plan.dtype)
+    models = load_models(root, mode.weights, variant, device="cpu" if host else device, dtype=plan.dtype,
+                         vae_dtype=resolve_vae_dtype(req.dtype, device, plan.dtype))
     if adapters:  # merged in order (W + sum of strength x delta); strength 0 skipped
         from ..lora import apply_stack
 

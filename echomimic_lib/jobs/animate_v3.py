@@ -56,6 +56,7 @@ class V3Request:
     color_transfer: bool = True
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    vae_dtype: torch.dtype | None = None  # None: dtype (--dtype auto on Apple MPS: ComfyUI's, devices.resolve_vae_dtype)
     download: bool = True  # fetch missing files from Hugging Face first (the command line: unless --offline or --smoke)
     lora: str | tuple[str, ...] | None = None  # a Wan2.1 1.3B LoRA .safetensors (see docs/v3.md), or a list / tuple to stack
     lora_strength: float | tuple[float, ...] = 1.0  # one for every LoRA, or one each in order
@@ -295,7 +296,7 @@ def ready_models(models: "V3Models", plan: V3Plan) -> "V3Models":
     return models
 
 
-def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True) -> V3Models:
+def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True, vae_dtype: torch.dtype | None = None) -> V3Models:
     """The set's networks (``files``: :func:`model_files`) on ``device`` in ``dtype`` (wav2vec2: fp32 on the CPU);
     ``clip``: also CLIP-vision (kept for the following requests). Every change of the transformer's weights (a LoRA
     merge, fp8 storage) belongs after it, in :func:`ready_models`: :func:`render_v3` compiles the blocks (``compile``)
@@ -308,7 +309,7 @@ def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True) -> V3Mod
     dev = torch.device(device)
     vision = load_clip_vision(files["clip"], device=dev, dtype=dtype) if clip else None
     model, report = load_v3_transformer(files["base"], files["flash"], dtype=dtype, device=dev)
-    vae = load_wan_vae(files["vae"], dtype=dtype, device=dev)
+    vae = load_wan_vae(files["vae"], dtype=vae_dtype or dtype, device=dev)
     enc = load_wav2vec(files["wav2vec2"])  # fp32 on the CPU, as the official
     return V3Models(files, dev, dtype, model, report, vae, enc, vision)
 
@@ -395,5 +396,5 @@ def run_v3(req: V3Request, progress=None) -> dict:
     dev = torch.device(req.device)
     prompt = encode_prompt(files["umt5"], req.prompt, cache_dir=Path(req.models) / "prompt_cache", device=dev, dtype=req.dtype)
     clip = clip_features(files["clip"], plan.ref_u8, device=dev, dtype=req.dtype)
-    out = render_v3(plan, ready_models(load_v3(files, dev, req.dtype, clip=False), plan), progress, prompt=prompt, clip=clip)
+    out = render_v3(plan, ready_models(load_v3(files, dev, req.dtype, clip=False, vae_dtype=req.vae_dtype), plan), progress, prompt=prompt, clip=clip)
     return {**out, "seconds": round(time.time() - t0, 1)}

@@ -60,7 +60,7 @@ class DubRequest:
     length: int | None = None  # at most this many generated frames
     context_frames: int = 12
     context_overlap: int = 3
-    dtype: str = "auto"  # auto: bf16/fp16 on a GPU, fp32 on the CPU (echomimic_lib.devices)
+    dtype: str = "auto"  # auto: bf16/fp16 on a GPU (fp16 on MPS), fp32 on the CPU (echomimic_lib.devices)
     device: str = "auto"  # auto: CUDA, then MPS, then the CPU
     download: bool = True
     mediapipe_model: str | None = None
@@ -161,7 +161,9 @@ def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float)
     if req.audio is None:
         from ..io.video_io import _has_audio, read_audio
 
-        audio, sr = read_audio(video) if _has_audio(video) else (None, None)
+        # with --length only its seconds are muxed (the writer trims the sound to the video): the rest is not decoded
+        seconds = None if req.length is None else req.length / fps + 1.0
+        audio, sr = read_audio(video, duration=seconds) if _has_audio(video) else (None, None)
         frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
         return audio, sr, n_src / src_fps, frames
     from .animate_checks import frame_count, read_speech
@@ -238,9 +240,11 @@ def dub_frames(job: DubJob, sink: Callable[[np.ndarray], None], progress: Callab
     if models is None:
         from ..model_set import ensure_weights
         from ..model_set import load_models
+        from ..devices import resolve_vae_dtype
 
         ensure_weights(ok.root, "v1_pose", ok.variant, download=req.download)
-        models = load_models(ok.root, "v1_pose", ok.variant, device=ok.device, dtype=ok.dtype)
+        models = load_models(ok.root, "v1_pose", ok.variant, device=ok.device, dtype=ok.dtype,
+                             vae_dtype=resolve_vae_dtype(req.dtype, ok.device, ok.dtype))
     if req.compile:  # (models handed in, e.g. a batch worker's, are compiled once: this is then a no-op)
         from ..speed import compile_denoiser
 

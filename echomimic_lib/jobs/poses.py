@@ -166,8 +166,9 @@ def _check_preview(req, inputs: dict, output: Path) -> Path | None:
                              needs="the preview is an H.264 mp4 video; end it in .mp4", others={"-o": output})
 
 
-def _read_preview_audio(path) -> tuple:
-    """``--preview-audio``: (samples (C, T), sample rate) of any file with a sound track (the driving video's own, too)."""
+def _read_preview_audio(path, seconds: float | None = None) -> tuple:
+    """``--preview-audio``: (samples (C, T), sample rate) of any file with a sound track (the driving video's own, too);
+    its first ``seconds`` only when given (the rest is not decoded)."""
     from ..io.video_io import read_audio
 
     p = Path(path).expanduser()
@@ -175,9 +176,19 @@ def _read_preview_audio(path) -> tuple:
         raise EchoMimicError(f"--preview-audio {path}: {'is a folder' if p.is_dir() else 'file not found'}; give the sound "
                              "for the preview (wav, mp3, flac, m4a, or a video with sound such as the driving video).")
     try:
-        return read_audio(p)
+        return read_audio(p, duration=seconds)
     except EchoMimicError as exc:
         raise EchoMimicError(f"--preview-audio {exc}") from None
+
+
+def _preview_seconds(video, fps: float | None, length: int) -> float | None:
+    """The most seconds of ``--preview-audio`` a preview of ``--length`` frames keeps (its writer trims the sound to
+    the video), with a second to spare; None (all of it) without ``--length``."""
+    if not length:
+        return None
+    from ..io.video_io import VideoFrames
+
+    return length / min(VideoFrames(video).fps, fps or float("inf")) + 1.0  # --length counts the video's frames
 
 
 def check(req: PosesRequest) -> PosesPlan:
@@ -198,7 +209,7 @@ def check(req: PosesRequest) -> PosesPlan:
             raise EchoMimicError(f"--on-missing {req.on_missing}: choose interpolate, hold or fail.")
         if req.preview_audio:
             inputs["--preview-audio"] = req.preview_audio
-            wav, sr = _read_preview_audio(req.preview_audio)
+            wav, sr = _read_preview_audio(req.preview_audio, _preview_seconds(req.video, fps, length))
             plan_extra = dict(wav=wav, sample_rate=sr)
     else:
         from .animate_checks import gesture_library_dirs

@@ -43,6 +43,8 @@ def _stat_lines(path: Path) -> list[str]:
 def fingerprint(req, settings, device, dtype, weight_files: dict, extra: dict | None = None) -> str:
     """``extra``: more that shapes the output, hashed when given (a V3 render's chunk layout)."""
     fields = {k: v for k, v in asdict(req).items() if k not in NOT_SHAPING}
+    if "vae_dtype" in fields and fields["vae_dtype"] in (None, fields.get("dtype")):  # V3's, added later: the VAE in
+        del fields["vae_dtype"]  # the networks' precision, as before it, leaves the digests of earlier renders as they were
     inputs = []
     for name in INPUT_FIELDS:
         value = getattr(req, name, None)

@@ -44,6 +44,7 @@ class ModelCache:
 def _load_animate(plan, req):
     from ..animate import _staged
     from ..lora_args import lora_stack
+    from ...devices import resolve_vae_dtype
     from ...model_set import ensure_weights, load_models
 
     mode, variant, device, root = plan.mode, plan.variant, plan.device, plan.models_root
@@ -60,7 +61,8 @@ def _load_animate(plan, req):
     ensure_weights(root, mode.weights, variant, download=req.download)
     log.info("loading the %s weights from %s (kept for the following jobs)", mode.weights, root)
     host = req.low_vram or _staged(req, device)
-    models = load_models(root, mode.weights, variant, device="cpu" if host else device, dtype=plan.dtype)
+    models = load_models(root, mode.weights, variant, device="cpu" if host else device, dtype=plan.dtype,
+                         vae_dtype=resolve_vae_dtype(req.dtype, device, plan.dtype))
     if adapters:  # merged in order; strength 0 skipped
         from ...lora import apply_stack
 
@@ -129,6 +131,7 @@ def render_animate(job, cache: ModelCache, progress=None) -> dict:
 def render_dub(job, cache: ModelCache, progress=None) -> dict:
     from ..dub import dub_checkpoint, dub_frames, prepare_dub
     from ...io.video_writer import Mp4Writer
+    from ...devices import resolve_vae_dtype
     from ...model_set import ensure_weights, load_models
 
     plan = prepare_dub(job.request)  # checked and tracked before any weight loads
@@ -136,7 +139,8 @@ def render_dub(job, cache: ModelCache, progress=None) -> dict:
 
     def load():
         ensure_weights(ok.root, "v1_pose", ok.variant, download=job.request.download)
-        return load_models(ok.root, "v1_pose", ok.variant, device=ok.device, dtype=ok.dtype), None
+        return load_models(ok.root, "v1_pose", ok.variant, device=ok.device, dtype=ok.dtype,
+                           vae_dtype=resolve_vae_dtype(job.request.dtype, ok.device, ok.dtype)), None
 
     models, _ = cache.get(job.weight_key, load)
     checkpoint = dub_checkpoint(plan)  # a resumable row retried after an error goes on from its kept state

@@ -21,7 +21,7 @@ Wan2.1 1.3B LoRA, or several separated by ``;`` with one strength or one each), 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ...modes import V3_LONG_MODES
@@ -168,20 +168,20 @@ def render_v3_job(job, cache, progress=None) -> dict:
     import hashlib
 
     from ...audio.wav2vec import FPS
-    from ...devices import resolve_device, resolve_dtype
+    from ...devices import resolve_device, resolve_dtype, resolve_vae_dtype
     from ...io.video_writer import _as_uint8
     from ..animate_v3 import encode_prompts, load_v3, model_files, plan_v3, ready_models, render_v3
 
     row = job.request
     device = resolve_device(row.device)
     dtype = resolve_dtype(row.dtype, device)
-    req = row.request(device, dtype)
+    req = replace(row.request(device, dtype), vae_dtype=resolve_vae_dtype(row.dtype, device, dtype, "wan"))
     plan = plan_v3(req)
     files = model_files(Path(req.models), download=req.download)  # missing files fetched first (unless offline)
     if cache.key != job.weight_key:  # as the single command: the old set goes, umT5 comes and goes, then the networks
         cache.clear()
     encoded = encode_prompts(files["umt5"], [row.prompt, *job.prompts], Path(req.models) / "prompt_cache", device, dtype)
-    models = cache.get(job.weight_key, lambda: ready_models(load_v3(files, device, dtype), plan))
+    models = cache.get(job.weight_key, lambda: ready_models(load_v3(files, device, dtype, vae_dtype=req.vae_dtype), plan))
     digest = hashlib.sha256()
     out = render_v3(plan, models, progress, on_frames=lambda block: digest.update(_as_uint8(block).tobytes()))
     return {"output": out["output"], "frames": out["frames"], "fps": FPS, "device": str(device), "size": out["size"],
