@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..echomimic_lib.devices import auto_dtype as _lib_auto_dtype
 from ..echomimic_lib.errors import EchoMimicError
 from ._model_manager import (KEEP_WHOLE, MANAGED_NAMES, LoraWeightPatch, ManagedNetwork, StandInCallbacksMP,  # noqa: F401
                              StandInModelManager, StandInPatcher, make_castable)
@@ -233,16 +234,16 @@ def soft_empty_cache() -> None:
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the device supports it, else fp16, else fp32; always fp32 on CPU and MPS."""
-    if device.type in ("cpu", "mps"):
+    """The diffusion networks' precision for dtype ``auto``: ComfyUI's choice (bf16 where the device supports it, else
+    fp16, else fp32; fp16 on Apple MPS, as ComfyUI runs SD1.5 and Wan 2.1 there); always fp32 on the CPU. Stand-in: the
+    command line's rule (``echomimic_lib.devices.auto_dtype``). The SD VAE's: ``devices.resolve_vae_dtype``."""
+    if device.type == "cpu":
         return torch.float32
     if mm is not None:
-        if mm.should_use_bf16(device):
+        if device.type != "mps" and mm.should_use_bf16(device):
             return torch.bfloat16
         return torch.float16 if mm.should_use_fp16(device) else torch.float32
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return _lib_auto_dtype(device)
 
 
 # ------------------------------------------------------------------------------------------ progress

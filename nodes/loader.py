@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..echomimic_lib.devices import resolve_vae_dtype
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
 from ..echomimic_lib.lora import load_checked
 from ..echomimic_lib.memory import Placement, check_fp8, to_fp8
@@ -146,7 +147,7 @@ def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa
     root, files, vae_path = resolve(weights, variant, weights_folder, vae, auto_download)
     torch_dtype = C.auto_dtype(device) if dtype == "auto" else DTYPES[dtype]
     models = load_models(root, weights, variant, device=host, dtype=torch_dtype, attention=attention, with_vae=False)
-    models.vae = load_vae(vae_path, host, torch_dtype)
+    models.vae = load_vae(vae_path, host, resolve_vae_dtype(dtype, device, torch_dtype, "sd"))  # fp32/bf16 on MPS
     if fp8:
         to_fp8(models.reference), to_fp8(models.denoiser)
     patchers = {name: C.managed_model(name, module) for name, module in models.modules().items()}
@@ -181,7 +182,8 @@ class EchoMimicModelLoader(Node):
             "variant": (["normal", "acc"], {"default": "normal", "tooltip": "normal: 30 steps, cfg 2.5. acc: the distilled "
                         "weights, 6 steps, cfg 1 (several times faster)."}),
             "dtype": (["auto", "fp32", "fp16", "bf16"], {"default": "auto", "tooltip": "Weight precision. auto: bf16 where the "
-                      "GPU supports it, else fp16; fp32 on CPU and Apple MPS. Try fp32 if the video comes out black."}),
+                      "GPU supports it, else fp16; fp16 on Apple MPS (its VAE fp32, bf16 from macOS 14), as ComfyUI; fp32 on CPU. "
+                      "Try fp32 if the video comes out black."}),
             "attention": (["sdpa", "xformers"], {"default": "sdpa", "tooltip": "Attention backend. xformers falls back to "
                           "PyTorch SDPA (with a log line) when it is not installed."}),
             "keep_loaded": switch("Keep the networks on the GPU after their stage and between runs: re-runs skip the "
