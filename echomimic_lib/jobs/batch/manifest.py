@@ -138,6 +138,8 @@ def _convert(value, annotation: str, column: str):
                     raise ValueError
                 return int(number)
             return number
+        except OverflowError:  # inf, or a JSON number beyond a float (1e400): no whole number
+            raise ValueError(f"{column}: '{value}' is not a whole number") from None
         except (TypeError, ValueError):
             hint = (f"; write decimals with a point: {value.replace(',', '.')}" if isinstance(value, str)
                     and re.fullmatch(r"[+-]?\d*,\d+", value) else "")  # a decimal comma (European spreadsheets)
