@@ -3,11 +3,8 @@
 traceback, before any weight or model is looked up, and nothing is written."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from echomimic_lib.cli import main as cli
@@ -130,3 +127,37 @@ def test_an_infinite_whole_number_in_a_manifest_is_a_row_error_not_a_crash(suffi
     key = "seed" if "seed" in row else "steps"
     assert rc == 2 and f"line {1 if suffix == '.jsonl' else 2}: {key}: '" in err and "is not a whole number" in err, err
     assert loads == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--threads", "-1"], "--threads -1: use 0 or more"),
+    (["--attempts", "0"], "--attempts 0: use 1 or more"),
+    (["--workers", "0"], "--workers 0: use 1 or more"),
+    (["--deep-cache", "-1"], "--deep-cache -1: the DeepCache interval is 0 (off) to"),
+    (["-o", "{ref}"], "is a file, not a folder; the batch writes <name>.mp4 for every row"),
+    (["{folder}"], "is a folder, not a manifest; give a .csv or .jsonl file, or a folder of images as --images DIR"),
+], ids=["threads-negative", "attempts-zero", "workers-zero", "deep-cache-negative", "output-a-file", "manifest-a-folder"])
+def test_batch_options_are_refused_before_any_row_is_checked(extra, words, files, tmp_path, loads, capsys, monkeypatch):  # noqa: F811
+    """--threads -1 was taken as 1 and --attempts 0 as 1 without a word; --deep-cache -1 failed every row (exit 1)
+    instead of the command; -o an existing file said '<file>: File exists; check that the path exists...'; a folder
+    given as the manifest was 'not found'. Each is now said before a row is read (no row's checks run)."""
+    import echomimic_lib.jobs.batch.runner as runner
+
+    monkeypatch.setattr(runner, "check_jobs", lambda jobs: pytest.fail("a row was checked before the batch's options"))
+    (tmp_path / "ref.png").write_bytes(Path(files["ref"]).read_bytes())
+    (tmp_path / "speech.wav").write_bytes(Path(files["speech"]).read_bytes())
+    (tmp_path / "jobs.csv").write_text("reference,audio\nref.png,speech.wav\n")
+    args = ["batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", "--smoke", "--offline"]
+    subs = {"ref": str(tmp_path / "ref.png"), "folder": str(files["folder"])}
+    extra = [e.format(**subs) for e in extra]
+    if extra[0] == "-o":
+        args[args.index("-o") + 1] = extra[1]
+    elif extra[0] == subs["folder"]:
+        args[1] = extra[0]
+    else:
+        args += extra
+    before = sorted(tmp_path.iterdir())
+    rc, err = _run(args, capsys)
+    assert rc == 2 and words in err, err
+    assert loads == [] and sorted(tmp_path.iterdir()) == before
+    assert (tmp_path / "ref.png").read_bytes() == Path(files["ref"]).read_bytes()

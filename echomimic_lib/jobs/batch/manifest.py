@@ -322,6 +322,9 @@ def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
     path, outdir = Path(path), Path(outdir)
     defaults = _from_cwd(defaults, path.parent)
     if not path.is_file():
+        if path.is_dir():
+            raise EchoMimicError(f"{path}: is a folder, not a manifest; give a .csv or .jsonl file, or a folder of images as "
+                                 "--images DIR (of videos: --videos DIR) with --audios DIR.")
         raise EchoMimicError(f"{path}: manifest not found; give a .csv or .jsonl file (or --images/--videos with --audios).")
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xlsm", ".xls", ".ods", ".numbers"):
