@@ -161,3 +161,30 @@ def test_batch_options_are_refused_before_any_row_is_checked(extra, words, files
     assert rc == 2 and words in err, err
     assert loads == [] and sorted(tmp_path.iterdir()) == before
     assert (tmp_path / "ref.png").read_bytes() == Path(files["ref"]).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ queue
+@pytest.mark.parametrize("reply", [{"prompt_id": None}, {"prompt_id": {"id": 1}}, {"prompt_id": ""}, {"prompt_id": True}],
+                         ids=["null", "object", "empty", "bool"])
+def test_queue_never_reports_a_job_queued_without_a_prompt_id(reply, files, tmp_path, capsys):
+    """A server (a proxy, another service) answering POST /prompt with ``{"prompt_id": null}`` was taken as a queued
+    job: exit 0 and '-> echomimic/a__speech [None]' printed, nothing queued at all."""
+    from tests._http_stub import JsonHandler, start
+
+    class Server(JsonHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._reply(200, {"name": "a.png"} if self.path.startswith("/upload") else reply)
+
+    faces, speech = tmp_path / "faces", tmp_path / "speech"
+    faces.mkdir()
+    speech.mkdir()
+    (faces / "a.png").write_bytes(Path(files["ref"]).read_bytes())
+    (speech / "speech.wav").write_bytes(Path(files["speech"]).read_bytes())
+    workflow = Path(__file__).resolve().parents[1] / "workflows" / "api" / "v1_audio.json"
+    url, stop = start(Server)
+    try:
+        rc, err = _run(["queue", workflow, "--portraits", faces, "--audios", speech, "--server", url, "--timeout", "5"], capsys)
+    finally:
+        stop()
+    assert rc == 2 and f"{url}/prompt: the answer holds no prompt_id" in err and "is this ComfyUI?" in err, err
