@@ -188,3 +188,26 @@ def test_queue_never_reports_a_job_queued_without_a_prompt_id(reply, files, tmp_
     finally:
         stop()
     assert rc == 2 and f"{url}/prompt: the answer holds no prompt_id" in err and "is this ComfyUI?" in err, err
+
+
+# ------------------------------------------------------------------------------------------------ make-tiny, convert
+@pytest.mark.parametrize("args,words", [
+    (["make-tiny", "{tmp}/tiny", "--seed", "99999999999999999999999"], "--seed 99999999999999999999999: use a whole number"),
+    (["make-tiny", "{tmp}/tiny", "--seed", "-1"], "--seed -1: use a whole number from 0 to 2^32-1"),
+    (["make-tiny", ""], "make-tiny: the folder name is empty"),
+    (["convert", "{tmp}/w.pth", ""], "convert: the destination is empty"),
+], ids=["seed-huge", "seed-negative", "empty-folder", "convert-empty-destination"])
+def test_make_tiny_and_convert_refuse_a_seed_out_of_range_and_an_empty_destination(args, words, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """make-tiny --seed beyond 64 bits was an OverflowError traceback ('This is a bug'); a negative seed was taken; an
+    empty folder name (`make-tiny $DIR` with DIR unset) wrote a whole tiny model set into the current folder, and
+    ``convert a.pth ""`` wrote there too."""
+    import torch
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "w.pth")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    rc, err = _run([a.format(tmp=tmp_path) for a in args], capsys)
+    assert rc == 2 and words in err, err
+    assert not any(work.iterdir()) and not (tmp_path / "tiny").exists()
