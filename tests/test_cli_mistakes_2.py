@@ -211,3 +211,26 @@ def test_make_tiny_and_convert_refuse_a_seed_out_of_range_and_an_empty_destinati
     rc, err = _run([a.format(tmp=tmp_path) for a in args], capsys)
     assert rc == 2 and words in err, err
     assert not any(work.iterdir()) and not (tmp_path / "tiny").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["batch", "{tmp}/jobs.csv", "-o", "", "--smoke", "--offline"], "-o is empty; give the output folder"),
+    (["batch", "--images", "", "--audios", "{tmp}", "-o", "{tmp}/out", "--smoke"], "--images is empty; give a folder"),
+    (["queue", "{workflow}", "--portraits", "", "--audios", "{tmp}", "--dry-run"], "--portraits is empty"),
+    (["queue", "{workflow}", "--portraits", "{tmp}", "--audios", "", "--dry-run"], "--audios is empty"),
+], ids=["batch-output", "batch-images", "queue-portraits", "queue-audios"])
+def test_an_empty_folder_argument_is_never_the_current_folder(args, words, files, tmp_path, loads, capsys, monkeypatch):  # noqa: F811
+    """``batch ... -o ""`` (``-o $OUT`` with OUT unset) rendered every row into the current folder (exit 0);
+    ``queue --portraits ""`` queued every picture of the current folder."""
+    (tmp_path / "ref.png").write_bytes(Path(files["ref"]).read_bytes())
+    (tmp_path / "speech.wav").write_bytes(Path(files["speech"]).read_bytes())
+    (tmp_path / "jobs.csv").write_text("reference,audio\nref.png,speech.wav\n")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    (work / "holiday.png").write_bytes(Path(files["ref"]).read_bytes())
+    (work / "voicemail.wav").write_bytes(Path(files["speech"]).read_bytes())
+    monkeypatch.chdir(work)
+    workflow = Path(__file__).resolve().parents[1] / "workflows" / "api" / "v1_audio.json"
+    rc, err = _run([a.format(tmp=tmp_path, workflow=workflow) for a in args], capsys)
+    assert rc == 2 and words in err, err
+    assert sorted(p.name for p in work.iterdir()) == ["holiday.png", "voicemail.wav"] and loads == []

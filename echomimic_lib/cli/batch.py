@@ -51,6 +51,11 @@ def _check_options(args) -> None:
     from ..errors import EchoMimicError
     from ..speed import check_deep_cache
 
+    for flag, value, what in (("-o", args.output, "the output folder"), ("JOBS", args.jobs, "the manifest file"),
+                              ("--images", args.images, "a folder"), ("--videos", args.videos, "a folder"),
+                              ("--audios", args.audios, "a folder")):
+        if value is not None and not str(value).strip():  # `-o $OUT` with OUT unset: never the current folder
+            raise EchoMimicError(f"{flag} is empty; give {what}.")
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise EchoMimicError(f"-o {out}: is a file, not a folder; the batch writes <name>.mp4 for every row and "

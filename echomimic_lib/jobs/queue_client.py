@@ -47,6 +47,8 @@ class Job:
 
 
 def _files(folder, exts: set, what: str) -> list[Path]:
+    if not str(folder).strip():  # `--audios $DIR` with DIR unset: not the current folder
+        raise QueueError(f"--{what}s is empty; give the folder of {what} files.")
     folder = Path(folder)
     if not folder.is_dir():
         raise QueueError(f"{what} folder not found: {folder}")
