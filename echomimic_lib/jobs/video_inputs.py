@@ -32,15 +32,16 @@ def check_video_input(path, flag: str, fix: str, upto: int = 1) -> int:
     elif p.stat().st_size == 0:
         problem = "the file is empty (0 bytes)"
     else:
+        cover = ""
         try:
             frames = count_frames(p, upto)
-        except NoVideoStream:
-            frames = 0
+        except NoVideoStream as exc:  # a song's cover art is no video frame
+            frames, cover = 0, ": it has only a cover picture" if "only a cover picture" in str(exc) else ""
         except EchoMimicError as exc:
             raise EchoMimicError(f"{flag} {p}: {_reason(exc, p)}; {fix}") from None
         if frames:
             return frames
-        problem = "no video frames (an audio file?)"
+        problem = f"no video frames (an audio file?){cover}"
     raise EchoMimicError(f"{flag} {p}: {problem}; {fix}")
 
 
