@@ -43,10 +43,37 @@ def _defaults(args) -> dict:
     return out
 
 
+def _check_options(args) -> None:
+    """The batch's own options, before any row is read or checked: a wrong one would otherwise be said after every
+    row's checks (or fail every row, exit 1, or be taken silently as another value)."""
+    from pathlib import Path
+
+    from ..errors import EchoMimicError
+    from ..speed import check_deep_cache
+
+    for flag, value, what in (("-o", args.output, "the output folder"), ("JOBS", args.jobs, "the manifest file"),
+                              ("--images", args.images, "a folder"), ("--videos", args.videos, "a folder"),
+                              ("--audios", args.audios, "a folder")):
+        if value is not None and not str(value).strip():  # `-o $OUT` with OUT unset: never the current folder
+            raise EchoMimicError(f"{flag} is empty; give {what}.")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise EchoMimicError(f"-o {out}: is a file, not a folder; the batch writes <name>.mp4 for every row and "
+                             "results.jsonl into a folder: give a new or existing folder.")
+    for flag, value, low, why in (("--workers", args.workers, 1, "leave it out: one per local GPU, else 1"),
+                                  ("--threads", args.threads, 0, "0 or left out: the CPU cores shared out"),
+                                  ("--attempts", args.attempts, 1, "the attempts for a row whose worker dies; default 3")):
+        if value is not None and value < low:
+            raise EchoMimicError(f"{flag} {value}: use {low} or more ({why}).")
+    if args.deep_cache:
+        check_deep_cache(args.deep_cache, 0)  # the interval; the branch depends on each row's denoiser
+
+
 def _cmd_batch(args) -> int:
     from ..errors import EchoMimicError
     from ..jobs.batch import BatchOptions, crossed, read_manifest, run_batch
 
+    _check_options(args)
     defaults = _defaults(args)
     if args.jobs and (args.images or args.videos or args.audios):
         raise EchoMimicError("give a manifest file or --images/--videos with --audios, not both.")

@@ -5,11 +5,17 @@ from pathlib import Path
 
 from .common import say
 
+MAX_SEED = 2**32 - 1  # make-tiny: each weight set draws from seed + a small offset (tiny._seed_of)
+
 
 def _cmd_make_tiny(args) -> int:
     from ..io.video_writer import OutputError, _nearest_existing, _probe_writable
     from ..tiny import EXTRA_MODELS, make_tiny
 
+    if not str(args.directory).strip():  # `make-tiny $DIR` with DIR unset: not the current folder
+        raise OutputError("make-tiny: the folder name is empty; give the folder to write, e.g. make-tiny models/tiny.")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise OutputError(f"--seed {args.seed}: use a whole number from 0 to 2^32-1.")
     target = Path(args.directory).expanduser()
     if target.exists() and not target.is_dir():
         raise OutputError(f"make-tiny {target}: this is a file, not a folder; give a new or existing folder.")
@@ -46,8 +52,11 @@ def _write_failed(exc: OSError, what: str):
 
 
 def _cmd_convert(args) -> int:
+    from ..io.video_writer import OutputError
     from ..io.weights import convert
 
+    if not str(args.dst).strip():  # `convert a.pth $OUT` with OUT unset: not the current folder
+        raise OutputError("convert: the destination is empty; give the .safetensors file or the folder to write.")
     try:
         written = convert(args.src, args.dst, force=args.force)
     except OSError as exc:

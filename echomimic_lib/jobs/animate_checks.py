@@ -183,11 +183,10 @@ def check_condition_inputs(req, mode) -> None:
     for flag, value in (("--pose", None if req.pose == AUTO_POSE else req.pose), ("--landmarks", req.landmarks)):
         if value and not Path(value).exists():
             raise EchoMimicError(f"{flag} {value}: not found; give an existing file or folder.")
-    if req.landmarks and mode.condition == "landmarks":
-        from ..landmarks.io import is_sequence_file, load_driver_sequence
+    if req.landmarks and mode.condition == "landmarks":  # a saved sequence read, a video probed: before MediaPipe and weights
+        from .video_inputs import check_landmark_source
 
-        if is_sequence_file(req.landmarks):  # a saved sequence: read and checked here, before MediaPipe and the weights
-            load_driver_sequence(req.landmarks)
+        check_landmark_source(req.landmarks)
     if req.pose and req.pose != AUTO_POSE:
         from .pose_sources import check_dwpose_models, check_pose_video, is_pose_video
 
@@ -217,7 +216,7 @@ def gesture_library_dirs(req) -> list[Path]:
     """``--gesture-library``, else the models folder's ``poses/`` (``--models``, else $ECHOMIMIC_MODELS or ~/.cache/echomimic)."""
     if getattr(req, "gesture_library", None):
         return [Path(req.gesture_library).expanduser()]
-    root = Path(req.models).expanduser() if req.models else default_models_dir()
+    root = check_models_folder(Path(req.models).expanduser(), "--models") if req.models else default_models_dir()
     return [root / "poses"]
 
 
@@ -388,9 +387,21 @@ def default_models_dir() -> Path:
 
 
 def models_root(req) -> Path:
+    """``--models``, else $ECHOMIMIC_MODELS or ~/.cache/echomimic (a smoke run: its ``tiny/``); a file there is refused."""
     if req.models:
-        return Path(req.models).expanduser()
-    return default_models_dir() / "tiny" if getattr(req, "smoke", False) else default_models_dir()
+        return check_models_folder(Path(req.models).expanduser(), "--models")
+    flag = "$ECHOMIMIC_MODELS" if os.environ.get("ECHOMIMIC_MODELS") else "the default models folder"
+    root = check_models_folder(default_models_dir(), flag)
+    return root / "tiny" if getattr(req, "smoke", False) else root
+
+
+def check_models_folder(root: Path, flag: str = "--models") -> Path:
+    """A models folder that is a file (a weight file or the wrong argument given as ``--models``) is named as such,
+    before anything looks for, writes or downloads weights under it."""
+    if root.exists() and not root.is_dir():
+        raise EchoMimicError(f"{flag} {root}: is a file, not a folder; give the models folder (the one `echomimic download "
+                             "--models DIR` fills, with v1/, v2/, sd-vae-ft-mse/ ... in it; a new folder is made on first use).")
+    return root
 
 
 def preflight(req) -> Plan:

@@ -110,7 +110,7 @@ class _Checked:
 
 def _validate(req: DubRequest) -> _Checked:
     """Every check that needs no weights (numbers, files, options, output path, the MediaPipe model)."""
-    from .animate_checks import check_output, default_models_dir
+    from .animate_checks import check_output, models_root
     from ..frames.composite import COLOR_METHODS, REGIONS
     from ..devices import resolve_device, resolve_dtype
     from ..landmarks.mp_models import import_mediapipe, resolve_model
@@ -131,11 +131,13 @@ def _validate(req: DubRequest) -> _Checked:
                             cuda_graphs=req.cuda_graphs, deep_cache=deep_cache, deep_cache_branch=branch)
     settings.validate()
     if not Path(req.video).is_file():
-        raise EchoMimicError(f"--video {req.video}: source video not found; give a video file of one person.")
+        what = "is a folder, not a video" if Path(req.video).is_dir() else "source video not found"
+        raise EchoMimicError(f"--video {req.video}: {what}; give a video file of one person.")
     from .dub_plan import MIN_SOURCE_FRAMES, check_source_frames
-    from ..io.video_io import count_frames
+    from .video_inputs import check_video_input
 
-    check_source_frames(count_frames(req.video, MIN_SOURCE_FRAMES), f"--video {req.video}")
+    frames = check_video_input(req.video, "--video", "give a video of one person (mp4, mov, webm, mkv, ...).", MIN_SOURCE_FRAMES)
+    check_source_frames(frames, f"--video {req.video}")
     checks = [(req.retime, POLICIES, "--retime"), (req.region, REGIONS, "--mask"), (req.color, COLOR_METHODS, "--color-match")]
     for value, allowed, flag in checks:
         if value not in allowed:
@@ -149,7 +151,7 @@ def _validate(req: DubRequest) -> _Checked:
         raise EchoMimicError("--length must be at least 1 frame.")
     parts = parts_for(req.parts, req.audio is not None)
     check_output(req.output, {"--video": req.video, "--audio": req.audio})
-    root = Path(req.models).expanduser() if req.models else default_models_dir()
+    root = models_root(req)  # --models (a file refused), else $ECHOMIMIC_MODELS or ~/.cache/echomimic
     face_model = resolve_model("face_landmarker", req.mediapipe_model, [root], download=req.download)
     import_mediapipe()
     return _Checked(variant, settings, parts, device, dtype, root, face_model)

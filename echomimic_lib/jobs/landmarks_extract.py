@@ -58,19 +58,11 @@ class _Checked:
 
 
 def _check_video(path) -> Path:
-    from ..io.video_io import NoVideoStream, count_frames
+    from .video_inputs import check_video_input
 
-    p = Path(path)
-    if not p.is_file():
-        raise EchoMimicError(f"VIDEO {p}: {'is a folder' if p.is_dir() else 'file not found'}; give the driving video "
-                             "(mp4, mov, webm, ...) whose face landmarks to extract.")
-    try:  # the first frame only (a long video is read once, by the extraction); not media at all: the reader says so
-        frames = count_frames(p, 1)
-    except NoVideoStream:
-        frames = 0
-    if not frames:
-        raise EchoMimicError(f"VIDEO {p}: no video frames (an audio file?); give the driving video of a face.")
-    return p
+    # the first frame only (a long video is read once, by the extraction)
+    check_video_input(path, "VIDEO", "give the driving video (mp4, mov, webm, ...) whose face landmarks to extract.")
+    return Path(path)
 
 
 def _find_model(req: LandmarksRequest) -> Path:

@@ -47,6 +47,8 @@ class Job:
 
 
 def _files(folder, exts: set, what: str) -> list[Path]:
+    if not str(folder).strip():  # `--audios $DIR` with DIR unset: not the current folder
+        raise QueueError(f"--{what}s is empty; give the folder of {what} files.")
     folder = Path(folder)
     if not folder.is_dir():
         raise QueueError(f"{what} folder not found: {folder}")
@@ -203,9 +205,12 @@ def upload(server: str, path: Path, timeout: float | None = None) -> str:
 def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None = None) -> str:
     reply = _request(f"{server}/prompt", json.dumps({"prompt": prompt, "client_id": client_id}).encode(),
                      {"Content-Type": "application/json"}, timeout)
-    if "prompt_id" not in reply:
+    pid = reply.get("prompt_id")
+    if isinstance(pid, int) and not isinstance(pid, bool):
+        pid = str(pid)
+    if not isinstance(pid, str) or not pid.strip():  # null, an object: nothing was queued that can be waited for or named
         raise QueueError(f"{server}/prompt: the answer holds no prompt_id ({str(reply)[:120]}); is this ComfyUI?")
-    return reply["prompt_id"]
+    return pid
 
 
 def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None) -> dict:

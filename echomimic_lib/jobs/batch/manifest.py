@@ -138,6 +138,8 @@ def _convert(value, annotation: str, column: str):
                     raise ValueError
                 return int(number)
             return number
+        except OverflowError:  # inf, or a JSON number beyond a float (1e400): no whole number
+            raise ValueError(f"{column}: '{value}' is not a whole number") from None
         except (TypeError, ValueError):
             hint = (f"; write decimals with a point: {value.replace(',', '.')}" if isinstance(value, str)
                     and re.fullmatch(r"[+-]?\d*,\d+", value) else "")  # a decimal comma (European spreadsheets)
@@ -320,6 +322,9 @@ def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
     path, outdir = Path(path), Path(outdir)
     defaults = _from_cwd(defaults, path.parent)
     if not path.is_file():
+        if path.is_dir():
+            raise EchoMimicError(f"{path}: is a folder, not a manifest; give a .csv or .jsonl file, or a folder of images as "
+                                 "--images DIR (of videos: --videos DIR) with --audios DIR.")
         raise EchoMimicError(f"{path}: manifest not found; give a .csv or .jsonl file (or --images/--videos with --audios).")
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xlsm", ".xls", ".ods", ".numbers"):
