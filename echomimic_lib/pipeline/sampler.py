@@ -99,8 +99,8 @@ def whole_seed(seed) -> int:
     if isinstance(seed, np.integer):
         seed = int(seed)
     if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64):
-        raise EchoMimicError(f"seed {seed!r}: use a whole number from 0 to 2^64-1 (-1 is not a random seed here: for a new "
-                             "seed each run, set the seed's control to 'randomize').")
+        raise EchoMimicError(f"seed {seed!r}: use a whole number from 0 to 2^64-1 (-1 is not 'random' here; in ComfyUI, set "
+                             "the seed's control to 'randomize' for a new one each run).")
     return seed
 
 
