@@ -3,6 +3,7 @@ the reference frame cut to it, and the video's own landmarks timed to the new au
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
@@ -30,6 +31,19 @@ def _preview(frame: np.ndarray, plan) -> np.ndarray:
     return outline(img, hull)
 
 
+def _frame_number(value) -> int | None:
+    """A linked reference_frame (not range-checked by ComfyUI): -1 = auto (None), a frame number as an int (2.0 is 2).
+    2.5 was frame 2 and -5 auto, without a word."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= -1):
+        raise EchoMimicError(f"reference_frame {value!r}: give a whole frame number of the video (0 = the first frame) "
+                             "or -1 (the first frame with a clear frontal face).")
+    return None if value == -1 else value
+
+
 def track(images, fps: float, audio_features, width: int, height: int, reference_frame: int, parts: str, retime: str,
           download: bool):
     from .reference import size_problem
@@ -37,6 +51,7 @@ def track(images, fps: float, audio_features, width: int, height: int, reference
     problem = size_problem(width, height)  # a linked value is not range-checked by ComfyUI: 64..2048 here
     if problem:
         raise EchoMimicError(f"{problem} Use the sampler's size.")
+    reference_frame = _frame_number(reference_frame)
     if retime not in RETIME_POLICIES:
         raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(RETIME_POLICIES)}.")
     try:
@@ -51,7 +66,7 @@ def track(images, fps: float, audio_features, width: int, height: int, reference
     n_out = max(1, min(int(np.floor(feats.seconds * fps + 1e-6)), int(np.floor(n_model * fps / model_fps + 1e-6))))
     with detectors.face_landmarker(download) as ex:
         plan = plan_dub(frames, float(fps), n_model, model_fps, n_out, (width, height), retime,
-                        None if reference_frame < 0 else reference_frame, extractor=ex, parts=selected)
+                        reference_frame, extractor=ex, parts=selected)
     log.info("face track: crop %s, reference frame %d, %d output frames at %g fps", plan.geometry.box,
              plan.reference_frame, n_out, fps)
     landmarks = LandmarkTrack(plan.driving_pixels(), (width, height), model_fps, parts=selected, retime="hold-last",

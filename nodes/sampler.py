@@ -134,7 +134,8 @@ class EchoMimicSampler(Node):
             "reference": link("IMAGE", "The reference picture (ideally from EchoMimic Reference Preparation)."),
             "audio_features": link(AUDIO_FEATURES, "From EchoMimic Audio Encoder (same model)."),
             "seed": ("INT", {"default": 420, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Noise seed; the same seed and inputs give the same video."}),
+                             "tooltip": "Noise seed, 0 to 2^64-1; the same seed and inputs give the same video "
+                             "(control 'randomize': a new seed each run)."}),
             "steps": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Denoising steps; 0 = the variant's default "
                               "(30 normal, 6 acc)."}),
             "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Classifier-free guidance; "

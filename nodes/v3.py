@@ -89,10 +89,9 @@ def checked_conditioning(cfg, positive, clip_vision_output, vae, seed) -> tuple:
     if layout != (16, 3):
         raise EchoMimicError(f"vae: not the Wan 2.1 VAE ({layout[0]} latent channels, {layout[1]}-D latents); "
                              "Load VAE with wan_2.1_vae (the Wan 2.2 VAE and image VAEs do not fit EchoMimicV3).")
-    number = isinstance(seed, (int, float, np.integer, np.floating)) and not isinstance(seed, bool)
-    if not (number and math.isfinite(seed) and float(seed).is_integer() and 0 <= int(seed) < 2**64):
-        raise EchoMimicError(f"seed {seed!r}: use a whole number from 0 to 2^64-1 (a linked value is not range-checked).")
-    return prompt, clip, int(seed)
+    from ..echomimic_lib.pipeline.sampler import whole_seed
+
+    return prompt, clip, whole_seed(seed)  # as the V1/V2 Sampler's: 0..2^64-1, -1 refused (torch took it as 2^64-1)
 
 
 class EchoMimicV3Loader:
@@ -217,7 +216,8 @@ class EchoMimicV3Sampler:
             "audio_cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 20.0, "step": 0.1,
                                     "tooltip": "Audio guidance (official 3.0); 1 or less: one pass per step."}),
             "seed": ("INT", {"default": 43, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
-                             "tooltip": "Noise seed (CPU float32 draw)."}),
+                             "tooltip": "Noise seed (CPU float32 draw), 0 or more; the same seed and inputs give the same "
+                             "video (control 'randomize': a new seed each run)."}),
             "teacache": (["official", "off"], {"default": "official", "tooltip": "official: as the official CLI "
                          "(always on; audio CFG has no effect in some steps); off: every call computed."}),
             "color_transfer": ("BOOLEAN", {"default": True, "tooltip": "The official colour transfer to the first frame."}),

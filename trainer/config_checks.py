@@ -83,6 +83,9 @@ def check_numbers(cfg) -> None:
     for path, value in _numbers(cfg):
         if not math.isfinite(value):
             raise ConfigError(f"{path}: {value} is not a finite number; give a plain number (e.g. optim.lr: 1e-5).")
+    seed = getattr(getattr(cfg, "validation", None), "seed", 0)  # the sampler's range (else refused at the first render)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ConfigError(f"validation.seed: {seed!r} must be a whole number from 0 to 2^64-1 (e.g. validation.seed: 420).")
     o = cfg.optim
     if not 0.0 < o.lr <= 1.0:
         raise ConfigError(f"optim.lr: {o.lr} is out of range; a learning rate is above 0 and at most 1 (EchoMimic trains at 1e-5).")

@@ -74,8 +74,7 @@ class SampleSettings:
             raise EchoMimicError(f"steps {self.steps}: give a whole number of steps, 1 or more.")
         if self.steps < 1:
             raise EchoMimicError("steps must be at least 1.")
-        if not -2**63 <= int(self.seed) < 2**64:  # what torch.Generator takes (was an overflow after the models loaded)
-            raise EchoMimicError(f"seed {self.seed}: use a whole number from 0 to 2^64-1.")
+        self.seed = whole_seed(self.seed)
         if not (math.isfinite(self.fps) and 1 <= self.fps <= 120):
             raise EchoMimicError(f"fps {self.fps}: the frame rate must be a number between 1 and 120 (24 or 25 is typical).")
         if not (math.isfinite(self.cfg) and 0 <= self.cfg <= 20):
@@ -90,6 +89,19 @@ class SampleSettings:
         if self.deep_cache_branch < 0:
             raise EchoMimicError(f"deep_cache_branch {self.deep_cache_branch}: the branch must be 0 (the shallowest, "
                                  "fastest) or more.")
+
+
+def whole_seed(seed) -> int:
+    """``seed`` as an int from 0 to 2^64-1 (a linked 7.0 is 7). A negative seed was taken: torch's generator reads -1 as
+    2^64-1, a fixed seed like any other, not a random one; 2^64 or more was an overflow after the models loaded."""
+    if isinstance(seed, (float, np.floating)) and math.isfinite(seed) and float(seed).is_integer():
+        seed = int(seed)
+    if isinstance(seed, np.integer):
+        seed = int(seed)
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64):
+        raise EchoMimicError(f"seed {seed!r}: use a whole number from 0 to 2^64-1 (-1 is not 'random' here; in ComfyUI, set "
+                             "the seed's control to 'randomize' for a new one each run).")
+    return seed
 
 
 def settings_for(mode: str, variant: str = "normal", **overrides) -> SampleSettings:

@@ -171,15 +171,43 @@ class ClipEntry:
     group: str = ""  # identity group from the manifest row (e.g. a speaker id), "" when not given (see .split)
 
 
+def clip_folder(root: Path, inside: Path, rel, where: str, parents: dict) -> Path:
+    """``root / rel``, refused when ``rel`` (a manifest's clip path) leaves the dataset folder: an absolute path, a
+    ``..`` part, or a link that leads outside (a shared dataset's manifest or links must not make the trainer read the
+    user's other files). ``inside``: the dataset folder with its links resolved (the folder itself may be a link);
+    ``parents``: resolved shard folders, so a large manifest costs one lstat per clip."""
+    from ..config import ConfigError
+
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ConfigError(f"{where}: path {rel!r} is not a clip folder inside the dataset folder {root} (an absolute path "
+                          "or '..'): a manifest lists clips relative to its folder (shard-00000/<clip>); run "
+                          "`echomimic-train prepare` again for these videos, or remove the line.")
+    folder = root / rel
+    if folder.is_symlink():
+        target = folder.resolve()
+    else:
+        if folder.parent not in parents:
+            parents[folder.parent] = folder.parent.resolve()
+        target = parents[folder.parent] / folder.name
+    if target != inside and inside not in target.parents:
+        raise ConfigError(f"{where}: {rel!r} leads through a link to {target}, outside the dataset folder {root}: copy the clip "
+                          "into the dataset folder (or list its own prepared folder in data.roots), or run "
+                          "`echomimic-train prepare` again for these videos.")
+    return folder
+
+
 def read_manifest(root: str | Path) -> list[ClipEntry]:
     root = Path(root)
     path = root / "manifest.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{root}: no manifest.jsonl; run `echomimic-train prepare` for this folder first")
+    inside, parents = root.resolve(), {}
     out = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             d = json.loads(line)
-            out.append(ClipEntry(d["id"], root / d["path"], int(d["shard"]), int(d["num_frames"]), float(d["fps"]), d.get("kind", "headshot"),
+            folder = clip_folder(root, inside, d["path"], f"{path} line {number} (clip {d.get('id')})",
+                                 parents)
+            out.append(ClipEntry(d["id"], folder, int(d["shard"]), int(d["num_frames"]), float(d["fps"]), d.get("kind", "headshot"),
                                  str(d.get("group") or "")))
     return out
