@@ -9,7 +9,8 @@
 #   GPU_STEPS=deepcache bash bench/gpu_check.sh "$OUT"  # ~1 min: DeepCache's speed-up at 512 px (bench_deep_cache.py)
 #   bash bench/gpu_check.sh --dry-run [OUTDIR]    # every step on the CPU with tiny weights (tests/test_gpu_check.py)
 #
-# `bash bench/gpu_carry.sh` prepares what it takes along (.whl/ and .gpu_carry/, ~61 MiB, the device carry limit is 64).
+# `bash bench/gpu_carry.sh` prepares what it takes along (.whl/ and .gpu_carry/, ~56 MiB with the
+# working tree's ~4.5, the device carry limit is 64).
 # Before the steps it installs the wheels carried in .whl/ (pip --no-index into /tmp/site: diffusers, av, soxr
 # are not on the GPU image) and unpacks the parity subset carried as .gpu_carry/parity.txz (else
 # ECHOMIMIC_PARITY_DIR or ../shared/fixtures/parity is used). Inputs of the animate step: GPU_REFERENCE,
