@@ -58,12 +58,13 @@ def generate(library: str, seed: int, expressiveness: float, fps: float, min_pau
     if not (math.isfinite(pause) and pause > 0):
         raise EchoMimicError(f"min_pause {min_pause!r}: give a positive number of seconds (0.5 is typical): silences at "
                              "least this long are pauses, where the hands rest.")
+    folders = library_paths(library)  # the name checked (links, escapes) before any speech work; indexed below
     check_speech(clip)
     if align not in ALIGN:
         raise EchoMimicError(f"unknown align option '{align}'; choose one of {', '.join(ALIGN)}.")
     if align == ALIGN[1] and reference is None:
         raise EchoMimicError("'fit to reference shoulders' needs the reference image: connect it to 'reference' (or set align to 'none').")
-    lib = load_library(library_paths(library))
+    lib = load_library(folders)
     C.check_interrupt()
     speech = analyze_speech(clip, fps, min_pause=pause)
     ref_pose = None
