@@ -1,4 +1,7 @@
-"""Exception types. Every message says what is wrong and how to fix it."""
+"""Exception types. Every message says what is wrong and how to fix it; :func:`as_whole`, the one whole-number
+coercion the input checks share."""
+import math
+import numbers
 
 
 class EchoMimicError(ValueError):
@@ -27,3 +30,16 @@ class UnsafeFileError(EchoMimicError):
 
 class CancelledError(Exception):
     """Raised from a progress callback to stop sampling; not a user error."""
+
+
+def as_whole(value) -> int | None:
+    """``value`` as an int when it is a whole number -- an int, a numpy integer, or a finite float with nothing after
+    the point (a linked 7.0 from a math node is 7) -- else None; a bool is not a number here. Every input check that
+    takes linked or loaded numbers uses this, then its own range and message."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):  # int, numpy integers
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():  # float, numpy floats
+        return int(value)
+    return None

@@ -36,10 +36,9 @@ their own :class:`OptionNames`).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
-from .errors import EchoMimicError
+from .errors import EchoMimicError, as_whole
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +84,14 @@ def check_speed_options(device, *, compile: bool = False, cuda_graphs: bool = Fa
 
 
 def _whole_number(value, name: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    text = isinstance(value, str)  # a batch cell
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not math.isfinite(number) or number != int(number):
+        number = as_whole(float(value) if text else value)
+    except ValueError:
+        number = None
+    if number is None:
         raise EchoMimicError(f"{name} {value!r}: give a whole number.")
-    return int(number)
+    return number
 
 
 def check_deep_cache(interval, branch, cfg=None, names: OptionNames = CLI) -> tuple[int, int]:

@@ -3,13 +3,12 @@ the reference frame cut to it, and the video's own landmarks timed to the new au
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
 from ..echomimic_lib.frames.composite import outline
 from ..echomimic_lib.jobs.dub_plan import check_source_frames, plan_dub, reference_crop
-from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.errors import EchoMimicError, as_whole
 from ..echomimic_lib.landmarks import normalize_parts
 from . import detectors
 from .base import Node, check_fps, frame_rate, link, switch
@@ -34,14 +33,11 @@ def _preview(frame: np.ndarray, plan) -> np.ndarray:
 def _frame_number(value) -> int | None:
     """A linked reference_frame (not range-checked by ComfyUI): -1 = auto (None), a frame number as an int (2.0 is 2).
     2.5 was frame 2 and -5 auto, without a word."""
-    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
-        value = int(value)
-    if isinstance(value, np.integer):
-        value = int(value)
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= -1):
+    number = as_whole(value)
+    if number is None or number < -1:
         raise EchoMimicError(f"reference_frame {value!r}: give a whole frame number of the video (0 = the first frame) "
                              "or -1 (the first frame with a clear frontal face).")
-    return None if value == -1 else value
+    return None if number == -1 else number
 
 
 def track(images, fps: float, audio_features, width: int, height: int, reference_frame: int, parts: str, retime: str,

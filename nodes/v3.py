@@ -10,14 +10,13 @@ ComfyUI's Wan21 latent format values). wav2vec2 runs on the CPU in float32, as t
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.errors import EchoMimicError, as_whole
 from ..echomimic_lib.jobs.animate_checks import MAX_LENGTH
 from ..echomimic_lib.memory.fp8 import check_fp8, compute_param
 from ..echomimic_lib.modes import V3_LONG_MODES
@@ -60,8 +59,7 @@ def v3_folders() -> list[str]:
 
 def checked_reference(image, size, steps, audio_cfg, teacache, long_mode):
     """(the reference as uint8 (H, W, 3), sample height, width). Linked values are not range-checked by ComfyUI:
-    refused here, before the transformer is loaded (seeds over the widget's 2^63-1, which a shared seed primitive
-    can give, work as before)."""
+    refused here, before the transformer is loaded."""
     from ..echomimic_lib.jobs.animate_v3 import check_v3_settings
     from ..echomimic_lib.pipeline.wan.sampler import sample_size
 
@@ -174,13 +172,12 @@ class EchoMimicV3AudioEncoder:
         from ..echomimic_lib.audio import check_audible, read_raw_audio
         from ..echomimic_lib.audio.wav2vec import frame_count, prepare_samples, resample_16k
 
-        whole = isinstance(max_frames, (int, float, np.integer, np.floating)) and not isinstance(max_frames, bool) and \
-            math.isfinite(max_frames) and float(max_frames).is_integer()  # a linked 81.0 from a math node is 81
+        whole = as_whole(max_frames)  # a linked 81.0 from a math node is 81
         most = MAX_LENGTH  # the command line's --length bound (and the widget's max)
-        if not (whole and 1 <= max_frames <= most):  # a linked value is not range-checked by ComfyUI
+        if whole is None or not 1 <= whole <= most:  # a linked value is not range-checked by ComfyUI
             raise EchoMimicError(f"max_frames {max_frames!r}: give a whole number, 1 or more, at most {most} (81 = one "
                                  "official shot; more: a chunked long video).")
-        max_frames = int(max_frames)
+        max_frames = whole
         wave = audio.get("waveform") if isinstance(audio, dict) else None
         if not isinstance(wave, torch.Tensor) or wave.numel() == 0:
             raise EchoMimicError("audio: expected a non-empty ComfyUI AUDIO (connect Load Audio).")
@@ -215,7 +212,7 @@ class EchoMimicV3Sampler:
             "steps": ("INT", {"default": 8, "min": 1, "max": 100, "tooltip": "Flow-UniPC steps (official 8)."}),
             "audio_cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 20.0, "step": 0.1,
                                     "tooltip": "Audio guidance (official 3.0); 1 or less: one pass per step."}),
-            "seed": ("INT", {"default": 43, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+            "seed": ("INT", {"default": 43, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise seed (CPU float32 draw), 0 or more; the same seed and inputs give the same "
                              "video (control 'randomize': a new seed each run)."}),
             "teacache": (["official", "off"], {"default": "official", "tooltip": "official: as the official CLI "

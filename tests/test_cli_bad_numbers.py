@@ -23,7 +23,7 @@ def test_smoke_fps_that_is_not_a_number_is_refused(value, shared_data, tmp_path,
 @pytest.mark.parametrize("extra,words", [
     (["--audio-cfg", "nan"], ["--audio-cfg nan", "from 0 to 20"]),
     (["--audio-cfg", "-5"], ["--audio-cfg -5.0", "from 0 to 20"]),
-    (["--seed", "-1"], ["--seed -1", "0 to 2^63-1"]),
+    (["--seed", "-1"], ["--seed -1", "0 to 2^64-1"]),
     (["--length", "-3"], ["--length -3", "0 (follow the audio)"]),
     (["--width", "8"], ["--width 8", "at least 16 px"]),
     (["--steps", "-1"], ["--steps -1", "1..200"]),

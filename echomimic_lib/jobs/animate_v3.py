@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import EchoMimicError
+from ..errors import EchoMimicError, as_whole
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,8 @@ def check_v3_settings(steps, audio_cfg, seed, long_mode, size, teacache=None, na
     if not (isinstance(audio_cfg, (int, float)) and math.isfinite(audio_cfg) and 0 <= audio_cfg <= MAX_CFG):
         raise EchoMimicError(f"{names['audio_cfg']} {audio_cfg}: give a number from 0 to {MAX_CFG:g} (official 3.0; 1 or "
                              "less: one pass per step, no audio guidance)")
-    if seed is not None and not (whole(seed) and 0 <= seed < 2**63):
-        raise EchoMimicError(f"{names['seed']} {seed}: use a whole number from 0 to 2^63-1 (default 43)")
+    if seed is not None and not (as_whole(seed) is not None and 0 <= as_whole(seed) < 2**64):
+        raise EchoMimicError(f"{names['seed']} {seed}: use a whole number from 0 to 2^64-1 (default 43)")
     if length_check is not None:
         length, most = length_check
         if not (whole(length) and 0 <= length <= most):
@@ -339,7 +339,7 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
     model, vae, enc = models.transformer, models.vae, models.wav2vec
     set_tiling(vae, req.vae_tiling)  # per request: a batch worker's loaded set serves rows with and without
     samples = prepare_samples(resample_16k(plan.mono, plan.raw_rate), frames)
-    settings = V3Settings(steps=req.steps, audio_cfg=req.audio_cfg, seed=req.seed, teacache=req.teacache,
+    settings = V3Settings(steps=req.steps, audio_cfg=req.audio_cfg, seed=as_whole(req.seed), teacache=req.teacache,
                           teacache_skip_start=min(5, req.steps), color_transfer=req.color_transfer)
     chunk, overlap = long.CHUNK, long.OVERLAP
     keep = v3_checkpoint_for(plan, models, settings, chunk, overlap) if frames > chunk else None

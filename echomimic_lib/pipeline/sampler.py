@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import EchoMimicError
+from ..errors import EchoMimicError, as_whole
 from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, MAX_DEEP_CACHE, SAMPLER_DEFAULTS, get_mode
 from ..models.unet.compile import is_compiled
 from ..models.unet.graphs import CudaGraphRunner
@@ -68,10 +68,10 @@ class SampleSettings:
         if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:
             raise EchoMimicError(f"width and height must be positive multiples of 8 (got {self.width}x{self.height}); try "
                                  f"{max(8, self.width // 8 * 8)}x{max(8, self.height // 8 * 8)}.")
-        if isinstance(self.steps, float) and self.steps.is_integer():  # a linked 2.0 from a math node is 2
-            self.steps = int(self.steps)
-        if not isinstance(self.steps, int):  # (a linked 2.5 was an IndexError in the scheduler)
+        steps = as_whole(self.steps)  # a linked 2.0 from a math node is 2
+        if steps is None:  # (a linked 2.5 was an IndexError in the scheduler)
             raise EchoMimicError(f"steps {self.steps}: give a whole number of steps, 1 or more.")
+        self.steps = steps
         if self.steps < 1:
             raise EchoMimicError("steps must be at least 1.")
         self.seed = whole_seed(self.seed)
@@ -94,14 +94,11 @@ class SampleSettings:
 def whole_seed(seed) -> int:
     """``seed`` as an int from 0 to 2^64-1 (a linked 7.0 is 7). A negative seed was taken: torch's generator reads -1 as
     2^64-1, a fixed seed like any other, not a random one; 2^64 or more was an overflow after the models loaded."""
-    if isinstance(seed, (float, np.floating)) and math.isfinite(seed) and float(seed).is_integer():
-        seed = int(seed)
-    if isinstance(seed, np.integer):
-        seed = int(seed)
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64):
+    whole = as_whole(seed)
+    if whole is None or not 0 <= whole < 2**64:
         raise EchoMimicError(f"seed {seed!r}: use a whole number from 0 to 2^64-1 (-1 is not 'random' here; in ComfyUI, set "
                              "the seed's control to 'randomize' for a new one each run).")
-    return seed
+    return whole
 
 
 def settings_for(mode: str, variant: str = "normal", **overrides) -> SampleSettings:

@@ -15,7 +15,7 @@ chunk goes through :func:`.sampler.generate` unchanged (parity). Design:
 * wav2vec2 runs per chunk on the chunk's samples plus ``margin`` frames of context on each side (the
   encoder attends over the whole segment, so whole-clip encoding would grow quadratically), windows are
   taken with the clip's own edge clamping; loudness is measured once on the whole clip (official rule);
-* noise for chunk k comes from ``seed + k``; frames are yielded chunk by chunk (:func:`iter_long`), so
+* noise for chunk k comes from ``seed + k`` (mod 2^64); frames are yielded chunk by chunk (:func:`iter_long`), so
   host and device memory stay flat in the clip length when the caller streams them to a writer;
 * chunk k needs nothing of the earlier chunks but the previous one's last ``overlap`` frames (float, for the
   crossfade and ``continue``) and the colour-transfer anchor (the video's frame 0): ``on_chunk`` reports them with
@@ -37,6 +37,11 @@ from .sampler import V3Settings, check_frames, generate
 
 LONG_MODES = V3_LONG_MODES  # (defined with the other modes: the command line and the nodes read it without torch)
 CHUNK, OVERLAP = 81, 8  # a long clip's chunk (one flash-pro shot) and the frames two neighbours share (crossfaded)
+
+
+def chunk_seed(seed: int, k: int) -> int:
+    """Chunk k's noise seed: ``seed + k``, wrapped into torch's 0..2^64-1 (the largest seeds went past it)."""
+    return (int(seed) + k) % 2**64
 
 
 def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
@@ -96,7 +101,7 @@ def iter_long(model, vae, encoder: Wav2VecV3, ref_u8: np.ndarray, prompt_embeds,
         windows = chunk_windows(encoder, samples_16k, total, s, length, margin)
         step = None if on_step is None else (lambda i, n, k=k: on_step(k * n + i, len(starts) * n))
         known = np.clip(np.rint(tail), 0, 255).astype(np.uint8) if mode == "continue" and tail is not None else None
-        res = generate(model, vae, ref_u8, prompt_embeds, clip_features, windows, replace(plain, seed=settings.seed + k),
+        res = generate(model, vae, ref_u8, prompt_embeds, clip_features, windows, replace(plain, seed=chunk_seed(settings.seed, k)),
                        on_step=step, trace=trace, known_frames=known)
         frames = res.frames[:n].astype(np.float32)
         if tail is not None and overlap:
