@@ -6,6 +6,8 @@ import dataclasses
 import math
 from pathlib import Path
 
+from echomimic_lib.io.yaml_file import expanded_size_over
+
 from .config import ConfigError
 
 
@@ -13,21 +15,7 @@ MAX_CONFIG_BYTES = 16 << 20  # a config is a few KB (a captions table inline, a 
 MAX_CONFIG_VALUES = 1_000_000  # values the config holds once its aliases are expanded (the copies made of it expand them)
 
 
-def _expanded_size_over(data, limit: int) -> bool:
-    """Whether ``data`` holds more than ``limit`` values counted as a copy sees them (an alias of a list counts in full:
-    YAML's 'billion laughs', nine lists of nine aliases, is a few hundred bytes and 9**9 values). Stops at the limit."""
-    stack, seen = [data], 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return False
+_expanded_size_over = expanded_size_over  # shared with the doctor's read of extra_model_paths.yaml (echomimic_lib.io)
 
 
 def read_yaml_mapping(path: str | Path) -> dict:

@@ -15,13 +15,16 @@ its payload. Before a resume:
 (``torch.distributed.checkpoint`` folders): the ``.distcp`` shards are raw tensor bytes (their non-tensor items
 are read by ``torch.load`` inside ``load_state``, weights-only by (2)), and the ``.metadata`` index, which
 ``torch.distributed.checkpoint`` unpickles with plain ``pickle``, is checked with an unpickler that builds only
-its own metadata classes, torch dtypes and sizes (:func:`_check_dcp_metadata`).
+its own metadata classes, torch dtypes and sizes (:func:`_check_dcp_metadata`), refuses an index over 64 MiB before
+reading it, and spends the allow-list unpickler's building budget (:mod:`echomimic_lib.io.safe_pickle`) on each call.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
+import re
 import types
 from dataclasses import is_dataclass
 from enum import Enum
@@ -32,6 +35,8 @@ from .config import ConfigError
 SAFE_SUFFIXES = {".safetensors", ".json", ".distcp"}
 DCP_ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
                ("collections", "OrderedDict")}
+_DCP_INDEX = re.compile(r"(?:__\d+)?\.metadata")  # .metadata, or a rank's __N.metadata (FileSystemReader's names)
+MAX_DCP_METADATA_BYTES = 64 << 20  # the index of a sharded checkpoint is a few MB, even for a large model
 
 
 class UnsafeCheckpointError(ConfigError):
@@ -83,7 +88,7 @@ def _dcp_index_checked():
         yield
         return
     shim = types.SimpleNamespace(**{k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
-    shim.load = lambda file, **_: _DCPUnpickler(file).load()
+    shim.load = lambda file, **_: _DCPUnpickler(file, getattr(file, "name", ".metadata")).load()
     filesystem.pickle = shim
     try:
         yield
@@ -102,14 +107,67 @@ def _load_mapped(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
+class _Budgeted:
+    """An allowed callable of the index as the pickle sees it: each call first spends the unpickler's budget on its
+    inputs (``torch.Size(x)`` on one memoised list of a million items, again and again, is a few bytes a call)."""
+
+    def __init__(self, fn, unpickler: "_DCPUnpickler"):
+        self.fn, self.unpickler = fn, unpickler
+
+    def __call__(self, *args, **kwargs):
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, (str, bytes, bytearray, list, tuple, dict, set, frozenset)):
+                self.unpickler.spend(len(a), f"{getattr(self.fn, '__name__', self.fn)}() of {len(a)} items")
+        return self.fn(*args, **kwargs)
+
+
+def _stream_size(file) -> int:
+    """The bytes of an open index file (0 when it cannot tell: the budget's floor applies)."""
+    try:
+        return os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    try:
+        here = file.tell()
+        end = file.seek(0, os.SEEK_END)
+        file.seek(here)
+        return end
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0
+
+
 class _DCPUnpickler(pickle.Unpickler):
+    """Builds only a ``torch.distributed.checkpoint`` index: its record classes, torch dtypes and sizes; refuses an
+    index over :data:`MAX_DCP_METADATA_BYTES` before reading it, and spends the allow-list unpickler's budget
+    (:mod:`echomimic_lib.io.safe_pickle`: elements proportional to the file's size) on every call it makes."""
+
+    def __init__(self, file, source: str = ".metadata"):
+        from echomimic_lib.io.safe_pickle import BUDGET_PER_BYTE, MIN_BUDGET
+
+        size = _stream_size(file)
+        if size > MAX_DCP_METADATA_BYTES:
+            raise UnsafeCheckpointError(
+                f"{source}: {size} bytes is not a torch.distributed.checkpoint index (one is a few MB; at most "
+                f"{MAX_DCP_METADATA_BYTES >> 20} MiB is read): the checkpoint is damaged or was tampered with. Resume from "
+                "a checkpoint you trust (--resume CHECKPOINT_FOLDER), or start a new run.")
+        super().__init__(file)
+        self.budget, self.per_byte = max(MIN_BUDGET, BUDGET_PER_BYTE * size), BUDGET_PER_BYTE
+
+    def spend(self, n: int, what: str) -> None:
+        self.budget -= n
+        if self.budget < 0:
+            raise pickle.UnpicklingError(f"refused to build {what}, past the building budget of {self.per_byte} elements per "
+                                         "byte of the index (a pickle bomb?)")
+
     def find_class(self, module, name):
         import torch
 
         if "." in name:  # protocol 4 looks up dotted names: 'torch.distributed.checkpoint.metadata' + 'os.system'
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not part of a torch.distributed.checkpoint index")
-        if (module, name) in DCP_ALLOWED or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return super().find_class(module, name)
+        if (module, name) in DCP_ALLOWED:
+            return _Budgeted(super().find_class(module, name), self)
         if module.startswith("torch.distributed.checkpoint."):  # only its own record classes, never a function or an
             found = super().find_class(module, name)  # import of the module (os, pickle) or a reader/writer class
             if isinstance(found, type) and found.__module__ == module and (is_dataclass(found) or issubclass(found, Enum)):
@@ -119,7 +177,7 @@ class _DCPUnpickler(pickle.Unpickler):
 
 def _check_dcp_metadata(path: Path) -> None:
     with open(path, "rb") as f:
-        _DCPUnpickler(f).load()
+        _DCPUnpickler(f, str(path)).load()
 
 
 def check_checkpoint(ckpt: str | Path) -> list[Path]:
@@ -131,11 +189,13 @@ def check_checkpoint(ckpt: str | Path) -> list[Path]:
     checked = []
     for path in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.suffix not in SAFE_SUFFIXES):
         try:
-            if path.name == ".metadata":  # a torch.distributed.checkpoint index (FSDP sharded state)
+            if _DCP_INDEX.fullmatch(path.name):  # a torch.distributed.checkpoint index (FSDP sharded state; per rank too)
                 _check_dcp_metadata(path)
             else:
                 with weights_only_loading():
                     _load_mapped(path)
+        except UnsafeCheckpointError:
+            raise
         except pickle.UnpicklingError as exc:
             raise UnsafeCheckpointError(
                 f"{path}: refused to load. This checkpoint file holds pickled objects other than tensors, numbers and "

@@ -8,7 +8,8 @@ face boxes, and for half-body / pose clips the DWPose whole-body keypoints (:mod
 are in :mod:`.clean`; storage in :mod:`.store`.
 
 Resumable: a clip is written into ``<id>.partial`` and renamed when complete, and its status file is
-written last; a re-run skips every clip that has a status file (kept or dropped). ``num_workers`` /
+written last with its video's path, size and modification time; a re-run skips every clip that has a status file
+(kept or dropped) of the same video, and prepares again one whose video was replaced (a log line says why). ``num_workers`` /
 ``worker_index`` split the input list so several processes prepare disjoint clips into the same folder.
 """
 from __future__ import annotations
@@ -167,6 +168,49 @@ def status_path(out_root: Path, cid: str) -> Path:
     return out_root / "status" / f"{cid}.json"
 
 
+def source_stamp(video: Path, input_root: Path) -> dict:
+    """What a clip's status records of its video: the path under the input folder, the size and modification time
+    (of the file a link points to), so a re-run tells a video replaced under the same clip id from the one prepared."""
+    st = video.stat()
+    return {"path": video.relative_to(input_root).as_posix(), "size": st.st_size, "mtime": round(st.st_mtime, 3)}
+
+
+def source_changed(status: Path, stamp: dict, unstamped: list) -> str | None:
+    """Why the clip's status file no longer stands for its video (None: it does, and the clip is skipped). A status
+    written before source stamps were recorded is trusted as before; the first one is said once (``unstamped``)."""
+    import json
+
+    try:
+        old = json.loads(status.read_text(encoding="utf-8")).get("source_stamp", "unstamped")
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"its status file {status} is unreadable ({type(exc).__name__})"
+    if old == "unstamped":
+        if not unstamped:
+            log.warning("%s and maybe other status files were written by an older version without their video's size and "
+                        "time: those clips are kept as done without checking their videos (delete a clip's status/<id>.json "
+                        "to prepare it again).", status)
+        unstamped.append(status)
+        return None
+    if not isinstance(old, dict) or old.get("path") != stamp["path"]:
+        return f"the clip is now {stamp['path']}, its status is of {old.get('path') if isinstance(old, dict) else old}"
+    if old.get("size") != stamp["size"]:
+        return f"{stamp['path']} is {stamp['size']} bytes, {old.get('size')} when it was prepared (the video was replaced)"
+    if not isinstance(old.get("mtime"), (int, float)) or abs(old["mtime"] - stamp["mtime"]) >= 2:  # FAT keeps 2 s steps
+        return f"{stamp['path']} was modified since it was prepared (the video was replaced or edited)"
+    return None
+
+
+def _drop_stale_clip(out_root: Path, cid: str, num_shards: int) -> None:
+    """Remove the clip's folder kept from an earlier video of the same id (a real folder in its shard, never a link)."""
+    import shutil
+
+    from .clip import shard_dir, shard_of
+
+    folder = shard_dir(out_root, shard_of(cid, num_shards)) / cid
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder)
+
+
 def check_folders(input_dir, output_dir) -> None:
     """Before any model is loaded: the videos' folder exists, and the output is a new or empty folder or a prepared
     dataset (resumed), never the videos' folder itself nor a folder of other files (its manifest.jsonl, report.jsonl,
@@ -208,14 +252,19 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     write_json_atomic(out_root / "prepare_config.json", asdict(cfg))
     videos = [v for v in videos if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
     fn = {"headshot": prepare_headshot, "full": prepare_full}.get(cfg.kind, prepare_body)
-    done = Counter()
+    done, unstamped = Counter(), []
     bar = tqdm(videos, desc=f"prepare ({cfg.kind})", unit="clip", disable=not progress)
     try:
         for video in bar:
             cid = clip_id(video, input_dir)
+            stamp = source_stamp(video, input_dir)
             if status_path(out_root, cid).is_file():
-                done["skipped (done before)"] += 1
-                continue
+                why = source_changed(status_path(out_root, cid), stamp, unstamped)
+                if why is None:
+                    done["skipped (done before)"] += 1
+                    continue
+                log.warning("clip %s is prepared again: %s", cid, why)
+                done["redone (video changed)"] += 1
             t0 = time.time()
             try:
                 st = fn(video, cid, out_root, cfg, tools)
@@ -223,7 +272,10 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
                 if isinstance(exc, RuntimeError) and "DWPose" in str(exc) or not _the_clips_fault(exc, out_root):
                     raise  # not the clip's: nothing is recorded, so a rerun after the fix prepares it
                 st = ClipStatus(cid, str(video), "dropped", "unreadable", f"{type(exc).__name__}: {exc}", kind=cfg.kind, fps=cfg.fps)
-            write_json_atomic(status_path(out_root, cid), {**asdict(st), "prepare_seconds": round(time.time() - t0, 2)})
+            if st.status != "ok":  # a clip kept from the video before: out of the dataset's folder with its status
+                _drop_stale_clip(out_root, cid, cfg.num_shards)
+            write_json_atomic(status_path(out_root, cid), {**asdict(st), "source_stamp": stamp,
+                                                           "prepare_seconds": round(time.time() - t0, 2)})
             done["kept" if st.status == "ok" else "dropped"] += 1
             bar.set_postfix(done)
     finally:

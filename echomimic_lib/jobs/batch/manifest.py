@@ -33,7 +33,7 @@ from ...errors import EchoMimicError
 from ..lora_args import SEPARATOR, split_cell
 from ..pose_sources import AUTO_POSE
 from .lora_columns import lora_columns, lora_key
-from .manifest_text import duplicate_columns, read_text, row_path, separator
+from .manifest_text import csv_rows, duplicate_columns, read_text, row_path, separator
 from .results import INPUT_FIELDS, fingerprint
 from .v3 import VERSION as V3, is_v3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
 
@@ -230,12 +230,12 @@ def _rows_csv(path: Path):
     sep = separator(fh.readline())  # "," or the header's ";" / tab
     fh.seek(0)
     reader = csv.reader(fh, delimiter=sep)
-    header = next(reader, [])
+    header = next(csv_rows(reader, path), [])
     twice = duplicate_columns(header, _column)
     if twice:
         yield 1, ValueError(twice)
         return
-    for cells in reader:
+    for cells in csv_rows(reader, path):
         if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
             continue
         extra = [c for c in cells[len(header):] if c.strip()]  # empty cells past the header's columns: nothing given

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import csv
 import io
 import os
 import re
@@ -22,19 +23,28 @@ from ...errors import EchoMimicError
 
 FIX_ENCODING = ("save it as UTF-8: in Excel File > Save As > 'CSV UTF-8 (Comma delimited)', in an editor the UTF-8 "
                 "encoding, and run the same command again.")
+MAX_MANIFEST_BYTES = 256 << 20  # a manifest row is a few hundred bytes: a million rows is a few hundred MB
+MAX_LINE_CHARS = 1 << 20  # characters a line (a JSONL row) may hold; a CSV cell: csv's field limit, 128 K characters
+FIX_SIZE = ("split the manifest into several files (a header line in each .csv) and run `echomimic batch` once for each "
+            "(check that it is the manifest you meant, not a media or log file).")
 _DRIVE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # C:\... or \\server\share
 
 
 def read_text(path: Path) -> io.StringIO:
-    """The manifest's text (a BOM dropped), ready for :mod:`csv` (newlines kept as written) or line reading."""
+    """The manifest's text (a BOM dropped), ready for :mod:`csv` (newlines kept as written) or line reading. A file over
+    :data:`MAX_MANIFEST_BYTES` is refused before it is read, one with a line over :data:`MAX_LINE_CHARS` once decoded."""
+    size = Path(path).stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise EchoMimicError(f"{path}: the manifest is {size >> 20} MiB, over the {MAX_MANIFEST_BYTES >> 20} MiB one may be (a row "
+                             f"is a few hundred bytes: paths and options); {FIX_SIZE}")
     data = Path(path).read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with its byte-order mark: unambiguous
         try:
-            return io.StringIO(data.decode("utf-16"), newline="")
+            return _lines_checked(path, data.decode("utf-16"))
         except UnicodeDecodeError:
             pass
     try:
-        return io.StringIO(data.decode("utf-8-sig"), newline="")
+        return _lines_checked(path, data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         start = data.rfind(b"\n", 0, exc.start) + 1
@@ -43,6 +53,34 @@ def read_text(path: Path) -> io.StringIO:
         raise EchoMimicError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02X} in '{text[:80]}'): the file "
                              f"was saved in another encoding (Excel's 'CSV (Comma delimited)' uses the Windows code page); "
                              f"{FIX_ENCODING}") from None
+
+
+def _lines_checked(path: Path, text: str) -> io.StringIO:
+    """``text`` for reading, or an error naming the first line longer than :data:`MAX_LINE_CHARS` (each step looks at
+    the next ``MAX_LINE_CHARS`` characters from a line's start: a few steps per MiB, whatever the number of lines)."""
+    pos = 0
+    while len(text) - pos > MAX_LINE_CHARS:
+        nl = max(text.rfind("\n", pos, pos + MAX_LINE_CHARS + 1), text.rfind("\r", pos, pos + MAX_LINE_CHARS + 1))  # old Macs: \r
+        if nl < 0:
+            raise EchoMimicError(f"{path}: line {text.count(chr(10), 0, pos) + 1} is longer than {MAX_LINE_CHARS >> 20} MiB of "
+                                 f"text (a manifest row is a few hundred characters; a quote left open, or not a manifest?); "
+                                 f"fix that line, or {FIX_SIZE}")
+        pos = nl + 1
+    return io.StringIO(text, newline="")
+
+
+def csv_rows(reader, path: Path):
+    """The rows of ``reader``; a cell over csv's field limit (a quote left open swallows the lines after it) is an error
+    naming the line, never a traceback."""
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise EchoMimicError(f"{path}: line {reader.line_num}: {exc} characters (a cell is a path, a number or a prompt; "
+                                 f"a quote \" left open takes in the lines after it): close the quote, or {FIX_SIZE}") from None
+        yield cells
 
 
 def separator(header: str) -> str:
@@ -87,4 +125,4 @@ def row_path(value, base: Path, column: str) -> str:
     return str(path)
 
 
-__all__ = ["read_text", "separator", "duplicate_columns", "row_path", "FIX_ENCODING"]
+__all__ = ["read_text", "separator", "duplicate_columns", "row_path", "FIX_ENCODING", "FIX_SIZE", "MAX_MANIFEST_BYTES", "csv_rows"]

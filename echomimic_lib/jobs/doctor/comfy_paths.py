@@ -37,6 +37,9 @@ DEFAULTS = {"vae": ("vae",), "clip_vision": ("clip_vision",), "text_encoders": (
 ECHOMIMIC = "echomimic"
 DEFAULT = "ComfyUI's default"
 YAML_NAME = "extra_model_paths.yaml"
+MAX_YAML_BYTES = 4 << 20  # an extra_model_paths.yaml is a few KB
+MAX_YAML_VALUES = 100_000  # sections, keys and paths once its aliases are expanded
+MAX_YAML_CHARS = 16 << 20  # characters of its keys and paths, aliases expanded (each alias of a long path list is split)
 OUTPUT_FOLDERS = ("checkpoints", "clip", "vae", "diffusion_models", "loras")  # main.apply_custom_paths
 OUTPUT_SOURCE = "ComfyUI's output folder"
 PACK_FILES = ("nodes/comfy_bridge.py", "echomimic_lib/__init__.py")  # what makes a custom_nodes sub-folder this pack
@@ -82,9 +85,19 @@ def _load(path: Path):
     except ImportError:
         return None, (f"{path}: not read, the pyyaml package is not installed here ({python_pip('install', 'pyyaml')}), so the "
                       "model folders it adds are not checked")
+    from ...io.yaml_file import expanded_size_over, file_size_over
+
+    size = file_size_over(path, MAX_YAML_BYTES)
+    if size is not None:
+        return None, (f"{path}: {size} bytes is not a model-paths file (at most {MAX_YAML_BYTES >> 20} MiB; one is a few KB); "
+                      "not read. Check that it is the right file, or remove it")
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh), None
+            config = yaml.safe_load(fh)
+        if expanded_size_over(config, MAX_YAML_VALUES, MAX_YAML_CHARS):
+            return None, (f"{path}: its YAML aliases (*name) expand to more than {MAX_YAML_VALUES} values or {MAX_YAML_CHARS} "
+                          "characters (a 'billion laughs' file); not read. Write the paths out, or alias only small sections")
+        return config, None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
