@@ -9,7 +9,7 @@ are in :mod:`.clean`; storage in :mod:`.store`.
 
 Resumable: a clip is written into ``<id>.partial`` and renamed when complete, and its status file is
 written last with its video's path, size and modification time; a re-run skips every clip that has a status file
-(kept or dropped) of the same video, and prepares again one whose video was replaced (a log line says why). ``num_workers`` /
+(kept or dropped) of the same video (path and size), and prepares again one whose video was replaced (a log line says why). ``num_workers`` /
 ``worker_index`` split the input list so several processes prepare disjoint clips into the same folder.
 """
 from __future__ import annotations
@@ -195,9 +195,7 @@ def source_changed(status: Path, stamp: dict, unstamped: list) -> str | None:
         return f"the clip is now {stamp['path']}, its status is of {old.get('path') if isinstance(old, dict) else old}"
     if old.get("size") != stamp["size"]:
         return f"{stamp['path']} is {stamp['size']} bytes, {old.get('size')} when it was prepared (the video was replaced)"
-    if not isinstance(old.get("mtime"), (int, float)) or abs(old["mtime"] - stamp["mtime"]) >= 2:  # FAT keeps 2 s steps
-        return f"{stamp['path']} was modified since it was prepared (the video was replaced or edited)"
-    return None
+    return None  # the time is recorded, not compared: videos copied to another disk or machine keep their clips
 
 
 def _drop_stale_clip(out_root: Path, cid: str, num_shards: int) -> None:
