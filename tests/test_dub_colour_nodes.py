@@ -114,3 +114,14 @@ def test_the_dub_workflow_with_save_dub_keeps_the_source_colours(comfy):  # noqa
     assert info["audio_seconds"] and abs(info["audio_seconds"] - 0.5) < 0.05
     decoded = _decoded(path).astype(np.float32)
     assert np.abs(decoded - frames.numpy() * 255).mean() < 6.0  # the composite, as the source's conversion gives it back
+
+
+def test_echomimic_queue_gives_save_dub_the_jobs_prefix():
+    build_prompt = sub("echomimic_lib.jobs.queue_client").build_prompt
+    prompt = json.loads((ROOT / "workflows" / "api" / "v1_dub_video.json").read_text())
+    del prompt["20"], prompt["21"]
+    prompt["22"] = {"class_type": "EchoMimicSaveDub", "inputs": {"images": ["11", 0], "fps": ["11", 1], "source_video": ["7", 0],
+                                                                   "filename_prefix": "echomimic/dub", "audio": ["6", 2]}}
+    out = build_prompt(prompt, None, "speech.wav", "batch/person__speech", driving="person.mp4", video_required=True)
+    assert out["22"]["inputs"]["filename_prefix"] == "batch/person__speech"
+    assert out["7"]["inputs"]["file"] == "person.mp4"
