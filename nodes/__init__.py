@@ -14,6 +14,7 @@ from .lora import EchoMimicLora
 from .pose import EchoMimicPoseSequenceLoader
 from .reference import EchoMimicReferencePrep
 from .sampler import EchoMimicSampler
+from .save_dub import EchoMimicSaveDub
 from .to_file import EchoMimicSamplerToFile, EchoMimicV3SamplerToFile
 from .v3 import EchoMimicV3AudioEncoder, EchoMimicV3Loader, EchoMimicV3Sampler
 from .v3_lora import EchoMimicV3Lora
@@ -32,6 +33,7 @@ NODE_CLASS_MAPPINGS = {
     "EchoMimicEvaluate": EchoMimicEvaluate,
     "EchoMimicPasteBack": EchoMimicPasteBack,
     "EchoMimicFaceTrack": EchoMimicFaceTrack,
+    "EchoMimicSaveDub": EchoMimicSaveDub,
     "EchoMimicLandmarkOnlyAudio": EchoMimicLandmarkOnlyAudio,
     "EchoMimicV3Loader": EchoMimicV3Loader,
     "EchoMimicV3Lora": EchoMimicV3Lora,
@@ -53,6 +55,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicEvaluate": "EchoMimic Evaluate",
     "EchoMimicPasteBack": "EchoMimic Paste Back",
     "EchoMimicFaceTrack": "EchoMimic Face Track (video dubbing)",
+    "EchoMimicSaveDub": "EchoMimic Save Dub (source colours)",
     "EchoMimicLandmarkOnlyAudio": "EchoMimic Landmark-Only Driving (no audio)",
     "EchoMimicV3Loader": "EchoMimic V3 Loader (flash-pro)",
     "EchoMimicV3Lora": "EchoMimic V3 LoRA (Wan2.1 1.3B)",

@@ -72,13 +72,14 @@ class VideoFile:
     """The mp4 one run writes: its place (refused before any work when the prefix leaves the output folder), the
     writer, the preview, and the node's return value."""
 
-    def __init__(self, prefix: str, width: int, height: int, fps: float, audio: dict | None):
+    def __init__(self, prefix: str, width: int, height: int, fps: float, audio: dict | None, color=None):
         self.path, self.entry = C.save_path(prefix, "mp4", width, height)
         wave = audio.get("waveform") if isinstance(audio, dict) else None
         samples = None if wave is None or wave.numel() == 0 else comfy_waveform(wave)[0].float().cpu().numpy()  # (C, T)
         rate = int(audio["sample_rate"]) if samples is not None else None
         self.fps = float(fps)
-        self.writer = Mp4Writer(self.path, self.fps, samples, rate)  # checks the destination (nothing is created yet)
+        # ``color``: a dub's source colour description (nodes.save_dub); None: the generated video's BT.709 tags
+        self.writer = Mp4Writer(self.path, self.fps, samples, rate, color=color)  # checks the destination (nothing is created yet)
         self.preview = FramePreview()
 
     def window(self, start: int, frames) -> None:

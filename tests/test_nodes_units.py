@@ -44,7 +44,7 @@ def _inputs(cls):
 def test_every_node_is_a_v1_class_with_unique_prefixed_id_category_and_tooltips(bridge):
     pack = load_pack()
     mappings, names = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
-    assert len(mappings) == 19 and set(names) == set(mappings)
+    assert len(mappings) == 20 and set(names) == set(mappings)
     for node_id, cls in mappings.items():
         assert node_id.startswith("EchoMimic") and cls.__name__ == node_id
         assert cls.CATEGORY == "EchoMimic" and cls.DESCRIPTION
@@ -54,7 +54,7 @@ def test_every_node_is_a_v1_class_with_unique_prefixed_id_category_and_tooltips(
             assert len(spec) == 2 and spec[1].get("tooltip", "").strip(), f"{node_id}.{name} has no tooltip"
         custom = [t for t in cls.RETURN_TYPES + tuple(s[0] for s in inputs.values()) if isinstance(t, str) and t.isupper()
                   and t not in ("IMAGE", "MASK", "AUDIO", "FLOAT", "INT", "STRING", "BOOLEAN", "CONDITIONING",
-                                                  "CLIP_VISION_OUTPUT", "VAE")]
+                                                  "CLIP_VISION_OUTPUT", "VAE", "VIDEO")]
         assert all(t.startswith("ECHOMIMIC_") for t in custom), custom
         # execute accepts exactly the declared inputs
         params = inspect.signature(getattr(cls(), cls.FUNCTION)).parameters
@@ -118,7 +118,7 @@ def test_importing_the_pack_has_no_side_effects(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout == ""
     report = json.loads(out.stderr.strip().splitlines()[-1])
-    assert report == {"light": True, "n": 19, "env": []}
+    assert report == {"light": True, "n": 20, "env": []}
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,5 +1,8 @@
-"""Which stream of a media file is its video: cover art (an audio file's picture) is none."""
+"""Opening a media file (a clear error for a missing or unreadable one) and which of its streams is its video: cover
+art (an audio file's picture) is none."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from ..errors import EchoMimicError
 
@@ -21,3 +24,17 @@ def video_stream(container, path=None, required: bool = True):
         return None
     cover = " (only a cover picture: an audio file)" if container.streams.video else ""
     raise NoVideoStream(f"{path or container.name}: the file has no video stream{cover}.")
+
+
+def open_media(path: str | Path):
+    """An open PyAV container of ``path``, or a clear error: missing, or not media."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise EchoMimicError(f"{path}: file not found.")
+    try:
+        return av.open(str(path))
+    except Exception as exc:
+        raise EchoMimicError(f"{path}: cannot be opened as a media file ({getattr(exc, 'strerror', None) or exc}); it is damaged or "
+                             "not audio/video: use a wav, mp3, flac, m4a or mp4 file.") from exc

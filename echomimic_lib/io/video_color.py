@@ -4,7 +4,7 @@ honours it when a video is written.
 - A video the pack generates (sRGB frames, whose primaries are BT.709) is written as the web's standard HD video:
   BT.709 matrix, primaries and transfer, limited ("tv") range, all four tagged (:data:`GENERATED`). Untagged video
   is left to the player's guess (BT.601 for SD, BT.709 for HD, and players differ), which shifts its colours.
-- ``echomimic dub`` keeps its source's description (:func:`read_color`): the frames are decoded with the source's
+- ``echomimic dub`` (and in ComfyUI, EchoMimic Save Dub given the source video) keeps its source's description (:func:`read_color`): the frames are decoded with the source's
   own tags and encoded back with the same matrix and range, and the same four tags, so a player shows the output's
   untouched pixels as it shows the source. An untagged source gives an untagged output converted as before
   (swscale's default BT.601 matrix, limited range): the player then treats source and output alike.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +75,25 @@ GENERATED = ColorDescription(BT709, BT709, BT709, RANGE_LIMITED)
 UNTAGGED = ColorDescription()
 
 
-def read_color(path: str | Path) -> ColorDescription:
+def read_color(path: str | Path | IO[bytes]) -> ColorDescription:
     """The colour description of the first video stream (cover art aside) of a media file (:data:`UNTAGGED` when the file says nothing,
-    or has no video stream)."""
+    or has no video stream). ``path``: a path, or a seekable binary file object (read from its start, and put back there)."""
     import av
 
+    if not hasattr(path, "read"):
+        return _read_color(av.open(str(path)), path)
+    path.seek(0)
+    try:
+        return _read_color(av.open(path), "the source video")
+    finally:
+        path.seek(0)  # back at the start for whoever reads it next
+
+
+def _read_color(container, name) -> ColorDescription:
     from .streams import video_stream
 
-    with av.open(str(path)) as container:
-        stream = video_stream(container, path, required=False)  # cover art is no video stream
+    with container:
+        stream = video_stream(container, name, required=False)  # cover art is no video stream
         if stream is None:
             return UNTAGGED
         cc = stream.codec_context

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from .orientation import frame_turn, upright_rgb
-from .streams import NoVideoStream, video_stream  # noqa: F401  (the names callers import from here)
+from .audio_length import audio_samples
+from .streams import NoVideoStream, open_media as _open, video_stream  # noqa: F401  (the names callers import from here)
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +26,6 @@ class VideoClip:
     fps: float
     audio: np.ndarray | None = None  # (C, T) float32 in [-1, 1]
     sample_rate: int | None = None
-
-
-def _open(path: str | Path):
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise EchoMimicError(f"{path}: file not found.")
-    try:
-        return av.open(str(path))
-    except Exception as exc:
-        raise EchoMimicError(f"{path}: cannot be opened as a media file ({getattr(exc, 'strerror', None) or exc}); it is damaged or "
-                             "not audio/video: use a wav, mp3, flac, m4a or mp4 file.") from exc
 
 
 def read_video(path: str | Path, max_frames: int | None = None, with_audio: bool = True) -> VideoClip:
@@ -371,7 +359,8 @@ def write_video(
 
 def probe(path: str | Path) -> dict:
     """Frame count, fps, size (as displayed: see :class:`VideoFrames`) and audio duration of a media file (used by
-    tests and the CLI summary); cover art is no video (0 frames)."""
+    tests and the CLI summary); cover art is no video (0 frames). The audio is measured without being held
+    (:func:`audio_samples`)."""
     container = _open(path)
     try:
         info = {"frames": 0, "fps": None, "audio_seconds": None, "width": None, "height": None}
@@ -387,6 +376,6 @@ def probe(path: str | Path) -> dict:
     finally:
         container.close()
     if _has_audio(path):
-        wav, sr = read_audio(path)
-        info["audio_seconds"] = wav.shape[1] / sr
+        samples, sr = audio_samples(path)
+        info["audio_seconds"] = samples / sr
     return info

@@ -77,7 +77,7 @@ def find_node(prompt: dict, class_type: str, explicit: str | None = None) -> str
     return ids[0] if ids else None
 
 
-SAVING_NODES = ("SaveVideo", "EchoMimicSamplerToFile", "EchoMimicV3SamplerToFile")  # nodes that take a filename_prefix
+SAVING_NODES = ("SaveVideo", "EchoMimicSamplerToFile", "EchoMimicV3SamplerToFile", "EchoMimicSaveDub")  # nodes that take a filename_prefix
 
 
 def build_prompt(template: dict, image: str | None, audio: str, prefix: str, seed: int | None = None,

@@ -1,0 +1,72 @@
+"""The length of a media file's audio without holding the audio (``probe``): a PCM wav's from its header, when the
+file holds every sample the header declares and FFmpeg reads the same count; any other file's by decoding it frame by
+frame, each frame let go once counted. The count is ``read_audio(path)[0].shape[1]`` (tests/test_io_memory_4.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import EchoMimicError
+from .streams import open_media
+
+
+def _riff_samples(path) -> int | None:
+    """Whole sample frames in a RIFF wav's ``data`` chunk, when the file holds all of it (else None)."""
+    import struct
+
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        if f.read(4) != b"RIFF" or (f.read(4), f.read(4))[1] != b"WAVE":
+            return None
+        align = None
+        for _ in range(64):  # a wav has a handful of chunks before its data
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            cid, n = head[:4], struct.unpack("<I", head[4:])[0]
+            if cid == b"fmt ":
+                fmt = f.read(n + (n & 1))
+                align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            elif cid == b"data":
+                return n // align if align and n != 0xFFFFFFFF and f.tell() + n <= size else None
+            else:
+                f.seek(n + (n & 1), 1)
+    return None
+
+
+def _header_samples(container, stream, path) -> int | None:
+    """A PCM wav's sample count from its header, when the file holds every sample it declares and FFmpeg reads the
+    same count (a truncated file, or any other codec or container: None, the samples are counted by decoding)."""
+    cc = stream.codec_context
+    if container.format.name != "wav" or not cc.name.startswith("pcm_") or stream.start_time not in (None, 0):
+        return None
+    if not stream.duration or stream.time_base * (stream.rate or 0) != 1:
+        return None
+    samples = _riff_samples(path)
+    return samples if samples == stream.duration else None
+
+
+def audio_samples(path: str | Path) -> tuple[int, int]:
+    """(sample count, sample rate) of the first audio stream, as ``read_audio(path)[0].shape[1]`` says, without
+    holding the audio: a PCM wav's from its header, else decoded frame by frame, each let go once counted."""
+    import av
+
+    container = open_media(path)
+    try:
+        if not container.streams.audio:
+            raise EchoMimicError(f"{path}: the file has no audio stream; give a recording with sound (wav, mp3, flac, m4a, or a video with audio).")
+        stream = container.streams.audio[0]
+        sr = stream.rate or stream.codec_context.sample_rate
+        done = _header_samples(container, stream, path)
+        if done is None:
+            done = 0
+            try:
+                for frame in container.decode(stream):
+                    done += frame.samples
+            except av.error.FFmpegError as exc:
+                raise EchoMimicError(f"{path}: the audio cannot be decoded ({exc}); the file is damaged or truncated. "
+                                     "Re-export it (e.g. as wav) and try again.") from exc
+    finally:
+        container.close()
+    if not done:
+        raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
+    return done, int(sr)
