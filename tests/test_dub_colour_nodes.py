@@ -100,13 +100,13 @@ def test_the_dub_workflow_with_save_dub_keeps_the_source_colours(comfy):  # noqa
     _source(tagged, BT601_FULL, frames=_decoded(person))
     prompt = json.loads((ROOT / "workflows" / "api" / "v1_dub_video.json").read_text())
     prompt["7"]["inputs"]["file"] = "tagged_person.mp4"
-    del prompt["20"], prompt["21"]
-    prompt["22"] = {"class_type": "EchoMimicSaveDub", "inputs": {"images": ["11", 0], "fps": ["11", 1], "source_video": ["7", 0],
-                                                                   "filename_prefix": "echomimic/dub_colour", "audio": ["6", 2]}}
+    assert prompt["20"] == {"class_type": "EchoMimicSaveDub", "_meta": prompt["20"]["_meta"], "inputs": {
+        "images": ["11", 0], "fps": ["11", 1], "source_video": ["7", 0], "filename_prefix": "echomimic/v1_dub_video",
+        "audio": ["6", 2]}}  # the shipped workflow saves with Save Dub
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(C, "OUTPUT_DIR", comfy / "output")
         out = run_prompt(prompt, Core(comfy), FAST)
-    path = Path(out["22"][0])
+    path = Path(out["20"][0])
     assert path.is_file() and VC.read_color(path) == BT601_FULL
     frames = out["11"][0]
     info = IO.probe(path)
@@ -119,9 +119,6 @@ def test_the_dub_workflow_with_save_dub_keeps_the_source_colours(comfy):  # noqa
 def test_echomimic_queue_gives_save_dub_the_jobs_prefix():
     build_prompt = sub("echomimic_lib.jobs.queue_client").build_prompt
     prompt = json.loads((ROOT / "workflows" / "api" / "v1_dub_video.json").read_text())
-    del prompt["20"], prompt["21"]
-    prompt["22"] = {"class_type": "EchoMimicSaveDub", "inputs": {"images": ["11", 0], "fps": ["11", 1], "source_video": ["7", 0],
-                                                                   "filename_prefix": "echomimic/dub", "audio": ["6", 2]}}
     out = build_prompt(prompt, None, "speech.wav", "batch/person__speech", driving="person.mp4", video_required=True)
-    assert out["22"]["inputs"]["filename_prefix"] == "batch/person__speech"
+    assert out["20"]["class_type"] == "EchoMimicSaveDub" and out["20"]["inputs"]["filename_prefix"] == "batch/person__speech"
     assert out["7"]["inputs"]["file"] == "person.mp4"

@@ -154,7 +154,7 @@ def test_videos_times_audios_fill_load_video_for_the_dubbing_workflow(server, me
     for payload in handler.prompts:
         nodes = {v["class_type"]: v["inputs"] for v in payload["prompt"].values()}
         jobs.add((nodes["LoadVideo"]["file"], nodes["LoadAudio"]["audio"]))
-        assert nodes["SaveVideo"]["filename_prefix"] == f"echomimic/{Path(nodes['LoadVideo']['file']).stem}__" \
+        assert nodes["EchoMimicSaveDub"]["filename_prefix"] == f"echomimic/{Path(nodes['LoadVideo']['file']).stem}__" \
                                                        f"{Path(nodes['LoadAudio']['audio']).stem}"
     assert jobs == {(v, a) for v in ("carl.mp4", "dana.mov") for a in ("bye.mp3", "hello.wav")}
     with pytest.raises(EchoMimicError, match="no LoadVideo node.*--videos is for the dubbing workflow"):

@@ -1,6 +1,7 @@
 """Every shipped workflow (UI format in workflows/, API format in workflows/api/) checked against the nodes'
 INPUT_TYPES: node types exist, widget values match in count, order and type, links connect matching types,
-required inputs are connected, each graph ends in CreateVideo -> SaveVideo, and the API file is the same graph
+required inputs are connected, each graph ends in CreateVideo -> SaveVideo (a to-file sampler, or the dub's EchoMimic
+Save Dub, which keeps the source's colours), and the API file is the same graph
 as the UI file. The checker is also shown to catch schema changes that would break a saved workflow."""
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ MODES = {"v1_audio", "v1_audio_acc", "v1_landmarks_video", "v1_audio_selected_la
          "v2_audio_only", "v3_flash_lora", "v1_audio_to_file", "v3_flash_long_to_file"}
 TO_FILE = {"v1_audio_to_file": "EchoMimicSamplerToFile", "v3_flash_long_to_file": "EchoMimicV3SamplerToFile"}  # the sampler writes the mp4 itself (no Create / Save Video)
 PASTE_BACK = {"v1_audio_paste_back", "v1_dub_video", "v2_paste_back"}  # full-frame results: CreateVideo gets the composite
+SAVE_DUB = {"v1_dub_video"}  # saved by EchoMimic Save Dub (the source video's colour tags), not CreateVideo -> SaveVideo
 
 # Core nodes the workflows use, written down from Comfy-Org/ComfyUI a125cd84 (2025-10-11, comfyui_version 0.3.64):
 #   LoadImage           nodes.py l.1630-1642: "image" combo with image_upload; the frontend adds an "upload" widget (saved "image")
@@ -260,11 +262,19 @@ def test_a_to_file_workflow_ends_in_the_to_file_sampler_with_its_path_and_previe
 @pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem not in TO_FILE], ids=lambda p: p.stem)
 def test_each_workflow_ends_in_create_video_and_save_video_fed_by_the_sampler(path):
     prompt = _load(ROOT / "workflows" / "api" / path.name)
-    saves = [n for n in prompt.values() if n["class_type"] == "SaveVideo"]
+    saves = [n for n in prompt.values() if n["class_type"] in ("SaveVideo", "EchoMimicSaveDub")]
     assert len(saves) == 1
-    create = prompt[saves[0]["inputs"]["video"][0]]
-    assert create["class_type"] == "CreateVideo"
-    sources = {k: (prompt[v[0]]["class_type"], v[1]) for k, v in create["inputs"].items() if isinstance(v, list)}
+    if path.stem in SAVE_DUB:  # the frames, their rate and the speech, plus Load Video's file for its colour tags
+        create = saves[0]
+        assert create["class_type"] == "EchoMimicSaveDub" and create["inputs"]["filename_prefix"] == f"echomimic/{path.stem}"
+        assert prompt[create["inputs"]["source_video"][0]]["class_type"] == "LoadVideo"
+        assert [n["inputs"]["video"] for n in prompt.values() if n["class_type"] == "GetVideoComponents"] == \
+            [create["inputs"]["source_video"]]  # the same video the frames came from
+    else:
+        create = prompt[saves[0]["inputs"]["video"][0]]
+        assert create["class_type"] == "CreateVideo"
+    sources = {k: (prompt[v[0]]["class_type"], v[1]) for k, v in create["inputs"].items() if isinstance(v, list)
+               and k != "source_video"}
     sampler = "EchoMimicV3Sampler" if path.stem.startswith("v3") else "EchoMimicSampler"
     frames = "EchoMimicPasteBack" if path.stem in PASTE_BACK else sampler
     assert sources == {"images": (frames, 0), "fps": (frames, 1), "audio": (sampler, 2)}
