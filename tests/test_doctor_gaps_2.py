@@ -214,3 +214,48 @@ def test_powershell_takes_every_path_literally(tmp_path, tiny_comfy_models, monk
             assert cmd.startswith("New-Item -ItemType Directory -Force -Path ") and " -Name" not in cmd, cmd
     assert {"Remove-Item", "Copy-Item", "New-Item", "curl.exe", "&"} <= seen, seen
     assert shell.make_dirs(lit) == f'New-Item -ItemType Directory -Force -Path "{lit}"'
+
+
+# ------------------------------------------------------------------------------------------------ 3. Desktop on Linux
+def test_desktop_on_linux_is_read_from_xdg_config_home(tmp_path, monkeypatch):
+    """Desktop's Electron userData on Linux: $XDG_CONFIG_HOME/ComfyUI, else ~/.config/ComfyUI (config.json basePath)."""
+    from echomimic_lib.jobs.doctor import desktop
+    from tests.test_doctor_windows import _desktop
+
+    monkeypatch.setattr(desktop, "PACK", tmp_path / "src" / "ComfyUI-EchoMimic")
+    monkeypatch.setattr(desktop, "system", lambda: "linux")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    base = tmp_path / WEIRD / "Comfy files"
+    _desktop(tmp_path / "xdg" / "ComfyUI", base)
+    found = desktop.find_comfyui()
+    assert (found.kind, found.base, found.base_from) == ("ComfyUI Desktop", base,
+                                                         f"basePath in {tmp_path / 'xdg' / 'ComfyUI' / 'config.json'}")
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000, '{"basePath": "/elsewhere", "pad": "' + "x" * (1 << 20) + '"}'],
+                         ids=["nested too deep", "over 1 MiB"])
+def test_a_desktop_config_json_too_deep_or_too_large_is_a_note_not_a_crash(tmp_path, monkeypatch, content):
+    from echomimic_lib.jobs.doctor import desktop
+    from tests.test_doctor_windows import _desktop
+
+    monkeypatch.setattr(desktop, "PACK", tmp_path / "src" / "ComfyUI-EchoMimic")
+    monkeypatch.setattr(desktop, "system", lambda: "linux")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    data = tmp_path / "home" / ".config" / "ComfyUI"
+    base = tmp_path / "base"
+    _desktop(data, base)
+    (data / "config.json").write_text(content)
+    found = desktop.find_comfyui()  # the yaml's base_path instead; before: RecursionError, or the whole file read
+    assert found.base == base and found.base_from == f"base_path in {data / 'extra_models_config.yaml'}"
+    assert any(n.startswith(f"{data / 'config.json'}: not read (") for n in found.notes), found.notes
+
+
+def test_an_extra_model_paths_yaml_nested_too_deep_is_a_finding_not_a_crash(tmp_path):
+    from tests.test_doctor_roots import _comfy, _doctor
+
+    comfy = _comfy(tmp_path)
+    (comfy / "extra_model_paths.yaml").write_text("a: " + "[" * 100_000)
+    report = _doctor(comfy)
+    assert any("not valid YAML (nested too deep)" in p for p in report["problems"]), report["problems"]

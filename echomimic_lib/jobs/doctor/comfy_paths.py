@@ -39,6 +39,7 @@ DEFAULT = "ComfyUI's default"
 YAML_NAME = "extra_model_paths.yaml"
 OUTPUT_FOLDERS = ("checkpoints", "clip", "vae", "diffusion_models", "loras")  # main.apply_custom_paths
 OUTPUT_SOURCE = "ComfyUI's output folder"
+MAX_YAML = 4 << 20  # a yaml file's bytes read at most
 PACK_FILES = ("nodes/comfy_bridge.py", "echomimic_lib/__init__.py")  # what makes a custom_nodes sub-folder this pack
 
 
@@ -83,8 +84,11 @@ def _load(path: Path):
         return None, (f"{path}: not read, the pyyaml package is not installed here, so the model folders it adds are not "
                       f"checked; install it: {python_pip('install', 'pyyaml')}")
     try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh), None
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_YAML + 1)
+        if len(data) > MAX_YAML:
+            return None, f"{path}: not read, over {MAX_YAML} bytes (an extra_model_paths.yaml is a few KB): not checked"
+        return yaml.safe_load(data.decode("utf-8")), None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -92,6 +96,8 @@ def _load(path: Path):
         return None, f"{path}: not valid YAML ({what}{at}); ComfyUI stops at start with it: fix or remove the file"
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"{path}: unreadable ({exc})"
+    except RecursionError:  # nested deeper than the parser goes: no model paths file
+        return None, f"{path}: not valid YAML (nested too deep); ComfyUI stops at start with it: fix or remove the file"
 
 
 def _sections(path: Path, config) -> tuple[list[tuple[str, dict]], str | None]:
