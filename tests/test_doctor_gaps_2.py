@@ -259,3 +259,12 @@ def test_an_extra_model_paths_yaml_nested_too_deep_is_a_finding_not_a_crash(tmp_
     (comfy / "extra_model_paths.yaml").write_text("a: " + "[" * 100_000)
     report = _doctor(comfy)
     assert any("not valid YAML (nested too deep)" in p for p in report["problems"]), report["problems"]
+
+
+def test_remarks_go_first_and_a_quoted_newline_stays_in_its_command(monkeypatch):
+    monkeypatch.setattr(shell, "is_windows", lambda: False)
+    odd = shell.fix(shell.remove(["/a\n# b"]), "r1")  # a path holding a newline and '# ': not a remark
+    assert shell.then(odd, shell.fix("c", "r2")) == "# r1\n# r2\nrm -- '/a\n# b' && c"
+    assert shell.fix(None, "only a remark") == "# only a remark" and shell.fix("", "x  y\nz") == "# x y z"
+    monkeypatch.setattr(shell, "is_windows", lambda: True)
+    assert shell.then(shell.fix("a", "r"), "b", shell.fix("c", "s")) == "# r\n# s\na; if ($?) { b; if ($?) { c } }"

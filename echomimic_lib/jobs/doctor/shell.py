@@ -121,8 +121,9 @@ def _split(line: str) -> tuple[list[str], list[str]]:
     if isinstance(line, Chain):
         return list(line.parts), list(line.remarks)
     lines = str(line).split("\n")
-    remarks = [x[len(COMMENT):] for x in lines if x.startswith(COMMENT)]
-    return [x for x in lines if x and not x.startswith(COMMENT)], remarks
+    n = next((i for i, x in enumerate(lines) if not x.startswith(COMMENT)), len(lines))  # the remarks come first
+    command = "\n".join(lines[n:])  # (a quoted path may hold a newline)
+    return [command] if command else [], [x[len(COMMENT):] for x in lines[:n]]
 
 
 def fix(command: str | None, *remarks: str) -> str:
