@@ -41,13 +41,13 @@ def test_powershell_chain_runs_each_command_only_after_the_one_before_worked(win
     # would let the rest run)
     assert shell.then(shell.then("a", "b"), shell.then("c", "d")) == "a; if ($?) { b; if ($?) { c; if ($?) { d } } }"
     assert shell.then("", "a", None) == "a" and shell.then() == ""
-    # a remark stays after the chain, outside the braces
-    assert shell.then("rm x", "curl y  (or run animate once)") == "rm x; if ($?) { curl y }  (or run animate once)"
+    # a remark is a comment line before the chain, outside the braces
+    assert shell.then("rm x", shell.fix("curl y", "or run animate once")) == "# or run animate once\nrm x; if ($?) { curl y }"
     assert shell.then('Remove-Item -LiteralPath "C:\\a  (b)\\f"', "c") == 'Remove-Item -LiteralPath "C:\\a  (b)\\f"; if ($?) { c }'
 
 
 def test_posix_chain_and_its_remarks(posix):
-    assert shell.then(shell.then("a", "b"), "c  (or d)") == "a && b && c  (or d)"
+    assert shell.then(shell.then("a", "b"), shell.fix("c", "or d")) == "# or d\na && b && c"
     assert shell.then("rm -- 'a  (x)'", "c") == "rm -- 'a  (x)' && c"  # two spaces and '(' inside quotes: a path
 
 
@@ -64,9 +64,9 @@ def test_posix_chain_really_stops_at_a_failed_command(tmp_path, posix):
 def test_a_broken_landmarker_fix_on_windows_keeps_its_remark_outside_the_chain(tmp_path, windows):
     (tmp_path / "mediapipe").mkdir()
     (tmp_path / "mediapipe" / "face_landmarker.task").write_bytes(b"")
-    fix = next(f for f in mediapipe_row(tmp_path)["files"] if f["status"] == "broken")["fix"]
+    remark, fix = next(f for f in mediapipe_row(tmp_path)["files"] if f["status"] == "broken")["fix"].split("\n")
     assert fix.startswith('Remove-Item -LiteralPath ') and "; if ($?) { curl.exe -fL --create-dirs -o " in fix
-    assert fix.endswith(" }  (or run animate / dub / landmarks once without --offline)"), fix
+    assert remark == "# or run animate / dub / landmarks once without --offline" and fix.endswith(" }"), fix
     assert fix.count("{") == fix.count("}") == 1
 
 
@@ -152,11 +152,11 @@ def test_desktop_on_windows_in_comfyui_electron(tmp_path, monkeypatch):
 def test_pose_library_fix_runs_through_this_python_where_echomimic_is_on_no_path(tmp_path, windows, monkeypatch):
     monkeypatch.setattr(shell.shutil, "which", lambda name: None)
     poses = next(p for p in check_shared(tmp_path, []) if p["part"] == "poses")
-    assert poses["fix"].startswith(f'& "{PY}" -m echomimic_lib.cli poses --video DRIVING.mp4 -o ')
+    assert poses["fix"].split("\n")[-1].startswith(f'& "{PY}" -m echomimic_lib.cli poses --video DRIVING.mp4 -o ')
     comfy = _comfy(tmp_path / "c")
     _pack(comfy / "custom_nodes")
     row = next(p for p in _doctor(comfy)["shared"] if p["part"] == "poses")
-    assert row["status"] == "missing" and row["fix"].startswith(f'& "{PY}" -m echomimic_lib.cli poses --video ')
+    assert row["status"] == "missing" and row["fix"].split("\n")[-1].startswith(f'& "{PY}" -m echomimic_lib.cli poses --video ')
 
 
 # ------------------------------------------------------------------------------------------------ what the loader refuses
@@ -172,7 +172,8 @@ def test_a_vae_auto_file_linked_from_outside_its_folder_is_broken_as_the_loader_
     report = _doctor(comfy)
     vae = next(p for p in report["shared"] if p["part"] == "vae")
     assert vae["status"] == "broken" and f"a link to {real}, outside {comfy / 'models' / 'vae'}" in vae["broken"][0]["problem"]
-    assert vae["fix"].startswith(f"rm -- {link} && cp -- {real} {link}  (or add {store} as a 'vae:' folder")
+    assert vae["fix"] == (f"# or add {store} as a 'vae:' folder in extra_model_paths.yaml and remove the link\n"
+                          f"rm -- {link} && cp -- {real} {link}")
     assert "vae: broken" in report["problems"] and not report["comfyui"]["modes"][0]["ready"]
     # the same file copied in (or a linked vae folder: ComfyUI's own root is resolved too) passes this check
     link.unlink()
@@ -206,8 +207,8 @@ def test_pip_fixes_reinstall_only_the_package_not_its_dependencies(monkeypatch, 
 def test_pose_library_fix_reads_dwpose_from_the_models_folder_checked(tmp_path, posix):
     root, default = tmp_path / "my models", tmp_path / "default"
     fix = next(p for p in check_shared(root, [], default) if p["part"] == "poses")["fix"]
-    assert fix.startswith(f"echomimic poses --video DRIVING.mp4 -o {shlex.quote(str(root / 'poses' / 'NAME'))} "
-                          f"--models {shlex.quote(str(root))}  (or copy")
+    assert fix.startswith("# or copy") and fix.endswith(
+        f"\nechomimic poses --video DRIVING.mp4 -o {shlex.quote(str(root / 'poses' / 'NAME'))} --models {shlex.quote(str(root))}")
     fix = next(p for p in check_shared(default, [], default) if p["part"] == "poses")["fix"]
     assert "--models" not in fix  # the command line's own default
 
@@ -220,22 +221,22 @@ def test_pose_library_fix_in_comfyui_names_the_root_holding_dwpose(tmp_path, pos
     (store / "em").mkdir(parents=True)
     report = _doctor(comfy)
     poses = next(p for p in report["shared"] if p["part"] == "poses")
-    assert poses["fix"].startswith(f"echomimic poses --video DRIVING.mp4 -o {store / 'em' / 'poses' / 'NAME'} "
-                                   f"--models {store / 'em'}  (or copy")  # no DWPose anywhere: the first root
+    assert poses["fix"].startswith("# or copy") and poses["fix"].endswith(
+        f"\nechomimic poses --video DRIVING.mp4 -o {store / 'em' / 'poses' / 'NAME'} --models {store / 'em'}")  # no DWPose anywhere: the first root
     for name in ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"):
         _onnx(comfy / "models" / "echomimic" / "dwpose" / name)
     report = _doctor(comfy)
     assert next(p for p in report["shared"] if p["part"] == "dwpose")["status"] == "ready"
     poses = next(p for p in report["shared"] if p["part"] == "poses")
-    assert poses["fix"].startswith(f"echomimic poses --video DRIVING.mp4 -o {store / 'em' / 'poses' / 'NAME'} "
-                                   f"--models {comfy / 'models' / 'echomimic'}  (or copy"), poses["fix"]
+    assert poses["fix"].startswith("# or copy") and poses["fix"].endswith(
+        f"\nechomimic poses --video DRIVING.mp4 -o {store / 'em' / 'poses' / 'NAME'} --models {comfy / 'models' / 'echomimic'}"), poses["fix"]
 
 
 def test_landmarker_fix_in_comfyui_names_the_nodes_auto_download_not_animate(tmp_path, posix):
     comfy = _comfy(tmp_path / "c")
     lm = next(p for p in _doctor(comfy, "v1_audio")["shared"] if p["part"] == "mediapipe")["files"][0]
     assert lm["status"] == "missing" and "run animate" not in lm["fix"]
-    assert lm["fix"].endswith("  (or switch on auto_download in a landmark, face-track or evaluate node: it fetches the "
-                              "file into the first echomimic root)")
+    assert lm["fix"].startswith("# or switch on auto_download in a landmark, face-track or evaluate node: it fetches the "
+                                "file into the first echomimic root\ncurl ")
     cli = next(p for p in check_shared(tmp_path / "m", []) if p["part"] == "mediapipe")["files"][0]
-    assert cli["fix"].endswith("(or run animate / dub / landmarks once without --offline)")
+    assert cli["fix"].startswith("# or run animate / dub / landmarks once without --offline\ncurl ")

@@ -88,7 +88,7 @@ def test_missing_mediapipe_models_come_with_the_command_that_fetches_them(tmp_pa
     lm, det = _file(report, "mediapipe", "face_landmarker.task"), _file(report, "mediapipe", TFLITE)
     assert lm["status"] == det["status"] == "missing"
     dest = root / "mediapipe" / "face_landmarker.task"
-    assert lm["fix"].startswith(f"curl -fL --create-dirs -o {dest} {MODELS['face_landmarker']['url']}")
+    assert lm["fix"].split("\n")[-1] == f"curl -fL --create-dirs -o {dest} {MODELS['face_landmarker']['url']}"
     assert det["fix"] == f"curl -fL --create-dirs -o {root / 'mediapipe' / TFLITE} {MODELS['face_detector']['url']}"
     assert _part(report, "mediapipe")["missing"] == ["mediapipe/face_landmarker.task"]
     assert "mediapipe face landmarker: missing" in report["problems"]
@@ -113,7 +113,7 @@ def test_a_broken_face_landmarker_is_named_and_fails_a_v1_check(kind, says, shar
     report = diagnose(root, "v1_audio", "acc", imports=False)
     lm = _file(report, "mediapipe", "face_landmarker.task")
     assert lm["status"] == "broken" and says in lm["problem"] and str(bad) in lm["problem"]
-    assert lm["fix"].startswith(f"rm -- {bad} && curl -fL --create-dirs -o {root / 'mediapipe' / 'face_landmarker.task'} ")
+    assert lm["fix"].split("\n")[-1].startswith(f"rm -- {bad} && curl -fL --create-dirs -o {root / 'mediapipe' / 'face_landmarker.task'} ")
     assert _part(report, "mediapipe")["status"] == "broken"
     assert report["problems"] == ["mediapipe face landmarker: broken"]
     assert "MediaPipe face landmarker missing or broken" in next(m for m in report["modes"] if m["mode"] == "v1-audio")["note"]

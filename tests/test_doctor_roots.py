@@ -84,7 +84,7 @@ def test_gesture_library_in_every_root_the_node_reads(tmp_path, capsys):
     assert poses["missing"] == [f"{store / 'em' / 'poses'}/<name>/0.npy, 1.npy, ...",
                                 f"{comfy / 'models' / 'echomimic' / 'poses'}/<name>/0.npy, 1.npy, ...",
                                 f"{moved / 'echomimic_poses'}/<name>/0.npy, 1.npy, ..."]
-    assert poses["fix"].startswith(f"echomimic poses --video DRIVING.mp4 -o {store / 'em' / 'poses' / 'NAME'}")
+    assert poses["fix"].split("\n")[-1].startswith(f"echomimic poses --video DRIVING.mp4 -o {store / 'em' / 'poses' / 'NAME'}")
 
 
 def _base(tmp_path: Path) -> tuple[Path, Path]:
@@ -180,7 +180,8 @@ def test_the_v3_fix_names_the_loader_folder_the_files_are_in(tmp_path, capsys):
     em = comfy / "models" / "echomimic"
     v3 = _doctor(comfy, "v3-flash")["weight_sets"][0]  # nothing there: the loader's own 'v3-flash'
     assert v3["status"] == "missing" and "with folder 'v3-flash'" in v3["fix"]
-    assert f"--models {em} (fills {em / 'v3-flash'};" in v3["fix"]
+    assert f"run the command below: it fills {em / 'v3-flash'} and" in v3["fix"]
+    assert v3["fix"].endswith(f"\nechomimic download --weights v3-flash --models {em}")
 
     _flash_only(em / "my-v3")  # the user's own folder name: the download line would fill another folder
     report = _doctor(comfy, "v3-flash")

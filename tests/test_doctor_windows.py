@@ -132,7 +132,8 @@ def test_every_fix_kind_is_powershell_on_windows(tmp_path, tiny_comfy_models, wi
     vae.parent.mkdir(exist_ok=True)
     vae.write_bytes(b"")
     fixes.append(comfy_vae({"status": "missing", "what": "SD VAE", "fix": "x"}, ComfyFolders(comfy / "models"))["fix"])
-    kinds = {w for f in fixes + dirs for w in HEADS if w in f.split("  (")[0]}  # commands, not their remarks
+    fixes = [c for c in ("\n".join(x for x in f.split("\n") if not x.startswith("# ")) for f in fixes) if c]  # no remark lines
+    kinds = {w for f in fixes + dirs for w in HEADS if w in f}  # commands, not their remarks
     on_path = {"echomimic "} if shell.shutil.which("echomimic") else set()  # else `& python.exe -m echomimic_lib.cli`
     assert kinds == set(HEADS) - {"echomimic "} | on_path, kinds  # every kind of command was rendered
     pip = [f for f in fixes if "-m pip" in f]

@@ -83,8 +83,8 @@ def _load(path: Path):
     try:
         import yaml
     except ImportError:
-        return None, (f"{path}: not read, the pyyaml package is not installed here ({python_pip('install', 'pyyaml')}), so the "
-                      "model folders it adds are not checked")
+        return None, (f"{path}: not read, the pyyaml package is not installed here, so the model folders it adds are not "
+                      f"checked; install it: {python_pip('install', 'pyyaml')}")
     from ...io.yaml_file import expanded_size_over, file_size_over
 
     size = file_size_over(path, MAX_YAML_BYTES)
@@ -105,6 +105,8 @@ def _load(path: Path):
         return None, f"{path}: not valid YAML ({what}{at}); ComfyUI stops at start with it: fix or remove the file"
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"{path}: unreadable ({exc})"
+    except RecursionError:  # nested deeper than the parser goes: no model paths file
+        return None, f"{path}: not valid YAML (nested too deep); ComfyUI stops at start with it: fix or remove the file"
 
 
 def _sections(path: Path, config) -> tuple[list[tuple[str, dict]], str | None]:
@@ -225,15 +227,15 @@ def comfy_dirs(comfyui, base=None, input_dir=None, output_dir=None) -> ComfyDirs
     if base is not None and not base.is_dir():
         dirs.problems.append(f"--base-directory {base}: no such folder; ComfyUI started with it finds no models, custom "
                              f"nodes or inputs there (it creates only {base / 'input'}). Give the folder ComfyUI is "
-                             f"started with, or make it: {make_dirs(base / 'models' / ECHOMIMIC, base / 'custom_nodes')} "
-                             "and move the models and this pack there")
+                             "started with, or make it and move the models and this pack there: "
+                             f"{make_dirs(base / 'models' / ECHOMIMIC, base / 'custom_nodes')}")
     if input_dir is not None and not input_dir.is_dir():
         dirs.problems.append(f"--input-directory {input_dir}: no such folder; ComfyUI does not make it (its Load Image "
                              f"node fails to list it, the gesture library's echomimic_poses/ is not there): "
                              f"{make_dirs(input_dir)}")
     if output_dir is not None and not output_dir.is_dir():
-        dirs.notes.append(f"--output-directory {output_dir}: no such folder yet; ComfyUI makes it at the first save "
-                          f"({make_dirs(output_dir)} now checks that it can be made)")
+        dirs.notes.append(f"--output-directory {output_dir}: no such folder yet; ComfyUI makes it at the first save; to "
+                          f"check now that it can be made: {make_dirs(output_dir)}")
     return dirs
 
 

@@ -25,7 +25,7 @@ from ...io.file_safety import resolved_outside
 from ...models.wan.sources import COMFY_PARTS, V3_FOLDER
 from .comfy_paths import DEFAULT, ECHOMIMIC, ComfyDirs, ComfyFolders, pack_in
 from .models import _size, check_v3, check_weight_set, file_problem, poses_command
-from .shell import copy, download, echomimic, remove, then
+from .shell import copy, download, echomimic, fix as with_remarks, remove, then
 
 SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
@@ -155,16 +155,16 @@ def comfy_vae(row: dict, folders: ComfyFolders) -> dict:
     f = vae_file(folders)
     if f is None:
         where = folders.roots("vae")[0]
-        return dict(row, fix=f"{row['fix']}  (or put an SD ft-mse VAE file, e.g. vae-ft-mse-840000-ema-pruned.safetensors, "
-                              f"into {where})")
+        return dict(row, fix=with_remarks(row["fix"], "or put an SD ft-mse VAE file, e.g. "
+                                          f"vae-ft-mse-840000-ema-pruned.safetensors, into {where}"))
     r = _root_of(folders.roots("vae"), f)
     out = dict(row, what=row["what"] + " (here: the loader's vae 'auto' file)", path=str(f), bytes=f.stat().st_size,
                missing=[], fix=None, found_in=str(r), source=folders.source("vae", r), status="ready")
     if real := _escape(r, f):  # nodes/paths.default_vae_file takes it through safe_child, which refuses it
         out.update(status="broken", broken=[{"path": str(f), "problem": (
             f"a link to {real}, outside {r}: the loader's vae 'auto' refuses a file that leaves its vae folder")}],
-            fix=f"{then(remove([f]), copy(real, f))}  (or add {real.parent} as a 'vae:' folder in extra_model_paths.yaml "
-                "and remove the link)")
+            fix=with_remarks(then(remove([f]), copy(real, f)), f"or add {real.parent} as a 'vae:' folder in "
+                             "extra_model_paths.yaml and remove the link"))
     elif why := file_problem(f):
         out.update(status="broken", broken=[{"path": str(f), "problem": why}], fix=remove([f]))
     return out
@@ -237,8 +237,8 @@ def gestures_over_roots(row: dict, folders: ComfyFolders, input_dir: Path, dwpos
     if not found:
         first = roots[0][0]
         return dict(out, status="missing", path=None, missing=[f"{lib}/<name>/0.npy, 1.npy, ..." for lib, _ in roots],
-                    fix=f"{poses_command(first, ['--models', dwpose_root or first.parent])}  (or copy EchoMimicV2's "
-                        f"assets/halfbody_demo/pose/* into {first} or {roots[-1][0]})")
+                    fix=with_remarks(poses_command(first, ['--models', dwpose_root or first.parent]), "or copy "
+                                     f"EchoMimicV2's assets/halfbody_demo/pose/* into {first} or {roots[-1][0]}"))
     where = "; ".join(f"{f['path']} ({f['source']}): {f['sequences']}" for f in found)
     linked = [f"{f['path']}/{n}" for f in found for n in f["linked_out"]]
     note = (f"linked from outside its folder: {', '.join(linked)}; 'all pose folders' takes it, but picked by name (the "
@@ -254,12 +254,13 @@ def v3_fix(root: Path, names=(V3_FOLDER,)) -> str:
     which = " or ".join(f"'{n}'" for n in names)
     cli = echomimic("download", "--weights", "v3-flash", "--models", root)
     if V3_FOLDER in names:
-        return (f"switch on auto_download in the EchoMimic V3 Loader with folder {which} (fetches only these three parts, "
-                f"about 7.2 GB), or: {cli} (fills {root / V3_FOLDER}; also fetches the command line's own text and image "
-                "encoders, about 13 GB more)")
-    return (f"switch on auto_download in the EchoMimic V3 Loader with folder {which} (fetches only these three parts into "
-            f"that folder, about 7.2 GB); the command line fills a folder named v3-flash, not {which}: {cli} (about 20 GB), "
-            "then pick folder 'v3-flash'")
+        return with_remarks(cli, f"switch on auto_download in the EchoMimic V3 Loader with folder {which} (fetches only "
+                            "these three parts, about 7.2 GB), or run the command below: it fills "
+                            f"{root / V3_FOLDER} and also fetches the command line's own text and image encoders, about "
+                            "13 GB more")
+    return with_remarks(cli, f"switch on auto_download in the EchoMimic V3 Loader with folder {which} (fetches only these "
+                        "three parts into that folder, about 7.2 GB), or run the command below (about 20 GB): the command "
+                        f"line fills a folder named v3-flash, not {which}, so then pick folder 'v3-flash'")
 
 
 def _escape(root: Path, child: Path) -> Path | None:
@@ -277,8 +278,9 @@ def _v3_choice(roots: list[Path], name: str, folder: Path, default_root) -> dict
     if real is not None:
         row.update(status="broken", broken=row["broken"] + [{"component": "folder", "path": str(folder), "problem": (
             f"a link to {real}, outside {folder.parent}: the V3 Loader refuses a folder that leaves its echomimic root")}],
-            fix=f"add {real.parent} as an echomimic root in extra_model_paths.yaml (a section with 'echomimic: "
-                f"{real.parent}'; the loader's folder is then '{real.name}'), or move {real} itself to {folder}")
+            fix=with_remarks(None, f"add {real.parent} as an echomimic root in extra_model_paths.yaml (a section with "
+                             f"'echomimic: {real.parent}'; the loader's folder is then '{real.name}'), or move {real} "
+                             f"itself to {folder}"))
     return row
 
 

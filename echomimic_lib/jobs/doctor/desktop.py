@@ -38,6 +38,7 @@ APP = "ComfyUI"  # Desktop's productName: its user-data folder's name
 SETTINGS = "config.json"
 YAML = "extra_models_config.yaml"
 SECTIONS = ("comfyui_desktop", "comfyui")  # where Desktop reads base_path, the newer section first
+MAX_SETTINGS = 1 << 20  # config.json is a few hundred bytes: a larger one is not Desktop's, and is not read
 PACK = Path(os.path.abspath(__file__)).parents[3]  # this pack's folder as ComfyUI loaded it (a link in custom_nodes kept)
 
 
@@ -120,6 +121,15 @@ def _yaml_base(path: Path) -> str | None:
     return None
 
 
+def _settings(path: Path):
+    """config.json's content, read only when it is small enough to be Desktop's (a few hundred bytes)."""
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_SETTINGS + 1)
+    if len(data) > MAX_SETTINGS:
+        raise ValueError(f"over {MAX_SETTINGS} bytes: not ComfyUI Desktop's settings")
+    return json.loads(data.decode("utf-8"))
+
+
 def find_desktop(platform: str | None = None, env=None) -> Found | None:
     """ComfyUI Desktop from its settings (None when neither config.json nor the yaml is there)."""
     platform, env = platform or system(), os.environ if env is None else env
@@ -129,11 +139,11 @@ def find_desktop(platform: str | None = None, env=None) -> Found | None:
         return None
     base, base_from, notes = None, None, []
     try:
-        value = json.loads(settings.read_text(encoding="utf-8")).get("basePath") if settings.is_file() else None
+        value = _settings(settings).get("basePath") if settings.is_file() else None
         if isinstance(value, str) and value:
             base, base_from = Path(value).expanduser(), f"basePath in {settings}"
-    except (OSError, ValueError, AttributeError) as exc:
-        notes.append(f"{settings}: not read ({exc})")
+    except (OSError, ValueError, AttributeError, RecursionError) as exc:  # nested too deep for the parser: not Desktop's
+        notes.append(f"{settings}: not read ({exc or type(exc).__name__})")
     from_yaml = _yaml_base(yml) if yml.is_file() else None
     if from_yaml is not None:
         other = Path(os.path.expandvars(from_yaml)).expanduser()

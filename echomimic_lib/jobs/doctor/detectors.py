@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 from ...errors import EchoMimicError, MissingWeightsError
-from .shell import download, remove, then
+from .shell import download, fix as with_remarks, remove, then
 
 HF = "https://huggingface.co"
 LFS = b"version https://git-lfs"
@@ -137,9 +137,9 @@ def _file_row(name: str, required: bool, needed_for) -> dict:
             "fix": None, "needed_for": list(needed_for)}
 
 
-CLI_REMARK = "  (or run animate / dub / landmarks once without --offline)"  # the face landmarker's other way in
-COMFY_REMARK = ("  (or switch on auto_download in a landmark, face-track or evaluate node: it fetches the file into the "
-                "first echomimic root)")
+CLI_REMARK = "or run animate / dub / landmarks once without --offline"  # the face landmarker's other way in
+COMFY_REMARK = ("or switch on auto_download in a landmark, face-track or evaluate node: it fetches the file into the "
+                "first echomimic root")
 
 
 def mediapipe_file(root: Path, kind: str, remark: str = CLI_REMARK) -> dict:
@@ -151,7 +151,7 @@ def mediapipe_file(root: Path, kind: str, remark: str = CLI_REMARK) -> dict:
     landmarker = kind == "face_landmarker"
     row = _file_row(spec["save_as"], landmarker, LANDMARKER_FOR if landmarker else DETECTOR_FOR)
     dest = root / SUBFOLDERS[0] / spec["save_as"]
-    fix = download(dest, spec["url"]) + (remark if landmarker else "")
+    fix = with_remarks(download(dest, spec["url"]), *([remark] if landmarker else []))
     check = task_problem if landmarker else tflite_problem
     try:
         p = resolve_model(kind, None, [root], download=False)

@@ -11,7 +11,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from .shell import python_pip, then
+from .shell import fix as with_remarks, python_pip, then
 
 # (distribution, import name, what it is for, required). The bounds come from the pack's declared dependencies.
 PACKAGES = (
@@ -149,7 +149,8 @@ def torch_info() -> dict:
         import torch
     except Exception as exc:
         return {"installed": False, "problem": f"PyTorch does not import ({exc})",
-                "fix": "install PyTorch for your GPU from https://pytorch.org (in ComfyUI: use ComfyUI's own environment)"}
+                "fix": with_remarks(None, "install PyTorch for your GPU from https://pytorch.org (in ComfyUI: use "
+                                    "ComfyUI's own environment)")}
     info = {"installed": True, "version": torch.__version__, "cuda": torch.version.cuda,
             "hip": getattr(torch.version, "hip", None), "cudnn": None, "gpus": [], "mps": False, "problem": None, "fix": None}
     try:

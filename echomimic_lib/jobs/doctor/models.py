@@ -18,7 +18,7 @@ from ...io.model_files import (VAE_DIRS, WHISPER_FILES, _downloads, _find, _find
                                search_dirs)
 from ...modes import WEIGHT_SETS
 from ...models.wan.sources import V3_FOLDER, missing_parts, resolved_files
-from .shell import echomimic, remove, then
+from .shell import echomimic, fix as with_remarks, remove, then
 
 VARIANTS = ("normal", "acc")
 ALL_WEIGHTS = (*WEIGHT_SETS, V3_FOLDER)
@@ -198,6 +198,6 @@ def _gestures(root: Path, default_root: Path | None = None) -> dict:
         row["bytes"] = _size(lib)
     except EchoMimicError:
         row.update(status="missing", path=None, missing=["poses/<name>/0.npy, 1.npy, ..."],
-                   fix=f"{poses_command(lib, models_args(root, default_root))}  "
-                       "(or copy EchoMimicV2's assets/halfbody_demo/pose/* there)")
+                   fix=with_remarks(poses_command(lib, models_args(root, default_root)),
+                                    "or copy EchoMimicV2's assets/halfbody_demo/pose/* there"))
     return row

@@ -8,9 +8,16 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} B"
 
 
+def _fix(indent: int, fix: str) -> list[str]:
+    """A fix under ``fix:``: its first line after the label, each further line (a remark's comment line comes before
+    its command) below it, aligned, so each line can be copied and pasted whole."""
+    first, *rest = str(fix).split("\n")
+    return [f"{' ' * indent}fix: {first}"] + [f"{' ' * (indent + 5)}{line}" for line in rest]
+
+
 def _torch_lines(t: dict) -> list[str]:
     if not t.get("installed"):
-        return [f"  torch         MISSING  {t['problem']}", f"                fix: {t['fix']}"]
+        return [f"  torch         MISSING  {t['problem']}", *_fix(16, t["fix"])]
     hip = t.get("hip")
     cuda = f"ROCm/HIP {hip} (AMD)" if hip else f"CUDA {t['cuda']}" if t["cuda"] else "CPU build (no CUDA, no ROCm)"
     cudnn = f", {'MIOpen' if hip else 'cuDNN'} {t['cudnn']}" if t["cudnn"] else ""
@@ -30,7 +37,7 @@ def _package_line(p: dict) -> list[str]:
     dist = f" [{p['distribution']}]" if p["distribution"] and p["distribution"] != p["name"] else ""
     lines = [f"  {p['name']:<22} {p['version'] or '-':<10} {word}{dist}  ({p['requirement']})"]
     if p["problem"]:
-        lines += [f"      {p['problem']}", f"      fix: {p['fix']}"]
+        lines += [f"      {p['problem']}", *_fix(6, p["fix"])]
     return lines
 
 
@@ -45,7 +52,7 @@ def _set_lines(s: dict) -> list[str]:
     lines += [f"      - {m}" for m in s["missing"]]
     lines += [f"      - {b['path']}: {b['problem']}" for b in s["broken"]]
     if s["fix"]:
-        lines.append(f"      fix: {s['fix']}")
+        lines += _fix(6, s["fix"])
     return lines
 
 
@@ -54,7 +61,7 @@ def _file_lines(f: dict) -> list[str]:
     lines = [f"      {f['name']:<30} {state}{'  (optional)' if not f['required'] and f['status'] != 'ready' else ''}"]
     if f["status"] != "ready":
         lines += [f"          {f['problem']}"] if f["problem"] else []
-        lines += [f"          fix: {f['fix']}", f"          needed for: {'; '.join(f['needed_for'])}"]
+        lines += [*_fix(10, f["fix"]), f"          needed for: {'; '.join(f['needed_for'])}"]
     return lines
 
 
@@ -76,7 +83,7 @@ def _shared_lines(p: dict) -> list[str]:
     if p["status"] != "ready":
         lines += [f"      - {m}" for m in p["missing"]] + [f"      - {b['path']}: {b['problem']}" for b in p.get("broken", [])]
         if p["fix"]:
-            lines.append(f"      fix: {p['fix']}")
+            lines += _fix(6, p["fix"])
     return lines
 
 
@@ -119,7 +126,7 @@ def _comfyui_lines(c: dict) -> list[str]:
         if p["problem"]:
             lines.append(f"      {p['problem']}")
         if p["fix"]:
-            lines.append(f"      fix: {p['fix']}")
+            lines += _fix(6, p["fix"])
     lines.append("  Workflows (what the nodes find)")
     for m in c["modes"]:
         label = f"{m['mode']} {m['variant'] or ''}".strip()

@@ -3,9 +3,10 @@
 ``curl.exe``, ``New-Item -ItemType Directory -Force``, double quotes with PowerShell's backtick escapes, ``& "python.exe"``
 to call a quoted program). Commands are chained so that each runs only when the one before worked: ``&&`` in a POSIX
 shell; in PowerShell ``a; if ($?) { b }`` (Windows PowerShell 5.1, the one Windows 10 and 11 ship, has no ``&&``, and a
-plain ``;`` runs the next command after a failed one). A remark after a command (two spaces and a parenthesis) stays
-after the whole chain. Every doctor module builds its command lines here; :func:`is_windows` is looked up at each
-call, so tests switch it with monkeypatch.
+plain ``;`` runs the next command after a failed one). A fix's remark (another way to fill the gap, what the command
+fills) is a comment line of its own before the commands (``# ...``, a comment in a POSIX shell and in PowerShell), never
+prose after a command, so every line of a fix can be pasted whole (:func:`fix`). Every doctor module builds its command
+lines here; :func:`is_windows` is looked up at each call, so tests switch it with monkeypatch.
 """
 from __future__ import annotations
 
@@ -86,43 +87,60 @@ def make_dirs(*paths) -> str:
     return "mkdir -p " + " ".join(quote(p) for p in paths)
 
 
-REMARK = "  ("  # a fix's prose after its command: "cmd  (or ...)"
+COMMENT = "# "  # a comment line in a POSIX shell and in PowerShell (there ``#`` starts a line comment too)
+
+
+def comment(text: str) -> str:
+    """A remark as a comment line of its own (one line: a newline in it would end the comment)."""
+    return COMMENT + " ".join(str(text).split())
 
 
 class Chain(str):
-    """A :func:`then` line that remembers its commands and remark, so a chain given to :func:`then` again is joined
-    as one flat chain."""
+    """A fix: comment lines (its remarks), then one command line (a chain of :func:`then`, or none); it remembers both,
+    so a fix given to :func:`then` again is joined as one flat chain with its remarks kept before it."""
     parts: tuple = ()
-    remark: str = ""
+    remarks: tuple = ()
 
 
-def _split(line: str) -> tuple[list[str], str]:
-    if isinstance(line, Chain):
-        return list(line.parts), line.remark
-    at = line.find(REMARK)
-    while at != -1 and (line.count("'", 0, at) % 2 or line.count('"', 0, at) % 2):  # inside a quoted path
-        at = line.find(REMARK, at + 1)
-    return ([line[:at]], line[at:]) if at != -1 else ([line], "")
-
-
-def then(*lines: str) -> str:
-    """Commands one after the other, each only when the one before worked (POSIX ``a && b``; PowerShell 5.1 and 7
-    ``a; if ($?) { b }``, nested for more); the remarks of the lines go after the chain."""
-    parts, remarks = [], []
-    for line in lines:
-        if not line:
-            continue
-        cmds, remark = _split(line)
-        parts += cmds
-        remarks += [remark] if remark else []
+def _make(parts, remarks) -> Chain:
+    parts, remarks = tuple(p for p in parts if p), tuple(r for r in remarks if r)
     if not parts:
-        return ""
-    if is_windows():
+        text = ""
+    elif is_windows():
         text = parts[-1]
         for cmd in reversed(parts[:-1]):
             text = f"{cmd}; if ($?) {{ {text} }}"
     else:
         text = " && ".join(parts)
-    out = Chain(text + "".join(remarks))
-    out.parts, out.remark = tuple(parts), "".join(remarks)
+    out = Chain("\n".join([comment(r) for r in remarks] + ([text] if text else [])))
+    out.parts, out.remarks = parts, remarks
     return out
+
+
+def _split(line: str) -> tuple[list[str], list[str]]:
+    if isinstance(line, Chain):
+        return list(line.parts), list(line.remarks)
+    lines = str(line).split("\n")
+    n = next((i for i, x in enumerate(lines) if not x.startswith(COMMENT)), len(lines))  # the remarks come first
+    command = "\n".join(lines[n:])  # (a quoted path may hold a newline)
+    return [command] if command else [], [x[len(COMMENT):] for x in lines[:n]]
+
+
+def fix(command: str | None, *remarks: str) -> str:
+    """A command with its remarks, each a comment line before it (``command`` None or empty: remarks only, for a fix
+    that is no command, such as a setting to switch on in ComfyUI)."""
+    parts, before = _split(command) if command else ([], [])
+    return _make(parts, [*before, *remarks])
+
+
+def then(*lines: str) -> str:
+    """Commands one after the other, each only when the one before worked (POSIX ``a && b``; PowerShell 5.1 and 7
+    ``a; if ($?) { b }``, nested for more); the remarks of the lines go before the chain, as comment lines."""
+    parts, remarks = [], []
+    for line in lines:
+        if not line:
+            continue
+        cmds, notes = _split(line)
+        parts += cmds
+        remarks += notes
+    return _make(parts, remarks)
