@@ -126,6 +126,9 @@ def _validate(req: DubRequest) -> _Checked:
     from .resume_plan import check_request
 
     check_request(req)  # --resumable: no DeepCache, and a state file name that can be written
+    if req.seed is not None and not (isinstance(req.seed, int) and 0 <= req.seed < 2**64):  # named as the flag, as animate's
+        raise EchoMimicError(f"--seed {req.seed}: use a whole number from 0 to 2^64-1 (-1 is not 'random' here; leave "
+                             "--seed out for the reference's 420).")
     settings = settings_for(MODE, variant, steps=req.steps, cfg=req.cfg, seed=req.seed, fps=req.fps, width=req.width,
                             height=req.height, context_frames=req.context_frames, context_overlap=req.context_overlap,
                             cuda_graphs=req.cuda_graphs, deep_cache=deep_cache, deep_cache_branch=branch)
