@@ -155,7 +155,7 @@ def no_models(monkeypatch):
 @pytest.mark.parametrize("what,words", [
     ("text", "cannot be opened as a media file (Invalid data found when processing input): it is a text file, not a video"),
     ("empty", "the file is empty (0 bytes)"),
-    ("ref", "a still picture (1 frame), not a video"),
+    ("ref", "a still image (1 frame), not a video"),
     ("speech", "no video frames (an audio file?)"),
 ])
 @pytest.mark.parametrize("flag", ["VIDEO", "--compare"])
@@ -234,4 +234,23 @@ def test_animate_seed_out_of_range_names_the_flag_too(version, files, tmp_path, 
     rc, err = _run(["animate", "--version", version, "--smoke", "--reference", files["ref"], "--audio", files["speech"],
                     "-o", out, "--seed", "-1", "--models", tmp_path / "m"], capsys)
     assert rc == 2 and "error: --seed -1: use a whole number from 0 to 2^64-1" in err, err
+    assert loads == [] and not out.exists()
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--steps", "0"], "--steps 0: use 1 or more denoising steps"),
+    (["--cfg", "-3"], "--cfg -3.0: guidance must be a number between 0 and 20"),
+    (["--fps", "0"], "--fps 0.0: the model's frame rate must be a number between 1 and 120"),
+    (["--width", "63"], "--width 63: the face crop is generated in 8-px blocks: use a positive multiple of 8, e.g. --width 56"),
+    (["--height", "0"], "--height 0: the face crop is generated in 8-px blocks"),
+    (["--context-frames", "0"], "--context-frames 0: use 1..32 frames per window"),
+    (["--context-overlap", "12"], "--context-overlap 12: must be 0..11 (smaller than --context-frames 12)"),
+], ids=["steps", "cfg", "fps", "width", "height", "context-frames", "context-overlap"])
+def test_dub_numbers_are_named_as_their_flags(extra, words, files, tmp_path, loads, capsys):  # noqa: F811
+    """The sampler's own words named the node's inputs: 'steps must be at least 1.', 'context overlap must be >= 0 and
+    smaller than the context frames.', 'width and height must be positive multiples of 8 (got 63x512)'."""
+    out = tmp_path / "out.mp4"
+    rc, err = _run(["dub", "--video", files["video"], "--audio", files["speech"], "-o", out, "--offline",
+                    "--mediapipe-model", files["mp"]] + extra, capsys)
+    assert rc == 2 and f"error: {words}" in err, err
     assert loads == [] and not out.exists()

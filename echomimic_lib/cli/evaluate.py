@@ -98,7 +98,7 @@ def _check_videos(args) -> None:
         if not path or Path(path).is_dir():
             continue
         if check_video_input(path, flag, fix.get(flag, VIDEO_FIX), upto=2) < 2:
-            raise EchoMimicError(f"{flag} {path}: a still picture (1 frame), not a video; {fix.get(flag, VIDEO_FIX)}")
+            raise EchoMimicError(f"{flag} {path}: a still image (1 frame), not a video; {fix.get(flag, VIDEO_FIX)}")
 
 
 def _warn(text: str) -> None:
