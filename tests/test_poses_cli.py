@@ -196,7 +196,7 @@ def test_every_refusal_comes_before_any_model_and_leaves_nothing(models, driving
         (a + ["-o", str(w / "new.npz"), "--on-missing", "hold"], "--on-missing is for --video", "drop it"),
         (v + ["-o", str(w / "new.mp4")], "a folder (0.npy, 1.npy, ...) or a .npz", "--preview"),
         (v + ["-o", str(w / "new.npz"), "--preview", str(w / "p.mp4"), "--width", "60"], "--width 60", "multiple of 8"),
-        (["poses", "--video", str(w / "not_video.txt"), "-o", str(w / "new.npz")], "is read as a driving video",
+        (["poses", "--video", str(w / "not_video.txt"), "-o", str(w / "new.npz")], "cannot be opened as a media file",
          "video of a person"),
     ]
     before = _tree(w)

@@ -84,6 +84,23 @@ def _check_plot(args) -> None:
                                   "--reference": args.reference}, "--plot")
 
 
+VIDEO_FIX = "evaluate scores a video (mp4, mov, webm, ...) with its speech, or a folder of V1 .pkl landmark frames."
+
+
+def _check_videos(args) -> None:
+    """The video, --compare and a --real file, each refused with its option, what it is and the fix when it is no video
+    (a text, empty or sound file, a still picture): PyAV only, before any model loads. A folder is load_clip's."""
+    from ..errors import EchoMimicError
+    from ..jobs.video_inputs import check_video_input
+
+    fix = {"--real": "give a real video (mp4, mov, webm, ...) or a folder of them for FID / FVD."}
+    for flag, path in (("VIDEO", args.video), ("--compare", args.compare), ("--real", args.real)):
+        if not path or Path(path).is_dir():
+            continue
+        if check_video_input(path, flag, fix.get(flag, VIDEO_FIX), upto=2) < 2:
+            raise EchoMimicError(f"{flag} {path}: a still image (1 frame), not a video; {fix.get(flag, VIDEO_FIX)}")
+
+
 def _warn(text: str) -> None:
     sys.stderr.write(f"warning: {text}\n")
 
@@ -95,8 +112,11 @@ def _cmd_evaluate(args) -> int:
     from ..evaluate.inception import FILE_NAMES as INCEPTION_NAMES, missing_message as inception_missing
     from ..evaluate.syncnet import FILE_NAME, missing_message as syncnet_missing
 
+    from ..devices import resolve_device
     from ..errors import EchoMimicError
 
+    device = resolve_device(args.device)  # as every command: an unknown name, or cuda without a GPU, said now
+    _check_videos(args)
     models = _models_dir(args)
     if args.reference and not Path(args.reference).is_file():
         raise EchoMimicError(f"{args.reference}: reference image not found.")
@@ -129,7 +149,7 @@ def _cmd_evaluate(args) -> int:
     usable = [p if p is not None and p.is_file() else None for p in (syncnet, arcface, inception, i3d)]
     if not real_paths:
         usable[2:] = [None, None]
-    learned = LearnedModels(usable[0], usable[1], args.device, inception=usable[2], i3d=usable[3],
+    learned = LearnedModels(usable[0], usable[1], device, inception=usable[2], i3d=usable[3],
                             inception_variant=args.inception_variant, lse_protocol=args.protocol)
     real = _read_real(real_paths) if usable[2] or usable[3] else None
     try:
@@ -187,5 +207,6 @@ def add_commands(sub) -> None:
     e.add_argument("--mediapipe-model", help="MediaPipe's face_landmarker.task for the landmarks "
                                              "(default: <models>/mediapipe/face_landmarker.task, downloaded unless --offline)")
     e.add_argument("--offline", action="store_true", help="never download the MediaPipe model")
-    e.add_argument("--device", default="cpu", help="torch device for SyncNet, Inception and I3D: cpu, cuda, cuda:1, mps")
+    e.add_argument("--device", default="cpu", help="torch device for SyncNet, Inception and I3D: cpu, cuda, cuda:1, mps, auto (checked "
+                                                 "even when no learned metric runs)")
     e.set_defaults(func=_cmd_evaluate)

@@ -3,7 +3,8 @@ the permissions the user's umask gives a new file (not the 0600 of a temporary f
 
 - :func:`refuse_existing` raises before any work when a destination already exists (the message names the
   file and the flag that allows replacing it, ``--force`` on the command line).
-- :func:`publish` moves a finished temporary file into place with the umask's mode.
+- :func:`publish` moves a finished temporary file into place with the umask's mode; :func:`publish_all` moves
+  several together, all or none (an interrupt in between puts back what was there).
 - :func:`disk_full` tells a full disk (``ENOSPC``/``EDQUOT``) from other write errors.
 """
 from __future__ import annotations
@@ -75,6 +76,71 @@ def publish(tmp: str | Path, final: str | Path) -> Path:
         pass
     os.replace(tmp, target)
     return Path(final)
+
+
+def publish_all(staged) -> list[Path]:
+    """Move finished temporary files into place together: ``staged`` is ``[(temporary file, destination), ...]``. An
+    existing destination (replacing it was asked for) is kept aside until every file is in place; when a move fails or
+    is interrupted, the files moved are taken back and those kept aside restored. The caller removes the temporary
+    files left (on any failure)."""
+    moved: list[tuple[Path, Path, Path | None]] = []  # (temporary file, where it lands, the old file's place aside)
+    try:
+        for tmp, final in staged:
+            target = regular_target(final)
+            aside = temp_beside(final, ".replaced") if os.path.lexists(target) else None
+            moved.append((Path(tmp), target, aside))
+            if aside is not None:
+                os.replace(target, aside)
+            publish(tmp, final)
+    except BaseException:
+        for tmp, target, aside in reversed(moved):
+            _take_back(tmp, target, aside)
+        raise
+    for _, _, aside in moved:
+        if aside is not None:
+            aside.unlink(missing_ok=True)
+    return [Path(final) for _, final in staged]
+
+
+def _take_back(tmp: Path, target: Path, aside: Path | None) -> None:
+    """Undo one step of :func:`publish_all`, told by what exists (each rename is atomic): the temporary file gone means
+    it was published; the destination gone (temporary file still there) means the old file was moved aside."""
+    try:
+        published = not tmp.exists()
+        if published or not os.path.lexists(target):
+            if aside is not None:
+                os.replace(aside, target)  # the old file back (over ours, when ours was already in place)
+            elif published:
+                target.unlink(missing_ok=True)
+        elif aside is not None:
+            aside.unlink(missing_ok=True)  # nothing moved yet: only the empty place kept for it
+    except OSError:  # the interrupt or failure is what is reported; leave what cannot be undone
+        pass
+
+
+def make_folders(folder: str | Path, made: list) -> list:
+    """Create ``folder`` and its missing parents, each appended to ``made`` as soon as it is created (an interrupt
+    in between loses none; for :func:`remove_folders`). One that another process creates meanwhile is not counted."""
+    missing, p = [], Path(folder)
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        made.append(d)
+    return made
+
+
+def remove_folders(made) -> None:
+    """Remove folders :func:`make_folders` created, innermost first, each only while it is empty."""
+    for d in reversed(list(made)):
+        try:
+            d.rmdir()
+        except OSError:  # not empty (something else wrote there) or already gone: left as it is
+            pass
 
 
 def write_text_atomic(final: str | Path, text: str) -> Path:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingWeightsError, UnsafeFileError, WeightsError
-from .file_safety import publish, refuse_existing, temp_beside
+from .file_safety import make_folders, publish, publish_all, refuse_existing, regular_target, remove_folders, temp_beside
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -198,15 +198,9 @@ def load_strict(model: nn.Module, state, label: str, device=None, dtype: torch.d
 def save_state_dict(state: dict, path: str | Path) -> Path:
     """Write ``.safetensors`` or ``.pth`` atomically (write, then rename); shared storages are cloned."""
     path = Path(path)
-    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     tmp = temp_beside(path)  # unique, beside a link's target (the link is written through); a folder there is refused
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file(clean, str(tmp))
-        else:
-            torch.save(clean, tmp)
+        _write_weights(state, tmp, path.suffix)
         publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -214,11 +208,23 @@ def save_state_dict(state: dict, path: str | Path) -> Path:
     return path
 
 
+def _write_weights(state: dict, tmp: Path, suffix: str) -> None:
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(clean, str(tmp))
+    else:
+        torch.save(clean, tmp)
+
+
 def convert(src: str | Path, dst: str | Path, force: bool = False) -> list[Path]:
     """Convert one weight file, or every weight file of a folder, to ``.safetensors``.
 
     Every destination is checked before anything is written: an existing one is never replaced unless
-    ``force``. When a write fails (a full disk), the files this call wrote are removed again."""
+    ``force``. Each file is written to a temporary file beside its destination, and all are moved into place together
+    once every one is written: when a write fails (a full disk) or Ctrl-C stops it, nothing half-written stays, the
+    folders this call created are removed and every file that was there before is as it was."""
     src, dst = Path(src), Path(dst)
     if src.is_dir():
         files = sorted(p for p in src.rglob("*") if p.suffix in (".pth", ".pt", ".bin", ".ckpt"))
@@ -236,7 +242,8 @@ def convert(src: str | Path, dst: str | Path, force: bool = False) -> list[Path]
         jobs = [(src, dst)]
     if not force:
         refuse_existing([d for _, d in jobs])
-    out: list[Path] = []
+    staged: list[tuple[Path, Path]] = []  # (temporary file beside it, destination)
+    made: list[Path] = []  # folders this call created
     try:
         for f, d in jobs:
             try:
@@ -247,9 +254,13 @@ def convert(src: str | Path, dst: str | Path, force: bool = False) -> list[Path]
                 log.warning("skipped %s: not a plain state dict (e.g. the whisper checkpoint)", f)
                 continue
             log.info("converting %s (%d tensors) -> %s", f, len(state), d)
-            out.append(save_state_dict(state, d))
-    except BaseException:
-        for p in out:
-            p.unlink(missing_ok=True)
+            make_folders(regular_target(d).parent, made)
+            staged.append((temp_beside(d), d))
+            _write_weights(state, staged[-1][0], d.suffix)
+            del state
+        return publish_all(staged)  # every file in place together, once all are written
+    except BaseException:  # a failure or Ctrl-C: no temporary file, no folder of ours left; what was there stays
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        remove_folders(made)
         raise
-    return out

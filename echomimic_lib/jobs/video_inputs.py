@@ -19,6 +19,17 @@ def _reason(exc: Exception, path: Path) -> str:
     return text.split("; it is damaged")[0].rstrip(".")
 
 
+def _is_text(path: Path) -> bool:
+    """The file's first KiB is readable text (notes, a subtitle, a list of files), not a binary media file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+        head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):  # (a character cut at the 1 KiB mark reads as binary: only the advice differs)
+        return False
+    return bool(head) and b"\0" not in head
+
+
 def check_video_input(path, flag: str, fix: str, upto: int = 1) -> int:
     """How many video frames ``path`` has, counted up to ``upto``; anything that is no video refused as
     ``"{flag} {path}: {problem}; {fix}"``."""
@@ -38,7 +49,8 @@ def check_video_input(path, flag: str, fix: str, upto: int = 1) -> int:
         except NoVideoStream as exc:  # a song's cover art is no video frame
             frames, cover = 0, ": it has only a cover picture" if "only a cover picture" in str(exc) else ""
         except EchoMimicError as exc:
-            raise EchoMimicError(f"{flag} {p}: {_reason(exc, p)}; {fix}") from None
+            what = ": it is a text file, not a video" if _is_text(p) else ""
+            raise EchoMimicError(f"{flag} {p}: {_reason(exc, p)}{what}; {fix}") from None
         if frames:
             return frames
         problem = f"no video frames (an audio file?){cover}"
