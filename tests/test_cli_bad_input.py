@@ -84,7 +84,7 @@ CASES = [
     ("size-too-large", ["--width", "4096", "--height", "4096"], ["larger than 2048", "GB of memory", "at most 2048"]),
     ("fps-zero", ["--fps", "0"], ["--fps 0", "between 1 and 120"]),
     ("fps-huge", ["--fps", "500"], ["--fps 500", "between 1 and 120"]),
-    ("fps-nan", ["--fps", "nan"], ["--fps", "finite number"]),
+    ("fps-nan", ["--fps", "nan"], ["--fps nan", "between 1 and 120"]),
     ("steps-negative", ["--steps", "-1"], ["--steps -1", "1..200", "0 = the default"]),
     ("steps-huge", ["--steps", "5000"], ["--steps 5000", "1..200"]),
     ("cfg-negative", ["--cfg", "-1"], ["--cfg -1", "between 0 and 20"]),

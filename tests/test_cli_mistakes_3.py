@@ -238,11 +238,12 @@ def test_animate_seed_out_of_range_names_the_flag_too(version, files, tmp_path, 
 
 
 @pytest.mark.parametrize("extra,words", [
-    (["--steps", "0"], "--steps 0: use 1 or more denoising steps"),
-    (["--cfg", "-3"], "--cfg -3.0: guidance must be a number between 0 and 20"),
-    (["--fps", "0"], "--fps 0.0: the model's frame rate must be a number between 1 and 120"),
-    (["--width", "63"], "--width 63: the face crop is generated in 8-px blocks: use a positive multiple of 8, e.g. --width 56"),
-    (["--height", "0"], "--height 0: the face crop is generated in 8-px blocks"),
+    (["--steps", "0"], "--steps 0: use 1..200 denoising steps (left out: the default: 30, or 6 with --acc)"),
+    (["--cfg", "-3"], "--cfg -3.0: guidance must be between 0 and 20 (left out: the default: 2.5"),
+    (["--fps", "0"], "--fps 0.0: the frame rate must be between 1 and 120"),
+    (["--width", "63"], "--width 63: width and height must be positive multiples of 8 (the VAE works on 8-px blocks: 63 is "
+                        "not a multiple of 8); try --width 64"),
+    (["--height", "0"], "--height 0: at least 64 px"),
     (["--context-frames", "0"], "--context-frames 0: use 1..32 frames per window"),
     (["--context-overlap", "12"], "--context-overlap 12: must be 0..11 (smaller than --context-frames 12)"),
 ], ids=["steps", "cfg", "fps", "width", "height", "context-frames", "context-overlap"])

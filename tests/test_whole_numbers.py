@@ -87,3 +87,25 @@ def test_v3_settings_take_the_same_seeds_as_v1_v2(seed, ok):
 def test_the_v3_seed_widget_spans_what_the_sampler_takes():
     spec = sub("nodes.v3").EchoMimicV3Sampler.INPUT_TYPES()["required"]["seed"][1]
     assert spec["min"] == 0 and spec["max"] == 2**64 - 1
+
+
+def _numbers(**kw):
+    from echomimic_lib.jobs.animate_checks import check_numbers
+    from echomimic_lib.modes import get_mode
+
+    zero = kw.pop("zero_default", True)
+    req = SimpleNamespace(**{**dict(fps=25.0, steps=None, cfg=None, length=None, context_frames=12, context_overlap=3,
+                                    seed=None, width=None, height=None), **kw})
+    return check_numbers(req, get_mode("v1-audio+landmarks"), "normal", None, zero_default=zero)[0]
+
+
+def test_dub_and_animate_share_the_number_checks_with_their_own_meaning_of_zero():
+    """``dub`` checks its numbers with animate's rules and words (option names), but its --cfg 0 switches guidance
+    off and --steps 0 is refused, as its help says; animate's 0 is the default."""
+    assert _numbers(cfg=0.0).cfg == 2.5 and _numbers(steps=0).steps == 30  # animate: 0 = the default
+    assert _numbers(cfg=0.0, zero_default=False).cfg == 0.0  # dub: guidance off
+    assert _numbers(zero_default=False).cfg == 2.5 and _numbers(zero_default=False).steps == 30  # left out: the default
+    with pytest.raises(EchoMimicError, match=r"--steps 0: use 1\.\.200 .*left out: the default"):
+        _numbers(steps=0, zero_default=False)
+    with pytest.raises(EchoMimicError, match=r"--seed -1: use a whole number from 0 to 2\^64-1"):
+        _numbers(seed=-1, zero_default=False)

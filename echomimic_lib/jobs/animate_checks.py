@@ -64,12 +64,12 @@ def estimate_memory_gb(width: int, height: int, context_frames: int, cfg: float,
     return weights + act + 1.0
 
 
-def _number(value, flag: str, kind=float):
+def _number(value, flag: str, kind=float, finite: bool = True):  # finite=False: the caller's range check names the range
     try:
         out = kind(value)
     except (TypeError, ValueError):
         raise EchoMimicError(f"{flag} must be a number, got {value!r}.") from None
-    if isinstance(out, float) and not math.isfinite(out):
+    if finite and isinstance(out, float) and not math.isfinite(out):
         raise EchoMimicError(f"{flag} must be a finite number, got {value!r}.")
     return out
 
@@ -123,23 +123,25 @@ def _check_size(width, height, context_frames, cfg, dtype) -> None:
 
 
 def check_fps(value) -> float:
-    fps = _number(value, "--fps")
+    fps = _number(value, "--fps", finite=False)
     if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
         raise EchoMimicError(f"--fps {value}: the frame rate must be between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}; 24 or 25 is typical.")
     return fps
 
 
-def check_numbers(req, mode, variant: str, dtype):
-    """-> SampleSettings (num_frames left unset). 0 means 'the default' for steps, cfg and length, as in the node."""
+def check_numbers(req, mode, variant: str, dtype, zero_default: bool = True):
+    """-> SampleSettings (num_frames left unset). 0 means 'the default' for steps, cfg and length, as in the node;
+    ``zero_default=False`` (dub): None is the default, ``--steps 0`` is refused and ``--cfg 0`` switches guidance off."""
     from ..pipeline import settings_for
 
     fps = check_fps(req.fps)
+    default = "0 = the default" if zero_default else "left out: the default"
     steps = _number(req.steps or 0, "--steps", int)
-    if not 0 <= steps <= MAX_STEPS:
-        raise EchoMimicError(f"--steps {req.steps}: use 1..{MAX_STEPS} denoising steps (0 = the default: 30, or 6 with --acc).")
-    cfg = _number(req.cfg or 0, "--cfg")
-    if cfg < 0 or cfg > MAX_CFG:
-        raise EchoMimicError(f"--cfg {req.cfg}: guidance must be between 0 and {MAX_CFG:g} (0 = the default: 2.5, or 1 with "
+    if not ((0 if zero_default else 1) <= steps <= MAX_STEPS or req.steps is None):
+        raise EchoMimicError(f"--steps {req.steps}: use 1..{MAX_STEPS} denoising steps ({default}: 30, or 6 with --acc).")
+    cfg = _number(req.cfg or 0, "--cfg", finite=False)
+    if not 0 <= cfg <= MAX_CFG:  # (nan too)
+        raise EchoMimicError(f"--cfg {req.cfg}: guidance must be between 0 and {MAX_CFG:g} ({default}: 2.5, or 1 with "
                              "--acc; 1 or less switches guidance off).")
     length = _number(req.length or 0, "--length", int)
     if not 0 <= length <= MAX_LENGTH:
@@ -159,7 +161,8 @@ def check_numbers(req, mode, variant: str, dtype):
     deep_cache, branch = check_deep_cache(getattr(req, "deep_cache", 0), getattr(req, "deep_cache_branch", 0))
     width = mode.size if req.width is None else _number(req.width, "--width", int)
     height = mode.size if req.height is None else _number(req.height, "--height", int)
-    settings = settings_for(mode.name, variant, steps=steps or None, cfg=cfg or None, seed=seed, fps=fps, width=width,
+    cfg = None if req.cfg is None or (zero_default and not cfg) else cfg
+    settings = settings_for(mode.name, variant, steps=steps or None, cfg=cfg, seed=seed, fps=fps, width=width,
                             height=height, context_frames=ctx, context_overlap=overlap,
                             cuda_graphs=bool(getattr(req, "cuda_graphs", False)), deep_cache=deep_cache,
                             deep_cache_branch=branch)

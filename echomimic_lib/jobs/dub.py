@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import EchoMimicError
-from ..modes import DEFAULT_FPS
+from ..modes import DEFAULT_FPS, get_mode
 from .dub_stream import source_regions  # noqa: F401  (the ComfyUI Paste Back node's preview uses it from here)
 
 log = logging.getLogger(__name__)
@@ -108,65 +108,23 @@ class _Checked:
     mediapipe_model: Path
 
 
-def _check_numbers(req: DubRequest) -> None:
-    """The sampler's numbers, named as the command's options (the same ranges :meth:`SampleSettings.validate` keeps,
-    whose messages name the node's inputs: 'seed -1 ... in ComfyUI, set the seed's control to randomize')."""
-    def bad(value, ok: bool, flag: str, fix: str) -> None:
-        if value is not None and not ok:
-            raise EchoMimicError(f"{flag} {value}: {fix}")
-
-    def real(v) -> bool:
-        try:
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(float(v))
-        except OverflowError:  # an int beyond a float's range: out of every range here
-            return False
-
-    def whole(v) -> bool:  # a row's 7.0 is 7, as the sampler takes it
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) or real(v) and float(v).is_integer()
-
-    bad(req.seed, whole(req.seed) and 0 <= req.seed < 2**64, "--seed",
-        "use a whole number from 0 to 2^64-1 (-1 is not 'random' here; leave --seed out for the reference's 420).")
-    bad(req.steps, whole(req.steps) and req.steps >= 1, "--steps",
-        "use 1 or more denoising steps (leave it out for 30, or 6 with --acc).")
-    bad(req.cfg, real(req.cfg) and 0 <= req.cfg <= 20, "--cfg",
-        "guidance must be a number between 0 and 20 (1 or less switches it off).")
-    bad(req.fps, real(req.fps) and 1 <= req.fps <= 120, "--fps",
-        "the model's frame rate must be a number between 1 and 120 (24 or 25 is typical; the output keeps the source's).")
-    for flag, side in (("--width", req.width), ("--height", req.height)):
-        near = max(8, int(side) // 8 * 8) if whole(side) else 512
-        bad(side, whole(side) and side > 0 and side % 8 == 0, flag,
-            f"the face crop is generated in 8-px blocks: use a positive multiple of 8, e.g. {flag} {near}.")
-    ctx = req.context_frames
-    bad(ctx, whole(ctx) and 1 <= ctx <= 32, "--context-frames",
-        "use 1..32 frames per window (the motion modules' position table; default 12).")
-    if ctx is not None:
-        bad(req.context_overlap, whole(req.context_overlap) and 0 <= req.context_overlap < ctx, "--context-overlap",
-            f"must be 0..{int(ctx) - 1} (smaller than --context-frames {ctx}); the default is 3.")
-
-
 def _validate(req: DubRequest) -> _Checked:
     """Every check that needs no weights (numbers, files, options, output path, the MediaPipe model)."""
-    from .animate_checks import check_output, models_root
+    from .animate_checks import check_numbers, check_output, models_root
     from ..frames.composite import COLOR_METHODS, REGIONS
     from ..devices import resolve_device, resolve_dtype
     from ..landmarks.mp_models import import_mediapipe, resolve_model
-    from ..pipeline import settings_for
     from ..retime import POLICIES
-    from ..speed import check_deep_cache, check_speed_options
+    from ..speed import check_speed_options
 
     variant = "acc" if req.acc else "normal"
     device = resolve_device(req.device)
     dtype = resolve_dtype(req.dtype, device)
     check_speed_options(device, compile=req.compile, cuda_graphs=req.cuda_graphs)
-    deep_cache, branch = check_deep_cache(req.deep_cache, req.deep_cache_branch)
     from .resume_plan import check_request
 
     check_request(req)  # --resumable: no DeepCache, and a state file name that can be written
-    _check_numbers(req)
-    settings = settings_for(MODE, variant, steps=req.steps, cfg=req.cfg, seed=req.seed, fps=req.fps, width=req.width,
-                            height=req.height, context_frames=req.context_frames, context_overlap=req.context_overlap,
-                            cuda_graphs=req.cuda_graphs, deep_cache=deep_cache, deep_cache_branch=branch)
-    settings.validate()
+    settings, _ = check_numbers(req, get_mode(MODE), variant, dtype, zero_default=False)  # as animate's, by option names
     if not Path(req.video).is_file():
         what = "is a folder, not a video" if Path(req.video).is_dir() else "source video not found"
         raise EchoMimicError(f"--video {req.video}: {what}; give a video file of one person.")

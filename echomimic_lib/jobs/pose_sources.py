@@ -21,15 +21,23 @@ def is_pose_video(path) -> bool:
     return str(path) != AUTO_POSE and p.is_file() and p.suffix.lower() not in POSE_FILE_SUFFIXES
 
 
-def check_pose_video(path, flag: str = "--pose") -> None:
-    """The video opens and has at least one video frame (PyAV only: no model)."""
-    from ..io.video_io import count_frames
+POSE_VIDEO_FIX = "give a video of a person, a pose folder (0.npy, 1.npy, ...) or a .npz from `echomimic poses`."
 
+
+def check_pose_video(path, flag: str = "--pose", fix: str = POSE_VIDEO_FIX, speech: str = "--pose auto") -> None:
+    """A driving video for DWPose (PyAV only: no model; before DWPose is looked up or downloaded): it opens and has two
+    frames or more -- a still picture's hands would stand still, and is most often the portrait given to the wrong
+    option. Anything else is refused as ``"{flag} {path} ...; {fix}"``; ``speech``: the option for gestures from speech."""
+    from .video_inputs import check_video_input
+
+    lead = f"{flag} {path} is read as a driving video (it is no pose folder or .npz)" if flag == "--pose" else None
     try:
-        count_frames(path, 1)
+        frames = check_video_input(path, flag, fix, upto=2)
     except EchoMimicError as exc:
-        raise EchoMimicError(f"{flag} {path} is read as a driving video (it is no pose folder or .npz), but {exc} Give a "
-                             "video of a person, a pose folder (0.npy, 1.npy, ...) or a .npz from `echomimic poses`.") from None
+        raise EchoMimicError(f"{lead}, but: {exc}" if lead else str(exc)) from None
+    if frames < 2:
+        raise EchoMimicError(f"{flag} {path}: a still picture (1 frame), not a video: its hands would stand still; {fix} "
+                             f"For gestures from speech use {speech}.")
 
 
 def check_dwpose_models(roots: list[Path], download: bool, flag: str = "--offline") -> None:

@@ -43,7 +43,8 @@ from .animate_checks import (
 )
 from ..pose.stabilize import stabilize_poses
 from ..temporal import check_level as check_stabilize_level
-from .pose_sources import MISSING_DEFAULT, check_dwpose_models, dwpose_detector, speech_gestures, video_poses
+from .pose_sources import (MISSING_DEFAULT, check_dwpose_models, check_pose_video, dwpose_detector, speech_gestures,
+                           video_poses)
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +205,7 @@ def check(req: PosesRequest) -> PosesPlan:
         if not Path(req.video).is_file():
             raise EchoMimicError(f"--video {req.video}: {'is a folder' if Path(req.video).is_dir() else 'file not found'}; "
                                  "give a driving video of a person (mp4, mov, webm, ...).")
-        from .video_inputs import check_video_input
-
-        fix = "give a driving video of a person (mp4, mov, webm, ...)."  # a picture or no video: said before DWPose downloads
-        if check_video_input(req.video, "--video", fix, upto=2) < 2:
-            raise EchoMimicError(f"--video {req.video}: a still picture (1 frame), not a video: its hands would stand still; "
-                                 f"{fix} For gestures from speech use --audio.")
+        check_pose_video(req.video, "--video", "give a driving video of a person (mp4, mov, webm, ...).", "--audio")
         if (req.on_missing or MISSING_DEFAULT) not in ("interpolate", "hold", "fail"):
             raise EchoMimicError(f"--on-missing {req.on_missing}: choose interpolate, hold or fail.")
         if req.preview_audio:
