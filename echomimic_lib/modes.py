@@ -4,6 +4,7 @@ One pipeline serves every row of these tables.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import EchoMimicError
@@ -76,8 +77,22 @@ MAX_DEEP_CACHE = 10  # DeepCache interval limit (SampleSettings.deep_cache): pas
 SAMPLER_DEFAULTS = {"normal": {"steps": 30, "cfg": 2.5}, "acc": {"steps": 6, "cfg": 1.0}}
 CONTEXT_DEFAULTS = {"context_frames": 12, "context_overlap": 3}
 DEFAULT_FPS = 24
+FPS_RANGE = (1.0, 120.0)  # frames per second of a video the sampler makes (the nodes' widget range)
 # EchoMimicV3 speech over one 81-frame shot, in chunks (pipeline.wan.long): each from the reference, or on from the last
 V3_LONG_MODES = ("reanchor", "continue")
+
+
+def check_frame_rate(fps, what: str = "fps") -> float:
+    """The video's frame rate as a float, 1 to 120 (the sampler's rule; the nodes that fix a video's frame rate check a
+    linked value with it before their work), else an error naming ``what``."""
+    try:
+        value = math.nan if isinstance(fps, bool) else float(fps)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and FPS_RANGE[0] <= value <= FPS_RANGE[1]):
+        raise EchoMimicError(f"{what} {fps}: the frame rate must be a number between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g} "
+                             "(24 or 25 is typical).")
+    return value
 
 
 def get_mode(name: str) -> Mode:

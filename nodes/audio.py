@@ -6,7 +6,7 @@ import torch
 from ..echomimic_lib.audio import encode_audio
 from ..echomimic_lib.audio import check_audible as check_samples_audible
 from ..echomimic_lib.errors import EchoMimicError
-from ..echomimic_lib.modes import DEFAULT_FPS
+from ..echomimic_lib.modes import DEFAULT_FPS, check_frame_rate
 from .base import Node, frame_rate, link
 from .loader import finish, placement
 from .payloads import AUDIO_FEATURES, MODEL, AudioTrack
@@ -24,7 +24,9 @@ def check_audible(audio) -> None:
 
 def encode(handle, audio: dict, fps: float) -> AudioTrack:
     """Run whisper on ComfyUI's device (loaded by ComfyUI's model manager for this stage only, unless
-    keep_loaded); features are kept on the CPU (the sampler moves one window at a time)."""
+    keep_loaded); features are kept on the CPU (the sampler moves one window at a time). ``fps``: the sampler's
+    1..120, checked before whisper runs (a linked value is not range-checked by ComfyUI)."""
+    fps = check_frame_rate(fps)
     check_audible(audio)
     place = placement(handle)
     try:
@@ -32,7 +34,7 @@ def encode(handle, audio: dict, fps: float) -> AudioTrack:
         features = encode_audio(audio, handle.models.audio_encoder, device="cpu", dtype=torch.float32)
     finally:
         finish(place)
-    return AudioTrack(features, float(fps), audio)
+    return AudioTrack(features, fps, audio)
 
 
 class EchoMimicAudioEncoder(Node):

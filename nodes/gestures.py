@@ -7,11 +7,11 @@ import math
 
 from ..echomimic_lib.audio import check_audible, read_raw_audio
 from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.modes import check_frame_rate
 from ..echomimic_lib.pose.dwpose import detect_image_pose
 from ..echomimic_lib.pose.gestures import analyze_speech, find_sources, load_library, synthesize
 from . import comfy_bridge as C
 from . import detectors, paths
-from .base import check_fps
 from .payloads import AUDIO_FEATURES, POSES, PoseTrack, first_image, to_image
 from .pose import ALIGN, _preview
 
@@ -53,7 +53,8 @@ def generate(library: str, seed: int, expressiveness: float, fps: float, min_pau
         clip, n = audio, None
     else:
         raise EchoMimicError("no speech: connect the Audio Encoder's audio_features (or an AUDIO) to 'audio_features' / 'audio'.")
-    fps = check_fps(fps)  # linked values are not range-checked by ComfyUI: refused before the library is indexed
+    fps = check_frame_rate(fps)  # the sampler's 1..120 (a linked value is not range-checked by ComfyUI): refused
+    # before the library is indexed
     pause = float(min_pause) if isinstance(min_pause, (int, float)) and not isinstance(min_pause, bool) else math.nan
     if not (math.isfinite(pause) and pause > 0):
         raise EchoMimicError(f"min_pause {min_pause!r}: give a positive number of seconds (0.5 is typical): silences at "

@@ -10,8 +10,8 @@ import torch
 
 from ..echomimic_lib.audio.unconditional import UnconditionalAudio
 from ..echomimic_lib.errors import EchoMimicError
-from ..echomimic_lib.modes import DEFAULT_FPS
-from .base import Node, check_fps, frame_rate, link
+from ..echomimic_lib.modes import DEFAULT_FPS, check_frame_rate
+from .base import Node, frame_rate, link
 from .payloads import AUDIO_FEATURES, LANDMARKS, AudioTrack
 
 SILENT_RATE = 16000
@@ -20,7 +20,7 @@ SILENT_RATE = 16000
 def unconditional(landmarks, fps: float) -> tuple[AudioTrack, dict, int]:
     if landmarks is None or not hasattr(landmarks, "pixels"):
         raise EchoMimicError("landmarks: connect EchoMimic Landmark Extractor, Part-Aware Aligner or Face Track.")
-    fps = check_fps(fps)
+    fps = check_frame_rate(fps)  # the sampler's 1..120: a linked value is not range-checked by ComfyUI
     n_src = len(landmarks.pixels)
     src_fps = landmarks.fps or fps
     frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
@@ -47,4 +47,4 @@ class EchoMimicLandmarkOnlyAudio(Node):
         }
 
     def execute(self, landmarks, fps):
-        return unconditional(landmarks, float(fps))
+        return unconditional(landmarks, fps)

@@ -130,14 +130,35 @@ def to_mask(mask) -> torch.Tensor:
     return (t.float() / 255.0 if t.dtype == torch.uint8 else t.float()).unsqueeze(0)
 
 
+def check_finite(image: torch.Tensor, what: str, fix: str) -> None:
+    """NaN / inf in an IMAGE or MASK (a broken upstream node): refused; casting them to pixels gave arbitrary values."""
+    if not bool(torch.isfinite(image).all()):
+        raise EchoMimicError(f"{what}: the {'MASK' if what == 'mask' else 'IMAGE'} holds NaN or infinite values (a node "
+                             f"before this one produced them); {fix}")
+
+
 def mask_plane(mask) -> torch.Tensor:
-    """ComfyUI MASK [B, H, W] (or [H, W]) -> the first (H, W) plane."""
+    """ComfyUI MASK [B, H, W] (or [H, W]) -> its one (H, W) plane. The V1 face mask is one picture for the whole video
+    (the pipeline has no per-frame masks): a batch of equal masks is that mask, a batch of differing ones is refused (it
+    used the first without a word); NaN / inf and a mask with nothing selected are refused too (the official inference
+    marks the whole picture when it finds no face, never nothing)."""
     if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
         raise EchoMimicError("mask: expected a ComfyUI MASK [batch, height, width].")
     if mask.dim() == 3 and mask.shape[0] == 0:
         raise EchoMimicError("mask: the MASK batch is empty (no mask in it); connect EchoMimic Reference Preparation's "
                              "mask, or disconnect 'mask' to animate the whole picture.")
-    return mask[0] if mask.dim() == 3 else mask
+    check_finite(mask, "mask", "connect EchoMimic Reference Preparation's mask, or disconnect 'mask' to animate the "
+                               "whole picture.")
+    plane = mask[0] if mask.dim() == 3 else mask
+    if mask.dim() == 3 and mask.shape[0] > 1 and not bool((mask == plane).all()):
+        raise EchoMimicError(f"mask: a batch of {mask.shape[0]} different masks; the sampler takes one face mask for the "
+                             "whole video (no per-frame masks). Pass one mask (EchoMimic Reference Preparation's mask, "
+                             "or one picked from the batch).")
+    if not bool((plane > 0).any()):
+        raise EchoMimicError("mask: the mask is all zero (nothing selected): the model would be told there is no face "
+                             "to animate. Connect EchoMimic Reference Preparation's mask (the face region), or "
+                             "disconnect 'mask' to animate the whole picture.")
+    return plane
 
 
 def comfy_waveform(wave: torch.Tensor) -> torch.Tensor:

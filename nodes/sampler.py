@@ -9,6 +9,7 @@ import torch
 
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.config import SD15
+from ..echomimic_lib.memory.host import check_frames_fit
 from ..echomimic_lib.modes import MAX_DEEP_CACHE, get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
 from ..echomimic_lib.pipeline.deep_cache import branch_count
@@ -17,7 +18,7 @@ from . import resume
 from .base import Node, link, switch
 from ..echomimic_lib.speed import check_deep_cache, check_speed_options
 from .loader import NODE_NAMES, finish, placement
-from .payloads import AUDIO_FEATURES, LANDMARKS, MODEL, POSES, first_image, mask_plane, trim_audio
+from .payloads import AUDIO_FEATURES, LANDMARKS, MODEL, POSES, check_finite, first_image, mask_plane, trim_audio
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,11 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
                             context_frames=context_frames, context_overlap=context_overlap, cuda_graphs=bool(cuda_graphs),
                             deep_cache=deep_cache, deep_cache_branch=deep_cache_branch)
     settings.validate()
+    if frame_sink is None:  # the frames are returned as one IMAGE batch in host memory
+        check_frames_fit(n, height, width, "EchoMimic Sampler (to file)")
     condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps, track.audio)
     image = first_image(reference, "reference")
+    check_finite(reference[:1], "reference", "connect a picture (EchoMimic Reference Preparation's image).")
     C.check_interrupt()
     kept = resume.checkpoint(handle, settings, {
         "reference": image, "audio": track, "mask": None if mask is None else mask_plane(mask), "landmarks": landmarks,

@@ -240,6 +240,10 @@ class EchoMimicV3Sampler:
         from ..echomimic_lib.pipeline.wan.sampler import V3Settings, generate, resize_reference
 
         ref, h, w = checked_reference(image, size, steps, audio_cfg, teacache, long_mode)
+        if sink is None:  # the frames are returned as one IMAGE batch in host memory
+            from ..echomimic_lib.memory.host import check_frames_fit
+
+            check_frames_fit(v3_audio.frames, h, w, "EchoMimic V3 Sampler (to file)")
         ref_u8 = resize_reference(ref, h, w)
         net = model.patcher.model.net
         prompt, clip, seed = checked_conditioning(net.cfg, positive, clip_vision_output, vae, seed)

@@ -218,7 +218,7 @@ def test_a_linked_frame_rate_that_is_no_frame_rate_is_refused_before_any_work(fp
     """Landmark-Only Driving: was a ZeroDivisionError (0) or "cannot convert float NaN to integer"; Paste Back passed
     the NaN on to Create Video; the Landmark Extractor and Face Track timed the sequence as if at the video's rate."""
     lm = sub("nodes.payloads").LandmarkTrack(np.zeros((5, 478, 2), np.float32), (64, 64), 24.0)
-    with pytest.raises(EchoMimicError, match="the frame rate must be a positive number"):
+    with pytest.raises(EchoMimicError, match="the frame rate must be a number between 1 and 120"):  # the sampler's rule
         N["EchoMimicLandmarkOnlyAudio"]().execute(lm, fps)
     with pytest.raises(EchoMimicError, match="the frame rate must be a positive number"):
         N["EchoMimicLandmarkExtractor"]().execute(torch.rand(2, 64, 64, 3), fps, "full frame", "interpolate", 0, False)

@@ -163,8 +163,8 @@ def test_v3_sampler_a_vae_that_is_not_wan_2_1_is_named(v3, no_load, channels, di
     (dict(min_pause=float("nan")), r"min_pause nan: .*positive number of seconds"),
     (dict(min_pause=0.0), r"min_pause 0.0: .*positive number of seconds"),
     (dict(min_pause=-1.0), r"min_pause -1.0: .*positive number of seconds"),
-    (dict(fps=0.0), r"fps 0.0: the frame rate must be a positive number"),
-    (dict(fps=float("inf")), r"fps inf: the frame rate must be a positive number"),
+    (dict(fps=0.0), r"fps 0.0: the frame rate must be a number between 1 and 120"),  # the sampler's rule
+    (dict(fps=float("inf")), r"fps inf: the frame rate must be a number between 1 and 120"),
 ])
 def test_gestures_bad_linked_numbers_are_refused_before_reading_the_library(models, monkeypatch, kw, message):  # noqa: F811
     """min_pause NaN, 0 or negative was taken (NaN: no pause ever, hands never rest); fps 0 was refused only after the

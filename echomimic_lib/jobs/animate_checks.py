@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError, MissingWeightsError
-from ..modes import get_mode
+from ..modes import FPS_RANGE, get_mode
 from ..speed import check_deep_cache, check_speed_options
 from ..temporal import STABILIZE_DEFAULT, check_level
 from .pose_sources import AUTO_POSE  # --pose auto: hand poses generated from the speech
@@ -25,7 +25,6 @@ from .pose_sources import AUTO_POSE  # --pose auto: hand poses generated from th
 log = logging.getLogger(__name__)
 
 SIZE_RANGE = (64, 2048)  # px per side (the nodes' widget range)
-FPS_RANGE = (1.0, 120.0)
 MAX_STEPS = 200
 MAX_CFG = 20.0
 MAX_LENGTH = 100_000

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import EchoMimicError, as_whole
-from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, MAX_DEEP_CACHE, SAMPLER_DEFAULTS, get_mode
+from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, MAX_DEEP_CACHE, SAMPLER_DEFAULTS, check_frame_rate, get_mode
 from ..models.unet.compile import is_compiled
 from ..models.unet.graphs import CudaGraphRunner
 from .conditions import FrameCondition, MaskCondition
@@ -75,8 +75,7 @@ class SampleSettings:
         if self.steps < 1:
             raise EchoMimicError("steps must be at least 1.")
         self.seed = whole_seed(self.seed)
-        if not (math.isfinite(self.fps) and 1 <= self.fps <= 120):
-            raise EchoMimicError(f"fps {self.fps}: the frame rate must be a number between 1 and 120 (24 or 25 is typical).")
+        check_frame_rate(self.fps)
         if not (math.isfinite(self.cfg) and 0 <= self.cfg <= 20):
             raise EchoMimicError(f"cfg {self.cfg}: guidance must be a number between 0 and 20 (1 or less switches it off).")
         if not 1 <= self.context_frames <= 32:
