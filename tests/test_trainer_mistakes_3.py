@@ -180,3 +180,16 @@ def test_a_lora_named_in_capitals_is_written_as_that_file(tmp_path, capsys):
     rc, err = _train(["v3-export", ckpt, tmp_path / "Anna.SAFETENSORS", "--no-verify"], capsys)
     assert rc == 0, err
     assert (tmp_path / "Anna.SAFETENSORS").is_file()  # before: a folder Anna.SAFETENSORS/ with run-step2.safetensors
+
+
+@pytest.mark.parametrize("line,words", [
+    ("data: {roots: DATA}", ["data.roots: expected a list, got str; a list of one is written [", "]"]),
+    ("phases: [{name: stage1, steps: 1e3}]", ["phases[0].steps: expected an integer, got '1e3'", "whole number: 1000"]),
+    ("optim: {batch_size: 2.0}", ["optim.batch_size: expected an integer, got 2.0", "whole number: 2"]),
+])
+def test_a_value_of_the_wrong_shape_says_how_to_write_it(line, words, tmp_path, capsys):
+    run, cfg = tmp_path / "run", tmp_path / "c.yaml"
+    cfg.write_text(_v1_yaml(tmp_path, run) + line.replace("DATA", str(tmp_path)) + "\n")
+    rc, err = _train(["fit", "--config", cfg], capsys)
+    assert rc == 2 and all(w in err for w in words), err
+    assert not run.exists()
