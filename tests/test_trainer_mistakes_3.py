@@ -193,3 +193,25 @@ def test_a_value_of_the_wrong_shape_says_how_to_write_it(line, words, tmp_path, 
     rc, err = _train(["fit", "--config", cfg], capsys)
     assert rc == 2 and all(w in err for w in words), err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "v3-fit"])
+@pytest.mark.parametrize("case,words", [
+    ("a-file", ["is a file, not a folder; give a folder for the run"]),
+    ("under-a-file", ["is a file, not a folder"]),
+    ("a-dataset", ["is a prepared dataset", "give a folder of its own", "keep the dataset in data.roots"]),
+])
+def test_an_output_dir_that_is_a_file_or_a_dataset_is_refused_and_left_as_it_is(command, case, words, tmp_path, capsys):
+    (tmp_path / "afile").write_text("my notes")
+    ds = _prepared(tmp_path / "ds", size=64)
+    (ds / "manifest.jsonl").write_text("")
+    out = {"a-file": tmp_path / "afile", "under-a-file": tmp_path / "afile" / "run", "a-dataset": ds}[case]
+    cfg = tmp_path / "c.yaml"
+    if command == "fit":
+        cfg.write_text(_v1_yaml(tmp_path, out))
+    else:
+        cfg.write_text(f"output_dir: {out}\nmodel: {{path: {tmp_path}}}\ndata: {{roots: [{tmp_path}], frames: 9}}\nsteps: 4\n")
+    before = _tree(tmp_path)
+    rc, err = _train([command, "--config", cfg], capsys)
+    assert rc == 2 and all(w in err for w in words), err
+    assert _tree(tmp_path) == before and (tmp_path / "afile").read_text() == "my notes"

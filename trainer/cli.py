@@ -108,12 +108,33 @@ def check_config_file(path, overrides, command: str, preset=None) -> None:
                           f"`echomimic-train fit --config {path}` (v3-fit trains EchoMimicV3 LoRAs)")
 
 
+def check_output_dir(out) -> None:
+    """A run's output_dir is a folder of its own: not a file (was ``File exists`` after the datasets were read), nor a
+    prepared dataset (the run's checkpoints, logs and config were written among its clips)."""
+    from pathlib import Path
+
+    from .config import ConfigError
+
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise ConfigError(f"output_dir {out}: {p} is a file, not a folder; give a folder for the run "
+                                  "(e.g. runs/my_run; it is created)")
+            break
+    if (out / "prepare_config.json").is_file() or (out / "manifest.jsonl").is_file() and (out / "status").is_dir():
+        raise ConfigError(f"output_dir {out} is a prepared dataset (manifest.jsonl, prepare_config.json): the run's "
+                          "checkpoints, logs and config would be written among its clips; give a folder of its own "
+                          "(e.g. runs/my_run) and keep the dataset in data.roots")
+
+
 def _cmd_fit(args) -> int:
     from .config_file import load_config
     from .loop import fit
 
     check_config_file(args.config, args.set, "fit", args.preset)
     cfg = load_config(args.config, args.set, preset=args.preset)
+    check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit(cfg, resume=True if resume == "latest" else resume)
     print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints")
@@ -126,6 +147,7 @@ def _cmd_v3_fit(args) -> int:
 
     check_config_file(args.config, args.set, "v3-fit")
     cfg = load_v3_config(args.config, args.set)
+    check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit_v3(cfg, resume=True if resume == "latest" else resume)
     print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints; "
