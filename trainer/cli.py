@@ -79,11 +79,62 @@ def no_clips_message(summary: dict, input_dir) -> str:
     return f"no clip was kept (of {summary['clips']}); " + "; ".join(parts)
 
 
+def check_config_file(path, overrides, command: str, preset=None) -> None:
+    """Before the config is read as ``command``'s: a config is given, the file holds keys, and they are this trainer's
+    (an EchoMimicV3 LoRA config given to ``fit``, or a V1/V2 one to ``v3-fit``, was refused with a message about one
+    of its keys: a LoRA switch, an unknown ``preset``)."""
+    from pathlib import Path
+
+    from .config import ConfigError
+    from .plan.v3 import _present, family_keys, read_plan_mapping
+
+    example = ("docs/training.md section 0 has a complete small one; `echomimic-train presets` lists the presets a config "
+               "may start from" if command == "fit" else "docs/training.md section 11 has one")
+    if path is None:
+        if preset or overrides:
+            return
+        raise ConfigError(f"{command} needs --config RUN.yaml ({example})")
+    if Path(path).is_dir():
+        raise ConfigError(f"--config {path}: a folder; give the run's YAML file ({example})")
+    family, data, v3_keys = read_plan_mapping(path, overrides)
+    if not data:
+        raise ConfigError(f"{path}: the config file is empty; write the run's settings into it ({example})")
+    if command == "fit" and family == "v3":
+        raise ConfigError(f"{path}: an EchoMimicV3 LoRA config (it has {', '.join(v3_keys[:3])}); train it with "
+                          f"`echomimic-train v3-fit --config {path}` (fit trains V1/V2)")
+    v12_keys = sorted(family_keys()[1] & _present(data), key=lambda k: (k.count("."), k))  # top-level keys first
+    if command == "v3-fit" and v12_keys:
+        raise ConfigError(f"{path}: a V1/V2 config (it has {', '.join(v12_keys[:3])}); train it with "
+                          f"`echomimic-train fit --config {path}` (v3-fit trains EchoMimicV3 LoRAs)")
+
+
+def check_output_dir(out) -> None:
+    """A run's output_dir is a folder of its own: not a file (was ``File exists`` after the datasets were read), nor a
+    prepared dataset (the run's checkpoints, logs and config were written among its clips)."""
+    from pathlib import Path
+
+    from .config import ConfigError
+
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise ConfigError(f"output_dir {out}: {p} is a file, not a folder; give a folder for the run "
+                                  "(e.g. runs/my_run; it is created)")
+            break
+    if (out / "prepare_config.json").is_file() or (out / "manifest.jsonl").is_file() and (out / "status").is_dir():
+        raise ConfigError(f"output_dir {out} is a prepared dataset (manifest.jsonl, prepare_config.json): the run's "
+                          "checkpoints, logs and config would be written among its clips; give a folder of its own "
+                          "(e.g. runs/my_run) and keep the dataset in data.roots")
+
+
 def _cmd_fit(args) -> int:
     from .config_file import load_config
     from .loop import fit
 
+    check_config_file(args.config, args.set, "fit", args.preset)
     cfg = load_config(args.config, args.set, preset=args.preset)
+    check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit(cfg, resume=True if resume == "latest" else resume)
     print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints")
@@ -94,7 +145,9 @@ def _cmd_v3_fit(args) -> int:
     from .v3.config import load_v3_config
     from .v3.loop import fit_v3
 
+    check_config_file(args.config, args.set, "v3-fit")
     cfg = load_v3_config(args.config, args.set)
+    check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit_v3(cfg, resume=True if resume == "latest" else resume)
     print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints; "

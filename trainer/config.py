@@ -318,7 +318,10 @@ class TrainConfig:
                 raise ConfigError(f"{path}: '{value}' is not one of {', '.join(allowed)}")
         need = {"sd": "sd_path", "echomimic": "echomimic_path"}.get(self.model.init)
         if need and not getattr(self.model, need):
-            raise ConfigError(f"model.init: {self.model.init} needs model.{need}")
+            raise ConfigError(f"model.init: {self.model.init} needs model.{need}" + (
+                " (the Stable Diffusion 1.5 folder), or set model.init: echomimic with model.echomimic_path: FOLDER "
+                "(a released EchoMimic model, or `echomimic make-tiny`'s)" if need == "sd_path" else " (a released EchoMimic "
+                "model folder, or `echomimic make-tiny`'s)"))
         if self.model.motion_init == "animatediff" and not self.model.motion_path:
             raise ConfigError("model.motion_init: animatediff needs model.motion_path (mm_sd_v15_v2 file)")
         if self.model.motion_init == "released" and self.model.init != "echomimic" and not self.model.motion_path:

@@ -55,7 +55,8 @@ def _coerce(value: Any, tp, path: str):
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+            hint = f"; a list of one is written [{value}]" if isinstance(value, (str, int, float)) else ""
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}{hint}")
         return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
@@ -69,7 +70,7 @@ def _coerce(value: Any, tp, path: str):
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}: expected an integer, got {value!r}{_whole_hint(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
@@ -85,6 +86,15 @@ def _coerce(value: Any, tp, path: str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}")
+
+
+def _whole_hint(value) -> str:
+    """``'1e3'`` (YAML 1.1 reads an exponent without a dot as a string) or ``1000.0``: the whole number to write."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return f"; write it as a whole number: {int(number)}" if number.is_integer() and abs(number) < 1e15 else ""
 
 
 def from_dict(cls, data: dict, path: str = ""):

@@ -26,6 +26,7 @@ from echomimic_lib.io.weights import save_state_dict
 
 from .checkpoint import read_meta, refuse_inside_checkpoint, resolve_resume
 from .config import ConfigError
+from .export_paths import check_export_folder
 
 log = logging.getLogger(__name__)
 FORMATS = (".pth", ".safetensors")
@@ -127,6 +128,7 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     names = ws.files("normal")
     planned = [dest / f"{names[key]}{fmt}" for key in ("reference", "denoiser", "motion", "cond") for fmt in formats]
     planned += [dest / rel for rel in (*SHARED_OUTPUTS, "export.json")]
+    check_export_folder(dest)
     refuse_inside_checkpoint(dest, "DEST")  # before anything is read: rotation would delete the export
     if not force:
         refuse_existing(planned, what="exported model file")

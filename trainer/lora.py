@@ -171,10 +171,9 @@ def lora_info(meta: dict, ckpt: Path, ema: bool):
 
 def adapter_path(ckpt: Path, dest: Path, meta: dict, ema: bool) -> Path:
     """Where :func:`export_adapter` writes: ``dest`` itself when it ends in .safetensors, else a file named after the run."""
-    dest = Path(dest)
-    if dest.suffix == ".safetensors":
-        return dest
-    return dest / f"{ckpt.parent.parent.name}-step{meta['step']}{'-ema' if ema else ''}.safetensors"
+    from .export_paths import lora_file_target
+
+    return lora_file_target(dest, f"{ckpt.parent.parent.name}-step{meta['step']}{'-ema' if ema else ''}.safetensors")
 
 
 def export_adapter(ckpt: Path, dest: Path, meta: dict, state: dict, ema: bool, dtype=None) -> Path:

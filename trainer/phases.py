@@ -54,6 +54,11 @@ def validate_phases(phases: list[PhaseConfig], condition: str) -> None:
         where = f"phases.{p.name}"
         if p.steps < 0:
             raise ConfigError(f"{where}.steps must be >= 0")
+    if not sum(p.steps for p in phases):  # would load every network and write a run that trained nothing
+        raise ConfigError(f"phases: every phase has steps: 0 ({', '.join(names)}), so nothing would be trained; give a "
+                          f"phase steps (e.g. --set phases.{names[0]}.steps=100)")
+    for p in phases:
+        where = f"phases.{p.name}"
         if p.kind not in ("spatial", "temporal"):
             raise ConfigError(f"{where}.kind must be spatial or temporal")
         if p.kind == "spatial" and p.frames != 1:

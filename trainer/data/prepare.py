@@ -117,9 +117,8 @@ def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, 
     return st
 
 
-def preflight(cfg: PrepareConfig, whisper_path, landmarker_model, pose_detector, device, worker_index: int, num_workers: int):
-    """Options and tools, checked before any clip: a bad option or a broken model stops the run with its own
-    message instead of marking every clip 'unreadable'. Returns the run's :class:`Tools` (models loaded)."""
+def check_options_and_files(cfg: PrepareConfig, whisper_path, worker_index: int, num_workers: int) -> None:
+    """The options in range and the whisper file there (no model loaded)."""
     from echomimic_lib.errors import EchoMimicError
 
     from .clean import check_options
@@ -133,6 +132,12 @@ def preflight(cfg: PrepareConfig, whisper_path, landmarker_model, pose_detector,
     if whisper_path is not None and not Path(whisper_path).is_file():
         raise EchoMimicError(f"--whisper {whisper_path}: file not found; give whisper-tiny's checkpoint "
                              "(audio_processor/whisper_tiny.pt of a model folder; `echomimic download` fetches it).")
+
+
+def preflight(cfg: PrepareConfig, whisper_path, landmarker_model, pose_detector, device, worker_index: int, num_workers: int):
+    """Options and tools, checked before any clip: a bad option or a broken model stops the run with its own
+    message instead of marking every clip 'unreadable'. Returns the run's :class:`Tools` (models loaded)."""
+    check_options_and_files(cfg, whisper_path, worker_index, num_workers)
     tools = Tools(whisper_path, landmarker_model, pose_detector, device)
     try:
         if whisper_path is not None:  # without one no whisper rows are stored (EchoMimicV3 data)
@@ -235,6 +240,60 @@ def check_folders(input_dir, output_dir) -> None:
                           "of these. Give a new or empty folder (or a dataset prepared before, to resume it).")
 
 
+def _no_videos(input_dir: Path):
+    from ..config import ConfigError
+
+    others = sorted(str(p.relative_to(input_dir)) for p in input_dir.rglob("*") if p.is_file())
+    held = (f"; it holds {', '.join(others[:4])}{f' and {len(others) - 4} more' if len(others) > 4 else ''}, none a video"
+            if others else "; it is empty")
+    return ConfigError(f"no videos found under {input_dir} (looked for {', '.join(VIDEO_SUFFIXES)}, recursively){held}: "
+                       "give the folder that holds your videos (a silent video needs a same-name audio file beside it).")
+
+
+def _option(key: str) -> str:
+    if key.startswith("curate."):
+        return f"--curate {key.split('.', 1)[1]}"
+    return f"--{key.replace('_', '-')}" if key in OPTION_FIELDS else key
+
+
+# PrepareConfig fields that are options of `echomimic-train prepare` (the others are named as they are)
+OPTION_FIELDS = {"kind", "fps", "size", "min_seconds", "max_seconds", "max_missing_face", "max_multi_face", "min_face_px",
+                 "scene_threshold", "shards", "jpeg_quality"}
+
+
+def check_same_settings(out_root: Path, cfg: PrepareConfig) -> None:
+    """A dataset prepared before (its ``prepare_config.json``) is resumed only with the settings it was prepared with:
+    its clips are skipped as done, so other settings (``--kind``, ``--size``, ``--fps``, a threshold) would leave a
+    folder of clips of two kinds or sizes under a config that describes only the newest run's."""
+    import json
+
+    from ..config import ConfigError
+
+    conf = out_root / "prepare_config.json"
+    if not conf.is_file():
+        return
+    try:
+        before = json.loads(conf.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{conf}: unreadable ({exc}); this folder's earlier settings are unknown, so prepare into a new "
+                          "folder") from None
+    now = json.loads(json.dumps(asdict(cfg)))
+
+    def flat(d):
+        out = {k: v for k, v in d.items() if k != "curate"}
+        out.update({f"curate.{k}": v for k, v in (d.get("curate") or {}).items() if k != "device"})
+        return {("shards" if k == "num_shards" else k): v for k, v in out.items()}
+
+    old, new = flat(before) if isinstance(before, dict) else {}, flat(now)
+    differ = [k for k in new if k in old and old[k] != new[k]]
+    if differ:
+        said = ", ".join(f"{_option(k)} {'(not given)' if old[k] is None else old[k]}" for k in differ)
+        asked = ", ".join(f"{_option(k)} {'(not given)' if new[k] is None else new[k]}" for k in differ)
+        raise ConfigError(f"{out_root} was prepared with {said} (its prepare_config.json); this run asks for {asked}. "
+                          "Its clips would be skipped as done and mixed with clips of the new settings. Prepare into a new "
+                          "folder, or give the dataset's own settings to go on with it.")
+
+
 def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, landmarker_model=None, pose_detector=None,
                     worker_index: int = 0, num_workers: int = 1, progress: bool = True, device: str = "cpu") -> dict:
     """Prepare every video under ``input_dir`` (this worker's share) into ``output_dir``; returns the summary.
@@ -244,7 +303,11 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     input_dir, out_root = Path(input_dir), Path(output_dir)
     check_folders(input_dir, out_root)
     videos = list_videos(input_dir)
+    check_options_and_files(cfg, whisper_path, worker_index, num_workers)  # a wrong option first: it says more
+    if not videos:  # before any model loads, and nothing written: an empty dataset folder would pass for a prepared one
+        raise _no_videos(input_dir)
     check_clip_ids(videos, input_dir)
+    check_same_settings(out_root, cfg)
     tools = preflight(cfg, whisper_path, landmarker_model, pose_detector, device, worker_index, num_workers)
     out_root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_root / "prepare_config.json", asdict(cfg))

@@ -85,8 +85,9 @@ def wan_lora_tensors(state: dict, alpha: float, dtype=torch.float32) -> dict[str
 
 
 def export_path(ckpt: Path, dest: Path, step: int) -> Path:
-    dest = Path(dest)
-    return dest if dest.suffix == ".safetensors" else dest / f"{ckpt.parent.parent.name}-step{step}.safetensors"
+    from ..export_paths import lora_file_target
+
+    return lora_file_target(dest, f"{ckpt.parent.parent.name}-step{step}.safetensors")
 
 
 def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.float32, verify: bool = True) -> Path:
