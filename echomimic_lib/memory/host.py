@@ -6,7 +6,6 @@ from __future__ import annotations
 from ..errors import EchoMimicError
 
 
-
 def _size(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
