@@ -215,3 +215,13 @@ def test_an_output_dir_that_is_a_file_or_a_dataset_is_refused_and_left_as_it_is(
     rc, err = _train([command, "--config", cfg], capsys)
     assert rc == 2 and all(w in err for w in words), err
     assert _tree(tmp_path) == before and (tmp_path / "afile").read_text() == "my notes"
+
+
+def test_a_misspelt_training_preset_names_the_closest_one():
+    from trainer.config import ConfigError
+    from trainer.presets import preset_dict
+
+    with pytest.raises(ConfigError, match=r"unknown 'v1_stage_1' \(did you mean 'v1_stage1'\?\); choose one of"):
+        preset_dict("v1_stage_1")
+    with pytest.raises(ConfigError, match=r"unknown 'zzz'; choose one of"):
+        preset_dict("zzz")

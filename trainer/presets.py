@@ -130,5 +130,9 @@ def preset_dict(name: str | None) -> dict:
     if not name:
         return {}
     if name not in PRESETS:
-        raise ConfigError(f"preset: unknown '{name}'; choose one of {', '.join(PRESETS)}")
+        import difflib
+
+        near = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        did = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"preset: unknown '{name}'{did}; choose one of {', '.join(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
