@@ -6,6 +6,7 @@ frames the audio needs and draws one context window at a time (memory stays flat
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from ..echomimic_lib.landmarks import draw_landmark_sequence
 from ..echomimic_lib.pipeline import FrameCondition
 from ..echomimic_lib.pose import draw_hands_batch
 from ..echomimic_lib.retime import retime_indices
+
+log = logging.getLogger(__name__)
 
 MODEL = "ECHOMIMIC_MODEL"
 AUDIO_FEATURES = "ECHOMIMIC_AUDIO_FEATURES"
@@ -113,6 +116,11 @@ def image_batch(image, what: str = "image") -> np.ndarray:
 
 
 def first_image(image, what: str = "image") -> np.ndarray:
+    """The one picture an input takes: the first of an IMAGE batch; a batch of several is said in the log (a video's
+    frames linked to a picture input take the first frame, which is rarely what was meant)."""
+    n = len(image) if isinstance(image, torch.Tensor) and image.dim() == 4 else 1
+    if n > 1:
+        log.warning("%s: a batch of %d pictures; the first is used (link one picture, e.g. through core's ImageFromBatch).", what, n)
     return image_batch(image[:1] if isinstance(image, torch.Tensor) else image, what)[0]
 
 
