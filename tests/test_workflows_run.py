@@ -116,13 +116,15 @@ def comfy(tiny_comfy_models, shared_data, tmp_path_factory):
     clip = io.read_video(shared_data / "video" / "driving_a.mp4", max_frames=8, with_audio=False)
     io.write_video(inp / "echomimic_person.mp4", np.stack([cv2.resize(f, (256, 256)) for f in clip.frames]), 24.0)
     write_wav(inp / "echomimic_speech.wav", wav[0, : sr // 2], sr)
-    poses = tiny_comfy_models / "echomimic" / "poses" / "01"
-    poses.mkdir(parents=True, exist_ok=True)
+    models = folder / "models"  # a copy: the session's tiny models stay as other modules expect them (no pose folder)
+    shutil.copytree(tiny_comfy_models, models)
+    poses = models / "echomimic" / "poses" / "01"
+    poses.mkdir(parents=True)
     for i in range(24):
         shutil.copy(shared_data / "pose" / "01" / f"{i}.npy", poses)
     bridge, detectors = sub("nodes.comfy_bridge"), sub("nodes.detectors")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bridge, "MODELS_DIR", tiny_comfy_models)
+        mp.setattr(bridge, "MODELS_DIR", models)
         mp.setattr(bridge, "INPUT_DIR", inp)
         mp.setattr(detectors, "dwpose", lambda download=False: _fake_person)
         yield folder
