@@ -107,20 +107,6 @@ def _load_mapped(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
-class _Budgeted:
-    """An allowed callable of the index as the pickle sees it: each call first spends the unpickler's budget on its
-    inputs (``torch.Size(x)`` on one memoised list of a million items, again and again, is a few bytes a call)."""
-
-    def __init__(self, fn, unpickler: "_DCPUnpickler"):
-        self.fn, self.unpickler = fn, unpickler
-
-    def __call__(self, *args, **kwargs):
-        for a in (*args, *kwargs.values()):
-            if isinstance(a, (str, bytes, bytearray, list, tuple, dict, set, frozenset)):
-                self.unpickler.spend(len(a), f"{getattr(self.fn, '__name__', self.fn)}() of {len(a)} items")
-        return self.fn(*args, **kwargs)
-
-
 def _stream_size(file) -> int:
     """The bytes of an open index file (0 when it cannot tell: the budget's floor applies)."""
     try:
@@ -156,8 +142,10 @@ class _DCPUnpickler(pickle.Unpickler):
     def spend(self, n: int, what: str) -> None:
         self.budget -= n
         if self.budget < 0:
-            raise pickle.UnpicklingError(f"refused to build {what}, past the building budget of {self.per_byte} elements per "
-                                         "byte of the index (a pickle bomb?)")
+            self.refuse(f"{what}, past the building budget of {self.per_byte} elements per byte of the index (a pickle bomb?)")
+
+    def refuse(self, what: str) -> None:
+        raise pickle.UnpicklingError(f"refused to build {what}")
 
     def find_class(self, module, name):
         import torch
@@ -167,7 +155,9 @@ class _DCPUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return super().find_class(module, name)
         if (module, name) in DCP_ALLOWED:
-            return _Budgeted(super().find_class(module, name), self)
+            from echomimic_lib.io.safe_pickle import BudgetGuard
+
+            return BudgetGuard(super().find_class(module, name), self, name)
         if module.startswith("torch.distributed.checkpoint."):  # only its own record classes, never a function or an
             found = super().find_class(module, name)  # import of the module (os, pickle) or a reader/writer class
             if isinstance(found, type) and found.__module__ == module and (is_dataclass(found) or issubclass(found, Enum)):

@@ -39,15 +39,16 @@ BUDGET_PER_BYTE = 2  # elements any allowed calls may build, per byte of the pic
 MIN_BUDGET = 1 << 20
 
 
-class _Guard:
-    """An allowed callable as the pickle sees it: each call first spends the unpickler's budget on its inputs."""
+class BudgetGuard:
+    """An allowed callable as the pickle sees it: each call first spends the unpickler's budget on its inputs (the
+    unpickler has ``spend(n, what)`` and ``refuse(what)``; the trainer's checkpoint-index unpickler uses it too)."""
 
-    def __init__(self, fn, unpickler: "_AllowListUnpickler", name: str):
+    def __init__(self, fn, unpickler, name: str):
         self.fn, self.unpickler, self.name = fn, unpickler, name
 
     def __call__(self, *args, **kwargs):
         u = self.unpickler
-        args = tuple(a.fn if isinstance(a, _Guard) else a for a in args)  # _reconstruct(ndarray, ...): the real class
+        args = tuple(a.fn if isinstance(a, BudgetGuard) else a for a in args)  # _reconstruct(ndarray, ...): the real class
         if self.name in ("bytes", "bytearray") and args and isinstance(args[0], int) and not isinstance(args[0], bool):
             u.refuse(f"{self.name}({args[0]}) (a count, not data)")
         if self.name in ("ndarray", "_reconstruct"):  # numpy allocates the declared shape (ndarray.__new__)
@@ -86,7 +87,7 @@ class _AllowListUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle hook
         if name in _ALLOWED.get(module, ()):
             found = super().find_class(module, name)
-            return found if name in _PLAIN else _Guard(found, self, name)
+            return found if name in _PLAIN else BudgetGuard(found, self, name)
         raise UnsafeFileError(
             f"{self._source}: refused to load '{module}.{name}'. The file contains a pickled object outside the "
             "allow-list (numpy arrays, dicts, lists, numbers, strings); it could run code. Only use pose/landmark "

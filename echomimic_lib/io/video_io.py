@@ -364,6 +364,7 @@ def probe(path: str | Path) -> dict:
     container = _open(path)
     try:
         info = {"frames": 0, "fps": None, "audio_seconds": None, "width": None, "height": None}
+        has_audio = bool(container.streams.audio)
         vs = video_stream(container, path, required=False)
         if vs is not None:
             info["fps"] = float(vs.average_rate) if vs.average_rate else None
@@ -375,7 +376,7 @@ def probe(path: str | Path) -> dict:
             info["width"], info["height"] = turn.size(*size) if turn is not None else size
     finally:
         container.close()
-    if _has_audio(path):
+    if has_audio:
         samples, sr = audio_samples(path)
         info["audio_seconds"] = samples / sr
     return info
