@@ -316,9 +316,8 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
     return results
 
 
-def main(argv=None, prog: str = "echomimic queue", parser_class=argparse.ArgumentParser) -> int:
-    """``echomimic queue ...`` (also ``python -m echomimic_lib.jobs.queue_client ...``); the command line passes its
-    ``parser_class``, whose ``--help`` into a closed pipe exits as the other commands do."""
+def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``echomimic queue`` (also read by tests/test_docs_truth.py, which checks the documented lines)."""
     p = parser_class(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("workflow", help="API-format workflow JSON (workflows/api/*.json)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -336,6 +335,13 @@ def main(argv=None, prog: str = "echomimic queue", parser_class=argparse.Argumen
     p.add_argument("--dry-run", action="store_true", help="print the jobs, upload and queue nothing")
     p.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT, help="seconds to wait for each answer of the server "
                    f"before giving up (default: {REQUEST_TIMEOUT:.0f})")
+    return p
+
+
+def main(argv=None, prog: str = "echomimic queue", parser_class=argparse.ArgumentParser) -> int:
+    """``echomimic queue ...`` (also ``python -m echomimic_lib.jobs.queue_client ...``); the command line passes its
+    ``parser_class``, whose ``--help`` into a closed pipe exits as the other commands do."""
+    p = build_parser(prog, parser_class)
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: argparse printed why
