@@ -28,7 +28,7 @@ class _Done(Exception):  # --help / --version in a documented line: parsing stop
 # ---------------------------------------------------------------- what the docs say a user types
 
 
-def _snippets(text: str):
+def snippets(text: str):
     """(line number, text) of every code-block line (continuations joined) and every inline code span (which may
     run over a line break)."""
     in_block, pending, start = False, "", 0
@@ -294,7 +294,7 @@ def _parse(program: str, args: list[str]) -> str | None:
 
 def command_failures(name: str, text: str) -> list[str]:
     out = []
-    for number, snippet in _snippets(text):
+    for number, snippet in snippets(text):
         for segment in _segments(_tokens(snippet)):
             found = _command(segment)
             if found and (why := check_command(*found)):

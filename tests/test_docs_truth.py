@@ -11,10 +11,15 @@ not errors here (prose often names just ``echomimic dub``); abbreviated flags ar
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
+import types
+import typing
 from pathlib import Path
 
-from tests._docs_truth import ROOT, command_failures, docs_texts, paragraphs, prose_lines
+import pytest
+
+from tests._docs_truth import ROOT, command_failures, docs_texts, paragraphs, prose_lines, snippets
 
 
 def test_every_documented_command_line_parses():
@@ -135,3 +140,126 @@ def test_every_documented_environment_variable_is_read():
     unread = sorted(v for v in named - socket_types
                     if not re.search(rf"(environ(\.get|\.setdefault)?\s*[\[(]\s*|getenv\(\s*)[\"']{v}[\"']|\$\{{{v}\b", code))
     assert not unread, f"environment variables the docs name that no code reads: {unread}"
+
+
+def _config_classes():
+    from trainer.config import TrainConfig
+    from trainer.v3.config import V3TrainConfig
+
+    return TrainConfig, V3TrainConfig
+
+
+def _has_key(cls, parts: list[str]) -> bool:
+    hints = typing.get_type_hints(cls)
+    if parts[0] not in hints:
+        return False
+    rest, kind = parts[1:], hints[parts[0]]
+    if not rest:
+        return True
+    if typing.get_origin(kind) is list and dataclasses.is_dataclass(typing.get_args(kind)[0]):
+        return len(rest) == 1 or _has_key(typing.get_args(kind)[0], rest[1:])  # phases.<name or index>.field
+    kinds = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    return any(_has_key(k, rest) for k in kinds if dataclasses.is_dataclass(k)) or dict in kinds \
+        or any(typing.get_origin(k) is dict for k in kinds)  # a free mapping (noise_scheduler)
+
+
+def config_key_problem(key: str) -> str | None:
+    """None when ``a.b.c`` is a key of the V1/V2 training config or of the EchoMimicV3 LoRA one."""
+    parts = key.split(".")
+    return None if any(_has_key(cls, parts) for cls in _config_classes()) else f"{key}: no such training-config key"
+
+
+FILE_ENDINGS = ("pt", "pth", "bin", "safetensors", "json", "yaml", "npz", "npy", "onnx", "task", "mp4", "png", "txt")
+
+
+def test_every_training_config_key_the_docs_name_exists():
+    """`--set KEY=VALUE` of the documented commands, and every `section.key` in inline code (`data.frames`,
+    `phases.3b.steps`, `loss.phd.low_weight: 0`), are keys of the V1/V2 or V3 LoRA config (an error message quoted
+    as an example of a wrong key, `optim.lrr: unknown key`, is left out)."""
+    sections = sorted({f.name for cls in _config_classes() for f in dataclasses.fields(cls)}, key=len, reverse=True)
+    key_re = re.compile(rf"(?<![\w./$-])((?:{'|'.join(sections)})(?:\.[A-Za-z0-9_]+)+)(?![\w.(])")
+    wrong = []
+    for name, text in docs_texts():
+        for number, snippet in snippets(text):
+            keys = [] if "unknown key" in snippet else key_re.findall(snippet)
+            keys += [m for m in re.findall(r"--set[ =](\S+?)=", snippet) if "." in m]
+            for key in dict.fromkeys(keys):
+                if key.rsplit(".", 1)[-1] not in FILE_ENDINGS and (why := config_key_problem(key)):
+                    wrong.append(f"{name}:{number}: {why}")
+    assert not wrong, "config keys the docs name that the trainer does not know:\n" + "\n".join(wrong)
+    assert config_key_problem("optim.lrr") and config_key_problem("phases.3b.stepz") and not config_key_problem("phases.3b.steps")
+
+
+def documented_files():
+    """(doc, line, kind, text) of every ```yaml block and every here-document (`cat > x.yaml <<'YAML'`) in a code
+    block; kind is the here-document's tag (YAML, CSV) or YAML for a yaml block."""
+    for name, text in docs_texts():
+        lines, in_block, lang, start = text.splitlines(), False, "", 0
+        for i, line in enumerate(lines):
+            if line.lstrip().startswith("```"):
+                if in_block and lang == "yaml":
+                    yield name, start + 1, "YAML", "\n".join(lines[start:i])
+                in_block, lang, start = not in_block, line.strip()[3:].strip(), i + 1
+            elif in_block and lang != "yaml" and (m := re.search(r"<<-?\s*'?(\w+)'?\s*$", line.split("#")[0].rstrip())):
+                end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == m.group(1))
+                yield name, i + 2, m.group(1).upper(), "\n".join(lines[i + 1:end])
+
+
+def _load_documented_yaml(text: str, tmp: Path) -> None:
+    """A whole run (it names its preset, or is a V3 LoRA run) is read as `fit` / `v3-fit` read it; a section
+    (`noise:`, `distributed:`, `curate:`) for its keys and value types only (its files need not exist here)."""
+    import yaml
+
+    from trainer.config import TrainConfig
+    from trainer.config_file import deep_merge, from_dict, load_config
+    from trainer.data.curate_config import CurateConfig
+    from trainer.presets import preset_dict
+    from trainer.v3.config import load_v3_config
+
+    data = yaml.safe_load(text)
+    tmp.write_text(text, encoding="utf-8")
+    if "curate" in data:
+        from_dict(CurateConfig, data["curate"], "curate")
+    elif "path" in (data.get("model") or {}) or "frames" in (data.get("data") or {}):  # an EchoMimicV3 LoRA run
+        load_v3_config(tmp)
+    elif "preset" in data:
+        load_config(tmp)
+    else:
+        from_dict(TrainConfig, deep_merge(preset_dict("v1_stage1"), data))
+
+
+def batch_column_problem(column: str) -> str | None:
+    from echomimic_lib.jobs.batch import manifest
+
+    known = {"kind", "name", "version", "mode", "lora", "lora_strength", *manifest.ALIASES}
+    for module, cls in (("animate", "AnimateRequest"), ("dub", "DubRequest")):  # read, not imported (the pipeline: ~10 s)
+        tree = ast.parse((ROOT / "echomimic_lib" / "jobs" / f"{module}.py").read_text(encoding="utf-8"))
+        body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
+        known |= {n.target.id for n in body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    key = manifest._key(column)
+    return None if key in known - set(manifest.NOT_PER_ROW) else f"{column}: not a batch column"
+
+
+def test_every_documented_config_file_and_manifest_loads(tmp_path):
+    """The docs' YAML configs (whole runs and single sections) load with the trainer's strict reader; the batch
+    manifests' header columns and `echomimic batch --set KEY=` keys are columns a row may have."""
+    wrong = []
+    for name, number, kind, text in documented_files():
+        if kind == "YAML":
+            try:
+                _load_documented_yaml(text, tmp_path / "doc.yaml")
+            except Exception as exc:  # ConfigError, or YAML the reader refuses
+                wrong.append(f"{name}:{number}: {type(exc).__name__}: {exc}")
+        elif kind == "CSV":
+            wrong += [f"{name}:{number}: {why}" for c in text.splitlines()[0].split(",") if (why := batch_column_problem(c))]
+    for name, text in docs_texts():
+        for number, snippet in snippets(text):
+            if re.search(r"echomimic batch\b", snippet):
+                wrong += [f"{name}:{number}: --set {why}" for key in re.findall(r"--set[ =]([\w-]+)=", snippet)
+                          if (why := batch_column_problem(key))]
+    assert not wrong, "documented config files / manifests the code refuses:\n" + "\n".join(wrong)
+    assert batch_column_problem("stepz") and not batch_column_problem("steps") and not batch_column_problem("no-face-crop")
+    for bad in ("noise: {beta_shedule: linear}", "preset: v1_stage1\noptim: {lrr: 1.0e-5}", "curate: {max_yaww: 4}",
+                "model: {path: M}\ndata: {frames: 49, widht: 512}"):
+        with pytest.raises(ValueError, match="unknown key"):
+            _load_documented_yaml(bad, tmp_path / "bad.yaml")
