@@ -118,8 +118,8 @@ def _command(segment: list[str]):
     if re.fullmatch(r"python(3(\.\d+)?)?", head) and len(toks) > 1:
         if toks[1] == "-m" and len(toks) > 2:
             module, rest = toks[2], toks[3:]
-        elif re.fullmatch(r"(\./)?bench/\w+\.py", toks[1]):
-            return toks[1].removeprefix("./"), toks[2:]
+        elif re.fullmatch(r"(\./)?(bench/)?\w+\.py", toks[1]) and (ROOT / "bench" / toks[1].rsplit("/", 1)[-1]).is_file():
+            return f"bench/{toks[1].rsplit('/', 1)[-1]}", toks[2:]  # also `cd bench && python bench_x.py`
     elif head == "accelerate" and "-m" in toks:
         at = toks.index("-m")
         module, rest = (toks[at + 1], toks[at + 2:]) if at + 1 < len(toks) else (None, [])

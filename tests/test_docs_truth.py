@@ -1,13 +1,14 @@
 """What README.md and docs/*.md tell a user to type works: every ``echomimic`` / ``echomimic-train`` line (code blocks
 and inline code, ``python -m echomimic_lib...`` / ``accelerate launch -m trainer`` forms too) parses with the real
 argparse parsers (sub-commands, flags, choices, numbers; parsing only, nothing runs), every ``bench/*.py --flag``
-exists in that script's argparse (read from its source, nothing imported), every repository path the docs name
-exists, and every ``ECHOMIMIC_*`` environment variable they name is read by the code.
+exists in that script's argparse (read from its source, nothing imported), and what the docs name exists: repository
+paths, modules and their functions, ``ECHOMIMIC_*`` environment variables (read by the code), training-config keys,
+YAML configs (read by the trainer's strict reader), batch columns, presets, workflows, extras, pytest markers.
 
 Placeholders are accepted where a value goes: ``<...>``, upper-case words (DIR, FILE, N), ``...``; ``[--opt X]`` is
 checked as ``--opt X``, and ``a|b|c`` (no spaces) is checked once per alternative. Missing required arguments are
 not errors here (prose often names just ``echomimic dub``); abbreviated flags are (argparse would accept
-``--ref`` for ``--reference``, the docs should not rely on it)."""
+``--ref`` for ``--reference``, the docs should not rely on it). The reading itself: tests/_docs_truth.py."""
 from __future__ import annotations
 
 import ast
@@ -68,15 +69,21 @@ def test_every_inline_code_span_is_closed():
 PATH_RE = re.compile(r"(?<![\w./~$-])((?:workflows|bench|tests|docs|echomimic_lib|nodes|trainer)/[\w./*-]*[\w*/])")
 
 
-def test_every_repository_path_named_in_the_docs_exists():
+def missing_paths(name: str, text: str) -> list[str]:
     missing = []
-    for name, text in docs_texts():
-        for number, line in enumerate(text.splitlines(), 1):
-            for path in PATH_RE.findall(line):
-                path = path.rstrip(".")
-                if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
-                    missing.append(f"{name}:{number}: {path}")
+    for number, line in enumerate(text.splitlines(), 1):
+        for path in PATH_RE.findall(line):
+            path = path.rstrip(".")
+            if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
+                missing.append(f"{name}:{number}: {path}")
+    return missing
+
+
+def test_every_repository_path_named_in_the_docs_exists():
+    missing = [m for name, text in docs_texts() for m in missing_paths(name, text)]
     assert not missing, "paths the docs name that the repository lacks:\n" + "\n".join(missing)
+    sample = "`bench/bench_vram.py`, bench/bench_nope.py and workflows/api/*.jsn\n(see docs/v3.md, tests/test_lint.py)."
+    assert missing_paths("s", sample) == ["s:1: bench/bench_nope.py", "s:1: workflows/api/*.jsn"]
 
 
 DOTTED_RE = re.compile(r"(?<![\w/.-])((?:echomimic_lib|trainer|nodes)(?:\.[A-Za-z_]\w*)+)")
@@ -129,17 +136,23 @@ def _code_text() -> str:
     return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files if p.name != "test_docs_truth.py")
 
 
-def test_every_documented_environment_variable_is_read():
+def unread_environment_variables(texts, code: str) -> list[str]:
     socket_types = set()  # ComfyUI socket types (ECHOMIMIC_MODEL, ...) share the prefix; the node table names them
     named = set()
-    for _, text in docs_texts():
+    for _, text in texts:
         for line in text.splitlines():
             found = set(re.findall(r"\bECHOMIMIC_[A-Z0-9_]+\b", line))
             (socket_types if line.startswith("| **EchoMimic") else named).update(found)
+    return sorted(v for v in named - socket_types
+                  if not re.search(rf"(environ(\.get|\.setdefault)?\s*[\[(]\s*|getenv\(\s*)[\"']{v}[\"']|\$\{{{v}\b", code))
+
+
+def test_every_documented_environment_variable_is_read():
     code = _code_text()
-    unread = sorted(v for v in named - socket_types
-                    if not re.search(rf"(environ(\.get|\.setdefault)?\s*[\[(]\s*|getenv\(\s*)[\"']{v}[\"']|\$\{{{v}\b", code))
+    unread = unread_environment_variables(docs_texts(), code)
     assert not unread, f"environment variables the docs name that no code reads: {unread}"
+    sample = [("s", "`$ECHOMIMIC_MODELS`, ECHOMIMIC_NOPE=1 and\n| **EchoMimic Loader** `X` | `model` ECHOMIMIC_MODEL |")]
+    assert unread_environment_variables(sample, code) == ["ECHOMIMIC_NOPE"]
 
 
 def _config_classes():
@@ -263,3 +276,36 @@ def test_every_documented_config_file_and_manifest_loads(tmp_path):
                 "model: {path: M}\ndata: {frames: 49, widht: 512}"):
         with pytest.raises(ValueError, match="unknown key"):
             _load_documented_yaml(bad, tmp_path / "bad.yaml")
+
+
+def test_presets_workflows_extras_and_markers_the_docs_name_exist():
+    """`preset: NAME` / `--preset NAME` / `echomimic-train presets NAME`, a workflow named by file (`v1_audio_acc.json`),
+    `pip install ".[extra]"`, `pytest -m marker` and `GPU_STEPS=a,b bash bench/gpu_check.sh` name things the project has."""
+    import tomllib
+
+    from trainer.presets import PRESETS
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    extras = set(project["project"]["optional-dependencies"])
+    markers = {m.split(":")[0].strip() for m in project["tool"]["pytest"]["ini_options"]["markers"]}
+    wrong = []
+    for name, text in docs_texts():
+        for number, snippet in snippets(text):
+            where = f"{name}:{number}"
+            train = "echomimic-train" in snippet or "-m trainer" in snippet  # bench scripts have a --preset of their own
+            for preset in re.findall(rf"(?:\bpreset:{'|--preset|presets' if train else ''})\s+([a-z]\w*)", snippet):
+                if preset not in PRESETS and preset != "NAME":
+                    wrong.append(f"{where}: no preset {preset!r} (presets: {', '.join(PRESETS)})")
+            for workflow in re.findall(r"(?<![\w/.-])(v\d_\w+\.json)\b", snippet):
+                if not (ROOT / "workflows" / workflow).is_file():
+                    wrong.append(f"{where}: no workflows/{workflow}")
+            for group in re.findall(r"pip install [^|;&]*?\.\[([\w,-]+)\]", snippet):
+                wrong += [f"{where}: no extra [{e}] in pyproject.toml" for e in group.split(",") if e not in extras]
+            for expression in re.findall(r"pytest\b[^|;&#]*?-m\s+(\"[^\"]+\"|\S+)", snippet):
+                words = set(re.findall(r"[A-Za-z_]\w*", expression)) - {"and", "or", "not"}
+                wrong += [f"{where}: no pytest marker {w!r}" for w in sorted(words - markers)]
+            for var, steps, script in re.findall(r"\b([A-Z_]+)=([\w,]+)\s+bash\s+(bench/\w+\.sh)", snippet):
+                body = (ROOT / script).read_text(encoding="utf-8") if (ROOT / script).is_file() else ""
+                wrong += [f"{where}: {script} reads no {var}"] if "${" + var not in body else []
+                wrong += [f"{where}: {script} has no step {x!r}" for x in steps.split(",") if f"want {x} " not in body]
+    assert not wrong, "names the docs give that the project lacks:\n" + "\n".join(wrong)
