@@ -250,7 +250,7 @@ def bench_parser(script: str) -> argparse.ArgumentParser:
     return p
 
 
-def _parser_for(program: str) -> argparse.ArgumentParser:
+def parser_for(program: str) -> argparse.ArgumentParser:
     if program == "echomimic":
         from echomimic_lib.cli import build_parser
     elif program == "echomimic-train":
@@ -284,7 +284,7 @@ def check_command(program: str, args: list[str]) -> str | None:
 
 def _parse(program: str, args: list[str]) -> str | None:
     try:
-        _parser_for(program).parse_args(args)
+        parser_for(program).parse_args(args)
     except _Done:
         pass
     except DocLineError as exc:

@@ -309,3 +309,37 @@ def test_presets_workflows_extras_and_markers_the_docs_name_exist():
                 wrong += [f"{where}: {script} reads no {var}"] if "${" + var not in body else []
                 wrong += [f"{where}: {script} has no step {x!r}" for x in steps.split(",") if f"want {x} " not in body]
     assert not wrong, "names the docs give that the project lacks:\n" + "\n".join(wrong)
+
+
+# flags of the other tools the docs show: ComfyUI, pip, curl, hf, accelerate, ray, tensorboard, pytest, syncnet_python
+# and the reference implementation
+OTHER_TOOLS_FLAGS = {
+    "--cpu", "--directml", "--novram", "--reserve-vram", "--cuda-device", "--preview-method", "--extra-model-paths-config",
+    "--force-reinstall", "--no-deps", "--create-dirs", "--local-dir", "--multi_gpu", "--num_processes", "--address",
+    "--head", "--num-gpus", "--logdir", "--durations", "--min_face_size", "--min_track", "--num_failed_det", "--crop_face"}
+
+
+def _all_option_strings() -> set:
+    import argparse
+
+    from tests._docs_truth import bench_parser, parser_for
+
+    known, stack = set(), [parser_for(p) for p in ("echomimic", "echomimic-train", "queue")]
+    stack += [bench_parser(f"bench/{p.name}") for p in (ROOT / "bench").glob("*.py")]
+    while stack:
+        parser = stack.pop()
+        for action in parser._actions:
+            known.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+    return known
+
+
+def test_every_option_named_in_prose_is_an_option_of_something():
+    """A `--flag` in inline code with no command before it (`--context-frames`, `--paste-back`) is an option of one
+    of the commands or bench scripts (or of a tool the docs show, listed above): a renamed option fails here too."""
+    known = _all_option_strings() | OTHER_TOOLS_FLAGS
+    unknown = [f"{name}:{number}: {flag}" for name, text in docs_texts() for number, snippet in snippets(text)
+               for flag in re.findall(r"(?<![\w-])(--[a-zA-Z][\w-]*)", snippet) if flag not in known]
+    assert not unknown, "options the docs name that no command has:\n" + "\n".join(unknown)
+    assert "--context-frames" in known and "--no-such-option" not in known
