@@ -104,7 +104,7 @@ def _command(segment: list[str]):
     toks = list(segment)
     if len(toks) > 2 and toks[1] == "=":  # `B = python bench/x.py ...`: a name for the command
         toks = toks[2:]
-    while toks and (toks[0] in ("$", "fix:", "time", "sudo") or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", toks[0])
+    while toks and (toks[0] in ("$", "fix:", "time", "sudo", "do", "then", "else", "nohup", "exec", "env", "!") or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", toks[0])
                     or (toks[0].endswith("/time") and toks[0].startswith("/"))):
         toks = toks[1:]
         if toks and toks[0] == "-v":  # /usr/bin/time -v

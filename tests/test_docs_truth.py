@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -47,14 +48,15 @@ def test_the_check_finds_made_up_flags_choices_numbers_and_commands():
         "echomimic-train fit --config run.yaml --resume   # fine",
         "accelerate launch --multi_gpu -m trainer fit --config run.yaml | tee log  # fine",
         "python -m echomimic_lib.cli doctor --json && echomimic poses --video   # fine",
+        "for f in *.png; do CUDA_VISIBLE_DEVICES=0 echomimic animate --reference $f --bogus2; done  # 18: in a loop",
         "```",
     ])
     failures = command_failures("sample.md", sample)
     lines = sorted(int(f.split(":")[1]) for f in failures)
-    assert lines == [2, 3, 4, 5, 6, 7, 9, 10, 12, 12], "\n".join(failures)
+    assert lines == [2, 3, 4, 5, 6, 7, 9, 10, 12, 12, 18], "\n".join(failures)
     joined = "\n".join(failures)
     for words in ("--no-such-flag", "'fp64'", "'fast'", "'render'", "'onnx'", "--made-up", "--ref", "--bogus", "'many'",
-                  "'v9'"):
+                  "'v9'", "--bogus2"):
         assert words in joined, words
 
 
@@ -162,6 +164,13 @@ def _config_classes():
     return TrainConfig, V3TrainConfig
 
 
+@functools.lru_cache(maxsize=None)
+def _phase_names() -> frozenset:
+    from trainer.presets import PRESETS, preset_dict
+
+    return frozenset(str(p.get("name")) for n in PRESETS for p in preset_dict(n).get("phases", []))
+
+
 def _has_key(cls, parts: list[str]) -> bool:
     hints = typing.get_type_hints(cls)
     if parts[0] not in hints:
@@ -169,8 +178,10 @@ def _has_key(cls, parts: list[str]) -> bool:
     rest, kind = parts[1:], hints[parts[0]]
     if not rest:
         return True
-    if typing.get_origin(kind) is list and dataclasses.is_dataclass(typing.get_args(kind)[0]):
-        return len(rest) == 1 or _has_key(typing.get_args(kind)[0], rest[1:])  # phases.<name or index>.field
+    if typing.get_origin(kind) is list and dataclasses.is_dataclass(typing.get_args(kind)[0]):  # phases.<name>.field
+        if not (rest[0].isdigit() or rest[0].isupper() or rest[0] in _phase_names()):
+            return False
+        return len(rest) == 1 or _has_key(typing.get_args(kind)[0], rest[1:])
     kinds = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
     return any(_has_key(k, rest) for k in kinds if dataclasses.is_dataclass(k)) or dict in kinds \
         or any(typing.get_origin(k) is dict for k in kinds)  # a free mapping (noise_scheduler)
@@ -201,6 +212,7 @@ def test_every_training_config_key_the_docs_name_exists():
                     wrong.append(f"{name}:{number}: {why}")
     assert not wrong, "config keys the docs name that the trainer does not know:\n" + "\n".join(wrong)
     assert config_key_problem("optim.lrr") and config_key_problem("phases.3b.stepz") and not config_key_problem("phases.3b.steps")
+    assert config_key_problem("phases.5.steps") is None and config_key_problem("phases.3e.steps")
 
 
 def documented_files():
