@@ -84,7 +84,8 @@ V3_LONG_MODES = ("reanchor", "continue")
 
 def check_frame_rate(fps, what: str = "fps") -> float:
     """The video's frame rate as a float, 1 to 120 (the sampler's rule; the nodes that fix a video's frame rate check a
-    linked value with it before their work), else an error naming ``what``."""
+    linked value with it before their work, the command line its ``--fps``), else an error naming ``what`` (the node's
+    input or the flag) in one shape for both."""
     try:
         value = math.nan if isinstance(fps, bool) else float(fps)
     except (TypeError, ValueError):

@@ -16,7 +16,7 @@ def test_smoke_fps_that_is_not_a_number_is_refused(value, shared_data, tmp_path,
     rc = cli(["animate", "--smoke", "--reference", str(shared_data / "images" / "portrait_a.png"), "--audio",
               str(shared_data / "audio" / "echomimic_en.wav"), "-o", str(out), "--models", str(tmp_path / "m"), "--fps", value])
     err = capsys.readouterr().err
-    assert rc == 2 and "Traceback" not in err and f"--fps {value}: the frame rate must be between 1 and 120" in err, err
+    assert rc == 2 and "Traceback" not in err and f"--fps {value}: the frame rate must be a number between 1 and 120" in err, err
     assert loads == [] and not out.exists() and not (tmp_path / "m").exists()
 
 

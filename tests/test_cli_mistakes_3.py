@@ -240,7 +240,7 @@ def test_animate_seed_out_of_range_names_the_flag_too(version, files, tmp_path, 
 @pytest.mark.parametrize("extra,words", [
     (["--steps", "0"], "--steps 0: use 1..200 denoising steps (left out: the default: 30, or 6 with --acc)"),
     (["--cfg", "-3"], "--cfg -3.0: guidance must be between 0 and 20 (left out: the default: 2.5"),
-    (["--fps", "0"], "--fps 0.0: the frame rate must be between 1 and 120"),
+    (["--fps", "0"], "--fps 0.0: the frame rate must be a number between 1 and 120"),
     (["--width", "63"], "--width 63: width and height must be positive multiples of 8 (the VAE works on 8-px blocks: 63 is "
                         "not a multiple of 8); try --width 64"),
     (["--height", "0"], "--height 0: at least 64 px"),

@@ -26,7 +26,7 @@ from echomimic_lib.io.weights import save_state_dict
 
 from .checkpoint import read_meta, refuse_inside_checkpoint, resolve_resume
 from .config import ConfigError
-from .export_paths import check_export_folder
+from .export_paths import NewFolders, check_export_folder, refuse_foreign_folder
 
 log = logging.getLogger(__name__)
 FORMATS = (".pth", ".safetensors")
@@ -116,13 +116,14 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
         refuse_inside_checkpoint(target, "DEST")  # before anything is read: rotation would delete the export
         if not force:
             refuse_existing([target] + ([peft_dir(target)] if peft else []), what="LoRA file")
-        written = [export_adapter(ckpt, dest, meta, load_checkpoint_weights(ckpt, ema), ema, getattr(torch, dtype))]
-        if peft:
-            try:
-                written += export_peft(written[0], force)
-            except BaseException:
-                written[0].unlink(missing_ok=True)  # all or nothing
-                raise
+        with NewFolders(target.parent):  # the missing folders: said, and removed again on a failure
+            written = [export_adapter(ckpt, dest, meta, load_checkpoint_weights(ckpt, ema), ema, getattr(torch, dtype))]
+            if peft:
+                try:
+                    written += export_peft(written[0], force)
+                except BaseException:
+                    written[0].unlink(missing_ok=True)  # all or nothing
+                    raise
         return written
     ws = WEIGHT_SETS[meta["weights"]]
     names = ws.files("normal")
@@ -132,23 +133,22 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     refuse_inside_checkpoint(dest, "DEST")  # before anything is read: rotation would delete the export
     if not force:
         refuse_existing(planned, what="exported model file")
-    created = [p for p in (dest, *dest.parents) if not os.path.lexists(p)]
+        refuse_foreign_folder(dest)  # a folder of the user's other files: not mixed into
     existed = {p for p in planned if os.path.lexists(p)}  # only with force; never removed below
-    try:
-        return _export_files(ckpt, meta, run_dir, dest, ema, formats, dtype, link, verify, merge)
-    except BaseException:
-        for p in planned:  # what this call wrote
-            if p in existed:
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            elif os.path.lexists(p):
-                p.unlink()
-        for sub in ("sd-image-variations-diffusers/unet", "sd-image-variations-diffusers", "audio_processor"):
-            _rmdir_quiet(dest / sub)
-        for p in created:  # innermost first, only when empty
-            _rmdir_quiet(p)
-        raise
+    with NewFolders(dest):  # the missing folders: said, and removed again (once emptied below) on a failure
+        try:
+            return _export_files(ckpt, meta, run_dir, dest, ema, formats, dtype, link, verify, merge)
+        except BaseException:
+            for p in planned:  # what this call wrote
+                if p in existed:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif os.path.lexists(p):
+                    p.unlink()
+            for sub in ("sd-image-variations-diffusers/unet", "sd-image-variations-diffusers", "audio_processor"):
+                _rmdir_quiet(dest / sub)
+            raise
 
 
 SHARED_OUTPUTS = ("sd-image-variations-diffusers/unet/config.json", "inference_config.json", "sd-vae-ft-mse",

@@ -102,7 +102,7 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
             raise EchoMimicError(f"{path}: a landmark folder has no sound; pass the clip's audio (--audio speech.wav).")
         rate = float(fps or PKL_FPS)
         return Clip(str(path), rate, audio_16k(audio), None, load_pkl_folder(path, fps=rate))
-    from ..io.video_io import _has_audio, read_audio
+    from ..io.video_io import read_audio
 
     frames = VideoFrames(path)  # the header only: a file without a video stream is refused here
     first = list(VideoFrames(path, max_frames=2))  # two frames decoded, not the whole video
@@ -112,7 +112,7 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
     del first
     if audio is not None:
         wave = audio_16k(audio)
-    elif _has_audio(path):
+    elif frames.has_audio:  # from the header already read: no other open
         wave = audio_16k(*read_audio(path))
     else:
         wave = None

@@ -45,6 +45,26 @@ def _header_samples(container, stream, path) -> int | None:
     return samples if samples == stream.duration else None
 
 
+class OneFormat:
+    """Refuses an audio stream whose sample rate or channel count changes partway (two recordings joined as one stream,
+    an ADTS/mp3 capture): its samples are not one recording at one rate (PyAV's resampler passes the later frames
+    through unconverted), so its length and sound would be wrong. Call it with every decoded frame."""
+
+    def __init__(self, path):
+        self.path, self.first, self.seconds = path, None, 0.0
+
+    def __call__(self, frame) -> None:
+        now = (frame.sample_rate, frame.layout.nb_channels if frame.layout else 0)
+        if self.first is None:
+            self.first = now
+        elif now != self.first:
+            said = [f"{r} Hz {'mono' if c == 1 else f'{c} channels'}" for r, c in (self.first, now)]
+            raise EchoMimicError(f"{self.path}: the audio changes from {said[0]} to {said[1]} after {self.seconds:.2f} s, "
+                                 "so it cannot be read as one recording. Re-export it at one rate (e.g. `ffmpeg -i IN -ar "
+                                 f"{self.first[0]} -ac {max(1, self.first[1])} OUT.wav`) and try again.")
+        self.seconds += frame.samples / (frame.sample_rate or 1)
+
+
 def audio_samples(path: str | Path) -> tuple[int, int]:
     """(sample count, sample rate) of the first audio stream, as ``read_audio(path)[0].shape[1]`` says, without
     holding the audio: a PCM wav's from its header, else decoded frame by frame, each let go once counted."""
@@ -58,9 +78,10 @@ def audio_samples(path: str | Path) -> tuple[int, int]:
         sr = stream.rate or stream.codec_context.sample_rate
         done = _header_samples(container, stream, path)
         if done is None:
-            done = 0
+            done, same = 0, OneFormat(path)
             try:
                 for frame in container.decode(stream):
+                    same(frame)
                     done += frame.samples
             except av.error.FFmpegError as exc:
                 raise EchoMimicError(f"{path}: the audio cannot be decoded ({exc}); the file is damaged or truncated. "

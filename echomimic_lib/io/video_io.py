@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from .orientation import frame_turn, upright_rgb
-from .audio_length import audio_samples
+from .audio_length import OneFormat, audio_samples
 from .streams import NoVideoStream, open_media as _open, video_stream  # noqa: F401  (the names callers import from here)
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def read_video(path: str | Path, max_frames: int | None = None, with_audio: bool
     media file (the whole video in memory: to go through a long video frame by frame, iterate :class:`VideoFrames`)."""
     source = VideoFrames(path, max_frames)
     frames = list(source)
-    audio, sr = (read_audio(path) if with_audio else (None, None)) if _has_audio(path) else (None, None)
+    audio, sr = read_audio(path) if with_audio and source.has_audio else (None, None)  # known from the header's open
     return VideoClip(np.stack(frames), source.fps, audio, sr)
 
 
@@ -56,7 +56,7 @@ class VideoFrames:
     as a player shows them: a phone's portrait clip, stored sideways with a display matrix, is turned
     (:mod:`echomimic_lib.io.orientation`); cover art (an audio file's picture) is no video stream.
 
-    Opening reads only the stream's header: :attr:`fps` (the rate :func:`read_video` reports) and
+    Opening reads only the stream's header: :attr:`fps` (the rate :func:`read_video` reports), :attr:`has_audio` and
     :attr:`estimated_frames`, the container's frame count (else duration x fps; 0 when it says neither), capped at
     ``max_frames``: a figure for a progress bar, not a promise. :attr:`size` (width, height as displayed) decodes
     the first frame once, to learn the display matrix. Each iteration decodes
@@ -69,6 +69,7 @@ class VideoFrames:
         container = _open(path)
         try:
             vs = video_stream(container, path)
+            self.has_audio = bool(container.streams.audio)  # read here: no caller opens the file again to ask
             self.fps = float(vs.average_rate or vs.guessed_rate or 25)
             self._stored, self._size = (vs.codec_context.width, vs.codec_context.height), None
             estimate = int(vs.frames or 0)
@@ -309,9 +310,10 @@ def read_audio(path: str | Path, start: float = 0.0, duration: float | None = No
         stop = None if duration is None else first + int(math.ceil(duration * sr - 1e-9))
         resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None, rate=sr)
         chunks: list = []
-        done = 0  # samples the resampler has given so far
+        done, same = 0, OneFormat(path)  # samples the resampler has given so far; a rate that changes partway: refused
         try:
             for frame in container.decode(stream):
+                same(frame)
                 for out in resampler.resample(frame):
                     done = _keep(out, done, first, stop, chunks)
                 if stop is not None and done >= stop:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError, MissingWeightsError
-from ..modes import FPS_RANGE, get_mode
+from ..modes import check_frame_rate, get_mode
 from ..speed import check_deep_cache, check_speed_options
 from ..temporal import STABILIZE_DEFAULT, check_level
 from .pose_sources import AUTO_POSE  # --pose auto: hand poses generated from the speech
@@ -122,10 +122,8 @@ def _check_size(width, height, context_frames, cfg, dtype) -> None:
 
 
 def check_fps(value) -> float:
-    fps = _number(value, "--fps", finite=False)
-    if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
-        raise EchoMimicError(f"--fps {value}: the frame rate must be between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}; 24 or 25 is typical.")
-    return fps
+    """``--fps``: the sampler's rule and words (:func:`echomimic_lib.modes.check_frame_rate`, as the nodes say it)."""
+    return check_frame_rate(value, "--fps")
 
 
 def check_numbers(req, mode, variant: str, dtype, zero_default: bool = True):

@@ -152,15 +152,17 @@ def _validate(req: DubRequest) -> _Checked:
     return _Checked(variant, settings, parts, device, dtype, root, face_model)
 
 
-def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float):
+def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float,
+            has_audio: bool | None = None):
     """(sound track, sample rate, seconds, generated frame count) of the new speech or, without it, the L mode (the
-    source's own sound, when it has one)."""
+    source's own sound, when it has one: ``has_audio`` from the header the caller read, None: the file is asked)."""
     if req.audio is None:
         from ..io.video_io import _has_audio, read_audio
 
         # with --length only its seconds are muxed (the writer trims the sound to the video): the rest is not decoded
         seconds = None if req.length is None else req.length / fps + 1.0
-        audio, sr = read_audio(video, duration=seconds) if _has_audio(video) else (None, None)
+        has_audio = _has_audio(video) if has_audio is None else has_audio
+        audio, sr = read_audio(video, duration=seconds) if has_audio else (None, None)
         frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
         return audio, sr, n_src / src_fps, frames
     from .animate_checks import frame_count, read_speech
@@ -200,9 +202,10 @@ def prepare_dub(req: DubRequest) -> DubJob:
 
     ok = _validate(req)
     settings, w, h = ok.settings, ok.settings.width, ok.settings.height
-    src_fps = VideoFrames(req.video).fps
+    header = VideoFrames(req.video)  # its rate, and whether it has a sound track
+    src_fps = header.fps
     n_src = count_frames(req.video, sys.maxsize)
-    sound, sr, seconds, n_model = _speech(req, req.video, n_src, src_fps, settings.fps)
+    sound, sr, seconds, n_model = _speech(req, req.video, n_src, src_fps, settings.fps, header.has_audio)
     if req.length is not None:
         n_model = min(n_model, req.length)
     n_out = max(1, min(int(np.floor(seconds * src_fps + 1e-6)), int(np.floor(n_model * src_fps / settings.fps + 1e-6))))

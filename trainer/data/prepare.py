@@ -258,13 +258,36 @@ def _option(key: str) -> str:
 
 # PrepareConfig fields that are options of `echomimic-train prepare` (the others are named as they are)
 OPTION_FIELDS = {"kind", "fps", "size", "min_seconds", "max_seconds", "max_missing_face", "max_multi_face", "min_face_px",
-                 "scene_threshold", "shards", "jpeg_quality"}
+                 "scene_threshold", "shards", "jpeg_quality", "whisper"}
 
 
-def check_same_settings(out_root: Path, cfg: PrepareConfig) -> None:
+def whisper_identity(whisper_path) -> dict | None:
+    """What ``prepare_config.json`` records of ``--whisper`` (None: not given): the file's name and content digest,
+    so the same model under another path (another worker's machine) is the same, and another model is not."""
+    import hashlib
+
+    if whisper_path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(whisper_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": Path(whisper_path).name, "sha256": digest.hexdigest()}
+
+
+def _said(key: str, value) -> str:
+    if value is None:
+        return f"{_option(key)} (not given)"
+    if key == "whisper":
+        return f"{_option(key)} {value.get('file')} (sha256 {str(value.get('sha256'))[:12]})"
+    return f"{_option(key)} {value}"
+
+
+def check_same_settings(out_root: Path, cfg: PrepareConfig, whisper: dict | None = None) -> None:
     """A dataset prepared before (its ``prepare_config.json``) is resumed only with the settings it was prepared with:
-    its clips are skipped as done, so other settings (``--kind``, ``--size``, ``--fps``, a threshold) would leave a
-    folder of clips of two kinds or sizes under a config that describes only the newest run's."""
+    its clips are skipped as done, so other settings (``--kind``, ``--size``, ``--fps``, a threshold, another
+    ``--whisper`` model or none: :func:`whisper_identity`) would leave a folder of clips of two kinds, sizes or audio
+    features under a config that describes only the newest run's."""
     import json
 
     from ..config import ConfigError
@@ -277,7 +300,7 @@ def check_same_settings(out_root: Path, cfg: PrepareConfig) -> None:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{conf}: unreadable ({exc}); this folder's earlier settings are unknown, so prepare into a new "
                           "folder") from None
-    now = json.loads(json.dumps(asdict(cfg)))
+    now = json.loads(json.dumps({**asdict(cfg), "whisper": whisper}))
 
     def flat(d):
         out = {k: v for k, v in d.items() if k != "curate"}
@@ -285,10 +308,12 @@ def check_same_settings(out_root: Path, cfg: PrepareConfig) -> None:
         return {("shards" if k == "num_shards" else k): v for k, v in out.items()}
 
     old, new = flat(before) if isinstance(before, dict) else {}, flat(now)
-    differ = [k for k in new if k in old and old[k] != new[k]]
+    def key(k, v):  # the whisper model by its content (its path may differ)
+        return (v or {}).get("sha256") if k == "whisper" and isinstance(v, dict) else v
+
+    differ = [k for k in new if k in old and key(k, old[k]) != key(k, new[k])]
     if differ:
-        said = ", ".join(f"{_option(k)} {'(not given)' if old[k] is None else old[k]}" for k in differ)
-        asked = ", ".join(f"{_option(k)} {'(not given)' if new[k] is None else new[k]}" for k in differ)
+        said, asked = (", ".join(_said(k, side[k]) for k in differ) for side in (old, new))
         raise ConfigError(f"{out_root} was prepared with {said} (its prepare_config.json); this run asks for {asked}. "
                           "Its clips would be skipped as done and mixed with clips of the new settings. Prepare into a new "
                           "folder, or give the dataset's own settings to go on with it.")
@@ -307,10 +332,11 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     if not videos:  # before any model loads, and nothing written: an empty dataset folder would pass for a prepared one
         raise _no_videos(input_dir)
     check_clip_ids(videos, input_dir)
-    check_same_settings(out_root, cfg)
+    whisper = whisper_identity(whisper_path)
+    check_same_settings(out_root, cfg, whisper)
     tools = preflight(cfg, whisper_path, landmarker_model, pose_detector, device, worker_index, num_workers)
     out_root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_root / "prepare_config.json", asdict(cfg))
+    write_json_atomic(out_root / "prepare_config.json", {**asdict(cfg), "whisper": whisper})
     videos = [v for v in videos if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
     fn = {"headshot": prepare_headshot, "full": prepare_full}.get(cfg.kind, prepare_body)
     done, unstamped = Counter(), []

@@ -98,6 +98,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
 
     from ..checkpoint import latest_checkpoint, read_meta, refuse_inside_checkpoint
     from ..export import checkpoint_files
+    from ..export_paths import NewFolders
 
     ckpt = Path(ckpt)
     if not (ckpt / "meta.json").is_file():
@@ -122,14 +123,15 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
         raise ConfigError(f"{ckpt}: no adapter tensors in this checkpoint")
     info = {"format": FORMAT, "rank": str(desc["rank"]), "alpha": str(desc["alpha"]), "targets": json.dumps(desc["targets"]),
             "base_model": str(desc["base"]["path"]), "step": str(meta["step"]), "checkpoint": str(ckpt)}
-    tmp = temp_beside(path, ".partial.safetensors")  # unique (two exports at once); check_export wants the suffix
-    try:
-        save_file(tensors, str(tmp), metadata=info)
-        if verify:
-            check_export(tmp, desc)
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with NewFolders(path.parent):  # export's rule: the missing folders said, and removed again on a failure
+        tmp = temp_beside(path, ".partial.safetensors")  # unique (two exports at once); check_export wants the suffix
+        try:
+            save_file(tensors, str(tmp), metadata=info)
+            if verify:
+                check_export(tmp, desc)
+            publish(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     log.info("Wan LoRA (%d layers, rank %s) written to %s", desc["layers"], desc["rank"], path)
     return path
 

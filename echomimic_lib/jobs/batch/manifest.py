@@ -388,10 +388,10 @@ def crossed(outdir, audios, images=None, videos=None, defaults: dict | None = No
 def check_jobs(jobs: list[Job]) -> list[Job]:
     """The job's own checks for every row (no weights): fills ``weight_key``, ``frames``, ``fingerprint``, or
     ``error`` for a row whose inputs are unusable."""
-    out = []
+    out, heard = [], {}
     for job in jobs:
         try:
-            job.weight_key, job.frames = _plan(job)
+            job.weight_key, job.frames = _plan(job, heard)
         except EchoMimicError as exc:
             job.error = str(exc)
         job.fingerprint = fingerprint(job)
@@ -399,7 +399,7 @@ def check_jobs(jobs: list[Job]) -> list[Job]:
     return out
 
 
-def _plan(job: Job) -> tuple[tuple, int]:
+def _plan(job: Job, heard: dict | None = None) -> tuple[tuple, int]:
     req = job.request
     if is_v3(job):
         from .v3 import plan_v3_row
@@ -413,13 +413,29 @@ def _plan(job: Job) -> tuple[tuple, int]:
         key = (str(plan.models_root), plan.mode.weights, plan.variant, req.dtype, *lora_key(req),
                req.fp8, req.low_vram, req.smoke) + _compiled(req)
         return key, int(plan.settings.num_frames)
-    from ..animate_checks import read_speech
     from ..dub import _validate
 
     ok = _validate(req)
     if req.audio is not None:
-        read_speech(req.audio)
+        _check_speech_once(req.audio, {} if heard is None else heard)
     return (str(ok.root), "v1_pose", ok.variant, req.dtype, "", 1.0, False, False, False) + _compiled(req), int(req.length or 0)
+
+
+def _check_speech_once(path, heard: dict) -> None:
+    """A dub row's speech checked as the row will (decodable, long enough, audible), once per file in a batch: rows
+    that share a recording (``--videos`` x ``--audios``) reuse its verdict instead of decoding it again. ``heard``:
+    {(path, size, mtime): the error's words or None}; only the verdict is kept, never the samples."""
+    from ..animate_checks import read_speech
+
+    st = Path(path).stat() if Path(path).is_file() else None  # missing: read_speech says so
+    key = ("missing", str(path)) if st is None else (str(path), st.st_size, st.st_mtime_ns)
+    if key not in heard:
+        try:
+            heard[key] = read_speech(path) and None
+        except EchoMimicError as exc:
+            heard[key] = str(exc)
+    if heard[key] is not None:
+        raise EchoMimicError(heard[key])
 
 
 def _compiled(req) -> tuple:
