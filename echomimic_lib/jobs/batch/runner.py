@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from ...io.file_safety import ExistingFileError
+from .lock import BatchLock
 from .manifest import check_jobs
 from .results import FILE_NAME, ResultsFile, is_done, read_results, remove_partials
 
@@ -48,27 +49,59 @@ class BatchSummary:
 
 
 def worker_devices(opts: BatchOptions) -> list[str]:
-    """One device name per worker."""
+    """One device name per worker (``--device`` checked: a GPU named twice, one this machine lacks, cpu mixed with
+    GPUs, or a name that is not a device are refused before any row is checked)."""
     import torch
 
     from ...errors import EchoMimicError
 
-    if opts.device in ("auto", "cuda") and torch.cuda.is_available():
+    device = str(opts.device).strip()
+    if device in ("auto", "cuda") and torch.cuda.is_available():
         gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    elif opts.device.startswith("cuda"):
+    elif device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise EchoMimicError(f"--device {opts.device}: no CUDA GPU is available; use --device cpu.")
-        gpus = opts.device.split(",")
-    elif opts.device in ("auto", "cpu"):
+            raise EchoMimicError(f"--device {device}: no CUDA GPU is available; use --device cpu.")
+        gpus = _gpu_list(device, torch.cuda.device_count())
+    elif device in ("auto", "cpu"):
         gpus = []
+    elif "cpu" in device.split(",") or "," in device:
+        raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of GPUs "
+                             "(cuda:0,cuda:1), not both in one batch.")
     else:
-        raise EchoMimicError(f"--device {opts.device}: use auto, cpu, cuda or a list like cuda:0,cuda:1.")
+        raise EchoMimicError(f"--device {device}: use auto, cpu, cuda or a list like cuda:0,cuda:1.")
     if opts.workers is not None and opts.workers < 1:
         raise EchoMimicError(f"--workers {opts.workers}: use 1 or more.")
     if gpus:
         n = opts.workers or len(gpus)
         return [gpus[i % len(gpus)] for i in range(n)]
     return ["cpu"] * (opts.workers or 1)
+
+
+def _gpu_list(device: str, count: int) -> list[str]:
+    import re
+
+    from ...errors import EchoMimicError
+
+    names = [d.strip() for d in device.split(",")]
+    if names == ["cuda"]:
+        return [f"cuda:{i}" for i in range(count)]
+    have = f"this machine has {count} GPU(s): cuda:0" + (f" to cuda:{count - 1}" if count > 1 else "")
+    out = []
+    for name in names:
+        if name == "cpu":
+            raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of "
+                                 "GPUs (cuda:0,cuda:1), not both in one batch.")
+        m = re.fullmatch(r"cuda:(\d+)", name)
+        if not m:
+            raise EchoMimicError(f"--device {device}: '{name}' is not a GPU; write each as cuda:N, e.g. cuda:0,cuda:1.")
+        if int(m.group(1)) >= count:
+            raise EchoMimicError(f"--device {device}: there is no {name}; {have} (CUDA_VISIBLE_DEVICES counts).")
+        gpu = f"cuda:{int(m.group(1))}"
+        if gpu in out:
+            raise EchoMimicError(f"--device {device}: names {gpu} twice; name each GPU once, and give --workers N for "
+                                 "more workers per GPU (e.g. --device cuda:0 --workers 2).")
+        out.append(gpu)
+    return out
 
 
 class _Display:
@@ -146,8 +179,15 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
         check_device(opts.device)  # cuda:N: Ray, not --device, picks the GPUs
         import_ray()
 
+    else:
+        worker_devices(opts)  # a wrong --device list is said before any row is checked
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    with BatchLock(outdir):  # one batch per folder: a second one is refused naming the first
+        return _run_locked(jobs, outdir, opts)
+
+
+def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
     jobs = check_jobs(jobs)
     previous = read_results(outdir)
     summary = BatchSummary(total=len(jobs))

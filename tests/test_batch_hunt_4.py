@@ -1,0 +1,219 @@
+"""``echomimic batch`` at studio scale: two batches on one folder, the --device list, colliding row names, thousands of
+rows (inputs hashed once, the error list capped), Ctrl-C. No weights load here: the rows stop before the workers."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from echomimic_lib.cli import main as cli
+from echomimic_lib.errors import EchoMimicError
+from tests._media import write_wav
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def folder(tmp_path, shared_data):
+    (tmp_path / "anna.png").write_bytes((shared_data / "images" / "portrait_a.png").read_bytes())
+    (tmp_path / "bob.png").write_bytes((shared_data / "images" / "portrait_b.png").read_bytes())
+    t = np.arange(8000) / 16000
+    write_wav(tmp_path / "en.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+    write_wav(tmp_path / "de.wav", (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32))
+    return tmp_path
+
+
+def _manifest(folder: Path, rows: list[dict], name="jobs.jsonl") -> Path:
+    path = folder / name
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _rows(n):
+    return [{"name": f"r{i}", "reference": ("anna.png", "bob.png")[i % 2], "audio": ("en.wav", "de.wav")[i % 2 == 0]}
+            for i in range(n)]
+
+
+def _args(manifest, out, *extra):
+    return ["batch", str(manifest), "-o", str(out), "--smoke", "--offline", "-q", "--no-scores", "--threads", "1",
+            "--device", "cpu", "--models", str(Path(manifest).parent / "models"), *extra]
+
+
+def _nothing_checked(monkeypatch):
+    import echomimic_lib.jobs.batch.runner as runner
+
+    monkeypatch.setattr(runner, "check_jobs", lambda jobs: pytest.fail("a row was checked"))
+
+
+# ------------------------------------------------------------------------------------------- two batches, one folder
+def _hold_lock(out: Path) -> subprocess.Popen:
+    code = ("import sys; from echomimic_lib.jobs.batch.lock import BatchLock; lock = BatchLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); sys.stdin.read()")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_second_batch_on_the_same_folder_is_refused_naming_the_first_and_a_crashed_ones_lock_is_taken_over(
+        folder, tmp_path, capsys, monkeypatch):
+    """Two ``echomimic batch`` on one -o (a second terminal, cron firing twice) both rendered every row and rewrote
+    results.jsonl over each other."""
+    from echomimic_lib.jobs.batch.lock import LOCK_NAME, BatchLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    first = _hold_lock(out)
+    try:
+        _nothing_checked(monkeypatch)
+        assert cli(_args(_manifest(folder, _rows(2)), out)) == 2
+        err = capsys.readouterr().err
+        assert f"another `echomimic batch` is writing into {out} (pid {first.pid} on host" in err, err
+        assert "choose another -o folder" in err and not (out / "results.jsonl").exists()
+    finally:
+        first.kill()  # SIGKILL: no clean-up, the lock file stays behind
+        first.wait(timeout=60)
+    assert (out / LOCK_NAME).is_file()
+    with BatchLock(out):  # the dead holder's lock is the OS's: gone with it, and its file taken over
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (out / LOCK_NAME).exists()  # released: the folder is left as the batch's own files
+
+
+def test_the_lock_is_released_when_a_batch_fails_and_taken_before_any_row_is_checked(folder, tmp_path, monkeypatch):
+    import echomimic_lib.jobs.batch.runner as runner
+    from echomimic_lib.jobs.batch import read_manifest, run_batch
+    from echomimic_lib.jobs.batch.lock import LOCK_NAME, BatchLock
+
+    out = tmp_path / "out"
+    seen = []
+
+    def check(jobs):
+        seen.append((out / LOCK_NAME).is_file())
+        with pytest.raises(EchoMimicError, match="another `echomimic batch` is writing into"):
+            BatchLock(out).acquire()  # held, also against this process's second try
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner, "check_jobs", check)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_batch(read_manifest(_manifest(folder, _rows(1)), out), out, runner.BatchOptions(device="cpu", quiet=True))
+    assert seen == [True] and not (out / LOCK_NAME).exists()
+    BatchLock(out).acquire().release()
+
+
+# ------------------------------------------------------------------------------------------------------ --device
+@pytest.mark.parametrize("device, words", [
+    ("cuda:0,cuda:0", "names cuda:0 twice; name each GPU once, and give --workers N"),
+    ("cuda:1,cuda:2", "there is no cuda:2; this machine has 2 GPU(s): cuda:0 to cuda:1"),
+    ("cuda:0,cpu", "not both in one batch"),
+    ("cpu,cuda:1", "not both in one batch"),
+    ("cuda:first", "'cuda:first' is not a GPU; write each as cuda:N"),
+])
+def test_a_wrong_device_list_is_refused_before_any_row_is_checked(device, words, folder, tmp_path, capsys, monkeypatch):
+    """``--device cuda:0,cuda:0`` put two workers on one GPU without a word, ``cuda:2`` on a 2-GPU machine failed in
+    every worker after every row had been checked, ``cuda:0,cpu`` handed the string 'cpu' to CUDA."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _nothing_checked(monkeypatch)
+    assert cli(_args(_manifest(folder, _rows(1)), tmp_path / "out", "--device", device)) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_good_device_list_gives_one_worker_per_gpu(monkeypatch):
+    import torch
+
+    from echomimic_lib.jobs.batch.runner import BatchOptions, worker_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_devices(BatchOptions(device=" cuda:1, cuda:0")) == ["cuda:1", "cuda:0"]
+    assert worker_devices(BatchOptions(device="cuda:0", workers=2)) == ["cuda:0", "cuda:0"]
+    assert worker_devices(BatchOptions(device="cuda")) == ["cuda:0", "cuda:1"]
+
+
+# ------------------------------------------------------------------------------------------------ colliding names
+@pytest.mark.parametrize("names, shown", [
+    (["a/b", "a_b"], "name 'a_b' is file a_b.mp4, as is line 1's 'a/b'"),
+    (["Анна", "Иван"], "name 'Иван' is file job.mp4, as is line 1's 'Анна'"),
+    (["take 1", "take:1"], "name 'take:1' is file take_1.mp4, as is line 1's 'take 1'"),
+])
+def test_names_that_become_one_file_name_are_refused_naming_both_as_written(names, shown, folder):
+    """'a/b' and 'a_b' (or any two Cyrillic names, both 'job') are one file: the error said "name 'job' is also used
+    on line 1", a name no row had."""
+    from echomimic_lib.jobs.batch.manifest import ManifestError, read_manifest
+
+    rows = [{"name": n, "reference": "anna.png", "audio": "en.wav"} for n in names]
+    with pytest.raises(ManifestError) as exc:
+        read_manifest(_manifest(folder, rows), folder / "out")
+    assert f"line 2: {shown}" in str(exc.value) and "other characters become _" in str(exc.value)
+
+
+def test_unicode_names_in_nfc_and_nfd_never_share_a_file(folder):
+    import unicodedata
+
+    from echomimic_lib.jobs.batch.manifest import ManifestError, read_manifest
+
+    rows = [{"name": unicodedata.normalize(form, "José"), "reference": "anna.png", "audio": "en.wav"} for form in ("NFC", "NFD")]
+    try:
+        jobs = read_manifest(_manifest(folder, rows), folder / "out")
+    except ManifestError as exc:  # refused is fine too, naming both rows
+        assert "line 2: name 'José'" in str(exc)
+        return
+    assert len({j.output.name.casefold() for j in jobs}) == 2 and all(j.output.name.isascii() for j in jobs)
+
+
+# ----------------------------------------------------------------------------------------------- thousands of rows
+def test_a_manifest_of_many_bad_rows_lists_the_first_fifty_and_counts_the_rest(folder):
+    from echomimic_lib.jobs.batch.manifest import ManifestError, read_manifest
+
+    rows = [{"name": f"r{i}", "reference": f"faces/missing_{i}.png", "audio": "en.wav"} for i in range(5000)]
+    with pytest.raises(ManifestError) as exc:
+        read_manifest(_manifest(folder, rows), folder / "out")
+    text = str(exc.value)
+    assert len(exc.value.problems) == 5000 and "5000 row(s) cannot be run" in text
+    assert "line 50: reference:" in text and "line 51:" not in text
+    assert "... and 4950 more row(s) (after line 50)" in text and len(text) < 20_000
+
+
+def test_planning_hashes_each_shared_input_once_with_the_same_fingerprints(folder, monkeypatch):
+    """Every row hashed its inputs again: 5,000 rows on one portrait read that file 5,000 times."""
+    import echomimic_lib.jobs.batch.results as results
+    from echomimic_lib.jobs.batch.manifest import check_jobs, read_manifest
+
+    reads = []
+    real = results._digest_file
+    monkeypatch.setattr(results, "_digest_file", lambda path, h: (reads.append(Path(path).name), real(path, h))[1])
+    jobs = check_jobs(read_manifest(_manifest(folder, _rows(40)), folder / "out", {"smoke": "true"}))
+    assert sorted(reads) == ["anna.png", "bob.png", "de.wav", "en.wav"]
+    assert all(not j.error for j in jobs)
+    assert [j.fingerprint for j in jobs] == [results.fingerprint(j) for j in jobs]  # as before: finished rows stay done
+
+
+# ------------------------------------------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_keeps_the_finished_rows_removes_the_one_in_flight_and_says_how_to_resume(folder, tmp_path, capsys,
+                                                                                         monkeypatch):
+    import echomimic_lib.jobs.batch.runner as runner
+    from echomimic_lib.jobs.batch.lock import LOCK_NAME
+
+    out = tmp_path / "out"
+
+    def dispatch(todo, opts, on_event):
+        todo[0].output.write_bytes(b"video")
+        on_event("done", None, todo[0], {"status": "ok", "seconds": 1.0, "frames": 3})
+        (out / ".r1.x1y2z3.partial.mp4").write_bytes(b"half")  # the row in flight
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_dispatch", dispatch)
+    monkeypatch.setattr(runner, "_prepare_weights", lambda jobs: None)
+    assert cli(_args(_manifest(folder, _rows(3)), out)) == 130
+    err = capsys.readouterr().err
+    assert "run the same command again to resume (finished rows are skipped)" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["r0.mp4", "results.jsonl"]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["name"], r["status"]) for r in records] == [("r0", "ok")] and not (out / LOCK_NAME).exists()
