@@ -186,13 +186,44 @@ def test_planning_hashes_each_shared_input_once_with_the_same_fingerprints(folde
     import echomimic_lib.jobs.batch.results as results
     from echomimic_lib.jobs.batch.manifest import check_jobs, read_manifest
 
-    reads = []
+    import echomimic_lib.io.image_file as image_file
+    import echomimic_lib.io.video_io as video_io
+
+    reads, decoded = [], []
     real = results._digest_file
     monkeypatch.setattr(results, "_digest_file", lambda path, h: (reads.append(Path(path).name), real(path, h))[1])
+    for module, name in ((video_io, "read_audio"), (image_file, "read_image_file")):
+        monkeypatch.setattr(module, name, lambda p, *a, _f=getattr(module, name), **k: (decoded.append(Path(p).name),
+                                                                                       _f(p, *a, **k))[1])
     jobs = check_jobs(read_manifest(_manifest(folder, _rows(40)), folder / "out", {"smoke": "true"}))
     assert sorted(reads) == ["anna.png", "bob.png", "de.wav", "en.wav"]
-    assert all(not j.error for j in jobs)
+    assert sorted(decoded) == ["anna.png", "bob.png", "de.wav", "en.wav"]  # each decoded once for all 40 rows' checks
+    assert all(not j.error for j in jobs) and {j.frames for j in jobs} == {12}
     assert [j.fingerprint for j in jobs] == [results.fingerprint(j) for j in jobs]  # as before: finished rows stay done
+
+
+def test_planning_many_rows_keeps_no_samples_and_says_a_shared_bad_input_on_every_row(folder):
+    import tracemalloc
+
+    from echomimic_lib.jobs.animate_checks import preflight
+    from echomimic_lib.jobs.batch.manifest import check_jobs, read_manifest
+
+    t = np.arange(16000 * 20) / 16000
+    write_wav(folder / "long.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))  # 20 s: 1.3 MB of samples
+    write_wav(folder / "silent.wav", np.zeros(8000, np.float32))
+    rows = [{"name": f"r{i}", "reference": "anna.png", "audio": ("long.wav", "silent.wav")[i % 2]} for i in range(30)]
+    jobs = read_manifest(_manifest(folder, rows), folder / "out", {"smoke": "true"})
+    tracemalloc.start()
+    try:
+        checked = check_jobs(jobs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 60e6  # one recording and one portrait decoded at a time, never all rows' samples
+    errors = [j.error for j in checked if j.error]
+    assert len(errors) == 15 and all("no audible sound" in e for e in errors)  # the cached error, said on every row
+    frames = {j.frames for j in checked if not j.error}
+    assert frames == {preflight(checked[0].request).settings.num_frames}  # the same plan as a row checked alone
 
 
 # ------------------------------------------------------------------------------------------------------- Ctrl-C
@@ -217,3 +248,23 @@ def test_ctrl_c_keeps_the_finished_rows_removes_the_one_in_flight_and_says_how_t
     assert sorted(p.name for p in out.iterdir()) == ["r0.mp4", "results.jsonl"]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["name"], r["status"]) for r in records] == [("r0", "ok")] and not (out / LOCK_NAME).exists()
+
+
+def test_a_warning_every_row_repeats_is_said_once_with_a_count(folder, capsys):
+    """A smoke batch of 40 rows printed "smoke run: no MediaPipe face model ..." 40 times (5,000 rows: 5,000 lines)
+    before the first frame."""
+    import logging
+
+    from echomimic_lib.cli.common import setup_logging
+    from echomimic_lib.jobs.batch.manifest import check_jobs, read_manifest
+
+    setup_logging()
+    jobs = read_manifest(_manifest(folder, _rows(40)), folder / "out", {"smoke": "true"})
+    check_jobs(jobs)
+    err = capsys.readouterr().err
+    assert err.count("smoke run: no MediaPipe face model") == 1, err
+    assert err.count("--length 24 is beyond the audio") == 1  # (--smoke's 1 s with 0.5 s recordings)
+    assert "(78 repeated warning(s) of the rows' checks not shown again)" in err
+    logging.getLogger("echomimic_lib.jobs.batch").warning("after the plan")  # the filter is gone with it
+    logging.getLogger("echomimic_lib.jobs.batch").warning("after the plan")
+    assert capsys.readouterr().err.count("after the plan") == 2

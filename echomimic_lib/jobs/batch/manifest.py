@@ -32,10 +32,11 @@ from pathlib import Path
 from ...errors import EchoMimicError
 from ..lora_args import SEPARATOR, split_cell
 from ..pose_sources import AUTO_POSE
-from .lora_columns import lora_columns, lora_key
+from .lora_columns import lora_columns
 from .manifest_text import csv_rows, duplicate_columns, read_text, row_path, separator
-from .results import INPUT_FIELDS, fingerprint
-from .v3 import VERSION as V3, is_v3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
+from .plan import check_jobs  # the rows' own checks (re-exported)
+from .results import INPUT_FIELDS
+from .v3 import VERSION as V3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
 
 log = logging.getLogger(__name__)
 
@@ -400,49 +401,6 @@ def crossed(outdir, audios, images=None, videos=None, defaults: dict | None = No
         except ValueError as exc:
             problems.append((n, f"{src.name} x {snd.name}: {exc}"))
     return _finish(jobs, problems, f"{folder} x {audios}")
-
-
-def check_jobs(jobs: list[Job]) -> list[Job]:
-    """The job's own checks for every row (no weights): fills ``weight_key``, ``frames``, ``fingerprint``, or
-    ``error`` for a row whose inputs are unusable."""
-    out, digests = [], {}  # an input shared by many rows is hashed once
-    for job in jobs:
-        try:
-            job.weight_key, job.frames = _plan(job)
-        except EchoMimicError as exc:
-            job.error = str(exc)
-        job.fingerprint = fingerprint(job, digests)
-        out.append(job)
-    return out
-
-
-def _plan(job: Job) -> tuple[tuple, int]:
-    req = job.request
-    if is_v3(job):
-        from .v3 import plan_v3_row
-
-        return plan_v3_row(job)
-    if job.kind == "animate":
-        from ..animate_checks import preflight
-
-        plan = preflight(req)
-        job.request = replace(req, mediapipe_model=plan.request.mediapipe_model, face_crop=plan.request.face_crop)
-        key = (str(plan.models_root), plan.mode.weights, plan.variant, req.dtype, *lora_key(req),
-               req.fp8, req.low_vram, req.smoke) + _compiled(req)
-        return key, int(plan.settings.num_frames)
-    from ..animate_checks import read_speech
-    from ..dub import _validate
-
-    ok = _validate(req)
-    if req.audio is not None:
-        read_speech(req.audio)
-    return (str(ok.root), "v1_pose", ok.variant, req.dtype, "", 1.0, False, False, False) + _compiled(req), int(req.length or 0)
-
-
-def _compiled(req) -> tuple:
-    """Compiled networks are other networks to keep loaded; the key stays as before without compile (a rerun of an
-    older batch finds its rows done: the key is part of the fingerprint)."""
-    return ("compiled",) if req.compile else ()
 
 
 __all__ = ["Job", "ManifestError", "read_manifest", "crossed", "check_jobs", "build_job"]
