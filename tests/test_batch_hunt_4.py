@@ -268,3 +268,21 @@ def test_a_warning_every_row_repeats_is_said_once_with_a_count(folder, capsys):
     logging.getLogger("echomimic_lib.jobs.batch").warning("after the plan")  # the filter is gone with it
     logging.getLogger("echomimic_lib.jobs.batch").warning("after the plan")
     assert capsys.readouterr().err.count("after the plan") == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl")
+def test_a_file_system_without_locks_is_said_and_the_batch_goes_on(tmp_path, monkeypatch, caplog):
+    """Some network mounts answer flock with ENOLCK: that is no other batch, and must not be said as one."""
+    import errno
+    import fcntl
+
+    from echomimic_lib.jobs.batch.lock import LOCK_NAME, BatchLock
+
+    def no_locks(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with BatchLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert "cannot lock files (No locks available)" in caplog.text and "start only one" in caplog.text
+    assert not (tmp_path / LOCK_NAME).exists()

@@ -9,7 +9,9 @@ names. The lock is released and the file removed when the batch ends.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import socket
 import sys
@@ -19,9 +21,11 @@ from pathlib import Path
 from ...errors import EchoMimicError
 
 LOCK_NAME = ".echomimic-batch.lock"
+log = logging.getLogger(__name__)
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int) -> bool | None:
+    """True: locked; False: another process holds it; None: this file system has no locks (some network mounts)."""
     try:
         if os.name == "nt":
             import msvcrt
@@ -33,8 +37,14 @@ def _try_lock(fd: int) -> bool:
 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    except OSError:
-        return False
+    except OSError as exc:
+        if isinstance(exc, (BlockingIOError, PermissionError)) or exc.errno in (errno.EAGAIN, errno.EACCES,
+                                                                                 getattr(errno, "EDEADLOCK", -1)):
+            return False
+        log.warning("%s: this file system cannot lock files (%s); the batch runs without the lock that keeps a second "
+                    "batch out of this folder: start only one.", getattr(exc, "filename", None) or "the output folder",
+                    exc.strerror or exc)
+        return None
 
 
 def _holder(path: Path) -> str:
@@ -63,7 +73,11 @@ class BatchLock:
             if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
                 raise EchoMimicError(f"{self.path} is not a regular file; remove it (the batch keeps its lock there).")
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            if not _try_lock(fd):
+            locked = _try_lock(fd)
+            if locked is None:  # no locks here: said, and the file still names this batch
+                self.fd = fd
+                break
+            if not locked:
                 os.close(fd)
                 raise EchoMimicError(
                     f"another `echomimic batch` is writing into {self.path.parent} {_holder(self.path)}. Two batches on "

@@ -17,8 +17,6 @@ import os
 from contextlib import contextmanager
 from dataclasses import replace
 
-import numpy as np
-
 from ...errors import EchoMimicError
 from .lora_columns import lora_key
 from .results import fingerprint
@@ -113,7 +111,9 @@ def _identity(path) -> tuple | None:
     return os.path.realpath(path), st.st_size, st.st_mtime_ns
 
 
-def _hollow(shape, dtype) -> np.ndarray:
+def _hollow(shape, dtype):
+    import numpy as np
+
     return np.broadcast_to(np.zeros((), dtype), tuple(shape))
 
 
@@ -152,9 +152,9 @@ class PlanReads:
 
         def keep(result):
             wav, sr, raw = result
-            shapes = (np.shape(wav), getattr(wav, "dtype", np.float32), sr, raw.samples.shape, raw.sample_rate)
+            shapes = (wav.shape, wav.dtype, sr, raw.samples.shape, raw.samples.dtype, raw.sample_rate)
             return lambda: (_hollow(shapes[0], shapes[1]), shapes[2],
-                            RawAudio(_hollow(shapes[3], np.float32), shapes[4]))
+                            RawAudio(_hollow(shapes[3], shapes[4]), shapes[5]))
 
         return self._once(("speech", _identity(path), fps, length), lambda: read_speech(path, fps, length), keep)
 
