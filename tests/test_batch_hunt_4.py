@@ -286,3 +286,31 @@ def test_a_file_system_without_locks_is_said_and_the_batch_goes_on(tmp_path, mon
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert "cannot lock files (No locks available)" in caplog.text and "start only one" in caplog.text
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def _fake_render(monkeypatch, rendered: list):
+    import echomimic_lib.jobs.batch.runner as runner
+
+    def dispatch(todo, opts, on_event):
+        for job in todo:
+            rendered.append(job.name)
+            job.output.write_bytes(b"video")
+            on_event("done", None, job, {"status": "ok", "seconds": 1.0, "frames": 3})
+
+    monkeypatch.setattr(runner, "_dispatch", dispatch)
+    monkeypatch.setattr(runner, "_prepare_weights", lambda jobs: None)
+
+
+def test_a_manifest_split_in_parts_into_one_folder_keeps_every_parts_records(folder, tmp_path, monkeypatch):
+    """The README says to split a huge manifest and run each part: run into one -o, each part rewrote results.jsonl
+    with its own rows only, so the other parts' records were lost and their rerun rendered every row again."""
+    rendered = []
+    _fake_render(monkeypatch, rendered)
+    out = tmp_path / "out"
+    rows = _rows(4)
+    part_a, part_b = _manifest(folder, rows[:2], "a.jsonl"), _manifest(folder, rows[2:], "b.jsonl")
+    assert cli(_args(part_a, out)) == 0 and cli(_args(part_b, out)) == 0
+    names = [json.loads(line)["name"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(names) == ["r0", "r1", "r2", "r3"] and names[:2] == ["r2", "r3"]  # this run's rows first
+    assert cli(_args(part_a, out)) == 0 and cli(_args(part_b, out)) == 0
+    assert rendered == ["r0", "r1", "r2", "r3"]  # the reruns skipped every row

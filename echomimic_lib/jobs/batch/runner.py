@@ -242,7 +242,8 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
             if records.get(job.name, {}).get("status") != "ok":
                 remove_partials(job)
         ordered = [records[j.name] for j in jobs if j.name in records]
-        results.rewrite(ordered)
+        mine = {j.name for j in jobs}  # another manifest's rows in this folder (a big one run in parts): kept, after
+        results.rewrite(ordered + [rec for name, rec in previous.items() if name not in mine])
     summary.records = ordered
     return summary
 
