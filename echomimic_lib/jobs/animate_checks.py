@@ -408,7 +408,7 @@ def check_models_folder(root: Path, flag: str = "--models") -> Path:
 
 def preflight(req, reads=None) -> Plan:
     """Check the whole request without loading any weight; returns the :class:`Plan` to run (``reads``: the
-    (reference, speech) readers, for a batch's plan that reads each shared file once: jobs.batch.plan_reads)."""
+    (reference, speech) readers, for a batch's plan that reads each shared file once: jobs.batch.plan)."""
     from ..devices import resolve_device, resolve_dtype
 
     mode = get_mode(req.mode)

@@ -1,6 +1,7 @@
 """``echomimic batch``: check every row, skip the finished ones, render the rest on the workers, record each row.
 
-Order: the manifest is read and every row checked (:mod:`.manifest`; rows that cannot be understood stop the
+Order: the --device list is checked and the output folder locked (:mod:`.lock`: one batch per folder), the manifest
+is read and every row checked (:mod:`.manifest`; rows that cannot be understood stop the
 batch before any weight loads), finished rows are skipped (:mod:`.results`), rows whose inputs are unusable
 become error rows, the rest go to the workers (:mod:`.workers`, or Ray: :mod:`.ray_backend`), grouped by weight
 set. Each finished row is appended to ``results.jsonl`` at once. One progress bar covers the batch (rows done of
@@ -64,7 +65,7 @@ def worker_devices(opts: BatchOptions) -> list[str]:
         gpus = _gpu_list(device, torch.cuda.device_count())
     elif device in ("auto", "cpu"):
         gpus = []
-    elif "cpu" in device.split(",") or "," in device:
+    elif "cpu" in [d.strip() for d in device.split(",")]:
         raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of GPUs "
                              "(cuda:0,cuda:1), not both in one batch.")
     else:
@@ -178,7 +179,6 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
 
         check_device(opts.device)  # cuda:N: Ray, not --device, picks the GPUs
         import_ray()
-
     else:
         worker_devices(opts)  # a wrong --device list is said before any row is checked
     outdir = Path(outdir)
