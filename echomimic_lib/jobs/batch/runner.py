@@ -1,7 +1,7 @@
 """``echomimic batch``: check every row, skip the finished ones, render the rest on the workers, record each row.
 
-Order: the --device list is checked and the output folder locked (:mod:`.lock`: one batch per folder), the manifest
-is read and every row checked (:mod:`.manifest`; rows that cannot be understood stop the
+Order: the manifest is read, the --device list checked and the output folder locked (:mod:`.lock`: one batch per
+folder), every row checked (:mod:`.manifest`, :mod:`.plan`; rows that cannot be understood stop the
 batch before any weight loads), finished rows are skipped (:mod:`.results`), rows whose inputs are unusable
 become error rows, the rest go to the workers (:mod:`.workers`, or Ray: :mod:`.ray_backend`), grouped by weight
 set. Each finished row is appended to ``results.jsonl`` at once. One progress bar covers the batch (rows done of
