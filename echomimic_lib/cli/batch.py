@@ -85,7 +85,15 @@ def _cmd_batch(args) -> int:
         raise EchoMimicError("nothing to do: give a manifest (JOBS) or --images DIR / --videos DIR with --audios DIR.")
     opts = BatchOptions(workers=args.workers, device=args.device, threads=args.threads, scores=not args.no_scores,
                         max_attempts=args.attempts, backend=args.backend, ray_address=args.ray_address, quiet=args.quiet)
-    s = run_batch(jobs, args.output, opts)
+    try:
+        s = run_batch(jobs, args.output, opts)
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the rows done are in results.jsonl, the rows in flight removed
+        import sys
+
+        sys.stderr.write(f"batch stopped: the finished rows are kept in {args.output}/results.jsonl and the rows in "
+                         "flight left nothing behind; run the same command again to resume (finished rows are "
+                         "skipped).\n")
+        raise
     if not args.quiet:
         say(f"batch: {s.ok} done, {s.skipped} skipped (already done), {s.failed} failed of {s.total}; results in "
             f"{args.output}/results.jsonl")

@@ -404,8 +404,9 @@ def check_models_folder(root: Path, flag: str = "--models") -> Path:
     return root
 
 
-def preflight(req) -> Plan:
-    """Check the whole request without loading any weight; returns the :class:`Plan` to run."""
+def preflight(req, reads=None) -> Plan:
+    """Check the whole request without loading any weight; returns the :class:`Plan` to run (``reads``: the
+    (reference, speech) readers, for a batch's plan that reads each shared file once: jobs.batch.plan)."""
     from ..devices import resolve_device, resolve_dtype
 
     mode = get_mode(req.mode)
@@ -423,7 +424,8 @@ def preflight(req) -> Plan:
     from .resume_plan import check_request
 
     check_request(req)  # --resumable: no DeepCache, and a state file name that can be written
-    reference = read_reference(req.reference)
+    ref_reader, speech_reader = reads or (read_reference, read_speech)
+    reference = ref_reader(req.reference)
     check_reference_size(reference, req.reference)
     if req.audio is None:  # landmark-only driving (the paper's "L" mode): the length of the driving sequence
         if mode.name != "v1-landmarks":
@@ -434,7 +436,7 @@ def preflight(req) -> Plan:
         wav, sr, settings.num_frames = None, None, UnconditionalAudio.for_driving(req.landmarks, settings.fps, length).num_frames
         seconds = settings.num_frames / settings.fps
     else:
-        wav, sr, raw = read_speech(req.audio, settings.fps, length)
+        wav, sr, raw = speech_reader(req.audio, settings.fps, length)
         settings.num_frames = frame_count(raw, settings.fps, length)
         seconds = raw.samples.shape[1] / sr
     root = models_root(req)

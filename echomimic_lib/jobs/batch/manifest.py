@@ -32,10 +32,11 @@ from pathlib import Path
 from ...errors import EchoMimicError
 from ..lora_args import SEPARATOR, split_cell
 from ..pose_sources import AUTO_POSE
-from .lora_columns import lora_columns, lora_key
+from .lora_columns import lora_columns
 from .manifest_text import csv_rows, duplicate_columns, read_text, row_path, separator
-from .results import INPUT_FIELDS, fingerprint
-from .v3 import VERSION as V3, is_v3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
+from .plan import check_jobs  # the rows' own checks (re-exported)
+from .results import INPUT_FIELDS
+from .v3 import VERSION as V3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,17 @@ PATH_FIELDS = {"animate": ("reference", "audio", "landmarks", "pose", "mediapipe
 CWD_PATHS = {*PATH_FIELDS["animate"], *PATH_FIELDS["dub"], "lora"}  # --models / --set values: from the current folder
 
 
+SHOWN = 50  # a manifest of thousands of bad rows (a wrong folder for every path): the first 50 and a count
+
+
 class ManifestError(EchoMimicError):
     """Rows that cannot be understood; ``problems`` is a list of (line, message)."""
 
     def __init__(self, source: str, problems: list[tuple[int, str]]):
-        self.problems = problems
-        lines = "\n".join(f"  line {n}: {m}" for n, m in problems)
+        self.problems = problems  # all of them; the message shows the first SHOWN
+        lines = "\n".join(f"  line {n}: {m}" for n, m in problems[:SHOWN])
+        if len(problems) > SHOWN:
+            lines += f"\n  ... and {len(problems) - SHOWN} more row(s) (after line {problems[SHOWN - 1][0]})"
         super().__init__(f"{source}: {len(problems)} row(s) cannot be run; nothing was started:\n{lines}\n"
                          "Fix these rows (or remove them) and run the same command again.")
 
@@ -77,6 +83,7 @@ class Job:
     frames: int = 0           # expected frames (progress and frames/s)
     attempts: int = 0
     prompts: tuple = ()       # V3 rows: the batch's distinct prompts on the same models folder (batch.v3.share_prompts)
+    given: str = ""           # the 'name' cell as written, when it differs from ``name`` (said when two rows collide)
 
     @property
     def output(self) -> Path:
@@ -168,6 +175,10 @@ def _safe_name(text: str) -> str:
     return f"_{name}" if name.split(".")[0].lower() in _WINDOWS_DEVICES else name  # Windows: CON.mp4 is the console
 
 
+def _given_name(name) -> str:
+    return "" if name is None else str(name)
+
+
 def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     """One row -> a :class:`Job` (raises ValueError naming the column on a row that cannot be understood)."""
     values = _given(values)
@@ -207,10 +218,10 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
             if key in INPUT_FIELDS[kind] and not Path(kw[key]).exists():
                 raise ValueError(f"{key}: {kw[key]} not found")
     stem = Path(kw[main_input]).stem + (f"__{Path(kw['audio']).stem}" if kw.get("audio") else "")
-    name = _safe_name(name if name is not None else stem)
     kw.setdefault("audio", None)
+    given, name = _given_name(name), _safe_name(name if name is not None else stem)
     req = cls(output=str(outdir / f"{name}.mp4"), **kw)
-    return Job(line, name, kind, req)
+    return Job(line, name, kind, req, given=given if given != name else "")
 
 
 def _v3_job(values: dict, kind: str, line: int, base: Path, outdir: Path) -> Job:
@@ -221,8 +232,9 @@ def _v3_job(values: dict, kind: str, line: int, base: Path, outdir: Path) -> Job
     values.pop("version")
     name = values.pop("name", None)
     kw = build_v3_kwargs(values, base, _convert)
+    given = _given_name(name)
     name = _safe_name(name if name is not None else f"{Path(kw['reference']).stem}__{Path(kw['audio']).stem}")
-    return Job(line, name, "animate", V3Row(output=str(outdir / f"{name}.mp4"), **kw))
+    return Job(line, name, "animate", V3Row(output=str(outdir / f"{name}.mp4"), **kw), given=given if given != name else "")
 
 
 def _rows_csv(path: Path):
@@ -279,13 +291,19 @@ def _inputs(job: Job) -> list[tuple[str, Path]]:
 
 
 def _finish(jobs: list[Job], problems: list[tuple[int, str]], source: str) -> list[Job]:
-    seen: dict[str, int] = {}
+    seen: dict[str, Job] = {}
     for job in jobs:  # a repeated chosen name is an error (a repeated default name got its line already)
         key = job.name.casefold()  # Windows and macOS: Talk.mp4 and talk.mp4 are one file
         if key in seen:
-            problems.append((job.line, f"name '{job.name}' is also used on line {seen[key]} (names differing only in case "
-                                       "are one file on Windows and macOS); give each row its own name"))
-        seen.setdefault(key, job.line)
+            first = seen[key]
+            if job.given or first.given:  # 'a/b' and 'a_b', 'Анна' and 'Иван' (both 'job'): one file name
+                other = first.given or first.name
+                said = (f"name '{job.given or job.name}' is file {job.name}.mp4, as is line {first.line}'s '{other}' (file "
+                        "names keep A-Z, a-z, 0-9 and . _ + -, other characters become _, and names differing in case")
+            else:
+                said = f"name '{job.name}' is also used on line {first.line} (names differing only in case"
+            problems.append((job.line, f"{said} are one file on Windows and macOS); give each row its own name"))
+        seen.setdefault(key, job)
     read = {path: (job.line, key) for job in reversed(jobs) for key, path in _inputs(job)}
     for job in jobs:  # a video written over a row's input (-o the media folder, a name like an input's): the input is lost
         hit = read.get(job.output.resolve())
@@ -383,65 +401,6 @@ def crossed(outdir, audios, images=None, videos=None, defaults: dict | None = No
         except ValueError as exc:
             problems.append((n, f"{src.name} x {snd.name}: {exc}"))
     return _finish(jobs, problems, f"{folder} x {audios}")
-
-
-def check_jobs(jobs: list[Job]) -> list[Job]:
-    """The job's own checks for every row (no weights): fills ``weight_key``, ``frames``, ``fingerprint``, or
-    ``error`` for a row whose inputs are unusable."""
-    out, heard = [], {}
-    for job in jobs:
-        try:
-            job.weight_key, job.frames = _plan(job, heard)
-        except EchoMimicError as exc:
-            job.error = str(exc)
-        job.fingerprint = fingerprint(job)
-        out.append(job)
-    return out
-
-
-def _plan(job: Job, heard: dict | None = None) -> tuple[tuple, int]:
-    req = job.request
-    if is_v3(job):
-        from .v3 import plan_v3_row
-
-        return plan_v3_row(job)
-    if job.kind == "animate":
-        from ..animate_checks import preflight
-
-        plan = preflight(req)
-        job.request = replace(req, mediapipe_model=plan.request.mediapipe_model, face_crop=plan.request.face_crop)
-        key = (str(plan.models_root), plan.mode.weights, plan.variant, req.dtype, *lora_key(req),
-               req.fp8, req.low_vram, req.smoke) + _compiled(req)
-        return key, int(plan.settings.num_frames)
-    from ..dub import _validate
-
-    ok = _validate(req)
-    if req.audio is not None:
-        _check_speech_once(req.audio, {} if heard is None else heard)
-    return (str(ok.root), "v1_pose", ok.variant, req.dtype, "", 1.0, False, False, False) + _compiled(req), int(req.length or 0)
-
-
-def _check_speech_once(path, heard: dict) -> None:
-    """A dub row's speech checked as the row will (decodable, long enough, audible), once per file in a batch: rows
-    that share a recording (``--videos`` x ``--audios``) reuse its verdict instead of decoding it again. ``heard``:
-    {(path, size, mtime): the error's words or None}; only the verdict is kept, never the samples."""
-    from ..animate_checks import read_speech
-
-    st = Path(path).stat() if Path(path).is_file() else None  # missing: read_speech says so
-    key = ("missing", str(path)) if st is None else (str(path), st.st_size, st.st_mtime_ns)
-    if key not in heard:
-        try:
-            heard[key] = read_speech(path) and None
-        except EchoMimicError as exc:
-            heard[key] = str(exc)
-    if heard[key] is not None:
-        raise EchoMimicError(heard[key])
-
-
-def _compiled(req) -> tuple:
-    """Compiled networks are other networks to keep loaded; the key stays as before without compile (a rerun of an
-    older batch finds its rows done: the key is part of the fingerprint)."""
-    return ("compiled",) if req.compile else ()
 
 
 __all__ = ["Job", "ManifestError", "read_manifest", "crossed", "check_jobs", "build_job"]

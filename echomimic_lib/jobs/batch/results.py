@@ -54,15 +54,30 @@ def content_digest(path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(job) -> str:
+def _cached_digest(path, digests: dict | None) -> str:
+    """:func:`content_digest`, read once per file for a whole plan (``digests``: one batch's cache; a file is known by
+    its resolved path, size and modification time, so one edited meanwhile is read again)."""
+    if digests is None:
+        return content_digest(path)
+    try:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return content_digest(path)
+    if key not in digests:
+        digests[key] = content_digest(path)
+    return digests[key]
+
+
+def fingerprint(job, digests: dict | None = None) -> str:
     settings = asdict(job.request)
     inputs = {}
     for key in INPUT_FIELDS[job.kind]:
         value = settings.pop(key, None)
         if isinstance(value, (list, tuple)):  # stacked LoRAs: one digest per file, in order (one file: as before)
-            inputs[key] = [content_digest(v) for v in value]
+            inputs[key] = [_cached_digest(v, digests) for v in value]
         elif value:
-            inputs[key] = content_digest(value)
+            inputs[key] = _cached_digest(value, digests)
     for key in NOT_HASHED:
         settings.pop(key, None)
     later = dict(LATER_FIELDS, **(LATER_V3_FIELDS if settings.get("version") == "v3-flash" else {}))

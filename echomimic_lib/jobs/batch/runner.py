@@ -1,6 +1,7 @@
 """``echomimic batch``: check every row, skip the finished ones, render the rest on the workers, record each row.
 
-Order: the manifest is read and every row checked (:mod:`.manifest`; rows that cannot be understood stop the
+Order: the manifest is read, the --device list checked and the output folder locked (:mod:`.lock`: one batch per
+folder), every row checked (:mod:`.manifest`, :mod:`.plan`; rows that cannot be understood stop the
 batch before any weight loads), finished rows are skipped (:mod:`.results`), rows whose inputs are unusable
 become error rows, the rest go to the workers (:mod:`.workers`, or Ray: :mod:`.ray_backend`), grouped by weight
 set. Each finished row is appended to ``results.jsonl`` at once. One progress bar covers the batch (rows done of
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from ...io.file_safety import ExistingFileError
+from .lock import BatchLock
 from .manifest import check_jobs
 from .results import FILE_NAME, ResultsFile, is_done, read_results, remove_partials
 
@@ -48,27 +50,59 @@ class BatchSummary:
 
 
 def worker_devices(opts: BatchOptions) -> list[str]:
-    """One device name per worker."""
+    """One device name per worker (``--device`` checked: a GPU named twice, one this machine lacks, cpu mixed with
+    GPUs, or a name that is not a device are refused before any row is checked)."""
     import torch
 
     from ...errors import EchoMimicError
 
-    if opts.device in ("auto", "cuda") and torch.cuda.is_available():
+    device = str(opts.device).strip()
+    if device in ("auto", "cuda") and torch.cuda.is_available():
         gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    elif opts.device.startswith("cuda"):
+    elif device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise EchoMimicError(f"--device {opts.device}: no CUDA GPU is available; use --device cpu.")
-        gpus = opts.device.split(",")
-    elif opts.device in ("auto", "cpu"):
+            raise EchoMimicError(f"--device {device}: no CUDA GPU is available; use --device cpu.")
+        gpus = _gpu_list(device, torch.cuda.device_count())
+    elif device in ("auto", "cpu"):
         gpus = []
+    elif "cpu" in [d.strip() for d in device.split(",")]:
+        raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of GPUs "
+                             "(cuda:0,cuda:1), not both in one batch.")
     else:
-        raise EchoMimicError(f"--device {opts.device}: use auto, cpu, cuda or a list like cuda:0,cuda:1.")
+        raise EchoMimicError(f"--device {device}: use auto, cpu, cuda or a list like cuda:0,cuda:1.")
     if opts.workers is not None and opts.workers < 1:
         raise EchoMimicError(f"--workers {opts.workers}: use 1 or more.")
     if gpus:
         n = opts.workers or len(gpus)
         return [gpus[i % len(gpus)] for i in range(n)]
     return ["cpu"] * (opts.workers or 1)
+
+
+def _gpu_list(device: str, count: int) -> list[str]:
+    import re
+
+    from ...errors import EchoMimicError
+
+    names = [d.strip() for d in device.split(",")]
+    if names == ["cuda"]:
+        return [f"cuda:{i}" for i in range(count)]
+    have = f"this machine has {count} GPU(s): cuda:0" + (f" to cuda:{count - 1}" if count > 1 else "")
+    out = []
+    for name in names:
+        if name == "cpu":
+            raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of "
+                                 "GPUs (cuda:0,cuda:1), not both in one batch.")
+        m = re.fullmatch(r"cuda:(\d+)", name)
+        if not m:
+            raise EchoMimicError(f"--device {device}: '{name}' is not a GPU; write each as cuda:N, e.g. cuda:0,cuda:1.")
+        if int(m.group(1)) >= count:
+            raise EchoMimicError(f"--device {device}: there is no {name}; {have} (CUDA_VISIBLE_DEVICES counts).")
+        gpu = f"cuda:{int(m.group(1))}"
+        if gpu in out:
+            raise EchoMimicError(f"--device {device}: names {gpu} twice; name each GPU once, and give --workers N for "
+                                 "more workers per GPU (e.g. --device cuda:0 --workers 2).")
+        out.append(gpu)
+    return out
 
 
 class _Display:
@@ -145,9 +179,15 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
 
         check_device(opts.device)  # cuda:N: Ray, not --device, picks the GPUs
         import_ray()
-
+    else:
+        worker_devices(opts)  # a wrong --device list is said before any row is checked
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    with BatchLock(outdir):  # one batch per folder: a second one is refused naming the first
+        return _run_locked(jobs, outdir, opts)
+
+
+def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
     jobs = check_jobs(jobs)
     previous = read_results(outdir)
     summary = BatchSummary(total=len(jobs))
@@ -202,7 +242,8 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
             if records.get(job.name, {}).get("status") != "ok":
                 remove_partials(job)
         ordered = [records[j.name] for j in jobs if j.name in records]
-        results.rewrite(ordered)
+        mine = {j.name for j in jobs}  # another manifest's rows in this folder (a big one run in parts): kept, after
+        results.rewrite(ordered + [rec for name, rec in previous.items() if name not in mine])
     summary.records = ordered
     return summary
 
