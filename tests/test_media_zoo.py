@@ -182,3 +182,116 @@ def test_the_colour_formats_editors_save_give_the_right_colours(tmp_path, kind):
     got = _read(path)
     assert got.shape == want.shape and got.dtype == np.uint8
     assert np.abs(got.astype(int) - want).mean() < 3, kind
+
+
+# ---------------------------------------------------------------------------------------------------------- videos
+def _video(path: Path, n: int = 30, size=(64, 48), codec: str = "libx264", pix: str = "yuv420p", fmt=None,
+           options=None, audio: int = 0) -> Path:
+    """A smooth moving gradient (so that the encoder makes predicted frames), with ``audio`` silent AAC tracks."""
+    import av
+
+    w, h = size
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = w, h, pix
+        s.options = options or {}
+        tracks = [c.add_stream("aac", rate=44100) for _ in range(audio)]
+        base = np.tile(np.linspace(0, 255, w).astype(np.uint8)[None, :, None], (h, 1, 3))
+        for i in range(n):
+            for packet in s.encode(av.VideoFrame.from_ndarray(np.roll(base, i, axis=1), format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode(None):
+            c.mux(packet)
+        for t in tracks:
+            for k in range(10):
+                frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 44100, k * 1024
+                for packet in t.encode(frame):
+                    c.mux(packet)
+            for packet in t.encode(None):
+                c.mux(packet)
+    return path
+
+
+def _subtitles_only(path: Path) -> Path:
+    import av
+
+    srt = path.with_suffix(".srt")
+    srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nHello\n\n2\n00:00:01,000 --> 00:00:02,000\nthere\n")
+    with av.open(str(srt)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(src.streams[0])
+        for packet in src.demux(src.streams[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return path
+
+
+def _data_only(path: Path) -> Path:
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as c:
+        stream = c.add_data_stream()
+        for i in range(5):
+            packet = av.Packet(b"telemetry")
+            packet.stream, packet.pts, packet.dts = stream, i * 3000, i * 3000
+            c.mux(packet)
+    return path
+
+
+def _without_moov(path: Path) -> Path:
+    """An MP4 cut in half: the camera (or the copy) stopped before the index it writes last."""
+    _video(path, 60)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda d: _without_moov(d / "IMG_0042.MP4"), "an MP4/MOV file without its index (no 'moov' box): the recording was "
+                                                  "interrupted, or the file was copied or downloaded only in part; copy it "
+                                                  "again from the original"),
+    (lambda d: _subtitles_only(d / "talk.mkv"), "no video stream (a subtitle file: it holds only subtitles)"),
+    (lambda d: _data_only(d / "gopro.ts"), "no video stream (it holds only data streams)"),
+], ids=["mp4-without-moov", "subtitles-only", "data-only"])
+def test_dub_names_a_video_file_without_a_readable_video(make, words, tmp_path, loads, capsys, shared_data):  # noqa: F811
+    """A cut phone recording was 'damaged or not audio/video: use a wav, mp3, flac, m4a or mp4 file' (it is an mp4); a
+    subtitle or data file was 'no video frames (an audio file?)'."""
+    video = make(tmp_path)
+    wav = write_wav(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000))
+    out = tmp_path / "out.mp4"
+    rc = cli(["dub", "--video", str(video), "--audio", str(wav), "-o", str(out), "--offline", "--models", str(tmp_path),
+              "--mediapipe-model", str(shared_data / "mediapipe" / MP_MODEL)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and f"--video {video}: {words}" in err, err
+    assert "an audio file?" not in err and "use a wav" not in err, err
+    assert loads == [] and not out.exists()
+
+
+@pytest.mark.parametrize("name,pix,size,codec,kw", [
+    ("odd.mp4", "yuv444p", (641, 479), "libx264", {}), ("yuv444.mp4", "yuv444p", (64, 48), "libx264", {}),
+    ("ten_bit.mp4", "yuv420p10le", (64, 48), "libx264", {}), ("full_range.mp4", "yuvj420p", (64, 48), "libx264", {}),
+    ("two_tracks.mp4", "yuv420p", (64, 48), "libx264", {"audio": 2}), ("one_frame.mp4", "yuv420p", (64, 48), "libx264", {"n": 1}),
+    ("mid_gop.ts", "yuv420p", (64, 48), "libx264", {"fmt": "mpegts", "options": {"g": "25", "bf": "0"}, "cut": 0.3}),
+])
+def test_the_videos_users_have_are_read_with_their_frames_and_colours(tmp_path, name, pix, size, codec, kw):
+    from echomimic_lib.io.video_io import VideoFrames, probe
+
+    cut = kw.pop("cut", None)
+    n = kw.setdefault("n", 30)
+    path = _video(tmp_path / name, size=size, codec=codec, pix=pix, **kw)
+    if cut:  # a recording whose first packets are no keyframes (a broadcast or stream capture cut mid-GOP)
+        data = path.read_bytes()
+        path.write_bytes(data[188 * int(len(data) / 188 * cut):])
+    frames = list(VideoFrames(path))
+    info = probe(path)
+    assert frames[0].shape == (size[1], size[0], 3) and (info["width"], info["height"]) == size
+    assert info["frames"] == len(frames) and (len(frames) == n if not cut else 0 < len(frames) < n)
+    w = size[0]
+    ramp = np.linspace(0, 255, w)
+    for frame in frames[:: max(1, len(frames) // 4)]:
+        row = frame[size[1] // 2, :, 0].astype(float)
+        shift = int(np.argmin(row[: w // 2 + 1])) if not cut else None  # the gradient rolls one pixel a frame
+        if shift is not None:
+            assert np.abs(row - np.roll(ramp, shift)).mean() < 8, name  # colours and range right (full range too)
+    assert info["audio_seconds"] == (None if "audio" not in kw else pytest.approx(10 * 1024 / 44100, abs=0.05))
