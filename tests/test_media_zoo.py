@@ -295,3 +295,99 @@ def test_the_videos_users_have_are_read_with_their_frames_and_colours(tmp_path, 
         if shift is not None:
             assert np.abs(row - np.roll(ramp, shift)).mean() < 8, name  # colours and range right (full range too)
     assert info["audio_seconds"] == (None if "audio" not in kw else pytest.approx(10 * 1024 / 44100, abs=0.05))
+
+
+# ---------------------------------------------------------------------------------------------------------- audio
+def _tone(n: int, rate: int) -> np.ndarray:
+    return 0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / rate)
+
+
+def _riff(path: Path, data: bytes, channels: int, rate: int, bits: int, tag: int = 1, declared: int | None = None) -> Path:
+    """A wav written byte by byte: any sample format, and a data size that may lie (``declared``)."""
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * bits // 8, channels * bits // 8, bits)
+    size = len(data) if declared is None else declared
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt "
+                     + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", size) + data)
+    return path
+
+
+def _encoded(path: Path, codec: str, rate: int, layout: str = "mono", metadata=None) -> Path:
+    import av
+
+    with av.open(str(path), "w") as c:
+        c.metadata.update(metadata or {})
+        s = c.add_stream(codec, rate=rate)
+        s.layout = layout
+        channels, fmt = len(av.AudioLayout(layout).channels), s.format.name
+        step = s.codec_context.frame_size or 1024
+        x = _tone(rate, rate).astype(np.float32)
+        for pos in range(0, rate, step):
+            block = np.tile(x[pos:pos + step], (channels, 1))
+            block = block if fmt.endswith("p") else block.T.reshape(1, -1)
+            if fmt.startswith(("s16", "s32")):
+                block = (block * 32767).astype(np.int16) if fmt.startswith("s16") else (block * 2**31).astype(np.int32)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format=fmt, layout=layout)
+            frame.sample_rate, frame.pts = rate, pos
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode(None):
+            c.mux(packet)
+    return path
+
+
+def _audio_sample(d: Path, name: str) -> Path:
+    sr, x = 16000, _tone(16000, 16000)
+    pcm16 = (x * 32767).astype("<i2").tobytes()
+    make = {
+        "u8.wav": lambda p: _riff(p, (x * 127 + 128).astype(np.uint8).tobytes(), 1, sr, 8),
+        "s32.wav": lambda p: _riff(p, (x * (2**31 - 1)).astype("<i4").tobytes(), 1, sr, 32),
+        "f64.wav": lambda p: _riff(p, x.astype("<f8").tobytes(), 1, sr, 64, tag=3),
+        "lying.wav": lambda p: _riff(p, pcm16, 1, sr, 16, declared=10**9),  # says 8.7 h, holds 1 s
+        "6ch.wav": lambda p: _riff(p, np.repeat((x * 32767).astype("<i2")[:, None], 6, 1).tobytes(), 6, sr, 16),
+        "id3.mp3": lambda p: _encoded(p, "libmp3lame", 44100, "stereo", {"title": "Take 3", "artist": "Me"}),
+        "voice.flac": lambda p: _encoded(p, "flac", 44100),
+        "voice.ogg": lambda p: _encoded(p, "libopus", 48000),
+        "audio_only.mp4": lambda p: _encoded(p, "aac", 44100, "stereo"),
+    }[name]
+    return make(d / name)
+
+
+@pytest.mark.parametrize("name", ["u8.wav", "s32.wav", "f64.wav", "lying.wav", "6ch.wav", "id3.mp3", "voice.flac",
+                                  "voice.ogg", "audio_only.mp4"])
+def test_the_sound_files_users_have_are_read_at_their_level_and_length(tmp_path, name):
+    from echomimic_lib.io.video_io import probe
+    from echomimic_lib.jobs.animate_checks import frame_count, probe_speech, read_speech
+
+    path = _audio_sample(tmp_path, name)
+    probe_speech(path)
+    wav, sr, raw = read_speech(path, 24.0)
+    assert wav.dtype == np.float32 and 0.27 < float(np.abs(wav).max()) < 0.34, name
+    assert wav.shape[0] == (6 if name == "6ch.wav" else 2 if name in ("id3.mp3", "audio_only.mp4") else 1)
+    assert wav.shape[1] / sr == pytest.approx(1.0, abs=0.06) and probe(path)["audio_seconds"] == wav.shape[1] / sr
+    assert frame_count(raw, 24.0, None) in (23, 24, 25)
+
+
+def test_an_mp3_whose_header_claims_days_is_read_not_refused_for_its_length(tmp_path):
+    """The header's duration refuses hours of audio before they are decoded; an mp3 whose Xing header counts 10^8
+    frames (27 days) in 17 kB was refused as '43537 min ... cut it into parts'."""
+    from echomimic_lib.jobs.animate_checks import frame_count, read_speech
+
+    path = _audio_sample(tmp_path, "id3.mp3")
+    data = bytearray(path.read_bytes())
+    at = max(data.find(b"Xing"), data.find(b"Info"))
+    assert at > 0 and struct.unpack(">I", data[at + 4:at + 8])[0] & 1  # the frame count is there
+    struct.pack_into(">I", data, at + 8, 10**8)
+    path.write_bytes(bytes(data))
+    wav, sr, raw = read_speech(path, 24.0)
+    assert wav.shape[1] / sr == pytest.approx(1.0, abs=0.06) and frame_count(raw, 24.0, None) in (24, 25)
+
+
+@pytest.mark.parametrize("data,words", [(b"", "the audio stream is empty"), (bytes(32000), "the audio is silent")],
+                         ids=["zero-samples", "all-silent"])
+def test_an_empty_or_silent_wav_is_refused_with_the_fix(tmp_path, data, words):
+    from echomimic_lib.jobs.animate_checks import read_speech
+
+    path = _riff(tmp_path / "take.wav", data, 1, 16000, 16)
+    with pytest.raises(EchoMimicError, match=words) as err:
+        read_speech(path, 24.0)
+    assert str(path) in str(err.value) and ("recording" in str(err.value) or "speech" in str(err.value))
