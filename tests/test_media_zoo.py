@@ -248,7 +248,7 @@ def _without_moov(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("make,words", [
-    (lambda d: _without_moov(d / "IMG_0042.MP4"), "an MP4/MOV file without its index (no 'moov' box): the recording was "
+    (lambda d: _without_moov(d / "IMG_0042.MP4"), "an MP4/MOV/M4A file without its index (no 'moov' box): the recording was "
                                                   "interrupted, or the file was copied or downloaded only in part; copy it "
                                                   "again from the original"),
     (lambda d: _subtitles_only(d / "talk.mkv"), "no video stream (a subtitle file: it holds only subtitles)"),
@@ -391,3 +391,56 @@ def test_an_empty_or_silent_wav_is_refused_with_the_fix(tmp_path, data, words):
     with pytest.raises(EchoMimicError, match=words) as err:
         read_speech(path, 24.0)
     assert str(path) in str(err.value) and ("recording" in str(err.value) or "speech" in str(err.value))
+
+
+# ----------------------------------------------------------------------------------------- variable frame rate
+def _timed(path: Path, times_ms, bframes: int = 0) -> Path:
+    """A video whose frames have the given timestamps (ms), with a silent sound track."""
+    import fractions
+
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt, s.options = 64, 48, "yuv420p", {"bf": str(bframes)}
+        s.codec_context.time_base = s.time_base = fractions.Fraction(1, 1000)
+        for i, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 2, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode(None):
+            c.mux(packet)
+    return path
+
+
+STEADY = [round(i * 1000 / 30) for i in range(90)]
+JITTER = [t + (5 if i % 2 else 0) for i, t in enumerate(STEADY)]  # a phone's few milliseconds either way
+PAUSED = STEADY[:45] + [t + 2000 for t in STEADY[45:]]  # a screen recording that stood still for 2 s
+
+
+@pytest.mark.parametrize("times,bframes,worst", [(STEADY, 0, 0.01), (STEADY, 3, 0.01), (JITTER, 0, 0.01),
+                                                 (PAUSED, 0, 0.9), (PAUSED, 3, 0.9)],
+                         ids=["steady", "steady-bframes", "jitter", "paused", "paused-bframes"])
+def test_the_drift_of_a_variable_frame_rate_is_measured_from_the_packets(tmp_path, times, bframes, worst):
+    from echomimic_lib.io.video_io import VideoFrames, frame_time_drift
+
+    path = _timed(tmp_path / "clip.mp4", times, bframes)
+    drift, at = frame_time_drift(path, VideoFrames(path).fps)
+    assert (drift > worst) if times is PAUSED else (drift < worst), drift
+    assert at == 45 if times is PAUSED else True
+
+
+def test_dub_without_speech_says_a_variable_frame_rate_drifts_from_its_own_sound(tmp_path, caplog):
+    """``dub`` without --audio puts the source's own sound back under its frames, written at one constant rate: a video
+    that paused 2 s came out with its sound a second off the picture, without a word."""
+    from echomimic_lib.io.video_io import VideoFrames
+    from echomimic_lib.jobs.dub import _warn_variable_rate
+
+    paused, steady = _timed(tmp_path / "paused.mp4", PAUSED), _timed(tmp_path / "steady.mp4", STEADY)
+    with caplog.at_level(logging.WARNING):
+        _warn_variable_rate(steady, VideoFrames(steady).fps)
+        assert not caplog.text
+        _warn_variable_rate(paused, VideoFrames(paused).fps)
+    assert "paused.mp4 has a variable frame rate: its frame 45 is shown 1.00 s away" in caplog.text
+    assert "Convert the video to a constant frame rate first" in caplog.text

@@ -50,7 +50,7 @@ def open_media(path: str | Path):
         return av.open(str(path))
     except Exception as exc:
         if _mp4_without_index(path):
-            raise EchoMimicError(f"{path}: an MP4/MOV file without its index (no 'moov' box): the recording was "
+            raise EchoMimicError(f"{path}: an MP4/MOV/M4A file without its index (no 'moov' box): the recording was "
                                  "interrupted, or the file was copied or downloaded only in part; copy it again from "
                                  "the original.") from exc
         raise EchoMimicError(f"{path}: cannot be opened as a media file ({getattr(exc, 'strerror', None) or exc}); it is damaged or "

@@ -189,6 +189,21 @@ class DubJob:
         return VideoFrames(self.request.video, upto)
 
 
+VFR_DRIFT = 0.1  # seconds: lips that far from their sound are seen to be out of sync
+
+
+def _warn_variable_rate(video, fps: float) -> None:
+    """Say so when the source's own sound goes back with frames whose timestamps stray from a constant ``fps``."""
+    from ..io.video_io import frame_time_drift
+
+    drift, at = frame_time_drift(video, fps)
+    if drift > VFR_DRIFT:
+        log.warning("the source video %s has a variable frame rate: its frame %d is shown %.2f s away from where a "
+                    "constant %g fps puts it; the output is written at that constant rate, so its own sound drifts from "
+                    "the picture by up to that much. Convert the video to a constant frame rate first (any editor's "
+                    "export does, or ffmpeg's -fps_mode cfr) and dub that file.", video, at, drift, fps)
+
+
 def prepare_dub(req: DubRequest) -> DubJob:
     """Checks, the source's length, the speech, the face track and the reference frame; the video is read frame by
     frame (never held whole), and a video without a face is refused before any weight loads."""
@@ -203,6 +218,8 @@ def prepare_dub(req: DubRequest) -> DubJob:
     src_fps = VideoFrames(req.video).fps
     n_src = count_frames(req.video, sys.maxsize)
     sound, sr, seconds, n_model = _speech(req, req.video, n_src, src_fps, settings.fps)
+    if req.audio is None and sound is not None:
+        _warn_variable_rate(req.video, src_fps)
     if req.length is not None:
         n_model = min(n_model, req.length)
     n_out = max(1, min(int(np.floor(seconds * src_fps + 1e-6)), int(np.floor(n_model * src_fps / settings.fps + 1e-6))))
