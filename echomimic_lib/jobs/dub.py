@@ -128,11 +128,13 @@ def _validate(req: DubRequest) -> _Checked:
     if not Path(req.video).is_file():
         what = "is a folder, not a video" if Path(req.video).is_dir() else "source video not found"
         raise EchoMimicError(f"--video {req.video}: {what}; give a video file of one person.")
-    from .dub_plan import MIN_SOURCE_FRAMES, check_source_frames
+    from .dub_plan import MIN_SOURCE_FRAMES, check_source_frames, check_source_rate
     from .video_inputs import check_video_input
+    from ..io.video_io import VideoFrames
 
     frames = check_video_input(req.video, "--video", "give a video of one person (mp4, mov, webm, mkv, ...).", MIN_SOURCE_FRAMES)
     check_source_frames(frames, f"--video {req.video}")
+    check_source_rate(VideoFrames(req.video).fps, f"--video {req.video}")
     checks = [(req.retime, POLICIES, "--retime"), (req.region, REGIONS, "--mask"), (req.color, COLOR_METHODS, "--color-match")]
     for value, allowed, flag in checks:
         if value not in allowed:
