@@ -41,17 +41,26 @@ def _ftyp_kind(head: bytes) -> str | None:
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image's header (Pillow reads no pixel), else None (no Pillow, or Pillow cannot tell)."""
     try:
         from PIL import Image
-
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: no decompression-bomb refusal
-        try:
-            with Image.open(path) as im:
-                return im.size
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-    except Exception:  # no Pillow, or Pillow cannot tell either: the generic message
+    except ImportError:
         return None
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Image.DecompressionBombError:  # over Pillow's limit: its size read again with the check off, for the message
+        pass
+    except Exception:
+        return None
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # (only for a file already known to be too large)
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 MAX_PIXELS = 2 * 89_478_485  # Pillow's decompression-bomb refusal (ComfyUI's Load Image stops there too): ~179 MP
@@ -101,7 +110,6 @@ def _jpeg_truncated(path: Path) -> bool:
         return False
     keep, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False  # ComfyUI may set it True
     try:
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size was checked before
         with Image.open(path) as im:
             im.load()
         return False
@@ -110,7 +118,7 @@ def _jpeg_truncated(path: Path) -> bool:
     except Exception:
         return False
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = keep, limit
+        ImageFile.LOAD_TRUNCATED_IMAGES = keep
 
 
 _TRUNCATED = ("the file is truncated (it ends before its image data does: an interrupted download or copy); copy or "
