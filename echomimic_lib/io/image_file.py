@@ -3,8 +3,11 @@
 OpenCV decodes it as before (EXIF orientation applied, 16-bit scaled to 8 bits, grayscale and palette images made
 RGB, an alpha channel dropped, the first frame of a GIF or an animated WebP). What it cannot read is named from the
 file's first bytes: an empty file, a HEIC/HEIF photo (the iPhone camera's format) or an AVIF image (OpenCV's wheels
-read neither), a video, an image above OpenCV's pixel limit. A transparent background and an animation are read
-as above, with a warning. A path OpenCV cannot open (non-ASCII names on Windows) is decoded from the file's bytes.
+read neither), a video, a text or HTML file (a web page saved under the picture's name). A transparent background
+and an animation are read as above, with a warning. A path OpenCV cannot open (non-ASCII names on Windows) is decoded
+from the file's bytes. Refused before decoding: an image whose header declares more than :data:`MAX_PIXELS` (a
+decompression bomb, or a 20000 x 20000 scan: about a gigabyte to decode); after it, a JPEG that ends before its image
+data does (a truncated download or copy, which OpenCV would fill with grey).
 """
 from __future__ import annotations
 
@@ -38,17 +41,88 @@ def _ftyp_kind(head: bytes) -> str | None:
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image's header (Pillow reads no pixel), else None (no Pillow, or Pillow cannot tell)."""
     try:
         from PIL import Image
-
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: no decompression-bomb refusal
-        try:
-            with Image.open(path) as im:
-                return im.size
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-    except Exception:  # no Pillow, or Pillow cannot tell either: the generic message
+    except ImportError:
         return None
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Image.DecompressionBombError:  # over Pillow's limit: its size read again with the check off, for the message
+        pass
+    except Exception:
+        return None
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # (only for a file already known to be too large)
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+MAX_PIXELS = 2 * 89_478_485  # Pillow's decompression-bomb refusal (ComfyUI's Load Image stops there too): ~179 MP
+
+
+def _too_large(path: Path, flag: str, size, limit: int) -> EchoMimicError:
+    w, h = size
+    return EchoMimicError(f"{flag} {path}: {w}x{h} px ({w * h / 1e6:.0f} megapixels) is more than a reference image is "
+                          f"read at ({limit / 1e6:.0f} megapixels; decoding it would take {w * h * 3 / 1e9:.1f} GB); scale "
+                          "it down (the networks see 512-768 px; 2048 px on the long side is plenty) and pass that file.")
+
+
+def _text_kind(head: bytes) -> str | None:
+    """'an HTML page', 'an SVG drawing' or 'a text file' for a file that starts as text, else None."""
+    for cut in range(4):  # the first bytes may end inside a character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None
+    if not text or "\0" in text:
+        return None
+    low = text.lstrip("\ufeff \t\r\n").lower()
+    if "<svg" in low:
+        return "an SVG drawing (vector graphics)"
+    return "an HTML page" if low.startswith(("<!doctype html", "<html", "<head", "<?xml")) else "a text file"
+
+
+def _jpeg_ends(path: Path) -> bool:
+    """Whether a JPEG's last bytes are its end-of-image marker (trailing zeros aside)."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 4096))
+        return fh.read().rstrip(b"\0").endswith(b"\xff\xd9")
+
+
+def _jpeg_truncated(path: Path) -> bool:
+    """Whether a JPEG that OpenCV decoded ends before its image data does (OpenCV fills the rest with grey): without
+    an end-of-image marker at its end, Pillow decodes it again and says whether the scan data was cut short (a
+    camera's trailer after the marker decodes whole and is no truncation)."""
+    if _jpeg_ends(path):
+        return False
+    try:
+        from PIL import Image, ImageFile
+    except ImportError:
+        return False
+    keep, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False  # ComfyUI may set it True
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return False
+    except OSError as exc:
+        return "truncated" in str(exc)
+    except Exception:
+        return False
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = keep
+
+
+_TRUNCATED = ("the file is truncated (it ends before its image data does: an interrupted download or copy); copy or "
+              "download it again, or re-export it from the original")
 
 
 def _unreadable(path: Path, flag: str) -> EchoMimicError:
@@ -67,29 +141,42 @@ def _unreadable(path: Path, flag: str) -> EchoMimicError:
     if kind == "video":
         return EchoMimicError(f"{where}: a video, not an image; give one picture of the person (a frame saved as PNG or JPEG).")
     size = _header_size(path)
-    limit = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+    limit = min(MAX_PIXELS, int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30)))
     if size and size[0] * size[1] > limit:
-        return EchoMimicError(f"{where}: {size[0]}x{size[1]} px ({size[0] * size[1] / 1e6:.0f} megapixels) is more than OpenCV "
-                              f"reads ({limit / 1e6:.0f} megapixels); scale it down (the networks see 512-768 px; 2048 px on "
-                              "the long side is plenty) and pass that file.")
+        return _too_large(path, flag, size, limit)
+    text = _text_kind(head)
+    if text is not None and text.startswith("an SVG"):
+        return EchoMimicError(f"{where}: {text}, which OpenCV cannot read; export it as a PNG of 1024 px or more and pass "
+                              "that file.")
+    if text is not None:
+        return EchoMimicError(f"{where}: {text}, not an image (a download that saved the web page, or a renamed file); "
+                              "open the picture itself and save it as png or jpg.")
+    if head.startswith(b"\xff\xd8") and not _jpeg_ends(path) or head.startswith(b"\x89PNG") and _png_chunks(path)[1]:
+        return EchoMimicError(f"{where}: {_TRUNCATED}.")
     return EchoMimicError(f"{where}: cannot be read as an image (unsupported or corrupt file); save it as png or jpg.")
 
 
-def _png_has_exif(path: Path) -> bool:
-    """Whether a PNG holds an ``eXIf`` chunk (its orientation is applied by IMREAD_COLOR, not by IMREAD_UNCHANGED);
-    the chunk headers only are read (the pixel data is skipped)."""
+def _png_chunks(path: Path) -> tuple[bool, bool, int]:
+    """(whether a PNG holds an ``eXIf`` chunk -- its orientation is applied by IMREAD_COLOR, not by IMREAD_UNCHANGED --,
+    whether it is truncated: its chunks run on past the file's end, no ``IEND``, its animation's frame count from an
+    APNG's ``acTL`` chunk, else 1); the chunk headers only are read (the pixel data is skipped)."""
+    size, exif, frames = path.stat().st_size, False, 1
     with open(path, "rb") as fh:
         fh.seek(8)
         while True:
             head = fh.read(8)
             if len(head) < 8:
-                return False
-            kind = head[4:8]
+                return exif, True, frames
+            kind, n = head[4:8], int.from_bytes(head[:4], "big")
+            if not kind.isalpha():  # no chunk: a damaged file, not a cut one
+                return exif, False, frames
             if kind == b"eXIf":
-                return True
+                exif = True
             if kind == b"IEND":
-                return False
-            fh.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # the data and its CRC
+                return exif, fh.tell() + 4 > size, frames
+            if kind == b"acTL" and n >= 4:
+                frames, n = max(1, int.from_bytes(fh.read(4), "big")), n - 4
+            fh.seek(n + 4, os.SEEK_CUR)  # the data and its CRC
 
 
 def _warn_alpha(path: Path, flag: str, alpha: np.ndarray) -> None:
@@ -151,7 +238,14 @@ def read_image_file(path, flag: str = "--reference") -> np.ndarray:
     p = Path(path)
     with open(p, "rb") as fh:
         head = fh.read(16)
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and not _png_has_exif(p):
+    size = _header_size(p) if head else None  # the header only: a decompression bomb is refused before it is decoded
+    if size and size[0] * size[1] > MAX_PIXELS:
+        raise _too_large(p, flag, size, MAX_PIXELS)
+    png = head.startswith(b"\x89PNG\r\n\x1a\n")
+    exif, _, frames = _png_chunks(p) if png else (False, True, 1)
+    if frames > 1:  # an APNG: OpenCV reads its default image
+        log.warning("%s %s is an animation of %d frames; its first frame is the reference.", flag, p, frames)
+    if png and not exif:
         full = _decode(p, cv2.IMREAD_UNCHANGED)
         if full is None or full.dtype not in (np.uint8, np.uint16) or full.ndim not in (2, 3):
             raise _unreadable(p, flag)
@@ -161,6 +255,8 @@ def read_image_file(path, flag: str = "--reference") -> np.ndarray:
     img = _decode(p, cv2.IMREAD_COLOR)
     if img is None:
         raise _unreadable(p, flag)
+    if head.startswith(b"\xff\xd8") and _jpeg_truncated(p):  # OpenCV decoded it, its missing part grey
+        raise EchoMimicError(f"{flag} {p}: {_TRUNCATED}.")
     _warn_transparency_or_frames(p, flag, head)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 

@@ -270,6 +270,27 @@ def count_frames(path: str | Path, upto: int) -> int:
         container.close()
 
 
+def frame_time_drift(path: str | Path, fps: float) -> tuple[float, int]:
+    """(seconds, frame): how far the video's frame timestamps stray from those of frames read one after another at
+    ``fps`` (the readers' constant rate), at its worst, and at which frame; (0.0, 0) when the stream has no timestamps.
+    A variable frame rate video (a phone's, a screen recording with pauses) strays; its packets are read, not decoded."""
+    container = _open(path)
+    try:
+        stream = video_stream(container, path)
+        base = stream.time_base
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+    finally:
+        container.close()
+    if len(pts) < 2 or not base or not fps:
+        return 0.0, 0
+    worst, at = 0.0, 0
+    for n, t in enumerate(pts):
+        drift = float((t - pts[0]) * base) - n / fps
+        if abs(drift) > abs(worst):
+            worst, at = drift, n
+    return abs(worst), at
+
+
 def _has_audio(path) -> bool:
     container = _open(path)
     try:

@@ -128,11 +128,13 @@ def _validate(req: DubRequest) -> _Checked:
     if not Path(req.video).is_file():
         what = "is a folder, not a video" if Path(req.video).is_dir() else "source video not found"
         raise EchoMimicError(f"--video {req.video}: {what}; give a video file of one person.")
-    from .dub_plan import MIN_SOURCE_FRAMES, check_source_frames
+    from .dub_plan import MIN_SOURCE_FRAMES, check_source_frames, check_source_rate
     from .video_inputs import check_video_input
+    from ..io.video_io import VideoFrames
 
     frames = check_video_input(req.video, "--video", "give a video of one person (mp4, mov, webm, mkv, ...).", MIN_SOURCE_FRAMES)
     check_source_frames(frames, f"--video {req.video}")
+    check_source_rate(VideoFrames(req.video).fps, f"--video {req.video}")
     checks = [(req.retime, POLICIES, "--retime"), (req.region, REGIONS, "--mask"), (req.color, COLOR_METHODS, "--color-match")]
     for value, allowed, flag in checks:
         if value not in allowed:
@@ -191,6 +193,21 @@ class DubJob:
         return VideoFrames(self.request.video, upto)
 
 
+VFR_DRIFT = 0.1  # seconds: lips that far from their sound are seen to be out of sync
+
+
+def _warn_variable_rate(video, fps: float) -> None:
+    """Say so when the source's own sound goes back with frames whose timestamps stray from a constant ``fps``."""
+    from ..io.video_io import frame_time_drift
+
+    drift, at = frame_time_drift(video, fps)
+    if drift > VFR_DRIFT:
+        log.warning("the source video %s has a variable frame rate: its frame %d is shown %.2f s away from where a "
+                    "constant %g fps puts it; the output is written at that constant rate, so its own sound drifts from "
+                    "the picture by up to that much. Convert the video to a constant frame rate first (any editor's "
+                    "export does, or ffmpeg's -fps_mode cfr) and dub that file.", video, at, drift, fps)
+
+
 def prepare_dub(req: DubRequest) -> DubJob:
     """Checks, the source's length, the speech, the face track and the reference frame; the video is read frame by
     frame (never held whole), and a video without a face is refused before any weight loads."""
@@ -206,6 +223,8 @@ def prepare_dub(req: DubRequest) -> DubJob:
     src_fps = header.fps
     n_src = count_frames(req.video, sys.maxsize)
     sound, sr, seconds, n_model = _speech(req, req.video, n_src, src_fps, settings.fps, header.has_audio)
+    if req.audio is None and sound is not None:
+        _warn_variable_rate(req.video, src_fps)
     if req.length is not None:
         n_model = min(n_model, req.length)
     n_out = max(1, min(int(np.floor(seconds * src_fps + 1e-6)), int(np.floor(n_model * src_fps / settings.fps + 1e-6))))

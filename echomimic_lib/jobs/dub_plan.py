@@ -40,6 +40,20 @@ def check_source_frames(n: int, what: str) -> None:
                          "SPEECH` (in ComfyUI: EchoMimic Reference Preparation, not Face Track).")
 
 
+MIN_SOURCE_FPS = 5.0  # fewer frames a second are a slideshow or a timelapse: lips at that rate do not speak
+
+
+def check_source_rate(fps: float, what: str) -> None:
+    """Refuse a dub source whose frames come fewer than :data:`MIN_SOURCE_FPS` a second (the output keeps its rate):
+    a slideshow, a timelapse, or a podcast's still picture stored as a video."""
+    if fps >= MIN_SOURCE_FPS:
+        return
+    raise EchoMimicError(f"{what} runs at {fps:.3g} frames a second (a slideshow or timelapse, not a recording of someone "
+                         f"speaking); the dub keeps the source's frame rate and needs at least {MIN_SOURCE_FPS:g}. Give the "
+                         "recording itself, or, to make a still picture speak, `echomimic animate --reference PICTURE "
+                         "--audio SPEECH`.")
+
+
 @dataclass
 class DubSchedule:
     driving: np.ndarray    # (n_model,) source frame driving each generated frame

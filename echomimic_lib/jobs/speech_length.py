@@ -11,20 +11,27 @@ from pathlib import Path
 from ..errors import EchoMimicError
 
 HEADER_MARGIN = 1.5
+MIN_BITS_PER_SECOND = 500  # below any codec FFmpeg decodes speech with (codec2 at 700 bit/s is the lowest)
 
 
 def header_seconds(path) -> float | None:
-    """The first audio stream's duration as the file's header states it (None when it does not)."""
+    """The first audio stream's duration as the file's header states it (None when it does not, or when it states
+    more than the file's bytes can hold at :data:`MIN_BITS_PER_SECOND`: a header that lies, such as an mp3's Xing
+    frame count, is no reason to refuse; the decoded length is checked instead)."""
     from ..io.video_io import _open
 
     c = _open(path)
     try:
         s = c.streams.audio[0] if c.streams.audio else None
         if s is not None and s.duration and s.time_base:
-            return float(s.duration * s.time_base)
-        return c.duration / 1e6 if c.duration else None
+            seconds = float(s.duration * s.time_base)
+        else:
+            seconds = c.duration / 1e6 if c.duration else None
     finally:
         c.close()
+    if seconds and seconds > Path(path).stat().st_size * 8 / MIN_BITS_PER_SECOND:
+        return None
+    return seconds
 
 
 def check_video_length(path: Path, seconds: float | None, fps: float, max_frames: int, margin: float = 1.0) -> None:

@@ -43,17 +43,21 @@ def check_video_input(path, flag: str, fix: str, upto: int = 1) -> int:
     elif p.stat().st_size == 0:
         problem = "the file is empty (0 bytes)"
     else:
-        cover = ""
+        cover, kinds = "", {"audio"}
         try:
             frames = count_frames(p, upto)
         except NoVideoStream as exc:  # a song's cover art is no video frame
             frames, cover = 0, ": it has only a cover picture" if "only a cover picture" in str(exc) else ""
+            kinds = exc.kinds - {"video"}
         except EchoMimicError as exc:
             what = ": it is a text file, not a video" if _is_text(p) else ""
             raise EchoMimicError(f"{flag} {p}: {_reason(exc, p)}{what}; {fix}") from None
         if frames:
             return frames
-        problem = f"no video frames (an audio file?){cover}"
+        problem = (f"no video frames (an audio file?){cover}" if "audio" in kinds else
+                   "no video stream (a subtitle file: it holds only subtitles)" if kinds == {"subtitle"} else
+                   f"no video stream (it holds only {' and '.join(sorted(kinds))} streams)" if kinds else
+                   "no video stream (no stream at all)")
     raise EchoMimicError(f"{flag} {p}: {problem}; {fix}")
 
 
