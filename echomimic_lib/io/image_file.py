@@ -149,8 +149,15 @@ def read_image_file(path, flag: str = "--reference") -> np.ndarray:
     import cv2
 
     p = Path(path)
-    with open(p, "rb") as fh:
-        head = fh.read(16)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        from .os_errors import is_os_refusal, os_error_text
+
+        if not is_os_refusal(exc) or isinstance(exc, FileNotFoundError):
+            raise
+        raise EchoMimicError(f"{flag}: {os_error_text(exc, p, 'read')}") from exc
     if head.startswith(b"\x89PNG\r\n\x1a\n") and not _png_has_exif(p):
         full = _decode(p, cv2.IMREAD_UNCHANGED)
         if full is None or full.dtype not in (np.uint8, np.uint16) or full.ndim not in (2, 3):

@@ -36,5 +36,9 @@ def open_media(path: str | Path):
     try:
         return av.open(str(path))
     except Exception as exc:
+        from .os_errors import is_os_refusal, os_error_text
+
+        if is_os_refusal(exc):  # it exists but the system will not open it: not a damaged file
+            raise EchoMimicError(os_error_text(exc, path, "read")) from exc
         raise EchoMimicError(f"{path}: cannot be opened as a media file ({getattr(exc, 'strerror', None) or exc}); it is damaged or "
                              "not audio/video: use a wav, mp3, flac, m4a or mp4 file.") from exc

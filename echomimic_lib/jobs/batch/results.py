@@ -133,7 +133,9 @@ class ResultsFile:
 
 def remove_partials(job) -> int:
     """Delete the temporary files a killed render of ``job`` left (``.<name>.*.partial.mp4``)."""
-    n, head, tail = 0, f".{job.output.stem}.", f".partial{job.output.suffix}"
+    from ...io.file_safety import temp_prefix
+
+    n, head, tail = 0, temp_prefix(job.output.stem), f".partial{job.output.suffix}"
     for p in job.output.parent.glob(f"{head}*{tail}"):
         if "." in p.name[len(head):-len(tail)]:  # mkstemp's part has no dot: '.a.b.x1y2.partial.mp4' is row a.b's, not a's
             continue
