@@ -153,3 +153,94 @@ def test_a_batch_removes_the_leftover_of_a_killed_render_with_a_long_name(tmp_pa
     assert remove_partials(SimpleNamespace(output=out)) == 1
     assert not w._tmp.exists() and other._tmp.exists()
     other.abort()
+
+
+# ------------------------------------------------------------------------------------------ weight files
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_weight_file_that_cannot_be_opened_is_not_called_truncated(tmp_path, monkeypatch, suffix):
+    import safetensors.torch
+    import torch
+
+    from echomimic_lib.errors import WeightsError
+    from echomimic_lib.io.weights import read_state_dict, save_state_dict
+
+    path = save_state_dict({"w": torch.ones(2)}, tmp_path / f"m{suffix}")
+
+    def refused(p, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(p))
+
+    monkeypatch.setattr(safetensors.torch, "load_file", refused)
+    _deny(monkeypatch, path)
+    with pytest.raises(WeightsError) as info:
+        read_state_dict(path)
+    msg = str(info.value)
+    assert msg.startswith(f"cannot read {path}: permission denied;") and "truncated" not in msg and "again" not in msg
+    monkeypatch.undo()
+    assert torch.equal(read_state_dict(path)["w"], torch.ones(2))
+
+
+# ------------------------------------------------------------------------------------------ batch results
+def test_a_results_line_the_disk_refuses_is_said_once_and_the_next_starts_on_its_own_line(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from echomimic_lib.jobs.batch import results as R
+
+    rf = R.ResultsFile(tmp_path)
+    rf.append({"name": "a", "status": "ok"})
+    full = [True]
+
+    class Torn:  # the disk fills part way through a line, twice
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            if full[0]:
+                self.fh.write(bytes(data[:7]))
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    rf._fh = Torn(rf._fh)
+    with caplog.at_level(logging.WARNING):
+        rf.append({"name": "b", "status": "ok"})  # never raises: the batch goes on
+        rf.append({"name": "c", "status": "ok"})
+    said = [r.getMessage() for r in caplog.records if "results.jsonl" in r.getMessage()]
+    assert len(said) == 1 and "cannot write" in said[0] and "no space left on the disk" in said[0]
+    full[0] = False  # space again
+    rf.append({"name": "d", "status": "ok"})
+    assert sorted(R.read_results(tmp_path)) == ["a", "d"]  # the torn lines skipped, d on a line of its own
+    rf._fh = rf._fh.fh
+    rf.rewrite([{"name": n, "status": "ok"} for n in "abcd"])  # the end of the batch: the whole file
+    assert sorted(R.read_results(tmp_path)) == ["a", "b", "c", "d"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+def test_an_error_in_the_batch_event_handler_is_not_taken_for_a_dead_worker(tmp_path):
+    import multiprocessing as mp
+    import os
+
+    from echomimic_lib.jobs.batch.workers import LocalPool, _Worker
+
+    ours, theirs = mp.Pipe()
+    never_r, never_w = os.pipe()
+    proc = SimpleNamespace(sentinel=never_r, is_alive=lambda: True, join=lambda timeout=None: None, kill=lambda: None)
+    pool = LocalPool.__new__(LocalPool)
+    pool.workers, pool.max_attempts, pool.respawns_left = [_Worker(0, "cpu", proc, ours)], 3, 0
+    pool.workers[0].idle = True
+    job = SimpleNamespace(weight_key=("k",), line=2, attempts=0, name="a")
+    theirs.send(("done", "a", {"status": "ok"}))
+
+    def on_event(kind, w, j, payload):
+        if kind == "done":
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results.jsonl"))
+
+    try:
+        with pytest.raises(OSError, match="No space left"):  # was swallowed with the pipe's errors: the batch ended "ok"
+            pool.run([job], on_event)
+    finally:
+        for fd in (never_r, never_w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
