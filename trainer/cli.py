@@ -387,11 +387,10 @@ def _main(argv) -> int:
 def _os_error(exc: OSError) -> int:
     """The file system said no: a full disk, permissions, a missing folder, a file where a folder belongs."""
     from echomimic_lib.io.file_safety import disk_full
+    from echomimic_lib.io.os_errors import os_error_text
 
-    where = f" {exc.filename}:" if exc.filename else ""
-    why = ("no space left on the disk; free some space or write to another disk (nothing partial was kept)" if disk_full(exc)
-           else f"{exc.strerror or exc}; check that the path exists, is writable, and is a file or folder as expected")
-    print(f"error:{where} {why}", file=sys.stderr)
+    kept = " Nothing partial was kept." if disk_full(exc) else ""
+    print(f"error: {os_error_text(exc)}{kept}", file=sys.stderr)
     return 2
 
 

@@ -99,9 +99,9 @@ def _run(args) -> int:
     except OSError as exc:  # the file system said no (permissions, a file where a folder belongs, a full disk)
         if isinstance(exc, BrokenPipeError) and process_exit.output_closed():
             raise  # stdout's reader went away (`| head`): main() ends quietly
-        where = f" {exc.filename}:" if exc.filename else ""
-        sys.stderr.write(f"error:{where} {exc.strerror or exc}; check that the path exists, is a file or folder as "
-                         "expected, is writable, and that the disk has space.\n")
+        from ..io.os_errors import os_error_text
+
+        sys.stderr.write(f"error: {os_error_text(exc)}\n")
         return 2
     except MemoryError as exc:
         sys.stderr.write(f"error: out of memory ({exc or 'host RAM'}); use a smaller --width/--height, fewer --context-frames, "

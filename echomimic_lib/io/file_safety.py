@@ -154,13 +154,36 @@ def write_text_atomic(final: str | Path, text: str) -> Path:
         tmp.unlink(missing_ok=True)
 
 
+TEMP_NAME_BYTES = 96  # of a destination's name kept in its temporary file's name (file systems allow 255 bytes in all)
+
+
+def temp_prefix(name: str) -> str:
+    """``.<name>.``, the start of a temporary file's name for the destination ``name``: a name longer than
+    :data:`TEMP_NAME_BYTES` bytes is cut (whole characters) and ends with ``~`` and a hash of the whole name, so that a
+    destination whose own name fits the file system's limit never fails for its temporary file's longer one
+    (``File name too long``), and two long names that start alike keep different prefixes."""
+    raw = os.fsencode(name)
+    if len(raw) <= TEMP_NAME_BYTES:
+        return f".{name}."
+    import hashlib
+
+    cut = raw[:TEMP_NAME_BYTES]
+    while cut:
+        try:
+            cut.decode("utf-8")
+            break
+        except UnicodeDecodeError:  # a character cut in two
+            cut = cut[:-1]
+    return f".{os.fsdecode(cut)}~{hashlib.sha1(raw).hexdigest()[:8]}."
+
+
 def temp_beside(final: str | Path, suffix: str = ".partial") -> Path:
     """A new, empty temporary file of a unique name (``.<stem>.XXXXXXXX<suffix>``, hidden) in the folder where a file
     written to ``final`` lands (beside a symlink's target, so :func:`publish` renames on one file system). Two writers
     of one destination never share it; the caller writes it, then publishes it or unlinks it on any failure."""
     target = regular_target(final)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(target.stem), suffix=suffix, dir=target.parent)
     os.close(fd)
     return Path(name)
 
@@ -171,7 +194,7 @@ def temp_folder_beside(final: str | Path, suffix: str = ".partial") -> Path:
     share it; the caller fills it, then renames it to ``final`` or removes it on any failure."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=suffix, dir=final.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
     except OSError:  # a file system without permission bits: keep what it gives

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
-from .file_safety import publish, track_partial, untrack_partial
+from .file_safety import publish, temp_prefix, track_partial, untrack_partial
 from .video_color import GENERATED, ColorDescription, tag_codec, to_yuv420p
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Mp4Writer:
         import av
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=self.path.parent)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(self.path.stem), suffix=".partial.mp4", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(name)
         track_partial(self._tmp)  # removed by a Ctrl-C that cannot wait for the frame in flight (echomimic_lib.cli)

@@ -51,11 +51,18 @@ def read_state_dict(path: str | Path, check_finite: bool = True, mmap: bool = Tr
         raise MissingWeightsError(f"weight file not found: {path}", missing=[str(path)])
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: the file is empty (an interrupted download?). Delete it and download it again.")
-    if path.suffix == ".safetensors":
-        sd, owned = _read_safetensors(path), True
-    else:
-        sd, mapped = _read_torch(path, mmap)
-        owned = not mapped
+    try:
+        if path.suffix == ".safetensors":
+            sd, owned = _read_safetensors(path), True
+        else:
+            sd, mapped = _read_torch(path, mmap)
+            owned = not mapped
+    except OSError as exc:  # it exists, but the system will not let it be read: not a damaged download
+        from .os_errors import is_os_refusal, os_error_text
+
+        if not is_os_refusal(exc):
+            raise
+        raise WeightsError(os_error_text(exc, path, "read")) from exc
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
@@ -98,6 +105,10 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path))
     except Exception as exc:
+        from .os_errors import is_os_refusal
+
+        if is_os_refusal(exc):  # the system's refusal (permissions, no file handles left): read_state_dict says which
+            raise
         raise WeightsError(f"{path}: not a readable safetensors file ({exc}); it may be truncated. Download it again.") from exc
 
 

@@ -28,6 +28,7 @@ from ..io.file_safety import (
     regular_target,
     temp_beside,
     temp_folder_beside,
+    temp_prefix,
 )
 from .animate_checks import (
     OUTPUT_SUFFIXES,
@@ -273,7 +274,7 @@ def _swap_in(staged: Path, final: Path, folder: bool) -> tuple[Path, Path | None
         if folder and not target.is_symlink():
             aside = temp_folder_beside(target, ".replaced")
         else:  # a file, or -o a link to a pose folder: the link itself is put aside (a file placeholder)
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".replaced", dir=target.parent)
+            fd, name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".replaced", dir=target.parent)
             os.close(fd)
             aside = Path(name)
         os.replace(target, aside)

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 FILE_NAME = "results.jsonl"
 # request fields added after the first batch release, with their default (hashed only when set to something else)
 LATER_FIELDS = {"compile": False, "cuda_graphs": False, "deep_cache": 0, "deep_cache_branch": 0, "stabilize": "off"}
@@ -120,12 +122,28 @@ class ResultsFile:
             from ...errors import EchoMimicError
 
             raise EchoMimicError(f"{self.path} exists and is not a regular file; choose another -o folder.")
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "ab", buffering=0)  # unbuffered: a failed write is never written again later
+        self._torn = self._said = False
 
     def append(self, record: dict) -> None:
-        self._fh.write(json.dumps(record, default=str) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        """Add ``record`` and sync it. A write the system refuses (a full disk) is said once and the batch goes on:
+        these lines only spare a killed batch its finished rows, and the file is rewritten whole at the end; the line
+        after a torn one starts on a line of its own (:func:`read_results` skips the torn one)."""
+        data = memoryview((("\n" if self._torn else "") + json.dumps(record, default=str) + "\n").encode("utf-8"))
+        try:
+            while data:
+                data = data[self._fh.write(data):]
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            self._torn = True
+            if not self._said:
+                self._said = True
+                from ...io.os_errors import os_error_text
+
+                log.warning("%s The batch goes on; the file is written whole when it ends (a batch stopped before then "
+                            "renders the rows missing from it again).", os_error_text(exc, self.path, "write"))
+            return
+        self._torn = False
 
     def rewrite(self, records: list[dict]) -> None:
         self._fh.close()
@@ -148,7 +166,9 @@ class ResultsFile:
 
 def remove_partials(job) -> int:
     """Delete the temporary files a killed render of ``job`` left (``.<name>.*.partial.mp4``)."""
-    n, head, tail = 0, f".{job.output.stem}.", f".partial{job.output.suffix}"
+    from ...io.file_safety import temp_prefix
+
+    n, head, tail = 0, temp_prefix(job.output.stem), f".partial{job.output.suffix}"
     for p in job.output.parent.glob(f"{head}*{tail}"):
         if "." in p.name[len(head):-len(tail)]:  # mkstemp's part has no dot: '.a.b.x1y2.partial.mp4' is row a.b's, not a's
             continue

@@ -92,6 +92,17 @@ def worker_main(wid: int, device: str, threads: int, conn, parent: int, scores: 
         scorer.close()
 
 
+def _received(conn) -> list:
+    """The messages waiting on a worker's pipe; those before its end closed (the worker died: buried by the caller)."""
+    out = []
+    try:
+        while conn.poll():
+            out.append(conn.recv())
+    except (EOFError, OSError):
+        pass
+    return out
+
+
 class _Worker:
     def __init__(self, wid: int, device: str, proc, conn):
         self.wid, self.device, self.proc, self.conn = wid, device, proc, conn
@@ -150,19 +161,15 @@ class LocalPool:
             ready = wait([w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers], timeout=1.0)
             for w in list(self.workers):
                 if w.conn in ready:
-                    try:
-                        while w.conn.poll():
-                            kind, _name, payload = w.conn.recv()
-                            if kind == "idle":
-                                w.idle = True
-                            elif kind == "progress" and w.job is not None:
-                                on_event("progress", w, w.job, payload)
-                            elif kind == "done" and w.job is not None:
-                                job, w.job = w.job, None
-                                remaining -= 1
-                                on_event("done", w, job, payload)
-                    except (EOFError, OSError):
-                        pass
+                    for kind, _name, payload in _received(w.conn):  # on_event's own errors are raised, not taken for the pipe's
+                        if kind == "idle":
+                            w.idle = True
+                        elif kind == "progress" and w.job is not None:
+                            on_event("progress", w, w.job, payload)
+                        elif kind == "done" and w.job is not None:
+                            job, w.job = w.job, None
+                            remaining -= 1
+                            on_event("done", w, job, payload)
                 if not w.proc.is_alive():
                     remaining -= self._buried(w, pending, on_event)
 
