@@ -22,7 +22,7 @@ from ..echomimic_lib.memory.fp8 import check_fp8, compute_param
 from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames
 from . import comfy_bridge as C
-from . import paths
+from . import names, paths
 from .payloads import first_image, to_image, trim_audio
 
 V3_MODEL = "ECHOMIMIC_V3_MODEL"
@@ -117,6 +117,10 @@ class EchoMimicV3Loader:
                     "Store the transformer blocks' weights in fp8 (e4m3fn; upcast layer by layer): about 1.75 GB less "
                     "RAM/VRAM than bf16 (the 1.86 B-parameter transformer: 3.73 -> 1.98 GB); the output changes a "
                     "little. LoRAs still apply (ComfyUI patches the fp8 weights). Not on Apple MPS.")})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder=None):
+        return names.check(cls, {"folder": "models/echomimic"}, folder=folder)
 
     def execute(self, folder, dtype, auto_download=False, compile=False, fp8=False):
         from ..echomimic_lib.audio.wav2vec import load_wav2vec

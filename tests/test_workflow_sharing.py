@@ -1,0 +1,149 @@
+"""Workflows shared between machines and queued on ComfyUI's HTTP API: model and folder names written with the other
+system's path separator, names that differ only in case or extension, odd JSON types in an API prompt, and the same
+workflow run twice at once into one output folder.
+
+ComfyUI's validation of a queued prompt is mirrored by :func:`comfy_validate` from Comfy-Org/ComfyUI a125cd84
+``execution.py`` ``validate_inputs`` (l.725-963): widget values converted by type (INT / FLOAT / STRING / BOOLEAN),
+range and "Value not in list" checks for the inputs the node's ``VALIDATE_INPUTS`` does not declare, then
+``VALIDATE_INPUTS`` with the declared inputs (True or an error string; an exception there is "Exception when
+validating node")."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from tests._pack import load_pack, sub
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def comfy_validate(cls, inputs: dict) -> list[str]:
+    """The errors ComfyUI would report for one node of an API prompt (no links: widget values only)."""
+    spec = cls.INPUT_TYPES()
+    declared = inspect.getfullargspec(cls.VALIDATE_INPUTS).args if hasattr(cls, "VALIDATE_INPUTS") else []
+    errors, values = [], dict(inputs)
+    for section in ("required", "optional"):
+        for name, (typ, opts) in spec.get(section, {}).items():
+            if name not in values:
+                if section == "required" and (typ in ("INT", "FLOAT", "STRING", "BOOLEAN") or isinstance(typ, list)):
+                    errors.append(f"Required input is missing: {name}")
+                continue
+            val = values[name]
+            try:
+                val = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}.get(typ, lambda v: v)(val) \
+                    if not isinstance(typ, list) else val
+                values[name] = val
+            except Exception as exc:
+                errors.append(f"Failed to convert an input value to a {typ} value: {name}, {val}, {exc}")
+                continue
+            if name in declared:
+                continue
+            if "min" in opts and val < opts["min"] or "max" in opts and val > opts["max"]:
+                errors.append(f"Value out of range: {name}")
+            elif isinstance(typ, list) and val not in typ:
+                errors.append(f"Value not in list: {name}: '{val}'")
+    if declared:
+        result = cls.VALIDATE_INPUTS(**{k: values[k] for k in declared[1:] if k in values})
+        if result is not True:
+            errors.append(f"Custom validation failed for node: {result}")
+    return errors
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """A ComfyUI models / input / output layout with a fine-tune weights folder, a VAE and LoRAs in sub-folders, a pose
+    folder and metric files."""
+    load_pack()
+    bridge = sub("nodes.comfy_bridge")
+    monkeypatch.setattr(bridge, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(bridge, "INPUT_DIR", tmp_path / "input")
+    monkeypatch.setattr(bridge, "OUTPUT_DIR", tmp_path / "output")
+    m = tmp_path / "models"
+    for f in ("echomimic/finetunes/anna/denoising_unet.pth", "vae/sd/sd-vae-ft-mse.safetensors",
+              "echomimic/loras/people/anna.safetensors", "echomimic/poses/01/0.npy", "loras/wan/style.safetensors",
+              "echomimic/metrics/syncnet_v2.model", "echomimic/v3-flash/echomimicv3-flash-pro/diffusion_pytorch_model.safetensors"):
+        (m / f).parent.mkdir(parents=True, exist_ok=True)
+        (m / f).write_bytes(b"")
+    (tmp_path / "output").mkdir()
+    return tmp_path
+
+
+def _node(name):
+    return load_pack().NODE_CLASS_MAPPINGS[name]
+
+
+LOADER = {"version": "V1 audio", "variant": "normal", "dtype": "auto", "attention": "sdpa", "keep_loaded": False,
+          "weights_folder": "auto", "vae": "auto", "auto_download": False}
+
+
+# ------------------------------------------------------------------------------------------ path separators
+@pytest.mark.parametrize("node, inputs", [
+    ("EchoMimicModelLoader", dict(LOADER, weights_folder="finetunes\\anna", vae="sd\\sd-vae-ft-mse.safetensors",
+                                  lora="people\\anna.safetensors")),
+    ("EchoMimicLora", {"lora": "people\\anna.safetensors", "strength": 1.0}),
+    ("EchoMimicV3Lora", {"lora": "wan\\style.safetensors", "strength": 1.0}),
+])
+def test_a_workflow_made_on_windows_names_its_models_with_backslashes_and_is_accepted_on_linux(folders, node, inputs):
+    assert comfy_validate(_node(node), inputs) == []
+
+
+def test_forward_slashes_from_linux_are_accepted_where_comfyui_lists_backslashes(folders, monkeypatch):
+    paths = sub("nodes.paths")
+    monkeypatch.setattr(paths, "vae_files", lambda: ["sd\\sd-vae-ft-mse.safetensors"])  # folder_paths' list on Windows
+    assert comfy_validate(_node("EchoMimicModelLoader"), dict(LOADER, vae="sd/sd-vae-ft-mse.safetensors")) == []
+
+
+def test_the_names_then_resolve_to_the_files_inside_their_folders(folders):
+    paths = sub("nodes.paths")
+    m = folders / "models"
+    assert paths.find_named(paths.vae_roots(), "sd\\sd-vae-ft-mse.safetensors", "VAE") == m / "vae/sd/sd-vae-ft-mse.safetensors"
+    assert paths.resolve_lora("people\\anna.safetensors") == m / "echomimic/loras/people/anna.safetensors"
+    assert paths.find_named(paths.echomimic_roots(), "finetunes\\anna", "weights folder", want_dir=True) == \
+        m / "echomimic/finetunes/anna"
+
+
+@pytest.mark.parametrize("field, value", [("vae", "..\\..\\secret.safetensors"), ("weights_folder", "..\\finetunes\\anna"),
+                                          ("lora", "C:\\Users\\me\\anna.safetensors"), ("vae", "/etc/passwd")])
+def test_names_that_leave_their_folder_are_still_refused(folders, field, value):
+    errors = comfy_validate(_node("EchoMimicModelLoader"), dict(LOADER, **{field: value}))
+    assert len(errors) == 1 and field in errors[0] and "'..' are refused" in errors[0]
+
+
+# ------------------------------------------------------------------------------------------ close matches
+@pytest.mark.parametrize("node, inputs, meant", [
+    ("EchoMimicModelLoader", dict(LOADER, vae="SD/SD-VAE-FT-MSE.safetensors"), "sd/sd-vae-ft-mse.safetensors"),
+    ("EchoMimicModelLoader", dict(LOADER, vae="sd/sd-vae-ft-mse.pth"), "sd/sd-vae-ft-mse.safetensors"),
+    ("EchoMimicModelLoader", dict(LOADER, weights_folder="Finetunes/Anna"), "finetunes/anna"),
+    ("EchoMimicLora", {"lora": "anna.safetensors", "strength": 1.0}, "people/anna.safetensors"),
+    ("EchoMimicPoseSequenceLoader", {"pose_folder": "poses\\01", "fps": 24.0, "retime": "continue", "align": "none",
+                                     "on_missing": "interpolate", "auto_download": False}, "01"),
+    ("EchoMimicEvaluate", {"fps": 25.0, "syncnet": "SyncNet_v2.model", "arcface": "none", "auto_download": False},
+     "syncnet_v2.model"),
+])
+def test_a_name_missing_here_names_the_close_match(folders, node, inputs, meant):
+    errors = comfy_validate(_node(node), inputs)
+    assert len(errors) == 1 and f"did you mean '{meant}'" in errors[0], errors
+
+
+def test_an_unknown_name_without_a_close_match_says_where_to_put_it(folders):
+    errors = comfy_validate(_node("EchoMimicV3Loader"), {"folder": "wan-14b", "dtype": "auto"})
+    assert len(errors) == 1 and "'wan-14b' is not in models/echomimic" in errors[0] and "'v3-flash'" in errors[0]
+
+
+# ------------------------------------------------------------------------------------------ odd JSON types
+VALUES = ["abc", None, [], ["1", 0, 2], {}, True, 1.5, -1, 10 ** 30, "..\\x"]
+
+
+@pytest.mark.parametrize("node", sorted(load_pack().NODE_CLASS_MAPPINGS))
+def test_validate_inputs_answers_any_json_value_with_true_or_a_message(folders, node):
+    """An API prompt may hold anything where a widget value goes (ComfyUI passes a value it failed to convert on to
+    VALIDATE_INPUTS unchanged): never an exception ("Exception when validating node" with a traceback)."""
+    cls = _node(node)
+    if not hasattr(cls, "VALIDATE_INPUTS"):
+        return
+    args = inspect.getfullargspec(cls.VALIDATE_INPUTS).args[1:]
+    for name in args:
+        for value in VALUES:
+            result = cls.VALIDATE_INPUTS(**{name: value})
+            assert result is True or isinstance(result, str) and result, (name, value, result)
