@@ -13,6 +13,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 from tests._pack import load_pack, sub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,3 +148,44 @@ def test_validate_inputs_answers_any_json_value_with_true_or_a_message(folders, 
         for value in VALUES:
             result = cls.VALIDATE_INPUTS(**{name: value})
             assert result is True or isinstance(result, str) and result, (name, value, result)
+
+
+# ------------------------------------------------------------------------------------------ the same prefix at once
+def _frames(n=3, size=64):
+    return torch.rand(n, size, size, 3)
+
+
+def test_two_runs_with_one_prefix_at_once_keep_both_videos(folders):
+    """Two renders of the same workflow (two ComfyUI instances sharing the output folder, or the CLI beside it) pick
+    the same number when they start; the one that finishes second takes the next number instead of replacing the
+    first's video."""
+    to_file = sub("nodes.to_file")
+    first = to_file.VideoFile("echomimic/anna", 64, 64, 25.0, None)
+    second = to_file.VideoFile("echomimic/anna", 64, 64, 25.0, None)
+    assert first.path == second.path  # the same number when they start
+    outs = []
+    for video, frames in ((first, _frames(3)), (second, _frames(5))):
+        outs.append(video.write(lambda v=video, f=frames: v.window(0, f)))
+    a, b = (Path(o["result"][0]) for o in outs)
+    assert a != b and a.is_file() and b.is_file()
+    assert a.name == "anna_00001_.mp4" and b.name == "anna_00002_.mp4"
+    assert outs[1]["ui"]["images"][0]["filename"] == "anna_00002_.mp4"  # the frontend shows the file it wrote
+    from echomimic_lib.io.video_io import probe
+    assert probe(a)["frames"] == 3 and probe(b)["frames"] == 5
+    assert sorted(p.name for p in (folders / "output" / "echomimic").iterdir()) == ["anna_00001_.mp4", "anna_00002_.mp4"]
+
+
+def test_without_hard_links_a_taken_name_is_still_never_replaced(tmp_path, monkeypatch):
+    """FAT and some network mounts have no hard links: the name is checked just before the rename."""
+    from echomimic_lib.io import file_safety
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(file_safety.os, "link", no_links)
+    taken = tmp_path / "v_00001_.mp4"
+    taken.write_bytes(b"first")
+    tmp = tmp_path / ".v.partial.mp4"
+    tmp.write_bytes(b"second")
+    got = file_safety.publish_new(tmp, taken, lambda: tmp_path / "v_00002_.mp4")
+    assert got == tmp_path / "v_00002_.mp4" and got.read_bytes() == b"second" and taken.read_bytes() == b"first"
+    assert not tmp.exists()
