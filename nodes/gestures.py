@@ -12,6 +12,7 @@ from ..echomimic_lib.pose.dwpose import detect_image_pose
 from ..echomimic_lib.pose.gestures import analyze_speech, find_sources, load_library, synthesize
 from . import comfy_bridge as C
 from . import detectors, names, paths
+from .base import checks_links
 from .payloads import AUDIO_FEATURES, POSES, PoseTrack, first_image, to_image
 from .pose import ALIGN, _preview
 
@@ -77,6 +78,7 @@ def generate(library: str, seed: int, expressiveness: float, fps: float, min_pau
     return PoseTrack(seq, "hold-last", notes), to_image(_preview(seq))
 
 
+@checks_links
 class EchoMimicGesturesFromAudio:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"

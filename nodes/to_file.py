@@ -25,6 +25,7 @@ import torch
 
 from ..echomimic_lib.io.video_writer import Mp4Writer, _as_uint8
 from . import comfy_bridge as C
+from .base import checks_links
 from .payloads import comfy_waveform, to_image
 from .sampler import EchoMimicSampler, output_size, sample
 from .v3 import EchoMimicV3Sampler
@@ -143,6 +144,7 @@ class EchoMimicSamplerToFile(EchoMimicSampler):
         return out
 
 
+@checks_links
 class EchoMimicV3SamplerToFile(EchoMimicV3Sampler):
     OUTPUT_NODE = True
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = (tuple(column) for column in zip(*OUTPUTS))

@@ -23,6 +23,7 @@ from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames
 from . import comfy_bridge as C
 from . import names, paths
+from .base import checks_links
 from .payloads import first_image, to_image, trim_audio
 
 V3_MODEL = "ECHOMIMIC_V3_MODEL"
@@ -92,6 +93,7 @@ def checked_conditioning(cfg, positive, clip_vision_output, vae, seed) -> tuple:
     return prompt, clip, whole_seed(seed)  # as the V1/V2 Sampler's: 0..2^64-1, -1 refused (torch took it as 2^64-1)
 
 
+@checks_links
 class EchoMimicV3Loader:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"
@@ -155,6 +157,7 @@ class EchoMimicV3Loader:
         return (V3Handle(patcher, load_wav2vec(root / "chinese-wav2vec2-base"), report.summary()),)
 
 
+@checks_links
 class EchoMimicV3AudioEncoder:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"
@@ -193,6 +196,7 @@ class EchoMimicV3AudioEncoder:
         return (V3Audio(prepare_samples(resample_16k(mono, rate), frames), frames, audio), frames)
 
 
+@checks_links
 class EchoMimicV3Sampler:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"

@@ -189,3 +189,41 @@ def test_without_hard_links_a_taken_name_is_still_never_replaced(tmp_path, monke
     got = file_safety.publish_new(tmp, taken, lambda: tmp_path / "v_00002_.mp4")
     assert got == tmp_path / "v_00002_.mp4" and got.read_bytes() == b"second" and taken.read_bytes() == b"first"
     assert not tmp.exists()
+
+
+# ------------------------------------------------------------------------------------------ a plain value where a link goes
+def _sockets():
+    out = []
+    for name, cls in sorted(load_pack().NODE_CLASS_MAPPINGS.items()):
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for inp, (typ, _) in spec.get(section, {}).items():
+                if not isinstance(typ, list) and typ not in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                    out.append((name, section, inp, typ))
+    return out
+
+
+@pytest.mark.parametrize("node, section, socket, typ", _sockets(), ids=lambda v: str(v))
+def test_a_plain_value_where_a_link_goes_is_refused_naming_the_input_and_its_type(folders, node, section, socket, typ):
+    """ComfyUI queues an API prompt holding "model": "abc" or "reference": null (it checks neither); the node must say
+    which input wants which link, not fail deep inside ('str' object has no attribute ...)."""
+    EchoMimicError = sub("echomimic_lib.errors").EchoMimicError
+    cls = _node(node)
+    spec = cls.INPUT_TYPES()
+    kwargs = {}
+    for sec in ("required", "optional"):
+        for inp, (t, opts) in spec.get(sec, {}).items():
+            if isinstance(t, list):
+                kwargs[inp] = opts.get("default", t[0])
+            elif t in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                kwargs[inp] = opts.get("default", {"INT": 0, "FLOAT": 1.0, "STRING": "x", "BOOLEAN": False}[t])
+            elif sec == "required":
+                kwargs[inp] = object()  # some payload: the check must single out the bad input
+    for bad in (["abc", 3, True] + ([None] if section == "required" else [])):
+        with pytest.raises(EchoMimicError) as info:
+            getattr(cls(), cls.FUNCTION)(**{**kwargs, socket: bad})
+        assert f"{socket}: takes a link from a node that gives {typ}" in str(info.value)
+    if section == "optional":
+        with pytest.raises(Exception) as info:  # None = not connected: the node's own checks go on (here: the payloads)
+            getattr(cls(), cls.FUNCTION)(**{**kwargs, socket: None})
+        assert "takes a link" not in str(info.value)
