@@ -227,3 +227,21 @@ def test_a_plain_value_where_a_link_goes_is_refused_naming_the_input_and_its_typ
         with pytest.raises(Exception) as info:  # None = not connected: the node's own checks go on (here: the payloads)
             getattr(cls(), cls.FUNCTION)(**{**kwargs, socket: None})
         assert "takes a link" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ prompts from older versions
+@pytest.mark.parametrize("node", sorted(load_pack().NODE_CLASS_MAPPINGS))
+def test_a_prompt_saved_before_a_widget_was_added_runs_with_that_widgets_default(folders, node):
+    """Widgets added after a node's first release are optional (appended after the older ones, so a UI workflow's
+    widgets_values keep their places): an older API prompt lacks them and ComfyUI passes nothing, so the node's own
+    default must be the widget's default (else the old prompt would run with another value than the same graph in the
+    UI). Every input is a parameter of the node's function, and nothing else is."""
+    cls = _node(node)
+    spec = cls.INPUT_TYPES()
+    params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+    declared = {**spec["required"], **spec.get("optional", {})}
+    assert set(params) - {"self"} == set(declared)
+    for name, (typ, opts) in spec.get("optional", {}).items():
+        if isinstance(typ, list) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+            widget_default = opts.get("default", typ[0] if isinstance(typ, list) else None)
+            assert params[name].default == widget_default, (name, params[name].default, widget_default)
