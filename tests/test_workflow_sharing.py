@@ -245,3 +245,20 @@ def test_a_prompt_saved_before_a_widget_was_added_runs_with_that_widgets_default
         if isinstance(typ, list) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN"):
             widget_default = opts.get("default", typ[0] if isinstance(typ, list) else None)
             assert params[name].default == widget_default, (name, params[name].default, widget_default)
+
+
+# ------------------------------------------------------------------------------------------ echomimic queue
+def test_queue_jobs_of_files_sharing_a_name_get_their_own_prefixes(tmp_path):
+    """anna.png and anna.jpg (or Anna.png on a case-blind disk) with hello.wav and hello.mp3: four jobs, four prefixes,
+    each naming its files; files with a name of their own keep the short prefix."""
+    from echomimic_lib.jobs.queue_client import plan_jobs
+
+    faces, speech = tmp_path / "faces", tmp_path / "speech"
+    faces.mkdir(), speech.mkdir()
+    for f in ("anna.png", "Anna.jpg", "bob.png"):
+        (faces / f).write_bytes(b"x")
+    for f in ("hello.wav", "hello.mp3", "bye.wav"):
+        (speech / f).write_bytes(b"x")
+    prefixes = [j.prefix for j in plan_jobs(faces, speech)]
+    assert len(prefixes) == 9 and len({p.casefold() for p in prefixes}) == 9
+    assert {"echomimic/anna_png__hello_wav", "echomimic/Anna_jpg__hello_mp3", "echomimic/bob__bye"} <= set(prefixes)
