@@ -10,6 +10,10 @@ validating node")."""
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -262,3 +266,17 @@ def test_queue_jobs_of_files_sharing_a_name_get_their_own_prefixes(tmp_path):
     prefixes = [j.prefix for j in plan_jobs(faces, speech)]
     assert len(prefixes) == 9 and len({p.casefold() for p in prefixes}) == 9
     assert {"echomimic/anna_png__hello_wav", "echomimic/Anna_jpg__hello_mp3", "echomimic/bob__bye"} <= set(prefixes)
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="set COMFYUI_PATH (and run with a ComfyUI environment's "
+                                                               "python) to check with ComfyUI's own validation")
+def test_comfyuis_own_validation_accepts_the_other_separator_and_names_the_close_match(tmp_path):
+    """The same through ComfyUI's execution.validate_inputs (in a subprocess: ComfyUI's modules hold global state)."""
+    run = subprocess.run([sys.executable, str(ROOT / "tests" / "_comfy_validate_real.py"), os.environ["COMFYUI_PATH"],
+                          str(ROOT), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (backslashes, escape, case, version) = json.loads(run.stdout.strip().splitlines()[-1])
+    assert backslashes == [True, []]
+    assert not escape[0] and all("'..' are refused" in e for e in escape[1])
+    assert not case[0] and all("did you mean 'sd/sd-vae-ft-mse.safetensors'" in e for e in case[1])
+    assert not version[0] and "Value not in list" in version[1][0]  # the other inputs keep ComfyUI's own check
