@@ -12,9 +12,13 @@ The input helpers below write the specs that several nodes use alike.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 from ..echomimic_lib.errors import EchoMimicError
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 
 class Node:
@@ -25,6 +29,7 @@ class Node:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.RETURN_TYPES, cls.RETURN_NAMES, cls.OUTPUT_TOOLTIPS = (tuple(column) for column in zip(*cls.OUTPUTS))
+        checks_links(cls)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -41,6 +46,46 @@ class Node:
     @classmethod
     def optional_inputs(cls) -> dict:
         return {}
+
+
+def link_problem(node_cls, values: dict) -> str | None:
+    """Why a value given for a linked input cannot be what the link brings, or None. ComfyUI checks neither the type nor
+    the presence of a value given in an API prompt where a link belongs (``"model": "abc"``, ``"reference": null``): it
+    would otherwise fail deep in the node (``'str' object has no attribute ...``)."""
+    spec = node_cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, (typ, _) in spec.get(section, {}).items():
+            if isinstance(typ, list) or typ in WIDGET_TYPES or typ == "*" or name not in values:
+                continue
+            value = values[name]
+            if value is None and section == "optional":
+                continue  # not connected
+            if value is None or isinstance(value, (str, bytes, bool, int, float)):
+                given = "nothing (null)" if value is None else f"{value!r} (a {type(value).__name__})"
+                return (f"{name}: takes a link from a node that gives {typ}, but the prompt gives {given}. In an "
+                        "API-format prompt a link is [\"<node id>\", <output index>], e.g. [\"3\", 0]: connect the input "
+                        "in the graph and export the prompt again (Export (API)).")
+    return None
+
+
+def checks_links(cls):
+    """Class decorator (every :class:`Node` has it): the node's function first refuses, with :func:`link_problem`'s
+    message, a plain value where a link belongs."""
+    run = cls.__dict__.get(cls.FUNCTION)
+    if run is None or getattr(run, "_checks_links", False):
+        return cls
+    names = list(inspect.signature(run).parameters)[1:]
+
+    @functools.wraps(run)
+    def checked(self, *args, **kwargs):
+        problem = link_problem(type(self), {**dict(zip(names, args)), **kwargs})
+        if problem:
+            raise EchoMimicError(problem)
+        return run(self, *args, **kwargs)
+
+    checked._checks_links = True
+    setattr(cls, cls.FUNCTION, checked)
+    return cls
 
 
 def link(kind: str, tooltip: str) -> tuple:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
 from . import comfy_bridge as C
-from . import detectors, paths
+from . import detectors, names, paths
 from .base import Node, frame_rate, link, switch
 from .payloads import first_image, image_batch, to_image
 
@@ -114,6 +114,11 @@ class EchoMimicEvaluate(Node):
             "reference": link("IMAGE", "The reference portrait: shape drift and CSIM compare with it (default: "
                           "the first frame)."),
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, syncnet=None, arcface=None):
+        return names.check(cls, {"syncnet": "models/echomimic/metrics", "arcface": "models/echomimic/metrics"},
+                           syncnet=syncnet, arcface=arcface)
 
     def execute(self, frames, audio, fps, syncnet, arcface, auto_download, reference=None):
         return evaluate(frames, audio, fps, syncnet, arcface, auto_download, reference)

@@ -11,7 +11,8 @@ from ..echomimic_lib.modes import check_frame_rate
 from ..echomimic_lib.pose.dwpose import detect_image_pose
 from ..echomimic_lib.pose.gestures import analyze_speech, find_sources, load_library, synthesize
 from . import comfy_bridge as C
-from . import detectors, paths
+from . import detectors, names, paths
+from .base import checks_links
 from .payloads import AUDIO_FEATURES, POSES, PoseTrack, first_image, to_image
 from .pose import ALIGN, _preview
 
@@ -77,6 +78,7 @@ def generate(library: str, seed: int, expressiveness: float, fps: float, min_pau
     return PoseTrack(seq, "hold-last", notes), to_image(_preview(seq))
 
 
+@checks_links
 class EchoMimicGesturesFromAudio:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"
@@ -110,6 +112,10 @@ class EchoMimicGesturesFromAudio:
             "audio": ("AUDIO", {"tooltip": "Or the speech itself (at 'fps')."}),
             "reference": ("IMAGE", {"tooltip": "The prepared reference image, for 'fit to reference shoulders'."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, library=None):
+        return names.check(cls, {"library": "models/echomimic/poses or input/echomimic_poses"}, library=library)
 
     def execute(self, library, seed, expressiveness, fps, min_pause, align, auto_download, audio_features=None, audio=None,
                 reference=None):

@@ -20,7 +20,7 @@ from ..echomimic_lib.memory import Placement, check_fp8, to_fp8
 from ..echomimic_lib.model_set import CLI_FETCH_HINT, ensure_weights, load_models, load_vae, resolve_files
 from ..echomimic_lib.speed import OptionNames, check_speed_options, compile_denoiser
 from . import comfy_bridge as C
-from . import paths
+from . import names, paths
 from .base import Node, switch
 from .lora import add_lora
 from .payloads import MODEL, ModelHandle
@@ -220,6 +220,13 @@ class EchoMimicModelLoader(Node):
                               "CPU); later runs are about 20-25 % faster per denoiser call (H200). The output differs "
                               "only by float rounding. Not with low_vram. Applied once, when the set is loaded."),
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights_folder=None, vae=None, lora=None):
+        """The picked names, when queued: either path separator (a workflow from Windows on Linux, or the reverse); any
+        other name is refused with the close match named (:mod:`.names`)."""
+        return names.check(cls, {"weights_folder": "models/echomimic", "vae": "models/vae",
+                                 "lora": "models/echomimic/loras"}, weights_folder=weights_folder, vae=vae, lora=lora)
 
     def execute(self, version, variant, dtype, attention, keep_loaded, weights_folder, vae, auto_download, low_vram=False, fp8=False,
                 lora="none", lora_strength=1.0, compile=False):

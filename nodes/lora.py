@@ -17,7 +17,7 @@ from pathlib import Path
 from ..echomimic_lib.errors import WeightsError
 from ..echomimic_lib.lora import LoraAdapter, check_strength, fingerprint, fingerprints_match, load_checked, resolve_layers
 from . import comfy_bridge as C
-from . import paths
+from . import names, paths
 from .base import Node, link
 from .payloads import MODEL, ModelHandle
 
@@ -83,6 +83,10 @@ class EchoMimicLora(Node):
             "strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05, "tooltip": "How much of the LoRA is "
                          "applied: 1 = as trained, 0 = the model unchanged."}),
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora=None):
+        return names.check(cls, {"lora": "models/echomimic/loras"}, lora=lora)
 
     def execute(self, model, lora, strength):
         if lora in (None, "", "none"):

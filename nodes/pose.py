@@ -12,7 +12,7 @@ from ..echomimic_lib.pose.dwpose import detect_image_pose, extract_pose_sequence
 from ..echomimic_lib.temporal import check_level
 from ..echomimic_lib.temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from . import comfy_bridge as C
-from . import detectors, paths
+from . import detectors, names, paths
 from .base import Node, frame_rate, link, switch
 from .payloads import POSE_RETIME_POLICIES, POSES, PoseTrack, first_image, image_batch, to_image
 
@@ -95,6 +95,10 @@ class EchoMimicPoseSequenceLoader(Node):
                           "on the frames the sampler draws. light barely touches fast motion, strong is the steadiest; "
                           "off (default) = the poses as detected."}),
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, pose_folder=None):
+        return names.check(cls, {"pose_folder": "models/echomimic/poses or input/echomimic_poses"}, pose_folder=pose_folder)
 
     def execute(self, pose_folder, fps, retime, align, on_missing, auto_download, driving_frames=None, reference=None,
                 stabilize=STABILIZE_DEFAULT):

@@ -9,7 +9,9 @@ bounded by RAM.
   (:meth:`.v3.EchoMimicV3Sampler.sample`) with a block sink: one block for at most 81 frames, else one per chunk.
 
 Both write H.264 + AAC with the audio cut to the video, as ``echomimic animate`` does (:class:`Mp4Writer`): under a
-temporary name in the destination folder, renamed when the last frame is in; Cancel or an error removes it.
+temporary name in the destination folder, renamed when the last frame is in; Cancel or an error removes it. The number
+is chosen when the run starts; a run that finishes to find it taken (another run of the same prefix into the same output
+folder, e.g. a second ComfyUI) takes the next free one instead of replacing that video.
 ``filename_prefix`` follows core's Save nodes (``echomimic/video`` -> ``output/echomimic/video_00001_.mp4``, resolved
 by ComfyUI's ``get_save_image_path`` through the bridge); a prefix outside the output folder is refused when queued
 and again before any sampling. Outputs: ``path`` (the mp4's full path), ``fps``, and ``preview``: at most
@@ -23,6 +25,7 @@ import torch
 
 from ..echomimic_lib.io.video_writer import Mp4Writer, _as_uint8
 from . import comfy_bridge as C
+from .base import checks_links
 from .payloads import comfy_waveform, to_image
 from .sampler import EchoMimicSampler, output_size, sample
 from .v3 import EchoMimicV3Sampler
@@ -74,13 +77,21 @@ class VideoFile:
 
     def __init__(self, prefix: str, width: int, height: int, fps: float, audio: dict | None, color=None):
         self.path, self.entry = C.save_path(prefix, "mp4", width, height)
+        self._name = (prefix, width, height)
         wave = audio.get("waveform") if isinstance(audio, dict) else None
         samples = None if wave is None or wave.numel() == 0 else comfy_waveform(wave)[0].float().cpu().numpy()  # (C, T)
         rate = int(audio["sample_rate"]) if samples is not None else None
         self.fps = float(fps)
         # ``color``: a dub's source colour description (nodes.save_dub); None: the generated video's BT.709 tags
-        self.writer = Mp4Writer(self.path, self.fps, samples, rate, color=color)  # checks the destination (nothing is created yet)
+        # checks the destination (nothing is created yet); a number another run took meanwhile is never replaced
+        self.writer = Mp4Writer(self.path, self.fps, samples, rate, color=color, next_name=self._next_name)
         self.preview = FramePreview()
+
+    def _next_name(self):
+        """The next free number for the prefix (the run that took this one has published its file by now)."""
+        prefix, width, height = self._name
+        self.path, self.entry = C.save_path(prefix, "mp4", width, height)
+        return self.path
 
     def window(self, start: int, frames) -> None:
         """``frame_sink(start, frames)``: encode them and keep what the preview wants; nothing else stays."""
@@ -133,6 +144,7 @@ class EchoMimicSamplerToFile(EchoMimicSampler):
         return out
 
 
+@checks_links
 class EchoMimicV3SamplerToFile(EchoMimicV3Sampler):
     OUTPUT_NODE = True
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = (tuple(column) for column in zip(*OUTPUTS))

@@ -22,7 +22,8 @@ from ..echomimic_lib.memory.fp8 import check_fp8, compute_param
 from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames
 from . import comfy_bridge as C
-from . import paths
+from . import names, paths
+from .base import checks_links
 from .payloads import first_image, to_image, trim_audio
 
 V3_MODEL = "ECHOMIMIC_V3_MODEL"
@@ -92,6 +93,7 @@ def checked_conditioning(cfg, positive, clip_vision_output, vae, seed) -> tuple:
     return prompt, clip, whole_seed(seed)  # as the V1/V2 Sampler's: 0..2^64-1, -1 refused (torch took it as 2^64-1)
 
 
+@checks_links
 class EchoMimicV3Loader:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"
@@ -117,6 +119,10 @@ class EchoMimicV3Loader:
                     "Store the transformer blocks' weights in fp8 (e4m3fn; upcast layer by layer): about 1.75 GB less "
                     "RAM/VRAM than bf16 (the 1.86 B-parameter transformer: 3.73 -> 1.98 GB); the output changes a "
                     "little. LoRAs still apply (ComfyUI patches the fp8 weights). Not on Apple MPS.")})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder=None):
+        return names.check(cls, {"folder": "models/echomimic"}, folder=folder)
 
     def execute(self, folder, dtype, auto_download=False, compile=False, fp8=False):
         from ..echomimic_lib.audio.wav2vec import load_wav2vec
@@ -151,6 +157,7 @@ class EchoMimicV3Loader:
         return (V3Handle(patcher, load_wav2vec(root / "chinese-wav2vec2-base"), report.summary()),)
 
 
+@checks_links
 class EchoMimicV3AudioEncoder:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"
@@ -189,6 +196,7 @@ class EchoMimicV3AudioEncoder:
         return (V3Audio(prepare_samples(resample_16k(mono, rate), frames), frames, audio), frames)
 
 
+@checks_links
 class EchoMimicV3Sampler:
     CATEGORY = "EchoMimic"
     FUNCTION = "execute"

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..echomimic_lib.errors import WeightsError
 from ..echomimic_lib.lora import check_strength, read_wan_lora, resolve_wan_lora, shapes_of
 from . import comfy_bridge as C
-from . import paths
+from . import names, paths
 from .base import Node, link
 from .lora import CONTAINER  # the network's prefix in its ModelPatcher's state dict (ManagedNetwork.net)
 from .v3 import V3_MODEL, V3Handle
@@ -62,6 +62,10 @@ class EchoMimicV3Lora(Node):
             "strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05, "tooltip": "How much of the LoRA "
                          "is applied: 1 = as trained, 0 = the model unchanged."}),
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora=None):
+        return names.check(cls, {"lora": "models/loras"}, lora=lora)
 
     def execute(self, v3_model, lora, strength):
         if lora in (None, "", "none"):

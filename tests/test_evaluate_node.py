@@ -70,7 +70,7 @@ def test_the_node_explains_missing_files_and_refuses_names_outside_its_folder(mo
     assert any("SyncNet weights not found" in n and str(models) in n for n in doc["notes"])
     with pytest.raises(EchoMimicError, match="'..' are refused"):
         N["EchoMimicEvaluate"]().execute(frames, audio, 24.0, "../../secret.model", "none", False)
-    with pytest.raises(EchoMimicError, match="ComfyUI AUDIO"):
+    with pytest.raises(EchoMimicError, match="audio: takes a link from a node that gives AUDIO"):
         N["EchoMimicEvaluate"]().execute(frames, None, 24.0, "none", "none", False)
     # no MediaPipe model: the report says so and the plot says why there is no curve
     detectors = sub("nodes.detectors")

@@ -78,6 +78,34 @@ def publish(tmp: str | Path, final: str | Path) -> Path:
     return Path(final)
 
 
+def publish_new(tmp: str | Path, final: str | Path, next_name, tries: int = 1000) -> Path:
+    """Like :func:`publish`, but never onto an existing name: when another writer took ``final`` since it was chosen (a
+    second ComfyUI sharing the output folder, the same workflow run twice at once), ``next_name()`` gives the next free
+    numbered name and that one is taken. Atomic where the file system has hard links (``os.link`` fails on an existing
+    name); elsewhere a check just before the rename. Returns the name the file got."""
+    try:
+        os.chmod(tmp, new_file_mode())
+    except OSError:  # a file system without permission bits: keep what it gives
+        pass
+    final = Path(final)
+    for _ in range(tries):
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            final = Path(next_name())
+            continue
+        except OSError:  # no hard links here (FAT, some network mounts): check, then rename
+            if os.path.lexists(final):
+                final = Path(next_name())
+                continue
+            os.replace(tmp, final)
+            return final
+        os.unlink(tmp)
+        return final
+    raise EchoMimicError(f"{final}: no free numbered name after {tries} tries (the folder keeps filling); choose another "
+                         "filename_prefix.")
+
+
 def publish_all(staged) -> list[Path]:
     """Move finished temporary files into place together: ``staged`` is ``[(temporary file, destination), ...]``. An
     existing destination (replacing it was asked for) is kept aside until every file is in place; when a move fails or

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
-from .file_safety import publish, temp_prefix, track_partial, untrack_partial
+from .file_safety import publish, publish_new, temp_prefix, track_partial, untrack_partial
 from .video_color import GENERATED, ColorDescription, tag_codec, to_yuv420p
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,9 @@ class Mp4Writer:
     description (:mod:`echomimic_lib.io.video_color`); by default BT.709, limited range, tagged (sRGB frames)."""
 
     def __init__(self, path, fps: float, audio: np.ndarray | None = None, sample_rate: int | None = None, crf: int = 18,
-                 color: ColorDescription | None = None):
+                 color: ColorDescription | None = None, next_name=None):
         self.path = check_output_path(path)
+        self.next_name = next_name  # numbered outputs: another name when this one was taken meanwhile (publish_new)
         if audio is not None and not sample_rate:
             raise EchoMimicError("audio given without a sample rate.")
         self.fps = float(fps)
@@ -220,7 +221,10 @@ class Mp4Writer:
             self._container.close()
             self._container = None
             check_output_path(self.path)  # still a file (or nothing) at the very end: never replace anything else
-            publish(self._tmp, self.path)  # the umask's permissions, not mkstemp's 0600
+            if self.next_name is None:
+                publish(self._tmp, self.path)  # the umask's permissions, not mkstemp's 0600
+            else:
+                self.path = publish_new(self._tmp, self.path, self.next_name)
             untrack_partial(self._tmp)
             self._tmp = None
         except BaseException as exc:

@@ -12,6 +12,7 @@ give ``SaveVideo`` (or the EchoMimic samplers that write to a file) a per-job fi
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import http.client
 import itertools
@@ -61,8 +62,18 @@ def _files(folder, exts: set, what: str) -> list[Path]:
 def plan_jobs(portraits, audios, prefix: str = "echomimic", videos=None) -> list[Job]:
     """Every portrait (or every video) x every audio, in name order, each with its own output prefix."""
     sources = _files(videos, VIDEO_EXT, "video") if videos is not None else _files(portraits, IMAGE_EXT, "portrait")
-    pairs = itertools.product(sources, _files(audios, AUDIO_EXT, "audio"))
-    return [Job(p, a, f"{prefix}/{p.stem}__{a.stem}", videos is not None) for p, a in pairs]
+    sounds = _files(audios, AUDIO_EXT, "audio")
+    label = {**_labels(sources), **_labels(sounds)}
+    pairs = itertools.product(sources, sounds)
+    return [Job(p, a, f"{prefix}/{label[p]}__{label[a]}", videos is not None) for p, a in pairs]
+
+
+def _labels(files) -> dict:
+    """Each file's part of the output prefix: its stem, or, where two files share a stem (``anna.png`` and ``anna.jpg``;
+    ``Anna.png`` too, for case-blind file systems), the name with its extension (``anna_png``), so no two jobs share a
+    prefix and each video says which file it came from."""
+    stems = collections.Counter(f.stem.casefold() for f in files)
+    return {f: f.stem if stems[f.stem.casefold()] == 1 else f"{f.stem}_{f.suffix.lstrip('.')}" for f in files}
 
 
 def find_node(prompt: dict, class_type: str, explicit: str | None = None) -> str | None:
