@@ -149,7 +149,9 @@ def plan_v3(req: V3Request) -> V3Plan:
     check_v3_numbers(req)
     out = check_output(req.output, {"--reference": req.reference, "--audio": req.audio})
     ref = read_reference(req.reference)
+    check_v3_speech_length(req.audio)
     wav, sr, raw = read_speech(req.audio)
+    check_v3_speech_length(req.audio, raw.num_samples_16k / 16000.0)
     mono = raw.samples.mean(axis=0).astype(np.float32)
     seconds = mono.shape[0] / raw.sample_rate
     cap = max(81, int(req.length or 0))
@@ -180,6 +182,23 @@ def plan_v3(req: V3Request) -> V3Plan:
 
         check_state_folder(chunk_state_path(out))
     return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h), lora)
+
+
+def check_v3_speech_length(path, seconds: float | None = None) -> None:
+    """Speech longer than a video can be (``MAX_LENGTH`` frames at 25 fps) is refused: EchoMimicV3 normalises loudness over
+    the whole clip, so the whole file is decoded whatever ``--length`` is (hours of audio were gigabytes of samples).
+    Without ``seconds`` the file's header is asked, before decoding, and refuses only at 1.5 times the bound."""
+    from .animate_checks import MAX_LENGTH
+    from .speech_length import HEADER_MARGIN, header_seconds
+    from ..audio.wav2vec import FPS
+
+    margin = HEADER_MARGIN if seconds is None else 1.0
+    seconds = header_seconds(path) if seconds is None else seconds
+    if seconds and seconds * FPS > MAX_LENGTH * margin:
+        raise EchoMimicError(f"--audio {path} lasts {seconds / 60:.0f} min, longer than an EchoMimicV3 video can be "
+                             f"({MAX_LENGTH} frames, {MAX_LENGTH / FPS / 60:.0f} min at {FPS:g} fps); V3 measures loudness over "
+                             "the whole clip, so --length does not shorten what is read: cut the speech you want to animate "
+                             "out of it first (e.g. ffmpeg -i IN -t 60 part.wav).")
 
 
 def check_v3_numbers(req: V3Request) -> None:

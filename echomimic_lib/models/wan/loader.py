@@ -48,16 +48,29 @@ class LoadReport:
                 f"({audio} audio, {len(self.v3_overrode_base)} replacing base values); file dtypes {self.dtypes}")
 
 
+def _read_config(cfg: Path) -> dict | None:
+    """The base folder's ``config.json`` (None when absent); a half-downloaded or foreign one is named (was a
+    JSONDecodeError traceback)."""
+    if not cfg.is_file():
+        return None
+    try:
+        got = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WeightsError(f"{cfg}: not a readable config.json ({exc}); it may be cut short. Download it again (the "
+                           "Wan2.1-Fun-V1.1-1.3B-InP folder's config.json).") from exc
+    if not isinstance(got, dict):
+        raise WeightsError(f"{cfg}: not a model config (a JSON object); download the Wan2.1-Fun-V1.1-1.3B-InP config.json again.")
+    return got
+
+
 def _base_paths(base: str | Path) -> tuple[Path, dict | None]:
     base = Path(base)
     if base.is_dir():
-        cfg = base / "config.json"
         weights = base / BASE_WEIGHTS
         if not weights.is_file():
             raise WeightsError(f"{base}: no {BASE_WEIGHTS} (the Wan2.1-Fun-V1.1-1.3B-InP transformer). Download the base model folder.")
-        return weights, json.loads(cfg.read_text()) if cfg.is_file() else None
-    cfg = base.with_name("config.json")
-    return base, json.loads(cfg.read_text()) if cfg.is_file() else None
+        return weights, _read_config(base / "config.json")
+    return base, _read_config(base.with_name("config.json"))
 
 
 def merge_state_dicts(base_sd: dict, v3_sd: dict, expected: dict, base_label: str, v3_label: str) -> tuple[dict, LoadReport]:
@@ -102,11 +115,21 @@ def read_v3_files(base: str | Path, v3_file: str | Path) -> tuple[dict, dict, di
 def config_from_files(base_cfg: dict | None, v3_sd: dict, base_sd: dict) -> WanV3Config:
     if "audio_injection.proj1.weight" not in v3_sd:
         raise WeightsError("the V3 file has no 'audio_injection.proj1.weight': not an EchoMimicV3 flash-pro transformer "
-                           "(the preview release has 'audio2token.*' instead and is not supported yet).")
-    audio = AudioProjConfig.from_state_dict(v3_sd)
-    cfg = WanV3Config.from_official(base_cfg or {}, audio=audio)
+                           "(the preview release has 'audio2token.*' instead and is not supported yet; an SD1.5 or EchoMimic V1/V2 file has "
+                           "neither). Put the flash-pro file there: echomimic download --weights v3-flash.")
+    try:
+        audio = AudioProjConfig.from_state_dict(v3_sd)
+        cfg = WanV3Config.from_official(base_cfg or {}, audio=audio)
+    except (ValueError, TypeError, KeyError) as exc:  # a T2V / other Wan config, a damaged projector (were tracebacks)
+        raise WeightsError(f"{exc}: the base folder must be Wan2.1-Fun-V1.1-1.3B-InP (image-to-video, 1.3B) and the V3 "
+                           "file EchoMimicV3 flash-pro's; download them again (echomimic download --weights v3-flash).") from None
     if base_cfg is None:  # infer from the weights
         sd = {**base_sd, **v3_sd}
+        lacking = [k for k in ("patch_embedding.weight", "blocks.0.ffn.0.weight", "text_embedding.0.weight") if k not in sd]
+        if lacking:  # an SD1.5 / V1 / V2 file where the Wan base belongs (was a KeyError)
+            raise WeightsError(f"the base file has no '{lacking[0]}': not a Wan 2.1 transformer (an SD1.5 or EchoMimic "
+                               "V1/V2 file?). The base folder must hold Wan2.1-Fun-V1.1-1.3B-InP's config.json and "
+                               f"{BASE_WEIGHTS} (echomimic download --weights v3-flash).")
         dim = int(sd["patch_embedding.weight"].shape[0])
         layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
         cfg = WanV3Config(dim=dim, ffn_dim=int(sd["blocks.0.ffn.0.weight"].shape[0]), num_layers=layers,
