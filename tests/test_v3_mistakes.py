@@ -97,3 +97,40 @@ def test_an_sd15_lora_still_gets_the_v1_v2_message(tmp_path):
     save_file({f"{key}.lora_down.weight": torch.zeros(4, 32), f"{key}.lora_up.weight": torch.zeros(32, 4)}, str(path))
     with pytest.raises(WeightsError, match=r"not an EchoMimic LoRA .*e.g. SD1.5, do not fit"):
         read_lora(path)
+
+
+# ------------------------------------------------------------------------------------------------- hours of speech
+DATA = ROOT.parent / "shared" / "data"
+
+
+def test_speech_longer_than_a_v3_video_can_be_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """V3 read the whole file whatever its length (loudness is measured over the whole clip): hours of speech were
+    gigabytes of samples before the 81 frames it renders. Now the header refuses it before decoding (1.5 times over
+    the bound: a header may estimate), the decoded length exactly, and nothing is written."""
+    import echomimic_lib.io.video_io as video_io
+    from echomimic_lib.jobs import animate_checks
+    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
+    from tests._media import write_wav
+
+    wav = write_wav(tmp_path / "talk.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(32000) / 16000))  # 2 s: 50 frames
+    decoded = []
+    real = video_io.read_audio
+    monkeypatch.setattr(video_io, "read_audio", lambda p, *a, **k: decoded.append(p) or real(p, *a, **k))
+    out = tmp_path / "out.mp4"
+
+    def plan(length=0):
+        return plan_v3(V3Request(reference=str(DATA / "images" / "portrait_a.png"), audio=str(wav), output=str(out),
+                                 models=str(tmp_path), size=(64, 64), length=length))
+
+    monkeypatch.setattr(animate_checks, "MAX_LENGTH", 30)
+    for length in (0, 25):  # --length does not shorten what V3 reads
+        with pytest.raises(EchoMimicError, match=r"talk.wav lasts 0 min, longer than an EchoMimicV3 video can be \(30 frames"
+                                                 r".*--length does not shorten what is read: cut the speech"):
+            plan(length)
+    assert decoded == [] and not out.exists()  # 1.67 times over: said from the header
+    monkeypatch.setattr(animate_checks, "MAX_LENGTH", 40)  # 1.25 times over: decoded, then refused on the exact length
+    with pytest.raises(EchoMimicError, match=r"longer than an EchoMimicV3 video can be \(40 frames"):
+        plan()
+    assert decoded == [wav]
+    monkeypatch.setattr(animate_checks, "MAX_LENGTH", 50)
+    assert plan().frames == 49  # within the bound: as before
