@@ -134,3 +134,104 @@ def test_speech_longer_than_a_v3_video_can_be_is_refused_before_it_is_decoded(tm
     assert decoded == [wav]
     monkeypatch.setattr(animate_checks, "MAX_LENGTH", 50)
     assert plan().frames == 49  # within the bound: as before
+
+
+# ------------------------------------------------------------------------------------- the V3 Sampler's host memory
+_MEASURE = r'''
+import gc, json, sys
+from pathlib import Path
+from types import SimpleNamespace
+import numpy as np, psutil, torch
+from tests._pack import load_pack, sub
+from echomimic_lib.models.wan.tiny import CLIP_DIM, TEXT_DIM, write_tiny_v3
+from echomimic_lib.models.wan.vae import DiffusersPixelVAE, load_wan_vae
+from echomimic_lib.pipeline.wan.color import color_transfer
+
+tmp, frames, side = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+load_pack()
+bridge, v3, payloads = sub("nodes.comfy_bridge"), sub("nodes.v3"), sub("nodes.payloads")
+bridge.MODELS_DIR = tmp / "models"
+folder = write_tiny_v3(bridge.MODELS_DIR / "echomimic" / "v3-flash")
+(handle,) = v3.EchoMimicV3Loader().execute("v3-flash", "fp32")
+sampler, long = sub("echomimic_lib.pipeline.wan.sampler"), sub("echomimic_lib.pipeline.wan.long")
+keep = []  # a copy of each block, for the comparison run only
+
+
+def chunk(n, k):  # what a chunk costs the host: its decoded float32 video (ComfyUI's VAE: on the CPU), to_frames, colour
+    video = torch.rand(1, 3, n, side, side, generator=torch.Generator().manual_seed(k))
+    return color_transfer(sampler.to_frames(video))
+
+
+def fake_generate(*a, **k):
+    block = chunk(frames, 0)
+    keep.extend([block.copy()] if KEEP else [])
+    return SimpleNamespace(frames=block)
+
+
+def fake_long(*a, **k):
+    for i, n in enumerate(long.chunk_sizes(frames, 81, 8)):
+        block = chunk(81, i)[:n]
+        keep.extend([block.copy()] if KEEP else [])
+        yield block
+
+
+sampler.generate, long.iter_long = fake_generate, fake_long
+free = {"bytes": 1 << 50}
+psutil.virtual_memory = lambda: SimpleNamespace(available=free["bytes"])
+g = torch.Generator().manual_seed(0)
+positive = [[torch.randn(1, 8, TEXT_DIM, generator=g), {}]]
+clip = SimpleNamespace(penultimate_hidden_states=torch.randn(1, 257, CLIP_DIM, generator=g))
+vae = DiffusersPixelVAE(load_wan_vae(folder / "vae"))
+image = torch.rand(1, side, side, 3, generator=g)
+audio = v3.V3Audio(np.zeros(16000, np.float32), frames, {"waveform": torch.zeros(1, 1, 640 * frames + 1), "sample_rate": 16000})
+
+
+def run():
+    return v3.EchoMimicV3Sampler().execute(handle, audio, positive, clip, vae, image, side, 1, 1.0, 0, "off", True)[0]
+
+
+def status(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) * 1024
+
+
+KEEP = False
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")  # the high-water mark starts again from here
+base = status("VmRSS")
+out = run()
+peak = status("VmHWM") - base
+n = int(out.shape[0])
+del out
+free["bytes"] = peak - 1  # less free than the run really took
+try:
+    run()
+    refused = ""
+except Exception as exc:
+    refused = str(exc)
+free["bytes"], KEEP = 1 << 50, True
+same = bool(torch.equal(run(), payloads.to_image(np.concatenate(keep))))
+print(json.dumps({"peak": peak, "frames": n, "refused": refused, "same": same}))
+'''
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="Linux: the peak resident memory is measured")
+@pytest.mark.parametrize("frames", [81, 233])
+def test_the_v3_samplers_memory_check_covers_what_the_node_really_holds(tmp_path, frames):
+    """The V3 Sampler held every uint8 block, their concatenation and the float32 IMAGE at once (6 bytes a value; the
+    check counted the 4 of the IMAGE, nothing for the chunk being decoded). Measured in a process of its own: the peak
+    resident memory over the node's run (each chunk as the decode makes it: float32 video on the host, to_frames,
+    colour transfer). A machine with less free memory than that is now refused up front; the frames are those
+    to_image gave the concatenated blocks, bit for bit."""
+    side = 320
+    script = tmp_path / "measure.py"
+    script.write_text(_MEASURE)
+    got = subprocess.run([sys.executable, str(script), str(tmp_path), str(frames), str(side)], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr[-3000:]
+    ran = json.loads(got.stdout.strip().splitlines()[-1])
+    assert ran["frames"] == frames and ran["same"] is True
+    peak = ran["peak"]
+    assert peak > frames * side * side * 3 * 4  # the IMAGE itself is in the measure
+    assert "host memory" in ran["refused"] and "EchoMimic V3 Sampler (to file)" in ran["refused"], ran
+    need = float(ran["refused"].split("need about ")[1].split(" ")[0]) * 1e6  # the check's figure (MB)
+    assert need <= 2 * peak  # and no wild over-estimate (a one-shot clip's IMAGE is not yet written while it is decoded)
