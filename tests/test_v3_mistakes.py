@@ -234,3 +234,26 @@ def test_the_v3_samplers_memory_check_covers_what_the_node_really_holds(tmp_path
     assert "host memory" in ran["refused"] and "EchoMimic V3 Sampler (to file)" in ran["refused"], ran
     need = float(ran["refused"].split("need about ")[1].split(" ")[0]) * 1e6  # the check's figure (MB)
     assert need <= 2 * peak  # and no wild over-estimate (a one-shot clip's IMAGE is not yet written while it is decoded)
+
+
+# ---------------------------------------------------------------------------------------------------- huge sizes
+def test_a_target_area_over_2048_px_a_side_is_refused_before_any_file_is_read(tmp_path, capsys):
+    """A large photo with --width/--height at its own size rendered at that size (the reference is never enlarged, but
+    never capped either): tens of GB of activations, found out after the weights had loaded. The node's linked size
+    (ComfyUI does not range-check links) gets the same message."""
+    from echomimic_lib.cli import main
+    from echomimic_lib.jobs.animate_v3 import check_v3_settings
+    from tests._pack import sub
+
+    NODE_V3_NAMES = sub("nodes.v3").NODE_V3_NAMES
+
+    out = tmp_path / "x.mp4"
+    rc = main(["animate", "--version", "v3-flash", "--reference", str(tmp_path / "none.png"), "--audio",
+               str(tmp_path / "none.wav"), "-o", str(out), "--models", str(tmp_path), "--offline", "--width", "4000",
+               "--height", "3000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--width 4000: the EchoMimicV3 target area is at most 2048 px a side" in err and "GB" in err, err
+    assert "none.png" not in err and not out.exists()  # before the inputs are read
+    with pytest.raises(EchoMimicError, match=r"^size 2064: .*at most 2048 px a side.*about \d+ GB.*Use e.g. 768"):
+        check_v3_settings(8, 3.0, None, "reanchor", (2064, 2064), names=NODE_V3_NAMES)
+    check_v3_settings(8, 3.0, None, "reanchor", (2048, 2048), names=NODE_V3_NAMES)  # the widget's top: allowed

@@ -217,7 +217,7 @@ def check_v3_settings(steps, audio_cfg, seed, long_mode, size, teacache=None, na
     """V3's numbers and choices (shared by the command line and the V3 nodes, whose linked values ComfyUI does not
     range-check): raises :class:`EchoMimicError` naming the option (``names``: option -> its name for the user;
     ``size`` names its width and height) before any weight is read. ``seed`` / ``teacache`` None: not checked."""
-    from .animate_checks import MAX_CFG, MAX_STEPS
+    from .animate_checks import MAX_CFG, MAX_STEPS, SIZE_RANGE
     from ..pipeline.wan.sampler import SIZE_MULTIPLE
 
     names = names or CLI_NAMES
@@ -251,6 +251,14 @@ def check_v3_settings(steps, audio_cfg, seed, long_mode, size, teacache=None, na
         if not (whole(v) and v >= SIZE_MULTIPLE):
             raise EchoMimicError(f"{name} {v}: the EchoMimicV3 target area needs at least {SIZE_MULTIPLE} px a side (default "
                                  "768x768; the reference is scaled down to about that many pixels, never up)")
+        if v > SIZE_RANGE[1]:  # a large photo at its own size: hours and more memory than a GPU has (was not checked)
+            from ..models.wan import WanV3Config
+            from ..pipeline.wan.memory import denoise_bytes
+
+            gb = denoise_bytes(WanV3Config(), 81, v // 16 * 16, v // 16 * 16) / 1e9
+            raise EchoMimicError(f"{name} {v}: the EchoMimicV3 target area is at most {SIZE_RANGE[1]} px a side (the V3 "
+                                 f"Sampler node's range): a picture that large, rendered at {v}x{v}, would need about {gb:.0f} GB for the "
+                                 "transformer's activations alone, and flash-pro was trained at 768 px. Use e.g. 768.")
 
 
 def lora_shapes(folder: Path) -> dict:
