@@ -23,7 +23,7 @@ from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames
 from . import comfy_bridge as C
 from . import paths
-from .payloads import first_image, trim_audio
+from .payloads import check_finite, first_image, trim_audio
 
 V3_MODEL = "ECHOMIMIC_V3_MODEL"
 V3_AUDIO = "ECHOMIMIC_V3_AUDIO"
@@ -83,6 +83,7 @@ def checked_reference(image, size, steps, audio_cfg, teacache, long_mode):
 
     check_v3_settings(steps, audio_cfg, None, long_mode, (size, size), teacache=teacache, names=NODE_V3_NAMES)
     ref = first_image(image, "image")
+    check_finite(image[:1], "image", "connect a picture (Load Image).")  # NaN / inf were pixels of 0 without a word
     return (ref, *sample_size(ref.shape[1], ref.shape[0], (size, size)))
 
 

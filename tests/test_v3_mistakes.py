@@ -257,3 +257,18 @@ def test_a_target_area_over_2048_px_a_side_is_refused_before_any_file_is_read(tm
     with pytest.raises(EchoMimicError, match=r"^size 2064: .*at most 2048 px a side.*about \d+ GB.*Use e.g. 768"):
         check_v3_settings(8, 3.0, None, "reanchor", (2064, 2064), names=NODE_V3_NAMES)
     check_v3_settings(8, 3.0, None, "reanchor", (2048, 2048), names=NODE_V3_NAMES)  # the widget's top: allowed
+
+
+def test_a_reference_with_nan_is_refused_by_the_v3_sampler_as_by_v1_v2s():
+    """NaN / inf in the V3 Sampler's picture (a broken upstream node) became black pixels without a word."""
+    from tests._pack import sub
+
+    v3, errors = sub("nodes.v3"), sub("echomimic_lib.errors")
+    for bad in (float("nan"), float("inf")):
+        image = torch.rand(1, 64, 64, 3)
+        image[0, 3, 4, 1] = bad
+        with pytest.raises(errors.EchoMimicError, match=r"image: the IMAGE holds NaN or infinite values.*connect a picture"):
+            v3.checked_reference(image, 64, 8, 3.0, "off", "reanchor")
+    rgba = torch.rand(2, 64, 64, 4)
+    rgba[1] = float("nan")  # only the first picture is used: the rest is not read
+    assert v3.checked_reference(rgba, 64, 8, 3.0, "off", "reanchor")[0].shape == (64, 64, 3)
