@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +273,39 @@ def test_a_reference_with_nan_is_refused_by_the_v3_sampler_as_by_v1_v2s():
     rgba = torch.rand(2, 64, 64, 4)
     rgba[1] = float("nan")  # only the first picture is used: the rest is not read
     assert v3.checked_reference(rgba, 64, 8, 3.0, "off", "reanchor")[0].shape == (64, 64, 3)
+
+
+def test_a_base_file_of_another_wan_size_or_kind_is_refused_from_its_header_before_it_is_read(release, tmp_path, monkeypatch):
+    """A Wan 14B (or any other size) or text-to-video base file was read whole -- 28 GB for 14B -- before its shapes
+    were compared; the headers now answer first, with the same messages."""
+    from echomimic_lib.models.wan import WanV3Config, WanV3Transformer, load_v3_transformer
+    from echomimic_lib.models.wan import loader
+    from echomimic_lib.models.wan.loader import is_audio_key
+    from tests._v3_tiny import TINY, official_config
+
+    base, v3, sd = release
+    read = []
+    real = loader.read_state_dict
+    monkeypatch.setattr(loader, "read_state_dict", lambda p, **k: read.append(p) or real(p, **k))
+    big = WanV3Config(**{**TINY.__dict__, "dim": 64, "num_heads": 4, "ffn_dim": 96, "num_layers": 3,
+                         "audio": replace(TINY.audio, output_dim=64)})  # a wider Wan (as 14B is to 1.3B)
+    with torch.device("meta"):
+        names = {k: tuple(v.shape) for k, v in WanV3Transformer(big).state_dict().items() if not is_audio_key(k)}
+    wide = {k: torch.zeros(s, dtype=torch.float16) for k, s in names.items()}
+    folder = _base_folder(tmp_path, "wide", wide, official_config(big))
+    with pytest.raises(WeightsError, match=r"the base model is 64 wide, the V3 file's audio projector gives 32: the base "
+                                           r"folder holds another Wan size .*not 14B"):  # was a ValueError
+        load_v3_transformer(folder, v3)
+    other = WanV3Config(**{**TINY.__dict__, "ffn_dim": 96})  # as wide, another shape: the file against its config
+    with torch.device("meta"):
+        names = {k: tuple(v.shape) for k, v in WanV3Transformer(other).state_dict().items() if not is_audio_key(k)}
+    folder = _base_folder(tmp_path, "ffn", {k: torch.zeros(s, dtype=torch.float16) for k, s in names.items()}, official_config())
+    with pytest.raises(WeightsError, match=r"'blocks.0.ffn.0.weight' has shape \(96, 32\), the network expects \(64, 32\) "
+                                           r"\(a file for another model size or variant\)"):
+        load_v3_transformer(folder, v3)
+    t2v = {k: v for k, v in sd.items() if not is_audio_key(k)}
+    with pytest.raises(WeightsError, match=r"config says 't2v'"):
+        load_v3_transformer(_base_folder(tmp_path, "t2v", t2v, {**official_config(), "model_type": "t2v"}), v3)
+    assert read == []  # both refused from the headers: no weight read
+    model, report = load_v3_transformer(base, v3)  # the release: read once each, as before
+    assert len(read) == 2 and "from the V3 file" in report.summary()

@@ -138,7 +138,41 @@ def config_from_files(base_cfg: dict | None, v3_sd: dict, base_sd: dict) -> WanV
     clip = base_sd.get("img_emb.proj.0.weight", v3_sd.get("img_emb.proj.0.weight"))
     if clip is not None:  # 1280 in the release (hard-coded officially); smaller in test models
         cfg = replace(cfg, clip_dim=int(clip.shape[0]))
+    if cfg.audio.output_dim != cfg.dim:  # e.g. a Wan 14B base (5120 wide): was a ValueError building the network
+        raise WeightsError(f"the base model is {cfg.dim} wide, the V3 file's audio projector gives {cfg.audio.output_dim}: "
+                           "the base folder holds another Wan size (EchoMimicV3 flash-pro is built on the 1536-wide "
+                           "Wan2.1-Fun-V1.1-1.3B-InP, not 14B); download it with echomimic download --weights v3-flash.")
     return cfg
+
+
+def _header_tensors(path: Path) -> dict | None:
+    """A safetensors file's tensors as meta tensors of their shapes (its header only: nothing is read); None for
+    another format or an unreadable file (the full read names it)."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except Exception:
+        return None
+
+
+def _expected(cfg: WanV3Config) -> dict:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in WanV3Transformer(cfg).state_dict().items()}
+
+
+def check_v3_headers(base: str | Path, v3_file: str | Path, config: WanV3Config | None = None) -> None:
+    """Every check of :func:`load_v3_transformer` that the files' headers answer (the config, which keys, their shapes),
+    before a weight is read: a Wan 14B or text-to-video base file was read whole (gigabytes) before it was refused."""
+    base_weights, base_cfg = _base_paths(base)
+    base_sd, v3_sd = _header_tensors(base_weights), _header_tensors(Path(v3_file))
+    if base_sd is None or v3_sd is None:
+        return
+    cfg = config or config_from_files(base_cfg, v3_sd, base_sd)
+    merge_state_dicts(base_sd, v3_sd, _expected(cfg), str(base), str(v3_file))
 
 
 def load_v3_transformer(base: str | Path, v3_file: str | Path, config: WanV3Config | None = None,
@@ -147,6 +181,7 @@ def load_v3_transformer(base: str | Path, v3_file: str | Path, config: WanV3Conf
 
     ``dtype``: the weights' dtype on ``device`` (default: float32). Returns the model (eval mode) and the
     report of which tensors came from which file."""
+    check_v3_headers(base, v3_file, config)  # a file of another model or size: refused before it is read
     base_sd, v3_sd, base_cfg = read_v3_files(base, v3_file)
     cfg = config or config_from_files(base_cfg, v3_sd, base_sd)
     with torch.device("meta"):
