@@ -309,3 +309,28 @@ def test_a_base_file_of_another_wan_size_or_kind_is_refused_from_its_header_befo
     assert read == []  # both refused from the headers: no weight read
     model, report = load_v3_transformer(base, v3)  # the release: read once each, as before
     assert len(read) == 2 and "from the V3 file" in report.summary()
+
+
+# ------------------------------------------------------------------------------------ --models one folder too deep
+def test_models_given_the_v3_set_itself_is_refused_before_a_download(tmp_path, monkeypatch):
+    """``--models .../echomimic/v3-flash`` (the set, not the folder above it) looked for v3-flash/v3-flash/ and
+    downloaded the whole set (about 20 GB) into it."""
+    from echomimic_lib.io import hub
+    from echomimic_lib.jobs.animate_v3 import model_files
+    from echomimic_lib.models.wan.sources import FLASH
+
+    fetched = []
+    monkeypatch.setattr(hub, "fetch", lambda *a, **k: fetched.append(a) or set())
+    monkeypatch.setattr("echomimic_lib.model_set.fetch", lambda *a, **k: fetched.append(a) or set())
+    for name in ("v3-flash", "my-v3"):
+        (tmp_path / name / FLASH).parent.mkdir(parents=True)
+        (tmp_path / name / FLASH).write_bytes(b"x")
+    with pytest.raises(WeightsError, match=r"--models .*v3-flash is an EchoMimicV3 set itself .*pass --models "
+                                           + str(tmp_path).replace("\\", "\\\\") + r"\. \(Nothing was downloaded"):
+        model_files(tmp_path / "v3-flash" / "v3-flash", download=True)
+    with pytest.raises(WeightsError, match=r"my-v3 is an EchoMimicV3 set itself .*rename or link it as "
+                       + str(tmp_path / "v3-flash").replace("\\", "\\\\") + r" .*and pass --models"):
+        model_files(tmp_path / "my-v3" / "v3-flash", download=True)
+    assert fetched == [] and not (tmp_path / "v3-flash" / "v3-flash").exists()
+    with pytest.raises(WeightsError, match="files missing"):  # the right folder, incomplete: as before
+        model_files(tmp_path / "v3-flash", download=False)
