@@ -158,6 +158,7 @@ class EchoMimicV3Loader:
                                  f"{', '.join(map(str, paths.echomimic_roots()))}. Switch on auto_download, or get the "
                                  "files with: echomimic download --weights v3-flash (see docs/v3.md).")
         dt = DTYPES[dtype] or C.auto_dtype(C.torch_device())
+        wav2vec = load_wav2vec(root / "chinese-wav2vec2-base")  # first: a damaged download is named before the 3.7 GB load
         model, report = load_v3_transformer(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE, dtype=dt,
                                             device=C.offload_device())
         if fp8:  # before ComfyUI manages it: its patches (LoRAs) then round into the fp8 weights
@@ -167,7 +168,7 @@ class EchoMimicV3Loader:
         patcher = C.managed_model("v3_transformer", model)
         if compile:  # once, after every weight change of the load (ComfyUI's LoRA patches change weights, not code)
             compile_transformer(model)
-        return (V3Handle(patcher, load_wav2vec(root / "chinese-wav2vec2-base"), report.summary()),)
+        return (V3Handle(patcher, wav2vec, report.summary()),)
 
 
 class EchoMimicV3AudioEncoder:

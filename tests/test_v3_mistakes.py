@@ -334,3 +334,55 @@ def test_models_given_the_v3_set_itself_is_refused_before_a_download(tmp_path, m
     assert fetched == [] and not (tmp_path / "v3-flash" / "v3-flash").exists()
     with pytest.raises(WeightsError, match="files missing"):  # the right folder, incomplete: as before
         model_files(tmp_path / "v3-flash", download=False)
+
+
+# ------------------------------------------------------------------------------ half-downloaded encoder folders
+def _damage(folder: Path, case: str) -> None:
+    if case == "safetensors":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif case == "config":
+        (folder / "config.json").write_text((folder / "config.json").read_text()[:100])
+    else:  # a pytorch_model.bin cut short
+        from safetensors.torch import load_file
+
+        sd = load_file(str(folder / "model.safetensors"))
+        (folder / "model.safetensors").unlink()
+        torch.save(sd, folder / "pytorch_model.bin")
+        data = (folder / "pytorch_model.bin").read_bytes()
+        (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("case", ["safetensors", "config", "bin"])
+def test_a_cut_wav2vec2_download_is_named_before_the_transformer_loads(tmp_path, monkeypatch, case):
+    """Was a bare SafetensorError, ``OSError: [Errno 22] Invalid argument`` or a JSON complaint, after the 3.7 GB
+    transformer had loaded (the V3 Loader node read wav2vec2 last)."""
+    from echomimic_lib.audio.wav2vec import load_wav2vec
+    from echomimic_lib.models.wan.tiny import write_tiny_v3
+    from tests._pack import sub
+
+    bridge, v3, errors = sub("nodes.comfy_bridge"), sub("nodes.v3"), sub("echomimic_lib.errors")
+    monkeypatch.setattr(bridge, "MODELS_DIR", tmp_path / "models")
+    folder = write_tiny_v3(tmp_path / "models" / "echomimic" / "v3-flash")
+    _damage(folder / "chinese-wav2vec2-base", case)
+    fix = r"chinese-wav2vec2-base: the chinese-wav2vec2-base audio encoder cannot be read .*damaged or cut short.*" \
+          r"echomimic download --weights v3-flash"
+    with pytest.raises(WeightsError, match=fix):
+        load_wav2vec(folder / "chinese-wav2vec2-base")
+    loaded = []
+    monkeypatch.setattr(sub("echomimic_lib.models.wan"), "load_v3_transformer", lambda *a, **k: loaded.append(a))
+    with pytest.raises(errors.WeightsError, match=fix):
+        v3.EchoMimicV3Loader().execute("v3-flash", "fp32")
+    assert loaded == []
+
+
+def test_a_cut_umt5_or_clip_download_is_named(tmp_path):
+    from echomimic_lib.models.wan.tiny import write_tiny_v3
+    from echomimic_lib.pipeline.wan.encoders import load_clip_vision, load_umt5
+
+    folder = write_tiny_v3(tmp_path / "v3-flash")
+    for sub_folder, load, what in (("umt5-xxl", load_umt5, "umT5-xxl text encoder"),
+                                   ("clip-vit-h-14", load_clip_vision, "CLIP ViT-H/14 image encoder")):
+        _damage(folder / sub_folder, "safetensors")
+        with pytest.raises(WeightsError, match=f"{sub_folder}: the {what} cannot be read .*cut short"):
+            load(folder / sub_folder)

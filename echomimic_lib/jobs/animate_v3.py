@@ -334,10 +334,10 @@ def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True, vae_dtyp
     from ..pipeline.wan.encoders import load_clip_vision
 
     dev = torch.device(device)
+    enc = load_wav2vec(files["wav2vec2"])  # fp32 on the CPU, as the official; first: a damaged download is named early
     vision = load_clip_vision(files["clip"], device=dev, dtype=dtype) if clip else None
     model, report = load_v3_transformer(files["base"], files["flash"], dtype=dtype, device=dev)
     vae = load_wan_vae(files["vae"], dtype=vae_dtype or dtype, device=dev)
-    enc = load_wav2vec(files["wav2vec2"])  # fp32 on the CPU, as the official
     return V3Models(files, dev, dtype, model, report, vae, enc, vision)
 
 
