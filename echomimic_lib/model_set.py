@@ -274,11 +274,27 @@ def resolve_v3(folder: str | Path, parts: tuple[str, ...] | None = None) -> dict
     raise err
 
 
+def check_not_nested(folder: Path) -> None:
+    """``--models`` given the EchoMimicV3 set itself (``.../v3-flash``) instead of the folder above it: the set was
+    looked for in ``v3-flash/v3-flash/`` and, found missing there, downloaded again (about 20 GB). Refused, naming the
+    folder to give."""
+    from .models.wan.sources import FLASH
+
+    if folder.exists() or not (folder.parent / FLASH).is_file():
+        return
+    fix = (f"pass --models {folder.parent.parent}" if folder.parent.name == folder.name else
+           f"rename or link it as {folder.parent.parent / folder.name} (the command line reads the set from a "
+           f"{folder.name}/ sub-folder) and pass --models {folder.parent.parent}")
+    raise WeightsError(f"--models {folder.parent} is an EchoMimicV3 set itself (it holds {FLASH}); --models takes the "
+                       f"folder above the set, where it is the {folder.name}/ sub-folder: {fix}. (Nothing was downloaded.)")
+
+
 def ensure_v3(folder: str | Path, download: bool = True, force: bool = False, parts: tuple[str, ...] | None = None) -> dict:
     """:func:`resolve_v3`, downloading what is missing first when ``download`` (sharded weights take a second round:
     their index names the shards). With ``force`` every file of an incomplete part is fetched again, also those that
     are there; a complete part is never touched."""
     folder = Path(folder)
+    check_not_nested(folder)
     done: set[Path] = set()
     for _ in range(3):
         try:

@@ -24,7 +24,7 @@ from ..echomimic_lib.speed import OptionNames
 from . import comfy_bridge as C
 from . import names, paths
 from .base import checks_links
-from .payloads import first_image, to_image, trim_audio
+from .payloads import check_finite, first_image, trim_audio
 
 V3_MODEL = "ECHOMIMIC_V3_MODEL"
 V3_AUDIO = "ECHOMIMIC_V3_AUDIO"
@@ -50,6 +50,24 @@ class V3Audio:
     audio: dict  # the ComfyUI AUDIO, for muxing
 
 
+class ImageBlocks:
+    """The IMAGE batch (float32 [F, H, W, 3] in 0..1, as :func:`.payloads.to_image`) filled block by block: each uint8
+    block is converted into its place and can go (the blocks, their concatenation and the float copy were all held
+    at once: 6 bytes a value where the host-memory check counted 4)."""
+
+    def __init__(self, frames: int, height: int, width: int):
+        self.image, self.done = torch.empty((frames, height, width, 3), dtype=torch.float32), 0
+
+    def add(self, block) -> None:
+        dst = self.image[self.done:self.done + len(block)]
+        dst.copy_(torch.from_numpy(np.ascontiguousarray(block)))
+        dst.div_(255.0)  # as to_image's t.float() / 255.0, in place
+        self.done += len(block)
+
+    def result(self) -> torch.Tensor:
+        return self.image[:self.done]
+
+
 def v3_folders() -> list[str]:
     names = set()
     for root in paths.echomimic_roots():
@@ -66,6 +84,7 @@ def checked_reference(image, size, steps, audio_cfg, teacache, long_mode):
 
     check_v3_settings(steps, audio_cfg, None, long_mode, (size, size), teacache=teacache, names=NODE_V3_NAMES)
     ref = first_image(image, "image")
+    check_finite(image[:1], "image", "connect a picture (Load Image).")  # NaN / inf were pixels of 0 without a word
     return (ref, *sample_size(ref.shape[1], ref.shape[0], (size, size)))
 
 
@@ -145,6 +164,7 @@ class EchoMimicV3Loader:
                                  f"{', '.join(map(str, paths.echomimic_roots()))}. Switch on auto_download, or get the "
                                  "files with: echomimic download --weights v3-flash (see docs/v3.md).")
         dt = DTYPES[dtype] or C.auto_dtype(C.torch_device())
+        wav2vec = load_wav2vec(root / "chinese-wav2vec2-base")  # first: a damaged download is named before the 3.7 GB load
         model, report = load_v3_transformer(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE, dtype=dt,
                                             device=C.offload_device())
         if fp8:  # before ComfyUI manages it: its patches (LoRAs) then round into the fp8 weights
@@ -154,7 +174,7 @@ class EchoMimicV3Loader:
         patcher = C.managed_model("v3_transformer", model)
         if compile:  # once, after every weight change of the load (ComfyUI's LoRA patches change weights, not code)
             compile_transformer(model)
-        return (V3Handle(patcher, load_wav2vec(root / "chinese-wav2vec2-base"), report.summary()),)
+        return (V3Handle(patcher, wav2vec, report.summary()),)
 
 
 @checks_links
@@ -248,10 +268,12 @@ class EchoMimicV3Sampler:
         from ..echomimic_lib.pipeline.wan.sampler import V3Settings, generate, resize_reference
 
         ref, h, w = checked_reference(image, size, steps, audio_cfg, teacache, long_mode)
-        if sink is None:  # the frames are returned as one IMAGE batch in host memory
+        if sink is None:  # the frames are returned as one IMAGE batch in host memory, and one chunk is made at a time
             from ..echomimic_lib.memory.host import check_frames_fit
+            from ..echomimic_lib.pipeline.wan.memory import chunk_host_bytes
 
-            check_frames_fit(v3_audio.frames, h, w, "EchoMimic V3 Sampler (to file)")
+            check_frames_fit(v3_audio.frames, h, w, "EchoMimic V3 Sampler (to file)",
+                             working=chunk_host_bytes(min(v3_audio.frames, 81), h, w))
         ref_u8 = resize_reference(ref, h, w)
         net = model.patcher.model.net
         prompt, clip, seed = checked_conditioning(net.cfg, positive, clip_vision_output, vae, seed)
@@ -275,8 +297,8 @@ class EchoMimicV3Sampler:
             pbar.update_absolute(done, total, shown.pop("preview", None))  # in ComfyUI this also raises on Cancel
             C.check_interrupt()
 
-        blocks = []
-        emit = blocks.append if sink is None else sink
+        image = ImageBlocks(v3_audio.frames, h, w) if sink is None else None  # each block goes in as it comes
+        emit = image.add if sink is None else sink
         with torch.no_grad():
             if v3_audio.frames <= 81:
                 windows = model.wav2vec.windows(v3_audio.samples, v3_audio.frames)
@@ -288,5 +310,5 @@ class EchoMimicV3Sampler:
                     emit(block)
         if sink is not None:
             return None
-        frames = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-        return (to_image(frames), 25.0, trim_audio(v3_audio.audio, frames.shape[0], 25.0))
+        frames = image.result()
+        return (frames, 25.0, trim_audio(v3_audio.audio, frames.shape[0], 25.0))

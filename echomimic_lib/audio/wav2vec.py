@@ -123,8 +123,12 @@ def load_wav2vec(folder: str | Path, device="cpu", dtype=torch.float32) -> Wav2V
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json; expected the chinese-wav2vec2-base folder (Hugging Face format)")
-    model = Wav2Vec2Model.from_pretrained(str(folder), local_files_only=True).to(device=device, dtype=dtype).eval()
-    extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(folder), local_files_only=True)
+    from ..io.weights import from_hf_folder
+
+    what = "chinese-wav2vec2-base audio encoder"
+    model = from_hf_folder(lambda: Wav2Vec2Model.from_pretrained(str(folder), local_files_only=True), folder, what)
+    model = model.to(device=device, dtype=dtype).eval()
+    extractor = from_hf_folder(lambda: Wav2Vec2FeatureExtractor.from_pretrained(str(folder), local_files_only=True), folder, what)
     return Wav2VecV3(model, extractor)
 
 

@@ -275,3 +275,19 @@ def convert(src: str | Path, dst: str | Path, force: bool = False) -> list[Path]
             tmp.unlink(missing_ok=True)
         remove_folders(made)
         raise
+
+
+V3_REFETCH = "echomimic download --weights v3-flash (ComfyUI: the EchoMimic V3 Loader's auto_download)"
+
+
+def from_hf_folder(load, folder: str | Path, what: str, fetch: str = V3_REFETCH):
+    """``load()`` -- a transformers ``from_pretrained`` of the Hugging Face ``folder`` -- with a damaged or cut-short
+    file there named (a half-downloaded model.safetensors was a bare SafetensorError, a cut pytorch_model.bin
+    ``OSError: [Errno 22] Invalid argument``, a cut config.json a JSON complaint): folder, part and how to fetch it again."""
+    try:
+        return load()
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise WeightsError(f"{folder}: the {what} cannot be read ({type(exc).__name__}: {exc}); a file there is damaged or "
+                           f"cut short (an interrupted download?). Delete the folder and get it again: {fetch}.") from exc

@@ -149,7 +149,9 @@ def plan_v3(req: V3Request) -> V3Plan:
     check_v3_numbers(req)
     out = check_output(req.output, {"--reference": req.reference, "--audio": req.audio})
     ref = read_reference(req.reference)
+    check_v3_speech_length(req.audio)
     wav, sr, raw = read_speech(req.audio)
+    check_v3_speech_length(req.audio, raw.num_samples_16k / 16000.0)
     mono = raw.samples.mean(axis=0).astype(np.float32)
     seconds = mono.shape[0] / raw.sample_rate
     cap = max(81, int(req.length or 0))
@@ -182,6 +184,23 @@ def plan_v3(req: V3Request) -> V3Plan:
     return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h), lora)
 
 
+def check_v3_speech_length(path, seconds: float | None = None) -> None:
+    """Speech longer than a video can be (``MAX_LENGTH`` frames at 25 fps) is refused: EchoMimicV3 normalises loudness over
+    the whole clip, so the whole file is decoded whatever ``--length`` is (hours of audio were gigabytes of samples).
+    Without ``seconds`` the file's header is asked, before decoding, and refuses only at 1.5 times the bound."""
+    from .animate_checks import MAX_LENGTH
+    from .speech_length import HEADER_MARGIN, header_seconds
+    from ..audio.wav2vec import FPS
+
+    margin = HEADER_MARGIN if seconds is None else 1.0
+    seconds = header_seconds(path) if seconds is None else seconds
+    if seconds and seconds * FPS > MAX_LENGTH * margin:
+        raise EchoMimicError(f"--audio {path} lasts {seconds / 60:.0f} min, longer than an EchoMimicV3 video can be "
+                             f"({MAX_LENGTH} frames, {MAX_LENGTH / FPS / 60:.0f} min at {FPS:g} fps); V3 measures loudness over "
+                             "the whole clip, so --length does not shorten what is read: cut the speech you want to animate "
+                             "out of it first (e.g. ffmpeg -i IN -t 60 part.wav).")
+
+
 def check_v3_numbers(req: V3Request) -> None:
     """The request's numbers, before any file is read: finite and in range (a NaN guidance rendered noise, a negative
     length or a size under 16 px stopped with a traceback, after the weights had loaded)."""
@@ -198,7 +217,7 @@ def check_v3_settings(steps, audio_cfg, seed, long_mode, size, teacache=None, na
     """V3's numbers and choices (shared by the command line and the V3 nodes, whose linked values ComfyUI does not
     range-check): raises :class:`EchoMimicError` naming the option (``names``: option -> its name for the user;
     ``size`` names its width and height) before any weight is read. ``seed`` / ``teacache`` None: not checked."""
-    from .animate_checks import MAX_CFG, MAX_STEPS
+    from .animate_checks import MAX_CFG, MAX_STEPS, SIZE_RANGE
     from ..pipeline.wan.sampler import SIZE_MULTIPLE
 
     names = names or CLI_NAMES
@@ -232,6 +251,14 @@ def check_v3_settings(steps, audio_cfg, seed, long_mode, size, teacache=None, na
         if not (whole(v) and v >= SIZE_MULTIPLE):
             raise EchoMimicError(f"{name} {v}: the EchoMimicV3 target area needs at least {SIZE_MULTIPLE} px a side (default "
                                  "768x768; the reference is scaled down to about that many pixels, never up)")
+        if v > SIZE_RANGE[1]:  # a large photo at its own size: hours and more memory than a GPU has (was not checked)
+            from ..models.wan import WanV3Config
+            from ..pipeline.wan.memory import denoise_bytes
+
+            gb = denoise_bytes(WanV3Config(), 81, v // 16 * 16, v // 16 * 16) / 1e9
+            raise EchoMimicError(f"{name} {v}: the EchoMimicV3 target area is at most {SIZE_RANGE[1]} px a side (the V3 "
+                                 f"Sampler node's range): a picture that large, rendered at {v}x{v}, would need about {gb:.0f} GB for the "
+                                 "transformer's activations alone, and flash-pro was trained at 768 px. Use e.g. 768.")
 
 
 def lora_shapes(folder: Path) -> dict:
@@ -307,10 +334,10 @@ def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True, vae_dtyp
     from ..pipeline.wan.encoders import load_clip_vision
 
     dev = torch.device(device)
+    enc = load_wav2vec(files["wav2vec2"])  # fp32 on the CPU, as the official; first: a damaged download is named early
     vision = load_clip_vision(files["clip"], device=dev, dtype=dtype) if clip else None
     model, report = load_v3_transformer(files["base"], files["flash"], dtype=dtype, device=dev)
     vae = load_wan_vae(files["vae"], dtype=vae_dtype or dtype, device=dev)
-    enc = load_wav2vec(files["wav2vec2"])  # fp32 on the CPU, as the official
     return V3Models(files, dev, dtype, model, report, vae, enc, vision)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -169,6 +170,15 @@ def _split(path: Path, tensors: dict) -> tuple[dict, dict]:
     return layers, alphas
 
 
+# a Wan DiT block in any LoRA layout (ComfyUI / kohya / diffusers' attn1/attn2); an SD UNet's "transformer_blocks.0.attn1" is not
+_WAN_KEY = re.compile(r"(^|[._])blocks[._]\d+[._](self_attn|cross_attn|ffn)[._]|(^|\.)blocks\.\d+\.(attn1|attn2)\.")
+
+
+def _wan_like(meta: dict, keys) -> bool:
+    """A LoRA for the Wan DiT (EchoMimicV3's ``v3-export`` or a community Wan2.1 LoRA), told by its metadata or keys."""
+    return meta.get("format") == "echomimic-v3-lora" or any(_WAN_KEY.search(k) for k in keys)
+
+
 def read_lora(path: str | Path) -> LoraAdapter:
     """Read and check an adapter file (metadata, key pairs, ranks, alphas, finite values); no model needed."""
     from safetensors import safe_open
@@ -181,6 +191,10 @@ def read_lora(path: str | Path) -> LoraAdapter:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
+            if meta.get("format") != FORMAT and _wan_like(meta, f.keys()):  # (was: "not an EchoMimic LoRA")
+                raise WeightsError(f"{path}: a Wan2.1 / EchoMimicV3 LoRA, not an EchoMimic V1/V2 adapter; EchoMimic V1/V2 "
+                                   "(SD1.5 UNets) cannot use it. Use it with --version v3-flash --lora (ComfyUI: the "
+                                   "EchoMimic V3 LoRA node), or give a V1/V2 LoRA from `echomimic-train export`.")
             info = LoraInfo.from_metadata(meta, str(path))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except WeightsError:

@@ -48,16 +48,29 @@ class LoadReport:
                 f"({audio} audio, {len(self.v3_overrode_base)} replacing base values); file dtypes {self.dtypes}")
 
 
+def _read_config(cfg: Path) -> dict | None:
+    """The base folder's ``config.json`` (None when absent); a half-downloaded or foreign one is named (was a
+    JSONDecodeError traceback)."""
+    if not cfg.is_file():
+        return None
+    try:
+        got = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WeightsError(f"{cfg}: not a readable config.json ({exc}); it may be cut short. Download it again (the "
+                           "Wan2.1-Fun-V1.1-1.3B-InP folder's config.json).") from exc
+    if not isinstance(got, dict):
+        raise WeightsError(f"{cfg}: not a model config (a JSON object); download the Wan2.1-Fun-V1.1-1.3B-InP config.json again.")
+    return got
+
+
 def _base_paths(base: str | Path) -> tuple[Path, dict | None]:
     base = Path(base)
     if base.is_dir():
-        cfg = base / "config.json"
         weights = base / BASE_WEIGHTS
         if not weights.is_file():
             raise WeightsError(f"{base}: no {BASE_WEIGHTS} (the Wan2.1-Fun-V1.1-1.3B-InP transformer). Download the base model folder.")
-        return weights, json.loads(cfg.read_text()) if cfg.is_file() else None
-    cfg = base.with_name("config.json")
-    return base, json.loads(cfg.read_text()) if cfg.is_file() else None
+        return weights, _read_config(base / "config.json")
+    return base, _read_config(base.with_name("config.json"))
 
 
 def merge_state_dicts(base_sd: dict, v3_sd: dict, expected: dict, base_label: str, v3_label: str) -> tuple[dict, LoadReport]:
@@ -102,11 +115,21 @@ def read_v3_files(base: str | Path, v3_file: str | Path) -> tuple[dict, dict, di
 def config_from_files(base_cfg: dict | None, v3_sd: dict, base_sd: dict) -> WanV3Config:
     if "audio_injection.proj1.weight" not in v3_sd:
         raise WeightsError("the V3 file has no 'audio_injection.proj1.weight': not an EchoMimicV3 flash-pro transformer "
-                           "(the preview release has 'audio2token.*' instead and is not supported yet).")
-    audio = AudioProjConfig.from_state_dict(v3_sd)
-    cfg = WanV3Config.from_official(base_cfg or {}, audio=audio)
+                           "(the preview release has 'audio2token.*' instead and is not supported yet; an SD1.5 or EchoMimic V1/V2 file has "
+                           "neither). Put the flash-pro file there: echomimic download --weights v3-flash.")
+    try:
+        audio = AudioProjConfig.from_state_dict(v3_sd)
+        cfg = WanV3Config.from_official(base_cfg or {}, audio=audio)
+    except (ValueError, TypeError, KeyError) as exc:  # a T2V / other Wan config, a damaged projector (were tracebacks)
+        raise WeightsError(f"{exc}: the base folder must be Wan2.1-Fun-V1.1-1.3B-InP (image-to-video, 1.3B) and the V3 "
+                           "file EchoMimicV3 flash-pro's; download them again (echomimic download --weights v3-flash).") from None
     if base_cfg is None:  # infer from the weights
         sd = {**base_sd, **v3_sd}
+        lacking = [k for k in ("patch_embedding.weight", "blocks.0.ffn.0.weight", "text_embedding.0.weight") if k not in sd]
+        if lacking:  # an SD1.5 / V1 / V2 file where the Wan base belongs (was a KeyError)
+            raise WeightsError(f"the base file has no '{lacking[0]}': not a Wan 2.1 transformer (an SD1.5 or EchoMimic "
+                               "V1/V2 file?). The base folder must hold Wan2.1-Fun-V1.1-1.3B-InP's config.json and "
+                               f"{BASE_WEIGHTS} (echomimic download --weights v3-flash).")
         dim = int(sd["patch_embedding.weight"].shape[0])
         layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
         cfg = WanV3Config(dim=dim, ffn_dim=int(sd["blocks.0.ffn.0.weight"].shape[0]), num_layers=layers,
@@ -115,7 +138,41 @@ def config_from_files(base_cfg: dict | None, v3_sd: dict, base_sd: dict) -> WanV
     clip = base_sd.get("img_emb.proj.0.weight", v3_sd.get("img_emb.proj.0.weight"))
     if clip is not None:  # 1280 in the release (hard-coded officially); smaller in test models
         cfg = replace(cfg, clip_dim=int(clip.shape[0]))
+    if cfg.audio.output_dim != cfg.dim:  # e.g. a Wan 14B base (5120 wide): was a ValueError building the network
+        raise WeightsError(f"the base model is {cfg.dim} wide, the V3 file's audio projector gives {cfg.audio.output_dim}: "
+                           "the base folder holds another Wan size (EchoMimicV3 flash-pro is built on the 1536-wide "
+                           "Wan2.1-Fun-V1.1-1.3B-InP, not 14B); download it with echomimic download --weights v3-flash.")
     return cfg
+
+
+def _header_tensors(path: Path) -> dict | None:
+    """A safetensors file's tensors as meta tensors of their shapes (its header only: nothing is read); None for
+    another format or an unreadable file (the full read names it)."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except Exception:
+        return None
+
+
+def _expected(cfg: WanV3Config) -> dict:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in WanV3Transformer(cfg).state_dict().items()}
+
+
+def check_v3_headers(base: str | Path, v3_file: str | Path, config: WanV3Config | None = None) -> None:
+    """Every check of :func:`load_v3_transformer` that the files' headers answer (the config, which keys, their shapes),
+    before a weight is read: a Wan 14B or text-to-video base file was read whole (gigabytes) before it was refused."""
+    base_weights, base_cfg = _base_paths(base)
+    base_sd, v3_sd = _header_tensors(base_weights), _header_tensors(Path(v3_file))
+    if base_sd is None or v3_sd is None:
+        return
+    cfg = config or config_from_files(base_cfg, v3_sd, base_sd)
+    merge_state_dicts(base_sd, v3_sd, _expected(cfg), str(base), str(v3_file))
 
 
 def load_v3_transformer(base: str | Path, v3_file: str | Path, config: WanV3Config | None = None,
@@ -124,6 +181,7 @@ def load_v3_transformer(base: str | Path, v3_file: str | Path, config: WanV3Conf
 
     ``dtype``: the weights' dtype on ``device`` (default: float32). Returns the model (eval mode) and the
     report of which tensors came from which file."""
+    check_v3_headers(base, v3_file, config)  # a file of another model or size: refused before it is read
     base_sd, v3_sd, base_cfg = read_v3_files(base, v3_file)
     cfg = config or config_from_files(base_cfg, v3_sd, base_sd)
     with torch.device("meta"):

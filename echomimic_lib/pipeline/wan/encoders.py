@@ -47,9 +47,13 @@ def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32):
     encoder_dir = Path(encoder_dir)
     if not (encoder_dir / "config.json").is_file():
         raise FileNotFoundError(f"{encoder_dir}: no config.json; expected a Hugging Face umT5 encoder folder (with its tokenizer)")
-    tok = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
-    model = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=dtype).to(device).eval()
-    return tok, model
+    from ...io.weights import from_hf_folder
+
+    tok = from_hf_folder(lambda: AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True), encoder_dir,
+                         "umT5 tokenizer")
+    model = from_hf_folder(lambda: UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=dtype),
+                           encoder_dir, "umT5-xxl text encoder")
+    return tok, model.to(device).eval()
 
 
 @torch.no_grad()
@@ -88,7 +92,11 @@ def load_clip_vision(vision_dir: str | Path, device="cpu", dtype=torch.float32):
     vision_dir = Path(vision_dir)
     if not (vision_dir / "config.json").is_file():
         raise FileNotFoundError(f"{vision_dir}: no config.json; expected a Hugging Face CLIPVisionModel folder (ViT-H/14)")
-    return CLIPVisionModel.from_pretrained(str(vision_dir), local_files_only=True, torch_dtype=dtype).to(device).eval()
+    from ...io.weights import from_hf_folder
+
+    model = from_hf_folder(lambda: CLIPVisionModel.from_pretrained(str(vision_dir), local_files_only=True, torch_dtype=dtype),
+                           vision_dir, "CLIP ViT-H/14 image encoder")
+    return model.to(device).eval()
 
 
 @torch.no_grad()
