@@ -3,8 +3,9 @@
 ``save_state`` writes model, optimizer, registered objects (LR scheduler, train state, EMA) and every RNG
 state into ``checkpoints/.tmp-step-00000100``; ``meta.json`` is added and the folder is renamed to
 ``checkpoints/step-00000100`` only then. A checkpoint folder therefore exists completely or not at all:
-a run killed while saving leaves a ``.tmp-*`` folder, which the next run deletes. Only the newest
-``keep_last`` checkpoints are kept.
+a run killed while saving leaves a ``.tmp-*`` folder, which the next run deletes. A step saved again keeps its
+earlier folder aside (``.old-step-*``) until the new one is in place: a kill between the renames leaves the step
+whole, listed (and resumed) from there. Only the newest ``keep_last`` checkpoints are kept.
 
 Several nodes (``distributed.shared_fs: local``, accelerate's ``save_on_each_node``): the first process of each
 node writes the whole checkpoint into its own ``output_dir`` (model, optimizer, registered objects, its node's
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 
 PATTERN = re.compile(r"^step-(\d{8})$")
+ASIDE = ".old-"  # ".old-step-N": step N's earlier checkpoint, kept while a new save of step N takes its place
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -38,7 +40,7 @@ def refuse_inside_checkpoint(path, what: str) -> None:
 
     real = Path(os.path.realpath(path))
     for folder in (real, *real.parents):
-        if folder.parent.name == "checkpoints" and (PATTERN.match(folder.name) or folder.name.startswith(".tmp-step-")):
+        if folder.parent.name == "checkpoints" and (PATTERN.match(folder.name) or folder.name.startswith((".tmp-step-", ASIDE))):
             run = folder.parent.parent
             raise ConfigError(f"{what} {path} is inside the checkpoint folder {folder}: the run deletes that folder whole "
                               "when it rotates its checkpoints (checkpoint.keep_last), or replaces it when it saves that step "
@@ -50,8 +52,13 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := PATTERN.match(p.name)) and (p / "meta.json").is_file()]
-    return sorted(found)
+    found: dict[int, Path] = {}
+    for p in root.iterdir():
+        aside = p.name.startswith(ASIDE)
+        m = PATTERN.match(p.name[len(ASIDE):] if aside else p.name)
+        if m and (p / "meta.json").is_file() and not (aside and int(m.group(1)) in found):
+            found[int(m.group(1))] = p  # a step's own folder wins over its earlier one kept aside
+    return sorted(found.items())
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -67,8 +74,10 @@ def remove_partial(root: Path) -> list[Path]:
     root = Path(root)
     gone = []
     if root.is_dir():
+        kept = {p for _, p in list_checkpoints(root)}
         for p in root.iterdir():
-            if p.name.startswith(".tmp-step-"):
+            # a save cut short; an earlier checkpoint kept aside whose step has its new one (one without is the step's)
+            if p.name.startswith(".tmp-step-") or (p.name.startswith(ASIDE) and p not in kept):
                 shutil.rmtree(p, ignore_errors=True)
                 gone.append(p)
     return gone
@@ -117,10 +126,13 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, meta: dict, keep_last
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if writer:
-        if final.exists():
-            shutil.rmtree(final)
+        aside = root / f"{ASIDE}{final.name}"
+        if final.exists():  # the step saved again (a resumed run): its earlier checkpoint stays until the new one is in
+            shutil.rmtree(aside, ignore_errors=True)  # place, so a kill between the two renames loses neither
+            os.replace(final, aside)
         os.replace(tmp, final)
         _fsync_dir(root)
+        shutil.rmtree(aside, ignore_errors=True)
         for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
