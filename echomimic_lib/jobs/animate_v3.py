@@ -148,7 +148,7 @@ def plan_v3(req: V3Request) -> V3Plan:
         check_fp8(req.device)
     check_v3_numbers(req)
     out = check_output(req.output, {"--reference": req.reference, "--audio": req.audio})
-    ref = read_reference(req.reference)
+    ref = read_reference(req.reference, "v3")
     check_v3_speech_length(req.audio)
     wav, sr, raw = read_speech(req.audio)
     check_v3_speech_length(req.audio, raw.num_samples_16k / 16000.0)
