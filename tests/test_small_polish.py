@@ -27,3 +27,69 @@ def test_plan_v3_reference_message(tmp_path):
     with pytest.raises(EchoMimicError) as info:
         plan_v3(req)
     assert "--reference" in str(info.value) and "V3" in str(info.value) and "(V2)" not in str(info.value)
+
+
+def _tiny_v3(tmp_path):
+    from echomimic_lib.models.wan.tiny import write_tiny_v3
+
+    return write_tiny_v3(tmp_path / "tiny")
+
+
+def test_long_v3_prompt_is_named_before_umt5_loads_and_on_a_cached_run(tmp_path, monkeypatch, caplog):
+    """A prompt past umT5's 512 tokens: a warning naming how many are dropped, before the encoder's weights load (and
+    again when the cached states are reused); the states are those of the first 512 tokens, as before."""
+    import logging
+
+    import torch
+    import transformers
+
+    from echomimic_lib.pipeline.wan import encoders
+
+    umt5 = _tiny_v3(tmp_path) / "umt5-xxl"
+    long_prompt = " ".join(["a woman is speaking ."] * 120)  # 600 words: 88 past the 512
+    cache = tmp_path / "cache"
+    real = transformers.UMT5EncoderModel.from_pretrained
+    seen = []
+
+    def spy(*a, **k):
+        seen.append([r.getMessage() for r in caplog.records if r.levelno == logging.WARNING])
+        return real(*a, **k)
+
+    monkeypatch.setattr(transformers.UMT5EncoderModel, "from_pretrained", spy)
+    with caplog.at_level(logging.WARNING):
+        states = encoders.encode_prompt(umt5, long_prompt, cache_dir=cache)
+    assert seen and any("88 tokens" in m and "512" in m for m in seen[0])  # said before the model loaded
+    assert states.shape[1] == 512
+    tok, model = encoders.load_umt5(umt5)
+    ids = tok([long_prompt], padding="max_length", max_length=512, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model(ids.input_ids, attention_mask=ids.attention_mask).last_hidden_state.float()
+    assert torch.equal(states, want)  # outputs unchanged: the first 512 tokens
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = encoders.encode_prompt(umt5, long_prompt, cache_dir=cache)
+    assert torch.equal(again, states) and any("88 tokens" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        encoders.encode_prompt(umt5, "a man is talking .", cache_dir=cache)
+    assert not [r for r in caplog.records if "tokens" in r.getMessage()]
+
+
+def test_encode_prompts_warns_before_loading(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import torch
+    import transformers
+
+    from echomimic_lib.jobs.animate_v3 import encode_prompts
+
+    umt5 = _tiny_v3(tmp_path) / "umt5-xxl"
+    long_prompt = " ".join(["the man is talking ."] * 110)  # 550 words: 38 past the 512
+
+    def boom(*a, **k):
+        raise RuntimeError("no model load in this test")
+
+    monkeypatch.setattr(transformers.UMT5EncoderModel, "from_pretrained", boom)
+    with caplog.at_level(logging.WARNING), pytest.raises(Exception):
+        encode_prompts(umt5, ["a person is speaking .", long_prompt], tmp_path / "c", "cpu", torch.float32)
+    assert [r.getMessage() for r in caplog.records if "38 tokens" in r.getMessage()]

@@ -123,9 +123,10 @@ def encode_prompts(umt5_dir, texts, cache_dir: Path, device, dtype: torch.dtype)
     if not todo:
         return {}
     dev = torch.device(device)
-    umt5 = load_umt5(umt5_dir, dev, dtype)
+    umt5 = load_umt5(umt5_dir, dev, dtype, prompts=todo)  # a prompt past 512 tokens: said before the model loads
     try:
-        return {t: encode_prompt(umt5_dir, t, cache_dir=cache_dir, device=dev, dtype=dtype, encoder=umt5) for t in todo}
+        return {t: encode_prompt(umt5_dir, t, cache_dir=cache_dir, device=dev, dtype=dtype, encoder=umt5, warned=True)
+                for t in todo}
     finally:
         del umt5
         gc.collect()
