@@ -93,3 +93,62 @@ def test_encode_prompts_warns_before_loading(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING), pytest.raises(Exception):
         encode_prompts(umt5, ["a person is speaking .", long_prompt], tmp_path / "c", "cpu", torch.float32)
     assert [r.getMessage() for r in caplog.records if "38 tokens" in r.getMessage()]
+
+
+# ------------------------------------------------------------------------------------------ 4. the destination named
+def _full(name):
+    import errno
+
+    def fail(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", name() if callable(name) else name)
+    return fail
+
+
+def test_a_full_disk_names_the_destination_not_the_removed_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from echomimic_lib.io import file_safety, weights
+
+    dest = tmp_path / "denoising_unet.pth"
+    monkeypatch.setattr(weights, "_write_weights", lambda state, tmp, suffix: _full(str(tmp))())
+    with pytest.raises(OSError) as info:
+        weights.save_state_dict({"w": torch.zeros(2)}, dest)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(dest) and ".partial" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(file_safety.Path, "write_text", lambda self, *a, **k: _full(str(self))())
+    with pytest.raises(OSError) as info:
+        file_safety.write_text_atomic(tmp_path / "inference_config.json", "{}")
+    assert info.value.filename == str(tmp_path / "inference_config.json") and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_rename_names_the_destination(tmp_path, monkeypatch):
+    import errno
+
+    from echomimic_lib.io import file_safety
+
+    tmp = tmp_path / ".x.abc.partial"
+    tmp.write_text("x")
+    monkeypatch.setattr(file_safety.os, "replace", lambda a, b: (_ for _ in ()).throw(
+        PermissionError(errno.EACCES, "Permission denied", str(a), None, str(b))))
+    with pytest.raises(PermissionError) as info:
+        file_safety.publish(tmp, tmp_path / "x.json")
+    assert info.value.filename == str(tmp_path / "x.json")
+
+
+def test_the_trainer_says_the_destination(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from echomimic_lib.io import weights
+    from trainer.cli import _os_error
+
+    dest = tmp_path / "out" / "motion_module.pth"
+    dest.parent.mkdir()
+    monkeypatch.setattr(weights, "_write_weights", lambda state, tmp, suffix: _full(str(tmp))())
+    try:
+        weights.save_state_dict({"w": torch.zeros(2)}, dest)
+    except OSError as exc:
+        assert _os_error(exc) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {dest}: no space left on the disk" in err and ".partial" not in err
