@@ -152,3 +152,60 @@ def test_the_trainer_says_the_destination(tmp_path, monkeypatch, capsys):
         assert _os_error(exc) == 2
     err = capsys.readouterr().err
     assert f"cannot write {dest}: no space left on the disk" in err and ".partial" not in err
+
+
+# ------------------------------------------------------------------------------------------ 5. a failed download
+def test_a_download_on_a_full_disk_is_one_line_with_the_file_and_the_fix(tmp_path, monkeypatch):
+    import errno
+
+    import huggingface_hub
+
+    from echomimic_lib.errors import MissingWeightsError
+    from echomimic_lib.io.hub import HubFile, fetch
+
+    root = tmp_path / "models"
+
+    def full(repo_id, filename, local_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{local_dir}/.cache/huggingface/download/x.incomplete")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", full)
+    dest = root / "v3-flash" / "umt5-xxl" / "model.safetensors"
+    with pytest.raises(MissingWeightsError) as info:
+        fetch([HubFile("org/repo", "model.safetensors", dest)], root, "missing files:\n  a\n  b")
+    msg = str(info.value)
+    assert "\n" not in msg and str(dest) in msg and "no space left on the disk" in msg and "free some space" in msg
+    assert "Errno" not in msg and "incomplete" not in msg and "OSError" not in msg
+    assert info.value.missing == [str(dest)]  # still the error the callers handle
+    assert sorted(p.name for p in root.iterdir()) == []  # the staging folder is gone
+
+
+def test_a_network_failure_keeps_its_full_message(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from echomimic_lib.errors import MissingWeightsError
+    from echomimic_lib.io.hub import HubFile, fetch
+
+    def offline(repo_id, filename, local_dir):
+        raise ConnectionError("cannot reach huggingface.co")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(MissingWeightsError) as info:
+        fetch([HubFile("org/repo", "m.bin", tmp_path / "m" / "m.bin")], tmp_path / "m", "missing files:\n  m.bin")
+    assert "HF_ENDPOINT" in str(info.value) and "cannot reach" in str(info.value)
+
+
+def test_a_models_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from echomimic_lib.errors import MissingWeightsError
+    from echomimic_lib.io import hub
+
+    def ro(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "m" / ".echomimic-download-x"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", ro)
+    with pytest.raises(MissingWeightsError) as info:
+        hub.fetch([hub.HubFile("o/r", "a.bin", tmp_path / "m" / "a.bin")], tmp_path / "m", "missing:\n  a.bin")
+    msg = str(info.value)
+    assert "\n" not in msg and f"cannot write into {tmp_path / 'm'}: the file system is read-only" in msg
