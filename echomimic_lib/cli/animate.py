@@ -94,7 +94,8 @@ def add_commands(sub) -> None:
     a = sub.add_parser("animate", help="render a talking-head (V1) or half-body (V2) video",
                        description="Render a video from a reference image and speech (V1: portrait, 512 px; V2: half-body, "
                                    "768 px). Everything that can be checked without weights is checked first.")
-    a.add_argument("--reference", required=True, help="reference image: a portrait (V1) or a half-body picture (V2); png, jpg, webp")
+    a.add_argument("--reference", required=True, help="reference image: a portrait (V1), a half-body picture (V2) or the person, face to half "
+                   "body (V3); png, jpg, webp")
     a.add_argument("--audio", help="driving speech: wav, mp3, flac, m4a or a video with sound; any sample rate (required, "
                                    "except with --mode landmarks: without it the landmarks alone drive the video)")
     a.add_argument("-o", "--output", required=True, help="output video, .mp4 (H.264 + the input audio); written under a temporary "

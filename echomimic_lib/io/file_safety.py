@@ -74,7 +74,10 @@ def publish(tmp: str | Path, final: str | Path) -> Path:
         os.chmod(tmp, new_file_mode())
     except OSError:  # a file system without permission bits (some network or FAT mounts): keep what it gives
         pass
-    os.replace(tmp, target)
+    from .os_errors import naming
+
+    with naming(final, tmp):  # the user's name in the error, not the temporary file's (removed by the caller)
+        os.replace(tmp, target)
     return Path(final)
 
 
@@ -174,9 +177,12 @@ def remove_folders(made) -> None:
 def write_text_atomic(final: str | Path, text: str) -> Path:
     """``text`` as ``final``, whole or not at all: a unique temporary file beside it (:func:`temp_beside`), then
     :func:`publish`; the temporary file is removed on any failure."""
+    from .os_errors import naming
+
     tmp = temp_beside(final)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with naming(final, tmp):
+            tmp.write_text(text, encoding="utf-8")
         return publish(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

@@ -5,6 +5,8 @@ that a file that exists but cannot be opened is not called missing or damaged.""
 from __future__ import annotations
 
 import errno
+import os
+from contextlib import contextmanager
 
 _E = errno
 # errno -> (what the system said, the fix)
@@ -50,3 +52,17 @@ def is_os_refusal(exc: BaseException) -> bool:
     """Whether ``exc`` is the system refusing the file itself (permissions, a name too long, no file handles left)
     rather than a file whose contents are wrong (PyAV raises its codec errors as OSError subclasses too)."""
     return isinstance(exc, OSError) and getattr(exc, "errno", None) in _SAID
+
+
+@contextmanager
+def naming(final, *temporaries):
+    """An OSError raised inside that names one of ``temporaries`` (a temporary file the caller removes on failure) is
+    raised again naming ``final``, the destination the user gave (same errno and subclass; the original chained)."""
+    temps = {os.fspath(t) for t in temporaries}
+    try:
+        yield
+    except OSError as exc:
+        name = getattr(exc, "filename", None)
+        if exc.errno is None or name is None or os.fspath(name) not in temps:
+            raise
+        raise OSError(exc.errno, exc.strerror, os.fspath(final)) from exc

@@ -209,9 +209,12 @@ def load_strict(model: nn.Module, state, label: str, device=None, dtype: torch.d
 def save_state_dict(state: dict, path: str | Path) -> Path:
     """Write ``.safetensors`` or ``.pth`` atomically (write, then rename); shared storages are cloned."""
     path = Path(path)
+    from .os_errors import naming
+
     tmp = temp_beside(path)  # unique, beside a link's target (the link is written through); a folder there is refused
     try:
-        _write_weights(state, tmp, path.suffix)
+        with naming(path, tmp):  # a full disk names the destination, not the temporary file removed below
+            _write_weights(state, tmp, path.suffix)
         publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -279,14 +279,19 @@ def check_output(path, inputs: dict | None = None) -> Path:
                              needs="the output is an H.264 mp4 video; give it the .mp4 extension")
 
 
-def read_reference(path) -> np.ndarray:
-    """RGB uint8 of ``--reference`` (:mod:`echomimic_lib.io.image_file`: a HEIC photo, an empty file, a video... named)."""
+REFERENCE_KINDS = {None: "a portrait (V1) or half-body (V2) image file",
+                   "v3": "an image file of the person, face to half body (V3)"}
+
+
+def read_reference(path, version: str | None = None) -> np.ndarray:
+    """RGB uint8 of ``--reference`` (:mod:`echomimic_lib.io.image_file`: a HEIC photo, an empty file, a video... named);
+    ``version`` "v3": a missing file's message says what EchoMimicV3 takes."""
     from ..io.image_file import read_image_file
 
     p = Path(path)
     if not p.is_file():
-        raise EchoMimicError(f"--reference {p}: {'is a folder, not an image' if p.is_dir() else 'file not found'}; give a "
-                             "portrait (V1) or half-body (V2) image file (png, jpg, webp, ...).")
+        raise EchoMimicError(f"--reference {p}: {'is a folder, not an image' if p.is_dir() else 'file not found'}; give "
+                             f"{REFERENCE_KINDS[version]} (png, jpg, webp, ...).")
     return read_image_file(p, "--reference")
 
 

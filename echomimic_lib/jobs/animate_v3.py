@@ -123,9 +123,10 @@ def encode_prompts(umt5_dir, texts, cache_dir: Path, device, dtype: torch.dtype)
     if not todo:
         return {}
     dev = torch.device(device)
-    umt5 = load_umt5(umt5_dir, dev, dtype)
+    umt5 = load_umt5(umt5_dir, dev, dtype, prompts=todo)  # a prompt past 512 tokens: said before the model loads
     try:
-        return {t: encode_prompt(umt5_dir, t, cache_dir=cache_dir, device=dev, dtype=dtype, encoder=umt5) for t in todo}
+        return {t: encode_prompt(umt5_dir, t, cache_dir=cache_dir, device=dev, dtype=dtype, encoder=umt5, warned=True)
+                for t in todo}
     finally:
         del umt5
         gc.collect()
@@ -148,7 +149,7 @@ def plan_v3(req: V3Request) -> V3Plan:
         check_fp8(req.device)
     check_v3_numbers(req)
     out = check_output(req.output, {"--reference": req.reference, "--audio": req.audio})
-    ref = read_reference(req.reference)
+    ref = read_reference(req.reference, "v3")
     check_v3_speech_length(req.audio)
     wav, sr, raw = read_speech(req.audio)
     check_v3_speech_length(req.audio, raw.num_samples_16k / 16000.0)

@@ -95,6 +95,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     from safetensors.torch import load_file, save_file
 
     from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output, regular_target, temp_beside
+    from echomimic_lib.io.os_errors import naming
 
     from ..checkpoint import latest_checkpoint, read_meta, refuse_inside_checkpoint
     from ..export import checkpoint_files
@@ -126,7 +127,8 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     with NewFolders(path.parent):  # export's rule: the missing folders said, and removed again on a failure
         tmp = temp_beside(path, ".partial.safetensors")  # unique (two exports at once); check_export wants the suffix
         try:
-            save_file(tensors, str(tmp), metadata=info)
+            with naming(path, tmp):  # a full disk names the destination, not the temporary file removed below
+                save_file(tensors, str(tmp), metadata=info)
             if verify:
                 check_export(tmp, desc)
             publish(tmp, path)

@@ -3,7 +3,9 @@
 * Text: transformers ``UMT5EncoderModel`` + its tokenizer from a Hugging Face folder (umT5-xxl, as diffusers'
   Wan pipelines use it). Official procedure: pad/truncate to 512 tokens with the attention mask, keep only
   the real tokens' states (the transformer zero-pads them back to 512). Embeddings are cached on disk per
-  (encoder folder, prompt, dtype), so the 5.7 B-parameter encoder runs once per prompt and precision.
+  (encoder folder, prompt, dtype), so the 5.7 B-parameter encoder runs once per prompt and precision. A prompt
+  longer than the 512 tokens is cut as the official; a log warning names how many tokens are dropped, before the
+  encoder's weights load (the tokenizer loads first) and again when its cached states are reused.
 * Image: transformers ``CLIPVisionModel`` (ViT-H/14): the reference at the sample size, bicubic resize to
   the model's input size (no antialias, as the official ``CLIPModel.visual``), CLIP mean/std, and the
   states after the penultimate block (``hidden_states[-2]``; Wan's ``use_31_block``) -> (1, 257, 1280).
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 TEXT_LEN = 512
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+log = logging.getLogger(__name__)
 
 
 def _cache_file(cache_dir: Path, encoder_dir: Path, prompt: str, dtype: torch.dtype) -> Path:
@@ -40,8 +44,22 @@ def missing_prompts(encoder_dir: str | Path, prompts, cache_dir: str | Path | No
     return [p for p in distinct if not _cache_file(cache_dir, encoder_dir, p, dtype).is_file()]
 
 
-def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32):
-    """(tokenizer, UMT5EncoderModel) from a Hugging Face folder, for :func:`encode_prompt` (``encoder=``)."""
+def dropped_tokens(tok, prompt: str) -> int:
+    """How many of ``prompt``'s tokens (special ones included) fall past the encoder's ``TEXT_LEN``."""
+    n = len(tok([prompt], add_special_tokens=True, truncation=False, verbose=False).input_ids[0])
+    return max(0, n - TEXT_LEN)
+
+
+def warn_dropped(prompt: str, dropped: int) -> None:
+    if dropped > 0:
+        log.warning("V3 prompt %r: %d tokens past the text encoder's %d are dropped (umT5 reads the first %d, as the "
+                    "official); shorten the prompt to keep them all.", prompt[:40] + ("..." if len(prompt) > 40 else ""),
+                    dropped, TEXT_LEN, TEXT_LEN)
+
+
+def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32, prompts=()):
+    """(tokenizer, UMT5EncoderModel) from a Hugging Face folder, for :func:`encode_prompt` (``encoder=``); each of
+    ``prompts`` longer than ``TEXT_LEN`` tokens is warned about after the tokenizer loads, before the model does."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     encoder_dir = Path(encoder_dir)
@@ -51,6 +69,8 @@ def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32):
 
     tok = from_hf_folder(lambda: AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True), encoder_dir,
                          "umT5 tokenizer")
+    for prompt in prompts:
+        warn_dropped(prompt, dropped_tokens(tok, prompt))
     model = from_hf_folder(lambda: UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=dtype),
                            encoder_dir, "umT5-xxl text encoder")
     return tok, model.to(device).eval()
@@ -58,16 +78,24 @@ def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32):
 
 @torch.no_grad()
 def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | None = None, device="cpu",
-                  dtype=torch.float32, encoder=None) -> torch.Tensor:
+                  dtype=torch.float32, encoder=None, warned: bool = False) -> torch.Tensor:
     """(1, n_tokens, 4096) umT5 states of the prompt's real tokens (cached in ``cache_dir`` if given).
-    ``encoder``: a loaded (tokenizer, model) to use on a cache miss (else loaded here)."""
+    ``encoder``: a loaded (tokenizer, model) to use on a cache miss (else loaded here); ``warned``: its
+    :func:`load_umt5` named a cut prompt already (not said twice)."""
     from safetensors.torch import load_file, save_file
 
     encoder_dir = Path(encoder_dir)
     cached = _cache_file(cache_dir, encoder_dir, prompt, dtype) if cache_dir else None
     if cached is not None and cached.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(cached), "pt") as f:  # the cut, said again on every run that reuses it
+            warn_dropped(prompt, int((f.metadata() or {}).get("dropped_tokens", 0)))
         return load_file(str(cached))["prompt_embeds"]
-    tok, model = encoder if encoder is not None else load_umt5(encoder_dir, device, dtype)
+    tok, model = encoder if encoder is not None else load_umt5(encoder_dir, device, dtype, prompts=[prompt])
+    dropped = dropped_tokens(tok, prompt)  # load_umt5 said it before the model loaded; a given encoder: said here
+    if encoder is not None and not warned:
+        warn_dropped(prompt, dropped)
     dev = next(model.parameters()).device
     ids = tok([prompt], padding="max_length", max_length=TEXT_LEN, truncation=True, add_special_tokens=True, return_tensors="pt")
     mask = ids.attention_mask.to(dev)
@@ -78,7 +106,7 @@ def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | 
         fd, tmp = tempfile.mkstemp(prefix=f".{cached.stem}.", suffix=".partial", dir=cached.parent)  # the writer's own:
         os.close(fd)  # batch workers may encode the same prompt at once; each renames a whole file into place
         try:
-            save_file({"prompt_embeds": out}, tmp)
+            save_file({"prompt_embeds": out}, tmp, metadata={"dropped_tokens": str(dropped)})
             os.replace(tmp, cached)
         finally:
             Path(tmp).unlink(missing_ok=True)
