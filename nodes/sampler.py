@@ -90,8 +90,11 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
                             context_frames=context_frames, context_overlap=context_overlap, cuda_graphs=bool(cuda_graphs),
                             deep_cache=deep_cache, deep_cache_branch=deep_cache_branch)
     settings.validate()
-    if frame_sink is None:  # the frames are returned as one IMAGE batch in host memory
-        check_frames_fit(n, height, width, "EchoMimic Sampler (to file)")
+    if frame_sink is None:  # the frames are returned as one IMAGE batch in host memory, filled chunk by chunk
+        from ..echomimic_lib.pipeline.decode import host_bytes
+
+        check_frames_fit(n, height, width, "EchoMimic Sampler (to file)", working=host_bytes(
+            getattr(handle.models, "vae", None), n, height, width, settings.decode_batch, C.torch_device()))
     condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps, track.audio)
     image = first_image(reference, "reference")
     check_finite(reference[:1], "reference", "connect a picture (EchoMimic Reference Preparation's image).")

@@ -27,12 +27,13 @@ def available_bytes() -> int | None:
 def check_frames_fit(frames: int, height: int, width: int, fix: str, working: int = 0) -> None:
     """Refuse a video whose frames (float32) need more than the available host memory; ``fix``: what to use instead
     (the streaming variant); ``working``: bytes held besides them while the frames are made (EchoMimicV3: the chunk
-    being decoded, :func:`echomimic_lib.pipeline.wan.memory.chunk_host_bytes`). Nothing is checked where the
+    being decoded, :func:`echomimic_lib.pipeline.wan.memory.chunk_host_bytes`; V1/V2: the decode's,
+    :func:`echomimic_lib.pipeline.decode.host_bytes`). Nothing is checked where the
     available memory is unknown (no psutil)."""
     need, free = frames_bytes(frames, height, width) + int(working), available_bytes()
     if free is None or need <= free:
         return
-    also = " and the chunk being made" if working else ""
+    also = " and the chunk being decoded" if working else ""
     raise EchoMimicError(f"{frames} frames at {width}x{height} need about {_size(need)} of host memory as one IMAGE "
                          f"batch (float32){also}, more than the {_size(free)} available. Use {fix}, which writes the video "
                          "to an mp4 as it is made (memory stays flat), or make it shorter (length) or smaller.")

@@ -23,6 +23,7 @@ from ..memory import estimate
 log = logging.getLogger(__name__)
 VAE_SCALE = 0.18215
 CPU_WORKING_SET = 128 * 2**20  # estimated decode bytes per call on the CPU: 2 frames at 128 px, 1 from 256 px
+HOST_MARGIN = 1.25  # the host-memory check's room over that estimate (measured: tests/test_sampler_host_memory.py)
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -49,6 +50,20 @@ def cpu_chunk(vae, height: int, width: int, max_batch: int) -> int:
     host memory is not the limit here)."""
     per_frame = estimate.decode_frame_bytes(vae, height, width)
     return max(1, min(int(max_batch), CPU_WORKING_SET // max(per_frame, 1)))
+
+
+def host_bytes(vae, frames: int, height: int, width: int, max_batch: int, device) -> int:
+    """Host memory the decode holds besides the frames it fills (:func:`decode_latents` without a budget on the CPU, as
+    a :class:`~echomimic_lib.memory.Placement` gives there): on the CPU one call's working set (:func:`cpu_chunk` frames
+    x ``decode_frame_bytes``, with :data:`HOST_MARGIN`), the chunk's float32 copies (``/ 2``, ``+ 0.5``, ``clamp``: 3) and the latents (float32,
+    4 channels at 1/8 size); on a GPU the chunk brought back and the one before it (2 x ``max_batch`` float32 frames).
+    For the in-memory samplers' host-memory check (:func:`echomimic_lib.memory.host.check_frames_fit`)."""
+    frame = int(height) * int(width) * 3 * 4
+    if torch.device(device).type != "cpu":
+        return 2 * max(1, int(max_batch)) * frame
+    chunk = cpu_chunk(vae, height, width, max_batch)
+    latents = int(frames) * 4 * (int(height) // 8) * (int(width) // 8) * 4
+    return int(chunk * (HOST_MARGIN * estimate.decode_frame_bytes(vae, height, width) + 3 * frame)) + latents
 
 
 def _decode(vae, z: torch.Tensor, tiled: bool) -> torch.Tensor:
