@@ -76,7 +76,7 @@ def test_bad_input_gives_clear_errors_and_no_partial_file(tiny, speech, shared_d
     _fails(capsys, base + ["--version", "v2"] + _common(tiny, out), out, "needs a hand-pose sequence")
     bad_img = tmp_path / "broken.png"
     bad_img.write_bytes(b"not an image")
-    _fails(capsys, ["animate", "--reference", str(bad_img), "--audio", str(speech)] + _common(tiny, out), out, "cannot be read as an image")
+    _fails(capsys, ["animate", "--reference", str(bad_img), "--audio", str(speech)] + _common(tiny, out), out, "not an image")
     # too few condition frames with the 'fail' retiming policy
     from echomimic_lib.pose import load_pose, save_pose_npz
 

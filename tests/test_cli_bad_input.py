@@ -112,7 +112,7 @@ CASES = [
     ("output-not-writable", ["-o", "{readonly}/out.mp4"], ["cannot write into", "writable folder"]),
     ("reference-missing", ["--reference", "{tmp}/none.png"], ["--reference", "none.png", "file not found", "give a portrait"]),
     ("reference-is-folder", ["--reference", "{tmp}"], ["--reference", "is a folder", "image file"]),
-    ("reference-corrupt", ["--reference", "{broken_png}"], ["cannot be read as an image", "save it as png or jpg"]),
+    ("reference-corrupt", ["--reference", "{broken_png}"], ["truncated", "copy or download it again"]),
     ("audio-missing", ["--audio", "{tmp}/none.wav"], ["--audio", "none.wav", "file not found", "speech recording"]),
     ("audio-corrupt", ["--audio", "{noise_bytes}"], ["noise.wav", "cannot be opened as a media file", "use a wav"]),
     ("audio-no-sound-track", ["--audio", "{ref}"], ["has no audio stream", "recording with sound"]),
