@@ -57,6 +57,9 @@ def worker_devices(opts: BatchOptions) -> list[str]:
     from ...errors import EchoMimicError
 
     device = str(opts.device).strip()
+    if "cpu" in [d.strip() for d in device.split(",")] and device != "cpu":
+        raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of GPUs "
+                             "(cuda:0,cuda:1), not both in one batch.")
     if device in ("auto", "cuda") and torch.cuda.is_available():
         gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     elif device.startswith("cuda"):
@@ -65,9 +68,6 @@ def worker_devices(opts: BatchOptions) -> list[str]:
         gpus = _gpu_list(device, torch.cuda.device_count())
     elif device in ("auto", "cpu"):
         gpus = []
-    elif "cpu" in [d.strip() for d in device.split(",")]:
-        raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of GPUs "
-                             "(cuda:0,cuda:1), not both in one batch.")
     else:
         raise EchoMimicError(f"--device {device}: use auto, cpu, cuda or a list like cuda:0,cuda:1.")
     if opts.workers is not None and opts.workers < 1:
@@ -88,10 +88,7 @@ def _gpu_list(device: str, count: int) -> list[str]:
         return [f"cuda:{i}" for i in range(count)]
     have = f"this machine has {count} GPU(s): cuda:0" + (f" to cuda:{count - 1}" if count > 1 else "")
     out = []
-    for name in names:
-        if name == "cpu":
-            raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of "
-                                 "GPUs (cuda:0,cuda:1), not both in one batch.")
+    for name in names:  # (cpu among them was refused by worker_devices)
         m = re.fullmatch(r"cuda:(\d+)", name)
         if not m:
             raise EchoMimicError(f"--device {device}: '{name}' is not a GPU; write each as cuda:N, e.g. cuda:0,cuda:1.")
