@@ -6,6 +6,7 @@ import tracemalloc
 import wave
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -19,8 +20,9 @@ SHARED = sorted(p for p in (DATA / "audio").glob("*")) + sorted((DATA / "video")
 
 def _old_seconds(path):
     """What probe measured before: the whole audio decoded and held."""
-    if not video_io._has_audio(path):
-        return None
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
     wav, sr = read_audio(path)
     return wav.shape[1] / sr
 

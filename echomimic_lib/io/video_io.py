@@ -291,14 +291,6 @@ def frame_time_drift(path: str | Path, fps: float) -> tuple[float, int]:
     return abs(worst), at
 
 
-def _has_audio(path) -> bool:
-    container = _open(path)
-    try:
-        return bool(container.streams.audio)
-    finally:
-        container.close()
-
-
 def _keep(out, done: int, first: int, stop: int | None, chunks: list) -> int:
     """Append the part of the resampled frame ``out`` (samples ``done ..``) inside ``first .. stop``; the new count."""
     a, b = done, done + out.samples

@@ -154,16 +154,14 @@ def _validate(req: DubRequest) -> _Checked:
     return _Checked(variant, settings, parts, device, dtype, root, face_model)
 
 
-def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float,
-            has_audio: bool | None = None):
+def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float, has_audio: bool):
     """(sound track, sample rate, seconds, generated frame count) of the new speech or, without it, the L mode (the
-    source's own sound, when it has one: ``has_audio`` from the header the caller read, None: the file is asked)."""
+    source's own sound, when it has one: ``has_audio`` from the header the caller read)."""
     if req.audio is None:
-        from ..io.video_io import _has_audio, read_audio
+        from ..io.video_io import read_audio
 
         # with --length only its seconds are muxed (the writer trims the sound to the video): the rest is not decoded
         seconds = None if req.length is None else req.length / fps + 1.0
-        has_audio = _has_audio(video) if has_audio is None else has_audio
         audio, sr = read_audio(video, duration=seconds) if has_audio else (None, None)
         frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
         return audio, sr, n_src / src_fps, frames
