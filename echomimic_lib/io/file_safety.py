@@ -66,14 +66,18 @@ def resolved_outside(root: str | Path, path: str | Path) -> Path | None:
     return None if real == real_root or real_root in real.parents else real
 
 
-def publish(tmp: str | Path, final: str | Path) -> Path:
-    """Give ``tmp`` the umask's permissions, then rename it to ``final`` (atomic on one file system); a symlink at
-    ``final`` is written through, a folder, device or pipe there is never replaced (:func:`regular_target`)."""
-    target = regular_target(final)
+def _give_new_file_mode(tmp) -> None:
     try:
         os.chmod(tmp, new_file_mode())
     except OSError:  # a file system without permission bits (some network or FAT mounts): keep what it gives
         pass
+
+
+def publish(tmp: str | Path, final: str | Path) -> Path:
+    """Give ``tmp`` the umask's permissions, then rename it to ``final`` (atomic on one file system); a symlink at
+    ``final`` is written through, a folder, device or pipe there is never replaced (:func:`regular_target`)."""
+    target = regular_target(final)
+    _give_new_file_mode(tmp)
     from .os_errors import naming
 
     with naming(final, tmp):  # the user's name in the error, not the temporary file's (removed by the caller)
@@ -86,10 +90,7 @@ def publish_new(tmp: str | Path, final: str | Path, next_name, tries: int = 1000
     second ComfyUI sharing the output folder, the same workflow run twice at once), ``next_name()`` gives the next free
     numbered name and that one is taken. Atomic where the file system has hard links (``os.link`` fails on an existing
     name); elsewhere a check just before the rename. Returns the name the file got."""
-    try:
-        os.chmod(tmp, new_file_mode())
-    except OSError:  # a file system without permission bits: keep what it gives
-        pass
+    _give_new_file_mode(tmp)
     final = Path(final)
     for _ in range(tries):
         try:
