@@ -131,14 +131,18 @@ def test_dub_without_speech_and_with_length_decodes_the_sound_it_muxes_only(tmp_
     asked = []
     real = video_io.read_audio
     monkeypatch.setattr(video_io, "read_audio", lambda p, **k: asked.append(k) or real(p, **k))
-    audio, got_sr, seconds, frames = dub._speech(SimpleNamespace(audio=None, length=25), str(video), 100, 25.0, 25.0)
+    audio, got_sr, seconds, frames = dub._speech(SimpleNamespace(audio=None, length=25), str(video), 100, 25.0, 25.0, True)
     assert asked == [{"duration": 2.0}] and seconds == 4.0 and frames == 100
     np.testing.assert_array_equal(audio, whole[:, : audio.shape[1]])
     assert audio.shape[1] == 2 * got_sr < whole.shape[1]
     asked.clear()
-    audio, *_ = dub._speech(SimpleNamespace(audio=None, length=None), str(video), 100, 25.0, 25.0)
+    audio, *_ = dub._speech(SimpleNamespace(audio=None, length=None), str(video), 100, 25.0, 25.0, True)
     assert asked == [{"duration": None}]
     np.testing.assert_array_equal(audio, whole)
+    asked.clear()
+    # a source whose header says it has no sound is not opened again for one
+    audio, got_sr, *_ = dub._speech(SimpleNamespace(audio=None, length=None), str(video), 100, 25.0, 25.0, False)
+    assert asked == [] and audio is None and got_sr is None
 
 
 def test_poses_preview_audio_with_length_decodes_what_the_preview_keeps(monkeypatch):
