@@ -78,20 +78,22 @@ SAMPLER_DEFAULTS = {"normal": {"steps": 30, "cfg": 2.5}, "acc": {"steps": 6, "cf
 CONTEXT_DEFAULTS = {"context_frames": 12, "context_overlap": 3}
 DEFAULT_FPS = 24
 FPS_RANGE = (1.0, 120.0)  # frames per second of a video the sampler makes (the nodes' widget range)
+MAX_SOURCE_FPS = 240.0  # frames per second of a video given to read (a phone's slow motion: 240)
 # EchoMimicV3 speech over one 81-frame shot, in chunks (pipeline.wan.long): each from the reference, or on from the last
 V3_LONG_MODES = ("reanchor", "continue")
 
 
-def check_frame_rate(fps, what: str = "fps") -> float:
+def check_frame_rate(fps, what: str = "fps", top: float = FPS_RANGE[1]) -> float:
     """The video's frame rate as a float, 1 to 120 (the sampler's rule; the nodes that fix a video's frame rate check a
     linked value with it before their work, the command line its ``--fps``), else an error naming ``what`` (the node's
-    input or the flag) in one shape for both."""
+    input or the flag) in one shape for both. The rate of a video given to read (the nodes that take a video's frames,
+    ``evaluate --fps``) may go up to ``top`` = :data:`MAX_SOURCE_FPS`."""
     try:
         value = math.nan if isinstance(fps, bool) else float(fps)
     except (TypeError, ValueError):
         value = math.nan
-    if not (math.isfinite(value) and FPS_RANGE[0] <= value <= FPS_RANGE[1]):
-        raise EchoMimicError(f"{what} {fps}: the frame rate must be a number between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g} "
+    if not (math.isfinite(value) and FPS_RANGE[0] <= value <= top):
+        raise EchoMimicError(f"{what} {fps}: the frame rate must be a number between {FPS_RANGE[0]:g} and {top:g} "
                              "(24 or 25 is typical).")
     return value
 

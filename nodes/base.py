@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 
 from ..echomimic_lib.errors import EchoMimicError
 
@@ -99,16 +98,12 @@ def switch(tooltip: str, default: bool = False) -> tuple:
 
 
 def check_fps(fps, what: str = "fps") -> float:
-    """A frame rate that came through a link (ComfyUI range-checks widgets only): a positive number, else an error
-    naming the input, before any work."""
-    try:
-        value = float(fps)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(fps, bool) or not (math.isfinite(value) and value > 0):
-        raise EchoMimicError(f"{what} {fps!r}: the frame rate must be a positive number of frames per second (24 or 25 "
-                             "is typical); link the frame rate of the video (Get Video Components' fps) or type one.")
-    return value
+    """The frame rate of a video's frames that came through a link (ComfyUI range-checks widgets only): 1 to
+    :data:`~echomimic_lib.modes.MAX_SOURCE_FPS`, checked by :func:`echomimic_lib.modes.check_frame_rate` (one rule and
+    one message for every node and flag), else an error naming the input, before any work."""
+    from ..echomimic_lib.modes import MAX_SOURCE_FPS, check_frame_rate
+
+    return check_frame_rate(fps, what, MAX_SOURCE_FPS)
 
 
 def frame_rate(tooltip: str, default: float = 24.0, step: float = 0.01) -> tuple:

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..echomimic_lib.errors import EchoMimicError, MissingWeightsError
 from . import comfy_bridge as C
 from . import detectors, names, paths
-from .base import Node, frame_rate, link, switch
+from .base import Node, check_fps, frame_rate, link, switch
 from .payloads import first_image, image_batch, to_image
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,10 @@ def evaluate(frames, audio, fps: float, syncnet: str, arcface: str, download: bo
     from ..echomimic_lib.evaluate.plot import message_plot
     from ..echomimic_lib.evaluate.syncnet import missing_message as syncnet_missing
 
+    fps = check_fps(fps)  # a linked value: "fast" was a ValueError in float()
     if not isinstance(audio, dict) or "waveform" not in audio:
         raise EchoMimicError("audio: expected a ComfyUI AUDIO (connect the sampler's audio output, or Load Audio).")
-    clip = clip_from_arrays(image_batch(frames, "frames"), audio, fps=float(fps), source="rendered frames")
+    clip = clip_from_arrays(image_batch(frames, "frames"), audio, fps=fps, source="rendered frames")
     ref = first_image(reference, "reference") if reference is not None else None
     syncnet_file, note_s = _resolve(syncnet, "SyncNet weights", syncnet_missing)
     arcface_file, note_a = _resolve(arcface, "ArcFace model", arcface_missing)

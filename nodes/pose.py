@@ -13,7 +13,7 @@ from ..echomimic_lib.temporal import check_level
 from ..echomimic_lib.temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from . import comfy_bridge as C
 from . import detectors, names, paths
-from .base import Node, frame_rate, link, switch
+from .base import Node, check_fps, frame_rate, link, switch
 from .payloads import POSE_RETIME_POLICIES, POSES, PoseTrack, first_image, image_batch, to_image
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def _preview(seq) -> np.ndarray:
 def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str, download: bool,
          driving_frames=None, reference=None, stabilize: str = STABILIZE_DEFAULT) -> tuple[PoseTrack, object]:
     check_level(stabilize, "stabilize")
+    fps = check_fps(fps)  # a linked value is not range-checked by ComfyUI: 0 or NaN timed the poses, "fast" broke float()
     if retime not in POSE_RETIME_POLICIES:
         raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(POSE_RETIME_POLICIES)}.")
     detector = None

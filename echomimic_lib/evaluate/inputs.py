@@ -87,8 +87,10 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
     from ..landmarks.io import load_pkl_folder
 
     path = Path(path)
-    if fps is not None and not (np.isfinite(fps) and 1 <= fps <= 240):
-        raise EchoMimicError(f"--fps {fps}: the frame rate must be a number between 1 and 240 (or leave it out: the video's).")
+    if fps is not None:
+        from ..modes import MAX_SOURCE_FPS, check_frame_rate
+
+        fps = check_frame_rate(fps, "--fps", MAX_SOURCE_FPS)  # the words of every node and flag
     if not path.exists():
         raise EchoMimicError(f"{path}: not found; give a video file or a folder of V1 .pkl landmark frames.")
     if audio is not None and not Path(audio).is_file():
@@ -104,6 +106,8 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
         return Clip(str(path), rate, audio_16k(audio), None, load_pkl_folder(path, fps=rate))
     from ..io.video_io import read_audio
 
+    from ..io.frame_times import warn_variable_rate
+
     frames = VideoFrames(path)  # the header only: a file without a video stream is refused here
     first = list(VideoFrames(path, max_frames=2))  # two frames decoded, not the whole video
     if len(first) < 2:
@@ -117,6 +121,9 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
     else:
         wave = None
     rate = float(fps or frames.fps)
+    if landmarks is None:  # (given landmarks are timed by --fps, not by the video's timestamps)
+        warn_variable_rate(path, frames.fps, "the video", "its frames are scored at that constant rate, so they drift "
+                           "from the speech")
     lm = load_pkl_folder(landmarks, fps=rate) if landmarks is not None else None
     count = None
     if lm is not None:

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import EchoMimicError
 from .orientation import frame_turn, upright_rgb
 from .audio_length import OneFormat, audio_samples
+from .frame_times import count_frames, frame_time_drift, stream_rate  # noqa: F401  (the names callers import from here)
 from .streams import NoVideoStream, open_media as _open, video_stream  # noqa: F401  (the names callers import from here)
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class VideoFrames:
         try:
             vs = video_stream(container, path)
             self.has_audio = bool(container.streams.audio)  # read here: no caller opens the file again to ask
-            self.fps = float(vs.average_rate or vs.guessed_rate or 25)
+            self.fps = stream_rate(container, vs, path)  # the header's, unless it names none or none a video has
             self._stored, self._size = (vs.codec_context.width, vs.codec_context.height), None
             estimate = int(vs.frames or 0)
             if not estimate and vs.duration and vs.time_base:
@@ -250,45 +251,6 @@ def counted(frames, total: int, progress=None):
 
 
 _END = object()
-
-
-def count_frames(path: str | Path, upto: int) -> int:
-    """How many video frames the file has, counting no further than ``upto`` (cheap: stops decoding there)."""
-    container = _open(path)
-    try:
-        n = 0
-        for _ in container.decode(video_stream(container, path)):
-            n += 1
-            if n >= upto:
-                break
-        return n
-    except EchoMimicError:
-        raise
-    except Exception as exc:
-        raise EchoMimicError(f"{path}: the video cannot be decoded ({exc}); the file is damaged or not a video.") from exc
-    finally:
-        container.close()
-
-
-def frame_time_drift(path: str | Path, fps: float) -> tuple[float, int]:
-    """(seconds, frame): how far the video's frame timestamps stray from those of frames read one after another at
-    ``fps`` (the readers' constant rate), at its worst, and at which frame; (0.0, 0) when the stream has no timestamps.
-    A variable frame rate video (a phone's, a screen recording with pauses) strays; its packets are read, not decoded."""
-    container = _open(path)
-    try:
-        stream = video_stream(container, path)
-        base = stream.time_base
-        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
-    finally:
-        container.close()
-    if len(pts) < 2 or not base or not fps:
-        return 0.0, 0
-    worst, at = 0.0, 0
-    for n, t in enumerate(pts):
-        drift = float((t - pts[0]) * base) - n / fps
-        if abs(drift) > abs(worst):
-            worst, at = drift, n
-    return abs(worst), at
 
 
 def _keep(out, done: int, first: int, stop: int | None, chunks: list) -> int:

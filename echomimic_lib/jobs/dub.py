@@ -191,19 +191,13 @@ class DubJob:
         return VideoFrames(self.request.video, upto)
 
 
-VFR_DRIFT = 0.1  # seconds: lips that far from their sound are seen to be out of sync
+def _warn_variable_rate(video, fps: float, times=None) -> None:
+    """Say so when the source's own sound goes back with frames whose timestamps stray from a constant ``fps``
+    (``times``: the timestamps :func:`count_frames` read while counting; without them the packets are read)."""
+    from ..io.frame_times import warn_variable_rate
 
-
-def _warn_variable_rate(video, fps: float) -> None:
-    """Say so when the source's own sound goes back with frames whose timestamps stray from a constant ``fps``."""
-    from ..io.video_io import frame_time_drift
-
-    drift, at = frame_time_drift(video, fps)
-    if drift > VFR_DRIFT:
-        log.warning("the source video %s has a variable frame rate: its frame %d is shown %.2f s away from where a "
-                    "constant %g fps puts it; the output is written at that constant rate, so its own sound drifts from "
-                    "the picture by up to that much. Convert the video to a constant frame rate first (any editor's "
-                    "export does, or ffmpeg's -fps_mode cfr) and dub that file.", video, at, drift, fps)
+    warn_variable_rate(video, fps, "the source video", "the output is written at that constant rate, so its own sound "
+                       "drifts from the picture", times)
 
 
 def prepare_dub(req: DubRequest) -> DubJob:
@@ -219,10 +213,11 @@ def prepare_dub(req: DubRequest) -> DubJob:
     settings, w, h = ok.settings, ok.settings.width, ok.settings.height
     header = VideoFrames(req.video)  # its rate, and whether it has a sound track
     src_fps = header.fps
-    n_src = count_frames(req.video, sys.maxsize)
+    times: list = []  # the frames' timestamps, read by the count (the variable-rate check reads the file no more)
+    n_src = count_frames(req.video, sys.maxsize, times)
     sound, sr, seconds, n_model = _speech(req, req.video, n_src, src_fps, settings.fps, header.has_audio)
     if req.audio is None and sound is not None:
-        _warn_variable_rate(req.video, src_fps)
+        _warn_variable_rate(req.video, src_fps, times)
     if req.length is not None:
         n_model = min(n_model, req.length)
     n_out = max(1, min(int(np.floor(seconds * src_fps + 1e-6)), int(np.floor(n_model * src_fps / settings.fps + 1e-6))))

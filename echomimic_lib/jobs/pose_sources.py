@@ -78,7 +78,11 @@ def video_poses(path, detector, on_missing: str = MISSING_DEFAULT, fps: float | 
     from ..io.video_io import VideoFrames, counted
     from ..pose.dwpose import extract_pose_sequence
 
+    from ..io.frame_times import warn_variable_rate
+
     source = VideoFrames(path, max_frames=max_frames)
+    warn_variable_rate(path, source.fps, "the driving video", "its hand poses are read at that constant rate, so the "
+                       "motion drifts from the video's own timing (and from speech timed to it)")
     log.info("extracting hand poses from %s: about %d frames at %g fps", path, source.estimated_frames, source.fps)
     decoded = iter(source)
     try:  # the next frame is decoded after DWPose has taken this one: the last is known
