@@ -213,3 +213,16 @@ def test_recovery_keeps_a_clip_an_older_version_named_like_a_staging_folder(tmp_
     (tmp_path / "ds" / "status" / "talk.partial.json").write_text('{"status": "ok"}')  # a kept clip of that name
     assert recover_clips(tmp_path / "ds") == [shard / "walk.partial"]
     assert sorted(p.name for p in shard.iterdir()) == ["talk.partial"]
+
+
+def test_an_unreadable_status_file_is_named_and_the_manifest_kept(tmp_path):
+    from trainer.data.prepare import finalize
+
+    root = tmp_path / "ds"
+    _clip(root, take=1)
+    (root / "status").mkdir()
+    (root / "status" / f"{CID}.json").write_text('{"id": "spk')  # a copy of the dataset cut short
+    before = (root / "manifest.jsonl").read_text()
+    with pytest.raises(ConfigError, match=rf"{CID}.json: unreadable status file .*delete it and run the same prepare"):
+        finalize(root)
+    assert (root / "manifest.jsonl").read_text() == before

@@ -343,8 +343,16 @@ def finalize(out_root: Path) -> dict:
     """Merge the status files into ``manifest.jsonl`` (kept clips) and ``report.jsonl`` (all), atomically."""
     import json
 
+    from ..config import ConfigError
+
     out_root = Path(out_root)
-    rows = [json.loads(p.read_text()) for p in sorted((out_root / "status").glob("*.json"))]
+    rows = []
+    for p in sorted((out_root / "status").glob("*.json")):
+        try:
+            rows.append(json.loads(p.read_text(encoding="utf-8")))
+        except ValueError as exc:  # a damaged disk or copy: named, and the manifest written before is kept
+            raise ConfigError(f"{p}: unreadable status file ({exc}); delete it and run the same prepare command again (its "
+                              "clip is prepared again)") from None
     kept = [r for r in rows if r["status"] == "ok"]
     from echomimic_lib.io.file_safety import write_text_atomic
 
