@@ -226,3 +226,21 @@ def test_an_unreadable_status_file_is_named_and_the_manifest_kept(tmp_path):
     with pytest.raises(ConfigError, match=rf"{CID}.json: unreadable status file .*delete it and run the same prepare"):
         finalize(root)
     assert (root / "manifest.jsonl").read_text() == before
+
+
+def test_prepare_does_not_take_a_folder_with_a_status_folder_for_a_dataset(tmp_path, capsys):
+    from trainer.cli import main
+    from trainer.data.prepare import check_folders
+
+    videos, out = tmp_path / "videos", tmp_path / "project"
+    videos.mkdir()
+    (videos / "talk.mp4").write_bytes(b"a user's video")
+    (out / "status").mkdir(parents=True)  # the user's own folder named so
+    (out / "manifest.jsonl").write_text('{"reference": "me.png", "audio": "talk.mp4"}\n')  # an `echomimic batch` manifest
+    assert main(["prepare", str(videos), str(out), "--kind", "full", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder of other files (manifest.jsonl, status)" in err and "Traceback" not in err, err
+    assert (out / "manifest.jsonl").read_text().startswith('{"reference"') and sorted(p.name for p in out.iterdir()) == [
+        "manifest.jsonl", "status"]
+    (out / "shard-00000").mkdir()  # a dataset an older version prepared (no prepare_config.json): resumed
+    check_folders(videos, out)

@@ -190,8 +190,9 @@ def check_folders(input_dir, output_dir) -> None:
         raise ConfigError(f"the output {out} is the videos' folder {src}: the prepared clips, manifest.jsonl and "
                           "report.jsonl would be written among your videos. Give a new folder, e.g. "
                           f"{src.resolve().parent / (src.resolve().name + '_prepared')}.")
-    if not out.is_dir() or (out / "prepare_config.json").is_file() or (out / "status").is_dir():
-        return  # new, or a prepared dataset (a resume, or another worker's)
+    if not out.is_dir() or (out / "prepare_config.json").is_file() or (out / "status").is_dir() and (
+            (out / "report.jsonl").is_file() or any(out.glob("shard-*"))):  # status/ alone may be a folder of the user's
+        return  # new, or a prepared dataset (a resume, another worker's, or one an older version wrote without its config)
     foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # hidden: another worker's partial config
     if foreign:
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
