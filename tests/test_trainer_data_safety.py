@@ -244,3 +244,13 @@ def test_prepare_does_not_take_a_folder_with_a_status_folder_for_a_dataset(tmp_p
         "manifest.jsonl", "status"]
     (out / "shard-00000").mkdir()  # a dataset an older version prepared (no prepare_config.json): resumed
     check_folders(videos, out)
+
+
+def test_a_frame_past_the_clip_says_the_manifest_is_older_than_the_clip(tmp_path):
+    root = tmp_path / "ds"
+    folder = _clip(root, take=1, frames=6)  # e.g. written again from a shorter video; prepare stopped before its manifest
+    clip = ClipReader(folder)
+    assert int(clip.frame(5)[0, 0, 0]) == 45
+    with pytest.raises(ConfigError, match=r"frame 6 asked of a clip of 6 frames .*manifest.jsonl is older than the clip.*"
+                                          r"Run the same `echomimic-train prepare VIDEOS"):
+        clip.frame(6)

@@ -210,6 +210,12 @@ class ClipReader:
         return (self.dir / name).exists() or (self.dir / f"{name}.npy").exists()
 
     def frame(self, i: int) -> np.ndarray:
+        if not 0 <= i < min(self.num_frames, len(self._offsets) - 1):
+            root = self.dir.parent.parent
+            raise DamagedClipError(f"{self.dir}: frame {i} asked of a clip of {self.num_frames} frames ({len(self._offsets) - 1} "
+                                   f"stored): {root / 'manifest.jsonl'} is older than the clip (a prepare run that wrote it "
+                                   f"again stopped before its end). Run the same `echomimic-train prepare VIDEOS {root}` "
+                                   "command again: it writes the manifest anew.")
         a, b = int(self._offsets[i]), int(self._offsets[i + 1])
         try:
             with open(self.dir / "frames.bin", "rb") as f:
