@@ -121,6 +121,10 @@ def test_training_never_reads_the_held_out_clip_and_validation_draws_it(tmp_path
     rows = [{"id": f"spk{s}__c{c}", "path": f"shard-00000/spk{s}__c{c}", "shard": 0, "num_frames": 48, "fps": 24.0, "kind": "headshot"}
             for s in range(3) for c in range(2)]
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for r in rows:  # the clips' folders (build_pools refuses a manifest's clip whose folder is gone); only names matter here
+        (root / r["path"]).mkdir(parents=True)
+        for name in ("clip.json", "whisper.npy"):
+            (root / r["path"] / name).write_text("{}")
     cfg = _cfg(f"data.roots=[{root}]", "validation.every=5", "optim.batch_size=1")
     pools = build_pools(cfg)
     held = {pools.entries[i].id for i in pools.val}

@@ -66,8 +66,9 @@ def check_options(cfg: PrepareConfig) -> None:
 
     if cfg.kind not in KINDS:
         bad("--kind", cfg.kind, "must be headshot, halfbody, pose or full")
-    if not (math.isfinite(cfg.fps) and 1 <= cfg.fps <= 120):
-        bad("--fps", cfg.fps, "the frame rate must be a number between 1 and 120 (EchoMimic trains at 24 or 25)")
+    from echomimic_lib.modes import check_frame_rate
+
+    check_frame_rate(cfg.fps, "--fps")  # the sampler's rule and words (an EchoMimicError, a ValueError)
     if not 64 <= cfg.size <= 4096 or cfg.size % 8:
         bad("--size", cfg.size, "the stored frame size must be a multiple of 8 between 64 and 4096 (512 headshot, 768 half-body, "
                                 "768 full: the shorter side)")

@@ -29,7 +29,7 @@ from ..masks import (DEFAULT_HEAD_BOX, head_mask, headshot_layout, keypoints_fro
 from ..phases import data_kinds, phase_at, pose_dropout_at
 from .pixels import resize_frame, frames_to_tensor
 from .augment import augmented_chunks, draw_audio_aug, draw_dropout, rls_parts, stored_chunks
-from .store import ClipEntry, ClipReader, read_manifest
+from .store import ClipEntry, ClipReader, check_clips_present, read_manifest
 
 log = logging.getLogger(__name__)
 READER_CACHE = 32  # open clips per data worker
@@ -82,6 +82,7 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
         entries += [e for e in read_manifest(root)]
     if not entries:
         raise FileNotFoundError("data.roots: no prepared clips found (run `echomimic-train prepare` first)")
+    check_clips_present(entries)  # a clip folder gone: named now, not by a DataLoader worker
     check_v12_clips(entries)
     from .split import split_entries
 

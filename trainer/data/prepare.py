@@ -9,7 +9,8 @@ are in :mod:`.clean`; storage in :mod:`.store`.
 
 Resumable: a clip is written into ``<id>.partial`` and renamed when complete, and its status file is
 written last with its video's path, size and modification time; a re-run skips every clip that has a status file
-(kept or dropped) of the same video (path and size), and prepares again one whose video was replaced (a log line says why). ``num_workers`` /
+(kept or dropped) of the same video (path and size), and prepares again one whose video was replaced or whose folder is
+gone (a log line says why); a rewrite cut short is put right at the start (:func:`.store.recover_clips`). ``num_workers`` /
 ``worker_index`` split the input list so several processes prepare disjoint clips into the same folder.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ from .clip import ClipStatus, Tools, frames_to_analyse, largest_face, open_clip,
 from .curate import BackgroundFlow, after_write, before_write, curation_counts, load_sync_model
 from .prepare_body import prepare_body
 from .prepare_full import prepare_full
-from .store import write_json_atomic
+from .status import clip_missing, drop_stale_clip, source_changed, source_stamp, status_path
+from .store import PARTIAL, recover_clips, write_json_atomic
 from .video import VIDEO_SUFFIXES, iter_frames, scene_score, small_hsv
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ def check_clip_ids(videos: list[Path], input_root: Path) -> None:
     seen: dict[str, Path] = {}
     for video in videos:
         cid = clip_id(video, input_root)
+        if cid.endswith(PARTIAL):  # the name of another clip's folder while it is written (and removed by recover_clips)
+            raise ConfigError(f"{video} would become clip '{cid}', a name prepare keeps for a clip being written ('<clip>"
+                              f"{PARTIAL}'). Rename it (e.g. {video.name.replace(PARTIAL, '_partial')}) and run prepare again.")
         first = seen.setdefault(cid.casefold(), video)
         if first is not video:
             raise ConfigError(f"{first} and {video} both become clip '{clip_id(first, input_root)}' (a clip id is the path "
@@ -169,51 +174,6 @@ def _the_clips_fault(exc: BaseException, out_root: Path) -> bool:
     return True
 
 
-def status_path(out_root: Path, cid: str) -> Path:
-    return out_root / "status" / f"{cid}.json"
-
-
-def source_stamp(video: Path, input_root: Path) -> dict:
-    """What a clip's status records of its video: the path under the input folder, the size and modification time
-    (of the file a link points to), so a re-run tells a video replaced under the same clip id from the one prepared."""
-    st = video.stat()
-    return {"path": video.relative_to(input_root).as_posix(), "size": st.st_size, "mtime": round(st.st_mtime, 3)}
-
-
-def source_changed(status: Path, stamp: dict, unstamped: list) -> str | None:
-    """Why the clip's status file no longer stands for its video (None: it does, and the clip is skipped). A status
-    written before source stamps were recorded is trusted as before; the first one is said once (``unstamped``)."""
-    import json
-
-    try:
-        old = json.loads(status.read_text(encoding="utf-8")).get("source_stamp", "unstamped")
-    except (OSError, ValueError, AttributeError) as exc:
-        return f"its status file {status} is unreadable ({type(exc).__name__})"
-    if old == "unstamped":
-        if not unstamped:
-            log.warning("%s and maybe other status files were written by an older version without their video's size and "
-                        "time: those clips are kept as done without checking their videos (delete a clip's status/<id>.json "
-                        "to prepare it again).", status)
-        unstamped.append(status)
-        return None
-    if not isinstance(old, dict) or old.get("path") != stamp["path"]:
-        return f"the clip is now {stamp['path']}, its status is of {old.get('path') if isinstance(old, dict) else old}"
-    if old.get("size") != stamp["size"]:
-        return f"{stamp['path']} is {stamp['size']} bytes, {old.get('size')} when it was prepared (the video was replaced)"
-    return None  # the time is recorded, not compared: videos copied to another disk or machine keep their clips
-
-
-def _drop_stale_clip(out_root: Path, cid: str, num_shards: int) -> None:
-    """Remove the clip's folder kept from an earlier video of the same id (a real folder in its shard, never a link)."""
-    import shutil
-
-    from .clip import shard_dir, shard_of
-
-    folder = shard_dir(out_root, shard_of(cid, num_shards)) / cid
-    if folder.is_dir() and not folder.is_symlink():
-        shutil.rmtree(folder)
-
-
 def check_folders(input_dir, output_dir) -> None:
     """Before any model is loaded: the videos' folder exists, and the output is a new or empty folder or a prepared
     dataset (resumed), never the videos' folder itself nor a folder of other files (its manifest.jsonl, report.jsonl,
@@ -230,8 +190,9 @@ def check_folders(input_dir, output_dir) -> None:
         raise ConfigError(f"the output {out} is the videos' folder {src}: the prepared clips, manifest.jsonl and "
                           "report.jsonl would be written among your videos. Give a new folder, e.g. "
                           f"{src.resolve().parent / (src.resolve().name + '_prepared')}.")
-    if not out.is_dir() or (out / "prepare_config.json").is_file() or (out / "status").is_dir():
-        return  # new, or a prepared dataset (a resume, or another worker's)
+    if not out.is_dir() or (out / "prepare_config.json").is_file() or (out / "status").is_dir() and (
+            (out / "report.jsonl").is_file() or any(out.glob("shard-*"))):  # status/ alone may be a folder of the user's
+        return  # new, or a prepared dataset (a resume, another worker's, or one an older version wrote without its config)
     foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # hidden: another worker's partial config
     if foreign:
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
@@ -337,7 +298,11 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     tools = preflight(cfg, whisper_path, landmarker_model, pose_detector, device, worker_index, num_workers)
     out_root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_root / "prepare_config.json", {**asdict(cfg), "whisper": whisper})
-    videos = [v for v in videos if zlib.crc32(clip_id(v, input_dir).encode()) % num_workers == worker_index]
+    def mine(cid: str) -> bool:
+        return zlib.crc32(cid.encode()) % num_workers == worker_index
+
+    recover_clips(out_root, mine)  # this worker's clip writes a killed run cut short (trainer/data/store.py)
+    videos = [v for v in videos if mine(clip_id(v, input_dir))]
     fn = {"headshot": prepare_headshot, "full": prepare_full}.get(cfg.kind, prepare_body)
     done, unstamped = Counter(), []
     bar = tqdm(videos, desc=f"prepare ({cfg.kind})", unit="clip", disable=not progress)
@@ -347,11 +312,12 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
             stamp = source_stamp(video, input_dir)
             if status_path(out_root, cid).is_file():
                 why = source_changed(status_path(out_root, cid), stamp, unstamped)
-                if why is None:
+                gone = clip_missing(status_path(out_root, cid), out_root) if why is None else None
+                if why is None and gone is None:
                     done["skipped (done before)"] += 1
                     continue
-                log.warning("clip %s is prepared again: %s", cid, why)
-                done["redone (video changed)"] += 1
+                log.warning("clip %s is prepared again: %s", cid, why or gone)
+                done["redone (video changed)" if why else "redone (clip folder missing)"] += 1
             t0 = time.time()
             try:
                 st = fn(video, cid, out_root, cfg, tools)
@@ -360,7 +326,7 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
                     raise  # not the clip's: nothing is recorded, so a rerun after the fix prepares it
                 st = ClipStatus(cid, str(video), "dropped", "unreadable", f"{type(exc).__name__}: {exc}", kind=cfg.kind, fps=cfg.fps)
             if st.status != "ok":  # a clip kept from the video before: out of the dataset's folder with its status
-                _drop_stale_clip(out_root, cid, cfg.num_shards)
+                drop_stale_clip(out_root, cid, cfg.num_shards)
             write_json_atomic(status_path(out_root, cid), {**asdict(st), "source_stamp": stamp,
                                                            "prepare_seconds": round(time.time() - t0, 2)})
             done["kept" if st.status == "ok" else "dropped"] += 1
@@ -378,8 +344,16 @@ def finalize(out_root: Path) -> dict:
     """Merge the status files into ``manifest.jsonl`` (kept clips) and ``report.jsonl`` (all), atomically."""
     import json
 
+    from ..config import ConfigError
+
     out_root = Path(out_root)
-    rows = [json.loads(p.read_text()) for p in sorted((out_root / "status").glob("*.json"))]
+    rows = []
+    for p in sorted((out_root / "status").glob("*.json")):
+        try:
+            rows.append(json.loads(p.read_text(encoding="utf-8")))
+        except ValueError as exc:  # a damaged disk or copy: named, and the manifest written before is kept
+            raise ConfigError(f"{p}: unreadable status file ({exc}); delete it and run the same prepare command again (its "
+                              "clip is prepared again)") from None
     kept = [r for r in rows if r["status"] == "ok"]
     from echomimic_lib.io.file_safety import write_text_atomic
 

@@ -5,7 +5,8 @@ Layout of a prepared dataset ``ROOT``::
     ROOT/manifest.jsonl            accepted clips, one JSON object per line (written at the end of prepare)
     ROOT/report.jsonl              every input video: status ok / dropped, the reason, measurements
     ROOT/status/<clip>.json        per-clip status, written when the clip is finished (resume marker)
-    ROOT/shard-00003/<clip>/       a finished clip (renamed from <clip>.partial when complete)
+    ROOT/shard-00003/<clip>/       a finished clip (renamed from <clip>.partial when complete; a clip written again
+                                   keeps its earlier folder as .old~<clip> until the new one is in place)
         clip.json                  metadata (fps, frames, size, crop, face boxes summary, kind, ...)
         frames.bin, frames.idx.npy JPEG frames back to back + (F + 1,) byte offsets (random access by seek)
         audio16k.npy               float32 mono 16 kHz waveform, trimmed to the video
@@ -26,11 +27,55 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
+from ..config import ConfigError
+
 CLIP_META = "clip.json"
 FORMAT_VERSION = 1
+PARTIAL = ".partial"  # "<clip>.partial": a clip being written (no clip id ends so: prepare.check_clip_ids)
+ASIDE = ".old~"  # ".old~<clip>": a clip's earlier folder, kept while a new write of it takes its place ('~' is in no id)
+
+
+class DamagedClipError(ConfigError):
+    """A prepared clip's files are missing or unreadable (a copy cut short, a disk error, files removed by hand).
+    Raised in a DataLoader worker, torch rebuilds it in the training process from a message that holds the worker's
+    traceback: that is cut back to the message itself, so the command prints one line that says what to do."""
+
+    def __init__(self, message: str = ""):
+        if isinstance(message, str) and message.startswith(f"Caught {type(self).__name__}"):
+            message = message.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+def damaged(clip_dir: Path, what: str) -> DamagedClipError:
+    clip_dir = Path(clip_dir)
+    root = clip_dir.parent.parent
+    return DamagedClipError(f"{clip_dir}: this prepared clip is damaged ({what}). Delete the folder {clip_dir} and run "
+                            f"`echomimic-train prepare VIDEOS {root}` again with the dataset's settings (it prepares a clip "
+                            f"whose folder is missing again), or remove the clip's line from {root / 'manifest.jsonl'}.")
+
+
+def _damaged_by(clip_dir: Path, exc: BaseException, name: str) -> NoReturn:
+    """Raise :class:`DamagedClipError` for an error reading the clip's file ``name`` (a permission error as it is: the
+    folder's rights, not the clip, need fixing)."""
+    if isinstance(exc, PermissionError):
+        raise exc
+    raise damaged(clip_dir, _why(exc, name)) from None
+
+
+def aside_of(final: Path) -> Path:
+    return Path(final).with_name(ASIDE + Path(final).name)
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder (a link: the link, never what it leads to); nothing when there is none."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def shard_of(clip_id: str, num_shards: int) -> int:
@@ -56,11 +101,21 @@ def encode_jpeg(frame: np.ndarray, quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
+def decode_jpeg(data: bytes) -> np.ndarray | None:
+    """RGB pixels of a JPEG picture; None when ``data`` is no picture (a damaged file)."""
     import cv2
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(img[..., ::-1])
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    return None if img is None else np.ascontiguousarray(img[..., ::-1])
+
+
+def _why(exc: BaseException, name: str) -> str:
+    """What is wrong with the clip's file ``name``, from the error reading it."""
+    if isinstance(exc, FileNotFoundError):
+        return f"no {name}"
+    if isinstance(exc, (KeyError, TypeError)):
+        return f"{name} has no frame count"
+    return f"{name} is unreadable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
 
 
 class ClipWriter:
@@ -70,7 +125,7 @@ class ClipWriter:
         self.final = Path(final_dir)
         if not self.final.name.strip("."):  # shard/'..' is the dataset folder: finish() would remove it
             raise ValueError(f"{final_dir}: a clip folder needs a name of its own (not '.', '..' or empty)")
-        self.tmp = self.final.with_name(self.final.name + ".partial")
+        self.tmp = self.final.with_name(self.final.name + PARTIAL)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
@@ -95,9 +150,12 @@ class ClipWriter:
             np.save(self.tmp / f"{name}.npy", arr)
         meta = {**meta, "format_version": FORMAT_VERSION, "num_frames": self.num_frames}
         write_json_atomic(self.tmp / CLIP_META, meta)
-        if self.final.exists():
-            shutil.rmtree(self.final)
+        aside = aside_of(self.final)
+        if self.final.exists() or self.final.is_symlink():  # written again: the earlier clip stays until the new one is in
+            _remove(aside)  # place, so a kill between the two renames loses neither (readers and recover_clips find it)
+            os.replace(self.final, aside)
         os.replace(self.tmp, self.final)
+        _remove(aside)
         return self.final
 
     def abort(self) -> None:
@@ -108,15 +166,20 @@ class ClipWriter:
 
 
 class ClipReader:
-    """Random access to one prepared clip; arrays are memory-mapped, frames decoded on demand."""
+    """Random access to one prepared clip; arrays are memory-mapped, frames decoded on demand. A missing or unreadable
+    file raises :class:`DamagedClipError` naming the clip and the fix (also from a DataLoader worker)."""
 
     def __init__(self, clip_dir: str | Path):
         self.dir = Path(clip_dir)
-        meta_path = self.dir / CLIP_META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{self.dir}: not a prepared clip (no {CLIP_META})")
-        self.meta = json.loads(meta_path.read_text())
-        self._offsets = np.load(self.dir / "frames.idx.npy")
+        try:
+            self.meta = json.loads((self.dir / CLIP_META).read_text(encoding="utf-8"))
+            int(self.meta["num_frames"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _damaged_by(self.dir, exc, CLIP_META)
+        try:
+            self._offsets = np.load(self.dir / "frames.idx.npy")
+        except (OSError, ValueError) as exc:
+            _damaged_by(self.dir, exc, "frames.idx.npy")
         self._cache: dict[str, np.ndarray] = {}
 
     @property
@@ -137,17 +200,33 @@ class ClipReader:
 
     def array(self, name: str) -> np.ndarray:
         if name not in self._cache:
-            self._cache[name] = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+            try:
+                self._cache[name] = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                _damaged_by(self.dir, exc, f"{name}.npy")
         return self._cache[name]
 
     def has(self, name: str) -> bool:
         return (self.dir / name).exists() or (self.dir / f"{name}.npy").exists()
 
     def frame(self, i: int) -> np.ndarray:
+        if not 0 <= i < min(self.num_frames, len(self._offsets) - 1):
+            root = self.dir.parent.parent
+            raise DamagedClipError(f"{self.dir}: frame {i} asked of a clip of {self.num_frames} frames ({len(self._offsets) - 1} "
+                                   f"stored): {root / 'manifest.jsonl'} is older than the clip (a prepare run that wrote it "
+                                   f"again stopped before its end). Run the same `echomimic-train prepare VIDEOS {root}` "
+                                   "command again: it writes the manifest anew.")
         a, b = int(self._offsets[i]), int(self._offsets[i + 1])
-        with open(self.dir / "frames.bin", "rb") as f:
-            f.seek(a)
-            return decode_jpeg(f.read(b - a))
+        try:
+            with open(self.dir / "frames.bin", "rb") as f:
+                f.seek(a)
+                data = f.read(b - a)
+        except OSError as exc:
+            _damaged_by(self.dir, exc, "frames.bin")
+        img = decode_jpeg(data) if len(data) == b - a else None
+        if img is None:
+            raise damaged(self.dir, f"frame {i} of frames.bin is {'cut short' if len(data) < b - a else 'not a JPEG picture'}")
+        return img
 
     def frames(self, indices) -> np.ndarray:
         return np.stack([self.frame(int(i)) for i in indices])
@@ -156,7 +235,10 @@ class ClipReader:
         from echomimic_lib.pose import load_pose_npz
 
         if "pose" not in self._cache:
-            self._cache["pose"] = load_pose_npz(self.dir / "pose.npz")
+            try:
+                self._cache["pose"] = load_pose_npz(self.dir / "pose.npz")
+            except (OSError, ValueError, KeyError) as exc:
+                _damaged_by(self.dir, exc, "pose.npz")
         return self._cache["pose"]
 
 
@@ -208,6 +290,44 @@ def read_manifest(root: str | Path) -> list[ClipEntry]:
             d = json.loads(line)
             folder = clip_folder(root, inside, d["path"], f"{path} line {number} (clip {d.get('id')})",
                                  parents)
+            if not folder.exists() and (aside_of(folder) / CLIP_META).is_file():
+                folder = aside_of(folder)  # a write of the clip cut short between its renames: its only copy
             out.append(ClipEntry(d["id"], folder, int(d["shard"]), int(d["num_frames"]), float(d["fps"]), d.get("kind", "headshot"),
                                  str(d.get("group") or "")))
     return out
+
+
+def check_clips_present(entries: list[ClipEntry]) -> None:
+    """Refuse, before training builds anything, clips of a manifest whose folder is gone or holds no ``clip.json`` (one
+    file test per clip), naming them and the fix, instead of a traceback from a DataLoader worker later on."""
+    gone = [e for e in entries if not (e.path / CLIP_META).is_file()]
+    if gone:
+        e, root = gone[0], gone[0].path.parent.parent
+        more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
+        raise DamagedClipError(f"clip {e.id} of {root / 'manifest.jsonl'}{more}: its folder {e.path} is "
+                               f"{'missing' if not e.path.exists() else f'damaged (no {CLIP_META})'}. Run `echomimic-train "
+                               f"prepare VIDEOS {root}` again with the dataset's settings: it prepares a clip whose folder is "
+                               "missing again (delete a damaged one first); or remove the clip's line from the manifest.")
+
+
+def recover_clips(root: str | Path, mine=None) -> list[Path]:
+    """At the start of a prepare run: writes of a clip cut short. A clip's earlier folder kept aside (:data:`ASIDE`) is
+    put back when it is the clip's only copy and removed when the new one is in place; a ``<clip>.partial`` staging
+    folder is removed. ``mine(clip_id)``: only this worker's clips (another worker may be writing its own). Returns the
+    folders removed or put back."""
+    done = []
+    for shard in sorted(Path(root).glob("shard-*")):
+        if not shard.is_dir() or shard.is_symlink():
+            continue
+        for p in sorted(shard.iterdir()):
+            aside, partial = p.name.startswith(ASIDE), p.name.endswith(PARTIAL)
+            cid = p.name[len(ASIDE):] if aside else p.name[: -len(PARTIAL)] if partial else ""
+            if not cid or (mine is not None and not mine(cid)) or (Path(root) / "status" / f"{p.name}.json").is_file():
+                continue  # another worker's; or a clip of its own named so by an older version
+            final = p.with_name(cid)
+            if aside and not (final.exists() or final.is_symlink()):
+                os.replace(p, final)
+            else:
+                _remove(p)
+            done.append(p)
+    return done

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError
-from ..data.store import ClipReader, read_manifest
+from ..data.store import ClipReader, check_clips_present, read_manifest
 from .config import V3Data
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ def list_windows(data: V3Data) -> list[Window]:
     out: list[Window] = []
     wrong_fps, short, used = [], [], set()
     for root in data.roots:
-        for e in read_manifest(root):
+        entries = read_manifest(root)
+        check_clips_present(entries)  # a clip folder gone: named now, not by a DataLoader worker
+        for e in entries:
             if abs(e.fps - FPS) > 1e-3:
                 wrong_fps.append(e)
                 continue
