@@ -295,3 +295,67 @@ def test_a_node_output_folder_refused_says_cannot_write_it(tmp_path, monkeypatch
     assert type(info.value).__name__ == "EchoMimicError"
     assert str(info.value) == (f"filename_prefix 'clips/run': cannot write {tmp_path / 'clips'}: permission denied; "
                                "check the permissions of the file and of its folder, or choose another path.")
+
+
+# ------------------------------------------------------------------------------------------ a spare cache
+class _Tok:
+    def __call__(self, texts, **k):
+        return SimpleNamespace(input_ids=torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.ones(1, 3))
+
+
+class _Umt5(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, ids, attention_mask=None):
+        return SimpleNamespace(last_hidden_state=torch.full((1, ids.shape[1], 4), 2.0))
+
+
+@pytest.mark.parametrize("where", ["save", "folder"])
+def test_a_prompt_cache_the_disk_refuses_is_said_and_the_render_goes_on(tmp_path, monkeypatch, caplog, where):
+    import logging
+
+    import safetensors.torch
+
+    from echomimic_lib.pipeline.wan import encoders
+
+    cache = tmp_path / "models" / "prompt_cache"
+    if where == "save":
+        def full(*a, **k):
+            raise _safetensor_error()
+
+        monkeypatch.setattr(safetensors.torch, "save_file", full)
+    else:
+        real = Path.mkdir
+
+        def read_only(self, *a, **k):
+            if self == cache:
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(Path, "mkdir", read_only)
+    with caplog.at_level(logging.WARNING):  # was a SafetensorError traceback / a stopped V3 render
+        states = encoders.encode_prompt(tmp_path / "umt5", "a man is talking .", cache_dir=cache, encoder=(_Tok(), _Umt5()))
+    assert torch.equal(states, torch.full((1, 3, 4), 2.0))
+    said = [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(said) == 1 and str(cache) in said[0] and "the render goes on" in said[0], said
+    assert ("no space left on the disk" if where == "save" else "the file system is read-only") in said[0]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("version", ["v1", "v3-flash"])
+def test_make_tiny_on_a_full_disk_says_so_without_a_traceback(tmp_path, monkeypatch, capsys, version):
+    import safetensors.torch
+
+    from echomimic_lib.cli import main
+
+    def full(*a, **k):  # torch's and safetensors' own errors, as on a real full disk (the whisper file: torch.save)
+        raise RuntimeError(TORCH_FULL[0]) if version == "v1" else _safetensor_error()
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    d = tmp_path / "models"
+    assert main(["make-tiny", str(d), "--version", version]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write into {d}: ") and "free some space" in err and "Traceback" not in err, err

@@ -46,7 +46,10 @@ def os_said(exc: BaseException) -> str:
 def os_error_text(exc: OSError, path=None, doing: str | None = None, then: str = "") -> str:
     """``cannot <doing> <path>: <what the system said>; <the fix><then>.`` ``path``: the file the caller knows (else
     the error's own ``filename``); ``doing``: ``read``, ``write``, ... (else ``write`` for a failure only a write
-    meets, ``use`` otherwise); ``then``: more of the fix (``, then run the download again``)."""
+    meets, ``use`` otherwise); ``then``: more of the fix (``, then run the download again``). A :class:`WriteError`
+    says it already."""
+    if isinstance(exc, WriteError):
+        return str(exc)
     where = path if path is not None else (getattr(exc, "filename", None) or "a file")
     doing = doing or ("write" if getattr(exc, "errno", None) in WRITE_ONLY else "use")
     fix = _SAID.get(getattr(exc, "errno", None), (None, "check that the path exists, is a file or folder as expected, "
