@@ -359,3 +359,17 @@ def test_make_tiny_on_a_full_disk_says_so_without_a_traceback(tmp_path, monkeypa
     assert main(["make-tiny", str(d), "--version", version]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write into {d}: ") and "free some space" in err and "Traceback" not in err, err
+
+
+def test_an_output_folder_the_system_refuses_is_said_in_the_one_form(tmp_path, monkeypatch):
+    import tempfile
+
+    from echomimic_lib.io.video_writer import OutputError, check_output_path
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".echomimic-write-test.x"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OutputError) as info:
+        check_output_path(tmp_path / "out.mp4", "-o")
+    assert str(info.value) == f"cannot write into {tmp_path}: the file system is read-only; choose a folder on a writable disk."

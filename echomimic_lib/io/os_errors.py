@@ -74,7 +74,7 @@ def refused(exc: BaseException, path, doing: str = "read", error=EchoMimicError,
 
 KEPT = " Nothing partial was kept (a file already there is unchanged)."
 _QUOTED = re.compile(r"\(os error (\d+)\)")  # how safetensors (Rust) quotes the system's error
-_TORCH_WRITE = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")  # torch.save's failed write
+_TORCH_WRITE = re.compile(r"PytorchStreamWriter failed|file write failed|inline_container.*unexpected pos")  # torch.save
 _FULL = _SAID[_E.ENOSPC][1]
 
 
@@ -107,7 +107,7 @@ def write_refused(exc: BaseException, path, kept: str = KEPT, doing: str = "writ
     code = write_errno(exc)
     if code in _SAID:
         return WriteError(os_error_text(OSError(code, ""), path, doing) + kept, code)
-    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE):
+    if isinstance(exc, RuntimeError) and _TORCH_WRITE.search(str(exc)):
         return WriteError(f"cannot {doing} {path}: the write stopped part way (most often a full disk or an exceeded "
                           f"quota); {_FULL}.{kept}")
     return None

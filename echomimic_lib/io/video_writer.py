@@ -48,7 +48,10 @@ def _probe_writable(folder: Path) -> None:
     try:
         fd, name = tempfile.mkstemp(prefix=".echomimic-write-test.", dir=folder)
     except OSError as exc:
-        raise OutputError(f"cannot write into {folder} ({exc.strerror or exc}); choose an output in a writable folder.") from exc
+        from .os_errors import refused
+
+        raise refused(exc, folder, "write into", OutputError) or OutputError(
+            f"cannot write into {folder} ({exc.strerror or exc}); choose an output in a writable folder.") from exc
     os.close(fd)
     os.unlink(name)
 
