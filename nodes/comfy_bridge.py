@@ -24,6 +24,7 @@ import torch
 
 from ..echomimic_lib.devices import auto_dtype as _lib_auto_dtype
 from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.io.os_errors import write_refused
 from ._model_manager import (KEEP_WHOLE, MANAGED_NAMES, LoraWeightPatch, ManagedNetwork, StandInCallbacksMP,  # noqa: F401
                              StandInModelManager, StandInPatcher, make_castable)
 
@@ -153,8 +154,11 @@ def save_path(prefix: str, ext: str, width: int = 0, height: int = 0) -> tuple[P
         else:
             folder, name, counter, _ = _stand_in_save_path(prefix, root, width, height)
     except OSError as exc:  # a file where a folder goes (made since the check), no permission, a read-only disk
-        raise EchoMimicError(f"filename_prefix '{prefix}': cannot use {exc.filename or 'its folder'} in the output folder "
-                             f"({exc.strerror or exc}); choose another name, or check that folder's permissions.") from exc
+        err = write_refused(exc, exc.filename or root / os.path.dirname(prefix), "")
+        if err is None:
+            raise EchoMimicError(f"filename_prefix '{prefix}': cannot use {exc.filename or 'its folder'} in the output "
+                                 f"folder ({exc.strerror or exc}); choose another name.") from exc
+        raise EchoMimicError(f"filename_prefix '{prefix}': {err}") from exc
     file = f"{name}_{counter:05}_.{ext}"
     subfolder = os.path.relpath(os.path.abspath(folder), os.path.abspath(root))
     return Path(folder) / file, {"filename": file, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}

@@ -109,7 +109,7 @@ CASES = [
     ("output-parent-is-file", ["-o", "{tmp}/afile/out.mp4"], ["afile is a file, not a folder", "choose an output"]),
     ("output-is-device", ["-o", "/dev/null"], ["/dev/null", "not a regular file", "never replaced"]),
     ("output-is-fifo", ["-o", "{tmp}/pipe.mp4"], ["pipe.mp4", "not a regular file", "never replaced"]),
-    ("output-not-writable", ["-o", "{readonly}/out.mp4"], ["cannot write into", "writable folder"]),
+    ("output-not-writable", ["-o", "{readonly}/out.mp4"], ["cannot write into", "permission denied; check the permissions"]),
     ("reference-missing", ["--reference", "{tmp}/none.png"], ["--reference", "none.png", "file not found", "give a portrait"]),
     ("reference-is-folder", ["--reference", "{tmp}"], ["--reference", "is a folder", "image file"]),
     ("reference-corrupt", ["--reference", "{broken_png}"], ["truncated", "copy or download it again"]),

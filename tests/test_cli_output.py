@@ -130,7 +130,7 @@ def test_disk_full_leaves_nothing_and_says_so(smoke, capsys, monkeypatch):
     rc, out = smoke()
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err, err
-    assert "no space left on the disk" in err and "Free some space" in err and "nothing was written" in err
+    assert f"cannot write {out}: no space left on the disk; free some space" in err and "Nothing partial was kept" in err
     assert not out.exists() and _leftovers(out.parent) == []
 
 

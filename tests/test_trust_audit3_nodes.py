@@ -68,7 +68,8 @@ def test_in_comfyui_an_os_error_of_its_helper_is_a_clear_error(comfy, monkeypatc
                                                            get_save_image_path=helper))
     with pytest.raises(EchoMimicError) as info:
         C.save_path("late/video", "mp4")
-    assert "filename_prefix 'late/video'" in str(info.value) and "Not a directory" in str(info.value)
+    assert str(info.value).startswith(f"filename_prefix 'late/video': cannot write {comfy / 'output' / 'late'}: a part of "
+                                      "the path is a file, not a folder")
 
 
 # ------------------------------------------------------------------------------------------ names in folders

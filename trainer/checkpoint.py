@@ -24,7 +24,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from echomimic_lib.io.os_errors import writing
+
 PATTERN = re.compile(r"^step-(\d{8})$")
+KEPT_CHECKPOINTS = " Nothing partial was kept; the earlier checkpoints are as they were (--resume goes on from the last)."
 ASIDE = ".old-"  # ".old-step-N": step N's earlier checkpoint, kept while a new save of step N takes its place
 
 
@@ -115,13 +118,14 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, meta: dict, keep_last
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(tmp), safe_serialization=True)
-        accelerator.wait_for_everyone()
-        if is_fsdp(accelerator):  # every process: merge_fsdp_weights ends with a barrier (the main process writes)
-            _merge_fsdp_model(tmp)
-        if writer:
-            (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
-            _fsync_dir(tmp)
+        with writing(final, KEPT_CHECKPOINTS):  # torch/safetensors' full disk names the checkpoint, not a bare error
+            accelerator.save_state(str(tmp), safe_serialization=True)
+            accelerator.wait_for_everyone()
+            if is_fsdp(accelerator):  # every process: merge_fsdp_weights ends with a barrier (the main process writes)
+                _merge_fsdp_model(tmp)
+            if writer:
+                (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
+                _fsync_dir(tmp)
     except BaseException:  # a full disk, Ctrl-C: no half-written checkpoint stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

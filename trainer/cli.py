@@ -387,9 +387,9 @@ def _main(argv) -> int:
 def _os_error(exc: OSError) -> int:
     """The file system said no: a full disk, permissions, a missing folder, a file where a folder belongs."""
     from echomimic_lib.io.file_safety import disk_full
-    from echomimic_lib.io.os_errors import os_error_text
+    from echomimic_lib.io.os_errors import WriteError, os_error_text
 
-    kept = " Nothing partial was kept." if disk_full(exc) else ""
+    kept = " Nothing partial was kept." if disk_full(exc) and not isinstance(exc, WriteError) else ""
     print(f"error: {os_error_text(exc)}{kept}", file=sys.stderr)
     return 2
 

@@ -26,13 +26,20 @@ def _cmd_make_tiny(args) -> int:
     if args.version == "v3-flash":
         from ..models.wan.tiny import write_tiny_v3
 
-        say(f"tiny random-weight EchoMimicV3 flash-pro set written to {write_tiny_v3(target, args.seed)} "
-            "(use it as <models>/v3-flash; it animates noise)")
+        try:
+            out = write_tiny_v3(target, args.seed)
+        except Exception as exc:  # written in place (no staging): what was written stays, so no "nothing kept"
+            if isinstance(exc, OSError) or _refused(exc):
+                raise _write_failed(exc, target, "write into", kept="") from exc
+            raise
+        say(f"tiny random-weight EchoMimicV3 flash-pro set written to {out} (use it as <models>/v3-flash; it animates noise)")
         return 0
     try:
         out = make_tiny(target, version=args.version, layout=args.layout, seed=args.seed, fmt="." + args.format, force=args.force)
-    except OSError as exc:
-        raise _write_failed(exc, f"the tiny models into {target}") from exc
+    except Exception as exc:  # OSError, or torch's / safetensors' own error for a full disk
+        if isinstance(exc, OSError) or _refused(exc):
+            raise _write_failed(exc, target, "write into") from exc
+        raise
     root = out / "echomimic" if args.layout == "comfyui" else out
     say(f"tiny random-weight EchoMimic models written to {out} (they animate noise, not faces: for tests and smoke runs)")
     for where, used_by, source in EXTRA_MODELS:
@@ -40,15 +47,23 @@ def _cmd_make_tiny(args) -> int:
     return 0
 
 
-def _write_failed(exc: OSError, what: str):
-    from ..io.file_safety import disk_full
+def _refused(exc: BaseException) -> bool:
+    from ..io.os_errors import write_refused
+
+    return write_refused(exc, "") is not None
+
+
+def _write_failed(exc: BaseException, path, doing: str = "write", kept: str | None = None):
+    """``cannot write <path>: ...`` in :mod:`~echomimic_lib.io.os_errors`' one form, naming ``path`` (a file written
+    in a staging folder is named by the folder the user gave)."""
+    from ..io.os_errors import KEPT, WriteError, write_refused
     from ..io.video_writer import OutputError
 
-    if disk_full(exc):
-        return OutputError(f"no space left on the disk while writing {what}; nothing was written. Free some space or "
-                           "choose a folder on another disk.")
-    return OutputError(f"writing {what} failed ({exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}); "
-                       "nothing was written. Check that the folder is writable.")
+    cause = exc.__cause__ if isinstance(exc, WriteError) and exc.__cause__ is not None else exc
+    name = getattr(exc, "filename", None)
+    return write_refused(cause, path, KEPT if kept is None else kept, doing) or OutputError(
+        f"cannot {doing} {path}: {getattr(exc, 'strerror', None) or exc}{': ' + str(name) if name else ''}; nothing "
+        "partial was kept. Check that the folder is writable.")
 
 
 def _cmd_convert(args) -> int:
@@ -60,9 +75,13 @@ def _cmd_convert(args) -> int:
     try:
         written = convert(args.src, args.dst, force=args.force)
     except OSError as exc:
+        from ..io.os_errors import WriteError
+
+        if isinstance(exc, WriteError):
+            raise  # names the file it could not write
         if exc.errno is not None and exc.filename and Path(exc.filename).resolve() == Path(args.src).resolve():
             raise  # the source itself: the generic message names it
-        raise _write_failed(exc, f"the converted weights to {args.dst}") from exc
+        raise _write_failed(exc, args.dst) from exc
     for p in written:
         say(f"wrote {p}")
     return 0

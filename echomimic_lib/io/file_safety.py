@@ -78,9 +78,9 @@ def publish(tmp: str | Path, final: str | Path) -> Path:
     ``final`` is written through, a folder, device or pipe there is never replaced (:func:`regular_target`)."""
     target = regular_target(final)
     _give_new_file_mode(tmp)
-    from .os_errors import naming
+    from .os_errors import writing
 
-    with naming(final, tmp):  # the user's name in the error, not the temporary file's (removed by the caller)
+    with writing(final):  # the user's name in the error, not the temporary file's (removed by the caller)
         os.replace(tmp, target)
     return Path(final)
 
@@ -178,11 +178,11 @@ def remove_folders(made) -> None:
 def write_text_atomic(final: str | Path, text: str) -> Path:
     """``text`` as ``final``, whole or not at all: a unique temporary file beside it (:func:`temp_beside`), then
     :func:`publish`; the temporary file is removed on any failure."""
-    from .os_errors import naming
+    from .os_errors import writing
 
     tmp = temp_beside(final)
     try:
-        with naming(final, tmp):
+        with writing(final):
             tmp.write_text(text, encoding="utf-8")
         return publish(tmp, final)
     finally:
@@ -266,7 +266,7 @@ def refuse_input_as_output(output, inputs: dict, out_flag: str = "-o") -> None:
 
 
 def disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+    return isinstance(exc, OSError) and (exc.errno in DISK_FULL or getattr(exc, "os_errno", None) in DISK_FULL)
 
 
 # ------------------------------------------------------------------------------------------ partial files

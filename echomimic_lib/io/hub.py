@@ -8,7 +8,7 @@
   after a failure (with it any partial download).
 - A failed download raises :class:`MissingWeightsError` naming the repository, the file and the ways out; the disk
   refusing it (full, read-only, permissions) in one line: the file, what the system said and the fix
-  (:func:`~.os_errors.os_error_text`).
+  (:func:`~.os_errors.refused`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import MissingWeightsError
 from .file_safety import publish, temp_beside
-from .os_errors import is_os_refusal, os_error_text
+from .os_errors import refused
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,11 @@ def fetch(files: list[HubFile], root: Path, context: str, force: bool = False) -
         root.mkdir(parents=True, exist_ok=True)
         staging, done = Path(tempfile.mkdtemp(prefix=STAGING, dir=root)), []
     except OSError as exc:  # the models folder is a file, read-only, on a full disk...
-        if is_os_refusal(exc) and not root.is_file():
-            raise MissingWeightsError(f"Nothing was downloaded: {os_error_text(exc, root, 'write into')[:-1]} (the "
-                                      "models folder).", [str(f.dest) for f in todo]) from exc
+        wanted = [str(f.dest) for f in todo]
+        err = None if root.is_file() else refused(exc, root, "write into", lambda m: MissingWeightsError(m, wanted),
+                                                  before="Nothing was downloaded: ", then=" (the models folder)")
+        if err:
+            raise err from exc
         why = "it is a file, not a folder" if root.is_file() else exc.strerror or str(exc)
         raise MissingWeightsError(f"{context}\nNothing was downloaded: cannot write into {root} ({why}). Give a "
                                   "writable folder as the models folder.", [str(f.dest) for f in todo]) from exc
@@ -100,9 +102,10 @@ def fetch(files: list[HubFile], root: Path, context: str, force: bool = False) -
                 _move(got, f.dest)
             except Exception as exc:
                 left = [str(g.dest) for g in todo[i - 1:]]
-                if is_os_refusal(exc):  # this disk, not the network: the file, what the system said and the fix
-                    raise MissingWeightsError(f"{os_error_text(exc, f.dest, 'download')[:-1]}, then run the download "
-                                              "again (files already fetched are kept).", left) from exc
+                err = refused(exc, f.dest, "download", lambda m: MissingWeightsError(m, left),
+                              then=", then run the download again (files already fetched are kept)")
+                if err:  # this disk, not the network: the file, what the system said and the fix
+                    raise err from exc
                 raise MissingWeightsError(
                     f"{context}\nDownloading https://huggingface.co/{f.repo} file {f.remote} failed: {type(exc).__name__}: "
                     f"{exc}\nNothing was written under {f.dest.name}; files already fetched are kept. {FIX_HINT}", left) from exc

@@ -240,11 +240,12 @@ def read_image_file(path, flag: str = "--reference") -> np.ndarray:
         with open(p, "rb") as fh:
             head = fh.read(16)
     except OSError as exc:
-        from .os_errors import is_os_refusal, os_error_text
+        from .os_errors import refused
 
-        if not is_os_refusal(exc) or isinstance(exc, FileNotFoundError):
+        err = None if isinstance(exc, FileNotFoundError) else refused(exc, p, before=f"{flag}: ")
+        if err is None:
             raise
-        raise EchoMimicError(f"{flag}: {os_error_text(exc, p, 'read')}") from exc
+        raise err from exc
     size = _header_size(p) if head else None  # the header only: a decompression bomb is refused before it is decoded
     if size and size[0] * size[1] > MAX_PIXELS:
         raise _too_large(p, flag, size, MAX_PIXELS)

@@ -1,12 +1,18 @@
 """What the operating system said, in one line a user can act on: :func:`os_error_text` names the path, says what the
 system refused (no space left, permission denied, a read-only disk, a name too long, too many open files) and the fix.
 The command lines (``echomimic``, ``echomimic-train``) end with it instead of a traceback; readers of inputs use it so
-that a file that exists but cannot be opened is not called missing or damaged."""
+that a file that exists but cannot be opened is not called missing or damaged.
+
+One form for every file: a reader raises :func:`refused` (``cannot read PATH: <what the system said>; <fix>.``), a
+writer wraps its write in :func:`writing` (``cannot write PATH: ...; <fix>. Nothing partial was kept ...``), which
+also knows the failed writes torch and safetensors report without the path or an errno."""
 from __future__ import annotations
 
 import errno
-import os
+import re
 from contextlib import contextmanager
+
+from ..errors import EchoMimicError
 
 _E = errno
 # errno -> (what the system said, the fix)
@@ -37,15 +43,18 @@ def os_said(exc: BaseException) -> str:
     return str(getattr(exc, "strerror", None) or exc)
 
 
-def os_error_text(exc: OSError, path=None, doing: str | None = None) -> str:
-    """``cannot <doing> <path>: <what the system said>; <the fix>.`` ``path``: the file the caller knows (else the
-    error's own ``filename``); ``doing``: ``read``, ``write``, ... (else ``write`` for a failure only a write meets,
-    ``use`` otherwise)."""
+def os_error_text(exc: OSError, path=None, doing: str | None = None, then: str = "") -> str:
+    """``cannot <doing> <path>: <what the system said>; <the fix><then>.`` ``path``: the file the caller knows (else
+    the error's own ``filename``); ``doing``: ``read``, ``write``, ... (else ``write`` for a failure only a write
+    meets, ``use`` otherwise); ``then``: more of the fix (``, then run the download again``). A :class:`WriteError`
+    says it already."""
+    if isinstance(exc, WriteError):
+        return str(exc)
     where = path if path is not None else (getattr(exc, "filename", None) or "a file")
     doing = doing or ("write" if getattr(exc, "errno", None) in WRITE_ONLY else "use")
     fix = _SAID.get(getattr(exc, "errno", None), (None, "check that the path exists, is a file or folder as expected, "
                                                         "and is readable or writable as needed"))[1]
-    return f"cannot {doing} {where}: {os_said(exc)}; {fix}."
+    return f"cannot {doing} {where}: {os_said(exc)}; {fix}{then}."
 
 
 def is_os_refusal(exc: BaseException) -> bool:
@@ -54,15 +63,64 @@ def is_os_refusal(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and getattr(exc, "errno", None) in _SAID
 
 
+def refused(exc: BaseException, path, doing: str = "read", error=EchoMimicError, before: str = "", then: str = ""):
+    """The error to raise instead of ``exc`` when it is the system refusing ``path`` (:func:`is_os_refusal`), else
+    None (the caller re-raises or explains it its own way): ``error(before + "cannot <doing> <path>: ...; <fix><then>.")``;
+    ``error``: the exception class, or any callable taking the message."""
+    if not is_os_refusal(exc):
+        return None
+    return error(before + os_error_text(exc, path, doing, then))
+
+
+KEPT = " Nothing partial was kept (a file already there is unchanged)."
+_QUOTED = re.compile(r"\(os error (\d+)\)")  # how safetensors (Rust) quotes the system's error
+_TORCH_WRITE = re.compile(r"PytorchStreamWriter failed|file write failed|inline_container.*unexpected pos")  # torch.save
+_FULL = _SAID[_E.ENOSPC][1]
+
+
+class WriteError(EchoMimicError, OSError):
+    """A file could not be written: ``cannot write PATH: <what the system said>; <fix>.`` and what was kept. A user
+    error (the command lines print it as it is, a node shows it) that is still an OSError for callers to whom a failed
+    write is not fatal; ``os_errno`` is the system's errno (None where torch did not say)."""
+
+    def __init__(self, message: str, os_errno: int | None = None):
+        super().__init__(message)
+        self.os_errno = os_errno
+
+
+def write_errno(exc: BaseException) -> int | None:
+    """The errno of a refused write: an OSError's, or the one safetensors quotes in its text (``(os error 28)``)."""
+    if isinstance(exc, WriteError):
+        return exc.os_errno
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = _QUOTED.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    return int(found.group(1)) if found else None
+
+
+def write_refused(exc: BaseException, path, kept: str = KEPT, doing: str = "write") -> WriteError | None:
+    """:class:`WriteError` naming ``path`` when ``exc`` is a write the system refused (an OSError it has words for,
+    safetensors' quoted errno) or torch.save's failed write (a RuntimeError with neither path nor errno: most often a
+    full disk); None for anything else."""
+    if isinstance(exc, WriteError):
+        return exc
+    code = write_errno(exc)
+    if code in _SAID:
+        return WriteError(os_error_text(OSError(code, ""), path, doing) + kept, code)
+    if isinstance(exc, RuntimeError) and _TORCH_WRITE.search(str(exc)):
+        return WriteError(f"cannot {doing} {path}: the write stopped part way (most often a full disk or an exceeded "
+                          f"quota); {_FULL}.{kept}")
+    return None
+
+
 @contextmanager
-def naming(final, *temporaries):
-    """An OSError raised inside that names one of ``temporaries`` (a temporary file the caller removes on failure) is
-    raised again naming ``final``, the destination the user gave (same errno and subclass; the original chained)."""
-    temps = {os.fspath(t) for t in temporaries}
+def writing(path, kept: str = KEPT):
+    """Inside, a write the system refuses or torch/safetensors cannot finish raises :class:`WriteError` naming ``path``
+    (the destination the user gave, not a temporary file; the caller removes that), the original chained."""
     try:
         yield
-    except OSError as exc:
-        name = getattr(exc, "filename", None)
-        if exc.errno is None or name is None or os.fspath(name) not in temps:
+    except Exception as exc:
+        err = write_refused(exc, path, kept)
+        if err is None or err is exc:
             raise
-        raise OSError(exc.errno, exc.strerror, os.fspath(final)) from exc
+        raise err from exc

@@ -49,10 +49,10 @@ def open_media(path: str | Path):
     try:
         return av.open(str(path))
     except Exception as exc:
-        from .os_errors import is_os_refusal, os_error_text
+        from .os_errors import refused
 
-        if is_os_refusal(exc):  # it exists but the system will not open it: not a damaged file
-            raise EchoMimicError(os_error_text(exc, path, "read")) from exc
+        if err := refused(exc, path):  # it exists but the system will not open it: not a damaged file
+            raise err from exc
         if _mp4_without_index(path):
             raise EchoMimicError(f"{path}: an MP4/MOV/M4A file without its index (no 'moov' box): the recording was "
                                  "interrupted, or the file was copied or downloaded only in part; copy it again from "

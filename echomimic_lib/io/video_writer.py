@@ -10,11 +10,10 @@
   pipe or socket, whose parent is a file, or whose folder is not writable (a real probe: it also
   catches read-only file systems, where permission bits say nothing).
 - A full disk (``ENOSPC``/``EDQUOT``) or any other write error becomes an :class:`OutputError`
-  that says what happened and what to do.
+  in :mod:`.os_errors`' one form: ``cannot write <path>: <what the system said>; <fix>. Nothing partial was kept ...``
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -32,7 +31,6 @@ from .video_color import GENERATED, ColorDescription, tag_codec, to_yuv420p
 log = logging.getLogger(__name__)
 
 ENCODER_THREADS = 4
-DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class OutputError(EchoMimicError):
@@ -50,7 +48,10 @@ def _probe_writable(folder: Path) -> None:
     try:
         fd, name = tempfile.mkstemp(prefix=".echomimic-write-test.", dir=folder)
     except OSError as exc:
-        raise OutputError(f"cannot write into {folder} ({exc.strerror or exc}); choose an output in a writable folder.") from exc
+        from .os_errors import refused
+
+        raise refused(exc, folder, "write into", OutputError) or OutputError(
+            f"cannot write into {folder} ({exc.strerror or exc}); choose an output in a writable folder.") from exc
     os.close(fd)
     os.unlink(name)
 
@@ -271,13 +272,18 @@ class Mp4Writer:
             self._container.mux(packet)
 
     def _explain(self, exc: OSError) -> OutputError:
-        folder = self.path.parent
-        if exc.errno in DISK_FULL:
+        """``cannot write <path>: <what the system said>; <fix>. Nothing was written ...`` (:mod:`.os_errors`' form)."""
+        from .file_safety import disk_full
+        from .os_errors import KEPT, write_refused
+
+        folder, free = self.path.parent, ""
+        if disk_full(exc):
             try:
-                free = f"{shutil.disk_usage(_nearest_existing(folder)).free / 1024**2:.0f} MB free"
+                free = f" {shutil.disk_usage(_nearest_existing(folder)).free / 1024**2:.0f} MB free in {folder}."
             except OSError:
-                free = "free space unknown"
-            return OutputError(f"no space left on the disk while writing {self.path} ({free} in {folder}); nothing was "
-                               "written. Free some space, or write the video to another disk.")
-        return OutputError(f"writing {self.path} failed: {exc.strerror or exc}; nothing was written. Check the folder "
+                pass
+        refused = write_refused(exc, self.path, KEPT + free)
+        if refused is not None:
+            return OutputError(str(refused))
+        return OutputError(f"cannot write {self.path}: {exc.strerror or exc}; nothing was written. Check the folder "
                            "(permissions, free space) or choose another output.")

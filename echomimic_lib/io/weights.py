@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import MissingWeightsError, UnsafeFileError, WeightsError
 from .file_safety import make_folders, publish, publish_all, refuse_existing, regular_target, remove_folders, temp_beside
+from .os_errors import writing
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -58,11 +59,11 @@ def read_state_dict(path: str | Path, check_finite: bool = True, mmap: bool = Tr
             sd, mapped = _read_torch(path, mmap)
             owned = not mapped
     except OSError as exc:  # it exists, but the system will not let it be read: not a damaged download
-        from .os_errors import is_os_refusal, os_error_text
+        from .os_errors import refused
 
-        if not is_os_refusal(exc):
+        if (err := refused(exc, path, error=WeightsError)) is None:
             raise
-        raise WeightsError(os_error_text(exc, path, "read")) from exc
+        raise err from exc
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
@@ -209,13 +210,11 @@ def load_strict(model: nn.Module, state, label: str, device=None, dtype: torch.d
 def save_state_dict(state: dict, path: str | Path) -> Path:
     """Write ``.safetensors`` or ``.pth`` atomically (write, then rename); shared storages are cloned."""
     path = Path(path)
-    from .os_errors import naming
-
     tmp = temp_beside(path)  # unique, beside a link's target (the link is written through); a folder there is refused
     try:
-        with naming(path, tmp):  # a full disk names the destination, not the temporary file removed below
+        with writing(path):  # a full disk names the destination, not the temporary file removed below
             _write_weights(state, tmp, path.suffix)
-        publish(tmp, path)
+            publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -270,7 +269,8 @@ def convert(src: str | Path, dst: str | Path, force: bool = False) -> list[Path]
             log.info("converting %s (%d tensors) -> %s", f, len(state), d)
             make_folders(regular_target(d).parent, made)
             staged.append((temp_beside(d), d))
-            _write_weights(state, staged[-1][0], d.suffix)
+            with writing(d):  # safetensors' full disk is no OSError: named, in the one form (all removed below)
+                _write_weights(state, staged[-1][0], d.suffix)
             del state
         return publish_all(staged)  # every file in place together, once all are written
     except BaseException:  # a failure or Ctrl-C: no temporary file, no folder of ours left; what was there stays

@@ -38,7 +38,7 @@ import torch
 
 from ..errors import EchoMimicError, WeightsError
 from ..io.file_safety import publish, temp_beside
-from ..io.os_errors import naming
+from ..io.os_errors import writing
 from ..modes import WEIGHT_SETS
 
 log = logging.getLogger(__name__)
@@ -144,10 +144,10 @@ def write_lora(path: str | Path, tensors: dict[str, torch.Tensor], info: LoraInf
     tmp = temp_beside(path)  # unique, beside the target of a link (written through); a folder there is refused
     tensors = with_alpha_tensors(tensors, info)
     try:
-        with naming(path, tmp):  # a full disk names the destination, not the temporary file removed below
+        with writing(path):  # a full disk names the destination, not the temporary file removed below
             save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp),
                       metadata=info.to_metadata())
-        publish(tmp, path)  # safetensors creates 0600 files: the final one gets the umask's mode
+            publish(tmp, path)  # safetensors creates 0600 files: the final one gets the umask's mode
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

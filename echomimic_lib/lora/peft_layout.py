@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import EchoMimicError
 from ..io.file_safety import ExistingFileError, temp_folder_beside
+from ..io.os_errors import writing
 from .files import NETWORKS, LoraAdapter
 
 PEFT_PREFIX = "base_model.model."
@@ -65,8 +66,9 @@ def write_peft(adapter: LoraAdapter, dest: str | Path, force: bool = False) -> l
                          base_model_name_or_path=str(adapter.info.base.get("path") or "") or None)
         tmp = temp_folder_beside(final)  # unique: two writers of one destination never share (or delete) it
         try:
-            cfg.save_pretrained(str(tmp))
-            save_file(peft_state(adapter, network), str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+            with writing(final):  # safetensors' full disk is no OSError: the folder named, in the one form
+                cfg.save_pretrained(str(tmp))
+                save_file(peft_state(adapter, network), str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from echomimic_lib.io.file_safety import temp_folder_beside
+from echomimic_lib.io.os_errors import writing
 
 from .store import ClipEntry, ClipReader, write_json_atomic
 
@@ -128,10 +129,11 @@ def write_clip_cache(entry: ClipEntry, vae, key: str, width: int, height: int, c
             m, s = encode_posterior(vae, frames_tensor(reader, range(a, min(a + chunk, reader.num_frames)), width, height), chunk)
             means.append(m.half().numpy())
             stds.append(s.half().numpy())
-        np.save(tmp / "mean.npy", np.concatenate(means))
-        np.save(tmp / "std.npy", np.concatenate(stds))
-        write_json_atomic(tmp / "meta.json", {"key": key, "width": width, "height": height, "frames": reader.num_frames,
-                                              "dtype": str(vae.dtype), "format": CACHE_FORMAT})
+        with writing(final):  # a full disk names the cache, not its staging folder (removed below)
+            np.save(tmp / "mean.npy", np.concatenate(means))
+            np.save(tmp / "std.npy", np.concatenate(stds))
+            write_json_atomic(tmp / "meta.json", {"key": key, "width": width, "height": height, "frames": reader.num_frames,
+                                                  "dtype": str(vae.dtype), "format": CACHE_FORMAT})
         if has_cache(entry.path, key):  # another run wrote it meanwhile (the same values): keep that one
             shutil.rmtree(tmp, ignore_errors=True)
             return final

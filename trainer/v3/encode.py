@@ -109,6 +109,8 @@ class EncodedWindows:
         its encoders are freed before returning. Returns how many windows were written."""
         from safetensors.torch import save_file
 
+        from echomimic_lib.io.os_errors import writing
+
         todo = self.missing() if todo is None else todo
         if not todo:
             return 0
@@ -120,8 +122,9 @@ class EncodedWindows:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
                 try:
-                    save_file(tensors, str(tmp), metadata={"clip": self.windows[i].clip_id, "start": str(self.windows[i].start)})
-                    os.replace(tmp, dest)
+                    with writing(dest):  # safetensors' full disk: the file named, in the one form
+                        save_file(tensors, str(tmp), metadata={"clip": self.windows[i].clip_id, "start": str(self.windows[i].start)})
+                        os.replace(tmp, dest)
                 finally:
                     tmp.unlink(missing_ok=True)
                 if progress:

@@ -95,7 +95,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     from safetensors.torch import load_file, save_file
 
     from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output, regular_target, temp_beside
-    from echomimic_lib.io.os_errors import naming
+    from echomimic_lib.io.os_errors import writing
 
     from ..checkpoint import latest_checkpoint, read_meta, refuse_inside_checkpoint
     from ..export import checkpoint_files
@@ -127,11 +127,11 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     with NewFolders(path.parent):  # export's rule: the missing folders said, and removed again on a failure
         tmp = temp_beside(path, ".partial.safetensors")  # unique (two exports at once); check_export wants the suffix
         try:
-            with naming(path, tmp):  # a full disk names the destination, not the temporary file removed below
+            with writing(path):  # a full disk names the destination, not the temporary file removed below
                 save_file(tensors, str(tmp), metadata=info)
             if verify:
                 check_export(tmp, desc)
-            publish(tmp, path)
+            publish(tmp, path)  # a refused rename says "cannot write <path>" too
         finally:
             tmp.unlink(missing_ok=True)
     log.info("Wan LoRA (%d layers, rank %s) written to %s", desc["layers"], desc["rank"], path)

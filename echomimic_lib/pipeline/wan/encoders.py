@@ -82,7 +82,7 @@ def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | 
     """(1, n_tokens, 4096) umT5 states of the prompt's real tokens (cached in ``cache_dir`` if given).
     ``encoder``: a loaded (tokenizer, model) to use on a cache miss (else loaded here); ``warned``: its
     :func:`load_umt5` named a cut prompt already (not said twice)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     encoder_dir = Path(encoder_dir)
     cached = _cache_file(cache_dir, encoder_dir, prompt, dtype) if cache_dir else None
@@ -102,15 +102,32 @@ def encode_prompt(encoder_dir: str | Path, prompt: str, cache_dir: str | Path | 
     states = model(ids.input_ids.to(dev), attention_mask=mask).last_hidden_state
     out = states[:, : int(mask.sum())].float().cpu().contiguous()
     if cached is not None:
+        _keep(cached, out, dropped)
+    return out
+
+
+def _keep(cached: Path, out: torch.Tensor, dropped: int) -> None:
+    """Cache the states; a cache the disk refuses (a read-only or full models folder) is said and the render goes on
+    with the states in memory (it was a SafetensorError traceback, or a stopped render for a spare file)."""
+    from safetensors.torch import save_file
+
+    from ...io.os_errors import write_refused
+
+    tmp = None
+    try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{cached.stem}.", suffix=".partial", dir=cached.parent)  # the writer's own:
         os.close(fd)  # batch workers may encode the same prompt at once; each renames a whole file into place
-        try:
-            save_file({"prompt_embeds": out}, tmp, metadata={"dropped_tokens": str(dropped)})
-            os.replace(tmp, cached)
-        finally:
+        save_file({"prompt_embeds": out}, tmp, metadata={"dropped_tokens": str(dropped)})
+        os.replace(tmp, cached)
+    except Exception as exc:
+        refused = write_refused(exc, cached, " The prompt is encoded again next time; the render goes on.")
+        if refused is None:
+            raise
+        log.warning("%s", refused)
+    finally:
+        if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-    return out
 
 
 def load_clip_vision(vision_dir: str | Path, device="cpu", dtype=torch.float32):
