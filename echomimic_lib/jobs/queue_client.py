@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EchoMimicError
+from ..io.file_names import safe_file_name
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus"}
@@ -68,12 +69,27 @@ def plan_jobs(portraits, audios, prefix: str = "echomimic", videos=None) -> list
     return [Job(p, a, f"{prefix}/{label[p]}__{label[a]}", videos is not None) for p, a in pairs]
 
 
+LABEL_BYTES = 110  # each file's part of a prefix: two of them, '__' and ComfyUI's '_00001_.mp4' fit in 255 bytes
+
+
 def _labels(files) -> dict:
-    """Each file's part of the output prefix: its stem, or, where two files share a stem (``anna.png`` and ``anna.jpg``;
-    ``Anna.png`` too, for case-blind file systems), the name with its extension (``anna_png``), so no two jobs share a
-    prefix and each video says which file it came from."""
-    stems = collections.Counter(f.stem.casefold() for f in files)
-    return {f: f.stem if stems[f.stem.casefold()] == 1 else f"{f.stem}_{f.suffix.lstrip('.')}" for f in files}
+    """Each file's part of the output prefix: its stem as a file name every server's file system takes (the batch's
+    rule, :func:`~echomimic_lib.io.file_names.safe_file_name`: letters of any script kept, ``take:1`` -> ``take_1``, at
+    most :data:`LABEL_BYTES` bytes), or, where two files' parts are one (``anna.png`` and ``anna.jpg``; ``Anna.png``
+    too, for case-blind file systems), the name with its extension (``anna_png``), then a number, so no two jobs share
+    a prefix and each video says which file it came from."""
+    def label(text: str) -> str:
+        return safe_file_name(text, fallback="file", max_chars=LABEL_BYTES, max_bytes=LABEL_BYTES)
+
+    out = {f: label(f.stem) for f in files}
+    twice = collections.Counter(v.casefold() for v in out.values())
+    out = {f: v if twice[v.casefold()] == 1 else label(f"{f.stem}_{f.suffix.lstrip('.')}") for f, v in out.items()}
+    seen: collections.Counter = collections.Counter()
+    for f, v in out.items():  # 'take:1.png' and 'take_1.png' are both 'take_1_png': numbered
+        seen[v.casefold()] += 1
+        if seen[v.casefold()] > 1:
+            out[f] = f"{v}-{seen[v.casefold()]}"
+    return out
 
 
 def find_node(prompt: dict, class_type: str, explicit: str | None = None) -> str | None:
