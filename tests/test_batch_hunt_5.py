@@ -105,3 +105,28 @@ def test_queue_prefixes_use_the_same_rule_and_stay_distinct(tmp_path):
     assert len({p.casefold() for p in prefixes}) == 4
     assert all(len((p.split("/")[-1] + "_00001_.mp4").encode()) <= 255 for p in prefixes)  # ComfyUI's counter added
     assert any(p.startswith("echomimic/東京__") for p in prefixes) and not any(":" in p for p in prefixes)
+
+
+# ------------------------------------------------------------------------------------------------------ --device
+def test_the_batch_reads_cuda_n_as_the_single_commands_do(monkeypatch):
+    """``--device CUDA:1`` is a device to ``echomimic animate`` (resolve_device) but the batch's own regex refused it
+    ("use auto, cpu, cuda or a list"): one parser now, devices.parse_device, read for every name of the list."""
+    import torch
+
+    import echomimic_lib.devices as devices
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.jobs.batch.runner import BatchOptions, worker_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert devices.resolve_device("CUDA:1") == torch.device("cuda", 1)
+    assert worker_devices(BatchOptions(device="CUDA:1, Cuda:0")) == ["cuda:1", "cuda:0"]
+    seen = []
+    real = devices.parse_device
+    monkeypatch.setattr(devices, "parse_device", lambda name: (seen.append(name), real(name))[1])
+    assert worker_devices(BatchOptions(device="cuda:0,cuda:1")) == ["cuda:0", "cuda:1"] and seen == ["cuda:0", "cuda:1"]
+    for device, words in (("cuda:0,mps", "'mps' is not a GPU; write each as cuda:N"),
+                          ("cuda:01,cuda:1", "names cuda:1 twice"), ("cuda:0,cuda:7", "there is no cuda:7; this machine has 2")):
+        with pytest.raises(EchoMimicError, match=words):
+            worker_devices(BatchOptions(device=device))
