@@ -130,3 +130,168 @@ def test_the_batch_reads_cuda_n_as_the_single_commands_do(monkeypatch):
                           ("cuda:01,cuda:1", "names cuda:1 twice"), ("cuda:0,cuda:7", "there is no cuda:7; this machine has 2")):
         with pytest.raises(EchoMimicError, match=words):
             worker_devices(BatchOptions(device=device))
+
+
+# ------------------------------------------------------------------------------------- HTTP-API queuer, stand-in
+WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "v1_audio.json"
+
+
+def _comfy_handler(state: dict):
+    """A stand-in of ComfyUI's HTTP API with its reply shapes (server.py post_prompt / get_queue / get_history,
+    execution.py's status messages): ``state`` says how each prompt goes ("ok", "error", "lost": gone from queue and
+    history as after a restart, "pending": stays queued) and which /prompt answers fail first."""
+    from tests._http_stub import JsonHandler
+
+    class Comfy(JsonHandler):
+        def _text(self, code: int, text: str, headers=()):
+            data = text.encode()
+            self.send_response(code)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path == "/upload/image":
+                name = body.split(b'filename="', 1)[1].split(b'"', 1)[0].decode()
+                return self._reply(200, {"name": name, "subfolder": "", "type": "input"})
+            if self.path == "/prompt":
+                answers = state.setdefault("answers", [])
+                if answers:
+                    code, reply = answers.pop(0)
+                    if isinstance(reply, str):
+                        return self._text(code, reply, [("Retry-After", "0")] if code in (429, 503) else [])
+                    return self._reply(code, reply)
+                pid = f"p{len(state['prompts']) + 1}"
+                state["prompts"].append(pid)
+                return self._reply(200, {"prompt_id": pid, "number": len(state["prompts"]), "node_errors": {}})
+            self._reply(404, {})
+
+        def do_GET(self):
+            how = state.get("how", {})
+            if self.path == "/queue":
+                items = [[n, pid, {}, {}, []] for n, pid in enumerate(state["prompts"]) if how.get(pid) == "pending"]
+                return self._reply(200, {"queue_running": items[:1], "queue_pending": items[1:]})
+            pid = self.path.rsplit("/", 1)[-1]
+            kind = how.get(pid, "ok")
+            if kind in ("lost", "pending") or pid not in state["prompts"]:
+                return self._reply(200, {})
+            if kind == "error":
+                return self._reply(200, {pid: {"outputs": {}, "status": {"status_str": "error", "completed": False, "messages": [
+                    ["execution_start", {"prompt_id": pid}],
+                    ["execution_error", {"prompt_id": pid, "node_id": "12", "node_type": "EchoMimicSampler",
+                                         "exception_message": "CUDA out of memory. Tried to allocate 2.00 GiB",
+                                         "exception_type": "torch.OutOfMemoryError", "traceback": ["..."]}]]}}})
+            return self._reply(200, {pid: {"status": {"status_str": "success", "completed": True}, "outputs": {
+                "21": {"images": [{"filename": f"{pid}.mp4", "subfolder": "echomimic", "type": "output"}]}}}})
+
+    return Comfy
+
+
+@pytest.fixture
+def comfy():
+    from tests._http_stub import start
+
+    state = {"prompts": []}
+    url, stop = start(_comfy_handler(state))
+    yield url, state
+    stop()
+
+
+@pytest.fixture
+def media(tmp_path):
+    faces, speech = tmp_path / "faces", tmp_path / "speech"
+    faces.mkdir(), speech.mkdir()
+    for name in ("anna.png", "bob.png"):
+        (faces / name).write_bytes(b"img-" + name.encode())
+    (speech / "hello.wav").write_bytes(b"aud")
+    return faces, speech
+
+
+def _queue(url, media, *extra):
+    from echomimic_lib.jobs.queue_client import main as queue_main
+
+    return queue_main([str(WORKFLOW), "--portraits", str(media[0]), "--audios", str(media[1]), "--server", url, *extra])
+
+
+def test_no_server_is_one_line_naming_the_address_and_the_fix(media, capsys):
+    assert _queue("http://127.0.0.1:9", media) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "http://127.0.0.1:9" in err and "is it running" in err and "--server" in err, err
+
+
+def test_a_rejected_prompt_lists_each_node_by_id_class_and_input(comfy, media, capsys):
+    url, state = comfy
+    state["answers"] = [(400, {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed "
+                                         "validation", "details": "", "extra_info": {}}, "node_errors": {
+        "3": {"errors": [{"type": "value_not_in_list", "message": "Value not in list", "details": "version: 'v9' not in "
+                          "['v1', 'v2']", "extra_info": {"input_name": "version"}}], "dependent_outputs": ["21"],
+              "class_type": "EchoMimicModelLoader"},
+        "7": {"errors": [{"type": "required_input_missing", "message": "Required input is missing", "details": "audio",
+                          "extra_info": {"input_name": "audio"}}], "dependent_outputs": ["21"], "class_type": "LoadAudio"}}})]
+    assert _queue(url, media) == 2
+    err = capsys.readouterr().err
+    assert "Prompt outputs failed validation\n" in err and "{" not in err
+    assert "  node 3 (EchoMimicModelLoader), input 'version': Value not in list: version: 'v9' not in ['v1', 'v2']\n" in err
+    assert "  node 7 (LoadAudio), input 'audio': Required input is missing\n" in err  # details = the input: said once
+
+
+def test_a_500_mid_queue_says_which_jobs_are_queued_and_which_are_not(comfy, media, capsys):
+    url, state = comfy
+    state["answers"] = [(200, {"prompt_id": "p1", "number": 1, "node_errors": {}}),
+                        (500, "500 Internal Server Error\n\nServer got itself in trouble")]
+    state["prompts"].append("p1")
+    assert _queue(url, media) == 2
+    out, err = capsys.readouterr()
+    assert "anna.png x hello.wav -> echomimic/anna__hello [p1]" in out  # the one queued is listed, with its id
+    assert "HTTP 500: 500 Internal Server Error Server got itself in trouble" in err
+    assert "1 of 2 job(s) were queued before this" in err and "bob.png x hello.wav" in err and "not queued" in err
+
+
+def test_a_busy_server_is_asked_again_after_its_retry_after(comfy, media, capsys):
+    url, state = comfy
+    state["answers"] = [(503, "queue full"), (429, "too many requests")]
+    assert _queue(url, media) == 0
+    assert state["prompts"] == ["p1", "p2"] and "[p2]" in capsys.readouterr().out
+
+
+def test_an_execution_error_names_the_node_and_the_other_jobs_are_still_waited_for(comfy, media, capsys):
+    url, state = comfy
+    state["how"] = {"p1": "error"}
+    assert _queue(url, media, "--wait") == 1
+    out, err = capsys.readouterr()
+    assert "[p1] prompt p1 failed: node 12 (EchoMimicSampler): CUDA out of memory. Tried to allocate 2.00 GiB" in out
+    assert "bob.png x hello.wav -> echomimic/bob__hello [p2] echomimic/p2.mp4" in out
+
+
+def test_a_server_restart_that_lost_the_prompt_is_said_not_waited_on_for_an_hour(comfy, media, capsys, monkeypatch):
+    from echomimic_lib.jobs import queue_client as qc
+
+    url, state = comfy
+    state["how"] = {"p2": "lost"}
+    monkeypatch.setattr(qc.time, "sleep", lambda s: None)
+    assert _queue(url, media, "--wait") == 1
+    out, err = capsys.readouterr()
+    assert "anna.png x hello.wav -> echomimic/anna__hello [p1] echomimic/p1.mp4" in out
+    assert "prompt p2 is neither queued on nor in the history of" in out + err and "restarted" in out + err
+    assert "queue it again" in out + err
+
+
+def test_ctrl_c_while_waiting_says_which_prompts_are_still_queued_and_how_to_cancel(comfy, media, capsys, monkeypatch):
+    from echomimic_lib.jobs import queue_client as qc
+
+    url, state = comfy
+    state["how"] = {"p2": "pending"}
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qc.time, "sleep", interrupt)
+    assert _queue(url, media, "--wait") == 130
+    out, err = capsys.readouterr()
+    assert "echomimic/anna__hello [p1] echomimic/p1.mp4" in out
+    assert "Interrupted" in err and "ComfyUI still has 1 prompt(s) of this run: p2" in err
+    assert f"{url}/queue" in err and '"delete": ["p2"]' in err and f"{url}/interrupt" in err
