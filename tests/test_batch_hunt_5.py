@@ -295,3 +295,21 @@ def test_ctrl_c_while_waiting_says_which_prompts_are_still_queued_and_how_to_can
     assert "echomimic/anna__hello [p1] echomimic/p1.mp4" in out
     assert "Interrupted" in err and "ComfyUI still has 1 prompt(s) of this run: p2" in err
     assert f"{url}/queue" in err and '"delete": ["p2"]' in err and f"{url}/interrupt" in err
+
+
+def test_over_several_servers_a_prompt_a_restart_lost_is_queued_again(media, tmp_path):
+    """``--server A --server B``: a server that restarted answers again but has lost the prompt (neither in /queue nor
+    in /history): the job waited out the whole hour, then was an error; now it is queued again and finishes."""
+    from echomimic_lib.jobs import queue_client as qc
+    from echomimic_lib.jobs.batch.comfy_servers import queue_spread
+    from tests._http_stub import start
+
+    states = [{"prompts": [], "how": {"p1": "lost"}}, {"prompts": []}]
+    servers = [start(_comfy_handler(st)) for st in states]
+    try:
+        recs = queue_spread(qc, WORKFLOW, media[0], media[1], [u for u, _ in servers], tmp_path, poll=0.01, timeout=30)
+    finally:
+        for _, stop in servers:
+            stop()
+    assert [r["status"] for r in recs] == ["ok", "ok"], recs
+    assert sorted(r["attempts"] for r in recs) == [1, 2] and sum(len(st["prompts"]) for st in states) == 3

@@ -240,16 +240,34 @@ def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None
     return pid
 
 
+QUEUE_CHECK_S = 10.0  # while a prompt is not in /history: how often /queue is asked whether the server still has it
+
+
 def _history(server: str, prompt_id: str, timeout: float | None):
     return _request(f"{server}/history/{prompt_id}", timeout=timeout).get(prompt_id)
 
 
+def _queued(server: str, prompt_id: str, timeout: float | None) -> bool | None:
+    """Whether ``server``'s /queue still holds ``prompt_id`` (None: the answer says nothing, e.g. too large)."""
+    try:
+        return in_queue(_request(f"{server}/queue", timeout=timeout), prompt_id)
+    except QueueError as exc:
+        if "cannot reach" in str(exc):
+            raise
+        return None
+
+
 def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None) -> dict:
     """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``)."""
-    end = time.monotonic() + timeout
+    end, check = time.monotonic() + timeout, 0.0
     while time.monotonic() < end:
         entry = _history(server, prompt_id, request_timeout)
-        if entry is None and in_queue(_request(f"{server}/queue", timeout=request_timeout), prompt_id) is False:
+        if entry is None and time.monotonic() >= check:  # /queue holds every queued workflow: asked every 10 s at most
+            check = time.monotonic() + QUEUE_CHECK_S
+            queued = _queued(server, prompt_id, request_timeout)
+        else:
+            queued = None
+        if queued is False:
             entry = _history(server, prompt_id, request_timeout)  # (it may have finished between the two questions)
             if entry is None:  # neither queued nor done: a restarted server lost it; waiting would take the whole hour
                 raise lost(server, prompt_id)
