@@ -313,3 +313,24 @@ def test_over_several_servers_a_prompt_a_restart_lost_is_queued_again(media, tmp
             stop()
     assert [r["status"] for r in recs] == ["ok", "ok"], recs
     assert sorted(r["attempts"] for r in recs) == [1, 2] and sum(len(st["prompts"]) for st in states) == 3
+
+
+def test_ctrl_c_over_several_servers_names_each_servers_prompts(media, tmp_path, capsys, monkeypatch):
+    from echomimic_lib.jobs.batch import comfy_servers
+    from tests._http_stub import start
+
+    states = [{"prompts": [], "how": {"p1": "pending"}}, {"prompts": [], "how": {"p1": "pending"}}]
+    servers = [start(_comfy_handler(st)) for st in states]
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(comfy_servers.time, "sleep", interrupt)
+    try:
+        rc = _queue(servers[0][0], media, "--server", servers[1][0], "--results", str(tmp_path))
+    finally:
+        for _, stop in servers:
+            stop()
+    err = capsys.readouterr().err
+    assert rc == 130 and err.count("ComfyUI still has 1 prompt(s) of this run: p1") == 2, err
+    assert all(f"{url}/queue" in err for url, _ in servers)

@@ -30,7 +30,7 @@ from pathlib import Path
 from ..errors import EchoMimicError
 from ..io.file_names import safe_file_name
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped, explain, in_queue, job_label,
-                            lost, outcome, saved_files)
+                            lost, outcome, saved_files, still_open)
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus"}
@@ -333,7 +333,7 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
     except KeyboardInterrupt:
         if dry_run or not results:
             raise
-        raise QueueInterrupted(results, server) from None
+        raise QueueInterrupted(results, {server: still_open(results)}) from None
     return results
 
 
@@ -377,6 +377,9 @@ def main(argv=None, prog: str = "echomimic queue", parser_class=argparse.Argumen
         try:
             recs = queue_spread(sys.modules[__name__], args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
                                 args.driving, args.prefix, args.videos)
+        except QueueInterrupted as exc:  # (results.jsonl holds the finished jobs)
+            sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
+            return 130
         except EchoMimicError as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2

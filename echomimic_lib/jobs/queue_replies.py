@@ -129,7 +129,7 @@ def job_label(result: dict) -> str:
     return f"{Path(result['portrait']).name} x {Path(result['audio']).name}"
 
 
-def _open(results: list[dict]) -> list[str]:
+def still_open(results: list[dict]) -> list[str]:
     return [r["prompt_id"] for r in results if "prompt_id" in r and "files" not in r and "error" not in r]
 
 
@@ -144,18 +144,18 @@ class QueueStopped(QueueError):
         if not_queued:
             shown = ", ".join(not_queued[:10]) + (f" and {len(not_queued) - 10} more" if len(not_queued) > 10 else "")
             text += f"; not queued: {shown}"
-        pending = _open(results)
+        pending = still_open(results)
         super().__init__(text + (f".\n{still_on_server(server, pending)}" if pending else "."))
 
 
 class QueueInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far, and the advice for the ones still on the
-    server (:meth:`advice`)."""
+    """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far (one server's run), ``pending``: the prompt
+    ids still on each server, and the advice for them (:meth:`advice`)."""
 
-    def __init__(self, results: list[dict], server: str):
+    def __init__(self, results: list[dict], pending: dict[str, list[str]]):
         super().__init__()
-        self.results, self.server = results, server
+        self.results, self.pending = results, {url: ids for url, ids in pending.items() if ids}
 
     def advice(self) -> str:
-        pending = _open(self.results)
-        return still_on_server(self.server, pending) if pending else "Every queued prompt had finished."
+        said = [still_on_server(url, ids) for url, ids in self.pending.items()]
+        return "\n".join(said) if said else "Every queued prompt had finished."

@@ -169,6 +169,11 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                            files=files)
         for job, server, pid, attempts, t0 in flight.values():
             record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=f"not finished within {timeout:.0f} s")
+    except KeyboardInterrupt:  # Ctrl-C: the prompts in flight go on on their servers; say which, and how to cancel
+        pending: dict[str, list[str]] = {}
+        for _, server, pid, _, _ in flight.values():
+            pending.setdefault(server.url, []).append(pid)
+        raise client.QueueInterrupted([], pending) from None
     finally:
         ordered = [records[j.prefix] for j in jobs if j.prefix in records]
         mine = {r["name"] for r in ordered}
