@@ -122,6 +122,9 @@ def test_the_batch_reads_cuda_n_as_the_single_commands_do(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert devices.resolve_device("CUDA:1") == torch.device("cuda", 1)
     assert worker_devices(BatchOptions(device="CUDA:1, Cuda:0")) == ["cuda:1", "cuda:0"]
+    from echomimic_lib.jobs.batch.ray_backend import check_device
+
+    check_device(BatchOptions(device=" CUDA ").device)  # with Ray too (it refused 'CUDA': "use auto, cpu or cuda")
     seen = []
     real = devices.parse_device
     monkeypatch.setattr(devices, "parse_device", lambda name: (seen.append(name), real(name))[1])

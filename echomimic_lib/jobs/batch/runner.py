@@ -35,6 +35,9 @@ class BatchOptions:
     on_event: object = None        # callable(kind, worker, job, payload): tests and embedding programs
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.device = str(self.device or "auto").strip().lower()  # CUDA:0 / Cuda, as --device of a single command takes them
+
 
 @dataclass
 class BatchSummary:
@@ -56,7 +59,7 @@ def worker_devices(opts: BatchOptions) -> list[str]:
 
     from ...errors import EchoMimicError
 
-    device = str(opts.device).strip().lower()  # CUDA:0 as --device of a single command takes it
+    device = opts.device
     if "cpu" in [d.strip() for d in device.split(",")] and device != "cpu":
         raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of GPUs "
                              "(cuda:0,cuda:1), not both in one batch.")
