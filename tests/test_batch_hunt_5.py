@@ -242,6 +242,15 @@ def test_a_rejected_prompt_lists_each_node_by_id_class_and_input(comfy, media, c
     assert "  node 7 (LoadAudio), input 'audio': Required input is missing\n" in err  # details = the input: said once
 
 
+def test_a_refusal_without_node_errors_keeps_its_details(comfy, media, capsys):
+    url, state = comfy
+    state["answers"] = [(400, {"error": {"type": "invalid_prompt", "message": "Cannot execute because a node is missing the "
+                                         "class_type property.", "details": "Node ID '#5'", "extra_info": {}},
+                               "node_errors": {}})]
+    assert _queue(url, media) == 2
+    assert "HTTP 400: Cannot execute because a node is missing the class_type property. (Node ID '#5')" in capsys.readouterr().err
+
+
 def test_a_500_mid_queue_says_which_jobs_are_queued_and_which_are_not(comfy, media, capsys):
     url, state = comfy
     state["answers"] = [(200, {"prompt_id": "p1", "number": 1, "node_errors": {}}),

@@ -38,6 +38,8 @@ def explain(body: str) -> str:
         return _one_line(body[:500])
     error = data.get("error", "")
     head = str(error.get("message", error) if isinstance(error, dict) else error)
+    if isinstance(error, dict) and str(error.get("details") or "").strip():  # e.g. "Node ID '#5'" of a missing class_type
+        head += f" ({str(error['details']).strip()})"
     lines = []
     node_errors = data.get("node_errors")
     for node, info in (node_errors.items() if isinstance(node_errors, dict) else ()):
@@ -112,7 +114,7 @@ def in_queue(reply, prompt_id: str) -> bool | None:
 def lost(server: str, prompt_id: str) -> PromptFailed:
     return PromptFailed(f"prompt {prompt_id} is neither queued on nor in the history of {server}: the server was restarted "
                         "(ComfyUI keeps its queue and history in memory) or the prompt was deleted from its queue; queue "
-                        "it again (run the same command for its files).")
+                        "it again (running the same command queues every job of the folders again).")
 
 
 def still_on_server(server: str, prompt_ids: list[str]) -> str:
