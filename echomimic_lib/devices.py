@@ -32,6 +32,13 @@ def _cuda_summary() -> str:
     return f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable CUDA GPU (driver, CUDA_VISIBLE_DEVICES?)"
 
 
+def parse_device(name) -> tuple[str, int | None] | None:
+    """``cpu`` / ``mps`` / ``cuda`` / ``cuda:N`` (any case, spaces around) -> (kind, N or None); None for anything else
+    (``auto`` included). The one reading of a device name: :func:`resolve_device`, the batch's ``--device`` list."""
+    m = _DEVICE.match(str(name).strip().lower())
+    return None if m is None else (m.group(1), None if m.group(2) is None else int(m.group(2)))
+
+
 def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
     """``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` / ``mps`` -> an existing :class:`torch.device`."""
     name = (name or "auto").strip().lower()
@@ -39,15 +46,15 @@ def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("mps") if _mps_available() else torch.device("cpu")
-    m = _DEVICE.match(name)
-    if not m:
+    parsed = parse_device(name)
+    if parsed is None:
         raise EchoMimicError(f"unknown device '{name}' for {flag}; use auto, cpu, cuda, cuda:N (N = GPU number) or mps.")
-    kind, index = m.group(1), m.group(2)
+    kind, index = parsed
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise EchoMimicError(f"{flag} {name}: no CUDA GPU is available ({_cuda_summary()}); use {flag} cpu (or auto).")
         count = torch.cuda.device_count()
-        i = int(index) if index is not None else torch.cuda.current_device()
+        i = index if index is not None else torch.cuda.current_device()
         if i >= count:
             raise EchoMimicError(f"{flag} {name}: this machine has {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1}); pick one of those.")
         return torch.device("cuda", i)
@@ -55,7 +62,7 @@ def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
         if not _mps_available():
             raise EchoMimicError(f"{flag} mps: Apple's Metal (MPS) backend is not available here; use {flag} cpu (or auto).")
         return torch.device("mps")
-    if index not in (None, "0"):
+    if index not in (None, 0):
         raise EchoMimicError(f"{flag} {name}: the CPU has no index; use {flag} cpu.")
     return torch.device("cpu")
 

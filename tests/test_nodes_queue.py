@@ -122,7 +122,7 @@ def test_the_template_is_not_modified_and_dry_run_sends_nothing(server, media):
 def test_validation_errors_from_the_server_are_explained(server, media):
     url, handler = server
     handler.reject = True
-    with pytest.raises(EchoMimicError, match="HTTP 400: Prompt outputs failed validation; node 3 \\(EchoMimicModelLoader\\): Value not in list"):
+    with pytest.raises(EchoMimicError, match="HTTP 400: Prompt outputs failed validation\n  node 3 \\(EchoMimicModelLoader\\): Value not in list"):
         qc.queue_folder(WORKFLOW, *media, server=url)
 
 

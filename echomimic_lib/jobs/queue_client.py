@@ -28,15 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EchoMimicError
+from ..io.file_names import safe_file_name
+from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped, explain, in_queue, job_label,
+                            lost, outcome, saved_files, still_open)
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus"}
 VIDEO_EXT = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
 DEFAULT_SERVER = "http://127.0.0.1:8188"
-
-
-class QueueError(EchoMimicError):
-    """The server refused a request, or the inputs cannot be queued."""
 
 
 @dataclass
@@ -68,12 +67,27 @@ def plan_jobs(portraits, audios, prefix: str = "echomimic", videos=None) -> list
     return [Job(p, a, f"{prefix}/{label[p]}__{label[a]}", videos is not None) for p, a in pairs]
 
 
+LABEL_BYTES = 110  # each file's part of a prefix: two of them, '__' and ComfyUI's '_00001_.mp4' fit in 255 bytes
+
+
 def _labels(files) -> dict:
-    """Each file's part of the output prefix: its stem, or, where two files share a stem (``anna.png`` and ``anna.jpg``;
-    ``Anna.png`` too, for case-blind file systems), the name with its extension (``anna_png``), so no two jobs share a
-    prefix and each video says which file it came from."""
-    stems = collections.Counter(f.stem.casefold() for f in files)
-    return {f: f.stem if stems[f.stem.casefold()] == 1 else f"{f.stem}_{f.suffix.lstrip('.')}" for f in files}
+    """Each file's part of the output prefix: its stem as a file name every server's file system takes (the batch's
+    rule, :func:`~echomimic_lib.io.file_names.safe_file_name`: letters of any script kept, ``take:1`` -> ``take_1``, at
+    most :data:`LABEL_BYTES` bytes), or, where two files' parts are one (``anna.png`` and ``anna.jpg``; ``Anna.png``
+    too, for case-blind file systems), the name with its extension (``anna_png``), then a number, so no two jobs share
+    a prefix and each video says which file it came from."""
+    def label(text: str) -> str:
+        return safe_file_name(text, fallback="file", max_chars=LABEL_BYTES, max_bytes=LABEL_BYTES)
+
+    out = {f: label(f.stem) for f in files}
+    twice = collections.Counter(v.casefold() for v in out.values())
+    out = {f: v if twice[v.casefold()] == 1 else label(f"{f.stem}_{f.suffix.lstrip('.')}") for f, v in out.items()}
+    seen: collections.Counter = collections.Counter()
+    for f, v in out.items():  # 'take:1.png' and 'take_1.png' are both 'take_1_png': numbered
+        seen[v.casefold()] += 1
+        if seen[v.casefold()] > 1:
+            out[f] = f"{v}-{seen[v.casefold()]}"
+    return out
 
 
 def find_node(prompt: dict, class_type: str, explicit: str | None = None) -> str | None:
@@ -138,11 +152,16 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
             body = exc.read(MAX_REPLY_BYTES).decode("utf-8", "replace")  # only explained: a cut-off answer is shown cut
         except (OSError, http.client.HTTPException, ValueError):
             body = ""
-        raise QueueError(f"{url}: HTTP {exc.code}: {_explain(body) or exc.reason}") from None
+        err = QueueError(f"{url}: HTTP {exc.code}: {explain(body) or exc.reason}")
+        err.code, err.retry_after = exc.code, (exc.headers or {}).get("Retry-After")
+        raise err from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError) or "timed out" in str(exc.reason):
             raise QueueError(f"{url}: no answer within {timeout:.0f} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
-        raise QueueError(f"cannot reach ComfyUI at {url} ({exc.reason}); is it running (python main.py --listen)?") from None
+        parts = urllib.parse.urlsplit(url)
+        raise QueueError(f"cannot reach ComfyUI at {parts.scheme}://{parts.netloc} ({exc.reason}, on {parts.path}); is it "
+                         "running? Start it (python main.py; --listen to reach it from another machine) or give its "
+                         "address with --server URL.") from None
     except TimeoutError:
         raise QueueError(f"{url}: no answer within {timeout:.0f} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:  # dropped connection, a malformed answer or URL
@@ -175,27 +194,6 @@ def _read_capped(resp, url: str) -> bytes:
     return body
 
 
-def _explain(body: str) -> str:
-    """The error message of a refused request: ComfyUI's ``error`` and ``node_errors``, else the first 500 characters
-    of whatever the server answered (an answer of any other shape is shown, never a crash)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:500]
-    if not isinstance(data, dict):
-        return body[:500]
-    error = data.get("error", "")
-    lines = [str(error.get("message", error) if isinstance(error, dict) else error)]
-    node_errors = data.get("node_errors")
-    for node, info in (node_errors.items() if isinstance(node_errors, dict) else ()):
-        info = info if isinstance(info, dict) else {"errors": [{"message": str(info)}]}
-        errors = info.get("errors")
-        for err in (errors if isinstance(errors, list) else [errors]):
-            err = err if isinstance(err, dict) else {"message": str(err)}
-            lines.append(f"node {node} ({info.get('class_type')}): {err.get('message')}: {err.get('details')}")
-    return "; ".join(x for x in lines if x) or body[:500]
-
-
 def upload(server: str, path: Path, timeout: float | None = None) -> str:
     """Upload a file into ComfyUI's input folder like ComfyUI's own uploader (no overwrite: the server keeps a
     different file of the same name and stores this one as ``name (1).ext``, or reuses an identical one);
@@ -213,9 +211,27 @@ def upload(server: str, path: Path, timeout: float | None = None) -> str:
     return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
 
 
+BUSY_TRIES = 6  # a server (or its proxy) answering 429 / 503 (queue full, busy) is asked again, this many times in all
+
+
+def _busy_wait(err: QueueError, attempt: int) -> float:
+    try:
+        return min(max(float(err.retry_after), 0.0), 60.0)
+    except (TypeError, ValueError):  # no Retry-After, or a date: 1, 2, 4, ... s
+        return float(min(2 ** attempt, 30))
+
+
 def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None = None) -> str:
-    reply = _request(f"{server}/prompt", json.dumps({"prompt": prompt, "client_id": client_id}).encode(),
-                     {"Content-Type": "application/json"}, timeout)
+    """Queue ``prompt``; its prompt_id. A 429 / 503 answer (nothing was queued) is retried after its Retry-After."""
+    data = json.dumps({"prompt": prompt, "client_id": client_id}).encode()
+    for attempt in range(BUSY_TRIES):
+        try:
+            reply = _request(f"{server}/prompt", data, {"Content-Type": "application/json"}, timeout)
+            break
+        except QueueError as err:
+            if getattr(err, "code", None) not in (429, 503) or attempt == BUSY_TRIES - 1:
+                raise
+            time.sleep(_busy_wait(err, attempt))
     pid = reply.get("prompt_id")
     if isinstance(pid, int) and not isinstance(pid, bool):
         pid = str(pid)
@@ -224,63 +240,46 @@ def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None
     return pid
 
 
+QUEUE_CHECK_S = 10.0  # while a prompt is not in /history: how often /queue is asked whether the server still has it
+
+
+def _history(server: str, prompt_id: str, timeout: float | None):
+    return _request(f"{server}/history/{prompt_id}", timeout=timeout).get(prompt_id)
+
+
+def _queued(server: str, prompt_id: str, timeout: float | None) -> bool | None:
+    """Whether ``server``'s /queue still holds ``prompt_id`` (None: the answer says nothing, e.g. too large)."""
+    try:
+        return in_queue(_request(f"{server}/queue", timeout=timeout), prompt_id)
+    except QueueError as exc:
+        if "cannot reach" in str(exc):
+            raise
+        return None
+
+
 def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None) -> dict:
     """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``)."""
-    end = time.monotonic() + timeout
+    end, check = time.monotonic() + timeout, 0.0
     while time.monotonic() < end:
-        entry = _request(f"{server}/history/{prompt_id}", timeout=request_timeout).get(prompt_id)
+        entry = _history(server, prompt_id, request_timeout)
+        if entry is None and time.monotonic() >= check:  # /queue holds every queued workflow: asked every 10 s at most
+            check = time.monotonic() + QUEUE_CHECK_S
+            queued = _queued(server, prompt_id, request_timeout)
+        else:
+            queued = None
+        if queued is False:
+            entry = _history(server, prompt_id, request_timeout)  # (it may have finished between the two questions)
+            if entry is None:  # neither queued nor done: a restarted server lost it; waiting would take the whole hour
+                raise lost(server, prompt_id)
         if entry is not None:
             failure, _ = outcome(server, prompt_id, entry)
             if failure == CANCELLED:
-                raise QueueError(f"prompt {prompt_id} was {CANCELLED}.")
+                raise PromptFailed(f"prompt {prompt_id} was {CANCELLED}.")
             if failure:
-                raise QueueError(f"prompt {prompt_id} failed: {failure}")
+                raise PromptFailed(f"prompt {prompt_id} failed: {failure}")
             return entry
         time.sleep(poll)
     raise QueueError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.")
-
-
-def _malformed(server: str, prompt_id: str, what: str) -> QueueError:
-    return QueueError(f"{server}/history/{prompt_id}: the answer is not ComfyUI's history ({what}); is this ComfyUI's "
-                      "address, and is the server a current ComfyUI?")
-
-
-CANCELLED = "cancelled (interrupted) before it finished"
-
-
-def outcome(server: str, prompt_id: str, entry) -> tuple[str | None, list[str]]:
-    """(why it failed -- the node's exception message, or :data:`CANCELLED` -- or None; the saved files) of a /history
-    entry; a reply of another shape is a QueueError, not
-    a traceback (a proxy's or another service's JSON)."""
-    if not isinstance(entry, dict):
-        raise _malformed(server, prompt_id, f"an entry of type {type(entry).__name__}")
-    status = entry.get("status") or {}
-    if not isinstance(status, dict):
-        raise _malformed(server, prompt_id, "its status is not an object")
-    if status.get("status_str") == "error":
-        messages = status.get("messages") or []
-        events = {m[0]: m[1] for m in messages if isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str)}
-        if "execution_interrupted" in events:
-            return CANCELLED, []
-        err = events.get("execution_error")
-        msg = str(err.get("exception_message", "")).strip() if isinstance(err, dict) else ""
-        return msg or "see the ComfyUI log", []
-    return None, saved_files(entry, server, prompt_id)
-
-
-def saved_files(entry: dict, server: str = "", prompt_id: str = "") -> list[str]:
-    """The saved files (``subfolder/filename``, as the server names them) of a history entry's outputs."""
-    outputs = entry.get("outputs") or {}
-    if not isinstance(outputs, dict):
-        raise _malformed(server, prompt_id, "its outputs are not an object")
-    out = []
-    for node_out in outputs.values():
-        if not isinstance(node_out, dict):
-            continue
-        for item in [*(node_out.get("images") or []), *(node_out.get("gifs") or [])]:
-            if isinstance(item, dict):
-                out.append("/".join(str(x) for x in (item.get("subfolder"), item.get("filename")) if x))
-    return out
 
 
 def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
@@ -311,19 +310,30 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
             names[path] = path.name if dry_run else upload(server, path, timeout)
         return names[path]
 
-    drive = name_of(Path(driving)) if driving else None
-    for job in jobs:
-        if job.is_video:
-            prompt = build_prompt(template, None, name_of(job.audio), job.prefix, seed, name_of(job.portrait), True)
-        else:
-            prompt = build_prompt(template, name_of(job.portrait), name_of(job.audio), job.prefix, seed, drive)
-        result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
-        if not dry_run:
-            result["prompt_id"] = post_prompt(server, prompt, client_id, timeout)
-        results.append(result)
-    if wait and not dry_run:
-        for result in results:
-            result["files"] = saved_files(wait_for(server, result["prompt_id"], request_timeout=timeout))
+    try:
+        drive = name_of(Path(driving)) if driving else None
+        for job in jobs:
+            if job.is_video:
+                prompt = build_prompt(template, None, name_of(job.audio), job.prefix, seed, name_of(job.portrait), True)
+            else:
+                prompt = build_prompt(template, name_of(job.portrait), name_of(job.audio), job.prefix, seed, drive)
+            result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
+            if not dry_run:
+                result["prompt_id"] = post_prompt(server, prompt, client_id, timeout)
+            results.append(result)
+        for result in (results if wait and not dry_run else ()):
+            try:
+                result["files"] = saved_files(wait_for(server, result["prompt_id"], request_timeout=timeout))
+            except PromptFailed as exc:  # this prompt failed on the server: the others are still waited for
+                result["error"] = str(exc)
+    except QueueError as exc:  # prompts already queued run on: say which, and which jobs never were
+        if dry_run or not results:
+            raise
+        raise QueueStopped(exc, results, [f"{j.portrait.name} x {j.audio.name}" for j in jobs[len(results):]], server) from None
+    except KeyboardInterrupt:
+        if dry_run or not results:
+            raise
+        raise QueueInterrupted(results, {server: still_open(results)}) from None
     return results
 
 
@@ -367,6 +377,9 @@ def main(argv=None, prog: str = "echomimic queue", parser_class=argparse.Argumen
         try:
             recs = queue_spread(sys.modules[__name__], args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
                                 args.driving, args.prefix, args.videos)
+        except QueueInterrupted as exc:  # (results.jsonl holds the finished jobs)
+            sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
+            return 130
         except EchoMimicError as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
@@ -376,14 +389,22 @@ def main(argv=None, prog: str = "echomimic queue", parser_class=argparse.Argumen
     try:
         results = queue_folder(args.workflow, args.portraits, args.audios, servers[0], args.seed, args.driving,
                                args.wait, args.dry_run, args.prefix, args.videos, timeout=args.timeout)
+    except QueueInterrupted as exc:  # Ctrl-C with prompts on the server: which, and how to cancel them
+        _print_results(exc.results)
+        sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
+        return 130
     except EchoMimicError as exc:
+        _print_results(getattr(exc, "results", []))
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    _print_results(results)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _print_results(results: list[dict]) -> None:
     for r in results:
-        status = r.get("prompt_id", "dry run")
-        line = f"{Path(r['portrait']).name} x {Path(r['audio']).name} -> {r['prefix']} [{status}]"
-        sys.stdout.write(" ".join([line, *r.get("files", [])]) + "\n")
-    return 0
+        line = f"{job_label(r)} -> {r['prefix']} [{r.get('prompt_id', 'dry run')}]"
+        sys.stdout.write(" ".join([line, *r.get("files", []), *([r["error"]] if "error" in r else [])]) + "\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,11 +34,27 @@ def _safe(fn, *args, **kw):
 class _Server:
     def __init__(self, url: str, client):
         self.url, self.alive, self.names, self.client = url.rstrip("/"), True, {}, client
+        self.queue, self._checked = None, float("-inf")  # this poll's /queue answer (refresh_queue)
 
     def depth(self) -> int:
         """The server's own queue (every client's prompts, ours included once it has answered the POST)."""
         q = _safe(self.client._request, f"{self.url}/queue", timeout=10)
         return len(q.get("queue_running", [])) + len(q.get("queue_pending", []))
+
+    def refresh_queue(self) -> None:
+        """At the start of a poll, before its /history calls: the server's /queue, asked at most every
+        ``client.QUEUE_CHECK_S`` (it holds every queued workflow); None between, or when it says nothing."""
+        now, self.queue = time.monotonic(), None
+        if self.alive and now >= self._checked + self.client.QUEUE_CHECK_S:
+            self._checked = now
+            try:
+                self.queue = _safe(self.client._request, f"{self.url}/queue", timeout=10)
+            except QueueError:
+                pass  # a server that stopped answering is found by its /history call
+
+    def lost(self, prompt_id: str) -> bool:
+        """True when this poll's /queue (asked before the prompt's /history said nothing) no longer holds it."""
+        return self.queue is not None and self.client.in_queue(self.queue, prompt_id) is False
 
     def name_of(self, path: Path) -> str:
         if path not in self.names:
@@ -114,6 +130,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         end = time.monotonic() + timeout
         while flight and time.monotonic() < end:
             time.sleep(poll)
+            for server in {id(f[1]): f[1] for f in flight.values()}.values():
+                server.refresh_queue()
             for key, (job, server, pid, attempts, t0) in list(flight.items()):
                 try:
                     entry = _safe(client._request, f"{server.url}/history/{pid}", timeout=10).get(pid) if server.alive else None
@@ -127,6 +145,16 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                     else:
                         send(job, attempts + 1, t0)
                     continue
+                if entry is None and server.lost(pid):  # restarted: its queue and history are gone
+                    entry = _safe(client._request, f"{server.url}/history/{pid}", timeout=10).get(pid)
+                    if entry is None:
+                        del flight[key]
+                        log.warning("%s", client.lost(server.url, pid))
+                        if attempts >= max_attempts:
+                            record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=str(client.lost(server.url, pid)))
+                        else:
+                            send(job, attempts + 1, t0)  # queued again (the uploads are on disk there, or go again)
+                        continue
                 if entry is None:
                     continue
                 del flight[key]
@@ -141,6 +169,11 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                            files=files)
         for job, server, pid, attempts, t0 in flight.values():
             record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=f"not finished within {timeout:.0f} s")
+    except KeyboardInterrupt:  # Ctrl-C: the prompts in flight go on on their servers; say which, and how to cancel
+        pending: dict[str, list[str]] = {}
+        for _, server, pid, _, _ in flight.values():
+            pending.setdefault(server.url, []).append(pid)
+        raise client.QueueInterrupted([], pending) from None
     finally:
         ordered = [records[j.prefix] for j in jobs if j.prefix in records]
         mine = {r["name"] for r in ordered}

@@ -26,10 +26,12 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from ...io.file_names import safe_file_name
 from ..lora_args import SEPARATOR, split_cell
 from ..pose_sources import AUTO_POSE
 from .lora_columns import lora_columns
@@ -167,16 +169,12 @@ def _mode_name(version, mode) -> str:
     return name
 
 
-_WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))}
-
-
 def _safe_name(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")[:120] or "job"
-    return f"_{name}" if name.split(".")[0].lower() in _WINDOWS_DEVICES else name  # Windows: CON.mp4 is the console
+    return safe_file_name(text)  # letters of every script kept, NFC; what file systems refuse -> _ (..io.file_names)
 
 
 def _given_name(name) -> str:
-    return "" if name is None else str(name)
+    return "" if name is None else unicodedata.normalize("NFC", str(name))
 
 
 def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
@@ -296,10 +294,10 @@ def _finish(jobs: list[Job], problems: list[tuple[int, str]], source: str) -> li
         key = job.name.casefold()  # Windows and macOS: Talk.mp4 and talk.mp4 are one file
         if key in seen:
             first = seen[key]
-            if job.given or first.given:  # 'a/b' and 'a_b', 'Анна' and 'Иван' (both 'job'): one file name
+            if job.given or first.given:  # 'a/b' and 'a_b', 'take 1' and 'take:1' (both 'take_1'): one file name
                 other = first.given or first.name
                 said = (f"name '{job.given or job.name}' is file {job.name}.mp4, as is line {first.line}'s '{other}' (file "
-                        "names keep A-Z, a-z, 0-9 and . _ + -, other characters become _, and names differing in case")
+                        "names keep letters, digits and . _ + -, other characters become _, and names differing in case")
             else:
                 said = f"name '{job.name}' is also used on line {first.line} (names differing only in case"
             problems.append((job.line, f"{said} are one file on Windows and macOS); give each row its own name"))

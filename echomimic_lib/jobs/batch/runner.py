@@ -35,6 +35,9 @@ class BatchOptions:
     on_event: object = None        # callable(kind, worker, job, payload): tests and embedding programs
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.device = str(self.device or "auto").strip().lower()  # CUDA:0 / Cuda, as --device of a single command takes them
+
 
 @dataclass
 class BatchSummary:
@@ -56,7 +59,7 @@ def worker_devices(opts: BatchOptions) -> list[str]:
 
     from ...errors import EchoMimicError
 
-    device = str(opts.device).strip()
+    device = opts.device
     if "cpu" in [d.strip() for d in device.split(",")] and device != "cpu":
         raise EchoMimicError(f"--device {device}: use either the CPU (--device cpu, with --workers N) or a list of GPUs "
                              "(cuda:0,cuda:1), not both in one batch.")
@@ -79,8 +82,7 @@ def worker_devices(opts: BatchOptions) -> list[str]:
 
 
 def _gpu_list(device: str, count: int) -> list[str]:
-    import re
-
+    from ...devices import parse_device  # the one reading of cuda:N (as --device of a single command)
     from ...errors import EchoMimicError
 
     names = [d.strip() for d in device.split(",")]
@@ -89,12 +91,12 @@ def _gpu_list(device: str, count: int) -> list[str]:
     have = f"this machine has {count} GPU(s): cuda:0" + (f" to cuda:{count - 1}" if count > 1 else "")
     out = []
     for name in names:  # (cpu among them was refused by worker_devices)
-        m = re.fullmatch(r"cuda:(\d+)", name)
-        if not m:
+        parsed = parse_device(name)
+        if parsed is None or parsed[0] != "cuda" or parsed[1] is None:
             raise EchoMimicError(f"--device {device}: '{name}' is not a GPU; write each as cuda:N, e.g. cuda:0,cuda:1.")
-        if int(m.group(1)) >= count:
-            raise EchoMimicError(f"--device {device}: there is no {name}; {have} (CUDA_VISIBLE_DEVICES counts).")
-        gpu = f"cuda:{int(m.group(1))}"
+        gpu = f"cuda:{parsed[1]}"
+        if parsed[1] >= count:
+            raise EchoMimicError(f"--device {device}: there is no {gpu}; {have} (CUDA_VISIBLE_DEVICES counts).")
         if gpu in out:
             raise EchoMimicError(f"--device {device}: names {gpu} twice; name each GPU once, and give --workers N for "
                                  "more workers per GPU (e.g. --device cuda:0 --workers 2).")

@@ -1,0 +1,163 @@
+"""Reading ComfyUI's answers for ``echomimic queue`` (:mod:`.queue_client`; standard library only): a refused prompt's
+``node_errors`` one line a node and input (server.py ``post_prompt``, execution.py ``validate_inputs``), a /history
+entry's outcome with the failing node (execution.py ``handle_execution_error``), whether /queue still holds a prompt,
+and what to tell a user who stops (or loses) a run with prompts still on the server."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import EchoMimicError
+
+
+class QueueError(EchoMimicError):
+    """The server refused a request, or the inputs cannot be queued."""
+
+
+class PromptFailed(QueueError):
+    """One prompt failed on the server (an execution error, cancelled, or lost from its queue and history): the
+    other prompts of the run are still waited for."""
+
+
+CANCELLED = "cancelled (interrupted) before it finished"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def explain(body: str) -> str:
+    """The error message of a refused request: ComfyUI's ``error``, then each of its ``node_errors`` on a line of its
+    own (node id, class, input: message and details), else the first 500 characters of whatever the server answered
+    (an answer of any other shape is shown, never a crash)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return _one_line(body[:500])
+    if not isinstance(data, dict):
+        return _one_line(body[:500])
+    error = data.get("error", "")
+    head = str(error.get("message", error) if isinstance(error, dict) else error)
+    if isinstance(error, dict) and str(error.get("details") or "").strip():  # e.g. "Node ID '#5'" of a missing class_type
+        head += f" ({str(error['details']).strip()})"
+    lines = []
+    node_errors = data.get("node_errors")
+    for node, info in (node_errors.items() if isinstance(node_errors, dict) else ()):
+        info = info if isinstance(info, dict) else {"errors": [{"message": str(info)}]}
+        errors = info.get("errors")
+        for err in (errors if isinstance(errors, list) else [errors]):
+            err = err if isinstance(err, dict) else {"message": str(err)}
+            extra = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}
+            name = extra.get("input_name")
+            where = f"node {node} ({info.get('class_type')})" + (f", input '{name}'" if name else "")
+            details = str(err.get("details") or "").strip()
+            said = err.get("message") or "invalid"
+            lines.append(f"  {where}: {said}" + (f": {details}" if details and details != name else ""))
+    if not lines:
+        return head or _one_line(body[:500])
+    return "\n".join([head or "the server refused the workflow", *lines])
+
+
+def _malformed(server: str, prompt_id: str, what: str) -> QueueError:
+    return QueueError(f"{server}/history/{prompt_id}: the answer is not ComfyUI's history ({what}); is this ComfyUI's "
+                      "address, and is the server a current ComfyUI?")
+
+
+def outcome(server: str, prompt_id: str, entry) -> tuple[str | None, list[str]]:
+    """(why it failed -- the failing node and its exception message, or :data:`CANCELLED` -- or None; the saved files)
+    of a /history entry; a reply of another shape is a QueueError, not a traceback (a proxy's or another service's
+    JSON)."""
+    if not isinstance(entry, dict):
+        raise _malformed(server, prompt_id, f"an entry of type {type(entry).__name__}")
+    status = entry.get("status") or {}
+    if not isinstance(status, dict):
+        raise _malformed(server, prompt_id, "its status is not an object")
+    if status.get("status_str") == "error":
+        messages = status.get("messages") or []
+        events = {m[0]: m[1] for m in messages if isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str)}
+        if "execution_interrupted" in events:
+            return CANCELLED, []
+        err = events.get("execution_error")
+        msg = str(err.get("exception_message", "")).strip() if isinstance(err, dict) else ""
+        node = f"node {err.get('node_id')} ({err.get('node_type')}): " if isinstance(err, dict) and err.get("node_id") else ""
+        return node + (msg or "see the ComfyUI log"), []
+    return None, saved_files(entry, server, prompt_id)
+
+
+def saved_files(entry: dict, server: str = "", prompt_id: str = "") -> list[str]:
+    """The saved files (``subfolder/filename``, as the server names them) of a history entry's outputs."""
+    outputs = entry.get("outputs") or {}
+    if not isinstance(outputs, dict):
+        raise _malformed(server, prompt_id, "its outputs are not an object")
+    out = []
+    for node_out in outputs.values():
+        if not isinstance(node_out, dict):
+            continue
+        for item in [*(node_out.get("images") or []), *(node_out.get("gifs") or [])]:
+            if isinstance(item, dict):
+                out.append("/".join(str(x) for x in (item.get("subfolder"), item.get("filename")) if x))
+    return out
+
+
+def in_queue(reply, prompt_id: str) -> bool | None:
+    """Whether a ``GET /queue`` answer holds ``prompt_id`` (running or pending; each item is ComfyUI's
+    ``(number, prompt_id, prompt, extra_data, outputs)``); None when the answer is of another shape (say nothing)."""
+    items = []
+    for key in ("queue_running", "queue_pending"):
+        part = reply.get(key) if isinstance(reply, dict) else None
+        if not isinstance(part, list):
+            return None
+        items += part
+    return any(isinstance(i, (list, tuple)) and len(i) > 1 and str(i[1]) == prompt_id for i in items)
+
+
+def lost(server: str, prompt_id: str) -> PromptFailed:
+    return PromptFailed(f"prompt {prompt_id} is neither queued on nor in the history of {server}: the server was restarted "
+                        "(ComfyUI keeps its queue and history in memory) or the prompt was deleted from its queue; queue "
+                        "it again (running the same command queues every job of the folders again).")
+
+
+def still_on_server(server: str, prompt_ids: list[str]) -> str:
+    """What a user who stopped waiting (Ctrl-C, a dropped connection) needs: the prompts ComfyUI still holds, that they
+    go on, and how to cancel them."""
+    ids = json.dumps({"delete": list(prompt_ids)})
+    return (f"ComfyUI still has {len(prompt_ids)} prompt(s) of this run: {', '.join(prompt_ids)} (queued or running; "
+            "their videos still land in ComfyUI's output folder). To cancel them use ComfyUI's queue panel, or "
+            f"curl -X POST {server}/queue -H 'Content-Type: application/json' -d '{ids}' for the queued ones and "
+            f"curl -X POST {server}/interrupt for the one running. Running the same command again queues every job again.")
+
+
+def job_label(result: dict) -> str:
+    return f"{Path(result['portrait']).name} x {Path(result['audio']).name}"
+
+
+def still_open(results: list[dict]) -> list[str]:
+    return [r["prompt_id"] for r in results if "prompt_id" in r and "files" not in r and "error" not in r]
+
+
+class QueueStopped(QueueError):
+    """The run stopped on an error after some prompts were queued: ``results`` (those queued, listed first) and what
+    the user should know about the ones still on the server and the ones never queued."""
+
+    def __init__(self, cause: Exception, results: list[dict], not_queued: list[str], server: str):
+        self.results = results
+        total = len(results) + len(not_queued)
+        text = f"{cause}\n{len(results)} of {total} job(s) were queued before this (listed above)"
+        if not_queued:
+            shown = ", ".join(not_queued[:10]) + (f" and {len(not_queued) - 10} more" if len(not_queued) > 10 else "")
+            text += f"; not queued: {shown}"
+        pending = still_open(results)
+        super().__init__(text + (f".\n{still_on_server(server, pending)}" if pending else "."))
+
+
+class QueueInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far (one server's run), ``pending``: the prompt
+    ids still on each server, and the advice for them (:meth:`advice`)."""
+
+    def __init__(self, results: list[dict], pending: dict[str, list[str]]):
+        super().__init__()
+        self.results, self.pending = results, {url: ids for url, ids in pending.items() if ids}
+
+    def advice(self) -> str:
+        said = [still_on_server(url, ids) for url, ids in self.pending.items()]
+        return "\n".join(said) if said else "Every queued prompt had finished."
