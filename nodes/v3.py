@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..echomimic_lib.errors import EchoMimicError, as_whole
-from ..echomimic_lib.jobs.animate_checks import MAX_LENGTH
+from ..echomimic_lib.jobs.speech_length import MAX_LENGTH
 from ..echomimic_lib.memory.fp8 import check_fp8, compute_param
 from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames

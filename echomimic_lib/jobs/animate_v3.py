@@ -136,7 +136,8 @@ def encode_prompts(umt5_dir, texts, cache_dir: Path, device, dtype: torch.dtype)
 
 def plan_v3(req: V3Request) -> V3Plan:
     """Every input check of :func:`run_v3`, no weights and no download (raises :class:`EchoMimicError`)."""
-    from .animate_checks import check_output, read_reference, read_speech
+    from .animate_checks import check_output, read_reference
+    from .speech_input import read_speech
     from ..audio.wav2vec import FPS, frame_count
     from ..pipeline.wan.sampler import resize_reference, sample_size
     from ..speed import check_speed_options
@@ -189,8 +190,7 @@ def check_v3_speech_length(path, seconds: float | None = None) -> None:
     """Speech longer than a video can be (``MAX_LENGTH`` frames at 25 fps) is refused: EchoMimicV3 normalises loudness over
     the whole clip, so the whole file is decoded whatever ``--length`` is (hours of audio were gigabytes of samples).
     Without ``seconds`` the file's header is asked, before decoding, and refuses only at 1.5 times the bound."""
-    from .animate_checks import MAX_LENGTH
-    from .speech_length import HEADER_MARGIN, header_seconds
+    from .speech_length import HEADER_MARGIN, MAX_LENGTH, header_seconds
     from ..audio.wav2vec import FPS
 
     margin = HEADER_MARGIN if seconds is None else 1.0

@@ -1,6 +1,6 @@
 """How long a speech file is, from its header (before decoding: hours of audio are gigabytes of samples) and decoded.
 
-A video that follows its audio has at most ``MAX_LENGTH`` frames (:mod:`.animate_checks`), the bound ``--length`` has.
+A video that follows its audio has at most :data:`MAX_LENGTH` frames, the bound ``--length`` has.
 The header's duration refuses a file before decoding only when it is 1.5 times too long (:data:`HEADER_MARGIN`: some
 headers estimate); the decoded length is exact.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import EchoMimicError
 
+MAX_LENGTH = 100_000  # frames of a video (``--length``'s bound; a video that follows its audio too)
 HEADER_MARGIN = 1.5
 MIN_BITS_PER_SECOND = 500  # below any codec FFmpeg decodes speech with (codec2 at 700 bit/s is the lowest)
 
@@ -43,4 +44,4 @@ def check_video_length(path: Path, seconds: float | None, fps: float, max_frames
                              f"{int(max_frames / fps / 60)} min, or pass --length N to render its first N frames.")
 
 
-__all__ = ["HEADER_MARGIN", "header_seconds", "check_video_length"]
+__all__ = ["MAX_LENGTH", "HEADER_MARGIN", "header_seconds", "check_video_length"]

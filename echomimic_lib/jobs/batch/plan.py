@@ -148,7 +148,7 @@ class PlanReads:
 
     def speech(self, path, fps=None, length=None):
         from ...audio.waveform import RawAudio
-        from ..animate_checks import read_speech
+        from ..speech_input import read_speech
 
         def keep(result):
             wav, sr, raw = result
