@@ -205,7 +205,7 @@ def test_audio_longer_than_a_video_can_be_is_refused_from_its_header_before_deco
     monkeypatch.setattr(speech_length, "MAX_LENGTH", 30)
     decoded = []
     real = video_io.read_audio
-    monkeypatch.setattr(video_io, "read_audio", lambda p: decoded.append(p) or real(p))
+    monkeypatch.setattr(video_io, "read_audio", lambda p, *a, **k: decoded.append(p) or real(p, *a, **k))
     with pytest.raises(EchoMimicError, match=r"talk.wav lasts 0 min: 48 frames at 24 fps, more than the 30 a video can "
                                              r"have; cut it into parts.*or pass --length N"):
         speech_input.read_speech(wav, 24.0)

@@ -49,6 +49,7 @@ class Plan:
     sample_rate: int
     audio_seconds: float
     models_root: Path
+    mel_peak: float | None = None  # audio is the start of a longer track (--length): its whole log-mel maximum
 
 
 def estimate_memory_gb(width: int, height: int, context_frames: int, cfg: float, dtype) -> float:
@@ -392,7 +393,8 @@ def preflight(req, reads=None) -> Plan:
     else:
         wav, sr, raw = speech_reader(req.audio, settings.fps, length)
         settings.num_frames = frame_count(raw, settings.fps, length)
-        seconds = raw.samples.shape[1] / sr
+        seconds = getattr(raw, "whole_samples", raw.samples.shape[1]) / sr  # (a long track's start: the whole track's)
     root = models_root(req)
     req = find_face_model(req, root)
-    return Plan(req, mode, variant, settings, device, dtype, output, reference, wav, sr, seconds, root)
+    return Plan(req, mode, variant, settings, device, dtype, output, reference, wav, sr, seconds, root,
+                getattr(raw, "mel_peak", None) if req.audio is not None else None)
