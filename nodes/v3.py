@@ -210,7 +210,7 @@ class EchoMimicV3AudioEncoder:
             raise EchoMimicError("audio: expected a non-empty ComfyUI AUDIO (connect Load Audio).")
         raw = read_raw_audio(audio)  # [B, C, T] with B = 1, [C, T] or [T]; finite; a positive sample rate
         check_audible(raw, "Connect a clip with audible speech, or check that Load Audio picked the right file.")
-        mono = raw.samples.mean(axis=0).astype(np.float32)  # (as echomimic v3 does)
+        mono = raw.samples.mean(axis=0).astype(np.float32, copy=False)  # (as echomimic v3 does)
         rate = raw.sample_rate
         frames = frame_count(mono.shape[0] / rate, max_frames)
         # The whole clip is resampled, not just the frames' part: the loudness gain is measured over the whole clip (as

@@ -35,11 +35,19 @@ def header_seconds(path) -> float | None:
     return seconds
 
 
-def check_video_length(path: Path, seconds: float | None, fps: float, max_frames: int, margin: float = 1.0) -> None:
+def check_video_length(path: Path, seconds: float | None, fps: float, max_frames: int, margin: float = 1.0,
+                       whole_clip: bool = False) -> None:
     """Refuse audio whose video (floor(seconds x fps) frames) would be longer than ``max_frames``; ``margin``: only when
-    ``margin`` times longer (a header's duration can be an estimate: a VBR mp3 without a Xing header, from its bitrate)."""
-    if seconds and int(seconds * fps) > max_frames * margin:
-        raise EchoMimicError(f"--audio {path} lasts {seconds / 60:.0f} min: {int(seconds * fps)} frames at {fps:g} fps, more "
+    ``margin`` times longer (a header's duration can be an estimate: a VBR mp3 without a Xing header, from its bitrate).
+    ``whole_clip``: EchoMimicV3's words (it reads the whole clip whatever ``--length`` is: loudness is measured over it)."""
+    if not (seconds and int(seconds * fps) > max_frames * margin):
+        return
+    if whole_clip:
+        raise EchoMimicError(f"--audio {path} lasts {seconds / 60:.0f} min, longer than an EchoMimicV3 video can be "
+                             f"({max_frames} frames, {max_frames / fps / 60:.0f} min at {fps:g} fps); V3 measures loudness over "
+                             "the whole clip, so --length does not shorten what is read: cut the speech you want to animate "
+                             "out of it first (e.g. ffmpeg -i IN -t 60 part.wav).")
+    raise EchoMimicError(f"--audio {path} lasts {seconds / 60:.0f} min: {int(seconds * fps)} frames at {fps:g} fps, more "
                              f"than the {max_frames} a video can have; cut it into parts of at most "
                              f"{int(max_frames / fps / 60)} min, or pass --length N to render its first N frames.")
 
