@@ -1,12 +1,16 @@
 """Peak memory and time of ``read_audio`` for a whole long recording and for a short window of it.
 
     python bench/bench_read_audio.py [--minutes 30] [--codec aac|pcm_s16le] [--json out.json] [--probe]
+    python bench/bench_read_audio.py --speech [--minutes 10] [--channels 6] [--rate 96000] [--json out.json]
 
 A synthetic stereo 48 kHz recording of ``--minutes`` (noise, AAC in .m4a by default; pcm_s16le: a .wav) is written to
 a temporary folder; each case runs in a fresh Python process, which reports its wall time and its peak resident
 memory (``ru_maxrss``) above the process's memory after the imports. ``--probe``: ``probe``'s audio length instead,
 old (the whole audio decoded and held, as ``probe`` did before) beside new (:func:`echomimic_lib.io.audio_length.audio_samples`:
-a wav's header, else counted frame by frame)."""
+a wav's header, else counted frame by frame). ``--speech``: ``read_speech`` (what ``echomimic animate --audio`` reads)
+of a ``--channels`` x ``--rate`` wav, following the audio (the whole track held) beside ``--length 125`` at 25 fps
+(5 s: the start it needs kept, the rest passed over a piece at a time), each also with tracemalloc's peak of the
+numpy arrays."""
 from __future__ import annotations
 
 import argparse
@@ -45,19 +49,36 @@ dt = time.perf_counter() - t
 print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
                   "audio_seconds": seconds}}))
 """
+SPEECH = r"""
+import json, resource, sys, time, tracemalloc
+sys.path.insert(0, {root!r})
+import av, numpy as np, torch
+from echomimic_lib.jobs.speech_input import read_speech
+import echomimic_lib.audio.track, echomimic_lib.audio.features, echomimic_lib.audio.mel
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tracemalloc.start()
+t = time.perf_counter()
+wav, sr, raw = read_speech({path!r}, 25.0, {length})
+dt = time.perf_counter() - t
+traced = tracemalloc.get_traced_memory()[1]
+print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
+                  "traced_peak_mib": round(traced / 2**20, 1), "kept_mib": round(wav.nbytes / 2**20, 1),
+                  "samples": int(wav.shape[1]), "sr": sr}}))
+"""
 
 
-def write(path: Path, minutes: float, codec: str) -> None:
+def write(path: Path, minutes: float, codec: str, channels: int = 2, sr: int = 48000) -> None:
     import av
     import numpy as np
 
-    sr, rng = 48000, np.random.default_rng(0)
+    rng = np.random.default_rng(0)
+    layout = {1: "mono", 2: "stereo", 6: "5.1"}.get(channels, f"{channels}c")
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=sr)
-        stream.layout = "stereo"
-        block = (rng.standard_normal((2, sr)) * 0.1).astype(np.float32)  # one second, repeated
+        stream.layout = layout
+        block = (rng.standard_normal((channels, sr)) * 0.1).astype(np.float32)  # one second, repeated
         for _ in range(int(minutes * 60)):
-            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
             frame.sample_rate = sr
             for packet in stream.encode(frame):
                 out.mux(packet)
@@ -71,10 +92,15 @@ def main() -> None:
     ap.add_argument("--codec", default="aac", choices=["aac", "pcm_s16le"])
     ap.add_argument("--json")
     ap.add_argument("--probe", action="store_true", help="probe's audio length: old (whole decode) vs new")
+    ap.add_argument("--speech", action="store_true", help="read_speech without and with --length, side by side")
+    ap.add_argument("--channels", type=int, default=6)
+    ap.add_argument("--rate", type=int, default=96000)
     args = ap.parse_args()
     results = {"minutes": args.minutes, "codec": args.codec, "cases": {}}
     if args.probe:
         return bench_probe(args, results)
+    if args.speech:
+        return bench_speech(args, results)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ("long.m4a" if args.codec == "aac" else "long.wav")
         write(path, args.minutes, args.codec)
@@ -96,6 +122,21 @@ def bench_probe(args, results: dict) -> None:
             got = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
             results["cases"][name] = got
             print(f"{name:>26}: {got['seconds']:7.3f} s  peak +{got['peak_mib']:7.1f} MiB  ({got['audio_seconds']:.6f} s of audio)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def bench_speech(args, results: dict) -> None:
+    results.update(codec="pcm_s16le", channels=args.channels, rate=args.rate)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "long.wav"
+        write(path, args.minutes, "pcm_s16le", args.channels, args.rate)
+        for name, length in (("read_speech, the whole track", None), ("read_speech --length 125 (5 s)", 125)):
+            code = SPEECH.format(root=str(ROOT), path=str(path), length=length)
+            got = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            results["cases"][name] = got
+            print(f"{name:>32}: {got['seconds']:7.3f} s  peak RSS +{got['peak_mib']:7.1f} MiB  numpy peak "
+                  f"{got['traced_peak_mib']:7.1f} MiB  kept {got['kept_mib']:7.1f} MiB ({got['samples']} samples)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

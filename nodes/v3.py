@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..echomimic_lib.errors import EchoMimicError, as_whole
-from ..echomimic_lib.jobs.animate_checks import MAX_LENGTH
+from ..echomimic_lib.jobs.speech_length import MAX_LENGTH
 from ..echomimic_lib.memory.fp8 import check_fp8, compute_param
 from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames
@@ -210,7 +210,7 @@ class EchoMimicV3AudioEncoder:
             raise EchoMimicError("audio: expected a non-empty ComfyUI AUDIO (connect Load Audio).")
         raw = read_raw_audio(audio)  # [B, C, T] with B = 1, [C, T] or [T]; finite; a positive sample rate
         check_audible(raw, "Connect a clip with audible speech, or check that Load Audio picked the right file.")
-        mono = raw.samples.mean(axis=0).astype(np.float32)  # (as echomimic v3 does)
+        mono = raw.samples.mean(axis=0).astype(np.float32, copy=False)  # (as echomimic v3 does)
         rate = raw.sample_rate
         frames = frame_count(mono.shape[0] / rate, max_frames)
         # The whole clip is resampled, not just the frames' part: the loudness gain is measured over the whole clip (as

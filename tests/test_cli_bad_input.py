@@ -301,7 +301,7 @@ def test_dub_float_options_are_finite_and_in_range(flag, value, words, media, tm
 
 
 def test_length_beyond_the_audio_warns(media, caplog):
-    from echomimic_lib.jobs.animate_checks import frame_count, read_speech
+    from echomimic_lib.jobs.speech_input import frame_count, read_speech
 
     _, _, raw = read_speech(media["speech"])  # 1.2 s
     with caplog.at_level("WARNING"):

@@ -29,7 +29,7 @@ def test_smoke_fps_that_is_not_a_number_is_refused(value, shared_data, tmp_path,
     (["--steps", "-1"], ["--steps -1", "1..200"]),
 ])
 def test_v3_numbers_are_checked_before_anything_is_read(extra, words, shared_data, tmp_path, monkeypatch, capsys):
-    import echomimic_lib.jobs.animate_checks as checks
+    import echomimic_lib.jobs.speech_input as checks
     import echomimic_lib.jobs.animate_v3 as v3
 
     monkeypatch.setattr(checks, "read_speech", lambda *a, **k: pytest.fail("the audio was read before the numbers"))

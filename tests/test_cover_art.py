@@ -65,7 +65,7 @@ def songs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_an_audio_file_with_a_cover_is_audio(songs, name):
-    from echomimic_lib.jobs.animate_checks import probe_speech, read_speech
+    from echomimic_lib.jobs.speech_input import probe_speech, read_speech
 
     path = songs[name]
     wav, sr = read_audio(path)

@@ -98,7 +98,7 @@ def _whole_clip_frames(req, job, gen):
 def test_dub_streams_each_output_frame_to_the_writer_and_matches_the_whole_clip_path(tiny_comfy_models, shared_data,
                                                                                     tmp_path, monkeypatch):
     from echomimic_lib.jobs.dub import DubRequest, run_dub
-    from echomimic_lib.jobs.animate_checks import read_speech
+    from echomimic_lib.jobs.speech_input import read_speech
 
     speech = _speech(tmp_path, shared_data, 1.0)
     req = DubRequest(video=str(shared_data / "video" / "driving_a.mp4"), audio=str(speech), output=str(tmp_path / "o.mp4"),

@@ -199,22 +199,22 @@ def test_readable_images_decode_as_before_with_warnings_for_transparency_and_ani
 # ---------------------------------------------------------------------------------------------------------- audio
 def test_audio_longer_than_a_video_can_be_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
     import echomimic_lib.io.video_io as video_io
-    from echomimic_lib.jobs import animate_checks
+    from echomimic_lib.jobs import speech_input, speech_length
 
     wav = write_wav(tmp_path / "talk.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(32000) / 16000))  # 2 s
-    monkeypatch.setattr(animate_checks, "MAX_LENGTH", 30)
+    monkeypatch.setattr(speech_length, "MAX_LENGTH", 30)
     decoded = []
     real = video_io.read_audio
-    monkeypatch.setattr(video_io, "read_audio", lambda p: decoded.append(p) or real(p))
+    monkeypatch.setattr(video_io, "read_audio", lambda p, *a, **k: decoded.append(p) or real(p, *a, **k))
     with pytest.raises(EchoMimicError, match=r"talk.wav lasts 0 min: 48 frames at 24 fps, more than the 30 a video can "
                                              r"have; cut it into parts.*or pass --length N"):
-        animate_checks.read_speech(wav, 24.0)
+        speech_input.read_speech(wav, 24.0)
     assert decoded == []  # 1.6 times too long: said from the header, nothing decoded
-    assert animate_checks.read_speech(wav, 24.0, 30)[0].shape == (1, 32000)  # --length: the first 30 frames
-    assert animate_checks.read_speech(wav, 15.0)[0].shape == (1, 32000)  # 30 frames: allowed
+    assert speech_input.read_speech(wav, 24.0, 30)[0].shape == (1, 32000)  # --length: the first 30 frames
+    assert speech_input.read_speech(wav, 15.0)[0].shape == (1, 32000)  # 30 frames: allowed
     decoded.clear()
     with pytest.raises(EchoMimicError, match="40 frames at 20 fps"):  # 1.33 times: a header may estimate; decoded, exact
-        animate_checks.read_speech(wav, 20.0)
+        speech_input.read_speech(wav, 20.0)
     assert decoded == [wav]
 
 
@@ -251,7 +251,7 @@ def _encode(path: Path, codec: str, rate: int, layout: str = "mono", seconds: fl
     ("float.wav", "pcm_f32le", 44100, "mono", None),
 ])
 def test_the_audio_files_users_have_are_read_with_the_frames_of_their_length(tmp_path, name, codec, rate, layout, fmt):
-    from echomimic_lib.jobs.animate_checks import frame_count, probe_speech, read_speech
+    from echomimic_lib.jobs.speech_input import frame_count, probe_speech, read_speech
 
     path = _encode(tmp_path / name, codec, rate, layout, fmt=fmt)
     probe_speech(path)

@@ -356,7 +356,7 @@ def _audio_sample(d: Path, name: str) -> Path:
                                   "voice.ogg", "audio_only.mp4"])
 def test_the_sound_files_users_have_are_read_at_their_level_and_length(tmp_path, name):
     from echomimic_lib.io.video_io import probe
-    from echomimic_lib.jobs.animate_checks import frame_count, probe_speech, read_speech
+    from echomimic_lib.jobs.speech_input import frame_count, probe_speech, read_speech
 
     path = _audio_sample(tmp_path, name)
     probe_speech(path)
@@ -370,7 +370,7 @@ def test_the_sound_files_users_have_are_read_at_their_level_and_length(tmp_path,
 def test_an_mp3_whose_header_claims_days_is_read_not_refused_for_its_length(tmp_path):
     """The header's duration refuses hours of audio before they are decoded; an mp3 whose Xing header counts 10^8
     frames (27 days) in 17 kB was refused as '43537 min ... cut it into parts'."""
-    from echomimic_lib.jobs.animate_checks import frame_count, read_speech
+    from echomimic_lib.jobs.speech_input import frame_count, read_speech
 
     path = _audio_sample(tmp_path, "id3.mp3")
     data = bytearray(path.read_bytes())
@@ -385,7 +385,7 @@ def test_an_mp3_whose_header_claims_days_is_read_not_refused_for_its_length(tmp_
 @pytest.mark.parametrize("data,words", [(b"", "the audio stream is empty"), (bytes(32000), "the audio is silent")],
                          ids=["zero-samples", "all-silent"])
 def test_an_empty_or_silent_wav_is_refused_with_the_fix(tmp_path, data, words):
-    from echomimic_lib.jobs.animate_checks import read_speech
+    from echomimic_lib.jobs.speech_input import read_speech
 
     path = _riff(tmp_path / "take.wav", data, 1, 16000, 16)
     with pytest.raises(EchoMimicError, match=words) as err:

@@ -50,7 +50,7 @@ def test_v3_size_rule_names_the_scaled_size():
 
 # ------------------------------------------------------------------------------------------ V3 frame counts
 def test_v3_audio_encoder_max_frames_over_the_cap_is_refused(v3):  # noqa: F811
-    from echomimic_lib.jobs.animate_checks import MAX_LENGTH
+    from echomimic_lib.jobs.speech_length import MAX_LENGTH
 
     encoder = v3.nodes.EchoMimicV3AudioEncoder()
     for bad in (MAX_LENGTH + 1, 10**12):  # a linked value: ComfyUI range-checks widgets only

@@ -108,7 +108,7 @@ def test_speech_longer_than_a_v3_video_can_be_is_refused_before_it_is_decoded(tm
     gigabytes of samples before the 81 frames it renders. Now the header refuses it before decoding (1.5 times over
     the bound: a header may estimate), the decoded length exactly, and nothing is written."""
     import echomimic_lib.io.video_io as video_io
-    from echomimic_lib.jobs import animate_checks
+    from echomimic_lib.jobs import speech_length
     from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
     from tests._media import write_wav
 
@@ -122,17 +122,17 @@ def test_speech_longer_than_a_v3_video_can_be_is_refused_before_it_is_decoded(tm
         return plan_v3(V3Request(reference=str(DATA / "images" / "portrait_a.png"), audio=str(wav), output=str(out),
                                  models=str(tmp_path), size=(64, 64), length=length))
 
-    monkeypatch.setattr(animate_checks, "MAX_LENGTH", 30)
+    monkeypatch.setattr(speech_length, "MAX_LENGTH", 30)
     for length in (0, 25):  # --length does not shorten what V3 reads
         with pytest.raises(EchoMimicError, match=r"talk.wav lasts 0 min, longer than an EchoMimicV3 video can be \(30 frames"
                                                  r".*--length does not shorten what is read: cut the speech"):
             plan(length)
     assert decoded == [] and not out.exists()  # 1.67 times over: said from the header
-    monkeypatch.setattr(animate_checks, "MAX_LENGTH", 40)  # 1.25 times over: decoded, then refused on the exact length
+    monkeypatch.setattr(speech_length, "MAX_LENGTH", 40)  # 1.25 times over: decoded, then refused on the exact length
     with pytest.raises(EchoMimicError, match=r"longer than an EchoMimicV3 video can be \(40 frames"):
         plan()
     assert decoded == [wav]
-    monkeypatch.setattr(animate_checks, "MAX_LENGTH", 50)
+    monkeypatch.setattr(speech_length, "MAX_LENGTH", 50)
     assert plan().frames == 49  # within the bound: as before
 
 

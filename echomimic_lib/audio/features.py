@@ -15,7 +15,9 @@ video never outlasts its sound (0.5 s at 24 fps: 12 frames, not the reference's 
 Encoding only what is needed (``encode_audio(..., frames=N, fps=...)``): the log-mel is still computed
 over the whole clip (its floor depends on the clip's maximum, and it is cheap), but only the 30 s
 segments that hold the rows of frames ``0 .. N-1`` go through the encoder. Each segment is encoded
-alone in any case, so those rows are bit-identical to a whole-clip encoding.
+alone in any case, so those rows are bit-identical to a whole-clip encoding. A caller that holds only the clip's
+start (:func:`seconds_for_frames` of it) passes the whole clip's log-mel maximum (``mel_peak``, gathered a piece at a
+time by :func:`echomimic_lib.audio.track.summarise_track`): the same rows again, bit for bit.
 
 Features are computed once (:func:`encode_audio`) and sliced per context window
 (:meth:`AudioFeatures.chunks` / :meth:`AudioFeatures.chunks_at`), never recomputed.
@@ -66,6 +68,18 @@ def rows_for_frames(frames: int, fps: float) -> int:
     if frames <= 0:
         return 0
     return int((int(frames) - 1) * ROWS_PER_SECOND / _check_fps(fps)) + CHUNK_OFFSETS[-1] + 1
+
+
+def seconds_for_frames(frames: int, fps: float) -> float:
+    """Seconds from a clip's start that hold all the features of video frames ``0 .. frames-1`` read: the whole 30 s
+    segments their rows fall in, rounded up to whole 60 s log-mel blocks, and 1 s more (the resampler's and the STFT's
+    look-ahead). With the whole clip's :class:`~echomimic_lib.audio.mel.LogMelPeak` those frames' features are the
+    whole clip's, bit for bit (``encode_audio(..., mel_peak=...)``)."""
+    from .mel import _BLOCK_FRAMES
+
+    segments = -(-rows_for_frames(max(1, int(frames)), fps) // (SEGMENT_FRAMES // 2))
+    blocks = -(-segments * SEGMENT_FRAMES // _BLOCK_FRAMES)
+    return blocks * _BLOCK_FRAMES * HOP_LENGTH / SAMPLE_RATE + 1.0
 
 
 def _centres(frames: np.ndarray, fps: float) -> np.ndarray:
@@ -226,13 +240,15 @@ def _encoder(encoder):
 
 
 def encode_audio(audio, encoder, sample_rate=None, *, device=None, dtype: torch.dtype = torch.float32,
-                 frames: int | None = None, fps: float | None = None) -> AudioFeatures:
+                 frames: int | None = None, fps: float | None = None, mel_peak: float | None = None) -> AudioFeatures:
     """Audio (ComfyUI AUDIO dict, tensor/array + ``sample_rate``, or file path) -> :class:`AudioFeatures`.
 
     ``encoder``: a :class:`~echomimic_lib.audio.whisper.WhisperFeatureEncoder` (or a checkpoint path).
     Rows are stored on ``device`` (default: the encoder's) in ``dtype`` (default float32).
     ``frames`` + ``fps``: only video frames ``0 .. frames-1`` will be used, so only the 30 s segments
-    they read are encoded (same values as a whole-clip encoding; see the module notes).
+    they read are encoded (same values as a whole-clip encoding; see the module notes). ``mel_peak``: the audio is the
+    start of a longer clip (:func:`seconds_for_frames` of it at least), and this its whole log-mel maximum
+    (:func:`echomimic_lib.audio.track.summarise_track`): the frames' features are the whole clip's.
     """
     if frames is not None and fps is None:
         raise EchoMimicError("encode_audio: a frame limit needs the fps it is counted at (frames=N, fps=24).")
@@ -241,7 +257,7 @@ def encode_audio(audio, encoder, sample_rate=None, *, device=None, dtype: torch.
         raise _too_short(raw.num_samples_16k)
     wave = torch.from_numpy(raw.mono_16k())
     del raw
-    mel = log_mel_spectrogram(wave)
+    mel = log_mel_spectrogram(wave, peak=mel_peak)
     log.debug("audio: %d samples at 16 kHz -> %d mel frames", wave.shape[0], mel.shape[1])
     max_rows = None if frames is None else rows_for_frames(max(1, int(frames)), fps)
     return encode_log_mel(mel, _encoder(encoder), device, dtype, int(wave.shape[0]), max_rows=max_rows)

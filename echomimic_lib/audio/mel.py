@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from ..errors import EchoMimicError
@@ -53,11 +54,21 @@ def num_mel_frames(num_samples: int) -> int:
     return max(int(num_samples), 0) // HOP_LENGTH
 
 
-def log_mel_spectrogram(waveform: torch.Tensor, n_mels: int = N_MELS, block_frames: int = _BLOCK_FRAMES) -> torch.Tensor:
+def _log10_block(seg: torch.Tensor, window: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """(n_mels, frames) float64 log10 mel power of a padded float64 segment (frames = (len - N_FFT) // HOP + 1)."""
+    spec = torch.stft(seg, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+    power = spec.abs() ** 2  # (201, frames)
+    return torch.clamp(filters @ power, min=1e-10).log10()
+
+
+def log_mel_spectrogram(waveform: torch.Tensor, n_mels: int = N_MELS, block_frames: int = _BLOCK_FRAMES,
+                        peak: float | None = None) -> torch.Tensor:
     """(80, T) float32 CPU log-mel of a 1-D float 16 kHz waveform.
 
     The waveform must have at least ``N_FFT // 2 + 1`` samples (reflect padding needs them); callers
     that accept shorter clips must check before (see :func:`echomimic_lib.audio.features.encode_audio`).
+    ``peak``: the floor's maximum when ``waveform`` is the start of a longer clip (:class:`LogMelPeak` of the whole
+    clip: the frames they share come out as the whole clip's); default this clip's own maximum.
     """
     if waveform.ndim != 1:
         raise EchoMimicError(f"log_mel_spectrogram expects a 1-D waveform, got shape {tuple(waveform.shape)}.")
@@ -73,9 +84,61 @@ def log_mel_spectrogram(waveform: torch.Tensor, n_mels: int = N_MELS, block_fram
     out = torch.empty((n_mels, total), dtype=torch.float64)
     for start in range(0, total, block_frames):
         stop = min(start + block_frames, total)
-        seg = padded[start * HOP_LENGTH : (stop - 1) * HOP_LENGTH + N_FFT]
-        spec = torch.stft(seg, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
-        power = spec.abs() ** 2  # (201, stop - start)
-        out[:, start:stop] = torch.clamp(filters @ power, min=1e-10).log10()
-    out = torch.maximum(out, out.max() - 8.0)
+        out[:, start:stop] = _log10_block(padded[start * HOP_LENGTH : (stop - 1) * HOP_LENGTH + N_FFT], window, filters)
+    top = out.max() if peak is None else torch.tensor(peak, dtype=torch.float64)
+    out = torch.maximum(out, top - 8.0)
     return ((out + 4.0) / 4.0).to(torch.float32)
+
+
+class LogMelPeak:
+    """The maximum :func:`log_mel_spectrogram` floors at, of a 16 kHz clip given piece by piece (:meth:`add`, then
+    :meth:`value`): the same blocks of frames, computed the same way, so the same number as the whole clip's, while
+    at most one block (60 s) of samples is held."""
+
+    def __init__(self, n_mels: int = N_MELS, block_frames: int = _BLOCK_FRAMES):
+        self.block, self.n, self.start, self.top = block_frames, 0, 0, None
+        self.pending: list = []  # float32 pieces not yet joined to ``buf``
+        self.buf = np.zeros(0, np.float64)  # padded samples from padded index ``at`` (padded = wave shifted by N_FFT // 2)
+        self.at = 0
+        self.window = torch.hann_window(N_FFT, dtype=torch.float64)
+        self.filters = mel_filters("cpu", n_mels).to(torch.float64)
+
+    def add(self, wave: np.ndarray) -> None:
+        self.pending.append(np.asarray(wave, np.float32))
+        self.n += len(wave)
+        if self.n >= max(self._ready(), N_FFT // 2 + 1):
+            self._join()
+            while self.n >= self._ready():
+                self._frames(self.start + self.block)
+
+    def _ready(self) -> int:
+        """Samples the next whole block of frames reads (its last frame's window, short of the end reflection)."""
+        return (self.start + self.block - 1) * HOP_LENGTH + N_FFT // 2
+
+    def _join(self, tail: np.ndarray | None = None) -> None:
+        parts = [self.buf] + [p.astype(np.float64) for p in self.pending] + ([] if tail is None else [tail])
+        if self.at == 0 and len(self.buf) == 0:  # the front reflection: padded[i] = wave[N_FFT // 2 - i]
+            first = np.concatenate(parts[1:])
+            parts = [first[N_FFT // 2 : 0 : -1], first]
+        self.buf, self.pending = np.concatenate(parts), []
+
+    def _frames(self, stop: int) -> None:
+        lo, hi = self.start * HOP_LENGTH - self.at, (stop - 1) * HOP_LENGTH + N_FFT - self.at
+        block = _log10_block(torch.from_numpy(self.buf[lo:hi]), self.window, self.filters).max()
+        self.top = block if self.top is None else torch.maximum(self.top, block)
+        self.start = stop
+        drop = self.start * HOP_LENGTH - self.at
+        self.buf, self.at = self.buf[drop:].copy(), self.at + drop
+
+    def value(self) -> float | None:
+        """The whole clip's maximum (None: too short for a log-mel spectrogram)."""
+        if self.n <= N_FFT // 2:
+            return None
+        self._join()
+        wave_end = self.n + N_FFT // 2 - self.at  # buf index of padded[n + N_FFT // 2] (the end reflection starts there)
+        total = self.n // HOP_LENGTH
+        if self.start < total:  # the end reflection: padded[n + N_FFT // 2 + k] = wave[n - 2 - k]
+            self.buf = np.concatenate([self.buf[:wave_end], self.buf[np.arange(wave_end - 2, wave_end - 2 - N_FFT // 2, -1)]])
+        while self.start < total:
+            self._frames(min(self.start + self.block, total))
+        return float(self.top)

@@ -34,3 +34,19 @@ def resample(mono: np.ndarray, sample_rate: float, target_rate: int = TARGET_RAT
     import soxr
 
     return soxr.resample(mono, float(sample_rate), float(target_rate), quality=QUALITY).astype(np.float32, copy=False)
+
+
+class StreamResampler:
+    """:func:`resample` of a clip given piece by piece (``last=True`` with the final piece, or an empty one): the same
+    samples as one call on the whole clip (libsoxr's one-shot call runs the same stream), one piece held at a time."""
+
+    def __init__(self, sample_rate: float, target_rate: int = TARGET_RATE):
+        self.stream = None
+        if float(sample_rate) != target_rate:
+            import soxr
+
+            self.stream = soxr.ResampleStream(float(sample_rate), float(target_rate), 1, dtype="float32", quality=QUALITY)
+
+    def __call__(self, mono: np.ndarray, last: bool = False) -> np.ndarray:
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        return mono if self.stream is None else self.stream.resample_chunk(mono, last=last).astype(np.float32, copy=False)

@@ -126,11 +126,12 @@ def check_audible(samples, fix: str = "Use a clip with audible speech.") -> None
     names the caller's way out (a node input, a command-line flag). Shared by the node and the CLI."""
     if isinstance(samples, RawAudio):
         samples = samples.samples
-    if isinstance(samples, torch.Tensor):
-        peak = float(samples.detach().abs().max()) if samples.numel() else 0.0
+    if isinstance(samples, torch.Tensor):  # max |x| from the extremes: no |x| copy of a whole track (hours of a node's AUDIO)
+        low, high = torch.aminmax(samples.detach()) if samples.numel() else (torch.zeros(()), torch.zeros(()))
+        peak = max(float(high), -float(low))
     else:
         arr = np.asarray(samples)
-        peak = float(np.abs(arr).max()) if arr.size else 0.0
+        peak = max(float(arr.max()), -float(arr.min())) if arr.size else 0.0
     if peak < SILENCE_PEAK:
         level = f"{20 * np.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
         raise EchoMimicError(f"the audio is silent (peak level {level}); EchoMimic is driven by speech. {fix}")

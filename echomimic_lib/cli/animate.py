@@ -49,7 +49,7 @@ def _cmd_animate(args) -> int:
     request_fields(args.lora, args.lora_strength)  # --lora / --lora-strength counts, a file given twice: before any work
     if args.version == "v3-flash":
         return cmd_animate_v3(args)
-    from ..jobs.animate_checks import probe_speech
+    from ..jobs.speech_input import probe_speech
 
     if args.audio:
         probe_speech(args.audio)  # a wrong file is refused before torch and the models load

@@ -8,7 +8,7 @@ from .common import ProgressBar, add_run_options, say
 
 
 def _cmd_dub(args) -> int:
-    from ..jobs.animate_checks import probe_speech
+    from ..jobs.speech_input import probe_speech
 
     if args.audio:
         probe_speech(args.audio)  # a wrong file is refused before torch and the models load

@@ -263,6 +263,34 @@ def _keep(out, done: int, first: int, stop: int | None, chunks: list) -> int:
     return b
 
 
+def audio_blocks(path: str | Path):
+    """Yield ``(sample rate, frame)`` for each decoded piece of the first audio stream, in order (``frame``: a PyAV
+    fltp frame at the stream's own rate; ``frame.to_ndarray()`` is its (C, n) float32): a pass over hours of audio
+    holds one piece at a time. Errors as :func:`read_audio`'s."""
+    import av
+
+    container = _open(path)
+    try:
+        if not container.streams.audio:
+            raise EchoMimicError(f"{path}: the file has no audio stream; give a recording with sound (wav, mp3, flac, m4a, or a video with audio).")
+        stream = container.streams.audio[0]
+        sr = int(stream.rate or stream.codec_context.sample_rate)
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None, rate=sr)
+        same = OneFormat(path)  # a rate that changes partway: refused
+        try:
+            for frame in container.decode(stream):
+                same(frame)
+                for out in resampler.resample(frame):
+                    yield sr, out
+            for out in resampler.resample(None):
+                yield sr, out
+        except av.error.FFmpegError as exc:
+            raise EchoMimicError(f"{path}: the audio cannot be decoded ({exc}); the file is damaged or truncated. "
+                                 "Re-export it (e.g. as wav) and try again.") from exc
+    finally:
+        container.close()
+
+
 def read_audio(path: str | Path, start: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, int]:
     """Decode the first audio stream to float32 (C, T) at its native sample rate.
 
@@ -270,37 +298,22 @@ def read_audio(path: str | Path, start: float = 0.0, duration: float | None = No
     where the file ends first) are kept, and decoding stops once they are there: a 10 s window of a 2-hour file costs
     the decode of its prefix and the memory of the window only. They equal the same samples of a whole decode (the
     file is decoded from its start, no seek; the resampler only changes the sample format, never the rate)."""
-    import av
-
     if start < 0 or (duration is not None and duration <= 0):
         raise EchoMimicError(f"read_audio {path}: start {start} s and duration {duration} s: start must be 0 or more and "
                              "the duration more than 0.")
-    container = _open(path)
+    chunks: list = []
+    done, sr, first, stop = 0, None, 0, None  # samples the resampler has given so far
+    blocks = audio_blocks(path)
     try:
-        if not container.streams.audio:
-            raise EchoMimicError(f"{path}: the file has no audio stream; give a recording with sound (wav, mp3, flac, m4a, or a video with audio).")
-        stream = container.streams.audio[0]
-        sr = stream.rate or stream.codec_context.sample_rate
-        first = int(math.floor(start * sr + 1e-9))
-        stop = None if duration is None else first + int(math.ceil(duration * sr - 1e-9))
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None, rate=sr)
-        chunks: list = []
-        done, same = 0, OneFormat(path)  # samples the resampler has given so far; a rate that changes partway: refused
-        try:
-            for frame in container.decode(stream):
-                same(frame)
-                for out in resampler.resample(frame):
-                    done = _keep(out, done, first, stop, chunks)
-                if stop is not None and done >= stop:
-                    break  # the window is complete: the rest of the file is not decoded
-            else:
-                for out in resampler.resample(None):
-                    done = _keep(out, done, first, stop, chunks)
-        except av.error.FFmpegError as exc:
-            raise EchoMimicError(f"{path}: the audio cannot be decoded ({exc}); the file is damaged or truncated. "
-                                 "Re-export it (e.g. as wav) and try again.") from exc
+        for sr, out in blocks:
+            if not done:
+                first = int(math.floor(start * sr + 1e-9))
+                stop = None if duration is None else first + int(math.ceil(duration * sr - 1e-9))
+            done = _keep(out, done, first, stop, chunks)
+            if stop is not None and done >= stop:
+                break  # the window is complete: the rest of the file is not decoded
     finally:
-        container.close()
+        blocks.close()
     if not chunks:
         if first and done:
             raise EchoMimicError(f"{path}: the audio is {done / sr:.2f} s long; nothing is left from {start:g} s on.")

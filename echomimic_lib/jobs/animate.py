@@ -336,7 +336,7 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
         if place is not None:
             place.enter("audio")
         feats = encode_audio(plan.audio, models.audio_encoder, sample_rate=plan.sample_rate, device=device,
-                             frames=settings.num_frames, fps=settings.fps)
+                             frames=settings.num_frames, fps=settings.fps, mel_peak=plan.mel_peak)
     stages.mark("audio_features")
     with Mp4Writer(plan.output, settings.fps, plan.audio, plan.sample_rate) as writer:
         sink = paste_back_sink(prepared.crop, plan.reference, writer.sink) if req.paste_back else writer.sink

@@ -21,13 +21,14 @@ from ..modes import check_frame_rate, get_mode
 from ..speed import check_deep_cache, check_speed_options
 from ..temporal import STABILIZE_DEFAULT, check_level
 from .pose_sources import AUTO_POSE  # --pose auto: hand poses generated from the speech
+from .speech_input import frame_count, read_speech
+from .speech_length import MAX_LENGTH
 
 log = logging.getLogger(__name__)
 
 SIZE_RANGE = (64, 2048)  # px per side (the nodes' widget range)
 MAX_STEPS = 200
 MAX_CFG = 20.0
-MAX_LENGTH = 100_000
 MAX_CONTEXT = 32  # the motion modules' position table
 MAX_LORA_STRENGTH = 2.0  # the loader node's range
 SMOKE = {"width": 64, "height": 64, "steps": 2, "seconds": 1.0}
@@ -48,6 +49,7 @@ class Plan:
     sample_rate: int
     audio_seconds: float
     models_root: Path
+    mel_peak: float | None = None  # audio is the start of a longer track (--length): its whole log-mel maximum
 
 
 def estimate_memory_gb(width: int, height: int, context_frames: int, cfg: float, dtype) -> float:
@@ -305,58 +307,6 @@ def check_reference_size(image: np.ndarray, path) -> None:
                              "short side (it renders at 512 px or more): give a larger image.")
 
 
-def probe_speech(path, flag: str = "--audio") -> None:
-    """The cheap part of :func:`read_speech` (PyAV only: no torch, no model): the file exists and opens as media.
-    Commands call it first, so a file that is not audio at all is refused before the heavy libraries load (the
-    rest -- a sound track, its length, silence -- is checked with the other inputs, in their usual order)."""
-    from ..io.video_io import _open
-
-    p = Path(path)
-    if not p.is_file():
-        raise EchoMimicError(f"{flag} {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
-                             "(wav, mp3, flac, m4a, or a video with sound).")
-    _open(p).close()
-
-
-def read_speech(path, fps: float | None = None, length=None):
-    """(samples (C, T) float32, sample rate, RawAudio): decodable, finite, long enough, audible; with ``fps`` and no
-    ``length``, short enough for a video of MAX_LENGTH frames (said from the file's header before decoding it)."""
-    from ..audio import check_audible, read_raw_audio
-    from ..audio.features import MIN_SAMPLES_16K
-    from ..io.video_io import read_audio
-    from .speech_length import HEADER_MARGIN, check_video_length, header_seconds
-
-    p = Path(path)
-    if not p.is_file():
-        raise EchoMimicError(f"--audio {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
-                             "(wav, mp3, flac, m4a, or a video with sound).")
-    follows = bool(fps) and not length  # the video follows the audio: at most MAX_LENGTH frames, as --length
-    if follows:  # hours of audio: refused before they are decoded (about 80 MB a minute of 48 kHz stereo)
-        check_video_length(p, header_seconds(p), fps, MAX_LENGTH, HEADER_MARGIN)
-    wav, sr = read_audio(p)
-    raw = read_raw_audio(wav, sr)
-    if follows:
-        check_video_length(p, raw.num_samples_16k / 16000.0, fps, MAX_LENGTH)
-    if raw.num_samples_16k < MIN_SAMPLES_16K:
-        raise EchoMimicError(f"--audio {p}: the audio is too short ({raw.samples.shape[1] / sr * 1000:.0f} ms); at least "
-                             f"{MIN_SAMPLES_16K // 16} ms are needed for one video frame.")
-    check_audible(raw, f"--audio {p} has no audible sound: pass a recording of speech.")
-    return wav, sr, raw
-
-
-def frame_count(raw, fps: float, length: int | None) -> int:
-    """The video length: the audio's (floor(seconds x fps), at least 1), cut to ``length`` frames if given."""
-    from ..audio import frame_count_for_rows, num_feature_rows, video_frame_count
-    from ..audio.mel import num_mel_frames
-
-    n16 = raw.num_samples_16k
-    n = min(video_frame_count(n16, fps), frame_count_for_rows(num_feature_rows(num_mel_frames(n16)), fps))
-    if length is not None and length > n:
-        log.warning("--length %d is beyond the audio: it lasts %.2f s, %d frames at %g fps; the video has %d frames "
-                    "(the length follows the audio).", length, n16 / 16000.0, n, fps, n)
-    return n if length is None else min(n, length)
-
-
 def find_face_model(req, root: Path):
     """(request with mediapipe_model / face_crop resolved). A smoke run without the model falls back to the whole image."""
     needs = (get_mode(req.mode).condition in ("face_mask", "landmarks") and req.face_crop) or (  # V1 modes crop the face
@@ -443,7 +393,8 @@ def preflight(req, reads=None) -> Plan:
     else:
         wav, sr, raw = speech_reader(req.audio, settings.fps, length)
         settings.num_frames = frame_count(raw, settings.fps, length)
-        seconds = raw.samples.shape[1] / sr
+        seconds = getattr(raw, "whole_samples", raw.samples.shape[1]) / sr  # (a long track's start: the whole track's)
     root = models_root(req)
     req = find_face_model(req, root)
-    return Plan(req, mode, variant, settings, device, dtype, output, reference, wav, sr, seconds, root)
+    return Plan(req, mode, variant, settings, device, dtype, output, reference, wav, sr, seconds, root,
+                getattr(raw, "mel_peak", None) if req.audio is not None else None)

@@ -136,7 +136,10 @@ def encode_prompts(umt5_dir, texts, cache_dir: Path, device, dtype: torch.dtype)
 
 def plan_v3(req: V3Request) -> V3Plan:
     """Every input check of :func:`run_v3`, no weights and no download (raises :class:`EchoMimicError`)."""
-    from .animate_checks import check_output, read_reference, read_speech
+    from .animate_checks import check_output, read_reference
+    from . import speech_length
+    from .speech_input import read_speech
+    from .speech_length import HEADER_MARGIN, check_video_length, header_seconds
     from ..audio.wav2vec import FPS, frame_count
     from ..pipeline.wan.sampler import resize_reference, sample_size
     from ..speed import check_speed_options
@@ -150,10 +153,12 @@ def plan_v3(req: V3Request) -> V3Plan:
     check_v3_numbers(req)
     out = check_output(req.output, {"--reference": req.reference, "--audio": req.audio})
     ref = read_reference(req.reference, "v3")
-    check_v3_speech_length(req.audio)
+    # Speech longer than a video can be (MAX_LENGTH frames at 25 fps) is refused: V3 normalises loudness over the whole
+    # clip, so the whole file is decoded whatever --length is; the header first (1.5 times over), then the exact length.
+    check_video_length(req.audio, header_seconds(req.audio), FPS, speech_length.MAX_LENGTH, HEADER_MARGIN, whole_clip=True)
     wav, sr, raw = read_speech(req.audio)
-    check_v3_speech_length(req.audio, raw.num_samples_16k / 16000.0)
-    mono = raw.samples.mean(axis=0).astype(np.float32)
+    check_video_length(req.audio, raw.num_samples_16k / 16000.0, FPS, speech_length.MAX_LENGTH, whole_clip=True)
+    mono = raw.samples.mean(axis=0).astype(np.float32, copy=False)
     seconds = mono.shape[0] / raw.sample_rate
     cap = max(81, int(req.length or 0))
     frames = frame_count(seconds, cap)
@@ -178,28 +183,13 @@ def plan_v3(req: V3Request) -> V3Plan:
                     "size, %dx%d (never enlarged, as the official code); give a larger image for a larger video.",
                     ref.shape[1], ref.shape[0], *req.size, w, h)
     lora = check_lora(req) if req.lora else ()
+    keep = math.ceil((frames / FPS + 1.0) * sr)  # the sound muxed under the frames (and 1 s more), not the whole track:
+    wav = wav[:, :keep].copy() if keep < wav.shape[1] else wav  # the loudness needs only ``mono``
     if req.resumable:  # something that is no folder where the chunks are kept: refused before any work
         from ..pipeline.wan.chunk_state import check_state_folder, chunk_state_path
 
         check_state_folder(chunk_state_path(out))
     return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h), lora)
-
-
-def check_v3_speech_length(path, seconds: float | None = None) -> None:
-    """Speech longer than a video can be (``MAX_LENGTH`` frames at 25 fps) is refused: EchoMimicV3 normalises loudness over
-    the whole clip, so the whole file is decoded whatever ``--length`` is (hours of audio were gigabytes of samples).
-    Without ``seconds`` the file's header is asked, before decoding, and refuses only at 1.5 times the bound."""
-    from .animate_checks import MAX_LENGTH
-    from .speech_length import HEADER_MARGIN, header_seconds
-    from ..audio.wav2vec import FPS
-
-    margin = HEADER_MARGIN if seconds is None else 1.0
-    seconds = header_seconds(path) if seconds is None else seconds
-    if seconds and seconds * FPS > MAX_LENGTH * margin:
-        raise EchoMimicError(f"--audio {path} lasts {seconds / 60:.0f} min, longer than an EchoMimicV3 video can be "
-                             f"({MAX_LENGTH} frames, {MAX_LENGTH / FPS / 60:.0f} min at {FPS:g} fps); V3 measures loudness over "
-                             "the whole clip, so --length does not shorten what is read: cut the speech you want to animate "
-                             "out of it first (e.g. ffmpeg -i IN -t 60 part.wav).")
 
 
 def check_v3_numbers(req: V3Request) -> None:

@@ -165,7 +165,7 @@ def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float,
         audio, sr = read_audio(video, duration=seconds) if has_audio else (None, None)
         frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
         return audio, sr, n_src / src_fps, frames
-    from .animate_checks import frame_count, read_speech
+    from .speech_input import frame_count, read_speech
 
     wav, sr, raw = read_speech(req.audio)
     return wav, sr, raw.num_samples_16k / 16000.0, frame_count(raw, fps, req.length)

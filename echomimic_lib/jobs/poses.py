@@ -38,10 +38,8 @@ from .animate_checks import (
     check_expressiveness,
     check_fps,
     dwpose_roots,
-    frame_count,
-    probe_speech,
-    read_speech,
 )
+from .speech_input import frame_count, probe_speech, read_speech
 from ..pose.stabilize import stabilize_poses
 from ..temporal import check_level as check_stabilize_level
 from .pose_sources import (MISSING_DEFAULT, check_dwpose_models, check_pose_video, dwpose_detector, speech_gestures,

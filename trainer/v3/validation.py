@@ -76,7 +76,8 @@ def prepare(cfg: V3Validation, width: int, height: int, data_frames: int, data_p
     """Read and check the validation inputs (no network); ``None`` when validation is off."""
     from echomimic_lib.audio.wav2vec import FPS, prepare_samples, resample_16k
     from echomimic_lib.errors import EchoMimicError
-    from echomimic_lib.jobs.animate_checks import read_reference, read_speech
+    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.speech_input import read_speech
 
     from .windows import fit_frame
 

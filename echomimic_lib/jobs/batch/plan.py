@@ -147,14 +147,13 @@ class PlanReads:
         return self._once(("reference", _identity(path)), lambda: read_reference(path), keep)
 
     def speech(self, path, fps=None, length=None):
-        from ...audio.waveform import RawAudio
-        from ..animate_checks import read_speech
+        from ..speech_input import read_speech
 
         def keep(result):
             wav, sr, raw = result
-            shapes = (wav.shape, wav.dtype, sr, raw.samples.shape, raw.samples.dtype, raw.sample_rate)
-            return lambda: (_hollow(shapes[0], shapes[1]), shapes[2],
-                            RawAudio(_hollow(shapes[3], shapes[4]), shapes[5]))
+            shapes = (wav.shape, wav.dtype, sr, raw.samples.shape, raw.samples.dtype)
+            bare = replace(raw, samples=None)  # its rate (and a long track's start: its whole-track facts), not its samples
+            return lambda: (_hollow(shapes[0], shapes[1]), shapes[2], replace(bare, samples=_hollow(shapes[3], shapes[4])))
 
         return self._once(("speech", _identity(path), fps, length), lambda: read_speech(path, fps, length), keep)
 

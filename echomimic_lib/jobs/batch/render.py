@@ -105,7 +105,7 @@ def render_animate(job, cache: ModelCache, progress=None) -> dict:
         if place is not None:
             place.enter("audio")
         feats = encode_audio(plan.audio, models.audio_encoder, sample_rate=plan.sample_rate, device=plan.device,
-                             frames=settings.num_frames, fps=settings.fps)
+                             frames=settings.num_frames, fps=settings.fps, mel_peak=plan.mel_peak)
     checkpoint = None
     if getattr(req, "resumable", False):  # a row retried after an error goes on from its last finished step
         from ...io.model_files import resolve_files

@@ -1,0 +1,102 @@
+"""The speech of a job (``--audio``): probed cheaply first (:func:`probe_speech`), then read and checked
+(:func:`read_speech`: decodable, finite, long enough, audible, not longer than a video can be), and the video's
+frame count that follows from it (:func:`frame_count`). Shared by animate, dub, poses, batch and V3's plan.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EchoMimicError
+
+log = logging.getLogger(__name__)
+
+
+def probe_speech(path, flag: str = "--audio") -> None:
+    """The cheap part of :func:`read_speech` (PyAV only: no torch, no model): the file exists and opens as media.
+    Commands call it first, so a file that is not audio at all is refused before the heavy libraries load (the
+    rest -- a sound track, its length, silence -- is checked with the other inputs, in their usual order)."""
+    from ..io.video_io import _open
+
+    p = Path(path)
+    if not p.is_file():
+        raise EchoMimicError(f"{flag} {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
+                             "(wav, mp3, flac, m4a, or a video with sound).")
+    _open(p).close()
+
+
+def read_speech(path, fps: float | None = None, length=None):
+    """(samples (C, T) float32, sample rate, RawAudio): decodable, finite, long enough, audible; with ``fps`` and no
+    ``length``, short enough for a video of MAX_LENGTH frames (said from the file's header before decoding it).
+
+    With ``fps`` and ``length`` only the start the first ``length`` frames need is kept (a longer track gives a
+    :class:`~echomimic_lib.audio.track.SpeechStart`): the rest is decoded once, a piece at a time, for the same checks
+    and the whisper features' log-mel maximum, so those frames' features and sound are the whole track's while a
+    60-min 96 kHz 6-channel recording costs its first minute's memory (about 140 MB), not its 8 GB."""
+    from ..audio import check_audible, read_raw_audio
+    from ..audio.features import MIN_SAMPLES_16K
+    from ..io.video_io import read_audio
+    from .speech_length import HEADER_MARGIN, MAX_LENGTH, check_video_length, header_seconds
+
+    p = Path(path)
+    if not p.is_file():
+        raise EchoMimicError(f"--audio {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
+                             "(wav, mp3, flac, m4a, or a video with sound).")
+    follows = bool(fps) and not length  # the video follows the audio: at most MAX_LENGTH frames, as --length
+    if follows:  # hours of audio: refused before they are decoded (about 80 MB a minute of 48 kHz stereo)
+        check_video_length(p, header_seconds(p), fps, MAX_LENGTH, HEADER_MARGIN)
+    if fps and length:
+        wav, sr, start = _read_start(p, fps, length)
+        if start is not None:
+            return wav, sr, start
+    else:
+        wav, sr = read_audio(p)
+    raw = read_raw_audio(wav, sr)
+    if follows:
+        check_video_length(p, raw.num_samples_16k / 16000.0, fps, MAX_LENGTH)
+    if raw.num_samples_16k < MIN_SAMPLES_16K:
+        raise EchoMimicError(f"--audio {p}: the audio is too short ({raw.samples.shape[1] / sr * 1000:.0f} ms); at least "
+                             f"{MIN_SAMPLES_16K // 16} ms are needed for one video frame.")
+    check_audible(raw, f"--audio {p} has no audible sound: pass a recording of speech.")
+    return wav, sr, raw
+
+
+def _read_start(p: Path, fps: float, length: int):
+    """(samples, rate, SpeechStart) of the start the first ``length`` frames need; (samples, rate, None) when the track
+    ends within it (it is all there: checked as before)."""
+    from ..audio import check_audible
+    from ..audio.features import seconds_for_frames
+    from ..audio.track import SpeechStart, summarise_track
+    from ..io.video_io import audio_blocks, read_audio
+
+    seconds = seconds_for_frames(length, fps)
+    wav, sr = read_audio(p, duration=seconds)
+    if wav.shape[1] < math.ceil(seconds * sr - 1e-9):
+        return wav, sr, None  # the whole track: nothing more to read
+    whole = summarise_track(audio_blocks(p))
+    if whole.samples == wav.shape[1]:
+        return wav, sr, None
+    if whole.bad:  # the words of read_raw_audio's check, as if it had seen the whole track
+        raise EchoMimicError(f"audio: {whole.bad} NaN/Inf samples (first at {whole.first_bad / sr:.3f} s); the audio is "
+                             "corrupt. Clean it (e.g. replace non-finite samples with 0) before encoding.")
+    check_audible(np.array([whole.peak], np.float32), f"--audio {p} has no audible sound: pass a recording of speech.")
+    return wav, sr, SpeechStart(np.ascontiguousarray(wav), float(sr), whole.samples, whole.mel_peak)  # (no copy)
+
+
+def frame_count(raw, fps: float, length: int | None) -> int:
+    """The video length: the audio's (floor(seconds x fps), at least 1), cut to ``length`` frames if given."""
+    from ..audio import frame_count_for_rows, num_feature_rows, video_frame_count
+    from ..audio.mel import num_mel_frames
+
+    n16 = raw.num_samples_16k
+    n = min(video_frame_count(n16, fps), frame_count_for_rows(num_feature_rows(num_mel_frames(n16)), fps))
+    if length is not None and length > n:
+        log.warning("--length %d is beyond the audio: it lasts %.2f s, %d frames at %g fps; the video has %d frames "
+                    "(the length follows the audio).", length, n16 / 16000.0, n, fps, n)
+    return n if length is None else min(n, length)
+
+
+__all__ = ["probe_speech", "read_speech", "frame_count"]
