@@ -131,7 +131,8 @@ def test_dub_without_speech_and_with_length_decodes_the_sound_it_muxes_only(tmp_
     asked = []
     real = video_io.read_audio
     monkeypatch.setattr(video_io, "read_audio", lambda p, **k: asked.append(k) or real(p, **k))
-    audio, got_sr, seconds, frames = dub._speech(SimpleNamespace(audio=None, length=25), str(video), 100, 25.0, 25.0, True)
+    audio, got_sr, seconds, frames, _ = dub._speech(SimpleNamespace(audio=None, length=25), str(video), 100, 25.0, 25.0,
+                                                   True)
     assert asked == [{"duration": 2.0}] and seconds == 4.0 and frames == 100
     np.testing.assert_array_equal(audio, whole[:, : audio.shape[1]])
     assert audio.shape[1] == 2 * got_sr < whole.shape[1]

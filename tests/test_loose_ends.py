@@ -80,7 +80,7 @@ def test_dub_without_new_speech_reads_the_sources_sound_without_asking_twice(tmp
     video = str(_talking_video(tmp_path / "talk.mp4"))
     header = VideoFrames(video)
     opens.clear()
-    audio, sr, _, _ = _speech(SimpleNamespace(audio=None, length=None), video, 12, 12.0, 12.0, header.has_audio)
+    audio, sr, *_ = _speech(SimpleNamespace(audio=None, length=None), video, 12, 12.0, 12.0, header.has_audio)
     assert sr == 16000 and audio is not None and len(opens) == 1
 
 

@@ -155,8 +155,9 @@ def _validate(req: DubRequest) -> _Checked:
 
 
 def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float, has_audio: bool):
-    """(sound track, sample rate, seconds, generated frame count) of the new speech or, without it, the L mode (the
-    source's own sound, when it has one: ``has_audio`` from the header the caller read)."""
+    """(sound track, sample rate, seconds, generated frame count, log-mel maximum of a long track's start or None) of
+    the new speech or, without it, the L mode (the source's own sound, when it has one: ``has_audio`` from the header
+    the caller read)."""
     if req.audio is None:
         from ..io.video_io import read_audio
 
@@ -164,11 +165,15 @@ def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float,
         seconds = None if req.length is None else req.length / fps + 1.0
         audio, sr = read_audio(video, duration=seconds) if has_audio else (None, None)
         frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
-        return audio, sr, n_src / src_fps, frames
+        return audio, sr, n_src / src_fps, frames, None
     from .speech_input import frame_count, read_speech
 
-    wav, sr, raw = read_speech(req.audio)
-    return wav, sr, raw.num_samples_16k / 16000.0, frame_count(raw, fps, req.length)
+    # with --length only the start those frames need is kept (a long track's rest is read a piece at a time for its
+    # checks, its length and the whisper features' log-mel maximum: the features are a whole read's)
+    wav, sr, raw = read_speech(req.audio, fps, req.length) if req.length else read_speech(req.audio)
+    whole = getattr(raw, "whole_samples", 0)
+    seconds = whole / sr if whole else raw.num_samples_16k / 16000.0
+    return wav, sr, seconds, frame_count(raw, fps, req.length), getattr(raw, "mel_peak", None)
 
 
 @dataclass
@@ -183,6 +188,7 @@ class DubJob:
     plan: object               # echomimic_lib.jobs.dub_plan.DubPlan
     reference: np.ndarray      # the reference frame cut to the crop (uint8, the model's size)
     source_color: object = None  # the source's colour description (echomimic_lib.io.video_color), kept by the output
+    mel_peak: float | None = None  # the whole track's log-mel maximum when ``audio`` is a long track's start (--length)
 
     def frames(self, upto: int | None = None):
         """The source video's frames (the first ``upto``), decoded one at a time."""
@@ -215,7 +221,7 @@ def prepare_dub(req: DubRequest) -> DubJob:
     src_fps = header.fps
     times: list = []  # the frames' timestamps, read by the count (the variable-rate check reads the file no more)
     n_src = count_frames(req.video, sys.maxsize, times)
-    sound, sr, seconds, n_model = _speech(req, req.video, n_src, src_fps, settings.fps, header.has_audio)
+    sound, sr, seconds, n_model, mel_peak = _speech(req, req.video, n_src, src_fps, settings.fps, header.has_audio)
     if req.audio is None and sound is not None:
         _warn_variable_rate(req.video, src_fps, times)
     if req.length is not None:
@@ -232,7 +238,7 @@ def prepare_dub(req: DubRequest) -> DubJob:
         pass
     color = read_color(req.video)
     describe_source(color, f"the source video {req.video}")
-    return DubJob(req, ok, src_fps, sound, sr, n_model, plan, crop_reference(plan, image), color)
+    return DubJob(req, ok, src_fps, sound, sr, n_model, plan, crop_reference(plan, image), color, mel_peak)
 
 
 def dub_frames(job: DubJob, sink: Callable[[np.ndarray], None], progress: Callable[[int, int], None] | None = None,
@@ -265,7 +271,7 @@ def dub_frames(job: DubJob, sink: Callable[[np.ndarray], None], progress: Callab
         feats = UnconditionalAudio(n_model, settings.fps)
     else:
         feats = encode_audio(job.audio, models.audio_encoder, sample_rate=job.sample_rate, device=ok.device,
-                             frames=n_model, fps=settings.fps)
+                             frames=n_model, fps=settings.fps, mel_peak=job.mel_peak)
     px = plan.driving_pixels()
     parts = ok.parts
     condition = FrameCondition(n_model, lambda idx: draw_landmark_sequence(px[list(idx)], (w, h), parts, coord_size=(w, h)))
