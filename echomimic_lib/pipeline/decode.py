@@ -72,9 +72,9 @@ class HostFrames:
     """ComfyUI's IMAGE batch made one way by every sampler node: one (N, H, W, 3) float32 host tensor in [0, 1],
     allocated once (after the host-memory check, when ``fix`` names the streaming alternative; ``working``: what the
     making holds besides the frames) and filled chunk by chunk: float frames in [0, 1] (the V1/V2 decode's) are
-    copied in, uint8 frames (EchoMimicV3's) converted in place (``/ 255``, as :func:`nodes.payloads.to_image`). As a
-    context manager it frees its memory when the run stops with an exception (Cancel, out of memory), even while
-    that exception's traceback still holds it."""
+    copied in, uint8 frames (EchoMimicV3's) converted in place (``/ 255``, as :func:`nodes.payloads.to_image`).
+    :meth:`release` frees its memory when the run stops with an exception (Cancel, out of memory), even while that
+    exception's traceback still holds it."""
 
     def __init__(self, frames: int, height: int, width: int, *, fix: str | None = None, working: int = 0):
         if fix is not None:
@@ -105,13 +105,6 @@ class HostFrames:
         storage, self.done = self.image.untyped_storage(), 0
         self.image = self.image.new_empty((0, *self.image.shape[1:]))
         storage.resize_(0)
-
-    def __enter__(self) -> "HostFrames":
-        return self
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if kind is not None:
-            self.release()
 
 
 def _decode(vae, z: torch.Tensor, tiled: bool) -> torch.Tensor:
