@@ -4,7 +4,7 @@ Every other module calls the small functions below. Outside ComfyUI (tests, scri
 models under :data:`MODELS_DIR` (default ``./models``), inputs under :data:`INPUT_DIR`, outputs under
 :data:`OUTPUT_DIR` (numbered like ComfyUI's ``get_save_image_path``), the CPU device, a
 progress bar that calls :data:`PROGRESS_HOOK` (ComfyUI's global hook does the same, and raises
-``InterruptProcessingException`` there when the user presses Cancel), a local
+``InterruptProcessingException`` there when the user presses Cancel: the stand-in when :data:`INTERRUPTED` is set), a local
 :class:`InterruptProcessingException`, and a small model manager (:data:`MODEL_MANAGER`) that keeps the
 same books as ``comfy.model_management`` (see :mod:`._model_manager`). Tests set or monkeypatch these
 module attributes.
@@ -251,10 +251,18 @@ def auto_dtype(device: torch.device) -> torch.dtype:
 
 
 # ------------------------------------------------------------------------------------------ progress
+INTERRUPTED = False  # stand-in for ComfyUI's interrupt flag: a test "presses Cancel" by setting it
+
+
 def check_interrupt() -> None:
-    """Raise InterruptProcessingException if the user pressed Cancel (no-op outside ComfyUI)."""
+    """Raise InterruptProcessingException if the user pressed Cancel (ComfyUI's
+    ``throw_exception_if_processing_interrupted``; stand-in: :data:`INTERRUPTED`, cleared as it raises, as ComfyUI's)."""
+    global INTERRUPTED
     if mm is not None:
         mm.throw_exception_if_processing_interrupted()
+    elif INTERRUPTED:
+        INTERRUPTED = False
+        raise InterruptProcessingException()
 
 
 class _StandInProgressBar:
@@ -267,6 +275,7 @@ class _StandInProgressBar:
         self.current = min(value, self.total)
         if PROGRESS_HOOK is not None:
             PROGRESS_HOOK(self.current, self.total, preview)
+        check_interrupt()  # (ComfyUI's global hook does the same)
 
 
 def progress_bar(total: int):

@@ -9,7 +9,6 @@ import torch
 
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.config import SD15
-from ..echomimic_lib.memory.host import check_frames_fit
 from ..echomimic_lib.modes import MAX_DEEP_CACHE, get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
 from ..echomimic_lib.pipeline.deep_cache import branch_count
@@ -90,11 +89,28 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
                             context_frames=context_frames, context_overlap=context_overlap, cuda_graphs=bool(cuda_graphs),
                             deep_cache=deep_cache, deep_cache_branch=deep_cache_branch)
     settings.validate()
+    batch = None
     if frame_sink is None:  # the frames are returned as one IMAGE batch in host memory, filled chunk by chunk
-        from ..echomimic_lib.pipeline.decode import host_bytes
+        from ..echomimic_lib.pipeline.decode import HostFrames, host_bytes
 
-        check_frames_fit(n, height, width, "EchoMimic Sampler (to file)", working=host_bytes(
+        batch = HostFrames(n, height, width, fix="EchoMimic Sampler (to file)", working=host_bytes(
             getattr(handle.models, "vae", None), n, height, width, settings.decode_batch, C.torch_device()))
+    try:
+        result, kept = _run(handle, reference, track, settings, n, mask, landmarks, poses, resumable,
+                            frame_sink or batch.put)
+    except BaseException:
+        if batch is not None:
+            batch.release()  # Cancel, an error: the IMAGE's memory goes now, not with the traceback
+        raise
+    resume.finished(kept, deferred)
+    frames = batch.result() if batch is not None else None
+    return frames, float(result.fps), trim_audio(track.audio, result.num_frames, result.fps)
+
+
+def _run(handle, reference, track, settings, n, mask, landmarks, poses, resumable, frame_sink):
+    """The checked run: (the library's result, the kept denoising state or None); the frames go to ``frame_sink``, and
+    Cancel is looked for after each decoded chunk as after each step."""
+    width, height = settings.width, settings.height
     condition = build_condition(handle.weights, mask, landmarks, poses, n, width, height, track.fps, track.audio)
     image = first_image(reference, "reference")
     check_finite(reference[:1], "reference", "connect a picture (EchoMimic Reference Preparation's image).")
@@ -118,12 +134,15 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
             if preview is not None and name.startswith("step"):
                 pbar.update_absolute(state["done"], state["total"], preview(value[1]))
 
+        def sink(start, frames):
+            frame_sink(start, frames)
+            C.check_interrupt()  # Cancel while the frames are decoded: stops after this chunk
+
         result = Sampler(handle.models, place)(image, track.features, condition, settings, progress=progress,
-                                               trace=trace if preview else None, frame_sink=frame_sink, resume=kept)
+                                               trace=trace if preview else None, frame_sink=sink, resume=kept)
     finally:
         finish(place)
-    resume.finished(kept, deferred)
-    return result.frames, float(result.fps), trim_audio(track.audio, result.num_frames, result.fps)
+    return result, kept
 
 
 class EchoMimicSampler(Node):

@@ -50,24 +50,6 @@ class V3Audio:
     audio: dict  # the ComfyUI AUDIO, for muxing
 
 
-class ImageBlocks:
-    """The IMAGE batch (float32 [F, H, W, 3] in 0..1, as :func:`.payloads.to_image`) filled block by block: each uint8
-    block is converted into its place and can go (the blocks, their concatenation and the float copy were all held
-    at once: 6 bytes a value where the host-memory check counted 4)."""
-
-    def __init__(self, frames: int, height: int, width: int):
-        self.image, self.done = torch.empty((frames, height, width, 3), dtype=torch.float32), 0
-
-    def add(self, block) -> None:
-        dst = self.image[self.done:self.done + len(block)]
-        dst.copy_(torch.from_numpy(np.ascontiguousarray(block)))
-        dst.div_(255.0)  # as to_image's t.float() / 255.0, in place
-        self.done += len(block)
-
-    def result(self) -> torch.Tensor:
-        return self.image[:self.done]
-
-
 def v3_folders() -> list[str]:
     names = set()
     for root in paths.echomimic_roots():
@@ -264,18 +246,36 @@ class EchoMimicV3Sampler:
                color_transfer, long_mode="reanchor", sink=None):
         """The run: (frames IMAGE, 25.0, the audio cut to the video). With ``sink(block)`` each (k, H, W, 3) uint8
         block goes there as it is made (one block for at most 81 frames, else one per chunk), nothing is kept and
-        None is returned (EchoMimic V3 Sampler (to file), :mod:`.to_file`)."""
+        None is returned (EchoMimic V3 Sampler (to file), :mod:`.to_file`). The IMAGE is made as the V1/V2 Sampler's
+        (:class:`echomimic_lib.pipeline.decode.HostFrames`)."""
+        ref, h, w = checked_reference(image, size, steps, audio_cfg, teacache, long_mode)
+        batch = None
+        if sink is None:  # the frames are returned as one IMAGE batch in host memory, and one chunk is made at a time
+            from ..echomimic_lib.pipeline.decode import HostFrames
+            from ..echomimic_lib.pipeline.wan.memory import chunk_host_bytes
+
+            batch = HostFrames(v3_audio.frames, h, w, fix="EchoMimic V3 Sampler (to file)",
+                               working=chunk_host_bytes(min(v3_audio.frames, 81), h, w))
+        try:
+            self._run(model, v3_audio, positive, clip_vision_output, vae, ref, h, w, steps, audio_cfg, seed, teacache,
+                      color_transfer, long_mode, sink or batch.add)
+        except BaseException:
+            if batch is not None:
+                batch.release()  # Cancel, an error: the IMAGE's memory goes now, not with the traceback
+            raise
+        if sink is not None:
+            return None
+        frames = batch.result()
+        return (frames, 25.0, trim_audio(v3_audio.audio, frames.shape[0], 25.0))
+
+    def _run(self, model, v3_audio, positive, clip_vision_output, vae, ref, h, w, steps, audio_cfg, seed, teacache,
+             color_transfer, long_mode, emit):
+        """Denoise and decode chunk by chunk, each (k, H, W, 3) uint8 block to ``emit``; Cancel is looked for after
+        each step and after each block."""
         from ..echomimic_lib.models.wan.vae import PixelVAE
         from ..echomimic_lib.pipeline.wan.long import iter_long
         from ..echomimic_lib.pipeline.wan.sampler import V3Settings, generate, resize_reference
 
-        ref, h, w = checked_reference(image, size, steps, audio_cfg, teacache, long_mode)
-        if sink is None:  # the frames are returned as one IMAGE batch in host memory, and one chunk is made at a time
-            from ..echomimic_lib.memory.host import check_frames_fit
-            from ..echomimic_lib.pipeline.wan.memory import chunk_host_bytes
-
-            check_frames_fit(v3_audio.frames, h, w, "EchoMimic V3 Sampler (to file)",
-                             working=chunk_host_bytes(min(v3_audio.frames, 81), h, w))
         ref_u8 = resize_reference(ref, h, w)
         net = model.patcher.model.net
         prompt, clip, seed = checked_conditioning(net.cfg, positive, clip_vision_output, vae, seed)
@@ -299,18 +299,14 @@ class EchoMimicV3Sampler:
             pbar.update_absolute(done, total, shown.pop("preview", None))  # in ComfyUI this also raises on Cancel
             C.check_interrupt()
 
-        image = ImageBlocks(v3_audio.frames, h, w) if sink is None else None  # each block goes in as it comes
-        emit = image.add if sink is None else sink
         with torch.no_grad():
             if v3_audio.frames <= 81:
                 windows = model.wav2vec.windows(v3_audio.samples, v3_audio.frames)
-                emit(generate(net, codec, ref_u8, prompt, clip, windows, settings, on_step=on_step,
-                              trace=trace if preview else None).frames)
+                blocks = [generate(net, codec, ref_u8, prompt, clip, windows, settings, on_step=on_step,
+                                   trace=trace if preview else None).frames]
             else:
-                for block in iter_long(net, codec, model.wav2vec, ref_u8, prompt, clip, v3_audio.samples, v3_audio.frames,
-                                       settings, on_step=on_step, trace=trace if preview else None, mode=long_mode):
-                    emit(block)
-        if sink is not None:
-            return None
-        frames = image.result()
-        return (frames, 25.0, trim_audio(v3_audio.audio, frames.shape[0], 25.0))
+                blocks = iter_long(net, codec, model.wav2vec, ref_u8, prompt, clip, v3_audio.samples, v3_audio.frames,
+                                   settings, on_step=on_step, trace=trace if preview else None, mode=long_mode)
+            for block in blocks:
+                emit(block)
+                C.check_interrupt()  # Cancel while a long clip's chunks are decoded: stops after this one

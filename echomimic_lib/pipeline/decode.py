@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..memory import estimate
+from ..memory.host import check_frames_fit
 
 log = logging.getLogger(__name__)
 VAE_SCALE = 0.18215
@@ -66,6 +68,45 @@ def host_bytes(vae, frames: int, height: int, width: int, max_batch: int, device
     return int(chunk * (HOST_MARGIN * estimate.decode_frame_bytes(vae, height, width) + 3 * frame)) + latents
 
 
+class HostFrames:
+    """ComfyUI's IMAGE batch made one way by every sampler node: one (N, H, W, 3) float32 host tensor in [0, 1],
+    allocated once (after the host-memory check, when ``fix`` names the streaming alternative; ``working``: what the
+    making holds besides the frames) and filled chunk by chunk: float frames in [0, 1] (the V1/V2 decode's) are
+    copied in, uint8 frames (EchoMimicV3's) converted in place (``/ 255``, as :func:`nodes.payloads.to_image`).
+    :meth:`release` frees its memory when the run stops with an exception (Cancel, out of memory), even while that
+    exception's traceback still holds it."""
+
+    def __init__(self, frames: int, height: int, width: int, *, fix: str | None = None, working: int = 0):
+        if fix is not None:
+            check_frames_fit(frames, height, width, fix, working)
+        self.image, self.done = torch.empty((int(frames), int(height), int(width), 3), dtype=torch.float32), 0
+
+    def put(self, start: int, block) -> None:
+        """Frames ``start``.. from a (k, H, W, 3) block: a float tensor in [0, 1] or uint8 frames."""
+        dst = self.image[start:start + len(block)]
+        if len(dst) != len(block):
+            raise ValueError(f"frames {start}..{start + len(block) - 1} do not fit a batch of {self.image.shape[0]}")
+        if isinstance(block, np.ndarray):
+            dst.copy_(torch.from_numpy(np.ascontiguousarray(block)))
+            if block.dtype == np.uint8:
+                dst.div_(255.0)
+        else:
+            dst.copy_(block)
+        self.done = max(self.done, start + len(block))
+
+    def add(self, block) -> None:
+        self.put(self.done, block)
+
+    def result(self) -> torch.Tensor:
+        return self.image[:self.done]
+
+    def release(self) -> None:
+        """Free the frames' memory now (every view of them becomes empty)."""
+        storage, self.done = self.image.untyped_storage(), 0
+        self.image = self.image.new_empty((0, *self.image.shape[1:]))
+        storage.resize_(0)
+
+
 def _decode(vae, z: torch.Tensor, tiled: bool) -> torch.Tensor:
     out = vae.tiled_decode(z) if tiled else vae.decode(z)
     return out.sample
@@ -76,7 +117,8 @@ def decode_latents(vae, latents: torch.Tensor, device, *, max_batch: int = 8, bu
                    sink: Callable | None = None) -> torch.Tensor | None:
     """Latents (1, 4, F, h, w) -> frames (F, H, W, 3) float32 in [0, 1] on the CPU.
 
-    With ``sink(start, frames)`` the frames are handed over chunk by chunk instead of collected."""
+    With ``sink(start, frames)`` the frames are handed over chunk by chunk instead of collected (into
+    :class:`HostFrames`, allocated before the first chunk is decoded)."""
     device = torch.device(device)
     f, h8, w8 = latents.shape[2], latents.shape[3], latents.shape[4]
     if budget is None:
@@ -88,15 +130,10 @@ def decode_latents(vae, latents: torch.Tensor, device, *, max_batch: int = 8, bu
     if tiled:
         log.info("VAE decode: one %dx%d frame needs more than its %.2f GB budget (what denoising used beyond the VAE, "
                  "else the free memory); decoding in tiles", w8 * 8, h8 * 8, budget / 1e9)
-    out = None
+    out = HostFrames(f, h8 * 8, w8 * 8) if sink is None else None
     for s in range(0, f, chunk):
         z = latents[0, :, s : s + chunk].transpose(0, 1).to(device, vae.dtype) / VAE_SCALE
         img = (_decode(vae, z, tiled).float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
         del z
-        if sink is not None:
-            sink(s, img)
-            continue
-        if out is None:
-            out = torch.empty((f, *img.shape[1:]), dtype=torch.float32)
-        out[s : s + img.shape[0]] = img
-    return out
+        (sink or out.put)(s, img)
+    return None if out is None else out.result()
