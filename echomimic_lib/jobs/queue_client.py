@@ -6,7 +6,7 @@ give ``SaveVideo`` (or the EchoMimic samplers that write to a file) a per-job fi
 ``GET /history/<prompt_id>`` and lists the saved files.
 
     echomimic queue workflows/api/v1_audio.json --portraits faces/ --audios speech/ \\
-        [--server http://127.0.0.1:8188] [--driving clip.mp4] [--seed 42] [--wait] [--dry-run]
+        [--server http://127.0.0.1:8188] [--driving clip.mp4] [--seed 42] [--wait | --resume] [--dry-run]
     echomimic queue workflows/api/v1_dub_video.json --videos people/ --audios speech/ --wait
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ from pathlib import Path
 
 from ..errors import EchoMimicError
 from ..io.file_names import safe_file_name
-from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped, explain, in_queue, job_label,
-                            lost, outcome, saved_files, still_open)
+from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped, accepted_with_errors, explain,
+                            in_queue, job_label, lost, outcome, saved_files, still_open)
+from .queue_state import QueueState, default_path, fingerprint
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus"}
@@ -237,6 +238,9 @@ def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None
         pid = str(pid)
     if not isinstance(pid, str) or not pid.strip():  # null, an object: nothing was queued that can be waited for or named
         raise QueueError(f"{server}/prompt: the answer holds no prompt_id ({str(reply)[:120]}); is this ComfyUI?")
+    warning = accepted_with_errors(server, pid, reply)  # queued, but some outputs failed validation: they will not run
+    if warning:
+        sys.stderr.write(warning + "\n")
     return pid
 
 
@@ -284,9 +288,12 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
 
 def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
                  driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic",
-                 videos=None, timeout: float = REQUEST_TIMEOUT) -> list[dict]:
+                 videos=None, timeout: float = REQUEST_TIMEOUT, resume: bool = False, state=None) -> list[dict]:
     """Queue every portrait (or, with ``videos``, every video) x audio job; returns one dict per job
-    (prompt_id, prefix, files when waited)."""
+    (prompt_id, prefix, files when waited). Each accepted prompt is kept in ``state`` (default: ``.echomimic_queue.json``
+    in the portraits / videos folder, :mod:`.queue_state`); with ``resume`` (implies ``wait``) a job whose same prompt
+    an earlier run queued is not queued again: finished, its files are listed, still queued it is waited for, and only
+    one the server lost (restarted) is queued again."""
     if (portraits is None) == (videos is None):
         raise QueueError("give either a portraits folder or a videos folder (--portraits or --videos), not both.")
     if videos is not None and driving:
@@ -303,7 +310,8 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
             or not all(isinstance(v, dict) and "class_type" in v for v in template.values())):
         raise QueueError(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
-    client_id = uuid.uuid4().hex
+    client_id, wait, marks = uuid.uuid4().hex, wait or resume, {}
+    book = None if dry_run else QueueState(state if state is not None else default_path(portraits, videos))
 
     def name_of(path: Path) -> str:
         if path not in names:
@@ -319,22 +327,35 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
                 prompt = build_prompt(template, name_of(job.portrait), name_of(job.audio), job.prefix, seed, drive)
             result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
             if not dry_run:
-                result["prompt_id"] = post_prompt(server, prompt, client_id, timeout)
+                marks[job.prefix] = mark = fingerprint(prompt)
+                earlier = book.known(server, job.prefix, mark) if resume else None
+                if earlier is not None and ("files" in earlier or _still_there(server, earlier["prompt_id"], timeout)):
+                    result.update({k: earlier[k] for k in ("prompt_id", "files") if k in earlier}, resumed=True)
+                else:
+                    result["prompt_id"] = post_prompt(server, prompt, client_id, timeout)
+                    book.record(server, job.prefix, mark, result["prompt_id"])
             results.append(result)
-        for result in (results if wait and not dry_run else ()):
+        for result in (r for r in results if wait and not dry_run and "files" not in r):
             try:
                 result["files"] = saved_files(wait_for(server, result["prompt_id"], request_timeout=timeout))
+                book.record(server, result["prefix"], marks[result["prefix"]], result["prompt_id"], result["files"])
             except PromptFailed as exc:  # this prompt failed on the server: the others are still waited for
                 result["error"] = str(exc)
     except QueueError as exc:  # prompts already queued run on: say which, and which jobs never were
         if dry_run or not results:
             raise
-        raise QueueStopped(exc, results, [f"{j.portrait.name} x {j.audio.name}" for j in jobs[len(results):]], server) from None
+        raise QueueStopped(exc, results, [f"{j.portrait.name} x {j.audio.name}" for j in jobs[len(results):]], server,
+                           book.ok) from None
     except KeyboardInterrupt:
         if dry_run or not results:
             raise
-        raise QueueInterrupted(results, {server: still_open(results)}) from None
+        raise QueueInterrupted(results, {server: still_open(results)}, book.ok) from None
     return results
+
+
+def _still_there(server: str, prompt_id: str, timeout: float | None) -> bool:
+    """Whether ``server`` has ``prompt_id`` finished or queued (not lost in a restart; an unclear /queue: waited for)."""
+    return _history(server, prompt_id, timeout) is not None or _queued(server, prompt_id, timeout) is not False
 
 
 def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -353,6 +374,10 @@ def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentPa
     p.add_argument("--seed", type=int, help="one seed for every job (default: the workflow's)")
     p.add_argument("--prefix", default="echomimic", help="output sub-folder / file prefix (default: echomimic)")
     p.add_argument("--wait", action="store_true", help="wait for every job and list the saved videos")
+    p.add_argument("--resume", action="store_true", help="after an interrupted run: wait for the prompts it queued (queue "
+                   "again only jobs not queued, changed or lost by a restarted server); implies --wait (one --server)")
+    p.add_argument("--state", help="file keeping the queued prompt ids for --resume (default: .echomimic_queue.json in "
+                                   "the portraits / videos folder)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs, upload and queue nothing")
     p.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT, help="seconds to wait for each answer of the server "
                    f"before giving up (default: {REQUEST_TIMEOUT:.0f})")
@@ -371,6 +396,9 @@ def main(argv=None, prog: str = "echomimic queue", parser_class=argparse.Argumen
         sys.stderr.write(f"error: --timeout {args.timeout} must be a number of seconds above 0.\n")
         return 2
     servers = args.server or [DEFAULT_SERVER]
+    if len(servers) > 1 and (args.resume or args.state):
+        sys.stderr.write("error: --resume and --state are for one --server; with several, results.jsonl records the jobs.\n")
+        return 2
     if len(servers) > 1 and not args.dry_run:  # several servers: echomimic_lib.jobs.batch.comfy_servers
         from .batch.comfy_servers import queue_spread
 
@@ -388,7 +416,8 @@ def main(argv=None, prog: str = "echomimic queue", parser_class=argparse.Argumen
         return 1 if any(r["status"] != "ok" for r in recs) else 0
     try:
         results = queue_folder(args.workflow, args.portraits, args.audios, servers[0], args.seed, args.driving,
-                               args.wait, args.dry_run, args.prefix, args.videos, timeout=args.timeout)
+                               args.wait, args.dry_run, args.prefix, args.videos, timeout=args.timeout, resume=args.resume,
+                               state=args.state)
     except QueueInterrupted as exc:  # Ctrl-C with prompts on the server: which, and how to cancel them
         _print_results(exc.results)
         sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")

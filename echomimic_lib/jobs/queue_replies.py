@@ -40,8 +40,15 @@ def explain(body: str) -> str:
     head = str(error.get("message", error) if isinstance(error, dict) else error)
     if isinstance(error, dict) and str(error.get("details") or "").strip():  # e.g. "Node ID '#5'" of a missing class_type
         head += f" ({str(error['details']).strip()})"
+    lines = node_error_lines(data.get("node_errors"))
+    if not lines:
+        return head or _one_line(body[:500])
+    return "\n".join([head or "the server refused the workflow", *lines])
+
+
+def node_error_lines(node_errors) -> list[str]:
+    """ComfyUI's ``node_errors`` one line a node and input: node id, class, input: message and details."""
     lines = []
-    node_errors = data.get("node_errors")
     for node, info in (node_errors.items() if isinstance(node_errors, dict) else ()):
         info = info if isinstance(info, dict) else {"errors": [{"message": str(info)}]}
         errors = info.get("errors")
@@ -53,9 +60,18 @@ def explain(body: str) -> str:
             details = str(err.get("details") or "").strip()
             said = err.get("message") or "invalid"
             lines.append(f"  {where}: {said}" + (f": {details}" if details and details != name else ""))
+    return lines
+
+
+def accepted_with_errors(server: str, prompt_id: str, reply: dict) -> str | None:
+    """What to warn of when ComfyUI queued a prompt (200) whose ``node_errors`` name nodes it refused (server.py
+    ``post_prompt`` answers ``{"prompt_id", "number", "node_errors"}``: the outputs that failed validation are left
+    out, the others run); None when it names none."""
+    lines = node_error_lines(reply.get("node_errors"))
     if not lines:
-        return head or _one_line(body[:500])
-    return "\n".join([head or "the server refused the workflow", *lines])
+        return None
+    return "\n".join([f"warning: {server} queued prompt {prompt_id}, but the outputs depending on these nodes failed "
+                      "validation and will not run:", *lines])
 
 
 def _malformed(server: str, prompt_id: str, what: str) -> QueueError:
@@ -114,17 +130,22 @@ def in_queue(reply, prompt_id: str) -> bool | None:
 def lost(server: str, prompt_id: str) -> PromptFailed:
     return PromptFailed(f"prompt {prompt_id} is neither queued on nor in the history of {server}: the server was restarted "
                         "(ComfyUI keeps its queue and history in memory) or the prompt was deleted from its queue; queue "
-                        "it again (running the same command queues every job of the folders again).")
+                        "it again (the same command with --resume queues again only the jobs whose prompt was lost).")
 
 
-def still_on_server(server: str, prompt_ids: list[str]) -> str:
+RESUME = ("Run the same command with --resume to wait for them (and queue only the jobs not queued or lost) instead "
+          "of queueing every job again.")
+
+
+def still_on_server(server: str, prompt_ids: list[str], resumable: bool = False) -> str:
     """What a user who stopped waiting (Ctrl-C, a dropped connection) needs: the prompts ComfyUI still holds, that they
-    go on, and how to cancel them."""
+    go on, how to cancel them, and (one server's run, whose prompts are kept on disk) how to wait for them again."""
     ids = json.dumps({"delete": list(prompt_ids)})
     return (f"ComfyUI still has {len(prompt_ids)} prompt(s) of this run: {', '.join(prompt_ids)} (queued or running; "
             "their videos still land in ComfyUI's output folder). To cancel them use ComfyUI's queue panel, or "
             f"curl -X POST {server}/queue -H 'Content-Type: application/json' -d '{ids}' for the queued ones and "
-            f"curl -X POST {server}/interrupt for the one running. Running the same command again queues every job again.")
+            f"curl -X POST {server}/interrupt for the one running. "
+            + (RESUME if resumable else "Running the same command again queues every job again."))
 
 
 def job_label(result: dict) -> str:
@@ -139,7 +160,7 @@ class QueueStopped(QueueError):
     """The run stopped on an error after some prompts were queued: ``results`` (those queued, listed first) and what
     the user should know about the ones still on the server and the ones never queued."""
 
-    def __init__(self, cause: Exception, results: list[dict], not_queued: list[str], server: str):
+    def __init__(self, cause: Exception, results: list[dict], not_queued: list[str], server: str, resumable: bool = False):
         self.results = results
         total = len(results) + len(not_queued)
         text = f"{cause}\n{len(results)} of {total} job(s) were queued before this (listed above)"
@@ -147,17 +168,18 @@ class QueueStopped(QueueError):
             shown = ", ".join(not_queued[:10]) + (f" and {len(not_queued) - 10} more" if len(not_queued) > 10 else "")
             text += f"; not queued: {shown}"
         pending = still_open(results)
-        super().__init__(text + (f".\n{still_on_server(server, pending)}" if pending else "."))
+        super().__init__(text + (f".\n{still_on_server(server, pending, resumable)}" if pending else "."))
 
 
 class QueueInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far (one server's run), ``pending``: the prompt
     ids still on each server, and the advice for them (:meth:`advice`)."""
 
-    def __init__(self, results: list[dict], pending: dict[str, list[str]]):
+    def __init__(self, results: list[dict], pending: dict[str, list[str]], resumable: bool = False):
         super().__init__()
         self.results, self.pending = results, {url: ids for url, ids in pending.items() if ids}
+        self.resumable = resumable
 
     def advice(self) -> str:
-        said = [still_on_server(url, ids) for url, ids in self.pending.items()]
+        said = [still_on_server(url, ids, self.resumable) for url, ids in self.pending.items()]
         return "\n".join(said) if said else "Every queued prompt had finished."
