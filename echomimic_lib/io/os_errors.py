@@ -81,11 +81,12 @@ _FULL = _SAID[_E.ENOSPC][1]
 class WriteError(EchoMimicError, OSError):
     """A file could not be written: ``cannot write PATH: <what the system said>; <fix>.`` and what was kept. A user
     error (the command lines print it as it is, a node shows it) that is still an OSError for callers to whom a failed
-    write is not fatal; ``os_errno`` is the system's errno (None where torch did not say)."""
+    write is not fatal; ``os_errno`` is the system's errno (None where torch did not say), ``path`` the file named."""
 
-    def __init__(self, message: str, os_errno: int | None = None):
+    def __init__(self, message: str, os_errno: int | None = None, path=None):
         super().__init__(message)
         self.os_errno = os_errno
+        self.path = path
 
 
 def write_errno(exc: BaseException) -> int | None:
@@ -106,20 +107,24 @@ def write_refused(exc: BaseException, path, kept: str = KEPT, doing: str = "writ
         return exc
     code = write_errno(exc)
     if code in _SAID:
-        return WriteError(os_error_text(OSError(code, ""), path, doing) + kept, code)
+        return WriteError(os_error_text(OSError(code, ""), path, doing) + kept, code, path)
     if isinstance(exc, RuntimeError) and _TORCH_WRITE.search(str(exc)):
         return WriteError(f"cannot {doing} {path}: the write stopped part way (most often a full disk or an exceeded "
-                          f"quota); {_FULL}.{kept}")
+                          f"quota); {_FULL}.{kept}", path=path)
     return None
 
 
 @contextmanager
-def writing(path, kept: str = KEPT):
+def writing(path, kept: str = KEPT, staged: bool = False):
     """Inside, a write the system refuses or torch/safetensors cannot finish raises :class:`WriteError` naming ``path``
-    (the destination the user gave, not a temporary file; the caller removes that), the original chained."""
+    (the destination the user gave, not a temporary file; the caller removes that), the original chained.
+    ``staged``: the writes inside fill a temporary copy of ``path`` through helpers that name the file they were given
+    (``save_pose_npz(seq, staged_file)``): their :class:`WriteError` is said again of ``path``."""
     try:
         yield
     except Exception as exc:
+        if staged and isinstance(exc, WriteError) and exc.__cause__ is not None:
+            exc = exc.__cause__  # what the system said, for the destination's name
         err = write_refused(exc, path, kept)
         if err is None or err is exc:
             raise

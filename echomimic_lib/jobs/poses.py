@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EchoMimicError
+from ..io.os_errors import writing
 from ..io.file_safety import (
     ExistingFileError,
     publish,
@@ -307,10 +308,11 @@ def write_poses(seq, plan: PosesPlan) -> None:
     staged = temp_folder_beside(plan.output) if plan.folder else temp_beside(plan.output, ".partial.npz")
     writer = placed = None
     try:
-        if plan.folder:
-            save_released_folder(seq, staged)
-        else:
-            save_pose_npz(seq, staged)
+        with writing(plan.output, staged=True):  # a full disk names the output asked for, not its staged copy
+            if plan.folder:
+                save_released_folder(seq, staged)
+            else:
+                save_pose_npz(seq, staged)
         if plan.preview is not None:
             writer = _encode_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate)
         placed = _swap_in(staged, plan.output, plan.folder)

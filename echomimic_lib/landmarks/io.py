@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import EchoMimicError
 from ..io.file_safety import publish, temp_beside, write_text_atomic
 from ..io.npz_file import open_npz
+from ..io.os_errors import writing
 from ..io.safe_pickle import load_pickle
 from ..temporal import saved_stabilized
 from .sequence import LandmarkSequence
@@ -94,7 +95,8 @@ def save_sequence(path: str | Path, seq: LandmarkSequence) -> Path:
     elif path.suffix.lower() == ".npz":
         tmp = temp_beside(path, ".partial.npz")
         try:
-            np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+            with writing(path):  # a full disk names the file asked for, not the temporary one removed below
+                np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
             publish(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

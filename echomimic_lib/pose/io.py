@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import EchoMimicError, UnsafeFileError
 from ..io.file_safety import publish, temp_beside
 from ..io.npz_file import open_npz
+from ..io.os_errors import writing
 from ..io.safe_pickle import load_npy
 from ..temporal import saved_stabilized
 from .sequence import ARRAY_FIELDS, DEFAULT_CANVAS, DEFAULT_FPS, PoseSequence, check_draw_pose_params
@@ -270,7 +271,8 @@ def save_released_folder(seq: PoseSequence, folder: str | Path, overwrite: bool 
         holder[()] = d
         tmp = temp_beside(folder / f"{i}.npy", ".partial.npy")
         try:
-            _write_object_npy(tmp, holder)
+            with writing(folder / f"{i}.npy"):  # a full disk names the frame's file, not the temporary one
+                _write_object_npy(tmp, holder)
             publish(tmp, folder / f"{i}.npy")
         finally:
             tmp.unlink(missing_ok=True)
@@ -302,8 +304,9 @@ def save_pose_npz(seq: PoseSequence, path: str | Path) -> Path:
         meta["stabilized"] = seq.stabilized
     tmp = temp_beside(path, ".partial.npz")  # unique, beside a link's target (publish writes through the link)
     try:
-        np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
-                            **{n: getattr(seq, n) for n in ARRAY_FIELDS})
+        with writing(path):  # a full disk names the file asked for, not the temporary one removed below
+            np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
+                                **{n: getattr(seq, n) for n in ARRAY_FIELDS})
         publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -130,7 +130,8 @@ def write_clip(video: Path, st: ClipStatus, out_root: Path, cfg: PrepareConfig, 
         n = writer.num_frames
         samples = int(round(n / cfg.fps * 16000))
         wave = wave[:samples] if wave is not None else np.zeros(samples, np.float32)
-        meta, arrays = describe(writer, n)
+        with writer.writing():  # what describe writes into the clip (pose.npz) is said of the clip
+            meta, arrays = describe(writer, n)
         arrays["audio16k"] = wave
         if tools.whisper_path is not None:
             arrays["whisper"] = whisper_rows(wave, tools, cfg.whisper_dtype)

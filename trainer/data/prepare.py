@@ -164,7 +164,7 @@ def _the_clips_fault(exc: BaseException, out_root: Path) -> bool:
 
     if disk_full(exc) or isinstance(exc, WeightsError):  # a full disk, a missing or broken model: the run's problem
         return False
-    name = getattr(exc, "filename", None)
+    name = getattr(exc, "filename", None) or getattr(exc, "path", None)  # a WriteError names the clip it was writing
     if isinstance(exc, OSError) and name:
         try:
             Path(name).resolve().relative_to(out_root.resolve())

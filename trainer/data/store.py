@@ -31,12 +31,15 @@ from typing import NoReturn
 
 import numpy as np
 
+from echomimic_lib.io.os_errors import writing
+
 from ..config import ConfigError
 
 CLIP_META = "clip.json"
 FORMAT_VERSION = 1
 PARTIAL = ".partial"  # "<clip>.partial": a clip being written (no clip id ends so: prepare.check_clip_ids)
 ASIDE = ".old~"  # ".old~<clip>": a clip's earlier folder, kept while a new write of it takes its place ('~' is in no id)
+KEPT_CLIP = " Nothing partial was kept (a clip already there is unchanged)."
 
 
 class DamagedClipError(ConfigError):
@@ -119,23 +122,32 @@ def _why(exc: BaseException, name: str) -> str:
 
 
 class ClipWriter:
-    """Writes one clip into ``<final>.partial`` and renames it to ``final`` in :meth:`finish`."""
+    """Writes one clip into ``<final>.partial`` and renames it to ``final`` in :meth:`finish`. A write the system
+    refuses (a full disk) raises :class:`~echomimic_lib.io.os_errors.WriteError` naming the clip's folder, not the
+    partial one (:meth:`abort` removes that)."""
 
     def __init__(self, final_dir: Path, jpeg_quality: int = 95):
         self.final = Path(final_dir)
         if not self.final.name.strip("."):  # shard/'..' is the dataset folder: finish() would remove it
             raise ValueError(f"{final_dir}: a clip folder needs a name of its own (not '.', '..' or empty)")
         self.tmp = self.final.with_name(self.final.name + PARTIAL)
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
         self.quality = jpeg_quality
-        self._frames = open(self.tmp / "frames.bin", "wb")
+        self._frames = None
         self._offsets = [0]
+        with self.writing():
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir(parents=True)
+            self._frames = open(self.tmp / "frames.bin", "wb")
+
+    def writing(self):
+        """Around a write into ``self.tmp``: a refused one names the clip's folder (:func:`writing`)."""
+        return writing(self.final, KEPT_CLIP, staged=True)
 
     def add_frame(self, rgb: np.ndarray) -> None:
         data = encode_jpeg(rgb, self.quality)
-        self._frames.write(data)
+        with self.writing():
+            self._frames.write(data)
         self._offsets.append(self._offsets[-1] + len(data))
 
     @property
@@ -144,12 +156,13 @@ class ClipWriter:
 
     def finish(self, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
         """Write the arrays and ``clip.json`` (other files may already be in ``self.tmp``), then rename into place."""
-        self._frames.close()
-        np.save(self.tmp / "frames.idx.npy", np.asarray(self._offsets, dtype=np.int64))
-        for name, arr in arrays.items():
-            np.save(self.tmp / f"{name}.npy", arr)
-        meta = {**meta, "format_version": FORMAT_VERSION, "num_frames": self.num_frames}
-        write_json_atomic(self.tmp / CLIP_META, meta)
+        with self.writing():
+            self._frames.close()
+            np.save(self.tmp / "frames.idx.npy", np.asarray(self._offsets, dtype=np.int64))
+            for name, arr in arrays.items():
+                np.save(self.tmp / f"{name}.npy", arr)
+            meta = {**meta, "format_version": FORMAT_VERSION, "num_frames": self.num_frames}
+            write_json_atomic(self.tmp / CLIP_META, meta)
         aside = aside_of(self.final)
         if self.final.exists() or self.final.is_symlink():  # written again: the earlier clip stays until the new one is in
             _remove(aside)  # place, so a kill between the two renames loses neither (readers and recover_clips find it)
@@ -160,7 +173,8 @@ class ClipWriter:
 
     def abort(self) -> None:
         try:
-            self._frames.close()
+            if self._frames is not None:
+                self._frames.close()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 

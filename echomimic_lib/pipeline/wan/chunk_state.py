@@ -31,6 +31,7 @@ import numpy as np
 from ...errors import EchoMimicError
 from ...io.file_safety import publish, temp_beside, track_partial, untrack_partial, write_text_atomic
 from ...io.npz_file import open_npz
+from ...io.os_errors import writing
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class ChunkCheckpoint:
         except OSError as exc:
             self.failed = exc
             log.warning("could not keep chunk %d of the render in %s (%s); the render goes on, but a rerun after a "
-                        "stop would go on from chunk %d", k + 1, self.path, exc, self.done + 1)
+                        "stop would go on from chunk %d", k + 1, self.path, str(exc).rstrip("."), self.done + 1)
 
     def _save(self, k: int, out: np.ndarray, tail: np.ndarray | None, anchor: np.ndarray | None) -> None:
         if k != self.done:
@@ -192,7 +193,7 @@ class ChunkCheckpoint:
         tmp = temp_beside(final)
         track_partial(tmp)  # an interrupt that cannot wait for this write removes it
         try:
-            with open(tmp, "wb") as fh:
+            with writing(final, ""), open(tmp, "wb") as fh:  # a full disk names the chunk file, not its temporary one
                 fill(fh)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -30,6 +30,7 @@ import numpy as np
 from ...errors import EchoMimicError
 from ...io.file_safety import ExistingFileError, publish, temp_beside, track_partial, untrack_partial
 from ...io.npz_file import open_npz
+from ...io.os_errors import WriteError, writing
 from ..io import load_pose
 from ..sequence import ARRAY_FIELDS, PoseSequence
 
@@ -303,11 +304,15 @@ def _write_index(path: Path, fp: str, seq: PoseSequence, units: dict) -> None:
     try:
         tmp = temp_beside(path, ".partial.npz")  # unique: two indexers of one library (batch workers) never share it
         track_partial(tmp)  # an interrupt that cannot wait for the render thread removes it (echomimic_lib.cli)
-        np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
-                            **{n: getattr(seq, n) for n in ARRAY_FIELDS}, **{"unit_" + k: v for k, v in units.items()})
+        with writing(path, ""):  # a full disk names the index, not its temporary file (removed below)
+            np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
+                                **{n: getattr(seq, n) for n in ARRAY_FIELDS}, **{"unit_" + k: v for k, v in units.items()})
         publish(tmp, path)
     except (OSError, ExistingFileError) as exc:  # read-only, full, or a folder where the index goes: used uncached
-        log.warning("gesture index not cached (%s): %s", path, exc)
+        if isinstance(exc, WriteError):  # "cannot write <the index>: <what the system said>; <fix>."
+            log.warning("gesture index not cached: %s The library is used without it.", exc)
+        else:
+            log.warning("gesture index not cached (%s): %s", path, exc)
     finally:  # written and renamed, or never left half-written (a failure, Ctrl-C, SIGTERM)
         if tmp is not None:
             tmp.unlink(missing_ok=True)
