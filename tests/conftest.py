@@ -54,3 +54,28 @@ def _restore_root_logger():
         if handler not in root.handlers and not isinstance(handler, LogCaptureHandler):
             root.addHandler(handler)
     root.setLevel(level)
+
+
+# The command lines also set the levels of named loggers (setup_logging: echomimic_lib / trainer / nodes at WARNING
+# with -q, the chatty libraries at ERROR): left so, a later test's caplog.at_level(INFO) on the root no longer sees
+# this project's INFO lines, so whether a log assertion holds depended on which test ran before it. After every test
+# each named logger gets back the level, propagation and enabled state it had; one first made during the test (under
+# our own or the chatty libraries' names) goes back to a plain logger.
+@pytest.fixture(autouse=True)
+def _restore_named_loggers():
+    import logging
+
+    from echomimic_lib.cli.common import CHATTY, OUR_LOGGERS
+
+    def named():
+        return {n: lg for n, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+
+    before = {n: (lg.level, lg.propagate, lg.disabled) for n, lg in named().items()}
+    yield
+    ours = tuple(OUR_LOGGERS) + tuple(CHATTY)
+    for name, lg in named().items():
+        if name in before:
+            lg.level, lg.propagate, lg.disabled = before[name]
+        elif name.split(".")[0] in ours or name in ours:
+            lg.level, lg.propagate, lg.disabled = logging.NOTSET, True, False
+    logging.root.manager._clear_cache()

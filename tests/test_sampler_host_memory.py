@@ -60,18 +60,27 @@ def status(key):
 
 
 run(4)  # one-time costs (lazy imports, thread pools) are not the video's
-out = run()
-peak = status("VmHWM") - start["rss"]
-n = int(out.shape[0])
-del out
+peaks = []
+for _ in range(2):  # (the same each time: glibc's malloc thresholds are fixed, see the test)
+    out = run()
+    peaks.append(status("VmHWM") - start["rss"])
+    n = int(out.shape[0])
+    del out
+peak = max(peaks)
 free["bytes"] = peak - 1  # less free than the run really took
 try:
     run()
     refused = ""
 except Exception as exc:
     refused = str(exc)
-print(json.dumps({"peak": peak, "frames": n, "refused": refused}))
+print(json.dumps({"peak": peak, "peaks": peaks, "frames": n, "refused": refused}))
 '''
+
+
+# glibc adapts its mmap threshold to what was freed before, so the same run's high-water mark over the memory before it
+# moved between 50 and 190 MB from run to run (memory freed but kept by the allocator, or given back). Fixed thresholds
+# give big blocks back when they are freed: the mark is what the run holds (93 MB, run after run).
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="Linux: the peak resident memory is measured")
@@ -80,7 +89,8 @@ def test_the_v1_v2_samplers_memory_check_covers_what_the_node_really_holds(tmp_p
     script = tmp_path / "measure.py"
     script.write_text(_MEASURE)
     got = subprocess.run([sys.executable, str(script), str(tmp_path), str(DATA), str(seconds), str(side)], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=500)
+                         env={**os.environ, "PYTHONPATH": str(ROOT), **FIXED_MALLOC}, capture_output=True, text=True,
+                         timeout=500)
     assert got.returncode == 0, got.stderr[-3000:]
     ran = json.loads(got.stdout.strip().splitlines()[-1])
     frames, peak = ran["frames"], ran["peak"]

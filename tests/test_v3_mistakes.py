@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from echomimic_lib.errors import EchoMimicError, WeightsError
+from tests.test_sampler_host_memory import FIXED_MALLOC
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,7 +227,8 @@ def test_the_v3_samplers_memory_check_covers_what_the_node_really_holds(tmp_path
     script = tmp_path / "measure.py"
     script.write_text(_MEASURE)
     got = subprocess.run([sys.executable, str(script), str(tmp_path), str(frames), str(side)], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+                         env={**os.environ, "PYTHONPATH": str(ROOT), **FIXED_MALLOC}, capture_output=True, text=True,
+                         timeout=300)  # (FIXED_MALLOC: the high-water mark is what the run holds, not the allocator's)
     assert got.returncode == 0, got.stderr[-3000:]
     ran = json.loads(got.stdout.strip().splitlines()[-1])
     assert ran["frames"] == frames and ran["same"] is True

@@ -22,7 +22,7 @@ from ..speed import check_deep_cache, check_speed_options
 from ..temporal import STABILIZE_DEFAULT, check_level
 from .pose_sources import AUTO_POSE  # --pose auto: hand poses generated from the speech
 from .speech_input import frame_count, read_speech
-from .speech_length import MAX_LENGTH
+from . import speech_length
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,9 @@ def check_numbers(req, mode, variant: str, dtype, zero_default: bool = True):
         raise EchoMimicError(f"--cfg {req.cfg}: guidance must be between 0 and {MAX_CFG:g} ({default}: 2.5, or 1 with "
                              "--acc; 1 or less switches guidance off).")
     length = _number(req.length or 0, "--length", int)
-    if not 0 <= length <= MAX_LENGTH:
-        raise EchoMimicError(f"--length {req.length}: the number of frames must be 0 (follow the audio) .. {MAX_LENGTH}.")
+    if not 0 <= length <= speech_length.MAX_LENGTH:  # (read now: one bound, wherever it is set)
+        raise EchoMimicError(f"--length {req.length}: the number of frames must be 0 (follow the audio) .. "
+                             f"{speech_length.MAX_LENGTH}.")
     ctx = _number(req.context_frames, "--context-frames", int)
     if not 1 <= ctx <= MAX_CONTEXT:
         raise EchoMimicError(f"--context-frames {req.context_frames}: use 1..{MAX_CONTEXT} frames per window (default 12; "

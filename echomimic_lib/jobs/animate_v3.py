@@ -195,9 +195,10 @@ def plan_v3(req: V3Request) -> V3Plan:
 def check_v3_numbers(req: V3Request) -> None:
     """The request's numbers, before any file is read: finite and in range (a NaN guidance rendered noise, a negative
     length or a size under 16 px stopped with a traceback, after the weights had loaded)."""
-    from .animate_checks import MAX_LENGTH
+    from . import speech_length  # (the bound read now, where it is defined)
 
-    check_v3_settings(req.steps, req.audio_cfg, req.seed, req.long_mode, req.size, length_check=(req.length, MAX_LENGTH))
+    check_v3_settings(req.steps, req.audio_cfg, req.seed, req.long_mode, req.size,
+                      length_check=(req.length, speech_length.MAX_LENGTH))
 
 
 CLI_NAMES = {"steps": "--steps", "audio_cfg": "--audio-cfg", "seed": "--seed", "long_mode": "--long-mode",
