@@ -1,5 +1,5 @@
 """What ``echomimic queue`` has queued, kept on disk so that a run stopped while waiting (Ctrl-C, a closed SSH session)
-can be picked up with ``--resume`` instead of queueing every job again (standard library only).
+can be picked up with ``--resume`` instead of queueing every job again.
 
 The file (by default ``.echomimic_queue.json`` in the portraits or videos folder, ``--state FILE`` to choose) holds, per
 server and per job prefix, the prompt_id the server accepted, a fingerprint of the prompt sent (so a changed workflow,
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 STATE_NAME = ".echomimic_queue.json"
@@ -67,14 +65,10 @@ class QueueState:
         if not self.ok:
             return
         text = json.dumps({"version": 1, "servers": self.data}, indent=1, ensure_ascii=False)
+        from ..errors import EchoMimicError
+        from ..io.file_safety import write_text_atomic
+
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".echomimic_queue.", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as exc:
-            self._give_up(f"{self.path}: {exc.strerror or exc}")
+            write_text_atomic(self.path, text)  # whole or not at all; never onto a folder, device or pipe
+        except (OSError, EchoMimicError) as exc:
+            self._give_up(f"{self.path}: {getattr(exc, 'strerror', None) or exc}")
