@@ -169,10 +169,6 @@ def _mode_name(version, mode) -> str:
     return name
 
 
-def _safe_name(text: str) -> str:
-    return safe_file_name(text)  # letters of every script kept, NFC; what file systems refuse -> _ (..io.file_names)
-
-
 def _given_name(name) -> str:
     return "" if name is None else unicodedata.normalize("NFC", str(name))
 
@@ -217,7 +213,7 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
                 raise ValueError(f"{key}: {kw[key]} not found")
     stem = Path(kw[main_input]).stem + (f"__{Path(kw['audio']).stem}" if kw.get("audio") else "")
     kw.setdefault("audio", None)
-    given, name = _given_name(name), _safe_name(name if name is not None else stem)
+    given, name = _given_name(name), safe_file_name(name if name is not None else stem)
     req = cls(output=str(outdir / f"{name}.mp4"), **kw)
     return Job(line, name, kind, req, given=given if given != name else "")
 
@@ -231,7 +227,7 @@ def _v3_job(values: dict, kind: str, line: int, base: Path, outdir: Path) -> Job
     name = values.pop("name", None)
     kw = build_v3_kwargs(values, base, _convert)
     given = _given_name(name)
-    name = _safe_name(name if name is not None else f"{Path(kw['reference']).stem}__{Path(kw['audio']).stem}")
+    name = safe_file_name(name if name is not None else f"{Path(kw['reference']).stem}__{Path(kw['audio']).stem}")
     return Job(line, name, "animate", V3Row(output=str(outdir / f"{name}.mp4"), **kw), given=given if given != name else "")
 
 
