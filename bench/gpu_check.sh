@@ -7,6 +7,8 @@
 #   GPU_STEPS=v3 bash bench/gpu_check.sh "$OUT"    # when the lease has time left: ~2.5 min with the machine warm
 #       (limit 120 s): EchoMimicV3 flash-pro speed (bench/gpu_v3.py) and measured peak VRAM (bench/bench_vram_v3.py)
 #   GPU_STEPS=deepcache bash bench/gpu_check.sh "$OUT"  # ~1 min: DeepCache's speed-up at 512 px (bench_deep_cache.py)
+#   GPU_STEPS=v3fp8 bash bench/gpu_check.sh "$OUT"  # ~2 min: V3 with fp8 block weights (the --fp8 path), eager,
+#       compiled and the 8-step shot (bench/gpu_v3.py --fp8), to set beside the v3 step's bf16 figures
 #   bash bench/gpu_check.sh --dry-run [OUTDIR]    # every step on the CPU with tiny weights (tests/test_gpu_check.py)
 #
 # `bash bench/gpu_carry.sh` prepares what it takes along (.whl/ and .gpu_carry/, ~56 MiB with the
@@ -19,8 +21,8 @@
 #
 # Each step writes its log under OUTDIR (default: $OUT, else bench/results/gpu) as soon as it ends, and one
 # line {"step", "rc", "seconds"} to OUTDIR/steps.jsonl, so a run cut short returns what finished. Each step has
-# its own time limit (seconds, GPU_LIMITS="tests attention suite vram animate v3 deepcache"); GPU_STEPS
-# (comma-separated, default all seven) picks the steps. GPU_SUITE_PLAN replaces the suite's plan
+# its own time limit (seconds, GPU_LIMITS="tests attention suite vram animate v3 deepcache v3fp8"); GPU_STEPS
+# (comma-separated, default all eight) picks the steps. GPU_SUITE_PLAN replaces the suite's plan
 # (version:variant pairs, see bench/gpu_suite.py). Exit status: 0 when every step passed.
 # The trainer's GPU check (issue 26: FSDP train/resume/export, plan vs measured memory) is a separate script:
 # bench/gpu_train_check.sh (carry [".whl"] only).
@@ -34,11 +36,12 @@ WORK=$(mktemp -d)
 # GPU: ~11 min in all (the lease is 15 with the machine's start); expected tests ~180 s (one cold regional compile
 # of the official V1 for the graphs + compile test), attention ~20, vram ~80, animate ~140 (weights 15, V1 35, V2 65);
 # v3 (a third command) ~120: gpu_v3 up to LIM_V3 - 45 s, its stages planned to end by LIM_V3 - 55, then bench_vram_v3.
-LIMITS=$([[ $DRY == 1 ]] && echo "300 120 300 300 300 300 300" || echo "200 40 230 90 150 120 90")  # the dry run: a slow shared CPU
-read -r LIM_TESTS LIM_ATTENTION LIM_SUITE LIM_VRAM LIM_ANIMATE LIM_V3 LIM_DEEP <<<"${GPU_LIMITS:-$LIMITS}"
+LIMITS=$([[ $DRY == 1 ]] && echo "300 120 300 300 300 300 300 300" || echo "200 40 230 90 150 120 90 120")  # the dry run: a slow shared CPU
+read -r LIM_TESTS LIM_ATTENTION LIM_SUITE LIM_VRAM LIM_ANIMATE LIM_V3 LIM_DEEP LIM_V3FP8 <<<"${GPU_LIMITS:-$LIMITS}"
 LIM_V3=${LIM_V3:-$(echo "$LIMITS" | cut -d' ' -f6)}  # a GPU_LIMITS of the earlier steps only: the later keep their default
-LIM_DEEP=${LIM_DEEP:-${LIMITS##* }}
-STEPS=",${GPU_STEPS:-tests,attention,suite,vram,animate,v3,deepcache},"
+LIM_DEEP=${LIM_DEEP:-$(echo "$LIMITS" | cut -d' ' -f7)}
+LIM_V3FP8=${LIM_V3FP8:-${LIMITS##* }}
+STEPS=",${GPU_STEPS:-tests,attention,suite,vram,animate,v3,deepcache,v3fp8},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 : >"$OUTDIR/steps.jsonl"
 
@@ -64,6 +67,7 @@ if [[ $DRY == 1 ]]; then
     ANIM_ARGS="--device cpu --dtype fp32 --width 64 --height 64 --steps 1 --length 4"
     V3_ARGS="--tiny --device cpu --frames 9 --repeat 1 --compile-backend aot_eager --budget-s $((LIM_V3 - 60))"
     V3_VRAM_ARGS="--preset tiny --device fake --size 64 --frames 9 --json"
+    V3FP8_ARGS="--tiny --device cpu --frames 9 --repeat 1 --compile-backend aot_eager --budget-s $((LIM_V3FP8 - 30))"
     DEEP=(--preset tiny --device cpu --size 64 --steps 3 --repeat 1 --no-work)
 else
     # The suite plan, most decision-relevant first (a cut-short step keeps every figure printed so far). Measured on
@@ -80,6 +84,7 @@ else
     # V3 flash-pro at the official shot (768x768, 81 frames, bf16): eager call, VAE decode, regional compile, the
     # 8-step shot, VAE encode, as the budget allows; then the measured peak (the computed one: 6.53 GB, --device fake)
     V3_ARGS="--budget-s $((LIM_V3 - 55))"; V3_VRAM_ARGS="--device cuda --json"
+    V3FP8_ARGS="--budget-s $((LIM_V3FP8 - 20))"  # the shot's stages with fp8 block weights (no VAE: the v3 step has it)
     # DeepCache at V1's size and steps (30, CFG): a whole and the partial calls, then 24-frame loops off / 2 / 3
     DEEP=(--size 512 --frames 24 --steps 30 --repeat 3 --no-work)
 fi
@@ -126,6 +131,8 @@ export LIM_V3 V3_ARGS V3_VRAM_ARGS
 want v3 && step v3 "$LIM_V3" bash -c v3
 # 7. DeepCache (opt-in, changes the output): the partial calls' share and the loop's speed-up at 512 px
 want deepcache && step deepcache "$LIM_DEEP" "$PY" bench/bench_deep_cache.py "${DEEP[@]}"
+# 8. EchoMimicV3 with fp8 block weights (`--fp8`): one call eager and compiled, then the 8-step shot
+want v3fp8 && step v3fp8 "$LIM_V3FP8" "$PY" bench/gpu_v3.py --fp8 --stages eager,compiled,sample_8_steps $V3FP8_ARGS
 rm -rf "$WORK"
 cat "$OUTDIR/steps.jsonl"
 exit $FAILED

@@ -18,6 +18,10 @@ printed as a ``{"partial": ...}`` JSON line when measured, so a run cut short ke
 4. the 8-step shot for real (``sample_latents``, audio CFG, TeaCache ``official``) when the budget allows;
 5. the VAE encode of the condition (81 frames) when the budget allows.
 
+``--fp8`` stores the blocks' Linear weights in ``float8_e4m3fn`` (``transformer_to_fp8``, upcast per layer, as
+``echomimic animate --version v3 --fp8``) before any stage: the calls, the compiled calls and the shot are then
+those of the low-memory path. ``--stages`` picks stages by name (the others are reported as not asked for).
+
 FLOPs per call are analytic (:func:`echomimic_lib.models.wan.flops.call_flops`; ``tests/test_gpu_check.py`` checks
 them against ``FlopCounterMode``): linear layers 2 x weights x rows, attention 4 x queries x keys x dim (self-attention over
 the video tokens, text over 512, CLIP over 257, audio per latent frame over its 32 tokens); MFU is against the
@@ -48,6 +52,7 @@ from echomimic_lib.models.wan.flops import call_flops  # noqa: E402
 
 TARGET, TINY_TARGET = (768, 768), (64, 64)
 STEPS = 8  # the flash-pro default
+STAGES = ("eager", "vae_decode", "compiled", "sample_8_steps", "vae_encode")
 
 
 def teacache_calls(model, steps: int, cfg_calls: int = 2) -> int:
@@ -112,6 +117,10 @@ def setup(args, device, dtype) -> dict:
               text=randn(1, cfg.text_len, cfg.text_dim), clip=randn(1, cfg.clip_tokens, cfg.clip_dim),
               windows=randn(1, args.frames, a.seq_len, a.blocks, a.channels))
     st["tokens"] = model.audio_tokens(st["windows"])  # once per shot, as sample_latents does
+    if getattr(args, "fp8", False):  # after the audio tokens: the projector is not among the fp8 layers anyway
+        from echomimic_lib.models.wan import transformer_to_fp8
+
+        st["fp8_saved_gb"] = round(transformer_to_fp8(model) / 1e9, 3)
     st["t"] = torch.tensor(999, device=device)
     return st
 
@@ -186,7 +195,7 @@ def vae_seconds(st: dict, what: str) -> float:
 def run(args, emit) -> dict:
     """Every stage in order into one result dict; ``emit(res)`` after each."""
     device, dtype, peak, res = run_header(args, "bf16")
-    res.update(compile_backend=args.compile_backend, peak_vram_gb={})
+    res.update(compile_backend=args.compile_backend, peak_vram_gb={}, fp8=bool(getattr(args, "fp8", False)))
     t0 = time.perf_counter()
     st = setup(args, device, dtype)
     st["frames"] = args.frames
@@ -199,13 +208,19 @@ def run(args, emit) -> dict:
                flops_TF_per_call={k: sig(flops[k] / 1e12) for k in ("linear", "attention", "total")},
                teacache_calls=teacache_calls(st["model"], STEPS), teacache_calls_bounds=teacache_calls_bounds(STEPS),
                setup_s=round(time.perf_counter() - t0, 2))
+    if "fp8_saved_gb" in st:
+        res["fp8_saved_gb"] = st["fp8_saved_gb"]
     emit(res)
 
     def budget_left() -> float:
         return args.budget_s - (time.perf_counter() - args.t0)
 
+    asked = set(getattr(args, "stages", None) or STAGES)
+
     def stage(name, need_s, fn):
-        if budget_left() < need_s:
+        if name not in asked:
+            res[name] = "not asked for (--stages)"
+        elif budget_left() < need_s:
             res[name] = f"skipped (time budget: {budget_left():.0f} s left, ~{need_s:.0f} s needed)"
         else:
             log(f"v3: {name} ...")
@@ -275,8 +290,14 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-backend", default="inductor", help="aot_eager: trace only (a quick CPU check)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the card's dense peak (default: by device name)")
     ap.add_argument("--budget-s", type=float, default=100.0, help="skip the stages that would end past this many seconds")
+    ap.add_argument("--fp8", action="store_true", help="the blocks' weights stored in fp8 (upcast per layer) first")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, in any order: {', '.join(STAGES)}")
     args = ap.parse_args(argv)
     args.t0 = time.perf_counter()
+    args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(args.stages) - set(STAGES))
+    if unknown or not args.stages:
+        ap.error(f"--stages: unknown {', '.join(unknown) or '(none given)'}; the stages are {', '.join(STAGES)}")
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

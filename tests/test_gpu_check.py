@@ -27,7 +27,7 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
                           capture_output=True, text=True, timeout=1500)
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     logs = {p.name: p.read_text()[-3000:] for p in out.glob("*.log")}
-    assert [s["step"] for s in steps] == ["tests", "attention", "suite", "vram", "animate", "v3", "deepcache"], proc.stdout
+    assert [s["step"] for s in steps] == ["tests", "attention", "suite", "vram", "animate", "v3", "deepcache", "v3fp8"], proc.stdout
     assert all(s["rc"] == 0 for s in steps), (steps, logs)
     assert proc.returncode == 0
     assert "skipped" in logs["tests.log"] and "failed" not in logs["tests.log"]  # CUDA tests skip cleanly here
@@ -55,6 +55,9 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     assert anim.count("stage seconds: checks_and_condition") == 2 and "v1.mp4" in anim and "v2.mp4" in anim
     assert "Traceback" not in anim
     check_v3_log((out / "v3.log").read_text())
+    fp8 = json.loads((out / "v3fp8.log").read_text().strip().splitlines()[-1])
+    assert fp8["fp8"] and fp8["fp8_saved_gb"] >= 0 and fp8["compiled"]["call_s"] > 0 and fp8["sample_8_steps"]["finite"]
+    assert fp8["vae_decode"] == fp8["vae_encode"] == "not asked for (--stages)"
 
 
 def check_v3_log(text: str) -> None:
@@ -270,6 +273,29 @@ def test_gpu_v3_skips_what_its_budget_leaves_no_time_for_and_refuses_a_bad_lengt
     assert all(res[k].startswith("skipped (time budget") for k in stages), res
     assert res["shape"]["latent"] == [2, 8, 8] and res["flops_TF_per_call"]["total"] > 0
     assert len(lines) == 1 + len(stages) + 1 and json.loads(lines[0])["partial"]["setup_s"] > 0
+
+
+def test_gpu_v3_fp8_stores_the_block_weights_in_fp8_and_runs_only_the_stages_asked_for(monkeypatch, capsys):
+    """``--fp8`` times the low-memory path (the blocks' Linear weights in float8, as ``animate --fp8``); ``--stages``
+    runs only the named stages, and a stage name it does not know is refused before any work."""
+    bench = load_bench("gpu_v3", monkeypatch)
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--device", "cpu", "--frames", "5", "--stages", "eager,decode"])
+    assert "unknown decode" in capsys.readouterr().err
+    seen = {}
+    real_setup = bench.setup
+
+    def spy(args, device, dtype):
+        st = real_setup(args, device, dtype)
+        seen["dtypes"] = {m.weight.dtype for n, m in st["model"].named_modules()
+                          if n.startswith("blocks.") and isinstance(m, torch.nn.Linear)}
+        return st
+
+    monkeypatch.setattr(bench, "setup", spy)
+    assert bench.main(["--tiny", "--device", "cpu", "--frames", "5", "--repeat", "1", "--fp8", "--stages", "eager"]) == 0
+    res = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert seen["dtypes"] == {torch.float8_e4m3fn} and res["fp8"] and res["eager"]["call_s"] > 0
+    assert all(res[k] == "not asked for (--stages)" for k in ("vae_decode", "compiled", "sample_8_steps", "vae_encode"))
 
 
 def test_gpu_v3_counts_the_calls_teacache_runs_as_the_sampler_does(monkeypatch):
