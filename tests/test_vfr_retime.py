@@ -79,6 +79,8 @@ def test_ticks_take_the_nearest_timestamp():
     assert nearest_frames(paused, 10).tolist() == [0, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3]
     assert list(on_the_clock([], 10)) == [] and tick_count([], 10) == 0
     assert list(on_the_clock([(None, "a"), (None, "b"), (None, "c")], 5)) == ["a", "b", "c"]  # no timestamps: in order
+    restarted = [(0.0, "a"), (0.1, "b"), (0.2, "c"), (0.0, "d"), (0.1, "e")]  # a clock that starts again: none lost
+    assert list(on_the_clock(restarted, 10)) == ["a", "b", "c", "d", "e"]
 
 
 # ------------------------------------------------------------------------------------------ the readers

@@ -29,9 +29,10 @@ def tick_count(times, fps: float) -> int:
 
 
 def on_the_clock(timed, fps: float):
-    """``timed``: ``(seconds, item)`` pairs in the order shown (seconds None: ``1 / fps`` after the one before).
-    Yields one item per tick ``n / fps`` (counted from the first item's time) up to the last item's time: the item
-    whose time is nearest the tick (the later one on a tie). Holds two items at a time."""
+    """``timed``: ``(seconds, item)`` pairs in the order shown. Yields one item per tick ``n / fps`` (counted from the
+    first item's time) up to the last item's time: the item whose time is nearest the tick (the later one on a tie).
+    A time that is missing (None) or goes back (a stream whose clock restarts) is taken as ``1 / fps`` after the one
+    before: nothing is lost, those items come one a tick. Holds two items at a time."""
     step = 1.0 / float(fps)
     it = iter(timed)
     first = next(it, None)
@@ -41,7 +42,7 @@ def on_the_clock(timed, fps: float):
     start = start or 0.0
     t, n = 0.0, 0
     for when, following in it:
-        when = t + step if when is None else when - start
+        when = t + step if when is None or when - start < t else when - start
         middle = (t + when) / 2
         while n * step < middle:
             yield item
@@ -92,7 +93,7 @@ class ClockedFrames(VideoFrames):
         """The number of frames an iteration gives, by a pass that decodes the frames for their timestamps only."""
         times: list = []
         count_frames(self.path, sys.maxsize, times)
-        ticks = tick_count(times, self.fps)
+        ticks = sum(1 for _ in on_the_clock(((t, None) for t in times), self.fps))
         return ticks if self.max_frames is None else min(ticks, self.max_frames)
 
 
