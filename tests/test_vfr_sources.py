@@ -2,7 +2,8 @@
 
 A phone's recording or a screen recording that paused is read frame after frame at its header's constant rate: the
 V1 driving landmarks, the V2 driving hand poses and an evaluated video drifted from the speech without a word (dub
-already said so for its own sound). Each reader now names the drift and the ffmpeg command that fixes it. ``dub``
+already said so for its own sound). Dub names the drift and the ffmpeg command that fixes it; the other readers place
+the frames by their timestamps (tests/test_vfr_retime.py) and say so. ``dub``
 without --audio reads the frame timestamps in the pass that counts the frames (the source is opened once fewer); a
 header rate that no video has (a browser's WebM says 1000 fps) is replaced by the frames' own; and every node that
 takes a video's frame rate (Hand-Pose Sequence Loader and Evaluate had no check) uses the one rule and message of
@@ -115,7 +116,8 @@ class _Extractor:
 @pytest.mark.parametrize("times", [STEADY, PAUSED], ids=["steady", "paused"])
 def test_driving_landmarks_name_a_variable_frame_rate_and_the_fix(tmp_path, caplog, times):
     """``animate --landmarks VIDEO`` and ``echomimic landmarks VIDEO`` (extract_driving_landmarks): the paused video's
-    motion was read as if constant, 1 s off from frame 45 on. The frames read are the same either way (parity)."""
+    motion was read as if constant, 1 s off from frame 45 on; its frames are now placed by their timestamps (which ones:
+    tests/test_vfr_retime.py), and the warning says so."""
     from echomimic_lib.landmarks.conditions import extract_driving_landmarks
 
     path, ex = _timed(tmp_path / "drive.mp4", times), _Extractor()
@@ -126,8 +128,8 @@ def test_driving_landmarks_name_a_variable_frame_rate_and_the_fix(tmp_path, capl
         assert not caplog.text and fps == pytest.approx(30, abs=0.01)
         return
     assert "the driving video" in caplog.text and "has a variable frame rate: its frame 45 is shown 1.00 s" in caplog.text
-    assert "its landmarks are read at that constant rate" in caplog.text
-    assert f"{FIX} {path} -vf fps=18 constant.mp4" in caplog.text  # 90 frames in 5 s: 18 a second
+    assert "Its frames were placed by their timestamps on a constant 17.9989 fps clock" in caplog.text  # 90 in 5 s
+    assert "so its landmarks keep the video's own timing" in caplog.text and FIX not in caplog.text
 
 
 @pytest.mark.parametrize("times", [STEADY, PAUSED], ids=["steady", "paused"])
@@ -145,7 +147,7 @@ def test_driving_hand_poses_name_a_variable_frame_rate(tmp_path, monkeypatch, ca
     if times is STEADY:
         assert not caplog.text
     else:
-        assert "its hand poses are read at that constant rate" in caplog.text and FIX in caplog.text
+        assert "placed by their timestamps" in caplog.text and "so its hand poses keep the video's own timing" in caplog.text
 
 
 def test_an_evaluated_video_names_a_variable_frame_rate(tmp_path, caplog):
@@ -155,7 +157,8 @@ def test_an_evaluated_video_names_a_variable_frame_rate(tmp_path, caplog):
         load_clip(_timed(tmp_path / "steady.mp4", STEADY, sound=True))
         assert not caplog.text
         load_clip(_timed(tmp_path / "paused.mp4", PAUSED, sound=True))
-    assert "paused.mp4 has a variable frame rate" in caplog.text and "scored at that constant rate" in caplog.text
+    assert "paused.mp4 has a variable frame rate" in caplog.text and "placed by their timestamps" in caplog.text
+    assert "scored against the speech as they were shown" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------ header rates

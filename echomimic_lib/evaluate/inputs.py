@@ -3,7 +3,8 @@
 Sources: a video file (frames and, by default, its own audio track), a folder of V1 ``.pkl`` landmark frames
 (read through the allow-list unpickler; coordinates of a 512 x 512 frame), or arrays (ComfyUI frames, the
 trainer's rendered validation video). A video file's frames are not read into memory: the clip holds a
-:class:`~echomimic_lib.io.video_io.VideoFrames`, decoded frame by frame each time the evaluation goes through them.
+:class:`~echomimic_lib.io.video_io.VideoFrames`, decoded frame by frame each time the evaluation goes through them (a
+variable frame rate video's frames placed by their timestamps on its rate's clock, :mod:`echomimic_lib.io.retime`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
+from ..io.retime import ClockedFrames
 from ..io.video_io import VideoFrames, count_frames
 from ..landmarks.sequence import LandmarkSequence
 
@@ -35,7 +37,10 @@ class Clip:
     def num_frames(self) -> int:
         if isinstance(self.frames, VideoFrames):
             if self.frame_count is None:  # counted by a pass over the video (the evaluation's own pass sets it)
-                self.frame_count = count_frames(self.frames.path, self.frames.max_frames or sys.maxsize)
+                if isinstance(self.frames, ClockedFrames):  # (a variable frame rate: its frames placed on a clock)
+                    self.frame_count = self.frames.count()
+                else:
+                    self.frame_count = count_frames(self.frames.path, self.frames.max_frames or sys.maxsize)
             return self.frame_count
         if self.frames is not None:
             return len(self.frames)
@@ -104,9 +109,8 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
             raise EchoMimicError(f"{path}: a landmark folder has no sound; pass the clip's audio (--audio speech.wav).")
         rate = float(fps or PKL_FPS)
         return Clip(str(path), rate, audio_16k(audio), None, load_pkl_folder(path, fps=rate))
+    from ..io.retime import on_clock
     from ..io.video_io import read_audio
-
-    from ..io.frame_times import warn_variable_rate
 
     frames = VideoFrames(path)  # the header only: a file without a video stream is refused here
     first = list(VideoFrames(path, max_frames=2))  # two frames decoded, not the whole video
@@ -122,8 +126,7 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
         wave = None
     rate = float(fps or frames.fps)
     if landmarks is None:  # (given landmarks are timed by --fps, not by the video's timestamps)
-        warn_variable_rate(path, frames.fps, "the video", "its frames are scored at that constant rate, so they drift "
-                           "from the speech")
+        frames = on_clock(frames, "the video", "they are scored against the speech as they were shown")
     lm = load_pkl_folder(landmarks, fps=rate) if landmarks is not None else None
     count = None
     if lm is not None:

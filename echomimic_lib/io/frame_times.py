@@ -1,7 +1,8 @@
 """A video's frame count and frame timestamps (PyAV): how many frames it has, and whether they come at the constant
-rate its readers assume. A variable frame rate video (a phone's recording, a screen recording that paused) is read
-frame after frame at its header's rate like any other; where its timestamps stray from that rate by more than
-:data:`VFR_DRIFT` the readers say so, naming the drift and the ffmpeg command that makes the rate constant."""
+rate its readers assume. Where a variable frame rate video's timestamps (a phone's recording, a screen recording that
+paused) stray from that rate by more than :data:`VFR_DRIFT`, the driving-video and evaluate readers place its frames by
+their timestamps (:mod:`.retime`) and say so; ``dub``, which writes the source at one constant rate under its own
+sound, names the drift and the ffmpeg command that makes the rate constant."""
 from __future__ import annotations
 
 import logging
@@ -54,10 +55,9 @@ def time_drift(times, fps: float) -> tuple[float, int]:
     return abs(worst), at
 
 
-def frame_time_drift(path: str | Path, fps: float) -> tuple[float, int]:
-    """(seconds, frame): how far the video's frame timestamps stray from those of frames read one after another at
-    ``fps`` (the readers' constant rate), at its worst, and at which frame; (0.0, 0) when the stream has no timestamps.
-    A variable frame rate video (a phone's, a screen recording with pauses) strays; its packets are read, not decoded."""
+def packet_times(path: str | Path) -> list[float]:
+    """The video's frame timestamps in seconds from its first, in the order they are stored (its packets are read, not
+    decoded); [] when the stream has no timestamps."""
     container = _open(path)
     try:
         stream = video_stream(container, path)
@@ -66,21 +66,34 @@ def frame_time_drift(path: str | Path, fps: float) -> tuple[float, int]:
     finally:
         container.close()
     if not base:
-        return 0.0, 0
+        return []
     first = min(pts, default=0)
-    return time_drift([float((t - first) * base) for t in pts], fps)
+    return [float((t - first) * base) for t in pts]
 
 
-def warn_variable_rate(path, fps: float, what: str, effect: str, times=None) -> float:
+def frame_time_drift(path: str | Path, fps: float) -> tuple[float, int]:
+    """(seconds, frame): how far the video's frame timestamps stray from those of frames read one after another at
+    ``fps`` (the readers' constant rate), at its worst, and at which frame; (0.0, 0) when the stream has no timestamps.
+    A variable frame rate video (a phone's, a screen recording with pauses) strays; its packets are read, not decoded."""
+    return time_drift(packet_times(path), fps)
+
+
+def warn_variable_rate(path, fps: float, what: str, effect: str, times=None, placed: bool = False) -> float:
     """Log a warning when the frames of the video at ``path`` stray more than :data:`VFR_DRIFT` from a constant
-    ``fps`` (``times``: their timestamps, already read by :func:`count_frames`; else the packets are read now):
-    ``"{what} {path} has a variable frame rate: ...; {effect}. Convert ..."``. Returns the drift (seconds)."""
+    ``fps`` (``times``: their timestamps, already read by :func:`count_frames` or :func:`packet_times`; else the
+    packets are read now): ``"{what} {path} has a variable frame rate: ...; {effect}. Convert ..."``, or with
+    ``placed`` (its reader has put the frames on a constant clock by their timestamps, :mod:`.retime`) words that
+    say so and ask for nothing. Returns the drift (seconds)."""
     try:
         drift, at = frame_time_drift(path, fps) if times is None else time_drift(times, fps)
     except Exception as exc:  # a damaged file: its reader says what is wrong with it
         log.debug("%s: the frame timestamps cannot be read (%s)", path, exc)
         return 0.0
-    if drift > VFR_DRIFT:
+    if drift > VFR_DRIFT and placed:
+        log.warning("%s %s has a variable frame rate: its frame %d is shown %.2f s away from where a constant %g fps puts "
+                    "it. Its frames were placed by their timestamps on a constant %g fps clock (one repeated where the "
+                    "video pauses, some skipped where they come faster), so %s.", what, path, at, drift, fps, fps, effect)
+    elif drift > VFR_DRIFT:
         log.warning("%s %s has a variable frame rate: its frame %d is shown %.2f s away from where a constant %g fps puts "
                     "it; %s by up to that much. Convert the video to a constant frame rate first (ffmpeg -i %s -vf fps=%d "
                     "constant.mp4, or any editor's export) and give that file.", what, path, at, drift, fps, effect,

@@ -95,15 +95,29 @@ class VideoFrames:
         return self._size
 
     def __iter__(self):
+        return self._frames(self.max_frames)
+
+    def timed(self, limit: int | None = None):
+        """``(seconds, frame)`` pairs as an iteration would give the frames (all of them, or the first ``limit``):
+        each with its timestamp in seconds (None for a frame without one). :mod:`echomimic_lib.io.retime` places a
+        variable frame rate video's frames by them."""
+        return self._frames(limit, timed=True)
+
+    def _frames(self, limit: int | None, timed: bool = False):
         import av
 
         container = _open(self.path)
         n = 0
         try:
-            for frame in container.decode(video_stream(container, self.path)):
-                yield upright_rgb(frame, str(self.path))
+            stream = video_stream(container, self.path)
+            base = stream.time_base
+            for frame in container.decode(stream):
+                image = upright_rgb(frame, str(self.path))
+                if timed:
+                    image = (float(frame.pts * base) if frame.pts is not None and base else None, image)
+                yield image
                 n += 1
-                if self.max_frames is not None and n >= self.max_frames:
+                if limit is not None and n >= limit:
                     break
         except av.error.FFmpegError as exc:
             raise EchoMimicError(f"{self.path}: the video cannot be decoded after {n} frames ({exc}); the file is damaged "

@@ -74,15 +74,15 @@ def video_poses(path, detector, on_missing: str = MISSING_DEFAULT, fps: float | 
     """DWPose poses of every frame of the video at ``path`` (half-body cropped, 768 canvas: the loader node's
     extraction), at the video's frame rate unless ``fps``; ``progress(done, total)`` per frame (``total`` the
     container's frame count, the real one at the last frame). The video is decoded one frame at a time as DWPose
-    takes it (:class:`echomimic_lib.io.video_io.VideoFrames`): memory holds one frame, not the whole video."""
+    takes it (:class:`echomimic_lib.io.video_io.VideoFrames`): memory holds one frame, not the whole video. A variable
+    frame rate video's frames are placed by their timestamps, one per tick of its rate (:mod:`echomimic_lib.io.retime`;
+    ``max_frames`` counts those ticks)."""
+    from ..io.retime import on_clock
     from ..io.video_io import VideoFrames, counted
     from ..pose.dwpose import extract_pose_sequence
 
-    from ..io.frame_times import warn_variable_rate
-
-    source = VideoFrames(path, max_frames=max_frames)
-    warn_variable_rate(path, source.fps, "the driving video", "its hand poses are read at that constant rate, so the "
-                       "motion drifts from the video's own timing (and from speech timed to it)")
+    source = on_clock(VideoFrames(path, max_frames=max_frames), "the driving video", "its hand poses keep the video's "
+                      "own timing (and that of speech timed to it)")
     log.info("extracting hand poses from %s: about %d frames at %g fps", path, source.estimated_frames, source.fps)
     decoded = iter(source)
     try:  # the next frame is decoded after DWPose has taken this one: the last is known

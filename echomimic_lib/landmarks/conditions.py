@@ -78,19 +78,19 @@ def conditions_from_pkl_folder(folder, num_frames: int, size: tuple[int, int] = 
 class _Driving:
     """A driving video's frames, read one at a time while they are iterated (once), with ``fps`` and ``total`` (the
     length, else the container's estimated frame count, else 0). The first frame is read on creation, so an empty video
-    is refused before MediaPipe loads; a video file with a variable frame rate is named in a warning
-    (:func:`echomimic_lib.io.frame_times.warn_variable_rate`). :meth:`close` closes a video file opened here."""
+    is refused before MediaPipe loads; a video file with a variable frame rate has its frames placed by their
+    timestamps, one per tick of its rate, and is named in a warning (:func:`echomimic_lib.io.retime.on_clock`).
+    :meth:`close` closes a video file opened here."""
 
     def __init__(self, driving, src_fps: float | None):
         from ..io.video_io import VideoFrames
 
         total = None
         if isinstance(driving, (str, os.PathLike)):
-            from ..io.frame_times import warn_variable_rate
+            from ..io.retime import on_clock
 
-            driving = VideoFrames(driving)
-            warn_variable_rate(driving.path, driving.fps, "the driving video", "its landmarks are read at that constant "
-                               "rate, so the motion drifts from the video's own timing (and from speech timed to it)")
+            driving = on_clock(VideoFrames(driving), "the driving video", "its landmarks keep the video's own timing "
+                               "(and that of speech timed to it)")
         if isinstance(driving, VideoFrames):
             src_fps, total = (src_fps if src_fps is not None else driving.fps), driving.estimated_frames
         elif hasattr(driving, "frames") and hasattr(driving, "fps"):  # VideoClip

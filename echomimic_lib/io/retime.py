@@ -1,0 +1,114 @@
+"""A variable frame rate video's frames put on a constant clock by their timestamps.
+
+A phone's recording or a screen recording that paused shows its frames at uneven times; read frame after frame at the
+header's rate, its motion drifts from the sound. Where the timestamps stray more than
+:data:`~echomimic_lib.io.frame_times.VFR_DRIFT` from that rate (:func:`on_clock`), each tick ``n / fps`` of the
+reader's rate takes the frame whose timestamp is nearest it (:func:`on_the_clock`): a frame is repeated over a pause
+and skipped where frames come faster, and frame ``n`` of the result is the picture shown at ``n / fps`` s. The
+timestamps are the ones the single decode gives (the packets, read without decoding, decide whether to retime and how
+many ticks there are). A constant rate video is read as before, frame after frame."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+
+from .frame_times import VFR_DRIFT, count_frames, packet_times, time_drift, warn_variable_rate
+from .video_io import VideoFrames
+
+log = logging.getLogger(__name__)
+
+
+def tick_count(times, fps: float) -> int:
+    """How many ticks of ``fps`` the timestamps (seconds, in any order) span: one per ``1 / fps`` from the first to the
+    last, both counted (a constant rate video: its frame count). 0 for no timestamps."""
+    if not len(times):
+        return 0
+    return int(round((max(times) - min(times)) * float(fps))) + 1
+
+
+def on_the_clock(timed, fps: float):
+    """``timed``: ``(seconds, item)`` pairs in the order shown. Yields one item per tick ``n / fps`` (counted from the
+    first item's time) up to the last item's time: the item whose time is nearest the tick (the later one on a tie).
+    A time that is missing (None) or goes back (a stream whose clock restarts) is taken as ``1 / fps`` after the one
+    before: nothing is lost, those items come one a tick. Holds two items at a time."""
+    step = 1.0 / float(fps)
+    it = iter(timed)
+    first = next(it, None)
+    if first is None:
+        return
+    start, item = first
+    start = start or 0.0
+    t, n = 0.0, 0
+    for when, following in it:
+        when = t + step if when is None or when - start < t else when - start
+        middle = (t + when) / 2
+        while n * step < middle:
+            yield item
+            n += 1
+        t, item = when, following
+    while n < int(round(t * float(fps))) + 1:
+        yield item
+        n += 1
+
+
+def nearest_frames(times, fps: float) -> np.ndarray:
+    """For each tick ``n / fps`` from the first timestamp to the last, the number of the frame (timestamps in seconds,
+    in the order shown) that :func:`on_the_clock` puts there: the one shown nearest that time (int64)."""
+    return np.fromiter(on_the_clock(zip(times, range(len(times))), fps), dtype=np.int64)
+
+
+class ClockedFrames(VideoFrames):
+    """A :class:`VideoFrames` whose iteration gives one frame per tick of its :attr:`fps` (the frame whose timestamp is
+    nearest the tick, :func:`on_the_clock`), at most ``max_frames`` of them; :attr:`estimated_frames` is the number
+    of ticks the packets' timestamps span. Made by :func:`on_clock` from an opened :class:`VideoFrames` (its header is
+    not read again); :attr:`drift` is the drift (seconds) that made it."""
+
+    def __init__(self, video: VideoFrames, times, drift: float = 0.0):
+        self.__dict__.update(vars(video))
+        self.drift = float(drift)
+        ticks = tick_count(times, self.fps)
+        self.estimated_frames = ticks if self.max_frames is None else min(ticks, self.max_frames)
+
+    def __iter__(self):
+        decoded = self.timed()
+        n, last = 0, None
+        try:
+            for frame in on_the_clock(decoded, self.fps):
+                if self.max_frames is not None and n >= self.max_frames:
+                    return
+                yield frame.copy() if frame is last else frame  # (a repeated frame: its own array, as any other)
+                n, last = n + 1, frame
+        finally:
+            decoded.close()
+
+    def frames_from(self, start: int):
+        """The ticks ``start``, ``start + 1``, ...: decoded from the start (no seek: ticks are not frames)."""
+        for n, frame in enumerate(self):
+            if n >= start:
+                yield frame
+
+    def count(self) -> int:
+        """The number of frames an iteration gives, by a pass that decodes the frames for their timestamps only."""
+        times: list = []
+        count_frames(self.path, sys.maxsize, times)
+        ticks = sum(1 for _ in on_the_clock(((t, None) for t in times), self.fps))
+        return ticks if self.max_frames is None else min(ticks, self.max_frames)
+
+
+def on_clock(video: VideoFrames, what: str, effect: str) -> VideoFrames:
+    """``video`` as its readers take it: itself where its frames come at a constant rate (within
+    :data:`VFR_DRIFT` of :attr:`~VideoFrames.fps`: read frame after frame, as always), else a :class:`ClockedFrames`
+    whose frames are placed by their timestamps, with a warning ``"{what} {path} has a variable frame rate: ...
+    Its frames were placed by their timestamps ..., so {effect}."`` The packets are read (not decoded) once for it."""
+    try:
+        times = packet_times(video.path)
+    except Exception as exc:  # a damaged file: its reader says what is wrong with it
+        log.debug("%s: the frame timestamps cannot be read (%s)", video.path, exc)
+        return video
+    drift, _ = time_drift(times, video.fps)
+    if drift <= VFR_DRIFT:
+        return video
+    warn_variable_rate(video.path, video.fps, what, effect, times, placed=True)
+    return ClockedFrames(video, times, drift)
