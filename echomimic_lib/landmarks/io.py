@@ -123,6 +123,9 @@ def load_sequence(path: str | Path) -> LandmarkSequence:
         raise
     except (ValueError, KeyError, OSError) as exc:
         raise EchoMimicError(f"{path}: not a landmark file written by this package ({exc}).") from exc
+    except RecursionError:  # JSON nested deeper than Python's parser goes: no landmark file is
+        raise EchoMimicError(f"{path}: not a landmark file written by this package (its JSON nests lists too deeply to be "
+                             "read); extract the landmarks again with `echomimic landmarks VIDEO -o FILE.npz`.") from None
     if meta.get("format") != FORMAT:
         raise EchoMimicError(f"{path}: not an '{FORMAT}' file (format={meta.get('format')!r}).")
     if "lmks" not in arrays:

@@ -1,0 +1,178 @@
+"""Trust audit 15 (the code of the last two sessions): each test fails without its fix.
+
+1. a user's ``.npz`` that is really a ``.npy`` whose header declares gigabytes: refused by its header (a clear error,
+   not numpy's MemoryError escaping the landmark reader), as a zip member's header already was;
+2. JSON nested deeper than Python's parser goes (a RecursionError, reported as "a bug in EchoMimic"): a batch
+   manifest's row, a landmark ``.json`` and ``echomimic queue``'s workflow are refused with a clear error;
+3. ``echomimic queue`` over several servers reads its workflow as the one-server run does: a missing, non-JSON or
+   wrongly shaped file is a clear error, not a traceback;
+4. (xfail, files owned by other helpers) the one-server queue's workflow nested too deeply; the curl command printed
+   for prompts still on the server quotes a prompt id for the shell; ``read_speech`` stops decoding at the longest
+   video's audio when the header states no duration.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from echomimic_lib.errors import EchoMimicError
+
+DEEP = 50_000  # brackets: far past Python's recursion limit (its JSON parser raises RecursionError)
+
+
+def _deep_list(depth: int = DEEP) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _npy_claiming(path: Path, shape, descr: str = "<f8") -> Path:
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": descr, "fortran_order": False, "shape": shape})
+        fh.write(b"\0" * 64)
+    return path
+
+
+# 1. a .npy under an .npz name ----------------------------------------------------------------------------------------
+def test_a_npy_named_npz_declaring_more_than_it_holds_is_refused_by_its_header(tmp_path):
+    from echomimic_lib.io.npz_file import check_npz
+
+    bomb = _npy_claiming(tmp_path / "lmks.npz", (2 ** 37,))  # 1 TiB declared, 64 bytes held
+    with pytest.raises(EchoMimicError, match=r"not an \.npz archive.*declares 1\.0 TiB.*holds 64 bytes.*Do it again"):
+        check_npz(bomb, "Do it again.")
+
+
+def test_the_landmark_reader_says_so_instead_of_numpys_memory_error(tmp_path):
+    from echomimic_lib.landmarks.io import load_sequence
+
+    bomb = _npy_claiming(tmp_path / "lmks.npz", (2 ** 37,))
+    with pytest.raises(EchoMimicError, match=r"declares .* but the file holds .*echomimic landmarks"):
+        load_sequence(bomb)
+
+
+def test_a_real_npy_named_npz_is_still_read_by_numpy(tmp_path):
+    from echomimic_lib.io.npz_file import check_npz, open_npz
+
+    path = tmp_path / "plain.npz"
+    with open(path, "wb") as fh:
+        np.save(fh, np.arange(12, dtype=np.float32).reshape(3, 4))
+    check_npz(path, "fix")  # what it declares is there: numpy reads it as before
+    assert open_npz(path, "fix").shape == (3, 4)
+    with pytest.raises(EchoMimicError, match="over the 16 bytes"):
+        check_npz(path, "fix", limit=16)
+
+
+def test_a_npy_of_objects_named_npz_is_refused_as_a_pickle(tmp_path):
+    from echomimic_lib.errors import UnsafeFileError
+    from echomimic_lib.io.npz_file import check_npz
+
+    path = tmp_path / "objects.npz"
+    with open(path, "wb") as fh:
+        np.save(fh, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UnsafeFileError, match="Python objects"):
+        check_npz(path, "fix")
+
+
+# 2. JSON nested too deeply --------------------------------------------------------------------------------------------
+def test_a_manifest_row_nested_too_deeply_is_a_row_error_not_a_crash(tmp_path):
+    from echomimic_lib.jobs.batch.manifest import read_manifest
+
+    m = tmp_path / "jobs.jsonl"
+    m.write_text('{"reference": "a.png", "audio": ' + _deep_list() + "}\n", encoding="utf-8")
+    with pytest.raises(EchoMimicError, match=r"line 1.*nests lists or objects too deeply"):
+        read_manifest(m, tmp_path / "out")
+
+
+def test_a_landmark_json_nested_too_deeply_is_a_clear_error(tmp_path):
+    from echomimic_lib.landmarks.io import load_sequence
+
+    f = tmp_path / "lmks.json"
+    f.write_text('{"format": "x", "lmks": ' + _deep_list() + "}", encoding="utf-8")
+    with pytest.raises(EchoMimicError, match="nests lists too deeply"):
+        load_sequence(f)
+
+
+# 3. the several-servers queue's workflow -----------------------------------------------------------------------------
+@pytest.mark.parametrize("text, said", [
+    (None, "workflow not found"),
+    ("not json", "not a readable JSON workflow"),
+    ('{"1": 5}', "not an API-format workflow"),
+    ('{"1": ' + _deep_list() + "}", "nested too deeply"),
+])
+def test_queue_over_several_servers_reads_its_workflow_with_clear_errors(tmp_path, capsys, text, said):
+    from echomimic_lib.jobs import queue_client
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "a").mkdir()
+    wf = tmp_path / "wf.json"
+    if text is not None:
+        wf.write_text(text, encoding="utf-8")
+    rc = queue_client.main([str(wf), "--portraits", str(tmp_path / "p"), "--audios", str(tmp_path / "a"),
+                            "--server", "http://127.0.0.1:9", "--server", "http://127.0.0.1:10",
+                            "--results", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and said in err and "Traceback" not in err
+
+
+# 4. holes in files other helpers own (the fix is described in the report) ------------------------------------------
+@pytest.mark.xfail(strict=True, reason="jobs/queue_client.py: queue_folder catches ValueError, not RecursionError; "
+                                       "fix: read the workflow with batch.comfy_servers.read_api_workflow")
+def test_queue_one_server_workflow_nested_too_deeply_is_a_queue_error(tmp_path):
+    from echomimic_lib.jobs.queue_client import QueueError, queue_folder
+
+    wf = tmp_path / "wf.json"
+    wf.write_text('{"1": ' + _deep_list() + "}", encoding="utf-8")
+    with pytest.raises(QueueError, match="not a readable JSON workflow"):
+        queue_folder(wf, tmp_path, tmp_path, "http://127.0.0.1:9")
+
+
+@pytest.mark.xfail(strict=True, reason="jobs/queue_replies.py: still_on_server puts prompt ids into a shell command "
+                                       "between single quotes unescaped; fix: shlex.quote(ids)")
+def test_the_printed_curl_command_quotes_a_prompt_id_for_the_shell():
+    from echomimic_lib.jobs.queue_replies import still_on_server
+
+    hostile = "x'; touch /tmp/owned; echo '"  # from a tampered .echomimic_queue.json, or a server's reply
+    said = still_on_server("http://127.0.0.1:8188", [hostile])
+    command = said[said.index("curl -X POST"):said.index(" for the queued ones")]
+    words = shlex.split(command)
+    assert json.loads(words[words.index("-d") + 1]) == {"delete": [hostile]}
+    assert "touch" not in words
+
+
+def _wav(path: Path, seconds: float, rate: int = 16000) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (0.3 * np.sin(2 * math.pi * 220 * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+@pytest.mark.xfail(strict=True, reason="jobs/speech_input.py: read_speech decodes the whole track when the header "
+                                       "states no duration (header_seconds None: a lying mp3 Xing count, an ADTS stream); "
+                                       "fix: read_audio(p, duration=MAX_LENGTH / fps + a margin) and refuse a full read")
+def test_read_speech_stops_decoding_at_the_longest_videos_audio(tmp_path, monkeypatch):
+    from echomimic_lib.io import video_io
+    from echomimic_lib.jobs import speech_input, speech_length
+
+    audio = _wav(tmp_path / "long.wav", 20.0)
+    monkeypatch.setattr(speech_length, "MAX_LENGTH", 50)  # 2 s at 25 fps
+    monkeypatch.setattr(speech_length, "header_seconds", lambda p: None)  # the header says nothing (or lies)
+    decoded = [0]
+    blocks = video_io.audio_blocks
+
+    def counting(path):
+        for sr, out in blocks(path):
+            decoded[0] += out.samples
+            yield sr, out
+
+    monkeypatch.setattr(video_io, "audio_blocks", counting)
+    with pytest.raises(EchoMimicError, match="more than the 50"):
+        speech_input.read_speech(audio, fps=25.0)
+    assert decoded[0] < 5 * 16000  # a few seconds past the bound, never the whole 20 s track
