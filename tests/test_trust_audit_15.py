@@ -176,3 +176,14 @@ def test_read_speech_stops_decoding_at_the_longest_videos_audio(tmp_path, monkey
     with pytest.raises(EchoMimicError, match="more than the 50"):
         speech_input.read_speech(audio, fps=25.0)
     assert decoded[0] < 5 * 16000  # a few seconds past the bound, never the whole 20 s track
+
+
+def test_a_results_file_with_foreign_lines_is_read_past_them(tmp_path):
+    """``results.jsonl`` (the batch's resume record): a line nested too deeply or naming its row with a list is not
+    the batch's; it is skipped like a torn line, never a RecursionError / 'unhashable type' that stops the batch."""
+    from echomimic_lib.jobs.batch.results import FILE_NAME, read_results
+
+    lines = ['{"name": "a", "status": "ok"}', '{"name": ' + _deep_list() + "}", '{"name": ["b"], "status": "ok"}',
+             '{"name": {"x": 1}}', '{"name": "c", "status": "failed"}']
+    (tmp_path / FILE_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert {k: v["status"] for k, v in read_results(tmp_path).items()} == {"a": "ok", "c": "failed"}
