@@ -187,3 +187,40 @@ def test_a_results_file_with_foreign_lines_is_read_past_them(tmp_path):
              '{"name": {"x": 1}}', '{"name": "c", "status": "failed"}']
     (tmp_path / FILE_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert {k: v["status"] for k, v in read_results(tmp_path).items()} == {"a": "ok", "c": "failed"}
+
+
+# 5. a prepared dataset from elsewhere (trainer/data/store.py) --------------------------------------------------------
+def _prepared_clip(tmp_path, offsets) -> Path:
+    folder = tmp_path / "ds" / "shard-00000" / "c"
+    folder.mkdir(parents=True)
+    (folder / "clip.json").write_text(json.dumps({"id": "c", "num_frames": len(offsets) - 1, "fps": 25.0}))
+    np.save(folder / "frames.idx.npy", np.asarray(offsets, np.int64))
+    (folder / "frames.bin").write_bytes(b"\xff\xd8" + b"\0" * 4094)
+    return folder
+
+
+@pytest.mark.parametrize("offsets", [[0, 2 ** 41], [4000, 10]], ids=["2-TiB-frame", "negative-length"])
+def test_a_frame_index_placing_a_frame_beyond_any_jpeg_is_a_damaged_clip(tmp_path, offsets):
+    """A shared dataset's frames.idx.npy: ``read(b - a)`` would allocate 2 TiB (or, for a negative count, read the
+    whole frames.bin); the clip is named damaged from the index alone."""
+    from trainer.data.store import ClipReader, DamagedClipError
+
+    reader = ClipReader(_prepared_clip(tmp_path, offsets))
+    with pytest.raises(DamagedClipError, match=r"frames\.idx\.npy places frame 0 at bytes .*no JPEG frame"):
+        reader.frame(0)
+
+
+@pytest.mark.parametrize("line", ['{"id": "c", "path": "shard-00000/c", "sh', "[1, 2]", '{"id": "c", "path": "x"}',
+                                  '{"id": "c", "path": "x", "shard": 0, "num_frames": "many", "fps": 25}',
+                                  '{"id": ' + _deep_list() + "}"],
+                         ids=["cut-short", "a-list", "no-counts", "text-count", "nested"])
+def test_a_dataset_manifest_line_not_written_by_prepare_is_named_with_the_fix(tmp_path, line):
+    from trainer.config import ConfigError
+    from trainer.data.store import read_manifest
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    good = json.dumps({"id": "a", "path": "shard-00000/a", "shard": 0, "num_frames": 4, "fps": 25.0})
+    (root / "manifest.jsonl").write_text(good + "\n" + line + "\n")
+    with pytest.raises(ConfigError, match=r"manifest\.jsonl line 2 is not a clip row .*echomimic-train prepare"):
+        read_manifest(root)
