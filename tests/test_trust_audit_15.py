@@ -224,3 +224,53 @@ def test_a_dataset_manifest_line_not_written_by_prepare_is_named_with_the_fix(tm
     (root / "manifest.jsonl").write_text(good + "\n" + line + "\n")
     with pytest.raises(ConfigError, match=r"manifest\.jsonl line 2 is not a clip row .*echomimic-train prepare"):
         read_manifest(root)
+
+
+# 6. an .npz whose members are not what their names say -------------------------------------------------------------
+def _npy_bytes(a) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("member, data", [("lmks", b"hello world"), ("lmks.npy", _npy_bytes(np.array("text")))],
+                         ids=["a-text-member", "a-string-array"])
+def test_a_landmark_npz_of_other_members_is_a_clear_error(tmp_path, member, data):
+    """A zip holding our ``meta`` and, under the landmarks' name, text (or an array of text): numpy's ValueError
+    ("could not convert string to float") escaped as a bug report; it is the file that is wrong."""
+    import zipfile
+
+    from echomimic_lib.landmarks.io import FORMAT, load_driver_sequence
+
+    path = tmp_path / "odd.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("meta.npy", _npy_bytes(np.array(json.dumps({"format": FORMAT, "image_size": [512, 512]}))))
+        z.writestr(member, data)
+    with pytest.raises(EchoMimicError, match=r"not a landmark file written by this package .*echomimic landmarks"):
+        load_driver_sequence(path)
+
+
+def _pose_npz(path: Path, meta: dict, arrays: dict) -> Path:
+    np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    return path
+
+
+@pytest.mark.parametrize("change", [{"fps": None}, {"canvas_size": 5}, {"fps": "fast"}, {"version": "abc"}, "text-arrays"],
+                         ids=["no-fps", "canvas-a-number", "fps-text", "version-text", "text-arrays"])
+def test_a_pose_npz_with_fields_of_another_kind_is_a_clear_error(tmp_path, change):
+    """The Hand-Pose Sequence Loader's ``.npz`` (input/echomimic_poses/ takes uploads): a KeyError / TypeError /
+    ValueError from its fields came out raw (``'fps'``, ``'int' object is not iterable``)."""
+    from echomimic_lib.pose.io import ARRAY_FIELDS, FORMAT_NAME, load_pose
+
+    meta = {"format": FORMAT_NAME, "version": 1, "fps": 25, "canvas_size": [768, 768]}
+    arrays = {n: np.zeros((2, 1)) for n in ARRAY_FIELDS}
+    if change == "text-arrays":
+        arrays = {n: np.array(["x", "y"]) for n in ARRAY_FIELDS}
+    else:
+        meta.update(change)
+        meta = {k: v for k, v in meta.items() if v is not None}
+    path = _pose_npz(tmp_path / "pose.npz", meta, arrays)
+    with pytest.raises(EchoMimicError, match=r"not an EchoMimic pose sequence .*echomimic poses VIDEO"):
+        load_pose(path)
