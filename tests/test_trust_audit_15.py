@@ -274,3 +274,69 @@ def test_a_pose_npz_with_fields_of_another_kind_is_a_clear_error(tmp_path, chang
     path = _pose_npz(tmp_path / "pose.npz", meta, arrays)
     with pytest.raises(EchoMimicError, match=r"not an EchoMimic pose sequence .*echomimic poses VIDEO"):
         load_pose(path)
+
+
+# 7. echomimic-train export --force over an earlier export (trainer/export.py) ----------------------------------------
+def _failing_copies(monkeypatch, after: int):
+    """shutil's file copies: the first ``after`` go through, the next writes half a file and the disk is full."""
+    import errno
+    import shutil
+
+    real, calls = shutil.copyfile, [0]
+
+    def copyfile(src, dst, *a, **k):
+        calls[0] += 1
+        if calls[0] > after:
+            Path(dst).write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+
+
+def test_export_force_keeps_the_earlier_vae_folder_when_the_copy_fails(tmp_path, monkeypatch):
+    from trainer.export import _place
+
+    src, dst = tmp_path / "vae", tmp_path / "dest" / "sd-vae-ft-mse"
+    src.mkdir()
+    for name in ("config.json", "a.bin", "b.bin"):
+        (src / name).write_text("new " + name)
+    dst.mkdir(parents=True)
+    (dst / "config.json").write_text("old")
+    _failing_copies(monkeypatch, after=1)
+    with pytest.raises(OSError):
+        _place(src, dst, link=False)
+    assert sorted(p.name for p in dst.iterdir()) == ["config.json"] and (dst / "config.json").read_text() == "old"
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["sd-vae-ft-mse"]  # no half copy left beside it
+    monkeypatch.undo()
+    _place(src, dst, link=False)  # and when it succeeds, the new one is in place whole
+    assert sorted(p.name for p in dst.iterdir()) == ["a.bin", "b.bin", "config.json"]
+    assert (dst / "a.bin").read_text() == "new a.bin" and sorted(p.name for p in dst.parent.iterdir()) == ["sd-vae-ft-mse"]
+
+
+def test_export_force_keeps_the_earlier_whisper_file_when_the_copy_fails(tmp_path, monkeypatch):
+    from trainer.export import _place
+
+    src, dst = tmp_path / "whisper_tiny.pt", tmp_path / "dest" / "audio_processor" / "whisper_tiny.pt"
+    src.write_bytes(b"new weights")
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(b"old weights")
+    _failing_copies(monkeypatch, after=0)
+    with pytest.raises(OSError):
+        _place(src, dst, link=False)
+    assert dst.read_bytes() == b"old weights" and [p.name for p in dst.parent.iterdir()] == ["whisper_tiny.pt"]
+
+
+def test_export_never_replaces_a_pipe_where_a_file_goes(tmp_path):
+    import os
+
+    from trainer.config import ConfigError
+    from trainer.export import _place
+
+    src, dst = tmp_path / "whisper_tiny.pt", tmp_path / "dest" / "whisper_tiny.pt"
+    src.write_bytes(b"weights")
+    dst.parent.mkdir()
+    os.mkfifo(dst)
+    with pytest.raises(ConfigError, match="device, pipe or socket"):
+        _place(src, dst, link=False)
+    assert dst.is_fifo()
