@@ -361,3 +361,23 @@ def test_a_servers_answer_nested_too_deeply_is_explained_not_a_crash():
 
     body = '{"error": ' + _deep_list() + "}"
     assert explain(body).startswith('{"error": [[[')
+
+
+def test_a_frame_index_whose_header_declares_a_terabyte_is_a_damaged_clip(tmp_path):
+    """frames.idx.npy was read whole: numpy allocates what its header declares (1 TiB: a MemoryError from a DataLoader
+    worker); it is mapped, so a header declaring more than the file holds is refused as damaged."""
+    from trainer.data.store import ClipReader, DamagedClipError
+
+    folder = _prepared_clip(tmp_path, [0, 10])
+    _npy_claiming(folder / "frames.idx.npy", (2 ** 37,), "<i8")
+    with pytest.raises(DamagedClipError, match=r"frames\.idx\.npy is unreadable"):
+        ClipReader(folder)
+
+
+def test_a_frame_index_of_text_is_a_damaged_clip(tmp_path):
+    from trainer.data.store import ClipReader, DamagedClipError
+
+    folder = _prepared_clip(tmp_path, [0, 10])
+    np.save(folder / "frames.idx.npy", np.array(["0", "10"]))
+    with pytest.raises(DamagedClipError, match=r"frames\.idx\.npy is unreadable"):
+        ClipReader(folder)

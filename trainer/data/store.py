@@ -192,7 +192,9 @@ class ClipReader:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             _damaged_by(self.dir, exc, CLIP_META)
         try:
-            self._offsets = np.load(self.dir / "frames.idx.npy")
+            self._offsets = np.load(self.dir / "frames.idx.npy", mmap_mode="r")  # (a header declaring more than the
+            if self._offsets.dtype.kind not in "iu" or self._offsets.ndim != 1:  # file holds: refused, not allocated)
+                raise ValueError(f"{self._offsets.dtype} {self._offsets.shape} offsets, not one row of byte positions")
         except (OSError, ValueError) as exc:
             _damaged_by(self.dir, exc, "frames.idx.npy")
         self._cache: dict[str, np.ndarray] = {}
