@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from echomimic_lib.config import EchoConfig, inference_config_dict, unet_config_dict
-from echomimic_lib.io.file_safety import refuse_existing, refuse_input_as_output, write_text_atomic
+from echomimic_lib.io.file_safety import refuse_existing, refuse_input_as_output, temp_prefix, write_text_atomic
 from echomimic_lib.modes import WEIGHT_SETS
 from echomimic_lib.io.weights import save_state_dict
 
@@ -77,18 +78,37 @@ def split_state(state: dict) -> dict[str, dict]:
 
 
 def _place(src: Path, dst: Path, link: bool) -> None:
+    """``dst`` becomes a copy of (or with ``link`` a symlink to) ``src``, whole or not at all: the copy is made under a
+    temporary name beside it and only then takes the place of what was there (an earlier export's VAE folder, with
+    ``--force``), which is kept until then; a copy that fails (a full disk) leaves ``dst`` as it was. A device, pipe or
+    socket at ``dst`` is never replaced."""
     if dst.exists() and src.exists() and os.path.samefile(src, dst):  # exported into the folder the run read it from:
         log.info("%s is already in place (the run's own); kept as it is", dst)  # removing it would lose the source
         return
-    if dst.exists() or dst.is_symlink():
-        shutil.rmtree(dst) if dst.is_dir() and not dst.is_symlink() else dst.unlink()
+    if os.path.lexists(dst) and not dst.is_symlink() and not (dst.is_dir() or dst.is_file()):
+        raise ConfigError(f"DEST: {dst} is not a file or folder (a device, pipe or socket) and is never replaced; move it "
+                          "away or give another DEST")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
-    elif src.is_dir():
-        shutil.copytree(src, dst)
-    else:
-        shutil.copy2(src, dst)
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(dst.name), suffix=".partial", dir=dst.parent))
+    try:
+        new = work / dst.name
+        if link:
+            new.symlink_to(src.resolve(), target_is_directory=src.is_dir())
+        elif src.is_dir():
+            shutil.copytree(src, new)
+        else:
+            shutil.copy2(src, new)
+        aside = work / ".old" if os.path.lexists(dst) else None
+        if aside is not None:
+            os.replace(dst, aside)  # (a folder cannot be renamed over: the earlier one steps aside first)
+        try:
+            os.replace(new, dst)
+        except BaseException:
+            if aside is not None:
+                os.replace(aside, dst)
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # what was left of the copy, or the earlier one (a link: the link only)
 
 
 def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORMATS, dtype: str = "float32", link: bool = False,

@@ -71,7 +71,37 @@ def check_npz(path: str | Path, fix: str, limit: int | None = None) -> None:
                         f"{_size(path.stat().st_size)} on disk), over the {_size(limit)} any file of this kind holds: not "
                         f"a file this package wrote (a zip bomb?), so it is not read. {fix}")
     except zipfile.BadZipFile:
-        return  # not a zip: numpy's own reading refuses it as before (a plain .npy is read from disk, never inflated)
+        _check_plain_npy(path, fix, limit)  # not a zip: a plain .npy (numpy reads it too), or numpy refuses it as before
+
+
+def _check_plain_npy(path: Path, fix: str, limit: int) -> None:
+    """A ``.npy`` under an ``.npz`` name: numpy allocates its header's shape before reading a byte, so a header that
+    declares more than the file holds (or than the cap) is refused here, by its header alone."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(fmt.MAGIC_PREFIX)) != fmt.MAGIC_PREFIX:
+                return  # neither a zip nor a .npy: numpy's own reading refuses it
+            fh.seek(0)
+            version = fmt.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version[0]}.{version[1]}, which numpy.save never writes for it")
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _fortran, dtype = read_header(fh)
+            held = max(path.stat().st_size - fh.tell(), 0)
+    except (ValueError, OSError, EOFError) as exc:
+        raise EchoMimicError(f"{path}: a .npy file (not an .npz archive) whose header cannot be read ({exc}). {fix}") from None
+    if dtype.hasobject:
+        raise UnsafeFileError(f"{path}: a .npy file of Python objects (a pickle), which this format never contains; refusing "
+                              f"to load it. {fix}")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > held:
+        raise EchoMimicError(f"{path}: a .npy file (not an .npz archive) whose header declares {_size(declared)} (shape "
+                             f"{shape}, {dtype}) but the file holds {_size(held)}: cut off, or not a file this package "
+                             f"wrote, so it is not read. {fix}")
+    if declared > limit:
+        raise EchoMimicError(f"{path}: a .npy file of {_size(declared)}, over the {_size(limit)} any file of this kind "
+                             f"holds: not a file this package wrote, so it is not read. {fix}")
 
 
 def open_npz(path: str | Path, fix: str, limit: int | None = None):

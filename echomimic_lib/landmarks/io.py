@@ -123,17 +123,26 @@ def load_sequence(path: str | Path) -> LandmarkSequence:
         raise
     except (ValueError, KeyError, OSError) as exc:
         raise EchoMimicError(f"{path}: not a landmark file written by this package ({exc}).") from exc
+    except RecursionError:  # JSON nested deeper than Python's parser goes: no landmark file is
+        raise EchoMimicError(f"{path}: not a landmark file written by this package (its JSON nests lists too deeply to be "
+                             "read); extract the landmarks again with `echomimic landmarks VIDEO -o FILE.npz`.") from None
     if meta.get("format") != FORMAT:
         raise EchoMimicError(f"{path}: not an '{FORMAT}' file (format={meta.get('format')!r}).")
     if "lmks" not in arrays:
         raise EchoMimicError(f"{path}: the file has no 'lmks' array.")
-    if "valid" in arrays:
-        arrays["valid"] = arrays["valid"].astype(bool)
-    if "blendshapes" in arrays:
-        arrays["blendshapes"] = arrays["blendshapes"].astype(np.float32)
-    return LandmarkSequence(image_size=tuple(meta.get("image_size", (512, 512))), policy=meta.get("policy", "fail"),
-                            fps=meta.get("fps"), blendshape_names=list(meta.get("blendshape_names", [])),
-                            stabilized=saved_stabilized(meta.get("stabilized"), path), **arrays)
+    try:  # members of another kind under our names (text, a string array, a zip's other files): not our file
+        if "valid" in arrays:
+            arrays["valid"] = arrays["valid"].astype(bool)
+        if "blendshapes" in arrays:
+            arrays["blendshapes"] = arrays["blendshapes"].astype(np.float32)
+        return LandmarkSequence(image_size=tuple(meta.get("image_size", (512, 512))), policy=meta.get("policy", "fail"),
+                                fps=meta.get("fps"), blendshape_names=list(meta.get("blendshape_names", [])),
+                                stabilized=saved_stabilized(meta.get("stabilized"), path), **arrays)
+    except EchoMimicError:
+        raise
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EchoMimicError(f"{path}: not a landmark file written by this package ({exc}); extract the landmarks again "
+                             "with `echomimic landmarks VIDEO -o FILE.npz`.") from None
 
 
 def is_sequence_file(path) -> bool:

@@ -329,6 +329,17 @@ def load_pose_npz(path: str | Path) -> PoseSequence:
         raise UnsafeFileError(f"{path}: holds pickled objects, which this format never contains; refusing to load it.") from exc
     except Exception as exc:
         raise EchoMimicError(f"{path}: not a readable .npz file ({exc}).") from exc
+    try:  # meta fields or arrays of another kind under our names (text, a number for a list): not our file
+        return _pose_from(data, path)
+    except EchoMimicError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise EchoMimicError(f"{path}: not an EchoMimic pose sequence ({type(exc).__name__}: {exc}); write it again with "
+                             "`echomimic poses VIDEO -o FILE.npz`.") from None
+
+
+def _pose_from(data: dict, path: Path) -> PoseSequence:
+    """The sequence of :func:`load_pose_npz`'s arrays (``data``: the archive's members, ``meta`` among them)."""
     try:
         meta = json.loads(bytes(data.pop("meta")).decode("utf-8"))
     except Exception as exc:

@@ -38,6 +38,7 @@ from ..config import ConfigError
 CLIP_META = "clip.json"
 FORMAT_VERSION = 1
 PARTIAL = ".partial"  # "<clip>.partial": a clip being written (no clip id ends so: prepare.check_clip_ids)
+MAX_FRAME_BYTES = 64 << 20  # one JPEG frame of frames.bin: a 4K frame at quality 100 is under 10 MB
 ASIDE = ".old~"  # ".old~<clip>": a clip's earlier folder, kept while a new write of it takes its place ('~' is in no id)
 KEPT_CLIP = " Nothing partial was kept (a clip already there is unchanged)."
 
@@ -191,7 +192,9 @@ class ClipReader:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             _damaged_by(self.dir, exc, CLIP_META)
         try:
-            self._offsets = np.load(self.dir / "frames.idx.npy")
+            self._offsets = np.load(self.dir / "frames.idx.npy", mmap_mode="r")  # (a header declaring more than the
+            if self._offsets.dtype.kind not in "iu" or self._offsets.ndim != 1:  # file holds: refused, not allocated)
+                raise ValueError(f"{self._offsets.dtype} {self._offsets.shape} offsets, not one row of byte positions")
         except (OSError, ValueError) as exc:
             _damaged_by(self.dir, exc, "frames.idx.npy")
         self._cache: dict[str, np.ndarray] = {}
@@ -231,6 +234,9 @@ class ClipReader:
                                    f"again stopped before its end). Run the same `echomimic-train prepare VIDEOS {root}` "
                                    "command again: it writes the manifest anew.")
         a, b = int(self._offsets[i]), int(self._offsets[i + 1])
+        if not 0 <= a <= b or b - a > MAX_FRAME_BYTES:  # read(b - a) would hold b - a bytes (a negative count: all)
+            raise damaged(self.dir, f"frames.idx.npy places frame {i} at bytes {a}..{b} of frames.bin, which no JPEG "
+                                    f"frame of a prepared clip spans (at most {MAX_FRAME_BYTES >> 20} MiB each)")
         try:
             with open(self.dir / "frames.bin", "rb") as f:
                 f.seek(a)
@@ -301,7 +307,7 @@ def read_manifest(root: str | Path) -> list[ClipEntry]:
     out = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            d = json.loads(line)
+            d = _manifest_row(path, number, line)
             folder = clip_folder(root, inside, d["path"], f"{path} line {number} (clip {d.get('id')})",
                                  parents)
             if not folder.exists() and (aside_of(folder) / CLIP_META).is_file():
@@ -309,6 +315,23 @@ def read_manifest(root: str | Path) -> list[ClipEntry]:
             out.append(ClipEntry(d["id"], folder, int(d["shard"]), int(d["num_frames"]), float(d["fps"]), d.get("kind", "headshot"),
                                  str(d.get("group") or "")))
     return out
+
+
+def _manifest_row(path: Path, number: int, line: str) -> dict:
+    """One line of a dataset's ``manifest.jsonl`` as ``prepare`` writes it, or a :class:`ConfigError` naming the line."""
+    from ..config import ConfigError
+
+    try:
+        d = json.loads(line)
+        ok = (isinstance(d, dict) and isinstance(d.get("id"), str) and "path" in d  # (the path: clip_folder's to judge)
+              and all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) for k in ("shard", "num_frames", "fps")))
+    except (ValueError, RecursionError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{path} line {number} is not a clip row written by `echomimic-train prepare` (a JSON object with "
+                          "id, path, shard, num_frames and fps): the file was edited or cut short. Run `echomimic-train "
+                          f"prepare VIDEOS {path.parent}` again (it writes the manifest anew), or remove the line.")
+    return d
 
 
 def check_clips_present(entries: list[ClipEntry]) -> None:

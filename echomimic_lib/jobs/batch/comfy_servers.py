@@ -31,6 +31,24 @@ def _safe(fn, *args, **kw):
         raise QueueError(f"the connection broke ({type(exc).__name__}: {exc})") from None
 
 
+def read_api_workflow(workflow, error=QueueError) -> dict:
+    """The API-format workflow (``{node id: {"class_type": ..., "inputs": ...}}``) in the file ``workflow``, or an
+    ``error`` (the queue client's QueueError) saying what the file is instead (missing, unreadable, not JSON, nested too
+    deeply for Python's parser, a UI-format workflow, nodes that are not objects)."""
+    try:
+        template = json.loads(Path(workflow).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"workflow not found: {workflow}; give an API-format workflow such as workflows/api/v1_audio.json.") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        why = "nested too deeply to be read" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {str(exc)[:120]}"
+        raise error(f"{workflow}: not a readable JSON workflow ({why}); use workflows/api/*.json (or ComfyUI's "
+                    "'Export (API)').") from None
+    if (not isinstance(template, dict) or "nodes" in template
+            or not all(isinstance(v, dict) and "class_type" in v for v in template.values())):
+        raise error(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
+    return template
+
+
 class _Server:
     def __init__(self, url: str, client):
         self.url, self.alive, self.names, self.client = url.rstrip("/"), True, {}, client
@@ -98,9 +116,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     """Queue every job over ``servers``, wait for all, record them; returns the records. ``client``: the module
     :mod:`echomimic_lib.jobs.queue_client` (its uploads, prompts and history calls; passed in, so that the
     client, which starts this, is not imported back)."""
-    template = json.loads(Path(workflow).read_text())
-    if not isinstance(template, dict) or "nodes" in template or not all("class_type" in v for v in template.values()):
-        raise QueueError(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
+    template = read_api_workflow(workflow, getattr(client, "QueueError", QueueError))
     if videos is not None and driving:
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
     jobs = client.plan_jobs(portraits, audios, prefix, videos)

@@ -269,6 +269,10 @@ def _rows_jsonl(path: Path):
             continue
         try:
             row = json.loads(text, object_pairs_hook=_object)
+        except RecursionError:  # Python's parser gives up on brackets nested this deep: no row is built like that
+            yield n, ValueError("not a manifest row: its JSON nests lists or objects too deeply to be read (a row is "
+                                "one flat JSON object {\"reference\": ..., \"audio\": ...})")
+            continue
         except ValueError as exc:
             if not isinstance(exc, json.JSONDecodeError):
                 yield n, exc

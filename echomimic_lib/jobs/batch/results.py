@@ -100,9 +100,9 @@ def read_results(outdir) -> dict[str, dict]:
         for text in fh:
             try:
                 rec = json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # torn, or nested past what the parser reads: not ours
                 continue
-            if isinstance(rec, dict) and "name" in rec:
+            if isinstance(rec, dict) and isinstance(rec.get("name"), str):
                 out[rec["name"]] = rec
     return out
 
