@@ -11,6 +11,7 @@ import sys
 from ..errors import EchoMimicError
 from .queue_plan import DEFAULT_SERVER
 from .queue_replies import QueueInterrupted, job_label
+from .queue_state import default_path
 
 REQUEST_TIMEOUT = 60.0  # (queue_client.REQUEST_TIMEOUT: --timeout's default)
 
@@ -32,7 +33,7 @@ def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentPa
     p.add_argument("--prefix", default="echomimic", help="output sub-folder / file prefix (default: echomimic)")
     p.add_argument("--wait", action="store_true", help="wait for every job and list the saved videos")
     p.add_argument("--resume", action="store_true", help="after an interrupted run: wait for the prompts it queued (queue "
-                   "again only jobs not queued, changed or lost by a restarted server); implies --wait (one --server)")
+                   "again only jobs not queued, changed or lost by a restarted server); implies --wait; with several --server each is asked about its own prompts)")
     p.add_argument("--state", help="file keeping the queued prompt ids for --resume (default: .echomimic_queue.json in "
                                    "the portraits / videos folder)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs, upload and queue nothing")
@@ -53,15 +54,13 @@ def main(client, argv=None, prog: str = "echomimic queue", parser_class=argparse
         sys.stderr.write(f"error: --timeout {args.timeout} must be a number of seconds above 0.\n")
         return 2
     servers = args.server or [DEFAULT_SERVER]
-    if len(servers) > 1 and (args.resume or args.state):
-        sys.stderr.write("error: --resume and --state are for one --server; with several, results.jsonl records the jobs.\n")
-        return 2
     if len(servers) > 1 and not args.dry_run:  # several servers: echomimic_lib.jobs.batch.comfy_servers
         from .batch.comfy_servers import queue_spread
 
         try:
+            state = args.state if args.state is not None else default_path(args.portraits, args.videos)
             recs = queue_spread(client, args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
-                                args.driving, args.prefix, args.videos)
+                                args.driving, args.prefix, args.videos, state=state, resume=args.resume)
         except QueueInterrupted as exc:  # (results.jsonl holds the finished jobs)
             sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
             return 130

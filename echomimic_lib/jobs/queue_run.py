@@ -4,6 +4,7 @@ queue state (:mod:`.queue_state`) and, with ``--wait`` / ``--resume``, wait for 
 imported back)."""
 from __future__ import annotations
 
+import sys
 import uuid
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
     client_id, wait, marks = uuid.uuid4().hex, wait or resume, {}
     book = None if dry_run else QueueState(state if state is not None else default_path(portraits, videos))
+    if book is not None:
+        book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs)
 
     def name_of(path: Path) -> str:
         if path not in names:
@@ -45,7 +48,7 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
             if not dry_run:
                 marks[job.prefix] = mark = fingerprint(prompt)
-                earlier = book.known(server, job.prefix, mark) if resume else None
+                earlier = _earlier(book, server, job, mark) if resume else None
                 if earlier is not None and ("files" in earlier or client._still_there(server, earlier["prompt_id"], timeout)):
                     result.update({k: earlier[k] for k in ("prompt_id", "files") if k in earlier}, resumed=True)
                 else:
@@ -67,4 +70,18 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
         if dry_run or not results:
             raise
         raise QueueInterrupted(results, {server: still_open(results)}, book.ok) from None
+    finally:
+        if book is not None:
+            book.release()
     return results
+
+
+def _earlier(book: QueueState, server: str, job, mark: str) -> dict | None:
+    """The record of this job's same prompt on ``server``; one that went to another server (an earlier run's other
+    --server) is said in a line and the job queued again here."""
+    found = book.find(job.prefix, [server])
+    if found is not None and found[0] != server:
+        sys.stderr.write(f"{job.portrait.name} x {job.audio.name}: its prompt {found[1]['prompt_id']} went to {found[0]}, "
+                         f"which is not among --server now; queued again on {server}.\n")
+        return None
+    return found[1] if found is not None and found[1].get("fingerprint") == mark else None
