@@ -109,9 +109,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
     jobs = client.plan_jobs(portraits, audios, prefix, videos)
     pool = [_Server(client.check_server(u), client) for u in dict.fromkeys(servers)]
-    book = client.QueueState(state) if state is not None else None
-    if book is not None:
-        book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs)
+    book = client.QueueState(state) if state is not None else None  # (a damaged state file: refused here)
     marks: dict[str, str] = {}
     earlier = read_results(results_dir)  # records of other runs in that results.jsonl (a batch's, an earlier queue's) stay
     client_id, results = uuid.uuid4().hex, ResultsFile(results_dir)
@@ -137,6 +135,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         except QueueError as exc:
             record(job, "error", attempts, t0, error=str(exc))
 
+    if book is not None:
+        book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs; released below)
     try:
         for job in jobs:
             t0 = time.time()
