@@ -3,16 +3,33 @@ can be picked up with ``--resume`` instead of queueing every job again.
 
 The file (by default ``.echomimic_queue.json`` in the portraits or videos folder, ``--state FILE`` to choose) holds, per
 server and per job prefix, the prompt_id the server accepted, a fingerprint of the prompt sent (so a changed workflow,
-seed or input is queued anew, not mistaken for the old prompt) and, once collected, the saved files. It is rewritten
-atomically (a temporary file, then ``os.replace``) as each prompt is accepted and as each finishes."""
+seed or input is queued anew, not mistaken for the old prompt) and, once collected, the saved files; a job has one
+record, on the server its latest prompt went to (several ``--server``: each job's own). It also names the runs under
+way (pid, host, their jobs): a second run on the same jobs is refused while the first one lives.
+
+Every change is made under an OS lock (:class:`.queue_lock.StateLock`): the file is re-read, only this run's jobs are
+updated, and it is rewritten atomically (:func:`~echomimic_lib.io.file_safety.write_text_atomic`), so runs sharing a
+folder keep each other's entries. A file that is not a queue state (another JSON, a damaged one) is refused naming it
+and the fix, never overwritten."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
+import time
+import uuid
 from pathlib import Path
 
+from .queue_lock import StateLock, alive, host
+from .queue_replies import QueueError
+
 STATE_NAME = ".echomimic_queue.json"
+VERSION = 2  # 1: no "runs" (read as well)
+
+
+class StateInUse(QueueError):
+    """A live run is queueing the same jobs with this state file."""
 
 
 def fingerprint(prompt: dict) -> str:
@@ -23,23 +40,43 @@ def default_path(portraits, videos) -> Path:
     return Path(videos if videos is not None else portraits) / STATE_NAME
 
 
+def read_state(path: Path) -> dict:
+    """``{"servers": {url: {prefix: record}}, "runs": {id: run}}`` of the file (empty when there is none), or a
+    :class:`QueueError` naming the file and the fix when it is not a queue state."""
+    try:
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        data = json.loads(text) if text.strip() else {"version": VERSION, "servers": {}}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise QueueError(f"{path}: the queue state kept for --resume cannot be read ({type(exc).__name__}: "
+                         f"{str(exc)[:120]}); delete it or move it away (--resume then queues every job again), or give "
+                         "--state another file.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("servers"), dict) or not isinstance(data.get("version"), int):
+        raise QueueError(f"{path} is not an `echomimic queue` state file (it holds other JSON) and is never overwritten; "
+                         "give --state a file of its own (or leave --state out for the default, .echomimic_queue.json "
+                         "in the portraits / videos folder).")
+    if data["version"] > VERSION:
+        raise QueueError(f"{path} was written by a newer echomimic (state version {data['version']}); update echomimic, "
+                         "or give --state another file.")
+    servers = {s: {k: r for k, r in j.items() if isinstance(r, dict)} for s, j in data["servers"].items() if isinstance(j, dict)}
+    runs = data.get("runs") if isinstance(data.get("runs"), dict) else {}
+    return {"servers": servers, "runs": {k: r for k, r in runs.items() if isinstance(r, dict)}}
+
+
 class QueueState:
-    """The prompts of earlier runs (:meth:`known`) and this run's (:meth:`record`); a file that cannot be read or
-    written is said once on stderr and the run goes on without it (queueing never fails for want of it)."""
+    """The prompts of earlier runs (:meth:`find`) and this run's (:meth:`record`); :meth:`claim` / :meth:`release` name
+    this run in the file while it runs. A file that is not a queue state is a :class:`QueueError` (raised here, before
+    anything is uploaded); one that cannot be written is said once on stderr and the run goes on without it (queueing
+    never fails for want of it)."""
 
     def __init__(self, path):
         self.path, self.ok = Path(path), True
+        self.lock = StateLock(self.path.with_name(self.path.name + ".lock"))
+        self.run_id, self.mine, self.claimed = uuid.uuid4().hex, set(), False
         self.data: dict = {}
         if self.path.exists() and not self.path.is_file():  # never replaced: a folder, a fifo, a device
             self._give_up(f"{self.path} is not a regular file")
             return
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            data = {}
-            sys.stderr.write(f"warning: {self.path}: unreadable queue state ({type(exc).__name__}); starting a new one.\n")
-        servers = data.get("servers") if isinstance(data, dict) else None
-        self.data = {s: dict(j) for s, j in servers.items() if isinstance(j, dict)} if isinstance(servers, dict) else {}
+        self.data = read_state(self.path)["servers"]
 
     def _give_up(self, why: str) -> None:
         if self.ok:
@@ -47,28 +84,88 @@ class QueueState:
                              "FILE in a writable folder).\n")
         self.ok = False
 
+    def claim(self, prefixes) -> None:
+        """Name this run and its jobs in the file; a :class:`QueueError` naming the other run when a live one (not
+        ended, not killed) is queueing any of the same jobs. A killed run's entry is dropped."""
+        if not self.ok:
+            return
+        prefixes = list(prefixes)
+
+        def change(disk):
+            runs = {k: r for k, r in disk["runs"].items() if alive(r.get("pid"), r.get("host"))}
+            for other in runs.values():
+                same = [p for p in prefixes if p in set(other.get("prefixes") or ())]
+                if same:
+                    raise StateInUse(
+                        f"another `echomimic queue` run (pid {other.get('pid')} on host {other.get('host')}, started "
+                        f"{other.get('started')}) is queueing {len(same)} of the same job(s) ({same[0]}"
+                        f"{', ...' if len(same) > 1 else ''}) with the state file {self.path}. Two runs queueing one job "
+                        "would render it twice and overwrite each other's record: wait for that run to finish (or stop "
+                        "it), then run this command again with --resume; or give this run another --prefix.")
+            runs[self.run_id] = {"pid": os.getpid(), "host": host(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                 "command": " ".join(sys.argv)[:300] or "?", "prefixes": prefixes}
+            disk["runs"] = runs
+        self.claimed = self._update(change)
+
+    def release(self) -> None:
+        """This run is over: its name goes from the file (its records stay, for --resume)."""
+        if self.ok and self.claimed:
+            self.claimed = False
+            self._update(lambda disk: disk["runs"].pop(self.run_id, None))
+
+    def find(self, prefix: str, prefer=()) -> tuple[str, dict] | None:
+        """(server, {prompt_id, fingerprint, files?}) of this job's recorded prompt, if there is one (a version-1 file
+        can hold a job on several servers: one of ``prefer``, the servers given now, first)."""
+        for server in [*(s for s in prefer if s in self.data), *self.data]:
+            rec = self.data[server].get(prefix)
+            if isinstance(rec.get("prompt_id"), str) if isinstance(rec, dict) else False:
+                return server, rec
+        return None
+
     def known(self, server: str, prefix: str, print_: str) -> dict | None:
         """The earlier record of this job's prompt on ``server`` ({prompt_id, files?}), if it was the same prompt."""
-        rec = self.data.get(server, {}).get(prefix)
-        if isinstance(rec, dict) and rec.get("fingerprint") == print_ and isinstance(rec.get("prompt_id"), str):
-            return rec
+        found = self.find(prefix, [server])
+        if found and found[0] == server and found[1].get("fingerprint") == print_:
+            return found[1]
         return None
 
     def record(self, server: str, prefix: str, print_: str, prompt_id: str, files: list[str] | None = None) -> None:
         rec = {"prompt_id": prompt_id, "fingerprint": print_}
         if files is not None:
             rec["files"] = list(files)
+        for jobs in self.data.values():
+            jobs.pop(prefix, None)
         self.data.setdefault(server, {})[prefix] = rec
-        self._write()
+        self.mine.add(prefix)
+        self._update(lambda disk: None)
 
-    def _write(self) -> None:
+    def _update(self, change) -> bool:
+        """Under the lock: re-read the file, put this run's jobs in (``change`` edits the rest), rewrite it atomically."""
         if not self.ok:
-            return
-        text = json.dumps({"version": 1, "servers": self.data}, indent=1, ensure_ascii=False)
+            return False
         from ..errors import EchoMimicError
         from ..io.file_safety import write_text_atomic
 
         try:
-            write_text_atomic(self.path, text)  # whole or not at all; never onto a folder, device or pipe
+            with self.lock:
+                disk = read_state(self.path)
+                change(disk)
+                servers = disk["servers"]
+                for jobs in servers.values():  # this run's jobs: as this run has them (each on one server)
+                    for prefix in self.mine:
+                        jobs.pop(prefix, None)
+                for server, jobs in self.data.items():
+                    servers.setdefault(server, {}).update({p: r for p, r in jobs.items() if p in self.mine})
+                servers = {s: j for s, j in servers.items() if j}
+                self.data = {s: dict(j) for s, j in servers.items()}  # (other runs' records: seen by find too)
+                text = json.dumps({"version": VERSION, "servers": servers, "runs": disk["runs"]}, indent=1, ensure_ascii=False)
+                write_text_atomic(self.path, text)  # whole or not at all; never onto a folder, device or pipe
+        except StateInUse:
+            raise
+        except QueueError as exc:  # (the file was made something else meanwhile: never overwritten)
+            self._give_up(str(exc))
+            return False
         except (OSError, EchoMimicError) as exc:
-            self._give_up(f"{self.path}: {getattr(exc, 'strerror', None) or exc}")
+            self._give_up(f"{getattr(exc, 'filename', None) or self.path}: {getattr(exc, 'strerror', None) or exc}")
+            return False
+        return True

@@ -9,8 +9,8 @@ queued again on the others. Every finished job (or one no server could run) beco
 """
 from __future__ import annotations
 
-import json
 import logging
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -29,24 +29,6 @@ def _safe(fn, *args, **kw):
         if isinstance(exc, QueueError):
             raise
         raise QueueError(f"the connection broke ({type(exc).__name__}: {exc})") from None
-
-
-def read_api_workflow(workflow, error=QueueError) -> dict:
-    """The API-format workflow (``{node id: {"class_type": ..., "inputs": ...}}``) in the file ``workflow``, or an
-    ``error`` (the queue client's QueueError) saying what the file is instead (missing, unreadable, not JSON, nested too
-    deeply for Python's parser, a UI-format workflow, nodes that are not objects)."""
-    try:
-        template = json.loads(Path(workflow).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise error(f"workflow not found: {workflow}; give an API-format workflow such as workflows/api/v1_audio.json.") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        why = "nested too deeply to be read" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {str(exc)[:120]}"
-        raise error(f"{workflow}: not a readable JSON workflow ({why}); use workflows/api/*.json (or ComfyUI's "
-                    "'Export (API)').") from None
-    if (not isinstance(template, dict) or "nodes" in template
-            or not all(isinstance(v, dict) and "class_type" in v for v in template.values())):
-        raise error(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
-    return template
 
 
 class _Server:
@@ -80,7 +62,7 @@ class _Server:
         return self.names[path]
 
 
-def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tuple[_Server, str]:
+def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tuple[_Server, str, dict]:
     """Post ``job`` to the live server with the shortest queue; a server that does not answer is dropped."""
     while True:
         depths = []
@@ -93,34 +75,42 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tu
         if not depths:
             raise QueueError("no ComfyUI server answers any more: " + ", ".join(s.url for s in servers))
         server = min(depths)[2]
-        build_prompt, post_prompt = server.client.build_prompt, server.client.post_prompt
         try:
-            driving = server.name_of(Path(drive)) if drive else None
-            if job.is_video:
-                prompt = build_prompt(template, None, server.name_of(job.audio), job.prefix, seed, server.name_of(job.portrait), True)
-            else:
-                prompt = build_prompt(template, server.name_of(job.portrait), server.name_of(job.audio), job.prefix, seed, driving)
-            pid = _safe(post_prompt, server.url, prompt, client_id)
+            prompt = _prompt_for(job, server, template, seed, drive)
+            pid = _safe(server.client.post_prompt, server.url, prompt, client_id)
         except QueueError as exc:
             if "HTTP" in str(exc):  # the server answered and refused the prompt: the job's own problem
                 raise
             log.warning("%s stopped answering (%s); trying another server", server.url, exc)
             server.alive = False
             continue
-        return server, pid
+        return server, pid, prompt
+
+
+def _prompt_for(job, server: _Server, template, seed, drive) -> dict:
+    """The job's prompt for ``server``: its files uploaded there (once a server), their names filled in."""
+    build_prompt = server.client.build_prompt
+    driving = server.name_of(Path(drive)) if drive else None
+    if job.is_video:
+        return build_prompt(template, None, server.name_of(job.audio), job.prefix, seed, server.name_of(job.portrait), True)
+    return build_prompt(template, server.name_of(job.portrait), server.name_of(job.audio), job.prefix, seed, driving)
 
 
 def queue_spread(client, workflow, portraits, audios, servers: list[str], results_dir, seed: int | None = None, driving=None,
                  prefix: str = "echomimic", videos=None, poll: float = 2.0, timeout: float = 3600.0,
-                 max_attempts: int = 3) -> list[dict]:
+                 max_attempts: int = 3, state=None, resume: bool = False) -> list[dict]:
     """Queue every job over ``servers``, wait for all, record them; returns the records. ``client``: the module
     :mod:`echomimic_lib.jobs.queue_client` (its uploads, prompts and history calls; passed in, so that the
-    client, which starts this, is not imported back)."""
-    template = read_api_workflow(workflow, getattr(client, "QueueError", QueueError))
+    client, which starts this, is not imported back). ``state``: the queue state file (:mod:`..queue_state`) where
+    each prompt is kept with the server it went to; with ``resume`` each server is asked about its own prompts, and the
+    jobs of a server that no longer answers (or is no longer given) are queued again on the others, a line each."""
+    template = client.load_workflow(workflow)
     if videos is not None and driving:
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
     jobs = client.plan_jobs(portraits, audios, prefix, videos)
-    pool = [_Server(u, client) for u in dict.fromkeys(servers)]
+    pool = [_Server(client.check_server(u), client) for u in dict.fromkeys(servers)]
+    book = client.QueueState(state) if state is not None else None  # (a damaged state file: refused here)
+    marks: dict[str, str] = {}
     earlier = read_results(results_dir)  # records of other runs in that results.jsonl (a batch's, an earlier queue's) stay
     client_id, results = uuid.uuid4().hex, ResultsFile(results_dir)
     records: dict[str, dict] = {}
@@ -132,17 +122,35 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                "attempts": attempts, **extra}
         records[job.prefix] = rec
         results.append(rec)
+        if book is not None and status == "ok" and job.prefix in marks:
+            book.record(extra["server"], job.prefix, marks[job.prefix], extra["prompt_id"], extra["files"])
 
     def send(job, attempts, t0):
         try:
-            server, pid = _submit(job, pool, template, seed, driving, client_id)
+            server, pid, prompt = _submit(job, pool, template, seed, driving, client_id)
             flight[job.prefix] = [job, server, pid, attempts, t0]
+            if book is not None:
+                marks[job.prefix] = client.fingerprint(prompt)
+                book.record(server.url, job.prefix, marks[job.prefix], pid)
         except QueueError as exc:
             record(job, "error", attempts, t0, error=str(exc))
 
+    if book is not None:
+        book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs; released below)
     try:
         for job in jobs:
-            send(job, 1, time.time())
+            t0 = time.time()
+            kept = _resumed(client, job, book, pool, template, seed, driving) if resume and book is not None else None
+            if kept is None:
+                send(job, 1, t0)
+                continue
+            server, rec, marks[job.prefix] = kept
+            if "files" in rec:
+                files = rec["files"]
+                record(job, "ok", 1, t0, server=server.url, prompt_id=rec["prompt_id"], output=files[0] if files else None,
+                       files=files, resumed=True)
+            else:
+                flight[job.prefix] = [job, server, rec["prompt_id"], 1, t0]
         end = time.monotonic() + timeout
         while flight and time.monotonic() < end:
             time.sleep(poll)
@@ -189,9 +197,41 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         pending: dict[str, list[str]] = {}
         for _, server, pid, _, _ in flight.values():
             pending.setdefault(server.url, []).append(pid)
-        raise client.QueueInterrupted([], pending) from None
+        raise client.QueueInterrupted([], pending, book is not None and book.ok) from None
     finally:
+        if book is not None:
+            book.release()
         ordered = [records[j.prefix] for j in jobs if j.prefix in records]
         mine = {r["name"] for r in ordered}
         results.rewrite([r for name, r in earlier.items() if name not in mine] + ordered)
     return ordered
+
+
+def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
+    """(server, record, fingerprint) of this job's prompt an earlier run queued, when its server (one of ``pool``)
+    still has it, finished or queued, and it is the same prompt; None: queue it (again). A job whose server no longer
+    answers or is no longer given is said in one line."""
+    found = book.find(job.prefix, [s.url for s in pool])
+    if found is None:
+        return None
+    url, rec = found
+    label, pid = f"{job.portrait.name} x {job.audio.name}", rec["prompt_id"]
+    server = next((s for s in pool if s.url == url), None)
+    if server is None:
+        print(f"{label}: its prompt {pid} went to {url}, which is not among --server now; queued again.", file=sys.stderr)
+        return None
+    try:
+        if server.alive:
+            mark = client.fingerprint(_prompt_for(job, server, template, seed, drive))
+            if mark != rec.get("fingerprint"):
+                return None  # another workflow, seed or file: a new prompt
+            if "files" in rec or _safe(client._still_there, url, pid, 10):
+                return server, rec, mark
+            return None  # lost in a restart: queued again
+    except QueueError as exc:
+        if "HTTP" in str(exc):  # it answers: refused the upload (the job's own problem, said when it is queued again)
+            return None
+        log.debug("%s: %s", url, exc)
+        server.alive = False
+    print(f"{label}: {url} does not answer; its prompt {pid} is queued again on the other servers.", file=sys.stderr)
+    return None

@@ -1,0 +1,92 @@
+"""Batch-queue EchoMimic jobs on a running ComfyUI through its HTTP API (standard library only).
+
+The command line of ``echomimic queue`` (:func:`build_parser`, :func:`main`); ``client`` is the module
+:mod:`echomimic_lib.jobs.queue_client`, whose docstring shows the usage.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import EchoMimicError
+from .queue_plan import DEFAULT_SERVER
+from .queue_replies import QueueInterrupted, job_label
+from .queue_state import default_path
+
+REQUEST_TIMEOUT = 60.0  # (queue_client.REQUEST_TIMEOUT: --timeout's default)
+
+
+def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``echomimic queue`` (also read by tests/test_docs_truth.py, which checks the documented lines)."""
+    p = parser_class(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("workflow", help="API-format workflow JSON (workflows/api/*.json)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--portraits", help="folder of reference images (png, jpg, webp, bmp)")
+    source.add_argument("--videos", help="folder of videos of people to dub (mp4, mov, webm, mkv, avi, m4v): every video x "
+                                         "every audio into Load Video (workflows/api/v1_dub_video.json)")
+    p.add_argument("--audios", required=True, help="folder of audio clips (wav, mp3, flac, ogg, m4a, aac, opus)")
+    p.add_argument("--server", action="append", help=f"ComfyUI's address (default: {DEFAULT_SERVER}); give it several times "
+                                                     "to spread the jobs by queue depth (then --wait is implied)")
+    p.add_argument("--results", help="with several --server: folder for results.jsonl (default: .)")
+    p.add_argument("--driving", help="driving video for the landmark / pose-extraction workflows (default: none)")
+    p.add_argument("--seed", type=int, help="one seed for every job (default: the workflow's)")
+    p.add_argument("--prefix", default="echomimic", help="output sub-folder / file prefix (default: echomimic)")
+    p.add_argument("--wait", action="store_true", help="wait for every job and list the saved videos")
+    p.add_argument("--resume", action="store_true", help="after an interrupted run: wait for the prompts it queued (queue "
+                   "again only jobs not queued, changed or lost by a restarted server); implies --wait; with several --server each is asked about its own prompts)")
+    p.add_argument("--state", help="file keeping the queued prompt ids for --resume (default: .echomimic_queue.json in "
+                                   "the portraits / videos folder)")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs, upload and queue nothing")
+    p.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT, help="seconds to wait for each answer of the server "
+                   f"before giving up (default: {REQUEST_TIMEOUT:.0f})")
+    return p
+
+
+def main(client, argv=None, prog: str = "echomimic queue", parser_class=argparse.ArgumentParser) -> int:
+    """``echomimic queue ...`` (also ``python -m echomimic_lib.jobs.queue_client ...``); the command line passes its
+    ``parser_class``, whose ``--help`` into a closed pipe exits as the other commands do."""
+    p = build_parser(prog, parser_class)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error: argparse printed why
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if not (args.timeout > 0 and args.timeout < 1e6):  # NaN fails both
+        sys.stderr.write(f"error: --timeout {args.timeout} must be a number of seconds above 0.\n")
+        return 2
+    servers = args.server or [DEFAULT_SERVER]
+    if len(servers) > 1 and not args.dry_run:  # several servers: echomimic_lib.jobs.batch.comfy_servers
+        from .batch.comfy_servers import queue_spread
+
+        try:
+            state = args.state if args.state is not None else default_path(args.portraits, args.videos)
+            recs = queue_spread(client, args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
+                                args.driving, args.prefix, args.videos, state=state, resume=args.resume)
+        except QueueInterrupted as exc:  # (results.jsonl holds the finished jobs)
+            sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
+            return 130
+        except EchoMimicError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+        for r in recs:
+            sys.stdout.write(f"{r['name']}: {r['status']} on {r.get('server')} {r.get('output') or r.get('error', '')}\n")
+        return 1 if any(r["status"] != "ok" for r in recs) else 0
+    try:
+        results = client.queue_folder(args.workflow, args.portraits, args.audios, servers[0], args.seed, args.driving,
+                               args.wait, args.dry_run, args.prefix, args.videos, timeout=args.timeout, resume=args.resume,
+                               state=args.state)
+    except QueueInterrupted as exc:  # Ctrl-C with prompts on the server: which, and how to cancel them
+        _print_results(exc.results)
+        sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
+        return 130
+    except EchoMimicError as exc:
+        _print_results(getattr(exc, "results", []))
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    _print_results(results)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _print_results(results: list[dict]) -> None:
+    for r in results:
+        line = f"{job_label(r)} -> {r['prefix']} [{r.get('prompt_id', 'dry run')}]"
+        sys.stdout.write(" ".join([line, *r.get("files", []), *([r["error"]] if "error" in r else [])]) + "\n")

@@ -1,0 +1,87 @@
+"""One server's ``echomimic queue`` run (:func:`queue_folder`): upload, queue every job, keep each accepted prompt in the
+queue state (:mod:`.queue_state`) and, with ``--wait`` / ``--resume``, wait for them. ``client`` is the module
+:mod:`echomimic_lib.jobs.queue_client` (its HTTP calls; passed in, so that the client, which starts this, is not
+imported back)."""
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+from .queue_plan import DEFAULT_SERVER, build_prompt, load_workflow, plan_jobs
+from .queue_replies import PromptFailed, QueueError, QueueInterrupted, QueueStopped, saved_files, still_open
+from .queue_state import QueueState, default_path, fingerprint
+
+
+def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
+                 driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic",
+                 videos=None, timeout: float = 60.0, resume: bool = False, state=None) -> list[dict]:
+    """Queue every portrait (or, with ``videos``, every video) x audio job; returns one dict per job
+    (prompt_id, prefix, files when waited). Each accepted prompt is kept in ``state`` (default: ``.echomimic_queue.json``
+    in the portraits / videos folder, :mod:`.queue_state`); with ``resume`` (implies ``wait``) a job whose same prompt
+    an earlier run queued is not queued again: finished, its files are listed, still queued it is waited for, and only
+    one the server lost (restarted) is queued again."""
+    if (portraits is None) == (videos is None):
+        raise QueueError("give either a portraits folder or a videos folder (--portraits or --videos), not both.")
+    if videos is not None and driving:
+        raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
+    server = client.check_server(server)
+    template = load_workflow(workflow)
+    jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
+    client_id, wait, marks = uuid.uuid4().hex, wait or resume, {}
+    book = None if dry_run else QueueState(state if state is not None else default_path(portraits, videos))
+    if book is not None:
+        book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs)
+
+    def name_of(path: Path) -> str:
+        if path not in names:
+            names[path] = path.name if dry_run else client.upload(server, path, timeout)
+        return names[path]
+
+    try:
+        drive = name_of(Path(driving)) if driving else None
+        for job in jobs:
+            if job.is_video:
+                prompt = build_prompt(template, None, name_of(job.audio), job.prefix, seed, name_of(job.portrait), True)
+            else:
+                prompt = build_prompt(template, name_of(job.portrait), name_of(job.audio), job.prefix, seed, drive)
+            result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
+            if not dry_run:
+                marks[job.prefix] = mark = fingerprint(prompt)
+                earlier = _earlier(book, server, job, mark) if resume else None
+                if earlier is not None and ("files" in earlier or client._still_there(server, earlier["prompt_id"], timeout)):
+                    result.update({k: earlier[k] for k in ("prompt_id", "files") if k in earlier}, resumed=True)
+                else:
+                    result["prompt_id"] = client.post_prompt(server, prompt, client_id, timeout)
+                    book.record(server, job.prefix, mark, result["prompt_id"])
+            results.append(result)
+        for result in (r for r in results if wait and not dry_run and "files" not in r):
+            try:
+                result["files"] = saved_files(client.wait_for(server, result["prompt_id"], request_timeout=timeout))
+                book.record(server, result["prefix"], marks[result["prefix"]], result["prompt_id"], result["files"])
+            except PromptFailed as exc:  # this prompt failed on the server: the others are still waited for
+                result["error"] = str(exc)
+    except QueueError as exc:  # prompts already queued run on: say which, and which jobs never were
+        if dry_run or not results:
+            raise
+        raise QueueStopped(exc, results, [f"{j.portrait.name} x {j.audio.name}" for j in jobs[len(results):]], server,
+                           book.ok) from None
+    except KeyboardInterrupt:
+        if dry_run or not results:
+            raise
+        raise QueueInterrupted(results, {server: still_open(results)}, book.ok) from None
+    finally:
+        if book is not None:
+            book.release()
+    return results
+
+
+def _earlier(book: QueueState, server: str, job, mark: str) -> dict | None:
+    """The record of this job's same prompt on ``server``; one that went to another server (an earlier run's other
+    --server) is said in a line and the job queued again here."""
+    found = book.find(job.prefix, [server])
+    if found is not None and found[0] != server:
+        sys.stderr.write(f"{job.portrait.name} x {job.audio.name}: its prompt {found[1]['prompt_id']} went to {found[0]}, "
+                         f"which is not among --server now; queued again on {server}.\n")
+        return None
+    return found[1] if found is not None and found[1].get("fingerprint") == mark else None
