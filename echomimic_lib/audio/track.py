@@ -35,25 +35,42 @@ class SpeechStart(RawAudio):
     mel_peak: float | None = None
 
 
-def summarise_track(blocks) -> TrackSummary:
-    """``blocks``: ``(sample rate, PyAV frame)`` pairs in order (:func:`echomimic_lib.io.video_io.audio_blocks`)."""
-    sr, n, peak, bad, firsts = None, 0, 0.0, 0, {}
-    resample = mel = None
-    for sr, frame in blocks:
-        x = frame.to_ndarray().astype(np.float32, copy=False)  # (C, k)
-        if resample is None:
-            resample, mel = StreamResampler(sr), LogMelPeak()
+class TrackSummariser:
+    """:class:`TrackSummary` of a track given piece by piece (:meth:`add` each decoded ``(C, k)`` float32 piece in
+    order, then :meth:`summary`): one piece held at a time, so a reader that keeps the start of a track can summarise
+    the whole of it in the same decode pass (:func:`echomimic_lib.jobs.speech_input.read_speech`)."""
+
+    def __init__(self, sample_rate: int):
+        self.sr, self.n, self.peak, self.bad, self.firsts = int(sample_rate), 0, 0.0, 0, {}
+        self.resample, self.mel = StreamResampler(sample_rate), LogMelPeak()
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x).astype(np.float32, copy=False)  # (C, k); never written to (a kept piece stays as decoded)
         finite = np.isfinite(x)
         if not finite.all():
-            bad += int((~finite).sum())
+            self.bad += int((~finite).sum())
             for c, t in np.argwhere(~finite):
-                firsts.setdefault(int(c), n + int(t))
+                self.firsts.setdefault(int(c), self.n + int(t))
             x = np.where(finite, x, 0.0).astype(np.float32)
         if x.size:
-            peak = max(peak, float(np.abs(x).max()))
-        mel.add(resample(x[0] if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float32)))
-        n += x.shape[1]
-    if resample is not None:
-        mel.add(resample(np.zeros(0, np.float32), last=True))
-    return TrackSummary(int(sr or 0), n, peak, bad, firsts[min(firsts)] if firsts else None,
-                        None if mel is None else mel.value())
+            self.peak = max(self.peak, float(np.abs(x).max()))
+        self.mel.add(self.resample(x[0] if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float32)))
+        self.n += x.shape[1]
+
+    def summary(self) -> TrackSummary:
+        self.mel.add(self.resample(np.zeros(0, np.float32), last=True))
+        firsts = self.firsts
+        return TrackSummary(self.sr, self.n, self.peak, self.bad, firsts[min(firsts)] if firsts else None,
+                            self.mel.value())
+
+
+def summarise_track(blocks) -> TrackSummary:
+    """``blocks``: ``(sample rate, PyAV frame)`` pairs in order (:func:`echomimic_lib.io.video_io.audio_blocks`)."""
+    summariser = None
+    for sr, frame in blocks:
+        if summariser is None:
+            summariser = TrackSummariser(sr)
+        summariser.add(frame.to_ndarray())
+    if summariser is None:
+        return TrackSummary(0, 0, 0.0, 0, None, None)
+    return summariser.summary()

@@ -253,12 +253,13 @@ def counted(frames, total: int, progress=None):
 _END = object()
 
 
-def _keep(out, done: int, first: int, stop: int | None, chunks: list) -> int:
-    """Append the part of the resampled frame ``out`` (samples ``done ..``) inside ``first .. stop``; the new count."""
+def _keep(out, done: int, first: int, stop: int | None, chunks: list, arr: np.ndarray | None = None) -> int:
+    """Append the part of the resampled frame ``out`` (samples ``done ..``; ``arr``: its ``to_ndarray()`` if the
+    caller has it) inside ``first .. stop``; the new count."""
     a, b = done, done + out.samples
     lo, hi = max(a, first), b if stop is None else min(b, stop)
     if hi > lo:
-        arr = out.to_ndarray()
+        arr = out.to_ndarray() if arr is None else arr
         chunks.append(arr if (lo, hi) == (a, b) else arr[:, lo - a : hi - a].copy())
     return b
 
@@ -291,13 +292,18 @@ def audio_blocks(path: str | Path):
         container.close()
 
 
-def read_audio(path: str | Path, start: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, int]:
+def read_audio(path: str | Path, start: float = 0.0, duration: float | None = None,
+               rest=None) -> tuple[np.ndarray, int]:
     """Decode the first audio stream to float32 (C, T) at its native sample rate.
 
     ``start`` / ``duration`` (seconds): only samples ``floor(start * sr) ..`` (``ceil(duration * sr)`` of them, fewer
     where the file ends first) are kept, and decoding stops once they are there: a 10 s window of a 2-hour file costs
     the decode of its prefix and the memory of the window only. They equal the same samples of a whole decode (the
-    file is decoded from its start, no seek; the resampler only changes the sample format, never the rate)."""
+    file is decoded from its start, no seek; the resampler only changes the sample format, never the rate).
+
+    ``rest``: called as ``rest(sample rate, piece)`` with every decoded (C, n) float32 piece of the whole track, in
+    order (those kept too, the same arrays: never write to them); the file is then decoded to its end in this one
+    pass, so a caller that keeps a window can measure the whole track without decoding it twice."""
     if start < 0 or (duration is not None and duration <= 0):
         raise EchoMimicError(f"read_audio {path}: start {start} s and duration {duration} s: start must be 0 or more and "
                              "the duration more than 0.")
@@ -309,6 +315,11 @@ def read_audio(path: str | Path, start: float = 0.0, duration: float | None = No
             if not done:
                 first = int(math.floor(start * sr + 1e-9))
                 stop = None if duration is None else first + int(math.ceil(duration * sr - 1e-9))
+            if rest is not None:  # one array for both: a kept piece is not made twice
+                arr = out.to_ndarray()
+                done = _keep(out, done, first, stop, chunks, arr)
+                rest(sr, arr)
+                continue
             done = _keep(out, done, first, stop, chunks)
             if stop is not None and done >= stop:
                 break  # the window is complete: the rest of the file is not decoded

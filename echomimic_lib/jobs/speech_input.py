@@ -66,24 +66,51 @@ def read_speech(path, fps: float | None = None, length=None):
 
 def _read_start(p: Path, fps: float, length: int):
     """(samples, rate, SpeechStart) of the start the first ``length`` frames need; (samples, rate, None) when the track
-    ends within it (it is all there: checked as before)."""
+    ends within it (it is all there: checked as before). One decode pass: the start is kept while the whole track
+    goes through :class:`_PastTheStart` for the checks, its length and the log-mel maximum."""
     from ..audio import check_audible
     from ..audio.features import seconds_for_frames
-    from ..audio.track import SpeechStart, summarise_track
-    from ..io.video_io import audio_blocks, read_audio
+    from ..audio.track import SpeechStart
+    from ..io.video_io import read_audio
 
     seconds = seconds_for_frames(length, fps)
-    wav, sr = read_audio(p, duration=seconds)
-    if wav.shape[1] < math.ceil(seconds * sr - 1e-9):
-        return wav, sr, None  # the whole track: nothing more to read
-    whole = summarise_track(audio_blocks(p))
-    if whole.samples == wav.shape[1]:
-        return wav, sr, None
+    past = _PastTheStart(seconds)
+    wav, sr = read_audio(p, duration=seconds, rest=past)
+    whole = past.summary()
+    if whole is None:
+        return wav, sr, None  # the whole track: nothing more to know
     if whole.bad:  # the words of read_raw_audio's check, as if it had seen the whole track
         raise EchoMimicError(f"audio: {whole.bad} NaN/Inf samples (first at {whole.first_bad / sr:.3f} s); the audio is "
                              "corrupt. Clean it (e.g. replace non-finite samples with 0) before encoding.")
     check_audible(np.array([whole.peak], np.float32), f"--audio {p} has no audible sound: pass a recording of speech.")
     return wav, sr, SpeechStart(np.ascontiguousarray(wav), float(sr), whole.samples, whole.mel_peak)  # (no copy)
+
+
+class _PastTheStart:
+    """``read_audio``'s ``rest``: the decoded pieces of the whole track, summarised only once the track is found to go
+    on past the kept ``seconds`` (a short track is not resampled twice). Until then it holds references to the pieces
+    the reader keeps anyway (no copy); after, one piece at a time (:class:`~echomimic_lib.audio.track.TrackSummariser`)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.held, self.n, self.summariser = seconds, [], 0, None
+
+    def __call__(self, sr: int, piece: np.ndarray) -> None:
+        if self.summariser is not None:
+            self.summariser.add(piece)
+            return
+        from ..audio.track import TrackSummariser
+
+        self.held.append(piece)
+        self.n += piece.shape[1]
+        if self.n > math.ceil(self.seconds * sr - 1e-9):  # more than the kept start: the whole track is summarised
+            self.summariser = TrackSummariser(sr)
+            for kept in self.held:
+                self.summariser.add(kept)
+            self.held = []
+
+    def summary(self):
+        """The whole track's :class:`~echomimic_lib.audio.track.TrackSummary`; None when it ended within the start."""
+        return None if self.summariser is None else self.summariser.summary()
 
 
 def frame_count(raw, fps: float, length: int | None) -> int:
