@@ -40,12 +40,29 @@ class TrackSummariser:
     order, then :meth:`summary`): one piece held at a time, so a reader that keeps the start of a track can summarise
     the whole of it in the same decode pass (:func:`echomimic_lib.jobs.speech_input.read_speech`)."""
 
-    def __init__(self, sample_rate: int):
+    def __init__(self, sample_rate: int, mel: bool = True, on_16k=None):
+        """``mel`` False: no log-mel maximum (``mel_peak`` None); ``on_16k``: called with each piece of the 16 kHz mono
+        stream (the downmix resampled as :meth:`RawAudio.mono_16k` does), in order, the last one at :meth:`summary`."""
         self.sr, self.n, self.peak, self.bad, self.firsts = int(sample_rate), 0, 0.0, 0, {}
-        self.resample, self.mel = StreamResampler(sample_rate), LogMelPeak()
+        self.resample, self.mel, self.on_16k = StreamResampler(sample_rate), LogMelPeak() if mel else None, on_16k
+
+    def _16k(self, wave: np.ndarray) -> None:
+        if self.mel is not None:
+            self.mel.add(wave)
+        if self.on_16k is not None:
+            self.on_16k(wave)
 
     def add(self, x: np.ndarray) -> None:
-        x = np.asarray(x).astype(np.float32, copy=False)  # (C, k); never written to (a kept piece stays as decoded)
+        """``x``: the next (C, k) samples (a long one is taken a second at a time: no copy of it); never written to."""
+        x = np.asarray(x)
+        if x.shape[1] > max(self.sr, 1):
+            for i in range(0, x.shape[1], self.sr):
+                self._add(x[:, i : i + self.sr])
+        else:
+            self._add(x)
+
+    def _add(self, x: np.ndarray) -> None:
+        x = x.astype(np.float32, copy=False)
         finite = np.isfinite(x)
         if not finite.all():
             self.bad += int((~finite).sum())
@@ -54,14 +71,14 @@ class TrackSummariser:
             x = np.where(finite, x, 0.0).astype(np.float32)
         if x.size:
             self.peak = max(self.peak, float(np.abs(x).max()))
-        self.mel.add(self.resample(x[0] if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float32)))
+        self._16k(self.resample(x[0] if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float32)))
         self.n += x.shape[1]
 
     def summary(self) -> TrackSummary:
-        self.mel.add(self.resample(np.zeros(0, np.float32), last=True))
+        self._16k(self.resample(np.zeros(0, np.float32), last=True))
         firsts = self.firsts
         return TrackSummary(self.sr, self.n, self.peak, self.bad, firsts[min(firsts)] if firsts else None,
-                            self.mel.value())
+                            None if self.mel is None else self.mel.value())
 
 
 def summarise_track(blocks) -> TrackSummary:

@@ -264,6 +264,23 @@ def _keep(out, done: int, first: int, stop: int | None, chunks: list, arr: np.nd
     return b
 
 
+def _pass_on(rest, sr: int, arr: np.ndarray, a: int, first: int, stop: int | None, chunks: list) -> None:
+    """``read_audio``'s ``rest`` given the piece ``arr`` (samples ``a ..``): its part before the window, the window
+    itself once it is whole (its pieces joined first, so they are let go before the rest of the pass), its part after."""
+    b = a + arr.shape[1]
+    if a < first:
+        rest(sr, arr[:, : min(b, first) - a])
+    if stop is None or b < stop:
+        return
+    if a < stop:  # the window is whole with this piece
+        if len(chunks) > 1:
+            chunks[:] = [np.concatenate(chunks, axis=1)]
+        if chunks:
+            rest(sr, chunks[0])
+    if b > max(a, stop):
+        rest(sr, arr[:, max(a, stop) - a :])
+
+
 def audio_blocks(path: str | Path):
     """Yield ``(sample rate, frame)`` for each decoded piece of the first audio stream, in order (``frame``: a PyAV
     fltp frame at the stream's own rate; ``frame.to_ndarray()`` is its (C, n) float32): a pass over hours of audio
@@ -301,9 +318,11 @@ def read_audio(path: str | Path, start: float = 0.0, duration: float | None = No
     the decode of its prefix and the memory of the window only. They equal the same samples of a whole decode (the
     file is decoded from its start, no seek; the resampler only changes the sample format, never the rate).
 
-    ``rest``: called as ``rest(sample rate, piece)`` with every decoded (C, n) float32 piece of the whole track, in
-    order (those kept too, the same arrays: never write to them); the file is then decoded to its end in this one
-    pass, so a caller that keeps a window can measure the whole track without decoding it twice."""
+    ``rest``: called as ``rest(sample rate, piece)`` with the whole track in order, in (C, n) float32 pieces: what lies
+    before the window, the window itself as one piece once it is whole (the array returned: never write to it), then
+    what lies after it; the file is then decoded to its end in this one pass, so a caller that keeps a window can
+    measure the whole track without decoding it twice. A track that ends within the window never passes it on (the
+    caller has all of it)."""
     if start < 0 or (duration is not None and duration <= 0):
         raise EchoMimicError(f"read_audio {path}: start {start} s and duration {duration} s: start must be 0 or more and "
                              "the duration more than 0.")
@@ -316,9 +335,9 @@ def read_audio(path: str | Path, start: float = 0.0, duration: float | None = No
                 first = int(math.floor(start * sr + 1e-9))
                 stop = None if duration is None else first + int(math.ceil(duration * sr - 1e-9))
             if rest is not None:  # one array for both: a kept piece is not made twice
-                arr = out.to_ndarray()
+                a, arr = done, out.to_ndarray()
                 done = _keep(out, done, first, stop, chunks, arr)
-                rest(sr, arr)
+                _pass_on(rest, sr, arr, a, first, stop, chunks)
                 continue
             done = _keep(out, done, first, stop, chunks)
             if stop is not None and done >= stop:
@@ -329,7 +348,8 @@ def read_audio(path: str | Path, start: float = 0.0, duration: float | None = No
         if first and done:
             raise EchoMimicError(f"{path}: the audio is {done / sr:.2f} s long; nothing is left from {start:g} s on.")
         raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
-    audio = np.concatenate(chunks, axis=1)  # fltp is float32 already: no third copy (peak about twice the audio)
+    # fltp is float32 already: no third copy (peak about twice the audio)
+    audio = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=1)
     del chunks
     return audio.astype(np.float32, copy=False), int(sr)
 
