@@ -206,3 +206,53 @@ def test_read_audios_rest_sees_the_whole_track_once_and_the_window_as_the_return
             assert any(p is wav for p in seen) and np.array_equal(np.concatenate(seen, axis=1), whole)
         else:  # the track ends within the window: only what lies before it is passed on
             assert np.array_equal(np.concatenate(seen, axis=1) if seen else whole[:, :0], whole[:, : int(start * 16000)])
+
+
+# ------------------------------------------------------------------------------------------------- poses --audio
+
+
+def test_the_gesture_analysis_of_a_file_holds_its_16k_mono_not_the_track(long_wav, monkeypatch):
+    """``echomimic poses --audio``'s speech analysis: the same features as from the whole track held, while the file is
+    decoded a piece at a time (the (C, T) track at its own rate is never one array: read_audio is not called)."""
+    import echomimic_lib.io.video_io as video_io
+    from echomimic_lib.audio import read_raw_audio
+    from echomimic_lib.pose.gestures.speech import analyze_speech, analyze_waveform
+
+    wants = {p: analyze_waveform(read_raw_audio(p).mono_16k().astype(np.float64), 24.0)
+             for p in (long_wav, DATA / "audio" / "echomimicv2_woman.wav", DATA / "audio" / "echomimic_en.wav")}
+    monkeypatch.setattr(video_io, "read_audio", lambda *a, **k: pytest.fail("the whole track was read into memory"))
+    for path, want in wants.items():
+        got = analyze_speech(path, 24.0)
+        for name, value in vars(want).items():
+            assert np.array_equal(getattr(got, name), value, equal_nan=True) if isinstance(value, np.ndarray) \
+                else getattr(got, name) == value, (path.name, name)
+
+
+def test_the_gesture_analysis_refuses_a_broken_file_with_read_raw_audios_words(tmp_path):
+    from echomimic_lib.audio import read_raw_audio
+    from echomimic_lib.pose.gestures.speech import analyze_speech
+
+    x = np.full((2, 16000), 0.1, np.float32)
+    x[1, 8000] = np.nan
+    for path in (write_wav(tmp_path / "nan.wav", x, 16000, float32=True), tmp_path / "none.wav"):
+        with pytest.raises(EchoMimicError) as old:
+            read_raw_audio(path)
+        with pytest.raises(EchoMimicError) as new:
+            analyze_speech(path, 24.0)
+        assert str(new.value) == str(old.value)
+
+
+def test_poses_audio_with_a_length_keeps_the_start_for_its_preview(long_wav, tmp_path, shared_data, opens):
+    import shutil
+
+    from echomimic_lib.jobs.poses import PosesRequest, check
+
+    lib = tmp_path / "poses"
+    shutil.copytree(shared_data / "pose" / "01", lib / "01")
+    plan = check(PosesRequest(output=str(tmp_path / "p.npz"), audio=str(long_wav), gesture_library=str(lib), length=48,
+                              preview=str(tmp_path / "p.mp4")))
+    assert plan.num_frames == 48 and plan.wav.shape[1] == math.ceil(61.0 * plan.sample_rate)  # not 130 s
+    assert opens.count(Path(long_wav)) == 2  # probe_speech's open, then one decode pass
+    whole = check(PosesRequest(output=str(tmp_path / "p.npz"), audio=str(long_wav), gesture_library=str(lib),
+                               preview=str(tmp_path / "p.mp4")))
+    assert whole.wav.shape[1] == 130 * whole.sample_rate and np.array_equal(plan.wav, whole.wav[:, : plan.wav.shape[1]])

@@ -91,3 +91,29 @@ def summarise_track(blocks) -> TrackSummary:
     if summariser is None:
         return TrackSummary(0, 0, 0.0, 0, None, None)
     return summariser.summary()
+
+
+def read_mono_16k(path) -> np.ndarray:
+    """``read_raw_audio(path).mono_16k()`` -- the same samples, the same checks and words -- decoded a piece at a time:
+    only the 16 kHz mono is held, never the (C, T) track at its own rate (an hour of 96 kHz 6-channel sound is 8 GB;
+    its 16 kHz mono 230 MB). Used by the gesture speech analysis (``echomimic poses --audio``)."""
+    from pathlib import Path
+
+    from ..errors import EchoMimicError
+    from ..io.video_io import audio_blocks
+
+    if not Path(path).is_file():
+        raise EchoMimicError(f"{path}: audio file not found.")
+    pieces: list = []
+    summariser = None
+    for sr, frame in audio_blocks(path):
+        if summariser is None:
+            summariser = TrackSummariser(sr, mel=False, on_16k=pieces.append)
+        summariser.add(frame.to_ndarray())
+    if summariser is None or summariser.n == 0:
+        raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
+    whole = summariser.summary()
+    if whole.bad:
+        raise EchoMimicError(f"{path}: {whole.bad} NaN/Inf samples (first at {whole.first_bad / whole.sample_rate:.3f} s); "
+                             "the audio is corrupt. Clean it (e.g. replace non-finite samples with 0) before encoding.")
+    return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]
