@@ -9,8 +9,9 @@ memory (``ru_maxrss``) above the process's memory after the imports. ``--probe``
 old (the whole audio decoded and held, as ``probe`` did before) beside new (:func:`echomimic_lib.io.audio_length.audio_samples`:
 a wav's header, else counted frame by frame). ``--speech``: ``read_speech`` (what ``echomimic animate --audio`` reads)
 of a ``--channels`` x ``--rate`` wav, following the audio (the whole track held) beside ``--length 125`` at 25 fps
-(5 s: the start it needs kept, the rest passed over a piece at a time), each also with tracemalloc's peak of the
-numpy arrays."""
+(5 s: the start it needs kept while the whole track passes a piece at a time, one decode pass), and beside them the
+two-pass read it replaced (the start decoded, then the whole track again for its checks), each also with
+tracemalloc's peak of the numpy arrays."""
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,14 @@ import echomimic_lib.audio.track, echomimic_lib.audio.features, echomimic_lib.au
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tracemalloc.start()
 t = time.perf_counter()
-wav, sr, raw = read_speech({path!r}, 25.0, {length})
+if {two_pass!r}:  # before: the start decoded and kept, then the whole track decoded again for its summary
+    from echomimic_lib.audio.features import seconds_for_frames
+    from echomimic_lib.audio.track import summarise_track
+    from echomimic_lib.io.video_io import audio_blocks, read_audio
+    wav, sr = read_audio({path!r}, duration=seconds_for_frames({length}, 25.0))
+    whole = summarise_track(audio_blocks({path!r}))
+else:
+    wav, sr, raw = read_speech({path!r}, 25.0, {length})
 dt = time.perf_counter() - t
 traced = tracemalloc.get_traced_memory()[1]
 print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
@@ -131,11 +139,13 @@ def bench_speech(args, results: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.wav"
         write(path, args.minutes, "pcm_s16le", args.channels, args.rate)
-        for name, length in (("read_speech, the whole track", None), ("read_speech --length 125 (5 s)", 125)):
-            code = SPEECH.format(root=str(ROOT), path=str(path), length=length)
+        for name, length, two_pass in (("read_speech, the whole track", None, False),
+                                       ("--length 125, two passes (before)", 125, True),
+                                       ("read_speech --length 125 (5 s)", 125, False)):
+            code = SPEECH.format(root=str(ROOT), path=str(path), length=length, two_pass=two_pass)
             got = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
             results["cases"][name] = got
-            print(f"{name:>32}: {got['seconds']:7.3f} s  peak RSS +{got['peak_mib']:7.1f} MiB  numpy peak "
+            print(f"{name:>34}: {got['seconds']:7.3f} s  peak RSS +{got['peak_mib']:7.1f} MiB  numpy peak "
                   f"{got['traced_peak_mib']:7.1f} MiB  kept {got['kept_mib']:7.1f} MiB ({got['samples']} samples)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

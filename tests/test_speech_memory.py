@@ -178,7 +178,8 @@ def test_v3_keeps_the_sound_it_muxes_not_the_whole_track(tmp_path):
     plan = plan_v3(V3Request(reference=str(DATA / "images" / "portrait_a.png"), audio=str(wav),
                              output=str(tmp_path / "o.mp4"), models=str(tmp_path), size=(64, 64), length=0))
     assert plan.frames == 81 and plan.wav.shape == (2, math.ceil((81 / 25 + 1) * 44100))
-    assert plan.mono.shape == (44100 * 12,)  # the loudness is still the whole clip's
+    assert plan.speech.samples == 44100 * 12  # the loudness is still the whole clip's (measured a piece at a time)
+    assert plan.speech.head_16k.shape == (int(81 / 25 * 16000),)  # of its 16 kHz mono, only what the frames read
 
 
 def test_v3_and_v1_length_checks_are_one_rule_with_each_ones_words(tmp_path, monkeypatch):

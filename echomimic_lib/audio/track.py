@@ -35,25 +35,85 @@ class SpeechStart(RawAudio):
     mel_peak: float | None = None
 
 
-def summarise_track(blocks) -> TrackSummary:
-    """``blocks``: ``(sample rate, PyAV frame)`` pairs in order (:func:`echomimic_lib.io.video_io.audio_blocks`)."""
-    sr, n, peak, bad, firsts = None, 0, 0.0, 0, {}
-    resample = mel = None
-    for sr, frame in blocks:
-        x = frame.to_ndarray().astype(np.float32, copy=False)  # (C, k)
-        if resample is None:
-            resample, mel = StreamResampler(sr), LogMelPeak()
+class TrackSummariser:
+    """:class:`TrackSummary` of a track given piece by piece (:meth:`add` each decoded ``(C, k)`` float32 piece in
+    order, then :meth:`summary`): one piece held at a time, so a reader that keeps the start of a track can summarise
+    the whole of it in the same decode pass (:func:`echomimic_lib.jobs.speech_input.read_speech`)."""
+
+    def __init__(self, sample_rate: int, mel: bool = True, on_16k=None):
+        """``mel`` False: no log-mel maximum (``mel_peak`` None); ``on_16k``: called with each piece of the 16 kHz mono
+        stream (the downmix resampled as :meth:`RawAudio.mono_16k` does), in order, the last one at :meth:`summary`."""
+        self.sr, self.n, self.peak, self.bad, self.firsts = int(sample_rate), 0, 0.0, 0, {}
+        self.resample, self.mel, self.on_16k = StreamResampler(sample_rate), LogMelPeak() if mel else None, on_16k
+
+    def _16k(self, wave: np.ndarray) -> None:
+        if self.mel is not None:
+            self.mel.add(wave)
+        if self.on_16k is not None:
+            self.on_16k(wave)
+
+    def add(self, x: np.ndarray) -> None:
+        """``x``: the next (C, k) samples (a long one is taken a second at a time: no copy of it); never written to."""
+        x = np.asarray(x)
+        if x.shape[1] > max(self.sr, 1):
+            for i in range(0, x.shape[1], self.sr):
+                self._add(x[:, i : i + self.sr])
+        else:
+            self._add(x)
+
+    def _add(self, x: np.ndarray) -> None:
+        x = x.astype(np.float32, copy=False)
         finite = np.isfinite(x)
         if not finite.all():
-            bad += int((~finite).sum())
+            self.bad += int((~finite).sum())
             for c, t in np.argwhere(~finite):
-                firsts.setdefault(int(c), n + int(t))
+                self.firsts.setdefault(int(c), self.n + int(t))
             x = np.where(finite, x, 0.0).astype(np.float32)
         if x.size:
-            peak = max(peak, float(np.abs(x).max()))
-        mel.add(resample(x[0] if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float32)))
-        n += x.shape[1]
-    if resample is not None:
-        mel.add(resample(np.zeros(0, np.float32), last=True))
-    return TrackSummary(int(sr or 0), n, peak, bad, firsts[min(firsts)] if firsts else None,
-                        None if mel is None else mel.value())
+            self.peak = max(self.peak, float(np.abs(x).max()))
+        self._16k(self.resample(x[0] if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float32)))
+        self.n += x.shape[1]
+
+    def summary(self) -> TrackSummary:
+        self._16k(self.resample(np.zeros(0, np.float32), last=True))
+        firsts = self.firsts
+        return TrackSummary(self.sr, self.n, self.peak, self.bad, firsts[min(firsts)] if firsts else None,
+                            None if self.mel is None else self.mel.value())
+
+
+def summarise_track(blocks) -> TrackSummary:
+    """``blocks``: ``(sample rate, PyAV frame)`` pairs in order (:func:`echomimic_lib.io.video_io.audio_blocks`)."""
+    summariser = None
+    for sr, frame in blocks:
+        if summariser is None:
+            summariser = TrackSummariser(sr)
+        summariser.add(frame.to_ndarray())
+    if summariser is None:
+        return TrackSummary(0, 0, 0.0, 0, None, None)
+    return summariser.summary()
+
+
+def read_mono_16k(path) -> np.ndarray:
+    """``read_raw_audio(path).mono_16k()`` -- the same samples, the same checks and words -- decoded a piece at a time:
+    only the 16 kHz mono is held, never the (C, T) track at its own rate (an hour of 96 kHz 6-channel sound is 8 GB;
+    its 16 kHz mono 230 MB). Used by the gesture speech analysis (``echomimic poses --audio``)."""
+    from pathlib import Path
+
+    from ..errors import EchoMimicError
+    from ..io.video_io import audio_blocks
+
+    if not Path(path).is_file():
+        raise EchoMimicError(f"{path}: audio file not found.")
+    pieces: list = []
+    summariser = None
+    for sr, frame in audio_blocks(path):
+        if summariser is None:
+            summariser = TrackSummariser(sr, mel=False, on_16k=pieces.append)
+        summariser.add(frame.to_ndarray())
+    if summariser is None or summariser.n == 0:
+        raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
+    whole = summariser.summary()
+    if whole.bad:
+        raise EchoMimicError(f"{path}: {whole.bad} NaN/Inf samples (first at {whole.first_bad / whole.sample_rate:.3f} s); "
+                             "the audio is corrupt. Clean it (e.g. replace non-finite samples with 0) before encoding.")
+    return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]

@@ -267,14 +267,32 @@ def counted(frames, total: int, progress=None):
 _END = object()
 
 
-def _keep(out, done: int, first: int, stop: int | None, chunks: list) -> int:
-    """Append the part of the resampled frame ``out`` (samples ``done ..``) inside ``first .. stop``; the new count."""
+def _keep(out, done: int, first: int, stop: int | None, chunks: list, arr: np.ndarray | None = None) -> int:
+    """Append the part of the resampled frame ``out`` (samples ``done ..``; ``arr``: its ``to_ndarray()`` if the
+    caller has it) inside ``first .. stop``; the new count."""
     a, b = done, done + out.samples
     lo, hi = max(a, first), b if stop is None else min(b, stop)
     if hi > lo:
-        arr = out.to_ndarray()
+        arr = out.to_ndarray() if arr is None else arr
         chunks.append(arr if (lo, hi) == (a, b) else arr[:, lo - a : hi - a].copy())
     return b
+
+
+def _pass_on(rest, sr: int, arr: np.ndarray, a: int, first: int, stop: int | None, chunks: list) -> None:
+    """``read_audio``'s ``rest`` given the piece ``arr`` (samples ``a ..``): its part before the window, the window
+    itself once it is whole (its pieces joined first, so they are let go before the rest of the pass), its part after."""
+    b = a + arr.shape[1]
+    if a < first:
+        rest(sr, arr[:, : min(b, first) - a])
+    if stop is None or b < stop:
+        return
+    if a < stop:  # the window is whole with this piece
+        if len(chunks) > 1:
+            chunks[:] = [np.concatenate(chunks, axis=1)]
+        if chunks:
+            rest(sr, chunks[0])
+    if b > max(a, stop):
+        rest(sr, arr[:, max(a, stop) - a :])
 
 
 def audio_blocks(path: str | Path):
@@ -305,13 +323,20 @@ def audio_blocks(path: str | Path):
         container.close()
 
 
-def read_audio(path: str | Path, start: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, int]:
+def read_audio(path: str | Path, start: float = 0.0, duration: float | None = None,
+               rest=None) -> tuple[np.ndarray, int]:
     """Decode the first audio stream to float32 (C, T) at its native sample rate.
 
     ``start`` / ``duration`` (seconds): only samples ``floor(start * sr) ..`` (``ceil(duration * sr)`` of them, fewer
     where the file ends first) are kept, and decoding stops once they are there: a 10 s window of a 2-hour file costs
     the decode of its prefix and the memory of the window only. They equal the same samples of a whole decode (the
-    file is decoded from its start, no seek; the resampler only changes the sample format, never the rate)."""
+    file is decoded from its start, no seek; the resampler only changes the sample format, never the rate).
+
+    ``rest``: called as ``rest(sample rate, piece)`` with the whole track in order, in (C, n) float32 pieces: what lies
+    before the window, the window itself as one piece once it is whole (the array returned: never write to it), then
+    what lies after it; the file is then decoded to its end in this one pass, so a caller that keeps a window can
+    measure the whole track without decoding it twice. A track that ends within the window never passes it on (the
+    caller has all of it)."""
     if start < 0 or (duration is not None and duration <= 0):
         raise EchoMimicError(f"read_audio {path}: start {start} s and duration {duration} s: start must be 0 or more and "
                              "the duration more than 0.")
@@ -323,6 +348,11 @@ def read_audio(path: str | Path, start: float = 0.0, duration: float | None = No
             if not done:
                 first = int(math.floor(start * sr + 1e-9))
                 stop = None if duration is None else first + int(math.ceil(duration * sr - 1e-9))
+            if rest is not None:  # one array for both: a kept piece is not made twice
+                a, arr = done, out.to_ndarray()
+                done = _keep(out, done, first, stop, chunks, arr)
+                _pass_on(rest, sr, arr, a, first, stop, chunks)
+                continue
             done = _keep(out, done, first, stop, chunks)
             if stop is not None and done >= stop:
                 break  # the window is complete: the rest of the file is not decoded
@@ -332,7 +362,8 @@ def read_audio(path: str | Path, start: float = 0.0, duration: float | None = No
         if first and done:
             raise EchoMimicError(f"{path}: the audio is {done / sr:.2f} s long; nothing is left from {start:g} s on.")
         raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
-    audio = np.concatenate(chunks, axis=1)  # fltp is float32 already: no third copy (peak about twice the audio)
+    # fltp is float32 already: no third copy (peak about twice the audio)
+    audio = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=1)
     del chunks
     return audio.astype(np.float32, copy=False), int(sr)
 

@@ -82,8 +82,7 @@ class V3Plan:
     ref_u8: np.ndarray       # the reference at the sample size
     wav: object              # the speech as the mp4 muxes it
     sample_rate: int
-    mono: np.ndarray         # float32 mono samples at ``raw_rate``
-    raw_rate: int
+    speech: object           # jobs.v3_speech.V3Speech: the track's start and its whole loudness
     frames: int
     size: tuple[int, int]    # (width, height)
     lora: tuple = ()         # the request's LoRA files, read and checked: (lora.wan_files.WanLoraFile, strength) each
@@ -138,9 +137,10 @@ def plan_v3(req: V3Request) -> V3Plan:
     """Every input check of :func:`run_v3`, no weights and no download (raises :class:`EchoMimicError`)."""
     from .animate_checks import check_output, read_reference
     from . import speech_length
-    from .speech_input import read_speech
     from .speech_length import HEADER_MARGIN, check_video_length, header_seconds
+    from ..audio.resample import resampled_length
     from ..audio.wav2vec import FPS, frame_count
+    from .v3_speech import read_v3_speech
     from ..pipeline.wan.sampler import resize_reference, sample_size
     from ..speed import check_speed_options
 
@@ -155,12 +155,14 @@ def plan_v3(req: V3Request) -> V3Plan:
     ref = read_reference(req.reference, "v3")
     # Speech longer than a video can be (MAX_LENGTH frames at 25 fps) is refused: V3 normalises loudness over the whole
     # clip, so the whole file is decoded whatever --length is; the header first (1.5 times over), then the exact length.
+    # One pass holds only the start a video of ``cap`` frames uses, the rest measured a piece at a time.
     check_video_length(req.audio, header_seconds(req.audio), FPS, speech_length.MAX_LENGTH, HEADER_MARGIN, whole_clip=True)
-    wav, sr, raw = read_speech(req.audio)
-    check_video_length(req.audio, raw.num_samples_16k / 16000.0, FPS, speech_length.MAX_LENGTH, whole_clip=True)
-    mono = raw.samples.mean(axis=0).astype(np.float32, copy=False)
-    seconds = mono.shape[0] / raw.sample_rate
     cap = max(81, int(req.length or 0))
+    speech = read_v3_speech(req.audio, cap)
+    wav, sr = speech.wav, speech.sample_rate
+    check_video_length(req.audio, resampled_length(speech.samples, sr) / 16000.0, FPS, speech_length.MAX_LENGTH,
+                       whole_clip=True)
+    seconds = speech.seconds
     frames = frame_count(seconds, cap)
     if req.length and req.length < frames:
         frames = frame_count(req.length / FPS, req.length)
@@ -184,12 +186,12 @@ def plan_v3(req: V3Request) -> V3Plan:
                     ref.shape[1], ref.shape[0], *req.size, w, h)
     lora = check_lora(req) if req.lora else ()
     keep = math.ceil((frames / FPS + 1.0) * sr)  # the sound muxed under the frames (and 1 s more), not the whole track:
-    wav = wav[:, :keep].copy() if keep < wav.shape[1] else wav  # the loudness needs only ``mono``
+    wav = wav[:, :keep].copy() if keep < wav.shape[1] else wav  # the loudness is in ``speech``
     if req.resumable:  # something that is no folder where the chunks are kept: refused before any work
         from ..pipeline.wan.chunk_state import check_state_folder, chunk_state_path
 
         check_state_folder(chunk_state_path(out))
-    return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, mono, raw.sample_rate, frames, (w, h), lora)
+    return V3Plan(req, out, resize_reference(ref, h, w), wav, sr, speech, frames, (w, h), lora)
 
 
 def check_v3_numbers(req: V3Request) -> None:
@@ -338,7 +340,7 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
     ``prompt`` / ``clip``: the umT5 states / CLIP features when computed already; ``on_frames``: called with each
     (k, H, W, 3) uint8 block as it goes to the writer, in order (a long clip's chunks as they stream: no copy kept).
     ``req.resumable``: a long clip's chunks are kept as they finish, and a kept state of this request is gone on from."""
-    from ..audio.wav2vec import FPS, prepare_samples, resample_16k
+    from ..audio.wav2vec import FPS
     from ..io.video_writer import Mp4Writer
     from ..pipeline.wan import long
     from ..pipeline.wan.encoders import clip_features
@@ -357,7 +359,7 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
         compile_transformer(models.transformer)
     model, vae, enc = models.transformer, models.vae, models.wav2vec
     set_tiling(vae, req.vae_tiling)  # per request: a batch worker's loaded set serves rows with and without
-    samples = prepare_samples(resample_16k(plan.mono, plan.raw_rate), frames)
+    samples = plan.speech.prepared(frames)  # prepare_samples(resample_16k(mono, rate), frames) of the whole track
     settings = V3Settings(steps=req.steps, audio_cfg=req.audio_cfg, seed=as_whole(req.seed), teacache=req.teacache,
                           teacache_skip_start=min(5, req.steps), color_transfer=req.color_transfer)
     chunk, overlap = long.CHUNK, long.OVERLAP

@@ -229,7 +229,9 @@ def check(req: PosesRequest) -> PosesPlan:
                 raise EchoMimicError(f"{exc} (gestures are taken from --gesture-library DIR, default the models folder's "
                                      "poses/.)") from None
         inputs.update({f"--gesture-library ({s.name})": s for s in sources})
-        wav, sr, raw = read_speech(req.audio)
+        # with --length only the start those frames need is kept (the rest read a piece at a time for its checks,
+        # in the same pass): the preview's sound is cut to the video anyway
+        wav, sr, raw = read_speech(req.audio, fps or DEFAULT_FPS, length) if length else read_speech(req.audio)
         plan_extra = dict(num_frames=frame_count(raw, fps or DEFAULT_FPS, length or None), wav=wav, sample_rate=sr,
                           library=dirs)
     output, folder = check_pose_output(req.output, req.force)

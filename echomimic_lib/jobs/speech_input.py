@@ -28,23 +28,29 @@ def probe_speech(path, flag: str = "--audio") -> None:
     _open(p).close()
 
 
+def check_speech_file(path) -> Path:
+    """``path`` as a Path, refused unless it is a file (``--audio``'s words)."""
+    p = Path(path)
+    if not p.is_file():
+        raise EchoMimicError(f"--audio {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
+                             "(wav, mp3, flac, m4a, or a video with sound).")
+    return p
+
+
 def read_speech(path, fps: float | None = None, length=None):
     """(samples (C, T) float32, sample rate, RawAudio): decodable, finite, long enough, audible; with ``fps`` and no
     ``length``, short enough for a video of MAX_LENGTH frames (said from the file's header before decoding it).
 
     With ``fps`` and ``length`` only the start the first ``length`` frames need is kept (a longer track gives a
-    :class:`~echomimic_lib.audio.track.SpeechStart`): the rest is decoded once, a piece at a time, for the same checks
-    and the whisper features' log-mel maximum, so those frames' features and sound are the whole track's while a
+    :class:`~echomimic_lib.audio.track.SpeechStart`): in the same decode pass the whole track goes by a piece at a time
+    for the same checks and the whisper features' log-mel maximum, so those frames' features and sound are the whole track's while a
     60-min 96 kHz 6-channel recording costs its first minute's memory (about 140 MB), not its 8 GB."""
     from ..audio import check_audible, read_raw_audio
     from ..audio.features import MIN_SAMPLES_16K
     from ..io.video_io import read_audio
     from .speech_length import HEADER_MARGIN, MAX_LENGTH, check_video_length, header_seconds
 
-    p = Path(path)
-    if not p.is_file():
-        raise EchoMimicError(f"--audio {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
-                             "(wav, mp3, flac, m4a, or a video with sound).")
+    p = check_speech_file(path)
     follows = bool(fps) and not length  # the video follows the audio: at most MAX_LENGTH frames, as --length
     if follows:  # hours of audio: refused before they are decoded (about 80 MB a minute of 48 kHz stereo)
         check_video_length(p, header_seconds(p), fps, MAX_LENGTH, HEADER_MARGIN)
@@ -66,24 +72,46 @@ def read_speech(path, fps: float | None = None, length=None):
 
 def _read_start(p: Path, fps: float, length: int):
     """(samples, rate, SpeechStart) of the start the first ``length`` frames need; (samples, rate, None) when the track
-    ends within it (it is all there: checked as before)."""
+    ends within it (it is all there: checked as before). One decode pass: the start is kept while the whole track
+    goes through :class:`_PastTheStart` for the checks, its length and the log-mel maximum."""
     from ..audio import check_audible
     from ..audio.features import seconds_for_frames
-    from ..audio.track import SpeechStart, summarise_track
-    from ..io.video_io import audio_blocks, read_audio
+    from ..audio.track import SpeechStart
+    from ..io.video_io import read_audio
 
     seconds = seconds_for_frames(length, fps)
-    wav, sr = read_audio(p, duration=seconds)
-    if wav.shape[1] < math.ceil(seconds * sr - 1e-9):
-        return wav, sr, None  # the whole track: nothing more to read
-    whole = summarise_track(audio_blocks(p))
-    if whole.samples == wav.shape[1]:
-        return wav, sr, None
+    past = _PastTheStart(seconds)
+    wav, sr = read_audio(p, duration=seconds, rest=past)
+    whole = past.summary()
+    if whole is None:
+        return wav, sr, None  # the whole track: nothing more to know
     if whole.bad:  # the words of read_raw_audio's check, as if it had seen the whole track
         raise EchoMimicError(f"audio: {whole.bad} NaN/Inf samples (first at {whole.first_bad / sr:.3f} s); the audio is "
                              "corrupt. Clean it (e.g. replace non-finite samples with 0) before encoding.")
     check_audible(np.array([whole.peak], np.float32), f"--audio {p} has no audible sound: pass a recording of speech.")
     return wav, sr, SpeechStart(np.ascontiguousarray(wav), float(sr), whole.samples, whole.mel_peak)  # (no copy)
+
+
+class _PastTheStart:
+    """``read_audio``'s ``rest``: the kept start (once it is whole) and every decoded piece after it, summarised a
+    second of samples at a time (:class:`~echomimic_lib.audio.track.TrackSummariser`: no copy of the start). A track that ends within the start is never passed on, so never summarised twice."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.summariser = seconds, None
+
+    def __call__(self, sr: int, piece: np.ndarray) -> None:
+        if self.summariser is None:
+            from ..audio.track import TrackSummariser
+
+            self.summariser = TrackSummariser(sr)
+        self.summariser.add(piece)
+
+    def summary(self):
+        """The whole track's :class:`~echomimic_lib.audio.track.TrackSummary`; None when it is no longer than the start."""
+        s = self.summariser
+        if s is None or s.n <= math.ceil(self.seconds * s.sr - 1e-9):
+            return None
+        return s.summary()
 
 
 def frame_count(raw, fps: float, length: int | None) -> int:

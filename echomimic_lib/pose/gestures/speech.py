@@ -17,6 +17,7 @@ Frame i covers [i / fps, (i + 1) / fps); the clip yields floor(seconds x fps) fr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -130,7 +131,12 @@ def analyze_speech(audio, fps: float = 24.0, sample_rate=None, min_pause: float 
 
     if not (fps > 0 and np.isfinite(fps)):
         raise EchoMimicError(f"speech analysis: fps must be a positive number, got {fps}.")
-    wave = read_raw_audio(audio, sample_rate).mono_16k().astype(np.float64)
+    if isinstance(audio, (str, Path)):  # a file: decoded a piece at a time, only its 16 kHz mono held (the same samples)
+        from ...audio.track import read_mono_16k
+
+        wave = read_mono_16k(audio).astype(np.float64)
+    else:
+        wave = read_raw_audio(audio, sample_rate).mono_16k().astype(np.float64)
     return analyze_waveform(wave, fps, min_pause, min_stroke_gap, stress_ratio)
 
 
