@@ -6,7 +6,7 @@
    manifest's row, a landmark ``.json`` and ``echomimic queue``'s workflow are refused with a clear error;
 3. ``echomimic queue`` over several servers reads its workflow as the one-server run does: a missing, non-JSON or
    wrongly shaped file is a clear error, not a traceback;
-4. (xfail, files owned by other helpers) the one-server queue's workflow nested too deeply; the curl command printed
+4. the one-server queue's workflow nested too deeply; the curl command printed
    for prompts still on the server quotes a prompt id for the shell; ``read_speech`` stops decoding at the longest
    video's audio when the header states no duration.
 """
@@ -119,8 +119,6 @@ def test_queue_over_several_servers_reads_its_workflow_with_clear_errors(tmp_pat
 
 
 # 4. holes in files other helpers own (the fix is described in the report) ------------------------------------------
-@pytest.mark.xfail(strict=True, reason="jobs/queue_client.py: queue_folder catches ValueError, not RecursionError; "
-                                       "fix: read the workflow with batch.comfy_servers.read_api_workflow")
 def test_queue_one_server_workflow_nested_too_deeply_is_a_queue_error(tmp_path):
     from echomimic_lib.jobs.queue_client import QueueError, queue_folder
 
@@ -130,8 +128,6 @@ def test_queue_one_server_workflow_nested_too_deeply_is_a_queue_error(tmp_path):
         queue_folder(wf, tmp_path, tmp_path, "http://127.0.0.1:9")
 
 
-@pytest.mark.xfail(strict=True, reason="jobs/queue_replies.py: still_on_server puts prompt ids into a shell command "
-                                       "between single quotes unescaped; fix: shlex.quote(ids)")
 def test_the_printed_curl_command_quotes_a_prompt_id_for_the_shell():
     from echomimic_lib.jobs.queue_replies import still_on_server
 
@@ -154,9 +150,6 @@ def _wav(path: Path, seconds: float, rate: int = 16000) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="jobs/speech_input.py: read_speech decodes the whole track when the header "
-                                       "states no duration (header_seconds None: a lying mp3 Xing count, an ADTS stream); "
-                                       "fix: read_audio(p, duration=MAX_LENGTH / fps + a margin) and refuse a full read")
 def test_read_speech_stops_decoding_at_the_longest_videos_audio(tmp_path, monkeypatch):
     from echomimic_lib.io import video_io
     from echomimic_lib.jobs import speech_input, speech_length
@@ -342,20 +335,15 @@ def test_export_never_replaces_a_pipe_where_a_file_goes(tmp_path):
     assert dst.is_fifo()
 
 
-@pytest.mark.xfail(strict=True, reason="jobs/queue_state.py: QueueState catches (OSError, UnicodeDecodeError, ValueError) "
-                                       "around json.loads, not RecursionError; fix: add RecursionError to that tuple")
-def test_a_queue_state_nested_too_deeply_is_started_anew(tmp_path, capsys):
-    from echomimic_lib.jobs.queue_state import QueueState
+def test_a_queue_state_nested_too_deeply_is_a_clear_error_naming_the_file(tmp_path):
+    from echomimic_lib.jobs.queue_state import QueueError, read_state
 
     f = tmp_path / ".echomimic_queue.json"
     f.write_text('{"servers": ' + _deep_list() + "}", encoding="utf-8")
-    state = QueueState(f)
-    assert state.data == {} and "unreadable queue state" in capsys.readouterr().err
+    with pytest.raises(QueueError, match=r"\.echomimic_queue\.json: the queue state kept for --resume cannot be read"):
+        read_state(f)
 
 
-@pytest.mark.xfail(strict=True, reason="jobs/queue_replies.py explain() and jobs/queue_client.py _request() parse a "
-                                       "server's answer catching ValueError only; fix: catch RecursionError there too "
-                                       "(explain: show the body's start; _request: the 'not JSON' QueueError)")
 def test_a_servers_answer_nested_too_deeply_is_explained_not_a_crash():
     from echomimic_lib.jobs.queue_replies import explain
 

@@ -76,7 +76,7 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
         raise QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?") from None
     try:
         reply = json.loads(body or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise QueueError(f"{url}: the server answered with something that is not JSON ({body[:80].strip()!r}...); is this "
                          "ComfyUI's address and port (not a web page or another service)?") from None
     if not isinstance(reply, dict):

@@ -5,6 +5,7 @@ and what to tell a user who stops (or loses) a run with prompts still on the ser
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from ..errors import EchoMimicError
@@ -32,7 +33,7 @@ def explain(body: str) -> str:
     (an answer of any other shape is shown, never a crash)."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return _one_line(body[:500])
     if not isinstance(data, dict):
         return _one_line(body[:500])
@@ -143,7 +144,7 @@ def still_on_server(server: str, prompt_ids: list[str], resumable: bool = False)
     ids = json.dumps({"delete": list(prompt_ids)})
     return (f"ComfyUI still has {len(prompt_ids)} prompt(s) of this run: {', '.join(prompt_ids)} (queued or running; "
             "their videos still land in ComfyUI's output folder). To cancel them use ComfyUI's queue panel, or "
-            f"curl -X POST {server}/queue -H 'Content-Type: application/json' -d '{ids}' for the queued ones and "
+            f"curl -X POST {server}/queue -H 'Content-Type: application/json' -d {shlex.quote(ids)} for the queued ones and "
             f"curl -X POST {server}/interrupt for the one running. "
             + (RESUME if resumable else "Running the same command again queues every job again."))
 

@@ -46,7 +46,7 @@ def read_state(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8") if path.is_file() else ""
         data = json.loads(text) if text.strip() else {"version": VERSION, "servers": {}}
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise QueueError(f"{path}: the queue state kept for --resume cannot be read ({type(exc).__name__}: "
                          f"{str(exc)[:120]}); delete it or move it away (--resume then queues every job again), or give "
                          "--state another file.") from None

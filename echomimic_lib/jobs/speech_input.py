@@ -58,8 +58,8 @@ def read_speech(path, fps: float | None = None, length=None):
         wav, sr, start = _read_start(p, fps, length)
         if start is not None:
             return wav, sr, start
-    else:
-        wav, sr = read_audio(p)
+    else:  # following the audio: never more decoded than the longest video's audio (+1 s shows that it is longer)
+        wav, sr = read_audio(p, duration=MAX_LENGTH / fps + 1.0 if follows else None)
     raw = read_raw_audio(wav, sr)
     if follows:
         check_video_length(p, raw.num_samples_16k / 16000.0, fps, MAX_LENGTH)
