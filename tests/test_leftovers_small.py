@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from echomimic_lib.errors import EchoMimicError
-from echomimic_lib.pipeline.sampler import settings_for
+from echomimic_lib.pipeline.settings import settings_for
 from tests._pack import sub
 
 

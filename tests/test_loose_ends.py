@@ -159,7 +159,7 @@ def test_prepare_records_the_audio_encoder_and_refuses_another_into_the_same_dat
 def test_a_dataset_prepared_without_whisper_refuses_one_with_it(tmp_path):
     from trainer.config import ConfigError
     from trainer.data.clean import PrepareConfig
-    from trainer.data.prepare import check_same_settings, whisper_identity
+    from trainer.data.prepare_settings import check_same_settings, whisper_identity
     from dataclasses import asdict
 
     ds = tmp_path / "ds"

@@ -23,16 +23,13 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from echomimic_lib.errors import EchoMimicError, MissingWeightsError  # noqa: E402
 from echomimic_lib.pose import dwpose  # noqa: E402
-from echomimic_lib.pose.dwpose import (  # noqa: E402
-    DWPoseDetector,
+from echomimic_lib.pose.dwpose import DWPoseDetector, detect_image_pose, extract_pose_sequence, resolve_dwpose_models  # noqa: E402
+from echomimic_lib.pose.dwpose_tensors import (  # noqa: E402
     box_to_center_scale,
     decode_simcc,
     decode_yolox,
-    detect_image_pose,
-    extract_pose_sequence,
     letterbox,
     nms,
-    resolve_dwpose_models,
     wholebody_to_released,
 )
 

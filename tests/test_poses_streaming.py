@@ -12,7 +12,8 @@ from echomimic_lib.errors import EchoMimicError
 from echomimic_lib.io import video_io
 from echomimic_lib.io.video_io import VideoFrames, read_video, write_video
 from echomimic_lib.jobs.pose_sources import video_poses
-from echomimic_lib.pose.dwpose import extract_pose_sequence, wholebody_to_released
+from echomimic_lib.pose.dwpose import extract_pose_sequence
+from echomimic_lib.pose.dwpose_tensors import wholebody_to_released
 from tests._media import write_wav
 
 FRAMES, NOBODY = 14, (4, 5, 9)  # the generated video: a red square moving right, gone in some frames

@@ -28,7 +28,7 @@ def _other_task(path):
 
 def test_the_landmarker_and_dwpose_files_are_recorded_by_content(tmp_path):
     from trainer.data.clean import PrepareConfig
-    from trainer.data.prepare import model_identities
+    from trainer.data.prepare_settings import model_identities
 
     copy = tmp_path / "elsewhere" / "renamed.task"
     copy.parent.mkdir()
@@ -53,7 +53,7 @@ def test_the_landmarker_and_dwpose_files_are_recorded_by_content(tmp_path):
 def test_another_model_into_the_same_dataset_is_refused_one_not_known_is_not_compared(tmp_path):
     from trainer.config import ConfigError
     from trainer.data.clean import PrepareConfig
-    from trainer.data.prepare import check_same_settings, model_identities
+    from trainer.data.prepare_settings import check_same_settings, model_identities
 
     cfg = PrepareConfig(kind="headshot", size=64)
     ds = tmp_path / "ds"
@@ -83,7 +83,7 @@ def test_another_model_into_the_same_dataset_is_refused_one_not_known_is_not_com
 def test_the_command_refuses_another_landmarker_before_any_clip_and_changes_nothing(tmp_path, capsys):
     from echomimic_lib.io.video_io import write_video
     from trainer.data.clean import PrepareConfig
-    from trainer.data.prepare import model_identities
+    from trainer.data.prepare_settings import model_identities
 
     videos, ds = tmp_path / "videos", tmp_path / "ds"
     videos.mkdir()

@@ -61,31 +61,24 @@ def _rewrite_killed(root: Path, monkeypatch, where: str) -> None:
         monkeypatch.undo()
 
 
-def test_a_clip_written_again_and_killed_before_the_rename_keeps_its_earlier_folder(tmp_path, monkeypatch):
-    root = tmp_path / "ds"
-    _clip(root, take=1)
-    _rewrite_killed(root, monkeypatch, "rename")
-    entries = read_manifest(root)  # the training set as the dataset loader opens it
-    clip = ClipReader(entries[0].path)
-    assert clip.meta["take"] == 1 and clip.num_frames == 6 and int(clip.frame(5)[0, 0, 0]) == 45
+@pytest.mark.parametrize("where, take, frames, last", [("rename", 1, 6, 45), ("cleanup", 2, 4, 203)],
+                         ids=["killed_before_the_rename_keeps_its_earlier_folder", "killed_after_the_rename_keeps_the_new_one"])
+def test_a_clip_written_again_and_killed(tmp_path, monkeypatch, where, take, frames, last):
+    """Killed before the new folder is renamed in, the earlier clip (take 1, 6 frames) is the clip; killed after it,
+    before the earlier folder is removed, the new one (take 2, 4 frames). Either way training reads a whole clip, and
+    the next prepare run's start leaves just that folder."""
     from trainer.data.store import check_clips_present, recover_clips
 
-    check_clips_present(entries)
-    recover_clips(root)  # the next prepare run's start: the earlier folder is the clip's again, the staging one gone
-    assert sorted(p.name for p in (root / "shard-00000").iterdir()) == [CID]
-    assert ClipReader(root / "shard-00000" / CID).meta["take"] == 1
-
-
-def test_a_clip_written_again_and_killed_after_the_rename_keeps_the_new_one(tmp_path, monkeypatch):
     root = tmp_path / "ds"
     _clip(root, take=1)
-    _rewrite_killed(root, monkeypatch, "cleanup")
-    assert ClipReader(read_manifest(root)[0].path).meta["take"] == 2
-    from trainer.data.store import recover_clips
-
-    recover_clips(root)
+    _rewrite_killed(root, monkeypatch, where)
+    entries = read_manifest(root)  # the training set as the dataset loader opens it
+    clip = ClipReader(entries[0].path)
+    assert clip.meta["take"] == take and clip.num_frames == frames and int(clip.frame(frames - 1)[0, 0, 0]) == last
+    check_clips_present(entries)
+    recover_clips(root)  # the next prepare run's start: one folder, the clip's, the staging / earlier one gone
     assert sorted(p.name for p in (root / "shard-00000").iterdir()) == [CID]
-    assert ClipReader(root / "shard-00000" / CID).meta["take"] == 2
+    assert ClipReader(root / "shard-00000" / CID).meta["take"] == take
 
 
 def test_recovery_leaves_other_workers_clips_alone(tmp_path, monkeypatch):

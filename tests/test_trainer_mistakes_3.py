@@ -130,7 +130,7 @@ def test_prepare_into_a_dataset_of_other_settings_is_refused_and_changes_nothing
 
 def test_prepare_with_the_datasets_own_settings_goes_on(tmp_path):
     from trainer.data.clean import PrepareConfig
-    from trainer.data.prepare import check_same_settings
+    from trainer.data.prepare_settings import check_same_settings
 
     ds = _prepared(tmp_path / "ds", kind="full", size=64)
     check_same_settings(ds, PrepareConfig(kind="full", size=64))

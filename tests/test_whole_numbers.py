@@ -24,7 +24,7 @@ def test_as_whole_takes_whole_numbers_of_any_numeric_type_and_nothing_else(value
 
 def test_the_old_copies_now_agree_with_as_whole():
     """Seeds, Face Track's reference frame, sampler steps, DeepCache numbers and V3 max_frames all coerce alike."""
-    from echomimic_lib.pipeline.sampler import settings_for, whole_seed
+    from echomimic_lib.pipeline.settings import settings_for, whole_seed
     from echomimic_lib.speed import check_deep_cache
 
     _frame_number = sub("nodes.face_track")._frame_number

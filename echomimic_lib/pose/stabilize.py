@@ -8,7 +8,7 @@ flicker. :func:`stabilize_poses` works on the whole sequence with the shared key
 - **Seen keypoints.** The hand drawing (the reference's ``draw_handpose``) has no score cut: it draws every point
   whose pixel coordinates are >= 1 and sets its brightness to ``score x 255`` (an edge: ``score_a x score_b x
   255``). What decides whether a point is really there is the detector's own keypoint threshold,
-  ``dwpose.KEYPOINT_THRESHOLD`` (0.3: the body ``subset`` cut and the preview's). A hand keypoint counts as seen
+  ``dwpose_tensors.KEYPOINT_THRESHOLD`` (0.3: the body ``subset`` cut and the preview's). A hand keypoint counts as seen
   where its score is above 0.3 and it is not the (-1, -1) "not detected" marker.
 - **Dropouts.** A run of at most ``max_gap`` unseen frames between two seen ones is filled by linear
   interpolation, positions and scores, so a finger does not blink out. A run of at most ``max_blip`` seen frames
@@ -40,7 +40,7 @@ import numpy as np
 
 from ..temporal import check_level, skip_second_pass
 from ..temporal.keypoints import OneEuro, fill_gaps, one_euro
-from .dwpose import KEYPOINT_THRESHOLD
+from .dwpose_tensors import KEYPOINT_THRESHOLD
 from .sequence import PoseSequence
 
 SEEN_SCORE = KEYPOINT_THRESHOLD  # a hand / body keypoint scored above this is "seen" (DWPose's own cut)

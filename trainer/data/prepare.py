@@ -1,11 +1,12 @@
 """``echomimic-train prepare``: a folder of talking-head / half-body videos -> a training set on disk.
 
 Per clip: frames at a fixed fps, cropped (headshot: one square around the face for the whole clip, framed by
-the inference's V1 rule; half-body: the reference's half-body crop rule via :mod:`echomimic_lib.pose.align`;
-pose: the whole frame; full: the whole frame in its own aspect, no detector, :mod:`.prepare_full`), 16 kHz audio
-and its whisper feature rows (only with a whisper model: EchoMimicV3 needs none), per-frame face landmarks and
-face boxes, and for half-body / pose clips the DWPose whole-body keypoints (:mod:`.prepare_body`). Cleaning rules
-are in :mod:`.clean`; storage in :mod:`.store`.
+the inference's V1 rule, :mod:`.prepare_headshot`; half-body: the reference's half-body crop rule via
+:mod:`echomimic_lib.pose.align`; pose: the whole frame; full: the whole frame in its own aspect, no detector,
+:mod:`.prepare_full`), 16 kHz audio and its whisper feature rows (only with a whisper model: EchoMimicV3 needs none),
+per-frame face landmarks and face boxes, and for half-body / pose clips the DWPose whole-body keypoints
+(:mod:`.prepare_body`). Cleaning rules are in :mod:`.clean`; storage in :mod:`.store`; the settings a dataset was
+prepared with, and the check that a resumed run uses the same, in :mod:`.prepare_settings`.
 
 Resumable: a clip is written into ``<id>.partial`` and renamed when complete, and its status file is
 written last with its video's path, size and modification time; a re-run skips every clip that has a status file
@@ -23,16 +24,16 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from .clean import PrepareConfig, Verdict, check_clip, clip_square, fill_missing_rows, landmark_boxes
-from .clip import ClipStatus, Tools, frames_to_analyse, largest_face, open_clip, write_clip
-from .curate import BackgroundFlow, after_write, before_write, curation_counts, load_sync_model
+from .clean import PrepareConfig, Verdict
+from .clip import ClipStatus, Tools
+from .curate import curation_counts, load_sync_model
 from .prepare_body import prepare_body
 from .prepare_full import prepare_full
+from .prepare_headshot import prepare_headshot
+from .prepare_settings import check_same_settings, model_identities, whisper_identity
 from .status import clip_missing, drop_stale_clip, source_changed, source_stamp, status_path
 from .store import PARTIAL, recover_clips, write_json_atomic
-from .video import VIDEO_SUFFIXES, iter_frames, scene_score, small_hsv
+from .video import VIDEO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -68,58 +69,6 @@ def check_clip_ids(videos: list[Path], input_root: Path) -> None:
                               f"other. Rename one of them (e.g. {video.stem}_2{video.suffix}) and run prepare again.")
 
 
-def _resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
-    return cv2.resize(img, (size, size), interpolation=interp)
-
-
-def prepare_headshot(video: Path, cid: str, out_root: Path, cfg: PrepareConfig, tools: Tools) -> ClipStatus:
-    info, wave, audio_src, st = open_clip(video, cid, "headshot", cfg)
-    if wave is None:
-        return st
-    counts, lmks, heights, cuts, prev = [], [], [], [], None
-    flow = BackgroundFlow() if cfg.curate.max_camera_motion is not None else None
-    for img in iter_frames(video, cfg.fps, cfg.analysis_side, frames_to_analyse(cfg, wave)):
-        if flow is not None:
-            flow.add(img)
-        faces = tools.landmarker.detect(img)
-        counts.append(len(faces))
-        f = largest_face(faces) if faces else None
-        lmks.append(f["lmks"] if f is not None else None)
-        heights.append((f["lmks"][:, 1].max() - f["lmks"][:, 1].min()) * info["height"] if f is not None else np.nan)
-        hsv = small_hsv(img)
-        if prev is not None:
-            cuts.append(scene_score(prev, hsv))
-        prev = hsv
-    n = min(len(counts), int(len(wave) / 16000 * cfg.fps))
-    v = check_clip(cfg, n, n / cfg.fps, np.array(counts[:n]), np.array(heights[:n]), np.array(cuts[: max(0, n - 1)]), True)
-    if not st.checked(v, n):
-        return st
-    lm, valid = fill_missing_rows(lmks[:n])
-    boxes = landmark_boxes(lm, info["width"], info["height"])
-    if cfg.curate.enabled and not before_write(cfg.curate, st, lm[valid] if cfg.curate.max_yaw is not None else None, flow,
-                                               landmark_boxes(lm, 1, 1), cfg.fps):
-        return st
-    sx, sy, side = clip_square(boxes, info["width"], info["height"], cfg.crop_dilation)
-
-    def describe(writer, n):
-        lm_c = lm[:n].copy()
-        lm_c[..., 0] = (lm[:n, :, 0] * info["width"] - sx) / side
-        lm_c[..., 1] = (lm[:n, :, 1] * info["height"] - sy) / side
-        lm_c[..., 2] = lm[:n, :, 2] * info["width"] / side
-        boxes_c = (boxes[:n] - np.array([sx, sy, sx, sy])) / side
-        meta = {"audio_source": audio_src, "source_size": [info["width"], info["height"]], "crop": [sx, sy, side],
-                "face_filled_frames": int((~valid[:n]).sum())}
-        return meta, {"landmarks": lm_c.astype(np.float32), "landmarks_valid": valid[:n], "face_boxes": boxes_c.astype(np.float32)}
-
-    def crop(img):
-        return _resize_square(img[sy : sy + side, sx : sx + side], cfg.size)
-
-    st = write_clip(video, st, out_root, cfg, tools, n, crop, wave, describe, v)
-    after_write(cfg.curate, tools.sync_net, st, out_root)
-    return st
 
 
 def check_options_and_files(cfg: PrepareConfig, whisper_path, worker_index: int, num_workers: int) -> None:
@@ -211,99 +160,6 @@ def _no_videos(input_dir: Path):
                        "give the folder that holds your videos (a silent video needs a same-name audio file beside it).")
 
 
-def _option(key: str) -> str:
-    if key.startswith("curate."):
-        return f"--curate {key.split('.', 1)[1]}"
-    if key == "dwpose":
-        return "--dwpose-dir"
-    return f"--{key.replace('_', '-')}" if key in OPTION_FIELDS else key
-
-
-# PrepareConfig fields that are options of `echomimic-train prepare` (the others are named as they are)
-OPTION_FIELDS = {"kind", "fps", "size", "min_seconds", "max_seconds", "max_missing_face", "max_multi_face", "min_face_px",
-                 "scene_threshold", "shards", "jpeg_quality", "whisper", "mediapipe_model"}
-MODEL_FIELDS = ("whisper", "mediapipe_model", "dwpose")  # recorded by content (whisper_identity), not by path
-
-
-def whisper_identity(*paths) -> dict | None:
-    """What ``prepare_config.json`` records of a model (``--whisper``; also the landmarker's and DWPose's files, see
-    :func:`model_identities`; None: not given): the files' names and one content digest, so the same model under
-    another path (another worker's machine) is the same, and another model is not."""
-    import hashlib
-
-    if not paths or any(p is None for p in paths):
-        return None
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return {"file": "+".join(Path(p).name for p in paths), "sha256": digest.hexdigest()}
-
-
-def model_identities(cfg: PrepareConfig, landmarker_model, pose_detector) -> dict:
-    """The face landmarker and DWPose files a run's landmarks and poses come from (None: not used, or not found yet:
-    then not compared), so a re-run with another model is refused like another ``--whisper``."""
-    out = {"mediapipe_model": None, "dwpose": None}
-    if cfg.kind == "headshot" or cfg.face_landmarks and cfg.kind == "halfbody":
-        from echomimic_lib.errors import EchoMimicError
-        from echomimic_lib.landmarks.mp_models import resolve_model
-
-        try:
-            out["mediapipe_model"] = whisper_identity(resolve_model("face_landmarker", landmarker_model))
-        except (EchoMimicError, OSError):
-            pass  # not found: the run stops on it with its own message
-    if pose_detector is not None and getattr(pose_detector, "det_path", None) is not None:
-        out["dwpose"] = whisper_identity(pose_detector.det_path, pose_detector.pose_path)
-    return out
-
-
-def _said(key: str, value) -> str:
-    if value is None:
-        return f"{_option(key)} (not given)"
-    if key in MODEL_FIELDS:
-        return f"{_option(key)} {value.get('file')} (sha256 {str(value.get('sha256'))[:12]})"
-    return f"{_option(key)} {value}"
-
-
-def check_same_settings(out_root: Path, cfg: PrepareConfig, whisper: dict | None = None, models: dict | None = None) -> None:
-    """A dataset prepared before (its ``prepare_config.json``) is resumed only with the settings it was prepared with:
-    its clips are skipped as done, so other settings (``--kind``, ``--size``, ``--fps``, a threshold, another
-    ``--whisper`` model or none: :func:`whisper_identity`; another landmarker or DWPose model, where both runs' are
-    known: ``models``, :func:`model_identities`) would leave a folder of clips of two kinds, sizes or audio
-    features under a config that describes only the newest run's."""
-    import json
-
-    from ..config import ConfigError
-
-    conf = out_root / "prepare_config.json"
-    if not conf.is_file():
-        return
-    try:
-        before = json.loads(conf.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{conf}: unreadable ({exc}); this folder's earlier settings are unknown, so prepare into a new "
-                          "folder") from None
-    now = json.loads(json.dumps({**asdict(cfg), "whisper": whisper, **(models or {})}))
-
-    def flat(d):
-        out = {k: v for k, v in d.items() if k != "curate"}
-        out.update({f"curate.{k}": v for k, v in (d.get("curate") or {}).items() if k != "device"})
-        return {("shards" if k == "num_shards" else k): v for k, v in out.items()}
-
-    old, new = flat(before) if isinstance(before, dict) else {}, flat(now)
-    def key(k, v):  # a model by its content (its path may differ)
-        return (v or {}).get("sha256") if k in MODEL_FIELDS and isinstance(v, dict) else v
-
-    def known(k):  # a landmarker / DWPose model not used or not found by one of the runs is not compared
-        return k == "whisper" or k not in MODEL_FIELDS or old[k] is not None and new[k] is not None
-
-    differ = [k for k in new if k in old and known(k) and key(k, old[k]) != key(k, new[k])]
-    if differ:
-        said, asked = (", ".join(_said(k, side[k]) for k in differ) for side in (old, new))
-        raise ConfigError(f"{out_root} was prepared with {said} (its prepare_config.json); this run asks for {asked}. "
-                          "Its clips would be skipped as done and mixed with clips of the new settings. Prepare into a new "
-                          "folder, or give the dataset's own settings to go on with it.")
 
 
 def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, landmarker_model=None, pose_detector=None,
