@@ -285,7 +285,7 @@ class EchoMimicV3Sampler:
 
         dtype = compute_param(net).dtype  # not an fp8-stored weight
         C.load_models([model.patcher], memory_required=denoise_bytes(net.cfg, min(v3_audio.frames, 81), h, w, dtype))
-        codec = PixelVAE(vae)
+        codec = PixelVAE(vae, check=C.check_interrupt)  # Cancel between the VAE's latent frames too
         C.check_interrupt()
         pbar = C.progress_bar(steps)
         preview = C.latent_previewer(C.torch_device(), "Wan21")  # None when ComfyUI's previews are off
