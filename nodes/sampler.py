@@ -139,7 +139,8 @@ def _run(handle, reference, track, settings, n, mask, landmarks, poses, resumabl
             C.check_interrupt()  # Cancel while the frames are decoded: stops after this chunk
 
         result = Sampler(handle.models, place)(image, track.features, condition, settings, progress=progress,
-                                               trace=trace if preview else None, frame_sink=sink, resume=kept)
+                                               trace=trace if preview else None, frame_sink=sink, resume=kept,
+                                               cancel=C.check_interrupt)
     finally:
         finish(place)
     return result, kept

@@ -89,7 +89,7 @@ def checked_conditioning(cfg, positive, clip_vision_output, vae, seed) -> tuple:
     if layout != (16, 3):
         raise EchoMimicError(f"vae: not the Wan 2.1 VAE ({layout[0]} latent channels, {layout[1]}-D latents); "
                              "Load VAE with wan_2.1_vae (the Wan 2.2 VAE and image VAEs do not fit EchoMimicV3).")
-    from ..echomimic_lib.pipeline.sampler import whole_seed
+    from ..echomimic_lib.pipeline.settings import whole_seed
 
     return prompt, clip, whole_seed(seed)  # as the V1/V2 Sampler's: 0..2^64-1, -1 refused (torch took it as 2^64-1)
 
@@ -285,7 +285,7 @@ class EchoMimicV3Sampler:
 
         dtype = compute_param(net).dtype  # not an fp8-stored weight
         C.load_models([model.patcher], memory_required=denoise_bytes(net.cfg, min(v3_audio.frames, 81), h, w, dtype))
-        codec = PixelVAE(vae)
+        codec = PixelVAE(vae, check=C.check_interrupt)  # Cancel between the VAE's latent frames too
         C.check_interrupt()
         pbar = C.progress_bar(steps)
         preview = C.latent_previewer(C.torch_device(), "Wan21")  # None when ComfyUI's previews are off

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from ..io.file_safety import publish, temp_beside, write_text_atomic
+from ..io.json_meta import meta_json, plain_meta
 from ..io.npz_file import open_npz
 from ..io.os_errors import writing
 from ..io.safe_pickle import load_pickle
@@ -87,7 +88,7 @@ def save_sequence(path: str | Path, seq: LandmarkSequence) -> Path:
     """Save to ``.npz`` (plain arrays + a JSON header, no pickles) or ``.json``, whole or not at all: through a unique
     temporary file beside ``path`` (a symlink there is written through; a folder, pipe or device is refused)."""
     path = Path(path)
-    meta = _meta(seq)
+    meta = plain_meta(_meta(seq), path)  # a value JSON cannot hold: a clear error here, before anything is written
     arrays = {k: getattr(seq, k) for k in _ARRAYS if getattr(seq, k) is not None}
     if path.suffix.lower() == ".json":
         doc = dict(meta, **{k: np.asarray(v).tolist() for k, v in arrays.items()})
@@ -96,7 +97,7 @@ def save_sequence(path: str | Path, seq: LandmarkSequence) -> Path:
         tmp = temp_beside(path, ".partial.npz")
         try:
             with writing(path):  # a full disk names the file asked for, not the temporary one removed below
-                np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+                np.savez_compressed(tmp, meta=np.array(meta_json(meta, path)), **arrays)
             publish(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..memory import estimate
+from ..models.cancel_hooks import checked_between
 from ..memory.host import check_frames_fit
 
 log = logging.getLogger(__name__)
@@ -114,11 +115,13 @@ def _decode(vae, z: torch.Tensor, tiled: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor, device, *, max_batch: int = 8, budget: int | None = None,
-                   sink: Callable | None = None) -> torch.Tensor | None:
+                   sink: Callable | None = None, check: Callable[[], None] | None = None) -> torch.Tensor | None:
     """Latents (1, 4, F, h, w) -> frames (F, H, W, 3) float32 in [0, 1] on the CPU.
 
     With ``sink(start, frames)`` the frames are handed over chunk by chunk instead of collected (into
-    :class:`HostFrames`, allocated before the first chunk is decoded)."""
+    :class:`HostFrames`, allocated before the first chunk is decoded). ``check`` (ComfyUI's interrupt test, from the
+    nodes) runs before the decoder's middle block and each of its up blocks (each tile's, when tiled): Cancel stops a
+    long VAE call between them (:mod:`echomimic_lib.models.cancel_hooks`; the frames are the same)."""
     device = torch.device(device)
     f, h8, w8 = latents.shape[2], latents.shape[3], latents.shape[4]
     if budget is None:
@@ -131,9 +134,12 @@ def decode_latents(vae, latents: torch.Tensor, device, *, max_batch: int = 8, bu
         log.info("VAE decode: one %dx%d frame needs more than its %.2f GB budget (what denoising used beyond the VAE, "
                  "else the free memory); decoding in tiles", w8 * 8, h8 * 8, budget / 1e9)
     out = HostFrames(f, h8 * 8, w8 * 8) if sink is None else None
+    decoder = getattr(vae, "decoder", None)
+    stages = [getattr(decoder, "mid_block", None), *getattr(decoder, "up_blocks", ())]
     for s in range(0, f, chunk):
         z = latents[0, :, s : s + chunk].transpose(0, 1).to(device, vae.dtype) / VAE_SCALE
-        img = (_decode(vae, z, tiled).float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+        with checked_between(check, stages):
+            img = (_decode(vae, z, tiled).float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
         del z
         (sink or out.put)(s, img)
     return None if out is None else out.result()

@@ -37,7 +37,7 @@ from .decode import VAE_SCALE, decode_latents
 from .deep_cache import DeepCache, check_branch
 from .resume import check_resumable
 from .scheduler import make_scheduler
-from .settings import SampleSettings, whole_seed  # noqa: F401 - whole_seed: nodes/v3.py imports it from here
+from .settings import SampleSettings
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,16 @@ class Sampler:
         return kv
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, batch: int = 8, sink: Callable | None = None) -> torch.Tensor | None:
+    def decode(self, latents: torch.Tensor, batch: int = 8, sink: Callable | None = None,
+               check: Callable[[], None] | None = None) -> torch.Tensor | None:
         """Latents (1, 4, F, h, w) -> frames (F, H, W, 3) in [0, 1] on CPU, at most ``batch`` frames per VAE
         call (fewer when memory is short, and on the CPU as many as fit in its working set; see
         :mod:`.decode`). With ``sink(start, frames)`` the frames are handed over chunk by chunk instead of
-        collected."""
+        collected. ``check`` (Cancel) runs between the VAE decoder's blocks (:func:`.decode.decode_latents`)."""
         self._stage("decode")
         budget = self.placement.decode_budget() if self.placement is not None else None
-        return decode_latents(self.models.vae, latents, self.device, max_batch=batch, budget=budget, sink=sink)
+        return decode_latents(self.models.vae, latents, self.device, max_batch=batch, budget=budget, sink=sink,
+                              check=check)
 
     def _cond_features(self, condition, indices, height, width):
         enc = self.models.cond_encoder
@@ -195,6 +197,7 @@ class Sampler:
         frame_sink: Callable | None = None,
         trace: Callable[[str, object], None] | None = None,
         resume=None,  # echomimic_lib.pipeline.resume.StepCheckpoint: the loop's state kept on disk
+        cancel: Callable[[], None] | None = None,  # raises on Cancel (ComfyUI's); looked for inside each VAE call too
     ) -> SampleResult:
         s = settings
         s.validate()
@@ -295,7 +298,7 @@ class Sampler:
         if deep is not None:
             deep.release()
         del kv, chunks, deep
-        frames = self.decode(latents, s.decode_batch, frame_sink) if decode else None
+        frames = self.decode(latents, s.decode_batch, frame_sink, cancel) if decode else None
         return SampleResult(frames, latents, s.fps, f, calls)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import EchoMimicError, UnsafeFileError
 from ..io.file_safety import publish, temp_beside
+from ..io.json_meta import meta_json
 from ..io.npz_file import open_npz
 from ..io.os_errors import writing
 from ..io.safe_pickle import load_npy
@@ -302,11 +303,11 @@ def save_pose_npz(seq: PoseSequence, path: str | Path) -> Path:
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "fps": seq.fps, "canvas_size": list(seq.canvas_size), "source": seq.source}
     if seq.stabilized != "off":  # `echomimic poses --stabilize`: animate does not steady it twice
         meta["stabilized"] = seq.stabilized
+    header = np.frombuffer(meta_json(meta, path).encode("utf-8"), dtype=np.uint8)  # checked before anything is written
     tmp = temp_beside(path, ".partial.npz")  # unique, beside a link's target (publish writes through the link)
     try:
         with writing(path):  # a full disk names the file asked for, not the temporary one removed below
-            np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
-                                **{n: getattr(seq, n) for n in ARRAY_FIELDS})
+            np.savez_compressed(tmp, meta=header, **{n: getattr(seq, n) for n in ARRAY_FIELDS})
         publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -92,8 +92,9 @@ def shard_dir(root: Path, shard: int) -> Path:
 
 def write_json_atomic(path: Path, obj) -> Path:
     from echomimic_lib.io.file_safety import write_text_atomic
+    from echomimic_lib.io.json_meta import meta_json
 
-    return write_text_atomic(Path(path), json.dumps(obj, indent=1, sort_keys=True))
+    return write_text_atomic(Path(path), meta_json(obj, path, indent=1, sort_keys=True))
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 95) -> bytes:
@@ -157,12 +158,14 @@ class ClipWriter:
 
     def finish(self, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
         """Write the arrays and ``clip.json`` (other files may already be in ``self.tmp``), then rename into place."""
-        with self.writing():
+        from echomimic_lib.io.json_meta import plain_meta
+
+        meta = plain_meta({**meta, "format_version": FORMAT_VERSION, "num_frames": self.num_frames}, self.final / CLIP_META)
+        with self.writing():  # (a value clip.json cannot hold was refused above, before any array is written)
             self._frames.close()
             np.save(self.tmp / "frames.idx.npy", np.asarray(self._offsets, dtype=np.int64))
             for name, arr in arrays.items():
                 np.save(self.tmp / f"{name}.npy", arr)
-            meta = {**meta, "format_version": FORMAT_VERSION, "num_frames": self.num_frames}
             write_json_atomic(self.tmp / CLIP_META, meta)
         aside = aside_of(self.final)
         if self.final.exists() or self.final.is_symlink():  # written again: the earlier clip stays until the new one is in

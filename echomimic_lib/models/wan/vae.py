@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..cancel_hooks import checked_between, network, part
 from .loader import WeightsError, read_state_dict  # the project's safe reader, imported in loader.py only
 
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -74,20 +75,29 @@ def denormalise(vae, z: torch.Tensor) -> torch.Tensor:
 class PixelVAE:
     """A VAE with ComfyUI's interface (``encode``: (F, H, W, 3) in [0, 1] -> raw latents (1, 16, T, h, w);
     ``decode``: raw latents -> (1, F, H, W, 3) in [0, 1]; ComfyUI's own Wan VAE, or a stand-in) seen through the
-    official normalisation ``(raw - mean) / std`` (= ComfyUI's ``latent_formats.Wan21.process_in``)."""
+    official normalisation ``(raw - mean) / std`` (= ComfyUI's ``latent_formats.Wan21.process_in``).
 
-    def __init__(self, vae, mean=LATENT_MEAN, std=LATENT_STD):
-        self.vae = vae
+    ``check`` (ComfyUI's interrupt test, from the nodes) runs before each latent frame's pass of the VAE's encoder and
+    decoder (:mod:`echomimic_lib.models.cancel_hooks`): Cancel stops a long decode between latent frames, not after it.
+    """
+
+    def __init__(self, vae, mean=LATENT_MEAN, std=LATENT_STD, check=None):
+        self.vae, self.check = vae, check
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1)
 
+    def _checked(self, name: str):
+        return checked_between(self.check, [part(self.vae, name)], owner=network(self.vae))
+
     def encode_normalised(self, video: torch.Tensor) -> torch.Tensor:
-        raw = self.vae.encode(((video[0].permute(1, 2, 3, 0) + 1) / 2).float()).float()
+        with self._checked("encoder"):
+            raw = self.vae.encode(((video[0].permute(1, 2, 3, 0) + 1) / 2).float()).float()
         return (raw - self.mean.to(raw.device)) / self.std.to(raw.device)
 
     def decode_normalised(self, latents: torch.Tensor) -> torch.Tensor:
         lat = latents.float()
-        pixels = self.vae.decode(lat * self.std.to(lat.device) + self.mean.to(lat.device))
+        with self._checked("decoder"):
+            pixels = self.vae.decode(lat * self.std.to(lat.device) + self.mean.to(lat.device))
         return pixels.reshape(1, -1, *pixels.shape[-3:]).permute(0, 4, 1, 2, 3).float() * 2 - 1
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from ...errors import EchoMimicError
 from ...io.file_safety import publish, temp_beside, track_partial, untrack_partial, write_text_atomic
+from ...io.json_meta import meta_json
 from ...io.npz_file import open_npz
 from ...io.os_errors import writing
 
@@ -173,6 +174,8 @@ class ChunkCheckpoint:
     def _save(self, k: int, out: np.ndarray, tail: np.ndarray | None, anchor: np.ndarray | None) -> None:
         if k != self.done:
             raise ValueError(f"chunk {k} saved after {self.done} finished chunks")
+        state = meta_json({"format": FORMAT, "fingerprint": self.fingerprint, "chunks_done": k + 1,  # before any write
+                           "chunks": len(self.sizes)}, self.path / STATE)
         if self._replace:
             self._clear()
             self._replace = False
@@ -182,8 +185,7 @@ class ChunkCheckpoint:
         if anchor is not None:
             carry["anchor"] = np.ascontiguousarray(anchor, dtype=np.uint8)
         self._write(self.path / _carry_name(k), lambda fh: np.savez(fh, **carry))
-        write_text_atomic(self.path / STATE, json.dumps({"format": FORMAT, "fingerprint": self.fingerprint,
-                                                         "chunks_done": k + 1, "chunks": len(self.sizes)}))
+        write_text_atomic(self.path / STATE, state)
         if k:
             (self.path / _carry_name(k - 1)).unlink(missing_ok=True)
         self.done = k + 1

@@ -29,6 +29,7 @@ import numpy as np
 
 from ...errors import EchoMimicError
 from ...io.file_safety import ExistingFileError, publish, temp_beside, track_partial, untrack_partial
+from ...io.json_meta import MetadataError, meta_json
 from ...io.npz_file import open_npz
 from ...io.os_errors import WriteError, writing
 from ..io import load_pose
@@ -302,14 +303,14 @@ def _write_index(path: Path, fp: str, seq: PoseSequence, units: dict) -> None:
             "canvas_size": list(seq.canvas_size), "source": seq.source}
     tmp = None
     try:
+        header = np.frombuffer(meta_json(meta, path).encode("utf-8"), dtype=np.uint8)  # before anything is written
         tmp = temp_beside(path, ".partial.npz")  # unique: two indexers of one library (batch workers) never share it
         track_partial(tmp)  # an interrupt that cannot wait for the render thread removes it (echomimic_lib.cli)
         with writing(path, ""):  # a full disk names the index, not its temporary file (removed below)
-            np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
-                                **{n: getattr(seq, n) for n in ARRAY_FIELDS}, **{"unit_" + k: v for k, v in units.items()})
+            np.savez_compressed(tmp, meta=header, **{n: getattr(seq, n) for n in ARRAY_FIELDS}, **{"unit_" + k: v for k, v in units.items()})
         publish(tmp, path)
-    except (OSError, ExistingFileError) as exc:  # read-only, full, or a folder where the index goes: used uncached
-        if isinstance(exc, WriteError):  # "cannot write <the index>: <what the system said>; <fix>."
+    except (OSError, ExistingFileError, MetadataError) as exc:  # read-only, full, a folder there, a bad value: uncached
+        if isinstance(exc, (WriteError, MetadataError)):  # "cannot write <the index>: <what the system said>; <fix>."
             log.warning("gesture index not cached: %s The library is used without it.", exc)
         else:
             log.warning("gesture index not cached (%s): %s", path, exc)
