@@ -30,6 +30,16 @@ class ClipStatus:
     fps: float = 24.0
     curation: dict = field(default_factory=dict)  # curation measurements (trainer/data/curate.py), kept clips too
 
+    def record(self) -> dict:
+        """The status row as written (``status/<clip>.json``): a curation measure that came out NaN or infinite (a
+        score with nothing to measure) is kept as null, which JSON can hold (the strict writer refuses NaN)."""
+        import math
+        from dataclasses import asdict
+
+        row = asdict(self)
+        row["curation"] = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row["curation"].items()}
+        return row
+
     def checked(self, verdict: Verdict, n: int) -> bool:
         """Record the check of the clip's ``n`` usable frames; False (with the reason) when it is dropped."""
         self.seconds, self.num_frames = round(n / self.fps, 3), n

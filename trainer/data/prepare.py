@@ -209,7 +209,7 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
                 st = ClipStatus(cid, str(video), "dropped", "unreadable", f"{type(exc).__name__}: {exc}", kind=cfg.kind, fps=cfg.fps)
             if st.status != "ok":  # a clip kept from the video before: out of the dataset's folder with its status
                 drop_stale_clip(out_root, cid, cfg.num_shards)
-            write_json_atomic(status_path(out_root, cid), {**asdict(st), "source_stamp": stamp,
+            write_json_atomic(status_path(out_root, cid), {**st.record(), "source_stamp": stamp,
                                                            "prepare_seconds": round(time.time() - t0, 2)})
             done["kept" if st.status == "ok" else "dropped"] += 1
             bar.set_postfix(done)
