@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from ..errors import EchoMimicError
@@ -151,6 +152,11 @@ def still_on_server(server: str, prompt_ids: list[str], resumable: bool = False)
 
 def job_label(result: dict) -> str:
     return f"{Path(result['portrait']).name} x {Path(result['audio']).name}"
+
+
+def say_about(job, text: str) -> None:
+    """One stderr line about a folder job (``<portrait> x <audio>: text``), e.g. an earlier run's prompt queued again."""
+    sys.stderr.write(f"{job.portrait.name} x {job.audio.name}: {text}\n")
 
 
 def still_open(results: list[dict]) -> list[str]:

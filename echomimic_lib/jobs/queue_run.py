@@ -4,12 +4,11 @@ queue state (:mod:`.queue_state`) and, with ``--wait`` / ``--resume``, wait for 
 imported back)."""
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 
 from .queue_plan import DEFAULT_SERVER, build_prompt, load_workflow, plan_jobs
-from .queue_replies import PromptFailed, QueueError, QueueInterrupted, QueueStopped, saved_files, still_open
+from .queue_replies import PromptFailed, QueueError, QueueInterrupted, QueueStopped, say_about, saved_files, still_open
 from .queue_state import QueueState, default_path, fingerprint
 
 
@@ -81,7 +80,7 @@ def _earlier(book: QueueState, server: str, job, mark: str) -> dict | None:
     --server) is said in a line and the job queued again here."""
     found = book.find(job.prefix, [server])
     if found is not None and found[0] != server:
-        sys.stderr.write(f"{job.portrait.name} x {job.audio.name}: its prompt {found[1]['prompt_id']} went to {found[0]}, "
-                         f"which is not among --server now; queued again on {server}.\n")
+        say_about(job, f"its prompt {found[1]['prompt_id']} went to {found[0]}, which is not among --server now; queued "
+                       f"again on {server}.")
         return None
     return found[1] if found is not None and found[1].get("fingerprint") == mark else None

@@ -10,7 +10,6 @@ queued again on the others. Every finished job (or one no server could run) beco
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -215,10 +214,10 @@ def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
     if found is None:
         return None
     url, rec = found
-    label, pid = f"{job.portrait.name} x {job.audio.name}", rec["prompt_id"]
+    pid = rec["prompt_id"]
     server = next((s for s in pool if s.url == url), None)
     if server is None:
-        print(f"{label}: its prompt {pid} went to {url}, which is not among --server now; queued again.", file=sys.stderr)
+        client.say_about(job, f"its prompt {pid} went to {url}, which is not among --server now; queued again.")
         return None
     try:
         if server.alive:
@@ -233,5 +232,5 @@ def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
             return None
         log.debug("%s: %s", url, exc)
         server.alive = False
-    print(f"{label}: {url} does not answer; its prompt {pid} is queued again on the other servers.", file=sys.stderr)
+    client.say_about(job, f"{url} does not answer; its prompt {pid} is queued again on the other servers.")
     return None
