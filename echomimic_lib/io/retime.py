@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from .frame_times import VFR_DRIFT, count_frames, packet_times, time_drift, warn_variable_rate
+from .frame_times import VFR_DRIFT, count_frames, packet_times, warn_variable_rate
 from .video_io import VideoFrames
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,5 @@ def on_clock(video: VideoFrames, what: str, effect: str) -> VideoFrames:
     except Exception as exc:  # a damaged file: its reader says what is wrong with it
         log.debug("%s: the frame timestamps cannot be read (%s)", video.path, exc)
         return video
-    drift, _ = time_drift(times, video.fps)
-    if drift <= VFR_DRIFT:
-        return video
-    warn_variable_rate(video.path, video.fps, what, effect, times, placed=True)
-    return ClockedFrames(video, times, drift)
+    drift = warn_variable_rate(video.path, video.fps, what, effect, times, placed=True)  # (said only past VFR_DRIFT)
+    return video if drift <= VFR_DRIFT else ClockedFrames(video, times, drift)
