@@ -24,6 +24,14 @@ class TrackSummary:
     first_bad: int | None  # the time index of the first one in the lowest channel that has one (as read_raw_audio says)
     mel_peak: float | None  # the 16 kHz mono log-mel's maximum (None: a clip too short for one)
 
+    def check_finite(self, what) -> None:
+        """Refuse a track with NaN / Inf samples in ``read_raw_audio``'s words, as if it had held the whole track."""
+        if self.bad:
+            from ..errors import EchoMimicError
+
+            raise EchoMimicError(f"{what}: {self.bad} NaN/Inf samples (first at {self.first_bad / self.sample_rate:.3f} s); "
+                                 "the audio is corrupt. Clean it (e.g. replace non-finite samples with 0) before encoding.")
+
 
 @dataclass
 class SpeechStart(RawAudio):
@@ -112,8 +120,5 @@ def read_mono_16k(path) -> np.ndarray:
         summariser.add(frame.to_ndarray())
     if summariser is None or summariser.n == 0:
         raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
-    whole = summariser.summary()
-    if whole.bad:
-        raise EchoMimicError(f"{path}: {whole.bad} NaN/Inf samples (first at {whole.first_bad / whole.sample_rate:.3f} s); "
-                             "the audio is corrupt. Clean it (e.g. replace non-finite samples with 0) before encoding.")
+    summariser.summary().check_finite(path)
     return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]

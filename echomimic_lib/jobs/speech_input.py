@@ -85,9 +85,7 @@ def _read_start(p: Path, fps: float, length: int):
     whole = past.summary()
     if whole is None:
         return wav, sr, None  # the whole track: nothing more to know
-    if whole.bad:  # the words of read_raw_audio's check, as if it had seen the whole track
-        raise EchoMimicError(f"audio: {whole.bad} NaN/Inf samples (first at {whole.first_bad / sr:.3f} s); the audio is "
-                             "corrupt. Clean it (e.g. replace non-finite samples with 0) before encoding.")
+    whole.check_finite("audio")
     check_audible(np.array([whole.peak], np.float32), f"--audio {p} has no audible sound: pass a recording of speech.")
     return wav, sr, SpeechStart(np.ascontiguousarray(wav), float(sr), whole.samples, whole.mel_peak)  # (no copy)
 

@@ -84,9 +84,7 @@ def read_v3_speech(path, cap: int) -> V3Speech:
     if not summariser:  # the track ended within the start: read_audio passed nothing on, it is all in ``wav``
         rest(sr, wav)
     whole = summariser[0].summary()
-    if whole.bad:  # read_raw_audio's words, as if it had held the whole track
-        raise EchoMimicError(f"audio: {whole.bad} NaN/Inf samples (first at {whole.first_bad / sr:.3f} s); the audio is "
-                             "corrupt. Clean it (e.g. replace non-finite samples with 0) before encoding.")
+    whole.check_finite("audio")
     if resampled_length(whole.samples, sr) < MIN_SAMPLES_16K:
         raise EchoMimicError(f"--audio {p}: the audio is too short ({whole.samples / sr * 1000:.0f} ms); at least "
                              f"{MIN_SAMPLES_16K // 16} ms are needed for one video frame.")
