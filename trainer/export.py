@@ -15,13 +15,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from echomimic_lib.config import EchoConfig, inference_config_dict, unet_config_dict
-from echomimic_lib.io.file_safety import refuse_existing, refuse_input_as_output, temp_prefix, write_text_atomic
+from echomimic_lib.io.file_safety import refuse_existing, refuse_input_as_output, temp_folder_beside, write_text_atomic
 from echomimic_lib.modes import WEIGHT_SETS
 from echomimic_lib.io.weights import save_state_dict
 
@@ -88,8 +87,7 @@ def _place(src: Path, dst: Path, link: bool) -> None:
     if os.path.lexists(dst) and not dst.is_symlink() and not (dst.is_dir() or dst.is_file()):
         raise ConfigError(f"DEST: {dst} is not a file or folder (a device, pipe or socket) and is never replaced; move it "
                           "away or give another DEST")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=temp_prefix(dst.name), suffix=".partial", dir=dst.parent))
+    work = temp_folder_beside(dst)  # (its folders made)
     try:
         new = work / dst.name
         if link:
