@@ -74,9 +74,10 @@ def test_a_state_path_that_is_not_a_file_is_never_replaced(comfy, media, capsys,
     assert "cannot keep the queue state" in capsys.readouterr().err and state["prompts"] == ["p1", "p2"]
 
 
-def test_resume_over_several_servers_is_taken_and_says_when_none_answers(media, capsys):
+def test_resume_over_several_servers_is_taken_and_says_when_none_answers(media, capsys, tmp_path):
     """(--resume over several servers was refused; tests/test_queue_resume_2.py shows it resume each server's jobs.)"""
-    assert _queue("http://127.0.0.1:9", media, "--server", "http://127.0.0.1:10", "--resume") == 1  # each job: an error
+    assert _queue("http://127.0.0.1:9", media, "--server", "http://127.0.0.1:10", "--resume",
+                  "--results", str(tmp_path)) == 1  # each job: an error (its results.jsonl in tmp_path, not the checkout)
     err = capsys.readouterr().out
     assert "--resume and --state are for one --server" not in err and "no ComfyUI server answers" in err, err
 
