@@ -31,8 +31,8 @@ def test_two_state_objects_keep_each_others_entries(tmp_path):
     two.record("http://a", "y/anna__hello", "f2", "p2")
     one.record("http://a", "x/anna__hello", "f1", "p1", ["x/p1.mp4"])
     saved = _saved(path)["servers"]["http://a"]
-    assert saved == {"x/anna__hello": {"prompt_id": "p1", "fingerprint": "f1", "files": ["x/p1.mp4"]},
-                     "y/anna__hello": {"prompt_id": "p2", "fingerprint": "f2"}}
+    assert saved == {"x/anna__hello": {"prompt_id": "p1", "fingerprint": "f1", "attempts": 1, "files": ["x/p1.mp4"]},
+                     "y/anna__hello": {"prompt_id": "p2", "fingerprint": "f2", "attempts": 1}}
 
 
 def test_threads_recording_at_once_lose_nothing(tmp_path):

@@ -14,6 +14,7 @@ from .queue_replies import QueueInterrupted, job_label
 from .queue_state import default_path
 
 REQUEST_TIMEOUT = 60.0  # (queue_client.REQUEST_TIMEOUT: --timeout's default)
+ATTEMPTS = 3  # --attempts' default (as echomimic batch's)
 
 
 def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -34,6 +35,10 @@ def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentPa
     p.add_argument("--wait", action="store_true", help="wait for every job and list the saved videos")
     p.add_argument("--resume", action="store_true", help="after an interrupted run: wait for the prompts it queued (queue "
                    "again only jobs not queued, changed or lost by a restarted server); implies --wait; with several --server each is asked about its own prompts)")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: queue again the jobs whose prompt failed on "
+                   "the server (a line each; default: they are reported failed again)")
+    p.add_argument("--attempts", type=int, default=ATTEMPTS, help="with --retry-failed: the most prompts a job gets, the "
+                   f"first included, before a failing one is no longer queued again (default: {ATTEMPTS})")
     p.add_argument("--state", help="file keeping the queued prompt ids for --resume (default: .echomimic_queue.json in "
                                    "the portraits / videos folder)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs, upload and queue nothing")
@@ -53,6 +58,13 @@ def main(client, argv=None, prog: str = "echomimic queue", parser_class=argparse
     if not (args.timeout > 0 and args.timeout < 1e6):  # NaN fails both
         sys.stderr.write(f"error: --timeout {args.timeout} must be a number of seconds above 0.\n")
         return 2
+    if args.attempts < 1:
+        sys.stderr.write(f"error: --attempts {args.attempts} must be 1 or more (the prompts a job gets, the first "
+                         "included).\n")
+        return 2
+    if args.retry_failed and not args.resume:
+        sys.stderr.write("error: --retry-failed queues again the failed prompts of an earlier run: give it with --resume.\n")
+        return 2
     servers = args.server or [DEFAULT_SERVER]
     if len(servers) > 1 and not args.dry_run:  # several servers: echomimic_lib.jobs.batch.comfy_servers
         from .batch.comfy_servers import queue_spread
@@ -60,7 +72,8 @@ def main(client, argv=None, prog: str = "echomimic queue", parser_class=argparse
         try:
             state = args.state if args.state is not None else default_path(args.portraits, args.videos)
             recs = queue_spread(client, args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
-                                args.driving, args.prefix, args.videos, state=state, resume=args.resume)
+                                args.driving, args.prefix, args.videos, state=state, resume=args.resume,
+                                retry_failed=args.retry_failed, retry_attempts=args.attempts)
         except QueueInterrupted as exc:  # (results.jsonl holds the finished jobs)
             sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
             return 130
@@ -73,7 +86,7 @@ def main(client, argv=None, prog: str = "echomimic queue", parser_class=argparse
     try:
         results = client.queue_folder(args.workflow, args.portraits, args.audios, servers[0], args.seed, args.driving,
                                args.wait, args.dry_run, args.prefix, args.videos, timeout=args.timeout, resume=args.resume,
-                               state=args.state)
+                               state=args.state, retry_failed=args.retry_failed, attempts=args.attempts)
     except QueueInterrupted as exc:  # Ctrl-C with prompts on the server: which, and how to cancel them
         _print_results(exc.results)
         sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")

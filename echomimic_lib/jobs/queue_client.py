@@ -6,7 +6,7 @@ give ``SaveVideo`` (or the EchoMimic samplers that write to a file) a per-job fi
 ``GET /history/<prompt_id>`` and lists the saved files.
 
     echomimic queue workflows/api/v1_audio.json --portraits faces/ --audios speech/ \\
-        [--server http://127.0.0.1:8188] [--driving clip.mp4] [--seed 42] [--wait | --resume] [--dry-run]
+        [--server http://127.0.0.1:8188] [--driving clip.mp4] [--seed 42] [--wait | --resume [--retry-failed]] [--dry-run]
     echomimic queue workflows/api/v1_dub_video.json --videos people/ --audios speech/ --wait
 
 This module is the HTTP client (requests, uploads, prompts, waiting) and keeps every public name importable; the jobs
@@ -196,10 +196,11 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
 
 def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
                  driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic",
-                 videos=None, timeout: float = REQUEST_TIMEOUT, resume: bool = False, state=None) -> list[dict]:
+                 videos=None, timeout: float = REQUEST_TIMEOUT, resume: bool = False, state=None, retry_failed: bool = False,
+                 attempts: int = 3) -> list[dict]:
     """:func:`echomimic_lib.jobs.queue_run.queue_folder` with this module's HTTP calls."""
     return queue_run.queue_folder(sys.modules[__name__], workflow, portraits, audios, server, seed, driving, wait, dry_run,
-                                  prefix, videos, timeout, resume, state)
+                                  prefix, videos, timeout, resume, state, retry_failed, attempts)
 
 
 def _still_there(server: str, prompt_id: str, timeout: float | None) -> bool:

@@ -4,28 +4,56 @@
 state file, held only while a run re-reads, merges and rewrites the state: two runs sharing a folder never write over
 each other's entries. The operating system drops it when the process ends, however it ends (SIGKILL, a crash), so no
 lock is ever left behind to block the next run; the lock file itself stays (removing it would let a second process lock
-a file a third has just replaced).
+a file a third has just replaced). The lock file is opened without following a symlink (``O_NOFOLLOW``) and must be a
+regular file once open, so a link planted between the check and the open is refused, never followed.
 
-:func:`alive` says whether a run recorded in the state (pid and host) still runs: a run killed without cleaning up is
-recognised as gone, not taken for a live one that holds its jobs.
+:func:`alive` says whether a run recorded in the state (pid, host and, on Linux, the process's start time:
+:func:`process_start`) still runs: a run killed without cleaning up is recognised as gone, not taken for a live one that
+holds its jobs, even when an unrelated process has since been given its pid.
 """
 from __future__ import annotations
 
 import errno
 import os
 import socket
+import stat
 import sys
 from pathlib import Path
 
 NO_LOCKS = {getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS") if hasattr(errno, n)}
+WINDOWS = os.name == "nt"  # the lock's msvcrt branch (tests/test_queue_state_3.py runs it with a fake msvcrt)
 
 
 def host() -> str:
     return socket.gethostname()
 
 
-def alive(pid, on_host) -> bool:
-    """Whether process ``pid`` of host ``on_host`` still runs (one on another host cannot be asked: taken as running)."""
+def _read_proc(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as ``"<boot id>:<clock ticks since boot>"`` (Linux: field 22 of
+    ``/proc/<pid>/stat``, read after the last ``)`` since the process name may hold spaces and parentheses); None where
+    it cannot be read (another OS, no /proc, the process is gone): then a run is known by its pid only."""
+    text = _read_proc(f"/proc/{int(pid)}/stat")
+    if not text or ")" not in text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # fields 3, 4, ...
+    if len(fields) < 20 or not fields[19].isdigit():
+        return None
+    boot = (_read_proc("/proc/sys/kernel/random/boot_id") or "").strip()
+    return f"{boot}:{fields[19]}"
+
+
+def alive(pid, on_host, started=None) -> bool:
+    """Whether process ``pid`` of host ``on_host`` still runs (one on another host cannot be asked: taken as running).
+    ``started``: the :func:`process_start` recorded with the pid; a process of that pid that started at another time is
+    an unrelated one that was given the pid since (the run is gone). None (an older state file, another OS): pid only."""
     if on_host != host():
         return True
     try:
@@ -35,7 +63,16 @@ def alive(pid, on_host) -> bool:
     if pid <= 0:
         return False
     if pid == os.getpid():
+        return started is None or process_start(pid) in (None, started)
+    if not _pid_runs(pid):
+        return False
+    if started is None:
         return True
+    now = process_start(pid)
+    return now is None or now == started
+
+
+def _pid_runs(pid: int) -> bool:
     if os.name == "nt":  # pragma: no cover - Windows
         import ctypes
 
@@ -70,8 +107,16 @@ class StateLock:
     def __enter__(self) -> StateLock:
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
             raise OSError(errno.EEXIST, "not a regular file (the queue state's lock is kept there)", str(self.path))
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # (no following a symlink planted since the check; Windows has no O_NOFOLLOW, nor unprivileged symlinks)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(self.path):
+                raise OSError(exc.errno, "a symlink was put where the queue state's lock is kept (never followed); "
+                                         "remove it, or give --state a file in a folder of your own", str(self.path)) from None
+            raise
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EEXIST, "not a regular file (the queue state's lock is kept there)", str(self.path))
             if self.works:
                 _lock(fd)
         except OSError as exc:
@@ -96,7 +141,7 @@ class StateLock:
 
 
 def _lock(fd: int) -> None:
-    if os.name == "nt":  # pragma: no cover - Windows: LK_LOCK tries for 10 s, then raises; tried again until it is ours
+    if WINDOWS:  # LK_LOCK tries for 10 s, then raises; tried again until it is ours
         import msvcrt
 
         while True:
@@ -113,7 +158,7 @@ def _lock(fd: int) -> None:
 
 
 def _unlock(fd: int) -> None:
-    if os.name == "nt":  # pragma: no cover - Windows
+    if WINDOWS:
         import msvcrt
 
         os.lseek(fd, 0, os.SEEK_SET)

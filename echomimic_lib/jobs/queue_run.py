@@ -14,12 +14,14 @@ from .queue_state import QueueState, default_path, fingerprint
 
 def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
                  driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic",
-                 videos=None, timeout: float = 60.0, resume: bool = False, state=None) -> list[dict]:
+                 videos=None, timeout: float = 60.0, resume: bool = False, state=None, retry_failed: bool = False,
+                 attempts: int = 3) -> list[dict]:
     """Queue every portrait (or, with ``videos``, every video) x audio job; returns one dict per job
     (prompt_id, prefix, files when waited). Each accepted prompt is kept in ``state`` (default: ``.echomimic_queue.json``
     in the portraits / videos folder, :mod:`.queue_state`); with ``resume`` (implies ``wait``) a job whose same prompt
     an earlier run queued is not queued again: finished, its files are listed, still queued it is waited for, and only
-    one the server lost (restarted) is queued again."""
+    one the server lost (restarted) is queued again. With ``retry_failed`` too, one whose prompt failed on the server is
+    queued again (a line each), until the job has had ``attempts`` prompts."""
     if (portraits is None) == (videos is None):
         raise QueueError("give either a portraits folder or a videos folder (--portraits or --videos), not both.")
     if videos is not None and driving:
@@ -48,11 +50,12 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             if not dry_run:
                 marks[job.prefix] = mark = fingerprint(prompt)
                 earlier = _earlier(book, server, job, mark) if resume else None
-                if earlier is not None and ("files" in earlier or client._still_there(server, earlier["prompt_id"], timeout)):
+                retry = earlier is not None and retry_failed and _retry(client, job, server, earlier, attempts, timeout)
+                if not retry and earlier is not None and ("files" in earlier or client._still_there(server, earlier["prompt_id"], timeout)):
                     result.update({k: earlier[k] for k in ("prompt_id", "files") if k in earlier}, resumed=True)
                 else:
                     result["prompt_id"] = client.post_prompt(server, prompt, client_id, timeout)
-                    book.record(server, job.prefix, mark, result["prompt_id"])
+                    book.record(server, job.prefix, mark, result["prompt_id"], attempts=retry or None)
             results.append(result)
         for result in (r for r in results if wait and not dry_run and "files" not in r):
             try:
@@ -60,6 +63,8 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                 book.record(server, result["prefix"], marks[result["prefix"]], result["prompt_id"], result["files"])
             except PromptFailed as exc:  # this prompt failed on the server: the others are still waited for
                 result["error"] = str(exc)
+                book.failed(server, result["prefix"], result["prompt_id"],
+                            str(exc).removeprefix(f"prompt {result['prompt_id']} failed: "))
     except QueueError as exc:  # prompts already queued run on: say which, and which jobs never were
         if dry_run or not results:
             raise
@@ -84,3 +89,28 @@ def _earlier(book: QueueState, server: str, job, mark: str) -> dict | None:
                        f"again on {server}.")
         return None
     return found[1] if found is not None and found[1].get("fingerprint") == mark else None
+
+
+def retry_count(job, failure: str | None, rec: dict, attempts: int) -> int:
+    """The attempt a failed prompt's job (``failure``: why; None: it did not fail) is queued again as, said in a line;
+    0: not queued again (it did not fail, or it has had ``attempts`` prompts, said too). Also for several servers."""
+    if not failure:
+        return 0
+    done = rec.get("attempts") if isinstance(rec.get("attempts"), int) and rec.get("attempts") > 0 else 1
+    why = " ".join(str(failure).split())[:200]
+    if done >= attempts:
+        say_about(job, f"its prompt {rec['prompt_id']} failed {done} time(s), the most --attempts {attempts} allows; not "
+                       f"queued again ({why}).")
+        return 0
+    say_about(job, f"its prompt {rec['prompt_id']} failed ({why}); queued again (attempt {done + 1} of {attempts}).")
+    return done + 1
+
+
+def _retry(client, job, server: str, rec: dict, attempts: int, timeout) -> int:
+    """--retry-failed: the attempt this job's earlier prompt (``rec``) is queued again as, when it failed (the state
+    says so, or the server's history does: it may have failed after the earlier run stopped waiting); 0: not again."""
+    failure = rec.get("failed")
+    if not failure and "files" not in rec:
+        entry = client._history(server, rec["prompt_id"], timeout)
+        failure = client.outcome(server, rec["prompt_id"], entry)[0] if entry is not None else None
+    return retry_count(job, failure, rec, attempts)

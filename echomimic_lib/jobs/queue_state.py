@@ -4,8 +4,10 @@ can be picked up with ``--resume`` instead of queueing every job again.
 The file (by default ``.echomimic_queue.json`` in the portraits or videos folder, ``--state FILE`` to choose) holds, per
 server and per job prefix, the prompt_id the server accepted, a fingerprint of the prompt sent (so a changed workflow,
 seed or input is queued anew, not mistaken for the old prompt) and, once collected, the saved files; a job has one
-record, on the server its latest prompt went to (several ``--server``: each job's own). It also names the runs under
-way (pid, host, their jobs): a second run on the same jobs is refused while the first one lives.
+record, on the server its latest prompt went to (several ``--server``: each job's own), with ``attempts`` (the prompts
+``--retry-failed`` has queued for it, the first included) and ``failed`` (why, when its prompt failed on the server). It
+also names the runs under way (pid, the process's start time where the OS tells it, host, their jobs): a second run on
+the same jobs is refused while the first one lives.
 
 Every change is made under an OS lock (:class:`.queue_lock.StateLock`): the file is re-read, only this run's jobs are
 updated, and it is rewritten atomically (:func:`~echomimic_lib.io.file_safety.write_text_atomic`), so runs sharing a
@@ -21,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .queue_lock import StateLock, alive, host
+from .queue_lock import StateLock, alive, host, process_start
 from .queue_replies import QueueError
 
 STATE_NAME = ".echomimic_queue.json"
@@ -92,7 +94,7 @@ class QueueState:
         prefixes = list(prefixes)
 
         def change(disk):
-            runs = {k: r for k, r in disk["runs"].items() if alive(r.get("pid"), r.get("host"))}
+            runs = {k: r for k, r in disk["runs"].items() if alive(r.get("pid"), r.get("host"), r.get("pid_start"))}
             for other in runs.values():
                 same = [p for p in prefixes if p in set(other.get("prefixes") or ())]
                 if same:
@@ -104,6 +106,9 @@ class QueueState:
                         "it), then run this command again with --resume; or give this run another --prefix.")
             runs[self.run_id] = {"pid": os.getpid(), "host": host(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                  "command": " ".join(sys.argv)[:300] or "?", "prefixes": prefixes}
+            start = process_start(os.getpid())
+            if start is not None:
+                runs[self.run_id]["pid_start"] = start
             disk["runs"] = runs
         self.claimed = self._update(change)
 
@@ -129,10 +134,25 @@ class QueueState:
             return found[1]
         return None
 
-    def record(self, server: str, prefix: str, print_: str, prompt_id: str, files: list[str] | None = None) -> None:
-        rec = {"prompt_id": prompt_id, "fingerprint": print_}
+    def record(self, server: str, prefix: str, print_: str, prompt_id: str, files: list[str] | None = None,
+               attempts: int | None = None) -> None:
+        """Keep this job's prompt (``files``: collected). ``attempts`` (a prompt queued by ``--retry-failed``): how many
+        this job has had; None: as many as its earlier record of the same prompt says (1 when there is none)."""
+        old = (self.find(prefix) or (None, {}))[1]
+        if attempts is None:
+            attempts = old.get("attempts", 1) if old.get("fingerprint") == print_ else 1
+        rec = {"prompt_id": prompt_id, "fingerprint": print_, "attempts": attempts if isinstance(attempts, int) else 1}
         if files is not None:
             rec["files"] = list(files)
+        self._put(server, prefix, rec)
+
+    def failed(self, server: str, prefix: str, prompt_id: str, why: str) -> None:
+        """This job's prompt failed on the server: said in its record (``--resume --retry-failed`` queues it again)."""
+        found = self.find(prefix, [server])
+        if found is not None and found[0] == server and found[1].get("prompt_id") == prompt_id:
+            self._put(server, prefix, {**found[1], "failed": " ".join(str(why).split())[:300]})
+
+    def _put(self, server: str, prefix: str, rec: dict) -> None:
         for jobs in self.data.values():
             jobs.pop(prefix, None)
         self.data.setdefault(server, {})[prefix] = rec

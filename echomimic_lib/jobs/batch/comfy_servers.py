@@ -97,12 +97,15 @@ def _prompt_for(job, server: _Server, template, seed, drive) -> dict:
 
 def queue_spread(client, workflow, portraits, audios, servers: list[str], results_dir, seed: int | None = None, driving=None,
                  prefix: str = "echomimic", videos=None, poll: float = 2.0, timeout: float = 3600.0,
-                 max_attempts: int = 3, state=None, resume: bool = False) -> list[dict]:
+                 max_attempts: int = 3, state=None, resume: bool = False, retry_failed: bool = False,
+                 retry_attempts: int = 3) -> list[dict]:
     """Queue every job over ``servers``, wait for all, record them; returns the records. ``client``: the module
     :mod:`echomimic_lib.jobs.queue_client` (its uploads, prompts and history calls; passed in, so that the
     client, which starts this, is not imported back). ``state``: the queue state file (:mod:`..queue_state`) where
     each prompt is kept with the server it went to; with ``resume`` each server is asked about its own prompts, and the
-    jobs of a server that no longer answers (or is no longer given) are queued again on the others, a line each."""
+    jobs of a server that no longer answers (or is no longer given) are queued again on the others, a line each; with
+    ``retry_failed`` too, a job whose prompt failed on its server is queued again, a line each, until it has had
+    ``retry_attempts`` prompts (``max_attempts``: the servers a job may outlive within this run)."""
     template = client.load_workflow(workflow)
     if videos is not None and driving:
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
@@ -124,13 +127,13 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         if book is not None and status == "ok" and job.prefix in marks:
             book.record(extra["server"], job.prefix, marks[job.prefix], extra["prompt_id"], extra["files"])
 
-    def send(job, attempts, t0):
+    def send(job, attempts, t0, tries=None):
         try:
             server, pid, prompt = _submit(job, pool, template, seed, driving, client_id)
             flight[job.prefix] = [job, server, pid, attempts, t0]
             if book is not None:
                 marks[job.prefix] = client.fingerprint(prompt)
-                book.record(server.url, job.prefix, marks[job.prefix], pid)
+                book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries)
         except QueueError as exc:
             record(job, "error", attempts, t0, error=str(exc))
 
@@ -144,7 +147,10 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 send(job, 1, t0)
                 continue
             server, rec, marks[job.prefix] = kept
-            if "files" in rec:
+            tries = _retry(client, job, server, rec, retry_attempts) if retry_failed else 0
+            if tries:
+                send(job, 1, t0, tries)
+            elif "files" in rec:
                 files = rec["files"]
                 record(job, "ok", 1, t0, server=server.url, prompt_id=rec["prompt_id"], output=files[0] if files else None,
                        files=files, resumed=True)
@@ -187,6 +193,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                     failure, files = str(exc), []
                 if failure:
                     record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=failure)
+                    if book is not None:
+                        book.failed(server.url, job.prefix, pid, failure)
                 else:
                     record(job, "ok", attempts, t0, server=server.url, prompt_id=pid, output=files[0] if files else None,
                            files=files)
@@ -234,3 +242,18 @@ def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
         server.alive = False
     client.say_about(job, f"{url} does not answer; its prompt {pid} is queued again on the other servers.")
     return None
+
+
+def _retry(client, job, server: _Server, rec: dict, cap: int) -> int:
+    """--retry-failed: the attempt this job's earlier prompt (``rec``, kept by ``server``) is queued again as, when it
+    failed (the state says so, or the server's history); 0: not again (:func:`..queue_run.retry_count`)."""
+    from ..queue_run import retry_count
+
+    failure = rec.get("failed")
+    if not failure and "files" not in rec:
+        try:
+            entry = _safe(client._history, server.url, rec["prompt_id"], 10)
+            failure = client.outcome(server.url, rec["prompt_id"], entry)[0] if entry is not None else None
+        except QueueError as exc:  # (a server that stopped answering is found when its prompt is polled)
+            log.debug("%s: %s", server.url, exc)
+    return retry_count(job, failure, rec, cap)
