@@ -91,3 +91,33 @@ def audio_samples(path: str | Path) -> tuple[int, int]:
     if not done:
         raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
     return done, int(sr)
+
+
+MAX_CHANNELS = 64  # past any surround or ambisonic layout; a speech recording has one or two
+PLANAR_LIMIT = 8  # FFmpeg's AV_NUM_DATA_POINTERS: PyAV's to_ndarray of a planar frame of this many channels or more
+                  # reads past its plane pointers and crashes the process (PyAV 18), so those are decoded packed
+
+
+def audio_channels(stream, path) -> int:
+    """The channel count of the audio ``stream`` of ``path``; an :class:`EchoMimicError` naming the problem and the
+    fix when it has none (FFmpeg gives no layout for more than it can read) or more than :data:`MAX_CHANNELS`."""
+    layout = stream.layout
+    n = layout.nb_channels if layout else stream.codec_context.channels
+    if not n or n > MAX_CHANNELS:
+        said = f"{n} channels" if n else "no readable channel layout (more channels than FFmpeg reads?)"
+        raise EchoMimicError(f"{path}: the audio stream has {said}; at most {MAX_CHANNELS} are read. Mix it down to "
+                             f"stereo first (ffmpeg -i {path} -ac 2 speech.wav) and give that file.")
+    return n
+
+
+class PackedFrame:
+    """A resampled packed (``flt``) PyAV audio frame of ``channels`` channels, read as a planar one: ``samples`` and
+    ``to_ndarray()`` -> (C, n) float32, the same values a ``fltp`` frame gives."""
+
+    def __init__(self, frame, channels: int):
+        self.frame, self.channels, self.samples = frame, channels, frame.samples
+
+    def to_ndarray(self):
+        import numpy as np
+
+        return np.ascontiguousarray(self.frame.to_ndarray().reshape(self.samples, self.channels).T)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from .orientation import frame_turn, upright_rgb
-from .audio_length import OneFormat, audio_samples
+from .audio_length import PLANAR_LIMIT, OneFormat, PackedFrame, audio_channels, audio_samples
 from .frame_times import count_frames, frame_time_drift, stream_rate  # noqa: F401  (the names callers import from here)
 from .streams import NoVideoStream, open_media as _open, video_stream  # noqa: F401  (the names callers import from here)
 
@@ -307,15 +307,18 @@ def audio_blocks(path: str | Path):
             raise EchoMimicError(f"{path}: the file has no audio stream; give a recording with sound (wav, mp3, flac, m4a, or a video with audio).")
         stream = container.streams.audio[0]
         sr = int(stream.rate or stream.codec_context.sample_rate)
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None, rate=sr)
+        channels = audio_channels(stream, path)  # none readable, or past MAX_CHANNELS: refused, naming the fix
+        packed = channels >= PLANAR_LIMIT  # (read planar, PyAV crashes the process on these: decoded packed)
+        resampler = av.AudioResampler(format="flt" if packed else "fltp", layout=stream.layout.name if stream.layout else None,
+                                      rate=sr)
         same = OneFormat(path)  # a rate that changes partway: refused
         try:
             for frame in container.decode(stream):
                 same(frame)
                 for out in resampler.resample(frame):
-                    yield sr, out
+                    yield sr, PackedFrame(out, channels) if packed else out
             for out in resampler.resample(None):
-                yield sr, out
+                yield sr, PackedFrame(out, channels) if packed else out
         except av.error.FFmpegError as exc:
             raise EchoMimicError(f"{path}: the audio cannot be decoded ({exc}); the file is damaged or truncated. "
                                  "Re-export it (e.g. as wav) and try again.") from exc

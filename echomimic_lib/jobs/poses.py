@@ -231,7 +231,9 @@ def check(req: PosesRequest) -> PosesPlan:
         inputs.update({f"--gesture-library ({s.name})": s for s in sources})
         # with --length only the start those frames need is kept (the rest read a piece at a time for its checks,
         # in the same pass): the preview's sound is cut to the video anyway
-        wav, sr, raw = read_speech(req.audio, fps or DEFAULT_FPS, length) if length else read_speech(req.audio)
+        # without --length the poses follow the speech: at most a video's MAX_LENGTH frames, as animate's (a 1 Hz wav
+        # of a few KB is hours of speech: refused from its header, never decoded to 16 kHz whole)
+        wav, sr, raw = read_speech(req.audio, fps or DEFAULT_FPS, length or None)
         plan_extra = dict(num_frames=frame_count(raw, fps or DEFAULT_FPS, length or None), wav=wav, sample_rate=sr,
                           library=dirs)
     output, folder = check_pose_output(req.output, req.force)

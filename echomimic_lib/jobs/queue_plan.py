@@ -121,4 +121,9 @@ def load_workflow(workflow) -> dict:
     if (not isinstance(template, dict) or "nodes" in template
             or not all(isinstance(v, dict) and "class_type" in v for v in template.values())):
         raise QueueError(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")
+    bad = [k for k, v in template.items() if not isinstance(v.get("inputs"), dict)]  # (filled in below: never a KeyError)
+    if bad:
+        raise QueueError(f"{workflow}: node {bad[0]} ({template[bad[0]]['class_type']}) has no 'inputs' object, which every "
+                         "node of an API-format workflow has; export the workflow again with ComfyUI's 'Export (API)' (or "
+                         "use workflows/api/*.json).")
     return template

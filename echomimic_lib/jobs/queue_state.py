@@ -59,9 +59,27 @@ def read_state(path: Path) -> dict:
     if data["version"] > VERSION:
         raise QueueError(f"{path} was written by a newer echomimic (state version {data['version']}); update echomimic, "
                          "or give --state another file.")
-    servers = {s: {k: r for k, r in j.items() if isinstance(r, dict)} for s, j in data["servers"].items() if isinstance(j, dict)}
+    servers = {s: {k: _record(r) for k, r in j.items() if isinstance(r, dict)} for s, j in data["servers"].items()
+               if isinstance(j, dict)}
     runs = data.get("runs") if isinstance(data.get("runs"), dict) else {}
-    return {"servers": servers, "runs": {k: r for k, r in runs.items() if isinstance(r, dict)}}
+    return {"servers": servers, "runs": {k: r for k, r in runs.items() if _run_entry(r)}}
+
+
+def _record(rec: dict) -> dict:
+    """A job's record as read: saved files that are not a list of names (an edited or damaged file) are dropped, so the
+    job is asked about again (never printed or recorded as its files)."""
+    files = rec.get("files")
+    if "files" in rec and not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+        rec = {k: v for k, v in rec.items() if k != "files"}
+    return rec
+
+
+def _run_entry(run) -> bool:
+    """Whether ``run`` is a run entry as :meth:`QueueState.claim` writes it (a pid a process can have, its jobs' prefixes
+    as text); one that is not (an edited or damaged file) names no live run, and is dropped."""
+    pid, prefixes = run.get("pid") if isinstance(run, dict) else None, run.get("prefixes") if isinstance(run, dict) else None
+    return (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 and isinstance(prefixes, list)
+            and all(isinstance(p, str) for p in prefixes))
 
 
 class QueueState:

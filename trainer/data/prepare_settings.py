@@ -59,7 +59,7 @@ def model_identities(cfg: PrepareConfig, landmarker_model, pose_detector) -> dic
 def _said(key: str, value) -> str:
     if value is None:
         return f"{_option(key)} (not given)"
-    if key in MODEL_FIELDS:
+    if key in MODEL_FIELDS and isinstance(value, dict):  # (an edited file's other value: said as it is)
         return f"{_option(key)} {value.get('file')} (sha256 {str(value.get('sha256'))[:12]})"
     return f"{_option(key)} {value}"
 
@@ -79,8 +79,11 @@ def check_same_settings(out_root: Path, cfg: PrepareConfig, whisper: dict | None
         return
     try:
         before = json.loads(conf.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{conf}: unreadable ({exc}); this folder's earlier settings are unknown, so prepare into a new "
+        if not isinstance(before, dict) or not isinstance(before.get("curate") or {}, dict):
+            raise ValueError("not the settings object `echomimic-train prepare` writes")
+    except (OSError, ValueError, RecursionError) as exc:  # (RecursionError: JSON nested past what Python's parser reads)
+        why = "nested too deeply to be read" if isinstance(exc, RecursionError) else exc
+        raise ConfigError(f"{conf}: unreadable ({why}); this folder's earlier settings are unknown, so prepare into a new "
                           "folder") from None
     now = json.loads(json.dumps({**asdict(cfg), "whisper": whisper, **(models or {})}))
 
@@ -89,7 +92,7 @@ def check_same_settings(out_root: Path, cfg: PrepareConfig, whisper: dict | None
         out.update({f"curate.{k}": v for k, v in (d.get("curate") or {}).items() if k != "device"})
         return {("shards" if k == "num_shards" else k): v for k, v in out.items()}
 
-    old, new = flat(before) if isinstance(before, dict) else {}, flat(now)
+    old, new = flat(before), flat(now)
     def key(k, v):  # a model by its content (its path may differ)
         return (v or {}).get("sha256") if k in MODEL_FIELDS and isinstance(v, dict) else v
 

@@ -114,7 +114,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     book = client.QueueState(state) if state is not None else None  # (a damaged state file: refused here)
     marks: dict[str, str] = {}
     earlier = read_results(results_dir)  # records of other runs in that results.jsonl (a batch's, an earlier queue's) stay
-    client_id, results = uuid.uuid4().hex, ResultsFile(results_dir)
+    client_id, results = uuid.uuid4().hex, _results_file(results_dir)
     records: dict[str, dict] = {}
     flight = {}  # job prefix -> [job, server, prompt_id, attempts, t0]
 
@@ -212,6 +212,19 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         mine = {r["name"] for r in ordered}
         results.rewrite([r for name, r in earlier.items() if name not in mine] + ordered)
     return ordered
+
+
+def _results_file(results_dir) -> ResultsFile:
+    """``<results_dir>/results.jsonl`` opened for the run, or a :class:`QueueError` naming ``--results`` and the fix."""
+    folder = Path(results_dir)
+    if folder.exists() and not folder.is_dir():
+        raise QueueError(f"--results {folder} is a file, not a folder: give the folder that results.jsonl is written into "
+                         "(default: the current folder).")
+    try:
+        return ResultsFile(folder)
+    except OSError as exc:
+        raise QueueError(f"--results {folder}: results.jsonl cannot be written there ({exc.strerror or exc}); give a "
+                         "folder you can write to.") from None
 
 
 def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
