@@ -2,6 +2,7 @@
 
     python bench/bench_read_audio.py [--minutes 30] [--codec aac|pcm_s16le] [--json out.json] [--probe]
     python bench/bench_read_audio.py --speech [--minutes 10] [--channels 6] [--rate 96000] [--json out.json]
+    python bench/bench_read_audio.py --preview|--validation [--minutes 5] [--channels 6] [--rate 96000] [--json out.json]
 
 A synthetic stereo 48 kHz recording of ``--minutes`` (noise, AAC in .m4a by default; pcm_s16le: a .wav) is written to
 a temporary folder; each case runs in a fresh Python process, which reports its wall time and its peak resident
@@ -11,7 +12,10 @@ a wav's header, else counted frame by frame). ``--speech``: ``read_speech`` (wha
 of a ``--channels`` x ``--rate`` wav, following the audio (the whole track held) beside ``--length 125`` at 25 fps
 (5 s: the start it needs kept while the whole track passes a piece at a time, one decode pass), and beside them the
 two-pass read it replaced (the start decoded, then the whole track again for its checks), each also with
-tracemalloc's peak of the numpy arrays."""
+tracemalloc's peak of the numpy arrays. ``--preview``: ``echomimic poses --audio``'s checks and preview sound without
+``--length`` (24 fps, tiny frames), the whole track held as before beside the sound muxed from the file a piece at a
+time; ``--validation``: the V3 trainer's validation speech for 81 frames, the whole track held as before beside
+``read_v3_speech`` (its start kept, the loudness measured a piece at a time)."""
 from __future__ import annotations
 
 import argparse
@@ -74,6 +78,61 @@ print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusag
                   "samples": int(wav.shape[1]), "sr": sr}}))
 """
 
+PREVIEW = r"""
+import json, resource, sys, tempfile, time, tracemalloc
+sys.path.insert(0, {root!r})
+import av, numpy as np, torch
+from pathlib import Path
+from echomimic_lib.io.video_writer import Mp4Writer
+from echomimic_lib.jobs.speech_input import frame_count, read_speech
+import echomimic_lib.jobs.poses, echomimic_lib.audio.track, echomimic_lib.io.stereo
+def run(path):
+    if {old!r}:  # before: read_speech held the whole track until the preview was written
+        wav, sr, raw = read_speech(path)
+    else:
+        wav, raw = echomimic_lib.jobs.poses._whole_speech(path)
+        sr = raw.sample_rate
+    frames = frame_count(raw, 24.0, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = Mp4Writer(Path(tmp) / "p.mp4", 24.0, wav, sr)
+        for a in range(0, frames, 240):
+            writer.write(np.zeros((min(240, frames - a), 16, 16, 3), np.uint8))
+        writer.commit()
+    return frames
+run({warm!r})  # the modules it imports at its first call are no part of the peak
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tracemalloc.start()
+t = time.perf_counter()
+frames = run({path!r})
+dt = time.perf_counter() - t
+traced = tracemalloc.get_traced_memory()[1]
+print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
+                  "traced_peak_mib": round(traced / 2**20, 1), "frames": frames}}))
+"""
+VALIDATION = r"""
+import json, resource, sys, time, tracemalloc
+sys.path.insert(0, {root!r})
+import av, numpy as np, torch
+from echomimic_lib.audio.wav2vec import prepare_samples, resample_16k
+from echomimic_lib.jobs.speech_input import read_speech
+from echomimic_lib.jobs.v3_speech import read_v3_speech
+import echomimic_lib.audio.loudness, echomimic_lib.audio.track
+def run(path):
+    if {old!r}:  # before: trainer/v3/validation.py held the whole track, its mono and its 16 kHz mono
+        wav, sr, raw = read_speech(path)
+        return prepare_samples(resample_16k(raw.samples.mean(axis=0).astype(np.float32), raw.sample_rate), 81)
+    return read_v3_speech(path, 81).prepared(81)
+run({warm!r})  # the modules it imports at its first call are no part of the peak
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tracemalloc.start()
+t = time.perf_counter()
+samples = run({path!r})
+dt = time.perf_counter() - t
+traced = tracemalloc.get_traced_memory()[1]
+print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
+                  "traced_peak_mib": round(traced / 2**20, 1), "samples_16k": int(samples.shape[0])}}))
+"""
+
 
 def write(path: Path, minutes: float, codec: str, channels: int = 2, sr: int = 48000) -> None:
     import av
@@ -101,6 +160,10 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--probe", action="store_true", help="probe's audio length: old (whole decode) vs new")
     ap.add_argument("--speech", action="store_true", help="read_speech without and with --length, side by side")
+    ap.add_argument("--preview", action="store_true",
+                    help="poses --audio's preview sound (no --length): the whole track held (before) vs muxed from the file")
+    ap.add_argument("--validation", action="store_true",
+                    help="the V3 trainer's validation speech (81 frames): the whole track held (before) vs its start")
     ap.add_argument("--channels", type=int, default=6)
     ap.add_argument("--rate", type=int, default=96000)
     args = ap.parse_args()
@@ -109,6 +172,8 @@ def main() -> None:
         return bench_probe(args, results)
     if args.speech:
         return bench_speech(args, results)
+    if args.preview or args.validation:
+        return bench_before_after(args, results, PREVIEW if args.preview else VALIDATION)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ("long.m4a" if args.codec == "aac" else "long.wav")
         write(path, args.minutes, args.codec)
@@ -147,6 +212,24 @@ def bench_speech(args, results: dict) -> None:
             results["cases"][name] = got
             print(f"{name:>34}: {got['seconds']:7.3f} s  peak RSS +{got['peak_mib']:7.1f} MiB  numpy peak "
                   f"{got['traced_peak_mib']:7.1f} MiB  kept {got['kept_mib']:7.1f} MiB ({got['samples']} samples)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def bench_before_after(args, results: dict, case: str) -> None:
+    results.update(codec="pcm_s16le", channels=args.channels, rate=args.rate,
+                   case="poses --audio preview" if args.preview else "V3 validation speech")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "long.wav"
+        write(path, args.minutes, "pcm_s16le", args.channels, args.rate)
+        warm = Path(tmp) / "warm.wav"  # 4 s: each case's first call, before its memory is measured
+        write(warm, 4 / 60, "pcm_s16le", args.channels, args.rate)
+        for name, old in (("the whole track held (before)", True), ("a piece at a time (now)", False)):
+            code = case.format(root=str(ROOT), path=str(path), old=old, warm=str(warm))
+            got = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            results["cases"][name] = got
+            print(f"{name:>30}: {got['seconds']:7.3f} s  peak RSS +{got['peak_mib']:7.1f} MiB  numpy peak "
+                  f"{got['traced_peak_mib']:7.1f} MiB")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .mel import LogMelPeak
-from .resample import StreamResampler
+from .resample import StreamResampler, resampled_length
 from .waveform import RawAudio
 
 
@@ -23,6 +23,11 @@ class TrackSummary:
     bad: int  # NaN / Inf samples
     first_bad: int | None  # the time index of the first one in the lowest channel that has one (as read_raw_audio says)
     mel_peak: float | None  # the 16 kHz mono log-mel's maximum (None: a clip too short for one)
+
+    @property
+    def num_samples_16k(self) -> int:
+        """As :attr:`RawAudio.num_samples_16k` of the whole track (``frame_count`` takes either)."""
+        return resampled_length(self.samples, self.sample_rate)
 
     def check_finite(self, what) -> None:
         """Refuse a track with NaN / Inf samples in ``read_raw_audio``'s words, as if it had held the whole track."""
@@ -89,16 +94,49 @@ class TrackSummariser:
                             None if self.mel is None else self.mel.value())
 
 
-def summarise_track(blocks) -> TrackSummary:
+class LazyTrackSummariser:
+    """The one way a reader makes its :class:`TrackSummariser`: called as ``(sample rate, piece)`` with each decoded
+    piece in order (``read_audio``'s ``rest``, or :func:`~echomimic_lib.io.video_io.audio_blocks`' pairs), it makes the
+    summariser with ``options`` (:class:`TrackSummariser`'s ``mel``, ``on_16k``) at the first piece, when the rate is
+    known, and adds every piece to it."""
+
+    def __init__(self, **options):
+        self.options, self.summariser = options, None
+
+    def __call__(self, sr: int, piece: np.ndarray) -> None:
+        if self.summariser is None:
+            self.summariser = TrackSummariser(sr, **self.options)
+        self.summariser.add(piece)
+
+    def summary(self) -> TrackSummary | None:
+        """The track's summary; None when no piece came."""
+        return None if self.summariser is None else self.summariser.summary()
+
+
+def summarise_track(blocks, **options) -> TrackSummary:
     """``blocks``: ``(sample rate, PyAV frame)`` pairs in order (:func:`echomimic_lib.io.video_io.audio_blocks`)."""
-    summariser = None
+    lazy = LazyTrackSummariser(**options)
     for sr, frame in blocks:
-        if summariser is None:
-            summariser = TrackSummariser(sr)
-        summariser.add(frame.to_ndarray())
-    if summariser is None:
-        return TrackSummary(0, 0, 0.0, 0, None, None)
-    return summariser.summary()
+        lazy(sr, frame.to_ndarray())
+    summary = lazy.summary()
+    return TrackSummary(0, 0, 0.0, 0, None, None) if summary is None else summary
+
+
+def summarise_file(path, each=None, **options) -> TrackSummary:
+    """:func:`summarise_track` of a file's first audio stream, with ``read_audio``'s errors (an empty stream too);
+    ``each``: also called with every decoded (C, k) piece, in order (never write to it)."""
+    from ..errors import EchoMimicError
+    from ..io.video_io import audio_blocks
+
+    lazy = LazyTrackSummariser(**options)
+    for sr, frame in audio_blocks(path):
+        piece = frame.to_ndarray()
+        lazy(sr, piece)
+        if each is not None:
+            each(piece)
+    if lazy.summariser is None or lazy.summariser.n == 0:
+        raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
+    return lazy.summary()
 
 
 def read_mono_16k(path) -> np.ndarray:
@@ -108,17 +146,9 @@ def read_mono_16k(path) -> np.ndarray:
     from pathlib import Path
 
     from ..errors import EchoMimicError
-    from ..io.video_io import audio_blocks
 
     if not Path(path).is_file():
         raise EchoMimicError(f"{path}: audio file not found.")
     pieces: list = []
-    summariser = None
-    for sr, frame in audio_blocks(path):
-        if summariser is None:
-            summariser = TrackSummariser(sr, mel=False, on_16k=pieces.append)
-        summariser.add(frame.to_ndarray())
-    if summariser is None or summariser.n == 0:
-        raise EchoMimicError(f"{path}: the audio stream is empty; give a recording with sound.")
-    summariser.summary().check_finite(path)
+    summarise_file(path, mel=False, on_16k=pieces.append).check_finite(path)
     return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]

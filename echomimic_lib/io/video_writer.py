@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from .file_safety import publish, publish_new, temp_prefix, track_partial, untrack_partial
+from .stereo import SoundFile, to_stereo
 from .video_color import GENERATED, ColorDescription, tag_codec, to_yuv420p
 
 log = logging.getLogger(__name__)
@@ -85,30 +86,6 @@ def check_output_path(path, flag: str = "the output path") -> Path:
     return p
 
 
-# FFmpeg's default channel order for each count (WAV, FLAC, AAC decode to it) and the ITU-R BS.775 stereo
-# downmix: centre and surrounds at -3 dB into both sides, LFE left out. Rows: (left, right) weights per channel.
-_M3 = 0.7071
-_DOWNMIX = {
-    3: ((1, 0, _M3), (0, 1, _M3)),  # FL FR FC
-    4: ((1, 0, _M3, _M3), (0, 1, _M3, _M3)),  # FL FR FC BC
-    5: ((1, 0, _M3, _M3, 0), (0, 1, _M3, 0, _M3)),  # FL FR FC BL BR
-    6: ((1, 0, _M3, 0, _M3, 0), (0, 1, _M3, 0, 0, _M3)),  # FL FR FC LFE BL BR (5.1)
-    7: ((1, 0, _M3, 0, _M3, 0, _M3), (0, 1, _M3, 0, 0, _M3, _M3)),  # FL FR FC LFE BL BR BC (6.1)
-    8: ((1, 0, _M3, 0, _M3, 0, _M3, 0), (0, 1, _M3, 0, 0, _M3, 0, _M3)),  # FL FR FC LFE BL BR SL SR (7.1)
-}
-
-
-def to_stereo(audio: np.ndarray) -> np.ndarray:
-    """(C, T) audio as the output's sound track: mono and stereo as they are; more channels downmixed to stereo
-    (so speech in a centre channel is heard), scaled down only where the mix would clip."""
-    if audio.shape[0] <= 2:
-        return audio
-    matrix = np.asarray(_DOWNMIX.get(audio.shape[0], (np.full(audio.shape[0], 1.0 / audio.shape[0]),) * 2), dtype=np.float32)
-    mixed = matrix @ audio
-    peak = float(np.abs(mixed).max(initial=0.0))
-    return (mixed / peak if peak > 1.0 else mixed).astype(np.float32)
-
-
 def _as_uint8(frames) -> np.ndarray:
     if hasattr(frames, "detach"):  # torch tensor
         frames = frames.detach().cpu().float().numpy() if frames.dtype.is_floating_point else frames.detach().cpu().numpy()
@@ -133,7 +110,8 @@ def _even(frames: np.ndarray) -> np.ndarray:
 class Mp4Writer:
     """``with Mp4Writer(path, fps, audio, sr) as w: w.write(frames) ...; w.commit()``.
 
-    ``audio`` (C, T) float in [-1, 1] is trimmed to the duration of the frames written. ``color``: the video's colour
+    ``audio`` (C, T) float in [-1, 1] is trimmed to the duration of the frames written; a
+    :class:`~echomimic_lib.io.stereo.SoundFile` is muxed from its file a piece at a time (a long track never held). ``color``: the video's colour
     description (:mod:`echomimic_lib.io.video_color`); by default BT.709, limited range, tagged (sRGB frames)."""
 
     def __init__(self, path, fps: float, audio: np.ndarray | None = None, sample_rate: int | None = None, crf: int = 18,
@@ -143,7 +121,10 @@ class Mp4Writer:
         if audio is not None and not sample_rate:
             raise EchoMimicError("audio given without a sample rate.")
         self.fps = float(fps)
-        self.audio = None if audio is None else to_stereo(np.atleast_2d(np.asarray(audio, dtype=np.float32)))
+        if audio is None or isinstance(audio, SoundFile):
+            self.audio = audio
+        else:
+            self.audio = to_stereo(np.atleast_2d(np.asarray(audio, dtype=np.float32)))
         self.sample_rate = int(sample_rate) if sample_rate else None
         self.crf = crf
         self.color = GENERATED if color is None else color
@@ -259,10 +240,14 @@ class Mp4Writer:
         import av
 
         sr, stream = self.sample_rate, self._audio_stream
-        audio = self.audio[:, : int(round(self.frames_written / self.fps * sr))]
+        n = int(round(self.frames_written / self.fps * sr))
+        if isinstance(self.audio, SoundFile):
+            blocks = self.audio.blocks(n, 1024)
+        else:
+            audio = self.audio[:, :n]
+            blocks = (np.ascontiguousarray(audio[:, start : start + 1024]) for start in range(0, audio.shape[1], 1024))
         pts = 0
-        for start in range(0, audio.shape[1], 1024):
-            block = np.ascontiguousarray(audio[:, start : start + 1024])
+        for block in blocks:
             frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=stream.layout.name)
             frame.sample_rate, frame.pts = sr, pts
             pts += block.shape[1]

@@ -40,7 +40,7 @@ from .animate_checks import (
     check_fps,
     dwpose_roots,
 )
-from .speech_input import frame_count, probe_speech, read_speech
+from .speech_input import frame_count, probe_speech, read_speech, read_speech_summary
 from ..pose.stabilize import stabilize_poses
 from ..temporal import check_level as check_stabilize_level
 from .pose_sources import (MISSING_DEFAULT, check_dwpose_models, check_pose_video, dwpose_detector, speech_gestures,
@@ -230,10 +230,15 @@ def check(req: PosesRequest) -> PosesPlan:
                                      "poses/.)") from None
         inputs.update({f"--gesture-library ({s.name})": s for s in sources})
         # with --length only the start those frames need is kept (the rest read a piece at a time for its checks,
-        # in the same pass): the preview's sound is cut to the video anyway
-        # without --length the poses follow the speech: at most a video's MAX_LENGTH frames, as animate's (a 1 Hz wav
-        # of a few KB is hours of speech: refused from its header, never decoded to 16 kHz whole)
-        wav, sr, raw = read_speech(req.audio, fps or DEFAULT_FPS, length or None)
+        # in the same pass): the preview's sound is cut to the video anyway. Without it the video follows the audio
+        # (at most a video's MAX_LENGTH frames, as animate's: a 1 Hz wav of a few KB is hours of speech, refused from
+        # its header), so the preview's sound is the whole track: checked in one pass holding a piece, muxed from the
+        # file again
+        if length:
+            wav, sr, raw = read_speech(req.audio, fps or DEFAULT_FPS, length)
+        else:
+            wav, raw = _whole_speech(req.audio, fps or DEFAULT_FPS)
+            sr = raw.sample_rate
         plan_extra = dict(num_frames=frame_count(raw, fps or DEFAULT_FPS, length or None), wav=wav, sample_rate=sr,
                           library=dirs)
     output, folder = check_pose_output(req.output, req.force)
@@ -242,6 +247,20 @@ def check(req: PosesRequest) -> PosesPlan:
     if req.video:
         check_dwpose_models(dwpose_roots(req), req.download)
     return PosesPlan(req, output, folder, preview, size, fps, **plan_extra)
+
+
+def _whole_speech(path, fps: float):
+    """``read_speech(path)``'s checks in one decode pass that holds a piece of the track, never all of it: (the
+    preview's sound, a :class:`~echomimic_lib.io.stereo.SoundFile` muxed from the file a piece at a time; the
+    track's :class:`~echomimic_lib.audio.track.TrackSummary`)."""
+    from functools import partial
+
+    from ..io.stereo import MixPeak, SoundFile
+    from ..io.video_io import audio_blocks
+
+    mix = MixPeak()
+    whole = read_speech_summary(path, mix.add, fps=fps)
+    return SoundFile(partial(audio_blocks, Path(path)), whole.sample_rate, mix.channels, whole.samples, mix.value), whole
 
 
 def _encode_preview(seq, path: Path, size, wav=None, sample_rate=None, chunk: int = 16):

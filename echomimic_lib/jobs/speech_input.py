@@ -92,24 +92,54 @@ def _read_start(p: Path, fps: float, length: int):
 
 class _PastTheStart:
     """``read_audio``'s ``rest``: the kept start (once it is whole) and every decoded piece after it, summarised a
-    second of samples at a time (:class:`~echomimic_lib.audio.track.TrackSummariser`: no copy of the start). A track that ends within the start is never passed on, so never summarised twice."""
+    second of samples at a time (:class:`~echomimic_lib.audio.track.LazyTrackSummariser`: no copy of the start). A
+    track that ends within the start is never passed on, so never summarised twice."""
 
     def __init__(self, seconds: float):
-        self.seconds, self.summariser = seconds, None
+        from ..audio.track import LazyTrackSummariser
+
+        self.seconds, self.rest = seconds, LazyTrackSummariser()
 
     def __call__(self, sr: int, piece: np.ndarray) -> None:
-        if self.summariser is None:
-            from ..audio.track import TrackSummariser
-
-            self.summariser = TrackSummariser(sr)
-        self.summariser.add(piece)
+        self.rest(sr, piece)
 
     def summary(self):
         """The whole track's :class:`~echomimic_lib.audio.track.TrackSummary`; None when it is no longer than the start."""
-        s = self.summariser
+        s = self.rest.summariser
         if s is None or s.n <= math.ceil(self.seconds * s.sr - 1e-9):
             return None
         return s.summary()
+
+
+def check_whole_speech(p: Path, whole) -> None:
+    """``read_speech(p)``'s checks of the decoded track, in its order and words, on the whole track's
+    :class:`~echomimic_lib.audio.track.TrackSummary` (a reader that never held it): finite, long enough, audible."""
+    from ..audio import check_audible
+    from ..audio.features import MIN_SAMPLES_16K
+
+    whole.check_finite("audio")
+    if whole.num_samples_16k < MIN_SAMPLES_16K:
+        raise EchoMimicError(f"--audio {p}: the audio is too short ({whole.samples / whole.sample_rate * 1000:.0f} ms); at "
+                             f"least {MIN_SAMPLES_16K // 16} ms are needed for one video frame.")
+    check_audible(np.array([whole.peak], np.float32), f"--audio {p} has no audible sound: pass a recording of speech.")
+
+
+def read_speech_summary(path, each=None, fps: float | None = None):
+    """``read_speech(path, fps)``'s checks and words, in one decode pass that holds one decoded piece, never the track:
+    the whole track's :class:`~echomimic_lib.audio.track.TrackSummary` (no log-mel maximum). With ``fps`` the video
+    follows the audio: at most MAX_LENGTH frames (said from the header before decoding, else after the pass).
+    ``each``: also called with every decoded (C, k) piece. ``frame_count`` takes the summary as it takes a RawAudio."""
+    from ..audio.track import summarise_file
+    from .speech_length import HEADER_MARGIN, MAX_LENGTH, check_video_length, header_seconds
+
+    p = check_speech_file(path)
+    if fps:
+        check_video_length(p, header_seconds(p), fps, MAX_LENGTH, HEADER_MARGIN)
+    whole = summarise_file(p, each, mel=False)
+    if fps:
+        check_video_length(p, whole.num_samples_16k / 16000.0, fps, MAX_LENGTH)
+    check_whole_speech(p, whole)
+    return whole
 
 
 def frame_count(raw, fps: float, length: int | None) -> int:
@@ -125,4 +155,4 @@ def frame_count(raw, fps: float, length: int | None) -> int:
     return n if length is None else min(n, length)
 
 
-__all__ = ["probe_speech", "read_speech", "frame_count"]
+__all__ = ["probe_speech", "read_speech", "read_speech_summary", "frame_count"]

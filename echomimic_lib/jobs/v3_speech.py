@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import EchoMimicError
-
 FPS, RATE = 25, 16000  # (audio.wav2vec's, without importing torch here)
 
 
@@ -63,32 +61,19 @@ class _Sixteen:
 def read_v3_speech(path, cap: int) -> V3Speech:
     """The speech of a V3 video of at most ``cap`` frames (25 fps), checked as ``read_speech(path)`` checks it (the
     same errors, in the same order), holding its start and one decoded piece at a time, not the whole track."""
-    from ..audio import check_audible
-    from ..audio.features import MIN_SAMPLES_16K
     from ..audio.loudness import BLOCK_S
-    from ..audio.resample import resampled_length
-    from ..audio.track import TrackSummariser
+    from ..audio.track import LazyTrackSummariser
     from ..io.video_io import read_audio
-    from .speech_input import check_speech_file
+    from .speech_input import check_speech_file, check_whole_speech
 
     p = check_speech_file(path)
     sixteen = _Sixteen(int(cap / FPS * RATE))
-    summariser = []
-
-    def rest(sr: int, piece: np.ndarray) -> None:
-        if not summariser:
-            summariser.append(TrackSummariser(sr, mel=False, on_16k=sixteen))
-        summariser[0].add(piece)
-
+    rest = LazyTrackSummariser(mel=False, on_16k=sixteen)
     wav, sr = read_audio(p, duration=cap / FPS + 2.0, rest=rest)  # (2 s: a start muxed under the frames and 1 s more)
-    if not summariser:  # the track ended within the start: read_audio passed nothing on, it is all in ``wav``
+    if rest.summariser is None:  # the track ended within the start: read_audio passed nothing on, it is all in ``wav``
         rest(sr, wav)
-    whole = summariser[0].summary()
-    whole.check_finite("audio")
-    if resampled_length(whole.samples, sr) < MIN_SAMPLES_16K:
-        raise EchoMimicError(f"--audio {p}: the audio is too short ({whole.samples / sr * 1000:.0f} ms); at least "
-                             f"{MIN_SAMPLES_16K // 16} ms are needed for one video frame.")
-    check_audible(np.array([whole.peak], np.float32), f"--audio {p} has no audible sound: pass a recording of speech.")
+    whole = rest.summary()
+    check_whole_speech(p, whole)
     # resample_16k's length rule (librosa's): the stream's samples, padded with zeros to ceil(n * 16000 / rate)
     n16 = int(math.ceil(whole.samples * RATE / sr)) if float(sr) != RATE else whole.samples
     head = np.concatenate(sixteen.head) if sixteen.head else np.zeros(0, np.float32)

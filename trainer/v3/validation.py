@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ class Validator:
     """Checked validation inputs (:func:`prepare`), then their encodings (:meth:`encode`), then clips (:meth:`render`)."""
     cfg: V3Validation
     ref_u8: np.ndarray       # at the run's size
-    wav: np.ndarray          # the speech as the mp4 muxes it
+    wav: np.ndarray          # the start of the speech the mp4 muxes (the clip's length and 1 s more)
     sample_rate: int
     samples_16k: np.ndarray  # loudness-normalised, cut to the frames
     frames: int
@@ -74,25 +75,27 @@ class Validator:
 
 def prepare(cfg: V3Validation, width: int, height: int, data_frames: int, data_prompt: str) -> Validator | None:
     """Read and check the validation inputs (no network); ``None`` when validation is off."""
-    from echomimic_lib.audio.wav2vec import FPS, prepare_samples, resample_16k
+    from echomimic_lib.audio.wav2vec import FPS
     from echomimic_lib.errors import EchoMimicError
     from echomimic_lib.jobs.animate_checks import read_reference
-    from echomimic_lib.jobs.speech_input import read_speech
+    from echomimic_lib.jobs.v3_speech import read_v3_speech
 
     from .windows import fit_frame
 
     cfg.check()
     if not cfg.reference:
         return None
+    frames = cfg.frames or data_frames
     try:
         ref = read_reference(cfg.reference)
-        wav, sr, raw = read_speech(cfg.audio)
+        # one decode pass holding the start the clip uses: the loudness is still measured over the whole track
+        speech = read_v3_speech(cfg.audio, frames)
     except EchoMimicError as exc:
         raise ConfigError(f"validation: {exc}".replace("--reference", "reference").replace("--audio", "audio")) from None
-    frames = cfg.frames or data_frames
-    mono = raw.samples.mean(axis=0).astype(np.float32)
-    if mono.shape[0] / raw.sample_rate < (frames - 1) / FPS:
-        raise ConfigError(f"validation.audio {cfg.audio}: {mono.shape[0] / raw.sample_rate:.2f} s of speech, {frames} frames need "
+    if speech.seconds < (frames - 1) / FPS:
+        raise ConfigError(f"validation.audio {cfg.audio}: {speech.seconds:.2f} s of speech, {frames} frames need "
                           f"{frames / FPS:.2f} s; give longer speech or set validation.frames (4k+1)")
-    samples = prepare_samples(resample_16k(mono, raw.sample_rate), frames)
-    return Validator(cfg, fit_frame(ref, width, height), wav, sr, samples, frames, cfg.prompt or data_prompt)
+    keep = math.ceil((frames / FPS + 1.0) * speech.sample_rate)  # the sound muxed under the clip (and 1 s more)
+    wav = speech.wav[:, :keep].copy() if keep < speech.wav.shape[1] else speech.wav
+    return Validator(cfg, fit_frame(ref, width, height), wav, speech.sample_rate, speech.prepared(frames), frames,
+                     cfg.prompt or data_prompt)
