@@ -431,16 +431,19 @@ def test_the_drift_of_a_variable_frame_rate_is_measured_from_the_packets(tmp_pat
     assert at == 45 if times is PAUSED else True
 
 
-def test_dub_without_speech_says_a_variable_frame_rate_drifts_from_its_own_sound(tmp_path, caplog):
-    """``dub`` without --audio puts the source's own sound back under its frames, written at one constant rate: a video
-    that paused 2 s came out with its sound a second off the picture, without a word."""
-    from echomimic_lib.io.video_io import VideoFrames
-    from echomimic_lib.jobs.dub import _warn_variable_rate
+def test_dub_says_a_variable_frame_rate_source_is_placed_on_its_clock(tmp_path, caplog):
+    """``dub`` put the source's own sound back under its frames written one after another: a video that paused 2 s
+    came out a second off it, without a word. Its frames are now placed by their timestamps (tests/test_vfr_retime_2.py)."""
+    from echomimic_lib.io.video_io import VideoFrames, count_frames
+    from echomimic_lib.jobs.dub import on_its_clock
 
     paused, steady = _timed(tmp_path / "paused.mp4", PAUSED), _timed(tmp_path / "steady.mp4", STEADY)
+    placed = []
     with caplog.at_level(logging.WARNING):
-        _warn_variable_rate(steady, VideoFrames(steady).fps)
-        assert not caplog.text
-        _warn_variable_rate(paused, VideoFrames(paused).fps)
+        for path in (steady, paused):
+            count_frames(path, 10**6, times := [])
+            placed.append(on_its_clock(VideoFrames(path), times))
+            assert caplog.text if path is paused else not caplog.text
+    assert placed[0] is None and placed[1] is not None
     assert "paused.mp4 has a variable frame rate: its frame 45 is shown 1.00 s away" in caplog.text
-    assert "Convert the video to a constant frame rate first" in caplog.text
+    assert "placed by their timestamps" in caplog.text and "Convert the video" not in caplog.text

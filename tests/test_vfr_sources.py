@@ -2,8 +2,8 @@
 
 A phone's recording or a screen recording that paused is read frame after frame at its header's constant rate: the
 V1 driving landmarks, the V2 driving hand poses and an evaluated video drifted from the speech without a word (dub
-already said so for its own sound). Dub names the drift and the ffmpeg command that fixes it; the other readers place
-the frames by their timestamps (tests/test_vfr_retime.py) and say so. ``dub``
+already said so for its own sound). Every reader now places the frames by their timestamps (tests/test_vfr_retime.py,
+dub's source: tests/test_vfr_retime_2.py) and says so. ``dub``
 without --audio reads the frame timestamps in the pass that counts the frames (the source is opened once fewer); a
 header rate that no video has (a browser's WebM says 1000 fps) is replaced by the frames' own; and every node that
 takes a video's frame rate (Hand-Pose Sequence Loader and Evaluate had no check) uses the one rule and message of
@@ -79,7 +79,8 @@ class _Planned(Exception):
 
 def test_dub_without_speech_reads_the_timestamps_while_counting_not_in_another_pass(tmp_path, monkeypatch, caplog):
     """The variable-rate check demuxed the whole source again after count_frames had decoded it: now the count keeps
-    the timestamps. The source is opened three times (header, count, its sound) instead of four; the warning stays."""
+    the timestamps. The source is opened three times (header, count, its sound) instead of four; the frames are placed
+    by those timestamps (tests/test_vfr_retime_2.py), with a warning."""
     from echomimic_lib.io import frame_times, video_io
     from echomimic_lib.jobs import dub, dub_plan
 
@@ -100,7 +101,8 @@ def test_dub_without_speech_reads_the_timestamps_while_counting_not_in_another_p
         dub.prepare_dub(dub.DubRequest(video=str(video), audio=None, output=str(tmp_path / "out.mp4")))
     assert opened == [str(video)] * 3, opened
     assert "paused.mp4 has a variable frame rate: its frame 45 is shown 1.00 s away" in caplog.text
-    assert "its own sound drifts from the picture by up to that much" in caplog.text and FIX in caplog.text
+    assert "placed by their timestamps" in caplog.text and "in step with the sound" in caplog.text
+    assert FIX not in caplog.text
 
 
 # ------------------------------------------------------------------------------------------ V1 / V2 driving videos

@@ -61,10 +61,12 @@ def _real_paths(given) -> list[Path]:
 
 
 def _read_real(paths: list[Path]):
-    """The real videos' frames, each streamed (decoded as FID / FVD go through it, never whole in memory)."""
+    """The real videos' frames, each streamed (decoded as FID / FVD go through it, never whole in memory); a variable
+    frame rate video's placed on its rate's clock by their timestamps (its 16-frame FVD clips move at its own pace)."""
+    from ..io.retime import on_clock
     from ..io.video_io import VideoFrames
 
-    return [VideoFrames(p) for p in paths]
+    return [on_clock(VideoFrames(p), "the real video", "FID and FVD see its frames as they were shown") for p in paths]
 
 
 def _check_plot(args) -> None:

@@ -1,8 +1,7 @@
 """A video's frame count and frame timestamps (PyAV): how many frames it has, and whether they come at the constant
 rate its readers assume. Where a variable frame rate video's timestamps (a phone's recording, a screen recording that
-paused) stray from that rate by more than :data:`VFR_DRIFT`, the driving-video and evaluate readers place its frames by
-their timestamps (:mod:`.retime`) and say so; ``dub``, which writes the source at one constant rate under its own
-sound, names the drift and the ffmpeg command that makes the rate constant."""
+paused) stray from that rate by more than :data:`VFR_DRIFT`, its readers (the driving videos, ``dub``'s source,
+``evaluate`` and its real videos) place its frames by their timestamps (:mod:`.retime`) and say so."""
 from __future__ import annotations
 
 import logging
@@ -19,8 +18,8 @@ _SAID: set = set()  # (path, rate) of the headers whose rate was replaced, alrea
 
 def count_frames(path: str | Path, upto: int, times: list | None = None) -> int:
     """How many video frames the file has, counting no further than ``upto`` (cheap: stops decoding there). With
-    ``times`` (a list), each counted frame's timestamp in seconds is appended to it (frames without one are left out):
-    the same pass gives :func:`time_drift` what it needs, and the file is not read again for it."""
+    ``times`` (a list), each counted frame's timestamp in seconds is appended to it (None for a frame without one):
+    the same pass gives :func:`time_drift` and :mod:`.retime` what they need, and the file is not read again for it."""
     container = _open(path)
     try:
         stream = video_stream(container, path)
@@ -28,8 +27,8 @@ def count_frames(path: str | Path, upto: int, times: list | None = None) -> int:
         n = 0
         for frame in container.decode(stream):
             n += 1
-            if times is not None and frame.pts is not None and base:
-                times.append(float(frame.pts * base))
+            if times is not None:
+                times.append(float(frame.pts * base) if frame.pts is not None and base else None)
             if n >= upto:
                 break
         return n
@@ -43,8 +42,9 @@ def count_frames(path: str | Path, upto: int, times: list | None = None) -> int:
 
 def time_drift(times, fps: float) -> tuple[float, int]:
     """(seconds, frame): how far frame timestamps (seconds, in any order) stray from those of frames read one after
-    another at ``fps``, at their worst, and at which frame; (0.0, 0) for fewer than two timestamps or no rate."""
-    times = sorted(times)
+    another at ``fps``, at their worst, and at which frame; (0.0, 0) for fewer than two timestamps or no rate. A
+    missing timestamp (None) is left out."""
+    times = sorted(t for t in times if t is not None)
     if len(times) < 2 or not fps:
         return 0.0, 0
     worst, at = 0.0, 0

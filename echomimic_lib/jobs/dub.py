@@ -9,7 +9,9 @@
 3. Every generated frame is pasted back onto its own source frame (:mod:`echomimic_lib.frames.composite`, a
    feathered landmark hull by default); source frames without a face are copied unchanged.
 4. The output keeps the source's size and frame rate and lasts as long as the new audio (the source is
-   extended by the retime policy, ping-pong by default, or cut): :mod:`echomimic_lib.jobs.dub_plan`.
+   extended by the retime policy, ping-pong by default, or cut): :mod:`echomimic_lib.jobs.dub_plan`. A variable
+   frame rate source (a screen recording that paused) is read one frame a tick of its rate, the frame shown nearest
+   it (:mod:`echomimic_lib.io.retime`): output frame k shows the source at k / fps, in step with the sound.
 
 Memory (:func:`run_dub`, the batch): the source video is never held whole. It is decoded frame by frame to count it,
 to track the face (only the frames the plan uses) and to fetch the reference, and again while compositing; each
@@ -189,21 +191,31 @@ class DubJob:
     reference: np.ndarray      # the reference frame cut to the crop (uint8, the model's size)
     source_color: object = None  # the source's colour description (echomimic_lib.io.video_color), kept by the output
     mel_peak: float | None = None  # the whole track's log-mel maximum when ``audio`` is a long track's start (--length)
+    clocked: object = None     # a variable frame rate source's frames placed on its clock (io.retime.ClockedFrames)
 
     def frames(self, upto: int | None = None):
-        """The source video's frames (the first ``upto``), decoded one at a time."""
-        from ..io.video_io import VideoFrames
+        """The source video's frames (the first ``upto``), decoded one at a time: a variable frame rate source's, one
+        a tick of its rate (the frame shown nearest it)."""
+        return source_frames(self.request.video, self.clocked)(upto)
 
-        return VideoFrames(self.request.video, upto)
+
+def source_frames(video: str, clocked=None) -> Callable:
+    """``read(upto)``: the source's first ``upto`` frames, decoded one at a time; with ``clocked`` (a variable frame
+    rate source, :func:`on_its_clock`) its ticks instead."""
+    from ..io.video_io import VideoFrames
+
+    return clocked.upto if clocked is not None else (lambda upto: VideoFrames(video, upto))
 
 
-def _warn_variable_rate(video, fps: float, times=None) -> None:
-    """Say so when the source's own sound goes back with frames whose timestamps stray from a constant ``fps``
-    (``times``: the timestamps :func:`count_frames` read while counting; without them the packets are read)."""
-    from ..io.frame_times import warn_variable_rate
+def on_its_clock(header, times: list):
+    """The source's frames placed on its rate's clock by their timestamps (``times``: each decoded frame's, read by the
+    count), with a warning, where they stray more than 0.1 s from that rate (a screen recording that paused: its
+    frames written one after another would leave the sound, its own or the new one, seconds off); else None."""
+    from ..io.retime import ClockedFrames, on_clock
 
-    warn_variable_rate(video, fps, "the source video", "the output is written at that constant rate, so its own sound "
-                       "drifts from the picture", times)
+    placed = on_clock(header, "the source video", "the dub's frame k shows the source at k / fps, in step with the "
+                      "sound", decoded=times)
+    return placed if isinstance(placed, ClockedFrames) else None
 
 
 def prepare_dub(req: DubRequest) -> DubJob:
@@ -219,26 +231,27 @@ def prepare_dub(req: DubRequest) -> DubJob:
     settings, w, h = ok.settings, ok.settings.width, ok.settings.height
     header = VideoFrames(req.video)  # its rate, and whether it has a sound track
     src_fps = header.fps
-    times: list = []  # the frames' timestamps, read by the count (the variable-rate check reads the file no more)
+    times: list = []  # the frames' timestamps, read by the count (placing a variable rate's reads the file no more)
     n_src = count_frames(req.video, sys.maxsize, times)
+    clocked = on_its_clock(header, times)
+    n_src = n_src if clocked is None else clocked.count()  # (the ticks of its rate)
     sound, sr, seconds, n_model, mel_peak = _speech(req, req.video, n_src, src_fps, settings.fps, header.has_audio)
-    if req.audio is None and sound is not None:
-        _warn_variable_rate(req.video, src_fps, times)
     if req.length is not None:
         n_model = min(n_model, req.length)
     n_out = max(1, min(int(np.floor(seconds * src_fps + 1e-6)), int(np.floor(n_model * src_fps / settings.fps + 1e-6))))
     if req.audio is None and req.length is None:
         n_out = n_src  # landmark-only: exactly the driving video's frames
-    plan = plan_dub_stream(lambda upto: VideoFrames(req.video, upto), n_src, src_fps, n_model, settings.fps, n_out,
-                           (w, h), req.retime, req.reference_frame, parts=ok.parts, model_path=ok.mediapipe_model)
+    read = source_frames(req.video, clocked)
+    plan = plan_dub_stream(read, n_src, src_fps, n_model, settings.fps, n_out, (w, h), req.retime, req.reference_frame,
+                           parts=ok.parts, model_path=ok.mediapipe_model)
     log.info("dub: crop %s of the %dx%d video, reference frame %d, %d frames at %g fps -> %d frames at %g fps",
              plan.geometry.box, *plan.source_size, plan.reference_frame, n_model, settings.fps, n_out, src_fps)
     image = None
-    for image in VideoFrames(req.video, plan.reference_frame + 1):  # one frame held at a time
+    for image in read(plan.reference_frame + 1):  # one frame held at a time
         pass
     color = read_color(req.video)
     describe_source(color, f"the source video {req.video}")
-    return DubJob(req, ok, src_fps, sound, sr, n_model, plan, crop_reference(plan, image), color, mel_peak)
+    return DubJob(req, ok, src_fps, sound, sr, n_model, plan, crop_reference(plan, image), color, mel_peak, clocked)
 
 
 def dub_frames(job: DubJob, sink: Callable[[np.ndarray], None], progress: Callable[[int, int], None] | None = None,

@@ -123,7 +123,8 @@ class FaceLandmarkExtractor:
                 total: int | None = None) -> LandmarkSequence:
         """Landmarks of a single image (H, W, C) or of a video: (F, H, W, C) array, list of frames,
         a :class:`echomimic_lib.io.video_io.VideoClip`, a video file path (decoded one frame at a time by
-        :class:`echomimic_lib.io.video_io.VideoFrames`, as is a ``VideoFrames`` given), or any iterable / iterator of
+        :class:`echomimic_lib.io.video_io.VideoFrames`, as is a ``VideoFrames`` given; a variable frame rate file's
+        frames placed on its clock, :func:`echomimic_lib.io.retime.on_clock`), or any iterable / iterator of
         frames, taken one at a time: each frame is analysed before the next one is asked for, so a video never has to
         be in memory whole. ``progress(done, total)`` is called after each frame; ``total`` is the input's length,
         else ``total`` (a hint for iterators), else the video's estimated frame count, and the real count at the last
@@ -131,8 +132,10 @@ class FaceLandmarkExtractor:
         from ..io.video_io import VideoFrames, counted
 
         policy = normalize_policy(policy)
-        if isinstance(frames, (str, os.PathLike)):
-            frames = VideoFrames(frames)
+        if isinstance(frames, (str, os.PathLike)):  # a variable frame rate: one frame a tick, the one shown nearest it
+            from ..io.retime import on_clock
+
+            frames = on_clock(VideoFrames(frames), "the video", "its landmarks keep the video's own timing")
         if isinstance(frames, VideoFrames):
             fps = fps if fps is not None else frames.fps
             total = frames.estimated_frames if total is None else total

@@ -247,9 +247,11 @@ def extract_pose_sequence(
         raise EchoMimicError(f"on_missing must be one of {', '.join(MISSING_POLICIES)}, got '{on_missing}'.")
     source = "frames"
     if isinstance(video, (str, Path)):  # decoded one frame at a time as DWPose takes it
+        from ..io.retime import on_clock
         from ..io.video_io import VideoFrames
 
-        decoded = VideoFrames(video, max_frames=max_frames)
+        decoded = on_clock(VideoFrames(video, max_frames=max_frames), "the video", "its poses keep the video's own "
+                           "timing")  # (a variable frame rate: one frame a tick of its rate, the one shown nearest it)
         frames_in, fps, source = iter(decoded), fps or decoded.fps, str(video)
     else:
         frames_in = video
