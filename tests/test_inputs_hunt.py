@@ -173,7 +173,7 @@ def test_readable_images_decode_as_before_with_warnings_for_transparency_and_ani
     import cv2
     from PIL import Image
 
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
 
     rgb = np.zeros((64, 64, 3), np.uint8)
     rgb[16:48, 16:48] = (200, 100, 50)
@@ -274,7 +274,7 @@ def test_an_accented_path_opencv_cannot_open_is_decoded_from_its_bytes(folder, m
     """OpenCV's imread on Windows opens no path outside the ANSI code page; the bytes decode the same image."""
     import cv2
 
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
 
     path = folder / "my dir, é" / "ref é.png"
     want = read_reference(path)

@@ -4,7 +4,7 @@ import pytest
 
 def test_v3_reference_not_found_names_v3(tmp_path):
     from echomimic_lib.errors import EchoMimicError
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
 
     with pytest.raises(EchoMimicError) as info:
         read_reference(tmp_path / "missing.png", version="v3")

@@ -62,7 +62,7 @@ def check_family_options(args) -> None:
 
 
 def cmd_animate_v3(args) -> int:
-    from ..jobs.animate_checks import default_models_dir
+    from ..jobs.models_folder import default_models_dir
     from .common import say as _say
     from ..devices import resolve_device, resolve_dtype, resolve_vae_dtype
     from ..errors import EchoMimicError

@@ -135,7 +135,8 @@ def encode_prompts(umt5_dir, texts, cache_dir: Path, device, dtype: torch.dtype)
 
 def plan_v3(req: V3Request) -> V3Plan:
     """Every input check of :func:`run_v3`, no weights and no download (raises :class:`EchoMimicError`)."""
-    from .animate_checks import check_output, read_reference
+    from .output_file import check_output
+    from .reference_input import read_reference
     from . import speech_length
     from .speech_length import HEADER_MARGIN, check_video_length, header_seconds
     from ..audio.resample import resampled_length

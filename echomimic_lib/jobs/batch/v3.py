@@ -66,7 +66,7 @@ class V3Row:
 
     @property
     def folder(self) -> Path:
-        from ..animate_checks import default_models_dir
+        from ..models_folder import default_models_dir
 
         root = Path(self.models).expanduser() if self.models else default_models_dir()
         return root / ("tiny-v3" if self.smoke else "v3-flash")
