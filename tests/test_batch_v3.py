@@ -215,7 +215,8 @@ def test_render_v3_hands_each_streamed_chunk_to_on_frames(v3media, shared_data, 
     import numpy as np
     import torch
 
-    from echomimic_lib.jobs.animate_v3 import V3Request, load_v3, model_files, plan_v3, render_v3
+    from echomimic_lib.jobs.animate_v3 import load_v3, model_files, render_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
     from echomimic_lib.pipeline.wan import long
 
     folder = v3media / "models" / "v3-flash"

@@ -311,7 +311,7 @@ def test_v3_a_reference_under_16_px_is_an_input_error_and_a_small_one_is_told_it
     bug; a reference smaller than --width x --height gave a smaller video without a word."""
     import cv2
 
-    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
 
     wav = write_wav(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000))
     for name, shape in (("tiny.png", (8, 12, 3)), ("small.png", (32, 32, 3))):

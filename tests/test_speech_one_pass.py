@@ -99,7 +99,7 @@ def _old_v3_samples(path, frames):
 
 
 def _plan(path, tmp_path, length=0):
-    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
 
     return plan_v3(V3Request(reference=str(DATA / "images" / "portrait_a.png"), audio=str(path),
                              output=str(tmp_path / "o.mp4"), models=str(tmp_path), size=(64, 64), length=length))
