@@ -248,7 +248,7 @@ def test_v3_long_mode_column_reaches_the_request_and_only_a_set_value_is_hashed(
     import pytest
     import torch
 
-    from echomimic_lib.jobs.batch.manifest import _convert
+    from echomimic_lib.jobs.batch.manifest_row import _convert
     from echomimic_lib.jobs.batch.results import fingerprint
     from echomimic_lib.jobs.batch.v3 import V3Row, build_v3_kwargs
 

@@ -234,7 +234,7 @@ def test_a_batch_row_takes_a_resumable_column_never_hashed(tmp_path):
     import dataclasses
     from types import SimpleNamespace
 
-    from echomimic_lib.jobs.batch.manifest import _convert
+    from echomimic_lib.jobs.batch.manifest_row import _convert
     from echomimic_lib.jobs.batch.results import fingerprint
     from echomimic_lib.jobs.batch.v3 import V3Row, build_v3_kwargs
 
