@@ -24,10 +24,12 @@ def long_wav(tmp_path_factory):
 @pytest.fixture
 def opens(monkeypatch):
     """Every media open the audio decoder makes (``audio_blocks`` opens the file once per decode pass)."""
-    from echomimic_lib.io import video_io
+    from echomimic_lib.io import audio_file, video_io
 
-    seen, real = [], video_io._open
-    monkeypatch.setattr(video_io, "_open", lambda p, *a, **k: seen.append(Path(p)) or real(p, *a, **k))
+    seen = []
+    for module in (audio_file, video_io):  # audio_file: the decoder's opens; video_io: a probe's
+        real = module._open
+        monkeypatch.setattr(module, "_open", lambda p, *a, real=real, **k: seen.append(Path(p)) or real(p, *a, **k))
     return seen
 
 
