@@ -61,7 +61,7 @@ def v3_folders() -> list[str]:
 def checked_reference(image, size, steps, audio_cfg, teacache, long_mode):
     """(the reference as uint8 (H, W, 3), sample height, width). Linked values are not range-checked by ComfyUI:
     refused here, before the transformer is loaded."""
-    from ..echomimic_lib.jobs.animate_v3 import check_v3_settings
+    from ..echomimic_lib.jobs.v3_plan import check_v3_settings
     from ..echomimic_lib.pipeline.wan.sampler import sample_size
 
     check_v3_settings(steps, audio_cfg, None, long_mode, (size, size), teacache=teacache, names=NODE_V3_NAMES)

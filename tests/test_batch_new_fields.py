@@ -5,7 +5,7 @@ import hashlib
 import json
 
 from echomimic_lib.jobs.animate import AnimateRequest
-from echomimic_lib.jobs.batch.manifest import Job
+from echomimic_lib.jobs.batch.manifest_row import Job
 from echomimic_lib.jobs.batch.results import content_digest, fingerprint
 
 

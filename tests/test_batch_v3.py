@@ -215,7 +215,8 @@ def test_render_v3_hands_each_streamed_chunk_to_on_frames(v3media, shared_data, 
     import numpy as np
     import torch
 
-    from echomimic_lib.jobs.animate_v3 import V3Request, load_v3, model_files, plan_v3, render_v3
+    from echomimic_lib.jobs.animate_v3 import load_v3, model_files, render_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
     from echomimic_lib.pipeline.wan import long
 
     folder = v3media / "models" / "v3-flash"
@@ -247,7 +248,7 @@ def test_v3_long_mode_column_reaches_the_request_and_only_a_set_value_is_hashed(
     import pytest
     import torch
 
-    from echomimic_lib.jobs.batch.manifest import _convert
+    from echomimic_lib.jobs.batch.manifest_row import _convert
     from echomimic_lib.jobs.batch.results import fingerprint
     from echomimic_lib.jobs.batch.v3 import V3Row, build_v3_kwargs
 

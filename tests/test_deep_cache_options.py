@@ -181,7 +181,8 @@ def test_batch_columns_set_and_flags_reach_the_request_and_its_settings(media, t
 
 def test_batch_rows_with_a_value_that_is_no_whole_number_or_a_v3_row_are_manifest_errors(media, tmp_path):
     from echomimic_lib.jobs.batch import read_manifest
-    from echomimic_lib.jobs.batch.manifest import ManifestError, build_job
+    from echomimic_lib.jobs.batch.manifest import ManifestError
+    from echomimic_lib.jobs.batch.manifest_row import build_job
 
     (media / "bad.jsonl").write_text(json.dumps({"reference": "ref.png", "audio": "speech.wav", "deep-cache": 2.5}) + "\n")
     with pytest.raises(ManifestError, match="deep_cache: '2.5' is not a whole number"):

@@ -254,15 +254,15 @@ def _load_documented_yaml(text: str, tmp: Path) -> None:
 
 
 def batch_column_problem(column: str) -> str | None:
-    from echomimic_lib.jobs.batch import manifest
+    from echomimic_lib.jobs.batch import manifest_row
 
-    known = {"kind", "name", "version", "mode", "lora", "lora_strength", *manifest.ALIASES}
+    known = {"kind", "name", "version", "mode", "lora", "lora_strength", *manifest_row.ALIASES}
     for module, cls in (("animate", "AnimateRequest"), ("dub", "DubRequest")):  # read, not imported (the pipeline: ~10 s)
         tree = ast.parse((ROOT / "echomimic_lib" / "jobs" / f"{module}.py").read_text(encoding="utf-8"))
         body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
         known |= {n.target.id for n in body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-    key = manifest._key(column)
-    return None if key in known - set(manifest.NOT_PER_ROW) else f"{column}: not a batch column"
+    key = manifest_row._key(column)
+    return None if key in known - set(manifest_row.NOT_PER_ROW) else f"{column}: not a batch column"
 
 
 def test_every_documented_config_file_and_manifest_loads(tmp_path):

@@ -173,7 +173,7 @@ def test_readable_images_decode_as_before_with_warnings_for_transparency_and_ani
     import cv2
     from PIL import Image
 
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
 
     rgb = np.zeros((64, 64, 3), np.uint8)
     rgb[16:48, 16:48] = (200, 100, 50)
@@ -274,7 +274,7 @@ def test_an_accented_path_opencv_cannot_open_is_decoded_from_its_bytes(folder, m
     """OpenCV's imread on Windows opens no path outside the ANSI code page; the bytes decode the same image."""
     import cv2
 
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
 
     path = folder / "my dir, é" / "ref é.png"
     want = read_reference(path)
@@ -311,7 +311,7 @@ def test_v3_a_reference_under_16_px_is_an_input_error_and_a_small_one_is_told_it
     bug; a reference smaller than --width x --height gave a smaller video without a word."""
     import cv2
 
-    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
 
     wav = write_wav(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000))
     for name, shape in (("tiny.png", (8, 12, 3)), ("small.png", (32, 32, 3))):

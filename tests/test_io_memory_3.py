@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from echomimic_lib.errors import EchoMimicError
-from echomimic_lib.io import video_io
+from echomimic_lib.io import audio_file, video_io
 from echomimic_lib.io.video_io import read_audio
 
 AUDIO = sorted(Path("/work/shared/data/audio").glob("*.wav"))
@@ -77,7 +77,7 @@ def test_decoding_stops_once_the_window_is_there(tmp_path, monkeypatch):
         for packet in stream.encode(None):
             out.mux(packet)
     decoded = []
-    opened = video_io._open
+    opened = audio_file._open
 
     class Counting:
         def __init__(self, container):
@@ -91,7 +91,7 @@ def test_decoding_stops_once_the_window_is_there(tmp_path, monkeypatch):
                 decoded.append(frame.samples)
                 yield frame
 
-    monkeypatch.setattr(video_io, "_open", lambda p: Counting(opened(p)))
+    monkeypatch.setattr(audio_file, "_open", lambda p: Counting(opened(p)))
     full, _ = read_audio(long)
     assert full.shape[1] == 60 * sr and sum(decoded) == 60 * sr
     decoded.clear()

@@ -157,7 +157,7 @@ def short(tmp_path_factory, video, shared_data):
 
 def _conditions(short, landmarks, stabilize, mode="v1-landmarks", n=12):
     from echomimic_lib.jobs.animate import AnimateRequest, prepare_condition
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
     from echomimic_lib.modes import get_mode
     from echomimic_lib.pipeline import settings_for
 

@@ -82,7 +82,7 @@ def test_saved_file_loads_back_equal_to_the_extraction_animate_does(media, saved
 def _condition_frames(media, landmarks, mode="v1-landmarks", audio=None, parts=None, n=20):
     """The condition frames animate's own code draws for --landmarks (before any weight)."""
     from echomimic_lib.jobs.animate import AnimateRequest, prepare_condition
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
     from echomimic_lib.modes import get_mode
     from echomimic_lib.pipeline import settings_for
 

@@ -87,7 +87,8 @@ def test_dub_without_new_speech_reads_the_sources_sound_without_asking_twice(tmp
 # ------------------------------------------------------------------ 3. batch planning: a shared recording decoded once
 def test_dub_rows_that_share_a_recording_decode_it_once_while_planning(tmp_path, monkeypatch):
     import echomimic_lib.io.video_io as video_io
-    from echomimic_lib.jobs.batch.manifest import build_job, check_jobs
+    from echomimic_lib.jobs.batch.manifest import check_jobs
+    from echomimic_lib.jobs.batch.manifest_row import build_job
 
     decoded, real = [], video_io.read_audio
 

@@ -53,7 +53,7 @@ def _jpeg_declaring(path: Path, width: int, height: int) -> Path:
 
 
 def _read(path, caplog=None):
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
 
     return read_reference(path)
 

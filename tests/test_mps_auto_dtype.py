@@ -142,7 +142,7 @@ def test_a_v3_resume_digest_counts_the_vae_precision_only_where_it_differs():
     before the field existed, so a kept state is gone on from; another VAE precision is another render."""
     import dataclasses
 
-    from echomimic_lib.jobs.animate_v3 import V3Request
+    from echomimic_lib.jobs.v3_plan import V3Request
     from echomimic_lib.jobs.resume_plan import fingerprint
     from echomimic_lib.pipeline.wan.sampler import V3Settings
 

@@ -20,7 +20,7 @@ from tests.test_nodes_inputs_hunt import v3  # noqa: F401
 def _v3_request(tmp_path, shape, size, length=9):
     import cv2
 
-    from echomimic_lib.jobs.animate_v3 import V3Request
+    from echomimic_lib.jobs.v3_plan import V3Request
 
     wav = write_wav(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000))
     cv2.imwrite(str(tmp_path / "ref.png"), np.full(shape, 128, np.uint8))
@@ -31,7 +31,7 @@ def _v3_request(tmp_path, shape, size, length=9):
 def test_v3_a_reference_scaled_under_16_px_says_so_and_names_the_target_size(tmp_path):
     """A 100x30 picture at a 16x16 target area scales to 29x8: was "100x30 px is too small; EchoMimicV3 needs at least
     16 px on each side ... give a larger image" (the picture is larger than that; the fix is a larger target)."""
-    from echomimic_lib.jobs.animate_v3 import plan_v3
+    from echomimic_lib.jobs.v3_plan import plan_v3
 
     with pytest.raises(LibError) as err:
         plan_v3(_v3_request(tmp_path, (30, 100, 3), (16, 16)))
@@ -62,7 +62,7 @@ def test_v3_audio_encoder_max_frames_over_the_cap_is_refused(v3):  # noqa: F811
 
 def test_v3_length_beyond_the_audio_is_told(tmp_path, caplog):
     """--length 201 with 1 s of speech gave 25 frames without a word (V1/V2 warn)."""
-    from echomimic_lib.jobs.animate_v3 import plan_v3
+    from echomimic_lib.jobs.v3_plan import plan_v3
 
     with caplog.at_level(logging.WARNING):
         plan = plan_v3(_v3_request(tmp_path, (64, 64, 3), (64, 64), length=201))

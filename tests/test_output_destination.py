@@ -1,4 +1,4 @@
-"""One check for a file a command writes (:func:`echomimic_lib.jobs.animate_checks.check_destination`): animate's -o,
+"""One check for a file a command writes (:func:`echomimic_lib.jobs.output_file.check_destination`): animate's -o,
 `echomimic landmarks` -o / --preview and `echomimic poses --preview` all go through it, each with its own wording
 and its own extra refusals given as parameters."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from echomimic_lib.errors import EchoMimicError
 from echomimic_lib.io.file_safety import ExistingFileError
 from echomimic_lib.io.video_writer import OutputError
-from echomimic_lib.jobs.animate_checks import OUTPUT_SUFFIXES, check_destination, check_output
+from echomimic_lib.jobs.output_file import OUTPUT_SUFFIXES, check_destination, check_output
 
 
 def test_check_destination_refusals_in_order(tmp_path):

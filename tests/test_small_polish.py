@@ -4,7 +4,7 @@ import pytest
 
 def test_v3_reference_not_found_names_v3(tmp_path):
     from echomimic_lib.errors import EchoMimicError
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
 
     with pytest.raises(EchoMimicError) as info:
         read_reference(tmp_path / "missing.png", version="v3")
@@ -20,7 +20,7 @@ def test_v3_reference_not_found_names_v3(tmp_path):
 
 def test_plan_v3_reference_message(tmp_path):
     from echomimic_lib.errors import EchoMimicError
-    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
 
     req = V3Request(reference=str(tmp_path / "nope.png"), audio=str(tmp_path / "a.wav"), output=str(tmp_path / "o.mp4"),
                     models=str(tmp_path / "m"))

@@ -24,10 +24,12 @@ def long_wav(tmp_path_factory):
 @pytest.fixture
 def opens(monkeypatch):
     """Every media open the audio decoder makes (``audio_blocks`` opens the file once per decode pass)."""
-    from echomimic_lib.io import video_io
+    from echomimic_lib.io import audio_file, video_io
 
-    seen, real = [], video_io._open
-    monkeypatch.setattr(video_io, "_open", lambda p, *a, **k: seen.append(Path(p)) or real(p, *a, **k))
+    seen = []
+    for module in (audio_file, video_io):  # audio_file: the decoder's opens; video_io: a probe's
+        real = module._open
+        monkeypatch.setattr(module, "_open", lambda p, *a, real=real, **k: seen.append(Path(p)) or real(p, *a, **k))
     return seen
 
 
@@ -99,7 +101,7 @@ def _old_v3_samples(path, frames):
 
 
 def _plan(path, tmp_path, length=0):
-    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
 
     return plan_v3(V3Request(reference=str(DATA / "images" / "portrait_a.png"), audio=str(path),
                              output=str(tmp_path / "o.mp4"), models=str(tmp_path), size=(64, 64), length=length))

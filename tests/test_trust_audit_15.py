@@ -151,21 +151,21 @@ def _wav(path: Path, seconds: float, rate: int = 16000) -> Path:
 
 
 def test_read_speech_stops_decoding_at_the_longest_videos_audio(tmp_path, monkeypatch):
-    from echomimic_lib.io import video_io
+    from echomimic_lib.io import audio_file
     from echomimic_lib.jobs import speech_input, speech_length
 
     audio = _wav(tmp_path / "long.wav", 20.0)
     monkeypatch.setattr(speech_length, "MAX_LENGTH", 50)  # 2 s at 25 fps
     monkeypatch.setattr(speech_length, "header_seconds", lambda p: None)  # the header says nothing (or lies)
     decoded = [0]
-    blocks = video_io.audio_blocks
+    blocks = audio_file.audio_blocks
 
     def counting(path):
         for sr, out in blocks(path):
             decoded[0] += out.samples
             yield sr, out
 
-    monkeypatch.setattr(video_io, "audio_blocks", counting)
+    monkeypatch.setattr(audio_file, "audio_blocks", counting)
     with pytest.raises(EchoMimicError, match="more than the 50"):
         speech_input.read_speech(audio, fps=25.0)
     assert decoded[0] < 5 * 16000  # a few seconds past the bound, never the whole 20 s track

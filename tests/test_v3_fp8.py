@@ -79,7 +79,7 @@ def test_the_command_line_renders_with_fp8_after_the_lora_merge(tiny_set, tmp_pa
 
 def test_fp8_is_refused_on_apple_mps_before_any_file_is_read(tmp_path):
     from echomimic_lib.errors import EchoMimicError
-    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
 
     req = V3Request(reference=str(tmp_path / "none.png"), audio=str(tmp_path / "none.wav"), output=str(tmp_path / "o.mp4"),
                     models=str(tmp_path), device="mps", fp8=True)

@@ -110,7 +110,7 @@ def test_speech_longer_than_a_v3_video_can_be_is_refused_before_it_is_decoded(tm
     the bound: a header may estimate), the decoded length exactly, and nothing is written."""
     import echomimic_lib.io.video_io as video_io
     from echomimic_lib.jobs import speech_length
-    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
     from tests._media import write_wav
 
     wav = write_wav(tmp_path / "talk.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(32000) / 16000))  # 2 s: 50 frames
@@ -245,7 +245,7 @@ def test_a_target_area_over_2048_px_a_side_is_refused_before_any_file_is_read(tm
     never capped either): tens of GB of activations, found out after the weights had loaded. The node's linked size
     (ComfyUI does not range-check links) gets the same message."""
     from echomimic_lib.cli import main
-    from echomimic_lib.jobs.animate_v3 import check_v3_settings
+    from echomimic_lib.jobs.v3_plan import check_v3_settings
     from tests._pack import sub
 
     NODE_V3_NAMES = sub("nodes.v3").NODE_V3_NAMES

@@ -44,7 +44,8 @@ def small_chunks(monkeypatch):
 
 def _render(env, out, monkeypatch, *, mode="reanchor", seed=1, resumable=True, stop_after=None):
     """(blocks handed to on_frames, generate calls, summary or None when stopped) of one render."""
-    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3, render_v3
+    from echomimic_lib.jobs.animate_v3 import render_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
     from echomimic_lib.pipeline.wan import long, sampler
 
     calls, real = [], sampler.generate  # chunks: long.generate; a one-shot clip: sampler.generate
@@ -191,7 +192,7 @@ def test_a_state_folder_keeps_files_that_are_not_its_own(env, tmp_path, monkeypa
 
 def test_something_else_at_the_state_folders_name_is_refused_before_any_work(env, tmp_path):
     from echomimic_lib.errors import EchoMimicError
-    from echomimic_lib.jobs.animate_v3 import V3Request, plan_v3
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
 
     out = tmp_path / "x.mp4"
     _state(out).write_text("a file")
@@ -233,7 +234,7 @@ def test_a_batch_row_takes_a_resumable_column_never_hashed(tmp_path):
     import dataclasses
     from types import SimpleNamespace
 
-    from echomimic_lib.jobs.batch.manifest import _convert
+    from echomimic_lib.jobs.batch.manifest_row import _convert
     from echomimic_lib.jobs.batch.results import fingerprint
     from echomimic_lib.jobs.batch.v3 import V3Row, build_v3_kwargs
 

@@ -81,7 +81,7 @@ def test_dub_without_speech_reads_the_timestamps_while_counting_not_in_another_p
     """The variable-rate check demuxed the whole source again after count_frames had decoded it: now the count keeps
     the timestamps. The source is opened three times (header, count, its sound) instead of four; the frames are placed
     by those timestamps (tests/test_vfr_retime_2.py), with a warning."""
-    from echomimic_lib.io import frame_times, video_io
+    from echomimic_lib.io import audio_file, frame_times, video_io
     from echomimic_lib.jobs import dub, dub_plan
 
     video = _timed(tmp_path / "paused.mp4", PAUSED, sound=True)
@@ -92,6 +92,7 @@ def test_dub_without_speech_reads_the_timestamps_while_counting_not_in_another_p
 
     monkeypatch.setattr(frame_times, "_open", spy(frame_times._open))
     monkeypatch.setattr(video_io, "_open", spy(video_io._open))
+    monkeypatch.setattr(audio_file, "_open", spy(audio_file._open))  # its sound
     monkeypatch.setattr(frame_times, "frame_time_drift", lambda *a: pytest.fail("the source was demuxed again"))
     checked = SimpleNamespace(settings=SimpleNamespace(width=64, height=64, fps=24.0), parts=frozenset(),
                               mediapipe_model=None)

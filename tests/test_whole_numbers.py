@@ -72,7 +72,7 @@ def test_a_long_v3_clip_with_the_largest_seed_gets_a_seed_for_every_chunk(monkey
 @pytest.mark.parametrize("seed, ok", [(2**63, True), (2**64 - 1, True), (8.0, True), (2**64, False), (-1, False),
                                       (1.5, False), (True, False)])
 def test_v3_settings_take_the_same_seeds_as_v1_v2(seed, ok):
-    from echomimic_lib.jobs.animate_v3 import check_v3_settings
+    from echomimic_lib.jobs.v3_plan import check_v3_settings
 
     def check():
         check_v3_settings(8, 3.0, seed, "reanchor", (768, 768))

@@ -108,7 +108,7 @@ def log_quality_metrics(cfg, monitor, step: int, frames: np.ndarray, audio16k: n
     face mask for the V1 audio condition, else over the whole frame). Lip sync (offset, strength and its confidence)
     is logged only for a video of at least ``MIN_SYNC_SECONDS`` (``validation.frames`` / fps): on shorter ones an
     unrelated mouth scores as high as real speech (bench/bench_sync_null.py)."""
-    from echomimic_lib.jobs.animate import default_models_dir
+    from echomimic_lib.jobs.models_folder import default_models_dir
     from echomimic_lib.evaluate import score_frames
 
     from .data.dataset import face_mask_image

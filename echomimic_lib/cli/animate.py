@@ -1,7 +1,7 @@
 """``echomimic animate`` and ``echomimic download``."""
 from __future__ import annotations
 
-from ..jobs.animate_checks import default_models_dir
+from ..jobs.models_folder import default_models_dir
 from ..retime import POSE_POLICIES
 from ..temporal import STABILIZE_DEFAULT, STABILIZE_LEVELS
 from .common import add_run_options, ProgressBar, say

@@ -9,7 +9,7 @@ from .common import say
 
 
 def _cmd_doctor(args) -> int:
-    from ..jobs.animate_checks import default_models_dir
+    from ..jobs.models_folder import default_models_dir
     from ..jobs.doctor import diagnose
     from ..jobs.doctor.report import render
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..frames.composite import COLOR_METHODS, REGIONS
-from ..jobs.animate_checks import default_models_dir
+from ..jobs.models_folder import default_models_dir
 from ..retime import POLICIES
 from .common import ProgressBar, add_run_options, say
 

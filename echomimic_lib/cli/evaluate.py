@@ -13,7 +13,7 @@ ARCFACE_NAMES = ("arcface.onnx", "w600k_r50.onnx", "glintr100.onnx")
 
 
 def _models_dir(args) -> Path:
-    from ..jobs.animate import default_models_dir
+    from ..jobs.models_folder import default_models_dir
 
     return Path(args.models) if args.models else default_models_dir()
 

@@ -62,12 +62,13 @@ def check_family_options(args) -> None:
 
 
 def cmd_animate_v3(args) -> int:
-    from ..jobs.animate_checks import default_models_dir
+    from ..jobs.models_folder import default_models_dir
     from .common import say as _say
     from ..devices import resolve_device, resolve_dtype, resolve_vae_dtype
     from ..errors import EchoMimicError
-    from ..jobs.animate_v3 import V3Request, run_v3
+    from ..jobs.animate_v3 import run_v3
     from ..jobs.lora_args import request_fields
+    from ..jobs.v3_plan import V3Request
 
     check_family_options(args)
     lora, lora_strength = request_fields(args.lora, args.lora_strength)

@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .animate_checks import AUTO_POSE, default_models_dir, gesture_library_dirs, models_root, preflight
+from .animate_checks import AUTO_POSE, preflight
+from .models_folder import dwpose_roots, gesture_library_dirs, models_root
 from .lora_args import lora_stack
 from .resume_plan import checkpoint_for
 from ..devices import DTYPE_NAMES, DTYPES  # noqa: F401 (DTYPES: public, used by other commands)
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 MODE_TITLES = {"v1-audio": "V1 audio-driven", "v1-landmarks": "V1 landmark-driven", "v1-audio+landmarks": "V1 audio + selected landmarks",
                "v2-halfbody": "V2 half-body"}
 
-__all__ = ["AnimateRequest", "run", "build_condition", "default_models_dir"]
+__all__ = ["AnimateRequest", "run", "build_condition"]
 
 
 @dataclass
@@ -146,7 +147,6 @@ def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_fram
     if req.pose == AUTO_POSE:
         seq = gesture_poses(req, detector, prep.image, num_frames, settings)
     else:
-        from .animate_checks import dwpose_roots
         from .pose_sources import dwpose_detector, is_pose_video, video_poses
 
         if is_pose_video(req.pose):  # a driving video: DWPose poses of its frames (`echomimic poses --video` keeps them)

@@ -2,15 +2,16 @@
 
 :func:`preflight` validates the numbers (size, fps, steps, cfg, length, context windows, seed), the
 mode and its condition inputs, the device, precision and speed options (:mod:`echomimic_lib.speed`),
-the output path, the reference image and the audio (readable, long enough, not silent: the same rule
-as the ComfyUI node), works out the frame count, and finds the MediaPipe face model the mode needs. Only then does :func:`echomimic_lib.jobs.animate.run`
-load weights. Messages name the command-line flag and the fix. The ranges are the ComfyUI nodes'.
+the output path (:mod:`.output_file`), the reference image (:mod:`.reference_input`) and the audio
+(readable, long enough, not silent: the same rule as the ComfyUI node), works out the frame count, and
+finds the MediaPipe face model the mode needs in the models folder (:mod:`.models_folder`). Only then
+does :func:`echomimic_lib.jobs.animate.run` load weights. Messages name the command-line flag and the
+fix. The ranges are the ComfyUI nodes'.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +21,10 @@ from ..errors import EchoMimicError, MissingWeightsError
 from ..modes import check_frame_rate, get_mode
 from ..speed import check_deep_cache, check_speed_options
 from ..temporal import STABILIZE_DEFAULT, check_level
+from .models_folder import default_models_dir, dwpose_roots, gesture_library_dirs, models_root
+from .output_file import check_output
 from .pose_sources import AUTO_POSE  # --pose auto: hand poses generated from the speech
+from .reference_input import check_reference_size, read_reference
 from .speech_input import frame_count, read_speech
 from . import speech_length
 
@@ -32,7 +36,6 @@ MAX_CFG = 20.0
 MAX_CONTEXT = 32  # the motion modules' position table
 MAX_LORA_STRENGTH = 2.0  # the loader node's range
 SMOKE = {"width": 64, "height": 64, "steps": 2, "seconds": 1.0}
-OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
 
 
 @dataclass
@@ -209,20 +212,6 @@ def check_stabilize(level, mode) -> str:
     return level
 
 
-def dwpose_roots(req) -> list[Path]:
-    """Where ``--pose VIDEO`` finds the DWPose models: the models folder (a smoke run: also the default one)."""
-    smoke = getattr(req, "smoke", False)
-    return [models_root(req)] + ([default_models_dir()] if smoke and not req.models else [])
-
-
-def gesture_library_dirs(req) -> list[Path]:
-    """``--gesture-library``, else the models folder's ``poses/`` (``--models``, else $ECHOMIMIC_MODELS or ~/.cache/echomimic)."""
-    if getattr(req, "gesture_library", None):
-        return [Path(req.gesture_library).expanduser()]
-    root = check_models_folder(Path(req.models).expanduser(), "--models") if req.models else default_models_dir()
-    return [root / "poses"]
-
-
 def check_expressiveness(expr) -> float:
     """``--expressiveness`` of gestures from the speech: 0 (calm) .. 2 (lively)."""
     if not (isinstance(expr, (int, float)) and 0.0 <= expr <= 2.0):
@@ -247,65 +236,6 @@ def check_gesture_inputs(req, mode) -> None:
             except EchoMimicError as exc:
                 raise EchoMimicError(f"{exc} (--pose auto takes gestures from --gesture-library DIR, default the models "
                                      "folder's poses/.)") from None
-
-
-def check_destination(path, flag: str, suffixes: tuple, example: str, inputs: dict | None = None, force: bool | None = None,
-                      what: str = "output", needs: str | None = None, others: dict | None = None) -> Path:
-    """A file a command writes (animate's ``-o``, ``echomimic landmarks`` ``-o`` / ``--preview``, ``echomimic poses
-    --preview``), refused before any work, in this order: a folder, a device or an unwritable place
-    (:func:`check_output_path`); one of ``inputs`` ({flag: path}: the result would be renamed over it); the same path
-    as one of the command's ``others`` outputs ({flag: path}); an extension not in ``suffixes`` (the message says
-    ``needs``, default the list of them, and suggests the name ending in ``example``); an existing file unless
-    ``force`` (None: not checked here, the command has its own rule). Each message starts with ``flag``."""
-    from ..io.file_safety import refuse_existing, refuse_input_as_output
-    from ..io.video_writer import check_output_path
-
-    p = check_output_path(path, flag)  # a folder, a device, an unwritable place: said first
-    refuse_input_as_output(p, inputs or {}, flag)
-    for other_flag, other in (others or {}).items():
-        if other and p.resolve() == Path(other).expanduser().resolve():
-            raise EchoMimicError(f"{flag} and {other_flag} are the same path; give each its own name.")
-    if p.suffix.lower() not in suffixes:
-        raise EchoMimicError(f"{flag} {path}: {needs or 'give it one of the extensions ' + ', '.join(suffixes)}, e.g. {flag} "
-                             f"{Path(str(path)).with_suffix(example)}.")
-    if force is not None and not force:
-        try:
-            refuse_existing([p], "--force", what)
-        except EchoMimicError as exc:
-            raise type(exc)(f"{flag} {exc}") from None
-    return p
-
-
-def check_output(path, inputs: dict | None = None) -> Path:
-    """The -o video: a writable place for a new or existing .mp4 file that is none of ``inputs`` ({flag: path})."""
-    return check_destination(path, "-o", OUTPUT_SUFFIXES, ".mp4", inputs,  # -o the --audio video: renamed over it
-                             needs="the output is an H.264 mp4 video; give it the .mp4 extension")
-
-
-REFERENCE_KINDS = {None: "a portrait (V1) or half-body (V2) image file",
-                   "v3": "an image file of the person, face to half body (V3)"}
-
-
-def read_reference(path, version: str | None = None) -> np.ndarray:
-    """RGB uint8 of ``--reference`` (:mod:`echomimic_lib.io.image_file`: a HEIC photo, an empty file, a video... named);
-    ``version`` "v3": a missing file's message says what EchoMimicV3 takes."""
-    from ..io.image_file import read_image_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise EchoMimicError(f"--reference {p}: {'is a folder, not an image' if p.is_dir() else 'file not found'}; give "
-                             f"{REFERENCE_KINDS[version]} (png, jpg, webp, ...).")
-    return read_image_file(p, "--reference")
-
-
-def check_reference_size(image: np.ndarray, path) -> None:
-    """V1/V2 need a short side of 64 px or more (found here, not after the weights have loaded)."""
-    from ..landmarks._image import MIN_SIDE
-
-    h, w = image.shape[:2]
-    if min(h, w) < MIN_SIDE:
-        raise EchoMimicError(f"--reference {path}: {w}x{h} px is too small; EchoMimic needs at least {MIN_SIDE} px on the "
-                             "short side (it renders at 512 px or more): give a larger image.")
 
 
 def find_face_model(req, root: Path):
@@ -336,28 +266,6 @@ def find_face_model(req, root: Path):
             raise MissingWeightsError(f"{exc}{alternatives}", exc.missing) from exc
         raise EchoMimicError(f"{exc}{alternatives}") from exc
     return replace(req, mediapipe_model=str(path))
-
-
-def default_models_dir() -> Path:
-    return Path(os.environ.get("ECHOMIMIC_MODELS", Path.home() / ".cache" / "echomimic"))
-
-
-def models_root(req) -> Path:
-    """``--models``, else $ECHOMIMIC_MODELS or ~/.cache/echomimic (a smoke run: its ``tiny/``); a file there is refused."""
-    if req.models:
-        return check_models_folder(Path(req.models).expanduser(), "--models")
-    flag = "$ECHOMIMIC_MODELS" if os.environ.get("ECHOMIMIC_MODELS") else "the default models folder"
-    root = check_models_folder(default_models_dir(), flag)
-    return root / "tiny" if getattr(req, "smoke", False) else root
-
-
-def check_models_folder(root: Path, flag: str = "--models") -> Path:
-    """A models folder that is a file (a weight file or the wrong argument given as ``--models``) is named as such,
-    before anything looks for, writes or downloads weights under it."""
-    if root.exists() and not root.is_dir():
-        raise EchoMimicError(f"{flag} {root}: is a file, not a folder; give the models folder (the one `echomimic download "
-                             "--models DIR` fills, with v1/, v2/, sd-vae-ft-mse/ ... in it; a new folder is made on first use).")
-    return root
 
 
 def preflight(req, reads=None) -> Plan:

@@ -112,7 +112,9 @@ class _Checked:
 
 def _validate(req: DubRequest) -> _Checked:
     """Every check that needs no weights (numbers, files, options, output path, the MediaPipe model)."""
-    from .animate_checks import check_numbers, check_output, models_root
+    from .animate_checks import check_numbers
+    from .models_folder import models_root
+    from .output_file import check_output
     from ..frames.composite import COLOR_METHODS, REGIONS
     from ..devices import resolve_device, resolve_dtype
     from ..landmarks.mp_models import import_mediapipe, resolve_model

@@ -67,7 +67,7 @@ def _check_video(path) -> Path:
 
 def _find_model(req: LandmarksRequest) -> Path:
     from ..landmarks.mp_models import import_mediapipe, resolve_model
-    from .animate_checks import models_root
+    from .models_folder import models_root
 
     root = models_root(req)  # --models, else $ECHOMIMIC_MODELS or ~/.cache/echomimic (no smoke runs here)
     try:
@@ -85,7 +85,7 @@ def check(req: LandmarksRequest) -> _Checked:
     from ..landmarks.extractor import normalize_policy
     from ..landmarks.io import SEQUENCE_SUFFIXES
     from ..temporal import check_level as check_stabilize_level
-    from .animate_checks import check_destination
+    from .output_file import check_destination
 
     try:
         normalize_policy(req.missing_face)
@@ -113,7 +113,7 @@ def check(req: LandmarksRequest) -> _Checked:
         if not req.preview:
             raise EchoMimicError("--reference only shapes the --preview video (the saved landmarks are the driver's own); "
                                  "add --preview PREVIEW.mp4 or drop --reference.")
-        from .animate_checks import read_reference
+        from .reference_input import read_reference
 
         reference = read_reference(req.reference)
     return _Checked(req, video, output, preview, parts, (width, height), reference, _find_model(req))

@@ -32,14 +32,13 @@ from ..io.file_safety import (
     temp_prefix,
 )
 from .animate_checks import (
-    OUTPUT_SUFFIXES,
     _number as parse_number,
-    check_destination,
     check_side,
     check_expressiveness,
     check_fps,
-    dwpose_roots,
 )
+from .models_folder import dwpose_roots
+from .output_file import OUTPUT_SUFFIXES, check_destination
 from .speech_input import frame_count, probe_speech, read_speech, read_speech_summary
 from ..pose.stabilize import stabilize_poses
 from ..temporal import check_level as check_stabilize_level
@@ -213,7 +212,7 @@ def check(req: PosesRequest) -> PosesPlan:
             wav, sr = _read_preview_audio(req.preview_audio, _preview_seconds(req.video, fps, length))
             plan_extra = dict(wav=wav, sample_rate=sr)
     else:
-        from .animate_checks import gesture_library_dirs
+        from .models_folder import gesture_library_dirs
         from ..pose.gestures import find_sources
 
         if req.seed is not None:

@@ -145,7 +145,7 @@ def checkpoint_for(plan, weight_files: dict) -> StepCheckpoint | None:
 
 
 def v3_checkpoint_for(plan, models, settings, chunk: int, overlap: int):
-    """The kept chunks of a long resumable V3 render (``plan``: jobs.animate_v3.V3Plan), or None without --resumable."""
+    """The kept chunks of a long resumable V3 render (``plan``: jobs.v3_plan.V3Plan), or None without --resumable."""
     from ..pipeline.wan.chunk_state import ChunkCheckpoint, chunk_state_path
     from ..pipeline.wan.long import chunk_sizes
 

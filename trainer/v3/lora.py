@@ -141,7 +141,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
 def check_export(path: Path, desc: dict) -> None:
     """Read the written file back as the inference does and map it onto the base set's parameters (their shapes from
     the weight files' headers; when the base files are gone, only the file's structure is checked, with a warning)."""
-    from echomimic_lib.jobs.animate_v3 import lora_shapes
+    from echomimic_lib.jobs.v3_plan import lora_shapes
     from echomimic_lib.lora.wan_files import read_wan_lora, resolve_wan_lora
     from echomimic_lib.models.wan.sources import resolved_files
 

@@ -138,7 +138,7 @@ class PlanReads:
         return value()
 
     def reference(self, path):
-        from ..animate_checks import read_reference
+        from ..reference_input import read_reference
 
         def keep(image):
             shape, dtype = image.shape, image.dtype

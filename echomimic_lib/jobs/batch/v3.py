@@ -1,5 +1,6 @@
 """EchoMimicV3 flash-pro rows of a batch manifest (``version`` = ``v3-flash``): the columns, the up-front checks and
-the render, through :mod:`echomimic_lib.jobs.animate_v3` (``plan_v3`` / ``load_v3`` / ``render_v3``).
+the render, through :mod:`echomimic_lib.jobs.v3_plan` (``plan_v3``) and :mod:`echomimic_lib.jobs.animate_v3` (``load_v3`` /
+``render_v3``).
 
 Columns are the options of ``echomimic animate --version v3-flash``: ``reference``, ``audio``, ``prompt``, ``steps``,
 ``audio-cfg``, ``seed``, ``width``, ``height``, ``length``, ``long-mode``, ``teacache``, ``no-color-transfer``, ``compile``, ``fp8``, ``vae-tiling``,
@@ -66,13 +67,13 @@ class V3Row:
 
     @property
     def folder(self) -> Path:
-        from ..animate_checks import default_models_dir
+        from ..models_folder import default_models_dir
 
         root = Path(self.models).expanduser() if self.models else default_models_dir()
         return root / ("tiny-v3" if self.smoke else "v3-flash")
 
     def request(self, device, dtype):
-        from ..animate_v3 import V3Request
+        from ..v3_plan import V3Request
 
         w = self.width or (SMOKE["width"] if self.smoke else 768)
         h = self.height or w
@@ -126,7 +127,8 @@ def plan_v3_row(job) -> tuple[tuple, int]:
     """The row's checks (no weights; without download: the set's files must be there): (weight key, frames)."""
     import torch
 
-    from ..animate_v3 import model_files, plan_v3
+    from ..animate_v3 import model_files
+    from ..v3_plan import plan_v3
 
     row = job.request
     req = row.request("cpu", torch.float32)
@@ -170,7 +172,8 @@ def render_v3_job(job, cache, progress=None) -> dict:
     from ...audio.wav2vec import FPS
     from ...devices import resolve_device, resolve_dtype, resolve_vae_dtype
     from ...io.video_writer import _as_uint8
-    from ..animate_v3 import encode_prompts, load_v3, model_files, plan_v3, ready_models, render_v3
+    from ..animate_v3 import encode_prompts, load_v3, model_files, ready_models, render_v3
+    from ..v3_plan import plan_v3
 
     row = job.request
     device = resolve_device(row.device)

@@ -1,5 +1,6 @@
 """Gestures from speech (EchoMimicV2 without a pose video): a library of gesture units cut from pose sequences
-(:mod:`.library`), cheap speech analysis (:mod:`.speech`) and motion matching (:mod:`.synth`).
+(:mod:`.library`), cheap speech analysis (:mod:`.speech`) and motion matching (:mod:`.planner` plans, :mod:`.synth`
+draws).
 
 Typical use::
 
@@ -9,7 +10,8 @@ Typical use::
 """
 from .library import GestureLibrary, find_sources, load_library
 from .speech import SpeechFeatures, analyze_speech
-from .synth import GestureOptions, synthesize, synthesize_for_audio
+from .planner import GestureOptions
+from .synth import synthesize, synthesize_for_audio
 
 __all__ = ["GestureLibrary", "GestureOptions", "SpeechFeatures", "analyze_speech", "find_sources", "load_library",
            "synthesize", "synthesize_for_audio"]

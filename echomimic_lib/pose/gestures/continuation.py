@@ -49,7 +49,7 @@ def continue_sequence(seq: PoseSequence, n_out: int, out_fps: float, speech: Spe
     """``n_out`` frames at ``out_fps``: ``seq`` once, then gestures to ``speech`` (features at ``out_fps``).
 
     ``library``: extra gesture sources (a :class:`GestureLibrary` or paths for :func:`load_library`), used beside
-    ``seq``'s own units. ``options``: see :class:`~echomimic_lib.pose.gestures.synth.GestureOptions`."""
+    ``seq``'s own units. ``options``: see :class:`~echomimic_lib.pose.gestures.planner.GestureOptions`."""
     from .library import load_library
     from .synth import synthesize
 
