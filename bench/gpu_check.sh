@@ -63,7 +63,7 @@ POSE=${GPU_POSE:-$(pick .gpu_carry/pose.npz ../shared/data/pose/01)}
 if [[ $DRY == 1 ]]; then
     SUITE=(--device cpu --tiny --repeat 1 --frames 12 --e2e-frames 12 --plan "v1:off+prof,v1:off+graphs,v1:off+cl+cudnn")
     ATTENTION=(--device cpu --tiny --repeat 1); ANIM_V1_ARGS=""
-    VRAM=(--goals --preset tiny --device fake --report-only); WEIGHTS_ARGS="--tiny --device cpu"
+    VRAM=(--goals --preset tiny --device fake --report-only --long-frames 36); WEIGHTS_ARGS="--tiny --device cpu"
     ANIM_ARGS="--device cpu --dtype fp32 --width 64 --height 64 --steps 1 --length 4"
     V3_ARGS="--tiny --device cpu --frames 9 --repeat 1 --compile-backend aot_eager --budget-s $((LIM_V3 - 60))"
     V3_VRAM_ARGS="--preset tiny --device fake --size 64 --frames 9 --json"

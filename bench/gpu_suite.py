@@ -35,9 +35,9 @@ Per version (V1 512 px face locator, V2 768 px pose encoder, official-size rando
 - VAE decode per frame (8 frames per call; without ``vae`` / ``vae-cl`` also with the VAE channels-last beside it,
   ``vae_decode_cl_s_per_frame``), reference pass + encode (once per video); seconds per video frame for
   a ``--frames`` long video from the call times and the sampler's own windows (12 frames, overlap 3);
-- V1 only: the acc clip end to end through the sampler (``--e2e-frames`` at 25 fps, 6 steps, no CFG) at 1 and 4
+- V1 only: the acc clip end to end through the sampler (``--e2e-frames`` at 25 fps, 6 steps, 2 with ``--tiny``, no CFG) at 1 and 4
   windows per call, each after a short warm-up generation of the same shapes; then a short normal generation
-  (24 frames, 2 steps): seconds, frames/s, peak VRAM.
+  (24 frames, 2 steps; 12 with ``--tiny``): seconds, frames/s, peak VRAM.
 The most decision-relevant figures of a variant come first, and each is printed as a ``{"partial": ...}`` JSON
 line as soon as it is measured, so a run cut short keeps them; one JSON line with everything at the end.
 SDPA is restricted to the flash / memory-efficient / cuDNN kernels on CUDA (no silent math fallback).
@@ -281,8 +281,12 @@ def e2e(st: dict, wpb: int, var: Variant, args) -> dict:
     gen = dict(variant="acc", fps=25.0, windows_per_batch=wpb, cuda_graphs=var.graphs)
     frames = max(24, 9 * wpb + 1)  # windows start every 9 frames (12, overlap 3)
     frames += (args.e2e_frames - frames) % 8
-    warm = short_generation(st["models"], "v1", st["size"], st["device"], frames=frames, steps=1, **gen)
-    out = short_generation(st["models"], "v1", st["size"], st["device"], frames=args.e2e_frames, steps=6, **gen)
+    warm_steps = 1
+    if args.e2e_frames <= frames:  # a clip that short (the CPU check's): its own shapes, warmed by its own length (two
+        frames, warm_steps = args.e2e_frames, 2  # steps: with graphs, one window's second call is the capture)
+    warm = short_generation(st["models"], "v1", st["size"], st["device"], frames=frames, steps=warm_steps, **gen)
+    out = short_generation(st["models"], "v1", st["size"], st["device"], frames=args.e2e_frames, steps=2 if args.tiny else 6,
+                           **gen)  # --tiny checks the script: 2 steps (the step loop) instead of the acc variant's 6
     out["warm_s"] = warm["seconds"]
     return out
 
@@ -346,7 +350,7 @@ def measure(st: dict, var: Variant, args, peak, res: dict, emit) -> None:
                       ("acc_e2e_wpb4", lambda: res.__setitem__("acc_e2e_wpb4", e2e(st, 4, var, args)))]
         steps += [("cfg", lambda: time_call(st, "cfg", runner, args, peak, res)),
                   ("short_generation", lambda: res.__setitem__("short_generation", short_generation(
-                      models, st["version"], st["size"], device, cuda_graphs=var.graphs)))]
+                      models, st["version"], st["size"], device, frames=12 if args.tiny else 24, cuda_graphs=var.graphs)))]
         if var.profile:
             steps.append(("profile", lambda: profile_calls(st, runner, res)))
         for name, run in steps:

@@ -202,7 +202,7 @@ def v1_lora(models, monkeypatch):  # noqa: F811
 
 
 def _v1_run(handle, feats):
-    return C_NODES["EchoMimicSampler"]().execute(handle, REF, feats, 7, 3, 2.5, 64, 64, 0, 12, 3)[0]
+    return C_NODES["EchoMimicSampler"]().execute(handle, REF, feats, 7, 3, 2.5, 64, 64, 4, 4, 1)[0]  # 4 frames: one window
 
 
 @pytest.mark.parametrize("gpu_like", [True, False])
