@@ -145,11 +145,12 @@ def on_clock(video: VideoFrames, what: str, effect: str, decoded=None) -> VideoF
     except Exception as exc:  # a damaged file: its reader says what is wrong with it
         log.debug("%s: the frame timestamps cannot be read (%s)", video.path, exc)
         return video
-    ticks = tick_count(times, video.fps)
-    if ticks > MAX_TICKS_PER_FRAME * len(times):  # (a few frames an hour apart: each would be repeated for an hour)
+    known = [t for t in times if t is not None]  # (a frame the count found without a timestamp: None)
+    ticks = tick_count(known, video.fps)
+    if ticks > MAX_TICKS_PER_FRAME * len(known):  # (a few frames an hour apart: each would be repeated for an hour)
         log.warning("%s %s: the timestamps of its %d frames span %.0f s (%d frames at %g fps, over %d for each frame "
                     "it holds): they are damaged, not pauses, so its frames are read one after another at %g fps.",
-                    what, video.path, len(times), max(times) - min(times), ticks, video.fps, MAX_TICKS_PER_FRAME, video.fps)
+                    what, video.path, len(known), max(known) - min(known), ticks, video.fps, MAX_TICKS_PER_FRAME, video.fps)
         return video
     drift = warn_variable_rate(video.path, video.fps, what, effect, times, placed=True)  # (said only past VFR_DRIFT)
     return video if drift <= VFR_DRIFT else ClockedFrames(video, times, drift, decoded)
