@@ -183,9 +183,12 @@ def _v1_weights(handle) -> dict:
 
 @pytest.fixture
 def v1_lora(models, monkeypatch):  # noqa: F811
-    """A V1 audio handle, its audio features, and a LoRA file for it."""
+    """A V1 audio handle, its audio features, and a LoRA file for it (MODELS_DIR pinned to ``models``: the V3 module
+    fixture, set up later when tests are picked with -k, moves it to a folder without the V1 weights)."""
     from tests.test_lora_nodes import _adapter_file
     from tests.test_nodes import encode, loader
+
+    monkeypatch.setattr(C, "MODELS_DIR", models)
 
     def make(compile=False):
         handle = loader("V1 audio", dtype="fp32", compile=compile)
