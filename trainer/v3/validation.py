@@ -77,7 +77,7 @@ def prepare(cfg: V3Validation, width: int, height: int, data_frames: int, data_p
     """Read and check the validation inputs (no network); ``None`` when validation is off."""
     from echomimic_lib.audio.wav2vec import FPS
     from echomimic_lib.errors import EchoMimicError
-    from echomimic_lib.jobs.animate_checks import read_reference
+    from echomimic_lib.jobs.reference_input import read_reference
     from echomimic_lib.jobs.v3_speech import read_v3_speech
 
     from .windows import fit_frame
