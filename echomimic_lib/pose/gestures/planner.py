@@ -28,7 +28,7 @@ import numpy as np
 
 from ...errors import EchoMimicError
 from .library import GestureLibrary, posture
-from .speech import SpeechFeatures, relative_loudness
+from .speech import SpeechFeatures, relative_loudness, true_runs
 
 ENERGY_WEIGHT = 8.0  # an amplitude-rank miss of 0.125 costs as much as a stroke 0.1 s off its stress
 GAP_LEAD_S = 0.3  # a hold in a gap between phrases starts this long before the gap
@@ -98,11 +98,6 @@ def rest_frame(lib: GestureLibrary, current: np.ndarray | None = None, low: floa
     cost = -low * height if current is None else np.linalg.norm(pos - current, axis=1) - low * height
     j = int(np.argmin(cost))
     return int(src[j]), int(frm[j])
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 def _merge(spans: list) -> list:
@@ -259,7 +254,7 @@ class Planner:
         prep = int(np.ceil(o.min_blend_s * self.fps)) + 1
         lead_gap = int(round(GAP_LEAD_S * self.fps))
         gaps = []
-        for a, b in _runs(~sp.active):
+        for a, b in true_runs(~sp.active):
             if b - a >= o.gap_s * self.fps and b - prep - a >= 2:
                 before = stresses[stresses < a]  # the hold starts early, but after the last stroke has landed
                 start = max(a - lead_gap, int(before[-1]) + o.hold_after_stroke if before.size else 0, 0)

@@ -60,7 +60,8 @@ def _frame_bounds(n_samples: int, fps: float) -> tuple[int, np.ndarray]:
     return n, np.minimum(np.round(np.arange(n + 1) * RATE / fps).astype(np.int64), n_samples)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """The (start, end) spans where ``mask`` is True, in order."""
     edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
@@ -155,7 +156,7 @@ def analyze_waveform(wave: np.ndarray, fps: float, min_pause: float = 0.5, min_s
     loud_level = float(np.percentile(db, 95))
     loudness = np.clip((db - (loud_level - RANGE_DB)) / RANGE_DB, 0.0, 1.0)
     active = (db > loud_level - ACTIVE_DB) & (db > FLOOR_DBFS)
-    pauses = [(s, e) for s, e in _runs(~active) if (e - s) / fps >= min_pause]
+    pauses = [(s, e) for s, e in true_runs(~active) if (e - s) / fps >= min_pause]
     pause = np.zeros(n, dtype=bool)
     for s, e in pauses:
         pause[s:e] = True
