@@ -232,10 +232,15 @@ def finalize(out_root: Path) -> dict:
     rows = []
     for p in sorted((out_root / "status").glob("*.json")):
         try:
-            rows.append(json.loads(p.read_text(encoding="utf-8")))
-        except ValueError as exc:  # a damaged disk or copy: named, and the manifest written before is kept
-            raise ConfigError(f"{p}: unreadable status file ({exc}); delete it and run the same prepare command again (its "
-                              "clip is prepared again)") from None
+            row = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as exc:  # a damaged disk or copy: named, and the manifest before is kept
+            raise ConfigError(f"{p}: unreadable status file ({type(exc).__name__}: {str(exc)[:200]}); delete it and run the "
+                              "same prepare command again (its clip is prepared again)") from None
+        why = _not_a_status_row(row)
+        if why:
+            raise ConfigError(f"{p}: not a status file prepare wrote ({why}); delete it and run the same prepare command "
+                              "again (its clip is prepared again)")
+        rows.append(row)
     kept = [r for r in rows if r["status"] == "ok"]
     from echomimic_lib.io.file_safety import write_text_atomic
 
@@ -245,6 +250,22 @@ def finalize(out_root: Path) -> dict:
     curation = _curation_record(out_root, rows)
     return {"clips": len(rows), "kept": len(kept), "kept_seconds": round(sum(r["seconds"] for r in kept), 2),
             "dropped": dict(by_reason), "rows": rows, "curation": curation}
+
+
+def _not_a_status_row(row) -> str:
+    """Why ``row`` is not a clip's status row as :meth:`ClipStatus.record` writes it ("" when it is one)."""
+    import math
+
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    if not isinstance(row.get("status"), str):
+        return "no text 'status'"
+    seconds = row.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        return "'seconds' is not a number of seconds"
+    if row["status"] != "ok" and not isinstance(row.get("reason"), str):
+        return "a dropped clip without a text 'reason'"
+    return ""
 
 
 def _curation_record(out_root: Path, rows: list[dict]) -> dict:
