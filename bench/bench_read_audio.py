@@ -78,6 +78,18 @@ print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusag
                   "samples": int(wav.shape[1]), "sr": sr}}))
 """
 
+# the measurement of a before/after case: ``run`` once to warm up, then its peak RSS, traced peak and time
+MEASURE = r"""
+run({warm!r})  # the modules it imports at its first call are no part of the peak
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tracemalloc.start()
+t = time.perf_counter()
+out = run({path!r})
+dt = time.perf_counter() - t
+traced = tracemalloc.get_traced_memory()[1]
+print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
+                  "traced_peak_mib": round(traced / 2**20, 1), **measured(out)}}))
+"""
 PREVIEW = r"""
 import json, resource, sys, tempfile, time, tracemalloc
 sys.path.insert(0, {root!r})
@@ -90,7 +102,7 @@ def run(path):
     if {old!r}:  # before: read_speech held the whole track until the preview was written
         wav, sr, raw = read_speech(path)
     else:
-        wav, raw = echomimic_lib.jobs.poses._whole_speech(path)
+        wav, raw = echomimic_lib.jobs.poses._whole_speech(path, 24.0)
         sr = raw.sample_rate
     frames = frame_count(raw, 24.0, None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,16 +111,9 @@ def run(path):
             writer.write(np.zeros((min(240, frames - a), 16, 16, 3), np.uint8))
         writer.commit()
     return frames
-run({warm!r})  # the modules it imports at its first call are no part of the peak
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-tracemalloc.start()
-t = time.perf_counter()
-frames = run({path!r})
-dt = time.perf_counter() - t
-traced = tracemalloc.get_traced_memory()[1]
-print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
-                  "traced_peak_mib": round(traced / 2**20, 1), "frames": frames}}))
-"""
+def measured(frames):
+    return {{"frames": frames}}
+""" + MEASURE
 VALIDATION = r"""
 import json, resource, sys, time, tracemalloc
 sys.path.insert(0, {root!r})
@@ -122,16 +127,9 @@ def run(path):
         wav, sr, raw = read_speech(path)
         return prepare_samples(resample_16k(raw.samples.mean(axis=0).astype(np.float32), raw.sample_rate), 81)
     return read_v3_speech(path, 81).prepared(81)
-run({warm!r})  # the modules it imports at its first call are no part of the peak
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-tracemalloc.start()
-t = time.perf_counter()
-samples = run({path!r})
-dt = time.perf_counter() - t
-traced = tracemalloc.get_traced_memory()[1]
-print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
-                  "traced_peak_mib": round(traced / 2**20, 1), "samples_16k": int(samples.shape[0])}}))
-"""
+def measured(samples):
+    return {{"samples_16k": int(samples.shape[0])}}
+""" + MEASURE
 
 
 def write(path: Path, minutes: float, codec: str, channels: int = 2, sr: int = 48000) -> None:
