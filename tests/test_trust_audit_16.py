@@ -108,7 +108,7 @@ def test_results_path_that_is_a_file_is_a_clear_error(comfy, media, tmp_path, ca
     url, state = comfy
     mine = tmp_path / "out.jsonl"
     mine.write_text("my notes\n")
-    assert _queue(url, media, "--server", url + "/", "--results", str(mine)) == 2
+    assert _queue(url, media, "--server", url.replace("127.0.0.1", "localhost"), "--results", str(mine)) == 2
     err = capsys.readouterr().err
     assert f"--results {mine} is a file, not a folder" in err and state["prompts"] == []
     assert mine.read_text() == "my notes\n"

@@ -65,7 +65,8 @@ def main(client, argv=None, prog: str = "echomimic queue", parser_class=argparse
     if args.retry_failed and not args.resume:
         sys.stderr.write("error: --retry-failed queues again the failed prompts of an earlier run: give it with --resume.\n")
         return 2
-    servers = args.server or [DEFAULT_SERVER]
+    # one server written twice (a trailing slash) is one server: the addresses as the queue sends to them
+    servers = list(dict.fromkeys(str(s).strip().rstrip("/") for s in args.server or [DEFAULT_SERVER]))
     if len(servers) > 1 and not args.dry_run:  # several servers: echomimic_lib.jobs.batch.comfy_servers
         from .batch.comfy_servers import queue_spread
 

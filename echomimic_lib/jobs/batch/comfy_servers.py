@@ -110,7 +110,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     if videos is not None and driving:
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
     jobs = client.plan_jobs(portraits, audios, prefix, videos)
-    pool = [_Server(client.check_server(u), client) for u in dict.fromkeys(servers)]
+    pool = [_Server(u, client) for u in dict.fromkeys(client.check_server(u) for u in servers)]
     book = client.QueueState(state) if state is not None else None  # (a damaged state file: refused here)
     marks: dict[str, str] = {}
     earlier = read_results(results_dir)  # records of other runs in that results.jsonl (a batch's, an earlier queue's) stay
