@@ -177,7 +177,7 @@ def main() -> None:
         write(path, args.minutes, args.codec)
         for name, start, duration in (("whole", 0.0, None), ("first 10 s", 0.0, 10.0), ("10 s from 5:00", 300.0, 10.0)):
             code = CASE.format(root=str(ROOT), path=str(path), start=start, duration=duration)
-            got = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            got = _child(code)
             results["cases"][name] = got
             print(f"{name:>16}: {got['seconds']:7.3f} s  peak +{got['peak_mib']:7.1f} MiB  ({got['samples']} samples)")
     if args.json:
@@ -190,7 +190,7 @@ def bench_probe(args, results: dict) -> None:
         write(path, args.minutes, args.codec)
         for name, old in (("probe old (whole decode)", True), ("probe new", False)):
             code = PROBE.format(root=str(ROOT), path=str(path), old=old)
-            got = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            got = _child(code)
             results["cases"][name] = got
             print(f"{name:>26}: {got['seconds']:7.3f} s  peak +{got['peak_mib']:7.1f} MiB  ({got['audio_seconds']:.6f} s of audio)")
     if args.json:
@@ -206,7 +206,7 @@ def bench_speech(args, results: dict) -> None:
                                        ("--length 125, two passes (before)", 125, True),
                                        ("read_speech --length 125 (5 s)", 125, False)):
             code = SPEECH.format(root=str(ROOT), path=str(path), length=length, two_pass=two_pass)
-            got = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            got = _child(code)
             results["cases"][name] = got
             print(f"{name:>34}: {got['seconds']:7.3f} s  peak RSS +{got['peak_mib']:7.1f} MiB  numpy peak "
                   f"{got['traced_peak_mib']:7.1f} MiB  kept {got['kept_mib']:7.1f} MiB ({got['samples']} samples)")
@@ -224,12 +224,17 @@ def bench_before_after(args, results: dict, case: str) -> None:
         write(warm, 4 / 60, "pcm_s16le", args.channels, args.rate)
         for name, old in (("the whole track held (before)", True), ("a piece at a time (now)", False)):
             code = case.format(root=str(ROOT), path=str(path), old=old, warm=str(warm))
-            got = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            got = _child(code)
             results["cases"][name] = got
             print(f"{name:>30}: {got['seconds']:7.3f} s  peak RSS +{got['peak_mib']:7.1f} MiB  numpy peak "
                   f"{got['traced_peak_mib']:7.1f} MiB")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def _child(code: str) -> dict:
+    """Run one case's ``code`` in a fresh Python (its own peak RSS) and read the JSON line it prints."""
+    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 if __name__ == "__main__":
