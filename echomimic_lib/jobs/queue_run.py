@@ -50,7 +50,8 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             if not dry_run:
                 marks[job.prefix] = mark = fingerprint(prompt)
                 earlier = _earlier(book, server, job, mark) if resume else None
-                retry = earlier is not None and retry_failed and _retry(client, job, server, earlier, attempts, timeout)
+                retry = earlier is not None and retry_failed and retry_attempt(
+                    client, job, server, earlier, attempts, lambda: client._history(server, earlier["prompt_id"], timeout))
                 if not retry and earlier is not None and ("files" in earlier or client._still_there(server, earlier["prompt_id"], timeout)):
                     result.update({k: earlier[k] for k in ("prompt_id", "files") if k in earlier}, resumed=True)
                 else:
@@ -91,9 +92,15 @@ def _earlier(book: QueueState, server: str, job, mark: str) -> dict | None:
     return found[1] if found is not None and found[1].get("fingerprint") == mark else None
 
 
-def retry_count(job, failure: str | None, rec: dict, attempts: int) -> int:
-    """The attempt a failed prompt's job (``failure``: why; None: it did not fail) is queued again as, said in a line;
-    0: not queued again (it did not fail, or it has had ``attempts`` prompts, said too). Also for several servers."""
+def retry_attempt(client, job, server: str, rec: dict, attempts: int, history) -> int:
+    """--retry-failed: the attempt this job's earlier prompt (``rec``, on ``server``) is queued again as, said in a line,
+    when it failed: the state says so, or ``history()`` (the server's /history entry of it, None: none) does (it may
+    have failed after the earlier run stopped waiting). 0: not queued again (it did not fail, or it has had
+    ``attempts`` prompts, said too). Also for several servers (:mod:`.batch.comfy_servers`)."""
+    failure = rec.get("failed")
+    if not failure and "files" not in rec:
+        entry = history()
+        failure = client.outcome(server, rec["prompt_id"], entry)[0] if entry is not None else None
     if not failure:
         return 0
     done = rec.get("attempts") if isinstance(rec.get("attempts"), int) and rec.get("attempts") > 0 else 1
@@ -104,13 +111,3 @@ def retry_count(job, failure: str | None, rec: dict, attempts: int) -> int:
         return 0
     say_about(job, f"its prompt {rec['prompt_id']} failed ({why}); queued again (attempt {done + 1} of {attempts}).")
     return done + 1
-
-
-def _retry(client, job, server: str, rec: dict, attempts: int, timeout) -> int:
-    """--retry-failed: the attempt this job's earlier prompt (``rec``) is queued again as, when it failed (the state
-    says so, or the server's history does: it may have failed after the earlier run stopped waiting); 0: not again."""
-    failure = rec.get("failed")
-    if not failure and "files" not in rec:
-        entry = client._history(server, rec["prompt_id"], timeout)
-        failure = client.outcome(server, rec["prompt_id"], entry)[0] if entry is not None else None
-    return retry_count(job, failure, rec, attempts)

@@ -258,15 +258,15 @@ def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
 
 
 def _retry(client, job, server: _Server, rec: dict, cap: int) -> int:
-    """--retry-failed: the attempt this job's earlier prompt (``rec``, kept by ``server``) is queued again as, when it
-    failed (the state says so, or the server's history); 0: not again (:func:`..queue_run.retry_count`)."""
-    from ..queue_run import retry_count
+    """--retry-failed over several servers: :func:`..queue_run.retry_attempt`, a server that stopped answering asked
+    no more (it is found when its prompt is polled)."""
+    from ..queue_run import retry_attempt
 
-    failure = rec.get("failed")
-    if not failure and "files" not in rec:
+    def history():
         try:
-            entry = _safe(client._history, server.url, rec["prompt_id"], 10)
-            failure = client.outcome(server.url, rec["prompt_id"], entry)[0] if entry is not None else None
-        except QueueError as exc:  # (a server that stopped answering is found when its prompt is polled)
+            return _safe(client._history, server.url, rec["prompt_id"], 10)
+        except QueueError as exc:
             log.debug("%s: %s", server.url, exc)
-    return retry_count(job, failure, rec, cap)
+            return None
+
+    return retry_attempt(client, job, server.url, rec, cap, history)
