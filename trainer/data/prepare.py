@@ -234,8 +234,9 @@ def finalize(out_root: Path) -> dict:
         try:
             row = json.loads(p.read_text(encoding="utf-8"))
         except (ValueError, RecursionError) as exc:  # a damaged disk or copy: named, and the manifest before is kept
-            raise ConfigError(f"{p}: unreadable status file ({type(exc).__name__}: {str(exc)[:200]}); delete it and run the "
-                              "same prepare command again (its clip is prepared again)") from None
+            why = "nested too deeply to be read" if isinstance(exc, RecursionError) else exc  # (as prepare_settings says)
+            raise ConfigError(f"{p}: unreadable status file ({why}); delete it and run the same prepare command again (its "
+                              "clip is prepared again)") from None
         why = _not_a_status_row(row)
         if why:
             raise ConfigError(f"{p}: not a status file prepare wrote ({why}); delete it and run the same prepare command "
