@@ -74,7 +74,7 @@ def main(client, argv=None, prog: str = "echomimic queue", parser_class=argparse
             state = args.state if args.state is not None else default_path(args.portraits, args.videos)
             recs = queue_spread(client, args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
                                 args.driving, args.prefix, args.videos, state=state, resume=args.resume,
-                                retry_failed=args.retry_failed, retry_attempts=args.attempts)
+                                retry_failed=args.retry_failed, retry_attempts=args.attempts, request_timeout=args.timeout)
         except QueueInterrupted as exc:  # (results.jsonl holds the finished jobs)
             sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
             return 130

@@ -11,7 +11,8 @@ give ``SaveVideo`` (or the EchoMimic samplers that write to a file) a per-job fi
 
 This module is the HTTP client (requests, uploads, prompts, waiting) and keeps every public name importable; the jobs
 and prompts are :mod:`.queue_plan`, one server's run :mod:`.queue_run`, several servers'
-:mod:`.batch.comfy_servers`, the command line :mod:`.queue_cli`, the state kept for ``--resume`` :mod:`.queue_state`.
+:mod:`.batch.comfy_servers`, the command line :mod:`.queue_cli`, the state kept for ``--resume`` :mod:`.queue_state`,
+each request's overall deadline :mod:`.queue_deadline`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import uuid
 from pathlib import Path
 
 from . import queue_cli, queue_run
+from .queue_deadline import Deadline
 from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVING_NODES, VIDEO_EXT, Job,  # noqa: F401
                          build_prompt, find_node, load_workflow, plan_jobs)
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped,  # noqa: F401
@@ -51,9 +53,12 @@ def check_server(server: str) -> str:
 def _request(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float | None = None) -> dict:
     timeout = REQUEST_TIMEOUT if timeout is None else timeout
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    deadline = Deadline(2 * timeout)  # the whole answer within twice --timeout, not only each read (a trickling server)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with deadline.open(req, timeout) as resp:
             body = _read_capped(resp, url).decode("utf-8", "replace")
+            if deadline.expired:
+                raise _too_slow(url, timeout)
     except QueueError:
         raise
     except urllib.error.HTTPError as exc:
@@ -65,16 +70,24 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
         err.code, err.retry_after = exc.code, (exc.headers or {}).get("Retry-After")
         raise err from None
     except urllib.error.URLError as exc:
+        if deadline.expired:
+            raise _too_slow(url, timeout) from None
         if isinstance(exc.reason, TimeoutError) or "timed out" in str(exc.reason):
-            raise QueueError(f"{url}: no answer within {timeout:.0f} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
+            raise QueueError(f"{url}: no answer within {timeout:g} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
         parts = urllib.parse.urlsplit(url)
         raise QueueError(f"cannot reach ComfyUI at {parts.scheme}://{parts.netloc} ({exc.reason}, on {parts.path}); is it "
                          "running? Start it (python main.py; --listen to reach it from another machine) or give its "
                          "address with --server URL.") from None
     except TimeoutError:
-        raise QueueError(f"{url}: no answer within {timeout:.0f} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
+        if deadline.expired:
+            raise _too_slow(url, timeout) from None
+        raise QueueError(f"{url}: no answer within {timeout:g} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:  # dropped connection, a malformed answer or URL
+        if deadline.expired:  # (the deadline shut the connection)
+            raise _too_slow(url, timeout) from None
         raise QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?") from None
+    finally:
+        deadline.stop()
     try:
         reply = json.loads(body or "{}")
     except (ValueError, RecursionError):
@@ -83,6 +96,12 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
     if not isinstance(reply, dict):
         raise QueueError(f"{url}: unexpected answer {body[:80]!r}; is this ComfyUI's address?")
     return reply
+
+
+def _too_slow(url: str, timeout: float) -> QueueError:
+    return QueueError(f"{url}: the server's answer did not come whole within {2 * timeout:g} s (twice --timeout; the "
+                      "connection stayed open with little sent); is ComfyUI hung, or is this not ComfyUI's address? Raise "
+                      "--timeout, or give --server ComfyUI's address.")
 
 
 def _read_capped(resp, url: str) -> bytes:
@@ -110,7 +129,8 @@ def upload(server: str, path: Path, timeout: float | None = None) -> str:
     boundary = uuid.uuid4().hex
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\nContent-Type: {mime}\r\n\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{form_name(path.name)}"\r\n'
+        f'Content-Type: {mime}\r\n\r\n'.encode(),
         path.read_bytes(),
         f'\r\n--{boundary}--\r\n'.encode(),
     ]
@@ -118,6 +138,13 @@ def upload(server: str, path: Path, timeout: float | None = None) -> str:
     if not isinstance(reply.get("name"), str):
         raise QueueError(f"{server}/upload/image: the answer names no uploaded file ({str(reply)[:120]}); is this ComfyUI?")
     return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
+
+
+def form_name(name: str) -> str:
+    """``name`` as a browser writes it into a multipart header's quoted ``filename`` (RFC 7578 4.2, the HTML standard):
+    ``"``, CR and LF percent-encoded, and ``\\`` too (ComfyUI's aiohttp reads ``\\x`` as ``x``); ComfyUI keeps the
+    name as sent (``say %22hi%22.png``), and the workflow is given the name its answer says."""
+    return name.replace("\\", "%5C").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
 BUSY_TRIES = 6  # a server (or its proxy) answering 429 / 503 (queue full, busy) is asked again, this many times in all

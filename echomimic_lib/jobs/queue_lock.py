@@ -10,14 +10,20 @@ regular file once open, so a link planted between the check and the open is refu
 :func:`alive` says whether a run recorded in the state (pid, host and, on Linux, the process's start time:
 :func:`process_start`) still runs: a run killed without cleaning up is recognised as gone, not taken for a live one that
 holds its jobs, even when an unrelated process has since been given its pid.
+
+A run that finds the lock held says who holds it (the holder writes its pid, host and since when into the lock file)
+and, on Linux, whether that process is stopped (Ctrl-Z: state ``T`` in ``/proc/<pid>/stat``) and how to let it go on,
+then waits as before (POSIX; the Windows branch waits without a word).
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import stat
 import sys
+import time
 from pathlib import Path
 
 NO_LOCKS = {getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS") if hasattr(errno, n)}
@@ -48,6 +54,14 @@ def process_start(pid: int) -> str | None:
         return None
     boot = (_read_proc("/proc/sys/kernel/random/boot_id") or "").strip()
     return f"{boot}:{fields[19]}"
+
+
+def process_state(pid: int) -> str | None:
+    """Linux: the state letter of process ``pid`` (field 3 of ``/proc/<pid>/stat``: ``R``, ``S``, ``T`` stopped, ...);
+    None where it cannot be read."""
+    text = _read_proc(f"/proc/{int(pid)}/stat")
+    fields = text.rsplit(")", 1)[1].split() if text and ")" in text else []
+    return fields[0] if fields else None
 
 
 def alive(pid, on_host, started=None) -> bool:
@@ -118,7 +132,7 @@ class StateLock:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EEXIST, "not a regular file (the queue state's lock is kept there)", str(self.path))
             if self.works:
-                _lock(fd)
+                _lock(fd, self.path)
         except OSError as exc:
             if exc.errno not in NO_LOCKS:
                 os.close(fd)
@@ -140,7 +154,7 @@ class StateLock:
             os.close(fd)  # (closing drops the lock anyway)
 
 
-def _lock(fd: int) -> None:
+def _lock(fd: int, path=None) -> None:
     if WINDOWS:  # LK_LOCK tries for 10 s, then raises; tried again until it is ours
         import msvcrt
 
@@ -154,7 +168,42 @@ def _lock(fd: int) -> None:
                     raise
     import fcntl
 
-    fcntl.flock(fd, fcntl.LOCK_EX)  # waits (no polling: the holder only re-reads and rewrites one small file)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another run holds it: say who, then wait as before
+        sys.stderr.write(held_by(fd, path) + "\n")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits (no polling: the holder only re-reads and rewrites one small file)
+    try:  # who holds it now, for a run that finds it held
+        mark = json.dumps({"pid": os.getpid(), "host": host(), "pid_start": process_start(os.getpid()), "since": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, mark.encode(), 0)
+    except OSError:
+        pass
+
+
+def held_by(fd: int, path) -> str:
+    """The line said when the lock on ``path`` (open as ``fd``) is held by another run: its pid, since when and, on
+    Linux, whether it is stopped (Ctrl-Z), with what to do."""
+    head = f"waiting for the lock on {path} (the queue state's): another `echomimic queue` run holds it"
+    try:
+        who = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "null")
+    except (OSError, ValueError, RecursionError):
+        who = None
+    pid = who.get("pid") if isinstance(who, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or not alive(pid, who.get("host"), who.get("pid_start")):
+        return (f"{head}; waiting for it (if nothing happens, an `echomimic queue` stopped with Ctrl-Z may hold it: "
+                "`jobs` in its terminal, then `fg`).")
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(who.get("since"))))
+    except (TypeError, ValueError, OverflowError, OSError):
+        since = "?"
+    there = who.get("host") == host()
+    head = f"{head} (pid {pid}{'' if there else ' on host ' + str(who.get('host'))}, since {since})"
+    if there and process_state(pid) in ("T", "t"):
+        return (f"{head}, and that process is stopped (suspended, e.g. with Ctrl-Z): it keeps the lock, and this run "
+                f"waits, until it goes on. Resume it (`fg` in its terminal, or `kill -CONT {pid}`) or end it "
+                f"(`kill -TERM {pid}` then `kill -CONT {pid}`); waiting...")
+    return f"{head}; waiting for it (it holds the lock only while it rewrites the state file)."
 
 
 def _unlock(fd: int) -> None:

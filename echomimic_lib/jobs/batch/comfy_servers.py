@@ -30,14 +30,26 @@ def _safe(fn, *args, **kw):
         raise QueueError(f"the connection broke ({type(exc).__name__}: {exc})") from None
 
 
+POLL_TIMEOUT = 10.0  # seconds a /queue or /history answer may take when no --timeout is given (queue_spread's request_timeout)
+
+
 class _Server:
-    def __init__(self, url: str, client):
+    def __init__(self, url: str, client, timeout: float | None = None):
         self.url, self.alive, self.names, self.client = url.rstrip("/"), True, {}, client
         self.queue, self._checked = None, float("-inf")  # this poll's /queue answer (refresh_queue)
+        self.timeout, self.why = timeout, ""  # --timeout (None: POLL_TIMEOUT to poll, the client's own to send); why it went
+
+    @property
+    def poll_timeout(self) -> float:
+        return POLL_TIMEOUT if self.timeout is None else self.timeout
+
+    def drop(self, exc) -> None:
+        """This server stopped answering (``exc``: why, said when no server is left)."""
+        self.alive, self.why = False, str(exc)
 
     def depth(self) -> int:
         """The server's own queue (every client's prompts, ours included once it has answered the POST)."""
-        q = _safe(self.client._request, f"{self.url}/queue", timeout=10)
+        q = _safe(self.client._request, f"{self.url}/queue", timeout=self.poll_timeout)
         return len(q.get("queue_running", [])) + len(q.get("queue_pending", []))
 
     def refresh_queue(self) -> None:
@@ -47,7 +59,7 @@ class _Server:
         if self.alive and now >= self._checked + self.client.QUEUE_CHECK_S:
             self._checked = now
             try:
-                self.queue = _safe(self.client._request, f"{self.url}/queue", timeout=10)
+                self.queue = _safe(self.client._request, f"{self.url}/queue", timeout=self.poll_timeout)
             except QueueError:
                 pass  # a server that stopped answering is found by its /history call
 
@@ -57,7 +69,7 @@ class _Server:
 
     def name_of(self, path: Path) -> str:
         if path not in self.names:
-            self.names[path] = _safe(self.client.upload, self.url, path)
+            self.names[path] = _safe(self.client.upload, self.url, path, self.timeout)
         return self.names[path]
 
 
@@ -70,18 +82,19 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tu
                 depths.append((s.depth(), servers.index(s), s))
             except QueueError as exc:
                 log.warning("%s stopped answering (%s); its jobs go to the other servers", s.url, exc)
-                s.alive = False
-        if not depths:
-            raise QueueError("no ComfyUI server answers any more: " + ", ".join(s.url for s in servers))
+                s.drop(exc)
+        if not depths:  # each with why (a --timeout that ran out says so, as with one server)
+            raise QueueError("no ComfyUI server answers any more: " + "; ".join(
+                f"{s.url} ({s.why})" if s.why else s.url for s in servers))
         server = min(depths)[2]
         try:
             prompt = _prompt_for(job, server, template, seed, drive)
-            pid = _safe(server.client.post_prompt, server.url, prompt, client_id)
+            pid = _safe(server.client.post_prompt, server.url, prompt, client_id, server.timeout)
         except QueueError as exc:
             if "HTTP" in str(exc):  # the server answered and refused the prompt: the job's own problem
                 raise
             log.warning("%s stopped answering (%s); trying another server", server.url, exc)
-            server.alive = False
+            server.drop(exc)
             continue
         return server, pid, prompt
 
@@ -98,25 +111,28 @@ def _prompt_for(job, server: _Server, template, seed, drive) -> dict:
 def queue_spread(client, workflow, portraits, audios, servers: list[str], results_dir, seed: int | None = None, driving=None,
                  prefix: str = "echomimic", videos=None, poll: float = 2.0, timeout: float = 3600.0,
                  max_attempts: int = 3, state=None, resume: bool = False, retry_failed: bool = False,
-                 retry_attempts: int = 3) -> list[dict]:
+                 retry_attempts: int = 3, request_timeout: float | None = None) -> list[dict]:
     """Queue every job over ``servers``, wait for all, record them; returns the records. ``client``: the module
     :mod:`echomimic_lib.jobs.queue_client` (its uploads, prompts and history calls; passed in, so that the
     client, which starts this, is not imported back). ``state``: the queue state file (:mod:`..queue_state`) where
     each prompt is kept with the server it went to; with ``resume`` each server is asked about its own prompts, and the
     jobs of a server that no longer answers (or is no longer given) are queued again on the others, a line each; with
     ``retry_failed`` too, a job whose prompt failed on its server is queued again, a line each, until it has had
-    ``retry_attempts`` prompts (``max_attempts``: the servers a job may outlive within this run)."""
+    ``retry_attempts`` prompts (``max_attempts``: the servers a job may outlive within this run). ``request_timeout``:
+    ``--timeout``, the seconds each answer of a server may take, as with one server (None: 10 s to poll, the client's
+    default to upload and queue)."""
     template = client.load_workflow(workflow)
     if videos is not None and driving:
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
     jobs = client.plan_jobs(portraits, audios, prefix, videos)
-    pool = [_Server(u, client) for u in dict.fromkeys(client.check_server(u) for u in servers)]
+    pool = [_Server(u, client, request_timeout) for u in dict.fromkeys(client.check_server(u) for u in servers)]
     book = client.QueueState(state) if state is not None else None  # (a damaged state file: refused here)
     marks: dict[str, str] = {}
     earlier = read_results(results_dir)  # records of other runs in that results.jsonl (a batch's, an earlier queue's) stay
     client_id, results = uuid.uuid4().hex, _results_file(results_dir)
     records: dict[str, dict] = {}
     flight = {}  # job prefix -> [job, server, prompt_id, attempts, t0]
+    tries_of: dict[str, int | None] = {}  # job prefix -> the prompts it has had (the state's attempts), kept when it moves
 
     def record(job, status, attempts, t0, **extra):
         rec = {"name": job.prefix.replace("/", "__"), "line": jobs.index(job) + 1, "kind": "comfyui", "status": status,
@@ -134,6 +150,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
             if book is not None:
                 marks[job.prefix] = client.fingerprint(prompt)
                 book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries)
+                tries_of[job.prefix] = (book.find(job.prefix, [server.url]) or (None, {}))[1].get("attempts")
         except QueueError as exc:
             record(job, "error", attempts, t0, error=str(exc))
 
@@ -142,11 +159,12 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     try:
         for job in jobs:
             t0 = time.time()
-            kept = _resumed(client, job, book, pool, template, seed, driving) if resume and book is not None else None
+            kept, moved = _resumed(client, job, book, pool, template, seed, driving) if resume and book is not None else (None, None)
             if kept is None:
-                send(job, 1, t0)
+                send(job, 1, t0, moved)  # (a prompt moved off a server that is gone keeps its count of attempts)
                 continue
             server, rec, marks[job.prefix] = kept
+            tries_of[job.prefix] = rec.get("attempts")
             tries = _retry(client, job, server, rec, retry_attempts) if retry_failed else 0
             if tries:
                 send(job, 1, t0, tries)
@@ -163,26 +181,28 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 server.refresh_queue()
             for key, (job, server, pid, attempts, t0) in list(flight.items()):
                 try:
-                    entry = _safe(client._request, f"{server.url}/history/{pid}", timeout=10).get(pid) if server.alive else None
+                    entry = (_safe(client._request, f"{server.url}/history/{pid}", timeout=server.poll_timeout).get(pid)
+                             if server.alive else None)
                 except QueueError as exc:
                     log.warning("%s stopped answering (%s); resubmitting its jobs", server.url, exc)
-                    server.alive, entry = False, None
+                    server.drop(exc)
+                    entry = None
                 if not server.alive:
                     del flight[key]
                     if attempts >= max_attempts:
-                        record(job, "error", attempts, t0, server=server.url, error=f"{attempts} server(s) went away")
+                        record(job, "error", attempts, t0, server=server.url, error=f"{attempts} server(s) went away (the last: {server.why or 'no answer'})")
                     else:
-                        send(job, attempts + 1, t0)
+                        send(job, attempts + 1, t0, tries_of.get(job.prefix))  # (the same attempt, on another server)
                     continue
                 if entry is None and server.lost(pid):  # restarted: its queue and history are gone
-                    entry = _safe(client._request, f"{server.url}/history/{pid}", timeout=10).get(pid)
+                    entry = _safe(client._request, f"{server.url}/history/{pid}", timeout=server.poll_timeout).get(pid)
                     if entry is None:
                         del flight[key]
                         log.warning("%s", client.lost(server.url, pid))
                         if attempts >= max_attempts:
                             record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=str(client.lost(server.url, pid)))
                         else:
-                            send(job, attempts + 1, t0)  # queued again (the uploads are on disk there, or go again)
+                            send(job, attempts + 1, t0, tries_of.get(job.prefix))  # queued again (the uploads are on disk there, or go again)
                         continue
                 if entry is None:
                     continue
@@ -228,33 +248,35 @@ def _results_file(results_dir) -> ResultsFile:
 
 
 def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
-    """(server, record, fingerprint) of this job's prompt an earlier run queued, when its server (one of ``pool``)
-    still has it, finished or queued, and it is the same prompt; None: queue it (again). A job whose server no longer
-    answers or is no longer given is said in one line."""
+    """((server, record, fingerprint), None) of this job's prompt an earlier run queued, when its server (one of
+    ``pool``) still has it, finished or queued, and it is the same prompt; (None, attempts): queue it (again), as the
+    attempt ``attempts`` when the prompt moves off a server that no longer answers, is no longer given or lost it (the
+    count goes with the job to another server: ``--attempts`` caps it in all), None when it is new or changed. A job
+    whose server no longer answers or is no longer given is said in one line."""
     found = book.find(job.prefix, [s.url for s in pool])
     if found is None:
-        return None
+        return None, None
     url, rec = found
-    pid = rec["prompt_id"]
+    pid, moved = rec["prompt_id"], rec.get("attempts")
     server = next((s for s in pool if s.url == url), None)
     if server is None:
         client.say_about(job, f"its prompt {pid} went to {url}, which is not among --server now; queued again.")
-        return None
+        return None, moved
     try:
         if server.alive:
             mark = client.fingerprint(_prompt_for(job, server, template, seed, drive))
             if mark != rec.get("fingerprint"):
-                return None  # another workflow, seed or file: a new prompt
-            if "files" in rec or _safe(client._still_there, url, pid, 10):
-                return server, rec, mark
-            return None  # lost in a restart: queued again
+                return None, None  # another workflow, seed or file: a new prompt
+            if "files" in rec or _safe(client._still_there, url, pid, server.poll_timeout):
+                return (server, rec, mark), None
+            return None, moved  # lost in a restart: queued again
     except QueueError as exc:
         if "HTTP" in str(exc):  # it answers: refused the upload (the job's own problem, said when it is queued again)
-            return None
+            return None, None
         log.debug("%s: %s", url, exc)
-        server.alive = False
+        server.drop(exc)
     client.say_about(job, f"{url} does not answer; its prompt {pid} is queued again on the other servers.")
-    return None
+    return None, moved
 
 
 def _retry(client, job, server: _Server, rec: dict, cap: int) -> int:
@@ -264,7 +286,7 @@ def _retry(client, job, server: _Server, rec: dict, cap: int) -> int:
 
     def history():
         try:
-            return _safe(client._history, server.url, rec["prompt_id"], 10)
+            return _safe(client._history, server.url, rec["prompt_id"], server.poll_timeout)
         except QueueError as exc:
             log.debug("%s: %s", server.url, exc)
             return None

@@ -1,0 +1,97 @@
+"""An overall deadline for one HTTP exchange of ``echomimic queue`` (standard library only).
+
+urllib's ``timeout`` bounds each socket operation, not the exchange: a server that sends a byte every few seconds
+holds a request open for as long as it likes (the client reads at most 64 MiB, which at that pace is forever).
+:class:`Deadline` opens a request like ``urllib.request.urlopen`` (same proxies and HTTPS context) but notes the
+connection's socket, and once the request is sent and the answer awaited starts a timer: when the answer has not come
+whole within the deadline the socket is shut down, so the read blocked on it returns, and :attr:`Deadline.expired`
+says why. (Sending is bounded by the socket timeout as before: ``sendall`` counts its timeout over the whole send.)
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import urllib.request
+
+
+class Deadline:
+    """``with Deadline(seconds) as d: resp = d.open(request, timeout)``: the answer must come whole within ``seconds``
+    of the request being sent; after that the connection is shut (:attr:`expired` True). Leaving the ``with`` stops
+    the timer."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.expired = float(seconds), False
+        self._socks: list = []
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def open(self, req, timeout: float):
+        return urllib.request.build_opener(_Http(self), _Https(self)).open(req, timeout=timeout)
+
+    def add(self, sock) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self.seconds, self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                _shut(sock)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def __enter__(self) -> Deadline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError, AttributeError):  # already closed
+        pass
+
+
+def _watched(http_class, deadline: Deadline):
+    class Watched(http_class):
+        def connect(self):
+            super().connect()
+            deadline.add(self.sock)
+
+        def getresponse(self):
+            deadline.start()  # the request is sent: from now on the answer's deadline runs
+            return super().getresponse()
+
+    return Watched
+
+
+class _Http(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kw):
+        return super().do_open(_watched(http_class, self.deadline), req, **kw)
+
+
+class _Https(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kw):
+        return super().do_open(_watched(http_class, self.deadline), req, **kw)
