@@ -142,9 +142,11 @@ def upload(server: str, path: Path, timeout: float | None = None) -> str:
 
 def form_name(name: str) -> str:
     """``name`` as a browser writes it into a multipart header's quoted ``filename`` (RFC 7578 4.2, the HTML standard):
-    ``"``, CR and LF percent-encoded, and ``\\`` too (ComfyUI's aiohttp reads ``\\x`` as ``x``); ComfyUI keeps the
-    name as sent (``say %22hi%22.png``), and the workflow is given the name its answer says."""
-    return name.replace("\\", "%5C").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    ``"``, CR and LF percent-encoded, and ``\\`` too (ComfyUI's aiohttp reads ``\\x`` as ``x``), as are the bytes of
+    a name that is not UTF-8 (``x%FF.png``); ComfyUI keeps the name as sent (``say %22hi%22.png``), and the workflow is
+    given the name its answer says."""
+    name = name.replace("\\", "%5C").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c for c in name)
 
 
 BUSY_TRIES = 6  # a server (or its proxy) answering 429 / 503 (queue full, busy) is asked again, this many times in all
