@@ -1,0 +1,69 @@
+"""Trust audit 17: what a damaged file, an odd server reply or a new user's mistake could do to the code added for
+variable frame rate retiming, packed multi-channel audio, the one-pass speech checks and the queue's --retry-failed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+
+def _cfr_video(path, frames: int = 4, fps: int = 25):
+    c = av.open(str(path), "w")
+    s = c.add_stream("libx264", rate=fps)
+    s.width = s.height = 64
+    s.pix_fmt = "yuv420p"
+    for _ in range(frames):
+        for pk in s.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")):
+            c.mux(pk)
+    for pk in s.encode():
+        c.mux(pk)
+    c.close()
+    return path
+
+
+def test_a_first_frame_without_timestamp_cannot_blow_the_clock_up_to_hours_of_ticks(tmp_path):
+    """A first decoded frame without a timestamp, the others hours into the stream: the clock starts at 0, so the few
+    frames would be repeated for hours of ticks (endless work and memory for timestamps near 1e9 s). The damaged-
+    timestamp guard (at most MAX_TICKS_PER_FRAME ticks a frame) must measure the clock's span, not the known times'."""
+    from echomimic_lib.io.retime import MAX_TICKS_PER_FRAME, ClockedFrames, on_clock
+    from echomimic_lib.io.video_io import VideoFrames
+
+    video = VideoFrames(_cfr_video(tmp_path / "v.mp4"))
+    decoded = [None, 1e4, 1e4 + 0.04, 1e4 + 1.0]  # (a 1 s pause: a variable rate by its own measure)
+    placed = on_clock(video, "the source video", "test", decoded=decoded)
+    if isinstance(placed, ClockedFrames):
+        assert placed.estimated_frames <= MAX_TICKS_PER_FRAME * len(decoded)
+
+
+@pytest.mark.parametrize("rate", [192000, 22000, 4000])
+def test_speech_at_a_rate_aac_cannot_encode_is_muxed_not_a_raw_ffmpeg_error(tmp_path, rate):
+    """A 192 kHz studio recording (or any rate AAC has no table for) reached the writer after the whole render and
+    failed there with av's raw ArgumentError ('avcodec_open2("aac") returned 22'); its sound is now resampled to an
+    AAC rate for the output (rates AAC takes are muxed as before)."""
+    from echomimic_lib.io.video_writer import AAC_RATES, Mp4Writer
+
+    out = tmp_path / "o.mp4"
+    t = np.arange(rate * 2) / rate
+    with Mp4Writer(out, 25, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], rate) as w:
+        w.write(np.zeros((25, 64, 64, 3), np.uint8))
+        w.commit()
+    with av.open(str(out)) as c:
+        a = c.streams.audio[0]
+        assert a.rate in AAC_RATES
+        samples = sum(f.samples for f in c.decode(a))
+    assert abs(samples - a.rate) <= 2048  # one second of frames: one second of sound (AAC's priming aside)
+
+
+@pytest.mark.parametrize("entry", [{"status": {"status_str": "error", "messages": 5}},
+                                   {"outputs": {"9": {"images": 5}}},
+                                   {"outputs": {"9": {"gifs": True}}}])
+def test_an_odd_history_entry_is_a_queue_error_not_a_type_error(entry):
+    """--resume --retry-failed asks /history about an earlier prompt (and --wait polls it): a reply whose messages or
+    saved images are not lists raised a raw TypeError ('int' object is not iterable) out of the queue."""
+    from echomimic_lib.jobs.queue_replies import QueueError, outcome
+
+    try:
+        outcome("http://127.0.0.1:1", "p1", entry)
+    except QueueError as exc:
+        assert "p1" in str(exc)
