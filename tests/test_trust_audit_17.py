@@ -67,3 +67,17 @@ def test_an_odd_history_entry_is_a_queue_error_not_a_type_error(entry):
         outcome("http://127.0.0.1:1", "p1", entry)
     except QueueError as exc:
         assert "p1" in str(exc)
+
+
+def test_a_dropped_status_row_without_id_or_detail_gives_the_table_not_a_key_error(tmp_path):
+    """finalize accepts a status row with a text status, seconds and (dropped) a reason; the end-of-run table then read
+    its 'id' and 'detail' and raised a KeyError after the whole prepare run (a hand-edited or older status file)."""
+    import json
+
+    from trainer.data.prepare import finalize, summary_table
+
+    status = tmp_path / "status"
+    status.mkdir()
+    (status / "b_000.json").write_text(json.dumps({"status": "dropped", "reason": "no_face", "seconds": 1.0}))
+    table = summary_table(finalize(tmp_path))
+    assert "b_000" in table and "no_face" in table
