@@ -148,7 +148,7 @@ def on_clock(video: VideoFrames, what: str, effect: str, decoded=None) -> VideoF
     known = [t for t in times if t is not None]  # (a frame the count found without a timestamp: None)
     # the clock starts at the first frame's time, 0 where it has none (on_the_clock): the span measured from there
     ticks = tick_count(known if not len(times) or times[0] is not None else [0.0, *known], video.fps)
-    if ticks > MAX_TICKS_PER_FRAME * len(known):  # (a few frames an hour apart: each would be repeated for an hour)
+    if known and ticks > MAX_TICKS_PER_FRAME * len(known):  # (a few frames an hour apart: each would be repeated for an hour)
         log.warning("%s %s: the timestamps of its %d frames span %.0f s (%d frames at %g fps, over %d for each frame "
                     "it holds): they are damaged, not pauses, so its frames are read one after another at %g fps.",
                     what, video.path, len(known), max(known) - min(known), ticks, video.fps, MAX_TICKS_PER_FRAME, video.fps)
