@@ -81,3 +81,13 @@ def test_a_dropped_status_row_without_id_or_detail_gives_the_table_not_a_key_err
     (status / "b_000.json").write_text(json.dumps({"status": "dropped", "reason": "no_face", "seconds": 1.0}))
     table = summary_table(finalize(tmp_path))
     assert "b_000" in table and "no_face" in table
+
+
+def test_a_server_address_with_a_broken_ipv6_bracket_is_named_not_a_value_error():
+    """--server http://[::1 (a bracket left open) raised urllib's raw ValueError ('Invalid IPv6 URL') with a traceback
+    from `echomimic queue`, one server or several."""
+    from echomimic_lib.jobs.queue_client import check_server
+    from echomimic_lib.jobs.queue_replies import QueueError
+
+    with pytest.raises(QueueError, match=r"http://\[::1"):
+        check_server("http://[::1")
