@@ -91,3 +91,16 @@ def test_a_server_address_with_a_broken_ipv6_bracket_is_named_not_a_value_error(
 
     with pytest.raises(QueueError, match=r"http://\[::1"):
         check_server("http://[::1")
+
+
+@pytest.mark.parametrize("rate", [-16000, 10**9])
+def test_a_sound_track_rate_no_recording_has_is_refused_before_any_frame(tmp_path, rate):
+    """An AUDIO from another node pack with a negative or absurd sample rate was taken by the writer and failed at the
+    first frame written, after the render, with av's raw error: now refused when the writer is made (before the run),
+    and nothing is written."""
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.io.video_writer import Mp4Writer
+
+    with pytest.raises(EchoMimicError, match="sample rate"):
+        Mp4Writer(tmp_path / "o.mp4", 25, np.zeros((1, 100), np.float32), rate)
+    assert list(tmp_path.iterdir()) == []

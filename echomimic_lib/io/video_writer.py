@@ -33,6 +33,7 @@ from .video_color import GENERATED, ColorDescription, tag_codec, to_yuv420p
 log = logging.getLogger(__name__)
 # the sample rates FFmpeg's AAC encoder takes; a track at another rate (a 192 kHz recording) is resampled to the
 # nearest one above it (96 kHz at most) for the output, never refused after the render
+MAX_SAMPLE_RATE = 768000  # past any recorder's (384 kHz DXD, twice over)
 AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
 
@@ -129,6 +130,9 @@ class Mp4Writer:
         self.next_name = next_name  # numbered outputs: another name when this one was taken meanwhile (publish_new)
         if audio is not None and not sample_rate:
             raise EchoMimicError("audio given without a sample rate.")
+        if audio is not None and not 0 < sample_rate <= MAX_SAMPLE_RATE:  # (found here, not at the first frame muxed)
+            raise EchoMimicError(f"the sound track's sample rate {sample_rate} Hz is no recording's (1 .. {MAX_SAMPLE_RATE} "
+                                 "Hz); give the audio as a file or node that reads it (e.g. Load Audio) with its real rate.")
         self.fps = float(fps)
         if audio is None or isinstance(audio, SoundFile):
             self.audio = audio
