@@ -24,8 +24,9 @@ def _cfr_video(path, frames: int = 4, fps: int = 25):
 
 def test_a_first_frame_without_timestamp_cannot_blow_the_clock_up_to_hours_of_ticks(tmp_path):
     """A first decoded frame without a timestamp, the others hours into the stream: the clock starts at 0, so the few
-    frames would be repeated for hours of ticks (endless work and memory for timestamps near 1e9 s). The damaged-
-    timestamp guard (at most MAX_TICKS_PER_FRAME ticks a frame) must measure the clock's span, not the known times'."""
+    frames were repeated for hours of ticks (endless work and memory for timestamps near 1e9 s), past the damaged-
+    timestamp guard (at most MAX_TICKS_PER_FRAME ticks a frame, measured on the known times). The clock now starts
+    at the first known time, 1 / fps after the frame without one."""
     from echomimic_lib.io.retime import MAX_TICKS_PER_FRAME, ClockedFrames, on_clock
     from echomimic_lib.io.video_io import VideoFrames
 

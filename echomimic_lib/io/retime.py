@@ -35,16 +35,18 @@ def on_the_clock(timed, fps: float):
     """``timed``: ``(seconds, item)`` pairs in the order shown. Yields one item per tick ``n / fps`` (counted from the
     first item's time) up to the last item's time: the item whose time is nearest the tick (the later one on a tie).
     A time that is missing (None) or goes back (a stream whose clock restarts) is taken as ``1 / fps`` after the one
-    before: nothing is lost, those items come one a tick. Holds two items at a time."""
+    before, and so is the first known time where the first items have none (the clock starts there, never at 0 before
+    a stream that starts hours in): nothing is lost, those items come one a tick. Holds two items at a time."""
     step = 1.0 / float(fps)
     it = iter(timed)
     first = next(it, None)
     if first is None:
         return
-    start, item = first
-    start = start or 0.0
+    start, item = first  # (None: no time yet; the first known one is then taken as 1 / fps after the item before)
     t, n = 0.0, 0
     for when, following in it:
+        if start is None and when is not None:
+            start = when - t - step
         when = t + step if when is None or when - start < t else when - start
         middle = (t + when) / 2
         while n * step < middle:
@@ -146,9 +148,8 @@ def on_clock(video: VideoFrames, what: str, effect: str, decoded=None) -> VideoF
         log.debug("%s: the frame timestamps cannot be read (%s)", video.path, exc)
         return video
     known = [t for t in times if t is not None]  # (a frame the count found without a timestamp: None)
-    # the clock starts at the first frame's time, 0 where it has none (on_the_clock): the span measured from there
-    ticks = tick_count(known if not len(times) or times[0] is not None else [0.0, *known], video.fps)
-    if known and ticks > MAX_TICKS_PER_FRAME * len(known):  # (a few frames an hour apart: each would be repeated for an hour)
+    ticks = tick_count(known, video.fps)
+    if ticks > MAX_TICKS_PER_FRAME * len(known):  # (a few frames an hour apart: each would be repeated for an hour)
         log.warning("%s %s: the timestamps of its %d frames span %.0f s (%d frames at %g fps, over %d for each frame "
                     "it holds): they are damaged, not pauses, so its frames are read one after another at %g fps.",
                     what, video.path, len(known), max(known) - min(known), ticks, video.fps, MAX_TICKS_PER_FRAME, video.fps)
