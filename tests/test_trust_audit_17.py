@@ -105,3 +105,19 @@ def test_a_sound_track_rate_no_recording_has_is_refused_before_any_frame(tmp_pat
     with pytest.raises(EchoMimicError, match="sample rate"):
         Mp4Writer(tmp_path / "o.mp4", 25, np.zeros((1, 100), np.float32), rate)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_entry_without_a_host_does_not_block_every_later_run(tmp_path):
+    """A damaged or hand-edited state whose run entry has a pid and prefixes but no host was taken for a live run on
+    another host (which cannot be asked), so every later run on those jobs was refused ("wait for that run to
+    finish") with no run to wait for. An entry without a text host names no run, as one without a pid."""
+    import json
+
+    from echomimic_lib.jobs.queue_state import QueueState
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"version": 2, "servers": {}, "runs": {"old": {"pid": 1, "prefixes": ["a/x"]}}}))
+    book = QueueState(path)
+    book.claim(["a/x"])  # not refused
+    assert list(json.loads(path.read_text())["runs"]) == [book.run_id]
+    book.release()
