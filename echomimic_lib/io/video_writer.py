@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -30,6 +31,15 @@ from .stereo import SoundFile, to_stereo
 from .video_color import GENERATED, ColorDescription, tag_codec, to_yuv420p
 
 log = logging.getLogger(__name__)
+# the sample rates FFmpeg's AAC encoder takes; a track at another rate (a 192 kHz recording) is resampled to the
+# nearest one above it (96 kHz at most) for the output, never refused after the render
+MAX_SAMPLE_RATE = 768000  # past any recorder's (384 kHz DXD, twice over)
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+def aac_rate(sample_rate: int) -> int:
+    """The rate an output's sound track is encoded at: ``sample_rate`` where AAC takes it, else the next AAC rate."""
+    return next((r for r in AAC_RATES if r >= sample_rate), AAC_RATES[-1])
 
 ENCODER_THREADS = 4
 
@@ -120,6 +130,9 @@ class Mp4Writer:
         self.next_name = next_name  # numbered outputs: another name when this one was taken meanwhile (publish_new)
         if audio is not None and not sample_rate:
             raise EchoMimicError("audio given without a sample rate.")
+        if audio is not None and not 0 < sample_rate <= MAX_SAMPLE_RATE:  # (found here, not at the first frame muxed)
+            raise EchoMimicError(f"the sound track's sample rate {sample_rate} Hz is no recording's (1 .. {MAX_SAMPLE_RATE} "
+                                 "Hz); give the audio as a file or node that reads it (e.g. Load Audio) with its real rate.")
         self.fps = float(fps)
         if audio is None or isinstance(audio, SoundFile):
             self.audio = audio
@@ -155,7 +168,7 @@ class Mp4Writer:
         # frames_sha256 of the frames before encoding), not the file's bytes.
         self._stream.options = {"crf": str(self.crf), "threads": str(ENCODER_THREADS)}
         if self.audio is not None:  # every stream must exist before the first packet is muxed
-            self._audio_stream = self._container.add_stream("aac", rate=self.sample_rate)
+            self._audio_stream = self._container.add_stream("aac", rate=aac_rate(self.sample_rate))
             self._audio_stream.layout = "stereo" if self.audio.shape[0] == 2 else "mono"
 
     def write(self, frames) -> None:
@@ -246,13 +259,23 @@ class Mp4Writer:
         else:
             audio = self.audio[:, :n]
             blocks = (np.ascontiguousarray(audio[:, start : start + 1024]) for start in range(0, audio.shape[1], 1024))
-        pts = 0
-        for block in blocks:
-            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=stream.layout.name)
-            frame.sample_rate, frame.pts = sr, pts
-            pts += block.shape[1]
-            for packet in stream.encode(frame):
-                self._container.mux(packet)
+        # (a rate AAC has no table for: resampled to the stream's; an AAC rate is encoded as it is, as before)
+        resampler = None if aac_rate(sr) == sr else av.AudioResampler(format="fltp", layout=stream.layout.name,
+                                                                        rate=aac_rate(sr))
+        pts, out_pts = 0, 0
+        for block in itertools.chain(blocks, [None]):  # (one block held at a time; None: the resampler's end)
+            if block is None and resampler is None:
+                break
+            frame = None
+            if block is not None:
+                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=stream.layout.name)
+                frame.sample_rate, frame.pts = sr, pts
+                pts += block.shape[1]
+            for out in [frame] if resampler is None else resampler.resample(frame):
+                if resampler is not None:
+                    out.pts, out_pts = out_pts, out_pts + out.samples
+                for packet in stream.encode(out):
+                    self._container.mux(packet)
         for packet in stream.encode():
             self._container.mux(packet)
 

@@ -44,7 +44,10 @@ MAX_REPLY_BYTES = 64 * 1024 * 1024  # the largest answer read (ComfyUI's replies
 
 def check_server(server: str) -> str:
     """``server`` without a trailing slash, or a :class:`QueueError` when it is not an http(s) URL."""
-    parts = urllib.parse.urlsplit(str(server).strip())
+    try:
+        parts = urllib.parse.urlsplit(str(server).strip())
+    except ValueError:  # (an IPv6 bracket left open: urllib's own error)
+        parts = urllib.parse.SplitResult("", "", "", "", "")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise QueueError(f"--server {server!r} is not a ComfyUI address; give a URL like {DEFAULT_SERVER}.")
     return str(server).strip().rstrip("/")

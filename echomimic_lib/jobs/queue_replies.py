@@ -92,6 +92,7 @@ def outcome(server: str, prompt_id: str, entry) -> tuple[str | None, list[str]]:
         raise _malformed(server, prompt_id, "its status is not an object")
     if status.get("status_str") == "error":
         messages = status.get("messages") or []
+        messages = messages if isinstance(messages, list) else []  # (another shape says nothing: "see the log")
         events = {m[0]: m[1] for m in messages if isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str)}
         if "execution_interrupted" in events:
             return CANCELLED, []
@@ -111,7 +112,8 @@ def saved_files(entry: dict, server: str = "", prompt_id: str = "") -> list[str]
     for node_out in outputs.values():
         if not isinstance(node_out, dict):
             continue
-        for item in [*(node_out.get("images") or []), *(node_out.get("gifs") or [])]:
+        kinds = [k for k in (node_out.get("images"), node_out.get("gifs")) if isinstance(k, list)]  # (else: no files)
+        for item in [x for k in kinds for x in k]:
             if isinstance(item, dict):
                 out.append("/".join(str(x) for x in (item.get("subfolder"), item.get("filename")) if x))
     return out

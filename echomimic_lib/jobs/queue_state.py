@@ -75,11 +75,12 @@ def _record(rec: dict) -> dict:
 
 
 def _run_entry(run) -> bool:
-    """Whether ``run`` is a run entry as :meth:`QueueState.claim` writes it (a pid a process can have, its jobs' prefixes
-    as text); one that is not (an edited or damaged file) names no live run, and is dropped."""
+    """Whether ``run`` is a run entry as :meth:`QueueState.claim` writes it (a pid a process can have, its host and its
+    jobs' prefixes as text); one that is not (an edited or damaged file) names no live run, and is dropped."""
     pid, prefixes = run.get("pid") if isinstance(run, dict) else None, run.get("prefixes") if isinstance(run, dict) else None
+    host_ = run.get("host") if isinstance(run, dict) else None  # (none: not asked, and taken as live on another host)
     return (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 and isinstance(prefixes, list)
-            and all(isinstance(p, str) for p in prefixes))
+            and all(isinstance(p, str) for p in prefixes) and isinstance(host_, str) and bool(host_))
 
 
 class QueueState:

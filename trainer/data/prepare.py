@@ -241,6 +241,8 @@ def finalize(out_root: Path) -> dict:
         if why:
             raise ConfigError(f"{p}: not a status file prepare wrote ({why}); delete it and run the same prepare command "
                               "again (its clip is prepared again)")
+        if not isinstance(row.get("id"), str):  # (a hand-edited or older row: named by its file, as status_path names it)
+            row["id"] = p.stem
         rows.append(row)
     kept = [r for r in rows if r["status"] == "ok"]
     from echomimic_lib.io.file_safety import write_text_atomic
@@ -297,7 +299,7 @@ def summary_table(summary: dict) -> str:
         lines.append("curation removed: " + ", ".join(f"{k} {v}" for k, v in removed.items()) + " (curation.json)")
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"  dropped {r['id']}: {r['reason']} ({r['detail']})")
+            lines.append(f"  dropped {r['id']}: {r['reason']} ({r.get('detail', '')})")
     if summary.get("no_whisper"):
         lines.append(NO_WHISPER_NOTE)
     return "\n".join(lines)
