@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import mimetypes
 import sys
 import time
@@ -157,9 +158,12 @@ BUSY_TRIES = 6  # a server (or its proxy) answering 429 / 503 (queue full, busy)
 
 def _busy_wait(err: QueueError, attempt: int) -> float:
     try:
-        return min(max(float(err.retry_after), 0.0), 60.0)
-    except (TypeError, ValueError):  # no Retry-After, or a date: 1, 2, 4, ... s
+        seconds = float(err.retry_after)
+    except (TypeError, ValueError):  # no Retry-After, or a date
+        seconds = math.nan
+    if not math.isfinite(seconds):  # ... or nan / inf, which time.sleep refuses: 1, 2, 4, ... s
         return float(min(2 ** attempt, 30))
+    return min(max(seconds, 0.0), 60.0)
 
 
 def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None = None) -> str:
