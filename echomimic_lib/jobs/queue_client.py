@@ -27,6 +27,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from ..io.json_file import loads_json
 from . import queue_cli, queue_run
 from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVING_NODES, VIDEO_EXT, Job,  # noqa: F401
                          build_prompt, find_node, load_workflow, plan_jobs)
@@ -75,11 +76,8 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
         raise QueueError(f"{url}: no answer within {timeout:.0f} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:  # dropped connection, a malformed answer or URL
         raise QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?") from None
-    try:
-        reply = json.loads(body or "{}")
-    except (ValueError, RecursionError):
-        raise QueueError(f"{url}: the server answered with something that is not JSON ({body[:80].strip()!r}...); is this "
-                         "ComfyUI's address and port (not a web page or another service)?") from None
+    reply = loads_json(body or "{}", url, f"the server answered with something that is not JSON ({body[:80].strip()!r}...)",
+                       "is this ComfyUI's address and port (not a web page or another service)?", QueueError)
     if not isinstance(reply, dict):
         raise QueueError(f"{url}: unexpected answer {body[:80]!r}; is this ComfyUI's address?")
     return reply
