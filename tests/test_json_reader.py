@@ -168,7 +168,7 @@ def test_a_status_entry_that_is_a_folder_stops_finalize_with_a_config_error(tmp_
         finalize(tmp_path)  # before: IsADirectoryError
 
 
-def test_a_queue_state_not_utf8_or_a_list_is_a_queue_error(tmp_path):
+def test_a_queue_state_not_utf8_is_a_queue_error_and_a_blank_one_is_empty(tmp_path):
     from echomimic_lib.jobs.queue_replies import QueueError
     from echomimic_lib.jobs.queue_state import read_state
 
