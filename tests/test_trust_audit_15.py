@@ -83,7 +83,7 @@ def test_a_manifest_row_nested_too_deeply_is_a_row_error_not_a_crash(tmp_path):
 
     m = tmp_path / "jobs.jsonl"
     m.write_text('{"reference": "a.png", "audio": ' + _deep_list() + "}\n", encoding="utf-8")
-    with pytest.raises(EchoMimicError, match=r"line 1.*nests lists or objects too deeply"):
+    with pytest.raises(EchoMimicError, match=r"line 1.*not a manifest row: nested too deeply"):
         read_manifest(m, tmp_path / "out")
 
 
@@ -92,7 +92,7 @@ def test_a_landmark_json_nested_too_deeply_is_a_clear_error(tmp_path):
 
     f = tmp_path / "lmks.json"
     f.write_text('{"format": "x", "lmks": ' + _deep_list() + "}", encoding="utf-8")
-    with pytest.raises(EchoMimicError, match="nests lists too deeply"):
+    with pytest.raises(EchoMimicError, match="nested too deeply"):
         load_sequence(f)
 
 

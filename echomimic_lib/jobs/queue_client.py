@@ -29,6 +29,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from ..io.json_file import loads_json
 from . import queue_cli, queue_run
 from .queue_deadline import Deadline
 from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVING_NODES, VIDEO_EXT, Job,  # noqa: F401
@@ -92,11 +93,8 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
         raise QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?") from None
     finally:
         deadline.stop()
-    try:
-        reply = json.loads(body or "{}")
-    except (ValueError, RecursionError):
-        raise QueueError(f"{url}: the server answered with something that is not JSON ({body[:80].strip()!r}...); is this "
-                         "ComfyUI's address and port (not a web page or another service)?") from None
+    reply = loads_json(body or "{}", url, f"the server answered with something that is not JSON ({body[:80].strip()!r}...)",
+                       "is this ComfyUI's address and port (not a web page or another service)?", QueueError)
     if not isinstance(reply, dict):
         raise QueueError(f"{url}: unexpected answer {body[:80]!r}; is this ComfyUI's address?")
     return reply

@@ -6,11 +6,11 @@ from __future__ import annotations
 import collections
 import copy
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.file_names import safe_file_name
+from ..io.json_file import read_json
 from .queue_replies import QueueError
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -110,14 +110,9 @@ def build_prompt(template: dict, image: str | None, audio: str, prefix: str, see
 def load_workflow(workflow) -> dict:
     """The API-format workflow ``workflow`` (a JSON file), or a :class:`QueueError` naming the file and the fix
     (missing, unreadable, not JSON, nested too deeply for Python's parser, a UI-format workflow, nodes not objects)."""
-    try:
-        template = json.loads(Path(workflow).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QueueError(f"workflow not found: {workflow}; give an API-format workflow such as workflows/api/v1_audio.json.") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        why = "nested too deeply to be read" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {str(exc)[:120]}"
-        raise QueueError(f"{workflow}: not a readable JSON workflow ({why}); use workflows/api/*.json (or ComfyUI's "
-                         "'Export (API)').") from None
+    template = read_json(workflow, "not a readable JSON workflow", "use workflows/api/*.json (or ComfyUI's 'Export (API)')",
+                         QueueError, missing=f"workflow not found: {workflow}; give an API-format workflow such as "
+                         "workflows/api/v1_audio.json.")
     if (not isinstance(template, dict) or "nodes" in template
             or not all(isinstance(v, dict) and "class_type" in v for v in template.values())):
         raise QueueError(f"{workflow}: not an API-format workflow; use workflows/api/*.json (or ComfyUI's 'Export (API)').")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EchoMimicError
+from ..io.json_file import loads_json
 
 
 class QueueError(EchoMimicError):
@@ -33,10 +34,8 @@ def explain(body: str) -> str:
     own (node id, class, input: message and details), else the first 500 characters of whatever the server answered
     (an answer of any other shape is shown, never a crash)."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return _one_line(body[:500])
-    if not isinstance(data, dict):
+        data = loads_json(body, "the answer", expect=dict)
+    except EchoMimicError:
         return _one_line(body[:500])
     error = data.get("error", "")
     head = str(error.get("message", error) if isinstance(error, dict) else error)

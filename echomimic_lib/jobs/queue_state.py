@@ -23,6 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ..io.json_file import read_json
 from .queue_lock import StateLock, alive, host, process_start
 from .queue_replies import QueueError
 
@@ -45,13 +46,10 @@ def default_path(portraits, videos) -> Path:
 def read_state(path: Path) -> dict:
     """``{"servers": {url: {prefix: record}}, "runs": {id: run}}`` of the file (empty when there is none), or a
     :class:`QueueError` naming the file and the fix when it is not a queue state."""
-    try:
-        text = path.read_text(encoding="utf-8") if path.is_file() else ""
-        data = json.loads(text) if text.strip() else {"version": VERSION, "servers": {}}
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise QueueError(f"{path}: the queue state kept for --resume cannot be read ({type(exc).__name__}: "
-                         f"{str(exc)[:120]}); delete it or move it away (--resume then queues every job again), or give "
-                         "--state another file.") from None
+    data = {"version": VERSION, "servers": {}}
+    if path.is_file():
+        data = read_json(path, "the queue state kept for --resume cannot be read", "delete it or move it away (--resume "
+                         "then queues every job again), or give --state another file.", QueueError, empty=data)
     if not isinstance(data, dict) or not isinstance(data.get("servers"), dict) or not isinstance(data.get("version"), int):
         raise QueueError(f"{path} is not an `echomimic queue` state file (it holds other JSON) and is never overwritten; "
                          "give --state a file of its own (or leave --state out for the default, .echomimic_queue.json "

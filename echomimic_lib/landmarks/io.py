@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from ..io.file_safety import publish, temp_beside, write_text_atomic
+from ..io.json_file import loads_json, read_json
 from ..io.json_meta import meta_json, plain_meta
 from ..io.npz_file import open_npz
 from ..io.os_errors import writing
@@ -111,22 +112,21 @@ def load_sequence(path: str | Path) -> LandmarkSequence:
     path = Path(path)
     if not path.is_file():
         raise EchoMimicError(f"landmark file not found: {path}")
+    not_ours = ("not a landmark file written by this package", "extract the landmarks again with `echomimic landmarks "
+                "VIDEO -o FILE.npz`.")
     try:
         if path.suffix.lower() == ".json":
-            doc = json.loads(path.read_text())
+            doc = read_json(path, *not_ours, expect=dict)
             meta = doc
             arrays = {k: np.asarray(doc[k]) for k in _ARRAYS if k in doc}
         else:
             with open_npz(path, "Extract the landmarks again with `echomimic landmarks VIDEO -o FILE.npz`.") as z:
-                meta = json.loads(str(z["meta"]))
+                meta = loads_json(str(z["meta"]), str(path), *not_ours, expect=dict)
                 arrays = {k: z[k] for k in _ARRAYS if k in z.files}
     except EchoMimicError:
         raise
     except (ValueError, KeyError, OSError) as exc:
         raise EchoMimicError(f"{path}: not a landmark file written by this package ({exc}).") from exc
-    except RecursionError:  # JSON nested deeper than Python's parser goes: no landmark file is
-        raise EchoMimicError(f"{path}: not a landmark file written by this package (its JSON nests lists too deeply to be "
-                             "read); extract the landmarks again with `echomimic landmarks VIDEO -o FILE.npz`.") from None
     if meta.get("format") != FORMAT:
         raise EchoMimicError(f"{path}: not an '{FORMAT}' file (format={meta.get('format')!r}).")
     if "lmks" not in arrays:

@@ -226,17 +226,15 @@ def finalize(out_root: Path) -> dict:
     """Merge the status files into ``manifest.jsonl`` (kept clips) and ``report.jsonl`` (all), atomically."""
     import json
 
+    from echomimic_lib.io.json_file import read_json
+
     from ..config import ConfigError
 
     out_root = Path(out_root)
     rows = []
-    for p in sorted((out_root / "status").glob("*.json")):
-        try:
-            row = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError) as exc:  # a damaged disk or copy: named, and the manifest before is kept
-            why = "nested too deeply to be read" if isinstance(exc, RecursionError) else exc  # (as prepare_settings says)
-            raise ConfigError(f"{p}: unreadable status file ({why}); delete it and run the same prepare command again (its "
-                              "clip is prepared again)") from None
+    for p in sorted((out_root / "status").glob("*.json")):  # a damaged disk or copy: named, and the manifest before is kept
+        row = read_json(p, "unreadable status file", "delete it and run the same prepare command again (its clip is "
+                        "prepared again)", ConfigError)
         why = _not_a_status_row(row)
         if why:
             raise ConfigError(f"{p}: not a status file prepare wrote ({why}); delete it and run the same prepare command "

@@ -72,19 +72,17 @@ def check_same_settings(out_root: Path, cfg: PrepareConfig, whisper: dict | None
     features under a config that describes only the newest run's."""
     import json
 
+    from echomimic_lib.io.json_file import read_json
+
     from ..config import ConfigError
 
     conf = out_root / "prepare_config.json"
     if not conf.is_file():
         return
-    try:
-        before = json.loads(conf.read_text(encoding="utf-8"))
-        if not isinstance(before, dict) or not isinstance(before.get("curate") or {}, dict):
-            raise ValueError("not the settings object `echomimic-train prepare` writes")
-    except (OSError, ValueError, RecursionError) as exc:  # (RecursionError: JSON nested past what Python's parser reads)
-        why = "nested too deeply to be read" if isinstance(exc, RecursionError) else exc
-        raise ConfigError(f"{conf}: unreadable ({why}); this folder's earlier settings are unknown, so prepare into a new "
-                          "folder") from None
+    unknown = "this folder's earlier settings are unknown, so prepare into a new folder"
+    before = read_json(conf, "unreadable", unknown, ConfigError, expect=dict)
+    if not isinstance(before.get("curate") or {}, dict):
+        raise ConfigError(f"{conf}: unreadable (not the settings object `echomimic-train prepare` writes); {unknown}")
     now = json.loads(json.dumps({**asdict(cfg), "whisper": whisper, **(models or {})}))
 
     def flat(d):

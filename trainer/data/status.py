@@ -8,6 +8,8 @@ import json
 import logging
 from pathlib import Path
 
+from echomimic_lib.io.json_file import json_problem
+
 log = logging.getLogger("trainer.data.prepare")  # the prepare command's messages, under its name
 
 
@@ -28,8 +30,8 @@ def source_changed(status: Path, stamp: dict, unstamped: list) -> str | None:
 
     try:
         old = json.loads(status.read_text(encoding="utf-8")).get("source_stamp", "unstamped")
-    except (OSError, ValueError, AttributeError) as exc:
-        return f"its status file {status} is unreadable ({type(exc).__name__})"
+    except (OSError, ValueError, AttributeError, RecursionError) as exc:  # (RecursionError: nested past what the parser reads)
+        return f"its status file {status} is unreadable ({json_problem(exc) or type(exc).__name__})"
     if old == "unstamped":
         if not unstamped:
             log.warning("%s and maybe other status files were written by an older version without their video's size and "
@@ -63,7 +65,7 @@ def clip_missing(status: Path, out_root: Path) -> str | None:
 
     try:
         row = json.loads(status.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None  # source_changed said it already
     if not isinstance(row, dict) or row.get("status") != "ok":
         return None

@@ -31,6 +31,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from echomimic_lib.io.json_file import json_problem
 from echomimic_lib.io.os_errors import writing
 
 from ..config import ConfigError
@@ -120,7 +121,7 @@ def _why(exc: BaseException, name: str) -> str:
         return f"no {name}"
     if isinstance(exc, (KeyError, TypeError)):
         return f"{name} has no frame count"
-    return f"{name} is unreadable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+    return f"{name} is unreadable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else json_problem(exc) or exc}"
 
 
 class ClipWriter:
@@ -192,7 +193,7 @@ class ClipReader:
         try:
             self.meta = json.loads((self.dir / CLIP_META).read_text(encoding="utf-8"))
             int(self.meta["num_frames"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # (nested past what the parser reads)
             _damaged_by(self.dir, exc, CLIP_META)
         try:
             self._offsets = np.load(self.dir / "frames.idx.npy", mmap_mode="r")  # (a header declaring more than the

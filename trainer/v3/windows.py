@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from echomimic_lib.io.json_file import read_json
+
 from ..config import ConfigError
 from ..data.store import ClipReader, check_clips_present, read_manifest
 from .config import V3Data
@@ -37,12 +39,8 @@ def read_captions(path: str | None) -> dict[str, str]:
     if not path:
         return {}
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"data.captions {p}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"data.captions {p}: not a JSON file ({exc}); write {{\"clip id\": \"caption\", ...}}") from None
+    data = read_json(p, "not a JSON file", 'write {"clip id": "caption", ...}', ConfigError,
+                     missing=f"data.captions {p}: no such file", name=f"data.captions {p}")
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in data.items()):
         raise ConfigError(f"data.captions {p}: expected a JSON object of clip id -> non-empty caption text")
     return data

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from ...io.json_file import loads_json
 
 LOCK_NAME = ".echomimic-batch.lock"
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ def _holder(path: Path) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(1 if os.name == "nt" else 0)  # Windows: byte 0 is the locked one
-            info = json.loads(fh.read().decode("utf-8") or "{}")
-    except (OSError, ValueError):
+            info = loads_json(fh.read(), str(path), expect=dict, empty={})
+    except (OSError, ValueError):  # (being written, or damaged: nested too deeply, not an object)
         info = {}
     if not info:
         return "(its details are not written yet)"

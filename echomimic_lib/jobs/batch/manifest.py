@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from ...io.json_file import NESTED
 from .manifest_row import Job, build_job, column_field, defaults_from_cwd, given_values, with_defaults
 from .manifest_text import csv_rows, duplicate_columns, read_text, separator
 from .plan import check_jobs  # the rows' own checks (re-exported)
@@ -87,8 +88,8 @@ def _rows_jsonl(path: Path):
         try:
             row = json.loads(text, object_pairs_hook=_object)
         except RecursionError:  # Python's parser gives up on brackets nested this deep: no row is built like that
-            yield n, ValueError("not a manifest row: its JSON nests lists or objects too deeply to be read (a row is "
-                                "one flat JSON object {\"reference\": ..., \"audio\": ...})")
+            yield n, ValueError(f"not a manifest row: {NESTED} (a row is one flat JSON object {{\"reference\": ..., "
+                                "\"audio\": ...})")
             continue
         except ValueError as exc:
             if not isinstance(exc, json.JSONDecodeError):

@@ -27,6 +27,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from ...errors import EchoMimicError
+from ...io.json_file import loads_json
+
 log = logging.getLogger(__name__)
 FILE_NAME = "results.jsonl"
 # request fields added after the first batch release, with their default (hashed only when set to something else)
@@ -96,13 +99,13 @@ def read_results(outdir) -> dict[str, dict]:
     out: dict[str, dict] = {}
     if not path.is_file():
         return out
-    with open(path, encoding="utf-8") as fh:
-        for text in fh:
+    with open(path, "rb") as fh:
+        for line in fh:
             try:
-                rec = json.loads(text)
-            except (json.JSONDecodeError, RecursionError):  # torn, or nested past what the parser reads: not ours
+                rec = loads_json(line, str(path), expect=dict)
+            except EchoMimicError:  # torn, not UTF-8, or nested past what the parser reads: not ours
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("name"), str):
+            if isinstance(rec.get("name"), str):
                 out[rec["name"]] = rec
     return out
 

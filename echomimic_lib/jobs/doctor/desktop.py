@@ -24,13 +24,13 @@ base directory and says how to name the code folder with ``--comfyui PATH``.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import EchoMimicError
+from ...io.json_file import read_json
 from .comfy_paths import _load as load_yaml
 from .shell import echomimic, run
 
@@ -121,13 +121,11 @@ def _yaml_base(path: Path) -> str | None:
     return None
 
 
-def _settings(path: Path):
-    """config.json's content, read only when it is small enough to be Desktop's (a few hundred bytes)."""
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_SETTINGS + 1)
-    if len(data) > MAX_SETTINGS:
-        raise ValueError(f"over {MAX_SETTINGS} bytes: not ComfyUI Desktop's settings")
-    return json.loads(data.decode("utf-8"))
+def _settings(path: Path) -> dict:
+    """config.json's content, read only when it is small enough to be Desktop's (a few hundred bytes), or an
+    :class:`EchoMimicError` saying ``<path>: not read (<the problem>); ...``."""
+    return read_json(path, "not read", "it is not ComfyUI Desktop's settings (a small JSON object); its basePath is not "
+                     "used", max_bytes=MAX_SETTINGS, expect=dict)
 
 
 def find_desktop(platform: str | None = None, env=None) -> Found | None:
@@ -142,8 +140,8 @@ def find_desktop(platform: str | None = None, env=None) -> Found | None:
         value = _settings(settings).get("basePath") if settings.is_file() else None
         if isinstance(value, str) and value:
             base, base_from = Path(value).expanduser(), f"basePath in {settings}"
-    except (OSError, ValueError, AttributeError, RecursionError) as exc:  # nested too deep for the parser: not Desktop's
-        notes.append(f"{settings}: not read ({exc or type(exc).__name__})")
+    except EchoMimicError as exc:  # damaged, nested too deep for the parser, too large, not an object: not Desktop's
+        notes.append(str(exc))
     from_yaml = _yaml_base(yml) if yml.is_file() else None
     if from_yaml is not None:
         other = Path(os.path.expandvars(from_yaml)).expanduser()
