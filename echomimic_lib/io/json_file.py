@@ -74,23 +74,27 @@ def loads_json(text, where: str, what: str = "not readable JSON", fix: str = "ch
 
 def read_json(path, what: str = "not a readable JSON file", fix: str = "check the file, or write it again",
               error=EchoMimicError, max_bytes: int | None = None, expect=None, missing: str | None = None,
-              empty=_RAISE, name: str | None = None, **json_kw):
+              empty=_RAISE, name: str | None = None, pipes: bool = False, **json_kw):
     """The JSON in the file ``path``, read once (:func:`loads_json` says what the errors say, ``<path>: <what>
     (<the problem>); <fix>``). Refused before anything is read: a folder, pipe or device instead of a file, a file over
     ``max_bytes``. The system refusing the file (permissions, too many open files) is said as :func:`os_errors.refused`
     says it; a missing file as ``error(missing)`` when given, else the same way. ``error``: the exception class (or any
     callable taking the message), so each caller's ``except`` keeps working; ``name``: how the messages name the file
-    (``data.captions PATH``; default the path)."""
+    (``data.captions PATH``; default the path); ``pipes``: a pipe is read too (a file the user names on the command line:
+    ``<(cat wf.json)``), waited on as any reader would."""
     where = str(path) if name is None else name
     try:
         if missing is not None and not os.path.lexists(path):
             raise error(missing)
-        if stat.S_ISDIR(os.stat(path).st_mode):  # (Windows cannot open a folder at all: said here for both)
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):  # (Windows cannot open a folder at all: said here for both)
             raise error(f"{where}: {what} (it is a folder, not a file); {fix}")
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))  # a pipe: never waited on
+        piped = pipes and stat.S_ISFIFO(mode)
+        wait = 0 if piped else getattr(os, "O_NONBLOCK", 0)  # a pipe not asked for: never waited on
+        fd = os.open(path, os.O_RDONLY | wait | getattr(os, "O_BINARY", 0))
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode) and not (piped and stat.S_ISFIFO(st.st_mode)):
                 raise error(f"{where}: {what} (it is not a regular file but a pipe, socket or device); {fix}")
             if max_bytes is not None and st.st_size > max_bytes:
                 raise error(f"{where}: {what} ({st.st_size} bytes, over the {max_bytes} one may be); {fix}")
