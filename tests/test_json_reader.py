@@ -195,7 +195,7 @@ def test_a_server_reply_nested_too_deeply_is_explained_or_a_queue_error(monkeypa
         def __exit__(self, *a):
             return False
 
-    monkeypatch.setattr(queue_client.urllib.request, "urlopen", lambda *a, **k: Reply())
+    monkeypatch.setattr(queue_client.Deadline, "open", lambda self, req, timeout: Reply())  # (every request opens so)
     monkeypatch.setattr(queue_client, "_read_capped", lambda resp, url: DEEP.encode())
     with pytest.raises(queue_client.QueueError, match=r"http://h:1/x: the server answered with something that is not "
                                                       r"JSON .*nested too deeply.*ComfyUI's address"):
