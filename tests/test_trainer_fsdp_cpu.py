@@ -50,23 +50,27 @@ def test_fsdp_on_two_cpu_processes_shards_resumes_and_exports(tmp_path, tmp_path
     tiny = tiny_v1_copy(tmp_path_factory, tmp_path / "tiny")
     data = synthetic_dataset(tmp_path / "ds", clips=2, frames=20, size=64)
     run, straight = tmp_path / "run", tmp_path / "straight"
-    _two_ranks(write_yaml(tmp_path / "a.yaml", _config(tiny, data, run, 2)))
-    assert events(run, "start")[-1]["distributed"] == "FSDP" and events(run, "start")[-1]["processes"] == 2
-    ck2 = run / "checkpoints" / "step-00000002"
-    found = {p.name for p in ck2.iterdir()}
-    assert {"pytorch_model_fsdp_0", "optimizer_0", "model.safetensors", "random_states_1.pkl"} <= found, found
-    assert len(list((ck2 / "pytorch_model_fsdp_0").glob("*.distcp"))) == 2  # one shard file per rank
-    merged2 = load_file(str(ck2 / "model.safetensors"))
-    shards = _shards(ck2 / "pytorch_model_fsdp_0")
-    assert merged2.keys() == shards.keys() and all(torch.equal(merged2[k], shards[k]) for k in merged2)
-    names = set(read_meta(ck2)["param_names"])
-    assert names <= merged2.keys()
-
-    _two_ranks(write_yaml(tmp_path / "b.yaml", _config(tiny, data, run, 4)), "--resume")
-    assert events(run, "start")[-1]["resumed_from"].endswith("step-00000002")
-    assert [r["step"] for r in rows(run)] == [1, 2, 3, 4]
-    merged4 = load_file(str(run / "checkpoints" / "step-00000004" / "model.safetensors"))
+    # one uninterrupted run of 4 steps; its step-2 checkpoint (written by the same save as a run's last one) is what a
+    # second run resumes from into its own folder, so three two-process launches became two
     _two_ranks(write_yaml(tmp_path / "c.yaml", _config(tiny, data, straight, 4)))
+    assert events(straight, "start")[-1]["distributed"] == "FSDP" and events(straight, "start")[-1]["processes"] == 2
+    ck2 = straight / "checkpoints" / "step-00000002"
+    merged2 = load_file(str(ck2 / "model.safetensors"))
+    names = set(read_meta(ck2)["param_names"])
+    for ck in (ck2, straight / "checkpoints" / "step-00000004"):
+        found = {p.name for p in ck.iterdir()}
+        assert {"pytorch_model_fsdp_0", "optimizer_0", "model.safetensors", "random_states_1.pkl"} <= found, found
+        assert len(list((ck / "pytorch_model_fsdp_0").glob("*.distcp"))) == 2  # one shard file per rank
+        merged = load_file(str(ck / "model.safetensors"))
+        shards = _shards(ck / "pytorch_model_fsdp_0")
+        assert merged.keys() == shards.keys() and all(torch.equal(merged[k], shards[k]) for k in merged)
+        assert names <= merged.keys()
+
+    _two_ranks(write_yaml(tmp_path / "b.yaml", _config(tiny, data, run, 4)), "--resume", str(ck2))
+    assert events(run, "start")[-1]["resumed_from"].endswith("step-00000002")
+    assert events(run, "start")[-1]["distributed"] == "FSDP" and events(run, "start")[-1]["processes"] == 2
+    assert [r["step"] for r in rows(run)] == [3, 4]  # went on after step 2
+    merged4 = load_file(str(run / "checkpoints" / "step-00000004" / "model.safetensors"))
     plain4 = load_file(str(straight / "checkpoints" / "step-00000004" / "model.safetensors"))
     moved = max(float((merged4[k] - merged2[k]).abs().max()) for k in names)
     apart = max(float((merged4[k] - plain4[k]).abs().max()) for k in names)

@@ -131,14 +131,17 @@ def test_docs_carry_the_plan_of_every_preset():
         assert text in doc, f"docs/training.md lacks the current plan of {name}: regenerate it (echomimic-train plan --all-presets)"
 
 
-def test_plan_command_prints_every_phase_and_fails_over_budget():
-    run = lambda *a: subprocess.run([sys.executable, "-m", "trainer", "plan", *a], cwd=ROOT, env=ENV, capture_output=True,
-                                    text=True, timeout=600)
-    r = run("--preset", "v1_stage1", "--arch", "tiny", "--gpus", "1", "--peak-tflops", "100", "--mfu", "0.5")
-    assert r.returncode == 0, r.stderr
-    assert "| stage1 (spatial, 4x1 fr)" in r.stdout and "100 TFLOP/s peak x 50% MFU" in r.stdout and "1 GPU(s), single" in r.stdout
-    r = run("--preset", "v1_stage1", "--arch", "tiny", "--set", "memory.gpu_gib=1")
-    assert r.returncode == 3 and "**NO** (> 1)" in r.stdout and "does not fit 1 GiB" in r.stderr
+def test_plan_command_prints_every_phase_and_fails_over_budget(capsys):
+    """`echomimic-train plan` in this process (its exit codes through ``python -m trainer``, a process of its own:
+    tests/test_cli_process_exit.py)."""
+    from trainer.cli import main
+
+    assert main(["plan", "--preset", "v1_stage1", "--arch", "tiny", "--gpus", "1", "--peak-tflops", "100", "--mfu", "0.5"]) == 0
+    out, err = capsys.readouterr()
+    assert "| stage1 (spatial, 4x1 fr)" in out and "100 TFLOP/s peak x 50% MFU" in out and "1 GPU(s), single" in out, err
+    assert main(["plan", "--preset", "v1_stage1", "--arch", "tiny", "--set", "memory.gpu_gib=1"]) == 3
+    out, err = capsys.readouterr()
+    assert "**NO** (> 1)" in out and "does not fit 1 GiB" in err
 
 
 def test_layer_checkpointing_gives_the_same_gradients_and_survives_motion_bypass():
