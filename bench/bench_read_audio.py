@@ -30,7 +30,7 @@ CASE = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import av, numpy as np
-from echomimic_lib.io.video_io import read_audio
+from echomimic_lib.io.audio_file import read_audio
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 wav, sr = read_audio({path!r}, start={start}, duration={duration})
@@ -42,7 +42,8 @@ PROBE = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import av, numpy as np
-from echomimic_lib.io.video_io import probe, read_audio
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import probe
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 if {old!r}:
@@ -66,7 +67,7 @@ t = time.perf_counter()
 if {two_pass!r}:  # before: the start decoded and kept, then the whole track decoded again for its summary
     from echomimic_lib.audio.features import seconds_for_frames
     from echomimic_lib.audio.track import summarise_track
-    from echomimic_lib.io.video_io import audio_blocks, read_audio
+    from echomimic_lib.io.audio_file import audio_blocks, read_audio
     wav, sr = read_audio({path!r}, duration=seconds_for_frames({length}, 25.0))
     whole = summarise_track(audio_blocks({path!r}))
 else:

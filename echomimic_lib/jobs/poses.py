@@ -169,7 +169,7 @@ def _check_preview(req, inputs: dict, output: Path) -> Path | None:
 def _read_preview_audio(path, seconds: float | None = None) -> tuple:
     """``--preview-audio``: (samples (C, T), sample rate) of any file with a sound track (the driving video's own, too);
     its first ``seconds`` only when given (the rest is not decoded)."""
-    from ..io.video_io import read_audio
+    from ..io.audio_file import read_audio
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -255,7 +255,7 @@ def _whole_speech(path, fps: float):
     from functools import partial
 
     from ..io.stereo import MixPeak, SoundFile
-    from ..io.video_io import audio_blocks
+    from ..io.audio_file import audio_blocks
 
     mix = MixPeak()
     whole = read_speech_summary(path, mix.add, fps=fps)

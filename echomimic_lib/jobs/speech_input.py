@@ -47,7 +47,7 @@ def read_speech(path, fps: float | None = None, length=None):
     60-min 96 kHz 6-channel recording costs its first minute's memory (about 140 MB), not its 8 GB."""
     from ..audio import check_audible, read_raw_audio
     from ..audio.features import MIN_SAMPLES_16K
-    from ..io.video_io import read_audio
+    from ..io.audio_file import read_audio
     from .speech_length import HEADER_MARGIN, MAX_LENGTH, check_video_length, header_seconds
 
     p = check_speech_file(path)
@@ -77,7 +77,7 @@ def _read_start(p: Path, fps: float, length: int):
     from ..audio import check_audible
     from ..audio.features import seconds_for_frames
     from ..audio.track import SpeechStart
-    from ..io.video_io import read_audio
+    from ..io.audio_file import read_audio
 
     seconds = seconds_for_frames(length, fps)
     past = _PastTheStart(seconds)
