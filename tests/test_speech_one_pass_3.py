@@ -123,7 +123,7 @@ def test_the_stream_of_tiny_and_silent_clips_is_analyze_waveforms():
 
 def test_the_stream_holds_a_few_frames_of_samples_not_the_track(long_wav):
     """130 s of 16 kHz mono (2 M samples) given a second at a time: never more than its batch and two seconds of it
-    held (7 s: 0.9 MB of float64)."""
+    held (4 s: 0.5 MB of float64)."""
     from echomimic_lib.audio.track import read_mono_16k
     from echomimic_lib.pose.gestures.speech import analyze_waveform
     from echomimic_lib.pose.gestures.speech_stream import BATCH

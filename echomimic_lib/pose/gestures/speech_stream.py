@@ -14,7 +14,7 @@ from ...errors import EchoMimicError
 from .speech import HOP, PITCH_WIN, RATE, WIN, SpeechFeatures, band_log_magnitude, features_from, pitch_at
 
 
-BATCH = 5 * RATE  # samples measured together (fewer, larger numpy calls; 5 s of 16 kHz float64 is 640 KB)
+BATCH = 2 * RATE  # samples measured together (fewer, larger numpy calls; their FFTs a few MB at most)
 
 
 class SpeechStream:
