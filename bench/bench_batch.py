@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--quick-loop", type=int, default=0, help="animate calls in the shell loop (default: --jobs)")
     a = ap.parse_args()
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
     from echomimic_lib.tiny import make_tiny
     from tests._media import write_wav
 

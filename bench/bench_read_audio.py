@@ -3,6 +3,7 @@
     python bench/bench_read_audio.py [--minutes 30] [--codec aac|pcm_s16le] [--json out.json] [--probe]
     python bench/bench_read_audio.py --speech [--minutes 10] [--channels 6] [--rate 96000] [--json out.json]
     python bench/bench_read_audio.py --preview|--validation [--minutes 5] [--channels 6] [--rate 96000] [--json out.json]
+    python bench/bench_read_audio.py --gestures [--length N] [--minutes 5] [--channels 6] [--rate 96000] [--json out.json]
 
 A synthetic stereo 48 kHz recording of ``--minutes`` (noise, AAC in .m4a by default; pcm_s16le: a .wav) is written to
 a temporary folder; each case runs in a fresh Python process, which reports its wall time and its peak resident
@@ -15,7 +16,10 @@ two-pass read it replaced (the start decoded, then the whole track again for its
 tracemalloc's peak of the numpy arrays. ``--preview``: ``echomimic poses --audio``'s checks and preview sound without
 ``--length`` (24 fps, tiny frames), the whole track held as before beside the sound muxed from the file a piece at a
 time; ``--validation``: the V3 trainer's validation speech for 81 frames, the whole track held as before beside
-``read_v3_speech`` (its start kept, the loudness measured a piece at a time)."""
+``read_v3_speech`` (its start kept, the loudness measured a piece at a time). ``--gestures``: ``echomimic poses
+--audio``'s speech path whole (checks, gesture analysis, preview sound; ``--length N`` frames or following the audio),
+the analysis decoding the file again and holding its 16 kHz mono as before beside the checks' pass feeding a
+``SpeechStream``, with the count of decode passes (calls to ``audio_blocks``)."""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +34,7 @@ CASE = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import av, numpy as np
-from echomimic_lib.io.video_io import read_audio
+from echomimic_lib.io.audio_file import read_audio
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 wav, sr = read_audio({path!r}, start={start}, duration={duration})
@@ -42,7 +46,8 @@ PROBE = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import av, numpy as np
-from echomimic_lib.io.video_io import probe, read_audio
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import probe
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 if {old!r}:
@@ -66,7 +71,7 @@ t = time.perf_counter()
 if {two_pass!r}:  # before: the start decoded and kept, then the whole track decoded again for its summary
     from echomimic_lib.audio.features import seconds_for_frames
     from echomimic_lib.audio.track import summarise_track
-    from echomimic_lib.io.video_io import audio_blocks, read_audio
+    from echomimic_lib.io.audio_file import audio_blocks, read_audio
     wav, sr = read_audio({path!r}, duration=seconds_for_frames({length}, 25.0))
     whole = summarise_track(audio_blocks({path!r}))
 else:
@@ -83,11 +88,11 @@ MEASURE = r"""
 run({warm!r})  # the modules it imports at its first call are no part of the peak
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tracemalloc.start()
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 out = run({path!r})
-dt = time.perf_counter() - t
+dt, cpu = time.perf_counter() - t, time.process_time() - cpu
 traced = tracemalloc.get_traced_memory()[1]
-print(json.dumps({{"seconds": round(dt, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
+print(json.dumps({{"seconds": round(dt, 3), "cpu_seconds": round(cpu, 3), "peak_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1),
                   "traced_peak_mib": round(traced / 2**20, 1), **measured(out)}}))
 """
 PREVIEW = r"""
@@ -132,6 +137,48 @@ def measured(samples):
 """ + MEASURE
 
 
+GESTURES = r"""
+import json, resource, sys, tempfile, time, tracemalloc
+sys.path.insert(0, {root!r})
+import av, numpy as np, torch
+from pathlib import Path
+from echomimic_lib.audio.track import SpeechStart
+from echomimic_lib.io import audio_file
+from echomimic_lib.io.video_writer import Mp4Writer
+from echomimic_lib.jobs.speech_input import frame_count, read_speech
+from echomimic_lib.pose.gestures.speech import analyze_speech
+from echomimic_lib.pose.gestures.speech_stream import SpeechStream
+import echomimic_lib.jobs.poses, echomimic_lib.audio.track, echomimic_lib.io.stereo
+DECODES, real_blocks, LENGTH = [0], audio_file.audio_blocks, {length!r}
+def counted(*a, **k):
+    DECODES[0] += 1
+    return real_blocks(*a, **k)
+audio_file.audio_blocks = counted
+def run(path):
+    DECODES[0] = 0
+    stream = None if {old!r} else SpeechStream(24.0)  # before: analyze_speech(path) decoded the file again
+    add = None if stream is None else stream.add
+    if LENGTH:
+        wav, sr, raw = read_speech(path, 24.0, LENGTH, on_16k=add)
+        if stream is not None and not isinstance(raw, SpeechStart):  # (the warm-up: a track within the start)
+            stream = SpeechStream(24.0)
+            stream.add(raw.mono_16k())
+    else:
+        wav, raw = echomimic_lib.jobs.poses._whole_speech(path, 24.0, add)
+        sr = raw.sample_rate
+    speech = analyze_speech(path, 24.0) if stream is None else stream.features()
+    frames = frame_count(raw, 24.0, LENGTH or None)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = Mp4Writer(Path(tmp) / "p.mp4", 24.0, wav, sr)
+        for a in range(0, frames, 240):
+            writer.write(np.zeros((min(240, frames - a), 16, 16, 3), np.uint8))
+        writer.commit()
+    return frames, speech.num_frames, DECODES[0]
+def measured(out):
+    return {{"frames": out[0], "analysed_frames": out[1], "decodes": out[2]}}
+""" + MEASURE
+
+
 def write(path: Path, minutes: float, codec: str, channels: int = 2, sr: int = 48000) -> None:
     import av
     import numpy as np
@@ -162,6 +209,10 @@ def main() -> None:
                     help="poses --audio's preview sound (no --length): the whole track held (before) vs muxed from the file")
     ap.add_argument("--validation", action="store_true",
                     help="the V3 trainer's validation speech (81 frames): the whole track held (before) vs its start")
+    ap.add_argument("--gestures", action="store_true",
+                    help="poses --audio's checks, gesture analysis and preview sound: analysed from a second decode "
+                         "(before) vs from the checks' pass")
+    ap.add_argument("--length", type=int, default=0, help="--gestures: frames (0: the video follows the audio)")
     ap.add_argument("--channels", type=int, default=6)
     ap.add_argument("--rate", type=int, default=96000)
     args = ap.parse_args()
@@ -170,8 +221,8 @@ def main() -> None:
         return bench_probe(args, results)
     if args.speech:
         return bench_speech(args, results)
-    if args.preview or args.validation:
-        return bench_before_after(args, results, PREVIEW if args.preview else VALIDATION)
+    if args.preview or args.validation or args.gestures:
+        return bench_before_after(args, results, PREVIEW if args.preview else GESTURES if args.gestures else VALIDATION)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ("long.m4a" if args.codec == "aac" else "long.wav")
         write(path, args.minutes, args.codec)
@@ -216,18 +267,21 @@ def bench_speech(args, results: dict) -> None:
 
 def bench_before_after(args, results: dict, case: str) -> None:
     results.update(codec="pcm_s16le", channels=args.channels, rate=args.rate,
-                   case="poses --audio preview" if args.preview else "V3 validation speech")
+                   case="poses --audio preview" if args.preview else "V3 validation speech" if args.validation else
+                   f"poses --audio checks, gesture analysis, preview sound (--length {args.length})")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.wav"
         write(path, args.minutes, "pcm_s16le", args.channels, args.rate)
         warm = Path(tmp) / "warm.wav"  # 4 s: each case's first call, before its memory is measured
         write(warm, 4 / 60, "pcm_s16le", args.channels, args.rate)
-        for name, old in (("the whole track held (before)", True), ("a piece at a time (now)", False)):
-            code = case.format(root=str(ROOT), path=str(path), old=old, warm=str(warm))
+        names = (("analysed from a second decode (before)", "analysed in the checks' pass (now)") if case is GESTURES else
+                 ("the whole track held (before)", "a piece at a time (now)"))
+        for name, old in zip(names, (True, False)):
+            code = case.format(root=str(ROOT), path=str(path), old=old, warm=str(warm), length=args.length)
             got = _child(code)
             results["cases"][name] = got
-            print(f"{name:>30}: {got['seconds']:7.3f} s  peak RSS +{got['peak_mib']:7.1f} MiB  numpy peak "
-                  f"{got['traced_peak_mib']:7.1f} MiB")
+            print(f"{name:>38}: {got['seconds']:7.3f} s ({got['cpu_seconds']:.1f} s CPU)  peak RSS +{got['peak_mib']:7.1f} MiB  numpy peak "
+                  f"{got['traced_peak_mib']:7.1f} MiB" + (f"  {got['decodes']} decodes" if "decodes" in got else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -5,7 +5,8 @@ import pytest
 
 from echomimic_lib.audio import audio_frame_count
 from echomimic_lib.cli import main as cli
-from echomimic_lib.io.video_io import probe, read_audio
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import probe
 from tests._media import write_wav
 
 SECONDS = 1.2

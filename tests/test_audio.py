@@ -88,7 +88,7 @@ def test_resampled_length_is_exact():
 
 
 def test_file_path_and_comfy_dict_agree_stereo_44k(shared_data):
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     path = shared_data / "audio" / "echomimicv2_woman.wav"
     wav, sr = read_audio(path)

@@ -188,7 +188,7 @@ def test_batch_into_a_folder_of_other_videos_refuses_before_replacing_them(tmp_p
     import json
 
     from echomimic_lib.cli import main as cli
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
     from tests._media import write_wav
 
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from echomimic_lib.cli import main as cli
-from echomimic_lib.io.video_io import probe, read_audio, read_video
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import probe, read_video
 from tests._media import write_wav
 
 ROOT = Path(__file__).resolve().parents[1]

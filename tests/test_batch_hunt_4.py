@@ -187,12 +187,12 @@ def test_planning_hashes_each_shared_input_once_with_the_same_fingerprints(folde
     from echomimic_lib.jobs.batch.manifest import check_jobs, read_manifest
 
     import echomimic_lib.io.image_file as image_file
-    import echomimic_lib.io.video_io as video_io
+    import echomimic_lib.io.audio_file as audio_file
 
     reads, decoded = [], []
     real = results._digest_file
     monkeypatch.setattr(results, "_digest_file", lambda path, h: (reads.append(Path(path).name), real(path, h))[1])
-    for module, name in ((video_io, "read_audio"), (image_file, "read_image_file")):
+    for module, name in ((audio_file, "read_audio"), (image_file, "read_image_file")):
         monkeypatch.setattr(module, name, lambda p, *a, _f=getattr(module, name), **k: (decoded.append(Path(p).name),
                                                                                        _f(p, *a, **k))[1])
     jobs = check_jobs(read_manifest(_manifest(folder, _rows(40)), folder / "out", {"smoke": "true"}))

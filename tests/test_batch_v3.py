@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from echomimic_lib.cli import main as cli
-from echomimic_lib.io.video_io import read_audio
+from echomimic_lib.io.audio_file import read_audio
 from tests._media import write_wav
 
 

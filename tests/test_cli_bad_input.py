@@ -21,7 +21,7 @@ MP_MODEL = "face_landmarker_v2_with_blendshapes.task"
 def media(tmp_path_factory, shared_data):
     import cv2
 
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     d = tmp_path_factory.mktemp("media")
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")

@@ -16,7 +16,7 @@ from tests.test_cli_bad_input import MP_MODEL, loads  # noqa: F401  (the fixture
 def files(tmp_path_factory, shared_data):
     """A second of speech, a portrait, and the wrong things users give: a text file, an empty file, a single V1 .pkl
     landmark frame, a folder."""
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     d = tmp_path_factory.mktemp("mistakes")
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from echomimic_lib.cli import main as cli
-from echomimic_lib.io.video_io import probe, read_audio
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import probe
 from echomimic_lib.io.video_writer import Mp4Writer, OutputError
 from tests._media import write_wav
 

@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from echomimic_lib.io.video_io import probe, read_audio
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import probe
 from tests._media import write_wav
 from tests._signal_runs import ECHOMIMIC_MAIN, ENV, ROOT, WRITER_HOOK, interrupt_when_writing, one_clean_line
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from echomimic_lib.errors import EchoMimicError
-from echomimic_lib.io.video_io import NoVideoStream, VideoFrames, count_frames, probe, read_audio, read_video, video_stream
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import NoVideoStream, VideoFrames, count_frames, probe, read_video, video_stream
 
 RATE, SECONDS = 16000, 1.0
 FORMATS = {"song.mp3": ("mp3", "libmp3lame", "png"), "song.m4a": ("mp4", "aac", "mjpeg"), "song.flac": ("flac", "flac", "png")}

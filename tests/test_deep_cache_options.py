@@ -22,7 +22,7 @@ from echomimic_lib.cli import build_parser
 from echomimic_lib.cli import main as cli
 from echomimic_lib.config import SD15, TINY
 from echomimic_lib.errors import EchoMimicError
-from echomimic_lib.io.video_io import read_audio
+from echomimic_lib.io.audio_file import read_audio
 from echomimic_lib.speed import CLI, check_deep_cache
 from tests._media import write_wav
 from tests._pack import load_pack, sub

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from echomimic_lib.cli import main as cli
-from echomimic_lib.io.video_io import probe, read_audio, read_video
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import probe, read_video
 from tests._media import write_wav
 
 # one denoiser call per run: 64 px, 1 step, no CFG, one 24-frame context window

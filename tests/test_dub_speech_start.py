@@ -16,13 +16,13 @@ def long_wav(tmp_path_factory):
 
 
 def test_dub_with_a_length_keeps_the_start_and_the_whole_tracks_facts(long_wav, monkeypatch):
-    from echomimic_lib.io import video_io
+    import echomimic_lib.io.audio_file as audio_file
     from echomimic_lib.jobs import dub, speech_input
 
     whole_wav, whole_sr, whole_raw = speech_input.read_speech(long_wav)  # the old way: the whole track held
     asked = []
-    real = video_io.read_audio
-    monkeypatch.setattr(video_io, "read_audio", lambda p, **k: asked.append(k.get("duration")) or real(p, **k))
+    real = audio_file.read_audio
+    monkeypatch.setattr(audio_file, "read_audio", lambda p, **k: asked.append(k.get("duration")) or real(p, **k))
     req = SimpleNamespace(audio=str(long_wav), length=50)
     wav, sr, seconds, frames, mel_peak = dub._speech(req, "unused.mp4", 0, 25.0, 24.0, False)
     assert asked and all(d is not None for d in asked)  # never the whole track in one array

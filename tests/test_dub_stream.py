@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from echomimic_lib.io.video_io import read_audio, read_video
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import read_video
 from tests._media import write_wav
 from tests.test_dub import _source_video
 

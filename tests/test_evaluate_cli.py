@@ -21,7 +21,8 @@ KEYS = ("av_offset_ms", "av_sync_corr", "jitter", "flicker", "face_rate", "shape
 @pytest.fixture(scope="module")
 def video(shared_data, tmp_path_factory):
     """A 16-frame mp4 of the driving face with 0.7 s of speech as its audio track."""
-    from echomimic_lib.io.video_io import read_audio, read_video, write_video
+    from echomimic_lib.io.audio_file import read_audio
+    from echomimic_lib.io.video_io import read_video, write_video
 
     clip = read_video(shared_data / "video" / "driving_a.mp4", max_frames=16, with_audio=False)
     wav, sr = read_audio(shared_data / "audio" / "pose_demo_clip.wav")
@@ -103,7 +104,8 @@ def test_bad_input_fails_before_any_work(capsys, shared_data, tmp_path):
 
 # ------------------------------------------------------------------------------------------ trainer
 def _driving(shared_data, n=16):
-    from echomimic_lib.io.video_io import read_audio, read_video
+    from echomimic_lib.io.audio_file import read_audio
+    from echomimic_lib.io.video_io import read_video
 
     frames = read_video(shared_data / "video" / "driving_a.mp4", max_frames=n, with_audio=False).frames
     wav, sr = read_audio(shared_data / "audio" / "pose_demo_clip.wav")

@@ -201,7 +201,8 @@ def test_the_cli_scores_fid_and_fvd_against_real_videos(capsys, tmp_path, incept
     import json
 
     from echomimic_lib.cli import main
-    from echomimic_lib.io.video_io import read_audio, write_video
+    from echomimic_lib.io.audio_file import read_audio
+    from echomimic_lib.io.video_io import write_video
 
     wav, sr = read_audio(shared_data / "audio" / "pose_demo_clip.wav")
     gen = write_video(tmp_path / "gen.mp4", frames[:32], 24.0, wav[:, : int(32 / 24 * sr)], sr)

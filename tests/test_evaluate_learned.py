@@ -37,7 +37,8 @@ def syncnet_file(tmp_path_factory):
 def talking(shared_data):
     """16 frames of the driving video (a real face) with their face mesh, and 0.7 s of speech."""
     from echomimic_lib.landmarks.extractor import FaceLandmarkExtractor
-    from echomimic_lib.io.video_io import read_audio, read_video
+    from echomimic_lib.io.audio_file import read_audio
+    from echomimic_lib.io.video_io import read_video
 
     video = read_video(shared_data / "video" / "driving_a.mp4", max_frames=16, with_audio=False)
     wav, sr = read_audio(shared_data / "audio" / "pose_demo_clip.wav")

@@ -37,7 +37,7 @@ def rendered():
 
     video_io = sub("echomimic_lib.io.video_io")
     clip = video_io.read_video(DATA / "video" / "driving_a.mp4", max_frames=16, with_audio=False)
-    wav, sr = video_io.read_audio(DATA / "audio" / "pose_demo_clip.wav")
+    wav, sr = sub("echomimic_lib.io.audio_file").read_audio(DATA / "audio" / "pose_demo_clip.wav")
     audio = {"waveform": torch.from_numpy(np.ascontiguousarray(wav[:, : int(16 / 24 * sr)])).unsqueeze(0), "sample_rate": sr}
     ref = cv2.cvtColor(cv2.imread(str(DATA / "images" / "portrait_a.png")), cv2.COLOR_BGR2RGB)
     return (torch.from_numpy(clip.frames).float().div(255), audio, torch.from_numpy(ref).float().div(255).unsqueeze(0))

@@ -16,7 +16,8 @@ from echomimic_lib.evaluate import LearnedModels, clip_from_arrays, evaluate, lo
 from echomimic_lib.evaluate.i3d import I3D
 from echomimic_lib.evaluate.inception import InceptionV3
 from echomimic_lib.evaluate.syncnet import SyncNet
-from echomimic_lib.io.video_io import VideoFrames, read_audio, read_video, write_video
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import VideoFrames, read_video, write_video
 from echomimic_lib.landmarks.extractor import assemble_sequence
 from tests.test_evaluate_learned import _arcface_onnx
 

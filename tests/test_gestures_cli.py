@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from echomimic_lib.cli import main as cli
-from echomimic_lib.io.video_io import probe, read_audio
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import probe
 from tests._media import write_wav
 from tests.test_animate import _common, _fails, tiny  # noqa: F401 (module fixture)
 

@@ -198,14 +198,14 @@ def test_readable_images_decode_as_before_with_warnings_for_transparency_and_ani
 
 # ---------------------------------------------------------------------------------------------------------- audio
 def test_audio_longer_than_a_video_can_be_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
-    import echomimic_lib.io.video_io as video_io
+    import echomimic_lib.io.audio_file as audio_file
     from echomimic_lib.jobs import speech_input, speech_length
 
     wav = write_wav(tmp_path / "talk.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(32000) / 16000))  # 2 s
     monkeypatch.setattr(speech_length, "MAX_LENGTH", 30)
     decoded = []
-    real = video_io.read_audio
-    monkeypatch.setattr(video_io, "read_audio", lambda p, *a, **k: decoded.append(p) or real(p, *a, **k))
+    real = audio_file.read_audio
+    monkeypatch.setattr(audio_file, "read_audio", lambda p, *a, **k: decoded.append(p) or real(p, *a, **k))
     with pytest.raises(EchoMimicError, match=r"talk.wav lasts 0 min: 48 frames at 24 fps, more than the 30 a video can "
                                              r"have; cut it into parts.*or pass --length N"):
         speech_input.read_speech(wav, 24.0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from echomimic_lib.errors import EchoMimicError
-from echomimic_lib.io import audio_file, video_io
-from echomimic_lib.io.video_io import read_audio
+from echomimic_lib.io import audio_file
+from echomimic_lib.io.audio_file import read_audio
 
 AUDIO = sorted(Path("/work/shared/data/audio").glob("*.wav"))
 
@@ -129,8 +129,8 @@ def test_dub_without_speech_and_with_length_decodes_the_sound_it_muxes_only(tmp_
     video = _mp4(tmp_path / "v.mp4", 100, 25.0, full, sr)  # 4 s with its sound
     whole = read_audio(video)[0]
     asked = []
-    real = video_io.read_audio
-    monkeypatch.setattr(video_io, "read_audio", lambda p, **k: asked.append(k) or real(p, **k))
+    real = audio_file.read_audio
+    monkeypatch.setattr(audio_file, "read_audio", lambda p, **k: asked.append(k) or real(p, **k))
     audio, got_sr, seconds, frames, _ = dub._speech(SimpleNamespace(audio=None, length=25), str(video), 100, 25.0, 25.0,
                                                    True)
     assert asked == [{"duration": 2.0}] and seconds == 4.0 and frames == 100

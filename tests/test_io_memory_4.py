@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from echomimic_lib.errors import EchoMimicError
-from echomimic_lib.io import video_io
-from echomimic_lib.io.video_io import probe, read_audio
+from echomimic_lib.io import audio_file
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import probe
 
 DATA = Path("/work/shared/data")
 SHARED = sorted(p for p in (DATA / "audio").glob("*")) + sorted((DATA / "video").glob("*.mp4"))
@@ -104,7 +105,7 @@ def test_probe_does_not_hold_the_audio(tmp_path, monkeypatch, name):
     path = _wav(tmp_path / name, seconds=60) if name.endswith(".wav") else _encoded(tmp_path / name, "aac", seconds=60)
     expected = _old_seconds(path)
     decoded_bytes = int(round(expected * (48000 if name.endswith(".wav") else 44100))) * 2 * 4  # float32 stereo
-    monkeypatch.setattr(video_io, "read_audio", _no_whole_decode)
+    monkeypatch.setattr(audio_file, "read_audio", _no_whole_decode)
     tracemalloc.start()
     try:
         info = probe(path)

@@ -86,16 +86,16 @@ def test_dub_without_new_speech_reads_the_sources_sound_without_asking_twice(tmp
 
 # ------------------------------------------------------------------ 3. batch planning: a shared recording decoded once
 def test_dub_rows_that_share_a_recording_decode_it_once_while_planning(tmp_path, monkeypatch):
-    import echomimic_lib.io.video_io as video_io
+    import echomimic_lib.io.audio_file as audio_file
     from echomimic_lib.jobs.batch.manifest import check_jobs
     from echomimic_lib.jobs.batch.manifest_row import build_job
 
-    decoded, real = [], video_io.read_audio
+    decoded, real = [], audio_file.read_audio
 
     def counted(path, *a, **k):
         decoded.append(Path(path).name)
         return real(path, *a, **k)
-    monkeypatch.setattr(video_io, "read_audio", counted)
+    monkeypatch.setattr(audio_file, "read_audio", counted)
     silent = tmp_path / "silent.wav"
     _wav(silent, np.zeros(16000, np.float32))
     face = DATA / "mediapipe" / "face_landmarker_v2_with_blendshapes.task"
@@ -257,7 +257,8 @@ def _adts(rate: int, seconds: float) -> bytes:
 
 
 def test_audio_whose_sample_rate_changes_partway_is_named_not_mismeasured(tmp_path):
-    from echomimic_lib.io.video_io import probe, read_audio
+    from echomimic_lib.io.audio_file import read_audio
+    from echomimic_lib.io.video_io import probe
 
     joined = tmp_path / "joined.aac"
     joined.write_bytes(_adts(44100, 1.0) + _adts(22050, 1.0))

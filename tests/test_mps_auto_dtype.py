@@ -76,7 +76,8 @@ def test_animate_loads_the_vae_in_its_own_precision_and_renders(tiny, shared_dat
     """What auto gives on MPS (fp16 networks, a bf16 VAE) runs end to end (on the CPU here)."""
     from echomimic_lib import model_set
     from echomimic_lib.cli import main as cli
-    from echomimic_lib.io.video_io import read_audio, read_video
+    from echomimic_lib.io.audio_file import read_audio
+    from echomimic_lib.io.video_io import read_video
     from tests._media import write_wav
 
     asked, loaded = [], []

@@ -69,7 +69,7 @@ def v2(models):
 
 
 def audio(seconds: float, name: str = "echomimic_en.wav") -> dict:
-    wav, sr = sub("echomimic_lib.io.video_io").read_audio(DATA / "audio" / name)
+    wav, sr = sub("echomimic_lib.io.audio_file").read_audio(DATA / "audio" / name)
     return {"waveform": torch.from_numpy(np.ascontiguousarray(wav[:, : int(seconds * sr)])).unsqueeze(0), "sample_rate": sr}
 
 

@@ -38,7 +38,7 @@ def loader(version="V1 audio", **kw):
 
 
 def features(handle, shared_data, seconds=1.0):
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     wav, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
     clip = {"waveform": torch.from_numpy(np.ascontiguousarray(wav[:, : int(sr * seconds)])).unsqueeze(0), "sample_rate": sr}

@@ -62,7 +62,7 @@ def loader(version="V1 audio", **kw):
 
 
 def features(handle):
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     wav, sr = read_audio(DATA / "audio" / "echomimic_en.wav")
     clip = {"waveform": torch.from_numpy(np.ascontiguousarray(wav[:, : sr // 2])).unsqueeze(0), "sample_rate": sr}

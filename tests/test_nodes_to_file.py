@@ -48,7 +48,7 @@ def v1(tiny_comfy_models):
 
 @pytest.fixture(scope="module")
 def speech(shared_data):
-    wav, sr = IO.read_audio(shared_data / "audio" / "echomimic_en.wav")
+    wav, sr = sub("echomimic_lib.io.audio_file").read_audio(shared_data / "audio" / "echomimic_en.wav")
     return {"waveform": torch.from_numpy(np.ascontiguousarray(wav[:, :sr])).unsqueeze(0), "sample_rate": sr}  # 1 s
 
 

@@ -43,7 +43,7 @@ def test_a_reference_that_cannot_be_opened_says_permission_denied(shared_data, m
 def test_an_audio_file_that_cannot_be_opened_is_not_called_damaged(shared_data, monkeypatch):
     import av
 
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     wav = shared_data / "audio" / "echomimic_en.wav"
     real = av.open
@@ -63,7 +63,7 @@ def test_an_audio_file_that_cannot_be_opened_is_not_called_damaged(shared_data, 
 def test_too_many_open_files_says_so_and_the_fix(shared_data, monkeypatch):
     import av
 
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     def no_handles(path, *a, **k):
         raise OSError(errno.EMFILE, "Too many open files", str(path))
@@ -74,7 +74,7 @@ def test_too_many_open_files_says_so_and_the_fix(shared_data, monkeypatch):
 
 
 def test_a_damaged_file_is_still_called_damaged(tmp_path):
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF" + bytes(range(256)) * 8)

@@ -16,7 +16,8 @@ from tests.test_cli_bad_input import MP_MODEL, loads  # noqa: F401  (the fixture
 @pytest.fixture(scope="module")
 def talk(tmp_path_factory, shared_data):
     """A short video of a face with a sound track (usable as --video, --audio and --landmarks)."""
-    from echomimic_lib.io.video_io import read_audio, read_video, write_video
+    from echomimic_lib.io.audio_file import read_audio
+    from echomimic_lib.io.video_io import read_video, write_video
 
     d = tmp_path_factory.mktemp("talk")
     clip = read_video(shared_data / "video" / "driving_a.mp4", max_frames=12, with_audio=False)

@@ -11,7 +11,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from echomimic_lib.cli import main as cli  # noqa: E402
-from echomimic_lib.io.video_io import probe, read_audio, write_video  # noqa: E402
+from echomimic_lib.io.audio_file import read_audio  # noqa: E402
+from echomimic_lib.io.video_io import probe, write_video
 from echomimic_lib.pose import load_pose, save_pose_npz  # noqa: E402
 from tests._media import write_wav  # noqa: E402
 from tests.test_pose_dwpose import build_peak_pose, build_red_detector, layout_positions  # noqa: E402

@@ -159,7 +159,7 @@ def test_preview_audio_refusals_come_before_any_model(models, driving, speech, l
     # a preview that would be written over its own sound track
     sound = w / "sound.mp4"
     from echomimic_lib.io.video_io import write_video
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     wav, sr = read_audio(speech)
     write_video(sound, np.zeros((12, 64, 64, 3), np.uint8), 24.0, wav, sr)

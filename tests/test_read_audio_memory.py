@@ -5,7 +5,7 @@ import wave
 
 import numpy as np
 
-from echomimic_lib.io.video_io import read_audio
+from echomimic_lib.io.audio_file import read_audio
 
 
 def test_read_audio_peaks_at_about_twice_the_decoded_audio(tmp_path):

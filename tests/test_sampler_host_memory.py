@@ -32,7 +32,7 @@ bridge.MODELS_DIR = tmp / "models"
 make_tiny(bridge.MODELS_DIR, layout="comfyui")
 handle = N["EchoMimicModelLoader"]().execute("V1 audio", "normal", dtype="auto", attention="sdpa", keep_loaded=False,
                                              weights_folder="auto", vae="auto", auto_download=False)[0]
-wav, sr = sub("echomimic_lib.io.video_io").read_audio(data / "audio" / "echomimic_en.wav")
+wav, sr = sub("echomimic_lib.io.audio_file").read_audio(data / "audio" / "echomimic_en.wav")
 wave = torch.from_numpy(np.ascontiguousarray(wav[:, : int(seconds * sr)])).unsqueeze(0)
 feats = N["EchoMimicAudioEncoder"]().execute(handle, {"waveform": wave, "sample_rate": sr}, 24.0)[0]
 ref = torch.rand(1, side, side, 3, generator=torch.Generator().manual_seed(0))

@@ -35,7 +35,7 @@ def write_wav(path, samples: np.ndarray, sr: int, float32: bool = False) -> Path
 def long_speech(path, seconds: float = 130.0, float32: bool = False) -> Path:
     """3 channels at 44.1 kHz: quiet speech with digital-silence gaps first, then normal, then loud speech after 100 s
     (the whole track's loudest log-mel frame lies far past any window, so the log-mel floor differs from a window's)."""
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     talk, sr = read_audio(SPEECH)
     n = int(seconds * sr)
@@ -71,14 +71,14 @@ def encoder():
 
 @pytest.mark.parametrize("fps, length", [(25.0, 125), (29.97, 1950)])  # 1 and 3 whisper segments (61 s, 121 s kept)
 def test_a_long_tracks_start_gives_the_whole_tracks_features(long_wav, whole, encoder, fps, length, monkeypatch):
-    import echomimic_lib.io.video_io as video_io
+    import echomimic_lib.io.audio_file as audio_file
     from echomimic_lib.audio import encode_audio
     from echomimic_lib.audio.features import seconds_for_frames
     from echomimic_lib.audio.track import SpeechStart
     from echomimic_lib.jobs.speech_input import frame_count, read_speech
 
-    asked, real = [], video_io.read_audio
-    monkeypatch.setattr(video_io, "read_audio", lambda p, *a, **k: asked.append(k.get("duration")) or real(p, *a, **k))
+    asked, real = [], audio_file.read_audio
+    monkeypatch.setattr(audio_file, "read_audio", lambda p, *a, **k: asked.append(k.get("duration")) or real(p, *a, **k))
     wav, sr, raw = read_speech(long_wav, fps, length)
     wav_w, sr_w, raw_w = whole
     seconds = seconds_for_frames(length, fps)
@@ -115,7 +115,7 @@ def test_the_whole_tracks_log_mel_peak_and_16k_stream_come_out_the_same_piece_by
 
 
 def test_the_muxed_sound_is_the_whole_reads(long_wav, whole, tmp_path):
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
     from echomimic_lib.io.video_writer import Mp4Writer
     from echomimic_lib.jobs.speech_input import read_speech
 

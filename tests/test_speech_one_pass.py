@@ -37,7 +37,7 @@ def _two_pass(path, fps, length):
     """What read_speech(path, fps, length) did before: the start decoded, then the whole track decoded again."""
     from echomimic_lib.audio.features import seconds_for_frames
     from echomimic_lib.audio.track import summarise_track
-    from echomimic_lib.io.video_io import audio_blocks, read_audio
+    from echomimic_lib.io.audio_file import audio_blocks, read_audio
 
     wav, sr = read_audio(path, duration=seconds_for_frames(length, fps))
     return wav, sr, summarise_track(audio_blocks(path))
@@ -134,12 +134,12 @@ def test_v3_with_a_long_track_holds_its_start_and_bounded_buffers(long_wav, tmp_
     is the start a 200-frame video uses (8 s + 2 s of sound, 8 s of 16 kHz mono) and under a second of K-weighted
     samples; the file is decoded once."""
     import echomimic_lib.audio.loudness as loudness
-    import echomimic_lib.io.video_io as video_io
+    import echomimic_lib.io.audio_file as audio_file
 
     widest, real_add = [], loudness.LoudnessMeter.add
     monkeypatch.setattr(loudness.LoudnessMeter, "add", lambda self, x: real_add(self, x) or widest.append(len(self.buf)))
-    kept, real_read = [], video_io.read_audio
-    monkeypatch.setattr(video_io, "read_audio", lambda *a, **k: kept.append(real_read(*a, **k)) or kept[-1])
+    kept, real_read = [], audio_file.read_audio
+    monkeypatch.setattr(audio_file, "read_audio", lambda *a, **k: kept.append(real_read(*a, **k)) or kept[-1])
     plan = _plan(long_wav, tmp_path, 200)
     assert len(opens) == 2  # the header's probe, then one decode pass (before: the same two, the whole track held)
     sr = plan.sample_rate
@@ -195,7 +195,7 @@ def test_the_loudness_meter_is_the_whole_clips_measure_bit_for_bit():
 
 
 def test_read_audios_rest_sees_the_whole_track_once_and_the_window_as_the_returned_array(tmp_path):
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     x = (np.random.default_rng(5).standard_normal((2, 16000 * 9)) * 0.1).astype(np.float32)
     path = write_wav(tmp_path / "nine.wav", x, 16000, float32=True)
@@ -216,13 +216,13 @@ def test_read_audios_rest_sees_the_whole_track_once_and_the_window_as_the_return
 def test_the_gesture_analysis_of_a_file_holds_its_16k_mono_not_the_track(long_wav, monkeypatch):
     """``echomimic poses --audio``'s speech analysis: the same features as from the whole track held, while the file is
     decoded a piece at a time (the (C, T) track at its own rate is never one array: read_audio is not called)."""
-    import echomimic_lib.io.video_io as video_io
+    import echomimic_lib.io.audio_file as audio_file
     from echomimic_lib.audio import read_raw_audio
     from echomimic_lib.pose.gestures.speech import analyze_speech, analyze_waveform
 
     wants = {p: analyze_waveform(read_raw_audio(p).mono_16k().astype(np.float64), 24.0)
              for p in (long_wav, DATA / "audio" / "echomimicv2_woman.wav", DATA / "audio" / "echomimic_en.wav")}
-    monkeypatch.setattr(video_io, "read_audio", lambda *a, **k: pytest.fail("the whole track was read into memory"))
+    monkeypatch.setattr(audio_file, "read_audio", lambda *a, **k: pytest.fail("the whole track was read into memory"))
     for path, want in wants.items():
         got = analyze_speech(path, 24.0)
         for name, value in vars(want).items():
@@ -258,6 +258,6 @@ def test_poses_audio_with_a_length_keeps_the_start_for_its_preview(long_wav, tmp
     whole = check(PosesRequest(output=str(tmp_path / "p.npz"), audio=str(long_wav), gesture_library=str(lib),
                                preview=str(tmp_path / "p.mp4")))
     assert whole.wav.shape[1] == 130 * whole.sample_rate  # (a SoundFile, muxed a piece at a time: test_speech_one_pass_2)
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     assert np.array_equal(plan.wav, read_audio(long_wav)[0][:, : plan.wav.shape[1]])

@@ -25,7 +25,7 @@ def long_wav(tmp_path_factory):
 
 
 def _track_bytes(path) -> int:
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     return read_audio(path)[0].nbytes
 
@@ -83,18 +83,18 @@ def test_validation_speech_is_the_old_whole_track_reads_bit_for_bit(tmp_path):
 def test_validation_keeps_the_clips_start_not_the_whole_track(long_wav, monkeypatch):
     """130 s of 3-channel speech, loud only after 100 s, for a 25-frame (1 s) clip: its samples are the whole-track
     pipeline's (the loudness measured over all of it), while no array of the whole track is ever made."""
-    import echomimic_lib.io.video_io as video_io
+    import echomimic_lib.io.audio_file as audio_file
 
     _prepare(SHORT[0], 25)  # (the modules it imports the first time are no part of the peak)
     whole = _track_bytes(long_wav)
-    kept, real_read = [], video_io.read_audio
-    monkeypatch.setattr(video_io, "read_audio", lambda *a, **k: kept.append(real_read(*a, **k)) or kept[-1])
+    kept, real_read = [], audio_file.read_audio
+    monkeypatch.setattr(audio_file, "read_audio", lambda *a, **k: kept.append(real_read(*a, **k)) or kept[-1])
     v, peak = _numpy_peak(lambda: _prepare(long_wav, 25))
     assert peak < whole / 4, (peak, whole)  # 11 MB (the reference image's among it); before: over 1.2 x the track
     sr = v.sample_rate
     assert [w.shape for w, _ in kept] == [(3, math.ceil(3.0 * sr))]  # the clip's second and 2 s more (was 130 s)
     assert v.wav.shape == (3, math.ceil(2.0 * sr))  # the sound muxed under the clip, and 1 s more
-    monkeypatch.setattr(video_io, "read_audio", real_read)
+    monkeypatch.setattr(audio_file, "read_audio", real_read)
     _, _, samples = _old_validation(long_wav, 25)
     assert np.array_equal(v.samples_16k, samples)
 
@@ -153,7 +153,7 @@ def _muxed(monkeypatch, make, frames: int, path: Path, keep: bool = True):
 
 
 def test_the_poses_preview_muxes_the_same_sound_as_the_whole_track(tmp_path, monkeypatch):
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
     from echomimic_lib.io.video_writer import Mp4Writer
 
     loud = np.full((3, 30000), 0.9, np.float32)  # 3 channels: downmixed, and the mix clips (1.54): scaled as before
@@ -234,7 +234,7 @@ def test_the_whole_speech_summary_refuses_what_read_speech_refuses_with_its_word
 def test_every_reader_makes_its_summariser_one_way_with_the_same_summaries(long_wav, monkeypatch):
     import echomimic_lib.audio.track as track
     from echomimic_lib.audio.track import TrackSummariser, read_mono_16k, summarise_track
-    from echomimic_lib.io.video_io import audio_blocks, read_audio
+    from echomimic_lib.io.audio_file import audio_blocks, read_audio
     from echomimic_lib.jobs.speech_input import read_speech, read_speech_summary
     from echomimic_lib.jobs.v3_speech import read_v3_speech
 

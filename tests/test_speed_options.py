@@ -14,7 +14,8 @@ import torch
 from echomimic_lib.cli import build_parser
 from echomimic_lib.cli import main as cli
 from echomimic_lib.errors import EchoMimicError
-from echomimic_lib.io.video_io import read_audio, read_video
+from echomimic_lib.io.audio_file import read_audio
+from echomimic_lib.io.video_io import read_video
 from echomimic_lib.speed import CLI, OptionNames, check_speed_options
 from tests._media import write_wav
 

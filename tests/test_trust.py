@@ -162,7 +162,8 @@ def test_download_never_replaces_a_file_that_is_there(tmp_path, monkeypatch):
 def test_a_5_1_track_with_speech_in_the_centre_is_heard_in_the_video(tmp_path, shared_data, umask_022):
     import wave
 
-    from echomimic_lib.io.video_io import read_audio, write_video
+    from echomimic_lib.io.audio_file import read_audio
+    from echomimic_lib.io.video_io import write_video
 
     speech, sr = read_audio(shared_data / "audio" / "echomimic_en.wav")
     speech = speech[0, : sr]  # 1 s

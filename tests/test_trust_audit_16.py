@@ -42,7 +42,7 @@ def test_audio_of_eight_or_more_channels_does_not_crash_the_process(tmp_path):
     np.save(tmp_path / "want.npy", (samples.T / 32768).astype(np.float32))
     code = textwrap.dedent(f"""
         import numpy as np
-        from echomimic_lib.io.video_io import read_audio
+        from echomimic_lib.io.audio_file import read_audio
         from echomimic_lib.jobs.speech_input import read_speech
         from echomimic_lib.audio.track import read_mono_16k
         audio, rate = read_audio({str(wav)!r})
@@ -60,7 +60,7 @@ def test_audio_with_more_channels_than_ffmpeg_reads_is_a_clear_error(tmp_path):
     """A header declaring 1000 channels gave a bare ``ValueError: Invalid layout: 0 channels`` from PyAV's resampler;
     now an error naming the file, the count and the fix (mix it down), as does any count past MAX_CHANNELS."""
     from echomimic_lib.errors import EchoMimicError
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     for channels in (1000, 65):
         wav = _pcm_wav(tmp_path / f"c{channels}.wav", np.full((400, channels), 3000, np.int16))

@@ -108,15 +108,15 @@ def test_speech_longer_than_a_v3_video_can_be_is_refused_before_it_is_decoded(tm
     """V3 read the whole file whatever its length (loudness is measured over the whole clip): hours of speech were
     gigabytes of samples before the 81 frames it renders. Now the header refuses it before decoding (1.5 times over
     the bound: a header may estimate), the decoded length exactly, and nothing is written."""
-    import echomimic_lib.io.video_io as video_io
+    import echomimic_lib.io.audio_file as audio_file
     from echomimic_lib.jobs import speech_length
     from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
     from tests._media import write_wav
 
     wav = write_wav(tmp_path / "talk.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(32000) / 16000))  # 2 s: 50 frames
     decoded = []
-    real = video_io.read_audio
-    monkeypatch.setattr(video_io, "read_audio", lambda p, *a, **k: decoded.append(p) or real(p, *a, **k))
+    real = audio_file.read_audio
+    monkeypatch.setattr(audio_file, "read_audio", lambda p, *a, **k: decoded.append(p) or real(p, *a, **k))
     out = tmp_path / "out.mp4"
 
     def plan(length=0):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from echomimic_lib.io.video_io import read_audio
+from echomimic_lib.io.audio_file import read_audio
 from tests._media import write_wav
 
 TOTAL = 21  # chunks start at 0, 7, 14: three chunks of 7 kept frames each

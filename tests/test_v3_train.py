@@ -28,7 +28,7 @@ def tiny_v3(tmp_path_factory):
 def dataset(root: Path, fps: float = 25.0, clips: int = 2, frames: int = 13, kind: str = "headshot", sources=()) -> Path:
     """Prepared clips written directly: moving textured frames and the shared speech."""
     from echomimic_lib.audio.wav2vec import resample_16k
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
 
     samples, rate = read_audio(DATA / "audio" / "echomimic_en.wav")
     mono = resample_16k(samples.mean(axis=0), rate)

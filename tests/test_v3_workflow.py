@@ -61,7 +61,7 @@ def v3_comfy(tmp_path, shared_data, monkeypatch):
     tiny = write_tiny_v3(models / "echomimic" / "v3-flash")
     half = cv2.imread(str(shared_data / "images" / "halfbody_0035.png"))
     cv2.imwrite(str(inp / "echomimic_halfbody.png"), cv2.resize(half, (200, 220), interpolation=cv2.INTER_AREA))
-    wav, sr = sub("echomimic_lib.io.video_io").read_audio(shared_data / "audio" / "echomimic_en.wav")
+    wav, sr = sub("echomimic_lib.io.audio_file").read_audio(shared_data / "audio" / "echomimic_en.wav")
     write_wav(inp / "echomimic_speech.wav", wav[0, : sr // 2], sr)
     bridge = sub("nodes.comfy_bridge")
     monkeypatch.setattr(bridge, "MODELS_DIR", models)

@@ -168,7 +168,7 @@ def _inside_bars(n: int, bar: int) -> np.ndarray:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SOURCES))
 def test_dub_keeps_the_sources_colour_description(kind, tiny_comfy_models, shared_data, tmp_path):
-    from echomimic_lib.io.video_io import read_audio
+    from echomimic_lib.io.audio_file import read_audio
     from echomimic_lib.jobs.dub import DubRequest, run_dub
 
     video = _tagged_source(tmp_path / "src.mp4", shared_data, kind)

@@ -90,13 +90,14 @@ def _media(shared: Path, folder: Path) -> SimpleNamespace:
     import cv2
 
     from echomimic_lib.io import video_io
+    import echomimic_lib.io.audio_file as audio_file
     from tests._media import write_wav
 
     folder.mkdir()
     portrait, half = folder / "echomimic_portrait.png", folder / "echomimic_halfbody.png"
     cv2.imwrite(str(portrait), cv2.resize(cv2.imread(str(shared / "images" / "portrait_a.png")), (360, 480), interpolation=cv2.INTER_AREA))
     cv2.imwrite(str(half), cv2.resize(cv2.imread(str(shared / "images" / "halfbody_0035.png")), (400, 440), interpolation=cv2.INTER_AREA))
-    wav, sr = video_io.read_audio(shared / "audio" / "echomimic_en.wav")
+    wav, sr = audio_file.read_audio(shared / "audio" / "echomimic_en.wav")
     speech = write_wav(folder / "echomimic_speech.wav", wav[0, : sr // 2], sr)
     clip = video_io.read_video(shared / "video" / "driving_a.mp4", max_frames=24, with_audio=False)
     frames = np.stack([cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA) for f in clip.frames])

@@ -32,7 +32,7 @@ class Core:
         return torch.from_numpy(rgb).float().div(255).unsqueeze(0), torch.zeros(1, *rgb.shape[:2])
 
     def LoadAudio(self, audio):
-        wav, sr = sub("echomimic_lib.io.video_io").read_audio(self.folder / "input" / audio)
+        wav, sr = sub("echomimic_lib.io.audio_file").read_audio(self.folder / "input" / audio)
         return ({"waveform": torch.from_numpy(wav).unsqueeze(0), "sample_rate": sr},)
 
     def LoadVideo(self, file):
@@ -111,7 +111,7 @@ def comfy(tiny_comfy_models, shared_data, tmp_path_factory):
     half = cv2.imread(str(shared_data / "images" / "halfbody_0035.png"))
     cv2.imwrite(str(inp / "echomimic_halfbody.png"), cv2.resize(half, (400, 440), interpolation=cv2.INTER_AREA))
     io = sub("echomimic_lib.io.video_io")
-    wav, sr = io.read_audio(shared_data / "audio" / "echomimic_en.wav")
+    wav, sr = sub("echomimic_lib.io.audio_file").read_audio(shared_data / "audio" / "echomimic_en.wav")
     io.write_video(folder / "tmp.mp4", np.zeros((1, 16, 16, 3), np.uint8), 24.0)  # (warm the encoder)
     clip = io.read_video(shared_data / "video" / "driving_a.mp4", max_frames=8, with_audio=False)
     io.write_video(inp / "echomimic_person.mp4", np.stack([cv2.resize(f, (256, 256)) for f in clip.frames]), 24.0)

@@ -96,7 +96,7 @@ class TrackSummariser:
 
 class LazyTrackSummariser:
     """The one way a reader makes its :class:`TrackSummariser`: called as ``(sample rate, piece)`` with each decoded
-    piece in order (``read_audio``'s ``rest``, or :func:`~echomimic_lib.io.video_io.audio_blocks`' pairs), it makes the
+    piece in order (``read_audio``'s ``rest``, or :func:`~echomimic_lib.io.audio_file.audio_blocks`' pairs), it makes the
     summariser with ``options`` (:class:`TrackSummariser`'s ``mel``, ``on_16k``) at the first piece, when the rate is
     known, and adds every piece to it."""
 
@@ -114,7 +114,7 @@ class LazyTrackSummariser:
 
 
 def summarise_track(blocks, **options) -> TrackSummary:
-    """``blocks``: ``(sample rate, PyAV frame)`` pairs in order (:func:`echomimic_lib.io.video_io.audio_blocks`)."""
+    """``blocks``: ``(sample rate, PyAV frame)`` pairs in order (:func:`echomimic_lib.io.audio_file.audio_blocks`)."""
     lazy = LazyTrackSummariser(**options)
     for sr, frame in blocks:
         lazy(sr, frame.to_ndarray())
@@ -126,7 +126,7 @@ def summarise_file(path, each=None, **options) -> TrackSummary:
     """:func:`summarise_track` of a file's first audio stream, with ``read_audio``'s errors (an empty stream too);
     ``each``: also called with every decoded (C, k) piece, in order (never write to it)."""
     from ..errors import EchoMimicError
-    from ..io.video_io import audio_blocks
+    from ..io.audio_file import audio_blocks
 
     lazy = LazyTrackSummariser(**options)
     for sr, frame in audio_blocks(path):

@@ -83,7 +83,7 @@ def read_raw_audio(audio, sample_rate=None) -> RawAudio:
     """Validate any accepted input form and return (C, T) float32 samples at their native rate."""
     what = "audio"
     if isinstance(audio, (str, Path)):
-        from ..io.video_io import read_audio
+        from ..io.audio_file import read_audio
 
         what = str(audio)
         if not Path(audio).is_file():

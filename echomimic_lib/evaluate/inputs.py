@@ -110,7 +110,7 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
         rate = float(fps or PKL_FPS)
         return Clip(str(path), rate, audio_16k(audio), None, load_pkl_folder(path, fps=rate))
     from ..io.retime import on_clock
-    from ..io.video_io import read_audio
+    from ..io.audio_file import read_audio
 
     frames = VideoFrames(path)  # the header only: a file without a video stream is refused here
     first = list(VideoFrames(path, max_frames=2))  # two frames decoded, not the whole video

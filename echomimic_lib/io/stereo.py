@@ -50,7 +50,7 @@ class MixPeak:
 class SoundFile:
     """A file's first audio stream as :class:`~echomimic_lib.io.video_writer.Mp4Writer`'s ``audio``: decoded again, a
     piece at a time, while it is muxed (``open_blocks()``: a new pass of ``(rate, PyAV frame)`` pairs, as
-    ``functools.partial(video_io.audio_blocks, path)`` gives). Mono and stereo give the very samples of
+    ``functools.partial(audio_file.audio_blocks, path)`` gives). Mono and stereo give the very samples of
     ``to_stereo(read_audio(path)[0])``; more channels its downmix (each piece mixed alone: equal up to float
     rounding), scaled by ``mix_peak`` (:class:`MixPeak` of the whole track) as :func:`to_stereo` scales it whole."""
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import EchoMimicError
 from .orientation import frame_turn, upright_rgb
-from .audio_file import audio_blocks, read_audio  # noqa: F401  (the names callers import from here)
+from . import audio_file
 from .audio_length import audio_samples
 from .frame_times import count_frames, frame_time_drift, stream_rate  # noqa: F401  (the names callers import from here)
 from .streams import NoVideoStream, open_media as _open, video_stream  # noqa: F401  (the names callers import from here)
@@ -35,7 +35,7 @@ def read_video(path: str | Path, max_frames: int | None = None, with_audio: bool
     media file (the whole video in memory: to go through a long video frame by frame, iterate :class:`VideoFrames`)."""
     source = VideoFrames(path, max_frames)
     frames = list(source)
-    audio, sr = read_audio(path) if with_audio and source.has_audio else (None, None)  # known from the header's open
+    audio, sr = audio_file.read_audio(path) if with_audio and source.has_audio else (None, None)  # known from the header's open
     return VideoClip(np.stack(frames), source.fps, audio, sr)
 
 

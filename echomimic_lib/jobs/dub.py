@@ -163,7 +163,7 @@ def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float,
     the new speech or, without it, the L mode (the source's own sound, when it has one: ``has_audio`` from the header
     the caller read)."""
     if req.audio is None:
-        from ..io.video_io import read_audio
+        from ..io.audio_file import read_audio
 
         # with --length only its seconds are muxed (the writer trims the sound to the video): the rest is not decoded
         seconds = None if req.length is None else req.length / fps + 1.0

@@ -94,10 +94,12 @@ def video_poses(path, detector, on_missing: str = MISSING_DEFAULT, fps: float | 
     return seq
 
 
-def speech_gestures(audio, fps: float, num_frames: int, seed: int, library_dirs, expressiveness: float = 1.0, reference=None):
-    """Gestures from the speech (``animate --pose auto``): the speech analysed at ``fps``, units from the library."""
+def speech_gestures(audio, fps: float, num_frames: int, seed: int, library_dirs, expressiveness: float = 1.0, reference=None,
+                    speech=None):
+    """Gestures from the speech (``animate --pose auto``): the speech analysed at ``fps`` (``speech``: its
+    :class:`~echomimic_lib.pose.gestures.SpeechFeatures` already measured), units from the library."""
     from ..pose.gestures import analyze_speech, load_library, synthesize
 
-    speech = analyze_speech(audio, fps)
+    speech = analyze_speech(audio, fps) if speech is None else speech
     lib = load_library(library_dirs)
     return synthesize(lib, speech, num_frames, int(seed), reference=reference, expressiveness=float(expressiveness))

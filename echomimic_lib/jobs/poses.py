@@ -86,6 +86,7 @@ class PosesPlan:
     wav: object = None
     sample_rate: int | None = None
     library: list | None = None
+    speech: object = None  # audio: the gesture analysis, measured in the checks' decode pass (a SpeechStream)
 
 
 def _number(value, flag: str, kind, lo, hi, hint: str):
@@ -169,7 +170,7 @@ def _check_preview(req, inputs: dict, output: Path) -> Path | None:
 def _read_preview_audio(path, seconds: float | None = None) -> tuple:
     """``--preview-audio``: (samples (C, T), sample rate) of any file with a sound track (the driving video's own, too);
     its first ``seconds`` only when given (the rest is not decoded)."""
-    from ..io.video_io import read_audio
+    from ..io.audio_file import read_audio
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -213,7 +214,9 @@ def check(req: PosesRequest) -> PosesPlan:
             plan_extra = dict(wav=wav, sample_rate=sr)
     else:
         from .models_folder import gesture_library_dirs
+        from ..audio.track import SpeechStart
         from ..pose.gestures import find_sources
+        from ..pose.gestures.speech_stream import SpeechStream
 
         if req.seed is not None:
             _number(req.seed, "--seed", int, 0, 2**64 - 1, "use a whole number from 0 to 2^64-1.")
@@ -232,14 +235,19 @@ def check(req: PosesRequest) -> PosesPlan:
         # in the same pass): the preview's sound is cut to the video anyway. Without it the video follows the audio
         # (at most a video's MAX_LENGTH frames, as animate's: a 1 Hz wav of a few KB is hours of speech, refused from
         # its header), so the preview's sound is the whole track: checked in one pass holding a piece, muxed from the
-        # file again
+        # file again. Either pass hands its 16 kHz mono to the gesture analysis a piece at a time (no second decode,
+        # only numbers per frame kept: the features are the whole track's, as they were)
+        speech = SpeechStream(fps or DEFAULT_FPS)
         if length:
-            wav, sr, raw = read_speech(req.audio, fps or DEFAULT_FPS, length)
+            wav, sr, raw = read_speech(req.audio, fps or DEFAULT_FPS, length, on_16k=speech.add)
+            if not isinstance(raw, SpeechStart):  # the track ends within the start: all of it is in wav
+                speech = SpeechStream(fps or DEFAULT_FPS)
+                speech.add(raw.mono_16k())
         else:
-            wav, raw = _whole_speech(req.audio, fps or DEFAULT_FPS)
+            wav, raw = _whole_speech(req.audio, fps or DEFAULT_FPS, speech.add)
             sr = raw.sample_rate
         plan_extra = dict(num_frames=frame_count(raw, fps or DEFAULT_FPS, length or None), wav=wav, sample_rate=sr,
-                          library=dirs)
+                          library=dirs, speech=speech)
     output, folder = check_pose_output(req.output, req.force)
     refuse_input_as_output(output, inputs)  # -o the video, or a pose folder / .npz of the gesture library
     preview = _check_preview(req, inputs, output)
@@ -248,17 +256,18 @@ def check(req: PosesRequest) -> PosesPlan:
     return PosesPlan(req, output, folder, preview, size, fps, **plan_extra)
 
 
-def _whole_speech(path, fps: float):
+def _whole_speech(path, fps: float, on_16k=None):
     """``read_speech(path)``'s checks in one decode pass that holds a piece of the track, never all of it: (the
     preview's sound, a :class:`~echomimic_lib.io.stereo.SoundFile` muxed from the file a piece at a time; the
-    track's :class:`~echomimic_lib.audio.track.TrackSummary`)."""
+    track's :class:`~echomimic_lib.audio.track.TrackSummary`). ``on_16k``: given the track's 16 kHz mono in the same
+    pass, a piece at a time (the gesture analysis)."""
     from functools import partial
 
     from ..io.stereo import MixPeak, SoundFile
-    from ..io.video_io import audio_blocks
+    from ..io.audio_file import audio_blocks
 
     mix = MixPeak()
-    whole = read_speech_summary(path, mix.add, fps=fps)
+    whole = read_speech_summary(path, mix.add, fps=fps, on_16k=on_16k)
     return SoundFile(partial(audio_blocks, Path(path)), whole.sample_rate, mix.channels, whole.samples, mix.value), whole
 
 
@@ -362,7 +371,8 @@ def run_poses(req: PosesRequest, progress=None) -> dict:
         missing = list(seq.report.missing_frames)
     else:
         seq = speech_gestures(req.audio, plan.fps or DEFAULT_FPS, plan.num_frames, V2_SEED if req.seed is None else req.seed,
-                              plan.library, 1.0 if req.expressiveness is None else req.expressiveness)
+                              plan.library, 1.0 if req.expressiveness is None else req.expressiveness,
+                              speech=plan.speech.features())
         missing = []
     seq = stabilize_poses(seq, req.stabilize)  # the saved sequence is the steadied one ("off": as made)
     write_poses(seq, plan)

@@ -37,17 +37,18 @@ def check_speech_file(path) -> Path:
     return p
 
 
-def read_speech(path, fps: float | None = None, length=None):
+def read_speech(path, fps: float | None = None, length=None, on_16k=None):
     """(samples (C, T) float32, sample rate, RawAudio): decodable, finite, long enough, audible; with ``fps`` and no
     ``length``, short enough for a video of MAX_LENGTH frames (said from the file's header before decoding it).
 
     With ``fps`` and ``length`` only the start the first ``length`` frames need is kept (a longer track gives a
     :class:`~echomimic_lib.audio.track.SpeechStart`): in the same decode pass the whole track goes by a piece at a time
     for the same checks and the whisper features' log-mel maximum, so those frames' features and sound are the whole track's while a
-    60-min 96 kHz 6-channel recording costs its first minute's memory (about 140 MB), not its 8 GB."""
+    60-min 96 kHz 6-channel recording costs its first minute's memory (about 140 MB), not its 8 GB. ``on_16k``: given
+    that pass's 16 kHz mono of the whole track a piece at a time (only when a :class:`SpeechStart` is returned)."""
     from ..audio import check_audible, read_raw_audio
     from ..audio.features import MIN_SAMPLES_16K
-    from ..io.video_io import read_audio
+    from ..io.audio_file import read_audio
     from .speech_length import HEADER_MARGIN, MAX_LENGTH, check_video_length, header_seconds
 
     p = check_speech_file(path)
@@ -55,7 +56,7 @@ def read_speech(path, fps: float | None = None, length=None):
     if follows:  # hours of audio: refused before they are decoded (about 80 MB a minute of 48 kHz stereo)
         check_video_length(p, header_seconds(p), fps, MAX_LENGTH, HEADER_MARGIN)
     if fps and length:
-        wav, sr, start = _read_start(p, fps, length)
+        wav, sr, start = _read_start(p, fps, length, on_16k)
         if start is not None:
             return wav, sr, start
     else:  # following the audio: never more decoded than the longest video's audio (+1 s shows that it is longer)
@@ -70,17 +71,17 @@ def read_speech(path, fps: float | None = None, length=None):
     return wav, sr, raw
 
 
-def _read_start(p: Path, fps: float, length: int):
+def _read_start(p: Path, fps: float, length: int, on_16k=None):
     """(samples, rate, SpeechStart) of the start the first ``length`` frames need; (samples, rate, None) when the track
     ends within it (it is all there: checked as before). One decode pass: the start is kept while the whole track
     goes through :class:`_PastTheStart` for the checks, its length and the log-mel maximum."""
     from ..audio import check_audible
     from ..audio.features import seconds_for_frames
     from ..audio.track import SpeechStart
-    from ..io.video_io import read_audio
+    from ..io.audio_file import read_audio
 
     seconds = seconds_for_frames(length, fps)
-    past = _PastTheStart(seconds)
+    past = _PastTheStart(seconds, on_16k)
     wav, sr = read_audio(p, duration=seconds, rest=past)
     whole = past.summary()
     if whole is None:
@@ -95,10 +96,10 @@ class _PastTheStart:
     second of samples at a time (:class:`~echomimic_lib.audio.track.LazyTrackSummariser`: no copy of the start). A
     track that ends within the start is never passed on, so never summarised twice."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, on_16k=None):
         from ..audio.track import LazyTrackSummariser
 
-        self.seconds, self.rest = seconds, LazyTrackSummariser()
+        self.seconds, self.rest = seconds, LazyTrackSummariser(**({} if on_16k is None else {"on_16k": on_16k}))
 
     def __call__(self, sr: int, piece: np.ndarray) -> None:
         self.rest(sr, piece)
@@ -124,18 +125,19 @@ def check_whole_speech(p: Path, whole) -> None:
     check_audible(np.array([whole.peak], np.float32), f"--audio {p} has no audible sound: pass a recording of speech.")
 
 
-def read_speech_summary(path, each=None, fps: float | None = None):
+def read_speech_summary(path, each=None, fps: float | None = None, on_16k=None):
     """``read_speech(path, fps)``'s checks and words, in one decode pass that holds one decoded piece, never the track:
     the whole track's :class:`~echomimic_lib.audio.track.TrackSummary` (no log-mel maximum). With ``fps`` the video
     follows the audio: at most MAX_LENGTH frames (said from the header before decoding, else after the pass).
-    ``each``: also called with every decoded (C, k) piece. ``frame_count`` takes the summary as it takes a RawAudio."""
+    ``each``: also called with every decoded (C, k) piece; ``on_16k`` with the track's 16 kHz mono, a piece at a time
+    (``TrackSummariser``'s). ``frame_count`` takes the summary as it takes a RawAudio."""
     from ..audio.track import summarise_file
     from .speech_length import HEADER_MARGIN, MAX_LENGTH, check_video_length, header_seconds
 
     p = check_speech_file(path)
     if fps:
         check_video_length(p, header_seconds(p), fps, MAX_LENGTH, HEADER_MARGIN)
-    whole = summarise_file(p, each, mel=False)
+    whole = summarise_file(p, each, mel=False, **({} if on_16k is None else {"on_16k": on_16k}))
     if fps:
         check_video_length(p, whole.num_samples_16k / 16000.0, fps, MAX_LENGTH)
     check_whole_speech(p, whole)

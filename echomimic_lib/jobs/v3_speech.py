@@ -63,7 +63,7 @@ def read_v3_speech(path, cap: int) -> V3Speech:
     same errors, in the same order), holding its start and one decoded piece at a time, not the whole track."""
     from ..audio.loudness import BLOCK_S
     from ..audio.track import LazyTrackSummariser
-    from ..io.video_io import read_audio
+    from ..io.audio_file import read_audio
     from .speech_input import check_speech_file, check_whole_speech
 
     p = check_speech_file(path)

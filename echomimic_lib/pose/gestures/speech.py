@@ -29,6 +29,7 @@ WIN = 400  # 25 ms
 RANGE_DB = 40.0
 ACTIVE_DB = 30.0
 FLOOR_DBFS = -55.0
+PITCH_WIN = 640  # 40 ms
 
 
 @dataclass
@@ -79,13 +80,17 @@ def spectral_flux(wave: np.ndarray) -> np.ndarray:
         return np.zeros(max(1, len(wave) // HOP))
     n = 1 + (len(wave) - WIN) // HOP
     frames = np.lib.stride_tricks.as_strided(wave, (n, WIN), (wave.strides[0] * HOP, wave.strides[0]))
+    flux = np.r_[0.0, np.maximum(np.diff(band_log_magnitude(frames), axis=0), 0).mean(axis=1)]
+    # hop h starts at sample h*HOP; centre it on the window
+    return np.r_[np.zeros(WIN // (2 * HOP)), flux]
+
+
+def band_log_magnitude(frames: np.ndarray) -> np.ndarray:
+    """(h, WIN) windows -> their log magnitudes from 300 Hz to 4 kHz, a row each (each row its own)."""
     spec = np.abs(np.fft.rfft(frames * np.hanning(WIN), n=512, axis=1))
     freqs = np.fft.rfftfreq(512, 1 / RATE)
     band = (freqs >= 300) & (freqs <= 4000)
-    logm = np.log1p(1000.0 * spec[:, band])
-    flux = np.r_[0.0, np.maximum(np.diff(logm, axis=0), 0).mean(axis=1)]
-    # hop h starts at sample h*HOP; centre it on the window
-    return np.r_[np.zeros(WIN // (2 * HOP)), flux]
+    return np.log1p(1000.0 * spec[:, band])
 
 
 def _pitch(wave: np.ndarray, bounds: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -94,20 +99,25 @@ def _pitch(wave: np.ndarray, bounds: np.ndarray, active: np.ndarray) -> np.ndarr
     idx = np.flatnonzero(active)
     if idx.size == 0:
         return f0
-    w = 640
     centres = (bounds[idx] + bounds[idx + 1]) // 2
-    starts = np.clip(centres - w // 2, 0, max(0, len(wave) - w))
-    if len(wave) < w:
+    starts = np.clip(centres - PITCH_WIN // 2, 0, max(0, len(wave) - PITCH_WIN))
+    if len(wave) < PITCH_WIN:
         return f0
+    f0[idx] = pitch_at(wave, starts)
+    return f0
+
+
+def pitch_at(wave: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """F0 (Hz, NaN when unvoiced) of the ``PITCH_WIN`` samples of ``wave`` from each of ``starts``: each its own."""
+    w = PITCH_WIN
     segs = wave[starts[:, None] + np.arange(w)] * np.hanning(w)
     spec = np.fft.rfft(segs, n=2 * w, axis=1)
     ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :w]
     lo, hi = RATE // 400, RATE // 70
     ac = ac / np.maximum(ac[:, :1], 1e-12)
     lag = lo + np.argmax(ac[:, lo:hi], axis=1)
-    voiced = ac[np.arange(len(idx)), lag] > 0.45
-    f0[idx[voiced]] = RATE / lag[voiced]
-    return f0
+    voiced = ac[np.arange(len(starts)), lag] > 0.45
+    return np.where(voiced, RATE / lag, np.nan)
 
 
 def _peaks(x: np.ndarray, radius: int) -> np.ndarray:
@@ -153,6 +163,15 @@ def analyze_waveform(wave: np.ndarray, fps: float, min_pause: float = 0.5, min_s
     centre = (bounds[:-1] + bounds[1:]) // 2
     a, b = np.clip(centre - half, 0, len(wave)), np.clip(centre + half, 0, len(wave))
     db = 10 * np.log10((csum[b] - csum[a]) / np.maximum(b - a, 1) + 1e-12)
+    return features_from(fps, n, db, spectral_flux(wave), lambda active: _pitch(wave, bounds, active), min_pause,
+                         min_stroke_gap, stress_ratio)
+
+
+def features_from(fps: float, n: int, db: np.ndarray, flux: np.ndarray, pitch_of, min_pause: float = 0.5,
+                  min_stroke_gap: float = 0.4, stress_ratio: float = 0.3) -> SpeechFeatures:
+    """:func:`analyze_waveform`'s features from what it measures of the samples: ``db`` (n,) each frame's level,
+    ``flux`` :func:`spectral_flux`, ``pitch_of(active)`` the (n,) F0 of the active frames (NaN elsewhere); the rest is
+    per frame (:class:`~.speech_stream.SpeechStream` measures them a piece of the track at a time)."""
     loud_level = float(np.percentile(db, 95))
     loudness = np.clip((db - (loud_level - RANGE_DB)) / RANGE_DB, 0.0, 1.0)
     active = (db > loud_level - ACTIVE_DB) & (db > FLOOR_DBFS)
@@ -161,7 +180,6 @@ def analyze_waveform(wave: np.ndarray, fps: float, min_pause: float = 0.5, min_s
     for s, e in pauses:
         pause[s:e] = True
     # onsets: flux peaks at 100 Hz, above the local mean, during speech
-    flux = spectral_flux(wave)
     hop_t = np.arange(len(flux)) * HOP / RATE
     frame_of_hop = np.minimum((hop_t * fps).astype(np.int64), n - 1)
     strength = np.zeros(n)
@@ -175,7 +193,7 @@ def analyze_waveform(wave: np.ndarray, fps: float, min_pause: float = 0.5, min_s
     salience = np.zeros(n)
     salience[onsets] = strength[onsets] * peak**2
     stresses = select_stresses(onsets, salience, fps, min_stroke_gap, stress_ratio)
-    f0 = _pitch(wave, bounds, active)
+    f0 = pitch_of(active)
     lf = np.log2(f0)
     d = np.zeros(n)
     both = np.isfinite(lf[1:]) & np.isfinite(lf[:-1])
