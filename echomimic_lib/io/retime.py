@@ -35,16 +35,19 @@ def on_the_clock(timed, fps: float):
     """``timed``: ``(seconds, item)`` pairs in the order shown. Yields one item per tick ``n / fps`` (counted from the
     first item's time) up to the last item's time: the item whose time is nearest the tick (the later one on a tie).
     A time that is missing (None) or goes back (a stream whose clock restarts) is taken as ``1 / fps`` after the one
-    before: nothing is lost, those items come one a tick. Holds two items at a time."""
+    before: nothing is lost, those items come one a tick. Items before the first with a time (a first frame without a
+    timestamp) come one a tick up to it: the clock starts one tick before that time per such item, not at 0 (a stream
+    that starts late would repeat them for its offset). Holds two items at a time."""
     step = 1.0 / float(fps)
     it = iter(timed)
     first = next(it, None)
     if first is None:
         return
-    start, item = first
-    start = start or 0.0
+    start, item = first  # (start None: not known until an item with a time comes)
     t, n = 0.0, 0
     for when, following in it:
+        if start is None and when is not None:
+            start = when - (t + step)  # (that item one tick after the ones without a time)
         when = t + step if when is None or when - start < t else when - start
         middle = (t + when) / 2
         while n * step < middle:
