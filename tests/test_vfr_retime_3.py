@@ -45,3 +45,25 @@ def test_a_readers_tick_map_does_not_repeat_the_first_frame_for_the_offset(tmp_p
     assert numbers[:4] == [0, 1, 2, 3] and numbers.count(0) == 1, numbers[:10]
     assert len(numbers) == video.count() == round((6.12 - 4.96) * video.fps) + 1
     assert [_number(f) for f in video.frames_from(0)][:4] == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------ read_video
+def test_read_video_places_a_variable_rate_videos_frames_as_the_other_readers_do(tmp_path, caplog):
+    """``video_io.read_video`` (the whole video in memory) read frame after frame at the header's rate, unlike every
+    other reader: now the same ticks as :class:`ClockedFrames`; a constant-rate video's frames as stored, bit for bit."""
+    import numpy as np
+
+    from echomimic_lib.io.video_io import read_video
+    from tests.test_vfr_retime import PAUSED, STEADY, _decoded_times
+
+    vfr = _painted(tmp_path / "vfr.mp4", PAUSED)
+    with caplog.at_level(logging.WARNING):
+        clip = read_video(vfr, with_audio=False)
+    want = _nearest(_decoded_times(vfr), clip.fps)
+    assert [_number(f) for f in clip.frames] == want and want != list(range(len(PAUSED)))
+    assert [_number(f) for f in on_clock(VideoFrames(vfr), "v", "e")] == want
+    assert "placed by their timestamps" in caplog.text
+    cut = read_video(vfr, max_frames=60, with_audio=False)  # the first 60 frames decoded, on the clock
+    assert [_number(f) for f in cut.frames] == want[:60]
+    steady = _painted(tmp_path / "steady.mp4", STEADY)
+    assert np.array_equal(read_video(steady, with_audio=False).frames, np.stack(list(VideoFrames(steady))))
