@@ -6,7 +6,9 @@ header's rate, its motion drifts from the sound. Where the timestamps stray more
 reader's rate takes the frame whose timestamp is nearest it (:func:`on_the_clock`): a frame is repeated over a pause
 and skipped where frames come faster, and frame ``n`` of the result is the picture shown at ``n / fps`` s. The
 timestamps are the ones the single decode gives (the packets, read without decoding, decide whether to retime and how
-many ticks there are). A constant rate video is read as before, frame after frame."""
+many ticks there are). A constant rate video is read as before, frame after frame. The clock and the decision are
+:mod:`.frame_times`' (:func:`on_the_clock`, :func:`placed_drift`: ``video_io.read_video`` uses them too); this
+module is the streaming reader."""
 from __future__ import annotations
 
 import copy
