@@ -25,7 +25,7 @@ those of the low-memory path. ``--stages`` picks stages by name (the others are 
 FLOPs per call are analytic (:func:`echomimic_lib.models.wan.flops.call_flops`; ``tests/test_gpu_check.py`` checks
 them against ``FlopCounterMode``): linear layers 2 x weights x rows, attention 4 x queries x keys x dim (self-attention over
 the video tokens, text over 512, CLIP over 257, audio per latent frame over its 32 tokens); MFU is against the
-card's dense bf16 peak (``gpu_suite.PEAK_TFLOPS`` by device name, or ``--peak-tflops``). The shot estimate is
+card's dense bf16 peak (``_gpu_timing.PEAK_TFLOPS`` by device name, or ``--peak-tflops``). The shot estimate is
 8 steps x 2 calls (audio CFG); TeaCache ``official`` skips some: its decisions depend only on the time embedding
 ``e0`` of each call, so they are counted for this model's (random) time MLP without running the blocks
 (``teacache_calls``), beside the bounds any weights give (``teacache_calls_bounds``: per restart the first 5 calls
@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_pipeline import _register_cpu_sdpa  # noqa: E402, F401 (the FLOP tests register it through this module)
-from gpu_suite import kernels, log, run_header, sync, timed  # noqa: E402
+from _gpu_timing import kernels, log, run_header, sync, timed  # noqa: E402
 
 from echomimic_lib.models.wan.flops import call_flops  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Every other module calls the small functions below. Outside ComfyUI (tests, scripts) stand-ins take over:
 models under :data:`MODELS_DIR` (default ``./models``), inputs under :data:`INPUT_DIR`, outputs under
-:data:`OUTPUT_DIR` (numbered like ComfyUI's ``get_save_image_path``), the CPU device, a
+:data:`OUTPUT_DIR` (numbered like ComfyUI's ``get_save_image_path``; the naming rules in :mod:`.output_names`), the CPU device, a
 progress bar that calls :data:`PROGRESS_HOOK` (ComfyUI's global hook does the same, and raises
 ``InterruptProcessingException`` there when the user presses Cancel: the stand-in when :data:`INTERRUPTED` is set), a local
 :class:`InterruptProcessingException`, and a small model manager (:data:`MODEL_MANAGER`) that keeps the
@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import time
 from pathlib import Path
 
 import torch
 
 from ..echomimic_lib.devices import auto_dtype as _lib_auto_dtype
 from ..echomimic_lib.errors import EchoMimicError
-from ..echomimic_lib.io.os_errors import write_refused
+from . import output_names as _names
 from ._model_manager import (KEEP_WHOLE, MANAGED_NAMES, LoraWeightPatch, ManagedNetwork, StandInCallbacksMP,  # noqa: F401
                              StandInModelManager, StandInPatcher, make_castable)
+from .output_names import MAX_PREFIX_PART, stand_in_save_path as _stand_in_save_path  # noqa: F401 (MAX_PREFIX_PART: tests)
 
 log = logging.getLogger(__name__)
 
@@ -90,53 +89,9 @@ def output_dir() -> Path:
     return Path(OUTPUT_DIR) if OUTPUT_DIR else Path.cwd() / "output"
 
 
-MAX_PREFIX_PART = 200  # bytes per name of a filename_prefix: 255 less the numbering (_00001_.mp4) and a temporary name's
-
-
 def prefix_problem(prefix) -> str | None:
-    """Why a ``filename_prefix`` cannot be used, or None: empty, or a folder outside the output folder (ComfyUI's own
-    rule: the prefix's folder part, normalised and joined to the output folder, must stay inside it)."""
-    if not isinstance(prefix, str) or not prefix.strip():
-        return "filename_prefix is empty: give a name such as 'echomimic/video' (sub-folders of the output folder are fine)."
-    if "\x00" in prefix:
-        return (f"filename_prefix {prefix!r} holds a NUL byte (\\x00), which no file name can hold: type the name again, "
-                "such as 'echomimic/video'.")
-    root = os.path.abspath(output_dir())
-    folder = os.path.abspath(os.path.join(root, os.path.dirname(os.path.normpath(prefix))))
-    try:
-        inside = os.path.commonpath((root, folder)) == root
-    except ValueError:  # another drive (Windows)
-        inside = False
-    if not inside:
-        return (f"filename_prefix '{prefix}' points outside ComfyUI's output folder ({root}): give a name inside it such "
-                "as 'echomimic/video' (sub-folders are fine; '..' and absolute paths elsewhere are not).")
-    parts = os.path.relpath(folder, root).split(os.sep) + [os.path.basename(os.path.normpath(prefix))]
-    too_long = [p for p in parts if len(p.encode("utf-8", "surrogatepass")) > MAX_PREFIX_PART]
-    if too_long:
-        return (f"filename_prefix: the part '{too_long[0][:40]}...' is {len(too_long[0].encode('utf-8', 'surrogatepass'))} "
-                f"bytes long; file systems allow 255 per name (less the numbering): give a name of at most {MAX_PREFIX_PART}.")
-    step = root
-    for part in parts[:-1]:
-        step = os.path.join(step, part)
-        if part not in ("", ".") and os.path.lexists(step) and not os.path.isdir(step):
-            return (f"filename_prefix '{prefix}': {step} is a file, not a folder, so the video cannot go inside it; choose "
-                    "another sub-folder name (or move that file away).")
-    return None
-
-
-def _stand_in_save_path(prefix: str, root: Path, width: int, height: int) -> tuple[str, str, int, str]:
-    """What ``folder_paths.get_save_image_path`` gives outside ComfyUI: %width% / %height% / %year% ... %second%
-    filled in, the folder made, and the counter one past the highest ``<name>_<digits>_`` already there."""
-    now = time.localtime()
-    tokens = {"width": width, "height": height, "year": now.tm_year, "month": f"{now.tm_mon:02}", "day": f"{now.tm_mday:02}",
-              "hour": f"{now.tm_hour:02}", "minute": f"{now.tm_min:02}", "second": f"{now.tm_sec:02}"}
-    for key, value in tokens.items():
-        prefix = prefix.replace(f"%{key}%", str(value))
-    subfolder, name = os.path.split(os.path.normpath(prefix))
-    folder = Path(root) / subfolder
-    folder.mkdir(parents=True, exist_ok=True)
-    taken = [int(m.group(1)) for f in os.listdir(folder) if (m := re.match(re.escape(name) + r"_(\d+)_", f))]
-    return str(folder), name, max(taken, default=0) + 1, subfolder
+    """Why a ``filename_prefix`` cannot be used in the output folder, or None (:func:`.output_names.prefix_problem`)."""
+    return _names.prefix_problem(prefix, output_dir)
 
 
 def save_path(prefix: str, ext: str, width: int = 0, height: int = 0) -> tuple[Path, dict]:
@@ -154,14 +109,8 @@ def save_path(prefix: str, ext: str, width: int = 0, height: int = 0) -> tuple[P
         else:
             folder, name, counter, _ = _stand_in_save_path(prefix, root, width, height)
     except OSError as exc:  # a file where a folder goes (made since the check), no permission, a read-only disk
-        err = write_refused(exc, exc.filename or root / os.path.dirname(prefix), "")
-        if err is None:
-            raise EchoMimicError(f"filename_prefix '{prefix}': cannot use {exc.filename or 'its folder'} in the output "
-                                 f"folder ({exc.strerror or exc}); choose another name.") from exc
-        raise EchoMimicError(f"filename_prefix '{prefix}': {err}") from exc
-    file = f"{name}_{counter:05}_.{ext}"
-    subfolder = os.path.relpath(os.path.abspath(folder), os.path.abspath(root))
-    return Path(folder) / file, {"filename": file, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}
+        raise _names.save_failed(exc, prefix, root) from exc
+    return _names.saved_entry(folder, name, counter, ext, root)
 
 
 def _register() -> None:

@@ -1,11 +1,14 @@
 """A video's frame count and frame timestamps (PyAV): how many frames it has, and whether they come at the constant
 rate its readers assume. Where a variable frame rate video's timestamps (a phone's recording, a screen recording that
-paused) stray from that rate by more than :data:`VFR_DRIFT`, its readers (the driving videos, ``dub``'s source,
-``evaluate`` and its real videos) place its frames by their timestamps (:mod:`.retime`) and say so."""
+paused) stray from that rate by more than :data:`VFR_DRIFT` (:func:`placed_drift`), its readers (the driving videos,
+``dub``'s source, ``evaluate`` and its real videos, ``video_io.read_video``) place its frames by their timestamps and say
+so: each tick of the rate takes the frame shown nearest it (:func:`on_the_clock`; the reader: :mod:`.retime`)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import EchoMimicError
 from .streams import open_media as _open, video_stream
@@ -13,6 +16,7 @@ from .streams import open_media as _open, video_stream
 log = logging.getLogger(__name__)
 
 VFR_DRIFT = 0.1  # seconds: motion (or lips) that far from their sound are seen to be out of sync
+MAX_TICKS_PER_FRAME = 100  # a pause repeats a frame; timestamps that repeat each frame more are damaged
 _SAID: set = set()  # (path, rate) of the headers whose rate was replaced, already said in a warning
 
 
@@ -99,6 +103,66 @@ def warn_variable_rate(path, fps: float, what: str, effect: str, times=None, pla
                     "constant.mp4, or any editor's export) and give that file.", what, path, at, drift, fps, effect,
                     path, max(1, round(fps)))
     return drift
+
+
+def tick_count(times, fps: float) -> int:
+    """How many ticks of ``fps`` the timestamps (seconds, in any order) span: one per ``1 / fps`` from the first to the
+    last, both counted (a constant rate video: its frame count); a missing one (None) left out. 0 for none."""
+    times = [t for t in times if t is not None]
+    if not times:
+        return 0
+    return int(round((max(times) - min(times)) * float(fps))) + 1
+
+
+def on_the_clock(timed, fps: float):
+    """``timed``: ``(seconds, item)`` pairs in the order shown. Yields one item per tick ``n / fps`` (counted from the
+    first item's time) up to the last item's time: the item whose time is nearest the tick (the later one on a tie).
+    A time that is missing (None) or goes back (a stream whose clock restarts) is taken as ``1 / fps`` after the one
+    before: nothing is lost, those items come one a tick. Items before the first with a time (a first frame without a
+    timestamp) come one a tick up to it: the clock starts one tick before that time per such item, not at 0 (a stream
+    that starts late would repeat them for its offset). Holds two items at a time."""
+    step = 1.0 / float(fps)
+    it = iter(timed)
+    first = next(it, None)
+    if first is None:
+        return
+    start, item = first  # (start None: not known until an item with a time comes)
+    t, n = 0.0, 0
+    for when, following in it:
+        if start is None and when is not None:
+            start = when - (t + step)  # (that item one tick after the ones without a time)
+        when = t + step if when is None or when - start < t else when - start
+        middle = (t + when) / 2
+        while n * step < middle:
+            yield item
+            n += 1
+        t, item = when, following
+    while n < int(round(t * float(fps))) + 1:
+        yield item
+        n += 1
+
+
+def nearest_frames(times, fps: float) -> np.ndarray:
+    """For each tick ``n / fps`` from the first timestamp to the last, the number of the frame (timestamps in seconds,
+    in the order shown) that :func:`on_the_clock` puts there: the one shown nearest that time (int64)."""
+    return np.fromiter(on_the_clock(zip(times, range(len(times))), fps), dtype=np.int64)
+
+
+def placed_drift(path, fps: float, what: str, effect: str, times) -> float:
+    """Whether a reader places the video's frames by their timestamps (``times``: seconds, None for a frame without
+    one, as :func:`packet_times` or :func:`count_frames` give them): the drift (seconds) where they stray more than
+    :data:`VFR_DRIFT` from a constant ``fps`` (said in a warning, :func:`warn_variable_rate` with ``placed``), else 0.0:
+    a constant rate, or timestamps that would repeat each frame more than :data:`MAX_TICKS_PER_FRAME` times (a few
+    frames hours apart: damaged, not pauses; said in a warning, the frames are read as stored)."""
+    known = [t for t in times if t is not None]  # (a frame the count found without a timestamp: None)
+    ticks = tick_count(known, fps)
+    if ticks > MAX_TICKS_PER_FRAME * len(known):  # (a few frames an hour apart: each would be repeated for an hour)
+        log.warning("%s %s: the timestamps of its %d frames span %.0f s (%d frames at %g fps, over %d for each frame "
+                    "it holds): they are damaged, not pauses, so its frames are read one after another at %g fps.",
+                    what, path, len(known), max(known) - min(known), ticks, fps, MAX_TICKS_PER_FRAME, fps)
+        return 0.0
+    drift = warn_variable_rate(path, fps, what, effect, times, placed=True)  # (said only past VFR_DRIFT)
+    return drift if drift > VFR_DRIFT else 0.0
 
 
 def stream_rate(container, stream, path) -> float:

@@ -6,7 +6,9 @@ header's rate, its motion drifts from the sound. Where the timestamps stray more
 reader's rate takes the frame whose timestamp is nearest it (:func:`on_the_clock`): a frame is repeated over a pause
 and skipped where frames come faster, and frame ``n`` of the result is the picture shown at ``n / fps`` s. The
 timestamps are the ones the single decode gives (the packets, read without decoding, decide whether to retime and how
-many ticks there are). A constant rate video is read as before, frame after frame."""
+many ticks there are). A constant rate video is read as before, frame after frame. The clock and the decision are
+:mod:`.frame_times`' (:func:`on_the_clock`, :func:`placed_drift`: ``video_io.read_video`` uses them too); this
+module is the streaming reader."""
 from __future__ import annotations
 
 import copy
@@ -15,53 +17,11 @@ import sys
 
 import numpy as np
 
-from .frame_times import VFR_DRIFT, count_frames, packet_times, warn_variable_rate
+from .frame_times import (MAX_TICKS_PER_FRAME, VFR_DRIFT, count_frames, nearest_frames, on_the_clock,  # noqa: F401
+                          packet_times, placed_drift, tick_count)  # (the clock's names, imported from here too)
 from .video_io import VideoFrames
 
 log = logging.getLogger(__name__)
-MAX_TICKS_PER_FRAME = 100  # a pause repeats a frame; timestamps that repeat each frame more are damaged
-
-
-def tick_count(times, fps: float) -> int:
-    """How many ticks of ``fps`` the timestamps (seconds, in any order) span: one per ``1 / fps`` from the first to the
-    last, both counted (a constant rate video: its frame count); a missing one (None) left out. 0 for none."""
-    times = [t for t in times if t is not None]
-    if not times:
-        return 0
-    return int(round((max(times) - min(times)) * float(fps))) + 1
-
-
-def on_the_clock(timed, fps: float):
-    """``timed``: ``(seconds, item)`` pairs in the order shown. Yields one item per tick ``n / fps`` (counted from the
-    first item's time) up to the last item's time: the item whose time is nearest the tick (the later one on a tie).
-    A time that is missing (None) or goes back (a stream whose clock restarts) is taken as ``1 / fps`` after the one
-    before, and so is the first known time where the first items have none (the clock starts there, never at 0 before
-    a stream that starts hours in): nothing is lost, those items come one a tick. Holds two items at a time."""
-    step = 1.0 / float(fps)
-    it = iter(timed)
-    first = next(it, None)
-    if first is None:
-        return
-    start, item = first  # (None: no time yet; the first known one is then taken as 1 / fps after the item before)
-    t, n = 0.0, 0
-    for when, following in it:
-        if start is None and when is not None:
-            start = when - t - step
-        when = t + step if when is None or when - start < t else when - start
-        middle = (t + when) / 2
-        while n * step < middle:
-            yield item
-            n += 1
-        t, item = when, following
-    while n < int(round(t * float(fps))) + 1:
-        yield item
-        n += 1
-
-
-def nearest_frames(times, fps: float) -> np.ndarray:
-    """For each tick ``n / fps`` from the first timestamp to the last, the number of the frame (timestamps in seconds,
-    in the order shown) that :func:`on_the_clock` puts there: the one shown nearest that time (int64)."""
-    return np.fromiter(on_the_clock(zip(times, range(len(times))), fps), dtype=np.int64)
 
 
 class ClockedFrames(VideoFrames):
@@ -147,12 +107,5 @@ def on_clock(video: VideoFrames, what: str, effect: str, decoded=None) -> VideoF
     except Exception as exc:  # a damaged file: its reader says what is wrong with it
         log.debug("%s: the frame timestamps cannot be read (%s)", video.path, exc)
         return video
-    known = [t for t in times if t is not None]  # (a frame the count found without a timestamp: None)
-    ticks = tick_count(known, video.fps)
-    if ticks > MAX_TICKS_PER_FRAME * len(known):  # (a few frames an hour apart: each would be repeated for an hour)
-        log.warning("%s %s: the timestamps of its %d frames span %.0f s (%d frames at %g fps, over %d for each frame "
-                    "it holds): they are damaged, not pauses, so its frames are read one after another at %g fps.",
-                    what, video.path, len(known), max(known) - min(known), ticks, video.fps, MAX_TICKS_PER_FRAME, video.fps)
-        return video
-    drift = warn_variable_rate(video.path, video.fps, what, effect, times, placed=True)  # (said only past VFR_DRIFT)
-    return video if drift <= VFR_DRIFT else ClockedFrames(video, times, drift, decoded)
+    drift = placed_drift(video.path, video.fps, what, effect, times)
+    return ClockedFrames(video, times, drift, decoded) if drift else video

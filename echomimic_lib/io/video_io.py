@@ -6,7 +6,7 @@ import logging
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +16,7 @@ from ..errors import EchoMimicError
 from .orientation import frame_turn, upright_rgb
 from . import audio_file
 from .audio_length import audio_samples
-from .frame_times import count_frames, frame_time_drift, stream_rate  # noqa: F401  (the names callers import from here)
+from .frame_times import count_frames, frame_time_drift, on_the_clock, placed_drift, stream_rate  # noqa: F401  (the names callers import from here)
 from .streams import NoVideoStream, open_media as _open, video_stream  # noqa: F401  (the names callers import from here)
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,15 @@ class VideoClip:
 
 def read_video(path: str | Path, max_frames: int | None = None, with_audio: bool = True) -> VideoClip:
     """Decode all video frames (RGB uint8, upright as a player shows them) and, if present, the audio track of a
-    media file (the whole video in memory: to go through a long video frame by frame, iterate :class:`VideoFrames`)."""
+    media file (the whole video in memory: to go through a long video frame by frame, iterate :class:`VideoFrames`).
+    A variable frame rate video's frames (the first ``max_frames`` decoded) are placed by their timestamps on a constant
+    clock of its :attr:`~VideoFrames.fps`, as the library's other readers place them (:func:`.frame_times.placed_drift`);
+    a constant-rate video's are the frames as stored, one after another."""
     source = VideoFrames(path, max_frames)
-    frames = list(source)
+    timed = list(source.timed(max_frames))  # (one decode: the timestamps come with the frames)
+    frames = [f for _, f in timed]
+    if placed_drift(path, source.fps, "The video", "its frames keep its own timing", [t for t, _ in timed]):
+        frames = list(islice(on_the_clock(timed, source.fps), max_frames))
     audio, sr = audio_file.read_audio(path) if with_audio and source.has_audio else (None, None)  # known from the header's open
     return VideoClip(np.stack(frames), source.fps, audio, sr)
 
