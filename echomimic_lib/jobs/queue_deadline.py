@@ -79,19 +79,17 @@ def _watched(http_class, deadline: Deadline):
     return Watched
 
 
-class _Http(urllib.request.HTTPHandler):
-    def __init__(self, deadline: Deadline):
-        super().__init__()
-        self.deadline = deadline
+def _watching(handler_class):
+    """``handler_class`` (urllib's HTTP or HTTPS handler) opening its connections through :func:`_watched`."""
+    class Watching(handler_class):
+        def __init__(self, deadline: Deadline):
+            super().__init__()
+            self.deadline = deadline
 
-    def do_open(self, http_class, req, **kw):
-        return super().do_open(_watched(http_class, self.deadline), req, **kw)
+        def do_open(self, http_class, req, **kw):
+            return super().do_open(_watched(http_class, self.deadline), req, **kw)
+
+    return Watching
 
 
-class _Https(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: Deadline):
-        super().__init__()
-        self.deadline = deadline
-
-    def do_open(self, http_class, req, **kw):
-        return super().do_open(_watched(http_class, self.deadline), req, **kw)
+_Http, _Https = _watching(urllib.request.HTTPHandler), _watching(urllib.request.HTTPSHandler)
