@@ -56,9 +56,20 @@ class SpeechFeatures:
                               self.onsets[self.onsets < n], self.stresses[self.stresses < n], self.pitch[:n], self.pitch_motion[:n])
 
 
-def _frame_bounds(n_samples: int, fps: float) -> tuple[int, np.ndarray]:
-    n = int(np.floor(n_samples / RATE * fps + 1e-9))
-    return n, np.minimum(np.round(np.arange(n + 1) * RATE / fps).astype(np.int64), n_samples)
+def video_frames(n_samples: int, fps: float) -> int:
+    """How many whole video frames ``n_samples`` of 16 kHz hold."""
+    return int(np.floor(n_samples / RATE * fps + 1e-9))
+
+
+def frame_windows(i0: int, i1: int, n_samples: int, fps: float):
+    """For video frames ``i0 .. i1-1`` of a track of ``n_samples`` (16 kHz): (each frame's end sample, the start and
+    end of its level window (two frames centred on it), the start of its pitch window), int64 arrays, all within the
+    track. The same numbers for a frame whichever range it is asked in (the analysis of a whole track, or of a stream)."""
+    bounds = np.minimum(np.round(np.arange(i0, i1 + 1) * RATE / fps).astype(np.int64), n_samples)
+    centre = (bounds[:-1] + bounds[1:]) // 2
+    half = int(round(RATE / fps))
+    a, b = np.clip(centre - half, 0, n_samples), np.clip(centre + half, 0, n_samples)
+    return bounds[1:], a, b, np.clip(centre - PITCH_WIN // 2, 0, max(0, n_samples - PITCH_WIN))
 
 
 def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -93,17 +104,14 @@ def band_log_magnitude(frames: np.ndarray) -> np.ndarray:
     return np.log1p(1000.0 * spec[:, band])
 
 
-def _pitch(wave: np.ndarray, bounds: np.ndarray, active: np.ndarray) -> np.ndarray:
-    """F0 per frame (Hz) by normalised autocorrelation of a 40 ms window at the frame centre; NaN when unvoiced."""
+def _pitch(wave: np.ndarray, starts: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """F0 per frame (Hz) by normalised autocorrelation of a 40 ms window at the frame centre (``starts``: each frame's
+    window start, :func:`frame_windows`); NaN when unvoiced."""
     f0 = np.full(len(active), np.nan)
     idx = np.flatnonzero(active)
-    if idx.size == 0:
+    if idx.size == 0 or len(wave) < PITCH_WIN:
         return f0
-    centres = (bounds[idx] + bounds[idx + 1]) // 2
-    starts = np.clip(centres - PITCH_WIN // 2, 0, max(0, len(wave) - PITCH_WIN))
-    if len(wave) < PITCH_WIN:
-        return f0
-    f0[idx] = pitch_at(wave, starts)
+    f0[idx] = pitch_at(wave, starts[idx])
     return f0
 
 
@@ -155,15 +163,13 @@ def analyze_waveform(wave: np.ndarray, fps: float, min_pause: float = 0.5, min_s
                      stress_ratio: float = 0.3) -> SpeechFeatures:
     """:func:`analyze_speech` on 16 kHz mono float samples."""
     wave = np.ascontiguousarray(np.asarray(wave, dtype=np.float64).reshape(-1))
-    n, bounds = _frame_bounds(len(wave), fps)
+    n = video_frames(len(wave), fps)
     if n == 0:
         raise EchoMimicError(f"speech analysis: the clip is shorter than one video frame at {fps:g} fps.")
     csum = np.r_[0.0, np.cumsum(wave * wave)]
-    half = int(round(RATE / fps))  # a window of two frames centred on each frame
-    centre = (bounds[:-1] + bounds[1:]) // 2
-    a, b = np.clip(centre - half, 0, len(wave)), np.clip(centre + half, 0, len(wave))
+    _, a, b, starts = frame_windows(0, n, len(wave), fps)  # level: a window of two frames centred on each frame
     db = 10 * np.log10((csum[b] - csum[a]) / np.maximum(b - a, 1) + 1e-12)
-    return features_from(fps, n, db, spectral_flux(wave), lambda active: _pitch(wave, bounds, active), min_pause,
+    return features_from(fps, n, db, spectral_flux(wave), lambda active: _pitch(wave, starts, active), min_pause,
                          min_stroke_gap, stress_ratio)
 
 

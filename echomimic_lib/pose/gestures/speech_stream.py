@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import EchoMimicError
-from .speech import HOP, PITCH_WIN, RATE, WIN, SpeechFeatures, band_log_magnitude, features_from, pitch_at
+from .speech import (HOP, PITCH_WIN, RATE, WIN, SpeechFeatures, band_log_magnitude, features_from, frame_windows,
+                     pitch_at, video_frames)
 
 
 BATCH = 2 * RATE  # samples measured together (fewer, larger numpy calls; their FFTs a few MB at most)
@@ -23,7 +24,7 @@ class SpeechStream:
     def __init__(self, fps: float):
         if not (fps > 0 and np.isfinite(fps)):
             raise EchoMimicError(f"speech analysis: fps must be a positive number, got {fps}.")
-        self.fps, self.half = float(fps), int(round(RATE / fps))
+        self.fps = float(fps)
         self.buf, self.cs, self.b0 = np.zeros(0), np.zeros(1), 0  # samples from b0 on, their running sum of squares
         self.seen = self.frame = self.hop = 0  # samples given; next frame, next hop to measure
         self.pending: list = []  # pieces given since the last measure
@@ -57,27 +58,16 @@ class SpeechStream:
         self.cs = np.r_[self.cs, np.cumsum(np.r_[self.cs[-1], x * x])[1:]]  # as np.cumsum over the whole: in order
         self.buf = np.r_[self.buf, x]
 
-    def _bounds(self, i: np.ndarray, n_samples: int) -> np.ndarray:
-        return np.minimum(np.round(i * RATE / self.fps).astype(np.int64), n_samples)
-
-    def _frames(self, i0: int, i1: int, n_samples: int):
-        """(centre, a, b, pitch start) of frames i0 .. i1-1 for a track of ``n_samples``, as analyze_waveform's."""
-        bounds = self._bounds(np.arange(i0, i1 + 1), n_samples)
-        centre = (bounds[:-1] + bounds[1:]) // 2
-        a, b = np.clip(centre - self.half, 0, n_samples), np.clip(centre + self.half, 0, n_samples)
-        start = np.clip(centre - PITCH_WIN // 2, 0, max(0, n_samples - PITCH_WIN))
-        return centre, a, b, start, bounds[1:]
-
     def _measure(self, n_samples: int, final: bool) -> None:
         if final:
-            i1 = int(np.floor(n_samples / RATE * self.fps + 1e-9))
+            i1 = video_frames(n_samples, self.fps)
         else:  # frames whose samples are all here: none of their numbers depends on where the track ends
             i1 = self.frame + int((n_samples - self.b0) * self.fps / RATE) + 2
-            _, _, b, start, end = self._frames(self.frame, i1, 1 << 62)
+            end, _, b, start = frame_windows(self.frame, i1, 1 << 62, self.fps)
             need = np.maximum(np.maximum(b, end), start + PITCH_WIN)
             i1 = self.frame + int(np.searchsorted(need, n_samples, side="right"))
         if i1 > self.frame:
-            _, a, b, start, _ = self._frames(self.frame, i1, n_samples)
+            _, a, b, start = frame_windows(self.frame, i1, n_samples, self.fps)
             cs = self.cs
             self.db.append(10 * np.log10((cs[b - self.b0] - cs[a - self.b0]) / np.maximum(b - a, 1) + 1e-12))
             self.f0.append(pitch_at(self.buf, start - self.b0) if n_samples >= PITCH_WIN else np.full(i1 - self.frame, np.nan))
@@ -92,14 +82,14 @@ class SpeechStream:
 
     def _trim(self) -> None:
         """Let go of the samples no frame or hop still to measure needs (the last PITCH_WIN stay for the end's clip)."""
-        centre, a, _, start, _ = self._frames(self.frame, self.frame + 1, 1 << 62)
+        _, a, _, start = frame_windows(self.frame, self.frame + 1, 1 << 62, self.fps)
         keep = min(int(a[0]), int(start[0]), max(self.hop - 2, 0) * HOP, self.seen - PITCH_WIN) - self.b0
         if keep > 0:
             self.buf, self.cs, self.b0 = self.buf[keep:], self.cs[keep:], self.b0 + keep
 
     def features(self, min_pause: float = 0.5, min_stroke_gap: float = 0.4, stress_ratio: float = 0.3) -> SpeechFeatures:
         """:func:`~.speech.analyze_waveform` of everything added, with its errors."""
-        n = int(np.floor(self.seen / RATE * self.fps + 1e-9))
+        n = video_frames(self.seen, self.fps)
         if n == 0:
             raise EchoMimicError(f"speech analysis: the clip is shorter than one video frame at {self.fps:g} fps.")
         self._take()
