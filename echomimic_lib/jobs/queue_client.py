@@ -74,23 +74,8 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
         err = QueueError(f"{url}: HTTP {exc.code}: {explain(body) or exc.reason}")
         err.code, err.retry_after = exc.code, (exc.headers or {}).get("Retry-After")
         raise err from None
-    except urllib.error.URLError as exc:
-        if deadline.expired:
-            raise _too_slow(url, timeout) from None
-        if isinstance(exc.reason, TimeoutError) or "timed out" in str(exc.reason):
-            raise QueueError(f"{url}: no answer within {timeout:g} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
-        parts = urllib.parse.urlsplit(url)
-        raise QueueError(f"cannot reach ComfyUI at {parts.scheme}://{parts.netloc} ({exc.reason}, on {parts.path}); is it "
-                         "running? Start it (python main.py; --listen to reach it from another machine) or give its "
-                         "address with --server URL.") from None
-    except TimeoutError:
-        if deadline.expired:
-            raise _too_slow(url, timeout) from None
-        raise QueueError(f"{url}: no answer within {timeout:g} s; is ComfyUI busy or hung? Try again, or raise --timeout.") from None
-    except (OSError, http.client.HTTPException, ValueError) as exc:  # dropped connection, a malformed answer or URL
-        if deadline.expired:  # (the deadline shut the connection)
-            raise _too_slow(url, timeout) from None
-        raise QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # unreachable, silent, dropped, a malformed answer
+        raise _failed(url, exc, timeout, deadline.expired) from None
     finally:
         deadline.stop()
     reply = loads_json(body or "{}", url, f"the server answered with something that is not JSON ({body[:80].strip()!r}...)",
@@ -98,6 +83,23 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
     if not isinstance(reply, dict):
         raise QueueError(f"{url}: unexpected answer {body[:80]!r}; is this ComfyUI's address?")
     return reply
+
+
+def _failed(url: str, exc: BaseException, timeout: float, expired: bool) -> QueueError:
+    """What a request that raised ``exc`` (no HTTP answer) says: the overall deadline ran out (``expired``: it shut the
+    connection), no answer within ``timeout``, the server cannot be reached, or the exchange broke."""
+    if expired:
+        return _too_slow(url, timeout)
+    unreachable = isinstance(exc, urllib.error.URLError)
+    reason = exc.reason if unreachable else exc
+    if isinstance(reason, TimeoutError) or (unreachable and "timed out" in str(reason)):
+        return QueueError(f"{url}: no answer within {timeout:g} s; is ComfyUI busy or hung? Try again, or raise --timeout.")
+    if unreachable:
+        parts = urllib.parse.urlsplit(url)
+        return QueueError(f"cannot reach ComfyUI at {parts.scheme}://{parts.netloc} ({reason}, on {parts.path}); is it "
+                          "running? Start it (python main.py; --listen to reach it from another machine) or give its "
+                          "address with --server URL.")
+    return QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?")
 
 
 def _too_slow(url: str, timeout: float) -> QueueError:
