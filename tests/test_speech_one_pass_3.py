@@ -6,14 +6,13 @@ with --length once."""
 from __future__ import annotations
 
 import dataclasses
-import tracemalloc
 
 import numpy as np
 import pytest
 
 from echomimic_lib.errors import EchoMimicError
 from tests.test_speech_memory import long_speech, write_wav
-from tests.test_speech_one_pass_2 import SHORT, _library
+from tests.test_speech_one_pass_2 import SHORT, _library, _numpy_peak
 
 FPS = 24.0
 
@@ -159,12 +158,7 @@ def test_poses_with_length_decode_once_and_make_the_same_poses(long_wav, tmp_pat
 
 def _peak(fn):
     fn()  # (the modules it imports the first time are no part of the peak)
-    tracemalloc.start()
-    try:
-        out = fn()
-        return out, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    return _numpy_peak(fn)
 
 
 def test_poses_with_length_hold_no_whole_16k_track(long_wav, tmp_path, monkeypatch):
