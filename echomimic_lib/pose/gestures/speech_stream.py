@@ -33,10 +33,6 @@ class SpeechStream:
         self.f0: list = []
         self.flux: list = []  # the spectral flux of hops 1 .. hop - 1
 
-    @property
-    def samples(self) -> int:
-        return self.seen
-
     def add(self, piece) -> None:
         x = np.asarray(piece, dtype=np.float64).reshape(-1)
         if not x.size:
