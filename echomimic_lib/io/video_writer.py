@@ -259,23 +259,12 @@ class Mp4Writer:
         else:
             audio = self.audio[:, :n]
             blocks = (np.ascontiguousarray(audio[:, start : start + 1024]) for start in range(0, audio.shape[1], 1024))
-        # (a rate AAC has no table for: resampled to the stream's; an AAC rate is encoded as it is, as before)
-        resampler = None if aac_rate(sr) == sr else av.AudioResampler(format="fltp", layout=stream.layout.name,
-                                                                        rate=aac_rate(sr))
-        pts, out_pts = 0, 0
-        for block in itertools.chain(blocks, [None]):  # (one block held at a time; None: the resampler's end)
-            if block is None and resampler is None:
-                break
-            frame = None
-            if block is not None:
-                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=stream.layout.name)
-                frame.sample_rate, frame.pts = sr, pts
-                pts += block.shape[1]
-            for out in [frame] if resampler is None else resampler.resample(frame):
-                if resampler is not None:
-                    out.pts, out_pts = out_pts, out_pts + out.samples
-                for packet in stream.encode(out):
-                    self._container.mux(packet)
+        frames = _sound_frames(blocks, sr, stream.layout.name)
+        if aac_rate(sr) != sr:  # a rate AAC has no table for: resampled to the stream's (an AAC rate as it is, as before)
+            frames = _resampled(frames, av.AudioResampler(format="fltp", layout=stream.layout.name, rate=aac_rate(sr)))
+        for frame in frames:
+            for packet in stream.encode(frame):
+                self._container.mux(packet)
         for packet in stream.encode():
             self._container.mux(packet)
 
@@ -295,3 +284,24 @@ class Mp4Writer:
             return OutputError(str(refused))
         return OutputError(f"cannot write {self.path}: {exc.strerror or exc}; nothing was written. Check the folder "
                            "(permissions, free space) or choose another output.")
+
+
+def _sound_frames(blocks, sr: int, layout: str):
+    """The AudioFrames of ``blocks`` ((C, k) float32, in order), each with its pts; one block held at a time."""
+    import av
+
+    pts = 0
+    for block in blocks:
+        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
+        frame.sample_rate, frame.pts = sr, pts
+        pts += block.shape[1]
+        yield frame
+
+
+def _resampled(frames, resampler):
+    """``frames`` through ``resampler`` (flushed at the end), numbered in the new rate's samples."""
+    pts = 0
+    for frame in itertools.chain(frames, [None]):
+        for out in resampler.resample(frame):
+            out.pts, pts = pts, pts + out.samples
+            yield out
