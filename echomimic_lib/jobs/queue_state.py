@@ -152,9 +152,10 @@ class QueueState:
         return None
 
     def record(self, server: str, prefix: str, print_: str, prompt_id: str, files: list[str] | None = None,
-               attempts: int | None = None) -> None:
+               attempts: int | None = None) -> int:
         """Keep this job's prompt (``files``: collected). ``attempts`` (a prompt queued by ``--retry-failed``): how many
-        this job has had; None: as many as its earlier record of the same prompt says (1 when there is none)."""
+        this job has had; None: as many as its earlier record of the same prompt says (1 when there is none). Returns
+        the attempts recorded."""
         old = (self.find(prefix) or (None, {}))[1]
         if attempts is None:
             attempts = old.get("attempts", 1) if old.get("fingerprint") == print_ else 1
@@ -162,6 +163,7 @@ class QueueState:
         if files is not None:
             rec["files"] = list(files)
         self._put(server, prefix, rec)
+        return rec["attempts"]
 
     def failed(self, server: str, prefix: str, prompt_id: str, why: str) -> None:
         """This job's prompt failed on the server: said in its record (``--resume --retry-failed`` queues it again)."""

@@ -149,8 +149,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
             flight[job.prefix] = [job, server, pid, attempts, t0]
             if book is not None:
                 marks[job.prefix] = client.fingerprint(prompt)
-                book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries)
-                tries_of[job.prefix] = (book.find(job.prefix, [server.url]) or (None, {}))[1].get("attempts")
+                tries_of[job.prefix] = book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries)
         except QueueError as exc:
             record(job, "error", attempts, t0, error=str(exc))
 
