@@ -70,7 +70,32 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def read_meta(ckpt: Path) -> dict:
-    return json.loads((Path(ckpt) / "meta.json").read_text())
+    """A checkpoint's ``meta.json`` (its step and the run's settings). Damaged (cut short by a disk or a copy, not
+    JSON, not an object, no step number): a ConfigError naming the file and the checkpoint to use instead, raised where
+    it is first read (``fit`` / ``v3-fit --resume`` before anything is built or written, ``export`` before reading
+    weights)."""
+    from echomimic_lib.io.json_file import read_json
+
+    from .config import ConfigError
+
+    path = Path(ckpt) / "meta.json"
+    fix = _earlier_checkpoint_fix(Path(ckpt))
+    meta = read_json(path, "not a readable checkpoint record", fix, ConfigError, expect=dict)
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ConfigError(f"{path}: not a readable checkpoint record (no step number); {fix}")
+    return meta
+
+
+def _earlier_checkpoint_fix(ckpt: Path) -> str:
+    """What to do about a checkpoint whose ``meta.json`` is damaged: the newest earlier checkpoint beside it."""
+    m = PATTERN.match(ckpt.name)
+    earlier = [p for s, p in list_checkpoints(ckpt.parent) if m and s < int(m.group(1))]
+    if earlier:
+        return (f"the checkpoint {ckpt} is damaged: use an earlier one, e.g. --resume {earlier[-1]} (or export it), or move "
+                f"{ckpt.name} out of {ckpt.parent} and --resume takes the newest one left")
+    return (f"the checkpoint {ckpt} is damaged and no earlier one is kept beside it: give an earlier checkpoint you have, "
+            "or start the run over in a new output_dir")
 
 
 def remove_partial(root: Path) -> list[Path]:

@@ -17,7 +17,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,8 +141,9 @@ def load_adapter_checkpoint(net: TrainingNet, ckpt: Path) -> None:
 
     from echomimic_lib.lora import fingerprints_match
 
-    meta_path = ckpt / "meta.json"
-    saved = json.loads(meta_path.read_text()).get("lora") if meta_path.is_file() else None
+    from .checkpoint import read_meta
+
+    saved = read_meta(ckpt).get("lora") if (ckpt / "meta.json").is_file() else None
     if saved and not fingerprints_match(saved["base"]["fingerprint"], net.lora["base"]["fingerprint"]):
         key = net.lora["base"].get("config_key", "model.echomimic_path")
         raise ConfigError(f"{ckpt}: this checkpoint's adapters were trained on other base weights ({saved['base']['path']}) than "

@@ -1,0 +1,84 @@
+"""The trainer's JSON files read through the shared reader (echomimic_lib.io.json_file.read_json): a damaged or wrong
+file (not JSON, not UTF-8, nested past what the parser reads, another top-level kind, a folder or pipe) is one
+ConfigError naming the file and the fix, raised before anything is built or written; the JSON-lines training log
+reads past a line a killed run tore. Each through the command the user runs (``echomimic-train ...``)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+DAMAGED = {  # what a disk or a copy cut short, or another program, leaves where a JSON object belongs
+    "torn": b'{"step": 2, "weig',
+    "not utf-8": b'{"step": 2, "weights": "\xff"}',
+    "deep": DEEP,
+    "a list": b"[2]",
+    "empty": b"",
+}
+PROBLEM = {"torn": "not valid JSON", "not utf-8": "not UTF-8", "deep": "nested too deeply", "a list": "it holds a list",
+           "empty": "(empty)", "no step": "(no step number)"}
+
+
+def _no_build(monkeypatch):
+    monkeypatch.setattr("trainer.init.build", lambda *a, **k: pytest.fail("built before the checkpoint was read"))
+
+
+def _run_with_checkpoints(tmp_path, damaged: bytes):
+    """A run folder with a good checkpoint (step 1) and a newer one whose meta.json is ``damaged`` (step 2)."""
+    run = tmp_path / "run"
+    good, bad = run / "checkpoints" / "step-00000001", run / "checkpoints" / "step-00000002"
+    for ck in (good, bad):
+        ck.mkdir(parents=True)
+    (good / "meta.json").write_text('{"step": 1}')
+    (bad / "meta.json").write_bytes(damaged)
+    return run, good, bad
+
+
+def _config(tmp_path, run):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"preset": "v1_stage1", "output_dir": str(run),
+                                   "model": {"init": "echomimic", "echomimic_path": str(tmp_path), "weights": "v1_pose"},
+                                   "data": {"roots": [str(tmp_path)]}, "loss": {"spatial": {"lpips": 0.0}}}))
+    return cfg
+
+
+@pytest.mark.parametrize("kind", [*DAMAGED, "no step"])
+def test_fit_resume_from_a_checkpoint_with_a_damaged_meta_json_is_refused_before_building(tmp_path, capsys, monkeypatch, kind):
+    from trainer.cli import main
+
+    run, good, bad = _run_with_checkpoints(tmp_path, DAMAGED.get(kind, b'{"weights": "v1_pose"}'))
+    _no_build(monkeypatch)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["fit", "--config", str(_config(tmp_path, run)), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad / 'meta.json'}: not a readable checkpoint record" in err and PROBLEM[kind] in err, err
+    assert f"--resume {good}" in err and "Traceback" not in err, err  # the fix: the checkpoint before it
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # no config.yaml, log or folder written
+
+
+def test_fit_resume_from_the_only_checkpoint_damaged_says_to_start_over(tmp_path, capsys, monkeypatch):
+    from trainer.cli import main
+
+    run, good, bad = _run_with_checkpoints(tmp_path, b"{")
+    (good / "meta.json").unlink()
+    good.rmdir()
+    _no_build(monkeypatch)
+    assert main(["fit", "--config", str(_config(tmp_path, run)), "--resume", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad / "meta.json") in err and "no earlier one is kept beside it" in err and "new output_dir" in err, err
+    assert not (run / "config.yaml").exists()
+
+
+def test_export_of_a_checkpoint_with_a_damaged_meta_json_is_refused_before_writing(tmp_path, capsys):
+    from trainer.cli import main
+
+    run, good, bad = _run_with_checkpoints(tmp_path, b'{"step": 2, "echo_config": {"a": ')
+    (bad / "model.safetensors").write_bytes(b"")  # never read: the record is read first
+    dest = tmp_path / "export"
+    assert main(["export", str(run), str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad / "meta.json") in err and "not valid JSON" in err and f"--resume {good} (or export it)" in err, err
+    assert not dest.exists()
