@@ -82,3 +82,35 @@ def test_export_of_a_checkpoint_with_a_damaged_meta_json_is_refused_before_writi
     err = capsys.readouterr().err
     assert str(bad / "meta.json") in err and "not valid JSON" in err and f"--resume {good} (or export it)" in err, err
     assert not dest.exists()
+
+
+# the training log -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from tests.test_trainer_helpers import shared_dir
+
+    return shared_dir(tmp_path_factory)
+
+
+def test_a_run_resumed_after_a_kill_tore_its_log_trains_on_and_plots(base, tmp_path, capsys):
+    """A run killed while writing train_log.jsonl leaves a torn last line; the resumed run appends to that log and
+    plots it at every checkpoint: it stopped there with a raw JSONDecodeError after the resumed step had trained."""
+    from tests.test_trainer_helpers import v1_config, write_yaml
+    from trainer.cli import main
+    from trainer.config_file import load_config
+    from trainer.loop import fit
+    from trainer.monitor import read_log
+
+    run = tmp_path / "run"
+    cfg_path = write_yaml(tmp_path / "c.yaml", v1_config(base, run, steps=2, optim={"batch_size": 1},
+                                                         checkpoint={"every": 1}, log={"tensorboard": False}))
+    assert fit(load_config(cfg_path), stop_after=1)["step"] == 1
+    log = run / "train_log.jsonl"
+    with open(log, "ab") as fh:
+        fh.write(b'{"step": 2, "loss/total": 0.3')  # the kill, mid-line
+    assert main(["fit", "--config", str(cfg_path), "--resume"]) == 0, capsys.readouterr().err
+    rows = read_log(log)
+    assert [r["step"] for r in rows if "event" not in r] == [1, 2]  # the torn row skipped, the resumed one read
+    assert any(r.get("event") == "checkpoint" and r["step"] == 2 for r in rows)
+    assert log.read_bytes().count(b'{"step": 2, "loss/total": 0.3\n') == 1  # the torn line stays a line of its own
+    assert (run / "checkpoints" / "loss.png").is_file()

@@ -36,6 +36,8 @@ class Monitor:
 
                 keep_earlier_run(self.out_dir, names=(LOG,), with_config=False)
             self.jsonl = open(self.out_dir / "train_log.jsonl", "w" if fresh else "a", buffering=1)
+            if not fresh and _torn(self.out_dir / "train_log.jsonl"):
+                self.jsonl.write("\n")  # the killed run's torn last line stays one line (read_log skips it)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -87,11 +89,34 @@ class Monitor:
             self.jsonl.close()
 
 
+def _torn(path: Path) -> bool:
+    """Whether the log ends inside a line (a run killed while writing it)."""
+    with open(path, "rb") as fh:
+        if fh.seek(0, 2) == 0:
+            return False
+        fh.seek(-1, 2)
+        return fh.read(1) != b"\n"
+
+
 def read_log(path: Path) -> list[dict]:
+    """The rows of a ``train_log.jsonl``. A line that is not a JSON object is skipped, not an error: the last line of a
+    run killed while writing it is torn (and a resumed run's log holds it in the middle), and the log is a record of
+    the run, never what resuming reads (:func:`echomimic_lib.jobs.batch.results.read_results` does the same)."""
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.io.json_file import loads_json
+
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    rows.append(loads_json(line, str(path), expect=dict))
+                except EchoMimicError:  # torn, not UTF-8, or nested past what the parser reads: not a row
+                    continue
+    return rows
 
 
 def plot_losses(log_path: Path, dest: Path) -> Path | None:
@@ -103,7 +128,7 @@ def plot_losses(log_path: Path, dest: Path) -> Path | None:
     except ImportError:
         log.warning("matplotlib is not installed; no loss plot")
         return None
-    rows = [r for r in read_log(log_path) if "event" not in r]
+    rows = [r for r in read_log(log_path) if "event" not in r and isinstance(r.get("step"), int)]
     last = {}
     for r in rows:  # a resumed run re-logs steps: keep the latest value of each step
         last[r["step"]] = r
