@@ -23,7 +23,7 @@ PROBLEM = {"torn": "not valid JSON", "not utf-8": "not UTF-8", "deep": "nested t
 
 
 def _no_build(monkeypatch):
-    monkeypatch.setattr("trainer.init.build", lambda *a, **k: pytest.fail("built before the checkpoint was read"))
+    monkeypatch.setattr("trainer.init.build", lambda *a, **k: pytest.fail("built before the damaged file was refused"))
 
 
 def _run_with_checkpoints(tmp_path, damaged: bytes):
@@ -114,3 +114,31 @@ def test_a_run_resumed_after_a_kill_tore_its_log_trains_on_and_plots(base, tmp_p
     assert any(r.get("event") == "checkpoint" and r["step"] == 2 for r in rows)
     assert log.read_bytes().count(b'{"step": 2, "loss/total": 0.3\n') == 1  # the torn line stays a line of its own
     assert (run / "checkpoints" / "loss.png").is_file()
+
+
+# the SD1.5 UNet's config.json (model.init: sd) --------------------------------------------------------------------------
+@pytest.mark.parametrize("data, problem", [
+    (b'{"block_out_channels": [32, 64', "not valid JSON"),
+    (DEEP, "nested too deeply"),
+    (b"[320, 640]", "it holds a list"),
+    (b'{"in_channels": 4}', "no 'block_out_channels'"),
+], ids=["torn", "deep", "a list", "no channels"])
+def test_fit_from_an_sd_folder_with_a_damaged_unet_config_is_refused_before_writing(base, tmp_path, capsys, monkeypatch,
+                                                                                     data, problem):
+    from tests.test_trainer_helpers import v1_config, write_yaml
+    from trainer.cli import main
+
+    unet = tmp_path / "sd-image-variations-diffusers" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_bytes(data)
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.jsonl").write_text('{"step": 1, "loss/total": 0.5}\n')  # an earlier run's record
+    cfg = v1_config(base, run, model={"init": "sd", "sd_path": str(unet.parent), "echomimic_path": None})
+    _no_build(monkeypatch)
+    assert main(["fit", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {unet / 'config.json'}: not a diffusers UNet config (" in err and problem in err, err
+    assert "model.sd_path: give the sd-image-variations-diffusers folder" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in run.iterdir()) == ["train_log.jsonl"]  # not renamed aside, no config.yaml

@@ -16,7 +16,6 @@ Fresh parameters are drawn under ``torch.manual_seed(seed)`` so a run is reprodu
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +70,28 @@ def sd_unet_files(sd_path: str | Path) -> tuple[Path, Path]:
     if not (unet / "config.json").is_file() or weights is None:
         raise FileNotFoundError(f"{root}: expected a diffusers UNet folder (unet/config.json + diffusion_pytorch_model.safetensors)")
     return unet / "config.json", weights
+
+
+def sd_unet_config(sd_path: str | Path) -> tuple[EchoConfig, Path]:
+    """The architecture of an SD1.5 image-variations folder's UNet (its ``unet/config.json``) and its weights file. A
+    config that is damaged or not a diffusers UNet's is a ConfigError naming the file (``fit`` reads it before anything
+    is written: :func:`trainer.loop.fit`)."""
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.io.json_file import read_json
+
+    from .config import ConfigError
+
+    cfg_json, weights = sd_unet_files(sd_path)
+    fix = (f"model.sd_path: give the sd-image-variations-diffusers folder as it was downloaded (download "
+           f"{cfg_json.name} again into {cfg_json.parent})")
+    data = read_json(cfg_json, "not a diffusers UNet config", fix, ConfigError, max_bytes=1 << 20, expect=dict)
+    try:
+        return EchoConfig.from_diffusers(data, None), weights
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, EchoMimicError):
+            raise  # (a layout EchoMimic does not have: its own words)
+        why = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"{cfg_json}: not a diffusers UNet config ({why}); {fix}") from None
 
 
 def map_sd_weights(sd_state: dict, reference: EchoUNet, denoiser: EchoUNet) -> dict:
@@ -148,8 +169,7 @@ def build(cfg: TrainConfig) -> Built:
             report["files"] = {k: str(v) for k, v in files.items() if v is not None}
         else:
             if m.init == "sd":
-                cfg_json, weights = sd_unet_files(m.sd_path)
-                echo_cfg = EchoConfig.from_diffusers(json.loads(cfg_json.read_text()), None)
+                echo_cfg, weights = sd_unet_config(m.sd_path)
                 dirs = [Path(m.sd_path), Path(m.sd_path).parent]
             else:
                 if m.arch not in ARCH_PRESETS:

@@ -111,7 +111,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
 
     from .data.dataset import build_pools, make_loader
     from .ema import PhaseEMA
-    from .init import build
+    from .init import build, sd_unet_config
     from .losses import load_pose_estimator, training_scheduler
     from .lpips_net import build_lpips, lpips_needed, resolve_backbone
 
@@ -121,6 +121,8 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     # checks that need no network come first: a missing LPIPS backbone is reported before anything is built
     need_lpips = lpips_fn is None and lpips_needed(cfg)
     backbone = resolve_backbone(cfg.loss.lpips) if need_lpips else None
+    if cfg.model.init == "sd":  # a missing or damaged unet/config.json, said before anything is written or built
+        sd_unet_config(cfg.model.sd_path)
     acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
                       **accelerator_kwargs(cfg))  # timeout, per-node checkpoints, FSDP (trainer.distributed)
     out = Path(cfg.output_dir)
