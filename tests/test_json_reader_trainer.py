@@ -142,3 +142,30 @@ def test_fit_from_an_sd_folder_with_a_damaged_unet_config_is_refused_before_writ
     assert f"error: {unet / 'config.json'}: not a diffusers UNet config (" in err and problem in err, err
     assert "model.sd_path: give the sd-image-variations-diffusers folder" in err and "Traceback" not in err, err
     assert sorted(p.name for p in run.iterdir()) == ["train_log.jsonl"]  # not renamed aside, no config.yaml
+
+
+# prepare_config.json's curation thresholds (prepare's finalize) -------------------------------------------------------
+@pytest.mark.parametrize("data, problem", [
+    (b'{"kind": "headshot", "curate": {"syncnet": ', "not valid JSON"),
+    (b'["headshot"]', "it holds a list"),
+    (b'{"kind": "headshot", "curate": [3.0]}', "its curate holds a list"),
+], ids=["torn", "a list", "curate a list"])
+def test_finalize_refuses_a_damaged_settings_file_before_writing_the_manifest(tmp_path, data, problem):
+    """``prepare`` reads prepare_config.json before its first clip (check_same_settings refuses a damaged one there) and
+    again in finalize, after every clip: a file damaged in between gave a raw JSONDecodeError / AttributeError (a list
+    where the thresholds belong: ``summary_table`` then) after manifest.jsonl was rewritten."""
+    from trainer.config import ConfigError
+    from trainer.data.prepare import finalize
+
+    (tmp_path / "status").mkdir()
+    (tmp_path / "status" / "a_000.json").write_text(json.dumps({"clip": "a_000", "status": "ok", "reason": "", "seconds": 2.5}))
+    (tmp_path / "prepare_config.json").write_bytes(data)
+    (tmp_path / "manifest.jsonl").write_text("before\n")
+    with pytest.raises(ConfigError) as got:
+        finalize(tmp_path)
+    msg = str(got.value)
+    assert msg.startswith(f"{tmp_path / 'prepare_config.json'}: unreadable settings file (") and problem in msg, msg
+    assert msg.endswith("delete it and run the same prepare command again (it writes the file anew from the command's "
+                        "settings; finished clips are skipped)"), msg
+    assert (tmp_path / "manifest.jsonl").read_text() == "before\n" and not (tmp_path / "curation.json").exists()
+    assert not (tmp_path / "report.jsonl").exists()

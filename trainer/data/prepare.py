@@ -231,6 +231,7 @@ def finalize(out_root: Path) -> dict:
     from ..config import ConfigError
 
     out_root = Path(out_root)
+    thresholds = _curate_thresholds(out_root)  # (a damaged settings file: said before anything is written)
     rows = []
     for p in sorted((out_root / "status").glob("*.json")):  # a damaged disk or copy: named, and the manifest before is kept
         row = read_json(p, "unreadable status file", "delete it and run the same prepare command again (its clip is "
@@ -248,7 +249,7 @@ def finalize(out_root: Path) -> dict:
     for name, items in (("manifest.jsonl", kept), ("report.jsonl", rows)):
         write_text_atomic(out_root / name, "".join(json.dumps(r, sort_keys=True) + "\n" for r in items))
     by_reason = Counter(r["reason"] for r in rows if r["status"] != "ok")
-    curation = _curation_record(out_root, rows)
+    curation = _curation_record(out_root, rows, thresholds)
     return {"clips": len(rows), "kept": len(kept), "kept_seconds": round(sum(r["seconds"] for r in kept), 2),
             "dropped": dict(by_reason), "rows": rows, "curation": curation}
 
@@ -269,12 +270,27 @@ def _not_a_status_row(row) -> str:
     return ""
 
 
-def _curation_record(out_root: Path, rows: list[dict]) -> dict:
-    """``curation.json``: the curation thresholds of the run (``prepare_config.json``) and the clips each filter removed."""
-    import json
+def _curate_thresholds(out_root: Path) -> dict:
+    """The curation thresholds the dataset was prepared with (``prepare_config.json``'s ``curate``; {} without one)."""
+    from echomimic_lib.io.json_file import kind_of, read_json
+
+    from ..config import ConfigError
 
     conf = out_root / "prepare_config.json"
-    thresholds = json.loads(conf.read_text()).get("curate", {}) if conf.is_file() else {}
+    if not conf.exists():
+        return {}
+    fix = ("delete it and run the same prepare command again (it writes the file anew from the command's settings; "
+           "finished clips are skipped)")
+    settings = read_json(conf, "unreadable settings file", fix, ConfigError, expect=dict)
+    thresholds = settings.get("curate") or {}
+    if not isinstance(thresholds, dict):
+        raise ConfigError(f"{conf}: unreadable settings file (its curate holds {kind_of(thresholds)} where an object "
+                          f"{{...}} belongs); {fix}")
+    return thresholds
+
+
+def _curation_record(out_root: Path, rows: list[dict], thresholds: dict) -> dict:
+    """``curation.json``: the curation thresholds of the run (``prepare_config.json``) and the clips each filter removed."""
     record = {"removed": curation_counts(rows), "thresholds": thresholds}
     write_json_atomic(out_root / "curation.json", record)
     return record
