@@ -169,3 +169,26 @@ def test_finalize_refuses_a_damaged_settings_file_before_writing_the_manifest(tm
                         "settings; finished clips are skipped)"), msg
     assert (tmp_path / "manifest.jsonl").read_text() == "before\n" and not (tmp_path / "curation.json").exists()
     assert not (tmp_path / "report.jsonl").exists()
+
+
+# a clip's status file on a resumed prepare ---------------------------------------------------------------------------
+def test_prepare_again_redoes_a_clip_whose_status_file_is_no_object_and_says_why(tmp_path, capsys, caplog):
+    import logging
+
+    from tests.test_trainer_helpers import DATA
+    from trainer.cli import main
+
+    inp, out = tmp_path / "in", tmp_path / "ds"
+    inp.mkdir()
+    for name in ("talk", "other"):
+        (inp / f"{name}.mp4").symlink_to(DATA / "video" / "driving_a.mp4")  # no audio: dropped at once (cheap)
+    args = ["prepare", str(inp), str(out), "--size", "64", "--max-seconds", "2", "--shards", "2", "-q"]
+    main(args)
+    status = out / "status" / "talk.json"
+    status.write_text('["talk.mp4"]')  # JSON, but not the object prepare wrote
+    with caplog.at_level(logging.WARNING, logger="trainer.data.prepare"):
+        main(args)
+    said = [r.getMessage() for r in caplog.records if "talk is prepared again" in r.getMessage()]
+    assert said and f"{status}: its status file is unreadable (it holds a list [...] where an object {{...}} belongs); " \
+                    "it is written anew when the clip is prepared" in said[0], said  # before: "(AttributeError)"
+    assert json.loads(status.read_text())["status"] == "dropped"  # written anew

@@ -4,11 +4,10 @@ there (:func:`clip_missing`); :func:`drop_stale_clip` removes a clip kept from a
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from echomimic_lib.io.json_file import json_problem
+from echomimic_lib.io.json_file import read_json
 
 log = logging.getLogger("trainer.data.prepare")  # the prepare command's messages, under its name
 
@@ -28,10 +27,10 @@ def source_changed(status: Path, stamp: dict, unstamped: list) -> str | None:
     """Why the clip's status file no longer stands for its video (None: it does, and the clip is skipped). A status
     written before source stamps were recorded is trusted as before; the first one is said once (``unstamped``)."""
 
-    try:
-        old = json.loads(status.read_text(encoding="utf-8")).get("source_stamp", "unstamped")
-    except (OSError, ValueError, AttributeError, RecursionError) as exc:  # (RecursionError: nested past what the parser reads)
-        return f"its status file {status} is unreadable ({json_problem(exc) or type(exc).__name__})"
+    row = _status_row(status)
+    if isinstance(row, str):
+        return row
+    old = row.get("source_stamp", "unstamped")
     if old == "unstamped":
         if not unstamped:
             log.warning("%s and maybe other status files were written by an older version without their video's size and "
@@ -44,6 +43,20 @@ def source_changed(status: Path, stamp: dict, unstamped: list) -> str | None:
     if old.get("size") != stamp["size"]:
         return f"{stamp['path']} is {stamp['size']} bytes, {old.get('size')} when it was prepared (the video was replaced)"
     return None  # the time is recorded, not compared: videos copied to another disk or machine keep their clips
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _status_row(status: Path) -> dict | str:
+    """The clip's status row, or why it cannot be read (the clip is then prepared again and its status written anew):
+    not JSON, not UTF-8, nested past what the parser reads, not an object, a folder, the system refusing it."""
+    try:
+        return read_json(status, "its status file is unreadable", "it is written anew when the clip is prepared",
+                         _Unreadable, expect=dict)
+    except _Unreadable as exc:
+        return str(exc)
 
 
 def drop_stale_clip(out_root: Path, cid: str, num_shards: int) -> None:
@@ -63,11 +76,8 @@ def clip_missing(status: Path, out_root: Path) -> str | None:
     training cannot read."""
     from .store import CLIP_META
 
-    try:
-        row = json.loads(status.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None  # source_changed said it already
-    if not isinstance(row, dict) or row.get("status") != "ok":
+    row = _status_row(status)
+    if isinstance(row, str) or row.get("status") != "ok":  # (unreadable: source_changed said it already)
         return None
     folder = Path(out_root) / str(row.get("path") or "")
     if (folder / CLIP_META).is_file():
