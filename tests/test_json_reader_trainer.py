@@ -192,3 +192,27 @@ def test_prepare_again_redoes_a_clip_whose_status_file_is_no_object_and_says_why
     assert said and f"{status}: its status file is unreadable (it holds a list [...] where an object {{...}} belongs); " \
                     "it is written anew when the clip is prepared" in said[0], said  # before: "(AttributeError)"
     assert json.loads(status.read_text())["status"] == "dropped"  # written anew
+
+
+# a clip's clip.json read for its caption (v3-fit) ----------------------------------------------------------------------
+@pytest.mark.parametrize("data, problem", [(b'{"id": "spk0__clip", "fps": 25', "not valid JSON"), (DEEP, "nested too deeply"),
+                                           (b'"spk0__clip"', "it holds text")], ids=["torn", "deep", "text"])
+def test_v3_fit_on_a_clip_with_a_damaged_clip_json_names_the_clip_before_building(tmp_path, capsys, monkeypatch, data, problem):
+    from echomimic_lib.models.wan.tiny import ensure_tiny_v3
+    from tests.test_v3_train import SIZE, dataset
+    from trainer.cli import main
+
+    tiny = ensure_tiny_v3(tmp_path / "v3-flash")
+    d = dataset(tmp_path / "data", clips=2)
+    clip = d / "shard-00000" / "spk0__clip"
+    (clip / "clip.json").write_bytes(data)
+    monkeypatch.setattr("echomimic_lib.models.wan.load_v3_transformer", lambda *a, **k: pytest.fail("built first"))
+    run = tmp_path / "run"
+    cfg = tmp_path / "v3.yaml"
+    cfg.write_text(yaml.safe_dump({"output_dir": str(run), "model": {"path": str(tiny)}, "lora": {"rank": 4, "alpha": 4},
+                                   "data": {"roots": [str(d)], "frames": 9, "width": SIZE, "height": SIZE}, "steps": 1}))
+    assert main(["v3-fit", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {clip}: this prepared clip is damaged (clip.json: unreadable (" in err and problem in err, err
+    assert f"Delete the folder {clip} and run `echomimic-train prepare VIDEOS {d}` again" in err and "Traceback" not in err, err
+    assert not run.exists()

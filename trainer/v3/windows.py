@@ -8,7 +8,6 @@ so each is encoded once (:mod:`.encode`) and a resumed run sees the same samples
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from echomimic_lib.io.json_file import read_json
 
 from ..config import ConfigError
-from ..data.store import ClipReader, check_clips_present, read_manifest
+from ..data.store import CLIP_META, ClipReader, check_clips_present, damaged, read_manifest
 from .config import V3Data
 
 log = logging.getLogger(__name__)
@@ -49,9 +48,12 @@ def read_captions(path: str | None) -> dict[str, str]:
 def clip_caption(entry, captions: dict[str, str], default: str) -> tuple[str, str | None]:
     """(caption, the ``data.captions`` key it came from): ``data.captions`` by clip id, source file name or stem; else a
     ``.txt`` beside the source video (the convention of Wan LoRA trainers); else ``data.prompt``."""
-    meta_path = Path(entry.path) / "clip.json"
-    text = json.loads(meta_path.read_text()).get("source") if meta_path.is_file() else None
-    source = Path(text) if text else None
+    meta_path = Path(entry.path) / CLIP_META
+    text = None
+    if meta_path.is_file():  # (a damaged one: named with the fix, before any network is built)
+        text = read_json(meta_path, "unreadable", "written by prepare, then cut short or edited", name=CLIP_META,
+                         error=lambda msg: damaged(entry.path, msg), expect=dict).get("source")
+    source = Path(text) if isinstance(text, str) and text else None
     for key in (entry.id, *((source.name, source.stem) if source else ())):
         if key in captions:
             return captions[key], key
