@@ -5,7 +5,6 @@ reads past a line a killed run tore. Each through the command the user runs (``e
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import yaml
@@ -210,7 +209,8 @@ def test_v3_fit_on_a_clip_with_a_damaged_clip_json_names_the_clip_before_buildin
     run = tmp_path / "run"
     cfg = tmp_path / "v3.yaml"
     cfg.write_text(yaml.safe_dump({"output_dir": str(run), "model": {"path": str(tiny)}, "lora": {"rank": 4, "alpha": 4},
-                                   "data": {"roots": [str(d)], "frames": 9, "width": SIZE, "height": SIZE}, "steps": 1}))
+                                   "data": {"roots": [str(d)], "frames": 9, "width": SIZE, "height": SIZE}, "steps": 1,
+                                   "mixed_precision": "no"}))
     assert main(["v3-fit", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert f"error: {clip}: this prepared clip is damaged (clip.json: unreadable (" in err and problem in err, err
