@@ -7,11 +7,14 @@ with other widths (a fixture set, a fine-tune) configures the same classes.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .errors import EchoMimicError
+from .errors import EchoMimicError, WeightsError
+from .io.json_file import read_json
+
+CONFIG_FIX = ("copy it again from where it came (a test folder: make it again with `echomimic make-tiny`), or delete it: "
+              "the built-in SD1.5 layout of the released weights applies then")
 
 
 @dataclass(frozen=True)
@@ -110,22 +113,54 @@ class EchoConfig:
 
     @classmethod
     def from_files(cls, unet_config_json: str | Path, inference_config: str | Path | None = None) -> "EchoConfig":
-        unet_cfg = json.loads(Path(unet_config_json).read_text())
-        add = None
-        if inference_config is not None:
-            add = _read_mapping(Path(inference_config)).get("unet_additional_kwargs")
-        return cls.from_diffusers(unet_cfg, add)
+        """The config of a diffusers UNet ``config.json`` and EchoMimic's inference config (JSON or YAML); a damaged or
+        foreign file is a :class:`WeightsError` naming it and the fix."""
+        unet_cfg = read_config_json(unet_config_json, "UNet config.json")
+        add = None if inference_config is None else additional_kwargs(_read_mapping(Path(inference_config)), inference_config)
+        return config_from_documents(unet_cfg, add, unet_config_json)
+
+
+def read_config_json(path: str | Path, what: str) -> dict:
+    """A model folder's JSON config (``unet/config.json``, ``inference_config.json``): an object, or a
+    :class:`WeightsError` naming the file, the problem and :data:`CONFIG_FIX` (a folder or pipe under its name is
+    refused unread)."""
+    return read_json(path, f"not a readable {what}", CONFIG_FIX, WeightsError, max_bytes=1 << 20, expect=dict)
+
+
+def additional_kwargs(doc: dict, path) -> dict | None:
+    """The ``unet_additional_kwargs`` of an inference config (None when absent); another kind is named."""
+    add = doc.get("unet_additional_kwargs")
+    if add is not None and not isinstance(add, dict):
+        raise WeightsError(f"{path}: its unet_additional_kwargs is not an object {{...}} but {type(add).__name__}; {CONFIG_FIX}")
+    return add
+
+
+def config_from_documents(unet_cfg: dict, add: dict | None, where) -> EchoConfig:
+    """:meth:`EchoConfig.from_diffusers`, its documents' missing keys and values of another type (were KeyError /
+    TypeError tracebacks) said as a :class:`WeightsError` naming ``where`` (the config file)."""
+    try:
+        return EchoConfig.from_diffusers(unet_cfg, add)
+    except EchoMimicError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        said = f"no '{exc.args[0]}' entry" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise WeightsError(f"{where}: not an EchoMimic UNet config ({said}); {CONFIG_FIX}") from None
 
 
 def _read_mapping(path: Path) -> dict:
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as exc:  # pragma: no cover
-            raise EchoMimicError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or give the JSON form.") from exc
-        return yaml.safe_load(text)
-    return json.loads(text)
+    if path.suffix not in (".yaml", ".yml"):
+        return read_config_json(path, "inference config")
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover
+        raise EchoMimicError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or give the JSON form.") from exc
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as exc:
+        raise WeightsError(f"{path}: not a readable inference config ({exc}); {CONFIG_FIX}") from None
+    if not isinstance(doc, dict):
+        raise WeightsError(f"{path}: not a readable inference config (it holds {type(doc).__name__}, not a mapping); {CONFIG_FIX}")
+    return doc
 
 
 SD15 = EchoConfig()

@@ -19,14 +19,13 @@ folder), and the shared parts (VAE, whisper, configs) in ``root``'s parent.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import SD15_UNET_CONFIG, EchoConfig
+from .config import SD15_UNET_CONFIG, EchoConfig, additional_kwargs, config_from_documents, read_config_json
 from .errors import MissingWeightsError, WeightsError
 from .models.unet import ConditionEncoder, EchoUNet
 from .modes import WEIGHT_SETS, WeightSet
@@ -78,11 +77,12 @@ class EchoMimicModels:
 
 
 def read_config(files: dict) -> EchoConfig:
-    unet_cfg = json.loads(Path(files["unet_config"]).read_text()) if files.get("unet_config") else SD15_UNET_CONFIG
-    add = None
-    if files.get("inference_config"):
-        add = json.loads(Path(files["inference_config"]).read_text()).get("unet_additional_kwargs")
-    return EchoConfig.from_diffusers(unet_cfg, add)
+    """The networks' config from the set's optional ``unet/config.json`` and ``inference_config.json`` (SD1.5 defaults
+    without them); a damaged or foreign one is a :class:`WeightsError` naming it and the fix."""
+    unet, inference = files.get("unet_config"), files.get("inference_config")
+    unet_cfg = read_config_json(unet, "UNet config.json") if unet else SD15_UNET_CONFIG
+    add = additional_kwargs(read_config_json(inference, "inference config"), inference) if inference else None
+    return config_from_documents(unet_cfg, add, " / ".join(str(p) for p in (unet, inference) if p) or "the SD1.5 config")
 
 
 def build_denoiser(cfg: EchoConfig, motion: bool = True, device="meta") -> EchoUNet:

@@ -17,7 +17,6 @@ Accepted checkpoints (always read with ``torch.load(..., weights_only=True)`` or
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -26,6 +25,8 @@ from pathlib import Path
 import torch
 
 from ..errors import MissingWeightsError, WeightsError
+from ..io.file_names import plain_file_name
+from ..io.json_file import read_json
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +79,27 @@ def _hf_weight_files(folder: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [folder / s for s in shards]
+            return [folder / s for s in _index_shards(index)]
     raise MissingWeightsError(
         f"{folder}: has config.json but no model.safetensors or pytorch_model.bin. Download the weights of openai/whisper-tiny into this folder.",
         [str(folder / "model.safetensors")],
     )
 
 
+def _index_shards(index: Path) -> list[str]:
+    """The shard names a weight index's ``weight_map`` lists; a damaged or foreign index is named with the fix."""
+    fix = f"download the openai/whisper-tiny folder again. {_FIX}"
+    doc = read_json(index, "not a readable weight index", fix, WeightsError, max_bytes=64 << 20, expect=dict)
+    names = doc.get("weight_map")
+    if not isinstance(names, dict) or not names or not all(plain_file_name(n) for n in names.values()):
+        raise WeightsError(f"{index}: not a weight index (no 'weight_map' of tensor names to file names in its "
+                           f"folder); {fix}")
+    return sorted(set(names.values()))
+
+
 def _hf_config_dims(config_file: Path) -> dict:
-    try:
-        cfg = json.loads(config_file.read_text())
-    except Exception as exc:
-        raise WeightsError(f"{config_file}: not a readable JSON config ({exc}). Download it again. {_FIX}") from exc
+    cfg = read_json(config_file, "not a readable JSON config", f"download it again. {_FIX}", WeightsError,
+                    max_bytes=1 << 20, expect=dict)
     if cfg.get("model_type", "whisper") != "whisper":
         raise WeightsError(f"{config_file}: model_type is '{cfg.get('model_type')}', not 'whisper'. {_FIX}")
     return {

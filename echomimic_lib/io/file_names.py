@@ -19,6 +19,12 @@ WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", "conin$", "conout$",
 KEPT_PUNCTUATION = "._+-"
 
 
+def plain_file_name(name) -> bool:
+    """``name`` (read from a file: a weight index's shard) is a file name in its folder: text with no folder part
+    (``/``, ``\\``, a drive's ``:``), not ``.`` or ``..``, no NUL."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:\0")
+
+
 def _kept(ch: str) -> bool:
     return ch in KEPT_PUNCTUATION or unicodedata.category(ch)[0] in "LMN"
 

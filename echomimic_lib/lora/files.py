@@ -38,6 +38,7 @@ import torch
 
 from ..errors import EchoMimicError, WeightsError
 from ..io.file_safety import publish, temp_beside
+from ..io.json_file import loads_json
 from ..io.os_errors import writing
 from ..modes import WEIGHT_SETS
 
@@ -49,6 +50,10 @@ NETWORKS = ("reference", "denoiser")
 VERSION_NAMES = {"v1_audio": "EchoMimic V1 audio-driven (v1_audio)", "v1_pose": "EchoMimic V1 landmark (v1_pose)",
                  "v2": "EchoMimicV2 half-body (v2)"}
 A_KEY, B_KEY, ALPHA_KEY = ".lora_A.weight", ".lora_B.weight", ".alpha"
+
+
+_META_KINDS = {"rank": int, "alpha": (int, float), "use_rslora": bool, "targets": list, "networks": list, "base": dict,
+               "training": dict}  # each metadata field's JSON kind (weights and variant are plain text)
 
 
 @dataclass
@@ -85,11 +90,22 @@ class LoraInfo:
         if meta.get("format") != FORMAT:
             raise WeightsError(f"{where}: not an EchoMimic LoRA (no '{FORMAT}' metadata). Use a file written by "
                                "`echomimic-train export` of a LoRA run (LoRAs for other models, e.g. SD1.5, do not fit).")
-        if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+        version = meta.get("format_version", "0")
+        if not (isinstance(version, str) and version.isdigit()):
+            raise WeightsError(f"{where}: damaged LoRA metadata (format_version {version!r} is not a number); export "
+                               "the adapter again.")
+        if int(version) > FORMAT_VERSION:
             raise WeightsError(f"{where}: LoRA format version {meta['format_version']} is newer than this version "
                                f"understands ({FORMAT_VERSION}); update comfyui-echomimic.")
+        kwargs = {k: meta[k] if k in ("weights", "variant") else
+                  loads_json(meta[k], where, f"damaged LoRA metadata field '{k}'", "export the adapter again",
+                             WeightsError, expect=_META_KINDS.get(k))
+                  for k in cls.__dataclass_fields__ if k in meta}
+        bad = [k for k in ("rank", "alpha") if isinstance(kwargs.get(k), bool)]
+        if bad:
+            raise WeightsError(f"{where}: damaged LoRA metadata field '{bad[0]}' (true or false where a number belongs); "
+                               "export the adapter again")
         try:
-            kwargs = {k: (meta[k] if k in ("weights", "variant") else json.loads(meta[k])) for k in cls.__dataclass_fields__ if k in meta}
             info = cls(**kwargs)
         except (ValueError, TypeError) as exc:
             raise WeightsError(f"{where}: damaged LoRA metadata ({exc}). Export the adapter again.") from exc

@@ -21,7 +21,6 @@ Our own format is a single ``.npz`` of plain arrays (loaded with ``allow_pickle=
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ import numpy as np
 
 from ..errors import EchoMimicError, UnsafeFileError
 from ..io.file_safety import publish, temp_beside
+from ..io.json_file import loads_json
 from ..io.json_meta import meta_json
 from ..io.npz_file import open_npz
 from ..io.os_errors import writing
@@ -47,6 +47,7 @@ _FRAME_NAME = re.compile(r"^(\d+)\.npy$")
 REQUIRED_KEYS = ("bodies", "hands", "hands_score", "faces", "faces_score", "draw_pose_params")
 REQUIRED_BODY_KEYS = ("candidate", "subset", "score")
 NAN_POLICIES = ("hide", "error")
+POSE_FIX = "write it again with `echomimic poses VIDEO -o FILE.npz`"
 GAP_POLICIES = ("warn", "error")
 
 
@@ -341,10 +342,10 @@ def load_pose_npz(path: str | Path) -> PoseSequence:
 
 def _pose_from(data: dict, path: Path) -> PoseSequence:
     """The sequence of :func:`load_pose_npz`'s arrays (``data``: the archive's members, ``meta`` among them)."""
-    try:
-        meta = json.loads(bytes(data.pop("meta")).decode("utf-8"))
-    except Exception as exc:
-        raise EchoMimicError(f"{path}: not an EchoMimic pose sequence (no readable 'meta' entry).") from exc
+    if "meta" not in data:
+        raise EchoMimicError(f"{path}: not an EchoMimic pose sequence (no 'meta' entry); {POSE_FIX}")
+    meta = loads_json(bytes(data.pop("meta")), str(path), "not an EchoMimic pose sequence: its 'meta' entry is not "
+                      "readable", POSE_FIX, EchoMimicError, expect=dict)
     if meta.get("format") != FORMAT_NAME:
         raise EchoMimicError(f"{path}: not an EchoMimic pose sequence (format '{meta.get('format')}').")
     if int(meta.get("version", 0)) > FORMAT_VERSION:

@@ -9,11 +9,11 @@ file presence and sizes, and at most a weight file's first bytes (nothing is dow
 """
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
 from ...errors import EchoMimicError, MissingWeightsError
+from ...io.json_file import loads_json
 from ...io.model_files import (VAE_DIRS, WHISPER_FILES, _downloads, _find, _find_vae, is_tiny_folder, resolve_files,
                                search_dirs)
 from ...modes import WEIGHT_SETS
@@ -22,6 +22,7 @@ from .shell import echomimic, fix as with_remarks, remove, then
 
 VARIANTS = ("normal", "acc")
 ALL_WEIGHTS = (*WEIGHT_SETS, V3_FOLDER)
+SAFETENSORS_HEADER_MAX = 100_000_000  # what the safetensors library reads at most
 V3_TINY_MARKER = ".echomimic-tiny-v3"  # echomimic_lib.models.wan.tiny.MARKER (not imported: that module builds networks)
 
 
@@ -40,6 +41,10 @@ def _size(path: Path) -> int:
         return 0
 
 
+class _Unreadable(Exception):
+    """A weight file's header said unreadable (the words are :func:`file_problem`'s answer)."""
+
+
 def file_problem(path: Path) -> str | None:
     """What is wrong with a weight file, read from its first bytes (and a .safetensors header); None when it looks whole."""
     if path.is_dir():
@@ -56,13 +61,18 @@ def file_problem(path: Path) -> str | None:
                 n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
                 if n < 2 or 8 + n > size:
                     return f"not a whole .safetensors file ({size} bytes; a broken-off download?)"
+                if n > SAFETENSORS_HEADER_MAX:
+                    return f"not a .safetensors file (its header would be {n} bytes, over the {SAFETENSORS_HEADER_MAX} one may be)"
                 fh.seek(8)
-                header = json.loads(fh.read(n))
+                header = loads_json(fh.read(n), "its .safetensors header", "is damaged", "a broken-off download?",
+                                    _Unreadable, expect=dict)
                 end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
                 if 8 + n + end > size:
                     return f"truncated: {size} bytes of {8 + n + end} (a broken-off download?)"
             elif path.suffix in (".pth", ".pt", ".bin") and not head.startswith((b"PK\x03\x04", b"\x80")):
                 return "not a PyTorch weight file (neither a zip archive nor a pickle)"
+    except _Unreadable as exc:
+        return str(exc)
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         return f"unreadable ({exc})"
     return None

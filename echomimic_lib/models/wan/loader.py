@@ -12,15 +12,16 @@ error; each error names the key and the file. :class:`LoadReport` says what came
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-# The only imports from the rest of echomimic_lib in models/wan (modules being moved: update them here).
+# The only imports from the rest of echomimic_lib in models/wan, with sources.py's io.json_file and io.file_names
+# (modules being moved: update them here).
 from ...errors import WeightsError
+from ...io.json_file import read_json  # the project's JSON reader (damaged, too deep, a folder or pipe: one clear error)
 from ...io.weights import read_state_dict  # the project's safe reader (safetensors / weights_only pickles)
 from ...memory.fp8 import to_fp8  # fp8 weight storage (per-layer upcast), shared with the V1/V2 UNets
 from .config import AudioProjConfig, WanV3Config
@@ -53,11 +54,8 @@ def _read_config(cfg: Path) -> dict | None:
     JSONDecodeError traceback)."""
     if not cfg.is_file():
         return None
-    try:
-        got = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise WeightsError(f"{cfg}: not a readable config.json ({exc}); it may be cut short. Download it again (the "
-                           "Wan2.1-Fun-V1.1-1.3B-InP folder's config.json).") from exc
+    got = read_json(cfg, "not a readable config.json", "it may be cut short. Download it again (the "
+                    "Wan2.1-Fun-V1.1-1.3B-InP folder's config.json).", WeightsError, max_bytes=1 << 20)
     if not isinstance(got, dict):
         raise WeightsError(f"{cfg}: not a model config (a JSON object); download the Wan2.1-Fun-V1.1-1.3B-InP config.json again.")
     return got

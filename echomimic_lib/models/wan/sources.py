@@ -18,9 +18,11 @@ known once the index is there, so a download fetches the index first and the sha
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from ...io.file_names import plain_file_name
+from ...io.json_file import read_json
 
 V3_FOLDER = "v3-flash"  # the set's folder inside the models folder
 BASE = "Wan2.1-Fun-V1.1-1.3B-InP"
@@ -78,11 +80,13 @@ def _alts(entry) -> tuple[str, ...]:
 
 def shards(index: Path) -> list[str]:
     """The weight files a ``*.index.json`` names (raises ValueError for an unreadable index)."""
-    try:
-        names = json.loads(index.read_text())["weight_map"].values()
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
-        raise ValueError(f"{index}: not a readable weight index ({exc}); delete it and download again") from exc
-    return sorted({str(n) for n in names})
+    fix = "delete it and download again"
+    doc = read_json(index, "not a readable weight index", fix, ValueError, max_bytes=64 << 20, expect=dict)
+    names = doc.get("weight_map")
+    if not isinstance(names, dict) or not all(plain_file_name(n) for n in names.values()):
+        raise ValueError(f"{index}: not a readable weight index (no 'weight_map' of tensor names to file names in its "
+                         f"folder); {fix}")
+    return sorted(set(names.values()))
 
 
 def part_missing(src: Source, folder: Path, every: bool = False) -> Missing | None:

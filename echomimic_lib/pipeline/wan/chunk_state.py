@@ -20,7 +20,6 @@ replaced at the first save). The folder is removed once the video is written.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 
 from ...errors import EchoMimicError
 from ...io.file_safety import publish, temp_beside, track_partial, untrack_partial, write_text_atomic
+from ...io.json_file import read_json
 from ...io.json_meta import meta_json
 from ...io.npz_file import open_npz
 from ...io.os_errors import writing
@@ -107,8 +107,9 @@ class ChunkCheckpoint:
                             self.path, STATE)
             return None
         try:
-            meta = json.loads((self.path / STATE).read_text(encoding="utf-8"))
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            meta = read_json(self.path / STATE, "not a resume state", "it is replaced at the first save", ValueError,
+                             max_bytes=1 << 20, expect=dict)
+            if meta.get("format") != FORMAT:
                 raise ValueError(f"not a {FORMAT} state")
             if meta.get("fingerprint") != self.fingerprint:
                 log.warning("%s holds the chunks of another render (different inputs or settings); starting from the first "

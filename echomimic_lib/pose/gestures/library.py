@@ -18,7 +18,6 @@ the source's frame files change (names, sizes and modification times are fingerp
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ import numpy as np
 
 from ...errors import EchoMimicError
 from ...io.file_safety import ExistingFileError, publish, temp_beside, track_partial, untrack_partial
+from ...io.json_file import loads_json
 from ...io.json_meta import MetadataError, meta_json
 from ...io.npz_file import open_npz
 from ...io.os_errors import WriteError, writing
@@ -286,7 +286,8 @@ def cache_path(src: Path, cache_dir: str | Path | None = None) -> Path:
 def _read_index(path: Path, fp: str):
     try:
         with open_npz(path, "It is rebuilt.") as z:
-            meta = json.loads(bytes(z["meta"]).decode("utf-8"))
+            meta = loads_json(bytes(z["meta"]), "its 'meta' entry", "unreadable", "the index is rebuilt", ValueError,
+                              expect=dict)
             if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION or meta.get("fingerprint") != fp:
                 return None
             seq = PoseSequence(**{n: z[n] for n in ARRAY_FIELDS}, fps=meta["fps"], canvas_size=tuple(meta["canvas_size"]),
