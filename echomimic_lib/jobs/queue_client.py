@@ -37,7 +37,7 @@ from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVI
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped,  # noqa: F401
                             accepted_with_errors, explain, in_queue, job_label, lost, outcome, saved_files, say_about,
                             still_open)
-from .queue_state import QueueState, default_path, fingerprint  # noqa: F401
+from .queue_state import QueueState, default_path, fingerprint, plan_mark  # noqa: F401
 
 # ------------------------------------------------------------------------------------------ HTTP
 REQUEST_TIMEOUT = 60.0  # seconds one request may take before the client gives up (--timeout)

@@ -1,0 +1,133 @@
+"""``echomimic queue``, round 5: a prompt that failed is queued again only with ``--retry-failed``, also when its
+record is on a server that is gone (not given, unreachable, restarted) or on another server than the one given now;
+the state lock's holder line on Windows; no thread is left behind by the requests' deadlines; odd answers of a server
+(an HTML error page, a 502 with a body, a redirect, an empty 200, a huge answer) are said clearly; a run interrupted
+mid-upload and resumed queues every job once."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_batch_hunt_5 import WORKFLOW, _comfy_handler, _queue, comfy, media  # noqa: F401  (fixtures)
+
+OOM = "CUDA out of memory"
+
+
+def _saved(path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _records(results) -> list[dict]:
+    return [json.loads(line) for line in (results / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def servers():
+    """Stand-in ComfyUI servers started on demand (``servers(how)``: (url, state, stop)); all stopped at the end."""
+    from tests._http_stub import start
+
+    made = []
+
+    def make(how=None):
+        state = {"prompts": [], "how": dict(how or {})}
+        url, stop = start(_comfy_handler(state))
+        stopped = []
+
+        def stop_once():
+            if not stopped:
+                stopped.append(stop())
+
+        made.append(stop_once)
+        return url, state, stop_once
+
+    yield make
+    for stop in made:
+        stop()
+
+
+@pytest.fixture
+def no_wait(monkeypatch):
+    from echomimic_lib.jobs import queue_client as qc
+    from echomimic_lib.jobs.batch import comfy_servers
+
+    monkeypatch.setattr(comfy_servers.time, "sleep", lambda s: None)
+    monkeypatch.setattr(qc.time, "sleep", lambda s: None)
+
+
+# ------------------------------------------------------------------------------- 1. failed prompts on a server now gone
+def _failed_on_a(servers, media, tmp_path, capsys):
+    """Run 1 over A and B: both jobs go to A (the shorter queue, named first) and fail there."""
+    a_url, a_state, stop_a = servers({"p1": "error", "p2": "error"})
+    b_url, b_state, _ = servers()
+    assert _queue(a_url, media, "--server", b_url, "--results", str(tmp_path / "r")) == 1
+    assert a_state["prompts"] == ["p1", "p2"] and b_state["prompts"] == []
+    capsys.readouterr()
+    return a_url, a_state, stop_a, b_url, b_state
+
+
+def _reported_failed_on(url, tmp_path, capsys, *others):
+    out = capsys.readouterr()
+    recs = _records(tmp_path / "r")
+    assert [r["status"] for r in recs] == ["error", "error"], recs
+    for rec in recs:
+        assert rec["server"] == url and rec["prompt_id"] in ("p1", "p2") and OOM in rec["error"], rec
+        assert "--retry-failed" in rec["error"]
+    assert OOM in out.out and url in out.out
+    for state in others:
+        assert state["prompts"] == []  # queued nowhere again
+
+
+@pytest.mark.parametrize("gone", ["not given", "unreachable", "restarted"])
+def test_resume_does_not_queue_again_a_prompt_that_failed_on_a_server_now_gone(servers, media, tmp_path, capsys,
+                                                                                no_wait, gone):
+    a_url, a_state, stop_a, b_url, b_state = _failed_on_a(servers, media, tmp_path, capsys)
+    c_url, c_state, _ = servers()
+    if gone == "not given":
+        code = _queue(b_url, media, "--server", c_url, "--results", str(tmp_path / "r"), "--resume")
+    else:
+        if gone == "unreachable":
+            stop_a()
+        else:  # its queue and history are empty (ComfyUI keeps them in memory)
+            a_state["prompts"].clear()
+        code = _queue(a_url, media, "--server", b_url, "--server", c_url, "--results", str(tmp_path / "r"), "--resume")
+    assert code == 1  # failures remain
+    _reported_failed_on(a_url, tmp_path, capsys, b_state, c_state, *([a_state] if gone == "restarted" else []))
+    state = _saved(media[0] / ".echomimic_queue.json")["servers"]
+    assert set(state) == {a_url} and all(OOM in r["failed"] for r in state[a_url].values())  # the records stay
+
+
+def test_resume_with_retry_failed_queues_them_again_on_the_servers_given(servers, media, tmp_path, capsys, no_wait):
+    a_url, _, _, b_url, b_state = _failed_on_a(servers, media, tmp_path, capsys)
+    c_url, c_state, _ = servers()
+    assert _queue(b_url, media, "--server", c_url, "--results", str(tmp_path / "r"), "--resume", "--retry-failed") == 0
+    assert len(b_state["prompts"] + c_state["prompts"]) == 2  # each job once more
+    state = _saved(media[0] / ".echomimic_queue.json")["servers"]
+    assert a_url not in state and {r["attempts"] for s in state.values() for r in s.values()} == {2}
+    assert "queued again (attempt 2 of 3)" in capsys.readouterr().err
+
+
+def test_resume_queues_a_changed_job_anew_even_when_its_failed_prompt_was_on_a_server_now_gone(servers, media,
+                                                                                                tmp_path, capsys,
+                                                                                                no_wait):
+    a_url, _, _, b_url, b_state = _failed_on_a(servers, media, tmp_path, capsys)
+    c_url, c_state, _ = servers()
+    assert _queue(b_url, media, "--server", c_url, "--results", str(tmp_path / "r"), "--resume", "--seed", "7") == 0
+    assert len(b_state["prompts"] + c_state["prompts"]) == 2  # another seed: new prompts, as on a server still there
+    assert {r["status"] for r in _records(tmp_path / "r")} == {"ok"}
+
+
+def test_resume_on_another_single_server_reports_a_failed_prompt_failed(servers, media, tmp_path, capsys, no_wait):
+    a_url, a_state, _ = servers({"p1": "error", "p2": "error"})
+    b_url, b_state, _ = servers()
+    assert _queue(a_url, media, "--wait") == 1
+    capsys.readouterr()
+    assert _queue(b_url, media, "--resume") == 1  # failures remain
+    out = capsys.readouterr()
+    assert b_state["prompts"] == []  # not queued again without --retry-failed
+    lines = out.out.splitlines()
+    assert len(lines) == 2 and all(OOM in line and a_url in line and "--retry-failed" in line for line in lines), out
+    assert _queue(b_url, media, "--resume", "--retry-failed") == 0  # with it: queued on B, attempt 2
+    assert b_state["prompts"] == ["p1", "p2"]
+    rec = _saved(media[0] / ".echomimic_queue.json")["servers"][b_url]
+    assert {r["attempts"] for r in rec.values()} == {2}
