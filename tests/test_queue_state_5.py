@@ -131,3 +131,70 @@ def test_resume_on_another_single_server_reports_a_failed_prompt_failed(servers,
     assert b_state["prompts"] == ["p1", "p2"]
     rec = _saved(media[0] / ".echomimic_queue.json")["servers"][b_url]
     assert {r["attempts"] for r in rec.values()} == {2}
+
+
+# ------------------------------------------------------------------------------- 2. the lock's holder line on Windows
+def _as_windows(monkeypatch, running: dict, failures: list):
+    """queue_lock's Windows branches, here: no os.pread / os.pwrite, a fake msvcrt (``failures``: the errnos its
+    LK_LOCK raises first) and a fake kernel32 whose processes are ``running`` ({pid: exit code, 259: still active})."""
+    import ctypes
+    import os
+    import sys
+    import types
+
+    from echomimic_lib.jobs import queue_lock
+
+    def locking(fd, mode, nbytes):
+        if mode == 1 and failures:
+            raise OSError(failures.pop(0), "Resource deadlock avoided")
+
+    def exit_code(handle, ref):
+        ref._obj.value = running[handle]
+        return 1
+
+    kernel32 = types.SimpleNamespace(OpenProcess=lambda access, inherit, pid: pid if pid in running else 0,
+                                     GetExitCodeProcess=exit_code, CloseHandle=lambda handle: 1)
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(LK_LOCK=1, LK_UNLCK=0, locking=locking))
+    monkeypatch.setattr(queue_lock, "WINDOWS", True)
+    monkeypatch.setattr(ctypes, "windll", types.SimpleNamespace(kernel32=kernel32), raising=False)
+    monkeypatch.setattr(ctypes, "GetLastError", lambda: 87, raising=False)  # (invalid parameter: no such process)
+    monkeypatch.delattr(os, "pread", raising=False)
+    monkeypatch.delattr(os, "pwrite", raising=False)
+    monkeypatch.setattr(queue_lock, "process_state", lambda pid: "T")  # (what a /proc would say: never asked there)
+
+
+def test_on_windows_a_run_that_finds_the_lock_held_says_so_once_without_posix_advice(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from echomimic_lib.jobs.queue_lock import StateLock
+
+    _as_windows(monkeypatch, {}, [errno.EDEADLK, errno.EACCES])  # two 10 s tries refused, then ours
+    lock = tmp_path / "s.json.lock"
+    with StateLock(lock):
+        pass
+    err = capsys.readouterr().err
+    assert err.count(f"waiting for the lock on {lock}") == 1, err  # (before: nothing said on Windows)
+    assert "another `echomimic queue` run holds it" in err and "console window" in err
+    assert "Ctrl-Z" not in err and "`fg`" not in err and "stopped" not in err
+    assert lock.read_bytes() == b""  # (no mark written on Windows, where os.pwrite is missing: no crash)
+
+
+@pytest.mark.parametrize("code", [259, 0])  # the holder runs / has ended
+def test_on_windows_the_holder_line_never_says_stopped(tmp_path, monkeypatch, code):
+    import os
+    import socket
+    import time
+
+    from echomimic_lib.jobs import queue_lock
+
+    lock = tmp_path / "s.json.lock"
+    lock.write_text(json.dumps({"pid": 4242, "host": socket.gethostname(), "since": time.time()}))
+    _as_windows(monkeypatch, {4242: code}, [])
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        said = queue_lock.held_by(fd, lock)  # (before: os.pread missing on Windows, an AttributeError)
+    finally:
+        os.close(fd)
+    assert "stopped" not in said and "kill -CONT" not in said and "Ctrl-Z" not in said, said
+    assert ("pid 4242" in said) == (code == 259)
+    assert queue_lock.alive(4242, socket.gethostname()) == (code == 259)
