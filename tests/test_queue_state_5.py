@@ -6,6 +6,7 @@ mid-upload and resumed queues every job once."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -198,3 +199,17 @@ def test_on_windows_the_holder_line_never_says_stopped(tmp_path, monkeypatch, co
     assert "stopped" not in said and "kill -CONT" not in said and "Ctrl-Z" not in said, said
     assert ("pid 4242" in said) == (code == 259)
     assert queue_lock.alive(4242, socket.gethostname()) == (code == 259)
+
+
+# ------------------------------------------------------------------------------- 3. the requests' deadlines
+def test_no_deadline_thread_is_left_behind_after_many_exchanges(comfy):
+    """Each exchange's deadline is a timer thread; once the answer is read it is stopped and gone, not left to end
+    some time later (50 polls: none alive after any of them)."""
+    from echomimic_lib.jobs import queue_client as qc
+
+    url, _ = comfy
+    left = []
+    for _ in range(50):
+        assert qc._request(f"{url}/queue", timeout=5) == {"queue_running": [], "queue_pending": []}
+        left.append(sum(isinstance(t, threading.Timer) for t in threading.enumerate()))
+    assert left == [0] * 50
