@@ -213,3 +213,72 @@ def test_no_deadline_thread_is_left_behind_after_many_exchanges(comfy):
         assert qc._request(f"{url}/queue", timeout=5) == {"queue_running": [], "queue_pending": []}
         left.append(sum(isinstance(t, threading.Timer) for t in threading.enumerate()))
     assert left == [0] * 50
+
+
+# ------------------------------------------------------------------------------- 5. odd answers
+PAGE = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title><style>body{color:red}</style></head>"
+        b"<body><h1>502 Bad Gateway</h1><hr>nginx/1.18 &amp; friends</body></html>")
+
+
+def _odd(kind: str, on: str):
+    """A stand-in ComfyUI (one job's upload, prompt p1, its history) whose answers to paths starting with ``on`` are
+    ``kind``: an HTML page (200), a 502 with an HTML body, a redirect (302 / 307) or an empty 200."""
+    from tests._http_stub import JsonHandler
+
+    class Odd(JsonHandler):
+        def _odd(self):
+            code, body, headers = {"page": (200, PAGE, [("Content-Type", "text/html")]),
+                                   "502": (502, PAGE, [("Content-Type", "text/html")]),
+                                   "302": (302, b"", [("Location", "https://comfy.example/login")]),
+                                   "307": (307, b"", [("Location", "https://comfy.example" + self.path)]),
+                                   "empty": (200, b"", [])}[kind]
+            self.send_response(code)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.startswith(on):
+                return self._odd()
+            if self.path == "/upload/image":
+                return self._reply(200, {"name": body.split(b'filename="', 1)[1].split(b'"', 1)[0].decode()})
+            return self._reply(200, {"prompt_id": "p1", "number": 1, "node_errors": {}})
+
+        def do_GET(self):
+            if self.path.startswith(on) or self.path == "/login":
+                return self._odd() if self.path.startswith(on) else self._reply(200, {"p1": {}})  # (a login "page")
+            if self.path == "/queue":
+                return self._reply(200, {"queue_running": [], "queue_pending": []})
+            return self._reply(200, {"p1": {"status": {"status_str": "success"}, "outputs": {}}})
+
+    return Odd
+
+
+@pytest.mark.parametrize("kind", ["page", "502", "302", "307", "empty"])
+@pytest.mark.parametrize("on", ["/upload/image", "/prompt", "/history"])
+def test_odd_answers_are_said_plainly_never_raw_html_nor_a_false_restart(tmp_path, capsys, kind, on):
+    from tests._http_stub import start
+
+    faces, speech = tmp_path / "faces", tmp_path / "speech"
+    faces.mkdir(), speech.mkdir()
+    (faces / "anna.png").write_bytes(b"img")
+    (speech / "hello.wav").write_bytes(b"aud")
+    url, stop = start(_odd(kind, on))
+    try:
+        code = _queue(url, (faces, speech), "--wait", "--timeout", "5")
+    finally:
+        stop()
+    said = "".join(capsys.readouterr())
+    assert code == 2, said  # an error naming the request, not a job that "failed" or was "lost"
+    assert f"{url}{on}" in said
+    assert "<" not in said.split("error:", 1)[1].split("\n")[0], said  # no markup shown
+    assert "restarted" not in said and "neither queued" not in said
+    if kind in ("page", "502"):
+        assert "502 Bad Gateway" in said and "HTML page" in said
+    if kind in ("302", "307"):
+        assert "redirect" in said and "https://comfy.example" in said and "--server" in said
+    if kind == "empty":
+        assert "empty" in said

@@ -35,8 +35,8 @@ from .queue_deadline import Deadline
 from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVING_NODES, VIDEO_EXT, Job,  # noqa: F401
                          build_prompt, find_node, load_workflow, plan_jobs)
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped,  # noqa: F401
-                            accepted_with_errors, explain, in_queue, job_label, lost, outcome, saved_files, say_about,
-                            still_open)
+                            accepted_with_errors, explain, html_page, in_queue, job_label, lost, outcome, saved_files,
+                            say_about, still_open)
 from .queue_state import QueueState, default_path, fingerprint, plan_mark  # noqa: F401
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -71,6 +71,12 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
             body = exc.read(MAX_REPLY_BYTES).decode("utf-8", "replace")  # only explained: a cut-off answer is shown cut
         except (OSError, http.client.HTTPException, ValueError):
             body = ""
+        if 300 <= exc.code < 400:  # (never followed: a POST would be sent on as a GET, its upload or prompt dropped)
+            err = QueueError(f"{url}: HTTP {exc.code}: the server redirects to {exc.headers.get('Location') or '?'} "
+                             "(ComfyUI's API never redirects: a proxy, a login page or http -> https?); give --server "
+                             "ComfyUI's own address.")
+            err.code, err.retry_after = exc.code, None
+            raise err from None
         err = QueueError(f"{url}: HTTP {exc.code}: {explain(body) or exc.reason}")
         err.code, err.retry_after = exc.code, (exc.headers or {}).get("Retry-After")
         raise err from None
@@ -78,7 +84,13 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
         raise _failed(url, exc, timeout, deadline.expired) from None
     finally:
         deadline.stop()
-    reply = loads_json(body or "{}", url, f"the server answered with something that is not JSON ({body[:80].strip()!r}...)",
+    if not body.strip():  # (every answer this client asks for is JSON; ComfyUI's empty history is "{}")
+        raise QueueError(f"{url}: the server's answer is empty, not JSON; is this ComfyUI's address and port (not a web "
+                         "page or another service)?")
+    page = html_page(body)
+    what = (f"an HTML page ({page!r}), not JSON" if page is not None else
+            f"something that is not JSON ({body[:80].strip()!r}...)")
+    reply = loads_json(body, url, f"the server answered with {what}",
                        "is this ComfyUI's address and port (not a web page or another service)?", QueueError)
     if not isinstance(reply, dict):
         raise QueueError(f"{url}: unexpected answer {body[:80]!r}; is this ComfyUI's address?")

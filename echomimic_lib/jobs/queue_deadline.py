@@ -33,7 +33,8 @@ class Deadline:
         self._lock = threading.Lock()
 
     def open(self, req, timeout: float):
-        return urllib.request.build_opener(_Http(self), _Https(self)).open(req, timeout=timeout)
+        """``urlopen(req, timeout)`` watched by this deadline; a redirect is not followed (an ``HTTPError`` 3xx)."""
+        return urllib.request.build_opener(_Http(self), _Https(self), _NoRedirect()).open(req, timeout=timeout)
 
     def add(self, sock) -> None:
         with self._lock:
@@ -69,6 +70,11 @@ class Deadline:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # (urllib then raises the 3xx as an HTTPError)
 
 
 def _shut(sock) -> None:

@@ -4,7 +4,9 @@ entry's outcome with the failing node (execution.py ``handle_execution_error``),
 and what to tell a user who stops (or loses) a run with prompts still on the server."""
 from __future__ import annotations
 
+import html
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -29,10 +31,25 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def html_page(body: str) -> str | None:
+    """What an HTML page says, in one line (its title, else its text without the markup), for an answer that is a web
+    page (a proxy's error page, a login page) rather than ComfyUI's JSON; None when ``body`` is not HTML."""
+    head = body[:1000].lstrip().lower()
+    if not (head.startswith("<!doctype html") or head.startswith("<html") or "<html" in head[:200]):
+        return None
+    title = re.search(r"<title[^>]*>(.*?)</title>", body, re.I | re.S)
+    text = title.group(1) if title and title.group(1).strip() else re.sub(
+        r"<(script|style)[^>]*>.*?</\1>|<[^>]*>", " ", body, flags=re.I | re.S)
+    return _one_line(html.unescape(text))[:200] or "no text"
+
+
 def explain(body: str) -> str:
     """The error message of a refused request: ComfyUI's ``error``, then each of its ``node_errors`` on a line of its
-    own (node id, class, input: message and details), else the first 500 characters of whatever the server answered
-    (an answer of any other shape is shown, never a crash)."""
+    own (node id, class, input: message and details), an HTML page's title, else the first 500 characters of whatever
+    the server answered (an answer of any other shape is shown, never a crash)."""
+    page = html_page(body)
+    if page is not None:
+        return f"an HTML page ({page!r}), not ComfyUI's answer: a proxy or another web server answered"
     try:
         data = loads_json(body, "the answer", expect=dict)
     except EchoMimicError:
