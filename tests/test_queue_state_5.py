@@ -25,14 +25,15 @@ def _records(results) -> list[dict]:
 
 @pytest.fixture
 def servers():
-    """Stand-in ComfyUI servers started on demand (``servers(how)``: (url, state, stop)); all stopped at the end."""
+    """Stand-in ComfyUI servers started on demand (``servers(how, handler)``: (url, state, stop)); all stopped at the
+    end."""
     from tests._http_stub import start
 
     made = []
 
-    def make(how=None):
+    def make(how=None, handler=_comfy_handler):
         state = {"prompts": [], "how": dict(how or {})}
-        url, stop = start(_comfy_handler(state))
+        url, stop = start(handler(state))
         stopped = []
 
         def stop_once():
@@ -282,3 +283,49 @@ def test_odd_answers_are_said_plainly_never_raw_html_nor_a_false_restart(tmp_pat
         assert "redirect" in said and "https://comfy.example" in said and "--server" in said
     if kind == "empty":
         assert "empty" in said
+
+
+# ------------------------------------------------------------------------------- 5. interrupted, then --resume
+def _keeping_ids(state: dict):
+    """A stand-in ComfyUI that, as ComfyUI does (server.py post_prompt), keeps the prompt_id the client sends."""
+    base = _comfy_handler(state)
+
+    class Keeping(base):
+        def do_POST(self):
+            if self.path != "/prompt":
+                return super().do_POST()
+            sent = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            pid = str(sent.get("prompt_id") or f"p{len(state['prompts']) + 1}")
+            state["prompts"].append(pid)
+            return self._reply(200, {"prompt_id": pid, "number": len(state["prompts"]), "node_errors": {}})
+
+    return Keeping
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_ctrl_c_while_the_server_answers_a_prompt_then_resume_queues_it_once(servers, media, tmp_path, monkeypatch,
+                                                                              no_wait, several):
+    """Ctrl-C after the server accepted a prompt but before its answer was read: the prompt runs, and --resume used
+    to queue it again (two renders of one job). Its id is chosen and kept before it is sent, so --resume finds it."""
+    from echomimic_lib.jobs import queue_client as qc
+
+    (a_url, a_state, _), (b_url, b_state, _) = servers(handler=_keeping_ids), servers(handler=_keeping_ids)
+    real = qc._request
+
+    def interrupted(url, data=None, *a, **k):
+        reply = real(url, data, *a, **k)
+        if url.endswith("/prompt"):
+            raise KeyboardInterrupt  # (the answer came, but the run stopped before it was read)
+        return reply
+
+    extra = ["--server", b_url, "--results", str(tmp_path / "r")] if several else []
+    monkeypatch.setattr(qc, "_request", interrupted)
+    if several:
+        assert _queue(a_url, media, *extra) == 130
+    else:
+        with pytest.raises(KeyboardInterrupt):  # (no prompt of the run known yet: as before)
+            _queue(a_url, media, *extra)
+    monkeypatch.setattr(qc, "_request", real)
+    assert _queue(a_url, media, *extra, "--resume") == 0
+    sent = a_state["prompts"] + b_state["prompts"]
+    assert len(sent) == 2 and len(set(sent)) == 2, sent  # one prompt a job (before: anna's twice)

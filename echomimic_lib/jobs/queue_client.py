@@ -178,9 +178,12 @@ def _busy_wait(err: QueueError, attempt: int) -> float:
     return min(max(seconds, 0.0), 60.0)
 
 
-def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None = None) -> str:
-    """Queue ``prompt``; its prompt_id. A 429 / 503 answer (nothing was queued) is retried after its Retry-After."""
-    data = json.dumps({"prompt": prompt, "client_id": client_id}).encode()
+def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None = None, prompt_id: str | None = None) -> str:
+    """Queue ``prompt``; its prompt_id. A 429 / 503 answer (nothing was queued) is retried after its Retry-After.
+    ``prompt_id``: the id asked for (ComfyUI keeps the one a client sends, so a run can record it before sending: a
+    Ctrl-C while the answer comes does not lose it; an older ComfyUI answers with its own, which is returned)."""
+    body = {"prompt": prompt, "client_id": client_id, **({"prompt_id": prompt_id} if prompt_id else {})}
+    data = json.dumps(body).encode()
     for attempt in range(BUSY_TRIES):
         try:
             reply = _request(f"{server}/prompt", data, {"Content-Type": "application/json"}, timeout)

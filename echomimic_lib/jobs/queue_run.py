@@ -56,9 +56,11 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                     result.update({k: kept[k] for k in ("prompt_id", "files") if k in kept}, resumed=True)
                     if failure is not None:
                         result["error"] = failure
-                else:
-                    result["prompt_id"] = client.post_prompt(server, prompt, client_id, timeout)
-                    book.record(server, job.prefix, mark, result["prompt_id"], attempts=retry or None, plan=plan)
+                else:  # (its id kept before it is sent: a Ctrl-C while the server answers loses nothing)
+                    sent = uuid.uuid4().hex
+                    tries = book.record(server, job.prefix, mark, sent, attempts=retry or None, plan=plan, sending=True)
+                    result["prompt_id"] = client.post_prompt(server, prompt, client_id, timeout, prompt_id=sent)
+                    book.record(server, job.prefix, mark, result["prompt_id"], attempts=tries, plan=plan)
             results.append(result)
         for result in (r for r in results if wait and not dry_run and "files" not in r and "error" not in r):
             try:

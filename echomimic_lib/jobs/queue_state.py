@@ -2,7 +2,8 @@
 can be picked up with ``--resume`` instead of queueing every job again.
 
 The file (by default ``.echomimic_queue.json`` in the portraits or videos folder, ``--state FILE`` to choose) holds, per
-server and per job prefix, the prompt_id the server accepted, a fingerprint of the prompt sent (so a changed workflow,
+server and per job prefix, the prompt_id (chosen and kept before the prompt is sent, ``sending`` until the server's
+answer is read: ComfyUI keeps the id a client asks for), a fingerprint of the prompt sent (so a changed workflow,
 seed or input is queued anew, not mistaken for the old prompt; ``plan``: the same with the local file names, which
 still says so when that server is gone) and, once collected, the saved files; a job has one
 record, on the server its latest prompt went to (several ``--server``: each job's own), with ``attempts`` (the prompts
@@ -166,16 +167,19 @@ class QueueState:
         return None
 
     def record(self, server: str, prefix: str, print_: str, prompt_id: str, files: list[str] | None = None,
-               attempts: int | None = None, plan: str | None = None) -> int:
-        """Keep this job's prompt (``files``: collected; ``plan``: its :func:`plan_mark`). ``attempts`` (a prompt
-        queued by ``--retry-failed``): how many this job has had; None: as many as its earlier record of the same prompt
-        says (1 when there is none). Returns the attempts recorded."""
+               attempts: int | None = None, plan: str | None = None, sending: bool = False) -> int:
+        """Keep this job's prompt (``files``: collected; ``plan``: its :func:`plan_mark`; ``sending``: about to be
+        sent with this id, kept first so that a run stopped while the server answers still finds it). ``attempts`` (a
+        prompt queued by ``--retry-failed``): how many this job has had; None: as many as its earlier record of the
+        same prompt says (1 when there is none). Returns the attempts recorded."""
         old = (self.find(prefix) or (None, {}))[1]
         if attempts is None:
             attempts = old.get("attempts", 1) if old.get("fingerprint") == print_ else 1
         rec = {"prompt_id": prompt_id, "fingerprint": print_, "attempts": attempts if isinstance(attempts, int) else 1}
         if plan is not None:
             rec["plan"] = plan
+        if sending:
+            rec["sending"] = True
         if files is not None:
             rec["files"] = list(files)
         self._put(server, prefix, rec)

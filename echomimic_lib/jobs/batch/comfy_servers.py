@@ -74,8 +74,10 @@ class _Server:
         return self.names[path]
 
 
-def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tuple[_Server, str, dict]:
-    """Post ``job`` to the live server with the shortest queue; a server that does not answer is dropped."""
+def _submit(job, servers: list[_Server], template, seed, drive, client_id, sending=None) -> tuple[_Server, str, dict]:
+    """Post ``job`` to the live server with the shortest queue; a server that does not answer is dropped.
+    ``sending(server, prompt, prompt_id)``: called just before the prompt is sent with the id it asks for (kept in the
+    state first: a Ctrl-C while the server answers loses nothing)."""
     while True:
         depths = []
         for s in (s for s in servers if s.alive):
@@ -90,7 +92,10 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tu
         server = min(depths)[2]
         try:
             prompt = _prompt_for(job, server, template, seed, drive)
-            pid = _safe(server.client.post_prompt, server.url, prompt, client_id, server.timeout)
+            asked = uuid.uuid4().hex
+            if sending is not None:
+                sending(server, prompt, asked)
+            pid = _safe(server.client.post_prompt, server.url, prompt, client_id, server.timeout, prompt_id=asked)
         except QueueError as exc:
             if "HTTP" in str(exc):  # the server answered and refused the prompt: the job's own problem
                 raise
@@ -147,13 +152,18 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                         plan=plans[job.prefix])
 
     def send(job, attempts, t0, tries=None):
-        try:
-            server, pid, prompt = _submit(job, pool, template, seed, driving, client_id)
-            flight[job.prefix] = [job, server, pid, attempts, t0]
+        def sending(server, prompt, asked):
             if book is not None:
                 marks[job.prefix] = client.fingerprint(prompt)
-                tries_of[job.prefix] = book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries,
-                                                   plan=plans[job.prefix])
+                tries_of[job.prefix] = book.record(server.url, job.prefix, marks[job.prefix], asked, attempts=tries,
+                                                   plan=plans[job.prefix], sending=True)
+
+        try:
+            server, pid, prompt = _submit(job, pool, template, seed, driving, client_id, sending)
+            flight[job.prefix] = [job, server, pid, attempts, t0]
+            if book is not None:
+                book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries_of[job.prefix],
+                            plan=plans[job.prefix])
         except QueueError as exc:
             record(job, "error", attempts, t0, error=str(exc))
 
