@@ -329,3 +329,23 @@ def test_ctrl_c_while_the_server_answers_a_prompt_then_resume_queues_it_once(ser
     assert _queue(a_url, media, *extra, "--resume") == 0
     sent = a_state["prompts"] + b_state["prompts"]
     assert len(sent) == 2 and len(set(sent)) == 2, sent  # one prompt a job (before: anna's twice)
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_a_prompt_the_server_refuses_leaves_the_jobs_earlier_record_as_it_was(servers, media, tmp_path, no_wait,
+                                                                               capsys, several):
+    """The id kept before sending is withdrawn when the server refuses the prompt (HTTP 400: nothing was queued): the
+    job's earlier, finished record stays, and --resume lists its files instead of rendering it again."""
+    url, state, _ = servers()
+    other_url, other, _ = servers()
+    extra = ["--server", other_url, "--results", str(tmp_path / "r")] if several else ["--wait"]
+    assert _queue(url, media, *extra) == 0
+    path = media[0] / ".echomimic_queue.json"
+    before = _saved(path)["servers"]
+    state["answers"] = [(400, {"error": {"message": "Prompt outputs failed validation"}, "node_errors": {}})] * 2
+    other["answers"] = list(state["answers"])
+    assert _queue(url, media, *extra, "--seed", "7") != 0
+    assert _saved(path)["servers"] == before  # (before: the refused prompts' ids in place of the finished ones)
+    capsys.readouterr()
+    assert _queue(url, media, *extra, "--resume") == 0
+    assert state["prompts"] + other["prompts"] == ["p1", "p2"]  # nothing rendered again

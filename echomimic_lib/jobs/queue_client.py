@@ -35,8 +35,8 @@ from .queue_deadline import Deadline
 from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVING_NODES, VIDEO_EXT, Job,  # noqa: F401
                          build_prompt, find_node, load_workflow, plan_jobs)
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped,  # noqa: F401
-                            accepted_with_errors, explain, html_page, in_queue, job_label, lost, outcome, saved_files,
-                            say_about, still_open)
+                            accepted_with_errors, explain, html_page, in_queue, job_label, lost, not_queued, outcome,
+                            saved_files, say_about, still_open)
 from .queue_state import QueueState, default_path, fingerprint, plan_mark  # noqa: F401
 
 # ------------------------------------------------------------------------------------------ HTTP

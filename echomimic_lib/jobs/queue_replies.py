@@ -92,6 +92,13 @@ def accepted_with_errors(server: str, prompt_id: str, reply: dict) -> str | None
                       "validation and will not run:", *lines])
 
 
+def not_queued(exc: Exception) -> bool:
+    """Whether a failed ``POST /prompt`` (``exc``) certainly queued nothing: the server answered with a redirect, a
+    4xx or a 503 (a 500, 502 or 504, or no answer, may come after the prompt was queued)."""
+    code = getattr(exc, "code", None)
+    return isinstance(code, int) and (code < 500 or code == 503)
+
+
 def _malformed(server: str, prompt_id: str, what: str) -> QueueError:
     return QueueError(f"{server}/history/{prompt_id}: the answer is not ComfyUI's history ({what}); is this ComfyUI's "
                       "address, and is the server a current ComfyUI?")

@@ -8,7 +8,8 @@ import uuid
 from pathlib import Path
 
 from .queue_plan import DEFAULT_SERVER, build_prompt, load_workflow, plan_jobs
-from .queue_replies import PromptFailed, QueueError, QueueInterrupted, QueueStopped, say_about, saved_files, still_open
+from .queue_replies import (PromptFailed, QueueError, QueueInterrupted, QueueStopped, not_queued, say_about, saved_files,
+                            still_open)
 from .queue_state import QueueState, default_path, fingerprint, plan_mark
 
 
@@ -57,9 +58,14 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                     if failure is not None:
                         result["error"] = failure
                 else:  # (its id kept before it is sent: a Ctrl-C while the server answers loses nothing)
-                    sent = uuid.uuid4().hex
+                    sent, before = uuid.uuid4().hex, book.find(job.prefix, [server])
                     tries = book.record(server, job.prefix, mark, sent, attempts=retry or None, plan=plan, sending=True)
-                    result["prompt_id"] = client.post_prompt(server, prompt, client_id, timeout, prompt_id=sent)
+                    try:
+                        result["prompt_id"] = client.post_prompt(server, prompt, client_id, timeout, prompt_id=sent)
+                    except QueueError as exc:
+                        if not_queued(exc):  # refused: the job's earlier record stays as it was
+                            book.withdraw(job.prefix, sent, before)
+                        raise
                     book.record(server, job.prefix, mark, result["prompt_id"], attempts=tries, plan=plan)
             results.append(result)
         for result in (r for r in results if wait and not dry_run and "files" not in r and "error" not in r):

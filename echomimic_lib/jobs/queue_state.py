@@ -185,6 +185,19 @@ class QueueState:
         self._put(server, prefix, rec)
         return rec["attempts"]
 
+    def withdraw(self, prefix: str, prompt_id: str, before: tuple[str, dict] | None) -> None:
+        """The prompt kept as sending with ``prompt_id`` was not queued (the server refused it): the job's record goes
+        back to ``before`` (what :meth:`find` said before it was kept; None: no record)."""
+        now = self.find(prefix)
+        if now is None or now[1].get("prompt_id") != prompt_id:
+            return
+        for jobs in self.data.values():
+            jobs.pop(prefix, None)
+        if before is not None:
+            self.data.setdefault(before[0], {})[prefix] = before[1]
+        self.mine.add(prefix)
+        self._update(lambda disk: None)
+
     def failed(self, server: str, prefix: str, prompt_id: str, why: str) -> None:
         """This job's prompt failed on the server: said in its record (``--resume --retry-failed`` queues it again)."""
         found = self.find(prefix, [server])

@@ -152,10 +152,13 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                         plan=plans[job.prefix])
 
     def send(job, attempts, t0, tries=None):
-        def sending(server, prompt, asked):
+        before, asked = (book.find(job.prefix) if book is not None else None), []
+
+        def sending(server, prompt, pid):
+            asked.append(pid)
             if book is not None:
                 marks[job.prefix] = client.fingerprint(prompt)
-                tries_of[job.prefix] = book.record(server.url, job.prefix, marks[job.prefix], asked, attempts=tries,
+                tries_of[job.prefix] = book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries,
                                                    plan=plans[job.prefix], sending=True)
 
         try:
@@ -165,6 +168,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries_of[job.prefix],
                             plan=plans[job.prefix])
         except QueueError as exc:
+            if book is not None and asked and client.not_queued(exc):  # refused: the earlier record stays as it was
+                book.withdraw(job.prefix, asked[-1], before)
             record(job, "error", attempts, t0, error=str(exc))
 
     if book is not None:
