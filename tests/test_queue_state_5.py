@@ -135,6 +135,17 @@ def test_resume_on_another_single_server_reports_a_failed_prompt_failed(servers,
     assert {r["attempts"] for r in rec.values()} == {2}
 
 
+def test_resume_on_a_single_server_since_restarted_reports_a_failed_prompt_failed(servers, media, capsys, no_wait):
+    url, state, _ = servers({"p1": "error"})
+    assert _queue(url, media, "--wait") == 1
+    state["prompts"].clear()  # restarted: its queue and history are gone
+    capsys.readouterr()
+    assert _queue(url, media, "--resume") == 1
+    out = capsys.readouterr().out
+    assert state["prompts"] == [] and "its prompt p1 failed on" in out and OOM in out  # (before: queued again)
+    assert "bob.png x hello.wav -> echomimic/bob__hello [p2] echomimic/p2.mp4" in out  # (its files: listed)
+
+
 # ------------------------------------------------------------------------------- 2. the lock's holder line on Windows
 def _as_windows(monkeypatch, running: dict, failures: list):
     """queue_lock's Windows branches, here: no os.pread / os.pwrite, a fake msvcrt (``failures``: the errnos its
