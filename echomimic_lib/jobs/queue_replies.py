@@ -205,13 +205,20 @@ class QueueStopped(QueueError):
 
 class QueueInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far (one server's run), ``pending``: the prompt
-    ids still on each server, and the advice for them (:meth:`advice`)."""
+    ids still on each server, ``sending``: (server, prompt id, job) of a prompt being sent when it came (it may be
+    queued there), and the advice for them (:meth:`advice`)."""
 
-    def __init__(self, results: list[dict], pending: dict[str, list[str]], resumable: bool = False):
+    def __init__(self, results: list[dict], pending: dict[str, list[str]], resumable: bool = False,
+                 sending: tuple[str, str, str] | None = None):
         super().__init__()
         self.results, self.pending = results, {url: ids for url, ids in pending.items() if ids}
-        self.resumable = resumable
+        self.resumable, self.sending = resumable, sending
 
     def advice(self) -> str:
         said = [still_on_server(url, ids, self.resumable) for url, ids in self.pending.items()]
+        if self.sending is not None:
+            url, pid, job = self.sending
+            said.append(f"The prompt of {job} was being sent to {url} (asked for as {pid}): it may be queued there. "
+                        + ("Run the same command with --resume: it finds it there, or queues it if it is not."
+                           if self.resumable else "Check ComfyUI's queue panel before running the command again."))
         return "\n".join(said) if said else "Every queued prompt had finished."

@@ -30,7 +30,7 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
     server = client.check_server(server)
     template = load_workflow(workflow)
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
-    client_id, wait, marks, plans = uuid.uuid4().hex, wait or resume, {}, {}
+    client_id, wait, marks, plans, sending = uuid.uuid4().hex, wait or resume, {}, {}, None
     book = None if dry_run else QueueState(state if state is not None else default_path(portraits, videos))
     if book is not None:
         book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs)
@@ -61,7 +61,9 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                     sent, before = uuid.uuid4().hex, book.find(job.prefix, [server])
                     tries = book.record(server, job.prefix, mark, sent, attempts=retry or None, plan=plan, sending=True)
                     try:
+                        sending = (server, sent, f"{job.portrait.name} x {job.audio.name}")
                         result["prompt_id"] = client.post_prompt(server, prompt, client_id, timeout, prompt_id=sent)
+                        sending = None
                     except QueueError as exc:
                         if not_queued(exc):  # refused: the job's earlier record stays as it was
                             book.withdraw(job.prefix, sent, before)
@@ -83,9 +85,9 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
         raise QueueStopped(exc, results, [f"{j.portrait.name} x {j.audio.name}" for j in jobs[len(results):]], server,
                            book.ok) from None
     except KeyboardInterrupt:
-        if dry_run or not results:
+        if dry_run or not (results or sending):
             raise
-        raise QueueInterrupted(results, {server: still_open(results)}, book.ok) from None
+        raise QueueInterrupted(results, {server: still_open(results)}, book.ok, sending) from None
     finally:
         if book is not None:
             book.release()

@@ -139,6 +139,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     client_id, results = uuid.uuid4().hex, _results_file(results_dir)
     records: dict[str, dict] = {}
     flight = {}  # job prefix -> [job, server, prompt_id, attempts, t0]
+    now_sending: list = []  # [(server, asked prompt id, job)] while a prompt is being sent
     tries_of: dict[str, int | None] = {}  # job prefix -> the prompts it has had (the state's attempts), kept when it moves
 
     def record(job, status, attempts, t0, **extra):
@@ -156,6 +157,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
 
         def sending(server, prompt, pid):
             asked.append(pid)
+            now_sending[:] = [(server.url, pid, f"{job.portrait.name} x {job.audio.name}")]
             if book is not None:
                 marks[job.prefix] = client.fingerprint(prompt)
                 tries_of[job.prefix] = book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries,
@@ -163,11 +165,13 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
 
         try:
             server, pid, prompt = _submit(job, pool, template, seed, driving, client_id, sending)
+            now_sending.clear()
             flight[job.prefix] = [job, server, pid, attempts, t0]
             if book is not None:
                 book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries_of[job.prefix],
                             plan=plans[job.prefix])
         except QueueError as exc:
+            now_sending.clear()
             if book is not None and asked and client.not_queued(exc):  # refused: the earlier record stays as it was
                 book.withdraw(job.prefix, asked[-1], before)
             record(job, "error", attempts, t0, error=str(exc))
@@ -253,7 +257,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         pending: dict[str, list[str]] = {}
         for _, server, pid, _, _ in flight.values():
             pending.setdefault(server.url, []).append(pid)
-        raise client.QueueInterrupted([], pending, book is not None and book.ok) from None
+        raise client.QueueInterrupted([], pending, book is not None and book.ok,
+                                      now_sending[0] if now_sending else None) from None
     finally:
         if book is not None:
             book.release()
