@@ -365,7 +365,7 @@ def test_queue_refuses_bad_input_without_a_traceback(case, queue_media, tmp_path
              "workflow-binary": ["not a readable JSON workflow", "blob.json"],
              "url-not-a-url": ["--server 'localhost 8188'", "not a ComfyUI address", "http://127.0.0.1:8188"],
              "url-ftp": ["--server 'ftp://127.0.0.1'", "not a ComfyUI address"],
-             "server-answers-html": ["not JSON", "<!DOCTYPE html>", "ComfyUI's address"],
+             "server-answers-html": ["not JSON", "an HTML page ('Welcome to nginx!')", "ComfyUI's address"],
              "server-never-answers": ["no answer within 1 s", "--timeout"],
              "timeout-nan": ["--timeout nan", "above 0"]}[case]
     if case == "workflow-missing":

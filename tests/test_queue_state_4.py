@@ -26,6 +26,25 @@ def _saved(path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+@pytest.fixture
+def held():
+    """``held(make)``: a stand-in server of the handler ``make(release)`` (its URL), whose answers wait for or trickle
+    until the ``release`` event; at the end every one is released and stopped."""
+    from tests._http_stub import start
+
+    release, stops = threading.Event(), []
+
+    def serve(make) -> str:
+        url, stop = start(make(release))
+        stops.append(stop)
+        return url
+
+    yield serve
+    release.set()
+    for stop in stops:
+        stop()
+
+
 def _stalling_handler(release: threading.Event):
     """A server that accepts connections but answers nothing until ``release`` (a hung ComfyUI)."""
     from tests._http_stub import JsonHandler
@@ -42,17 +61,9 @@ def _stalling_handler(release: threading.Event):
 
 
 # ------------------------------------------------------------------------------------------------ 1. --timeout, several servers
-def test_several_servers_honour_timeout_and_say_it_ran_out(media, tmp_path, capsys):
-    from tests._http_stub import start
-
-    release = threading.Event()
-    servers = [start(_stalling_handler(release)) for _ in range(2)]
-    try:
-        code = _queue(servers[0][0], media, "--server", servers[1][0], "--results", str(tmp_path), "--timeout", "0.3")
-    finally:
-        release.set()
-        for _, stop in servers:
-            stop()
+def test_several_servers_honour_timeout_and_say_it_ran_out(media, tmp_path, capsys, held):
+    servers = [held(_stalling_handler) for _ in range(2)]
+    code = _queue(servers[0], media, "--server", servers[1], "--results", str(tmp_path), "--timeout", "0.3")
     assert code == 1
     recs = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in recs] == ["error", "error"]
@@ -60,7 +71,7 @@ def test_several_servers_honour_timeout_and_say_it_ran_out(media, tmp_path, caps
         assert "no ComfyUI server answers any more" in rec["error"]
         # (a silent server: each read's timeout runs out first; the overall deadline, twice it, would say so too)
         assert "no answer within 0.3 s" in rec["error"] or "within 0.6 s (twice --timeout" in rec["error"], rec["error"]
-        assert "--timeout" in rec["error"] and all(u in rec["error"] for u, _ in servers)
+        assert "--timeout" in rec["error"] and all(u in rec["error"] for u in servers)
 
 
 # ------------------------------------------------------------------------------------------------ 2. overall deadline
@@ -98,61 +109,68 @@ def _trickling_handler(where: str, release: threading.Event):
 
 
 @pytest.mark.parametrize("where", ["headers", "body"])
-def test_a_server_trickling_its_answer_runs_into_an_overall_deadline(where):
+def test_a_server_trickling_its_answer_runs_into_an_overall_deadline(where, held):
     from echomimic_lib.jobs import queue_client as qc
-    from tests._http_stub import start
 
-    release = threading.Event()
-    url, stop = start(_trickling_handler(where, release))
-    try:
-        with pytest.raises(qc.QueueError) as info:
-            qc._request(f"{url}/queue", timeout=0.5)
-    finally:
-        release.set()
-        stop()
+    url = held(lambda release: _trickling_handler(where, release))
+    with pytest.raises(qc.QueueError) as info:
+        qc._request(f"{url}/queue", timeout=0.5)
     msg = str(info.value)
     assert f"{url}/queue" in msg and "did not come whole within 1 s (twice --timeout" in msg
     assert "--timeout" in msg and "--server" in msg
 
 
-def test_a_trickling_server_stops_a_one_server_run_naming_timeout(media, capsys):
-    from tests._http_stub import start
-
-    release = threading.Event()
-    url, stop = start(_trickling_handler("body", release))
-    try:
-        assert _queue(url, media, "--timeout", "0.5") == 2
-    finally:
-        release.set()
-        stop()
+def test_a_trickling_server_stops_a_one_server_run_naming_timeout(media, capsys, held):
+    url = held(lambda release: _trickling_handler("body", release))
+    assert _queue(url, media, "--timeout", "0.5") == 2
     err = capsys.readouterr().err
     assert "did not come whole within 1 s" in err and "--timeout" in err
 
 
 # ------------------------------------------------------------------------------------------------ 3. file names in the header
-def _aiohttp_like_handler(state: dict):
-    """A stand-in whose /upload/image reads the part's Content-Disposition as aiohttp (ComfyUI's) does: one header
-    line, ``filename`` a quoted string whose ``\\x`` is read as ``x``; a malformed part is a 400. It keeps the name."""
+def _uploads_as(state: dict, keep):
+    """The stand-in ComfyUI of ``_comfy_handler(state)`` whose /upload/image answers ``keep(headers, body)``: the name
+    it keeps the file as, or (code, reply) to refuse it."""
     base = _comfy_handler(state)
 
     class Upload(base):
         def do_POST(self):
             if self.path != "/upload/image":
                 return super().do_POST()
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            boundary = self.headers["Content-Type"].split("boundary=", 1)[1].encode()
-            part = body.split(b"--" + boundary + b"\r\n", 1)[1]
-            head = part.split(b"\r\n\r\n", 1)[0].decode()
-            lines = head.split("\r\n")
-            found = re.fullmatch(r'Content-Disposition: form-data; name="image"; filename="((?:[^"\\\r\n]|\\.)*)"',
-                                 lines[0])
-            if not found or len(lines) != 2 or not lines[1].startswith("Content-Type: "):
-                return self._reply(400, {"error": f"malformed part {head!r}"})
-            name = re.sub(r"\\(.)", r"\1", found.group(1))
-            state.setdefault("stored", []).append(name)
-            return self._reply(200, {"name": name, "subfolder": "", "type": "input"})
+            kept = keep(self.headers, self.rfile.read(int(self.headers["Content-Length"])))
+            if isinstance(kept, tuple):
+                return self._reply(*kept)
+            return self._reply(200, {"name": kept, "subfolder": "", "type": "input"})
 
     return Upload
+
+
+def _one_pair(tmp_path, portrait: str = "anna.png") -> tuple[Path, Path]:
+    """faces/<portrait> and speech/hello.wav: one job."""
+    faces, speech = tmp_path / "faces", tmp_path / "speech"
+    faces.mkdir(), speech.mkdir()
+    (faces / portrait).write_bytes(b"img")
+    (speech / "hello.wav").write_bytes(b"aud")
+    return faces, speech
+
+
+def _aiohttp_like_handler(state: dict):
+    """A stand-in whose /upload/image reads the part's Content-Disposition as aiohttp (ComfyUI's) does: one header
+    line, ``filename`` a quoted string whose ``\\x`` is read as ``x``; a malformed part is a 400. It keeps the name."""
+    def keep(headers, body):
+        boundary = headers["Content-Type"].split("boundary=", 1)[1].encode()
+        part = body.split(b"--" + boundary + b"\r\n", 1)[1]
+        head = part.split(b"\r\n\r\n", 1)[0].decode()
+        lines = head.split("\r\n")
+        found = re.fullmatch(r'Content-Disposition: form-data; name="image"; filename="((?:[^"\\\r\n]|\\.)*)"',
+                             lines[0])
+        if not found or len(lines) != 2 or not lines[1].startswith("Content-Type: "):
+            return 400, {"error": f"malformed part {head!r}"}
+        name = re.sub(r"\\(.)", r"\1", found.group(1))
+        state.setdefault("stored", []).append(name)
+        return name
+
+    return _uploads_as(state, keep)
 
 
 @pytest.mark.parametrize("name, kept", [
@@ -165,10 +183,7 @@ def test_an_uploaded_name_is_encoded_as_browsers_do_and_the_workflow_refers_to_t
     from echomimic_lib.jobs import queue_client as qc
     from tests._http_stub import start
 
-    faces, speech = tmp_path / "faces", tmp_path / "speech"
-    faces.mkdir(), speech.mkdir()
-    (faces / name).write_bytes(b"img")
-    (speech / "hello.wav").write_bytes(b"aud")
+    faces, speech = _one_pair(tmp_path, name)
     state = {"prompts": []}
     url, stop = start(_aiohttp_like_handler(state))
     sent = []
@@ -187,28 +202,19 @@ def test_an_uploaded_name_is_encoded_as_browsers_do_and_the_workflow_refers_to_t
 # ------------------------------------------------------------------------------------------------ 4. attempts across servers
 def _renaming_handler(state: dict):
     """A server that keeps every upload as ``name (1).ext`` (it has another file of that name): its prompts differ."""
-    base = _comfy_handler(state)
+    def keep(headers, body):
+        stem, dot, ext = body.split(b'filename="', 1)[1].split(b'"', 1)[0].decode().rpartition(".")
+        return f"{stem} (1){dot}{ext}"
 
-    class Renaming(base):
-        def do_POST(self):
-            if self.path != "/upload/image":
-                return super().do_POST()
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            stem, dot, ext = body.split(b'filename="', 1)[1].split(b'"', 1)[0].decode().rpartition(".")
-            return self._reply(200, {"name": f"{stem} (1){dot}{ext}", "subfolder": "", "type": "input"})
-
-    return Renaming
+    return _uploads_as(state, keep)
 
 
 def test_a_retried_prompt_moved_to_another_server_keeps_its_attempts(tmp_path, capsys, monkeypatch):
     from echomimic_lib.jobs.batch import comfy_servers
     from tests._http_stub import start
 
-    faces, speech = tmp_path / "faces", tmp_path / "speech"
-    faces.mkdir(), speech.mkdir()
-    (faces / "anna.png").write_bytes(b"img")
-    (speech / "hello.wav").write_bytes(b"aud")
-    media1, results = (faces, speech), tmp_path / "results"
+    media1, results = _one_pair(tmp_path), tmp_path / "results"
+    faces = media1[0]
     a_state, b_state = {"prompts": [], "how": {"p1": "error", "p2": "pending"}}, {"prompts": [], "how": {"p1": "error"}}
     (a_url, stop_a), (b_url, stop_b) = start(_comfy_handler(a_state)), start(_renaming_handler(b_state))
     stopped = []

@@ -35,9 +35,9 @@ from .queue_deadline import Deadline
 from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVING_NODES, VIDEO_EXT, Job,  # noqa: F401
                          build_prompt, find_node, load_workflow, plan_jobs)
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped,  # noqa: F401
-                            accepted_with_errors, explain, in_queue, job_label, lost, outcome, saved_files, say_about,
-                            still_open)
-from .queue_state import QueueState, default_path, fingerprint  # noqa: F401
+                            accepted_with_errors, explain, html_page, in_queue, job_label, lost, not_queued, outcome,
+                            saved_files, say_about, still_open)
+from .queue_state import QueueState, default_path, fingerprint, plan_mark  # noqa: F401
 
 # ------------------------------------------------------------------------------------------ HTTP
 REQUEST_TIMEOUT = 60.0  # seconds one request may take before the client gives up (--timeout)
@@ -71,6 +71,12 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
             body = exc.read(MAX_REPLY_BYTES).decode("utf-8", "replace")  # only explained: a cut-off answer is shown cut
         except (OSError, http.client.HTTPException, ValueError):
             body = ""
+        if 300 <= exc.code < 400:  # (never followed: a POST would be sent on as a GET, its upload or prompt dropped)
+            err = QueueError(f"{url}: HTTP {exc.code}: the server redirects to {exc.headers.get('Location') or '?'} "
+                             "(ComfyUI's API never redirects: a proxy, a login page or http -> https?); give --server "
+                             "ComfyUI's own address.")
+            err.code, err.retry_after = exc.code, None
+            raise err from None
         err = QueueError(f"{url}: HTTP {exc.code}: {explain(body) or exc.reason}")
         err.code, err.retry_after = exc.code, (exc.headers or {}).get("Retry-After")
         raise err from None
@@ -78,7 +84,13 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
         raise _failed(url, exc, timeout, deadline.expired) from None
     finally:
         deadline.stop()
-    reply = loads_json(body or "{}", url, f"the server answered with something that is not JSON ({body[:80].strip()!r}...)",
+    if not body.strip():  # (every answer this client asks for is JSON; ComfyUI's empty history is "{}")
+        raise QueueError(f"{url}: the server's answer is empty, not JSON; is this ComfyUI's address and port (not a web "
+                         "page or another service)?")
+    page = html_page(body)
+    what = (f"an HTML page ({page!r}), not JSON" if page is not None else
+            f"something that is not JSON ({body[:80].strip()!r}...)")
+    reply = loads_json(body, url, f"the server answered with {what}",
                        "is this ComfyUI's address and port (not a web page or another service)?", QueueError)
     if not isinstance(reply, dict):
         raise QueueError(f"{url}: unexpected answer {body[:80]!r}; is this ComfyUI's address?")
@@ -166,9 +178,12 @@ def _busy_wait(err: QueueError, attempt: int) -> float:
     return min(max(seconds, 0.0), 60.0)
 
 
-def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None = None) -> str:
-    """Queue ``prompt``; its prompt_id. A 429 / 503 answer (nothing was queued) is retried after its Retry-After."""
-    data = json.dumps({"prompt": prompt, "client_id": client_id}).encode()
+def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None = None, prompt_id: str | None = None) -> str:
+    """Queue ``prompt``; its prompt_id. A 429 / 503 answer (nothing was queued) is retried after its Retry-After.
+    ``prompt_id``: the id asked for (ComfyUI keeps the one a client sends, so a run can record it before sending: a
+    Ctrl-C while the answer comes does not lose it; an older ComfyUI answers with its own, which is returned)."""
+    body = {"prompt": prompt, "client_id": client_id, **({"prompt_id": prompt_id} if prompt_id else {})}
+    data = json.dumps(body).encode()
     for attempt in range(BUSY_TRIES):
         try:
             reply = _request(f"{server}/prompt", data, {"Content-Type": "application/json"}, timeout)

@@ -6,6 +6,13 @@ holds a request open for as long as it likes (the client reads at most 64 MiB, w
 connection's socket, and once the request is sent and the answer awaited starts a timer: when the answer has not come
 whole within the deadline the socket is shut down, so the read blocked on it returns, and :attr:`Deadline.expired`
 says why. (Sending is bounded by the socket timeout as before: ``sendall`` counts its timeout over the whole send.)
+Stopping the timer waits for its thread, so none is left behind however many exchanges a run makes.
+
+Why a timer thread and not a socket timeout recomputed from the time left before each read: http.client reads the
+status line, headers and body through a buffered file over the socket, so the reads cannot be reached without
+wrapping the socket (and the TLS socket) in a class of our own; one thread a process, watching every deadline, would
+outlive the run and need its own queue of deadlines. A short-lived timer per exchange (a request every 2 s or so while
+waiting) costs little and shuts the same socket whatever reads from it.
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ class Deadline:
         self._lock = threading.Lock()
 
     def open(self, req, timeout: float):
-        return urllib.request.build_opener(_Http(self), _Https(self)).open(req, timeout=timeout)
+        """``urlopen(req, timeout)`` watched by this deadline; a redirect is not followed (an ``HTTPError`` 3xx)."""
+        return urllib.request.build_opener(_Http(self), _Https(self), _NoRedirect()).open(req, timeout=timeout)
 
     def add(self, sock) -> None:
         with self._lock:
@@ -48,15 +56,25 @@ class Deadline:
                 _shut(sock)
 
     def stop(self) -> None:
+        """Cancel the timer and wait for its thread to end (at once: it only waits on the cancelled event, or finishes
+        shutting the sockets), so no thread outlives the exchange."""
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
+            timer = self._timer
+            if timer is not None:
+                timer.cancel()
+        if timer is not None and timer is not threading.current_thread():
+            timer.join()  # (outside the lock: an expiring timer takes it)
 
     def __enter__(self) -> Deadline:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # (urllib then raises the 3xx as an HTTPError)
 
 
 def _shut(sock) -> None:

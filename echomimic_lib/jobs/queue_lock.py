@@ -13,7 +13,7 @@ holds its jobs, even when an unrelated process has since been given its pid.
 
 A run that finds the lock held says who holds it (the holder writes its pid, host and since when into the lock file)
 and, on Linux, whether that process is stopped (Ctrl-Z: state ``T`` in ``/proc/<pid>/stat``) and how to let it go on,
-then waits as before (POSIX; the Windows branch waits without a word).
+then waits as before (Windows: that a run holds it, never "stopped", since the holder's mark cannot be read there).
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def alive(pid, on_host, started=None) -> bool:
 
 
 def _pid_runs(pid: int) -> bool:
-    if os.name == "nt":  # pragma: no cover - Windows
+    if WINDOWS:  # (tests/test_queue_state_5.py runs it with a fake kernel32)
         import ctypes
 
         kernel = ctypes.windll.kernel32
@@ -155,9 +155,10 @@ class StateLock:
 
 
 def _lock(fd: int, path=None) -> None:
-    if WINDOWS:  # LK_LOCK tries for 10 s, then raises; tried again until it is ours
+    if WINDOWS:  # LK_LOCK tries for 10 s, then raises; tried again until it is ours (said once: who holds it)
         import msvcrt
 
+        said = False
         while True:
             os.lseek(fd, 0, os.SEEK_SET)
             try:
@@ -166,6 +167,9 @@ def _lock(fd: int, path=None) -> None:
             except OSError as exc:
                 if exc.errno not in (errno.EDEADLK, errno.EACCES, getattr(errno, "EDEADLOCK", -1)):
                     raise
+            if not said:
+                said = True
+                sys.stderr.write(held_by(fd, path) + "\n")
     import fcntl
 
     try:
@@ -181,16 +185,28 @@ def _lock(fd: int, path=None) -> None:
         pass
 
 
+def _mark(fd: int) -> bytes:
+    """The holder's mark at the start of the lock file (Windows has no ``os.pread``: seek and read)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, 4096, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 4096)
+
+
 def held_by(fd: int, path) -> str:
     """The line said when the lock on ``path`` (open as ``fd``) is held by another run: its pid, since when and, on
-    Linux, whether it is stopped (Ctrl-Z), with what to do."""
+    Linux, whether it is stopped (Ctrl-Z), with what to do. On Windows (where the holder writes no mark, and a
+    process is not stopped that way) it says that a run holds the lock, and the Windows way a console run pauses."""
     head = f"waiting for the lock on {path} (the queue state's): another `echomimic queue` run holds it"
     try:
-        who = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "null")
-    except (OSError, ValueError, RecursionError):
+        who = json.loads(_mark(fd).decode("utf-8", "replace") or "null")
+    except (OSError, ValueError, RecursionError):  # (Windows: the locked byte cannot be read by another process)
         who = None
     pid = who.get("pid") if isinstance(who, dict) else None
     if not isinstance(pid, int) or isinstance(pid, bool) or not alive(pid, who.get("host"), who.get("pid_start")):
+        if WINDOWS:
+            return (f"{head}; waiting for it (if nothing happens, an `echomimic queue` whose console window has text "
+                    "selected, which pauses it, may hold it: press Esc or Enter in that window).")
         return (f"{head}; waiting for it (if nothing happens, an `echomimic queue` stopped with Ctrl-Z may hold it: "
                 "`jobs` in its terminal, then `fg`).")
     try:
@@ -199,7 +215,7 @@ def held_by(fd: int, path) -> str:
         since = "?"
     there = who.get("host") == host()
     head = f"{head} (pid {pid}{'' if there else ' on host ' + str(who.get('host'))}, since {since})"
-    if there and process_state(pid) in ("T", "t"):
+    if there and not WINDOWS and process_state(pid) in ("T", "t"):
         return (f"{head}, and that process is stopped (suspended, e.g. with Ctrl-Z): it keeps the lock, and this run "
                 f"waits, until it goes on. Resume it (`fg` in its terminal, or `kill -CONT {pid}`) or end it "
                 f"(`kill -TERM {pid}` then `kill -CONT {pid}`); waiting...")

@@ -4,7 +4,9 @@ entry's outcome with the failing node (execution.py ``handle_execution_error``),
 and what to tell a user who stops (or loses) a run with prompts still on the server."""
 from __future__ import annotations
 
+import html
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -29,10 +31,25 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def html_page(body: str) -> str | None:
+    """What an HTML page says, in one line (its title, else its text without the markup), for an answer that is a web
+    page (a proxy's error page, a login page) rather than ComfyUI's JSON; None when ``body`` is not HTML."""
+    head = body[:1000].lstrip().lower()
+    if not (head.startswith("<!doctype html") or head.startswith("<html") or "<html" in head[:200]):
+        return None
+    title = re.search(r"<title[^>]*>(.*?)</title>", body, re.I | re.S)
+    text = title.group(1) if title and title.group(1).strip() else re.sub(
+        r"<(script|style)[^>]*>.*?</\1>|<[^>]*>", " ", body, flags=re.I | re.S)
+    return _one_line(html.unescape(text))[:200] or "no text"
+
+
 def explain(body: str) -> str:
     """The error message of a refused request: ComfyUI's ``error``, then each of its ``node_errors`` on a line of its
-    own (node id, class, input: message and details), else the first 500 characters of whatever the server answered
-    (an answer of any other shape is shown, never a crash)."""
+    own (node id, class, input: message and details), an HTML page's title, else the first 500 characters of whatever
+    the server answered (an answer of any other shape is shown, never a crash)."""
+    page = html_page(body)
+    if page is not None:
+        return f"an HTML page ({page!r}), not ComfyUI's answer: a proxy or another web server answered"
     try:
         data = loads_json(body, "the answer", expect=dict)
     except EchoMimicError:
@@ -73,6 +90,13 @@ def accepted_with_errors(server: str, prompt_id: str, reply: dict) -> str | None
         return None
     return "\n".join([f"warning: {server} queued prompt {prompt_id}, but the outputs depending on these nodes failed "
                       "validation and will not run:", *lines])
+
+
+def not_queued(exc: Exception) -> bool:
+    """Whether a failed ``POST /prompt`` (``exc``) certainly queued nothing: the server answered with a redirect, a
+    4xx or a 503 (a 500, 502 or 504, or no answer, may come after the prompt was queued)."""
+    code = getattr(exc, "code", None)
+    return isinstance(code, int) and (code < 500 or code == 503)
 
 
 def _malformed(server: str, prompt_id: str, what: str) -> QueueError:
@@ -181,13 +205,20 @@ class QueueStopped(QueueError):
 
 class QueueInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far (one server's run), ``pending``: the prompt
-    ids still on each server, and the advice for them (:meth:`advice`)."""
+    ids still on each server, ``sending``: (server, prompt id, job) of a prompt being sent when it came (it may be
+    queued there), and the advice for them (:meth:`advice`)."""
 
-    def __init__(self, results: list[dict], pending: dict[str, list[str]], resumable: bool = False):
+    def __init__(self, results: list[dict], pending: dict[str, list[str]], resumable: bool = False,
+                 sending: tuple[str, str, str] | None = None):
         super().__init__()
         self.results, self.pending = results, {url: ids for url, ids in pending.items() if ids}
-        self.resumable = resumable
+        self.resumable, self.sending = resumable, sending
 
     def advice(self) -> str:
         said = [still_on_server(url, ids, self.resumable) for url, ids in self.pending.items()]
+        if self.sending is not None:
+            url, pid, job = self.sending
+            said.append(f"The prompt of {job} was being sent to {url} (asked for as {pid}): it may be queued there. "
+                        + ("Run the same command with --resume: it finds it there, or queues it if it is not."
+                           if self.resumable else "Check ComfyUI's queue panel before running the command again."))
         return "\n".join(said) if said else "Every queued prompt had finished."

@@ -8,8 +8,9 @@ import uuid
 from pathlib import Path
 
 from .queue_plan import DEFAULT_SERVER, build_prompt, load_workflow, plan_jobs
-from .queue_replies import PromptFailed, QueueError, QueueInterrupted, QueueStopped, say_about, saved_files, still_open
-from .queue_state import QueueState, default_path, fingerprint
+from .queue_replies import (PromptFailed, QueueError, QueueInterrupted, QueueStopped, not_queued, say_about, saved_files,
+                            still_open)
+from .queue_state import QueueState, default_path, fingerprint, plan_mark
 
 
 def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
@@ -29,7 +30,7 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
     server = client.check_server(server)
     template = load_workflow(workflow)
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
-    client_id, wait, marks = uuid.uuid4().hex, wait or resume, {}
+    client_id, wait, marks, plans, sending = uuid.uuid4().hex, wait or resume, {}, {}, None
     book = None if dry_run else QueueState(state if state is not None else default_path(portraits, videos))
     if book is not None:
         book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs)
@@ -49,19 +50,31 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
             if not dry_run:
                 marks[job.prefix] = mark = fingerprint(prompt)
-                earlier = _earlier(book, server, job, mark) if resume else None
-                retry = earlier is not None and retry_failed and retry_attempt(
-                    client, job, server, earlier, attempts, lambda: client._history(server, earlier["prompt_id"], timeout))
-                if not retry and earlier is not None and ("files" in earlier or client._still_there(server, earlier["prompt_id"], timeout)):
-                    result.update({k: earlier[k] for k in ("prompt_id", "files") if k in earlier}, resumed=True)
-                else:
-                    result["prompt_id"] = client.post_prompt(server, prompt, client_id, timeout)
-                    book.record(server, job.prefix, mark, result["prompt_id"], attempts=retry or None)
+                plans[job.prefix] = plan = plan_mark(template, job, seed, driving)
+                kept, failure, retry = (_resumed(client, book, server, job, mark, plan, retry_failed, attempts, timeout)
+                                        if resume else (None, None, 0))
+                if kept is not None:  # its earlier prompt: waited for, listed, or (it failed before) reported
+                    result.update({k: kept[k] for k in ("prompt_id", "files") if k in kept}, resumed=True)
+                    if failure is not None:
+                        result["error"] = failure
+                else:  # (its id kept before it is sent: a Ctrl-C while the server answers loses nothing)
+                    sent, before = uuid.uuid4().hex, book.find(job.prefix, [server])
+                    tries = book.record(server, job.prefix, mark, sent, attempts=retry or None, plan=plan, sending=True)
+                    try:
+                        sending = (server, sent, f"{job.portrait.name} x {job.audio.name}")
+                        result["prompt_id"] = client.post_prompt(server, prompt, client_id, timeout, prompt_id=sent)
+                        sending = None
+                    except QueueError as exc:
+                        if not_queued(exc):  # refused: the job's earlier record stays as it was
+                            book.withdraw(job.prefix, sent, before)
+                        raise
+                    book.record(server, job.prefix, mark, result["prompt_id"], attempts=tries, plan=plan)
             results.append(result)
-        for result in (r for r in results if wait and not dry_run and "files" not in r):
+        for result in (r for r in results if wait and not dry_run and "files" not in r and "error" not in r):
             try:
                 result["files"] = saved_files(client.wait_for(server, result["prompt_id"], request_timeout=timeout))
-                book.record(server, result["prefix"], marks[result["prefix"]], result["prompt_id"], result["files"])
+                book.record(server, result["prefix"], marks[result["prefix"]], result["prompt_id"], result["files"],
+                            plan=plans[result["prefix"]])
             except PromptFailed as exc:  # this prompt failed on the server: the others are still waited for
                 result["error"] = str(exc)
                 book.failed(server, result["prefix"], result["prompt_id"],
@@ -72,24 +85,59 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
         raise QueueStopped(exc, results, [f"{j.portrait.name} x {j.audio.name}" for j in jobs[len(results):]], server,
                            book.ok) from None
     except KeyboardInterrupt:
-        if dry_run or not results:
+        if dry_run or not (results or sending):
             raise
-        raise QueueInterrupted(results, {server: still_open(results)}, book.ok) from None
+        raise QueueInterrupted(results, {server: still_open(results)}, book.ok, sending) from None
     finally:
         if book is not None:
             book.release()
     return results
 
 
-def _earlier(book: QueueState, server: str, job, mark: str) -> dict | None:
-    """The record of this job's same prompt on ``server``; one that went to another server (an earlier run's other
-    --server) is said in a line and the job queued again here."""
+def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, retry_failed: bool, attempts: int,
+             timeout: float) -> tuple[dict | None, str | None, int]:
+    """What ``--resume`` does with this job: (record, None, 0) its earlier prompt is waited for or its files listed;
+    (record, why, 0) it failed before and is reported so (:func:`failed_before`); (None, None, attempt) it is queued
+    (again; ``attempt``: its count under ``--retry-failed``, 0: as the state says). A record on another server (an
+    earlier run's other --server) is said in a line when the job is queued again here."""
     found = book.find(job.prefix, [server])
-    if found is not None and found[0] != server:
-        say_about(job, f"its prompt {found[1]['prompt_id']} went to {found[0]}, which is not among --server now; queued "
-                       f"again on {server}.")
-        return None
-    return found[1] if found is not None and found[1].get("fingerprint") == mark else None
+    if found is None:
+        return None, None, 0
+    url, rec = found
+    if url != server:
+        retry, failure = failed_before(client, job, url, rec, plan, retry_failed, attempts)
+        if failure is None and not retry:
+            say_about(job, f"its prompt {rec['prompt_id']} went to {url}, which is not among --server now; queued "
+                           f"again on {server}.")
+        return (rec if failure is not None else None), failure, retry
+    if rec.get("fingerprint") != mark:
+        return None, None, 0
+    retry = retry_failed and retry_attempt(client, job, server, rec, attempts,
+                                           lambda: client._history(server, rec["prompt_id"], timeout))
+    if retry:
+        return None, None, retry
+    if "files" in rec or client._still_there(server, rec["prompt_id"], timeout):
+        return rec, None, 0
+    if rec.get("failed"):  # the server lost it since (restarted): it failed all the same
+        return rec, failed_text(server, rec), 0
+    return None, None, 0  # lost in a restart: queued again
+
+
+def failed_text(server: str, rec: dict) -> str:
+    return (f"its prompt {rec['prompt_id']} failed on {server}: {rec['failed']} (--resume --retry-failed queues it "
+            "again, up to --attempts prompts)")
+
+
+def failed_before(client, job, server: str, rec: dict, plan: str, retry_failed: bool, attempts: int) -> tuple[int, str | None]:
+    """A job whose earlier prompt is on a server that cannot be asked now (not given, unreachable, restarted): (0, None)
+    when its record does not say it failed or the job changed since (its ``plan``, :func:`.queue_state.plan_mark`; a
+    record without one is taken as the same job): queue it as a new or lost prompt. A failed one is queued again only
+    with ``retry_failed`` ((attempt, None), :func:`retry_attempt`); else (0, why): reported failed, naming its server
+    and the reason. Also for several servers (:mod:`.batch.comfy_servers`)."""
+    if not rec.get("failed") or rec.get("plan", plan) != plan:
+        return 0, None
+    retry = retry_attempt(client, job, server, rec, attempts, lambda: None) if retry_failed else 0
+    return (retry, None) if retry else (0, failed_text(server, rec))
 
 
 def retry_attempt(client, job, server: str, rec: dict, attempts: int, history) -> int:

@@ -2,8 +2,10 @@
 can be picked up with ``--resume`` instead of queueing every job again.
 
 The file (by default ``.echomimic_queue.json`` in the portraits or videos folder, ``--state FILE`` to choose) holds, per
-server and per job prefix, the prompt_id the server accepted, a fingerprint of the prompt sent (so a changed workflow,
-seed or input is queued anew, not mistaken for the old prompt) and, once collected, the saved files; a job has one
+server and per job prefix, the prompt_id (chosen and kept before the prompt is sent, ``sending`` until the server's
+answer is read: ComfyUI keeps the id a client asks for), a fingerprint of the prompt sent (so a changed workflow,
+seed or input is queued anew, not mistaken for the old prompt; ``plan``: the same with the local file names, which
+still says so when that server is gone) and, once collected, the saved files; a job has one
 record, on the server its latest prompt went to (several ``--server``: each job's own), with ``attempts`` (the prompts
 ``--retry-failed`` has queued for it, the first included) and ``failed`` (why, when its prompt failed on the server). It
 also names the runs under way (pid, the process's start time where the OS tells it, host, their jobs): a second run on
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from ..io.json_file import read_json
 from .queue_lock import StateLock, alive, host, process_start
+from .queue_plan import build_prompt
 from .queue_replies import QueueError
 
 STATE_NAME = ".echomimic_queue.json"
@@ -37,6 +40,18 @@ class StateInUse(QueueError):
 
 def fingerprint(prompt: dict) -> str:
     return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_mark(template: dict, job, seed: int | None = None, driving=None) -> str:
+    """The job's fingerprint whatever server it goes to (its prompt with the local file names, where
+    :func:`fingerprint` has the names a server gave the uploads): kept as a record's ``plan``, so a job whose server
+    is gone is still known as changed (another workflow, seed, prefix or file) or not."""
+    drive = Path(driving).name if driving else None
+    if job.is_video:
+        prompt = build_prompt(template, None, job.audio.name, job.prefix, seed, job.portrait.name, True)
+    else:
+        prompt = build_prompt(template, job.portrait.name, job.audio.name, job.prefix, seed, drive)
+    return fingerprint(prompt)
 
 
 def default_path(portraits, videos) -> Path:
@@ -152,18 +167,36 @@ class QueueState:
         return None
 
     def record(self, server: str, prefix: str, print_: str, prompt_id: str, files: list[str] | None = None,
-               attempts: int | None = None) -> int:
-        """Keep this job's prompt (``files``: collected). ``attempts`` (a prompt queued by ``--retry-failed``): how many
-        this job has had; None: as many as its earlier record of the same prompt says (1 when there is none). Returns
-        the attempts recorded."""
+               attempts: int | None = None, plan: str | None = None, sending: bool = False) -> int:
+        """Keep this job's prompt (``files``: collected; ``plan``: its :func:`plan_mark`; ``sending``: about to be
+        sent with this id, kept first so that a run stopped while the server answers still finds it). ``attempts`` (a
+        prompt queued by ``--retry-failed``): how many this job has had; None: as many as its earlier record of the
+        same prompt says (1 when there is none). Returns the attempts recorded."""
         old = (self.find(prefix) or (None, {}))[1]
         if attempts is None:
             attempts = old.get("attempts", 1) if old.get("fingerprint") == print_ else 1
         rec = {"prompt_id": prompt_id, "fingerprint": print_, "attempts": attempts if isinstance(attempts, int) else 1}
+        if plan is not None:
+            rec["plan"] = plan
+        if sending:
+            rec["sending"] = True
         if files is not None:
             rec["files"] = list(files)
         self._put(server, prefix, rec)
         return rec["attempts"]
+
+    def withdraw(self, prefix: str, prompt_id: str, before: tuple[str, dict] | None) -> None:
+        """The prompt kept as sending with ``prompt_id`` was not queued (the server refused it): the job's record goes
+        back to ``before`` (what :meth:`find` said before it was kept; None: no record)."""
+        now = self.find(prefix)
+        if now is None or now[1].get("prompt_id") != prompt_id:
+            return
+        for jobs in self.data.values():
+            jobs.pop(prefix, None)
+        if before is not None:
+            self.data.setdefault(before[0], {})[prefix] = before[1]
+        self.mine.add(prefix)
+        self._update(lambda disk: None)
 
     def failed(self, server: str, prefix: str, prompt_id: str, why: str) -> None:
         """This job's prompt failed on the server: said in its record (``--resume --retry-failed`` queues it again)."""

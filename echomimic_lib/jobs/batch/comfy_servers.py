@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from ...errors import EchoMimicError as QueueError  # the client's QueueError is one
+from ..queue_run import failed_before
 from .results import ResultsFile, read_results
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,10 @@ class _Server:
         return self.names[path]
 
 
-def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tuple[_Server, str, dict]:
-    """Post ``job`` to the live server with the shortest queue; a server that does not answer is dropped."""
+def _submit(job, servers: list[_Server], template, seed, drive, client_id, sending=None) -> tuple[_Server, str, dict]:
+    """Post ``job`` to the live server with the shortest queue; a server that does not answer is dropped.
+    ``sending(server, prompt, prompt_id)``: called just before the prompt is sent with the id it asks for (kept in the
+    state first: a Ctrl-C while the server answers loses nothing)."""
     while True:
         depths = []
         for s in (s for s in servers if s.alive):
@@ -89,7 +92,10 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id) -> tu
         server = min(depths)[2]
         try:
             prompt = _prompt_for(job, server, template, seed, drive)
-            pid = _safe(server.client.post_prompt, server.url, prompt, client_id, server.timeout)
+            asked = uuid.uuid4().hex
+            if sending is not None:
+                sending(server, prompt, asked)
+            pid = _safe(server.client.post_prompt, server.url, prompt, client_id, server.timeout, prompt_id=asked)
         except QueueError as exc:
             if "HTTP" in str(exc):  # the server answered and refused the prompt: the job's own problem
                 raise
@@ -128,10 +134,12 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     pool = [_Server(u, client, request_timeout) for u in dict.fromkeys(client.check_server(u) for u in servers)]
     book = client.QueueState(state) if state is not None else None  # (a damaged state file: refused here)
     marks: dict[str, str] = {}
+    plans = {j.prefix: client.plan_mark(template, j, seed, driving) for j in jobs}  # (the job's, whatever its server)
     earlier = read_results(results_dir)  # records of other runs in that results.jsonl (a batch's, an earlier queue's) stay
     client_id, results = uuid.uuid4().hex, _results_file(results_dir)
     records: dict[str, dict] = {}
     flight = {}  # job prefix -> [job, server, prompt_id, attempts, t0]
+    now_sending: list = []  # [(server, asked prompt id, job)] while a prompt is being sent
     tries_of: dict[str, int | None] = {}  # job prefix -> the prompts it has had (the state's attempts), kept when it moves
 
     def record(job, status, attempts, t0, **extra):
@@ -141,16 +149,31 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         records[job.prefix] = rec
         results.append(rec)
         if book is not None and status == "ok" and job.prefix in marks:
-            book.record(extra["server"], job.prefix, marks[job.prefix], extra["prompt_id"], extra["files"])
+            book.record(extra["server"], job.prefix, marks[job.prefix], extra["prompt_id"], extra["files"],
+                        plan=plans[job.prefix])
 
     def send(job, attempts, t0, tries=None):
-        try:
-            server, pid, prompt = _submit(job, pool, template, seed, driving, client_id)
-            flight[job.prefix] = [job, server, pid, attempts, t0]
+        before, asked = (book.find(job.prefix) if book is not None else None), []
+
+        def sending(server, prompt, pid):
+            asked.append(pid)
+            now_sending[:] = [(server.url, pid, f"{job.portrait.name} x {job.audio.name}")]
             if book is not None:
                 marks[job.prefix] = client.fingerprint(prompt)
-                tries_of[job.prefix] = book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries)
+                tries_of[job.prefix] = book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries,
+                                                   plan=plans[job.prefix], sending=True)
+
+        try:
+            server, pid, prompt = _submit(job, pool, template, seed, driving, client_id, sending)
+            now_sending.clear()
+            flight[job.prefix] = [job, server, pid, attempts, t0]
+            if book is not None:
+                book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries_of[job.prefix],
+                            plan=plans[job.prefix])
         except QueueError as exc:
+            now_sending.clear()
+            if book is not None and asked and client.not_queued(exc):  # refused: the earlier record stays as it was
+                book.withdraw(job.prefix, asked[-1], before)
             record(job, "error", attempts, t0, error=str(exc))
 
     if book is not None:
@@ -158,9 +181,20 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     try:
         for job in jobs:
             t0 = time.time()
-            kept, moved = _resumed(client, job, book, pool, template, seed, driving) if resume and book is not None else (None, None)
+            kept, gone = _resumed(client, job, book, pool, template, seed, driving) if resume and book is not None else (None, None)
+            if gone is not None:  # its server cannot be asked (not given, no answer, restarted)
+                url, rec, why = gone
+                tries, failure = failed_before(client, job, url, rec, plans[job.prefix], retry_failed, retry_attempts)
+                if failure is not None:  # it failed: queued again only with --retry-failed
+                    record(job, "error", 1, t0, server=url, prompt_id=rec["prompt_id"], error=failure, resumed=True)
+                    continue
+                if why and not tries:
+                    client.say_about(job, why)
+                same = rec.get("plan", plans[job.prefix]) == plans[job.prefix]
+                send(job, 1, t0, tries or (rec.get("attempts") if same else None))  # (a moved prompt keeps its count)
+                continue
             if kept is None:
-                send(job, 1, t0, moved)  # (a prompt moved off a server that is gone keeps its count of attempts)
+                send(job, 1, t0)
                 continue
             server, rec, marks[job.prefix] = kept
             tries_of[job.prefix] = rec.get("attempts")
@@ -223,7 +257,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         pending: dict[str, list[str]] = {}
         for _, server, pid, _, _ in flight.values():
             pending.setdefault(server.url, []).append(pid)
-        raise client.QueueInterrupted([], pending, book is not None and book.ok) from None
+        raise client.QueueInterrupted([], pending, book is not None and book.ok,
+                                      now_sending[0] if now_sending else None) from None
     finally:
         if book is not None:
             book.release()
@@ -248,19 +283,19 @@ def _results_file(results_dir) -> ResultsFile:
 
 def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
     """((server, record, fingerprint), None) of this job's prompt an earlier run queued, when its server (one of
-    ``pool``) still has it, finished or queued, and it is the same prompt; (None, attempts): queue it (again), as the
-    attempt ``attempts`` when the prompt moves off a server that no longer answers, is no longer given or lost it (the
-    count goes with the job to another server: ``--attempts`` caps it in all), None when it is new or changed. A job
-    whose server no longer answers or is no longer given is said in one line."""
+    ``pool``) still has it, finished or queued, and it is the same prompt; (None, (url, record, line)) when its server
+    cannot be asked about it -- no longer given, no longer answers (``line``: what to say when the job is queued again
+    on the others) or lost it in a restart (``line`` None) --: the caller reports it failed
+    (:func:`..queue_run.failed_before`) or queues it again, its count of attempts going with it (``--attempts`` caps it
+    in all); (None, None): queue it, new or changed."""
     found = book.find(job.prefix, [s.url for s in pool])
     if found is None:
         return None, None
     url, rec = found
-    pid, moved = rec["prompt_id"], rec.get("attempts")
+    pid = rec["prompt_id"]
     server = next((s for s in pool if s.url == url), None)
     if server is None:
-        client.say_about(job, f"its prompt {pid} went to {url}, which is not among --server now; queued again.")
-        return None, moved
+        return None, (url, rec, f"its prompt {pid} went to {url}, which is not among --server now; queued again.")
     try:
         if server.alive:
             mark = client.fingerprint(_prompt_for(job, server, template, seed, drive))
@@ -268,14 +303,13 @@ def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
                 return None, None  # another workflow, seed or file: a new prompt
             if "files" in rec or _safe(client._still_there, url, pid, server.poll_timeout):
                 return (server, rec, mark), None
-            return None, moved  # lost in a restart: queued again
+            return None, (url, rec, None)  # lost in a restart
     except QueueError as exc:
         if "HTTP" in str(exc):  # it answers: refused the upload (the job's own problem, said when it is queued again)
             return None, None
         log.debug("%s: %s", url, exc)
         server.drop(exc)
-    client.say_about(job, f"{url} does not answer; its prompt {pid} is queued again on the other servers.")
-    return None, moved
+    return None, (url, rec, f"{url} does not answer; its prompt {pid} is queued again on the other servers.")
 
 
 def _retry(client, job, server: _Server, rec: dict, cap: int) -> int:
