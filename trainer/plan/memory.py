@@ -29,7 +29,7 @@ import torch
 
 from ..config import TrainConfig
 from ..net import trainable_names
-from .networks import arch_for, build_meta, checkpointing_of, trace_phase
+from .networks import arch_for, build_meta, cached_trace, checkpointing_of, run_key, trace_phase
 
 GIB = 2**30
 CONTEXT_GIB = 2.0
@@ -103,6 +103,7 @@ def plan_run(cfg: TrainConfig, gpus: int = 8, peak_tflops: float = 312.0, mfu: f
     union = set().union(*(trainable_names(net, p.train, p.audio) for p in cfg.phases))
     level, decoder = checkpointing_of(cfg)
     cache: dict = {}
+    whole = run_key(cfg, echo, vae_layout)
     had_state: set[str] = set()
     plans = []
     for phase in cfg.phases:
@@ -111,7 +112,8 @@ def plan_run(cfg: TrainConfig, gpus: int = 8, peak_tflops: float = 312.0, mfu: f
         frozen_n = _numel(p for n, p in params.items() if n not in names)
         key = (phase.kind, phase.frames, tuple(sorted(phase.train)), phase.audio == "muted")
         if key not in cache:
-            cache[key] = trace_phase(nets, cfg, phase, cfg.optim.batch_size, act_dtype)
+            cache[key] = cached_trace((whole, key, cfg.optim.batch_size, str(act_dtype)),
+                                      lambda: trace_phase(nets, cfg, phase, cfg.optim.batch_size, act_dtype))
         tr = cache[key]
         stale = had_state - names  # optimizer state left by earlier phases for parameters frozen now
         stale_bytes = _numel(params[n] for n in stale) * opt_bytes

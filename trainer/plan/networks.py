@@ -7,7 +7,10 @@ sd-vae-ft-mse's layout. Nothing is read but configs; no weight is loaded.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -42,12 +45,12 @@ def arch_for(cfg: TrainConfig, arch: str | None = None) -> tuple[EchoConfig, str
         return ARCH_PRESETS[m.arch], f"model.arch {m.arch}"
     try:
         if m.init == "sd" and m.sd_path:
-            import json
+            from echomimic_lib.io.json_file import read_json
 
             from ..init import sd_unet_files
 
             cfg_json, _ = sd_unet_files(m.sd_path)
-            return EchoConfig.from_diffusers(json.loads(cfg_json.read_text()), None), str(cfg_json)
+            return EchoConfig.from_diffusers(read_json(cfg_json), None), str(cfg_json)
         if m.init == "echomimic" and m.echomimic_path:
             from echomimic_lib.model_set import read_config, resolve_files
 
@@ -96,14 +99,16 @@ def _decoded_frames(cfg: TrainConfig, phase: PhaseConfig) -> int:
     return phase.frames if cfg.loss.decode_frames <= 0 else min(phase.frames, cfg.loss.decode_frames)
 
 
-def _step(nets: MetaNets, cfg: TrainConfig, phase: PhaseConfig, batch: int, dtype, backward: bool):
+def _step(nets: MetaNets, cfg: TrainConfig, phase: PhaseConfig, batch: int, dtype, backward: bool, encode: bool = True):
     """The network part of :func:`trainer.step.compute_losses` at the phase's shapes (every sample keeps its
-    reference and condition; the worst case for memory)."""
+    reference and condition; the worst case for memory). ``encode``: run the VAE encode first (it keeps nothing for the
+    backward, so the memory trace leaves it out; its FLOPs count)."""
     net, vae = nets.net, nets.vae
     b, f, H, W = batch, phase.frames, cfg.data.height, cfg.data.width
     h, w = H // 8, W // 8
-    with torch.no_grad():  # VAE encode of the target frames and the reference (FLOPs only: nothing is kept)
-        vae.encode(torch.empty(b * f + b, 3, H, W, device=META, dtype=dtype))
+    if encode:
+        with torch.no_grad():  # VAE encode of the target frames and the reference (FLOPs only: nothing is kept)
+            vae.encode(torch.empty(b * f + b, 3, H, W, device=META, dtype=dtype))
     bank, _ = net.reference.forward_reference(torch.empty(b, 4, h, w, device=META, dtype=dtype), 0)
     kv = net.denoiser.prepare_reference(bank)
     cond_frames = 1 if cfg.data.condition == "face_mask" else f
@@ -142,6 +147,29 @@ class PhaseTrace:
 
 
 GRANULARITIES = ("none", "block", "layer")
+PASSES: Counter = Counter()  # traced passes over the networks so far ("memory", "flops"): two per phase traced
+_TRACES: OrderedDict = OrderedDict()  # (run key, phase key, batch, dtype) -> PhaseTrace
+TRACES_KEPT = 64
+
+
+def run_key(cfg: TrainConfig, echo: EchoConfig, vae_layout: dict | None) -> str:
+    """Everything a phase's trace can depend on: the whole config but ``memory.gpu_gib`` (only the verdict reads it),
+    the network sizes and the device the networks are built on."""
+    data = dataclasses.asdict(cfg)
+    data["memory"].pop("gpu_gib", None)
+    return json.dumps([data, repr(echo), vae_layout or SD_VAE, str(META)], sort_keys=True, default=repr)
+
+
+def cached_trace(key: tuple, trace) -> PhaseTrace:
+    """``trace()``'s PhaseTrace, computed once per key in a process: a run planned again (the CLI's table, then its
+    verdict with another ``--gpu-gib``; ``plan --all-presets`` and the docs) traces nothing again."""
+    if key in _TRACES:
+        _TRACES.move_to_end(key)
+        return _TRACES[key]
+    _TRACES[key] = tr = trace()
+    while len(_TRACES) > TRACES_KEPT:
+        _TRACES.popitem(last=False)
+    return tr
 
 
 def checkpointing_of(cfg: TrainConfig) -> tuple[str, str]:
@@ -161,9 +189,10 @@ def trace_phase(nets: MetaNets, cfg: TrainConfig, phase: PhaseConfig, batch: int
     dblocks, dlayers = unet_blocks("vae", vae.decoder), unet_layers("vae", vae.decoder)
     tracer = SavedBytes(list(net.parameters()) + list(vae.parameters()))
     tracer.watch({**blocks, **layers, **dblocks, **dlayers})
+    PASSES["memory"] += 1
     try:
         with flash_attention_saves(), torch.autograd.graph.saved_tensors_hooks(tracer.pack, lambda t: t):
-            _step(nets, cfg, phase, batch, dtype, backward=False)
+            _step(nets, cfg, phase, batch, dtype, backward=False, encode=False)
     finally:
         tracer.close()
     units = {"none": (set(), set()), "block": (set(blocks), set(dblocks)), "layer": (set(layers), set(dlayers))}
@@ -177,6 +206,7 @@ def trace_phase(nets: MetaNets, cfg: TrainConfig, phase: PhaseConfig, batch: int
             u.gradient_checkpointing = level == "block"
         if dec == "block":
             vae.enable_gradient_checkpointing()
+    PASSES["flops"] += 1
     try:
         flops = count_flops(lambda: _step(nets, cfg, phase, batch, dtype, backward=True))
     finally:
