@@ -45,12 +45,9 @@ def arch_for(cfg: TrainConfig, arch: str | None = None) -> tuple[EchoConfig, str
         return ARCH_PRESETS[m.arch], f"model.arch {m.arch}"
     try:
         if m.init == "sd" and m.sd_path:
-            from echomimic_lib.io.json_file import read_json
+            from ..init import sd_unet_config, sd_unet_files
 
-            from ..init import sd_unet_files
-
-            cfg_json, _ = sd_unet_files(m.sd_path)
-            return EchoConfig.from_diffusers(read_json(cfg_json), None), str(cfg_json)
+            return sd_unet_config(m.sd_path)[0], str(sd_unet_files(m.sd_path)[0])
         if m.init == "echomimic" and m.echomimic_path:
             from echomimic_lib.model_set import read_config, resolve_files
 
