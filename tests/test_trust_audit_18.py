@@ -1,0 +1,50 @@
+"""Trust audit 18 (b86fb50..66ec656): each test failed before its fix."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from tests._pack import sub
+
+
+def test_a_filename_prefix_no_file_name_can_hold_is_refused_before_the_render(tmp_path):
+    C = sub("nodes.output_names")
+    for prefix in ("clip\ud800", "sub/\ud800/clip"):  # (a workflow's JSON "\ud800": a lone surrogate)
+        problem = C.prefix_problem(prefix, lambda: tmp_path)
+        assert problem and "no file name" in problem and "type the name again" in problem, prefix
+    assert C.prefix_problem("ok/clip", lambda: tmp_path) is None
+
+
+def test_a_device_given_as_the_training_config_is_refused_not_read_forever():
+    from trainer.config import ConfigError
+    from trainer.config_checks import read_yaml_mapping
+
+    if not os.path.exists("/dev/null"):
+        pytest.skip("no /dev/null")
+    with pytest.raises(ConfigError, match="a device or socket, not a config file"):  # (/dev/zero: read until memory ran out)
+        read_yaml_mapping("/dev/null")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_an_endless_pipe_given_as_the_training_config_is_read_only_up_to_the_limit(tmp_path, monkeypatch):
+    import trainer.config_checks as checks
+    from trainer.config import ConfigError
+
+    monkeypatch.setattr(checks, "MAX_CONFIG_BYTES", 1000)
+    fifo = tmp_path / "run.yaml"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "wb") as fh:
+            try:
+                fh.write(b"# a comment\n" * 1000)  # (`--config <(yes '#')`: endless)
+            except BrokenPipeError:
+                pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(ConfigError, match=r"over \d+ MiB is not a training config"):
+        checks.read_yaml_mapping(fifo)
+    writer.join(10)
