@@ -48,3 +48,29 @@ def test_an_endless_pipe_given_as_the_training_config_is_read_only_up_to_the_lim
     with pytest.raises(ConfigError, match=r"over \d+ MiB is not a training config"):
         checks.read_yaml_mapping(fifo)
     writer.join(10)
+
+
+@pytest.mark.parametrize("name", ["runs/a\x00b", "runs/a\ud800b"])  # (YAML "\0" / "\ud800")
+def test_an_output_dir_no_folder_can_have_is_a_config_error_not_a_raw_value_error(name):
+    from trainer.cli_checks import check_output_dir
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="a name no folder can have"):
+        check_output_dir(name)
+
+
+def test_a_lock_holder_pid_past_any_pid_is_said_not_an_overflow_error(tmp_path):
+    """The lock file names its holder for the line a waiting run says; a damaged one (a pid past 2**31) made that
+    line an OverflowError from os.kill, so the waiting run ended with a traceback."""
+    import json
+
+    from echomimic_lib.jobs.queue_lock import alive, held_by, host
+
+    lock = tmp_path / "state.json.lock"
+    lock.write_text(json.dumps({"pid": 2**40, "host": host(), "since": 0}))
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        assert "waiting for the lock" in held_by(fd, lock)
+    finally:
+        os.close(fd)
+    assert alive(2**40, host()) is False
