@@ -74,3 +74,32 @@ def test_a_lock_holder_pid_past_any_pid_is_said_not_an_overflow_error(tmp_path):
     finally:
         os.close(fd)
     assert alive(2**40, host()) is False
+
+
+def _wav(path, rate: int, seconds: float = 0.5):
+    import wave
+
+    import numpy as np
+
+    t = np.arange(int(rate * seconds)) / rate
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.sin(2 * np.pi * 220 * t) * 20000).astype("<i2").tobytes())
+    return path
+
+
+def test_speech_at_a_rate_no_video_takes_is_refused_before_the_weights_load(tmp_path):
+    """A 1 MHz wav (a mislabelled header) passed every speech check and was refused by the writer, after the weights
+    had loaded and the audio was encoded (about a minute with the tiny --smoke weights), with a fix for node users."""
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.jobs.speech_input import probe_speech, read_speech, read_speech_summary
+    from echomimic_lib.jobs.v3_speech import read_v3_speech
+
+    fast = _wav(tmp_path / "fast.wav", 1_000_000)
+    for read in (probe_speech, lambda p: read_speech(p, 24.0), lambda p: read_speech(p, 24.0, 4), read_speech_summary,
+                 lambda p: read_v3_speech(p, 100)):
+        with pytest.raises(EchoMimicError, match=r"--audio .*fast.wav: its sample rate is 1000000 Hz.*resample it"):
+            read(fast)
+    assert read_speech(_wav(tmp_path / "ok.wav", 384_000), 24.0)[1] == 384_000  # (a real recorder's rate: kept)

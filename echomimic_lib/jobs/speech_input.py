@@ -25,15 +25,34 @@ def probe_speech(path, flag: str = "--audio") -> None:
     if not p.is_file():
         raise EchoMimicError(f"{flag} {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
                              "(wav, mp3, flac, m4a, or a video with sound).")
-    _open(p).close()
+    _refuse_rate(p, flag)
+
+
+def _refuse_rate(p: Path, flag: str = "--audio") -> None:
+    """Refuse a sound track whose header's sample rate is past what the output video's track is made from
+    (:data:`~echomimic_lib.io.video_writer.MAX_SAMPLE_RATE`): said here, not by the writer after the weights load."""
+    from ..io.video_io import _open
+    from ..io.video_writer import MAX_SAMPLE_RATE
+
+    c = _open(p)
+    try:
+        s = c.streams.audio[0] if c.streams.audio else None
+        rate = int((s.codec_context.sample_rate or s.rate or 0) if s is not None else 0)
+    finally:
+        c.close()
+    if rate > MAX_SAMPLE_RATE:
+        raise EchoMimicError(f"{flag} {p}: its sample rate is {rate} Hz, past the {MAX_SAMPLE_RATE} Hz an output video's "
+                             "sound is made from (no recorder records faster: a damaged or mislabelled header); resample "
+                             f"it first, e.g. `ffmpeg -i \"{p.name}\" -ar 48000 speech.wav`.")
 
 
 def check_speech_file(path) -> Path:
-    """``path`` as a Path, refused unless it is a file (``--audio``'s words)."""
+    """``path`` as a Path, refused unless it is a file (``--audio``'s words) whose sample rate a video can take."""
     p = Path(path)
     if not p.is_file():
         raise EchoMimicError(f"--audio {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
                              "(wav, mp3, flac, m4a, or a video with sound).")
+    _refuse_rate(p)
     return p
 
 
