@@ -103,3 +103,16 @@ def test_speech_at_a_rate_no_video_takes_is_refused_before_the_weights_load(tmp_
         with pytest.raises(EchoMimicError, match=r"--audio .*fast.wav: its sample rate is 1000000 Hz.*resample it"):
             read(fast)
     assert read_speech(_wav(tmp_path / "ok.wav", 384_000), 24.0)[1] == 384_000  # (a real recorder's rate: kept)
+
+
+def test_a_sample_rate_under_one_hertz_is_refused_not_the_sound_left_out(tmp_path):
+    """0 < rate < 1 passed the writer's check (its words: 1 .. 768000 Hz), int() made it 0 and the video was written
+    without its sound track, without a word."""
+    import numpy as np
+
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.io.video_writer import Mp4Writer
+
+    with pytest.raises(EchoMimicError, match="sample rate 0.5 Hz"):
+        Mp4Writer(tmp_path / "o.mp4", 25, np.full((1, 100), 0.3, np.float32), 0.5)
+    assert list(tmp_path.iterdir()) == []
