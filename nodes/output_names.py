@@ -27,6 +27,11 @@ def prefix_problem(prefix, output_root: Callable[[], os.PathLike | str]) -> str 
     if "\x00" in prefix:
         return (f"filename_prefix {prefix!r} holds a NUL byte (\\x00), which no file name can hold: type the name again, "
                 "such as 'echomimic/video'.")
+    try:
+        os.fsencode(prefix)
+    except UnicodeEncodeError as exc:  # (a workflow's JSON may hold "\ud800": made and written only after the render)
+        return (f"filename_prefix {prefix!r} holds {exc.object[exc.start]!r}, a character no file name on this system can "
+                "hold (half of a surrogate pair): type the name again, such as 'echomimic/video'.")
     root = os.path.abspath(output_root())
     folder = os.path.abspath(os.path.join(root, os.path.dirname(os.path.normpath(prefix))))
     try:

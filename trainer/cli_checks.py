@@ -3,6 +3,8 @@ V3 LoRA config is not given to ``fit``, nor a V1/V2 one to ``v3-fit``), the run'
 and why a ``prepare`` run kept no clip, with the fix for each reason."""
 from __future__ import annotations
 
+import os
+
 
 # what to do about each drop reason when a prepare run keeps nothing
 DROP_FIXES = {
@@ -61,6 +63,13 @@ def check_output_dir(out) -> None:
 
     from .config import ConfigError
 
+    try:  # (a YAML "\0" or "\ud800": a raw ValueError where the run first used the folder)
+        os.fsencode(str(out))
+        if "\x00" in str(out):
+            raise ValueError("a NUL byte")
+    except ValueError:
+        raise ConfigError(f"output_dir {str(out)!r}: a name no folder can have (a NUL byte, or half of a surrogate pair "
+                          "such as \\ud800); write the folder's name again (e.g. runs/my_run)") from None
     out = Path(out)
     for p in (out, *out.parents):
         if p.exists() or p.is_symlink():

@@ -26,7 +26,14 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if path.is_file() and (size := path.stat().st_size) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: {size} bytes is not a training config (at most {MAX_CONFIG_BYTES >> 20} MiB; one is a few "
                           "KB); give the .yaml config file (see `echomimic-train presets`).")
-    raw = path.read_bytes()
+    if path.exists() and not (path.is_file() or path.is_dir() or path.is_fifo()):  # /dev/zero: endless; a socket
+        raise ConfigError(f"{path}: a device or socket, not a config file; give the .yaml config file (see "
+                          "`echomimic-train presets`).")
+    with open(path, "rb") as fh:  # (a pipe, --config <(...), is read as any reader would: at most the limit)
+        raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES >> 20} MiB is not a training config (one is a few KB); give the "
+                          ".yaml config file (see `echomimic-train presets`).")
     if b"\x00" in raw[:4096]:
         raise ConfigError(f"{path}: this is a binary file, not a YAML config; give the .yaml file (see `echomimic-train presets`).")
     try:

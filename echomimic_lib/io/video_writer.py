@@ -130,7 +130,8 @@ class Mp4Writer:
         self.next_name = next_name  # numbered outputs: another name when this one was taken meanwhile (publish_new)
         if audio is not None and not sample_rate:
             raise EchoMimicError("audio given without a sample rate.")
-        if audio is not None and not 0 < sample_rate <= MAX_SAMPLE_RATE:  # (found here, not at the first frame muxed)
+        if audio is not None and not 1 <= sample_rate <= MAX_SAMPLE_RATE:  # (found here, not at the first frame muxed;
+            # under 1 Hz: int() made it 0 and the sound was left out without a word)
             raise EchoMimicError(f"the sound track's sample rate {sample_rate} Hz is no recording's (1 .. {MAX_SAMPLE_RATE} "
                                  "Hz); give the audio as a file or node that reads it (e.g. Load Audio) with its real rate.")
         self.fps = float(fps)

@@ -101,7 +101,7 @@ def _pid_runs(pid: int) -> bool:
             kernel.CloseHandle(handle)
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (OverflowError: past any pid, a damaged lock or state file's)
         return False
     except PermissionError:  # another user's process
         return True

@@ -25,7 +25,24 @@ def probe_speech(path, flag: str = "--audio") -> None:
     if not p.is_file():
         raise EchoMimicError(f"{flag} {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
                              "(wav, mp3, flac, m4a, or a video with sound).")
-    _open(p).close()
+    c = _open(p)
+    try:
+        s = c.streams.audio[0] if c.streams.audio else None
+        check_rate(p, (s.codec_context.sample_rate or s.rate or 0) if s is not None else 0, flag)  # (the header's)
+    finally:
+        c.close()
+
+
+def check_rate(p, rate, flag: str = "--audio") -> None:
+    """Refuse a sound track whose sample rate is past what an output video's sound is made from
+    (:data:`~echomimic_lib.io.video_writer.MAX_SAMPLE_RATE`): said with the other speech checks, not by the writer
+    after the weights load."""
+    from ..io.video_writer import MAX_SAMPLE_RATE
+
+    if rate and int(rate) > MAX_SAMPLE_RATE:
+        raise EchoMimicError(f"{flag} {p}: its sample rate is {int(rate)} Hz, past the {MAX_SAMPLE_RATE} Hz an output "
+                             "video's sound is made from (no recorder records faster: a damaged or mislabelled header); "
+                             f"resample it first, e.g. `ffmpeg -i \"{Path(p).name}\" -ar 48000 speech.wav`.")
 
 
 def check_speech_file(path) -> Path:
@@ -61,6 +78,7 @@ def read_speech(path, fps: float | None = None, length=None, on_16k=None):
             return wav, sr, start
     else:  # following the audio: never more decoded than the longest video's audio (+1 s shows that it is longer)
         wav, sr = read_audio(p, duration=MAX_LENGTH / fps + 1.0 if follows else None)
+    check_rate(p, sr)
     raw = read_raw_audio(wav, sr)
     if follows:
         check_video_length(p, raw.num_samples_16k / 16000.0, fps, MAX_LENGTH)
@@ -83,6 +101,7 @@ def _read_start(p: Path, fps: float, length: int, on_16k=None):
     seconds = seconds_for_frames(length, fps)
     past = _PastTheStart(seconds, on_16k)
     wav, sr = read_audio(p, duration=seconds, rest=past)
+    check_rate(p, sr)
     whole = past.summary()
     if whole is None:
         return wav, sr, None  # the whole track: nothing more to know
@@ -118,6 +137,7 @@ def check_whole_speech(p: Path, whole) -> None:
     from ..audio import check_audible
     from ..audio.features import MIN_SAMPLES_16K
 
+    check_rate(p, whole.sample_rate)
     whole.check_finite("audio")
     if whole.num_samples_16k < MIN_SAMPLES_16K:
         raise EchoMimicError(f"--audio {p}: the audio is too short ({whole.samples / whole.sample_rate * 1000:.0f} ms); at "
