@@ -107,11 +107,14 @@ def build_prompt(template: dict, image: str | None, audio: str, prefix: str, see
     return prompt
 
 
+MAX_WORKFLOW_BYTES = 64 << 20  # an API workflow is kilobytes; ComfyUI's own request limit is about 100 MB
+
+
 def load_workflow(workflow) -> dict:
     """The API-format workflow ``workflow`` (a JSON file), or a :class:`QueueError` naming the file and the fix
     (missing, unreadable, not JSON, nested too deeply for Python's parser, a UI-format workflow, nodes not objects)."""
     template = read_json(workflow, "not a readable JSON workflow", "use workflows/api/*.json (or ComfyUI's 'Export (API)')",
-                         QueueError, pipes=True, missing=f"workflow not found: {workflow}; give an API-format workflow such as "
+                         QueueError, max_bytes=MAX_WORKFLOW_BYTES, pipes=True, missing=f"workflow not found: {workflow}; give an API-format workflow such as "
                          "workflows/api/v1_audio.json.")
     if (not isinstance(template, dict) or "nodes" in template
             or not all(isinstance(v, dict) and "class_type" in v for v in template.values())):
