@@ -167,7 +167,10 @@ def _speech(req: DubRequest, video: str, n_src: int, src_fps: float, fps: float,
 
         # with --length only its seconds are muxed (the writer trims the sound to the video): the rest is not decoded
         seconds = None if req.length is None else req.length / fps + 1.0
+        from .speech_input import check_rate
+
         audio, sr = read_audio(video, duration=seconds) if has_audio else (None, None)
+        check_rate(video, sr, "--video")  # (its sound goes into the output as it is: said now, not by the writer)
         frames = max(1, int(np.floor(n_src * fps / src_fps + 1e-9)))
         return audio, sr, n_src / src_fps, frames, None
     from .speech_input import frame_count, read_speech
