@@ -108,3 +108,75 @@ def test_a_models_folder_itself_or_a_new_one_is_taken_as_before(layout, tmp_path
     if layout == "empty":
         (root / "other" / "v1").rmdir()
     assert check_models_folder(root) == root
+
+
+# 3. `make-tiny DIR --version v3-flash` wrote in place: a rerun with another --seed replaced every file without a word
+#    (README: make-tiny never replaces a file without --force), DIR the models folder scattered the set's folders beside
+#    v1/ and v2/ (where nothing reads them), and --layout comfyui was ignored (the set flat in ComfyUI/models).
+def test_make_tiny_v3_keeps_files_it_would_change_unless_force(tmp_path, capsys):
+    folder = tmp_path / "v3-flash"
+    assert cli(["make-tiny", str(folder), "--version", "v3-flash"]) == 0
+    weights = folder / "Wan2.1-Fun-V1.1-1.3B-InP" / "diffusion_pytorch_model.safetensors"
+    before = weights.read_bytes()
+    assert cli(["make-tiny", str(folder), "--version", "v3-flash"]) == 0  # the same set again: a rerun works
+    capsys.readouterr()
+    assert cli(["make-tiny", str(folder), "--version", "v3-flash", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and "diffusion_pytorch_model.safetensors" in err, err
+    assert weights.read_bytes() == before and not [p for p in folder.iterdir() if p.name.startswith(".tiny-")]
+    assert cli(["make-tiny", str(folder), "--version", "v3-flash", "--seed", "5", "--force"]) == 0
+    assert weights.read_bytes() != before
+
+
+def test_make_tiny_v3_into_a_models_folder_names_its_v3_flash_folder(tmp_path, capsys):
+    models = tmp_path / "models"
+    (models / "v1").mkdir(parents=True)
+    (models / "sd-vae-ft-mse").mkdir()
+    assert cli(["make-tiny", str(models), "--version", "v3-flash"]) == 2
+    err = capsys.readouterr().err
+    assert f"is a models folder (v1/, sd-vae-ft-mse/ in it)" in err and f"make-tiny {models / 'v3-flash'}" in err, err
+    assert sorted(p.name for p in models.iterdir()) == ["sd-vae-ft-mse", "v1"]
+
+
+def test_make_tiny_v3_with_the_comfyui_layout_writes_the_loaders_folder(tmp_path):
+    comfy = tmp_path / "ComfyUI_models"
+    assert cli(["make-tiny", str(comfy), "--version", "v3-flash", "--layout", "comfyui"]) == 0
+    assert [p.name for p in comfy.iterdir()] == ["echomimic"]
+    assert (comfy / "echomimic" / "v3-flash" / "echomimicv3-flash-pro" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+# 4. Windows paths on Linux / macOS: `-o C:\renders\anna.mp4` rendered for minutes, then wrote a file named
+#    'C:\renders\anna.mp4' into the current folder; `--reference .\anna.png` was "file not found" beside anna.png. Batch
+#    manifests already read them (row_path); the command line reads them the same way now, before any work.
+def test_a_windows_drive_path_is_refused_before_any_work(tmp_path, shared_data, speech, no_weights, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ref = str(shared_data / "images" / "portrait_a.png")
+    assert cli(["animate", "--reference", ref, "--audio", str(speech), "-o", "C:\\renders\\anna.mp4"]) == 2
+    err = capsys.readouterr().err
+    assert "C:\\renders\\anna.mp4 (output) is a Windows path, which this computer cannot open" in err, err
+    assert "/mnt/c/renders/anna.mp4" in err and "Traceback" not in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["speech.wav"]
+
+
+def test_windows_separators_in_a_relative_path_are_read_as_folders(tmp_path, monkeypatch):
+    import argparse
+
+    from echomimic_lib.cli.common import expand_home
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "anna.png").write_bytes(b"x")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "odd\\name.wav").write_bytes(b"x")  # a name holding a backslash, there: kept as written
+    args = expand_home(argparse.Namespace(reference=".\\faces\\anna.png", output="out\\anna.mp4", audio="odd\\name.wav",
+                                          parts="eyes\\,brows", prompt="a\\b", lora=["faces\\anna.png"]))
+    assert (args.reference, args.output, args.audio) == ("./faces/anna.png", "out/anna.mp4", "odd\\name.wav")
+    assert (args.parts, args.prompt, args.lora) == ("eyes\\,brows", "a\\b", ["faces/anna.png"])
+
+
+def test_the_trainer_refuses_a_windows_drive_path_with_an_error_line(capsys):
+    from trainer.cli import main
+
+    assert main(["fit", "--config", "D:\\runs\\run.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "D:\\runs\\run.yaml (config) is a Windows path" in err and "Traceback" not in err, err
