@@ -180,3 +180,41 @@ def test_the_trainer_refuses_a_windows_drive_path_with_an_error_line(capsys):
     assert main(["fit", "--config", "D:\\runs\\run.yaml"]) == 2
     err = capsys.readouterr().err
     assert "D:\\runs\\run.yaml (config) is a Windows path" in err and "Traceback" not in err, err
+
+
+# 5. `echomimic poses` / `echomimic landmarks` refuse an existing -o without --force, but only at the start: the same
+#    command run twice at once (two terminals), or anything writing -o meanwhile, was replaced at the end without a word.
+def test_poses_keep_an_output_that_appeared_while_they_ran(tmp_path, shared_data, monkeypatch, capsys):
+    import echomimic_lib.jobs.poses as poses
+
+    out = tmp_path / "talk.npz"
+    made = poses.stabilize_poses
+
+    def meanwhile(seq, level):
+        out.write_bytes(b"another run's poses")
+        return made(seq, level)
+
+    monkeypatch.setattr(poses, "stabilize_poses", meanwhile)
+    assert cli(["poses", "--audio", str(shared_data / "audio" / "echomimic_en.wav"), "-o", str(out), "--length", "24",
+                "--gesture-library", str(shared_data / "pose" / "01")]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {out} appeared while this command ran" in err and "--force" in err, err
+    assert out.read_bytes() == b"another run's poses" and sorted(p.name for p in tmp_path.iterdir()) == ["talk.npz"]
+
+
+def test_landmarks_keep_an_output_that_appeared_while_they_ran(tmp_path, shared_data, monkeypatch, capsys):
+    import echomimic_lib.landmarks.stabilize as stabilize
+
+    out = tmp_path / "driving.npz"
+    made = stabilize.stabilize_landmarks
+
+    def meanwhile(seq, level):
+        out.write_bytes(b"another run's landmarks")
+        return made(seq, level)
+
+    monkeypatch.setattr(stabilize, "stabilize_landmarks", meanwhile)
+    assert cli(["landmarks", str(shared_data / "video" / "driving_a.mp4"), "-o", str(out), "--mediapipe-model",
+                str(shared_data / "mediapipe" / "face_landmarker_v2_with_blendshapes.task")]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {out} appeared while this command ran" in err, err
+    assert out.read_bytes() == b"another run's landmarks" and sorted(p.name for p in tmp_path.iterdir()) == ["driving.npz"]
