@@ -218,3 +218,14 @@ def test_landmarks_keep_an_output_that_appeared_while_they_ran(tmp_path, shared_
     err = capsys.readouterr().err
     assert f"-o {out} appeared while this command ran" in err, err
     assert out.read_bytes() == b"another run's landmarks" and sorted(p.name for p in tmp_path.iterdir()) == ["driving.npz"]
+
+
+# 6. A batch manifest's misspelt column listed every known column (40 names) without the one meant, unlike 1.
+def test_a_misspelt_batch_column_names_the_column_meant(tmp_path, shared_data, capsys):
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("name,refrence,audio,steps\n"
+                        f"anna,{shared_data / 'images' / 'portrait_a.png'},{shared_data / 'audio' / 'echomimic_en.wav'},1\n")
+    assert cli(["batch", str(manifest), "-o", str(tmp_path / "renders")]) == 2
+    err = capsys.readouterr().err
+    assert "line 2: unknown column 'refrence' for animate; did you mean 'reference'?" in err, err
+    assert not (tmp_path / "renders").exists() or not any((tmp_path / "renders").iterdir())
