@@ -134,7 +134,7 @@ def test_make_tiny_v3_into_a_models_folder_names_its_v3_flash_folder(tmp_path, c
     (models / "sd-vae-ft-mse").mkdir()
     assert cli(["make-tiny", str(models), "--version", "v3-flash"]) == 2
     err = capsys.readouterr().err
-    assert f"is a models folder (v1/, sd-vae-ft-mse/ in it)" in err and f"make-tiny {models / 'v3-flash'}" in err, err
+    assert "is a models folder (v1/, sd-vae-ft-mse/ in it)" in err and f"make-tiny {models / 'v3-flash'}" in err, err
     assert sorted(p.name for p in models.iterdir()) == ["sd-vae-ft-mse", "v1"]
 
 
