@@ -229,3 +229,16 @@ def test_a_misspelt_batch_column_names_the_column_meant(tmp_path, shared_data, c
     err = capsys.readouterr().err
     assert "line 2: unknown column 'refrence' for animate; did you mean 'reference'?" in err, err
     assert not (tmp_path / "renders").exists() or not any((tmp_path / "renders").iterdir())
+
+
+# 7. `--pose poses/01/0.npy` (one frame of a released pose folder: a tab completion too far) rendered the whole video
+#    with the hands held still, after a warning about 'continue' having no gesture; the folder is named now.
+def test_one_frame_of_a_pose_folder_given_as_pose_names_the_folder(tmp_path, shared_data, speech, no_weights, capsys):
+    frame = shared_data / "pose" / "01" / "0.npy"
+    out = tmp_path / "v2.mp4"
+    assert cli(["animate", "--version", "v2", "--pose", str(frame), "--reference", str(shared_data / "images" /
+                "halfbody_0035.png"), "--audio", str(speech), "-o", str(out), "--offline", "--width", "64", "--height", "64",
+                "--models", str(tmp_path / "models")]) == 2
+    err = capsys.readouterr().err
+    assert f"--pose {frame}: one frame of the pose folder {frame.parent}" in err, err
+    assert f"give the folder: --pose {frame.parent}." in err and not out.exists(), err
