@@ -141,16 +141,23 @@ def make_tiny(directory: str | Path, version: str | None = None, layout: str = "
     content is never replaced unless ``force`` (:class:`~echomimic_lib.io.file_safety.ExistingFileError`, before
     anything is moved); one with the same content is left as it is.
     """
-    directory = Path(directory)
     if layout not in ("official", "comfyui"):
         raise ValueError("layout must be 'official' or 'comfyui'")
     if version not in (None, "v1", "v2", "all"):
         raise ValueError("version must be v1, v2 or all")
+    return write_staged(directory, lambda staging: _write_tiny(staging, version, layout, seed, cfg, fmt), force)
+
+
+def write_staged(directory: str | Path, write, force: bool = False) -> Path:
+    """``write(staging)`` into a temporary folder inside ``directory``, then each file moved into place: nothing is left
+    on a failure, a file there with other content is refused unless ``force`` (before anything moves), one with the
+    same content is left as it is. :func:`make_tiny`'s, and ``make-tiny --version v3-flash``'s."""
+    directory = Path(directory)
     created = [p for p in (directory, *directory.parents) if not os.path.lexists(p)]
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory))
     try:
-        _write_tiny(staging, version, layout, seed, cfg, fmt)
+        write(staging)
         plan = [(src, directory / src.relative_to(staging)) for src in sorted(staging.rglob("*")) if src.is_file()]
         differ = [dst for src, dst in plan if os.path.lexists(dst) and not _same_bytes(src, dst)]
         if not force:
@@ -169,7 +176,7 @@ def make_tiny(directory: str | Path, version: str | None = None, layout: str = "
                 break
         raise
     shutil.rmtree(staging, ignore_errors=True)
-    log.debug("tiny EchoMimic models written to %s", directory)
+    log.debug("tiny models written to %s", directory)
     return directory
 
 

@@ -290,7 +290,7 @@ def _resume_hint(args) -> str:
 def _main(argv) -> int:
     from echomimic_lib.cli.common import expand_home
 
-    args = expand_home(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # accelerate reports every checkpoint file at INFO: keep the progress bar readable
         for name in ("accelerate", "torch.distributed", "diffusers"):
@@ -301,7 +301,7 @@ def _main(argv) -> int:
     from .config import ConfigError
 
     try:
-        return int(args.func(args) or 0)
+        return int(expand_home(args).func(args) or 0)  # (a Windows drive path is refused there: an error line)
     except (ConfigError, EchoMimicError, FileNotFoundError, FileExistsError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:  # from the file system, not our own message
             return _os_error(exc)

@@ -89,7 +89,7 @@ def _call(args) -> int:
 
 def _run(args) -> int:
     try:
-        return _call(args)
+        return _call(expand_home(args))
     except EchoMimicError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
@@ -136,7 +136,7 @@ def _main(argv: list) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed why
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     setup_logging(verbose=args.verbose_all or getattr(args, "verbose", False), quiet=getattr(args, "quiet", False))
-    return _run(expand_home(args))
+    return _run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

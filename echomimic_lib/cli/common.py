@@ -148,10 +148,32 @@ def _home(value):
     return value
 
 
+def _windows(value, name: str):
+    """A path written the Windows way where ``/`` separates folders (as batch manifests read them): ``.\\me.png`` or
+    ``out\\dub.mp4`` is ``./me.png`` / ``out/dub.mp4`` when that file or its folder is there (a name that holds a ``\\``
+    and exists is kept); ``C:\\...`` or ``\\\\server\\...`` cannot be opened here: refused, before ``-o C:\\out\\x.mp4``
+    becomes a file of that name in the current folder."""
+    if isinstance(value, list):
+        return [_windows(v, name) for v in value]
+    if os.sep != "/" or not isinstance(value, str) or "\\" not in value or os.path.lexists(value):
+        return value
+    import re
+
+    from ..errors import EchoMimicError
+
+    if re.match(r"^(?:[A-Za-z]:[\\/]|\\\\)", value):
+        here = ("/mnt/" + value[0].lower() + "/" + value[3:].replace("\\", "/")) if value[1] == ":" else None
+        raise EchoMimicError(f"{value} ({name.replace('_', '-')}) is a Windows path, which this computer cannot open; give "
+                             "the file's path here" + (f" (under WSL, C:\\ is /mnt/c/: {here})." if here else "."))
+    alt = value.replace("\\", "/")
+    return alt if os.path.lexists(alt) or os.path.isdir(os.path.dirname(alt) or ".") and "/" in alt.rstrip("/") else value
+
+
 def expand_home(args: argparse.Namespace) -> argparse.Namespace:
     """``~`` at the start of a path the shell left alone (``--reference=~/me.png``: no shell expands a ``~`` after
-    ``=``) is the home folder, as it would be before a space; text options are left as written."""
+    ``=``) is the home folder, as it would be before a space; a Windows path is read as batch manifests read it
+    (:func:`_windows`); text options are left as written."""
     for name, value in vars(args).items():
         if name not in TEXT_OPTIONS:
-            setattr(args, name, _home(value))
+            setattr(args, name, _windows(_home(value), name))
     return args

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
 import signal
 import sys
@@ -123,6 +124,32 @@ class PipeAwareParser(argparse.ArgumentParser):
             raise
         except (AttributeError, OSError):  # as argparse: no stream (pythonw), or another failed write
             pass
+
+    def parse_known_args(self, args=None, namespace=None):
+        """A command's parser (one without sub-commands) names a misspelt ``--option`` itself, with the option meant
+        (``--refrence: did you mean --reference?``), before argparse would say that the option meant is missing or
+        leave the unknown word to the top-level parser's usage."""
+        if args is not None and not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            unknown = _unknown_options(self, list(args))
+            if unknown:
+                self.error("unrecognized arguments: " + " ".join(unknown) + "".join(
+                    f"; {name}: did you mean {close[0]}?" for name in (word.split("=", 1)[0] for word in unknown)
+                    if (close := difflib.get_close_matches(name, self._option_string_actions, 1, 0.75))))
+        return super().parse_known_args(args, namespace)
+
+
+def _unknown_options(parser: argparse.ArgumentParser, args: list) -> list:
+    """The ``--words`` of ``args`` (before a lone ``--``) that are none of ``parser``'s options nor a prefix of one."""
+    known = [o for o in parser._option_string_actions if o.startswith("--")]
+    unknown = []
+    for word in args:
+        if word == "--":
+            break
+        name = word.split("=", 1)[0] if isinstance(word, str) else ""
+        if name.startswith("--") and len(name) > 2 and name not in known and not (
+                parser.allow_abbrev and any(o.startswith(name) for o in known)):
+            unknown.append(word)
+    return unknown
 
 
 def _say(text: str) -> None:

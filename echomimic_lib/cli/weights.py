@@ -25,12 +25,15 @@ def _cmd_make_tiny(args) -> int:
     _probe_writable(base)
     if args.version == "v3-flash":
         from ..models.wan.tiny import write_tiny_v3
+        from ..tiny import write_staged
 
-        try:
-            out = write_tiny_v3(target, args.seed)
-        except Exception as exc:  # written in place (no staging): what was written stays, so no "nothing kept"
+        target = target / "echomimic" / "v3-flash" if args.layout == "comfyui" else target  # the V3 Loader's folder
+        _refuse_a_models_folder(target)
+        try:  # staged as the V1/V2 set: a file there with other content (another --seed) is kept unless --force
+            out = write_staged(target, lambda staging: write_tiny_v3(staging, args.seed), args.force)
+        except Exception as exc:
             if isinstance(exc, OSError) or _refused(exc):
-                raise _write_failed(exc, target, "write into", kept="") from exc
+                raise _write_failed(exc, target, "write into") from exc
             raise
         say(f"tiny random-weight EchoMimicV3 flash-pro set written to {out} (use it as <models>/v3-flash; it animates noise)")
         return 0
@@ -45,6 +48,17 @@ def _cmd_make_tiny(args) -> int:
     for where, used_by, source in EXTRA_MODELS:
         say(f"  not included, needed for {used_by}: {root / where}  (from {source})")
     return 0
+
+
+def _refuse_a_models_folder(target: Path) -> None:
+    """``make-tiny DIR --version v3-flash`` writes the V3 set itself (what ``<models>/v3-flash/`` holds): given the
+    models folder, its folders landed beside v1/ and v2/, where nothing looks for them."""
+    from ..io.video_writer import OutputError
+
+    parts = [name + "/" for name in ("v1", "v2", "sd-vae-ft-mse", "audio_processor", "v3-flash") if (target / name).is_dir()]
+    if parts:
+        raise OutputError(f"make-tiny {target} --version v3-flash: {target} is a models folder ({', '.join(parts)} in it); "
+                          f"the V3 set goes into its v3-flash/ folder: give make-tiny {target / 'v3-flash'} --version v3-flash.")
 
 
 def _refused(exc: BaseException) -> bool:
@@ -93,7 +107,8 @@ def add_commands(sub) -> None:
     t.add_argument("directory", help="folder to write (created; ComfyUI's models/ folder with --layout comfyui)")
     t.add_argument("--version", choices=["v1", "v2", "all", "v3-flash"], default="all",
                    help="all: v1/ and v2/ side by side with the shared VAE and whisper; v1 or v2: that release's files "
-                        "flat in DIRECTORY, like its pretrained_weights/; v3-flash: the EchoMimicV3 flash-pro layout")
+                        "flat in DIRECTORY, like its pretrained_weights/; v3-flash: the EchoMimicV3 flash-pro set itself (DIRECTORY is "
+                        "<models>/v3-flash; with --layout comfyui models/echomimic/v3-flash)")
     t.add_argument("--layout", choices=["official", "comfyui"], default="official",
                    help="comfyui: DIRECTORY is ComfyUI's models/ folder (files go to models/echomimic/, the VAE also to models/vae/)")
     t.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="weight file format")

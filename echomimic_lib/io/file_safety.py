@@ -248,6 +248,16 @@ def refuse_existing(paths, flag: str = "--force", what: str = "weight file") -> 
                             f"file{'s' if len(found) > 1 else ''} away, or add {flag} to replace {'it' if len(found) == 1 else 'them'}.")
 
 
+def refuse_appeared(path, what: str, flag: str = "-o") -> None:
+    """Just before a result is moved to ``path``, which was not there (or ``--force`` was not given) when the command
+    started: a file that appeared since (the same command run twice at once, in two terminals) is kept, as the start's
+    check would have kept it, instead of being replaced by the rename."""
+    if os.path.lexists(path):
+        raise ExistingFileError(f"{flag} {path} appeared while this command ran (another run writing the same output?); "
+                                f"the {what} there is kept and this result was not written. Give another {flag}, or add "
+                                "--force to replace it.")
+
+
 def refuse_input_as_output(output, inputs: dict, out_flag: str = "-o") -> None:
     """Raise when ``output`` is the same file as one of ``inputs`` (``{flag: path or None}``), through links too:
     the finished file would be renamed over that input and it would be lost."""

@@ -194,11 +194,12 @@ def check_condition_inputs(req, mode) -> None:
 
         check_landmark_source(req.landmarks)
     if req.pose and req.pose != AUTO_POSE:
-        from .pose_sources import check_dwpose_models, check_pose_video, is_pose_video
+        from .pose_sources import check_dwpose_models, check_pose_frame, check_pose_video, is_pose_video
 
         if is_pose_video(req.pose):  # --pose VIDEO: DWPose extraction on the fly (echomimic_lib.jobs.pose_sources)
             check_pose_video(req.pose)
             check_dwpose_models(dwpose_roots(req), req.download)
+        check_pose_frame(req.pose)
     check_stabilize(getattr(req, "stabilize", STABILIZE_DEFAULT), mode)
     check_gesture_inputs(req, mode)
 

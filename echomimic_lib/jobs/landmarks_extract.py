@@ -151,6 +151,7 @@ def run_landmarks(req: LandmarksRequest, progress: Callable[[int, int], None] | 
     from ..landmarks.io import save_sequence
     from ..landmarks.mp_models import quiet_native_logs
     from ..landmarks.stabilize import stabilize_landmarks
+    from ..io.file_safety import refuse_appeared
 
     c = check(req)
     writer = None
@@ -160,6 +161,8 @@ def run_landmarks(req: LandmarksRequest, progress: Callable[[int, int], None] | 
         if c.preview is not None:
             writer = _write_preview(c, driver, ex)
     try:
+        if not req.force:  # another run (or anything) wrote -o while this one worked: kept, as at the start
+            refuse_appeared(c.output, "landmark file")
         save_sequence(c.output, driver)
         preview = str(writer.commit()) if writer is not None else None
     except BaseException:

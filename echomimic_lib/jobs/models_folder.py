@@ -27,7 +27,47 @@ def check_models_folder(root: Path, flag: str = "--models") -> Path:
     if root.exists() and not root.is_dir():
         raise EchoMimicError(f"{flag} {root}: is a file, not a folder; give the models folder (the one `echomimic download "
                              "--models DIR` fills, with v1/, v2/, sd-vae-ft-mse/ ... in it; a new folder is made on first use).")
+    if root.is_dir() and not _holds_models(root):
+        _refuse_a_folder_beside_the_models(root, flag)
     return root
+
+
+_PARTS = ("v1", "v2", "v3-flash", "sd-vae-ft-mse", "audio_processor")  # what `echomimic download` / make-tiny put there
+_OURS = _PARTS + ("tiny", "tiny-v3", "mediapipe", "dwpose", "poses", "loras", "metrics", "prompt_cache", "echomimic-tiny.json")
+_WEIGHT_SUFFIXES = (".pth", ".safetensors", ".bin", ".pt", ".ckpt", ".onnx", ".task")
+_SCAN = 500  # entries of a folder looked at (a home folder given as --models is not walked whole)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as it:
+            return [Path(e.path) for _, e in zip(range(_SCAN), it)]
+    except OSError:
+        return []
+
+
+def _holds_models(folder: Path) -> bool:
+    """Anything a models folder holds: a part's folder, a weight file (a release's flat ``pretrained_weights/``)."""
+    return any(p.name in _OURS or p.suffix.lower() in _WEIGHT_SUFFIXES for p in _entries(folder))
+
+
+def _refuse_a_folder_beside_the_models(root: Path, flag: str) -> None:
+    """``--models`` given the folder above the models folder (``ComfyUI/models``, the project folder) or a Hugging
+    Face download cache: it holds no weights, so the missing-file messages would send the user to download (gigabytes)
+    into it; the folder that holds them is named instead."""
+    entries = _entries(root)
+    hub = sorted(p.name for p in entries if p.name.startswith("models--BadToBest--") and p.is_dir())
+    if hub:
+        raise EchoMimicError(f"{flag} {root}: a Hugging Face download cache ({', '.join(hub)}: files under "
+                             "snapshots/<commit>/, links into blobs/), not a models folder; EchoMimic reads the layout of "
+                             "`echomimic download --weights v1_audio --models DIR` (v1/, v2/, sd-vae-ft-mse/, "
+                             "audio_processor/): run that with a models folder of your choice, or `hf download ... "
+                             "--local-dir DIR/v1` as README.md shows.")
+    inside = sorted(p for p in entries if p.is_dir() and any((p / part).is_dir() for part in _PARTS))
+    if inside:
+        raise EchoMimicError(f"{flag} {root}: holds no EchoMimic weights, but {inside[0]} does (with "
+                             f"{', '.join(part + '/' for part in _PARTS if (inside[0] / part).is_dir())}): give "
+                             f"{flag if flag.startswith('-') else '--models'} {inside[0]}.")
 
 
 def dwpose_roots(req) -> list[Path]:

@@ -40,6 +40,18 @@ def check_pose_video(path, flag: str = "--pose", fix: str = POSE_VIDEO_FIX, spee
                              f"For gestures from speech use {speech}.")
 
 
+def check_pose_frame(path, flag: str = "--pose") -> None:
+    """``--pose .../01/0.npy``: one frame of a released pose folder (a tab completion too far) rendered the whole video
+    with one still pose; the folder is named instead."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix.lower() == ".npy" and p.stem.isdigit()):
+        return
+    frames = sum(1 for q in p.parent.glob("*.npy") if q.stem.isdigit())
+    if frames > 1:
+        raise EchoMimicError(f"{flag} {path}: one frame of the pose folder {p.parent} ({frames} frames), which would hold "
+                             f"the hands still for the whole video; give the folder: {flag} {p.parent}.")
+
+
 def check_dwpose_models(roots: list[Path], download: bool, flag: str = "--offline") -> None:
     """Without downloads the two ONNX files must be there: said before any model loads."""
     if download:

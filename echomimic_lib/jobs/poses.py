@@ -24,6 +24,7 @@ from ..io.os_errors import writing
 from ..io.file_safety import (
     ExistingFileError,
     publish,
+    refuse_appeared,
     refuse_existing,
     refuse_input_as_output,
     regular_target,
@@ -346,6 +347,8 @@ def write_poses(seq, plan: PosesPlan) -> None:
                 save_pose_npz(seq, staged)
         if plan.preview is not None:
             writer = _encode_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate)
+        if not plan.request.force:  # another run (or anything) wrote -o while this one worked: kept, as at the start
+            refuse_appeared(plan.output, "pose folder" if plan.folder else "pose file")
         placed = _swap_in(staged, plan.output, plan.folder)
         if writer is not None:
             writer.commit()

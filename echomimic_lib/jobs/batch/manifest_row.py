@@ -169,7 +169,11 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
         if target not in annotations or target in ("output", "mode"):
             aliases = {k for k, (t, _) in ALIASES.items() if t in annotations}
             known = sorted((set(annotations) | aliases) - {"output", "mode", "device", "download"}) + ["kind", "name", "version", "mode"]
-            raise ValueError(f"unknown column '{key}' for {kind}; known: {', '.join(known)}")
+            import difflib
+
+            close = difflib.get_close_matches(key.replace("-", "_"), [k.replace("-", "_") for k in known], 1, 0.75)
+            meant = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown column '{key}' for {kind}{meant}; known: {', '.join(known)}")
         converted = _convert(value, annotations[target], key)
         kw[target] = (not converted) if inverted else converted
     main_input = "video" if kind == "dub" else "reference"
