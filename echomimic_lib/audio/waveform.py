@@ -67,6 +67,9 @@ def _to_float(arr: np.ndarray, what: str) -> np.ndarray:
     )
 
 
+MIN_SPEECH_RATE = 1000  # Hz: no speech fits under it (its highest tone is half the rate); telephone speech is 8000
+
+
 def _check_rate(sample_rate, what: str) -> float:
     if sample_rate is None:
         raise EchoMimicError(f"{what}: a sample rate is required with raw samples (e.g. sample_rate=44100).")
@@ -76,6 +79,10 @@ def _check_rate(sample_rate, what: str) -> float:
         raise EchoMimicError(f"{what}: sample rate {sample_rate!r} is not a number.") from None
     if not np.isfinite(rate) or rate <= 0:
         raise EchoMimicError(f"{what}: sample rate must be a positive number of Hz, got {sample_rate!r}.")
+    if rate < MIN_SPEECH_RATE:  # (every sample would become 16 kHz / rate samples for the features)
+        raise EchoMimicError(f"{what}: sample rate {sample_rate!r} Hz is under the {MIN_SPEECH_RATE} Hz any speech "
+                             "recording has (a damaged or mislabelled header, or the rate given in kHz); give the "
+                             "rate the samples were recorded at, or resample them first.")
     return rate
 
 

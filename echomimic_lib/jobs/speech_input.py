@@ -35,10 +35,16 @@ def probe_speech(path, flag: str = "--audio") -> None:
 
 def check_rate(p, rate, flag: str = "--audio") -> None:
     """Refuse a sound track whose sample rate is past what an output video's sound is made from
-    (:data:`~echomimic_lib.io.video_writer.MAX_SAMPLE_RATE`): said with the other speech checks, not by the writer
+    (:data:`~echomimic_lib.io.video_writer.MAX_SAMPLE_RATE`) or under any speech's
+    (:data:`~echomimic_lib.audio.waveform.MIN_SPEECH_RATE`: resampling it to 16 kHz would multiply it): said with the other speech checks, not by the writer
     after the weights load."""
+    from ..audio.waveform import MIN_SPEECH_RATE
     from ..io.video_writer import MAX_SAMPLE_RATE
 
+    if rate and 0 < rate < MIN_SPEECH_RATE:
+        raise EchoMimicError(f"{flag} {p}: its sample rate is {rate:g} Hz, under the {MIN_SPEECH_RATE} Hz any speech "
+                             "recording has (a damaged or mislabelled header); resample it first, e.g. `ffmpeg -i "
+                             f"\"{Path(p).name}\" -ar 16000 speech.wav`, or give the recording it came from.")
     if rate and int(rate) > MAX_SAMPLE_RATE:
         raise EchoMimicError(f"{flag} {p}: its sample rate is {int(rate)} Hz, past the {MAX_SAMPLE_RATE} Hz an output "
                              "video's sound is made from (no recorder records faster: a damaged or mislabelled header); "
