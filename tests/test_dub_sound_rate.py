@@ -1,22 +1,10 @@
 """``echomimic dub`` without ``--audio`` keeps the source video's own sound: a track at a rate no output video takes (a
 mislabelled header) is refused while the dub is planned, as ``--audio`` is, not by the writer after the render."""
-import wave
-
-import numpy as np
 import pytest
 
 from echomimic_lib.errors import EchoMimicError
 from echomimic_lib.jobs.dub import DubRequest, _speech
-
-
-def _wav(path, rate: int, seconds: float = 0.5):
-    t = np.arange(int(rate * seconds)) / rate
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.sin(2 * np.pi * 220 * t) * 20000).astype("<i2").tobytes())
-    return path
+from tests.test_trust_audit_18 import _wav
 
 
 def test_the_source_sound_at_a_rate_no_video_takes_is_refused_while_planning(tmp_path):
