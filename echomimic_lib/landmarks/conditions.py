@@ -13,7 +13,9 @@ Length policy: the driving sequence's length and fps are independent of the audi
 mapped onto the requested ``num_frames`` with :func:`echomimic_lib.retime.retime_indices`: first
 resampled in time when ``src_fps`` and ``out_fps`` differ, then extended by ``retime_policy``
 (``ping-pong`` by default; ``loop``, ``hold-last``, ``stretch``, or ``fail`` when too short).
-Motion sync runs on the whole driving sequence before retiming, so its smoothing sees real time.
+Motion sync runs on the whole driving sequence before retiming, so its smoothing sees real time; it also fits
+the reference's parts to the driver's mean face over ALL its frames (as V1 does), so a render shorter than the
+video still reads every driving frame: stopping at the frames shown would change them (tests/test_landmarks_length.py).
 
 Parts: ``"pose"`` = V1 "audio + selected landmarks" (eyes, brows, pupils, nose; mouth left to the
 audio); ``"landmarks"`` = pure landmark driving (adds the mouth); or any subset, see
