@@ -151,3 +151,28 @@ def test_dub_and_v3_claim_their_output_before_any_model(tmp_path, holder, monkey
     monkeypatch.setattr(animate_v3, "model_files", lambda *a, **k: pytest.fail("the V3 weights were looked for"))
     with pytest.raises(EchoMimicError, match="another render is writing this file"):
         animate_v3.run_v3(SimpleNamespace(models=str(tmp_path)))
+
+
+def test_without_os_locks_a_live_claim_still_refuses_and_a_dead_ones_is_taken_over(tmp_path, holder, monkeypatch,
+                                                                                     caplog):
+    """Some network mounts answer flock with ENOLCK: the process named in the claim file is asked instead."""
+    import errno
+    import fcntl
+
+    from echomimic_lib.jobs.output_file import OutputClaim
+
+    out = tmp_path / "out.mp4"
+    first = holder(out)
+
+    def no_locks(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(EchoMimicError, match=f"pid {first.pid} on host"):
+        OutputClaim(out).acquire()
+    assert "cannot lock files (No locks available)" in caplog.text
+    first.kill()
+    first.wait(timeout=60)
+    with OutputClaim(out):
+        assert json.loads(_claim_file(out).read_text())["pid"] == os.getpid()
+    assert not _claim_file(out).exists()
