@@ -46,8 +46,8 @@ def _record(monkeypatch, size):
 
     prepare, composite = dub.prepare_dub, dub_stream.composite_frames
 
-    def keep_job(req):
-        seen["job"] = prepare(req)
+    def keep_job(req, *checked):
+        seen["job"] = prepare(req, *checked)
         return seen["job"]
 
     def keep_generated(plan, schedule, generated, *a, **k):

@@ -282,7 +282,17 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
         landmark_progress: Callable[[int, int], None] | None = None) -> dict:
     """Render ``req.output``; returns a summary dict (frames, seconds, peak memory, ``stages_s``: seconds per stage).
     ``progress(done, total)``: per denoiser window; ``landmark_progress``: per driving-video frame whose landmarks
-    are extracted (V1 landmark modes from a video)."""
+    are extracted (V1 landmark modes from a video). The output is claimed (:class:`.output_file.OutputClaim`) after
+    the checks and before any weight loads: a second render of the same ``-o`` is refused."""
+    from .output_file import OutputClaim
+
+    t0 = time.time()
+    plan = preflight(req)
+    with OutputClaim(plan.output):
+        return _render(plan, t0, progress, landmark_progress)
+
+
+def _render(plan, t0: float, progress, landmark_progress) -> dict:
     from ..audio import encode_audio
     from ..model_set import ensure_weights
     from ..model_set import load_models
@@ -290,8 +300,6 @@ def run(req: AnimateRequest, progress: Callable[[int, int], None] | None = None,
     from ..pipeline import Sampler
     from ..io.video_writer import Mp4Writer
 
-    t0 = time.time()
-    plan = preflight(req)
     req, mode, variant, settings, device = plan.request, plan.mode, plan.variant, plan.settings, plan.device
     stages = _Stages(device)
     adapters = []

@@ -210,10 +210,17 @@ def render_v3(plan: V3Plan, models: V3Models, progress=None, prompt=None, clip=N
 def run_v3(req: V3Request, progress=None) -> dict:
     """One request: check, fetch what is missing, encode the prompt and the reference (each encoder loaded and
     dropped before the rest loads, as the official), load the networks, render."""
-    from ..pipeline.wan.encoders import clip_features, encode_prompt
+    from .output_file import OutputClaim
 
     t0 = time.time()
     plan = plan_v3(req)
+    with OutputClaim(plan.output):  # a second render of the same -o is refused before any weight loads
+        return _run_v3(req, plan, progress, t0)
+
+
+def _run_v3(req: V3Request, plan: V3Plan, progress, t0: float) -> dict:
+    from ..pipeline.wan.encoders import clip_features, encode_prompt
+
     files = model_files(Path(req.models), download=req.download)  # the inputs are checked before any download
     dev = torch.device(req.device)
     prompt = encode_prompt(files["umt5"], req.prompt, cache_dir=Path(req.models) / "prompt_cache", device=dev, dtype=req.dtype)

@@ -223,16 +223,16 @@ def on_its_clock(header, times: list):
     return placed if isinstance(placed, ClockedFrames) else None
 
 
-def prepare_dub(req: DubRequest) -> DubJob:
-    """Checks, the source's length, the speech, the face track and the reference frame; the video is read frame by
-    frame (never held whole), and a video without a face is refused before any weight loads."""
+def prepare_dub(req: DubRequest, ok: _Checked | None = None) -> DubJob:
+    """Checks (``ok``: done already), the source's length, the speech, the face track and the reference frame; the video
+    is read frame by frame (never held whole), and a video without a face is refused before any weight loads."""
     import sys
 
     from .dub_plan import crop_reference, plan_dub_stream
     from ..io.video_color import describe_source, read_color
     from ..io.video_io import VideoFrames, count_frames
 
-    ok = _validate(req)
+    ok = ok or _validate(req)
     settings, w, h = ok.settings, ok.settings.width, ok.settings.height
     header = VideoFrames(req.video)  # its rate, and whether it has a sound track
     src_fps = header.fps
@@ -354,11 +354,21 @@ def dub_checkpoint(job: DubJob):
 
 def run_dub(req: DubRequest, progress: Callable[[int, int], None] | None = None) -> dict:
     """Render ``req.output``; returns a summary dict. Memory holds a few source frames and the generated crops' file
-    mapping, not the video: each output frame is encoded as it is composited."""
-    from ..io.video_writer import Mp4Writer
+    mapping, not the video: each output frame is encoded as it is composited. The output is claimed
+    (:class:`.output_file.OutputClaim`) after the checks, before the face is tracked: a second dub of the same ``-o`` is
+    refused."""
+    from .output_file import OutputClaim
 
     t0 = time.time()
-    job = prepare_dub(req)
+    ok = _validate(req)
+    with OutputClaim(req.output):
+        return _write_dub(prepare_dub(req, ok), t0, progress)
+
+
+def _write_dub(job: DubJob, t0: float, progress) -> dict:
+    from ..io.video_writer import Mp4Writer
+
+    req = job.request
     checkpoint = dub_checkpoint(job)
     with Mp4Writer(req.output, job.fps, job.audio, job.sample_rate, color=job.source_color) as writer:
         schedule, passthrough = dub_frames(job, lambda f: writer.write(f[None]), progress, crops_beside=req.output,

@@ -1,10 +1,12 @@
 """The file a command writes, refused before any work: :func:`check_destination` for every command's ``-o`` /
-``--preview``, :func:`check_output` for the rendered video of ``echomimic animate``, ``v3`` and ``dub``."""
+``--preview``, :func:`check_output` for the rendered video of ``echomimic animate``, ``v3`` and ``dub``, and
+:class:`OutputClaim`, held while one of them renders it: a second render of the same file is refused."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import EchoMimicError
+from .run_lock import RunLock
 
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
 
@@ -40,3 +42,53 @@ def check_output(path, inputs: dict | None = None) -> Path:
     """The -o video: a writable place for a new or existing .mp4 file that is none of ``inputs`` ({flag: path})."""
     return check_destination(path, "-o", OUTPUT_SUFFIXES, ".mp4", inputs,  # -o the --audio video: renamed over it
                              needs="the output is an H.264 mp4 video; give it the .mp4 extension")
+
+
+class OutputClaim(RunLock):
+    """``with OutputClaim(output):`` one render per output file, held from the end of the checks to the end of the
+    render (also on an error or Ctrl-C): the OS lock of :class:`.run_lock.RunLock` on ``.<name>.lock`` beside the file
+    (beside a symlink's target). A second ``animate`` / ``dub`` / ``v3`` on the same ``-o`` is refused naming the first
+    (the last one to finish would silently win, and with ``--resumable`` both would keep their state in the same
+    ``OUTPUT.resume``); a claim left by a process that is gone (killed -9) is taken over. A missing folder of the output
+    is made for the lock file, and removed again if nothing was written into it."""
+
+    what = "render"
+    unlocked = ("two renders to this output at once would overwrite each other (and share its --resumable state): start "
+                "only one.")
+
+    def __init__(self, output):
+        from ..io.file_safety import regular_target, temp_prefix
+        from ..io.video_writer import check_output_path
+
+        self.output = regular_target(check_output_path(output, "-o"))
+        self._made: list = []
+        super().__init__(self.output.parent / f"{temp_prefix(self.output.name)}lock")
+
+    def refusal(self, held_by: str) -> str:
+        return (f"-o {self.output}: another render is writing this file {held_by}. Two renders of one output would "
+                "overwrite each other's video, and with --resumable share its kept state: give this one another -o, or "
+                "wait for that one to finish (or stop it); --force does not override a running render. The claim "
+                f"({self.path.name} beside the output) is an operating-system lock: it goes when that process ends, "
+                "however it ends.")
+
+    def acquire(self) -> OutputClaim:
+        from ..io.file_safety import make_folders, remove_folders, track_partial
+
+        make_folders(self.output.parent, self._made)
+        try:
+            super().acquire()
+        except BaseException:
+            remove_folders(self._made)
+            raise
+        track_partial(self.path)  # a Ctrl-C that ends the process without waiting for the render removes it too
+        return self
+
+    def release(self) -> None:
+        from ..io.file_safety import remove_folders, untrack_partial
+
+        untrack_partial(self.path)
+        try:
+            super().release()
+        finally:
+            remove_folders(self._made)  # (each only while empty: a written output keeps its folder)
+            self._made = []
