@@ -174,7 +174,8 @@ def test_poses_from_speech_longer_than_a_video_can_be_are_refused(tmp_path, shar
     """``echomimic poses --audio`` without ``--length`` read the speech with no length bound: a 1 Hz wav of a few KB is
     hours of speech, whose 16 kHz mono (64 GB for 2 MB of samples) the gesture analysis then held whole. It now follows
     the speech as animate does: at most a video's MAX_LENGTH frames, refused with the fix (here MAX_LENGTH is made
-    small, so that the unbounded read stays cheap: 60 s of speech at 24 fps are 1440 frames)."""
+    small, so that the unbounded read stays cheap: 60 s of speech at 24 fps are 1440 frames; at 1 kHz, the lowest rate
+    taken since speech under it is refused, tests/test_speech_low_rate.py)."""
     import shutil
 
     from echomimic_lib.cli import main as cli
@@ -182,8 +183,8 @@ def test_poses_from_speech_longer_than_a_video_can_be_are_refused(tmp_path, shar
 
     library = tmp_path / "poses"
     shutil.copytree(shared_data / "pose" / "01", library / "01")
-    samples = (np.random.default_rng(1).uniform(-0.3, 0.3, (60, 1)) * 32767).astype(np.int16)
-    wav = _pcm_wav(tmp_path / "one_hz.wav", samples, rate=1)
+    samples = (np.random.default_rng(1).uniform(-0.3, 0.3, (60_000, 1)) * 32767).astype(np.int16)
+    wav = _pcm_wav(tmp_path / "one_khz.wav", samples, rate=1000)
     monkeypatch.setattr(speech_length, "MAX_LENGTH", 1000)
     out = tmp_path / "talk.npz"
     assert cli(["poses", "--audio", str(wav), "-o", str(out), "--gesture-library", str(library), "-q"]) != 0
