@@ -27,8 +27,10 @@ def check_models_folder(root: Path, flag: str = "--models") -> Path:
     if root.exists() and not root.is_dir():
         raise EchoMimicError(f"{flag} {root}: is a file, not a folder; give the models folder (the one `echomimic download "
                              "--models DIR` fills, with v1/, v2/, sd-vae-ft-mse/ ... in it; a new folder is made on first use).")
-    if root.is_dir() and not _holds_models(root):
-        _refuse_a_folder_beside_the_models(root, flag)
+    if root.is_dir():
+        entries = _entries(root)
+        if not _holds_models(entries):
+            _refuse_a_folder_beside_the_models(root, entries, flag)
     return root
 
 
@@ -46,16 +48,15 @@ def _entries(folder: Path) -> list[Path]:
         return []
 
 
-def _holds_models(folder: Path) -> bool:
+def _holds_models(entries: list[Path]) -> bool:
     """Anything a models folder holds: a part's folder, a weight file (a release's flat ``pretrained_weights/``)."""
-    return any(p.name in _OURS or p.suffix.lower() in _WEIGHT_SUFFIXES for p in _entries(folder))
+    return any(p.name in _OURS or p.suffix.lower() in _WEIGHT_SUFFIXES for p in entries)
 
 
-def _refuse_a_folder_beside_the_models(root: Path, flag: str) -> None:
+def _refuse_a_folder_beside_the_models(root: Path, entries: list[Path], flag: str) -> None:
     """``--models`` given the folder above the models folder (``ComfyUI/models``, the project folder) or a Hugging
     Face download cache: it holds no weights, so the missing-file messages would send the user to download (gigabytes)
-    into it; the folder that holds them is named instead."""
-    entries = _entries(root)
+    into it; the folder that holds them is named instead (``entries``: what :func:`_entries` found in ``root``)."""
     hub = sorted(p.name for p in entries if p.name.startswith("models--BadToBest--") and p.is_dir())
     if hub:
         raise EchoMimicError(f"{flag} {root}: a Hugging Face download cache ({', '.join(hub)}: files under "
