@@ -49,7 +49,19 @@ def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentPa
 
 def main(client, argv=None, prog: str = "echomimic queue", parser_class=argparse.ArgumentParser) -> int:
     """``echomimic queue ...`` (also ``python -m echomimic_lib.jobs.queue_client ...``); the command line passes its
-    ``parser_class``, whose ``--help`` into a closed pipe exits as the other commands do."""
+    ``parser_class``, whose ``--help`` into a closed pipe exits as the other commands do. A Ctrl-C before this run
+    queued any prompt (the first upload, the state lock): one line and exit code 130 under both entry points, the
+    state file as it was (the run's name taken out); a SIGTERM of the ``echomimic`` command (a subclass) is its own."""
+    try:
+        return _main(client, argv, prog, parser_class)
+    except KeyboardInterrupt as exc:  # (QueueInterrupted, prompts queued: said in _main)
+        if type(exc) is not KeyboardInterrupt:
+            raise
+        sys.stderr.write("\nInterrupted before any prompt was queued; run the same command again to queue the jobs.\n")
+        return 130
+
+
+def _main(client, argv, prog: str, parser_class) -> int:
     p = build_parser(prog, parser_class)
     try:
         args = p.parse_args(argv)

@@ -10,7 +10,7 @@ from pathlib import Path
 from .queue_plan import DEFAULT_SERVER, build_prompt, load_workflow, plan_jobs
 from .queue_replies import (PromptFailed, QueueError, QueueInterrupted, QueueStopped, not_queued, say_about, saved_files,
                             still_open)
-from .queue_state import QueueState, default_path, fingerprint, plan_mark
+from .queue_state import QueueState, default_path, fingerprint, plan_mark, same_plan
 
 
 def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
@@ -99,12 +99,15 @@ def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, r
     """What ``--resume`` does with this job: (record, None, 0) its earlier prompt is waited for or its files listed;
     (record, why, 0) it failed before and is reported so (:func:`failed_before`); (None, None, attempt) it is queued
     (again; ``attempt``: its count under ``--retry-failed``, 0: as the state says). A record on another server (an
-    earlier run's other --server) is said in a line when the job is queued again here."""
+    earlier run's other --server) is listed when it finished (:func:`finished_before`), else said in a line when the
+    job is queued again here."""
     found = book.find(job.prefix, [server])
     if found is None:
         return None, None, 0
     url, rec = found
     if url != server:
+        if finished_before(job, url, rec, plan):
+            return rec, None, 0
         retry, failure = failed_before(client, job, url, rec, plan, retry_failed, attempts)
         if failure is None and not retry:
             say_about(job, f"its prompt {rec['prompt_id']} went to {url}, which is not among --server now; queued "
@@ -128,13 +131,26 @@ def failed_text(server: str, rec: dict) -> str:
             "again, up to --attempts prompts)")
 
 
+def finished_before(job, server: str, rec: dict, plan: str) -> bool:
+    """A job whose earlier prompt finished (its files collected) on a server that cannot be asked now (not given,
+    unreachable, restarted) and that has not changed since (:func:`.queue_state.same_plan`): listed with its files,
+    never rendered again, said in a line naming that server. Finished means the state holds its files: files deleted
+    since, on that server, are not seen (it may be gone); a run without --resume renders every job again. Also for
+    several servers (:mod:`.batch.comfy_servers`)."""
+    if "files" not in rec or not same_plan(rec, plan):
+        return False
+    say_about(job, f"its prompt {rec['prompt_id']} finished on {server} (its files are there); not rendered again (a "
+                   "run without --resume renders every job again).")
+    return True
+
+
 def failed_before(client, job, server: str, rec: dict, plan: str, retry_failed: bool, attempts: int) -> tuple[int, str | None]:
     """A job whose earlier prompt is on a server that cannot be asked now (not given, unreachable, restarted): (0, None)
     when its record does not say it failed or the job changed since (its ``plan``, :func:`.queue_state.plan_mark`; a
     record without one is taken as the same job): queue it as a new or lost prompt. A failed one is queued again only
     with ``retry_failed`` ((attempt, None), :func:`retry_attempt`); else (0, why): reported failed, naming its server
     and the reason. Also for several servers (:mod:`.batch.comfy_servers`)."""
-    if not rec.get("failed") or rec.get("plan", plan) != plan:
+    if not rec.get("failed") or not same_plan(rec, plan):
         return 0, None
     retry = retry_attempt(client, job, server, rec, attempts, lambda: None) if retry_failed else 0
     return (retry, None) if retry else (0, failed_text(server, rec))

@@ -4,8 +4,8 @@ can be picked up with ``--resume`` instead of queueing every job again.
 The file (by default ``.echomimic_queue.json`` in the portraits or videos folder, ``--state FILE`` to choose) holds, per
 server and per job prefix, the prompt_id (chosen and kept before the prompt is sent, ``sending`` until the server's
 answer is read: ComfyUI keeps the id a client asks for), a fingerprint of the prompt sent (so a changed workflow,
-seed or input is queued anew, not mistaken for the old prompt; ``plan``: the same with the local file names, which
-still says so when that server is gone) and, once collected, the saved files; a job has one
+seed or input is queued anew, not mistaken for the old prompt; ``plan``: the same with the local file names and their
+sizes and times, which still says so when that server is gone) and, once collected, the saved files; a job has one
 record, on the server its latest prompt went to (several ``--server``: each job's own), with ``attempts`` (the prompts
 ``--retry-failed`` has queued for it, the first included) and ``failed`` (why, when its prompt failed on the server). It
 also names the runs under way (pid, the process's start time where the OS tells it, host, their jobs): a second run on
@@ -44,14 +44,44 @@ def fingerprint(prompt: dict) -> str:
 
 def plan_mark(template: dict, job, seed: int | None = None, driving=None) -> str:
     """The job's fingerprint whatever server it goes to (its prompt with the local file names, where
-    :func:`fingerprint` has the names a server gave the uploads): kept as a record's ``plan``, so a job whose server
-    is gone is still known as changed (another workflow, seed, prefix or file) or not."""
+    :func:`fingerprint` has the names a server gave the uploads, then ``.`` and :func:`inputs_mark` of its files): kept
+    as a record's ``plan``, so a job whose server is gone is still known as changed (another workflow, seed, prefix, file
+    name, or a file replaced under its name) or not (:func:`same_plan`)."""
     drive = Path(driving).name if driving else None
     if job.is_video:
         prompt = build_prompt(template, None, job.audio.name, job.prefix, seed, job.portrait.name, True)
     else:
         prompt = build_prompt(template, job.portrait.name, job.audio.name, job.prefix, seed, drive)
-    return fingerprint(prompt)
+    return f"{fingerprint(prompt)}.{inputs_mark([job.portrait, job.audio, *([driving] if driving else [])])}"
+
+
+def inputs_mark(paths) -> str:
+    """The files' sizes and modification times (ns), hashed: a file replaced under its name (new content) changes it.
+    A stat, not a hash of the content: free for videos of gigabytes, and every job's mark is made at the start of a run
+    (a hash would read each input once more than its upload does). A file written again with the same bytes (a copy
+    without ``-p``, a re-download) counts as changed, so its job is rendered again: never an old video listed for an
+    input that may be new; only a different file given both the old size and the old time to the nanosecond
+    (``touch -r``, ``cp -p`` of a same-size file) would pass as the same."""
+    stats = []
+    for path in paths:
+        try:
+            st = Path(path).stat()
+            stats.append([st.st_size, st.st_mtime_ns])
+        except OSError:  # (gone since it was listed: its upload says so)
+            stats.append(None)
+    return fingerprint(stats)[:12]
+
+
+def same_plan(rec: dict, plan: str) -> bool:
+    """Whether ``rec`` (a job's record) is of the job whose :func:`plan_mark` is ``plan``: a record with no plan (an
+    older file) is taken as the same job, one whose plan has no inputs part (written before it had one) is compared by
+    its prompt part."""
+    if "plan" not in rec:
+        return True
+    kept = rec["plan"]
+    if not isinstance(kept, str):
+        return False
+    return kept == (plan if "." in kept else plan.split(".", 1)[0])
 
 
 def default_path(portraits, videos) -> Path:

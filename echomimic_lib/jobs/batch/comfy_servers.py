@@ -15,7 +15,8 @@ import uuid
 from pathlib import Path
 
 from ...errors import EchoMimicError as QueueError  # the client's QueueError is one
-from ..queue_run import failed_before
+from ..queue_run import failed_before, finished_before
+from ..queue_state import same_plan
 from .results import ResultsFile, read_results
 
 log = logging.getLogger(__name__)
@@ -184,13 +185,18 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
             kept, gone = _resumed(client, job, book, pool, template, seed, driving) if resume and book is not None else (None, None)
             if gone is not None:  # its server cannot be asked (not given, no answer, restarted)
                 url, rec, why = gone
+                if finished_before(job, url, rec, plans[job.prefix]):  # listed, never rendered again
+                    files = rec["files"]
+                    record(job, "ok", 1, t0, server=url, prompt_id=rec["prompt_id"], output=files[0] if files else None,
+                           files=files, resumed=True)
+                    continue
                 tries, failure = failed_before(client, job, url, rec, plans[job.prefix], retry_failed, retry_attempts)
                 if failure is not None:  # it failed: queued again only with --retry-failed
                     record(job, "error", 1, t0, server=url, prompt_id=rec["prompt_id"], error=failure, resumed=True)
                     continue
                 if why and not tries:
                     client.say_about(job, why)
-                same = rec.get("plan", plans[job.prefix]) == plans[job.prefix]
+                same = same_plan(rec, plans[job.prefix])
                 send(job, 1, t0, tries or (rec.get("attempts") if same else None))  # (a moved prompt keeps its count)
                 continue
             if kept is None:
