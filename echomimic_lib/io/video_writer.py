@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
-from .file_safety import publish, publish_new, temp_prefix, track_partial, untrack_partial
+from .file_safety import publish, publish_absent, publish_new, temp_prefix, track_partial, untrack_partial
 from .stereo import SoundFile, to_stereo
 from .video_color import GENERATED, ColorDescription, tag_codec, to_yuv420p
 
@@ -205,8 +205,10 @@ class Mp4Writer:
             raise EchoMimicError(f"frames arrived out of order (frame {start} after {self.frames_written} written).")
         self.write(frames)
 
-    def commit(self) -> Path:
-        """Finish the file (audio trimmed to the video) and move it into place; returns the final path."""
+    def commit(self, keep_appeared: str | None = None) -> Path:
+        """Finish the file (audio trimmed to the video) and move it into place; returns the final path.
+        ``keep_appeared``: the flag of a destination that was free when the command started (no ``--force``): anything
+        that appeared there since is kept, and this file is not written (:func:`.file_safety.publish_absent`)."""
         if self._container is None:
             raise EchoMimicError(f"no frames were written to {self.path}.")
         try:
@@ -217,7 +219,9 @@ class Mp4Writer:
             self._container.close()
             self._container = None
             check_output_path(self.path)  # still a file (or nothing) at the very end: never replace anything else
-            if self.next_name is None:
+            if keep_appeared is not None:
+                publish_absent(self._tmp, self.path, "video", keep_appeared)
+            elif self.next_name is None:
                 publish(self._tmp, self.path)  # the umask's permissions, not mkstemp's 0600
             else:
                 self.path = publish_new(self._tmp, self.path, self.next_name)

@@ -347,11 +347,14 @@ def write_poses(seq, plan: PosesPlan) -> None:
                 save_pose_npz(seq, staged)
         if plan.preview is not None:
             writer = _encode_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate)
-        if not plan.request.force:  # another run (or anything) wrote -o while this one worked: kept, as at the start
+        force = plan.request.force
+        if not force:  # another run (or anything) wrote -o or --preview while this one worked: kept, as at the start
             refuse_appeared(plan.output, "pose folder" if plan.folder else "pose file")
+            if writer is not None:
+                refuse_appeared(plan.preview, "video", "--preview")
         placed = _swap_in(staged, plan.output, plan.folder)
         if writer is not None:
-            writer.commit()
+            writer.commit(None if force else "--preview")
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -367,7 +370,15 @@ def write_poses(seq, plan: PosesPlan) -> None:
 
 def run_poses(req: PosesRequest, progress=None) -> dict:
     """Check, make the sequence (DWPose over the video's frames, or gestures from the speech), write it; a summary dict."""
+    from .output_file import claim_results
+
     plan = check(req)
+    # one run per output (a second is refused naming the first); a folder made for an output and left empty is removed
+    with claim_results([(plan.output, "-o", plan.folder), (plan.preview, "--preview", False)]):
+        return _make_poses(req, plan, progress)
+
+
+def _make_poses(req: PosesRequest, plan: PosesPlan, progress) -> dict:
     if req.video:
         detector = dwpose_detector(dwpose_roots(req), req.download)
         seq = video_poses(req.video, detector, req.on_missing or MISSING_DEFAULT, plan.fps, req.length or None, progress)
