@@ -133,7 +133,7 @@ def _write_preview(c: _Checked, driver, extractor) -> object:
         target = "v1_face" if c.request.face_crop else "resize"
         prep = prepare_reference(c.reference, target, w, h, model_path=c.model, extractor=extractor)
         px = driver_pixels(driver, prep.image, "reference", extractor)
-    writer = Mp4Writer(c.preview, driver.fps or 24.0)
+    writer = Mp4Writer(c.preview, driver.fps or 24.0, keep_appeared=None if c.request.force else "--preview")
     try:
         for start in range(0, len(px), PREVIEW_CHUNK):
             chunk = px[start:start + PREVIEW_CHUNK]
@@ -190,7 +190,7 @@ def _save(c: _Checked, driver, writer) -> str | None:
                 refuse_appeared(c.preview, "video", "--preview")
         save_sequence(c.output, driver)
         saved = True
-        return str(writer.commit(None if force else "--preview")) if writer is not None else None
+        return str(writer.commit()) if writer is not None else None
     except BaseException:
         if writer is not None:
             writer.abort()

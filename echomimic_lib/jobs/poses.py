@@ -272,13 +272,13 @@ def _whole_speech(path, fps: float, on_16k=None):
     return SoundFile(partial(audio_blocks, Path(path)), whole.sample_rate, mix.channels, whole.samples, mix.value), whole
 
 
-def _encode_preview(seq, path: Path, size, wav=None, sample_rate=None, chunk: int = 16):
+def _encode_preview(seq, path: Path, size, wav=None, sample_rate=None, chunk: int = 16, keep_appeared: str | None = None):
     """The hands as animate draws them, encoded into a hidden file beside ``path``: an uncommitted ``Mp4Writer``
-    (the caller commits it once the sequence is in place, or aborts it)."""
+    (the caller commits it once the sequence is in place, or aborts it; ``keep_appeared``: Mp4Writer's)."""
     from ..io.video_writer import Mp4Writer
     from ..pose import draw_hands_batch
 
-    writer = Mp4Writer(path, seq.fps, wav, sample_rate)
+    writer = Mp4Writer(path, seq.fps, wav, sample_rate, keep_appeared=keep_appeared)
     try:
         for a in range(0, len(seq), chunk):
             writer.write(draw_hands_batch(seq, range(a, min(a + chunk, len(seq))), size))
@@ -346,7 +346,8 @@ def write_poses(seq, plan: PosesPlan) -> None:
             else:
                 save_pose_npz(seq, staged)
         if plan.preview is not None:
-            writer = _encode_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate)
+            writer = _encode_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate,
+                                     keep_appeared=None if plan.request.force else "--preview")
         force = plan.request.force
         if not force:  # another run (or anything) wrote -o or --preview while this one worked: kept, as at the start
             refuse_appeared(plan.output, "pose folder" if plan.folder else "pose file")
@@ -354,7 +355,7 @@ def write_poses(seq, plan: PosesPlan) -> None:
                 refuse_appeared(plan.preview, "video", "--preview")
         placed = _swap_in(staged, plan.output, plan.folder)
         if writer is not None:
-            writer.commit(None if force else "--preview")
+            writer.commit()
     except BaseException:
         if writer is not None:
             writer.abort()
