@@ -85,6 +85,28 @@ def publish(tmp: str | Path, final: str | Path) -> Path:
     return Path(final)
 
 
+def publish_absent(tmp: str | Path, final: str | Path, what: str, flag: str) -> Path:
+    """Like :func:`publish`, for a destination that was free when the command started (no ``--force``): anything that
+    appeared at ``final`` since (a file, a folder, a symlink: never written through) is kept and
+    :func:`refuse_appeared` raises. The check and the move are one atomic step where the file system has hard links
+    (``os.link`` fails on an existing name); elsewhere a check just before the rename."""
+    _give_new_file_mode(tmp)
+    from .os_errors import writing
+
+    refuse_appeared(final, what, flag)
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        refuse_appeared(final, what, flag)
+        raise
+    except OSError:  # no hard links here (FAT, some network mounts): checked just above, then renamed
+        with writing(final):
+            os.replace(tmp, final)
+        return Path(final)
+    os.unlink(tmp)
+    return Path(final)
+
+
 def publish_new(tmp: str | Path, final: str | Path, next_name, tries: int = 1000) -> Path:
     """Like :func:`publish`, but never onto an existing name: when another writer took ``final`` since it was chosen (a
     second ComfyUI sharing the output folder, the same workflow run twice at once), ``next_name()`` gives the next free
@@ -294,8 +316,31 @@ def untrack_partial(path: str | Path | None) -> None:
         _PENDING.discard(Path(path))
 
 
+_MADE_FOLDERS: list[list] = []
+
+
+def track_folders(made: list) -> None:
+    """Record ``made``, the list :func:`make_folders` fills (an output's folders made by this run), so that an
+    interrupt that cannot wait for the work in flight still removes those left empty (:func:`remove_partials`)."""
+    if not any(m is made for m in _MADE_FOLDERS):
+        _MADE_FOLDERS.append(made)
+
+
+def untrack_folders(made: list) -> None:
+    _MADE_FOLDERS[:] = [m for m in _MADE_FOLDERS if m is not made]
+
+
 def remove_partials() -> list[Path]:
-    """Delete every recorded temporary file; returns those removed."""
+    """Delete every recorded temporary file, then the recorded folders this run made that are left empty (a folder
+    that holds anything, or was there before, is kept); returns the files removed."""
+    try:
+        return _remove_partial_files()
+    finally:
+        for made in reversed(list(_MADE_FOLDERS)):
+            remove_folders(made)
+
+
+def _remove_partial_files() -> list[Path]:
     removed = []
     for p in list(_PENDING):
         try:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError
-from .file_safety import publish, publish_new, temp_prefix, track_partial, untrack_partial
+from .file_safety import publish, publish_absent, publish_new, temp_prefix, track_partial, untrack_partial
 from .stereo import SoundFile, to_stereo
 from .video_color import GENERATED, ColorDescription, tag_codec, to_yuv420p
 
@@ -122,12 +122,15 @@ class Mp4Writer:
 
     ``audio`` (C, T) float in [-1, 1] is trimmed to the duration of the frames written; a
     :class:`~echomimic_lib.io.stereo.SoundFile` is muxed from its file a piece at a time (a long track never held). ``color``: the video's colour
-    description (:mod:`echomimic_lib.io.video_color`); by default BT.709, limited range, tagged (sRGB frames)."""
+    description (:mod:`echomimic_lib.io.video_color`); by default BT.709, limited range, tagged (sRGB frames).
+    ``keep_appeared``: the flag of a destination that was free when the command started (no ``--force``): anything that
+    appeared there since is kept by :meth:`commit`, and this file is not written (:func:`.file_safety.publish_absent`)."""
 
     def __init__(self, path, fps: float, audio: np.ndarray | None = None, sample_rate: int | None = None, crf: int = 18,
-                 color: ColorDescription | None = None, next_name=None):
+                 color: ColorDescription | None = None, next_name=None, keep_appeared: str | None = None):
         self.path = check_output_path(path)
         self.next_name = next_name  # numbered outputs: another name when this one was taken meanwhile (publish_new)
+        self.keep_appeared = keep_appeared
         if audio is not None and not sample_rate:
             raise EchoMimicError("audio given without a sample rate.")
         if audio is not None and not 1 <= sample_rate <= MAX_SAMPLE_RATE:  # (found here, not at the first frame muxed;
@@ -217,7 +220,9 @@ class Mp4Writer:
             self._container.close()
             self._container = None
             check_output_path(self.path)  # still a file (or nothing) at the very end: never replace anything else
-            if self.next_name is None:
+            if self.keep_appeared is not None:
+                publish_absent(self._tmp, self.path, "video", self.keep_appeared)
+            elif self.next_name is None:
                 publish(self._tmp, self.path)  # the umask's permissions, not mkstemp's 0600
             else:
                 self.path = publish_new(self._tmp, self.path, self.next_name)

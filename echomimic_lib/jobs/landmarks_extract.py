@@ -133,7 +133,7 @@ def _write_preview(c: _Checked, driver, extractor) -> object:
         target = "v1_face" if c.request.face_crop else "resize"
         prep = prepare_reference(c.reference, target, w, h, model_path=c.model, extractor=extractor)
         px = driver_pixels(driver, prep.image, "reference", extractor)
-    writer = Mp4Writer(c.preview, driver.fps or 24.0)
+    writer = Mp4Writer(c.preview, driver.fps or 24.0, keep_appeared=None if c.request.force else "--preview")
     try:
         for start in range(0, len(px), PREVIEW_CHUNK):
             chunk = px[start:start + PREVIEW_CHUNK]
@@ -146,30 +146,54 @@ def _write_preview(c: _Checked, driver, extractor) -> object:
 
 def run_landmarks(req: LandmarksRequest, progress: Callable[[int, int], None] | None = None) -> dict:
     """Extract, save (and preview); returns a summary: output, preview, frames, fps, frames without a face."""
-    from ..landmarks.conditions import extract_driving_landmarks
-    from ..landmarks.extractor import FaceLandmarkExtractor
-    from ..landmarks.io import save_sequence
-    from ..landmarks.mp_models import quiet_native_logs
-    from ..landmarks.stabilize import stabilize_landmarks
-    from ..io.file_safety import refuse_appeared
+    from .output_file import claim_results
 
     c = check(req)
-    writer = None
-    with quiet_native_logs(), FaceLandmarkExtractor(model_path=c.model) as ex:  # the video decoded frame by frame
-        driver = extract_driving_landmarks(c.video, bad_frame_policy=req.missing_face, extractor=ex, progress=progress)
-        driver = stabilize_landmarks(driver, req.stabilize)  # off: the sequence itself
-        if c.preview is not None:
-            writer = _write_preview(c, driver, ex)
-    try:
-        if not req.force:  # another run (or anything) wrote -o while this one worked: kept, as at the start
-            refuse_appeared(c.output, "landmark file")
-        save_sequence(c.output, driver)
-        preview = str(writer.commit()) if writer is not None else None
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+    # one run per output (a second is refused naming the first); a folder made for an output and left empty is removed
+    with claim_results([(c.output, "-o", False), (c.preview, "--preview", False)]):
+        driver, writer = _extract(c, req, progress)
+        preview = _save(c, driver, writer)
     none = [i for i in driver.bad_frames if driver.face_counts[i] == 0]
     many = [i for i in driver.bad_frames if driver.face_counts[i] > 1]
     return {"output": str(c.output), "preview": preview, "frames": len(driver), "fps": driver.fps,
             "no_face": len(none), "several_faces": len(many), "policy": driver.policy}
+
+
+def _extract(c: _Checked, req: LandmarksRequest, progress) -> tuple:
+    """(the driver's landmarks, an uncommitted preview writer or None)."""
+    from ..landmarks.conditions import extract_driving_landmarks
+    from ..landmarks.extractor import FaceLandmarkExtractor
+    from ..landmarks.mp_models import quiet_native_logs
+    from ..landmarks.stabilize import stabilize_landmarks
+
+    writer = None
+    with quiet_native_logs(), FaceLandmarkExtractor(model_path=c.model) as ex:  # the video decoded frame by frame
+        driver = extract_driving_landmarks(c.video, bad_frame_policy=c.request.missing_face, extractor=ex,
+                                           progress=progress)
+        driver = stabilize_landmarks(driver, req.stabilize)  # off: the sequence itself
+        if c.preview is not None:
+            writer = _write_preview(c, driver, ex)
+    return driver, writer
+
+
+def _save(c: _Checked, driver, writer) -> str | None:
+    """The landmarks, then the preview; without --force a file that appeared at either since the start (another run,
+    anything) is kept and neither is written. -> the preview's path or None."""
+    from ..io.file_safety import refuse_appeared
+    from ..landmarks.io import save_sequence
+
+    force, saved = c.request.force, False
+    try:
+        if not force:  # kept, as the start's check would have kept them
+            refuse_appeared(c.output, "landmark file")
+            if writer is not None:
+                refuse_appeared(c.preview, "video", "--preview")
+        save_sequence(c.output, driver)
+        saved = True
+        return str(writer.commit()) if writer is not None else None
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        if saved and not force:  # (the preview appeared in the last instant): no landmarks without their preview
+            c.output.unlink(missing_ok=True)
+        raise

@@ -1,8 +1,10 @@
 """The file a command writes, refused before any work: :func:`check_destination` for every command's ``-o`` /
 ``--preview``, :func:`check_output` for the rendered video of ``echomimic animate``, ``v3`` and ``dub``, and
-:class:`OutputClaim`, held while one of them renders it: a second render of the same file is refused."""
+:class:`OutputClaim`, held while one of them renders it: a second render of the same file is refused
+(:class:`ResultClaim`: the same for ``echomimic landmarks`` and ``poses``)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..errors import EchoMimicError
@@ -50,7 +52,8 @@ class OutputClaim(RunLock):
     (beside a symlink's target). A second ``animate`` / ``dub`` / ``v3`` on the same ``-o`` is refused naming the first
     (the last one to finish would silently win, and with ``--resumable`` both would keep their state in the same
     ``OUTPUT.resume``); a claim left by a process that is gone (killed -9) is taken over. A missing folder of the output
-    is made for the lock file, and removed again if nothing was written into it."""
+    is made for the lock file, and removed again if nothing was written into it (also by a Ctrl-C that ends the process
+    without waiting for the render: :func:`..io.file_safety.remove_partials`)."""
 
     what = "render"
     unlocked = ("two renders to this output at once would overwrite each other (and share its --resumable state): start "
@@ -72,23 +75,68 @@ class OutputClaim(RunLock):
                 "however it ends.")
 
     def acquire(self) -> OutputClaim:
-        from ..io.file_safety import make_folders, remove_folders, track_partial
+        from ..io.file_safety import make_folders, remove_folders, track_folders, track_partial, untrack_folders
 
+        track_folders(self._made)  # (before any is made: an interrupt in between loses none)
         make_folders(self.output.parent, self._made)
         try:
             super().acquire()
         except BaseException:
             remove_folders(self._made)
+            untrack_folders(self._made)
             raise
         track_partial(self.path)  # a Ctrl-C that ends the process without waiting for the render removes it too
         return self
 
     def release(self) -> None:
-        from ..io.file_safety import remove_folders, untrack_partial
+        from ..io.file_safety import remove_folders, untrack_folders, untrack_partial
 
         untrack_partial(self.path)
         try:
             super().release()
         finally:
             remove_folders(self._made)  # (each only while empty: a written output keeps its folder)
+            untrack_folders(self._made)
             self._made = []
+
+
+class ResultClaim(OutputClaim):
+    """:class:`OutputClaim` for the files of ``echomimic landmarks`` and ``echomimic poses`` (``-o``, ``--preview``;
+    ``folder``: a released pose folder, claimed by a lock file beside it): a second run writing the same output is
+    refused before any model loads, naming the first (with ``--force`` both would replace it, and with ``--preview``
+    one run's ``-o`` could be left beside the other's preview). The same lock file as a render's: an ``animate -o X.mp4``
+    still rendering refuses a ``--preview X.mp4`` too."""
+
+    what = "run"
+    unlocked = "two runs writing this output at once would replace each other's files: start only one."
+
+    def __init__(self, output, flag: str = "-o", folder: bool = False):
+        from ..io.file_safety import regular_target, temp_prefix
+        from ..io.video_writer import check_output_path
+
+        self.flag = flag
+        if folder:  # (a link named as a pose folder is itself replaced, not written through: the lock beside it)
+            self.output = Path(output).expanduser()
+        else:
+            self.output = regular_target(check_output_path(output, flag))
+        self._made = []
+        RunLock.__init__(self, self.output.parent / f"{temp_prefix(self.output.name)}lock")
+
+    def refusal(self, held_by: str) -> str:
+        return (f"{self.flag} {self.output}: another run is writing this output {held_by}. Two runs of one output would "
+                f"replace each other's files: give this one another {self.flag}, or wait for that one to finish (or stop "
+                f"it); --force does not override a running run. The claim ({self.path.name} beside the output) is an "
+                "operating-system lock: it goes when that process ends, however it ends.")
+
+
+def claim_results(outputs) -> contextlib.ExitStack:
+    """``with claim_results([(path, flag, folder), ...]):`` a :class:`ResultClaim` on each output given (None: none)."""
+    stack = contextlib.ExitStack()
+    try:
+        for path, flag, folder in outputs:
+            if path is not None:
+                stack.enter_context(ResultClaim(path, flag, folder))
+    except BaseException:
+        stack.close()
+        raise
+    return stack

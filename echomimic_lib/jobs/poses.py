@@ -272,13 +272,13 @@ def _whole_speech(path, fps: float, on_16k=None):
     return SoundFile(partial(audio_blocks, Path(path)), whole.sample_rate, mix.channels, whole.samples, mix.value), whole
 
 
-def _encode_preview(seq, path: Path, size, wav=None, sample_rate=None, chunk: int = 16):
+def _encode_preview(seq, path: Path, size, wav=None, sample_rate=None, chunk: int = 16, keep_appeared: str | None = None):
     """The hands as animate draws them, encoded into a hidden file beside ``path``: an uncommitted ``Mp4Writer``
-    (the caller commits it once the sequence is in place, or aborts it)."""
+    (the caller commits it once the sequence is in place, or aborts it; ``keep_appeared``: Mp4Writer's)."""
     from ..io.video_writer import Mp4Writer
     from ..pose import draw_hands_batch
 
-    writer = Mp4Writer(path, seq.fps, wav, sample_rate)
+    writer = Mp4Writer(path, seq.fps, wav, sample_rate, keep_appeared=keep_appeared)
     try:
         for a in range(0, len(seq), chunk):
             writer.write(draw_hands_batch(seq, range(a, min(a + chunk, len(seq))), size))
@@ -346,9 +346,13 @@ def write_poses(seq, plan: PosesPlan) -> None:
             else:
                 save_pose_npz(seq, staged)
         if plan.preview is not None:
-            writer = _encode_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate)
-        if not plan.request.force:  # another run (or anything) wrote -o while this one worked: kept, as at the start
+            writer = _encode_preview(seq, plan.preview, plan.size, plan.wav, plan.sample_rate,
+                                     keep_appeared=None if plan.request.force else "--preview")
+        force = plan.request.force
+        if not force:  # another run (or anything) wrote -o or --preview while this one worked: kept, as at the start
             refuse_appeared(plan.output, "pose folder" if plan.folder else "pose file")
+            if writer is not None:
+                refuse_appeared(plan.preview, "video", "--preview")
         placed = _swap_in(staged, plan.output, plan.folder)
         if writer is not None:
             writer.commit()
@@ -367,7 +371,15 @@ def write_poses(seq, plan: PosesPlan) -> None:
 
 def run_poses(req: PosesRequest, progress=None) -> dict:
     """Check, make the sequence (DWPose over the video's frames, or gestures from the speech), write it; a summary dict."""
+    from .output_file import claim_results
+
     plan = check(req)
+    # one run per output (a second is refused naming the first); a folder made for an output and left empty is removed
+    with claim_results([(plan.output, "-o", plan.folder), (plan.preview, "--preview", False)]):
+        return _make_poses(req, plan, progress)
+
+
+def _make_poses(req: PosesRequest, plan: PosesPlan, progress) -> dict:
     if req.video:
         detector = dwpose_detector(dwpose_roots(req), req.download)
         seq = video_poses(req.video, detector, req.on_missing or MISSING_DEFAULT, plan.fps, req.length or None, progress)
