@@ -1,0 +1,31 @@
+"""What the README's example commands print, where running them showed the text and the output apart
+(a walk through README.md, docs/v3.md and docs/evaluation.md with tiny weights; see the helper's report)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from echomimic_lib.cli import main as cli
+
+
+def test_make_tiny_report_says_the_command_line_needs_dwpose_for_a_pose_video(tmp_path, monkeypatch, capsys):
+    """README: make-tiny lists DWPose's models in <models>/dwpose/ "for V2 poses from a video"; the report said
+    "(ComfyUI)", as if `animate --pose VIDEO` / `echomimic poses --video` did without them (they stop on them)."""
+    import echomimic_lib.tiny as tiny
+
+    monkeypatch.setattr(tiny, "make_tiny", lambda target, **kw: target)  # the report, not the weights
+    assert cli(["make-tiny", str(tmp_path / "m")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "yolox_l.onnx" in x)
+    assert "--pose VIDEO" in line and "echomimic poses --video" in line, line
+
+
+def test_batch_summary_names_results_jsonl_as_a_path(tmp_path, monkeypatch, capsys):
+    """README's `echomimic batch jobs.csv -o renders/` printed `results in renders//results.jsonl`."""
+    import echomimic_lib.jobs.batch as batch
+
+    (tmp_path / "jobs.csv").write_text("name,reference,audio\n", encoding="utf-8")
+    monkeypatch.setattr(batch, "read_manifest", lambda *a, **k: [])
+    monkeypatch.setattr(batch, "run_batch", lambda *a, **k: SimpleNamespace(ok=0, skipped=0, failed=0, total=0, exit_code=0))
+    out = str(tmp_path / "renders") + "/"
+    assert cli(["batch", str(tmp_path / "jobs.csv"), "-o", out]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.endswith(f"results in {tmp_path / 'renders' / 'results.jsonl'}"), line
