@@ -29,3 +29,21 @@ def test_batch_summary_names_results_jsonl_as_a_path(tmp_path, monkeypatch, caps
     assert cli(["batch", str(tmp_path / "jobs.csv"), "-o", out]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.endswith(f"results in {tmp_path / 'renders' / 'results.jsonl'}"), line
+
+
+def test_landmark_only_status_line_does_not_claim_an_audio_track():
+    """README: `animate --mode landmarks --landmarks driving.npz --reference anna.png -o anna.mp4` (no --audio) is the
+    landmark-only mode, a silent video; its status line said `(audio 0.25 s)`, as if a sound track were used."""
+    import torch
+
+    from echomimic_lib.jobs.animate import AnimateRequest, describe
+
+    def plan(audio):
+        req = AnimateRequest(reference="anna.png", audio=audio, output="anna.mp4", mode="v1-landmarks")
+        settings = SimpleNamespace(width=64, height=64, num_frames=6, fps=24.0, steps=1, cfg=2.5, seed=420)
+        return SimpleNamespace(settings=settings, mode=SimpleNamespace(name="v1-landmarks"), variant="normal",
+                               request=req, audio_seconds=0.25, device=torch.device("cpu"), dtype=torch.float32)
+
+    silent, spoken = describe(plan(None)), describe(plan("a.wav"))
+    assert "(audio 0.25 s)" in spoken
+    assert "audio 0.25" not in silent and "no audio" in silent, silent
