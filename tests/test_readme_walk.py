@@ -47,3 +47,17 @@ def test_landmark_only_status_line_does_not_claim_an_audio_track():
     silent, spoken = describe(plan(None)), describe(plan("a.wav"))
     assert "(audio 0.25 s)" in spoken
     assert "audio 0.25" not in silent and "no audio" in silent, silent
+
+
+def test_evaluate_protocol_published_without_syncnet_does_not_promise_a_report(tmp_path, capsys, shared_data):
+    """README: `echomimic evaluate out.mp4 --protocol published`. Without SyncNet's weights it stops (exit 2) and
+    reports nothing, but its message ended 'the weight-free metrics are still reported'."""
+    import numpy as np
+
+    from echomimic_lib.io.video_io import write_video
+
+    video = write_video(tmp_path / "out.mp4", np.zeros((8, 32, 32, 3), np.uint8), 24.0)
+    rc = cli(["evaluate", str(video), "--protocol", "published", "--models", str(tmp_path), "--offline"])
+    cap = capsys.readouterr()
+    assert rc == 2 and "syncnet_v2.model" in cap.err and cap.out == ""
+    assert "still reported" not in cap.err and "without --protocol published" in cap.err, cap.err
