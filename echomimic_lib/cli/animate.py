@@ -123,7 +123,7 @@ def add_commands(sub) -> None:
                                              "folder) to take gestures from (default: the models folder's poses/)")
     a.add_argument("--expressiveness", type=float, default=1.0, help="gestures from the speech: 0 (calm) .. 2 (lively)")
     a.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic, with --smoke its "
-                                    "tiny/ sub-folder; a --models DIR given with --smoke is used as it is)")
+                                    "tiny/ sub-folder; a --models DIR given with --smoke is used as it is; v3-flash: <models>/tiny-v3)")
     a.add_argument("--offline", action="store_true", help="never download; fail listing the missing files")
     a.add_argument("--steps", type=int, default=0, help="denoising steps, 1..200 (default: 0 = 30, or 6 with --acc; 2 with --smoke)")
     a.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale, 0..20; 1 or less switches it off "
