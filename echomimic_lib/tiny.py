@@ -39,7 +39,9 @@ SHARED_PARTS = ("sd-vae-ft-mse/config.json", "audio_processor/whisper_tiny.pt", 
 EXTRA_MODELS = (
     ("mediapipe/face_landmarker.task", "V1 audio (face crop) and V1 landmark modes from a driving video",
      "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/latest/face_landmarker.task"),
-    ("dwpose/yolox_l.onnx, dwpose/dw-ll_ucoco_384.onnx", "V2 hand poses extracted from a driving video (ComfyUI)",
+    ("dwpose/yolox_l.onnx, dwpose/dw-ll_ucoco_384.onnx",
+     "V2 hand poses from a driving video (animate --pose VIDEO, echomimic poses --video, the pose-video node), "
+     "--halfbody-crop, --align-poses",
      "https://huggingface.co/yzd-v/DWPose"),
 )
 

@@ -101,7 +101,8 @@ def add_commands(sub) -> None:
     a.add_argument("-o", "--output", required=True, help="output video, .mp4 (H.264 + the input audio); written under a temporary "
                                                          "name and renamed when complete, never replacing a folder or device")
     a.add_argument("--smoke", action="store_true",
-                   help="quick install check: tiny random weights (written to <models>/tiny on first use), 64x64 px, 2 steps, "
+                   help="quick install check: tiny random weights (written on first use to the default models folder's tiny/, "
+                        "or into --models DIR itself: an empty or make-tiny folder), 64x64 px, 2 steps, "
                         "the first second of audio, offline; without a MediaPipe model the whole image is used")
     a.add_argument("--version", choices=["v1", "v2", "v3-flash"], default=None,
                    help="EchoMimic release (default: the one --mode belongs to, else v1); v3-flash: EchoMimicV3 flash-pro")
@@ -121,8 +122,8 @@ def add_commands(sub) -> None:
     a.add_argument("--gesture-library", help="V2 --pose auto / --retime continue: a folder of pose folders (or one pose "
                                              "folder) to take gestures from (default: the models folder's poses/)")
     a.add_argument("--expressiveness", type=float, default=1.0, help="gestures from the speech: 0 (calm) .. 2 (lively)")
-    a.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic; with --smoke its "
-                                    "tiny/ sub-folder)")
+    a.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic, with --smoke its "
+                                    "tiny/ sub-folder; a --models DIR given with --smoke is used as it is; v3-flash: <models>/tiny-v3)")
     a.add_argument("--offline", action="store_true", help="never download; fail listing the missing files")
     a.add_argument("--steps", type=int, default=0, help="denoising steps, 1..200 (default: 0 = 30, or 6 with --acc; 2 with --smoke)")
     a.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale, 0..20; 1 or less switches it off "

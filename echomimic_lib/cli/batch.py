@@ -70,6 +70,8 @@ def _check_options(args) -> None:
 
 
 def _cmd_batch(args) -> int:
+    from pathlib import Path
+
     from ..errors import EchoMimicError
     from ..jobs.batch import BatchOptions, crossed, read_manifest, run_batch
 
@@ -90,13 +92,13 @@ def _cmd_batch(args) -> int:
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the rows done are in results.jsonl, the rows in flight removed
         import sys
 
-        sys.stderr.write(f"batch stopped: the finished rows are kept in {args.output}/results.jsonl and the rows in "
-                         "flight left nothing behind; run the same command again to resume (finished rows are "
+        sys.stderr.write(f"batch stopped: the finished rows are kept in {Path(args.output) / 'results.jsonl'} and the "
+                         "rows in flight left nothing behind; run the same command again to resume (finished rows are "
                          "skipped).\n")
         raise
     if not args.quiet:
         say(f"batch: {s.ok} done, {s.skipped} skipped (already done), {s.failed} failed of {s.total}; results in "
-            f"{args.output}/results.jsonl")
+            f"{Path(args.output) / 'results.jsonl'}")
     return s.exit_code
 
 

@@ -134,7 +134,8 @@ def _cmd_evaluate(args) -> int:
     i3d, asked_v = _learned_file(args.i3d, models, I3D_NAMES)
     if args.protocol == "published" and (syncnet is None or not syncnet.is_file()):
         raise EchoMimicError("--protocol published applies to LSE-C / LSE-D, which need SyncNet weights: "
-                             + syncnet_missing(syncnet or models / METRICS_FOLDER / FILE_NAME, models / METRICS_FOLDER))
+                             + syncnet_missing(syncnet or models / METRICS_FOLDER / FILE_NAME, models / METRICS_FOLDER,
+                                               then="or run without --protocol published for the weight-free metrics"))
     if (asked_i or asked_v) and not real_paths:
         raise EchoMimicError("--inception / --i3d score the video against real ones: pass --real VIDEO (or a folder of videos).")
     hints, notes = [], []

@@ -92,11 +92,12 @@ class SyncNet(nn.Module):
         return self.netfclip(self.netcnnlip(x).flatten(1))
 
 
-def missing_message(path, folder=None) -> str:
+def missing_message(path, folder=None, then: str = "LSE-C / LSE-D are left out, the weight-free metrics are still "
+                    "reported") -> str:
+    """``then``: what happens meanwhile (``--protocol published`` stops instead of reporting)."""
     where = f"{path}" + (f" (or into {folder})" if folder else "")
     return (f"SyncNet weights not found at {path}. Download '{FILE_NAME}' from {SOURCE} (joonson/syncnet_python, "
-            f"download_model.sh) and put it at {where}; LSE-C / LSE-D are left out, the weight-free metrics are "
-            "still reported.")
+            f"download_model.sh) and put it at {where}; {then}.")
 
 
 def load_syncnet(path: str | Path, device: torch.device | str = "cpu") -> SyncNet:

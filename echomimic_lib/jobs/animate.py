@@ -224,8 +224,9 @@ def _condition(plan, landmark_progress=None):
 def describe(plan) -> str:
     s = plan.settings
     title = MODE_TITLES.get(plan.mode.name, plan.mode.name)
+    sound = f"audio {plan.audio_seconds:.2f} s" if plan.request.audio else "no audio: landmark-only, silent"
     return (f"{title} ({plan.variant} weights{', smoke run' if plan.request.smoke else ''}): {s.width}x{s.height}, "
-            f"{s.num_frames} frames = {s.num_frames / s.fps:.2f} s at {s.fps:g} fps (audio {plan.audio_seconds:.2f} s), "
+            f"{s.num_frames} frames = {s.num_frames / s.fps:.2f} s at {s.fps:g} fps ({sound}), "
             f"{s.steps} steps, cfg {s.cfg:g}, seed {s.seed}, {plan.device} {DTYPE_NAMES[plan.dtype]}")
 
 
