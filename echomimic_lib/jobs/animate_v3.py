@@ -218,10 +218,23 @@ def run_v3(req: V3Request, progress=None) -> dict:
         return _run_v3(req, plan, progress, t0)
 
 
+def describe_v3(plan: V3Plan) -> str:
+    """The status line a V3 render logs once its inputs are checked (V1/V2's: :func:`jobs.animate.describe`)."""
+    from ..audio.wav2vec import FPS
+
+    req, (w, h) = plan.req, plan.size
+    lora = f", {len(plan.lora)} LoRA" if plan.lora else ""
+    return (f"EchoMimicV3 flash-pro: {w}x{h}, {plan.frames} frames = {plan.frames / FPS:.2f} s at {FPS:g} fps, "
+            f"{req.steps} steps, audio cfg {req.audio_cfg:g}, seed {req.seed}{lora}, {req.device} "
+            f"{str(req.dtype).removeprefix('torch.')}")
+
+
 def _run_v3(req: V3Request, plan: V3Plan, progress, t0: float) -> dict:
     from ..pipeline.wan.encoders import clip_features, encode_prompt
 
+    log.info("%s", describe_v3(plan))
     files = model_files(Path(req.models), download=req.download)  # the inputs are checked before any download
+    log.info("loading the V3 weights from %s", req.models)
     dev = torch.device(req.device)
     prompt = encode_prompt(files["umt5"], req.prompt, cache_dir=Path(req.models) / "prompt_cache", device=dev, dtype=req.dtype)
     clip = clip_features(files["clip"], plan.ref_u8, device=dev, dtype=req.dtype)
