@@ -168,7 +168,24 @@ class ResultsFile:
 
 
 def remove_partials(job) -> int:
-    """Delete the temporary files a killed render of ``job`` left (``.<name>.*.partial.mp4``)."""
+    """Delete the temporary files a killed render of ``job`` left (``.<name>.*.partial.mp4``), holding the output's
+    claim (:class:`..output_file.OutputClaim`) meanwhile: while another render holds it (``echomimic animate -o`` the
+    same file, in another terminal) its partial file is that render's, in flight, and is left alone."""
+    from ...errors import EchoMimicError
+    from ..output_file import OutputClaim
+
+    try:
+        claim = OutputClaim(job.output).acquire()
+    except (EchoMimicError, OSError) as exc:  # (held by a live render, or no claim can be made there: nothing removed)
+        log.info("%s: partial files left as they are (%s)", job.output, exc)
+        return 0
+    try:
+        return _remove_partials(job)
+    finally:
+        claim.release()
+
+
+def _remove_partials(job) -> int:
     from ...io.file_safety import temp_prefix
 
     n, head, tail = 0, temp_prefix(job.output.stem), f".partial{job.output.suffix}"
