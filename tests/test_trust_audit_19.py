@@ -18,3 +18,17 @@ def test_a_batch_never_deletes_the_partial_file_of_a_render_that_holds_the_outpu
         assert remove_partials(SimpleNamespace(output=out)) == 0
         assert live.exists()
     assert remove_partials(SimpleNamespace(output=out)) == 1 and not live.exists()  # its render gone: a leftover
+
+
+def test_doctor_names_a_safetensors_header_with_an_endless_offset_instead_of_crashing(tmp_path):
+    """`echomimic doctor` read a .safetensors header whose data_offsets held 1e999 (JSON's infinity): int() raised
+    OverflowError, which file_problem's except did not list, and doctor ended in a traceback."""
+    import struct
+
+    from echomimic_lib.jobs.doctor.models import file_problem
+
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,1e999]}}'
+    f = tmp_path / "unet.safetensors"
+    f.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    why = file_problem(f)
+    assert why and "unreadable" in why
