@@ -32,3 +32,32 @@ def test_doctor_names_a_safetensors_header_with_an_endless_offset_instead_of_cra
     f.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
     why = file_problem(f)
     assert why and "unreadable" in why
+
+
+def test_a_number_past_any_float_in_a_model_config_or_pose_file_is_a_clear_error(tmp_path):
+    """JSON's 1e999 reads as infinity; int() of it raised OverflowError, which the new readers' except lists (a model
+    folder's unet/config.json, the trainer's SD1.5 config, a pose .npz's meta) did not name: a traceback instead of
+    the file and the fix."""
+    import json
+
+    import numpy as np
+    import pytest
+
+    from echomimic_lib.errors import EchoMimicError, WeightsError
+    from echomimic_lib.model_set import read_config
+    from echomimic_lib.pose.io import FORMAT_NAME, load_pose_npz
+    from trainer.config import ConfigError
+    from trainer.init import sd_unet_config
+
+    unet = tmp_path / "sd" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_text('{"block_out_channels": [32, 64], "layers_per_block": 1e999}')
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsError, match="config.json: not an EchoMimic UNet config"):
+        read_config({"unet_config": str(unet / "config.json")})
+    with pytest.raises(ConfigError, match="not a diffusers UNet config"):
+        sd_unet_config(tmp_path / "sd")
+    meta = json.dumps({"format": FORMAT_NAME, "version": 1}).replace("1}", "1e999}").encode()
+    np.savez(tmp_path / "p.npz", meta=np.frombuffer(meta, np.uint8))
+    with pytest.raises(EchoMimicError, match="not an EchoMimic pose sequence"):
+        load_pose_npz(tmp_path / "p.npz")
