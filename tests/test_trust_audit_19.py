@@ -61,3 +61,18 @@ def test_a_number_past_any_float_in_a_model_config_or_pose_file_is_a_clear_error
     np.savez(tmp_path / "p.npz", meta=np.frombuffer(meta, np.uint8))
     with pytest.raises(EchoMimicError, match="not an EchoMimic pose sequence"):
         load_pose_npz(tmp_path / "p.npz")
+
+
+def test_an_html_answer_is_read_once_and_only_its_head():
+    """`echomimic queue` names an HTML answer (a proxy's page) by its title: the pattern search went back over the whole
+    answer (up to 64 MiB) for each unclosed `<title` or `<`, so a page of 240 KB of them took 85 s and one of a few MB
+    hours, after the request's deadline had passed. Now only the page's head is read, each character once."""
+    from echomimic_lib.jobs import queue_replies as R
+
+    late = "<html><body>" + "x " * R.PAGE_HEAD + "<title>far down</title>"
+    assert R.html_page(late) != "far down"  # past the head: not read
+    assert R.html_page("<html><head><title>502 Bad Gateway</title></head></html>") == "502 Bad Gateway"
+    assert R.html_page("<!DOCTYPE html><html><script>var a = '<b>';</script><p>Sign &amp; in</p>") == "Sign & in"
+    assert R.html_page("<html>" + "<title" * 2_000_000) == "no text"  # (12 MB of unclosed tags: was hours)
+    assert R.html_page("<html>" + "<script>" * 2_000_000) == "no text"
+    assert R.html_page('{"error": "x"}') is None
