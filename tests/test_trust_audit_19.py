@@ -76,3 +76,19 @@ def test_an_html_answer_is_read_once_and_only_its_head():
     assert R.html_page("<html>" + "<title" * 2_000_000) == "no text"  # (12 MB of unclosed tags: was hours)
     assert R.html_page("<html>" + "<script>" * 2_000_000) == "no text"
     assert R.html_page('{"error": "x"}') is None
+
+
+def test_a_lora_whose_metadata_alpha_is_endless_is_refused_before_the_render():
+    """The new metadata checks (each field's JSON kind, true/false for a number) let alpha 1e999 or Infinity through:
+    `not alpha > 0` is False for infinity, so a layer without its own alpha tensor was scaled by infinity and the whole
+    render came out NaN (black), where a NaN in the adapter's tensors is refused at once."""
+    import pytest
+
+    from echomimic_lib.errors import WeightsError
+    from echomimic_lib.lora.files import FORMAT, LoraInfo
+
+    meta = {"format": FORMAT, "format_version": "1", "weights": "v1_audio", "rank": "4"}
+    for alpha in ("1e999", "Infinity", "NaN"):
+        with pytest.raises(WeightsError, match="alpha"):
+            LoraInfo.from_metadata({**meta, "alpha": alpha}, "style.safetensors")
+    assert LoraInfo.from_metadata({**meta, "alpha": "8"}, "style.safetensors").scale == 2.0
