@@ -17,7 +17,10 @@ def test_a_batch_never_deletes_the_partial_file_of_a_render_that_holds_the_outpu
     with OutputClaim(out):  # (another process's claim: flock refuses a second open file of this process too)
         assert remove_partials(SimpleNamespace(output=out)) == 0
         assert live.exists()
+    with OutputClaim(tmp_path / "a.mov"):  # (a render to a.mov writes the same `.a.<random>.partial.mp4` names)
+        assert remove_partials(SimpleNamespace(output=out)) == 0 and live.exists()
     assert remove_partials(SimpleNamespace(output=out)) == 1 and not live.exists()  # its render gone: a leftover
+    assert not list(tmp_path.glob(".*.lock"))  # (the claims taken meanwhile are gone)
 
 
 def test_doctor_names_a_safetensors_header_with_an_endless_offset_instead_of_crashing(tmp_path):
