@@ -142,7 +142,7 @@ def config_from_documents(unet_cfg: dict, add: dict | None, where) -> EchoConfig
         return EchoConfig.from_diffusers(unet_cfg, add)
     except EchoMimicError:
         raise
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:  # (Overflow: 1e999 as int)
         said = f"no '{exc.args[0]}' entry" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
         raise WeightsError(f"{where}: not an EchoMimic UNet config ({said}); {CONFIG_FIX}") from None
 

@@ -87,7 +87,7 @@ def sd_unet_config(sd_path: str | Path) -> tuple[EchoConfig, Path]:
     data = read_json(cfg_json, "not a diffusers UNet config", fix, ConfigError, max_bytes=1 << 20, expect=dict)
     try:
         return EchoConfig.from_diffusers(data, None), weights
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # (OverflowError: 1e999 as int)
         if isinstance(exc, EchoMimicError):
             raise  # (a layout EchoMimic does not have: its own words)
         why = f"no {exc}" if isinstance(exc, KeyError) else str(exc)

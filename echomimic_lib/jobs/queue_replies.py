@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -31,16 +30,48 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+PAGE_HEAD = 64 << 10  # characters of an HTML answer looked at: its title or first words are said, cut to 200
+
+
 def html_page(body: str) -> str | None:
     """What an HTML page says, in one line (its title, else its text without the markup), for an answer that is a web
-    page (a proxy's error page, a login page) rather than ComfyUI's JSON; None when ``body`` is not HTML."""
+    page (a proxy's error page, a login page) rather than ComfyUI's JSON; None when ``body`` is not HTML. Only its
+    first :data:`PAGE_HEAD` characters are read, each once (an answer is up to 64 MiB: a pattern search that goes back
+    over it for each ``<`` took hours over a page of unclosed tags, after the request's deadline)."""
     head = body[:1000].lstrip().lower()
     if not (head.startswith("<!doctype html") or head.startswith("<html") or "<html" in head[:200]):
         return None
-    title = re.search(r"<title[^>]*>(.*?)</title>", body, re.I | re.S)
-    text = title.group(1) if title and title.group(1).strip() else re.sub(
-        r"<(script|style)[^>]*>.*?</\1>|<[^>]*>", " ", body, flags=re.I | re.S)
+    page = body[:PAGE_HEAD]
+    low = page.lower()
+    text = _title(page, low)
+    if text is None or not text.strip():
+        text = _words(page, low)
     return _one_line(html.unescape(text))[:200] or "no text"
+
+
+def _title(page: str, low: str) -> str | None:
+    start = low.find("<title")
+    opened = low.find(">", start) if start >= 0 else -1
+    end = low.find("</title>", opened) if opened >= 0 else -1
+    return page[opened + 1:end] if end >= 0 else None
+
+
+def _words(page: str, low: str) -> str:
+    """``page`` without its tags, scripts and styles (each character looked at once)."""
+    words, at = [], 0
+    while at < len(page):
+        lt = page.find("<", at)
+        if lt < 0:
+            words.append(page[at:])
+            break
+        words.append(page[at:lt])
+        block = next((t for t in ("script", "style") if low.startswith(t, lt + 1)), None)
+        close = low.find(f"</{block}", lt) if block else lt
+        gt = low.find(">", close) if close >= 0 else -1
+        if gt < 0:  # an unclosed tag or script: the rest is markup
+            break
+        at = gt + 1
+    return " ".join(words)
 
 
 def explain(body: str) -> str:

@@ -111,7 +111,7 @@ class LoraInfo:
             raise WeightsError(f"{where}: damaged LoRA metadata ({exc}). Export the adapter again.") from exc
         if info.weights not in WEIGHT_SETS:
             raise WeightsError(f"{where}: unknown weight set '{info.weights}' in the LoRA metadata. Export the adapter again.")
-        if info.rank < 1 or not info.alpha > 0:
+        if info.rank < 1 or not (math.isfinite(info.alpha) and info.alpha > 0):  # (1e999 / Infinity: a NaN render)
             raise WeightsError(f"{where}: invalid LoRA rank {info.rank} / alpha {info.alpha} in the metadata.")
         return info
 

@@ -335,7 +335,7 @@ def load_pose_npz(path: str | Path) -> PoseSequence:
         return _pose_from(data, path)
     except EchoMimicError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # (Overflow: 1e999 as int)
         raise EchoMimicError(f"{path}: not an EchoMimic pose sequence ({type(exc).__name__}: {exc}); write it again with "
                              "`echomimic poses VIDEO -o FILE.npz`.") from None
 

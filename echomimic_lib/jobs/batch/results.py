@@ -168,7 +168,27 @@ class ResultsFile:
 
 
 def remove_partials(job) -> int:
-    """Delete the temporary files a killed render of ``job`` left (``.<name>.*.partial.mp4``)."""
+    """Delete the temporary files a killed render of ``job`` left (``.<name>.*.partial.mp4``), holding the output's
+    claim (:class:`..output_file.OutputClaim`) meanwhile, and that of its name with the other video extensions (whose
+    renders write the same partial names): while another render holds one (``echomimic animate -o`` the same file, in
+    another terminal) a partial file there is that render's, in flight, and is left alone."""
+    import contextlib
+
+    from ...errors import EchoMimicError
+    from ..output_file import OUTPUT_SUFFIXES, OutputClaim
+
+    names = dict.fromkeys([job.output, *(job.output.with_suffix(s) for s in OUTPUT_SUFFIXES)])
+    with contextlib.ExitStack() as claims:
+        try:
+            for name in names:
+                claims.enter_context(OutputClaim(name))
+        except (EchoMimicError, OSError) as exc:  # (held by a live render, or no claim can be made there)
+            log.info("%s: partial files left as they are (%s)", job.output, exc)
+            return 0
+        return _remove_partials(job)
+
+
+def _remove_partials(job) -> int:
     from ...io.file_safety import temp_prefix
 
     n, head, tail = 0, temp_prefix(job.output.stem), f".partial{job.output.suffix}"

@@ -73,7 +73,7 @@ def file_problem(path: Path) -> str | None:
                 return "not a PyTorch weight file (neither a zip archive nor a pickle)"
     except _Unreadable as exc:
         return str(exc)
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:  # (OverflowError: an offset 1e999)
         return f"unreadable ({exc})"
     return None
 
