@@ -74,9 +74,12 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
 
     given = (width, height)
     width, height = output_size(reference, width, height)
-    problem = not (64 <= width <= 2048 and 64 <= height <= 2048) and size_problem(width, height)  # a linked value, or
-    if problem:  # 0 = a reference of any size, is not checked when queued (multiples of 8: settings.validate below)
-        hint = " (width/height 0 take the reference's size: give it one with EchoMimic Reference Preparation)" if 0 in given else ""
+    # a linked value, or 0 = a reference of any size, is not checked when queued (multiples of 8 of a linked value:
+    # settings.validate below)
+    problem = (0 in given or not (64 <= width <= 2048 and 64 <= height <= 2048)) and size_problem(width, height)
+    if problem:
+        hint = (f" (width/height 0 take the reference's size, here {width}x{height}: give the reference one with EchoMimic "
+                "Reference Preparation, or set width and height here)") if 0 in given else ""
         raise EchoMimicError(problem + hint)
     if not (isinstance(length, int) and length >= 0):
         raise EchoMimicError(f"length {length}: give a number of frames, 0 = follow the audio.")

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from ..errors import EchoMimicError, as_whole
-from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, MAX_DEEP_CACHE, SAMPLER_DEFAULTS, check_frame_rate, get_mode
+from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, MAX_DEEP_CACHE, MAX_STEPS, SAMPLER_DEFAULTS, check_frame_rate, get_mode
 
 
 @dataclass
@@ -42,6 +42,8 @@ class SampleSettings:
         self.steps = steps
         if self.steps < 1:
             raise EchoMimicError("steps must be at least 1.")
+        if self.steps > MAX_STEPS:  # a linked value (ComfyUI range-checks widgets only) was the scheduler's ValueError
+            raise EchoMimicError(f"steps {self.steps}: use 1..{MAX_STEPS} denoising steps (30 normal, 6 acc).")
         self.seed = whole_seed(self.seed)
         check_frame_rate(self.fps)
         if not (math.isfinite(self.cfg) and 0 <= self.cfg <= 20):

@@ -1,0 +1,162 @@
+"""A new ComfyUI graph builder's mistakes that reached expensive work or a raw traceback, each now refused first with a
+message naming the input and the fix: a linked step count past the widget's 200 (the scheduler's ValueError after the
+models were placed); a linked max_frames of 2.5 or -3 on the Landmark Extractor (a TypeError, or read as 'all'); width /
+height 0 on the Sampler with a reference whose size is no multiple of 8 (the message did not say the size came from the
+reference); the Hand-Pose Sequence Loader loading DWPose (and reading every driving frame) before an empty IMAGE or a
+missing reference was said; and Gestures from Audio taking a linked seed of -1 or 2.5 and checking expressiveness and the
+reference only after indexing the pose library."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests._pack import sub
+
+EchoMimicError = sub("echomimic_lib.errors").EchoMimicError
+
+
+class Reached(Exception):
+    """Raised where the expensive work would start: every check before it passed."""
+
+
+def _reached(*a, **k):
+    raise Reached
+
+
+# ------------------------------------------------------------------------------------------ Sampler: steps, size 0
+@pytest.fixture
+def no_sampling(monkeypatch):
+    sampler = sub("nodes.sampler")
+    monkeypatch.setattr(sampler, "placement", _reached)
+    handle = SimpleNamespace(models=SimpleNamespace(), low_vram=False, weights="v1_audio", variant="normal")
+    track = SimpleNamespace(frame_count=12, fps=24.0, audio=None, features=None)
+
+    def run(steps=1, reference=None, width=64, height=64):
+        ref = torch.rand(1, 64, 64, 3) if reference is None else reference
+        return sampler.sample(handle, ref, track, 7, steps, 0.0, width, height, 0, 12, 3)
+
+    return run
+
+
+@pytest.mark.parametrize("steps", [201, 5000, 10**9])
+def test_a_linked_step_count_past_200_is_refused_before_the_models_are_placed(no_sampling, steps):
+    """10^9 (a math node's output linked to steps) was diffusers' "num_inference_steps ... cannot be larger than 1000"
+    ValueError once the models were on the GPU; 201..1000 ran far past the widget's range."""
+    with pytest.raises(EchoMimicError, match=rf"steps {steps}: use 1\.\.200 denoising steps"):
+        no_sampling(steps=steps)
+    with pytest.raises(Reached):
+        no_sampling(steps=200)  # the widget's top, linked: as before
+
+
+def test_the_library_settings_refuse_it_too():
+    settings = sub("echomimic_lib.pipeline").settings_for("v1-audio", width=64, height=64, steps=201, num_frames=4)
+    with pytest.raises(EchoMimicError, match=r"steps 201: use 1\.\.200"):
+        settings.validate()
+    assert sub("echomimic_lib.jobs.animate_checks").MAX_STEPS == sub("echomimic_lib.modes").MAX_STEPS == 200
+
+
+@pytest.mark.parametrize("size,words", [((1, 100, 80, 3), "height 100"), ((1, 64, 75, 3), "width 75")])
+def test_size_0_with_a_reference_of_no_multiple_of_8_names_where_the_size_came_from(no_sampling, size, words):
+    """It said "width and height must be positive multiples of 8 (got 80x100); try 80x96" while both widgets showed 0."""
+    with pytest.raises(EchoMimicError) as info:
+        no_sampling(reference=torch.rand(size), width=0, height=0)
+    msg = str(info.value)
+    assert words in msg and "width/height 0 take the reference's size, here" in msg and "Reference Preparation" in msg, msg
+    with pytest.raises(Reached):
+        no_sampling(reference=torch.rand(1, 96, 80, 3), width=0, height=0)
+
+
+# ------------------------------------------------------------------------------------------ Landmark Extractor
+def _extract(max_frames, monkeypatch):
+    monkeypatch.setattr(sub("nodes.detectors"), "face_landmarker", _reached)
+    return sub("nodes.landmarks").extract(torch.rand(3, 64, 64, 3), 24.0, "full frame", "interpolate", max_frames, False)
+
+
+@pytest.mark.parametrize("max_frames", [2.5, -3, math.nan, True])
+def test_the_extractor_refuses_a_linked_max_frames_that_is_no_count_before_mediapipe(monkeypatch, max_frames):
+    """2.5 was "TypeError: slice indices must be integers"; -3 was read as 0 = all frames."""
+    with pytest.raises(EchoMimicError, match=r"max_frames .*: give a whole number of frames, 0 = all of them"):
+        _extract(max_frames, monkeypatch)
+
+
+@pytest.mark.parametrize("max_frames", [0, 2, 2.0])
+def test_the_extractor_takes_a_whole_max_frames(monkeypatch, max_frames):
+    with pytest.raises(Reached):
+        _extract(max_frames, monkeypatch)
+
+
+# ------------------------------------------------------------------------------------------ Hand-Pose Sequence Loader
+@pytest.fixture
+def no_dwpose(monkeypatch):
+    pose = sub("nodes.pose")
+    monkeypatch.setattr(pose.detectors, "dwpose", lambda *a, **k: pytest.fail("DWPose was loaded for a bad input"))
+    return pose
+
+
+def _load_poses(pose, **kw):
+    args = dict(pose_folder=pose.NO_FOLDER, fps=24.0, retime="continue", align="none", on_missing="hold", download=False,
+                driving_frames=torch.rand(4, 64, 64, 3))
+    args.update(kw)
+    return pose.load(**args)
+
+
+@pytest.mark.parametrize("frames,words", [(torch.rand(0, 64, 64, 3), "driving_frames: the IMAGE batch is empty"),
+                                          (torch.rand(4, 64, 64), r"driving_frames: expected a ComfyUI IMAGE")])
+def test_bad_driving_frames_are_said_before_dwpose_is_loaded(no_dwpose, frames, words):
+    """DWPose was loaded first; without its models the message was about missing DWPose files, not the empty IMAGE."""
+    with pytest.raises(EchoMimicError, match=words):
+        _load_poses(no_dwpose, driving_frames=frames)
+
+
+@pytest.mark.parametrize("reference,words", [(None, "'fit to reference shoulders' needs the reference image"),
+                                             (torch.rand(0, 64, 64, 3), "reference: the IMAGE batch is empty")])
+def test_a_missing_reference_is_said_before_dwpose_reads_every_driving_frame(no_dwpose, reference, words):
+    """Every driving frame went through DWPose before "needs the reference image" was said."""
+    with pytest.raises(EchoMimicError, match=words):
+        _load_poses(no_dwpose, align="fit to reference shoulders", reference=reference)
+
+
+def test_an_unknown_align_is_said_before_dwpose(no_dwpose):
+    with pytest.raises(EchoMimicError, match="unknown align option 'shoulders'; choose one of none, fit to reference"):
+        _load_poses(no_dwpose, align="shoulders")
+
+
+# ------------------------------------------------------------------------------------------ Gestures from Audio
+@pytest.fixture
+def no_library(monkeypatch):
+    gestures = sub("nodes.gestures")
+    monkeypatch.setattr(gestures, "library_paths", lambda library: [])
+    monkeypatch.setattr(gestures, "load_library", _reached)
+    speech = torch.sin(torch.arange(16000) / 16000 * 2 * math.pi * 220).mul(0.3).reshape(1, 1, -1)
+
+    def run(**kw):
+        args = dict(library="all pose folders", seed=0, expressiveness=1.0, fps=24.0, min_pause=0.5, align="none",
+                    auto_download=False, audio={"waveform": speech, "sample_rate": 16000})
+        args.update(kw)
+        return gestures.generate(**args)
+
+    return run
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, 2**64, math.nan])
+def test_gestures_refuse_a_linked_seed_the_samplers_refuse(no_library, seed):
+    """-1 was taken as a fixed seed (not a random one), 2.5 as 2, nan was a ValueError in int() after the library was
+    indexed; the samplers refuse all of them with this message."""
+    with pytest.raises(EchoMimicError, match=r"seed .*: use a whole number from 0 to 2\^64-1 \(-1 is not 'random' here"):
+        no_library(seed=seed)
+    with pytest.raises(Reached):
+        no_library(seed=2**64 - 1)
+
+
+@pytest.mark.parametrize("level", [math.nan, 2.5, -0.1])
+def test_gestures_refuse_a_linked_expressiveness_before_indexing_the_library(no_library, level):
+    with pytest.raises(EchoMimicError, match=r"expressiveness must be between 0 and 2"):
+        no_library(expressiveness=level)
+
+
+def test_gestures_refuse_an_empty_reference_before_indexing_the_library(no_library):
+    with pytest.raises(EchoMimicError, match=r"reference: the IMAGE batch is empty"):
+        no_library(align="fit to reference shoulders", reference=torch.rand(0, 64, 64, 3))
