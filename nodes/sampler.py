@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.errors import EchoMimicError, as_whole
 from ..echomimic_lib.config import SD15
 from ..echomimic_lib.modes import MAX_DEEP_CACHE, get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
@@ -81,8 +81,10 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
         hint = (f" (width/height 0 take the reference's size, here {width}x{height}: give the reference one with EchoMimic "
                 "Reference Preparation, or set width and height here)") if 0 in given else ""
         raise EchoMimicError(problem + hint)
-    if not (isinstance(length, int) and length >= 0):
-        raise EchoMimicError(f"length {length}: give a number of frames, 0 = follow the audio.")
+    whole = as_whole(length)  # a linked 20.0 from a math node is 20
+    if whole is None or whole < 0:
+        raise EchoMimicError(f"length {length}: give a whole number of frames, 0 = follow the audio.")
+    length = whole
     n = track.frame_count if not length else min(length, track.frame_count)  # the video follows the audio
     if length > n:  # as the command line: said, not silent
         log.warning("length %d is beyond the audio: it gives %d frames at %g fps; the video has %d frames (never longer "

@@ -160,3 +160,39 @@ def test_gestures_refuse_a_linked_expressiveness_before_indexing_the_library(no_
 def test_gestures_refuse_an_empty_reference_before_indexing_the_library(no_library):
     with pytest.raises(EchoMimicError, match=r"reference: the IMAGE batch is empty"):
         no_library(align="fit to reference shoulders", reference=torch.rand(0, 64, 64, 3))
+
+
+# ------------------------------------------------------------------------------------------ Sampler: linked counts
+def test_linked_context_counts_from_a_math_node_are_whole_numbers_or_refused():
+    """A linked 8.0 (or 8.5) for context_frames / context_overlap passed every check and was "TypeError: 'float' object
+    cannot be interpreted as an integer" in the window schedule, after the models were placed."""
+    settings_for = sub("echomimic_lib.pipeline").settings_for
+    ok = settings_for("v1-audio", width=64, height=64, num_frames=4, context_frames=8.0, context_overlap=2.0)
+    ok.validate()
+    assert (ok.context_frames, ok.context_overlap) == (8, 2)
+    assert type(ok.context_frames) is int and type(ok.context_overlap) is int
+    for name, value in (("context_frames", 8.5), ("context_overlap", 2.5), ("context_frames", math.nan)):
+        bad = settings_for("v1-audio", width=64, height=64, num_frames=4, **{name: value})
+        with pytest.raises(EchoMimicError, match=rf"{name.replace('_', ' ')} {value!r}: give a whole number of frames"):
+            bad.validate()
+
+
+def test_a_linked_length_of_20_0_is_20_frames(no_sampling, monkeypatch):
+    """A math node's 20.0 was refused with "give a number of frames" (it is one); 20.5 and -1 still are refused."""
+    sampler = sub("nodes.sampler")
+    seen = {}
+    real = sampler.settings_for
+
+    def spy(*a, **k):
+        seen["num_frames"] = k["num_frames"]
+        return real(*a, **k)
+
+    monkeypatch.setattr(sampler, "settings_for", spy)
+    handle = SimpleNamespace(models=SimpleNamespace(), low_vram=False, weights="v1_audio", variant="normal")
+    track = SimpleNamespace(frame_count=48, fps=24.0, audio=None, features=None)
+    with pytest.raises(Reached):
+        sampler.sample(handle, torch.rand(1, 64, 64, 3), track, 7, 1, 0.0, 64, 64, 20.0, 12, 3)
+    assert seen["num_frames"] == 20 and type(seen["num_frames"]) is int
+    for bad in (20.5, -1, math.inf):
+        with pytest.raises(EchoMimicError, match=rf"length {bad}: give a whole number of frames, 0 = follow the audio"):
+            sampler.sample(handle, torch.rand(1, 64, 64, 3), track, 7, 1, 0.0, 64, 64, bad, 12, 3)
