@@ -8,6 +8,7 @@ reference only after indexing the pose library."""
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -196,3 +197,36 @@ def test_a_linked_length_of_20_0_is_20_frames(no_sampling, monkeypatch):
     for bad in (20.5, -1, math.inf):
         with pytest.raises(EchoMimicError, match=rf"length {bad}: give a whole number of frames, 0 = follow the audio"):
             sampler.sample(handle, torch.rand(1, 64, 64, 3), track, 7, 1, 0.0, 64, 64, bad, 12, 3)
+
+
+# ------------------------------------------------------------------------------------------ LoRA strength
+@pytest.fixture
+def no_lora_read(monkeypatch):
+    paths = sub("nodes.paths")
+    monkeypatch.setattr(paths, "resolve_lora", _reached)
+    monkeypatch.setattr(paths, "resolve_comfy_lora", _reached)
+
+
+def _strength_runs():
+    handle = SimpleNamespace(weights="v1_audio", variant="normal", patchers={})
+    return {
+        "EchoMimic LoRA": lambda s: sub("nodes.lora").EchoMimicLora().execute(handle, "a.safetensors", s),
+        "EchoMimic V3 LoRA": lambda s: sub("nodes.v3_lora").EchoMimicV3Lora().execute(SimpleNamespace(), "w.safetensors", s),
+        "Model Loader": lambda s: sub("nodes.loader").load("V1 audio", "normal", lora="a.safetensors", lora_strength=s),
+    }
+
+
+@pytest.mark.parametrize("node", list(_strength_runs()))
+@pytest.mark.parametrize("strength", [5.0, -2.5, 1e6])
+def test_a_linked_lora_strength_outside_the_widgets_range_is_refused_before_the_file_is_read(no_lora_read, node, strength):
+    """A strength of 5 from a linked float was applied without a word (the widgets and --lora-strength stop at -2..2)."""
+    with pytest.raises(EchoMimicError, match=rf"strength {re.escape(f'{strength:g}')}: use -2\.\.2 \(1 = as trained, 0 = the model "
+                                             r"unchanged\); a linked value is not range-checked"):
+        _strength_runs()[node](strength)
+
+
+@pytest.mark.parametrize("node", list(_strength_runs()))
+def test_a_strength_in_range_goes_on_to_the_file(no_lora_read, node):
+    for strength in (-2.0, 0.0, 2.0):
+        with pytest.raises(Reached):
+            _strength_runs()[node](strength)
