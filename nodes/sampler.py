@@ -51,6 +51,18 @@ def build_condition(weights: str, mask, landmarks, poses, num_frames: int, width
     return poses.condition(num_frames, width, height, fps, audio)
 
 
+def check_driving(weights: str, track) -> None:
+    """Landmark-Only Driving's features (the model's unconditional audio) drive the V1 landmark model only, as the
+    command line (only --mode landmarks runs without --audio): a V1 audio or V2 model rendered a face that never spoke."""
+    from ..echomimic_lib.audio.unconditional import UnconditionalAudio
+
+    if isinstance(getattr(track, "features", None), UnconditionalAudio) and weights != "v1_pose":
+        raise EchoMimicError(f"audio_features: EchoMimic Landmark-Only Driving (no audio) drives the V1 landmark model "
+                             f"only, but this is a {NAMES[weights]} model, which needs speech (its face would not talk). "
+                             "Connect EchoMimic Audio Encoder's audio_features, or load 'V1 landmark' in EchoMimic Model "
+                             "Loader.")
+
+
 def output_size(reference, width: int, height: int) -> tuple[int, int]:
     """Width / height 0 = the reference's (Reference Preparation's output size)."""
     if (not width or not height) and isinstance(reference, torch.Tensor) and reference.dim() == 4:
@@ -70,6 +82,7 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
                                                      names=SAMPLER_NAMES)
     if resumable:
         resume.check(deep_cache)
+    check_driving(handle.weights, track)
     from .reference import size_problem
 
     given = (width, height)

@@ -230,3 +230,27 @@ def test_a_strength_in_range_goes_on_to_the_file(no_lora_read, node):
     for strength in (-2.0, 0.0, 2.0):
         with pytest.raises(Reached):
             _strength_runs()[node](strength)
+
+
+# ------------------------------------------------------------------------------------------ Landmark-Only Driving
+@pytest.mark.parametrize("weights,name", [("v1_audio", "V1 audio-driven"), ("v2", "V2 half-body")])
+def test_landmark_only_features_on_a_model_that_needs_speech_are_refused_before_the_models_are_placed(
+        monkeypatch, weights, name):
+    """Landmark-Only Driving -> a V1 audio (or V2) Sampler rendered a face that never spoke, without a word; the command
+    line refuses the same ('only --mode landmarks runs without audio')."""
+    sampler = sub("nodes.sampler")
+    monkeypatch.setattr(sampler, "placement", _reached)
+    monkeypatch.setattr(sampler, "build_condition", _reached)
+    lm = sub("nodes.payloads").LandmarkTrack(torch.zeros(12, 478, 2).numpy(), (64, 64), 24.0)
+    track = sub("nodes.landmark_only").unconditional(lm, 24.0)[0]
+    for w in (weights, "v1_pose"):
+        handle = SimpleNamespace(models=SimpleNamespace(), low_vram=False, weights=w, variant="normal")
+        run = lambda: sampler.sample(handle, torch.rand(1, 64, 64, 3), track, 7, 1, 0.0, 64, 64, 0, 12, 3)  # noqa: E731
+        if w == "v1_pose":
+            with pytest.raises(Reached):  # the model it is made for
+                run()
+        else:
+            with pytest.raises(EchoMimicError, match=rf"Landmark-Only Driving \(no audio\) drives the V1 landmark model only, "
+                                                     rf"but this is a {name} model.*Connect EchoMimic Audio Encoder's "
+                                                     r"audio_features, or load 'V1 landmark'"):
+                run()
