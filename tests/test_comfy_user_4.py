@@ -254,3 +254,49 @@ def test_landmark_only_features_on_a_model_that_needs_speech_are_refused_before_
                                                      rf"but this is a {name} model.*Connect EchoMimic Audio Encoder's "
                                                      r"audio_features, or load 'V1 landmark'"):
                 run()
+
+
+# ------------------------------------------------------------------------------------------ another socket's value
+def _wrong_links():
+    payloads, v3 = sub("nodes.payloads"), sub("nodes.v3")
+    v1_model = payloads.ModelHandle(models=None, weights="v1_audio", variant="normal", keep_loaded=False)
+    v3_model = v3.V3Handle(patcher=None, wav2vec=None, report="")
+    v1_audio = payloads.AudioTrack(features=None, fps=24.0, audio={})
+    v3_audio = v3.V3Audio(samples=None, frames=5, audio={})
+    speech = {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}
+    ref, stub = torch.rand(1, 64, 64, 3), SimpleNamespace()
+    nodes = sub("nodes")
+    v3_args = dict(positive=[], clip_vision_output=stub, vae=stub, image=ref, size=64, steps=1, audio_cfg=1.0, seed=0,
+                   teacache="off", color_transfer=False)
+    return {
+        "V1 model -> V3 Sampler": (lambda: nodes.EchoMimicV3Sampler().execute(v1_model, v3_audio, **v3_args),
+                                   "model: takes ECHOMIMIC_V3_MODEL", "ECHOMIMIC_MODEL (from EchoMimic Model Loader"),
+        "V1 model -> V3 Audio Encoder": (lambda: nodes.EchoMimicV3AudioEncoder().execute(v1_model, speech, 5),
+                                         "model: takes ECHOMIMIC_V3_MODEL", "ECHOMIMIC_MODEL"),
+        "V3 model -> Audio Encoder": (lambda: nodes.EchoMimicAudioEncoder().execute(v3_model, speech, 24.0),
+                                      "model: takes ECHOMIMIC_MODEL", "ECHOMIMIC_V3_MODEL (from EchoMimic V3 Loader"),
+        "V3 model -> Sampler": (lambda: nodes.EchoMimicSampler().execute(v3_model, ref, v1_audio, 1, 1, 0.0, 64, 64, 0, 12, 3),
+                                "model: takes ECHOMIMIC_MODEL", "ECHOMIMIC_V3_MODEL"),
+        "V3 audio -> Sampler": (lambda: nodes.EchoMimicSampler().execute(stub, ref, v3_audio, 1, 1, 0.0, 64, 64, 0, 12, 3),
+                                "audio_features: takes ECHOMIMIC_AUDIO_FEATURES", "ECHOMIMIC_V3_AUDIO"),
+        "AUDIO -> Sampler": (lambda: nodes.EchoMimicSampler().execute(stub, ref, speech, 1, 1, 0.0, 64, 64, 0, 12, 3),
+                             "audio_features: takes ECHOMIMIC_AUDIO_FEATURES", "an AUDIO"),
+        "V1 features -> V3 Sampler": (lambda: nodes.EchoMimicV3Sampler().execute(stub, v1_audio, **v3_args),
+                                      "v3_audio: takes ECHOMIMIC_V3_AUDIO", "ECHOMIMIC_AUDIO_FEATURES"),
+        "MASK -> Paste Back crop": (lambda: nodes.EchoMimicPasteBack().execute(ref, torch.ones(1, 64, 64), ref, 24.0,
+                                                                                "auto", 16, 0.1, "off"),
+                                    "crop: takes ECHOMIMIC_CROP", "a tensor of shape (1, 64, 64)"),
+        "V3 model -> LoRA": (lambda: nodes.EchoMimicLora().execute(v3_model, "a.safetensors", 1.0),
+                             "model: takes ECHOMIMIC_MODEL", "ECHOMIMIC_V3_MODEL"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_wrong_links()))
+def test_another_sockets_value_through_a_switch_node_is_named_not_an_attribute_error(case):
+    """A switch or reroute node of type * (which ComfyUI does not type-check) passed a V1 model to the V3 Sampler, a V3
+    model to the Audio Encoder, ...: "AttributeError: 'ModelHandle' object has no attribute 'patcher'" and the like."""
+    run, takes, brings = _wrong_links()[case]
+    with pytest.raises(EchoMimicError) as info:
+        run()
+    msg = str(info.value)
+    assert takes in msg and f"but the link brings {brings}" in msg and "do not mix" in msg, msg
