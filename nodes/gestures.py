@@ -15,7 +15,7 @@ from ..echomimic_lib.pose.gestures.planner import GestureOptions
 from . import comfy_bridge as C
 from . import detectors, names, paths
 from .base import checks_links
-from .payloads import AUDIO_FEATURES, POSES, PoseTrack, first_image, to_image
+from .payloads import AUDIO_FEATURES, POSES, PoseTrack, first_image, image_batch, to_image
 from .pose import ALIGN, _preview
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def generate(library: str, seed: int, expressiveness: float, fps: float, min_pau
     seed = whole_seed(seed)
     GestureOptions(expressiveness=float(expressiveness)).check()
     if align == ALIGN[1]:
-        first_image(reference, "reference")  # an empty or wrong IMAGE
+        image_batch(reference[:1] if hasattr(reference, "shape") else reference, "reference")  # an empty or wrong IMAGE
     lib = load_library(folders)
     C.check_interrupt()
     speech = analyze_speech(clip, fps, min_pause=pause)

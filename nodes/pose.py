@@ -45,7 +45,7 @@ def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str,
             log.info("driving_frames are connected: poses are extracted from them, pose folder '%s' is ignored", pose_folder)
         frames = image_batch(driving_frames, "driving_frames")  # an empty or wrong IMAGE: said before DWPose is loaded
         if align == ALIGN[1]:
-            first_image(reference, "reference")
+            image_batch(reference[:1] if hasattr(reference, "shape") else reference, "reference")
         detector = detectors.dwpose(download)
         seq = extract_pose_sequence(list(frames), detector, on_missing=on_missing, fps=float(fps))
     elif pose_folder == NO_FOLDER:
