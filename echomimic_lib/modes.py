@@ -73,6 +73,7 @@ MODES: dict[str, Mode] = {
 MODE_ALIASES = {"audio": "v1-audio", "landmarks": "v1-landmarks", "audio+landmarks": "v1-audio+landmarks",
                 "halfbody": "v2-halfbody", "v2": "v2-halfbody", "v1": "v1-audio"}
 
+MAX_STEPS = 200  # denoising steps (the nodes' widget and --steps range; a DDIM schedule has 1000 at most)
 MAX_DEEP_CACHE = 10  # DeepCache interval limit (SampleSettings.deep_cache): past it the kept features are from far noisier steps
 SAMPLER_DEFAULTS = {"normal": {"steps": 30, "cfg": 2.5}, "acc": {"steps": 6, "cfg": 1.0}}
 CONTEXT_DEFAULTS = {"context_frames": 12, "context_overlap": 3}

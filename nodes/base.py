@@ -18,6 +18,29 @@ import inspect
 from ..echomimic_lib.errors import EchoMimicError
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+SOCKETS: dict[str, tuple[tuple[type, ...], str]] = {}  # the pack's socket types: their classes and the nodes giving them
+
+
+def socket(kind: str, classes, source: str) -> None:
+    """Declare what travels on one of the pack's sockets (``classes``) and which nodes give it (``source``), for
+    :func:`link_problem`."""
+    SOCKETS[kind] = (tuple(classes) if isinstance(classes, (tuple, list)) else (classes,), source)
+
+
+def _brought(value) -> str | None:
+    """What a link brings when it is plainly another socket's value (another pack socket, an IMAGE / MASK tensor, an
+    AUDIO dict, a CONDITIONING list), else None."""
+    for kind, (classes, source) in SOCKETS.items():
+        if isinstance(value, classes):
+            return f"{kind} (from {source})"
+    shape = getattr(value, "shape", None)
+    if shape is not None and type(value).__module__.startswith("torch"):
+        return f"a tensor of shape {tuple(shape)} (an IMAGE or MASK)"
+    if isinstance(value, dict):
+        return "an AUDIO" if "waveform" in value else "a dict"
+    if isinstance(value, (list, tuple)):
+        return "a list (such as a CONDITIONING)"
+    return None
 
 
 class Node:
@@ -64,6 +87,12 @@ def link_problem(node_cls, values: dict) -> str | None:
                 return (f"{name}: takes a link from a node that gives {typ}, but the prompt gives {given}. In an "
                         "API-format prompt a link is [\"<node id>\", <output index>], e.g. [\"3\", 0]: connect the input "
                         "in the graph and export the prompt again (Export (API)).")
+            if typ in SOCKETS and not isinstance(value, SOCKETS[typ][0]):  # through a switch / reroute node of type *,
+                got = _brought(value)  # which ComfyUI does not type-check: was an AttributeError deep in the node
+                if got:
+                    return (f"{name}: takes {typ} from {SOCKETS[typ][1]}, but the link brings {got}. Connect "
+                            f"{SOCKETS[typ][1]} here (a switch or reroute node may pass on another output; the V1/V2 "
+                            "and V3 models and their outputs do not mix).")
     return None
 
 

@@ -14,12 +14,13 @@ from ..echomimic_lib.jobs.dub_plan import DubPlan
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.retime import retime_indices
 from . import comfy_bridge as C
-from .base import Node, check_fps, frame_rate, link
+from .base import Node, check_fps, frame_rate, link, socket
 from .payloads import image_batch, to_image
 
 log = logging.getLogger(__name__)
 
 CROP = "ECHOMIMIC_CROP"
+socket(CROP, (CropGeometry, DubPlan), "EchoMimic Reference Preparation or Face Track")
 REGIONS = {"auto": None, "face box": "face", "landmark hull": "hull", "crop square": "crop"}
 AUTO_REGION = {"v1_face": "face", "video_face": "hull", "v2_halfbody": "crop", "resize": "crop"}
 COLOR = {"off": "off", "mean/std (Lab)": "lab", "histogram": "histogram"}

@@ -9,11 +9,13 @@ from ..echomimic_lib.audio import check_audible, read_raw_audio
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.modes import check_frame_rate
 from ..echomimic_lib.pose.dwpose import detect_image_pose
+from ..echomimic_lib.pipeline.settings import whole_seed
 from ..echomimic_lib.pose.gestures import analyze_speech, find_sources, load_library, synthesize
+from ..echomimic_lib.pose.gestures.planner import GestureOptions
 from . import comfy_bridge as C
 from . import detectors, names, paths
 from .base import checks_links
-from .payloads import AUDIO_FEATURES, POSES, PoseTrack, first_image, to_image
+from .payloads import AUDIO_FEATURES, POSES, PoseTrack, first_image, image_batch, to_image
 from .pose import ALIGN, _preview
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,12 @@ def generate(library: str, seed: int, expressiveness: float, fps: float, min_pau
         raise EchoMimicError(f"unknown align option '{align}'; choose one of {', '.join(ALIGN)}.")
     if align == ALIGN[1] and reference is None:
         raise EchoMimicError("'fit to reference shoulders' needs the reference image: connect it to 'reference' (or set align to 'none').")
+    # linked values (ComfyUI range-checks widgets only), said before the library is indexed: a seed of -1 or 2.5 was
+    # taken (-1 a fixed seed, not a random one), and expressiveness was checked only after the speech analysis
+    seed = whole_seed(seed)
+    GestureOptions(expressiveness=float(expressiveness)).check()
+    if align == ALIGN[1]:
+        image_batch(reference[:1] if hasattr(reference, "shape") else reference, "reference")  # an empty or wrong IMAGE
     lib = load_library(folders)
     C.check_interrupt()
     speech = analyze_speech(clip, fps, min_pause=pause)

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.errors import EchoMimicError, as_whole
 from ..echomimic_lib.landmarks import draw_landmark_sequence, normalize_parts, sync_driving_landmarks
 from ..echomimic_lib.landmarks.conditions import SYNC_SIZE, center_square
 from ..echomimic_lib.landmarks.stabilize import stabilize_landmarks
@@ -37,6 +37,10 @@ def _preview(pixels, coord_size, parts, frames=None) -> np.ndarray:
 def extract(images, fps: float, framing: str, bad_frames: str, max_frames: int, download: bool, stabilize: str = "off"):
     check_level(stabilize, "stabilize")  # before MediaPipe reads any frame
     fps = check_fps(fps)
+    count = as_whole(max_frames)  # a linked value is not range-checked by ComfyUI: 2.5 was a TypeError, -3 read as "all"
+    if count is None or count < 0:
+        raise EchoMimicError(f"max_frames {max_frames!r}: give a whole number of frames, 0 = all of them.")
+    max_frames = count
     frames = image_batch(images, "images")
     if max_frames > 0:
         frames = frames[:max_frames]

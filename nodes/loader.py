@@ -22,7 +22,7 @@ from ..echomimic_lib.speed import OptionNames, check_speed_options, compile_deno
 from . import comfy_bridge as C
 from . import names, paths
 from .base import Node, switch
-from .lora import add_lora
+from .lora import add_lora, node_strength
 from .payloads import MODEL, ModelHandle
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa
     weights = VERSIONS[version]
     adapter = None
     if lora not in (None, "", "none"):  # checked (file, version, strength) before any weight is read
+        node_strength(lora_strength, "lora_strength")
         adapter = load_checked(paths.resolve_lora(lora), weights, variant, lora_strength)
     device, host = C.torch_device(), C.offload_device()
     check_speed_options(device, compile=bool(compile), low_vram=bool(low_vram), names=NODE_NAMES)

@@ -14,7 +14,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from ..echomimic_lib.errors import WeightsError
+from ..echomimic_lib.errors import EchoMimicError, WeightsError
+from ..echomimic_lib.jobs.animate_checks import MAX_LORA_STRENGTH
 from ..echomimic_lib.lora import LoraAdapter, check_strength, fingerprint, fingerprints_match, load_checked, resolve_layers
 from . import comfy_bridge as C
 from . import names, paths
@@ -25,10 +26,20 @@ log = logging.getLogger(__name__)
 CONTAINER = "net."  # the network's prefix in its ModelPatcher's state dict (ManagedNetwork.net)
 
 
+def node_strength(strength, what: str = "strength") -> float:
+    """A LoRA strength in the widgets' -2..2 (the command line's --lora-strength range): a linked value is not
+    range-checked by ComfyUI, and 5 was applied without a word."""
+    value = check_strength(strength)
+    if not -MAX_LORA_STRENGTH <= value <= MAX_LORA_STRENGTH:
+        raise EchoMimicError(f"{what} {value:g}: use -{MAX_LORA_STRENGTH:g}..{MAX_LORA_STRENGTH:g} (1 = as trained, 0 = the "
+                             "model unchanged); a linked value is not range-checked by ComfyUI.")
+    return value
+
+
 def read_checked(handle: ModelHandle, lora: str | Path | LoraAdapter, strength: float) -> LoraAdapter:
     """The adapter, refused for another weight set, a bad strength or another architecture -- no weight touched."""
+    node_strength(strength)
     if isinstance(lora, LoraAdapter):
-        check_strength(strength)
         adapter = lora
     else:
         path = lora if isinstance(lora, Path) else paths.resolve_lora(lora)

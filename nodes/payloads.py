@@ -19,6 +19,7 @@ from ..echomimic_lib.landmarks import draw_landmark_sequence
 from ..echomimic_lib.pipeline import FrameCondition
 from ..echomimic_lib.pose import draw_hands_batch
 from ..echomimic_lib.retime import retime_indices
+from .base import socket
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,12 @@ class PoseTrack:
         seq = retime_pose_sequence(self.sequence, num_frames, fps, self.retime, audio=audio)
         seq = stabilize_poses(seq, self.stabilize, flag="stabilize")  # a folder saved stabilized: not twice (warns)
         return FrameCondition(num_frames, lambda sel: draw_hands_batch(seq, sel, (width, height)))
+
+
+socket(MODEL, ModelHandle, "EchoMimic Model Loader or EchoMimic LoRA")
+socket(AUDIO_FEATURES, AudioTrack, "EchoMimic Audio Encoder or Landmark-Only Driving")
+socket(LANDMARKS, LandmarkTrack, "EchoMimic Landmark Extractor, Part-Aware Aligner or Face Track")
+socket(POSES, PoseTrack, "EchoMimic Hand-Pose Sequence Loader or Gestures from Audio")
 
 
 # ------------------------------------------------------------------------------------------ tensors

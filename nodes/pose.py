@@ -34,12 +34,19 @@ def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str,
     fps = check_fps(fps)  # a linked value is not range-checked by ComfyUI: 0 or NaN timed the poses, "fast" broke float()
     if retime not in POSE_RETIME_POLICIES:
         raise EchoMimicError(f"unknown retiming policy '{retime}'; choose one of {', '.join(POSE_RETIME_POLICIES)}.")
+    if align not in ALIGN:
+        raise EchoMimicError(f"unknown align option '{align}'; choose one of {', '.join(ALIGN)}.")
+    if align == ALIGN[1] and reference is None:  # said before DWPose reads every driving frame
+        raise EchoMimicError("'fit to reference shoulders' needs the reference image: connect it to 'reference' "
+                             "(or set align to 'none').")
     detector = None
     if driving_frames is not None:
         if pose_folder != NO_FOLDER:
             log.info("driving_frames are connected: poses are extracted from them, pose folder '%s' is ignored", pose_folder)
+        frames = image_batch(driving_frames, "driving_frames")  # an empty or wrong IMAGE: said before DWPose is loaded
+        if align == ALIGN[1]:
+            image_batch(reference[:1] if hasattr(reference, "shape") else reference, "reference")
         detector = detectors.dwpose(download)
-        frames = image_batch(driving_frames, "driving_frames")
         seq = extract_pose_sequence(list(frames), detector, on_missing=on_missing, fps=float(fps))
     elif pose_folder == NO_FOLDER:
         raise EchoMimicError("no poses: choose a pose folder, or connect the frames of a driving video to 'driving_frames'.")
@@ -47,13 +54,8 @@ def load(pose_folder: str, fps: float, retime: str, align: str, on_missing: str,
         seq = load_pose(paths.resolve_pose_folder(pose_folder), fps=float(fps))
     C.check_interrupt()
     if align == ALIGN[1]:
-        if reference is None:
-            raise EchoMimicError("'fit to reference shoulders' needs the reference image: connect it to 'reference' "
-                                 "(or set align to 'none').")
         detector = detector or detectors.dwpose(download)
         seq, _ = fit_sequence_to_reference(seq, detect_image_pose(detector, first_image(reference, "reference")))
-    elif align != ALIGN[0]:
-        raise EchoMimicError(f"unknown align option '{align}'; choose one of {', '.join(ALIGN)}.")
     report = getattr(seq.report, "summary", lambda: "")()
     return PoseTrack(seq, retime, [report] if report else [], stabilize), to_image(_preview(seq))
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.errors import EchoMimicError, as_whole
 from ..echomimic_lib.config import SD15
 from ..echomimic_lib.modes import MAX_DEEP_CACHE, get_mode
 from ..echomimic_lib.pipeline import MaskCondition, Sampler, settings_for
@@ -51,6 +51,18 @@ def build_condition(weights: str, mask, landmarks, poses, num_frames: int, width
     return poses.condition(num_frames, width, height, fps, audio)
 
 
+def check_driving(weights: str, track) -> None:
+    """Landmark-Only Driving's features (the model's unconditional audio) drive the V1 landmark model only, as the
+    command line (only --mode landmarks runs without --audio): a V1 audio or V2 model rendered a face that never spoke."""
+    from ..echomimic_lib.audio.unconditional import UnconditionalAudio
+
+    if isinstance(getattr(track, "features", None), UnconditionalAudio) and weights != "v1_pose":
+        raise EchoMimicError(f"audio_features: EchoMimic Landmark-Only Driving (no audio) drives the V1 landmark model "
+                             f"only, but this is a {NAMES[weights]} model, which needs speech (its face would not talk). "
+                             "Connect EchoMimic Audio Encoder's audio_features, or load 'V1 landmark' in EchoMimic Model "
+                             "Loader.")
+
+
 def output_size(reference, width: int, height: int) -> tuple[int, int]:
     """Width / height 0 = the reference's (Reference Preparation's output size)."""
     if (not width or not height) and isinstance(reference, torch.Tensor) and reference.dim() == 4:
@@ -70,16 +82,22 @@ def sample(handle, reference, track, seed: int, steps: int, cfg: float, width: i
                                                      names=SAMPLER_NAMES)
     if resumable:
         resume.check(deep_cache)
+    check_driving(handle.weights, track)
     from .reference import size_problem
 
     given = (width, height)
     width, height = output_size(reference, width, height)
-    problem = not (64 <= width <= 2048 and 64 <= height <= 2048) and size_problem(width, height)  # a linked value, or
-    if problem:  # 0 = a reference of any size, is not checked when queued (multiples of 8: settings.validate below)
-        hint = " (width/height 0 take the reference's size: give it one with EchoMimic Reference Preparation)" if 0 in given else ""
+    # a linked value, or 0 = a reference of any size, is not checked when queued (multiples of 8 of a linked value:
+    # settings.validate below)
+    problem = (0 in given or not (64 <= width <= 2048 and 64 <= height <= 2048)) and size_problem(width, height)
+    if problem:
+        hint = (f" (width/height 0 take the reference's size, here {width}x{height}: give the reference one with EchoMimic "
+                "Reference Preparation, or set width and height here)") if 0 in given else ""
         raise EchoMimicError(problem + hint)
-    if not (isinstance(length, int) and length >= 0):
-        raise EchoMimicError(f"length {length}: give a number of frames, 0 = follow the audio.")
+    whole = as_whole(length)  # a linked 20.0 from a math node is 20
+    if whole is None or whole < 0:
+        raise EchoMimicError(f"length {length}: give a whole number of frames, 0 = follow the audio.")
+    length = whole
     n = track.frame_count if not length else min(length, track.frame_count)  # the video follows the audio
     if length > n:  # as the command line: said, not silent
         log.warning("length %d is beyond the audio: it gives %d frames at %g fps; the video has %d frames (never longer "

@@ -23,7 +23,7 @@ from ..echomimic_lib.modes import V3_LONG_MODES
 from ..echomimic_lib.speed import OptionNames
 from . import comfy_bridge as C
 from . import names, paths
-from .base import checks_links
+from .base import checks_links, socket
 from .payloads import check_finite, first_image, trim_audio
 
 V3_MODEL = "ECHOMIMIC_V3_MODEL"
@@ -48,6 +48,10 @@ class V3Audio:
     samples: np.ndarray  # 16 kHz, loudness-normalised, cut to the frames
     frames: int
     audio: dict  # the ComfyUI AUDIO, for muxing
+
+
+socket(V3_MODEL, V3Handle, "EchoMimic V3 Loader or EchoMimic V3 LoRA")
+socket(V3_AUDIO, V3Audio, "EchoMimic V3 Audio Encoder")
 
 
 def v3_folders() -> list[str]:

@@ -14,11 +14,11 @@ import logging
 from pathlib import Path
 
 from ..echomimic_lib.errors import WeightsError
-from ..echomimic_lib.lora import check_strength, read_wan_lora, resolve_wan_lora, shapes_of
+from ..echomimic_lib.lora import read_wan_lora, resolve_wan_lora, shapes_of
 from . import comfy_bridge as C
 from . import names, paths
 from .base import Node, link
-from .lora import CONTAINER  # the network's prefix in its ModelPatcher's state dict (ManagedNetwork.net)
+from .lora import CONTAINER, node_strength  # the network's prefix in its ModelPatcher's state dict (ManagedNetwork.net)
 from .v3 import V3_MODEL, V3Handle
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def add_wan_lora(handle: V3Handle, lora: str | Path, strength: float = 1.0) -> V3Handle:
     """A new handle with the LoRA patched in at ``strength`` (0: the input handle itself). ``lora``: a name in
     ComfyUI's loras folder, or a path (library use)."""
-    strength = check_strength(strength)
+    strength = node_strength(strength)
     path = lora if isinstance(lora, Path) else paths.resolve_comfy_lora(lora)
     net = handle.patcher.model.net
     adapter = resolve_wan_lora(read_wan_lora(path), shapes_of(net))  # every key mapped and fitting, or an error

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError, MissingWeightsError
-from ..modes import check_frame_rate, get_mode
+from ..modes import MAX_STEPS, check_frame_rate, get_mode
 from ..speed import check_deep_cache, check_speed_options
 from ..temporal import STABILIZE_DEFAULT, check_level
 from .models_folder import default_models_dir, dwpose_roots, gesture_library_dirs, models_root
@@ -31,7 +31,6 @@ from . import speech_length
 log = logging.getLogger(__name__)
 
 SIZE_RANGE = (64, 2048)  # px per side (the nodes' widget range)
-MAX_STEPS = 200
 MAX_CFG = 20.0
 MAX_CONTEXT = 32  # the motion modules' position table
 MAX_LORA_STRENGTH = 2.0  # the loader node's range

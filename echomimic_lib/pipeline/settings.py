@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from ..errors import EchoMimicError, as_whole
-from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, MAX_DEEP_CACHE, SAMPLER_DEFAULTS, check_frame_rate, get_mode
+from ..modes import CONTEXT_DEFAULTS, DEFAULT_FPS, MAX_DEEP_CACHE, MAX_STEPS, SAMPLER_DEFAULTS, check_frame_rate, get_mode
 
 
 @dataclass
@@ -42,10 +42,17 @@ class SampleSettings:
         self.steps = steps
         if self.steps < 1:
             raise EchoMimicError("steps must be at least 1.")
+        if self.steps > MAX_STEPS:  # a linked value (ComfyUI range-checks widgets only) was the scheduler's ValueError
+            raise EchoMimicError(f"steps {self.steps}: use 1..{MAX_STEPS} denoising steps (30 normal, 6 acc).")
         self.seed = whole_seed(self.seed)
         check_frame_rate(self.fps)
         if not (math.isfinite(self.cfg) and 0 <= self.cfg <= 20):
             raise EchoMimicError(f"cfg {self.cfg}: guidance must be a number between 0 and 20 (1 or less switches it off).")
+        for name in ("context_frames", "context_overlap"):  # a linked 12.0 from a math node is 12 (a float was a
+            whole = as_whole(getattr(self, name))  # TypeError in the window schedule, after the models were placed)
+            if whole is None:
+                raise EchoMimicError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: give a whole number of frames.")
+            setattr(self, name, whole)
         if not 1 <= self.context_frames <= 32:
             raise EchoMimicError("context frames must be between 1 and 32 (the motion modules' position table).")
         if not 0 <= self.context_overlap < self.context_frames:
