@@ -151,6 +151,8 @@ def load(version: str, variant: str, dtype: str = "auto", attention: str = "sdpa
     models.vae = load_vae(vae_path, host, resolve_vae_dtype(dtype, device, torch_dtype, "sd"))  # fp32/bf16 on MPS
     if fp8:
         to_fp8(models.reference), to_fp8(models.denoiser)
+    for module in models.modules().values():  # inference only; ComfyUI's LoRA patches are requires_grad=False too
+        module.requires_grad_(False)  # (a compiled network's guards then hold across patched and unpatched weights)
     patchers = {name: C.managed_model(name, module) for name, module in models.modules().items()}
     if compile:  # once, on the networks ComfyUI will load (its LoRA patches change weights, not the traced code)
         compile_denoiser(models)
