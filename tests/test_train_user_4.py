@@ -1,0 +1,159 @@
+"""A new user's stumbles with ``echomimic-train`` (fourth hunt), each said before anything is built or written.
+
+Before: ``fit --resume`` with the config of another run (a LoRA config on a full fine-tune's folder, another rank or
+weight set) built every network, failed with hundreds of tensor names, and had already replaced the folder's
+``config.yaml`` with the new config; ``checkpoint.every: 0`` / ``log.every: 0`` stopped the run after its first step
+with a bare ZeroDivisionError; a misspelt ``optim.lr_schedule`` or ``data.num_workers: -1`` ended in diffusers' / torch's
+traceback after the networks were built; two ``fit`` runs on one output_dir both trained, writing over each other's
+checkpoints; ``--resume`` into a folder without checkpoints (a mistyped output_dir) trained from step 0 without a word.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.test_trust import _fake_checkpoint
+from tests.test_trust_audit3_train import _fresh_state  # noqa: F401 - autouse fixture
+
+
+class Built(Exception):
+    pass
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Building the networks or reading the clips is the expensive work the checks must come before."""
+    import trainer.data.dataset as dataset
+    import trainer.init as init
+
+    def no(*a, **k):
+        raise Built("the expensive work started")
+    monkeypatch.setattr(init, "build", no)
+    monkeypatch.setattr(dataset, "build_pools", no)
+
+
+def _train(args, capsys):
+    from trainer.cli import main
+
+    rc = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return rc, err
+
+
+def _yaml(tmp_path: Path, run: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"output_dir: {run}\nmodel: {{init: echomimic, echomimic_path: {tmp_path}}}\n"
+                   f"data: {{roots: [{tmp_path}], num_workers: 0}}\nloss: {{spatial: {{lpips: 0}}}}\n" + extra)
+    return cfg
+
+
+@pytest.mark.parametrize("saved_lora,preset,sets,words", [
+    (False, "v1_lora_identity", [], ["lora.enabled false (this config: true)", "v1_audio full fine-tune",
+                                     "v1_audio LoRA (rank 16)"]),
+    (False, "v1_stage1", [], ["model.weights v1_audio (this config: v1_pose)"]),
+    (True, "v1_lora_identity", ["lora.rank=8"], ["lora.rank 2 (this config: 8)"]),
+    (True, "v1_lora_identity", ["lora.rank=2", "lora.targets=[q]", "lora.alpha=2", "model.weights=v2",
+                                "data.condition=pose"], ["model.weights v1_audio (this config: v2)"]),
+    (True, "v1_stage1", ["model.weights=v1_audio", "data.condition=face_mask"], ["lora.enabled true (this config: false)"]),
+], ids=["lora-config-on-a-full-run", "other-weight-set", "other-rank", "v2-config-on-a-v1-run", "full-config-on-a-lora-run"])
+def test_resume_with_another_runs_config_is_refused_before_anything_is_built_or_written(
+        saved_lora, preset, sets, words, tmp_path, capsys, nothing_built):
+    ckpt = _fake_checkpoint(tmp_path, saved_lora)
+    run = ckpt.parent.parent
+    earlier = "# the earlier run's config\npreset: v1_stage1\n"
+    (run / "config.yaml").write_text(earlier)
+    cfg = _yaml(tmp_path, run, f"preset: {preset}\n")
+    rc, err = _train(["fit", "--config", cfg, "--resume", *[a for s in sets for a in ("--set", s)]], capsys)
+    assert rc == 2 and "is a checkpoint of another run" in err, err
+    assert all(w in err for w in words), err
+    assert f"--config {run / 'config.yaml'} --resume" in err and "new output_dir" in err
+    assert (run / "config.yaml").read_text() == earlier  # the earlier run's record is as it was
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+
+
+def test_resume_with_the_runs_own_settings_goes_on_to_build(tmp_path, capsys, nothing_built):
+    ckpt = _fake_checkpoint(tmp_path, True)
+    cfg = _yaml(tmp_path, ckpt.parent.parent, "preset: v1_lora_identity\nlora: {rank: 2, alpha: 2, targets: [q]}\n")
+    from trainer.config_file import load_config
+    from trainer.loop import fit
+
+    with pytest.raises(Built):
+        fit(load_config(cfg), resume=True)
+
+
+@pytest.mark.parametrize("sets,words", [
+    (["checkpoint.every=0"], ["checkpoint.every: 0 must be at least 1", "checkpoint.every: 1000"]),
+    (["log.every=0"], ["log.every: 0 must be at least 1"]),
+    (["validation.every=-5"], ["validation.every: -5 must be 0 (no validation video)"]),
+    (["data.num_workers=-1"], ["data.num_workers: -1 must be 0"]),
+    (["optim.warmup_steps=-10"], ["optim.warmup_steps: -10 must be 0 (no warm-up) or more"]),
+    (["ema.enabled=true", "ema.decay=1.5"], ["ema.decay: 1.5 must be in [0, 1)"]),
+    (["optim.lr_schedule=cosinus"], ["optim.lr_schedule: 'cosinus' is not a schedule; did you mean 'cosine'?"]),
+])
+def test_counters_and_names_the_loop_cannot_use_are_said_before_anything_is_built(sets, words, tmp_path, capsys, nothing_built):
+    run = tmp_path / "run"
+    cfg = _yaml(tmp_path, run, "preset: v1_stage1\nmodel: {init: echomimic, echomimic_path: %s, weights: v1_pose}\n" % tmp_path)
+    rc, err = _train(["fit", "--config", cfg, *[a for s in sets for a in ("--set", s)]], capsys)
+    assert rc == 2 and all(w in err for w in words), err
+    assert not run.exists()
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import trainer.data.dataset as dataset
+    from trainer.run_lock import TrainLock
+
+    monkeypatch.setattr(dataset, "build_pools", lambda *a, **k: {})  # the first run holds the folder from here on
+    run = tmp_path / "run"
+    run.mkdir()
+    log = run / "train_log.jsonl"
+    log.write_text('{"step": 1, "loss/total": 0.5}\n')  # the first run's log, being written
+    cfg = _yaml(tmp_path, run, "preset: v1_stage1\nmodel: {init: echomimic, echomimic_path: %s, weights: v1_pose}\n" % tmp_path)
+    with TrainLock(run):  # the first run, still training
+        rc, err = _train(["fit", "--config", cfg], capsys)
+    assert rc == 2 and "another echomimic-train run is training into" in err and "choose another output_dir" in err, err
+    assert "pid" in err
+    assert sorted(p.name for p in run.iterdir()) == ["train_log.jsonl"]  # not renamed aside, no config.yaml of this run
+    assert log.read_text() == '{"step": 1, "loss/total": 0.5}\n'
+
+
+def test_a_finished_or_killed_run_leaves_no_lock_behind(tmp_path, monkeypatch):
+    import trainer.data.dataset as dataset
+    import trainer.init as init
+    from trainer.config_file import load_config
+    from trainer.loop import fit
+    from trainer.run_lock import LOCK_NAME, TrainLock
+
+    monkeypatch.setattr(dataset, "build_pools", lambda *a, **k: {})
+
+    def fails(*a, **k):
+        raise Built("stopped while building")
+    monkeypatch.setattr(init, "build", fails)
+    run = tmp_path / "run"
+    cfg = load_config(_yaml(tmp_path, run, "preset: v1_stage1\nmodel: {init: echomimic, echomimic_path: %s, weights: v1_pose}\n"
+                            % tmp_path))
+    with pytest.raises(Built):
+        fit(cfg)
+    assert not (run / LOCK_NAME).exists()
+    with TrainLock(run):  # free again: the next run (a --resume) takes it
+        pass
+
+
+def test_resume_where_there_is_no_checkpoint_says_it_starts_from_step_0(tmp_path, caplog, nothing_built):
+    from trainer.config_file import load_config
+    from trainer.loop import fit
+
+    run = tmp_path / "runs" / "my_rnu"  # a typo of the run to continue
+    cfg = load_config(_yaml(tmp_path, run, "preset: v1_stage1\nmodel: {init: echomimic, echomimic_path: %s, weights: v1_pose}\n"
+                            % tmp_path))
+    with caplog.at_level(logging.WARNING, logger="trainer"), pytest.raises(Built):
+        fit(cfg, resume=True)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("--resume" in m and "has no checkpoint yet" in m and "starts from step 0" in m and "my_rnu" in m
+               for m in said), said
+    with caplog.at_level(logging.WARNING, logger="trainer"), pytest.raises(Built):
+        caplog.clear()
+        fit(cfg)  # a fresh run asked for as such: nothing to say
+    assert not any("has no checkpoint yet" in r.getMessage() for r in caplog.records)
