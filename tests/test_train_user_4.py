@@ -9,6 +9,7 @@ checkpoints; ``--resume`` into a folder without checkpoints (a mistyped output_d
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -157,3 +158,53 @@ def test_resume_where_there_is_no_checkpoint_says_it_starts_from_step_0(tmp_path
         caplog.clear()
         fit(cfg)  # a fresh run asked for as such: nothing to say
     assert not any("has no checkpoint yet" in r.getMessage() for r in caplog.records)
+
+
+def _dataset(folder: Path, clips: dict[str, int]) -> Path:
+    """A prepared dataset's manifest and clip folders (clip.json + whisper.npy), clip id -> its number of frames."""
+    rows = []
+    for i, (cid, n) in enumerate(clips.items()):
+        d = folder / f"shard-0000{i}" / cid
+        d.mkdir(parents=True)
+        (d / "clip.json").write_text(json.dumps({"id": cid, "fps": 24.0, "num_frames": n}))
+        (d / "whisper.npy").write_bytes(b"")
+        rows.append(json.dumps({"id": cid, "path": f"shard-0000{i}/{cid}", "shard": i, "num_frames": n, "fps": 24.0,
+                                "kind": "headshot"}))
+    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def _temporal_yaml(tmp_path: Path, run: Path, data: Path, frames: int) -> Path:
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"preset: v1_stage2\noutput_dir: {run}\nmodel: {{init: echomimic, echomimic_path: {tmp_path}, weights: v1_pose, "
+                   f"motion_init: released}}\ndata: {{roots: [{data}], num_workers: 0, condition: landmarks}}\n"
+                   f"loss: {{spatial: {{lpips: 0}}}}\nphases: [{{name: stage2, steps: 5, frames: {frames}}}]\n")
+    return cfg
+
+
+def test_a_clip_shorter_than_a_temporal_window_is_named_before_anything_is_built(tmp_path, capsys, monkeypatch):
+    import trainer.init as init
+
+    def no(*a, **k):
+        raise Built("the networks were built")
+    monkeypatch.setattr(init, "build", no)
+    data = _dataset(tmp_path / "ds", {"talk": 48, "short": 14, "slow": 48})
+    run = tmp_path / "run"
+    rc, err = _train(["fit", "--config", _temporal_yaml(tmp_path, run, data, 24)], capsys)
+    assert rc == 2 and "phases.stage2: 1 clip(s) are shorter than its 24-frame window: short (14 frames)" in err, err
+    assert "--min-seconds 1.00" in err and "manifest.jsonl" in err and "phases.stage2.frames to at most 14" in err
+    assert not run.exists()
+    from trainer.config_file import load_config
+    from trainer.data.dataset import build_pools
+
+    pools = build_pools(load_config(_temporal_yaml(tmp_path, run, data, 14)))  # every clip holds a 14-frame window
+    assert len(pools.entries) == 3
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_export_ema_of_a_run_without_ema_says_so_and_writes_nothing(lora, tmp_path, capsys):
+    ckpt = _fake_checkpoint(tmp_path, lora)
+    dest = tmp_path / "export"
+    rc, err = _train(["export", "--ema", ckpt.parent.parent, dest], capsys)
+    assert rc == 2 and "this run did not keep an EMA (ema.enabled: false)" in err and "export without --ema" in err, err
+    assert not dest.exists()
