@@ -208,3 +208,30 @@ def test_export_ema_of_a_run_without_ema_says_so_and_writes_nothing(lora, tmp_pa
     rc, err = _train(["export", "--ema", ckpt.parent.parent, dest], capsys)
     assert rc == 2 and "this run did not keep an EMA (ema.enabled: false)" in err and "export without --ema" in err, err
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("weights", ["v2", "v1_pose"])
+def test_a_weight_folder_of_another_version_is_named_before_the_run_folder_is_written(weights, tmp_path, capsys, monkeypatch):
+    """A V2 config given the V1 release (or the reverse): the missing files were named only once the run folder and
+    its config.yaml were written."""
+    import trainer.data.dataset as dataset
+    import trainer.init as init
+
+    monkeypatch.setattr(dataset, "build_pools", lambda *a, **k: {})
+    models = tmp_path / "models"
+    models.mkdir()
+    names = (["denoising_unet.pth", "reference_unet.pth", "pose_encoder.pth", "motion_module.pth"] if weights == "v1_pose"
+             else ["denoising_unet_pose.pth", "reference_unet_pose.pth", "face_locator_pose.pth", "motion_module_pose.pth"])
+    for n in names:  # the other version's file names
+        (models / n).write_bytes(b"")
+
+    def no(*a, **k):
+        raise Built("the networks were built")
+    monkeypatch.setattr(init, "build", no)
+    run = tmp_path / "run"
+    preset = "v2_apdh" if weights == "v2" else "v1_stage1"
+    cfg = _yaml(tmp_path, run, f"preset: {preset}\nmodel: {{init: echomimic, echomimic_path: {models}, weights: {weights}, "
+                "motion_init: released}\n")
+    rc, err = _train(["fit", "--config", cfg, "--set", "loss.phd.low_weight=0"], capsys)
+    assert rc == 2 and f"EchoMimic weights missing for '{weights}'" in err and "echomimic download" in err, err
+    assert not run.exists()
