@@ -235,3 +235,24 @@ def test_a_weight_folder_of_another_version_is_named_before_the_run_folder_is_wr
     rc, err = _train(["fit", "--config", cfg, "--set", "loss.phd.low_weight=0"], capsys)
     assert rc == 2 and f"EchoMimic weights missing for '{weights}'" in err and "echomimic download" in err, err
     assert not run.exists()
+
+
+def test_a_dataset_prepared_smaller_than_the_training_size_is_said(tmp_path, caplog):
+    from trainer.config_file import load_config
+    from trainer.data.dataset import build_pools
+
+    data = _dataset(tmp_path / "ds", {"talk": 48})
+    (data / "prepare_config.json").write_text(json.dumps({"kind": "headshot", "size": 64, "fps": 24.0}))
+    run = tmp_path / "run"
+    for side, said in ((128, True), (64, False)):
+        caplog.clear()
+        cfg = load_config(_yaml(tmp_path, run, f"preset: v1_stage1\nmodel: {{init: echomimic, echomimic_path: {tmp_path}, "
+                                               "weights: v1_pose}\n"), [f"data.roots=[{data}]", f"data.width={side}",
+                                                                        f"data.height={side}"])
+        with caplog.at_level(logging.WARNING):
+            build_pools(cfg)
+        msgs = [r.getMessage() for r in caplog.records if "enlarged" in r.getMessage()]
+        assert bool(msgs) == said, msgs
+        if said:
+            assert "prepared at --size 64, smaller than data.width x data.height 128 x 128" in msgs[0]
+            assert "Prepare the videos again with --size 128" in msgs[0]

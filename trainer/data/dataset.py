@@ -92,6 +92,25 @@ def check_window_lengths(cfg: TrainConfig, entries: list[ClipEntry]) -> None:
                 f"{min(e.num_frames for e in short)}.")
 
 
+def warn_enlarged(cfg: TrainConfig) -> None:
+    """A dataset prepared smaller (``prepare --size``) than the run trains (``data.width`` x ``data.height``, e.g. the
+    presets' 512 on clips prepared at 256) has every frame enlarged, blurred, and was trained on without a word: said
+    once per folder, with the fix (a dataset prepared at the training size is never enlarged)."""
+    import json
+    from pathlib import Path
+
+    side = max(cfg.data.width, cfg.data.height)
+    for root in list(cfg.data.roots) + list(cfg.data.headshot_roots):
+        try:
+            size = json.loads((Path(root) / "prepare_config.json").read_text()).get("size")
+        except (OSError, ValueError, AttributeError):
+            continue  # (a dataset of an older version, or hand-made: nothing to compare)
+        if isinstance(size, (int, float)) and not isinstance(size, bool) and 0 < size < side:
+            log.warning("%s was prepared at --size %g, smaller than data.width x data.height %d x %d: every frame is "
+                        "enlarged (blurred) for training. Prepare the videos again with --size %d, or train at data.width/"
+                        "height %g.", root, size, cfg.data.width, cfg.data.height, side, size)
+
+
 def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
     """The run's clips by kind for this rank; refuses clips V1/V2 cannot train on (:func:`check_v12_clips`)."""
     entries: list[ClipEntry] = []
@@ -104,6 +123,8 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
     check_clips_present(entries)  # a clip folder gone: named now, not by a DataLoader worker
     check_v12_clips(entries)
     check_window_lengths(cfg, entries)  # a clip shorter than a temporal phase's window, named before anything is built
+    if rank == 0:
+        warn_enlarged(cfg)
     from .split import split_entries
 
     on = cfg.validation.every > 0
