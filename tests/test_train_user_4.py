@@ -256,3 +256,16 @@ def test_a_dataset_prepared_smaller_than_the_training_size_is_said(tmp_path, cap
         if said:
             assert "prepared at --size 64, smaller than data.width x data.height 128 x 128" in msgs[0]
             assert "Prepare the videos again with --size 128" in msgs[0]
+
+
+def test_a_lora_file_under_a_file_is_named_before_anything_is_read(tmp_path, capsys, monkeypatch):
+    import trainer.export as export
+
+    def no(*a, **k):
+        raise Built("the checkpoint was read")
+    monkeypatch.setattr(export, "load_checkpoint_weights", no)
+    ckpt = _fake_checkpoint(tmp_path, True)
+    (tmp_path / "loras").write_text("a file where the user meant a folder")
+    rc, err = _train(["export", ckpt.parent.parent, tmp_path / "loras" / "anna.safetensors"], capsys)
+    assert rc == 2 and f"{tmp_path / 'loras'} is a file, not a folder, so anna.safetensors cannot be written" in err, err
+    assert (tmp_path / "loras").read_text() == "a file where the user meant a folder"
