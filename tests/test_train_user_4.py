@@ -269,3 +269,17 @@ def test_a_lora_file_under_a_file_is_named_before_anything_is_read(tmp_path, cap
     rc, err = _train(["export", ckpt.parent.parent, tmp_path / "loras" / "anna.safetensors"], capsys)
     assert rc == 2 and f"{tmp_path / 'loras'} is a file, not a folder, so anna.safetensors cannot be written" in err, err
     assert (tmp_path / "loras").read_text() == "a file where the user meant a folder"
+
+
+def test_a_manifest_given_as_a_data_root_names_its_folder(tmp_path, capsys, monkeypatch):
+    import trainer.init as init
+
+    def no(*a, **k):
+        raise Built("the networks were built")
+    monkeypatch.setattr(init, "build", no)
+    data = _dataset(tmp_path / "ds", {"talk": 48})
+    run = tmp_path / "run"
+    cfg = _yaml(tmp_path, run, "preset: v1_stage1\nmodel: {init: echomimic, echomimic_path: %s, weights: v1_pose}\n" % tmp_path)
+    rc, err = _train(["fit", "--config", cfg, "--set", f"data.roots=[{data / 'manifest.jsonl'}]"], capsys)
+    assert rc == 2 and f"data.roots lists prepared dataset folders: give {data} (the folder" in err, err
+    assert not run.exists()
