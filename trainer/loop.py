@@ -121,7 +121,7 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
 
     from .data.dataset import build_pools, make_loader
     from .ema import PhaseEMA
-    from .init import build, sd_unet_config
+    from .init import build, echomimic_files, sd_unet_config
     from .losses import load_pose_estimator, training_scheduler
     from .lpips_net import build_lpips, lpips_needed, resolve_backbone
 
@@ -133,6 +133,8 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
     backbone = resolve_backbone(cfg.loss.lpips) if need_lpips else None
     if cfg.model.init == "sd":  # a missing or damaged unet/config.json, said before anything is written or built
         sd_unet_config(cfg.model.sd_path)
+    elif cfg.model.init == "echomimic":  # another weight set's folder (V1 weights for a V2 run), a missing file: the same
+        echomimic_files(cfg)
     acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
                       **accelerator_kwargs(cfg))  # timeout, per-node checkpoints, FSDP (trainer.distributed)
     out = Path(cfg.output_dir)
