@@ -106,7 +106,10 @@ def test_a_second_run_on_the_same_output_dir_is_refused_and_writes_nothing(tmp_p
     import trainer.data.dataset as dataset
     from trainer.run_lock import TrainLock
 
+    import trainer.init as init
+
     monkeypatch.setattr(dataset, "build_pools", lambda *a, **k: {})  # the first run holds the folder from here on
+    monkeypatch.setattr(init, "echomimic_files", lambda cfg: {})  # (no weights in this test: their check passes)
     run = tmp_path / "run"
     run.mkdir()
     log = run / "train_log.jsonl"
@@ -128,6 +131,7 @@ def test_a_finished_or_killed_run_leaves_no_lock_behind(tmp_path, monkeypatch):
     from trainer.run_lock import LOCK_NAME, TrainLock
 
     monkeypatch.setattr(dataset, "build_pools", lambda *a, **k: {})
+    monkeypatch.setattr(init, "echomimic_files", lambda cfg: {})
 
     def fails(*a, **k):
         raise Built("stopped while building")

@@ -133,8 +133,6 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
     backbone = resolve_backbone(cfg.loss.lpips) if need_lpips else None
     if cfg.model.init == "sd":  # a missing or damaged unet/config.json, said before anything is written or built
         sd_unet_config(cfg.model.sd_path)
-    elif cfg.model.init == "echomimic":  # another weight set's folder (V1 weights for a V2 run), a missing file: the same
-        echomimic_files(cfg)
     acc = Accelerator(cpu=_cpu_only(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
                       **accelerator_kwargs(cfg))  # timeout, per-node checkpoints, FSDP (trainer.distributed)
     out = Path(cfg.output_dir)
@@ -154,6 +152,8 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
     if ckpt is None and list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
     pools = build_pools(cfg, rank, world)  # clips V1/V2 cannot train on are refused before anything is written or built
+    if cfg.model.init == "echomimic":  # another weight set's folder (V1 weights for a V2 run), a missing file: named
+        echomimic_files(cfg)  # before the run folder is written
     if is_writer(acc):  # the main process, or each node's first with per-node checkpoints
         out.mkdir(parents=True, exist_ok=True)
         locks.enter_context(TrainLock(out))  # a second run on this folder is refused before it writes anything
