@@ -3,6 +3,7 @@ YAML, a mapping) and every number in the config (finite; the optimizer's within 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from pathlib import Path
 
@@ -89,3 +90,28 @@ def check_numbers(cfg) -> None:
     for name in ("weight_decay", "eps", "max_grad_norm"):
         if getattr(o, name) < 0:
             raise ConfigError(f"optim.{name}: {getattr(o, name)} must not be negative.")
+
+
+def check_counters(cfg) -> None:
+    """The loop's intervals, the data loader's workers, the EMA decay and the LR schedule's name: each is said with its
+    key and a working value before anything is built (they once stopped the run after its first step with a bare
+    ZeroDivisionError, or with torch's / diffusers' ValueError once the networks were built)."""
+    every = (("checkpoint.every", cfg.checkpoint.every, "1000"), ("log.every", cfg.log.every, "10"))
+    for path, value, example in every:
+        if value < 1:
+            raise ConfigError(f"{path}: {value} must be at least 1 (steps between two; e.g. {path}: {example}).")
+    if cfg.validation.every < 0:
+        raise ConfigError(f"validation.every: {cfg.validation.every} must be 0 (no validation video) or a number of steps.")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers: {cfg.data.num_workers} must be 0 (load in the training process) or more.")
+    if cfg.optim.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps: {cfg.optim.warmup_steps} must be 0 (no warm-up) or more.")
+    if cfg.ema.enabled and not 0.0 <= cfg.ema.decay < 1.0:
+        raise ConfigError(f"ema.decay: {cfg.ema.decay} must be in [0, 1) (e.g. 0.9999).")
+    from diffusers.optimization import SchedulerType
+
+    names = [s.value for s in SchedulerType]
+    if cfg.optim.lr_schedule not in names:
+        close = difflib.get_close_matches(str(cfg.optim.lr_schedule), names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"optim.lr_schedule: '{cfg.optim.lr_schedule}' is not a schedule; {hint}choose one of {', '.join(names)}.")

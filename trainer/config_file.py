@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig
-from .config_checks import check_numbers, read_yaml_mapping
+from .config_checks import check_counters, check_numbers, read_yaml_mapping
 from .phases import validate_phases
 from .presets import preset_dict
 
@@ -24,6 +24,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Every check of a resolved config; raises :class:`ConfigError` naming the key."""
     check_numbers(cfg)
     cfg.validate()
+    check_counters(cfg)
     validate_phases(cfg.phases, cfg.data.condition)
     return cfg
 

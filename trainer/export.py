@@ -49,7 +49,8 @@ def load_checkpoint_weights(ckpt: Path, ema: bool = False) -> dict:
     if ema:
         meta = read_meta(ckpt)
         if meta.get("ema_index") is None:
-            raise ValueError(f"{ckpt}: this run did not keep an EMA (ema.enabled: false)")
+            raise ConfigError(f"{ckpt}: --ema exports the EMA weights, but this run did not keep an EMA (ema.enabled: false); "
+                              "export without --ema (the trained weights), or train with ema.enabled: true")
         shadow = torch.load(ckpt / f"custom_checkpoint_{meta['ema_index']}.pkl", map_location="cpu", weights_only=True)["shadow_params"]
         names = meta["param_names"]
         if len(names) != len(shadow):

@@ -81,6 +81,10 @@ def lora_file_target(dest: Path, default_name: str) -> Path:
     (``lora.pt``, which became a folder ``lora.pt/``), is refused before anything is read."""
     dest = Path(dest)
     if dest.suffix.lower() == ".safetensors":
+        blocked = _file_on_the_way(dest.parent)  # (a bare "File exists" once the weights had been read)
+        if blocked is not None:
+            raise ConfigError(f"DEST {dest}: {blocked} is a file, not a folder, so {dest.name} cannot be written inside "
+                              "it; give a path in a folder (or a new folder's name)")
         return dest
     blocked = _file_on_the_way(dest)
     if blocked is not None:

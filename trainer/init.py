@@ -30,7 +30,7 @@ from echomimic_lib.models.unet import ConditionEncoder, EchoUNet
 from echomimic_lib.modes import WEIGHT_SETS
 from echomimic_lib.io.weights import load_strict, read_state_dict
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .net import TrainingNet, enable_gradient_checkpointing
 from .phases import needs_motion
 
@@ -78,8 +78,6 @@ def sd_unet_config(sd_path: str | Path) -> tuple[EchoConfig, Path]:
     is written: :func:`trainer.loop.fit`)."""
     from echomimic_lib.errors import EchoMimicError
     from echomimic_lib.io.json_file import read_json
-
-    from .config import ConfigError
 
     cfg_json, weights = sd_unet_files(sd_path)
     fix = (f"model.sd_path: give the sd-image-variations-diffusers folder as it was downloaded (download "
@@ -136,19 +134,29 @@ def motion_state(cfg: TrainConfig, files: dict | None, echo_cfg: EchoConfig, see
     return {k: v for k, v in den.state_dict().items() if "motion_modules." in k}
 
 
+def echomimic_files(cfg: TrainConfig) -> dict:
+    """The files of ``model.echomimic_path`` the run loads (file tests only): a folder of another weight set (a V2 config
+    given V1 weights, or the reverse) or a missing file is named with where to get it, before the run writes anything."""
+    m = cfg.model
+    motion = needs_motion(cfg.phases)
+    if motion and m.motion_init == "none":
+        raise ConfigError("a temporal phase needs motion modules: set model.motion_init (released / animatediff / random)")
+    need = ("reference", "denoiser", "cond", "vae", "whisper") + (("motion",) if motion and m.motion_init == "released" else ())
+    return resolve_files(m.echomimic_path, m.weights, m.variant, need=need)
+
+
 def build(cfg: TrainConfig) -> Built:
     m = cfg.model
     ws = WEIGHT_SETS[m.weights]
     motion = needs_motion(cfg.phases)
     if motion and m.motion_init == "none":
-        raise ValueError("a temporal phase needs motion modules: set model.motion_init (released / animatediff / random)")
+        raise ConfigError("a temporal phase needs motion modules: set model.motion_init (released / animatediff / random)")
     report: dict = {"init": m.init, "motion_init": m.motion_init if motion else "none"}
     files = None
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         if m.init == "echomimic":
-            need = ("reference", "denoiser", "cond", "vae", "whisper") + (("motion",) if motion and m.motion_init == "released" else ())
-            files = resolve_files(m.echomimic_path, m.weights, m.variant, need=need)
+            files = echomimic_files(cfg)
             echo_cfg = read_config(files)
             fresh_motion = motion and m.motion_init == "random"
             with torch.device("meta"):

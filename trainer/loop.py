@@ -32,6 +32,8 @@ from .checkpoint import (agree_on_resume, checkpoint_dir, intern_state_keys, is_
 from .config import ConfigError, TrainConfig
 from .config_file import dump_config
 from .earlier_run import keep_earlier_run
+from .resume_match import check_resume_matches, say_fresh_resume
+from .run_lock import TrainLock
 from .safe_resume import check_checkpoint, weights_only_loading
 from .distributed import (PhaseModel, ValidationWait, accelerator_kwargs, check_shared_output, is_fsdp, materialize_optimizer_state,
                           place_optimizer_state)
@@ -99,6 +101,14 @@ def _to_device(batch: dict, device) -> dict:
 
 
 def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = None, hooks: dict | None = None) -> dict:
+    """:func:`_fit`, with the output folder's lock (:mod:`trainer.run_lock`) released when it returns or fails."""
+    from contextlib import ExitStack
+
+    with ExitStack() as locks:
+        return _fit(cfg, resume, lpips_fn, stop_after, hooks, locks)
+
+
+def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
     """Train according to ``cfg``. ``resume``: True/"latest" or a checkpoint path. ``lpips_fn`` replaces the
     LPIPS network (any callable (a, b) -> (N,)). ``stop_after``: stop after this many steps of this call
     (tests). ``hooks``: optional callbacks (tests, debugging): ``setup(net, audio_control)``,
@@ -111,7 +121,7 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
 
     from .data.dataset import build_pools, make_loader
     from .ema import PhaseEMA
-    from .init import build, sd_unet_config
+    from .init import build, echomimic_files, sd_unet_config
     from .losses import load_pose_estimator, training_scheduler
     from .lpips_net import build_lpips, lpips_needed, resolve_backbone
 
@@ -131,16 +141,22 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
     vwait = ValidationWait(acc, cfg.distributed.validation_timeout_s)
     ckpt = resolve_resume(resume, out)
     agree_on_resume(acc, ckpt)
+    if main:
+        say_fresh_resume(resume, ckpt, out)
     if ckpt is not None:
         check_checkpoint(ckpt)  # no file of the run folder runs code: refused here, before anything is built
         if read_meta(ckpt).get("family") == "v3":
             raise ConfigError(f"{ckpt}: an EchoMimicV3 LoRA checkpoint; resume it with `echomimic-train v3-fit --resume` "
                               "(fit trains V1/V2)")
+        check_resume_matches(cfg, ckpt, read_meta(ckpt))  # another run's checkpoint: said before config.yaml is replaced
     if ckpt is None and list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
     pools = build_pools(cfg, rank, world)  # clips V1/V2 cannot train on are refused before anything is written or built
+    if cfg.model.init == "echomimic":  # another weight set's folder (V1 weights for a V2 run), a missing file: named
+        echomimic_files(cfg)  # before the run folder is written
     if is_writer(acc):  # the main process, or each node's first with per-node checkpoints
         out.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(TrainLock(out))  # a second run on this folder is refused before it writes anything
         if main and ckpt is None:  # a fresh run: an earlier run's log, videos, config are renamed aside, never overwritten
             keep_earlier_run(out)
         dump_config(cfg, out / "config.yaml")

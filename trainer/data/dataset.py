@@ -73,6 +73,44 @@ def check_v12_clips(entries: list[ClipEntry]) -> None:
                           "MODELS/audio_processor/whisper_tiny.pt for V1/V2 training")
 
 
+def check_window_lengths(cfg: TrainConfig, entries: list[ClipEntry]) -> None:
+    """Every clip a multi-frame phase reads holds that phase's window. A shorter one was read with its last frame
+    repeated to fill the window (a clip of 14 frames in a 24-frame phase: a frozen tail of 10 frames the motion modules
+    learn from), without a word; it is refused here, from the manifests, with the clips and the fixes."""
+    for phase in cfg.phases:
+        if phase.frames <= 1 or phase.steps <= 0:
+            continue
+        kinds = None if "all" in data_kinds(phase.data) else set(data_kinds(phase.data))
+        short = [e for e in entries if e.num_frames < phase.frames and (kinds is None or e.kind in kinds)]
+        if short:
+            shown = ", ".join(f"{e.id} ({e.num_frames} frames)" for e in short[:3]) + (", ..." if len(short) > 3 else "")
+            raise ConfigError(
+                f"phases.{phase.name}: {len(short)} clip(s) are shorter than its {phase.frames}-frame window: {shown} "
+                f"({short[0].path.parent.parent}). Their windows would repeat the last frame (a frozen tail the model "
+                f"learns). Prepare the videos again with --min-seconds {phase.frames / short[0].fps:.2f} or more, remove "
+                f"those lines from manifest.jsonl, or set phases.{phase.name}.frames to at most "
+                f"{min(e.num_frames for e in short)}.")
+
+
+def warn_enlarged(cfg: TrainConfig) -> None:
+    """A dataset prepared smaller (``prepare --size``) than the run trains (``data.width`` x ``data.height``, e.g. the
+    presets' 512 on clips prepared at 256) has every frame enlarged, blurred, and was trained on without a word: said
+    once per folder, with the fix (a dataset prepared at the training size is never enlarged)."""
+    import json
+    from pathlib import Path
+
+    side = max(cfg.data.width, cfg.data.height)
+    for root in list(cfg.data.roots) + list(cfg.data.headshot_roots):
+        try:
+            size = json.loads((Path(root) / "prepare_config.json").read_text()).get("size")
+        except (OSError, ValueError, AttributeError):
+            continue  # (a dataset of an older version, or hand-made: nothing to compare)
+        if isinstance(size, (int, float)) and not isinstance(size, bool) and 0 < size < side:
+            log.warning("%s was prepared at --size %g, smaller than data.width x data.height %d x %d: every frame is "
+                        "enlarged (blurred) for training. Prepare the videos again with --size %d, or train at data.width/"
+                        "height %g.", root, size, cfg.data.width, cfg.data.height, side, size)
+
+
 def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
     """The run's clips by kind for this rank; refuses clips V1/V2 cannot train on (:func:`check_v12_clips`)."""
     entries: list[ClipEntry] = []
@@ -84,6 +122,9 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
         raise FileNotFoundError("data.roots: no prepared clips found (run `echomimic-train prepare` first)")
     check_clips_present(entries)  # a clip folder gone: named now, not by a DataLoader worker
     check_v12_clips(entries)
+    check_window_lengths(cfg, entries)  # a clip shorter than a temporal phase's window, named before anything is built
+    if rank == 0:
+        warn_enlarged(cfg)
     from .split import split_entries
 
     on = cfg.validation.every > 0

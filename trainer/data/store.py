@@ -306,6 +306,11 @@ def read_manifest(root: str | Path) -> list[ClipEntry]:
     root = Path(root)
     path = root / "manifest.jsonl"
     if not path.is_file():
+        if root.is_file() and path.parent.parent.joinpath("manifest.jsonl").is_file():  # the dataset's manifest itself
+            from ..config import ConfigError
+
+            raise ConfigError(f"{root}: a file; data.roots lists prepared dataset folders: give {root.parent} (the folder "
+                              "that holds manifest.jsonl and the clips' shard folders)")
         raise FileNotFoundError(f"{root}: no manifest.jsonl; run `echomimic-train prepare` for this folder first")
     inside, parents = root.resolve(), {}
     out = []

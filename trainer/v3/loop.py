@@ -75,7 +75,15 @@ def _checks(cfg: V3TrainConfig, resume):
 
 
 def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> dict:
-    """Train; ``resume``: True / "latest" or a checkpoint folder; ``stop_after``: stop after this many steps (tests)."""
+    """Train; ``resume``: True / "latest" or a checkpoint folder; ``stop_after``: stop after this many steps (tests).
+    The output folder's lock (:mod:`trainer.run_lock`) is held until it returns or fails."""
+    from contextlib import ExitStack
+
+    with ExitStack() as locks:
+        return _fit_v3(cfg, resume, stop_after, locks)
+
+
+def _fit_v3(cfg: V3TrainConfig, resume, stop_after, locks) -> dict:
     from datetime import timedelta
 
     from accelerate import Accelerator
@@ -91,6 +99,8 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     from ..safe_resume import weights_only_loading
     from ..config_file import write_run_config
     from ..earlier_run import keep_earlier_run
+    from ..resume_match import say_fresh_resume
+    from ..run_lock import TrainLock
     from ..distributed import ValidationWait
     from .encode import EncodedWindows, Encoders, encoder_id, prompt_states
     from .flow import flow_loss, training_sigmas
@@ -103,8 +113,11 @@ def fit_v3(cfg: V3TrainConfig, resume=None, stop_after: int | None = None) -> di
     vwait = ValidationWait(acc, cfg.distributed.validation_timeout_s) if validator is not None else None  # collective
     agree_on_resume(acc, ckpt)
     out = Path(cfg.output_dir)
+    if main:
+        say_fresh_resume(resume, ckpt, out)
     if is_writer(acc):
         out.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(TrainLock(out))  # a second run on this folder is refused before it writes anything
         if main and ckpt is None:  # a fresh run: an earlier run's log, samples, config are renamed aside, never overwritten
             keep_earlier_run(out)
         write_run_config(dataclasses.asdict(cfg), out / "config.yaml")

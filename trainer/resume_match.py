@@ -1,0 +1,68 @@
+"""``fit --resume``: the checkpoint must be of the run this config describes.
+
+A checkpoint records the weight set it trained (``v1_audio`` / ``v1_pose`` / ``v2``) and, for a LoRA run, its adapter
+settings (rank, alpha, targets, networks). A config of another run given with ``--resume`` (another preset, LoRA on or
+off, another rank) was found out only after every network was built, by accelerate's load failing with hundreds of
+tensor names, and by then the run folder's ``config.yaml`` had been replaced by the new config, so the earlier run's
+record was gone. :func:`check_resume_matches` compares the two from ``meta.json`` before anything is written or built.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig
+
+log = logging.getLogger("trainer")
+
+_LORA_KEYS = ("rank", "alpha", "use_rslora", "targets", "networks")
+
+
+def _lora_of(cfg: TrainConfig) -> dict:
+    lc = cfg.lora
+    return {"rank": lc.rank, "alpha": float(lc.alpha), "use_rslora": lc.use_rslora, "targets": list(lc.targets),
+            "networks": list(lc.networks)}
+
+
+def _kind(weights, lora) -> str:
+    return f"{weights} " + (f"LoRA (rank {lora.get('rank')})" if lora else "full fine-tune")
+
+
+def differences(cfg: TrainConfig, meta: dict) -> list[str]:
+    """What ``cfg`` would train differently from the run that wrote ``meta`` (empty: the same run)."""
+    out = []
+    saved_weights, saved_lora = meta.get("weights"), meta.get("lora")
+    if saved_weights is not None and saved_weights != cfg.model.weights:
+        out.append(f"model.weights {saved_weights} (this config: {cfg.model.weights})")
+    if bool(saved_lora) != cfg.lora.enabled:
+        out.append("lora.enabled " + ("true (this config: false)" if saved_lora else "false (this config: true)"))
+    elif saved_lora:
+        mine = _lora_of(cfg)
+        for key in _LORA_KEYS:
+            if key not in saved_lora:
+                continue
+            theirs = float(saved_lora[key]) if key == "alpha" else saved_lora[key]
+            if theirs != mine[key]:
+                out.append(f"lora.{key} {theirs} (this config: {mine[key]})")
+    return out
+
+
+def check_resume_matches(cfg: TrainConfig, ckpt: Path, meta: dict) -> None:
+    diff = differences(cfg, meta)
+    if not diff:
+        return
+    run = Path(ckpt).parent.parent if Path(ckpt).parent.name == "checkpoints" else Path(cfg.output_dir)
+    raise ConfigError(
+        f"{ckpt} is a checkpoint of another run ({_kind(meta.get('weights'), meta.get('lora'))}) than this config's "
+        f"({_kind(cfg.model.weights, _lora_of(cfg) if cfg.lora.enabled else None)}): it was trained with "
+        f"{'; '.join(diff)}. --resume continues a run with its own settings: resume it with the config it was trained "
+        f"with (`echomimic-train fit --config {run / 'config.yaml'} --resume`), or start this config in a new output_dir. "
+        "Nothing was written.")
+
+
+def say_fresh_resume(resume, ckpt, out_dir) -> None:
+    """``--resume`` where the output folder has no checkpoint yet starts a fresh run (a restart script may always pass
+    it); it once did so without a word, so a mistyped output_dir silently trained from step 0. Said, with the folder."""
+    if resume and ckpt is None:
+        log.warning("--resume: %s has no checkpoint yet, so this run starts from step 0 (a fresh run). If you meant to "
+                    "continue an earlier run, stop this one and give that run's output_dir.", Path(out_dir).resolve())
