@@ -22,6 +22,7 @@ workers / GPUs can read disjoint shards.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import zlib
@@ -193,8 +194,8 @@ class ClipReader:
         try:
             self.meta = json.loads((self.dir / CLIP_META).read_text(encoding="utf-8"))
             int(self.meta["num_frames"])
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # (nested past what the parser reads)
-            _damaged_by(self.dir, exc, CLIP_META)
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, OverflowError) as exc:  # (nested past what the
+            _damaged_by(self.dir, exc, CLIP_META)  # parser reads; a number past any float: 1e999 reads as inf)
         try:
             self._offsets = np.load(self.dir / "frames.idx.npy", mmap_mode="r")  # (a header declaring more than the
             if self._offsets.dtype.kind not in "iu" or self._offsets.ndim != 1:  # file holds: refused, not allocated)
@@ -333,7 +334,8 @@ def _manifest_row(path: Path, number: int, line: str) -> dict:
     try:
         d = json.loads(line)
         ok = (isinstance(d, dict) and isinstance(d.get("id"), str) and "path" in d  # (the path: clip_folder's to judge)
-              and all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) for k in ("shard", "num_frames", "fps")))
+              and all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) and math.isfinite(d[k])
+                      for k in ("shard", "num_frames", "fps")))  # (1e999 reads as inf: int() of it would overflow)
     except (ValueError, RecursionError):
         ok = False
     if not ok:
