@@ -1,7 +1,8 @@
 """Exception types. Every message says what is wrong and how to fix it; :func:`as_whole`, the one whole-number
-coercion the input checks share."""
+coercion the input checks share; :func:`printable`, a message made safe for a terminal."""
 import math
 import numbers
+import re
 
 
 class EchoMimicError(ValueError):
@@ -30,6 +31,16 @@ class UnsafeFileError(EchoMimicError):
 
 class CancelledError(Exception):
     """Raised from a progress callback to stop sampling; not a user error."""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text) -> str:
+    """``text`` as a terminal may show it: control characters other than newline and tab (an escape sequence in a
+    server's answer, a file name or a log line: they could clear the screen, retitle the window or hide what
+    precedes them) written as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def as_whole(value) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EchoMimicError
+from ..errors import EchoMimicError, printable
 from . import process_exit
 from .common import HelpFormatter, SubParser, expand_home, setup_logging
 
@@ -91,7 +91,7 @@ def _run(args) -> int:
     try:
         return _call(expand_home(args))
     except EchoMimicError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {printable(exc)}\n")
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (process_exit.Terminated)
         sys.stderr.write(f"{process_exit.interrupt_word(exc)}; nothing half-written was left behind.\n")
@@ -101,7 +101,7 @@ def _run(args) -> int:
             raise  # stdout's reader went away (`| head`): main() ends quietly
         from ..io.os_errors import os_error_text
 
-        sys.stderr.write(f"error: {os_error_text(exc)}\n")
+        sys.stderr.write(f"error: {printable(os_error_text(exc))}\n")
         return 2
     except MemoryError as exc:
         sys.stderr.write(f"error: out of memory ({exc or 'host RAM'}); use a smaller --width/--height, fewer --context-frames, "

@@ -84,7 +84,9 @@ class _Format(logging.Formatter):
         self.verbose = verbose
 
     def format(self, record):
-        text = super().format(record)
+        from ..errors import printable
+
+        text = printable(super().format(record))  # (a file name or a server's words with a terminal escape in them)
         if not self.verbose and record.levelno >= logging.WARNING:
             text = f"{record.levelname.lower()}: {text}"
         return text

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EchoMimicError
+from ..errors import EchoMimicError, printable
 from .queue_plan import DEFAULT_SERVER
 from .queue_replies import QueueInterrupted, job_label
 from .queue_state import default_path
@@ -88,13 +88,14 @@ def _main(client, argv, prog: str, parser_class) -> int:
                                 args.driving, args.prefix, args.videos, state=state, resume=args.resume,
                                 retry_failed=args.retry_failed, retry_attempts=args.attempts, request_timeout=args.timeout)
         except QueueInterrupted as exc:  # (results.jsonl holds the finished jobs)
-            sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
+            sys.stderr.write(f"\nInterrupted. {printable(exc.advice())}\n")
             return 130
         except EchoMimicError as exc:
-            sys.stderr.write(f"error: {exc}\n")
+            sys.stderr.write(f"error: {printable(exc)}\n")
             return 2
-        for r in recs:
-            sys.stdout.write(f"{r['name']}: {r['status']} on {r.get('server')} {r.get('output') or r.get('error', '')}\n")
+        for r in recs:  # (server words made printable: a terminal escape in an answer is shown, never acted on)
+            sys.stdout.write(printable(f"{r['name']}: {r['status']} on {r.get('server')} {r.get('output') or r.get('error', '')}")
+                             + "\n")
         return 1 if any(r["status"] != "ok" for r in recs) else 0
     try:
         results = client.queue_folder(args.workflow, args.portraits, args.audios, servers[0], args.seed, args.driving,
@@ -102,11 +103,11 @@ def _main(client, argv, prog: str, parser_class) -> int:
                                state=args.state, retry_failed=args.retry_failed, attempts=args.attempts)
     except QueueInterrupted as exc:  # Ctrl-C with prompts on the server: which, and how to cancel them
         _print_results(exc.results)
-        sys.stderr.write(f"\nInterrupted. {exc.advice()}\n")
+        sys.stderr.write(f"\nInterrupted. {printable(exc.advice())}\n")
         return 130
     except EchoMimicError as exc:
         _print_results(getattr(exc, "results", []))
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {printable(exc)}\n")
         return 2
     _print_results(results)
     return 1 if any("error" in r for r in results) else 0
@@ -115,4 +116,4 @@ def _main(client, argv, prog: str, parser_class) -> int:
 def _print_results(results: list[dict]) -> None:
     for r in results:
         line = f"{job_label(r)} -> {r['prefix']} [{r.get('prompt_id', 'dry run')}]"
-        sys.stdout.write(" ".join([line, *r.get("files", []), *([r["error"]] if "error" in r else [])]) + "\n")
+        sys.stdout.write(printable(" ".join([line, *r.get("files", []), *([r["error"]] if "error" in r else [])])) + "\n")

@@ -29,6 +29,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from ..errors import printable
 from ..io.json_file import loads_json
 from . import queue_cli, queue_run
 from .queue_deadline import Deadline
@@ -199,7 +200,7 @@ def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None
         raise QueueError(f"{server}/prompt: the answer holds no prompt_id ({str(reply)[:120]}); is this ComfyUI?")
     warning = accepted_with_errors(server, pid, reply)  # queued, but some outputs failed validation: they will not run
     if warning:
-        sys.stderr.write(warning + "\n")
+        sys.stderr.write(printable(warning) + "\n")
     return pid
 
 

@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..errors import EchoMimicError
+from ..errors import EchoMimicError, printable
 from ..io.json_file import loads_json
 
 
@@ -212,7 +212,7 @@ def job_label(result: dict) -> str:
 
 def say_about(job, text: str) -> None:
     """One stderr line about a folder job (``<portrait> x <audio>: text``), e.g. an earlier run's prompt queued again."""
-    sys.stderr.write(f"{job.portrait.name} x {job.audio.name}: {text}\n")
+    sys.stderr.write(printable(f"{job.portrait.name} x {job.audio.name}: {text}") + "\n")
 
 
 def still_open(results: list[dict]) -> list[str]:
