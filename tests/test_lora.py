@@ -336,6 +336,24 @@ def test_loader_node_lists_applies_and_refuses_loras(run, exported, tmp_path, mo
         load(lora="nobody.safetensors")
 
 
+def test_export_format_pth_of_a_lora_run_says_the_adapter_is_a_safetensors_file(run, tmp_path, caplog):
+    """`--format pth` on a LoRA run wrote the adapter as .safetensors without a word (a train-user hunt left it)."""
+    import logging
+
+    from trainer.cli import main
+
+    out = tmp_path / "me.safetensors"
+    with caplog.at_level(logging.WARNING, logger="trainer"):
+        assert main(["export", str(run["out"]), str(out), "--format", "pth"]) == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert out.is_file() and not out.with_suffix(".pth").exists()
+    assert "--format pth" in said and ".safetensors" in said and "--merge" in said, said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trainer"):
+        assert main(["export", str(run["out"]), str(tmp_path / "b.safetensors")]) == 0  # the default: nothing to say
+    assert "--format pth" not in " ".join(r.getMessage() for r in caplog.records)
+
+
 def test_export_format_peft_writes_the_adapter_file_and_peft_folders(run, tmp_path, capsys):
     from peft import PeftModel
     from safetensors.torch import load_file

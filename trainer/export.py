@@ -130,6 +130,10 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     if meta.get("lora") and not merge:
         from .lora import adapter_path, export_adapter, export_peft, peft_dir
 
+        if tuple(formats) == (".pth",):  # (said, not refused: the adapter file is what every reader of it takes)
+            log.warning("--format pth: a LoRA run's adapter is written as one .safetensors file (the form the LoRA node "
+                        "and `echomimic animate --lora` read); .pth is for full-model exports and --merge")
+
         target = adapter_path(ckpt, dest, meta, ema)
         refuse_input_as_output(target, checkpoint_files(ckpt), "DEST")  # not even with --force: the source itself
         refuse_inside_checkpoint(target, "DEST")  # before anything is read: rotation would delete the export
