@@ -79,34 +79,3 @@ def _restore_named_loggers():
         elif name.split(".")[0] in ours or name in ours:
             lg.level, lg.propagate, lg.disabled = logging.NOTSET, True, False
     logging.root.manager._clear_cache()
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# torch's intra-op threads (h-cispeed). The tests run tiny models: every op is microseconds of work, and with 2
-# intra-op threads each one ends at a thread barrier, which stalls whenever the other core is busy (another process on
-# a shared 2-core VM, a test's subprocess). Measured on the shared 2-core machine: tests/test_cancel_2.py's uncompiled
-# V1 LoRA case took 57 s of CPU with 2 threads and 4 s with 1, back to back. The thread count was also process state a
-# test could leave behind (trainer.loop.fit sets cfg.cpu_threads for the process, and the trainer test configs set 1),
-# so which count a test ran with depended on the tests before it. Every test now starts with the same count:
-# ECHOMIMIC_TEST_TORCH_THREADS (default 1), set for the session and given back after each test (tests/test_ci_state.py).
-# Subprocesses keep their own settings (many tests pass OMP_NUM_THREADS=1 already).
-TEST_TORCH_THREADS = int(os.environ.get("ECHOMIMIC_TEST_TORCH_THREADS", "1"))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _session_torch_threads():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(TEST_TORCH_THREADS)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads(_session_torch_threads):
-    import torch
-
-    yield
-    if torch.get_num_threads() != TEST_TORCH_THREADS:
-        torch.set_num_threads(TEST_TORCH_THREADS)
