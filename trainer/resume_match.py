@@ -32,6 +32,8 @@ def differences(cfg: TrainConfig, meta: dict) -> list[str]:
     """What ``cfg`` would train differently from the run that wrote ``meta`` (empty: the same run)."""
     out = []
     saved_weights, saved_lora = meta.get("weights"), meta.get("lora")
+    if saved_lora and not isinstance(saved_lora, dict):
+        raise _Damaged(f"lora {saved_lora!r} is not the adapter's settings")
     if saved_weights is not None and saved_weights != cfg.model.weights:
         out.append(f"model.weights {saved_weights} (this config: {cfg.model.weights})")
     if bool(saved_lora) != cfg.lora.enabled:
@@ -41,14 +43,27 @@ def differences(cfg: TrainConfig, meta: dict) -> list[str]:
         for key in _LORA_KEYS:
             if key not in saved_lora:
                 continue
-            theirs = float(saved_lora[key]) if key == "alpha" else saved_lora[key]
+            theirs = saved_lora[key]
+            if key == "alpha":  # (an edited record: null, a text, a list is the damaged-record error below)
+                if isinstance(theirs, bool) or not isinstance(theirs, (int, float)):
+                    raise _Damaged(f"lora.alpha {theirs!r} is not a number")
+                theirs = float(theirs)
             if theirs != mine[key]:
                 out.append(f"lora.{key} {theirs} (this config: {mine[key]})")
     return out
 
 
+class _Damaged(Exception):
+    """meta.json's run settings are not as fit writes them (an edited or damaged record)."""
+
+
 def check_resume_matches(cfg: TrainConfig, ckpt: Path, meta: dict) -> None:
-    diff = differences(cfg, meta)
+    try:
+        diff = differences(cfg, meta)
+    except _Damaged as exc:  # (was a TypeError / ValueError traceback)
+        raise ConfigError(f"{Path(ckpt) / 'meta.json'}: not a readable checkpoint record ({exc}): the file was edited or "
+                          "damaged. Resume from an earlier checkpoint of this run, or put back the meta.json the run "
+                          "wrote.") from None
     if not diff:
         return
     run = Path(ckpt).parent.parent if Path(ckpt).parent.name == "checkpoints" else Path(cfg.output_dir)
