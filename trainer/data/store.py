@@ -335,7 +335,8 @@ def _manifest_row(path: Path, number: int, line: str) -> dict:
         d = json.loads(line)
         ok = (isinstance(d, dict) and isinstance(d.get("id"), str) and "path" in d  # (the path: clip_folder's to judge)
               and all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) and math.isfinite(d[k])
-                      for k in ("shard", "num_frames", "fps")))  # (1e999 reads as inf: int() of it would overflow)
+                      for k in ("shard", "num_frames", "fps"))  # (1e999 reads as inf: int() of it would overflow)
+              and d["fps"] > 0)  # (0 or less: frames at no rate; the window check divided by it)
     except (ValueError, RecursionError):
         ok = False
     if not ok:
