@@ -53,3 +53,26 @@ def test_a_manifest_row_with_fps_0_is_named_not_a_zero_division(tmp_path):
                        f"model: {{init: echomimic, echomimic_path: {tmp_path}, motion_init: random}}\n")
         with pytest.raises(ConfigError, match="line 1 is not a clip row"):
             check_window_lengths(load_config(cfg), read_manifest(tmp_path))
+
+
+def test_resume_never_lists_a_finished_job_whose_record_cannot_tell_its_inputs(tmp_path, capsys):
+    """`echomimic queue --resume` now lists a job that finished on a server now gone instead of rendering it again,
+    when its record's plan is this job's. A record written before the plan held the inputs' sizes and times (or with no
+    plan) was taken as the same job: a portrait replaced since was never rendered, and the old video was listed as its
+    result (the very case the inputs mark exists to catch). Such a record is rendered again, as before that listing."""
+    from types import SimpleNamespace
+
+    from echomimic_lib.jobs.queue_run import finished_before
+    from echomimic_lib.jobs.queue_state import plan_mark
+
+    portrait, audio = tmp_path / "anna.png", tmp_path / "hello.wav"
+    portrait.write_bytes(b"png")
+    audio.write_bytes(b"wav")
+    job = SimpleNamespace(portrait=portrait, audio=audio, prefix="echomimic/anna__hello", is_video=False)
+    template = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+                "2": {"class_type": "LoadAudio", "inputs": {"audio": "x.wav"}}}
+    plan = plan_mark(template, job)
+    rec = {"prompt_id": "p1", "files": ["echomimic/p1.mp4"]}
+    assert finished_before(job, "http://a", {**rec, "plan": plan}, plan)  # its own full plan: listed
+    assert not finished_before(job, "http://a", {**rec, "plan": plan.split(".")[0]}, plan)  # (no inputs part)
+    assert not finished_before(job, "http://a", rec, plan)  # (no plan at all)

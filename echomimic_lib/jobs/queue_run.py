@@ -136,8 +136,10 @@ def finished_before(job, server: str, rec: dict, plan: str) -> bool:
     unreachable, restarted) and that has not changed since (:func:`.queue_state.same_plan`): listed with its files,
     never rendered again, said in a line naming that server. Finished means the state holds its files: files deleted
     since, on that server, are not seen (it may be gone); a run without --resume renders every job again. Also for
-    several servers (:mod:`.batch.comfy_servers`)."""
-    if "files" not in rec or not same_plan(rec, plan):
+    several servers (:mod:`.batch.comfy_servers`). Only a record whose plan holds its inputs' mark (this version's) is
+    listed: one with no plan, or one written before the plan held the inputs, cannot tell an input replaced since, and
+    its job is rendered again (never an old video listed for a new input)."""
+    if "files" not in rec or not (isinstance(rec.get("plan"), str) and "." in rec["plan"] and same_plan(rec, plan)):
         return False
     say_about(job, f"its prompt {rec['prompt_id']} finished on {server} (its files are there); not rendered again (a "
                    "run without --resume renders every job again).")
