@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -60,8 +61,6 @@ def test_resume_never_lists_a_finished_job_whose_record_cannot_tell_its_inputs(t
     when its record's plan is this job's. A record written before the plan held the inputs' sizes and times (or with no
     plan) was taken as the same job: a portrait replaced since was never rendered, and the old video was listed as its
     result (the very case the inputs mark exists to catch). Such a record is rendered again, as before that listing."""
-    from types import SimpleNamespace
-
     from echomimic_lib.jobs.queue_run import finished_before
     from echomimic_lib.jobs.queue_state import plan_mark
 
@@ -76,3 +75,24 @@ def test_resume_never_lists_a_finished_job_whose_record_cannot_tell_its_inputs(t
     assert finished_before(job, "http://a", {**rec, "plan": plan}, plan)  # its own full plan: listed
     assert not finished_before(job, "http://a", {**rec, "plan": plan.split(".")[0]}, plan)  # (no inputs part)
     assert not finished_before(job, "http://a", rec, plan)  # (no plan at all)
+
+
+@pytest.mark.parametrize("strength", [None, [1.0], "strong", True, 10**400], ids=["none", "list", "text", "bool", "huge-int"])
+def test_a_linked_lora_strength_that_is_no_number_is_a_clear_error(strength, monkeypatch):
+    """The LoRA nodes' new range check (d015ee2) took a linked strength through float(): a value of another output
+    through a switch / reroute node (a list, a text, nothing) or a huge whole number from a math node escaped as
+    float()'s TypeError / ValueError / OverflowError, and a BOOLEAN passed as strength 1 without a word."""
+    from tests._pack import sub
+    from tests.test_comfy_user_4 import _reached
+
+    EchoMimicError = sub("echomimic_lib.errors").EchoMimicError  # (the pack's own copy)
+    paths = sub("nodes.paths")
+    monkeypatch.setattr(paths, "resolve_lora", _reached)
+    monkeypatch.setattr(paths, "resolve_comfy_lora", _reached)
+    handle = SimpleNamespace(weights="v1_audio", variant="normal", patchers={})
+    runs = [lambda: sub("nodes.lora").EchoMimicLora().execute(handle, "a.safetensors", strength),
+            lambda: sub("nodes.v3_lora").EchoMimicV3Lora().execute(SimpleNamespace(), "w.safetensors", strength),
+            lambda: sub("nodes.loader").load("V1 audio", "normal", lora="a.safetensors", lora_strength=strength)]
+    for run in runs:
+        with pytest.raises(EchoMimicError, match="strength must be a finite number, got"):
+            run()

@@ -267,7 +267,17 @@ def check_version(adapter: LoraAdapter, weights: str, variant: str | None = None
 
 
 def check_strength(strength) -> float:
-    strength = float(strength)
+    """A LoRA strength as a float; anything that is not a finite number (a linked value of another output through a
+    switch node: a list, a text, a true/false; a whole number past any float) is an :class:`EchoMimicError`."""
+    try:
+        if isinstance(strength, bool):
+            raise TypeError("a true/false")
+        strength = float(strength)
+    except (TypeError, ValueError, OverflowError):  # (float()'s own errors named nothing)
+        shown = (repr(strength[:40]) if isinstance(strength, str) else
+                 {type(None): "nothing (null)", bool: f"{strength} (a true/false)", int: "a whole number past any float"}
+                 .get(type(strength), f"a {type(strength).__name__}"))
+        raise EchoMimicError(f"LoRA strength must be a finite number, got {shown}.") from None
     if not math.isfinite(strength):
         raise EchoMimicError(f"LoRA strength must be a finite number, got {strength}.")
     return strength
