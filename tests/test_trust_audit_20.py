@@ -96,3 +96,25 @@ def test_a_linked_lora_strength_that_is_no_number_is_a_clear_error(strength, mon
     for run in runs:
         with pytest.raises(EchoMimicError, match="strength must be a finite number, got"):
             run()
+
+
+def test_a_shared_datasets_prepare_config_that_is_deep_or_a_pipe_neither_crashes_nor_hangs_the_run(tmp_path):
+    """The new enlarged-frames warning read each data root's prepare_config.json with read_text + json.loads: a file
+    nested past the parser's depth ended the run in a RecursionError traceback, and a named pipe in its place (a
+    hostile or odd shared dataset) hung the run forever before anything was built. Such a file is skipped (nothing to
+    compare), as a missing or unreadable one is."""
+    import os
+
+    from trainer.config_file import load_config
+    from trainer.data.dataset import warn_enlarged
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"preset: v1_stage1\noutput_dir: {tmp_path}/run\ndata: {{roots: [{tmp_path}]}}\n"
+                   f"model: {{init: echomimic, echomimic_path: {tmp_path}}}\n")
+    config = load_config(cfg)
+    (tmp_path / "prepare_config.json").write_text("[" * 200_000)
+    warn_enlarged(config)
+    (tmp_path / "prepare_config.json").unlink()
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "prepare_config.json")  # (nobody writes it: a read would wait forever)
+        warn_enlarged(config)

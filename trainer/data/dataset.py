@@ -96,14 +96,18 @@ def warn_enlarged(cfg: TrainConfig) -> None:
     """A dataset prepared smaller (``prepare --size``) than the run trains (``data.width`` x ``data.height``, e.g. the
     presets' 512 on clips prepared at 256) has every frame enlarged, blurred, and was trained on without a word: said
     once per folder, with the fix (a dataset prepared at the training size is never enlarged)."""
-    import json
     from pathlib import Path
+
+    from echomimic_lib.io.json_file import read_json
+
+    class _Skip(Exception):
+        pass
 
     side = max(cfg.data.width, cfg.data.height)
     for root in list(cfg.data.roots) + list(cfg.data.headshot_roots):
-        try:
-            size = json.loads((Path(root) / "prepare_config.json").read_text()).get("size")
-        except (OSError, ValueError, AttributeError):
+        try:  # (a file, read once: never a pipe waited on, nor a file nested past the parser's depth a traceback)
+            size = read_json(Path(root) / "prepare_config.json", error=_Skip, max_bytes=1 << 20, expect=dict).get("size")
+        except _Skip:
             continue  # (a dataset of an older version, or hand-made: nothing to compare)
         if isinstance(size, (int, float)) and not isinstance(size, bool) and 0 < size < side:
             log.warning("%s was prepared at --size %g, smaller than data.width x data.height %d x %d: every frame is "
