@@ -118,3 +118,21 @@ def test_a_shared_datasets_prepare_config_that_is_deep_or_a_pipe_neither_crashes
     if hasattr(os, "mkfifo"):
         os.mkfifo(tmp_path / "prepare_config.json")  # (nobody writes it: a read would wait forever)
         warn_enlarged(config)
+
+
+@pytest.mark.parametrize("name", ["a.MOV", "a.Mp4", "a.M4V"])
+def test_a_batch_never_deletes_the_partial_of_a_live_render_to_the_same_name_in_capitals(name, tmp_path):
+    """Audit 19's fix: the batch takes the claims of its row's name with each video extension before deleting
+    `.a.<random>.partial.mp4` files. `echomimic animate -o out/a.MOV` (accepted: the extension's case is not looked at)
+    writes the same partial names, but claims `.a.MOV.lock`, which the batch's `.a.mov.lock` is not: the batch of row `a`
+    deleted that live render's file."""
+    from echomimic_lib.jobs.batch.results import remove_partials
+    from echomimic_lib.jobs.output_file import OutputClaim
+
+    live = tmp_path / ".a.x1y2z3.partial.mp4"
+    live.write_bytes(b"frames of a render in flight")
+    with OutputClaim(tmp_path / name):  # (another process's claim: flock refuses a second open file of this process too)
+        assert remove_partials(SimpleNamespace(output=tmp_path / "a.mp4")) == 0
+        assert live.exists()
+    assert remove_partials(SimpleNamespace(output=tmp_path / "a.mp4")) == 1 and not live.exists()
+    assert not list(tmp_path.glob(".*.lock"))

@@ -46,6 +46,15 @@ def check_output(path, inputs: dict | None = None) -> Path:
                              needs="the output is an H.264 mp4 video; give it the .mp4 extension")
 
 
+def claim_file(output: Path) -> Path:
+    """The lock file of ``output``'s claim, ``.<name>.lock`` beside it, its extension in lower case: ``a.MOV`` writes
+    the same partial files as ``a.mov`` (``.a.<random>.partial.mp4``), so both claim one lock (a batch clearing a
+    killed render's partials of row ``a`` sees a live render to either)."""
+    from ..io.file_safety import temp_prefix
+
+    return output.parent / f"{temp_prefix(output.stem + output.suffix.lower())}lock"
+
+
 class OutputClaim(RunLock):
     """``with OutputClaim(output):`` one render per output file, held from the end of the checks to the end of the
     render (also on an error or Ctrl-C): the OS lock of :class:`.run_lock.RunLock` on ``.<name>.lock`` beside the file
@@ -60,12 +69,12 @@ class OutputClaim(RunLock):
                 "only one.")
 
     def __init__(self, output):
-        from ..io.file_safety import regular_target, temp_prefix
+        from ..io.file_safety import regular_target
         from ..io.video_writer import check_output_path
 
         self.output = regular_target(check_output_path(output, "-o"))
         self._made: list = []
-        super().__init__(self.output.parent / f"{temp_prefix(self.output.name)}lock")
+        super().__init__(claim_file(self.output))
 
     def refusal(self, held_by: str) -> str:
         return (f"-o {self.output}: another render is writing this file {held_by}. Two renders of one output would "
@@ -111,7 +120,7 @@ class ResultClaim(OutputClaim):
     unlocked = "two runs writing this output at once would replace each other's files: start only one."
 
     def __init__(self, output, flag: str = "-o", folder: bool = False):
-        from ..io.file_safety import regular_target, temp_prefix
+        from ..io.file_safety import regular_target
         from ..io.video_writer import check_output_path
 
         self.flag = flag
@@ -120,7 +129,7 @@ class ResultClaim(OutputClaim):
         else:
             self.output = regular_target(check_output_path(output, flag))
         self._made = []
-        RunLock.__init__(self, self.output.parent / f"{temp_prefix(self.output.name)}lock")
+        RunLock.__init__(self, claim_file(self.output))
 
     def refusal(self, held_by: str) -> str:
         return (f"{self.flag} {self.output}: another run is writing this output {held_by}. Two runs of one output would "
