@@ -136,3 +136,20 @@ def test_a_batch_never_deletes_the_partial_of_a_live_render_to_the_same_name_in_
         assert live.exists()
     assert remove_partials(SimpleNamespace(output=tmp_path / "a.mp4")) == 1 and not live.exists()
     assert not list(tmp_path.glob(".*.lock"))
+
+
+def test_a_landmark_file_whose_image_size_is_past_any_float_is_a_clear_error(tmp_path):
+    """Audit 19 named 1e999 in a pose file's meta (int() of JSON's infinity: OverflowError); a landmark file's meta has
+    the same kind of field (image_size) and its reader's except lists did not name OverflowError: `echomimic animate
+    --landmarks FILE` and the nodes that read a landmark file ended in a traceback."""
+    import numpy as np
+
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.landmarks.io import FORMAT, load_driver_sequence, load_sequence
+
+    meta = json.dumps({"format": FORMAT, "image_size": [512, 512]}).replace("[512,", "[1e999,")
+    np.savez(tmp_path / "x.npz", meta=np.array(meta), lmks=np.zeros((2, 478, 2), np.float32))
+    with pytest.raises(EchoMimicError, match="not a landmark file written by this package"):
+        load_sequence(tmp_path / "x.npz")
+    with pytest.raises(EchoMimicError, match="--landmarks"):
+        load_driver_sequence(tmp_path / "x.npz")

@@ -141,7 +141,7 @@ def load_sequence(path: str | Path) -> LandmarkSequence:
                                 stabilized=saved_stabilized(meta.get("stabilized"), path), **arrays)
     except EchoMimicError:
         raise
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # (Overflow: an image_size of 1e999 as int)
         raise EchoMimicError(f"{path}: not a landmark file written by this package ({exc}); extract the landmarks again "
                              "with `echomimic landmarks VIDEO -o FILE.npz`.") from None
 
