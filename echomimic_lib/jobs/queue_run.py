@@ -113,8 +113,8 @@ def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, r
             say_about(job, f"its prompt {rec['prompt_id']} went to {url}, which is not among --server now; queued "
                            f"again on {server}.")
         return (rec if failure is not None else None), failure, retry
-    if rec.get("fingerprint") != mark:
-        return None, None, 0
+    if rec.get("fingerprint") != mark or not same_plan(rec, plan):  # (an input replaced under its name: the server
+        return None, None, 0                                            # may give it its old name back)
     retry = retry_failed and retry_attempt(client, job, server, rec, attempts,
                                            lambda: client._history(server, rec["prompt_id"], timeout))
     if retry:

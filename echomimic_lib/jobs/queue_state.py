@@ -204,7 +204,8 @@ class QueueState:
         same prompt says (1 when there is none). Returns the attempts recorded."""
         old = (self.find(prefix) or (None, {}))[1]
         if attempts is None:
-            attempts = old.get("attempts", 1) if old.get("fingerprint") == print_ else 1
+            same = old.get("fingerprint") == print_ and (plan is None or same_plan(old, plan))
+            attempts = old.get("attempts", 1) if same else 1
         rec = {"prompt_id": prompt_id, "fingerprint": print_, "attempts": attempts if isinstance(attempts, int) else 1}
         if plan is not None:
             rec["plan"] = plan

@@ -1,0 +1,48 @@
+"""``echomimic queue``, round 7: on a live server, ``--resume`` sees an input replaced under its name (the plan's
+inputs mark, not only the upload name the server chose); ``--resume`` with one unreachable server lists the finished
+jobs from the state and names the server and the jobs left; and what a daily batch queuer runs into."""
+from __future__ import annotations
+
+import pytest
+
+from tests.test_batch_hunt_5 import WORKFLOW, _comfy_handler, _queue, media  # noqa: F401  (fixtures)
+from tests.test_queue_state_5 import _saved, no_wait, servers  # noqa: F401  (fixtures)
+from tests.test_queue_state_6 import _replace
+
+
+# ------------------------------------------------------------------------------- 1. an input replaced, same server
+@pytest.mark.parametrize("same_size", [False, True])
+def test_resume_on_the_same_live_server_renders_again_only_the_job_whose_input_was_replaced(servers, media, capsys,
+                                                                                           no_wait, same_size):
+    """The server gives the replaced file its old name back (an upload that overwrites, an input folder cleaned since):
+    the prompt is the same text, but the job is not the same; before, its old video was listed."""
+    url, state, _ = servers()
+    assert _queue(url, media, "--wait") == 0
+    _replace(media[0] / "anna.png", b"another picture of anna", same_size)
+    capsys.readouterr()
+    assert _queue(url, media, "--resume") == 0
+    out = capsys.readouterr().out
+    assert state["prompts"] == ["p1", "p2", "p3"]  # anna's job only (bob's is unchanged: listed, not rendered)
+    assert "anna.png x hello.wav -> echomimic/anna__hello [p3] echomimic/p3.mp4" in out, out
+    assert "bob.png x hello.wav -> echomimic/bob__hello [p2] echomimic/p2.mp4" in out, out
+    rec = _saved(media[0] / ".echomimic_queue.json")["servers"][url]["echomimic/anna__hello"]
+    assert rec["prompt_id"] == "p3" and rec["attempts"] == 1
+    assert _queue(url, media, "--resume") == 0  # and once rendered, it is finished
+    assert state["prompts"] == ["p1", "p2", "p3"]
+
+
+def test_resume_over_several_live_servers_renders_again_only_the_job_whose_input_was_replaced(servers, media, tmp_path,
+                                                                                             capsys, no_wait):
+    from tests.test_queue_state_5 import _records
+
+    a_url, a_state, _ = servers()
+    b_url, b_state, _ = servers()
+    results = ["--results", str(tmp_path / "r")]
+    assert _queue(a_url, media, "--server", b_url, *results) == 0
+    done = a_state["prompts"] + b_state["prompts"]
+    _replace(media[0] / "anna.png", b"another picture of anna")
+    assert _queue(a_url, media, "--server", b_url, *results, "--resume") == 0
+    assert len(a_state["prompts"] + b_state["prompts"]) == len(done) + 1  # anna's job only (before: none)
+    recs = {r["name"]: r for r in _records(tmp_path / "r")}
+    assert recs["echomimic__anna__hello"]["status"] == "ok" and not recs["echomimic__anna__hello"].get("resumed")
+    assert recs["echomimic__bob__hello"]["status"] == "ok" and recs["echomimic__bob__hello"].get("resumed")
