@@ -46,3 +46,32 @@ def test_resume_over_several_live_servers_renders_again_only_the_job_whose_input
     recs = {r["name"]: r for r in _records(tmp_path / "r")}
     assert recs["echomimic__anna__hello"]["status"] == "ok" and not recs["echomimic__anna__hello"].get("resumed")
     assert recs["echomimic__bob__hello"]["status"] == "ok" and recs["echomimic__bob__hello"].get("resumed")
+
+
+# ------------------------------------------------------------------------------- 2. --resume, the one server unreachable
+def test_resume_with_the_one_server_unreachable_lists_the_finished_jobs_and_names_those_left(servers, media, capsys,
+                                                                                           no_wait):
+    url, state, stop = servers({"p2": "error"})
+    assert _queue(url, media, "--wait") == 1  # anna's job finished (p1), bob's failed (p2)
+    (media[0] / "carl.png").write_bytes(b"img-carl")  # a portrait added since
+    before = _saved(media[0] / ".echomimic_queue.json")["servers"]
+    stop()
+    capsys.readouterr()
+    assert _queue(url, media, "--resume") == 2
+    out, err = capsys.readouterr()
+    assert "anna.png x hello.wav -> echomimic/anna__hello [p1] echomimic/p1.mp4" in out, (out, err)  # (before: nothing)
+    assert "bob.png x hello.wav -> echomimic/bob__hello [p2]" in out and "CUDA out of memory" in out, out
+    assert "carl" not in out
+    assert f"cannot reach ComfyUI at {url}" in err and "is it running" in err, err
+    assert "1 of 3 job(s) finished" in err and "1 failed" in err, err
+    assert "not queued: carl.png x hello.wav" in err and "--resume" in err.splitlines()[-1], err
+    assert "Traceback" not in err
+    assert _saved(media[0] / ".echomimic_queue.json")["servers"] == before  # nothing lost
+
+
+def test_resume_with_the_one_server_unreachable_and_nothing_finished_is_the_one_line_as_before(servers, media, capsys):
+    url, _, stop = servers()
+    stop()
+    assert _queue(url, media, "--resume") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and f"cannot reach ComfyUI at {url}" in err, err

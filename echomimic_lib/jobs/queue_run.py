@@ -80,9 +80,15 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                 book.failed(server, result["prefix"], result["prompt_id"],
                             str(exc).removeprefix(f"prompt {result['prompt_id']} failed: "))
     except QueueError as exc:  # prompts already queued run on: say which, and which jobs never were
-        if dry_run or not results:
+        if dry_run:
             raise
-        raise QueueStopped(exc, results, [f"{j.portrait.name} x {j.audio.name}" for j in jobs[len(results):]], server,
+        done, left = (_known_outcomes(book, server, template, jobs[len(results):], seed, driving)
+                      if resume and getattr(exc, "no_answer", False) else ([], jobs[len(results):]))
+        if not results and done:
+            raise _unreachable(exc, server, done, left, len(jobs)) from None
+        if not results:
+            raise
+        raise QueueStopped(exc, results + done, [f"{j.portrait.name} x {j.audio.name}" for j in left], server,
                            book.ok) from None
     except KeyboardInterrupt:
         if dry_run or not (results or sending):
@@ -92,6 +98,41 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
         if book is not None:
             book.release()
     return results
+
+
+def _known_outcomes(book: QueueState, server: str, template: dict, jobs: list, seed, driving) -> tuple[list, list]:
+    """--resume while ``server`` cannot be asked (unreachable, no answer): (results, jobs left) -- the results of the
+    ``jobs`` whose unchanged prompt the state says finished (its files) or failed, as :func:`queue_folder` lists them,
+    and the other jobs."""
+    done, left = [], []
+    for job in jobs:
+        found = book.find(job.prefix, [server])
+        rec = found[1] if found is not None else {}
+        if ("files" in rec or rec.get("failed")) and same_plan(rec, plan_mark(template, job, seed, driving)):
+            result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix,
+                      "prompt_id": rec["prompt_id"], "resumed": True}
+            result.update({"files": rec["files"]} if "files" in rec else {"error": failed_text(found[0], rec)})
+            done.append(result)
+        else:
+            left.append(job)
+    return done, left
+
+
+def _unreachable(cause: QueueError, server: str, done: list[dict], left: list, total: int) -> QueueError:
+    """The error of a ``--resume`` whose server cannot be asked before this run queued anything, ``done`` (the jobs
+    the state says finished or failed, listed) returned with it as its ``results``."""
+    failed = sum("error" in r for r in done)
+    text = (f"{cause}\n--resume: {len(done) - failed} of {total} job(s) finished in an earlier run"
+            + (f" and {failed} failed" if failed else "") + " (listed above" + (f", their files on {server})" if failed <
+                                                                                 len(done) else ")"))
+    if left:
+        names = [f"{j.portrait.name} x {j.audio.name}" for j in left]
+        text += f"; {len(left)} not queued: " + ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10
+                                                                          else "")
+    err = QueueError(text + f".\nRun the same command with --resume once {server} answers"
+                     + (" to queue the jobs left." if left else "; nothing is left to queue."))
+    err.results = done
+    return err
 
 
 def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, retry_failed: bool, attempts: int,
