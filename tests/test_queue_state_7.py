@@ -75,3 +75,58 @@ def test_resume_with_the_one_server_unreachable_and_nothing_finished_is_the_one_
     assert _queue(url, media, "--resume") == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and f"cannot reach ComfyUI at {url}" in err, err
+
+
+# ------------------------------------------------------------------------------- 3. a workflow that cannot run
+def _counting(state: dict):
+    """The stand-in ComfyUI, counting the uploads it takes."""
+    base = _comfy_handler(state)
+
+    class Counting(base):
+        def do_POST(self):
+            if self.path == "/upload/image":
+                state["uploads"] = state.get("uploads", 0) + 1
+            return super().do_POST()
+
+    return Counting
+
+
+def _edited(tmp_path, edit) -> str:
+    import json
+
+    flow = json.loads(WORKFLOW.read_text(encoding="utf-8"))
+    edit(flow)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(flow), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_a_link_to_a_node_id_no_longer_in_the_workflow_is_refused_before_any_upload(servers, media, tmp_path, capsys,
+                                                                                    several):
+    from echomimic_lib.jobs.queue_client import main as queue_main
+
+    def dangle(flow):
+        del flow["4"]  # EchoMimicReferencePrep, still linked from the sampler's reference and mask
+    url, state, _ = servers(handler=_counting)
+    extra = ["--server", servers(handler=_counting)[0], "--results", str(tmp_path / "r")] if several else ["--wait"]
+    code = queue_main([_edited(tmp_path, dangle), "--portraits", str(media[0]), "--audios", str(media[1]), "--server",
+                       url, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and state.get("uploads", 0) == 0 and state["prompts"] == [], (code, err, state)
+    assert "node 6 (EchoMimicSampler)" in err and "'reference'" in err and "node 4" in err, err
+    assert "Export (API)" in err, err
+
+
+def test_a_workflow_with_no_load_image_node_is_refused_before_any_upload(servers, media, tmp_path, capsys):
+    from echomimic_lib.jobs.queue_client import main as queue_main
+
+    def no_image(flow):
+        del flow["1"]
+        flow["4"]["inputs"]["image"] = "anna.png"  # (no link left to it)
+    url, state, _ = servers(handler=_counting)
+    code = queue_main([_edited(tmp_path, no_image), "--portraits", str(media[0]), "--audios", str(media[1]), "--server",
+                       url, "--wait"])
+    err = capsys.readouterr().err
+    assert code == 2 and state.get("uploads", 0) == 0, (code, err, state)  # (before: both files uploaded first)
+    assert "no LoadImage node" in err, err

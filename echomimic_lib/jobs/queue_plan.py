@@ -124,4 +124,16 @@ def load_workflow(workflow) -> dict:
         raise QueueError(f"{workflow}: node {bad[0]} ({template[bad[0]]['class_type']}) has no 'inputs' object, which every "
                          "node of an API-format workflow has; export the workflow again with ComfyUI's 'Export (API)' (or "
                          "use workflows/api/*.json).")
+    for node_id, node in template.items():  # (ComfyUI refuses it only after every upload, with a KeyError's text)
+        for key, value in node["inputs"].items():
+            if _is_link(value) and value[0] not in template:
+                raise QueueError(f"{workflow}: node {node_id} ({node['class_type']}) input '{key}' is linked to node "
+                                 f"{value[0]}, which is not in the workflow (a node deleted or replaced since); connect "
+                                 "that input again in ComfyUI and save the workflow with 'Export (API)'.")
     return template
+
+
+def _is_link(value) -> bool:
+    """Whether an API-format input is a link to another node's output (``["4", 0]``)."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+            and not isinstance(value[1], bool))

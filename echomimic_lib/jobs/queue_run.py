@@ -30,7 +30,9 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
     server = client.check_server(server)
     template = load_workflow(workflow)
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
-    client_id, wait, marks, plans, sending = uuid.uuid4().hex, wait or resume, {}, {}, None
+    client_id, wait, marks, sending = uuid.uuid4().hex, wait or resume, {}, None
+    # every job's prompt with the local names: a workflow that cannot take them is refused before any upload
+    plans = {} if dry_run else {j.prefix: plan_mark(template, j, seed, driving) for j in jobs}
     book = None if dry_run else QueueState(state if state is not None else default_path(portraits, videos))
     if book is not None:
         book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs)
@@ -50,7 +52,7 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
             if not dry_run:
                 marks[job.prefix] = mark = fingerprint(prompt)
-                plans[job.prefix] = plan = plan_mark(template, job, seed, driving)
+                plan = plans[job.prefix]
                 kept, failure, retry = (_resumed(client, book, server, job, mark, plan, retry_failed, attempts, timeout)
                                         if resume else (None, None, 0))
                 if kept is not None:  # its earlier prompt: waited for, listed, or (it failed before) reported
