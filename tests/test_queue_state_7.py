@@ -130,3 +130,68 @@ def test_a_workflow_with_no_load_image_node_is_refused_before_any_upload(servers
     err = capsys.readouterr().err
     assert code == 2 and state.get("uploads", 0) == 0, (code, err, state)  # (before: both files uploaded first)
     assert "no LoadImage node" in err, err
+
+
+# ------------------------------------------------------------------------------- 4. many jobs
+def test_the_state_is_written_one_job_a_line_by_json_s_c_encoder(servers, media, monkeypatch):
+    """The state file is rewritten after each prompt: with thousands of jobs, Python's own encoder (``indent``) took
+    most of a run's time (800 jobs: 84 of 132 s in json's _iterencode_dict); one job a line keeps it readable."""
+    import json
+
+    url, state, _ = servers()
+
+    def slow(*args, **kwargs):
+        raise AssertionError("the state was encoded with json's pure-Python encoder")
+    monkeypatch.setattr(json.encoder, "_make_iterencode", slow)
+    assert _queue(url, media, "--wait") == 0
+    text = (media[0] / ".echomimic_queue.json").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if '"prompt_id"' in line]
+    assert len(lines) == 2 and all(line.strip().startswith('"echomimic/') for line in lines), text
+    assert json.loads(text)["servers"][url]["echomimic/anna__hello"]["files"] == ["echomimic/p1.mp4"]
+
+
+def test_a_second_run_on_the_same_jobs_is_refused_naming_the_first_also_with_many_jobs(tmp_path):
+    """The check of another live run's jobs takes one pass (it was one set of the other run's jobs per job of this
+    run: 30 000 jobs each, about 10^9 steps)."""
+    from echomimic_lib.jobs.queue_state import QueueState, StateInUse
+
+    prefixes = [f"echomimic/p{i}__a" for i in range(3000)]
+    first = QueueState(tmp_path / "state.json")
+    first.claim(prefixes)
+    built = []
+
+    class Counting(set):
+        def __init__(self, *a):
+            built.append(1)
+            super().__init__(*a)
+    import builtins
+    real = builtins.set
+    builtins.set = Counting
+    try:
+        with pytest.raises(StateInUse, match="3000 of the same job"):
+            QueueState(tmp_path / "state.json").claim(prefixes)
+    finally:
+        builtins.set = real
+    first.release()
+    assert len(built) < 10, len(built)  # (before: one per job, 3002)
+
+
+def test_the_state_is_parsed_again_only_when_another_run_wrote_it(servers, media, monkeypatch):
+    """Each prompt rewrites the state: it was parsed again each time too (10 000 jobs: 0.17 s a write), also when no
+    other run had touched it; a record another run writes meanwhile is still kept."""
+    from echomimic_lib.jobs import queue_state
+
+    reads, real = [], queue_state.read_state
+    monkeypatch.setattr(queue_state, "read_state", lambda path: reads.append(path) or real(path))
+    url, _, _ = servers()
+    assert _queue(url, media, "--wait") == 0
+    assert len(reads) <= 2, len(reads)  # (the run's first look and its claim; before: 8, one per write)
+    path = media[0] / ".echomimic_queue.json"
+    book = queue_state.QueueState(path)
+    book.record(url, "echomimic/anna__hello", "f", "p9")
+    other = queue_state.QueueState(path)  # another run, writing between two of this one's writes
+    other.record(url, "echomimic/carl__hello", "f", "p7")
+    book.record(url, "echomimic/bob__hello", "f", "p8")
+    saved = _saved(path)["servers"][url]
+    assert {k: v["prompt_id"] for k, v in saved.items()} == {"echomimic/anna__hello": "p9", "echomimic/bob__hello": "p8",
+                                                             "echomimic/carl__hello": "p7"}
