@@ -195,3 +195,25 @@ def test_the_state_is_parsed_again_only_when_another_run_wrote_it(servers, media
     saved = _saved(path)["servers"][url]
     assert {k: v["prompt_id"] for k, v in saved.items()} == {"echomimic/anna__hello": "p9", "echomimic/bob__hello": "p8",
                                                              "echomimic/carl__hello": "p7"}
+
+
+# ------------------------------------------------------------------------------- 5. an output prefix ComfyUI refuses
+@pytest.mark.parametrize("prefix", ["../renders", "/srv/renders", "", "day1/../..", "day1/./x", "C:/renders", "\\\\nas\\x"])
+@pytest.mark.parametrize("several", [False, True])
+def test_a_prefix_outside_comfyui_s_output_folder_is_refused_before_any_upload(servers, media, tmp_path, capsys, prefix,
+                                                                               several):
+    """ComfyUI refuses to save outside its output folder only when the video is rendered (each job's GPU time lost);
+    an empty --prefix made every job's prefix absolute (/anna__hello)."""
+    url, state, _ = servers(handler=_counting)
+    extra = ["--server", servers(handler=_counting)[0], "--results", str(tmp_path / "r")] if several else ["--wait"]
+    assert _queue(url, media, "--prefix", prefix, *extra) == 2
+    err = capsys.readouterr().err
+    assert state.get("uploads", 0) == 0 and state["prompts"] == [], state
+    assert f"--prefix {prefix!r}" in err and "output folder" in err and "echomimic" in err, err
+
+
+def test_a_nested_prefix_is_kept(servers, media, capsys):
+    url, state, _ = servers()
+    assert _queue(url, media, "--prefix", "clients/day 1", "--dry-run") == 0
+    assert "-> clients/day 1/anna__hello [dry run]" in capsys.readouterr().out
+    assert _queue(url, media, "--prefix", "clients/", "--dry-run") == 0  # (a trailing slash: ComfyUI takes it)
