@@ -217,3 +217,30 @@ def test_a_nested_prefix_is_kept(servers, media, capsys):
     assert _queue(url, media, "--prefix", "clients/day 1", "--dry-run") == 0
     assert "-> clients/day 1/anna__hello [dry run]" in capsys.readouterr().out
     assert _queue(url, media, "--prefix", "clients/", "--dry-run") == 0  # (a trailing slash: ComfyUI takes it)
+
+
+# ------------------------------------------------------------------------------- 6. a 500 while a prompt was sent
+def _failing_prompt(state: dict, which: int):
+    """The stand-in ComfyUI, whose ``which``-th POST /prompt answers 500 (after taking it: ComfyUI may have queued it)."""
+    base = _comfy_handler(state)
+
+    class Failing(base):
+        def do_POST(self):
+            if self.path == "/prompt":
+                state["posts"] = state.get("posts", 0) + 1
+                if state["posts"] == which:
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                    return self._text(500, "500 Internal Server Error\n\nServer got itself in trouble")
+            return super().do_POST()
+
+    return Failing
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_a_500_to_a_prompt_says_it_may_be_queued_not_that_it_was_not(servers, media, capsys, which):
+    url, state, _ = servers(handler=lambda s: _failing_prompt(s, which))
+    assert _queue(url, media, "--wait") == 2
+    err = capsys.readouterr().err
+    job = ["anna.png", "bob.png"][which - 1] + " x hello.wav"
+    assert "HTTP 500" in err and f"The prompt of {job} was being sent to {url}" in err and "may be queued" in err, err
+    assert f"not queued: {job}" not in err and "--resume" in err, err  # (before: listed as not queued)

@@ -88,10 +88,11 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                       if resume and getattr(exc, "no_answer", False) else ([], jobs[len(results):]))
         if not results and done:
             raise _unreachable(exc, server, done, left, len(jobs)) from None
-        if not results:
+        maybe = sending if sending is not None and not not_queued(exc) else None  # (a 500, no answer: it may be queued)
+        if not results and maybe is None:
             raise
         raise QueueStopped(exc, results + done, [f"{j.portrait.name} x {j.audio.name}" for j in left], server,
-                           book.ok) from None
+                           book.ok, maybe) from None
     except KeyboardInterrupt:
         if dry_run or not (results or sending):
             raise
