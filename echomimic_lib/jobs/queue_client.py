@@ -100,25 +100,31 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
 
 def _failed(url: str, exc: BaseException, timeout: float, expired: bool) -> QueueError:
     """What a request that raised ``exc`` (no HTTP answer) says: the overall deadline ran out (``expired``: it shut the
-    connection), no answer within ``timeout``, the server cannot be reached, or the exchange broke."""
+    connection), no answer within ``timeout``, the server cannot be reached, or the exchange broke. The first three
+    have ``no_answer`` set (the server cannot be asked now: ``--resume`` lists the jobs its state says finished)."""
     if expired:
         return _too_slow(url, timeout)
     unreachable = isinstance(exc, urllib.error.URLError)
     reason = exc.reason if unreachable else exc
     if isinstance(reason, TimeoutError) or (unreachable and "timed out" in str(reason)):
-        return QueueError(f"{url}: no answer within {timeout:g} s; is ComfyUI busy or hung? Try again, or raise --timeout.")
-    if unreachable:
+        err = QueueError(f"{url}: no answer within {timeout:g} s; is ComfyUI busy or hung? Try again, or raise --timeout.")
+    elif unreachable:
         parts = urllib.parse.urlsplit(url)
-        return QueueError(f"cannot reach ComfyUI at {parts.scheme}://{parts.netloc} ({reason}, on {parts.path}); is it "
-                          "running? Start it (python main.py; --listen to reach it from another machine) or give its "
-                          "address with --server URL.")
-    return QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?")
+        err = QueueError(f"cannot reach ComfyUI at {parts.scheme}://{parts.netloc} ({reason}, on {parts.path}); is it "
+                         "running? Start it (python main.py; --listen to reach it from another machine) or give its "
+                         "address with --server URL.")
+    else:
+        return QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?")
+    err.no_answer = True
+    return err
 
 
 def _too_slow(url: str, timeout: float) -> QueueError:
-    return QueueError(f"{url}: the server's answer did not come whole within {2 * timeout:g} s (twice --timeout; the "
-                      "connection stayed open with little sent); is ComfyUI hung, or is this not ComfyUI's address? Raise "
-                      "--timeout, or give --server ComfyUI's address.")
+    err = QueueError(f"{url}: the server's answer did not come whole within {2 * timeout:g} s (twice --timeout; the "
+                     "connection stayed open with little sent); is ComfyUI hung, or is this not ComfyUI's address? Raise "
+                     "--timeout, or give --server ComfyUI's address.")
+    err.no_answer = True
+    return err
 
 
 def _read_capped(resp, url: str) -> bytes:

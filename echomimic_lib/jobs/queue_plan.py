@@ -41,11 +41,22 @@ def _files(folder, exts: set, what: str) -> list[Path]:
 
 def plan_jobs(portraits, audios, prefix: str = "echomimic", videos=None) -> list[Job]:
     """Every portrait (or every video) x every audio, in name order, each with its own output prefix."""
+    _check_prefix(prefix)
     sources = _files(videos, VIDEO_EXT, "video") if videos is not None else _files(portraits, IMAGE_EXT, "portrait")
     sounds = _files(audios, AUDIO_EXT, "audio")
     label = {**_labels(sources), **_labels(sounds)}
     pairs = itertools.product(sources, sounds)
     return [Job(p, a, f"{prefix}/{label[p]}__{label[a]}", videos is not None) for p, a in pairs]
+
+
+def _check_prefix(prefix: str) -> None:
+    """A :class:`QueueError` when ``--prefix`` is not a folder inside ComfyUI's output folder (empty, absolute, a
+    drive, a ``..`` or ``.`` part): ComfyUI refuses such a save only once each video is rendered."""
+    parts = str(prefix).replace("\\", "/").split("/")
+    if not str(prefix).strip() or parts[0] == "" or "." in parts or ".." in parts or ":" in parts[0]:
+        raise QueueError(f"--prefix {prefix!r} is not a folder inside ComfyUI's output folder (ComfyUI would refuse "
+                         "each video only once it is rendered); give a relative name such as echomimic or "
+                         "clients/day1.")
 
 
 LABEL_BYTES = 110  # each file's part of a prefix: two of them, '__' and ComfyUI's '_00001_.mp4' fit in 255 bytes
@@ -124,4 +135,16 @@ def load_workflow(workflow) -> dict:
         raise QueueError(f"{workflow}: node {bad[0]} ({template[bad[0]]['class_type']}) has no 'inputs' object, which every "
                          "node of an API-format workflow has; export the workflow again with ComfyUI's 'Export (API)' (or "
                          "use workflows/api/*.json).")
+    for node_id, node in template.items():  # (ComfyUI refuses it only after every upload, with a KeyError's text)
+        for key, value in node["inputs"].items():
+            if _is_link(value) and value[0] not in template:
+                raise QueueError(f"{workflow}: node {node_id} ({node['class_type']}) input '{key}' is linked to node "
+                                 f"{value[0]}, which is not in the workflow (a node deleted or replaced since); connect "
+                                 "that input again in ComfyUI and save the workflow with 'Export (API)'.")
     return template
+
+
+def _is_link(value) -> bool:
+    """Whether an API-format input is a link to another node's output (``["4", 0]``)."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+            and not isinstance(value[1], bool))

@@ -223,15 +223,27 @@ class QueueStopped(QueueError):
     """The run stopped on an error after some prompts were queued: ``results`` (those queued, listed first) and what
     the user should know about the ones still on the server and the ones never queued."""
 
-    def __init__(self, cause: Exception, results: list[dict], not_queued: list[str], server: str, resumable: bool = False):
+    def __init__(self, cause: Exception, results: list[dict], not_queued: list[str], server: str, resumable: bool = False,
+                 sending: tuple[str, str, str] | None = None):
         self.results = results
-        total = len(results) + len(not_queued)
+        not_queued = [j for j in not_queued if sending is None or j != sending[2]]  # (said below: it may be queued)
+        total = len(results) + len(not_queued) + (sending is not None)
         text = f"{cause}\n{len(results)} of {total} job(s) were queued before this (listed above)"
         if not_queued:
             shown = ", ".join(not_queued[:10]) + (f" and {len(not_queued) - 10} more" if len(not_queued) > 10 else "")
             text += f"; not queued: {shown}"
         pending = still_open(results)
-        super().__init__(text + (f".\n{still_on_server(server, pending, resumable)}" if pending else "."))
+        text += f".\n{still_on_server(server, pending, resumable)}" if pending else "."
+        super().__init__(text + (f"\n{maybe_sent(sending, resumable)}" if sending is not None else ""))
+
+
+def maybe_sent(sending: tuple[str, str, str], resumable: bool) -> str:
+    """What to say of the prompt being sent (``sending``: server, the id asked for, the job) when the run stopped: it
+    may be queued there."""
+    url, pid, job = sending
+    return (f"The prompt of {job} was being sent to {url} (asked for as {pid}): it may be queued there. "
+            + ("Run the same command with --resume: it finds it there, or queues it if it is not."
+               if resumable else "Check ComfyUI's queue panel before running the command again."))
 
 
 class QueueInterrupted(KeyboardInterrupt):
@@ -248,8 +260,5 @@ class QueueInterrupted(KeyboardInterrupt):
     def advice(self) -> str:
         said = [still_on_server(url, ids, self.resumable) for url, ids in self.pending.items()]
         if self.sending is not None:
-            url, pid, job = self.sending
-            said.append(f"The prompt of {job} was being sent to {url} (asked for as {pid}): it may be queued there. "
-                        + ("Run the same command with --resume: it finds it there, or queues it if it is not."
-                           if self.resumable else "Check ComfyUI's queue panel before running the command again."))
+            said.append(maybe_sent(self.sending, self.resumable))
         return "\n".join(said) if said else "Every queued prompt had finished."

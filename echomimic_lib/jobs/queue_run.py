@@ -30,7 +30,9 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
     server = client.check_server(server)
     template = load_workflow(workflow)
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
-    client_id, wait, marks, plans, sending = uuid.uuid4().hex, wait or resume, {}, {}, None
+    client_id, wait, marks, sending = uuid.uuid4().hex, wait or resume, {}, None
+    # every job's prompt with the local names: a workflow that cannot take them is refused before any upload
+    plans = {} if dry_run else {j.prefix: plan_mark(template, j, seed, driving) for j in jobs}
     book = None if dry_run else QueueState(state if state is not None else default_path(portraits, videos))
     if book is not None:
         book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs)
@@ -50,7 +52,7 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix, "prompt": prompt}
             if not dry_run:
                 marks[job.prefix] = mark = fingerprint(prompt)
-                plans[job.prefix] = plan = plan_mark(template, job, seed, driving)
+                plan = plans[job.prefix]
                 kept, failure, retry = (_resumed(client, book, server, job, mark, plan, retry_failed, attempts, timeout)
                                         if resume else (None, None, 0))
                 if kept is not None:  # its earlier prompt: waited for, listed, or (it failed before) reported
@@ -80,10 +82,17 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                 book.failed(server, result["prefix"], result["prompt_id"],
                             str(exc).removeprefix(f"prompt {result['prompt_id']} failed: "))
     except QueueError as exc:  # prompts already queued run on: say which, and which jobs never were
-        if dry_run or not results:
+        if dry_run:
             raise
-        raise QueueStopped(exc, results, [f"{j.portrait.name} x {j.audio.name}" for j in jobs[len(results):]], server,
-                           book.ok) from None
+        done, left = (_known_outcomes(book, server, template, jobs[len(results):], seed, driving)
+                      if resume and getattr(exc, "no_answer", False) else ([], jobs[len(results):]))
+        if not results and done:
+            raise _unreachable(exc, server, done, left, len(jobs)) from None
+        maybe = sending if sending is not None and not not_queued(exc) else None  # (a 500, no answer: it may be queued)
+        if not results and maybe is None:
+            raise
+        raise QueueStopped(exc, results + done, [f"{j.portrait.name} x {j.audio.name}" for j in left], server,
+                           book.ok, maybe) from None
     except KeyboardInterrupt:
         if dry_run or not (results or sending):
             raise
@@ -92,6 +101,42 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
         if book is not None:
             book.release()
     return results
+
+
+def _known_outcomes(book: QueueState, server: str, template: dict, jobs: list, seed, driving) -> tuple[list, list]:
+    """--resume while ``server`` cannot be asked (unreachable, no answer): (results, jobs left) -- the results of the
+    ``jobs`` whose unchanged prompt the state says finished (its files) or failed, as :func:`queue_folder` lists them,
+    and the other jobs."""
+    done, left = [], []
+    for job in jobs:
+        found = book.find(job.prefix, [server])
+        rec = found[1] if found is not None else {}
+        plan = plan_mark(template, job, seed, driving)
+        if _finished_same(rec, plan) or ("files" not in rec and rec.get("failed") and same_plan(rec, plan)):
+            result = {"portrait": str(job.portrait), "audio": str(job.audio), "prefix": job.prefix,
+                      "prompt_id": rec["prompt_id"], "resumed": True}
+            result.update({"files": rec["files"]} if "files" in rec else {"error": failed_text(found[0], rec)})
+            done.append(result)
+        else:
+            left.append(job)
+    return done, left
+
+
+def _unreachable(cause: QueueError, server: str, done: list[dict], left: list, total: int) -> QueueError:
+    """The error of a ``--resume`` whose server cannot be asked before this run queued anything, ``done`` (the jobs
+    the state says finished or failed, listed) returned with it as its ``results``."""
+    failed = sum("error" in r for r in done)
+    text = (f"{cause}\n--resume: {len(done) - failed} of {total} job(s) finished in an earlier run"
+            + (f" and {failed} failed" if failed else "") + " (listed above" + (f", their files on {server})" if failed <
+                                                                                 len(done) else ")"))
+    if left:
+        names = [f"{j.portrait.name} x {j.audio.name}" for j in left]
+        text += f"; {len(left)} not queued: " + ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10
+                                                                          else "")
+    err = QueueError(text + f".\nRun the same command with --resume once {server} answers"
+                     + (" to queue the jobs left." if left else "; nothing is left to queue."))
+    err.results = done
+    return err
 
 
 def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, retry_failed: bool, attempts: int,
@@ -113,8 +158,8 @@ def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, r
             say_about(job, f"its prompt {rec['prompt_id']} went to {url}, which is not among --server now; queued "
                            f"again on {server}.")
         return (rec if failure is not None else None), failure, retry
-    if rec.get("fingerprint") != mark:
-        return None, None, 0
+    if rec.get("fingerprint") != mark or not same_plan(rec, plan):  # (an input replaced under its name: the server
+        return None, None, 0                                            # may give it its old name back)
     retry = retry_failed and retry_attempt(client, job, server, rec, attempts,
                                            lambda: client._history(server, rec["prompt_id"], timeout))
     if retry:
@@ -131,6 +176,12 @@ def failed_text(server: str, rec: dict) -> str:
             "again, up to --attempts prompts)")
 
 
+def _finished_same(rec: dict, plan: str) -> bool:
+    """Whether ``rec`` holds the files of the job planned as ``plan``, by a plan that holds its inputs' mark (this
+    version's): an older record cannot tell an input replaced since, so its job is rendered again."""
+    return "files" in rec and isinstance(rec.get("plan"), str) and "." in rec["plan"] and same_plan(rec, plan)
+
+
 def finished_before(job, server: str, rec: dict, plan: str) -> bool:
     """A job whose earlier prompt finished (its files collected) on a server that cannot be asked now (not given,
     unreachable, restarted) and that has not changed since (:func:`.queue_state.same_plan`): listed with its files,
@@ -139,7 +190,7 @@ def finished_before(job, server: str, rec: dict, plan: str) -> bool:
     several servers (:mod:`.batch.comfy_servers`). Only a record whose plan holds its inputs' mark (this version's) is
     listed: one with no plan, or one written before the plan held the inputs, cannot tell an input replaced since, and
     its job is rendered again (never an old video listed for a new input)."""
-    if "files" not in rec or not (isinstance(rec.get("plan"), str) and "." in rec["plan"] and same_plan(rec, plan)):
+    if not _finished_same(rec, plan):
         return False
     say_about(job, f"its prompt {rec['prompt_id']} finished on {server} (its files are there); not rendered again (a "
                    "run without --resume renders every job again).")

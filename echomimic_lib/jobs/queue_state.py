@@ -137,6 +137,7 @@ class QueueState:
         self.lock = StateLock(self.path.with_name(self.path.name + ".lock"))
         self.run_id, self.mine, self.claimed = uuid.uuid4().hex, set(), False
         self.data: dict = {}
+        self._written, self._lines = None, {}  # (the file as this run last wrote it, and its lines: _update)
         if self.path.exists() and not self.path.is_file():  # never replaced: a folder, a fifo, a device
             self._give_up(f"{self.path} is not a regular file")
             return
@@ -158,7 +159,8 @@ class QueueState:
         def change(disk):
             runs = {k: r for k, r in disk["runs"].items() if alive(r.get("pid"), r.get("host"), r.get("pid_start"))}
             for other in runs.values():
-                same = [p for p in prefixes if p in set(other.get("prefixes") or ())]
+                theirs = set(other.get("prefixes") or ())
+                same = [p for p in prefixes if p in theirs]
                 if same:
                     raise StateInUse(
                         f"another `echomimic queue` run (pid {other.get('pid')} on host {other.get('host')}, started "
@@ -204,7 +206,8 @@ class QueueState:
         same prompt says (1 when there is none). Returns the attempts recorded."""
         old = (self.find(prefix) or (None, {}))[1]
         if attempts is None:
-            attempts = old.get("attempts", 1) if old.get("fingerprint") == print_ else 1
+            same = old.get("fingerprint") == print_ and (plan is None or same_plan(old, plan))
+            attempts = old.get("attempts", 1) if same else 1
         rec = {"prompt_id": prompt_id, "fingerprint": print_, "attempts": attempts if isinstance(attempts, int) else 1}
         if plan is not None:
             rec["plan"] = plan
@@ -242,7 +245,10 @@ class QueueState:
         self._update(lambda disk: None)
 
     def _update(self, change) -> bool:
-        """Under the lock: re-read the file, put this run's jobs in (``change`` edits the rest), rewrite it atomically."""
+        """Under the lock: re-read the file, put this run's jobs in (``change`` edits the rest), rewrite it atomically.
+        The file is parsed again only when it is not as this run last wrote it (another run wrote it: a new file, its
+        inode, size or time differ), and a job's line is encoded again only when its record changed: a run of
+        thousands of jobs rewrites it after each prompt."""
         if not self.ok:
             return False
         from ..errors import EchoMimicError
@@ -250,7 +256,8 @@ class QueueState:
 
         try:
             with self.lock:
-                disk = read_state(self.path)
+                written, self._written = self._written, None
+                disk = written[1] if written is not None and written[0] == _signature(self.path) else read_state(self.path)
                 change(disk)
                 servers = disk["servers"]
                 for jobs in servers.values():  # this run's jobs: as this run has them (each on one server)
@@ -260,8 +267,9 @@ class QueueState:
                     servers.setdefault(server, {}).update({p: r for p, r in jobs.items() if p in self.mine})
                 servers = {s: j for s, j in servers.items() if j}
                 self.data = {s: dict(j) for s, j in servers.items()}  # (other runs' records: seen by find too)
-                text = json.dumps({"version": VERSION, "servers": servers, "runs": disk["runs"]}, indent=1, ensure_ascii=False)
+                text = state_text(servers, disk["runs"], self._lines)
                 write_text_atomic(self.path, text)  # whole or not at all; never onto a folder, device or pipe
+                self._written = (_signature(self.path), {"servers": servers, "runs": disk["runs"]})
         except StateInUse:
             raise
         except QueueError as exc:  # (the file was made something else meanwhile: never overwritten)
@@ -271,3 +279,34 @@ class QueueState:
             self._give_up(f"{getattr(exc, 'filename', None) or self.path}: {getattr(exc, 'strerror', None) or exc}")
             return False
         return True
+
+
+def _signature(path: Path):
+    """What tells whether ``path`` is still the file this run wrote (every write is a new file: its inode changes)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def state_text(servers: dict, runs: dict, lines: dict | None = None) -> str:
+    """The state file's text: one job (or run) a line, each by json's C encoder (``indent`` takes Python's own: 0.36 s
+    a write for 10 000 jobs, and the file is rewritten after each prompt). ``lines``: {(server, prefix): (record,
+    line)} of the last write, reused for a record that is the same object (records are replaced, never changed)."""
+    lines = {} if lines is None else lines
+
+    def block(items: dict, inner, pad: str) -> str:
+        if not items:
+            return "{}"
+        rows = [f"{pad} {json.dumps(k, ensure_ascii=False)}: {inner(k, v)}" for k, v in items.items()]
+        return "{\n" + ",\n".join(rows) + f"\n{pad}}}"
+
+    def line(server: str, prefix: str, rec) -> str:
+        kept = lines.get((server, prefix))
+        if kept is None or kept[0] is not rec:
+            kept = lines[(server, prefix)] = (rec, json.dumps(rec, ensure_ascii=False))
+        return kept[1]
+    jobs = block(servers, lambda url, j: block(j, lambda p, rec: line(url, p, rec), "  "), " ")
+    return (f'{{\n "version": {VERSION},\n "servers": {jobs},\n "runs": '
+            f'{block(runs, lambda k, run: json.dumps(run, ensure_ascii=False), " ")}\n}}')

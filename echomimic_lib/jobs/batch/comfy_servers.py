@@ -199,7 +199,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 same = same_plan(rec, plans[job.prefix])
                 send(job, 1, t0, tries or (rec.get("attempts") if same else None))  # (a moved prompt keeps its count)
                 continue
-            if kept is None:
+            if kept is None or not same_plan(kept[1], plans[job.prefix]):  # (new or changed: an input replaced too)
                 send(job, 1, t0)
                 continue
             server, rec, marks[job.prefix] = kept
