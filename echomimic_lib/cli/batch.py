@@ -67,6 +67,15 @@ def _check_options(args) -> None:
             raise EchoMimicError(f"{flag} {value}: use {low} or more ({why}).")
     if args.deep_cache:
         check_deep_cache(args.deep_cache, 0)  # the interval; the branch depends on each row's denoiser
+    if args.backend == "ray":  # the --device list before the rows are read (a list this machine lacks, cuda:N with Ray)
+        from ..jobs.batch.ray_backend import check_device
+
+        check_device(str(args.device or "auto").strip().lower())
+    else:
+        from ..jobs.batch import BatchOptions
+        from ..jobs.batch.runner import worker_devices
+
+        worker_devices(BatchOptions(workers=args.workers, device=args.device))
 
 
 def _cmd_batch(args) -> int:

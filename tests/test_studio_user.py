@@ -1,0 +1,55 @@
+"""A studio walking ``echomimic batch``: hundreds of rows from a spreadsheet, a --device list this machine lacks, a
+script reading ``results.jsonl``. No weights load here: the rows stop before the workers (or a stand-in renders)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from echomimic_lib.cli import main as cli
+from tests._media import write_wav
+
+
+@pytest.fixture
+def folder(tmp_path, shared_data):
+    (tmp_path / "anna.png").write_bytes((shared_data / "images" / "portrait_a.png").read_bytes())
+    t = np.arange(8000) / 16000
+    write_wav(tmp_path / "en.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+    return tmp_path
+
+
+def _manifest(folder: Path, rows: list[dict], name="jobs.jsonl") -> Path:
+    path = folder / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _rows(n, **extra):
+    return [{"name": f"clip{i:03d}", "reference": "anna.png", "audio": "en.wav", "seed": i, **extra} for i in range(n)]
+
+
+def _args(manifest, out, *extra):
+    return ["batch", str(manifest), "-o", str(out), "-q", "--no-scores", "--offline", *extra]
+
+
+# ------------------------------------------------------------------------------------------------------ --device
+@pytest.mark.parametrize("extra, words", [
+    (("--device", "cuda:0,cuda:1"), "--device cuda:0,cuda:1: no CUDA GPU is available"),
+    (("--device", "cuda:0", "--backend", "ray"), "--device cuda:0"),
+])
+def test_a_device_list_this_machine_lacks_is_said_before_the_rows_are_read(extra, words, folder, tmp_path, capsys,
+                                                                          monkeypatch):
+    """``--device cuda:0,cuda:1`` on a machine without them: the 300 rows were read (every file looked up) and their
+    mistakes listed first; fixing them only to be told then that the GPUs are not there. The README promises the
+    --device list is refused before any row is checked."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rows = _rows(300)
+    rows[7]["audio"] = "missing.wav"
+    assert cli(_args(_manifest(folder, rows), tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err
+    assert words in err and "cannot be run" not in err and "missing.wav" not in err
+    assert not (tmp_path / "out").exists()
