@@ -53,3 +53,33 @@ def test_a_device_list_this_machine_lacks_is_said_before_the_rows_are_read(extra
     err = capsys.readouterr().err
     assert words in err and "cannot be run" not in err and "missing.wav" not in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ results.jsonl
+def test_every_record_has_the_same_fields_for_a_script(folder, tmp_path, monkeypatch):
+    """A studio's script reads ``results.jsonl`` into a table: an ``ok`` row had no ``error`` field and an error row
+    no ``frames`` / ``seconds`` / ``scores`` (``rec["error"]`` raised KeyError on every finished row; a CSV writer
+    taking its columns from the first line failed on the next kind). Every record now has the README's fields,
+    null where they do not apply. (The workers are a stand-in giving a worker's payload: no weights load.)"""
+    from echomimic_lib.jobs.batch import runner
+
+    def dispatch(todo, opts, on_event):
+        for job in todo:
+            on_event("done", None, job, {"status": "ok", "output": str(job.output), "frames": 3, "fps": 24.0,
+                                         "device": "cpu", "frames_sha256": "0" * 64, "seconds": 1.0,
+                                         "loaded_models": True, "peak_rss_gb": 1.0})
+
+    monkeypatch.setattr(runner, "_dispatch", dispatch)
+    (folder / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 8)
+    rows = _rows(2, no_face_crop="true") + [{"name": "bad", "reference": "anna.png", "audio": "broken.wav"}]
+    out = tmp_path / "out"
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu")) == 1
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in recs] == ["ok", "ok", "error"]
+    keys = {"name", "line", "kind", "status", "output", "error", "seconds", "frames", "peak_rss_gb", "peak_vram_gb",
+            "scores", "fingerprint", "worker", "attempts", "frames_sha256"}
+    for rec in recs:
+        assert keys <= set(rec), (rec["name"], keys - set(rec))
+    assert recs[0]["error"] is None and recs[2]["frames"] is None and recs[2]["seconds"] is None
+    assert "broken.wav" in recs[2]["error"] and recs[2]["output"] is None
+    assert {tuple(sorted(r)) for r in recs} == {tuple(sorted(recs[0]))}  # one set of columns

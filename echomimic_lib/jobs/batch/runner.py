@@ -132,10 +132,18 @@ class _Display:
         self.bar.close()
 
 
+# every record's fields, null where they do not apply (a script reading results.jsonl finds the same columns on every
+# line: ``error`` on a finished row, ``frames`` on an error row); V3 rows add theirs
+RECORD_FIELDS = ("name", "line", "kind", "status", "output", "error", "seconds", "frames", "fps", "device",
+                 "frames_sha256", "loaded_models", "peak_rss_gb", "peak_vram_gb", "scores", "fingerprint", "worker",
+                 "attempts")
+
+
 def _record(job, payload: dict, worker) -> dict:
-    rec = {"name": job.name, "line": job.line, "kind": job.kind, "status": payload.get("status", "error"),
-           "output": str(job.output) if payload.get("status") == "ok" else None}
-    rec.update({k: v for k, v in payload.items() if k not in rec or v is not None})
+    rec = dict.fromkeys(RECORD_FIELDS)
+    rec.update({"name": job.name, "line": job.line, "kind": job.kind, "status": payload.get("status", "error"),
+                "output": str(job.output) if payload.get("status") == "ok" else None})
+    rec.update({k: v for k, v in payload.items() if rec.get(k) is None or v is not None})
     rec.update(fingerprint=job.fingerprint, worker=getattr(worker, "wid", None), attempts=job.attempts)
     return rec
 
