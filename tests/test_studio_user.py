@@ -83,3 +83,38 @@ def test_every_record_has_the_same_fields_for_a_script(folder, tmp_path, monkeyp
     assert recs[0]["error"] is None and recs[2]["frames"] is None and recs[2]["seconds"] is None
     assert "broken.wav" in recs[2]["error"] and recs[2]["output"] is None
     assert {tuple(sorted(r)) for r in recs} == {tuple(sorted(recs[0]))}  # one set of columns
+
+
+# ---------------------------------------------------------------------------------------------------- --dry-run
+def test_dry_run_tells_what_would_render_skip_and_fail_and_writes_nothing(folder, tmp_path, monkeypatch, capsys):
+    """Before hundreds of GPU-hours a studio asks what a (re)run would do: ``--dry-run`` was refused by the parser.
+    It now checks every row as a run does (the manifest, the inputs, the finished rows of ``results.jsonl``), says the
+    counts and each row that would fail with its reason, and renders, loads and writes nothing (not even -o)."""
+    from echomimic_lib.jobs.batch import runner
+
+    done = []
+
+    def dispatch(todo, opts, on_event):
+        for job in todo:
+            done.append(job.name)
+            job.output.write_bytes(b"video")
+            on_event("done", None, job, {"status": "ok", "output": str(job.output), "frames": 3})
+
+    monkeypatch.setattr(runner, "_dispatch", dispatch)
+    (folder / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 8)
+    rows = _rows(5, no_face_crop="true")
+    out = tmp_path / "out"
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--dry-run")) == 0
+    assert not out.exists() and done == []
+    assert "dry run: 5 would render, 0 skipped (already done), 0 would fail of 5" in capsys.readouterr().out
+    assert cli(_args(_manifest(folder, rows[:3]), out, "--device", "cpu")) == 0 and len(done) == 3
+    before = (out / "results.jsonl").read_bytes()
+    rows[1]["seed"] = 99  # changed: redone; rows 0 and 2 unchanged: skipped; 3 and 4 added; a bad row added
+    rows.append({"name": "bad", "reference": "anna.png", "audio": "broken.wav"})
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--dry-run")) == 1
+    captured = capsys.readouterr()
+    assert "dry run: 3 would render, 2 skipped (already done), 1 would fail of 6" in captured.out
+    assert "line 6 (bad)" in captured.err and "broken.wav" in captured.err
+    assert (out / "results.jsonl").read_bytes() == before and len(done) == 3 and not (out / "bad.mp4").exists()
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu")) == 1  # the run does what the dry run said
+    assert done[3:] == ["clip001", "clip003", "clip004"]
