@@ -118,3 +118,23 @@ def test_dry_run_tells_what_would_render_skip_and_fail_and_writes_nothing(folder
     assert (out / "results.jsonl").read_bytes() == before and len(done) == 3 and not (out / "bad.mp4").exists()
     assert cli(_args(_manifest(folder, rows), out, "--device", "cpu")) == 1  # the run does what the dry run said
     assert done[3:] == ["clip001", "clip003", "clip004"]
+
+
+# ------------------------------------------------------------------------------------------------ disk full
+def test_a_disk_error_in_a_row_is_said_as_the_disk_not_as_a_bug(monkeypatch):
+    """A row whose render meets a full disk (or its input moved away mid-batch) outside the video writer's own wording
+    was recorded as "OSError: ... (a bug in EchoMimic, not in the row; please report it ...)": the studio files a
+    bug report instead of freeing space. It now says what the system said and the fix."""
+    import errno
+
+    from echomimic_lib.jobs.batch import render, workers
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", "/renders/.clip007.x1.partial.mp4")
+
+    monkeypatch.setattr(render, "run_job", full)
+    payload = workers.render_payload(object(), "cpu", render.ModelCache(), None)
+    assert payload["status"] == "error"
+    assert "no space left on the disk" in payload["error"] and "free some space" in payload["error"]
+    assert "/renders/.clip007.x1.partial.mp4" in payload["error"] and "a bug in EchoMimic" not in payload["error"]
+
