@@ -138,3 +138,21 @@ def test_a_disk_error_in_a_row_is_said_as_the_disk_not_as_a_bug(monkeypatch):
     assert "no space left on the disk" in payload["error"] and "free some space" in payload["error"]
     assert "/renders/.clip007.x1.partial.mp4" in payload["error"] and "a bug in EchoMimic" not in payload["error"]
 
+
+def test_resume_is_accepted_and_skips_the_finished_rows(folder, tmp_path, monkeypatch):
+    """``echomimic queue --resume`` exists; ``echomimic batch ... --resume`` was refused by the parser ("unrecognized
+    arguments") with no word that a rerun resumes by itself. It is accepted (what a rerun does anyway)."""
+    from echomimic_lib.jobs.batch import runner
+
+    done = []
+
+    def dispatch(todo, opts, on_event):
+        for job in todo:
+            done.append(job.name)
+            job.output.write_bytes(b"video")
+            on_event("done", None, job, {"status": "ok", "output": str(job.output), "frames": 3})
+
+    monkeypatch.setattr(runner, "_dispatch", dispatch)
+    manifest, out = _manifest(folder, _rows(2, no_face_crop="true")), tmp_path / "out"
+    assert cli(_args(manifest, out, "--device", "cpu")) == 0 and len(done) == 2
+    assert cli(_args(manifest, out, "--device", "cpu", "--resume")) == 0 and len(done) == 2

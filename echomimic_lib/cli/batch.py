@@ -140,6 +140,9 @@ def add_commands(sub) -> None:
     b.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores shared out; 1 with --smoke)")
     b.add_argument("--attempts", type=int, default=3, help="attempts for a row whose worker dies (killed, crashed)")
     b.add_argument("--no-scores", action="store_true", help="skip the weight-free evaluate scores in results.jsonl")
+    b.add_argument("--resume", action="store_true",
+                   help="skip the rows results.jsonl says are done with the same inputs and settings (what every rerun "
+                        "does; accepted as `echomimic queue --resume` is)")
     b.add_argument("--dry-run", action="store_true",
                    help="check every row and say how many would render, be skipped (already done) or fail, and why; "
                         "nothing loads, renders or is written")
