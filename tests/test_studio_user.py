@@ -156,3 +156,31 @@ def test_resume_is_accepted_and_skips_the_finished_rows(folder, tmp_path, monkey
     manifest, out = _manifest(folder, _rows(2, no_face_crop="true")), tmp_path / "out"
     assert cli(_args(manifest, out, "--device", "cpu")) == 0 and len(done) == 2
     assert cli(_args(manifest, out, "--device", "cpu", "--resume")) == 0 and len(done) == 2
+
+
+# ------------------------------------------------------------------------------------------ --offline, weights missing
+def test_offline_rows_whose_weights_are_missing_are_error_rows_up_front(folder, tmp_path, monkeypatch, capsys):
+    """A V1 models folder and --offline, with V2 rows among the V1 ones: the V3 rows were error rows up front (their
+    missing files listed) but the V2 rows went to the workers and failed there one by one, and ``--dry-run`` counted
+    them as "would render". Now an --offline row whose weight set lacks files is an error row before any worker
+    starts, naming the files (checked once per weight set, not per row)."""
+    from echomimic_lib.io import model_files
+    from echomimic_lib.jobs.batch import runner
+    models = tmp_path / "models"  # (no V2 set in it)
+    models.mkdir()
+    calls = []
+    real = model_files.resolve_files
+    monkeypatch.setattr(model_files, "resolve_files", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    monkeypatch.setattr(runner, "_dispatch", lambda todo, opts, on_event: pytest.fail("no row should render"))
+    rows = [{"name": f"v2_{i}", "reference": "anna.png", "audio": "en.wav", "version": "v2", "no_face_crop": "true",
+             "pose": "poses.npz"} for i in range(3)]
+    np.savez(folder / "poses.npz", np.zeros((4, 8, 8, 3), np.uint8))
+    out = tmp_path / "out"
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--models", str(models), "--dry-run")) == 1
+    captured = capsys.readouterr()
+    assert "0 would render, 0 skipped (already done), 3 would fail of 3" in captured.out, captured
+    assert "line 1 (v2_0) would fail" in captured.err and "echomimic download" in captured.err
+    assert len(set(calls)) == len(calls) == 1  # one look per weight set
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--models", str(models))) == 1  # and a run
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in recs] == ["error"] * 3 and all("echomimic download" in r["error"] for r in recs)
