@@ -20,6 +20,14 @@ def folder(tmp_path, shared_data):
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny V1 set: --offline rows check that their weights are there (the workers are stand-ins: nothing loads)."""
+    from tests._tiny_shared import tiny_v1_copy
+
+    return tiny_v1_copy(tmp_path_factory, tmp_path_factory.mktemp("studio") / "models")
+
+
 def _manifest(folder: Path, rows: list[dict], name="jobs.jsonl") -> Path:
     path = folder / name
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -56,7 +64,7 @@ def test_a_device_list_this_machine_lacks_is_said_before_the_rows_are_read(extra
 
 
 # ------------------------------------------------------------------------------------------------ results.jsonl
-def test_every_record_has_the_same_fields_for_a_script(folder, tmp_path, monkeypatch):
+def test_every_record_has_the_same_fields_for_a_script(folder, models, tmp_path, monkeypatch):
     """A studio's script reads ``results.jsonl`` into a table: an ``ok`` row had no ``error`` field and an error row
     no ``frames`` / ``seconds`` / ``scores`` (``rec["error"]`` raised KeyError on every finished row; a CSV writer
     taking its columns from the first line failed on the next kind). Every record now has the README's fields,
@@ -73,7 +81,7 @@ def test_every_record_has_the_same_fields_for_a_script(folder, tmp_path, monkeyp
     (folder / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 8)
     rows = _rows(2, no_face_crop="true") + [{"name": "bad", "reference": "anna.png", "audio": "broken.wav"}]
     out = tmp_path / "out"
-    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu")) == 1
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--models", str(models))) == 1
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in recs] == ["ok", "ok", "error"]
     keys = {"name", "line", "kind", "status", "output", "error", "seconds", "frames", "peak_rss_gb", "peak_vram_gb",
@@ -86,7 +94,7 @@ def test_every_record_has_the_same_fields_for_a_script(folder, tmp_path, monkeyp
 
 
 # ---------------------------------------------------------------------------------------------------- --dry-run
-def test_dry_run_tells_what_would_render_skip_and_fail_and_writes_nothing(folder, tmp_path, monkeypatch, capsys):
+def test_dry_run_tells_what_would_render_skip_and_fail_and_writes_nothing(folder, models, tmp_path, monkeypatch, capsys):
     """Before hundreds of GPU-hours a studio asks what a (re)run would do: ``--dry-run`` was refused by the parser.
     It now checks every row as a run does (the manifest, the inputs, the finished rows of ``results.jsonl``), says the
     counts and each row that would fail with its reason, and renders, loads and writes nothing (not even -o)."""
@@ -104,19 +112,19 @@ def test_dry_run_tells_what_would_render_skip_and_fail_and_writes_nothing(folder
     (folder / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 8)
     rows = _rows(5, no_face_crop="true")
     out = tmp_path / "out"
-    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--dry-run")) == 0
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--models", str(models), "--dry-run")) == 0
     assert not out.exists() and done == []
     assert "dry run: 5 would render, 0 skipped (already done), 0 would fail of 5" in capsys.readouterr().out
-    assert cli(_args(_manifest(folder, rows[:3]), out, "--device", "cpu")) == 0 and len(done) == 3
+    assert cli(_args(_manifest(folder, rows[:3]), out, "--device", "cpu", "--models", str(models))) == 0 and len(done) == 3
     before = (out / "results.jsonl").read_bytes()
     rows[1]["seed"] = 99  # changed: redone; rows 0 and 2 unchanged: skipped; 3 and 4 added; a bad row added
     rows.append({"name": "bad", "reference": "anna.png", "audio": "broken.wav"})
-    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--dry-run")) == 1
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--models", str(models), "--dry-run")) == 1
     captured = capsys.readouterr()
     assert "dry run: 3 would render, 2 skipped (already done), 1 would fail of 6" in captured.out
     assert "line 6 (bad)" in captured.err and "broken.wav" in captured.err
     assert (out / "results.jsonl").read_bytes() == before and len(done) == 3 and not (out / "bad.mp4").exists()
-    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu")) == 1  # the run does what the dry run said
+    assert cli(_args(_manifest(folder, rows), out, "--device", "cpu", "--models", str(models))) == 1  # the run does what the dry run said
     assert done[3:] == ["clip001", "clip003", "clip004"]
 
 
@@ -139,7 +147,7 @@ def test_a_disk_error_in_a_row_is_said_as_the_disk_not_as_a_bug(monkeypatch):
     assert "/renders/.clip007.x1.partial.mp4" in payload["error"] and "a bug in EchoMimic" not in payload["error"]
 
 
-def test_resume_is_accepted_and_skips_the_finished_rows(folder, tmp_path, monkeypatch):
+def test_resume_is_accepted_and_skips_the_finished_rows(folder, models, tmp_path, monkeypatch):
     """``echomimic queue --resume`` exists; ``echomimic batch ... --resume`` was refused by the parser ("unrecognized
     arguments") with no word that a rerun resumes by itself. It is accepted (what a rerun does anyway)."""
     from echomimic_lib.jobs.batch import runner
@@ -154,8 +162,8 @@ def test_resume_is_accepted_and_skips_the_finished_rows(folder, tmp_path, monkey
 
     monkeypatch.setattr(runner, "_dispatch", dispatch)
     manifest, out = _manifest(folder, _rows(2, no_face_crop="true")), tmp_path / "out"
-    assert cli(_args(manifest, out, "--device", "cpu")) == 0 and len(done) == 2
-    assert cli(_args(manifest, out, "--device", "cpu", "--resume")) == 0 and len(done) == 2
+    assert cli(_args(manifest, out, "--device", "cpu", "--models", str(models))) == 0 and len(done) == 2
+    assert cli(_args(manifest, out, "--device", "cpu", "--models", str(models), "--resume")) == 0 and len(done) == 2
 
 
 # ------------------------------------------------------------------------------------------ --offline, weights missing
