@@ -67,6 +67,15 @@ def _check_options(args) -> None:
             raise EchoMimicError(f"{flag} {value}: use {low} or more ({why}).")
     if args.deep_cache:
         check_deep_cache(args.deep_cache, 0)  # the interval; the branch depends on each row's denoiser
+    if args.backend == "ray":  # the --device list before the rows are read (a list this machine lacks, cuda:N with Ray)
+        from ..jobs.batch.ray_backend import check_device
+
+        check_device(str(args.device or "auto").strip().lower())
+    else:
+        from ..jobs.batch import BatchOptions
+        from ..jobs.batch.runner import worker_devices
+
+        worker_devices(BatchOptions(workers=args.workers, device=args.device))
 
 
 def _cmd_batch(args) -> int:
@@ -86,7 +95,13 @@ def _cmd_batch(args) -> int:
     else:
         raise EchoMimicError("nothing to do: give a manifest (JOBS) or --images DIR / --videos DIR with --audios DIR.")
     opts = BatchOptions(workers=args.workers, device=args.device, threads=args.threads, scores=not args.no_scores,
-                        max_attempts=args.attempts, backend=args.backend, ray_address=args.ray_address, quiet=args.quiet)
+                        max_attempts=args.attempts, backend=args.backend, ray_address=args.ray_address, quiet=args.quiet,
+                        dry_run=args.dry_run)
+    if args.dry_run:
+        s = run_batch(jobs, args.output, opts)
+        say(f"dry run: {s.to_render} would render, {s.skipped} skipped (already done), {s.failed} would fail of {s.total}"
+            f"{' (each said above with its reason)' if s.failed else ''}; nothing was rendered or written.")
+        return s.exit_code
     try:
         s = run_batch(jobs, args.output, opts)
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the rows done are in results.jsonl, the rows in flight removed
@@ -125,6 +140,12 @@ def add_commands(sub) -> None:
     b.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores shared out; 1 with --smoke)")
     b.add_argument("--attempts", type=int, default=3, help="attempts for a row whose worker dies (killed, crashed)")
     b.add_argument("--no-scores", action="store_true", help="skip the weight-free evaluate scores in results.jsonl")
+    b.add_argument("--resume", action="store_true",
+                   help="skip the rows results.jsonl says are done with the same inputs and settings (what every rerun "
+                        "does; accepted as `echomimic queue --resume` is)")
+    b.add_argument("--dry-run", action="store_true",
+                   help="check every row and say how many would render, be skipped (already done) or fail, and why; "
+                        "nothing loads, renders or is written")
     b.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local worker processes, or a Ray cluster (pip install ray; see the README)")
     b.add_argument("--ray-address", help="Ray cluster address (default: start or join a local one)")

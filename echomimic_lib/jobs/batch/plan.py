@@ -33,6 +33,8 @@ def check_jobs(jobs: list) -> list:
         for job in jobs:
             try:
                 job.weight_key, job.frames = _plan(job, reads)
+                if not is_v3(job) and not job.request.download and not getattr(job.request, "smoke", False):
+                    reads.weights(*job.weight_key[:3])  # --offline: a set lacking files is an error row now, not in a worker
             except EchoMimicError as exc:
                 job.error = str(exc)
             job.fingerprint = fingerprint(job, digests)
@@ -156,6 +158,13 @@ class PlanReads:
             return lambda: (_hollow(shapes[0], shapes[1]), shapes[2], replace(bare, samples=_hollow(shapes[3], shapes[4])))
 
         return self._once(("speech", _identity(path), fps, length), lambda: read_speech(path, fps, length), keep)
+
+    def weights(self, root, weights: str, variant: str) -> None:
+        """The weight set's files are there (an --offline row: the worker would fail on them); once per set."""
+        from ...io import model_files
+
+        self._once(("weights", (str(root), weights, variant)),
+                   lambda: model_files.resolve_files(root, weights, variant), lambda _files: lambda: None)
 
     @property
     def readers(self) -> tuple:

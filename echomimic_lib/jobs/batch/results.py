@@ -5,7 +5,8 @@ A row's record: ``name``, ``line``, ``kind``, ``status`` (``ok`` | ``error``), `
 ``peak_vram_gb`` (this job's, on a GPU), ``scores`` (the weight-free scores of ``echomimic evaluate``),
 ``error`` (on failure), ``fingerprint``, ``worker``, ``attempts``, ``frames_sha256`` (of the rendered uint8 frames
 before H.264 encoding: the encoder itself is not bit-stable from run to run on every input, the frames are; V3 rows
-too). V3 rows also carry ``size`` and ``prompts_encoded`` (prompts this row encoded with umT5; 0: all were cached).
+too). Every record has each of these fields (null where it does not apply: :data:`.runner.RECORD_FIELDS`). V3 rows
+also carry ``size`` and ``prompts_encoded`` (prompts this row encoded with umT5; 0: all were cached).
 
 During a run each finished row is appended and flushed to disk at once, so a killed batch loses at most the
 rows in flight; at the end the file is rewritten (atomically) with one line per row in manifest order. When

@@ -32,6 +32,7 @@ class BatchOptions:
     backend: str = "local"         # local | ray
     ray_address: str | None = None
     quiet: bool = False
+    dry_run: bool = False          # check every row and say what a run would do; nothing rendered, loaded or written
     on_event: object = None        # callable(kind, worker, job, payload): tests and embedding programs
     extra: dict = field(default_factory=dict)
 
@@ -45,6 +46,7 @@ class BatchSummary:
     skipped: int = 0
     ok: int = 0
     failed: int = 0
+    to_render: int = 0             # rows handed to the workers (a dry run: rows that would be)
     records: list = field(default_factory=list)
 
     @property
@@ -132,10 +134,18 @@ class _Display:
         self.bar.close()
 
 
+# every record's fields, null where they do not apply (a script reading results.jsonl finds the same columns on every
+# line: ``error`` on a finished row, ``frames`` on an error row); V3 rows add theirs
+RECORD_FIELDS = ("name", "line", "kind", "status", "output", "error", "seconds", "frames", "fps", "device",
+                 "frames_sha256", "loaded_models", "peak_rss_gb", "peak_vram_gb", "scores", "fingerprint", "worker",
+                 "attempts")
+
+
 def _record(job, payload: dict, worker) -> dict:
-    rec = {"name": job.name, "line": job.line, "kind": job.kind, "status": payload.get("status", "error"),
-           "output": str(job.output) if payload.get("status") == "ok" else None}
-    rec.update({k: v for k, v in payload.items() if k not in rec or v is not None})
+    rec = dict.fromkeys(RECORD_FIELDS)
+    rec.update({"name": job.name, "line": job.line, "kind": job.kind, "status": payload.get("status", "error"),
+                "output": str(job.output) if payload.get("status") == "ok" else None})
+    rec.update({k: v for k, v in payload.items() if rec.get(k) is None or v is not None})
     rec.update(fingerprint=job.fingerprint, worker=getattr(worker, "wid", None), attempts=job.attempts)
     return rec
 
@@ -181,14 +191,22 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
     else:
         worker_devices(opts)  # a wrong --device list is said before any row is checked
     outdir = Path(outdir)
+    if opts.dry_run:  # what a run would do, found as a run finds it; no folder made, no lock, nothing written
+        jobs = check_jobs(jobs)
+        summary, _records, todo, bad = _sort(jobs, read_results(outdir))
+        if outdir.is_dir():
+            refuse_foreign_outputs(todo, outdir)
+        for job in bad:
+            log.warning("line %d (%s) would fail: %s", job.line, job.name, job.error)
+        summary.failed = len(bad)
+        return summary
     outdir.mkdir(parents=True, exist_ok=True)
     with BatchLock(outdir):  # one batch per folder: a second one is refused naming the first
         return _run_locked(jobs, outdir, opts)
 
 
-def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
-    jobs = check_jobs(jobs)
-    previous = read_results(outdir)
+def _sort(jobs: list, previous: dict):
+    """The checked ``jobs`` told apart: finished (skipped: their records kept), error rows, rows to render."""
     summary = BatchSummary(total=len(jobs))
     records: dict[str, dict] = {}
     todo, bad = [], []
@@ -200,6 +218,14 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
             bad.append(job)
         else:
             todo.append(job)
+    summary.to_render = len(todo)
+    return summary, records, todo, bad
+
+
+def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
+    jobs = check_jobs(jobs)
+    previous = read_results(outdir)
+    summary, records, todo, bad = _sort(jobs, previous)
     refuse_foreign_outputs(todo, outdir)
     for job in bad:
         log.warning("line %d (%s): %s", job.line, job.name, job.error)

@@ -40,6 +40,10 @@ def error_message(exc: BaseException) -> str:
         first = (str(exc).splitlines() or ["host RAM"])[0]
         return (f"out of memory ({first}); use a smaller width/height, fewer context_frames, acc, or a fp16/bf16 "
                 "dtype on a GPU, or fewer --workers per GPU.")
+    if isinstance(exc, OSError):  # a full disk, an input moved away mid-batch: what the system said, and the fix
+        from ...io.os_errors import os_error_text
+
+        return os_error_text(exc)
     return f"{type(exc).__name__}: {exc} (a bug in EchoMimic, not in the row; please report it with the traceback in the log)"
 
 
