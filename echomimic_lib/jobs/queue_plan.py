@@ -144,6 +144,13 @@ def load_workflow(workflow) -> dict:
     return template
 
 
+def check_seed_input(template: dict, seed, workflow) -> None:
+    """A :class:`QueueError` when ``--seed`` is given for a workflow with no seed input (it would change nothing)."""
+    if seed is not None and not any("seed" in node["inputs"] for node in template.values()):
+        raise QueueError(f"{workflow}: the workflow has no seed input, so --seed {seed} would change nothing; drop "
+                         "--seed (the workflow's own seeds are used) or give a workflow with an EchoMimic Sampler.")
+
+
 def _is_link(value) -> bool:
     """Whether an API-format input is a link to another node's output (``["4", 0]``)."""
     return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from .queue_plan import DEFAULT_SERVER, build_prompt, load_workflow, plan_jobs
+from .queue_plan import DEFAULT_SERVER, build_prompt, check_seed_input, load_workflow, plan_jobs
 from .queue_replies import (PromptFailed, QueueError, QueueInterrupted, QueueStopped, not_queued, say_about, saved_files,
                             still_open)
 from .queue_state import QueueState, default_path, fingerprint, plan_mark, same_plan
@@ -29,6 +29,7 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
     server = client.check_server(server)
     template = load_workflow(workflow)
+    check_seed_input(template, seed, workflow)
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
     client_id, wait, marks, sending = uuid.uuid4().hex, wait or resume, {}, None
     # every job's prompt with the local names: a workflow that cannot take them is refused before any upload

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from ...errors import EchoMimicError as QueueError  # the client's QueueError is one
+from ..queue_plan import check_seed_input
 from ..queue_run import failed_before, finished_before
 from ..queue_state import same_plan
 from .results import ResultsFile, read_results
@@ -129,6 +130,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     ``--timeout``, the seconds each answer of a server may take, as with one server (None: 10 s to poll, the client's
     default to upload and queue)."""
     template = client.load_workflow(workflow)
+    check_seed_input(template, seed, workflow)
     if videos is not None and driving:
         raise QueueError("--driving and --videos both fill Load Video; with --videos each job's video is used.")
     jobs = client.plan_jobs(portraits, audios, prefix, videos)
