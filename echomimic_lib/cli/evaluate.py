@@ -162,8 +162,9 @@ def _cmd_evaluate(args) -> int:
             landmarker.close()
     for r in reports:
         r.notes[:0] = notes
-    for note in (n for r in reports for n in r.notes):
-        _warn(note)
+    if args.json:  # the table prints its notes under it (naming the clip they are about); the JSON run says them here
+        for note in (n for r in reports for n in r.notes):
+            _warn(note)
     if args.plot:
         import numpy as np
 
@@ -171,7 +172,7 @@ def _cmd_evaluate(args) -> int:
         if plots:
             say(f"wrote {save_png(args.plot, np.concatenate(plots, axis=0))}")
         else:
-            _warn("no plot: lip sync could not be measured (see the notes above).")
+            _warn("no plot: lip sync could not be measured (see the notes " + ("above)." if args.json else "under the table)."))
     if args.json:
         doc = reports[0].to_dict()
         if len(reports) > 1:

@@ -1,0 +1,35 @@
+"""The headless user, day 5: `echomimic evaluate / animate / dub / v3 / poses / landmarks` with the mistakes a daily
+user makes (each: one clear error before anything is announced or loaded, nothing written; or correct work)."""
+from __future__ import annotations
+
+import pytest
+
+from echomimic_lib.cli import main
+
+MP_MODEL = "mediapipe/face_landmarker_v2_with_blendshapes.task"
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Weight loading replaced by a recorder that fails the run if it is reached."""
+    import echomimic_lib.model_set as model_set
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the input was checked")
+
+    monkeypatch.setattr(model_set, "load_models", refuse)
+    monkeypatch.setattr(model_set, "ensure_weights", refuse)
+
+
+# -- 1. evaluate: each note once, under the table (the JSON run: on stderr, the JSON keeps them too) --------------
+def test_evaluate_says_each_note_once(capsys, shared_data, tmp_path):
+    args = ["evaluate", str(shared_data / "video" / "driving_a.mp4"), "--audio", str(shared_data / "audio" / "pose_demo_clip.wav"),
+            "--models", str(tmp_path), "--offline"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert text.count("no face region known") == 1 and "note: no face region known" in out.out
+    assert text.count("face landmarks unavailable") == 1
+    assert main([*args, "--json"]) == 0
+    out = capsys.readouterr()
+    assert out.err.count("no face region known") == 1 and "no face region known" in out.out.splitlines()[-1]
