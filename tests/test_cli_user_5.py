@@ -33,3 +33,18 @@ def test_evaluate_says_each_note_once(capsys, shared_data, tmp_path):
     assert main([*args, "--json"]) == 0
     out = capsys.readouterr()
     assert out.err.count("no face region known") == 1 and "no face region known" in out.out.splitlines()[-1]
+
+
+# -- 2. animate --halfbody-crop / --align-poses without DWPose: refused before the status line ---------------------
+@pytest.mark.parametrize("flag", ["--halfbody-crop", "--align-poses"])
+def test_halfbody_crop_without_dwpose_is_refused_before_the_run_is_announced(capsys, shared_data, tmp_path, no_weights, flag):
+    models = tmp_path / "models"
+    models.mkdir()
+    out = tmp_path / "out.mp4"
+    rc = main(["animate", "--version", "v2", "--pose", str(shared_data / "pose" / "01"), "--reference",
+               str(shared_data / "images" / "halfbody_0035.png"), "--audio", str(shared_data / "audio" / "echomimicv2_woman.wav"),
+               "-o", str(out), "--models", str(models), "--offline", flag, "--length", "4"])
+    cap = capsys.readouterr()
+    assert rc == 2 and "DWPose model file(s)" in cap.err and "Without --offline they are downloaded once" in cap.err
+    assert "V2 half-body" not in cap.out + cap.err  # the status line never came
+    assert not out.exists()
