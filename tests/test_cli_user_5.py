@@ -48,3 +48,20 @@ def test_halfbody_crop_without_dwpose_is_refused_before_the_run_is_announced(cap
     assert rc == 2 and "DWPose model file(s)" in cap.err and "Without --offline they are downloaded once" in cap.err
     assert "V2 half-body" not in cap.out + cap.err  # the status line never came
     assert not out.exists()
+
+
+# -- 3. --audio: a 0-byte file, a video without sound: the option named, the empty file said as such ------------------
+@pytest.mark.parametrize("command", ["animate", "dub"])
+def test_audio_mistakes_name_the_option_and_the_problem(capsys, shared_data, tmp_path, no_weights, command):
+    empty = tmp_path / "speech.wav"
+    empty.write_bytes(b"")
+    silent_video = shared_data / "video" / "driving_a.mp4"  # no sound track
+    base = (["animate", "--reference", str(shared_data / "images" / "portrait_a.png")] if command == "animate"
+            else ["dub", "--video", str(silent_video)])
+    out = tmp_path / "out.mp4"
+    for audio, words in ((empty, ["--audio", "speech.wav", "empty (0 bytes)", "speech recording"]),
+                         (silent_video, ["--audio", "driving_a.mp4", "no audio stream", "recording with sound"])):
+        rc = main([*base, "--audio", str(audio), "-o", str(out), "--models", str(tmp_path), "--offline"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: --audio ") and all(w in err for w in words), err
+        assert not out.exists()
