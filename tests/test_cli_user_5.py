@@ -65,3 +65,12 @@ def test_audio_mistakes_name_the_option_and_the_problem(capsys, shared_data, tmp
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("error: --audio ") and all(w in err for w in words), err
         assert not out.exists()
+
+
+# -- 4. an output that is a folder: the suggested name has the command's own extension -------------------------------
+def test_landmarks_output_folder_suggests_an_npz_name(capsys, shared_data, tmp_path):
+    rc = main(["landmarks", str(shared_data / "video" / "driving_a.mp4"), "-o", str(tmp_path), "--offline",
+               "--mediapipe-model", str(shared_data / MP_MODEL)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a directory" in err and str(tmp_path / "out.npz") in err and "out.mp4" not in err, err
+    assert list(tmp_path.iterdir()) == []
