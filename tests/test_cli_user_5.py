@@ -74,3 +74,25 @@ def test_landmarks_output_folder_suggests_an_npz_name(capsys, shared_data, tmp_p
     err = capsys.readouterr().err
     assert rc == 2 and "is a directory" in err and str(tmp_path / "out.npz") in err and "out.mp4" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 5. evaluate: --audio and --reference checked (named, before MediaPipe); a folder as --plot -----------------------
+def test_evaluate_bad_audio_reference_and_plot_folder(capsys, shared_data, tmp_path, monkeypatch):
+    import echomimic_lib.cli.evaluate as cli_evaluate
+
+    def no_landmarker(*a, **k):
+        raise AssertionError("MediaPipe was looked up before the inputs were checked")
+
+    monkeypatch.setattr(cli_evaluate, "_landmarker", no_landmarker)
+    video = str(shared_data / "video" / "driving_a.mp4")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    cases = [(["--audio", str(empty)], ["--audio", "empty (0 bytes)"]),
+             (["--audio", video], ["--audio", "no audio stream"]),
+             (["--reference", str(empty)], ["--reference", "empty.wav"]),
+             (["--plot", str(tmp_path)], ["--plot", "is a directory", str(tmp_path / "sync.png")])]
+    for extra, words in cases:
+        rc = main(["evaluate", video, "--models", str(tmp_path), "--offline", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and all(w in err for w in words), err
+    assert [p.name for p in tmp_path.iterdir()] == ["empty.wav"]
