@@ -96,3 +96,17 @@ def test_evaluate_bad_audio_reference_and_plot_folder(capsys, shared_data, tmp_p
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("error: ") and all(w in err for w in words), err
     assert [p.name for p in tmp_path.iterdir()] == ["empty.wav"]
+
+
+# -- 6. animate --version v3-flash: the --audio probe as V1/V2's, before a smoke run's tiny weights are written ---------
+def test_v3_audio_mistakes_are_said_before_the_tiny_weights_are_written(capsys, shared_data, tmp_path):
+    empty = tmp_path / "speech.wav"
+    empty.write_bytes(b"")
+    models, out = tmp_path / "models", tmp_path / "out.mp4"
+    for audio, words in ((empty, ["--audio", "empty (0 bytes)"]),
+                         (shared_data / "video" / "driving_a.mp4", ["--audio", "no audio stream"])):
+        rc = main(["animate", "--version", "v3-flash", "--smoke", "--models", str(models), "--reference",
+                   str(shared_data / "images" / "portrait_a.png"), "--audio", str(audio), "-o", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: --audio ") and all(w in err for w in words), err
+    assert not models.exists() and not out.exists()  # no tiny V3 set written for a run refused at its input
