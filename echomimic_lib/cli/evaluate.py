@@ -76,6 +76,9 @@ def _check_plot(args) -> None:
     from ..io.video_writer import check_output_path
 
     plot = Path(args.plot)
+    if plot.is_dir():
+        raise EchoMimicError(f"--plot {args.plot} is a directory, not a regular file; give a file name inside it, e.g. --plot "
+                             f"{plot / 'sync.png'}.")
     if plot.exists() and not plot.is_file():
         raise EchoMimicError(f"{args.plot} exists and is not a regular file; choose another --plot path.")
     if plot.suffix.lower() != ".png":
@@ -122,6 +125,15 @@ def _cmd_evaluate(args) -> int:
     models = _models_dir(args)
     if args.reference and not Path(args.reference).is_file():
         raise EchoMimicError(f"{args.reference}: reference image not found.")
+    if args.audio and Path(args.audio).is_file():  # a missing file, a folder: load_clip's to explain
+        from ..jobs.speech_input import probe_speech
+
+        probe_speech(args.audio)  # an empty file, no sound track: said with the option, before MediaPipe
+    reference = None
+    if args.reference:
+        from ..io.image_file import read_image_file
+
+        reference = read_image_file(args.reference, "--reference")  # not an image: said now, not after the scoring
     if args.plot:
         _check_plot(args)
     clips = [load_clip(args.video, args.audio, args.landmarks, args.fps)]  # inputs checked before any model loads
@@ -156,14 +168,15 @@ def _cmd_evaluate(args) -> int:
                             inception_variant=args.inception_variant, lse_protocol=args.protocol)
     real = _read_real(real_paths) if usable[2] or usable[3] else None
     try:
-        reports = [evaluate(c, args.reference, landmarker, learned, real=real) for c in clips]
+        reports = [evaluate(c, reference, landmarker, learned, real=real) for c in clips]
     finally:
         if landmarker is not None:
             landmarker.close()
     for r in reports:
         r.notes[:0] = notes
-    for note in (n for r in reports for n in r.notes):
-        _warn(note)
+    if args.json:  # the table prints its notes under it (naming the clip they are about); the JSON run says them here
+        for note in (n for r in reports for n in r.notes):
+            _warn(note)
     if args.plot:
         import numpy as np
 
@@ -171,7 +184,7 @@ def _cmd_evaluate(args) -> int:
         if plots:
             say(f"wrote {save_png(args.plot, np.concatenate(plots, axis=0))}")
         else:
-            _warn("no plot: lip sync could not be measured (see the notes above).")
+            _warn("no plot: lip sync could not be measured (see the notes " + ("above)." if args.json else "under the table)."))
     if args.json:
         doc = reports[0].to_dict()
         if len(reports) > 1:

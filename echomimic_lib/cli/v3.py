@@ -74,6 +74,10 @@ def cmd_animate_v3(args) -> int:
     lora, lora_strength = request_fields(args.lora, args.lora_strength)
     if not args.audio:
         raise EchoMimicError("--audio is required for EchoMimicV3 (speech drives the video)")
+    from ..jobs.speech_input import probe_speech
+
+    if Path(args.audio).is_file():  # as V1/V2's: a wrong file refused before torch loads or a smoke run's tiny set is
+        probe_speech(args.audio)  # written (a missing one: said in the plan's order, with the other inputs)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     root = Path(args.models) if args.models else default_models_dir()

@@ -67,10 +67,11 @@ def _probe_writable(folder: Path) -> None:
     os.unlink(name)
 
 
-def check_output_path(path, flag: str = "the output path") -> Path:
+def check_output_path(path, flag: str = "the output path", example: str = "out.mp4") -> Path:
     """Validate a destination file before any work; returns it with symlinks resolved (nothing is created).
 
-    ``flag`` names the setting in messages (e.g. ``-o/--output`` on the command line)."""
+    ``flag`` names the setting in messages (e.g. ``-o/--output`` on the command line); ``example``: the file name
+    suggested inside a folder given as the output."""
     if path is None or str(path).strip() == "":
         raise OutputError(f"{flag} is empty; give a file name such as out.mp4.")
     p = Path(path).expanduser()
@@ -84,10 +85,10 @@ def check_output_path(path, flag: str = "the output path") -> Path:
         raise OutputError(f"{flag} {p}: cannot be inspected ({exc.strerror or exc}); choose another file name.") from exc
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"{flag} {p} is a directory; give a file name inside it, e.g. {p / 'out.mp4'}.")
+            raise OutputError(f"{flag} {p} is a directory; give a file name inside it, e.g. {p / example}.")
         if not stat.S_ISREG(st.st_mode):
             raise OutputError(f"{flag} {p} is not a regular file (a device, pipe or socket) and is never replaced; "
-                              "give the name of a new or existing .mp4 file.")
+                              f"give the name of a new or existing {Path(example).suffix} file.")
     parent = p.parent
     base = _nearest_existing(parent)
     if not base.is_dir():

@@ -95,9 +95,9 @@ def _reference_target(mode, req: AnimateRequest) -> str:
 
 
 def _dwpose(req: AnimateRequest):
-    from ..pose.dwpose import DWPoseDetector
+    from .pose_sources import dwpose_detector
 
-    return DWPoseDetector.from_models_dir(_models_root(req), download=req.download)
+    return dwpose_detector(dwpose_roots(req), req.download)  # where preflight found them (a smoke run: the default folder too)
 
 
 def prepare_condition(mode, req: AnimateRequest, reference: np.ndarray, num_frames: int, settings,

@@ -199,6 +199,15 @@ def check_condition_inputs(req, mode) -> None:
             check_pose_video(req.pose)
             check_dwpose_models(dwpose_roots(req), req.download)
         check_pose_frame(req.pose)
+    dwpose_flags = [f for f, on in (("--halfbody-crop", getattr(req, "halfbody_crop", False)),
+                                    ("--align-poses", getattr(req, "align_poses", False))) if on]
+    if dwpose_flags and mode.condition == "hand_pose":  # the reference's body found by DWPose: its models checked now
+        from .pose_sources import check_dwpose_models
+
+        what = " and ".join(dwpose_flags)
+        check_dwpose_models(dwpose_roots(req), req.download, "--smoke" if getattr(req, "smoke", False) else "--offline",
+                            fetch=True, lead=f"{what} need{'' if len(dwpose_flags) > 1 else 's'} DWPose: ",
+                            alternative=f"; or leave out {what}")
     check_stabilize(getattr(req, "stabilize", STABILIZE_DEFAULT), mode)
     check_gesture_inputs(req, mode)
 

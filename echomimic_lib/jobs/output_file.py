@@ -24,7 +24,7 @@ def check_destination(path, flag: str, suffixes: tuple, example: str, inputs: di
     from ..io.file_safety import refuse_existing, refuse_input_as_output
     from ..io.video_writer import check_output_path
 
-    p = check_output_path(path, flag)  # a folder, a device, an unwritable place: said first
+    p = check_output_path(path, flag, "out" + example)  # a folder, a device, an unwritable place: said first
     refuse_input_as_output(p, inputs or {}, flag)
     for other_flag, other in (others or {}).items():
         if other and p.resolve() == Path(other).expanduser().resolve():

@@ -52,9 +52,12 @@ def check_pose_frame(path, flag: str = "--pose") -> None:
                              f"the hands still for the whole video; give the folder: {flag} {p.parent}.")
 
 
-def check_dwpose_models(roots: list[Path], download: bool, flag: str = "--offline") -> None:
-    """Without downloads the two ONNX files must be there: said before any model loads."""
-    if download:
+def check_dwpose_models(roots: list[Path], download: bool, flag: str = "--offline", fetch: bool = False,
+                        lead: str = "", alternative: str = "") -> None:
+    """Without downloads the two ONNX files must be there: said before any model loads. ``fetch``: with downloads
+    allowed, missing files are downloaded now (into the first root), a failed download said before the run starts
+    (as the MediaPipe model is). ``lead`` / ``alternative``: what needs DWPose, and how to do without it."""
+    if download and not fetch:
         return
     from ..pose.dwpose import resolve_dwpose_models
 
@@ -65,7 +68,13 @@ def check_dwpose_models(roots: list[Path], download: bool, flag: str = "--offlin
             return
         except MissingWeightsError as exc:
             first = first or exc
-    raise MissingWeightsError(f"{first} (Without {flag} they are downloaded once.)", first.missing)
+    if download:
+        try:
+            resolve_dwpose_models(roots[0], download=True)
+            return
+        except MissingWeightsError as exc:
+            raise MissingWeightsError(f"{lead}{exc}{alternative}", exc.missing) from None
+    raise MissingWeightsError(f"{lead}{first} (Without {flag} they are downloaded once{alternative}.)", first.missing)
 
 
 def dwpose_detector(roots: list[Path], download: bool):

@@ -22,12 +22,20 @@ def probe_speech(path, flag: str = "--audio") -> None:
     from ..io.video_io import _open
 
     p = Path(path)
+    fix = "give a speech recording (wav, mp3, flac, m4a, or a video with sound)."
     if not p.is_file():
-        raise EchoMimicError(f"{flag} {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
-                             "(wav, mp3, flac, m4a, or a video with sound).")
-    c = _open(p)
+        raise EchoMimicError(f"{flag} {p}: {'is a folder' if p.is_dir() else 'file not found'}; {fix}")
+    if p.stat().st_size == 0:
+        raise EchoMimicError(f"{flag} {p}: the file is empty (0 bytes); {fix}")
+    try:
+        c = _open(p)
+    except EchoMimicError as exc:  # the option named (the message starts with the path)
+        raise EchoMimicError(f"{flag} {exc}" if str(exc).startswith(str(p)) else f"{flag}: {exc}") from None
     try:
         s = c.streams.audio[0] if c.streams.audio else None
+        if s is None:
+            raise EchoMimicError(f"{flag} {p}: the file has no audio stream; give a recording with sound (wav, mp3, flac, "
+                                 "m4a, or a video with audio).")
         check_rate(p, (s.codec_context.sample_rate or s.rate or 0) if s is not None else 0, flag)  # (the header's)
     finally:
         c.close()
