@@ -69,6 +69,9 @@ def _cmd_fit(args) -> int:
     check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit(cfg, resume=True if resume == "latest" else resume)
+    if result.get("finished"):  # --resume of a run whose steps were all done: nothing trained
+        print(result["finished"])
+        return 0
     print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints")
     return 0
 
@@ -82,6 +85,9 @@ def _cmd_v3_fit(args) -> int:
     check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit_v3(cfg, resume=True if resume == "latest" else resume)
+    if result.get("finished"):  # --resume of a run whose steps were all done: nothing trained
+        print(result["finished"])
+        return 0
     print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints; "
           f"export the LoRA with `echomimic-train v3-export {result['output_dir']} LORA.safetensors`")
     return 0
