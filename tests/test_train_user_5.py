@@ -124,3 +124,25 @@ def test_log_and_error_lines_show_control_characters_escaped(tmp_path):
     assert "has no checkpoint yet" in r.stderr and "no manifest.jsonl" in r.stderr, r.stderr  # a log line, an error line
     assert "\x1b" not in r.stderr and "\x07" not in r.stderr, repr(r.stderr)
     assert "ev\\x1b]0;pwned\\x07il" in r.stderr, r.stderr
+
+
+# 4. a checkpoint path that does not exist -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["fit", "export", "v3-export"])
+def test_a_mistyped_checkpoint_says_it_does_not_exist_and_names_the_runs_checkpoints(command, tmp_path, capsys, nothing_built):
+    ckpt = _fake_checkpoint(tmp_path)  # run/checkpoints/step-00000002
+    wrong = ckpt.parent / "step-00000009"
+    if command == "fit":
+        cfg = _yaml(tmp_path, tmp_path / "other", "preset: v1_stage1\n")
+        rc, err = _train(["fit", "--config", cfg, "--resume", wrong], capsys)
+    else:
+        rc, err = _train([command, wrong, tmp_path / "dest"], capsys)
+    assert rc == 2 and f"{wrong}: no such checkpoint folder" in err, err
+    assert f"the checkpoints in {ckpt.parent}: step-00000002" in err, err
+    assert not (tmp_path / "other").exists() and not (tmp_path / "dest").exists()
+
+
+def test_a_missing_run_folder_given_to_resume_says_it_does_not_exist(tmp_path, capsys, nothing_built):
+    cfg = _yaml(tmp_path, tmp_path / "run", "preset: v1_stage1\n")
+    rc, err = _train(["fit", "--config", cfg, "--resume", tmp_path / "nope"], capsys)
+    assert rc == 2 and f"{tmp_path / 'nope'}: no such checkpoint folder" in err, err
