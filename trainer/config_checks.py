@@ -99,7 +99,7 @@ def check_keep_last(keep_last: int, steps: int, every: int) -> None:
         every_one = max(1, math.ceil(steps / max(1, every)))
         raise ConfigError(f"checkpoint.keep_last: {keep_last} must be at least 1 (the newest N checkpoints are kept, e.g. "
                           f"checkpoint.keep_last: 3); to keep every checkpoint of this run, checkpoint.keep_last: {every_one} "
-                          f"({steps} steps, one every {every}).")
+                          f"({steps} steps: a checkpoint every {every} and at the last step).")
 
 
 def check_counters(cfg) -> None:
