@@ -146,3 +146,30 @@ def test_a_missing_run_folder_given_to_resume_says_it_does_not_exist(tmp_path, c
     cfg = _yaml(tmp_path, tmp_path / "run", "preset: v1_stage1\n")
     rc, err = _train(["fit", "--config", cfg, "--resume", tmp_path / "nope"], capsys)
     assert rc == 2 and f"{tmp_path / 'nope'}: no such checkpoint folder" in err, err
+
+
+# 5. a clip whose frames.bin was cut short (a copy stopped early) ----------------------------------------------------
+
+def test_a_clip_cut_short_is_named_before_anything_is_built_or_written(tmp_path, capsys, monkeypatch):
+    from echomimic_lib.models.wan.tiny import ensure_tiny_v3
+
+    import trainer.v3.encode as enc
+    from tests.test_v3_train import dataset
+
+    def no(*a, **k):
+        raise Built("an encoder or the transformer loaded")
+    monkeypatch.setattr(enc, "prompt_states", no)
+    monkeypatch.setattr(enc, "Encoders", no)
+    tiny = ensure_tiny_v3(tmp_path / "v3-flash")
+    data = dataset(tmp_path / "data", clips=3)
+    frames = data / "shard-00000" / "spk1__clip" / "frames.bin"
+    with open(frames, "r+b") as f:
+        f.truncate(frames.stat().st_size // 2)
+    run = tmp_path / "run"
+    cfg = tmp_path / "v3.yaml"
+    cfg.write_text(f"output_dir: {run}\nmodel: {{path: {tiny}}}\ndata: {{roots: [{data}], frames: 9, width: 32, height: 32}}\n"
+                   "mixed_precision: 'no'\nsteps: 4\n")
+    rc, err = _train(["v3-fit", "--config", cfg], capsys)
+    assert rc == 2 and f"{frames.parent}: this prepared clip is damaged (frames.bin holds" in err, err
+    assert "cut short" in err and "manifest.jsonl" in err, err
+    assert not run.exists()
