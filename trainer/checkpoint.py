@@ -210,6 +210,18 @@ def agree_on_resume(accelerator, ckpt: Path | None) -> None:
                                 "output_dir/checkpoints, or resume every node from the same one (--resume FOLDER)")
 
 
+def refuse_missing(path) -> None:
+    """A checkpoint or run folder given (``--resume``, ``export``, ``v3-export``) that does not exist: said as such,
+    with the checkpoints beside it (a step number misread), not as "no checkpoints under it"."""
+    p = Path(path)
+    if p.exists():
+        return
+    near = [c for folder in (p.parent, checkpoint_dir(p.parent)) for _, c in list_checkpoints(folder)]
+    there = f"; the checkpoints in {near[0].parent}: {', '.join(c.name for c in near)}" if near else ""
+    raise FileNotFoundError(f"{path}: no such checkpoint folder (give a checkpoint folder, or the run's output_dir for "
+                            f"its newest checkpoint){there}")
+
+
 def resolve_resume(resume, out_dir: Path) -> Path | None:
     """``resume`` = True/"latest" (newest checkpoint of the run, or None when there is none yet), or a path."""
     if not resume:
@@ -219,6 +231,7 @@ def resolve_resume(resume, out_dir: Path) -> Path | None:
     p = Path(resume)
     if (p / "meta.json").is_file():
         return p
+    refuse_missing(p)
     latest = latest_checkpoint(checkpoint_dir(p))
     if latest is None:
         raise FileNotFoundError(f"{resume}: not a checkpoint folder, and no checkpoints under it")

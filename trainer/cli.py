@@ -13,6 +13,8 @@ import argparse
 import logging
 import sys
 
+from echomimic_lib.errors import printable
+
 from .cli_checks import DROP_FIXES, check_config_file, check_output_dir, no_clips_message  # noqa: F401 (DROP_FIXES: importable here)
 
 
@@ -69,7 +71,10 @@ def _cmd_fit(args) -> int:
     check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit(cfg, resume=True if resume == "latest" else resume)
-    print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints")
+    if result.get("finished"):  # --resume of a run whose steps were all done: nothing trained
+        print(printable(result["finished"]))
+        return 0
+    print(printable(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints"))
     return 0
 
 
@@ -82,8 +87,11 @@ def _cmd_v3_fit(args) -> int:
     check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit_v3(cfg, resume=True if resume == "latest" else resume)
-    print(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints; "
-          f"export the LoRA with `echomimic-train v3-export {result['output_dir']} LORA.safetensors`")
+    if result.get("finished"):  # --resume of a run whose steps were all done: nothing trained
+        print(printable(result["finished"]))
+        return 0
+    print(printable(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints; "
+                    f"export the LoRA with `echomimic-train v3-export {result['output_dir']} LORA.safetensors`"))
     return 0
 
 
@@ -93,7 +101,7 @@ def _cmd_v3_export(args) -> int:
     from .v3.lora import export_wan_lora
 
     path = export_wan_lora(args.source, args.dest, force=args.force, dtype=getattr(torch, args.dtype), verify=not args.no_verify)
-    print(f"wrote {path}; use it with `echomimic animate --version v3-flash --lora {path}` or the EchoMimic V3 LoRA node")
+    print(printable(f"wrote {path}; use it with `echomimic animate --version v3-flash --lora {path}` or the EchoMimic V3 LoRA node"))
     return 0
 
 
@@ -103,7 +111,7 @@ def _cmd_export(args) -> int:
     formats = {"both": (".pth", ".safetensors"), "pth": (".pth",), "safetensors": (".safetensors",), "peft": ("peft",)}[args.format]
     files = export(args.source, args.dest, ema=args.ema, formats=formats, dtype=args.dtype, link=args.link, verify=not args.no_verify,
                    merge=args.merge, force=args.force)
-    print(f"exported {len(files)} files to {args.dest}")
+    print(printable(f"exported {len(files)} files to {args.dest}"))
     return 0
 
 
@@ -282,6 +290,28 @@ def main(argv=None) -> int:
     return run_command(lambda: _main(argv))
 
 
+class _Printable(logging.Formatter):
+    """Log lines as a terminal may show them (:func:`echomimic_lib.errors.printable`): a file name or a config value
+    with a control character in it (a terminal escape) is written ``\\xNN``, as ``echomimic``'s own lines are."""
+
+    def format(self, record):
+        from echomimic_lib.errors import printable
+
+        return printable(super().format(record))
+
+
+def _console_logging(level: int) -> None:
+    """``logging.basicConfig`` (a stderr handler when the root logger has none), its lines through :class:`_Printable`
+    (tqdm's ``logging_redirect_tqdm`` keeps this formatter while the progress bar is shown)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Printable("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def _resume_hint(args) -> str:
     return {"fit": " (resume with --resume)", "v3-fit": " (resume with --resume)",
             "prepare": " (run the same command again to go on: finished clips are skipped)"}.get(args.command, "")
@@ -291,12 +321,12 @@ def _main(argv) -> int:
     from echomimic_lib.cli.common import expand_home
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _console_logging(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:  # accelerate reports every checkpoint file at INFO: keep the progress bar readable
         for name in ("accelerate", "torch.distributed", "diffusers"):
             logging.getLogger(name).setLevel(logging.WARNING)
     from echomimic_lib.cli.process_exit import interrupt_exit_code, interrupt_word, output_closed
-    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.errors import EchoMimicError, printable
 
     from .config import ConfigError
 
@@ -305,7 +335,7 @@ def _main(argv) -> int:
     except (ConfigError, EchoMimicError, FileNotFoundError, FileExistsError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:  # from the file system, not our own message
             return _os_error(exc)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (echomimic_lib.cli.process_exit.Terminated)
         print(f"{interrupt_word(exc)}{_resume_hint(args)}", file=sys.stderr)
@@ -318,11 +348,12 @@ def _main(argv) -> int:
 
 def _os_error(exc: OSError) -> int:
     """The file system said no: a full disk, permissions, a missing folder, a file where a folder belongs."""
+    from echomimic_lib.errors import printable
     from echomimic_lib.io.file_safety import disk_full
     from echomimic_lib.io.os_errors import WriteError, os_error_text
 
     kept = " Nothing partial was kept." if disk_full(exc) and not isinstance(exc, WriteError) else ""
-    print(f"error: {os_error_text(exc)}{kept}", file=sys.stderr)
+    print(f"error: {printable(os_error_text(exc))}{kept}", file=sys.stderr)
     return 2
 
 

@@ -92,6 +92,16 @@ def check_numbers(cfg) -> None:
             raise ConfigError(f"optim.{name}: {getattr(o, name)} must not be negative.")
 
 
+def check_keep_last(keep_last: int, steps: int, every: int) -> None:
+    """``checkpoint.keep_last``: the newest N checkpoints are kept, so N must be at least 1 (0 or a negative number once
+    kept every checkpoint without a word). To keep them all: the run's number of checkpoints, said in the message."""
+    if keep_last < 1:
+        every_one = max(1, math.ceil(steps / max(1, every)))
+        raise ConfigError(f"checkpoint.keep_last: {keep_last} must be at least 1 (the newest N checkpoints are kept, e.g. "
+                          f"checkpoint.keep_last: 3); to keep every checkpoint of this run, checkpoint.keep_last: {every_one} "
+                          f"({steps} steps: a checkpoint every {every} and at the last step).")
+
+
 def check_counters(cfg) -> None:
     """The loop's intervals, the data loader's workers, the EMA decay and the LR schedule's name: each is said with its
     key and a working value before anything is built (they once stopped the run after its first step with a bare
@@ -100,6 +110,7 @@ def check_counters(cfg) -> None:
     for path, value, example in every:
         if value < 1:
             raise ConfigError(f"{path}: {value} must be at least 1 (steps between two; e.g. {path}: {example}).")
+    check_keep_last(cfg.checkpoint.keep_last, cfg.max_steps, cfg.checkpoint.every)
     if cfg.validation.every < 0:
         raise ConfigError(f"validation.every: {cfg.validation.every} must be 0 (no validation video) or a number of steps.")
     if cfg.data.num_workers < 0:

@@ -32,7 +32,7 @@ from .checkpoint import (agree_on_resume, checkpoint_dir, intern_state_keys, is_
 from .config import ConfigError, TrainConfig
 from .config_file import dump_config
 from .earlier_run import keep_earlier_run
-from .resume_match import check_resume_matches, say_fresh_resume
+from .resume_match import check_resume_matches, finished_message, say_fresh_resume
 from .run_lock import TrainLock
 from .safe_resume import check_checkpoint, weights_only_loading
 from .distributed import (PhaseModel, ValidationWait, accelerator_kwargs, check_shared_output, is_fsdp, materialize_optimizer_state,
@@ -111,7 +111,8 @@ def fit(cfg: TrainConfig, resume=None, lpips_fn=None, stop_after: int | None = N
 def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
     """Train according to ``cfg``. ``resume``: True/"latest" or a checkpoint path. ``lpips_fn`` replaces the
     LPIPS network (any callable (a, b) -> (N,)). ``stop_after``: stop after this many steps of this call
-    (tests). ``hooks``: optional callbacks (tests, debugging): ``setup(net, audio_control)``,
+    (tests). A resumed run whose steps are all done returns at once, nothing built or written, with ``finished``: what
+    to do (lengthen the run, or export). ``hooks``: optional callbacks (tests, debugging): ``setup(net, audio_control)``,
     ``after_loss(step_index, StepOutput) -> StepOutput | None`` (0-based index of the step being computed),
     ``after_step(steps_done, outputs, net)``."""
     from accelerate import Accelerator
@@ -149,6 +150,10 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
             raise ConfigError(f"{ckpt}: an EchoMimicV3 LoRA checkpoint; resume it with `echomimic-train v3-fit --resume` "
                               "(fit trains V1/V2)")
         check_resume_matches(cfg, ckpt, read_meta(ckpt))  # another run's checkpoint: said before config.yaml is replaced
+        done = finished_message(ckpt, out, read_meta(ckpt)["step"], cfg.max_steps, f"phases.{cfg.phases[-1].name}.steps",
+                                cfg.phases[-1].steps, "echomimic-train export {ckpt} DEST")
+        if done:  # every step trained: nothing is built or written
+            return {"step": read_meta(ckpt)["step"], "output_dir": str(out), "nonfinite_total": None, "finished": done}
     if ckpt is None and list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
     pools = build_pools(cfg, rank, world)  # clips V1/V2 cannot train on are refused before anything is written or built

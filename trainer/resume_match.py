@@ -81,3 +81,16 @@ def say_fresh_resume(resume, ckpt, out_dir) -> None:
     if resume and ckpt is None:
         log.warning("--resume: %s has no checkpoint yet, so this run starts from step 0 (a fresh run). If you meant to "
                     "continue an earlier run, stop this one and give that run's output_dir.", Path(out_dir).resolve())
+
+
+def finished_message(ckpt: Path, out_dir, step: int, total: int, steps_key: str, key_steps: int, export: str) -> str | None:
+    """``--resume`` of a run whose steps are all done (its checkpoint at or past the config's last step): what to do,
+    said before anything is built or written (it once built every network, trained nothing and printed "finished at
+    step N" as if it had trained). None while there are steps left. ``steps_key`` / ``key_steps``: the setting that
+    lengthens the run (V1/V2: the last phase's steps; V3: ``steps``) and its value now."""
+    if step < total:
+        return None
+    where = f" (of {total})" if step == total else f", past this config's {total} steps"
+    return (f"the run in {out_dir} is already finished at step {step}{where}: nothing was trained. To train on, raise "
+            f"{steps_key} above {key_steps + step - total} (--set {steps_key}=N) and --resume again; to use it: "
+            f"`{export.format(ckpt=ckpt)}`.")

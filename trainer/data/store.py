@@ -357,6 +357,16 @@ def check_clips_present(entries: list[ClipEntry]) -> None:
                                f"{'missing' if not e.path.exists() else f'damaged (no {CLIP_META})'}. Run `echomimic-train "
                                f"prepare VIDEOS {root}` again with the dataset's settings: it prepares a clip whose folder is "
                                "missing again (delete a damaged one first); or remove the clip's line from the manifest.")
+    for e in entries:  # a frames.bin cut short (a copy or sync stopped early): named now, not hours into the run
+        try:
+            offsets = np.load(e.path / "frames.idx.npy", mmap_mode="r")
+            end = int(offsets[-1]) if offsets.ndim == 1 and offsets.dtype.kind in "iu" and len(offsets) else 0
+            size = (e.path / "frames.bin").stat().st_size
+        except (OSError, ValueError):
+            continue  # an unreadable file: named by the clip's reader, as before
+        if size < end:
+            raise damaged(e.path, f"frames.bin holds {size} bytes, its frames.idx.npy places frames up to byte {end}: "
+                                  "the file was cut short")
 
 
 def recover_clips(root: str | Path, mine=None) -> list[Path]:

@@ -150,8 +150,11 @@ class V3TrainConfig:
             raise ConfigError("noise.shift and noise.logit_std must be > 0")
         if o.lr <= 0 or o.batch_size < 1 or o.grad_accum < 1 or o.max_grad_norm < 0 or o.warmup_steps < 0:
             raise ConfigError("optim: lr > 0, batch_size >= 1, grad_accum >= 1, max_grad_norm >= 0 (0: no clipping), warmup_steps >= 0")
-        if self.steps < 1 or self.checkpoint.every < 1 or self.checkpoint.keep_last < 0 or self.log_every < 1:
-            raise ConfigError("steps, checkpoint.every and log_every must be >= 1, checkpoint.keep_last >= 0")
+        if self.steps < 1 or self.checkpoint.every < 1 or self.log_every < 1:
+            raise ConfigError("steps, checkpoint.every and log_every must be >= 1")
+        from ..config_checks import check_keep_last
+
+        check_keep_last(self.checkpoint.keep_last, self.steps, self.checkpoint.every)
         self.validation.check()
         self.distributed.check()
         if self.mixed_precision not in PRECISIONS:

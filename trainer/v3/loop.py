@@ -113,6 +113,13 @@ def _fit_v3(cfg: V3TrainConfig, resume, stop_after, locks) -> dict:
     vwait = ValidationWait(acc, cfg.distributed.validation_timeout_s) if validator is not None else None  # collective
     agree_on_resume(acc, ckpt)
     out = Path(cfg.output_dir)
+    if ckpt is not None:
+        from ..resume_match import finished_message
+
+        done = finished_message(ckpt, out, read_meta(ckpt)["step"], cfg.steps, "steps", cfg.steps,
+                                "echomimic-train v3-export {ckpt} LORA.safetensors")
+        if done:  # every step trained: no encoder or transformer loads, nothing is written
+            return {"step": read_meta(ckpt)["step"], "output_dir": str(out), "windows": len(windows), "lora": None, "finished": done}
     if main:
         say_fresh_resume(resume, ckpt, out)
     if is_writer(acc):

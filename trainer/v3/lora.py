@@ -97,11 +97,12 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output, regular_target, temp_beside
     from echomimic_lib.io.os_errors import writing
 
-    from ..checkpoint import latest_checkpoint, read_meta, refuse_inside_checkpoint
+    from ..checkpoint import latest_checkpoint, read_meta, refuse_inside_checkpoint, refuse_missing
     from ..export import checkpoint_files
     from ..export_paths import NewFolders
 
     ckpt = Path(ckpt)
+    refuse_missing(ckpt)
     if not (ckpt / "meta.json").is_file():
         found = latest_checkpoint(ckpt / "checkpoints") if ckpt.is_dir() else None
         if found is None:
