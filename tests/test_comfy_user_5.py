@@ -134,3 +134,29 @@ def test_an_unknown_combo_value_is_refused_first_naming_the_allowed_values(node,
     msg = str(info.value)
     assert msg.startswith(f"{name}: {value!r} is not one of its choices (") and ", ".join(map(str, choices[0])) in msg, msg
     assert "pick one of them" in msg, msg
+
+
+# ------------------------------------------------------------------------------------------ 3. a MASK of the wrong size
+@pytest.fixture
+def no_sampling(monkeypatch):
+    sampler = sub("nodes.sampler")
+    monkeypatch.setattr(sampler, "placement", _reached)
+    handle = SimpleNamespace(models=SimpleNamespace(), low_vram=False, weights="v1_audio", variant="normal")
+    track = SimpleNamespace(frame_count=12, fps=24.0, audio=_speech(), features=None)
+
+    def run(reference=None, mask=None, width=64, height=64):
+        ref = torch.rand(1, 64, 64, 3) if reference is None else reference
+        return sampler.sample(handle, ref, track, 7, 1, 0.0, width, height, 0, 12, 3, mask=mask)
+
+    return run
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 48), (128, 128)])
+def test_a_mask_of_another_size_than_the_video_is_refused_before_the_models_are_placed(no_sampling, size):
+    """It was said only in the first window, after the models were on the device."""
+    h, w = size
+    with pytest.raises(EchoMimicError, match=rf"the face mask is {w}x{h} but the video is 64x64; prepare the reference and "
+                                             r"mask at the output size"):
+        no_sampling(mask=torch.ones(1, h, w))
+    with pytest.raises(Reached):
+        no_sampling(mask=torch.ones(1, 64, 64))
