@@ -160,3 +160,20 @@ def test_a_mask_of_another_size_than_the_video_is_refused_before_the_models_are_
         no_sampling(mask=torch.ones(1, h, w))
     with pytest.raises(Reached):
         no_sampling(mask=torch.ones(1, 64, 64))
+
+
+# ------------------------------------------------------------------------------------------ 4. IMAGE channels
+@pytest.mark.parametrize("shape", [(1, 64, 64, 1), (1, 64, 64, 2), (1, 64, 64)])
+def test_an_image_of_1_channel_names_the_fix(no_sampling, shape):
+    """"expected a ComfyUI IMAGE [batch, height, width, 3], got (1, 64, 64, 1)": no word on what to do."""
+    with pytest.raises(EchoMimicError) as info:
+        no_sampling(reference=torch.rand(shape))
+    msg = str(info.value)
+    assert msg.startswith(f"reference: expected a ComfyUI IMAGE [batch, height, width, 3], got {shape}") and \
+        "Convert Mask to Image" in msg, msg
+
+
+def test_an_rgba_image_takes_its_colour_channels():
+    payloads = sub("nodes.payloads")
+    rgba = torch.rand(1, 8, 8, 4)
+    assert (payloads.image_batch(rgba) == payloads.image_batch(rgba[..., :3])).all()
