@@ -177,3 +177,20 @@ def test_an_rgba_image_takes_its_colour_channels():
     payloads = sub("nodes.payloads")
     rgba = torch.rand(1, 8, 8, 4)
     assert (payloads.image_batch(rgba) == payloads.image_batch(rgba[..., :3])).all()
+
+
+# ------------------------------------------------------------------------------------------ 5. a V3 folder missing files
+def test_a_v3_folder_missing_parts_names_every_missing_part_and_the_fix(monkeypatch, tmp_path):
+    """A folder holding the flash-pro file without wav2vec2 (an interrupted download) was "FileNotFoundError: ...
+    chinese-wav2vec2-base: no config.json", and the missing base transformer was not named until after it."""
+    C, v3 = sub("nodes.comfy_bridge"), sub("nodes.v3")
+    monkeypatch.setattr(C, "MODELS_DIR", tmp_path)
+    flash = tmp_path / "echomimic" / "v3-flash" / v3.FLASH_FILE
+    flash.parent.mkdir(parents=True)
+    flash.write_bytes(b"x")
+    monkeypatch.setattr(sub("echomimic_lib.audio.wav2vec"), "load_wav2vec",
+                        lambda *a, **k: pytest.fail("wav2vec2 was read before the missing parts were named"))
+    with pytest.raises(sub("echomimic_lib.errors").MissingWeightsError) as info:
+        v3.EchoMimicV3Loader().execute("v3-flash", "auto")
+    msg = str(info.value)
+    assert "chinese-wav2vec2-base" in msg and "Wan2.1-Fun-V1.1-1.3B-InP" in msg and "auto_download" in msg, msg
