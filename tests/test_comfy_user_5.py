@@ -194,3 +194,17 @@ def test_a_v3_folder_missing_parts_names_every_missing_part_and_the_fix(monkeypa
         v3.EchoMimicV3Loader().execute("v3-flash", "auto")
     msg = str(info.value)
     assert "chinese-wav2vec2-base" in msg and "Wan2.1-Fun-V1.1-1.3B-InP" in msg and "auto_download" in msg, msg
+
+
+# ------------------------------------------------------------------------------------------ 6. a video with no frames
+@pytest.mark.parametrize("node", ["Landmark Extractor", "Sampler reference"])
+def test_an_empty_image_batch_says_where_frames_go_missing(monkeypatch, no_sampling, node):
+    """Load Video of a file with no frames (or a frame range past its end) gave "the IMAGE batch is empty." alone."""
+    monkeypatch.setattr(sub("nodes.detectors"), "face_landmarker", _reached)
+    empty = torch.rand(0, 64, 64, 3)
+    runs = {"Landmark Extractor": lambda: sub("nodes.landmarks").extract(empty, 24.0, "full frame", "interpolate", 0, False),
+            "Sampler reference": lambda: no_sampling(reference=empty)}
+    with pytest.raises(EchoMimicError) as info:
+        runs[node]()
+    msg = str(info.value)
+    assert "the IMAGE batch is empty" in msg and "Load Video" in msg and "frame" in msg, msg
