@@ -70,11 +70,33 @@ class Node:
         return {}
 
 
-def link_problem(node_cls, values: dict) -> str | None:
+def combo_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
+    """Why a COMBO input's value is none of its choices, or None. ComfyUI refuses such a value when the prompt is queued;
+    a node run without that check (the HTTP API with validation skipped, the stand-ins, a workflow edited by hand or saved
+    by another version of the pack) ignored it or failed deep inside. An input the node's VALIDATE_INPUTS takes is left to
+    it (ComfyUI then skips its own list check: the folder and file names, :mod:`.names`)."""
+    spec = node_cls.INPUT_TYPES() if spec is None else spec
+    validate = getattr(node_cls, "VALIDATE_INPUTS", None)
+    own = set(inspect.signature(validate).parameters) if validate is not None else set()
+    for section in ("required", "optional"):
+        for name, (choices, *_) in spec.get(section, {}).items():
+            if not isinstance(choices, list) or name in own or name not in values:
+                continue
+            value = values[name]
+            if value is None and section == "optional":
+                continue  # not given
+            if not any(type(value) is type(c) and value == c for c in choices):
+                return (f"{name}: {value!r} is not one of its choices ({', '.join(map(str, choices))}); pick one of them "
+                        "in the node (a workflow edited by hand, or saved by another version of the pack, may hold a value "
+                        "the node does not have).")
+    return None
+
+
+def link_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
     """Why a value given for a linked input cannot be what the link brings, or None. ComfyUI checks neither the type nor
     the presence of a value given in an API prompt where a link belongs (``"model": "abc"``, ``"reference": null``): it
     would otherwise fail deep in the node (``'str' object has no attribute ...``)."""
-    spec = node_cls.INPUT_TYPES()
+    spec = node_cls.INPUT_TYPES() if spec is None else spec
     for section in ("required", "optional"):
         for name, (typ, _) in spec.get(section, {}).items():
             if isinstance(typ, list) or typ in WIDGET_TYPES or typ == "*" or name not in values:
@@ -98,7 +120,8 @@ def link_problem(node_cls, values: dict) -> str | None:
 
 def checks_links(cls):
     """Class decorator (every :class:`Node` has it): the node's function first refuses, with :func:`link_problem`'s
-    message, a plain value where a link belongs."""
+    message, a plain value where a link belongs, and with :func:`combo_problem`'s a COMBO value that is none of its
+    choices."""
     run = cls.__dict__.get(cls.FUNCTION)
     if run is None or getattr(run, "_checks_links", False):
         return cls
@@ -106,7 +129,8 @@ def checks_links(cls):
 
     @functools.wraps(run)
     def checked(self, *args, **kwargs):
-        problem = link_problem(type(self), {**dict(zip(names, args)), **kwargs})
+        values, spec = {**dict(zip(names, args)), **kwargs}, type(self).INPUT_TYPES()
+        problem = link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
         if problem:
             raise EchoMimicError(problem)
         return run(self, *args, **kwargs)

@@ -113,9 +113,13 @@ def image_batch(image, what: str = "image") -> np.ndarray:
     """ComfyUI IMAGE [B, H, W, C] float 0..1 -> uint8 (B, H, W, 3) RGB."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in (3, 4):
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise EchoMimicError(f"{what}: expected a ComfyUI IMAGE [batch, height, width, 3], got {shape}.")
+        raise EchoMimicError(f"{what}: expected a ComfyUI IMAGE [batch, height, width, 3], got {shape}; connect a colour "
+                             "picture (RGB, or RGBA: its alpha is dropped). A MASK or a 1-channel picture: turn it into an "
+                             "IMAGE first (core's Convert Mask to Image).")
     if image.shape[0] == 0:
-        raise EchoMimicError(f"{what}: the IMAGE batch is empty.")
+        raise EchoMimicError(f"{what}: the IMAGE batch is empty (no frame in it: a Load Video of a file without frames, "
+                             "or a frame range / skip past its end, or a node that dropped them all); connect a picture or "
+                             "frames that are there.")
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise EchoMimicError(f"{what}: the IMAGE is {image.shape[2]}x{image.shape[1]} px (no pixels); connect a picture or "
                              "frames that are not empty (check a crop or resize node before this one).")

@@ -41,7 +41,9 @@ def build_condition(weights: str, mask, landmarks, poses, num_frames: int, width
                                  f"Disconnect '{name}', or load the matching version in EchoMimic Model Loader.")
     if weights == "v1_audio":
         plane = mask_plane(mask) if mask is not None else torch.ones((height, width))
-        return MaskCondition(plane)
+        condition = MaskCondition(plane)
+        condition.tensor(height, width)  # a mask of another size than the video: said now, not after the models load
+        return condition
     if weights == "v1_pose":
         if landmarks is None:
             raise EchoMimicError(f"a V1 landmark model needs {WANTS['v1_pose']}.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..echomimic_lib.audio.waveform import check_sample_rate
 from ..echomimic_lib.io.video_writer import Mp4Writer, _as_uint8
 from . import comfy_bridge as C
 from .base import checks_links
@@ -76,11 +77,11 @@ class VideoFile:
     writer, the preview, and the node's return value."""
 
     def __init__(self, prefix: str, width: int, height: int, fps: float, audio: dict | None, color=None):
-        self.path, self.entry = C.save_path(prefix, "mp4", width, height)
-        self._name = (prefix, width, height)
         wave = audio.get("waveform") if isinstance(audio, dict) else None
         samples = None if wave is None or wave.numel() == 0 else comfy_waveform(wave)[0].float().cpu().numpy()  # (C, T)
-        rate = int(audio["sample_rate"]) if samples is not None else None
+        rate = int(check_sample_rate(audio.get("sample_rate"))) if samples is not None else None  # NaN: was int()'s error
+        self.path, self.entry = C.save_path(prefix, "mp4", width, height)
+        self._name = (prefix, width, height)
         self.fps = float(fps)
         # ``color``: a dub's source colour description (nodes.save_dub); None: the generated video's BT.709 tags
         # checks the destination (nothing is created yet); a number another run took meanwhile is never replaced

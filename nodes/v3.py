@@ -149,6 +149,15 @@ class EchoMimicV3Loader:
             raise EchoMimicError(f"EchoMimicV3 folder '{folder}' not found (or without {FLASH_FILE}) in "
                                  f"{', '.join(map(str, paths.echomimic_roots()))}. Switch on auto_download, or get the "
                                  "files with: echomimic download --weights v3-flash (see docs/v3.md).")
+        if not auto_download:  # every missing part named before any is read (no wav2vec2: a FileNotFoundError)
+            from ..echomimic_lib.errors import MissingWeightsError
+            from ..echomimic_lib.model_set import resolve_v3
+            from ..echomimic_lib.models.wan.sources import COMFY_PARTS
+
+            try:
+                resolve_v3(root, COMFY_PARTS)
+            except MissingWeightsError as exc:
+                raise MissingWeightsError(f"{exc}\nOr switch on auto_download in EchoMimic V3 Loader.", exc.missing) from None
         dt = DTYPES[dtype] or C.auto_dtype(C.torch_device())
         wav2vec = load_wav2vec(root / "chinese-wav2vec2-base")  # first: a damaged download is named before the 3.7 GB load
         model, report = load_v3_transformer(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE, dtype=dt,

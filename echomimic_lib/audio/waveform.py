@@ -68,6 +68,7 @@ def _to_float(arr: np.ndarray, what: str) -> np.ndarray:
 
 
 MIN_SPEECH_RATE = 1000  # Hz: no speech fits under it (its highest tone is half the rate); telephone speech is 8000
+MAX_SAMPLE_RATE = 768_000  # Hz: the highest rate audio is recorded or stored at (studio DXD is 352.8k / 384k)
 
 
 def _check_rate(sample_rate, what: str) -> float:
@@ -83,7 +84,16 @@ def _check_rate(sample_rate, what: str) -> float:
         raise EchoMimicError(f"{what}: sample rate {sample_rate!r} Hz is under the {MIN_SPEECH_RATE} Hz any speech "
                              "recording has (a damaged or mislabelled header, or the rate given in kHz); give the "
                              "rate the samples were recorded at, or resample them first.")
+    if rate > MAX_SAMPLE_RATE:  # (1 GHz: a second of samples became 16 for the features, "too short")
+        raise EchoMimicError(f"{what}: sample rate {sample_rate!r} Hz is above the {MAX_SAMPLE_RATE} Hz any audio is "
+                             "recorded at (a damaged or mislabelled header, or the rate given in mHz); give the rate the "
+                             "samples were recorded at (Load Audio reads it from the file), or resample them first.")
     return rate
+
+
+def check_sample_rate(sample_rate, what: str = "audio") -> float:
+    """The sample rate in Hz (a number from MIN_SPEECH_RATE to MAX_SAMPLE_RATE), or an error naming it and the fix."""
+    return _check_rate(sample_rate, what)
 
 
 def read_raw_audio(audio, sample_rate=None) -> RawAudio:
@@ -149,4 +159,5 @@ def load_waveform_16k(audio, sample_rate=None) -> torch.Tensor:
     return torch.from_numpy(read_raw_audio(audio, sample_rate).mono_16k())
 
 
-__all__ = ["RawAudio", "read_raw_audio", "load_waveform_16k", "check_audible", "SILENCE_PEAK", "TARGET_RATE"]
+__all__ = ["RawAudio", "read_raw_audio", "check_sample_rate", "MAX_SAMPLE_RATE", "load_waveform_16k", "check_audible",
+           "SILENCE_PEAK", "TARGET_RATE"]
