@@ -44,14 +44,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def kernel_share(fn, device: torch.device, calls: int = 2, top: int = 8) -> dict:
-    """Profile ``calls`` calls of ``fn`` (after one unprofiled call): wall and busy seconds per call, kernels per call,
-    the share of each kind, the ``top`` heaviest kernels (ms per call)."""
+def kernel_share(fn, device: torch.device, calls: int = 2, top: int = 8, warm: bool = True) -> dict:
+    """Profile ``calls`` calls of ``fn`` (after one unprofiled call; ``warm=False``: none, for a caller that has just
+    run ``fn`` itself): wall and busy seconds per call, kernels per call, the share of each kind, the ``top``
+    heaviest kernels (ms per call)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    fn()
+    if warm:
+        fn()
     _sync(device)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         t = time.perf_counter()

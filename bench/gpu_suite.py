@@ -201,12 +201,13 @@ def time_call(st: dict, key: str, runner, args, peak, res: dict) -> None:
 
 def profile_calls(st: dict, runner, res: dict) -> None:
     """The kernel share of every call shape timed so far (replayed, and eager beside it with graphs). The variant's
-    last step: no graph is captured after the profiler has run, and a profiler that fails loses nothing else."""
+    last step: no graph is captured after the profiler has run, and a profiler that fails loses nothing else. No
+    warm-up call: time_call has just run each shape through both (the runner, then the eager call it checks against)."""
     den = st["models"].denoiser
     for key in [k for k in st["inputs"] if f"{k}_call_s" in res]:
         for name, fn in [("profile", runner or den)] + ([("profile_eager", den)] if runner is not None else []):
             try:
-                res[f"{key}_{name}"] = kernel_share(lambda fn=fn: call(st, key, fn), st["device"])
+                res[f"{key}_{name}"] = kernel_share(lambda fn=fn: call(st, key, fn), st["device"], warm=False)
             except Exception as exc:  # noqa: BLE001 - reported in the figures
                 res[f"{key}_{name}"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
