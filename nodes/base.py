@@ -92,6 +92,35 @@ def combo_problem(node_cls, values: dict, spec: dict | None = None) -> str | Non
     return None
 
 
+def number_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
+    """Why a number input's value (INT / FLOAT) is no number, or None. A link through a switch / reroute node of type
+    ``*`` may bring null, a list, text, a dict or a true/false, and ComfyUI type-checks no linked value. Most inputs are
+    checked by their node, with their range in the words; where a node failed on one instead (a TypeError / ValueError /
+    OverflowError from deep inside), :func:`checks_links` gives this message in its place."""
+    spec = node_cls.INPUT_TYPES() if spec is None else spec
+    for section in ("required", "optional"):
+        for name, (typ, *_) in spec.get(section, {}).items():
+            if typ not in ("INT", "FLOAT") or name not in values:
+                continue
+            value = values[name]
+            if value is None and section == "optional":
+                continue  # not given
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return (f"{name}: takes a number ({typ}), but it is given {_shown(value)}; set the widget, or link a node "
+                        "that gives a number (a switch or reroute node may pass on another output).")
+            if isinstance(value, int) and value.bit_length() > 1000:
+                return (f"{name}: an integer of about {value.bit_length() * 3 // 10} digits is too large for a number input; "
+                        "give a value in the widget's range.")
+    return None
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "nothing (null)"
+    text = repr(value)
+    return f"{text[:60] + '...' if len(text) > 60 else text} (a {type(value).__name__})"
+
+
 def link_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
     """Why a value given for a linked input cannot be what the link brings, or None. ComfyUI checks neither the type nor
     the presence of a value given in an API prompt where a link belongs (``"model": "abc"``, ``"reference": null``): it
@@ -121,7 +150,7 @@ def link_problem(node_cls, values: dict, spec: dict | None = None) -> str | None
 def checks_links(cls):
     """Class decorator (every :class:`Node` has it): the node's function first refuses, with :func:`link_problem`'s
     message, a plain value where a link belongs, and with :func:`combo_problem`'s a COMBO value that is none of its
-    choices."""
+    choices; a number input given no number that the node failed on is named by :func:`number_problem`."""
     run = cls.__dict__.get(cls.FUNCTION)
     if run is None or getattr(run, "_checks_links", False):
         return cls
@@ -133,7 +162,13 @@ def checks_links(cls):
         problem = link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
         if problem:
             raise EchoMimicError(problem)
-        return run(self, *args, **kwargs)
+        try:
+            return run(self, *args, **kwargs)
+        except (TypeError, ValueError, OverflowError, AttributeError) as exc:  # not the node's own EchoMimicError
+            problem = number_problem(type(self), values, spec)
+            if problem is None or isinstance(exc, EchoMimicError):
+                raise
+            raise EchoMimicError(problem) from exc
 
     checked._checks_links = True
     setattr(cls, cls.FUNCTION, checked)
