@@ -139,7 +139,8 @@ def test_bad_dub_requests_fail_before_any_work(tmp_path, shared_data, capsys):
     video = str(shared_data / "video" / "driving_a.mp4")
     assert cli(["dub", "--video", str(tmp_path / "none.mp4"), "-o", str(tmp_path / "o.mp4")] + FAST) == 2
     assert "source video not found" in capsys.readouterr().err
-    assert cli(["dub", "--video", video, "--audio", video, "-o", str(tmp_path / "o.mp4"), "--parts", "ears"] + FAST) == 2
+    speech = str(shared_data / "audio" / "echomimic_en.wav")  # (the video has no sound track: said first, since the probe)
+    assert cli(["dub", "--video", video, "--audio", speech, "-o", str(tmp_path / "o.mp4"), "--parts", "ears"] + FAST) == 2
     assert "unknown landmark part 'ears'" in capsys.readouterr().err
     assert cli(["dub", "--video", video, "-o", str(tmp_path), "--offline"] + FAST) == 2
     assert "is a directory" in capsys.readouterr().err

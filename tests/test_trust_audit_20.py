@@ -9,6 +9,18 @@ import pytest
 from tests.test_trust import _fake_checkpoint
 
 
+@pytest.fixture
+def fresh_accelerator():
+    """fit makes its Accelerator (the preset's bf16) before it reads the checkpoint: accelerate keeps one mixed precision
+    per process, so none is left over for later tests (a V3 fit in 'no' failed after this one)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.usefixtures("fresh_accelerator")
 @pytest.mark.parametrize("saved", [{"rank": 2, "alpha": None}, {"rank": 2, "alpha": "x"}, 5, ["rank"], True],
                          ids=["alpha-null", "alpha-text", "a-number", "a-list", "true"])
 def test_resume_with_a_damaged_lora_record_in_meta_json_is_a_clear_error(saved, tmp_path, capsys, monkeypatch):
