@@ -295,8 +295,6 @@ class _Printable(logging.Formatter):
     with a control character in it (a terminal escape) is written ``\\xNN``, as ``echomimic``'s own lines are."""
 
     def format(self, record):
-        from echomimic_lib.errors import printable
-
         return printable(super().format(record))
 
 
@@ -326,7 +324,7 @@ def _main(argv) -> int:
         for name in ("accelerate", "torch.distributed", "diffusers"):
             logging.getLogger(name).setLevel(logging.WARNING)
     from echomimic_lib.cli.process_exit import interrupt_exit_code, interrupt_word, output_closed
-    from echomimic_lib.errors import EchoMimicError, printable
+    from echomimic_lib.errors import EchoMimicError
 
     from .config import ConfigError
 
@@ -348,7 +346,6 @@ def _main(argv) -> int:
 
 def _os_error(exc: OSError) -> int:
     """The file system said no: a full disk, permissions, a missing folder, a file where a folder belongs."""
-    from echomimic_lib.errors import printable
     from echomimic_lib.io.file_safety import disk_full
     from echomimic_lib.io.os_errors import WriteError, os_error_text
 
