@@ -17,10 +17,12 @@ each request's overall deadline :mod:`.queue_deadline`.
 from __future__ import annotations
 
 import argparse
+import errno
 import http.client
 import json
 import math
 import mimetypes
+import socket
 import sys
 import time
 import urllib.error
@@ -110,13 +112,27 @@ def _failed(url: str, exc: BaseException, timeout: float, expired: bool) -> Queu
         err = QueueError(f"{url}: no answer within {timeout:g} s; is ComfyUI busy or hung? Try again, or raise --timeout.")
     elif unreachable:
         parts = urllib.parse.urlsplit(url)
+        never = never_connected(reason)
+        sent = (" The prompt was NOT queued (the connection was refused: it never reached the server), so running the "
+                "same command again is safe (add --resume to keep what an earlier run queued)."
+                if never and parts.path.endswith("/prompt") else "")
         err = QueueError(f"cannot reach ComfyUI at {parts.scheme}://{parts.netloc} ({reason}, on {parts.path}); is it "
                          "running? Start it (python main.py; --listen to reach it from another machine) or give its "
-                         "address with --server URL.")
+                         "address with --server URL." + sent)
+        err.never_sent = never
     else:
         return QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?")
     err.no_answer = True
     return err
+
+
+def never_connected(reason) -> bool:
+    """Whether a request that failed with ``reason`` (an URLError's) never reached the server: the connection was refused
+    (nothing listens: the server is down), or the name or the network cannot be reached. urllib raises these only while
+    connecting; a reset or a timeout once connected may come after the request arrived."""
+    if isinstance(reason, (ConnectionRefusedError, socket.gaierror)):
+        return True
+    return isinstance(reason, OSError) and reason.errno in (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH)
 
 
 def _too_slow(url: str, timeout: float) -> QueueError:

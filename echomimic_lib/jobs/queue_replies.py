@@ -125,9 +125,10 @@ def accepted_with_errors(server: str, prompt_id: str, reply: dict) -> str | None
 
 def not_queued(exc: Exception) -> bool:
     """Whether a failed ``POST /prompt`` (``exc``) certainly queued nothing: the server answered with a redirect, a
-    4xx or a 503 (a 500, 502 or 504, or no answer, may come after the prompt was queued)."""
+    4xx or a 503, or the connection was refused (``never_sent``: the request never reached it); a 500, 502 or 504, a
+    timeout or a connection reset once connected may come after the prompt was queued."""
     code = getattr(exc, "code", None)
-    return isinstance(code, int) and (code < 500 or code == 503)
+    return getattr(exc, "never_sent", False) is True or (isinstance(code, int) and (code < 500 or code == 503))
 
 
 def _malformed(server: str, prompt_id: str, what: str) -> QueueError:

@@ -25,13 +25,13 @@ import time
 import uuid
 from pathlib import Path
 
-from ..io.json_file import read_json
+from . import queue_journal as journal
+from .queue_journal import VERSION, load, state_text  # noqa: F401  (importable from here, as before)
 from .queue_lock import StateLock, alive, host, process_start
 from .queue_plan import build_prompt
 from .queue_replies import QueueError
 
 STATE_NAME = ".echomimic_queue.json"
-VERSION = 2  # 1: no "runs" (read as well)
 
 
 class StateInUse(QueueError):
@@ -89,41 +89,10 @@ def default_path(portraits, videos) -> Path:
 
 
 def read_state(path: Path) -> dict:
-    """``{"servers": {url: {prefix: record}}, "runs": {id: run}}`` of the file (empty when there is none), or a
-    :class:`QueueError` naming the file and the fix when it is not a queue state."""
-    data = {"version": VERSION, "servers": {}}
-    if path.is_file():
-        data = read_json(path, "the queue state kept for --resume cannot be read", "delete it or move it away (--resume "
-                         "then queues every job again), or give --state another file.", QueueError, empty=data)
-    if not isinstance(data, dict) or not isinstance(data.get("servers"), dict) or not isinstance(data.get("version"), int):
-        raise QueueError(f"{path} is not an `echomimic queue` state file (it holds other JSON) and is never overwritten; "
-                         "give --state a file of its own (or leave --state out for the default, .echomimic_queue.json "
-                         "in the portraits / videos folder).")
-    if data["version"] > VERSION:
-        raise QueueError(f"{path} was written by a newer echomimic (state version {data['version']}); update echomimic, "
-                         "or give --state another file.")
-    servers = {s: {k: _record(r) for k, r in j.items() if isinstance(r, dict)} for s, j in data["servers"].items()
-               if isinstance(j, dict)}
-    runs = data.get("runs") if isinstance(data.get("runs"), dict) else {}
-    return {"servers": servers, "runs": {k: r for k, r in runs.items() if _run_entry(r)}}
-
-
-def _record(rec: dict) -> dict:
-    """A job's record as read: saved files that are not a list of names (an edited or damaged file) are dropped, so the
-    job is asked about again (never printed or recorded as its files)."""
-    files = rec.get("files")
-    if "files" in rec and not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
-        rec = {k: v for k, v in rec.items() if k != "files"}
-    return rec
-
-
-def _run_entry(run) -> bool:
-    """Whether ``run`` is a run entry as :meth:`QueueState.claim` writes it (a pid a process can have, its host and its
-    jobs' prefixes as text); one that is not (an edited or damaged file) names no live run, and is dropped."""
-    pid, prefixes = run.get("pid") if isinstance(run, dict) else None, run.get("prefixes") if isinstance(run, dict) else None
-    host_ = run.get("host") if isinstance(run, dict) else None  # (none: not asked, and taken as live on another host)
-    return (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 and isinstance(prefixes, list)
-            and all(isinstance(p, str) for p in prefixes) and isinstance(host_, str) and bool(host_))
+    """``{"servers": {url: {prefix: record}}, "runs": {id: run}}`` of the file, its journal applied (empty when there is
+    none), or a :class:`QueueError` naming the file and the fix when it is not a queue state."""
+    found = load(Path(path))
+    return {"servers": found.servers, "runs": found.runs}
 
 
 class QueueState:
@@ -137,11 +106,20 @@ class QueueState:
         self.lock = StateLock(self.path.with_name(self.path.name + ".lock"))
         self.run_id, self.mine, self.claimed = uuid.uuid4().hex, set(), False
         self.data: dict = {}
-        self._written, self._lines = None, {}  # (the file as this run last wrote it, and its lines: _update)
+        self.runs: dict = {}
+        self._lines, self._noted = {}, False  # (the document's job lines as last written: state_text)
+        self._at = None  # (key, epoch, size, journal lines) of the file as this run last wrote or read it
         if self.path.exists() and not self.path.is_file():  # never replaced: a folder, a fifo, a device
             self._give_up(f"{self.path} is not a regular file")
             return
-        self.data = read_state(self.path)["servers"]
+        self._note(found := load(self.path))
+        self.data, self.runs = found.servers, found.runs
+
+    def _note(self, found) -> None:
+        said = found.note(self.path)
+        if said and not self._noted:
+            self._noted = True
+            sys.stderr.write(said + "\n")
 
     def _give_up(self, why: str) -> None:
         if self.ok:
@@ -173,11 +151,12 @@ class QueueState:
             start = process_start(os.getpid())
             if start is not None:
                 runs[self.run_id]["pid_start"] = start
-            disk["runs"] = runs
-        self.claimed = self._update(change)
+            disk["runs"].clear()
+            disk["runs"].update(runs)
+        self.claimed = self._update(change)  # (the file compacted: the journal of earlier runs folded in)
 
     def release(self) -> None:
-        """This run is over: its name goes from the file (its records stay, for --resume)."""
+        """This run is over: its name goes from the file (its records stay, for --resume), which is compacted."""
         if self.ok and self.claimed:
             self.claimed = False
             self._update(lambda disk: disk["runs"].pop(self.run_id, None))
@@ -224,12 +203,8 @@ class QueueState:
         now = self.find(prefix)
         if now is None or now[1].get("prompt_id") != prompt_id:
             return
-        for jobs in self.data.values():
-            jobs.pop(prefix, None)
-        if before is not None:
-            self.data.setdefault(before[0], {})[prefix] = before[1]
         self.mine.add(prefix)
-        self._update(lambda disk: None)
+        self._update(event=journal.job_event(prefix, *(before if before is not None else (None, None))))
 
     def failed(self, server: str, prefix: str, prompt_id: str, why: str) -> None:
         """This job's prompt failed on the server: said in its record (``--resume --retry-failed`` queues it again)."""
@@ -238,38 +213,30 @@ class QueueState:
             self._put(server, prefix, {**found[1], "failed": " ".join(str(why).split())[:300]})
 
     def _put(self, server: str, prefix: str, rec: dict) -> None:
-        for jobs in self.data.values():
-            jobs.pop(prefix, None)
-        self.data.setdefault(server, {})[prefix] = rec
         self.mine.add(prefix)
-        self._update(lambda disk: None)
+        self._update(event=journal.job_event(prefix, server, rec))
 
-    def _update(self, change) -> bool:
-        """Under the lock: re-read the file, put this run's jobs in (``change`` edits the rest), rewrite it atomically.
-        The file is parsed again only when it is not as this run last wrote it (another run wrote it: a new file, its
-        inode, size or time differ), and a job's line is encoded again only when its record changed: a run of
-        thousands of jobs rewrites it after each prompt."""
+    def _update(self, change=None, event=None) -> bool:
+        """Under the lock: the changes other runs made since are read (only the lines appended since, when the file is
+        as this run left it), then ``event`` (a job's record) is appended to the journal, one line synced to disk; or,
+        with ``change`` (which edits the runs: :meth:`claim`, :meth:`release`), when the file is not as this run left it
+        (replaced or removed: this run's jobs are put back as it has them), or when the journal has grown past twice the
+        live records, the file is compacted (rewritten atomically, whole)."""
         if not self.ok:
             return False
         from ..errors import EchoMimicError
-        from ..io.file_safety import write_text_atomic
 
         try:
             with self.lock:
-                written, self._written = self._written, None
-                disk = written[1] if written is not None and written[0] == _signature(self.path) else read_state(self.path)
-                change(disk)
-                servers = disk["servers"]
-                for jobs in servers.values():  # this run's jobs: as this run has them (each on one server)
-                    for prefix in self.mine:
-                        jobs.pop(prefix, None)
-                for server, jobs in self.data.items():
-                    servers.setdefault(server, {}).update({p: r for p, r in jobs.items() if p in self.mine})
-                servers = {s: j for s, j in servers.items() if j}
-                self.data = {s: dict(j) for s, j in servers.items()}  # (other runs' records: seen by find too)
-                text = state_text(servers, disk["runs"], self._lines)
-                write_text_atomic(self.path, text)  # whole or not at all; never onto a folder, device or pipe
-                self._written = (_signature(self.path), {"servers": servers, "runs": disk["runs"]})
+                whole = self._sync()
+                if event is not None:
+                    journal.apply_event(self.data, self.runs, event)
+                if change is not None:
+                    change({"servers": self.data, "runs": self.runs})
+                live = sum(len(j) for j in self.data.values()) + len(self.runs)
+                if (change is not None or whole or event is None or self._at[3] >= 2 * live + journal.SLACK
+                        or not self._append(event)):
+                    self._compact()
         except StateInUse:
             raise
         except QueueError as exc:  # (the file was made something else meanwhile: never overwritten)
@@ -280,33 +247,42 @@ class QueueState:
             return False
         return True
 
+    def _sync(self) -> bool:
+        """The records and runs of the file as it is now in ``data`` / ``runs``: the journal lines other runs appended
+        since this run last wrote, or (True) the whole file when it is not the file this run wrote (another run
+        compacted it, it was replaced or removed, or this run has not written yet), this run's jobs kept as it has them."""
+        if self._at is not None:
+            key, epoch, size, lines = self._at
+            tail = journal.read_tail(self.path, key, epoch, size)
+            if tail is not None:
+                good, bad, torn = journal.apply_lines(tail, self.data, self.runs)
+                if bad or torn:
+                    self._note(journal.Read({}, {}, None, 0, 0, bad, torn, None))
+                self._at = (key, epoch, size + len(tail), lines + good + bad + torn)
+                if torn:  # (the next line after a line break of its own)
+                    self._at = (*self._at[:3], -1)
+                return False
+        mine = {p: (s, jobs[p]) for s, jobs in self.data.items() for p in self.mine if p in jobs}
+        found = load(self.path)
+        self._note(found)
+        for jobs in found.servers.values():  # this run's jobs: as this run has them (each on one server)
+            for prefix in self.mine:
+                jobs.pop(prefix, None)
+        for prefix, (server, rec) in mine.items():
+            found.servers.setdefault(server, {})[prefix] = rec
+        self.data, self.runs = found.servers, found.runs
+        return True
 
-def _signature(path: Path):
-    """What tells whether ``path`` is still the file this run wrote (every write is a new file: its inode changes)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    def _append(self, event: dict) -> bool:
+        key, epoch, size, lines = self._at
+        line = (b"\n" if lines < 0 else b"") + (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+        if not journal.append(self.path, key, size, line):
+            return False
+        self._at = (key, epoch, size + len(line), max(lines, 0) + 1)
+        return True
 
-
-def state_text(servers: dict, runs: dict, lines: dict | None = None) -> str:
-    """The state file's text: one job (or run) a line, each by json's C encoder (``indent`` takes Python's own: 0.36 s
-    a write for 10 000 jobs, and the file is rewritten after each prompt). ``lines``: {(server, prefix): (record,
-    line)} of the last write, reused for a record that is the same object (records are replaced, never changed)."""
-    lines = {} if lines is None else lines
-
-    def block(items: dict, inner, pad: str) -> str:
-        if not items:
-            return "{}"
-        rows = [f"{pad} {json.dumps(k, ensure_ascii=False)}: {inner(k, v)}" for k, v in items.items()]
-        return "{\n" + ",\n".join(rows) + f"\n{pad}}}"
-
-    def line(server: str, prefix: str, rec) -> str:
-        kept = lines.get((server, prefix))
-        if kept is None or kept[0] is not rec:
-            kept = lines[(server, prefix)] = (rec, json.dumps(rec, ensure_ascii=False))
-        return kept[1]
-    jobs = block(servers, lambda url, j: block(j, lambda p, rec: line(url, p, rec), "  "), " ")
-    return (f'{{\n "version": {VERSION},\n "servers": {jobs},\n "runs": '
-            f'{block(runs, lambda k, run: json.dumps(run, ensure_ascii=False), " ")}\n}}')
+    def _compact(self) -> None:
+        servers = {s: j for s, j in self.data.items() if j}
+        self.data, epoch = servers, journal.new_epoch()
+        key, size = journal.compact(self.path, state_text(servers, self.runs, self._lines, epoch))
+        self._at = (key, epoch, size, 0)
