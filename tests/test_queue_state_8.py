@@ -4,11 +4,10 @@ a prompt is sent is said as not queued (it never reached the server)."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from tests.test_batch_hunt_5 import WORKFLOW, _comfy_handler, _queue, media  # noqa: F401  (fixtures)
+from tests.test_batch_hunt_5 import WORKFLOW, _comfy_handler, _queue, comfy, media  # noqa: F401  (fixtures)
 from tests.test_queue_state_5 import _saved, no_wait, servers  # noqa: F401  (fixtures)
 
 URL = "http://127.0.0.1:8188"
@@ -182,3 +181,25 @@ def test_a_refused_connection_while_sending_a_prompt_says_it_was_not_queued(serv
     assert state["prompts"] == ["p1"][:at - 1]
     saved = _saved(media[0] / ".echomimic_queue.json")["servers"]  # nothing kept as sent for the job never sent
     assert [r["prompt_id"] for r in saved.get(url, {}).values()] == ["p1"][:at - 1], saved
+
+
+# ------------------------------------------------------------------------------- 3. what a batch queuer runs into
+def test_results_with_one_server_is_refused_before_any_upload(comfy, media, tmp_path, capsys):  # noqa: F811
+    """``--results DIR`` with one --server: before, accepted and ignored (every job queued, no results.jsonl)."""
+    url, state = comfy
+    assert _queue(url, media, "--results", str(tmp_path / "r"), "--wait") == 2
+    err = capsys.readouterr().err
+    assert "--results" in err and "only with several --server" in err and "leave --results out" in err, err
+    assert state["prompts"] == [] and not (tmp_path / "r").exists()
+
+
+def test_one_audio_file_given_as_the_audios_folder_names_the_folder_to_give(comfy, media, capsys):  # noqa: F811
+    """``--audios speech/hello.wav``: before, "audio folder not found" (it is there, as a file)."""
+    from echomimic_lib.jobs.queue_client import main as queue_main
+
+    url, state = comfy
+    clip = media[1] / "hello.wav"
+    assert queue_main([str(WORKFLOW), "--portraits", str(media[0]), "--audios", str(clip), "--server", url]) == 2
+    err = capsys.readouterr().err
+    assert f"--audios {clip} is a file, not a folder" in err and f"--audios {media[1]}" in err, err
+    assert "not found" not in err and state["prompts"] == []

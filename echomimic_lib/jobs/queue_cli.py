@@ -34,7 +34,7 @@ def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentPa
     p.add_argument("--prefix", default="echomimic", help="output sub-folder / file prefix (default: echomimic)")
     p.add_argument("--wait", action="store_true", help="wait for every job and list the saved videos")
     p.add_argument("--resume", action="store_true", help="after an interrupted run: wait for the prompts it queued (queue "
-                   "again only jobs not queued, changed or lost by a restarted server); implies --wait; with several --server each is asked about its own prompts)")
+                   "again only jobs not queued, changed or lost by a restarted server; with several --server each is asked about its own prompts); implies --wait")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: queue again the jobs whose prompt failed on "
                    "the server (a line each; default: they are reported failed again)")
     p.add_argument("--attempts", type=int, default=ATTEMPTS, help="with --retry-failed: the most prompts a job gets, the "
@@ -79,6 +79,11 @@ def _main(client, argv, prog: str, parser_class) -> int:
         return 2
     # one server written twice (a trailing slash) is one server: the addresses as the queue sends to them
     servers = list(dict.fromkeys(str(s).strip().rstrip("/") for s in args.server or [DEFAULT_SERVER]))
+    if args.results is not None and len(servers) < 2 and not args.dry_run:  # (before: ignored, no results.jsonl)
+        sys.stderr.write(f"error: --results {args.results}: results.jsonl is written only with several --server; with "
+                         "one the jobs and their files are listed here (redirect them: > jobs.txt): leave --results "
+                         "out, or give a second --server.\n")
+        return 2
     if len(servers) > 1 and not args.dry_run:  # several servers: echomimic_lib.jobs.batch.comfy_servers
         from .batch.comfy_servers import queue_spread
 

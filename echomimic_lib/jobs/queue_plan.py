@@ -31,6 +31,10 @@ def _files(folder, exts: set, what: str) -> list[Path]:
     if not str(folder).strip():  # `--audios $DIR` with DIR unset: not the current folder
         raise QueueError(f"--{what}s is empty; give the folder of {what} files.")
     folder = Path(folder)
+    if folder.is_file():  # (one file given where a folder of them goes)
+        raise QueueError(f"--{what}s {folder} is a file, not a folder: every file of the folder is queued; give the "
+                         f"folder that holds it (--{what}s {folder.parent}) or put the files to queue in a folder of "
+                         "their own.")
     if not folder.is_dir():
         raise QueueError(f"{what} folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
