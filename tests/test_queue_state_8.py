@@ -203,3 +203,40 @@ def test_one_audio_file_given_as_the_audios_folder_names_the_folder_to_give(comf
     err = capsys.readouterr().err
     assert f"--audios {clip} is a file, not a folder" in err and f"--audios {media[1]}" in err, err
     assert "not found" not in err and state["prompts"] == []
+
+
+def test_the_journal_is_read_where_the_system_has_no_pread(tmp_path, monkeypatch):
+    """(Windows has no os.pread: the lines another run appended are read by seek and read.)"""
+    from echomimic_lib.jobs.queue_state import QueueState
+
+    monkeypatch.delattr("os.pread")
+    path = tmp_path / "state.json"
+    one, two = QueueState(path), QueueState(path)
+    one.claim(["job/a"])
+    two.claim(["job/b"])
+    two.record(URL, "job/b", "f" * 16, "p2")
+    one.record(URL, "job/a", "f" * 16, "p1")
+    assert one.find("job/b")[1]["prompt_id"] == "p2" and len(path.read_text().splitlines()) > 2
+
+
+def test_a_state_file_in_a_folder_that_does_not_exist_is_refused_before_any_upload(comfy, media, tmp_path, capsys):  # noqa: F811
+    """``--state runs/typo/state.json --resume``: before, a warning and every job queued again, unrecorded (a 2,000-job
+    queue rendered twice for a typo)."""
+    url, state = comfy
+    assert _queue(url, media, "--wait") == 0
+    gone = tmp_path / "typo" / "state.json"
+    capsys.readouterr()
+    assert _queue(url, media, "--state", str(gone), "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"--state {gone}: its folder {gone.parent} does not exist" in err and "create the folder" in err, err
+    assert state["prompts"] == ["p1", "p2"] and not gone.parent.exists()
+
+
+def test_attempts_without_retry_failed_is_refused_naming_the_options_it_goes_with(comfy, media, capsys):  # noqa: F811
+    """``--attempts 5`` alone: before, taken and unused (a failed prompt is never queued again by itself)."""
+    url, state = comfy
+    assert _queue(url, media, "--attempts", "5", "--wait") == 2
+    err = capsys.readouterr().err
+    assert "--attempts 5" in err and "--resume --retry-failed" in err, err
+    assert state["prompts"] == []
+    assert _queue(url, media, "--resume", "--retry-failed", "--attempts", "5") == 0 and len(state["prompts"]) == 2

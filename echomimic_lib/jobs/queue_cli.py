@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import EchoMimicError, printable
 from .queue_plan import DEFAULT_SERVER
@@ -37,7 +38,7 @@ def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentPa
                    "again only jobs not queued, changed or lost by a restarted server; with several --server each is asked about its own prompts); implies --wait")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: queue again the jobs whose prompt failed on "
                    "the server (a line each; default: they are reported failed again)")
-    p.add_argument("--attempts", type=int, default=ATTEMPTS, help="with --retry-failed: the most prompts a job gets, the "
+    p.add_argument("--attempts", type=int, help="with --retry-failed: the most prompts a job gets, the "
                    f"first included, before a failing one is no longer queued again (default: {ATTEMPTS})")
     p.add_argument("--state", help="file keeping the queued prompt ids for --resume (default: .echomimic_queue.json in "
                                    "the portraits / videos folder)")
@@ -70,6 +71,11 @@ def _main(client, argv, prog: str, parser_class) -> int:
     if not (args.timeout > 0 and args.timeout < 1e6):  # NaN fails both
         sys.stderr.write(f"error: --timeout {args.timeout} must be a number of seconds above 0.\n")
         return 2
+    if args.attempts is not None and not args.retry_failed:  # (before: taken and unused, no prompt queued again)
+        sys.stderr.write(f"error: --attempts {args.attempts} caps the prompts --retry-failed queues again (a failed "
+                         "prompt is not retried by itself): give it with --resume --retry-failed, or leave it out.\n")
+        return 2
+    args.attempts = ATTEMPTS if args.attempts is None else args.attempts
     if args.attempts < 1:
         sys.stderr.write(f"error: --attempts {args.attempts} must be 1 or more (the prompts a job gets, the first "
                          "included).\n")
@@ -77,9 +83,15 @@ def _main(client, argv, prog: str, parser_class) -> int:
     if args.retry_failed and not args.resume:
         sys.stderr.write("error: --retry-failed queues again the failed prompts of an earlier run: give it with --resume.\n")
         return 2
+    where = Path(args.state).parent if args.state is not None and str(args.state).strip() else None
+    if where is not None and not args.dry_run and not where.is_dir():  # (before: a warning, every job queued unrecorded)
+        sys.stderr.write(f"error: --state {args.state}: its folder {where} does not exist, so the queued prompts could "
+                         "not be kept (and --resume finds nothing there): create the folder, or give --state a file in "
+                         "an existing folder (the earlier run's, to resume it).\n")
+        return 2
     # one server written twice (a trailing slash) is one server: the addresses as the queue sends to them
     servers = list(dict.fromkeys(str(s).strip().rstrip("/") for s in args.server or [DEFAULT_SERVER]))
-    if args.results is not None and len(servers) < 2 and not args.dry_run:  # (before: ignored, no results.jsonl)
+    if args.results is not None and len(args.server or []) < 2 and not args.dry_run:  # (before: ignored, no results.jsonl)
         sys.stderr.write(f"error: --results {args.results}: results.jsonl is written only with several --server; with "
                          "one the jobs and their files are listed here (redirect them: > jobs.txt): leave --results "
                          "out, or give a second --server.\n")

@@ -23,6 +23,7 @@ VERSION = 2  # 1: no "runs" (read as well); the journal lines after the document
 FIX = ("delete it or move it away (--resume then queues every job again), or give --state another file.")
 HEAD_BYTES = 128  # the document's start, which holds its "epoch" (a new one each compaction)
 SLACK = 64  # journal lines allowed beyond twice the live records before a compaction
+BINARY = getattr(os, "O_BINARY", 0)  # (Windows: no line endings translated)
 
 
 def new_epoch() -> str:
@@ -122,7 +123,7 @@ class Read:
 
 
 def _open_read(path: Path) -> tuple[int, os.stat_result]:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | BINARY)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -213,18 +214,30 @@ def read_tail(path: Path, key, epoch: str, size: int) -> bytes | None:
     try:
         if (st.st_dev, st.st_ino) != key or st.st_size < size:
             return None
-        if f'"epoch": "{epoch}"'.encode() not in os.pread(fd, HEAD_BYTES, 0):  # (an inode number used again)
+        if f'"epoch": "{epoch}"'.encode() not in _pread(fd, HEAD_BYTES, 0):  # (an inode number used again)
             return None
-        return os.pread(fd, st.st_size - size, size) if st.st_size > size else b""
+        return _pread(fd, st.st_size - size, size) if st.st_size > size else b""
     finally:
         os.close(fd)
+
+
+def _pread(fd: int, count: int, offset: int) -> bytes:
+    """``count`` bytes at ``offset`` (Windows has no ``os.pread``: seek and read)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, count, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while count > 0 and (chunk := os.read(fd, count)):
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
 
 
 def append(path: Path, key, size: int, line: bytes) -> bool:
     """``line`` appended to ``path`` and synced to disk, when it is still the file this run saw at ``size`` bytes;
     False when it is not (gone, replaced): the caller compacts instead."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0) | BINARY)
     except FileNotFoundError:
         return False
     try:
