@@ -1,7 +1,7 @@
 """The locks behind ``echomimic queue``'s state file (:mod:`.queue_state`; standard library only).
 
 :class:`StateLock` is an operating-system lock (``fcntl.flock``; Windows: ``msvcrt.locking``) on a small file beside the
-state file, held only while a run re-reads, merges and rewrites the state: two runs sharing a folder never write over
+state file, held only while a run reads and writes the state: two runs sharing a folder never write over
 each other's entries. The operating system drops it when the process ends, however it ends (SIGKILL, a crash), so no
 lock is ever left behind to block the next run; the lock file itself stays (removing it would let a second process lock
 a file a third has just replaced). The lock file is opened without following a symlink (``O_NOFOLLOW``) and must be a
@@ -179,7 +179,7 @@ def _lock(fd: int, path=None) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # another run holds it: say who, then wait as before
         sys.stderr.write(held_by(fd, path) + "\n")
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits (no polling: the holder only re-reads and rewrites one small file)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits (no polling: the holder only appends a line, or compacts one small file)
     try:  # who holds it now, for a run that finds it held
         mark = json.dumps({"pid": os.getpid(), "host": host(), "pid_start": process_start(os.getpid()), "since": time.time()})
         data = mark.encode().ljust(MARK_BYTES)  # (written over the last one, never truncated to 0 first: ext4 flushes a

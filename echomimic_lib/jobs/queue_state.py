@@ -11,10 +11,11 @@ record, on the server its latest prompt went to (several ``--server``: each job'
 also names the runs under way (pid, the process's start time where the OS tells it, host, their jobs): a second run on
 the same jobs is refused while the first one lives.
 
-Every change is made under an OS lock (:class:`.queue_lock.StateLock`): the file is re-read, only this run's jobs are
-updated, and it is rewritten atomically (:func:`~echomimic_lib.io.file_safety.write_text_atomic`), so runs sharing a
-folder keep each other's entries. A file that is not a queue state (another JSON, a damaged one) is refused naming it
-and the fix, never overwritten."""
+Every change is made under an OS lock (:class:`.queue_lock.StateLock`): the lines other runs appended since are read,
+and the change is one journal line appended and synced (:mod:`.queue_journal`; the file is compacted, rewritten
+atomically, when a run starts and ends and when the journal grows), so runs sharing a folder keep each other's entries
+and a run of thousands of jobs costs the same per job as one of ten. A file that is not a queue state (another JSON, a
+damaged one) is refused naming it and the fix, never overwritten."""
 from __future__ import annotations
 
 import hashlib
@@ -275,7 +276,7 @@ class QueueState:
 
     def _append(self, event: dict) -> bool:
         key, epoch, size, lines = self._at
-        line = (b"\n" if lines < 0 else b"") + (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+        line = (b"\n" if lines < 0 else b"") + (json.dumps(event) + "\n").encode()  # (ASCII: any name, as it was)
         if not journal.append(self.path, key, size, line):
             return False
         self._at = (key, epoch, size + len(line), max(lines, 0) + 1)
