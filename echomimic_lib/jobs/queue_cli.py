@@ -85,16 +85,16 @@ def _main(client, argv, prog: str, parser_class) -> int:
         return 2
     where = Path(args.state).parent if args.state is not None and str(args.state).strip() else None
     if where is not None and not args.dry_run and not where.is_dir():  # (before: a warning, every job queued unrecorded)
-        sys.stderr.write(f"error: --state {args.state}: its folder {where} does not exist, so the queued prompts could "
-                         "not be kept (and --resume finds nothing there): create the folder, or give --state a file in "
-                         "an existing folder (the earlier run's, to resume it).\n")
+        sys.stderr.write(printable(f"error: --state {args.state}: its folder {where} does not exist, so the queued prompts "
+                                   "could not be kept (and --resume finds nothing there): create the folder, or give "
+                                   "--state a file in an existing folder (the earlier run's, to resume it).") + "\n")
         return 2
     # one server written twice (a trailing slash) is one server: the addresses as the queue sends to them
     servers = list(dict.fromkeys(str(s).strip().rstrip("/") for s in args.server or [DEFAULT_SERVER]))
     if args.results is not None and len(args.server or []) < 2 and not args.dry_run:  # (before: ignored, no results.jsonl)
-        sys.stderr.write(f"error: --results {args.results}: results.jsonl is written only with several --server; with "
-                         "one the jobs and their files are listed here (redirect them: > jobs.txt): leave --results "
-                         "out, or give a second --server.\n")
+        sys.stderr.write(printable(f"error: --results {args.results}: results.jsonl is written only with several "
+                                   "--server; with one the jobs and their files are listed here (redirect them: > "
+                                   "jobs.txt): leave --results out, or give a second --server.") + "\n")
         return 2
     if len(servers) > 1 and not args.dry_run:  # several servers: echomimic_lib.jobs.batch.comfy_servers
         from .batch.comfy_servers import queue_spread
