@@ -117,7 +117,8 @@ class Read:
         if not (self.bad or self.torn):
             return None
         what = ("its last line is cut short (a run stopped while writing it)" if self.torn and not self.bad else
-                f"{self.bad + self.torn} of its journal lines are cut short or damaged")
+                f"{self.bad + self.torn} of its journal lines {'is' if self.bad + self.torn == 1 else 'are'} cut short "
+                "or damaged")
         return (f"note: {path}: {what}; ignored, every other line is kept (the job it was about is asked about, or "
                 "queued, again).")
 
