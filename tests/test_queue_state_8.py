@@ -4,6 +4,8 @@ a prompt is sent is said as not queued (it never reached the server)."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -240,3 +242,31 @@ def test_attempts_without_retry_failed_is_refused_naming_the_options_it_goes_wit
     assert "--attempts 5" in err and "--resume --retry-failed" in err, err
     assert state["prompts"] == []
     assert _queue(url, media, "--resume", "--retry-failed", "--attempts", "5") == 0 and len(state["prompts"]) == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_runs_sharing_a_state_file_wait_for_a_short_lock_without_a_line_each_time(tmp_path, monkeypatch, capsys):
+    """Two runs sharing a folder take the lock once per record: before, every time the other held it (a few ms) a
+    "waiting for the lock" line was said, hundreds of them in a run; it is said only when the lock stays held."""
+    import fcntl
+    import threading
+
+    from echomimic_lib.jobs import queue_lock
+
+    lock = tmp_path / "s.json.lock"
+    other = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)  # another run, appending its line
+    let_go = threading.Event()
+    threading.Thread(target=lambda: (let_go.wait(5), fcntl.flock(other, fcntl.LOCK_UN)), daemon=True).start()
+    real_sleep = queue_lock.time.sleep
+
+    def sleep(s):  # (the other run is done with its line as soon as this one waits)
+        let_go.set()
+        real_sleep(0.01)
+
+    monkeypatch.setattr(queue_lock.time, "sleep", sleep)
+    with queue_lock.StateLock(lock):
+        pass
+    let_go.set()
+    os.close(other)
+    assert "waiting for the lock" not in capsys.readouterr().err

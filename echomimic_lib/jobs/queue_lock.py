@@ -154,6 +154,7 @@ class StateLock:
             os.close(fd)  # (closing drops the lock anyway)
 
 
+QUIET_S = 1.0  # a lock held longer than this by another run is said (who holds it); shorter waits are silent
 MARK_BYTES = 256  # the holder's mark is padded with spaces to this length (JSON reads them as nothing)
 
 
@@ -175,11 +176,18 @@ def _lock(fd: int, path=None) -> None:
                 sys.stderr.write(held_by(fd, path) + "\n")
     import fcntl
 
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # another run holds it: say who, then wait as before
-        sys.stderr.write(held_by(fd, path) + "\n")
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits (no polling: the holder only appends a line, or compacts one small file)
+    quiet = time.monotonic() + QUIET_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:  # another run holds it (a few ms, to append a line): said when it holds it for long
+            if time.monotonic() < quiet:
+                time.sleep(0.005)
+                continue
+            sys.stderr.write(held_by(fd, path) + "\n")  # who, then wait as before
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            break
     try:  # who holds it now, for a run that finds it held
         mark = json.dumps({"pid": os.getpid(), "host": host(), "pid_start": process_start(os.getpid()), "since": time.time()})
         data = mark.encode().ljust(MARK_BYTES)  # (written over the last one, never truncated to 0 first: ext4 flushes a
