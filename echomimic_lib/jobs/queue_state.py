@@ -220,7 +220,8 @@ class QueueState:
     def _update(self, change=None, event=None) -> bool:
         """Under the lock: the changes other runs made since are read (only the lines appended since, when the file is
         as this run left it), then ``event`` (a job's record) is appended to the journal, one line synced to disk; or,
-        with ``change`` (which edits the runs: :meth:`claim`, :meth:`release`), when the file is not as this run left it
+        with ``change`` (which edits the runs: :meth:`claim`, :meth:`release`), for a book used outside a claimed run
+        (nothing compacts it at its end), when the file is not as this run left it
         (replaced or removed: this run's jobs are put back as it has them), or when the journal has grown past twice the
         live records, the file is compacted (rewritten atomically, whole)."""
         if not self.ok:
@@ -235,8 +236,8 @@ class QueueState:
                 if change is not None:
                     change({"servers": self.data, "runs": self.runs})
                 live = sum(len(j) for j in self.data.values()) + len(self.runs)
-                if (change is not None or whole or event is None or self._at[3] >= 2 * live + journal.SLACK
-                        or not self._append(event)):
+                if (change is not None or whole or event is None or not self.claimed  # (no run: never compacted at
+                        or self._at[3] >= 2 * live + journal.SLACK or not self._append(event)):  # its end, so each time)
                     self._compact()
         except StateInUse:
             raise
