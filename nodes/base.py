@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
+from pathlib import Path
 
 from ..echomimic_lib.errors import EchoMimicError
 
@@ -41,6 +43,54 @@ def _brought(value) -> str | None:
     if isinstance(value, (list, tuple)):
         return "a list (such as a CONDITIONING)"
     return None
+
+
+def _module_tail(module: str) -> str:
+    """A module's name inside the pack (``nodes.payloads``, ``echomimic_lib.frames.crop``), whatever the pack's folder
+    is called (ComfyUI imports a custom-node folder under its folder name)."""
+    parts = module.split(".")
+    for anchor in ("nodes", "echomimic_lib"):
+        if anchor in parts:
+            return ".".join(parts[parts.index(anchor):])
+    return module
+
+
+def _twin(value, classes) -> type | None:
+    """The class of ``classes`` that ``value``'s class is another copy of (the same class of the same module of another
+    install of the pack), or None."""
+    t = type(value)
+    for cls in classes:
+        if t is not cls and t.__qualname__ == cls.__qualname__ and _module_tail(t.__module__) == _module_tail(cls.__module__):
+            return cls
+    return None
+
+
+def pack_folder(cls: type) -> str:
+    """The folder of the pack copy a class was imported from (its top package's folder), for messages."""
+    top = sys.modules.get(cls.__module__.split(".")[0])
+    file = getattr(top, "__file__", None)
+    try:
+        return str(Path(file or inspect.getfile(cls)).parent)
+    except (TypeError, OSError):
+        return f"(the package {cls.__module__.split('.')[0]!r})"
+
+
+def two_copies_problem(name: str, value) -> str | None:
+    """Why a linked value is another install's (two copies of the pack in custom_nodes, a git clone and a registry copy,
+    say: ComfyUI keeps one copy's class for each node name, so a graph may run nodes of both, and one copy's classes are
+    not the other's), or None. Any of the pack's sockets: the other copy's value may be another socket's too."""
+    for kind, (classes, _) in SOCKETS.items():
+        ours = _twin(value, classes)
+        if ours is not None:
+            break
+    else:
+        return None
+    theirs, here = pack_folder(type(value)), pack_folder(ours)
+    where = (f"{theirs} and {here}" if theirs != here else
+             f"the folder {here}, imported twice as {type(value).__module__.split('.')[0]!r} and {ours.__module__.split('.')[0]!r}")
+    return (f"{name}: the {kind} it is given was made by another copy of the pack: two copies of the EchoMimic pack are "
+            f"installed ({where}), and ComfyUI ran nodes of both, whose values do not mix. Remove one of the two from "
+            "custom_nodes (keep one install: the git clone or the registry copy) and restart ComfyUI.")
 
 
 class Node:
@@ -139,6 +189,9 @@ def link_problem(node_cls, values: dict, spec: dict | None = None) -> str | None
                         "API-format prompt a link is [\"<node id>\", <output index>], e.g. [\"3\", 0]: connect the input "
                         "in the graph and export the prompt again (Export (API)).")
             if typ in SOCKETS and not isinstance(value, SOCKETS[typ][0]):  # through a switch / reroute node of type *,
+                twin = two_copies_problem(name, value)  # or from another install of the pack
+                if twin:
+                    return twin
                 got = _brought(value)  # which ComfyUI does not type-check: was an AttributeError deep in the node
                 if got:
                     return (f"{name}: takes {typ} from {SOCKETS[typ][1]}, but the link brings {got}. Connect "

@@ -1,0 +1,181 @@
+"""A ComfyUI graph builder's walk, day 6: Save Dub given an audio-only file (a wav / m4a, no video stream) as its source
+video took it as "untagged" without a word; a payload made by another copy of the pack (two installs in custom_nodes:
+a git clone and a registry copy) flowing into this copy's node failed confusingly (isinstance checks against the other
+copy's classes): it is now named, with both folders and the fix (remove one)."""
+from __future__ import annotations
+
+import io
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests._pack import ROOT, load_pack, sub
+from tests._media import write_wav
+
+EchoMimicError = sub("echomimic_lib.errors").EchoMimicError
+C = sub("nodes.comfy_bridge")
+N = load_pack().NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture
+def out_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "OUTPUT_DIR", tmp_path / "output")
+    return tmp_path / "output"
+
+
+def _nothing_written(out_dir: Path) -> bool:
+    return not out_dir.exists() or not any(p.is_file() for p in out_dir.rglob("*"))
+
+
+def _speech_wav(path: Path, sr=16000) -> Path:
+    t = np.arange(sr // 2) / sr
+    return write_wav(path, (0.3 * np.sin(2 * math.pi * 220 * t)).astype(np.float32), sr)
+
+
+def _m4a(path: Path) -> Path:
+    import av
+
+    sr = 16000
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=sr)
+        stream.layout = "mono"
+        wave = (0.3 * np.sin(2 * math.pi * 220 * np.arange(sr // 2) / sr)).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(wave.reshape(1, -1), format="fltp", layout="mono")
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ 1. an audio file as source video
+@pytest.mark.parametrize("kind", ["wav path", "m4a path", "VideoFromFile(wav path)", "VideoFromFile(BytesIO m4a)"])
+def test_save_dub_refuses_an_audio_only_source_before_any_work(tmp_path, out_dir, kind):
+    """Was: read as "untagged" and the dub written with the default conversion, nothing said."""
+    wav, m4a = _speech_wav(tmp_path / "speech.wav"), _m4a(tmp_path / "speech.m4a")
+    video = {"wav path": wav, "m4a path": m4a,
+             "VideoFromFile(wav path)": SimpleNamespace(get_stream_source=lambda: str(wav)),
+             "VideoFromFile(BytesIO m4a)": SimpleNamespace(get_stream_source=lambda: io.BytesIO(m4a.read_bytes()))}[kind]
+    images = torch.rand(3, 32, 32, 3)
+    with pytest.raises(EchoMimicError) as info:
+        N["EchoMimicSaveDub"]().execute(images, 24.0, video, "echomimic/dub", None)
+    msg = str(info.value)
+    assert msg.startswith("source_video:") and "no video stream" in msg and "Load Video" in msg, msg
+    assert "audio" in msg, msg  # what it is: an audio file
+    if "path" in kind:
+        assert "speech." in msg, msg  # which file
+    assert _nothing_written(out_dir)
+
+
+def test_save_dub_still_takes_a_real_video(tmp_path, out_dir):
+    W = sub("echomimic_lib.io.video_writer")
+    frames = np.zeros((3, 32, 32, 3), np.uint8)
+    with W.Mp4Writer(tmp_path / "src.mp4", 24.0) as writer:
+        writer.write(frames)
+        src = writer.commit()
+    out = N["EchoMimicSaveDub"]().execute(torch.rand(3, 32, 32, 3), 24.0, src, "echomimic/dub", None)
+    assert Path(out["result"][0]).is_file()
+
+
+# ------------------------------------------------------------------------------------------ 2. two copies of the pack
+@pytest.fixture(scope="module")
+def other_copy(tmp_path_factory):
+    """A second install of the pack (a registry copy beside a git clone), imported the way ComfyUI imports a custom
+    node folder: under its folder name, from its own path (here a link to this checkout)."""
+    folder = tmp_path_factory.mktemp("custom_nodes") / "comfyui-echomimic"
+    folder.symlink_to(ROOT, target_is_directory=True)
+    name = "comfyui-echomimic"
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    module.NODE_CLASS_MAPPINGS  # noqa: B018  (imports its nodes)
+    yield SimpleNamespace(folder=folder, sub=lambda m: importlib.import_module(f"{name}.{m}"))
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+
+
+def _foreign_payloads(copy):
+    P, v3, crop = copy.sub("nodes.payloads"), copy.sub("nodes.v3"), copy.sub("echomimic_lib.frames.crop")
+    return {
+        "ECHOMIMIC_MODEL": P.ModelHandle(models=SimpleNamespace(), weights="v1_audio", variant="normal", keep_loaded=False),
+        "ECHOMIMIC_AUDIO_FEATURES": P.AudioTrack(features=SimpleNamespace(), fps=24.0, audio={}),
+        "ECHOMIMIC_LANDMARKS": P.LandmarkTrack(np.zeros((1, 1, 2), np.float32), (8, 8), 24.0),
+        "ECHOMIMIC_POSES": P.PoseTrack(sequence=SimpleNamespace()),
+        "ECHOMIMIC_V3_MODEL": v3.V3Handle(patcher=None, wav2vec=None, report=""),
+        "ECHOMIMIC_V3_AUDIO": v3.V3Audio(samples=np.zeros(16), frames=1, audio={}),
+        "ECHOMIMIC_CROP": crop.CropGeometry.__new__(crop.CropGeometry),
+    }
+
+
+def _socket_inputs():
+    """(node, input, socket) for every input of every node that takes one of the pack's sockets."""
+    sockets = sub("nodes.base").SOCKETS
+    cases = []
+    for key, cls in N.items():
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, (typ, *_) in spec.get(section, {}).items():
+                if isinstance(typ, str) and typ in sockets:
+                    cases.append((key, name, typ))
+    return cases
+
+
+def _two_copies_named(msg: str, copy) -> None:
+    assert "two copies of the EchoMimic pack" in msg and "remove one" in msg.lower(), msg
+    assert str(copy.folder) in msg and str(ROOT) in msg, msg  # both folders named
+
+
+def test_every_socket_input_names_a_value_from_the_other_copy(other_copy):
+    base = sub("nodes.base")
+    foreign = _foreign_payloads(other_copy)
+    cases = _socket_inputs()
+    assert {typ for *_, typ in cases} == set(foreign)  # every socket of the pack is covered
+    for key, name, typ in cases:
+        problem = base.link_problem(N[key], {name: foreign[typ]})
+        assert problem and problem.startswith(f"{name}: "), (key, name, problem)
+        _two_copies_named(problem, other_copy)
+
+
+def test_this_copys_own_values_still_pass(other_copy):
+    base, P = sub("nodes.base"), sub("nodes.payloads")
+    own = P.ModelHandle(models=SimpleNamespace(), weights="v1_audio", variant="normal", keep_loaded=False)
+    assert base.link_problem(N["EchoMimicAudioEncoder"], {"model": own}) is None
+
+
+def test_paste_back_names_the_two_copies_not_a_missing_crop(other_copy, out_dir):
+    """Was: "crop: connect the crop output of EchoMimic Reference Preparation or EchoMimic Face Track." (it was)."""
+    crop = _foreign_payloads(other_copy)["ECHOMIMIC_CROP"]
+    images = torch.rand(1, 16, 16, 3)
+    with pytest.raises(EchoMimicError) as info:
+        N["EchoMimicPasteBack"]().execute(images=images, crop=crop, original=images, fps=24.0, region="auto",
+                                           feather=8, dilation=1.0, color_match="off")
+    _two_copies_named(str(info.value), other_copy)
+    assert str(info.value).startswith("crop: ")
+
+
+def test_the_audio_encoder_names_the_two_copies(other_copy):
+    """Was: the other copy's model taken as it came (or an AttributeError deep inside, as the copies' versions differ)."""
+    model = _foreign_payloads(other_copy)["ECHOMIMIC_MODEL"]
+    audio = {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}
+    cls = N["EchoMimicAudioEncoder"]
+    args = {name: opts[1].get("default") for name, opts in cls.INPUT_TYPES()["required"].items() if len(opts) > 1
+            and isinstance(opts[1], dict) and "default" in opts[1]}
+    with pytest.raises(EchoMimicError) as info:
+        getattr(cls(), cls.FUNCTION)(**{**args, "model": model, "audio": audio})
+    _two_copies_named(str(info.value), other_copy)
+
+
+def test_another_sockets_value_from_the_other_copy_is_named_too(other_copy):
+    """The other copy's V1 model on a V3 model input: neither this copy's V3 handle nor its V1 one."""
+    problem = sub("nodes.base").link_problem(N["EchoMimicV3Sampler"],
+                                             {"model": _foreign_payloads(other_copy)["ECHOMIMIC_MODEL"]})
+    assert problem and "ECHOMIMIC_MODEL" in problem, problem
+    _two_copies_named(problem, other_copy)
