@@ -164,6 +164,29 @@ def number_problem(node_cls, values: dict, spec: dict | None = None) -> str | No
     return None
 
 
+def widget_type_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
+    """Why a text (STRING) or switch (BOOLEAN) input's value is not text / true-false, or None. A link through a switch
+    or reroute node of type ``*`` (or an API prompt) may bring a number, a list or null, and ComfyUI type-checks no linked
+    value: ``"false"`` on a switch was on (any non-empty text is true), a number as ``parts`` a TypeError, null as
+    ``parts`` the default parts without a word. 0 / 1 on a switch are taken (a math or Primitive node's integer)."""
+    spec = node_cls.INPUT_TYPES() if spec is None else spec
+    for section in ("required", "optional"):
+        for name, (typ, *_) in spec.get(section, {}).items():
+            if typ not in ("STRING", "BOOLEAN") or name not in values:
+                continue
+            value = values[name]
+            if value is None and section == "optional":
+                continue  # not given
+            if typ == "STRING" and not isinstance(value, str):
+                return (f"{name}: takes text (STRING), but it is given {_shown(value)}; type it in the widget, or link a node "
+                        "that gives text (a switch or reroute node may pass on another output).")
+            if typ == "BOOLEAN" and not (isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
+                                         or (isinstance(value, int) and value in (0, 1))):
+                return (f"{name}: takes true or false (BOOLEAN), but it is given {_shown(value)}; set the switch in the "
+                        "widget, or link a node that gives true/false (text such as \"false\" is not read as off).")
+    return None
+
+
 def _shown(value) -> str:
     if value is None:
         return "nothing (null)"
@@ -202,8 +225,9 @@ def link_problem(node_cls, values: dict, spec: dict | None = None) -> str | None
 
 def checks_links(cls):
     """Class decorator (every :class:`Node` has it): the node's function first refuses, with :func:`link_problem`'s
-    message, a plain value where a link belongs, and with :func:`combo_problem`'s a COMBO value that is none of its
-    choices; a number input given no number that the node failed on is named by :func:`number_problem`."""
+    message, a plain value where a link belongs, with :func:`combo_problem`'s a COMBO value that is none of its
+    choices, and with :func:`widget_type_problem`'s a text or switch input given no text / true-false; a number input
+    given no number that the node failed on is named by :func:`number_problem`."""
     run = cls.__dict__.get(cls.FUNCTION)
     if run is None or getattr(run, "_checks_links", False):
         return cls
@@ -212,7 +236,8 @@ def checks_links(cls):
     @functools.wraps(run)
     def checked(self, *args, **kwargs):
         values, spec = {**dict(zip(names, args)), **kwargs}, type(self).INPUT_TYPES()
-        problem = link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
+        problem = (link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
+                   or widget_type_problem(type(self), values, spec))
         if problem:
             raise EchoMimicError(problem)
         try:

@@ -179,3 +179,56 @@ def test_another_sockets_value_from_the_other_copy_is_named_too(other_copy):
                                              {"model": _foreign_payloads(other_copy)["ECHOMIMIC_MODEL"]})
     assert problem and "ECHOMIMIC_MODEL" in problem, problem
     _two_copies_named(problem, other_copy)
+
+
+# ------------------------------------------------------------------------------------------ 3. STRING / BOOLEAN links
+def _widget_cases(kind: str):
+    cases = []
+    for key, cls in N.items():
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, (typ, *_) in spec.get(section, {}).items():
+                if typ == kind:
+                    cases.append((key, name))
+    return cases
+
+
+def _run_with(node: str, name: str, value):
+    from tests.test_comfy_user_5 import _arguments
+
+    cls = N[node]
+    return getattr(cls(), cls.FUNCTION)(**_arguments(cls, name, value))
+
+
+@pytest.mark.parametrize("node,name", _widget_cases("STRING"))
+@pytest.mark.parametrize("value", [5, 2.5, ["eyes"], {"a": 1}, True, None], ids=["int", "float", "list", "dict", "bool", "null"])
+def test_a_text_input_given_no_text_is_named_first(node, name, value):
+    """A STRING input linked through a switch / reroute node of type * (or an API prompt) given no text: the Part-Aware
+    Aligner's parts=5 was "TypeError: 'int' object is not iterable", parts=None took the default parts silently, a
+    filename_prefix of 5 was called "empty"."""
+    with pytest.raises(EchoMimicError) as info:
+        _run_with(node, name, value)
+    msg = str(info.value)
+    assert msg.startswith(f"{name}: takes text (STRING), but it is given ") and "link a node that gives text" in msg, msg
+
+
+@pytest.mark.parametrize("node,name", _widget_cases("BOOLEAN"))
+@pytest.mark.parametrize("value", ["false", "true", 0.5, [True], None], ids=["'false'", "'true'", "float", "list", "null"])
+def test_a_switch_given_no_true_false_is_named_first(node, name, value):
+    """auto_download / keep_loaded / low_vram ... given the text "false" through a link: it was taken as on (any
+    non-empty text is true in Python), so "false" downloaded or kept the models loaded."""
+    cls = N[node]
+    if value is None and name in cls.INPUT_TYPES().get("optional", {}):
+        pytest.skip("an optional input given nothing is not connected")
+    with pytest.raises(EchoMimicError) as info:
+        _run_with(node, name, value)
+    msg = str(info.value)
+    assert msg.startswith(f"{name}: takes true or false (BOOLEAN), but it is given "), msg
+
+
+def test_the_checks_pass_real_values():
+    base = sub("nodes.base")
+    aligner, loader = N["EchoMimicPartAwareAligner"], N["EchoMimicModelLoader"]
+    assert base.widget_type_problem(aligner, {"parts": ""}) is None
+    assert base.widget_type_problem(loader, {"keep_loaded": True, "auto_download": 0, "low_vram": None}) is None
+    assert base.widget_type_problem(loader, {"keep_loaded": np.bool_(False)}) is None
