@@ -232,3 +232,25 @@ def test_the_checks_pass_real_values():
     assert base.widget_type_problem(aligner, {"parts": ""}) is None
     assert base.widget_type_problem(loader, {"keep_loaded": True, "auto_download": 0, "low_vram": None}) is None
     assert base.widget_type_problem(loader, {"keep_loaded": np.bool_(False)}) is None
+
+
+# ------------------------------------------------------------------------------------------ 4. the parts text
+def _aligned_parts(parts: str):
+    P = sub("nodes.payloads")
+    track = P.LandmarkTrack(np.zeros((2, 478, 2), np.float32) + 100, (256, 256), 24.0)
+    out, _ = N["EchoMimicPartAwareAligner"]().execute(track, torch.rand(1, 64, 64, 3), "none (driver's own landmarks)",
+                                                      parts, "ping-pong", False)
+    return out.parts
+
+
+def test_a_preset_among_parts_adds_its_parts():
+    """"landmarks, mouth" was "unknown landmark part 'landmarks'", though the message listed 'landmarks' as a preset."""
+    L = sub("echomimic_lib.landmarks.parts")
+    assert _aligned_parts("landmarks, mouth") == L.LANDMARK_MODE_PARTS | {"mouth"}
+    assert _aligned_parts("all") == frozenset(L.PARTS) and _aligned_parts("eyes, Nose") == {"eyes", "nose"}
+
+
+@pytest.mark.parametrize("parts", ["eyes; mouth", "eyes mouth", "eyes|nose"])
+def test_parts_without_commas_say_to_use_commas(parts):
+    with pytest.raises(EchoMimicError, match=r"^parts: unknown landmark part .*separate the parts with commas"):
+        _aligned_parts(parts)
