@@ -254,3 +254,27 @@ def test_a_preset_among_parts_adds_its_parts():
 def test_parts_without_commas_say_to_use_commas(parts):
     with pytest.raises(EchoMimicError, match=r"^parts: unknown landmark part .*separate the parts with commas"):
         _aligned_parts(parts)
+
+
+# ------------------------------------------------------------------------------------------ 5. Face Track's reference frame
+class Reached(Exception):
+    """Raised where the expensive work would start: every check before it passed."""
+
+
+def _reached(*a, **k):
+    raise Reached
+
+
+@pytest.mark.parametrize("frame", [10, 12, 100000])
+def test_face_track_refuses_a_reference_frame_past_the_video_before_loading_mediapipe(monkeypatch, frame):
+    """A workflow shared with reference_frame 120 run on a 10-frame clip: MediaPipe was loaded (downloaded with
+    auto_download) first, then "reference frame 12 does not exist" without the input's name or the fix (-1)."""
+    monkeypatch.setattr(sub("nodes.face_track").detectors, "face_landmarker", _reached)
+    speech = SimpleNamespace(features=SimpleNamespace(seconds=1.0), fps=24.0, frame_count=24)
+    run = N["EchoMimicFaceTrack"]()
+    with pytest.raises(EchoMimicError) as info:
+        run.execute(torch.rand(10, 64, 64, 3), 24.0, speech, 64, 64, frame, "eyes", "ping-pong", False)
+    msg = str(info.value)
+    assert msg.startswith(f"reference_frame {frame}: ") and "0..9" in msg and "-1" in msg, msg
+    with pytest.raises(Reached):
+        run.execute(torch.rand(10, 64, 64, 3), 24.0, speech, 64, 64, 9, "eyes", "ping-pong", False)
