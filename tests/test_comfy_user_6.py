@@ -278,3 +278,26 @@ def test_face_track_refuses_a_reference_frame_past_the_video_before_loading_medi
     assert msg.startswith(f"reference_frame {frame}: ") and "0..9" in msg and "-1" in msg, msg
     with pytest.raises(Reached):
         run.execute(torch.rand(10, 64, 64, 3), 24.0, speech, 64, 64, 9, "eyes", "ping-pong", False)
+
+
+# ------------------------------------------------------------------------------------------ 6. an empty name in a list input
+def _name_inputs():
+    import inspect
+
+    cases = []
+    for key, cls in N.items():
+        spec = {**cls.INPUT_TYPES()["required"], **cls.INPUT_TYPES().get("optional", {})}
+        if hasattr(cls, "VALIDATE_INPUTS"):
+            cases += [(key, p) for p in inspect.signature(cls.VALIDATE_INPUTS).parameters if isinstance(spec[p][0], list)]
+    assert len(cases) >= 10
+    return cases
+
+
+@pytest.mark.parametrize("node,name", _name_inputs())
+@pytest.mark.parametrize("value", ["", ".", "./", "\\"])
+def test_an_empty_name_is_a_validation_message_not_an_exception(node, name, value):
+    """A workflow saved where the list was empty holds "" (weights folder, LoRA, pose folder, metric file): the node's
+    VALIDATE_INPUTS raised "ValueError: PurePosixPath('.') has an empty name" (ComfyUI: "Exception when validating
+    node")."""
+    got = N[node].VALIDATE_INPUTS(**{name: value})
+    assert isinstance(got, str) and got.startswith(f"{name} is empty") and "pick one" in got, got
