@@ -301,3 +301,17 @@ def test_an_empty_name_is_a_validation_message_not_an_exception(node, name, valu
     node")."""
     got = N[node].VALIDATE_INPUTS(**{name: value})
     assert isinstance(got, str) and got.startswith(f"{name} is empty") and "pick one" in got, got
+
+
+# ------------------------------------------------------------------------------------------ 7. a name no file name can hold
+@pytest.mark.parametrize("node,name", [("EchoMimicModelLoader", "weights_folder"), ("EchoMimicModelLoader", "vae"),
+                                       ("EchoMimicModelLoader", "lora"), ("EchoMimicLora", "lora"),
+                                       ("EchoMimicV3Loader", "folder"), ("EchoMimicV3Lora", "lora")])
+def test_a_name_with_a_lone_surrogate_is_named_not_a_unicode_traceback(node, name, tmp_path, monkeypatch):
+    """A workflow JSON holding "\\ud800" (half of a surrogate pair) in a name run with validation skipped:
+    "UnicodeEncodeError: 'utf-8' codec can't encode character '\\ud800'" from deep in the folder look-up."""
+    monkeypatch.setattr(C, "MODELS_DIR", tmp_path / "models")
+    with pytest.raises(EchoMimicError) as info:
+        _run_with(node, name, "v1\ud800")
+    msg = str(info.value)
+    assert "surrogate" in msg and "pick" in msg, msg
