@@ -75,6 +75,18 @@ def pack_folder(cls: type) -> str:
         return f"(the package {cls.__module__.split('.')[0]!r})"
 
 
+def other_installs() -> list[str]:
+    """The folders of the other copies of the pack imported in this process (two installs in custom_nodes), for the
+    warning the pack logs when ComfyUI loads it."""
+    here = sys.modules[__name__]
+    found = set()
+    for name, module in list(sys.modules.items()):
+        node = getattr(module, "Node", None) if name.endswith(".nodes.base") and module is not here else None
+        if isinstance(node, type) and node.__qualname__ == "Node" and node is not Node:
+            found.add(pack_folder(node))
+    return sorted(found - {pack_folder(Node)})
+
+
 def two_copies_problem(name: str, value) -> str | None:
     """Why a linked value is another install's (two copies of the pack in custom_nodes, a git clone and a registry copy,
     say: ComfyUI keeps one copy's class for each node name, so a graph may run nodes of both, and one copy's classes are

@@ -315,3 +315,10 @@ def test_a_name_with_a_lone_surrogate_is_named_not_a_unicode_traceback(node, nam
         _run_with(node, name, "v1\ud800")
     msg = str(info.value)
     assert "surrogate" in msg and "pick" in msg, msg
+
+
+def test_each_copy_names_the_other_install(other_copy):
+    """The warning each copy logs when ComfyUI loads it beside the other (before any graph runs)."""
+    assert str(other_copy.folder) in sub("nodes.base").other_installs()
+    assert str(ROOT) in other_copy.sub("nodes.base").other_installs()
+    assert str(ROOT) not in sub("nodes.base").other_installs()  # itself is no other install
