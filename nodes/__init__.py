@@ -1,8 +1,13 @@
 """ComfyUI nodes of the pack: thin V1-style classes over :mod:`echomimic_lib` (category "EchoMimic").
 
-Only :mod:`.comfy_bridge` imports ComfyUI; the rest runs (and is tested) without it.
+Only :mod:`.comfy_bridge` imports ComfyUI; the rest runs (and is tested) without it. Another copy of the pack already
+imported (two installs in custom_nodes) is said in the log: ComfyUI keeps one copy's node for each name, and the two
+copies' values do not mix (the nodes refuse them, naming both folders).
 """
+import logging
+
 from .audio import EchoMimicAudioEncoder
+from .base import other_installs, pack_folder
 from .composite import EchoMimicPasteBack
 from .evaluate import EchoMimicEvaluate
 from .face_track import EchoMimicFaceTrack
@@ -64,3 +69,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoMimicV3SamplerToFile": "EchoMimic V3 Sampler (to file)",
 }
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+for _other in other_installs():
+    logging.getLogger(__name__).warning(
+        "two copies of the EchoMimic pack are installed (%s and %s): ComfyUI keeps one copy's node for each name and "
+        "their values do not mix; remove one of the two from custom_nodes and restart ComfyUI.", _other,
+        pack_folder(EchoMimicAudioEncoder))

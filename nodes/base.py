@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
+from pathlib import Path
 
 from ..echomimic_lib.errors import EchoMimicError
 
@@ -41,6 +43,66 @@ def _brought(value) -> str | None:
     if isinstance(value, (list, tuple)):
         return "a list (such as a CONDITIONING)"
     return None
+
+
+def _module_tail(module: str) -> str:
+    """A module's name inside the pack (``nodes.payloads``, ``echomimic_lib.frames.crop``), whatever the pack's folder
+    is called (ComfyUI imports a custom-node folder under its folder name)."""
+    parts = module.split(".")
+    for anchor in ("nodes", "echomimic_lib"):
+        if anchor in parts:
+            return ".".join(parts[parts.index(anchor):])
+    return module
+
+
+def _twin(value, classes) -> type | None:
+    """The class of ``classes`` that ``value``'s class is another copy of (the same class of the same module of another
+    install of the pack), or None."""
+    t = type(value)
+    for cls in classes:
+        if t is not cls and t.__qualname__ == cls.__qualname__ and _module_tail(t.__module__) == _module_tail(cls.__module__):
+            return cls
+    return None
+
+
+def pack_folder(cls: type) -> str:
+    """The folder of the pack copy a class was imported from (its top package's folder), for messages."""
+    top = sys.modules.get(cls.__module__.split(".")[0])
+    file = getattr(top, "__file__", None)
+    try:
+        return str(Path(file or inspect.getfile(cls)).parent)
+    except (TypeError, OSError):
+        return f"(the package {cls.__module__.split('.')[0]!r})"
+
+
+def other_installs() -> list[str]:
+    """The folders of the other copies of the pack imported in this process (two installs in custom_nodes), for the
+    warning the pack logs when ComfyUI loads it."""
+    here = sys.modules[__name__]
+    found = set()
+    for name, module in list(sys.modules.items()):
+        node = getattr(module, "Node", None) if name.endswith(".nodes.base") and module is not here else None
+        if isinstance(node, type) and node.__qualname__ == "Node" and node is not Node:
+            found.add(pack_folder(node))
+    return sorted(found - {pack_folder(Node)})
+
+
+def two_copies_problem(name: str, value) -> str | None:
+    """Why a linked value is another install's (two copies of the pack in custom_nodes, a git clone and a registry copy,
+    say: ComfyUI keeps one copy's class for each node name, so a graph may run nodes of both, and one copy's classes are
+    not the other's), or None. Any of the pack's sockets: the other copy's value may be another socket's too."""
+    for kind, (classes, _) in SOCKETS.items():
+        ours = _twin(value, classes)
+        if ours is not None:
+            break
+    else:
+        return None
+    theirs, here = pack_folder(type(value)), pack_folder(ours)
+    where = (f"{theirs} and {here}" if theirs != here else
+             f"the folder {here}, imported twice as {type(value).__module__.split('.')[0]!r} and {ours.__module__.split('.')[0]!r}")
+    return (f"{name}: the {kind} it is given was made by another copy of the pack: two copies of the EchoMimic pack are "
+            f"installed ({where}), and ComfyUI ran nodes of both, whose values do not mix. Remove one of the two from "
+            "custom_nodes (keep one install: the git clone or the registry copy) and restart ComfyUI.")
 
 
 class Node:
@@ -114,6 +176,29 @@ def number_problem(node_cls, values: dict, spec: dict | None = None) -> str | No
     return None
 
 
+def widget_type_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
+    """Why a text (STRING) or switch (BOOLEAN) input's value is not text / true-false, or None. A link through a switch
+    or reroute node of type ``*`` (or an API prompt) may bring a number, a list or null, and ComfyUI type-checks no linked
+    value: ``"false"`` on a switch was on (any non-empty text is true), a number as ``parts`` a TypeError, null as
+    ``parts`` the default parts without a word. 0 / 1 on a switch are taken (a math or Primitive node's integer)."""
+    spec = node_cls.INPUT_TYPES() if spec is None else spec
+    for section in ("required", "optional"):
+        for name, (typ, *_) in spec.get(section, {}).items():
+            if typ not in ("STRING", "BOOLEAN") or name not in values:
+                continue
+            value = values[name]
+            if value is None and section == "optional":
+                continue  # not given
+            if typ == "STRING" and not isinstance(value, str):
+                return (f"{name}: takes text (STRING), but it is given {_shown(value)}; type it in the widget, or link a node "
+                        "that gives text (a switch or reroute node may pass on another output).")
+            if typ == "BOOLEAN" and not (isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
+                                         or (isinstance(value, int) and value in (0, 1))):
+                return (f"{name}: takes true or false (BOOLEAN), but it is given {_shown(value)}; set the switch in the "
+                        "widget, or link a node that gives true/false (text such as \"false\" is not read as off).")
+    return None
+
+
 def _shown(value) -> str:
     if value is None:
         return "nothing (null)"
@@ -139,6 +224,9 @@ def link_problem(node_cls, values: dict, spec: dict | None = None) -> str | None
                         "API-format prompt a link is [\"<node id>\", <output index>], e.g. [\"3\", 0]: connect the input "
                         "in the graph and export the prompt again (Export (API)).")
             if typ in SOCKETS and not isinstance(value, SOCKETS[typ][0]):  # through a switch / reroute node of type *,
+                twin = two_copies_problem(name, value)  # or from another install of the pack
+                if twin:
+                    return twin
                 got = _brought(value)  # which ComfyUI does not type-check: was an AttributeError deep in the node
                 if got:
                     return (f"{name}: takes {typ} from {SOCKETS[typ][1]}, but the link brings {got}. Connect "
@@ -149,8 +237,9 @@ def link_problem(node_cls, values: dict, spec: dict | None = None) -> str | None
 
 def checks_links(cls):
     """Class decorator (every :class:`Node` has it): the node's function first refuses, with :func:`link_problem`'s
-    message, a plain value where a link belongs, and with :func:`combo_problem`'s a COMBO value that is none of its
-    choices; a number input given no number that the node failed on is named by :func:`number_problem`."""
+    message, a plain value where a link belongs, with :func:`combo_problem`'s a COMBO value that is none of its
+    choices, and with :func:`widget_type_problem`'s a text or switch input given no text / true-false; a number input
+    given no number that the node failed on is named by :func:`number_problem`."""
     run = cls.__dict__.get(cls.FUNCTION)
     if run is None or getattr(run, "_checks_links", False):
         return cls
@@ -159,7 +248,8 @@ def checks_links(cls):
     @functools.wraps(run)
     def checked(self, *args, **kwargs):
         values, spec = {**dict(zip(names, args)), **kwargs}, type(self).INPUT_TYPES()
-        problem = link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
+        problem = (link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
+                   or widget_type_problem(type(self), values, spec))
         if problem:
             raise EchoMimicError(problem)
         try:

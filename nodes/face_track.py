@@ -57,6 +57,9 @@ def track(images, fps: float, audio_features, width: int, height: int, reference
     fps = check_fps(fps)
     frames = image_batch(images, "images")
     check_source_frames(len(frames), "the images input")
+    if reference_frame is not None and reference_frame >= len(frames):  # was said after MediaPipe was loaded
+        raise EchoMimicError(f"reference_frame {reference_frame}: the video has no such frame (its frames are "
+                             f"0..{len(frames) - 1}); give one of them, or -1 (the first frame with a clear frontal face).")
     feats, model_fps = audio_features.features, float(audio_features.fps)
     n_model = audio_features.frame_count
     n_out = max(1, min(int(np.floor(feats.seconds * fps + 1e-6)), int(np.floor(n_model * fps / model_fps + 1e-6))))

@@ -60,6 +60,10 @@ def problem(value, options, what: str, where: str) -> str | None:
                 "e.g. from the node's menu.")
     if listed(value, options) is not None:
         return None
+    if not _norm(value).strip():  # a workflow saved where the list was empty: was "PurePosixPath('.') has an empty name"
+        shown = ", ".join(repr(o) for o in options[:8] if isinstance(o, str))
+        return (f"{what} is empty (the workflow was saved where {where} held nothing to pick?): put the file or folder "
+                f"into {where}, press R in ComfyUI to refresh the lists, and pick one" + (f" ({shown})." if shown else "."))
     parts = value.replace("\\", "/").split("/")
     if value.replace("\\", "/").startswith("/") or _DRIVE.match(value) or ".." in parts:
         return (f"{what} '{value}' is not a name inside {where}: absolute paths and '..' are refused. Put the file or "

@@ -50,6 +50,11 @@ def safe_child(root: Path, name: str, what: str) -> Path:
     if not isinstance(text, str) or "\x00" in text:
         raise EchoMimicError(f"{what} {text!r} holds a NUL byte (or is not text), which no file name can hold: pick a name "
                              "from the list.")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:  # a JSON "\ud800": was a UnicodeEncodeError from deep in the look-up
+        raise EchoMimicError(f"{what} {text!r} holds {exc.object[exc.start]!r}, a character no file name on this system can "
+                             "hold (half of a surrogate pair): pick the name from the list again.") from None
     text = text.replace("\\", "/")
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if not parts or text.startswith("/") or _DRIVE.match(text) or ".." in parts:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from ..echomimic_lib.errors import EchoMimicError
+from ..echomimic_lib.io.streams import NoVideoStream
 from ..echomimic_lib.io.video_color import describe_source, read_color
 from . import comfy_bridge as C
 from .base import Node, check_fps, frame_rate, link
@@ -28,7 +29,14 @@ def source_color(video):
         raise EchoMimicError("source_video: connect Load Video's VIDEO (the video whose frames went to Face Track and "
                              f"Paste Back); a {type(video).__name__} has no file to read the colour tags from.")
     try:
-        return read_color(src)
+        return read_color(src, required=True)
+    except NoVideoStream as exc:  # an audio file (a wav, or an m4a / mp3 with its cover picture): was taken as untagged
+        name = src if isinstance(src, (str, os.PathLike)) else "the file Load Video gives"
+        kinds = " and ".join(sorted(exc.kinds)) or "no"
+        raise EchoMimicError(f"source_video: {name} has no video stream ({kinds} stream(s) only: an audio file?); Save "
+                             "Dub reads the colour description of the video the dubbed frames came from. Connect Load "
+                             "Video's VIDEO of that video (the one that went to Face Track), and the new speech to "
+                             "'audio'.") from exc
     except EchoMimicError:
         raise
     except Exception as exc:

@@ -75,25 +75,26 @@ GENERATED = ColorDescription(BT709, BT709, BT709, RANGE_LIMITED)
 UNTAGGED = ColorDescription()
 
 
-def read_color(path: str | Path | IO[bytes]) -> ColorDescription:
+def read_color(path: str | Path | IO[bytes], required: bool = False) -> ColorDescription:
     """The colour description of the first video stream (cover art aside) of a media file (:data:`UNTAGGED` when the file says nothing,
-    or has no video stream). ``path``: a path, or a seekable binary file object (read from its start, and put back there)."""
+    or has no video stream; with ``required``, no video stream raises :class:`~.streams.NoVideoStream`). ``path``: a path,
+    or a seekable binary file object (read from its start, and put back there)."""
     import av
 
     if not hasattr(path, "read"):
-        return _read_color(av.open(str(path)), path)
+        return _read_color(av.open(str(path)), path, required)
     path.seek(0)
     try:
-        return _read_color(av.open(path), "the source video")
+        return _read_color(av.open(path), "the source video", required)
     finally:
         path.seek(0)  # back at the start for whoever reads it next
 
 
-def _read_color(container, name) -> ColorDescription:
+def _read_color(container, name, required: bool = False) -> ColorDescription:
     from .streams import video_stream
 
     with container:
-        stream = video_stream(container, name, required=False)  # cover art is no video stream
+        stream = video_stream(container, name, required=required)  # cover art is no video stream
         if stream is None:
             return UNTAGGED
         cc = stream.codec_context

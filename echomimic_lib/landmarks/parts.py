@@ -86,7 +86,8 @@ PRESETS = {"pose": POSE_MODE_PARTS, "selected": POSE_MODE_PARTS, "landmarks": LA
 
 def normalize_parts(parts: str | Iterable[str] | None) -> frozenset[str]:
     """A part selection as a set of canonical names. Accepts a preset name ("pose", "selected",
-    "landmarks", "defaults", "all"), a comma-separated string, or an iterable of names."""
+    "landmarks", "defaults", "all"), a comma-separated string, or an iterable of names (a preset among them adds its
+    parts: "landmarks, mouth")."""
     if parts is None:
         return POSE_MODE_PARTS
     if isinstance(parts, str):
@@ -97,8 +98,12 @@ def normalize_parts(parts: str | Iterable[str] | None) -> frozenset[str]:
     out = set()
     for p in parts:
         name = _ALIASES.get(p.strip().lower(), p.strip().lower())
+        if name in PRESETS:  # a preset in a list ("landmarks, mouth"): its parts (it said "unknown part 'landmarks'")
+            out.update(PRESETS[name])
+            continue
         if name not in PARTS:
-            raise ValueError(f"unknown landmark part '{p}'; choose from {', '.join(PARTS)} or a preset "
+            hint = " (separate the parts with commas: 'eyes, mouth')" if any(c in name for c in "; \t|/") else ""
+            raise ValueError(f"unknown landmark part '{p}'{hint}; choose from {', '.join(PARTS)} or a preset "
                              f"({', '.join(PRESETS)}).")
         out.add(name)
     return frozenset(out)
