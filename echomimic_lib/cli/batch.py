@@ -101,6 +101,9 @@ def _cmd_batch(args) -> int:
         s = run_batch(jobs, args.output, opts)
         say(f"dry run: {s.to_render} would render, {s.skipped} skipped (already done), {s.failed} would fail of {s.total}"
             f"{' (each said above with its reason)' if s.failed else ''}; nothing was rendered or written.")
+        if s.stale:
+            say(f"  {len(s.stale)} row(s) not done have an earlier video of other inputs or settings at their name "
+                f"({_names(s.stale)}): a run moves each to {Path(args.output) / 'stale'}/ before rendering (never deleted).")
         return s.exit_code
     try:
         s = run_batch(jobs, args.output, opts)
@@ -114,7 +117,29 @@ def _cmd_batch(args) -> int:
     if not args.quiet:
         say(f"batch: {s.ok} done, {s.skipped} skipped (already done), {s.failed} failed of {s.total}; results in "
             f"{Path(args.output) / 'results.jsonl'}")
+    _say_stale(s, args.quiet)
     return s.exit_code
+
+
+def _names(names) -> str:
+    names = list(names)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _say_stale(s, quiet: bool) -> None:
+    """The earlier videos moved aside (``stale_video`` in results.jsonl): those of rows that failed now, each named,
+    even with -q (the row has no video; the old one is not it), the others counted."""
+    import sys
+    from pathlib import Path
+
+    failed = [(r["name"], r["stale_video"]) for r in s.records if r.get("stale_video") and r.get("status") != "ok"]
+    for name, path in failed:
+        sys.stderr.write(f"{name}: failed, and has no video now; its earlier video, from other inputs or settings, was "
+                         f"moved to {path} (not the row's: do not ship it as {name}).\n")
+    redone = len(s.stale) - len(failed)
+    if redone and not quiet:
+        say(f"{redone} row(s) rendered again replaced an earlier video of other inputs or settings; the earlier ones "
+            f"are kept in {Path(next(iter(s.stale.values()))).parent}/ (stale_video in results.jsonl).")
 
 
 def add_commands(sub) -> None:

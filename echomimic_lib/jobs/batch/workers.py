@@ -107,6 +107,24 @@ def _received(conn) -> list:
     return out
 
 
+def pick_job(pending: list, held, others: list):
+    """The next job for a worker holding weight set ``held`` (None: fresh), ``others``: the sets the other workers
+    hold. Its own set first (its models stay loaded); else a set no other worker holds, the one with the most rows
+    (so two fresh workers load two sets, not both the same one); else, rather than wait, a row of the set with the most
+    rows per worker holding it (the workers stay balanced). Removes the job from ``pending`` (grouped by weight set)."""
+    sets: dict = {}  # (keys by repr: a key may hold lists)
+    for i, job in enumerate(pending):
+        sets.setdefault(repr(job.weight_key), []).append(i)
+    if repr(held) in sets:
+        return pending.pop(sets[repr(held)][0])
+    others = [repr(key) for key in others]
+    holders = {key: others.count(key) for key in sets}
+    free = [key for key in sets if not holders[key]]
+    key = (max(free, key=lambda k: len(sets[k])) if free else  # max keeps the first of equals: the manifest's order
+           max(sets, key=lambda k: len(sets[k]) / holders[k]))
+    return pending.pop(sets[key][0])
+
+
 class _Worker:
     def __init__(self, wid: int, device: str, proc, conn):
         self.wid, self.device, self.proc, self.conn = wid, device, proc, conn
@@ -139,12 +157,8 @@ class LocalPool:
         child_conn.close()
         self.workers.append(_Worker(wid, device, proc, parent_conn))
 
-    @staticmethod
-    def _pick(pending: list, worker: _Worker):
-        for i, job in enumerate(pending):  # the weight set it holds first (models stay loaded)
-            if job.weight_key == worker.weight_key:
-                return pending.pop(i)
-        return pending.pop(0)
+    def _pick(self, pending: list, worker: _Worker):
+        return pick_job(pending, worker.weight_key, [w.weight_key for w in self.workers if w is not worker])
 
     def run(self, jobs: list, on_event) -> None:
         """Hand out ``jobs`` (grouped by weight set) until each is done or has failed ``max_attempts`` times."""

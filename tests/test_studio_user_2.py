@@ -1,0 +1,150 @@
+"""A studio walking ``echomimic batch`` again: a row changed since its video and failing now, weight sets shared out
+between fresh workers. No weights load here: the workers are stand-ins (see tests/test_studio_user.py)."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from echomimic_lib.cli import main as cli
+from tests.test_studio_user import _args, _manifest, _rows, folder, models, rendered  # noqa: F401 (fixtures)
+
+
+def _records(out) -> dict:
+    return {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+
+
+def _failing(monkeypatch, names: list) -> None:
+    from echomimic_lib.jobs.batch import runner
+
+    def dispatch(todo, opts, on_event):
+        for job in todo:
+            names.append(job.name)
+            on_event("done", None, job, {"status": "error", "error": "out of memory (stand-in)"})
+
+    monkeypatch.setattr(runner, "_dispatch", dispatch)
+
+
+# ------------------------------------------------------------------------------------------- stale videos
+def test_a_changed_row_that_fails_leaves_no_older_video_at_its_name(folder, models, tmp_path, monkeypatch, capsys):
+    """A row rendered, then its seed (or its audio) changed, and the rerun fails: its older video stayed at
+    ``<name>.mp4`` with nothing saying so, and the studio shipped a video that does not match the row. Now the older
+    video is moved, before anything renders, to ``OUTDIR/stale/<name>.rendered-<time>.mp4`` (never deleted), the
+    record's ``stale_video`` names it, and the end of the batch names it (even with -q); --dry-run says so first."""
+    (folder / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 8)
+    done = rendered(monkeypatch)
+    rows, out = _rows(3, no_face_crop="true"), tmp_path / "out"
+    opts = ("--device", "cpu", "--models", str(models))
+    assert cli(_args(_manifest(folder, rows), out, *opts)) == 0 and len(done) == 3
+    rows[1]["seed"] = 99            # changed: rendered again, fails in its worker
+    rows[2]["audio"] = "broken.wav"  # changed: an error row up front
+    manifest = _manifest(folder, rows)
+    capsys.readouterr()
+    assert cli(_args(manifest, out, *opts, "--dry-run")) == 1
+    said = capsys.readouterr().out
+    assert "2 row(s) not done have an earlier video of other inputs or settings at their name (clip001, clip002)" in said
+    assert (out / "clip001.mp4").exists() and not (out / "stale").exists()  # the dry run moved nothing
+
+    failed = []
+    _failing(monkeypatch, failed)
+    assert cli(_args(manifest, out, *opts)) == 1 and failed == ["clip001"]
+    assert not (out / "clip001.mp4").exists() and not (out / "clip002.mp4").exists()
+    assert (out / "clip000.mp4").read_bytes() == b"video"  # unchanged row: skipped, kept
+    stale = sorted((out / "stale").iterdir())
+    assert [p.name.split(".rendered-")[0] for p in stale] == ["clip001", "clip002"]
+    assert all(p.read_bytes() == b"video" and p.suffix == ".mp4" for p in stale)  # moved, nothing lost
+    recs = _records(out)
+    assert recs["clip001"]["stale_video"] == str(stale[0]) and recs["clip002"]["stale_video"] == str(stale[1])
+    assert recs["clip000"]["status"] == "ok" and recs["clip000"].get("stale_video") is None
+    err = capsys.readouterr().err
+    assert "clip001: failed, and has no video now" in err and str(stale[0]) in err and str(stale[1]) in err
+
+    rendered(monkeypatch)  # fixed: renders again; the stale copy stays where it is, nothing new to move
+    rows[2]["audio"] = "en.wav"
+    assert cli(_args(_manifest(folder, rows), out, *opts)) == 0
+    assert (out / "clip001.mp4").exists() and sorted((out / "stale").iterdir()) == stale
+    rows[1]["seed"] = 7  # changed once more and failing: a second older video of clip001, under a name of its own
+    _failing(monkeypatch, failed)
+    assert cli(_args(_manifest(folder, rows), out, *opts)) == 1
+    again = sorted(p for p in (out / "stale").iterdir() if p.name.startswith("clip001."))
+    assert len(again) == 2 and not (out / "clip001.mp4").exists()
+
+
+def test_a_stale_path_that_is_not_a_folder_stops_the_batch_before_it_renders(folder, models, tmp_path, monkeypatch,
+                                                                           capsys):
+    """``OUTDIR/stale`` taken by a file: said with the fix before any row renders; the row's video stays."""
+    rendered(monkeypatch)
+    rows, out = _rows(1, no_face_crop="true"), tmp_path / "out"
+    opts = ("--device", "cpu", "--models", str(models))
+    assert cli(_args(_manifest(folder, rows), out, *opts)) == 0
+    (out / "stale").write_text("mine")
+    rows[0]["seed"] = 5
+    failed = []
+    _failing(monkeypatch, failed)
+    assert cli(_args(_manifest(folder, rows), out, *opts)) == 2 and failed == []
+    assert "stale is not a folder" in capsys.readouterr().err
+    assert (out / "clip000.mp4").read_bytes() == b"video" and (out / "stale").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------------- weight sets on workers
+class _Conn:
+    """A worker's pipe, answered at once: a job is done as soon as it is sent (the pool then runs in lock-step
+    rounds, so the hand-out order is the same on every machine). Counts a load when the job's weight set differs
+    from the one this worker holds."""
+
+    def __init__(self, wid, loads, rows):
+        self.wid, self.loads, self.rows, self.key, self.inbox = wid, loads, rows, None, [("idle", None, None)]
+
+    def poll(self, timeout=0):
+        return bool(self.inbox)
+
+    def recv(self):
+        return self.inbox.pop(0)
+
+    def send(self, job):
+        if job is None:
+            return
+        if job.weight_key != self.key:
+            self.key = job.weight_key
+            self.loads.append((self.wid, job.weight_key))
+        self.rows.setdefault(self.wid, []).append(job.name)
+        self.inbox += [("done", job.name, {"status": "ok"}), ("idle", None, None)]
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("keys, want_loads", [
+    ("ABABAB", 2),  # two sets on two fresh workers: one each (both loaded A, then both B: 4 loads)
+    ("AAAABB", 3),  # the B worker, done first, takes the last A row rather than wait
+    ("AABBCC", 4),  # three sets on two workers: one set is shared so that neither worker waits
+    ("AAAA", 2),    # one set: both workers take it (balance first)
+])
+def test_fresh_workers_take_different_weight_sets(keys, want_loads, monkeypatch):
+    """Two fresh workers each took the first pending row, of the same weight set, and each then loaded the next set
+    too: every worker loaded every set ("ABABAB": 4 loads of a multi-GB set on a 2-GPU box instead of 2). A worker
+    now takes its own set first, then a set no other worker holds, then (rather than wait) the set with the most rows
+    per worker holding it; the rows stay balanced."""
+    from echomimic_lib.jobs.batch import workers
+
+    loads, rows = [], {}
+
+    def spawn(self, device):
+        wid, self._next_id = self._next_id, self._next_id + 1
+        proc = SimpleNamespace(is_alive=lambda: True, sentinel=object(), join=lambda timeout=None: None,
+                               kill=lambda: None, exitcode=None)
+        self.workers.append(workers._Worker(wid, device, proc, _Conn(wid, loads, rows)))
+
+    monkeypatch.setattr(workers.LocalPool, "_spawn", spawn)
+    monkeypatch.setattr(workers, "wait", lambda objs, timeout=None: [o for o in objs if isinstance(o, _Conn) and o.inbox])
+    jobs = [SimpleNamespace(name=f"r{i}", line=i + 1, weight_key=("models", k), attempts=0) for i, k in enumerate(keys)]
+    done = []
+    pool = workers.LocalPool(["cuda:0", "cuda:1"])
+    pool.run(jobs, lambda kind, w, job, payload: done.append(job.name) if kind == "done" else None)
+    pool.close()
+    assert sorted(done) == sorted(j.name for j in jobs)  # every row once
+    assert len(loads) == want_loads, loads
+    assert sorted(len(r) for r in rows.values()) == [len(keys) // 2] * 2  # balanced: half the rows each
+    if keys == "ABABAB":
+        assert {tuple(r) for r in rows.values()} == {("r0", "r2", "r4"), ("r1", "r3", "r5")}
