@@ -13,7 +13,8 @@ EchoMimicV3 flash-pro rows: version v3-flash, with the options of `animate --ver
   {"version": "v3-flash", "reference": "anna.png", "audio": "en.wav", "prompt": "A woman is speaking.", "seed": 7}
 Stacked LoRAs: lora = files separated by ';' (anna.safetensors;ink.safetensors), lora-strength one value or one each
 (0.8;0.5). An empty cell means "not given" (a --set value applies). Relative paths are read from the manifest's
-folder. Output: OUTDIR/<name>.mp4 and OUTDIR/results.jsonl.
+folder. Output: OUTDIR/<name>.mp4 and OUTDIR/results.jsonl; a row rendered again whose <name>.mp4 is there
+(its inputs or settings changed) has that earlier video moved to OUTDIR/stale/ first (never deleted).
 Exit codes: 0 every row done (or skipped: already done with the same inputs and settings), 1 some rows failed
 (their error is in results.jsonl), 2 the manifest has rows that cannot be run (all listed, nothing started).
 Across machines: --backend ray (see the README, "Batch jobs")."""

@@ -2,7 +2,7 @@
 
 Each worker has its own pipe to the batch process. A worker asks for work by saying it is idle; the batch
 hands it the next job (one at a time, so long clips and short ones balance as they finish), preferring a job
-with the weight set the worker has loaded. A worker that dies (killed, out of host memory, a crash in native
+with the weight set the worker has loaded, then one of a set no other worker holds (:func:`pick_job`). A worker that dies (killed, out of host memory, a crash in native
 code) is noticed through its process sentinel: its job goes back to the front of the queue for the next idle
 worker, and a fresh worker takes the dead one's place. A worker exits by itself when the batch process goes
 away (Linux: a parent-death signal; elsewhere it checks its parent between jobs).
