@@ -148,3 +148,29 @@ def test_fresh_workers_take_different_weight_sets(keys, want_loads, monkeypatch)
     assert sorted(len(r) for r in rows.values()) == [len(keys) // 2] * 2  # balanced: half the rows each
     if keys == "ABABAB":
         assert {tuple(r) for r in rows.values()} == {("r0", "r2", "r4"), ("r1", "r3", "r5")}
+
+
+# ------------------------------------------------------------------------------------------------------ --set
+@pytest.mark.parametrize("item, words", [
+    ("stepz=3", "--set stepz: no manifest column is called 'stepz'; did you mean --set steps=...?"),
+    ("output=x.mp4", "--set output: not a column: rows are written to OUTDIR/<name>.mp4"),
+])
+def test_a_set_key_no_row_has_is_said_once_before_the_rows_are_read(item, words, folder, tmp_path, monkeypatch,
+                                                                    capsys):
+    """``--set stepz=3`` (a typo) on 300 rows: every row was checked and listed with the same "unknown column 'stepz'"
+    (the first 50, then a count), with nothing saying the mistake is in --set, not in the manifest. It is now one
+    error naming --set (and the column meant), before any row is read."""
+    from echomimic_lib.jobs.batch import manifest
+
+    monkeypatch.setattr(manifest, "build_job", lambda *a, **k: pytest.fail("no row should be read"))
+    out = tmp_path / "out"
+    assert cli(_args(_manifest(folder, _rows(300)), out, "--device", "cpu", "--set", item, "--dry-run")) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("stepz") <= 2 and "line " not in err
+
+
+def test_images_without_audios_says_what_is_missing(folder, tmp_path, capsys):
+    """``--images faces/`` without ``--audios``: "nothing to do: give a manifest (JOBS) or --images DIR ..." although
+    --images was given. It now says that --images needs --audios."""
+    assert cli(["batch", "--images", str(folder), "-o", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "--images needs --audios DIR" in capsys.readouterr().err

@@ -29,6 +29,9 @@ def _defaults(args) -> dict:
         if not sep or not key.strip():
             raise EchoMimicError(f"--set {item!r}: use KEY=VALUE, e.g. --set steps=6 (any manifest column).")
         out[key.strip()] = value
+    from ..jobs.batch.manifest_row import check_set_columns
+
+    check_set_columns(out)  # a typo said once, before the rows are read
     if args.models:
         out["models"] = args.models
     if args.offline:
@@ -93,6 +96,10 @@ def _cmd_batch(args) -> int:
         jobs = read_manifest(args.jobs, args.output, defaults)
     elif args.audios:
         jobs = crossed(args.output, args.audios, images=args.images, videos=args.videos, defaults=defaults)
+    elif args.images or args.videos:
+        given = "--images" if args.images else "--videos"
+        raise EchoMimicError(f"{given} needs --audios DIR: every {'image' if args.images else 'video'} is rendered "
+                             "with every speech file of that folder.")
     else:
         raise EchoMimicError("nothing to do: give a manifest (JOBS) or --images DIR / --videos DIR with --audios DIR.")
     opts = BatchOptions(workers=args.workers, device=args.device, threads=args.threads, scores=not args.no_scores,

@@ -204,6 +204,26 @@ def _v3_job(values: dict, kind: str, line: int, base: Path, outdir: Path) -> Job
     return Job(line, name, "animate", V3Row(output=str(outdir / f"{name}.mp4"), **kw), given=given if given != name else "")
 
 
+def check_set_columns(values: dict) -> None:
+    """``--set KEY=VALUE`` keys, before any row is read: one no row kind has (a typo) or one a row may not set is said
+    once, naming --set, not as the same error on every row of the manifest."""
+    from .v3 import V3Row
+
+    known = {f.name for cls in (*_request_types().values(), V3Row) for f in fields(cls)} | set(ALIASES)
+    known = (known - set(NOT_PER_ROW) - {"color_transfer"}) | {"kind", "name", "version", "mode"}
+    for raw in values:
+        key = _key(raw)
+        if key in NOT_PER_ROW:
+            raise EchoMimicError(f"--set {raw}: not a column: {NOT_PER_ROW[key]}.")
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(known), 1, 0.75)
+            meant = f"did you mean --set {close[0]}=...? " if close else ""
+            raise EchoMimicError(f"--set {raw}: no manifest column is called '{raw}'; {meant}--set takes any column of a "
+                                 f"row (an option of animate or dub by its long name): {', '.join(sorted(known))}.")
+
+
 def defaults_from_cwd(defaults: dict | None, base: Path) -> dict:
     """``--models`` and ``--set`` paths are typed where the command runs: read from the current folder, not the
     manifest's (a value that means the same file from both is left as it was: same fingerprints as before)."""
