@@ -174,3 +174,37 @@ def test_images_without_audios_says_what_is_missing(folder, tmp_path, capsys):
     --images was given. It now says that --images needs --audios."""
     assert cli(["batch", "--images", str(folder), "-o", str(tmp_path / "out"), "--dry-run"]) == 2
     assert "--images needs --audios DIR" in capsys.readouterr().err
+
+
+def test_a_set_value_goes_to_the_rows_whose_kind_has_that_column(folder, tmp_path, monkeypatch, capsys):
+    """A studio's manifest mixes animate, dub and EchoMimicV3 rows; ``--set mask=hull`` (a dub option) made every
+    animate row a manifest error ("unknown column 'mask' for animate"), ``--set prompt=...`` every V1 row, ``--set
+    acc=true`` every V3 row: the batch stopped with exit 2 although the README says --set gives every row a value. A
+    --set value now goes to the rows whose kind has the column (the others are as without it); one no row here has
+    is said once."""
+    import echomimic_lib.jobs.batch as batch
+    from echomimic_lib.jobs.batch.runner import BatchSummary
+
+    (folder / "talk.mp4").write_bytes(b"video")  # (read_manifest only checks that inputs exist)
+    rows = [{"name": "a", "reference": "anna.png", "audio": "en.wav"},
+            {"name": "d", "video": "talk.mp4", "audio": "en.wav"},
+            {"name": "v3", "version": "v3-flash", "reference": "anna.png", "audio": "en.wav"}]
+    got = {}
+
+    def run_batch(jobs, outdir, opts):
+        got.update({j.name: j.request for j in jobs})
+        return BatchSummary(total=len(jobs))
+
+    monkeypatch.setattr(batch, "run_batch", run_batch)
+    manifest, out = _manifest(folder, rows), tmp_path / "out"
+    assert cli(_args(manifest, out, "--dry-run")) == 0
+    plain = dict(got)
+    sets = ("--set", "mask=hull", "--set", "prompt=A man is speaking.", "--set", "acc=true")
+    assert cli(_args(manifest, out, *sets, "--dry-run")) == 0, capsys.readouterr().err
+    assert got["d"].region == "hull" and got["v3"].prompt == "A man is speaking." and got["a"].acc is True
+    assert got["a"] != plain["a"] and got["a"].__class__(**{**vars(got["a"]), "acc": plain["a"].acc}) == plain["a"]
+    assert got["v3"].__class__(**{**vars(got["v3"]), "prompt": plain["v3"].prompt}) == plain["v3"]  # acc: not a V3 column
+    capsys.readouterr()
+    assert cli(_args(_manifest(folder, rows[:1]), out, "--set", "mask=hull", "--dry-run")) == 2  # no dub row here
+    err = capsys.readouterr().err
+    assert "--set mask=hull: no row here has that column" in err and "line " not in err

@@ -92,10 +92,11 @@ def _cmd_batch(args) -> int:
     defaults = _defaults(args)
     if args.jobs and (args.images or args.videos or args.audios):
         raise EchoMimicError("give a manifest file or --images/--videos with --audios, not both.")
+    loose = [item.partition("=")[0].strip() for item in args.set or []]  # given to the rows whose kind has them
     if args.jobs:
-        jobs = read_manifest(args.jobs, args.output, defaults)
+        jobs = read_manifest(args.jobs, args.output, defaults, loose)
     elif args.audios:
-        jobs = crossed(args.output, args.audios, images=args.images, videos=args.videos, defaults=defaults)
+        jobs = crossed(args.output, args.audios, images=args.images, videos=args.videos, defaults=defaults, loose=loose)
     elif args.images or args.videos:
         given = "--images" if args.images else "--videos"
         raise EchoMimicError(f"{given} needs --audios DIR: every {'image' if args.images else 'video'} is rendered "
@@ -162,7 +163,8 @@ def add_commands(sub) -> None:
     b.add_argument("--videos", help="folder of videos, crossed with --audios (dub)")
     b.add_argument("--audios", help="folder of speech files")
     b.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="a value for every row (a row's own value wins), e.g. --set steps=6 --set version=v2")
+                   help="a value for every row whose kind has that column (a row's own value wins), e.g. --set steps=6 "
+                        "--set version=v2")
     b.add_argument("--models", help="models folder for every row (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic)")
     b.add_argument("--offline", action="store_true", help="never download; a row with missing weights fails")
     b.add_argument("--smoke", action="store_true", help="every row as `animate --smoke`: tiny random weights, 64 px, 2 steps")

@@ -84,10 +84,30 @@ def given_values(values: dict) -> dict:
             if k is not None and v is not None and not (isinstance(v, str) and v.strip() == "")}
 
 
-def with_defaults(defaults: dict | None, row: dict) -> dict:
+def with_defaults(defaults: dict | None, row: dict, loose=(), kept: set | None = None) -> dict:
     """``defaults`` for every row, a value the row gives itself winning (cleaned first, so an empty cell never
-    overrides a default, in either spelling of the column)."""
-    return {**given_values(defaults or {}), **given_values(row)}
+    overrides a default, in either spelling of the column). ``loose``: the ``--set`` keys, given only to the rows whose
+    kind has that column (``--set mask=hull`` to the dub rows of a manifest with animate rows too; ``--set prompt=``
+    to its EchoMimicV3 rows); ``kept`` collects those some row took."""
+    own, values = given_values(row), {**given_values(defaults or {}), **given_values(row)}
+    columns = _columns_of(values)
+    for key in map(_key, loose):
+        if key in values and key not in own and columns is not None and column_field(key) not in columns:
+            del values[key]
+        elif kept is not None and key in values:
+            kept.add(key)
+    return values
+
+
+def _columns_of(values: dict) -> set | None:
+    """The request fields a row of this kind and version has (None: a kind that is not known; the row says so)."""
+    from .v3 import V3Row
+
+    kind = str(values.get("kind", "dub" if "video" in values else "animate")).strip().lower()
+    if str(values.get("version", "")).strip().lower() == V3:
+        return {f.name for f in fields(V3Row)} - {"color_transfer"} | {"kind", "name", "version"}
+    types = _request_types()
+    return None if kind not in types else {f.name for f in fields(types[kind])} | {"kind", "name", "version", "mode"}
 
 
 def _convert(value, annotation: str, column: str):
