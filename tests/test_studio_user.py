@@ -42,6 +42,23 @@ def _args(manifest, out, *extra):
     return ["batch", str(manifest), "-o", str(out), "-q", "--no-scores", "--offline", *extra]
 
 
+def rendered(monkeypatch) -> list:
+    """The workers replaced by a stand-in that writes each row's video and says it is done (no weights load): the names
+    of the rows it rendered, in order. (Shared with tests/test_studio_user_2.py.)"""
+    from echomimic_lib.jobs.batch import runner
+
+    done = []
+
+    def dispatch(todo, opts, on_event):
+        for job in todo:
+            done.append(job.name)
+            job.output.write_bytes(b"video")
+            on_event("done", None, job, {"status": "ok", "output": str(job.output), "frames": 3})
+
+    monkeypatch.setattr(runner, "_dispatch", dispatch)
+    return done
+
+
 # ------------------------------------------------------------------------------------------------------ --device
 @pytest.mark.parametrize("extra, words", [
     (("--device", "cuda:0,cuda:1"), "--device cuda:0,cuda:1: no CUDA GPU is available"),
@@ -98,17 +115,7 @@ def test_dry_run_tells_what_would_render_skip_and_fail_and_writes_nothing(folder
     """Before hundreds of GPU-hours a studio asks what a (re)run would do: ``--dry-run`` was refused by the parser.
     It now checks every row as a run does (the manifest, the inputs, the finished rows of ``results.jsonl``), says the
     counts and each row that would fail with its reason, and renders, loads and writes nothing (not even -o)."""
-    from echomimic_lib.jobs.batch import runner
-
-    done = []
-
-    def dispatch(todo, opts, on_event):
-        for job in todo:
-            done.append(job.name)
-            job.output.write_bytes(b"video")
-            on_event("done", None, job, {"status": "ok", "output": str(job.output), "frames": 3})
-
-    monkeypatch.setattr(runner, "_dispatch", dispatch)
+    done = rendered(monkeypatch)
     (folder / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 8)
     rows = _rows(5, no_face_crop="true")
     out = tmp_path / "out"
@@ -150,17 +157,7 @@ def test_a_disk_error_in_a_row_is_said_as_the_disk_not_as_a_bug(monkeypatch):
 def test_resume_is_accepted_and_skips_the_finished_rows(folder, models, tmp_path, monkeypatch):
     """``echomimic queue --resume`` exists; ``echomimic batch ... --resume`` was refused by the parser ("unrecognized
     arguments") with no word that a rerun resumes by itself. It is accepted (what a rerun does anyway)."""
-    from echomimic_lib.jobs.batch import runner
-
-    done = []
-
-    def dispatch(todo, opts, on_event):
-        for job in todo:
-            done.append(job.name)
-            job.output.write_bytes(b"video")
-            on_event("done", None, job, {"status": "ok", "output": str(job.output), "frames": 3})
-
-    monkeypatch.setattr(runner, "_dispatch", dispatch)
+    done = rendered(monkeypatch)
     manifest, out = _manifest(folder, _rows(2, no_face_crop="true")), tmp_path / "out"
     assert cli(_args(manifest, out, "--device", "cpu", "--models", str(models))) == 0 and len(done) == 2
     assert cli(_args(manifest, out, "--device", "cpu", "--models", str(models), "--resume")) == 0 and len(done) == 2

@@ -13,7 +13,8 @@ EchoMimicV3 flash-pro rows: version v3-flash, with the options of `animate --ver
   {"version": "v3-flash", "reference": "anna.png", "audio": "en.wav", "prompt": "A woman is speaking.", "seed": 7}
 Stacked LoRAs: lora = files separated by ';' (anna.safetensors;ink.safetensors), lora-strength one value or one each
 (0.8;0.5). An empty cell means "not given" (a --set value applies). Relative paths are read from the manifest's
-folder. Output: OUTDIR/<name>.mp4 and OUTDIR/results.jsonl.
+folder. Output: OUTDIR/<name>.mp4 and OUTDIR/results.jsonl; a row rendered again whose <name>.mp4 is there
+(its inputs or settings changed) has that earlier video moved to OUTDIR/stale/ first (never deleted).
 Exit codes: 0 every row done (or skipped: already done with the same inputs and settings), 1 some rows failed
 (their error is in results.jsonl), 2 the manifest has rows that cannot be run (all listed, nothing started).
 Across machines: --backend ray (see the README, "Batch jobs")."""
@@ -28,6 +29,9 @@ def _defaults(args) -> dict:
         if not sep or not key.strip():
             raise EchoMimicError(f"--set {item!r}: use KEY=VALUE, e.g. --set steps=6 (any manifest column).")
         out[key.strip()] = value
+    from ..jobs.batch.manifest_row import check_set_columns
+
+    check_set_columns(out)  # a typo said once, before the rows are read
     if args.models:
         out["models"] = args.models
     if args.offline:
@@ -88,10 +92,15 @@ def _cmd_batch(args) -> int:
     defaults = _defaults(args)
     if args.jobs and (args.images or args.videos or args.audios):
         raise EchoMimicError("give a manifest file or --images/--videos with --audios, not both.")
+    loose = [item.partition("=")[0].strip() for item in args.set or []]  # given to the rows whose kind has them
     if args.jobs:
-        jobs = read_manifest(args.jobs, args.output, defaults)
+        jobs = read_manifest(args.jobs, args.output, defaults, loose)
     elif args.audios:
-        jobs = crossed(args.output, args.audios, images=args.images, videos=args.videos, defaults=defaults)
+        jobs = crossed(args.output, args.audios, images=args.images, videos=args.videos, defaults=defaults, loose=loose)
+    elif args.images or args.videos:
+        given = "--images" if args.images else "--videos"
+        raise EchoMimicError(f"{given} needs --audios DIR: every {'image' if args.images else 'video'} is rendered "
+                             "with every speech file of that folder.")
     else:
         raise EchoMimicError("nothing to do: give a manifest (JOBS) or --images DIR / --videos DIR with --audios DIR.")
     opts = BatchOptions(workers=args.workers, device=args.device, threads=args.threads, scores=not args.no_scores,
@@ -101,6 +110,9 @@ def _cmd_batch(args) -> int:
         s = run_batch(jobs, args.output, opts)
         say(f"dry run: {s.to_render} would render, {s.skipped} skipped (already done), {s.failed} would fail of {s.total}"
             f"{' (each said above with its reason)' if s.failed else ''}; nothing was rendered or written.")
+        if s.stale:
+            say(f"  {len(s.stale)} row(s) not done have an earlier video of other inputs or settings at their name "
+                f"({_names(s.stale)}): a run moves each to {Path(args.output) / 'stale'}/ before rendering (never deleted).")
         return s.exit_code
     try:
         s = run_batch(jobs, args.output, opts)
@@ -114,7 +126,29 @@ def _cmd_batch(args) -> int:
     if not args.quiet:
         say(f"batch: {s.ok} done, {s.skipped} skipped (already done), {s.failed} failed of {s.total}; results in "
             f"{Path(args.output) / 'results.jsonl'}")
+    _say_stale(s, args.quiet)
     return s.exit_code
+
+
+def _names(names) -> str:
+    names = list(names)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _say_stale(s, quiet: bool) -> None:
+    """The earlier videos moved aside (``stale_video`` in results.jsonl): those of rows that failed now, each named,
+    even with -q (the row has no video; the old one is not it), the others counted."""
+    import sys
+    from pathlib import Path
+
+    failed = [(r["name"], r["stale_video"]) for r in s.records if r.get("stale_video") and r.get("status") != "ok"]
+    for name, path in failed:
+        sys.stderr.write(f"{name}: failed, and has no video now; its earlier video, from other inputs or settings, was "
+                         f"moved to {path} (not the row's: do not ship it as {name}).\n")
+    redone = len(s.stale) - len(failed)
+    if redone and not quiet:
+        say(f"{redone} row(s) rendered again replaced an earlier video of other inputs or settings; the earlier ones "
+            f"are kept in {Path(next(iter(s.stale.values()))).parent}/ (stale_video in results.jsonl).")
 
 
 def add_commands(sub) -> None:
@@ -129,7 +163,8 @@ def add_commands(sub) -> None:
     b.add_argument("--videos", help="folder of videos, crossed with --audios (dub)")
     b.add_argument("--audios", help="folder of speech files")
     b.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="a value for every row (a row's own value wins), e.g. --set steps=6 --set version=v2")
+                   help="a value for every row whose kind has that column (a row's own value wins), e.g. --set steps=6 "
+                        "--set version=v2")
     b.add_argument("--models", help="models folder for every row (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic)")
     b.add_argument("--offline", action="store_true", help="never download; a row with missing weights fails")
     b.add_argument("--smoke", action="store_true", help="every row as `animate --smoke`: tiny random weights, 64 px, 2 steps")

@@ -133,8 +133,9 @@ def _finish(jobs: list[Job], problems: list[tuple[int, str]], source: str) -> li
     return jobs
 
 
-def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
-    """Jobs of a .csv or .jsonl manifest (``defaults``: values for every row, a row's own value wins)."""
+def read_manifest(path, outdir, defaults: dict | None = None, loose=()) -> list[Job]:
+    """Jobs of a .csv or .jsonl manifest (``defaults``: values for every row, a row's own value wins; ``loose``: the
+    keys of ``defaults`` given only to rows whose kind has the column, :func:`.manifest_row.with_defaults`)."""
     path, outdir = Path(path), Path(outdir)
     defaults = defaults_from_cwd(defaults, path.parent)
     if not path.is_file():
@@ -149,13 +150,14 @@ def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
     if suffix not in (".csv", ".tsv", ".jsonl", ".ndjson"):
         raise EchoMimicError(f"{path}: the manifest must be .csv or .jsonl (one JSON object a line).")
     rows = _rows_csv(path) if suffix in (".csv", ".tsv") else _rows_jsonl(path)
-    jobs, problems, names = [], [], {}
+    jobs, problems, names, kept, tried = [], [], {}, set(), 0
     for line, row in rows:
         if isinstance(row, Exception):
             problems.append((line, str(row)))
             continue
+        tried += 1
         try:
-            job = build_job(with_defaults(defaults, row), line, path.parent, outdir)
+            job = build_job(with_defaults(defaults, row, loose, kept), line, path.parent, outdir)
         except ValueError as exc:
             problems.append((line, str(exc)))
             continue
@@ -164,7 +166,17 @@ def read_manifest(path, outdir, defaults: dict | None = None) -> list[Job]:
             job.request = replace(job.request, output=str(outdir / f"{job.name}.mp4"))
         names.setdefault(job.name.casefold(), line)
         jobs.append(job)
+    _unused(loose, kept, defaults, tried)
     return _finish(jobs, problems, str(path))
+
+
+def _unused(loose, kept: set, defaults: dict, rows: int) -> None:
+    """A ``--set`` key that no row's kind has: said once (a value that would change nothing is a mistake)."""
+    unused = [k for k in loose if column_field(k) not in {column_field(x) for x in kept}]
+    if unused and rows:
+        shown = ", ".join(f"--set {k}={defaults.get(k, '')}" for k in unused)
+        raise EchoMimicError(f"{shown}: no row here has that column (it belongs to other rows: animate, dub or "
+                             "EchoMimicV3 ones); drop it, or give it to the rows it is for as a manifest column.")
 
 
 def _files(folder, suffixes, flag: str) -> list[Path]:
@@ -185,19 +197,21 @@ def _files(folder, suffixes, flag: str) -> list[Path]:
     return found
 
 
-def crossed(outdir, audios, images=None, videos=None, defaults: dict | None = None) -> list[Job]:
+def crossed(outdir, audios, images=None, videos=None, defaults: dict | None = None, loose=()) -> list[Job]:
     """Every image (animate) or video (dub) with every audio; job n is pair n in sorted order."""
     if (images is None) == (videos is None):
         raise EchoMimicError("give either --images DIR or --videos DIR with --audios DIR (or a manifest file).")
     key, folder, suffixes = ("reference", images, IMAGE_SUFFIXES) if images else ("video", videos, VIDEO_SUFFIXES)
     sources = _files(folder, suffixes, "--images" if images else "--videos")
     sounds = _files(audios, AUDIO_SUFFIXES, "--audios")
-    jobs, problems = [], []
+    jobs, problems, kept = [], [], set()
     for n, (src, snd) in enumerate(((s, a) for s in sources for a in sounds), 1):
         try:
-            jobs.append(build_job(with_defaults(defaults, {key: str(src), "audio": str(snd)}), n, Path.cwd(), Path(outdir)))
+            values = with_defaults(defaults, {key: str(src), "audio": str(snd)}, loose, kept)
+            jobs.append(build_job(values, n, Path.cwd(), Path(outdir)))
         except ValueError as exc:
             problems.append((n, f"{src.name} x {snd.name}: {exc}"))
+    _unused(loose, kept, defaults or {}, len(sources) * len(sounds))
     return _finish(jobs, problems, f"{folder} x {audios}")
 
 

@@ -84,10 +84,30 @@ def given_values(values: dict) -> dict:
             if k is not None and v is not None and not (isinstance(v, str) and v.strip() == "")}
 
 
-def with_defaults(defaults: dict | None, row: dict) -> dict:
+def with_defaults(defaults: dict | None, row: dict, loose=(), kept: set | None = None) -> dict:
     """``defaults`` for every row, a value the row gives itself winning (cleaned first, so an empty cell never
-    overrides a default, in either spelling of the column)."""
-    return {**given_values(defaults or {}), **given_values(row)}
+    overrides a default, in either spelling of the column). ``loose``: the ``--set`` keys, given only to the rows whose
+    kind has that column (``--set mask=hull`` to the dub rows of a manifest with animate rows too; ``--set prompt=``
+    to its EchoMimicV3 rows); ``kept`` collects those some row took."""
+    own, values = given_values(row), {**given_values(defaults or {}), **given_values(row)}
+    columns = _columns_of(values)
+    for key in map(_key, loose):
+        if key in values and key not in own and columns is not None and column_field(key) not in columns:
+            del values[key]
+        elif kept is not None and key in values:
+            kept.add(key)
+    return values
+
+
+def _columns_of(values: dict) -> set | None:
+    """The request fields a row of this kind and version has (None: a kind that is not known; the row says so)."""
+    from .v3 import V3Row
+
+    kind = str(values.get("kind", "dub" if "video" in values else "animate")).strip().lower()
+    if str(values.get("version", "")).strip().lower() == V3:
+        return {f.name for f in fields(V3Row)} - {"color_transfer"} | {"kind", "name", "version"}
+    types = _request_types()
+    return None if kind not in types else {f.name for f in fields(types[kind])} | {"kind", "name", "version", "mode"}
 
 
 def _convert(value, annotation: str, column: str):
@@ -202,6 +222,26 @@ def _v3_job(values: dict, kind: str, line: int, base: Path, outdir: Path) -> Job
     given = _given_name(name)
     name = safe_file_name(name if name is not None else f"{Path(kw['reference']).stem}__{Path(kw['audio']).stem}")
     return Job(line, name, "animate", V3Row(output=str(outdir / f"{name}.mp4"), **kw), given=given if given != name else "")
+
+
+def check_set_columns(values: dict) -> None:
+    """``--set KEY=VALUE`` keys, before any row is read: one no row kind has (a typo) or one a row may not set is said
+    once, naming --set, not as the same error on every row of the manifest."""
+    from .v3 import V3Row
+
+    known = {f.name for cls in (*_request_types().values(), V3Row) for f in fields(cls)} | set(ALIASES)
+    known = (known - set(NOT_PER_ROW) - {"color_transfer"}) | {"kind", "name", "version", "mode"}
+    for raw in values:
+        key = _key(raw)
+        if key in NOT_PER_ROW:
+            raise EchoMimicError(f"--set {raw}: not a column: {NOT_PER_ROW[key]}.")
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(known), 1, 0.75)
+            meant = f"did you mean --set {close[0]}=...? " if close else ""
+            raise EchoMimicError(f"--set {raw}: no manifest column is called '{raw}'; {meant}--set takes any column of a "
+                                 f"row (an option of animate or dub by its long name): {', '.join(sorted(known))}.")
 
 
 def defaults_from_cwd(defaults: dict | None, base: Path) -> dict:

@@ -207,7 +207,7 @@ def run_on_ray(todo: list, opts, on_event) -> None:
 
 
 def _run(ray, todo: list, opts, on_event) -> None:
-    from .workers import LocalPool
+    from .workers import pick_job
 
     kind, n, need = placement(ray.cluster_resources(), opts, len(todo))
     threads = need["num_cpus"]
@@ -241,7 +241,7 @@ def _run(ray, todo: list, opts, on_event) -> None:
         while pending or busy:
             while idle and pending:
                 w = idle.pop(0)
-                job = LocalPool._pick(pending, w)
+                job = pick_job(pending, w.weight_key, [a.weight_key for a in live if a is not w])
                 job.attempts += 1
                 w.weight_key = job.weight_key
                 busy[w.handle.render.remote(job)] = (w, job)

@@ -48,6 +48,7 @@ class BatchSummary:
     failed: int = 0
     to_render: int = 0             # rows handed to the workers (a dry run: rows that would be)
     records: list = field(default_factory=list)
+    stale: dict = field(default_factory=dict)  # name -> where its earlier video went (a dry run: where it is)
 
     @property
     def exit_code(self) -> int:
@@ -138,7 +139,7 @@ class _Display:
 # line: ``error`` on a finished row, ``frames`` on an error row); V3 rows add theirs
 RECORD_FIELDS = ("name", "line", "kind", "status", "output", "error", "seconds", "frames", "fps", "device",
                  "frames_sha256", "loaded_models", "peak_rss_gb", "peak_vram_gb", "scores", "fingerprint", "worker",
-                 "attempts")
+                 "attempts", "stale_video")
 
 
 def _record(job, payload: dict, worker) -> dict:
@@ -178,6 +179,43 @@ def refuse_foreign_outputs(todo: list, outdir) -> None:
                                 "(the 'name' column), or choose another -o folder.")
 
 
+STALE_DIR = "stale"  # OUTDIR/stale/: earlier videos of rows rendered again (no row's output: names hold no '/')
+
+
+def set_aside_stale(jobs: list, outdir, move: bool = True) -> dict:
+    """The rows to render (or failing up front) whose ``<name>.mp4`` is already there: a video of other inputs or
+    settings (or a file no record names). Before anything renders it is moved, never deleted, to
+    ``OUTDIR/stale/<name>.rendered-<its time>.mp4``, so a row that then fails leaves no video at its name that a
+    studio could ship as the row's. Returns name -> the new path (``move`` False, a dry run: the file as it is)."""
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from ...errors import EchoMimicError
+
+    out, folder = {}, Path(outdir) / STALE_DIR
+    for job in sorted(jobs, key=lambda j: j.line):  # (said in the manifest's order)
+        path = job.output
+        if not os.path.lexists(path) or os.path.isdir(path):  # (a folder there: the writer refuses it, as before)
+            continue
+        if not move:
+            out[job.name] = str(path)
+            continue
+        if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
+            raise EchoMimicError(f"{folder} is not a folder; the earlier videos of rows rendered again are kept there. "
+                                 "Move it away and run the batch again.")
+        folder.mkdir(exist_ok=True)
+        when = datetime.fromtimestamp(os.lstat(path).st_mtime, timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+        target, n = folder / f"{job.name}.rendered-{when}{path.suffix}", 1
+        while os.path.lexists(target):
+            n += 1
+            target = folder / f"{job.name}.rendered-{when}.{n}{path.suffix}"
+        os.rename(path, target)  # the same folder tree: a rename, never a copy half-written
+        out[job.name] = str(target)
+        log.info("line %d (%s): its earlier video %s is from other inputs or settings; moved to %s", job.line,
+                 job.name, path.name, target)
+    return out
+
+
 def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSummary:
     """Run checked-or-not ``jobs`` (from :func:`.manifest.read_manifest` or :func:`.manifest.crossed`) into ``outdir``."""
     opts = opts or BatchOptions()
@@ -196,6 +234,7 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
         summary, _records, todo, bad = _sort(jobs, read_results(outdir))
         if outdir.is_dir():
             refuse_foreign_outputs(todo, outdir)
+            summary.stale = set_aside_stale(bad + todo, outdir, move=False)
         for job in bad:
             log.warning("line %d (%s) would fail: %s", job.line, job.name, job.error)
         summary.failed = len(bad)
@@ -227,6 +266,7 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
     previous = read_results(outdir)
     summary, records, todo, bad = _sort(jobs, previous)
     refuse_foreign_outputs(todo, outdir)
+    summary.stale = stale = set_aside_stale(bad + todo, outdir)
     for job in bad:
         log.warning("line %d (%s): %s", job.line, job.name, job.error)
     results = ResultsFile(outdir)
@@ -242,13 +282,16 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
             if payload.get("status") != "ok":
                 remove_partials(job)
             rec = _record(job, payload, worker)
+            rec["stale_video"] = stale.get(job.name)
             records[job.name] = rec
             results.append(rec)
             if rec["status"] == "ok":
                 summary.ok += 1
             else:
                 summary.failed += 1
-                log.warning("line %d (%s) failed: %s", job.line, job.name, rec.get("error"))
+                log.warning("line %d (%s) failed: %s%s", job.line, job.name, rec.get("error"),
+                            f" (its earlier video, of other inputs or settings, is {stale[job.name]}, not {job.output.name})"
+                            if job.name in stale else "")
         display.event(kind, worker, job, payload)
         if opts.on_event is not None:
             opts.on_event(kind, worker, job, payload)

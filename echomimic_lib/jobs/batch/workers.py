@@ -2,7 +2,7 @@
 
 Each worker has its own pipe to the batch process. A worker asks for work by saying it is idle; the batch
 hands it the next job (one at a time, so long clips and short ones balance as they finish), preferring a job
-with the weight set the worker has loaded. A worker that dies (killed, out of host memory, a crash in native
+with the weight set the worker has loaded, then one of a set no other worker holds (:func:`pick_job`). A worker that dies (killed, out of host memory, a crash in native
 code) is noticed through its process sentinel: its job goes back to the front of the queue for the next idle
 worker, and a fresh worker takes the dead one's place. A worker exits by itself when the batch process goes
 away (Linux: a parent-death signal; elsewhere it checks its parent between jobs).
@@ -107,6 +107,24 @@ def _received(conn) -> list:
     return out
 
 
+def pick_job(pending: list, held, others: list):
+    """The next job for a worker holding weight set ``held`` (None: fresh), ``others``: the sets the other workers
+    hold. Its own set first (its models stay loaded); else a set no other worker holds, the one with the most rows
+    (so two fresh workers load two sets, not both the same one); else, rather than wait, a row of the set with the most
+    rows per worker holding it (the workers stay balanced). Removes the job from ``pending`` (grouped by weight set)."""
+    sets: dict = {}  # (keys by repr: a key may hold lists)
+    for i, job in enumerate(pending):
+        sets.setdefault(repr(job.weight_key), []).append(i)
+    if repr(held) in sets:
+        return pending.pop(sets[repr(held)][0])
+    others = [repr(key) for key in others]
+    holders = {key: others.count(key) for key in sets}
+    free = [key for key in sets if not holders[key]]
+    key = (max(free, key=lambda k: len(sets[k])) if free else  # max keeps the first of equals: the manifest's order
+           max(sets, key=lambda k: len(sets[k]) / holders[k]))
+    return pending.pop(sets[key][0])
+
+
 class _Worker:
     def __init__(self, wid: int, device: str, proc, conn):
         self.wid, self.device, self.proc, self.conn = wid, device, proc, conn
@@ -139,12 +157,8 @@ class LocalPool:
         child_conn.close()
         self.workers.append(_Worker(wid, device, proc, parent_conn))
 
-    @staticmethod
-    def _pick(pending: list, worker: _Worker):
-        for i, job in enumerate(pending):  # the weight set it holds first (models stay loaded)
-            if job.weight_key == worker.weight_key:
-                return pending.pop(i)
-        return pending.pop(0)
+    def _pick(self, pending: list, worker: _Worker):
+        return pick_job(pending, worker.weight_key, [w.weight_key for w in self.workers if w is not worker])
 
     def run(self, jobs: list, on_event) -> None:
         """Hand out ``jobs`` (grouped by weight set) until each is done or has failed ``max_attempts`` times."""
