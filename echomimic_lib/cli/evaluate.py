@@ -113,6 +113,7 @@ def _warn(text: str) -> None:
 def _cmd_evaluate(args) -> int:
     from ..evaluate import LearnedModels, evaluate, load_clip, save_png, sync_plot, table
     from ..evaluate.arcface import missing_message as arcface_missing
+    from ..evaluate.report import distinct_notes
     from ..evaluate.i3d import FILE_NAMES as I3D_NAMES, missing_message as i3d_missing
     from ..evaluate.inception import FILE_NAMES as INCEPTION_NAMES, missing_message as inception_missing
     from ..evaluate.syncnet import FILE_NAME, missing_message as syncnet_missing
@@ -175,7 +176,7 @@ def _cmd_evaluate(args) -> int:
     for r in reports:
         r.notes[:0] = notes
     if args.json:  # the table prints its notes under it (naming the clip they are about); the JSON run says them here
-        for note in (n for r in reports for n in r.notes):
+        for note in distinct_notes(reports):  # a note both clips share: said once
             _warn(note)
     if args.plot:
         import numpy as np

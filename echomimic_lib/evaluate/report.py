@@ -146,9 +146,16 @@ def table(reports: list[EvalReport], names: list[str] | None = None) -> str:
     lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)).rstrip()
              for row in [head] + body]
     lines.insert(1, "-" * len(lines[0]))
+    shared = [t for t in dict.fromkeys(reports[0].notes) if all(t in r.notes for r in reports[1:])] if reports else []
+    lines += [f"note: {t}" for t in shared]  # about every clip: said once
     for r, n in zip(reports, names):
-        lines += [f"note ({_short(n)}): {t}" if len(reports) > 1 else f"note: {t}" for t in r.notes]
+        lines += [f"note ({_short(n)}): {t}" for t in dict.fromkeys(r.notes) if t not in shared]
     return "\n".join(lines)
+
+
+def distinct_notes(reports: list[EvalReport]) -> list[str]:
+    """Every note of the reports, each once (a note every clip shares is said once), in the order they come."""
+    return list(dict.fromkeys(t for r in reports for t in r.notes))
 
 
 def _mark(r: EvalReport, key: str) -> str:
