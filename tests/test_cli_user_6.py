@@ -100,3 +100,63 @@ def test_poses_output_problems_come_before_the_speech(capsys, shared_data, tmp_p
                str(tmp_path / "models")])
     err = capsys.readouterr().err
     assert rc == 2 and words in err and "gesture library" not in err, err
+
+
+# -- 3. doctor: a models folder that is a file, a link loop, a dangling link, the folder above the models; an empty
+#    or ~ $ECHOMIMIC_MODELS: one clear error (exit 2, no report that sends downloads to the wrong place, no traceback)
+def _doctor(capsys, *argv):
+    rc = main(["doctor", "--weights", "v2", "--variant", "normal", *map(str, argv)])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+@pytest.mark.parametrize("case", ["file", "loop", "dangling", "parent-is-file", "folder-above"])
+def test_doctor_refuses_a_models_folder_that_cannot_be_one(capsys, tmp_path, case):
+    import os
+
+    if case == "file":
+        models, words = tmp_path / "weights.pth", "is a file, not a folder"
+        models.write_bytes(b"x")
+    elif case == "loop":
+        models, words = tmp_path / "a", "symbolic link loop"
+        os.symlink(tmp_path / "b", models)
+        os.symlink(models, tmp_path / "b")
+    elif case == "dangling":
+        models, words = tmp_path / "m", "which is not there"
+        os.symlink(tmp_path / "gone", models)
+    elif case == "parent-is-file":
+        (tmp_path / "f").write_bytes(b"x")
+        models, words = tmp_path / "f" / "models", "is a file, not a folder"
+    else:
+        models = tmp_path / "ComfyUI" / "models"
+        (models / "echomimic" / "v2").mkdir(parents=True)
+        words = str(models / "echomimic")
+    rc, out, err = _doctor(capsys, "--models", models)
+    assert rc == 2 and err.startswith(f"error: --models {models}") and words in err, err
+    assert "Traceback" not in err and out == ""
+
+
+def test_doctor_names_a_bad_echomimic_models_variable(capsys, tmp_path, monkeypatch):
+    (tmp_path / "file").write_bytes(b"x")
+    monkeypatch.setenv("ECHOMIMIC_MODELS", str(tmp_path / "file"))
+    rc, out, err = _doctor(capsys)
+    assert rc == 2 and err.startswith("error: $ECHOMIMIC_MODELS ") and "is a file, not a folder" in err, err
+    # a bad default never stops a run that names its own --models (its fix lines compare with the default)
+    os_loop = tmp_path / "loop"
+    os_loop.symlink_to(os_loop)
+    monkeypatch.setenv("ECHOMIMIC_MODELS", str(os_loop))
+    rc, out, err = _doctor(capsys, "--models", tmp_path / "good", "--json")
+    assert rc == 1 and "Traceback" not in err, err
+    assert json.loads(out)["problems"] == ["v2 normal: missing"]
+
+
+def test_empty_or_tilde_echomimic_models_variable(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from echomimic_lib.jobs.models_folder import default_models_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ECHOMIMIC_MODELS", "")  # `export ECHOMIMIC_MODELS=` in a script: unset, not the current folder
+    assert default_models_dir() == Path(tmp_path) / ".cache" / "echomimic"
+    monkeypatch.setenv("ECHOMIMIC_MODELS", "~/weights")  # quoted in a script / a unit file: no shell expanded it
+    assert default_models_dir() == Path(tmp_path) / "weights"
