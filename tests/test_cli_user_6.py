@@ -160,3 +160,23 @@ def test_empty_or_tilde_echomimic_models_variable(monkeypatch, tmp_path):
     assert default_models_dir() == Path(tmp_path) / ".cache" / "echomimic"
     monkeypatch.setenv("ECHOMIMIC_MODELS", "~/weights")  # quoted in a script / a unit file: no shell expanded it
     assert default_models_dir() == Path(tmp_path) / "weights"
+
+
+# -- 4. doctor on a CUDA build that sees no GPU while CUDA_VISIBLE_DEVICES is set (a scheduler's "" or -1): said ------
+@pytest.mark.parametrize("value", ["", "-1"])
+def test_doctor_names_the_variable_that_hides_the_gpus(monkeypatch, value):
+    import torch
+
+    from echomimic_lib.jobs.doctor.environment import torch_info
+    from echomimic_lib.jobs.doctor.report import _torch_lines
+
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    assert torch_info()["problem"] is None  # nothing set: the plain "none visible" line
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    info = torch_info()
+    assert f"CUDA_VISIBLE_DEVICES is set to {value!r}" in info["problem"]
+    assert any(line.startswith("  GPU           none visible: CUDA_VISIBLE_DEVICES") for line in _torch_lines(info))
