@@ -180,3 +180,59 @@ def test_doctor_names_the_variable_that_hides_the_gpus(monkeypatch, value):
     info = torch_info()
     assert f"CUDA_VISIBLE_DEVICES is set to {value!r}" in info["problem"]
     assert any(line.startswith("  GPU           none visible: CUDA_VISIBLE_DEVICES") for line in _torch_lines(info))
+
+
+# -- 5. landmarks --preview and the other written files: a link loop as the output, an empty name (a script's unset
+#    variable), the suggested name in the command's own extension; refused before MediaPipe, nothing written ----------
+@pytest.fixture
+def short_video(shared_data, tmp_path):
+    import shutil
+
+    return shutil.copy(shared_data / "video" / "driving_a.mp4", tmp_path / "drive.mp4")
+
+
+def _no_mediapipe(monkeypatch):
+    import echomimic_lib.landmarks.extractor as extractor
+
+    def refuse(*a, **k):
+        raise AssertionError("MediaPipe was loaded before the outputs were checked")
+
+    monkeypatch.setattr(extractor.FaceLandmarkExtractor, "__init__", refuse)
+
+
+@pytest.mark.parametrize("where", ["-o", "--preview"])
+def test_landmarks_output_that_is_a_link_loop_is_refused(capsys, shared_data, short_video, tmp_path, monkeypatch, where):
+    import os
+
+    _no_mediapipe(monkeypatch)
+    loop = tmp_path / "loop.npz" if where == "-o" else tmp_path / "loop.mp4"
+    os.symlink(tmp_path / "other", loop)
+    os.symlink(loop, tmp_path / "other")
+    out = ["-o", str(loop)] if where == "-o" else ["-o", str(tmp_path / "lm.npz"), "--preview", str(loop)]
+    rc = main(["landmarks", str(short_video), *out, "--offline", "--mediapipe-model", str(shared_data / MP_MODEL)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {where} ") and "symbolic link loop" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.mp4", "loop.mp4" if where != "-o" else "loop.npz", "other"]
+
+
+def test_landmarks_empty_names_are_refused_with_the_right_extension(capsys, shared_data, short_video, tmp_path, monkeypatch):
+    _no_mediapipe(monkeypatch)
+    base = ["landmarks", str(short_video), "--offline", "--mediapipe-model", str(shared_data / MP_MODEL)]
+    assert main([*base, "-o", ""]) == 2
+    err = capsys.readouterr().err
+    assert "-o is empty" in err and "out.npz" in err and "out.mp4" not in err, err
+    assert main([*base, "-o", str(tmp_path / "lm.npz"), "--preview", ""]) == 2  # `--preview "$PREVIEW"`, unset
+    err = capsys.readouterr().err
+    assert err.startswith("error: --preview is empty") and "out.mp4" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.mp4"]
+
+
+def test_poses_and_evaluate_empty_output_names_are_refused(capsys, shared_data, clip, tmp_path, nothing_looked_for):
+    rc = main(["poses", "--audio", str(shared_data / "audio" / "echomimic_en.wav"), "-o", str(tmp_path / "h.npz"),
+               "--preview", "", "--models", str(tmp_path / "models")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --preview is empty"), err
+    rc = main(["evaluate", str(clip), "--plot", "", "--models", str(tmp_path), "--offline"])
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.err.startswith("error: --plot is empty") and "sync.png" in cap.err and cap.out == "", cap
+    assert list(tmp_path.iterdir()) == []

@@ -75,6 +75,8 @@ def _check_plot(args) -> None:
     from ..io.file_safety import refuse_input_as_output
     from ..io.video_writer import check_output_path
 
+    if not args.plot.strip():
+        raise EchoMimicError("--plot is empty; give the PNG file to write, e.g. --plot sync.png (or drop --plot).")
     plot = Path(args.plot)
     if plot.is_dir():
         raise EchoMimicError(f"--plot {args.plot} is a directory, not a regular file; give a file name inside it, e.g. --plot "
@@ -135,7 +137,7 @@ def _cmd_evaluate(args) -> int:
         from ..io.image_file import read_image_file
 
         reference = read_image_file(args.reference, "--reference")  # not an image: said now, not after the scoring
-    if args.plot:
+    if args.plot is not None:  # `--plot ""` (a script's unset variable): refused as empty, not silently no plot
         _check_plot(args)
     clips = [load_clip(args.video, args.audio, args.landmarks, args.fps)]  # inputs checked before any model loads
     if args.compare:

@@ -162,7 +162,7 @@ def check_pose_output(output, force: bool) -> tuple[Path, bool]:
 
 
 def _check_preview(req, inputs: dict, output: Path) -> Path | None:
-    if not req.preview:
+    if req.preview is None:  # `--preview ""` (a script's unset variable): refused as empty, not silently no preview
         return None
     return check_destination(req.preview, "--preview", OUTPUT_SUFFIXES, ".mp4", inputs, req.force, what="video",
                              needs="the preview is an H.264 mp4 video; end it in .mp4", others={"-o": output})
