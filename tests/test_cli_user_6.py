@@ -236,3 +236,13 @@ def test_poses_and_evaluate_empty_output_names_are_refused(capsys, shared_data, 
     cap = capsys.readouterr()
     assert rc == 2 and cap.err.startswith("error: --plot is empty") and "sync.png" in cap.err and cap.out == "", cap
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 6. dub --offline without the MediaPipe model: the options that fix it, as animate and landmarks say them ----------
+def test_dub_missing_mediapipe_names_the_fixes(capsys, shared_data, tmp_path):
+    out = tmp_path / "dub.mp4"
+    rc = main(["dub", "--video", str(shared_data / "video" / "driving_a.mp4"), "--audio",
+               str(shared_data / "audio" / "echomimic_en.wav"), "-o", str(out), "--models", str(tmp_path / "m"), "--offline"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "face_landmarker" in err and "Without --offline it is downloaded once" in err, err
+    assert "--mediapipe-model FILE" in err and not out.exists()
