@@ -246,3 +246,18 @@ def test_dub_missing_mediapipe_names_the_fixes(capsys, shared_data, tmp_path):
     err = capsys.readouterr().err
     assert rc == 2 and "face_landmarker" in err and "Without --offline it is downloaded once" in err, err
     assert "--mediapipe-model FILE" in err and not out.exists()
+
+
+# -- 7. evaluate --compare of two runs' outputs with the same file name: the columns and notes tell them apart ---------
+def test_evaluate_table_tells_same_named_clips_apart():
+    from echomimic_lib.evaluate import table
+    from echomimic_lib.evaluate.report import EvalReport
+
+    a = EvalReport("runs/a/clip.mp4", 10, 25.0, 0.4, notes=["only a"])
+    b = EvalReport("runs/b/clip.mp4", 10, 25.0, 0.4, notes=["only b"])
+    lines = table([a, b]).splitlines()
+    assert "a/clip.mp4" in lines[0] and "b/clip.mp4" in lines[0], lines[0]
+    assert "note (a/clip.mp4): only a" in lines and "note (b/clip.mp4): only b" in lines
+    same = table([EvalReport("d/clip.mp4", 10, 25.0, 0.4), EvalReport("d/clip.mp4", 10, 25.0, 0.4)])
+    assert same.splitlines()[0].split()[:3] == ["metric", "clip.mp4", "clip.mp4"]  # one file twice: its name
+    assert table([EvalReport("x/clip.mp4", 10, 25.0, 0.4)]).splitlines()[0].split()[1] == "clip.mp4"  # one clip: its name
