@@ -261,3 +261,16 @@ def test_evaluate_table_tells_same_named_clips_apart():
     same = table([EvalReport("d/clip.mp4", 10, 25.0, 0.4), EvalReport("d/clip.mp4", 10, 25.0, 0.4)])
     assert same.splitlines()[0].split()[:3] == ["metric", "clip.mp4", "clip.mp4"]  # one file twice: its name
     assert table([EvalReport("x/clip.mp4", 10, 25.0, 0.4)]).splitlines()[0].split()[1] == "clip.mp4"  # one clip: its name
+
+
+# -- 8. landmarks of a one-frame video: saved, its summary in good words ----------------------------------------------
+def test_landmarks_of_one_frame(capsys, shared_data, tmp_path):
+    from echomimic_lib.io.video_io import read_video, write_video
+
+    one = write_video(tmp_path / "one.mp4", read_video(shared_data / "video" / "driving_a.mp4", max_frames=1,
+                                                       with_audio=False).frames, 24.0)
+    rc = main(["landmarks", str(one), "-o", str(tmp_path / "one.npz"), "--preview", str(tmp_path / "p.mp4"), "--offline",
+               "--mediapipe-model", str(shared_data / MP_MODEL), "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "1 frame at 24 fps, 0 without a face" in out, out
+    assert (tmp_path / "one.npz").is_file() and (tmp_path / "p.mp4").is_file()
