@@ -274,3 +274,22 @@ def test_landmarks_of_one_frame(capsys, shared_data, tmp_path):
     out = capsys.readouterr().out
     assert rc == 0 and "1 frame at 24 fps, 0 without a face" in out, out
     assert (tmp_path / "one.npz").is_file() and (tmp_path / "p.mp4").is_file()
+
+
+# -- 9. poses -o a link loop or a link to nothing: said as such (it used to be called "a file") ------------------------
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_poses_output_link_that_leads_nowhere(capsys, shared_data, tmp_path, nothing_looked_for, kind):
+    import os
+
+    out = tmp_path / "hands"
+    if kind == "loop":
+        os.symlink(tmp_path / "other", out)
+        os.symlink(out, tmp_path / "other")
+    else:
+        os.symlink(tmp_path / "gone", out)
+    rc = main(["poses", "--audio", str(shared_data / "audio" / "echomimic_en.wav"), "-o", str(out), "--models",
+               str(tmp_path / "models")])
+    err = capsys.readouterr().err
+    words = "symbolic link loop" if kind == "loop" else f"a link to {tmp_path / 'gone'}, which is not there"
+    assert rc == 2 and words in err and "is a file" not in err, err
+    assert os.path.islink(out)

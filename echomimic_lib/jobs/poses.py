@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -147,6 +148,15 @@ def check_pose_output(output, force: bool) -> tuple[Path, bool]:
         raise EchoMimicError(f"-o {output}: the poses are written as a folder (0.npy, 1.npy, ...) or a .npz file; "
                              + ("for a video of the hands use --preview FILE.mp4." if suffix in OUTPUT_SUFFIXES
                                 else f"use -o {out.with_suffix('')} or -o {out.with_suffix('.npz')}."))
+    if os.path.islink(out) and not out.exists():  # a link loop, or a link to nothing: no folder is there
+        try:
+            os.stat(out)
+            loop = False
+        except OSError as exc:
+            loop = exc.errno == errno.ELOOP
+        raise ExistingFileError(f"-o {out}: " + ("a symbolic link loop (a link that leads back to itself)" if loop else
+                                                 f"a link to {os.readlink(out)}, which is not there")
+                                + "; remove the link or choose a new folder name (or end -o in .npz for one file).")
     if os.path.lexists(out) and not out.is_dir():
         raise ExistingFileError(f"-o {out} is a file, not a folder, and is never replaced by a pose folder; choose a new "
                                 "folder name, or end -o in .npz for one file.")
