@@ -293,3 +293,14 @@ def test_poses_output_link_that_leads_nowhere(capsys, shared_data, tmp_path, not
     words = "symbolic link loop" if kind == "loop" else f"a link to {tmp_path / 'gone'}, which is not there"
     assert rc == 2 and words in err and "is a file" not in err, err
     assert os.path.islink(out)
+
+
+def test_doctor_refuses_a_models_folder_it_cannot_read(capsys, tmp_path, monkeypatch):
+    import os
+
+    models = tmp_path / "models"
+    (models / "v2").mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if str(p) == str(models) else real_access(p, mode, *a, **k))
+    rc, out, err = _doctor(capsys, "--models", models)
+    assert rc == 2 and "cannot be read (permission denied)" in err and "chmod u+rx" in err and out == "", err

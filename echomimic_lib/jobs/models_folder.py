@@ -47,9 +47,14 @@ def _refuse_unreachable(root: Path, flag: str) -> None:
     a file on the way (``weights.pth/models``). A path that is not there yet is fine: it is made on first use."""
     try:
         os.stat(root)
-        return
+        code = None
     except OSError as exc:
         code = exc.errno
+    if code is None:
+        if os.path.isdir(root) and not os.access(root, os.X_OK):  # no file in it can be reached (r-less but x: still can)
+            raise EchoMimicError(f"{flag} {root}: the folder cannot be read (permission denied); let this user read it "
+                                 f"(chmod u+rx, or run as its owner), or {_GIVE}")
+        return
     if code == errno.ELOOP:
         raise EchoMimicError(f"{flag} {root}: a symbolic link loop (a link that leads back to itself); point the link at "
                              f"the real folder, or {_GIVE}")
