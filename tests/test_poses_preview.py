@@ -148,8 +148,11 @@ def test_preview_audio_refusals_come_before_any_model(models, driving, speech, l
         (v + ["--preview", str(w / "p.mp4"), "--preview-audio", str(w / "nope.wav")], "--preview-audio", "file not found"),
         (v + ["--preview", str(w / "p.mp4"), "--preview-audio", str(w)], "--preview-audio", "is a folder"),
         (v + ["--preview", str(w / "p.mp4"), "--preview-audio", str(driving)], "--preview-audio", "no audio stream"),
-        (v + ["--preview", str(w / "old.mp4"), "--preview-audio", str(w / "old.mp4"), "--force"], "--preview-audio",
+        (v + ["--preview", str(w / "p.mp4"), "--preview-audio", str(w / "old.mp4"), "--force"], "--preview-audio",
          "cannot be opened"),
+        # the preview over its own sound track: said before that track is read (cliuser6: the outputs come first)
+        (v + ["--preview", str(w / "old.mp4"), "--preview-audio", str(w / "old.mp4"), "--force"],
+         "is the same file as --preview-audio"),
     ]
     for args, *words in cases:
         assert cli(args) == 2, args

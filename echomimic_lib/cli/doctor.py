@@ -1,15 +1,15 @@
 """``echomimic doctor``: what this machine and models folder can run, and the command that fixes each gap
-(read-only: :mod:`echomimic_lib.jobs.doctor`). Exit status 0 when everything checked is ready, 1 when not."""
+(read-only: :mod:`echomimic_lib.jobs.doctor`). Exit status 0 when everything checked is ready, 1 when not, 2 for a
+bad argument (a models folder that cannot be one, a --comfyui without models/)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .common import say
 
 
 def _cmd_doctor(args) -> int:
-    from ..jobs.models_folder import default_models_dir
+    from ..jobs.models_folder import default_models_dir, models_root
     from ..jobs.doctor import diagnose
     from ..jobs.doctor.report import render
 
@@ -25,7 +25,9 @@ def _cmd_doctor(args) -> int:
             name = "--" + opt.replace("_", "-")
             raise EchoMimicError(f"{name}: goes with --comfyui (ComfyUI's own {name}, as it was started with).")
     default = default_models_dir()
-    root = Path(args.models).expanduser() if args.models else default
+    # a models folder that cannot be one (a file, a link loop or to nothing, the folder above it): said as animate says
+    # it, exit 2, not a report whose every fix would download into it (with --comfyui, its own folders are checked)
+    root = default if args.comfyui else models_root(args)
     report = diagnose(root, args.weights, args.variant, default_root=default, strict=args.strict, comfyui=args.comfyui,
                       extra_paths=args.extra_model_paths or (), base_directory=args.base_directory,
                       input_directory=args.input_directory, output_directory=args.output_directory)
@@ -44,7 +46,8 @@ def add_commands(sub) -> None:
                                    "tiny random weights, a broken file), the shared parts, and the exact command that fixes "
                                    "each gap. Read-only: nothing is downloaded, written or loaded. Exit status 0 when "
                                    "everything checked is ready (tiny sets count, unless --strict), 1 when something is "
-                                   "missing or broken.")
+                                   "missing or broken, 2 when an argument is wrong (e.g. --models or $ECHOMIMIC_MODELS "
+                                   "a file, not a folder): the error says which, and no report is printed.")
     d.add_argument("--models", help="models folder (default: $ECHOMIMIC_MODELS, else ~/.cache/echomimic, as animate)")
     d.add_argument("--weights", choices=["v1_audio", "v1_pose", "v2", "v3-flash"], default=None,
                    help="check only this set (and what its renders need; default: every set)")

@@ -75,6 +75,8 @@ def _check_plot(args) -> None:
     from ..io.file_safety import refuse_input_as_output
     from ..io.video_writer import check_output_path
 
+    if not args.plot.strip():
+        raise EchoMimicError("--plot is empty; give the PNG file to write, e.g. --plot sync.png (or drop --plot).")
     plot = Path(args.plot)
     if plot.is_dir():
         raise EchoMimicError(f"--plot {args.plot} is a directory, not a regular file; give a file name inside it, e.g. --plot "
@@ -113,6 +115,7 @@ def _warn(text: str) -> None:
 def _cmd_evaluate(args) -> int:
     from ..evaluate import LearnedModels, evaluate, load_clip, save_png, sync_plot, table
     from ..evaluate.arcface import missing_message as arcface_missing
+    from ..evaluate.report import distinct_notes
     from ..evaluate.i3d import FILE_NAMES as I3D_NAMES, missing_message as i3d_missing
     from ..evaluate.inception import FILE_NAMES as INCEPTION_NAMES, missing_message as inception_missing
     from ..evaluate.syncnet import FILE_NAME, missing_message as syncnet_missing
@@ -134,7 +137,7 @@ def _cmd_evaluate(args) -> int:
         from ..io.image_file import read_image_file
 
         reference = read_image_file(args.reference, "--reference")  # not an image: said now, not after the scoring
-    if args.plot:
+    if args.plot is not None:  # `--plot ""` (a script's unset variable): refused as empty, not silently no plot
         _check_plot(args)
     clips = [load_clip(args.video, args.audio, args.landmarks, args.fps)]  # inputs checked before any model loads
     if args.compare:
@@ -175,7 +178,7 @@ def _cmd_evaluate(args) -> int:
     for r in reports:
         r.notes[:0] = notes
     if args.json:  # the table prints its notes under it (naming the clip they are about); the JSON run says them here
-        for note in (n for r in reports for n in r.notes):
+        for note in distinct_notes(reports):  # a note both clips share: said once
             _warn(note)
     if args.plot:
         import numpy as np

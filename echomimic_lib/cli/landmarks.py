@@ -22,7 +22,8 @@ def _cmd_landmarks(args) -> int:
     fps = f"{s['fps']:g} fps" if s["fps"] else "no frame rate"
     missing = f"{s['no_face']} without a face" + (f", {s['several_faces']} with several faces" if s["several_faces"] else "")
     filled = f" (filled: {s['policy']})" if s["no_face"] or s["several_faces"] else ""
-    say(f"wrote {s['output']}: {s['frames']} frames at {fps}, {missing}{filled}"
+    frames = f"{s['frames']} frame{'' if s['frames'] == 1 else 's'}"
+    say(f"wrote {s['output']}: {frames} at {fps}, {missing}{filled}"
         + (f"; preview {s['preview']}" if s["preview"] else ""))
     return 0
 

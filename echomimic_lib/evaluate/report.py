@@ -137,18 +137,25 @@ def _fmt(key: str, v) -> str:
 
 def table(reports: list[EvalReport], names: list[str] | None = None) -> str:
     """A text table, one column per report (rows whose metric no report has are left out)."""
-    names = names or [r.source for r in reports]
+    labels = _labels(names or [r.source for r in reports])
     rows = [(k, label, better) for k, label, better in ROWS if any(r.value(k) is not None for r in reports)]
-    head = ["metric"] + [_short(n) for n in names] + ["better"]
+    head = ["metric"] + labels + ["better"]
     body = [[label] + [_fmt(k, r.value(k)) + _mark(r, k) for r in reports] + [better] for k, label, better in rows]
     body.append(["frames / fps"] + [f"{r.frames} @ {r.fps:g}" for r in reports] + [""])
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)).rstrip()
              for row in [head] + body]
     lines.insert(1, "-" * len(lines[0]))
-    for r, n in zip(reports, names):
-        lines += [f"note ({_short(n)}): {t}" if len(reports) > 1 else f"note: {t}" for t in r.notes]
+    shared = [t for t in dict.fromkeys(reports[0].notes) if all(t in r.notes for r in reports[1:])] if reports else []
+    lines += [f"note: {t}" for t in shared]  # about every clip: said once
+    for r, n in zip(reports, labels):
+        lines += [f"note ({n}): {t}" for t in dict.fromkeys(r.notes) if t not in shared]
     return "\n".join(lines)
+
+
+def distinct_notes(reports: list[EvalReport]) -> list[str]:
+    """Every note of the reports, each once (a note every clip shares is said once), in the order they come."""
+    return list(dict.fromkeys(t for r in reports for t in r.notes))
 
 
 def _mark(r: EvalReport, key: str) -> str:
@@ -159,6 +166,18 @@ def _mark(r: EvalReport, key: str) -> str:
     return flag + ("" if r.reliable else " ?")
 
 
-def _short(name: str, limit: int = 28) -> str:
-    name = str(name).replace("\\", "/").rsplit("/", 1)[-1] or str(name)
+def _short(name: str, limit: int = 28, parts: int = 1) -> str:
+    path = str(name).replace("\\", "/").rstrip("/")
+    name = "/".join(path.split("/")[-parts:]) or str(name)
     return name if len(name) <= limit else "..." + name[-(limit - 3):]
+
+
+def _labels(names: list) -> list[str]:
+    """Each clip's column and note label: its file name; two runs' outputs of the same name (runs/a/clip.mp4,
+    runs/b/clip.mp4) with their folder, when that tells them apart (the same file twice keeps its name)."""
+    labels = [_short(n) for n in names]
+    if len(set(labels)) < len(labels):
+        longer = [_short(n, 40, parts=2) for n in names]
+        if len(set(longer)) > len(set(labels)):
+            return longer
+    return labels

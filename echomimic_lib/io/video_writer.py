@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -67,21 +68,31 @@ def _probe_writable(folder: Path) -> None:
     os.unlink(name)
 
 
+def _link_loop(flag: str, path: Path) -> OutputError:
+    return OutputError(f"{flag} {path}: a symbolic link loop (a link that leads back to itself); remove the link or "
+                       "choose another file name.")
+
+
 def check_output_path(path, flag: str = "the output path", example: str = "out.mp4") -> Path:
     """Validate a destination file before any work; returns it with symlinks resolved (nothing is created).
 
     ``flag`` names the setting in messages (e.g. ``-o/--output`` on the command line); ``example``: the file name
     suggested inside a folder given as the output."""
     if path is None or str(path).strip() == "":
-        raise OutputError(f"{flag} is empty; give a file name such as out.mp4.")
+        raise OutputError(f"{flag} is empty; give a file name such as {example}.")
     p = Path(path).expanduser()
     if p.is_symlink():
-        p = p.resolve()  # write through the link: the link itself is never replaced
+        try:
+            p = p.resolve(strict=False)  # write through the link: the link itself is never replaced
+        except (RuntimeError, OSError):  # a link that leads back to itself (RuntimeError up to Python 3.12)
+            raise _link_loop(flag, p) from None
     try:
         st = p.stat()
     except (FileNotFoundError, NotADirectoryError):  # the parent check below says why
         st = None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # (Python 3.13 resolves a loop without raising; its stat says it)
+            raise _link_loop(flag, p) from None
         raise OutputError(f"{flag} {p}: cannot be inspected ({exc.strerror or exc}); choose another file name.") from exc
     if st is not None:
         if stat.S_ISDIR(st.st_mode):

@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import EchoMimicError
+from ..errors import EchoMimicError, MissingWeightsError
 from ..modes import DEFAULT_FPS, get_mode
 from .dub_stream import source_regions  # noqa: F401  (the ComfyUI Paste Back node's preview uses it from here)
 
@@ -153,7 +153,11 @@ def _validate(req: DubRequest) -> _Checked:
     parts = parts_for(req.parts, req.audio is not None)
     check_output(req.output, {"--video": req.video, "--audio": req.audio})
     root = models_root(req)  # --models (a file refused), else $ECHOMIMIC_MODELS or ~/.cache/echomimic
-    face_model = resolve_model("face_landmarker", req.mediapipe_model, [root], download=req.download)
+    try:
+        face_model = resolve_model("face_landmarker", req.mediapipe_model, [root], download=req.download)
+    except MissingWeightsError as exc:  # the options that fix it, as animate and landmarks say them
+        hint = " (Without --offline it is downloaded once.)" if not req.download and not req.mediapipe_model else ""
+        raise MissingWeightsError(f"{exc}{hint} Or pass --mediapipe-model FILE.", exc.missing) from exc
     import_mediapipe()
     return _Checked(variant, settings, parts, device, dtype, root, face_model)
 

@@ -97,7 +97,7 @@ def check(req: LandmarksRequest) -> _Checked:
     inputs = {"VIDEO": req.video, "--reference": req.reference}
     output = check_destination(req.output, "-o", SEQUENCE_SUFFIXES, ".npz", inputs, req.force)
     preview = None
-    if req.preview:
+    if req.preview is not None:  # `--preview ""` (a script's unset variable): said, not silently no preview
         preview = check_destination(req.preview, "--preview", PREVIEW_SUFFIXES, ".mp4", inputs, req.force,
                                     others={"-o": output})
     try:  # an empty --parts means no parts, as in animate

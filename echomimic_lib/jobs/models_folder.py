@@ -2,6 +2,7 @@
 and the folders under it that ``--pose VIDEO`` (DWPose) and ``--pose auto`` (the gesture library) read."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from ..errors import EchoMimicError
 
 
 def default_models_dir() -> Path:
-    return Path(os.environ.get("ECHOMIMIC_MODELS", Path.home() / ".cache" / "echomimic"))
+    """$ECHOMIMIC_MODELS (a ``~`` no shell expanded is the home folder; set but empty counts as unset, never the
+    current folder), else ~/.cache/echomimic."""
+    return Path(os.environ.get("ECHOMIMIC_MODELS") or Path.home() / ".cache" / "echomimic").expanduser()
 
 
 def models_root(req) -> Path:
@@ -23,15 +26,44 @@ def models_root(req) -> Path:
 
 def check_models_folder(root: Path, flag: str = "--models") -> Path:
     """A models folder that is a file (a weight file or the wrong argument given as ``--models``) is named as such,
-    before anything looks for, writes or downloads weights under it."""
+    before anything looks for, writes or downloads weights under it; so is a symbolic link loop, a link to nothing and
+    a path through a file (none can be read or made)."""
+    _refuse_unreachable(root, flag)
     if root.exists() and not root.is_dir():
-        raise EchoMimicError(f"{flag} {root}: is a file, not a folder; give the models folder (the one `echomimic download "
-                             "--models DIR` fills, with v1/, v2/, sd-vae-ft-mse/ ... in it; a new folder is made on first use).")
+        raise EchoMimicError(f"{flag} {root}: is a file, not a folder; {_GIVE}")
     if root.is_dir():
         entries = _entries(root)
         if not _holds_models(entries):
             _refuse_a_folder_beside_the_models(root, entries, flag)
     return root
+
+
+_GIVE = ("give the models folder (the one `echomimic download --models DIR` fills, with v1/, v2/, sd-vae-ft-mse/ ... "
+         "in it; a new folder is made on first use).")
+
+
+def _refuse_unreachable(root: Path, flag: str) -> None:
+    """A path no folder can be at: a link loop, a link to nothing (a download could not make the folder through it),
+    a file on the way (``weights.pth/models``). A path that is not there yet is fine: it is made on first use."""
+    try:
+        os.stat(root)
+        code = None
+    except OSError as exc:
+        code = exc.errno
+    if code is None:
+        if os.path.isdir(root) and not os.access(root, os.X_OK):  # no file in it can be reached (r-less but x: still can)
+            raise EchoMimicError(f"{flag} {root}: the folder cannot be read (permission denied); let this user read it "
+                                 f"(chmod u+rx, or run as its owner), or {_GIVE}")
+        return
+    if code == errno.ELOOP:
+        raise EchoMimicError(f"{flag} {root}: a symbolic link loop (a link that leads back to itself); point the link at "
+                             f"the real folder, or {_GIVE}")
+    if code == errno.ENOTDIR:
+        part = next((p for p in (root, *root.parents) if p.is_file()), None)
+        raise EchoMimicError(f"{flag} {root}: {part or 'a part of the path'} is a file, not a folder; {_GIVE}")
+    if os.path.islink(root):
+        raise EchoMimicError(f"{flag} {root}: a link to {os.readlink(root)}, which is not there; make that folder, or "
+                             f"{_GIVE}")
 
 
 _PARTS = ("v1", "v2", "v3-flash", "sd-vae-ft-mse", "audio_processor")  # what `echomimic download` / make-tiny put there

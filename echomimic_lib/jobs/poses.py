@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -147,6 +148,15 @@ def check_pose_output(output, force: bool) -> tuple[Path, bool]:
         raise EchoMimicError(f"-o {output}: the poses are written as a folder (0.npy, 1.npy, ...) or a .npz file; "
                              + ("for a video of the hands use --preview FILE.mp4." if suffix in OUTPUT_SUFFIXES
                                 else f"use -o {out.with_suffix('')} or -o {out.with_suffix('.npz')}."))
+    if os.path.islink(out) and not out.exists():  # a link loop, or a link to nothing: no folder is there
+        try:
+            os.stat(out)
+            loop = False
+        except OSError as exc:
+            loop = exc.errno == errno.ELOOP
+        raise ExistingFileError(f"-o {out}: " + ("a symbolic link loop (a link that leads back to itself)" if loop else
+                                                 f"a link to {os.readlink(out)}, which is not there")
+                                + "; remove the link or choose a new folder name (or end -o in .npz for one file).")
     if os.path.lexists(out) and not out.is_dir():
         raise ExistingFileError(f"-o {out} is a file, not a folder, and is never replaced by a pose folder; choose a new "
                                 "folder name, or end -o in .npz for one file.")
@@ -162,7 +172,7 @@ def check_pose_output(output, force: bool) -> tuple[Path, bool]:
 
 
 def _check_preview(req, inputs: dict, output: Path) -> Path | None:
-    if not req.preview:
+    if req.preview is None:  # `--preview ""` (a script's unset variable): refused as empty, not silently no preview
         return None
     return check_destination(req.preview, "--preview", OUTPUT_SUFFIXES, ".mp4", inputs, req.force, what="video",
                              needs="the preview is an H.264 mp4 video; end it in .mp4", others={"-o": output})
@@ -200,7 +210,14 @@ def check(req: PosesRequest) -> PosesPlan:
     fps = None if req.fps is None else check_fps(req.fps)
     length = _number(req.length or 0, "--length", int, 0, 10**6, "the number of frames must be 0 (all) or more.")
     size = _check_size(req)
-    inputs: dict = {"--video": req.video, "--audio": req.audio}
+    inputs: dict = {"--video": req.video, "--audio": req.audio, "--preview-audio": req.preview_audio}
+    # the outputs before any input is decoded or a gesture library / model looked for: -o the input itself, a file
+    # where a folder goes, an existing output without --force are said at once
+    if req.output and str(req.output).strip():
+        refuse_input_as_output(Path(req.output).expanduser(), inputs)
+    output, folder = check_pose_output(req.output, req.force)
+    refuse_input_as_output(output, inputs)
+    preview = _check_preview(req, inputs, output)
     plan_extra: dict = {}
     if req.video:
         if not Path(req.video).is_file():
@@ -210,7 +227,6 @@ def check(req: PosesRequest) -> PosesPlan:
         if (req.on_missing or MISSING_DEFAULT) not in ("interpolate", "hold", "fail"):
             raise EchoMimicError(f"--on-missing {req.on_missing}: choose interpolate, hold or fail.")
         if req.preview_audio:
-            inputs["--preview-audio"] = req.preview_audio
             wav, sr = _read_preview_audio(req.preview_audio, _preview_seconds(req.video, fps, length))
             plan_extra = dict(wav=wav, sample_rate=sr)
     else:
@@ -231,7 +247,7 @@ def check(req: PosesRequest) -> PosesPlan:
             except EchoMimicError as exc:
                 raise EchoMimicError(f"{exc} (gestures are taken from --gesture-library DIR, default the models folder's "
                                      "poses/.)") from None
-        inputs.update({f"--gesture-library ({s.name})": s for s in sources})
+        refuse_input_as_output(output, {f"--gesture-library ({s.name})": s for s in sources})  # -o a pose of it
         # with --length only the start those frames need is kept (the rest read a piece at a time for its checks,
         # in the same pass): the preview's sound is cut to the video anyway. Without it the video follows the audio
         # (at most a video's MAX_LENGTH frames, as animate's: a 1 Hz wav of a few KB is hours of speech, refused from
@@ -249,9 +265,6 @@ def check(req: PosesRequest) -> PosesPlan:
             sr = raw.sample_rate
         plan_extra = dict(num_frames=frame_count(raw, fps or DEFAULT_FPS, length or None), wav=wav, sample_rate=sr,
                           library=dirs, speech=speech)
-    output, folder = check_pose_output(req.output, req.force)
-    refuse_input_as_output(output, inputs)  # -o the video, or a pose folder / .npz of the gesture library
-    preview = _check_preview(req, inputs, output)
     if req.video:
         check_dwpose_models(dwpose_roots(req), req.download)
     return PosesPlan(req, output, folder, preview, size, fps, **plan_extra)

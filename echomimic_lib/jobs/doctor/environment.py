@@ -7,6 +7,7 @@ imports (OpenCV, MediaPipe, onnxruntime: a broken wheel often installs fine and 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -166,9 +167,25 @@ def torch_info() -> dict:
                                      "capability": arch or f"{props.major}.{props.minor}"})
     except Exception as exc:  # a driver that does not match the build
         info["problem"] = f"CUDA is present but unusable ({str(exc).splitlines()[0]})"
+    if (info["cuda"] or info["hip"]) and not info["gpus"] and not info["problem"]:
+        info["problem"] = _hidden_by()
     mps = getattr(torch.backends, "mps", None)
     info["mps"] = bool(mps is not None and mps.is_available())
     return info
+
+
+VISIBLE_DEVICES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+
+
+def _hidden_by() -> str | None:
+    """No GPU seen while a *_VISIBLE_DEVICES variable is set (a scheduler's or a script's empty, -1, or a wrong index):
+    said, with the variable and its value, as the first thing to check; None when none is set."""
+    for name in VISIBLE_DEVICES:
+        value = os.environ.get(name)
+        if value is not None:
+            return (f"{name} is set to {value!r}, which hides every GPU unless it lists valid indices (e.g. 0 or 0,1); "
+                    f"check it, or unset it")
+    return None
 
 
 def check_environment(imports: bool = True) -> dict:

@@ -187,9 +187,19 @@ def _dwpose(root: Path) -> dict:
 
 def models_args(root: Path, default_root: Path | None) -> list:
     """``--models ROOT`` for a command line, unless ROOT is the command line's own default."""
-    if default_root is None or Path(root).expanduser().resolve() != Path(default_root).expanduser().resolve():
+    if default_root is None or _real(root) != _real(default_root):
         return ["--models", str(root)]
     return []
+
+
+def _real(path) -> Path:
+    """The path's real place; as written (made absolute) when it cannot be followed (a link loop: $ECHOMIMIC_MODELS's
+    default, never the --models in use, which the command line checked)."""
+    path = Path(path).expanduser()
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
 
 
 def poses_command(lib: Path, models: list) -> str:
