@@ -375,6 +375,9 @@ def _validate_lora(cfg: TrainConfig) -> None:
         return
     if lc.rank < 1 or not lc.alpha > 0 or not 0.0 <= lc.dropout < 1.0:
         raise ConfigError("lora: rank must be >= 1, alpha > 0 and dropout in [0, 1)")
+    from .config_checks import check_lora_alpha
+
+    check_lora_alpha(lc.alpha, lc.rank, lc.use_rslora)
     bad = [n for n in lc.networks if n not in LORA_NETWORKS]
     if bad or not lc.networks:
         raise ConfigError(f"lora.networks: choose from {', '.join(LORA_NETWORKS)} (got {lc.networks})")

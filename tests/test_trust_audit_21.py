@@ -1,0 +1,177 @@
+"""Trust audit 21 (3437d27..4225ec2): each test failed before its fix."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from echomimic_lib.errors import EchoMimicError, WeightsError
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="fcntl locks, file modes")
+
+
+# ------------------------------------------------------------------ (a) a user's own `.<output>.lock` is never ours
+@posix_only
+@pytest.mark.parametrize("content", [b"my notes: do not delete\n", b'{"pid": 1, "note": "mine"}', b"\x00\x01binary"],
+                         ids=["text", "other-json", "binary"])
+def test_a_users_file_named_like_the_output_claim_is_never_overwritten_or_removed(tmp_path, content):
+    """`animate -o out.mp4` claims `.out.mp4.lock` beside it: a user's own file of that name was truncated, overwritten
+    with the claim's details and deleted at the end of the render. Now the claim is refused, naming the file and the fix,
+    and the file is left as it was."""
+    from echomimic_lib.jobs.output_file import OutputClaim
+
+    mine = tmp_path / ".out.mp4.lock"
+    mine.write_bytes(content)
+    with pytest.raises(EchoMimicError, match="not a claim file") as err:
+        OutputClaim(tmp_path / "out.mp4").acquire()
+    assert str(mine) in str(err.value) and "rename" in str(err.value).lower()
+    assert mine.read_bytes() == content
+
+
+@posix_only
+def test_a_users_file_named_like_the_batch_lock_is_never_overwritten(tmp_path):
+    """The same for every lock of :class:`RunLock` (one batch per folder, one training run per output_dir)."""
+    from echomimic_lib.jobs.batch.lock import LOCK_NAME, BatchLock
+
+    mine = tmp_path / LOCK_NAME
+    mine.write_text("keep me")
+    with pytest.raises(EchoMimicError, match="not a claim file"):
+        BatchLock(tmp_path).acquire()
+    assert mine.read_text() == "keep me"
+
+
+@posix_only
+def test_the_claim_is_marked_as_ours_and_a_left_over_claim_is_still_taken_over(tmp_path):
+    """A claim left by a killed run (this version's, with its mark, or an older version's details) is taken over as
+    before, and removed at the end."""
+    from echomimic_lib.jobs.output_file import OutputClaim
+
+    claim = tmp_path / ".out.mp4.lock"
+    with OutputClaim(tmp_path / "out.mp4"):
+        written = claim.read_bytes()
+        assert json.loads(written)["pid"] == os.getpid()
+    assert not claim.exists()
+    for left in (written, json.dumps({"pid": 2 ** 22 + 7, "host": "h", "pid_start": None, "started": "x",
+                                      "command": "echomimic animate"}).encode(), b""):
+        claim.write_bytes(left)
+        with OutputClaim(tmp_path / "out.mp4"):
+            assert json.loads(claim.read_bytes())["pid"] == os.getpid()
+        assert not claim.exists()
+
+
+@posix_only
+def test_a_batch_clearing_partials_leaves_a_users_lock_named_file_alone(tmp_path):
+    """The batch claims `.a.mp4.lock`, `.a.m4v.lock` and `.a.mov.lock` to clear a killed render's partial files: a
+    user's `.a.mov.lock` was truncated and deleted."""
+    from types import SimpleNamespace
+
+    from echomimic_lib.jobs.batch.results import remove_partials
+
+    mine = tmp_path / ".a.mov.lock"
+    mine.write_text("user data")
+    partial = tmp_path / ".a.x1y2z3.partial.mp4"
+    partial.write_bytes(b"x")
+    assert remove_partials(SimpleNamespace(output=tmp_path / "a.mp4")) == 0
+    assert mine.read_text() == "user data" and partial.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.mov.lock", ".a.x1y2z3.partial.mp4"]
+
+
+# ------------------------------------------------------------------ (b) an absurd LoRA alpha: refused at load time
+def _v12_lora(path, alpha: float, tensor_alpha: float | None = None, rank: int = 2):
+    from echomimic_lib.lora.files import LoraInfo
+
+    info = LoraInfo(weights="v2", rank=rank, alpha=alpha)
+    layer = "denoiser.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    tensors = {f"{layer}.lora_A.weight": torch.randn(rank, 8) * 0.01, f"{layer}.lora_B.weight": torch.randn(8, rank) * 0.01}
+    if tensor_alpha is not None:
+        tensors[f"{layer}.alpha"] = torch.tensor(tensor_alpha, dtype=torch.float32)
+    save_file(tensors, str(path), metadata=info.to_metadata())
+    return path
+
+
+@pytest.mark.parametrize("alpha, tensor_alpha", [(1e38, None), (16.0, 1e38), (16.0, 2e5), (3e5, None)],
+                         ids=["meta-1e38", "tensor-1e38", "tensor-past-fp16", "meta-past-fp16"])
+def test_a_v1_v2_lora_with_an_absurd_alpha_is_refused_naming_file_value_and_fix(tmp_path, alpha, tensor_alpha):
+    """A finite alpha of 1e38 (or one whose alpha / rank is past fp16's largest number) was read as valid: the merged
+    weights overflowed and the video rendered as NaN noise without a word."""
+    from echomimic_lib.lora import load_checked
+
+    path = _v12_lora(tmp_path / "absurd.safetensors", alpha, tensor_alpha)
+    with pytest.raises(WeightsError) as err:
+        load_checked(path, "v2")
+    text = str(err.value)
+    assert str(path) in text and "alpha" in text and "65504" in text and "export" in text.lower(), text
+
+
+def test_a_released_like_lora_still_loads_with_its_scale(tmp_path):
+    """Parity: ordinary alphas (alpha = rank, 2 x rank, rsLoRA) load as before."""
+    from echomimic_lib.lora import load_checked
+
+    a = load_checked(_v12_lora(tmp_path / "ok.safetensors", 4.0, 4.0), "v2")
+    assert a.scale(next(iter(a.layers))) == 2.0
+    b = load_checked(_v12_lora(tmp_path / "meta.safetensors", 32.0, None, rank=16), "v2")
+    assert b.scale(next(iter(b.layers))) == 2.0
+
+
+@pytest.mark.parametrize("alpha", [1e38, 4 * 70000.0])
+def test_a_wan_lora_with_an_absurd_alpha_is_refused_naming_file_value_and_fix(tmp_path, alpha):
+    from echomimic_lib.lora.wan_files import read_wan_lora
+
+    path = tmp_path / "wan.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.randn(4, 8) * 0.01,
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.randn(8, 4) * 0.01,
+               "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(alpha)}, str(path))
+    with pytest.raises(WeightsError) as err:
+        read_wan_lora(path)
+    text = str(err.value)
+    assert str(path) in text and "alpha" in text and "65504" in text, text
+
+
+def test_an_ordinary_wan_lora_alpha_still_reads(tmp_path):
+    from echomimic_lib.lora.wan_files import read_wan_lora
+
+    path = tmp_path / "wan.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.randn(4, 8),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.randn(8, 4),
+               "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(8.0)}, str(path))
+    assert read_wan_lora(path).groups
+
+
+def test_writing_a_lora_with_an_absurd_alpha_is_refused_before_the_file_is_written(tmp_path):
+    """The trainer's export writes through write_lora: an alpha that no reader takes is refused there, nothing written."""
+    from echomimic_lib.lora.files import LoraInfo, write_lora
+
+    dest = tmp_path / "out.safetensors"
+    layer = "denoiser.a.to_q"
+    with pytest.raises(WeightsError, match="alpha"):
+        write_lora(dest, {f"{layer}.lora_A.weight": torch.zeros(2, 4), f"{layer}.lora_B.weight": torch.zeros(4, 2)},
+                   LoraInfo(weights="v2", rank=2, alpha=1e38))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("yaml_lora", ["{rank: 2, alpha: 1.0e+38, targets: [q]}"])
+def test_a_training_config_with_an_absurd_lora_alpha_is_refused_before_training(tmp_path, yaml_lora):
+    """`lora.alpha: 1e38` passed the `alpha > 0` check: every step's loss was NaN."""
+    from trainer.config import ConfigError
+    from trainer.config_file import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'run'}\npreset: v1_lora_identity\nlora: {yaml_lora}\n"
+                   f"model: {{init: echomimic, echomimic_path: {tmp_path}}}\ndata: {{roots: [{tmp_path}], num_workers: 0}}\n")
+    with pytest.raises(ConfigError, match="lora.alpha"):
+        load_config(str(cfg))
+
+
+def test_a_v3_training_config_with_an_absurd_lora_alpha_is_refused(tmp_path):
+    from trainer.config import ConfigError
+    from trainer.v3.config import V3TrainConfig
+
+    cfg = V3TrainConfig()
+    cfg.output_dir, cfg.model.path, cfg.data.roots = str(tmp_path / "run"), str(tmp_path), [str(tmp_path)]
+    cfg.lora.alpha = 1e38
+    with pytest.raises(ConfigError, match="lora.alpha"):
+        cfg.validate()
