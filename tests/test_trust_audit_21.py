@@ -175,3 +175,50 @@ def test_a_v3_training_config_with_an_absurd_lora_alpha_is_refused(tmp_path):
     cfg.lora.alpha = 1e38
     with pytest.raises(ConfigError, match="lora.alpha"):
         cfg.validate()
+
+
+# ------------------------------------------------------------------ waveform.check_sample_rate
+@pytest.mark.parametrize("rate", [10 ** 400, 10 ** 5000], ids=["400-digits", "5000-digits"])
+def test_a_sample_rate_integer_past_any_float_is_a_clear_error(rate):
+    """An AUDIO whose sample_rate is a huge integer (a custom node, a damaged header read as int) escaped the new check
+    as a bare OverflowError (int too large to convert to float) in the Sampler and Save nodes."""
+    from echomimic_lib.audio.waveform import check_sample_rate
+
+    with pytest.raises(EchoMimicError, match="sample rate .*digits.* is above"):
+        check_sample_rate(rate)
+
+
+# ------------------------------------------------------------------ trainer: store.check_clips_present
+@posix_only
+@pytest.mark.parametrize("name", ["frames.idx.npy", "frames.bin"])
+def test_a_pipe_in_a_prepared_clip_is_named_not_waited_on(tmp_path, name):
+    """The new cut-short check opened every clip's frames.idx.npy before training: a named pipe there (a hand-made or
+    hostile dataset) hung the run for ever, before anything was said."""
+    import subprocess
+    import textwrap
+
+    clip = tmp_path / "shard-00000" / "c1"
+    clip.mkdir(parents=True)
+    (clip / "clip.json").write_text("{}")
+    (clip / "frames.bin").write_bytes(b"x" * 10)
+    import numpy as np
+
+    np.save(clip / "frames.idx.npy", np.array([0, 10], dtype=np.int64))
+    (clip / name).unlink()
+    os.mkfifo(clip / name)
+    code = textwrap.dedent(f"""
+        from pathlib import Path
+        from trainer.data.store import ClipEntry, DamagedClipError, check_clips_present
+        try:
+            check_clips_present([ClipEntry("c1", Path({str(clip)!r}), 0, 1, 25.0, "video")])
+        except DamagedClipError as exc:
+            print("REFUSED", exc)
+        """)
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:  # (a child process: the old code blocks in open() on the pipe)
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60).stdout
+    except subprocess.TimeoutExpired:
+        pytest.fail("check_clips_present waited on the pipe")
+    assert "REFUSED" in out and name in out and "not a regular file" in out, out
