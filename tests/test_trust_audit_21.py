@@ -222,3 +222,25 @@ def test_a_pipe_in_a_prepared_clip_is_named_not_waited_on(tmp_path, name):
     except subprocess.TimeoutExpired:
         pytest.fail("check_clips_present waited on the pipe")
     assert "REFUSED" in out and name in out and "not a regular file" in out, out
+
+
+@posix_only
+def test_a_users_file_named_like_the_queue_state_lock_is_never_overwritten(tmp_path, capsys):
+    """`echomimic queue --state notes.json` keeps its lock in `notes.json.lock`: a user's own file of that name was
+    truncated and overwritten with the holder's mark. Now the state is not kept (said), the file left as it was."""
+    from echomimic_lib.jobs.queue_state import QueueState
+
+    mine = tmp_path / "notes.json.lock"
+    mine.write_text("my own notes\n")
+    book = QueueState(tmp_path / "notes.json")
+    book.claim(["echomimic/a__b"])
+    assert mine.read_text() == "my own notes\n"
+    err = capsys.readouterr().err
+    assert "notes.json.lock" in err and "not a lock file" in err and not book.ok, err
+    other = QueueState(tmp_path / "other.json")  # a lock file a run left (its mark) is used as before
+    other.claim(["echomimic/a__b"])
+    other.release()
+    assert other.ok and json.loads((tmp_path / "other.json.lock").read_text())["pid"] == os.getpid()
+    again = QueueState(tmp_path / "other.json")
+    again.claim(["echomimic/a__b"])
+    assert again.ok
