@@ -244,3 +244,17 @@ def test_a_users_file_named_like_the_queue_state_lock_is_never_overwritten(tmp_p
     again = QueueState(tmp_path / "other.json")
     again.claim(["echomimic/a__b"])
     assert again.ok
+
+
+# ------------------------------------------------------------------ batch: --workers checked before the rows
+def test_an_absurd_workers_count_is_refused_not_an_out_of_memory(tmp_path, capsys):
+    """`echomimic batch --workers 1000000000000` (a typo, a pasted number): the new early --device check built a list of
+    that many device names and the batch ended in "out of memory (); use a smaller --width/--height ..." (10**9: gigabytes
+    allocated first)."""
+    from echomimic_lib.cli import main as cli
+
+    (tmp_path / "jobs.jsonl").write_text('{"name": "c1", "reference": "a.png", "audio": "a.wav"}\n')
+    rc = cli(["batch", str(tmp_path / "jobs.jsonl"), "-o", str(tmp_path / "out"), "-q", "--device", "cpu", "--workers",
+              "1000000000000", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--workers 1000000000000: use at most" in err and "memory" not in err, err
