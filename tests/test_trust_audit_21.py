@@ -258,3 +258,16 @@ def test_an_absurd_workers_count_is_refused_not_an_out_of_memory(tmp_path, capsy
               "1000000000000", "--dry-run"])
     err = capsys.readouterr().err
     assert rc == 2 and "--workers 1000000000000: use at most" in err and "memory" not in err, err
+
+
+@posix_only
+def test_a_file_moved_onto_the_claims_name_during_the_render_is_not_removed_at_its_end(tmp_path):
+    """The claim file was removed by name when the render ended: a file the user moved to that name meanwhile (their own
+    `.out.mp4.lock`) was deleted with it."""
+    from echomimic_lib.jobs.output_file import OutputClaim
+
+    claim = tmp_path / ".out.mp4.lock"
+    with OutputClaim(tmp_path / "out.mp4"):
+        (tmp_path / "mine").write_text("user data")
+        os.replace(tmp_path / "mine", claim)
+    assert claim.read_text() == "user data"

@@ -172,7 +172,8 @@ class RunLock:
                 pass
             return
         try:
-            self.path.unlink()  # while still locked: a run that opened this file sees it is gone and opens the new one
+            if os.path.samestat(os.fstat(fd), os.stat(self.path)):  # (a file put there since, e.g. moved over it: kept)
+                self.path.unlink()  # while still locked: a run that opened this file sees it is gone and opens the new one
         except OSError:
             pass
         os.close(fd)
