@@ -271,3 +271,19 @@ def test_a_file_moved_onto_the_claims_name_during_the_render_is_not_removed_at_i
         (tmp_path / "mine").write_text("user data")
         os.replace(tmp_path / "mine", claim)
     assert claim.read_text() == "user data"
+
+
+def test_the_queue_state_is_written_when_an_argument_holds_bytes_that_are_not_utf8(tmp_path, monkeypatch):
+    """`echomimic queue --portraits /data/caf\\xe9` (a folder named in Latin-1 on Linux): Python reads the byte as a lone
+    surrogate, the run's command line went into the state file's text and writing it ended in a UnicodeEncodeError
+    traceback. Now it is escaped: written, and read back the same."""
+    from echomimic_lib.jobs.queue_state import QueueState, read_state
+
+    monkeypatch.setattr(sys, "argv", ["echomimic", "queue", "--portraits", "/data/caf\udce9"])
+    book = QueueState(tmp_path / "state.json")
+    book.claim(["echomimic/caf\udce9__a"])
+    book.record("http://127.0.0.1:8188", "echomimic/caf\udce9__a", "f" * 16, "p1", files=["caf\udce9.mp4"])
+    assert book.ok
+    disk = read_state(tmp_path / "state.json")
+    assert disk["servers"]["http://127.0.0.1:8188"]["echomimic/caf\udce9__a"]["files"] == ["caf\udce9.mp4"]
+    assert any("caf\udce9" in run["command"] for run in disk["runs"].values())
