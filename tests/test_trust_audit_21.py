@@ -287,3 +287,25 @@ def test_the_queue_state_is_written_when_an_argument_holds_bytes_that_are_not_ut
     disk = read_state(tmp_path / "state.json")
     assert disk["servers"]["http://127.0.0.1:8188"]["echomimic/caf\udce9__a"]["files"] == ["caf\udce9.mp4"]
     assert any("caf\udce9" in run["command"] for run in disk["runs"].values())
+
+
+@pytest.mark.parametrize("lora", [{"rank": 2, "alpha": 1e38}, {"rank": 2, "alpha": "x"}, {"rank": 0, "alpha": 2}],
+                         ids=["alpha-1e38", "alpha-text", "rank-0"])
+def test_v3_export_of_a_checkpoint_with_an_absurd_or_damaged_alpha_is_refused_before_writing(tmp_path, lora):
+    """`echomimic-train v3-export --no-verify` of a checkpoint whose meta.json says `"alpha": 1e38` (a run trained before
+    the config refused it, or an edited record) wrote a LoRA every reader refuses (verify: after the whole write); a
+    text alpha or rank 0 ended in a ValueError / ZeroDivisionError traceback."""
+    from trainer.v3.lora import export_wan_lora
+
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-5"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text(json.dumps({"step": 5, "family": "v3", "lora": {
+        **lora, "targets": ["q"], "layers": 1, "base": {"path": str(tmp_path)}}}))
+    save_file({"blocks.0.self_attn.q.lora_A.default.weight": torch.zeros(2, 4),
+               "blocks.0.self_attn.q.lora_B.default.weight": torch.zeros(4, 2)}, str(ckpt / "model.safetensors"))
+    dest = tmp_path / "out"
+    with pytest.raises(Exception) as err:
+        export_wan_lora(ckpt, dest / "x.safetensors", verify=False)
+    assert type(err.value).__name__ in ("ConfigError", "WeightsError"), repr(err.value)
+    assert "alpha" in str(err.value) or "rank" in str(err.value)
+    assert not dest.exists()
