@@ -309,3 +309,20 @@ def test_v3_export_of_a_checkpoint_with_an_absurd_or_damaged_alpha_is_refused_be
     assert type(err.value).__name__ in ("ConfigError", "WeightsError"), repr(err.value)
     assert "alpha" in str(err.value) or "rank" in str(err.value)
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("alpha", ["x", None, 0])
+def test_export_of_a_v1_v2_checkpoint_with_a_damaged_lora_alpha_is_a_clear_error(tmp_path, capsys, alpha):
+    """`echomimic-train export` of a LoRA checkpoint whose meta.json says `"alpha": "x"` / null ended in a ValueError /
+    TypeError traceback (0: a ZeroDivisionError-free file every reader refuses)."""
+    from tests.test_trust import _fake_checkpoint
+    from trainer.cli import main
+
+    ckpt = _fake_checkpoint(tmp_path, True)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["lora"]["alpha"] = alpha
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    assert main(["export", str(ckpt), str(tmp_path / "out"), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert "meta.json" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()

@@ -55,14 +55,14 @@ A_KEY, B_KEY, ALPHA_KEY = ".lora_A.weight", ".lora_B.weight", ".alpha"
 MAX_LORA_SCALE = 65504.0  # fp16's largest number: a scale (alpha / rank) past it overflows the merged weights (NaN video)
 
 
-def check_scale(where: str, alpha: float, rank, scale: float, fix: str = "export the adapter again with an ordinary "
-                "alpha (e.g. alpha = rank)") -> None:
+def check_scale(where: str, alpha: float, rank, scale: float, fix: str = "a damaged or wrongly exported file: export "
+                "the adapter again with an ordinary alpha (e.g. alpha = rank)") -> None:
     """A :class:`WeightsError` naming ``where``, the alpha and the fix when ``scale`` (``alpha / rank``) is past
     :data:`MAX_LORA_SCALE` (a finite alpha of 1e38 read as valid rendered NaN noise without a word)."""
     if not scale <= MAX_LORA_SCALE:
         raise WeightsError(f"{where}: LoRA alpha {alpha:g} at rank {rank} gives a scale (alpha / rank) of {scale:g}, past "
                            f"{MAX_LORA_SCALE:g} (fp16's largest number): its merged weights would overflow and the video "
-                           f"render as NaN noise. A damaged or wrongly exported file; {fix}.")
+                           f"render as NaN noise; {fix}.")
 
 
 _META_KINDS = {"rank": int, "alpha": (int, float), "use_rslora": bool, "targets": list, "networks": list, "base": dict,
