@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 
 from ..echomimic_lib.errors import EchoMimicError
 
@@ -114,6 +115,20 @@ def number_problem(node_cls, values: dict, spec: dict | None = None) -> str | No
     return None
 
 
+def finite_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
+    """Why a number input's value is NaN or infinite, or None. No widget gives one, but a link (a math node: 0/0, a
+    value of 1e999 in an API prompt) does, and range checks let NaN through (every comparison with it is false): the
+    node sampled NaN noise, or failed deep inside ("cannot convert float NaN to integer")."""
+    spec = node_cls.INPUT_TYPES() if spec is None else spec
+    for section in ("required", "optional"):
+        for name, (typ, *_) in spec.get(section, {}).items():
+            value = values.get(name)
+            if typ in ("INT", "FLOAT") and isinstance(value, float) and not math.isfinite(value):
+                return (f"{name}: takes a finite number ({typ}), but it is given {value}; set the widget, or check the node "
+                        "linked to it (a division by zero, or a value past any number).")
+    return None
+
+
 def _shown(value) -> str:
     if value is None:
         return "nothing (null)"
@@ -159,7 +174,8 @@ def checks_links(cls):
     @functools.wraps(run)
     def checked(self, *args, **kwargs):
         values, spec = {**dict(zip(names, args)), **kwargs}, type(self).INPUT_TYPES()
-        problem = link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
+        problem = (link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
+                   or finite_problem(type(self), values, spec))
         if problem:
             raise EchoMimicError(problem)
         try:

@@ -326,3 +326,25 @@ def test_export_of_a_v1_v2_checkpoint_with_a_damaged_lora_alpha_is_a_clear_error
     err = capsys.readouterr().err
     assert "meta.json" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ nodes/base: NaN / inf in a number input
+def _nodes_number_cases():
+    from tests.test_comfy_number_links import _number_cases
+
+    return _number_cases()
+
+
+@pytest.mark.parametrize("node,name,typ", _nodes_number_cases())
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_nan_or_inf_in_a_number_input_is_named_before_the_node_runs(node, name, typ, value):
+    """The new number check let NaN / inf through (they are floats): a link from a math node (0/0) into Sampler cfg,
+    steps or width passed the range checks (every comparison with NaN is false) and failed deep inside ("cannot convert
+    float NaN to integer", OverflowError) or went on to sample with it."""
+    from tests._pack import sub
+    from tests.test_comfy_user_5 import _arguments
+
+    cls = sub("nodes").NODE_CLASS_MAPPINGS[node]
+    with pytest.raises(sub("echomimic_lib.errors").EchoMimicError) as info:
+        getattr(cls(), cls.FUNCTION)(**_arguments(cls, name, value))
+    assert str(info.value).startswith(f"{name}: takes a finite number"), str(info.value)
