@@ -117,8 +117,8 @@ def number_problem(node_cls, values: dict, spec: dict | None = None) -> str | No
 
 def finite_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
     """Why a number input's value is NaN or infinite, or None. No widget gives one, but a link (a math node: 0/0, a
-    value of 1e999 in an API prompt) does, and range checks let NaN through (every comparison with it is false): the
-    node sampled NaN noise, or failed deep inside ("cannot convert float NaN to integer")."""
+    value of 1e999 in an API prompt) does; where a node failed on one deep inside ("cannot convert float NaN to integer",
+    an OverflowError), :func:`checks_links` gives this message in its place (a node's own check keeps its words)."""
     spec = node_cls.INPUT_TYPES() if spec is None else spec
     for section in ("required", "optional"):
         for name, (typ, *_) in spec.get(section, {}).items():
@@ -174,14 +174,13 @@ def checks_links(cls):
     @functools.wraps(run)
     def checked(self, *args, **kwargs):
         values, spec = {**dict(zip(names, args)), **kwargs}, type(self).INPUT_TYPES()
-        problem = (link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
-                   or finite_problem(type(self), values, spec))
+        problem = link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
         if problem:
             raise EchoMimicError(problem)
         try:
             return run(self, *args, **kwargs)
         except (TypeError, ValueError, OverflowError, AttributeError) as exc:  # not the node's own EchoMimicError
-            problem = number_problem(type(self), values, spec)
+            problem = number_problem(type(self), values, spec) or finite_problem(type(self), values, spec)
             if problem is None or isinstance(exc, EchoMimicError):
                 raise
             raise EchoMimicError(problem) from exc
