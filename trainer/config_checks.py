@@ -92,18 +92,6 @@ def check_numbers(cfg) -> None:
             raise ConfigError(f"optim.{name}: {getattr(o, name)} must not be negative.")
 
 
-def check_lora_alpha(alpha: float, rank: int, use_rslora: bool = False) -> None:
-    """``lora.alpha`` whose scale (alpha / rank; rsLoRA: alpha / sqrt(rank)) no reader takes (past fp16's largest number,
-    :data:`echomimic_lib.lora.files.MAX_LORA_SCALE`): refused before anything is built (1e38 trained NaN losses)."""
-    from echomimic_lib.lora.files import MAX_LORA_SCALE
-
-    scale = alpha / (math.sqrt(rank) if use_rslora else rank)
-    if not scale <= MAX_LORA_SCALE:
-        raise ConfigError(f"lora.alpha: {alpha:g} at lora.rank {rank} gives a LoRA scale of {scale:g}, past {MAX_LORA_SCALE:g} "
-                          "(fp16's largest number): the adapters' output would overflow to NaN. Use an ordinary alpha, e.g. "
-                          f"lora.alpha: {rank} (= lora.rank) or {2 * rank}.")
-
-
 def check_keep_last(keep_last: int, steps: int, every: int) -> None:
     """``checkpoint.keep_last``: the newest N checkpoints are kept, so N must be at least 1 (0 or a negative number once
     kept every checkpoint without a word). To keep them all: the run's number of checkpoints, said in the message."""
