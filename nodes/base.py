@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import sys
 from pathlib import Path
 
@@ -199,6 +200,20 @@ def widget_type_problem(node_cls, values: dict, spec: dict | None = None) -> str
     return None
 
 
+def finite_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
+    """Why a number input's value is NaN or infinite, or None. No widget gives one, but a link (a math node: 0/0, a
+    value of 1e999 in an API prompt) does; where a node failed on one deep inside ("cannot convert float NaN to integer",
+    an OverflowError), :func:`checks_links` gives this message in its place (a node's own check keeps its words)."""
+    spec = node_cls.INPUT_TYPES() if spec is None else spec
+    for section in ("required", "optional"):
+        for name, (typ, *_) in spec.get(section, {}).items():
+            value = values.get(name)
+            if typ in ("INT", "FLOAT") and isinstance(value, float) and not math.isfinite(value):
+                return (f"{name}: takes a finite number ({typ}), but it is given {value}; set the widget, or check the node "
+                        "linked to it (a division by zero, or a value past any number).")
+    return None
+
+
 def _shown(value) -> str:
     if value is None:
         return "nothing (null)"
@@ -255,7 +270,7 @@ def checks_links(cls):
         try:
             return run(self, *args, **kwargs)
         except (TypeError, ValueError, OverflowError, AttributeError) as exc:  # not the node's own EchoMimicError
-            problem = number_problem(type(self), values, spec)
+            problem = number_problem(type(self), values, spec) or finite_problem(type(self), values, spec)
             if problem is None or isinstance(exc, EchoMimicError):
                 raise
             raise EchoMimicError(problem) from exc

@@ -368,6 +368,20 @@ def _validate_noise(cfg: TrainConfig) -> None:
         raise ConfigError(f"noise_scheduler.{clash[0]}: set it as noise.{clash[0]} (the training schedule's own section)")
 
 
+def check_lora_alpha(alpha: float, rank: int, use_rslora: bool = False) -> None:
+    """``lora.alpha`` whose scale (alpha / rank; rsLoRA: alpha / sqrt(rank)) no reader takes (past fp16's largest number,
+    :data:`echomimic_lib.lora.files.MAX_LORA_SCALE`): refused before anything is built (1e38 trained NaN losses)."""
+    import math
+
+    from echomimic_lib.lora.files import MAX_LORA_SCALE
+
+    scale = alpha / (math.sqrt(rank) if use_rslora else rank)
+    if not scale <= MAX_LORA_SCALE:
+        raise ConfigError(f"lora.alpha: {alpha:g} at lora.rank {rank} gives a LoRA scale of {scale:g}, past {MAX_LORA_SCALE:g} "
+                          "(fp16's largest number): the adapters' output would overflow to NaN. Use an ordinary alpha, e.g. "
+                          f"lora.alpha: {rank} (= lora.rank) or {2 * rank}.")
+
+
 def _validate_lora(cfg: TrainConfig) -> None:
     """The checks of a LoRA run (:mod:`trainer.lora`), part of :meth:`TrainConfig.validate`."""
     lc = cfg.lora
@@ -375,6 +389,7 @@ def _validate_lora(cfg: TrainConfig) -> None:
         return
     if lc.rank < 1 or not lc.alpha > 0 or not 0.0 <= lc.dropout < 1.0:
         raise ConfigError("lora: rank must be >= 1, alpha > 0 and dropout in [0, 1)")
+    check_lora_alpha(lc.alpha, lc.rank, lc.use_rslora)
     bad = [n for n in lc.networks if n not in LORA_NETWORKS]
     if bad or not lc.networks:
         raise ConfigError(f"lora.networks: choose from {', '.join(LORA_NETWORKS)} (got {lc.networks})")

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -164,9 +165,18 @@ def lora_info(meta: dict, ckpt: Path, ema: bool):
     from echomimic_lib.lora import LoraInfo
 
     d = meta["lora"]
-    return LoraInfo(weights=meta["weights"], variant=d["base"]["variant"], rank=int(d["rank"]), alpha=float(d["alpha"]),
-                    use_rslora=bool(d["use_rslora"]), targets=list(d["targets"]), networks=list(d["networks"]), base=d["base"],
-                    training={"checkpoint": str(ckpt), "step": meta["step"], "ema": ema})
+    try:  # (an edited or damaged record: a text, null or 0 where a number belongs was a traceback)
+        info = LoraInfo(weights=meta["weights"], variant=d["base"]["variant"], rank=int(d["rank"]), alpha=float(d["alpha"]),
+                        use_rslora=bool(d["use_rslora"]), targets=list(d["targets"]), networks=list(d["networks"]),
+                        base=d["base"], training={"checkpoint": str(ckpt), "step": meta["step"], "ema": ema})
+        ok = info.rank >= 1 and math.isfinite(info.alpha) and info.alpha > 0
+    except (KeyError, TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{Path(ckpt) / 'meta.json'}: not a readable checkpoint record (its lora settings are not as fit "
+                          "writes them: a rank of 1 or more, a positive alpha, targets, networks, base): the file was edited "
+                          "or damaged. Export an earlier checkpoint of this run, or put back the meta.json the run wrote.")
+    return info
 
 
 def adapter_path(ckpt: Path, dest: Path, meta: dict, ema: bool) -> Path:

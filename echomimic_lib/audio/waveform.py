@@ -78,6 +78,10 @@ def _check_rate(sample_rate, what: str) -> float:
         rate = float(sample_rate.item() if hasattr(sample_rate, "item") else sample_rate)
     except (TypeError, ValueError):
         raise EchoMimicError(f"{what}: sample rate {sample_rate!r} is not a number.") from None
+    except OverflowError:  # (an integer past any float: its repr may be too long to print)
+        raise EchoMimicError(f"{what}: sample rate (an integer of about {int(sample_rate).bit_length() * 3 // 10} digits) "
+                             f"is above the {MAX_SAMPLE_RATE} Hz any audio is recorded at; give the rate the samples "
+                             "were recorded at.") from None
     if not np.isfinite(rate) or rate <= 0:
         raise EchoMimicError(f"{what}: sample rate must be a positive number of Hz, got {sample_rate!r}.")
     if rate < MIN_SPEECH_RATE:  # (every sample would become 16 kHz / rate samples for the features)

@@ -30,6 +30,17 @@ def new_epoch() -> str:
     return uuid.uuid4().hex
 
 
+def _dumps(value) -> str:
+    """``value`` as JSON, non-ASCII letters as they are; a text holding a lone surrogate (a file name or argument of
+    bytes that are not UTF-8, as Python reads them) escaped, which writes as UTF-8 and reads back the same."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value)
+    return text
+
+
 def state_text(servers: dict, runs: dict, lines: dict | None = None, epoch: str | None = None) -> str:
     """The state file's document: one job (or run) a line, each by json's C encoder. ``lines``: {(server, prefix):
     (record, line)} of the last write, reused for a record that is the same object (records are replaced, never
@@ -40,18 +51,18 @@ def state_text(servers: dict, runs: dict, lines: dict | None = None, epoch: str 
     def block(items: dict, inner, pad: str) -> str:
         if not items:
             return "{}"
-        rows = [f"{pad} {json.dumps(k, ensure_ascii=False)}: {inner(k, v)}" for k, v in items.items()]
+        rows = [f"{pad} {_dumps(k)}: {inner(k, v)}" for k, v in items.items()]
         return "{\n" + ",\n".join(rows) + f"\n{pad}}}"
 
     def line(server: str, prefix: str, rec) -> str:
         kept = lines.get((server, prefix))
         if kept is None or kept[0] is not rec:
-            kept = lines[(server, prefix)] = (rec, json.dumps(rec, ensure_ascii=False))
+            kept = lines[(server, prefix)] = (rec, _dumps(rec))
         return kept[1]
     jobs = block(servers, lambda url, j: block(j, lambda p, rec: line(url, p, rec), "  "), " ")
     head = f'{{\n "version": {VERSION},\n' + (f' "epoch": "{epoch}",\n' if epoch else "")
     return (f'{head} "servers": {jobs},\n "runs": '
-            f'{block(runs, lambda k, run: json.dumps(run, ensure_ascii=False), " ")}\n}}\n')
+            f'{block(runs, lambda k, run: _dumps(run), " ")}\n}}\n')
 
 
 def job_event(prefix: str, server: str | None, rec: dict | None) -> dict:

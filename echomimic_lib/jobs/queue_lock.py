@@ -131,6 +131,10 @@ class StateLock:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EEXIST, "not a regular file (the queue state's lock is kept there)", str(self.path))
+            if not _ours(fd):  # a user's own file of that name: never truncated or overwritten
+                raise OSError(errno.EEXIST, "not a lock file of `echomimic queue` (it holds something else: a file of "
+                                            "yours?); it was left as it is: rename or move it, or give --state another "
+                                            "file", str(self.path))
             if self.works:
                 _lock(fd, self.path)
         except OSError as exc:
@@ -196,6 +200,24 @@ def _lock(fd: int, path=None) -> None:
             os.ftruncate(fd, len(data))
     except OSError:
         pass
+
+
+def _ours(fd: int) -> bool:
+    """Whether the lock file open as ``fd`` is empty or holds a holder's mark (:func:`_lock`); unreadable (Windows: the
+    byte another run locked) counts as ours."""
+    try:
+        if os.fstat(fd).st_size > 4096:
+            return False
+        data = _mark(fd)
+    except OSError:
+        return True
+    if not data.strip():
+        return True
+    try:
+        who = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(who, dict) and {"pid", "since"} <= set(who) <= {"pid", "host", "pid_start", "since"}
 
 
 def _mark(fd: int) -> bytes:

@@ -57,6 +57,28 @@ def _info(path: Path) -> dict:
         return {}
 
 
+MARK = "echomimic-run-lock"  # the "claim" of every lock file this package writes: a file without it is never taken over
+_LEGACY = {"pid", "host", "pid_start", "started", "command"}  # what a lock file of an older version holds
+
+
+def _ours(fd: int) -> bool:
+    """Whether the lock file open as ``fd`` is one this package wrote (its mark, or an older version's details) or
+    empty (a run killed between making it and writing it): a user's own file of that name is never truncated,
+    overwritten or removed."""
+    start = 1 if os.name == "nt" else 0  # (Windows: byte 0 is the locked one)
+    size = os.fstat(fd).st_size
+    if size <= start:
+        return True
+    if size > 64 * 1024:
+        return False
+    os.lseek(fd, start, os.SEEK_SET)
+    try:
+        info = loads_json(os.read(fd, size), "lock file", expect=dict)
+    except (ValueError, RecursionError, EchoMimicError):
+        return False
+    return info.get("claim") == MARK or ({"pid", "started", "command"} <= set(info) <= _LEGACY)
+
+
 def holder(path: Path) -> str:
     """The holder named in the lock file ``path``, as the refusal says it."""
     info = _info(path)
@@ -101,6 +123,7 @@ class RunLock:
                 if _live_other(self.path):
                     os.close(fd)
                     raise EchoMimicError(self.refusal(holder(self.path)))
+                self._refuse_foreign(fd)
                 self.fd = fd
                 break
             if not locked:
@@ -111,18 +134,31 @@ class RunLock:
             except OSError:
                 same = False
             if same:
+                self._refuse_foreign(fd)
                 self.fd = fd
                 break
             os.close(fd)
         else:
             raise EchoMimicError(f"{self.path}: could not take the {self.what}'s lock (the file keeps changing); try again.")
-        info = {"pid": os.getpid(), "host": host(), "pid_start": process_start(os.getpid()),
+        info = {"claim": MARK, "pid": os.getpid(), "host": host(), "pid_start": process_start(os.getpid()),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv) or "?"}
         data = json.dumps(info).encode()
         os.ftruncate(fd, 0)  # a crashed holder's details: replaced
         os.lseek(fd, 0 if os.name != "nt" else 1, os.SEEK_SET)  # Windows: byte 0 is the locked one
         os.write(fd, data)
         return self
+
+    def _refuse_foreign(self, fd: int) -> None:
+        """Closes ``fd`` and refuses when the file is not one of this package's lock files (:func:`_ours`)."""
+        try:
+            ours = _ours(fd)
+        except OSError:
+            ours = False
+        if not ours:
+            os.close(fd)
+            raise EchoMimicError(f"{self.path}: not a claim file of this package (it holds something else: a file of "
+                                 f"yours?), so the {self.what} cannot keep its lock there; the file was left as it is. "
+                                 "Rename or move it, then run again.")
 
     def release(self) -> None:
         if self.fd is None:
@@ -136,7 +172,8 @@ class RunLock:
                 pass
             return
         try:
-            self.path.unlink()  # while still locked: a run that opened this file sees it is gone and opens the new one
+            if os.path.samestat(os.fstat(fd), os.stat(self.path)):  # (a file put there since, e.g. moved over it: kept)
+                self.path.unlink()  # while still locked: a run that opened this file sees it is gone and opens the new one
         except OSError:
             pass
         os.close(fd)

@@ -52,6 +52,19 @@ VERSION_NAMES = {"v1_audio": "EchoMimic V1 audio-driven (v1_audio)", "v1_pose": 
 A_KEY, B_KEY, ALPHA_KEY = ".lora_A.weight", ".lora_B.weight", ".alpha"
 
 
+MAX_LORA_SCALE = 65504.0  # fp16's largest number: a scale (alpha / rank) past it overflows the merged weights (NaN video)
+
+
+def check_scale(where: str, alpha: float, rank, scale: float, fix: str = "a damaged or wrongly exported file: export "
+                "the adapter again with an ordinary alpha (e.g. alpha = rank)") -> None:
+    """A :class:`WeightsError` naming ``where``, the alpha and the fix when ``scale`` (``alpha / rank``) is past
+    :data:`MAX_LORA_SCALE` (a finite alpha of 1e38 read as valid rendered NaN noise without a word)."""
+    if not scale <= MAX_LORA_SCALE:
+        raise WeightsError(f"{where}: LoRA alpha {alpha:g} at rank {rank} gives a scale (alpha / rank) of {scale:g}, past "
+                           f"{MAX_LORA_SCALE:g} (fp16's largest number): its merged weights would overflow and the video "
+                           f"render as NaN noise; {fix}.")
+
+
 _META_KINDS = {"rank": int, "alpha": (int, float), "use_rslora": bool, "targets": list, "networks": list, "base": dict,
                "training": dict}  # each metadata field's JSON kind (weights and variant are plain text)
 
@@ -113,6 +126,7 @@ class LoraInfo:
             raise WeightsError(f"{where}: unknown weight set '{info.weights}' in the LoRA metadata. Export the adapter again.")
         if info.rank < 1 or not (math.isfinite(info.alpha) and info.alpha > 0):  # (1e999 / Infinity: a NaN render)
             raise WeightsError(f"{where}: invalid LoRA rank {info.rank} / alpha {info.alpha} in the metadata.")
+        check_scale(where, info.alpha, info.rank, info.scale)
         return info
 
 
@@ -157,6 +171,8 @@ def write_lora(path: str | Path, tensors: dict[str, torch.Tensor], info: LoraInf
     path = Path(path)
     if path.suffix != ".safetensors":
         raise EchoMimicError(f"{path}: a LoRA file must end in .safetensors")
+    check_scale(str(path), info.alpha, info.rank, info.scale, "give the run an ordinary lora.alpha (e.g. lora.alpha = "
+                "lora.rank)")  # (a file no reader takes: never written)
     tmp = temp_beside(path)  # unique, beside the target of a link (written through); a folder there is refused
     tensors = with_alpha_tensors(tensors, info)
     try:
@@ -239,6 +255,7 @@ def read_lora(path: str | Path) -> LoraAdapter:
             if t.numel() != 1 or not (math.isfinite(float(t.reshape(-1)[0])) and float(t.reshape(-1)[0]) > 0):
                 raise WeightsError(f"{path}: '{layer}.alpha' must be one positive number, got shape {tuple(t.shape)}. Export it again.")
             alphas[layer] = float(t.reshape(-1)[0])
+            check_scale(f"{path}: '{layer}.alpha'", alphas[layer], info.rank, alphas[layer] / info.rank)
         layers[layer] = (a, b)
     if not layers:
         raise WeightsError(f"{path}: the LoRA file holds no adapter weights.")

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .files import FORMAT, check_strength
+from .files import FORMAT, check_scale, check_strength
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,8 @@ def read_wan_lora(path: str | Path) -> WanLoraFile:
             t = g["alpha"]
             if t.numel() != 1 or not (math.isfinite(float(t.reshape(-1)[0])) and float(t.reshape(-1)[0]) > 0):
                 raise WeightsError(f"{where}: alpha must be one positive number, got shape {tuple(t.shape)}.")
+            check_scale(where, float(t.reshape(-1)[0]), g["A"].shape[0], float(t.reshape(-1)[0]) / g["A"].shape[0],
+                        "a damaged or wrongly made file: use another (kohya / ComfyUI LoRAs have alpha <= rank, or a few times it)")
         if not all(bool(torch.isfinite(t).all()) for t in g.values()):
             raise WeightsError(f"{where} contains NaN/Inf (saved from a diverged run?). Use another checkpoint.")
     return WanLoraFile(path, groups, keys, kohya)

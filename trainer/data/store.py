@@ -358,6 +358,9 @@ def check_clips_present(entries: list[ClipEntry]) -> None:
                                f"prepare VIDEOS {root}` again with the dataset's settings: it prepares a clip whose folder is "
                                "missing again (delete a damaged one first); or remove the clip's line from the manifest.")
     for e in entries:  # a frames.bin cut short (a copy or sync stopped early): named now, not hours into the run
+        odd = [n for n in ("frames.idx.npy", "frames.bin") if (e.path / n).exists() and not (e.path / n).is_file()]
+        if odd:  # (a pipe would be waited on for ever, here and in a DataLoader worker)
+            raise damaged(e.path, f"{odd[0]} is not a regular file (a pipe, device or folder)")
         try:
             offsets = np.load(e.path / "frames.idx.npy", mmap_mode="r")
             end = int(offsets[-1]) if offsets.ndim == 1 and offsets.dtype.kind in "iu" and len(offsets) else 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import ConfigError
+from ..config import ConfigError, check_lora_alpha
 
 # every nn.Linear of a block: attention projections (self, text, image, audio) and the feed-forward layers
 ALL_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k", "cross_attn.v",
@@ -141,6 +141,7 @@ class V3TrainConfig:
             raise ConfigError(f"data.audio_drop {d.audio_drop}: a share in [0, 1)")
         if lo.rank < 1 or lo.alpha <= 0 or not 0.0 <= lo.dropout < 1.0:
             raise ConfigError(f"lora: rank >= 1, alpha > 0, dropout in [0, 1) (got {lo.rank}, {lo.alpha}, {lo.dropout})")
+        check_lora_alpha(lo.alpha, lo.rank)
         bad = [t for t in lo.targets if t not in ALL_TARGETS]
         if bad or not lo.targets:
             raise ConfigError(f"lora.targets {bad or lo.targets}: choose from {', '.join(ALL_TARGETS)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -90,6 +91,25 @@ def export_path(ckpt: Path, dest: Path, step: int) -> Path:
     return lora_file_target(dest, f"{ckpt.parent.parent.name}-step{step}.safetensors")
 
 
+def _check_lora_record(ckpt: Path, desc) -> None:
+    """The checkpoint's LoRA rank and alpha as the file will hold them: a damaged record (a text, rank 0) is a
+    ConfigError naming meta.json, an alpha whose scale no reader takes (:func:`echomimic_lib.lora.files.check_scale`) a
+    WeightsError."""
+    from echomimic_lib.lora.files import check_scale
+
+    try:
+        alpha, rank = float(desc["alpha"]), desc["rank"]
+        ok = isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1 and math.isfinite(alpha) and alpha > 0
+    except (KeyError, TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{Path(ckpt) / 'meta.json'}: not a readable checkpoint record (its lora rank / alpha are not a "
+                          "rank of 1 or more and a positive number): the file was edited or damaged. Export an earlier "
+                          "checkpoint of this run, or put back the meta.json the run wrote.")
+    check_scale(str(ckpt), alpha, rank, alpha / rank, "train it again with an ordinary lora.alpha (e.g. lora.alpha = "
+                "lora.rank)")
+
+
 def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.float32, verify: bool = True) -> Path:
     """Checkpoint folder (or run folder: its newest checkpoint) -> one Wan LoRA ``.safetensors`` (written whole)."""
     from safetensors.torch import load_file, save_file
@@ -113,6 +133,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
         raise ConfigError(f"{ckpt}: not an EchoMimicV3 LoRA checkpoint (`echomimic-train v3-fit`); V1/V2 runs export with "
                           "`echomimic-train export`")
     desc = meta["lora"]
+    _check_lora_record(ckpt, desc)  # an absurd or damaged alpha: said before anything is written
     path = export_path(ckpt, dest, int(meta["step"]))
     refuse_input_as_output(path, checkpoint_files(ckpt), "DEST")  # not even with --force: the source itself
     refuse_inside_checkpoint(path, "DEST")  # rotation would delete the exported file

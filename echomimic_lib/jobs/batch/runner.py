@@ -55,6 +55,9 @@ class BatchSummary:
         return 1 if self.failed else 0
 
 
+MAX_WORKERS = 256  # local worker processes of one batch (each loads its own models: more is no batch a machine runs)
+
+
 def worker_devices(opts: BatchOptions) -> list[str]:
     """One device name per worker (``--device`` checked: a GPU named twice, one this machine lacks, cpu mixed with
     GPUs, or a name that is not a device are refused before any row is checked)."""
@@ -78,6 +81,9 @@ def worker_devices(opts: BatchOptions) -> list[str]:
         raise EchoMimicError(f"--device {device}: use auto, cpu, cuda or a list like cuda:0,cuda:1.")
     if opts.workers is not None and opts.workers < 1:
         raise EchoMimicError(f"--workers {opts.workers}: use 1 or more.")
+    if opts.workers is not None and opts.workers > MAX_WORKERS:  # (10**12 built a list of that many: out of memory)
+        raise EchoMimicError(f"--workers {opts.workers}: use at most {MAX_WORKERS} (each worker is a process that loads its "
+                             "own models); leave it out for one per local GPU, else 1.")
     if gpus:
         n = opts.workers or len(gpus)
         return [gpus[i % len(gpus)] for i in range(n)]
