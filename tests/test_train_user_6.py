@@ -139,9 +139,10 @@ def test_set_preset_chooses_the_preset(tmp_path):
     from trainer.config_file import load_config
 
     cfg = _yaml(tmp_path, tmp_path / "run", "preset: v1_stage1\n")
-    chosen = load_config(cfg, ["preset=v1_stage2"])
-    assert chosen.preset == "v1_stage2" and [p.name for p in chosen.phases] == ["stage2"]
-    assert chosen.to_dict() == load_config(_yaml(tmp_path, tmp_path / "run", "preset: v1_stage2\n")).to_dict()
+    chosen = load_config(cfg, ["preset=v1_lora_identity", "lora.rank=8"])
+    assert chosen.preset == "v1_lora_identity" and [p.name for p in chosen.phases] == ["lora"] and chosen.lora.enabled
+    same = load_config(_yaml(tmp_path, tmp_path / "run", "preset: v1_lora_identity\n"), ["lora.rank=8"])
+    assert chosen.to_dict() == same.to_dict()
 
 
 def test_a_misspelt_set_preset_is_refused_before_anything_is_built(tmp_path, capsys, nothing_built):

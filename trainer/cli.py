@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="train (use `accelerate launch -m trainer fit ...` for several processes)")
     f.add_argument("--config", help="YAML config (may start with `preset: NAME`)")
-    f.add_argument("--preset", help="start from a preset when the YAML has none")
+    f.add_argument("--preset", help="start from a preset when the YAML has none (to replace the YAML's own: "
+                                    "--set preset=NAME)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=2e-5 or phases.3b.steps=100")
     f.add_argument("--resume", nargs="?", const="latest", help="continue the run (newest checkpoint) or from a checkpoint folder")
     f.set_defaults(func=_cmd_fit)
