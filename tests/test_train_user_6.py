@@ -196,3 +196,28 @@ def test_a_checkpoints_weights_given_as_lora_say_to_export_them(reader, tmp_path
         read(ckpt / "model.safetensors")
     msg = str(e.value)
     assert "training checkpoint" in msg and f"{export} {ckpt} " in msg, msg
+
+
+# 5. what to do with the result: the export's file and how to load it ----------------------------------------------
+
+def test_exporting_a_lora_names_the_file_and_how_to_load_it(tmp_path, capsys):
+    from tests.test_trust import _fake_checkpoint
+    from trainer.cli import main
+
+    ckpt = _fake_checkpoint(tmp_path, True)
+    assert main(["export", str(ckpt), str(tmp_path / "loras"), "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    file = tmp_path / "loras" / "run-step2.safetensors"
+    assert file.is_file() and f"wrote the LoRA {file}" in out, out
+    assert f"echomimic animate --models {tmp_path} --lora {file}" in out, out  # the base it was trained on
+
+
+def test_a_finished_fit_names_the_export_command(monkeypatch, tmp_path, capsys):
+    import trainer.loop as loop
+    from trainer.cli import main
+
+    monkeypatch.setattr(loop, "fit", lambda cfg, resume=None: {"step": 4, "output_dir": cfg.output_dir})
+    cfg = _yaml(tmp_path, tmp_path / "run", "preset: v1_stage1\n")
+    assert main(["fit", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"echomimic-train export {tmp_path / 'run'} EXPORT/" in out, out

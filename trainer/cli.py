@@ -74,7 +74,10 @@ def _cmd_fit(args) -> int:
     if result.get("finished"):  # --resume of a run whose steps were all done: nothing trained
         print(printable(result["finished"]))
         return 0
-    print(printable(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints"))
+    what = "the LoRA" if cfg.lora.enabled else "the model"
+    dest = "LORA.safetensors" if cfg.lora.enabled else "EXPORT/"
+    print(printable(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints; export {what} "
+                    f"with `echomimic-train export {result['output_dir']} {dest}`"))
     return 0
 
 
@@ -111,8 +114,35 @@ def _cmd_export(args) -> int:
     formats = {"both": (".pth", ".safetensors"), "pth": (".pth",), "safetensors": (".safetensors",), "peft": ("peft",)}[args.format]
     files = export(args.source, args.dest, ema=args.ema, formats=formats, dtype=args.dtype, link=args.link, verify=not args.no_verify,
                    merge=args.merge, force=args.force)
+    adapter = _adapter_base(files[0]) if files and not args.merge else None
+    if adapter is not None:  # where the file went (DEST may be a folder) and how it is loaded
+        print(printable(f"wrote the LoRA {files[0]}; use it with `echomimic animate --models {adapter} --lora {files[0]}` "
+                        "(the model it was trained on) or the EchoMimic LoRA node"))
+        return 0
     print(printable(f"exported {len(files)} files to {args.dest}"))
     return 0
+
+
+def _adapter_base(path) -> str | None:
+    """The base model folder of an exported V1/V2 LoRA file (its metadata), or None for another file."""
+    import json
+    from pathlib import Path
+
+    from echomimic_lib.lora.files import FORMAT
+
+    if Path(path).suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        return None
+    try:
+        base = json.loads(meta.get("base", "{}"))
+    except ValueError:
+        base = {}
+    return str(base.get("path") or "MODELS") if isinstance(base, dict) else "MODELS"
 
 
 def _cmd_presets(args) -> int:
