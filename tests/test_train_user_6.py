@@ -8,7 +8,8 @@ with a "size mismatch" traceback, having replaced the run's ``config.yaml`` with
 preset=NAME`` (or ``--preset NAME`` beside a file's ``preset:``) was ignored without a word (a misspelt name too) while
 the run's ``config.yaml`` recorded the name; ``echomimic animate --lora RUN_FOLDER`` said "LoRA file not found" of a
 folder that is there, and a checkpoint's ``model.safetensors`` was "not an EchoMimic LoRA" / "tensors of a kind this
-reader does not know", never that it must be exported first.
+reader does not know", never that it must be exported first; ``fit`` ended without naming the export command, and
+``export`` of a LoRA into a folder said "exported 1 files to DEST" without the file's name or how to load it.
 """
 from __future__ import annotations
 
