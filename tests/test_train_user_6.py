@@ -222,3 +222,18 @@ def test_a_finished_fit_names_the_export_command(monkeypatch, tmp_path, capsys):
     assert main(["fit", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert f"echomimic-train export {tmp_path / 'run'} EXPORT/" in out, out
+
+
+def test_the_finished_line_is_said_once_with_several_processes(monkeypatch, tmp_path, capsys):
+    """``accelerate launch --num_processes 2 -m trainer fit``: every process printed "finished at step N ..."."""
+    import trainer.loop as loop
+    from trainer.cli import main
+
+    monkeypatch.setattr(loop, "fit", lambda cfg, resume=None: {"step": 4, "output_dir": cfg.output_dir})
+    cfg = _yaml(tmp_path, tmp_path / "run", "preset: v1_stage1\n")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["fit", "--config", str(cfg)]) == 0
+    assert "finished at step" not in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "0")
+    assert main(["fit", "--config", str(cfg)]) == 0
+    assert "finished at step 4" in capsys.readouterr().out

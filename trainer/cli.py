@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from echomimic_lib.errors import printable
@@ -71,6 +72,8 @@ def _cmd_fit(args) -> int:
     check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit(cfg, resume=True if resume == "latest" else resume)
+    if not _first_process():  # the closing lines once, not once per process
+        return 0
     if result.get("finished"):  # --resume of a run whose steps were all done: nothing trained
         print(printable(result["finished"]))
         return 0
@@ -79,6 +82,11 @@ def _cmd_fit(args) -> int:
     print(printable(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints; export {what} "
                     f"with `echomimic-train export {result['output_dir']} {dest}`"))
     return 0
+
+
+def _first_process() -> bool:
+    """The run's closing line is said once: by the first of the processes `accelerate launch` starts (RANK 0)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _cmd_v3_fit(args) -> int:
@@ -90,6 +98,8 @@ def _cmd_v3_fit(args) -> int:
     check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit_v3(cfg, resume=True if resume == "latest" else resume)
+    if not _first_process():  # the closing lines once, not once per process
+        return 0
     if result.get("finished"):  # --resume of a run whose steps were all done: nothing trained
         print(printable(result["finished"]))
         return 0
