@@ -80,27 +80,35 @@ def test_resuming_past_the_configs_steps_says_so(tmp_path, capsys, nothing_built
     assert "already finished at step 7, past this config's 3 steps" in out, out
 
 
-def test_v3_resuming_a_finished_run_says_so_before_any_network_loads(tmp_path, capsys, monkeypatch):
+def v3_run(tmp_path, monkeypatch, clips: int = 2, extra: str = "checkpoint: {every: 2}\n"):
+    """A tiny V3 set, a prepared dataset of ``clips`` clips and a ``v3-fit`` config for ``tmp_path/run`` (4 steps at
+    32x32), with the encoders patched to fail: the checks must all come before any network loads.
+    Returns (dataset folder, run folder, config file)."""
     from echomimic_lib.models.wan.tiny import ensure_tiny_v3
 
+    import trainer.v3.encode as enc
     from tests.test_v3_train import dataset
 
     def no(*a, **k):
         raise Built("an encoder or the transformer loaded")
-    import trainer.v3.encode as enc
-
     monkeypatch.setattr(enc, "prompt_states", no)
     monkeypatch.setattr(enc, "Encoders", no)
     tiny = ensure_tiny_v3(tmp_path / "v3-flash")
-    data = dataset(tmp_path / "data")
+    data = dataset(tmp_path / "data", clips=clips)
     run = tmp_path / "run"
+    cfg = tmp_path / "v3.yaml"
+    cfg.write_text(f"output_dir: {run}\nmodel: {{path: {tiny}}}\ndata: {{roots: [{data}], frames: 9, width: 32, height: 32}}\n"
+                   f"mixed_precision: 'no'\nsteps: 4\n{extra}")
+    return data, run, cfg
+
+
+def test_v3_resuming_a_finished_run_says_so_before_any_network_loads(tmp_path, capsys, monkeypatch):
+    from trainer.cli import main
+
+    _, run, cfg = v3_run(tmp_path, monkeypatch)
     ckpt = run / "checkpoints" / "step-00000004"
     ckpt.mkdir(parents=True)
     (ckpt / "meta.json").write_text(json.dumps({"family": "v3", "step": 4}))
-    cfg = tmp_path / "v3.yaml"
-    cfg.write_text(f"output_dir: {run}\nmodel: {{path: {tiny}}}\ndata: {{roots: [{data}], frames: 9, width: 32, height: 32}}\n"
-                   "mixed_precision: 'no'\nsteps: 4\ncheckpoint: {every: 2}\n")
-    from trainer.cli import main
 
     rc = main(["v3-fit", "--config", str(cfg), "--resume"])
     out, err = capsys.readouterr()
@@ -151,24 +159,10 @@ def test_a_missing_run_folder_given_to_resume_says_it_does_not_exist(tmp_path, c
 # 5. a clip whose frames.bin was cut short (a copy stopped early) ----------------------------------------------------
 
 def test_a_clip_cut_short_is_named_before_anything_is_built_or_written(tmp_path, capsys, monkeypatch):
-    from echomimic_lib.models.wan.tiny import ensure_tiny_v3
-
-    import trainer.v3.encode as enc
-    from tests.test_v3_train import dataset
-
-    def no(*a, **k):
-        raise Built("an encoder or the transformer loaded")
-    monkeypatch.setattr(enc, "prompt_states", no)
-    monkeypatch.setattr(enc, "Encoders", no)
-    tiny = ensure_tiny_v3(tmp_path / "v3-flash")
-    data = dataset(tmp_path / "data", clips=3)
+    data, run, cfg = v3_run(tmp_path, monkeypatch, clips=3, extra="")
     frames = data / "shard-00000" / "spk1__clip" / "frames.bin"
     with open(frames, "r+b") as f:
         f.truncate(frames.stat().st_size // 2)
-    run = tmp_path / "run"
-    cfg = tmp_path / "v3.yaml"
-    cfg.write_text(f"output_dir: {run}\nmodel: {{path: {tiny}}}\ndata: {{roots: [{data}], frames: 9, width: 32, height: 32}}\n"
-                   "mixed_precision: 'no'\nsteps: 4\n")
     rc, err = _train(["v3-fit", "--config", cfg], capsys)
     assert rc == 2 and f"{frames.parent}: this prepared clip is damaged (frames.bin holds" in err, err
     assert "cut short" in err and "manifest.jsonl" in err, err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from echomimic_lib.errors import printable
@@ -71,11 +72,21 @@ def _cmd_fit(args) -> int:
     check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit(cfg, resume=True if resume == "latest" else resume)
+    if not _first_process():  # the closing lines once, not once per process
+        return 0
     if result.get("finished"):  # --resume of a run whose steps were all done: nothing trained
         print(printable(result["finished"]))
         return 0
-    print(printable(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints"))
+    what = "the LoRA" if cfg.lora.enabled else "the model"
+    dest = "LORA.safetensors" if cfg.lora.enabled else "EXPORT/"
+    print(printable(f"finished at step {result['step']}; checkpoints in {result['output_dir']}/checkpoints; export {what} "
+                    f"with `echomimic-train export {result['output_dir']} {dest}`"))
     return 0
+
+
+def _first_process() -> bool:
+    """The run's closing line is said once: by the first of the processes `accelerate launch` starts (RANK 0)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _cmd_v3_fit(args) -> int:
@@ -87,6 +98,8 @@ def _cmd_v3_fit(args) -> int:
     check_output_dir(cfg.output_dir)
     resume = args.resume if args.resume not in (None, "") else None
     result = fit_v3(cfg, resume=True if resume == "latest" else resume)
+    if not _first_process():  # the closing lines once, not once per process
+        return 0
     if result.get("finished"):  # --resume of a run whose steps were all done: nothing trained
         print(printable(result["finished"]))
         return 0
@@ -111,8 +124,35 @@ def _cmd_export(args) -> int:
     formats = {"both": (".pth", ".safetensors"), "pth": (".pth",), "safetensors": (".safetensors",), "peft": ("peft",)}[args.format]
     files = export(args.source, args.dest, ema=args.ema, formats=formats, dtype=args.dtype, link=args.link, verify=not args.no_verify,
                    merge=args.merge, force=args.force)
+    adapter = _adapter_base(files[0]) if files and not args.merge else None
+    if adapter is not None:  # where the file went (DEST may be a folder) and how it is loaded
+        print(printable(f"wrote the LoRA {files[0]}; use it with `echomimic animate --models {adapter} --lora {files[0]}` "
+                        "(the model it was trained on) or the EchoMimic LoRA node"))
+        return 0
     print(printable(f"exported {len(files)} files to {args.dest}"))
     return 0
+
+
+def _adapter_base(path) -> str | None:
+    """The base model folder of an exported V1/V2 LoRA file (its metadata), or None for another file."""
+    import json
+    from pathlib import Path
+
+    from echomimic_lib.lora.files import FORMAT
+
+    if Path(path).suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        return None
+    try:
+        base = json.loads(meta.get("base", "{}"))
+    except ValueError:
+        base = {}
+    return str(base.get("path") or "MODELS") if isinstance(base, dict) else "MODELS"
 
 
 def _cmd_presets(args) -> int:
@@ -226,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="train (use `accelerate launch -m trainer fit ...` for several processes)")
     f.add_argument("--config", help="YAML config (may start with `preset: NAME`)")
-    f.add_argument("--preset", help="start from a preset when the YAML has none")
+    f.add_argument("--preset", help="start from a preset when the YAML has none (to replace the YAML's own: "
+                                    "--set preset=NAME)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=2e-5 or phases.3b.steps=100")
     f.add_argument("--resume", nargs="?", const="latest", help="continue the run (newest checkpoint) or from a checkpoint folder")
     f.set_defaults(func=_cmd_fit)

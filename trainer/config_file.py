@@ -168,7 +168,7 @@ def apply_override(data: dict, assignment: str) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None) -> TrainConfig:
     """Load a YAML file (optional), on top of its ``preset:`` (or ``preset``), then apply ``--set`` overrides."""
     user: dict = read_yaml_mapping(path) if path is not None else {}
-    name = user.get("preset", preset)
+    name, overrides = choose_preset(user, overrides, preset)
     data = deep_merge(preset_dict(name), user) if name else dict(user)
     if name:
         data["preset"] = name
@@ -177,6 +177,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = apply_override(data, ov)
     _check_lora_switch(data.get("lora"))
     return validate(from_dict(TrainConfig, data))
+
+
+def choose_preset(user: dict, overrides: list[str] | None, preset: str | None) -> tuple[str | None, list[str]]:
+    """The preset a run starts from, and the other overrides: ``--set preset=NAME`` chooses it in place of the file's
+    ``preset:`` (it was applied after the preset's settings had been merged, so it only renamed the run's record),
+    ``--preset NAME`` where the file has none; a ``--preset`` beside another preset in the file is refused (it was
+    ignored without a word)."""
+    rest, chosen = [], None
+    for ov in overrides or []:
+        if "=" in ov and ov.split("=", 1)[0].strip() == "preset":
+            chosen = _parse_scalar(ov.split("=", 1)[1])
+            if chosen is not None and not isinstance(chosen, str):
+                raise ConfigError(f"--set {ov}: a preset's name, e.g. --set preset=v1_stage2 (`echomimic-train presets`)")
+        else:
+            rest.append(ov)
+    if chosen is not None:
+        return chosen, rest
+    theirs = user.get("preset")
+    if preset and theirs not in (None, preset):
+        raise ConfigError(f"--preset {preset}: the config file starts from another one (preset: {theirs}), and the file's "
+                          f"preset is the one used; drop --preset, or choose another preset with --set preset={preset}")
+    return (theirs if "preset" in user else preset), rest
 
 
 def _check_lora_switch(lora) -> None:

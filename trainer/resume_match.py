@@ -75,6 +75,35 @@ def check_resume_matches(cfg: TrainConfig, ckpt: Path, meta: dict) -> None:
         "Nothing was written.")
 
 
+def check_v3_resume_matches(cfg, ckpt: Path, meta: dict) -> None:
+    """``v3-fit --resume``: the checkpoint's adapters are of this config's shape and scale (``lora.rank``, ``alpha``,
+    ``targets``, as its ``meta.json`` records the run's config). Another rank or target list once failed in accelerate's
+    load with a "size mismatch" traceback after every window was encoded and the run's config.yaml replaced; another
+    alpha would have rescaled the trained adapters without a word. A checkpoint without the record is not compared."""
+    saved = meta.get("config", {}).get("lora") if isinstance(meta.get("config"), dict) else None
+    if not isinstance(saved, dict):
+        return
+    mine = {"rank": cfg.lora.rank, "alpha": float(cfg.lora.alpha), "targets": sorted(cfg.lora.targets)}
+    diff = []
+    for key, value in mine.items():
+        if key not in saved:
+            continue
+        theirs = saved[key]
+        if key == "alpha" and isinstance(theirs, (int, float)) and not isinstance(theirs, bool):
+            theirs = float(theirs)
+        elif key == "targets" and isinstance(theirs, list):
+            theirs = sorted(map(str, theirs))
+        if theirs != value:
+            diff.append(f"lora.{key} {theirs} (this config: {value})")
+    if not diff:
+        return
+    run = Path(ckpt).parent.parent if Path(ckpt).parent.name == "checkpoints" else Path(cfg.output_dir)
+    raise ConfigError(
+        f"{ckpt} is a checkpoint of another run than this config's: it was trained with {'; '.join(diff)}. --resume "
+        f"continues a run with its own adapters: resume it with the config it was trained with (`echomimic-train v3-fit "
+        f"--config {run / 'config.yaml'} --resume`), or start this config in a new output_dir. Nothing was written.")
+
+
 def say_fresh_resume(resume, ckpt, out_dir) -> None:
     """``--resume`` where the output folder has no checkpoint yet starts a fresh run (a restart script may always pass
     it); it once did so without a word, so a mistyped output_dir silently trained from step 0. Said, with the folder."""

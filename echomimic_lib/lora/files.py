@@ -214,11 +214,31 @@ def _wan_like(meta: dict, keys) -> bool:
     return meta.get("format") == "echomimic-v3-lora" or any(_WAN_KEY.search(k) for k in keys)
 
 
+def training_output(path: Path, export: str) -> str:
+    """What to do with a training run's folder, a checkpoint or a checkpoint's weights given as a LoRA file ("" when
+    ``path`` is none of them): export the adapter first with ``export`` (``echomimic-train export`` / ``v3-export``).
+    A folder was "LoRA file not found" though it is there; a checkpoint's ``model.safetensors`` (peft's names, no
+    metadata) "not an EchoMimic LoRA"."""
+    if path.is_dir():
+        kind = ("a training run" if (path / "checkpoints").is_dir() else "a training checkpoint"
+                if (path / "meta.json").is_file() else "")
+        if not kind:
+            return f"{path} is a folder, not a LoRA file: give the .safetensors file (e.g. one inside it)."
+        return (f"{path} is a folder ({kind}), not a LoRA file: export its adapter first, "
+                f"`{export} {path} LORA.safetensors`, then give LORA.safetensors.")
+    if path.name == "model.safetensors" and (path.parent / "meta.json").is_file():
+        return (f"{path} holds a training checkpoint's weights (peft's names, no LoRA metadata): export the adapter "
+                f"first, `{export} {path.parent} LORA.safetensors`, then give LORA.safetensors.")
+    return ""
+
+
 def read_lora(path: str | Path) -> LoraAdapter:
     """Read and check an adapter file (metadata, key pairs, ranks, alphas, finite values); no model needed."""
     from safetensors import safe_open
 
     path = Path(path)
+    if training_output(path, "echomimic-train export"):
+        raise WeightsError(training_output(path, "echomimic-train export"))
     if not path.is_file():
         raise WeightsError(f"LoRA file not found: {path}. Put it into models/echomimic/loras/ (ComfyUI) or pass an existing file.")
     if path.suffix != ".safetensors":

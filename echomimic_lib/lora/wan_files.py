@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .files import FORMAT, check_scale, check_strength
+from .files import FORMAT, check_scale, check_strength, training_output
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ def read_wan_lora(path: str | Path) -> WanLoraFile:
     from safetensors import safe_open
 
     path = Path(path)
+    if training_output(path, "echomimic-train v3-export"):
+        raise WeightsError(training_output(path, "echomimic-train v3-export"))
     if not path.is_file():
         raise WeightsError(f"LoRA file not found: {path}. Pass an existing Wan2.1 1.3B LoRA .safetensors (ComfyUI: models/loras/).")
     if path.suffix != ".safetensors":

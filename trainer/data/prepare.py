@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import unicodedata
 import zlib
 from collections import Counter
 from dataclasses import asdict
@@ -38,17 +39,51 @@ from .video import VIDEO_SUFFIXES
 log = logging.getLogger(__name__)
 
 
-def clip_id(video: Path, input_root: Path) -> str:
+MAX_ID_BYTES = 200  # a clip id names its folder, '<id>.partial', '.old~<id>' and 'status/<id>.json': under 255 bytes
+
+
+def clip_id(video: Path, input_root: Path, out_root: Path | None = None) -> str:
+    """The clip's name in the dataset: the path under the input folder, suffix dropped, parts joined by '__', every run
+    of characters other than letters and digits (of any script: '日本.mp4' is clip '日本'), '_', '.', '-' as one '_'.
+    A name past :data:`MAX_ID_BYTES` in UTF-8 is cut and ends in a hash of the whole. With ``out_root``, a video that
+    dataset holds under the id of earlier versions (ASCII letters only: '日本.mp4' was '_') keeps that id."""
+    rel = video.relative_to(input_root).with_suffix("")
+    name = unicodedata.normalize("NFC", "__".join(rel.parts))  # macOS' decomposed 'ö' is the composed one
+    cid = re.sub(r"[^\w.-]+", "_", name)
+    cid = cid.replace(".", "_") if not cid.strip(".") else cid  # '..mp4' / '...mp4': never '.' or '..' (a folder above)
+    if len(cid.encode()) > MAX_ID_BYTES:
+        tail = f"-{zlib.crc32(name.encode()):08x}"
+        cid = cid.encode()[:MAX_ID_BYTES - len(tail)].decode(errors="ignore") + tail
+    if out_root is not None:
+        old = ascii_clip_id(video, input_root)
+        if old != cid and not status_path(out_root, cid).is_file() and _stamped_for(status_path(out_root, old), video, input_root):
+            return old
+    return cid
+
+
+def ascii_clip_id(video: Path, input_root: Path) -> str:
+    """The clip id earlier versions gave a video (letters and digits of ASCII only)."""
     rel = video.relative_to(input_root).with_suffix("")
     cid = re.sub(r"[^A-Za-z0-9_.-]+", "_", "__".join(rel.parts))
-    return cid.replace(".", "_") if not cid.strip(".") else cid  # '..mp4' / '...mp4': never '.' or '..' (a folder above)
+    return cid.replace(".", "_") if not cid.strip(".") else cid
+
+
+def _stamped_for(status: Path, video: Path, input_root: Path) -> bool:
+    """``status`` was written for ``video`` (its source stamp names the video's path under the input folder)."""
+    from .status import _status_row
+
+    if not status.is_file():
+        return False
+    row = _status_row(status)  # (unreadable: a str, no stamp)
+    stamp = row.get("source_stamp") if isinstance(row, dict) else None
+    return isinstance(stamp, dict) and stamp.get("path") == video.relative_to(input_root).as_posix()
 
 
 def list_videos(input_dir: Path) -> list[Path]:
     return sorted(p for p in Path(input_dir).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
 
 
-def check_clip_ids(videos: list[Path], input_root: Path) -> None:
+def check_clip_ids(videos: list[Path], input_root: Path, out_root: Path | None = None) -> None:
     """Refuse, before any model is loaded, two videos that map to one clip id (``talk.mp4`` and ``talk.mov``,
     ``a b.mp4`` and ``a_b.mp4``, ``x/y.mp4`` and ``x__y.mp4``; ids that differ only in case too, as the clips'
     folders and status files would be one on macOS / Windows): the second would be skipped as done, or overwrite the
@@ -57,14 +92,14 @@ def check_clip_ids(videos: list[Path], input_root: Path) -> None:
 
     seen: dict[str, Path] = {}
     for video in videos:
-        cid = clip_id(video, input_root)
+        cid = clip_id(video, input_root, out_root)
         if cid.endswith(PARTIAL):  # the name of another clip's folder while it is written (and removed by recover_clips)
             raise ConfigError(f"{video} would become clip '{cid}', a name prepare keeps for a clip being written ('<clip>"
                               f"{PARTIAL}'). Rename it (e.g. {video.name.replace(PARTIAL, '_partial')}) and run prepare again.")
         first = seen.setdefault(cid.casefold(), video)
         if first is not video:
-            raise ConfigError(f"{first} and {video} both become clip '{clip_id(first, input_root)}' (a clip id is the path "
-                              "under the input folder, its suffix dropped and characters other than letters, digits, "
+            raise ConfigError(f"{first} and {video} both become clip '{clip_id(first, input_root, out_root)}' (a clip id is the "
+                              "path under the input folder, its suffix dropped and characters other than letters, digits, "
                               "'_', '.', '-' replaced by '_', compared ignoring case): one would overwrite or hide the "
                               f"other. Rename one of them (e.g. {video.stem}_2{video.suffix}) and run prepare again.")
 
@@ -174,7 +209,7 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
     check_options_and_files(cfg, whisper_path, worker_index, num_workers)  # a wrong option first: it says more
     if not videos:  # before any model loads, and nothing written: an empty dataset folder would pass for a prepared one
         raise _no_videos(input_dir)
-    check_clip_ids(videos, input_dir)
+    check_clip_ids(videos, input_dir, out_root)
     whisper, models = whisper_identity(whisper_path), model_identities(cfg, landmarker_model, pose_detector)
     check_same_settings(out_root, cfg, whisper, models)
     tools = preflight(cfg, whisper_path, landmarker_model, pose_detector, device, worker_index, num_workers)
@@ -184,13 +219,13 @@ def prepare_dataset(input_dir, output_dir, cfg: PrepareConfig, whisper_path, lan
         return zlib.crc32(cid.encode()) % num_workers == worker_index
 
     recover_clips(out_root, mine)  # this worker's clip writes a killed run cut short (trainer/data/store.py)
-    videos = [v for v in videos if mine(clip_id(v, input_dir))]
+    videos = [v for v in videos if mine(clip_id(v, input_dir, out_root))]
     fn = {"headshot": prepare_headshot, "full": prepare_full}.get(cfg.kind, prepare_body)
     done, unstamped = Counter(), []
     bar = tqdm(videos, desc=f"prepare ({cfg.kind})", unit="clip", disable=not progress)
     try:
         for video in bar:
-            cid = clip_id(video, input_dir)
+            cid = clip_id(video, input_dir, out_root)
             stamp = source_stamp(video, input_dir)
             if status_path(out_root, cid).is_file():
                 why = source_changed(status_path(out_root, cid), stamp, unstamped)

@@ -55,6 +55,7 @@ def _checks(cfg: V3TrainConfig, resume):
 
     from ..checkpoint import checkpoint_dir, list_checkpoints, read_meta, refuse_inside_checkpoint, resolve_resume
     from ..config import ConfigError
+    from ..resume_match import check_v3_resume_matches
     from ..safe_resume import check_checkpoint
     from .validation import prepare
     from .windows import list_windows
@@ -69,6 +70,7 @@ def _checks(cfg: V3TrainConfig, resume):
         check_checkpoint(ckpt)  # no file of the run folder runs code
         if read_meta(ckpt).get("family") != "v3":
             raise ConfigError(f"{ckpt}: a V1/V2 checkpoint; resume it with `echomimic-train fit --resume`")
+        check_v3_resume_matches(cfg, ckpt, read_meta(ckpt))  # another rank / alpha / targets: before anything is written
     elif list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
     return files, windows, validator, ckpt
