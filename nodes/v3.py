@@ -158,7 +158,10 @@ class EchoMimicV3Loader:
                 resolve_v3(root, COMFY_PARTS)
             except MissingWeightsError as exc:
                 raise MissingWeightsError(f"{exc}\nOr switch on auto_download in EchoMimic V3 Loader.", exc.missing) from None
+        from ..echomimic_lib.models.wan.loader import check_v3_headers
+
         dt = DTYPES[dtype] or C.auto_dtype(C.torch_device())
+        check_v3_headers(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE)  # another model's files: from the headers
         wav2vec = load_wav2vec(root / "chinese-wav2vec2-base")  # first: a damaged download is named before the 3.7 GB load
         model, report = load_v3_transformer(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE, dtype=dt,
                                             device=C.offload_device())
