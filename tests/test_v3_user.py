@@ -145,3 +145,25 @@ def test_load_v3_checks_the_transformer_headers_before_wav2vec2_and_clip(tmp_pat
     with pytest.raises(WeightsError, match="not an EchoMimicV3 flash-pro transformer"):
         load_v3(model_files(folder), "cpu", torch.float32)
     assert loaded == []
+
+
+# ----------------------------------------------------------------------------------------- the long-clip user
+@pytest.mark.parametrize("length, frames, said", [
+    (86, 85, "--length 86: EchoMimicV3 renders 4k+1 frames"),
+    (130, 129, "--length 130: EchoMimicV3 renders 4k+1 frames"),  # the whole 5.24 s clip: 130 frames at 25 fps
+    (200, 129, "--length 200 is beyond the audio: it lasts 5.24 s"),
+])
+def test_a_long_length_the_speech_covers_is_not_called_beyond_the_audio(tmp_path, caplog, length, frames, said):
+    """--length 86 of a 5.24 s clip (130 frames) warned "--length 86 is beyond the audio ... the length follows the
+    audio": the video was 85 frames by the 4k+1 rule, not because the speech ended."""
+    import logging
+
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
+
+    req = V3Request(reference=str(REF), audio=str(SPEECH), output=str(tmp_path / "o.mp4"), models=str(tmp_path),
+                    size=(64, 64), length=length)
+    with caplog.at_level(logging.WARNING):
+        plan = plan_v3(req)
+    assert plan.frames == frames
+    text = caplog.text
+    assert said in text and (length == 200) == ("beyond the audio" in text), text
