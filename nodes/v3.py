@@ -264,6 +264,7 @@ class EchoMimicV3Sampler:
         block goes there as it is made (one block for at most 81 frames, else one per chunk), nothing is kept and
         None is returned (EchoMimic V3 Sampler (to file), :mod:`.to_file`). The IMAGE is made as the V1/V2 Sampler's
         (:class:`echomimic_lib.pipeline.decode.HostFrames`)."""
+        size, steps = (as_whole(v) if as_whole(v) is not None else v for v in (size, steps))  # a linked 768.0 is 768
         ref, h, w = checked_reference(image, size, steps, audio_cfg, teacache, long_mode)
         batch = None
         if sink is None:  # the frames are returned as one IMAGE batch in host memory, and one chunk is made at a time

@@ -167,3 +167,34 @@ def test_a_long_length_the_speech_covers_is_not_called_beyond_the_audio(tmp_path
     assert plan.frames == frames
     text = caplog.text
     assert said in text and (length == 200) == ("beyond the audio" in text), text
+
+
+def test_the_v3_sampler_takes_whole_floats_linked_from_a_math_node_as_its_other_inputs_do(tmp_path, monkeypatch):
+    """size 64.0 / steps 2.0 (a Float math node linked in) were refused as "size 64.0: ... needs at least 16 px a side"
+    and "steps 2.0: give 1..200", though in range; max_frames and the seed take a whole float (as_whole)."""
+    from types import SimpleNamespace
+
+    from echomimic_lib.models.wan.tiny import CLIP_DIM, TEXT_DIM, write_tiny_v3
+    from echomimic_lib.models.wan.vae import DiffusersPixelVAE, load_wan_vae
+    from tests._pack import load_pack, sub
+
+    load_pack()
+    monkeypatch.setattr(sub("nodes.comfy_bridge"), "MODELS_DIR", tmp_path / "models")
+    folder = write_tiny_v3(tmp_path / "models" / "echomimic" / "v3-flash")
+    v3 = sub("nodes.v3")
+    (handle,) = v3.EchoMimicV3Loader().execute("v3-flash", "fp32")
+    g = torch.Generator().manual_seed(0)
+    v3_audio, _ = v3.EchoMimicV3AudioEncoder().execute(
+        handle, {"waveform": torch.randn(1, 1, 16000, generator=g) * 0.1, "sample_rate": 16000}, 5)
+    positive = [[torch.randn(1, 512, TEXT_DIM, generator=g), {}]]
+    clip = SimpleNamespace(penultimate_hidden_states=torch.randn(1, 257, CLIP_DIM, generator=g))
+    vae, image = DiffusersPixelVAE(load_wan_vae(folder / "vae")), torch.rand(1, 48, 64, 3, generator=g)
+
+    def run(size, steps):
+        return v3.EchoMimicV3Sampler().execute(handle, v3_audio, positive, clip, vae, image, size, steps, 3.0, 1, "off",
+                                               True)[0]
+
+    assert torch.equal(run(64.0, 2.0), run(64, 2))
+    errors = sub("echomimic_lib.errors")
+    with pytest.raises(errors.EchoMimicError, match=r"steps 2.5: give 1\.\.200"):
+        run(64, 2.5)
