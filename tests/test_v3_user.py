@@ -107,12 +107,16 @@ def test_a_wrong_or_damaged_transformer_file_is_refused_before_the_text_and_imag
     assert "Traceback" not in err and not (tmp_path / "out.mp4").exists()
 
 
-def test_the_intact_set_still_renders_through_the_same_path(tmp_path, capsys):
+def test_the_intact_set_still_renders_and_quiet_means_no_loading_bars(tmp_path, capsys):
+    """-q ("errors only: no progress bar") still printed transformers' three "Loading weights" bars (umT5, CLIP,
+    wav2vec2) on stderr."""
     from echomimic_lib.models.wan.tiny import write_tiny_v3
 
     write_tiny_v3(tmp_path / "models" / "v3-flash")
-    assert _animate(tmp_path) == 0, capsys.readouterr().err
+    assert _animate(tmp_path, "-q") == 0
+    err = capsys.readouterr().err
     assert (tmp_path / "out.mp4").is_file()
+    assert "Loading weights" not in err and "wrote" not in err, err
 
 
 # --------------------------------------------------------------------------------------- the ComfyUI graph builder
