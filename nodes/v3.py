@@ -158,7 +158,10 @@ class EchoMimicV3Loader:
                 resolve_v3(root, COMFY_PARTS)
             except MissingWeightsError as exc:
                 raise MissingWeightsError(f"{exc}\nOr switch on auto_download in EchoMimic V3 Loader.", exc.missing) from None
+        from ..echomimic_lib.models.wan.loader import check_v3_headers
+
         dt = DTYPES[dtype] or C.auto_dtype(C.torch_device())
+        check_v3_headers(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE)  # another model's files: from the headers
         wav2vec = load_wav2vec(root / "chinese-wav2vec2-base")  # first: a damaged download is named before the 3.7 GB load
         model, report = load_v3_transformer(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / FLASH_FILE, dtype=dt,
                                             device=C.offload_device())
@@ -261,6 +264,7 @@ class EchoMimicV3Sampler:
         block goes there as it is made (one block for at most 81 frames, else one per chunk), nothing is kept and
         None is returned (EchoMimic V3 Sampler (to file), :mod:`.to_file`). The IMAGE is made as the V1/V2 Sampler's
         (:class:`echomimic_lib.pipeline.decode.HostFrames`)."""
+        size, steps = (as_whole(v) if as_whole(v) is not None else v for v in (size, steps))  # a linked 768.0 is 768
         ref, h, w = checked_reference(image, size, steps, audio_cfg, teacache, long_mode)
         batch = None
         if sink is None:  # the frames are returned as one IMAGE batch in host memory, and one chunk is made at a time

@@ -1,6 +1,7 @@
 """``echomimic animate --version v3-flash``: EchoMimicV3 flash-pro from the command line (see jobs.animate_v3)."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ..modes import V3_LONG_MODES
@@ -29,6 +30,7 @@ def add_v3_arguments(a) -> None:
                         "(no identity drift; the pose returns to the reference's at each seam, crossfaded); continue: each "
                         "chunk goes on from the previous one's last 8 frames (the preview release's way: smooth seams, "
                         "identity can drift over long clips)")
+    g.add_argument("--negative-prompt", default=None, help=argparse.SUPPRESS)  # refused with the reason (check_family_options)
     a.set_defaults(family_defaults={d: a.get_default(d) for d in V1V2_ONLY + V3_ONLY})
 
 
@@ -46,14 +48,20 @@ def check_family_options(args) -> None:
     """Refuse the other family's options before any work: V1/V2 options with ``--version v3-flash``, V3 ones without."""
     from ..errors import EchoMimicError
 
+    if getattr(args, "negative_prompt", None) is not None:  # (Wan and the official V3 scripts have one)
+        raise EchoMimicError("--negative-prompt: EchoMimicV3 flash-pro has no negative prompt (its guidance is audio only, "
+                             "as the official flash-pro, whose negative prompt is encoded and never used): drop it; say what "
+                             "the video shows with --prompt, and how closely it follows the speech with --audio-cfg")
     if args.version == "v3-flash":
         if args.cfg:
             raise EchoMimicError("--cfg is the V1/V2 guidance; EchoMimicV3 flash-pro uses audio guidance only: use --audio-cfg")
         wrong = [f for f in given(args, V1V2_ONLY) if not (f == "--fps" and args.fps == V3_FPS)]  # V3's own rate: fine
         if wrong:
+            memory = ("; for less GPU memory EchoMimicV3 has --fp8 (about 1.75 GB less) and --vae-tiling"
+                      if "--low-vram" in wrong else "")
             raise EchoMimicError(f"{' and '.join(wrong)} {'is a V1/V2 option' if len(wrong) == 1 else 'are V1/V2 options'}; "
                                  f"EchoMimicV3 flash-pro does not take it (it renders {V3_FPS:g} fps, without face crop, "
-                                 "landmarks, poses or context windows): drop it, or use --version v1/v2")
+                                 f"landmarks, poses or context windows): drop it, or use --version v1/v2{memory}")
     else:
         wrong = given(args, V3_ONLY)
         if wrong:

@@ -287,6 +287,15 @@ def from_hf_folder(load, folder: str | Path, what: str, fetch: str = V3_REFETCH)
     """``load()`` -- a transformers ``from_pretrained`` of the Hugging Face ``folder`` -- with a damaged or cut-short
     file there named (a half-downloaded model.safetensors was a bare SafetensorError, a cut pytorch_model.bin
     ``OSError: [Errno 22] Invalid argument``, a cut config.json a JSON complaint): folder, part and how to fetch it again."""
+    import logging
+
+    quiet = not logging.getLogger("echomimic_lib").isEnabledFor(logging.INFO)  # ``-q``: no "Loading weights" bars either
+    bars = None
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
     try:
         return load()
     except (MemoryError, KeyboardInterrupt):
@@ -294,3 +303,8 @@ def from_hf_folder(load, folder: str | Path, what: str, fetch: str = V3_REFETCH)
     except Exception as exc:
         raise WeightsError(f"{folder}: the {what} cannot be read ({type(exc).__name__}: {exc}); a file there is damaged or "
                            f"cut short (an interrupted download?). Delete the folder and get it again: {fetch}.") from exc
+    finally:
+        if bars:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()

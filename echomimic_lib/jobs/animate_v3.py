@@ -128,6 +128,9 @@ def load_v3(files: dict, device, dtype: torch.dtype, clip: bool = True, vae_dtyp
     from ..models.wan.vae import load_wan_vae
     from ..pipeline.wan.encoders import load_clip_vision
 
+    from ..models.wan.loader import check_v3_headers
+
+    check_v3_headers(files["base"], files["flash"])  # a wrong or damaged transformer file: said before anything loads
     dev = torch.device(device)
     enc = load_wav2vec(files["wav2vec2"])  # fp32 on the CPU, as the official; first: a damaged download is named early
     vision = load_clip_vision(files["clip"], device=dev, dtype=dtype) if clip else None
@@ -233,7 +236,12 @@ def _run_v3(req: V3Request, plan: V3Plan, progress, t0: float) -> dict:
     from ..pipeline.wan.encoders import clip_features, encode_prompt
 
     log.info("%s", describe_v3(plan))
+    from ..models.wan.loader import check_v3_headers
+
     files = model_files(Path(req.models), download=req.download)  # the inputs are checked before any download
+    # a base file of another Wan size or kind, a V1/V2 file as the V3 file, an empty or cut one: refused from the files'
+    # headers before umT5 (11 GB) and CLIP load for the prompt and the reference (was said only after both)
+    check_v3_headers(files["base"], files["flash"])
     log.info("loading the V3 weights from %s", req.models)
     dev = torch.device(req.device)
     prompt = encode_prompt(files["umt5"], req.prompt, cache_dir=Path(req.models) / "prompt_cache", device=dev, dtype=req.dtype)

@@ -79,6 +79,9 @@ def plan_v3(req: V3Request) -> V3Plan:
     check_v3_numbers(req)
     out = check_output(req.output, {"--reference": req.reference, "--audio": req.audio})
     ref = read_reference(req.reference, "v3")
+    from .speech_input import check_speech_file
+
+    check_speech_file(req.audio)  # a missing file or a folder named as --audio (was "x: file not found." from the header read)
     # Speech longer than a video can be (MAX_LENGTH frames at 25 fps) is refused: V3 normalises loudness over the whole
     # clip, so the whole file is decoded whatever --length is; the header first (1.5 times over), then the exact length.
     # One pass holds only the start a video of ``cap`` frames uses, the rest measured a piece at a time.
@@ -95,6 +98,9 @@ def plan_v3(req: V3Request) -> V3Plan:
         if frames != req.length:  # (was silent)
             log.warning("--length %d: EchoMimicV3 renders 4k+1 frames (1, 5, ... 77, 81, 85, ...); the video has %d.",
                         req.length, frames)
+    elif req.length and req.length > frames and req.length <= int(seconds * FPS):  # the audio covers it: the 4k+1 rule
+        log.warning("--length %d: EchoMimicV3 renders 4k+1 frames (1, 5, ... 77, 81, 85, ...); the video has %d.",
+                    req.length, frames)  # (was "beyond the audio" of a clip long enough for it)
     elif req.length and req.length > frames:  # as V1/V2: the video follows the audio, and says so
         log.warning("--length %d is beyond the audio: it lasts %.2f s, %d frames at %g fps (4k+1); the video has %d frames "
                     "(the length follows the audio).", req.length, seconds, frames, FPS, frames)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 # The only imports from the rest of echomimic_lib in models/wan, with sources.py's io.json_file and io.file_names
-# (modules being moved: update them here).
+# and _header_tensors' io.os_errors (modules being moved: update them here).
 from ...errors import WeightsError
 from ...io.json_file import read_json  # the project's JSON reader (damaged, too deep, a folder or pipe: one clear error)
 from ...io.weights import read_state_dict  # the project's safe reader (safetensors / weights_only pickles)
@@ -115,6 +115,11 @@ def config_from_files(base_cfg: dict | None, v3_sd: dict, base_sd: dict) -> WanV
         raise WeightsError("the V3 file has no 'audio_injection.proj1.weight': not an EchoMimicV3 flash-pro transformer "
                            "(the preview release has 'audio2token.*' instead and is not supported yet; an SD1.5 or EchoMimic V1/V2 file has "
                            "neither). Put the flash-pro file there: echomimic download --weights v3-flash.")
+    kind = (base_cfg or {}).get("_class_name", "WanModel")
+    if kind != "WanModel":  # e.g. a VAE's or a UNet's config: was "the base model is 1536 wide ... not 14B"
+        raise WeightsError(f"the base folder's config.json describes a {kind}, not a Wan transformer (WanModel): the base "
+                           "folder must hold Wan2.1-Fun-V1.1-1.3B-InP (config.json and "
+                           f"{BASE_WEIGHTS}); download it with echomimic download --weights v3-flash.")
     try:
         audio = AudioProjConfig.from_state_dict(v3_sd)
         cfg = WanV3Config.from_official(base_cfg or {}, audio=audio)
@@ -145,16 +150,25 @@ def config_from_files(base_cfg: dict | None, v3_sd: dict, base_sd: dict) -> WanV
 
 def _header_tensors(path: Path) -> dict | None:
     """A safetensors file's tensors as meta tensors of their shapes (its header only: nothing is read); None for
-    another format or an unreadable file (the full read names it)."""
-    if Path(path).suffix != ".safetensors":
+    another format, a missing file or one the system will not let be read (the full read names those). An empty or
+    damaged safetensors file is refused here with the full read's words (was named only after the text and image
+    encoders had loaded)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
         return None
     from safetensors import safe_open
 
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: the file is empty (an interrupted download?). Delete it and download it again.")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-    except Exception:
-        return None
+    except Exception as exc:
+        from ...io.os_errors import is_os_refusal
+
+        if isinstance(exc, OSError) or is_os_refusal(exc):  # the system's refusal: the full read says which
+            return None
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc}); it may be truncated. Download it again.") from None
 
 
 def _expected(cfg: WanV3Config) -> dict:
