@@ -25,7 +25,7 @@ def test_batch_summary_names_results_jsonl_as_a_path(tmp_path, monkeypatch, caps
     (tmp_path / "jobs.csv").write_text("name,reference,audio\n", encoding="utf-8")
     monkeypatch.setattr(batch, "read_manifest", lambda *a, **k: [])
     monkeypatch.setattr(batch, "run_batch", lambda *a, **k: SimpleNamespace(ok=0, skipped=0, failed=0, total=0, exit_code=0,
-                                                                          records=[]))
+                                                                          records=[], stale={}))
     out = str(tmp_path / "renders") + "/"
     assert cli(["batch", str(tmp_path / "jobs.csv"), "-o", out]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
