@@ -119,7 +119,7 @@ def _failed(url: str, exc: BaseException, timeout: float, expired: bool) -> Queu
         err = QueueError(f"cannot reach ComfyUI at {parts.scheme}://{parts.netloc} ({reason}, on {parts.path}); is it "
                          "running? Start it (python main.py; --listen to reach it from another machine) or give its "
                          "address with --server URL." + sent)
-        err.never_sent = never
+        err.never_sent, err.said_sent = never, sent  # (several servers say it once for the job: comfy_servers)
     else:
         return QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?")
     err.no_answer = True

@@ -47,8 +47,9 @@ class _Server:
         return POLL_TIMEOUT if self.timeout is None else self.timeout
 
     def drop(self, exc) -> None:
-        """This server stopped answering (``exc``: why, said when no server is left)."""
-        self.alive, self.why = False, str(exc)
+        """This server stopped answering (``exc``: why, said when no server is left; what became of a prompt sent is
+        said once for the job, :func:`_none_left`)."""
+        self.alive, self.why = False, str(exc).removesuffix(getattr(exc, "said_sent", "") or "")
 
     def depth(self) -> int:
         """The server's own queue (every client's prompts, ours included once it has answered the POST)."""
@@ -76,10 +77,14 @@ class _Server:
         return self.names[path]
 
 
-def _submit(job, servers: list[_Server], template, seed, drive, client_id, sending=None) -> tuple[_Server, str, dict]:
+def _submit(job, servers: list[_Server], template, seed, drive, client_id, sending=None, tried=None) -> tuple[_Server, str, dict]:
     """Post ``job`` to the live server with the shortest queue; a server that does not answer is dropped.
     ``sending(server, prompt, prompt_id)``: called just before the prompt is sent with the id it asks for (kept in the
-    state first: a Ctrl-C while the server answers loses nothing)."""
+    state first: a Ctrl-C while the server answers loses nothing). ``tried``: a list given to hold (server, prompt id,
+    whether it may be queued there) of each send that failed. When no server is left, the error says whether the
+    prompt may be queued somewhere (a send that may have arrived: a timeout, a reset) or certainly was NOT queued (every
+    server refused the connection: ``never_sent`` set, as with one server)."""
+    tried = [] if tried is None else tried
     while True:
         depths = []
         for s in (s for s in servers if s.alive):
@@ -89,9 +94,8 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id, sendi
                 log.warning("%s stopped answering (%s); its jobs go to the other servers", s.url, exc)
                 s.drop(exc)
         if not depths:  # each with why (a --timeout that ran out says so, as with one server)
-            raise QueueError("no ComfyUI server answers any more: " + "; ".join(
-                f"{s.url} ({s.why})" if s.why else s.url for s in servers))
-        server = min(depths)[2]
+            raise _none_left(servers, tried)
+        server, asked = min(depths)[2], None
         try:
             prompt = _prompt_for(job, server, template, seed, drive)
             asked = uuid.uuid4().hex
@@ -99,12 +103,32 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id, sendi
                 sending(server, prompt, asked)
             pid = _safe(server.client.post_prompt, server.url, prompt, client_id, server.timeout, prompt_id=asked)
         except QueueError as exc:
+            if asked is not None:
+                tried.append((server, asked, not server.client.not_queued(exc)))
             if "HTTP" in str(exc):  # the server answered and refused the prompt: the job's own problem
                 raise
             log.warning("%s stopped answering (%s); trying another server", server.url, exc)
             server.drop(exc)
             continue
         return server, pid, prompt
+
+
+def _none_left(servers: list[_Server], tried: list) -> QueueError:
+    """No server answers any more: each with why, and what became of this job's prompt (``tried``: :func:`_submit`'s)."""
+    text = "no ComfyUI server answers any more: " + "; ".join(f"{s.url} ({s.why})" if s.why else s.url for s in servers)
+    maybe = [(s, pid) for s, pid, arrived in tried if arrived]
+    if maybe:
+        server, pid = maybe[-1]
+        text += (f". The prompt was being sent to {server.url} (asked for as {pid}): it may be queued there. Run the same "
+                 "command with --resume once it answers: it finds it there, or queues it if it is not.")
+    elif tried:
+        text += (". The prompt was NOT queued (every server refused the connection: it never reached them), so running "
+                 "the same command again is safe (add --resume to keep what an earlier run queued).")
+    else:
+        text += ". This job's prompt was not sent."
+    err = QueueError(text)
+    err.never_sent = not maybe
+    return err
 
 
 def _prompt_for(job, server: _Server, template, seed, drive) -> dict:
@@ -156,7 +180,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                         plan=plans[job.prefix])
 
     def send(job, attempts, t0, tries=None):
-        before, asked = (book.find(job.prefix) if book is not None else None), []
+        before, asked, kept = (book.find(job.prefix) if book is not None else None), [], {}
 
         def sending(server, prompt, pid):
             asked.append(pid)
@@ -165,9 +189,11 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 marks[job.prefix] = client.fingerprint(prompt)
                 tries_of[job.prefix] = book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries,
                                                    plan=plans[job.prefix], sending=True)
+                kept[pid] = book.find(job.prefix)  # (what the record goes back to should a later send be refused)
 
+        tried: list = []
         try:
-            server, pid, prompt = _submit(job, pool, template, seed, driving, client_id, sending)
+            server, pid, prompt = _submit(job, pool, template, seed, driving, client_id, sending, tried)
             now_sending.clear()
             flight[job.prefix] = [job, server, pid, attempts, t0]
             if book is not None:
@@ -175,8 +201,10 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                             plan=plans[job.prefix])
         except QueueError as exc:
             now_sending.clear()
-            if book is not None and asked and client.not_queued(exc):  # refused: the earlier record stays as it was
-                book.withdraw(job.prefix, asked[-1], before)
+            if book is not None and asked:  # the last prompt sent certainly not queued: the record goes back to the
+                maybe = [pid for _, pid, arrived in tried if arrived]  # one of a send that may have arrived, or the earlier
+                if client.not_queued(exc) or (maybe and maybe[-1] != asked[-1]):
+                    book.withdraw(job.prefix, asked[-1], kept[maybe[-1]] if maybe else before)
             record(job, "error", attempts, t0, error=str(exc))
 
     if book is not None:
