@@ -10,6 +10,7 @@ from pathlib import Path
 from .queue_plan import DEFAULT_SERVER, build_prompt, check_seed_input, load_workflow, plan_jobs
 from .queue_replies import (PromptFailed, QueueError, QueueInterrupted, QueueStopped, not_queued, say_about, saved_files,
                             still_open)
+from .queue_progress import Progress
 from .queue_state import QueueState, default_path, fingerprint, plan_mark, same_plan
 
 
@@ -73,7 +74,9 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                         raise
                     book.record(server, job.prefix, mark, result["prompt_id"], attempts=tries, plan=plan)
             results.append(result)
+        progress, over = Progress(len(results)), _over(results)  # (a line on stderr now and then: how many are over)
         for result in (r for r in results if wait and not dry_run and "files" not in r and "error" not in r):
+            progress.update(over[0], over[1], len(results) - sum(over))
             try:
                 result["files"] = saved_files(client.wait_for(server, result["prompt_id"], request_timeout=timeout))
                 book.record(server, result["prefix"], marks[result["prefix"]], result["prompt_id"], result["files"],
@@ -82,6 +85,9 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                 result["error"] = str(exc)
                 book.failed(server, result["prefix"], result["prompt_id"],
                             str(exc).removeprefix(f"prompt {result['prompt_id']} failed: "))
+            over[1 if "error" in result else 0] += 1
+        if wait and not dry_run:
+            progress.update(over[0], over[1], len(results) - sum(over))
     except QueueError as exc:  # prompts already queued run on: say which, and which jobs never were
         if dry_run:
             raise
@@ -102,6 +108,12 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
         if book is not None:
             book.release()
     return results
+
+
+def _over(results: list[dict]) -> list[int]:
+    """[finished, failed] of ``results`` (a job's files listed, its error said)."""
+    failed = sum("error" in r for r in results)
+    return [sum("files" in r and "error" not in r for r in results), failed]
 
 
 def _known_outcomes(book: QueueState, server: str, template: dict, jobs: list, seed, driving) -> tuple[list, list]:

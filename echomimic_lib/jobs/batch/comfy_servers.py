@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ...errors import EchoMimicError as QueueError  # the client's QueueError is one
 from ..queue_plan import check_seed_input
+from ..queue_progress import Progress
 from ..queue_run import failed_before, finished_before
 from ..queue_state import same_plan
 from .results import ResultsFile, read_results
@@ -243,8 +244,17 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                        files=files, resumed=True)
             else:
                 flight[job.prefix] = [job, server, rec["prompt_id"], 1, t0]
-        end = time.monotonic() + timeout
+        end, progress = time.monotonic() + timeout, Progress(len(jobs))  # (a line on stderr now and then)
+
+        def say_progress():
+            failed = sum(r["status"] != "ok" for r in records.values())
+            where: dict[str, int] = {}
+            for _, server, *_ in flight.values():
+                where[server.url] = where.get(server.url, 0) + 1
+            progress.update(len(records) - failed, failed, len(jobs) - len(records), where)
+
         while flight and time.monotonic() < end:
+            say_progress()
             time.sleep(poll)
             for server in {id(f[1]): f[1] for f in flight.values()}.values():
                 server.refresh_queue()
@@ -289,6 +299,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                            files=files)
         for job, server, pid, attempts, t0 in flight.values():
             record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=f"not finished within {timeout:.0f} s")
+        say_progress()
     except KeyboardInterrupt:  # Ctrl-C: the prompts in flight go on on their servers; say which, and how to cancel
         pending: dict[str, list[str]] = {}
         for _, server, pid, _, _ in flight.values():
