@@ -116,7 +116,8 @@ def log_quality_metrics(cfg, monitor, step: int, frames: np.ndarray, audio16k: n
     dirs = [Path(p) for p in (cfg.model.echomimic_path, default_models_dir()) if p]
     try:
         mask = face_mask_image(clip, size) > 0.5 if cfg.data.condition == "face_mask" else None
-        rep = score_frames(frames, audio16k, clip.fps, face_mask=mask, models_dir=dirs, source="validation")
+        rep = score_frames(frames, audio16k, clip.fps, face_mask=mask, models_dir=dirs, source="validation",
+                           landmark_hint=landmark_hint(cfg))
     except Exception as exc:  # a metric never stops a training run
         log.warning("validation metrics skipped: %s", exc)
         return
@@ -128,3 +129,16 @@ def log_quality_metrics(cfg, monitor, step: int, frames: np.ndarray, audio16k: n
         log.info("validation metrics: lip sync not logged: the video lasts %.1f s, it needs %g s (validation.frames >= %d "
                  "at %g fps)", rep.seconds, MIN_SYNC_SECONDS, int(np.ceil(MIN_SYNC_SECONDS * clip.fps)), clip.fps)
     monitor.metrics(step, "validation_metrics", rep.scalars())
+
+
+def landmark_hint(cfg) -> str:
+    """How a trainer user gives the validation metrics MediaPipe's model (``fit`` has no ``--mediapipe-model``): the
+    folders :func:`log_quality_metrics` looks in, by the config key or the environment variable that sets them."""
+    from echomimic_lib.jobs.models_folder import default_models_dir
+    from echomimic_lib.landmarks.mp_models import MODELS
+
+    models = default_models_dir() / "mediapipe"
+    own = f"{Path(cfg.model.echomimic_path) / 'mediapipe'} (model.echomimic_path's)" if cfg.model.echomimic_path \
+        else "model.echomimic_path's mediapipe/ (not set)"
+    return (f"the trainer looks in {own} and {models} (the models folder: $ECHOMIMIC_MODELS, else ~/.cache/echomimic), "
+            f"never downloading it: put it into one of them from {MODELS['face_landmarker']['url']}")

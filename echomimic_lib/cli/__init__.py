@@ -17,6 +17,10 @@ from . import process_exit
 from .common import HelpFormatter, SubParser, expand_home, setup_logging
 
 ISSUES_URL = "https://github.com/echomimic-comfy/comfyui-echomimic/issues"
+# a release named as the command (`echomimic v3 --help`): said with what to run instead, not argparse's "invalid choice"
+VERSION_WORDS = {"v1": "v1", "echomimic-v1": "v1", "v2": "v2", "echomimic-v2": "v2", "v3": "v3-flash",
+                 "v3-flash": "v3-flash", "flash": "v3-flash", "flash-pro": "v3-flash", "v3-flash-pro": "v3-flash",
+                 "echomimic-v3": "v3-flash", "echomimicv3": "v3-flash"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,13 +130,28 @@ def main(argv=None) -> int:
     return process_exit.run_command(lambda: _main(argv), "; nothing half-written was left behind.")
 
 
+def version_hint(argv: list) -> str | None:
+    """What to run instead when the command (the first word that is not ``-v``) names a release, else None."""
+    word = next((a for a in argv if a not in ("-v", "--verbose")), "")
+    version = VERSION_WORDS.get(word.lower())
+    if version is None:
+        return None
+    name = {"v1": "EchoMimic V1", "v2": "EchoMimicV2", "v3-flash": "EchoMimicV3 flash-pro"}[version]
+    return (f"'{word}' is not a command: {name} runs as `echomimic animate --version {version} "
+            f"--reference IMAGE --audio SPEECH -o OUT.mp4` (options: `echomimic animate --help`).")
+
+
 def _main(argv: list) -> int:
     if argv[:1] == ["queue"]:  # its own argument parser
         from ..jobs.queue_client import main as queue_main
 
         return int(queue_main(argv[1:], prog="echomimic queue", parser_class=process_exit.PipeAwareParser) or 0)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        hint = version_hint(argv)
+        if hint:
+            parser.error(hint)  # the usage and one line, exit 2
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed why
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     setup_logging(verbose=args.verbose_all or getattr(args, "verbose", False), quiet=getattr(args, "quiet", False))

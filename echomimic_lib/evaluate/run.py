@@ -35,14 +35,16 @@ class LearnedModels:
     lse_protocol: str = "default"  # "published": also the face-track rules of syncnet_python's run_pipeline.py
 
 
-def _landmarks(clip: Clip, landmarker, notes: list):
+LANDMARK_HINT = "pass --mediapipe-model, or put it in the models folder"  # `echomimic evaluate`'s; the trainer has its own
+
+
+def _landmarks(clip: Clip, landmarker, notes: list, hint: str = LANDMARK_HINT):
     if clip.landmarks is not None:
         return clip.landmarks
     if clip.frames is None:
         return None
     if landmarker is None:
-        notes.append("no face-landmark model: lip sync, jitter and shape drift need MediaPipe's face_landmarker.task "
-                     "(pass --mediapipe-model, or put it in the models folder).")
+        notes.append(f"no face-landmark model: lip sync, jitter and shape drift need MediaPipe's face_landmarker.task ({hint}).")
         return None
     if isinstance(clip.frames, np.ndarray):
         try:
@@ -97,19 +99,20 @@ def _read_image(path) -> np.ndarray:
 
 
 def evaluate(clip: Clip, reference=None, landmarker=None, learned: LearnedModels | None = None,
-             face_mask: np.ndarray | None = None, real=None) -> EvalReport:
+             face_mask: np.ndarray | None = None, real=None, landmark_hint: str = LANDMARK_HINT) -> EvalReport:
     """Score a clip. ``reference``: image (path or RGB array) for shape drift and CSIM; ``landmarker``: a
     :class:`~echomimic_lib.landmarks.extractor.FaceLandmarkExtractor` (needed unless the clip has landmarks);
     ``face_mask``: (H, W) or (F, H, W) face region for flicker when no landmarks are available; ``real``: a list
     of real (F, H, W, 3) RGB videos (arrays, or :class:`~echomimic_lib.io.video_io.VideoFrames` streamed) that FID
-    and FVD compare the clip's frames with (when their weights are given).
+    and FVD compare the clip's frames with (when their weights are given); ``landmark_hint``: how the caller's user
+    gives the MediaPipe model (said in the note when there is none).
 
     The frames are gone through at most twice (landmarks, then every per-frame metric in one pass,
     :mod:`.passes`), a frame at a time: a streamed video is never whole in memory."""
     learned = learned or LearnedModels()
     notes: list[str] = []
     rep = EvalReport(clip.source, 0, clip.fps, 0.0, notes=notes)  # frames and seconds: after the frame pass
-    seq = _landmarks(clip, landmarker, notes)
+    seq = _landmarks(clip, landmarker, notes, landmark_hint)
     pts = points3d(seq, clip.size) if seq is not None else None      # (F, N, 3): x, y in pixels, depth
     px = pts[..., :2] if pts is not None else None
     if seq is not None:
@@ -171,10 +174,11 @@ def _sync_confidence(rep: EvalReport, clip: Clip, notes: list) -> None:
 
 
 def score_frames(frames, wave16k, fps: float, face_mask=None, mediapipe_model=None, models_dir=None,
-                 source: str = "frames") -> EvalReport:
+                 source: str = "frames", landmark_hint: str | None = None) -> EvalReport:
     """Weight-free metrics of rendered frames (e.g. a training validation video). Landmarks come from MediaPipe
     when its model is found (``mediapipe_model``, or in ``models_dir``; never downloaded); without it only the
-    metrics that need no landmarks are computed (flicker inside-out of ``face_mask``), with a note saying so."""
+    metrics that need no landmarks are computed (flicker inside-out of ``face_mask``), with one note saying so and
+    ``landmark_hint`` (how the caller's user gives the model; default: where to download it to)."""
     from ..errors import MissingWeightsError
     from ..landmarks.extractor import FaceLandmarkExtractor
     from .inputs import clip_from_arrays
@@ -183,9 +187,21 @@ def score_frames(frames, wave16k, fps: float, face_mask=None, mediapipe_model=No
         clip_from_arrays(frames, None, None, fps, source=source)
     try:
         landmarker = FaceLandmarkExtractor(model_path=mediapipe_model, models_dir=models_dir, download=False)
-    except MissingWeightsError as exc:
-        report = evaluate(clip, None, None, None, face_mask)
-        report.notes.insert(0, f"no MediaPipe face_landmarker model ({exc}): only the metrics without landmarks.")
+    except MissingWeightsError:  # (its text offers a download, never done here: the note says where it looked)
+        from ..landmarks.mp_models import MODELS, SUBFOLDERS, _folders
+
+        folders = _folders(models_dir)
+        if mediapipe_model is not None:
+            where = f"{mediapipe_model} not found"
+        elif folders:
+            where = f"none in {', '.join(map(str, folders))} or their {'/, '.join(s for s in SUBFOLDERS if s)}/ sub-folders"
+        else:
+            where = "no models folder given"
+        if landmark_hint is None:
+            into = f" into {folders[0] / SUBFOLDERS[0]}" if folders and mediapipe_model is None else ""
+            landmark_hint = f"download it from {MODELS['face_landmarker']['url']}{into}"
+        report = evaluate(clip, None, None, None, face_mask, landmark_hint=landmark_hint)
+        report.notes.insert(0, f"no MediaPipe face_landmarker model ({where}): only the metrics without landmarks.")
         return report
     with landmarker:
         return evaluate(clip, None, landmarker, None, face_mask)

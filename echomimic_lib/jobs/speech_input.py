@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,8 @@ def probe_speech(path, flag: str = "--audio") -> None:
     rest -- a sound track, its length, silence -- is checked with the other inputs, in their usual order)."""
     from ..io.video_io import _open
 
-    p = Path(path)
+    p = check_speech_file(path, flag)
     fix = "give a speech recording (wav, mp3, flac, m4a, or a video with sound)."
-    if not p.is_file():
-        raise EchoMimicError(f"{flag} {p}: {'is a folder' if p.is_dir() else 'file not found'}; {fix}")
     if p.stat().st_size == 0:
         raise EchoMimicError(f"{flag} {p}: the file is empty (0 bytes); {fix}")
     try:
@@ -59,13 +58,32 @@ def check_rate(p, rate, flag: str = "--audio") -> None:
                              f"resample it first, e.g. `ffmpeg -i \"{Path(p).name}\" -ar 48000 speech.wav`.")
 
 
-def check_speech_file(path) -> Path:
-    """``path`` as a Path, refused unless it is a file (``--audio``'s words)."""
+def check_speech_file(path, flag: str = "--audio") -> Path:
+    """``path`` as a Path, refused unless it is a regular file, saying what it is instead (from ``stat`` alone: a named
+    pipe is never opened, which would wait for a writer)."""
     p = Path(path)
-    if not p.is_file():
-        raise EchoMimicError(f"--audio {p}: {'is a folder' if p.is_dir() else 'file not found'}; give a speech recording "
-                             "(wav, mp3, flac, m4a, or a video with sound).")
-    return p
+    try:
+        mode = p.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):  # (a link to nothing too)
+        mode = None
+    except OSError as exc:  # e.g. a folder on the way that may not be read
+        raise EchoMimicError(f"{flag} {p}: cannot be read ({exc.strerror or exc}); check the path and its permissions.") from None
+    if mode is not None and stat.S_ISREG(mode):
+        return p
+    fix = "give a speech recording (wav, mp3, flac, m4a, or a video with sound)."
+    if mode is None:
+        what = "file not found"
+    elif stat.S_ISDIR(mode):
+        what = "is a folder"
+    elif stat.S_ISFIFO(mode):  # also `<(command)` and /dev/stdin from a pipe: read only once, the speech is read twice
+        what = "is a named pipe (FIFO), not a regular file"
+        fix = ("the speech is read more than once (checked, then decoded), so save the stream to a file first (e.g. "
+               f"`ffmpeg -i \"{p}\" speech.wav`) and give that recording.")
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "is a device, not a regular file"
+    else:
+        what = "is not a regular file (a socket?)"
+    raise EchoMimicError(f"{flag} {p}: {what}; {fix}")
 
 
 def read_speech(path, fps: float | None = None, length=None, on_16k=None):
