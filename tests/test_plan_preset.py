@@ -124,3 +124,18 @@ def test_every_shipped_preset_passes_fits_checks_but_the_files():
         assert load_plan_config(preset=name).preset == name
         with pytest.raises(ConfigError, match="model.init"):  # fit: the model files must be named
             load_config(preset=name)
+
+
+def test_set_on_a_preset_phase_the_file_does_not_restate_is_applied(tmp_path):
+    """``--set phases.4.steps=5`` on a file that updates only the preset's phase 3b: the which-trainer check applied it
+    to the file alone and refused it ("no phase named '4'"), for fit too; the loader applies it to the merged phases."""
+    from trainer.plan.v3 import read_plan_mapping
+
+    path = _file(tmp_path, "preset: v2_apdh\nphases:\n  - name: 3b\n    steps: 50\n")
+    assert read_plan_mapping(path, ["phases.4.steps=5"])[0] == "v1v2"
+    steps = {p.name: p.steps for p in load_plan_config(path, ["phases.4.steps=5"]).phases}
+    assert steps["3b"] == 50 and steps["4"] == 5
+    with pytest.raises(ConfigError, match="no phase named 'nine'"):
+        load_plan_config(path, ["phases.nine.steps=5"])
+    with pytest.raises(ConfigError, match="no phase named '4'"):  # a file without a preset: its own phases only
+        read_plan_mapping(_file(tmp_path, "phases:\n  - name: 3b\n    steps: 50\n", "own.yaml"), ["phases.4.steps=5"])
