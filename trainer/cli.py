@@ -165,14 +165,13 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from .plan import check_plan_numbers, load_plan_config, plan_text
+    from .plan import check_plan_inputs, check_plan_numbers, load_plan_config, plan_family, plan_text
     from .presets import PRESETS
 
     check_plan_numbers(args.gpus, args.gpu_gib, args.peak_tflops, args.mfu)
-    if args.config and not args.all_presets:
-        from .plan.v3 import read_plan_mapping
-
-        family, data, decided_by = read_plan_mapping(args.config, args.set)
+    check_plan_inputs(args.config, args.preset, args.set, args.all_presets)
+    if args.config:
+        family, data, decided_by = plan_family(args.config, args.set, args.preset)
         if family == "v3":
             return _plan_v3(args, data, decided_by)
     overrides = list(args.set) + ([f"memory.gpu_gib={args.gpu_gib}"] if args.gpu_gib is not None else [])
@@ -198,9 +197,6 @@ def _plan_v3(args, data: dict, decided_by: list[str]) -> int:
     from .config import ConfigError
     from .plan.v3 import GPU_GIB, advice, format_v3_plan, load_v3_plan_config, plan_v3
 
-    if args.preset:
-        raise ConfigError(f"--preset {args.preset}: presets are V1/V2 runs, {args.config} is an EchoMimicV3 LoRA config; "
-                          "leave --preset out")
     if args.arch == "sd15":
         raise ConfigError("--arch sd15 is the V1/V2 UNet; an EchoMimicV3 config plans the release's transformer "
                           "(or --arch tiny, the test network)")

@@ -298,9 +298,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, files: bool = True) -> "TrainConfig":
         """The checks of single fields, of fields against each other and of a LoRA run;
-        :func:`trainer.config_file.validate` adds the phase schedule's."""
+        :func:`trainer.config_file.validate` adds the phase schedule's. ``files=False`` (``echomimic-train plan``, which
+        reads no weights) leaves out only the checks that the run's model files are named."""
         choices = {
             "model.weights": (self.model.weights, ("v1_audio", "v1_pose", "v2")),
             "model.init": (self.model.init, ("sd", "echomimic", "random")),
@@ -316,15 +317,15 @@ class TrainConfig:
         for path, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{path}: '{value}' is not one of {', '.join(allowed)}")
-        need = {"sd": "sd_path", "echomimic": "echomimic_path"}.get(self.model.init)
+        need = {"sd": "sd_path", "echomimic": "echomimic_path"}.get(self.model.init) if files else None
         if need and not getattr(self.model, need):
             raise ConfigError(f"model.init: {self.model.init} needs model.{need}" + (
                 " (the Stable Diffusion 1.5 folder), or set model.init: echomimic with model.echomimic_path: FOLDER "
                 "(a released EchoMimic model, or `echomimic make-tiny`'s)" if need == "sd_path" else " (a released EchoMimic "
                 "model folder, or `echomimic make-tiny`'s)"))
-        if self.model.motion_init == "animatediff" and not self.model.motion_path:
+        if files and self.model.motion_init == "animatediff" and not self.model.motion_path:
             raise ConfigError("model.motion_init: animatediff needs model.motion_path (mm_sd_v15_v2 file)")
-        if self.model.motion_init == "released" and self.model.init != "echomimic" and not self.model.motion_path:
+        if files and self.model.motion_init == "released" and self.model.init != "echomimic" and not self.model.motion_path:
             raise ConfigError("model.motion_init: released needs model.motion_path (a released EchoMimic motion_module.pth) "
                               "unless model.init is echomimic (then the folder's motion module is used)")
         cond_of = {"v1_audio": "face_mask", "v1_pose": "landmarks", "v2": "pose"}

@@ -20,10 +20,11 @@ from .phases import validate_phases
 from .presets import preset_dict
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Every check of a resolved config; raises :class:`ConfigError` naming the key."""
+def validate(cfg: TrainConfig, files: bool = True) -> TrainConfig:
+    """Every check of a resolved config; raises :class:`ConfigError` naming the key. ``files=False``: all but the checks
+    that the run's model files are named (``echomimic-train plan`` reads none)."""
     check_numbers(cfg)
-    cfg.validate()
+    cfg.validate(files=files)
     check_counters(cfg)
     validate_phases(cfg.phases, cfg.data.condition)
     return cfg
@@ -165,8 +166,11 @@ def apply_override(data: dict, assignment: str) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None) -> TrainConfig:
-    """Load a YAML file (optional), on top of its ``preset:`` (or ``preset``), then apply ``--set`` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None,
+                files: bool = True) -> TrainConfig:
+    """Load a YAML file (optional), on top of its ``preset:`` (or ``preset``), then apply ``--set`` overrides.
+    ``files=False``: every check but that the model files are named -- ``echomimic-train plan`` reads the config this
+    way (:func:`trainer.plan.load_plan_config`), so that it plans the run ``fit`` would make."""
     user: dict = read_yaml_mapping(path) if path is not None else {}
     name, overrides = choose_preset(user, overrides, preset)
     data = deep_merge(preset_dict(name), user) if name else dict(user)
@@ -176,7 +180,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for ov in overrides or []:
         data = apply_override(data, ov)
     _check_lora_switch(data.get("lora"))
-    return validate(from_dict(TrainConfig, data))
+    return validate(from_dict(TrainConfig, data), files=files)
 
 
 def choose_preset(user: dict, overrides: list[str] | None, preset: str | None) -> tuple[str | None, list[str]]:
@@ -186,7 +190,7 @@ def choose_preset(user: dict, overrides: list[str] | None, preset: str | None) -
     ignored without a word)."""
     rest, chosen = [], None
     for ov in overrides or []:
-        if "=" in ov and ov.split("=", 1)[0].strip() == "preset":
+        if sets_preset(ov):
             chosen = _parse_scalar(ov.split("=", 1)[1])
             if chosen is not None and not isinstance(chosen, str):
                 raise ConfigError(f"--set {ov}: a preset's name, e.g. --set preset=v1_stage2 (`echomimic-train presets`)")
@@ -199,6 +203,11 @@ def choose_preset(user: dict, overrides: list[str] | None, preset: str | None) -
         raise ConfigError(f"--preset {preset}: the config file starts from another one (preset: {theirs}), and the file's "
                           f"preset is the one used; drop --preset, or choose another preset with --set preset={preset}")
     return (theirs if "preset" in user else preset), rest
+
+
+def sets_preset(assignment: str) -> bool:
+    """``--set preset=NAME``: it chooses the preset (:func:`choose_preset`), it is not applied as an override."""
+    return "=" in assignment and assignment.split("=", 1)[0].strip() == "preset"
 
 
 def _check_lora_switch(lora) -> None:

@@ -35,27 +35,50 @@ def check_plan_numbers(gpus: int | None, gpu_gib: float | None, peak_tflops: flo
                           "0.3 means 30 %).")
 
 
+def check_plan_inputs(config, preset: str | None, overrides: list[str], all_presets: bool) -> None:
+    """What is planned, before anything is read: ``--all-presets`` plans the shipped presets, so a config file,
+    ``--preset`` or ``--set preset=`` beside it (each was ignored without a word) is refused."""
+    from ..config import ConfigError
+    from ..config_file import sets_preset
+
+    chosen = [ov for ov in overrides or [] if sets_preset(ov)]
+    if all_presets and (config or preset or chosen):
+        what = f"the config file {config}" if config else f"--preset {preset}" if preset else f"--set {chosen[0]}"
+        raise ConfigError(f"--all-presets plans every shipped preset as it is (with your other --set overrides), so "
+                          f"{what} would be ignored: leave out --all-presets to plan it, or leave it out")
+
+
+def plan_family(path, overrides: list[str], preset: str | None) -> tuple[str, dict, list[str]]:
+    """Which trainer the config file is for (:func:`trainer.plan.v3.read_plan_mapping`), with the checks ``fit`` and
+    ``v3-fit`` make before reading it: an empty file is refused (it planned the defaults, a run ``fit`` refuses), and a
+    preset (``--preset``, ``--set preset=``) is refused beside an EchoMimicV3 LoRA config (presets are V1/V2 runs)."""
+    from ..config import ConfigError
+    from ..config_file import sets_preset
+    from .v3 import read_plan_mapping
+
+    chosen = [ov for ov in overrides or [] if sets_preset(ov)]
+    family, data, decided_by = read_plan_mapping(path, [ov for ov in overrides or [] if not sets_preset(ov)])
+    if family == "v3" and (preset or chosen):
+        what = f"--preset {preset}" if preset else f"--set {chosen[0]}"
+        raise ConfigError(f"{what}: presets are V1/V2 runs, {path} is an EchoMimicV3 LoRA config (it has "
+                          f"{', '.join(decided_by[:3])}); leave {'--preset' if preset else what} out")
+    if not data and not chosen:
+        raise ConfigError(f"{path}: the config file is empty; write the run's settings into it (docs/training.md section 0 "
+                          "has a complete small one), or plan a preset without a file: `echomimic-train plan --preset NAME`")
+    return family, data, decided_by
+
+
 def load_plan_config(path=None, overrides=None, preset=None):
-    """Like :func:`trainer.config_file.load_config`, but without the checks of paths (a plan needs no files)."""
-    import json
+    """The config as ``fit`` reads it (:func:`trainer.config_file.load_config`: the file's or ``--set preset=``'s
+    preset, ``--preset`` where the file has none, every check), but without the checks that the model files are named
+    (a plan reads none); then the GPU's memory it is planned against."""
+    from ..config import ConfigError
+    from ..config_file import load_config
 
-    from ..config import ConfigError, TrainConfig
-    from ..config_file import apply_override, check_numbers, deep_merge, from_dict, read_yaml_mapping
-    from ..phases import validate_phases
-    from ..presets import preset_dict
-
-    user = read_yaml_mapping(path) if path is not None else {}
-    name = user.get("preset", preset)
-    data = deep_merge(preset_dict(name), user) if name else dict(user)
-    data = json.loads(json.dumps(data))
-    for ov in overrides or []:
-        data = apply_override(data, ov)
-    cfg = from_dict(TrainConfig, data)
-    check_numbers(cfg)
+    cfg = load_config(path, overrides, preset, files=False)
     if not cfg.memory.gpu_gib > 0:
         raise ConfigError(f"memory.gpu_gib: {cfg.memory.gpu_gib:g} is the memory of one GPU in GiB; give a number above 0 "
                           "(e.g. 80, or --gpu-gib 80).")
-    validate_phases(cfg.phases, cfg.data.condition)
     return cfg
 
 

@@ -62,12 +62,17 @@ def read_plan_mapping(path, overrides=None) -> tuple[str, dict, list[str]]:
     from ..config_checks import read_yaml_mapping
     from ..config_file import apply_override
 
-    data = read_yaml_mapping(path)
+    data, failed = read_yaml_mapping(path), None
     for assignment in overrides or []:
-        data = apply_override(data, assignment)
+        try:
+            data = apply_override(data, assignment)
+        except ConfigError as exc:  # a V1/V2 file's phases are the preset's merged with its own: the loader applies it
+            failed = failed or exc
     only_v3, only_v12 = family_keys()
     keys = _present(data)
     v3, v12 = sorted(keys & only_v3), sorted(keys & only_v12)
+    if failed is not None and (v3 or "preset" not in data):  # (no preset to merge: the error is the file's own)
+        raise failed
     if v3 and v12:
         raise ConfigError(f"{path}: it has keys of an EchoMimicV3 LoRA config ({', '.join(v3[:4])}) and of a V1/V2 config "
                           f"({', '.join(v12[:4])}); a config is for one trainer: keep the keys of `echomimic-train v3-fit` "
