@@ -120,12 +120,11 @@ class ResultsFile:
     """Appends records as rows finish (flushed and synced); :meth:`rewrite` leaves one line per row."""
 
     def __init__(self, outdir):
+        from .outdir import check_results_file
+
         self.path = Path(outdir) / FILE_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and not self.path.is_file():
-            from ...errors import EchoMimicError
-
-            raise EchoMimicError(f"{self.path} exists and is not a regular file; choose another -o folder.")
+        check_results_file(outdir)  # (a run says it before any row is checked: jobs.batch.outdir)
         self._fh = open(self.path, "ab", buffering=0)  # unbuffered: a failed write is never written again later
         self._torn = self._said = False
 

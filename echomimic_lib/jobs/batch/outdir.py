@@ -1,0 +1,57 @@
+"""The output folder's own checks, said before any row is checked, the same for a run and a ``--dry-run``.
+
+A run makes ``OUTDIR`` (and the folders above it), takes its lock (:mod:`.lock`), appends to ``OUTDIR/results.jsonl``
+and moves earlier videos into ``OUTDIR/stale/``: each of these refuses a name that is taken by something else (a
+file where a folder goes, a named pipe, a folder where a file goes, a link to nothing or a loop of links). The
+refusals are here, so a dry run says them word for word (and with the same exit code) while it makes, opens for
+writing and moves nothing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ...errors import EchoMimicError
+from .results import FILE_NAME
+
+STALE_DIR = "stale"  # OUTDIR/stale/: earlier videos of rows rendered again (no row's output: names hold no '/')
+
+
+def _what(path: Path) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return "a link to nothing (or a loop of links)"
+    if path.is_file():
+        return "a file"
+    if path.is_dir():
+        return "a folder"
+    return "not a regular file (a named pipe, a socket or a device)"
+
+
+def check_outdir(outdir) -> None:
+    """``OUTDIR`` is a folder, or can be made: nothing that is not a folder at its name or above it."""
+    outdir = Path(outdir)
+    for folder in (outdir, *outdir.parents):
+        if not os.path.lexists(folder):
+            continue
+        if not folder.is_dir():
+            which = "-o " + str(outdir) + (f": {folder} (above it)" if folder != outdir else "")
+            raise EchoMimicError(f"{which} is {_what(folder)}, not a folder; the batch writes <name>.mp4 for every row "
+                                 "and results.jsonl into a folder: give a new or existing folder.")
+        return
+
+
+def check_results_file(outdir) -> None:
+    """``OUTDIR/results.jsonl`` is a regular file (a link to one too) or not there yet."""
+    path = Path(outdir) / FILE_NAME
+    if os.path.lexists(path) and not path.is_file():
+        raise EchoMimicError(f"{path} exists and is {_what(path)}, not a regular file: the batch keeps every row's record "
+                             "there. Move it away, or choose another -o folder.")
+
+
+def check_stale_folder(outdir) -> Path:
+    """``OUTDIR/stale/`` is a folder (not a link) or not there yet; returns it."""
+    folder = Path(outdir) / STALE_DIR
+    if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
+        raise EchoMimicError(f"{folder} is not a folder; the earlier videos of rows rendered again are kept there. "
+                             "Move it away and run the batch again.")
+    return folder
