@@ -34,7 +34,7 @@ def check_outdir(outdir) -> None:
         if not os.path.lexists(folder):
             continue
         if not folder.is_dir():
-            which = "-o " + str(outdir) + (f": {folder} (above it)" if folder != outdir else "")
+            which = f"-o {outdir}: " + (f"{folder}, on its path," if folder != outdir else "it")
             raise EchoMimicError(f"{which} is {_what(folder)}, not a folder; the batch writes <name>.mp4 for every row "
                                  "and results.jsonl into a folder: give a new or existing folder.")
         return
