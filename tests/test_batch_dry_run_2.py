@@ -185,3 +185,23 @@ def test_the_dry_run_says_another_batch_is_writing_into_the_folder(folder, model
     assert rc_dry == rc_run == 2 and "another `echomimic batch` is writing into" in dry.err
     assert dry.err.splitlines()[-1] == run.err.splitlines()[-1]
     assert not (out / "results.jsonl").exists()
+
+
+def test_a_dry_run_never_downloads_dwpose_and_says_the_run_would(folder, tmp_path, no_network, monkeypatch, capsys):
+    """V2 rows with halfbody-crop need DWPose: the run downloads its two ONNX files while checking the rows; the dry run
+    did too (here: no network, so every row "would fail"). It lists them, with the V2 set's files, and fetches none."""
+    import numpy as np
+
+    done = rendered(monkeypatch)
+    np.savez(folder / "poses.npz", np.zeros((4, 8, 8, 3), np.uint8))
+    empty = tmp_path / "models"
+    empty.mkdir()
+    rows = [{"name": f"v2_{i}", "reference": "anna.png", "audio": "en.wav", "version": "v2", "pose": "poses.npz",
+             "halfbody_crop": "true", "seed": i} for i in range(2)]
+    assert cli(_plain_args(_manifest(folder, rows), tmp_path / "out", "--device", "cpu", "--models", str(empty),
+                           "--dry-run")) == 0
+    text = capsys.readouterr().out
+    assert no_network == [] and list(empty.iterdir()) == [] and done == []
+    assert "dry run: 2 would render" in text
+    assert f"dw-ll_ucoco_384.onnx from https://huggingface.co/yzd-v/DWPose into {empty / 'dwpose'}" in text
+    assert text.count("dw-ll_ucoco_384.onnx from") == 1

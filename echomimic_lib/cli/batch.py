@@ -116,7 +116,8 @@ def _cmd_batch(args) -> int:
         if s.downloads:
             say(f"  the run would download {len(s.downloads)} file(s) first (--offline: none; rows lacking them fail):")
             for f in s.downloads:
-                say(f"    {f['file']} from {f['from']} into {f['to']}")
+                shards = " (then the weight shards it lists)" if f["file"].endswith(".index.json") else ""
+                say(f"    {f['file']} from {f['from']} into {f['to']}{shards}")
         if s.stale:
             say(f"  {len(s.stale)} row(s) not done have an earlier video of other inputs or settings at their name "
                 f"({_names(s.stale)}): a run moves each to {Path(args.output) / 'stale'}/ before rendering (never deleted).")
