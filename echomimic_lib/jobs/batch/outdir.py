@@ -3,8 +3,8 @@
 A run makes ``OUTDIR`` (and the folders above it), takes its lock (:mod:`.lock`), appends to ``OUTDIR/results.jsonl``
 and moves earlier videos into ``OUTDIR/stale/``: each of these refuses a name that is taken by something else (a
 file where a folder goes, a named pipe, a folder where a file goes, a link to nothing or a loop of links). The
-refusals are here, so a dry run says them word for word (and with the same exit code) while it makes, opens for
-writing and moves nothing.
+refusals are here (results.jsonl's in :mod:`.results`), so a dry run says them word for word (and with the same
+exit code) while it makes, opens for writing and moves nothing.
 """
 from __future__ import annotations
 
@@ -12,19 +12,9 @@ import os
 from pathlib import Path
 
 from ...errors import EchoMimicError
-from .results import FILE_NAME
+from .results import check_results_file, kind_of as _what  # noqa: F401 (check_results_file: the runner)
 
 STALE_DIR = "stale"  # OUTDIR/stale/: earlier videos of rows rendered again (no row's output: names hold no '/')
-
-
-def _what(path: Path) -> str:
-    if os.path.islink(path) and not os.path.exists(path):
-        return "a link to nothing (or a loop of links)"
-    if path.is_file():
-        return "a file"
-    if path.is_dir():
-        return "a folder"
-    return "not a regular file (a named pipe, a socket or a device)"
 
 
 def check_outdir(outdir) -> None:
@@ -38,14 +28,6 @@ def check_outdir(outdir) -> None:
             raise EchoMimicError(f"{which} is {_what(folder)}, not a folder; the batch writes <name>.mp4 for every row "
                                  "and results.jsonl into a folder: give a new or existing folder.")
         return
-
-
-def check_results_file(outdir) -> None:
-    """``OUTDIR/results.jsonl`` is a regular file (a link to one too) or not there yet."""
-    path = Path(outdir) / FILE_NAME
-    if os.path.lexists(path) and not path.is_file():
-        raise EchoMimicError(f"{path} exists and is {_what(path)}, not a regular file: the batch keeps every row's record "
-                             "there. Move it away, or choose another -o folder.")
 
 
 def check_stale_folder(outdir) -> Path:

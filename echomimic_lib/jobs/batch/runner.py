@@ -233,13 +233,34 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
     outdir = Path(outdir)
     check_outdir(outdir)  # (a file, a pipe or a broken link at -o or above it: said before any row is checked)
     if opts.dry_run:  # what a run would do, found as a run finds it; no folder made, no lock, nothing written
-        from .dry_run import dry_run
-
-        return dry_run(jobs, outdir)
+        return _dry_run(jobs, outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     with BatchLock(outdir):  # one batch per folder: a second one is refused naming the first
         check_results_file(outdir)  # before any row is checked, any video moved aside
         return _run_locked(jobs, outdir, opts)
+
+
+def _dry_run(jobs: list, outdir) -> BatchSummary:
+    """The run's steps in its order, each refusal in its words (and so its exit code): the folder's lock (another
+    batch writing there), ``results.jsonl``, every row's checks, the finished rows, the videos no batch wrote,
+    ``stale/``. What the run would download (the face model or DWPose while checking the rows, a weight set's missing
+    files in the workers) is listed (:mod:`echomimic_lib.io.fetch_plan`): no network, nothing made or written."""
+    from .plan import weight_downloads
+
+    if outdir.is_dir():  # (not there yet: the run makes it, empty)
+        BatchLock(outdir).check()
+        check_results_file(outdir)
+    downloads: list = []
+    jobs = check_jobs(jobs, downloads)
+    summary, _records, todo, bad = _sort(jobs, read_results(outdir))
+    if outdir.is_dir():
+        refuse_foreign_outputs(todo, outdir)
+        summary.stale = set_aside_stale(bad + todo, outdir, move=False)
+    for job in bad:
+        log.warning("line %d (%s) would fail: %s", job.line, job.name, job.error)
+    summary.failed = len(bad)
+    summary.downloads = downloads + [f for f in weight_downloads(todo) if f not in downloads]
+    return summary
 
 
 def _sort(jobs: list, previous: dict):
