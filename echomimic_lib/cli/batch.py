@@ -64,6 +64,9 @@ def _check_options(args) -> None:
     if out.exists() and not out.is_dir():
         raise EchoMimicError(f"-o {out}: is a file, not a folder; the batch writes <name>.mp4 for every row and "
                              "results.jsonl into a folder: give a new or existing folder.")
+    from ..jobs.batch.outdir import check_outdir
+
+    check_outdir(out)  # a broken link or a loop of links at -o, a file above it: before the rows are read
     for flag, value, low, why in (("--workers", args.workers, 1, "leave it out: one per local GPU, else 1"),
                                   ("--threads", args.threads, 0, "0 or left out: the CPU cores shared out"),
                                   ("--attempts", args.attempts, 1, "the attempts for a row whose worker dies; default 3")):
@@ -109,7 +112,12 @@ def _cmd_batch(args) -> int:
     if args.dry_run:
         s = run_batch(jobs, args.output, opts)
         say(f"dry run: {s.to_render} would render, {s.skipped} skipped (already done), {s.failed} would fail of {s.total}"
-            f"{' (each said above with its reason)' if s.failed else ''}; nothing was rendered or written.")
+            f"{' (each said above with its reason)' if s.failed else ''}; nothing was downloaded, rendered or written.")
+        if s.downloads:
+            say(f"  the run would download {len(s.downloads)} file(s) first (--offline: none; rows lacking them fail):")
+            for f in s.downloads:
+                shards = " (then the weight shards it lists)" if f["file"].endswith(".index.json") else ""
+                say(f"    {f['file']} from {f['from']} into {f['to']}{shards}")
         if s.stale:
             say(f"  {len(s.stale)} row(s) not done have an earlier video of other inputs or settings at their name "
                 f"({_names(s.stale)}): a run moves each to {Path(args.output) / 'stale'}/ before rendering (never deleted).")

@@ -75,6 +75,12 @@ def fetch(files: list[HubFile], root: Path, context: str, force: bool = False) -
             log.info("keeping %s (already there; --force replaces it)", f.dest)
     if not todo:
         return []
+    from .fetch_plan import is_planning, planned
+
+    if is_planning():  # a dry run: each file said, none fetched
+        for f in todo:
+            planned(f.remote, f"https://huggingface.co/{f.repo}", f.dest)
+        return []
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency

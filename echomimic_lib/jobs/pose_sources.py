@@ -57,7 +57,9 @@ def check_dwpose_models(roots: list[Path], download: bool, flag: str = "--offlin
     """Without downloads the two ONNX files must be there: said before any model loads. ``fetch``: with downloads
     allowed, missing files are downloaded now (into the first root), a failed download said before the run starts
     (as the MediaPipe model is). ``lead`` / ``alternative``: what needs DWPose, and how to do without it."""
-    if download and not fetch:
+    from ..io.fetch_plan import is_planning
+
+    if download and not fetch and not is_planning():  # (a dry run: what the run would download is said)
         return
     from ..pose.dwpose import resolve_dwpose_models
 

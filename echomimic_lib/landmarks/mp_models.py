@@ -114,10 +114,14 @@ def resolve_model(kind: str, model_path: str | os.PathLike | None = None,
 
 def download_model(kind: str, dest_dir: str | os.PathLike, timeout: float = 60.0) -> Path:
     """Download a MediaPipe model into ``dest_dir`` atomically; returns the final path."""
+    from ..io.fetch_plan import planned
+
     spec = MODELS[kind]
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / spec["save_as"]
+    if planned(spec["save_as"], spec["url"], final):  # a dry run: said, never downloaded
+        return final
+    dest_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{spec['save_as']}.", suffix=".part", dir=dest_dir)
     tmp = Path(tmp_name)
     log.info("downloading MediaPipe %s model from %s", kind, spec["url"])

@@ -48,6 +48,14 @@ def resolve_dwpose_models(models_dir: str | Path, download: bool = False, repo_i
         else:
             missing.append(name)
     if missing and download:
+        from ..io.fetch_plan import is_planning, planned
+
+        target = root / "dwpose"
+        if is_planning():  # a dry run: each file said, none fetched
+            for name in missing:
+                planned(name, f"https://huggingface.co/{repo_id}", target / name)
+                found[name] = target / name
+            return found[DET_FILENAME], found[POSE_FILENAME]
         try:
             from huggingface_hub import hf_hub_download
         except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency

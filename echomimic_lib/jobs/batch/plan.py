@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
 from ...errors import EchoMimicError
@@ -25,11 +25,14 @@ from .v3 import is_v3
 log = logging.getLogger(__name__)
 
 
-def check_jobs(jobs: list) -> list:
+def check_jobs(jobs: list, downloads: list | None = None) -> list:
     """The job's own checks for every row (no weights): fills ``weight_key``, ``frames``, ``fingerprint``, or
-    ``error`` for a row whose inputs are unusable."""
+    ``error`` for a row whose inputs are unusable. ``downloads`` (a dry run): the files these checks would download
+    (the MediaPipe face model, DWPose) are added to it instead (:mod:`echomimic_lib.io.fetch_plan`); none is fetched."""
+    from ...io.fetch_plan import planning
+
     out, digests, reads = [], {}, PlanReads()  # an input shared by many rows is read and hashed once
-    with said_once():
+    with said_once(), (planning() if downloads is not None else nullcontext()) as found:
         for job in jobs:
             try:
                 job.weight_key, job.frames = _plan(job, reads)
@@ -39,6 +42,33 @@ def check_jobs(jobs: list) -> list:
                 job.error = str(exc)
             job.fingerprint = fingerprint(job, digests)
             out.append(job)
+    if downloads is not None:
+        downloads.extend(f for f in found if f not in downloads)
+    return out
+
+
+def weight_downloads(todo: list) -> list:
+    """The files the workers would download for the rows to render (their weight sets' missing files: file, from, to),
+    once per set; nothing fetched (a dry run)."""
+    from ...errors import MissingWeightsError
+    from ...io.fetch_plan import planning
+    from ...model_set import ensure_v3, ensure_weights
+
+    seen, out = set(), []
+    for job in todo:
+        req = job.request
+        if getattr(req, "smoke", False) or not getattr(req, "download", False):  # tiny weights made / --offline: none
+            continue
+        key = ("v3", str(req.folder)) if is_v3(job) else tuple(job.weight_key[:3])
+        if key in seen:
+            continue
+        seen.add(key)
+        with planning() as found:
+            try:
+                ensure_v3(req.folder) if is_v3(job) else ensure_weights(*key)
+            except MissingWeightsError:
+                pass  # (what is missing was said into ``found``: nothing was fetched, so it is still missing)
+        out.extend(f for f in found if f not in out)
     return out
 
 

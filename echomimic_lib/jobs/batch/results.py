@@ -116,16 +116,33 @@ def is_done(job, previous: dict[str, dict]) -> bool:
     return bool(rec and rec.get("status") == "ok" and rec.get("fingerprint") == job.fingerprint and job.output.is_file())
 
 
+def kind_of(path: Path) -> str:
+    """What is at ``path``, as a refusal says it (an output name taken by something else)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return "a link to nothing (or a loop of links)"
+    if path.is_file():
+        return "a file"
+    if path.is_dir():
+        return "a folder"
+    return "not a regular file (a named pipe, a socket or a device)"
+
+
+def check_results_file(outdir) -> None:
+    """``OUTDIR/results.jsonl`` is a regular file (a link to one too) or not there yet (a run and a dry run say it
+    before any row is checked)."""
+    path = Path(outdir) / FILE_NAME
+    if os.path.lexists(path) and not path.is_file():
+        raise EchoMimicError(f"{path} exists and is {kind_of(path)}, not a regular file: the batch keeps every row's "
+                             "record there. Move it away, or choose another -o folder.")
+
+
 class ResultsFile:
     """Appends records as rows finish (flushed and synced); :meth:`rewrite` leaves one line per row."""
 
     def __init__(self, outdir):
         self.path = Path(outdir) / FILE_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and not self.path.is_file():
-            from ...errors import EchoMimicError
-
-            raise EchoMimicError(f"{self.path} exists and is not a regular file; choose another -o folder.")
+        check_results_file(outdir)  # (a run says it before any row is checked)
         self._fh = open(self.path, "ab", buffering=0)  # unbuffered: a failed write is never written again later
         self._torn = self._said = False
 

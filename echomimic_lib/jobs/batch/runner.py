@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ...io.file_safety import ExistingFileError
 from .lock import BatchLock
 from .manifest import check_jobs
+from .outdir import check_outdir, check_results_file, check_stale_folder
 from .results import FILE_NAME, ResultsFile, is_done, read_results, remove_partials
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class BatchSummary:
     to_render: int = 0             # rows handed to the workers (a dry run: rows that would be)
     records: list = field(default_factory=list)
     stale: dict = field(default_factory=dict)  # name -> where its earlier video went (a dry run: where it is)
+    downloads: list = field(default_factory=list)  # a dry run: the files the run would download (file, from, to)
 
     @property
     def exit_code(self) -> int:
@@ -185,30 +187,24 @@ def refuse_foreign_outputs(todo: list, outdir) -> None:
                                 "(the 'name' column), or choose another -o folder.")
 
 
-STALE_DIR = "stale"  # OUTDIR/stale/: earlier videos of rows rendered again (no row's output: names hold no '/')
-
-
 def set_aside_stale(jobs: list, outdir, move: bool = True) -> dict:
     """The rows to render (or failing up front) whose ``<name>.mp4`` is already there: a video of other inputs or
     settings (or a file no record names). Before anything renders it is moved, never deleted, to
     ``OUTDIR/stale/<name>.rendered-<its time>.mp4``, so a row that then fails leaves no video at its name that a
     studio could ship as the row's. Returns name -> the new path (``move`` False, a dry run: the file as it is)."""
     from datetime import datetime, timezone
-    from pathlib import Path
 
-    from ...errors import EchoMimicError
-
-    out, folder = {}, Path(outdir) / STALE_DIR
-    for job in sorted(jobs, key=lambda j: j.line):  # (said in the manifest's order)
+    out = {}
+    found = [job for job in sorted(jobs, key=lambda j: j.line)  # (said in the manifest's order)
+             if os.path.lexists(job.output) and not os.path.isdir(job.output)]  # (a folder: the writer refuses it)
+    if not found:
+        return out
+    folder = check_stale_folder(outdir)  # a dry run says it too
+    for job in found:
         path = job.output
-        if not os.path.lexists(path) or os.path.isdir(path):  # (a folder there: the writer refuses it, as before)
-            continue
         if not move:
             out[job.name] = str(path)
             continue
-        if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
-            raise EchoMimicError(f"{folder} is not a folder; the earlier videos of rows rendered again are kept there. "
-                                 "Move it away and run the batch again.")
         folder.mkdir(exist_ok=True)
         when = datetime.fromtimestamp(os.lstat(path).st_mtime, timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
         target, n = folder / f"{job.name}.rendered-{when}{path.suffix}", 1
@@ -235,19 +231,36 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
     else:
         worker_devices(opts)  # a wrong --device list is said before any row is checked
     outdir = Path(outdir)
+    check_outdir(outdir)  # (a file, a pipe or a broken link at -o or above it: said before any row is checked)
     if opts.dry_run:  # what a run would do, found as a run finds it; no folder made, no lock, nothing written
-        jobs = check_jobs(jobs)
-        summary, _records, todo, bad = _sort(jobs, read_results(outdir))
-        if outdir.is_dir():
-            refuse_foreign_outputs(todo, outdir)
-            summary.stale = set_aside_stale(bad + todo, outdir, move=False)
-        for job in bad:
-            log.warning("line %d (%s) would fail: %s", job.line, job.name, job.error)
-        summary.failed = len(bad)
-        return summary
+        return _dry_run(jobs, outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     with BatchLock(outdir):  # one batch per folder: a second one is refused naming the first
+        check_results_file(outdir)  # before any row is checked, any video moved aside
         return _run_locked(jobs, outdir, opts)
+
+
+def _dry_run(jobs: list, outdir) -> BatchSummary:
+    """The run's steps in its order, each refusal in its words (and so its exit code): the folder's lock (another
+    batch writing there), ``results.jsonl``, every row's checks, the finished rows, the videos no batch wrote,
+    ``stale/``. What the run would download (the face model or DWPose while checking the rows, a weight set's missing
+    files in the workers) is listed (:mod:`echomimic_lib.io.fetch_plan`): no network, nothing made or written."""
+    from .plan import weight_downloads
+
+    if outdir.is_dir():  # (not there yet: the run makes it, empty)
+        BatchLock(outdir).check()
+        check_results_file(outdir)
+    downloads: list = []
+    jobs = check_jobs(jobs, downloads)
+    summary, _records, todo, bad = _sort(jobs, read_results(outdir))
+    if outdir.is_dir():
+        refuse_foreign_outputs(todo, outdir)
+        summary.stale = set_aside_stale(bad + todo, outdir, move=False)
+    for job in bad:
+        log.warning("line %d (%s) would fail: %s", job.line, job.name, job.error)
+    summary.failed = len(bad)
+    summary.downloads = downloads + [f for f in weight_downloads(todo) if f not in downloads]
+    return summary
 
 
 def _sort(jobs: list, previous: dict):

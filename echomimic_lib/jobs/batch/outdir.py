@@ -1,0 +1,39 @@
+"""The output folder's own checks, said before any row is checked, the same for a run and a ``--dry-run``.
+
+A run makes ``OUTDIR`` (and the folders above it), takes its lock (:mod:`.lock`), appends to ``OUTDIR/results.jsonl``
+and moves earlier videos into ``OUTDIR/stale/``: each of these refuses a name that is taken by something else (a
+file where a folder goes, a named pipe, a folder where a file goes, a link to nothing or a loop of links). The
+refusals are here (results.jsonl's in :mod:`.results`), so a dry run says them word for word (and with the same
+exit code) while it makes, opens for writing and moves nothing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ...errors import EchoMimicError
+from .results import check_results_file, kind_of as _what  # noqa: F401 (check_results_file: the runner)
+
+STALE_DIR = "stale"  # OUTDIR/stale/: earlier videos of rows rendered again (no row's output: names hold no '/')
+
+
+def check_outdir(outdir) -> None:
+    """``OUTDIR`` is a folder, or can be made: nothing that is not a folder at its name or above it."""
+    outdir = Path(outdir)
+    for folder in (outdir, *outdir.parents):
+        if not os.path.lexists(folder):
+            continue
+        if not folder.is_dir():
+            which = f"-o {outdir}: " + (f"{folder}, on its path," if folder != outdir else "it")
+            raise EchoMimicError(f"{which} is {_what(folder)}, not a folder; the batch writes <name>.mp4 for every row "
+                                 "and results.jsonl into a folder: give a new or existing folder.")
+        return
+
+
+def check_stale_folder(outdir) -> Path:
+    """``OUTDIR/stale/`` is a folder (not a link) or not there yet; returns it."""
+    folder = Path(outdir) / STALE_DIR
+    if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
+        raise EchoMimicError(f"{folder} is not a folder; the earlier videos of rows rendered again are kept there. "
+                             "Move it away and run the batch again.")
+    return folder
