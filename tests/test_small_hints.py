@@ -139,3 +139,13 @@ def test_evaluate_keeps_its_own_landmark_note():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_speech_path_with_a_nul_byte_is_named_not_a_traceback():
+    """A NUL byte in the speech path (a manifest cell, an API prompt) was a ValueError from ``stat`` once the check
+    looked at the file's kind: it is refused, naming the option."""
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.jobs.speech_input import check_speech_file
+
+    with pytest.raises(EchoMimicError, match=r"--audio .*NUL byte"):
+        check_speech_file("speech\x00.wav")

@@ -68,6 +68,9 @@ def check_speech_file(path, flag: str = "--audio") -> Path:
         mode = None
     except OSError as exc:  # e.g. a folder on the way that may not be read
         raise EchoMimicError(f"{flag} {p}: cannot be read ({exc.strerror or exc}); check the path and its permissions.") from None
+    except ValueError:  # a NUL byte (a manifest cell, an API prompt): was "file not found" through is_file()
+        raise EchoMimicError(f"{flag} {str(path)!r}: not a file name (it holds a NUL byte); give the speech recording's "
+                             "path.") from None
     if mode is not None and stat.S_ISREG(mode):
         return p
     fix = "give a speech recording (wav, mp3, flac, m4a, or a video with sound)."
