@@ -16,6 +16,8 @@ waiting) costs little and shuts the same socket whatever reads from it.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import threading
 import urllib.request
@@ -47,7 +49,8 @@ class Deadline:
             if self._timer is None:
                 self._timer = threading.Timer(self.seconds, self._expire)
                 self._timer.daemon = True
-                self._timer.start()
+                with _stop_signals_held():
+                    self._timer.start()
 
     def _expire(self) -> None:
         with self._lock:
@@ -62,8 +65,28 @@ class Deadline:
             timer = self._timer
             if timer is not None:
                 timer.cancel()
-        if timer is not None and timer is not threading.current_thread():
-            timer.join()  # (outside the lock: an expiring timer takes it)
+        if timer is not None and timer is not threading.current_thread() and timer.is_alive():
+            timer.join()  # (outside the lock: an expiring timer takes it; a thread whose start a Ctrl-C cut short is
+            # not alive yet, cannot be joined, and ends at once, cancelled)
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """SIGINT and SIGTERM held back (blocked) for this thread while inside, then delivered: the timer's thread, started
+    inside, inherits the block and never takes them (a Ctrl-C the timer thread took would not wake the main thread's
+    blocked read until the server answered), and a Ctrl-C cannot land inside ``Thread.start`` (its thread half started:
+    ``join`` then raised "cannot join thread before it is started" instead of the one interrupted line). No
+    ``pthread_sigmask`` (Windows): as before."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    held = {getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)}
+    if mask is None or not held:
+        yield
+        return
+    before = mask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, before)  # (a signal that came meanwhile is handled now, the thread started whole)
 
     def __enter__(self) -> Deadline:
         return self
