@@ -155,3 +155,54 @@ def test_a_stale_video_with_an_out_of_range_time_is_still_set_aside():
         moved = set_aside_stale([Job()], out)
         target = Path(moved["row"])
         assert target.parent == out / "stale" and target.read_bytes() == b"old video" and not video.exists()
+
+
+# ------------------------------------- (e) a big file that is no queue state given as --state: refused, never read whole
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS, sparse files")
+def test_a_video_given_as_the_queue_state_is_refused_without_reading_it_whole(tmp_path):
+    """``--state clip.mp4`` (arguments swapped): the whole file was read into memory, then decoded into text (two to
+    four times its size again) before it was found not to be a queue state: a video of gigabytes ran the machine out
+    of memory (MemoryError, or the OOM killer). Now a file whose first bytes are no JSON object is refused from them."""
+    import subprocess
+
+    video = tmp_path / "clip.mp4"
+    with open(video, "wb") as fh:
+        fh.write(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom")
+        fh.truncate(2 ** 30)  # (sparse: no disk used)
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (700 * 2 ** 20, 700 * 2 ** 20))\n"
+            "from echomimic_lib.jobs.queue_state import QueueState\n"
+            "from echomimic_lib.jobs.queue_replies import QueueError\n"
+            "try:\n"
+            "    QueueState(sys.argv[1])\n"
+            "except QueueError as exc:\n"
+            "    print('REFUSED', exc)\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code, str(video)], capture_output=True, text=True, env=env, cwd=root)
+    assert done.returncode == 0 and done.stdout.startswith("REFUSED"), done.stderr[-2000:]
+    assert str(video) in done.stdout
+
+
+# ------------------------------- (f) ruled out: the re-read cache (inode, size) fooled by an inode used again
+def test_a_file_at_the_same_inode_with_another_compaction_is_read_whole(tmp_path):
+    """A run re-reads only the bytes appended since it last saw the file, keyed by (device, inode) and size: an inode
+    freed by a compaction can be given to the next file. Simulated here at its worst (the same inode, written in place,
+    no shorter): the document's epoch (a new one each compaction, read from its first bytes) tells it apart, so the
+    other file is read whole and its records are kept, never skipped as "already read"."""
+    from echomimic_lib.jobs import queue_journal as journal
+    from echomimic_lib.jobs.queue_state import QueueState, read_state
+
+    path = tmp_path / "state.json"
+    mine = QueueState(path)
+    mine.claim(["mine"])
+    inode = os.stat(path).st_ino
+    other = journal.state_text({"http://s": {"theirs": {"prompt_id": "pt", "fingerprint": "f"}}},
+                               {}, None, journal.new_epoch())
+    with open(path, "r+b") as fh:  # (another file at this inode: another compaction's, as long or longer)
+        fh.write(other.encode().ljust(os.stat(path).st_size + 10))
+    assert os.stat(path).st_ino == inode
+    mine.record("http://s", "mine", "f", "pm")
+    mine.release()  # (compacted from what this run has: a file taken as "already read" would lose "theirs")
+    servers = read_state(path)["servers"]["http://s"]
+    assert servers["theirs"]["prompt_id"] == "pt" and servers["mine"]["prompt_id"] == "pm"

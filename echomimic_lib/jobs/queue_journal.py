@@ -23,6 +23,7 @@ VERSION = 2  # 1: no "runs" (read as well); the journal lines after the document
 FIX = ("delete it or move it away (--resume then queues every job again), or give --state another file.")
 HEAD_BYTES = 128  # the document's start, which holds its "epoch" (a new one each compaction)
 SLACK = 64  # journal lines allowed beyond twice the live records before a compaction
+PEEK_BYTES = 1 << 16  # read first: a file that does not start as a JSON object is refused from these alone
 BINARY = getattr(os, "O_BINARY", 0)  # (Windows: no line endings translated)
 
 
@@ -154,7 +155,8 @@ def load(path: Path) -> Read:
         raise QueueError(f"{path}: the queue state kept for --resume cannot be read ({exc.strerror or exc}); {FIX}") from None
     try:
         with os.fdopen(fd, "rb") as fh:
-            data = fh.read()
+            data = fh.read(PEEK_BYTES)  # no JSON object at its start (a video given as --state): never read whole
+            data += fh.read() if data.lstrip()[:1] in (b"", b"{") else b""
     except OSError as exc:
         raise QueueError(f"{path}: the queue state kept for --resume cannot be read ({exc.strerror or exc}); {FIX}") from None
     text = data.decode("utf-8", "surrogateescape")
