@@ -23,6 +23,7 @@ VERSION = 2  # 1: no "runs" (read as well); the journal lines after the document
 FIX = ("delete it or move it away (--resume then queues every job again), or give --state another file.")
 HEAD_BYTES = 128  # the document's start, which holds its "epoch" (a new one each compaction)
 SLACK = 64  # journal lines allowed beyond twice the live records before a compaction
+PEEK_BYTES = 1 << 16  # read first: a file that does not start as a JSON object is refused from these alone
 BINARY = getattr(os, "O_BINARY", 0)  # (Windows: no line endings translated)
 
 
@@ -154,7 +155,8 @@ def load(path: Path) -> Read:
         raise QueueError(f"{path}: the queue state kept for --resume cannot be read ({exc.strerror or exc}); {FIX}") from None
     try:
         with os.fdopen(fd, "rb") as fh:
-            data = fh.read()
+            data = fh.read(PEEK_BYTES)  # no JSON object at its start (a video given as --state): never read whole
+            data += fh.read() if data.lstrip()[:1] in (b"", b"{") else b""
     except OSError as exc:
         raise QueueError(f"{path}: the queue state kept for --resume cannot be read ({exc.strerror or exc}); {FIX}") from None
     text = data.decode("utf-8", "surrogateescape")
@@ -245,22 +247,26 @@ def _pread(fd: int, count: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
-def append(path: Path, key, size: int, line: bytes) -> bool:
-    """``line`` appended to ``path`` and synced to disk, when it is still the file this run saw at ``size`` bytes;
-    False when it is not (gone, replaced): the caller compacts instead."""
+def append(path: Path, key, size: int, line: bytes) -> int:
+    """``line`` appended to ``path`` and synced to disk, when it is still the file this run saw at ``size`` bytes:
+    the bytes written (a line break first when the file does not end in one: a line written whole but for its break,
+    by a run stopped or a disk filled, is never glued to this one); 0 when it is not (gone, replaced): the caller
+    compacts instead."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0) | BINARY)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0) | BINARY)
     except FileNotFoundError:
-        return False
+        return 0
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != key or st.st_size != size:
-            return False
+            return 0
+        if size and not line.startswith(b"\n") and _pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         view = memoryview(line)
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-        return True
+        return len(line)
     finally:
         os.close(fd)
 

@@ -132,8 +132,8 @@ class StateLock:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EEXIST, "not a regular file (the queue state's lock is kept there)", str(self.path))
             if not _ours(fd):  # a user's own file of that name: never truncated or overwritten
-                raise OSError(errno.EEXIST, "not a lock file of `echomimic queue` (it holds something else: a file of "
-                                            "yours?); it was left as it is: rename or move it, or give --state another "
+                raise OSError(errno.EEXIST, "not a lock file of `echomimic queue` (it holds something else, or is a hard "
+                                            "link of another file: a file of yours?); it was left as it is: rename or move it, or give --state another "
                                             "file", str(self.path))
             if self.works:
                 _lock(fd, self.path)
@@ -211,8 +211,8 @@ def _ours(fd: int) -> bool:
         data = _mark(fd)
     except OSError:
         return True
-    if not data.strip():
-        return True
+    if not data.strip():  # (not a hard link of a user's empty file: it would be written through)
+        return os.fstat(fd).st_nlink <= 1
     try:
         who = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError):

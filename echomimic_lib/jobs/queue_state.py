@@ -278,9 +278,10 @@ class QueueState:
     def _append(self, event: dict) -> bool:
         key, epoch, size, lines = self._at
         line = (b"\n" if lines < 0 else b"") + (json.dumps(event) + "\n").encode()  # (ASCII: any name, as it was)
-        if not journal.append(self.path, key, size, line):
+        written = journal.append(self.path, key, size, line)
+        if not written:
             return False
-        self._at = (key, epoch, size + len(line), max(lines, 0) + 1)
+        self._at = (key, epoch, size + written, max(lines, 0) + 1)
         return True
 
     def _compact(self) -> None:

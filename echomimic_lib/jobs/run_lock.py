@@ -63,12 +63,13 @@ _LEGACY = {"pid", "host", "pid_start", "started", "command"}  # what a lock file
 
 def _ours(fd: int) -> bool:
     """Whether the lock file open as ``fd`` is one this package wrote (its mark, or an older version's details) or
-    empty (a run killed between making it and writing it): a user's own file of that name is never truncated,
-    overwritten or removed."""
+    empty (a run killed between making it and writing it; not when it has another name, a hard link of a user's empty
+    file, which would be written through): a user's own file of that name is never truncated, overwritten or removed."""
     start = 1 if os.name == "nt" else 0  # (Windows: byte 0 is the locked one)
-    size = os.fstat(fd).st_size
+    st = os.fstat(fd)
+    size = st.st_size
     if size <= start:
-        return True
+        return st.st_nlink <= 1
     if size > 64 * 1024:
         return False
     os.lseek(fd, start, os.SEEK_SET)
@@ -156,8 +157,8 @@ class RunLock:
             ours = False
         if not ours:
             os.close(fd)
-            raise EchoMimicError(f"{self.path}: not a claim file of this package (it holds something else: a file of "
-                                 f"yours?), so the {self.what} cannot keep its lock there; the file was left as it is. "
+            raise EchoMimicError(f"{self.path}: not a claim file of this package (it holds something else, or is a hard "
+                                 f"link of another file: a file of yours?), so the {self.what} cannot keep its lock there; the file was left as it is. "
                                  "Rename or move it, then run again.")
 
     def release(self) -> None:

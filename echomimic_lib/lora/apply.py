@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import EchoMimicError, WeightsError
 from ..memory.rounding import FORMATS, stochastic_round
-from .files import LoraAdapter, check_strength, check_version, read_lora
+from .files import LoraAdapter, check_merged, check_strength, check_version, read_lora
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,21 @@ class LoraPatch:
             raise EchoMimicError("this LoRA patch kept no base weights (keep_base=False): load the model again to change the strength.")
         if strength == 0.0:
             return self.remove()
+        before = self.strength
+        try:
+            self._merge(strength)
+        except WeightsError as exc:  # (a merge past the weights' dtype: every layer put back as it was)
+            if not self.keep_base:
+                raise WeightsError(f"{exc} (this patch kept no base weights: load the model again.)") from None
+            if before == 0.0:
+                self.remove()
+            else:
+                self._merge(before)
+            raise
+        self.strength = strength
+        return self
+
+    def _merge(self, strength: float) -> None:
         for layer, target in self.layers.items():
             w = _tensor(target)
             if layer not in self._base:
@@ -125,9 +140,8 @@ class LoraPatch:
             else:
                 base = self._base[layer].to(w.device).float()
             merged = base + self.adapter.delta(layer, strength).to(w.device)  # in float32
+            check_merged(self.adapter.name, layer, merged, w.dtype, strength)
             w.copy_(stochastic_round(merged, w.dtype, self._generator(w.device)))  # unbiased: small adapters survive
-        self.strength = strength
-        return self
 
     @torch.no_grad()
     def remove(self) -> "LoraPatch":
@@ -187,6 +201,7 @@ def patched_weight(adapter: LoraAdapter, layer: str, weight: torch.Tensor, stren
         delta = function(delta)
     out = weight.float() + delta
     target = weight.dtype if weight.dtype in FORMATS else target_dtype
+    check_merged(adapter.name, layer, out, target, strength)
     if target in FORMATS:
         out = stochastic_round(out, target, torch.Generator(device=weight.device).manual_seed(seed))
     return out.to(weight.dtype)

@@ -65,6 +65,19 @@ def check_scale(where: str, alpha: float, rank, scale: float, fix: str = "a dama
                            f"render as NaN noise; {fix}.")
 
 
+def check_merged(name: str, layer: str, merged: torch.Tensor, dtype: torch.dtype, strength: float) -> None:
+    """A :class:`WeightsError` naming the adapter, the layer, the strength and the fix when ``merged`` (a layer's base
+    plus its float32 delta, before rounding into ``dtype``) holds inf / NaN or, in fp16 / bf16 / float32, numbers past
+    the dtype's largest: a scale :func:`check_scale` passes times large weights (or a large strength) was clamped to
+    65504 in fp16, or inf / NaN, and the video rendered as noise. (fp8 weights saturate, as ComfyUI's do.)"""
+    limit = torch.finfo(dtype).max if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.finfo(torch.float32).max
+    if merged.numel() and not bool(merged.abs().amax() <= limit):  # (NaN compares false: refused too)
+        raise WeightsError(f"{name}: LoRA layer '{layer}' at strength {strength:g} gives merged weights past {limit:g} (the "
+                           f"largest number of the model's {str(dtype).replace('torch.', '')} weights): the video would "
+                           "render as NaN noise. Lower the strength; if an ordinary strength does it, the adapter's "
+                           "weights are far too large (a damaged or wrongly trained file): export or train it again.")
+
+
 _META_KINDS = {"rank": int, "alpha": (int, float), "use_rslora": bool, "targets": list, "networks": list, "base": dict,
                "training": dict}  # each metadata field's JSON kind (weights and variant are plain text)
 

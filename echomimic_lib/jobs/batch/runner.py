@@ -206,7 +206,10 @@ def set_aside_stale(jobs: list, outdir, move: bool = True) -> dict:
             out[job.name] = str(path)
             continue
         folder.mkdir(exist_ok=True)
-        when = datetime.fromtimestamp(os.lstat(path).st_mtime, timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+        try:  # (a time past year 9999 or before year 1, which tmpfs / btrfs / xfs keep: no date)
+            when = datetime.fromtimestamp(os.lstat(path).st_mtime, timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+        except (ValueError, OverflowError, OSError):
+            when = "unknown-time"
         target, n = folder / f"{job.name}.rendered-{when}{path.suffix}", 1
         while os.path.lexists(target):
             n += 1
