@@ -51,6 +51,7 @@ class BatchSummary:
     records: list = field(default_factory=list)
     stale: dict = field(default_factory=dict)  # name -> where its earlier video went (a dry run: where it is)
     downloads: list = field(default_factory=list)  # a dry run: the files the run would download (file, from, to)
+    smoke: dict = field(default_factory=dict)  # a dry run: models folder -> rows to render there with tiny random weights
 
     @property
     def exit_code(self) -> int:
@@ -246,6 +247,7 @@ def _dry_run(jobs: list, outdir) -> BatchSummary:
     ``stale/``. What the run would download (the face model or DWPose while checking the rows, a weight set's missing
     files in the workers) is listed (:mod:`echomimic_lib.io.fetch_plan`): no network, nothing made or written."""
     from .plan import weight_downloads
+    from .v3 import is_v3
 
     if outdir.is_dir():  # (not there yet: the run makes it, empty)
         BatchLock(outdir).check()
@@ -259,6 +261,10 @@ def _dry_run(jobs: list, outdir) -> BatchSummary:
     for job in bad:
         log.warning("line %d (%s) would fail: %s", job.line, job.name, job.error)
     summary.failed = len(bad)
+    for job in todo:
+        if getattr(job.request, "smoke", False):
+            where = str(job.request.folder) if is_v3(job) else str(job.weight_key[0])
+            summary.smoke[where] = summary.smoke.get(where, 0) + 1
     summary.downloads = downloads + [f for f in weight_downloads(todo) if f not in downloads]
     return summary
 

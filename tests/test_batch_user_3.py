@@ -1,0 +1,156 @@
+"""``echomimic batch`` as a studio runs it (many rows, edits between runs): OUTDIR/stale/ said with its size and how to
+clear it; a dry run that writes nothing (not even a probe file); --smoke said in the plan; every row's weight-set
+problem listed at once; downloads listed only for the rows that would render; inputs that are not regular files said
+for what they are. No weights load: the workers are tests/test_studio_user.py's stand-in."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from echomimic_lib.cli import main as cli
+from tests.test_batch_dry_run_2 import _plain_args, no_network  # noqa: F401 (fixture)
+from tests.test_studio_user import _args, _manifest, _rows, folder, models, rendered  # noqa: F401 (fixtures)
+
+OPTS = ("--device", "cpu")
+
+
+# ------------------------------------------------------------------------------------------------ 1. stale/ said
+def test_the_stale_folder_is_said_with_its_size_and_how_to_clear_it(folder, models, tmp_path, monkeypatch, capsys):
+    """Every edit of a row moves its earlier video to OUTDIR/stale/, which grew without a word: the run's end and a dry
+    run now say how many videos it holds, their size, and how to clear it (nothing is deleted by the batch)."""
+    rendered(monkeypatch)
+    rows, out = _rows(3, no_face_crop="true"), tmp_path / "out"
+    opts = (*OPTS, "--models", str(models))
+    assert cli(_args(_manifest(folder, rows), out, *opts)) == 0
+    for r in rows:
+        r["seed"] += 100  # every row edited: three earlier videos moved aside
+    manifest = _manifest(folder, rows)
+    capsys.readouterr()
+    assert cli([a for a in _args(manifest, out, *opts) if a != "-q"]) == 0
+    said = capsys.readouterr().out
+    assert len(list((out / "stale").iterdir())) == 3
+    assert f"{out / 'stale'} holds 3 earlier video(s) (15 bytes)" in said, said
+    assert f"rm -r {out / 'stale'}" in said
+    assert cli(_args(manifest, out, *opts, "--dry-run")) == 0
+    said = capsys.readouterr().out
+    assert f"{out / 'stale'} holds 3 earlier video(s) (15 bytes)" in said, said
+    assert len(list((out / "stale").iterdir())) == 3  # said, never deleted
+
+
+# --------------------------------------------------------------------------------------- 2. a dry run writes nothing
+def test_a_dry_run_makes_no_probe_file_in_the_output_folder(folder, models, tmp_path, monkeypatch):
+    """The rows' output checks made (and removed) a write-test file in OUTDIR for every row: a dry run wrote there.
+    Now a dry run asks the system whether the folder is writable, and creates nothing."""
+    rendered(monkeypatch)
+    rows, out = _rows(2, no_face_crop="true"), tmp_path / "out"
+    opts = (*OPTS, "--models", str(models))
+    assert cli(_args(_manifest(folder, rows), out, *opts)) == 0
+    rows[0]["seed"] = 50
+    manifest = _manifest(folder, rows)
+    made = []
+    real = os.open
+
+    def watch(path, flags, *a, **k):
+        if flags & os.O_CREAT and str(out) in os.fspath(path):
+            made.append(os.fspath(path))
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", watch)
+    assert cli(_args(manifest, out, *opts, "--dry-run")) == 0
+    assert made == []
+
+
+def test_a_dry_run_still_says_an_unwritable_output_folder(folder, models, tmp_path, monkeypatch, capsys):
+    rendered(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(out) else True)
+    assert cli(_args(_manifest(folder, _rows(1, no_face_crop="true")), out, *OPTS, "--models", str(models),
+                     "--dry-run")) == 1
+    assert "would fail" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ 3. --smoke said
+def test_a_smoke_dry_run_says_the_rows_use_tiny_random_weights(folder, tmp_path, monkeypatch, capsys):
+    rendered(monkeypatch)
+    models = tmp_path / "models"
+    assert cli(_args(_manifest(folder, _rows(2)), tmp_path / "out", *OPTS, "--models", str(models), "--smoke",
+                     "--dry-run")) == 0
+    said = capsys.readouterr().out
+    assert "2 row(s) are smoke runs (--smoke): tiny random weights" in said, said
+    assert "not the real models" in said and str(models) in said
+    assert not models.exists()  # said, not made
+
+
+# ------------------------------------------------------------------------------- 4. every weight problem at once
+def test_every_rows_broken_weight_set_is_listed_not_only_the_first(shared_data, tmp_path, no_network, capsys):
+    """Two EchoMimicV3 rows, each on a models folder with an unreadable weight index (no --offline): the dry run
+    stopped at the first with the error (exit 2 style traceback-free, but the second row unsaid). Now each row is a
+    row that would fail, with its own reason, and the exit code is the run's (1)."""
+    rows = []
+    for n in ("a", "b"):
+        idx = tmp_path / f"models_{n}" / "v3-flash" / "umt5-xxl" / "model.safetensors.index.json"
+        idx.parent.mkdir(parents=True)
+        idx.write_text("not json")
+        rows.append({"name": n, "version": "v3-flash", "reference": str(shared_data / "images" / "portrait_a.png"),
+                     "audio": str(shared_data / "audio" / "echomimic_en.wav"), "prompt": "p .", "width": 64,
+                     "height": 64, "steps": 2, "length": 5, "models": str(idx.parents[2])})
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli(_plain_args(manifest, tmp_path / "out", *OPTS, "--dry-run")) == 1
+    captured = capsys.readouterr()
+    assert "0 would render, 0 skipped (already done), 2 would fail of 2" in captured.out, captured
+    assert "line 1 (a) would fail" in captured.err and "line 2 (b) would fail" in captured.err
+    assert "not a readable weight index" in captured.err
+
+
+# ------------------------------------------------------------------------------ 5. downloads only of rows to render
+def test_dwpose_is_listed_only_when_a_row_to_render_needs_it(folder, shared_data, tmp_path, no_network, monkeypatch,
+                                                              capsys):
+    """A V2 half-body row whose checks get as far as DWPose, then fail (a wrong --stabilize): the dry run still listed
+    DWPose's files as a download of the run, which never makes it (the row fails up front). Downloads are now those of
+    the rows that would render."""
+    rendered(monkeypatch)
+    pose = str(shared_data / "pose" / "01")
+    row = {"name": "v2", "version": "v2", "reference": "anna.png", "audio": "en.wav", "pose": pose,
+           "halfbody_crop": "true", "stabilize": "bogus"}
+    models = tmp_path / "models"
+    assert cli(_plain_args(_manifest(folder, [row]), tmp_path / "out", *OPTS, "--models", str(models),
+                           "--dry-run")) == 1
+    said = capsys.readouterr().out
+    assert "1 would fail" in said and "dw-ll_ucoco" not in said and "yolox" not in said, said
+
+
+# -------------------------------------------------------------------------- 6. not a regular file: said what it is
+def test_a_manifest_that_is_a_named_pipe_is_said_as_one(tmp_path, capsys):
+    fifo = tmp_path / "jobs.csv"
+    os.mkfifo(fifo)
+    assert cli(["batch", str(fifo), "-o", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "named pipe" in err and "not found" not in err, err
+
+
+def test_a_manifest_that_is_a_device_is_said_as_one(tmp_path, capsys):
+    assert cli(["batch", "/dev/null", "-o", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "is a device" in err and "not found" not in err, err
+
+
+def test_an_input_cell_that_is_a_named_pipe_is_said_as_one(folder, tmp_path, capsys):
+    os.mkfifo(folder / "live.wav")
+    row = {"name": "x", "reference": "anna.png", "audio": "live.wav"}
+    assert cli(_args(_manifest(folder, [row]), tmp_path / "out", *OPTS, "--dry-run")) != 0
+    captured = capsys.readouterr()
+    assert "named pipe" in captured.out + captured.err, captured
+
+
+@pytest.mark.parametrize("cell", ["folder", "fifo"])
+def test_a_reference_cell_that_is_no_file_is_said_for_what_it_is(cell, folder, tmp_path, capsys):
+    path = folder / "ref.png"
+    path.mkdir() if cell == "folder" else os.mkfifo(path)
+    row = {"name": "x", "reference": "ref.png", "audio": "en.wav"}
+    assert cli(_args(_manifest(folder, [row]), tmp_path / "out", *OPTS, "--dry-run")) != 0
+    captured = capsys.readouterr()
+    assert ("is a folder" if cell == "folder" else "named pipe") in captured.out + captured.err, captured
