@@ -87,7 +87,7 @@ def test_a_smoke_dry_run_says_the_rows_use_tiny_random_weights(folder, tmp_path,
 # ------------------------------------------------------------------------------- 4. every weight problem at once
 def test_every_rows_broken_weight_set_is_listed_not_only_the_first(shared_data, tmp_path, no_network, capsys):
     """Two EchoMimicV3 rows, each on a models folder with an unreadable weight index (no --offline): the dry run
-    stopped at the first with the error (exit 2 style traceback-free, but the second row unsaid). Now each row is a
+    stopped at the first with its error (exit 2), the second row unsaid. Now each row is a
     row that would fail, with its own reason, and the exit code is the run's (1)."""
     rows = []
     for n in ("a", "b"):

@@ -55,6 +55,7 @@ class Job:
     attempts: int = 0
     prompts: tuple = ()       # V3 rows: the batch's distinct prompts on the same models folder (batch.v3.share_prompts)
     given: str = ""           # the 'name' cell as written, when it differs from ``name`` (said when two rows collide)
+    downloads: tuple = ()     # a dry run: what this row's checks would download (file, from, to), none fetched
 
     @property
     def output(self) -> Path:

@@ -252,20 +252,24 @@ def _dry_run(jobs: list, outdir) -> BatchSummary:
     if outdir.is_dir():  # (not there yet: the run makes it, empty)
         BatchLock(outdir).check()
         check_results_file(outdir)
-    downloads: list = []
-    jobs = check_jobs(jobs, downloads)
+    jobs = check_jobs(jobs, [])
     summary, _records, todo, bad = _sort(jobs, read_results(outdir))
     if outdir.is_dir():
         refuse_foreign_outputs(todo, outdir)
         summary.stale = set_aside_stale(bad + todo, outdir, move=False)
-    for job in bad:
+    later = weight_downloads(todo)  # (a set wrong in another way than missing files: its rows become error rows)
+    bad += [job for job in todo if job.error]
+    todo = [job for job in todo if not job.error]
+    summary.to_render = len(todo)
+    for job in sorted(bad, key=lambda j: j.line):
         log.warning("line %d (%s) would fail: %s", job.line, job.name, job.error)
     summary.failed = len(bad)
     for job in todo:
         if getattr(job.request, "smoke", False):
             where = str(job.request.folder) if is_v3(job) else str(job.weight_key[0])
             summary.smoke[where] = summary.smoke.get(where, 0) + 1
-    summary.downloads = downloads + [f for f in weight_downloads(todo) if f not in downloads]
+    downloads = [f for job in todo for f in job.downloads]  # only the rows that would render download anything
+    summary.downloads = [f for i, f in enumerate(downloads + later) if f not in (downloads + later)[:i]]
     return summary
 
 
