@@ -154,3 +154,61 @@ def test_a_reference_cell_that_is_no_file_is_said_for_what_it_is(cell, folder, t
     assert cli(_args(_manifest(folder, [row]), tmp_path / "out", *OPTS, "--dry-run")) != 0
     captured = capsys.readouterr()
     assert ("is a folder" if cell == "folder" else "named pipe") in captured.out + captured.err, captured
+
+
+# ------------------------------------------------------------------------------------ studio: a full disk at the end
+def _disk_full_for(monkeypatch, appends: bool) -> None:
+    """results.jsonl's final rewrite (and, with ``appends``, every line appended as rows finish) meets a full disk."""
+    import errno
+
+    from echomimic_lib.jobs.batch import results
+
+    def full(self, records):
+        self._fh.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results.ResultsFile, "rewrite", full)
+    if appends:
+        class Full:
+            closed = False
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def close(self):
+                self.closed = True
+
+            def fileno(self):
+                return -1
+
+        real_init = results.ResultsFile.__init__
+
+        def init(self, outdir):
+            real_init(self, outdir)
+            self._fh.close()
+            self._fh = Full()
+
+        monkeypatch.setattr(results.ResultsFile, "__init__", init)
+
+
+def test_a_full_disk_at_the_final_rewrite_keeps_the_rows_as_recorded(folder, models, tmp_path, monkeypatch, capsys):
+    """Every row rendered and recorded line by line, then the disk filled up before results.jsonl was rewritten in
+    order: the batch ended with "error: cannot write a file" and exit 2 (as if nothing could run), naming no file.
+    The lines already there hold every row: the batch now warns, naming results.jsonl, and exits as its rows did (0)."""
+    rendered(monkeypatch)
+    out = tmp_path / "out"
+    _disk_full_for(monkeypatch, appends=False)
+    assert cli(_args(_manifest(folder, _rows(2, no_face_crop="true")), out, *OPTS, "--models", str(models))) == 0
+    err = capsys.readouterr().err
+    assert str(out / "results.jsonl") in err and "no space" in err.lower(), err
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in recs] == ["clip000", "clip001"] and all(r["status"] == "ok" for r in recs)
+
+
+def test_a_full_disk_that_lost_finished_rows_says_they_render_again(folder, models, tmp_path, monkeypatch, capsys):
+    rendered(monkeypatch)
+    out = tmp_path / "out"
+    _disk_full_for(monkeypatch, appends=True)
+    assert cli(_args(_manifest(folder, _rows(2, no_face_crop="true")), out, *OPTS, "--models", str(models))) != 0
+    err = capsys.readouterr().err
+    assert str(out / "results.jsonl") in err and "2 finished row(s)" in err and "again" in err, err

@@ -340,9 +340,31 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
                 remove_partials(job)
         ordered = [records[j.name] for j in jobs if j.name in records]
         mine = {j.name for j in jobs}  # another manifest's rows in this folder (a big one run in parts): kept, after
-        results.rewrite(ordered + [rec for name, rec in previous.items() if name not in mine])
+        _rewrite(results, ordered + [rec for name, rec in previous.items() if name not in mine])
     summary.records = ordered
     return summary
+
+
+def _rewrite(results: ResultsFile, records: list) -> None:
+    """results.jsonl rewritten whole, in the manifest's order. A write the system refuses there (a full disk) after
+    every row's line was appended as it finished loses nothing (the file holds each row's line, in the order they
+    finished; a row's last line counts): said, and the batch ends as its rows did. When some lines could not be
+    appended either, those finished rows are unrecorded: said, naming them (a rerun renders them again)."""
+    from ...errors import EchoMimicError
+    from ...io.os_errors import os_error_text
+
+    try:
+        results.rewrite(records)
+    except OSError as exc:
+        text = os_error_text(exc, results.path, "write")
+        lost = sorted(set(results.unwritten))
+        if lost:
+            names = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+            raise EchoMimicError(f"{text} {len(lost)} finished row(s) are not recorded in it ({names}): a run of the same "
+                                 "command renders them again (their videos are moved to stale/ first); free space "
+                                 "first.") from None
+        log.warning("%s It keeps every row's line as written when the row finished (in that order, not the manifest's); "
+                    "nothing is lost.", text)
 
 
 def _dispatch(todo: list, opts: BatchOptions, on_event) -> None:
