@@ -212,3 +212,82 @@ def test_a_full_disk_that_lost_finished_rows_says_they_render_again(folder, mode
     assert cli(_args(_manifest(folder, _rows(2, no_face_crop="true")), out, *OPTS, "--models", str(models))) != 0
     err = capsys.readouterr().err
     assert str(out / "results.jsonl") in err and "2 finished row(s)" in err and "again" in err, err
+
+
+# ------------------------------------------------------------------------------ studio: crashed workers, long runs
+class _Proc:
+    exitcode = -9
+
+    def join(self, timeout=None):
+        pass
+
+
+class _Conn:
+    def close(self):
+        pass
+
+
+def _pool(workers: int, max_attempts: int = 3):
+    """A LocalPool with stand-in processes (nothing spawned): the respawn policy alone."""
+    from echomimic_lib.jobs.batch import workers as w
+
+    pool = w.LocalPool.__new__(w.LocalPool)
+    pool.devices, pool.threads, pool.scores, pool.max_attempts = ["cpu"] * workers, 1, False, max_attempts
+    budget = getattr(w, "respawn_budget", lambda n, _a: 2 * n)  # (before: 2 per worker, never given back)
+    pool.respawns_left = pool.respawn_budget = budget(workers, max_attempts)
+    pool.workers, pool._next_id = [], 0
+
+    def spawn(device):
+        pool.workers.append(w._Worker(pool._next_id, device, _Proc(), _Conn()))
+        pool._next_id += 1
+
+    pool._spawn = spawn
+    for d in pool.devices:
+        spawn(d)
+    return pool
+
+
+def _die(pool, job, pending, events):
+    worker = pool.workers[0]
+    worker.job = job
+    job.attempts += 1
+    return pool._buried(worker, pending, lambda *e: events.append(e[0]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_row_that_kills_its_worker_leaves_the_batch_a_worker(workers):
+    """One worker (one GPU, or the CPU), a row that crashes its worker every time (3 attempts): the third death found
+    no respawn left (2 per worker), the pool was empty, and every row after it failed "no worker left". A row's own
+    deaths are bounded by its attempts: the pool always has room for them."""
+    from echomimic_lib.jobs.batch.manifest_row import Job
+
+    pool, pending, events = _pool(workers), [], []
+    poison = Job(1, "poison", "animate", None)
+    for _ in range(3):
+        _die(pool, poison, pending, events)
+    assert events.count("done") == 1 and len(pool.workers) == workers
+
+
+def test_deaths_spread_over_a_long_batch_never_empty_the_pool():
+    """500 rows, a crashing row now and then with good rows between: every finished row gives the pool its respawns
+    back, so two bad rows hours apart do not end the batch."""
+    from echomimic_lib.jobs.batch.manifest_row import Job
+
+    pool, pending, events = _pool(1), [], []
+    for n in range(4):
+        for _ in range(3):
+            _die(pool, Job(n, f"bad{n}", "animate", None), pending, events)
+        getattr(pool, "finished_one", lambda: None)()  # a good row done between the bad ones
+    assert len(pool.workers) == 1
+
+
+def test_a_worker_dying_at_every_start_still_ends_the_batch():
+    """No success ever (a broken driver): the respawns run out and the batch ends, as before."""
+    from echomimic_lib.jobs.batch.manifest_row import Job
+
+    pool, pending, events = _pool(1), [], []
+    for n in range(20):
+        if not pool.workers:
+            break
+        _die(pool, Job(n, f"r{n}", "animate", None), pending, events)
+    assert not pool.workers
