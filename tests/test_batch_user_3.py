@@ -291,3 +291,50 @@ def test_a_worker_dying_at_every_start_still_ends_the_batch():
             break
         _die(pool, Job(n, f"r{n}", "animate", None), pending, events)
     assert not pool.workers
+
+
+# ---------------------------------------------------------------------------------- studio: the disk fills mid-batch
+@pytest.mark.parametrize("exc", ["oserror", "writeerror"])
+def test_a_row_failing_on_a_full_disk_is_marked_so(exc, monkeypatch):
+    import errno
+
+    from echomimic_lib.io.os_errors import WriteError
+    from echomimic_lib.jobs.batch import render, workers
+
+    def full(*a, **k):
+        if exc == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise WriteError("cannot write out.mp4: no space left", errno.ENOSPC, "out.mp4")
+
+    monkeypatch.setattr(render, "run_job", full)
+    payload = workers.render_payload(None, "cpu", None, None)
+    assert payload["status"] == "error" and payload.get("disk_full") is True
+
+
+def test_a_full_disk_stops_the_batch_instead_of_failing_every_later_row(folder, models, tmp_path, monkeypatch,
+                                                                         capsys):
+    """An overnight batch of many rows, the disk fills at row 2: every later row rendered in full (minutes of GPU each)
+    and then failed to write, and results.jsonl filled with the same error. The batch now stops at the first row that
+    met a full disk, says so (how many rows were not rendered, what to do) and exits 1; a rerun resumes."""
+    from echomimic_lib.jobs.batch import runner
+
+    done = []
+
+    def dispatch(todo, opts, on_event):
+        for job in todo:
+            done.append(job.name)
+            if job.name == "clip002":
+                on_event("done", None, job, {"status": "error", "error": "cannot write: no space left on the disk",
+                                             "disk_full": True})
+                continue
+            job.output.write_bytes(b"video")
+            on_event("done", None, job, {"status": "ok", "output": str(job.output), "frames": 3})
+
+    monkeypatch.setattr(runner, "_dispatch", dispatch)
+    out = tmp_path / "out"
+    assert cli(_args(_manifest(folder, _rows(6, no_face_crop="true")), out, *OPTS, "--models", str(models))) == 1
+    assert done == ["clip000", "clip001", "clip002"]
+    err = capsys.readouterr().err
+    assert "disk" in err and "3 row(s) not rendered" in err and "run the same command again" in err, err
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in recs] == ["clip000", "clip001", "clip002"] and "disk_full" not in recs[2]

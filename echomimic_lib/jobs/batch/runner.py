@@ -48,6 +48,7 @@ class BatchSummary:
     ok: int = 0
     failed: int = 0
     to_render: int = 0             # rows handed to the workers (a dry run: rows that would be)
+    stopped: str = ""              # why the batch stopped before every row was rendered (a full disk)
     records: list = field(default_factory=list)
     stale: dict = field(default_factory=dict)  # name -> where its earlier video went (a dry run: where it is)
     downloads: list = field(default_factory=list)  # a dry run: the files the run would download (file, from, to)
@@ -304,6 +305,9 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
         log.info("%d of %d row(s) already done with the same inputs and settings: skipped", summary.skipped, len(jobs))
 
     def on_event(kind, worker, job, payload):
+        full = kind == "done" and isinstance(payload, dict) and bool(payload.get("disk_full"))
+        if full:
+            payload = {k: v for k, v in payload.items() if k != "disk_full"}  # (not a field of the record)
         if kind == "died":
             log.warning("%s: %s; %s", job.name, payload, "retrying" if job.attempts < opts.max_attempts else "giving up")
             remove_partials(job)
@@ -324,6 +328,8 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
         display.event(kind, worker, job, payload)
         if opts.on_event is not None:
             opts.on_event(kind, worker, job, payload)
+        if full:
+            raise _DiskFull(f"line {job.line} ({job.name}): {payload.get('error')}")
 
     try:
         for job in bad:
@@ -332,7 +338,14 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
             remove_partials(job)  # left by a run that was killed half-way
         if todo:
             _prepare_weights(todo)
-            _dispatch(todo, opts, on_event)
+            try:
+                _dispatch(todo, opts, on_event)
+            except _DiskFull as exc:  # the rows in flight were stopped (their partial files go below)
+                left = sum(1 for job in todo if job.name not in records)
+                summary.stopped = (f"the disk is full ({exc}). The batch stopped there: {left} row(s) not rendered (the "
+                                   "rows in flight were stopped). Free some space (OUTDIR/stale/ holds earlier videos, "
+                                   "if any), then run the same command again: the finished rows are skipped.")
+                log.error("%s", summary.stopped)
     finally:
         display.close()
         for job in todo:  # interrupted: the rows in flight leave nothing half-written (their workers are gone)
@@ -343,6 +356,10 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
         _rewrite(results, ordered + [rec for name, rec in previous.items() if name not in mine])
     summary.records = ordered
     return summary
+
+
+class _DiskFull(Exception):
+    """A row met a full disk: the batch stops handing out rows (every later one would render, then fail to write)."""
 
 
 def _rewrite(results: ResultsFile, records: list) -> None:

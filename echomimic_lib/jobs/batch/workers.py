@@ -60,7 +60,26 @@ def render_payload(job, device: str, cache, scorer, progress=None) -> dict:
         log.debug("%s", traceback.format_exc())
         if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
             cache.clear()
-        return {"status": "error", "error": error_message(exc)}
+        payload = {"status": "error", "error": error_message(exc)}
+        if disk_full(exc):  # the batch stops: every later row would render in full, then fail the same way
+            payload["disk_full"] = True
+        return payload
+
+
+def disk_full(exc: BaseException) -> bool:
+    """A write refused for want of space (a full disk, a quota), here or in what it was raised from."""
+    import errno
+
+    from ...io.os_errors import write_errno
+
+    full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if write_errno(exc) in full:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def worker_main(wid: int, device: str, threads: int, conn, parent: int, scores: bool, log_level: int) -> None:
