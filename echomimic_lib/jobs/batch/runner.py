@@ -269,8 +269,11 @@ def _dry_run(jobs: list, outdir) -> BatchSummary:
         if getattr(job.request, "smoke", False):
             where = str(job.request.folder) if is_v3(job) else str(job.weight_key[0])
             summary.smoke[where] = summary.smoke.get(where, 0) + 1
-    downloads = [f for job in todo for f in job.downloads]  # only the rows that would render download anything
-    summary.downloads = [f for i, f in enumerate(downloads + later) if f not in (downloads + later)[:i]]
+    seen: set = set()  # only the rows that would render download anything; each file once (thousands of rows)
+    for f in [f for job in todo for f in job.downloads] + later:
+        if tuple(sorted(f.items())) not in seen:
+            seen.add(tuple(sorted(f.items())))
+            summary.downloads.append(f)
     return summary
 
 
