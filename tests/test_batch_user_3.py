@@ -28,6 +28,8 @@ def test_the_stale_folder_is_said_with_its_size_and_how_to_clear_it(folder, mode
         r["seed"] += 100  # every row edited: three earlier videos moved aside
     manifest = _manifest(folder, rows)
     capsys.readouterr()
+    assert cli(_args(manifest, out, *opts, "--dry-run")) == 0  # what the run would add to stale/
+    assert "before rendering (never deleted; 15 bytes more there)" in capsys.readouterr().out
     assert cli([a for a in _args(manifest, out, *opts) if a != "-q"]) == 0
     said = capsys.readouterr().out
     assert len(list((out / "stale").iterdir())) == 3

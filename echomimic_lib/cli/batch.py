@@ -124,7 +124,8 @@ def _cmd_batch(args) -> int:
                 say(f"    {f['file']} from {f['from']} into {f['to']}{shards}")
         if s.stale:
             say(f"  {len(s.stale)} row(s) not done have an earlier video of other inputs or settings at their name "
-                f"({_names(s.stale)}): a run moves each to {Path(args.output) / 'stale'}/ before rendering (never deleted).")
+                f"({_names(s.stale)}): a run moves each to {Path(args.output) / 'stale'}/ before rendering (never deleted; "
+                f"{_size_of(s.stale.values())} more there).")
         _say_stale_folder(args.output)
         return s.exit_code
     try:
@@ -151,6 +152,20 @@ def _say_stale_folder(outdir) -> None:
     note = stale_note(outdir)
     if note:
         say(f"  {note}")
+
+
+def _size_of(paths) -> str:
+    import os
+
+    from ..jobs.batch.outdir import size_text
+
+    total = 0
+    for p in paths:
+        try:
+            total += os.lstat(p).st_size
+        except OSError:
+            pass
+    return size_text(total)
 
 
 def _names(names) -> str:
