@@ -113,6 +113,10 @@ def _cmd_batch(args) -> int:
         s = run_batch(jobs, args.output, opts)
         say(f"dry run: {s.to_render} would render, {s.skipped} skipped (already done), {s.failed} would fail of {s.total}"
             f"{' (each said above with its reason)' if s.failed else ''}; nothing was downloaded, rendered or written.")
+        if s.smoke:
+            say(f"  {sum(s.smoke.values())} row(s) are smoke runs (--smoke): tiny random weights (64 px, 2 steps), not the "
+                f"real models (their videos show noise, not the person); the run writes the tiny weights into "
+                f"{', '.join(sorted(s.smoke))} first where they are not there yet.")
         if s.downloads:
             say(f"  the run would download {len(s.downloads)} file(s) first (--offline: none; rows lacking them fail):")
             for f in s.downloads:
@@ -120,7 +124,9 @@ def _cmd_batch(args) -> int:
                 say(f"    {f['file']} from {f['from']} into {f['to']}{shards}")
         if s.stale:
             say(f"  {len(s.stale)} row(s) not done have an earlier video of other inputs or settings at their name "
-                f"({_names(s.stale)}): a run moves each to {Path(args.output) / 'stale'}/ before rendering (never deleted).")
+                f"({_names(s.stale)}): a run moves each to {Path(args.output) / 'stale'}/ before rendering (never deleted; "
+                f"{_size_of(s.stale.values())} more there).")
+        _say_stale_folder(args.output)
         return s.exit_code
     try:
         s = run_batch(jobs, args.output, opts)
@@ -135,7 +141,31 @@ def _cmd_batch(args) -> int:
         say(f"batch: {s.ok} done, {s.skipped} skipped (already done), {s.failed} failed of {s.total}; results in "
             f"{Path(args.output) / 'results.jsonl'}")
     _say_stale(s, args.quiet)
+    if not args.quiet:
+        _say_stale_folder(args.output)
     return s.exit_code
+
+
+def _say_stale_folder(outdir) -> None:
+    from ..jobs.batch.outdir import stale_note
+
+    note = stale_note(outdir)
+    if note:
+        say(f"  {note}")
+
+
+def _size_of(paths) -> str:
+    import os
+
+    from ..jobs.batch.outdir import size_text
+
+    total = 0
+    for p in paths:
+        try:
+            total += os.lstat(p).st_size
+        except OSError:
+            pass
+    return size_text(total)
 
 
 def _names(names) -> str:

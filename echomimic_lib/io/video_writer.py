@@ -57,6 +57,13 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _probe_writable(folder: Path) -> None:
+    from .fetch_plan import is_planning
+
+    if is_planning():  # a dry run (`echomimic batch --dry-run`) writes nothing: the system is asked instead
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write into {folder} (no permission, or a read-only file system); choose an "
+                              "output in a writable folder.")
+        return
     try:
         fd, name = tempfile.mkstemp(prefix=".echomimic-write-test.", dir=folder)
     except OSError as exc:

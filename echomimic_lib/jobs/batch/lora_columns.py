@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ...errors import EchoMimicError
 from ..lora_args import COLUMNS, lora_stack, request_fields, split_cell
-from .manifest_text import row_path
+from .manifest_text import not_a_file, row_path
 
 
 def lora_columns(values: dict, base: Path) -> dict:
@@ -24,8 +24,9 @@ def lora_columns(values: dict, base: Path) -> dict:
     files = []
     for item in split_cell(values.pop("lora", None)):
         path = row_path(item, base, "lora")
-        if not Path(path).exists():
-            raise ValueError(f"lora: {path} not found")
+        problem = not_a_file(path)
+        if problem:
+            raise ValueError(f"lora: {path} {problem}")
         files.append(path)
     strengths = []
     for item in split_cell(values.pop("lora_strength", None)):

@@ -142,7 +142,13 @@ def read_manifest(path, outdir, defaults: dict | None = None, loose=()) -> list[
         if path.is_dir():
             raise EchoMimicError(f"{path}: is a folder, not a manifest; give a .csv or .jsonl file, or a folder of images as "
                                  "--images DIR (of videos: --videos DIR) with --audios DIR.")
-        raise EchoMimicError(f"{path}: manifest not found; give a .csv or .jsonl file (or --images/--videos with --audios).")
+        from .manifest_text import not_a_file
+
+        what = not_a_file(path)
+        what = "manifest not found" if what in (None, "not found") else what.split(":")[0].split(";")[0]
+        raise EchoMimicError(f"{path}: {what}; give a .csv or .jsonl file (or --images/--videos with --audios)"
+                             + (" (a manifest from a pipe or a command: save it to a file first)."
+                                if "pipe" in what or "device" in what else "."))
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xlsm", ".xls", ".ods", ".numbers"):
         raise EchoMimicError(f"{path}: a spreadsheet workbook, not a manifest; save the sheet as CSV (Excel: File > Save As > "

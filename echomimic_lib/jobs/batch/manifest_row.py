@@ -26,7 +26,7 @@ from ...io.file_names import safe_file_name
 from ..lora_args import SEPARATOR, split_cell
 from ..pose_sources import AUTO_POSE
 from .lora_columns import lora_columns
-from .manifest_text import row_path
+from .manifest_text import not_a_file, row_path
 from .results import INPUT_FIELDS
 from .v3 import VERSION as V3  # EchoMimicV3 flash-pro rows: columns and checks in .v3
 
@@ -55,6 +55,7 @@ class Job:
     attempts: int = 0
     prompts: tuple = ()       # V3 rows: the batch's distinct prompts on the same models folder (batch.v3.share_prompts)
     given: str = ""           # the 'name' cell as written, when it differs from ``name`` (said when two rows collide)
+    downloads: tuple = ()     # a dry run: what this row's checks would download (file, from, to), none fetched
 
     @property
     def output(self) -> Path:
@@ -202,8 +203,9 @@ def build_job(values: dict, line: int, base: Path, outdir: Path) -> Job:
     for key in PATH_FIELDS[kind]:
         if kw.get(key) and not (key == "pose" and kw[key] == AUTO_POSE):  # pose auto: gestures from the speech, no file
             kw[key] = row_path(kw[key], base, key)
-            if key in INPUT_FIELDS[kind] and not Path(kw[key]).exists():
-                raise ValueError(f"{key}: {kw[key]} not found")
+            problem = not_a_file(kw[key]) if key in INPUT_FIELDS[kind] else None
+            if problem:
+                raise ValueError(f"{key}: {kw[key]} {problem}")
     stem = Path(kw[main_input]).stem + (f"__{Path(kw['audio']).stem}" if kw.get("audio") else "")
     kw.setdefault("audio", None)
     given, name = _given_name(name), safe_file_name(name if name is not None else stem)

@@ -125,4 +125,27 @@ def row_path(value, base: Path, column: str) -> str:
     return str(path)
 
 
-__all__ = ["read_text", "separator", "duplicate_columns", "row_path", "FIX_ENCODING", "FIX_SIZE", "MAX_MANIFEST_BYTES", "csv_rows"]
+def not_a_file(path) -> str | None:
+    """What is at ``path`` when it is no regular file nor folder, as a refusal says it (from ``stat`` alone: a named
+    pipe is never opened); None for a file or a folder (the row's own checks read them), "not found" when nothing is."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "not found"
+    except ValueError:  # a NUL byte in the cell
+        return "not a file name (it holds a NUL byte)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc}); check the path and its permissions"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return ("is a named pipe (FIFO), not a regular file: the batch reads each input more than once (checked, then "
+                "rendered); save the stream to a file and give that")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a regular file; give a file"
+    return "is not a regular file (a socket?); give a file"
+
+
+__all__ = ["read_text", "separator", "duplicate_columns", "row_path", "not_a_file", "FIX_ENCODING", "FIX_SIZE", "MAX_MANIFEST_BYTES", "csv_rows"]

@@ -37,3 +37,38 @@ def check_stale_folder(outdir) -> Path:
         raise EchoMimicError(f"{folder} is not a folder; the earlier videos of rows rendered again are kept there. "
                              "Move it away and run the batch again.")
     return folder
+
+
+def stale_videos(outdir) -> tuple[int, int]:
+    """(count, bytes) of the earlier videos kept in ``OUTDIR/stale/`` (regular files, links not followed; nothing there
+    or not a folder: (0, 0)). Every edited row's rerun adds one and the batch never deletes them, so a run says this."""
+    folder = Path(outdir) / STALE_DIR
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        return 0, 0
+    count = size = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    count += 1
+                    size += entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return 0, 0
+    return count, size
+
+
+def size_text(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def stale_note(outdir) -> str | None:
+    """What ``OUTDIR/stale/`` holds and how to clear it, or None when it holds nothing."""
+    count, size = stale_videos(outdir)
+    if not count:
+        return None
+    folder = Path(outdir) / STALE_DIR
+    return (f"{folder} holds {count} earlier video(s) ({size_text(size)}) of rows since rendered again or changed (the "
+            f"batch never deletes them); when none is needed any more, clear it: rm -r {folder}")

@@ -28,47 +28,55 @@ log = logging.getLogger(__name__)
 def check_jobs(jobs: list, downloads: list | None = None) -> list:
     """The job's own checks for every row (no weights): fills ``weight_key``, ``frames``, ``fingerprint``, or
     ``error`` for a row whose inputs are unusable. ``downloads`` (a dry run): the files these checks would download
-    (the MediaPipe face model, DWPose) are added to it instead (:mod:`echomimic_lib.io.fetch_plan`); none is fetched."""
+    (the MediaPipe face model, DWPose) are added to it instead (:mod:`echomimic_lib.io.fetch_plan`); none is fetched.
+    Each row's own are also its ``downloads`` (a dry run lists only those of the rows that would render: a row already
+    done or failing up front downloads nothing)."""
     from ...io.fetch_plan import planning
 
     out, digests, reads = [], {}, PlanReads()  # an input shared by many rows is read and hashed once
-    with said_once(), (planning() if downloads is not None else nullcontext()) as found:
+    with said_once():
         for job in jobs:
-            try:
-                job.weight_key, job.frames = _plan(job, reads)
-                if not is_v3(job) and not job.request.download and not getattr(job.request, "smoke", False):
-                    reads.weights(*job.weight_key[:3])  # --offline: a set lacking files is an error row now, not in a worker
-            except EchoMimicError as exc:
-                job.error = str(exc)
+            with (planning() if downloads is not None else nullcontext()) as found:
+                try:
+                    job.weight_key, job.frames = _plan(job, reads)
+                    if not is_v3(job) and not job.request.download and not getattr(job.request, "smoke", False):
+                        reads.weights(*job.weight_key[:3])  # --offline: a set lacking files is an error row now, not in a worker
+                except EchoMimicError as exc:
+                    job.error = str(exc)
             job.fingerprint = fingerprint(job, digests)
+            if downloads is not None:
+                job.downloads = tuple(found)
+                downloads.extend(f for f in found if f not in downloads)
             out.append(job)
-    if downloads is not None:
-        downloads.extend(f for f in found if f not in downloads)
     return out
 
 
 def weight_downloads(todo: list) -> list:
     """The files the workers would download for the rows to render (their weight sets' missing files: file, from, to),
-    once per set; nothing fetched (a dry run)."""
+    once per set; nothing fetched (a dry run). A set wrong in another way (an unreadable weight index) makes each of
+    its rows an error row (``job.error``, as the run's workers would fail them), so every row's problem is said."""
     from ...errors import MissingWeightsError
     from ...io.fetch_plan import planning
     from ...model_set import ensure_v3, ensure_weights
 
-    seen, out = set(), []
+    seen, out = {}, []
     for job in todo:
         req = job.request
         if getattr(req, "smoke", False) or not getattr(req, "download", False):  # tiny weights made / --offline: none
             continue
         key = ("v3", str(req.folder)) if is_v3(job) else tuple(job.weight_key[:3])
-        if key in seen:
-            continue
-        seen.add(key)
-        with planning() as found:
-            try:
-                ensure_v3(req.folder) if is_v3(job) else ensure_weights(*key)
-            except MissingWeightsError:
-                pass  # (what is missing was said into ``found``: nothing was fetched, so it is still missing)
-        out.extend(f for f in found if f not in out)
+        if key not in seen:
+            seen[key] = None
+            with planning() as found:
+                try:
+                    ensure_v3(req.folder) if is_v3(job) else ensure_weights(*key)
+                except MissingWeightsError:
+                    pass  # (what is missing was said into ``found``: nothing was fetched, so it is still missing)
+                except EchoMimicError as exc:
+                    seen[key] = str(exc)
+            out.extend(f for f in found if f not in out)
+        if seen[key]:
+            job.error = seen[key]
     return out
 
 

@@ -207,7 +207,7 @@ def run_on_ray(todo: list, opts, on_event) -> None:
 
 
 def _run(ray, todo: list, opts, on_event) -> None:
-    from .workers import pick_job
+    from .workers import pick_job, respawn_budget
 
     kind, n, need = placement(ray.cluster_resources(), opts, len(todo))
     threads = need["num_cpus"]
@@ -231,7 +231,8 @@ def _run(ray, todo: list, opts, on_event) -> None:
             respawns_left -= 1
             start()
 
-    respawns_left = 2 * n  # as LocalPool: at most two fresh actors per worker in all
+    budget = respawn_budget(n, opts.max_attempts)  # as LocalPool: given back by every finished row
+    respawns_left = budget
     for _ in range(n):
         start()
     idle = []
@@ -282,6 +283,8 @@ def _run(ray, todo: list, opts, on_event) -> None:
                     pending.insert(0, job)
                 continue
             idle.append(w)
+            if isinstance(payload, dict) and payload.get("status") == "ok":
+                respawns_left = max(respawns_left, budget)
             on_event("done", w, job, payload)
     finally:
         for w in live:  # at once: interrupted, the rows in flight stop (the driver removes what they left)

@@ -145,6 +145,7 @@ class ResultsFile:
         check_results_file(outdir)  # (a run says it before any row is checked)
         self._fh = open(self.path, "ab", buffering=0)  # unbuffered: a failed write is never written again later
         self._torn = self._said = False
+        self.unwritten: list[str] = []  # rows whose line a write refused (a full disk): only the final rewrite has them
 
     def append(self, record: dict) -> None:
         """Add ``record`` and sync it. A write the system refuses (a full disk) is said once and the batch goes on:
@@ -157,6 +158,7 @@ class ResultsFile:
             os.fsync(self._fh.fileno())
         except OSError as exc:
             self._torn = True
+            self.unwritten.append(str(record.get("name")))
             if not self._said:
                 self._said = True
                 from ...io.os_errors import os_error_text
@@ -165,6 +167,8 @@ class ResultsFile:
                             "renders the rows missing from it again).", os_error_text(exc, self.path, "write"))
             return
         self._torn = False
+        if record.get("name") in self.unwritten:  # written now (a row retried): no longer missing
+            self.unwritten.remove(record.get("name"))
 
     def rewrite(self, records: list[dict]) -> None:
         self._fh.close()

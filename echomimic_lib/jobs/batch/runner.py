@@ -48,9 +48,11 @@ class BatchSummary:
     ok: int = 0
     failed: int = 0
     to_render: int = 0             # rows handed to the workers (a dry run: rows that would be)
+    stopped: str = ""              # why the batch stopped before every row was rendered (a full disk)
     records: list = field(default_factory=list)
     stale: dict = field(default_factory=dict)  # name -> where its earlier video went (a dry run: where it is)
     downloads: list = field(default_factory=list)  # a dry run: the files the run would download (file, from, to)
+    smoke: dict = field(default_factory=dict)  # a dry run: models folder -> rows to render there with tiny random weights
 
     @property
     def exit_code(self) -> int:
@@ -249,20 +251,32 @@ def _dry_run(jobs: list, outdir) -> BatchSummary:
     ``stale/``. What the run would download (the face model or DWPose while checking the rows, a weight set's missing
     files in the workers) is listed (:mod:`echomimic_lib.io.fetch_plan`): no network, nothing made or written."""
     from .plan import weight_downloads
+    from .v3 import is_v3
 
     if outdir.is_dir():  # (not there yet: the run makes it, empty)
         BatchLock(outdir).check()
         check_results_file(outdir)
-    downloads: list = []
-    jobs = check_jobs(jobs, downloads)
+    jobs = check_jobs(jobs, [])
     summary, _records, todo, bad = _sort(jobs, read_results(outdir))
     if outdir.is_dir():
         refuse_foreign_outputs(todo, outdir)
         summary.stale = set_aside_stale(bad + todo, outdir, move=False)
-    for job in bad:
+    later = weight_downloads(todo)  # (a set wrong in another way than missing files: its rows become error rows)
+    bad += [job for job in todo if job.error]
+    todo = [job for job in todo if not job.error]
+    summary.to_render = len(todo)
+    for job in sorted(bad, key=lambda j: j.line):
         log.warning("line %d (%s) would fail: %s", job.line, job.name, job.error)
     summary.failed = len(bad)
-    summary.downloads = downloads + [f for f in weight_downloads(todo) if f not in downloads]
+    for job in todo:
+        if getattr(job.request, "smoke", False):
+            where = str(job.request.folder) if is_v3(job) else str(job.weight_key[0])
+            summary.smoke[where] = summary.smoke.get(where, 0) + 1
+    seen: set = set()  # only the rows that would render download anything; each file once (thousands of rows)
+    for f in [f for job in todo for f in job.downloads] + later:
+        if tuple(sorted(f.items())) not in seen:
+            seen.add(tuple(sorted(f.items())))
+            summary.downloads.append(f)
     return summary
 
 
@@ -297,6 +311,9 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
         log.info("%d of %d row(s) already done with the same inputs and settings: skipped", summary.skipped, len(jobs))
 
     def on_event(kind, worker, job, payload):
+        full = kind == "done" and isinstance(payload, dict) and bool(payload.get("disk_full"))
+        if full:
+            payload = {k: v for k, v in payload.items() if k != "disk_full"}  # (not a field of the record)
         if kind == "died":
             log.warning("%s: %s; %s", job.name, payload, "retrying" if job.attempts < opts.max_attempts else "giving up")
             remove_partials(job)
@@ -317,6 +334,8 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
         display.event(kind, worker, job, payload)
         if opts.on_event is not None:
             opts.on_event(kind, worker, job, payload)
+        if full:
+            raise _DiskFull(f"line {job.line} ({job.name}): {payload.get('error')}")
 
     try:
         for job in bad:
@@ -325,7 +344,14 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
             remove_partials(job)  # left by a run that was killed half-way
         if todo:
             _prepare_weights(todo)
-            _dispatch(todo, opts, on_event)
+            try:
+                _dispatch(todo, opts, on_event)
+            except _DiskFull as exc:  # the rows in flight were stopped (their partial files go below)
+                left = sum(1 for job in todo if job.name not in records)
+                summary.stopped = (f"the disk is full ({exc}). The batch stopped there: {left} row(s) not rendered (the "
+                                   "rows in flight were stopped). Free some space (OUTDIR/stale/ holds earlier videos, "
+                                   "if any), then run the same command again: the finished rows are skipped.")
+                log.error("%s", summary.stopped)
     finally:
         display.close()
         for job in todo:  # interrupted: the rows in flight leave nothing half-written (their workers are gone)
@@ -333,9 +359,35 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
                 remove_partials(job)
         ordered = [records[j.name] for j in jobs if j.name in records]
         mine = {j.name for j in jobs}  # another manifest's rows in this folder (a big one run in parts): kept, after
-        results.rewrite(ordered + [rec for name, rec in previous.items() if name not in mine])
+        _rewrite(results, ordered + [rec for name, rec in previous.items() if name not in mine])
     summary.records = ordered
     return summary
+
+
+class _DiskFull(Exception):
+    """A row met a full disk: the batch stops handing out rows (every later one would render, then fail to write)."""
+
+
+def _rewrite(results: ResultsFile, records: list) -> None:
+    """results.jsonl rewritten whole, in the manifest's order. A write the system refuses there (a full disk) after
+    every row's line was appended as it finished loses nothing (the file holds each row's line, in the order they
+    finished; a row's last line counts): said, and the batch ends as its rows did. When some lines could not be
+    appended either, those finished rows are unrecorded: said, naming them (a rerun renders them again)."""
+    from ...errors import EchoMimicError
+    from ...io.os_errors import os_error_text
+
+    try:
+        results.rewrite(records)
+    except OSError as exc:
+        text = os_error_text(exc, results.path, "write")
+        lost = sorted(set(results.unwritten))
+        if lost:
+            names = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+            raise EchoMimicError(f"{text} {len(lost)} finished row(s) are not recorded in it ({names}): a run of the same "
+                                 "command renders them again (their videos are moved to stale/ first); free space "
+                                 "first.") from None
+        log.warning("%s It keeps every row's line as written when the row finished (in that order, not the manifest's); "
+                    "nothing is lost.", text)
 
 
 def _dispatch(todo: list, opts: BatchOptions, on_event) -> None:

@@ -95,7 +95,7 @@ PATHS = ("reference", "audio", "models")  # lora: .lora_columns (one file or sev
 def build_v3_kwargs(values: dict, base: Path, convert) -> dict:
     """Row values (keys normalised, ``kind``/``name``/``version`` removed) -> V3Row fields; ValueError names the column."""
     from .lora_columns import lora_columns
-    from .manifest_text import row_path
+    from .manifest_text import not_a_file, row_path
 
     annotations = {f.name: str(f.type) for f in fields(V3Row)}
     own = set(annotations) - {"output", "device", "download", "version", "color_transfer"}
@@ -118,8 +118,9 @@ def build_v3_kwargs(values: dict, base: Path, convert) -> dict:
     for key in PATHS:
         if kw.get(key):
             kw[key] = row_path(kw[key], base, key)
-            if key != "models" and not Path(kw[key]).exists():
-                raise ValueError(f"{key}: {kw[key]} not found")
+            problem = not_a_file(kw[key]) if key != "models" else None
+            if problem:
+                raise ValueError(f"{key}: {kw[key]} {problem}")
     return kw
 
 

@@ -60,7 +60,26 @@ def render_payload(job, device: str, cache, scorer, progress=None) -> dict:
         log.debug("%s", traceback.format_exc())
         if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
             cache.clear()
-        return {"status": "error", "error": error_message(exc)}
+        payload = {"status": "error", "error": error_message(exc)}
+        if disk_full(exc):  # the batch stops: every later row would render in full, then fail the same way
+            payload["disk_full"] = True
+        return payload
+
+
+def disk_full(exc: BaseException) -> bool:
+    """A write refused for want of space (a full disk, a quota), here or in what it was raised from."""
+    import errno
+
+    from ...io.os_errors import write_errno
+
+    full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if write_errno(exc) in full:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def worker_main(wid: int, device: str, threads: int, conn, parent: int, scores: bool, log_level: int) -> None:
@@ -133,6 +152,14 @@ class _Worker:
         self.weight_key = None
 
 
+def respawn_budget(workers: int, max_attempts: int) -> int:
+    """Workers restarted after deaths with no row finished in between: at least one row's attempts (a row that
+    crashes its worker every time never leaves the pool empty, even with one worker), 2 per worker otherwise. A finished
+    row gives the budget back (:meth:`LocalPool.finished_one`): only a setup where nothing finishes (a broken driver)
+    runs it out, and then the batch ends."""
+    return max(2 * workers, max_attempts)
+
+
 class LocalPool:
     """``devices``: one entry per worker (``cpu``, ``cuda:0``, ...). Events: (kind, worker, job, payload) with kind
     ``start`` | ``progress`` | ``done`` | ``died``."""
@@ -141,7 +168,8 @@ class LocalPool:
                  respawns: int | None = None):
         self.ctx = mp.get_context("spawn")
         self.devices, self.threads, self.scores, self.max_attempts = devices, threads, scores, max_attempts
-        self.respawns_left = len(devices) * 2 if respawns is None else respawns
+        self.respawn_budget = respawn_budget(len(devices), max_attempts) if respawns is None else respawns
+        self.respawns_left = self.respawn_budget
         self.workers: list[_Worker] = []
         self._next_id = 0
         for device in devices:
@@ -187,9 +215,18 @@ class LocalPool:
                         elif kind == "done" and w.job is not None:
                             job, w.job = w.job, None
                             remaining -= 1
+                            if isinstance(payload, dict) and payload.get("status") == "ok":
+                                self.finished_one()
                             on_event("done", w, job, payload)
                 if not w.proc.is_alive():
                     remaining -= self._buried(w, pending, on_event)
+
+    respawn_budget = 0  # (set per pool in __init__)
+
+    def finished_one(self) -> None:
+        """A row rendered: the workers work; the deaths before it are forgiven (a long batch with a crashing row now
+        and then keeps its workers)."""
+        self.respawns_left = max(self.respawns_left, self.respawn_budget)
 
     def _buried(self, w: _Worker, pending: list, on_event) -> int:
         """A worker died: requeue its job (or fail it after ``max_attempts``), start a replacement. Returns the
