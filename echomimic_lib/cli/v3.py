@@ -99,7 +99,7 @@ def cmd_animate_v3(args) -> int:
     h = args.height or (SMOKE_SIZE[1] if args.smoke and not args.width else w)
     req = V3Request(reference=args.reference, audio=args.audio, output=args.output, models=str(folder), prompt=args.prompt,
                     steps=args.steps or (2 if args.smoke else 8), audio_cfg=args.audio_cfg,
-                    seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
+                    seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length, smoke=args.smoke,
                     long_mode=args.long_mode, teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
                     vae_dtype=resolve_vae_dtype(args.dtype, device, dtype, "wan"),
                     download=not (args.offline or args.smoke), lora=lora, lora_strength=lora_strength,
