@@ -67,3 +67,56 @@ def test_the_command_line_smoke_run_of_a_short_clip_says_smoke_not_length(tmp_pa
     assert rc == 0, err
     assert "--length" not in err, err
     assert (tmp_path / "out.mp4").is_file()
+
+
+# ------------------------------------------------------------------- the official infer_flash_pro.py's option names
+OFFICIAL = ["--image_path", "{ref}", "--audio_path", "{audio}", "--prompt", "A person is speaking.",
+            "--num_inference_steps", "8", "--save_path", "{out}", "--sampler_name", "Flow_Unipc", "--video_length", "81",
+            "--guidance_scale", "6.0", "--audio_guidance_scale", "3.0", "--seed", "43", "--enable_teacache",
+            "--weight_dtype", "bfloat16", "--sample_size", "768", "640", "--negative_prompt", "",
+            "--GPU_memory_mode", "model_cpu_offload_and_qfloat8"]
+
+
+def test_the_official_scripts_options_are_refused_at_once_with_this_tools_names(tmp_path, capsys, monkeypatch):
+    """run_flash_pro.sh's options pasted after `echomimic animate` gave argparse's usage screen and "unrecognized
+    arguments" (and "--reference, -o are required"), one name at a time. Now every one is named at once, with the same
+    command in this tool's words and what to drop, before any file is read or weight loaded."""
+    from echomimic_lib.jobs import animate_v3
+
+    monkeypatch.setattr(animate_v3, "run_v3", lambda *a, **k: 1 / 0)
+    argv = [a.format(ref=REF, audio=SPEECH, out=tmp_path / "outs") for a in OFFICIAL]
+    assert main(["animate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" not in err and "unrecognized" not in err and "required" not in err, err
+    assert "--image_path, --audio_path, --num_inference_steps, --save_path" in err
+    assert "infer_flash_pro.py" in err
+    want = (f"--version v3-flash --reference {REF} --audio {SPEECH} --steps 8 -o {tmp_path / 'outs' / 'output.mp4'} "
+            "--length 81 --audio-cfg 3.0 --dtype bf16 --width 640 --height 768 --fp8`")
+    assert want in err, err
+    for dropped in ("--sampler_name:", "--guidance_scale: no effect", "--enable_teacache:", "--negative_prompt: flash-pro "
+                    "has no negative prompt"):
+        assert dropped in err, (dropped, err)
+    assert not (tmp_path / "outs").exists()
+
+
+def test_one_official_name_with_this_tools_own_options_is_named_and_dashes_work_too(tmp_path, capsys):
+    rc = main(["animate", "--version", "v3-flash", "--reference", str(REF), "--audio", str(SPEECH), "-o",
+               str(tmp_path / "o.mp4"), "--audio-guidance-scale", "2.5", "--GPU_memory_mode", "sequential_cpu_offload"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "usage:" not in err
+    assert "--audio-guidance-scale, --GPU_memory_mode are the official" in err and "--audio-cfg 2.5" in err, err
+    assert "--GPU_memory_mode: for less GPU memory use --fp8" in err and "--vae-tiling" in err, err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_the_official_names_do_not_change_this_tools_own_options(tmp_path):
+    """--audio, --prompt, --seed and --negative-prompt (its own refusal) parse as before."""
+    from echomimic_lib.cli import build_parser
+
+    args = build_parser().parse_args(["animate", "--version", "v3-flash", "--reference", "r.png", "--audio", "a.wav",
+                                      "-o", "o.mp4", "--prompt", "hi", "--seed", "7", "--audio-cfg", "2"])
+    assert (args.audio, args.prompt, args.seed, args.audio_cfg, args.official_names) == ("a.wav", "hi", 7, 2.0, None)
+    import pytest
+
+    with pytest.raises(SystemExit):  # still required when no official name is given
+        build_parser().parse_args(["animate", "--audio", "a.wav"])

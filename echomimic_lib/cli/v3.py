@@ -32,6 +32,9 @@ def add_v3_arguments(a) -> None:
                         "identity can drift over long clips)")
     g.add_argument("--negative-prompt", default=None, help=argparse.SUPPRESS)  # refused with the reason (check_family_options)
     a.set_defaults(family_defaults={d: a.get_default(d) for d in V1V2_ONLY + V3_ONLY})
+    from .v3_official import add_official_names
+
+    add_official_names(a)  # infer_flash_pro.py's names: refused with this tool's (check_family_options)
 
 
 def _flag(dest: str) -> str:
@@ -47,7 +50,9 @@ def given(args, dests) -> list[str]:
 def check_family_options(args) -> None:
     """Refuse the other family's options before any work: V1/V2 options with ``--version v3-flash``, V3 ones without."""
     from ..errors import EchoMimicError
+    from .v3_official import check_official_names
 
+    check_official_names(args)  # --image_path, --audio_guidance_scale, ...: all named at once, with this tool's names
     if getattr(args, "negative_prompt", None) is not None:  # (Wan and the official V3 scripts have one)
         raise EchoMimicError("--negative-prompt: EchoMimicV3 flash-pro has no negative prompt (its guidance is audio only, "
                              "as the official flash-pro, whose negative prompt is encoded and never used): drop it; say what "
