@@ -120,3 +120,24 @@ def test_the_official_names_do_not_change_this_tools_own_options(tmp_path):
 
     with pytest.raises(SystemExit):  # still required when no official name is given
         build_parser().parse_args(["animate", "--audio", "a.wav"])
+
+
+# ------------------------------------------------------------------------------------------------ long speech
+def test_a_clip_longer_than_one_shot_says_the_rest_is_not_rendered_and_how_to_render_it(tmp_path, caplog):
+    """A 6.2 s clip without --length gave a 3.24 s video (one 81-frame shot, as the official script) and said
+    nothing: the user found the video cut short. Now a warning says so and names the --length for the whole clip."""
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
+
+    audio = DATA / "audio" / "echomimicv2_woman.wav"
+    with caplog.at_level(logging.WARNING):
+        plan = plan_v3(V3Request(reference=str(REF), audio=str(audio), output=str(tmp_path / "o.mp4"),
+                                 models=str(tmp_path), size=(64, 64)))
+    assert plan.frames == 81  # unchanged: the official one shot
+    assert "the speech lasts 6.22 s" in caplog.text and "--length 153" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a clip one shot covers, and one asked for in full: nothing to say
+        plan_v3(V3Request(reference=str(REF), audio=str(audio), output=str(tmp_path / "o.mp4"), models=str(tmp_path),
+                          size=(64, 64), length=153))
+        plan_v3(V3Request(reference=str(REF), audio=str(_tone(tmp_path / "s.wav", 3.3)), output=str(tmp_path / "o.mp4"),
+                          models=str(tmp_path), size=(64, 64)))
+    assert caplog.text == "", caplog.text

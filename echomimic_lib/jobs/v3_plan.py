@@ -113,6 +113,10 @@ def plan_v3(req: V3Request) -> V3Plan:
     elif length and length > frames:  # as V1/V2: the video follows the audio, and says so
         log.warning("--length %d is beyond the audio: it lasts %.2f s, %d frames at %g fps (4k+1); the video has %d frames "
                     "(the length follows the audio).", length, seconds, frames, FPS, frames)
+    if not length and frame_count(seconds, speech_length.MAX_LENGTH) > frames:  # the default one shot (was silent)
+        log.warning("the speech lasts %.2f s; EchoMimicV3 renders one %d-frame shot (%.2f s) of it by default, as the "
+                    "official script: --length %d renders all of it, in 81-frame chunks (--long-mode).", seconds, frames,
+                    frames / FPS, frame_count(seconds, speech_length.MAX_LENGTH))
     try:
         h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
     except EchoMimicError as exc:  # scaled under 16 px by a small --width x --height: the size rule's own reason
