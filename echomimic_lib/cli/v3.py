@@ -32,6 +32,9 @@ def add_v3_arguments(a) -> None:
                         "identity can drift over long clips)")
     g.add_argument("--negative-prompt", default=None, help=argparse.SUPPRESS)  # refused with the reason (check_family_options)
     a.set_defaults(family_defaults={d: a.get_default(d) for d in V1V2_ONLY + V3_ONLY})
+    from .v3_official import add_official_names
+
+    add_official_names(a)  # infer_flash_pro.py's names: refused with this tool's (check_family_options)
 
 
 def _flag(dest: str) -> str:
@@ -47,7 +50,9 @@ def given(args, dests) -> list[str]:
 def check_family_options(args) -> None:
     """Refuse the other family's options before any work: V1/V2 options with ``--version v3-flash``, V3 ones without."""
     from ..errors import EchoMimicError
+    from .v3_official import check_official_names
 
+    check_official_names(args)  # --image_path, --audio_guidance_scale, ...: all named at once, with this tool's names
     if getattr(args, "negative_prompt", None) is not None:  # (Wan and the official V3 scripts have one)
         raise EchoMimicError("--negative-prompt: EchoMimicV3 flash-pro has no negative prompt (its guidance is audio only, "
                              "as the official flash-pro, whose negative prompt is encoded and never used): drop it; say what "
@@ -99,7 +104,7 @@ def cmd_animate_v3(args) -> int:
     h = args.height or (SMOKE_SIZE[1] if args.smoke and not args.width else w)
     req = V3Request(reference=args.reference, audio=args.audio, output=args.output, models=str(folder), prompt=args.prompt,
                     steps=args.steps or (2 if args.smoke else 8), audio_cfg=args.audio_cfg,
-                    seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length or (25 if args.smoke else 0),
+                    seed=43 if args.seed is None else args.seed, size=(w, h), length=args.length, smoke=args.smoke,
                     long_mode=args.long_mode, teacache=args.teacache, color_transfer=not args.no_color_transfer, device=str(device), dtype=dtype,
                     vae_dtype=resolve_vae_dtype(args.dtype, device, dtype, "wan"),
                     download=not (args.offline or args.smoke), lora=lora, lora_strength=lora_strength,

@@ -15,6 +15,7 @@ import torch
 from ..errors import EchoMimicError, as_whole
 
 log = logging.getLogger(__name__)
+SMOKE_LENGTH = 25  # frames a smoke run renders without --length: the first second at 25 fps (4k+1)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class V3Request:
     resumable: bool = False  # a long clip keeps its finished chunks beside the output; a rerun goes on (pipeline.wan.chunk_state)
     fp8: bool = False  # the transformer blocks' weights stored in float8_e4m3fn, upcast per layer (models.wan.transformer_to_fp8)
     vae_tiling: bool = False  # the VAE encodes and decodes in overlapping tiles (models.wan.vae.set_tiling): a lower peak
+    smoke: bool = False  # a smoke run (tiny random weights): length 0 means its first second, SMOKE_LENGTH frames
 
 
 @dataclass
@@ -86,24 +88,35 @@ def plan_v3(req: V3Request) -> V3Plan:
     # clip, so the whole file is decoded whatever --length is; the header first (1.5 times over), then the exact length.
     # One pass holds only the start a video of ``cap`` frames uses, the rest measured a piece at a time.
     check_video_length(req.audio, header_seconds(req.audio), FPS, speech_length.MAX_LENGTH, HEADER_MARGIN, whole_clip=True)
-    cap = max(81, int(req.length or 0))
+    length = req.length or (SMOKE_LENGTH if req.smoke else 0)
+    cap = max(81, int(length))
     speech = read_v3_speech(req.audio, cap)
     wav, sr = speech.wav, speech.sample_rate
     check_video_length(req.audio, resampled_length(speech.samples, sr) / 16000.0, FPS, speech_length.MAX_LENGTH,
                        whole_clip=True)
     seconds = speech.seconds
     frames = frame_count(seconds, cap)
-    if req.length and req.length < frames:
-        frames = frame_count(req.length / FPS, req.length)
-        if frames != req.length:  # (was silent)
+    if req.smoke and not req.length:  # the smoke run's own length: not a --length the user gave (was "--length 25")
+        if length > frames:
+            log.info("smoke run: the first %d frames (1 s), or as much as the audio covers: it lasts %.2f s; the video "
+                     "has %d frames.", length, seconds, frames)
+        else:
+            frames = length
+    elif length and length < frames:
+        frames = frame_count(length / FPS, length)
+        if frames != length:  # (was silent)
             log.warning("--length %d: EchoMimicV3 renders 4k+1 frames (1, 5, ... 77, 81, 85, ...); the video has %d.",
-                        req.length, frames)
-    elif req.length and req.length > frames and req.length <= int(seconds * FPS):  # the audio covers it: the 4k+1 rule
+                        length, frames)
+    elif length and length > frames and length <= int(seconds * FPS):  # the audio covers it: the 4k+1 rule
         log.warning("--length %d: EchoMimicV3 renders 4k+1 frames (1, 5, ... 77, 81, 85, ...); the video has %d.",
-                    req.length, frames)  # (was "beyond the audio" of a clip long enough for it)
-    elif req.length and req.length > frames:  # as V1/V2: the video follows the audio, and says so
+                    length, frames)  # (was "beyond the audio" of a clip long enough for it)
+    elif length and length > frames:  # as V1/V2: the video follows the audio, and says so
         log.warning("--length %d is beyond the audio: it lasts %.2f s, %d frames at %g fps (4k+1); the video has %d frames "
-                    "(the length follows the audio).", req.length, seconds, frames, FPS, frames)
+                    "(the length follows the audio).", length, seconds, frames, FPS, frames)
+    if not length and frame_count(seconds, speech_length.MAX_LENGTH) > frames:  # the default one shot (was silent)
+        log.warning("the speech lasts %.2f s; EchoMimicV3 renders one %d-frame shot (%.2f s) of it by default, as the "
+                    "official script: --length %d renders all of it, in 81-frame chunks (--long-mode).", seconds, frames,
+                    frames / FPS, frame_count(seconds, speech_length.MAX_LENGTH))
     try:
         h, w = sample_size(ref.shape[1], ref.shape[0], req.size)
     except EchoMimicError as exc:  # scaled under 16 px by a small --width x --height: the size rule's own reason
