@@ -1,0 +1,68 @@
+"""A researcher fine-tuning with ``echomimic-train`` (seventh hunt): loading the result back, which trainer a config is
+for, and the damaged-record refusals shared.
+
+Before: a full fine-tune's checkpoint (or its run folder, or its ``model.safetensors``) given as ``--lora`` was told to
+"export the adapter" (there is none: the run trained the whole model, which is exported as a model set and loaded as
+the models folder); a V1/V2 checkpoint given to the V3 reader (or a V3 one to the V1/V2 reader) was told to run the
+reader's export command, which refuses it; a V3 LoRA config holding only keys both trainers have (its ``lora.targets``
+V3's layer names) was read as a V1/V2 config: ``plan`` and ``fit`` said to add ``lora.enabled`` (a V1/V2 key).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_trust_audit3_train import _fresh_state  # noqa: F401 - autouse fixture
+
+
+def _checkpoint(root: Path, meta: dict, key: str = "denoiser.conv_in.weight") -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt = root / "runs" / "anna" / "checkpoints" / "step-00000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text(json.dumps({"step": 4, **meta}))
+    save_file({key: torch.zeros(4, 8)}, str(ckpt / "model.safetensors"))
+    return ckpt
+
+
+FULL = {"weights": "v1_audio", "lora": None}
+
+
+# 1. a full fine-tune given as --lora ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reader", ["v1", "v3"])
+@pytest.mark.parametrize("given", ["run", "checkpoint", "weights"])
+def test_a_full_fine_tune_given_as_lora_says_what_it_is_and_how_to_load_it(reader, given, tmp_path):
+    from echomimic_lib.errors import WeightsError
+    from echomimic_lib.lora.files import read_lora
+    from echomimic_lib.lora.wan_files import read_wan_lora
+
+    ckpt = _checkpoint(tmp_path, FULL)
+    path = {"run": ckpt.parent.parent, "checkpoint": ckpt, "weights": ckpt / "model.safetensors"}[given]
+    with pytest.raises(WeightsError) as e:
+        (read_lora if reader == "v1" else read_wan_lora)(path)
+    msg = str(e.value)
+    assert "adapter" not in msg and "v3-export" not in msg, msg
+    assert "full fine-tune" in msg and "no LoRA" in msg, msg
+    src = ckpt if given != "run" else ckpt.parent.parent
+    assert f"`echomimic-train export {src} EXPORT/`" in msg and "--models EXPORT/" in msg, msg
+
+
+@pytest.mark.parametrize("reader,meta,export", [
+    ("v3", {"weights": "v2", "lora": {"rank": 4}}, "echomimic-train export"),
+    ("v1", {"family": "v3", "lora": {"rank": 4}}, "echomimic-train v3-export"),
+])
+def test_a_checkpoint_of_the_other_family_names_its_own_export_and_reader(reader, meta, export, tmp_path):
+    from echomimic_lib.errors import WeightsError
+    from echomimic_lib.lora.files import read_lora
+    from echomimic_lib.lora.wan_files import read_wan_lora
+
+    ckpt = _checkpoint(tmp_path, meta)
+    with pytest.raises(WeightsError) as e:
+        (read_lora if reader == "v1" else read_wan_lora)(ckpt)
+    msg = str(e.value)
+    assert f"`{export} {ckpt} LORA.safetensors`" in msg, msg
+    assert ("EchoMimicV3" in msg and "--version v3-flash" in msg) if reader == "v1" else "V1/V2" in msg, msg
