@@ -66,3 +66,46 @@ def test_a_checkpoint_of_the_other_family_names_its_own_export_and_reader(reader
     msg = str(e.value)
     assert f"`{export} {ckpt} LORA.safetensors`" in msg, msg
     assert ("EchoMimicV3" in msg and "--version v3-flash" in msg) if reader == "v1" else "V1/V2" in msg, msg
+
+
+# 2. which trainer a config of shared keys is for ----------------------------------------------------------------------
+
+V3_SHARED_ONLY = """output_dir: {out}
+data: {{roots: [data], width: 64, height: 64}}
+lora: {{rank: 16, alpha: 16, targets: [self_attn.q, self_attn.k, cross_attn.k_audio]}}
+optim: {{lr: 1.0e-4}}
+"""
+
+
+def test_a_v3_config_of_shared_keys_is_told_by_its_lora_targets(tmp_path):
+    """Every key of this V3 LoRA config is one both trainers have; its lora.targets are V3's layer names."""
+    from trainer.plan.v3 import read_plan_mapping
+
+    cfg = tmp_path / "v3.yaml"
+    cfg.write_text(V3_SHARED_ONLY.format(out=tmp_path / "run"))
+    family, _, decided_by = read_plan_mapping(cfg)
+    assert family == "v3" and any("lora.targets" in k for k in decided_by), (family, decided_by)
+    v12 = tmp_path / "v12.yaml"  # V1/V2 layer names (or V3 and other names mixed): as before
+    v12.write_text(V3_SHARED_ONLY.format(out=tmp_path / "run").replace("cross_attn.k_audio", "to_q"))
+    assert read_plan_mapping(v12)[0] == "v1v2"
+
+
+def test_fit_given_a_v3_config_of_shared_keys_names_v3_fit(tmp_path, capsys):
+    from trainer.cli import main
+
+    cfg = tmp_path / "v3.yaml"
+    cfg.write_text(V3_SHARED_ONLY.format(out=tmp_path / "run"))
+    assert main(["fit", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"echomimic-train v3-fit --config {cfg}" in err and "lora.enabled" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_plan_of_a_v3_config_of_shared_keys_plans_it_as_v3(tmp_path, capsys):
+    from trainer.cli import main
+
+    cfg = tmp_path / "v3.yaml"
+    cfg.write_text(V3_SHARED_ONLY.format(out=tmp_path / "run"))
+    rc = main(["plan", str(cfg), "--arch", "tiny"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "lora.enabled" not in err and "flash attention" in out, (out, err)
