@@ -109,3 +109,42 @@ def test_plan_of_a_v3_config_of_shared_keys_plans_it_as_v3(tmp_path, capsys):
     rc = main(["plan", str(cfg), "--arch", "tiny"])
     out, err = capsys.readouterr()
     assert rc == 0 and "lora.enabled" not in err and "flash attention" in out, (out, err)
+
+
+# 3. the damaged-record and another-run refusals, written once: the words as before ------------------------------------
+
+def test_the_shared_refusals_say_what_they_said(tmp_path):
+    from types import SimpleNamespace as NS
+
+    from trainer import resume_match as rm
+    from trainer.config import ConfigError
+    from trainer.lora import lora_info
+    from trainer.v3.lora import _check_lora_record
+
+    ck = tmp_path / "run" / "checkpoints" / "step-00000002"
+    cfg = NS(output_dir="/o", model=NS(weights="v2"), lora=NS(enabled=True, rank=4, alpha=4, use_rslora=False,
+                                                              targets=["to_q"], networks=["denoiser"]))
+    calls = [lambda: lora_info({"lora": {"rank": 0}, "weights": "v2", "step": 2}, ck, False),
+             lambda: _check_lora_record(ck, {"rank": 0, "alpha": 1}),
+             lambda: rm.check_resume_matches(cfg, ck, {"weights": "v2", "lora": 5}),
+             lambda: rm.check_resume_matches(cfg, ck, {"weights": "v1_audio", "lora": None}),
+             lambda: rm.check_v3_resume_matches(cfg, ck, {"config": {"lora": {"rank": 8}}})]
+    said = []
+    for call in calls:
+        with pytest.raises(ConfigError) as e:
+            call()
+        said.append(str(e.value))
+    meta, tail = ck / "meta.json", "the file was edited or damaged. {} an earlier checkpoint of this run, or put back the " \
+        "meta.json the run wrote."
+    assert said[0] == (f"{meta}: not a readable checkpoint record (its lora settings are not as fit writes them: a rank of "
+                       f"1 or more, a positive alpha, targets, networks, base): {tail.format('Export')}")
+    assert said[1] == (f"{meta}: not a readable checkpoint record (its lora rank / alpha are not a rank of 1 or more and a "
+                       f"positive number): {tail.format('Export')}")
+    assert said[2] == f"{meta}: not a readable checkpoint record (lora 5 is not the adapter's settings): {tail.format('Resume from')}"
+    again = ("resume it with the config it was trained with (`echomimic-train {} --config " + str(tmp_path / "run" / "config.yaml")
+             + " --resume`), or start this config in a new output_dir. Nothing was written.")
+    assert said[3] == (f"{ck} is a checkpoint of another run (v1_audio full fine-tune) than this config's (v2 LoRA (rank 4)): "
+                       "it was trained with model.weights v1_audio (this config: v2); lora.enabled false (this config: true)."
+                       f" --resume continues a run with its own settings: {again.format('fit')}")
+    assert said[4] == (f"{ck} is a checkpoint of another run than this config's: it was trained with lora.rank 8 (this config: "
+                       f"4). --resume continues a run with its own adapters: {again.format('v3-fit')}")
