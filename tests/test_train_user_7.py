@@ -148,3 +148,34 @@ def test_the_shared_refusals_say_what_they_said(tmp_path):
                        f" --resume continues a run with its own settings: {again.format('fit')}")
     assert said[4] == (f"{ck} is a checkpoint of another run than this config's: it was trained with lora.rank 8 (this config: "
                        f"4). --resume continues a run with its own adapters: {again.format('v3-fit')}")
+
+
+# 4. a key written twice in the config -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,key,lines", [
+    ("preset: v1_stage1\noptim: {batch_size: 4}\nseed: 3\noptim: {lr: 1.0e-4}\n", "optim", (2, 4)),
+    ("data:\n  roots: [data]\n  width: 64\n  roots: [data2]\n", "data.roots", (2, 4)),
+    ("phases:\n  - {name: stage1, steps: 10, steps: 20}\n", "phases[0].steps", (2, 2)),
+])
+def test_a_key_written_twice_is_refused_naming_both_lines(text, key, lines, tmp_path):
+    """YAML keeps the last of two equal keys: a section appended at the end (a second ``optim:``) dropped the first
+    one's settings (batch_size back to its default) without a word."""
+    from trainer.config import ConfigError
+    from trainer.config_checks import read_yaml_mapping
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        read_yaml_mapping(cfg)
+    msg = str(e.value)
+    assert f"'{key}' is written twice (lines {lines[0]} and {lines[1]})" in msg and str(cfg) in msg, msg
+
+
+def test_merge_keys_and_equal_keys_in_other_sections_are_fine(tmp_path):
+    from trainer.config_checks import read_yaml_mapping
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("base: &b {lr: 1.0e-4, batch_size: 2}\noptim: {<<: *b, lr: 2.0e-4}\ncheckpoint: {every: 5}\n"
+                   "validation: {every: 5}\n")
+    data = read_yaml_mapping(cfg)
+    assert data["optim"] == {"lr": 2.0e-4, "batch_size": 2} and data["checkpoint"]["every"] == 5

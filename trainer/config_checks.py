@@ -57,7 +57,41 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys (e.g. `preset: v1_stage1`), "
                           f"not a {type(data).__name__}")
+    twice = _written_twice(yaml.compose(text, Loader=yaml.SafeLoader))
+    if twice:
+        key, first, second = twice
+        raise ConfigError(f"{path}: '{key}' is written twice (lines {first} and {second}); YAML keeps only the last, so "
+                          "what the first one says would be dropped without a word. Write it once (one section with all "
+                          "its settings).")
     return data
+
+
+def _written_twice(root) -> tuple[str, int, int] | None:
+    """The first key written twice in one mapping of the YAML node tree (its dotted path and both lines), or None.
+    Keys that ``<<: *alias`` merges in may be overridden (that is what a merge is for); each node is visited once
+    (aliases share nodes)."""
+    import yaml
+
+    seen_nodes, todo = set(), [(root, "")]
+    while todo:
+        node, where = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for k, v in node.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                name = f"{where}.{k.value}" if where else str(k.value)
+                if isinstance(k, yaml.ScalarNode):
+                    if (k.tag, k.value) in lines:
+                        return name, lines[(k.tag, k.value)], k.start_mark.line + 1
+                    lines[(k.tag, k.value)] = k.start_mark.line + 1
+                todo.append((v, name))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((v, f"{where}[{i}]") for i, v in enumerate(node.value))
+    return None
 
 
 def _numbers(obj, path: str = ""):
