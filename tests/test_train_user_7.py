@@ -179,3 +179,32 @@ def test_merge_keys_and_equal_keys_in_other_sections_are_fine(tmp_path):
                    "validation: {every: 5}\n")
     data = read_yaml_mapping(cfg)
     assert data["optim"] == {"lr": 2.0e-4, "batch_size": 2} and data["checkpoint"]["every"] == 5
+
+
+# 5. the validation video's sampler settings, checked before the run ------------------------------------------------------
+
+SMALL_V1 = """preset: v1_stage1
+output_dir: {out}
+model: {{init: echomimic, echomimic_path: {out}}}
+data: {{roots: [{out}], width: 64, height: 64, num_workers: 0}}
+phases: [{{name: stage1, steps: 10}}]
+validation: {{every: 5, {extra}}}
+"""
+
+
+@pytest.mark.parametrize("extra,key", [("steps: 0", "validation.steps"), ("steps: 500", "validation.steps"),
+                                       ("cfg: 30", "validation.cfg"), ("cfg: -1", "validation.cfg"),
+                                       ("frames: 0", "validation.frames")])
+def test_validation_sampler_settings_are_checked_before_the_run(extra, key, tmp_path):
+    """They were first used by the validation render, after validation.every steps of training: the run stopped there
+    with the sampler's "steps must be at least 1." (no key named; the steps since the last checkpoint lost)."""
+    from trainer.config import ConfigError
+    from trainer.config_file import load_config
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(SMALL_V1.format(out=tmp_path, extra=extra))
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert str(e.value).startswith(f"{key}: "), str(e.value)
+    cfg.write_text(SMALL_V1.format(out=tmp_path, extra=extra).replace("every: 5", "every: 0"))
+    load_config(cfg)  # no validation video: not used, not refused

@@ -136,6 +136,20 @@ def check_keep_last(keep_last: int, steps: int, every: int) -> None:
                           f"({steps} steps: a checkpoint every {every} and at the last step).")
 
 
+def check_validation_sampler(v) -> None:
+    """The validation video's sampler settings (``validation.steps`` / ``cfg`` / ``frames``) in the ranges the sampler
+    takes: they were first used at the first validation render, ``validation.every`` steps into the run, which then
+    stopped with the sampler's "steps must be at least 1." naming no key."""
+    from echomimic_lib.modes import MAX_STEPS
+
+    if not 1 <= v.steps <= MAX_STEPS:
+        raise ConfigError(f"validation.steps: {v.steps} must be 1..{MAX_STEPS} denoising steps (e.g. validation.steps: 10).")
+    if not 0.0 <= v.cfg <= 20.0:
+        raise ConfigError(f"validation.cfg: {v.cfg} must be a guidance scale from 0 to 20 (e.g. validation.cfg: 2.5).")
+    if v.frames < 1:
+        raise ConfigError(f"validation.frames: {v.frames} must be at least 1 (frames of the validation video, e.g. 12).")
+
+
 def check_counters(cfg) -> None:
     """The loop's intervals, the data loader's workers, the EMA decay and the LR schedule's name: each is said with its
     key and a working value before anything is built (they once stopped the run after its first step with a bare
@@ -147,6 +161,8 @@ def check_counters(cfg) -> None:
     check_keep_last(cfg.checkpoint.keep_last, cfg.max_steps, cfg.checkpoint.every)
     if cfg.validation.every < 0:
         raise ConfigError(f"validation.every: {cfg.validation.every} must be 0 (no validation video) or a number of steps.")
+    if cfg.validation.every:
+        check_validation_sampler(cfg.validation)
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers: {cfg.data.num_workers} must be 0 (load in the training process) or more.")
     if cfg.optim.warmup_steps < 0:
