@@ -208,3 +208,44 @@ def test_validation_sampler_settings_are_checked_before_the_run(extra, key, tmp_
     assert str(e.value).startswith(f"{key}: "), str(e.value)
     cfg.write_text(SMALL_V1.format(out=tmp_path, extra=extra).replace("every: 5", "every: 0"))
     load_config(cfg)  # no validation video: not used, not refused
+
+
+# 6. resuming on another dataset ------------------------------------------------------------------------------------------
+
+def test_resume_on_another_dataset_is_said(tmp_path, caplog, monkeypatch):
+    """data.roots edited between two runs of one output_dir: ``fit --resume`` went on with the data position of the
+    earlier clip set without a word (``v3-fit`` says it). The checkpoint records its clip set; a resume on another is
+    said, naming the counts; the same set, or a checkpoint without the record, says nothing."""
+    import logging
+
+    import trainer.init as init
+    from tests.test_train_user_4 import Built, _dataset, _yaml
+    from tests.test_trust import _fake_checkpoint
+    from trainer.config_file import load_config
+    from trainer.data.dataset import build_pools, clip_set
+    from trainer.loop import fit
+
+    def no(*a, **k):
+        raise Built("the networks were built")
+    monkeypatch.setattr(init, "build", no)
+    monkeypatch.setattr(init, "echomimic_files", lambda cfg: None)  # (no weights here)
+    a = _dataset(tmp_path / "a", {"talk": 48, "sing": 48})
+    b = _dataset(tmp_path / "b", {"talk": 48, "sing": 48, "laugh": 48})
+    ckpt = _fake_checkpoint(tmp_path, False)
+    extra = "preset: v1_stage1\nmodel: {init: echomimic, echomimic_path: %s, weights: v1_audio}\n" \
+            "data: {roots: [%s], num_workers: 0, condition: face_mask}\nphases: [{name: stage1, steps: 50}]\n"
+    cfg_a = load_config(_yaml(tmp_path, ckpt.parent.parent, extra % (tmp_path, a)))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["clips"] = clip_set(build_pools(cfg_a))
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+
+    def said(cfg):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), pytest.raises(Built):
+            fit(cfg, resume=True)
+        return [r.getMessage() for r in caplog.records if "clips" in r.getMessage() and "changed" in r.getMessage()]
+
+    assert said(cfg_a) == []
+    cfg_b = load_config(_yaml(tmp_path, ckpt.parent.parent, extra % (tmp_path, b)))
+    msgs = said(cfg_b)
+    assert len(msgs) == 1 and "2 then, 3 now" in msgs[0] and "step-00000002" in msgs[0], msgs

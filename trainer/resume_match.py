@@ -111,6 +111,16 @@ def check_v3_resume_matches(cfg, ckpt: Path, meta: dict) -> None:
     raise _another_run(cfg, ckpt, " than this config's", diff, "adapters", "v3-fit")
 
 
+def say_other_clips(ckpt: Path, before, now: dict) -> None:
+    """``fit --resume`` on another clip set than the checkpoint's (``data.roots`` edited, clips added or prepared again)
+    went on from the earlier set's data position without a word (``v3-fit`` says it). Said, with both counts; a
+    checkpoint without the record (an older version's) is not compared."""
+    if isinstance(before, dict) and before != now:
+        log.warning("the clips changed since %s (%s then, %s now: data.roots edited, or clips added, removed or prepared "
+                    "again): the resumed run draws from the new set, so it is not the run the checkpoint began",
+                    Path(ckpt).name, before.get("count"), now["count"])
+
+
 def say_fresh_resume(resume, ckpt, out_dir) -> None:
     """``--resume`` where the output folder has no checkpoint yet starts a fresh run (a restart script may always pass
     it); it once did so without a word, so a mistyped output_dir silently trained from step 0. Said, with the folder."""
