@@ -249,3 +249,20 @@ def test_resume_on_another_dataset_is_said(tmp_path, caplog, monkeypatch):
     cfg_b = load_config(_yaml(tmp_path, ckpt.parent.parent, extra % (tmp_path, b)))
     msgs = said(cfg_b)
     assert len(msgs) == 1 and "2 then, 3 now" in msgs[0] and "step-00000002" in msgs[0], msgs
+
+
+@pytest.mark.slow
+def test_a_real_checkpoint_records_its_clip_set(tmp_path_factory, tmp_path):
+    """The record ``fit --resume`` compares is written by a real run (tiny weights, the shared headshot clips)."""
+    from tests.test_trainer_helpers import shared_dir, v1_config, write_yaml
+    from trainer.config_file import load_config
+    from trainer.data.dataset import build_pools, clip_set
+    from trainer.loop import fit
+
+    base = shared_dir(tmp_path_factory)
+    run = tmp_path / "run"
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", v1_config(base, run, steps=1, optim={"batch_size": 1},
+                                                               checkpoint={"every": 1})))
+    assert fit(cfg)["step"] == 1
+    meta = json.loads((run / "checkpoints" / "step-00000001" / "meta.json").read_text())
+    assert meta["clips"] == clip_set(build_pools(cfg)) and meta["clips"]["count"] >= 1
