@@ -266,3 +266,22 @@ def test_a_real_checkpoint_records_its_clip_set(tmp_path_factory, tmp_path):
     assert fit(cfg)["step"] == 1
     meta = json.loads((run / "checkpoints" / "step-00000001" / "meta.json").read_text())
     assert meta["clips"] == clip_set(build_pools(cfg)) and meta["clips"]["count"] >= 1
+
+
+@pytest.mark.parametrize("reader", ["v1", "v3"])
+def test_an_exported_model_set_given_as_lora_says_to_load_it_as_the_models(reader, tmp_path):
+    """``export`` of a full fine-tune writes a folder of network files and export.json; given as --lora it was told
+    "give the .safetensors file (e.g. one inside it)", and each network file inside is no LoRA."""
+    from echomimic_lib.errors import WeightsError
+    from echomimic_lib.lora.files import read_lora
+    from echomimic_lib.lora.wan_files import read_wan_lora
+
+    export = tmp_path / "EXPORT"
+    export.mkdir()
+    (export / "export.json").write_text(json.dumps({"checkpoint": "runs/anna/checkpoints/step-00000004", "step": 4,
+                                                    "weights": "v1_audio", "ema": False, "dtype": "float32"}))
+    (export / "denoising_unet.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsError) as e:
+        (read_lora if reader == "v1" else read_wan_lora)(export)
+    msg = str(e.value)
+    assert "one inside it" not in msg and "exported model set" in msg and f"--models {export}" in msg, msg

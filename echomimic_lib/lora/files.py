@@ -214,10 +214,11 @@ def _wan_like(meta: dict, keys) -> bool:
     return meta.get("format") == "echomimic-v3-lora" or any(_WAN_KEY.search(k) for k in keys)
 
 
-def _checkpoint_meta(folder: Path) -> dict:
-    """The run settings a checkpoint's ``meta.json`` records (``{}`` when it is unreadable or not an object)."""
+def _checkpoint_meta(folder: Path, name: str = "meta.json") -> dict:
+    """The run settings a checkpoint's ``meta.json`` (an export's ``export.json``) records (``{}`` when it is unreadable
+    or not an object)."""
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((folder / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
@@ -237,6 +238,11 @@ def training_output(path: Path, export: str) -> str:
     if path.is_dir():
         kind = ("a training run" if (path / "checkpoints").is_dir() else "a training checkpoint"
                 if (path / "meta.json").is_file() else "")
+        if not kind and (path / "export.json").is_file():  # `echomimic-train export` of a full fine-tune
+            weights = _checkpoint_meta(path, "export.json").get("weights") or "a V1/V2 model"
+            return (f"{path} is an exported model set ({weights}: the whole model, from `echomimic-train export` of a full "
+                    f"fine-tune), not a LoRA file: load it as the models, `echomimic animate --models {path} ...` "
+                    "(ComfyUI: put it into models/echomimic/ and choose it as the Model Loader's weights_folder).")
         if not kind:
             return f"{path} is a folder, not a LoRA file: give the .safetensors file (e.g. one inside it)."
         ckpt, what, source = (_newest_checkpoint(path) if kind == "a training run" else path), f"{path} is a folder ({kind})", path
