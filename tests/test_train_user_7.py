@@ -285,3 +285,18 @@ def test_an_exported_model_set_given_as_lora_says_to_load_it_as_the_models(reade
         (read_lora if reader == "v1" else read_wan_lora)(export)
     msg = str(e.value)
     assert "one inside it" not in msg and "exported model set" in msg and f"--models {export}" in msg, msg
+
+
+@pytest.mark.parametrize("dest", ["out", "out/anna.safetensors"])
+def test_export_of_a_v3_run_names_v3_export(dest, tmp_path, capsys):
+    """``echomimic-train export`` of an EchoMimicV3 run called its meta.json "edited or damaged"."""
+    from trainer.cli import main
+
+    ckpt = _checkpoint(tmp_path, {"family": "v3", "lora": {"rank": 4, "alpha": 4, "targets": ["self_attn.q"], "layers": 1,
+                                                           "base": {"path": "x"}}, "config": {}},
+                       key="blocks.0.self_attn.q.lora_A.default.weight")
+    run = ckpt.parent.parent
+    assert main(["export", str(run), str(tmp_path / dest)]) == 2
+    err = capsys.readouterr().err
+    assert "damaged" not in err and "EchoMimicV3" in err and f"echomimic-train v3-export {run} " in err, err
+    assert not (tmp_path / "out").exists()
