@@ -46,8 +46,10 @@ def _train(args, capsys):
 
 def _yaml(tmp_path: Path, run: Path, extra: str = "") -> Path:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"output_dir: {run}\nmodel: {{init: echomimic, echomimic_path: {tmp_path}}}\n"
-                   f"data: {{roots: [{tmp_path}], num_workers: 0}}\nloss: {{spatial: {{lpips: 0}}}}\n" + extra)
+    base = [f"output_dir: {run}", f"model: {{init: echomimic, echomimic_path: {tmp_path}}}",
+            f"data: {{roots: [{tmp_path}], num_workers: 0}}", "loss: {spatial: {lpips: 0}}"]
+    given = {line.split(":", 1)[0] for line in extra.splitlines() if line[:1].isalpha()}  # a key is written once
+    cfg.write_text("".join(line + "\n" for line in base if line.split(":", 1)[0] not in given) + extra)
     return cfg
 
 

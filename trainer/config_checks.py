@@ -57,7 +57,41 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys (e.g. `preset: v1_stage1`), "
                           f"not a {type(data).__name__}")
+    twice = _written_twice(yaml.compose(text, Loader=yaml.SafeLoader))
+    if twice:
+        key, first, second = twice
+        raise ConfigError(f"{path}: '{key}' is written twice (lines {first} and {second}); YAML keeps only the last, so "
+                          "what the first one says would be dropped without a word. Write it once (one section with all "
+                          "its settings).")
     return data
+
+
+def _written_twice(root) -> tuple[str, int, int] | None:
+    """The first key written twice in one mapping of the YAML node tree (its dotted path and both lines), or None.
+    Keys that ``<<: *alias`` merges in may be overridden (that is what a merge is for); each node is visited once
+    (aliases share nodes)."""
+    import yaml
+
+    seen_nodes, todo = set(), [(root, "")]
+    while todo:
+        node, where = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for k, v in node.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                name = f"{where}.{k.value}" if where else str(k.value)
+                if isinstance(k, yaml.ScalarNode):
+                    if (k.tag, k.value) in lines:
+                        return name, lines[(k.tag, k.value)], k.start_mark.line + 1
+                    lines[(k.tag, k.value)] = k.start_mark.line + 1
+                todo.append((v, name))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((v, f"{where}[{i}]") for i, v in enumerate(node.value))
+    return None
 
 
 def _numbers(obj, path: str = ""):
@@ -102,6 +136,20 @@ def check_keep_last(keep_last: int, steps: int, every: int) -> None:
                           f"({steps} steps: a checkpoint every {every} and at the last step).")
 
 
+def check_validation_sampler(v) -> None:
+    """The validation video's sampler settings (``validation.steps`` / ``cfg`` / ``frames``) in the ranges the sampler
+    takes: they were first used at the first validation render, ``validation.every`` steps into the run, which then
+    stopped with the sampler's "steps must be at least 1." naming no key."""
+    from echomimic_lib.modes import MAX_STEPS
+
+    if not 1 <= v.steps <= MAX_STEPS:
+        raise ConfigError(f"validation.steps: {v.steps} must be 1..{MAX_STEPS} denoising steps (e.g. validation.steps: 10).")
+    if not 0.0 <= v.cfg <= 20.0:
+        raise ConfigError(f"validation.cfg: {v.cfg} must be a guidance scale from 0 to 20 (e.g. validation.cfg: 2.5).")
+    if v.frames < 1:
+        raise ConfigError(f"validation.frames: {v.frames} must be at least 1 (frames of the validation video, e.g. 12).")
+
+
 def check_counters(cfg) -> None:
     """The loop's intervals, the data loader's workers, the EMA decay and the LR schedule's name: each is said with its
     key and a working value before anything is built (they once stopped the run after its first step with a bare
@@ -113,6 +161,8 @@ def check_counters(cfg) -> None:
     check_keep_last(cfg.checkpoint.keep_last, cfg.max_steps, cfg.checkpoint.every)
     if cfg.validation.every < 0:
         raise ConfigError(f"validation.every: {cfg.validation.every} must be 0 (no validation video) or a number of steps.")
+    if cfg.validation.every:
+        check_validation_sampler(cfg.validation)
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers: {cfg.data.num_workers} must be 0 (load in the training process) or more.")
     if cfg.optim.warmup_steps < 0:

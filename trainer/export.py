@@ -122,6 +122,9 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     meta = read_meta(ckpt)
     run_dir = ckpt.parent.parent
     dest = Path(dest)
+    if meta.get("family") == "v3":  # (its LoRA record was called "edited or damaged")
+        raise ConfigError(f"{ckpt}: an EchoMimicV3 LoRA checkpoint (`echomimic-train v3-fit`); export it with "
+                          f"`echomimic-train v3-export {source} {dest if dest.suffix == '.safetensors' else 'LORA.safetensors'}`")
     if merge and not meta.get("lora"):
         raise ConfigError(f"{ckpt}: --merge is for LoRA runs; this checkpoint holds a full model (export it without --merge)")
     peft = "peft" in formats

@@ -32,7 +32,7 @@ from .checkpoint import (agree_on_resume, checkpoint_dir, intern_state_keys, is_
 from .config import ConfigError, TrainConfig
 from .config_file import dump_config
 from .earlier_run import keep_earlier_run
-from .resume_match import check_resume_matches, finished_message, say_fresh_resume
+from .resume_match import check_resume_matches, finished_message, say_fresh_resume, say_other_clips
 from .run_lock import TrainLock
 from .safe_resume import check_checkpoint, weights_only_loading
 from .distributed import (PhaseModel, ValidationWait, accelerator_kwargs, check_shared_output, is_fsdp, materialize_optimizer_state,
@@ -120,7 +120,7 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .data.dataset import build_pools, make_loader
+    from .data.dataset import build_pools, clip_set, make_loader
     from .ema import PhaseEMA
     from .init import build, echomimic_files, sd_unet_config
     from .losses import load_pose_estimator, training_scheduler
@@ -157,6 +157,8 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
     if ckpt is None and list_checkpoints(checkpoint_dir(out)):
         raise FileExistsError(f"{out} already has checkpoints: continue it with --resume, or choose another output_dir")
     pools = build_pools(cfg, rank, world)  # clips V1/V2 cannot train on are refused before anything is written or built
+    if ckpt is not None and main:
+        say_other_clips(ckpt, read_meta(ckpt).get("clips"), clip_set(pools))
     if cfg.model.init == "echomimic":  # another weight set's folder (V1 weights for a V2 run), a missing file: named
         echomimic_files(cfg)  # before the run folder is written
     if is_writer(acc):  # the main process, or each node's first with per-node checkpoints
@@ -245,7 +247,7 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
     it = iter(loader)
     meta = {"weights": cfg.model.weights, "echo_config": built.config.to_dict(), "cond_channels": built.cond_channels,
             "vae_path": str(built.vae_path), "whisper_path": str(built.whisper_path), "param_names": [n for n, _ in named],
-            "ema_index": 2 if ema is not None else None, "lora": getattr(net, "lora", None)}
+            "ema_index": 2 if ema is not None else None, "lora": getattr(net, "lora", None), "clips": clip_set(pools)}
     bar = tqdm(total=cfg.max_steps, initial=step, desc="fit", disable=not (main and cfg.log.progress), dynamic_ncols=True)
     hooks = hooks or {}
     sums, count, t_log = {}, 0, time.perf_counter()

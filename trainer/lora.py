@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from .config import ConfigError
 from .net import TrainingNet, is_lora_param, unused_reference_parameters
+from .resume_match import damaged_record
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -173,9 +174,8 @@ def lora_info(meta: dict, ckpt: Path, ema: bool):
     except (KeyError, TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise ConfigError(f"{Path(ckpt) / 'meta.json'}: not a readable checkpoint record (its lora settings are not as fit "
-                          "writes them: a rank of 1 or more, a positive alpha, targets, networks, base): the file was edited "
-                          "or damaged. Export an earlier checkpoint of this run, or put back the meta.json the run wrote.")
+        raise damaged_record(ckpt, "its lora settings are not as fit writes them: a rank of 1 or more, a positive alpha, "
+                             "targets, networks, base")
     return info
 
 

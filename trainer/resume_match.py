@@ -57,22 +57,33 @@ class _Damaged(Exception):
     """meta.json's run settings are not as fit writes them (an edited or damaged record)."""
 
 
+def damaged_record(ckpt, why: str, use: str = "Export") -> ConfigError:
+    """The refusal of a checkpoint whose ``meta.json`` is not as the run wrote it (``why``: what is wrong), with what to
+    do: ``use`` (``Export`` / ``Resume from``) an earlier checkpoint, or put the file back. Said by ``--resume``, by
+    ``export`` and by ``v3-export``."""
+    return ConfigError(f"{Path(ckpt) / 'meta.json'}: not a readable checkpoint record ({why}): the file was edited or "
+                       f"damaged. {use} an earlier checkpoint of this run, or put back the meta.json the run wrote.")
+
+
+def _another_run(cfg, ckpt: Path, what: str, diff: list[str], keeps: str, command: str) -> ConfigError:
+    """The refusal of ``--resume`` with a checkpoint of another run (``what``: the two runs, ``diff``: its settings)."""
+    run = Path(ckpt).parent.parent if Path(ckpt).parent.name == "checkpoints" else Path(cfg.output_dir)
+    return ConfigError(
+        f"{ckpt} is a checkpoint of another run{what}: it was trained with {'; '.join(diff)}. --resume continues a run "
+        f"with its own {keeps}: resume it with the config it was trained with (`echomimic-train {command} --config "
+        f"{run / 'config.yaml'} --resume`), or start this config in a new output_dir. Nothing was written.")
+
+
 def check_resume_matches(cfg: TrainConfig, ckpt: Path, meta: dict) -> None:
     try:
         diff = differences(cfg, meta)
     except _Damaged as exc:  # (was a TypeError / ValueError traceback)
-        raise ConfigError(f"{Path(ckpt) / 'meta.json'}: not a readable checkpoint record ({exc}): the file was edited or "
-                          "damaged. Resume from an earlier checkpoint of this run, or put back the meta.json the run "
-                          "wrote.") from None
+        raise damaged_record(ckpt, str(exc), "Resume from") from None
     if not diff:
         return
-    run = Path(ckpt).parent.parent if Path(ckpt).parent.name == "checkpoints" else Path(cfg.output_dir)
-    raise ConfigError(
-        f"{ckpt} is a checkpoint of another run ({_kind(meta.get('weights'), meta.get('lora'))}) than this config's "
-        f"({_kind(cfg.model.weights, _lora_of(cfg) if cfg.lora.enabled else None)}): it was trained with "
-        f"{'; '.join(diff)}. --resume continues a run with its own settings: resume it with the config it was trained "
-        f"with (`echomimic-train fit --config {run / 'config.yaml'} --resume`), or start this config in a new output_dir. "
-        "Nothing was written.")
+    what = (f" ({_kind(meta.get('weights'), meta.get('lora'))}) than this config's "
+            f"({_kind(cfg.model.weights, _lora_of(cfg) if cfg.lora.enabled else None)})")
+    raise _another_run(cfg, ckpt, what, diff, "settings", "fit")
 
 
 def check_v3_resume_matches(cfg, ckpt: Path, meta: dict) -> None:
@@ -97,11 +108,17 @@ def check_v3_resume_matches(cfg, ckpt: Path, meta: dict) -> None:
             diff.append(f"lora.{key} {theirs} (this config: {value})")
     if not diff:
         return
-    run = Path(ckpt).parent.parent if Path(ckpt).parent.name == "checkpoints" else Path(cfg.output_dir)
-    raise ConfigError(
-        f"{ckpt} is a checkpoint of another run than this config's: it was trained with {'; '.join(diff)}. --resume "
-        f"continues a run with its own adapters: resume it with the config it was trained with (`echomimic-train v3-fit "
-        f"--config {run / 'config.yaml'} --resume`), or start this config in a new output_dir. Nothing was written.")
+    raise _another_run(cfg, ckpt, " than this config's", diff, "adapters", "v3-fit")
+
+
+def say_other_clips(ckpt: Path, before, now: dict) -> None:
+    """``fit --resume`` on another clip set than the checkpoint's (``data.roots`` edited, clips added or prepared again)
+    went on from the earlier set's data position without a word (``v3-fit`` says it). Said, with both counts; a
+    checkpoint without the record (an older version's) is not compared."""
+    if isinstance(before, dict) and before != now:
+        log.warning("the clips changed since %s (%s then, %s now: data.roots edited, or clips added, removed or prepared "
+                    "again): the resumed run draws from the new set, so it is not the run the checkpoint began",
+                    Path(ckpt).name, before.get("count"), now["count"])
 
 
 def say_fresh_resume(resume, ckpt, out_dir) -> None:

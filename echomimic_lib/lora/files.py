@@ -227,22 +227,60 @@ def _wan_like(meta: dict, keys) -> bool:
     return meta.get("format") == "echomimic-v3-lora" or any(_WAN_KEY.search(k) for k in keys)
 
 
+def _checkpoint_meta(folder: Path, name: str = "meta.json") -> dict:
+    """The run settings a checkpoint's ``meta.json`` (an export's ``export.json``) records (``{}`` when it is unreadable
+    or not an object)."""
+    try:
+        meta = json.loads((folder / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _newest_checkpoint(run: Path) -> Path | None:
+    steps = sorted(p for p in (run / "checkpoints").glob("step-" + "[0-9]" * 8) if (p / "meta.json").is_file())
+    return steps[-1] if steps else None
+
+
 def training_output(path: Path, export: str) -> str:
     """What to do with a training run's folder, a checkpoint or a checkpoint's weights given as a LoRA file ("" when
     ``path`` is none of them): export the adapter first with ``export`` (``echomimic-train export`` / ``v3-export``).
     A folder was "LoRA file not found" though it is there; a checkpoint's ``model.safetensors`` (peft's names, no
-    metadata) "not an EchoMimic LoRA"."""
+    metadata) "not an EchoMimic LoRA". The checkpoint's ``meta.json`` says what it holds: a full fine-tune (no adapter:
+    exported as a model set, loaded as the models folder) or the other family's LoRA (its own export and reader)."""
     if path.is_dir():
         kind = ("a training run" if (path / "checkpoints").is_dir() else "a training checkpoint"
                 if (path / "meta.json").is_file() else "")
+        if not kind and (path / "export.json").is_file():  # `echomimic-train export` of a full fine-tune
+            weights = _checkpoint_meta(path, "export.json").get("weights") or "a V1/V2 model"
+            return (f"{path} is an exported model set ({weights}: the whole model, from `echomimic-train export` of a full "
+                    f"fine-tune), not a LoRA file: load it as the models, `echomimic animate --models {path} ...` "
+                    "(ComfyUI: put it into models/echomimic/ and choose it as the Model Loader's weights_folder).")
         if not kind:
             return f"{path} is a folder, not a LoRA file: give the .safetensors file (e.g. one inside it)."
-        return (f"{path} is a folder ({kind}), not a LoRA file: export its adapter first, "
-                f"`{export} {path} LORA.safetensors`, then give LORA.safetensors.")
-    if path.name == "model.safetensors" and (path.parent / "meta.json").is_file():
-        return (f"{path} holds a training checkpoint's weights (peft's names, no LoRA metadata): export the adapter "
-                f"first, `{export} {path.parent} LORA.safetensors`, then give LORA.safetensors.")
-    return ""
+        ckpt, what, source = (_newest_checkpoint(path) if kind == "a training run" else path), f"{path} is a folder ({kind})", path
+    elif path.name == "model.safetensors" and (path.parent / "meta.json").is_file():
+        ckpt, what, source = path.parent, f"{path} holds a training checkpoint's weights", path.parent
+    else:
+        return ""
+    meta = _checkpoint_meta(ckpt) if ckpt is not None else {}
+    v3 = meta.get("family") == "v3"
+    if not v3 and "lora" in meta and not meta["lora"]:  # (fit writes "lora": null for a full fine-tune)
+        return (f"{what}: a full fine-tune of {meta.get('weights') or 'a V1/V2 model'} (the whole model was "
+                f"trained, no LoRA), not a LoRA file. Export it as a model set, `echomimic-train export {source} EXPORT/`, and "
+                "load EXPORT/ as the models: `echomimic animate --models EXPORT/ ...` (ComfyUI: put it into "
+                "models/echomimic/ and choose it as the Model Loader's weights_folder).")
+    known = v3 or "weights" in meta or "lora" in meta  # (a checkpoint of neither record: the reader's own export)
+    own = export if not known else "echomimic-train v3-export" if v3 else "echomimic-train export"
+    other = ""
+    if own != export:
+        other = (" It is an EchoMimicV3 LoRA run: use the file with --version v3-flash --lora (ComfyUI: the EchoMimic V3 "
+                 "LoRA node)." if v3 else " It is an EchoMimic V1/V2 LoRA run: use the file with --version v1/v2 --lora "
+                 "(ComfyUI: the EchoMimic LoRA node).")
+    if path.is_dir():
+        return f"{what}, not a LoRA file: export its adapter first, `{own} {source} LORA.safetensors`, then give LORA.safetensors.{other}"
+    return (f"{what} (peft's names, no LoRA metadata): export the adapter first, `{own} {source} LORA.safetensors`, "
+            f"then give LORA.safetensors.{other}")
 
 
 def read_lora(path: str | Path) -> LoraAdapter:

@@ -147,6 +147,16 @@ def build_pools(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Pools:
     return Pools(entries, by_kind, list(sp.val), sp.fallback)
 
 
+def clip_set(pools: Pools) -> dict:
+    """The run's clips (id, kind, frames) as a checkpoint's ``meta.json`` records them: ``fit --resume`` on another set
+    (``data.roots`` edited, clips prepared again) is said (:func:`trainer.resume_match.say_other_clips`)."""
+    import hashlib
+    import json
+
+    text = json.dumps(sorted([e.id, e.kind, e.num_frames] for e in pools.entries))
+    return {"count": len(pools.entries), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
 class ResumableSampler:
     """Infinite stream of sample keys starting at position ``start_pos`` (see the module docstring)."""
 

@@ -3,8 +3,10 @@ speed, and whether the step fits ``--gpu-gib``, before a run.
 
 - Which trainer a file is for (:func:`read_plan_mapping`): a key only the V3 config has (``model.path``,
   ``data.frames``, ``gradient_checkpointing`` at the top, ``noise.shift``, ...) makes it a V3 config, a key only the
-  V1/V2 config has (``preset``, ``phases``, ``memory``, ``model.init``, ...) a V1/V2 one; a file with both is refused,
-  one with neither (only shared keys) plans as V1/V2, as before.
+  V1/V2 config has (``preset``, ``phases``, ``memory``, ``model.init``, ...) a V1/V2 one; a file with both is refused.
+  One with neither (only shared keys) is told by its ``lora.targets``: only V3's layer names (``self_attn.q``, ...,
+  which no V1/V2 UNet layer is called) make it a V3 config (it was read as V1/V2 and told to add ``lora.enabled``);
+  otherwise it plans as V1/V2, as before.
 - Memory: :func:`trainer.plan.v3_step.step_memory` -- the trainer's own step on fake tensors at the run's frames,
   size, batch, rank, targets, precision and checkpointing (the peak ``torch.cuda.max_memory_allocated`` would show,
   in parts) -- plus what it does not trace: flash attention's float32 gradient accumulator (batch x tokens x dim x 4
@@ -57,6 +59,15 @@ def family_keys() -> tuple[set[str], set[str]]:
     return v3 - v12, v12 - v3
 
 
+def _v3_targets(data: dict) -> bool:
+    """``lora.targets`` names only V3 layers (``self_attn.q``, ..., ``cross_attn.k_audio``): a V1/V2 UNet has none."""
+    from ..v3.config import ALL_TARGETS
+
+    lora = data.get("lora")
+    targets = lora.get("targets") if isinstance(lora, dict) else None
+    return isinstance(targets, list) and bool(targets) and all(isinstance(t, str) and t in ALL_TARGETS for t in targets)
+
+
 def read_plan_mapping(path, overrides=None) -> tuple[str, dict, list[str]]:
     """("v3" or "v1v2", the file's mapping with ``--set`` overrides applied, the keys that decided a V3 config)."""
     from ..config_checks import read_yaml_mapping
@@ -73,6 +84,8 @@ def read_plan_mapping(path, overrides=None) -> tuple[str, dict, list[str]]:
     v3, v12 = sorted(keys & only_v3), sorted(keys & only_v12)
     if failed is not None and (v3 or "preset" not in data):  # (no preset to merge: the error is the file's own)
         raise failed
+    if not (v3 or v12) and _v3_targets(data):
+        v3 = [f"lora.targets {', '.join(map(str, data['lora']['targets']))[:60]}"]
     if v3 and v12:
         raise ConfigError(f"{path}: it has keys of an EchoMimicV3 LoRA config ({', '.join(v3[:4])}) and of a V1/V2 config "
                           f"({', '.join(v12[:4])}); a config is for one trainer: keep the keys of `echomimic-train v3-fit` "

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..net import is_lora_param
+from ..resume_match import damaged_record
 from .config import V3TrainConfig
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,7 @@ def _check_lora_record(ckpt: Path, desc) -> None:
     except (KeyError, TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise ConfigError(f"{Path(ckpt) / 'meta.json'}: not a readable checkpoint record (its lora rank / alpha are not a "
-                          "rank of 1 or more and a positive number): the file was edited or damaged. Export an earlier "
-                          "checkpoint of this run, or put back the meta.json the run wrote.")
+        raise damaged_record(ckpt, "its lora rank / alpha are not a rank of 1 or more and a positive number")
     check_scale(str(ckpt), alpha, rank, alpha / rank, "train it again with an ordinary lora.alpha (e.g. lora.alpha = "
                 "lora.rank)")
 
