@@ -141,3 +141,19 @@ def test_a_clip_longer_than_one_shot_says_the_rest_is_not_rendered_and_how_to_re
         plan_v3(V3Request(reference=str(REF), audio=str(_tone(tmp_path / "s.wav", 3.3)), output=str(tmp_path / "o.mp4"),
                           models=str(tmp_path), size=(64, 64)))
     assert caplog.text == "", caplog.text
+
+
+def test_a_batch_smoke_row_of_a_short_clip_does_not_name_a_length_either(tmp_path, caplog):
+    """A batch V3 row with smoke set passed --length 25 itself, so a short clip warned about a --length the row never
+    gave; the row's request is a smoke request like the command line's (the same 25 frames for a long clip)."""
+    from echomimic_lib.jobs.batch.v3 import V3Row
+    from echomimic_lib.jobs.v3_plan import plan_v3
+
+    audio = _tone(tmp_path / "short.wav", 0.4)
+    row = V3Row(reference=str(REF), audio=str(audio), output=str(tmp_path / "o.mp4"), models=str(tmp_path), smoke=True)
+    with caplog.at_level(logging.WARNING):
+        assert plan_v3(row.request("cpu", "float32")).frames == 9
+    assert "--length" not in caplog.text, caplog.text
+    long_row = V3Row(reference=str(REF), audio=str(SPEECH), output=str(tmp_path / "o.mp4"), models=str(tmp_path),
+                     smoke=True)
+    assert plan_v3(long_row.request("cpu", "float32")).frames == 25

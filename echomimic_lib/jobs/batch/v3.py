@@ -33,7 +33,7 @@ VERSION = "v3-flash"
 def is_v3(job) -> bool:
     """Whether a batch job is an EchoMimicV3 flash-pro row (its request a :class:`V3Row`)."""
     return getattr(job.request, "version", None) == VERSION
-SMOKE = {"width": 64, "steps": 2, "length": 25}  # as `animate --version v3-flash --smoke`
+SMOKE = {"width": 64, "steps": 2}  # as `animate --version v3-flash --smoke` (its length: v3_plan.SMOKE_LENGTH)
 
 
 @dataclass
@@ -80,7 +80,7 @@ class V3Row:
         return V3Request(reference=self.reference, audio=self.audio, output=self.output, models=str(self.folder),
                          prompt=self.prompt, steps=self.steps or (SMOKE["steps"] if self.smoke else 8),
                          audio_cfg=self.audio_cfg, seed=self.seed, size=(w, h),
-                         length=self.length or (SMOKE["length"] if self.smoke else 0), teacache=self.teacache,
+                         length=self.length or 0, smoke=self.smoke, teacache=self.teacache,
                          long_mode=self.long_mode,
                          color_transfer=self.color_transfer, device=str(device), dtype=dtype,
                          download=self.download and not self.smoke, lora=self.lora, lora_strength=self.lora_strength,
