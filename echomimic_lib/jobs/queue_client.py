@@ -39,7 +39,7 @@ from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVI
                          build_prompt, find_node, load_workflow, plan_jobs)
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped,  # noqa: F401
                             accepted_with_errors, explain, html_page, in_queue, job_label, lost, not_queued, outcome,
-                            saved_files, say_about, still_open)
+                            queue_place, saved_files, say_about, still_open)
 from .queue_state import QueueState, default_path, fingerprint, plan_mark  # noqa: F401
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -233,24 +233,31 @@ def _history(server: str, prompt_id: str, timeout: float | None):
     return _request(f"{server}/history/{prompt_id}", timeout=timeout).get(prompt_id)
 
 
-def _queued(server: str, prompt_id: str, timeout: float | None) -> bool | None:
-    """Whether ``server``'s /queue still holds ``prompt_id`` (None: the answer says nothing, e.g. too large)."""
+def _queued(server: str, prompt_id: str, timeout: float | None, places: list | None = None) -> bool | None:
+    """Whether ``server``'s /queue still holds ``prompt_id`` (None: the answer says nothing, e.g. too large);
+    ``places``: a list given to hold where it is there (:func:`.queue_replies.queue_place`)."""
     try:
-        return in_queue(_request(f"{server}/queue", timeout=timeout), prompt_id)
+        reply = _request(f"{server}/queue", timeout=timeout)
     except QueueError as exc:
         if "cannot reach" in str(exc):
             raise
         return None
+    if places is not None:
+        places[:] = [queue_place(reply, prompt_id)]
+    return in_queue(reply, prompt_id)
 
 
-def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None) -> dict:
-    """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``)."""
-    end, check = time.monotonic() + timeout, 0.0
+def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None,
+             on_wait=None) -> dict:
+    """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``). ``on_wait(place)``:
+    called before each pause while it is not finished, ``place`` what /queue last said of it (``running``, ``queued,
+    3 prompt(s) before it``; None: not said), for a line now and then (:meth:`.queue_progress.Progress.waiting`)."""
+    end, check, places = time.monotonic() + timeout, 0.0, [None]
     while time.monotonic() < end:
         entry = _history(server, prompt_id, request_timeout)
         if entry is None and time.monotonic() >= check:  # /queue holds every queued workflow: asked every 10 s at most
             check = time.monotonic() + QUEUE_CHECK_S
-            queued = _queued(server, prompt_id, request_timeout)
+            queued = _queued(server, prompt_id, request_timeout, places)
         else:
             queued = None
         if queued is False:
@@ -264,6 +271,8 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
             if failure:
                 raise PromptFailed(f"prompt {prompt_id} failed: {failure}")
             return entry
+        if on_wait is not None:
+            on_wait(places[-1])
         time.sleep(poll)
     raise QueueError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.")
 
@@ -271,10 +280,10 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
 def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
                  driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic",
                  videos=None, timeout: float = REQUEST_TIMEOUT, resume: bool = False, state=None, retry_failed: bool = False,
-                 attempts: int = 3) -> list[dict]:
+                 attempts: int = 3, quiet: bool = False) -> list[dict]:
     """:func:`echomimic_lib.jobs.queue_run.queue_folder` with this module's HTTP calls."""
     return queue_run.queue_folder(sys.modules[__name__], workflow, portraits, audios, server, seed, driving, wait, dry_run,
-                                  prefix, videos, timeout, resume, state, retry_failed, attempts)
+                                  prefix, videos, timeout, resume, state, retry_failed, attempts, quiet)
 
 
 def _still_there(server: str, prompt_id: str, timeout: float | None) -> bool:

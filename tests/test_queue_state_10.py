@@ -1,0 +1,113 @@
+"""``echomimic queue``, round 10: ``--wait`` on one long job says now and then that it is still waiting (which job, how
+long, where it is on the server); ``-q/--quiet`` silences the progress lines; a job never sent (no server answered
+before it) is said as not queued, with --resume to queue it."""
+from __future__ import annotations
+
+import pytest
+
+from tests.test_batch_hunt_5 import WORKFLOW, _comfy_handler, _queue, comfy, media  # noqa: F401  (fixtures)
+from tests.test_queue_state_5 import _records, _saved, no_wait, servers  # noqa: F401  (fixtures)
+
+
+def _progress_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("queue: ")]
+
+
+def _pending_for(monkeypatch, state: dict, pid: str, polls: int) -> None:
+    """``pid`` stays running on the server for ``polls`` /history questions, then finishes."""
+    from echomimic_lib.jobs import queue_client
+
+    real, asked = queue_client._request, [0]
+    state["how"][pid] = "pending"
+
+    def request(url, *args, **kw):
+        if url.endswith(f"/history/{pid}"):
+            asked[0] += 1
+            if asked[0] > polls:
+                state["how"][pid] = "ok"
+        return real(url, *args, **kw)
+
+    monkeypatch.setattr(queue_client, "_request", request)
+
+
+# ------------------------------------------------------------------------------- 1. a long job: still waiting, said
+def test_wait_on_one_long_job_says_now_and_then_which_job_is_waited_for_and_where(servers, media, monkeypatch, capsys,
+                                                                                 no_wait):
+    """Before: the lines came only when a job finished: a 20-minute render said nothing for 20 minutes."""
+    from echomimic_lib.jobs import queue_progress
+
+    monkeypatch.setattr(queue_progress, "EVERY_S", 0.0)
+    url, state, _ = servers()
+    _pending_for(monkeypatch, state, "p1", 4)
+    assert _queue(url, media, "--wait") == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["anna.png x hello.wav -> echomimic/anna__hello [p1] echomimic/p1.mp4",
+                                "bob.png x hello.wav -> echomimic/bob__hello [p2] echomimic/p2.mp4"], out
+    still = [line for line in _progress_lines(err) if "still waiting" in line]
+    assert still, err
+    assert all("anna.png x hello.wav" in line and url in line and "so far" in line for line in still), still
+    assert "running" in still[0], still
+
+
+def test_the_still_waiting_line_comes_at_most_every_every_s():
+    from echomimic_lib.jobs.queue_progress import Progress
+
+    now = [0.0]
+    progress = Progress(2, every_s=30.0, clock=lambda: now[0])
+    progress.update(0, 0, 2)
+    for _ in range(120):  # a 20-minute render polled every 10 s: a line each 30 s at most
+        now[0] += 10.0
+        progress.waiting("anna.png x hello.wav", "http://a:8188", 0.0, "running")
+    assert 39 <= progress.lines - 1 <= 40, progress.lines
+    quiet = Progress(2, every_s=0.0, clock=lambda: now[0], quiet=True)
+    quiet.update(0, 0, 2)
+    quiet.waiting("anna.png x hello.wav", "http://a:8188", 0.0, None)
+    assert quiet.lines == 0
+
+
+def test_several_servers_say_which_job_they_still_wait_for(servers, media, tmp_path, monkeypatch, capsys, no_wait):
+    from echomimic_lib.jobs import queue_progress
+
+    monkeypatch.setattr(queue_progress, "EVERY_S", 0.0)
+    a_url, a_state, _ = servers()
+    b_url, _, _ = servers()
+    _pending_for(monkeypatch, a_state, "p1", 3)
+    assert _queue(a_url, media, "--server", b_url, "--results", str(tmp_path / "r")) == 0
+    still = [line for line in _progress_lines(capsys.readouterr().err) if "still waiting" in line]
+    assert still and all("anna.png x hello.wav" in line and a_url in line for line in still), still
+
+
+# ------------------------------------------------------------------------------- 2. -q / --quiet
+@pytest.mark.parametrize("flag", ["-q", "--quiet"])
+def test_quiet_silences_the_progress_lines_and_keeps_the_results(servers, media, monkeypatch, capsys, no_wait, flag):
+    from echomimic_lib.jobs import queue_progress
+
+    monkeypatch.setattr(queue_progress, "EVERY_S", 0.0)
+    url, state, _ = servers({"p2": "error"})
+    _pending_for(monkeypatch, state, "p1", 2)
+    assert _queue(url, media, "--wait", flag) == 1
+    out, err = capsys.readouterr()
+    assert _progress_lines(err) == [], err
+    assert "[p1] echomimic/p1.mp4" in out and "CUDA out of memory" in out, out
+
+
+def test_quiet_over_several_servers_too(servers, media, tmp_path, capsys, no_wait):
+    a_url, _, _ = servers()
+    b_url, _, _ = servers()
+    assert _queue(a_url, media, "--server", b_url, "--results", str(tmp_path / "r"), "-q") == 0
+    out, err = capsys.readouterr()
+    assert _progress_lines(err) == [] and out.count(": ok on ") == 2, (out, err)
+
+
+# ------------------------------------------------------------------------------- 3. never sent: not queued
+def test_a_job_never_sent_is_said_not_queued_with_resume_to_queue_it(media, tmp_path, capsys):
+    """Before: ``echomimic__anna__hello: error on None no ComfyUI server answers any more: ... This job's prompt was not
+    sent.`` (a server None, nothing about how to queue it)."""
+    assert _queue("http://127.0.0.1:9", media, "--server", "http://127.0.0.1:11", "--results", str(tmp_path / "r")) == 1
+    out = capsys.readouterr().out
+    assert "None" not in out, out
+    lines = out.splitlines()
+    assert len(lines) == 2 and all(": not queued: " in line and "--resume" in line for line in lines), out
+    for rec in _records(tmp_path / "r"):
+        assert rec["status"] == "error" and rec["queued"] is False and "server" not in rec, rec
+        assert rec["error"].startswith("not queued: ") and "--resume" in rec["error"], rec
