@@ -111,3 +111,78 @@ def test_a_job_never_sent_is_said_not_queued_with_resume_to_queue_it(media, tmp_
     for rec in _records(tmp_path / "r"):
         assert rec["status"] == "error" and rec["queued"] is False and "server" not in rec, rec
         assert rec["error"].startswith("not queued: ") and "--resume" in rec["error"], rec
+
+
+# ------------------------------------------------------------------------------- 4. a flaky network while waiting
+def _flaky_history(monkeypatch, pid: str, failures: int | None, code: int = 502):
+    """The first ``failures`` /history/<pid> questions (None: every one) fail as a proxy's ``code`` answer does."""
+    from echomimic_lib.jobs import queue_client
+
+    real, asked = queue_client._request, [0]
+
+    def request(url, *args, **kw):
+        if url.endswith(f"/history/{pid}"):
+            asked[0] += 1
+            if failures is None or asked[0] <= failures:
+                err = queue_client.QueueError(f"{url}: HTTP {code}: Bad Gateway")
+                err.code, err.retry_after = code, None
+                raise err
+        return real(url, *args, **kw)
+
+    monkeypatch.setattr(queue_client, "_request", request)
+    return asked
+
+
+def test_one_failed_poll_while_waiting_is_asked_again_not_the_end_of_the_run(servers, media, monkeypatch, capsys,
+                                                                             no_wait):
+    """Before: one 502 of a proxy (or a reset, a timeout) while polling ended a run of hours with exit code 2, every
+    prompt left on the server."""
+    url, state, _ = servers()
+    _flaky_history(monkeypatch, "p1", 2)
+    assert _queue(url, media, "--wait") == 0
+    out, err = capsys.readouterr()
+    assert "[p1] echomimic/p1.mp4" in out and "[p2] echomimic/p2.mp4" in out, (out, err)
+    assert state["prompts"] == ["p1", "p2"]
+    assert "asked again" in err and "HTTP 502" in err, err
+
+
+def test_a_poll_that_keeps_failing_still_stops_the_run_after_a_few_tries(servers, media, monkeypatch, capsys, no_wait):
+    from echomimic_lib.jobs import queue_client
+
+    url, state, _ = servers()
+    asked = _flaky_history(monkeypatch, "p1", None)
+    assert _queue(url, media, "--wait") == 2
+    err = capsys.readouterr().err
+    assert asked[0] == queue_client.POLL_TRIES, asked
+    assert "HTTP 502" in err and "--resume" in err, err
+
+
+def test_a_failed_poll_of_one_of_several_servers_is_asked_again_before_its_jobs_move(servers, media, tmp_path,
+                                                                                    monkeypatch, capsys, no_wait):
+    """Before: one failed /history answer dropped the server, and its jobs were rendered again on the others while
+    it still rendered them (twice the GPU time)."""
+    a_url, a_state, _ = servers()
+    b_url, b_state, _ = servers()
+    _flaky_history(monkeypatch, "p1", 1)
+    assert _queue(a_url, media, "--server", b_url, "--results", str(tmp_path / "r")) == 0
+    assert a_state["prompts"] == ["p1", "p2"] and b_state["prompts"] == [], (a_state, b_state)
+    assert [r["server"] for r in _records(tmp_path / "r")] == [a_url, a_url]
+
+
+def test_a_server_that_refuses_the_connection_while_waiting_is_not_asked_again(servers, media, monkeypatch, capsys,
+                                                                               no_wait):
+    """Down (nothing listens), not flaky: the run stops at once as before, naming --resume."""
+    url, state, stop = servers({"p1": "pending"})
+    from echomimic_lib.jobs import queue_client
+
+    real = queue_client._request
+
+    def request(u, *args, **kw):
+        if u.endswith("/history/p1"):
+            stop()
+        return real(u, *args, **kw)
+
+    monkeypatch.setattr(queue_client, "_request", request)
+    assert _queue(url, media, "--wait") == 2
+    err = capsys.readouterr().err
+    assert "asked again" not in err and "--resume" in err, err

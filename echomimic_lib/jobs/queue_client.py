@@ -121,7 +121,9 @@ def _failed(url: str, exc: BaseException, timeout: float, expired: bool) -> Queu
                          "address with --server URL." + sent)
         err.never_sent, err.said_sent = never, sent  # (several servers say it once for the job: comfy_servers)
     else:
-        return QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?")
+        err = QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?")
+        err.broken = True  # (a connection reset mid-answer: a question asked again while waiting, :func:`passing`)
+        return err
     err.no_answer = True
     return err
 
@@ -193,7 +195,7 @@ BUSY_TRIES = 6  # a server (or its proxy) answering 429 / 503 (queue full, busy)
 
 def _busy_wait(err: QueueError, attempt: int) -> float:
     try:
-        seconds = float(err.retry_after)
+        seconds = float(getattr(err, "retry_after", None))
     except (TypeError, ValueError):  # no Retry-After, or a date
         seconds = math.nan
     if not math.isfinite(seconds):  # ... or nan / inf, which time.sleep refuses: 1, 2, 4, ... s
@@ -233,6 +235,39 @@ def _history(server: str, prompt_id: str, timeout: float | None):
     return _request(f"{server}/history/{prompt_id}", timeout=timeout).get(prompt_id)
 
 
+POLL_TRIES = 5  # a /history question while waiting that failed in passing (:func:`passing`) is asked this many times
+
+
+def passing(err: QueueError) -> bool:
+    """Whether a failed question (a GET: asking again changes nothing on the server) may pass: a proxy's or a busy
+    server's 429 / 502 / 503 / 504, no answer in time, a connection broken (reset) or timed out. Not: a connection
+    refused (nothing listens: the server is down, and a restarted one has lost its prompts anyway), any other HTTP
+    answer, or an answer that is not ComfyUI's (the wrong address)."""
+    code = getattr(err, "code", None)
+    if code is not None:
+        return code in (429, 502, 503, 504)
+    if getattr(err, "never_sent", False) is True:
+        return False
+    return bool(getattr(err, "no_answer", False) or getattr(err, "broken", False))
+
+
+def _poll_history(server: str, prompt_id: str, timeout: float | None):
+    """:func:`_history` while waiting: a question that failed in passing (a flaky network, a proxy's 502, a restart)
+    is asked again after 1, 2, 4, 8 s (or its Retry-After), a line each, up to :data:`POLL_TRIES` in all, before the
+    error ends the wait (before: one failed poll ended a run of hours, every prompt left on the server)."""
+    for attempt in range(POLL_TRIES):
+        try:
+            return _history(server, prompt_id, timeout)
+        except QueueError as err:
+            if not passing(err) or attempt == POLL_TRIES - 1:
+                raise
+            pause = _busy_wait(err, attempt)
+            sys.stderr.write(printable(f"note: {err}; asked again in {pause:g} s ({attempt + 1} of {POLL_TRIES - 1}; "
+                                       "the prompts go on on the server)") + "\n")
+            time.sleep(pause)
+    return None  # (never reached: the last try returns or raises)
+
+
 def _queued(server: str, prompt_id: str, timeout: float | None, places: list | None = None) -> bool | None:
     """Whether ``server``'s /queue still holds ``prompt_id`` (None: the answer says nothing, e.g. too large);
     ``places``: a list given to hold where it is there (:func:`.queue_replies.queue_place`)."""
@@ -254,14 +289,14 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
     3 prompt(s) before it``; None: not said), for a line now and then (:meth:`.queue_progress.Progress.waiting`)."""
     end, check, places = time.monotonic() + timeout, 0.0, [None]
     while time.monotonic() < end:
-        entry = _history(server, prompt_id, request_timeout)
+        entry = _poll_history(server, prompt_id, request_timeout)
         if entry is None and time.monotonic() >= check:  # /queue holds every queued workflow: asked every 10 s at most
             check = time.monotonic() + QUEUE_CHECK_S
             queued = _queued(server, prompt_id, request_timeout, places)
         else:
             queued = None
         if queued is False:
-            entry = _history(server, prompt_id, request_timeout)  # (it may have finished between the two questions)
+            entry = _poll_history(server, prompt_id, request_timeout)  # (it may have finished between the two questions)
             if entry is None:  # neither queued nor done: a restarted server lost it; waiting would take the whole hour
                 raise lost(server, prompt_id)
         if entry is not None:

@@ -269,7 +269,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 server.refresh_queue()
             for key, (job, server, pid, attempts, t0) in list(flight.items()):
                 try:
-                    entry = (_safe(client._request, f"{server.url}/history/{pid}", timeout=server.poll_timeout).get(pid)
+                    entry = (_safe(client._poll_history, server.url, pid, server.poll_timeout)  # (asked again first)
                              if server.alive else None)
                 except QueueError as exc:
                     log.warning("%s stopped answering (%s); resubmitting its jobs", server.url, exc)
