@@ -186,3 +186,30 @@ def test_a_server_that_refuses_the_connection_while_waiting_is_not_asked_again(s
     assert _queue(url, media, "--wait") == 2
     err = capsys.readouterr().err
     assert "asked again" not in err and "--resume" in err, err
+
+
+# ------------------------------------------------------------------------------- 5. every server gone while waiting
+def test_a_job_whose_server_went_away_with_no_other_left_is_not_said_never_queued(servers, media, tmp_path, monkeypatch,
+                                                                                  capsys, no_wait):
+    """Its prompt went to A, which stopped answering, and B is gone too: the record names A and the prompt (it may still
+    run there) and --resume, never "not queued" (nor, before, "error on None ... This job's prompt was not sent")."""
+    from echomimic_lib.jobs import queue_client
+
+    a_url, a_state, stop_a = servers({"p1": "pending", "p2": "pending"})
+    b_url, b_state, stop_b = servers({"p1": "pending", "p2": "pending"})
+    real = queue_client._request
+
+    def request(u, *args, **kw):
+        if "/history/" in u:
+            stop_a(), stop_b()
+        return real(u, *args, **kw)
+
+    monkeypatch.setattr(queue_client, "_request", request)
+    assert _queue(a_url, media, "--server", b_url, "--results", str(tmp_path / "r")) == 1
+    out = capsys.readouterr().out
+    assert "None" not in out and "not queued" not in out, out
+    recs = _records(tmp_path / "r")
+    assert len(recs) == 2, recs
+    for rec in recs:
+        assert rec.get("queued") is not False and rec["server"] in (a_url, b_url) and rec["prompt_id"] == "p1", rec
+        assert "may still" in rec["error"] and "--resume" in rec["error"], rec

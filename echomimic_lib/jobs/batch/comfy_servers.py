@@ -114,6 +114,10 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id, sendi
         return server, pid, prompt
 
 
+NOT_SENT = (". This job was not queued: run the same command with --resume once a server answers to queue it (what "
+            "finished is kept).")
+
+
 def _none_left(servers: list[_Server], tried: list) -> QueueError:
     """No server answers any more: each with why, and what became of this job's prompt (``tried``: :func:`_submit`'s)."""
     text = "no ComfyUI server answers any more: " + "; ".join(f"{s.url} ({s.why})" if s.why else s.url for s in servers)
@@ -126,8 +130,7 @@ def _none_left(servers: list[_Server], tried: list) -> QueueError:
         text += (". The prompt was NOT queued (every server refused the connection: it never reached them), so running "
                  "the same command again is safe (add --resume to keep what an earlier run queued).")
     else:
-        text += (". This job was not queued: run the same command with --resume once a server answers to queue it (what "
-                 "finished is kept).")
+        text += NOT_SENT
     err = QueueError(text)
     err.never_sent = not maybe
     return err
@@ -184,7 +187,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
             book.record(extra["server"], job.prefix, marks[job.prefix], extra["prompt_id"], extra["files"],
                         plan=plans[job.prefix])
 
-    def send(job, attempts, t0, tries=None):
+    def send(job, attempts, t0, tries=None, earlier=None):
+        """``earlier``: (server, prompt id) of the job's prompt on a server that stopped answering (moved here)."""
         before, asked, kept = (book.find(job.prefix) if book is not None else None), [], {}
 
         def sending(server, prompt, pid):
@@ -211,7 +215,13 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 maybe = [pid for _, pid, arrived in tried if arrived]  # one of a send that may have arrived, or the earlier
                 if client.not_queued(exc) or (maybe and maybe[-1] != asked[-1]):
                     book.withdraw(job.prefix, asked[-1], kept[maybe[-1]] if maybe else before)
-            if getattr(exc, "never_sent", False) is True:  # (no server took it: not queued, --resume queues it)
+            if getattr(exc, "never_sent", False) is True and earlier is not None:  # (it may still run there)
+                url, pid = earlier
+                record(job, "error", attempts, t0, server=url, prompt_id=pid, error=(
+                    f"its prompt {pid} went to {url}, which stopped answering, and no other server can take it: it may "
+                    f"still run there ({str(exc).removesuffix(NOT_SENT)}). Run the same command with --resume once a "
+                    "server answers: it finds it there, or queues it again."))
+            elif getattr(exc, "never_sent", False) is True:  # (no server took it: not queued, --resume queues it)
                 record(job, "error", attempts, t0, error=f"not queued: {exc}", queued=False)
             else:  # (refused by the server it went to, or it may be queued there)
                 record(job, "error", attempts, t0, error=str(exc), **({"server": tried[-1][0].url} if tried else {}))
@@ -280,7 +290,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                     if attempts >= max_attempts:
                         record(job, "error", attempts, t0, server=server.url, error=f"{attempts} server(s) went away (the last: {server.why or 'no answer'})")
                     else:
-                        send(job, attempts + 1, t0, tries_of.get(job.prefix))  # (the same attempt, on another server)
+                        send(job, attempts + 1, t0, tries_of.get(job.prefix), (server.url, pid))  # (the same attempt)
                     continue
                 if entry is None and server.lost(pid):  # restarted: its queue and history are gone
                     entry = _safe(client._request, f"{server.url}/history/{pid}", timeout=server.poll_timeout).get(pid)
