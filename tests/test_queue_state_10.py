@@ -213,3 +213,45 @@ def test_a_job_whose_server_went_away_with_no_other_left_is_not_said_never_queue
     for rec in recs:
         assert rec.get("queued") is not False and rec["server"] in (a_url, b_url) and rec["prompt_id"] == "p1", rec
         assert "may still" in rec["error"] and "--resume" in rec["error"], rec
+
+
+# ------------------------------------------------------------------------------- 6. a flaky upload
+@pytest.mark.parametrize("code", [502, 503])
+def test_an_upload_answered_by_a_passing_error_is_sent_again(servers, media, monkeypatch, capsys, no_wait, code):
+    """Before: one 502 of a proxy (or a 503, busy) on an upload ended the run before the rest were queued. Sending a
+    file again is harmless (ComfyUI keeps an identical file under its name)."""
+    from echomimic_lib.jobs import queue_client
+
+    url, state, _ = servers()
+    real, failed = queue_client._request, []
+
+    def request(u, *args, **kw):
+        if u.endswith("/upload/image") and not failed:
+            failed.append(u)
+            err = queue_client.QueueError(f"{u}: HTTP {code}: Bad Gateway")
+            err.code, err.retry_after = code, None
+            raise err
+        return real(u, *args, **kw)
+
+    monkeypatch.setattr(queue_client, "_request", request)
+    assert _queue(url, media, "--wait") == 0
+    out, err = capsys.readouterr()
+    assert state["prompts"] == ["p1", "p2"] and "[p2] echomimic/p2.mp4" in out, (out, err)
+    assert f"HTTP {code}" in err and "sent again" in err, err
+
+
+def test_which_failures_are_asked_again():
+    from echomimic_lib.jobs import queue_client as qc
+
+    def err(**attrs):
+        e = qc.QueueError("x")
+        for k, v in attrs.items():
+            setattr(e, k, v)
+        return e
+
+    assert [qc.passing(err(code=c)) for c in (429, 500, 502, 503, 504, 400, 404)] == [True, False, True, True, True,
+                                                                                     False, False]
+    assert qc.passing(err(no_answer=True)) and qc.passing(err(broken=True))
+    assert not qc.passing(err(no_answer=True, never_sent=True)), "refused: the server is down"
+    assert not qc.passing(qc._too_slow("http://s/history/p1", 1.0)), "trickling: hung, or not ComfyUI"
+    assert not qc.passing(err()), "an answer that is not ComfyUI's"

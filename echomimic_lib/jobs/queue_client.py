@@ -141,7 +141,7 @@ def _too_slow(url: str, timeout: float) -> QueueError:
     err = QueueError(f"{url}: the server's answer did not come whole within {2 * timeout:g} s (twice --timeout; the "
                      "connection stayed open with little sent); is ComfyUI hung, or is this not ComfyUI's address? Raise "
                      "--timeout, or give --server ComfyUI's address.")
-    err.no_answer = True
+    err.no_answer = err.too_slow = True  # (too_slow: hung or not ComfyUI, never asked again: :func:`passing`)
     return err
 
 
@@ -166,7 +166,8 @@ def _read_capped(resp, url: str) -> bytes:
 def upload(server: str, path: Path, timeout: float | None = None) -> str:
     """Upload a file into ComfyUI's input folder like ComfyUI's own uploader (no overwrite: the server keeps a
     different file of the same name and stores this one as ``name (1).ext``, or reuses an identical one);
-    returns the name LoadImage/LoadAudio/LoadVideo expect (the one the server chose)."""
+    returns the name LoadImage/LoadAudio/LoadVideo expect (the one the server chose). An answer that fails in passing
+    (:func:`passing`: a proxy's 502, busy, a reset) is sent again, as a poll is asked again (the file again: harmless)."""
     boundary = uuid.uuid4().hex
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     parts = [
@@ -175,7 +176,18 @@ def upload(server: str, path: Path, timeout: float | None = None) -> str:
         path.read_bytes(),
         f'\r\n--{boundary}--\r\n'.encode(),
     ]
-    reply = _request(f"{server}/upload/image", b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout)
+    data, headers = b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    for attempt in range(POLL_TRIES):  # (sent again after a passing error: an identical file is kept under its name)
+        try:
+            reply = _request(f"{server}/upload/image", data, headers, timeout)
+            break
+        except QueueError as err:
+            if not passing(err) or attempt == POLL_TRIES - 1:
+                raise
+            pause = _busy_wait(err, attempt)
+            sys.stderr.write(printable(f"note: {err}; {path.name} is sent again in {pause:g} s ({attempt + 1} of "
+                                       f"{POLL_TRIES - 1})") + "\n")
+            time.sleep(pause)
     if not isinstance(reply.get("name"), str):
         raise QueueError(f"{server}/upload/image: the answer names no uploaded file ({str(reply)[:120]}); is this ComfyUI?")
     return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
@@ -241,12 +253,13 @@ POLL_TRIES = 5  # a /history question while waiting that failed in passing (:fun
 def passing(err: QueueError) -> bool:
     """Whether a failed question (a GET: asking again changes nothing on the server) may pass: a proxy's or a busy
     server's 429 / 502 / 503 / 504, no answer in time, a connection broken (reset) or timed out. Not: a connection
-    refused (nothing listens: the server is down, and a restarted one has lost its prompts anyway), any other HTTP
+    refused (nothing listens: the server is down, and a restarted one has lost its prompts anyway), an answer
+    trickling past twice --timeout (hung, or not ComfyUI: asking again would take as long each time), any other HTTP
     answer, or an answer that is not ComfyUI's (the wrong address)."""
     code = getattr(err, "code", None)
     if code is not None:
         return code in (429, 502, 503, 504)
-    if getattr(err, "never_sent", False) is True:
+    if getattr(err, "never_sent", False) is True or getattr(err, "too_slow", False) is True:
         return False
     return bool(getattr(err, "no_answer", False) or getattr(err, "broken", False))
 
