@@ -255,3 +255,17 @@ def test_which_failures_are_asked_again():
     assert not qc.passing(err(no_answer=True, never_sent=True)), "refused: the server is down"
     assert not qc.passing(qc._too_slow("http://s/history/p1", 1.0)), "trickling: hung, or not ComfyUI"
     assert not qc.passing(err()), "an answer that is not ComfyUI's"
+
+
+def test_resume_asks_again_when_its_first_question_about_a_prompt_fails_in_passing(servers, media, monkeypatch, capsys,
+                                                                                   no_wait):
+    """Before: one 502 while --resume asked whether the server still has a prompt ended the resume (exit code 2)."""
+    url, state, _ = servers({"p1": "pending", "p2": "pending"})
+    assert _queue(url, media) == 0  # queued, not waited for
+    state["how"] = {}
+    capsys.readouterr()
+    _flaky_history(monkeypatch, "p1", 1)
+    assert _queue(url, media, "--resume") == 0
+    out, err = capsys.readouterr()
+    assert state["prompts"] == ["p1", "p2"], "nothing queued again"
+    assert "[p1] echomimic/p1.mp4" in out and "[p2] echomimic/p2.mp4" in out, (out, err)

@@ -335,8 +335,9 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
 
 
 def _still_there(server: str, prompt_id: str, timeout: float | None) -> bool:
-    """Whether ``server`` has ``prompt_id`` finished or queued (not lost in a restart; an unclear /queue: waited for)."""
-    return _history(server, prompt_id, timeout) is not None or _queued(server, prompt_id, timeout) is not False
+    """Whether ``server`` has ``prompt_id`` finished or queued (not lost in a restart; an unclear /queue: waited for;
+    a question that fails in passing: asked again, :func:`_poll_history`)."""
+    return _poll_history(server, prompt_id, timeout) is not None or _queued(server, prompt_id, timeout) is not False
 
 
 build_parser = queue_cli.build_parser

@@ -178,7 +178,7 @@ def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, r
     if rec.get("fingerprint") != mark or not same_plan(rec, plan):  # (an input replaced under its name: the server
         return None, None, 0                                            # may give it its old name back)
     retry = retry_failed and retry_attempt(client, job, server, rec, attempts,
-                                           lambda: client._history(server, rec["prompt_id"], timeout))
+                                           lambda: client._poll_history(server, rec["prompt_id"], timeout))
     if retry:
         return None, None, retry
     if "files" in rec or client._still_there(server, rec["prompt_id"], timeout):
