@@ -269,3 +269,25 @@ def test_resume_asks_again_when_its_first_question_about_a_prompt_fails_in_passi
     out, err = capsys.readouterr()
     assert state["prompts"] == ["p1", "p2"], "nothing queued again"
     assert "[p1] echomimic/p1.mp4" in out and "[p2] echomimic/p2.mp4" in out, (out, err)
+
+
+# ------------------------------------------------------------------------------- 7. Ctrl-C over several servers
+def test_ctrl_c_over_several_servers_lists_the_jobs_that_finished_as_one_server_does(servers, media, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """Before: stdout said nothing of the jobs finished before the Ctrl-C (one server's run lists them)."""
+    from echomimic_lib.jobs.batch import comfy_servers
+
+    a_url, _, _ = servers({"p2": "pending"})
+    b_url, _, _ = servers()
+    naps = []
+
+    def sleep(s):
+        naps.append(s)
+        if len(naps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(comfy_servers.time, "sleep", sleep)
+    assert _queue(a_url, media, "--server", b_url, "--results", str(tmp_path / "r")) == 130
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"echomimic__anna__hello: ok on {a_url} echomimic/p1.mp4"], (out, err)
+    assert "Interrupted" in err and "p2" in err, err

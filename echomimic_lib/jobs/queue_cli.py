@@ -107,19 +107,14 @@ def _main(client, argv, prog: str, parser_class) -> int:
                                 args.driving, args.prefix, args.videos, state=state, resume=args.resume,
                                 retry_failed=args.retry_failed, retry_attempts=args.attempts, request_timeout=args.timeout,
                                 quiet=args.quiet)
-        except QueueInterrupted as exc:  # (results.jsonl holds the finished jobs)
+        except QueueInterrupted as exc:  # (the jobs over listed, as one server's run does; results.jsonl holds them)
+            _print_records(exc.results)
             sys.stderr.write(f"\nInterrupted. {printable(exc.advice())}\n")
             return 130
         except EchoMimicError as exc:
             sys.stderr.write(f"error: {printable(exc)}\n")
             return 2
-        for r in recs:  # (server words made printable: a terminal escape in an answer is shown, never acted on)
-            if r.get("queued") is False:  # (no server took it: --resume queues it)
-                line = f"{r['name']}: not queued: {str(r.get('error', '')).removeprefix('not queued: ')}"
-            else:
-                where = f" on {r['server']}" if r.get("server") else ""
-                line = f"{r['name']}: {r['status']}{where} {r.get('output') or r.get('error', '')}"
-            sys.stdout.write(printable(line) + "\n")
+        _print_records(recs)
         return 1 if any(r["status"] != "ok" for r in recs) else 0
     try:
         results = client.queue_folder(args.workflow, args.portraits, args.audios, servers[0], args.seed, args.driving,
@@ -136,6 +131,17 @@ def _main(client, argv, prog: str, parser_class) -> int:
         return 2
     _print_results(results)
     return 1 if any("error" in r for r in results) else 0
+
+
+def _print_records(recs: list[dict]) -> None:
+    """Several servers' records (results.jsonl's), one line each."""
+    for r in recs:  # (server words made printable: a terminal escape in an answer is shown, never acted on)
+        if r.get("queued") is False:  # (no server took it: --resume queues it)
+            line = f"{r['name']}: not queued: {str(r.get('error', '')).removeprefix('not queued: ')}"
+        else:
+            where = f" on {r['server']}" if r.get("server") else ""
+            line = f"{r['name']}: {r['status']}{where} {r.get('output') or r.get('error', '')}"
+        sys.stdout.write(printable(line) + "\n")
 
 
 def _print_results(results: list[dict]) -> None:

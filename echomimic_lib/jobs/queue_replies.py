@@ -269,7 +269,8 @@ def maybe_sent(sending: tuple[str, str, str], resumable: bool) -> str:
 
 
 class QueueInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far (one server's run), ``pending``: the prompt
+    """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far (one server's run; several servers': the
+    results.jsonl records of the jobs over), ``pending``: the prompt
     ids still on each server, ``sending``: (server, prompt id, job) of a prompt being sent when it came (it may be
     queued there), and the advice for them (:meth:`advice`)."""
 

@@ -329,7 +329,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         pending: dict[str, list[str]] = {}
         for _, server, pid, _, _ in flight.values():
             pending.setdefault(server.url, []).append(pid)
-        raise client.QueueInterrupted([], pending, book is not None and book.ok,
+        raise client.QueueInterrupted([records[j.prefix] for j in jobs if j.prefix in records], pending,  # (listed)
+                                      book is not None and book.ok,
                                       now_sending[0] if now_sending else None) from None
     finally:
         if book is not None:
