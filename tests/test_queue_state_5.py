@@ -271,7 +271,7 @@ def _odd(kind: str, on: str):
 
 @pytest.mark.parametrize("kind", ["page", "502", "302", "307", "empty"])
 @pytest.mark.parametrize("on", ["/upload/image", "/prompt", "/history"])
-def test_odd_answers_are_said_plainly_never_raw_html_nor_a_false_restart(tmp_path, capsys, kind, on):
+def test_odd_answers_are_said_plainly_never_raw_html_nor_a_false_restart(tmp_path, capsys, kind, on, no_wait):
     from tests._http_stub import start
 
     faces, speech = tmp_path / "faces", tmp_path / "speech"

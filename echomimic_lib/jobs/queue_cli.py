@@ -43,6 +43,8 @@ def build_parser(prog: str = "echomimic queue", parser_class=argparse.ArgumentPa
     p.add_argument("--state", help="file keeping the queued prompt ids for --resume (default: .echomimic_queue.json in "
                                    "the portraits / videos folder)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs, upload and queue nothing")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only on stderr: no progress lines while waiting "
+                   "(errors, warnings and the results stay)")
     p.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT, help="seconds to wait for each answer of the server "
                    f"before giving up (default: {REQUEST_TIMEOUT:.0f})")
     return p
@@ -103,21 +105,22 @@ def _main(client, argv, prog: str, parser_class) -> int:
             state = args.state if args.state is not None else default_path(args.portraits, args.videos)
             recs = queue_spread(client, args.workflow, args.portraits, args.audios, servers, args.results or ".", args.seed,
                                 args.driving, args.prefix, args.videos, state=state, resume=args.resume,
-                                retry_failed=args.retry_failed, retry_attempts=args.attempts, request_timeout=args.timeout)
-        except QueueInterrupted as exc:  # (results.jsonl holds the finished jobs)
+                                retry_failed=args.retry_failed, retry_attempts=args.attempts, request_timeout=args.timeout,
+                                quiet=args.quiet)
+        except QueueInterrupted as exc:  # (the jobs over listed, as one server's run does; results.jsonl holds them)
+            _print_records(exc.results)
             sys.stderr.write(f"\nInterrupted. {printable(exc.advice())}\n")
             return 130
         except EchoMimicError as exc:
             sys.stderr.write(f"error: {printable(exc)}\n")
             return 2
-        for r in recs:  # (server words made printable: a terminal escape in an answer is shown, never acted on)
-            sys.stdout.write(printable(f"{r['name']}: {r['status']} on {r.get('server')} {r.get('output') or r.get('error', '')}")
-                             + "\n")
+        _print_records(recs)
         return 1 if any(r["status"] != "ok" for r in recs) else 0
     try:
         results = client.queue_folder(args.workflow, args.portraits, args.audios, servers[0], args.seed, args.driving,
                                args.wait, args.dry_run, args.prefix, args.videos, timeout=args.timeout, resume=args.resume,
-                               state=args.state, retry_failed=args.retry_failed, attempts=args.attempts)
+                               state=args.state, retry_failed=args.retry_failed, attempts=args.attempts,
+                                      quiet=args.quiet)
     except QueueInterrupted as exc:  # Ctrl-C with prompts on the server: which, and how to cancel them
         _print_results(exc.results)
         sys.stderr.write(f"\nInterrupted. {printable(exc.advice())}\n")
@@ -128,6 +131,17 @@ def _main(client, argv, prog: str, parser_class) -> int:
         return 2
     _print_results(results)
     return 1 if any("error" in r for r in results) else 0
+
+
+def _print_records(recs: list[dict]) -> None:
+    """Several servers' records (results.jsonl's), one line each."""
+    for r in recs:  # (server words made printable: a terminal escape in an answer is shown, never acted on)
+        if r.get("queued") is False:  # (no server took it: --resume queues it)
+            line = f"{r['name']}: not queued: {str(r.get('error', '')).removeprefix('not queued: ')}"
+        else:
+            where = f" on {r['server']}" if r.get("server") else ""
+            line = f"{r['name']}: {r['status']}{where} {r.get('output') or r.get('error', '')}"
+        sys.stdout.write(printable(line) + "\n")
 
 
 def _print_results(results: list[dict]) -> None:

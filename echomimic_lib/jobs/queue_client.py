@@ -39,7 +39,7 @@ from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVI
                          build_prompt, find_node, load_workflow, plan_jobs)
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped,  # noqa: F401
                             accepted_with_errors, explain, html_page, in_queue, job_label, lost, not_queued, outcome,
-                            saved_files, say_about, still_open)
+                            queue_place, saved_files, say_about, still_open)
 from .queue_state import QueueState, default_path, fingerprint, plan_mark  # noqa: F401
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -121,7 +121,9 @@ def _failed(url: str, exc: BaseException, timeout: float, expired: bool) -> Queu
                          "address with --server URL." + sent)
         err.never_sent, err.said_sent = never, sent  # (several servers say it once for the job: comfy_servers)
     else:
-        return QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?")
+        err = QueueError(f"{url}: the request failed ({type(exc).__name__}: {exc}); is this ComfyUI's address?")
+        err.broken = True  # (a connection reset mid-answer: a question asked again while waiting, :func:`passing`)
+        return err
     err.no_answer = True
     return err
 
@@ -139,7 +141,7 @@ def _too_slow(url: str, timeout: float) -> QueueError:
     err = QueueError(f"{url}: the server's answer did not come whole within {2 * timeout:g} s (twice --timeout; the "
                      "connection stayed open with little sent); is ComfyUI hung, or is this not ComfyUI's address? Raise "
                      "--timeout, or give --server ComfyUI's address.")
-    err.no_answer = True
+    err.no_answer = err.too_slow = True  # (too_slow: hung or not ComfyUI, never asked again: :func:`passing`)
     return err
 
 
@@ -164,7 +166,8 @@ def _read_capped(resp, url: str) -> bytes:
 def upload(server: str, path: Path, timeout: float | None = None) -> str:
     """Upload a file into ComfyUI's input folder like ComfyUI's own uploader (no overwrite: the server keeps a
     different file of the same name and stores this one as ``name (1).ext``, or reuses an identical one);
-    returns the name LoadImage/LoadAudio/LoadVideo expect (the one the server chose)."""
+    returns the name LoadImage/LoadAudio/LoadVideo expect (the one the server chose). An answer that fails in passing
+    (:func:`passing`: a proxy's 502, busy, a reset) is sent again, as a poll is asked again (the file again: harmless)."""
     boundary = uuid.uuid4().hex
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     parts = [
@@ -173,7 +176,18 @@ def upload(server: str, path: Path, timeout: float | None = None) -> str:
         path.read_bytes(),
         f'\r\n--{boundary}--\r\n'.encode(),
     ]
-    reply = _request(f"{server}/upload/image", b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout)
+    data, headers = b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    for attempt in range(POLL_TRIES):  # (sent again after a passing error: an identical file is kept under its name)
+        try:
+            reply = _request(f"{server}/upload/image", data, headers, timeout)
+            break
+        except QueueError as err:
+            if not passing(err) or attempt == POLL_TRIES - 1:
+                raise
+            pause = _busy_wait(err, attempt)
+            sys.stderr.write(printable(f"note: {err}; {path.name} is sent again in {pause:g} s ({attempt + 1} of "
+                                       f"{POLL_TRIES - 1})") + "\n")
+            time.sleep(pause)
     if not isinstance(reply.get("name"), str):
         raise QueueError(f"{server}/upload/image: the answer names no uploaded file ({str(reply)[:120]}); is this ComfyUI?")
     return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
@@ -193,7 +207,7 @@ BUSY_TRIES = 6  # a server (or its proxy) answering 429 / 503 (queue full, busy)
 
 def _busy_wait(err: QueueError, attempt: int) -> float:
     try:
-        seconds = float(err.retry_after)
+        seconds = float(getattr(err, "retry_after", None))
     except (TypeError, ValueError):  # no Retry-After, or a date
         seconds = math.nan
     if not math.isfinite(seconds):  # ... or nan / inf, which time.sleep refuses: 1, 2, 4, ... s
@@ -233,28 +247,69 @@ def _history(server: str, prompt_id: str, timeout: float | None):
     return _request(f"{server}/history/{prompt_id}", timeout=timeout).get(prompt_id)
 
 
-def _queued(server: str, prompt_id: str, timeout: float | None) -> bool | None:
-    """Whether ``server``'s /queue still holds ``prompt_id`` (None: the answer says nothing, e.g. too large)."""
+POLL_TRIES = 5  # a /history question while waiting that failed in passing (:func:`passing`) is asked this many times
+
+
+def passing(err: QueueError) -> bool:
+    """Whether a failed question (a GET: asking again changes nothing on the server) may pass: a proxy's or a busy
+    server's 429 / 502 / 503 / 504, no answer in time, a connection broken (reset) or timed out. Not: a connection
+    refused (nothing listens: the server is down, and a restarted one has lost its prompts anyway), an answer
+    trickling past twice --timeout (hung, or not ComfyUI: asking again would take as long each time), any other HTTP
+    answer, or an answer that is not ComfyUI's (the wrong address)."""
+    code = getattr(err, "code", None)
+    if code is not None:
+        return code in (429, 502, 503, 504)
+    if getattr(err, "never_sent", False) is True or getattr(err, "too_slow", False) is True:
+        return False
+    return bool(getattr(err, "no_answer", False) or getattr(err, "broken", False))
+
+
+def _poll_history(server: str, prompt_id: str, timeout: float | None):
+    """:func:`_history` while waiting: a question that failed in passing (a flaky network, a proxy's 502, a restart)
+    is asked again after 1, 2, 4, 8 s (or its Retry-After), a line each, up to :data:`POLL_TRIES` in all, before the
+    error ends the wait (before: one failed poll ended a run of hours, every prompt left on the server)."""
+    for attempt in range(POLL_TRIES):
+        try:
+            return _history(server, prompt_id, timeout)
+        except QueueError as err:
+            if not passing(err) or attempt == POLL_TRIES - 1:
+                raise
+            pause = _busy_wait(err, attempt)
+            sys.stderr.write(printable(f"note: {err}; asked again in {pause:g} s ({attempt + 1} of {POLL_TRIES - 1}; "
+                                       "the prompts go on on the server)") + "\n")
+            time.sleep(pause)
+    return None  # (never reached: the last try returns or raises)
+
+
+def _queued(server: str, prompt_id: str, timeout: float | None, places: list | None = None) -> bool | None:
+    """Whether ``server``'s /queue still holds ``prompt_id`` (None: the answer says nothing, e.g. too large);
+    ``places``: a list given to hold where it is there (:func:`.queue_replies.queue_place`)."""
     try:
-        return in_queue(_request(f"{server}/queue", timeout=timeout), prompt_id)
+        reply = _request(f"{server}/queue", timeout=timeout)
     except QueueError as exc:
         if "cannot reach" in str(exc):
             raise
         return None
+    if places is not None:
+        places[:] = [queue_place(reply, prompt_id)]
+    return in_queue(reply, prompt_id)
 
 
-def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None) -> dict:
-    """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``)."""
-    end, check = time.monotonic() + timeout, 0.0
+def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None,
+             on_wait=None) -> dict:
+    """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``). ``on_wait(place)``:
+    called before each pause while it is not finished, ``place`` what /queue last said of it (``running``, ``queued,
+    3 prompt(s) before it``; None: not said), for a line now and then (:meth:`.queue_progress.Progress.waiting`)."""
+    end, check, places = time.monotonic() + timeout, 0.0, [None]
     while time.monotonic() < end:
-        entry = _history(server, prompt_id, request_timeout)
+        entry = _poll_history(server, prompt_id, request_timeout)
         if entry is None and time.monotonic() >= check:  # /queue holds every queued workflow: asked every 10 s at most
             check = time.monotonic() + QUEUE_CHECK_S
-            queued = _queued(server, prompt_id, request_timeout)
+            queued = _queued(server, prompt_id, request_timeout, places)
         else:
             queued = None
         if queued is False:
-            entry = _history(server, prompt_id, request_timeout)  # (it may have finished between the two questions)
+            entry = _poll_history(server, prompt_id, request_timeout)  # (it may have finished between the two questions)
             if entry is None:  # neither queued nor done: a restarted server lost it; waiting would take the whole hour
                 raise lost(server, prompt_id)
         if entry is not None:
@@ -264,6 +319,8 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
             if failure:
                 raise PromptFailed(f"prompt {prompt_id} failed: {failure}")
             return entry
+        if on_wait is not None:
+            on_wait(places[-1])
         time.sleep(poll)
     raise QueueError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.")
 
@@ -271,15 +328,16 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
 def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
                  driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic",
                  videos=None, timeout: float = REQUEST_TIMEOUT, resume: bool = False, state=None, retry_failed: bool = False,
-                 attempts: int = 3) -> list[dict]:
+                 attempts: int = 3, quiet: bool = False) -> list[dict]:
     """:func:`echomimic_lib.jobs.queue_run.queue_folder` with this module's HTTP calls."""
     return queue_run.queue_folder(sys.modules[__name__], workflow, portraits, audios, server, seed, driving, wait, dry_run,
-                                  prefix, videos, timeout, resume, state, retry_failed, attempts)
+                                  prefix, videos, timeout, resume, state, retry_failed, attempts, quiet)
 
 
 def _still_there(server: str, prompt_id: str, timeout: float | None) -> bool:
-    """Whether ``server`` has ``prompt_id`` finished or queued (not lost in a restart; an unclear /queue: waited for)."""
-    return _history(server, prompt_id, timeout) is not None or _queued(server, prompt_id, timeout) is not False
+    """Whether ``server`` has ``prompt_id`` finished or queued (not lost in a restart; an unclear /queue: waited for;
+    a question that fails in passing: asked again, :func:`_poll_history`)."""
+    return _poll_history(server, prompt_id, timeout) is not None or _queued(server, prompt_id, timeout) is not False
 
 
 build_parser = queue_cli.build_parser

@@ -186,6 +186,27 @@ def in_queue(reply, prompt_id: str) -> bool | None:
     return any(isinstance(i, (list, tuple)) and len(i) > 1 and str(i[1]) == prompt_id for i in items)
 
 
+def queue_place(reply, prompt_id: str) -> str | None:
+    """Where a ``GET /queue`` answer has ``prompt_id``, in words: ``running``, ``queued, 3 prompt(s) before it`` (the
+    pending ones with a lower number, which ComfyUI runs first; the list is not in order); None when it is not there or
+    the answer is of another shape."""
+    def items(key):
+        part = reply.get(key) if isinstance(reply, dict) else None
+        return [i for i in part if isinstance(i, (list, tuple)) and len(i) > 1] if isinstance(part, list) else []
+
+    running, pending = items("queue_running"), items("queue_pending")
+    if any(str(i[1]) == prompt_id for i in running):
+        return "running"
+    mine = next((i[0] for i in pending if str(i[1]) == prompt_id), None)
+    if mine is None:
+        return None
+    try:
+        ahead = len(running) + sum(1 for i in pending if i[0] < mine)
+    except TypeError:  # (numbers of another type: the place is not said)
+        return "queued"
+    return f"queued, {ahead} prompt(s) before it" if ahead else "queued, next"
+
+
 def lost(server: str, prompt_id: str) -> PromptFailed:
     return PromptFailed(f"prompt {prompt_id} is neither queued on nor in the history of {server}: the server was restarted "
                         "(ComfyUI keeps its queue and history in memory) or the prompt was deleted from its queue; queue "
@@ -248,7 +269,8 @@ def maybe_sent(sending: tuple[str, str, str], resumable: bool) -> str:
 
 
 class QueueInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far (one server's run), ``pending``: the prompt
+    """Ctrl-C (or SIGTERM) after prompts were queued: ``results`` so far (one server's run; several servers': the
+    results.jsonl records of the jobs over), ``pending``: the prompt
     ids still on each server, ``sending``: (server, prompt id, job) of a prompt being sent when it came (it may be
     queued there), and the advice for them (:meth:`advice`)."""
 

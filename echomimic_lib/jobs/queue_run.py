@@ -8,8 +8,8 @@ import uuid
 from pathlib import Path
 
 from .queue_plan import DEFAULT_SERVER, build_prompt, check_seed_input, load_workflow, plan_jobs
-from .queue_replies import (PromptFailed, QueueError, QueueInterrupted, QueueStopped, not_queued, say_about, saved_files,
-                            still_open)
+from .queue_replies import (PromptFailed, QueueError, QueueInterrupted, QueueStopped, job_label, not_queued, say_about,
+                            saved_files, still_open)
 from .queue_progress import Progress
 from .queue_state import QueueState, default_path, fingerprint, plan_mark, same_plan
 
@@ -17,13 +17,14 @@ from .queue_state import QueueState, default_path, fingerprint, plan_mark, same_
 def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
                  driving=None, wait: bool = False, dry_run: bool = False, prefix: str = "echomimic",
                  videos=None, timeout: float = 60.0, resume: bool = False, state=None, retry_failed: bool = False,
-                 attempts: int = 3) -> list[dict]:
+                 attempts: int = 3, quiet: bool = False) -> list[dict]:
     """Queue every portrait (or, with ``videos``, every video) x audio job; returns one dict per job
     (prompt_id, prefix, files when waited). Each accepted prompt is kept in ``state`` (default: ``.echomimic_queue.json``
     in the portraits / videos folder, :mod:`.queue_state`); with ``resume`` (implies ``wait``) a job whose same prompt
     an earlier run queued is not queued again: finished, its files are listed, still queued it is waited for, and only
     one the server lost (restarted) is queued again. With ``retry_failed`` too, one whose prompt failed on the server is
-    queued again (a line each), until the job has had ``attempts`` prompts."""
+    queued again (a line each), until the job has had ``attempts`` prompts. While waiting, stderr says how far the run
+    is now and then (:mod:`.queue_progress`; ``quiet``: not)."""
     if (portraits is None) == (videos is None):
         raise QueueError("give either a portraits folder or a videos folder (--portraits or --videos), not both.")
     if videos is not None and driving:
@@ -74,11 +75,14 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
                         raise
                     book.record(server, job.prefix, mark, result["prompt_id"], attempts=tries, plan=plan)
             results.append(result)
-        progress, over = Progress(len(results)), _over(results)  # (a line on stderr now and then: how many are over)
+        progress, over = Progress(len(results), quiet=quiet), _over(results)  # (a line on stderr now and then)
         for result in (r for r in results if wait and not dry_run and "files" not in r and "error" not in r):
             progress.update(over[0], over[1], len(results) - sum(over))
-            try:
-                result["files"] = saved_files(client.wait_for(server, result["prompt_id"], request_timeout=timeout))
+            since, label = progress.clock(), job_label(result)
+            try:  # (a long job: "still waiting for ..." now and then)
+                entry = client.wait_for(server, result["prompt_id"], request_timeout=timeout,
+                                        on_wait=lambda place, job=label, t=since: progress.waiting(job, server, t, place))
+                result["files"] = saved_files(entry)
                 book.record(server, result["prefix"], marks[result["prefix"]], result["prompt_id"], result["files"],
                             plan=plans[result["prefix"]])
             except PromptFailed as exc:  # this prompt failed on the server: the others are still waited for
@@ -174,7 +178,7 @@ def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, r
     if rec.get("fingerprint") != mark or not same_plan(rec, plan):  # (an input replaced under its name: the server
         return None, None, 0                                            # may give it its old name back)
     retry = retry_failed and retry_attempt(client, job, server, rec, attempts,
-                                           lambda: client._history(server, rec["prompt_id"], timeout))
+                                           lambda: client._poll_history(server, rec["prompt_id"], timeout))
     if retry:
         return None, None, retry
     if "files" in rec or client._still_there(server, rec["prompt_id"], timeout):

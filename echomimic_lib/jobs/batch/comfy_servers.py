@@ -114,6 +114,10 @@ def _submit(job, servers: list[_Server], template, seed, drive, client_id, sendi
         return server, pid, prompt
 
 
+NOT_SENT = (". This job was not queued: run the same command with --resume once a server answers to queue it (what "
+            "finished is kept).")
+
+
 def _none_left(servers: list[_Server], tried: list) -> QueueError:
     """No server answers any more: each with why, and what became of this job's prompt (``tried``: :func:`_submit`'s)."""
     text = "no ComfyUI server answers any more: " + "; ".join(f"{s.url} ({s.why})" if s.why else s.url for s in servers)
@@ -126,7 +130,7 @@ def _none_left(servers: list[_Server], tried: list) -> QueueError:
         text += (". The prompt was NOT queued (every server refused the connection: it never reached them), so running "
                  "the same command again is safe (add --resume to keep what an earlier run queued).")
     else:
-        text += ". This job's prompt was not sent."
+        text += NOT_SENT
     err = QueueError(text)
     err.never_sent = not maybe
     return err
@@ -144,7 +148,7 @@ def _prompt_for(job, server: _Server, template, seed, drive) -> dict:
 def queue_spread(client, workflow, portraits, audios, servers: list[str], results_dir, seed: int | None = None, driving=None,
                  prefix: str = "echomimic", videos=None, poll: float = 2.0, timeout: float = 3600.0,
                  max_attempts: int = 3, state=None, resume: bool = False, retry_failed: bool = False,
-                 retry_attempts: int = 3, request_timeout: float | None = None) -> list[dict]:
+                 retry_attempts: int = 3, request_timeout: float | None = None, quiet: bool = False) -> list[dict]:
     """Queue every job over ``servers``, wait for all, record them; returns the records. ``client``: the module
     :mod:`echomimic_lib.jobs.queue_client` (its uploads, prompts and history calls; passed in, so that the
     client, which starts this, is not imported back). ``state``: the queue state file (:mod:`..queue_state`) where
@@ -153,7 +157,9 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     ``retry_failed`` too, a job whose prompt failed on its server is queued again, a line each, until it has had
     ``retry_attempts`` prompts (``max_attempts``: the servers a job may outlive within this run). ``request_timeout``:
     ``--timeout``, the seconds each answer of a server may take, as with one server (None: 10 s to poll, the client's
-    default to upload and queue)."""
+    default to upload and queue). A job no server took (none answered before it was sent) is recorded with ``queued``
+    false, its error saying so and that --resume queues it. While waiting, stderr says how far the run is and which job
+    it still waits for, now and then (:mod:`..queue_progress`; ``quiet``: not)."""
     template = client.load_workflow(workflow)
     check_seed_input(template, seed, workflow)
     if videos is not None and driving:
@@ -169,6 +175,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
     flight = {}  # job prefix -> [job, server, prompt_id, attempts, t0]
     now_sending: list = []  # [(server, asked prompt id, job)] while a prompt is being sent
     tries_of: dict[str, int | None] = {}  # job prefix -> the prompts it has had (the state's attempts), kept when it moves
+    waited: dict[str, list] = {}  # job prefix -> [when it went in flight (monotonic), where its server's /queue has it]
 
     def record(job, status, attempts, t0, **extra):
         rec = {"name": job.prefix.replace("/", "__"), "line": jobs.index(job) + 1, "kind": "comfyui", "status": status,
@@ -180,7 +187,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
             book.record(extra["server"], job.prefix, marks[job.prefix], extra["prompt_id"], extra["files"],
                         plan=plans[job.prefix])
 
-    def send(job, attempts, t0, tries=None):
+    def send(job, attempts, t0, tries=None, earlier=None):
+        """``earlier``: (server, prompt id) of the job's prompt on a server that stopped answering (moved here)."""
         before, asked, kept = (book.find(job.prefix) if book is not None else None), [], {}
 
         def sending(server, prompt, pid):
@@ -197,6 +205,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
             server, pid, prompt = _submit(job, pool, template, seed, driving, client_id, sending, tried)
             now_sending.clear()
             flight[job.prefix] = [job, server, pid, attempts, t0]
+            waited[job.prefix] = [time.monotonic(), None]
             if book is not None:
                 book.record(server.url, job.prefix, marks[job.prefix], pid, attempts=tries_of[job.prefix],
                             plan=plans[job.prefix])
@@ -206,7 +215,16 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 maybe = [pid for _, pid, arrived in tried if arrived]  # one of a send that may have arrived, or the earlier
                 if client.not_queued(exc) or (maybe and maybe[-1] != asked[-1]):
                     book.withdraw(job.prefix, asked[-1], kept[maybe[-1]] if maybe else before)
-            record(job, "error", attempts, t0, error=str(exc))
+            if getattr(exc, "never_sent", False) is True and earlier is not None:  # (it may still run there)
+                url, pid = earlier
+                record(job, "error", attempts, t0, server=url, prompt_id=pid, error=(
+                    f"its prompt {pid} went to {url}, which stopped answering, and no other server can take it: it may "
+                    f"still run there ({str(exc).removesuffix(NOT_SENT)}). Run the same command with --resume once a "
+                    "server answers: it finds it there, or queues it again."))
+            elif getattr(exc, "never_sent", False) is True:  # (no server took it: not queued, --resume queues it)
+                record(job, "error", attempts, t0, error=f"not queued: {exc}", queued=False)
+            else:  # (refused by the server it went to, or it may be queued there)
+                record(job, "error", attempts, t0, error=str(exc), **({"server": tried[-1][0].url} if tried else {}))
 
     if book is not None:
         book.claim(j.prefix for j in jobs)  # (refused when a live run queues the same jobs; released below)
@@ -244,7 +262,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                        files=files, resumed=True)
             else:
                 flight[job.prefix] = [job, server, rec["prompt_id"], 1, t0]
-        end, progress = time.monotonic() + timeout, Progress(len(jobs))  # (a line on stderr now and then)
+                waited[job.prefix] = [time.monotonic(), None]
+        end, progress = time.monotonic() + timeout, Progress(len(jobs), quiet=quiet)  # (a line on stderr now and then)
 
         def say_progress():
             failed = sum(r["status"] != "ok" for r in records.values())
@@ -260,7 +279,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 server.refresh_queue()
             for key, (job, server, pid, attempts, t0) in list(flight.items()):
                 try:
-                    entry = (_safe(client._request, f"{server.url}/history/{pid}", timeout=server.poll_timeout).get(pid)
+                    entry = (_safe(client._poll_history, server.url, pid, server.poll_timeout)  # (asked again first)
                              if server.alive else None)
                 except QueueError as exc:
                     log.warning("%s stopped answering (%s); resubmitting its jobs", server.url, exc)
@@ -271,7 +290,7 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                     if attempts >= max_attempts:
                         record(job, "error", attempts, t0, server=server.url, error=f"{attempts} server(s) went away (the last: {server.why or 'no answer'})")
                     else:
-                        send(job, attempts + 1, t0, tries_of.get(job.prefix))  # (the same attempt, on another server)
+                        send(job, attempts + 1, t0, tries_of.get(job.prefix), (server.url, pid))  # (the same attempt)
                     continue
                 if entry is None and server.lost(pid):  # restarted: its queue and history are gone
                     entry = _safe(client._request, f"{server.url}/history/{pid}", timeout=server.poll_timeout).get(pid)
@@ -297,6 +316,12 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
                 else:
                     record(job, "ok", attempts, t0, server=server.url, prompt_id=pid, output=files[0] if files else None,
                            files=files)
+            if flight:  # the job waited for longest: a line now and then while it runs long
+                job, server, pid = flight[next(iter(flight))][:3]
+                since = waited.setdefault(job.prefix, [time.monotonic(), None])
+                if server.queue is not None:
+                    since[1] = client.queue_place(server.queue, pid)
+                progress.waiting(f"{job.portrait.name} x {job.audio.name}", server.url, since[0], since[1])
         for job, server, pid, attempts, t0 in flight.values():
             record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=f"not finished within {timeout:.0f} s")
         say_progress()
@@ -304,7 +329,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
         pending: dict[str, list[str]] = {}
         for _, server, pid, _, _ in flight.values():
             pending.setdefault(server.url, []).append(pid)
-        raise client.QueueInterrupted([], pending, book is not None and book.ok,
+        raise client.QueueInterrupted([records[j.prefix] for j in jobs if j.prefix in records], pending,  # (listed)
+                                      book is not None and book.ok,
                                       now_sending[0] if now_sending else None) from None
     finally:
         if book is not None:
