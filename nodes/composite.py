@@ -58,6 +58,11 @@ def paste(images, crop, original, fps: float, region: str, feather: int, dilatio
     fps = check_fps(fps)
     geometry = crop.geometry if isinstance(crop, DubPlan) else crop
     gen = image_batch(images, "images")
+    ow, oh = geometry.output_size
+    if gen.shape[1:3] != (oh, ow):  # was the library's words, no input named, from the first frame pasted
+        raise EchoMimicError(f"images: the frames are {gen.shape[2]}x{gen.shape[1]} but the crop was made for {ow}x{oh}; "
+                             "link the frames generated from this crop's reference (the sampler's width and height as the "
+                             "Reference Preparation's / Face Track's size), or the crop that made their reference.")
     originals = image_batch(original, "original")
     sw, sh = geometry.source_size
     if originals.shape[1:3] != (sh, sw):
