@@ -170,3 +170,18 @@ def test_a_value_no_choice_is_is_still_refused_naming_the_choices(value):
                                           value, 8, 0.1, "off")
     msg = str(info.value)
     assert msg.startswith("region: ") and "auto, face box, landmark hull, crop square" in msg, msg
+
+
+# ------------------------------------------------------------------------------------------ 4. a region the crop cannot give
+@pytest.mark.parametrize("target", ["resize only", "V2 half-body crop"])
+def test_paste_back_names_the_region_choice_a_crop_without_landmarks_cannot_give(target, monkeypatch):
+    """'landmark hull' on a crop without face landmarks (resize only, a V2 half-body crop) was "paste-back region 'hull'
+    needs face landmarks ...; use region 'face' or 'crop'": the library's names, not the node's choices, no input named."""
+    crop = _geometry() if target == "resize only" else sub("echomimic_lib.frames.crop").CropGeometry(
+        (100, 80), (10, 0, 90, 80), (64, 64), kind="v2_halfbody")
+    with pytest.raises(EchoMimicError) as info:
+        N["EchoMimicPasteBack"]().execute(torch.rand(2, 64, 64, 3), crop, torch.rand(1, 80, 100, 3), 24.0,
+                                          "landmark hull", 8, 0.1, "off")
+    msg = str(info.value)
+    assert msg.startswith("region 'landmark hull': ") and "'face box'" in msg and "'crop square'" in msg, msg
+    assert "'auto'" in msg and "'hull'" not in msg, msg
