@@ -97,6 +97,12 @@ class EchoMimicLora(Node):
         }
 
     @classmethod
+    def IS_CHANGED(cls, lora=None, **_):
+        """The file's path, size and time: a LoRA exported again under the same name runs again (ComfyUI cached the
+        node's output while its inputs had not changed)."""
+        return paths.file_stamp(paths.lora_roots(), lora)
+
+    @classmethod
     def VALIDATE_INPUTS(cls, lora=None):
         return names.check(cls, {"lora": "models/echomimic/loras"}, lora=lora)
 

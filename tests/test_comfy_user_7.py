@@ -185,3 +185,27 @@ def test_paste_back_names_the_region_choice_a_crop_without_landmarks_cannot_give
     msg = str(info.value)
     assert msg.startswith("region 'landmark hull': ") and "'face box'" in msg and "'crop square'" in msg, msg
     assert "'auto'" in msg and "'hull'" not in msg, msg
+
+
+# ------------------------------------------------------------------------------------------ 5. a LoRA file written again
+@pytest.mark.parametrize("node,folder", [("EchoMimicLora", "echomimic/loras"), ("EchoMimicV3Lora", "loras"),
+                                         ("EchoMimicModelLoader", "echomimic/loras")])
+def test_a_lora_file_written_again_makes_comfyui_run_the_node_again(node, folder, tmp_path, monkeypatch):
+    """Queue, export the LoRA again under the same name (`echomimic-train export ... anna.safetensors` after more
+    training), queue again: ComfyUI kept the node's cached output (its inputs had not changed), so the old adapter ran
+    without a word. IS_CHANGED now follows the file (path, size, modification time)."""
+    monkeypatch.setattr(C, "MODELS_DIR", tmp_path / "models")
+    file = tmp_path / "models" / folder / "anna.safetensors"
+    file.parent.mkdir(parents=True)
+    file.write_bytes(b"one")
+    cls = N[node]
+    first = cls.IS_CHANGED(lora="anna.safetensors", strength=1.0)
+    assert cls.IS_CHANGED(lora="anna.safetensors", strength=1.0) == first  # unchanged: ComfyUI's cache holds
+    file.write_bytes(b"two, longer")
+    assert cls.IS_CHANGED(lora="anna.safetensors", strength=1.0) != first
+    import os
+    stamp = cls.IS_CHANGED(lora="anna.safetensors")
+    os.utime(file, ns=(file.stat().st_atime_ns, file.stat().st_mtime_ns + 10**9))  # the same size, written later
+    assert cls.IS_CHANGED(lora="anna.safetensors") != stamp
+    for odd in ("", None, "none", "gone.safetensors", "../x", "\ud800", 5):  # never an exception (ComfyUI calls it first)
+        assert isinstance(cls.IS_CHANGED(lora=odd), str)
