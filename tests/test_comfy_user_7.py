@@ -209,3 +209,32 @@ def test_a_lora_file_written_again_makes_comfyui_run_the_node_again(node, folder
     assert cls.IS_CHANGED(lora="anna.safetensors") != stamp
     for odd in ("", None, "none", "gone.safetensors", "../x", "\ud800", 5):  # never an exception (ComfyUI calls it first)
         assert isinstance(cls.IS_CHANGED(lora=odd), str)
+
+
+# ------------------------------------------------------------------------------------------ 6. the shipped workflows, edited
+def _shipped_combo_values():
+    import json
+
+    from tests._pack import ROOT
+
+    cases = []
+    for file in sorted((ROOT / "workflows" / "api").glob("*.json")):
+        for nid, node in json.loads(file.read_text()).items():
+            cls = N.get(node["class_type"])
+            if cls is None:
+                continue
+            own = set(inspect.signature(cls.VALIDATE_INPUTS).parameters) if hasattr(cls, "VALIDATE_INPUTS") else set()
+            spec = {**cls.INPUT_TYPES()["required"], **cls.INPUT_TYPES().get("optional", {})}
+            for name, value in node["inputs"].items():
+                if isinstance(spec.get(name, (None,))[0], list) and name not in own:
+                    cases.append((file.stem, nid, node["class_type"], name, value))
+    assert len(cases) >= 40
+    return cases
+
+
+@pytest.mark.parametrize("workflow,nid,node,name,value", _shipped_combo_values())
+def test_every_shipped_choice_edited_by_hand_is_still_its_choice(workflow, nid, node, name, value):
+    """Each shipped API workflow's choices typed again by hand ("V1 AUDIO ", " Off"): each is the same choice."""
+    base = sub("nodes.base")
+    for edited in (value.upper() + " ", " " + value.title(), f"\t{value}\n"):
+        assert base.combo_values(N[node], {name: edited})[name] == value, (workflow, nid, edited)
