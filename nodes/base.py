@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
 import sys
 from pathlib import Path
 
 from ..echomimic_lib.errors import EchoMimicError
+from . import names
+
+log = logging.getLogger(__name__)
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 SOCKETS: dict[str, tuple[tuple[type, ...], str]] = {}  # the pack's socket types: their classes and the nodes giving them
@@ -133,25 +137,76 @@ class Node:
         return {}
 
 
-def combo_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
-    """Why a COMBO input's value is none of its choices, or None. ComfyUI refuses such a value when the prompt is queued;
-    a node run without that check (the HTTP API with validation skipped, the stand-ins, a workflow edited by hand or saved
-    by another version of the pack) ignored it or failed deep inside. An input the node's VALIDATE_INPUTS takes is left to
-    it (ComfyUI then skips its own list check: the folder and file names, :mod:`.names`)."""
-    spec = node_cls.INPUT_TYPES() if spec is None else spec
+def _choice_key(value):
+    """What a COMBO value is compared by when it is not a choice itself: text without its case or surrounding spaces, a
+    whole number (an INT, or a FLOAT such as 24.0) as its digits; None for anything else (true/false, a list)."""
+    if isinstance(value, str):
+        return value.strip().casefold()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return str(int(value))
+
+
+def combo_choice(name: str, value, choices: list):
+    """The choice ``value`` stands for: itself when it is one, else the one choice it matches up to case, surrounding
+    spaces or a number given for its digits (a workflow edited by hand, or saved by another version of the pack, whose
+    widget was an INT). Raises :class:`EchoMimicError` naming the choices when it is none of them, or could be several."""
+    if any(type(value) is type(c) and value == c for c in choices):
+        return value
+    key = _choice_key(value)
+    found = [c for c in choices if key is not None and _choice_key(c) == key]
+    if len(found) == 1:
+        log.info("%s: %r taken as the choice %r", name, value, found[0])
+        return found[0]
+    if found:
+        raise EchoMimicError(f"{name}: {value!r} could be any of {', '.join(map(repr, found))} (they differ only in case); "
+                             "pick one of them in the node.")
+    raise EchoMimicError(f"{name}: {value!r} is not one of its choices ({', '.join(map(str, choices))}); pick one of them "
+                         "in the node (a workflow edited by hand, or saved by another version of the pack, may hold a value "
+                         "the node does not have).")
+
+
+def _own_names(node_cls) -> set:
     validate = getattr(node_cls, "VALIDATE_INPUTS", None)
-    own = set(inspect.signature(validate).parameters) if validate is not None else set()
+    return set(inspect.signature(validate).parameters) if validate is not None else set()
+
+
+def combo_values(node_cls, values: dict, spec: dict | None = None) -> dict:
+    """``values`` with each COMBO input's value the choice it stands for (:func:`combo_choice`), or an
+    :class:`EchoMimicError` naming the input and its choices. ComfyUI refuses a value not in the list when the prompt is
+    queued; a node run without that check (the HTTP API with validation skipped, the stand-ins, a workflow edited by hand
+    or saved by another version of the pack) ignored it or failed deep inside. An input the node's VALIDATE_INPUTS takes
+    (the folder and file names, :mod:`.names`) is left to it, but for an empty name or null, which were taken as "none"
+    (a LoRA node passed its model on without the LoRA): refused with the validation's message."""
+    spec = node_cls.INPUT_TYPES() if spec is None else spec
+    own, fixed = _own_names(node_cls), dict(values)
     for section in ("required", "optional"):
         for name, (choices, *_) in spec.get(section, {}).items():
-            if not isinstance(choices, list) or name in own or name not in values:
+            if not isinstance(choices, list) or name not in values:
                 continue
             value = values[name]
             if value is None and section == "optional":
                 continue  # not given
-            if not any(type(value) is type(c) and value == c for c in choices):
-                return (f"{name}: {value!r} is not one of its choices ({', '.join(map(str, choices))}); pick one of them "
-                        "in the node (a workflow edited by hand, or saved by another version of the pack, may hold a value "
-                        "the node does not have).")
+            if name in own:
+                if value is None:
+                    raise EchoMimicError(f"{name}: given nothing (null), no name from its list; pick one of "
+                                         f"{', '.join(repr(c) for c in choices[:8])} in the node.")
+                if isinstance(value, str) and names.is_empty(value):
+                    said = node_cls.VALIDATE_INPUTS(**{name: value})
+                    raise EchoMimicError(said if isinstance(said, str) else f"{name} is empty: pick one of its list.")
+                continue
+            fixed[name] = combo_choice(name, value, choices)
+    return fixed
+
+
+def combo_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
+    """Why a COMBO input's value is none of its choices (:func:`combo_values`), or None."""
+    try:
+        combo_values(node_cls, values, spec)
+    except EchoMimicError as exc:
+        return str(exc)
     return None
 
 
@@ -263,10 +318,14 @@ def checks_links(cls):
     @functools.wraps(run)
     def checked(self, *args, **kwargs):
         values, spec = {**dict(zip(names, args)), **kwargs}, type(self).INPUT_TYPES()
-        problem = (link_problem(type(self), values, spec) or combo_problem(type(self), values, spec)
-                   or widget_type_problem(type(self), values, spec))
+        problem = link_problem(type(self), values, spec)
         if problem:
             raise EchoMimicError(problem)
+        values = combo_values(type(self), values, spec)  # each COMBO value its choice, or an error naming the choices
+        problem = widget_type_problem(type(self), values, spec)
+        if problem:
+            raise EchoMimicError(problem)
+        args, kwargs = tuple(values[n] for n in names[:len(args)]), {k: values[k] for k in kwargs}
         try:
             return run(self, *args, **kwargs)
         except (TypeError, ValueError, OverflowError, AttributeError) as exc:  # not the node's own EchoMimicError

@@ -26,10 +26,16 @@ AUTO_REGION = {"v1_face": "face", "video_face": "hull", "v2_halfbody": "crop", "
 COLOR = {"off": "off", "mean/std (Lab)": "lab", "histogram": "histogram"}
 
 
-def _region(choice: str, geometry: CropGeometry) -> str:
+def _region(choice: str, geometry: CropGeometry, per_frame: bool = False) -> str:
+    """The library's region for the node's choice; ``per_frame``: a Face Track's crop (each frame's hull from its
+    landmarks)."""
     if choice not in REGIONS:
         raise EchoMimicError(f"unknown region '{choice}'; choose one of {', '.join(REGIONS)}.")
-    return REGIONS[choice] or AUTO_REGION[geometry.kind]
+    region = REGIONS[choice] or AUTO_REGION[geometry.kind]
+    if region == "hull" and geometry.face_hull is None and not per_frame:  # was the library's names ('hull', 'face'), no input named
+        raise EchoMimicError(f"region '{choice}': this crop has no face landmarks (a V2 half-body crop, or 'resize only', "
+                             "from Reference Preparation); pick 'auto', 'face box' or 'crop square'.")
+    return region
 
 
 def _paste_video(plan: DubPlan, gen: np.ndarray, originals: np.ndarray, fps: float, paster: PasteBack):
@@ -58,12 +64,18 @@ def paste(images, crop, original, fps: float, region: str, feather: int, dilatio
     fps = check_fps(fps)
     geometry = crop.geometry if isinstance(crop, DubPlan) else crop
     gen = image_batch(images, "images")
+    ow, oh = geometry.output_size
+    if gen.shape[1:3] != (oh, ow):  # was the library's words, no input named, from the first frame pasted
+        raise EchoMimicError(f"images: the frames are {gen.shape[2]}x{gen.shape[1]} but the crop was made for {ow}x{oh}; "
+                             "link the frames generated from this crop's reference (the sampler's width and height as the "
+                             "Reference Preparation's / Face Track's size), or the crop that made their reference.")
     originals = image_batch(original, "original")
     sw, sh = geometry.source_size
     if originals.shape[1:3] != (sh, sw):
         raise EchoMimicError(f"'original' is {originals.shape[2]}x{originals.shape[1]} but the crop was made from a "
                              f"{sw}x{sh} picture; connect the picture (or video frames) the crop came from.")
-    paster = PasteBack(geometry, _region(region, geometry), float(feather), float(dilation), COLOR[color_match])
+    paster = PasteBack(geometry, _region(region, geometry, isinstance(crop, DubPlan)), float(feather), float(dilation),
+                       COLOR[color_match])
     C.check_interrupt()
     if isinstance(crop, DubPlan):
         frames, out_fps, mid, weights = _paste_video(crop, gen, originals, float(fps), paster)

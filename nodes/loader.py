@@ -225,6 +225,12 @@ class EchoMimicModelLoader(Node):
         }
 
     @classmethod
+    def IS_CHANGED(cls, lora=None, **_):
+        """The LoRA file's path, size and time (as the EchoMimic LoRA node's): exported again under the same name, the
+        set is made again (ComfyUI cached the node's output while its inputs had not changed)."""
+        return paths.file_stamp(paths.lora_roots(), lora) if lora not in (None, "none") else "no lora"
+
+    @classmethod
     def VALIDATE_INPUTS(cls, weights_folder=None, vae=None, lora=None):
         """The picked names, when queued: either path separator (a workflow from Windows on Linux, or the reverse); any
         other name is refused with the close match named (:mod:`.names`)."""

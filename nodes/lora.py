@@ -90,16 +90,23 @@ class EchoMimicLora(Node):
         return {
             "model": link(MODEL, "An EchoMimic model set (from the Model Loader or another EchoMimic LoRA)."),
             "lora": (paths.lora_files() or ["none"], {"tooltip": "A LoRA adapter from models/echomimic/loras/; it must have been "
-                     "trained for the model's version."}),
+                     "trained for the model's version. \"none\" (the list while the folder holds no adapter) passes the "
+                     "model on unchanged."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05, "tooltip": "How much of the LoRA is "
                          "applied: 1 = as trained, 0 = the model unchanged."}),
         }
+
+    @classmethod
+    def IS_CHANGED(cls, lora=None, **_):
+        """The file's path, size and time: a LoRA exported again under the same name runs again (ComfyUI cached the
+        node's output while its inputs had not changed)."""
+        return paths.file_stamp(paths.lora_roots(), lora)
 
     @classmethod
     def VALIDATE_INPUTS(cls, lora=None):
         return names.check(cls, {"lora": "models/echomimic/loras"}, lora=lora)
 
     def execute(self, model, lora, strength):
-        if lora in (None, "", "none"):
+        if lora == "none":  # "" and null are refused before (base.combo_values)
             return (model,)
         return (add_lora(model, lora, strength),)

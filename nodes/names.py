@@ -22,6 +22,11 @@ def _norm(name: str) -> str:
     return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", "."))
 
 
+def is_empty(name: str) -> bool:
+    """Whether a picked name names nothing ("", spaces, "./", "\\"): a workflow saved where the list was empty."""
+    return not _norm(name).strip()
+
+
 def listed(value, options) -> str | None:
     """The option ``value`` stands for (the same name up to its path separators), or None."""
     if not isinstance(value, str):

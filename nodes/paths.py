@@ -86,6 +86,18 @@ def find_named(roots: list[Path], name: str, what: str, want_dir: bool = False) 
     return None
 
 
+def file_stamp(roots: list[Path], name) -> str:
+    """What a node's ``IS_CHANGED`` gives for a picked file: its path, size and modification time, so that ComfyUI runs
+    the node again when the file is written again under the same name (a LoRA exported again); never an exception
+    (ComfyUI asks before the node runs, and the node names a bad or missing name itself)."""
+    try:
+        found = find_named(roots, name, "file") if isinstance(name, str) and name.strip() else None
+        st = found.stat() if found is not None else None
+    except (EchoMimicError, OSError, ValueError):
+        found = st = None
+    return f"{found}|{st.st_size}|{st.st_mtime_ns}" if st is not None else f"not found: {name!r}"
+
+
 def _entries(folder: Path) -> list[Path]:
     try:
         return sorted(p for p in folder.iterdir() if not p.name.startswith("."))

@@ -58,16 +58,23 @@ class EchoMimicV3Lora(Node):
         return {
             "v3_model": link(V3_MODEL, "From EchoMimic V3 Loader (or another EchoMimic V3 LoRA)."),
             "lora": (paths.wan_lora_files() or ["none"], {"tooltip": "A LoRA in models/loras trained on Wan2.1 1.3B "
-                     "(image-to-video / Fun-InP, or text-to-video without its input layer); see docs/v3.md."}),
+                     "(image-to-video / Fun-InP, or text-to-video without its input layer); see docs/v3.md. \"none\" (the list "
+                     "while the folder holds no such LoRA) passes the model on unchanged."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05, "tooltip": "How much of the LoRA "
                          "is applied: 1 = as trained, 0 = the model unchanged."}),
         }
+
+    @classmethod
+    def IS_CHANGED(cls, lora=None, **_):
+        """The file's path, size and time: a LoRA exported again under the same name runs again (ComfyUI cached the
+        node's output while its inputs had not changed)."""
+        return paths.file_stamp(paths.wan_lora_roots(), lora)
 
     @classmethod
     def VALIDATE_INPUTS(cls, lora=None):
         return names.check(cls, {"lora": "models/loras"}, lora=lora)
 
     def execute(self, v3_model, lora, strength):
-        if lora in (None, "", "none"):
+        if lora == "none":  # "" and null are refused before (base.combo_values)
             return (v3_model,)
         return (add_wan_lora(v3_model, lora, strength),)
