@@ -3,26 +3,19 @@ stumble now a clear error or message naming the problem and the fix, said before
 from __future__ import annotations
 
 import logging
-import wave
 from pathlib import Path
 
 import numpy as np
 
 from echomimic_lib.cli import main
+from tests._media import write_wav
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REF, SPEECH = DATA / "images" / "portrait_a.png", DATA / "audio" / "echomimic_en.wav"
 
 
 def _tone(path: Path, seconds: float, sr: int = 16000) -> Path:
-    t = np.arange(int(seconds * sr)) / sr
-    x = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(x.tobytes())
-    return path
+    return write_wav(path, 0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * sr)) / sr), sr)
 
 
 # ------------------------------------------------------------------------------------------------- --smoke
