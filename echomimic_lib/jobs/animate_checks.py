@@ -287,6 +287,7 @@ def preflight(req, reads=None) -> Plan:
     device = resolve_device(req.device)
     dtype = resolve_dtype(req.dtype, device)
     check_speed_options(device, compile=req.compile, cuda_graphs=req.cuda_graphs, low_vram=req.low_vram)
+    smoke_length = req.smoke and not req.length  # (the smoke run's first second: no --length to name)
     if req.smoke:
         req = replace(req, width=req.width or SMOKE["width"], height=req.height or SMOKE["height"],
                       steps=req.steps or SMOKE["steps"], download=False,
@@ -310,7 +311,7 @@ def preflight(req, reads=None) -> Plan:
         seconds = settings.num_frames / settings.fps
     else:
         wav, sr, raw = speech_reader(req.audio, settings.fps, length)
-        settings.num_frames = frame_count(raw, settings.fps, length)
+        settings.num_frames = frame_count(raw, settings.fps, length, smoke=smoke_length)
         seconds = getattr(raw, "whole_samples", raw.samples.shape[1]) / sr  # (a long track's start: the whole track's)
     root = models_root(req)
     req = find_face_model(req, root)

@@ -199,14 +199,18 @@ def read_speech_summary(path, each=None, fps: float | None = None, on_16k=None):
     return whole
 
 
-def frame_count(raw, fps: float, length: int | None) -> int:
-    """The video length: the audio's (floor(seconds x fps), at least 1), cut to ``length`` frames if given."""
+def frame_count(raw, fps: float, length: int | None, smoke: bool = False) -> int:
+    """The video length: the audio's (floor(seconds x fps), at least 1), cut to ``length`` frames if given
+    (``smoke``: ``length`` is a smoke run's own first second, not a --length the user gave)."""
     from ..audio import frame_count_for_rows, num_feature_rows, video_frame_count
     from ..audio.mel import num_mel_frames
 
     n16 = raw.num_samples_16k
     n = min(video_frame_count(n16, fps), frame_count_for_rows(num_feature_rows(num_mel_frames(n16)), fps))
-    if length is not None and length > n:
+    if smoke and length is not None and length > n:  # (was "--length 24 is beyond the audio": none was given)
+        log.info("smoke run: the first %d frames (1 s), or as much as the audio covers: it lasts %.2f s; the video has "
+                 "%d frames.", length, n16 / 16000.0, n)
+    elif length is not None and length > n:
         log.warning("--length %d is beyond the audio: it lasts %.2f s, %d frames at %g fps; the video has %d frames "
                     "(the length follows the audio).", length, n16 / 16000.0, n, fps, n)
     return n if length is None else min(n, length)
