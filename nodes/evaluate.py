@@ -50,6 +50,9 @@ def _onnx_providers(device) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
 
 
+LANDMARK_HINT = "switch on auto_download, or put face_landmarker.task into models/echomimic/mediapipe"  # (not the CLI's)
+
+
 def evaluate(frames, audio, fps: float, syncnet: str, arcface: str, download: bool, reference=None):
     from ..echomimic_lib.evaluate import LearnedModels, clip_from_arrays, sync_plot
     from ..echomimic_lib.evaluate import evaluate as run_evaluation
@@ -71,11 +74,10 @@ def evaluate(frames, audio, fps: float, syncnet: str, arcface: str, download: bo
         landmarker = detectors.face_landmarker(download)
     except MissingWeightsError as exc:
         landmarker = None
-        notes.append(f"face landmarks unavailable: {exc} (switch on auto_download, or put face_landmarker.task into "
-                     "models/echomimic/mediapipe).")
+        notes.append(f"face landmarks unavailable: {exc}.")
     C.check_interrupt()
     try:
-        report = run_evaluation(clip, ref, landmarker, learned)
+        report = run_evaluation(clip, ref, landmarker, learned, landmark_hint=LANDMARK_HINT)
     finally:
         if landmarker is not None:
             landmarker.close()

@@ -83,6 +83,7 @@ def test_the_node_explains_missing_files_and_refuses_names_outside_its_folder(mo
     doc = json.loads(report.strip().splitlines()[-1])
     assert doc["av_offset_ms"] is None and doc["flicker"] is not None
     assert any("auto_download" in n for n in doc["notes"]) and plot.shape == (1, 520, 960, 3)
+    assert not any("--mediapipe-model" in n for n in doc["notes"]), doc["notes"]  # (a command-line option: none here)
 
 
 def test_the_render_and_score_workflow_queues_with_the_evaluation_fed_by_the_sampler(tmp_path):
