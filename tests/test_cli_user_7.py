@@ -9,8 +9,9 @@ import pytest
 
 from echomimic_lib.cli import build_parser, main
 
-# options whose empty value is no path (words, a list of parts where '' = none, a device name)
-NOT_PATHS = {"prompt", "negative_prompt", "parts", "device"}
+# options whose empty value means something (words, a list of parts where '' = none); --device "$DEVICE" unset is no
+# default either (a script meant a GPU)
+NOT_PATHS = {"prompt", "negative_prompt", "parts"}
 # these say an empty name themselves, with an example of their own (test_the_own_empty_messages_stay, test_cli_user_6)
 OWN = {("landmarks", "output"), ("landmarks", "preview"), ("poses", "output"), ("poses", "preview"), ("evaluate", "plot"),
        ("make-tiny", "directory"), ("convert", "dst")}

@@ -171,7 +171,7 @@ def _windows(value, name: str):
     return alt if os.path.lexists(alt) or os.path.isdir(os.path.dirname(alt) or ".") and "/" in alt.rstrip("/") else value
 
 
-EMPTY_OK = TEXT_OPTIONS | {"parts", "device"}  # '' means something (no parts) or is no path
+EMPTY_OK = TEXT_OPTIONS | {"parts"}  # '' means something (no parts)
 OWN_EMPTY_CHECK = {("landmarks", "output"), ("landmarks", "preview"), ("poses", "output"), ("poses", "preview"),
                    ("evaluate", "plot"), ("make-tiny", "directory"), ("convert", "dst"), ("batch", "*")}  # (with examples)
 WHAT = {"reference": "the reference image (png, jpg, webp)", "audio": "the speech file (wav, mp3, flac, m4a or a video "
@@ -179,13 +179,15 @@ WHAT = {"reference": "the reference image (png, jpg, webp)", "audio": "the speec
         "the first", "models": "the models folder", "mediapipe_model": "MediaPipe's face_landmarker.task file",
         "lora": "the LoRA .safetensors file", "landmarks": "the landmark file or folder", "real": "a real video or a folder "
         "of them", "preview_audio": "the preview's sound (a wav or a video with sound)", "comfyui": "the ComfyUI folder",
-        "extra_model_paths": "the yaml file", "src": "the .pth file or folder"}
+        "extra_model_paths": "the yaml file", "src": "the .pth file or folder",
+        "device": "a device (auto, cpu, cuda, cuda:N or mps)"}
 
 
 def refuse_empty_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """An empty path (``--compare "$OTHER"`` with OTHER unset in a script) is said as empty with what to give, before
-    anything runs: never taken as not given, nor as the current folder. Every string option and positional of the
-    command counts as a path except :data:`EMPTY_OK`; :data:`OWN_EMPTY_CHECK`'s say it themselves."""
+    anything runs: never taken as not given, nor as the current folder (``--device "$DEVICE"``: never the default). Every
+    string option and positional of the command counts except :data:`EMPTY_OK`; :data:`OWN_EMPTY_CHECK`'s say it
+    themselves."""
     from ..errors import EchoMimicError
 
     command = getattr(args, "command", None)
