@@ -135,3 +135,14 @@ def test_evaluate_names_what_the_audio_is(kind, video, clip, shared_data, tmp_pa
     assert rc == 2 and cap.err.startswith(f"error: --audio {speech}: {words}") and "give " in cap.err, cap
     assert "audio file not found" not in cap.err
     assert cap.out == ""
+
+
+# -- 3. -q's help says what -q does: no progress bar or status lines; warnings, errors and the result stay ----------
+def test_quiet_help_matches_what_quiet_does(clip, tmp_path, capsys):
+    for command in ("animate", "dub", "landmarks", "poses", "evaluate", "doctor"):
+        text = " ".join(_command_parser(command).format_help().split())
+        assert "errors only" not in text and "warnings" in text and "result" in text, (command, text)
+    rc = main(["evaluate", str(clip), "--models", str(tmp_path / "m"), "--offline", "--json", "-q"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "warning: " in cap.err  # (was "errors only")
+    assert cap.out.count("\n") == 1 and cap.out.startswith("{")  # the result, alone on stdout

@@ -47,7 +47,8 @@ class SubParser(PipeAwareParser):
         super().__init__(*args, **kwargs)
         if kwargs.get("add_help", True):
             self.add_argument("-v", "--verbose", action="store_true", help="debug logging, incl. third-party warnings")
-            self.add_argument("-q", "--quiet", action="store_true", help="errors only: no progress bar, no status lines")
+            self.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no status lines: only warnings, errors and the result "
+                                                                              "(the wrote line, the table or JSON on stdout)")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
