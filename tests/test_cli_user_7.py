@@ -146,3 +146,19 @@ def test_quiet_help_matches_what_quiet_does(clip, tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0 and "warning: " in cap.err  # (was "errors only")
     assert cap.out.count("\n") == 1 and cap.out.startswith("{")  # the result, alone on stdout
+
+
+# -- 4. --reference that is a pipe or a device: said as such (was "file not found"; reading it would wait on the pipe)
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+@pytest.mark.parametrize("command", ["animate", "evaluate"])
+def test_a_reference_that_is_no_regular_file_is_named(kind, command, clip, shared_data, tmp_path, capsys):
+    picture, words = _speech(kind, tmp_path)  # (the same pipe / device / folder, as a picture)
+    if command == "animate":
+        argv = ["animate", "--smoke", "--reference", str(picture), "--audio", str(shared_data / "audio" / "echomimic_en.wav"),
+                "-o", str(tmp_path / "out.mp4"), "--models", str(tmp_path / "m")]
+    else:
+        argv = ["evaluate", str(clip), "--reference", str(picture), "--models", str(tmp_path / "m"), "--offline"]
+    rc = main(argv)
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.err.startswith(f"error: --reference {picture}: {words}") and "give " in cap.err, cap
+    assert "not found" not in cap.err and not (tmp_path / "out.mp4").exists()

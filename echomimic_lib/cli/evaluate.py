@@ -126,8 +126,10 @@ def _cmd_evaluate(args) -> int:
     device = resolve_device(args.device)  # as every command: an unknown name, or cuda without a GPU, said now
     _check_videos(args)
     models = _models_dir(args)
-    if args.reference and not Path(args.reference).is_file():
-        raise EchoMimicError(f"{args.reference}: reference image not found.")
+    if args.reference:
+        from ..jobs.reference_input import check_reference_file
+
+        check_reference_file(args.reference)  # a pipe, a device, a folder: said as such (a pipe never opened)
     if args.audio:
         from ..jobs.speech_input import probe_speech
 
