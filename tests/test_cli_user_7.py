@@ -162,3 +162,26 @@ def test_a_reference_that_is_no_regular_file_is_named(kind, command, clip, share
     cap = capsys.readouterr()
     assert rc == 2 and cap.err.startswith(f"error: --reference {picture}: {words}") and "give " in cap.err, cap
     assert "not found" not in cap.err and not (tmp_path / "out.mp4").exists()
+
+
+# -- 5. dub --length 0: "follow the audio", as animate's and as the length check's own words say (was refused: "--length
+#    must be at least 1 frame", while --length -5 was told "must be 0 (follow the audio) .. 100000") --------------------
+def test_dub_length_zero_follows_the_audio(shared_data, tmp_path, capsys, monkeypatch):
+    import echomimic_lib.jobs.dub as dub
+
+    seen = []
+
+    def run_dub(req, progress=None):
+        seen.append(req.length)
+        dub._validate(req)  # the checks; the MediaPipe model is not there: refused after them
+        raise AssertionError("no face model, yet the checks passed")
+
+    monkeypatch.setattr(dub, "run_dub", run_dub)
+    base = ["dub", "--video", str(shared_data / "video" / "driving_a.mp4"), "--audio",
+            str(shared_data / "audio" / "echomimic_en.wav"), "-o", str(tmp_path / "d.mp4"), "--models", str(tmp_path / "m"),
+            "--offline", "--length"]
+    rc = main([*base, "0"])
+    err = capsys.readouterr().err
+    assert seen == [None] and "--length" not in err, err  # past every check the length has, to the model look-up
+    assert "face_landmarker" in err and rc == 2 and not (tmp_path / "d.mp4").exists(), err
+    assert main([*base, "-5"]) == 2 and "--length -5" in capsys.readouterr().err
