@@ -92,10 +92,10 @@ def test_bad_input_fails_before_any_work(capsys, shared_data, tmp_path):
     rc, _, err = _run(capsys, shared_data / "v1_pose_pkl")
     assert rc == 2 and "pass the clip's audio" in err
     rc, _, err = _run(capsys, shared_data / "v1_pose_pkl", "--audio", tmp_path / "none.wav")
-    assert rc == 2 and "audio file not found" in err
+    assert rc == 2 and "--audio" in err and "file not found; give a speech recording" in err
     rc, _, err = _run(capsys, shared_data / "v1_pose_pkl", "--audio", shared_data / "audio" / "pose_demo_clip.wav",
                       "--reference", tmp_path / "none.png")
-    assert rc == 2 and "reference image not found" in err
+    assert rc == 2 and "--reference" in err and "file not found; give a portrait" in err
     (tmp_path / "plot.png").mkdir()
     rc, _, err = _run(capsys, shared_data / "v1_pose_pkl", "--audio", shared_data / "audio" / "pose_demo_clip.wav",
                       "--plot", tmp_path / "plot.png")

@@ -14,7 +14,7 @@ import sys
 
 from ..errors import EchoMimicError, printable
 from . import process_exit
-from .common import HelpFormatter, SubParser, expand_home, setup_logging
+from .common import HelpFormatter, SubParser, expand_home, refuse_empty_paths, setup_logging
 
 ISSUES_URL = "https://github.com/echomimic-comfy/comfyui-echomimic/issues"
 # a release named as the command (`echomimic v3 --help`): said with what to run instead, not argparse's "invalid choice"
@@ -155,6 +155,11 @@ def _main(argv: list) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed why
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     setup_logging(verbose=args.verbose_all or getattr(args, "verbose", False), quiet=getattr(args, "quiet", False))
+    try:
+        refuse_empty_paths(parser, args)
+    except EchoMimicError as exc:
+        sys.stderr.write(f"error: {printable(exc)}\n")
+        return 2
     return _run(args)
 
 

@@ -47,7 +47,8 @@ class SubParser(PipeAwareParser):
         super().__init__(*args, **kwargs)
         if kwargs.get("add_help", True):
             self.add_argument("-v", "--verbose", action="store_true", help="debug logging, incl. third-party warnings")
-            self.add_argument("-q", "--quiet", action="store_true", help="errors only: no progress bar, no status lines")
+            self.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no status lines: only warnings, errors and the result "
+                                                                              "(the wrote line, the table or JSON on stdout)")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -169,6 +170,43 @@ def _windows(value, name: str):
                              "the file's path here" + (f" (under WSL, C:\\ is /mnt/c/: {here})." if here else "."))
     alt = value.replace("\\", "/")
     return alt if os.path.lexists(alt) or os.path.isdir(os.path.dirname(alt) or ".") and "/" in alt.rstrip("/") else value
+
+
+EMPTY_OK = TEXT_OPTIONS | {"parts"}  # '' means something (no parts)
+OWN_EMPTY_CHECK = {("landmarks", "output"), ("landmarks", "preview"), ("poses", "output"), ("poses", "preview"),
+                   ("evaluate", "plot"), ("make-tiny", "directory"), ("convert", "dst"), ("batch", "*")}  # (with examples)
+WHAT = {"reference": "the reference image (png, jpg, webp)", "audio": "the speech file (wav, mp3, flac, m4a or a video "
+        "with sound)", "video": "the video file", "output": "the output file", "compare": "the second video to score beside "
+        "the first", "models": "the models folder", "mediapipe_model": "MediaPipe's face_landmarker.task file",
+        "lora": "the LoRA .safetensors file", "landmarks": "the landmark file or folder", "real": "a real video or a folder "
+        "of them", "preview_audio": "the preview's sound (a wav or a video with sound)", "comfyui": "the ComfyUI folder",
+        "extra_model_paths": "the yaml file", "src": "the .pth file or folder",
+        "device": "a device (auto, cpu, cuda, cuda:N or mps)"}
+
+
+def refuse_empty_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An empty path (``--compare "$OTHER"`` with OTHER unset in a script) is said as empty with what to give, before
+    anything runs: never taken as not given, nor as the current folder (``--device "$DEVICE"``: never the default). Every
+    string option and positional of the command counts except :data:`EMPTY_OK`; :data:`OWN_EMPTY_CHECK`'s say it
+    themselves."""
+    from ..errors import EchoMimicError
+
+    command = getattr(args, "command", None)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    own = sub.choices.get(command) if sub is not None and command else None
+    if own is None or (command, "*") in OWN_EMPTY_CHECK:
+        return
+    for action in own._actions:
+        if action.dest in EMPTY_OK or (command, action.dest) in OWN_EMPTY_CHECK:
+            continue
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if not any(isinstance(v, str) and not v.strip() for v in values):
+            continue
+        flag = action.option_strings[0] if action.option_strings else (action.metavar or action.dest.upper())
+        what = WHAT.get(action.dest) or (action.help or "the path").split(";")[0].split(" (")[0]
+        leave = "" if action.required or not action.option_strings else f", or leave {flag} out"
+        raise EchoMimicError(f"{flag} is empty (an unset variable in a script?); give {what}{leave}.")
 
 
 def expand_home(args: argparse.Namespace) -> argparse.Namespace:

@@ -17,7 +17,8 @@ def _cmd_dub(args) -> int:
     req = DubRequest(
         video=args.video, audio=args.audio, output=args.output, acc=args.acc, models=args.models,
         reference_frame=args.reference_frame, parts=args.parts, retime=args.retime, steps=args.steps, cfg=args.cfg,
-        seed=args.seed, fps=args.fps, width=args.width, height=args.height, length=args.length,
+        seed=args.seed, fps=args.fps, width=args.width, height=args.height,
+        length=args.length or None,  # 0: follow the audio, as animate's --length 0 (and the length check's words) say
         context_frames=args.context_frames, context_overlap=args.context_overlap, dtype=args.dtype, device=args.device,
         download=not args.offline, mediapipe_model=args.mediapipe_model, region=args.mask, feather=args.feather,
         dilation=args.dilation, color=args.color_match, compile=args.compile, cuda_graphs=args.cuda_graphs,
@@ -62,8 +63,8 @@ def add_commands(sub) -> None:
     d.add_argument("--fps", type=float, default=24.0, help="the model's frame rate (the output keeps the source's)")
     d.add_argument("--width", type=int, default=512, help="width of the generated face crop in pixels, a multiple of 8")
     d.add_argument("--height", type=int, default=512, help="height of the generated face crop in pixels, a multiple of 8")
-    d.add_argument("--length", type=int, help="at most this many generated frames, at the model's fps (default: follow "
-                                              "the audio)")
+    d.add_argument("--length", type=int, help="at most this many generated frames, at the model's fps (default: 0 = "
+                                              "follow the audio)")
     add_run_options(d)
     d.add_argument("--resumable", action="store_true",
                    help="long dubs: keep the denoising state beside the output (OUTPUT.resume); the same command run again "

@@ -126,12 +126,14 @@ def _cmd_evaluate(args) -> int:
     device = resolve_device(args.device)  # as every command: an unknown name, or cuda without a GPU, said now
     _check_videos(args)
     models = _models_dir(args)
-    if args.reference and not Path(args.reference).is_file():
-        raise EchoMimicError(f"{args.reference}: reference image not found.")
-    if args.audio and Path(args.audio).is_file():  # a missing file, a folder: load_clip's to explain
+    if args.reference:
+        from ..jobs.reference_input import check_reference_file
+
+        check_reference_file(args.reference)  # a pipe, a device, a folder: said as such (a pipe never opened)
+    if args.audio:
         from ..jobs.speech_input import probe_speech
 
-        probe_speech(args.audio)  # an empty file, no sound track: said with the option, before MediaPipe
+        probe_speech(args.audio)  # missing, a folder / pipe / device (from stat alone), empty, no sound: said with the option
     reference = None
     if args.reference:
         from ..io.image_file import read_image_file

@@ -16,11 +16,26 @@ def read_reference(path, version: str | None = None) -> np.ndarray:
     ``version`` "v3": a missing file's message says what EchoMimicV3 takes."""
     from ..io.image_file import read_image_file
 
+    return read_image_file(check_reference_file(path, version), "--reference")
+
+
+def check_reference_file(path, version: str | None = None) -> Path:
+    """``--reference`` as a Path, refused unless a regular file, saying what it is instead from ``stat`` alone (a named
+    pipe is never opened: reading it would wait for a writer)."""
+    import stat
+
     p = Path(path)
-    if not p.is_file():
-        raise EchoMimicError(f"--reference {p}: {'is a folder, not an image' if p.is_dir() else 'file not found'}; give "
-                             f"{REFERENCE_KINDS[version]} (png, jpg, webp, ...).")
-    return read_image_file(p, "--reference")
+    try:
+        mode = p.stat().st_mode
+    except (OSError, ValueError):  # missing, a link to nothing (the reader names a permission problem itself)
+        mode = None
+    if mode is not None and stat.S_ISREG(mode):
+        return p
+    what = ("file not found" if mode is None else "is a folder, not an image" if stat.S_ISDIR(mode)
+            else "is a named pipe (FIFO), not an image file" if stat.S_ISFIFO(mode)
+            else "is a device, not an image file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "is not a regular file (a socket?)")
+    raise EchoMimicError(f"--reference {p}: {what}; give {REFERENCE_KINDS[version]} (png, jpg, webp, ...).")
 
 
 def check_reference_size(image: np.ndarray, path) -> None:
