@@ -8,6 +8,7 @@ import os
 import pytest
 
 from echomimic_lib.cli import build_parser, main
+from echomimic_lib.cli.v3_official import _Official
 
 # options whose empty value means something (words, a list of parts where '' = none); --device "$DEVICE" unset is no
 # default either (a script meant a GPU)
@@ -36,7 +37,7 @@ def _path_options():
             continue
         for a in parser._actions:
             if (a.type not in (None, str) or a.nargs == 0 or a.choices or a.dest in NOT_PATHS or a.dest == "help"
-                    or (name, a.dest) in OWN):
+                    or (name, a.dest) in OWN or isinstance(a, _Official)):  # (the official V3 names: refused as such)
                 continue
             flag = a.option_strings[0] if a.option_strings else (a.metavar or a.dest.upper())
             yield name, a, flag
