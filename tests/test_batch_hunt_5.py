@@ -175,8 +175,10 @@ def _comfy_handler(state: dict):
 
         def do_GET(self):
             how = state.get("how", {})
-            if self.path == "/queue":
+            if self.path in ("/queue", "/prompt"):  # (GET /prompt: the depth, as ComfyUI's get_queue_info says it)
                 items = [[n, pid, {}, {}, []] for n, pid in enumerate(state["prompts"]) if how.get(pid) == "pending"]
+                if self.path == "/prompt":
+                    return self._reply(200, {"exec_info": {"queue_remaining": len(items)}})
                 return self._reply(200, {"queue_running": items[:1], "queue_pending": items[1:]})
             pid = self.path.rsplit("/", 1)[-1]
             kind = how.get(pid, "ok")

@@ -17,8 +17,9 @@ WORKFLOW = ROOT / "workflows" / "api" / "v1_audio.json"
 
 
 class StubComfy(JsonHandler):
-    """Uploads, /prompt, /queue (prompts not yet finished), /history (a prompt finishes ``delay`` s after it came);
-    with ``die_after`` it shuts itself down that many seconds after its first prompt."""
+    """Uploads, /prompt, /queue and GET /prompt's queue_remaining (prompts not yet finished), /history (a prompt
+    finishes ``delay`` s after it came); with ``die_after`` it shuts itself down that many seconds after its first
+    prompt."""
 
     state: dict
 
@@ -41,8 +42,10 @@ class StubComfy(JsonHandler):
 
     def do_GET(self):
         st, now = self.state, time.monotonic()
-        if self.path == "/queue":
+        if self.path in ("/queue", "/prompt"):  # (GET /prompt: the depth, as ComfyUI's get_queue_info says it)
             waiting = [[0, pid] for pid, _, t in st["prompts"] if now - t < st["delay"]]
+            if self.path == "/prompt":
+                return self._reply(200, {"exec_info": {"queue_remaining": len(waiting)}})
             return self._reply(200, {"queue_running": waiting[:1], "queue_pending": waiting[1:]})
         pid = self.path.rsplit("/", 1)[-1]
         for p, prefix, t in st["prompts"]:

@@ -21,6 +21,8 @@ from .queue_replies import QueueError
 
 VERSION = 2  # 1: no "runs" (read as well); the journal lines after the document: read since the journal came
 FIX = ("delete it or move it away (--resume then queues every job again), or give --state another file.")
+NOT_STATE = ("give --state a file of its own (or leave --state out for the default, .echomimic_queue.json in the portraits "
+             "/ videos folder).")  # (a video or other file given by mistake: never "delete it")
 HEAD_BYTES = 128  # the document's start, which holds its "epoch" (a new one each compaction)
 SLACK = 64  # journal lines allowed beyond twice the live records before a compaction
 PEEK_BYTES = 1 << 16  # read first: a file that does not start as a JSON object is refused from these alone
@@ -140,7 +142,7 @@ def _open_read(path: Path) -> tuple[int, os.stat_result]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise QueueError(f"{path}: the queue state kept for --resume is not a regular file; {FIX}")
+        raise QueueError(f"{path} is not a regular file (a folder?), so not an `echomimic queue` state file; {NOT_STATE}")
     return fd, st
 
 
@@ -165,6 +167,8 @@ def load(path: Path) -> Read:
     if start == len(text):
         doc, end = {"version": VERSION, "servers": {}}, len(text)
     else:
+        if text[start] != "{":  # (no JSON object at its start: a video, a sound, a text given by mistake)
+            raise QueueError(f"{path} is not an `echomimic queue` state file and is never overwritten; {NOT_STATE}")
         try:
             doc, end = json.JSONDecoder().raw_decode(text, start)
         except (ValueError, RecursionError):
@@ -186,8 +190,7 @@ def checked(data, path) -> dict:
     :class:`QueueError` naming the file and the fix when it is not a queue state."""
     if not isinstance(data, dict) or not isinstance(data.get("servers"), dict) or not isinstance(data.get("version"), int):
         raise QueueError(f"{path} is not an `echomimic queue` state file (it holds other JSON) and is never overwritten; "
-                         "give --state a file of its own (or leave --state out for the default, .echomimic_queue.json "
-                         "in the portraits / videos folder).")
+                         f"{NOT_STATE}")
     if data["version"] > VERSION:
         raise QueueError(f"{path} was written by a newer echomimic (state version {data['version']}); update echomimic, "
                          "or give --state another file.")

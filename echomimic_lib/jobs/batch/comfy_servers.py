@@ -1,8 +1,8 @@
 """``echomimic queue --server URL --server URL ...``: the folder jobs spread over several ComfyUI servers.
 
-Each job goes to the live server with the shortest queue (``GET /queue``: running + pending; a tie goes to the
-server named first); its files are uploaded to that server once. Then every server's jobs are polled
-(``GET /history/<id>``); a server that stops answering is dropped and its unfinished jobs are uploaded and
+Each job goes to the live server with the shortest queue (running + pending, as ComfyUI's ``GET /prompt`` says it:
+``exec_info.queue_remaining``; ``GET /queue`` from a server that does not; a tie goes to the server named first);
+its files are uploaded to that server once. Then every server's jobs are polled (``GET /history/<id>``); a server that stops answering is dropped and its unfinished jobs are uploaded and
 queued again on the others. Every finished job (or one no server could run) becomes a line of
 ``<results>/results.jsonl`` in the same format as ``echomimic batch`` (``status``, ``output``: the saved files,
 ``seconds``, ``error``, ``attempts``, plus ``server`` and ``prompt_id``).
@@ -40,7 +40,8 @@ POLL_TIMEOUT = 10.0  # seconds a /queue or /history answer may take when no --ti
 class _Server:
     def __init__(self, url: str, client, timeout: float | None = None):
         self.url, self.alive, self.names, self.client = url.rstrip("/"), True, {}, client
-        self.queue, self._checked = None, float("-inf")  # this poll's /queue answer (refresh_queue)
+        self.queue, self._checked, self._asked = None, float("-inf"), True  # this poll's /queue answer (refresh_queue)
+        self.counts = True  # whether GET /prompt says its queue_remaining (depth)
         self.timeout, self.why = timeout, ""  # --timeout (None: POLL_TIMEOUT to poll, the client's own to send); why it went
 
     @property
@@ -53,24 +54,46 @@ class _Server:
         self.alive, self.why = False, str(exc).removesuffix(getattr(exc, "said_sent", "") or "")
 
     def depth(self) -> int:
-        """The server's own queue (every client's prompts, ours included once it has answered the POST)."""
+        """The server's own queue, running + pending (every client's prompts, ours included once it has answered the
+        POST): ComfyUI's GET /prompt (``{"exec_info": {"queue_remaining": N}}``, a few bytes whatever the queue);
+        GET /queue (every queued prompt in full) only from a server that does not say it."""
+        if self.counts:
+            try:
+                said = _safe(self.client._request, f"{self.url}/prompt", timeout=self.poll_timeout).get("exec_info")
+            except QueueError as exc:
+                if getattr(exc, "no_answer", False) or getattr(exc, "broken", False):
+                    raise  # (no answer: the server stopped answering)
+                said = None
+            left = said.get("queue_remaining") if isinstance(said, dict) else None
+            if isinstance(left, int) and not isinstance(left, bool) and left >= 0:
+                return left
+            self.counts = False  # (not said: its /queue from now on)
         q = _safe(self.client._request, f"{self.url}/queue", timeout=self.poll_timeout)
         return len(q.get("queue_running", [])) + len(q.get("queue_pending", []))
 
     def refresh_queue(self) -> None:
-        """At the start of a poll, before its /history calls: the server's /queue, asked at most every
-        ``client.QUEUE_CHECK_S`` (it holds every queued workflow); None between, or when it says nothing."""
-        now, self.queue = time.monotonic(), None
-        if self.alive and now >= self._checked + self.client.QUEUE_CHECK_S:
-            self._checked = now
-            try:
-                self.queue = _safe(self.client._request, f"{self.url}/queue", timeout=self.poll_timeout)
-            except QueueError:
-                pass  # a server that stopped answering is found by its /history call
+        """At the start of a poll: this poll's /queue (it holds every queued workflow) is not asked yet; it is asked when
+        a prompt's /history says nothing (:meth:`lost`), at most every ``client.QUEUE_CHECK_S``."""
+        self.queue, self._asked = None, False
+
+    def _this_poll(self):
+        """This poll's /queue answer: asked once a poll (after a /history that said nothing: a prompt that finished
+        between the two is found by the /history asked again, :func:`queue_spread`), at most every QUEUE_CHECK_S; None
+        between, or when it says nothing."""
+        if self.alive and not self._asked:
+            self._asked, now = True, time.monotonic()
+            if now >= self._checked + self.client.QUEUE_CHECK_S:
+                self._checked = now
+                try:
+                    self.queue = _safe(self.client._request, f"{self.url}/queue", timeout=self.poll_timeout)
+                except QueueError:
+                    pass  # a server that stopped answering is found by its /history call
+        return self.queue
 
     def lost(self, prompt_id: str) -> bool:
-        """True when this poll's /queue (asked before the prompt's /history said nothing) no longer holds it."""
-        return self.queue is not None and self.client.in_queue(self.queue, prompt_id) is False
+        """True when this poll's /queue (asked once the prompt's /history said nothing) no longer holds it."""
+        queue = self._this_poll()
+        return queue is not None and self.client.in_queue(queue, prompt_id) is False
 
     def name_of(self, path: Path) -> str:
         if path not in self.names:
