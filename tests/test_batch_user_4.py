@@ -99,3 +99,62 @@ def test_a_stale_that_is_not_a_folder_is_refused_before_anything_moves(tmp_path,
     with pytest.raises(EchoMimicError, match="not a folder"):  # the move itself refuses it too (no check before)
         outdir_mod.move_to_stale(out, job.output, "row.rendered-x", ".mp4")
     assert job.output.read_bytes() == b"old video"
+
+
+# --------------------------------------------------- 2. one weight set that crashes its worker: its rows fail, not all
+def _weighted(line: int, name: str, key: tuple):
+    from echomimic_lib.jobs.batch.manifest_row import Job
+
+    job = Job(line, name, "animate", None)
+    job.weight_key = key
+    return job
+
+
+def test_a_weight_set_that_crashes_every_worker_fails_its_own_rows_and_the_others_go_on():
+    """One bad weight set (a file cut short, a set too big for the machine): its first row crashed the worker on every
+    attempt, used up the restarts, the next row's crash left no worker, and every remaining row, of every set, failed
+    "no worker left". Now a set whose rows crashed the worker again after one of them gave up is failed as that set's
+    problem (named, with the fix), and the other sets' rows keep a worker."""
+    from tests.test_batch_user_3 import _pool
+
+    bad, good = ("/m/bad", "v1_pose", "normal"), ("/m/good", "v1_pose", "normal")
+    pool, events = _pool(1), []
+    rows = [_weighted(n, f"bad{n}", bad) for n in (2, 3, 4, 5)] + [_weighted(n, f"good{n}", good) for n in (6, 7)]
+    pending = list(rows[1:])  # bad2 is being rendered (taken from the queue)
+
+    def die(job):  # the job taken from the queue (a retry: from its front), then its worker crashes
+        if job in pending:
+            pending.remove(job)
+        pool.workers[0].job = job
+        job.attempts += 1
+        return pool._buried(pool.workers[0], pending, lambda *e: events.append((e[0], e[2].name, e[3])))
+
+    for _ in range(3):
+        die(rows[0])  # bad2: every attempt crashes; given up
+    assert pool.workers  # (its own attempts: the pool has room for them)
+    die(rows[1])  # bad3 crashes too: the set is the problem
+    assert pool.workers, "the good set's rows were left without a worker"
+    assert [job.name for job in pending] == ["good6", "good7"]  # the bad set's rows are no longer queued
+    failed = {name: payload["error"] for kind, name, payload in events if kind == "done"}
+    assert set(failed) == {"bad2", "bad3", "bad4", "bad5"}
+    for name in ("bad3", "bad4", "bad5"):
+        assert "/m/bad" in failed[name] and "crashed" in failed[name] and "echomimic doctor" in failed[name], failed[name]
+    assert "/m/good" not in " ".join(failed.values())
+
+
+def test_one_crashing_row_does_not_condemn_its_weight_set():
+    """A row that crashes on its own (its inputs): given up after its attempts; the next row of its set renders."""
+    from tests.test_batch_user_3 import _pool
+
+    key = ("/m/set", "v1_pose", "normal")
+    pool, events = _pool(1), []
+    poison, fine = _weighted(2, "poison", key), _weighted(3, "fine", key)
+    pending = [fine]
+    for _ in range(3):
+        if poison in pending:
+            pending.remove(poison)
+        pool.workers[0].job = poison
+        poison.attempts += 1
+        pool._buried(pool.workers[0], pending, lambda *e: events.append((e[0], e[2].name)))
+    assert [job.name for job in pending] == ["fine"] and pool.workers
+    assert [e for e in events if e[0] == "done"] == [("done", "poison")]
