@@ -8,6 +8,7 @@ exit code) while it makes, opens for writing and moves nothing.
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -34,9 +35,64 @@ def check_stale_folder(outdir) -> Path:
     """``OUTDIR/stale/`` is a folder (not a link) or not there yet; returns it."""
     folder = Path(outdir) / STALE_DIR
     if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
-        raise EchoMimicError(f"{folder} is not a folder; the earlier videos of rows rendered again are kept there. "
-                             "Move it away and run the batch again.")
+        raise _refuse_stale(folder)
     return folder
+
+
+_FD_CALLS = (os.open, os.mkdir, os.rename, os.stat)
+_BY_HANDLE = (bool(getattr(os, "O_NOFOLLOW", 0) and getattr(os, "O_DIRECTORY", 0))
+              and all(call in os.supports_dir_fd for call in _FD_CALLS))
+
+
+def _refuse_stale(folder) -> EchoMimicError:
+    return EchoMimicError(f"{folder} is not a folder; the earlier videos of rows rendered again are kept there. "
+                          "Move it away and run the batch again.")
+
+
+def move_to_stale(outdir, src, stem: str, suffix: str) -> Path:
+    """Move ``src`` to ``OUTDIR/stale/<stem><suffix>`` (``<stem>.N<suffix>`` when taken; ``stale/`` made when not
+    there); returns the new path. The move goes through a handle on ``stale/`` opened without following links, so a
+    ``stale`` swapped for a link after :func:`check_stale_folder` is refused, never followed (where the system has no
+    such handles: the check by path, then the move by path)."""
+    folder = Path(outdir) / STALE_DIR
+    if not _BY_HANDLE:
+        check_stale_folder(outdir)
+        folder.mkdir(exist_ok=True)
+        return _rename_into(src, stem, suffix, folder, lambda name: os.path.lexists(folder / name),
+                            lambda name: os.rename(src, folder / name))
+    top = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY)  # OUTDIR as given (held under the batch's lock)
+    try:
+        try:
+            os.mkdir(STALE_DIR, dir_fd=top)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(STALE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
+        except OSError as exc:  # ELOOP (EMLINK on BSD): a link there, not followed; ENOTDIR: a file there
+            if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR, errno.ENOENT):
+                raise _refuse_stale(folder) from exc
+            raise
+    finally:
+        os.close(top)
+    try:
+        def taken(name):
+            try:
+                os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            return True
+        return _rename_into(src, stem, suffix, folder, taken, lambda name: os.rename(src, name, dst_dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def _rename_into(src, stem, suffix, folder: Path, taken, rename) -> Path:
+    name, n = f"{stem}{suffix}", 1
+    while taken(name):
+        n += 1
+        name = f"{stem}.{n}{suffix}"
+    rename(name)  # the same folder tree: a rename, never a copy half-written
+    return folder / name
 
 
 def stale_videos(outdir) -> tuple[int, int]:

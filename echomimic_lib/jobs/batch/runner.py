@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ...io.file_safety import ExistingFileError
 from .lock import BatchLock
 from .manifest import check_jobs
-from .outdir import check_outdir, check_results_file, check_stale_folder
+from .outdir import check_outdir, check_results_file, check_stale_folder, move_to_stale
 from .results import FILE_NAME, ResultsFile, is_done, read_results, remove_partials
 
 log = logging.getLogger(__name__)
@@ -201,22 +201,17 @@ def set_aside_stale(jobs: list, outdir, move: bool = True) -> dict:
              if os.path.lexists(job.output) and not os.path.isdir(job.output)]  # (a folder: the writer refuses it)
     if not found:
         return out
-    folder = check_stale_folder(outdir)  # a dry run says it too
+    check_stale_folder(outdir)  # a dry run says it too (a run: again as it moves, through a handle)
     for job in found:
         path = job.output
         if not move:
             out[job.name] = str(path)
             continue
-        folder.mkdir(exist_ok=True)
         try:  # (a time past year 9999 or before year 1, which tmpfs / btrfs / xfs keep: no date)
             when = datetime.fromtimestamp(os.lstat(path).st_mtime, timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
         except (ValueError, OverflowError, OSError):
             when = "unknown-time"
-        target, n = folder / f"{job.name}.rendered-{when}{path.suffix}", 1
-        while os.path.lexists(target):
-            n += 1
-            target = folder / f"{job.name}.rendered-{when}.{n}{path.suffix}"
-        os.rename(path, target)  # the same folder tree: a rename, never a copy half-written
+        target = move_to_stale(outdir, path, f"{job.name}.rendered-{when}", path.suffix)  # (stale/ by a handle)
         out[job.name] = str(target)
         log.info("line %d (%s): its earlier video %s is from other inputs or settings; moved to %s", job.line,
                  job.name, path.name, target)

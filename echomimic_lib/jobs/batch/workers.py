@@ -152,6 +152,17 @@ class _Worker:
         self.weight_key = None
 
 
+def set_crash_error(key: tuple, gave_up: int, line: int, attempts: int) -> str:
+    """The error of every row of a weight set that crashes the worker (:meth:`LocalPool._crashed_set`)."""
+    label = ", ".join(str(k) for k in key[:3] if k not in ("", None))
+    check = (f"echomimic doctor --models {key[0]} --weights {key[1]}" if len(key) > 1
+             and key[1] in ("v1_audio", "v1_pose", "v2") else "echomimic doctor")
+    return (f"its weight set ({label}) crashes the worker: line {gave_up} crashed it on each of its {attempts} "
+            f"attempt(s), then line {line} did too, so none of this set's rows is rendered (the other sets' rows go "
+            f"on). Check the set with `{check}` (a file cut short or of another model, or a set too big for this "
+            "machine's memory), then run the batch again: it renders these rows.")
+
+
 def respawn_budget(workers: int, max_attempts: int) -> int:
     """Workers restarted after deaths with no row finished in between: at least one row's attempts (a row that
     crashes its worker every time never leaves the pool empty, even with one worker), 2 per worker otherwise. A finished
@@ -170,6 +181,8 @@ class LocalPool:
         self.devices, self.threads, self.scores, self.max_attempts = devices, threads, scores, max_attempts
         self.respawn_budget = respawn_budget(len(devices), max_attempts) if respawns is None else respawns
         self.respawns_left = self.respawn_budget
+        self.set_crashes: dict = {}  # repr(weight key) -> {"gave_up": the line of its row that used up its attempts}
+        self.bad_sets: dict = {}     # repr(weight key) -> the error of its rows (they crash the worker)
         self.workers: list[_Worker] = []
         self._next_id = 0
         for device in devices:
@@ -216,21 +229,39 @@ class LocalPool:
                             job, w.job = w.job, None
                             remaining -= 1
                             if isinstance(payload, dict) and payload.get("status") == "ok":
-                                self.finished_one()
+                                self.finished_one(job)
                             on_event("done", w, job, payload)
                 if not w.proc.is_alive():
                     remaining -= self._buried(w, pending, on_event)
 
     respawn_budget = 0  # (set per pool in __init__)
 
-    def finished_one(self) -> None:
+    def finished_one(self, job=None) -> None:
         """A row rendered: the workers work; the deaths before it are forgiven (a long batch with a crashing row now
-        and then keeps its workers)."""
+        and then keeps its workers), its weight set's too."""
         self.respawns_left = max(self.respawns_left, self.respawn_budget)
+        if job is not None:
+            self.__dict__.setdefault("set_crashes", {}).pop(repr(job.weight_key), None)
+
+    def _crashed_set(self, job) -> str | None:
+        """Count a death of ``job``'s weight set; the set's error when its rows crash the worker: a row of the set
+        gave up after its attempts and another row of it crashed too, with no row of it rendered in between."""
+        bad_sets = self.__dict__.setdefault("bad_sets", {})
+        key = repr(job.weight_key)
+        if key in bad_sets:
+            return bad_sets[key]
+        seen = self.__dict__.setdefault("set_crashes", {}).setdefault(key, {"gave_up": None})
+        if seen["gave_up"] is None or seen["gave_up"] == job.line:
+            if job.attempts >= self.max_attempts:
+                seen["gave_up"] = job.line
+            return None
+        bad_sets[key] = why = set_crash_error(job.weight_key, seen["gave_up"], job.line, self.max_attempts)
+        log.warning("%s", why)
+        return why
 
     def _buried(self, w: _Worker, pending: list, on_event) -> int:
-        """A worker died: requeue its job (or fail it after ``max_attempts``), start a replacement. Returns the
-        number of jobs this finished (0 or 1)."""
+        """A worker died: requeue its job (or fail it after ``max_attempts``; a weight set whose rows crash the worker:
+        fail its rows, :meth:`_crashed_set`), start a replacement. Returns the number of jobs this finished."""
         w.proc.join(timeout=1)
         self.workers.remove(w)
         w.conn.close()
@@ -239,7 +270,17 @@ class LocalPool:
         if job is not None:
             why = f"worker {w.wid} ({w.device}) died (exit code {w.proc.exitcode}) while rendering it"
             on_event("died", w, job, why)
-            if job.attempts >= self.max_attempts:
+            set_error = self._crashed_set(job)
+            if set_error is not None:  # the weight set is the problem: its rows fail, the other sets' go on
+                same = [j for j in pending if j.weight_key == job.weight_key]
+                pending[:] = [j for j in pending if j.weight_key != job.weight_key]
+                on_event("done", w, job, {"status": "error", "error": set_error})
+                for each in same:  # (never started: no worker)
+                    on_event("done", None, each, {"status": "error", "error": set_error})
+                finished = 1 + len(same)
+                if pending:  # (its deaths were the set's, not the machine's)
+                    self.respawns_left = max(self.respawns_left, self.respawn_budget)
+            elif job.attempts >= self.max_attempts:
                 on_event("done", w, job, {"status": "error", "error": f"{why}, {job.attempts} time(s); giving up on this row."})
                 finished = 1
             else:
