@@ -57,7 +57,9 @@ def _real_paths(given) -> list[Path]:
         if found:
             return found
         raise EchoMimicError(f"--real {path}: the folder has no videos ({', '.join(VIDEO_SUFFIXES)}).")
-    raise EchoMimicError(f"--real {path}: not found; give a real video (or a folder of them) for FID / FVD.")
+    from ..io.os_errors import missing_text
+
+    raise EchoMimicError(f"--real {path}: {missing_text(path, 'not found')}; give a real video (or a folder of them) for FID / FVD.")
 
 
 def _read_real(paths: list[Path]):
