@@ -105,3 +105,21 @@ def test_a_link_to_something_there_keeps_the_callers_words(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "p").symlink_to(tmp_path / "pipe")
     assert missing_text(tmp_path / "p", "not found") == "not found"
+
+
+# -- 2. evaluate --plot replaces an existing PNG, as animate / dub -o replace an existing video (results made again at
+# will, written whole under a temporary name, never over a folder or device); landmarks / poses -o, make-tiny and
+# convert write files other runs read and ask for --force. The help says which --plot is. --------------------------
+def _help(command, dest):
+    import argparse
+
+    from echomimic_lib.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return next(a.help for a in sub.choices[command]._actions if a.dest == dest)
+
+
+def test_plot_help_says_an_existing_png_is_replaced_as_animate_output_is():
+    plot, animate = _help("evaluate", "plot"), _help("animate", "output")
+    assert "existing" in plot and "replaced" in plot and "-o" in plot, plot
+    assert "force" not in animate.lower()  # animate's -o has no --force: the rule --plot follows

@@ -213,7 +213,8 @@ def add_commands(sub) -> None:
     e.add_argument("--fps", type=float, help="frame rate of a .pkl folder (default 24) or override of the video's")
     e.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead of the table")
     e.add_argument("--compare", help="a second video scored the same way and shown side by side")
-    e.add_argument("--plot", help="write mouth opening vs audio energy over time as a PNG")
+    e.add_argument("--plot", help="write mouth opening vs audio energy over time as a PNG; an existing PNG of that name "
+                                  "is replaced, as animate's -o (written whole, never over a folder or device)")
     e.add_argument("--syncnet", help=f"SyncNet weights for LSE-C / LSE-D (default: <models>/{METRICS_FOLDER}/syncnet_v2.model if present)")
     e.add_argument("--arcface", help=f"ArcFace ONNX model for CSIM (default: <models>/{METRICS_FOLDER}/{ARCFACE_NAMES[0]} if present)")
     e.add_argument("--protocol", choices=("default", "published"), default="default",
