@@ -97,12 +97,17 @@ VIDEO_FIX = "evaluate scores a video (mp4, mov, webm, ...) with its speech, or a
 
 
 def _check_videos(args) -> None:
-    """The video, --compare and a --real file, each refused with its option, what it is and the fix when it is no video
+    """The video, --compare and a --real file (and a missing --landmarks), each refused with its option, what it is and the fix when it is no video
     (a text, empty or sound file, a still picture): PyAV only, before any model loads. A folder is load_clip's."""
     from ..errors import EchoMimicError
     from ..jobs.video_inputs import check_video_input
 
     fix = {"--real": "give a real video (mp4, mov, webm, ...) or a folder of them for FID / FVD."}
+    if args.landmarks and not Path(args.landmarks).exists():  # (a folder is load_clip's to check)
+        from ..io.os_errors import missing_text
+
+        raise EchoMimicError(f"--landmarks {args.landmarks}: {missing_text(args.landmarks, 'not found')}; give a folder of "
+                             "V1 .pkl landmark frames (0.pkl, 1.pkl, ...).")
     for flag, path in (("VIDEO", args.video), ("--compare", args.compare), ("--real", args.real)):
         if not path or Path(path).is_dir():
             continue

@@ -9,7 +9,6 @@ variable frame rate video's frames placed by their timestamps on its rate's cloc
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,9 +103,6 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
                              "frames.")
     if audio is not None and not Path(audio).is_file():
         raise EchoMimicError(f"{audio}: {missing_text(audio, 'audio file not found')}.")
-    if landmarks is not None and not os.path.exists(landmarks):
-        raise EchoMimicError(f"--landmarks {landmarks}: {missing_text(landmarks, 'not found')}; give a folder of V1 .pkl "
-                             "landmark frames (0.pkl, 1.pkl, ...).")
     if landmarks is not None and not _is_pkl_folder(Path(landmarks)):
         raise EchoMimicError(f"{landmarks}: not a folder of V1 .pkl landmark frames (0.pkl, 1.pkl, ...).")
     if path.is_dir():
