@@ -148,7 +148,9 @@ def read_mono_16k(path) -> np.ndarray:
     from ..errors import EchoMimicError
 
     if not Path(path).is_file():
-        raise EchoMimicError(f"{path}: audio file not found.")
+        from ..io.os_errors import missing_text
+
+        raise EchoMimicError(f"{path}: {missing_text(path, 'audio file not found')}.")
     pieces: list = []
     summarise_file(path, mel=False, on_16k=pieces.append).check_finite(path)
     return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]

@@ -108,7 +108,9 @@ def read_raw_audio(audio, sample_rate=None) -> RawAudio:
 
         what = str(audio)
         if not Path(audio).is_file():
-            raise EchoMimicError(f"{what}: audio file not found.")
+            from ..io.os_errors import missing_text
+
+            raise EchoMimicError(f"{what}: {missing_text(audio, 'audio file not found')}.")
         audio, sample_rate = read_audio(audio)
     elif isinstance(audio, dict):
         if "waveform" not in audio or "sample_rate" not in audio:

@@ -57,7 +57,9 @@ def _real_paths(given) -> list[Path]:
         if found:
             return found
         raise EchoMimicError(f"--real {path}: the folder has no videos ({', '.join(VIDEO_SUFFIXES)}).")
-    raise EchoMimicError(f"--real {path}: not found; give a real video (or a folder of them) for FID / FVD.")
+    from ..io.os_errors import missing_text
+
+    raise EchoMimicError(f"--real {path}: {missing_text(path, 'not found')}; give a real video (or a folder of them) for FID / FVD.")
 
 
 def _read_real(paths: list[Path]):
@@ -95,12 +97,17 @@ VIDEO_FIX = "evaluate scores a video (mp4, mov, webm, ...) with its speech, or a
 
 
 def _check_videos(args) -> None:
-    """The video, --compare and a --real file, each refused with its option, what it is and the fix when it is no video
+    """The video, --compare and a --real file (and a missing --landmarks), each refused with its option, what it is and the fix when it is no video
     (a text, empty or sound file, a still picture): PyAV only, before any model loads. A folder is load_clip's."""
     from ..errors import EchoMimicError
     from ..jobs.video_inputs import check_video_input
 
     fix = {"--real": "give a real video (mp4, mov, webm, ...) or a folder of them for FID / FVD."}
+    if args.landmarks and not Path(args.landmarks).exists():  # (a folder is load_clip's to check)
+        from ..io.os_errors import missing_text
+
+        raise EchoMimicError(f"--landmarks {args.landmarks}: {missing_text(args.landmarks, 'not found')}; give a folder of "
+                             "V1 .pkl landmark frames (0.pkl, 1.pkl, ...).")
     for flag, path in (("VIDEO", args.video), ("--compare", args.compare), ("--real", args.real)):
         if not path or Path(path).is_dir():
             continue
@@ -211,7 +218,8 @@ def add_commands(sub) -> None:
     e.add_argument("--fps", type=float, help="frame rate of a .pkl folder (default 24) or override of the video's")
     e.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead of the table")
     e.add_argument("--compare", help="a second video scored the same way and shown side by side")
-    e.add_argument("--plot", help="write mouth opening vs audio energy over time as a PNG")
+    e.add_argument("--plot", help="write mouth opening vs audio energy over time as a PNG; an existing PNG of that name "
+                                  "is replaced, as animate's -o (written whole, never over a folder or device)")
     e.add_argument("--syncnet", help=f"SyncNet weights for LSE-C / LSE-D (default: <models>/{METRICS_FOLDER}/syncnet_v2.model if present)")
     e.add_argument("--arcface", help=f"ArcFace ONNX model for CSIM (default: <models>/{METRICS_FOLDER}/{ARCFACE_NAMES[0]} if present)")
     e.add_argument("--protocol", choices=("default", "published"), default="default",

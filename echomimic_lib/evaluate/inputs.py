@@ -96,10 +96,13 @@ def load_clip(path: str | Path, audio=None, landmarks: str | Path | None = None,
         from ..modes import MAX_SOURCE_FPS, check_frame_rate
 
         fps = check_frame_rate(fps, "--fps", MAX_SOURCE_FPS)  # the words of every node and flag
+    from ..io.os_errors import missing_text
+
     if not path.exists():
-        raise EchoMimicError(f"{path}: not found; give a video file or a folder of V1 .pkl landmark frames.")
+        raise EchoMimicError(f"{path}: {missing_text(path, 'not found')}; give a video file or a folder of V1 .pkl landmark "
+                             "frames.")
     if audio is not None and not Path(audio).is_file():
-        raise EchoMimicError(f"{audio}: audio file not found.")
+        raise EchoMimicError(f"{audio}: {missing_text(audio, 'audio file not found')}.")
     if landmarks is not None and not _is_pkl_folder(Path(landmarks)):
         raise EchoMimicError(f"{landmarks}: not a folder of V1 .pkl landmark frames (0.pkl, 1.pkl, ...).")
     if path.is_dir():

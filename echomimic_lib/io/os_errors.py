@@ -129,3 +129,38 @@ def writing(path, kept: str = KEPT, staged: bool = False):
         if err is None or err is exc:
             raise
         raise err from exc
+
+
+def missing_text(path, not_found: str = "file not found") -> str:
+    """Why ``path``, which the system could not find, is missing, in the words every input's message uses after
+    ``OPTION PATH: ``: ``not_found`` (``file not found``), or for a symbolic link whose target is gone (a file moved or
+    deleted that the link still names) ``is a link to TARGET, which does not exist`` -- the link's own words, then the
+    place they mean when relative (``../m/x.mp4 (/abs/m/x.mp4)``), a chain's last link named too -- or a loop of links
+    as such."""
+    import os
+
+    p = os.fspath(path)
+    try:
+        os.stat(p)
+        return not_found  # it is there (a link to a pipe, a folder...): the caller's own words
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:  # a loop of links is walked below; permissions and the like are not "missing"
+        if exc.errno != errno.ELOOP:
+            return not_found
+    except ValueError:  # a NUL byte
+        return not_found
+    seen, hops = [p], []
+    while True:
+        try:
+            said = os.readlink(seen[-1])
+        except (OSError, ValueError):  # not a link (or no longer): the last name is the missing one
+            break
+        where = os.path.normpath(os.path.join(os.path.dirname(seen[-1]), said))
+        hops.append(said if said == where else f"{said} ({where})")
+        if where in seen or len(seen) > 40:
+            return f"is a link that loops back on itself ({' -> '.join([p, *hops])}); point the link at the file itself"
+        seen.append(where)
+    if not hops:
+        return not_found
+    return f"is a link to {hops[0]}" + "".join(f" (a link to {h})" for h in hops[1:]) + ", which does not exist"

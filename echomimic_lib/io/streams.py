@@ -45,7 +45,9 @@ def open_media(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise EchoMimicError(f"{path}: file not found.")
+        from .os_errors import missing_text
+
+        raise EchoMimicError(f"{path}: {missing_text(path)}.")
     try:
         return av.open(str(path))
     except Exception as exc:

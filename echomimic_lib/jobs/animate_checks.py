@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError, MissingWeightsError
+from ..io.os_errors import missing_text
 from ..modes import MAX_STEPS, check_frame_rate, get_mode
 from ..speed import check_deep_cache, check_speed_options
 from ..temporal import STABILIZE_DEFAULT, check_level
@@ -187,7 +188,7 @@ def check_condition_inputs(req, mode) -> None:
         raise EchoMimicError(f"--landmarks drives the V1 landmark modes, but the mode is {mode.name}; use --mode landmarks or audio+landmarks.")
     for flag, value in (("--pose", None if req.pose == AUTO_POSE else req.pose), ("--landmarks", req.landmarks)):
         if value and not Path(value).exists():
-            raise EchoMimicError(f"{flag} {value}: not found; give an existing file or folder.")
+            raise EchoMimicError(f"{flag} {value}: {missing_text(value, 'not found')}; give an existing file or folder.")
     if req.landmarks and mode.condition == "landmarks":  # a saved sequence read, a video probed: before MediaPipe and weights
         from .video_inputs import check_landmark_source
 

@@ -130,7 +130,9 @@ def _validate(req: DubRequest) -> _Checked:
     check_request(req)  # --resumable: no DeepCache, and a state file name that can be written
     settings, _ = check_numbers(req, get_mode(MODE), variant, dtype, zero_default=False)  # as animate's, by option names
     if not Path(req.video).is_file():
-        what = "is a folder, not a video" if Path(req.video).is_dir() else "source video not found"
+        from ..io.os_errors import missing_text
+
+        what = "is a folder, not a video" if Path(req.video).is_dir() else missing_text(req.video, "source video not found")
         raise EchoMimicError(f"--video {req.video}: {what}; give a video file of one person.")
     from .dub_plan import MIN_SOURCE_FRAMES, check_source_frames, check_source_rate
     from .video_inputs import check_video_input

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EchoMimicError
-from ..io.os_errors import writing
+from ..io.os_errors import missing_text, writing
 from ..io.file_safety import (
     ExistingFileError,
     publish,
@@ -185,7 +185,7 @@ def _read_preview_audio(path, seconds: float | None = None) -> tuple:
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise EchoMimicError(f"--preview-audio {path}: {'is a folder' if p.is_dir() else 'file not found'}; give the sound "
+        raise EchoMimicError(f"--preview-audio {path}: {'is a folder' if p.is_dir() else missing_text(p)}; give the sound "
                              "for the preview (wav, mp3, flac, m4a, or a video with sound such as the driving video).")
     try:
         return read_audio(p, duration=seconds)
@@ -221,7 +221,7 @@ def check(req: PosesRequest) -> PosesPlan:
     plan_extra: dict = {}
     if req.video:
         if not Path(req.video).is_file():
-            raise EchoMimicError(f"--video {req.video}: {'is a folder' if Path(req.video).is_dir() else 'file not found'}; "
+            raise EchoMimicError(f"--video {req.video}: {'is a folder' if Path(req.video).is_dir() else missing_text(req.video)}; "
                                  "give a driving video of a person (mp4, mov, webm, ...).")
         check_pose_video(req.video, "--video", "give a driving video of a person (mp4, mov, webm, ...).", "--audio")
         if (req.on_missing or MISSING_DEFAULT) not in ("interpolate", "hold", "fail"):

@@ -24,6 +24,8 @@ def check_reference_file(path, version: str | None = None) -> Path:
     pipe is never opened: reading it would wait for a writer)."""
     import stat
 
+    from ..io.os_errors import missing_text
+
     p = Path(path)
     try:
         mode = p.stat().st_mode
@@ -31,7 +33,7 @@ def check_reference_file(path, version: str | None = None) -> Path:
         mode = None
     if mode is not None and stat.S_ISREG(mode):
         return p
-    what = ("file not found" if mode is None else "is a folder, not an image" if stat.S_ISDIR(mode)
+    what = (missing_text(p) if mode is None else "is a folder, not an image" if stat.S_ISDIR(mode)
             else "is a named pipe (FIFO), not an image file" if stat.S_ISFIFO(mode)
             else "is a device, not an image file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
             else "is not a regular file (a socket?)")

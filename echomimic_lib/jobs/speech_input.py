@@ -75,7 +75,9 @@ def check_speech_file(path, flag: str = "--audio") -> Path:
         return p
     fix = "give a speech recording (wav, mp3, flac, m4a, or a video with sound)."
     if mode is None:
-        what = "file not found"
+        from ..io.os_errors import missing_text
+
+        what = missing_text(p)
     elif stat.S_ISDIR(mode):
         what = "is a folder"
     elif stat.S_ISFIFO(mode):  # also `<(command)` and /dev/stdin from a pipe: read only once, the speech is read twice

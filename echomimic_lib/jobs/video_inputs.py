@@ -39,7 +39,9 @@ def check_video_input(path, flag: str, fix: str, upto: int = 1) -> int:
     if p.is_dir():
         problem = "is a folder, not a video"
     elif not p.is_file():
-        problem = "file not found"
+        from ..io.os_errors import missing_text
+
+        problem = missing_text(p)
     elif p.stat().st_size == 0:
         problem = "the file is empty (0 bytes)"
     else:
