@@ -53,6 +53,23 @@ def _onnx_providers(device) -> list[str]:
 LANDMARK_HINT = "switch on auto_download, or put face_landmarker.task into models/echomimic/mediapipe"  # (not the CLI's)
 
 
+SHORT_AUDIO = 0.9  # audio covering less than this share of the frames' length is said in the notes
+
+
+def short_audio(clip) -> str | None:
+    """A note when the audio is much shorter than the frames (the lip sync of the frames past its end is scored against
+    no sound): both lengths, and what to connect."""
+    if clip.wave16k is None or clip.frames is None:
+        return None
+    n = len(clip.frames)
+    video_s, audio_s = n / clip.fps, len(clip.wave16k) / 16000.0
+    if audio_s >= SHORT_AUDIO * video_s or video_s - audio_s <= 1.0 / clip.fps:
+        return None
+    return (f"the audio ({audio_s:.2f} s) is much shorter than the frames ({video_s:.2f} s: {n} frames at "
+            f"{clip.fps:g} fps): the frames after {audio_s:.2f} s have no sound to be scored against; connect the audio "
+            "these frames were made from (the sampler's audio output).")
+
+
 def evaluate(frames, audio, fps: float, syncnet: str, arcface: str, download: bool, reference=None):
     from ..echomimic_lib.evaluate import LearnedModels, clip_from_arrays, sync_plot
     from ..echomimic_lib.evaluate import evaluate as run_evaluation
@@ -63,13 +80,17 @@ def evaluate(frames, audio, fps: float, syncnet: str, arcface: str, download: bo
     fps = check_fps(fps)  # a linked value: "fast" was a ValueError in float()
     if not isinstance(audio, dict) or "waveform" not in audio:
         raise EchoMimicError("audio: expected a ComfyUI AUDIO (connect the sampler's audio output, or Load Audio).")
+    shape = tuple(getattr(audio["waveform"], "shape", ()))
+    if 0 in shape:  # no clip, channel or sample: a Load Audio of an empty file, a trim past its end
+        raise EchoMimicError(f"audio: the waveform is empty (shape {shape}, no sound in it); connect the audio of these "
+                             "frames (the sampler's audio output, or Load Audio of the speech they were made from).")
     clip = clip_from_arrays(image_batch(frames, "frames"), audio, fps=fps, source="rendered frames")
     ref = first_image(reference, "reference") if reference is not None else None
     syncnet_file, note_s = _resolve(syncnet, "SyncNet weights", syncnet_missing)
     arcface_file, note_a = _resolve(arcface, "ArcFace model", arcface_missing)
     device = C.torch_device()
     learned = LearnedModels(syncnet_file, arcface_file, device, _onnx_providers(device))
-    notes = [n for n in (note_s, note_a) if n]
+    notes = [n for n in (note_s, note_a, short_audio(clip)) if n]
     try:
         landmarker = detectors.face_landmarker(download)
     except MissingWeightsError as exc:

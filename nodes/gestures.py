@@ -122,6 +122,13 @@ class EchoMimicGesturesFromAudio:
         }}
 
     @classmethod
+    def IS_CHANGED(cls, library=None, **_):
+        """The names, sizes and times of the library's files (every pose root, or the one folder): a folder added or
+        frames replaced later run the node again (ComfyUI cached its poses while its inputs had not changed). The
+        hidden .gestures.npz index the node writes is left out; no file is read."""
+        return paths.folder_stamp(paths.pose_roots(), depth=2) if library == ALL else paths.pose_stamp(library)
+
+    @classmethod
     def VALIDATE_INPUTS(cls, library=None):
         return names.check(cls, {"library": "models/echomimic/poses or input/echomimic_poses"}, library=library)
 

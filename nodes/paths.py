@@ -98,6 +98,60 @@ def file_stamp(roots: list[Path], name) -> str:
     return f"{found}|{st.st_size}|{st.st_mtime_ns}" if st is not None else f"not found: {name!r}"
 
 
+def _tree_lines(path: Path, depth: int, out: list[str]) -> None:
+    """Name, size and modification time of each file in ``path`` (and in its sub-folders, ``depth`` levels down); hidden
+    names left out (a library's own .gestures.npz index, written by the node); no file is opened."""
+    try:
+        with os.scandir(path) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except NotADirectoryError:  # a .npz sequence: the file itself
+        entries = None
+    except (OSError, ValueError):
+        out.append(f"{path}|unreadable")
+        return
+    if entries is None:
+        try:
+            st = path.stat()
+            out.append(f"{path}|{st.st_size}|{st.st_mtime_ns}")
+        except (OSError, ValueError):
+            out.append(f"{path}|unreadable")
+        return
+    out.append(f"{path}/")
+    for e in entries:
+        try:
+            if e.is_dir():
+                if depth > 0:
+                    _tree_lines(Path(e.path), depth - 1, out)
+                else:
+                    out.append(f"{e.name}/")
+                continue
+            st = e.stat()
+            out.append(f"{e.name}|{st.st_size}|{st.st_mtime_ns}")
+        except (OSError, ValueError):  # a link to itself, a file removed meanwhile
+            out.append(f"{e.name}|unreadable")
+
+
+def folder_stamp(folders: list[Path], depth: int = 1) -> str:
+    """What a node's ``IS_CHANGED`` gives for picked folders (pose folders, a gesture library): the names, sizes and
+    modification times of their files, so that ComfyUI runs the node again when frames are added or replaced; cheap
+    (no file is read) and never an exception."""
+    import hashlib
+
+    out: list[str] = []
+    for folder in folders:
+        _tree_lines(Path(folder), depth, out)
+    return f"{len(out)} entries|" + hashlib.sha1("\n".join(out).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def pose_stamp(name) -> str:
+    """:func:`folder_stamp` of a picked pose folder (or .npz), by name; a name that is no pose folder: a string saying so
+    (the node names the problem itself when it runs)."""
+    try:
+        return folder_stamp([resolve_pose_folder(name)])
+    except (EchoMimicError, OSError, ValueError, TypeError):
+        return f"not found: {name!r}"
+
+
 def _entries(folder: Path) -> list[Path]:
     try:
         return sorted(p for p in folder.iterdir() if not p.name.startswith("."))

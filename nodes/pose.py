@@ -100,6 +100,12 @@ class EchoMimicPoseSequenceLoader(Node):
         }
 
     @classmethod
+    def IS_CHANGED(cls, pose_folder=None, **_):
+        """The names, sizes and times of the folder's frames: frames added or replaced later run the node again (ComfyUI
+        cached its poses while its inputs had not changed); no file is read."""
+        return "no folder" if pose_folder == NO_FOLDER else paths.pose_stamp(pose_folder)
+
+    @classmethod
     def VALIDATE_INPUTS(cls, pose_folder=None):
         return names.check(cls, {"pose_folder": "models/echomimic/poses or input/echomimic_poses"}, pose_folder=pose_folder)
 

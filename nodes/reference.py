@@ -9,7 +9,7 @@ from ..echomimic_lib.frames.reference import prepare_reference
 from . import detectors, paths
 from .base import Node, link, switch
 from .composite import CROP
-from .payloads import first_image, to_image, to_mask
+from .payloads import check_finite, first_image, to_image, to_mask
 
 TARGETS = ["V1 face crop + mask", "V2 half-body crop", "resize only"]
 LIB_TARGETS = dict(zip(TARGETS, ("v1_face", "v2_halfbody", "resize")))
@@ -48,6 +48,8 @@ def _warn_if_stretched(img, target: str, width: int, height: int) -> None:
 def prepare(image, target: str, width: int, height: int, no_face: str, download: bool):
     _check_size(width, height)
     img = first_image(image, "image")
+    # NaN / inf (a broken upstream node) were cast to arbitrary pixels, then cropped and animated without a word
+    check_finite(image[:1], "image", "connect a picture (Load Image), or check the node that made this one.")
     if target not in LIB_TARGETS:
         raise EchoMimicError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}.")
     _warn_if_stretched(img, target, width, height)
