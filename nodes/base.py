@@ -272,7 +272,10 @@ def finite_problem(node_cls, values: dict, spec: dict | None = None) -> str | No
 def _shown(value) -> str:
     if value is None:
         return "nothing (null)"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # (another pack's object with a broken __repr__: the message still names the input)
+        text = f"<{type(value).__name__} object>"
     return f"{text[:60] + '...' if len(text) > 60 else text} (a {type(value).__name__})"
 
 

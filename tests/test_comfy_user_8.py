@@ -149,3 +149,14 @@ def test_reference_preparation_refuses_nan_or_inf_pixels_before_any_work(bad, ta
     assert msg.startswith("image: ") and "NaN or infinite" in msg and "connect" in msg, msg
     with pytest.raises(Reached):  # a clean picture goes on to the work
         N["EchoMimicReferencePrep"]().execute(torch.rand(1, 64, 64, 3), target, 64, 64, "error", False)
+
+
+def test_a_value_whose_repr_fails_is_still_named():
+    """Another pack's object with a broken __repr__ linked into a STRING input: the type check itself raised (its
+    RuntimeError instead of the message naming the input and the fix)."""
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("repr is broken")
+
+    problem = sub("nodes.base").widget_type_problem(N["EchoMimicPartAwareAligner"], {"parts": Broken()})
+    assert problem.startswith("parts: takes text (STRING), but it is given ") and "Broken" in problem, problem
