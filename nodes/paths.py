@@ -144,10 +144,12 @@ def folder_stamp(folders: list[Path], depth: int = 1) -> str:
 
 
 def pose_stamp(name) -> str:
-    """:func:`folder_stamp` of a picked pose folder (or .npz), by name; a name that is no pose folder: a string saying so
+    """The frames' fingerprint of a picked pose folder (or .npz), by name; a name that is no pose folder: a string saying so
     (the node names the problem itself when it runs)."""
+    from ..echomimic_lib.pose.gestures.library import fingerprint  # (the gesture index's own: frames' names, sizes, times)
+
     try:
-        return folder_stamp([resolve_pose_folder(name)])
+        return fingerprint(resolve_pose_folder(name))
     except (EchoMimicError, OSError, ValueError, TypeError):
         return f"not found: {name!r}"
 
