@@ -177,17 +177,8 @@ def upload(server: str, path: Path, timeout: float | None = None) -> str:
         f'\r\n--{boundary}--\r\n'.encode(),
     ]
     data, headers = b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    for attempt in range(POLL_TRIES):  # (sent again after a passing error: an identical file is kept under its name)
-        try:
-            reply = _request(f"{server}/upload/image", data, headers, timeout)
-            break
-        except QueueError as err:
-            if not passing(err) or attempt == POLL_TRIES - 1:
-                raise
-            pause = _busy_wait(err, attempt)
-            sys.stderr.write(printable(f"note: {err}; {path.name} is sent again in {pause:g} s ({attempt + 1} of "
-                                       f"{POLL_TRIES - 1})") + "\n")
-            time.sleep(pause)
+    # (sent again after a passing error: an identical file is kept under its name)
+    reply = _again(lambda: _request(f"{server}/upload/image", data, headers, timeout), f"{path.name} is sent again", "")
     if not isinstance(reply.get("name"), str):
         raise QueueError(f"{server}/upload/image: the answer names no uploaded file ({str(reply)[:120]}); is this ComfyUI?")
     return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
@@ -268,15 +259,21 @@ def _poll_history(server: str, prompt_id: str, timeout: float | None):
     """:func:`_history` while waiting: a question that failed in passing (a flaky network, a proxy's 502, a restart)
     is asked again after 1, 2, 4, 8 s (or its Retry-After), a line each, up to :data:`POLL_TRIES` in all, before the
     error ends the wait (before: one failed poll ended a run of hours, every prompt left on the server)."""
+    return _again(lambda: _history(server, prompt_id, timeout), "asked again", "; the prompts go on on the server")
+
+
+def _again(ask, again: str, after: str):
+    """``ask()``, asked again after an error that passes (:func:`passing`) after 1, 2, 4, 8 s (or its Retry-After), up
+    to :data:`POLL_TRIES` tries in all, a note each: "note: ERROR; ``again`` in N s (i of 4``after``)"."""
     for attempt in range(POLL_TRIES):
         try:
-            return _history(server, prompt_id, timeout)
+            return ask()
         except QueueError as err:
             if not passing(err) or attempt == POLL_TRIES - 1:
                 raise
             pause = _busy_wait(err, attempt)
-            sys.stderr.write(printable(f"note: {err}; asked again in {pause:g} s ({attempt + 1} of {POLL_TRIES - 1}; "
-                                       "the prompts go on on the server)") + "\n")
+            sys.stderr.write(printable(f"note: {err}; {again} in {pause:g} s ({attempt + 1} of {POLL_TRIES - 1}{after})")
+                             + "\n")
             time.sleep(pause)
     return None  # (never reached: the last try returns or raises)
 
