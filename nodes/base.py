@@ -201,15 +201,6 @@ def combo_values(node_cls, values: dict, spec: dict | None = None) -> dict:
     return fixed
 
 
-def combo_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
-    """Why a COMBO input's value is none of its choices (:func:`combo_values`), or None."""
-    try:
-        combo_values(node_cls, values, spec)
-    except EchoMimicError as exc:
-        return str(exc)
-    return None
-
-
 def number_problem(node_cls, values: dict, spec: dict | None = None) -> str | None:
     """Why a number input's value (INT / FLOAT) is no number, or None. A link through a switch / reroute node of type
     ``*`` may bring null, a list, text, a dict or a true/false, and ComfyUI type-checks no linked value. Most inputs are
@@ -310,8 +301,8 @@ def link_problem(node_cls, values: dict, spec: dict | None = None) -> str | None
 
 def checks_links(cls):
     """Class decorator (every :class:`Node` has it): the node's function first refuses, with :func:`link_problem`'s
-    message, a plain value where a link belongs, with :func:`combo_problem`'s a COMBO value that is none of its
-    choices, and with :func:`widget_type_problem`'s a text or switch input given no text / true-false; a number input
+    message, a plain value where a link belongs, with :func:`combo_values`' a COMBO value that is none of its
+    choices (one differing only in case or spaces taken as its choice), and with :func:`widget_type_problem`'s a text or switch input given no text / true-false; a number input
     given no number that the node failed on is named by :func:`number_problem`."""
     run = cls.__dict__.get(cls.FUNCTION)
     if run is None or getattr(run, "_checks_links", False):
