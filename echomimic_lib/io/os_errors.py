@@ -164,3 +164,31 @@ def missing_text(path, not_found: str = "file not found") -> str:
     if not hops:
         return not_found
     return f"is a link to {hops[0]}" + "".join(f" (a link to {h})" for h in hops[1:]) + ", which does not exist"
+
+
+def not_file_text(path, not_found: str = "file not found") -> str | None:
+    """None when ``path`` is a regular file (through links); else what is there instead, in the words an input's
+    message uses after ``PATH: `` (from ``stat`` alone: a named pipe is never opened, a device never read):
+    :func:`missing_text` for nothing there (``not_found``, a link to nothing, a loop of links), ``is a folder, not a
+    file``, ``is a named pipe (FIFO), not a file``, ``is a device (/dev/zero), not a file``. A path the system will not
+    let be looked at (permissions) is None: the reader's own open says it (:func:`refused`)."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return missing_text(path, not_found)
+    except OSError as exc:
+        return missing_text(path, not_found) if exc.errno == errno.ELOOP else None
+    if stat.S_ISREG(mode):
+        return None
+    target = os.path.realpath(path)
+    seen = f" ({target})" if target != os.path.abspath(path) else ""
+    if stat.S_ISDIR(mode):
+        return f"is a folder{seen}, not a file"
+    if stat.S_ISFIFO(mode):
+        return f"is a named pipe (FIFO){seen}, not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return f"is a device{seen}, not a file"
+    return f"is not a regular file (a socket?){seen}"

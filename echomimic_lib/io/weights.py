@@ -19,6 +19,7 @@ the whole network.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..errors import MissingWeightsError, UnsafeFileError, WeightsError
 from .file_safety import make_folders, publish, publish_all, refuse_existing, regular_target, remove_folders, temp_beside
-from .os_errors import writing
+from .os_errors import not_file_text, writing
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -48,8 +49,12 @@ def read_state_dict(path: str | Path, check_finite: bool = True, mmap: bool = Tr
     ``mmap=False`` reads it into private memory that a CPU network adopts as it is (no file pages held
     while loading). ``check_finite=False`` leaves the NaN/Inf check to :func:`load_strict`."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(f"weight file not found: {path}", missing=[str(path)])
+    if problem := not_file_text(path, "weight file not found"):
+        fix = (f"{path}: {problem}; download the weights again (`echomimic download`) or give the path of the "
+               ".safetensors / .pth file.")
+        if not os.path.exists(path):  # nothing there (or a link to nothing): missing
+            raise MissingWeightsError(fix, missing=[str(path)])
+        raise WeightsError(fix)  # a pipe, a device, a folder: there, but no weight file
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: the file is empty (an interrupted download?). Delete it and download it again.")
     try:

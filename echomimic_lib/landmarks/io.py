@@ -22,7 +22,7 @@ from ..io.file_safety import publish, temp_beside, write_text_atomic
 from ..io.json_file import loads_json, read_json
 from ..io.json_meta import meta_json, plain_meta
 from ..io.npz_file import open_npz
-from ..io.os_errors import writing
+from ..io.os_errors import not_file_text, writing
 from ..io.safe_pickle import load_pickle
 from ..temporal import saved_stabilized
 from .sequence import LandmarkSequence
@@ -110,8 +110,9 @@ def save_sequence(path: str | Path, seq: LandmarkSequence) -> Path:
 def load_sequence(path: str | Path) -> LandmarkSequence:
     """Load a sequence saved by :func:`save_sequence` (never unpickles anything)."""
     path = Path(path)
-    if not path.is_file():
-        raise EchoMimicError(f"landmark file not found: {path}")
+    if problem := not_file_text(path, "landmark file not found"):  # (a pipe or a device was "not found" too)
+        raise EchoMimicError(f"{path}: {problem}; check the path, or write one with `echomimic landmarks VIDEO -o "
+                             "FILE.npz`.")
     not_ours = ("not a landmark file written by this package", "extract the landmarks again with `echomimic landmarks "
                 "VIDEO -o FILE.npz`.")
     try:

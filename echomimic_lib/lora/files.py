@@ -38,8 +38,8 @@ import torch
 
 from ..errors import EchoMimicError, WeightsError
 from ..io.file_safety import publish, temp_beside
-from ..io.json_file import loads_json
-from ..io.os_errors import writing
+from ..io.json_file import loads_json, read_json
+from ..io.os_errors import not_file_text, writing
 from ..modes import WEIGHT_SETS
 
 log = logging.getLogger(__name__)
@@ -227,14 +227,17 @@ def _wan_like(meta: dict, keys) -> bool:
     return meta.get("format") == "echomimic-v3-lora" or any(_WAN_KEY.search(k) for k in keys)
 
 
+_META_BYTES = 16 << 20  # a checkpoint's meta.json is a few KB
+
+
 def _checkpoint_meta(folder: Path, name: str = "meta.json") -> dict:
     """The run settings a checkpoint's ``meta.json`` (an export's ``export.json``) records (``{}`` when it is unreadable
-    or not an object)."""
+    or not an object: these hints never fail the reader; a pipe is not waited on, a file past 16 MB not read, JSON nested
+    too deeply for the parser is no RecursionError traceback)."""
     try:
-        meta = json.loads((folder / name).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(folder / name, max_bytes=_META_BYTES, expect=dict)
+    except EchoMimicError:
         return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def _newest_checkpoint(run: Path) -> Path | None:
@@ -290,8 +293,9 @@ def read_lora(path: str | Path) -> LoraAdapter:
     path = Path(path)
     if training_output(path, "echomimic-train export"):
         raise WeightsError(training_output(path, "echomimic-train export"))
-    if not path.is_file():
-        raise WeightsError(f"LoRA file not found: {path}. Put it into models/echomimic/loras/ (ComfyUI) or pass an existing file.")
+    if problem := not_file_text(path, "LoRA file not found"):  # (a pipe or /dev/zero was "not found" too)
+        raise WeightsError(f"{path}: {problem}; put the LoRA into models/echomimic/loras/ (ComfyUI) or pass an existing "
+                           ".safetensors file.")
     if path.suffix != ".safetensors":
         raise WeightsError(f"{path}: LoRA adapters are read from .safetensors files only (export them with `echomimic-train export`).")
     try:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..io.os_errors import not_file_text
 from .files import FORMAT, check_scale, check_strength, training_output
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,8 @@ def read_wan_lora(path: str | Path) -> WanLoraFile:
     path = Path(path)
     if training_output(path, "echomimic-train v3-export"):
         raise WeightsError(training_output(path, "echomimic-train v3-export"))
-    if not path.is_file():
-        raise WeightsError(f"LoRA file not found: {path}. Pass an existing Wan2.1 1.3B LoRA .safetensors (ComfyUI: models/loras/).")
+    if problem := not_file_text(path, "LoRA file not found"):
+        raise WeightsError(f"{path}: {problem}; pass an existing Wan2.1 1.3B LoRA .safetensors (ComfyUI: models/loras/).")
     if path.suffix != ".safetensors":
         raise WeightsError(f"{path}: Wan LoRAs are read from .safetensors files only (pickled .pt/.ckpt/.bin files can run code); "
                            "convert it to safetensors first.")

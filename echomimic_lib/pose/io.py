@@ -34,7 +34,7 @@ from ..io.file_safety import publish, temp_beside
 from ..io.json_file import loads_json
 from ..io.json_meta import meta_json
 from ..io.npz_file import open_npz
-from ..io.os_errors import writing
+from ..io.os_errors import not_file_text, writing
 from ..io.safe_pickle import load_npy
 from ..temporal import saved_stabilized
 from .sequence import ARRAY_FIELDS, DEFAULT_CANVAS, DEFAULT_FPS, PoseSequence, check_draw_pose_params
@@ -318,8 +318,8 @@ def save_pose_npz(seq: PoseSequence, path: str | Path) -> Path:
 def load_pose_npz(path: str | Path) -> PoseSequence:
     """Load a sequence saved by :func:`save_pose_npz` (``allow_pickle=False``)."""
     path = Path(path)
-    if not path.is_file():
-        raise EchoMimicError(f"{path}: pose file not found.")
+    if problem := not_file_text(path, "pose file not found"):  # (a pipe or a device was "not found" too)
+        raise EchoMimicError(f"{path}: {problem}; check the path, or write one with `echomimic poses VIDEO -o FILE.npz`.")
     try:
         with open_npz(path, "Write the pose sequence again with `echomimic poses VIDEO -o FILE.npz`.") as z:
             data = {k: z[k] for k in z.files}
@@ -365,7 +365,10 @@ def load_pose(path: str | Path, **kwargs) -> PoseSequence:
         return load_released_folder(path, **kwargs)
     if path.suffix == ".npz":
         return load_pose_npz(path)
-    if path.suffix == ".npy" and path.is_file():
+    if path.suffix == ".npy" and (problem := not_file_text(path, "pose file not found")):  # (was "not a pose folder")
+        raise EchoMimicError(f"{path}: {problem}; check the path, or give a released pose folder, a .npy frame or an "
+                             "`echomimic poses` .npz.")
+    if path.suffix == ".npy":
         on_nan = kwargs.get("on_nan", "hide")
         cs = kwargs.get("canvas_size", DEFAULT_CANVAS)
         cs = (cs, cs) if isinstance(cs, (int, np.integer)) else tuple(cs)

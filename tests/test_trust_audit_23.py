@@ -1,0 +1,128 @@
+"""Trust audit 23: the weight / LoRA / pose / landmark readers and writers of echomimic_lib/io, lora, pose, landmarks."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from echomimic_lib.errors import EchoMimicError, MissingWeightsError, WeightsError
+
+
+def _readers():
+    from echomimic_lib.io.weights import read_state_dict
+    from echomimic_lib.landmarks.io import load_sequence
+    from echomimic_lib.lora.files import read_lora
+    from echomimic_lib.lora.wan_files import read_wan_lora
+    from echomimic_lib.pose.io import load_pose, load_pose_npz
+
+    return {"lora": (read_lora, ".safetensors", "models/echomimic/loras"),
+            "wan_lora": (read_wan_lora, ".safetensors", "Wan2.1 1.3B LoRA"),
+            "weights": (read_state_dict, ".safetensors", "echomimic download"),
+            "pose_npz": (load_pose_npz, ".npz", "echomimic poses"),
+            "pose_npy": (load_pose, ".npy", "echomimic poses"),
+            "landmarks": (load_sequence, ".npz", "echomimic landmarks")}
+
+
+READERS = ["lora", "wan_lora", "weights", "pose_npz", "pose_npy", "landmarks"]
+
+
+def _error(reader, path):
+    fn, _ext, _fix = _readers()[reader]
+    with pytest.raises(EchoMimicError) as info:
+        fn(path)
+    return info.value
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_missing_file_is_named_with_its_path_and_the_fix(tmp_path, reader):
+    """Left by the last session: "landmark file not found: PATH" (no fix), "weight file not found: PATH" (no fix), a
+    missing .npy pose frame said "not a pose folder, .npz sequence or .npy frame" (as if it were the wrong kind)."""
+    _fn, ext, fix = _readers()[reader]
+    path = tmp_path / f"gone{ext}"
+    err = _error(reader, path)
+    assert str(path) in str(err) and "not found" in str(err) and fix in str(err), err
+    if reader == "weights":
+        assert isinstance(err, MissingWeightsError) and err.missing == [str(path)]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_link_to_nothing_is_said_as_such(tmp_path, reader):
+    """A link whose file was moved was "file not found" of the link: the message now names where it points."""
+    _fn, ext, fix = _readers()[reader]
+    path = tmp_path / f"link{ext}"
+    os.symlink(f"moved{ext}", path)
+    err = _error(reader, path)
+    assert f"is a link to moved{ext}" in str(err) and "which does not exist" in str(err) and fix in str(err), err
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_named_pipe_is_named_for_what_it_is_never_waited_on(tmp_path, reader):
+    """A FIFO given as a LoRA / weights / pose / landmark file was said to be "not found" though it is there."""
+    _fn, ext, fix = _readers()[reader]
+    path = tmp_path / f"pipe{ext}"
+    os.mkfifo(path)
+    err = _error(reader, path)
+    assert "named pipe (FIFO), not a file" in str(err) and "not found" not in str(err) and fix in str(err), err
+    if reader == "weights":
+        assert not isinstance(err, MissingWeightsError)  # (it is there: no download fixes it)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_link_to_a_device_is_named_for_what_it_is_never_read(tmp_path, reader):
+    """A link to /dev/zero was "not found"; it is now named with the device it points at (and never read)."""
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    _fn, ext, fix = _readers()[reader]
+    path = tmp_path / f"zero{ext}"
+    os.symlink("/dev/zero", path)
+    err = _error(reader, path)
+    assert "is a device (/dev/zero), not a file" in str(err) and fix in str(err), err
+
+
+def test_a_lora_file_that_is_there_still_reads(tmp_path):
+    """Parity: an ordinary adapter file reads as before."""
+    import torch
+
+    from echomimic_lib.lora.files import LoraInfo, read_lora, write_lora
+
+    path = write_lora(tmp_path / "a.safetensors", {"denoiser.x.to_q.lora_A.weight": torch.zeros(4, 8),
+                                                   "denoiser.x.to_q.lora_B.weight": torch.zeros(8, 4)},
+                      LoraInfo(weights="v1_audio", rank=4, alpha=4.0))
+    assert list(read_lora(path).layers) == ["denoiser.x.to_q"]
+
+
+def test_a_weights_folder_given_as_a_file_is_no_missing_download(tmp_path):
+    """A folder at a weight file's name is there: a WeightsError saying so, not MissingWeightsError (a download)."""
+    from echomimic_lib.io.weights import read_state_dict
+
+    (tmp_path / "unet.safetensors").mkdir()
+    with pytest.raises(WeightsError, match="is a folder, not a file") as info:
+        read_state_dict(tmp_path / "unet.safetensors")
+    assert not isinstance(info.value, MissingWeightsError)
+
+
+@pytest.mark.parametrize("reader", ["lora", "wan_lora"])
+def test_a_checkpoint_whose_meta_json_is_nested_too_deeply_is_no_recursion_traceback(tmp_path, reader):
+    """``--lora CHECKPOINT`` reads the checkpoint's meta.json for its hint by hand (json.loads): a damaged one nested
+    past the parser's depth escaped as a RecursionError traceback. Now read through io/json_file (an unreadable
+    meta.json is still no hint, as before: the folder is said to need exporting)."""
+    fn, _ext, _fix = _readers()[reader]
+    ckpt = tmp_path / "step-00000100"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text("[" * 200_000)
+    with pytest.raises(WeightsError, match="a training checkpoint") as info:
+        fn(ckpt)
+    assert "export" in str(info.value)
+
+
+def test_a_checkpoints_readable_meta_json_still_gives_its_hint(tmp_path):
+    """Parity: a full fine-tune's meta.json (``"lora": null``) is still said as such."""
+    import json
+
+    from echomimic_lib.lora.files import read_lora
+
+    ckpt = tmp_path / "step-00000100"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text(json.dumps({"weights": "v2", "lora": None}))
+    with pytest.raises(WeightsError, match="a full fine-tune of v2"):
+        read_lora(ckpt)
