@@ -126,3 +126,95 @@ def test_a_checkpoints_readable_meta_json_still_gives_its_hint(tmp_path):
     (ckpt / "meta.json").write_text(json.dumps({"weights": "v2", "lora": None}))
     with pytest.raises(WeightsError, match="a full fine-tune of v2"):
         read_lora(ckpt)
+
+
+@pytest.fixture
+def no_hang():
+    """A reader that waits on a pipe fails the test (after 60 s) instead of hanging the run (not a timing assertion:
+    the fixed reader never opens the pipe)."""
+    import signal
+
+    def stop(*_):
+        raise TimeoutError("the reader waited on a named pipe")
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _frame_folder(tmp_path, kind, ext, make):
+    folder = tmp_path / kind
+    folder.mkdir()
+    make(folder / f"0{ext}")
+    return folder
+
+
+FRAME_FOLDERS = [("landmark_pkl", ".pkl"), ("pose_npy", ".npy")]
+
+
+def _load_folder(kind, folder):
+    from echomimic_lib.landmarks.io import load_pkl_folder
+    from echomimic_lib.pose.io import load_released_folder
+
+    return (load_pkl_folder if kind == "landmark_pkl" else load_released_folder)(folder)
+
+
+def test_a_named_pipe_among_the_landmark_frames_is_named_never_waited_on(tmp_path, no_hang):
+    """`animate --landmarks FOLDER` (a V1 .pkl folder): a FIFO named 0.pkl was opened and read (read_bytes): the
+    command (or the ComfyUI server's worker) hung forever."""
+    folder = _frame_folder(tmp_path, "landmark_pkl", ".pkl", os.mkfifo)
+    with pytest.raises(EchoMimicError, match=r"0\.pkl: is a named pipe \(FIFO\), not a file; give the frame files"):
+        _load_folder("landmark_pkl", folder)
+
+
+@pytest.mark.parametrize("kind,ext", FRAME_FOLDERS)
+def test_a_huge_file_among_the_frames_is_refused_before_it_is_read(tmp_path, kind, ext):
+    """A frame file is a few KB; a huge one (a sparse file, a video renamed 0.npy, a link to a disk image) was read
+    whole into memory first (a 3 GB one: a MemoryError / the machine swapping) and only then found not to be a frame.
+    Now refused by its size on disk, unread."""
+    from echomimic_lib.io.safe_pickle import MAX_FRAME_FILE_BYTES
+
+    def big(path):
+        with open(path, "wb") as fh:
+            fh.truncate(MAX_FRAME_FILE_BYTES + 1)  # sparse: no disk used
+
+    folder = _frame_folder(tmp_path, kind, ext, big)
+    with pytest.raises(EchoMimicError, match=rf"0\{ext}: {MAX_FRAME_FILE_BYTES + 1} bytes, far past any frame file.*not read"):
+        _load_folder(kind, folder)
+
+
+def test_a_folder_named_like_a_landmark_frame_is_a_clear_error(tmp_path):
+    """A folder named 0.pkl in a landmark folder was an IsADirectoryError traceback."""
+    folder = _frame_folder(tmp_path, "landmark_pkl", ".pkl", os.mkdir)
+    with pytest.raises(EchoMimicError, match=r"0\.pkl: is a folder, not a file"):
+        _load_folder("landmark_pkl", folder)
+
+
+@pytest.mark.parametrize("kind,ext", FRAME_FOLDERS)
+def test_a_link_to_a_device_among_the_frames_is_never_read(tmp_path, kind, ext):
+    """A link to /dev/zero named 0.pkl was read until the memory ran out (the pose folder lists only regular files,
+    so it is skipped there; a single .npy given as the pose is said as a device)."""
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    folder = _frame_folder(tmp_path, kind, ext, lambda p: os.symlink("/dev/zero", p))
+    from echomimic_lib.io.safe_pickle import load_npy, load_pickle
+
+    with pytest.raises(EchoMimicError, match=r"is a device \(/dev/zero\), not a file"):
+        (load_pickle if ext == ".pkl" else load_npy)(folder / f"0{ext}")
+
+
+def test_ordinary_frame_files_still_load(tmp_path):
+    """Parity: a V1 landmark frame (.pkl of an array) and a released pose frame (.npy of a dict) read as before."""
+    import pickle
+
+    import numpy as np
+
+    from echomimic_lib.io.safe_pickle import load_npy, load_pickle
+
+    arr = np.arange(478 * 2, dtype=np.float64).reshape(478, 2)
+    (tmp_path / "0.pkl").write_bytes(pickle.dumps(arr))
+    assert np.array_equal(load_pickle(tmp_path / "0.pkl"), arr)
+    np.save(tmp_path / "0.npy", np.array({"a": 1}, dtype=object), allow_pickle=True)
+    assert load_npy(tmp_path / "0.npy") == {"a": 1}

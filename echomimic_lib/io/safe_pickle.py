@@ -108,17 +108,50 @@ def safe_loads(data: bytes, source: str = "<bytes>") -> Any:
         raise EchoMimicError(f"{source}: not a readable pickle file ({type(exc).__name__}: {exc}).") from exc
 
 
+MAX_FRAME_FILE_BYTES = 64 << 20  # a released pose frame (.npy) or landmark frame (.pkl) holds a few KB
+
+
+def read_frame_file(path: str | Path, limit: int = MAX_FRAME_FILE_BYTES) -> bytes:
+    """The bytes of one small data file (a pose ``.npy`` / landmark ``.pkl`` frame), read whole only when it is a
+    regular file of at most ``limit`` bytes: a named pipe among the frames is never waited on (it hung the reader), a
+    link to a device (``/dev/zero``) never read (it filled the memory), a folder, a missing file or a file far past
+    any frame's size said as such, with the path and the fix."""
+    import os
+    import stat
+
+    from .os_errors import not_file_text, refused
+
+    fix = "give the frame files themselves (0.npy, 1.npy, ... / 0.pkl, 1.pkl, ...), or take the folder from its source again"
+    if problem := not_file_text(path):
+        raise EchoMimicError(f"{path}: {problem}; {fix}.")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):  # (replaced by a pipe or a device since it was looked at)
+                raise EchoMimicError(f"{path}: is not a regular file (a pipe or a device); {fix}.")
+            if st.st_size > limit:
+                raise EchoMimicError(f"{path}: {st.st_size} bytes, far past any frame file (a few KB; at most {limit}): "
+                                     f"not a frame file, so it is not read; {fix}.")
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise (refused(exc, path) or EchoMimicError(f"{path}: cannot be read ({exc}); {fix}.")) from None
+    if len(data) > limit:  # (grew while read)
+        raise EchoMimicError(f"{path}: past {limit} bytes, far past any frame file: not read; {fix}.")
+    return data
+
+
 def load_pickle(path: str | Path) -> Any:
-    """Read a ``.pkl`` file through the allow-list unpickler."""
+    """Read a ``.pkl`` file through the allow-list unpickler (:func:`read_frame_file`: a small regular file only)."""
     path = Path(path)
-    return safe_loads(path.read_bytes(), str(path))
+    return safe_loads(read_frame_file(path), str(path))
 
 
 def load_npy(path: str | Path) -> Any:
     """Read a ``.npy`` file. Plain arrays load directly; object arrays (pickled dicts) go through the
     allow-list unpickler, never numpy's free unpickling. A 0-d object array returns the object it holds."""
     path = Path(path)
-    raw = path.read_bytes()
+    raw = read_frame_file(path)
     if raw[:2] == b"PK":
         raise EchoMimicError(f"{path}: this is a .npz archive, not a .npy file.")
     buf = io.BytesIO(raw)
@@ -143,4 +176,4 @@ def load_npy(path: str | Path) -> Any:
     return obj
 
 
-__all__ = ["load_pickle", "load_npy", "safe_loads"]
+__all__ = ["MAX_FRAME_FILE_BYTES", "load_pickle", "load_npy", "read_frame_file", "safe_loads"]
