@@ -218,3 +218,36 @@ def test_ordinary_frame_files_still_load(tmp_path):
     assert np.array_equal(load_pickle(tmp_path / "0.pkl"), arr)
     np.save(tmp_path / "0.npy", np.array({"a": 1}, dtype=object), allow_pickle=True)
     assert load_npy(tmp_path / "0.npy") == {"a": 1}
+
+
+def test_a_full_disk_while_overwriting_a_pose_folder_keeps_the_earlier_frames_whole(shared_data, tmp_path, monkeypatch):
+    """``save_released_folder(seq, folder, overwrite=True)`` moved each frame in as soon as it was written: a full disk
+    at the third frame left frames 0-1 of the new sequence and 2-11 of the old one, one mixed motion that plays as a
+    jump. Now every frame is written first and all are moved in together; a failure leaves the earlier folder as it
+    was, and no temporary file."""
+    import errno
+
+    from echomimic_lib.io.os_errors import WriteError
+    from echomimic_lib.pose import io as pose_io
+    from echomimic_lib.pose import load_pose, save_released_folder
+
+    seq = load_pose(shared_data / "pose" / "01")
+    folder = save_released_folder(seq[:12], tmp_path / "poses")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real, calls = pose_io._write_object_npy, []
+
+    def fills_the_disk(path, holder):
+        calls.append(path)
+        if len(calls) == 3:
+            with open(path, "wb") as fh:
+                fh.write(b"\x93NUMPY partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, holder)
+
+    monkeypatch.setattr(pose_io, "_write_object_npy", fills_the_disk)
+    with pytest.raises(WriteError, match="no space left"):
+        save_released_folder(seq[20:25], folder, overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # (no .partial files either)
+    monkeypatch.setattr(pose_io, "_write_object_npy", real)
+    save_released_folder(seq[20:25], folder, overwrite=True)  # parity: the overwrite itself still works
+    assert len(load_pose(folder)) == 5 and sorted(p.name for p in folder.iterdir()) == [f"{i}.npy" for i in range(5)]

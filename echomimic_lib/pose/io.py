@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EchoMimicError, UnsafeFileError
-from ..io.file_safety import publish, temp_beside
+from ..io.file_safety import publish, publish_all, temp_beside
 from ..io.json_file import loads_json
 from ..io.json_meta import meta_json
 from ..io.npz_file import open_npz
@@ -264,19 +264,21 @@ def save_released_folder(seq: PoseSequence, folder: str | Path, overwrite: bool 
     if folder.exists() and any(folder.glob("*.npy")) and not overwrite:
         raise EchoMimicError(f"{folder}: already holds .npy files; choose an empty folder or pass overwrite=True.")
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(len(seq)):
-        d = seq.frame_dict(i)
-        d["num"] = i
-        if seq.stabilized != "off":  # a key the reference's readers ignore; animate does not steady it twice
-            d["stabilized"] = seq.stabilized
-        holder = np.empty((), dtype=object)
-        holder[()] = d
-        tmp = temp_beside(folder / f"{i}.npy", ".partial.npy")
-        try:
+    staged: list[tuple[Path, Path]] = []  # every frame written beside its name first, then all moved in together:
+    try:  # a full disk at frame 50 (overwrite) left frames 0-49 new and 50-99 the earlier sequence's, one mixed motion
+        for i in range(len(seq)):
+            d = seq.frame_dict(i)
+            d["num"] = i
+            if seq.stabilized != "off":  # a key the reference's readers ignore; animate does not steady it twice
+                d["stabilized"] = seq.stabilized
+            holder = np.empty((), dtype=object)
+            holder[()] = d
+            staged.append((temp_beside(folder / f"{i}.npy", ".partial.npy"), folder / f"{i}.npy"))
             with writing(folder / f"{i}.npy"):  # a full disk names the frame's file, not the temporary one
-                _write_object_npy(tmp, holder)
-            publish(tmp, folder / f"{i}.npy")
-        finally:
+                _write_object_npy(staged[-1][0], holder)
+        publish_all(staged)  # (a failure part way puts the earlier frames back)
+    finally:
+        for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
     for entry in list(folder.iterdir()):  # overwrite: the earlier sequence's frames past the new end go too (they
         m = _FRAME_NAME.match(entry.name)  # would play on after it)
