@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -251,3 +252,16 @@ def test_a_full_disk_while_overwriting_a_pose_folder_keeps_the_earlier_frames_wh
     monkeypatch.setattr(pose_io, "_write_object_npy", real)
     save_released_folder(seq[20:25], folder, overwrite=True)  # parity: the overwrite itself still works
     assert len(load_pose(folder)) == 5 and sorted(p.name for p in folder.iterdir()) == [f"{i}.npy" for i in range(5)]
+
+
+@pytest.mark.parametrize("kind", ["pipe", "link"])
+def test_a_gesture_library_given_as_a_pipe_or_a_link_to_nothing_is_said_as_such(tmp_path, kind):
+    """``--gestures LIB`` / the gesture node: a FIFO was "cannot read LIB ([Errno 20] Not a directory)", a link to a
+    moved folder "LIB not found"; each is now said for what it is, with what to give."""
+    from echomimic_lib.pose.gestures.library import find_sources
+
+    lib = tmp_path / "poses.npz"
+    os.mkfifo(lib) if kind == "pipe" else os.symlink("moved", lib)
+    want = "is a named pipe (FIFO), not a file" if kind == "pipe" else "is a link to moved"
+    with pytest.raises(EchoMimicError, match=rf"gesture library: .*poses\.npz {re.escape(want)}.*Give a V2 pose folder"):
+        find_sources(lib)

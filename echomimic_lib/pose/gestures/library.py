@@ -235,9 +235,12 @@ def _is_pose_folder(p: Path) -> bool:
 def find_sources(path: str | Path) -> list[Path]:
     """The pose sequences a library path stands for: itself (pose folder or .npz), or the pose folders and
     .npz files directly inside it. A path that holds none is refused with a message saying what to put there."""
+    from ...io.os_errors import not_file_text
+
     p = Path(path)
-    if not p.exists():
-        raise EchoMimicError(f"gesture library: {p} not found. Give a V2 pose folder (0.npy, 1.npy, ...), a .npz pose "
+    problem = None if p.is_dir() else not_file_text(p, "not found")  # (a pipe was "cannot read: Not a directory")
+    if problem:
+        raise EchoMimicError(f"gesture library: {p} {problem}. Give a V2 pose folder (0.npy, 1.npy, ...), a .npz pose "
                              "sequence, or a folder of them (e.g. models/echomimic/poses/).")
     if p.is_file():
         if p.suffix != ".npz":
