@@ -265,3 +265,19 @@ def test_a_gesture_library_given_as_a_pipe_or_a_link_to_nothing_is_said_as_such(
     want = "is a named pipe (FIFO), not a file" if kind == "pipe" else "is a link to moved"
     with pytest.raises(EchoMimicError, match=rf"gesture library: .*poses\.npz {re.escape(want)}.*Give a V2 pose folder"):
         find_sources(lib)
+
+
+@pytest.mark.parametrize("kind", ["missing", "link", "file"])
+def test_a_landmark_folder_that_is_not_there_is_named_with_the_fix(tmp_path, kind):
+    """``load_pkl_folder`` said "landmark folder not found: PATH" of a missing folder, a link to a moved one and a file
+    alike, with no fix."""
+    from echomimic_lib.landmarks.io import load_pkl_folder
+
+    folder = tmp_path / "lmks"
+    if kind == "link":
+        os.symlink("moved", folder)
+    elif kind == "file":
+        folder.write_text("x")
+    want = {"missing": "landmark folder not found", "link": "is a link to moved", "file": "is a file, not a folder"}[kind]
+    with pytest.raises(EchoMimicError, match=rf"lmks: {want}.*; give the folder of V1 \.pkl landmark frames"):
+        load_pkl_folder(folder)

@@ -60,7 +60,9 @@ def load_pkl_folder(folder: str | Path, image_size: tuple[int, int] = (512, 512)
     """Load a V1 landmark folder (``{i}.pkl`` in ``image_size`` pixel coordinates) as a sequence."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise EchoMimicError(f"landmark folder not found: {folder}")
+        problem = not_file_text(folder, "landmark folder not found") or "is a file, not a folder"
+        raise EchoMimicError(f"{folder}: {problem.replace(', not a file', ', not a folder')}; give the folder of V1 .pkl "
+                             "landmark frames (0.pkl, 1.pkl, ...).")
     files = sorted(folder.glob("*.pkl"), key=_frame_number)
     if not files:
         raise EchoMimicError(f"{folder}: no .pkl landmark frames found (expected 0.pkl, 1.pkl, ...).")
