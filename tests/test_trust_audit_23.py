@@ -281,3 +281,42 @@ def test_a_landmark_folder_that_is_not_there_is_named_with_the_fix(tmp_path, kin
     want = {"missing": "landmark folder not found", "link": "is a link to moved", "file": "is a file, not a folder"}[kind]
     with pytest.raises(EchoMimicError, match=rf"lmks: {want}.*; give the folder of V1 \.pkl landmark frames"):
         load_pkl_folder(folder)
+
+
+def _landmark_json(path, **extra):
+    import json
+
+    doc = {"format": "echomimic-landmarks", "lmks": [[[0.5, 0.5, 0.0]]], "lmks3d": [[[0.0, 0.0, 0.0]]],
+           "trans_mat": [[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]], **extra}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("fps", ["x", [1], True, -2])
+def test_a_landmark_file_whose_frame_rate_is_no_number_is_a_clear_error(tmp_path, fps):
+    """``animate --landmarks lmks.json`` with ``"fps": "x"`` (or a list) in the file: load_sequence took it, and the
+    driver check's ``np.isfinite`` / ``>`` raised a TypeError traceback. Now refused when read, naming the value and
+    the fix, said once."""
+    from echomimic_lib.landmarks.io import load_driver_sequence, load_sequence
+
+    path = _landmark_json(tmp_path / "lmks.json", fps=fps)
+    with pytest.raises(EchoMimicError, match=r"frame rate \(fps\) .* is not a positive number"):
+        load_sequence(path)
+    with pytest.raises(EchoMimicError) as info:
+        load_driver_sequence(path)
+    assert str(info.value).count("echomimic landmarks VIDEO") == 1, info.value
+
+
+def test_a_landmark_file_whose_image_size_is_not_positive_is_refused(tmp_path):
+    """``"image_size": [-5, 0]`` was taken as the analysed frames' size (the drawing divides by it)."""
+    from echomimic_lib.landmarks.io import load_sequence
+
+    with pytest.raises(EchoMimicError, match=r"image_size \(-5, 0\) is not a width and height in pixels"):
+        load_sequence(_landmark_json(tmp_path / "lmks.json", image_size=[-5, 0]))
+
+
+def test_an_ordinary_landmark_json_still_loads(tmp_path):
+    from echomimic_lib.landmarks.io import load_driver_sequence
+
+    seq = load_driver_sequence(_landmark_json(tmp_path / "lmks.json", fps=25, image_size=[640, 480]))
+    assert seq.fps == 25 and seq.image_size == (640, 480) and len(seq) == 1

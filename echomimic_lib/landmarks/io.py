@@ -134,14 +134,22 @@ def load_sequence(path: str | Path) -> LandmarkSequence:
         raise EchoMimicError(f"{path}: not an '{FORMAT}' file (format={meta.get('format')!r}).")
     if "lmks" not in arrays:
         raise EchoMimicError(f"{path}: the file has no 'lmks' array.")
+    fps = meta.get("fps")  # (a text or a list reached animate's frame-rate check as a TypeError traceback)
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf")):
+        raise EchoMimicError(f"{path}: its frame rate (fps) {str(fps)[:40]!r} is not a positive number: not a landmark "
+                             "file written by this package; extract the landmarks again with `echomimic landmarks VIDEO "
+                             "-o FILE.npz`.")
     try:  # members of another kind under our names (text, a string array, a zip's other files): not our file
         if "valid" in arrays:
             arrays["valid"] = arrays["valid"].astype(bool)
         if "blendshapes" in arrays:
             arrays["blendshapes"] = arrays["blendshapes"].astype(np.float32)
-        return LandmarkSequence(image_size=tuple(meta.get("image_size", (512, 512))), policy=meta.get("policy", "fail"),
-                                fps=meta.get("fps"), blendshape_names=list(meta.get("blendshape_names", [])),
-                                stabilized=saved_stabilized(meta.get("stabilized"), path), **arrays)
+        seq = LandmarkSequence(image_size=tuple(meta.get("image_size", (512, 512))), policy=meta.get("policy", "fail"),
+                               fps=fps, blendshape_names=list(meta.get("blendshape_names", [])),
+                               stabilized=saved_stabilized(meta.get("stabilized"), path), **arrays)
+        if min(seq.image_size) < 1:  # (the drawing's canvas and the retargeting divide by it)
+            raise ValueError(f"image_size {seq.image_size} is not a width and height in pixels")
+        return seq
     except EchoMimicError:
         raise
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # (Overflow: an image_size of 1e999 as int)
@@ -161,7 +169,8 @@ def load_driver_sequence(path, flag: str = "--landmarks") -> LandmarkSequence:
         seq = load_sequence(path)
     except (EchoMimicError, TypeError, AttributeError, zipfile.BadZipFile) as exc:  # a JSON list, a damaged zip
         what = exc if isinstance(exc, EchoMimicError) else f"{path}: not a landmark file written by this package ({exc})."
-        raise EchoMimicError(f"{flag}: {what} Write one with `echomimic landmarks VIDEO -o {Path(path).name}`.") from None
+        fix = "" if "`echomimic landmarks" in str(what) else f" Write one with `echomimic landmarks VIDEO -o {Path(path).name}`."
+        raise EchoMimicError(f"{flag}: {what}{fix}") from None  # (one fix, not the reader's and then this one)
     if len(seq) == 0:
         raise EchoMimicError(f"{flag} {path}: the landmark file has no frames; extract it again from a driving video.")
     if seq.lmks3d is None or seq.trans_mat is None:
