@@ -40,6 +40,7 @@ from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVI
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped,  # noqa: F401
                             accepted_with_errors, explain, html_page, in_queue, job_label, lost, not_queued, outcome,
                             queue_place, saved_files, say_about, still_open)
+from .queue_watch import QueueWatch
 from .queue_state import QueueState, default_path, fingerprint, plan_mark  # noqa: F401
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -231,7 +232,8 @@ def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None
     return pid
 
 
-QUEUE_CHECK_S = 10.0  # while a prompt is not in /history: how often /queue is asked whether the server still has it
+QUEUE_CHECK_S = 10.0  # while a prompt is not in /history: how often the server is asked whether it still has it
+QUEUE_FULL_S = 120.0  # ... the whole /queue at most this often while GET /prompt's count stays the same (queue_watch)
 
 
 def _history(server: str, prompt_id: str, timeout: float | None):
@@ -296,16 +298,12 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
              on_wait=None) -> dict:
     """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``). ``on_wait(place)``:
     called before each pause while it is not finished, ``place`` what /queue last said of it (``running``, ``queued,
-    3 prompt(s) before it``; None: not said), for a line now and then (:meth:`.queue_progress.Progress.waiting`)."""
-    end, check, places = time.monotonic() + timeout, 0.0, [None]
+    3 prompt(s) before it``; None: not said), for a line now and then (:meth:`.queue_progress.Progress.waiting`).
+    Whether the server still has it (a restart loses it) is asked cheaply every QUEUE_CHECK_S (:class:`.QueueWatch`)."""
+    end, watch = time.monotonic() + timeout, watcher(server, request_timeout)
     while time.monotonic() < end:
         entry = _poll_history(server, prompt_id, request_timeout)
-        if entry is None and time.monotonic() >= check:  # /queue holds every queued workflow: asked every 10 s at most
-            check = time.monotonic() + QUEUE_CHECK_S
-            queued = _queued(server, prompt_id, request_timeout, places)
-        else:
-            queued = None
-        if queued is False:
+        if entry is None and watch.look() and watch.holds(prompt_id) is False:
             entry = _poll_history(server, prompt_id, request_timeout)  # (it may have finished between the two questions)
             if entry is None:  # neither queued nor done: a restarted server lost it; waiting would take the whole hour
                 raise lost(server, prompt_id)
@@ -317,9 +315,15 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
                 raise PromptFailed(f"prompt {prompt_id} failed: {failure}")
             return entry
         if on_wait is not None:
-            on_wait(places[-1])
+            on_wait(watch.place(prompt_id))
         time.sleep(poll)
     raise QueueError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.")
+
+
+def watcher(server: str, timeout: float | None) -> QueueWatch:
+    """A :class:`.QueueWatch` of ``server`` asking with this module's :func:`_request` (looked up when asked)."""
+    return QueueWatch(server, lambda url, timeout=None: _request(url, timeout=timeout), timeout, QUEUE_CHECK_S,
+                      QUEUE_FULL_S)
 
 
 def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,

@@ -1,0 +1,144 @@
+"""``echomimic queue``, round 12: while a long render runs, whether the server still holds the prompt (a restart loses
+it) is asked with GET /prompt's ``queue_remaining`` (a few bytes) every ``QUEUE_CHECK_S``; the whole GET /queue (every
+queued workflow in full) only when that count changes or every ``QUEUE_FULL_S``. A restart (the prompt gone) is still
+found, and a /queue too large to read is said once, never passed over quietly."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from echomimic_lib.jobs import queue_client as qc
+from tests._http_stub import JsonHandler, start
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """time.sleep advances a clock that time.monotonic reads (a wait of minutes takes none)."""
+    real, ahead = time.monotonic, [0.0]
+
+    def sleep(s):
+        ahead[0] += s
+
+    monkeypatch.setattr(time, "monotonic", lambda: real() + ahead[0])
+    monkeypatch.setattr(time, "sleep", sleep)
+    return ahead
+
+
+def _server(state):
+    """A stand-in ComfyUI rendering ``p1`` until ``state["done_after"]`` /history questions; ``state["restart_at"]``:
+    the /history question from which it has lost everything (a restart); ``state["gets"]``: every path asked."""
+    class Handler(JsonHandler):
+        def do_GET(self):
+            state["gets"].append(self.path)
+            asked = sum(p.startswith("/history/") for p in state["gets"])
+            gone = state.get("restart_at") is not None and asked >= state["restart_at"]
+            running = [] if gone else [[0, "p1", {}, {}, []]]
+            if self.path == "/prompt":
+                return self._reply(200, {"exec_info": {"queue_remaining": len(running)}})
+            if self.path == "/queue":
+                if state.get("huge"):
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(qc.MAX_REPLY_BYTES + 1))
+                    self.end_headers()
+                    return None
+                return self._reply(200, {"queue_running": running, "queue_pending": []})
+            if self.path == "/history/p1":
+                if not gone and asked >= state["done_after"]:
+                    return self._reply(200, {"p1": {"status": {"status_str": "success"}, "outputs": {}}})
+                return self._reply(200, {})
+            return self._reply(404, {})
+    url, stop = start(Handler)
+    return url, stop
+
+
+@pytest.fixture
+def comfy():
+    made = []
+
+    def make(**how):
+        state = {"gets": [], "done_after": 10**9, **how}
+        url, stop = _server(state)
+        made.append(stop)
+        return url, state
+
+    yield make
+    for stop in made:
+        stop()
+
+
+def test_a_long_render_asks_the_whole_queue_rarely(comfy, clock):
+    url, state = comfy(done_after=300)  # ~10 minutes of 2 s polls
+    assert qc.wait_for(url, "p1", timeout=3600, poll=2.0)["status"]["status_str"] == "success"
+    full = state["gets"].count("/queue")
+    # before: every QUEUE_CHECK_S (10 s) -> ~60 whole /queue answers in 10 minutes; now at most one each QUEUE_FULL_S
+    assert full < 600 / qc.QUEUE_CHECK_S / 4, full
+    assert state["gets"].count("/prompt") >= 600 / qc.QUEUE_CHECK_S - 2  # (the cheap count is what is asked)
+
+
+def test_a_restart_during_a_long_render_is_still_found(comfy, clock):
+    url, state = comfy(restart_at=100)
+    with pytest.raises(qc.PromptFailed, match="restarted"):
+        qc.wait_for(url, "p1", timeout=3600, poll=2.0)
+    asked = sum(p.startswith("/history/") for p in state["gets"])
+    assert asked <= 100 + qc.QUEUE_CHECK_S / 2 + 2  # found at the next cheap check, not at the timeout
+
+
+def test_a_queue_too_large_to_read_is_said_not_passed_over(comfy, clock, capsys):
+    url, state = comfy(huge=True, restart_at=100)
+    with pytest.raises(qc.PromptFailed, match="restarted"):  # (the count still finds the restart)
+        qc.wait_for(url, "p1", timeout=3600, poll=2.0)
+    err = capsys.readouterr().err
+    assert err.count("/queue") == 1 and "larger than 64 MiB" in err and "GET /prompt" in err, err
+
+
+# ------------------------------------------------------------------------------------- several servers: the same look
+from tests.test_batch_hunt_5 import _comfy_handler, _queue, media  # noqa: E402,F401  (fixtures)
+from tests.test_queue_state_5 import _records, servers  # noqa: E402,F401  (fixtures)
+
+
+def _slow(renders: int, restart_at: int | None = None):
+    """The stand-in where each prompt renders for ``renders`` /history questions (queued until then); from the
+    ``restart_at``-th /history question on, the prompts sent so far are gone (a restart)."""
+
+    def handler(state):
+        base = _comfy_handler(state)
+        state["gets"], state["asked"], state["gone"] = [], {}, set()
+
+        class Slow(base):
+            def do_GET(self):
+                state["gets"].append(self.path)
+                histories = sum(p.startswith("/history/") for p in state["gets"])
+                if restart_at is not None and histories == restart_at:
+                    state["gone"].update(state["prompts"])
+                live = [p for p in state["prompts"] if p not in state["gone"] and state["asked"].get(p, 0) < renders]
+                if self.path in ("/queue", "/prompt"):
+                    items = [[n, pid, {}, {}, []] for n, pid in enumerate(live)]
+                    if self.path == "/prompt":
+                        return self._reply(200, {"exec_info": {"queue_remaining": len(items)}})
+                    return self._reply(200, {"queue_running": items[:1], "queue_pending": items[1:]})
+                pid = self.path.rsplit("/", 1)[-1]
+                state["asked"][pid] = state["asked"].get(pid, 0) + 1
+                if pid in state["gone"] or pid in live:
+                    return self._reply(200, {})
+                return super().do_GET()
+
+        return Slow
+
+    return handler
+
+
+def test_several_servers_ask_the_whole_queue_rarely(servers, media, tmp_path, clock):
+    a_url, a, _ = servers(handler=_slow(300))
+    b_url, b, _ = servers(handler=_slow(300))
+    assert _queue(a_url, media, "--server", b_url, "--results", str(tmp_path / "r")) == 0
+    assert all(r["status"] == "ok" for r in _records(tmp_path / "r"))
+    for state in (a, b):  # ~10 minutes each: before, a whole /queue every QUEUE_CHECK_S (~60)
+        assert state["gets"].count("/queue") < 600 / qc.QUEUE_CHECK_S / 4, state["gets"].count("/queue")
+
+
+def test_several_servers_still_find_a_restart(servers, media, tmp_path, clock, caplog):
+    a_url, a, _ = servers(handler=_slow(300, restart_at=100))
+    b_url, b, _ = servers(handler=_slow(300, restart_at=100))
+    assert _queue(a_url, media, "--server", b_url, "--results", str(tmp_path / "r")) == 0
+    assert "restarted" in caplog.text and len(a["prompts"]) + len(b["prompts"]) > 2  # found, and queued again
