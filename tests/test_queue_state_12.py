@@ -142,3 +142,19 @@ def test_several_servers_still_find_a_restart(servers, media, tmp_path, clock, c
     b_url, b, _ = servers(handler=_slow(300, restart_at=100))
     assert _queue(a_url, media, "--server", b_url, "--results", str(tmp_path / "r")) == 0
     assert "restarted" in caplog.text and len(a["prompts"]) + len(b["prompts"]) > 2  # found, and queued again
+
+
+def test_resume_asks_the_whole_queue_once_for_all_its_jobs(servers, media, tmp_path, clock):
+    url, state, _ = servers(handler=_slow(3))
+    assert _queue(url, media) == 0 and state["prompts"] == ["p1", "p2"]  # queued, not waited for
+    state["gets"].clear()
+    assert _queue(url, media, "--resume") == 0 and state["prompts"] == ["p1", "p2"]  # both still there: waited for
+    # before: a whole /queue for each job found (p1, p2) and again as each wait began (4); now one look serves all
+    assert state["gets"].count("/queue") <= 2, state["gets"]
+
+
+def test_resume_still_finds_prompts_a_restart_lost(servers, media, tmp_path, clock):
+    url, state, _ = servers(handler=_slow(3))
+    assert _queue(url, media) == 0
+    state["gone"].update(state["prompts"])
+    assert _queue(url, media, "--resume") == 0 and state["prompts"] == ["p1", "p2", "p3", "p4"]  # queued again

@@ -295,12 +295,13 @@ def _queued(server: str, prompt_id: str, timeout: float | None, places: list | N
 
 
 def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None,
-             on_wait=None) -> dict:
+             on_wait=None, watch: QueueWatch | None = None) -> dict:
     """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``). ``on_wait(place)``:
     called before each pause while it is not finished, ``place`` what /queue last said of it (``running``, ``queued,
     3 prompt(s) before it``; None: not said), for a line now and then (:meth:`.queue_progress.Progress.waiting`).
-    Whether the server still has it (a restart loses it) is asked cheaply every QUEUE_CHECK_S (:class:`.QueueWatch`)."""
-    end, watch = time.monotonic() + timeout, watcher(server, request_timeout)
+    Whether the server still has it (a restart loses it) is asked cheaply every QUEUE_CHECK_S (``watch``, a
+    :class:`.QueueWatch` of ``server`` shared by a run's waits: :func:`watcher`; a new one when not given)."""
+    end, watch = time.monotonic() + timeout, watch or watcher(server, request_timeout)
     while time.monotonic() < end:
         entry = _poll_history(server, prompt_id, request_timeout)
         if entry is None and watch.look() and watch.holds(prompt_id) is False:
@@ -335,10 +336,16 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
                                   prefix, videos, timeout, resume, state, retry_failed, attempts, quiet)
 
 
-def _still_there(server: str, prompt_id: str, timeout: float | None) -> bool:
-    """Whether ``server`` has ``prompt_id`` finished or queued (not lost in a restart; an unclear /queue: waited for;
-    a question that fails in passing: asked again, :func:`_poll_history`)."""
-    return _poll_history(server, prompt_id, timeout) is not None or _queued(server, prompt_id, timeout) is not False
+def _still_there(server: str, prompt_id: str, timeout: float | None, watch: QueueWatch | None = None) -> bool:
+    """Whether ``server`` has ``prompt_id`` finished or queued (not lost in a restart; an unclear queue: waited for;
+    a question that fails in passing: asked again, :func:`_poll_history`). ``watch``: a :class:`.QueueWatch` shared by
+    the jobs of a ``--resume`` (its last look serves them all: a prompt of an earlier run not queued then and not in
+    /history asked after it is lost), so a long queue is not fetched whole for each job."""
+    if _poll_history(server, prompt_id, timeout) is not None:
+        return True
+    watch = watch or watcher(server, timeout)
+    watch.look()
+    return watch.holds(prompt_id) is not False
 
 
 build_parser = queue_cli.build_parser

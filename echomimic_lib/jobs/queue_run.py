@@ -34,6 +34,7 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
     check_seed_input(template, seed, workflow)
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
     client_id, wait, marks, sending = uuid.uuid4().hex, wait or resume, {}, None
+    watch = None if dry_run else client.watcher(server, timeout)  # the server's queue, asked cheaply (queue_watch)
     # every job's prompt with the local names: a workflow that cannot take them is refused before any upload
     plans = {} if dry_run else {j.prefix: plan_mark(template, j, seed, driving) for j in jobs}
     book = None if dry_run else QueueState(state if state is not None else default_path(portraits, videos))
@@ -56,7 +57,8 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             if not dry_run:
                 marks[job.prefix] = mark = fingerprint(prompt)
                 plan = plans[job.prefix]
-                kept, failure, retry = (_resumed(client, book, server, job, mark, plan, retry_failed, attempts, timeout)
+                kept, failure, retry = (_resumed(client, book, server, job, mark, plan, retry_failed, attempts, timeout,
+                                                 watch)
                                         if resume else (None, None, 0))
                 if kept is not None:  # its earlier prompt: waited for, listed, or (it failed before) reported
                     result.update({k: kept[k] for k in ("prompt_id", "files") if k in kept}, resumed=True)
@@ -81,7 +83,8 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             since, label = progress.clock(), job_label(result)
             try:  # (a long job: "still waiting for ..." now and then)
                 entry = client.wait_for(server, result["prompt_id"], request_timeout=timeout,
-                                        on_wait=lambda place, job=label, t=since: progress.waiting(job, server, t, place))
+                                        on_wait=lambda place, job=label, t=since: progress.waiting(job, server, t, place),
+                                        watch=watch)
                 result["files"] = saved_files(entry)
                 book.record(server, result["prefix"], marks[result["prefix"]], result["prompt_id"], result["files"],
                             plan=plans[result["prefix"]])
@@ -157,7 +160,7 @@ def _unreachable(cause: QueueError, server: str, done: list[dict], left: list, t
 
 
 def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, retry_failed: bool, attempts: int,
-             timeout: float) -> tuple[dict | None, str | None, int]:
+             timeout: float, watch=None) -> tuple[dict | None, str | None, int]:
     """What ``--resume`` does with this job: (record, None, 0) its earlier prompt is waited for or its files listed;
     (record, why, 0) it failed before and is reported so (:func:`failed_before`); (None, None, attempt) it is queued
     (again; ``attempt``: its count under ``--retry-failed``, 0: as the state says). A record on another server (an
@@ -181,7 +184,7 @@ def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, r
                                            lambda: client._poll_history(server, rec["prompt_id"], timeout))
     if retry:
         return None, None, retry
-    if "files" in rec or client._still_there(server, rec["prompt_id"], timeout):
+    if "files" in rec or client._still_there(server, rec["prompt_id"], timeout, watch):
         return rec, None, 0
     if rec.get("failed"):  # the server lost it since (restarted): it failed all the same
         return rec, failed_text(server, rec), 0

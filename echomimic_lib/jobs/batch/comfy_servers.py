@@ -82,13 +82,17 @@ class _Server:
         two is found by the /history asked again, :func:`queue_spread`) says the server no longer holds it."""
         if self.alive and not self._asked:
             self._asked = True
-            if self.watch is None:
-                self.watch = self.client.watcher(self.url, self.poll_timeout)
             try:
-                self._fresh = self.watch.look()
+                self._fresh = self.watched().look()
             except QueueError:
                 self._fresh = False  # a server that stopped answering is found by its /history call
         return self._fresh and self.watch.holds(prompt_id) is False
+
+    def watched(self):
+        """The server's :class:`..queue_watch.QueueWatch` (its queue asked cheaply; one for the whole run)."""
+        if self.watch is None:
+            self.watch = self.client.watcher(self.url, self.poll_timeout)
+        return self.watch
 
     def place(self, prompt_id: str):
         """Where the server's /queue last had ``prompt_id`` (None: not asked yet)."""
@@ -396,7 +400,7 @@ def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
             mark = client.fingerprint(_prompt_for(job, server, template, seed, drive))
             if mark != rec.get("fingerprint"):
                 return None, None  # another workflow, seed or file: a new prompt
-            if "files" in rec or _safe(client._still_there, url, pid, server.poll_timeout):
+            if "files" in rec or _safe(client._still_there, url, pid, server.poll_timeout, server.watched()):
                 return (server, rec, mark), None
             return None, (url, rec, None)  # lost in a restart
     except QueueError as exc:
