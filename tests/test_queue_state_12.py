@@ -158,3 +158,13 @@ def test_resume_still_finds_prompts_a_restart_lost(servers, media, tmp_path, clo
     assert _queue(url, media) == 0
     state["gone"].update(state["prompts"])
     assert _queue(url, media, "--resume") == 0 and state["prompts"] == ["p1", "p2", "p3", "p4"]  # queued again
+
+
+def test_a_deadline_is_a_context_manager_as_its_docstring_says():
+    from echomimic_lib.jobs.queue_deadline import Deadline
+
+    with Deadline(30) as deadline:  # (before: __enter__ / __exit__ were dead code inside _stop_signals_held)
+        deadline.start()
+        timer = deadline._timer
+        assert timer.is_alive()
+    assert not timer.is_alive() and not deadline.expired
