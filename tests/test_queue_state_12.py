@@ -168,3 +168,31 @@ def test_a_deadline_is_a_context_manager_as_its_docstring_says():
         timer = deadline._timer
         assert timer.is_alive()
     assert not timer.is_alive() and not deadline.expired
+
+
+# ------------------------------------------------------------------------------- a server behind a login
+def test_a_server_asking_for_a_login_says_so_and_the_fix(comfy):
+    class Login(JsonHandler):
+        def do_GET(self):
+            body = b"<html><title>401 Authorization Required</title></html>"
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="comfy"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    url, stop = start(Login)
+    try:
+        with pytest.raises(qc.QueueError) as info:
+            qc._request(f"{url}/prompt")
+    finally:
+        stop()
+    msg = str(info.value)
+    assert "HTTP 401" in msg and "login" in msg and "--server" in msg and "ssh -L" in msg, msg
+
+
+def test_a_password_in_server_is_refused_and_never_shown():
+    with pytest.raises(qc.QueueError) as info:
+        qc.check_server("http://bob:s3cret@127.0.0.1:8188")
+    msg = str(info.value)
+    assert "s3cret" not in msg and "user name" in msg and "ssh -L" in msg and "--server" in msg, msg

@@ -55,8 +55,25 @@ def check_server(server: str) -> str:
     except ValueError:  # (an IPv6 bracket left open: urllib's own error)
         parts = urllib.parse.SplitResult("", "", "", "", "")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise QueueError(f"--server {server!r} is not a ComfyUI address; give a URL like {DEFAULT_SERVER}.")
+        raise QueueError(f"--server {_masked(server)!r} is not a ComfyUI address; give a URL like {DEFAULT_SERVER}.")
+    if "@" in parts.netloc:  # (urllib would look up "bob:pw@host" as a host name; the URL is kept in the state file)
+        raise QueueError(f"--server {_masked(server)!r} gives a user name (user:password@): this client sends no "
+                         f"login, and --server is written into the state file and its messages; give ComfyUI's own "
+                         f"address (a remote one through an SSH tunnel: ssh -L 8188:127.0.0.1:8188 HOST, then --server "
+                         f"{DEFAULT_SERVER}).")
     return str(server).strip().rstrip("/")
+
+
+def _masked(server) -> str:
+    """``server`` with what comes before an ``@`` in its address (a user name and password) left out."""
+    head, sep, rest = str(server).strip().partition("://")
+    netloc, slash, path = rest.partition("/")
+    return f"{head}{sep}***@{netloc.rpartition('@')[2]}{slash}{path}" if "@" in netloc else str(server).strip()
+
+
+LOGIN = ("the server asks for a login (a proxy or an auth extension in front of ComfyUI; this client sends none): give "
+         "--server ComfyUI's own address, e.g. through an SSH tunnel: ssh -L 8188:127.0.0.1:8188 HOST, then --server "
+         f"{DEFAULT_SERVER}")
 
 
 def _request(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float | None = None) -> dict:
@@ -81,7 +98,8 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
                              "ComfyUI's own address.")
             err.code, err.retry_after = exc.code, None
             raise err from None
-        err = QueueError(f"{url}: HTTP {exc.code}: {explain(body) or exc.reason}")
+        why = f"{explain(body) or exc.reason}" + (f"; {LOGIN}" if exc.code in (401, 407) else "")
+        err = QueueError(f"{url}: HTTP {exc.code}: {why}")
         err.code, err.retry_after = exc.code, (exc.headers or {}).get("Retry-After")
         raise err from None
     except (OSError, http.client.HTTPException, ValueError) as exc:  # unreachable, silent, dropped, a malformed answer
