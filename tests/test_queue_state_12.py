@@ -196,3 +196,20 @@ def test_a_password_in_server_is_refused_and_never_shown():
         qc.check_server("http://bob:s3cret@127.0.0.1:8188")
     msg = str(info.value)
     assert "s3cret" not in msg and "user name" in msg and "ssh -L" in msg and "--server" in msg, msg
+
+
+def test_one_failed_count_does_not_turn_the_cheap_look_off(comfy, clock, monkeypatch):
+    url, state = comfy(done_after=300)
+    real, failed = qc._request, []
+
+    def flaky(u, *a, **k):  # (a proxy's 502 on the first GET /prompt)
+        if u.endswith("/prompt") and not failed:
+            failed.append(u)
+            err = qc.QueueError(f"{u}: HTTP 502: Bad Gateway")
+            err.code, err.retry_after = 502, None
+            raise err
+        return real(u, *a, **k)
+
+    monkeypatch.setattr(qc, "_request", flaky)
+    qc.wait_for(url, "p1", timeout=3600, poll=2.0)
+    assert failed and state["gets"].count("/queue") < 600 / qc.QUEUE_CHECK_S / 4, state["gets"].count("/queue")

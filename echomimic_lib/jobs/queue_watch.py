@@ -16,6 +16,7 @@ from ..errors import printable
 from .queue_replies import QueueError, in_queue, queue_place
 
 EMPTY = {"queue_running": [], "queue_pending": []}
+PASSING = (429, 502, 503, 504)  # a busy server's or its proxy's answers that pass (as queue_client.passing)
 
 
 class QueueWatch:
@@ -64,6 +65,8 @@ class QueueWatch:
         except QueueError as exc:
             if "cannot reach" in str(exc):
                 raise
+            if getattr(exc, "code", None) in PASSING or getattr(exc, "no_answer", False) or getattr(exc, "broken", False):
+                return None  # (in passing: a proxy's 502, no answer in time; the count is asked again at the next look)
             said = None
         left = said.get("queue_remaining") if isinstance(said, dict) else None
         if isinstance(left, int) and not isinstance(left, bool) and left >= 0:
