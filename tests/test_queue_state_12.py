@@ -213,3 +213,24 @@ def test_one_failed_count_does_not_turn_the_cheap_look_off(comfy, clock, monkeyp
     monkeypatch.setattr(qc, "_request", flaky)
     qc.wait_for(url, "p1", timeout=3600, poll=2.0)
     assert failed and state["gets"].count("/queue") < 600 / qc.QUEUE_CHECK_S / 4, state["gets"].count("/queue")
+
+
+# ------------------------------------------------------------------------------- --resume after the workflow changed
+def test_resume_with_a_changed_job_names_the_earlier_prompt_still_queued(servers, media, tmp_path, clock, capsys):
+    url, state, _ = servers(handler=_slow(3))
+    more: list = []
+    assert _queue(url, media, *more, "--seed", "1") == 0
+    earlier = list(state["prompts"])
+    capsys.readouterr()
+    assert _queue(url, media, *more, "--resume", "--seed", "2") == 0  # another seed: every job changed, queued again
+    err = capsys.readouterr().err
+    for pid in earlier:  # (it renders on: the old prompt's time is spent for nothing unless it is cancelled)
+        assert f"its prompt {pid}" in err and "changed" in err and '"delete"' in err, err
+
+
+def test_resume_with_a_changed_job_says_nothing_of_a_prompt_that_finished(servers, media, tmp_path, clock, capsys):
+    url, state, _ = servers(handler=_slow(3))
+    assert _queue(url, media, "--seed", "1", "--wait") == 0
+    capsys.readouterr()
+    assert _queue(url, media, "--resume", "--seed", "2") == 0 and len(state["prompts"]) == 4
+    assert "renders on" not in capsys.readouterr().err

@@ -4,13 +4,16 @@ queue state (:mod:`.queue_state`) and, with ``--wait`` / ``--resume``, wait for 
 imported back)."""
 from __future__ import annotations
 
+import json
+import shlex
 import uuid
 from pathlib import Path
 
 from .queue_plan import DEFAULT_SERVER, build_prompt, check_seed_input, load_workflow, plan_jobs
-from .queue_replies import (PromptFailed, QueueError, QueueInterrupted, QueueStopped, job_label, not_queued, say_about,
+from .queue_replies import (PromptFailed, in_queue, QueueError, QueueInterrupted, QueueStopped, job_label, not_queued, say_about,
                             saved_files, still_open)
 from .queue_progress import Progress
+from .queue_watch import EMPTY
 from .queue_state import QueueState, default_path, fingerprint, plan_mark, same_plan
 
 
@@ -179,7 +182,8 @@ def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, r
                            f"again on {server}.")
         return (rec if failure is not None else None), failure, retry
     if rec.get("fingerprint") != mark or not same_plan(rec, plan):  # (an input replaced under its name: the server
-        return None, None, 0                                            # may give it its old name back)
+        say_changed(client, job, server, rec, timeout, watch)           # may give it its old name back)
+        return None, None, 0
     retry = retry_failed and retry_attempt(client, job, server, rec, attempts,
                                            lambda: client._poll_history(server, rec["prompt_id"], timeout))
     if retry:
@@ -189,6 +193,26 @@ def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, r
     if rec.get("failed"):  # the server lost it since (restarted): it failed all the same
         return rec, failed_text(server, rec), 0
     return None, None, 0  # lost in a restart: queued again
+
+
+def say_changed(client, job, server: str, rec: dict, timeout, watch) -> None:
+    """A line when ``--resume`` queues a changed job again while its earlier prompt is still queued or running on
+    ``server`` (in its /queue, asked first, and not in its /history, asked after): that render goes on, its time spent
+    for nothing unless it is cancelled, so the line says how. Nothing when that cannot be told (no answer)."""
+    pid = rec["prompt_id"]
+    if "files" in rec or rec.get("failed"):
+        return
+    try:
+        watch = watch or client.watcher(server, timeout)
+        watch.look()
+        if watch.queue is EMPTY or watch.last is None or not in_queue(watch.last, pid) or client._history(server, pid, timeout) is not None:
+            return
+    except QueueError:
+        return
+    body = shlex.quote(json.dumps({"delete": [pid]}))
+    say_about(job, f"changed (workflow, seed or an input) since its prompt {pid} was queued on {server}, which still "
+                   f"holds it: queued again. The earlier prompt renders on unless cancelled: curl -X POST {server}/queue "
+                   f"-H 'Content-Type: application/json' -d {body} (and POST {server}/interrupt if it is running).")
 
 
 def failed_text(server: str, rec: dict) -> str:
