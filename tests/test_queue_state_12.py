@@ -234,3 +234,14 @@ def test_resume_with_a_changed_job_says_nothing_of_a_prompt_that_finished(server
     capsys.readouterr()
     assert _queue(url, media, "--resume", "--seed", "2") == 0 and len(state["prompts"]) == 4
     assert "renders on" not in capsys.readouterr().err
+
+
+def test_several_servers_resume_with_a_changed_job_names_the_earlier_prompt(servers, media, tmp_path, clock, capsys):
+    url, state, _ = servers(handler=_slow(10**9))  # (never done: the first run ends at its hour, the prompts queued)
+    other, _, _ = servers(handler=_slow(10**9))
+    more = ["--server", other, "--results", str(tmp_path / "r")]
+    assert _queue(url, media, *more, "--seed", "1") == 1
+    capsys.readouterr()
+    _queue(url, media, *more, "--resume", "--seed", "2")
+    err = capsys.readouterr().err
+    assert err.count("renders on unless cancelled") == 2 and '"delete"' in err, err

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...errors import EchoMimicError as QueueError  # the client's QueueError is one
 from ..queue_plan import check_seed_input
 from ..queue_progress import Progress
-from ..queue_run import failed_before, finished_before
+from ..queue_run import failed_before, finished_before, say_changed
 from ..queue_state import same_plan
 from .results import ResultsFile, read_results
 
@@ -398,7 +398,8 @@ def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
     try:
         if server.alive:
             mark = client.fingerprint(_prompt_for(job, server, template, seed, drive))
-            if mark != rec.get("fingerprint"):
+            if mark != rec.get("fingerprint") or not same_plan(rec, client.plan_mark(template, job, seed, drive)):
+                say_changed(client, job, url, rec, server.poll_timeout, server.watched())  # (still there: said)
                 return None, None  # another workflow, seed or file: a new prompt
             if "files" in rec or _safe(client._still_there, url, pid, server.poll_timeout, server.watched()):
                 return (server, rec, mark), None
