@@ -40,6 +40,7 @@ from .queue_plan import (AUDIO_EXT, DEFAULT_SERVER, IMAGE_EXT, LABEL_BYTES, SAVI
 from .queue_replies import (CANCELLED, PromptFailed, QueueError, QueueInterrupted, QueueStopped,  # noqa: F401
                             accepted_with_errors, explain, html_page, in_queue, job_label, lost, not_queued, outcome,
                             queue_place, saved_files, say_about, still_open)
+from .queue_watch import QueueWatch
 from .queue_state import QueueState, default_path, fingerprint, plan_mark  # noqa: F401
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -54,8 +55,25 @@ def check_server(server: str) -> str:
     except ValueError:  # (an IPv6 bracket left open: urllib's own error)
         parts = urllib.parse.SplitResult("", "", "", "", "")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise QueueError(f"--server {server!r} is not a ComfyUI address; give a URL like {DEFAULT_SERVER}.")
+        raise QueueError(f"--server {_masked(server)!r} is not a ComfyUI address; give a URL like {DEFAULT_SERVER}.")
+    if "@" in parts.netloc:  # (urllib would look up "bob:pw@host" as a host name; the URL is kept in the state file)
+        raise QueueError(f"--server {_masked(server)!r} gives a user name (user:password@): this client sends no "
+                         f"login, and --server is written into the state file and its messages; give ComfyUI's own "
+                         f"address (a remote one through an SSH tunnel: ssh -L 8188:127.0.0.1:8188 HOST, then --server "
+                         f"{DEFAULT_SERVER}).")
     return str(server).strip().rstrip("/")
+
+
+def _masked(server) -> str:
+    """``server`` with what comes before an ``@`` in its address (a user name and password) left out."""
+    head, sep, rest = str(server).strip().partition("://")
+    netloc, slash, path = rest.partition("/")
+    return f"{head}{sep}***@{netloc.rpartition('@')[2]}{slash}{path}" if "@" in netloc else str(server).strip()
+
+
+LOGIN = ("the server asks for a login (a proxy or an auth extension in front of ComfyUI; this client sends none): give "
+         "--server ComfyUI's own address, e.g. through an SSH tunnel: ssh -L 8188:127.0.0.1:8188 HOST, then --server "
+         f"{DEFAULT_SERVER}")
 
 
 def _request(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float | None = None) -> dict:
@@ -80,7 +98,8 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None, t
                              "ComfyUI's own address.")
             err.code, err.retry_after = exc.code, None
             raise err from None
-        err = QueueError(f"{url}: HTTP {exc.code}: {explain(body) or exc.reason}")
+        why = f"{explain(body) or exc.reason}" + (f"; {LOGIN}" if exc.code in (401, 407) else "")
+        err = QueueError(f"{url}: HTTP {exc.code}: {why}")
         err.code, err.retry_after = exc.code, (exc.headers or {}).get("Retry-After")
         raise err from None
     except (OSError, http.client.HTTPException, ValueError) as exc:  # unreachable, silent, dropped, a malformed answer
@@ -231,7 +250,8 @@ def post_prompt(server: str, prompt: dict, client_id: str, timeout: float | None
     return pid
 
 
-QUEUE_CHECK_S = 10.0  # while a prompt is not in /history: how often /queue is asked whether the server still has it
+QUEUE_CHECK_S = 10.0  # while a prompt is not in /history: how often the server is asked whether it still has it
+QUEUE_FULL_S = 120.0  # ... the whole /queue at most this often while GET /prompt's count stays the same (queue_watch)
 
 
 def _history(server: str, prompt_id: str, timeout: float | None):
@@ -293,19 +313,16 @@ def _queued(server: str, prompt_id: str, timeout: float | None, places: list | N
 
 
 def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float = 2.0, request_timeout: float | None = None,
-             on_wait=None) -> dict:
+             on_wait=None, watch: QueueWatch | None = None) -> dict:
     """The /history entry of a finished prompt (raises if it failed or takes longer than ``timeout``). ``on_wait(place)``:
     called before each pause while it is not finished, ``place`` what /queue last said of it (``running``, ``queued,
-    3 prompt(s) before it``; None: not said), for a line now and then (:meth:`.queue_progress.Progress.waiting`)."""
-    end, check, places = time.monotonic() + timeout, 0.0, [None]
+    3 prompt(s) before it``; None: not said), for a line now and then (:meth:`.queue_progress.Progress.waiting`).
+    Whether the server still has it (a restart loses it) is asked cheaply every QUEUE_CHECK_S (``watch``, a
+    :class:`.QueueWatch` of ``server`` shared by a run's waits: :func:`watcher`; a new one when not given)."""
+    end, watch = time.monotonic() + timeout, watch or watcher(server, request_timeout)
     while time.monotonic() < end:
         entry = _poll_history(server, prompt_id, request_timeout)
-        if entry is None and time.monotonic() >= check:  # /queue holds every queued workflow: asked every 10 s at most
-            check = time.monotonic() + QUEUE_CHECK_S
-            queued = _queued(server, prompt_id, request_timeout, places)
-        else:
-            queued = None
-        if queued is False:
+        if entry is None and watch.look() and watch.holds(prompt_id) is False:
             entry = _poll_history(server, prompt_id, request_timeout)  # (it may have finished between the two questions)
             if entry is None:  # neither queued nor done: a restarted server lost it; waiting would take the whole hour
                 raise lost(server, prompt_id)
@@ -317,9 +334,15 @@ def wait_for(server: str, prompt_id: str, timeout: float = 3600.0, poll: float =
                 raise PromptFailed(f"prompt {prompt_id} failed: {failure}")
             return entry
         if on_wait is not None:
-            on_wait(places[-1])
+            on_wait(watch.place(prompt_id))
         time.sleep(poll)
     raise QueueError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.")
+
+
+def watcher(server: str, timeout: float | None) -> QueueWatch:
+    """A :class:`.QueueWatch` of ``server`` asking with this module's :func:`_request` (looked up when asked)."""
+    return QueueWatch(server, lambda url, timeout=None: _request(url, timeout=timeout), timeout, QUEUE_CHECK_S,
+                      QUEUE_FULL_S)
 
 
 def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed: int | None = None,
@@ -331,10 +354,16 @@ def queue_folder(workflow, portraits, audios, server: str = DEFAULT_SERVER, seed
                                   prefix, videos, timeout, resume, state, retry_failed, attempts, quiet)
 
 
-def _still_there(server: str, prompt_id: str, timeout: float | None) -> bool:
-    """Whether ``server`` has ``prompt_id`` finished or queued (not lost in a restart; an unclear /queue: waited for;
-    a question that fails in passing: asked again, :func:`_poll_history`)."""
-    return _poll_history(server, prompt_id, timeout) is not None or _queued(server, prompt_id, timeout) is not False
+def _still_there(server: str, prompt_id: str, timeout: float | None, watch: QueueWatch | None = None) -> bool:
+    """Whether ``server`` has ``prompt_id`` finished or queued (not lost in a restart; an unclear queue: waited for;
+    a question that fails in passing: asked again, :func:`_poll_history`). ``watch``: a :class:`.QueueWatch` shared by
+    the jobs of a ``--resume`` (its last look serves them all: a prompt of an earlier run not queued then and not in
+    /history asked after it is lost), so a long queue is not fetched whole for each job."""
+    if _poll_history(server, prompt_id, timeout) is not None:
+        return True
+    watch = watch or watcher(server, timeout)
+    watch.look()
+    return watch.holds(prompt_id) is not False
 
 
 build_parser = queue_cli.build_parser

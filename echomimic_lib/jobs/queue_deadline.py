@@ -69,6 +69,12 @@ class Deadline:
             timer.join()  # (outside the lock: an expiring timer takes it; a thread whose start a Ctrl-C cut short is
             # not alive yet, cannot be joined, and ends at once, cancelled)
 
+    def __enter__(self) -> Deadline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
 
 @contextlib.contextmanager
 def _stop_signals_held():
@@ -87,12 +93,6 @@ def _stop_signals_held():
         yield
     finally:
         mask(signal.SIG_SETMASK, before)  # (a signal that came meanwhile is handled now, the thread started whole)
-
-    def __enter__(self) -> Deadline:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

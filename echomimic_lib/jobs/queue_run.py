@@ -4,13 +4,16 @@ queue state (:mod:`.queue_state`) and, with ``--wait`` / ``--resume``, wait for 
 imported back)."""
 from __future__ import annotations
 
+import json
+import shlex
 import uuid
 from pathlib import Path
 
 from .queue_plan import DEFAULT_SERVER, build_prompt, check_seed_input, load_workflow, plan_jobs
-from .queue_replies import (PromptFailed, QueueError, QueueInterrupted, QueueStopped, job_label, not_queued, say_about,
+from .queue_replies import (PromptFailed, in_queue, QueueError, QueueInterrupted, QueueStopped, job_label, not_queued, say_about,
                             saved_files, still_open)
 from .queue_progress import Progress
+from .queue_watch import EMPTY
 from .queue_state import QueueState, default_path, fingerprint, plan_mark, same_plan
 
 
@@ -34,6 +37,7 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
     check_seed_input(template, seed, workflow)
     jobs, names, results = plan_jobs(portraits, audios, prefix, videos), {}, []
     client_id, wait, marks, sending = uuid.uuid4().hex, wait or resume, {}, None
+    watch = None if dry_run else client.watcher(server, timeout)  # the server's queue, asked cheaply (queue_watch)
     # every job's prompt with the local names: a workflow that cannot take them is refused before any upload
     plans = {} if dry_run else {j.prefix: plan_mark(template, j, seed, driving) for j in jobs}
     book = None if dry_run else QueueState(state if state is not None else default_path(portraits, videos))
@@ -56,7 +60,8 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             if not dry_run:
                 marks[job.prefix] = mark = fingerprint(prompt)
                 plan = plans[job.prefix]
-                kept, failure, retry = (_resumed(client, book, server, job, mark, plan, retry_failed, attempts, timeout)
+                kept, failure, retry = (_resumed(client, book, server, job, mark, plan, retry_failed, attempts, timeout,
+                                                 watch)
                                         if resume else (None, None, 0))
                 if kept is not None:  # its earlier prompt: waited for, listed, or (it failed before) reported
                     result.update({k: kept[k] for k in ("prompt_id", "files") if k in kept}, resumed=True)
@@ -81,7 +86,8 @@ def queue_folder(client, workflow, portraits, audios, server: str = DEFAULT_SERV
             since, label = progress.clock(), job_label(result)
             try:  # (a long job: "still waiting for ..." now and then)
                 entry = client.wait_for(server, result["prompt_id"], request_timeout=timeout,
-                                        on_wait=lambda place, job=label, t=since: progress.waiting(job, server, t, place))
+                                        on_wait=lambda place, job=label, t=since: progress.waiting(job, server, t, place),
+                                        watch=watch)
                 result["files"] = saved_files(entry)
                 book.record(server, result["prefix"], marks[result["prefix"]], result["prompt_id"], result["files"],
                             plan=plans[result["prefix"]])
@@ -157,7 +163,7 @@ def _unreachable(cause: QueueError, server: str, done: list[dict], left: list, t
 
 
 def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, retry_failed: bool, attempts: int,
-             timeout: float) -> tuple[dict | None, str | None, int]:
+             timeout: float, watch=None) -> tuple[dict | None, str | None, int]:
     """What ``--resume`` does with this job: (record, None, 0) its earlier prompt is waited for or its files listed;
     (record, why, 0) it failed before and is reported so (:func:`failed_before`); (None, None, attempt) it is queued
     (again; ``attempt``: its count under ``--retry-failed``, 0: as the state says). A record on another server (an
@@ -176,16 +182,37 @@ def _resumed(client, book: QueueState, server: str, job, mark: str, plan: str, r
                            f"again on {server}.")
         return (rec if failure is not None else None), failure, retry
     if rec.get("fingerprint") != mark or not same_plan(rec, plan):  # (an input replaced under its name: the server
-        return None, None, 0                                            # may give it its old name back)
+        say_changed(client, job, server, rec, timeout, watch)           # may give it its old name back)
+        return None, None, 0
     retry = retry_failed and retry_attempt(client, job, server, rec, attempts,
                                            lambda: client._poll_history(server, rec["prompt_id"], timeout))
     if retry:
         return None, None, retry
-    if "files" in rec or client._still_there(server, rec["prompt_id"], timeout):
+    if "files" in rec or client._still_there(server, rec["prompt_id"], timeout, watch):
         return rec, None, 0
     if rec.get("failed"):  # the server lost it since (restarted): it failed all the same
         return rec, failed_text(server, rec), 0
     return None, None, 0  # lost in a restart: queued again
+
+
+def say_changed(client, job, server: str, rec: dict, timeout, watch) -> None:
+    """A line when ``--resume`` queues a changed job again while its earlier prompt is still queued or running on
+    ``server`` (in its /queue, asked first, and not in its /history, asked after): that render goes on, its time spent
+    for nothing unless it is cancelled, so the line says how. Nothing when that cannot be told (no answer)."""
+    pid = rec["prompt_id"]
+    if "files" in rec or rec.get("failed"):
+        return
+    try:
+        watch = watch or client.watcher(server, timeout)
+        watch.look()
+        if watch.queue is EMPTY or watch.last is None or not in_queue(watch.last, pid) or client._history(server, pid, timeout) is not None:
+            return
+    except QueueError:
+        return
+    body = shlex.quote(json.dumps({"delete": [pid]}))
+    say_about(job, f"changed (workflow, seed or an input) since its prompt {pid} was queued on {server}, which still "
+                   f"holds it: queued again. The earlier prompt renders on unless cancelled: curl -X POST {server}/queue "
+                   f"-H 'Content-Type: application/json' -d {body} (and POST {server}/interrupt if it is running).")
 
 
 def failed_text(server: str, rec: dict) -> str:

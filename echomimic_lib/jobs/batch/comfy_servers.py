@@ -17,7 +17,7 @@ from pathlib import Path
 from ...errors import EchoMimicError as QueueError  # the client's QueueError is one
 from ..queue_plan import check_seed_input
 from ..queue_progress import Progress
-from ..queue_run import failed_before, finished_before
+from ..queue_run import failed_before, finished_before, say_changed
 from ..queue_state import same_plan
 from .results import ResultsFile, read_results
 
@@ -40,7 +40,7 @@ POLL_TIMEOUT = 10.0  # seconds a /queue or /history answer may take when no --ti
 class _Server:
     def __init__(self, url: str, client, timeout: float | None = None):
         self.url, self.alive, self.names, self.client = url.rstrip("/"), True, {}, client
-        self.queue, self._checked, self._asked = None, float("-inf"), True  # this poll's /queue answer (refresh_queue)
+        self.watch, self._asked, self._fresh = None, True, False  # its queue as this poll sees it (refresh_queue)
         self.counts = True  # whether GET /prompt says its queue_remaining (depth)
         self.timeout, self.why = timeout, ""  # --timeout (None: POLL_TIMEOUT to poll, the client's own to send); why it went
 
@@ -72,28 +72,31 @@ class _Server:
         return len(q.get("queue_running", [])) + len(q.get("queue_pending", []))
 
     def refresh_queue(self) -> None:
-        """At the start of a poll: this poll's /queue (it holds every queued workflow) is not asked yet; it is asked when
-        a prompt's /history says nothing (:meth:`lost`), at most every ``client.QUEUE_CHECK_S``."""
-        self.queue, self._asked = None, False
-
-    def _this_poll(self):
-        """This poll's /queue answer: asked once a poll (after a /history that said nothing: a prompt that finished
-        between the two is found by the /history asked again, :func:`queue_spread`), at most every QUEUE_CHECK_S; None
-        between, or when it says nothing."""
-        if self.alive and not self._asked:
-            self._asked, now = True, time.monotonic()
-            if now >= self._checked + self.client.QUEUE_CHECK_S:
-                self._checked = now
-                try:
-                    self.queue = _safe(self.client._request, f"{self.url}/queue", timeout=self.poll_timeout)
-                except QueueError:
-                    pass  # a server that stopped answering is found by its /history call
-        return self.queue
+        """At the start of a poll: whether the server still holds its prompts is not asked yet this poll; it is asked
+        when a prompt's /history says nothing (:meth:`lost`), cheaply and at most every ``client.QUEUE_CHECK_S``
+        (:class:`..queue_watch.QueueWatch`: GET /prompt's count, the whole /queue only now and then)."""
+        self._asked, self._fresh = False, False
 
     def lost(self, prompt_id: str) -> bool:
-        """True when this poll's /queue (asked once the prompt's /history said nothing) no longer holds it."""
-        queue = self._this_poll()
-        return queue is not None and self.client.in_queue(queue, prompt_id) is False
+        """True when this poll's look (asked once a prompt's /history said nothing: a prompt that finished between the
+        two is found by the /history asked again, :func:`queue_spread`) says the server no longer holds it."""
+        if self.alive and not self._asked:
+            self._asked = True
+            try:
+                self._fresh = self.watched().look()
+            except QueueError:
+                self._fresh = False  # a server that stopped answering is found by its /history call
+        return self._fresh and self.watch.holds(prompt_id) is False
+
+    def watched(self):
+        """The server's :class:`..queue_watch.QueueWatch` (its queue asked cheaply; one for the whole run)."""
+        if self.watch is None:
+            self.watch = self.client.watcher(self.url, self.poll_timeout)
+        return self.watch
+
+    def place(self, prompt_id: str):
+        """Where the server's /queue last had ``prompt_id`` (None: not asked yet)."""
+        return None if self.watch is None else self.watch.place(prompt_id)
 
     def name_of(self, path: Path) -> str:
         if path not in self.names:
@@ -342,8 +345,8 @@ def queue_spread(client, workflow, portraits, audios, servers: list[str], result
             if flight:  # the job waited for longest: a line now and then while it runs long
                 job, server, pid = flight[next(iter(flight))][:3]
                 since = waited.setdefault(job.prefix, [time.monotonic(), None])
-                if server.queue is not None:
-                    since[1] = client.queue_place(server.queue, pid)
+                if server.place(pid) is not None:
+                    since[1] = server.place(pid)
                 progress.waiting(f"{job.portrait.name} x {job.audio.name}", server.url, since[0], since[1])
         for job, server, pid, attempts, t0 in flight.values():
             record(job, "error", attempts, t0, server=server.url, prompt_id=pid, error=f"not finished within {timeout:.0f} s")
@@ -395,9 +398,10 @@ def _resumed(client, job, book, pool: list[_Server], template, seed, drive):
     try:
         if server.alive:
             mark = client.fingerprint(_prompt_for(job, server, template, seed, drive))
-            if mark != rec.get("fingerprint"):
+            if mark != rec.get("fingerprint") or not same_plan(rec, client.plan_mark(template, job, seed, drive)):
+                say_changed(client, job, url, rec, server.poll_timeout, server.watched())  # (still there: said)
                 return None, None  # another workflow, seed or file: a new prompt
-            if "files" in rec or _safe(client._still_there, url, pid, server.poll_timeout):
+            if "files" in rec or _safe(client._still_there, url, pid, server.poll_timeout, server.watched()):
                 return (server, rec, mark), None
             return None, (url, rec, None)  # lost in a restart
     except QueueError as exc:
