@@ -1,0 +1,72 @@
+"""A researcher fine-tuning with ``echomimic-train`` (eighth hunt).
+
+1. ``echomimic-train export`` / ``v3-export`` into a run's ``checkpoints/`` folder (not inside one step's folder,
+   which was refused already): the LoRA file or the model's file set was written among the run's checkpoints, where
+   rotation, ``--resume`` and the next export look (and ``--force`` wrote the model set there too). Refused before
+   anything is read, naming ``RUN/export`` instead; a folder of the user's that is merely *named* checkpoints is fine.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_trust_audit3_train import _fresh_state  # noqa: F401 - autouse fixture
+
+
+def _v3_checkpoint(root: Path) -> Path:
+    from safetensors.torch import save_file
+
+    ckpt = root / "run" / "checkpoints" / "step-00000005"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text(json.dumps({"step": 5, "family": "v3", "lora": {
+        "rank": 2, "alpha": 2, "targets": ["q"], "layers": 1, "base": {"path": str(root)}}}))
+    save_file({"blocks.0.self_attn.q.lora_A.default.weight": torch.zeros(2, 4),
+               "blocks.0.self_attn.q.lora_B.default.weight": torch.zeros(4, 2)}, str(ckpt / "model.safetensors"))
+    return ckpt
+
+
+# 1. an export into a run's checkpoints/ folder -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["checkpoints", "checkpoints/export", "checkpoints/lora.safetensors"])
+@pytest.mark.parametrize("kind", ["lora", "full", "full-force"])
+def test_export_into_a_runs_checkpoints_folder_is_refused_naming_a_better_place(kind, where, tmp_path, capsys):
+    from tests.test_trust import _fake_checkpoint
+    from trainer.cli import main
+
+    if kind != "lora" and where.endswith(".safetensors"):
+        where = "checkpoints/model"
+    ckpt = _fake_checkpoint(tmp_path, kind == "lora")
+    run = ckpt.parent.parent
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    args = ["export", str(run), str(run / where), "--no-verify"] + (["--force"] if kind == "full-force" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(run / "checkpoints") in err and str(run / "export") in err, err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_v3_export_into_a_runs_checkpoints_folder_is_refused(tmp_path):
+    from trainer.config import ConfigError
+    from trainer.v3.lora import export_wan_lora
+
+    ckpt = _v3_checkpoint(tmp_path)
+    run = ckpt.parent.parent
+    with pytest.raises(ConfigError) as e:
+        export_wan_lora(run, run / "checkpoints", verify=False)
+    assert str(run / "export") in str(e.value), e.value
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [ckpt.name]
+
+
+def test_a_folder_merely_named_checkpoints_and_the_runs_export_folder_are_fine(tmp_path, capsys):
+    from tests.test_trust import _fake_checkpoint
+    from trainer.cli import main
+
+    ckpt = _fake_checkpoint(tmp_path, True)
+    run = ckpt.parent.parent
+    mine = tmp_path / "models" / "checkpoints"  # the user's own folder of that name: no run's
+    assert main(["export", str(run), str(mine), "--no-verify"]) == 0
+    assert main(["export", str(run), str(run / "export"), "--no-verify"]) == 0
+    assert (mine / "run-step2.safetensors").is_file() and (run / "export" / "run-step2.safetensors").is_file()
