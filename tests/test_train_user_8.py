@@ -70,3 +70,48 @@ def test_a_folder_merely_named_checkpoints_and_the_runs_export_folder_are_fine(t
     assert main(["export", str(run), str(mine), "--no-verify"]) == 0
     assert main(["export", str(run), str(run / "export"), "--no-verify"]) == 0
     assert (mine / "run-step2.safetensors").is_file() and (run / "export" / "run-step2.safetensors").is_file()
+
+
+# 2. an optimizer setting that made NaN weights ------------------------------------------------------
+
+def test_adamw_eps_0_is_refused_it_turns_weights_with_a_zero_gradient_into_nan(tmp_path):
+    from trainer.config import ConfigError
+    from trainer.config_file import load_config
+
+    p = torch.nn.Parameter(torch.ones(3))  # what eps 0 did: a weight whose gradient is 0 became NaN at the first step
+    opt = torch.optim.AdamW([p], lr=1e-3, eps=0.0)
+    p.grad = torch.zeros(3)
+    opt.step()
+    assert torch.isnan(p).all()
+    with pytest.raises(ConfigError, match=r"optim\.eps: 0 .*e\.g\. optim\.eps: 1e-8"):
+        load_config(None, ["optim.eps=0"], preset="v1_stage1", files=False)
+    assert load_config(None, ["optim.eps=1e-6"], preset="v1_stage1", files=False).optim.eps == 1e-6
+
+
+# 3. a setting written at the top of the file (or under another trainer's name) names where it goes ---------------------
+
+@pytest.mark.parametrize("key, where", [("lr", "optim.lr"), ("learning_rate", "optim.lr"), ("batch_size", "optim.batch_size"),
+                                        ("gradient_accumulation_steps", "optim.grad_accum"), ("keep_last", "checkpoint.keep_last"),
+                                        ("rank", "lora.rank")])
+def test_a_sections_key_at_the_top_names_its_section(key, where, tmp_path):
+    from trainer.config import ConfigError
+    from trainer.config_file import load_config
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"preset: v1_stage1\n{key}: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, files=False)
+    assert f"{key}: unknown key; did you mean '{where}'?" in str(e.value), e.value
+    assert f"--set {where}=" in str(e.value), e.value
+
+
+def test_max_steps_names_the_phases_steps_and_a_typo_in_a_section_still_names_its_key(tmp_path):
+    from trainer.config import ConfigError
+    from trainer.config_file import load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["max_steps=100"], preset="v1_stage1", files=False)
+    assert "phases" in str(e.value) and "--set phases.0.steps=" in str(e.value), e.value
+    assert load_config(None, ["phases.0.steps=100"], preset="v1_stage1", files=False).max_steps == 100
+    with pytest.raises(ConfigError, match=r"optim\.lrr: unknown key; did you mean 'lr'\?"):
+        load_config(None, ["optim.lrr=1"], preset="v1_stage1", files=False)

@@ -124,6 +124,10 @@ def check_numbers(cfg) -> None:
     for name in ("weight_decay", "eps", "max_grad_norm"):
         if getattr(o, name) < 0:
             raise ConfigError(f"optim.{name}: {getattr(o, name)} must not be negative.")
+    if o.eps == 0:  # AdamW divides by sqrt(v) + eps: a parameter whose gradient is 0 (a LoRA's A at the start) became NaN
+        raise ConfigError("optim.eps: 0 makes AdamW divide 0 by 0 for every weight whose gradient is 0 (a new LoRA's A "
+                          "matrices at the first step), and those weights become NaN; give a small positive number, "
+                          "e.g. optim.eps: 1e-8.")
 
 
 def check_keep_last(keep_last: int, steps: int, every: int) -> None:
