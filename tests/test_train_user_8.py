@@ -115,3 +115,33 @@ def test_max_steps_names_the_phases_steps_and_a_typo_in_a_section_still_names_it
     assert load_config(None, ["phases.0.steps=100"], preset="v1_stage1", files=False).max_steps == 100
     with pytest.raises(ConfigError, match=r"optim\.lrr: unknown key; did you mean 'lr'\?"):
         load_config(None, ["optim.lrr=1"], preset="v1_stage1", files=False)
+
+
+# 4. a validation video that fails mid-run ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_failed_validation_video_is_said_and_training_goes_on(tmp_path_factory, tmp_path, monkeypatch, caplog):
+    """A validation render that failed (a full disk for the video, a damaged held-out clip, out of memory in the
+    sampler) ended the whole run with its traceback, losing every step since the last checkpoint. It is said (the
+    step, the error, that training goes on) and recorded in the run's log; the run reaches its last step."""
+    import logging
+
+    import trainer.validation as validation
+    from tests.test_trainer_helpers import shared_dir, v1_config, write_yaml
+    from trainer.config_file import load_config
+    from trainer.loop import fit
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(validation, "render_validation", full_disk)
+    base = shared_dir(tmp_path_factory)
+    run = tmp_path / "run"
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", v1_config(base, run, steps=2, optim={"batch_size": 1},
+                                                               validation={"every": 1, "steps": 1, "frames": 2})))
+    with caplog.at_level(logging.WARNING):
+        assert fit(cfg)["step"] == 2
+    said = [r.getMessage() for r in caplog.records if "validation" in r.getMessage()]
+    assert len(said) == 2 and "No space left on device" in said[0] and "training goes on" in said[0], said
+    events = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "validation_failed"] == [1, 2], events
+    assert (run / "checkpoints" / "step-00000002" / "meta.json").is_file()

@@ -327,13 +327,13 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
             if cfg.validation.every and step % cfg.validation.every == 0 and not main:
                 vwait.wait()  # rank 0 renders alone; the others wait here, not in the next collective
             if cfg.validation.every and step % cfg.validation.every == 0 and main:
-                from .validation import render_validation
+                from .validation import render_or_say
 
                 if ema is not None:  # validate the EMA weights, then put the live ones back
                     ema.store(params)
                     ema.copy_to(params)
                 try:  # with the phase's conditions and audio-attention mask
-                    render_validation(cfg, net, vae, built, pools, step, out, mon, acc.device, phase=at.phase, audio_control=ctrl)
+                    render_or_say(cfg, net, vae, built, pools, step, out, mon, acc.device, phase=at.phase, audio_control=ctrl)
                 finally:
                     if ema is not None:
                         ema.restore(params)
