@@ -145,3 +145,41 @@ def test_a_failed_validation_video_is_said_and_training_goes_on(tmp_path_factory
     events = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e.get("event") == "validation_failed"] == [1, 2], events
     assert (run / "checkpoints" / "step-00000002" / "meta.json").is_file()
+
+
+# 5. a clip found damaged mid-run ---------------------------------------------------------------------------------------
+
+def test_a_clip_found_damaged_mid_run_is_skipped_said_once_and_counted(tmp_path, monkeypatch, caplog):
+    """A prepared clip whose files turn out damaged while training (a copy cut short, a disk error) raised
+    DamagedClipError from the DataLoader and ended a run of hours. It is skipped for the rest of the run, said once
+    with the fix and the count, and the next good clip of the phase's pool takes its samples; a pool of damaged clips
+    only still stops the run, saying so."""
+    import logging
+
+    import numpy as np
+
+    from tests.test_train_user_4 import _dataset
+    from trainer.config_file import load_config
+    from trainer.data.dataset import EchoDataset, Pools
+    from trainer.data.store import DamagedClipError
+    from trainer.data.store import read_manifest
+
+    root = _dataset(tmp_path / "ds", {"cut": 48, "talk": 48, "sing": 48})
+    entries = read_manifest(root)
+    for e in entries[1:]:  # "cut" has no frames.idx.npy: its reader says it is damaged
+        np.save(e.path / "frames.idx.npy", np.zeros(49, np.int64))
+    pools = Pools(entries, {"all": [0, 1, 2], "headshot": [0, 1, 2], "halfbody": [], "pose": []})
+    ds = EchoDataset(load_config(None, ["phases.0.data=all"], preset="v1_stage1", files=False), pools)
+    monkeypatch.setattr(EchoDataset, "_sample", lambda self, key: {"id": self.reader(key["clip"]).id}, raising=False)
+    with caplog.at_level(logging.WARNING):
+        assert ds[{"pos": 0, "step": 0, "clip": 0}] == {"id": "talk"}
+        assert ds[{"pos": 1, "step": 0, "clip": 0}] == {"id": "talk"}
+        assert ds[{"pos": 2, "step": 0, "clip": 2}] == {"id": "sing"}
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "cut" in said[0] and "skipped" in said[0] and "1 damaged clip(s)" in said[0], said
+    assert "prepare" in said[0]  # the fix, from the reader's own message
+    for e in entries[1:]:
+        (e.path / "frames.idx.npy").unlink()
+    ds = EchoDataset(ds.cfg, pools)
+    with pytest.raises(DamagedClipError, match="every clip this phase trains on is damaged"):
+        ds[{"pos": 0, "step": 0, "clip": 1}]
