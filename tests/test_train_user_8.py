@@ -183,3 +183,52 @@ def test_a_clip_found_damaged_mid_run_is_skipped_said_once_and_counted(tmp_path,
     ds = EchoDataset(ds.cfg, pools)
     with pytest.raises(DamagedClipError, match="every clip this phase trains on is damaged"):
         ds[{"pos": 0, "step": 0, "clip": 1}]
+
+
+# 6. a run whose loss stays NaN -----------------------------------------------------------------------------------------
+
+class _Acc:
+    is_main_process, scaler = True, None
+
+
+class _Mon:
+    def event(self, *a, **k):
+        pass
+
+
+@pytest.mark.parametrize("saved", [True, False], ids=["a-checkpoint", "none-yet"])
+def test_a_run_stopped_by_nan_losses_names_its_last_checkpoint_and_the_resume(saved, tmp_path):
+    from types import SimpleNamespace
+
+    from trainer.config_file import load_config
+    from trainer.loop import NonFiniteError, _report_nonfinite
+
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"output_dir={run}", "max_nonfinite=2"], preset="v1_stage1", files=False)
+    if saved:
+        (run / "checkpoints" / "step-00000200").mkdir(parents=True)
+        (run / "checkpoints" / "step-00000200" / "meta.json").write_text('{"step": 200}')
+    with pytest.raises(NonFiniteError) as e:
+        _report_nonfinite(cfg, _Acc(), _Mon(), 230, [], torch.tensor(float("nan")), SimpleNamespace(nonfinite=2, overflow=0))
+    msg = str(e.value)
+    assert "2 consecutive steps" in msg and "lower the LR" in msg, msg
+    if saved:
+        assert f"The last checkpoint, {run / 'checkpoints' / 'step-00000200'}, was saved before and is kept" in msg, msg
+        assert f"--config {run / 'config.yaml'} --resume" in msg, msg
+    else:
+        assert "No checkpoint was saved yet" in msg, msg
+
+
+def test_the_nan_stop_is_one_error_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import trainer.loop as loop
+    from tests.test_train_user_4 import _yaml
+    from trainer.cli import main
+
+    def nan_run(cfg, **k):
+        raise loop.NonFiniteError("5 consecutive steps with non-finite loss/gradients (last at step 7)")
+    monkeypatch.setattr(loop, "fit", nan_run)
+    cfg = _yaml(tmp_path, tmp_path / "run", "preset: v1_stage1\nmodel: {init: echomimic, echomimic_path: %s, weights: v1_pose}\n"
+                % tmp_path)
+    rc = main(["fit", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert rc != 0 and "error: 5 consecutive steps with non-finite loss/gradients" in err and "Traceback" not in err, err
