@@ -232,3 +232,23 @@ def test_the_nan_stop_is_one_error_line_not_a_traceback(tmp_path, capsys, monkey
     rc = main(["fit", "--config", str(cfg)])
     err = capsys.readouterr().err
     assert rc != 0 and "error: 5 consecutive steps with non-finite loss/gradients" in err and "Traceback" not in err, err
+
+
+# 7. V3: a learning rate that is not a number ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, said", [("lr", ".nan", "optim.lr: nan is not a finite number"),
+                                              ("lr", ".inf", "optim.lr: inf is not a finite number"),
+                                              ("lr", "5", "optim.lr: 5.0 is out of range"),
+                                              ("weight_decay", ".nan", "optim.weight_decay: nan is not a finite number"),
+                                              ("max_grad_norm", ".nan", "optim.max_grad_norm: nan is not a finite number")])
+def test_v3_optimizer_numbers_that_are_not_finite_or_out_of_range_are_refused(key, value, said, tmp_path):
+    """`v3-fit` took optim.lr: .nan (or .inf, or 5) and trained with it: NaN weights from the first step, stopped only
+    after max_nonfinite steps (V1/V2's fit refused these)."""
+    from trainer.config import ConfigError
+    from trainer.v3.config import load_v3_config
+
+    cfg = tmp_path / "v3.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'run'}\nmodel: {{path: {tmp_path}}}\nlora: {{rank: 4, alpha: 4}}\n"
+                   f"data: {{roots: [{tmp_path}]}}\noptim: {{{key}: {value}}}\n")
+    with pytest.raises(ConfigError, match=said):
+        load_v3_config(cfg)
