@@ -48,6 +48,19 @@ def test_export_into_a_runs_checkpoints_folder_is_refused_naming_a_better_place(
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
 
+def test_a_run_that_has_not_saved_yet_has_its_checkpoints_folder_refused_too(tmp_path, capsys):
+    from tests.test_trust import _fake_checkpoint
+    from trainer.cli import main
+    from trainer.config_file import RUN_CONFIG_HEADER
+
+    ckpt = _fake_checkpoint(tmp_path, True)
+    run = tmp_path / "fresh"  # a run started (its config.yaml written), no checkpoint yet
+    run.mkdir()
+    (run / "config.yaml").write_text(RUN_CONFIG_HEADER + "seed: 1\n")
+    assert main(["export", str(ckpt), str(run / "checkpoints"), "--no-verify"]) == 2
+    assert str(run / "export") in capsys.readouterr().err and not (run / "checkpoints").exists()
+
+
 def test_v3_export_into_a_runs_checkpoints_folder_is_refused(tmp_path):
     from trainer.config import ConfigError
     from trainer.v3.lora import export_wan_lora
@@ -66,7 +79,9 @@ def test_a_folder_merely_named_checkpoints_and_the_runs_export_folder_are_fine(t
 
     ckpt = _fake_checkpoint(tmp_path, True)
     run = ckpt.parent.parent
-    mine = tmp_path / "models" / "checkpoints"  # the user's own folder of that name: no run's
+    mine = tmp_path / "models" / "checkpoints"  # the user's own folder of that name (beside a config of theirs): no run's
+    mine.parent.mkdir()
+    (mine.parent / "config.yaml").write_text("my: settings\n")
     assert main(["export", str(run), str(mine), "--no-verify"]) == 0
     assert main(["export", str(run), str(run / "export"), "--no-verify"]) == 0
     assert (mine / "run-step2.safetensors").is_file() and (run / "export" / "run-step2.safetensors").is_file()
