@@ -51,6 +51,37 @@ def refuse_inside_checkpoint(path, what: str) -> None:
                               f"e.g. {run / 'export'}.")
 
 
+def _a_run(folder: Path) -> bool:
+    """``folder`` holds a run's record (its log, lock, or the config.yaml echomimic-train writes): a run that may not
+    have saved a checkpoint yet. A config.yaml of the user's own does not count."""
+    if any(os.path.lexists(folder / n) for n in ("train_log.jsonl", ".echomimic-train.lock")):
+        return True
+    config = folder / "config.yaml"
+    try:
+        if config.is_file():
+            with open(config, "rb") as f:
+                return f.read(16) == b"# echomimic-trai"
+    except OSError:
+        pass
+    return False
+
+
+def refuse_in_checkpoints(path, what: str) -> None:
+    """:func:`refuse_inside_checkpoint`, and ``path`` (through links) equal to or inside a run's ``checkpoints/``
+    folder (one holding checkpoints, or beside a run's ``config.yaml`` / ``train_log.jsonl``): an export written there
+    lies among the run's checkpoints, where rotation, ``--resume`` and the next export look. A folder of the user's
+    that is only named ``checkpoints`` is not a run's."""
+    from .config import ConfigError
+
+    refuse_inside_checkpoint(path, what)
+    real = Path(os.path.realpath(path))
+    for folder in (real, *real.parents):
+        if folder.name == "checkpoints" and (list_checkpoints(folder) or _a_run(folder.parent)):
+            raise ConfigError(f"{what} {path} is {'' if folder == real else 'inside '}the run's checkpoint folder {folder}: that folder is the run's own "
+                              "(its checkpoints, rotated and resumed from there), not a place for exports. Choose a "
+                              f"folder outside it, e.g. {folder.parent / 'export'}. Nothing was written.")
+
+
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     root = Path(root)
     if not root.is_dir():

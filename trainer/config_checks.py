@@ -108,22 +108,35 @@ def _numbers(obj, path: str = ""):
         yield path, obj
 
 
-def check_numbers(cfg) -> None:
-    """Every float of the config is finite; the optimizer's settings are in their ranges."""
+def check_finite(cfg) -> None:
+    """Every float of the config (V1/V2's or V3's) is finite."""
     for path, value in _numbers(cfg):
         if not math.isfinite(value):
             raise ConfigError(f"{path}: {value} is not a finite number; give a plain number (e.g. optim.lr: 1e-5).")
+
+
+def check_lr(lr: float, usual: str = "EchoMimic trains at 1e-5") -> None:
+    if not 0.0 < lr <= 1.0:
+        raise ConfigError(f"optim.lr: {lr} is out of range; a learning rate is above 0 and at most 1 ({usual}).")
+
+
+def check_numbers(cfg) -> None:
+    """Every float of the config is finite; the optimizer's settings are in their ranges."""
+    check_finite(cfg)
     seed = getattr(getattr(cfg, "validation", None), "seed", 0)  # the sampler's range (else refused at the first render)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ConfigError(f"validation.seed: {seed!r} must be a whole number from 0 to 2^64-1 (e.g. validation.seed: 420).")
     o = cfg.optim
-    if not 0.0 < o.lr <= 1.0:
-        raise ConfigError(f"optim.lr: {o.lr} is out of range; a learning rate is above 0 and at most 1 (EchoMimic trains at 1e-5).")
+    check_lr(o.lr)
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
         raise ConfigError(f"optim.betas: {o.betas} must be two numbers in [0, 1), e.g. [0.9, 0.999].")
     for name in ("weight_decay", "eps", "max_grad_norm"):
         if getattr(o, name) < 0:
             raise ConfigError(f"optim.{name}: {getattr(o, name)} must not be negative.")
+    if o.eps == 0:  # AdamW divides by sqrt(v) + eps: a parameter whose gradient is 0 (a LoRA's A at the start) became NaN
+        raise ConfigError("optim.eps: 0 makes AdamW divide 0 by 0 for every weight whose gradient is 0 (a new LoRA's A "
+                          "matrices at the first step), and those weights become NaN; give a small positive number, "
+                          "e.g. optim.eps: 1e-8.")
 
 
 def check_keep_last(keep_last: int, steps: int, every: int) -> None:

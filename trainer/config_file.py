@@ -99,6 +99,39 @@ def _whole_hint(value) -> str:
     return f"; write it as a whole number: {int(number)}" if number.is_integer() and abs(number) < 1e15 else ""
 
 
+# what other trainers' configs (diffusers' scripts, kohya) call a setting, at the top of the file
+OTHER_NAMES = {"learning_rate": "optim.lr", "train_batch_size": "optim.batch_size",
+               "gradient_accumulation_steps": "optim.grad_accum", "max_grad_norm": "optim.max_grad_norm",
+               "lr_scheduler": "optim.lr_schedule", "lr_warmup_steps": "optim.warmup_steps",
+               "checkpointing_steps": "checkpoint.every", "checkpoints_total_limit": "checkpoint.keep_last",
+               "use_ema": "ema.enabled", "ema_decay": "ema.decay", "rank": "lora.rank", "network_dim": "lora.rank",
+               "network_alpha": "lora.alpha"}
+STEPS_NAMES = ("steps", "max_steps", "max_train_steps", "train_steps", "num_steps", "total_steps", "num_train_steps")
+
+
+def _key_elsewhere(cls, key: str, path: str, exact: bool = False) -> str | None:
+    """Where a top-level key unknown to the file belongs: a section's key of that (or a close) name (``lr`` ->
+    ``optim.lr``), another trainer's name for one (``learning_rate``), or the phases' steps (``max_steps``)."""
+    if path or not dataclasses.is_dataclass(cls):
+        return None
+    if key in STEPS_NAMES and "phases" in {f.name for f in dataclasses.fields(cls)}:
+        return ("the run's length is the sum of its phases' steps: give each phase's steps (phases: [{name: stage1, "
+                "steps: 1000}]), or with a preset's one phase --set phases.0.steps=1000")
+    hints = typing.get_type_hints(cls)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+    full = {f"{s}.{f.name}": f.name for s, tp in sections.items() for f in dataclasses.fields(tp)}
+    if OTHER_NAMES.get(key) in full:
+        return _in_section(OTHER_NAMES[key])
+    exact_only, exact = exact, [k for k, name in full.items() if name == key]
+    near = exact or ([] if exact_only else [k for k, name in full.items() if difflib.get_close_matches(key, [name], cutoff=0.85)])
+    return _in_section(near[0]) if len(near) == 1 else None
+
+
+def _in_section(full: str) -> str:
+    section, name = full.split(".")
+    return f"did you mean '{full}'? (written inside its section: '{section}:' then '  {name}: ...', or --set {full}=...)"
+
+
 def from_dict(cls, data: dict, path: str = ""):
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
     hints = typing.get_type_hints(cls)
@@ -107,7 +140,9 @@ def from_dict(cls, data: dict, path: str = ""):
     if unknown:
         k = unknown[0]
         near = difflib.get_close_matches(str(k), names, n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(names)}"
+        elsewhere = _key_elsewhere(cls, str(k), path, exact=True) or (None if near else _key_elsewhere(cls, str(k), path))
+        hint = (f"; {elsewhere}" if elsewhere else f"; did you mean '{near[0]}'?" if near
+                else f"; known keys: {', '.join(names)}")
         raise ConfigError(f"{path + '.' if path else ''}{k}: unknown key{hint}")
     kwargs = {k: _coerce(v, hints[k], f"{path + '.' if path else ''}{k}") for k, v in data.items()}
     return cls(**kwargs)

@@ -24,7 +24,7 @@ from echomimic_lib.io.file_safety import refuse_existing, refuse_input_as_output
 from echomimic_lib.modes import WEIGHT_SETS
 from echomimic_lib.io.weights import save_state_dict
 
-from .checkpoint import read_meta, refuse_inside_checkpoint, resolve_resume
+from .checkpoint import read_meta, refuse_in_checkpoints, resolve_resume
 from .config import ConfigError
 from .export_paths import NewFolders, check_export_folder, refuse_foreign_folder
 
@@ -139,7 +139,7 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
 
         target = adapter_path(ckpt, dest, meta, ema)
         refuse_input_as_output(target, checkpoint_files(ckpt), "DEST")  # not even with --force: the source itself
-        refuse_inside_checkpoint(target, "DEST")  # before anything is read: rotation would delete the export
+        refuse_in_checkpoints(target, "DEST")  # before anything is read: rotation would delete the export
         if not force:
             refuse_existing([target] + ([peft_dir(target)] if peft else []), what="LoRA file")
         with NewFolders(target.parent):  # the missing folders: said, and removed again on a failure
@@ -155,8 +155,8 @@ def export(source: str | Path, dest: str | Path, ema: bool = False, formats=FORM
     names = ws.files("normal")
     planned = [dest / f"{names[key]}{fmt}" for key in ("reference", "denoiser", "motion", "cond") for fmt in formats]
     planned += [dest / rel for rel in (*SHARED_OUTPUTS, "export.json")]
+    refuse_in_checkpoints(dest, "DEST")  # before anything is read: rotation would delete the export
     check_export_folder(dest)
-    refuse_inside_checkpoint(dest, "DEST")  # before anything is read: rotation would delete the export
     if not force:
         refuse_existing(planned, what="exported model file")
         refuse_foreign_folder(dest)  # a folder of the user's other files: not mixed into

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from echomimic_lib.errors import EchoMimicError
+
 from .checkpoint import (agree_on_resume, checkpoint_dir, intern_state_keys, is_writer, list_checkpoints, read_meta,
                          refuse_inside_checkpoint, remove_partial, resolve_resume, save_checkpoint)
 from .config import ConfigError, TrainConfig
@@ -46,8 +48,9 @@ log = logging.getLogger("trainer")
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteError(RuntimeError):
-    pass
+class NonFiniteError(RuntimeError, EchoMimicError):
+    """The loss or gradients stayed non-finite (``max_nonfinite`` steps in a row): the run stops, saying which setting
+    to change and the last checkpoint to resume from; the command prints it as one error line (was a traceback)."""
 
 
 class TrainState:
@@ -327,13 +330,13 @@ def _fit(cfg: TrainConfig, resume, lpips_fn, stop_after, hooks, locks) -> dict:
             if cfg.validation.every and step % cfg.validation.every == 0 and not main:
                 vwait.wait()  # rank 0 renders alone; the others wait here, not in the next collective
             if cfg.validation.every and step % cfg.validation.every == 0 and main:
-                from .validation import render_validation
+                from .validation import render_or_say
 
                 if ema is not None:  # validate the EMA weights, then put the live ones back
                     ema.store(params)
                     ema.copy_to(params)
                 try:  # with the phase's conditions and audio-attention mask
-                    render_validation(cfg, net, vae, built, pools, step, out, mon, acc.device, phase=at.phase, audio_control=ctrl)
+                    render_or_say(cfg, net, vae, built, pools, step, out, mon, acc.device, phase=at.phase, audio_control=ctrl)
                 finally:
                     if ema is not None:
                         ema.restore(params)
@@ -375,8 +378,13 @@ def _report_nonfinite(cfg, acc, mon, step, outs, gn, state, overflow: bool = Fal
         mon.event(step, kind, terms=terms, grad_norm=float(gn), loss_scale=scale, consecutive=count, advice=advice)
     log.warning("step %d: %s (%s, grad norm %s, loss scale %s) -- %s", step, kind, terms, float(gn), scale, advice)
     if count >= limit:
+        kept = list_checkpoints(checkpoint_dir(cfg.output_dir))  # (skipped steps never changed the weights saved)
+        resume = (f" The last checkpoint, {kept[-1][1]}, was saved before and is kept: change the setting, then "
+                  f"`echomimic-train fit --config {Path(cfg.output_dir) / 'config.yaml'} --resume` goes on from it."
+                  if kept else " No checkpoint was saved yet: change the setting and start the run again.")
         raise NonFiniteError(f"{count} consecutive steps with non-finite {'gradients' if overflow else 'loss/gradients'} "
-                             f"(last at step {step}, mixed precision '{cfg.mixed_precision}', loss scale {scale}): {advice}.")
+                             f"(last at step {step}, mixed precision '{cfg.mixed_precision}', loss scale {scale}): {advice}."
+                             + resume)
 
 
 def _log_step(cfg, acc, mon, step, at, sums, count, lr_sched, gn, step_time, t_log, outs, bar, audio_max) -> None:

@@ -101,6 +101,23 @@ def render_validation(cfg, net, vae, built, pools, step: int, out_dir: Path, mon
     return dest
 
 
+def render_or_say(cfg, net, vae, built, pools, step: int, out_dir: Path, monitor, device, **kw) -> Path | None:
+    """:func:`render_validation` during a run: a render that fails (a full disk for the video, a damaged held-out clip,
+    out of memory in the sampler) is said, with the step and the error, and recorded in the run's log
+    (``validation_failed``); training goes on (it ended the run, losing every step since the last checkpoint).
+    Ctrl-C and other interrupts still stop the run."""
+    try:
+        return render_validation(cfg, net, vae, built, pools, step, out_dir, monitor, device, **kw)
+    except Exception as exc:  # noqa: BLE001 - a validation video is never worth the run
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # (what an out-of-memory sampler held)
+        log.warning("step %d: the validation video failed (%s: %s); training goes on and the checkpoints are as saved. "
+                    "The next validation is at step %d (validation.every).", step, type(exc).__name__, exc,
+                    step + cfg.validation.every)
+        monitor.event(step, "validation_failed", error=f"{type(exc).__name__}: {exc}")
+        return None
+
+
 def log_quality_metrics(cfg, monitor, step: int, frames: np.ndarray, audio16k: np.ndarray, clip, size) -> None:
     """Weight-free quality metrics of a validation video (``echomimic_lib.evaluate``: lip sync, jitter, flicker, face
     rate, shape drift) as TensorBoard scalars and a JSON-log event. Landmarks need MediaPipe's face_landmarker.task

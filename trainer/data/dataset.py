@@ -29,7 +29,7 @@ from ..masks import (DEFAULT_HEAD_BOX, head_mask, headshot_layout, keypoints_fro
 from ..phases import data_kinds, phase_at, pose_dropout_at
 from .pixels import resize_frame, frames_to_tensor
 from .augment import augmented_chunks, draw_audio_aug, draw_dropout, rls_parts, stored_chunks
-from .store import ClipEntry, ClipReader, check_clips_present, read_manifest
+from .store import ClipEntry, ClipReader, DamagedClipError, check_clips_present, read_manifest
 
 log = logging.getLogger(__name__)
 READER_CACHE = 32  # open clips per data worker
@@ -202,6 +202,7 @@ class EchoDataset(torch.utils.data.Dataset):
         self._whisper = None
         self.latent_key = latent_key  # cached VAE latents (trainer/data/latent_cache.py) of this key, or None
         self._need_pixels: bool | None = None
+        self._damaged: dict[int, DamagedClipError] = {}  # clip index -> why it is skipped (found while sampling)
 
     def _cached(self, i: int, padded: bool):
         """(mean, std) memory maps of clip ``i``'s cached latents, or None."""
@@ -249,6 +250,26 @@ class EchoDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ one sample
     def __getitem__(self, key: dict) -> dict:
+        """The sample of ``key``; a clip whose files turn out damaged mid-run (a frame cut short, a disk error) is
+        skipped: said once with the fix and the count so far, and the next good clip of the phase's pool takes its
+        place (it stopped a run of hours). Only when every clip of the pool is damaged does the run stop."""
+        bad = self._damaged
+        pool = self.pools.pool(phase_at(self.cfg.phases, int(key["step"])).phase.data) or [int(key["clip"])]
+        at = pool.index(int(key["clip"])) if int(key["clip"]) in pool else 0
+        for j in range(len(pool)):
+            clip = int(key["clip"]) if j == 0 else pool[(at + j) % len(pool)]
+            if clip in bad:
+                continue
+            try:
+                return self._sample({**key, "clip": clip})
+            except DamagedClipError as exc:
+                bad[clip] = exc
+                log.warning("%s -- clip %s is skipped for the rest of the run (%d damaged clip(s) skipped in this process "
+                            "so far); another clip takes its samples.", exc, self.pools.entries[clip].id, len(bad))
+        first = next(iter(bad.values()))
+        raise DamagedClipError(f"every clip this phase trains on is damaged ({len(bad)}); the first: {first}")
+
+    def _sample(self, key: dict) -> dict:
         cfg, d = self.cfg, self.cfg.data
         rng = np.random.default_rng([cfg.seed, self.rank, 104729, int(key["pos"])])
         at = phase_at(cfg.phases, int(key["step"]))

@@ -124,6 +124,10 @@ class V3TrainConfig:
 
     def validate(self) -> "V3TrainConfig":
         d, lo, o, n = self.data, self.lora, self.optim, self.noise
+        from ..config_checks import check_finite, check_lr
+
+        check_finite(self)  # (optim.lr: .nan, .inf or 5 was trained with: NaN weights from the first step)
+        check_lr(o.lr, "the V3 default is 1e-4")
         need = [("output_dir", self.output_dir), ("model.path", self.model.path)]
         for key, value in need:
             if not value:

@@ -116,7 +116,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     from echomimic_lib.io.file_safety import publish, refuse_existing, refuse_input_as_output, regular_target, temp_beside
     from echomimic_lib.io.os_errors import writing
 
-    from ..checkpoint import latest_checkpoint, read_meta, refuse_inside_checkpoint, refuse_missing
+    from ..checkpoint import latest_checkpoint, read_meta, refuse_in_checkpoints, refuse_missing
     from ..export import checkpoint_files
     from ..export_paths import NewFolders
 
@@ -135,7 +135,7 @@ def export_wan_lora(ckpt: Path, dest: Path, force: bool = False, dtype=torch.flo
     _check_lora_record(ckpt, desc)  # an absurd or damaged alpha: said before anything is written
     path = export_path(ckpt, dest, int(meta["step"]))
     refuse_input_as_output(path, checkpoint_files(ckpt), "DEST")  # not even with --force: the source itself
-    refuse_inside_checkpoint(path, "DEST")  # rotation would delete the exported file
+    refuse_in_checkpoints(path, "DEST")  # rotation would delete the exported file
     if os.path.lexists(path):
         if not force:
             refuse_existing([path], what="LoRA file")
