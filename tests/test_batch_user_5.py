@@ -12,6 +12,7 @@ import pytest
 
 from echomimic_lib.errors import EchoMimicError
 from echomimic_lib.jobs.batch.manifest_row import Job
+from tests.test_batch import media  # noqa: F401 - (the tiny weights and inputs fixture)
 
 
 def _job(line: int, name: str, key=("m", "v2", "a"), out=None):
@@ -288,3 +289,43 @@ def test_ray_refuses_a_row_timeout_up_front(tmp_path):
         runner.run_batch([], tmp_path / "out", runner.BatchOptions(backend="ray", row_timeout="30m"))
     assert not (tmp_path / "out").exists()
     assert time  # (imported for the pool's clock)
+
+
+# ------------------------------------------------ end to end: a real worker that stops answering, then a rerun
+@pytest.mark.slow
+def test_a_stopped_worker_fails_its_row_at_the_timeout_and_a_rerun_renders_it(media, tmp_path):
+    """A worker frozen mid-row (SIGSTOP: alive, never answering, as a deadlock) is killed at --row-timeout: its row
+    fails saying so, its partial file is gone, the next row renders on a fresh worker; the same command again
+    renders the failed row and skips the finished one."""
+    import signal
+
+    from echomimic_lib.jobs.batch import BatchOptions, read_manifest, run_batch
+    from tests.test_batch import FRAMES, _good_rows, _manifest, _no_partials, _results
+
+    out = tmp_path / "out"
+    frozen = []
+
+    def on_event(kind, worker, job, payload):
+        if kind == "start" and job.name == "r0" and not frozen:
+            frozen.append(worker.wid)
+            out.mkdir(exist_ok=True)
+            (out / ".r0.12345.partial.mp4").write_bytes(b"half a video")  # what a killed render leaves
+            os.kill(worker.proc.pid, signal.SIGSTOP)
+
+    defaults = {"models": str(media / "models"), "offline": "true", "steps": 1, "width": 64, "height": 64, "length": FRAMES}
+    jobs = read_manifest(_manifest(media / "hang.csv", _good_rows(2)), out, defaults)
+    s = run_batch(jobs, out, BatchOptions(workers=1, threads=1, scores=False, quiet=True, on_event=on_event,
+                                          row_timeout="40s"))
+    res = _results(out)
+    assert s.exit_code == 1 and res["r0"]["status"] == "error" and "longer than --row-timeout 40s" in res["r0"]["error"]
+    assert res["r1"]["status"] == "ok" and res["r1"]["worker"] != frozen[0] and not (out / "r0.mp4").exists()
+    _no_partials(out)
+    s = run_batch(read_manifest(media / "hang.csv", out, defaults), out,
+                  BatchOptions(workers=1, threads=1, scores=False, quiet=True, row_timeout="40s"))
+    assert (s.ok, s.skipped) == (1, 1) and probe_frames(out / "r0.mp4") == FRAMES
+
+
+def probe_frames(path):
+    from echomimic_lib.io.video_io import probe
+
+    return probe(path)["frames"]
