@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -98,6 +97,29 @@ def test_without_a_row_timeout_a_slow_row_is_not_stopped(monkeypatch):
     pool.run([_job(2, "a")], lambda kind, wk, job, payload: events.append((kind, job.name, payload)))
     assert ("done", "a", {"status": "ok"}) in events and not procs[0][0].killed
     worker.conn.close()
+
+
+def test_a_row_that_finishes_as_its_time_runs_out_is_not_killed(monkeypatch):
+    """The row's "done" reached the pipe just after the batch looked: its worker is not killed over a finished row."""
+    from echomimic_lib.jobs.batch import workers as w
+
+    pool, procs = _hung_pool(monkeypatch, 1, 1800.0)
+    calls = {"n": 0}
+    real_wait = w.wait
+
+    def wait_then_answer(conns, timeout=None):
+        calls["n"] += 1
+        ready = real_wait(conns, timeout=0.01)
+        if calls["n"] == 1:  # after the look: the answer arrives, the clock is past the limit
+            procs[0][1].send(("done", "a", {"status": "ok"}))
+            return []
+        return ready
+
+    monkeypatch.setattr(w, "wait", wait_then_answer)
+    events = []
+    pool.run([_job(2, "a")], lambda kind, wk, job, payload: events.append((kind, job.name, payload)))
+    assert events[-1] == ("done", "a", {"status": "ok"}) and not procs[0][0].killed
+    pool.workers[0].conn.close()
 
 
 @pytest.mark.parametrize("text, seconds", [("1800", 1800.0), ("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0),
@@ -288,7 +310,6 @@ def test_ray_refuses_a_row_timeout_up_front(tmp_path):
     with pytest.raises(EchoMimicError, match="--row-timeout works with the local workers only"):
         runner.run_batch([], tmp_path / "out", runner.BatchOptions(backend="ray", row_timeout="30m"))
     assert not (tmp_path / "out").exists()
-    assert time  # (imported for the pool's clock)
 
 
 # ------------------------------------------------ end to end: a real worker that stops answering, then a rerun

@@ -129,6 +129,14 @@ def _received(conn) -> list:
     return out
 
 
+def _answered(conn) -> bool:
+    """A message waits on the worker's pipe (its row may have just finished: read it before any timeout)."""
+    try:
+        return conn.poll()
+    except (EOFError, OSError):
+        return False
+
+
 def pick_job(pending: list, held, others: list):
     """The next job for a worker holding weight set ``held`` (None: fresh), ``others``: the sets the other workers
     hold. Its own set first (its models stay loaded); else a set no other worker holds, the one with the most rows
@@ -232,7 +240,7 @@ class LocalPool(CrashRule):
                                 self.finished_one(job)
                             on_event("done", w, job, payload)
                 if self.row_timeout and w.job is not None and not w.timed_out and w.proc.is_alive() \
-                        and time.monotonic() - w.started > self.row_timeout:
+                        and time.monotonic() - w.started > self.row_timeout and not _answered(w.conn):
                     log.warning("worker %d (%s): line %d (%s) took longer than the row timeout: worker stopped",
                                 w.wid, w.device, w.job.line, w.job.name)
                     w.timed_out = True
