@@ -7,7 +7,8 @@ the same path (a shared file system); ``results.jsonl`` is written by the driver
 The driver hands out the jobs as :class:`.workers.LocalPool` does (one at a time to whichever actor is free,
 the weight set it holds first) and keeps the same rules, so a row's record is the same on either backend:
 an actor that dies (its process killed, its node lost) has its job put back and a fresh actor takes its place;
-after ``max_attempts`` deaths the row is an error row. Ray's own ``max_restarts`` / ``max_task_retries`` are
+after ``max_attempts`` deaths the row is an error row, and a weight set whose rows keep killing actors fails its own
+rows only (:class:`.crash_rule.CrashRule`, the local pool's rule too). ``--row-timeout`` is local only. Ray's own ``max_restarts`` / ``max_task_retries`` are
 left off on purpose: a retry Ray does silently would not count in ``attempts``, send no ``died`` event and
 leave the dead attempt's ``.partial.mp4`` behind. An actor that cannot start at all (its ``__init__`` failed,
 e.g. torch sees no GPU where Ray gave one) stops the batch: that is the cluster's setup, not a row's fault. The actors
