@@ -235,8 +235,8 @@ def _pool(workers: int, max_attempts: int = 3):
 
     pool = w.LocalPool.__new__(w.LocalPool)
     pool.devices, pool.threads, pool.scores, pool.max_attempts = ["cpu"] * workers, 1, False, max_attempts
-    budget = getattr(w, "respawn_budget", lambda n, _a: 2 * n)  # (before: 2 per worker, never given back)
-    pool.respawns_left = pool.respawn_budget = budget(workers, max_attempts)
+    w.CrashRule.__init__(pool, workers, max_attempts)  # (the death rules' own init; no processes spawned)
+    pool.row_timeout = None
     pool.workers, pool._next_id = [], 0
 
     def spawn(device):

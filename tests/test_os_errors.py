@@ -226,7 +226,10 @@ def test_an_error_in_the_batch_event_handler_is_not_taken_for_a_dead_worker(tmp_
     never_r, never_w = os.pipe()
     proc = SimpleNamespace(sentinel=never_r, is_alive=lambda: True, join=lambda timeout=None: None, kill=lambda: None)
     pool = LocalPool.__new__(LocalPool)
-    pool.workers, pool.max_attempts, pool.respawns_left = [_Worker(0, "cpu", proc, ours)], 3, 0
+    from echomimic_lib.jobs.batch.crash_rule import CrashRule
+
+    CrashRule.__init__(pool, 1, 3, respawns=0)
+    pool.workers, pool.row_timeout = [_Worker(0, "cpu", proc, ours)], None
     pool.workers[0].idle = True
     job = SimpleNamespace(weight_key=("k",), line=2, attempts=0, name="a")
     theirs.send(("done", "a", {"status": "ok"}))

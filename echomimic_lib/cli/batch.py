@@ -72,6 +72,10 @@ def _check_options(args) -> None:
                                   ("--attempts", args.attempts, 1, "the attempts for a row whose worker dies; default 3")):
         if value is not None and value < low:
             raise EchoMimicError(f"{flag} {value}: use {low} or more ({why}).")
+    from ..jobs.batch.runner import parse_row_timeout
+
+    if parse_row_timeout(args.row_timeout) and args.backend == "ray":
+        raise EchoMimicError("--row-timeout works with the local workers only; leave it out with --backend ray.")
     if args.deep_cache:
         check_deep_cache(args.deep_cache, 0)  # the interval; the branch depends on each row's denoiser
     if args.backend == "ray":  # the --device list before the rows are read (a list this machine lacks, cuda:N with Ray)
@@ -108,7 +112,7 @@ def _cmd_batch(args) -> int:
         raise EchoMimicError("nothing to do: give a manifest (JOBS) or --images DIR / --videos DIR with --audios DIR.")
     opts = BatchOptions(workers=args.workers, device=args.device, threads=args.threads, scores=not args.no_scores,
                         max_attempts=args.attempts, backend=args.backend, ray_address=args.ray_address, quiet=args.quiet,
-                        dry_run=args.dry_run)
+                        dry_run=args.dry_run, row_timeout=args.row_timeout)
     if args.dry_run:
         s = run_batch(jobs, args.output, opts)
         say(f"dry run: {s.to_render} would render, {s.skipped} skipped (already done), {s.failed} would fail of {s.total}"
@@ -212,6 +216,9 @@ def add_commands(sub) -> None:
                                                      "(with --backend ray: auto, cpu or cuda; Ray assigns the GPUs)")
     b.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores shared out; 1 with --smoke)")
     b.add_argument("--attempts", type=int, default=3, help="attempts for a row whose worker dies (killed, crashed)")
+    b.add_argument("--row-timeout", metavar="TIME",
+                   help="local workers: a row running longer than this (seconds, or 90s / 30m / 2h) has its worker "
+                        "stopped and fails (a hung row no longer blocks the batch); default: no limit")
     b.add_argument("--no-scores", action="store_true", help="skip the weight-free evaluate scores in results.jsonl")
     b.add_argument("--resume", action="store_true",
                    help="skip the rows results.jsonl says are done with the same inputs and settings (what every rerun "

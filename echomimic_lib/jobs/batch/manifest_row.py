@@ -53,6 +53,7 @@ class Job:
     error: str | None = None  # found by the job's checks: the row becomes an error row without running
     frames: int = 0           # expected frames (progress and frames/s)
     attempts: int = 0
+    retrying: bool = False    # its worker died and it goes back to the queue (set before the ``died`` event)
     prompts: tuple = ()       # V3 rows: the batch's distinct prompts on the same models folder (batch.v3.share_prompts)
     given: str = ""           # the 'name' cell as written, when it differs from ``name`` (said when two rows collide)
     downloads: tuple = ()     # a dry run: what this row's checks would download (file, from, to), none fetched

@@ -7,7 +7,8 @@ the same path (a shared file system); ``results.jsonl`` is written by the driver
 The driver hands out the jobs as :class:`.workers.LocalPool` does (one at a time to whichever actor is free,
 the weight set it holds first) and keeps the same rules, so a row's record is the same on either backend:
 an actor that dies (its process killed, its node lost) has its job put back and a fresh actor takes its place;
-after ``max_attempts`` deaths the row is an error row. Ray's own ``max_restarts`` / ``max_task_retries`` are
+after ``max_attempts`` deaths the row is an error row, and a weight set whose rows keep killing actors fails its own
+rows only (:class:`.crash_rule.CrashRule`, the local pool's rule too). ``--row-timeout`` is local only. Ray's own ``max_restarts`` / ``max_task_retries`` are
 left off on purpose: a retry Ray does silently would not count in ``attempts``, send no ``died`` event and
 leave the dead attempt's ``.partial.mp4`` behind. An actor that cannot start at all (its ``__init__`` failed,
 e.g. torch sees no GPU where Ray gave one) stops the batch: that is the cluster's setup, not a row's fault. The actors
@@ -207,7 +208,8 @@ def run_on_ray(todo: list, opts, on_event) -> None:
 
 
 def _run(ray, todo: list, opts, on_event) -> None:
-    from .workers import pick_job, respawn_budget
+    from .crash_rule import CrashRule
+    from .workers import pick_job
 
     kind, n, need = placement(ray.cluster_resources(), opts, len(todo))
     threads = need["num_cpus"]
@@ -224,15 +226,12 @@ def _run(ray, todo: list, opts, on_event) -> None:
         starting[w.handle.where.remote()] = w
 
     def lost(w: _Actor) -> None:
-        nonlocal respawns_left
         live.remove(w)
         ray.kill(w.handle)  # dead, or only unreachable for now: either way not to be used again
-        if respawns_left > 0:
-            respawns_left -= 1
+        if rule.take_respawn():
             start()
 
-    budget = respawn_budget(n, opts.max_attempts)  # as LocalPool: given back by every finished row
-    respawns_left = budget
+    rule = CrashRule(n, opts.max_attempts)  # as LocalPool: retries, a weight set that crashes its actors, respawns
     for _ in range(n):
         start()
     idle = []
@@ -274,17 +273,16 @@ def _run(ray, todo: list, opts, on_event) -> None:
             try:
                 payload = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                lost(w)  # killed before its partial video is removed
                 why = f"Ray actor {w.wid} ({w.label}) died while rendering it"
+                ended = rule.died(job, why, pending)  # (decides job.retrying before the death is reported)
+                lost(w)  # killed before its partial video is removed
                 on_event("died", w, job, f"{why} ({_cause(exc)})")
-                if job.attempts >= opts.max_attempts:
-                    on_event("done", w, job, {"status": "error", "error": f"{why}, {job.attempts} time(s); giving up on this row."})
-                else:
-                    pending.insert(0, job)
+                for k, (each, end) in enumerate(ended):
+                    on_event("done", w if k == 0 else None, each, end)  # (a crashing set's other rows never started)
                 continue
             idle.append(w)
             if isinstance(payload, dict) and payload.get("status") == "ok":
-                respawns_left = max(respawns_left, budget)
+                rule.finished_one(job)
             on_event("done", w, job, payload)
     finally:
         for w in live:  # at once: interrupted, the rows in flight stop (the driver removes what they left)

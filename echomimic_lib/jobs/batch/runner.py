@@ -10,6 +10,7 @@ the total, frames per second, ETA) and names the rows being rendered with their 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class BatchOptions:
     threads: int | None = None     # CPU threads per worker (default: the cores shared out)
     scores: bool = True            # weight-free `echomimic evaluate` scores per row
     max_attempts: int = 3          # a row whose worker dies is retried until this many attempts
+    row_timeout: float | str | None = None  # local workers: seconds (or "30m", "2h") a row may take; None: no limit
     backend: str = "local"         # local | ray
     ray_address: str | None = None
     quiet: bool = False
@@ -39,6 +41,7 @@ class BatchOptions:
 
     def __post_init__(self):
         self.device = str(self.device or "auto").strip().lower()  # CUDA:0 / Cuda, as --device of a single command takes them
+        self.row_timeout = parse_row_timeout(self.row_timeout)
 
 
 @dataclass
@@ -57,6 +60,24 @@ class BatchSummary:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
+
+
+def parse_row_timeout(value) -> float | None:
+    """``--row-timeout``: seconds as a number, or with a unit (``90s``, ``30m``, ``2h``); None/"" : no limit."""
+    from ...errors import EchoMimicError
+
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise EchoMimicError(f"--row-timeout {value}: use a time above 0, in seconds (1800) or with a unit (90s, 30m, "
+                             "2h); leave it out for no limit.")
+    return seconds
 
 
 MAX_WORKERS = 256  # local worker processes of one batch (each loads its own models: more is no batch a machine runs)
@@ -227,6 +248,11 @@ def run_batch(jobs: list, outdir, opts: BatchOptions | None = None) -> BatchSumm
         from .ray_backend import check_device, import_ray
 
         check_device(opts.device)  # cuda:N: Ray, not --device, picks the GPUs
+        if opts.row_timeout:
+            from ...errors import EchoMimicError
+
+            raise EchoMimicError("--row-timeout works with the local workers only; leave it out with --backend ray "
+                                 "(or use the local backend).")
         import_ray()
     else:
         worker_devices(opts)  # a wrong --device list is said before any row is checked
@@ -310,7 +336,7 @@ def _run_locked(jobs: list, outdir, opts: BatchOptions) -> BatchSummary:
         if full:
             payload = {k: v for k, v in payload.items() if k != "disk_full"}  # (not a field of the record)
         if kind == "died":
-            log.warning("%s: %s; %s", job.name, payload, "retrying" if job.attempts < opts.max_attempts else "giving up")
+            log.warning("%s: %s; %s", job.name, payload, "retrying" if getattr(job, "retrying", False) else "giving up")
             remove_partials(job)
         if kind == "done":
             if payload.get("status") != "ok":
@@ -398,7 +424,8 @@ def _dispatch(todo: list, opts: BatchOptions, on_event) -> None:
     smoke = all(getattr(j.request, "smoke", False) for j in todo)
     threads = opts.threads or (1 if smoke else max(1, (os.cpu_count() or 1) // len(devices)))
     log.info("%d job(s) on %d worker(s): %s", len(todo), len(devices), ", ".join(devices))
-    pool = LocalPool(devices, threads=threads, scores=opts.scores, max_attempts=opts.max_attempts)
+    pool = LocalPool(devices, threads=threads, scores=opts.scores, max_attempts=opts.max_attempts,
+                     row_timeout=opts.row_timeout)
     try:
         pool.run(todo, on_event)
     except BaseException:

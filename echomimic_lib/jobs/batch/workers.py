@@ -14,8 +14,11 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import time
 import traceback
 from multiprocessing.connection import wait
+
+from .crash_rule import CrashRule, respawn_budget, set_crash_error  # noqa: F401 - (set_crash_error: was here)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,14 @@ def _received(conn) -> list:
     return out
 
 
+def _answered(conn) -> bool:
+    """A message waits on the worker's pipe (its row may have just finished: read it before any timeout)."""
+    try:
+        return conn.poll()
+    except (EOFError, OSError):
+        return False
+
+
 def pick_job(pending: list, held, others: list):
     """The next job for a worker holding weight set ``held`` (None: fresh), ``others``: the sets the other workers
     hold. Its own set first (its models stay loaded); else a set no other worker holds, the one with the most rows
@@ -148,41 +159,38 @@ class _Worker:
     def __init__(self, wid: int, device: str, proc, conn):
         self.wid, self.device, self.proc, self.conn = wid, device, proc, conn
         self.job = None        # the job it is rendering
+        self.started = 0.0     # when it was handed that job (time.monotonic)
+        self.timed_out = False  # killed for taking longer than the pool's row_timeout
         self.idle = False
         self.weight_key = None
 
 
-def set_crash_error(key: tuple, gave_up: int, line: int, attempts: int) -> str:
-    """The error of every row of a weight set that crashes the worker (:meth:`LocalPool._crashed_set`)."""
-    label = ", ".join(str(k) for k in key[:3] if k not in ("", None))
-    check = (f"echomimic doctor --models {key[0]} --weights {key[1]}" if len(key) > 1
-             and key[1] in ("v1_audio", "v1_pose", "v2") else "echomimic doctor")
-    return (f"its weight set ({label}) crashes the worker: line {gave_up} crashed it on each of its {attempts} "
-            f"attempt(s), then line {line} did too, so none of this set's rows is rendered (the other sets' rows go "
-            f"on). Check the set with `{check}` (a file cut short or of another model, or a set too big for this "
-            "machine's memory), then run the batch again: it renders these rows.")
+def format_seconds(seconds: float) -> str:
+    """``1800`` -> ``30m``, ``5400`` -> ``90m``, ``7200`` -> ``2h``, ``45`` -> ``45s``: a --row-timeout as written."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
-def respawn_budget(workers: int, max_attempts: int) -> int:
-    """Workers restarted after deaths with no row finished in between: at least one row's attempts (a row that
-    crashes its worker every time never leaves the pool empty, even with one worker), 2 per worker otherwise. A finished
-    row gives the budget back (:meth:`LocalPool.finished_one`): only a setup where nothing finishes (a broken driver)
-    runs it out, and then the batch ends."""
-    return max(2 * workers, max_attempts)
+def timeout_error(seconds: float, wid: int, device: str) -> str:
+    """The error of a row stopped for taking longer than ``--row-timeout``."""
+    shown = format_seconds(seconds)
+    return (f"took longer than --row-timeout {shown} (worker {wid}, {device}, was stopped and replaced; nothing of "
+            f"this row was kept); raise it (e.g. --row-timeout {format_seconds(seconds * 2)}) if the row is only long, or "
+            "run the row alone (echomimic animate/dub) with -v to see where it hangs. A rerun renders it again.")
 
 
-class LocalPool:
+class LocalPool(CrashRule):
     """``devices``: one entry per worker (``cpu``, ``cuda:0``, ...). Events: (kind, worker, job, payload) with kind
-    ``start`` | ``progress`` | ``done`` | ``died``."""
+    ``start`` | ``progress`` | ``done`` | ``died``. ``row_timeout``: seconds a row may take before its worker is
+    killed and the row fails (None: no limit). The death rules are :class:`.crash_rule.CrashRule`'s."""
 
     def __init__(self, devices: list[str], threads: int = 1, scores: bool = True, max_attempts: int = 3,
-                 respawns: int | None = None):
+                 respawns: int | None = None, row_timeout: float | None = None):
+        CrashRule.__init__(self, len(devices), max_attempts, respawns)
         self.ctx = mp.get_context("spawn")
-        self.devices, self.threads, self.scores, self.max_attempts = devices, threads, scores, max_attempts
-        self.respawn_budget = respawn_budget(len(devices), max_attempts) if respawns is None else respawns
-        self.respawns_left = self.respawn_budget
-        self.set_crashes: dict = {}  # repr(weight key) -> {"gave_up": the line of its row that used up its attempts}
-        self.bad_sets: dict = {}     # repr(weight key) -> the error of its rows (they crash the worker)
+        self.devices, self.threads, self.scores, self.row_timeout = devices, threads, scores, row_timeout
         self.workers: list[_Worker] = []
         self._next_id = 0
         for device in devices:
@@ -214,7 +222,7 @@ class LocalPool:
                 if w.idle and pending:
                     job = self._pick(pending, w)
                     job.attempts += 1
-                    w.job, w.idle, w.weight_key = job, False, job.weight_key
+                    w.job, w.idle, w.weight_key, w.started = job, False, job.weight_key, time.monotonic()
                     w.conn.send(job)
                     on_event("start", w, job, None)
             ready = wait([w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers], timeout=1.0)
@@ -231,64 +239,39 @@ class LocalPool:
                             if isinstance(payload, dict) and payload.get("status") == "ok":
                                 self.finished_one(job)
                             on_event("done", w, job, payload)
+                if self.row_timeout and w.job is not None and not w.timed_out and w.proc.is_alive() \
+                        and time.monotonic() - w.started > self.row_timeout and not _answered(w.conn):
+                    log.warning("worker %d (%s): line %d (%s) took longer than the row timeout: worker stopped",
+                                w.wid, w.device, w.job.line, w.job.name)
+                    w.timed_out = True
+                    w.proc.kill()
+                    w.proc.join(timeout=10)
                 if not w.proc.is_alive():
                     remaining -= self._buried(w, pending, on_event)
 
-    respawn_budget = 0  # (set per pool in __init__)
-
-    def finished_one(self, job=None) -> None:
-        """A row rendered: the workers work; the deaths before it are forgiven (a long batch with a crashing row now
-        and then keeps its workers), its weight set's too."""
-        self.respawns_left = max(self.respawns_left, self.respawn_budget)
-        if job is not None:
-            self.__dict__.setdefault("set_crashes", {}).pop(repr(job.weight_key), None)
-
-    def _crashed_set(self, job) -> str | None:
-        """Count a death of ``job``'s weight set; the set's error when its rows crash the worker: a row of the set
-        gave up after its attempts and another row of it crashed too, with no row of it rendered in between."""
-        bad_sets = self.__dict__.setdefault("bad_sets", {})
-        key = repr(job.weight_key)
-        if key in bad_sets:
-            return bad_sets[key]
-        seen = self.__dict__.setdefault("set_crashes", {}).setdefault(key, {"gave_up": None})
-        if seen["gave_up"] is None or seen["gave_up"] == job.line:
-            if job.attempts >= self.max_attempts:
-                seen["gave_up"] = job.line
-            return None
-        bad_sets[key] = why = set_crash_error(job.weight_key, seen["gave_up"], job.line, self.max_attempts)
-        log.warning("%s", why)
-        return why
-
     def _buried(self, w: _Worker, pending: list, on_event) -> int:
         """A worker died: requeue its job (or fail it after ``max_attempts``; a weight set whose rows crash the worker:
-        fail its rows, :meth:`_crashed_set`), start a replacement. Returns the number of jobs this finished."""
+        fail its rows, :meth:`.crash_rule.CrashRule.died`; a row past ``row_timeout``: fail it), start a replacement.
+        Returns the number of jobs this finished."""
         w.proc.join(timeout=1)
         self.workers.remove(w)
         w.conn.close()
-        finished = 0
+        ended = []
         job = w.job
-        if job is not None:
-            why = f"worker {w.wid} ({w.device}) died (exit code {w.proc.exitcode}) while rendering it"
+        if job is not None and w.timed_out:  # killed by us: the row, not the worker, is the problem
+            job.retrying = False
+            why = timeout_error(self.row_timeout, w.wid, w.device)
             on_event("died", w, job, why)
-            set_error = self._crashed_set(job)
-            if set_error is not None:  # the weight set is the problem: its rows fail, the other sets' go on
-                same = [j for j in pending if j.weight_key == job.weight_key]
-                pending[:] = [j for j in pending if j.weight_key != job.weight_key]
-                on_event("done", w, job, {"status": "error", "error": set_error})
-                for each in same:  # (never started: no worker)
-                    on_event("done", None, each, {"status": "error", "error": set_error})
-                finished = 1 + len(same)
-                if pending:  # (its deaths were the set's, not the machine's)
-                    self.respawns_left = max(self.respawns_left, self.respawn_budget)
-            elif job.attempts >= self.max_attempts:
-                on_event("done", w, job, {"status": "error", "error": f"{why}, {job.attempts} time(s); giving up on this row."})
-                finished = 1
-            else:
-                pending.insert(0, job)
-        if self.respawns_left > 0:
-            self.respawns_left -= 1
+            ended = [(job, {"status": "error", "error": why})]
+        elif job is not None:
+            why = f"worker {w.wid} ({w.device}) died (exit code {w.proc.exitcode}) while rendering it"
+            ended = self.died(job, why, pending)  # (decides job.retrying before the death is reported)
+            on_event("died", w, job, why)
+        for n, (each, payload) in enumerate(ended):
+            on_event("done", w if n == 0 else None, each, payload)  # (the others never started: no worker)
+        if w.timed_out or self.take_respawn():
             self._spawn(w.device)
-        return finished
+        return len(ended)
 
     def close(self, now: bool = False) -> None:
         """Stop the workers: after their current job, or ``now`` (interrupted: killed at once)."""
