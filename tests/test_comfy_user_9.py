@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 
+import pytest
+import torch
+
 from tests._pack import load_pack, sub
 
 N = load_pack().NODE_CLASS_MAPPINGS
 base = sub("nodes.base")
 paths = sub("nodes.paths")
+EchoMimicError = sub("echomimic_lib.errors").EchoMimicError
 
 
 class Counted:
@@ -50,3 +54,41 @@ def test_the_folder_stamp_lines_are_unchanged(tmp_path):
     st, sq = os.stat(folder / "a.npy"), os.stat(seq)
     assert out == [f"{folder}/", f"a.npy|5|{st.st_mtime_ns}", "sub/", f"{seq}|3|{sq.st_mtime_ns}",
                    f"{tmp_path / 'missing'}|unreadable"]
+
+
+# --------------------------------------------------------------------- 2. broken audio refused before whisper is loaded
+class Reached(Exception):
+    """Raised where the node's own work would start (whisper placed on the device)."""
+
+
+def _loud(*shape):
+    return torch.sin(torch.linspace(0, 3000, shape[-1])).expand(*shape).clone() * 0.5
+
+
+@pytest.mark.parametrize("wave, words", [
+    (torch.full((1, 1, 16000), float("nan")), "NaN/Inf samples"),
+    (torch.cat([_loud(1, 1, 8000), torch.full((1, 1, 8000), float("inf"))], -1), "NaN/Inf samples"),
+    (_loud(2, 1, 16000), "a batch of 2 clips"),
+    (torch.zeros(0, 1, 16000), "a batch of 0 clips"),
+])
+def test_broken_audio_is_refused_before_whisper_is_loaded(wave, words, monkeypatch):
+    audio_node = sub("nodes.audio")
+
+    def reached(*a, **k):
+        raise Reached
+
+    monkeypatch.setattr(audio_node, "placement", reached)
+    with pytest.raises(EchoMimicError, match=words):
+        N["EchoMimicAudioEncoder"]().execute(object(), {"waveform": wave, "sample_rate": 16000}, 24.0)
+
+
+def test_clean_audio_goes_on_to_whisper(monkeypatch):
+    audio_node = sub("nodes.audio")
+
+    def reached(*a, **k):
+        raise Reached
+
+    monkeypatch.setattr(audio_node, "placement", reached)
+    for wave in (_loud(1, 1, 16000), _loud(1, 8, 16000), _loud(1, 16000)):
+        with pytest.raises(Reached):
+            N["EchoMimicAudioEncoder"]().execute(object(), {"waveform": wave, "sample_rate": 16000}, 24.0)
