@@ -5,7 +5,7 @@ import torch
 
 from ..echomimic_lib.audio import encode_audio
 from ..echomimic_lib.audio import check_audible as check_samples_audible
-from ..echomimic_lib.audio.waveform import check_sample_rate
+from ..echomimic_lib.audio.waveform import check_sample_rate, read_raw_audio
 from ..echomimic_lib.errors import EchoMimicError
 from ..echomimic_lib.modes import DEFAULT_FPS, check_frame_rate
 from .base import Node, frame_rate, link
@@ -19,6 +19,8 @@ def check_audible(audio) -> None:
     if not isinstance(wave, torch.Tensor):
         raise EchoMimicError("audio: expected a ComfyUI AUDIO (connect Load Audio, or the audio of Get Video Components).")
     check_sample_rate(audio.get("sample_rate"))  # before whisper is loaded (1 GHz was "too short" after it)
+    if (wave.ndim == 3 and wave.shape[0] != 1) or (wave.numel() and not bool(torch.isfinite(wave).all())):
+        read_raw_audio(audio)  # the library's own words (a batch of clips, NaN/Inf samples), before whisper is loaded
     if wave.numel() == 0:
         return  # the library says "the waveform is empty"
     check_samples_audible(wave, "Connect a clip with audible speech, or check that Load Audio picked the right file.")

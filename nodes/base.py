@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import math
+import reprlib
 import sys
 from pathlib import Path
 
@@ -260,11 +261,21 @@ def finite_problem(node_cls, values: dict, spec: dict | None = None) -> str | No
     return None
 
 
+def _shown_repr():
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset, r.maxfrozenset, r.maxdeque = 3, 12, 12, 6, 12, 12, 12
+    r.maxstring = r.maxother = r.maxlong = 80
+    return r
+
+
+_REPR = _shown_repr()
+
+
 def _shown(value) -> str:
     if value is None:
         return "nothing (null)"
-    try:
-        text = repr(value)
+    try:  # (a container's first items only: a huge list's repr is never written whole to show 60 characters)
+        text = _REPR.repr(value)
     except Exception:  # (another pack's object with a broken __repr__: the message still names the input)
         text = f"<{type(value).__name__} object>"
     return f"{text[:60] + '...' if len(text) > 60 else text} (a {type(value).__name__})"

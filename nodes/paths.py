@@ -98,6 +98,16 @@ def file_stamp(roots: list[Path], name) -> str:
     return f"{found}|{st.st_size}|{st.st_mtime_ns}" if st is not None else f"not found: {name!r}"
 
 
+def _stat_line(name, stat) -> str:
+    """``name|size|mtime_ns`` of one file (``stat`` its stat call), or ``name|unreadable`` (a link to itself, a file
+    removed meanwhile)."""
+    try:
+        st = stat()
+        return f"{name}|{st.st_size}|{st.st_mtime_ns}"
+    except (OSError, ValueError):
+        return f"{name}|unreadable"
+
+
 def _tree_lines(path: Path, depth: int, out: list[str]) -> None:
     """Name, size and modification time of each file in ``path`` (and in its sub-folders, ``depth`` levels down); hidden
     names left out (a library's own .gestures.npz index, written by the node); no file is opened."""
@@ -105,30 +115,21 @@ def _tree_lines(path: Path, depth: int, out: list[str]) -> None:
         with os.scandir(path) as it:
             entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except NotADirectoryError:  # a .npz sequence: the file itself
-        entries = None
+        out.append(_stat_line(path, path.stat))
+        return
     except (OSError, ValueError):
         out.append(f"{path}|unreadable")
-        return
-    if entries is None:
-        try:
-            st = path.stat()
-            out.append(f"{path}|{st.st_size}|{st.st_mtime_ns}")
-        except (OSError, ValueError):
-            out.append(f"{path}|unreadable")
         return
     out.append(f"{path}/")
     for e in entries:
         try:
-            if e.is_dir():
-                if depth > 0:
-                    _tree_lines(Path(e.path), depth - 1, out)
-                else:
-                    out.append(f"{e.name}/")
-                continue
-            st = e.stat()
-            out.append(f"{e.name}|{st.st_size}|{st.st_mtime_ns}")
-        except (OSError, ValueError):  # a link to itself, a file removed meanwhile
-            out.append(f"{e.name}|unreadable")
+            is_dir = e.is_dir()
+        except (OSError, ValueError):
+            is_dir = False  # (its stat line says unreadable)
+        if is_dir and depth > 0:
+            _tree_lines(Path(e.path), depth - 1, out)
+        else:
+            out.append(f"{e.name}/" if is_dir else _stat_line(e.name, e.stat))
 
 
 def folder_stamp(folders: list[Path], depth: int = 1) -> str:
