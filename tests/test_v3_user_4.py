@@ -123,7 +123,7 @@ def test_a_damaged_official_encoder_file_is_named_with_the_fix(tmp_path):
 
 def test_doctor_weights_takes_the_official_encoder_and_names_a_damaged_one(tmp_path):
     """`echomimic doctor --weights` on a set whose text encoder is the official .pth: not "missing" (it listed
-    umt5-xxl/ files), its size counted; a cut .pth is named as broken."""
+    umt5-xxl/ files); a .pth that is no torch file is named as broken."""
     from echomimic_lib.jobs.doctor.models import check_v3
     from echomimic_lib.models.wan.tiny import write_tiny_v3
 
@@ -137,6 +137,6 @@ def test_doctor_weights_takes_the_official_encoder_and_names_a_damaged_one(tmp_p
     _official_release(folder, moved, model)
     row = check_v3(tmp_path)
     assert row["status"] in ("tiny", "ready") and not row["missing"], row
-    (folder / BASE / T5).write_bytes((folder / BASE / T5).read_bytes()[:200])
+    (folder / BASE / T5).write_bytes(b"<html>rate limited</html>")  # a failed download saved as the file
     row = check_v3(tmp_path)
     assert row["status"] == "broken" and T5 in row["broken"][0]["path"], row

@@ -10,7 +10,6 @@ file presence and sizes, and at most a weight file's first bytes (nothing is dow
 from __future__ import annotations
 
 import struct
-import zipfile
 from pathlib import Path
 
 from ...errors import EchoMimicError, MissingWeightsError
@@ -72,8 +71,6 @@ def file_problem(path: Path) -> str | None:
                     return f"truncated: {size} bytes of {8 + n + end} (a broken-off download?)"
             elif path.suffix in (".pth", ".pt", ".bin") and not head.startswith((b"PK\x03\x04", b"\x80")):
                 return "not a PyTorch weight file (neither a zip archive nor a pickle)"
-            elif path.suffix in (".pth", ".pt", ".bin") and head.startswith(b"PK") and not zipfile.is_zipfile(path):
-                return f"truncated: a zip archive without its end ({size} bytes; a broken-off download?)"
     except _Unreadable as exc:
         return str(exc)
     except (OSError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:  # (OverflowError: an offset 1e999)

@@ -9,7 +9,8 @@
 * Image: transformers ``CLIPVisionModel`` (ViT-H/14): the reference at the sample size, bicubic resize to
   the model's input size (no antialias, as the official ``CLIPModel.visual``), CLIP mean/std, and the
   states after the penultimate block (``hidden_states[-2]``; Wan's ``use_31_block``) -> (1, 257, 1280).
-  Whether the HF checkpoints equal Wan's own ``.pth`` encoders bit for bit is not verified.
+  Whether the HF checkpoints equal Wan's own ``.pth`` encoders bit for bit is not verified; the official umT5 ``.pth``
+  itself is read too (:mod:`echomimic_lib.models.wan.official_t5`: a folder laid out as the official README).
 """
 from __future__ import annotations
 
