@@ -12,6 +12,10 @@ Layout of ``<models>/v3-flash/`` (each folder holds the files of its source fold
     clip-vit-h-14/             image_encoder/* of a Wan 2.1 I2V Diffusers repository
     vae/                       optional diffusers AutoencoderKLWan folder, used when Wan2.1_VAE.pth is absent
 
+The official release's own text encoder counts too: ``Wan2.1-Fun-V1.1-1.3B-InP/models_t5_umt5-xxl-enc-bf16.pth``
+with its ``google/umt5-xxl/`` tokenizer (the official EchoMimicV3 README's layout) stands for ``umt5-xxl/``
+(:mod:`.official_t5` maps its keys), so that folder is not downloaded again.
+
 A part whose weights are sharded (``*.index.json``) needs every shard its index names; the shards' names are
 known once the index is there, so a download fetches the index first and the shards in a second round.
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from ...io.file_names import plain_file_name
 from ...io.json_file import read_json
+from .official_t5 import OFFICIAL_T5, OFFICIAL_TOKENIZER
 
 V3_FOLDER = "v3-flash"  # the set's folder inside the models folder
 BASE = "Wan2.1-Fun-V1.1-1.3B-InP"
@@ -42,6 +47,7 @@ class Source:
     size: str  # for the log and the missing-files message
     what: str
     or_folder: str = ""  # also complete when this folder (under v3-flash/) holds a config.json
+    or_file: str = ""  # also complete when this file (under v3-flash/) is there (the official release's own file)
 
     def remote_path(self, name: str) -> str:
         return f"{self.remote}/{name}" if self.remote else name
@@ -59,9 +65,11 @@ SOURCES: tuple[Source, ...] = (
            ("config.json", "preprocessor_config.json", ("model.safetensors", "pytorch_model.bin")),
            ("config.json", "preprocessor_config.json", "pytorch_model.bin"), "380 MB", "chinese-wav2vec2-base audio encoder"),
     Source("umt5", "umt5-xxl", UMT5_REPO, "text_encoder", ("config.json", ("model.safetensors", "model.safetensors.index.json")),
-           ("config.json", "model.safetensors.index.json"), "11.4 GB", "umT5-xxl text encoder (bf16, sharded)"),
+           ("config.json", "model.safetensors.index.json"), "11.4 GB", "umT5-xxl text encoder (bf16, sharded)",
+           or_file=f"{BASE}/{OFFICIAL_T5}"),
     Source("tokenizer", "umt5-xxl", UMT5_REPO, "tokenizer", ("tokenizer_config.json", ("tokenizer.json", "spiece.model")),
-           ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "spiece.model"), "21 MB", "umT5 tokenizer"),
+           ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "spiece.model"), "21 MB", "umT5 tokenizer",
+           or_file=f"{BASE}/{OFFICIAL_TOKENIZER}/tokenizer_config.json"),
     Source("clip", "clip-vit-h-14", CLIP_REPO, "image_encoder", ("config.json", ("model.safetensors", "pytorch_model.bin")),
            ("config.json", "model.safetensors"), "1.3 GB", "CLIP ViT-H/14 image encoder"),
 )
@@ -94,6 +102,8 @@ def part_missing(src: Source, folder: Path, every: bool = False) -> Missing | No
     part lists all its files, also those that are there (a forced download replaces them)."""
     if src.or_folder and (folder / src.or_folder / "config.json").is_file():
         return None
+    if src.or_file and (folder / src.or_file).is_file():
+        return None
     d = folder / src.folder
 
     @functools.lru_cache(maxsize=None)  # one look per name: files appearing meanwhile (another worker fetching the
@@ -125,5 +135,8 @@ def resolved_files(folder: Path) -> dict:
     """The paths the V3 loaders take (call once :func:`missing_parts` is empty)."""
     folder = Path(folder)
     pth = folder / BASE / "Wan2.1_VAE.pth"
+    umt5 = folder / "umt5-xxl"
+    if not (umt5 / "config.json").is_file() and (folder / BASE / OFFICIAL_T5).is_file():
+        umt5 = folder / BASE / OFFICIAL_T5  # the official encoder file (its tokenizer: google/umt5-xxl/ beside it)
     return {"base": folder / BASE, "flash": folder / FLASH, "wav2vec2": folder / "chinese-wav2vec2-base",
-            "umt5": folder / "umt5-xxl", "clip": folder / "clip-vit-h-14", "vae": pth if pth.is_file() else folder / "vae"}
+            "umt5": umt5, "clip": folder / "clip-vit-h-14", "vae": pth if pth.is_file() else folder / "vae"}

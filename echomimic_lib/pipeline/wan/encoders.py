@@ -9,7 +9,8 @@
 * Image: transformers ``CLIPVisionModel`` (ViT-H/14): the reference at the sample size, bicubic resize to
   the model's input size (no antialias, as the official ``CLIPModel.visual``), CLIP mean/std, and the
   states after the penultimate block (``hidden_states[-2]``; Wan's ``use_31_block``) -> (1, 257, 1280).
-  Whether the HF checkpoints equal Wan's own ``.pth`` encoders bit for bit is not verified.
+  Whether the HF checkpoints equal Wan's own ``.pth`` encoders bit for bit is not verified; the official umT5 ``.pth``
+  itself is read too (:mod:`echomimic_lib.models.wan.official_t5`: a folder laid out as the official README).
 """
 from __future__ import annotations
 
@@ -62,17 +63,26 @@ def load_umt5(encoder_dir: str | Path, device="cpu", dtype=torch.float32, prompt
     ``prompts`` longer than ``TEXT_LEN`` tokens is warned about after the tokenizer loads, before the model does."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
+    from ...models.wan.official_t5 import OFFICIAL_TOKENIZER, load_official_umt5
+
     encoder_dir = Path(encoder_dir)
-    if not (encoder_dir / "config.json").is_file():
+    official = encoder_dir.suffix == ".pth"  # the official release's encoder file: tokenizer in google/umt5-xxl/ beside it
+    tok_dir = encoder_dir.parent / OFFICIAL_TOKENIZER if official else encoder_dir
+    if official and not (tok_dir / "tokenizer_config.json").is_file() and (encoder_dir.parent.parent / "umt5-xxl").is_dir():
+        tok_dir = encoder_dir.parent.parent / "umt5-xxl"
+    if not official and not (encoder_dir / "config.json").is_file():
         raise FileNotFoundError(f"{encoder_dir}: no config.json; expected a Hugging Face umT5 encoder folder (with its tokenizer)")
     from ...io.weights import from_hf_folder
 
-    tok = from_hf_folder(lambda: AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True), encoder_dir,
+    tok = from_hf_folder(lambda: AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True), tok_dir,
                          "umT5 tokenizer")
     for prompt in prompts:
         warn_dropped(prompt, dropped_tokens(tok, prompt))
-    model = from_hf_folder(lambda: UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=dtype),
-                           encoder_dir, "umT5-xxl text encoder")
+    if official:
+        model = load_official_umt5(encoder_dir, dtype)
+    else:
+        model = from_hf_folder(lambda: UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True,
+                                                                        torch_dtype=dtype), encoder_dir, "umT5-xxl text encoder")
     return tok, model.to(device).eval()
 
 
