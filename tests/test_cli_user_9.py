@@ -14,7 +14,9 @@ CASES = [
     (["animate", "--reference", IMAGE, "--audio", SPEECH, "-o", "-", "--smoke"], "-o"),
     (["dub", "--video", VIDEO, "--audio", SPEECH, "-o", "-"], "-o"),
     (["landmarks", VIDEO, "-o", "-"], "-o"),
-    (["poses", "--video", VIDEO, "-o", "-"], "-o"),  # was taken as a pose folder named "-" (after a model download)
+    (["poses", "--video", VIDEO, "-o", "-"], "-o"),
+    (["landmarks", VIDEO, "-o", "o.npz", "--preview", "-"], "--preview"),
+    (["evaluate", VIDEO, "--plot", "-"], "--plot"),  # was: "give it the .png extension, e.g. --plot -.png"  # was taken as a pose folder named "-" (after a model download)
 ]
 
 
