@@ -80,6 +80,9 @@ def _check_plot(args) -> None:
     if not args.plot.strip():
         raise EchoMimicError("--plot is empty; give the PNG file to write, e.g. --plot sync.png (or drop --plot).")
     plot = Path(args.plot)
+    if str(args.plot).strip() == "-":  # the Unix "to stdout" habit: stdout carries the table or the JSON
+        raise EchoMimicError("--plot -: writing the plot to stdout is not supported (stdout carries the table or --json); "
+                             "give a file name, e.g. --plot sync.png.")
     if plot.is_dir():
         raise EchoMimicError(f"--plot {args.plot} is a directory, not a regular file; give a file name inside it, e.g. --plot "
                              f"{plot / 'sync.png'}.")

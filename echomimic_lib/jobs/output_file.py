@@ -24,6 +24,9 @@ def check_destination(path, flag: str, suffixes: tuple, example: str, inputs: di
     from ..io.file_safety import refuse_existing, refuse_input_as_output
     from ..io.video_writer import check_output_path
 
+    if str(path).strip() == "-":  # the Unix "to stdout" habit: the result is a file renamed into place, never a stream
+        raise EchoMimicError(f"{flag} -: writing to stdout is not supported (the {what} is written under a temporary name "
+                             f"and renamed when complete); give a file name, e.g. {flag} out{example}.")
     p = check_output_path(path, flag, "out" + example)  # a folder, a device, an unwritable place: said first
     refuse_input_as_output(p, inputs or {}, flag)
     for other_flag, other in (others or {}).items():

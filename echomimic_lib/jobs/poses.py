@@ -137,6 +137,10 @@ def check_pose_output(output, force: bool) -> tuple[Path, bool]:
 
     if not output or not str(output).strip():
         raise EchoMimicError("-o is empty; give a folder (released pose format) or a file name ending in .npz.")
+    if str(output).strip() == "-":  # the Unix "to stdout" habit, not a folder named "-"
+        raise EchoMimicError("-o -: writing to stdout is not supported (the poses are written under a temporary name and "
+                             "renamed when complete); give a folder (released pose format) or a file name ending in .npz, "
+                             "e.g. -o poses.npz.")
     out = Path(output).expanduser()
     suffix = out.suffix.lower()
     if suffix == ".npz":
