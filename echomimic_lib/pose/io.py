@@ -356,8 +356,35 @@ def _pose_from(data: dict, path: Path) -> PoseSequence:
     if missing:
         raise EchoMimicError(f"{path}: missing arrays {', '.join(missing)}.")
     arrays = {n: data[n] for n in ARRAY_FIELDS}
-    return PoseSequence(**arrays, fps=meta["fps"], canvas_size=tuple(meta["canvas_size"]), source=meta.get("source", str(path)),
-                        stabilized=saved_stabilized(meta.get("stabilized"), path))
+    fps, canvas = _saved_fps(meta.get("fps"), path), _saved_canvas(meta.get("canvas_size"), path)
+    try:
+        return PoseSequence(**arrays, fps=fps, canvas_size=canvas, source=meta.get("source", str(path)),
+                            stabilized=saved_stabilized(meta.get("stabilized"), path))
+    except EchoMimicError as exc:  # the sequence's own checks ("pose sequence field 'x' has shape ...") name no file
+        if str(path) in str(exc):
+            raise
+        raise EchoMimicError(f"{path}: not an EchoMimic pose sequence ({str(exc).rstrip('.')}); {POSE_FIX}.") from None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # (JSON true is no 1)
+
+
+def _saved_fps(fps, path: Path) -> float:
+    """A pose .npz's frame rate: a positive finite number (``true`` loaded as 1 fps, ``"24"`` as 24; -2 was refused
+    by the sequence without naming the file)."""
+    if not (_is_number(fps) and 0 < fps < float("inf")):
+        raise EchoMimicError(f"{path}: its frame rate (fps) {str(fps)[:40]!r} is not a positive number: not an EchoMimic "
+                             f"pose sequence; {POSE_FIX}.")
+    return float(fps)
+
+
+def _saved_canvas(canvas, path: Path) -> tuple[int, int]:
+    """A pose .npz's canvas: two positive whole numbers of pixels (``[true, true]`` loaded as a 1x1 canvas)."""
+    if not (isinstance(canvas, list) and len(canvas) == 2 and all(_is_number(v) and 1 <= v < float("inf") and v == int(v) for v in canvas)):
+        raise EchoMimicError(f"{path}: its canvas_size {str(canvas)[:40]} is not a width and height in pixels: not an "
+                             f"EchoMimic pose sequence; {POSE_FIX}.")
+    return int(canvas[0]), int(canvas[1])
 
 
 def load_pose(path: str | Path, **kwargs) -> PoseSequence:
