@@ -187,3 +187,15 @@ def test_the_landmark_json_cap_holds_ten_minutes_at_60_fps_with_margin(tmp_path)
     per_frame = lio.save_sequence(tmp_path / "lmks.json", _landmarks(frames)).stat().st_size / frames
     assert per_frame * 10 * 60 * 60 * 1.5 < lio.MAX_JSON_BYTES
     assert len(lio.load_sequence(tmp_path / "lmks.json")) == frames  # parity
+
+
+def test_a_sparse_file_past_the_landmark_json_cap_is_refused_by_its_size(tmp_path):
+    """The real cap, on a file that size (sparse: no disk used), refused before a byte of it is read."""
+    from echomimic_lib.landmarks import io as lio
+
+    path = tmp_path / "lmks.json"
+    with open(path, "wb") as fh:
+        fh.truncate(lio.MAX_JSON_BYTES + 1)
+    with pytest.raises(EchoMimicError, match=rf"lmks\.json: {lio.MAX_JSON_BYTES + 1} bytes, over the "
+                                             rf"{lio.MAX_JSON_BYTES} bytes a landmark \.json may be.*not read"):
+        lio.load_sequence(path)

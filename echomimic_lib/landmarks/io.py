@@ -33,6 +33,10 @@ FORMAT = "echomimic-landmarks"
 FORMAT_VERSION = 1
 SEQUENCE_SUFFIXES = (".npz", ".json")  # save_sequence's formats (``echomimic landmarks -o``; ``animate --landmarks``)
 _ARRAYS = ("lmks", "lmks3d", "trans_mat", "blendshapes", "valid", "face_counts")
+# The largest .json landmark file read or written: one frame at full float precision (478 landmarks, the 468-point mesh,
+# its pose, 52 blendshapes) is about 67 KB, so ten minutes at 60 fps about 2.4 GB; past 4 GiB a file is not ours (a
+# disk image renamed lmks.json), refused by its size before it is read. Longer sequences are saved as .npz.
+MAX_JSON_BYTES = 4 << 30
 
 
 def _frame_number(path: Path) -> int:
@@ -95,7 +99,12 @@ def save_sequence(path: str | Path, seq: LandmarkSequence) -> Path:
     arrays = {k: getattr(seq, k) for k in _ARRAYS if getattr(seq, k) is not None}
     if path.suffix.lower() == ".json":
         doc = dict(meta, **{k: np.asarray(v).tolist() for k, v in arrays.items()})
-        write_text_atomic(path, json.dumps(doc))
+        text = json.dumps(doc)  # (ASCII: its length is its size in bytes)
+        if len(text) > MAX_JSON_BYTES:  # never write what load_sequence refuses
+            raise EchoMimicError(f"{path}: {len(seq)} frames of landmarks are {len(text)} bytes as JSON, over the "
+                                 f"{MAX_JSON_BYTES} bytes a landmark .json may be; save them as .npz instead (smaller, "
+                                 "and read back as fast).")
+        write_text_atomic(path, text)
     elif path.suffix.lower() == ".npz":
         tmp = temp_beside(path, ".partial.npz")
         try:
@@ -119,7 +128,11 @@ def load_sequence(path: str | Path) -> LandmarkSequence:
                 "VIDEO -o FILE.npz`.")
     try:
         if path.suffix.lower() == ".json":
-            doc = read_json(path, *not_ours, expect=dict)
+            if (size := path.stat().st_size) > MAX_JSON_BYTES:  # (a disk image renamed: read whole, the memory ran out)
+                raise EchoMimicError(f"{path}: {size} bytes, over the {MAX_JSON_BYTES} bytes a landmark .json may be (ten "
+                                     "minutes at 60 fps take about 2.4 GB), so it is not read; save long sequences as "
+                                     ".npz (`echomimic landmarks VIDEO -o FILE.npz`).")
+            doc = read_json(path, *not_ours, expect=dict, max_bytes=MAX_JSON_BYTES)  # (and one that grows while read)
             meta = doc
             arrays = {k: np.asarray(doc[k]) for k in _ARRAYS if k in doc}
         else:
