@@ -129,7 +129,7 @@ def test_a_pose_npz_whose_frame_rate_is_no_positive_number_is_refused_naming_the
     with pytest.raises(EchoMimicError) as info:
         load_pose_npz(path)
     msg = str(info.value)
-    assert msg.startswith(f"{path}: ") and "frame rate (fps)" in msg and "not a positive number" in msg, msg
+    assert msg.startswith(f"{path}: ") and f"frame rate (fps) {json.dumps(fps)} is not a positive number" in msg, msg
     assert "echomimic poses VIDEO -o FILE.npz" in msg, msg
 
 

@@ -21,6 +21,7 @@ Our own format is a single ``.npz`` of plain arrays (loaded with ``allow_pickle=
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -374,16 +375,18 @@ def _saved_fps(fps, path: Path) -> float:
     """A pose .npz's frame rate: a positive finite number (``true`` loaded as 1 fps, ``"24"`` as 24; -2 was refused
     by the sequence without naming the file)."""
     if not (_is_number(fps) and 0 < fps < float("inf")):
-        raise EchoMimicError(f"{path}: its frame rate (fps) {str(fps)[:40]!r} is not a positive number: not an EchoMimic "
-                             f"pose sequence; {POSE_FIX}.")
+        said = json.dumps(fps, default=str)[:40]  # (as the file has it: true, "24")
+        raise EchoMimicError(f"{path}: not an EchoMimic pose sequence (its frame rate (fps) {said} is not a positive "
+                             f"number); {POSE_FIX}.")
     return float(fps)
 
 
 def _saved_canvas(canvas, path: Path) -> tuple[int, int]:
     """A pose .npz's canvas: two positive whole numbers of pixels (``[true, true]`` loaded as a 1x1 canvas)."""
     if not (isinstance(canvas, list) and len(canvas) == 2 and all(_is_number(v) and 1 <= v < float("inf") and v == int(v) for v in canvas)):
-        raise EchoMimicError(f"{path}: its canvas_size {str(canvas)[:40]} is not a width and height in pixels: not an "
-                             f"EchoMimic pose sequence; {POSE_FIX}.")
+        said = json.dumps(canvas, default=str)[:40]
+        raise EchoMimicError(f"{path}: not an EchoMimic pose sequence (its canvas_size {said} is not a width and height "
+                             f"in pixels); {POSE_FIX}.")
     return int(canvas[0]), int(canvas[1])
 
 
