@@ -61,3 +61,33 @@ def test_doctor_weights_names_a_cut_short_official_umt5_pth(tmp_path):
     assert row["status"] == "broken" and row["broken"][0]["path"] == str(pth), row
     assert "truncated" in row["broken"][0]["problem"], row
     assert row["fix"].startswith(f"rm -- {pth}") and "echomimic download --weights v3-flash" in row["fix"], row
+
+
+# an extreme aspect ratio: a side past the transformer's 1024 positions ------------------------------------------------
+def test_a_reference_too_elongated_for_the_position_table_is_refused_before_any_model(tmp_path):
+    """A 20000x16 banner has fewer pixels than the 768x768 area, so it was rendered at its own size: 1250 patches
+    across, past the 1024 rows of the transformer's position table, a raw torch shape error ("shape '[1, 1, 1250, -1]'
+    is invalid") after the 1.3B transformer had loaded. Now plan_v3 (the CLI) and the V3 Sampler node's size rule
+    refuse it, naming the limit and the fix; 16384 px (the most that fits) is still planned."""
+    import cv2
+    import numpy as np
+
+    from echomimic_lib.errors import EchoMimicError
+    from echomimic_lib.jobs.v3_plan import V3Request, plan_v3
+    from echomimic_lib.models.wan.transformer import rope_angles, rope_tables
+    from echomimic_lib.pipeline.wan.sampler import sample_size
+    from tests._media import write_wav
+
+    wav = write_wav(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000))
+    cv2.imwrite(str(tmp_path / "banner.png"), np.full((16, 20000, 3), 128, np.uint8))
+    req = V3Request(reference=str(tmp_path / "banner.png"), audio=str(wav), output=str(tmp_path / "o.mp4"),
+                    models=str(tmp_path), length=9)
+    with pytest.raises(EchoMimicError, match=r"(?s)20000x16.*at most 16384 px a side.*crop"):
+        plan_v3(req)
+    with pytest.raises(EchoMimicError, match="at most 16384 px a side"):
+        sample_size(16, 20000)  # tall, as the node calls it
+    assert sample_size(16384, 16) == (16, 16384)
+    rope_tables(rope_angles(12), (1, 1, 16384 // 16), "cpu")  # the widest accepted fits the table
+    with pytest.raises(ValueError, match="position table holds at most 1024"):  # the model itself, called directly
+        rope_tables(rope_angles(12), (1, 1, 1250), "cpu")
+    assert not (tmp_path / "o.mp4").exists()
