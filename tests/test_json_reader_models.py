@@ -20,10 +20,11 @@ V1_FILES = ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "fa
 
 
 def _v1_folder(root, unet=None, inference=None):
-    """A V1 set whose weight files are only there (the config is read before any of them)."""
+    """A V1 set whose weight files are only there (the config is read before any of them; whole, empty torch files, as
+    `echomimic doctor` reads a zip-format .pth's index)."""
     root.mkdir(parents=True, exist_ok=True)
     for n in V1_FILES:
-        (root / n).write_bytes(b"PK\x03\x04 not read")
+        torch.save({}, root / n)
     for rel, content in (("unet/config.json", unet), ("inference_config.json", inference)):
         if content is not None:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,13 @@ a broken file), the shared parts (VAE, whisper-tiny, MediaPipe and DWPose (:mod:
 Found with the code that loading and ``echomimic download`` use (:mod:`echomimic_lib.io.model_files`,
 :func:`echomimic_lib.models.wan.sources.missing_parts`, :func:`resolve_model`, :func:`resolve_dwpose_models`,
 :func:`find_sources`), so a file listed here as missing is exactly one ``echomimic download`` fetches. Only looks:
-file presence and sizes, and at most a weight file's first bytes (nothing is downloaded, written or loaded).
+file presence and sizes, and at most a weight file's first bytes, .safetensors header or zip index (nothing is
+downloaded, written or loaded).
 """
 from __future__ import annotations
 
 import struct
+import zipfile
 from pathlib import Path
 
 from ...errors import EchoMimicError, MissingWeightsError
@@ -46,7 +48,8 @@ class _Unreadable(Exception):
 
 
 def file_problem(path: Path) -> str | None:
-    """What is wrong with a weight file, read from its first bytes (and a .safetensors header); None when it looks whole."""
+    """What is wrong with a weight file, read from its first bytes (and a .safetensors header or a
+    zip-format .pth's index); None when it looks whole."""
     if path.is_dir():
         return None
     try:
@@ -71,10 +74,27 @@ def file_problem(path: Path) -> str | None:
                     return f"truncated: {size} bytes of {8 + n + end} (a broken-off download?)"
             elif path.suffix in (".pth", ".pt", ".bin") and not head.startswith((b"PK\x03\x04", b"\x80")):
                 return "not a PyTorch weight file (neither a zip archive nor a pickle)"
+            elif path.suffix in (".pth", ".pt", ".bin") and head.startswith(b"PK\x03\x04"):
+                return _zip_problem(path, size)
     except _Unreadable as exc:
         return str(exc)
     except (OSError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:  # (OverflowError: an offset 1e999)
         return f"unreadable ({exc})"
+    return None
+
+
+def _zip_problem(path: Path, size: int) -> str | None:
+    """A zip-format torch file (torch.save since 1.6) whose end is missing: its central directory (the archive's last
+    bytes) is not there, or names data past the file's end. Reads only that directory, not the tensors. (The legacy
+    pickle format, which starts with 0x80, has no such index and is left to the loader.)"""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            ends = [i.header_offset + i.compress_size for i in zf.infolist()]
+            start_dir = zf.start_dir
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        return f"truncated or damaged: {size} bytes, no whole zip index at its end ({exc}; a broken-off download?)"
+    if not ends or max(ends) > start_dir:
+        return f"truncated or damaged: {size} bytes, its zip index names data it does not hold (a broken-off download?)"
     return None
 
 

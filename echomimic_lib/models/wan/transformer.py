@@ -59,7 +59,10 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1).float()
 
 
-def rope_angles(head_dim: int, max_len: int = 1024, theta: float = 10000.0) -> list[torch.Tensor]:
+ROPE_POSITIONS = 1024  # rows of the position table per axis (the official ``freqs``): the most patches a side
+
+
+def rope_angles(head_dim: int, max_len: int = ROPE_POSITIONS, theta: float = 10000.0) -> list[torch.Tensor]:
     """Float64 angle tables (max_len, n) for the t, h and w axes."""
     sizes = [head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6)]
     pos = torch.arange(max_len, dtype=torch.float64, device="cpu")  # CPU even when built on the meta device
@@ -70,6 +73,10 @@ def rope_angles(head_dim: int, max_len: int = 1024, theta: float = 10000.0) -> l
 def rope_tables(angles: list[torch.Tensor], grid: tuple[int, int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin (L, 1, head_dim/2) float32 for a (f, h, w) token grid in (f, h, w) order."""
     f, h, w = grid
+    if max(grid) > min(len(a) for a in angles):  # (was "shape '[1, 1, 1250, -1]' is invalid")
+        raise ValueError(f"a token grid of {f}x{h}x{w} (frames x height x width patches): the position table holds at most "
+                         f"{min(len(a) for a in angles)} a side; use a less elongated picture (at most "
+                         f"{ROPE_POSITIONS * 16} px a side)")
     parts = [angles[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
              angles[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
              angles[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)]

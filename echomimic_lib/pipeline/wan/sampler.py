@@ -29,11 +29,13 @@ import torch
 from ...errors import EchoMimicError
 from ...memory.fp8 import compute_param
 from ...models.wan import vae as wan_vae
+from ...models.wan.transformer import ROPE_POSITIONS
 from .color import color_transfer
 from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, flow_unipc
 from .teacache import DEFAULT_SKIP_START, DEFAULT_THRESHOLD, make_cache
 
 SIZE_MULTIPLE = 16
+MAX_SIDE = ROPE_POSITIONS * SIZE_MULTIPLE  # 16384 px: one position-table row per 16-px patch
 
 
 def sample_size(width: int, height: int, target: tuple[int, int] = (768, 768)) -> tuple[int, int]:
@@ -51,6 +53,10 @@ def sample_size(width: int, height: int, target: tuple[int, int] = (768, 768)) -
         raise EchoMimicError(f"reference image {width}x{height} is too small: {how}, and both sides must be at least "
                              f"{SIZE_MULTIPLE} px; {fix}.")
     w, h = w // SIZE_MULTIPLE * SIZE_MULTIPLE, h // SIZE_MULTIPLE * SIZE_MULTIPLE
+    if max(w, h) > MAX_SIDE:  # an elongated picture under the target area, kept at its size (was a torch shape error)
+        raise EchoMimicError(f"reference image {width}x{height} would be rendered at {int(w)}x{int(h)} px, and EchoMimicV3 "
+                             f"renders at most {MAX_SIDE} px a side (its position table holds {ROPE_POSITIONS} patches of "
+                             f"{SIZE_MULTIPLE} px); crop it to a less elongated picture.")
     return int(h), int(w)
 
 
