@@ -43,7 +43,7 @@ def test_checkpointing_frames_and_rank_move_the_peak(bench):
     kept = lambda r: r["parts_bytes"]["kept_activations"]  # noqa: E731
     assert kept(off_long) - kept(off) > 2 * (kept(on_long) - kept(on)) > 0
     assert off["dominant"] == "kept_activations"
-    assert peak(17, True, rank=4)["peak_bytes"] < peak(17, True, rank=64)["peak_bytes"]
+    assert peak(17, True, rank=4)["peak_bytes"] < peak(17, True, rank=32)["peak_bytes"]  # (32: the tiny width)
 
 
 def test_weights_and_adamw_state_are_in_the_step(bench):

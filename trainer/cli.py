@@ -371,7 +371,7 @@ def _main(argv) -> int:
         if isinstance(exc, OSError) and exc.errno is not None:  # from the file system, not our own message
             return _os_error(exc)
         print(f"error: {printable(exc)}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # (4: the run stopped on NaN losses, trainer.loop.NonFiniteError)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (echomimic_lib.cli.process_exit.Terminated)
         print(f"{interrupt_word(exc)}{_resume_hint(args)}", file=sys.stderr)
         return interrupt_exit_code(exc)

@@ -50,7 +50,10 @@ DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class NonFiniteError(RuntimeError, EchoMimicError):
     """The loss or gradients stayed non-finite (``max_nonfinite`` steps in a row): the run stops, saying which setting
-    to change and the last checkpoint to resume from; the command prints it as one error line (was a traceback)."""
+    to change and the last checkpoint to resume from; the command prints it as one error line (was a traceback) and
+    exits with ``exit_code`` (4), not a config error's 2: a script can tell a diverged run from a wrong config."""
+
+    exit_code = 4
 
 
 class TrainState:

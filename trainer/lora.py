@@ -62,12 +62,31 @@ def _base_layers(net: TrainingNet, names: list[str]) -> dict:
     return {n: getattr(mods[n], "base_layer", mods[n]) for n in names}
 
 
+def check_rank(model, names: list[str], rank: int) -> None:
+    """``lora.rank`` above the smaller dimension of a target layer is refused: the update ``B @ A`` of an in x out layer
+    has rank at most min(in, out), so the rest is memory spent on nothing -- most likely a typo (512 for 32)."""
+    mods = dict(model.named_modules())
+    sizes = {n: (getattr(mods[n], "base_layer", mods[n]).in_features, getattr(mods[n], "base_layer", mods[n]).out_features)
+             for n in names}
+    over = [n for n, (i, o) in sizes.items() if rank > min(i, o)]
+    if not over:
+        return
+    name = min(over, key=lambda n: min(sizes[n]))
+    (i, o), useful = sizes[name], min(min(s) for s in sizes.values())
+    raise ConfigError(f"lora.rank {rank} is above the size of {name} ({i} in x {o} out; {len(over)} of the {len(names)} target "
+                      f"layers): an adapter's update has rank at most min(in, out), so the rest is memory spent on nothing. "
+                      f"Use lora.rank: {useful} or lower (the largest rank that helps every target layer), or leave the "
+                      "narrow layers out of lora.targets / lora.networks")
+
+
 def add_adapters(model, names: list[str], rank: int, alpha: float, dropout: float, seed: int, use_rslora: bool = False) -> int:
     """peft LoRA adapters on the modules ``names`` (seeded: fresh A, zero B, so the model starts equal to its base),
-    every other parameter frozen (V1/V2 here, V3 in :mod:`trainer.v3.lora`). Returns the adapter parameter count."""
+    every other parameter frozen (V1/V2 here, V3 in :mod:`trainer.v3.lora`). Returns the adapter parameter count.
+    A rank above a target layer's size is refused first (:func:`check_rank`)."""
     import torch
     from peft import LoraConfig, inject_adapter_in_model
 
+    check_rank(model, names, rank)
     pcfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none", use_rslora=use_rslora,
                       init_lora_weights=True)
     with torch.random.fork_rng():
@@ -87,6 +106,7 @@ def inject(net: TrainingNet, cfg: TrainConfig) -> dict:
 
     lc = cfg.lora
     names = target_modules(net, lc.targets, lc.networks)
+    check_rank(net, names, lc.rank)  # (before the fingerprint reads the weights)
     base_fp = fingerprint(_base_layers(net, names))
     n_params = add_adapters(net, names, lc.rank, lc.alpha, lc.dropout, cfg.seed, lc.use_rslora)
     desc = {"rank": lc.rank, "alpha": lc.alpha, "use_rslora": lc.use_rslora, "targets": list(lc.targets), "networks": list(lc.networks),

@@ -79,10 +79,11 @@ def build_meta(cfg: TrainConfig, echo: EchoConfig, vae_layout: dict | None = Non
     if cfg.lora.enabled:  # trainer.lora.inject's adapters (its base fingerprint reads weights: not here)
         from peft import LoraConfig, inject_adapter_in_model
 
-        from ..lora import ADAPTER, target_modules
+        from ..lora import ADAPTER, check_rank, target_modules
 
         lc = cfg.lora
         names = target_modules(net, lc.targets, lc.networks)
+        check_rank(net, names, lc.rank)
         with META:
             inject_adapter_in_model(LoraConfig(r=lc.rank, lora_alpha=lc.alpha, target_modules=names, bias="none"), net,
                                     adapter_name=ADAPTER)
