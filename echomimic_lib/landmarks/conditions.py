@@ -136,6 +136,10 @@ def extract_driving_landmarks(driving, src_fps: float | None = None, bad_frame_p
         try:
             squares = (center_square(as_rgb_uint8(f, f"driving frame {i}")) for i, f in enumerate(frames))
             return ex.extract(squares, policy=bad_frame_policy, fps=frames.fps, progress=progress, total=frames.total)
+        except EchoMimicError as exc:  # (a video given by path: its refusal names it -- "no single face" said no file)
+            if type(exc) is EchoMimicError and isinstance(driving, (str, os.PathLike)) and os.fspath(driving) not in str(exc):
+                raise EchoMimicError(f"{os.fspath(driving)}: {exc}") from None
+            raise
         finally:
             if extractor is None:
                 ex.close()
